@@ -1,0 +1,166 @@
+// Elementwise kernels from one table: each unary op is a forward expression of `x` (and the
+// uniform scalar `alpha`) and a backward expression of `x`, `y` (the forward output) and `dy`.
+import { wgsl } from 'wgsl-preprocessor/wgsl-preprocessor.js';
+import type { KernelSource } from '../src/engine/kernel-registry.ts';
+
+export const WORKGROUP = 256;
+
+/** erf(x) as a WGSL function (WGSL has none). */
+const ERF = /* wgsl */ `
+fn erf_approx(x: f32) -> f32 {
+  // Numerical Recipes erfc (Chebyshev fit, fractional error < 1.2e-7 everywhere).
+  let z = abs(x);
+  let t = 1.0 / (1.0 + 0.5 * z);
+  let r = t * exp(-z * z - 1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 +
+      t * (-0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 +
+      t * (-0.82215223 + t * 0.17087277)))))))));
+  return select(r - 1.0, 1.0 - r, x >= 0.0);
+}`;
+
+export interface UnaryOpSpec {
+  /** y as a WGSL expression of x and alpha. */
+  forward: string;
+  /** dL/dx as a WGSL expression of x, y, dy and alpha. */
+  backward: string;
+  needsErf?: boolean;
+}
+
+export const UNARY_OPS = {
+  scale: { forward: 'alpha * x', backward: 'alpha * dy' },
+  neg: { forward: '-x', backward: '-dy' },
+  relu: { forward: 'max(x, 0.0)', backward: 'select(0.0, dy, x > 0.0)' },
+  // SiLU: x·σ(x); d/dx = σ(x)·(1 + x·(1 − σ(x))).
+  silu: { forward: 'x / (1.0 + exp(-x))', backward: 'dy * (1.0 / (1.0 + exp(-x))) * (1.0 + x * (1.0 - 1.0 / (1.0 + exp(-x))))' },
+  // GELU with the exact erf (PyTorch's default): x·Φ(x); d/dx = Φ(x) + x·φ(x).
+  gelu: {
+    forward: '0.5 * x * (1.0 + erf_approx(x * 0.70710678118654752))',
+    backward: 'dy * (0.5 * (1.0 + erf_approx(x * 0.70710678118654752)) + x * 0.39894228040143268 * exp(-0.5 * x * x))',
+    needsErf: true,
+  },
+  exp: { forward: 'exp(x)', backward: 'dy * y' },
+  log: { forward: 'log(x)', backward: 'dy / x' },
+  sqrt: { forward: 'sqrt(x)', backward: 'dy * 0.5 / y' },
+  square: { forward: 'x * x', backward: 'dy * 2.0 * x' },
+  addScalar: { forward: 'x + alpha', backward: 'dy' },
+} satisfies Record<string, UnaryOpSpec>;
+
+export type UnaryOp = keyof typeof UNARY_OPS;
+
+/** y[i] = f(x[i]). Bindings: x, y. */
+export function unaryKernel(op: UnaryOp): KernelSource {
+  const spec: UnaryOpSpec = UNARY_OPS[op];
+  return {
+    key: `unary.${op}`,
+    code: wgsl`
+struct Params { n: u32, alpha: f32 }
+@group(0) @binding(0) var<uniform> u: Params;
+@group(0) @binding(1) var<storage, read> xs: array<f32>;
+@group(0) @binding(2) var<storage, read_write> ys: array<f32>;
+#if ${spec.needsErf ?? false}
+${ERF}
+#endif
+@compute @workgroup_size(${WORKGROUP})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let i = (wid.y * nwg.x + wid.x) * ${WORKGROUP}u + lid;
+  if (i >= u.n) { return; }
+  let x = xs[i];
+  let alpha = u.alpha;
+  ys[i] = ${spec.forward};
+}`,
+  };
+}
+
+/** dx[i] = f'(x[i], y[i]) · dy[i]. Bindings: x, y, dy, dx. */
+export function unaryBackwardKernel(op: UnaryOp): KernelSource {
+  const spec: UnaryOpSpec = UNARY_OPS[op];
+  return {
+    key: `unaryBackward.${op}`,
+    code: wgsl`
+struct Params { n: u32, alpha: f32 }
+@group(0) @binding(0) var<uniform> u: Params;
+@group(0) @binding(1) var<storage, read> xs: array<f32>;
+@group(0) @binding(2) var<storage, read> ys: array<f32>;
+@group(0) @binding(3) var<storage, read> dys: array<f32>;
+@group(0) @binding(4) var<storage, read_write> dxs: array<f32>;
+#if ${spec.needsErf ?? false}
+${ERF}
+#endif
+@compute @workgroup_size(${WORKGROUP})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let i = (wid.y * nwg.x + wid.x) * ${WORKGROUP}u + lid;
+  if (i >= u.n) { return; }
+  let x = xs[i];
+  let y = ys[i];
+  let dy = dys[i];
+  let alpha = u.alpha;
+  _ = x; _ = y; _ = alpha;
+  dxs[i] = ${spec.backward};
+}`,
+  };
+}
+
+export const BINARY_OPS = {
+  add: 'a + b',
+  sub: 'a - b',
+  mul: 'a * b',
+  div: 'a / b',
+} as const;
+
+export type BinaryOp = keyof typeof BINARY_OPS;
+
+/**
+ * out = a ∘ b with NumPy broadcasting. Without `broadcast`, a and b have out's shape. With it, the
+ * uniforms carry out's shape and a's and b's strides (0 along broadcast dims), up to 8 dims.
+ * Bindings: a, b, out.
+ */
+export function binaryKernel(op: BinaryOp, broadcast: boolean): KernelSource {
+  return {
+    key: `binary.${op}.${broadcast ? 'bcast' : 'same'}`,
+    code: wgsl`
+struct Params { shape: array<vec4<u32>, 2>, aStrides: array<vec4<u32>, 2>, bStrides: array<vec4<u32>, 2>, n: u32, rank: u32 }
+@group(0) @binding(0) var<uniform> u: Params;
+@group(0) @binding(1) var<storage, read> lhs: array<f32>;
+@group(0) @binding(2) var<storage, read> rhs: array<f32>;
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+@compute @workgroup_size(${WORKGROUP})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let i = (wid.y * nwg.x + wid.x) * ${WORKGROUP}u + lid;
+  if (i >= u.n) { return; }
+#if ${broadcast}
+  var rest = i;
+  var ai = 0u;
+  var bi = 0u;
+  for (var d = i32(u.rank) - 1; d >= 0; d--) {
+    let size = u.shape[d / 4][d % 4];
+    let c = rest % size;
+    rest = rest / size;
+    ai += c * u.aStrides[d / 4][d % 4];
+    bi += c * u.bStrides[d / 4][d % 4];
+  }
+  let a = lhs[ai];
+  let b = rhs[bi];
+#else
+  let a = lhs[i];
+  let b = rhs[i];
+#endif
+  out[i] = ${BINARY_OPS[op]};
+}`,
+  };
+}
+
+/** out[i] = value. Bindings: out. */
+export function fillKernel(): KernelSource {
+  return {
+    key: 'fill',
+    code: wgsl`
+struct Params { n: u32, value: f32 }
+@group(0) @binding(0) var<uniform> u: Params;
+@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+@compute @workgroup_size(${WORKGROUP})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let i = (wid.y * nwg.x + wid.x) * ${WORKGROUP}u + lid;
+  if (i >= u.n) { return; }
+  out[i] = u.value;
+}`,
+  };
+}

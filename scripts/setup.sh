@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# One-time, idempotent setup for a fresh Debian 12 machine:
+#   1. a WebGPU-capable Vulkan driver (Mesa >= 25 lavapipe from bookworm-backports; Debian 12's own
+#      Mesa 22 is rejected by Dawn),
+#   2. the npm dependencies,
+#   3. a probe that prints the WebGPU adapter found (vendor, architecture, features, limits).
+# Safe to run again: every step checks before it changes anything.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '[setup] %s\n' "$*"; }
+
+mesa_major() {
+  dpkg-query -W -f='${Version}' mesa-vulkan-drivers 2>/dev/null | sed -E 's/^([0-9]+:)?([0-9]+).*/\2/'
+}
+
+install_lavapipe() {
+  local major
+  major=$(mesa_major || true)
+  if [[ -n "$major" && "$major" -ge 25 ]]; then
+    say "lavapipe already installed: mesa-vulkan-drivers $(dpkg-query -W -f='${Version}' mesa-vulkan-drivers)"
+    return 0
+  fi
+  if ! command -v apt-get >/dev/null; then
+    say "no apt-get here: install a Vulkan driver with WebGPU support (Mesa >= 25 lavapipe, or a GPU driver) yourself"
+    return 0
+  fi
+  local sudo=""
+  if [[ $(id -u) -ne 0 ]]; then
+    if command -v sudo >/dev/null; then sudo="sudo"; else
+      say "not root and no sudo: cannot install mesa-vulkan-drivers; run this script as root"; return 1
+    fi
+  fi
+  local codename
+  codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
+  if [[ "$codename" == "bookworm" ]]; then
+    if ! grep -rqs "bookworm-backports" /etc/apt/sources.list /etc/apt/sources.list.d/; then
+      say "adding the bookworm-backports suite"
+      echo "deb http://deb.debian.org/debian bookworm-backports main" | $sudo tee /etc/apt/sources.list.d/difrep-backports.list >/dev/null
+    fi
+    say "apt-get update"
+    $sudo apt-get update -qq
+    # Backports has a low pin priority: without -t a plain install silently picks Mesa 22.
+    say "installing mesa-vulkan-drivers from bookworm-backports"
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq -t bookworm-backports mesa-vulkan-drivers libvulkan1 >/dev/null
+  else
+    say "apt-get update"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq mesa-vulkan-drivers libvulkan1 >/dev/null
+  fi
+  major=$(mesa_major || true)
+  if [[ -z "$major" || "$major" -lt 25 ]]; then
+    say "ERROR: mesa-vulkan-drivers is ${major:-missing} after install; Dawn needs Mesa >= 25"
+    return 1
+  fi
+  say "installed mesa-vulkan-drivers $(dpkg-query -W -f='${Version}' mesa-vulkan-drivers)"
+}
+
+install_npm_deps() {
+  if [[ -d node_modules/webgpu && -d node_modules/tap && node_modules -nt package-lock.json ]]; then
+    say "npm dependencies present"
+  else
+    say "npm ci"
+    npm ci --no-audit --no-fund --loglevel=error
+  fi
+}
+
+install_lavapipe
+install_npm_deps
+export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
+node --experimental-strip-types --no-warnings scripts/probe-adapter.ts

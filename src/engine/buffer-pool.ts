@@ -1,0 +1,78 @@
+// Reuses freed storage buffers by size class so a forward pass allocates almost nothing after its
+// first run, and reports live and peak bytes.
+
+const USAGE_STORAGE = 0x80 | 0x04 | 0x08; // STORAGE | COPY_SRC | COPY_DST (GPUBufferUsage may be absent before Dawn loads)
+
+/** Size classes: multiples of 256 B below 4 KiB, then 2^k and 1.5·2^k (at most a third wasted). */
+export function sizeClass(bytes: number): number {
+  const b = Math.max(16, bytes);
+  if (b <= 4096) return Math.ceil(b / 256) * 256;
+  const p = 2 ** Math.floor(Math.log2(b));
+  if (b === p) return p;
+  if (b <= p * 1.5) return p * 1.5;
+  return p * 2;
+}
+
+export interface PoolStats {
+  /** Bytes in buffers handed out and not yet released. */
+  liveBytes: number;
+  /** Highest liveBytes seen since creation or the last resetPeak(). */
+  peakBytes: number;
+  /** Bytes held in free lists, ready for reuse. */
+  pooledBytes: number;
+  allocations: number;
+  reuses: number;
+}
+
+export class BufferPool {
+  private free = new Map<number, GPUBuffer[]>();
+  private stats: PoolStats = { liveBytes: 0, peakBytes: 0, pooledBytes: 0, allocations: 0, reuses: 0 };
+
+  constructor(private device: GPUDevice, private maxBufferSize: number) {}
+
+  acquire(bytes: number, label: string): GPUBuffer {
+    const size = sizeClass(bytes);
+    if (size > this.maxBufferSize) {
+      throw new RangeError(
+        `${label}: a buffer of ${bytes} bytes exceeds this device's maxBufferSize (${this.maxBufferSize}); use a smaller batch or image size`,
+      );
+    }
+    const list = this.free.get(size);
+    let buffer = list?.pop();
+    if (buffer) {
+      this.stats.reuses++;
+      this.stats.pooledBytes -= size;
+      buffer.label = label;
+    } else {
+      buffer = this.device.createBuffer({ size, usage: USAGE_STORAGE, label });
+      this.stats.allocations++;
+    }
+    this.stats.liveBytes += size;
+    if (this.stats.liveBytes > this.stats.peakBytes) this.stats.peakBytes = this.stats.liveBytes;
+    return buffer;
+  }
+
+  release(buffer: GPUBuffer): void {
+    const size = buffer.size;
+    this.stats.liveBytes -= size;
+    this.stats.pooledBytes += size;
+    let list = this.free.get(size);
+    if (!list) this.free.set(size, (list = []));
+    list.push(buffer);
+  }
+
+  /** Destroys every pooled (free) buffer. */
+  trim(): void {
+    for (const list of this.free.values()) for (const b of list) b.destroy();
+    this.free.clear();
+    this.stats.pooledBytes = 0;
+  }
+
+  resetPeak(): void {
+    this.stats.peakBytes = this.stats.liveBytes;
+  }
+
+  getStats(): PoolStats {
+    return { ...this.stats };
+  }
+}

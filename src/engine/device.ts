@@ -1,0 +1,118 @@
+// The one place that finds a WebGPU device: Node (Dawn through the `webgpu` package), Deno and
+// browsers (`navigator.gpu`), or a GPUDevice handed in by an embedding application.
+
+export const SETUP_HINT =
+  'Run `npm run setup` (installs Mesa >= 25 lavapipe from bookworm-backports on Debian 12 and prints the adapter it finds).';
+
+/** Thrown when no WebGPU adapter or device can be had. */
+export class NoAdapterError extends Error {
+  constructor(detail: string) {
+    super(`No WebGPU adapter: ${detail}. ${SETUP_HINT}`);
+    this.name = 'NoAdapterError';
+  }
+}
+
+export interface AdapterDescription {
+  vendor: string;
+  architecture: string;
+  device: string;
+  description: string;
+  features: string[];
+  limits: Record<string, number>;
+}
+
+export interface DeviceHandle {
+  device: GPUDevice;
+  adapter?: GPUAdapter;
+  /** Human-readable facts about the adapter (empty strings where the runtime hides them). */
+  info: AdapterDescription;
+  /** True when this module created the device (and may destroy it). */
+  owned: boolean;
+}
+
+// Dawn's Node binding crashes the process (segfault) when the object returned by `create()` is
+// garbage-collected while WebGPU is still in use, so every instance made here lives as long as the
+// process does.
+const dawnInstances: GPU[] = [];
+
+const LIMITS_TO_REQUEST = [
+  'maxStorageBufferBindingSize',
+  'maxBufferSize',
+  'maxComputeWorkgroupStorageSize',
+  'maxComputeInvocationsPerWorkgroup',
+  'maxComputeWorkgroupSizeX',
+  'maxComputeWorkgroupSizeY',
+  'maxComputeWorkgroupsPerDimension',
+  'maxStorageBuffersPerShaderStage',
+] as const;
+
+const FEATURES_TO_REQUEST: GPUFeatureName[] = ['timestamp-query', 'shader-f16', 'subgroups'];
+
+async function findGpu(): Promise<GPU> {
+  const nav = (globalThis as { navigator?: { gpu?: GPU } }).navigator;
+  if (nav?.gpu) return nav.gpu;
+  const isNode = typeof (globalThis as { process?: { versions?: { node?: string } } }).process?.versions?.node === 'string'
+    && !('Deno' in globalThis);
+  if (!isNode) {
+    throw new NoAdapterError('this runtime has no navigator.gpu (Deno needs --unstable-webgpu; browsers need WebGPU enabled)');
+  }
+  let dawn: { create(options: string[]): GPU; globals: object };
+  try {
+    dawn = await import('webgpu');
+  } catch (e) {
+    throw new NoAdapterError(`the "webgpu" npm package (Dawn for Node) could not be loaded: ${(e as Error).message}`);
+  }
+  // Dawn's classes (GPUBufferUsage, GPUMapMode, ...) are what kernels and user code refer to.
+  for (const [k, v] of Object.entries(dawn.globals)) {
+    if (!(k in globalThis)) (globalThis as Record<string, unknown>)[k] = v;
+  }
+  const proc = (globalThis as unknown as { process: { env: Record<string, string | undefined> } }).process;
+  // The Vulkan loader warns (and some drivers fail) without a runtime dir.
+  proc.env.XDG_RUNTIME_DIR ??= '/tmp';
+  const gpu = dawn.create([]);
+  dawnInstances.push(gpu);
+  return gpu;
+}
+
+export function describeAdapter(adapter: GPUAdapter | undefined, device: GPUDevice): AdapterDescription {
+  const info = (adapter?.info ?? (device as { adapterInfo?: GPUAdapterInfo }).adapterInfo) as GPUAdapterInfo | undefined;
+  const limits: Record<string, number> = {};
+  for (const key of LIMITS_TO_REQUEST) limits[key] = device.limits[key];
+  return {
+    vendor: info?.vendor ?? '',
+    architecture: info?.architecture ?? '',
+    device: info?.device ?? '',
+    description: info?.description ?? '',
+    features: [...device.features].sort(),
+    limits,
+  };
+}
+
+export interface RequestDeviceOptions {
+  powerPreference?: GPUPowerPreference;
+}
+
+/**
+ * Finds an adapter and creates a device with the adapter's largest storage-binding, buffer and
+ * workgroup limits and the optional features the engine can use.
+ */
+export async function requestDevice(options: RequestDeviceOptions = {}): Promise<DeviceHandle> {
+  const gpu = await findGpu();
+  let adapter: GPUAdapter | null;
+  try {
+    adapter = await gpu.requestAdapter({ powerPreference: options.powerPreference ?? 'high-performance' });
+  } catch (e) {
+    throw new NoAdapterError(`requestAdapter failed: ${(e as Error).message}`);
+  }
+  if (!adapter) throw new NoAdapterError('navigator.gpu.requestAdapter() returned null (no Vulkan/Metal/D3D12 driver with WebGPU support)');
+  const requiredLimits: Record<string, number> = {};
+  for (const key of LIMITS_TO_REQUEST) requiredLimits[key] = adapter.limits[key];
+  const requiredFeatures = FEATURES_TO_REQUEST.filter((f) => adapter!.features.has(f));
+  const device = await adapter.requestDevice({ requiredLimits, requiredFeatures, label: 'difrep' });
+  return { device, adapter, info: describeAdapter(adapter, device), owned: true };
+}
+
+/** Wraps a device the caller owns: the engine never destroys it. */
+export function wrapDevice(device: GPUDevice, adapter?: GPUAdapter): DeviceHandle {
+  return { device, adapter, info: describeAdapter(adapter, device), owned: false };
+}

@@ -1,0 +1,336 @@
+// The engine: one GPUDevice, its buffer pool, its pipelines, batched command recording, memory
+// scopes and the autograd tape. Everything the library does goes through an Engine; there is no
+// global state, so several engines (and other WebGPU libraries) can share a process or a device.
+
+import { BufferPool, type PoolStats } from './buffer-pool.ts';
+import { type DeviceHandle, requestDevice, wrapDevice } from './device.ts';
+import { KernelRegistry, type KernelSource } from './kernel-registry.ts';
+import { Tape } from './autograd.ts';
+import { numel, type Shape, shapeString, Storage, Tensor } from './tensor.ts';
+
+/** A GPU validation, out-of-memory or internal error, carrying the labels Dawn reported. */
+export class GpuError extends Error {
+  constructor(kind: string, message: string) {
+    super(`WebGPU ${kind} error: ${message}`);
+    this.name = 'GpuError';
+  }
+}
+
+export interface EngineOptions {
+  /** Use this device (the engine never destroys it). Without one, the engine requests its own. */
+  device?: GPUDevice;
+  adapter?: GPUAdapter;
+  /** Per-kernel-family tuning overrides (tile sizes, workgroup sizes), e.g. from `bench --tune`. */
+  tuning?: Record<string, Record<string, number>>;
+  /** Dispatches recorded before the engine submits on its own (default 64). */
+  maxDispatchesPerSubmit?: number;
+}
+
+export interface Binding {
+  buffer: GPUBuffer;
+  offset?: number;
+  size?: number;
+}
+
+export interface Dispatch {
+  kernel: KernelSource;
+  /** Storage buffers for @binding(1), @binding(2), ... in order. */
+  bindings: (Binding | Tensor)[];
+  /** Contents of the `var<uniform>` at @binding(0). */
+  uniforms: ArrayBuffer;
+  workgroups: readonly [number, number?, number?];
+}
+
+const UNIFORM_SLOT = 256; // minUniformBufferOffsetAlignment is at most 256 on every adapter
+const UNIFORM_ARENA_BYTES = 64 * 1024;
+
+export class Engine {
+  readonly device: GPUDevice;
+  readonly handle: DeviceHandle;
+  readonly pool: BufferPool;
+  readonly kernels: KernelRegistry;
+  readonly tape = new Tape(this);
+  readonly tuning: Record<string, Record<string, number>>;
+  private readonly maxDispatches: number;
+
+  private encoder: GPUCommandEncoder | null = null;
+  private pass: GPUComputePassEncoder | null = null;
+  private dispatchesInBatch = 0;
+  private uniformArena: GPUBuffer;
+  private uniformData = new Uint8Array(UNIFORM_ARENA_BYTES);
+  private uniformUsed = 0;
+  private stagingToDestroy: GPUBuffer[] = [];
+  private pendingErrors: Promise<GPUError | null>[] = [];
+  private lostReason: string | null = null;
+  private tensorCounter = 0;
+  private scopes: Set<Tensor>[] = [];
+  private disposed = false;
+
+  constructor(handle: DeviceHandle, options: EngineOptions = {}) {
+    this.handle = handle;
+    this.device = handle.device;
+    this.pool = new BufferPool(this.device, this.device.limits.maxBufferSize);
+    this.kernels = new KernelRegistry(this.device);
+    this.tuning = options.tuning ?? {};
+    this.maxDispatches = options.maxDispatchesPerSubmit ?? 64;
+    this.uniformArena = this.device.createBuffer({
+      size: UNIFORM_ARENA_BYTES,
+      usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
+      label: 'difrep uniforms',
+    });
+    this.device.lost.then((info) => {
+      if (!this.disposed) this.lostReason = `${info.reason}: ${info.message}`;
+    });
+  }
+
+  get limits(): GPUSupportedLimits {
+    return this.device.limits;
+  }
+
+  /** Largest tensor (in f32 elements) one storage binding can hold on this device. */
+  get maxBindingElements(): number {
+    return Math.floor(this.device.limits.maxStorageBufferBindingSize / 4);
+  }
+
+  hasFeature(name: GPUFeatureName): boolean {
+    return this.device.features.has(name);
+  }
+
+  nextTensorId(): number {
+    return ++this.tensorCounter;
+  }
+
+  // ---------------------------------------------------------------- tensors and memory scopes
+
+  /** An uninitialised tensor (contents undefined until a kernel writes it). */
+  empty(shape: Shape, label = 'tensor'): Tensor {
+    this.checkAlive();
+    for (const d of shape) {
+      if (!Number.isInteger(d) || d < 0) throw new RangeError(`${label}: invalid shape ${shapeString(shape)}`);
+    }
+    const bytes = numel(shape) * 4;
+    const buffer = this.pool.acquire(bytes, label);
+    return new Tensor(this, shape, new Storage(buffer, bytes, (b) => this.pool.release(b)), label);
+  }
+
+  /** A tensor with the given values (row-major). */
+  tensor(data: ArrayLike<number>, shape: Shape, label = 'tensor'): Tensor {
+    const n = numel(shape);
+    if (data.length !== n) {
+      throw new RangeError(`${label}: ${data.length} values given for shape ${shapeString(shape)} (${n} expected)`);
+    }
+    const t = this.empty(shape, label);
+    const f32 = data instanceof Float32Array ? data : Float32Array.from(data);
+    this.writeBuffer(t.buffer, 0, f32);
+    return t;
+  }
+
+  zeros(shape: Shape, label = 'zeros'): Tensor {
+    const t = this.empty(shape, label);
+    this.fill(t, 0);
+    return t;
+  }
+
+  /** Sets every element of `t` to zero (ordered with the recorded work). */
+  fill(t: Tensor, value: 0): void {
+    if (value !== 0) throw new Error('fill supports 0 only');
+    this.endPass();
+    this.getEncoder().clearBuffer(t.buffer, 0, Math.ceil(t.byteLength / 4) * 4);
+  }
+
+  /** A tensor sharing `t`'s buffer with another shape of the same size (no copy). */
+  view(t: Tensor, shape: Shape, label = t.label): Tensor {
+    if (numel(shape) !== t.size) {
+      throw new RangeError(`cannot view ${t.label} ${shapeString(t.shape)} as ${shapeString(shape)}: sizes differ`);
+    }
+    t.storage.retain();
+    return new Tensor(this, shape, t.storage, label);
+  }
+
+  track(t: Tensor): void {
+    this.scopes[this.scopes.length - 1]?.add(t);
+  }
+
+  /**
+   * Runs `fn` and disposes every tensor it created except those reachable from its result
+   * (a Tensor, or arrays/objects of them). Kept tensors belong to the enclosing scope.
+   */
+  tidy<T>(fn: () => T): T {
+    const scope = new Set<Tensor>();
+    this.scopes.push(scope);
+    let result: T;
+    try {
+      result = fn();
+    } finally {
+      this.scopes.pop();
+    }
+    const keep = new Set<Tensor>();
+    collectTensors(result, keep);
+    for (const t of scope) {
+      if (keep.has(t)) this.track(t);
+      else t.dispose();
+    }
+    return result;
+  }
+
+  /** Exempts `t` from the current tidy scope. */
+  keep<T extends Tensor>(t: T): T {
+    for (const s of this.scopes) s.delete(t);
+    return t;
+  }
+
+  /** Runs `fn` without recording ops on the autograd tape. */
+  noGrad<T>(fn: () => T): T {
+    return this.tape.paused(fn);
+  }
+
+  // ---------------------------------------------------------------- recording and submitting
+
+  private getEncoder(): GPUCommandEncoder {
+    this.checkAlive();
+    if (!this.encoder) {
+      this.device.pushErrorScope('out-of-memory');
+      this.device.pushErrorScope('internal');
+      this.device.pushErrorScope('validation');
+      this.encoder = this.device.createCommandEncoder({ label: 'difrep batch' });
+    }
+    return this.encoder;
+  }
+
+  private endPass(): void {
+    if (this.pass) {
+      this.pass.end();
+      this.pass = null;
+    }
+  }
+
+  /** Records one compute dispatch. Submits on its own every `maxDispatchesPerSubmit` dispatches. */
+  dispatch(d: Dispatch): void {
+    if (d.uniforms.byteLength > UNIFORM_SLOT) throw new Error(`${d.kernel.key}: uniforms over ${UNIFORM_SLOT} bytes`);
+    const pipeline = this.kernels.get(d.kernel.key, () => d.kernel.code);
+    if (this.uniformUsed + UNIFORM_SLOT > UNIFORM_ARENA_BYTES) this.flush();
+    const encoder = this.getEncoder();
+    const uniformOffset = this.uniformUsed;
+    this.uniformData.set(new Uint8Array(d.uniforms), uniformOffset);
+    this.uniformUsed += UNIFORM_SLOT;
+    const entries: GPUBindGroupEntry[] = [
+      { binding: 0, resource: { buffer: this.uniformArena, offset: uniformOffset, size: UNIFORM_SLOT } },
+    ];
+    d.bindings.forEach((b, i) => {
+      const binding = b instanceof Tensor ? { buffer: b.buffer, offset: 0, size: Math.max(4, b.byteLength) } : b;
+      entries.push({ binding: i + 1, resource: { buffer: binding.buffer, offset: binding.offset ?? 0, size: binding.size } });
+    });
+    const bindGroup = this.device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries, label: d.kernel.key });
+    if (!this.pass) this.pass = encoder.beginComputePass({ label: 'difrep' });
+    this.pass.setPipeline(pipeline);
+    this.pass.setBindGroup(0, bindGroup);
+    const [x, y = 1, z = 1] = d.workgroups;
+    if (x > 0 && y > 0 && z > 0) this.pass.dispatchWorkgroups(x, y, z);
+    if (++this.dispatchesInBatch >= this.maxDispatches) this.flush();
+  }
+
+  /** Copies `data` into `buffer` at `offset`, ordered after everything recorded so far. */
+  writeBuffer(buffer: GPUBuffer, offset: number, data: ArrayBufferView): void {
+    const bytes = Math.ceil(data.byteLength / 4) * 4;
+    if (bytes === 0) return;
+    const staging = this.device.createBuffer({ size: bytes, usage: GPUBufferUsage.COPY_SRC, mappedAtCreation: true, label: 'difrep upload' });
+    new Uint8Array(staging.getMappedRange()).set(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
+    staging.unmap();
+    this.endPass();
+    this.getEncoder().copyBufferToBuffer(staging, 0, buffer, offset, bytes);
+    this.stagingToDestroy.push(staging);
+  }
+
+  copyBuffer(src: GPUBuffer, srcOffset: number, dst: GPUBuffer, dstOffset: number, bytes: number): void {
+    this.endPass();
+    this.getEncoder().copyBufferToBuffer(src, srcOffset, dst, dstOffset, bytes);
+  }
+
+  /** Submits everything recorded so far. Errors surface at the next `sync()` or read. */
+  flush(): void {
+    if (!this.encoder) return;
+    this.endPass();
+    if (this.uniformUsed > 0) this.device.queue.writeBuffer(this.uniformArena, 0, this.uniformData, 0, this.uniformUsed);
+    this.device.queue.submit([this.encoder.finish()]);
+    this.encoder = null;
+    for (const kind of ['validation', 'internal', 'out-of-memory']) {
+      this.pendingErrors.push(this.device.popErrorScope().then((e) => (e ? Object.assign(e, { kind }) : null)));
+    }
+    for (const b of this.stagingToDestroy) b.destroy();
+    this.stagingToDestroy = [];
+    this.uniformUsed = 0;
+    this.dispatchesInBatch = 0;
+  }
+
+  /** Submits pending work, waits for the GPU, and throws the first GPU error since the last sync. */
+  async sync(): Promise<void> {
+    this.flush();
+    await this.device.queue.onSubmittedWorkDone();
+    await this.throwPendingErrors();
+  }
+
+  private async throwPendingErrors(): Promise<void> {
+    const errors = await Promise.all(this.pendingErrors);
+    this.pendingErrors = [];
+    const first = errors.find((e) => e) as (GPUError & { kind: string }) | undefined;
+    if (first) throw new GpuError(first.kind, first.message);
+    this.checkAlive();
+  }
+
+  /** Reads `bytes` bytes of `buffer` back to the CPU. */
+  async readBuffer(buffer: GPUBuffer, offset: number, bytes: number): Promise<ArrayBuffer> {
+    const size = Math.ceil(bytes / 4) * 4;
+    const staging = this.device.createBuffer({ size: Math.max(4, size), usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST, label: 'difrep readback' });
+    if (size > 0) {
+      this.endPass();
+      this.getEncoder().copyBufferToBuffer(buffer, offset, staging, 0, size);
+    }
+    this.flush();
+    try {
+      await staging.mapAsync(GPUMapMode.READ);
+    } catch (e) {
+      await this.throwPendingErrors();
+      throw e;
+    }
+    const out = staging.getMappedRange(0, size).slice(0, bytes);
+    staging.unmap();
+    staging.destroy();
+    await this.throwPendingErrors();
+    return out;
+  }
+
+  // ---------------------------------------------------------------- lifetime
+
+  private checkAlive(): void {
+    if (this.disposed) throw new Error('this Engine was disposed');
+    if (this.lostReason) throw new GpuError('device-lost', this.lostReason);
+  }
+
+  memoryStats(): PoolStats & { pipelines: number } {
+    return { ...this.pool.getStats(), pipelines: this.kernels.size };
+  }
+
+  /** Frees every buffer the engine made; destroys the device only if the engine created it. */
+  dispose(): void {
+    if (this.disposed) return;
+    this.flush();
+    this.disposed = true;
+    this.pool.trim();
+    this.uniformArena.destroy();
+    if (this.handle.owned) this.device.destroy();
+  }
+}
+
+function collectTensors(value: unknown, into: Set<Tensor>): void {
+  if (value instanceof Tensor) into.add(value);
+  else if (Array.isArray(value)) for (const v of value) collectTensors(v, into);
+  else if (value && typeof value === 'object' && Object.getPrototypeOf(value) === Object.prototype) {
+    for (const v of Object.values(value)) collectTensors(v, into);
+  }
+}
+
+/** Creates an engine on the caller's device, or on a device it requests itself. */
+export async function createEngine(options: EngineOptions = {}): Promise<Engine> {
+  const handle = options.device ? wrapDevice(options.device, options.adapter) : await requestDevice();
+  return new Engine(handle, options);
+}

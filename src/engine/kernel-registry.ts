@@ -1,0 +1,34 @@
+// Compiles each specialised WGSL program once per device and hands out its pipeline.
+
+/** A WGSL program specialised for one set of compile-time options (tile sizes, flags). */
+export interface KernelSource {
+  /** Unique per distinct WGSL text: family name plus every option that changes the code. */
+  key: string;
+  code: string;
+}
+
+export class KernelRegistry {
+  private pipelines = new Map<string, GPUComputePipeline>();
+
+  constructor(private device: GPUDevice) {}
+
+  /** The cached pipeline for `key`, compiling `build()` only on first use. */
+  get(key: string, build: () => string): GPUComputePipeline {
+    let pipeline = this.pipelines.get(key);
+    if (!pipeline) {
+      const code = build();
+      const module = this.device.createShaderModule({ code, label: key });
+      pipeline = this.device.createComputePipeline({
+        layout: 'auto',
+        compute: { module, entryPoint: 'main' },
+        label: key,
+      });
+      this.pipelines.set(key, pipeline);
+    }
+    return pipeline;
+  }
+
+  get size(): number {
+    return this.pipelines.size;
+  }
+}

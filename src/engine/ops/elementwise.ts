@@ -1,0 +1,135 @@
+// Elementwise ops: unary activations from the kernel table, and binary arithmetic with NumPy
+// broadcasting. Forward kernels: kernels/elementwise.wgsl.ts. Backward rules beside each op.
+import {
+  type BinaryOp, binaryKernel, fillKernel, type UnaryOp, unaryBackwardKernel, unaryKernel, WORKGROUP,
+} from '../../../kernels/elementwise.wgsl.ts';
+import type { Engine } from '../engine.ts';
+import { type Shape, shapeString, type Tensor } from '../tensor.ts';
+import { grid1d, Uniforms } from '../uniforms.ts';
+import { sumToShape } from './reduce.ts';
+
+export function fillConstant(e: Engine, shape: Shape, value: number, label = 'fill'): Tensor {
+  const out = e.empty(shape, label);
+  e.dispatch({
+    kernel: fillKernel(),
+    bindings: [out],
+    uniforms: new Uniforms().u32(out.size).f32(value).toArrayBuffer(),
+    workgroups: grid1d(out.size, WORKGROUP),
+  });
+  return out;
+}
+
+function runUnary(op: UnaryOp, x: Tensor, alpha: number): Tensor {
+  const e = x.engine;
+  const y = e.empty(x.shape, `${op}(${x.label})`);
+  e.dispatch({
+    kernel: unaryKernel(op),
+    bindings: [x, y],
+    uniforms: new Uniforms().u32(x.size).f32(alpha).toArrayBuffer(),
+    workgroups: grid1d(x.size, WORKGROUP),
+  });
+  return y;
+}
+
+/** y = f(x) for a unary op of the table; backward dx = f'(x)·dy by the table's expression. */
+export function unary(op: UnaryOp, x: Tensor, alpha = 0): Tensor {
+  const e = x.engine;
+  const y = runUnary(op, x, alpha);
+  e.tape.record(op, [x], [y], [x, y], ([dy]) => {
+    const dx = e.empty(x.shape, `d${op}`);
+    e.dispatch({
+      kernel: unaryBackwardKernel(op),
+      bindings: [x, y, dy!, dx],
+      uniforms: new Uniforms().u32(x.size).f32(alpha).toArrayBuffer(),
+      workgroups: grid1d(x.size, WORKGROUP),
+    });
+    return [dx];
+  });
+  return y;
+}
+
+export const relu = (x: Tensor) => unary('relu', x);
+export const silu = (x: Tensor) => unary('silu', x);
+export const gelu = (x: Tensor) => unary('gelu', x);
+export const exp = (x: Tensor) => unary('exp', x);
+export const log = (x: Tensor) => unary('log', x);
+export const sqrt = (x: Tensor) => unary('sqrt', x);
+export const square = (x: Tensor) => unary('square', x);
+export const neg = (x: Tensor) => unary('neg', x);
+export const scale = (x: Tensor, s: number) => unary('scale', x, s);
+export const addScalar = (x: Tensor, s: number) => unary('addScalar', x, s);
+
+/** NumPy broadcasting of two shapes; throws with both shapes when they do not broadcast. */
+export function broadcastShapes(a: Shape, b: Shape): number[] {
+  const rank = Math.max(a.length, b.length);
+  const out: number[] = [];
+  for (let i = 0; i < rank; i++) {
+    const da = a[a.length - rank + i] ?? 1;
+    const db = b[b.length - rank + i] ?? 1;
+    if (da !== db && da !== 1 && db !== 1) {
+      throw new RangeError(`shapes ${shapeString(a)} and ${shapeString(b)} do not broadcast (dim ${i}: ${da} vs ${db})`);
+    }
+    out.push(da === 1 ? db : da);
+  }
+  return out;
+}
+
+/** Strides to read a tensor of `shape` as if it had `outShape` (0 along broadcast dims). */
+export function broadcastStrides(shape: Shape, outShape: Shape): number[] {
+  const strides = new Array<number>(outShape.length).fill(0);
+  let s = 1;
+  for (let i = shape.length - 1; i >= 0; i--) {
+    const o = outShape.length - shape.length + i;
+    strides[o] = shape[i] === 1 ? 0 : s;
+    s *= shape[i];
+  }
+  return strides;
+}
+
+function runBinary(op: BinaryOp, a: Tensor, b: Tensor): Tensor {
+  const e = a.engine;
+  const outShape = broadcastShapes(a.shape, b.shape);
+  const out = e.empty(outShape, `${op}(${a.label},${b.label})`);
+  const same = a.size === out.size && b.size === out.size;
+  e.dispatch({
+    kernel: binaryKernel(op, !same),
+    bindings: [a, b, out],
+    uniforms: new Uniforms()
+      .dims(outShape, 1)
+      .dims(broadcastStrides(a.shape, outShape))
+      .dims(broadcastStrides(b.shape, outShape))
+      .u32(out.size, outShape.length)
+      .toArrayBuffer(),
+    workgroups: grid1d(out.size, WORKGROUP),
+  });
+  return out;
+}
+
+function binary(op: BinaryOp, a: Tensor, b: Tensor, rule: (g: Tensor) => [Tensor | null, Tensor | null]): Tensor {
+  const out = runBinary(op, a, b);
+  a.engine.tape.record(op, [a, b], [out], [a, b], ([g]) => {
+    const [ga, gb] = rule(g!);
+    return [ga && sumToShape(ga, a.shape), gb && sumToShape(gb, b.shape)];
+  });
+  return out;
+}
+
+export function add(a: Tensor, b: Tensor): Tensor {
+  return binary('add', a, b, (g) => [a.requiresGrad ? g : null, b.requiresGrad ? g : null]);
+}
+
+export function sub(a: Tensor, b: Tensor): Tensor {
+  return binary('sub', a, b, (g) => [a.requiresGrad ? g : null, b.requiresGrad ? neg(g) : null]);
+}
+
+export function mul(a: Tensor, b: Tensor): Tensor {
+  return binary('mul', a, b, (g) => [a.requiresGrad ? mul(g, b) : null, b.requiresGrad ? mul(g, a) : null]);
+}
+
+/** a / b; d/da = 1/b, d/db = −a/b². */
+export function div(a: Tensor, b: Tensor): Tensor {
+  return binary('div', a, b, (g) => [
+    a.requiresGrad ? div(g, b) : null,
+    b.requiresGrad ? neg(div(mul(g, a), square(b))) : null,
+  ]);
+}

@@ -1,0 +1,127 @@
+// Layout ops: reshape (a view), permute/transpose, slice, concat and broadcast-expand. All but
+// reshape are the strided-copy kernel (kernels/copy.wgsl.ts) with different strides and offsets.
+import { COPY_WORKGROUP, stridedCopyKernel } from '../../../kernels/copy.wgsl.ts';
+import type { Engine } from '../engine.ts';
+import { contiguousStrides, numel, type Shape, shapeString, type Tensor } from '../tensor.ts';
+import { grid1d, Uniforms } from '../uniforms.ts';
+import { broadcastStrides } from './elementwise.ts';
+import { sumToShape } from './reduce.ts';
+
+interface CopySpec {
+  shape: Shape;
+  inStrides: readonly number[];
+  inOffset: number;
+  outStrides: readonly number[];
+  outOffset: number;
+}
+
+function stridedCopy(e: Engine, x: Tensor, out: Tensor, c: CopySpec): void {
+  const n = numel(c.shape);
+  if (n === 0) return;
+  e.dispatch({
+    kernel: stridedCopyKernel(),
+    bindings: [x, out],
+    uniforms: new Uniforms()
+      .dims(c.shape, 1).dims(c.inStrides).dims(c.outStrides)
+      .u32(n, c.shape.length, c.inOffset, c.outOffset)
+      .toArrayBuffer(),
+    workgroups: grid1d(n, COPY_WORKGROUP),
+  });
+}
+
+/** The same elements in another shape (no copy). One dim may be -1. */
+export function reshape(x: Tensor, shape: readonly number[]): Tensor {
+  const e = x.engine;
+  const known = shape.filter((d) => d !== -1).reduce((p, d) => p * d, 1);
+  const resolved = shape.map((d) => (d === -1 ? x.size / known : d));
+  if (numel(resolved) !== x.size || resolved.some((d) => !Number.isInteger(d))) {
+    throw new RangeError(`reshape: cannot view ${x.label} ${shapeString(x.shape)} as ${shapeString(shape)}`);
+  }
+  const y = e.view(x, resolved);
+  e.tape.record('reshape', [x], [y], [], ([g]) => [e.view(g!, x.shape)]);
+  return y;
+}
+
+/** Reorders axes: y.shape[i] = x.shape[perm[i]]. Backward: permute by the inverse. */
+export function permute(x: Tensor, perm: readonly number[]): Tensor {
+  const e = x.engine;
+  if (perm.length !== x.rank || [...perm].sort((a, b) => a - b).some((p, i) => p !== i)) {
+    throw new RangeError(`permute: ${perm} is not a permutation of the ${x.rank} axes of ${x.label}`);
+  }
+  const shape = perm.map((p) => x.shape[p]);
+  const xs = x.strides;
+  const y = e.empty(shape, `permute(${x.label})`);
+  stridedCopy(e, x, y, { shape, inStrides: perm.map((p) => xs[p]), inOffset: 0, outStrides: contiguousStrides(shape), outOffset: 0 });
+  const inverse = perm.map((_, i) => perm.indexOf(i));
+  e.tape.record('permute', [x], [y], [], ([g]) => [permute(g!, inverse)]);
+  return y;
+}
+
+/** Swaps two axes. */
+export function transpose(x: Tensor, a = -2, b = -1): Tensor {
+  const r = x.rank;
+  const perm = [...Array(r).keys()];
+  const i = a < 0 ? a + r : a;
+  const j = b < 0 ? b + r : b;
+  [perm[i], perm[j]] = [perm[j], perm[i]];
+  return permute(x, perm);
+}
+
+/** x[starts[0]:ends[0], ...]; missing axes are taken whole. Backward: the gradient placed in zeros. */
+export function slice(x: Tensor, starts: readonly number[], ends: readonly number[]): Tensor {
+  const e = x.engine;
+  const st = x.shape.map((_, i) => starts[i] ?? 0);
+  const en = x.shape.map((d, i) => ends[i] ?? d);
+  st.forEach((s, i) => {
+    if (s < 0 || en[i] > x.shape[i] || s > en[i]) {
+      throw new RangeError(`slice: [${s}, ${en[i]}) is outside axis ${i} of ${x.label} ${shapeString(x.shape)}`);
+    }
+  });
+  const shape = st.map((s, i) => en[i] - s);
+  const xs = x.strides;
+  const y = e.empty(shape, `slice(${x.label})`);
+  const inOffset = st.reduce((p, s, i) => p + s * xs[i], 0);
+  stridedCopy(e, x, y, { shape, inStrides: xs, inOffset, outStrides: contiguousStrides(shape), outOffset: 0 });
+  e.tape.record('slice', [x], [y], [], ([g]) => {
+    const gx = e.zeros(x.shape, 'dslice');
+    stridedCopy(e, g!, gx, { shape, inStrides: contiguousStrides(shape), inOffset: 0, outStrides: xs, outOffset: inOffset });
+    return [gx];
+  });
+  return y;
+}
+
+/** Joins tensors along `axis`. Backward: each input's slice of the gradient. */
+export function concat(xs: readonly Tensor[], axis: number): Tensor {
+  if (xs.length === 0) throw new RangeError('concat: no tensors given');
+  const e = xs[0].engine;
+  const r = xs[0].rank;
+  const ax = axis < 0 ? axis + r : axis;
+  for (const t of xs) {
+    if (t.rank !== r || t.shape.some((d, i) => i !== ax && d !== xs[0].shape[i])) {
+      throw new RangeError(`concat along axis ${ax}: ${shapeString(t.shape)} does not match ${shapeString(xs[0].shape)}`);
+    }
+  }
+  const shape = [...xs[0].shape];
+  shape[ax] = xs.reduce((p, t) => p + t.shape[ax], 0);
+  const out = e.empty(shape, 'concat');
+  const outStrides = contiguousStrides(shape);
+  const offsets: number[] = [];
+  let at = 0;
+  for (const t of xs) {
+    offsets.push(at);
+    stridedCopy(e, t, out, { shape: t.shape, inStrides: t.strides, inOffset: 0, outStrides, outOffset: at * outStrides[ax] });
+    at += t.shape[ax];
+  }
+  e.tape.record('concat', [...xs], [out], [], ([g]) =>
+    xs.map((t, i) => (t.requiresGrad ? slice(g!, shape.map((_, d) => (d === ax ? offsets[i] : 0)), shape.map((s, d) => (d === ax ? offsets[i] + t.shape[ax] : s))) : null)));
+  return out;
+}
+
+/** Broadcasts x to `shape` (NumPy rules), materialised. Backward: sum over the broadcast axes. */
+export function expand(x: Tensor, shape: Shape): Tensor {
+  const e = x.engine;
+  const y = e.empty(shape, `expand(${x.label})`);
+  stridedCopy(e, x, y, { shape, inStrides: broadcastStrides(x.shape, shape), inOffset: 0, outStrides: contiguousStrides(shape), outOffset: 0 });
+  e.tape.record('expand', [x], [y], [], ([g]) => [sumToShape(g!, x.shape)]);
+  return y;
+}

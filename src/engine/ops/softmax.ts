@@ -1,0 +1,24 @@
+// Softmax and log-softmax over the last axis. Kernels: kernels/softmax.wgsl.ts; both backward
+// rules read only the forward output y (see softmaxBackwardKernel).
+import { softmaxBackwardKernel, softmaxKernel } from '../../../kernels/softmax.wgsl.ts';
+import type { Tensor } from '../tensor.ts';
+import { grid1d, Uniforms } from '../uniforms.ts';
+
+function run(x: Tensor, log: boolean): Tensor {
+  const e = x.engine;
+  if (x.rank === 0) throw new RangeError(`${log ? 'logSoftmax' : 'softmax'}: ${x.label} is a scalar`);
+  const n = x.shape[x.rank - 1];
+  const rows = x.size / Math.max(1, n);
+  const y = e.empty(x.shape, `${log ? 'logSoftmax' : 'softmax'}(${x.label})`);
+  const uniforms = new Uniforms().u32(rows, n).toArrayBuffer();
+  e.dispatch({ kernel: softmaxKernel(log), bindings: [x, y], uniforms, workgroups: grid1d(rows, 1) });
+  e.tape.record(log ? 'logSoftmax' : 'softmax', [x], [y], [y], ([dy]) => {
+    const dx = e.empty(x.shape, 'dsoftmax');
+    e.dispatch({ kernel: softmaxBackwardKernel(log), bindings: [y, dy!, dx], uniforms, workgroups: grid1d(rows, 1) });
+    return [dx];
+  });
+  return y;
+}
+
+export const softmax = (x: Tensor) => run(x, false);
+export const logSoftmax = (x: Tensor) => run(x, true);

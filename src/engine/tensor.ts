@@ -1,0 +1,123 @@
+// A dense, contiguous (row-major) f32 tensor living in a GPU storage buffer.
+
+import type { Engine } from './engine.ts';
+
+export type Shape = readonly number[];
+
+export function numel(shape: Shape): number {
+  let n = 1;
+  for (const d of shape) n *= d;
+  return n;
+}
+
+export function contiguousStrides(shape: Shape): number[] {
+  const strides = new Array<number>(shape.length);
+  let s = 1;
+  for (let i = shape.length - 1; i >= 0; i--) {
+    strides[i] = s;
+    s *= shape[i];
+  }
+  return strides;
+}
+
+export function shapeString(shape: Shape): string {
+  return `[${shape.join(',')}]`;
+}
+
+/** A GPU buffer shared by a tensor and its reshaped views; returned to the pool when the last one goes. */
+export class Storage {
+  refs = 1;
+  constructor(readonly buffer: GPUBuffer, readonly byteLength: number, private onFree: (b: GPUBuffer) => void) {}
+
+  retain(): void {
+    if (this.refs <= 0) throw new Error(`internal: retain of a freed buffer (${this.buffer.label})`);
+    this.refs++;
+  }
+
+  release(): void {
+    if (--this.refs === 0) this.onFree(this.buffer);
+  }
+}
+
+export class Tensor {
+  readonly id: number;
+  readonly size: number;
+  /** Set on parameters (leaves) by the user, and on every output of a recorded op. */
+  requiresGrad = false;
+  /** Accumulated gradient of a leaf after `backward()`. */
+  grad: Tensor | null = null;
+  private userReleased = false;
+  private freed = false;
+  /** Holds by the autograd tape: a tensor saved for backward outlives the user's dispose(). */
+  private holds = 0;
+
+  constructor(
+    readonly engine: Engine,
+    readonly shape: Shape,
+    readonly storage: Storage,
+    readonly label: string,
+  ) {
+    this.id = engine.nextTensorId();
+    this.size = numel(shape);
+    engine.track(this);
+  }
+
+  get buffer(): GPUBuffer {
+    if (this.freed) throw new Error(`tensor "${this.label}" ${shapeString(this.shape)} was used after dispose()`);
+    return this.storage.buffer;
+  }
+
+  get byteLength(): number {
+    return this.size * 4;
+  }
+
+  get rank(): number {
+    return this.shape.length;
+  }
+
+  get strides(): number[] {
+    return contiguousStrides(this.shape);
+  }
+
+  get isDisposed(): boolean {
+    return this.userReleased;
+  }
+
+  /** Releases this tensor (and its gradient); idempotent. The buffer returns to the pool once no view and no tape hold needs it. */
+  dispose(): void {
+    if (this.userReleased) return;
+    this.userReleased = true;
+    if (this.grad) {
+      this.grad.dispose();
+      this.grad = null;
+    }
+    this.freeIfUnused();
+  }
+
+  /** Called by the autograd tape for tensors a backward rule will read. */
+  hold(): void {
+    this.holds++;
+  }
+
+  unhold(): void {
+    this.holds--;
+    this.freeIfUnused();
+  }
+
+  private freeIfUnused(): void {
+    if (this.userReleased && this.holds === 0 && !this.freed) {
+      this.freed = true;
+      this.storage.release();
+    }
+  }
+
+  /** Copies the values back to the CPU (flushes pending GPU work). */
+  async read(): Promise<Float32Array> {
+    const bytes = await this.engine.readBuffer(this.buffer, 0, this.byteLength);
+    return new Float32Array(bytes);
+  }
+
+  toString(): string {
+    return `Tensor(${this.label} ${shapeString(this.shape)})`;
+  }
+}

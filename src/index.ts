@@ -1,0 +1,2 @@
+// difrep's public surface.
+export * from './engine/index.ts';

@@ -1,0 +1,168 @@
+// Plain-TypeScript float64 reference implementations: the independent ground truth for kernels.
+export interface Nd {
+  data: Float64Array;
+  shape: number[];
+}
+
+export const numel = (shape: readonly number[]) => shape.reduce((p, d) => p * d, 1);
+
+export function strides(shape: readonly number[]): number[] {
+  const s = new Array<number>(shape.length);
+  let acc = 1;
+  for (let i = shape.length - 1; i >= 0; i--) {
+    s[i] = acc;
+    acc *= shape[i];
+  }
+  return s;
+}
+
+export function nd(shape: number[], fn: (idx: number[]) => number): Nd {
+  const data = new Float64Array(numel(shape));
+  const st = strides(shape);
+  for (let i = 0; i < data.length; i++) {
+    const idx = shape.map((_, d) => Math.floor(i / st[d]) % shape[d]);
+    data[i] = fn(idx);
+  }
+  return { data, shape };
+}
+
+export function at(x: Nd, idx: number[]): number {
+  const st = strides(x.shape);
+  let o = 0;
+  for (let d = 0; d < idx.length; d++) o += idx[d] * st[d];
+  return x.data[o];
+}
+
+export function erf(x: number): number {
+  // Series/continued fraction to full double precision is overkill; use a high-order expansion.
+  const t = Math.abs(x);
+  if (t < 3) {
+    // Maclaurin series: erf(x) = 2/√π Σ (−1)^n x^(2n+1) / (n! (2n+1))
+    let sum = 0;
+    let term = t;
+    for (let n = 0; n < 200; n++) {
+      const add = term / (2 * n + 1);
+      sum += add;
+      if (Math.abs(add) < 1e-17 * Math.abs(sum)) break;
+      term *= (-t * t) / (n + 1);
+    }
+    return Math.sign(x) * (2 / Math.sqrt(Math.PI)) * sum;
+  }
+  // Continued fraction for erfc at large |x|.
+  let f = 0;
+  for (let k = 60; k >= 1; k--) f = (k / 2) / (t + f);
+  const erfc = Math.exp(-t * t) / Math.sqrt(Math.PI) / (t + f);
+  return Math.sign(x) * (1 - erfc);
+}
+
+export const unaryRef: Record<string, (x: number, alpha: number) => number> = {
+  relu: (x) => Math.max(x, 0),
+  silu: (x) => x / (1 + Math.exp(-x)),
+  gelu: (x) => 0.5 * x * (1 + erf(x / Math.SQRT2)),
+  exp: (x) => Math.exp(x),
+  log: (x) => Math.log(x),
+  sqrt: (x) => Math.sqrt(x),
+  square: (x) => x * x,
+  neg: (x) => -x,
+  scale: (x, a) => a * x,
+  addScalar: (x, a) => x + a,
+};
+
+export function map(x: Nd, f: (v: number) => number): Nd {
+  return { data: x.data.map(f), shape: [...x.shape] };
+}
+
+export function broadcast(a: Nd, b: Nd, f: (x: number, y: number) => number): Nd {
+  const rank = Math.max(a.shape.length, b.shape.length);
+  const pa = [...Array(rank - a.shape.length).fill(1), ...a.shape];
+  const pb = [...Array(rank - b.shape.length).fill(1), ...b.shape];
+  const shape = pa.map((d, i) => Math.max(d, pb[i]));
+  const A = { data: a.data, shape: pa };
+  const B = { data: b.data, shape: pb };
+  return nd(shape, (idx) => f(at(A, idx.map((c, i) => (pa[i] === 1 ? 0 : c))), at(B, idx.map((c, i) => (pb[i] === 1 ? 0 : c)))));
+}
+
+export function sumAxes(x: Nd, axes: number[], keep: boolean): Nd {
+  const keptShape = x.shape.map((d, i) => (axes.includes(i) ? 1 : d));
+  const out = new Float64Array(numel(keptShape));
+  const st = strides(x.shape);
+  const ost = strides(keptShape);
+  for (let i = 0; i < x.data.length; i++) {
+    let o = 0;
+    for (let d = 0; d < x.shape.length; d++) {
+      const c = Math.floor(i / st[d]) % x.shape[d];
+      if (!axes.includes(d)) o += c * ost[d];
+    }
+    out[o] += x.data[i];
+  }
+  return { data: out, shape: keep ? keptShape : x.shape.filter((_, i) => !axes.includes(i)) };
+}
+
+export function softmaxRef(x: Nd, log: boolean): Nd {
+  const n = x.shape[x.shape.length - 1];
+  const out = new Float64Array(x.data.length);
+  for (let r = 0; r < x.data.length / n; r++) {
+    const row = x.data.subarray(r * n, r * n + n);
+    const m = Math.max(...row);
+    let s = 0;
+    for (const v of row) s += Math.exp(v - m);
+    for (let k = 0; k < n; k++) out[r * n + k] = log ? row[k] - m - Math.log(s) : Math.exp(row[k] - m) / s;
+  }
+  return { data: out, shape: [...x.shape] };
+}
+
+/** Batched matmul with NumPy-style batch broadcasting of a batch of 1. */
+export function matmulRef(a: Nd, b: Nd, transA = false, transB = false): Nd {
+  const ra = a.shape.length;
+  const rb = b.shape.length;
+  const [M, K] = transA ? [a.shape[ra - 1], a.shape[ra - 2]] : [a.shape[ra - 2], a.shape[ra - 1]];
+  const N = transB ? b.shape[rb - 2] : b.shape[rb - 1];
+  const batchA = numel(a.shape.slice(0, -2));
+  const batchB = numel(b.shape.slice(0, -2));
+  const batch = Math.max(batchA, batchB);
+  const batchShape = batchA >= batchB ? a.shape.slice(0, -2) : b.shape.slice(0, -2);
+  const out = new Float64Array(batch * M * N);
+  for (let p = 0; p < batch; p++) {
+    const oa = (batchA === 1 ? 0 : p) * M * K;
+    const ob = (batchB === 1 ? 0 : p) * K * N;
+    for (let i = 0; i < M; i++) {
+      for (let j = 0; j < N; j++) {
+        let s = 0;
+        for (let k = 0; k < K; k++) {
+          const av = transA ? a.data[oa + k * M + i] : a.data[oa + i * K + k];
+          const bv = transB ? b.data[ob + j * K + k] : b.data[ob + k * N + j];
+          s += av * bv;
+        }
+        out[(p * M + i) * N + j] = s;
+      }
+    }
+  }
+  return { data: out, shape: [...batchShape, M, N] };
+}
+
+export function permuteRef(x: Nd, perm: number[]): Nd {
+  const shape = perm.map((p) => x.shape[p]);
+  return nd(shape, (idx) => {
+    const src = new Array<number>(x.shape.length);
+    perm.forEach((p, i) => (src[p] = idx[i]));
+    return at(x, src);
+  });
+}
+
+export function sliceRef(x: Nd, starts: number[], ends: number[]): Nd {
+  const shape = x.shape.map((_, i) => ends[i] - starts[i]);
+  return nd(shape, (idx) => at(x, idx.map((c, i) => c + starts[i])));
+}
+
+export function concatRef(xs: Nd[], axis: number): Nd {
+  const shape = [...xs[0].shape];
+  shape[axis] = xs.reduce((p, t) => p + t.shape[axis], 0);
+  return nd(shape, (idx) => {
+    let c = idx[axis];
+    for (const t of xs) {
+      if (c < t.shape[axis]) return at(t, idx.map((v, i) => (i === axis ? c : v)));
+      c -= t.shape[axis];
+    }
+    throw new Error('unreachable');
+  });
+}
