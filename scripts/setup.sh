@@ -68,4 +68,4 @@ install_npm_deps() {
 install_lavapipe
 install_npm_deps
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
-node --experimental-strip-types --no-warnings scripts/probe-adapter.ts
+npx --no-install tsx scripts/probe-adapter.ts

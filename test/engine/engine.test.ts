@@ -1,0 +1,98 @@
+import { execFileSync } from 'node:child_process';
+import t from 'tap';
+import { createEngine, GpuError, ops, requestDevice } from '../../src/index.ts';
+import { sizeClass } from '../../src/engine/buffer-pool.ts';
+import { testEngine } from '../helpers/check.ts';
+
+const e = await testEngine();
+
+t.test('with no Vulkan driver every entry point fails with one message naming the setup command', async (t) => {
+  const child = new URL('./children/no-adapter.ts', import.meta.url).pathname;
+  const out = execFileSync(process.execPath, ['--import', 'tsx', child], {
+    env: { ...process.env, VK_ICD_FILENAMES: '/nonexistent/icd.json', VK_DRIVER_FILES: '/nonexistent/icd.json' },
+    encoding: 'utf8',
+    stdio: ['ignore', 'pipe', 'ignore'],
+  });
+  t.match(out, /NoAdapterError: No WebGPU adapter: .*npm run setup/);
+});
+
+t.test('size classes waste at most a third and are monotone', async (t) => {
+  let prev = 0;
+  for (const b of [1, 255, 256, 4096, 4097, 6000, 1 << 20, (1 << 20) + 1, 100_000_000]) {
+    const c = sizeClass(b);
+    t.ok(c >= b && c <= Math.max(256, b * 1.5 + 256) && c >= prev, `${b} -> ${c}`);
+    prev = c;
+  }
+});
+
+t.test('the buffer pool reuses a freed buffer of the same class', async (t) => {
+  const before = e.memoryStats();
+  const a = e.empty([1000], 'a');
+  a.dispose();
+  const b = e.empty([1000], 'b');
+  const after = e.memoryStats();
+  t.equal(after.reuses, before.reuses + 1);
+  b.dispose();
+});
+
+t.test('tidy disposes intermediates and keeps the result', async (t) => {
+  const x = e.tensor([1, 2, 3], [3]);
+  const live0 = e.memoryStats().liveBytes;
+  const y = e.tidy(() => ops.scale(ops.add(ops.mul(x, x), x), 2));
+  t.equal(e.memoryStats().liveBytes - live0, 256, 'only the result stays live');
+  t.same(Array.from(await y.read()), [4, 12, 24]);
+  y.dispose();
+  t.throws(() => y.buffer, /used after dispose/);
+});
+
+t.test('backward frees what the tape saved', async (t) => {
+  const x = e.tensor([0.5, -1, 2], [3]);
+  x.requiresGrad = true;
+  const live0 = e.memoryStats().liveBytes;
+  const loss = e.tidy(() => ops.sum(ops.silu(ops.mul(x, x))));
+  e.tape.backward(loss);
+  loss.dispose();
+  t.equal(e.tape.length, 0);
+  t.equal(e.memoryStats().liveBytes - live0, 256, 'only x.grad remains');
+  x.dispose();
+});
+
+t.test('noGrad records nothing', async (t) => {
+  const x = e.tensor([1], [1]);
+  x.requiresGrad = true;
+  const y = e.noGrad(() => ops.mul(x, x));
+  t.equal(y.requiresGrad, false);
+  t.equal(e.tape.length, 0);
+});
+
+t.test('gradients accumulate across backward calls until cleared', async (t) => {
+  const x = e.tensor([3], [1]);
+  x.requiresGrad = true;
+  e.tape.backward(ops.sum(ops.mul(x, x)));
+  e.tape.backward(ops.sum(ops.mul(x, x)));
+  t.same(Array.from(await x.grad!.read()), [12]);
+});
+
+t.test('a GPU validation error surfaces as a GpuError carrying the label', async (t) => {
+  const bad = { key: 'deliberately-broken-kernel', code: '@compute @workgroup_size(1) fn main() { let x: f32 = 1u; }' };
+  e.dispatch({ kernel: bad, bindings: [], uniforms: new ArrayBuffer(16), workgroups: [1] });
+  const err = await e.sync().then(() => null, (x: Error) => x);
+  t.ok(err instanceof GpuError, 'a GpuError');
+  t.match(err?.message, /deliberately-broken-kernel/, 'naming the kernel');
+  await e.sync();
+  t.pass('the engine keeps working after the error was reported');
+});
+
+t.test('an engine on the caller\'s own device leaves the device usable after dispose', async (t) => {
+  const { device } = await requestDevice();
+  const mine = await createEngine({ device });
+  const y = ops.add(mine.tensor([1, 2], [2]), mine.tensor([3, 4], [2]));
+  t.same(Array.from(await y.read()), [4, 6]);
+  mine.dispose();
+  // The device still works for the caller.
+  const buf = device.createBuffer({ size: 16, usage: GPUBufferUsage.COPY_DST });
+  device.queue.writeBuffer(buf, 0, new Float32Array(4));
+  await device.queue.onSubmittedWorkDone();
+  t.pass('device alive');
+  device.destroy();
+});

@@ -1,0 +1,87 @@
+import t from 'tap';
+import { ops } from '../../src/index.ts';
+import { gradCheck, maxRelError, randomNd, testEngine, upload } from '../helpers/check.ts';
+import { broadcast, map, type Nd, unaryRef } from '../helpers/reference.ts';
+
+const e = await testEngine();
+
+const unaryCases: [string, (x: any) => any, number, number, number][] = [
+  // name, op, alpha, input lo, hi
+  ['relu', ops.relu, 0, -2, 2],
+  ['silu', ops.silu, 0, -6, 6],
+  ['gelu', ops.gelu, 0, -5, 5],
+  ['exp', ops.exp, 0, -3, 3],
+  ['log', ops.log, 0, 0.1, 4],
+  ['sqrt', ops.sqrt, 0, 0.1, 4],
+  ['square', ops.square, 0, -2, 2],
+  ['neg', ops.neg, 0, -2, 2],
+];
+
+for (const [name, op, alpha, lo, hi] of unaryCases) {
+  t.test(`${name} forward matches float64 on 1, 257 and 70001 elements`, async (t) => {
+    for (const [n, seed] of [[1, 1], [257, 2], [70001, 3]]) {
+      const x = randomNd([n], seed, lo, hi);
+      const y = op(upload(e, x));
+      const err = maxRelError(await y.read(), map(x, (v) => unaryRef[name](v, alpha)).data);
+      t.ok(err < 1e-5, `n=${n}: max rel err ${err.toExponential(2)}`);
+    }
+  });
+  t.test(`${name} backward matches finite differences on a 3x5x7 input`, async (t) => {
+    const x = randomNd([3, 5, 7], 11, lo, hi);
+    const { worst } = await gradCheck(e, op, (a: Nd) => map(a, (v) => unaryRef[name](v, alpha)), [x]);
+    t.ok(worst < 1e-3, `max rel err ${worst.toExponential(2)}`);
+  });
+}
+
+t.test('scale and addScalar use their scalar', async (t) => {
+  const x = randomNd([33], 4);
+  t.ok(maxRelError(await ops.scale(upload(e, x), -2.5).read(), map(x, (v) => -2.5 * v).data) < 1e-6);
+  t.ok(maxRelError(await ops.addScalar(upload(e, x), 3).read(), map(x, (v) => v + 3).data) < 1e-6);
+  const { worst } = await gradCheck(e, (a) => ops.scale(a, -2.5), (a: Nd) => map(a, (v) => -2.5 * v), [x]);
+  t.ok(worst < 1e-3);
+});
+
+const binaryCases: [string, (a: any, b: any) => any, (x: number, y: number) => number][] = [
+  ['add', ops.add, (x, y) => x + y],
+  ['sub', ops.sub, (x, y) => x - y],
+  ['mul', ops.mul, (x, y) => x * y],
+  ['div', ops.div, (x, y) => x / y],
+];
+const shapePairs: [number[], number[]][] = [
+  [[4, 33], [4, 33]],
+  [[2, 3, 5], [5]],
+  [[2, 1, 5], [1, 4, 1]],
+  [[1], [3, 7]],
+  [[6, 1], [6, 9]],
+];
+
+for (const [name, op, f] of binaryCases) {
+  t.test(`${name} forward broadcasts like NumPy`, async (t) => {
+    for (const [sa, sb] of shapePairs) {
+      const a = randomNd(sa, 5, 0.5, 2);
+      const b = randomNd(sb, 6, 0.5, 2);
+      const y = op(upload(e, a), upload(e, b));
+      const ref = broadcast(a, b, f);
+      t.same(y.shape, ref.shape, `shape of ${sa} ∘ ${sb}`);
+      t.ok(maxRelError(await y.read(), ref.data) < 1e-6, `${sa} ∘ ${sb}`);
+    }
+  });
+  t.test(`${name} backward reduces over broadcast axes (finite differences)`, async (t) => {
+    for (const [sa, sb] of shapePairs) {
+      const a = randomNd(sa, 8, 0.5, 2);
+      const b = randomNd(sb, 9, 0.5, 2);
+      const { worst } = await gradCheck(e, op, (x: Nd, y: Nd) => broadcast(x, y, f), [a, b]);
+      t.ok(worst < 1e-3, `${sa} ∘ ${sb}: ${worst.toExponential(2)}`);
+    }
+  });
+}
+
+t.test('incompatible shapes give an error naming both shapes', async (t) => {
+  t.throws(() => ops.add(upload(e, randomNd([2, 3], 1)), upload(e, randomNd([4], 1))), /\[2,3\] and \[4\] do not broadcast/);
+});
+
+t.test('a gradient used by two paths accumulates (x·x + x)', async (t) => {
+  const x = randomNd([10], 3);
+  const { worst } = await gradCheck(e, (a) => ops.add(ops.mul(a, a), a), (a: Nd) => map(a, (v) => v * v + v), [x]);
+  t.ok(worst < 1e-3, `${worst}`);
+});

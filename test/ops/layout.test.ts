@@ -1,0 +1,61 @@
+import t from 'tap';
+import { ops } from '../../src/index.ts';
+import { gradCheck, maxRelError, randomNd, testEngine, upload } from '../helpers/check.ts';
+import { broadcast, concatRef, type Nd, permuteRef, sliceRef } from '../helpers/reference.ts';
+
+const e = await testEngine();
+
+t.test('permute and transpose match the reference, forward and backward', async (t) => {
+  for (const [shape, perm] of [[[2, 3, 4], [2, 0, 1]], [[5, 1, 7, 2], [3, 1, 0, 2]], [[9, 13], [1, 0]]] as [number[], number[]][]) {
+    const x = randomNd(shape, 2);
+    const y = ops.permute(upload(e, x), perm);
+    const ref = permuteRef(x, perm);
+    t.same(y.shape, ref.shape);
+    t.ok(maxRelError(await y.read(), ref.data) === 0, `${shape} by ${perm}`);
+    const { worst } = await gradCheck(e, (a) => ops.permute(a, perm), (a: Nd) => permuteRef(a, perm), [x]);
+    t.ok(worst < 1e-3);
+  }
+  const x = randomNd([3, 4, 5], 3);
+  t.ok(maxRelError(await ops.transpose(upload(e, x), 0, 2).read(), permuteRef(x, [2, 1, 0]).data) === 0);
+});
+
+t.test('slice matches the reference, forward and backward', async (t) => {
+  const x = randomNd([4, 6, 5], 4);
+  const starts = [1, 0, 2];
+  const ends = [3, 6, 5];
+  t.ok(maxRelError(await ops.slice(upload(e, x), starts, ends).read(), sliceRef(x, starts, ends).data) === 0);
+  const { worst } = await gradCheck(e, (a) => ops.slice(a, starts, ends), (a: Nd) => sliceRef(a, starts, ends), [x]);
+  t.ok(worst < 1e-3);
+  t.throws(() => ops.slice(upload(e, x), [0, 0, 0], [5, 6, 5]), /outside axis 0/);
+});
+
+t.test('concat matches the reference on every axis, forward and backward', async (t) => {
+  for (const axis of [0, 1, 2]) {
+    const shapes = [[2, 3, 4], [2, 3, 4], [2, 3, 4]].map((s, i) => s.map((d, k) => (k === axis ? d + i : d)));
+    const xs = shapes.map((s, i) => randomNd(s, 10 + i));
+    const y = ops.concat(xs.map((x) => upload(e, x)), axis);
+    t.ok(maxRelError(await y.read(), concatRef(xs, axis).data) === 0, `axis ${axis}`);
+    const { worst } = await gradCheck(e, (...ts) => ops.concat(ts, axis), (...ns: Nd[]) => concatRef(ns, axis), xs);
+    t.ok(worst < 1e-3);
+  }
+  t.throws(() => ops.concat([upload(e, randomNd([2, 3], 1)), upload(e, randomNd([3, 3], 1))], 1), /does not match/);
+});
+
+t.test('reshape shares the buffer and passes gradients through', async (t) => {
+  const x = randomNd([2, 6], 5);
+  const y = ops.reshape(upload(e, x), [3, -1]);
+  t.same(y.shape, [3, 4]);
+  t.ok(maxRelError(await y.read(), x.data) === 0);
+  const { worst } = await gradCheck(e, (a) => ops.mul(ops.reshape(a, [4, 3]), ops.reshape(a, [4, 3])), (a: Nd) => ({ data: a.data.map((v) => v * v), shape: [4, 3] }), [x]);
+  t.ok(worst < 1e-3);
+  t.throws(() => ops.reshape(upload(e, x), [5, -1]), /cannot view/);
+});
+
+t.test('expand broadcasts and its backward sums', async (t) => {
+  const x = randomNd([3, 1], 6);
+  const shape = [2, 3, 4];
+  const ref = (a: Nd) => broadcast(a, { data: new Float64Array(24), shape }, (p) => p);
+  t.ok(maxRelError(await ops.expand(upload(e, x), shape).read(), ref(x).data) === 0);
+  const { worst } = await gradCheck(e, (a) => ops.expand(a, shape), ref, [x]);
+  t.ok(worst < 1e-3);
+});

@@ -1,0 +1,66 @@
+import t from 'tap';
+import { ops } from '../../src/index.ts';
+import { gradCheck, maxRelError, randomNd, testEngine, upload } from '../helpers/check.ts';
+import { broadcast, matmulRef, type Nd } from '../helpers/reference.ts';
+
+const e = await testEngine();
+
+// [shape of A as stored, shape of B as stored, transA, transB]
+const cases: [number[], number[], boolean, boolean][] = [
+  [[1, 1], [1, 1], false, false],
+  [[5, 7], [7, 3], false, false],
+  [[33, 65], [65, 31], false, false],
+  [[65, 33], [65, 31], true, false],
+  [[33, 65], [31, 65], false, true],
+  [[65, 33], [31, 65], true, true],
+  [[3, 17, 9], [3, 9, 20], false, false],
+  [[3, 17, 9], [9, 20], false, false],
+  [[17, 9], [2, 2, 9, 20], false, false],
+  [[130, 257], [257, 70], false, false],
+];
+
+for (const [sa, sb, ta, tb] of cases) {
+  t.test(`matmul ${sa}${ta ? 'ᵀ' : ''} × ${sb}${tb ? 'ᵀ' : ''} matches float64`, async (t) => {
+    const a = randomNd(sa, 1);
+    const b = randomNd(sb, 2);
+    const y = ops.matmul(upload(e, a), upload(e, b), { transA: ta, transB: tb });
+    const ref = matmulRef(a, b, ta, tb);
+    t.same(y.shape, ref.shape);
+    const err = maxRelError(await y.read(), ref.data);
+    t.ok(err < 1e-5, `max rel err ${err.toExponential(2)}`);
+  });
+}
+
+t.test('matmul 256x512 · 512x384 (several tiles, awkward N) matches float64', async (t) => {
+  const a = randomNd([256, 512], 3);
+  const b = randomNd([512, 384], 4);
+  const err = maxRelError(await ops.matmul(upload(e, a), upload(e, b)).read(), matmulRef(a, b).data);
+  t.ok(err < 1e-5, `${err}`);
+});
+
+for (const [sa, sb, ta, tb] of cases.slice(1, 9)) {
+  t.test(`matmul backward ${sa}${ta ? 'ᵀ' : ''} × ${sb}${tb ? 'ᵀ' : ''} matches finite differences`, async (t) => {
+    const { worst } = await gradCheck(
+      e,
+      (a, b) => ops.matmul(a, b, { transA: ta, transB: tb }),
+      (a: Nd, b: Nd) => matmulRef(a, b, ta, tb),
+      [randomNd(sa, 5), randomNd(sb, 6)],
+    );
+    t.ok(worst < 1e-3, `${worst.toExponential(2)}`);
+  });
+}
+
+t.test('matmul with bias: forward and the bias gradient', async (t) => {
+  const a = randomNd([6, 5], 1);
+  const w = randomNd([5, 4], 2);
+  const bias = randomNd([4], 3);
+  const ref = (x: Nd, y: Nd, z: Nd) => broadcast(matmulRef(x, y), z, (p, q) => p + q);
+  const y = ops.matmul(upload(e, a), upload(e, w), { bias: upload(e, bias) });
+  t.ok(maxRelError(await y.read(), ref(a, w, bias).data) < 1e-5);
+  const { worst } = await gradCheck(e, (x, y, z) => ops.matmul(x, y, { bias: z }), ref, [a, w, bias]);
+  t.ok(worst < 1e-3, `${worst}`);
+});
+
+t.test('mismatched inner sizes name both operands', async (t) => {
+  t.throws(() => ops.matmul(upload(e, randomNd([2, 3], 1)), upload(e, randomNd([4, 5], 1))), /inner sizes 3 vs 4/);
+});

@@ -1,0 +1,45 @@
+import t from 'tap';
+import { ops } from '../../src/index.ts';
+import { gradCheck, maxRelError, randomNd, testEngine, upload } from '../helpers/check.ts';
+import { map, type Nd, numel, sumAxes } from '../helpers/reference.ts';
+
+const e = await testEngine();
+
+const cases: [number[], number[] | undefined, boolean][] = [
+  [[7], undefined, false],
+  [[100003], undefined, false],
+  [[3, 5, 7], [1], false],
+  [[3, 5, 7], [0, 2], true],
+  [[3, 5, 7], [1, 2], false],
+  [[2, 300, 3], [1], true],
+  [[1, 1, 9], [0, 1], false],
+  [[4, 1000], [1], false],
+];
+
+for (const [shape, axes, keep] of cases) {
+  const all = axes ?? shape.map((_, i) => i);
+  t.test(`sum and mean over ${JSON.stringify(axes)} of ${shape}`, async (t) => {
+    const x = randomNd(shape, 3);
+    const ref = sumAxes(x, all, keep);
+    const s = ops.sum(upload(e, x), axes, keep);
+    t.same(s.shape, ref.shape);
+    t.ok(maxRelError(await s.read(), ref.data) < 1e-5);
+    const n = all.reduce((p, a) => p * shape[a], 1);
+    const m = ops.mean(upload(e, x), axes, keep);
+    t.ok(maxRelError(await m.read(), map(ref, (v) => v / n).data) < 1e-5);
+  });
+  if (numel(shape) <= 5000) {
+    t.test(`sum and mean backward over ${JSON.stringify(axes)} of ${shape}`, async (t) => {
+      const x = randomNd(shape, 4);
+      const n = all.reduce((p, a) => p * shape[a], 1);
+      const g1 = await gradCheck(e, (a) => ops.sum(a, axes, keep), (a: Nd) => sumAxes(a, all, keep), [x]);
+      t.ok(g1.worst < 1e-3, `sum ${g1.worst}`);
+      const g2 = await gradCheck(e, (a) => ops.mean(a, axes, keep), (a: Nd) => map(sumAxes(a, all, keep), (v) => v / n), [x]);
+      t.ok(g2.worst < 1e-3, `mean ${g2.worst}`);
+    });
+  }
+}
+
+t.test('an out-of-range axis is a clear error', async (t) => {
+  t.throws(() => ops.sum(upload(e, randomNd([2, 2], 1)), [2]), /axis out of range/);
+});

@@ -1,0 +1,30 @@
+import t from 'tap';
+import { ops } from '../../src/index.ts';
+import { gradCheck, maxRelError, randomNd, testEngine, upload } from '../helpers/check.ts';
+import { type Nd, softmaxRef } from '../helpers/reference.ts';
+
+const e = await testEngine();
+
+for (const log of [false, true]) {
+  const name = log ? 'logSoftmax' : 'softmax';
+  const op = log ? ops.logSoftmax : ops.softmax;
+  t.test(`${name} forward on rows of 1, 10, 67 and 4099`, async (t) => {
+    for (const shape of [[3, 1], [4, 10], [2, 3, 67], [2, 4099]]) {
+      const x = randomNd(shape, 5, -8, 8);
+      const err = maxRelError(await op(upload(e, x)).read(), softmaxRef(x, log).data);
+      t.ok(err < 1e-5, `${shape}: ${err.toExponential(2)}`);
+    }
+  });
+  t.test(`${name} is stable for large logits`, async (t) => {
+    const x: Nd = { data: Float64Array.from([1000, 1001, 1002, -1000]), shape: [1, 4] };
+    const y = await op(upload(e, x)).read();
+    t.ok(y.every(Number.isFinite));
+    t.ok(maxRelError(y, softmaxRef(x, log).data) < 1e-5);
+  });
+  t.test(`${name} backward matches finite differences`, async (t) => {
+    for (const shape of [[3, 7], [2, 130]]) {
+      const { worst } = await gradCheck(e, op, (a: Nd) => softmaxRef(a, log), [randomNd(shape, 6, -3, 3)]);
+      t.ok(worst < 1e-3, `${shape}: ${worst.toExponential(2)}`);
+    }
+  });
+}
