@@ -3,3 +3,7 @@ export * from './layout.ts';
 export * from './matmul.ts';
 export * from './reduce.ts';
 export * from './softmax.ts';
+export * from './attention.ts';
+export * from './conv2d.ts';
+export * from './group-norm.ts';
+export * from './resample.ts';

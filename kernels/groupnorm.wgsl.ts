@@ -1,0 +1,82 @@
+// GroupNorm over NCHW data, fused with what follows it in the ADM U-Net:
+//   y = GN(x)·γ + β, then optionally ·(1 + scale[n,c]) + shift[n,c] (scale-shift norm, where
+//   e = [scale | shift] is the ResBlock's [N, 2C] embedding projection), then optionally SiLU.
+// One workgroup per (image, group): a group's channels are contiguous in NCHW, so its values are
+// one contiguous run of (C/G)·H·W floats. Statistics in f32, variance by a second pass over
+// (x − mean)² (not E[x²] − E[x]², which cancels when |mean| ≫ std). The mean and 1/σ are written to
+// `stats` for the backward pass.
+import { wgsl } from 'wgsl-preprocessor/wgsl-preprocessor.js';
+import type { KernelSource } from '../src/engine/kernel-registry.ts';
+
+export const GROUPNORM_WORKGROUP = 256;
+
+export interface GroupNormVariant {
+  scaleShift: boolean;
+  silu: boolean;
+}
+
+/** Bindings: x, gamma, beta, y, stats ([N·G, 2]: mean, rstd), then e ([N, 2C]) with scaleShift. */
+export function groupNormKernel(v: GroupNormVariant): KernelSource {
+  const WG = GROUPNORM_WORKGROUP;
+  return {
+    key: `groupNorm${v.scaleShift ? '.scaleShift' : ''}${v.silu ? '.silu' : ''}`,
+    code: wgsl`
+struct Params { C: u32, HW: u32, groups: u32, eps: f32 }
+@group(0) @binding(0) var<uniform> u: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> gamma: array<f32>;
+@group(0) @binding(3) var<storage, read> beta: array<f32>;
+@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+@group(0) @binding(5) var<storage, read_write> stats: array<f32>;
+#if ${v.scaleShift}
+@group(0) @binding(6) var<storage, read> e: array<f32>;
+#endif
+var<workgroup> scratch: array<f32, ${WG}>;
+
+fn workgroupSum(v: f32, lid: u32) -> f32 {
+  scratch[lid] = v;
+  workgroupBarrier();
+  for (var s = ${WG / 2}u; s > 0u; s >>= 1u) {
+    if (lid < s) { scratch[lid] += scratch[lid + s]; }
+    workgroupBarrier();
+  }
+  let r = scratch[0];
+  workgroupBarrier();
+  return r;
+}
+
+@compute @workgroup_size(${WG})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let ng = wid.x;            // n · groups + g
+  let n = ng / u.groups;
+  let g = ng % u.groups;
+  let cpg = u.C / u.groups;
+  let count = cpg * u.HW;
+  let base = ng * count;     // == (n·C + g·cpg)·HW
+  var s = 0.0;
+  for (var i = lid; i < count; i += ${WG}u) { s += x[base + i]; }
+  let mean = workgroupSum(s, lid) / f32(count);
+  var q = 0.0;
+  for (var i = lid; i < count; i += ${WG}u) {
+    let d = x[base + i] - mean;
+    q += d * d;
+  }
+  let rstd = inverseSqrt(workgroupSum(q, lid) / f32(count) + u.eps);
+  if (lid == 0u) {
+    stats[2u * ng] = mean;
+    stats[2u * ng + 1u] = rstd;
+  }
+  for (var i = lid; i < count; i += ${WG}u) {
+    let c = g * cpg + i / u.HW;
+    var r = (x[base + i] - mean) * rstd * gamma[c] + beta[c];
+#if ${v.scaleShift}
+    r = r * (1.0 + e[n * 2u * u.C + c]) + e[n * 2u * u.C + u.C + c];
+#endif
+#if ${v.silu}
+    r = r / (1.0 + exp(-r));
+#endif
+    y[base + i] = r;
+  }
+}`,
+  };
+}

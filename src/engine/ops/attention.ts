@@ -1,0 +1,35 @@
+// Fused multi-head attention (kernels/attention.wgsl.ts) in the two layouts difrep needs.
+import { ATTENTION_QUERIES_PER_WORKGROUP, attentionKernel } from '../../../kernels/attention.wgsl.ts';
+import { shapeString, type Tensor } from '../tensor.ts';
+import { Uniforms } from '../uniforms.ts';
+
+/**
+ * guided-diffusion's channel-major attention on qkv [N, 3·heads·d, T] → [N, heads·d, T], weights
+ * softmax((q·λ)ᵀ(k·λ)) with λ = d^(−1/4). `legacy` (QKVAttentionLegacy, the checkpoints' order):
+ * head h owns rows [3dh, 3dh+3d) as q | k | v. Otherwise (QKVAttention): q, k, v are the three
+ * C-row chunks and head h owns rows [dh, dh+d) of each.
+ */
+export function qkvAttention(qkv: Tensor, heads: number, legacy = true): Tensor {
+  const e = qkv.engine;
+  if (qkv.rank !== 3 || qkv.shape[1] % (3 * heads) !== 0) {
+    throw new RangeError(`qkvAttention: ${qkv.label} ${shapeString(qkv.shape)} is not [N, 3·${heads}·d, T]`);
+  }
+  const [N, C3, T] = qkv.shape;
+  const d = C3 / (3 * heads);
+  const C = heads * d;
+  const out = e.empty([N, heads * d, T], 'attention');
+  e.dispatch({
+    kernel: attentionKernel(d),
+    bindings: [qkv, out],
+    uniforms: new Uniforms()
+      .u32(T, heads).f32(1 / Math.sqrt(d))
+      .u32(C3 * T, legacy ? 3 * d * T : d * T, legacy ? d * T : C * T, legacy ? 2 * d * T : 2 * C * T, T, 1)
+      .u32(heads * d * T, d * T, T, 1)
+      .toArrayBuffer(),
+    workgroups: [Math.ceil(T / ATTENTION_QUERIES_PER_WORKGROUP), N * heads],
+  });
+  e.tape.record('qkvAttention', [qkv], [out], [], () => {
+    throw new Error('attention backward is not implemented yet (the heads issue adds it)');
+  });
+  return out;
+}

@@ -1,0 +1,32 @@
+// What every checkpoint reader (safetensors, PyTorch .pt) offers the model: names, shapes and
+// tensors decoded to f32 on demand.
+import type { DType } from './dtype.ts';
+
+export interface TensorInfo {
+  dtype: DType;
+  shape: number[];
+}
+
+export interface TensorSource {
+  /** The file (or description) for error messages. */
+  readonly name: string;
+  readonly metadata: Record<string, string>;
+  keys(): string[];
+  info(key: string): TensorInfo | undefined;
+  /** The tensor's values as f32 (integers converted exactly where they fit). */
+  read(key: string): Promise<Float32Array>;
+  close(): Promise<void>;
+}
+
+/** A view of `source` restricted to keys starting with `prefix`, with the prefix removed. */
+export function withPrefix(source: TensorSource, prefix: string): TensorSource {
+  const keys = source.keys().filter((k) => k.startsWith(prefix)).map((k) => k.slice(prefix.length));
+  return {
+    name: `${source.name} [${prefix}*]`,
+    metadata: source.metadata,
+    keys: () => keys,
+    info: (k) => source.info(prefix + k),
+    read: (k) => source.read(prefix + k),
+    close: () => source.close(),
+  };
+}

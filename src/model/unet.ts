@@ -1,0 +1,256 @@
+// guided-diffusion's UNetModel on the engine, block by block as in guided_diffusion/unet.py, with
+// diffssl's block numbering for the features f(x0, t, b). The forward stops after the last block
+// anyone asked for and frees every activation as soon as no later block or tap needs it.
+import type { Engine } from '../engine/engine.ts';
+import { qkvAttention } from '../engine/ops/attention.ts';
+import { conv2d } from '../engine/ops/conv2d.ts';
+import { add, silu } from '../engine/ops/elementwise.ts';
+import { groupNorm } from '../engine/ops/group-norm.ts';
+import { concat, reshape } from '../engine/ops/layout.ts';
+import { matmul } from '../engine/ops/matmul.ts';
+import { avgPool2, upsample2 } from '../engine/ops/resample.ts';
+import { shapeString, type Tensor } from '../engine/tensor.ts';
+import type { TensorSource } from './checkpoint/tensor-source.ts';
+import { type Block, type Layer, planUNet, stateDictShapes, type UNetFlags, type UNetPlan } from './unet-config.ts';
+
+export interface ForwardOptions {
+  /** Block numbers b (1..N) whose outputs to return. */
+  taps?: number[];
+  /** Also run the final GN → SiLU → conv and return the model output ε (and variance) prediction. */
+  output?: boolean;
+  /** Also return the timestep embedding. */
+  emb?: boolean;
+  /** Added to the output of block b (DifFeed's feedback); same shape as that output. */
+  addToBlock?: Map<number, Tensor>;
+}
+
+export interface ForwardResult {
+  taps: Map<number, Tensor>;
+  output?: Tensor;
+  emb?: Tensor;
+}
+
+/** A checkpoint that does not fit the model built from the config. */
+export class CheckpointMismatchError extends Error {
+  constructor(detail: string) {
+    super(detail);
+    this.name = 'CheckpointMismatchError';
+  }
+}
+
+export interface LoadProgress {
+  (loaded: number, total: number, key: string): void;
+}
+
+export class UNet {
+  readonly plan: UNetPlan;
+
+  private constructor(readonly engine: Engine, plan: UNetPlan, private params: Map<string, Tensor>) {
+    this.plan = plan;
+  }
+
+  /** Number of feature blocks N (37 for the 256×256 model). */
+  get numBlocks(): number {
+    return this.plan.blocks.length;
+  }
+
+  get middleBlock(): number {
+    return this.plan.numInputBlocks + 1;
+  }
+
+  /** Builds the model from create_model flags and loads every state_dict tensor from `source`. */
+  static async load(engine: Engine, flags: UNetFlags, source: TensorSource, onProgress?: LoadProgress): Promise<UNet> {
+    const plan = planUNet(flags);
+    const expected = stateDictShapes(plan);
+    const present = new Set(source.keys());
+    const missing = [...expected.keys()].filter((k) => !present.has(k));
+    const unexpected = [...present].filter((k) => !expected.has(k));
+    const problems: string[] = [];
+    if (missing.length) problems.push(`missing keys (${missing.length}): ${missing.slice(0, 8).join(', ')}${missing.length > 8 ? ', …' : ''}`);
+    if (unexpected.length) problems.push(`unexpected keys (${unexpected.length}): ${unexpected.slice(0, 8).join(', ')}${unexpected.length > 8 ? ', …' : ''}`);
+    for (const [k, shape] of expected) {
+      const info = source.info(k);
+      if (info && info.shape.join() !== shape.join()) {
+        problems.push(`shape mismatch for ${k}: checkpoint ${shapeString(info.shape)}, model ${shapeString(shape)}`);
+      }
+    }
+    if (problems.length) {
+      throw new CheckpointMismatchError(`${source.name} does not fit the U-Net built from this config:\n  ${problems.join('\n  ')}\n(check image_size, num_channels, channel_mult, num_res_blocks, attention_resolutions and learn_sigma)`);
+    }
+    const params = new Map<string, Tensor>();
+    let done = 0;
+    for (const [k, shape] of expected) {
+      const data = await source.read(k);
+      params.set(k, engine.keep(engine.tensor(data, paramShape(shape), k)));
+      onProgress?.(++done, expected.size, k);
+    }
+    return new UNet(engine, plan, params);
+  }
+
+  /** A model with random weights (deterministic in `seed`), for timing and plumbing tests. */
+  static random(engine: Engine, flags: UNetFlags, seed = 0): UNet {
+    const plan = planUNet(flags);
+    const params = new Map<string, Tensor>();
+    let s = seed >>> 0;
+    const rand = () => {
+      s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+      return s / 4294967296 - 0.5;
+    };
+    for (const [k, shape] of stateDictShapes(plan)) {
+      const n = shape.reduce((p, d) => p * d, 1);
+      const fanIn = shape.length > 1 ? n / shape[0] : 1;
+      const scale = shape.length > 1 ? 2 / Math.sqrt(fanIn) : k.endsWith('weight') ? 0 : 0.2;
+      const data = new Float32Array(n);
+      for (let i = 0; i < n; i++) data[i] = (shape.length === 1 && k.endsWith('weight') ? 1 : 0) + scale * rand();
+      params.set(k, engine.keep(engine.tensor(data, paramShape(shape), k)));
+    }
+    return new UNet(engine, plan, params);
+  }
+
+  param(key: string): Tensor {
+    const p = this.params.get(key);
+    if (!p) throw new Error(`internal: U-Net parameter ${key} not loaded`);
+    return p;
+  }
+
+  /** Every parameter by state_dict key (conv1d weights are stored as [out, in, 1, 1]). */
+  parameters(): Map<string, Tensor> {
+    return this.params;
+  }
+
+  /**
+   * Sinusoidal embedding of t (cos first, then sin; guided_diffusion/nn.py timestep_embedding),
+   * evaluated with float32 rounding at each step as PyTorch does, then time_embed's MLP.
+   */
+  timestepEmbedding(t: readonly number[]): Tensor {
+    const e = this.engine;
+    const dim = this.plan.modelChannels;
+    const half = Math.floor(dim / 2);
+    const f = Math.fround;
+    const c = f(-Math.log(10000));
+    const table = new Float32Array(t.length * dim);
+    t.forEach((tv, n) => {
+      for (let i = 0; i < half; i++) {
+        const freq = f(Math.exp(f(f(c * i) / half)));
+        const arg = f(f(tv) * freq);
+        table[n * dim + i] = Math.cos(arg);
+        table[n * dim + half + i] = Math.sin(arg);
+      }
+    });
+    return e.tidy(() => {
+      const sinusoid = e.tensor(table, [t.length, dim], 'timestep_sinusoid');
+      const h = silu(matmul(sinusoid, this.param('time_embed.0.weight'), { transB: true, bias: this.param('time_embed.0.bias') }));
+      return matmul(h, this.param('time_embed.2.weight'), { transB: true, bias: this.param('time_embed.2.bias') });
+    });
+  }
+
+  /** Runs x (NCHW, [−1, 1] scale) at timesteps t (one per image) and returns the requested blocks. */
+  forward(x: Tensor, t: readonly number[], opts: ForwardOptions = {}): ForwardResult {
+    const e = this.engine;
+    const plan = this.plan;
+    const N = plan.blocks.length;
+    const taps = [...new Set(opts.taps ?? [])];
+    for (const b of taps) {
+      if (!Number.isInteger(b) || b < 1 || b > N) throw new RangeError(`block ${b} does not exist: this U-Net has blocks 1..${N}`);
+    }
+    const size = plan.flags.image_size;
+    const cin = plan.flags.in_channels;
+    if (x.rank !== 4 || x.shape[1] !== cin || x.shape[2] !== size || x.shape[3] !== size) {
+      throw new RangeError(`U-Net input ${x.label} is ${shapeString(x.shape)}; this model takes [N, ${cin}, ${size}, ${size}]`);
+    }
+    if (t.length !== x.shape[0]) throw new RangeError(`${t.length} timesteps for a batch of ${x.shape[0]} images`);
+    const last = opts.output ? N : Math.max(0, ...taps);
+    if (last === 0 && !opts.emb) throw new RangeError('forward: ask for at least one tap, the output or the embedding');
+
+    const result: ForwardResult = { taps: new Map() };
+    const emb = this.timestepEmbedding(t);
+    const embAct = silu(emb); // SiLU of emb_layers, shared by every ResBlock
+    const nIn = plan.numInputBlocks;
+    const skips = new Map<number, Tensor>();
+    const held = (v: Tensor) => v === x || v === emb || [...result.taps.values()].includes(v) || [...skips.values()].includes(v);
+    const release = (v: Tensor) => {
+      if (!held(v)) v.dispose();
+    };
+
+    let h = x;
+    for (const block of plan.blocks.slice(0, last)) {
+      let input = h;
+      if (block.skipFrom !== undefined) {
+        const skip = skips.get(block.skipFrom)!;
+        input = concat([h, skip], 1);
+        skips.delete(block.skipFrom);
+        release(skip);
+        release(h);
+      }
+      let out = e.tidy(() => this.runBlock(block, input, embAct));
+      const fb = opts.addToBlock?.get(block.b);
+      if (fb) {
+        const sum = add(out, fb);
+        out.dispose();
+        out = sum;
+      }
+      release(input);
+      if (h !== input) release(h);
+      if (block.b <= nIn && 2 * nIn + 2 - block.b <= last) skips.set(block.b, out);
+      if (taps.includes(block.b)) result.taps.set(block.b, out);
+      h = out;
+    }
+    if (opts.output) {
+      result.output = e.tidy(() => {
+        const a = groupNorm(h, this.param('out.0.weight'), this.param('out.0.bias'), { silu: true });
+        return conv2d(a, this.param('out.2.weight'), { bias: this.param('out.2.bias') });
+      });
+    }
+    release(h);
+    for (const s of skips.values()) if (!result.taps.has([...skips.entries()].find(([, v]) => v === s)![0])) s.dispose();
+    embAct.dispose();
+    if (opts.emb) result.emb = emb;
+    else emb.dispose();
+    return result;
+  }
+
+  private runBlock(block: Block, h: Tensor, embAct: Tensor): Tensor {
+    let out = h;
+    for (const layer of block.layers) out = this.runLayer(layer, out, embAct);
+    return out;
+  }
+
+  private runLayer(l: Layer, x: Tensor, embAct: Tensor): Tensor {
+    const p = (k: string) => this.param(`${l.prefix}.${k}`);
+    if (l.kind === 'conv') return conv2d(x, p('weight'), { bias: p('bias') });
+    if (l.kind === 'attn') return this.attention(l, x);
+    // ResBlock (guided_diffusion/unet.py:236-256): resampling sits between in_layers' SiLU and
+    // its conv, and is applied to the raw input on the skip path.
+    let a = groupNorm(x, p('in_layers.0.weight'), p('in_layers.0.bias'), { silu: true });
+    let skip = x;
+    if (l.down) {
+      a = avgPool2(a);
+      skip = avgPool2(x);
+    } else if (l.up) {
+      a = upsample2(a);
+      skip = upsample2(x);
+    }
+    const h = conv2d(a, p('in_layers.2.weight'), { bias: p('in_layers.2.bias') });
+    const embOut = matmul(embAct, p('emb_layers.1.weight'), { transB: true, bias: p('emb_layers.1.bias') });
+    const normed = this.plan.useScaleShiftNorm
+      ? groupNorm(h, p('out_layers.0.weight'), p('out_layers.0.bias'), { scaleShift: embOut, silu: true })
+      : groupNorm(add(h, reshape(embOut, [h.shape[0], l.cout, 1, 1])), p('out_layers.0.weight'), p('out_layers.0.bias'), { silu: true });
+    if (l.cin !== l.cout) skip = conv2d(skip, p('skip_connection.weight'), { bias: p('skip_connection.bias') });
+    return conv2d(normed, p('out_layers.3.weight'), { bias: p('out_layers.3.bias'), residual: skip });
+  }
+
+  /** AttentionBlock: x + proj_out(attention(qkv(GN(x)))) over the H·W tokens. */
+  private attention(l: Extract<Layer, { kind: 'attn' }>, x: Tensor): Tensor {
+    const p = (k: string) => this.param(`${l.prefix}.${k}`);
+    const [N, C, H, W] = x.shape;
+    const xn = groupNorm(x, p('norm.weight'), p('norm.bias'));
+    const qkv = conv2d(xn, p('qkv.weight'), { bias: p('qkv.bias') });
+    const a = qkvAttention(reshape(qkv, [N, 3 * C, H * W]), l.heads, l.legacy);
+    return conv2d(reshape(a, [N, C, H, W]), p('proj_out.weight'), { bias: p('proj_out.bias'), residual: x });
+  }
+}
+
+/** conv1d weights [out, in, 1] are kept as conv2d weights [out, in, 1, 1]. */
+function paramShape(shape: number[]): number[] {
+  return shape.length === 3 ? [...shape, 1] : shape;
+}
