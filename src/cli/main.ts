@@ -1,11 +1,39 @@
-// The `difrep` command line. Subcommands land with their issues.
-const [command] = process.argv.slice(2);
+// The `difrep` command line.
+import { NoAdapterError } from '../engine/device.ts';
+import { parityCommand } from './parity.ts';
 
-switch (command) {
-  case 'demo':
-    console.log('difrep demo: not built yet. It will load the shipped small U-Net, extract features and train every head (see the demo issue). Try `npm test` meanwhile.');
-    break;
-  default:
-    console.log('usage: difrep <command>\n\ncommands:\n  demo     the main job (coming)\n  parity   compare against a PyTorch reference dump (coming)');
-    process.exit(command ? 1 : 0);
+const USAGE = `usage: difrep <command> [options]
+
+commands:
+  parity FILE...   compare the engine with PyTorch reference dumps (../shared/reference format)
+  demo             the main job (coming with the demo issue)
+
+Run \`difrep <command> --help\` for a command's options.`;
+
+async function main(argv: string[]): Promise<number> {
+  const [command, ...rest] = argv;
+  switch (command) {
+    case 'parity':
+      return parityCommand(rest);
+    case 'demo':
+      console.log('difrep demo: not built yet. It will load the shipped small U-Net, extract features and train every head (see the demo issue). Try `npm test` meanwhile.');
+      return 0;
+    case undefined:
+    case '--help':
+    case '-h':
+      console.log(USAGE);
+      return 0;
+    default:
+      console.error(`unknown command "${command}"\n\n${USAGE}`);
+      return 2;
+  }
+}
+
+try {
+  process.exitCode = await main(process.argv.slice(2));
+} catch (e) {
+  // Expected failures (no adapter, a bad checkpoint, a bad argument) print one clear line.
+  const err = e as Error;
+  console.error(`difrep: ${err instanceof NoAdapterError ? err.message : `${err.name}: ${err.message}`}`);
+  process.exitCode = 1;
 }

@@ -14,8 +14,12 @@ export function halfToFloat(h: number): number {
   return sign * (1 + frac / 1024) * 2 ** (exp - 15);
 }
 
-/** Little-endian raw bytes of `dtype` → Float32Array (a copy; `bytes` may be unaligned). */
+/**
+ * Little-endian raw bytes of `dtype` → Float32Array. Aligned F32 bytes are viewed, not copied (the
+ * caller owns `bytes`); everything else is converted into a new array.
+ */
 export function toFloat32(dtype: DType, bytes: Uint8Array, count: number): Float32Array {
+  if (dtype === 'F32' && bytes.byteOffset % 4 === 0) return new Float32Array(bytes.buffer, bytes.byteOffset, count);
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const out = new Float32Array(count);
   switch (dtype) {

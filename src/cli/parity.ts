@@ -1,0 +1,34 @@
+// `difrep parity FILE... [--tol 1e-4]`: compares the engine with PyTorch reference dumps.
+import { createEngine } from '../engine/engine.ts';
+import { parity } from '../model/parity.ts';
+
+export async function parityCommand(args: string[]): Promise<number> {
+  const files: string[] = [];
+  let tol = 1e-4;
+  for (let i = 0; i < args.length; i++) {
+    if (args[i] === '--tol') tol = Number(args[++i]);
+    else if (args[i] === '--help' || args[i] === '-h') {
+      console.log('usage: difrep parity FILE.safetensors... [--tol REL]\n\n  Rebuilds the model from each dump\'s metadata, runs it, and prints per tensor the max abs error\n  and max|a-r|/max|r|. Exit 1 if any tensor is above --tol (default 1e-4 for forward tensors).');
+      return 0;
+    } else files.push(args[i]);
+  }
+  if (!files.length || !(tol > 0)) {
+    console.error('usage: difrep parity FILE.safetensors... [--tol REL]');
+    return 2;
+  }
+  const engine = await createEngine();
+  console.log(`adapter: ${engine.handle.info.description || engine.handle.info.device || engine.handle.info.vendor}`);
+  let ok = true;
+  for (const file of files) {
+    console.log(`\n${file}`);
+    const report = await parity(engine, file, {
+      forwardTolerance: tol,
+      onResult: (c) => console.log(`  ${c.pass ? 'ok  ' : 'FAIL'} ${c.name.padEnd(14)} max abs ${c.maxAbs.toExponential(2)}  max rel ${c.maxRel.toExponential(2)}`),
+    });
+    const worst = report.results.reduce((w, c) => (c.maxRel > w.maxRel ? c : w), report.results[0]);
+    console.log(`  ${report.pass ? 'PASS' : 'FAIL'}: ${report.results.filter((c) => c.pass).length}/${report.results.length} tensors within ${tol}; worst ${worst.name} ${worst.maxRel.toExponential(2)}`);
+    ok &&= report.pass;
+  }
+  engine.dispose();
+  return ok ? 0 : 1;
+}

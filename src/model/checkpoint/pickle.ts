@@ -1,0 +1,180 @@
+// A restricted unpickler for PyTorch state_dicts. It builds plain values and never calls anything:
+// the only globals it accepts are the few a state_dict needs, each mapped to a known builder; any
+// other global (e.g. builtins.print, os.system) stops the load with an error naming it.
+
+export type PickleValue = unknown;
+
+/** A tensor as `torch._utils._rebuild_tensor_v2` describes it. */
+export interface TensorRef {
+  kind: 'tensor';
+  storage: StorageRef;
+  offset: number;
+  shape: number[];
+  stride: number[];
+}
+
+/** A storage named by a persistent id: ('storage', <Type>Storage, key, location, numel[, view]). */
+export interface StorageRef {
+  kind: 'storage';
+  storageType: string;
+  key: string;
+  numel: number;
+}
+
+export class UnsafePickleError extends Error {
+  constructor(file: string, global: string) {
+    super(
+      `${file}: refusing to load: the pickle references ${global}, which a PyTorch state_dict never needs ` +
+        '(allowed: collections.OrderedDict, torch._utils._rebuild_tensor_v2, torch._utils._rebuild_parameter, torch.*Storage). ' +
+        'Nothing was executed. Re-save the checkpoint as a plain state_dict (torch.save(model.state_dict(), path)) or as safetensors.',
+    );
+    this.name = 'UnsafePickleError';
+  }
+}
+
+interface Global {
+  global: string;
+}
+
+const MARK = Symbol('mark');
+
+function isStorageType(name: string): boolean {
+  return /^torch\.[A-Za-z0-9]+Storage$/.test(name);
+}
+
+const ALLOWED = new Set(['collections.OrderedDict', 'torch._utils._rebuild_tensor_v2', 'torch._utils._rebuild_parameter']);
+
+function reduce(fn: Global, args: PickleValue[]): PickleValue {
+  switch (fn.global) {
+    case 'collections.OrderedDict':
+      return new Map();
+    case 'torch._utils._rebuild_tensor_v2': {
+      const [storage, offset, shape, stride] = args as [StorageRef, number, number[], number[]];
+      return { kind: 'tensor', storage, offset, shape: [...shape], stride: [...stride] } satisfies TensorRef;
+    }
+    case 'torch._utils._rebuild_parameter':
+      return args[0];
+  }
+  throw new Error(`internal: no builder for ${fn.global}`);
+}
+
+/**
+ * Unpickles one pickle starting at `start`; returns the value and the offset after STOP.
+ * `persistentLoad` turns persistent ids (BINPERSID) into storage references.
+ */
+export function unpickle(
+  bytes: Uint8Array,
+  file: string,
+  persistentLoad: (pid: PickleValue[]) => PickleValue,
+  start = 0,
+): { value: PickleValue; end: number } {
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const dec = new TextDecoder();
+  const stack: PickleValue[] = [];
+  const memo = new Map<number, PickleValue>();
+  let p = start;
+  const fail = (d: string): never => {
+    throw new Error(`${file}: corrupted pickle at byte ${p}: ${d}`);
+  };
+  const need = (n: number) => {
+    if (p + n > bytes.length) fail('unexpected end of data (truncated checkpoint?)');
+  };
+  const popMark = (): PickleValue[] => {
+    const i = stack.lastIndexOf(MARK);
+    if (i < 0) fail('no MARK on the stack');
+    const items = stack.splice(i);
+    items.shift();
+    return items;
+  };
+  const readLine = () => {
+    const nl = bytes.indexOf(10, p);
+    if (nl < 0) fail('unterminated line');
+    const s = dec.decode(bytes.subarray(p, nl));
+    p = nl + 1;
+    return s;
+  };
+  const str = (n: number) => {
+    need(n);
+    const s = dec.decode(bytes.subarray(p, p + n));
+    p += n;
+    return s;
+  };
+  const pushGlobal = (module: string, name: string) => {
+    // Protocol-2 pickles name Python 3's builtins module by its Python 2 name (fix_imports).
+    const g = `${module === '__builtin__' ? 'builtins' : module}.${name}`;
+    if (!ALLOWED.has(g) && !isStorageType(g)) throw new UnsafePickleError(file, g);
+    stack.push({ global: g } satisfies Global);
+  };
+  for (;;) {
+    need(1);
+    const op = bytes[p++];
+    switch (op) {
+      case 0x80: need(1); p += 1; break; // PROTO
+      case 0x95: need(8); p += 8; break; // FRAME
+      case 0x2e: return { value: stack.pop(), end: p }; // STOP
+      case 0x28: stack.push(MARK); break; // MARK
+      case 0x7d: stack.push(new Map()); break; // EMPTY_DICT
+      case 0x5d: stack.push([]); break; // EMPTY_LIST
+      case 0x29: stack.push([]); break; // EMPTY_TUPLE
+      case 0x4e: stack.push(null); break; // NONE
+      case 0x88: stack.push(true); break; // NEWTRUE
+      case 0x89: stack.push(false); break; // NEWFALSE
+      case 0x4b: need(1); stack.push(bytes[p]); p += 1; break; // BININT1
+      case 0x4d: need(2); stack.push(view.getUint16(p, true)); p += 2; break; // BININT2
+      case 0x4a: need(4); stack.push(view.getInt32(p, true)); p += 4; break; // BININT
+      case 0x8a: { // LONG1
+        need(1);
+        const n = bytes[p++];
+        need(n);
+        let v = 0n;
+        for (let i = n - 1; i >= 0; i--) v = (v << 8n) | BigInt(bytes[p + i]);
+        if (n && bytes[p + n - 1] & 0x80) v -= 1n << BigInt(8 * n);
+        p += n;
+        stack.push(v >= BigInt(Number.MIN_SAFE_INTEGER) && v <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(v) : v);
+        break;
+      }
+      case 0x47: need(8); stack.push(view.getFloat64(p, false)); p += 8; break; // BINFLOAT
+      case 0x58: need(4); { const n = view.getUint32(p, true); p += 4; stack.push(str(n)); } break; // BINUNICODE
+      case 0x8c: need(1); { const n = bytes[p++]; stack.push(str(n)); } break; // SHORT_BINUNICODE
+      case 0x55: need(1); { const n = bytes[p++]; stack.push(str(n)); } break; // SHORT_BINSTRING
+      case 0x43: need(1); { const n = bytes[p++]; need(n); stack.push(bytes.slice(p, p + n)); p += n; } break; // SHORT_BINBYTES
+      case 0x42: need(4); { const n = view.getUint32(p, true); p += 4; need(n); stack.push(bytes.slice(p, p + n)); p += n; } break; // BINBYTES
+      case 0x63: { const module = readLine(); const name = readLine(); pushGlobal(module, name); break; } // GLOBAL
+      case 0x93: { const name = stack.pop() as string; const module = stack.pop() as string; pushGlobal(module, name); break; } // STACK_GLOBAL
+      case 0x51: stack.push(persistentLoad(stack.pop() as PickleValue[])); break; // BINPERSID
+      case 0x74: stack.push(popMark()); break; // TUPLE
+      case 0x85: stack.push([stack.pop()]); break; // TUPLE1
+      case 0x86: { const b = stack.pop(); const a = stack.pop(); stack.push([a, b]); break; } // TUPLE2
+      case 0x87: { const c = stack.pop(); const b = stack.pop(); const a = stack.pop(); stack.push([a, b, c]); break; } // TUPLE3
+      case 0x52: { // REDUCE
+        const args = stack.pop() as PickleValue[];
+        const fn = stack.pop() as Global;
+        if (!fn || typeof fn !== 'object' || !('global' in fn)) fail('REDUCE on a non-callable');
+        if (isStorageType(fn.global)) fail(`cannot call ${fn.global}`);
+        stack.push(reduce(fn, args));
+        break;
+      }
+      case 0x62: stack.pop(); break; // BUILD: OrderedDict's _metadata state is not needed
+      case 0x73: { const v = stack.pop(); const k = stack.pop(); (stack[stack.length - 1] as Map<PickleValue, PickleValue>).set(k, v); break; } // SETITEM
+      case 0x75: { // SETITEMS
+        const items = popMark();
+        const d = stack[stack.length - 1] as Map<PickleValue, PickleValue>;
+        for (let i = 0; i < items.length; i += 2) d.set(items[i], items[i + 1]);
+        break;
+      }
+      case 0x61: { const v = stack.pop(); (stack[stack.length - 1] as PickleValue[]).push(v); break; } // APPEND
+      case 0x65: { const items = popMark(); (stack[stack.length - 1] as PickleValue[]).push(...items); break; } // APPENDS
+      case 0x71: need(1); memo.set(bytes[p++], stack[stack.length - 1]); break; // BINPUT
+      case 0x72: need(4); memo.set(view.getUint32(p, true), stack[stack.length - 1]); p += 4; break; // LONG_BINPUT
+      case 0x94: memo.set(memo.size, stack[stack.length - 1]); break; // MEMOIZE
+      case 0x68: need(1); stack.push(memo.get(bytes[p++])); break; // BINGET
+      case 0x6a: need(4); stack.push(memo.get(view.getUint32(p, true))); p += 4; break; // LONG_BINGET
+      case 0x30: stack.pop(); break; // POP
+      case 0x31: popMark(); break; // POP_MARK
+      case 0x32: stack.push(stack[stack.length - 1]); break; // DUP
+      default:
+        p--;
+        fail(`unsupported pickle opcode 0x${op.toString(16)} (not one torch.save writes for a state_dict)`);
+    }
+  }
+}

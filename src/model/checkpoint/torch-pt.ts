@@ -1,0 +1,160 @@
+// PyTorch checkpoints without Python: the zip format of torch.save (>= 1.6: <name>/data.pkl plus one
+// stored entry per storage, <name>/data/<key>) and the legacy format (a sequence of pickles —
+// magic number, protocol, sys info, the object, the storage keys — then each storage as an int64
+// element count followed by its raw bytes). Tensors are decoded lazily, one at a time.
+import { type ByteSource, openSource } from './byte-source.ts';
+import { DTYPE_BYTES, type DType, toFloat32 } from './dtype.ts';
+import { type PickleValue, type StorageRef, type TensorRef, unpickle } from './pickle.ts';
+import { CheckpointError } from './safetensors.ts';
+import type { TensorInfo, TensorSource } from './tensor-source.ts';
+import { isZip, readZipDirectory } from './zip.ts';
+
+const STORAGE_DTYPES: Record<string, DType> = {
+  'torch.FloatStorage': 'F32',
+  'torch.HalfStorage': 'F16',
+  'torch.BFloat16Storage': 'BF16',
+  'torch.DoubleStorage': 'F64',
+  'torch.LongStorage': 'I64',
+  'torch.IntStorage': 'I32',
+  'torch.ByteStorage': 'U8',
+  'torch.CharStorage': 'I8',
+  'torch.BoolStorage': 'BOOL',
+};
+
+const LEGACY_MAGIC = 0x1950a86a20f9469cfc6cn;
+
+function storageFromPid(file: string, pid: PickleValue[]): StorageRef {
+  const [tag, type, key, , numel] = pid as [string, { global: string }, string, string, number];
+  if (tag !== 'storage' || !type?.global || !(type.global in STORAGE_DTYPES)) {
+    throw new CheckpointError(file, `unsupported persistent id ${JSON.stringify(pid.map(String))}`);
+  }
+  return { kind: 'storage', storageType: type.global, key: String(key), numel: Number(numel) };
+}
+
+function isTensorRef(v: unknown): v is TensorRef {
+  return !!v && typeof v === 'object' && (v as TensorRef).kind === 'tensor';
+}
+
+function collectTensors(file: string, root: PickleValue): Map<string, TensorRef> {
+  if (!(root instanceof Map)) throw new CheckpointError(file, 'not a state_dict: the pickled object is not a dict');
+  const out = new Map<string, TensorRef>();
+  for (const [k, v] of root) if (typeof k === 'string' && isTensorRef(v)) out.set(k, v);
+  if (out.size === 0) throw new CheckpointError(file, 'not a state_dict: the pickled dict holds no tensors');
+  return out;
+}
+
+/** Where each storage's bytes start in the file. */
+type StorageLocator = (s: StorageRef) => number;
+
+function tensorSource(src: ByteSource, tensors: Map<string, TensorRef>, locate: StorageLocator): TensorSource {
+  return {
+    name: src.name,
+    metadata: {},
+    keys: () => [...tensors.keys()],
+    info(k): TensorInfo | undefined {
+      const t = tensors.get(k);
+      return t && { dtype: STORAGE_DTYPES[t.storage.storageType], shape: t.shape };
+    },
+    async read(k) {
+      const t = tensors.get(k);
+      if (!t) throw new CheckpointError(src.name, `no tensor named "${k}"`);
+      const dtype = STORAGE_DTYPES[t.storage.storageType];
+      const es = DTYPE_BYTES[dtype];
+      const count = t.shape.reduce((p, d) => p * d, 1);
+      const base = locate(t.storage);
+      // Extent of storage elements the view touches.
+      let span = 1;
+      t.shape.forEach((d, i) => (span += (d - 1) * t.stride[i]));
+      if (count === 0) return new Float32Array(0);
+      if (t.offset + span > t.storage.numel) throw new CheckpointError(src.name, `tensor "${k}" reaches past its storage`);
+      const raw = toFloat32(dtype, await src.read(base + t.offset * es, span * es), span);
+      let contiguous = true;
+      let s = 1;
+      for (let i = t.shape.length - 1; i >= 0; i--) {
+        if (t.shape[i] !== 1 && t.stride[i] !== s) contiguous = false;
+        s *= t.shape[i];
+      }
+      if (contiguous) return raw.subarray(0, count);
+      const out = new Float32Array(count);
+      const idx = new Array<number>(t.shape.length).fill(0);
+      for (let i = 0; i < count; i++) {
+        let o = 0;
+        for (let d = 0; d < idx.length; d++) o += idx[d] * t.stride[d];
+        out[i] = raw[o];
+        for (let d = idx.length - 1; d >= 0; d--) {
+          if (++idx[d] < t.shape[d]) break;
+          idx[d] = 0;
+        }
+      }
+      return out;
+    },
+    close: () => src.close(),
+  };
+}
+
+async function openZip(src: ByteSource): Promise<TensorSource> {
+  const entries = await readZipDirectory(src);
+  const pkl = [...entries.values()].find((e) => e.name.endsWith('/data.pkl') || e.name === 'data.pkl');
+  if (!pkl) throw new CheckpointError(src.name, 'a zip file without data.pkl: not a torch.save checkpoint');
+  const prefix = pkl.name.slice(0, pkl.name.length - 'data.pkl'.length);
+  for (const e of entries.values()) {
+    if (e.method !== 0 && e.name.startsWith(prefix)) throw new CheckpointError(src.name, `entry ${e.name} is compressed (method ${e.method}); torch.save stores entries uncompressed`);
+  }
+  const { value } = unpickle(await src.read(pkl.dataOffset, pkl.size), src.name, (pid) => storageFromPid(src.name, pid));
+  const tensors = collectTensors(src.name, value);
+  return tensorSource(src, tensors, (s) => {
+    const e = entries.get(`${prefix}data/${s.key}`);
+    if (!e) throw new CheckpointError(src.name, `storage ${s.key} is missing from the archive`);
+    const need = s.numel * DTYPE_BYTES[STORAGE_DTYPES[s.storageType]];
+    if (e.size < need) throw new CheckpointError(src.name, `storage ${s.key} has ${e.size} bytes, ${need} expected (truncated?)`);
+    return e.dataOffset;
+  });
+}
+
+async function openLegacy(src: ByteSource): Promise<TensorSource> {
+  // The pickles come first; read a growing prefix until they parse.
+  let length = Math.min(src.size, 1 << 20);
+  for (;;) {
+    const head = await src.read(0, length);
+    try {
+      const magic = unpickle(head, src.name, () => null, 0);
+      if (magic.value !== LEGACY_MAGIC) throw new CheckpointError(src.name, 'not a PyTorch checkpoint (neither a zip archive nor the legacy magic number)');
+      const protocol = unpickle(head, src.name, () => null, magic.end);
+      if (protocol.value !== 1001) throw new CheckpointError(src.name, `unsupported legacy protocol ${String(protocol.value)}`);
+      const sysInfo = unpickle(head, src.name, () => null, protocol.end);
+      const storages = new Map<string, StorageRef>();
+      const main = unpickle(head, src.name, (pid) => {
+        const s = storageFromPid(src.name, pid);
+        storages.set(s.key, s);
+        return s;
+      }, sysInfo.end);
+      const keys = unpickle(head, src.name, () => null, main.end);
+      // Storages follow in the order of `keys`, each as an int64 element count and its bytes.
+      const offsets = new Map<string, number>();
+      let at = keys.end;
+      for (const key of keys.value as string[]) {
+        const s = storages.get(key);
+        if (!s) throw new CheckpointError(src.name, `storage key ${key} is not used by any tensor`);
+        const countBytes = await src.read(at, 8);
+        if (countBytes.length < 8) throw new CheckpointError(src.name, `truncated before storage ${key}`);
+        const numel = Number(new DataView(countBytes.buffer, countBytes.byteOffset, 8).getBigInt64(0, true));
+        const bytes = numel * DTYPE_BYTES[STORAGE_DTYPES[s.storageType]];
+        if (at + 8 + bytes > src.size) throw new CheckpointError(src.name, `truncated: storage ${key} ends at byte ${at + 8 + bytes}, the file has ${src.size}`);
+        offsets.set(key, at + 8);
+        at += 8 + bytes;
+      }
+      return tensorSource(src, collectTensors(src.name, main.value), (s) => offsets.get(s.key)!);
+    } catch (e) {
+      const truncated = e instanceof Error && /unexpected end of data/.test(e.message);
+      if (!truncated || length >= src.size) throw e;
+      length = Math.min(src.size, length * 4);
+    }
+  }
+}
+
+/** Opens a .pt/.pth state_dict checkpoint (zip or legacy format) as a lazy tensor source. */
+export async function openTorchCheckpoint(input: string | Uint8Array): Promise<TensorSource> {
+  const src = await openSource(input);
+  if (src.size < 4) throw new CheckpointError(src.name, `${src.size} bytes: not a checkpoint`);
+  return isZip(await src.read(0, 4)) ? openZip(src) : openLegacy(src);
+}

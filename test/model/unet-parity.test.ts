@@ -1,0 +1,19 @@
+// The U-Net forward against dumps made by the real PyTorch code (copied from ../shared/reference).
+import t from 'tap';
+import { unetParity } from '../../src/model/parity.ts';
+import { openSafetensors } from '../../src/model/checkpoint/safetensors.ts';
+import { testEngine } from '../helpers/check.ts';
+
+const e = await testEngine();
+
+for (const [file, blocks] of [['adm32-mini.safetensors', 9], ['adm64.safetensors', 37]] as const) {
+  t.test(`${file}: x_t, emb, every block 1..${blocks} and the output within 1e-5 relative`, async (t) => {
+    const dump = await openSafetensors(new URL(`../fixtures/${file}`, import.meta.url).pathname);
+    const report = await unetParity(e, dump);
+    await dump.close();
+    const names = report.results.map((c) => c.name);
+    t.ok(names.includes('input.x_t') && names.includes('emb') && names.includes('output'));
+    t.equal(names.filter((n) => n.startsWith('block.')).length, blocks, 'every block compared');
+    for (const c of report.results) t.ok(c.maxRel <= 1e-5, `${c.name}: ${c.maxRel.toExponential(2)}`);
+  });
+}
