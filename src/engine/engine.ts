@@ -22,6 +22,11 @@ export interface EngineOptions {
   adapter?: GPUAdapter;
   /** Per-kernel-family tuning overrides (tile sizes, workgroup sizes), e.g. from `bench --tune`. */
   tuning?: Record<string, Record<string, number>>;
+  /**
+   * Largest storage binding the engine will plan for (default: the device's
+   * maxStorageBufferBindingSize). Lower it to make batch splitting kick in earlier.
+   */
+  maxBindingBytes?: number;
   /** Dispatches recorded before the engine submits on its own (default 64). */
   maxDispatchesPerSubmit?: number;
 }
@@ -51,6 +56,8 @@ export class Engine {
   readonly kernels: KernelRegistry;
   readonly tape = new Tape(this);
   readonly tuning: Record<string, Record<string, number>>;
+  /** Largest storage binding, in bytes, that work is split to fit. */
+  readonly maxBindingBytes: number;
   private readonly maxDispatches: number;
 
   private encoder: GPUCommandEncoder | null = null;
@@ -73,6 +80,7 @@ export class Engine {
     this.kernels = new KernelRegistry(this.device);
     this.tuning = options.tuning ?? {};
     this.maxDispatches = options.maxDispatchesPerSubmit ?? 64;
+    this.maxBindingBytes = Math.min(options.maxBindingBytes ?? Infinity, this.device.limits.maxStorageBufferBindingSize);
     this.uniformArena = this.device.createBuffer({
       size: UNIFORM_ARENA_BYTES,
       usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
@@ -85,11 +93,6 @@ export class Engine {
 
   get limits(): GPUSupportedLimits {
     return this.device.limits;
-  }
-
-  /** Largest tensor (in f32 elements) one storage binding can hold on this device. */
-  get maxBindingElements(): number {
-    return Math.floor(this.device.limits.maxStorageBufferBindingSize / 4);
   }
 
   hasFeature(name: GPUFeatureName): boolean {
@@ -216,8 +219,14 @@ export class Engine {
     const entries: GPUBindGroupEntry[] = [
       { binding: 0, resource: { buffer: this.uniformArena, offset: uniformOffset, size: UNIFORM_SLOT } },
     ];
+    const maxBinding = this.maxBindingBytes;
     d.bindings.forEach((b, i) => {
       const binding = b instanceof Tensor ? { buffer: b.buffer, offset: 0, size: Math.max(4, b.byteLength) } : b;
+      if ((binding.size ?? binding.buffer.size) > maxBinding) {
+        throw new RangeError(
+          `${d.kernel.key}: ${binding.buffer.label} needs a ${binding.size} byte binding, over the largest storage binding (${maxBinding}); split the batch`,
+        );
+      }
       entries.push({ binding: i + 1, resource: { buffer: binding.buffer, offset: binding.offset ?? 0, size: binding.size } });
     });
     const bindGroup = this.device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries, label: d.kernel.key });
@@ -324,6 +333,7 @@ export class Engine {
 function collectTensors(value: unknown, into: Set<Tensor>): void {
   if (value instanceof Tensor) into.add(value);
   else if (Array.isArray(value)) for (const v of value) collectTensors(v, into);
+  else if (value instanceof Map) for (const v of value.values()) collectTensors(v, into);
   else if (value && typeof value === 'object' && Object.getPrototypeOf(value) === Object.prototype) {
     for (const v of Object.values(value)) collectTensors(v, into);
   }

@@ -6,11 +6,14 @@ import { qkvAttention } from '../engine/ops/attention.ts';
 import { conv2d } from '../engine/ops/conv2d.ts';
 import { add, silu } from '../engine/ops/elementwise.ts';
 import { groupNorm } from '../engine/ops/group-norm.ts';
-import { concat, reshape } from '../engine/ops/layout.ts';
+import { concat, reshape, slice } from '../engine/ops/layout.ts';
 import { matmul } from '../engine/ops/matmul.ts';
 import { avgPool2, upsample2 } from '../engine/ops/resample.ts';
 import { shapeString, type Tensor } from '../engine/tensor.ts';
 import type { TensorSource } from './checkpoint/tensor-source.ts';
+import { checkStateDict } from './state-dict.ts';
+
+export { CheckpointMismatchError } from './state-dict.ts';
 import { type Block, type Layer, planUNet, stateDictShapes, type UNetFlags, type UNetPlan } from './unet-config.ts';
 
 export interface ForwardOptions {
@@ -28,14 +31,6 @@ export interface ForwardResult {
   taps: Map<number, Tensor>;
   output?: Tensor;
   emb?: Tensor;
-}
-
-/** A checkpoint that does not fit the model built from the config. */
-export class CheckpointMismatchError extends Error {
-  constructor(detail: string) {
-    super(detail);
-    this.name = 'CheckpointMismatchError';
-  }
 }
 
 export interface LoadProgress {
@@ -62,21 +57,7 @@ export class UNet {
   static async load(engine: Engine, flags: UNetFlags, source: TensorSource, onProgress?: LoadProgress): Promise<UNet> {
     const plan = planUNet(flags);
     const expected = stateDictShapes(plan);
-    const present = new Set(source.keys());
-    const missing = [...expected.keys()].filter((k) => !present.has(k));
-    const unexpected = [...present].filter((k) => !expected.has(k));
-    const problems: string[] = [];
-    if (missing.length) problems.push(`missing keys (${missing.length}): ${missing.slice(0, 8).join(', ')}${missing.length > 8 ? ', …' : ''}`);
-    if (unexpected.length) problems.push(`unexpected keys (${unexpected.length}): ${unexpected.slice(0, 8).join(', ')}${unexpected.length > 8 ? ', …' : ''}`);
-    for (const [k, shape] of expected) {
-      const info = source.info(k);
-      if (info && info.shape.join() !== shape.join()) {
-        problems.push(`shape mismatch for ${k}: checkpoint ${shapeString(info.shape)}, model ${shapeString(shape)}`);
-      }
-    }
-    if (problems.length) {
-      throw new CheckpointMismatchError(`${source.name} does not fit the U-Net built from this config:\n  ${problems.join('\n  ')}\n(check image_size, num_channels, channel_mult, num_res_blocks, attention_resolutions and learn_sigma)`);
-    }
+    checkStateDict(expected, source, 'U-Net built from this config (check image_size, num_channels, channel_mult, num_res_blocks, attention_resolutions and learn_sigma)');
     const params = new Map<string, Tensor>();
     let done = 0;
     for (const [k, shape] of expected) {
@@ -144,8 +125,51 @@ export class UNet {
     });
   }
 
-  /** Runs x (NCHW, [−1, 1] scale) at timesteps t (one per image) and returns the requested blocks. */
+  /** Bytes of the largest activation one image produces (a decoder concat or an attention qkv). */
+  largestActivationBytes(): number {
+    let most = this.plan.finalChannels * this.plan.flags.image_size ** 2;
+    for (const block of this.plan.blocks) {
+      for (const l of block.layers) {
+        const c = l.kind === 'attn' ? 3 * l.channels : Math.max(l.cin, l.cout);
+        most = Math.max(most, c * block.size ** 2);
+      }
+    }
+    return 4 * most;
+  }
+
+  /**
+   * Runs x (NCHW, [−1, 1] scale) at timesteps t (one per image) and returns the requested blocks.
+   * A batch whose activations would exceed the device's largest storage binding runs in chunks of
+   * images and is joined again.
+   */
   forward(x: Tensor, t: readonly number[], opts: ForwardOptions = {}): ForwardResult {
+    const e = this.engine;
+    const N = x.shape[0];
+    const perChunk = Math.max(1, Math.floor(e.maxBindingBytes / this.largestActivationBytes()));
+    if (N <= perChunk) return this.forwardBatch(x, t, opts);
+    const parts: ForwardResult[] = [];
+    for (let start = 0; start < N; start += perChunk) {
+      const end = Math.min(N, start + perChunk);
+      const rows = <T extends Tensor>(v: T) => slice(v, [start], [end]);
+      parts.push(e.tidy(() => {
+        const fb = opts.addToBlock && new Map([...opts.addToBlock].map(([b, v]) => [b, rows(v)]));
+        const r = this.forwardBatch(rows(x), t.slice(start, end), { ...opts, addToBlock: fb });
+        return { taps: r.taps, output: r.output, emb: r.emb };
+      }));
+    }
+    const join = (vs: Tensor[]) => {
+      const j = concat(vs, 0);
+      for (const v of vs) v.dispose();
+      return j;
+    };
+    const out: ForwardResult = { taps: new Map() };
+    for (const b of parts[0].taps.keys()) out.taps.set(b, join(parts.map((p) => p.taps.get(b)!)));
+    if (opts.output) out.output = join(parts.map((p) => p.output!));
+    if (opts.emb) out.emb = join(parts.map((p) => p.emb!));
+    return out;
+  }
+
+  private forwardBatch(x: Tensor, t: readonly number[], opts: ForwardOptions): ForwardResult {
     const e = this.engine;
     const plan = this.plan;
     const N = plan.blocks.length;

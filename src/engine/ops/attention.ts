@@ -2,6 +2,10 @@
 import { ATTENTION_QUERIES_PER_WORKGROUP, attentionKernel } from '../../../kernels/attention.wgsl.ts';
 import { shapeString, type Tensor } from '../tensor.ts';
 import { Uniforms } from '../uniforms.ts';
+import { scale } from './elementwise.ts';
+import { permute, reshape, slice } from './layout.ts';
+import { matmul } from './matmul.ts';
+import { softmax } from './softmax.ts';
 
 /**
  * guided-diffusion's channel-major attention on qkv [N, 3·heads·d, T] → [N, heads·d, T], weights
@@ -17,6 +21,7 @@ export function qkvAttention(qkv: Tensor, heads: number, legacy = true): Tensor 
   const [N, C3, T] = qkv.shape;
   const d = C3 / (3 * heads);
   const C = heads * d;
+  if (e.tape.needsGrad([qkv])) return qkvAttentionComposite(qkv, heads, legacy);
   const out = e.empty([N, heads * d, T], 'attention');
   e.dispatch({
     kernel: attentionKernel(d),
@@ -28,8 +33,27 @@ export function qkvAttention(qkv: Tensor, heads: number, legacy = true): Tensor 
       .toArrayBuffer(),
     workgroups: [Math.ceil(T / ATTENTION_QUERIES_PER_WORKGROUP), N * heads],
   });
-  e.tape.record('qkvAttention', [qkv], [out], [], () => {
-    throw new Error('attention backward is not implemented yet (the heads issue adds it)');
-  });
   return out;
+}
+
+/**
+ * The same attention from differentiable ops (matmul, softmax, slices), used when gradients are
+ * wanted: the T × T weights are materialised, which the backward pass needs anyway.
+ */
+function qkvAttentionComposite(qkv: Tensor, heads: number, legacy: boolean): Tensor {
+  const e = qkv.engine;
+  const [N, C3, T] = qkv.shape;
+  const d = C3 / (3 * heads);
+  return e.tidy(() => {
+    // Per (image, head): q, k, v as [N·heads, d, T].
+    const perHead = legacy
+      ? reshape(qkv, [N * heads, 3 * d, T])
+      : reshape(permute(reshape(qkv, [N, 3, heads, d, T]), [0, 2, 1, 3, 4]), [N * heads, 3 * d, T]);
+    const q = slice(perHead, [0, 0], [N * heads, d]);
+    const k = slice(perHead, [0, d], [N * heads, 2 * d]);
+    const v = slice(perHead, [0, 2 * d], [N * heads, 3 * d]);
+    const weights = softmax(scale(matmul(q, k, { transA: true }), 1 / Math.sqrt(d))); // [NH, T(query), T(key)]
+    const a = matmul(v, weights, { transB: true }); // [NH, d, T]
+    return reshape(a, [N, heads * d, T]);
+  });
 }

@@ -2,6 +2,9 @@
 import { groupNormKernel } from '../../../kernels/groupnorm.wgsl.ts';
 import { shapeString, type Tensor } from '../tensor.ts';
 import { Uniforms } from '../uniforms.ts';
+import { add, addScalar, mul, silu } from './elementwise.ts';
+import { reshape, slice } from './layout.ts';
+import { normalizeRows } from './normalize.ts';
 
 export interface GroupNormOptions {
   groups?: number;
@@ -25,6 +28,8 @@ export function groupNorm(x: Tensor, gamma: Tensor, beta: Tensor, opts: GroupNor
   if (opts.scaleShift && opts.scaleShift.size !== N * 2 * C) {
     throw new RangeError(`groupNorm: scale-shift ${shapeString(opts.scaleShift.shape)} is not [${N}, ${2 * C}]`);
   }
+  const inputs = [x, gamma, beta, ...(opts.scaleShift ? [opts.scaleShift] : [])];
+  if (e.tape.needsGrad(inputs)) return groupNormComposite(x, gamma, beta, groups, opts);
   const y = e.empty(x.shape, `groupNorm(${x.label})`);
   const stats = e.empty([N * groups, 2], 'groupNorm.stats');
   const bindings = [x, gamma, beta, y, stats];
@@ -36,9 +41,26 @@ export function groupNorm(x: Tensor, gamma: Tensor, beta: Tensor, opts: GroupNor
     workgroups: [N * groups],
   });
   stats.dispose();
-  const inputs = [x, gamma, beta, ...(opts.scaleShift ? [opts.scaleShift] : [])];
-  e.tape.record('groupNorm', inputs, [y], [], () => {
-    throw new Error('groupNorm backward is not implemented yet (the heads issue adds it)');
-  });
   return y;
+}
+
+/**
+ * The same function from differentiable pieces, used when gradients are wanted: each group is a
+ * row of (C/G)·H·W values for normalizeRows, then γ/β, scale-shift and SiLU as broadcast ops.
+ */
+function groupNormComposite(x: Tensor, gamma: Tensor, beta: Tensor, groups: number, opts: GroupNormOptions): Tensor {
+  const e = x.engine;
+  const [N, C] = x.shape;
+  return e.tidy(() => {
+    const xhat = reshape(normalizeRows(x, x.size / (N * groups), opts.eps ?? 1e-5), [N, C, -1]);
+    let y = add(mul(xhat, reshape(gamma, [C, 1])), reshape(beta, [C, 1]));
+    if (opts.scaleShift) {
+      const ss = reshape(opts.scaleShift, [N, 2, C, 1]);
+      const scale = reshape(slice(ss, [0, 0], [N, 1]), [N, C, 1]);
+      const shift = reshape(slice(ss, [0, 1], [N, 2]), [N, C, 1]);
+      y = add(mul(y, addScalar(scale, 1)), shift);
+    }
+    if (opts.silu) y = silu(y);
+    return reshape(y, x.shape);
+  });
 }

@@ -7,3 +7,6 @@ export * from './attention.ts';
 export * from './conv2d.ts';
 export * from './group-norm.ts';
 export * from './resample.ts';
+export * from './adaptive-pool.ts';
+export * from './nn.ts';
+export * from './normalize.ts';

@@ -1,0 +1,34 @@
+// One Adam step (PyTorch torch.optim.Adam, L2 weight decay added to the gradient):
+//   g ← g + wd·p;  m ← β1·m + (1−β1)·g;  v ← β2·v + (1−β2)·g²
+//   p ← p − (lr / (1−β1^t)) · m / (sqrt(v) / sqrt(1−β2^t) + eps)
+// The bias corrections are computed on the CPU in f64 and passed as scalars.
+import { wgsl } from 'wgsl-preprocessor/wgsl-preprocessor.js';
+import type { KernelSource } from '../src/engine/kernel-registry.ts';
+
+export const ADAM_WORKGROUP = 256;
+
+/** Bindings: param, grad, m, v (all updated in place except grad). */
+export function adamKernel(): KernelSource {
+  const WG = ADAM_WORKGROUP;
+  return {
+    key: 'adam',
+    code: wgsl`
+struct Params { n: u32, beta1: f32, beta2: f32, eps: f32, stepSize: f32, sqrtBiasCorrection2: f32, weightDecay: f32 }
+@group(0) @binding(0) var<uniform> u: Params;
+@group(0) @binding(1) var<storage, read_write> p: array<f32>;
+@group(0) @binding(2) var<storage, read> grad: array<f32>;
+@group(0) @binding(3) var<storage, read_write> m: array<f32>;
+@group(0) @binding(4) var<storage, read_write> v: array<f32>;
+@compute @workgroup_size(${WG})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let i = (wid.y * nwg.x + wid.x) * ${WG}u + lid;
+  if (i >= u.n) { return; }
+  let g = grad[i] + u.weightDecay * p[i];
+  let mi = u.beta1 * m[i] + (1.0 - u.beta1) * g;
+  let vi = u.beta2 * v[i] + (1.0 - u.beta2) * g * g;
+  m[i] = mi;
+  v[i] = vi;
+  p[i] = p[i] - u.stepSize * mi / (sqrt(vi) / u.sqrtBiasCorrection2 + u.eps);
+}`,
+  };
+}

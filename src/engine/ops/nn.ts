@@ -1,0 +1,134 @@
+// Layers built from the primitive ops (their gradients come from the primitives' rules):
+// Linear, cross-entropy, dropout, BatchNorm2d and bilinear resizing.
+import { shapeString, type Tensor } from '../tensor.ts';
+import { add, addScalar, div, mul, scale, sqrt, sub } from './elementwise.ts';
+import { permute, reshape } from './layout.ts';
+import { matmul } from './matmul.ts';
+import { normalizeRows } from './normalize.ts';
+import { mean, sum } from './reduce.ts';
+import { logSoftmax } from './softmax.ts';
+
+/** y = x·Wᵀ + b over the last axis (PyTorch nn.Linear, W [out, in]). */
+export function linear(x: Tensor, weight: Tensor, bias?: Tensor): Tensor {
+  const e = x.engine;
+  const inF = weight.shape[1];
+  if (weight.rank !== 2 || x.shape[x.rank - 1] !== inF) {
+    throw new RangeError(`linear: ${x.label} ${shapeString(x.shape)} does not end in ${inF} features of ${weight.label} ${shapeString(weight.shape)}`);
+  }
+  return e.tidy(() => {
+    const flat = reshape(x, [-1, inF]);
+    return reshape(matmul(flat, weight, { transB: true, bias }), [...x.shape.slice(0, -1), weight.shape[0]]);
+  });
+}
+
+/** Mean cross-entropy of logits [N, K] against integer labels, through one stable log-softmax. */
+export function crossEntropy(logits: Tensor, labels: readonly number[]): Tensor {
+  const e = logits.engine;
+  const [N, K] = logits.shape;
+  if (logits.rank !== 2 || labels.length !== N) throw new RangeError(`crossEntropy: logits ${shapeString(logits.shape)} with ${labels.length} labels`);
+  const onehot = new Float32Array(N * K);
+  labels.forEach((y, i) => {
+    if (!Number.isInteger(y) || y < 0 || y >= K) throw new RangeError(`crossEntropy: label ${y} of sample ${i} is outside 0..${K - 1}`);
+    onehot[i * K + y] = 1;
+  });
+  return e.tidy(() => scale(sum(mul(logSoftmax(logits), e.tensor(onehot, [N, K], 'onehot'))), -1 / N));
+}
+
+/** Inverted dropout with a seeded mask (identity when p = 0 or not training). */
+export function dropout(x: Tensor, p: number, training: boolean, seed: number): Tensor {
+  if (!training || p === 0) return x;
+  if (!(p > 0 && p < 1)) throw new RangeError(`dropout: p = ${p} must be in [0, 1)`);
+  let s = seed >>> 0;
+  const mask = new Float32Array(x.size);
+  for (let i = 0; i < mask.length; i++) {
+    s = (Math.imul(s ^ (s >>> 15), 0x2c1b3c6d) + 0x6d2b79f5) >>> 0;
+    mask[i] = s / 4294967296 >= p ? 1 / (1 - p) : 0;
+  }
+  return x.engine.tidy(() => mul(x, x.engine.tensor(mask, x.shape, 'dropout.mask')));
+}
+
+export interface BatchNormState {
+  runningMean: Tensor;
+  runningVar: Tensor;
+  /** num_batches_tracked */
+  batches: number;
+}
+
+/**
+ * BatchNorm2d. Training: normalise with the batch's biased variance and move the running
+ * statistics by `momentum` using the unbiased variance (× n/(n−1), n = N·H·W), as PyTorch does.
+ * Evaluation: normalise with the running statistics.
+ */
+export function batchNorm2d(
+  x: Tensor, weight: Tensor, bias: Tensor, state: BatchNormState,
+  opts: { training: boolean; momentum?: number; eps?: number },
+): Tensor {
+  const e = x.engine;
+  const [N, C, H, W] = x.shape;
+  const eps = opts.eps ?? 1e-5;
+  const perChannel = (t: Tensor) => reshape(t, [C, 1, 1]);
+  if (!opts.training) {
+    return e.tidy(() => {
+      const std = e.noGrad(() => sqrt(addScalar(state.runningVar, eps)));
+      const xn = div(sub(x, perChannel(state.runningMean)), perChannel(std));
+      return add(mul(xn, perChannel(weight)), perChannel(bias));
+    });
+  }
+  const n = N * H * W;
+  const momentum = opts.momentum ?? 0.1;
+  e.noGrad(() => {
+    const [m, v] = e.tidy(() => {
+      const bm = mean(x, [0, 2, 3]);
+      const centred = sub(x, reshape(bm, [C, 1, 1]));
+      const bv = scale(mean(mul(centred, centred), [0, 2, 3]), n / Math.max(1, n - 1));
+      return [
+        add(scale(state.runningMean, 1 - momentum), scale(bm, momentum)),
+        add(scale(state.runningVar, 1 - momentum), scale(bv, momentum)),
+      ];
+    });
+    // In place, so whoever holds the running-stat tensors (a state dict) sees the update.
+    e.copyBuffer(m.buffer, 0, state.runningMean.buffer, 0, m.byteLength);
+    e.copyBuffer(v.buffer, 0, state.runningVar.buffer, 0, v.byteLength);
+    m.dispose();
+    v.dispose();
+    state.batches++;
+  });
+  return e.tidy(() => {
+    // Channels to rows: [C, N·H·W], normalise each row, and back.
+    const rows = reshape(permute(reshape(x, [N, C, H * W]), [1, 0, 2]), [C, n]);
+    const xn = permute(reshape(normalizeRows(rows, n, eps), [C, N, H * W]), [1, 0, 2]);
+    return reshape(add(mul(xn, reshape(weight, [C, 1])), reshape(bias, [C, 1])), x.shape);
+  });
+}
+
+/**
+ * Bilinear resize with align_corners=False (F.interpolate(mode='bilinear')): out = Rh · x · Rwᵀ
+ * per plane, with PyTorch's source-coordinate rule src = (dst + ½)·in/out − ½ clamped at 0.
+ * As two matmuls its gradient is Rhᵀ · dy · Rw. The same size is the identity.
+ */
+export function resizeBilinear(x: Tensor, outH: number, outW: number): Tensor {
+  const e = x.engine;
+  const [N, C, H, W] = x.shape;
+  if (H === outH && W === outW) return x;
+  return e.tidy(() => {
+    const rh = e.tensor(interpolationMatrix(H, outH), [outH, H], 'bilinear.rows');
+    const rw = e.tensor(interpolationMatrix(W, outW), [outW, W], 'bilinear.cols');
+    const planes = reshape(x, [N * C, H, W]);
+    const y = matmul(rh, matmul(planes, rw, { transB: true }));
+    return reshape(y, [N, C, outH, outW]);
+  });
+}
+
+export function interpolationMatrix(inSize: number, outSize: number): Float32Array {
+  const m = new Float32Array(outSize * inSize);
+  const ratio = inSize / outSize;
+  for (let o = 0; o < outSize; o++) {
+    const src = Math.max((o + 0.5) * ratio - 0.5, 0);
+    const i0 = Math.min(Math.floor(src), inSize - 1);
+    const i1 = Math.min(i0 + 1, inSize - 1);
+    const l1 = src - i0;
+    m[o * inSize + i0] += 1 - l1;
+    m[o * inSize + i1] += l1;
+  }
+  return m;
+}

@@ -1,0 +1,44 @@
+// The paper's block choices (defined for the 37-block 256×256 model) mapped by role onto any depth
+// (SPEC §2 "Any depth"): with middle block M and decoder level j (0 = deepest) holding blocks
+// M + (r+1)·j + 1 … M + (r+1)·(j+1) for r res blocks per level.
+import type { UNetPlan } from './unet-config.ts';
+
+export interface PaperBlocks {
+  /** The paper's b = 24: 2nd block of decoder level 1. */
+  feature: number;
+  /** DifFeed 'bottleneck' {21,24,27,30,33,36}: the 2nd block of every decoder level. */
+  bottleneck: number[];
+  /** DifFeed 'windowed' {20..24}: the first five decoder blocks. */
+  windowed: number[];
+  /** DifFeed 'all' {20..37}: every decoder block. */
+  all: number[];
+  /** DifFormer B = {19, 24, 30}: M, M+5, M+11 (a block past N becomes the last level's 2nd block). */
+  difformer: number[];
+  /** True when this model is not the 37-block layout and the numbers above are mapped. */
+  mapped: boolean;
+}
+
+export function paperBlocks(plan: UNetPlan): PaperBlocks {
+  const M = plan.numInputBlocks + 1;
+  const N = plan.blocks.length;
+  const per = plan.flags.num_res_blocks + 1;
+  const levels = plan.channelMult.length;
+  const second = (j: number) => M + per * j + 2;
+  const clamp = (b: number) => (b <= N ? b : second(levels - 1));
+  const all = Array.from({ length: N - M }, (_, i) => M + 1 + i);
+  return {
+    feature: clamp(second(Math.min(1, levels - 1))),
+    bottleneck: Array.from({ length: levels }, (_, j) => second(j)).filter((b) => b <= N),
+    windowed: all.slice(0, 5),
+    all,
+    difformer: [...new Set([M, clamp(M + 5), clamp(M + 11)])],
+    mapped: N !== 37,
+  };
+}
+
+/** One line that says how the paper's numbers map onto this model (printed whenever a default is mapped). */
+export function describeMapping(plan: UNetPlan): string {
+  const p = paperBlocks(plan);
+  return `block mapping for this ${plan.blocks.length}-block U-Net: b24 ↦ ${p.feature}, bottleneck {21,24,27,30,33,36} ↦ {${p.bottleneck}}, ` +
+    `windowed {20..24} ↦ {${p.windowed}}, DifFormer {19,24,30} ↦ {${p.difformer}}`;
+}

@@ -1,0 +1,161 @@
+// DifFeed (diffssl DiffSSLModelFeedbackFusion): pass 1 (no grad) computes decoder features; each
+// selected decoder block b feeds ReLU(BN(conv1x1(f_b))) back, bilinearly resized, into the output
+// of encoder block N+1−b (or, for 'multi-scale', one chosen encoder block) in pass 2; pass 2's
+// feature block goes to an attention head. The U-Net stays frozen; gradients flow through pass 2
+// into the feedback layers.
+import type { Engine } from '../../engine/engine.ts';
+import { conv2d } from '../../engine/ops/conv2d.ts';
+import { add, relu } from '../../engine/ops/elementwise.ts';
+import { type BatchNormState, batchNorm2d, resizeBilinear } from '../../engine/ops/nn.ts';
+import type { Tensor } from '../../engine/tensor.ts';
+import { paperBlocks } from '../block-roles.ts';
+import type { TensorSource } from '../checkpoint/tensor-source.ts';
+import { withPrefix } from '../checkpoint/tensor-source.ts';
+import { fanInBound, initStateDict, loadStateDict, type ParamSpec } from '../state-dict.ts';
+import type { UNet } from '../unet.ts';
+import { AttentionHead, type AttentionHeadOptions } from './attention-head.ts';
+
+export interface FeedbackProbe {
+  onPreActivation?: (layer: number, preRelu: Tensor) => void;
+  offsets?: (Tensor | undefined)[];
+  freezeRunningStats?: boolean;
+}
+
+export type FeedbackStrategy = 'all' | 'bottleneck' | 'windowed' | 'multi-scale';
+
+export interface DifFeedOptions {
+  strategy?: FeedbackStrategy;
+  /** Explicit decoder blocks to feed back (overrides the strategy's list). */
+  feedbackBlocks?: number[];
+  /** 'multi-scale' only: the encoder block every feedback is added to (default N+1−feature block). */
+  multiScaleTarget?: number;
+  /** Timestep (paper 150). */
+  t?: number;
+  /** The pass-2 block given to the head (paper 24, mapped by role). */
+  featureBlock?: number;
+  classes: number;
+  head?: Omit<AttentionHeadOptions, 'blocks' | 'timesteps' | 'classes'>;
+}
+
+export class DifFeed {
+  readonly feedbackBlocks: number[];
+  readonly targets: number[];
+  readonly t: number;
+  readonly featureBlock: number;
+  readonly batchNorm: BatchNormState[];
+
+  private constructor(
+    readonly engine: Engine,
+    readonly unet: UNet,
+    readonly options: DifFeedOptions,
+    readonly params: Map<string, Tensor>,
+    readonly head: AttentionHead,
+  ) {
+    const plan = feedbackPlan(unet, options);
+    this.feedbackBlocks = plan.feedbackBlocks;
+    this.targets = plan.targets;
+    this.featureBlock = plan.featureBlock;
+    this.t = options.t ?? 150;
+    this.batchNorm = this.feedbackBlocks.map((_, i) => ({
+      runningMean: params.get(`feedback.${i}.1.running_mean`)!,
+      runningVar: params.get(`feedback.${i}.1.running_var`)!,
+      batches: 0,
+    }));
+  }
+
+  static feedbackSpecs(unet: UNet, options: DifFeedOptions): Map<string, ParamSpec> {
+    const probe = feedbackPlan(unet, options);
+    const plan = unet.plan;
+    const m = new Map<string, ParamSpec>();
+    probe.feedbackBlocks.forEach((b, i) => {
+      const cin = plan.blocks[b - 1].outChannels;
+      const cout = plan.blocks[probe.targets[i] - 1].outChannels;
+      m.set(`feedback.${i}.0.weight`, { shape: [cout, cin, 1, 1], init: { uniform: fanInBound([cout, cin, 1, 1]) } });
+      m.set(`feedback.${i}.1.weight`, { shape: [cout], init: 'ones' });
+      m.set(`feedback.${i}.1.bias`, { shape: [cout], init: 'zeros' });
+      m.set(`feedback.${i}.1.running_mean`, { shape: [cout], init: 'zeros' });
+      m.set(`feedback.${i}.1.running_var`, { shape: [cout], init: 'ones' });
+    });
+    return m;
+  }
+
+  private static headOptions(unet: UNet, options: DifFeedOptions): AttentionHeadOptions {
+    const feature = feedbackPlan(unet, options).featureBlock;
+    const blk = unet.plan.blocks[feature - 1];
+    return { ...options.head, blocks: [{ b: feature, channels: blk.outChannels, size: blk.size }], timesteps: [options.t ?? 150], classes: options.classes };
+  }
+
+  static create(e: Engine, unet: UNet, options: DifFeedOptions, seed = 0): DifFeed {
+    const params = initStateDict(e, DifFeed.feedbackSpecs(unet, options), seed);
+    return new DifFeed(e, unet, options, params, AttentionHead.create(e, DifFeed.headOptions(unet, options), seed + 1));
+  }
+
+  /** Loads `feedback.*` (BatchNorm buffers included) and `head.*` from a state dict. */
+  static async load(e: Engine, unet: UNet, options: DifFeedOptions, source: TensorSource): Promise<DifFeed> {
+    const shapes = new Map([...DifFeed.feedbackSpecs(unet, options)].map(([k, s]) => [k, s.shape]));
+    const fbKeys = source.keys().filter((k) => k.startsWith('feedback.') && !k.endsWith('num_batches_tracked'));
+    const fbSource: TensorSource = { ...source, keys: () => fbKeys, info: source.info, read: source.read, close: source.close, name: source.name, metadata: source.metadata };
+    const params = await loadStateDict(e, shapes, fbSource, 'DifFeed feedback layers');
+    const head = await AttentionHead.load(e, DifFeed.headOptions(unet, options), withPrefix(source, 'head.'));
+    const fb = new DifFeed(e, unet, options, params, head);
+    for (const [i, bn] of fb.batchNorm.entries()) {
+      const key = `feedback.${i}.1.num_batches_tracked`;
+      if (source.info(key)) bn.batches = (await source.read(key))[0];
+    }
+    return fb;
+  }
+
+  /** Parameters the optimizer trains: the feedback layers' conv and BN affine, and the head. */
+  trainableParameters(): Map<string, Tensor> {
+    const out = new Map<string, Tensor>();
+    for (const [k, v] of this.params) if (!k.includes('running_')) out.set(k, v);
+    for (const [k, v] of this.head.params) out.set(`head.${k}`, v);
+    return out;
+  }
+
+  /**
+   * x_t [N, C, H, W] (already noised at this.t) → logits. `training` selects BatchNorm's mode.
+   * `probe` is for parity checks: it receives each feedback layer's pre-ReLU activation, may add a
+   * constant offset to it (to settle a ReLU input that rounding puts on the other side of 0), and
+   * can keep the running statistics from moving.
+   */
+  forward(xt: Tensor, training: boolean, probe?: FeedbackProbe): Tensor {
+    const e = this.engine;
+    const N = xt.shape[0];
+    const ts = new Array<number>(N).fill(this.t);
+    return e.tidy(() => {
+      const first = e.noGrad(() => this.unet.forward(xt, ts, { taps: this.feedbackBlocks }));
+      const feedback = new Map<number, Tensor>();
+      this.feedbackBlocks.forEach((b, i) => {
+        const target = this.unet.plan.blocks[this.targets[i] - 1];
+        const conv = conv2d(first.taps.get(b)!, this.params.get(`feedback.${i}.0.weight`)!);
+        const bnState = probe?.freezeRunningStats ? { ...this.batchNorm[i], runningMean: e.zeros([conv.shape[1]]), runningVar: e.zeros([conv.shape[1]]) } : this.batchNorm[i];
+        let pre = batchNorm2d(conv, this.params.get(`feedback.${i}.1.weight`)!, this.params.get(`feedback.${i}.1.bias`)!, bnState, { training });
+        probe?.onPreActivation?.(i, pre);
+        const offset = probe?.offsets?.[i];
+        if (offset) pre = add(pre, offset);
+        const fb = resizeBilinear(relu(pre), target.size, target.size);
+        const prev = feedback.get(target.b);
+        feedback.set(target.b, prev ? add(prev, fb) : fb);
+      });
+      const second = this.unet.forward(xt, ts, { taps: [this.featureBlock], addToBlock: feedback });
+      return this.head.forward(new Map([[this.t, new Map([[this.featureBlock, second.taps.get(this.featureBlock)!]])]]));
+    });
+  }
+}
+
+/** Which decoder blocks feed back into which encoder blocks, and which block the head reads. */
+export function feedbackPlan(unet: UNet, options: DifFeedOptions): { feedbackBlocks: number[]; targets: number[]; featureBlock: number } {
+  const plan = unet.plan;
+  const roles = paperBlocks(plan);
+  const N = plan.blocks.length;
+  const strategy = options.strategy ?? 'bottleneck';
+  const feedbackBlocks = options.feedbackBlocks ?? (strategy === 'multi-scale' ? roles.windowed : roles[strategy]);
+  const featureBlock = options.featureBlock ?? roles.feature;
+  for (const b of feedbackBlocks) {
+    if (b <= plan.numInputBlocks + 1 || b > N) throw new RangeError(`DifFeed: block ${b} is not a decoder block (decoder blocks are ${plan.numInputBlocks + 2}..${N})`);
+  }
+  const multiTarget = options.multiScaleTarget ?? N + 1 - featureBlock;
+  const targets = feedbackBlocks.map((b) => (strategy === 'multi-scale' ? multiTarget : N + 1 - b));
+  return { feedbackBlocks, targets, featureBlock };
+}

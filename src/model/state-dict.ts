@@ -1,0 +1,69 @@
+// Named parameters of a module, PyTorch state_dict style: validation against a checkpoint
+// (missing / unexpected keys, shapes), loading, and PyTorch's default initialisations.
+import type { Engine } from '../engine/engine.ts';
+import { shapeString, type Tensor } from '../engine/tensor.ts';
+import type { TensorSource } from './checkpoint/tensor-source.ts';
+
+/** A checkpoint that does not fit the module built from the config. */
+export class CheckpointMismatchError extends Error {
+  constructor(detail: string) {
+    super(detail);
+    this.name = 'CheckpointMismatchError';
+  }
+}
+
+export type Init = 'zeros' | 'ones' | { uniform: number };
+
+export interface ParamSpec {
+  shape: number[];
+  init: Init;
+}
+
+/** Throws one error listing every missing key, unexpected key and shape mismatch. */
+export function checkStateDict(expected: Map<string, number[]>, source: TensorSource, what: string): void {
+  const present = new Set(source.keys());
+  const missing = [...expected.keys()].filter((k) => !present.has(k));
+  const unexpected = [...present].filter((k) => !expected.has(k));
+  const problems: string[] = [];
+  const list = (ks: string[]) => `${ks.slice(0, 8).join(', ')}${ks.length > 8 ? ', …' : ''}`;
+  if (missing.length) problems.push(`missing keys (${missing.length}): ${list(missing)}`);
+  if (unexpected.length) problems.push(`unexpected keys (${unexpected.length}): ${list(unexpected)}`);
+  for (const [k, shape] of expected) {
+    const info = source.info(k);
+    if (info && info.shape.join() !== shape.join()) {
+      problems.push(`shape mismatch for ${k}: checkpoint ${shapeString(info.shape)}, model ${shapeString(shape)}`);
+    }
+  }
+  if (problems.length) throw new CheckpointMismatchError(`${source.name} does not fit the ${what}:\n  ${problems.join('\n  ')}`);
+}
+
+/** Loads every expected key (after checkStateDict) as a kept tensor. */
+export async function loadStateDict(e: Engine, expected: Map<string, number[]>, source: TensorSource, what: string): Promise<Map<string, Tensor>> {
+  checkStateDict(expected, source, what);
+  const out = new Map<string, Tensor>();
+  for (const [k, shape] of expected) out.set(k, e.keep(e.tensor(await source.read(k), shape, k)));
+  return out;
+}
+
+/** PyTorch-style initial values from a seeded generator (Linear/Conv: U(−1/√fan_in, 1/√fan_in)). */
+export function initStateDict(e: Engine, specs: Map<string, ParamSpec>, seed: number): Map<string, Tensor> {
+  let s = seed >>> 0;
+  const rand = () => {
+    s = (s + 0x6d2b79f5) >>> 0;
+    let t = Math.imul(s ^ (s >>> 15), s | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+  const out = new Map<string, Tensor>();
+  for (const [k, spec] of specs) {
+    const n = spec.shape.reduce((p, d) => p * d, 1);
+    const data = new Float32Array(n);
+    if (spec.init === 'ones') data.fill(1);
+    else if (spec.init !== 'zeros') for (let i = 0; i < n; i++) data[i] = (2 * rand() - 1) * spec.init.uniform;
+    out.set(k, e.keep(e.tensor(data, spec.shape, k)));
+  }
+  return out;
+}
+
+/** Bound of PyTorch's default Linear/Conv init for a weight of this shape: 1/√fan_in. */
+export const fanInBound = (shape: number[]) => 1 / Math.sqrt(shape.slice(1).reduce((p, d) => p * d, 1));

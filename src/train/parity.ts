@@ -1,0 +1,167 @@
+// Parity with the PyTorch head dumps (attention-head, difformer, difeed): logits, loss, every
+// parameter gradient, BatchNorm running statistics, and one Adam step fed the dump's own gradients
+// (so the optimizer is checked separately from the gradients).
+import type { Engine } from '../engine/engine.ts';
+import { crossEntropy } from '../engine/ops/nn.ts';
+import type { Tensor } from '../engine/tensor.ts';
+import { openSafetensors } from '../model/checkpoint/safetensors.ts';
+import { type TensorSource, withPrefix } from '../model/checkpoint/tensor-source.ts';
+import { linearSchedule, qSample } from '../model/diffusion.ts';
+import { AttentionHead, type AttentionHeadOptions } from '../model/heads/attention-head.ts';
+import { DifFeed } from '../model/heads/difeed.ts';
+import { type Comparison, compareArrays, type ParityOptions, type ParityReport, unetParity } from '../model/parity.ts';
+import { UNet } from '../model/unet.ts';
+import { flagsFromJson } from '../model/unet-config.ts';
+import { Adam } from './optimizer.ts';
+
+export interface HeadParityOptions extends ParityOptions {
+  gradientTolerance?: number;
+}
+
+/** "…,Attention:64:4:4:2,…" → dim, heads, MLP ratio, layers. */
+function parseFusionArc(arc: string): { dim: number; heads: number; mlpRatio: number; layers: number } {
+  const m = /Attention:(\d+):(\d+):(\d+):(\d+)/.exec(arc);
+  if (!m) throw new Error(`unsupported fusion_arc "${arc}"`);
+  return { dim: Number(m[1]), heads: Number(m[2]), mlpRatio: Number(m[3]), layers: Number(m[4]) };
+}
+
+export async function headParity(e: Engine, dump: TensorSource, opts: HeadParityOptions = {}): Promise<ParityReport> {
+  const fwdTol = opts.forwardTolerance ?? 1e-4;
+  const gradTol = opts.gradientTolerance ?? 1e-3;
+  const md = dump.metadata;
+  const kind = md.kind;
+  const results: Comparison[] = [];
+  const report = async (name: string, actual: Tensor | Float32Array, refKey: string, tol: number) => {
+    const a = actual instanceof Float32Array ? actual : await actual.read();
+    const c = compareArrays(name, a, await dump.read(refKey), tol);
+    results.push(c);
+    opts.onResult?.(c);
+  };
+  const labels = Array.from(await dump.read('input.labels'));
+  const arc = parseFusionArc(md.fusion_arc);
+  const classes = Number(md.num_classes);
+  const prePoolSize = Number(md.pre_pool_size);
+
+  let params: Map<string, Tensor>;
+  let logits: Tensor;
+  let gradPrefix: string;
+  let runEval: (() => Tensor) | null = null;
+  let resolveTies: (() => Promise<string[]>) | null = null;
+  let bnKeys: [Tensor, string][] = [];
+  if (kind === 'difeed') {
+    const unetFlags = flagsFromJson(md.unet_config);
+    const unet = await UNet.load(e, unetFlags, withPrefix(dump, 'unet.param.'));
+    const t = Number(md.t);
+    const difeed = await DifFeed.load(e, unet, {
+      feedbackBlocks: JSON.parse(md.feedback_b_list), t, featureBlock: Number(md.second_pass_block), classes,
+      head: { ...arc, prePoolSize },
+    }, withPrefix(dump, 'param.'));
+    const x0 = e.tensor(await dump.read('input.x0'), dump.info('input.x0')!.shape);
+    const noise = e.tensor(await dump.read(`input.noise.t${t}`), dump.info(`input.noise.t${t}`)!.shape);
+    const xt = qSample(e, linearSchedule(1000), x0, new Array(x0.shape[0]).fill(t), noise);
+    params = difeed.trainableParameters();
+    for (const p of params.values()) p.requiresGrad = true;
+    const preRelu: Tensor[] = [];
+    logits = difeed.forward(xt, true, { onPreActivation: (i, v) => (preRelu[i] = e.keep(v)) });
+    // A ReLU input within rounding of 0 (|y| ≤ 2e-6·max|y|) may fall on the other side in
+    // PyTorch, which moves the gradients of that feedback layer (not its forward). Such ties get a
+    // second backward with each tied input nudged across 0; a layer counts as matching when either
+    // side of its ties matches.
+    resolveTies = async () => {
+      const offsets: (Tensor | undefined)[] = [];
+      const notes: string[] = [];
+      for (const [i, v] of preRelu.entries()) {
+        const y = await v.read();
+        const band = 2e-6 * y.reduce((m, a) => Math.max(m, Math.abs(a)), 0);
+        const off = new Float32Array(y.length);
+        let ties = 0;
+        y.forEach((a, k) => {
+          if (Math.abs(a) <= band) {
+            off[k] = -2 * a;
+            ties++;
+          }
+        });
+        if (ties) {
+          offsets[i] = e.keep(e.tensor(off, v.shape, `tie-offset.${i}`));
+          notes.push(`feedback.${i}: ${ties} ReLU input(s) within ${band.toExponential(1)} of 0`);
+        }
+      }
+      if (!offsets.length) return notes;
+      for (const p of params.values()) {
+        p.grad?.dispose();
+        p.grad = null;
+      }
+      const again = difeed.forward(xt, true, { offsets, freezeRunningStats: true });
+      e.tape.backward(crossEntropy(again, labels));
+      return notes;
+    };
+    gradPrefix = '';
+    bnKeys = difeed.batchNorm.flatMap((bn, i) => [[bn.runningMean, `feedback.${i}.1.running_mean`], [bn.runningVar, `feedback.${i}.1.running_var`]] as [Tensor, string][]);
+    runEval = () => e.noGrad(() => difeed.forward(xt, false));
+  } else if (kind === 'attention-head' || kind === 'difformer') {
+    const timesteps: number[] = JSON.parse(md.t_list);
+    const blocks: number[] = JSON.parse(md.blocks);
+    const features = new Map<number, Map<number, Tensor>>();
+    for (const t of timesteps) {
+      features.set(t, new Map(await Promise.all(blocks.map(async (b) => {
+        const key = `feat.t${t}.b${b}`;
+        return [b, e.tensor(await dump.read(key), dump.info(key)!.shape, key)] as [number, Tensor];
+      }))));
+    }
+    const first = features.get(timesteps[0])!;
+    const options: AttentionHeadOptions = {
+      blocks: blocks.map((b) => ({ b, channels: first.get(b)!.shape[1], size: first.get(b)!.shape[2] })),
+      timesteps, classes, ...arc, prePoolSize,
+    };
+    const head = await AttentionHead.load(e, options, withPrefix(dump, 'param.'));
+    params = head.params;
+    for (const p of params.values()) p.requiresGrad = true;
+    logits = head.forward(features);
+    gradPrefix = '';
+  } else {
+    throw new Error(`${dump.name}: unknown dump kind "${kind}"`);
+  }
+
+  await report('logits', logits, 'logits', fwdTol);
+  const loss = crossEntropy(logits, labels);
+  await report('loss', loss, 'loss', fwdTol);
+  for (const [tensor, key] of bnKeys) await report(key, tensor, `adam1.${key}`, fwdTol);
+  e.tape.backward(loss);
+  const first = new Map<string, Comparison>();
+  for (const [k, p] of params) first.set(k, compareArrays(`grad.${k}`, await p.grad!.read(), await dump.read(`grad.${gradPrefix}${k}`), gradTol));
+  let tieNotes: string[] = [];
+  if ([...first.values()].some((c) => !c.pass) && resolveTies) tieNotes = await resolveTies();
+  for (const [k, c0] of first) {
+    let c = c0;
+    if (!c.pass && tieNotes.length) {
+      const tied = compareArrays(`grad.${k}`, await params.get(k)!.grad!.read(), await dump.read(`grad.${gradPrefix}${k}`), gradTol);
+      if (tied.pass) c = { ...tied, note: `with ReLU ties resolved; ${c0.maxRel.toExponential(2)} as first computed` };
+    }
+    results.push(c);
+    opts.onResult?.(c);
+  }
+  for (const n of tieNotes) opts.onNote?.(n);
+
+  // Adam on the dump's gradients, compared with the dump's parameters after its step.
+  const meta = JSON.parse(md.adam);
+  const adam = new Adam(e, params, { lr: meta.lr, betas: meta.betas, eps: meta.eps, weightDecay: meta.weight_decay });
+  for (const [k, p] of params) {
+    p.grad?.dispose();
+    p.grad = e.keep(e.tensor(await dump.read(`grad.${k}`), p.shape, `grad.${k}`));
+  }
+  adam.step();
+  for (const [k, p] of params) await report(`adam1.${k}`, p, `adam1.${k}`, gradTol);
+  if (runEval) await report('eval_logits_after_step', runEval(), 'eval_logits_after_step', fwdTol);
+  return { kind, config: md.unet_config ?? '', results, pass: results.every((c) => c.pass) };
+}
+
+/** Opens a dump and runs the parity check that fits its `kind`. */
+export async function parity(e: Engine, file: string, opts: HeadParityOptions = {}): Promise<ParityReport> {
+  const dump = await openSafetensors(file);
+  try {
+    const kind = dump.metadata.kind ?? 'unet';
+    return kind === 'unet' ? await unetParity(e, dump, opts) : await headParity(e, dump, opts);
+  } finally {
+    await dump.close();
+  }
+}
