@@ -3,8 +3,8 @@
 //   e = [scale | shift] is the ResBlock's [N, 2C] embedding projection), then optionally SiLU.
 // One workgroup per (image, group): a group's channels are contiguous in NCHW, so its values are
 // one contiguous run of (C/G)·H·W floats. Statistics in f32, variance by a second pass over
-// (x − mean)² (not E[x²] − E[x]², which cancels when |mean| ≫ std). The mean and 1/σ are written to
-// `stats` for the backward pass.
+// (x − mean)² (not E[x²] − E[x]², which cancels when |mean| ≫ std). This fused kernel is the
+// inference path; with gradients, src/engine/ops/group-norm.ts composes differentiable ops.
 import { wgsl } from 'wgsl-preprocessor/wgsl-preprocessor.js';
 import type { KernelSource } from '../src/engine/kernel-registry.ts';
 
@@ -15,7 +15,7 @@ export interface GroupNormVariant {
   silu: boolean;
 }
 
-/** Bindings: x, gamma, beta, y, stats ([N·G, 2]: mean, rstd), then e ([N, 2C]) with scaleShift. */
+/** Bindings: x, gamma, beta, y, then e ([N, 2C]) with scaleShift. */
 export function groupNormKernel(v: GroupNormVariant): KernelSource {
   const WG = GROUPNORM_WORKGROUP;
   return {
@@ -27,9 +27,8 @@ struct Params { C: u32, HW: u32, groups: u32, eps: f32 }
 @group(0) @binding(2) var<storage, read> gamma: array<f32>;
 @group(0) @binding(3) var<storage, read> beta: array<f32>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
-@group(0) @binding(5) var<storage, read_write> stats: array<f32>;
 #if ${v.scaleShift}
-@group(0) @binding(6) var<storage, read> e: array<f32>;
+@group(0) @binding(5) var<storage, read> e: array<f32>;
 #endif
 var<workgroup> scratch: array<f32, ${WG}>;
 
@@ -53,22 +52,22 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let cpg = u.C / u.groups;
   let count = cpg * u.HW;
   let base = ng * count;     // == (n·C + g·cpg)·HW
+  // Sums of x − x[0] (shifted data): exact-ish means even when |mean| ≫ std.
+  let shift = x[base];
   var s = 0.0;
-  for (var i = lid; i < count; i += ${WG}u) { s += x[base + i]; }
-  let mean = workgroupSum(s, lid) / f32(count);
+  for (var i = lid; i < count; i += ${WG}u) { s += x[base + i] - shift; }
+  // The mean is kept as shift + offset: rounding shift + offset to one f32 would lose the
+  // offset's low bits exactly when |mean| ≫ std.
+  let offset = workgroupSum(s, lid) / f32(count);
   var q = 0.0;
   for (var i = lid; i < count; i += ${WG}u) {
-    let d = x[base + i] - mean;
+    let d = (x[base + i] - shift) - offset;
     q += d * d;
   }
   let rstd = inverseSqrt(workgroupSum(q, lid) / f32(count) + u.eps);
-  if (lid == 0u) {
-    stats[2u * ng] = mean;
-    stats[2u * ng + 1u] = rstd;
-  }
   for (var i = lid; i < count; i += ${WG}u) {
     let c = g * cpg + i / u.HW;
-    var r = (x[base + i] - mean) * rstd * gamma[c] + beta[c];
+    var r = ((x[base + i] - shift) - offset) * rstd * gamma[c] + beta[c];
 #if ${v.scaleShift}
     r = r * (1.0 + e[n * 2u * u.C + c]) + e[n * 2u * u.C + u.C + c];
 #endif

@@ -37,14 +37,17 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let row = wid.y * nwg.x + wid.x;
   if (row >= u.rows) { return; }
   let base = row * u.D;
+  // Sums of x − x[0] (shifted data): exact-ish means even when |mean| ≫ std.
+  let shift = x[base];
   var s = 0.0;
-  for (var i = lid; i < u.D; i += ${WG}u) { s += x[base + i]; }
-  let mean = workgroupSum(s, lid) / f32(u.D);
+  for (var i = lid; i < u.D; i += ${WG}u) { s += x[base + i] - shift; }
+  // The mean is kept as shift + offset (see kernels/groupnorm.wgsl.ts).
+  let offset = workgroupSum(s, lid) / f32(u.D);
   var q = 0.0;
-  for (var i = lid; i < u.D; i += ${WG}u) { let d = x[base + i] - mean; q += d * d; }
+  for (var i = lid; i < u.D; i += ${WG}u) { let d = (x[base + i] - shift) - offset; q += d * d; }
   let rstd = inverseSqrt(workgroupSum(q, lid) / f32(u.D) + u.eps);
-  for (var i = lid; i < u.D; i += ${WG}u) { xhat[base + i] = (x[base + i] - mean) * rstd; }
-  if (lid == 0u) { stats[2u * row] = mean; stats[2u * row + 1u] = rstd; }
+  for (var i = lid; i < u.D; i += ${WG}u) { xhat[base + i] = ((x[base + i] - shift) - offset) * rstd; }
+  if (lid == 0u) { stats[2u * row] = shift + offset; stats[2u * row + 1u] = rstd; }
 }`,
   };
 }

@@ -166,3 +166,105 @@ export function concatRef(xs: Nd[], axis: number): Nd {
     throw new Error('unreachable');
   });
 }
+
+/** Cross-correlation, stride 1, zero padding `pad`, NCHW / OIHW. */
+export function conv2dRef(x: Nd, w: Nd, pad: number, bias?: Nd, residual?: Nd): Nd {
+  const [N, C, H, W] = x.shape;
+  const [O, , k] = w.shape;
+  return nd([N, O, H, W], ([n, o, i, j]) => {
+    let s = bias ? bias.data[o] : 0;
+    for (let c = 0; c < C; c++) {
+      for (let a = 0; a < k; a++) {
+        for (let b = 0; b < k; b++) {
+          const y = i + a - pad;
+          const xx = j + b - pad;
+          if (y < 0 || xx < 0 || y >= H || xx >= W) continue;
+          s += w.data[((o * C + c) * k + a) * k + b] * x.data[((n * C + c) * H + y) * W + xx];
+        }
+      }
+    }
+    return s + (residual ? residual.data[((n * O + o) * H + i) * W + j] : 0);
+  });
+}
+
+export function groupNormRef(x: Nd, gamma: Nd, beta: Nd, groups: number, eps: number, scaleShift?: Nd, silu = false): Nd {
+  const [N, C] = x.shape;
+  const HW = x.data.length / (N * C);
+  const cpg = C / groups;
+  const out = new Float64Array(x.data.length);
+  for (let n = 0; n < N; n++) {
+    for (let g = 0; g < groups; g++) {
+      const base = (n * C + g * cpg) * HW;
+      const cnt = cpg * HW;
+      let m = 0;
+      for (let i = 0; i < cnt; i++) m += x.data[base + i];
+      m /= cnt;
+      let v = 0;
+      for (let i = 0; i < cnt; i++) v += (x.data[base + i] - m) ** 2;
+      v /= cnt;
+      for (let i = 0; i < cnt; i++) {
+        const c = g * cpg + Math.floor(i / HW);
+        let y = ((x.data[base + i] - m) / Math.sqrt(v + eps)) * gamma.data[c] + beta.data[c];
+        if (scaleShift) y = y * (1 + scaleShift.data[n * 2 * C + c]) + scaleShift.data[n * 2 * C + C + c];
+        if (silu) y = y / (1 + Math.exp(-y));
+        out[base + i] = y;
+      }
+    }
+  }
+  return { data: out, shape: [...x.shape] };
+}
+
+export function adaptiveAvgPoolRef(x: Nd, oh: number, ow: number): Nd {
+  const [N, C, H, W] = x.shape;
+  return nd([N, C, oh, ow], ([n, c, i, j]) => {
+    const r0 = Math.floor((i * H) / oh);
+    const r1 = Math.ceil(((i + 1) * H) / oh);
+    const c0 = Math.floor((j * W) / ow);
+    const c1 = Math.ceil(((j + 1) * W) / ow);
+    let s = 0;
+    for (let r = r0; r < r1; r++) for (let q = c0; q < c1; q++) s += x.data[((n * C + c) * H + r) * W + q];
+    return s / ((r1 - r0) * (c1 - c0));
+  });
+}
+
+/** guided-diffusion QKVAttention(Legacy) on [N, 3·H·d, T] by the textbook formula. */
+export function qkvAttentionRef(qkv: Nd, heads: number, legacy: boolean): Nd {
+  const [N, C3, T] = qkv.shape;
+  const d = C3 / (3 * heads);
+  const C = heads * d;
+  const get = (n: number, h: number, part: number, c: number, t: number) => {
+    const row = legacy ? h * 3 * d + part * d + c : part * C + h * d + c;
+    return qkv.data[(n * C3 + row) * T + t];
+  };
+  return nd([N, C, T], ([n, ch, t]) => {
+    const h = Math.floor(ch / d);
+    const c = ch % d;
+    const logits = Array.from({ length: T }, (_, s) => {
+      let dot = 0;
+      for (let k = 0; k < d; k++) dot += get(n, h, 0, k, t) * get(n, h, 1, k, s);
+      return dot / Math.sqrt(d);
+    });
+    const m = Math.max(...logits);
+    const p = logits.map((l) => Math.exp(l - m));
+    const z = p.reduce((a, b) => a + b, 0);
+    return p.reduce((acc, pi, s) => acc + (pi / z) * get(n, h, 2, c, s), 0);
+  });
+}
+
+/** F.interpolate(mode='bilinear', align_corners=False) by PyTorch's source-index formula. */
+export function bilinearRef(x: Nd, oh: number, ow: number): Nd {
+  const [N, C, H, W] = x.shape;
+  const src = (o: number, inS: number, outS: number) => Math.max((o + 0.5) * (inS / outS) - 0.5, 0);
+  return nd([N, C, oh, ow], ([n, c, i, j]) => {
+    const sy = src(i, H, oh);
+    const sx = src(j, W, ow);
+    const y0 = Math.min(Math.floor(sy), H - 1);
+    const x0 = Math.min(Math.floor(sx), W - 1);
+    const y1 = Math.min(y0 + 1, H - 1);
+    const x1 = Math.min(x0 + 1, W - 1);
+    const ly = sy - y0;
+    const lx = sx - x0;
+    const v = (y: number, xx: number) => x.data[((n * C + c) * H + y) * W + xx];
+    return (1 - ly) * ((1 - lx) * v(y0, x0) + lx * v(y0, x1)) + ly * ((1 - lx) * v(y1, x0) + lx * v(y1, x1));
+  });
+}

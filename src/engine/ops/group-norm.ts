@@ -31,8 +31,7 @@ export function groupNorm(x: Tensor, gamma: Tensor, beta: Tensor, opts: GroupNor
   const inputs = [x, gamma, beta, ...(opts.scaleShift ? [opts.scaleShift] : [])];
   if (e.tape.needsGrad(inputs)) return groupNormComposite(x, gamma, beta, groups, opts);
   const y = e.empty(x.shape, `groupNorm(${x.label})`);
-  const stats = e.empty([N * groups, 2], 'groupNorm.stats');
-  const bindings = [x, gamma, beta, y, stats];
+  const bindings = [x, gamma, beta, y];
   if (opts.scaleShift) bindings.push(opts.scaleShift);
   e.dispatch({
     kernel: groupNormKernel({ scaleShift: !!opts.scaleShift, silu: !!opts.silu }),
@@ -40,7 +39,6 @@ export function groupNorm(x: Tensor, gamma: Tensor, beta: Tensor, opts: GroupNor
     uniforms: new Uniforms().u32(C, HW, groups).f32(opts.eps ?? 1e-5).toArrayBuffer(),
     workgroups: [N * groups],
   });
-  stats.dispose();
   return y;
 }
 

@@ -1,0 +1,16 @@
+// One optimisation step entirely on the GPU: forward, loss, backward, optimizer update. Nothing is
+// read back to the CPU unless the loss is asked for.
+import type { Engine } from '../engine/engine.ts';
+import type { Tensor } from '../engine/tensor.ts';
+import type { Optimizer } from './optimizer.ts';
+
+/** Runs `loss()` (which builds the forward graph and returns a scalar), backprops and steps. */
+export async function trainStep(e: Engine, optimizer: Optimizer, loss: () => Tensor, readLoss = false): Promise<number | undefined> {
+  const l = e.tidy(loss);
+  e.tape.backward(l);
+  optimizer.step();
+  optimizer.zeroGrad();
+  const value = readLoss ? (await l.read())[0] : undefined;
+  l.dispose();
+  return value;
+}

@@ -1,0 +1,23 @@
+// The heads against dumps made by the paper's PyTorch code: logits, loss, every parameter
+// gradient, BatchNorm running statistics, one Adam step, and (DifFeed) eval logits after it.
+import t from 'tap';
+import { openSafetensors } from '../../src/model/checkpoint/safetensors.ts';
+import { headParity } from '../../src/train/parity.ts';
+import { testEngine } from '../helpers/check.ts';
+
+const e = await testEngine();
+
+for (const [file, expectTensors] of [['attention-head', 60], ['difformer', 76], ['difeed', 109]] as const) {
+  t.test(`${file}: forward within 1e-5, gradients and the Adam step within 1e-3`, async (t) => {
+    const dump = await openSafetensors(new URL(`../fixtures/${file}.safetensors`, import.meta.url).pathname);
+    const notes: string[] = [];
+    const report = await headParity(e, dump, { onNote: (n) => notes.push(n) });
+    await dump.close();
+    t.equal(report.results.length, expectTensors, 'every tensor of the dump compared');
+    for (const c of report.results) {
+      const tol = c.name.startsWith('grad.') || c.name.startsWith('adam1.') ? 1e-3 : 1e-5;
+      t.ok(c.maxRel <= tol, `${c.name}: ${c.maxRel.toExponential(2)}${c.note ? ` (${c.note})` : ''}`);
+    }
+    for (const n of notes) t.comment(n);
+  });
+}

@@ -1,0 +1,120 @@
+import t from 'tap';
+import { ops } from '../../src/index.ts';
+import { gradCheck, maxRelError, randomNd, testEngine, upload } from '../helpers/check.ts';
+import { broadcast, groupNormRef, type Nd, nd } from '../helpers/reference.ts';
+
+const e = await testEngine();
+
+for (const [label, opts] of [['plain', {}], ['SiLU', { silu: true }], ['scale-shift + SiLU', { silu: true, ss: true }]] as const) {
+  t.test(`groupNorm (${label}) fused forward matches float64 and the autograd path matches finite differences`, async (t) => {
+    const x = randomNd([2, 8, 3, 5], 1, -2, 3);
+    const g = randomNd([8], 2, 0.5, 1.5);
+    const b = randomNd([8], 3);
+    const ss = 'ss' in opts ? randomNd([2, 16], 4, -0.5, 0.5) : undefined;
+    const ref = (xx: Nd, gg: Nd, bb: Nd, s?: Nd) => groupNormRef(xx, gg, bb, 4, 1e-5, s, 'silu' in opts);
+    const fused = ops.groupNorm(upload(e, x), upload(e, g), upload(e, b), { groups: 4, silu: 'silu' in opts, scaleShift: ss && upload(e, ss) });
+    t.ok(maxRelError(await fused.read(), ref(x, g, b, ss).data) < 1e-5, 'fused forward');
+    const inputs = ss ? [x, g, b, ss] : [x, g, b];
+    const { perInput } = await gradCheck(
+      e,
+      (xx, gg, bb, s) => ops.groupNorm(xx, gg, bb, { groups: 4, silu: 'silu' in opts, scaleShift: s }),
+      ref as (...a: Nd[]) => Nd,
+      inputs,
+    );
+    perInput.forEach((err, i) => t.ok(err < 1e-3, `input ${i}: ${err.toExponential(2)}`));
+  });
+}
+
+t.test('groupNorm keeps precision when |mean| ≫ std (two-pass variance)', async (t) => {
+  const x = randomNd([1, 32, 4, 4], 9);
+  const shifted = { data: x.data.map((v) => Math.fround(1000 + 0.01 * v)), shape: x.shape };
+  const ones = { data: new Float64Array(32).fill(1), shape: [32] };
+  const zeros = { data: new Float64Array(32), shape: [32] };
+  const y = ops.groupNorm(upload(e, shifted), upload(e, ones), upload(e, zeros));
+  const err = maxRelError(await y.read(), groupNormRef(shifted, ones, zeros, 32, 1e-5).data);
+  t.ok(err < 1e-3, `${err}`);
+});
+
+t.test('layerNorm over [C, s, s] with an elementwise affine: forward and finite differences', async (t) => {
+  const x = randomNd([3, 4, 2, 2], 1, -1, 2);
+  const w = randomNd([4, 2, 2], 2);
+  const b = randomNd([4, 2, 2], 3);
+  const ref = (xx: Nd, ww: Nd, bb: Nd) => {
+    const D = 16;
+    const out = new Float64Array(xx.data.length);
+    for (let r = 0; r < 3; r++) {
+      const row = xx.data.subarray(r * D, r * D + D);
+      const m = row.reduce((a, v) => a + v, 0) / D;
+      const v = row.reduce((a, q) => a + (q - m) ** 2, 0) / D;
+      for (let i = 0; i < D; i++) out[r * D + i] = ((row[i] - m) / Math.sqrt(v + 1e-5)) * ww.data[i] + bb.data[i];
+    }
+    return { data: out, shape: xx.shape };
+  };
+  t.ok(maxRelError(await ops.layerNorm(upload(e, x), upload(e, w), upload(e, b)).read(), ref(x, w, b).data) < 1e-5);
+  const { perInput } = await gradCheck(e, (xx, ww, bb) => ops.layerNorm(xx, ww, bb), ref, [x, w, b]);
+  perInput.forEach((err, i) => t.ok(err < 1e-3, `input ${i}: ${err.toExponential(2)}`));
+});
+
+t.test('batchNorm2d: train mode normalises by batch statistics, updates running stats with the unbiased variance; eval uses them', async (t) => {
+  const x = randomNd([3, 2, 2, 2], 4, -1, 2);
+  const n = 12;
+  const mean = [0, 1].map((c) => nd([3, 2, 2], ([a, i, j]) => x.data[((a * 2 + c) * 2 + i) * 2 + j]).data.reduce((s, v) => s + v, 0) / n);
+  const varB = [0, 1].map((c) => nd([3, 2, 2], ([a, i, j]) => x.data[((a * 2 + c) * 2 + i) * 2 + j]).data.reduce((s, v) => s + (v - mean[c]) ** 2, 0) / n);
+  const state = { runningMean: e.tensor([0.5, -0.5], [2]), runningVar: e.tensor([2, 1], [2]), batches: 0 };
+  const w = upload(e, { data: Float64Array.from([1.5, 0.5]), shape: [2] });
+  const b = upload(e, { data: Float64Array.from([0.1, -0.2]), shape: [2] });
+  const y = ops.batchNorm2d(upload(e, x), w, b, state, { training: true });
+  const ref = nd([3, 2, 2, 2], ([a, c, i, j]) => ((x.data[((a * 2 + c) * 2 + i) * 2 + j] - mean[c]) / Math.sqrt(varB[c] + 1e-5)) * [1.5, 0.5][c] + [0.1, -0.2][c]);
+  t.ok(maxRelError(await y.read(), ref.data) < 1e-5, 'train forward');
+  const rm = await state.runningMean.read();
+  const rv = await state.runningVar.read();
+  t.ok(maxRelError(rm, [0.9 * 0.5 + 0.1 * mean[0], 0.9 * -0.5 + 0.1 * mean[1]]) < 1e-6, 'running mean');
+  t.ok(maxRelError(rv, [0.9 * 2 + 0.1 * varB[0] * n / (n - 1), 0.9 * 1 + 0.1 * varB[1] * n / (n - 1)]) < 1e-6, 'running var (unbiased)');
+  const ev = ops.batchNorm2d(upload(e, x), w, b, state, { training: false });
+  const evRef = nd([3, 2, 2, 2], ([a, c, i, j]) => ((x.data[((a * 2 + c) * 2 + i) * 2 + j] - rm[c]) / Math.sqrt(rv[c] + 1e-5)) * [1.5, 0.5][c] + [0.1, -0.2][c]);
+  t.ok(maxRelError(await ev.read(), evRef.data) < 1e-5, 'eval forward');
+  const fresh = () => ({ runningMean: e.zeros([2]), runningVar: e.zeros([2]), batches: 0 });
+  const bnRef = (xx: Nd, ww: Nd, bb: Nd) => {
+    const m = [0, 1].map((c) => nd([3, 2, 2], ([a, i, j]) => xx.data[((a * 2 + c) * 2 + i) * 2 + j]).data.reduce((s, v) => s + v, 0) / n);
+    const v = [0, 1].map((c) => nd([3, 2, 2], ([a, i, j]) => xx.data[((a * 2 + c) * 2 + i) * 2 + j]).data.reduce((s, q) => s + (q - m[c]) ** 2, 0) / n);
+    return nd([3, 2, 2, 2], ([a, c, i, j]) => ((xx.data[((a * 2 + c) * 2 + i) * 2 + j] - m[c]) / Math.sqrt(v[c] + 1e-5)) * ww.data[c] + bb.data[c]);
+  };
+  const { perInput } = await gradCheck(e, (xx, ww, bb) => ops.batchNorm2d(xx, ww, bb, fresh(), { training: true }), bnRef,
+    [x, { data: Float64Array.from([1.5, 0.5]), shape: [2] }, { data: Float64Array.from([0.1, -0.2]), shape: [2] }]);
+  perInput.forEach((err, i) => t.ok(err < 1e-3, `train backward input ${i}: ${err.toExponential(2)}`));
+});
+
+t.test('crossEntropy matches −mean log softmax[label], and its gradient finite differences', async (t) => {
+  const logits = randomNd([4, 5], 7, -3, 3);
+  const labels = [0, 4, 2, 2];
+  const ref = (l: Nd) => {
+    let s = 0;
+    for (let i = 0; i < 4; i++) {
+      const row = Array.from(l.data.subarray(i * 5, i * 5 + 5));
+      const m = Math.max(...row);
+      const lse = m + Math.log(row.reduce((a, v) => a + Math.exp(v - m), 0));
+      s += lse - row[labels[i]];
+    }
+    return { data: Float64Array.from([s / 4]), shape: [] as number[] };
+  };
+  t.ok(maxRelError(await ops.crossEntropy(upload(e, logits), labels).read(), ref(logits).data) < 1e-6);
+  const { worst } = await gradCheck(e, (l) => ops.crossEntropy(l, labels), ref, [logits]);
+  t.ok(worst < 1e-3, `${worst}`);
+  t.throws(() => ops.crossEntropy(upload(e, logits), [0, 1, 2, 5]), /label 5 of sample 3 is outside 0..4/);
+});
+
+t.test('dropout is the identity in eval and keeps the mean in training', async (t) => {
+  const x = upload(e, { data: new Float64Array(10000).fill(1), shape: [10000] });
+  t.equal(ops.dropout(x, 0.3, false, 1), x);
+  const y = await ops.dropout(x, 0.3, true, 1).read();
+  const kept = y.filter((v) => v !== 0).length;
+  t.ok(Math.abs(kept / 10000 - 0.7) < 0.03, `kept ${kept}`);
+  t.ok(y.every((v) => v === 0 || Math.abs(v - 1 / 0.7) < 1e-6));
+  t.same(Array.from(await ops.dropout(x, 0.3, true, 1).read()), Array.from(y), 'same seed, same mask');
+});
+
+t.test('broadcast helper sanity: (x − mean) over rows equals the reference', async (t) => {
+  const a = randomNd([2, 3], 1);
+  const r = broadcast(a, { data: Float64Array.from([1, 2, 3]), shape: [3] }, (p, q) => p - q);
+  t.ok(maxRelError(await ops.sub(upload(e, a), e.tensor([1, 2, 3], [3])).read(), r.data) < 1e-6);
+});
