@@ -3,7 +3,7 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import tap from 'tap';
+import tap, { type Test } from 'tap';
 const t = tap;
 import { crossEntropy } from '../../src/engine/ops/nn.ts';
 import type { Tensor } from '../../src/engine/tensor.ts';
@@ -19,7 +19,7 @@ import { randomNd, testEngine, upload } from '../helpers/check.ts';
 const e = await testEngine();
 const labels = [0, 1, 2, 3, 0, 1, 2, 3];
 
-async function memorise(t: typeof tap, params: Map<string, Tensor>, logits: () => Tensor, steps: number, lr: number) {
+async function memorise(t: Test, params: Map<string, Tensor>, logits: () => Tensor, steps: number, lr: number) {
   const adam = new Adam(e, params, { lr });
   let first = NaN;
   let last = NaN;

@@ -1,0 +1,169 @@
+// What `npm run bench` times: every kernel family on shapes of the real 256×256 ADM model (and the
+// 64×64 reference config's whole U-Net). Each case says how much work it is (FLOPs or bytes), how
+// to run it on difrep, and what the peer engine should run for the same shape.
+import type { Engine } from '../src/engine/engine.ts';
+import * as ops from '../src/engine/ops/index.ts';
+import type { Tensor } from '../src/engine/tensor.ts';
+import { gaussianNoise } from '../src/model/diffusion.ts';
+import { UNet } from '../src/model/unet.ts';
+import { ADM_256_UNCOND, type UNetFlags } from '../src/model/unet-config.ts';
+import { Adam } from '../src/train/optimizer.ts';
+
+/** Work the peer runs for the same case (see bench/peer-tfjs.ts). */
+export type PeerOp =
+  | { op: 'matmul'; m: number; k: number; n: number }
+  | { op: 'conv2d'; n: number; h: number; w: number; cin: number; cout: number; k: number }
+  | { op: 'softmax'; rows: number; cols: number }
+  | { op: 'add'; size: number };
+
+export interface BenchCase {
+  family: string;
+  name: string;
+  /** Compute-bound cases report GFLOP/s against the FMA peak, memory-bound ones GB/s against the copy peak. */
+  flops?: number;
+  bytes?: number;
+  /** Target from the bench issue: fraction of the measured peak. */
+  target?: number;
+  /** Quick mode runs only cases marked quick. */
+  quick?: boolean;
+  /** Only under --full. */
+  full?: boolean;
+  peer?: PeerOp;
+  /** Allocates inputs and returns the call to time plus a cleanup. */
+  setup(e: Engine): Promise<{ run: () => void; dispose: () => void }> | { run: () => void; dispose: () => void };
+}
+
+function rand(e: Engine, shape: number[], seed: number): Tensor {
+  const n = shape.reduce((p, d) => p * d, 1);
+  return e.tensor(gaussianNoise(n, seed), shape);
+}
+
+const disposeAll = (...ts: Tensor[]) => () => ts.forEach((t) => t.dispose());
+
+function matmulCase(m: number, k: number, n: number, quick = false): BenchCase {
+  return {
+    family: 'matmul', name: `${m}x${k} · ${k}x${n}`, flops: 2 * m * k * n, target: 0.4, quick,
+    peer: { op: 'matmul', m, k, n },
+    setup(e) {
+      const a = rand(e, [m, k], 1);
+      const b = rand(e, [k, n], 2);
+      return { run: () => void ops.matmul(a, b), dispose: disposeAll(a, b) };
+    },
+  };
+}
+
+function convCase(cin: number, cout: number, size: number, k: number, where: string, quick = false): BenchCase {
+  return {
+    family: `conv2d ${k}x${k}`, name: `${cin}→${cout} @${size}² (${where})`, flops: 2 * cin * cout * k * k * size * size, target: 0.4, quick,
+    peer: { op: 'conv2d', n: 1, h: size, w: size, cin, cout, k },
+    setup(e) {
+      const x = rand(e, [1, cin, size, size], 3);
+      const w = rand(e, [cout, cin, k, k], 4);
+      const b = rand(e, [cout], 5);
+      return { run: () => void ops.conv2d(x, w, { bias: b }), dispose: disposeAll(x, w, b) };
+    },
+  };
+}
+
+function groupNormCase(c: number, size: number, scaleShift: boolean, quick = false): BenchCase {
+  const n = c * size * size;
+  return {
+    family: 'GroupNorm+SiLU', name: `${c}ch @${size}²${scaleShift ? ' + scale-shift' : ''}`,
+    bytes: 3 * 4 * n, // read twice for the statistics, once to apply; write once (−1 read served from cache is not assumed)
+    target: 0.6, quick,
+    setup(e) {
+      const x = rand(e, [1, c, size, size], 6);
+      const g = rand(e, [c], 7);
+      const b = rand(e, [c], 8);
+      const ss = rand(e, [1, 2 * c], 9);
+      return { run: () => void ops.groupNorm(x, g, b, { silu: true, scaleShift: scaleShift ? ss : undefined }), dispose: disposeAll(x, g, b, ss) };
+    },
+  };
+}
+
+function attentionCase(heads: number, tokens: number, where: string, quick = false): BenchCase {
+  const d = 64;
+  return {
+    family: 'attention (fused)', name: `${heads} heads × ${tokens} tokens, d=${d} (${where})`, flops: 4 * heads * tokens * tokens * d, target: 0.4, quick,
+    setup(e) {
+      const qkv = rand(e, [1, 3 * heads * d, tokens], 10);
+      return { run: () => void ops.qkvAttention(qkv, heads), dispose: disposeAll(qkv) };
+    },
+  };
+}
+
+function unetCase(label: string, flags: UNetFlags, block: number, batch: number, opts: { quick?: boolean; full?: boolean } = {}): BenchCase {
+  return {
+    family: 'U-Net forward', name: `${label} batch ${batch} → b${block}`, ...opts,
+    setup(e) {
+      const unet = UNet.random(e, flags, 1);
+      const size = flags.image_size;
+      const x = rand(e, [batch, 3, size, size], 11);
+      const t = new Array(batch).fill(150);
+      return {
+        run: () => void unet.forward(x, t, { taps: [block] }),
+        dispose: () => {
+          x.dispose();
+          for (const p of unet.parameters().values()) p.dispose();
+        },
+      };
+    },
+  };
+}
+
+export const ADM64: UNetFlags = {
+  image_size: 64, num_channels: 32, num_res_blocks: 2, channel_mult: '1,1,2,2,2,2', attention_resolutions: '8,4,2',
+  num_head_channels: 32, learn_sigma: true, use_scale_shift_norm: true, resblock_updown: true,
+};
+
+export const CASES: BenchCase[] = [
+  matmulCase(1024, 1024, 1024, true),
+  matmulCase(4096, 1024, 1024),
+  convCase(256, 256, 128, 3, 'b5-b6', false),
+  convCase(512, 512, 32, 3, 'b11-b12', true),
+  convCase(1024, 1024, 8, 3, 'b17-b21'),
+  convCase(1536, 1024, 16, 1, 'skip of b25'),
+  groupNormCase(256, 64, false, true),
+  groupNormCase(512, 32, true),
+  attentionCase(8, 1024, 'b11 @32²', true),
+  attentionCase(16, 256, 'b14 @16²'),
+  attentionCase(16, 64, 'b17 @8²'),
+  {
+    family: 'softmax', name: '1024 rows × 1024', bytes: 2 * 4 * 1024 * 1024, target: 0.6, quick: true,
+    peer: { op: 'softmax', rows: 1024, cols: 1024 },
+    setup(e) {
+      const x = rand(e, [1024, 1024], 12);
+      return { run: () => void ops.softmax(x), dispose: disposeAll(x) };
+    },
+  },
+  {
+    family: 'layer norm', name: '257 tokens × 1024 (Attention head)', bytes: 3 * 4 * 257 * 1024, target: 0.6,
+    setup(e) {
+      const x = rand(e, [257, 1024], 13);
+      return { run: () => void ops.normalizeRows(x, 1024), dispose: disposeAll(x) };
+    },
+  },
+  {
+    family: 'Adam', name: '4M parameters', bytes: 7 * 4 * 4 * 1024 * 1024, target: 0.6, quick: true,
+    setup(e) {
+      const p = rand(e, [4 * 1024 * 1024], 14);
+      p.grad = e.keep(rand(e, [4 * 1024 * 1024], 15));
+      const adam = new Adam(e, new Map([['p', p]]), { lr: 1e-3 });
+      return { run: () => adam.step(), dispose: disposeAll(p) };
+    },
+  },
+  {
+    family: 'elementwise', name: 'add 16M', bytes: 3 * 4 * 16 * 1024 * 1024, quick: true,
+    peer: { op: 'add', size: 16 * 1024 * 1024 },
+    setup(e) {
+      const a = rand(e, [16 * 1024 * 1024], 16);
+      const b = rand(e, [16 * 1024 * 1024], 17);
+      return { run: () => void ops.add(a, b), dispose: disposeAll(a, b) };
+    },
+  },
+  unetCase('adm64 (64×64 reference)', ADM64, 24, 1, { quick: true }),
+  unetCase('adm64 (64×64 reference)', ADM64, 37, 1),
+  unetCase('adm64 (64×64 reference)', ADM64, 24, 8),
+  unetCase('ADM 256×256 uncond', ADM_256_UNCOND, 24, 1, { full: true }),
+  unetCase('ADM 256×256 uncond', ADM_256_UNCOND, 37, 1, { full: true }),
+];

@@ -1,0 +1,62 @@
+// The peer engine, in its own process (its global state and first-run cost stay out of difrep's
+// numbers): @tensorflow/tfjs-backend-webgpu on the same adapter. Reads the list of PeerOps as
+// JSON from argv[2], prints one JSON line per op: {i, firstMs, medianMs, reps} or {i, error}.
+// Same protocol as bench/measure.ts: one warm-up call, then repetitions, each = enqueue the op,
+// submit, wait for the queue to drain (no readback).
+import type { PeerOp } from './cases.ts';
+
+const webgpu = await import('webgpu');
+Object.assign(globalThis, webgpu.globals);
+const gpu = webgpu.create([]);
+(globalThis as unknown as { navigator: unknown }).navigator = { gpu, userAgent: 'node' };
+
+const tf = await import('@tensorflow/tfjs-core');
+await import('@tensorflow/tfjs-backend-webgpu');
+await tf.setBackend('webgpu');
+await tf.ready();
+const backend = tf.backend() as unknown as { device: GPUDevice; submitQueue(): void };
+
+const list = JSON.parse(process.argv[2]) as PeerOp[];
+for (const [i, op] of list.entries()) {
+  try {
+    const inputs: import('@tensorflow/tfjs-core').Tensor[] = [];
+    let run: () => import('@tensorflow/tfjs-core').Tensor;
+    if (op.op === 'matmul') {
+      inputs.push(tf.randomNormal([op.m, op.k]), tf.randomNormal([op.k, op.n]));
+      run = () => tf.matMul(inputs[0] as never, inputs[1] as never);
+    } else if (op.op === 'conv2d') {
+      // tfjs is channels-last: x [N, H, W, C], filter [k, k, Cin, Cout].
+      inputs.push(tf.randomNormal([op.n, op.h, op.w, op.cin]), tf.randomNormal([op.k, op.k, op.cin, op.cout]));
+      run = () => tf.conv2d(inputs[0] as never, inputs[1] as never, 1, 'same');
+    } else if (op.op === 'softmax') {
+      inputs.push(tf.randomNormal([op.rows, op.cols]));
+      run = () => tf.softmax(inputs[0] as never);
+    } else {
+      inputs.push(tf.randomNormal([op.size]), tf.randomNormal([op.size]));
+      run = () => tf.add(inputs[0], inputs[1]);
+    }
+    const once = async () => {
+      const t0 = performance.now();
+      const r = run();
+      backend.submitQueue();
+      await backend.device.queue.onSubmittedWorkDone();
+      const ms = performance.now() - t0;
+      r.dispose();
+      return ms;
+    };
+    const firstMs = await once();
+    const times: number[] = [];
+    let spent = 0;
+    while (times.length < 10 && (times.length < 3 || spent < 1000)) {
+      const ms = await once();
+      times.push(ms);
+      spent += ms;
+    }
+    times.sort((a, b) => a - b);
+    console.log(JSON.stringify({ i, firstMs, medianMs: times[Math.floor(times.length / 2)], reps: times.length }));
+    for (const t of inputs) t.dispose();
+  } catch (e) {
+    console.log(JSON.stringify({ i, error: (e as Error).message }));
+  }
+}
+process.exit(0);
