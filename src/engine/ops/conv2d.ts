@@ -1,7 +1,7 @@
 // conv2d (stride 1, square kernel, zero padding, NCHW) with optional bias and a fused residual add.
 // Kernels and the backward derivation: kernels/conv2d.wgsl.ts.
 import { conv2dKernel, conv2dWeightGradKernel } from '../../../kernels/conv2d.wgsl.ts';
-import { DEFAULT_MATMUL_TILING, type MatmulTiling } from '../../../kernels/matmul.wgsl.ts';
+import { chooseTiling, type MatmulTiling } from '../../../kernels/matmul.wgsl.ts';
 import type { Engine } from '../engine.ts';
 import { shapeString, type Tensor } from '../tensor.ts';
 import { Uniforms } from '../uniforms.ts';
@@ -15,8 +15,9 @@ export interface Conv2dOptions {
   pad?: number;
 }
 
-function tiling(e: Engine): MatmulTiling {
-  return { ...DEFAULT_MATMUL_TILING, ...e.tuning.conv2d };
+/** GEMM rows are output channels, columns pixels (or weight columns for the weight gradient). */
+function tiling(e: Engine, rows: number, cols: number): MatmulTiling {
+  return chooseTiling(rows, cols, e.tuning.conv2d);
 }
 
 interface ConvCall {
@@ -36,7 +37,7 @@ interface ConvCall {
 }
 
 function runConv(e: Engine, c: ConvCall): void {
-  const t = tiling(e);
+  const t = tiling(e, c.cout, c.H * c.W);
   const bindings = [c.w, c.x, c.out];
   if (c.bias) bindings.push(c.bias);
   if (c.residual) bindings.push(c.residual);
@@ -78,7 +79,7 @@ export function conv2d(x: Tensor, w: Tensor, opts: Conv2dOptions = {}): Tensor {
     let dw: Tensor | null = null;
     if (w.requiresGrad) {
       dw = e.empty(w.shape, 'dconv2d.w');
-      const t = tiling(e);
+      const t = tiling(e, cout, cin * ksize * ksize);
       e.dispatch({
         kernel: conv2dWeightGradKernel(ksize, pad, t),
         bindings: [dy, x, dw],
