@@ -1,0 +1,55 @@
+// Linear CKA between two feature sets of the same n examples (paper Figure 5):
+//   CKA(X, Y) = ‖ỸᵀX̃‖²_F / (‖X̃ᵀX̃‖_F · ‖ỸᵀỸ‖_F), X̃, Ỹ column-centred,
+// computed in Gram form, HSIC(K, L) = Σ (HKH) ⊙ (HLH) with K = XXᵀ (n × n), which stays small when
+// the feature dimension is large. Grams are GPU matmuls; centring and sums run in float64.
+import type { Engine } from '../../engine/engine.ts';
+import { matmul } from '../../engine/ops/matmul.ts';
+import type { FeatureMatrix } from './knn.ts';
+
+/** K = X·Xᵀ, then double-centred (H K H, H = I − 11ᵀ/n) in float64. */
+export async function centredGram(e: Engine, x: FeatureMatrix): Promise<Float64Array> {
+  const k = await e.tidy(() => {
+    const t = e.tensor(x.data, [x.n, x.d], 'cka.features');
+    return matmul(t, t, { transB: true });
+  }).read();
+  const n = x.n;
+  const out = Float64Array.from(k);
+  const rowMean = new Float64Array(n);
+  let total = 0;
+  for (let i = 0; i < n; i++) {
+    let s = 0;
+    for (let j = 0; j < n; j++) s += out[i * n + j];
+    rowMean[i] = s / n;
+    total += s;
+  }
+  const mean = total / (n * n);
+  // K is symmetric, so column means equal row means.
+  for (let i = 0; i < n; i++) for (let j = 0; j < n; j++) out[i * n + j] += mean - rowMean[i] - rowMean[j];
+  return out;
+}
+
+/** Linear CKA from two double-centred Grams. */
+export function ckaFromGrams(kc: Float64Array, lc: Float64Array): number {
+  let kl = 0;
+  let kk = 0;
+  let ll = 0;
+  for (let i = 0; i < kc.length; i++) {
+    kl += kc[i] * lc[i];
+    kk += kc[i] * kc[i];
+    ll += lc[i] * lc[i];
+  }
+  return kl / Math.sqrt(kk * ll);
+}
+
+/** CKA between every pair of feature sets (all of the same n examples): a symmetric matrix. */
+export async function ckaMatrix(e: Engine, sets: FeatureMatrix[]): Promise<number[][]> {
+  const n = sets[0]?.n;
+  for (const s of sets) if (s.n !== n) throw new RangeError(`CKA: every feature set needs the same examples (${s.n} vs ${n})`);
+  const grams: Float64Array[] = [];
+  for (const s of sets) grams.push(await centredGram(e, s));
+  const m = grams.map(() => new Array<number>(grams.length).fill(0));
+  for (let i = 0; i < grams.length; i++) {
+    for (let j = i; j < grams.length; j++) m[i][j] = m[j][i] = ckaFromGrams(grams[i], grams[j]);
+  }
+  return m;
+}

@@ -1,0 +1,75 @@
+// Weighted k-nearest-neighbour classification on frozen features (paper Table 9; the protocol of
+// the co-authors' earlier code): L2-normalised features, cosine similarity to every training
+// feature, the k most similar vote for their class with weight exp(s / T), T = 0.1.
+// Similarities are one GPU matmul per chunk of queries; top-k and voting run on the CPU.
+import type { Engine } from '../../engine/engine.ts';
+import { matmul } from '../../engine/ops/matmul.ts';
+
+export interface FeatureMatrix {
+  /** Row-major [n, d]. */
+  data: Float32Array;
+  n: number;
+  d: number;
+}
+
+export interface KnnOptions {
+  ks?: number[];
+  temperature?: number;
+  classes: number;
+  /** Queries per GPU matmul (bounded by the storage-binding limit). */
+  chunk?: number;
+}
+
+export interface KnnResult {
+  k: number;
+  top1: number;
+  top5: number;
+}
+
+/** Rows scaled to unit L2 norm (zero rows stay zero). */
+export function l2NormalizeRows(m: FeatureMatrix): FeatureMatrix {
+  const out = new Float32Array(m.data.length);
+  for (let i = 0; i < m.n; i++) {
+    let s = 0;
+    for (let j = 0; j < m.d; j++) s += m.data[i * m.d + j] ** 2;
+    const inv = s > 0 ? 1 / Math.sqrt(s) : 0;
+    for (let j = 0; j < m.d; j++) out[i * m.d + j] = m.data[i * m.d + j] * inv;
+  }
+  return { data: out, n: m.n, d: m.d };
+}
+
+export async function knnClassify(
+  e: Engine, train: FeatureMatrix, trainLabels: ArrayLike<number>, test: FeatureMatrix, testLabels: ArrayLike<number>, opts: KnnOptions,
+): Promise<KnnResult[]> {
+  if (train.d !== test.d) throw new RangeError(`kNN: train features have ${train.d} dims, test features ${test.d}`);
+  const ks = opts.ks ?? [20, 200];
+  const T = opts.temperature ?? 0.1;
+  const kMax = Math.min(train.n, Math.max(...ks));
+  const tr = l2NormalizeRows(train);
+  const te = l2NormalizeRows(test);
+  const chunk = opts.chunk ?? Math.max(1, Math.floor(e.maxBindingBytes / (4 * Math.max(train.n, train.d))));
+  const hits = ks.map(() => ({ top1: 0, top5: 0 }));
+  const trainT = e.tensor(tr.data, [tr.n, tr.d], 'knn.train');
+  for (let start = 0; start < te.n; start += chunk) {
+    const rows = Math.min(chunk, te.n - start);
+    const sims = await e.tidy(() => {
+      const q = e.tensor(te.data.subarray(start * te.d, (start + rows) * te.d), [rows, te.d], 'knn.queries');
+      return matmul(q, trainT, { transB: true });
+    }).read();
+    for (let r = 0; r < rows; r++) {
+      const row = sims.subarray(r * tr.n, (r + 1) * tr.n);
+      // Indices of the kMax most similar training features, most similar first.
+      const order = Array.from({ length: tr.n }, (_, i) => i).sort((a, b) => row[b] - row[a]).slice(0, kMax);
+      ks.forEach((k, ki) => {
+        const votes = new Float64Array(opts.classes);
+        for (const i of order.slice(0, k)) votes[trainLabels[i]] += Math.exp(row[i] / T);
+        const ranked = Array.from(votes.keys()).sort((a, b) => votes[b] - votes[a]);
+        const y = testLabels[start + r];
+        if (ranked[0] === y) hits[ki].top1++;
+        if (ranked.slice(0, 5).includes(y)) hits[ki].top5++;
+      });
+    }
+  }
+  trainT.dispose();
+  return ks.map((k, i) => ({ k, top1: hits[i].top1 / te.n, top5: hits[i].top5 / te.n }));
+}
