@@ -56,6 +56,23 @@ install_lavapipe() {
   say "installed mesa-vulkan-drivers $(dpkg-query -W -f='${Version}' mesa-vulkan-drivers)"
 }
 
+# Fashion-MNIST for the experiments CLI and its tests (Debian's dataset-fashion-mnist, ~30 MB).
+install_fashion_mnist() {
+  if [[ -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ]]; then
+    say "Fashion-MNIST present"
+    return 0
+  fi
+  if ! command -v apt-get >/dev/null; then
+    say "no apt-get: Fashion-MNIST (dataset-fashion-mnist) not installed; the experiments that use it will say so"
+    return 0
+  fi
+  local sudo=""
+  [[ $(id -u) -ne 0 ]] && sudo="sudo"
+  say "installing dataset-fashion-mnist"
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq dataset-fashion-mnist >/dev/null \
+    || { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq dataset-fashion-mnist >/dev/null; }
+}
+
 install_npm_deps() {
   if [[ -d node_modules/webgpu && -d node_modules/tap && node_modules -nt package-lock.json ]]; then
     say "npm dependencies present"
@@ -66,6 +83,7 @@ install_npm_deps() {
 }
 
 install_lavapipe
+install_fashion_mnist
 install_npm_deps
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
 npx --no-install tsx scripts/probe-adapter.ts

@@ -1,11 +1,17 @@
 // The `difrep` command line.
 import { NoAdapterError } from '../engine/device.ts';
+import { UsageError } from './args.ts';
+import { EXPERIMENT_COMMANDS } from './experiments.ts';
 import { parityCommand } from './parity.ts';
 
 const USAGE = `usage: difrep <command> [options]
 
 commands:
   parity FILE...   compare the engine with PyTorch reference dumps (../shared/reference format)
+  extract          write U-Net features f(x0, t, b) of a dataset to a sharded, resumable cache
+  train            train and evaluate a head (linear, attention, difformer) on cached features
+  knn              weighted kNN classification of cached features
+  cka              linear CKA between blocks or timesteps (JSON + PNG heatmap)
   demo             the main job (coming with the demo issue)
 
 Run \`difrep <command> --help\` for a command's options.`;
@@ -15,6 +21,11 @@ async function main(argv: string[]): Promise<number> {
   switch (command) {
     case 'parity':
       return parityCommand(rest);
+    case 'extract':
+    case 'train':
+    case 'knn':
+    case 'cka':
+      return EXPERIMENT_COMMANDS[command](rest);
     case 'demo':
       console.log('difrep demo: not built yet. It will load the shipped small U-Net, extract features and train every head (see the demo issue). Try `npm test` meanwhile.');
       return 0;
@@ -34,6 +45,6 @@ try {
 } catch (e) {
   // Expected failures (no adapter, a bad checkpoint, a bad argument) print one clear line.
   const err = e as Error;
-  console.error(`difrep: ${err instanceof NoAdapterError ? err.message : `${err.name}: ${err.message}`}`);
+  console.error(`difrep: ${err instanceof NoAdapterError || err instanceof UsageError ? err.message : `${err.name}: ${err.message}`}`);
   process.exitCode = 1;
 }

@@ -1,0 +1,212 @@
+// difrep extract | train | knn | cka: the paper's experiments on Fashion-MNIST (or any dataset
+// given as an ImageSource), from cached features.
+import { mkdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import { createEngine } from '../engine/engine.ts';
+import { writeFileAtomic } from '../model/checkpoint/atomic-write.ts';
+import { paperBlocks } from '../model/block-roles.ts';
+import { balancedSubset, loadFashionMnist, toModelInput } from '../train/data/fashion-mnist.ts';
+import { ckaMatrix } from '../train/eval/cka.ts';
+import { knnClassify } from '../train/eval/knn.ts';
+import { extractFeatures, openFeatureCache } from '../train/extract.ts';
+import { type FeatureArrays, fitHead } from '../train/fit.ts';
+import { heatmapPng } from '../train/heatmap.ts';
+import { int, numberList, type OptionSpec, parseArgs, UsageError } from './args.ts';
+import { loadModel, MODEL_OPTIONS } from './model-options.ts';
+import { fmtTime, progressBar } from './progress.ts';
+
+/** --shard i/n, else Slurm job arrays (SLURM_ARRAY_TASK_ID/COUNT), else Kubernetes Indexed Jobs (JOB_COMPLETION_INDEX + --shards). */
+export function shardFrom(arg: string | undefined, shards: string | undefined, env: Record<string, string | undefined>): { index: number; count: number } | undefined {
+  let index: number | undefined;
+  let count: number | undefined;
+  if (arg) {
+    const m = /^(\d+)\/(\d+)$/.exec(arg);
+    if (!m) throw new UsageError(`--shard must look like i/n (0-based), got ${arg}`);
+    [index, count] = [Number(m[1]), Number(m[2])];
+  } else if (env.SLURM_ARRAY_TASK_ID !== undefined && env.SLURM_ARRAY_TASK_COUNT !== undefined) {
+    [index, count] = [Number(env.SLURM_ARRAY_TASK_ID) - Number(env.SLURM_ARRAY_TASK_MIN ?? 0), Number(env.SLURM_ARRAY_TASK_COUNT)];
+  } else if (env.JOB_COMPLETION_INDEX !== undefined) {
+    if (!shards) throw new UsageError('JOB_COMPLETION_INDEX is set: give the number of shards with --shards n');
+    [index, count] = [Number(env.JOB_COMPLETION_INDEX), Number(shards)];
+  }
+  if (index === undefined || count === undefined) return undefined;
+  if (!(count >= 1 && index >= 0 && index < count)) throw new UsageError(`shard ${index}/${count} is out of range`);
+  return { index, count };
+}
+
+const EXTRACT: Record<string, OptionSpec> = {
+  ...MODEL_OPTIONS,
+  dataset: { help: 'dataset (fashion-mnist)', default: 'fashion-mnist' },
+  split: { help: 'train or test', default: 'train' },
+  'per-class': { help: 'images per class (a seeded, class-balanced subset; 0 = the whole split)', default: '0' },
+  t: { help: 'timesteps, comma-separated', default: '150' },
+  b: { help: 'blocks, comma-separated (default: the paper\'s b24, mapped by role on other depths)' },
+  pool: { help: 'adaptive-average-pool every map to this size (0 = keep full maps)', default: '0' },
+  batch: { help: 'images per U-Net batch', default: '8' },
+  chunk: { help: 'images per cache file', default: '256' },
+  seed: { help: 'seed of the per-image noise and of the subset', default: '0' },
+  shard: { help: 'this worker\'s share i/n (0-based); also read from SLURM_ARRAY_TASK_ID or JOB_COMPLETION_INDEX' },
+  shards: { help: 'number of shards for Kubernetes Indexed Jobs (with JOB_COMPLETION_INDEX)' },
+  out: { help: 'output directory (required)' },
+};
+
+async function extractCommand(argv: string[]): Promise<number> {
+  const o = parseArgs('extract', argv, EXTRACT);
+  if (!o) return 0;
+  if (!o.out) throw new UsageError('difrep extract: --out DIR is required');
+  if (o.dataset !== 'fashion-mnist') throw new UsageError(`--dataset ${o.dataset}: only fashion-mnist is supported so far`);
+  if (o.split !== 'train' && o.split !== 'test') throw new UsageError(`--split must be train or test, got ${o.split}`);
+  const e = await createEngine();
+  const { unet, flags, hash } = await loadModel(e, String(o.model), o.checkpoint as string | undefined);
+  const blocks = numberList(o.b, 'b');
+  const bs = blocks.length ? blocks : [paperBlocks(unet.plan).feature];
+  const ts = numberList(o.t, 't');
+  for (const b of bs) if (b < 1 || b > unet.numBlocks) throw new UsageError(`--b ${b}: this U-Net has blocks 1..${unet.numBlocks}`);
+  for (const t of ts) if (!Number.isInteger(t) || t < 0 || t > 999) throw new UsageError(`--t ${t}: timesteps are integers 0..999`);
+  const ds = await loadFashionMnist(o.split);
+  const perClass = int(o['per-class'], 'per-class');
+  const seed = int(o.seed, 'seed');
+  const idx = perClass ? balancedSubset(ds.labels, perClass, seed) : Array.from({ length: ds.count }, (_, i) => i);
+  await mkdir(String(o.out), { recursive: true });
+  const size = unet.plan.flags.image_size;
+  const t0 = performance.now();
+  const written = await extractFeatures(e, unet, { count: idx.length, labels: idx.map((i) => ds.labels[i]), images: (sel) => toModelInput(ds, sel.map((i) => idx[i]), size) }, {
+    outDir: String(o.out), timesteps: ts, blocks: bs, pool: int(o.pool, 'pool') || undefined, batchSize: int(o.batch, 'batch', 1), chunkSize: int(o.chunk, 'chunk', 1), seed,
+    shard: shardFrom(o.shard as string | undefined, o.shards as string | undefined, process.env),
+    provenance: { config: JSON.stringify(flags), checkpoint: hash, dataset: `fashion-mnist/${o.split}/per-class=${perClass}` },
+    onProgress: progressBar('extract', 'images'),
+  });
+  const secs = (performance.now() - t0) / 1000;
+  console.log(`extracted ${written} images (t ${ts}, b ${bs}) in ${fmtTime(secs)}: ${(written / secs).toFixed(2)} images/s → ${o.out}`);
+  e.dispose();
+  return 0;
+}
+
+async function featureArrays(dir: string, ts: number[], bs: number[]): Promise<FeatureArrays> {
+  const cache = await openFeatureCache(dir);
+  const features = new Map<string, { data: Float32Array; shape: number[] }>();
+  for (const t of ts) for (const b of bs) features.set(`t${t}.b${b}`, await cache.features(t, b));
+  return { features, labels: cache.labels, count: cache.count };
+}
+
+const TRAIN: Record<string, OptionSpec> = {
+  train: { help: 'feature cache of the training split (required)' },
+  test: { help: 'feature cache of the test split (required)' },
+  head: { help: 'linear, attention or difformer', default: 'linear' },
+  t: { help: 'timesteps', default: '150' },
+  b: { help: 'blocks (required)' },
+  pool: { help: 'linear probe: adaptive pool size', default: '2' },
+  dim: { help: 'attention heads: token width d', default: '1024' },
+  layers: { help: 'attention heads: Transformer layers', default: '2' },
+  heads: { help: 'attention heads: attention heads', default: '8' },
+  'pre-pool': { help: 'attention heads: tokenizer pools larger maps to this size', default: '16' },
+  classes: { help: 'number of classes', default: '10' },
+  epochs: { help: 'epochs', default: '28' },
+  batch: { help: 'batch size', default: '128' },
+  optimizer: { help: 'adam (the paper) or sgd (the released scripts)', default: 'adam' },
+  lr: { help: 'learning rate (default: 1e-3 linear / 1e-4 attention with Adam; 1e-2 / 5e-2 with SGD)' },
+  'step-size': { help: 'StepLR step in epochs', default: '7' },
+  gamma: { help: 'StepLR factor', default: '0.1' },
+  seed: { help: 'initialisation and shuffling seed', default: '0' },
+  out: { help: 'output directory for state.safetensors (every epoch) and result.json (required)' },
+  resume: { help: 'continue from <out>/state.safetensors', flag: true },
+};
+
+async function trainCommand(argv: string[]): Promise<number> {
+  const o = parseArgs('train', argv, TRAIN);
+  if (!o) return 0;
+  for (const k of ['train', 'test', 'b', 'out']) if (!o[k]) throw new UsageError(`difrep train: --${k} is required`);
+  const head = o.head === 'difformer' ? 'attention' : String(o.head);
+  if (head !== 'linear' && head !== 'attention') throw new UsageError(`--head ${o.head}: linear, attention or difformer`);
+  const ts = numberList(o.t, 't');
+  const bs = numberList(o.b, 'b');
+  const e = await createEngine();
+  const train = await featureArrays(String(o.train), ts, bs);
+  const test = await featureArrays(String(o.test), ts, bs);
+  await mkdir(String(o.out), { recursive: true });
+  const result = await fitHead(e, train, test, {
+    head, classes: int(o.classes, 'classes', 2), timesteps: ts, blocks: bs, pool: int(o.pool, 'pool', 1),
+    attention: { dim: int(o.dim, 'dim', 1), layers: int(o.layers, 'layers', 1), heads: int(o.heads, 'heads', 1), prePoolSize: int(o['pre-pool'], 'pre-pool', 1) },
+    epochs: int(o.epochs, 'epochs', 1), batchSize: int(o.batch, 'batch', 1), optimizer: o.optimizer === 'sgd' ? 'sgd' : 'adam',
+    lr: o.lr === undefined ? undefined : Number(o.lr), stepSize: int(o['step-size'], 'step-size', 1), gamma: Number(o.gamma), seed: int(o.seed, 'seed'),
+    checkpoint: join(String(o.out), 'state.safetensors'), resume: !!o.resume,
+    onBatch: progressBar('  batches', 'batches'),
+    onEpoch: ({ epoch, epochs, loss, lr, seconds }) => console.log(`epoch ${epoch + 1}/${epochs}: loss ${loss.toFixed(4)}, lr ${lr.toExponential(1)}, ${seconds.toFixed(1)} s (ETA ${fmtTime(seconds * (epochs - epoch - 1))})`),
+  });
+  const full = { ...result, headArg: o.head, timesteps: ts, blocks: bs, train: o.train, test: o.test };
+  await writeFileAtomic(join(String(o.out), 'result.json'), JSON.stringify(full, null, 2));
+  console.log(`${o.head}: top-1 ${(100 * result.top1).toFixed(2)}%, top-5 ${(100 * result.top5).toFixed(2)}% (${result.params} parameters, ${fmtTime(result.seconds)}) → ${join(String(o.out), 'result.json')}`);
+  e.dispose();
+  return 0;
+}
+
+const KNN: Record<string, OptionSpec> = {
+  train: { help: 'feature cache of the training split (required)' },
+  test: { help: 'feature cache of the test split (required)' },
+  t: { help: 'timestep', default: '150' },
+  b: { help: 'block (required)' },
+  k: { help: 'neighbour counts', default: '20,200' },
+  temperature: { help: 'vote weight exp(s / T)', default: '0.1' },
+  classes: { help: 'number of classes', default: '10' },
+  out: { help: 'result JSON file' },
+};
+
+async function knnCommand(argv: string[]): Promise<number> {
+  const o = parseArgs('knn', argv, KNN);
+  if (!o) return 0;
+  for (const k of ['train', 'test', 'b']) if (!o[k]) throw new UsageError(`difrep knn: --${k} is required`);
+  const [t] = numberList(o.t, 't');
+  const [b] = numberList(o.b, 'b');
+  const e = await createEngine();
+  const load = async (dir: string) => {
+    const c = await openFeatureCache(dir);
+    const f = await c.features(t, b);
+    return { m: { data: f.data, n: c.count, d: f.data.length / c.count }, labels: Array.from(c.labels) };
+  };
+  const tr = await load(String(o.train));
+  const te = await load(String(o.test));
+  const res = await knnClassify(e, tr.m, tr.labels, te.m, te.labels, { ks: numberList(o.k, 'k'), temperature: Number(o.temperature), classes: int(o.classes, 'classes', 2) });
+  for (const r of res) console.log(`kNN k=${r.k}: top-1 ${(100 * r.top1).toFixed(2)}%, top-5 ${(100 * r.top5).toFixed(2)}%`);
+  if (o.out) await writeFileAtomic(String(o.out), JSON.stringify({ t, b, temperature: Number(o.temperature), results: res }, null, 2));
+  e.dispose();
+  return 0;
+}
+
+const CKA: Record<string, OptionSpec> = {
+  features: { help: 'feature cache holding every compared t × b (required)' },
+  t: { help: 'timesteps (several: compare timesteps at one block)', default: '90' },
+  b: { help: 'blocks (several: compare blocks at one timestep) (required)' },
+  out: { help: 'JSON file for the matrix (required)' },
+  png: { help: 'PNG heatmap file' },
+};
+
+async function ckaCommand(argv: string[]): Promise<number> {
+  const o = parseArgs('cka', argv, CKA);
+  if (!o) return 0;
+  for (const k of ['features', 'b', 'out']) if (!o[k]) throw new UsageError(`difrep cka: --${k} is required`);
+  const ts = numberList(o.t, 't');
+  const bs = numberList(o.b, 'b');
+  if (ts.length > 1 && bs.length > 1) throw new UsageError('difrep cka: compare several blocks at one t, or several t at one block');
+  const pairs = ts.length > 1 ? ts.map((t) => [t, bs[0]]) : bs.map((b) => [ts[0], b]);
+  const labels = ts.length > 1 ? ts.map((t) => `t${t}`) : bs.map((b) => `b${b}`);
+  const e = await createEngine();
+  const cache = await openFeatureCache(String(o.features));
+  const sets = [];
+  for (const [t, b] of pairs) {
+    const f = await cache.features(t, b);
+    sets.push({ data: f.data, n: cache.count, d: f.data.length / cache.count });
+  }
+  const m = await ckaMatrix(e, sets);
+  await writeFileAtomic(String(o.out), JSON.stringify({ labels, matrix: m, images: cache.count }, null, 2));
+  if (o.png) await writeFileAtomic(String(o.png), heatmapPng(m, labels));
+  console.log(`linear CKA over ${cache.count} images:\n${labels.map((l, i) => `${l.padStart(6)} ${m[i].map((v) => v.toFixed(3)).join(' ')}`).join('\n')}`);
+  e.dispose();
+  return 0;
+}
+
+export const EXPERIMENT_COMMANDS: Record<string, (argv: string[]) => Promise<number>> = {
+  extract: extractCommand,
+  train: trainCommand,
+  knn: knnCommand,
+  cka: ckaCommand,
+};

@@ -1,0 +1,53 @@
+// Shared by the commands that run a U-Net: which config, which weights.
+import { readFile } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import type { Engine } from '../engine/engine.ts';
+import { openCheckpoint, withPrefix } from '../model/checkpoint/index.ts';
+import { describeMapping } from '../model/block-roles.ts';
+import { UNet } from '../model/unet.ts';
+import { ADM_256_UNCOND, flagsFromJson, type UNetFlags } from '../model/unet-config.ts';
+import type { OptionSpec } from './args.ts';
+import { UsageError } from './args.ts';
+
+export const PRESETS: Record<string, UNetFlags> = {
+  adm256: ADM_256_UNCOND,
+  adm64: {
+    image_size: 64, num_channels: 32, num_res_blocks: 2, channel_mult: '1,1,2,2,2,2', attention_resolutions: '8,4,2',
+    num_head_channels: 32, learn_sigma: true, use_scale_shift_norm: true, resblock_updown: true,
+  },
+  'adm32-mini': {
+    image_size: 32, num_channels: 32, num_res_blocks: 1, channel_mult: '1,2', attention_resolutions: '2',
+    num_head_channels: 32, learn_sigma: true, use_scale_shift_norm: true, resblock_updown: true,
+  },
+};
+
+export const MODEL_OPTIONS: Record<string, OptionSpec> = {
+  model: { help: `U-Net config: a preset (${Object.keys(PRESETS).join(', ')}) or a JSON file of create_model flags`, default: 'adm64' },
+  checkpoint: { help: 'weights (.pt or .safetensors; a reference dump\'s param.* also works); without it the weights are random (plumbing only)' },
+};
+
+async function fileHash(path: string): Promise<string> {
+  const h = createHash('sha256');
+  for await (const chunk of createReadStream(path)) h.update(chunk as Buffer);
+  return h.digest('hex').slice(0, 16);
+}
+
+export async function loadModel(e: Engine, model: string, checkpoint: string | undefined): Promise<{ unet: UNet; flags: UNetFlags; hash: string }> {
+  const flags = PRESETS[model] ?? (model.endsWith('.json') ? flagsFromJson(await readFile(model, 'utf8').catch(() => { throw new UsageError(`--model ${model}: cannot read the config file`); })) : undefined);
+  if (!flags) throw new UsageError(`--model ${model}: not a preset (${Object.keys(PRESETS).join(', ')}) or a .json config`);
+  let unet: UNet;
+  let hash = 'random-weights';
+  if (checkpoint) {
+    const src = await openCheckpoint(checkpoint);
+    const prefixed = src.keys().some((k) => k.startsWith('param.')) && !src.keys().some((k) => k.startsWith('time_embed.'));
+    unet = await UNet.load(e, flags, prefixed ? withPrefix(src, 'param.') : src);
+    await src.close();
+    hash = await fileHash(checkpoint);
+  } else {
+    console.error('difrep: no --checkpoint given: using random U-Net weights (fine for plumbing, meaningless features)');
+    unet = UNet.random(e, flags, 0);
+  }
+  if (unet.plan.blocks.length !== 37) console.error(`difrep: ${describeMapping(unet.plan)}`);
+  return { unet, flags, hash };
+}

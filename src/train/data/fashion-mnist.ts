@@ -1,0 +1,113 @@
+// Fashion-MNIST from Debian's dataset-fashion-mnist package (IDX files, gzip): 28×28 grey images,
+// 10 classes. Decompressed with node:zlib (Node, Deno).
+import { gunzipSync } from 'node:zlib';
+import { readFile } from 'node:fs/promises';
+
+export const FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist';
+export const FASHION_MNIST_CLASSES = ['T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot'];
+
+export interface GreyImages {
+  /** Row-major uint8 pixels, `count` images of `rows` × `cols`. */
+  pixels: Uint8Array;
+  labels: Uint8Array;
+  count: number;
+  rows: number;
+  cols: number;
+}
+
+export class DatasetMissingError extends Error {
+  constructor(detail: string) {
+    super(detail);
+    this.name = 'DatasetMissingError';
+  }
+}
+
+function readIdx(bytes: Uint8Array, file: string, magic: number): { dims: number[]; data: Uint8Array } {
+  const v = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  if (bytes.length < 8 || v.getUint32(0, false) !== magic) throw new Error(`${file}: not an IDX file (magic ${v.getUint32(0, false).toString(16)}, expected ${magic.toString(16)})`);
+  const rank = magic & 0xff;
+  const dims = Array.from({ length: rank }, (_, i) => v.getUint32(4 + 4 * i, false));
+  const start = 4 + 4 * rank;
+  const n = dims.reduce((p, d) => p * d, 1);
+  if (bytes.length < start + n) throw new Error(`${file}: truncated (${bytes.length - start} of ${n} bytes)`);
+  return { dims, data: bytes.subarray(start, start + n) };
+}
+
+async function gz(path: string): Promise<Uint8Array> {
+  let raw: Uint8Array;
+  try {
+    raw = await readFile(path);
+  } catch {
+    throw new DatasetMissingError(`Fashion-MNIST not found at ${path}: install it with \`apt-get install dataset-fashion-mnist\` (npm run setup does this)`);
+  }
+  return new Uint8Array(gunzipSync(raw));
+}
+
+/** The `train` (60,000) or `test` (10,000) split. */
+export async function loadFashionMnist(split: 'train' | 'test', dir = FASHION_MNIST_DIR): Promise<GreyImages> {
+  const prefix = split === 'train' ? 'train' : 't10k';
+  const imagesFile = `${dir}/${prefix}-images-idx3-ubyte.gz`;
+  const labelsFile = `${dir}/${prefix}-labels-idx1-ubyte.gz`;
+  const images = readIdx(await gz(imagesFile), imagesFile, 0x803);
+  const labels = readIdx(await gz(labelsFile), labelsFile, 0x801);
+  if (images.dims[0] !== labels.dims[0]) throw new Error(`${dir}: ${images.dims[0]} images but ${labels.dims[0]} labels`);
+  return { pixels: images.data, labels: labels.data, count: images.dims[0], rows: images.dims[1], cols: images.dims[2] };
+}
+
+/**
+ * Images i ∈ `indices` as model input: the 28×28 grey image bilinearly resized to size×size
+ * (align_corners=False), replicated to 3 channels, scaled to [−1, 1]; NCHW.
+ */
+export function toModelInput(ds: GreyImages, indices: readonly number[], size: number): Float32Array {
+  const out = new Float32Array(indices.length * 3 * size * size);
+  const plane = size * size;
+  const { rows: H, cols: W } = ds;
+  indices.forEach((idx, n) => {
+    const img = ds.pixels.subarray(idx * H * W, (idx + 1) * H * W);
+    for (let y = 0; y < size; y++) {
+      const sy = Math.max((y + 0.5) * (H / size) - 0.5, 0);
+      const y0 = Math.min(Math.floor(sy), H - 1);
+      const y1 = Math.min(y0 + 1, H - 1);
+      const ly = sy - y0;
+      for (let x = 0; x < size; x++) {
+        const sx = Math.max((x + 0.5) * (W / size) - 0.5, 0);
+        const x0 = Math.min(Math.floor(sx), W - 1);
+        const x1 = Math.min(x0 + 1, W - 1);
+        const lx = sx - x0;
+        const v = (1 - ly) * ((1 - lx) * img[y0 * W + x0] + lx * img[y0 * W + x1]) + ly * ((1 - lx) * img[y1 * W + x0] + lx * img[y1 * W + x1]);
+        const s = v / 127.5 - 1;
+        for (let c = 0; c < 3; c++) out[(n * 3 + c) * plane + y * size + x] = s;
+      }
+    }
+  });
+  return out;
+}
+
+/** A seeded, class-balanced subset: `perClass` images of each class (the first ones of a seeded shuffle). */
+export function balancedSubset(labels: ArrayLike<number>, perClass: number, seed: number, classes = 10): number[] {
+  const order = seededShuffle(Array.from({ length: labels.length }, (_, i) => i), seed);
+  const taken = new Array<number>(classes).fill(0);
+  const out: number[] = [];
+  for (const i of order) {
+    if (taken[labels[i]] < perClass) {
+      taken[labels[i]]++;
+      out.push(i);
+    }
+  }
+  return out;
+}
+
+/** Fisher–Yates with a seeded generator. */
+export function seededShuffle<T>(items: T[], seed: number): T[] {
+  const a = [...items];
+  let s = seed >>> 0;
+  for (let i = a.length - 1; i > 0; i--) {
+    s = (s + 0x6d2b79f5) >>> 0;
+    let t = Math.imul(s ^ (s >>> 15), s | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    const r = ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+    const j = Math.floor(r * (i + 1));
+    [a[i], a[j]] = [a[j], a[i]];
+  }
+  return a;
+}

@@ -1,0 +1,153 @@
+// Trains a head on cached features with the paper's recipe (Adam, StepLR(7, 0.1), 28 epochs by
+// default), checkpointing every epoch so a killed run resumes exactly, and evaluates top-1/top-5.
+import { access } from 'node:fs/promises';
+import type { Engine } from '../engine/engine.ts';
+import { crossEntropy } from '../engine/ops/nn.ts';
+import type { Tensor } from '../engine/tensor.ts';
+import { AttentionHead, type AttentionHeadOptions } from '../model/heads/attention-head.ts';
+import { LinearProbe } from '../model/heads/linear-probe.ts';
+import { loadTrainingState, saveTrainingState } from './checkpoint.ts';
+import { seededShuffle } from './data/fashion-mnist.ts';
+import { Adam, type Optimizer, Sgd, StepLR } from './optimizer.ts';
+import { trainStep } from './train-step.ts';
+
+export interface FeatureArrays {
+  /** key `t<t>.b<b>` → per-image features [count, ...shape]. */
+  features: Map<string, { data: Float32Array; shape: number[] }>;
+  labels: ArrayLike<number>;
+  count: number;
+}
+
+export type HeadKind = 'linear' | 'attention';
+
+export interface FitOptions {
+  head: HeadKind;
+  classes: number;
+  /** Timesteps and blocks fed to the head (linear: exactly one of each). */
+  timesteps: number[];
+  blocks: number[];
+  pool?: number;
+  attention?: Partial<AttentionHeadOptions>;
+  epochs?: number;
+  batchSize?: number;
+  optimizer?: 'adam' | 'sgd';
+  lr?: number;
+  stepSize?: number;
+  gamma?: number;
+  seed?: number;
+  /** Training state file, written after every epoch; with `resume`, training continues from it. */
+  checkpoint?: string;
+  resume?: boolean;
+  onEpoch?: (info: { epoch: number; epochs: number; loss: number; lr: number; seconds: number }) => void;
+  onBatch?: (done: number, total: number) => void;
+}
+
+export interface FitResult {
+  head: HeadKind;
+  epochs: number;
+  optimizer: string;
+  lr: number;
+  batchSize: number;
+  params: number;
+  losses: number[];
+  top1: number;
+  top5: number;
+  seconds: number;
+}
+
+interface Model {
+  params: Map<string, Tensor>;
+  logits(batch: Map<string, Tensor>): Tensor;
+}
+
+const key = (t: number, b: number) => `t${t}.b${b}`;
+
+function buildModel(e: Engine, data: FeatureArrays, o: FitOptions): Model {
+  const first = data.features.get(key(o.timesteps[0], o.blocks[0]));
+  if (!first) throw new Error(`no cached features for t=${o.timesteps[0]}, b=${o.blocks[0]}`);
+  if (o.head === 'linear') {
+    if (o.timesteps.length !== 1 || o.blocks.length !== 1) throw new Error('a linear probe reads exactly one t and one b');
+    const probe = LinearProbe.create(e, { channels: first.shape[0], classes: o.classes, pool: o.pool ?? 2 }, o.seed ?? 0);
+    return { params: probe.params, logits: (batch) => probe.forward(batch.get(key(o.timesteps[0], o.blocks[0]))!) };
+  }
+  const blocks = o.blocks.map((b) => {
+    const s = data.features.get(key(o.timesteps[0], b))!.shape;
+    return { b, channels: s[0], size: s[1] };
+  });
+  const head = AttentionHead.create(e, { ...o.attention, blocks, timesteps: o.timesteps, classes: o.classes }, o.seed ?? 0);
+  return {
+    params: head.params,
+    logits: (batch) => head.forward(new Map(o.timesteps.map((t) => [t, new Map(o.blocks.map((b) => [b, batch.get(key(t, b))!]))]))),
+  };
+}
+
+function gather(e: Engine, data: FeatureArrays, keys: string[], idx: number[]): Map<string, Tensor> {
+  const out = new Map<string, Tensor>();
+  for (const k of keys) {
+    const f = data.features.get(k)!;
+    const per = f.shape.reduce((p, d) => p * d, 1);
+    const buf = new Float32Array(idx.length * per);
+    idx.forEach((i, n) => buf.set(f.data.subarray(i * per, (i + 1) * per), n * per));
+    out.set(k, e.tensor(buf, [idx.length, ...f.shape], k));
+  }
+  return out;
+}
+
+/** Top-1 and top-5 accuracy of `model` on `data`. */
+async function evaluate(e: Engine, model: Model, data: FeatureArrays, keys: string[], batchSize: number): Promise<{ top1: number; top5: number }> {
+  let top1 = 0;
+  let top5 = 0;
+  for (let s = 0; s < data.count; s += batchSize) {
+    const idx = Array.from({ length: Math.min(batchSize, data.count - s) }, (_, i) => s + i);
+    const logits = await e.noGrad(() => e.tidy(() => model.logits(gather(e, data, keys, idx)))).read();
+    const K = logits.length / idx.length;
+    idx.forEach((i, n) => {
+      const row = Array.from(logits.subarray(n * K, (n + 1) * K));
+      const ranked = row.map((v, c) => [v, c]).sort((a, b) => b[0] - a[0]).map(([, c]) => c);
+      if (ranked[0] === data.labels[i]) top1++;
+      if (ranked.slice(0, 5).includes(data.labels[i])) top5++;
+    });
+  }
+  return { top1: top1 / data.count, top5: top5 / data.count };
+}
+
+export async function fitHead(e: Engine, train: FeatureArrays, test: FeatureArrays, o: FitOptions): Promise<FitResult> {
+  const t0 = performance.now();
+  const epochs = o.epochs ?? 28;
+  const batchSize = o.batchSize ?? 128;
+  const optName = o.optimizer ?? 'adam';
+  const lr = o.lr ?? (optName === 'sgd' ? (o.head === 'linear' ? 1e-2 : 5e-2) : o.head === 'linear' ? 1e-3 : 1e-4);
+  const keys = o.timesteps.flatMap((t) => o.blocks.map((b) => key(t, b)));
+  const model = buildModel(e, train, o);
+  const optimizer: Optimizer = optName === 'sgd' ? new Sgd(e, model.params, lr) : new Adam(e, model.params, { lr });
+  const schedule = new StepLR(optimizer, lr, o.stepSize ?? 7, o.gamma ?? 0.1);
+  let startEpoch = 0;
+  const losses: number[] = [];
+  if (o.resume && o.checkpoint && (await access(o.checkpoint).then(() => true, () => false))) {
+    const progress = await loadTrainingState(e, o.checkpoint, model.params, optimizer);
+    startEpoch = progress.epoch + 1;
+    losses.push(...JSON.parse(String(progress.losses ?? '[]')));
+  }
+  const batchesPerEpoch = Math.ceil(train.count / batchSize);
+  for (let epoch = startEpoch; epoch < epochs; epoch++) {
+    const te = performance.now();
+    schedule.setEpoch(epoch);
+    const order = seededShuffle(Array.from({ length: train.count }, (_, i) => i), (o.seed ?? 0) * 1000 + epoch);
+    let sum = 0;
+    for (let bi = 0; bi < batchesPerEpoch; bi++) {
+      const idx = order.slice(bi * batchSize, (bi + 1) * batchSize);
+      const labels = idx.map((i) => train.labels[i]);
+      sum += (await trainStep(e, optimizer, () => crossEntropy(model.logits(gather(e, train, keys, idx)), labels), true))! * idx.length;
+      o.onBatch?.(bi + 1, batchesPerEpoch);
+    }
+    const loss = sum / train.count;
+    losses.push(loss);
+    if (o.checkpoint) await saveTrainingState(o.checkpoint, model.params, optimizer, { epoch, steps: optimizer.steps, losses: JSON.stringify(losses) });
+    o.onEpoch?.({ epoch, epochs, loss, lr: optimizer.lr, seconds: (performance.now() - te) / 1000 });
+  }
+  const acc = await evaluate(e, model, test, keys, batchSize);
+  let params = 0;
+  for (const p of model.params.values()) params += p.size;
+  for (const p of model.params.values()) p.dispose();
+  return { head: o.head, epochs, optimizer: optName, lr, batchSize, params, losses, ...acc, seconds: (performance.now() - t0) / 1000 };
+}

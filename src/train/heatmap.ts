@@ -1,0 +1,48 @@
+// A labelled heatmap PNG (fast-png) for CKA matrices: one cell per pair, a blue→yellow colour
+// ramp over [0, 1], row and column labels drawn with a built-in 3×5 pixel digit font.
+import { encode } from 'fast-png';
+
+const DIGITS: Record<string, string[]> = {
+  '0': ['111', '101', '101', '101', '111'], '1': ['010', '110', '010', '010', '111'], '2': ['111', '001', '111', '100', '111'],
+  '3': ['111', '001', '111', '001', '111'], '4': ['101', '101', '111', '001', '001'], '5': ['111', '100', '111', '001', '111'],
+  '6': ['111', '100', '111', '101', '111'], '7': ['111', '001', '010', '010', '010'], '8': ['111', '101', '111', '101', '111'],
+  '9': ['111', '101', '111', '001', '111'], 't': ['010', '111', '010', '010', '011'], 'b': ['100', '100', '111', '101', '111'],
+  '.': ['000', '000', '000', '000', '010'],
+};
+
+function ramp(v: number): [number, number, number] {
+  const x = Math.min(1, Math.max(0, v));
+  return [Math.round(255 * x), Math.round(64 + 150 * x), Math.round(200 * (1 - x) + 40)];
+}
+
+/** Encodes `m` (values in [0, 1]) with `labels` on both axes; returns PNG bytes. */
+export function heatmapPng(m: number[][], labels: string[], cell = 24): Uint8Array {
+  const n = m.length;
+  const scale = 2;
+  const margin = Math.max(...labels.map((l) => l.length)) * 4 * scale + 6;
+  const W = margin + n * cell;
+  const H = margin + n * cell;
+  const px = new Uint8Array(W * H * 3).fill(255);
+  const put = (x: number, y: number, [r, g, b]: [number, number, number]) => {
+    if (x < 0 || y < 0 || x >= W || y >= H) return;
+    px.set([r, g, b], (y * W + x) * 3);
+  };
+  const text = (s: string, x0: number, y0: number) => {
+    [...s].forEach((ch, k) => {
+      const glyph = DIGITS[ch];
+      if (!glyph) return;
+      glyph.forEach((row, gy) => [...row].forEach((bit, gx) => {
+        if (bit === '1') for (let dy = 0; dy < scale; dy++) for (let dx = 0; dx < scale; dx++) put(x0 + (k * 4 + gx) * scale + dx, y0 + gy * scale + dy, [0, 0, 0]);
+      }));
+    });
+  };
+  for (let i = 0; i < n; i++) {
+    for (let j = 0; j < n; j++) {
+      const c = ramp(m[i][j]);
+      for (let y = 1; y < cell; y++) for (let x = 1; x < cell; x++) put(margin + j * cell + x, margin + i * cell + y, c);
+    }
+    text(labels[i], 2, margin + i * cell + cell / 2 - 5);
+    text(labels[i], margin + i * cell + 2, margin - 14);
+  }
+  return encode({ width: W, height: H, data: px, channels: 3, depth: 8 });
+}

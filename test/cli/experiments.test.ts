@@ -1,0 +1,58 @@
+// The experiment commands end to end, as a user runs them (CI-sized: 40 images per split).
+import { execFile } from 'node:child_process';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { decode } from 'fast-png';
+import t from 'tap';
+import { shardFrom } from '../../src/cli/experiments.ts';
+
+const run = promisify(execFile);
+const main = new URL('../../src/cli/main.ts', import.meta.url).pathname;
+const difrep = (...args: string[]) => run(process.execPath, ['--import', 'tsx', main, ...args], { encoding: 'utf8', maxBuffer: 1 << 24 });
+
+t.test('--help lists every option with its default; unknown options are errors', async (t) => {
+  const { stdout } = await difrep('extract', '--help');
+  t.match(stdout, /--per-class VALUE .*\(default 0\)/);
+  t.match(stdout, /--t VALUE .*\(default 150\)/);
+  const err = await difrep('extract', '--nope', '1').then(() => null, (e: { stderr: string; code: number }) => e);
+  t.match(err?.stderr, /unknown option --nope/);
+  t.equal(err?.code, 1);
+});
+
+t.test('shards come from --shard, Slurm job arrays or Kubernetes indexed jobs', async (t) => {
+  t.same(shardFrom('1/4', undefined, {}), { index: 1, count: 4 });
+  t.same(shardFrom(undefined, undefined, { SLURM_ARRAY_TASK_ID: '3', SLURM_ARRAY_TASK_COUNT: '8' }), { index: 3, count: 8 });
+  t.same(shardFrom(undefined, undefined, { SLURM_ARRAY_TASK_ID: '5', SLURM_ARRAY_TASK_MIN: '1', SLURM_ARRAY_TASK_COUNT: '8' }), { index: 4, count: 8 });
+  t.same(shardFrom(undefined, '3', { JOB_COMPLETION_INDEX: '2' }), { index: 2, count: 3 });
+  t.throws(() => shardFrom(undefined, undefined, { JOB_COMPLETION_INDEX: '2' }), /--shards n/);
+  t.throws(() => shardFrom('4/4', undefined, {}), /out of range/);
+  t.equal(shardFrom(undefined, undefined, {}), undefined);
+});
+
+t.test('extract → train → knn → cka on Fashion-MNIST with the adm32-mini reference weights', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'difrep-cli-'));
+  const ckpt = new URL('../fixtures/adm32-mini.safetensors', import.meta.url).pathname;
+  for (const split of ['train', 'test']) {
+    const { stdout, stderr } = await difrep('extract', '--model', 'adm32-mini', '--checkpoint', ckpt, '--split', split, '--per-class', '4',
+      '--t', '90,150', '--b', '5,9', '--pool', '2', '--chunk', '16', '--out', join(dir, split));
+    t.match(stdout, /extracted 40 images .* images\/s/);
+    t.match(stderr, /block mapping for this 9-block U-Net/);
+  }
+  const { stdout: trained } = await difrep('train', '--train', join(dir, 'train'), '--test', join(dir, 'test'), '--head', 'linear', '--t', '150', '--b', '9', '--pool', '2', '--epochs', '2', '--batch', '8', '--out', join(dir, 'linear'));
+  t.match(trained, /epoch 2\/2: loss/);
+  const result = JSON.parse(await readFile(join(dir, 'linear', 'result.json'), 'utf8'));
+  t.ok(result.top1 >= 0 && result.top1 <= 1 && result.losses.length === 2 && result.optimizer === 'adam');
+  const { stdout: knn } = await difrep('knn', '--train', join(dir, 'train'), '--test', join(dir, 'train'), '--b', '9', '--k', '1');
+  t.match(knn, /kNN k=1: top-1 100\.00%/, 'kNN of a set against itself is perfect');
+  const { stdout: cka } = await difrep('cka', '--features', join(dir, 'test'), '--t', '90', '--b', '5,9', '--out', join(dir, 'cka.json'), '--png', join(dir, 'cka.png'));
+  t.match(cka, /linear CKA over 40 images/);
+  const m = JSON.parse(await readFile(join(dir, 'cka.json'), 'utf8'));
+  t.ok(Math.abs(m.matrix[0][0] - 1) < 1e-5 && Math.abs(m.matrix[1][1] - 1) < 1e-5, 'diagonal is 1');
+  const png = decode(await readFile(join(dir, 'cka.png')));
+  t.ok(png.width > 48 && png.height > 48, `heatmap ${png.width}x${png.height}`);
+  const bad = await difrep('train', '--train', join(dir, 'train'), '--test', join(dir, 'test'), '--b', '7', '--out', join(dir, 'x')).then(() => null, (e: { stderr: string }) => e);
+  t.match(bad?.stderr, /no features for t=150, b=7/);
+  await rm(dir, { recursive: true });
+});
