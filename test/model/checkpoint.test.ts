@@ -78,7 +78,11 @@ t.test('a truncated or corrupted checkpoint gives a clear CheckpointError', asyn
     const path = join(dir, name);
     await writeFile(path, data);
     const err = await openCheckpoint(path).then(async (src) => {
-      for (const k of src.keys()) await src.read(k);
+      try {
+        for (const k of src.keys()) await src.read(k);
+      } finally {
+        await src.close();
+      }
       return null;
     }, (e: Error) => e).catch((e: Error) => e);
     t.ok(err instanceof CheckpointError, `${name}: a CheckpointError`);

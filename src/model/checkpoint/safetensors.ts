@@ -22,6 +22,15 @@ const MAX_HEADER = 100 * 1024 * 1024;
 
 export async function openSafetensors(input: string | Uint8Array | ByteSource): Promise<TensorSource> {
   const src = typeof input === 'string' || input instanceof Uint8Array ? await openSource(input) : input;
+  try {
+    return await readHeader(src);
+  } catch (e) {
+    await src.close();
+    throw e;
+  }
+}
+
+async function readHeader(src: ByteSource): Promise<TensorSource> {
   const fail = (detail: string): never => {
     throw new CheckpointError(src.name, detail);
   };

@@ -155,6 +155,11 @@ async function openLegacy(src: ByteSource): Promise<TensorSource> {
 /** Opens a .pt/.pth state_dict checkpoint (zip or legacy format) as a lazy tensor source. */
 export async function openTorchCheckpoint(input: string | Uint8Array): Promise<TensorSource> {
   const src = await openSource(input);
-  if (src.size < 4) throw new CheckpointError(src.name, `${src.size} bytes: not a checkpoint`);
-  return isZip(await src.read(0, 4)) ? openZip(src) : openLegacy(src);
+  try {
+    if (src.size < 4) throw new CheckpointError(src.name, `${src.size} bytes: not a checkpoint`);
+    return isZip(await src.read(0, 4)) ? await openZip(src) : await openLegacy(src);
+  } catch (e) {
+    await src.close();
+    throw e;
+  }
 }
