@@ -11,6 +11,7 @@ import { testEngine } from '../helpers/check.ts';
 
 const fixture = (f: string) => new URL(`../fixtures/${f}`, import.meta.url).pathname;
 const reference = await openSafetensors(fixture('adm32-mini.safetensors'));
+t.teardown(() => reference.close());
 
 /** float32 → nearest float16 (ties to even) → float32, written independently of the loader. */
 function roundToHalf(x: number): number {
@@ -53,6 +54,7 @@ t.test('adm32-mini-f16.pt loads to param.* rounded to float16 (nearest even), wi
     for (let i = 0; i < r.length; i++, total++) if (a[i] !== roundToHalf(r[i])) mismatches++;
   }
   t.equal(mismatches, 0, `${total} values`);
+  await pt.close();
 });
 
 t.test('a checkpoint whose pickle calls builtins.print is refused, naming the global', async (t) => {
