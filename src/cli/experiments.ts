@@ -8,7 +8,8 @@ import { paperBlocks } from '../model/block-roles.ts';
 import { balancedSubset, loadFashionMnist, toModelInput } from '../train/data/fashion-mnist.ts';
 import { ckaMatrix } from '../train/eval/cka.ts';
 import { knnClassify } from '../train/eval/knn.ts';
-import { extractFeatures, openFeatureCache } from '../train/extract.ts';
+import { extractFeatures, type ImageSource, openFeatureCache } from '../train/extract.ts';
+import { loadBatch, scanImageFolder, validateImageFolder } from '../train/data/image-folder.ts';
 import { type FeatureArrays, fitHead } from '../train/fit.ts';
 import { heatmapPng } from '../train/heatmap.ts';
 import { int, numberList, type OptionSpec, parseArgs, UsageError } from './args.ts';
@@ -36,8 +37,9 @@ export function shardFrom(arg: string | undefined, shards: string | undefined, e
 
 const EXTRACT: Record<string, OptionSpec> = {
   ...MODEL_OPTIONS,
-  dataset: { help: 'dataset (fashion-mnist)', default: 'fashion-mnist' },
-  split: { help: 'train or test', default: 'train' },
+  dataset: { help: 'fashion-mnist, or folder (an ImageFolder: --root DIR/<class>/<image>.png|jpg)', default: 'fashion-mnist' },
+  root: { help: 'with --dataset folder: the image folder' },
+  split: { help: 'fashion-mnist: train or test', default: 'train' },
   'per-class': { help: 'images per class (a seeded, class-balanced subset; 0 = the whole split)', default: '0' },
   t: { help: 'timesteps, comma-separated', default: '150' },
   b: { help: 'blocks, comma-separated (default: the paper\'s b24, mapped by role on other depths)' },
@@ -54,8 +56,9 @@ async function extractCommand(argv: string[]): Promise<number> {
   const o = parseArgs('extract', argv, EXTRACT);
   if (!o) return 0;
   if (!o.out) throw new UsageError('difrep extract: --out DIR is required');
-  if (o.dataset !== 'fashion-mnist') throw new UsageError(`--dataset ${o.dataset}: only fashion-mnist is supported so far`);
-  if (o.split !== 'train' && o.split !== 'test') throw new UsageError(`--split must be train or test, got ${o.split}`);
+  if (o.dataset !== 'fashion-mnist' && o.dataset !== 'folder') throw new UsageError(`--dataset ${o.dataset}: fashion-mnist or folder`);
+  if (o.dataset === 'folder' && !o.root) throw new UsageError('--dataset folder needs --root DIR');
+  if (o.dataset === 'fashion-mnist' && o.split !== 'train' && o.split !== 'test') throw new UsageError(`--split must be train or test, got ${o.split}`);
   const e = await createEngine();
   const { unet, flags, hash } = await loadModel(e, String(o.model), o.checkpoint as string | undefined);
   const blocks = numberList(o.b, 'b');
@@ -63,17 +66,32 @@ async function extractCommand(argv: string[]): Promise<number> {
   const ts = numberList(o.t, 't');
   for (const b of bs) if (b < 1 || b > unet.numBlocks) throw new UsageError(`--b ${b}: this U-Net has blocks 1..${unet.numBlocks}`);
   for (const t of ts) if (!Number.isInteger(t) || t < 0 || t > 999) throw new UsageError(`--t ${t}: timesteps are integers 0..999`);
-  const ds = await loadFashionMnist(o.split);
   const perClass = int(o['per-class'], 'per-class');
   const seed = int(o.seed, 'seed');
-  const idx = perClass ? balancedSubset(ds.labels, perClass, seed) : Array.from({ length: ds.count }, (_, i) => i);
-  await mkdir(String(o.out), { recursive: true });
   const size = unet.plan.flags.image_size;
+  let source: ImageSource;
+  let datasetName: string;
+  if (o.dataset === 'folder') {
+    const scanned = await scanImageFolder(String(o.root));
+    for (const w of scanned.warnings) console.error(`difrep: warning: ${w}`);
+    const { folder, skipped, imagesPerSecond } = await validateImageFolder(scanned, progressBar('decode', 'images'));
+    for (const s of skipped) console.error(`difrep: warning: skipped unreadable image ${s}`);
+    console.log(`decoded ${scanned.files.length} images at ${imagesPerSecond.toFixed(1)} images/s; ${skipped.length} unreadable skipped; classes: ${folder.classes.join(', ')}`);
+    const idx = perClass ? balancedSubset(folder.labels, perClass, seed, folder.classes.length) : folder.files.map((_, i) => i);
+    source = { count: idx.length, labels: idx.map((i) => folder.labels[i]), images: async (sel) => (await loadBatch(sel.map((i) => folder.files[idx[i]]), size)).images };
+    datasetName = `folder:${o.root}/per-class=${perClass}`;
+  } else {
+    const ds = await loadFashionMnist(o.split as 'train' | 'test');
+    const idx = perClass ? balancedSubset(ds.labels, perClass, seed) : Array.from({ length: ds.count }, (_, i) => i);
+    source = { count: idx.length, labels: idx.map((i) => ds.labels[i]), images: (sel) => toModelInput(ds, sel.map((i) => idx[i]), size) };
+    datasetName = `fashion-mnist/${o.split}/per-class=${perClass}`;
+  }
+  await mkdir(String(o.out), { recursive: true });
   const t0 = performance.now();
-  const written = await extractFeatures(e, unet, { count: idx.length, labels: idx.map((i) => ds.labels[i]), images: (sel) => toModelInput(ds, sel.map((i) => idx[i]), size) }, {
+  const written = await extractFeatures(e, unet, source, {
     outDir: String(o.out), timesteps: ts, blocks: bs, pool: int(o.pool, 'pool') || undefined, batchSize: int(o.batch, 'batch', 1), chunkSize: int(o.chunk, 'chunk', 1), seed,
     shard: shardFrom(o.shard as string | undefined, o.shards as string | undefined, process.env),
-    provenance: { config: JSON.stringify(flags), checkpoint: hash, dataset: `fashion-mnist/${o.split}/per-class=${perClass}` },
+    provenance: { config: JSON.stringify(flags), checkpoint: hash, dataset: datasetName },
     onProgress: progressBar('extract', 'images'),
   });
   const secs = (performance.now() - t0) / 1000;
@@ -204,9 +222,67 @@ async function ckaCommand(argv: string[]): Promise<number> {
   return 0;
 }
 
+const SWEEP: Record<string, OptionSpec> = {
+  train: { help: 'feature cache of the training split, with full (or large) maps (required)' },
+  test: { help: 'feature cache of the test split (required)' },
+  t: { help: 'timesteps', default: '150' },
+  b: { help: 'blocks (required)' },
+  pool: { help: 'linear-probe pool sizes', default: '1,2,4' },
+  epochs: { help: 'epochs per probe', default: '15' },
+  batch: { help: 'batch size', default: '128' },
+  lr: { help: 'Adam learning rate', default: '1e-3' },
+  classes: { help: 'number of classes', default: '10' },
+  out: { help: 'output directory for sweep.json and one heatmap per pool size (required)' },
+};
+
+/** Linear-probe accuracy over a grid of b × t × pool (the paper's Figures 3–4). */
+async function sweepCommand(argv: string[]): Promise<number> {
+  const o = parseArgs('sweep', argv, SWEEP);
+  if (!o) return 0;
+  for (const k of ['train', 'test', 'b', 'out']) if (!o[k]) throw new UsageError(`difrep sweep: --${k} is required`);
+  const ts = numberList(o.t, 't');
+  const bs = numberList(o.b, 'b');
+  const pools = numberList(o.pool, 'pool');
+  const e = await createEngine();
+  const train = await featureArrays(String(o.train), ts, bs);
+  const test = await featureArrays(String(o.test), ts, bs);
+  await mkdir(String(o.out), { recursive: true });
+  const rows: { t: number; b: number; pool: number; top1: number; top5: number }[] = [];
+  for (const pool of pools) {
+    const grid = bs.map(() => ts.map(() => 0));
+    for (const [bi, b] of bs.entries()) {
+      for (const [ti, t] of ts.entries()) {
+        const one = (d: FeatureArrays): FeatureArrays => ({ ...d, features: new Map([[`t${t}.b${b}`, d.features.get(`t${t}.b${b}`)!]]) });
+        const r = await fitHead(e, one(train), one(test), { head: 'linear', classes: int(o.classes, 'classes', 2), timesteps: [t], blocks: [b], pool, epochs: int(o.epochs, 'epochs', 1), batchSize: int(o.batch, 'batch', 1), lr: Number(o.lr) });
+        rows.push({ t, b, pool, top1: r.top1, top5: r.top5 });
+        grid[bi][ti] = r.top1;
+        console.log(`pool ${pool}, b ${b}, t ${t}: top-1 ${(100 * r.top1).toFixed(2)}%`);
+      }
+    }
+    await writeFileAtomic(join(String(o.out), `sweep-pool${pool}.png`), heatmapPng(grid, bs.map((b) => `b${b}`), ts.map((t) => `t${t}`)));
+  }
+  await writeFileAtomic(join(String(o.out), 'sweep.json'), JSON.stringify({ train: o.train, test: o.test, epochs: Number(o.epochs), rows }, null, 2));
+  const best = rows.reduce((a, r) => (r.top1 > a.top1 ? r : a), rows[0]);
+  console.log(`best: b ${best.b}, t ${best.t}, pool ${best.pool}: top-1 ${(100 * best.top1).toFixed(2)}% → ${join(String(o.out), 'sweep.json')}`);
+  e.dispose();
+  return 0;
+}
+
+/** Checks that every shard's chunks are present and consistent, and writes manifest.json. */
+async function mergeCommand(argv: string[]): Promise<number> {
+  const o = parseArgs('merge', argv, { features: { help: 'feature cache directory written by one or more extract shards (required)' } });
+  if (!o) return 0;
+  if (!o.features) throw new UsageError('difrep merge: --features DIR is required');
+  const cache = await openFeatureCache(String(o.features));
+  console.log(`${o.features}: complete, ${cache.count} images; manifest.json written`);
+  return 0;
+}
+
 export const EXPERIMENT_COMMANDS: Record<string, (argv: string[]) => Promise<number>> = {
   extract: extractCommand,
   train: trainCommand,
   knn: knnCommand,
   cka: ckaCommand,
+  sweep: sweepCommand,
+  merge: mergeCommand,
 };

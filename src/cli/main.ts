@@ -12,6 +12,8 @@ commands:
   train            train and evaluate a head (linear, attention, difformer) on cached features
   knn              weighted kNN classification of cached features
   cka              linear CKA between blocks or timesteps (JSON + PNG heatmap)
+  sweep            linear-probe accuracy over a grid of b × t × pool (JSON + PNG heatmaps)
+  merge            check a sharded feature cache is complete and write its manifest
   demo             the main job (coming with the demo issue)
 
 Run \`difrep <command> --help\` for a command's options.`;
@@ -25,6 +27,8 @@ async function main(argv: string[]): Promise<number> {
     case 'train':
     case 'knn':
     case 'cka':
+    case 'sweep':
+    case 'merge':
       return EXPERIMENT_COMMANDS[command](rest);
     case 'demo':
       console.log('difrep demo: not built yet. It will load the shipped small U-Net, extract features and train every head (see the demo issue). Try `npm test` meanwhile.');

@@ -16,7 +16,7 @@ export interface ImageSource {
   count: number;
   labels: ArrayLike<number>;
   /** Model input for these images: [n, 3, S, S] in [−1, 1]. */
-  images(indices: readonly number[]): Float32Array;
+  images(indices: readonly number[]): Float32Array | Promise<Float32Array>;
 }
 
 export interface ExtractOptions {
@@ -95,7 +95,7 @@ export async function extractFeatures(e: Engine, unet: UNet, data: ImageSource, 
     let shape: Map<string, number[]> = new Map();
     for (let s = chunk.start; s < chunk.end; s += batchSize) {
       const idx = Array.from({ length: Math.min(batchSize, chunk.end - s) }, (_, i) => s + i);
-      const x0 = e.tensor(data.images(idx), [idx.length, 3, S, S], 'x0');
+      const x0 = e.tensor(await data.images(idx), [idx.length, 3, S, S], 'x0');
       for (const t of opts.timesteps) {
         const noise = new Float32Array(idx.length * 3 * S * S);
         idx.forEach((img, i) => noise.set(gaussianNoise(3 * S * S, noiseSeed(seed, img, t)), i * 3 * S * S));

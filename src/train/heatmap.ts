@@ -15,13 +15,17 @@ function ramp(v: number): [number, number, number] {
   return [Math.round(255 * x), Math.round(64 + 150 * x), Math.round(200 * (1 - x) + 40)];
 }
 
-/** Encodes `m` (values in [0, 1]) with `labels` on both axes; returns PNG bytes. */
-export function heatmapPng(m: number[][], labels: string[], cell = 24): Uint8Array {
-  const n = m.length;
+/**
+ * Encodes `m` (values in [0, 1]) with `rowLabels` down the left and `colLabels` (default: the row
+ * labels) along the top; returns PNG bytes.
+ */
+export function heatmapPng(m: number[][], rowLabels: string[], colLabels: string[] = rowLabels, cell = 24): Uint8Array {
+  const rows = m.length;
+  const cols = m[0]?.length ?? 0;
   const scale = 2;
-  const margin = Math.max(...labels.map((l) => l.length)) * 4 * scale + 6;
-  const W = margin + n * cell;
-  const H = margin + n * cell;
+  const margin = Math.max(...rowLabels.map((l) => l.length), ...colLabels.map((l) => l.length)) * 4 * scale + 6;
+  const W = margin + cols * cell;
+  const H = margin + rows * cell;
   const px = new Uint8Array(W * H * 3).fill(255);
   const put = (x: number, y: number, [r, g, b]: [number, number, number]) => {
     if (x < 0 || y < 0 || x >= W || y >= H) return;
@@ -36,13 +40,13 @@ export function heatmapPng(m: number[][], labels: string[], cell = 24): Uint8Arr
       }));
     });
   };
-  for (let i = 0; i < n; i++) {
-    for (let j = 0; j < n; j++) {
+  for (let i = 0; i < rows; i++) {
+    for (let j = 0; j < cols; j++) {
       const c = ramp(m[i][j]);
       for (let y = 1; y < cell; y++) for (let x = 1; x < cell; x++) put(margin + j * cell + x, margin + i * cell + y, c);
     }
-    text(labels[i], 2, margin + i * cell + cell / 2 - 5);
-    text(labels[i], margin + i * cell + 2, margin - 14);
+    text(rowLabels[i], 2, margin + i * cell + cell / 2 - 5);
   }
+  colLabels.forEach((l, j) => text(l, margin + j * cell + 2, margin - 14));
   return encode({ width: W, height: H, data: px, channels: 3, depth: 8 });
 }

@@ -52,7 +52,31 @@ t.test('extract → train → knn → cka on Fashion-MNIST with the adm32-mini r
   t.ok(Math.abs(m.matrix[0][0] - 1) < 1e-5 && Math.abs(m.matrix[1][1] - 1) < 1e-5, 'diagonal is 1');
   const png = decode(await readFile(join(dir, 'cka.png')));
   t.ok(png.width > 48 && png.height > 48, `heatmap ${png.width}x${png.height}`);
+  const { stdout: sweep } = await difrep('sweep', '--train', join(dir, 'train'), '--test', join(dir, 'test'), '--t', '90,150', '--b', '5,9', '--pool', '1,2', '--epochs', '1', '--batch', '8', '--out', join(dir, 'sweep'));
+  t.match(sweep, /best: b \d+, t \d+, pool \d/);
+  const sw = JSON.parse(await readFile(join(dir, 'sweep', 'sweep.json'), 'utf8'));
+  t.equal(sw.rows.length, 8, '2 blocks × 2 timesteps × 2 pools');
+  t.ok(decode(await readFile(join(dir, 'sweep', 'sweep-pool2.png'))).width > 48);
+  const { stdout: merged } = await difrep('merge', '--features', join(dir, 'train'));
+  t.match(merged, /complete, 40 images/);
   const bad = await difrep('train', '--train', join(dir, 'train'), '--test', join(dir, 'test'), '--b', '7', '--out', join(dir, 'x')).then(() => null, (e: { stderr: string }) => e);
   t.match(bad?.stderr, /no features for t=150, b=7/);
   await rm(dir, { recursive: true });
+});
+
+t.test('extract reads an ImageFolder, skips and reports an unreadable image', async (t) => {
+  const { encode } = await import('fast-png');
+  const { mkdir, writeFile } = await import('node:fs/promises');
+  const root = await mkdtemp(join(tmpdir(), 'difrep-cli-folder-'));
+  for (const [c, v] of [['dark', 20], ['light', 230]] as const) {
+    await mkdir(join(root, c));
+    for (const i of [0, 1]) await writeFile(join(root, c, `${i}.png`), encode({ width: 40, height: 36, data: new Uint8Array(40 * 36).fill(v + i), channels: 1, depth: 8 }));
+  }
+  await writeFile(join(root, 'light', 'bad.png'), new Uint8Array([0x89, 0x50, 0, 0]));
+  const ckpt = new URL('../fixtures/adm32-mini.safetensors', import.meta.url).pathname;
+  const { stdout, stderr } = await difrep('extract', '--model', 'adm32-mini', '--checkpoint', ckpt, '--dataset', 'folder', '--root', root, '--b', '9', '--pool', '1', '--out', join(root, 'feats'));
+  t.match(stderr, /skipped unreadable image .*bad\.png/);
+  t.match(stdout, /decoded 5 images at [\d.]+ images\/s; 1 unreadable skipped; classes: dark, light/);
+  t.match(stdout, /extracted 4 images/);
+  await rm(root, { recursive: true });
 });

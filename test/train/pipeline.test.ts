@@ -77,3 +77,16 @@ t.test('extraction killed midway and resumed (and split over shards) gives the s
   t.ok(Math.abs(cka[0][1] - 1) < 1e-5, `CKA of a set with itself ${cka[0][1]}`);
   await rm(base, { recursive: true });
 });
+
+t.test('head training killed after an epoch and resumed ends exactly like an uninterrupted run', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'difrep-fit-'));
+  const trainIdx = balancedSubset(train.labels, 10, 4);
+  const testIdx = balancedSubset(test.labels, 5, 5);
+  const opts = { head: 'linear' as const, classes: 10, timesteps: [0], blocks: [0], pool: 7, epochs: 3, batchSize: 16, lr: 3e-3 };
+  const whole = await fitHead(e, pixels(train, trainIdx), pixels(test, testIdx), { ...opts, checkpoint: join(dir, 'a.safetensors') });
+  await fitHead(e, pixels(train, trainIdx), pixels(test, testIdx), { ...opts, epochs: 1, checkpoint: join(dir, 'b.safetensors') });
+  const resumed = await fitHead(e, pixels(train, trainIdx), pixels(test, testIdx), { ...opts, checkpoint: join(dir, 'b.safetensors'), resume: true });
+  t.same(resumed.losses, whole.losses, 'same per-epoch losses');
+  t.equal(resumed.top1, whole.top1);
+  await rm(dir, { recursive: true });
+});
