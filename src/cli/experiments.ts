@@ -11,8 +11,10 @@ import { knnClassify } from '../train/eval/knn.ts';
 import { extractFeatures, type ImageSource, openFeatureCache } from '../train/extract.ts';
 import { loadBatch, scanImageFolder, validateImageFolder } from '../train/data/image-folder.ts';
 import { type FeatureArrays, fitHead } from '../train/fit.ts';
+import { fitDifFeed } from '../train/fit-difeed.ts';
+import type { DifFeedOptions } from '../model/heads/difeed.ts';
 import { heatmapPng } from '../train/heatmap.ts';
-import { int, numberList, type OptionSpec, parseArgs, UsageError } from './args.ts';
+import { int, numberList, type OptionSpec, type Parsed, parseArgs, UsageError } from './args.ts';
 import { loadModel, MODEL_OPTIONS } from './model-options.ts';
 import { fmtTime, progressBar } from './progress.ts';
 
@@ -108,11 +110,16 @@ async function featureArrays(dir: string, ts: number[], bs: number[]): Promise<F
 }
 
 const TRAIN: Record<string, OptionSpec> = {
-  train: { help: 'feature cache of the training split (required)' },
-  test: { help: 'feature cache of the test split (required)' },
-  head: { help: 'linear, attention or difformer', default: 'linear' },
+  train: { help: 'feature cache of the training split (required except for difeed)' },
+  test: { help: 'feature cache of the test split (required except for difeed)' },
+  head: { help: 'linear, attention, difformer, or difeed (trains from Fashion-MNIST images with the U-Net live)', default: 'linear' },
+  ...MODEL_OPTIONS,
+  strategy: { help: 'difeed: all, bottleneck, windowed or multi-scale', default: 'bottleneck' },
+  'per-class': { help: 'difeed: training images per class', default: '10' },
+  'test-per-class': { help: 'difeed: test images per class', default: '10' },
+  flip: { help: 'difeed: random horizontal flips (seeded)', default: 'true' },
   t: { help: 'timesteps', default: '150' },
-  b: { help: 'blocks (required)' },
+  b: { help: 'blocks (required; difeed: the pass-2 feature block, default the paper\'s b24 mapped by role)' },
   pool: { help: 'linear probe: adaptive pool size', default: '2' },
   dim: { help: 'attention heads: token width d', default: '1024' },
   layers: { help: 'attention heads: Transformer layers', default: '2' },
@@ -133,6 +140,7 @@ const TRAIN: Record<string, OptionSpec> = {
 async function trainCommand(argv: string[]): Promise<number> {
   const o = parseArgs('train', argv, TRAIN);
   if (!o) return 0;
+  if (o.head === 'difeed') return trainDifFeed(o);
   for (const k of ['train', 'test', 'b', 'out']) if (!o[k]) throw new UsageError(`difrep train: --${k} is required`);
   const head = o.head === 'difformer' ? 'attention' : String(o.head);
   if (head !== 'linear' && head !== 'attention') throw new UsageError(`--head ${o.head}: linear, attention or difformer`);
@@ -154,6 +162,37 @@ async function trainCommand(argv: string[]): Promise<number> {
   const full = { ...result, headArg: o.head, timesteps: ts, blocks: bs, train: o.train, test: o.test };
   await writeFileAtomic(join(String(o.out), 'result.json'), JSON.stringify(full, null, 2));
   console.log(`${o.head}: top-1 ${(100 * result.top1).toFixed(2)}%, top-5 ${(100 * result.top5).toFixed(2)}% (${result.params} parameters, ${fmtTime(result.seconds)}) → ${join(String(o.out), 'result.json')}`);
+  e.dispose();
+  return 0;
+}
+
+async function trainDifFeed(o: Parsed): Promise<number> {
+  if (!o.out) throw new UsageError('difrep train: --out is required');
+  const strategy = String(o.strategy);
+  if (!['all', 'bottleneck', 'windowed', 'multi-scale'].includes(strategy)) throw new UsageError(`--strategy ${strategy}: all, bottleneck, windowed or multi-scale`);
+  const e = await createEngine();
+  const { unet } = await loadModel(e, String(o.model), o.checkpoint as string | undefined);
+  const size = unet.plan.flags.image_size;
+  const seed = int(o.seed, 'seed');
+  const source = async (split: 'train' | 'test', perClass: number) => {
+    const ds = await loadFashionMnist(split);
+    const idx = balancedSubset(ds.labels, perClass, seed + (split === 'test' ? 1 : 0));
+    return { count: idx.length, labels: idx.map((i) => ds.labels[i]), images: (sel: readonly number[]) => toModelInput(ds, sel.map((i) => idx[i]), size) } satisfies ImageSource;
+  };
+  const [t] = numberList(o.t, 't');
+  const blocks = numberList(o.b, 'b');
+  await mkdir(String(o.out), { recursive: true });
+  const result = await fitDifFeed(e, unet, await source('train', int(o['per-class'], 'per-class', 1)), await source('test', int(o['test-per-class'], 'test-per-class', 1)), {
+    classes: int(o.classes, 'classes', 2), strategy: strategy as DifFeedOptions['strategy'], t, featureBlock: blocks[0],
+    head: { dim: int(o.dim, 'dim', 1), layers: int(o.layers, 'layers', 1), heads: int(o.heads, 'heads', 1), prePoolSize: int(o['pre-pool'], 'pre-pool', 1) },
+    epochs: int(o.epochs, 'epochs', 1), batchSize: int(o.batch, 'batch', 1), headLr: o.lr === undefined ? undefined : Number(o.lr),
+    stepSize: int(o['step-size'], 'step-size', 1), gamma: Number(o.gamma), seed, flip: o.flip !== 'false',
+    checkpoint: join(String(o.out), 'state.safetensors'), resume: !!o.resume,
+    onBatch: progressBar('  batches', 'batches'),
+    onEpoch: ({ epoch, epochs, loss, seconds }) => console.log(`epoch ${epoch + 1}/${epochs}: loss ${loss.toFixed(4)}, ${seconds.toFixed(1)} s (ETA ${fmtTime(seconds * (epochs - epoch - 1))})`),
+  });
+  await writeFileAtomic(join(String(o.out), 'result.json'), JSON.stringify({ ...result, strategy, t }, null, 2));
+  console.log(`difeed (${strategy}): top-1 ${(100 * result.top1).toFixed(2)}%, top-5 ${(100 * result.top5).toFixed(2)}% (${result.params} parameters, ${fmtTime(result.seconds)}) → ${join(String(o.out), 'result.json')}`);
   e.dispose();
   return 0;
 }

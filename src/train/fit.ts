@@ -18,7 +18,7 @@ export interface FeatureArrays {
   count: number;
 }
 
-export type HeadKind = 'linear' | 'attention';
+export type HeadKind = 'linear' | 'attention' | 'difeed';
 
 export interface FitOptions {
   head: HeadKind;
@@ -112,6 +112,7 @@ async function evaluate(e: Engine, model: Model, data: FeatureArrays, keys: stri
 }
 
 export async function fitHead(e: Engine, train: FeatureArrays, test: FeatureArrays, o: FitOptions): Promise<FitResult> {
+  if (o.head === 'difeed') throw new Error('DifFeed needs the U-Net live, not cached features: use fitDifFeed (difrep train --head difeed)');
   const t0 = performance.now();
   const epochs = o.epochs ?? 28;
   const batchSize = o.batchSize ?? 128;

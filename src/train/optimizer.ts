@@ -154,3 +154,44 @@ export class StepLR {
     return this.optimizer.lr;
   }
 }
+
+/** Several optimizers (parameter groups with their own learning rates) saved and stepped as one. */
+export class OptimizerGroups implements Optimizer {
+  constructor(private groups: Optimizer[]) {}
+
+  get lr(): number {
+    return this.groups[0].lr;
+  }
+
+  set lr(_v: number) {
+    throw new Error('OptimizerGroups: set each group\'s learning rate (one StepLR per group)');
+  }
+
+  get steps(): number {
+    return this.groups[0].steps;
+  }
+
+  step(): void {
+    for (const g of this.groups) g.step();
+  }
+
+  zeroGrad(): void {
+    for (const g of this.groups) g.zeroGrad();
+  }
+
+  state(): Map<string, Tensor> {
+    const out = new Map<string, Tensor>();
+    this.groups.forEach((g, i) => {
+      for (const [k, v] of g.state()) out.set(`group${i}.${k}`, v);
+    });
+    return out;
+  }
+
+  loadState(steps: number, state: Map<string, Float32Array>): void {
+    this.groups.forEach((g, i) => {
+      const mine = new Map<string, Float32Array>();
+      for (const [k, v] of state) if (k.startsWith(`group${i}.`)) mine.set(k.slice(`group${i}.`.length), v);
+      g.loadState(steps, mine);
+    });
+  }
+}

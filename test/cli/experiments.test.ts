@@ -80,3 +80,20 @@ t.test('extract reads an ImageFolder, skips and reports an unreadable image', as
   t.match(stdout, /extracted 4 images/);
   await rm(root, { recursive: true });
 });
+
+t.test('train --head difeed trains from images with the U-Net live, and --resume continues', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'difrep-difeed-'));
+  const ckpt = new URL('../fixtures/adm32-mini.safetensors', import.meta.url).pathname;
+  const args = ['train', '--head', 'difeed', '--model', 'adm32-mini', '--checkpoint', ckpt, '--per-class', '1', '--test-per-class', '1',
+    '--batch', '10', '--dim', '16', '--heads', '2', '--layers', '1', '--pre-pool', '4', '--out', dir];
+  const { stdout } = await difrep(...args, '--epochs', '1');
+  t.match(stdout, /epoch 1\/1: loss/);
+  t.match(stdout, /difeed \(bottleneck\): top-1/);
+  const { stdout: more } = await difrep(...args, '--epochs', '2', '--resume');
+  t.notMatch(more, /epoch 1\/2/, 'the finished epoch is not run again');
+  t.match(more, /epoch 2\/2: loss/);
+  const r = JSON.parse(await readFile(join(dir, 'result.json'), 'utf8'));
+  t.equal(r.losses.length, 2);
+  t.equal(r.strategy, 'bottleneck');
+  await rm(dir, { recursive: true });
+});

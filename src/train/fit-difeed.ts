@@ -1,0 +1,116 @@
+// DifFeed trains from images with the U-Net live (its two passes cannot be cached): seeded
+// per-image noise (fresh each epoch, as the paper's code draws it), seeded horizontal flips,
+// BatchNorm in train mode, Adam with the feedback layers at 1e-3 and the attention head at 1e-4
+// (CLARIFICATIONS, issue 4), StepLR, a training state saved every epoch, and top-1/top-5 at the end.
+import { access } from 'node:fs/promises';
+import type { Engine } from '../engine/engine.ts';
+import { crossEntropy } from '../engine/ops/nn.ts';
+import type { Tensor } from '../engine/tensor.ts';
+import { gaussianNoise, linearSchedule, qSample } from '../model/diffusion.ts';
+import { DifFeed, type DifFeedOptions } from '../model/heads/difeed.ts';
+import type { UNet } from '../model/unet.ts';
+import { loadTrainingState, saveTrainingState } from './checkpoint.ts';
+import { seededShuffle } from './data/fashion-mnist.ts';
+import { type ImageSource, noiseSeed } from './extract.ts';
+import type { FitResult } from './fit.ts';
+import { Adam, OptimizerGroups, StepLR } from './optimizer.ts';
+import { trainStep } from './train-step.ts';
+
+export interface DifFeedFitOptions extends DifFeedOptions {
+  epochs?: number;
+  batchSize?: number;
+  feedbackLr?: number;
+  headLr?: number;
+  stepSize?: number;
+  gamma?: number;
+  seed?: number;
+  flip?: boolean;
+  checkpoint?: string;
+  resume?: boolean;
+  onEpoch?: (info: { epoch: number; epochs: number; loss: number; lr: number; seconds: number }) => void;
+  onBatch?: (done: number, total: number) => void;
+}
+
+function flipRows(x: Float32Array, n: number, size: number, which: boolean[]): Float32Array {
+  const out = Float32Array.from(x);
+  for (let i = 0; i < n; i++) {
+    if (!which[i]) continue;
+    for (let c = 0; c < 3; c++) {
+      for (let y = 0; y < size; y++) {
+        const row = ((i * 3 + c) * size + y) * size;
+        for (let xx = 0; xx < size; xx++) out[row + xx] = x[row + size - 1 - xx];
+      }
+    }
+  }
+  return out;
+}
+
+export async function fitDifFeed(e: Engine, unet: UNet, train: ImageSource, test: ImageSource, o: DifFeedFitOptions): Promise<FitResult> {
+  const t0 = performance.now();
+  const epochs = o.epochs ?? 28;
+  const batchSize = o.batchSize ?? 16;
+  const seed = o.seed ?? 0;
+  const S = unet.plan.flags.image_size;
+  const schedule = linearSchedule(1000);
+  const difeed = DifFeed.create(e, unet, o, seed);
+  const feedbackParams = new Map([...difeed.trainableParameters()].filter(([k]) => k.startsWith('feedback.')));
+  const headParams = new Map([...difeed.trainableParameters()].filter(([k]) => k.startsWith('head.')));
+  const fbLr = o.feedbackLr ?? 1e-3;
+  const headLr = o.headLr ?? 1e-4;
+  const fbAdam = new Adam(e, feedbackParams, { lr: fbLr });
+  const headAdam = new Adam(e, headParams, { lr: headLr });
+  const optimizer = new OptimizerGroups([fbAdam, headAdam]);
+  const schedules = [new StepLR(fbAdam, fbLr, o.stepSize ?? 7, o.gamma ?? 0.1), new StepLR(headAdam, headLr, o.stepSize ?? 7, o.gamma ?? 0.1)];
+  // Everything to save: trainable parameters and BatchNorm running statistics.
+  const saved = new Map<string, Tensor>([...difeed.params, ...[...difeed.head.params].map(([k, v]) => [`head.${k}`, v] as [string, Tensor])]);
+  const losses: number[] = [];
+  let startEpoch = 0;
+  if (o.resume && o.checkpoint && (await access(o.checkpoint).then(() => true, () => false))) {
+    const progress = await loadTrainingState(e, o.checkpoint, saved, optimizer);
+    startEpoch = progress.epoch + 1;
+    losses.push(...JSON.parse(String(progress.losses ?? '[]')));
+  }
+  const noisy = async (src: ImageSource, idx: number[], noiseEpoch: number, flips?: boolean[]) => {
+    let x = await src.images(idx);
+    if (flips) x = flipRows(x, idx.length, S, flips);
+    const noise = new Float32Array(idx.length * 3 * S * S);
+    idx.forEach((img, i) => noise.set(gaussianNoise(3 * S * S, noiseSeed(seed + noiseEpoch, img, difeed.t)), i * 3 * S * S));
+    return e.tidy(() => qSample(e, schedule, e.tensor(x, [idx.length, 3, S, S]), idx.map(() => difeed.t), e.tensor(noise, [idx.length, 3, S, S])));
+  };
+  const batches = Math.ceil(train.count / batchSize);
+  for (let epoch = startEpoch; epoch < epochs; epoch++) {
+    const te = performance.now();
+    for (const s of schedules) s.setEpoch(epoch);
+    const order = seededShuffle(Array.from({ length: train.count }, (_, i) => i), seed * 1000 + epoch);
+    let sum = 0;
+    for (let b = 0; b < batches; b++) {
+      const idx = order.slice(b * batchSize, (b + 1) * batchSize);
+      const flips = o.flip === false ? undefined : seededShuffle(idx.map((_, i) => i % 2 === 0), seed * 7919 + epoch * 131 + b);
+      const xt = await noisy(train, idx, epoch + 1, flips);
+      const labels = idx.map((i) => train.labels[i]);
+      sum += (await trainStep(e, optimizer, () => crossEntropy(difeed.forward(xt, true), labels), true))! * idx.length;
+      xt.dispose();
+      o.onBatch?.(b + 1, batches);
+    }
+    losses.push(sum / train.count);
+    if (o.checkpoint) await saveTrainingState(o.checkpoint, saved, optimizer, { epoch, steps: optimizer.steps, losses: JSON.stringify(losses) });
+    o.onEpoch?.({ epoch, epochs, loss: losses[losses.length - 1], lr: headAdam.lr, seconds: (performance.now() - te) / 1000 });
+  }
+  let top1 = 0;
+  let top5 = 0;
+  for (let s = 0; s < test.count; s += batchSize) {
+    const idx = Array.from({ length: Math.min(batchSize, test.count - s) }, (_, i) => s + i);
+    const xt = await noisy(test, idx, 0);
+    const logits = await e.noGrad(() => difeed.forward(xt, false)).read();
+    xt.dispose();
+    const K = logits.length / idx.length;
+    idx.forEach((i, n) => {
+      const ranked = Array.from(logits.subarray(n * K, (n + 1) * K)).map((v, c) => [v, c]).sort((a, b) => b[0] - a[0]).map(([, c]) => c);
+      if (ranked[0] === test.labels[i]) top1++;
+      if (ranked.slice(0, 5).includes(test.labels[i])) top5++;
+    });
+  }
+  let params = 0;
+  for (const p of difeed.trainableParameters().values()) params += p.size;
+  return { head: 'difeed', epochs, optimizer: 'adam', lr: headLr, batchSize, params, losses, top1: top1 / test.count, top5: top5 / test.count, seconds: (performance.now() - t0) / 1000 };
+}
