@@ -157,7 +157,7 @@ async function trainCommand(argv: string[]): Promise<number> {
     lr: o.lr === undefined ? undefined : Number(o.lr), stepSize: int(o['step-size'], 'step-size', 1), gamma: Number(o.gamma), seed: int(o.seed, 'seed'),
     checkpoint: join(String(o.out), 'state.safetensors'), resume: !!o.resume,
     onBatch: progressBar('  batches', 'batches'),
-    onEpoch: ({ epoch, epochs, loss, lr, seconds }) => console.log(`epoch ${epoch + 1}/${epochs}: loss ${loss.toFixed(4)}, lr ${lr.toExponential(1)}, ${seconds.toFixed(1)} s (ETA ${fmtTime(seconds * (epochs - epoch - 1))})`),
+    onEpoch: ({ epoch, epochs, loss, trainAccuracy, lr, seconds }) => console.log(`epoch ${epoch + 1}/${epochs}: loss ${loss.toFixed(4)}, train accuracy ${(100 * trainAccuracy).toFixed(1)}%, lr ${lr.toExponential(1)}, ${seconds.toFixed(1)} s (ETA ${fmtTime(seconds * (epochs - epoch - 1))})`),
   });
   const full = { ...result, headArg: o.head, timesteps: ts, blocks: bs, train: o.train, test: o.test };
   await writeFileAtomic(join(String(o.out), 'result.json'), JSON.stringify(full, null, 2));

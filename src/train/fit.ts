@@ -38,7 +38,7 @@ export interface FitOptions {
   /** Training state file, written after every epoch; with `resume`, training continues from it. */
   checkpoint?: string;
   resume?: boolean;
-  onEpoch?: (info: { epoch: number; epochs: number; loss: number; lr: number; seconds: number }) => void;
+  onEpoch?: (info: { epoch: number; epochs: number; loss: number; trainAccuracy: number; lr: number; seconds: number }) => void;
   onBatch?: (done: number, total: number) => void;
 }
 
@@ -61,6 +61,18 @@ interface Model {
 }
 
 const key = (t: number, b: number) => `t${t}.b${b}`;
+
+/** Rows of `logits` ([n, K]) whose largest entry is the label. */
+export function countCorrect(logits: Float32Array, labels: readonly number[]): number {
+  const K = logits.length / labels.length;
+  let n = 0;
+  labels.forEach((y, i) => {
+    let best = 0;
+    for (let c = 1; c < K; c++) if (logits[i * K + c] > logits[i * K + best]) best = c;
+    if (best === y) n++;
+  });
+  return n;
+}
 
 function buildModel(e: Engine, data: FeatureArrays, o: FitOptions): Model {
   const first = data.features.get(key(o.timesteps[0], o.blocks[0]));
@@ -135,16 +147,20 @@ export async function fitHead(e: Engine, train: FeatureArrays, test: FeatureArra
     schedule.setEpoch(epoch);
     const order = seededShuffle(Array.from({ length: train.count }, (_, i) => i), (o.seed ?? 0) * 1000 + epoch);
     let sum = 0;
+    let correct = 0;
     for (let bi = 0; bi < batchesPerEpoch; bi++) {
       const idx = order.slice(bi * batchSize, (bi + 1) * batchSize);
       const labels = idx.map((i) => train.labels[i]);
-      sum += (await trainStep(e, optimizer, () => crossEntropy(model.logits(gather(e, train, keys, idx)), labels), true))! * idx.length;
+      let logits: Tensor | null = null;
+      sum += (await trainStep(e, optimizer, () => crossEntropy((logits = e.keep(model.logits(gather(e, train, keys, idx)))), labels), true))! * idx.length;
+      correct += countCorrect(await logits!.read(), labels);
+      logits!.dispose();
       o.onBatch?.(bi + 1, batchesPerEpoch);
     }
     const loss = sum / train.count;
     losses.push(loss);
     if (o.checkpoint) await saveTrainingState(o.checkpoint, model.params, optimizer, { epoch, steps: optimizer.steps, losses: JSON.stringify(losses) });
-    o.onEpoch?.({ epoch, epochs, loss, lr: optimizer.lr, seconds: (performance.now() - te) / 1000 });
+    o.onEpoch?.({ epoch, epochs, loss, trainAccuracy: correct / train.count, lr: optimizer.lr, seconds: (performance.now() - te) / 1000 });
   }
   const acc = await evaluate(e, model, test, keys, batchSize);
   let params = 0;

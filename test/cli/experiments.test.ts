@@ -97,3 +97,29 @@ t.test('train --head difeed trains from images with the U-Net live, and --resume
   t.equal(r.strategy, 'bottleneck');
   await rm(dir, { recursive: true });
 });
+
+t.test('extract killed (SIGKILL) midway and re-run finishes with the same cache as an uninterrupted run', async (t) => {
+  const { spawn } = await import('node:child_process');
+  const { readdir } = await import('node:fs/promises');
+  const dir = await mkdtemp(join(tmpdir(), 'difrep-kill-'));
+  const ckpt = new URL('../fixtures/adm32-mini.safetensors', import.meta.url).pathname;
+  const args = (out: string) => ['extract', '--model', 'adm32-mini', '--checkpoint', ckpt, '--split', 'test', '--per-class', '4', '--b', '9', '--pool', '2', '--chunk', '8', '--batch', '4', '--out', out];
+  await difrep(...args(join(dir, 'whole')));
+  const child = spawn(process.execPath, ['--import', 'tsx', main, ...args(join(dir, 'killed'))], { stdio: 'ignore' });
+  const chunks = async () => (await readdir(join(dir, 'killed')).catch(() => [] as string[])).filter((f) => f.startsWith('chunk-'));
+  while ((await chunks()).length < 2) await new Promise((r) => setTimeout(r, 50));
+  child.kill('SIGKILL');
+  await new Promise((r) => child.once('exit', r));
+  const before = (await chunks()).length;
+  t.ok(before >= 2 && before < 5, `killed with ${before} of 5 chunks written`);
+  t.equal((await readdir(join(dir, 'killed'))).filter((f) => f.endsWith('.tmp')).length <= 1, true, 'at most one temp file, never a partial chunk');
+  const { stdout } = await difrep(...args(join(dir, 'killed')));
+  t.match(stdout, new RegExp(`extracted ${40 - 8 * before} images`), 'only the missing chunks are computed');
+  const { readFile: rf } = await import('node:fs/promises');
+  for (const f of await chunks()) {
+    const a = await rf(join(dir, 'whole', f));
+    const b = await rf(join(dir, 'killed', f));
+    t.ok(a.equals(b), `${f} byte-identical`);
+  }
+  await rm(dir, { recursive: true });
+});

@@ -23,12 +23,12 @@ function pixels(ds: typeof train, idx: number[]): FeatureArrays {
 }
 
 t.test('a linear probe on raw pixels of a small Fashion-MNIST split reaches the known ~80%', async (t) => {
-  const trainIdx = balancedSubset(train.labels, 100, 1);
+  const trainIdx = balancedSubset(train.labels, 300, 1);
   const testIdx = balancedSubset(test.labels, 50, 2);
   const r = await fitHead(e, pixels(train, trainIdx), pixels(test, testIdx), {
-    head: 'linear', classes: 10, timesteps: [0], blocks: [0], pool: 28, epochs: 15, batchSize: 50, lr: 3e-3, stepSize: 10,
+    head: 'linear', classes: 10, timesteps: [0], blocks: [0], pool: 28, epochs: 12, batchSize: 100, lr: 3e-3, stepSize: 8,
   });
-  t.ok(r.top1 >= 0.75, `top-1 ${(100 * r.top1).toFixed(1)}% on 500 test images after training on 1,000`);
+  t.ok(r.top1 >= 0.78, `top-1 ${(100 * r.top1).toFixed(1)}% on 500 test images after training on 3,000`);
   t.ok(r.top5 >= 0.97, `top-5 ${(100 * r.top5).toFixed(1)}%`);
   t.ok(r.losses[r.losses.length - 1] < r.losses[0], 'loss decreases');
 });
