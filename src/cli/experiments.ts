@@ -9,7 +9,8 @@ import { balancedSubset, loadFashionMnist, toModelInput } from '../train/data/fa
 import { ckaMatrix } from '../train/eval/cka.ts';
 import { knnClassify } from '../train/eval/knn.ts';
 import { extractFeatures, type ImageSource, openFeatureCache } from '../train/extract.ts';
-import { loadBatch, scanImageFolder, validateImageFolder } from '../train/data/image-folder.ts';
+import { DecodePool } from '../train/data/decode-pool.ts';
+import { scanImageFolder, validateImageFolder } from '../train/data/image-folder.ts';
 import { type FeatureArrays, fitHead } from '../train/fit.ts';
 import { fitDifFeed } from '../train/fit-difeed.ts';
 import type { DifFeedOptions } from '../model/heads/difeed.ts';
@@ -73,6 +74,7 @@ async function extractCommand(argv: string[]): Promise<number> {
   const size = unet.plan.flags.image_size;
   let source: ImageSource;
   let datasetName: string;
+  const closers: (() => Promise<void>)[] = [];
   if (o.dataset === 'folder') {
     const scanned = await scanImageFolder(String(o.root));
     for (const w of scanned.warnings) console.error(`difrep: warning: ${w}`);
@@ -80,7 +82,9 @@ async function extractCommand(argv: string[]): Promise<number> {
     for (const s of skipped) console.error(`difrep: warning: skipped unreadable image ${s}`);
     console.log(`decoded ${scanned.files.length} images at ${imagesPerSecond.toFixed(1)} images/s; ${skipped.length} unreadable skipped; classes: ${folder.classes.join(', ')}`);
     const idx = perClass ? balancedSubset(folder.labels, perClass, seed, folder.classes.length) : folder.files.map((_, i) => i);
-    source = { count: idx.length, labels: idx.map((i) => folder.labels[i]), images: async (sel) => (await loadBatch(sel.map((i) => folder.files[idx[i]]), size)).images };
+    const pool = new DecodePool(2);
+    closers.push(() => pool.close());
+    source = { count: idx.length, labels: idx.map((i) => folder.labels[i]), images: async (sel) => (await pool.decode(sel.map((i) => folder.files[idx[i]]), size)).images };
     datasetName = `folder:${o.root}/per-class=${perClass}`;
   } else {
     const ds = await loadFashionMnist(o.split as 'train' | 'test');
@@ -96,6 +100,7 @@ async function extractCommand(argv: string[]): Promise<number> {
     provenance: { config: JSON.stringify(flags), checkpoint: hash, dataset: datasetName },
     onProgress: progressBar('extract', 'images'),
   });
+  for (const close of closers) await close();
   const secs = (performance.now() - t0) / 1000;
   console.log(`extracted ${written} images (t ${ts}, b ${bs}) in ${fmtTime(secs)}: ${(written / secs).toFixed(2)} images/s → ${o.out}`);
   e.dispose();

@@ -93,9 +93,15 @@ export async function extractFeatures(e: Engine, unet: UNet, data: ImageSource, 
     }
     const parts = new Map<string, Float32Array[]>();
     let shape: Map<string, number[]> = new Map();
+    const batchAt = (s: number) => Array.from({ length: Math.min(batchSize, chunk.end - s) }, (_, i) => s + i);
+    // The next batch's images are requested before this batch's U-Net work (decoders running in
+    // worker threads overlap it).
+    let upcoming = Promise.resolve(data.images(batchAt(chunk.start)));
     for (let s = chunk.start; s < chunk.end; s += batchSize) {
-      const idx = Array.from({ length: Math.min(batchSize, chunk.end - s) }, (_, i) => s + i);
-      const x0 = e.tensor(await data.images(idx), [idx.length, 3, S, S], 'x0');
+      const idx = batchAt(s);
+      const pixels = await upcoming;
+      if (s + batchSize < chunk.end) upcoming = Promise.resolve(data.images(batchAt(s + batchSize)));
+      const x0 = e.tensor(pixels, [idx.length, 3, S, S], 'x0');
       for (const t of opts.timesteps) {
         const noise = new Float32Array(idx.length * 3 * S * S);
         idx.forEach((img, i) => noise.set(gaussianNoise(3 * S * S, noiseSeed(seed, img, t)), i * 3 * S * S));

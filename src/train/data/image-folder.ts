@@ -51,14 +51,14 @@ export interface Rgb {
 }
 
 /** Decodes a PNG or JPEG file to 8-bit RGB (grey and alpha are converted, 16-bit is scaled). */
-export function decodeImage(bytes: Uint8Array, name: string): Rgb {
+export function decodeImage(bytes: Uint8Array): Rgb {
   const isPng = bytes[0] === 0x89 && bytes[1] === 0x50;
   const isJpeg = bytes[0] === 0xff && bytes[1] === 0xd8;
   if (isJpeg) {
     const img = jpeg.decode(bytes, { useTArray: true, formatAsRGBA: false, maxMemoryUsageInMB: 1024 });
     return { width: img.width, height: img.height, data: img.data as Uint8Array };
   }
-  if (!isPng) throw new Error(`${name}: neither PNG nor JPEG`);
+  if (!isPng) throw new Error('neither PNG nor JPEG');
   const img = decodePng(bytes);
   const { width, height, channels } = img;
   const src = img.data;
@@ -132,7 +132,7 @@ export async function loadBatch(files: readonly string[], size: number, flips?: 
   const failed: string[] = [];
   await Promise.all(files.map(async (f, i) => {
     try {
-      preprocess(decodeImage(new Uint8Array(await readFile(f)), f), size, flips?.[i] ?? false, images, i * 3 * size * size);
+      preprocess(decodeImage(new Uint8Array(await readFile(f))), size, flips?.[i] ?? false, images, i * 3 * size * size);
     } catch (e) {
       failed.push(`${f}: ${(e as Error).message}`);
     }
