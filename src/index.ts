@@ -1,2 +1,16 @@
-// difrep's public surface.
+// difrep's public surface (browser-safe: Node-only file and dataset helpers stay in src/train and
+// src/cli and are imported by path).
 export * from './engine/index.ts';
+export { ADM_256_UNCOND, planUNet, stateDictShapes, type UNetFlags, type UNetPlan } from './model/unet-config.ts';
+export { type ForwardOptions, type ForwardResult, UNet } from './model/unet.ts';
+export { describeMapping, paperBlocks } from './model/block-roles.ts';
+export { gaussianNoise, linearSchedule, qSample } from './model/diffusion.ts';
+export { openCheckpoint, openSafetensors, openTorchCheckpoint, encodeSafetensors, CheckpointError, UnsafePickleError, withPrefix, type TensorSource } from './model/checkpoint/index.ts';
+export { CheckpointMismatchError } from './model/state-dict.ts';
+export { LinearProbe } from './model/heads/linear-probe.ts';
+export { AttentionHead, DIFFORMER_DEFAULTS, type AttentionHeadOptions } from './model/heads/attention-head.ts';
+export { DifFeed, type DifFeedOptions } from './model/heads/difeed.ts';
+export { Adam, OptimizerGroups, Sgd, StepLR } from './train/optimizer.ts';
+export { trainStep } from './train/train-step.ts';
+export { knnClassify } from './train/eval/knn.ts';
+export { ckaMatrix } from './train/eval/cka.ts';
