@@ -2,6 +2,7 @@
 import { NoAdapterError } from '../engine/device.ts';
 import { UsageError } from './args.ts';
 import { EXPERIMENT_COMMANDS } from './experiments.ts';
+import { GENERATIVE_COMMANDS } from './generative.ts';
 import { parityCommand } from './parity.ts';
 
 const USAGE = `usage: difrep <command> [options]
@@ -14,6 +15,8 @@ commands:
   cka              linear CKA between blocks or timesteps (JSON + PNG heatmap)
   sweep            linear-probe accuracy over a grid of b × t × pool (JSON + PNG heatmaps)
   merge            check a sharded feature cache is complete and write its manifest
+  pretrain         train a text-free diffusion U-Net on Fashion-MNIST images (Eq. 4), resumable
+  sample           draw DDPM/DDIM samples from a U-Net as a PNG grid
   demo             the main job (coming with the demo issue)
 
 Run \`difrep <command> --help\` for a command's options.`;
@@ -30,6 +33,9 @@ async function main(argv: string[]): Promise<number> {
     case 'sweep':
     case 'merge':
       return EXPERIMENT_COMMANDS[command](rest);
+    case 'pretrain':
+    case 'sample':
+      return GENERATIVE_COMMANDS[command](rest);
     case 'demo':
       console.log('difrep demo: not built yet. It will load the shipped small U-Net, extract features and train every head (see the demo issue). Try `npm test` meanwhile.');
       return 0;

@@ -88,6 +88,15 @@ export class UNet {
     return new UNet(engine, plan, params);
   }
 
+  /** The same architecture with other weights of the same keys and shapes (e.g. an EMA copy). */
+  withWeights(params: Map<string, Tensor>): UNet {
+    for (const [k, p] of this.params) {
+      const q = params.get(k);
+      if (!q || q.shape.join() !== p.shape.join()) throw new RangeError(`withWeights: ${k} is ${q ? `[${q.shape}]` : 'missing'}, expected [${p.shape}]`);
+    }
+    return new UNet(this.engine, this.plan, params);
+  }
+
   param(key: string): Tensor {
     const p = this.params.get(key);
     if (!p) throw new Error(`internal: U-Net parameter ${key} not loaded`);

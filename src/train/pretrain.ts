@@ -1,0 +1,112 @@
+// Unconditional diffusion pretraining with the simple loss of the paper's Eq. 4:
+//   L = E_{x0, t, ε} ‖ε − ε_θ(sqrt(ᾱ_t)·x0 + sqrt(1−ᾱ_t)·ε, t)‖²,  t uniform over the T steps,
+// Adam over every U-Net weight, an exponential moving average of the weights (the EMA model is the
+// one to sample from and to extract features with), and a training state saved every
+// `checkpointEverySeconds` so any run can be stopped and resumed exactly.
+import { access } from 'node:fs/promises';
+import type { Engine } from '../engine/engine.ts';
+import { add, mul, scale, sub } from '../engine/ops/elementwise.ts';
+import { slice } from '../engine/ops/layout.ts';
+import { mean } from '../engine/ops/reduce.ts';
+import type { Tensor } from '../engine/tensor.ts';
+import { gaussianNoise, linearSchedule, qSample } from '../model/diffusion.ts';
+import type { UNet } from '../model/unet.ts';
+import { loadTrainingState, saveTrainingState } from './checkpoint.ts';
+import type { ImageSource } from './extract.ts';
+import { Adam } from './optimizer.ts';
+import { trainStep } from './train-step.ts';
+
+export interface PretrainOptions {
+  steps: number;
+  batchSize?: number;
+  lr?: number;
+  emaDecay?: number;
+  seed?: number;
+  checkpoint?: string;
+  checkpointEverySeconds?: number;
+  resume?: boolean;
+  onStep?: (step: number, loss: number | undefined) => void;
+  /** Read the loss back every this many steps (it costs a sync). */
+  logEvery?: number;
+}
+
+/** The EMA weights, kept beside the model's own. */
+export class Ema {
+  readonly shadow = new Map<string, Tensor>();
+  constructor(private e: Engine, private params: Map<string, Tensor>, readonly decay: number) {
+    for (const [k, p] of params) this.shadow.set(k, e.keep(e.noGrad(() => scale(p, 1))));
+  }
+
+  /** shadow ← decay·shadow + (1 − decay)·param */
+  update(): void {
+    const e = this.e;
+    e.noGrad(() => {
+      for (const [k, p] of this.params) {
+        const s = this.shadow.get(k)!;
+        const next = e.tidy(() => add(scale(s, this.decay), scale(p, 1 - this.decay)));
+        e.copyBuffer(next.buffer, 0, s.buffer, 0, s.byteLength);
+        next.dispose();
+      }
+    });
+  }
+}
+
+/** Seeded uniform integers for batches and timesteps. */
+function generator(seed: number) {
+  let s = seed >>> 0;
+  return (n: number) => {
+    s = (s + 0x6d2b79f5) >>> 0;
+    let t = Math.imul(s ^ (s >>> 15), s | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return Math.floor((((t ^ (t >>> 14)) >>> 0) / 4294967296) * n);
+  };
+}
+
+export async function pretrain(e: Engine, unet: UNet, data: ImageSource, o: PretrainOptions): Promise<{ steps: number; losses: [number, number][]; ema: Ema }> {
+  const batch = o.batchSize ?? 32;
+  const seed = o.seed ?? 0;
+  const S = unet.plan.flags.image_size;
+  const C = unet.plan.flags.in_channels;
+  const schedule = linearSchedule(1000);
+  const params = unet.parameters();
+  const adam = new Adam(e, params, { lr: o.lr ?? 1e-4 });
+  const ema = new Ema(e, params, o.emaDecay ?? 0.9999);
+  const losses: [number, number][] = [];
+  let step = 0;
+  const state = () => new Map<string, Tensor>([...params, ...[...ema.shadow].map(([k, v]) => [`ema.${k}`, v] as [string, Tensor])]);
+  if (o.resume && o.checkpoint && (await access(o.checkpoint).then(() => true, () => false))) {
+    const progress = await loadTrainingState(e, o.checkpoint, state(), adam);
+    step = progress.steps;
+    losses.push(...JSON.parse(String(progress.losses ?? '[]')));
+  }
+  let lastSave = performance.now();
+  const logEvery = o.logEvery ?? 10;
+  while (step < o.steps) {
+    // Everything random in a step derives from (seed, step), so a resumed run draws the same batches.
+    const rand = generator(seed * 1_000_003 + step);
+    const idx = Array.from({ length: batch }, () => rand(data.count));
+    const ts = idx.map(() => rand(schedule.steps));
+    const x0 = e.tensor(await data.images(idx), [batch, C, S, S], 'x0');
+    const eps = e.tensor(gaussianNoise(batch * C * S * S, rand(2 ** 31)), [batch, C, S, S], 'eps');
+    const read = (step + 1) % logEvery === 0 || step + 1 === o.steps;
+    const loss = await trainStep(e, adam, () => {
+      const xt = qSample(e, schedule, x0, ts, eps);
+      const out = unet.forward(xt, ts, { output: true }).output!;
+      const pred = out.shape[1] === C ? out : slice(out, [0, 0], [batch, C]);
+      const d = sub(pred, eps);
+      return mean(mul(d, d));
+    }, read);
+    ema.update();
+    x0.dispose();
+    eps.dispose();
+    step++;
+    if (loss !== undefined) losses.push([step, loss]);
+    o.onStep?.(step, loss);
+    const due = o.checkpoint && (step === o.steps || performance.now() - lastSave > (o.checkpointEverySeconds ?? 300) * 1000);
+    if (due) {
+      await saveTrainingState(o.checkpoint!, state(), adam, { epoch: 0, steps: step, losses: JSON.stringify(losses) });
+      lastSave = performance.now();
+    }
+  }
+  return { steps: step, losses, ema };
+}

@@ -1,0 +1,59 @@
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import t from 'tap';
+import { gaussianNoise, linearSchedule } from '../../src/model/diffusion.ts';
+import { sample } from '../../src/model/sampling.ts';
+import { UNet } from '../../src/model/unet.ts';
+import { balancedSubset, loadFashionMnist, toModelInput } from '../../src/train/data/fashion-mnist.ts';
+import { pretrain } from '../../src/train/pretrain.ts';
+import { testEngine } from '../helpers/check.ts';
+
+const e = await testEngine();
+const tiny = {
+  image_size: 16, num_channels: 32, num_res_blocks: 1, channel_mult: '1,2', attention_resolutions: '2',
+  num_head_channels: 32, learn_sigma: false, use_scale_shift_norm: true, resblock_updown: true,
+};
+const ds = await loadFashionMnist('train');
+const idx = balancedSubset(ds.labels, 6, 1);
+const data = { count: idx.length, labels: idx.map((i) => ds.labels[i]), images: (sel: readonly number[]) => toModelInput(ds, sel.map((i) => idx[i]), 16) };
+
+t.test('the diffusion loss (Eq. 4) goes down on Fashion-MNIST images', async (t) => {
+  const unet = UNet.random(e, tiny, 1);
+  const r = await pretrain(e, unet, data, { steps: 40, batchSize: 8, lr: 1e-3, logEvery: 1 });
+  const first = r.losses.slice(0, 5).reduce((a, [, l]) => a + l, 0) / 5;
+  const last = r.losses.slice(-5).reduce((a, [, l]) => a + l, 0) / 5;
+  t.ok(last < 0.7 * first, `mean loss of the first 5 steps ${first.toFixed(3)}, of the last 5 ${last.toFixed(3)}`);
+});
+
+t.test('pretraining stopped and resumed gives bit-identical weights and EMA', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'difrep-pretrain-'));
+  const a = UNet.random(e, tiny, 2);
+  const ra = await pretrain(e, a, data, { steps: 4, batchSize: 4, lr: 1e-3, emaDecay: 0.9 });
+  const b = UNet.random(e, tiny, 2);
+  await pretrain(e, b, data, { steps: 2, batchSize: 4, lr: 1e-3, emaDecay: 0.9, checkpoint: join(dir, 's.safetensors'), checkpointEverySeconds: 0 });
+  const c = UNet.random(e, tiny, 3); // other initial weights: everything must come from the checkpoint
+  const rc = await pretrain(e, c, data, { steps: 4, batchSize: 4, lr: 1e-3, emaDecay: 0.9, checkpoint: join(dir, 's.safetensors'), resume: true });
+  let differ = 0;
+  for (const [k, p] of a.parameters()) {
+    const x = await p.read();
+    const y = await c.parameters().get(k)!.read();
+    const ex = await ra.ema.shadow.get(k)!.read();
+    const ey = await rc.ema.shadow.get(k)!.read();
+    for (let i = 0; i < x.length; i++) if (x[i] !== y[i] || ex[i] !== ey[i]) differ++;
+  }
+  t.equal(differ, 0);
+  await rm(dir, { recursive: true });
+});
+
+t.test('DDIM with a model that predicts ε = 0 returns x_T / sqrt(ᾱ_999), worked by hand', async (t) => {
+  const unet = UNet.random(e, tiny, 4);
+  const zeroed = new Map(unet.parameters());
+  for (const k of ['out.2.weight', 'out.2.bias']) zeroed.set(k, e.zeros(unet.param(k).shape));
+  const x = await sample(e, unet.withWeights(zeroed), { count: 2, seed: 9, ddimSteps: 4 }).read();
+  const noise = gaussianNoise(2 * 3 * 16 * 16, 9);
+  const abar = linearSchedule(1000).alphasCumprod[999];
+  let worst = 0;
+  noise.forEach((v, i) => (worst = Math.max(worst, Math.abs(x[i] - v / Math.sqrt(abar)) / (Math.abs(v) / Math.sqrt(abar) + 1))));
+  t.ok(worst < 1e-4, `${worst}`);
+});
