@@ -107,6 +107,30 @@ async function extractCommand(argv: string[]): Promise<number> {
   return 0;
 }
 
+/** Adaptive average pooling of cached per-image maps [C, H, W] to [C, p, p] on the CPU (PyTorch windows). */
+export function poolCached(data: Float32Array, count: number, shape: number[], p: number): { data: Float32Array; shape: number[] } {
+  if (!p || shape.length !== 3 || (shape[1] === p && shape[2] === p)) return { data, shape };
+  const [C, H, W] = shape;
+  const out = new Float32Array(count * C * p * p);
+  for (let n = 0; n < count; n++) {
+    for (let c = 0; c < C; c++) {
+      const base = (n * C + c) * H * W;
+      for (let i = 0; i < p; i++) {
+        const r0 = Math.floor((i * H) / p);
+        const r1 = Math.ceil(((i + 1) * H) / p);
+        for (let j = 0; j < p; j++) {
+          const c0 = Math.floor((j * W) / p);
+          const c1 = Math.ceil(((j + 1) * W) / p);
+          let s = 0;
+          for (let r = r0; r < r1; r++) for (let q = c0; q < c1; q++) s += data[base + r * W + q];
+          out[((n * C + c) * p + i) * p + j] = s / ((r1 - r0) * (c1 - c0));
+        }
+      }
+    }
+  }
+  return { data: out, shape: [C, p, p] };
+}
+
 async function featureArrays(dir: string, ts: number[], bs: number[]): Promise<FeatureArrays> {
   const cache = await openFeatureCache(dir);
   const features = new Map<string, { data: Float32Array; shape: number[] }>();
@@ -206,7 +230,8 @@ const KNN: Record<string, OptionSpec> = {
   train: { help: 'feature cache of the training split (required)' },
   test: { help: 'feature cache of the test split (required)' },
   t: { help: 'timestep', default: '150' },
-  b: { help: 'block (required)' },
+  b: { help: 'block', default: '24' },
+  pool: { help: 'adaptive-average-pool cached maps to this size before comparing (paper Table 9: global, 1; 0 = as cached)', default: '1' },
   k: { help: 'neighbour counts', default: '20,200' },
   temperature: { help: 'vote weight exp(s / T)', default: '0.1' },
   classes: { help: 'number of classes', default: '10' },
@@ -216,13 +241,14 @@ const KNN: Record<string, OptionSpec> = {
 async function knnCommand(argv: string[]): Promise<number> {
   const o = parseArgs('knn', argv, KNN);
   if (!o) return 0;
-  for (const k of ['train', 'test', 'b']) if (!o[k]) throw new UsageError(`difrep knn: --${k} is required`);
+  for (const k of ['train', 'test']) if (!o[k]) throw new UsageError(`difrep knn: --${k} is required`);
   const [t] = numberList(o.t, 't');
   const [b] = numberList(o.b, 'b');
   const e = await createEngine();
   const load = async (dir: string) => {
     const c = await openFeatureCache(dir);
-    const f = await c.features(t, b);
+    const raw = await c.features(t, b);
+    const f = poolCached(raw.data, c.count, raw.shape, int(o.pool, 'pool'));
     return { m: { data: f.data, n: c.count, d: f.data.length / c.count }, labels: Array.from(c.labels) };
   };
   const tr = await load(String(o.train));
@@ -238,6 +264,7 @@ const CKA: Record<string, OptionSpec> = {
   features: { help: 'feature cache holding every compared t × b (required)' },
   t: { help: 'timesteps (several: compare timesteps at one block)', default: '90' },
   b: { help: 'blocks (several: compare blocks at one timestep) (required)' },
+  pool: { help: 'one adaptive pooling for every compared set (0 = as cached)', default: '0' },
   out: { help: 'JSON file for the matrix (required)' },
   png: { help: 'PNG heatmap file' },
 };
@@ -255,7 +282,8 @@ async function ckaCommand(argv: string[]): Promise<number> {
   const cache = await openFeatureCache(String(o.features));
   const sets = [];
   for (const [t, b] of pairs) {
-    const f = await cache.features(t, b);
+    const raw = await cache.features(t, b);
+    const f = poolCached(raw.data, cache.count, raw.shape, int(o.pool, 'pool'));
     sets.push({ data: f.data, n: cache.count, d: f.data.length / cache.count });
   }
   const m = await ckaMatrix(e, sets);

@@ -21,6 +21,15 @@ t.test('--help lists every option with its default; unknown options are errors',
   t.equal(err?.code, 1);
 });
 
+t.test('cached maps are pooled with PyTorch\'s adaptive windows', async (t) => {
+  const { poolCached } = await import('../../src/cli/experiments.ts');
+  // One image, one channel, 3×3 → 2×2: windows rows [0,2) and [1,3), same for columns.
+  const r = poolCached(Float32Array.from([1, 2, 3, 4, 5, 6, 7, 8, 9]), 1, [1, 3, 3], 2);
+  t.same(r.shape, [1, 2, 2]);
+  t.same(Array.from(r.data), [3, 4, 6, 7]);
+  t.same(Array.from(poolCached(Float32Array.from([1, 2, 3, 4]), 1, [1, 2, 2], 1).data), [2.5]);
+});
+
 t.test('shards come from --shard, Slurm job arrays or Kubernetes indexed jobs', async (t) => {
   t.same(shardFrom('1/4', undefined, {}), { index: 1, count: 4 });
   t.same(shardFrom(undefined, undefined, { SLURM_ARRAY_TASK_ID: '3', SLURM_ARRAY_TASK_COUNT: '8' }), { index: 3, count: 8 });
