@@ -10,7 +10,7 @@ const USAGE = `usage: difrep <command> [options]
 commands:
   parity FILE...   compare the engine with PyTorch reference dumps (../shared/reference format)
   extract          write U-Net features f(x0, t, b) of a dataset to a sharded, resumable cache
-  train            train and evaluate a head (linear, attention, difformer) on cached features
+  train            train and evaluate a head: linear, attention, difformer (cached features) or difeed (live U-Net)
   knn              weighted kNN classification of cached features
   cka              linear CKA between blocks or timesteps (JSON + PNG heatmap)
   sweep            linear-probe accuracy over a grid of b × t × pool (JSON + PNG heatmaps)
