@@ -1,6 +1,7 @@
 // Named parameters of a module, PyTorch state_dict style: validation against a checkpoint
 // (missing / unexpected keys, shapes), loading, and PyTorch's default initialisations.
 import type { Engine } from '../engine/engine.ts';
+import { mulberry32 } from '../engine/random.ts';
 import { shapeString, type Tensor } from '../engine/tensor.ts';
 import type { TensorSource } from './checkpoint/tensor-source.ts';
 
@@ -47,13 +48,7 @@ export async function loadStateDict(e: Engine, expected: Map<string, number[]>, 
 
 /** PyTorch-style initial values from a seeded generator (Linear/Conv: U(−1/√fan_in, 1/√fan_in)). */
 export function initStateDict(e: Engine, specs: Map<string, ParamSpec>, seed: number): Map<string, Tensor> {
-  let s = seed >>> 0;
-  const rand = () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = Math.imul(s ^ (s >>> 15), s | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  const rand = mulberry32(seed);
   const out = new Map<string, Tensor>();
   for (const [k, spec] of specs) {
     const n = spec.shape.reduce((p, d) => p * d, 1);

@@ -12,7 +12,7 @@ import type { UNet } from '../model/unet.ts';
 import { loadTrainingState, saveTrainingState } from './checkpoint.ts';
 import { seededShuffle } from './data/fashion-mnist.ts';
 import { type ImageSource, noiseSeed } from './extract.ts';
-import type { FitResult } from './fit.ts';
+import { countTopK, type FitResult } from './fit.ts';
 import { Adam, OptimizerGroups, StepLR } from './optimizer.ts';
 import { trainStep } from './train-step.ts';
 
@@ -103,12 +103,9 @@ export async function fitDifFeed(e: Engine, unet: UNet, train: ImageSource, test
     const xt = await noisy(test, idx, 0);
     const logits = await e.noGrad(() => difeed.forward(xt, false)).read();
     xt.dispose();
-    const K = logits.length / idx.length;
-    idx.forEach((i, n) => {
-      const ranked = Array.from(logits.subarray(n * K, (n + 1) * K)).map((v, c) => [v, c]).sort((a, b) => b[0] - a[0]).map(([, c]) => c);
-      if (ranked[0] === test.labels[i]) top1++;
-      if (ranked.slice(0, 5).includes(test.labels[i])) top5++;
-    });
+    const c = countTopK(logits, idx.map((i) => test.labels[i]));
+    top1 += c.top1;
+    top5 += c.top5;
   }
   let params = 0;
   for (const p of difeed.trainableParameters().values()) params += p.size;

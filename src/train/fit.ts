@@ -62,16 +62,21 @@ interface Model {
 
 const key = (t: number, b: number) => `t${t}.b${b}`;
 
-/** Rows of `logits` ([n, K]) whose largest entry is the label. */
-export function countCorrect(logits: Float32Array, labels: readonly number[]): number {
+/** How many rows of `logits` ([n, K]) rank their label first, and among the first five. */
+export function countTopK(logits: Float32Array, labels: ArrayLike<number>): { top1: number; top5: number } {
   const K = logits.length / labels.length;
-  let n = 0;
-  labels.forEach((y, i) => {
-    let best = 0;
-    for (let c = 1; c < K; c++) if (logits[i * K + c] > logits[i * K + best]) best = c;
-    if (best === y) n++;
-  });
-  return n;
+  let top1 = 0;
+  let top5 = 0;
+  for (let i = 0; i < labels.length; i++) {
+    const row = logits.subarray(i * K, (i + 1) * K);
+    const y = labels[i];
+    // Rank of the label: classes scoring higher, or equal and earlier (a stable descending sort).
+    let rank = 0;
+    for (let c = 0; c < K; c++) if (row[c] > row[y] || (row[c] === row[y] && c < y)) rank++;
+    if (rank === 0) top1++;
+    if (rank < 5) top5++;
+  }
+  return { top1, top5 };
 }
 
 function buildModel(e: Engine, data: FeatureArrays, o: FitOptions): Model {
@@ -112,13 +117,9 @@ async function evaluate(e: Engine, model: Model, data: FeatureArrays, keys: stri
   for (let s = 0; s < data.count; s += batchSize) {
     const idx = Array.from({ length: Math.min(batchSize, data.count - s) }, (_, i) => s + i);
     const logits = await e.noGrad(() => e.tidy(() => model.logits(gather(e, data, keys, idx)))).read();
-    const K = logits.length / idx.length;
-    idx.forEach((i, n) => {
-      const row = Array.from(logits.subarray(n * K, (n + 1) * K));
-      const ranked = row.map((v, c) => [v, c]).sort((a, b) => b[0] - a[0]).map(([, c]) => c);
-      if (ranked[0] === data.labels[i]) top1++;
-      if (ranked.slice(0, 5).includes(data.labels[i])) top5++;
-    });
+    const c = countTopK(logits, idx.map((i) => data.labels[i]));
+    top1 += c.top1;
+    top5 += c.top5;
   }
   return { top1: top1 / data.count, top5: top5 / data.count };
 }
@@ -153,7 +154,7 @@ export async function fitHead(e: Engine, train: FeatureArrays, test: FeatureArra
       const labels = idx.map((i) => train.labels[i]);
       let logits: Tensor | null = null;
       sum += (await trainStep(e, optimizer, () => crossEntropy((logits = e.keep(model.logits(gather(e, train, keys, idx)))), labels), true))! * idx.length;
-      correct += countCorrect(await logits!.read(), labels);
+      correct += countTopK(await logits!.read(), labels).top1;
       logits!.dispose();
       o.onBatch?.(bi + 1, batchesPerEpoch);
     }

@@ -5,6 +5,7 @@
 // `checkpointEverySeconds` so any run can be stopped and resumed exactly.
 import { access } from 'node:fs/promises';
 import type { Engine } from '../engine/engine.ts';
+import { mulberry32 } from '../engine/random.ts';
 import { add, mul, scale, sub } from '../engine/ops/elementwise.ts';
 import { slice } from '../engine/ops/layout.ts';
 import { mean } from '../engine/ops/reduce.ts';
@@ -51,15 +52,10 @@ export class Ema {
   }
 }
 
-/** Seeded uniform integers for batches and timesteps. */
+/** Seeded uniform integers in [0, n) for batches and timesteps. */
 function generator(seed: number) {
-  let s = seed >>> 0;
-  return (n: number) => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = Math.imul(s ^ (s >>> 15), s | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return Math.floor((((t ^ (t >>> 14)) >>> 0) / 4294967296) * n);
-  };
+  const rand = mulberry32(seed);
+  return (n: number) => Math.floor(rand() * n);
 }
 
 export async function pretrain(e: Engine, unet: UNet, data: ImageSource, o: PretrainOptions): Promise<{ steps: number; losses: [number, number][]; ema: Ema }> {

@@ -2,6 +2,7 @@
 // 10 classes. Decompressed with node:zlib (Node, Deno).
 import { gunzipSync } from 'node:zlib';
 import { readFile } from 'node:fs/promises';
+import { mulberry32 } from '../../engine/random.ts';
 
 export const FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist';
 export const FASHION_MNIST_CLASSES = ['T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot'];
@@ -100,13 +101,9 @@ export function balancedSubset(labels: ArrayLike<number>, perClass: number, seed
 /** Fisher–Yates with a seeded generator. */
 export function seededShuffle<T>(items: T[], seed: number): T[] {
   const a = [...items];
-  let s = seed >>> 0;
+  const rand = mulberry32(seed);
   for (let i = a.length - 1; i > 0; i--) {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = Math.imul(s ^ (s >>> 15), s | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    const r = ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-    const j = Math.floor(r * (i + 1));
+    const j = Math.floor(rand() * (i + 1));
     [a[i], a[j]] = [a[j], a[i]];
   }
   return a;
