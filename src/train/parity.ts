@@ -16,6 +16,12 @@ import { Adam } from './optimizer.ts';
 
 export interface HeadParityOptions extends ParityOptions {
   gradientTolerance?: number;
+  /**
+   * A U-Net dump with the head dump's U-Net weights (adm64.safetensors): the head's input
+   * features feat.* are then recomputed from input.x0 and input.noise.t<t> and compared too,
+   * so the whole pipeline image → features → head is checked, not only the head.
+   */
+  unet?: TensorSource;
 }
 
 /** "…,Attention:64:4:4:2,…" → dim, heads, MLP ratio, layers. */
@@ -108,6 +114,16 @@ export async function headParity(e: Engine, dump: TensorSource, opts: HeadParity
         return [b, e.tensor(await dump.read(key), dump.info(key)!.shape, key)] as [number, Tensor];
       }))));
     }
+    if (opts.unet) {
+      const unet = await UNet.load(e, flagsFromJson(md.unet_config), withPrefix(opts.unet, 'param.'));
+      const x0 = e.tensor(await dump.read('input.x0'), dump.info('input.x0')!.shape, 'input.x0');
+      for (const t of timesteps) {
+        const noise = e.tensor(await dump.read(`input.noise.t${t}`), x0.shape, `input.noise.t${t}`);
+        const ts = new Array<number>(x0.shape[0]).fill(t);
+        const r = unet.forward(qSample(e, linearSchedule(1000), x0, ts, noise), ts, { taps: blocks });
+        for (const b of blocks) await report(`feat.t${t}.b${b} (recomputed)`, r.taps.get(b)!, `feat.t${t}.b${b}`, fwdTol);
+      }
+    }
     const first = features.get(timesteps[0])!;
     const options: AttentionHeadOptions = {
       blocks: blocks.map((b) => ({ b, channels: first.get(b)!.shape[1], size: first.get(b)!.shape[2] })),
@@ -156,12 +172,14 @@ export async function headParity(e: Engine, dump: TensorSource, opts: HeadParity
 }
 
 /** Opens a dump and runs the parity check that fits its `kind`. */
-export async function parity(e: Engine, file: string, opts: HeadParityOptions = {}): Promise<ParityReport> {
+export async function parity(e: Engine, file: string, opts: Omit<HeadParityOptions, 'unet'> & { unetFile?: string } = {}): Promise<ParityReport> {
   const dump = await openSafetensors(file);
+  const unet = opts.unetFile ? await openSafetensors(opts.unetFile) : undefined;
   try {
     const kind = dump.metadata.kind ?? 'unet';
-    return kind === 'unet' ? await unetParity(e, dump, opts) : await headParity(e, dump, opts);
+    return kind === 'unet' ? await unetParity(e, dump, opts) : await headParity(e, dump, { ...opts, unet });
   } finally {
     await dump.close();
+    await unet?.close();
   }
 }

@@ -21,3 +21,14 @@ for (const [file, expectTensors] of [['attention-head', 60], ['difformer', 76], 
     for (const n of notes) t.comment(n);
   });
 }
+
+t.test('with the U-Net weights, the DifFormer dump\'s input features are recomputed from its images within 1e-5', async (t) => {
+  const dump = await openSafetensors(new URL('../fixtures/difformer.safetensors', import.meta.url).pathname);
+  const unet = await openSafetensors(new URL('../fixtures/adm64.safetensors', import.meta.url).pathname);
+  const report = await headParity(e, dump, { unet });
+  await dump.close();
+  await unet.close();
+  const feats = report.results.filter((c) => c.name.endsWith('(recomputed)'));
+  t.equal(feats.length, 9, '3 timesteps × 3 blocks');
+  for (const c of feats) t.ok(c.maxRel <= 1e-5, `${c.name}: ${c.maxRel.toExponential(2)}`);
+});
