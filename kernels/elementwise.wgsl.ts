@@ -109,13 +109,15 @@ export const BINARY_OPS = {
 export type BinaryOp = keyof typeof BINARY_OPS;
 
 /**
- * out = a ∘ b with NumPy broadcasting. Without `broadcast`, a and b have out's shape. With it, the
- * uniforms carry out's shape and a's and b's strides (0 along broadcast dims), up to 8 dims.
+ * out = a ∘ b with NumPy broadcasting. With `broadcastRank` 0, a and b have out's shape. Otherwise
+ * the uniforms carry out's shape (merged to that many dims, at most 8) and a's and b's strides
+ * (0 along broadcast dims); the rank is fixed at compile time so the index loop unrolls.
  * Bindings: a, b, out.
  */
-export function binaryKernel(op: BinaryOp, broadcast: boolean): KernelSource {
+export function binaryKernel(op: BinaryOp, broadcastRank: number): KernelSource {
+  const broadcast = broadcastRank > 0;
   return {
-    key: `binary.${op}.${broadcast ? 'bcast' : 'same'}`,
+    key: `binary.${op}.${broadcast ? `bcast${broadcastRank}` : 'same'}`,
     code: wgsl`
 struct Params { shape: array<vec4<u32>, 2>, aStrides: array<vec4<u32>, 2>, bStrides: array<vec4<u32>, 2>, n: u32, rank: u32 }
 @group(0) @binding(0) var<uniform> u: Params;
@@ -130,7 +132,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   var rest = i;
   var ai = 0u;
   var bi = 0u;
-  for (var d = i32(u.rank) - 1; d >= 0; d--) {
+  for (var d = ${broadcastRank - 1}; d >= 0; d--) {
     let size = u.shape[d / 4][d % 4];
     let c = rest % size;
     rest = rest / size;

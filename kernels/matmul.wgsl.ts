@@ -25,6 +25,8 @@ export const DEFAULT_MATMUL_TILING: MatmulTiling = { wgX: 8, wgY: 8, tm: 8, tn: 
 export function chooseTiling(M: number, N: number, tuned?: Partial<MatmulTiling>): MatmulTiling {
   if (tuned && Object.keys(tuned).length) return { ...DEFAULT_MATMUL_TILING, ...tuned };
   if (M >= 64 && N >= 128) return { wgX: 8, wgY: 8, tm: 8, tn: 16, tk: 16 };
+  // 32 to 63 rows (a 32-channel conv): a 32-row tile wastes nothing (5.0 vs 3.0 GFLOP/s on lavapipe).
+  if (M >= 32 && N >= 256) return { wgX: 16, wgY: 4, tm: 8, tn: 16, tk: 16 };
   if (M >= 32 && N >= 32) return DEFAULT_MATMUL_TILING;
   return { wgX: 8, wgY: 8, tm: 4, tn: 4, tk: 16 };
 }

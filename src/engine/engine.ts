@@ -5,6 +5,7 @@
 import { BufferPool, type PoolStats } from './buffer-pool.ts';
 import { type DeviceHandle, requestDevice, wrapDevice } from './device.ts';
 import { KernelRegistry, type KernelSource } from './kernel-registry.ts';
+import { KernelProfiler, type KernelTime } from './profiler.ts';
 import { Tape } from './autograd.ts';
 import { numel, type Shape, shapeString, Storage, Tensor } from './tensor.ts';
 
@@ -72,6 +73,7 @@ export class Engine {
   private tensorCounter = 0;
   private scopes: Set<Tensor>[] = [];
   private disposed = false;
+  private profiler: KernelProfiler | null = null;
 
   constructor(handle: DeviceHandle, options: EngineOptions = {}) {
     this.handle = handle;
@@ -230,11 +232,14 @@ export class Engine {
       entries.push({ binding: i + 1, resource: { buffer: binding.buffer, offset: binding.offset ?? 0, size: binding.size } });
     });
     const bindGroup = this.device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries, label: d.kernel.key });
-    if (!this.pass) this.pass = encoder.beginComputePass({ label: 'difrep' });
+    const timed = this.profiler?.nextPass(d.kernel.key);
+    if (timed) this.endPass();
+    if (!this.pass) this.pass = encoder.beginComputePass(timed ?? { label: 'difrep' });
     this.pass.setPipeline(pipeline);
     this.pass.setBindGroup(0, bindGroup);
     const [x, y = 1, z = 1] = d.workgroups;
     if (x > 0 && y > 0 && z > 0) this.pass.dispatchWorkgroups(x, y, z);
+    if (timed) this.endPass();
     if (++this.dispatchesInBatch >= this.maxDispatches) this.flush();
   }
 
@@ -260,7 +265,9 @@ export class Engine {
     if (!this.encoder) return;
     this.endPass();
     if (this.uniformUsed > 0) this.device.queue.writeBuffer(this.uniformArena, 0, this.uniformData, 0, this.uniformUsed);
+    const collectTimes = this.profiler?.resolve(this.encoder);
     this.device.queue.submit([this.encoder.finish()]);
+    collectTimes?.();
     this.encoder = null;
     for (const kind of ['validation', 'internal', 'out-of-memory']) {
       this.pendingErrors.push(this.device.popErrorScope().then((e) => (e ? Object.assign(e, { kind }) : null)));
@@ -306,6 +313,25 @@ export class Engine {
     staging.destroy();
     await this.throwPendingErrors();
     return out;
+  }
+
+  // ---------------------------------------------------------------- profiling
+
+  /** Starts timing every dispatch per kernel (needs the timestamp-query feature). */
+  startProfiling(): void {
+    if (!this.hasFeature('timestamp-query')) throw new Error('profiling needs the adapter feature timestamp-query');
+    this.flush();
+    this.profiler ??= new KernelProfiler(this.device, this.maxDispatches);
+  }
+
+  /** Stops timing and returns GPU milliseconds per kernel, slowest first. */
+  async stopProfiling(): Promise<KernelTime[]> {
+    if (!this.profiler) return [];
+    this.flush();
+    const report = await this.profiler.report();
+    this.profiler.destroy();
+    this.profiler = null;
+    return report;
   }
 
   // ---------------------------------------------------------------- lifetime

@@ -86,19 +86,43 @@ export function broadcastStrides(shape: Shape, outShape: Shape): number[] {
   return strides;
 }
 
+/**
+ * The fewest dims that index the same elements: size-1 dims dropped, and a dim merged into the
+ * next inner one wherever both operands continue contiguously across them ([N,C,H,W]·[1,C,1,1]
+ * becomes [N,C,H·W]·[0,1,0]), so the kernel divides as few times as possible.
+ */
+export function mergeBroadcastDims(shape: Shape, aStrides: number[], bStrides: number[]): { shape: number[]; a: number[]; b: number[] } {
+  const out = { shape: [] as number[], a: [] as number[], b: [] as number[] };
+  for (let i = 0; i < shape.length; i++) {
+    if (shape[i] === 1) continue;
+    const last = out.shape.length - 1;
+    if (last >= 0 && out.a[last] === aStrides[i] * shape[i] && out.b[last] === bStrides[i] * shape[i]) {
+      out.shape[last] *= shape[i];
+      out.a[last] = aStrides[i];
+      out.b[last] = bStrides[i];
+    } else {
+      out.shape.push(shape[i]);
+      out.a.push(aStrides[i]);
+      out.b.push(bStrides[i]);
+    }
+  }
+  return out;
+}
+
 function runBinary(op: BinaryOp, a: Tensor, b: Tensor): Tensor {
   const e = a.engine;
   const outShape = broadcastShapes(a.shape, b.shape);
   const out = e.empty(outShape, `${op}(${a.label},${b.label})`);
   const same = a.size === out.size && b.size === out.size;
+  const m = mergeBroadcastDims(outShape, broadcastStrides(a.shape, outShape), broadcastStrides(b.shape, outShape));
   e.dispatch({
-    kernel: binaryKernel(op, !same),
+    kernel: binaryKernel(op, same ? 0 : m.shape.length),
     bindings: [a, b, out],
     uniforms: new Uniforms()
-      .dims(outShape, 1)
-      .dims(broadcastStrides(a.shape, outShape))
-      .dims(broadcastStrides(b.shape, outShape))
-      .u32(out.size, outShape.length)
+      .dims(m.shape, 1)
+      .dims(m.a)
+      .dims(m.b)
+      .u32(out.size, m.shape.length)
       .toArrayBuffer(),
     workgroups: grid1d(out.size, WORKGROUP),
   });

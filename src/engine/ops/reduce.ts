@@ -19,7 +19,9 @@ function normaliseAxes(axes: number[] | undefined, rank: number, label: string):
 /** Σ over [outer, n, inner] middle axis, times `scale`. */
 function reduceMiddle(e: Engine, x: Tensor, outer: number, n: number, inner: number, scaleBy: number): Tensor {
   const out = e.empty([outer * inner], `sum(${x.label})`);
-  const rowwise = inner === 1 && n >= 64;
+  // A workgroup per row only pays when there are few rows: on CPU adapters (lavapipe) its barriers
+  // cost more than one thread summing a whole row (2048×256: 27 ms vs 1 ms). Tunable per adapter.
+  const rowwise = inner === 1 && n >= 64 && outer < (e.tuning.reduce?.workgroupPerRowBelow ?? 16);
   e.dispatch({
     kernel: reduceSumKernel(rowwise),
     bindings: [x, out],

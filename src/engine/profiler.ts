@@ -1,0 +1,66 @@
+// GPU time per kernel, from timestamp queries: while profiling, every dispatch runs in a compute
+// pass of its own whose begin/end timestamps land in a query set; at each submit the set is
+// resolved and read back, and the nanoseconds are summed per kernel key. Costs one pass per
+// dispatch, so it is for finding where time goes, not for the bench's numbers.
+
+export interface KernelTime {
+  kernel: string;
+  calls: number;
+  ms: number;
+}
+
+export class KernelProfiler {
+  private readonly querySet: GPUQuerySet;
+  private labels: string[] = [];
+  private readonly totals = new Map<string, { calls: number; ns: number }>();
+  private pending: Promise<void>[] = [];
+
+  constructor(private readonly device: GPUDevice, readonly capacity: number) {
+    this.querySet = device.createQuerySet({ type: 'timestamp', count: capacity * 2, label: 'difrep profiler' });
+  }
+
+  /** Pass descriptor that records the next dispatch's begin and end times, or null when full. */
+  nextPass(kernel: string): GPUComputePassDescriptor | null {
+    if (this.labels.length >= this.capacity) return null;
+    const i = this.labels.length;
+    this.labels.push(kernel);
+    return { label: kernel, timestampWrites: { querySet: this.querySet, beginningOfPassWriteIndex: 2 * i, endOfPassWriteIndex: 2 * i + 1 } };
+  }
+
+  /** Records the resolve of this batch's queries into `encoder`; call `collect` after the submit. */
+  resolve(encoder: GPUCommandEncoder): (() => void) | null {
+    const n = this.labels.length;
+    if (n === 0) return null;
+    const labels = this.labels;
+    this.labels = [];
+    const bytes = n * 16;
+    const resolved = this.device.createBuffer({ size: bytes, usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC, label: 'difrep profiler resolve' });
+    const readback = this.device.createBuffer({ size: bytes, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST, label: 'difrep profiler readback' });
+    encoder.resolveQuerySet(this.querySet, 0, 2 * n, resolved, 0);
+    encoder.copyBufferToBuffer(resolved, 0, readback, 0, bytes);
+    return () => {
+      this.pending.push(readback.mapAsync(GPUMapMode.READ).then(() => {
+        const t = new BigUint64Array(readback.getMappedRange());
+        labels.forEach((k, i) => {
+          const total = this.totals.get(k) ?? { calls: 0, ns: 0 };
+          total.calls++;
+          total.ns += Number(t[2 * i + 1] - t[2 * i]);
+          this.totals.set(k, total);
+        });
+        readback.destroy();
+        resolved.destroy();
+      }));
+    };
+  }
+
+  /** Totals per kernel so far, slowest first. */
+  async report(): Promise<KernelTime[]> {
+    await Promise.all(this.pending);
+    this.pending = [];
+    return [...this.totals].map(([kernel, v]) => ({ kernel, calls: v.calls, ms: v.ns / 1e6 })).sort((a, b) => b.ms - a.ms);
+  }
+
+  destroy(): void {
+    this.querySet.destroy();
+  }
+}
