@@ -17,18 +17,31 @@ export interface MatmulTiling {
 
 export const DEFAULT_MATMUL_TILING: MatmulTiling = { wgX: 8, wgY: 8, tm: 8, tn: 8, tk: 16 };
 
+/** Workgroup memory a tiling stages: a TK-wide slab of A (BM rows) and of B (BN columns). */
+export const tilingWorkgroupBytes = (t: MatmulTiling) => 4 * t.tk * (t.wgY * t.tm + t.wgX * t.tn);
+
 /**
  * Register tiles by problem size, measured on lavapipe (matmul 1024³: 4×4 per thread 2.4
  * GFLOP/s, 8×8 5.2, 8×16 7.0): the largest tile that the output fills, so small outputs do not
- * pay for padding. An explicit tuning (bench --tune) replaces the choice.
+ * pay for padding, among those whose workgroup memory fits the device (`maxWorkgroupBytes`, the
+ * device's maxComputeWorkgroupStorageSize; WebGPU guarantees 16 KiB). An explicit tuning
+ * (bench --tune) replaces the choice.
  */
-export function chooseTiling(M: number, N: number, tuned?: Partial<MatmulTiling>): MatmulTiling {
-  if (tuned && Object.keys(tuned).length) return { ...DEFAULT_MATMUL_TILING, ...tuned };
-  if (M >= 64 && N >= 128) return { wgX: 8, wgY: 8, tm: 8, tn: 16, tk: 16 };
+export function chooseTiling(M: number, N: number, tuned?: Partial<MatmulTiling>, maxWorkgroupBytes = 16384): MatmulTiling {
+  if (tuned && Object.keys(tuned).length) {
+    const t = { ...DEFAULT_MATMUL_TILING, ...tuned };
+    if (tilingWorkgroupBytes(t) > maxWorkgroupBytes) {
+      throw new RangeError(`tuned tiling ${JSON.stringify(t)} stages ${tilingWorkgroupBytes(t)} bytes of workgroup memory, over this device's ${maxWorkgroupBytes}; re-run npm run bench -- --tune on this adapter`);
+    }
+    return t;
+  }
+  const candidates: MatmulTiling[] = [];
+  if (M >= 64 && N >= 128) candidates.push({ wgX: 8, wgY: 8, tm: 8, tn: 16, tk: 16 });
   // 32 to 63 rows (a 32-channel conv): a 32-row tile wastes nothing (5.0 vs 3.0 GFLOP/s on lavapipe).
-  if (M >= 32 && N >= 256) return { wgX: 16, wgY: 4, tm: 8, tn: 16, tk: 16 };
-  if (M >= 32 && N >= 32) return DEFAULT_MATMUL_TILING;
-  return { wgX: 8, wgY: 8, tm: 4, tn: 4, tk: 16 };
+  if (M >= 32 && N >= 256) candidates.push({ wgX: 16, wgY: 4, tm: 8, tn: 16, tk: 16 }, { wgX: 16, wgY: 4, tm: 8, tn: 8, tk: 16 });
+  if (M >= 32 && N >= 32) candidates.push(DEFAULT_MATMUL_TILING);
+  candidates.push({ wgX: 8, wgY: 8, tm: 4, tn: 4, tk: 16 });
+  return candidates.find((t) => tilingWorkgroupBytes(t) <= maxWorkgroupBytes) ?? candidates[candidates.length - 1];
 }
 
 export interface MatmulVariant {

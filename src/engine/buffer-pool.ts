@@ -26,6 +26,7 @@ export interface PoolStats {
 
 export class BufferPool {
   private free = new Map<number, GPUBuffer[]>();
+  private live = new Set<GPUBuffer>();
   private stats: PoolStats = { liveBytes: 0, peakBytes: 0, pooledBytes: 0, allocations: 0, reuses: 0 };
 
   constructor(private device: GPUDevice, private maxBufferSize: number) {}
@@ -42,17 +43,19 @@ export class BufferPool {
     if (buffer) {
       this.stats.reuses++;
       this.stats.pooledBytes -= size;
-      buffer.label = label;
+      buffer.label = `difrep ${label}`;
     } else {
-      buffer = this.device.createBuffer({ size, usage: USAGE_STORAGE, label });
+      buffer = this.device.createBuffer({ size, usage: USAGE_STORAGE, label: `difrep ${label}` });
       this.stats.allocations++;
     }
+    this.live.add(buffer);
     this.stats.liveBytes += size;
     if (this.stats.liveBytes > this.stats.peakBytes) this.stats.peakBytes = this.stats.liveBytes;
     return buffer;
   }
 
   release(buffer: GPUBuffer): void {
+    if (!this.live.delete(buffer)) return; // destroyed by destroyAll()
     const size = buffer.size;
     this.stats.liveBytes -= size;
     this.stats.pooledBytes += size;
@@ -66,6 +69,14 @@ export class BufferPool {
     for (const list of this.free.values()) for (const b of list) b.destroy();
     this.free.clear();
     this.stats.pooledBytes = 0;
+  }
+
+  /** Destroys every buffer the pool made, live ones included (the engine is going away). */
+  destroyAll(): void {
+    this.trim();
+    for (const b of this.live) b.destroy();
+    this.live.clear();
+    this.stats.liveBytes = 0;
   }
 
   resetPeak(): void {

@@ -130,6 +130,37 @@ export class Engine {
     return t;
   }
 
+  /**
+   * A tensor over the caller's own buffer (f32, row-major, from byte 0; usage needs STORAGE, and
+   * COPY_SRC to read it back). No copy: kernels read and write that buffer. The engine never
+   * destroys it, not even in dispose().
+   */
+  fromBuffer(buffer: GPUBuffer, shape: Shape, label = buffer.label || 'caller buffer'): Tensor {
+    this.checkAlive();
+    const bytes = numel(shape) * 4;
+    if ((buffer.usage & GPUBufferUsage.STORAGE) === 0) {
+      throw new RangeError(`${label}: the buffer needs GPUBufferUsage.STORAGE to be used as a tensor (its usage is ${buffer.usage})`);
+    }
+    if (buffer.size < bytes) {
+      throw new RangeError(`${label}: shape ${shapeString(shape)} needs ${bytes} bytes of f32, the buffer has ${buffer.size}`);
+    }
+    return new Tensor(this, shape, new Storage(buffer, bytes, () => {}), label);
+  }
+
+  /**
+   * Copies `t` into a new buffer that belongs to the caller (usage STORAGE | COPY_SRC | COPY_DST,
+   * or as given): the engine forgets it, so it outlives `t` and `dispose()`, and the caller
+   * destroys it. The copy is submitted before this returns, so later submits see its contents.
+   */
+  toBuffer(t: Tensor, usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST, label = `difrep output ${t.label}`): GPUBuffer {
+    this.checkAlive();
+    const size = Math.max(4, Math.ceil(t.byteLength / 4) * 4);
+    const buffer = this.device.createBuffer({ size, usage: usage | GPUBufferUsage.COPY_DST, label });
+    this.copyBuffer(t.buffer, 0, buffer, 0, Math.ceil(t.byteLength / 4) * 4);
+    this.flush();
+    return buffer;
+  }
+
   zeros(shape: Shape, label = 'zeros'): Tensor {
     const t = this.empty(shape, label);
     this.fill(t, 0);
@@ -345,14 +376,21 @@ export class Engine {
     return { ...this.pool.getStats(), pipelines: this.kernels.size };
   }
 
-  /** Frees every buffer the engine made; destroys the device only if the engine created it. */
-  dispose(): void {
-    if (this.disposed) return;
+  /**
+   * Frees every buffer the engine made (once the GPU has finished the work already submitted, so
+   * buffers handed out by toBuffer() still receive their copies); destroys the device only if the
+   * engine created it. The returned promise settles when that is done; awaiting it is optional.
+   */
+  dispose(): Promise<void> {
+    if (this.disposed) return Promise.resolve();
     this.flush();
     this.disposed = true;
-    this.pool.trim();
-    this.uniformArena.destroy();
-    if (this.handle.owned) this.device.destroy();
+    this.profiler?.destroy();
+    return this.device.queue.onSubmittedWorkDone().catch(() => {}).then(() => {
+      this.pool.destroyAll();
+      this.uniformArena.destroy();
+      if (this.handle.owned) this.device.destroy();
+    });
   }
 }
 

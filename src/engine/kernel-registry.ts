@@ -17,11 +17,11 @@ export class KernelRegistry {
     let pipeline = this.pipelines.get(key);
     if (!pipeline) {
       const code = build();
-      const module = this.device.createShaderModule({ code, label: key });
+      const module = this.device.createShaderModule({ code, label: `difrep ${key}` });
       pipeline = this.device.createComputePipeline({
         layout: 'auto',
         compute: { module, entryPoint: 'main' },
-        label: key,
+        label: `difrep ${key}`,
       });
       this.pipelines.set(key, pipeline);
     }

@@ -1,5 +1,5 @@
 // Fused multi-head attention (kernels/attention.wgsl.ts) in the two layouts difrep needs.
-import { ATTENTION_QUERIES_PER_WORKGROUP, attentionKernel } from '../../../kernels/attention.wgsl.ts';
+import { ATTENTION_KEY_TILE, ATTENTION_QUERIES_PER_WORKGROUP, attentionKernel } from '../../../kernels/attention.wgsl.ts';
 import { shapeString, type Tensor } from '../tensor.ts';
 import { Uniforms } from '../uniforms.ts';
 import { scale } from './elementwise.ts';
@@ -21,7 +21,10 @@ export function qkvAttention(qkv: Tensor, heads: number, legacy = true): Tensor 
   const [N, C3, T] = qkv.shape;
   const d = C3 / (3 * heads);
   const C = heads * d;
-  if (e.tape.needsGrad([qkv])) return qkvAttentionComposite(qkv, heads, legacy);
+  // The fused kernel stages key and value tiles of d floats each; past the device's workgroup
+  // memory (d > 128 at WebGPU's guaranteed 16 KiB) the composite path runs instead.
+  const stagedBytes = 2 * ATTENTION_KEY_TILE * d * 4;
+  if (e.tape.needsGrad([qkv]) || stagedBytes > e.limits.maxComputeWorkgroupStorageSize) return qkvAttentionComposite(qkv, heads, legacy);
   const out = e.empty([N, heads * d, T], 'attention');
   e.dispatch({
     kernel: attentionKernel(d),

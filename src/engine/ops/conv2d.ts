@@ -17,7 +17,7 @@ export interface Conv2dOptions {
 
 /** GEMM rows are output channels, columns pixels (or weight columns for the weight gradient). */
 function tiling(e: Engine, rows: number, cols: number): MatmulTiling {
-  return chooseTiling(rows, cols, e.tuning.conv2d);
+  return chooseTiling(rows, cols, e.tuning.conv2d, e.limits.maxComputeWorkgroupStorageSize);
 }
 
 interface ConvCall {

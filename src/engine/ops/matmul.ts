@@ -43,7 +43,7 @@ export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
     throw new RangeError(`matmul: bias ${shapeString(opts.bias.shape)} does not match N = ${N}`);
   }
   if (batch > 65535) throw new RangeError(`matmul: batch ${batch} exceeds 65535`);
-  const tiling: MatmulTiling = chooseTiling(M, N, e.tuning.matmul);
+  const tiling: MatmulTiling = chooseTiling(M, N, e.tuning.matmul, e.limits.maxComputeWorkgroupStorageSize);
   const out = e.empty([...batchShape, M, N], `matmul(${a.label},${b.label})`);
   const bm = tiling.wgY * tiling.tm;
   const bn = tiling.wgX * tiling.tn;

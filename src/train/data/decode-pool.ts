@@ -10,9 +10,11 @@ export class DecodePool {
   private ids = 0;
 
   constructor(threads = 2) {
-    // Node runs TypeScript through tsx, whose loader a worker thread does not inherit.
+    // Built JavaScript (dist/) starts the compiled worker. From source, Node runs TypeScript through
+    // tsx, whose loader a worker thread does not inherit; Deno runs the .ts directly.
     const isNode = typeof process !== 'undefined' && !!process.versions?.node && !('Deno' in globalThis);
-    const script = new URL(isNode ? './decode-worker-node.mjs' : './decode-worker.ts', import.meta.url);
+    const compiled = import.meta.url.endsWith('.js');
+    const script = new URL(compiled ? './decode-worker.js' : isNode ? './decode-worker-node.mjs' : './decode-worker.ts', import.meta.url);
     this.workers = Array.from({ length: Math.max(1, threads) }, () => {
       const w = new Worker(script);
       w.on('message', (m: { id: number; images: Float32Array; failed: string[] }) => {

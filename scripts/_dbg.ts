@@ -1,0 +1,11 @@
+import { createEngine } from '../src/index.ts';
+const engine = await createEngine();
+const device = engine.device;
+const t = engine.tensor([1, 2, 3, 4], [4]);
+const b = engine.toBuffer(t);
+const staging = device.createBuffer({ size: 16, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
+const enc = device.createCommandEncoder();
+enc.copyBufferToBuffer(b, 0, staging, 0, 16);
+device.queue.submit([enc.finish()]);
+await staging.mapAsync(GPUMapMode.READ);
+console.log(new Float32Array(staging.getMappedRange().slice(0)), b.usage, b.size);

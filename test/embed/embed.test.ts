@@ -1,0 +1,93 @@
+// Embedding: the engine on the caller's own GPUDevice, beside another WebGPU library (tfjs), with
+// the caller's buffers in and out, checked against the PyTorch dump of adm32-mini.
+import t from 'tap';
+import * as tf from '@tensorflow/tfjs-core';
+import { WebGPUBackend } from '@tensorflow/tfjs-backend-webgpu';
+import { create, globals } from 'webgpu';
+import { createEngine } from '../../src/index.ts';
+import { openSafetensors } from '../../src/model/checkpoint/safetensors.ts';
+import { withPrefix } from '../../src/model/checkpoint/tensor-source.ts';
+import { compareArrays } from '../../src/model/parity.ts';
+import { UNet } from '../../src/model/unet.ts';
+import { flagsFromJson } from '../../src/model/unet-config.ts';
+
+// The app's own WebGPU: Dawn as navigator.gpu (tfjs looks there), and a device the app requests,
+// owns and keeps using after the engine is gone.
+Object.assign(globalThis, globals);
+const gpu = create([]);
+Object.defineProperty(globalThis, 'navigator', { value: { gpu, userAgent: 'node' }, configurable: true });
+const adapter = (await gpu.requestAdapter())!;
+const device = await adapter.requestDevice({ label: 'app device' });
+const uncaptured: string[] = [];
+const handler = (ev: GPUUncapturedErrorEvent) => uncaptured.push(ev.error.message);
+device.onuncapturederror = handler;
+
+// tfjs's kernels are registered under the name 'webgpu': give that name a backend on the app's device.
+if (tf.findBackendFactory('webgpu')) tf.removeBackend('webgpu');
+tf.registerBackend('webgpu', () => new WebGPUBackend(device));
+if (!(await tf.setBackend('webgpu'))) throw new Error('tfjs-backend-webgpu did not start on the app device');
+
+async function readCallerBuffer(buffer: GPUBuffer, bytes: number): Promise<Float32Array> {
+  const staging = device.createBuffer({ size: bytes, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST, label: 'app staging' });
+  const enc = device.createCommandEncoder({ label: 'app readback' });
+  enc.copyBufferToBuffer(buffer, 0, staging, 0, bytes);
+  device.queue.submit([enc.finish()]);
+  await staging.mapAsync(GPUMapMode.READ);
+  const out = new Float32Array(staging.getMappedRange().slice(0));
+  staging.destroy();
+  return out;
+}
+
+async function tfMatmulCheck(t: { same(a: unknown, b: unknown, m: string): boolean }, label: string) {
+  // [[1,2],[3,4]]·[[5,6],[7,8]] = [[19,22],[43,50]] (read with data(): dataSync needs a canvas)
+  const c = tf.matMul(tf.tensor2d([1, 2, 3, 4], [2, 2]), tf.tensor2d([5, 6, 7, 8], [2, 2]));
+  t.same(Array.from(await c.data()), [19, 22, 43, 50], `tfjs on the shared device is right ${label}`);
+  c.dispose();
+}
+
+t.test('caller buffers in and out, beside tfjs on the same device, every block as in the dump', async (t) => {
+  await tfMatmulCheck(t, 'before the engine');
+  const engine = await createEngine({ device });
+  const dump = await openSafetensors(new URL('../fixtures/adm32-mini.safetensors', import.meta.url).pathname);
+  const flags = flagsFromJson(dump.metadata.config);
+  const unet = await UNet.load(engine, flags, withPrefix(dump, 'param.'));
+  const xtInfo = dump.info('input.x_t')!;
+  const xtData = await dump.read('input.x_t');
+  // The app's own input buffer, written by the app.
+  const input = device.createBuffer({ size: xtData.byteLength, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC, label: 'app x_t' });
+  device.queue.writeBuffer(input, 0, new Float32Array(xtData));
+  const blocks = unet.plan.blocks.map((b) => b.b);
+  const x = engine.fromBuffer(input, xtInfo.shape);
+  const r = unet.forward(x, Array.from(await dump.read('input.t')), { taps: blocks });
+  await tfMatmulCheck(t, 'between difrep dispatches');
+  const outputs = new Map(blocks.map((b) => [b, { buffer: engine.toBuffer(r.taps.get(b)!), bytes: r.taps.get(b)!.byteLength }]));
+  await engine.sync(); // surfaces any GPU error of the engine's work
+  await engine.dispose();
+  t.equal(device.onuncapturederror, handler, 'the app\'s onuncapturederror is untouched');
+  // After dispose: the app's input and the returned feature buffers are alive and right.
+  for (const b of blocks) {
+    const { buffer, bytes } = outputs.get(b)!;
+    t.match(buffer.label, /^difrep output/, `block ${b}: the returned buffer is labelled`);
+    const got = await readCallerBuffer(buffer, bytes);
+    const c = compareArrays(`block.${b}`, got, await dump.read(`block.${b}`), 1e-5);
+    t.ok(c.maxRel <= 1e-5, `block ${b} from the caller's buffer: ${c.maxRel.toExponential(2)}`);
+    buffer.destroy();
+  }
+  t.same(await readCallerBuffer(input, xtData.byteLength), xtData, 'the app\'s input buffer is untouched');
+  input.destroy();
+  await dump.close();
+  await tfMatmulCheck(t, 'after engine.dispose() (the device is not destroyed)');
+  t.throws(() => engine.tensor([1], [1]), /disposed/, 'the disposed engine refuses work');
+  t.same(uncaptured, [], 'no uncaptured errors on the app\'s device');
+});
+
+t.test('fromBuffer explains a buffer that cannot be a tensor', async (t) => {
+  const engine = await createEngine({ device });
+  const mapOnly = device.createBuffer({ size: 64, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST, label: 'app staging' });
+  t.throws(() => engine.fromBuffer(mapOnly, [4]), /app staging: the buffer needs GPUBufferUsage.STORAGE/);
+  const small = device.createBuffer({ size: 64, usage: GPUBufferUsage.STORAGE, label: 'app small' });
+  t.throws(() => engine.fromBuffer(small, [1, 3, 4, 4]), /app small: shape \[1, ?3, ?4, ?4\] needs 192 bytes of f32, the buffer has 64/);
+  engine.dispose();
+  mapOnly.destroy();
+  small.destroy();
+});
