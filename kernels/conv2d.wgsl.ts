@@ -1,6 +1,7 @@
 // 2-D convolution (stride 1, square kernel, zero padding) on NCHW data as an implicit GEMM:
 //   out[n] (Cout × P) = W (Cout × K) · im2col(x[n]) (K × P) + bias (+ residual[n])
-// with P = H·W pixels and K = Cin·k·k. W is PyTorch's [Cout, Cin, k, k] read row-major, so the
+// with P = H·W pixels and K = Cin·k·k, every image's columns side by side (N·P columns), so the
+// small feature maps of a batch (4×4, 8×8) still fill whole tiles. W is PyTorch's [Cout, Cin, k, k] read row-major, so the
 // checkpoint's layout is the GEMM's A operand and the output lands in NCHW without a transpose.
 // im2col is never materialised: the B-tile load decodes (ci, ky, kx) and (y, x) and reads zero
 // outside the image. Same register tiling as kernels/matmul.wgsl.ts.
@@ -24,7 +25,7 @@ export interface Conv2dVariant {
 
 /**
  * Bindings: w, x, out, then bias and residual when present.
- * Uniforms: Cin (channels of x), H, W, Cout (channels of out).
+ * Uniforms: Cin (channels of x), H, W, Cout (channels of out), N (images).
  */
 export function conv2dKernel(v: Conv2dVariant, t: MatmulTiling = DEFAULT_MATMUL_TILING): KernelSource {
   const BM = t.wgY * t.tm;
@@ -37,7 +38,7 @@ export function conv2dKernel(v: Conv2dVariant, t: MatmulTiling = DEFAULT_MATMUL_
   return {
     key: `conv2d.k${v.ksize}p${v.pad}${v.bias ? '.bias' : ''}${v.residual ? '.res' : ''}${v.transposedWeight ? '.wT' : ''}.${t.wgX}x${t.wgY}.${t.tm}x${t.tn}.k${t.tk}`,
     code: wgsl`
-struct Params { Cin: u32, H: u32, W: u32, Cout: u32 }
+struct Params { Cin: u32, H: u32, W: u32, Cout: u32, N: u32 }
 @group(0) @binding(0) var<uniform> u: Params;
 @group(0) @binding(1) var<storage, read> w: array<f32>;
 @group(0) @binding(2) var<storage, read> x: array<f32>;
@@ -63,8 +64,12 @@ fn loadW(m: u32, kk: u32, K: u32) -> f32 {
 #endif
 }
 
-fn loadX(base: u32, kk: u32, p: u32, K: u32, P: u32) -> f32 {
-  if (kk >= K || p >= P) { return 0.0; }
+// Column c = n·P + p of the batched im2col.
+fn loadX(kk: u32, c: u32, K: u32, P: u32) -> f32 {
+  if (kk >= K || c >= u.N * P) { return 0.0; }
+  let n = c / P;
+  let p = c % P;
+  let base = n * u.Cin * P;
   let ci = kk / ${KK}u;
   let r = kk % ${KK}u;
   let yy = i32(p / u.W) + i32(r / ${v.ksize}u) - ${v.pad};
@@ -75,13 +80,11 @@ fn loadX(base: u32, kk: u32, p: u32, K: u32, P: u32) -> f32 {
 
 @compute @workgroup_size(${t.wgX}, ${t.wgY})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
-  let n = wid.z;
   let tx = lid3.x;
   let ty = lid3.y;
   let lid = ty * ${t.wgX}u + tx;
   let P = u.H * u.W;
   let K = u.Cin * ${KK}u;
-  let xBase = n * u.Cin * P;
   let row0 = wid.y * ${BM}u;
   let col0 = wid.x * ${BN}u;
   var acc: array<array<f32, ${t.tn}>, ${t.tm}>;
@@ -94,7 +97,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     for (var e = lid; e < ${t.tk * BN}u; e += ${threads}u) {
       let kk = e / ${BN}u;
       let pp = e % ${BN}u;
-      tileB[kk * ${BN}u + pp] = loadX(xBase, k0 + kk, col0 + pp, K, P);
+      tileB[kk * ${BN}u + pp] = loadX(k0 + kk, col0 + pp, K, P);
     }
     workgroupBarrier();
     for (var kk = 0u; kk < ${t.tk}u; kk++) {
@@ -112,9 +115,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     let m = row0 + ty * ${t.tm}u + i;
     if (m >= u.Cout) { break; }
     for (var j = 0u; j < ${t.tn}u; j++) {
-      let p = col0 + tx * ${t.tn}u + j;
-      if (p >= P) { break; }
-      let o = (n * u.Cout + m) * P + p;
+      let c = col0 + tx * ${t.tn}u + j;
+      if (c >= u.N * P) { break; }
+      let o = ((c / P) * u.Cout + m) * P + c % P;
       var r = acc[i][j];
 #if ${v.bias}
       r += bias[m];

@@ -74,6 +74,11 @@ async function findGpu(): Promise<GPU> {
   return gpu;
 }
 
+/** A software adapter running on the CPU (lavapipe/llvmpipe, SwiftShader): kernels pick CPU-friendly variants. */
+export function isCpuAdapter(info: AdapterDescription): boolean {
+  return /llvmpipe|lavapipe|swiftshader|\bcpu\b/i.test([info.vendor, info.architecture, info.device, info.description].join(' '));
+}
+
 export function describeAdapter(adapter: GPUAdapter | undefined, device: GPUDevice): AdapterDescription {
   const info = (adapter?.info ?? (device as { adapterInfo?: GPUAdapterInfo }).adapterInfo) as GPUAdapterInfo | undefined;
   const limits: Record<string, number> = {};

@@ -3,7 +3,7 @@
 // global state, so several engines (and other WebGPU libraries) can share a process or a device.
 
 import { BufferPool, type PoolStats } from './buffer-pool.ts';
-import { type DeviceHandle, requestDevice, wrapDevice } from './device.ts';
+import { type DeviceHandle, isCpuAdapter, requestDevice, wrapDevice } from './device.ts';
 import { KernelRegistry, type KernelSource } from './kernel-registry.ts';
 import { KernelProfiler, type KernelTime } from './profiler.ts';
 import { Tape } from './autograd.ts';
@@ -59,6 +59,8 @@ export class Engine {
   readonly tuning: Record<string, Record<string, number>>;
   /** Largest storage binding, in bytes, that work is split to fit. */
   readonly maxBindingBytes: number;
+  /** The adapter runs on the CPU (lavapipe, SwiftShader): row reductions use a thread per row. */
+  readonly cpuAdapter: boolean;
   private readonly maxDispatches: number;
 
   private encoder: GPUCommandEncoder | null = null;
@@ -83,6 +85,7 @@ export class Engine {
     this.tuning = options.tuning ?? {};
     this.maxDispatches = options.maxDispatchesPerSubmit ?? 64;
     this.maxBindingBytes = Math.min(options.maxBindingBytes ?? Infinity, this.device.limits.maxStorageBufferBindingSize);
+    this.cpuAdapter = isCpuAdapter(handle.info);
     this.uniformArena = this.device.createBuffer({
       size: UNIFORM_ARENA_BYTES,
       usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
@@ -355,7 +358,16 @@ export class Engine {
     this.profiler ??= new KernelProfiler(this.device, this.maxDispatches);
   }
 
-  /** Stops timing and returns GPU milliseconds per kernel, slowest first. */
+  /** While profiling, attributes the following dispatches to `tag` (e.g. a model block). */
+  profileTag(tag: string): void {
+    if (this.profiler) this.profiler.tag = tag;
+  }
+
+  get profiling(): boolean {
+    return this.profiler !== null;
+  }
+
+  /** Stops timing and returns GPU milliseconds per kernel and tag, slowest first. */
   async stopProfiling(): Promise<KernelTime[]> {
     if (!this.profiler) return [];
     this.flush();

@@ -5,6 +5,8 @@
 
 export interface KernelTime {
   kernel: string;
+  /** The engine's profile tag when the kernel ran (e.g. the U-Net block), or ''. */
+  tag: string;
   calls: number;
   ms: number;
 }
@@ -12,6 +14,8 @@ export interface KernelTime {
 export class KernelProfiler {
   private readonly querySet: GPUQuerySet;
   private labels: string[] = [];
+  /** Set by Engine.profileTag; recorded with every dispatch. */
+  tag = '';
   private readonly totals = new Map<string, { calls: number; ns: number }>();
   private pending: Promise<void>[] = [];
 
@@ -23,7 +27,7 @@ export class KernelProfiler {
   nextPass(kernel: string): GPUComputePassDescriptor | null {
     if (this.labels.length >= this.capacity) return null;
     const i = this.labels.length;
-    this.labels.push(kernel);
+    this.labels.push(`${this.tag}\u0000${kernel}`);
     return { label: kernel, timestampWrites: { querySet: this.querySet, beginningOfPassWriteIndex: 2 * i, endOfPassWriteIndex: 2 * i + 1 } };
   }
 
@@ -57,7 +61,10 @@ export class KernelProfiler {
   async report(): Promise<KernelTime[]> {
     await Promise.all(this.pending);
     this.pending = [];
-    return [...this.totals].map(([kernel, v]) => ({ kernel, calls: v.calls, ms: v.ns / 1e6 })).sort((a, b) => b.ms - a.ms);
+    return [...this.totals].map(([key, v]) => {
+      const [tag, kernel] = key.split('\u0000');
+      return { kernel, tag, calls: v.calls, ms: v.ns / 1e6 };
+    }).sort((a, b) => b.ms - a.ms);
   }
 
   destroy(): void {

@@ -196,6 +196,7 @@ export class UNet {
     if (last === 0 && !opts.emb) throw new RangeError('forward: ask for at least one tap, the output or the embedding');
 
     const result: ForwardResult = { taps: new Map() };
+    e.profileTag('timestep embedding');
     const emb = this.timestepEmbedding(t);
     const embAct = silu(emb); // SiLU of emb_layers, shared by every ResBlock
     const nIn = plan.numInputBlocks;
@@ -207,6 +208,7 @@ export class UNet {
 
     let h = x;
     for (const block of plan.blocks.slice(0, last)) {
+      e.profileTag(`block ${block.b}`); // GPU time per block when the engine is profiling
       let input = h;
       if (block.skipFrom !== undefined) {
         const skip = skips.get(block.skipFrom)!;
@@ -228,6 +230,7 @@ export class UNet {
       if (taps.includes(block.b)) result.taps.set(block.b, out);
       h = out;
     }
+    e.profileTag(opts.output ? 'output' : '');
     if (opts.output) {
       result.output = e.tidy(() => {
         const a = groupNorm(h, this.param('out.0.weight'), this.param('out.0.bias'), { silu: true });

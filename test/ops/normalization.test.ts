@@ -118,3 +118,29 @@ t.test('broadcast helper sanity: (x − mean) over rows equals the reference', a
   const r = broadcast(a, { data: Float64Array.from([1, 2, 3]), shape: [3] }, (p, q) => p - q);
   t.ok(maxRelError(await ops.sub(upload(e, a), e.tensor([1, 2, 3], [3])).read(), r.data) < 1e-6);
 });
+
+t.test('groupNorm and normalizeRows agree with float64 with a workgroup per row and with a thread per row', async (t) => {
+  const { createEngine } = await import('../../src/engine/engine.ts');
+  const x = randomNd([3, 64, 5, 7], 21, -2, 3);
+  const g = randomNd([64], 22, 0.5, 1.5);
+  const b = randomNd([64], 23);
+  const ss = randomNd([3, 128], 24, -0.5, 0.5);
+  const ref = groupNormRef(x, g, b, 32, 1e-5, ss, true).data;
+  const grads: Float32Array[] = [];
+  for (const [mode, threadPerRowFrom] of [['workgroup per row', 0], ['thread per row', 1]] as const) {
+    const m = await createEngine({ device: e.device, tuning: { rows: { threadPerRowFrom } } });
+    const y = ops.groupNorm(upload(m, x), upload(m, g), upload(m, b), { silu: true, scaleShift: upload(m, ss) });
+    t.ok(maxRelError(await y.read(), ref) < 1e-5, `groupNorm, ${mode}`);
+    const xt = upload(m, x);
+    xt.requiresGrad = true;
+    const rows = ops.normalizeRows(xt, 35);
+    const mean = Array.from({ length: 3 * 64 }, (_, r) => x.data.slice(r * 35, (r + 1) * 35).reduce((s, v) => s + v, 0) / 35);
+    const got = await rows.read();
+    const rowMean = Array.from({ length: 3 * 64 }, (_, r) => got.slice(r * 35, (r + 1) * 35).reduce((s, v) => s + v, 0) / 35);
+    t.ok(rowMean.every((v) => Math.abs(v) < 1e-5) && mean.length === 192, `normalizeRows rows have mean 0, ${mode}`);
+    m.tape.backward(ops.sum(ops.mul(rows, upload(m, randomNd([3, 64, 5, 7], 25)))));
+    grads.push(await xt.grad!.read());
+  }
+  // The workgroup path is the one the finite-difference tests above check (few rows).
+  t.ok(maxRelError(grads[1], Float64Array.from(grads[0])) < 1e-5, 'normalizeRows backward: thread per row = workgroup per row');
+});

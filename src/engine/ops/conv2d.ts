@@ -37,15 +37,15 @@ interface ConvCall {
 }
 
 function runConv(e: Engine, c: ConvCall): void {
-  const t = tiling(e, c.cout, c.H * c.W);
+  const t = tiling(e, c.cout, c.N * c.H * c.W);
   const bindings = [c.w, c.x, c.out];
   if (c.bias) bindings.push(c.bias);
   if (c.residual) bindings.push(c.residual);
   e.dispatch({
     kernel: conv2dKernel({ ksize: c.ksize, pad: c.pad, bias: !!c.bias, residual: !!c.residual, transposedWeight: c.transposedWeight }, t),
     bindings,
-    uniforms: new Uniforms().u32(c.cin, c.H, c.W, c.cout).toArrayBuffer(),
-    workgroups: [Math.ceil((c.H * c.W) / (t.wgX * t.tn)), Math.ceil(c.cout / (t.wgY * t.tm)), c.N],
+    uniforms: new Uniforms().u32(c.cin, c.H, c.W, c.cout, c.N).toArrayBuffer(),
+    workgroups: [Math.ceil((c.N * c.H * c.W) / (t.wgX * t.tn)), Math.ceil(c.cout / (t.wgY * t.tm))],
   });
 }
 

@@ -4,7 +4,7 @@ import { shapeString, type Tensor } from '../tensor.ts';
 import { Uniforms } from '../uniforms.ts';
 import { add, addScalar, mul, silu } from './elementwise.ts';
 import { reshape, slice } from './layout.ts';
-import { normalizeRows } from './normalize.ts';
+import { normalizeRows, rowParallelism } from './normalize.ts';
 
 export interface GroupNormOptions {
   groups?: number;
@@ -33,11 +33,12 @@ export function groupNorm(x: Tensor, gamma: Tensor, beta: Tensor, opts: GroupNor
   const y = e.empty(x.shape, `groupNorm(${x.label})`);
   const bindings = [x, gamma, beta, y];
   if (opts.scaleShift) bindings.push(opts.scaleShift);
+  const par = rowParallelism(e, N * groups);
   e.dispatch({
-    kernel: groupNormKernel({ scaleShift: !!opts.scaleShift, silu: !!opts.silu }),
+    kernel: groupNormKernel({ scaleShift: !!opts.scaleShift, silu: !!opts.silu }, par.mode),
     bindings,
-    uniforms: new Uniforms().u32(C, HW, groups).f32(opts.eps ?? 1e-5).toArrayBuffer(),
-    workgroups: [N * groups],
+    uniforms: new Uniforms().u32(C, HW, groups).f32(opts.eps ?? 1e-5).u32(N * groups).toArrayBuffer(),
+    workgroups: par.workgroups,
   });
   return y;
 }
