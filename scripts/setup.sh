@@ -3,7 +3,9 @@
 #   1. a WebGPU-capable Vulkan driver (Mesa >= 25 lavapipe from bookworm-backports; Debian 12's own
 #      Mesa 22 is rejected by Dawn),
 #   2. the npm dependencies,
-#   3. a probe that prints the WebGPU adapter found (vendor, architecture, features, limits).
+#   3. a probe that prints the WebGPU adapter found (vendor, architecture, features, limits),
+#   4. with --browser: Debian's chromium, for the browser tests, `parity --runtime chromium` and the
+#      example page's test (headless Chromium runs WebGPU on its own SwiftShader adapter).
 # Safe to run again: every step checks before it changes anything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -73,6 +75,22 @@ install_fashion_mnist() {
     || { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq dataset-fashion-mnist >/dev/null; }
 }
 
+install_chromium() {
+  if command -v chromium >/dev/null; then
+    say "chromium present: $(chromium --version 2>/dev/null | head -n 1)"
+    return 0
+  fi
+  if ! command -v apt-get >/dev/null; then
+    say "no apt-get: install Chromium yourself and set DIFREP_CHROMIUM to its binary for the browser tests"
+    return 0
+  fi
+  local sudo=""
+  [[ $(id -u) -ne 0 ]] && sudo="sudo"
+  say "installing chromium (browser tests)"
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null \
+    || { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null; }
+}
+
 install_npm_deps() {
   if [[ -d node_modules/webgpu && -d node_modules/tap && node_modules -nt package-lock.json ]]; then
     say "npm dependencies present"
@@ -82,8 +100,17 @@ install_npm_deps() {
   fi
 }
 
+browser=0
+for arg in "$@"; do
+  case "$arg" in
+    --browser) browser=1 ;;
+    *) say "unknown option $arg (known: --browser)"; exit 2 ;;
+  esac
+done
+
 install_lavapipe
 install_fashion_mnist
+[[ $browser -eq 1 ]] && install_chromium
 install_npm_deps
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
 npx --no-install tsx scripts/probe-adapter.ts

@@ -1,41 +1,109 @@
-// `difrep parity FILE... [--tol 1e-4]`: compares the engine with PyTorch reference dumps.
+// `difrep parity FILE... [--tol 1e-4] [--runtime node|deno|chromium]`: compares the engine with
+// PyTorch reference dumps, in this Node process, under Deno, or inside a headless Chromium page.
+import { spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { basename, join, resolve } from 'node:path';
 import { createEngine } from '../engine/engine.ts';
-import { parity } from '../train/parity.ts';
+import { UsageError } from './args.ts';
+import { ensureBuilt, launchChromium, runPage } from './chromium.ts';
+import { packageRoot } from './package-root.ts';
+import { runParity } from './parity-run.ts';
+import { importMapScript, startStaticServer } from './static-server.ts';
 
-export async function parityCommand(args: string[]): Promise<number> {
-  const files: string[] = [];
-  let tol = 1e-4;
-  let gradTol = 1e-3;
-  let unetFile: string | undefined;
+const USAGE = `usage: difrep parity FILE.safetensors... [--tol REL] [--grad-tol REL] [--unet UNET.safetensors] [--runtime node|deno|chromium]
+
+  Rebuilds the model (U-Net, attention head, DifFormer or DifFeed) from each dump's metadata, runs it,
+  and prints per tensor the max abs error and max|a-r|/max|r|. Exit 1 if any tensor is above its
+  tolerance: --tol for forward tensors (default 1e-4), --grad-tol for gradients and the Adam step
+  (default 1e-3). --unet: for attention-head and DifFormer dumps, recompute their input features feat.*
+  from input.x0 with the U-Net weights of that dump (adm64.safetensors) and compare them too.
+  --runtime: node (default, Dawn), deno (the same source under Deno's WebGPU), or chromium (a headless
+  Chromium page on its own WebGPU, SwiftShader; needs Debian's chromium and puppeteer-core).`;
+
+interface ParityArgs {
+  files: string[];
+  tol: number;
+  gradTol: number;
+  unet?: string;
+  runtime: string;
+}
+
+function parseParityArgs(args: string[]): ParityArgs | null {
+  const o: ParityArgs = { files: [], tol: 1e-4, gradTol: 1e-3, runtime: 'node' };
   for (let i = 0; i < args.length; i++) {
-    if (args[i] === '--tol') tol = Number(args[++i]);
-    else if (args[i] === '--grad-tol') gradTol = Number(args[++i]);
-    else if (args[i] === '--unet') unetFile = args[++i];
-    else if (args[i] === '--help' || args[i] === '-h') {
-      console.log('usage: difrep parity FILE.safetensors... [--tol REL] [--grad-tol REL] [--unet UNET.safetensors]\n\n  Rebuilds the model (U-Net, attention head, DifFormer or DifFeed) from each dump\'s metadata, runs it,\n  and prints per tensor the max abs error and max|a-r|/max|r|. Exit 1 if any tensor is above its\n  tolerance: --tol for forward tensors (default 1e-4), --grad-tol for gradients and the Adam step\n  (default 1e-3). --unet: for attention-head and DifFormer dumps, recompute their input features feat.*\n  from input.x0 with the U-Net weights of that dump (adm64.safetensors) and compare them too.');
-      return 0;
-    } else files.push(args[i]);
+    const a = args[i];
+    if (a === '--tol') o.tol = Number(args[++i]);
+    else if (a === '--grad-tol') o.gradTol = Number(args[++i]);
+    else if (a === '--unet') o.unet = args[++i];
+    else if (a === '--runtime') o.runtime = args[++i];
+    else if (a === '--help' || a === '-h') return null;
+    else if (a.startsWith('--')) throw new UsageError(`difrep parity: unknown option ${a}\n\n${USAGE}`);
+    else o.files.push(a);
   }
-  if (!files.length || !(tol > 0)) {
-    console.error('usage: difrep parity FILE.safetensors... [--tol REL] [--grad-tol REL] [--unet UNET.safetensors]');
-    return 2;
+  if (!o.files.length) throw new UsageError(`difrep parity: no dump given\n\n${USAGE}`);
+  if (!(o.tol > 0) || !(o.gradTol > 0)) throw new UsageError('difrep parity: --tol and --grad-tol must be positive numbers');
+  if (!['node', 'deno', 'chromium'].includes(o.runtime)) throw new UsageError(`difrep parity: --runtime ${o.runtime}: choose node, deno or chromium`);
+  for (const f of [...o.files, ...(o.unet ? [o.unet] : [])]) {
+    if (!existsSync(f)) throw new UsageError(`difrep parity: ${f}: no such file`);
   }
+  return o;
+}
+
+async function inNode(o: ParityArgs): Promise<number> {
   const engine = await createEngine();
-  console.log(`adapter: ${engine.handle.info.description || engine.handle.info.device || engine.handle.info.vendor}`);
-  let ok = true;
-  for (const file of files) {
-    console.log(`\n${file}`);
-    const report = await parity(engine, file, {
-      forwardTolerance: tol,
-      gradientTolerance: gradTol,
-      unetFile,
-      onResult: (c) => console.log(`  ${c.pass ? 'ok  ' : 'FAIL'} ${c.name.padEnd(14)} max abs ${c.maxAbs.toExponential(2)}  max rel ${c.maxRel.toExponential(2)}${c.note ? `  (${c.note})` : ''}`),
-      onNote: (n) => console.log(`  note: ${n}`),
-    });
-    const worst = report.results.reduce((w, c) => (c.maxRel > w.maxRel ? c : w), report.results[0]);
-    console.log(`  ${report.pass ? 'PASS' : 'FAIL'}: ${report.results.filter((c) => c.pass).length}/${report.results.length} tensors within tolerance (forward ${tol}, gradients ${gradTol}); worst ${worst.name} ${worst.maxRel.toExponential(2)}`);
-    ok &&= report.pass;
-  }
-  engine.dispose();
+  const ok = await runParity(engine, o.files.map((f) => ({ name: f, source: f })), o, (l) => console.log(l));
+  await engine.dispose();
   return ok ? 0 : 1;
+}
+
+/** The same CLI source under Deno (the npm `deno` package, or `deno` on the PATH). */
+function inDeno(argv: string[]): number {
+  const root = packageRoot();
+  const local = join(root, 'node_modules', '.bin', 'deno');
+  const deno = existsSync(local) ? local : 'deno';
+  const rest = argv.filter((a, i) => a !== '--runtime' && argv[i - 1] !== '--runtime');
+  console.log(`runtime: Deno (${deno})`);
+  const r = spawnSync(deno, ['run', '--quiet', '--unstable-webgpu', '--allow-read', '--allow-env', join(root, 'src', 'cli', 'main.ts'), 'parity', ...rest], { stdio: 'inherit' });
+  if (r.error) throw new UsageError(`cannot start Deno (${r.error.message}): npm install deno, or put deno on the PATH`);
+  return r.status ?? 1;
+}
+
+async function inChromium(o: ParityArgs): Promise<number> {
+  const root = packageRoot();
+  ensureBuilt(root, (l) => console.log(l));
+  const files: Record<string, string> = {};
+  const url = (f: string, i: number) => {
+    const path = `/files/${i}/${encodeURIComponent(basename(f))}`;
+    files[path] = resolve(f);
+    return path;
+  };
+  const q = new URLSearchParams();
+  o.files.forEach((f, i) => q.append('file', url(f, i)));
+  if (o.unet) q.set('unet', url(o.unet, o.files.length));
+  q.set('tol', String(o.tol));
+  q.set('gradTol', String(o.gradTol));
+  const page = `<!doctype html><html><head><meta charset="utf-8"><title>difrep parity</title>${importMapScript()}</head>
+<body><script type="module" src="/dist/src/cli/browser/parity-page.js"></script></body></html>`;
+  const server = await startStaticServer({ dirs: { '/dist/': join(root, 'dist') }, files, pages: { '/parity.html': page } });
+  const browser = await launchChromium();
+  try {
+    console.log(`runtime: ${await browser.version()} (headless)`);
+    const run = await runPage(browser, `${server.url}/parity.html?${q}`, (l) => console.log(l));
+    for (const e of run.errors) console.error(`page error: ${e}`);
+    return run.exit;
+  } finally {
+    await browser.close();
+    await server.close();
+  }
+}
+
+export async function parityCommand(argv: string[]): Promise<number> {
+  const o = parseParityArgs(argv);
+  if (!o) {
+    console.log(USAGE);
+    return 0;
+  }
+  if (o.runtime === 'deno') return inDeno(argv);
+  if (o.runtime === 'chromium') return inChromium(o);
+  return inNode(o);
 }

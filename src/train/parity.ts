@@ -4,6 +4,7 @@
 import type { Engine } from '../engine/engine.ts';
 import { crossEntropy } from '../engine/ops/nn.ts';
 import type { Tensor } from '../engine/tensor.ts';
+import type { ByteSource } from '../model/checkpoint/byte-source.ts';
 import { openSafetensors } from '../model/checkpoint/safetensors.ts';
 import { type TensorSource, withPrefix } from '../model/checkpoint/tensor-source.ts';
 import { linearSchedule, qSample } from '../model/diffusion.ts';
@@ -171,8 +172,8 @@ export async function headParity(e: Engine, dump: TensorSource, opts: HeadParity
   return { kind, config: md.unet_config ?? '', results, pass: results.every((c) => c.pass) };
 }
 
-/** Opens a dump and runs the parity check that fits its `kind`. */
-export async function parity(e: Engine, file: string, opts: Omit<HeadParityOptions, 'unet'> & { unetFile?: string } = {}): Promise<ParityReport> {
+/** Opens a dump (a path, or bytes already fetched, e.g. in a browser) and runs the parity check that fits its `kind`. */
+export async function parity(e: Engine, file: string | ByteSource, opts: Omit<HeadParityOptions, 'unet'> & { unetFile?: string | ByteSource } = {}): Promise<ParityReport> {
   const dump = await openSafetensors(file);
   const unet = opts.unetFile ? await openSafetensors(opts.unetFile) : undefined;
   try {
