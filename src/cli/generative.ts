@@ -8,7 +8,7 @@ import { writeFileAtomic } from '../model/checkpoint/atomic-write.ts';
 import { writeSafetensors } from '../model/checkpoint/safetensors.ts';
 import { imageGrid, sample } from '../model/sampling.ts';
 import { loadFashionMnist, toModelInput } from '../train/data/fashion-mnist.ts';
-import { pretrain } from '../train/pretrain.ts';
+import { type Ema, pretrain } from '../train/pretrain.ts';
 import { int, type OptionSpec, parseArgs, UsageError } from './args.ts';
 import { loadModel, MODEL_OPTIONS } from './model-options.ts';
 import { fmtTime, progressBar } from './progress.ts';
@@ -21,7 +21,8 @@ const PRETRAIN: Record<string, OptionSpec> = {
   ema: { help: 'EMA decay of the weights', default: '0.9999' },
   images: { help: 'Fashion-MNIST training images used (0 = all 60,000)', default: '0' },
   seed: { help: 'seed of batches, timesteps and noise', default: '0' },
-  'checkpoint-every': { help: 'seconds between training-state saves', default: '300' },
+  'checkpoint-every': { help: 'seconds between training-state saves (each also rewrites ema.safetensors)', default: '300' },
+  'sample-every': { help: 'seconds between sample grids (<out>/samples/step-N.png, DDIM 50 steps, EMA weights; 0 = never)', default: '900' },
   out: { help: 'run directory: state.safetensors, ema.safetensors (a plain state dict), loss.json (required)' },
   resume: { help: 'continue from <out>/state.safetensors', flag: true },
 };
@@ -31,7 +32,8 @@ async function pretrainCommand(argv: string[]): Promise<number> {
   if (!o) return 0;
   if (!o.out) throw new UsageError('difrep pretrain: --out DIR is required');
   const e = await createEngine();
-  const { unet } = await loadModel(e, String(o.model), o.checkpoint as string | undefined);
+  // Without --checkpoint the weights start from the seeded initialisation (training from scratch).
+  const { unet } = await loadModel(e, String(o.model), o.checkpoint as string | undefined, true);
   const ds = await loadFashionMnist('train');
   const count = int(o.images, 'images') || ds.count;
   const size = unet.plan.flags.image_size;
@@ -39,6 +41,20 @@ async function pretrainCommand(argv: string[]): Promise<number> {
   const t0 = performance.now();
   const bar = progressBar('pretrain', 'steps');
   const steps = int(o.steps, 'steps', 1);
+  const sampleEvery = Number(o['sample-every']);
+  let lastSample = performance.now();
+  const writeEma = async (ema: Ema, step: number) => {
+    const tensors: Record<string, { shape: number[]; data: Float32Array }> = {};
+    for (const [k, v] of ema.shadow) tensors[k] = { shape: k.endsWith('qkv.weight') || k.endsWith('proj_out.weight') ? [...v.shape.slice(0, 3)] : [...v.shape], data: await v.read() };
+    await writeSafetensors(join(String(o.out), 'ema.safetensors'), tensors, { kind: 'difrep-unet-ema', config: JSON.stringify(unet.plan.flags), steps: String(step) });
+  };
+  const writeSamples = async (ema: Ema, step: number) => {
+    const x = sample(e, unet.withWeights(ema.shadow), { count: 16, seed: 0, ddimSteps: 50 });
+    const grid = imageGrid(await x.read(), 16, unet.plan.flags.in_channels, size);
+    x.dispose();
+    await mkdir(join(String(o.out), 'samples'), { recursive: true });
+    await writeFileAtomic(join(String(o.out), 'samples', `step-${String(step).padStart(6, '0')}.png`), encode({ width: grid.width, height: grid.height, data: grid.rgb, channels: 3, depth: 8 }));
+  };
   const r = await pretrain(e, unet, { count, labels: ds.labels, images: (idx) => toModelInput(ds, idx, size) }, {
     steps, batchSize: int(o.batch, 'batch', 1), lr: Number(o.lr), emaDecay: Number(o.ema), seed: int(o.seed, 'seed'),
     checkpoint: join(String(o.out), 'state.safetensors'), checkpointEverySeconds: Number(o['checkpoint-every']), resume: !!o.resume,
@@ -46,10 +62,16 @@ async function pretrainCommand(argv: string[]): Promise<number> {
       bar(s, steps);
       if (loss !== undefined && s % 100 === 0) console.log(`step ${s}: loss ${loss.toFixed(4)}`);
     },
+    onCheckpoint: async (step, ema) => {
+      await writeEma(ema, step);
+      if (sampleEvery > 0 && performance.now() - lastSample > sampleEvery * 1000) {
+        await writeSamples(ema, step);
+        lastSample = performance.now();
+      }
+    },
   });
-  const ema: Record<string, { shape: number[]; data: Float32Array }> = {};
-  for (const [k, v] of r.ema.shadow) ema[k] = { shape: k.endsWith('qkv.weight') || k.endsWith('proj_out.weight') ? [...v.shape.slice(0, 3)] : [...v.shape], data: await v.read() };
-  await writeSafetensors(join(String(o.out), 'ema.safetensors'), ema, { kind: 'difrep-unet-ema', config: JSON.stringify(unet.plan.flags), steps: String(r.steps) });
+  await writeEma(r.ema, r.steps);
+  if (sampleEvery > 0) await writeSamples(r.ema, r.steps);
   await writeFileAtomic(join(String(o.out), 'loss.json'), JSON.stringify(r.losses));
   console.log(`pretrained to step ${r.steps} in ${fmtTime((performance.now() - t0) / 1000)}; last loss ${r.losses.at(-1)?.[1].toFixed(4)} → ${o.out}`);
   e.dispose();

@@ -33,9 +33,15 @@ async function fileHash(path: string): Promise<string> {
   return h.digest('hex').slice(0, 16);
 }
 
-export async function loadModel(e: Engine, model: string, checkpoint: string | undefined): Promise<{ unet: UNet; flags: UNetFlags; hash: string }> {
+/** The create_model flags named by --model: a preset or a JSON file. */
+export async function resolveFlags(model: string): Promise<UNetFlags> {
   const flags = PRESETS[model] ?? (model.endsWith('.json') ? flagsFromJson(await readFile(model, 'utf8').catch(() => { throw new UsageError(`--model ${model}: cannot read the config file`); })) : undefined);
   if (!flags) throw new UsageError(`--model ${model}: not a preset (${Object.keys(PRESETS).join(', ')}) or a .json config`);
+  return flags;
+}
+
+export async function loadModel(e: Engine, model: string, checkpoint: string | undefined, fromScratch = false): Promise<{ unet: UNet; flags: UNetFlags; hash: string }> {
+  const flags = await resolveFlags(model);
   let unet: UNet;
   let hash = 'random-weights';
   if (checkpoint) {
@@ -45,7 +51,7 @@ export async function loadModel(e: Engine, model: string, checkpoint: string | u
     await src.close();
     hash = await fileHash(checkpoint);
   } else {
-    console.error('difrep: no --checkpoint given: using random U-Net weights (fine for plumbing, meaningless features)');
+    if (!fromScratch) console.error('difrep: no --checkpoint given: using random U-Net weights (fine for plumbing, meaningless features)');
     unet = UNet.random(e, flags, 0);
   }
   if (unet.plan.blocks.length !== 37) console.error(`difrep: ${describeMapping(unet.plan)}`);
