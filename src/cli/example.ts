@@ -1,0 +1,65 @@
+// `difrep example`: serves the browser example page (examples/browser/) with a U-Net checkpoint on
+// 127.0.0.1; with --screenshot it instead opens the page in headless Chromium, runs one
+// extraction on the bundled samples, saves a screenshot and exits with the page's verdict.
+import { existsSync } from 'node:fs';
+import { readFile, writeFile } from 'node:fs/promises';
+import { basename, join } from 'node:path';
+import { type OptionSpec, parseArgs, UsageError } from './args.ts';
+import { ensureBuilt, launchChromium, runPage } from './chromium.ts';
+import { resolveFlags } from './model-options.ts';
+import { packageRoot } from './package-root.ts';
+import { importMapScript, startStaticServer, type StaticServer } from './static-server.ts';
+
+const root = packageRoot();
+const SHIPPED = { model: join(root, 'models', 'fmnist16.json'), checkpoint: join(root, 'models', 'fmnist16.safetensors') };
+
+const OPTIONS: Record<string, OptionSpec> = {
+  model: { help: 'U-Net config (preset or .json)', default: SHIPPED.model },
+  checkpoint: { help: 'weights (.safetensors; a reference dump\'s param.* also works)', default: SHIPPED.checkpoint },
+  port: { help: 'port on 127.0.0.1 (0: any free port)', default: '8080' },
+  screenshot: { help: 'headless: run one extraction in Chromium, save a PNG screenshot here, and exit' },
+};
+
+export async function startExampleServer(model: string, checkpoint: string, port = 0): Promise<StaticServer> {
+  if (!existsSync(checkpoint)) throw new UsageError(`difrep example: checkpoint ${checkpoint} not found; pass --checkpoint FILE.safetensors (and --model) for another U-Net`);
+  ensureBuilt(root, (l) => console.log(l));
+  const flags = await resolveFlags(model);
+  const html = (await readFile(join(root, 'examples', 'browser', 'index.html'), 'utf8')).replace('<!--IMPORTMAP-->', importMapScript());
+  return startStaticServer({
+    dirs: { '/dist/': join(root, 'dist'), '/examples/': join(root, 'examples', 'browser') },
+    files: { '/model/weights.safetensors': checkpoint },
+    pages: { '/': html, '/model/config.json': { type: 'application/json', body: JSON.stringify({ name: basename(checkpoint), flags }) } },
+    port,
+  });
+}
+
+async function screenshot(server: StaticServer, file: string): Promise<number> {
+  const browser = await launchChromium();
+  try {
+    const run = await runPage(browser, `${server.url}/?auto`, (l) => console.log(`page: ${l}`), 15 * 60_000, { width: 1100, height: 760 });
+    for (const e of run.errors) console.error(`page error: ${e}`);
+    await writeFile(file, await run.page.screenshot({ fullPage: true }));
+    console.log(`screenshot → ${file}`);
+    return run.exit === 0 && run.errors.length === 0 ? 0 : 1;
+  } finally {
+    await browser.close();
+  }
+}
+
+export async function exampleCommand(argv: string[]): Promise<number> {
+  const o = parseArgs('example', argv, OPTIONS);
+  if (!o) return 0;
+  const port = Number(o.port);
+  if (!Number.isInteger(port) || port < 0 || port > 65535) throw new UsageError(`difrep example: --port ${o.port} is not a port number`);
+  const server = await startExampleServer(String(o.model), String(o.checkpoint), o.screenshot ? 0 : port);
+  if (o.screenshot) {
+    try {
+      return await screenshot(server, String(o.screenshot));
+    } finally {
+      await server.close();
+    }
+  }
+  console.log(`example page: ${server.url}/  (WebGPU browser needed; Ctrl-C stops the server)`);
+  await new Promise(() => {});
+  return 0;
+}
