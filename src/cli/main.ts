@@ -3,6 +3,8 @@ import { NoAdapterError } from '../engine/device.ts';
 import { UsageError } from './args.ts';
 import { EXPERIMENT_COMMANDS } from './experiments.ts';
 import { GENERATIVE_COMMANDS } from './generative.ts';
+import { demoCommand } from './demo.ts';
+import { exampleCommand } from './example.ts';
 import { parityCommand } from './parity.ts';
 
 const USAGE = `usage: difrep <command> [options]
@@ -17,7 +19,8 @@ commands:
   merge            check a sharded feature cache is complete and write its manifest
   pretrain         train a text-free diffusion U-Net on Fashion-MNIST images (Eq. 4), resumable
   sample           draw DDPM/DDIM samples from a U-Net as a PNG grid
-  demo             the main job (coming with the demo issue)
+  demo             the main job: sample from the shipped small U-Net, train and compare every head on its features
+  example          serve the browser example page (examples/browser/) on 127.0.0.1
 
 Run \`difrep <command> --help\` for a command's options.`;
 
@@ -36,9 +39,10 @@ async function main(argv: string[]): Promise<number> {
     case 'pretrain':
     case 'sample':
       return GENERATIVE_COMMANDS[command](rest);
+    case 'example':
+      return exampleCommand(rest);
     case 'demo':
-      console.log('difrep demo: not built yet. It will load the shipped small U-Net, extract features and train every head (see the demo issue). Try `npm test` meanwhile.');
-      return 0;
+      return demoCommand(rest);
     case undefined:
     case '--help':
     case '-h':

@@ -1,14 +1,7 @@
 // A labelled heatmap PNG (fast-png) for CKA matrices: one cell per pair, a blue→yellow colour
-// ramp over [0, 1], row and column labels drawn with a built-in 3×5 pixel digit font.
+// ramp over [0, 1], row and column labels drawn with the 3×5 pixel font.
 import { encode } from 'fast-png';
-
-const DIGITS: Record<string, string[]> = {
-  '0': ['111', '101', '101', '101', '111'], '1': ['010', '110', '010', '010', '111'], '2': ['111', '001', '111', '100', '111'],
-  '3': ['111', '001', '111', '001', '111'], '4': ['101', '101', '111', '001', '001'], '5': ['111', '100', '111', '001', '111'],
-  '6': ['111', '100', '111', '101', '111'], '7': ['111', '001', '010', '010', '010'], '8': ['111', '101', '111', '101', '111'],
-  '9': ['111', '101', '111', '001', '111'], 't': ['010', '111', '010', '010', '011'], 'b': ['100', '100', '111', '101', '111'],
-  '.': ['000', '000', '000', '000', '010'],
-};
+import { drawText } from './pixel-font.ts';
 
 function ramp(v: number): [number, number, number] {
   const x = Math.min(1, Math.max(0, v));
@@ -31,15 +24,7 @@ export function heatmapPng(m: number[][], rowLabels: string[], colLabels: string
     if (x < 0 || y < 0 || x >= W || y >= H) return;
     px.set([r, g, b], (y * W + x) * 3);
   };
-  const text = (s: string, x0: number, y0: number) => {
-    [...s].forEach((ch, k) => {
-      const glyph = DIGITS[ch];
-      if (!glyph) return;
-      glyph.forEach((row, gy) => [...row].forEach((bit, gx) => {
-        if (bit === '1') for (let dy = 0; dy < scale; dy++) for (let dx = 0; dx < scale; dx++) put(x0 + (k * 4 + gx) * scale + dx, y0 + gy * scale + dy, [0, 0, 0]);
-      }));
-    });
-  };
+  const text = (s: string, x0: number, y0: number) => drawText(s, x0, y0, scale, (x, y) => put(x, y, [0, 0, 0]));
   for (let i = 0; i < rows; i++) {
     for (let j = 0; j < cols; j++) {
       const c = ramp(m[i][j]);

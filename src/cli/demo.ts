@@ -1,0 +1,215 @@
+// `difrep demo` (npm run demo): the paper in miniature on the shipped small U-Net. Samples from it,
+// then trains and evaluates every head on its features of a Fashion-MNIST subset: raw-pixel linear
+// probe, GD linear probe (b, t chosen on a validation split), Attention head, DifFormer and
+// DifFeed. Prints a table (accuracy, trainable parameters, time), writes it as JSON and a PNG bar
+// chart. Every setting is printed and recorded; the ordering is reported as found.
+import { mkdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import { encode } from 'fast-png';
+import { createEngine, type Engine } from '../engine/engine.ts';
+import { paperBlocks } from '../model/block-roles.ts';
+import { writeFileAtomic } from '../model/checkpoint/atomic-write.ts';
+import { imageGrid, sample } from '../model/sampling.ts';
+import type { UNet } from '../model/unet.ts';
+import { barChartPng } from '../train/bar-chart.ts';
+import { balancedSubset, type GreyImages, loadFashionMnist, seededShuffle, toModelInput } from '../train/data/fashion-mnist.ts';
+import { extractFeatures, type ImageSource, openFeatureCache } from '../train/extract.ts';
+import { type FeatureArrays, fitHead, type FitOptions, type FitResult } from '../train/fit.ts';
+import { fitDifFeed } from '../train/fit-difeed.ts';
+import { int, type OptionSpec, parseArgs } from './args.ts';
+import { loadModel } from './model-options.ts';
+import { packageRoot } from './package-root.ts';
+import { fmtTime, progressBar } from './progress.ts';
+
+const root = packageRoot();
+
+const OPTIONS: Record<string, OptionSpec> = {
+  model: { help: 'U-Net config', default: join(root, 'models', 'fmnist16.json') },
+  checkpoint: { help: 'U-Net weights', default: join(root, 'models', 'fmnist16.safetensors') },
+  'train-per-class': { help: 'training images per class (a seeded, balanced subset; 20% of it is the validation split of the b, t sweep)', default: '100' },
+  'test-per-class': { help: 'test images per class', default: '100' },
+  full: { help: 'all 60,000 training and 10,000 test images (hours on a CPU)', flag: true },
+  epochs: { help: 'epochs of every cached-feature head (StepLR steps at a quarter and at three quarters of them)', default: '12' },
+  'difeed-epochs': { help: 'epochs of DifFeed (two U-Net passes and a backward per step)', default: '3' },
+  'head-dim': { help: 'token width d of the Attention, DifFormer and DifFeed heads (paper 1024)', default: '128' },
+  'head-layers': { help: 'Transformer layers of those heads (paper 2)', default: '1' },
+  seed: { help: 'seed of subsets, noise, initialisation and shuffles', default: '0' },
+  out: { help: 'output directory: samples.png, results.json, results.png, feature caches', default: 'out/demo' },
+};
+
+interface Row {
+  method: string;
+  features: string;
+  top1: number;
+  top5: number;
+  params: number;
+  seconds: number;
+  settings: string;
+}
+
+/** Histogram (bins over [−1, 1]) of grey values, normalised to sum 1. */
+function histogram(data: Float32Array, bins = 16): Float64Array {
+  const h = new Float64Array(bins);
+  for (const v of data) h[Math.min(bins - 1, Math.max(0, Math.floor(((v + 1) / 2) * bins)))]++;
+  return h.map((c) => c / data.length);
+}
+
+const totalVariation = (a: Float64Array, b: Float64Array) => 0.5 * a.reduce((s, v, i) => s + Math.abs(v - b[i]), 0);
+
+function imagesOf(ds: GreyImages, indices: number[], S: number): ImageSource {
+  return { count: indices.length, labels: indices.map((i) => ds.labels[i]), images: (idx) => toModelInput(ds, idx.map((i) => indices[i]), S) };
+}
+
+/** The grey model input ([count, 1, S, S]) as a cached "feature" for the raw-pixel probe. */
+function rawPixels(ds: GreyImages, indices: number[], S: number): FeatureArrays {
+  const rgb = toModelInput(ds, indices, S);
+  const grey = new Float32Array(indices.length * S * S);
+  for (let n = 0; n < indices.length; n++) grey.set(rgb.subarray(n * 3 * S * S, n * 3 * S * S + S * S), n * S * S);
+  return { features: new Map([['t0.b0', { data: grey, shape: [1, S, S] }]]), labels: indices.map((i) => ds.labels[i]), count: indices.length };
+}
+
+/** Rows `rows` of cached features (a split of the subset). */
+function subsetArrays(f: FeatureArrays, rows: number[]): FeatureArrays {
+  const features = new Map<string, { data: Float32Array; shape: number[] }>();
+  for (const [k, v] of f.features) {
+    const per = v.shape.reduce((p, d) => p * d, 1);
+    const data = new Float32Array(rows.length * per);
+    rows.forEach((r, i) => data.set(v.data.subarray(r * per, (r + 1) * per), i * per));
+    features.set(k, { data, shape: v.shape });
+  }
+  return { features, labels: rows.map((r) => f.labels[r]), count: rows.length };
+}
+
+async function samplesAndSanity(e: Engine, unet: UNet, ds: GreyImages, outDir: string): Promise<string> {
+  const S = unet.plan.flags.image_size;
+  const count = 36;
+  const t0 = performance.now();
+  const x = sample(e, unet, { count, seed: 0, ddimSteps: 50 });
+  const data = await x.read();
+  x.dispose();
+  const grid = imageGrid(data, count, unet.plan.flags.in_channels, S, 6);
+  await writeFileAtomic(join(outDir, 'samples.png'), encode({ width: grid.width, height: grid.height, data: grid.rgb, channels: 3, depth: 8 }));
+  // An honest look: how far the samples' grey-level histogram is from real images', next to the
+  // same distance between two sets of real images of the same size, and for pure noise.
+  const real = (n: number, seed: number) => histogram(toModelInput(ds, seededShuffle(Array.from({ length: ds.count }, (_, i) => i), seed).slice(0, n), S));
+  const reference = real(2000, 1);
+  const realSpread = [2, 3, 4, 5, 6].map((s) => totalVariation(real(count, s), reference));
+  const noise = histogram(Float32Array.from({ length: count * 3 * S * S }, () => Math.max(-1, Math.min(1, 2 * Math.random() - 1))));
+  const line = `sample grid: ${count} DDIM-50 samples → ${join(outDir, 'samples.png')} (${fmtTime((performance.now() - t0) / 1000)}); ` +
+    `grey-level histogram distance (total variation) to 2000 real images: samples ${totalVariation(histogram(data), reference).toFixed(3)}, ` +
+    `${count} real images ${Math.min(...realSpread).toFixed(3)}–${Math.max(...realSpread).toFixed(3)}, uniform noise ${totalVariation(noise, reference).toFixed(3)}`;
+  console.log(line);
+  return line;
+}
+
+export async function demoCommand(argv: string[]): Promise<number> {
+  const o = parseArgs('demo', argv, OPTIONS);
+  if (!o) return 0;
+  const started = performance.now();
+  const outDir = String(o.out);
+  await mkdir(outDir, { recursive: true });
+  const seed = int(o.seed, 'seed');
+  const e = await createEngine();
+  const { unet, hash } = await loadModel(e, String(o.model), String(o.checkpoint));
+  const S = unet.plan.flags.image_size;
+  const roles = paperBlocks(unet.plan);
+  const train = await loadFashionMnist('train');
+  const test = await loadFashionMnist('test');
+  console.log(`difrep demo: U-Net ${o.checkpoint} (${unet.plan.blocks.length} blocks, ${S}×${S}, sha256 ${hash}) on ${e.handle.info.description || e.handle.info.vendor}`);
+  const sampleLine = await samplesAndSanity(e, unet, train, outDir);
+
+  // Data: balanced subsets; the b, t sweep is chosen on a validation split of the training subset.
+  const full = !!o.full;
+  const trainIdx = full ? Array.from({ length: train.count }, (_, i) => i) : balancedSubset(train.labels, int(o['train-per-class'], 'train-per-class', 1), seed);
+  const testIdx = full ? Array.from({ length: test.count }, (_, i) => i) : balancedSubset(test.labels, int(o['test-per-class'], 'test-per-class', 1), seed + 1);
+  const order = seededShuffle(trainIdx.map((_, i) => i), seed + 2);
+  const valRows = order.slice(0, Math.round(0.2 * order.length));
+  const fitRows = order.slice(valRows.length);
+  console.log(`data: Fashion-MNIST, ${trainIdx.length} training images (${fitRows.length} fit + ${valRows.length} validation for the sweep), ${testIdx.length} test images, ${S}×${S} grey`);
+
+  // Features: every timestep × every block the heads and the sweep read, one extraction each split.
+  const timesteps = [90, 150, 300];
+  const sweepBlocks = [...new Set([...roles.difformer, roles.feature])].sort((a, b) => a - b);
+  const blocks = [...new Set([...sweepBlocks, ...roles.difformer])].sort((a, b) => a - b);
+  const tx = performance.now();
+  const cached: Record<string, FeatureArrays> = {};
+  for (const [split, ds, idx] of [['train', train, trainIdx], ['test', test, testIdx]] as const) {
+    const dir = join(outDir, `features-${split}`);
+    await mkdir(dir, { recursive: true });
+    const bar = progressBar(`extract ${split}`, 'images');
+    await extractFeatures(e, unet, imagesOf(ds, idx, S), { outDir: dir, timesteps, blocks, batchSize: 50, chunkSize: 1000, seed, provenance: { checkpoint: hash, split, subset: JSON.stringify(idx.slice(0, 8)) + idx.length }, onProgress: bar });
+    const cache = await openFeatureCache(dir);
+    const features = new Map<string, { data: Float32Array; shape: number[] }>();
+    for (const t of timesteps) for (const b of blocks) features.set(`t${t}.b${b}`, await cache.features(t, b));
+    cached[split] = { features, labels: Array.from(cache.labels), count: cache.count };
+  }
+  const extractSeconds = (performance.now() - tx) / 1000;
+  const perImage = extractSeconds / ((trainIdx.length + testIdx.length) * timesteps.length);
+  console.log(`extraction: ${timesteps.length} timesteps × blocks {${blocks}} for ${trainIdx.length + testIdx.length} images in ${fmtTime(extractSeconds)} (${(1000 * perImage).toFixed(0)} ms per image and timestep)`);
+
+  const epochs = int(o.epochs, 'epochs', 1);
+  const schedule = { epochs, stepSize: Math.max(1, Math.round(epochs / 4)) };
+  const attention = { dim: int(o['head-dim'], 'head-dim', 8), heads: 4, layers: int(o['head-layers'], 'head-layers', 1), prePoolSize: 16 };
+  const rows: Row[] = [];
+  const record = (method: string, features: string, r: FitResult, settings: string) => {
+    rows.push({ method, features, top1: r.top1, top5: r.top5, params: r.params, seconds: r.seconds, settings });
+    console.log(`  ${method}: top-1 ${(100 * r.top1).toFixed(1)}%, top-5 ${(100 * r.top5).toFixed(1)}%, ${r.params.toLocaleString('en')} parameters, ${fmtTime(r.seconds)}`);
+  };
+  const fit = (trainSet: FeatureArrays, testSet: FeatureArrays, opts: Omit<FitOptions, 'classes'>) =>
+    fitHead(e, trainSet, testSet, { classes: 10, seed, ...schedule, ...opts });
+
+  console.log(`heads: Adam, cross-entropy, ${epochs} epochs, StepLR(${schedule.stepSize}, 0.1), batch 128; lr 1e-3 linear, 1e-4 attention heads (d = ${attention.dim}, ${attention.layers} layer, 4 heads)`);
+  const raw = await fit(rawPixels(train, trainIdx, S), rawPixels(test, testIdx, S), { head: 'linear', timesteps: [0], blocks: [0], pool: S });
+  record('raw-pixel linear probe', `${S}×${S} pixels`, raw, 'no pooling');
+
+  // GD linear probe: b, t by validation accuracy over the sweep grid, then trained on all of the training subset.
+  const fitPart = subsetArrays(cached.train, fitRows);
+  const valPart = subsetArrays(cached.train, valRows);
+  const sweep: { b: number; t: number; val: number }[] = [];
+  for (const t of timesteps) {
+    for (const b of sweepBlocks) {
+      const r = await fit(fitPart, valPart, { head: 'linear', timesteps: [t], blocks: [b], pool: 2 });
+      sweep.push({ b, t, val: r.top1 });
+    }
+  }
+  const best = sweep.reduce((x, y) => (y.val > x.val ? y : x));
+  console.log(`  sweep (validation top-1): ${sweep.map((s) => `b${s.b} t${s.t} ${(100 * s.val).toFixed(1)}%`).join(', ')} → b = ${best.b}, t = ${best.t}`);
+  const gd = await fit(cached.train, cached.test, { head: 'linear', timesteps: [best.t], blocks: [best.b], pool: 2 });
+  record('GD linear probe', `b ${best.b}, t ${best.t}, pool 2×2`, gd, `chosen on validation from b ∈ {${sweepBlocks}} × t ∈ {${timesteps}}`);
+
+  const att = await fit(cached.train, cached.test, { head: 'attention', timesteps: [150], blocks: [roles.feature], attention });
+  record('Attention head', `b ${roles.feature}, t 150`, att, JSON.stringify(attention));
+  const dif = await fit(cached.train, cached.test, { head: 'attention', timesteps, blocks: roles.difformer, attention });
+  record('DifFormer', `b {${roles.difformer}}, t {${timesteps}}`, dif, JSON.stringify(attention));
+
+  const difeedEpochs = int(o['difeed-epochs'], 'difeed-epochs', 1);
+  const bar = progressBar('DifFeed', 'batches');
+  const feed = await fitDifFeed(e, unet, imagesOf(train, trainIdx, S), imagesOf(test, testIdx, S), {
+    classes: 10, strategy: 'bottleneck', t: 150, head: attention, epochs: difeedEpochs, stepSize: Math.max(1, Math.round(difeedEpochs * 2 / 3)), batchSize: 16, seed, onBatch: bar,
+  });
+  record('DifFeed (bottleneck)', `feedback {${roles.bottleneck}} → b ${roles.feature}, t 150`, feed, `${difeedEpochs} epochs, batch 16, flip, feedback lr 1e-3, head lr 1e-4`);
+
+  // The table, the JSON record and the bar chart.
+  console.log(`\n| method | features | top-1 | top-5 | trainable params | time |\n|---|---|---|---|---|---|`);
+  for (const r of rows) console.log(`| ${r.method} | ${r.features} | ${(100 * r.top1).toFixed(1)}% | ${(100 * r.top5).toFixed(1)}% | ${r.params.toLocaleString('en')} | ${fmtTime(r.seconds)} |`);
+  const byName = Object.fromEntries(rows.map((r) => [r.method, r.top1]));
+  const ranking = ['GD linear probe', 'Attention head', 'DifFormer', 'DifFeed (bottleneck)'].sort((a, b) => byName[a] - byName[b]);
+  const beatsRaw = rows.filter((r) => r.method !== 'raw-pixel linear probe' && r.top1 > raw.top1).map((r) => r.method);
+  const findings = [
+    `diffusion features vs raw pixels: ${beatsRaw.length ? `${beatsRaw.join(', ')} beat the raw-pixel probe (${(100 * raw.top1).toFixed(1)}%)` : `none beats the raw-pixel probe (${(100 * raw.top1).toFixed(1)}%)`}`,
+    `ordering found (lowest → highest top-1): ${ranking.join(' < ')}; the paper's: GD linear < Attention < DifFormer / DifFeed`,
+  ];
+  for (const f of findings) console.log(f);
+  const total = (performance.now() - started) / 1000;
+  const result = {
+    checkpoint: String(o.checkpoint), sha256: hash, adapter: e.handle.info, samples: sampleLine,
+    data: { train: trainIdx.length, validation: valRows.length, test: testIdx.length, full, seed },
+    extraction: { timesteps, blocks, seconds: extractSeconds },
+    schedule: { ...schedule, difeedEpochs, attention }, sweep, rows, findings, seconds: total,
+  };
+  await writeFileAtomic(join(outDir, 'results.json'), JSON.stringify(result, null, 2) + '\n');
+  await writeFileAtomic(join(outDir, 'results.png'), barChartPng(`FASHION-MNIST TOP-1, ${testIdx.length} TEST IMAGES`, rows.map((r) => ({ label: r.method, value: r.top1 }))));
+  console.log(`\nwrote ${join(outDir, 'results.json')}, ${join(outDir, 'results.png')} and ${join(outDir, 'samples.png')}; total ${fmtTime(total)}`);
+  await e.dispose();
+  return 0;
+}
