@@ -17,6 +17,9 @@ const unet = UNet.random(e, {
 }, 0);
 const data = { count: 64, labels: [], images: async (idx: number[]) => gaussianNoise(idx.length * 32 * 32, idx[0]) };
 await pretrain(e, unet, data, { steps: 1, batchSize: batch }); // compiles every kernel
+const tPlain = performance.now();
+await pretrain(e, unet, data, { steps: 2, batchSize: batch, logEvery: 1 });
+console.log(`unprofiled: ${((performance.now() - tPlain) / 2000).toFixed(2)} s per step, ${(2 * batch / ((performance.now() - tPlain) / 1000)).toFixed(2)} images/s`);
 e.startProfiling();
 const t0 = performance.now();
 const r = await pretrain(e, unet, data, { steps: 2, batchSize: batch, logEvery: 1 });

@@ -58,6 +58,14 @@ install_lavapipe() {
   say "installed mesa-vulkan-drivers $(dpkg-query -W -f='${Version}' mesa-vulkan-drivers)"
 }
 
+# apt-get install PACKAGE from the configured suites, refreshing the package lists once if needed.
+apt_install() {
+  local sudo=""
+  [[ $(id -u) -ne 0 ]] && sudo="sudo"
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$1" >/dev/null \
+    || { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$1" >/dev/null; }
+}
+
 # Fashion-MNIST for the experiments CLI and its tests (Debian's dataset-fashion-mnist, ~30 MB).
 install_fashion_mnist() {
   if [[ -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ]]; then
@@ -68,11 +76,8 @@ install_fashion_mnist() {
     say "no apt-get: Fashion-MNIST (dataset-fashion-mnist) not installed; the experiments that use it will say so"
     return 0
   fi
-  local sudo=""
-  [[ $(id -u) -ne 0 ]] && sudo="sudo"
   say "installing dataset-fashion-mnist"
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq dataset-fashion-mnist >/dev/null \
-    || { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq dataset-fashion-mnist >/dev/null; }
+  apt_install dataset-fashion-mnist
 }
 
 install_chromium() {
@@ -84,11 +89,8 @@ install_chromium() {
     say "no apt-get: install Chromium yourself and set DIFREP_CHROMIUM to its binary for the browser tests"
     return 0
   fi
-  local sudo=""
-  [[ $(id -u) -ne 0 ]] && sudo="sudo"
   say "installing chromium (browser tests)"
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null \
-    || { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null; }
+  apt_install chromium
 }
 
 install_npm_deps() {

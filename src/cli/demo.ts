@@ -27,12 +27,16 @@ const OPTIONS: Record<string, OptionSpec> = {
   model: { help: 'U-Net config', default: join(root, 'models', 'fmnist16.json') },
   checkpoint: { help: 'U-Net weights', default: join(root, 'models', 'fmnist16.safetensors') },
   'train-per-class': { help: 'training images per class (a seeded, balanced subset; 20% of it is the validation split of the b, t sweep)', default: '100' },
-  'test-per-class': { help: 'test images per class', default: '100' },
+  'test-per-class': { help: 'test images per class', default: '50' },
   full: { help: 'all 60,000 training and 10,000 test images (hours on a CPU)', flag: true },
-  epochs: { help: 'epochs of every cached-feature head (StepLR steps at a quarter and at three quarters of them)', default: '12' },
-  'difeed-epochs': { help: 'epochs of DifFeed (two U-Net passes and a backward per step)', default: '3' },
-  'head-dim': { help: 'token width d of the Attention, DifFormer and DifFeed heads (paper 1024)', default: '128' },
+  epochs: { help: 'epochs of every cached-feature head (paper 28)', default: '10' },
+  'step-size': { help: 'StepLR: the learning rate drops ×0.1 every this many epochs (paper 7)', default: '7' },
+  batch: { help: 'batch size of the cached-feature heads (paper 128; smaller for a subset, so they get more steps)', default: '32' },
+  'difeed-epochs': { help: 'epochs of DifFeed (two U-Net passes and a backward per step; batch 16 as in the paper)', default: '2' },
+  'head-dim': { help: 'token width d of the Attention, DifFormer and DifFeed heads (paper 1024)', default: '64' },
   'head-layers': { help: 'Transformer layers of those heads (paper 2)', default: '1' },
+  'head-lr': { help: 'Adam learning rate of the Attention and DifFormer heads and of DifFeed\'s head (CLARIFICATIONS default 1e-4, meant for ImageNet-length runs; the demo\'s ~320 steps need more)', default: '1e-3' },
+  'pre-pool': { help: 'the heads\' tokenizer pools feature maps to at most this size (paper 16, for 16×16 maps of 256×256 images)', default: '4' },
   seed: { help: 'seed of subsets, noise, initialisation and shuffles', default: '0' },
   out: { help: 'output directory: samples.png, results.json, results.png, feature caches', default: 'out/demo' },
 };
@@ -148,17 +152,21 @@ export async function demoCommand(argv: string[]): Promise<number> {
   console.log(`extraction: ${timesteps.length} timesteps × blocks {${blocks}} for ${trainIdx.length + testIdx.length} images in ${fmtTime(extractSeconds)} (${(1000 * perImage).toFixed(0)} ms per image and timestep)`);
 
   const epochs = int(o.epochs, 'epochs', 1);
-  const schedule = { epochs, stepSize: Math.max(1, Math.round(epochs / 4)) };
-  const attention = { dim: int(o['head-dim'], 'head-dim', 8), heads: 4, layers: int(o['head-layers'], 'head-layers', 1), prePoolSize: 16 };
+  const schedule = { epochs, stepSize: int(o['step-size'], 'step-size', 1), batchSize: int(o.batch, 'batch', 1) };
+  const attention = { dim: int(o['head-dim'], 'head-dim', 8), heads: 4, layers: int(o['head-layers'], 'head-layers', 1), prePoolSize: int(o['pre-pool'], 'pre-pool', 1) };
   const rows: Row[] = [];
   const record = (method: string, features: string, r: FitResult, settings: string) => {
     rows.push({ method, features, top1: r.top1, top5: r.top5, params: r.params, seconds: r.seconds, settings });
     console.log(`  ${method}: top-1 ${(100 * r.top1).toFixed(1)}%, top-5 ${(100 * r.top5).toFixed(1)}%, ${r.params.toLocaleString('en')} parameters, ${fmtTime(r.seconds)}`);
   };
-  const fit = (trainSet: FeatureArrays, testSet: FeatureArrays, opts: Omit<FitOptions, 'classes'>) =>
-    fitHead(e, trainSet, testSet, { classes: 10, seed, ...schedule, ...opts });
+  const headLr = Number(o['head-lr']);
+  const fit = (trainSet: FeatureArrays, testSet: FeatureArrays, opts: Omit<FitOptions, 'classes'>, name?: string) => {
+    const bar = name ? progressBar(name, 'batches') : undefined;
+    let epoch = 0;
+    return fitHead(e, trainSet, testSet, { classes: 10, seed, ...schedule, ...opts, onEpoch: (i) => (epoch = i.epoch + 1), onBatch: bar && ((d, n) => bar(epoch * n + d, schedule.epochs * n)) });
+  };
 
-  console.log(`heads: Adam, cross-entropy, ${epochs} epochs, StepLR(${schedule.stepSize}, 0.1), batch 128; lr 1e-3 linear, 1e-4 attention heads (d = ${attention.dim}, ${attention.layers} layer, 4 heads)`);
+  console.log(`heads: Adam, cross-entropy, ${epochs} epochs, StepLR(${schedule.stepSize}, 0.1), batch ${schedule.batchSize}; lr 1e-3 linear and feedback, ${headLr} attention heads (d = ${attention.dim}, ${attention.layers} layer(s), 4 heads, tokens pooled to ≤ ${attention.prePoolSize}×${attention.prePoolSize})`);
   const raw = await fit(rawPixels(train, trainIdx, S), rawPixels(test, testIdx, S), { head: 'linear', timesteps: [0], blocks: [0], pool: S });
   record('raw-pixel linear probe', `${S}×${S} pixels`, raw, 'no pooling');
 
@@ -177,17 +185,19 @@ export async function demoCommand(argv: string[]): Promise<number> {
   const gd = await fit(cached.train, cached.test, { head: 'linear', timesteps: [best.t], blocks: [best.b], pool: 2 });
   record('GD linear probe', `b ${best.b}, t ${best.t}, pool 2×2`, gd, `chosen on validation from b ∈ {${sweepBlocks}} × t ∈ {${timesteps}}`);
 
-  const att = await fit(cached.train, cached.test, { head: 'attention', timesteps: [150], blocks: [roles.feature], attention });
+  const att = await fit(cached.train, cached.test, { head: 'attention', timesteps: [150], blocks: [roles.feature], attention, lr: headLr }, 'Attention head');
   record('Attention head', `b ${roles.feature}, t 150`, att, JSON.stringify(attention));
-  const dif = await fit(cached.train, cached.test, { head: 'attention', timesteps, blocks: roles.difformer, attention });
+  const dif = await fit(cached.train, cached.test, { head: 'attention', timesteps, blocks: roles.difformer, attention, lr: headLr }, 'DifFormer');
   record('DifFormer', `b {${roles.difformer}}, t {${timesteps}}`, dif, JSON.stringify(attention));
 
   const difeedEpochs = int(o['difeed-epochs'], 'difeed-epochs', 1);
   const bar = progressBar('DifFeed', 'batches');
+  let feedEpoch = 0;
   const feed = await fitDifFeed(e, unet, imagesOf(train, trainIdx, S), imagesOf(test, testIdx, S), {
-    classes: 10, strategy: 'bottleneck', t: 150, head: attention, epochs: difeedEpochs, stepSize: Math.max(1, Math.round(difeedEpochs * 2 / 3)), batchSize: 16, seed, onBatch: bar,
+    classes: 10, strategy: 'bottleneck', t: 150, head: attention, headLr, epochs: difeedEpochs, stepSize: schedule.stepSize, batchSize: 16, seed,
+    onEpoch: (i) => (feedEpoch = i.epoch + 1), onBatch: (d, n) => bar(feedEpoch * n + d, difeedEpochs * n),
   });
-  record('DifFeed (bottleneck)', `feedback {${roles.bottleneck}} → b ${roles.feature}, t 150`, feed, `${difeedEpochs} epochs, batch 16, flip, feedback lr 1e-3, head lr 1e-4`);
+  record('DifFeed (bottleneck)', `feedback {${roles.bottleneck}} → b ${roles.feature}, t 150`, feed, `${difeedEpochs} epochs, StepLR(${schedule.stepSize}), batch 16, flip, feedback lr 1e-3, head lr ${headLr}`);
 
   // The table, the JSON record and the bar chart.
   console.log(`\n| method | features | top-1 | top-5 | trainable params | time |\n|---|---|---|---|---|---|`);
@@ -205,7 +215,7 @@ export async function demoCommand(argv: string[]): Promise<number> {
     checkpoint: String(o.checkpoint), sha256: hash, adapter: e.handle.info, samples: sampleLine,
     data: { train: trainIdx.length, validation: valRows.length, test: testIdx.length, full, seed },
     extraction: { timesteps, blocks, seconds: extractSeconds },
-    schedule: { ...schedule, difeedEpochs, attention }, sweep, rows, findings, seconds: total,
+    schedule: { ...schedule, difeedEpochs, attention, headLr }, sweep, rows, findings, seconds: total,
   };
   await writeFileAtomic(join(outDir, 'results.json'), JSON.stringify(result, null, 2) + '\n');
   await writeFileAtomic(join(outDir, 'results.png'), barChartPng(`FASHION-MNIST TOP-1, ${testIdx.length} TEST IMAGES`, rows.map((r) => ({ label: r.method, value: r.top1 }))));
