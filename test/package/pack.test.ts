@@ -6,6 +6,7 @@ import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { ensureBuilt } from '../../src/cli/chromium.ts';
 
 const root = fileURLToPath(new URL('../../', import.meta.url));
 const npm = process.platform === 'win32' ? 'npm.cmd' : 'npm';
@@ -13,7 +14,10 @@ const npm = process.platform === 'win32' ? 'npm.cmd' : 'npm';
 t.test('npm pack → npm install in a fresh project → import, types, CLI', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'difrep-pack-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  execFileSync(npm, ['pack', '--pack-destination', dir], { cwd: root, stdio: ['ignore', 'ignore', 'inherit'] });
+  // dist/ is built once before the suite (npm's pretest) and shared with the browser tests, so
+  // pack without its prepack rebuild, which would rewrite files another test may be serving.
+  ensureBuilt(root, (l) => t.comment(l));
+  execFileSync(npm, ['pack', '--ignore-scripts', '--pack-destination', dir], { cwd: root, stdio: ['ignore', 'ignore', 'inherit'] });
   const tarball = readdirSync(dir).find((f) => f.endsWith('.tgz'));
   t.ok(tarball, 'npm pack made a tarball');
   const app = join(dir, 'app');
