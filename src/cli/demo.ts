@@ -5,19 +5,19 @@
 // chart. Every setting is printed and recorded; the ordering is reported as found.
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { encode } from 'fast-png';
 import { createEngine, type Engine } from '../engine/engine.ts';
 import { paperBlocks } from '../model/block-roles.ts';
 import { writeFileAtomic } from '../model/checkpoint/atomic-write.ts';
 import { gaussianNoise, linearSchedule } from '../model/diffusion.ts';
-import { imageGrid, sample } from '../model/sampling.ts';
+import { sample } from '../model/sampling.ts';
 import type { UNet } from '../model/unet.ts';
 import { barChartPng } from '../train/bar-chart.ts';
-import { balancedSubset, type GreyImages, loadFashionMnist, seededShuffle, toModelInput } from '../train/data/fashion-mnist.ts';
-import { extractFeatures, type ImageSource, openFeatureCache } from '../train/extract.ts';
+import { balancedSubset, type GreyImages, imageSource, loadFashionMnist, seededShuffle, toModelInput } from '../train/data/fashion-mnist.ts';
+import { extractFeatures, openFeatureCache } from '../train/extract.ts';
 import { type FeatureArrays, fitHead, type FitOptions, type FitResult } from '../train/fit.ts';
 import { fitDifFeed } from '../train/fit-difeed.ts';
 import { int, type OptionSpec, parseArgs } from './args.ts';
+import { writeImageGridPng } from './generative.ts';
 import { loadModel } from './model-options.ts';
 import { packageRoot } from './package-root.ts';
 import { fmtTime, progressBar } from './progress.ts';
@@ -61,10 +61,6 @@ function histogram(data: Float32Array, bins = 16): Float64Array {
 
 const totalVariation = (a: Float64Array, b: Float64Array) => 0.5 * a.reduce((s, v, i) => s + Math.abs(v - b[i]), 0);
 
-function imagesOf(ds: GreyImages, indices: number[], S: number): ImageSource {
-  return { count: indices.length, labels: indices.map((i) => ds.labels[i]), images: (idx) => toModelInput(ds, idx.map((i) => indices[i]), S) };
-}
-
 /** The grey model input ([count, 1, S, S]) as a cached "feature" for the raw-pixel probe. */
 function rawPixels(ds: GreyImages, indices: number[], S: number): FeatureArrays {
   const rgb = toModelInput(ds, indices, S);
@@ -92,8 +88,7 @@ async function samplesAndSanity(e: Engine, unet: UNet, ds: GreyImages, outDir: s
   const x = sample(e, unet, { count, seed: 0, ddimSteps: 50 });
   const data = await x.read();
   x.dispose();
-  const grid = imageGrid(data, count, unet.plan.flags.in_channels, S, 6);
-  await writeFileAtomic(join(outDir, 'samples.png'), encode({ width: grid.width, height: grid.height, data: grid.rgb, channels: 3, depth: 8 }));
+  await writeImageGridPng(join(outDir, 'samples.png'), data, count, unet, 6);
   // An honest look: how far the samples' grey-level histogram is from real images', next to the
   // same distance between two sets of real images of the same size, and for pure noise.
   const real = (n: number, seed: number) => histogram(toModelInput(ds, seededShuffle(Array.from({ length: ds.count }, (_, i) => i), seed).slice(0, n), S));
@@ -171,7 +166,7 @@ export async function demoCommand(argv: string[]): Promise<number> {
     const dir = join(outDir, `features-${split}`);
     await mkdir(dir, { recursive: true });
     const bar = progressBar(`extract ${split}`, 'images');
-    await extractFeatures(e, unet, imagesOf(ds, idx, S), { outDir: dir, timesteps, blocks, batchSize: 50, chunkSize: 1000, seed, provenance: { checkpoint: hash, split, subset: JSON.stringify(idx.slice(0, 8)) + idx.length }, onProgress: bar });
+    await extractFeatures(e, unet, imageSource(ds, idx, S), { outDir: dir, timesteps, blocks, batchSize: 50, chunkSize: 1000, seed, provenance: { checkpoint: hash, split, subset: JSON.stringify(idx.slice(0, 8)) + idx.length }, onProgress: bar });
     const cache = await openFeatureCache(dir);
     const features = new Map<string, { data: Float32Array; shape: number[] }>();
     for (const t of timesteps) for (const b of blocks) features.set(`t${t}.b${b}`, await cache.features(t, b));
@@ -223,7 +218,7 @@ export async function demoCommand(argv: string[]): Promise<number> {
   const difeedEpochs = int(o['difeed-epochs'], 'difeed-epochs', 1);
   const bar = progressBar('DifFeed', 'batches');
   let feedEpoch = 0;
-  const feed = await fitDifFeed(e, unet, imagesOf(train, trainIdx, S), imagesOf(test, testIdx, S), {
+  const feed = await fitDifFeed(e, unet, imageSource(train, trainIdx, S), imageSource(test, testIdx, S), {
     classes: 10, strategy: 'bottleneck', t: 150, head: attention, headLr, epochs: difeedEpochs, stepSize: schedule.stepSize, batchSize: 16, seed,
     onEpoch: (i) => (feedEpoch = i.epoch + 1), onBatch: (d, n) => bar(feedEpoch * n + d, difeedEpochs * n),
   });

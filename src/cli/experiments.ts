@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { createEngine } from '../engine/engine.ts';
 import { writeFileAtomic } from '../model/checkpoint/atomic-write.ts';
 import { paperBlocks } from '../model/block-roles.ts';
-import { balancedSubset, loadFashionMnist, toModelInput } from '../train/data/fashion-mnist.ts';
+import { balancedSubset, imageSource, loadFashionMnist } from '../train/data/fashion-mnist.ts';
 import { ckaMatrix } from '../train/eval/cka.ts';
 import { knnClassify } from '../train/eval/knn.ts';
 import { extractFeatures, type ImageSource, openFeatureCache } from '../train/extract.ts';
@@ -89,7 +89,7 @@ async function extractCommand(argv: string[]): Promise<number> {
   } else {
     const ds = await loadFashionMnist(o.split as 'train' | 'test');
     const idx = perClass ? balancedSubset(ds.labels, perClass, seed) : Array.from({ length: ds.count }, (_, i) => i);
-    source = { count: idx.length, labels: idx.map((i) => ds.labels[i]), images: (sel) => toModelInput(ds, sel.map((i) => idx[i]), size) };
+    source = imageSource(ds, idx, size);
     datasetName = `fashion-mnist/${o.split}/per-class=${perClass}`;
   }
   await mkdir(String(o.out), { recursive: true });
@@ -206,7 +206,7 @@ async function trainDifFeed(o: Parsed): Promise<number> {
   const source = async (split: 'train' | 'test', perClass: number) => {
     const ds = await loadFashionMnist(split);
     const idx = balancedSubset(ds.labels, perClass, seed + (split === 'test' ? 1 : 0));
-    return { count: idx.length, labels: idx.map((i) => ds.labels[i]), images: (sel: readonly number[]) => toModelInput(ds, sel.map((i) => idx[i]), size) } satisfies ImageSource;
+    return imageSource(ds, idx, size);
   };
   const [t] = numberList(o.t, 't');
   const blocks = numberList(o.b, 'b');

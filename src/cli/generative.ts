@@ -7,11 +7,18 @@ import { createEngine } from '../engine/engine.ts';
 import { writeFileAtomic } from '../model/checkpoint/atomic-write.ts';
 import { writeSafetensors } from '../model/checkpoint/safetensors.ts';
 import { imageGrid, sample } from '../model/sampling.ts';
+import type { UNet } from '../model/unet.ts';
 import { loadFashionMnist, toModelInput } from '../train/data/fashion-mnist.ts';
 import { type Ema, pretrain } from '../train/pretrain.ts';
 import { int, type OptionSpec, parseArgs, UsageError } from './args.ts';
 import { loadModel, MODEL_OPTIONS } from './model-options.ts';
 import { fmtTime, progressBar } from './progress.ts';
+
+/** Writes `count` images ([count, C, S, S] in [−1, 1]) of `unet`'s shape as a PNG grid, atomically. */
+export async function writeImageGridPng(path: string, images: Float32Array, count: number, unet: UNet, cols?: number): Promise<void> {
+  const grid = imageGrid(images, count, unet.plan.flags.in_channels, unet.plan.flags.image_size, cols);
+  await writeFileAtomic(path, encode({ width: grid.width, height: grid.height, data: grid.rgb, channels: 3, depth: 8 }));
+}
 
 const PRETRAIN: Record<string, OptionSpec> = {
   ...MODEL_OPTIONS,
@@ -50,10 +57,10 @@ async function pretrainCommand(argv: string[]): Promise<number> {
   };
   const writeSamples = async (ema: Ema, step: number) => {
     const x = sample(e, unet.withWeights(ema.shadow), { count: 16, seed: 0, ddimSteps: 50 });
-    const grid = imageGrid(await x.read(), 16, unet.plan.flags.in_channels, size);
+    const images = await x.read();
     x.dispose();
     await mkdir(join(String(o.out), 'samples'), { recursive: true });
-    await writeFileAtomic(join(String(o.out), 'samples', `step-${String(step).padStart(6, '0')}.png`), encode({ width: grid.width, height: grid.height, data: grid.rgb, channels: 3, depth: 8 }));
+    await writeImageGridPng(join(String(o.out), 'samples', `step-${String(step).padStart(6, '0')}.png`), images, 16, unet);
   };
   const r = await pretrain(e, unet, { count, labels: ds.labels, images: (idx) => toModelInput(ds, idx, size) }, {
     steps, batchSize: int(o.batch, 'batch', 1), lr: Number(o.lr), emaDecay: Number(o.ema), seed: int(o.seed, 'seed'),
@@ -95,9 +102,7 @@ async function sampleCommand(argv: string[]): Promise<number> {
   const count = int(o.count, 'count', 1);
   const ddim = int(o['ddim-steps'], 'ddim-steps');
   const x = sample(e, unet, { count, seed: int(o.seed, 'seed'), ddimSteps: ddim || undefined, onStep: progressBar('sample', 'steps') });
-  const S = unet.plan.flags.image_size;
-  const grid = imageGrid(await x.read(), count, unet.plan.flags.in_channels, S);
-  await writeFileAtomic(String(o.out), encode({ width: grid.width, height: grid.height, data: grid.rgb, channels: 3, depth: 8 }));
+  await writeImageGridPng(String(o.out), await x.read(), count, unet);
   console.log(`wrote ${count} samples (${ddim ? `DDIM ${ddim} steps` : 'DDPM 1000 steps'}) to ${o.out}`);
   e.dispose();
   return 0;

@@ -3,6 +3,7 @@
 import { gunzipSync } from 'node:zlib';
 import { readFile } from 'node:fs/promises';
 import { mulberry32 } from '../../engine/random.ts';
+import type { ImageSource } from '../extract.ts';
 
 export const FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist';
 export const FASHION_MNIST_CLASSES = ['T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot'];
@@ -82,6 +83,11 @@ export function toModelInput(ds: GreyImages, indices: readonly number[], size: n
     }
   });
   return out;
+}
+
+/** The images `indices` of `ds` (in that order) as model input of size × size, for extraction and DifFeed. */
+export function imageSource(ds: GreyImages, indices: readonly number[], size: number): ImageSource {
+  return { count: indices.length, labels: indices.map((i) => ds.labels[i]), images: (sel) => toModelInput(ds, sel.map((i) => indices[i]), size) };
 }
 
 /** A seeded, class-balanced subset: `perClass` images of each class (the first ones of a seeded shuffle). */
