@@ -6,6 +6,7 @@
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createEngine, type Engine } from '../engine/engine.ts';
+import { mulberry32 } from '../engine/random.ts';
 import { paperBlocks } from '../model/block-roles.ts';
 import { writeFileAtomic } from '../model/checkpoint/atomic-write.ts';
 import { gaussianNoise, linearSchedule } from '../model/diffusion.ts';
@@ -94,7 +95,8 @@ async function samplesAndSanity(e: Engine, unet: UNet, ds: GreyImages, outDir: s
   const real = (n: number, seed: number) => histogram(toModelInput(ds, seededShuffle(Array.from({ length: ds.count }, (_, i) => i), seed).slice(0, n), S));
   const reference = real(2000, 1);
   const realSpread = [2, 3, 4, 5, 6].map((s) => totalVariation(real(count, s), reference));
-  const noise = histogram(Float32Array.from({ length: count * 3 * S * S }, () => Math.max(-1, Math.min(1, 2 * Math.random() - 1))));
+  const rand = mulberry32(0);
+  const noise = histogram(Float32Array.from({ length: count * 3 * S * S }, () => 2 * rand() - 1));
   const line = `sample grid: ${count} DDIM-50 samples → ${join(outDir, 'samples.png')} (${fmtTime((performance.now() - t0) / 1000)}); ` +
     `grey-level histogram distance (total variation) to 2000 real images: samples ${totalVariation(histogram(data), reference).toFixed(3)}, ` +
     `${count} real images ${Math.min(...realSpread).toFixed(3)}–${Math.max(...realSpread).toFixed(3)}, uniform noise ${totalVariation(noise, reference).toFixed(3)}`;
