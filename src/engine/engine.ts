@@ -157,9 +157,8 @@ export class Engine {
    */
   toBuffer(t: Tensor, usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST, label = `difrep output ${t.label}`): GPUBuffer {
     this.checkAlive();
-    const size = Math.max(4, Math.ceil(t.byteLength / 4) * 4);
-    const buffer = this.device.createBuffer({ size, usage: usage | GPUBufferUsage.COPY_DST, label });
-    this.copyBuffer(t.buffer, 0, buffer, 0, Math.ceil(t.byteLength / 4) * 4);
+    const buffer = this.device.createBuffer({ size: Math.max(4, t.byteLength), usage: usage | GPUBufferUsage.COPY_DST, label });
+    this.copyBuffer(t.buffer, 0, buffer, 0, t.byteLength); // f32: always a multiple of 4 bytes
     this.flush();
     return buffer;
   }
@@ -361,10 +360,6 @@ export class Engine {
   /** While profiling, attributes the following dispatches to `tag` (e.g. a model block). */
   profileTag(tag: string): void {
     if (this.profiler) this.profiler.tag = tag;
-  }
-
-  get profiling(): boolean {
-    return this.profiler !== null;
   }
 
   /** Stops timing and returns GPU milliseconds per kernel and tag, slowest first. */
