@@ -2,8 +2,9 @@
 // 127.0.0.1; with --screenshot it instead opens the page in headless Chromium, runs one
 // extraction on the bundled samples, saves a screenshot and exits with the page's verdict.
 import { existsSync } from 'node:fs';
-import { readFile, writeFile } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import { basename, join } from 'node:path';
+import { writeFileAtomic } from '../model/checkpoint/atomic-write.ts';
 import { type OptionSpec, parseArgs, UsageError } from './args.ts';
 import { ensureBuilt, launchChromium, runPage } from './chromium.ts';
 import { resolveFlags } from './model-options.ts';
@@ -38,7 +39,7 @@ async function screenshot(server: StaticServer, file: string): Promise<number> {
   try {
     const run = await runPage(browser, `${server.url}/?auto`, (l) => console.log(`page: ${l}`), 15 * 60_000, { width: 1100, height: 760 });
     for (const e of run.errors) console.error(`page error: ${e}`);
-    await writeFile(file, await run.page.screenshot({ fullPage: true }));
+    await writeFileAtomic(file, await run.page.screenshot({ fullPage: true }));
     console.log(`screenshot → ${file}`);
     return run.exit === 0 && run.errors.length === 0 ? 0 : 1;
   } finally {
