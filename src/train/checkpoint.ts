@@ -1,8 +1,11 @@
-// Training state on disk: parameters, optimizer moments and counters in one safetensors file,
-// written atomically, so a run resumes exactly where it stopped.
+// Training state on disk: parameters, optimizer moments, counters and the run's settings in one
+// safetensors file, written atomically, so a run resumes exactly where it stopped — and only with
+// the settings it was started with.
+import { access } from 'node:fs/promises';
 import type { Engine } from '../engine/engine.ts';
 import type { Tensor } from '../engine/tensor.ts';
 import { openSafetensors, writeSafetensors } from '../model/checkpoint/safetensors.ts';
+import { assertFinite, NonFiniteError } from './finite.ts';
 import type { Optimizer } from './optimizer.ts';
 
 export interface TrainingProgress {
@@ -12,31 +15,99 @@ export interface TrainingProgress {
   [key: string]: number | string;
 }
 
-export async function saveTrainingState(path: string, params: Map<string, Tensor>, optimizer: Optimizer, progress: TrainingProgress): Promise<void> {
+/** What a run was started with (optimizer, learning rate, batch, seed, …): JSON values. */
+export type RunSettings = Record<string, unknown>;
+
+const KIND = 'difrep-training-state';
+
+/** Refuses to save a NaN or Inf: a state that would resume into nonsense is never written. */
+export async function saveTrainingState(path: string, params: Map<string, Tensor>, optimizer: Optimizer, progress: TrainingProgress, settings: RunSettings): Promise<void> {
   const tensors: Record<string, { shape: number[]; data: Float32Array }> = {};
-  for (const [k, p] of params) tensors[`param.${k}`] = { shape: [...p.shape], data: await p.read() };
-  for (const [k, t] of optimizer.state()) tensors[`optim.${k}`] = { shape: [...t.shape], data: await t.read() };
-  await writeSafetensors(path, tensors, { kind: 'difrep-training-state', progress: JSON.stringify({ ...progress, optimizerSteps: optimizer.steps }) });
+  const at = `step ${optimizer.steps}`;
+  for (const [k, p] of params) {
+    const data = await p.read();
+    assertFinite(data, `${at}: parameter ${k}`);
+    tensors[`param.${k}`] = { shape: [...p.shape], data };
+  }
+  for (const [k, t] of optimizer.state()) {
+    const data = await t.read();
+    assertFinite(data, `${at}: optimizer state ${k}`);
+    tensors[`optim.${k}`] = { shape: [...t.shape], data };
+  }
+  const metadata = { kind: KIND, progress: JSON.stringify({ ...progress, optimizerSteps: optimizer.steps }), settings: JSON.stringify(settings) };
+  await writeSafetensors(path, tensors, metadata);
+}
+
+const exists = (path: string) => access(path).then(() => true, () => false);
+const show = (v: unknown) => (v === undefined ? 'unset' : JSON.stringify(v));
+
+/**
+ * Whether `path` is to be resumed. An existing state without `resume` is refused (it would be
+ * replaced); with `resume`, every setting must equal the one the state was started with.
+ */
+export async function prepareResume(path: string, resume: boolean, settings: RunSettings): Promise<boolean> {
+  if (!(await exists(path))) return false;
+  const src = await openSafetensors(path);
+  const { kind, progress, settings: saved } = src.metadata;
+  await src.close();
+  if (kind !== KIND) throw new Error(`${path} is not a difrep training state; choose another --out`);
+  const done = JSON.parse(progress ?? '{}') as Partial<TrainingProgress>;
+  if (!resume) throw new Error(`${path} already holds a training state (${done.steps ?? '?'} steps taken): pass --resume to continue that run, or choose another --out (or delete it)`);
+  if (saved === undefined) throw new Error(`${path} records no run settings (written by an older difrep), so resuming it cannot be checked; start a new run in another --out`);
+  const before = JSON.parse(saved) as RunSettings;
+  const differ = [...new Set([...Object.keys(before), ...Object.keys(settings)])].filter((k) => JSON.stringify(before[k]) !== JSON.stringify(settings[k]));
+  if (differ.length) {
+    const list = differ.map((k) => `${k} ${show(before[k])} there, ${show(settings[k])} now`).join('; ');
+    throw new Error(`cannot resume ${path}: it was started with other settings (${list}); rerun with the run's own options, or choose another --out`);
+  }
+  return true;
 }
 
 /** Restores parameters (in place) and optimizer state; returns the saved progress. */
 export async function loadTrainingState(e: Engine, path: string, params: Map<string, Tensor>, optimizer: Optimizer): Promise<TrainingProgress> {
   const src = await openSafetensors(path);
   try {
-    if (src.metadata.kind !== 'difrep-training-state') throw new Error(`${path} is not a difrep training checkpoint`);
+    if (src.metadata.kind !== KIND) throw new Error(`${path} is not a difrep training checkpoint`);
     for (const [k, p] of params) {
       const key = `param.${k}`;
       const info = src.info(key);
       if (!info) throw new Error(`${path}: parameter ${k} is missing; the checkpoint belongs to another model`);
       if (info.shape.join() !== p.shape.join()) throw new Error(`${path}: parameter ${k} is [${info.shape}] in the checkpoint, [${p.shape}] in the model`);
-      e.writeBuffer(p.buffer, 0, await src.read(key));
+      const data = await src.read(key);
+      assertFinite(data, `${path}: parameter ${k}`);
+      e.writeBuffer(p.buffer, 0, data);
     }
     const progress = JSON.parse(src.metadata.progress) as TrainingProgress & { optimizerSteps: number };
     const state = new Map<string, Float32Array>();
-    for (const k of src.keys()) if (k.startsWith('optim.')) state.set(k.slice(6), await src.read(k));
+    for (const k of src.keys()) {
+      if (!k.startsWith('optim.')) continue;
+      const data = await src.read(k);
+      assertFinite(data, `${path}: optimizer state ${k.slice(6)}`);
+      state.set(k.slice(6), data);
+    }
     optimizer.loadState(progress.optimizerSteps, state);
     return progress;
   } finally {
     await src.close();
   }
+}
+
+/**
+ * A fresh start (undefined) or the progress of the resumed state at `path`, whose parameters and
+ * optimizer moments are then loaded; `prepareResume`'s checks come first.
+ */
+export async function startOrResume(e: Engine, path: string | undefined, resume: boolean, settings: RunSettings, params: Map<string, Tensor>, optimizer: Optimizer): Promise<TrainingProgress | undefined> {
+  if (!path || !(await prepareResume(path, resume, settings))) return undefined;
+  return loadTrainingState(e, path, params, optimizer);
+}
+
+/** A training loss that is NaN or Inf stops the run, naming the step (the last saved state stays as it was). */
+export function checkLoss(loss: number, where: string): number {
+  if (!Number.isFinite(loss)) throw new NonFiniteError(`the training loss is ${loss} at ${where}: lower the learning rate, or look for NaN/Inf in the inputs or the checkpoint; the last saved state is unchanged`);
+  return loss;
+}
+
+/** A resumed run may train longer than it was started for, not shorter. */
+export function checkEpochs(progress: TrainingProgress | undefined, epochs: number, path: string): void {
+  if (progress && progress.epoch + 1 > epochs) throw new Error(`${path} has already trained ${progress.epoch + 1} epochs; --epochs ${epochs} is fewer: give --epochs ${progress.epoch + 1} or more`);
 }

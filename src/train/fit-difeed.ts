@@ -2,16 +2,16 @@
 // per-image noise (fresh each epoch, as the paper's code draws it), seeded horizontal flips,
 // BatchNorm in train mode, Adam with the feedback layers at 1e-3 and the attention head at 1e-4
 // (CLARIFICATIONS, issue 4), StepLR, a training state saved every epoch, and top-1/top-5 at the end.
-import { access } from 'node:fs/promises';
 import type { Engine } from '../engine/engine.ts';
 import { crossEntropy } from '../engine/ops/nn.ts';
 import type { Tensor } from '../engine/tensor.ts';
 import { gaussianNoise, linearSchedule, qSample } from '../model/diffusion.ts';
 import { DifFeed, type DifFeedOptions } from '../model/heads/difeed.ts';
 import type { UNet } from '../model/unet.ts';
-import { loadTrainingState, saveTrainingState } from './checkpoint.ts';
+import { checkEpochs, checkLoss, saveTrainingState, startOrResume } from './checkpoint.ts';
 import { seededShuffle } from './data/fashion-mnist.ts';
 import { type ImageSource, noiseSeed } from './extract.ts';
+import { assertFinite } from './finite.ts';
 import { countTopK, type FitResult } from './fit.ts';
 import { Adam, OptimizerGroups, StepLR } from './optimizer.ts';
 import { trainStep } from './train-step.ts';
@@ -63,13 +63,14 @@ export async function fitDifFeed(e: Engine, unet: UNet, train: ImageSource, test
   const schedules = [new StepLR(fbAdam, fbLr, o.stepSize ?? 7, o.gamma ?? 0.1), new StepLR(headAdam, headLr, o.stepSize ?? 7, o.gamma ?? 0.1)];
   // Everything to save: trainable parameters and BatchNorm running statistics.
   const saved = new Map<string, Tensor>([...difeed.params, ...[...difeed.head.params].map(([k, v]) => [`head.${k}`, v] as [string, Tensor])]);
-  const losses: number[] = [];
-  let startEpoch = 0;
-  if (o.resume && o.checkpoint && (await access(o.checkpoint).then(() => true, () => false))) {
-    const progress = await loadTrainingState(e, o.checkpoint, saved, optimizer);
-    startEpoch = progress.epoch + 1;
-    losses.push(...JSON.parse(String(progress.losses ?? '[]')));
-  }
+  const settings = {
+    head: 'difeed', classes: o.classes, strategy: o.strategy ?? null, feedbackBlocks: o.feedbackBlocks ?? null, multiScaleTarget: o.multiScaleTarget ?? null, t: o.t ?? null, featureBlock: o.featureBlock ?? null, attention: o.head ?? {}, feedbackLr: fbLr, headLr, batchSize,
+    stepSize: o.stepSize ?? 7, gamma: o.gamma ?? 0.1, seed, flip: o.flip !== false, trainImages: train.count,
+  };
+  const progress = await startOrResume(e, o.checkpoint, !!o.resume, settings, saved, optimizer);
+  checkEpochs(progress, epochs, o.checkpoint!);
+  const startEpoch = progress ? progress.epoch + 1 : 0;
+  const losses: number[] = progress ? JSON.parse(String(progress.losses ?? '[]')) : [];
   const noisy = async (src: ImageSource, idx: number[], noiseEpoch: number, flips?: boolean[]) => {
     let x = await src.images(idx);
     if (flips) x = flipRows(x, idx.length, S, flips);
@@ -88,12 +89,13 @@ export async function fitDifFeed(e: Engine, unet: UNet, train: ImageSource, test
       const flips = o.flip === false ? undefined : seededShuffle(idx.map((_, i) => i % 2 === 0), seed * 7919 + epoch * 131 + b);
       const xt = await noisy(train, idx, epoch + 1, flips);
       const labels = idx.map((i) => train.labels[i]);
-      sum += (await trainStep(e, optimizer, () => crossEntropy(difeed.forward(xt, true), labels), true))! * idx.length;
+      const loss = (await trainStep(e, optimizer, () => crossEntropy(difeed.forward(xt, true), labels), true))!;
+      sum += checkLoss(loss, `epoch ${epoch + 1}, batch ${b + 1} (step ${optimizer.steps})`) * idx.length;
       xt.dispose();
       o.onBatch?.(b + 1, batches);
     }
     losses.push(sum / train.count);
-    if (o.checkpoint) await saveTrainingState(o.checkpoint, saved, optimizer, { epoch, steps: optimizer.steps, losses: JSON.stringify(losses) });
+    if (o.checkpoint) await saveTrainingState(o.checkpoint, saved, optimizer, { epoch, steps: optimizer.steps, losses: JSON.stringify(losses) }, settings);
     o.onEpoch?.({ epoch, epochs, loss: losses[losses.length - 1], lr: headAdam.lr, seconds: (performance.now() - te) / 1000 });
   }
   let top1 = 0;
@@ -102,6 +104,7 @@ export async function fitDifFeed(e: Engine, unet: UNet, train: ImageSource, test
     const idx = Array.from({ length: Math.min(batchSize, test.count - s) }, (_, i) => s + i);
     const xt = await noisy(test, idx, 0);
     const logits = await e.noGrad(() => difeed.forward(xt, false)).read();
+    assertFinite(logits, `evaluation: the logits of test images ${s}..${s + idx.length - 1}`);
     xt.dispose();
     const c = countTopK(logits, idx.map((i) => test.labels[i]));
     top1 += c.top1;

@@ -1,13 +1,14 @@
 // Trains a head on cached features with the paper's recipe (Adam, StepLR(7, 0.1), 28 epochs by
 // default), checkpointing every epoch so a killed run resumes exactly, and evaluates top-1/top-5.
-import { access } from 'node:fs/promises';
 import type { Engine } from '../engine/engine.ts';
 import { crossEntropy } from '../engine/ops/nn.ts';
 import type { Tensor } from '../engine/tensor.ts';
 import { AttentionHead, type AttentionHeadOptions } from '../model/heads/attention-head.ts';
 import { LinearProbe } from '../model/heads/linear-probe.ts';
-import { loadTrainingState, saveTrainingState } from './checkpoint.ts';
+import { checkEpochs, checkLoss, saveTrainingState, startOrResume } from './checkpoint.ts';
 import { seededShuffle } from './data/fashion-mnist.ts';
+import { featureKey } from './extract.ts';
+import { assertFinite } from './finite.ts';
 import { Adam, type Optimizer, Sgd, StepLR } from './optimizer.ts';
 import { trainStep } from './train-step.ts';
 
@@ -60,9 +61,10 @@ interface Model {
   logits(batch: Map<string, Tensor>): Tensor;
 }
 
-const key = (t: number, b: number) => `t${t}.b${b}`;
-
-/** How many rows of `logits` ([n, K]) rank their label first, and among the first five. */
+/**
+ * How many rows of `logits` ([n, K]) rank their label first, and among the first five. A row
+ * holding a NaN or Inf ranks nothing: argmax over NaN is no prediction, never a correct one.
+ */
 export function countTopK(logits: Float32Array, labels: ArrayLike<number>): { top1: number; top5: number } {
   const K = logits.length / labels.length;
   let top1 = 0;
@@ -70,6 +72,7 @@ export function countTopK(logits: Float32Array, labels: ArrayLike<number>): { to
   for (let i = 0; i < labels.length; i++) {
     const row = logits.subarray(i * K, (i + 1) * K);
     const y = labels[i];
+    if (!row.every(Number.isFinite)) continue;
     // Rank of the label: classes scoring higher, or equal and earlier (a stable descending sort).
     let rank = 0;
     for (let c = 0; c < K; c++) if (row[c] > row[y] || (row[c] === row[y] && c < y)) rank++;
@@ -80,21 +83,21 @@ export function countTopK(logits: Float32Array, labels: ArrayLike<number>): { to
 }
 
 function buildModel(e: Engine, data: FeatureArrays, o: FitOptions): Model {
-  const first = data.features.get(key(o.timesteps[0], o.blocks[0]));
+  const first = data.features.get(featureKey(o.timesteps[0], o.blocks[0]));
   if (!first) throw new Error(`no cached features for t=${o.timesteps[0]}, b=${o.blocks[0]}`);
   if (o.head === 'linear') {
     if (o.timesteps.length !== 1 || o.blocks.length !== 1) throw new Error('a linear probe reads exactly one t and one b');
     const probe = LinearProbe.create(e, { channels: first.shape[0], classes: o.classes, pool: o.pool ?? 2 }, o.seed ?? 0);
-    return { params: probe.params, logits: (batch) => probe.forward(batch.get(key(o.timesteps[0], o.blocks[0]))!) };
+    return { params: probe.params, logits: (batch) => probe.forward(batch.get(featureKey(o.timesteps[0], o.blocks[0]))!) };
   }
   const blocks = o.blocks.map((b) => {
-    const s = data.features.get(key(o.timesteps[0], b))!.shape;
+    const s = data.features.get(featureKey(o.timesteps[0], b))!.shape;
     return { b, channels: s[0], size: s[1] };
   });
   const head = AttentionHead.create(e, { ...o.attention, blocks, timesteps: o.timesteps, classes: o.classes }, o.seed ?? 0);
   return {
     params: head.params,
-    logits: (batch) => head.forward(new Map(o.timesteps.map((t) => [t, new Map(o.blocks.map((b) => [b, batch.get(key(t, b))!]))]))),
+    logits: (batch) => head.forward(new Map(o.timesteps.map((t) => [t, new Map(o.blocks.map((b) => [b, batch.get(featureKey(t, b))!]))]))),
   };
 }
 
@@ -117,6 +120,7 @@ async function evaluate(e: Engine, model: Model, data: FeatureArrays, keys: stri
   for (let s = 0; s < data.count; s += batchSize) {
     const idx = Array.from({ length: Math.min(batchSize, data.count - s) }, (_, i) => s + i);
     const logits = await e.noGrad(() => e.tidy(() => model.logits(gather(e, data, keys, idx)))).read();
+    assertFinite(logits, `evaluation: the logits of test images ${s}..${s + idx.length - 1}`);
     const c = countTopK(logits, idx.map((i) => data.labels[i]));
     top1 += c.top1;
     top5 += c.top5;
@@ -131,17 +135,18 @@ export async function fitHead(e: Engine, train: FeatureArrays, test: FeatureArra
   const batchSize = o.batchSize ?? 128;
   const optName = o.optimizer ?? 'adam';
   const lr = o.lr ?? (optName === 'sgd' ? (o.head === 'linear' ? 1e-2 : 5e-2) : o.head === 'linear' ? 1e-3 : 1e-4);
-  const keys = o.timesteps.flatMap((t) => o.blocks.map((b) => key(t, b)));
+  const keys = o.timesteps.flatMap((t) => o.blocks.map((b) => featureKey(t, b)));
   const model = buildModel(e, train, o);
   const optimizer: Optimizer = optName === 'sgd' ? new Sgd(e, model.params, lr) : new Adam(e, model.params, { lr });
   const schedule = new StepLR(optimizer, lr, o.stepSize ?? 7, o.gamma ?? 0.1);
-  let startEpoch = 0;
-  const losses: number[] = [];
-  if (o.resume && o.checkpoint && (await access(o.checkpoint).then(() => true, () => false))) {
-    const progress = await loadTrainingState(e, o.checkpoint, model.params, optimizer);
-    startEpoch = progress.epoch + 1;
-    losses.push(...JSON.parse(String(progress.losses ?? '[]')));
-  }
+  const settings = {
+    head: o.head, classes: o.classes, timesteps: o.timesteps, blocks: o.blocks, pool: o.head === 'linear' ? (o.pool ?? 2) : null, attention: o.head === 'linear' ? null : (o.attention ?? {}),
+    optimizer: optName, lr, batchSize, stepSize: o.stepSize ?? 7, gamma: o.gamma ?? 0.1, seed: o.seed ?? 0, trainImages: train.count,
+  };
+  const progress = await startOrResume(e, o.checkpoint, !!o.resume, settings, model.params, optimizer);
+  checkEpochs(progress, epochs, o.checkpoint!);
+  const startEpoch = progress ? progress.epoch + 1 : 0;
+  const losses: number[] = progress ? JSON.parse(String(progress.losses ?? '[]')) : [];
   const batchesPerEpoch = Math.ceil(train.count / batchSize);
   for (let epoch = startEpoch; epoch < epochs; epoch++) {
     const te = performance.now();
@@ -153,14 +158,15 @@ export async function fitHead(e: Engine, train: FeatureArrays, test: FeatureArra
       const idx = order.slice(bi * batchSize, (bi + 1) * batchSize);
       const labels = idx.map((i) => train.labels[i]);
       let logits: Tensor | null = null;
-      sum += (await trainStep(e, optimizer, () => crossEntropy((logits = e.keep(model.logits(gather(e, train, keys, idx)))), labels), true))! * idx.length;
+      const loss = (await trainStep(e, optimizer, () => crossEntropy((logits = e.keep(model.logits(gather(e, train, keys, idx)))), labels), true))!;
+      sum += checkLoss(loss, `epoch ${epoch + 1}, batch ${bi + 1} (step ${optimizer.steps})`) * idx.length;
       correct += countTopK(await logits!.read(), labels).top1;
       logits!.dispose();
       o.onBatch?.(bi + 1, batchesPerEpoch);
     }
     const loss = sum / train.count;
     losses.push(loss);
-    if (o.checkpoint) await saveTrainingState(o.checkpoint, model.params, optimizer, { epoch, steps: optimizer.steps, losses: JSON.stringify(losses) });
+    if (o.checkpoint) await saveTrainingState(o.checkpoint, model.params, optimizer, { epoch, steps: optimizer.steps, losses: JSON.stringify(losses) }, settings);
     o.onEpoch?.({ epoch, epochs, loss, trainAccuracy: correct / train.count, lr: optimizer.lr, seconds: (performance.now() - te) / 1000 });
   }
   const acc = await evaluate(e, model, test, keys, batchSize);

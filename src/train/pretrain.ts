@@ -3,7 +3,6 @@
 // Adam over every U-Net weight, an exponential moving average of the weights (the EMA model is the
 // one to sample from and to extract features with), and a training state saved every
 // `checkpointEverySeconds` so any run can be stopped and resumed exactly.
-import { access } from 'node:fs/promises';
 import type { Engine } from '../engine/engine.ts';
 import { mulberry32 } from '../engine/random.ts';
 import { add, mul, scale, sub } from '../engine/ops/elementwise.ts';
@@ -12,7 +11,7 @@ import { mean } from '../engine/ops/reduce.ts';
 import type { Tensor } from '../engine/tensor.ts';
 import { gaussianNoise, linearSchedule, qSample } from '../model/diffusion.ts';
 import type { UNet } from '../model/unet.ts';
-import { loadTrainingState, saveTrainingState } from './checkpoint.ts';
+import { checkLoss, saveTrainingState, startOrResume } from './checkpoint.ts';
 import type { ImageSource } from './extract.ts';
 import { Adam } from './optimizer.ts';
 import { trainStep } from './train-step.ts';
@@ -72,8 +71,10 @@ export async function pretrain(e: Engine, unet: UNet, data: ImageSource, o: Pret
   const losses: [number, number][] = [];
   let step = 0;
   const state = () => new Map<string, Tensor>([...params, ...[...ema.shadow].map(([k, v]) => [`ema.${k}`, v] as [string, Tensor])]);
-  if (o.resume && o.checkpoint && (await access(o.checkpoint).then(() => true, () => false))) {
-    const progress = await loadTrainingState(e, o.checkpoint, state(), adam);
+  const settings = { config: unet.plan.flags, batchSize: batch, lr: o.lr ?? 1e-4, emaDecay: ema.decay, seed, images: data.count };
+  const progress = await startOrResume(e, o.checkpoint, !!o.resume, settings, state(), adam);
+  if (progress) {
+    if (progress.steps > o.steps) throw new Error(`${o.checkpoint} has already taken ${progress.steps} steps; --steps ${o.steps} is fewer: give --steps ${progress.steps} or more`);
     step = progress.steps;
     losses.push(...JSON.parse(String(progress.losses ?? '[]')));
   }
@@ -98,11 +99,11 @@ export async function pretrain(e: Engine, unet: UNet, data: ImageSource, o: Pret
     x0.dispose();
     eps.dispose();
     step++;
-    if (loss !== undefined) losses.push([step, loss]);
+    if (loss !== undefined) losses.push([step, checkLoss(loss, `step ${step}`)]);
     o.onStep?.(step, loss);
     const due = o.checkpoint && (step === o.steps || performance.now() - lastSave > (o.checkpointEverySeconds ?? 300) * 1000);
     if (due) {
-      await saveTrainingState(o.checkpoint!, state(), adam, { epoch: 0, steps: step, losses: JSON.stringify(losses) });
+      await saveTrainingState(o.checkpoint!, state(), adam, { epoch: 0, steps: step, losses: JSON.stringify(losses) }, settings);
       await o.onCheckpoint?.(step, ema);
       lastSave = performance.now();
     }

@@ -73,7 +73,7 @@ t.test('training resumed from a saved state continues bit-identically', async (t
   const a = make();
   const adamA = new Adam(e, a.params, { lr: 1e-2 });
   await run(a, adamA, 3);
-  await saveTrainingState(join(dir, 'state.safetensors'), a.params, adamA, { epoch: 0, steps: 3 });
+  await saveTrainingState(join(dir, 'state.safetensors'), a.params, adamA, { epoch: 0, steps: 3 }, {});
   await run(a, adamA, 2);
 
   const b = make();

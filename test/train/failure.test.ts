@@ -1,0 +1,61 @@
+// Training never turns a NaN into a score and never mixes two runs in one state: a non-finite loss,
+// weight or logit stops with an error naming where; resuming checks every setting.
+import { mkdtemp, rm, stat } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import t from 'tap';
+import { type FeatureArrays, countTopK, fitHead, type FitOptions } from '../../src/train/fit.ts';
+import { assertFinite, NonFiniteError } from '../../src/train/finite.ts';
+import { randomNd, testEngine } from '../helpers/check.ts';
+
+const e = await testEngine();
+
+t.test('top-k never counts a row holding NaN or Inf as right', async (t) => {
+  // Two images, three classes. Row 0 is all NaN with label 0 (argmax over NaN would say 0); row 1 ranks its label 2 first.
+  const logits = Float32Array.from([NaN, NaN, NaN, 0, 1, 5]);
+  t.same(countTopK(logits, [0, 2]), { top1: 1, top5: 1 });
+  t.same(countTopK(Float32Array.from([Infinity, 0, 0]), [0]), { top1: 0, top5: 0 });
+  // Ties rank the earlier class first (a stable descending sort): label 1 ties class 0 → rank 1.
+  t.same(countTopK(Float32Array.from([2, 2, 1]), [1]), { top1: 0, top5: 1 });
+});
+
+t.test('assertFinite names what and where', async (t) => {
+  t.doesNotThrow(() => assertFinite([0, 1, -2], 'x'));
+  t.throws(() => assertFinite(Float32Array.from([0, 1, NaN]), 'features t=150, b=9'), { name: 'NonFiniteError', message: 'features t=150, b=9 holds NaN at index 2' });
+});
+
+function features(n: number, seed: number, scale = 1): FeatureArrays {
+  const data = randomNd([n, 4, 2, 2], seed).data.map((v) => v * scale);
+  return { features: new Map([['t150.b9', { data: Float32Array.from(data), shape: [4, 2, 2] }]]), labels: Array.from({ length: n }, (_, i) => i % 4), count: n };
+}
+
+const linear = (o: Partial<FitOptions> = {}): FitOptions => ({ head: 'linear', classes: 4, timesteps: [150], blocks: [9], pool: 1, epochs: 1, batchSize: 4, ...o });
+
+t.test('a loss that overflows stops training naming the step, and no state is written', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'difrep-nan-'));
+  const checkpoint = join(dir, 'state.safetensors');
+  // Features of 1e30 under lr 1e30: the second step's logits overflow float32.
+  const err = await fitHead(e, features(8, 1, 1e30), features(4, 2), linear({ lr: 1e30, checkpoint })).then(() => null, (x: Error) => x);
+  t.type(err, NonFiniteError);
+  t.match(err?.message, /the training loss is (NaN|Infinity) at epoch 1, batch \d \(step \d\)/);
+  t.rejects(stat(checkpoint), 'no state holding NaN was saved');
+  await rm(dir, { recursive: true });
+});
+
+t.test('resuming checks settings, epochs and refuses to replace a state', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'difrep-resume-'));
+  const checkpoint = join(dir, 'state.safetensors');
+  const train = features(8, 3);
+  const test = features(4, 4);
+  const first = await fitHead(e, train, test, linear({ epochs: 2, lr: 1e-3, checkpoint }));
+  t.equal(first.losses.length, 2);
+  await t.rejects(fitHead(e, train, test, linear({ epochs: 2, lr: 1e-3, checkpoint })), /already holds a training state .*pass --resume/);
+  await t.rejects(fitHead(e, train, test, linear({ epochs: 4, lr: 1e-2, checkpoint, resume: true })), /cannot resume .*lr 0\.001 there, 0\.01 now/);
+  await t.rejects(fitHead(e, train, test, linear({ epochs: 4, lr: 1e-3, optimizer: 'sgd', checkpoint, resume: true })), /optimizer "adam" there, "sgd" now/);
+  await t.rejects(fitHead(e, train, test, linear({ epochs: 4, lr: 1e-3, batchSize: 2, seed: 5, checkpoint, resume: true })), /batchSize 4 there, 2 now; seed 0 there, 5 now/);
+  await t.rejects(fitHead(e, train, test, linear({ epochs: 1, lr: 1e-3, checkpoint, resume: true })), /already trained 2 epochs; --epochs 1 is fewer/);
+  const more = await fitHead(e, train, test, linear({ epochs: 3, lr: 1e-3, checkpoint, resume: true }));
+  t.equal(more.losses.length, 3, 'the same settings resume, with more epochs');
+  t.same(more.losses.slice(0, 2), first.losses, 'the earlier losses are kept');
+  await rm(dir, { recursive: true });
+});
