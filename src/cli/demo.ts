@@ -14,10 +14,11 @@ import { sample } from '../model/sampling.ts';
 import type { UNet } from '../model/unet.ts';
 import { barChartPng } from '../train/bar-chart.ts';
 import { balancedSubset, type GreyImages, imageSource, loadFashionMnist, seededShuffle, toModelInput } from '../train/data/fashion-mnist.ts';
-import { extractFeatures, openFeatureCache } from '../train/extract.ts';
+import { loadCachedFeatures } from '../train/cached-features.ts';
+import { extractFeatures } from '../train/extract.ts';
 import { type FeatureArrays, fitHead, type FitOptions, type FitResult } from '../train/fit.ts';
 import { fitDifFeed } from '../train/fit-difeed.ts';
-import { int, type OptionSpec, parseArgs } from './args.ts';
+import { type OptionSpecs, parseArgs } from './args.ts';
 import { writeImageGridPng } from './generative.ts';
 import { loadModel } from './model-options.ts';
 import { packageRoot } from './package-root.ts';
@@ -25,23 +26,23 @@ import { fmtTime, progressBar } from './progress.ts';
 
 const root = packageRoot();
 
-const OPTIONS: Record<string, OptionSpec> = {
-  model: { help: 'U-Net config', default: join(root, 'models', 'fmnist16.json') },
-  checkpoint: { help: 'U-Net weights', default: join(root, 'models', 'fmnist16.safetensors') },
-  'train-per-class': { help: 'training images per class (a seeded, balanced subset; 20% of it is the validation split of the b, t sweep)', default: '100' },
-  'test-per-class': { help: 'test images per class', default: '50' },
-  full: { help: 'all 60,000 training and 10,000 test images (hours on a CPU)', flag: true },
-  epochs: { help: 'epochs of every cached-feature head (paper 28)', default: '10' },
-  'step-size': { help: 'StepLR: the learning rate drops ×0.1 every this many epochs (paper 7)', default: '7' },
-  batch: { help: 'batch size of the cached-feature heads (paper 128; smaller for a subset, so they get more steps)', default: '32' },
-  'difeed-epochs': { help: 'epochs of DifFeed (two U-Net passes and a backward per step; batch 16 as in the paper)', default: '2' },
-  'head-dim': { help: 'token width d of the Attention, DifFormer and DifFeed heads (paper 1024)', default: '64' },
-  'head-layers': { help: 'Transformer layers of those heads (paper 2)', default: '1' },
-  'head-lr': { help: 'Adam learning rate of the Attention and DifFormer heads and of DifFeed\'s head (CLARIFICATIONS default 1e-4, meant for ImageNet-length runs; the demo\'s ~320 steps need more)', default: '1e-3' },
-  'pre-pool': { help: 'the heads\' tokenizer pools feature maps to at most this size (paper 16, for 16×16 maps of 256×256 images)', default: '4' },
-  seed: { help: 'seed of subsets, noise, initialisation and shuffles', default: '0' },
-  out: { help: 'output directory: samples.png, results.json, results.png, feature caches', default: 'out/demo' },
-};
+const OPTIONS = {
+  model: { type: 'string', help: 'U-Net config', default: join(root, 'models', 'fmnist16.json') },
+  checkpoint: { type: 'string', meta: 'FILE', help: 'U-Net weights', default: join(root, 'models', 'fmnist16.safetensors') },
+  'train-per-class': { type: 'int', min: 5, max: 6000, help: 'training images per class (a seeded, balanced subset; 20% of it is the validation split of the b, t sweep)', default: 100 },
+  'test-per-class': { type: 'int', min: 1, max: 1000, help: 'test images per class', default: 50 },
+  full: { type: 'flag', help: 'all 60,000 training and 10,000 test images (hours on a CPU)' },
+  epochs: { type: 'int', min: 1, max: 10_000, help: 'epochs of every cached-feature head (paper 28)', default: 10 },
+  'step-size': { type: 'int', min: 1, max: 10_000, help: 'StepLR: the learning rate drops ×0.1 every this many epochs (paper 7)', default: 7 },
+  batch: { type: 'int', min: 1, max: 65_536, help: 'batch size of the cached-feature heads (paper 128; smaller for a subset, so they get more steps)', default: 32 },
+  'difeed-epochs': { type: 'int', min: 1, max: 10_000, help: 'epochs of DifFeed (two U-Net passes and a backward per step; batch 16 as in the paper)', default: 2 },
+  'head-dim': { type: 'int', min: 8, max: 16_384, help: 'token width d of the Attention, DifFormer and DifFeed heads (paper 1024)', default: 64 },
+  'head-layers': { type: 'int', min: 1, max: 64, help: 'Transformer layers of those heads (paper 2)', default: 1 },
+  'head-lr': { type: 'number', above: 0, max: 10, help: 'Adam learning rate of the Attention and DifFormer heads and of DifFeed\'s head (CLARIFICATIONS default 1e-4, meant for ImageNet-length runs; the demo\'s ~320 steps need more)', default: 1e-3 },
+  'pre-pool': { type: 'int', min: 1, max: 1024, help: 'the heads\' tokenizer pools feature maps to at most this size (paper 16, for 16×16 maps of 256×256 images)', default: 4 },
+  seed: { type: 'int', min: 0, max: 2 ** 31 - 1, help: 'seed of subsets, noise, initialisation and shuffles', default: 0 },
+  out: { type: 'string', meta: 'DIR', help: 'output directory: samples.png, results.json, results.png, feature caches', default: 'out/demo' },
+} satisfies OptionSpecs;
 
 interface Row {
   method: string;
@@ -137,11 +138,11 @@ export async function demoCommand(argv: string[]): Promise<number> {
   const o = parseArgs('demo', argv, OPTIONS);
   if (!o) return 0;
   const started = performance.now();
-  const outDir = String(o.out);
-  await mkdir(outDir, { recursive: true });
-  const seed = int(o.seed, 'seed');
+  const outDir = o.out;
+  const seed = o.seed;
   const e = await createEngine();
-  const { unet, hash } = await loadModel(e, String(o.model), String(o.checkpoint));
+  const { unet, hash } = await loadModel(e, o.model, o.checkpoint);
+  await mkdir(outDir, { recursive: true });
   const S = unet.plan.flags.image_size;
   const roles = paperBlocks(unet.plan);
   const train = await loadFashionMnist('train');
@@ -150,9 +151,9 @@ export async function demoCommand(argv: string[]): Promise<number> {
   const sampleLine = await samplesAndSanity(e, unet, train, outDir);
 
   // Data: balanced subsets; the b, t sweep is chosen on a validation split of the training subset.
-  const full = !!o.full;
-  const trainIdx = full ? Array.from({ length: train.count }, (_, i) => i) : balancedSubset(train.labels, int(o['train-per-class'], 'train-per-class', 1), seed);
-  const testIdx = full ? Array.from({ length: test.count }, (_, i) => i) : balancedSubset(test.labels, int(o['test-per-class'], 'test-per-class', 1), seed + 1);
+  const full = o.full;
+  const trainIdx = full ? Array.from({ length: train.count }, (_, i) => i) : balancedSubset(train.labels, o['train-per-class'], seed);
+  const testIdx = full ? Array.from({ length: test.count }, (_, i) => i) : balancedSubset(test.labels, o['test-per-class'], seed + 1);
   const order = seededShuffle(trainIdx.map((_, i) => i), seed + 2);
   const valRows = order.slice(0, Math.round(0.2 * order.length));
   const fitRows = order.slice(valRows.length);
@@ -169,24 +170,21 @@ export async function demoCommand(argv: string[]): Promise<number> {
     await mkdir(dir, { recursive: true });
     const bar = progressBar(`extract ${split}`, 'images');
     await extractFeatures(e, unet, imageSource(ds, idx, S), { outDir: dir, timesteps, blocks, batchSize: 50, chunkSize: 1000, seed, provenance: { checkpoint: hash, split, subset: JSON.stringify(idx.slice(0, 8)) + idx.length }, onProgress: bar });
-    const cache = await openFeatureCache(dir);
-    const features = new Map<string, { data: Float32Array; shape: number[] }>();
-    for (const t of timesteps) for (const b of blocks) features.set(`t${t}.b${b}`, await cache.features(t, b));
-    cached[split] = { features, labels: Array.from(cache.labels), count: cache.count };
+    cached[split] = await loadCachedFeatures(dir, timesteps, blocks);
   }
   const extractSeconds = (performance.now() - tx) / 1000;
   const perImage = extractSeconds / ((trainIdx.length + testIdx.length) * timesteps.length);
   console.log(`extraction: ${timesteps.length} timesteps × blocks {${blocks}} for ${trainIdx.length + testIdx.length} images in ${fmtTime(extractSeconds)} (${(1000 * perImage).toFixed(0)} ms per image and timestep)`);
 
-  const epochs = int(o.epochs, 'epochs', 1);
-  const schedule = { epochs, stepSize: int(o['step-size'], 'step-size', 1), batchSize: int(o.batch, 'batch', 1) };
-  const attention = { dim: int(o['head-dim'], 'head-dim', 8), heads: 4, layers: int(o['head-layers'], 'head-layers', 1), prePoolSize: int(o['pre-pool'], 'pre-pool', 1) };
+  const epochs = o.epochs;
+  const schedule = { epochs, stepSize: o['step-size'], batchSize: o.batch };
+  const attention = { dim: o['head-dim'], heads: 4, layers: o['head-layers'], prePoolSize: o['pre-pool'] };
   const rows: Row[] = [];
   const record = (method: string, features: string, r: FitResult, settings: string) => {
     rows.push({ method, features, top1: r.top1, top5: r.top5, params: r.params, seconds: r.seconds, settings });
     console.log(`  ${method}: top-1 ${(100 * r.top1).toFixed(1)}%, top-5 ${(100 * r.top5).toFixed(1)}%, ${r.params.toLocaleString('en')} parameters, ${fmtTime(r.seconds)}`);
   };
-  const headLr = Number(o['head-lr']);
+  const headLr = o['head-lr'];
   const fit = (trainSet: FeatureArrays, testSet: FeatureArrays, opts: Omit<FitOptions, 'classes'>, name?: string) => {
     const bar = name ? progressBar(name, 'batches') : undefined;
     let epoch = 0;
@@ -217,7 +215,7 @@ export async function demoCommand(argv: string[]): Promise<number> {
   const dif = await fit(cached.train, cached.test, { head: 'attention', timesteps, blocks: roles.difformer, attention, lr: headLr }, 'DifFormer');
   record('DifFormer', `b {${roles.difformer}}, t {${timesteps}}`, dif, JSON.stringify(attention));
 
-  const difeedEpochs = int(o['difeed-epochs'], 'difeed-epochs', 1);
+  const difeedEpochs = o['difeed-epochs'];
   const bar = progressBar('DifFeed', 'batches');
   let feedEpoch = 0;
   const feed = await fitDifFeed(e, unet, imageSource(train, trainIdx, S), imageSource(test, testIdx, S), {
@@ -239,7 +237,7 @@ export async function demoCommand(argv: string[]): Promise<number> {
   for (const f of findings) console.log(f);
   const total = (performance.now() - started) / 1000;
   const result = {
-    checkpoint: String(o.checkpoint), sha256: hash, adapter: e.handle.info, samples: sampleLine,
+    checkpoint: o.checkpoint, sha256: hash, adapter: e.handle.info, samples: sampleLine,
     data: { train: trainIdx.length, validation: valRows.length, test: testIdx.length, full, seed },
     extraction: { timesteps, blocks, seconds: extractSeconds },
     schedule: { ...schedule, difeedEpochs, attention, headLr }, sweep, rows, findings, seconds: total,

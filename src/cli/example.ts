@@ -5,7 +5,7 @@ import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { writeFileAtomic } from '../model/checkpoint/atomic-write.ts';
-import { type OptionSpec, parseArgs, UsageError } from './args.ts';
+import { type OptionSpecs, parseArgs, UsageError } from './args.ts';
 import { ensureBuilt, launchChromium, runPage } from './chromium.ts';
 import { resolveFlags } from './model-options.ts';
 import { packageRoot } from './package-root.ts';
@@ -14,12 +14,12 @@ import { importMapScript, startStaticServer, type StaticServer } from './static-
 const root = packageRoot();
 const SHIPPED = { model: join(root, 'models', 'fmnist16.json'), checkpoint: join(root, 'models', 'fmnist16.safetensors') };
 
-const OPTIONS: Record<string, OptionSpec> = {
-  model: { help: 'U-Net config (preset or .json)', default: SHIPPED.model },
-  checkpoint: { help: 'weights (.safetensors; a reference dump\'s param.* also works)', default: SHIPPED.checkpoint },
-  port: { help: 'port on 127.0.0.1 (0: any free port)', default: '8080' },
-  screenshot: { help: 'headless: run one extraction in Chromium, save a PNG screenshot here, and exit' },
-};
+const OPTIONS = {
+  model: { type: 'string', help: 'U-Net config (preset or .json)', default: SHIPPED.model },
+  checkpoint: { type: 'string', meta: 'FILE', help: 'weights (.safetensors; a reference dump\'s param.* also works)', default: SHIPPED.checkpoint },
+  port: { type: 'int', min: 0, max: 65535, help: 'port on 127.0.0.1 (0: any free port)', default: 8080 },
+  screenshot: { type: 'string', meta: 'FILE.png', help: 'headless: run one extraction in Chromium, save a PNG screenshot here, and exit' },
+} satisfies OptionSpecs;
 
 export async function startExampleServer(model: string, checkpoint: string, port = 0): Promise<StaticServer> {
   if (!existsSync(checkpoint)) throw new UsageError(`difrep example: checkpoint ${checkpoint} not found; pass --checkpoint FILE.safetensors (and --model) for another U-Net`);
@@ -50,12 +50,10 @@ async function screenshot(server: StaticServer, file: string): Promise<number> {
 export async function exampleCommand(argv: string[]): Promise<number> {
   const o = parseArgs('example', argv, OPTIONS);
   if (!o) return 0;
-  const port = Number(o.port);
-  if (!Number.isInteger(port) || port < 0 || port > 65535) throw new UsageError(`difrep example: --port ${o.port} is not a port number`);
-  const server = await startExampleServer(String(o.model), String(o.checkpoint), o.screenshot ? 0 : port);
+  const server = await startExampleServer(o.model, o.checkpoint, o.screenshot ? 0 : o.port);
   if (o.screenshot) {
     try {
-      return await screenshot(server, String(o.screenshot));
+      return await screenshot(server, o.screenshot);
     } finally {
       await server.close();
     }

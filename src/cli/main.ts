@@ -59,6 +59,7 @@ try {
 } catch (e) {
   // Expected failures (no adapter, a bad checkpoint, a bad argument) print one clear line.
   const err = e as Error;
-  console.error(`difrep: ${err instanceof NoAdapterError || err instanceof UsageError ? err.message : `${err.name}: ${err.message}`}`);
+  const message = err instanceof NoAdapterError || err instanceof UsageError ? err.message : `${err.name}: ${err.message}`;
+  console.error(message.startsWith('difrep ') ? message : `difrep: ${message}`);
   process.exitCode = 1;
 }

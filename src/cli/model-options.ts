@@ -7,8 +7,7 @@ import { openCheckpoint, withPrefix } from '../model/checkpoint/index.ts';
 import { describeMapping } from '../model/block-roles.ts';
 import { UNet } from '../model/unet.ts';
 import { ADM_256_UNCOND, flagsFromJson, type UNetFlags } from '../model/unet-config.ts';
-import type { OptionSpec } from './args.ts';
-import { UsageError } from './args.ts';
+import { type OptionSpecs, UsageError } from './args.ts';
 
 export const PRESETS: Record<string, UNetFlags> = {
   adm256: ADM_256_UNCOND,
@@ -22,10 +21,10 @@ export const PRESETS: Record<string, UNetFlags> = {
   },
 };
 
-export const MODEL_OPTIONS: Record<string, OptionSpec> = {
-  model: { help: `U-Net config: a preset (${Object.keys(PRESETS).join(', ')}) or a JSON file of create_model flags`, default: 'adm64' },
-  checkpoint: { help: 'weights (.pt or .safetensors; a reference dump\'s param.* also works); without it the weights are random (plumbing only)' },
-};
+export const MODEL_OPTIONS = {
+  model: { type: 'string', help: `U-Net config: a preset (${Object.keys(PRESETS).join(', ')}) or a JSON file of create_model flags`, default: 'adm64' },
+  checkpoint: { type: 'string', meta: 'FILE', help: 'weights (.pt or .safetensors; a reference dump\'s param.* also works); without it the weights are random (plumbing only)' },
+} satisfies OptionSpecs;
 
 async function fileHash(path: string): Promise<string> {
   const h = createHash('sha256');

@@ -4,21 +4,23 @@ import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { basename, join, resolve } from 'node:path';
 import { createEngine } from '../engine/engine.ts';
-import { UsageError } from './args.ts';
+import { type OptionSpecs, parseArgs, UsageError } from './args.ts';
 import { ensureBuilt, launchChromium, runPage } from './chromium.ts';
 import { packageRoot } from './package-root.ts';
 import { runParity } from './parity-run.ts';
 import { importMapScript, startStaticServer } from './static-server.ts';
 
-const USAGE = `usage: difrep parity FILE.safetensors... [--tol REL] [--grad-tol REL] [--unet UNET.safetensors] [--runtime node|deno|chromium]
+const OPTIONS = {
+  tol: { type: 'number', above: 0, max: 1, help: 'tolerance of forward tensors, max|a−r|/max|r|', default: 1e-4 },
+  'grad-tol': { type: 'number', above: 0, max: 1, help: 'tolerance of gradients and the Adam step', default: 1e-3 },
+  unet: { type: 'string', meta: 'FILE', help: 'attention-head and DifFormer dumps: recompute their input features feat.* from input.x0 with the U-Net weights of this dump (adm64.safetensors) and compare them too' },
+  runtime: { type: 'string', choices: ['node', 'deno', 'chromium'], help: 'node (Dawn), deno (the same source under Deno\'s WebGPU), or chromium (a headless Chromium page on its own WebGPU, SwiftShader; needs Debian\'s chromium and puppeteer-core)', default: 'node' },
+} satisfies OptionSpecs;
 
-  Rebuilds the model (U-Net, attention head, DifFormer or DifFeed) from each dump's metadata, runs it,
-  and prints per tensor the max abs error and max|a-r|/max|r|. Exit 1 if any tensor is above its
-  tolerance: --tol for forward tensors (default 1e-4), --grad-tol for gradients and the Adam step
-  (default 1e-3). --unet: for attention-head and DifFormer dumps, recompute their input features feat.*
-  from input.x0 with the U-Net weights of that dump (adm64.safetensors) and compare them too.
-  --runtime: node (default, Dawn), deno (the same source under Deno's WebGPU), or chromium (a headless
-  Chromium page on its own WebGPU, SwiftShader; needs Debian's chromium and puppeteer-core).`;
+const FILES = `FILE.safetensors...
+
+  Rebuilds the model (U-Net, attention head, DifFormer or DifFeed) from each dump's metadata, runs it, and prints per
+  tensor the max abs error and max|a-r|/max|r|. Exit 1 if any tensor is above its tolerance.`;
 
 interface ParityArgs {
   files: string[];
@@ -28,25 +30,14 @@ interface ParityArgs {
   runtime: string;
 }
 
-function parseParityArgs(args: string[]): ParityArgs | null {
-  const o: ParityArgs = { files: [], tol: 1e-4, gradTol: 1e-3, runtime: 'node' };
-  for (let i = 0; i < args.length; i++) {
-    const a = args[i];
-    if (a === '--tol') o.tol = Number(args[++i]);
-    else if (a === '--grad-tol') o.gradTol = Number(args[++i]);
-    else if (a === '--unet') o.unet = args[++i];
-    else if (a === '--runtime') o.runtime = args[++i];
-    else if (a === '--help' || a === '-h') return null;
-    else if (a.startsWith('--')) throw new UsageError(`difrep parity: unknown option ${a}\n\n${USAGE}`);
-    else o.files.push(a);
-  }
-  if (!o.files.length) throw new UsageError(`difrep parity: no dump given\n\n${USAGE}`);
-  if (!(o.tol > 0) || !(o.gradTol > 0)) throw new UsageError('difrep parity: --tol and --grad-tol must be positive numbers');
-  if (!['node', 'deno', 'chromium'].includes(o.runtime)) throw new UsageError(`difrep parity: --runtime ${o.runtime}: choose node, deno or chromium`);
-  for (const f of [...o.files, ...(o.unet ? [o.unet] : [])]) {
+function parseParityArgs(argv: string[]): ParityArgs | null {
+  const o = parseArgs('parity', argv, OPTIONS, FILES);
+  if (!o) return null;
+  if (!o._.length) throw new UsageError('difrep parity: no dump given (difrep parity FILE.safetensors...; see --help)');
+  for (const f of [...o._, ...(o.unet ? [o.unet] : [])]) {
     if (!existsSync(f)) throw new UsageError(`difrep parity: ${f}: no such file`);
   }
-  return o;
+  return { files: o._, tol: o.tol, gradTol: o['grad-tol'], unet: o.unet, runtime: o.runtime };
 }
 
 async function inNode(o: ParityArgs): Promise<number> {
@@ -61,7 +52,7 @@ function inDeno(argv: string[]): number {
   const root = packageRoot();
   const local = join(root, 'node_modules', '.bin', 'deno');
   const deno = existsSync(local) ? local : 'deno';
-  const rest = argv.filter((a, i) => a !== '--runtime' && argv[i - 1] !== '--runtime');
+  const rest = argv.filter((a, i) => a !== '--runtime' && argv[i - 1] !== '--runtime' && !a.startsWith('--runtime='));
   console.log(`runtime: Deno (${deno})`);
   const r = spawnSync(deno, ['run', '--quiet', '--unstable-webgpu', '--allow-read', '--allow-env', join(root, 'src', 'cli', 'main.ts'), 'parity', ...rest], { stdio: 'inherit' });
   if (r.error) throw new UsageError(`cannot start Deno (${r.error.message}): npm install deno, or put deno on the PATH`);
@@ -99,10 +90,7 @@ async function inChromium(o: ParityArgs): Promise<number> {
 
 export async function parityCommand(argv: string[]): Promise<number> {
   const o = parseParityArgs(argv);
-  if (!o) {
-    console.log(USAGE);
-    return 0;
-  }
+  if (!o) return 0;
   if (o.runtime === 'deno') return inDeno(argv);
   if (o.runtime === 'chromium') return inChromium(o);
   return inNode(o);

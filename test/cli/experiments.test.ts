@@ -14,15 +14,15 @@ const difrep = (...args: string[]) => run(process.execPath, ['--import', 'tsx', 
 
 t.test('--help lists every option with its default; unknown options are errors', async (t) => {
   const { stdout } = await difrep('extract', '--help');
-  t.match(stdout, /--per-class VALUE .*\(default 0\)/);
-  t.match(stdout, /--t VALUE .*\(default 150\)/);
+  t.match(stdout, /--per-class N .*\[an integer ≥ 0 and ≤ 10000000\] \(default 0\)/);
+  t.match(stdout, /--t LIST .*\(default 150\)/);
   const err = await difrep('extract', '--nope', '1').then(() => null, (e: { stderr: string; code: number }) => e);
   t.match(err?.stderr, /unknown option --nope/);
   t.equal(err?.code, 1);
 });
 
 t.test('cached maps are pooled with PyTorch\'s adaptive windows', async (t) => {
-  const { poolCached } = await import('../../src/cli/experiments.ts');
+  const { poolCached } = await import('../../src/train/cached-features.ts');
   // One image, one channel, 3×3 → 2×2: windows rows [0,2) and [1,3), same for columns.
   const r = poolCached(Float32Array.from([1, 2, 3, 4, 5, 6, 7, 8, 9]), 1, [1, 3, 3], 2);
   t.same(r.shape, [1, 2, 2]);
@@ -115,7 +115,7 @@ t.test('extract killed (SIGKILL) midway and re-run finishes with the same cache 
   const args = (out: string) => ['extract', '--model', 'adm32-mini', '--checkpoint', ckpt, '--split', 'test', '--per-class', '4', '--b', '9', '--pool', '2', '--chunk', '8', '--batch', '4', '--out', out];
   await difrep(...args(join(dir, 'whole')));
   const child = spawn(process.execPath, ['--import', 'tsx', main, ...args(join(dir, 'killed'))], { stdio: 'ignore' });
-  const chunks = async () => (await readdir(join(dir, 'killed')).catch(() => [] as string[])).filter((f) => f.startsWith('chunk-'));
+  const chunks = async () => (await readdir(join(dir, 'killed')).catch(() => [] as string[])).filter((f) => /^chunk-\d+-\d+\.safetensors$/.test(f)); // finished chunks, not temp files
   while ((await chunks()).length < 2) await new Promise((r) => setTimeout(r, 50));
   child.kill('SIGKILL');
   await new Promise((r) => child.once('exit', r));

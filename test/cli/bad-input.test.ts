@@ -1,0 +1,66 @@
+// Every bad option is refused before anything runs or is created, with one line naming the option,
+// what it got and what it accepts (issue 14's cases, as a table).
+import { existsSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import t from 'tap';
+import { UsageError } from '../../src/cli/args.ts';
+import { EXPERIMENT_COMMANDS } from '../../src/cli/experiments.ts';
+import { GENERATIVE_COMMANDS } from '../../src/cli/generative.ts';
+
+const COMMANDS = { ...EXPERIMENT_COMMANDS, ...GENERATIVE_COMMANDS };
+const dir = await mkdtemp(join(tmpdir(), 'difrep-bad-input-'));
+const out = join(dir, 'out');
+t.teardown(() => rm(dir, { recursive: true }));
+
+const CASES: [string, string[], RegExp][] = [
+  ['train', ['--lr', 'abc'], /--lr must be a number > 0 and ≤ 10, got "abc"/],
+  ['train', ['--lr', '-1'], /--lr must be a number > 0 and ≤ 10, got "-1"/],
+  ['train', ['--lr', '0'], /--lr must be a number > 0/],
+  ['train', ['--gamma', 'abc'], /--gamma must be a number > 0 and ≤ 1, got "abc"/],
+  ['train', ['--optimizer', 'adamw'], /--optimizer must be one of adam, sgd, got "adamw"/],
+  ['train', ['--head', 'mlp'], /--head must be one of linear, attention, difformer, difeed, got "mlp"/],
+  ['train', ['--epochs', '2.5'], /--epochs must be an integer ≥ 1/],
+  ['train', ['--flip', 'yes'], /--flip must be one of true, false/],
+  ['train', ['--resume=1'], /--resume' does not take an argument/],
+  ['train', ['--train', 'a', '--test', 'b', '--b', '9', '--t', '90,150'], /a linear probe reads one t and one b/],
+  ['train', ['--train', 'a', '--test', 'b'], /--b is required for --head linear/],
+  ['knn', ['--train', 'a', '--test', 'b', '--k', '0'], /each value of --k must be an integer ≥ 1 and ≤ 100000, got "0"/],
+  ['knn', ['--train', 'a', '--test', 'b', '--temperature', '0'], /--temperature must be a number > 0/],
+  ['knn', ['--train', 'a', '--test', 'b', '--k', '20,20'], /--k lists 20 twice/],
+  ['extract', ['--t', '150,'], /each value of --t must be an integer ≥ 0 and ≤ 999, got "" in "150,"/],
+  ['extract', ['--t='], /--t needs a comma-separated list, got an empty string/],
+  ['extract', ['--t', '1000'], /--t must be an integer ≥ 0 and ≤ 999, got "1000"/],
+  ['extract', ['--t', '150,150'], /--t lists 150 twice \("150,150"\); give each value once/],
+  ['extract', ['--b', '9,9'], /--b lists 9 twice/],
+  ['extract', ['--per-class='], /--per-class must be an integer ≥ 0 and ≤ 10000000, got ""/],
+  ['extract', ['--split', 'val'], /--split must be one of train, test/],
+  ['extract', ['--dataset', 'folder'], /--dataset folder needs --root DIR/],
+  ['extract', ['--batch', '0'], /--batch must be an integer ≥ 1/],
+  ['extract', ['--chunk', '-4'], /--chunk must be an integer ≥ 1/],
+  ['extract', ['--nope', '1'], /unknown option --nope/],
+  ['extract', ['stray'], /unexpected argument "stray"/],
+  ['cka', ['--features', 'a', '--b', '5,9', '--t', '90,150'], /compare several blocks at one t, or several t at one block/],
+  ['sweep', ['--train', 'a', '--test', 'b', '--b', '9', '--pool', '0'], /each value of --pool must be an integer ≥ 1/],
+  ['pretrain', ['--ema', '1.5'], /--ema must be a number ≥ 0 and ≤ 1, got "1.5"/],
+  ['pretrain', ['--steps', '0'], /--steps must be an integer ≥ 1/],
+  ['sample', ['--ddim-steps', '5000'], /--ddim-steps must be an integer ≥ 0 and ≤ 1000, got "5000"/],
+  ['sample', ['--count', '0'], /--count must be an integer ≥ 1/],
+];
+
+for (const [command, args, expected] of CASES) {
+  t.test(`${command} ${args.join(' ')}`, async (t) => {
+    const withOut = args.includes('--out') ? args : [...args, '--out', out];
+    const err = await COMMANDS[command](withOut).then(() => null, (e: Error) => e);
+    t.type(err, UsageError, 'a usage error, not a crash');
+    t.match(err?.message, expected);
+    t.notOk(err?.message.includes('\n'), 'one line');
+    t.notOk(existsSync(out), '--out was not created');
+  });
+}
+
+t.test('required options are named with what they are for', async (t) => {
+  const err = await COMMANDS.train(['--head', 'linear']).then(() => null, (e: Error) => e);
+  t.match(err?.message, /difrep train: --out DIR is required \(output directory/);
+});
