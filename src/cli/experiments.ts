@@ -16,6 +16,7 @@ import { extractFeatures, featureKey, type ImageSource, openFeatureCache } from 
 import { type FeatureArrays, fitHead } from '../train/fit.ts';
 import { fitDifFeed } from '../train/fit-difeed.ts';
 import { heatmapPng } from '../train/heatmap.ts';
+import { standardizeSplits } from '../train/standardize.ts';
 import { type OptionSpecs, parseArgs, UsageError } from './args.ts';
 import { loadModel, MODEL_OPTIONS } from './model-options.ts';
 import { fmtTime, progressBar } from './progress.ts';
@@ -122,6 +123,7 @@ const TRAIN = {
   t: { type: 'ints', min: 0, max: T_MAX, unique: true, help: 'timesteps (linear and difeed: one)', default: [150] },
   b: { type: 'ints', min: 1, unique: true, help: 'blocks (required; linear: one; difeed: the pass-2 feature block, default the paper\'s b24 mapped by role)' },
   pool: { type: 'int', min: 1, max: 1024, help: 'linear probe: adaptive pool size', default: 2 },
+  standardize: { type: 'flag', help: 'linear probe: standardise every pooled feature dimension with the training split\'s mean and std (off: the paper\'s protocol)' },
   dim: { type: 'int', min: 1, max: 16384, help: 'attention heads: token width d', default: 1024 },
   layers: { type: 'int', min: 1, max: 64, help: 'attention heads: Transformer layers', default: 2 },
   heads: { type: 'int', min: 1, max: 256, help: 'attention heads: attention heads', default: 8 },
@@ -148,10 +150,13 @@ async function trainCommand(argv: string[]): Promise<number> {
   const ts = o.t;
   const bs = o.b!;
   if (o.head === 'linear' && (ts.length !== 1 || bs.length !== 1)) throw new UsageError(`difrep train: a linear probe reads one t and one b, got --t ${ts} --b ${bs} (difformer fuses several)`);
-  const train = await loadCachedFeatures(o.train!, ts, bs);
-  const test = await loadCachedFeatures(o.test!, ts, bs);
-  checkLabels(train, o.classes, o.train!);
-  checkLabels(test, o.classes, o.test!);
+  if (o.standardize && o.head !== 'linear') throw new UsageError(`difrep train: --standardize is for the linear probe (the attention heads normalise their tokens themselves)`);
+  // Standardised dimensions are those the probe sees: the maps pooled first, on the CPU.
+  const pool = o.standardize ? o.pool : 0;
+  const loaded = { train: await loadCachedFeatures(o.train!, ts, bs, pool), test: await loadCachedFeatures(o.test!, ts, bs, pool) };
+  checkLabels(loaded.train, o.classes, o.train!);
+  checkLabels(loaded.test, o.classes, o.test!);
+  const { train, test } = o.standardize ? standardizeSplits(loaded.train, loaded.test) : loaded;
   const e = await createEngine();
   await mkdir(o.out, { recursive: true });
   const head = o.head === 'difformer' ? 'attention' : o.head;
@@ -163,7 +168,7 @@ async function trainCommand(argv: string[]): Promise<number> {
     onBatch: progressBar('  batches', 'batches'),
     onEpoch: ({ epoch, epochs, loss, trainAccuracy, lr, seconds }) => console.log(`epoch ${epoch + 1}/${epochs}: loss ${loss.toFixed(4)}, train accuracy ${(100 * trainAccuracy).toFixed(1)}%, lr ${lr.toExponential(1)}, ${seconds.toFixed(1)} s (ETA ${fmtTime(seconds * (epochs - epoch - 1))})`),
   });
-  const full = { ...result, headArg: o.head, timesteps: ts, blocks: bs, train: o.train, test: o.test };
+  const full = { ...result, headArg: o.head, timesteps: ts, blocks: bs, pool: o.head === 'linear' ? o.pool : null, standardize: o.standardize, train: o.train, test: o.test };
   await writeFileAtomic(join(o.out, 'result.json'), JSON.stringify(full, null, 2));
   console.log(`${o.head}: top-1 ${(100 * result.top1).toFixed(2)}%, top-5 ${(100 * result.top5).toFixed(2)}% (${result.params} parameters, ${fmtTime(result.seconds)}) → ${join(o.out, 'result.json')}`);
   e.dispose();
@@ -205,6 +210,7 @@ const KNN = {
   pool: { type: 'int', min: 0, max: 1024, help: 'adaptive-average-pool cached maps to this size before comparing (paper Table 9: global, 1; 0 = as cached)', default: 1 },
   k: { type: 'ints', min: 1, max: 100_000, unique: true, help: 'neighbour counts', default: [20, 200] },
   temperature: { type: 'number', above: 0, max: 1e6, help: 'vote weight exp(s / T)', default: 0.1 },
+  standardize: { type: 'flag', help: 'standardise every (pooled) feature dimension with the training split\'s mean and std before the cosine similarity' },
   classes: { type: 'int', min: 2, max: 100_000, help: 'number of classes', default: 10 },
   out: { type: 'string', meta: 'FILE', help: 'result JSON file' },
 } satisfies OptionSpecs;
@@ -212,20 +218,22 @@ const KNN = {
 async function knnCommand(argv: string[]): Promise<number> {
   const o = parseArgs('knn', argv, KNN);
   if (!o) return 0;
-  const load = async (dir: string) => {
-    const f = await loadCachedFeatures(dir, [o.t], [o.b], o.pool);
-    checkLabels(f, o.classes, dir);
+  const loaded = { train: await loadCachedFeatures(o.train, [o.t], [o.b], o.pool), test: await loadCachedFeatures(o.test, [o.t], [o.b], o.pool) };
+  checkLabels(loaded.train, o.classes, o.train);
+  checkLabels(loaded.test, o.classes, o.test);
+  const splits = o.standardize ? standardizeSplits(loaded.train, loaded.test) : loaded;
+  const matrix = (f: FeatureArrays) => {
     const { data } = f.features.get(featureKey(o.t, o.b))!;
     return { m: { data, n: f.count, d: data.length / f.count }, labels: Array.from(f.labels) };
   };
-  const tr = await load(o.train);
-  const te = await load(o.test);
+  const tr = matrix(splits.train);
+  const te = matrix(splits.test);
   const tooMany = o.k.find((k) => k > tr.m.n);
   if (tooMany !== undefined) throw new UsageError(`difrep knn: --k ${tooMany} is more than the ${tr.m.n} training images in ${o.train}`);
   const e = await createEngine();
   const res = await knnClassify(e, tr.m, tr.labels, te.m, te.labels, { ks: o.k, temperature: o.temperature, classes: o.classes });
   for (const r of res) console.log(`kNN k=${r.k}: top-1 ${(100 * r.top1).toFixed(2)}%, top-5 ${(100 * r.top5).toFixed(2)}%`);
-  if (o.out) await writeFileAtomic(o.out, JSON.stringify({ t: o.t, b: o.b, pool: o.pool, temperature: o.temperature, results: res }, null, 2));
+  if (o.out) await writeFileAtomic(o.out, JSON.stringify({ t: o.t, b: o.b, pool: o.pool, standardize: o.standardize, temperature: o.temperature, results: res }, null, 2));
   e.dispose();
   return 0;
 }

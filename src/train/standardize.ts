@@ -1,0 +1,50 @@
+// Feature standardisation for the linear probe and kNN (the miniature issue's protocol, MAE-style
+// BatchNorm without affine): per feature dimension, the training split's mean and unbiased
+// standard deviation (+ 1e-6), applied to the training and the test features alike.
+import type { FeatureArrays } from './fit.ts';
+export interface Standardizer {
+  mean: Float64Array;
+  std: Float64Array;
+}
+
+const EPS = 1e-6;
+
+/** Statistics of `data` ([count, d] row-major), accumulated in float64. */
+export function fitStandardizer(data: Float32Array, count: number): Standardizer {
+  if (count < 2) throw new RangeError(`standardisation needs at least 2 training images, got ${count}`);
+  const d = data.length / count;
+  const mean = new Float64Array(d);
+  for (let n = 0; n < count; n++) for (let j = 0; j < d; j++) mean[j] += data[n * d + j];
+  for (let j = 0; j < d; j++) mean[j] /= count;
+  const std = new Float64Array(d);
+  for (let n = 0; n < count; n++) {
+    for (let j = 0; j < d; j++) {
+      const x = data[n * d + j] - mean[j];
+      std[j] += x * x;
+    }
+  }
+  for (let j = 0; j < d; j++) std[j] = Math.sqrt(std[j] / (count - 1)) + EPS;
+  return { mean, std };
+}
+
+/** (x − mean) / std per dimension, as a new array. */
+export function applyStandardizer(s: Standardizer, data: Float32Array): Float32Array {
+  const d = s.mean.length;
+  if (data.length % d !== 0) throw new RangeError(`standardisation: ${data.length} values are not rows of the ${d} dimensions the statistics were computed on`);
+  const out = new Float32Array(data.length);
+  for (let i = 0; i < data.length; i++) out[i] = (data[i] - s.mean[i % d]) / s.std[i % d];
+  return out;
+}
+
+/** Every feature set of both splits standardised with the training split's statistics (new arrays; shapes kept). */
+export function standardizeSplits(train: FeatureArrays, test: FeatureArrays): { train: FeatureArrays; test: FeatureArrays } {
+  const trainFeatures = new Map<string, { data: Float32Array; shape: number[] }>();
+  const testFeatures = new Map<string, { data: Float32Array; shape: number[] }>();
+  for (const [key, f] of train.features) {
+    const s = fitStandardizer(f.data, train.count);
+    trainFeatures.set(key, { data: applyStandardizer(s, f.data), shape: f.shape });
+    const g = test.features.get(key);
+    if (g) testFeatures.set(key, { data: applyStandardizer(s, g.data), shape: g.shape });
+  }
+  return { train: { ...train, features: trainFeatures }, test: { ...test, features: testFeatures } };
+}
