@@ -11,6 +11,7 @@ import { writeFileAtomic } from '../model/checkpoint/atomic-write.ts';
 import { openSafetensors, writeSafetensors } from '../model/checkpoint/safetensors.ts';
 import { gaussianNoise, linearSchedule, qSample } from '../model/diffusion.ts';
 import type { UNet } from '../model/unet.ts';
+import { featureKey } from './feature-key.ts';
 
 export interface ImageSource {
   count: number;
@@ -48,7 +49,7 @@ export function noiseSeed(seed: number, image: number, t: number): number {
   return h;
 }
 
-export const featureKey = (t: number, b: number) => `t${t}.b${b}`;
+export { featureKey } from './feature-key.ts';
 const chunkName = (start: number, end: number) => `chunk-${String(start).padStart(8, '0')}-${String(end).padStart(8, '0')}.safetensors`;
 
 export interface ChunkPlan {

@@ -8,6 +8,7 @@ import { AttentionHead, type AttentionHeadOptions } from '../model/heads/attenti
 import { LinearProbe } from '../model/heads/linear-probe.ts';
 import { loadTrainingState, saveTrainingState } from './checkpoint.ts';
 import { seededShuffle } from './data/fashion-mnist.ts';
+import { featureKey as key } from './feature-key.ts';
 import { Adam, type Optimizer, Sgd, StepLR } from './optimizer.ts';
 import { trainStep } from './train-step.ts';
 
@@ -59,8 +60,6 @@ interface Model {
   params: Map<string, Tensor>;
   logits(batch: Map<string, Tensor>): Tensor;
 }
-
-const key = (t: number, b: number) => `t${t}.b${b}`;
 
 /** How many rows of `logits` ([n, K]) rank their label first, and among the first five. */
 export function countTopK(logits: Float32Array, labels: ArrayLike<number>): { top1: number; top5: number } {
