@@ -4,7 +4,7 @@
 // machines can split the chunks (--shard i/n) and be merged afterwards. Readable from
 // numpy/PyTorch (safetensors). Every setting is checked against chunks already in the directory
 // before any work, and each shard of a directory is written by one process at a time (a lock).
-import { mkdir, readdir, unlink } from 'node:fs/promises';
+import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Engine } from '../engine/engine.ts';
 import { adaptiveAvgPool2d } from '../engine/ops/adaptive-pool.ts';
@@ -135,12 +135,6 @@ async function extractLocked(e: Engine, unet: UNet, data: ImageSource, opts: Ext
   const schedule = linearSchedule(TIMESTEPS);
   const chunks = planChunks(data.count, sig.chunkSize).filter((_, k) => !opts.shard || k % opts.shard.count === opts.shard.index);
   const existing = new Set(await checkExistingCache(opts.outDir, sig, seen));
-  // Temp files of this shard's chunks left by a killed run (nobody else writes them: we hold the lock).
-  const ours = new Set(chunks.map((c) => c.file));
-  for (const f of await readdir(opts.outDir)) {
-    const m = /^(chunk-\d+-\d+\.safetensors)\.\d+\.\d+\.tmp$/.exec(f);
-    if (m && ours.has(m[1])) await unlink(join(opts.outDir, f)).catch(() => {});
-  }
   let done = 0;
   let written = 0;
   const total = chunks.reduce((p, c) => p + c.end - c.start, 0);
@@ -157,11 +151,17 @@ async function extractLocked(e: Engine, unet: UNet, data: ImageSource, opts: Ext
     const batchAt = (s: number) => Array.from({ length: Math.min(batchSize, chunk.end - s) }, (_, i) => s + i);
     // The next batch's images are requested before this batch's U-Net work (decoders running in
     // worker threads overlap it).
-    let upcoming = Promise.resolve(data.images(batchAt(chunk.start)));
+    // (A prefetch still pending when this batch fails must not become an unhandled rejection.)
+    const request = (s: number) => {
+      const p = Promise.resolve(data.images(batchAt(s)));
+      p.catch(() => {});
+      return p;
+    };
+    let upcoming = request(chunk.start);
     for (let s = chunk.start; s < chunk.end; s += batchSize) {
       const idx = batchAt(s);
       const pixels = await upcoming;
-      if (s + batchSize < chunk.end) upcoming = Promise.resolve(data.images(batchAt(s + batchSize)));
+      if (s + batchSize < chunk.end) upcoming = request(s + batchSize);
       if (pixels.length !== idx.length * inputSize) throw new Error(`extract: the image source returned ${pixels.length} values for ${idx.length} images; expected ${idx.length} × 3 × ${S} × ${S}`);
       const badPixel = pixels.findIndex((v) => !Number.isFinite(v));
       if (badPixel >= 0) throw new Error(`extract: input image ${idx[Math.floor(badPixel / inputSize)]} holds ${pixels[badPixel]}; the image source is at fault`);
