@@ -6,7 +6,7 @@
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 
-export interface LockOwner {
+interface LockOwner {
   pid: number;
   hostname: string;
   started: string;
@@ -17,7 +17,7 @@ export interface CacheLock {
   release(): Promise<void>;
 }
 
-export const lockFileName = (shard?: { index: number; count: number }) => `.lock-shard-${shard?.index ?? 0}-of-${shard?.count ?? 1}`;
+const lockFileName = (shard?: { index: number; count: number }) => `.lock-shard-${shard?.index ?? 0}-of-${shard?.count ?? 1}`;
 
 function isAlive(pid: number): boolean {
   try {

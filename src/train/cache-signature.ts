@@ -6,8 +6,8 @@
 /** Diffusion timesteps of the linear 1000-step schedule. */
 export const TIMESTEPS = 1000;
 /** Upper bounds on what a signature may declare (far above any real dataset). */
-export const MAX_IMAGES = 1_000_000_000;
-export const MAX_CHUNKS = 10_000_000;
+const MAX_IMAGES = 1_000_000_000;
+const MAX_CHUNKS = 10_000_000;
 const MAX_BLOCKS = 1000;
 
 export interface CacheSignature {
