@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { createEngine } from '../engine/engine.ts';
 import { writeFileAtomic } from '../model/checkpoint/atomic-write.ts';
 import { paperBlocks } from '../model/block-roles.ts';
+import { planUNet } from '../model/unet-config.ts';
 import type { DifFeedOptions } from '../model/heads/difeed.ts';
 import { checkLabels, loadCachedFeatures } from '../train/cached-features.ts';
 import { DecodePool } from '../train/data/decode-pool.ts';
@@ -12,13 +13,13 @@ import { balancedSubset, imageSource, loadFashionMnist } from '../train/data/fas
 import { scanImageFolder, validateImageFolder } from '../train/data/image-folder.ts';
 import { ckaMatrix } from '../train/eval/cka.ts';
 import { knnClassify } from '../train/eval/knn.ts';
-import { extractFeatures, featureKey, type ImageSource, openFeatureCache } from '../train/extract.ts';
+import { checkExistingCache, type ExtractOptions, extractFeatures, featureKey, type ImageSource, openFeatureCache, validateExtractOptions } from '../train/extract.ts';
 import { type FeatureArrays, fitHead } from '../train/fit.ts';
 import { fitDifFeed } from '../train/fit-difeed.ts';
 import { heatmapPng } from '../train/heatmap.ts';
 import { standardizeSplits } from '../train/standardize.ts';
 import { type OptionSpecs, parseArgs, UsageError } from './args.ts';
-import { loadModel, MODEL_OPTIONS } from './model-options.ts';
+import { checkpointHash, loadModel, MODEL_OPTIONS, resolveFlags } from './model-options.ts';
 import { fmtTime, progressBar } from './progress.ts';
 
 /** The last diffusion timestep (T = 1000 steps, t ∈ 0..999). */
@@ -69,11 +70,13 @@ async function extractCommand(argv: string[]): Promise<number> {
   if (o.dataset === 'folder' && !o.root) throw new UsageError('difrep extract: --dataset folder needs --root DIR');
   if (o.dataset !== 'folder' && o.root) throw new UsageError('difrep extract: --root is for --dataset folder');
   const shard = shardFrom(o.shard, o.shards, process.env);
-  const e = await createEngine();
-  const { unet, flags, hash } = await loadModel(e, o.model, o.checkpoint);
-  const bs = o.b ?? [paperBlocks(unet.plan).feature];
-  for (const b of bs) if (b > unet.numBlocks) throw new UsageError(`difrep extract: --b ${b}: this U-Net has blocks 1..${unet.numBlocks}`);
-  const size = unet.plan.flags.image_size;
+  // Everything is checked — the blocks against the config, the settings against an existing cache
+  // in --out — before the model is loaded or anything is computed.
+  const flags = await resolveFlags(o.model);
+  const plan = planUNet(flags);
+  const bs = o.b ?? [paperBlocks(plan).feature];
+  for (const b of bs) if (b > plan.blocks.length) throw new UsageError(`difrep extract: --b ${b}: this U-Net has blocks 1..${plan.blocks.length}`);
+  const size = flags.image_size;
   let source: ImageSource;
   let datasetName: string;
   const closers: (() => Promise<void>)[] = [];
@@ -81,7 +84,7 @@ async function extractCommand(argv: string[]): Promise<number> {
     const scanned = await scanImageFolder(o.root!);
     for (const w of scanned.warnings) console.error(`difrep: warning: ${w}`);
     const { folder, skipped, imagesPerSecond } = await validateImageFolder(scanned, progressBar('decode', 'images'));
-    for (const s of skipped) console.error(`difrep: warning: skipped unreadable image ${s}`);
+    for (const s of skipped) console.error(`difrep: warning: skipped unreadable image ${s.file}: ${s.error}`);
     console.log(`decoded ${scanned.files.length} images at ${imagesPerSecond.toFixed(1)} images/s; ${skipped.length} unreadable skipped; classes: ${folder.classes.join(', ')}`);
     const idx = o['per-class'] ? balancedSubset(folder.labels, o['per-class'], o.seed, folder.classes.length) : folder.files.map((_, i) => i);
     const pool = new DecodePool(2);
@@ -94,20 +97,23 @@ async function extractCommand(argv: string[]): Promise<number> {
     source = imageSource(ds, idx, size);
     datasetName = `fashion-mnist/${o.split}/per-class=${o['per-class']}`;
   }
-  await mkdir(o.out, { recursive: true });
-  const t0 = performance.now();
+  const options: ExtractOptions = {
+    outDir: o.out, timesteps: o.t, blocks: bs, pool: o.pool || undefined, batchSize: o.batch, chunkSize: o.chunk, seed: o.seed, shard,
+    provenance: { config: JSON.stringify(flags), checkpoint: await checkpointHash(o.checkpoint), dataset: datasetName },
+    onProgress: progressBar('extract', 'images'),
+  };
   try {
-    const written = await extractFeatures(e, unet, source, {
-      outDir: o.out, timesteps: o.t, blocks: bs, pool: o.pool || undefined, batchSize: o.batch, chunkSize: o.chunk, seed: o.seed, shard,
-      provenance: { config: JSON.stringify(flags), checkpoint: hash, dataset: datasetName },
-      onProgress: progressBar('extract', 'images'),
-    });
+    await checkExistingCache(o.out, validateExtractOptions(options, source.count));
+    const e = await createEngine();
+    const { unet } = await loadModel(e, o.model, o.checkpoint);
+    const t0 = performance.now();
+    const written = await extractFeatures(e, unet, source, options);
     const secs = (performance.now() - t0) / 1000;
     console.log(`extracted ${written} images (t ${o.t}, b ${bs}) in ${fmtTime(secs)}: ${(written / secs).toFixed(2)} images/s → ${o.out}`);
+    e.dispose();
   } finally {
     for (const close of closers) await close();
   }
-  e.dispose();
   return 0;
 }
 

@@ -26,9 +26,15 @@ export const MODEL_OPTIONS = {
   checkpoint: { type: 'string', meta: 'FILE', help: 'weights (.pt or .safetensors; a reference dump\'s param.* also works); without it the weights are random (plumbing only)' },
 } satisfies OptionSpecs;
 
-async function fileHash(path: string): Promise<string> {
+/** The first 16 hex digits of the weights' SHA-256 (what feature caches record), or 'random-weights'. */
+export async function checkpointHash(path: string | undefined): Promise<string> {
+  if (!path) return 'random-weights';
   const h = createHash('sha256');
-  for await (const chunk of createReadStream(path)) h.update(chunk as Buffer);
+  try {
+    for await (const chunk of createReadStream(path)) h.update(chunk as Buffer);
+  } catch (e) {
+    throw new UsageError(`--checkpoint ${path}: cannot read it (${(e as Error).message})`);
+  }
   return h.digest('hex').slice(0, 16);
 }
 
@@ -48,7 +54,7 @@ export async function loadModel(e: Engine, model: string, checkpoint: string | u
     const prefixed = src.keys().some((k) => k.startsWith('param.')) && !src.keys().some((k) => k.startsWith('time_embed.'));
     unet = await UNet.load(e, flags, prefixed ? withPrefix(src, 'param.') : src);
     await src.close();
-    hash = await fileHash(checkpoint);
+    hash = await checkpointHash(checkpoint);
   } else {
     if (!fromScratch) console.error('difrep: no --checkpoint given: using random U-Net weights (fine for plumbing, meaningless features)');
     unet = UNet.random(e, flags, 0);

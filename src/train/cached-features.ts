@@ -30,7 +30,7 @@ export function poolCached(data: Float32Array, count: number, shape: number[], p
 
 /** Every t × b of the cache in `dir`, pooled to `pool` × `pool` when given (0: as cached). */
 export async function loadCachedFeatures(dir: string, timesteps: number[], blocks: number[], pool = 0): Promise<FeatureArrays> {
-  const cache = await openFeatureCache(dir);
+  const cache = await openFeatureCache(dir, { verifyAll: false }); // features() verifies what it reads
   const features = new Map<string, { data: Float32Array; shape: number[] }>();
   for (const t of timesteps) {
     for (const b of blocks) {

@@ -1,16 +1,25 @@
 // Feature extraction to a sharded cache: f(x0, t, b) for every t × b, optionally adaptive-pooled,
 // written in chunks of images as safetensors files (atomic writes) that carry their own
-// provenance, so a killed run resumes by skipping finished chunks, and several machines can split
-// the chunks (--shard i/n) and be merged afterwards. Readable from numpy/PyTorch (safetensors).
-import { readdir } from 'node:fs/promises';
+// provenance and checksums, so a killed run resumes by skipping finished chunks, and several
+// machines can split the chunks (--shard i/n) and be merged afterwards. Readable from
+// numpy/PyTorch (safetensors). Every setting is checked against chunks already in the directory
+// before any work, and each shard of a directory is written by one process at a time (a lock).
+import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Engine } from '../engine/engine.ts';
 import { adaptiveAvgPool2d } from '../engine/ops/adaptive-pool.ts';
 import type { Tensor } from '../engine/tensor.ts';
-import { writeFileAtomic } from '../model/checkpoint/atomic-write.ts';
-import { openSafetensors, writeSafetensors } from '../model/checkpoint/safetensors.ts';
 import { gaussianNoise, linearSchedule, qSample } from '../model/diffusion.ts';
 import type { UNet } from '../model/unet.ts';
+import { lockCacheShard } from './cache-lock.ts';
+import { type CacheSignature, checkCacheSignature, firstDuplicate, makeCacheSignature, planChunks, TIMESTEPS } from './cache-signature.ts';
+import { checkExistingCache } from './feature-cache.ts';
+import { writeFeatureChunk } from './feature-chunk.ts';
+import { featureKey } from './feature-key.ts';
+
+export { featureKey } from './feature-key.ts';
+export { type CacheSignature, type ChunkPlan, planChunks } from './cache-signature.ts';
+export { checkExistingCache, type FeatureCache, openFeatureCache, type OpenFeatureCacheOptions } from './feature-cache.ts';
 
 export interface ImageSource {
   count: number;
@@ -34,7 +43,11 @@ export interface ExtractOptions {
   /** Provenance stored in every chunk (config, checkpoint hash, dataset). */
   provenance: Record<string, string>;
   onProgress?: (done: number, total: number) => void;
+  /** Non-fatal news, e.g. a stale lock taken over (default: console.warn). */
+  onWarning?: (message: string) => void;
 }
+
+const DEFAULT_CHUNK = 256;
 
 /** Per-image noise seed, so a feature never depends on batch composition or sharding. */
 export function noiseSeed(seed: number, image: number, t: number): number {
@@ -48,83 +61,141 @@ export function noiseSeed(seed: number, image: number, t: number): number {
   return h;
 }
 
-export const featureKey = (t: number, b: number) => `t${t}.b${b}`;
-const chunkName = (start: number, end: number) => `chunk-${String(start).padStart(8, '0')}-${String(end).padStart(8, '0')}.safetensors`;
+const isPositiveInt = (v: unknown): v is number => typeof v === 'number' && Number.isInteger(v) && v >= 1;
 
-export interface ChunkPlan {
-  start: number;
-  end: number;
-  file: string;
+/**
+ * Checks the options of one extraction over `count` images (duplicate timesteps or blocks, sizes,
+ * shard) and returns the signature every chunk it writes carries. Throws a message naming the bad
+ * option. The CLI can build it before loading the model and pass it to checkExistingCache.
+ */
+export function validateExtractOptions(opts: ExtractOptions, count: number): CacheSignature {
+  const bad = (detail: string): never => {
+    throw new Error(`extract: ${detail}`);
+  };
+  for (const [name, list] of [['timesteps', opts.timesteps], ['blocks', opts.blocks]] as const) {
+    const dup = firstDuplicate(list ?? []);
+    if (dup !== undefined) bad(`${name} lists ${dup} twice (${list.join(',')}); give each once`);
+  }
+  if (!isPositiveInt(count)) bad(`the image source has ${count} images; it needs at least one`);
+  for (const [name, v] of [['chunkSize', opts.chunkSize], ['batchSize', opts.batchSize], ['pool', opts.pool]] as const) {
+    if (v !== undefined && !isPositiveInt(v)) bad(`${name} ${v} is not a positive integer`);
+  }
+  const sh = opts.shard;
+  if (sh && !(isPositiveInt(sh.count) && Number.isInteger(sh.index) && sh.index >= 0 && sh.index < sh.count)) bad(`shard ${sh.index}/${sh.count} is out of range (0 ≤ index < count)`);
+  const sig = makeCacheSignature(opts.provenance, {
+    timesteps: opts.timesteps, blocks: opts.blocks, pool: opts.pool ?? null, seed: opts.seed ?? 0, count, chunkSize: opts.chunkSize ?? DEFAULT_CHUNK,
+  });
+  checkCacheSignature(sig, 'extract');
+  return sig;
 }
 
-export function planChunks(count: number, chunkSize: number): ChunkPlan[] {
-  const out: ChunkPlan[] = [];
-  for (let s = 0; s < count; s += chunkSize) out.push({ start: s, end: Math.min(count, s + chunkSize), file: chunkName(s, Math.min(count, s + chunkSize)) });
-  return out;
+/** Checks the options against this U-Net and this image source (block range, labels). */
+function checkAgainst(unet: UNet, data: ImageSource, opts: ExtractOptions): void {
+  for (const b of opts.blocks) if (b > unet.numBlocks) throw new Error(`extract: block ${b} does not exist: this U-Net has blocks 1..${unet.numBlocks}`);
+  if (data.labels.length < data.count) throw new Error(`extract: the image source has ${data.count} images but ${data.labels.length} labels`);
+  for (let i = 0; i < data.count; i++) {
+    const l = data.labels[i];
+    if (!Number.isInteger(l) || l < 0 || l > 2 ** 31 - 1) throw new Error(`extract: label of image ${i} is ${l}, not a class number ≥ 0`);
+  }
 }
 
-/** Provenance string that every chunk of one extraction shares. */
-function signature(opts: ExtractOptions, count: number): string {
-  return JSON.stringify({ ...opts.provenance, timesteps: opts.timesteps, blocks: opts.blocks, pool: opts.pool ?? null, seed: opts.seed ?? 0, count, chunkSize: opts.chunkSize ?? 256 });
+/** Throws when `values` (one t × b map of the batch `images`, `per` values each) holds NaN or ±Inf. */
+function checkFinite(values: Float32Array, per: number, images: readonly number[], t: number, b: number): void {
+  const at = values.findIndex((v) => !Number.isFinite(v));
+  if (at < 0) return;
+  throw new Error(
+    `extract: the U-Net produced ${values[at]} in the features at t=${t}, b=${b} of image ${images[Math.floor(at / per)]}; ` +
+      'the model (check the checkpoint for NaN or Inf weights) or that input is at fault; nothing was written for its chunk',
+  );
 }
 
 /** Extracts this worker's missing chunks. Returns the number of images written by this call. */
 export async function extractFeatures(e: Engine, unet: UNet, data: ImageSource, opts: ExtractOptions): Promise<number> {
-  const chunkSize = opts.chunkSize ?? 256;
+  const sig = validateExtractOptions(opts, data.count);
+  checkAgainst(unet, data, opts);
+  const warn = opts.onWarning ?? ((m: string) => console.warn(`difrep: warning: ${m}`));
+  const seen = new Map<string, string>();
+  // Before any work (and again under the lock): a cache with other settings is refused outright.
+  await checkExistingCache(opts.outDir, sig, seen);
+  try {
+    await mkdir(opts.outDir, { recursive: true });
+  } catch (err) {
+    throw new Error(`cannot create the feature cache directory ${opts.outDir}: ${(err as Error).message}`);
+  }
+  const lock = await lockCacheShard(opts.outDir, opts.shard, warn);
+  try {
+    return await extractLocked(e, unet, data, opts, sig, seen);
+  } finally {
+    await lock.release();
+  }
+}
+
+async function extractLocked(e: Engine, unet: UNet, data: ImageSource, opts: ExtractOptions, sig: CacheSignature, seen: Map<string, string>): Promise<number> {
   const batchSize = opts.batchSize ?? 8;
-  const seed = opts.seed ?? 0;
-  const sig = signature(opts, data.count);
-  const schedule = linearSchedule(1000);
-  const chunks = planChunks(data.count, chunkSize).filter((_, k) => !opts.shard || k % opts.shard.count === opts.shard.index);
-  const existing = new Set(await readdir(opts.outDir).catch(() => [] as string[]));
+  const schedule = linearSchedule(TIMESTEPS);
+  const chunks = planChunks(data.count, sig.chunkSize).filter((_, k) => !opts.shard || k % opts.shard.count === opts.shard.index);
+  const existing = new Set(await checkExistingCache(opts.outDir, sig, seen));
   let done = 0;
   let written = 0;
   const total = chunks.reduce((p, c) => p + c.end - c.start, 0);
   const S = unet.plan.flags.image_size;
+  const inputSize = 3 * S * S;
   for (const chunk of chunks) {
     if (existing.has(chunk.file)) {
-      const prev = await openSafetensors(join(opts.outDir, chunk.file));
-      const same = prev.metadata.signature === sig;
-      await prev.close();
-      if (!same) throw new Error(`${join(opts.outDir, chunk.file)} was written by an extraction with other settings; use another --out directory`);
       done += chunk.end - chunk.start;
       opts.onProgress?.(done, total);
       continue;
     }
     const parts = new Map<string, Float32Array[]>();
-    let shape: Map<string, number[]> = new Map();
+    const shape = new Map<string, number[]>();
     const batchAt = (s: number) => Array.from({ length: Math.min(batchSize, chunk.end - s) }, (_, i) => s + i);
     // The next batch's images are requested before this batch's U-Net work (decoders running in
     // worker threads overlap it).
-    let upcoming = Promise.resolve(data.images(batchAt(chunk.start)));
+    // (A prefetch still pending when this batch fails must not become an unhandled rejection.)
+    const request = (s: number) => {
+      const p = Promise.resolve(data.images(batchAt(s)));
+      p.catch(() => {});
+      return p;
+    };
+    let upcoming = request(chunk.start);
     for (let s = chunk.start; s < chunk.end; s += batchSize) {
       const idx = batchAt(s);
       const pixels = await upcoming;
-      if (s + batchSize < chunk.end) upcoming = Promise.resolve(data.images(batchAt(s + batchSize)));
+      if (s + batchSize < chunk.end) upcoming = request(s + batchSize);
+      if (pixels.length !== idx.length * inputSize) throw new Error(`extract: the image source returned ${pixels.length} values for ${idx.length} images; expected ${idx.length} × 3 × ${S} × ${S}`);
+      const badPixel = pixels.findIndex((v) => !Number.isFinite(v));
+      if (badPixel >= 0) throw new Error(`extract: input image ${idx[Math.floor(badPixel / inputSize)]} holds ${pixels[badPixel]}; the image source is at fault`);
       const x0 = e.tensor(pixels, [idx.length, 3, S, S], 'x0');
-      for (const t of opts.timesteps) {
-        const noise = new Float32Array(idx.length * 3 * S * S);
-        idx.forEach((img, i) => noise.set(gaussianNoise(3 * S * S, noiseSeed(seed, img, t)), i * 3 * S * S));
-        const feats = e.tidy(() => {
-          const xt = qSample(e, schedule, x0, idx.map(() => t), e.tensor(noise, x0.shape, 'noise'));
-          const r = unet.forward(xt, idx.map(() => t), { taps: opts.blocks });
-          return opts.blocks.map((b) => (opts.pool ? adaptiveAvgPool2d(r.taps.get(b)!, opts.pool) : r.taps.get(b)!));
-        });
-        for (const [k, b] of opts.blocks.entries()) {
-          const key = featureKey(t, b);
-          const f: Tensor = feats[k];
-          shape.set(key, [...f.shape.slice(1)]);
-          if (!parts.has(key)) parts.set(key, []);
-          parts.get(key)!.push(await f.read());
-          f.dispose();
+      try {
+        for (const t of opts.timesteps) {
+          const noise = new Float32Array(idx.length * inputSize);
+          idx.forEach((img, i) => noise.set(gaussianNoise(inputSize, noiseSeed(sig.seed, img, t)), i * inputSize));
+          const feats = e.tidy(() => {
+            const xt = qSample(e, schedule, x0, idx.map(() => t), e.tensor(noise, x0.shape, 'noise'));
+            const r = unet.forward(xt, idx.map(() => t), { taps: opts.blocks });
+            return opts.blocks.map((b) => (opts.pool ? adaptiveAvgPool2d(r.taps.get(b)!, opts.pool) : r.taps.get(b)!));
+          });
+          try {
+            for (const [k, b] of opts.blocks.entries()) {
+              const key = featureKey(t, b);
+              const f: Tensor = feats[k];
+              const values = await f.read();
+              checkFinite(values, values.length / idx.length, idx, t, b);
+              shape.set(key, [...f.shape.slice(1)]);
+              if (!parts.has(key)) parts.set(key, []);
+              parts.get(key)!.push(values);
+            }
+          } finally {
+            for (const f of feats) f.dispose();
+          }
         }
+      } finally {
+        x0.dispose();
       }
-      x0.dispose();
       done += idx.length;
       opts.onProgress?.(done, total);
     }
-    const n = chunk.end - chunk.start;
-    const tensors: Record<string, { shape: number[]; data: Float32Array | BigInt64Array }> = {};
+    const features = new Map<string, { shape: number[]; data: Float32Array }>();
     for (const [key, arrays] of parts) {
       const flat = new Float32Array(arrays.reduce((p, a) => p + a.length, 0));
       let at = 0;
@@ -132,72 +203,15 @@ export async function extractFeatures(e: Engine, unet: UNet, data: ImageSource, 
         flat.set(a, at);
         at += a.length;
       }
-      tensors[key] = { shape: [n, ...shape.get(key)!], data: flat };
+      features.set(key, { shape: shape.get(key)!, data: flat });
     }
-    tensors.labels = { shape: [n], data: BigInt64Array.from(Array.from({ length: n }, (_, i) => BigInt(data.labels[chunk.start + i]))) };
-    tensors.index = { shape: [n], data: BigInt64Array.from(Array.from({ length: n }, (_, i) => BigInt(chunk.start + i))) };
-    await writeSafetensors(join(opts.outDir, chunk.file), tensors, { signature: sig, start: String(chunk.start), end: String(chunk.end) });
-    written += n;
+    // Another process with other settings (another shard split into the same directory) is refused
+    // before it mixes chunks with ours.
+    await checkExistingCache(opts.outDir, sig, seen);
+    const labels = Array.from({ length: chunk.end - chunk.start }, (_, i) => data.labels[chunk.start + i]);
+    await writeFeatureChunk(join(opts.outDir, chunk.file), sig, chunk, features, labels);
+    written += chunk.end - chunk.start;
   }
+  await checkExistingCache(opts.outDir, sig, seen);
   return written;
-}
-
-export interface FeatureCache {
-  signature: Record<string, unknown>;
-  count: number;
-  labels: Int32Array;
-  /** Features of one t × b for every image: [count, ...shape] flattened row-major per image. */
-  features(t: number, b: number): Promise<{ data: Float32Array; shape: number[] }>;
-}
-
-/**
- * Opens a finished extraction (all chunks present and from the same settings), e.g. after several
- * shard workers, and writes/refreshes its manifest.json.
- */
-export async function openFeatureCache(dir: string): Promise<FeatureCache> {
-  const files = (await readdir(dir).catch(() => { throw new Error(`feature cache ${dir} does not exist`); })).filter((f) => /^chunk-\d+-\d+\.safetensors$/.test(f)).sort();
-  if (!files.length) throw new Error(`${dir} holds no feature chunks; run \`difrep extract --out ${dir}\` first`);
-  const first = await openSafetensors(join(dir, files[0]));
-  const sig = first.metadata.signature;
-  await first.close();
-  const meta = JSON.parse(sig) as { count: number; chunkSize: number };
-  const expected = planChunks(meta.count, meta.chunkSize);
-  const missing = expected.filter((c) => !files.includes(c.file));
-  if (missing.length) {
-    throw new Error(`${dir} is incomplete: ${missing.length} of ${expected.length} chunks missing (first: ${missing[0].file}); run the remaining shards (or rerun extract to resume)`);
-  }
-  for (const f of files) {
-    const s = await openSafetensors(join(dir, f));
-    const same = s.metadata.signature === sig;
-    await s.close();
-    if (!same) throw new Error(`${join(dir, f)} comes from an extraction with other settings than ${files[0]}`);
-  }
-  const labels = new Int32Array(meta.count);
-  for (const c of expected) {
-    const s = await openSafetensors(join(dir, c.file));
-    labels.set(Array.from(await s.read('labels')), c.start);
-    await s.close();
-  }
-  await writeFileAtomic(join(dir, 'manifest.json'), JSON.stringify({ ...JSON.parse(sig), chunks: expected.map((c) => c.file), complete: true }, null, 2));
-  return {
-    signature: JSON.parse(sig),
-    count: meta.count,
-    labels,
-    async features(t, b) {
-      let out: Float32Array | null = null;
-      let shape: number[] = [];
-      for (const c of expected) {
-        const s = await openSafetensors(join(dir, c.file));
-        const key = featureKey(t, b);
-        const info = s.info(key);
-        if (!info) throw new Error(`${dir}: no features for t=${t}, b=${b} (this cache has ${s.keys().filter((k) => k.startsWith('t')).join(', ')})`);
-        shape = info.shape.slice(1);
-        const per = shape.reduce((p, d) => p * d, 1);
-        out ??= new Float32Array(meta.count * per);
-        out.set(await s.read(key), c.start * per);
-        await s.close();
-      }
-      return { data: out!, shape };
-    },
-  };
 }

@@ -7,7 +7,7 @@ import { AttentionHead, type AttentionHeadOptions } from '../model/heads/attenti
 import { LinearProbe } from '../model/heads/linear-probe.ts';
 import { checkEpochs, checkLoss, saveTrainingState, startOrResume } from './checkpoint.ts';
 import { seededShuffle } from './data/fashion-mnist.ts';
-import { featureKey } from './extract.ts';
+import { featureKey } from './feature-key.ts';
 import { assertFinite } from './finite.ts';
 import { Adam, type Optimizer, Sgd, StepLR } from './optimizer.ts';
 import { trainStep } from './train-step.ts';

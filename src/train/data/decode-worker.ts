@@ -1,8 +1,13 @@
-// Worker thread body of DecodePool: reads, decodes and preprocesses image batches.
+// Worker thread body of DecodePool: reads, decodes and preprocesses image batches. Replies with
+// structured results (one {file, ok, error} per file), or {error} if the whole batch failed.
 import { parentPort } from 'node:worker_threads';
 import { loadBatch } from './image-folder.ts';
 
-parentPort!.on('message', async (m: { id: number; files: string[]; size: number; flips?: boolean[] }) => {
-  const r = await loadBatch(m.files, m.size, m.flips);
-  parentPort!.postMessage({ id: m.id, images: r.images, failed: r.failed }, [r.images.buffer as ArrayBuffer]);
+parentPort!.on('message', async (m: { id: number; files: string[]; size: number; flips?: boolean[]; maxPixels?: number }) => {
+  try {
+    const r = await loadBatch(m.files, m.size, m.flips, { maxPixels: m.maxPixels });
+    parentPort!.postMessage({ id: m.id, images: r.images, results: r.results }, [r.images.buffer as ArrayBuffer]);
+  } catch (e) {
+    parentPort!.postMessage({ id: m.id, error: (e as Error).message });
+  }
 });

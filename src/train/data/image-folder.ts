@@ -2,10 +2,20 @@
 // PNG (fast-png) and JPEG (jpeg-js: pure JavaScript, no native build, the most used decoder on
 // npm) decoded to RGB, the shorter side resized to the model size (area averaging when shrinking,
 // bilinear when growing), a centre crop, optional horizontal flip, scaled to [−1, 1].
-import { readdir, readFile } from 'node:fs/promises';
+// An ImageFolder dataset like torchvision's: root/<class name>/**/<image>, classes in sorted
+// order, symlinked folders and files followed (each real folder walked once per class, so a link
+// loop ends), PNG (fast-png) and JPEG (jpeg-js: pure JavaScript, no native build, the most used
+// decoder on npm) decoded to RGB after the declared size is checked against a pixel limit, the
+// shorter side resized to the model size (area averaging when shrinking, bilinear when growing), a
+// centre crop, optional horizontal flip, scaled to [−1, 1].
+import type { Dirent } from 'node:fs';
+import { readdir, readFile, realpath, stat } from 'node:fs/promises';
 import { extname, join } from 'node:path';
-import { decode as decodePng } from 'fast-png';
+import { convertIndexedToRgb, decode as decodePng, type DecodedPng } from 'fast-png';
 import jpeg from 'jpeg-js';
+import { checkImageSize, MAX_IMAGE_PIXELS, readImageHeader } from './image-header.ts';
+
+export { MAX_IMAGE_PIXELS } from './image-header.ts';
 
 const EXTENSIONS = new Set(['.png', '.jpg', '.jpeg']);
 
@@ -14,8 +24,53 @@ export interface ImageFolder {
   classes: string[];
   files: string[];
   labels: number[];
-  /** Warnings found while scanning (e.g. a class with one image). */
+  /** Warnings found while scanning (e.g. a class with one image, a link loop). */
   warnings: string[];
+}
+
+async function listDir(dir: string): Promise<Dirent[]> {
+  try {
+    return await readdir(dir, { withFileTypes: true });
+  } catch (e) {
+    throw new Error(`cannot read the folder ${dir}: ${(e as Error).message}`);
+  }
+}
+
+/** What an entry is, following a symbolic link (undefined for a broken link). */
+async function kind(dir: string, d: Dirent): Promise<'dir' | 'file' | undefined> {
+  if (!d.isSymbolicLink()) return d.isDirectory() ? 'dir' : d.isFile() ? 'file' : undefined;
+  const st = await stat(join(dir, d.name)).catch(() => undefined);
+  return st?.isDirectory() ? 'dir' : st?.isFile() ? 'file' : undefined;
+}
+
+/**
+ * The image files under one class folder, in torchvision's order (sorted by folder path, then by
+ * name). `walked` holds the real paths already walked for this class: a folder reached again
+ * through a link (a loop, or two links to one folder) is skipped with a warning.
+ */
+async function classImages(dir: string, walked: Set<string>, warnings: string[]): Promise<string[]> {
+  const folders: { path: string; names: string[] }[] = [];
+  const walk = async (path: string): Promise<void> => {
+    const real = await realpath(path);
+    if (walked.has(real)) {
+      warnings.push(`${path} leads to ${real}, already read (a symbolic link loop or a second link to it); not read again`);
+      return;
+    }
+    walked.add(real);
+    const names: string[] = [];
+    const subfolders: string[] = [];
+    for (const d of await listDir(path)) {
+      const k = await kind(path, d);
+      if (k === 'dir') subfolders.push(join(path, d.name));
+      else if (k === 'file' && EXTENSIONS.has(extname(d.name).toLowerCase())) names.push(d.name);
+      else if (!k && d.isSymbolicLink()) warnings.push(`${join(path, d.name)} is a broken symbolic link; left out`);
+    }
+    folders.push({ path, names: names.sort() });
+    for (const f of subfolders.sort()) await walk(f);
+  };
+  await walk(dir);
+  folders.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
+  return folders.flatMap((f) => f.names.map((n) => join(f.path, n)));
 }
 
 export async function scanImageFolder(root: string): Promise<ImageFolder> {
@@ -25,17 +80,23 @@ export async function scanImageFolder(root: string): Promise<ImageFolder> {
   } catch {
     throw new Error(`image folder ${root} does not exist or cannot be read`);
   }
-  const classes = entries.filter((d) => d.isDirectory()).map((d) => d.name).sort();
+  const warnings: string[] = [];
+  const classes: string[] = [];
+  for (const d of entries) {
+    const k = await kind(root, d);
+    if (k === 'dir') classes.push(d.name);
+    else if (!k && d.isSymbolicLink()) warnings.push(`${join(root, d.name)} is a broken symbolic link; left out`);
+  }
+  classes.sort();
   if (!classes.length) throw new Error(`${root} has no class folders: expected ${root}/<class name>/<image>.png|jpg`);
   const files: string[] = [];
   const labels: number[] = [];
-  const warnings: string[] = [];
   for (const [label, cls] of classes.entries()) {
-    const names = (await readdir(join(root, cls))).filter((f) => EXTENSIONS.has(extname(f).toLowerCase())).sort();
-    if (names.length === 1) warnings.push(`class "${cls}" has a single image`);
-    if (names.length === 0) warnings.push(`class "${cls}" has no PNG or JPEG images`);
-    for (const n of names) {
-      files.push(join(root, cls, n));
+    const found = await classImages(join(root, cls), new Set(), warnings);
+    if (found.length === 1) warnings.push(`class "${cls}" has a single image`);
+    if (found.length === 0) warnings.push(`class "${cls}" has no PNG or JPEG images`);
+    for (const f of found) {
+      files.push(f);
       labels.push(label);
     }
   }
@@ -50,19 +111,43 @@ export interface Rgb {
   data: Uint8Array;
 }
 
-/** Decodes a PNG or JPEG file to 8-bit RGB (grey and alpha are converted, 16-bit is scaled). */
-export function decodeImage(bytes: Uint8Array): Rgb {
-  const isPng = bytes[0] === 0x89 && bytes[1] === 0x50;
-  const isJpeg = bytes[0] === 0xff && bytes[1] === 0xd8;
-  if (isJpeg) {
-    const img = jpeg.decode(bytes, { useTArray: true, formatAsRGBA: false, maxMemoryUsageInMB: 1024 });
-    return { width: img.width, height: img.height, data: img.data as Uint8Array };
+export interface DecodeOptions {
+  /** Largest width × height decoded (default MAX_IMAGE_PIXELS, PIL's limit). */
+  maxPixels?: number;
+}
+
+/** One value per channel per pixel of a PNG with 1-, 2- or 4-bit samples (rows start on a byte). */
+function unpackSamples(png: DecodedPng): Uint8Array {
+  const { width, height, channels, depth } = png;
+  const src = png.data as Uint8Array;
+  const perRow = width * channels;
+  const rowBytes = Math.ceil((perRow * depth) / 8);
+  const out = new Uint8Array(perRow * height);
+  const mask = (1 << depth) - 1;
+  for (let y = 0; y < height; y++) {
+    for (let i = 0; i < perRow; i++) {
+      const bit = i * depth;
+      out[y * perRow + i] = (src[y * rowBytes + (bit >> 3)] >> (8 - depth - (bit & 7))) & mask;
+    }
   }
-  if (!isPng) throw new Error('neither PNG nor JPEG');
-  const img = decodePng(bytes);
-  const { width, height, channels } = img;
-  const src = img.data;
-  const scale = img.depth === 16 ? 1 / 257 : 1;
+  return out;
+}
+
+function pngToRgb(png: DecodedPng): Rgb {
+  const { width, height } = png;
+  let channels = png.channels;
+  let src: ArrayLike<number> = png.data;
+  let scale = png.depth === 16 ? 1 / 257 : 1;
+  if (png.palette) {
+    src = convertIndexedToRgb(png);
+    channels = png.palette[0].length;
+    scale = 1;
+  } else if (png.depth < 8) {
+    src = unpackSamples(png);
+    scale = 255 / ((1 << png.depth) - 1);
+  }
+  // 8-bit RGB needs no conversion: the decoder's pixels are used as they are.
+  if (channels === 3 && scale === 1 && src instanceof Uint8Array) return { width, height, data: src };
   const out = new Uint8Array(width * height * 3);
   for (let i = 0; i < width * height; i++) {
     for (let c = 0; c < 3; c++) {
@@ -71,6 +156,22 @@ export function decodeImage(bytes: Uint8Array): Rgb {
     }
   }
   return { width, height, data: out };
+}
+
+/**
+ * Decodes a PNG or JPEG file to 8-bit RGB (grey, palette and alpha are converted, 16-bit and
+ * 1/2/4-bit are scaled; PNG chunk CRCs are checked). The declared size is checked against
+ * maxPixels before anything is decoded.
+ */
+export function decodeImage(bytes: Uint8Array, options: DecodeOptions = {}): Rgb {
+  const maxPixels = options.maxPixels ?? MAX_IMAGE_PIXELS;
+  const header = readImageHeader(bytes);
+  checkImageSize(header, maxPixels);
+  if (header.format === 'jpeg') {
+    const img = jpeg.decode(bytes, { useTArray: true, formatAsRGBA: false, maxResolutionInMP: Math.ceil(maxPixels / 1e6), maxMemoryUsageInMB: Math.max(512, Math.ceil((maxPixels * 8) / 2 ** 20)) });
+    return { width: img.width, height: img.height, data: img.data as Uint8Array };
+  }
+  return pngToRgb(decodePng(bytes, { checkCrc: true }));
 }
 
 /** Resize the shorter side to `size`, centre crop size×size, optional flip → CHW floats in [−1, 1]. */
@@ -120,40 +221,48 @@ export function preprocess(img: Rgb, size: number, flip: boolean, out: Float32Ar
   }
 }
 
+/** What became of one file of a batch. */
+export type ImageResult = { file: string; ok: true } | { file: string; ok: false; error: string };
+
 export interface DecodedBatch {
   images: Float32Array;
-  /** Files that could not be decoded (skipped and counted, their slots left at 0). */
-  failed: string[];
+  /** One result per file, in order; a failed file's slot is left at 0. */
+  results: ImageResult[];
 }
 
 /** Reads, decodes and preprocesses these files into one [n, 3, size, size] batch. */
-export async function loadBatch(files: readonly string[], size: number, flips?: readonly boolean[]): Promise<DecodedBatch> {
+export async function loadBatch(files: readonly string[], size: number, flips?: readonly boolean[], options: DecodeOptions = {}): Promise<DecodedBatch> {
   const images = new Float32Array(files.length * 3 * size * size);
-  const failed: string[] = [];
-  await Promise.all(files.map(async (f, i) => {
+  const results: ImageResult[] = await Promise.all(files.map(async (file, i): Promise<ImageResult> => {
     try {
-      preprocess(decodeImage(new Uint8Array(await readFile(f))), size, flips?.[i] ?? false, images, i * 3 * size * size);
+      // Decoding is synchronous, so one decoded image at a time is in memory.
+      preprocess(decodeImage(new Uint8Array(await readFile(file)), options), size, flips?.[i] ?? false, images, i * 3 * size * size);
+      return { file, ok: true };
     } catch (e) {
-      failed.push(`${f}: ${(e as Error).message}`);
+      return { file, ok: false, error: (e as Error).message };
     }
   }));
-  return { images, failed };
+  return { images, results };
+}
+
+/** A file left out of the dataset and why. */
+export interface ImageFailure {
+  file: string;
+  error: string;
 }
 
 /**
- * Decodes every image once; unreadable ones are dropped from the folder (and listed), so later
- * passes never meet them.
+ * Decodes every image once; unreadable ones (and those over the pixel limit) are dropped from the
+ * folder and listed, so later passes never meet them.
  */
-export async function validateImageFolder(folder: ImageFolder, onProgress?: (done: number, total: number) => void): Promise<{ folder: ImageFolder; skipped: string[]; imagesPerSecond: number }> {
+export async function validateImageFolder(folder: ImageFolder, onProgress?: (done: number, total: number) => void, options: DecodeOptions = {}): Promise<{ folder: ImageFolder; skipped: ImageFailure[]; imagesPerSecond: number }> {
   const t0 = performance.now();
   const keep: number[] = [];
-  const skipped: string[] = [];
+  const skipped: ImageFailure[] = [];
   const step = 16;
   for (let s = 0; s < folder.files.length; s += step) {
-    const part = folder.files.slice(s, s + step);
-    const { failed } = await loadBatch(part, 8);
-    const bad = new Set(failed.map((f) => f.slice(0, f.indexOf(': '))));
-    part.forEach((f, i) => (bad.has(f) ? skipped.push(failed.find((x) => x.startsWith(`${f}: `))!) : keep.push(s + i)));
+    const { results } = await loadBatch(folder.files.slice(s, s + step), 8, undefined, options);
+    results.forEach((r, i) => (r.ok ? keep.push(s + i) : skipped.push({ file: r.file, error: r.error })));
     onProgress?.(Math.min(folder.files.length, s + step), folder.files.length);
   }
   const imagesPerSecond = folder.files.length / ((performance.now() - t0) / 1000);

@@ -1,10 +1,13 @@
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { deflateSync } from 'node:zlib';
 import { encode as encodePng } from 'fast-png';
 import jpeg from 'jpeg-js';
 import t from 'tap';
-import { decodeImage, loadBatch, preprocess, scanImageFolder, validateImageFolder } from '../../../src/train/data/image-folder.ts';
+import { DecodePool } from '../../../src/train/data/decode-pool.ts';
+import { decodeImage, loadBatch, MAX_IMAGE_PIXELS, preprocess, scanImageFolder, validateImageFolder } from '../../../src/train/data/image-folder.ts';
+import { readImageHeader } from '../../../src/train/data/image-header.ts';
 
 const rgb = (w: number, h: number, f: (x: number, y: number) => [number, number, number]) => {
   const d = new Uint8Array(w * h * 3);
@@ -34,7 +37,8 @@ t.test('an ImageFolder: sorted classes, PNG and JPEG found, one-image classes wa
   const { folder, skipped } = await validateImageFolder(f);
   t.equal(folder.files.length, 4);
   t.equal(skipped.length, 1);
-  t.match(skipped[0], /broken\.png/);
+  t.equal(skipped[0].file, join(root, 'bee', 'broken.png'));
+  t.match(skipped[0].error, /PNG/);
   t.same(folder.labels, [0, 0, 1, 2]);
   await rm(root, { recursive: true });
   await t.rejects(scanImageFolder(join(root, 'gone')), /does not exist/);
@@ -42,8 +46,9 @@ t.test('an ImageFolder: sorted classes, PNG and JPEG found, one-image classes wa
 
 t.test('decoding and preprocessing give the pixel values, in [-1, 1], CHW', async (t) => {
   const root = await makeFolder();
-  const { images, failed } = await loadBatch([join(root, 'ant', 'red.png'), join(root, 'ant', 'grey.png'), join(root, 'bee', 'grey.jpg')], 4);
-  t.equal(failed.length, 0);
+  const files = [join(root, 'ant', 'red.png'), join(root, 'ant', 'grey.png'), join(root, 'bee', 'grey.jpg')];
+  const { images, results } = await loadBatch(files, 4);
+  t.same(results, files.map((file) => ({ file, ok: true })));
   const plane = 16;
   t.ok(images.subarray(0, plane).every((v) => Math.abs(v - 1) < 1e-6), 'red channel of the red image is +1');
   t.ok(images.subarray(plane, 3 * plane).every((v) => Math.abs(v + 1) < 1e-6), 'green and blue are −1');
@@ -65,4 +70,129 @@ t.test('shorter side to size, centre crop and flip, worked by hand', async (t) =
   preprocess(big, 2, false, out, 0);
   t.same(Array.from(out.subarray(0, 4)).map((v) => Math.round((v + 1) * 127.5)), [25, 45, 105, 125]);
   t.throws(() => decodeImage(new Uint8Array([1, 2, 3, 4])), /neither PNG nor JPEG/);
+});
+
+// PNG by hand (PNG spec §5): signature, then chunks of length (u32 BE), type, data, CRC-32 of type + data.
+const CRC_TABLE = Array.from({ length: 256 }, (_, n) => {
+  let c = n;
+  for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+  return c >>> 0;
+});
+function crc32(bytes: Uint8Array): number {
+  let c = 0xffffffff;
+  for (const b of bytes) c = CRC_TABLE[(c ^ b) & 0xff] ^ (c >>> 8);
+  return (c ^ 0xffffffff) >>> 0;
+}
+function chunk(type: string, data: Uint8Array): Uint8Array {
+  const out = new Uint8Array(12 + data.length);
+  const v = new DataView(out.buffer);
+  v.setUint32(0, data.length);
+  out.set(new TextEncoder().encode(type), 4);
+  out.set(data, 8);
+  v.setUint32(8 + data.length, crc32(out.subarray(4, 8 + data.length)));
+  return out;
+}
+function png(width: number, height: number, depth: number, colorType: number, rows: Uint8Array, extra: Uint8Array[] = []): Uint8Array {
+  const ihdr = new Uint8Array(13);
+  const v = new DataView(ihdr.buffer);
+  v.setUint32(0, width);
+  v.setUint32(4, height);
+  ihdr.set([depth, colorType, 0, 0, 0], 8);
+  const parts = [Uint8Array.of(0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a), chunk('IHDR', ihdr), ...extra, chunk('IDAT', deflateSync(rows)), chunk('IEND', new Uint8Array())];
+  return Uint8Array.from(parts.flatMap((p) => Array.from(p)));
+}
+
+t.test('a class folder whose name holds ": " keeps its unreadable file out (structured results, also from the worker threads)', async (t) => {
+  const root = await mkdtemp(join(tmpdir(), 'difrep-folder-'));
+  await mkdir(join(root, 'cls: x'));
+  await mkdir(join(root, 'dog'));
+  const good = encodePng({ width: 2, height: 2, data: rgb(2, 2, () => [9, 9, 9]), channels: 3, depth: 8 });
+  await writeFile(join(root, 'cls: x', 'a.png'), good);
+  await writeFile(join(root, 'cls: x', 'bad.png'), 'not an image at all');
+  await writeFile(join(root, 'dog', 'b.png'), good);
+  const { folder, skipped } = await validateImageFolder(await scanImageFolder(root));
+  t.same(folder.files, [join(root, 'cls: x', 'a.png'), join(root, 'dog', 'b.png')]);
+  t.same(folder.labels, [0, 1]);
+  t.same(skipped, [{ file: join(root, 'cls: x', 'bad.png'), error: 'neither PNG nor JPEG' }]);
+  const pool = new DecodePool(1);
+  try {
+    const ok = await pool.decode([join(root, 'cls: x', 'a.png'), join(root, 'dog', 'b.png')], 2);
+    t.same(ok.results.map((r) => r.ok), [true, true]);
+    t.ok(ok.images.every((v) => Math.abs(v - (9 / 127.5 - 1)) < 1e-6), 'pixels decoded in the worker');
+    await t.rejects(pool.decode([join(root, 'dog', 'b.png'), join(root, 'cls: x', 'bad.png')], 2), { message: `cannot decode 1 of 2 images: ${join(root, 'cls: x', 'bad.png')}: neither PNG nor JPEG` });
+  } finally {
+    await pool.close();
+  }
+  await rm(root, { recursive: true });
+});
+
+t.test('symlinked class folders and files are followed; a link loop is walked once and reported', async (t) => {
+  const root = await mkdtemp(join(tmpdir(), 'difrep-folder-'));
+  const elsewhere = await mkdtemp(join(tmpdir(), 'difrep-elsewhere-'));
+  const img = encodePng({ width: 2, height: 2, data: rgb(2, 2, () => [0, 0, 0]), channels: 3, depth: 8 });
+  await writeFile(join(elsewhere, 'd1.png'), img);
+  await writeFile(join(elsewhere, 'outside.png'), img);
+  await symlink(elsewhere, join(root, 'dog')); // a class folder that is a link
+  await mkdir(join(root, 'cat', 'deeper'), { recursive: true });
+  await writeFile(join(root, 'cat', 'c1.png'), img);
+  await writeFile(join(root, 'cat', 'deeper', 'c2.png'), img);
+  await symlink(join(elsewhere, 'outside.png'), join(root, 'cat', 'linked.png')); // a file that is a link
+  await symlink(join(root, 'cat'), join(root, 'cat', 'deeper', 'loop')); // cat/deeper/loop → cat
+  await symlink(join(elsewhere, 'gone.png'), join(root, 'cat', 'dangling.png'));
+  const f = await scanImageFolder(root);
+  t.same(f.classes, ['cat', 'dog']);
+  t.same(f.files, [join(root, 'cat', 'c1.png'), join(root, 'cat', 'linked.png'), join(root, 'cat', 'deeper', 'c2.png'), join(root, 'dog', 'd1.png'), join(root, 'dog', 'outside.png')]);
+  t.same(f.labels, [0, 0, 0, 1, 1]);
+  t.equal(f.warnings.length, 2);
+  t.match(f.warnings[0], `${join(root, 'cat', 'dangling.png')} is a broken symbolic link`);
+  t.match(f.warnings[1], `${join(root, 'cat', 'deeper', 'loop')} leads to`);
+  t.match(f.warnings[1], /already read \(a symbolic link loop/);
+  await rm(root, { recursive: true });
+  await rm(elsewhere, { recursive: true });
+});
+
+t.test('an image declaring more pixels than the limit is refused from its header, before decoding', async (t) => {
+  // 16000 × 16000 8-bit RGB declared in IHDR, with a tiny IDAT: decoding it would need 768 MB.
+  const bomb = png(16000, 16000, 8, 2, new Uint8Array(100));
+  t.same(readImageHeader(bomb), { format: 'png', width: 16000, height: 16000 });
+  t.equal(MAX_IMAGE_PIXELS, 89_478_485, "PIL's default");
+  t.throws(() => decodeImage(bomb), { message: 'PNG declares 16000 × 16000 = 256,000,000 pixels, more than the limit of 89,478,485 (maxPixels); not decoded (shrink the image, or raise maxPixels if it is genuine)' });
+  // JPEG: SOI, an APP0 segment, then SOF0 declaring 20000 × 10000 (height first).
+  const sof = Uint8Array.of(0xff, 0xd8, 0xff, 0xe0, 0, 4, 1, 2, 0xff, 0xff, 0xc0, 0, 11, 8, 0x27, 0x10, 0x4e, 0x20, 1, 1, 0x11, 0);
+  t.same(readImageHeader(sof), { format: 'jpeg', width: 20000, height: 10000 });
+  t.throws(() => decodeImage(sof), /JPEG declares 20000 × 10000 = 200,000,000 pixels/);
+  const root = await mkdtemp(join(tmpdir(), 'difrep-folder-'));
+  await mkdir(join(root, 'a'));
+  await writeFile(join(root, 'a', 'bomb.png'), bomb);
+  await writeFile(join(root, 'a', 'wide.png'), encodePng({ width: 6, height: 4, data: rgb(6, 4, () => [1, 2, 3]), channels: 3, depth: 8 }));
+  await writeFile(join(root, 'a', 'square.png'), encodePng({ width: 5, height: 5, data: rgb(5, 5, () => [1, 2, 3]), channels: 3, depth: 8 }));
+  const { folder, skipped } = await validateImageFolder(await scanImageFolder(root));
+  t.same(folder.files, [join(root, 'a', 'square.png'), join(root, 'a', 'wide.png')]);
+  t.equal(skipped[0].file, join(root, 'a', 'bomb.png'));
+  t.match(skipped[0].error, /16000 × 16000/);
+  // The limit is an option: 24 pixels admits the 6 × 4 image and refuses the 5 × 5 one.
+  const small = await validateImageFolder(folder, undefined, { maxPixels: 24 });
+  t.same(small.folder.files, [join(root, 'a', 'wide.png')]);
+  t.match(small.skipped[0], { file: join(root, 'a', 'square.png'), error: /5 × 5 = 25 pixels, more than the limit of 24/ });
+  const pool = new DecodePool(1, { maxPixels: 24 });
+  await t.rejects(pool.decode([join(root, 'a', 'square.png')], 2), /square\.png: PNG declares 5 × 5/);
+  await pool.close();
+  await rm(root, { recursive: true });
+});
+
+t.test('palette, 1-bit grey and 16-bit PNGs decode to their RGB values; a bad CRC is refused', (t) => {
+  // 1-bit grey, 4 × 2: rows 1010 and 0110 (filter byte 0 before each row).
+  const bits = decodeImage(png(4, 2, 1, 0, Uint8Array.of(0, 0b10100000, 0, 0b01100000)));
+  t.same(Array.from(bits.data).filter((_, i) => i % 3 === 0), [255, 0, 255, 0, 0, 255, 255, 0]);
+  // 2-bit palette, 3 × 1: indices 2, 0, 1 into [(10,20,30), (200,100,50), (1,2,3)].
+  const plte = chunk('PLTE', Uint8Array.of(10, 20, 30, 200, 100, 50, 1, 2, 3));
+  const pal = decodeImage(png(3, 1, 2, 3, Uint8Array.of(0, 0b10000100), [plte]));
+  t.same(Array.from(pal.data), [1, 2, 3, 10, 20, 30, 200, 100, 50]);
+  // 16-bit RGB, 1 × 1: 65535, 0, 257·128 → 255, 0, 128.
+  const deep = decodeImage(png(1, 1, 16, 2, Uint8Array.of(0, 0xff, 0xff, 0, 0, 0x80, 0x80)));
+  t.same(Array.from(deep.data), [255, 0, 128]);
+  const broken = png(4, 2, 1, 0, Uint8Array.of(0, 0b10100000, 0, 0b01100000));
+  broken[broken.length - 20] ^= 1; // inside IDAT
+  t.throws(() => decodeImage(broken), /CRC/i);
+  t.end();
 });

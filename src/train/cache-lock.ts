@@ -1,0 +1,91 @@
+// An exclusive lock on one shard of a feature cache directory, so two extractions never write the
+// same chunks at once. The lock is a file created with O_EXCL ('wx') holding who took it. One lock
+// per shard (not per directory), so shards on different machines can share a directory on a
+// network file system. A lock left by a process that died on this host is taken over; one from a
+// live process, or from another host (whose processes cannot be checked), is refused.
+import { hostname } from 'node:os';
+import { join } from 'node:path';
+
+interface LockOwner {
+  pid: number;
+  hostname: string;
+  started: string;
+}
+
+export interface CacheLock {
+  file: string;
+  release(): Promise<void>;
+}
+
+const lockFileName = (shard?: { index: number; count: number }) => `.lock-shard-${shard?.index ?? 0}-of-${shard?.count ?? 1}`;
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    // EPERM: the process exists but belongs to someone else.
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+function readOwner(text: string): LockOwner | undefined {
+  try {
+    const o = JSON.parse(text) as LockOwner;
+    return Number.isInteger(o.pid) && o.pid > 0 && typeof o.hostname === 'string' ? o : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Takes the lock of this shard of `dir`, or throws naming the process that holds it. */
+export async function lockCacheShard(dir: string, shard: { index: number; count: number } | undefined, onWarning: (message: string) => void): Promise<CacheLock> {
+  const fs = await import('node:fs/promises');
+  const file = join(dir, lockFileName(shard));
+  const me: LockOwner = { pid: process.pid, hostname: hostname(), started: new Date().toISOString() };
+  for (let attempt = 0; attempt < 3; attempt++) {
+    try {
+      const h = await fs.open(file, 'wx');
+      try {
+        await h.writeFile(JSON.stringify(me));
+      } finally {
+        await h.close();
+      }
+      let released = false;
+      return {
+        file,
+        async release() {
+          if (released) return;
+          released = true;
+          await fs.unlink(file).catch(() => {});
+        },
+      };
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw new Error(`cannot create the lock file ${file}: ${(e as Error).message}`);
+    }
+    const text = await fs.readFile(file, 'utf8').catch(() => undefined);
+    if (text === undefined) continue; // released between our attempt and the read: try again
+    const owner = readOwner(text);
+    if (!owner) {
+      throw new Error(`${file} is locked by an unreadable lock file; if no extraction is writing into ${dir}, delete ${file} and rerun`);
+    }
+    const who = `process ${owner.pid} on ${owner.hostname} (started ${owner.started})`;
+    if (owner.hostname !== me.hostname) {
+      throw new Error(`${dir} is being extracted into by ${who}; wait for it, or if that process is gone, delete ${file} and rerun`);
+    }
+    if (isAlive(owner.pid)) throw new Error(`${dir} is being extracted into by ${who}; wait for it to finish or use another --out directory`);
+    // Move the stale lock aside and check it is still the one judged stale: a process taking it
+    // over at the same moment may already have replaced it with its own live lock.
+    const aside = `${file}.stale-${process.pid}`;
+    if (!(await fs.rename(file, aside).then(() => true, () => false))) continue;
+    const moved = await fs.readFile(aside, 'utf8').catch(() => undefined);
+    if (moved !== text) {
+      await fs.link(aside, file).catch(() => {});
+      await fs.unlink(aside).catch(() => {});
+      continue;
+    }
+    await fs.unlink(aside).catch(() => {});
+    onWarning(`took over the stale lock ${file} of ${who}, which is no longer running`);
+  }
+  throw new Error(`cannot take the lock ${file}: another process keeps taking it; is another extraction starting into ${dir}?`);
+}
