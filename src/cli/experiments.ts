@@ -7,13 +7,13 @@ import { writeFileAtomic } from '../model/checkpoint/atomic-write.ts';
 import { paperBlocks } from '../model/block-roles.ts';
 import { planUNet } from '../model/unet-config.ts';
 import type { DifFeedOptions } from '../model/heads/difeed.ts';
-import { checkLabels, loadCachedFeatures } from '../train/cached-features.ts';
+import { checkLabels, isPixelCache, loadCachedFeatures } from '../train/cached-features.ts';
 import { DecodePool } from '../train/data/decode-pool.ts';
 import { balancedSubset, imageSource, loadFashionMnist } from '../train/data/fashion-mnist.ts';
 import { scanImageFolder, validateImageFolder } from '../train/data/image-folder.ts';
 import { ckaMatrix } from '../train/eval/cka.ts';
 import { knnClassify } from '../train/eval/knn.ts';
-import { checkExistingCache, type ExtractOptions, extractFeatures, featureKey, type ImageSource, openFeatureCache, validateExtractOptions } from '../train/extract.ts';
+import { checkExistingCache, type ExtractOptions, extractFeatures, extractPixels, featureKey, type ImageSource, openFeatureCache, PIXEL_BLOCK, validateExtractOptions } from '../train/extract.ts';
 import { type FeatureArrays, fitHead } from '../train/fit.ts';
 import { fitDifFeed } from '../train/fit-difeed.ts';
 import { heatmapPng } from '../train/heatmap.ts';
@@ -53,7 +53,8 @@ const EXTRACT = {
   root: { type: 'string', meta: 'DIR', help: 'with --dataset folder: the image folder' },
   split: { type: 'string', choices: ['train', 'test'], help: 'fashion-mnist: the split', default: 'train' },
   'per-class': { type: 'int', min: 0, max: MAX_IMAGES, help: 'images per class (a seeded, class-balanced subset; 0 = the whole split)', default: 0 },
-  t: { type: 'ints', min: 0, max: T_MAX, unique: true, help: 'timesteps, comma-separated', default: [150] },
+  features: { type: 'string', choices: ['unet', 'pixels'], help: 'unet: f(x0, t, b); pixels: the model input x0 itself (the raw-pixel baseline, read by train, knn and sweep without --t/--b)', default: 'unet' },
+  t: { type: 'ints', min: 0, max: T_MAX, unique: true, help: 'timesteps, comma-separated (default 150)' },
   b: { type: 'ints', min: 1, unique: true, help: 'blocks, comma-separated (default: the paper\'s b24, mapped by role on other depths)' },
   pool: { type: 'int', min: 0, max: 1024, help: 'adaptive-average-pool every map to this size (0 = keep full maps)', default: 0 },
   batch: { type: 'int', min: 1, max: 4096, help: 'images per U-Net batch', default: 8 },
@@ -72,9 +73,12 @@ async function extractCommand(argv: string[]): Promise<number> {
   const shard = shardFrom(o.shard, o.shards, process.env);
   // Everything is checked — the blocks against the config, the settings against an existing cache
   // in --out — before the model is loaded or anything is computed.
+  const pixels = o.features === 'pixels';
+  if (pixels && (o.t || o.b || o.checkpoint)) throw new UsageError('difrep extract: --features pixels stores the model input itself: no --t, --b or --checkpoint (--model sets the image size)');
   const flags = await resolveFlags(o.model);
   const plan = planUNet(flags);
-  const bs = o.b ?? [paperBlocks(plan).feature];
+  const ts = pixels ? [0] : (o.t ?? [150]);
+  const bs = pixels ? [PIXEL_BLOCK] : (o.b ?? [paperBlocks(plan).feature]);
   for (const b of bs) if (b > plan.blocks.length) throw new UsageError(`difrep extract: --b ${b}: this U-Net has blocks 1..${plan.blocks.length}`);
   const size = flags.image_size;
   let source: ImageSource;
@@ -98,23 +102,30 @@ async function extractCommand(argv: string[]): Promise<number> {
     datasetName = `fashion-mnist/${o.split}/per-class=${o['per-class']}`;
   }
   const options: ExtractOptions = {
-    outDir: o.out, timesteps: o.t, blocks: bs, pool: o.pool || undefined, batchSize: o.batch, chunkSize: o.chunk, seed: o.seed, shard,
-    provenance: { config: JSON.stringify(flags), checkpoint: await checkpointHash(o.checkpoint), dataset: datasetName },
+    outDir: o.out, timesteps: ts, blocks: bs, pool: o.pool || undefined, batchSize: o.batch, chunkSize: o.chunk, seed: o.seed, shard,
+    provenance: { config: JSON.stringify(flags), checkpoint: pixels ? 'none (pixels)' : await checkpointHash(o.checkpoint), dataset: datasetName },
     onProgress: progressBar('extract', 'images'),
   };
   try {
     await checkExistingCache(o.out, validateExtractOptions(options, source.count));
     const e = await createEngine();
-    const { unet } = await loadModel(e, o.model, o.checkpoint);
     const t0 = performance.now();
-    const written = await extractFeatures(e, unet, source, options);
+    const written = pixels ? await extractPixels(e, size, source, options) : await extractFeatures(e, (await loadModel(e, o.model, o.checkpoint)).unet, source, options);
     const secs = (performance.now() - t0) / 1000;
-    console.log(`extracted ${written} images (t ${o.t}, b ${bs}) in ${fmtTime(secs)}: ${(written / secs).toFixed(2)} images/s → ${o.out}`);
+    console.log(`extracted ${written} images (${pixels ? 'pixels' : `t ${ts}, b ${bs}`}) in ${fmtTime(secs)}: ${(written / secs).toFixed(2)} images/s → ${o.out}`);
     e.dispose();
   } finally {
     for (const close of closers) await close();
   }
   return 0;
+}
+
+/** Whether both caches hold raw pixels (then no t or b is chosen); a pixel cache beside a feature cache is refused. */
+async function pixelCaches(train: string, test: string, blocks?: number[]): Promise<boolean> {
+  const [a, b] = [await isPixelCache(train), await isPixelCache(test)];
+  if (a !== b) throw new UsageError(`${a ? train : test} holds raw pixels but ${a ? test : train} holds U-Net features: give two caches of the same kind`);
+  if (a && blocks) throw new UsageError(`${train} is a raw-pixel cache: it has no blocks or timesteps, leave out --b and --t`);
+  return a;
 }
 
 const TRAIN = {
@@ -152,9 +163,11 @@ async function trainCommand(argv: string[]): Promise<number> {
   const o = parseArgs('train', argv, TRAIN);
   if (!o) return 0;
   if (o.head === 'difeed') return trainDifFeed(o);
-  for (const k of ['train', 'test', 'b'] as const) if (!o[k]) throw new UsageError(`difrep train: --${k} is required for --head ${o.head}`);
-  const ts = o.t;
-  const bs = o.b!;
+  for (const k of ['train', 'test'] as const) if (!o[k]) throw new UsageError(`difrep train: --${k} is required for --head ${o.head}`);
+  const pixels = await pixelCaches(o.train!, o.test!, o.b);
+  if (!pixels && !o.b) throw new UsageError(`difrep train: --b is required for --head ${o.head}`);
+  const ts = pixels ? [0] : o.t;
+  const bs = pixels ? [PIXEL_BLOCK] : o.b!;
   if (o.head === 'linear' && (ts.length !== 1 || bs.length !== 1)) throw new UsageError(`difrep train: a linear probe reads one t and one b, got --t ${ts} --b ${bs} (difformer fuses several)`);
   if (o.standardize && o.head !== 'linear') throw new UsageError(`difrep train: --standardize is for the linear probe (the attention heads normalise their tokens themselves)`);
   // Standardised dimensions are those the probe sees: the maps pooled first, on the CPU.
@@ -174,7 +187,7 @@ async function trainCommand(argv: string[]): Promise<number> {
     onBatch: progressBar('  batches', 'batches'),
     onEpoch: ({ epoch, epochs, loss, trainAccuracy, lr, seconds }) => console.log(`epoch ${epoch + 1}/${epochs}: loss ${loss.toFixed(4)}, train accuracy ${(100 * trainAccuracy).toFixed(1)}%, lr ${lr.toExponential(1)}, ${seconds.toFixed(1)} s (ETA ${fmtTime(seconds * (epochs - epoch - 1))})`),
   });
-  const full = { ...result, headArg: o.head, timesteps: ts, blocks: bs, pool: o.head === 'linear' ? o.pool : null, standardize: o.standardize, train: o.train, test: o.test };
+  const full = { ...result, headArg: o.head, features: pixels ? 'pixels' : 'unet', timesteps: ts, blocks: bs, pool: o.head === 'linear' ? o.pool : null, standardize: o.standardize, train: o.train, test: o.test };
   await writeFileAtomic(join(o.out, 'result.json'), JSON.stringify(full, null, 2));
   console.log(`${o.head}: top-1 ${(100 * result.top1).toFixed(2)}%, top-5 ${(100 * result.top5).toFixed(2)}% (${result.params} parameters, ${fmtTime(result.seconds)}) → ${join(o.out, 'result.json')}`);
   e.dispose();
@@ -224,12 +237,14 @@ const KNN = {
 async function knnCommand(argv: string[]): Promise<number> {
   const o = parseArgs('knn', argv, KNN);
   if (!o) return 0;
-  const loaded = { train: await loadCachedFeatures(o.train, [o.t], [o.b], o.pool), test: await loadCachedFeatures(o.test, [o.t], [o.b], o.pool) };
+  const pixels = await pixelCaches(o.train, o.test);
+  const [t, b] = pixels ? [0, PIXEL_BLOCK] : [o.t, o.b];
+  const loaded = { train: await loadCachedFeatures(o.train, [t], [b], o.pool), test: await loadCachedFeatures(o.test, [t], [b], o.pool) };
   checkLabels(loaded.train, o.classes, o.train);
   checkLabels(loaded.test, o.classes, o.test);
   const splits = o.standardize ? standardizeSplits(loaded.train, loaded.test) : loaded;
   const matrix = (f: FeatureArrays) => {
-    const { data } = f.features.get(featureKey(o.t, o.b))!;
+    const { data } = f.features.get(featureKey(t, b))!;
     return { m: { data, n: f.count, d: data.length / f.count }, labels: Array.from(f.labels) };
   };
   const tr = matrix(splits.train);
@@ -239,7 +254,7 @@ async function knnCommand(argv: string[]): Promise<number> {
   const e = await createEngine();
   const res = await knnClassify(e, tr.m, tr.labels, te.m, te.labels, { ks: o.k, temperature: o.temperature, classes: o.classes });
   for (const r of res) console.log(`kNN k=${r.k}: top-1 ${(100 * r.top1).toFixed(2)}%, top-5 ${(100 * r.top5).toFixed(2)}%`);
-  if (o.out) await writeFileAtomic(o.out, JSON.stringify({ t: o.t, b: o.b, pool: o.pool, standardize: o.standardize, temperature: o.temperature, results: res }, null, 2));
+  if (o.out) await writeFileAtomic(o.out, JSON.stringify({ features: pixels ? 'pixels' : 'unet', t, b, pool: o.pool, standardize: o.standardize, temperature: o.temperature, results: res }, null, 2));
   e.dispose();
   return 0;
 }
@@ -278,7 +293,7 @@ const SWEEP = {
   train: { type: 'string', meta: 'DIR', required: true, help: 'feature cache of the training split, with full (or large) maps' },
   test: { type: 'string', meta: 'DIR', required: true, help: 'feature cache of the test split' },
   t: { type: 'ints', min: 0, max: T_MAX, unique: true, help: 'timesteps', default: [150] },
-  b: { type: 'ints', min: 1, unique: true, required: true, help: 'blocks' },
+  b: { type: 'ints', min: 1, unique: true, help: 'blocks (required, except for a pixel cache)' },
   pool: { type: 'ints', min: 1, max: 1024, unique: true, help: 'linear-probe pool sizes', default: [1, 2, 4] },
   epochs: { type: 'int', min: 1, max: 100_000, help: 'epochs per probe', default: 15 },
   batch: { type: 'int', min: 1, max: 65_536, help: 'batch size', default: 128 },
@@ -291,7 +306,10 @@ const SWEEP = {
 async function sweepCommand(argv: string[]): Promise<number> {
   const o = parseArgs('sweep', argv, SWEEP);
   if (!o) return 0;
-  const { t: ts, b: bs, pool: pools } = o;
+  const pixels = await pixelCaches(o.train, o.test, o.b);
+  if (!pixels && !o.b) throw new UsageError('difrep sweep: --b is required');
+  const [ts, bs] = pixels ? [[0], [PIXEL_BLOCK]] : [o.t, o.b!];
+  const pools = o.pool;
   const train = await loadCachedFeatures(o.train, ts, bs);
   const test = await loadCachedFeatures(o.test, ts, bs);
   checkLabels(train, o.classes, o.train);
@@ -310,9 +328,9 @@ async function sweepCommand(argv: string[]): Promise<number> {
         console.log(`pool ${pool}, b ${b}, t ${t}: top-1 ${(100 * r.top1).toFixed(2)}%`);
       }
     }
-    await writeFileAtomic(join(o.out, `sweep-pool${pool}.png`), heatmapPng(grid, bs.map((b) => `b${b}`), ts.map((t) => `t${t}`)));
+    await writeFileAtomic(join(o.out, `sweep-pool${pool}.png`), heatmapPng(grid, bs.map((b) => (pixels ? 'pixels' : `b${b}`)), ts.map((t) => (pixels ? '' : `t${t}`))));
   }
-  await writeFileAtomic(join(o.out, 'sweep.json'), JSON.stringify({ train: o.train, test: o.test, epochs: o.epochs, lr: o.lr, batch: o.batch, rows }, null, 2));
+  await writeFileAtomic(join(o.out, 'sweep.json'), JSON.stringify({ train: o.train, test: o.test, features: pixels ? 'pixels' : 'unet', epochs: o.epochs, lr: o.lr, batch: o.batch, rows }, null, 2));
   const best = rows.reduce((a, r) => (r.top1 > a.top1 ? r : a), rows[0]);
   console.log(`best: b ${best.b}, t ${best.t}, pool ${best.pool}: top-1 ${(100 * best.top1).toFixed(2)}% → ${join(o.out, 'sweep.json')}`);
   e.dispose();

@@ -48,7 +48,9 @@ export function checkCacheSignature(sig: CacheSignature, where: string): void {
   if (!isInt(sig.count, 1, MAX_IMAGES)) bad(`image count ${JSON.stringify(sig.count)} is not an integer in 1..${MAX_IMAGES}`);
   if (!isInt(sig.chunkSize, 1, MAX_IMAGES)) bad(`chunk size ${JSON.stringify(sig.chunkSize)} is not an integer in 1..${MAX_IMAGES}`);
   if (Math.ceil(sig.count / sig.chunkSize) > MAX_CHUNKS) bad(`${sig.count} images in chunks of ${sig.chunkSize} would be more than ${MAX_CHUNKS} chunks`);
-  for (const [name, list, lo, hi] of [['timesteps', sig.timesteps, 0, TIMESTEPS - 1], ['blocks', sig.blocks, 1, MAX_BLOCKS]] as const) {
+  // Block 0 (the raw-pixel input) stands alone at timestep 0: a pixel cache.
+  const pixels = Array.isArray(sig.blocks) && sig.blocks.length === 1 && sig.blocks[0] === 0 && JSON.stringify(sig.timesteps) === '[0]';
+  for (const [name, list, lo, hi] of [['timesteps', sig.timesteps, 0, TIMESTEPS - 1], ['blocks', sig.blocks, pixels ? 0 : 1, MAX_BLOCKS]] as const) {
     if (!Array.isArray(list) || !list.length || list.length > hi - lo + 1) bad(`${name} ${JSON.stringify(list)} is not a non-empty list`);
     for (const v of list as unknown[]) if (!isInt(v, lo, hi)) bad(`${name}: ${JSON.stringify(v)} is not an integer in ${lo}..${hi}`);
     const dup = firstDuplicate(list);

@@ -1,6 +1,6 @@
 // Cached feature maps in memory for the heads and the evaluation commands: every requested t × b of
 // a feature cache, optionally pooled on the CPU, checked to be finite.
-import { featureKey, openFeatureCache } from './extract.ts';
+import { featureKey, openFeatureCache, PIXEL_BLOCK } from './extract.ts';
 import type { FeatureArrays } from './fit.ts';
 import { assertFinite } from './finite.ts';
 
@@ -47,4 +47,10 @@ export function checkLabels(data: FeatureArrays, classes: number, where: string)
   let max = 0;
   for (let i = 0; i < data.count; i++) max = Math.max(max, data.labels[i]);
   if (max >= classes) throw new Error(`${where} has labels up to ${max}, but --classes is ${classes}: give --classes ${max + 1} or more`);
+}
+
+/** Whether the cache in `dir` holds raw pixels (`difrep extract --features pixels`) rather than U-Net features. */
+export async function isPixelCache(dir: string): Promise<boolean> {
+  const { signature } = await openFeatureCache(dir, { verifyAll: false });
+  return signature.blocks.length === 1 && signature.blocks[0] === PIXEL_BLOCK;
 }

@@ -15,9 +15,9 @@ import { lockCacheShard } from './cache-lock.ts';
 import { type CacheSignature, checkCacheSignature, firstDuplicate, makeCacheSignature, planChunks, TIMESTEPS } from './cache-signature.ts';
 import { checkExistingCache } from './feature-cache.ts';
 import { writeFeatureChunk } from './feature-chunk.ts';
-import { featureKey } from './feature-key.ts';
+import { featureKey, PIXEL_BLOCK } from './feature-key.ts';
 
-export { featureKey } from './feature-key.ts';
+export { featureKey, PIXEL_BLOCK } from './feature-key.ts';
 export { type CacheSignature, type ChunkPlan, planChunks } from './cache-signature.ts';
 export { checkExistingCache, type FeatureCache, openFeatureCache, type OpenFeatureCacheOptions } from './feature-cache.ts';
 
@@ -89,9 +89,10 @@ export function validateExtractOptions(opts: ExtractOptions, count: number): Cac
   return sig;
 }
 
-/** Checks the options against this U-Net and this image source (block range, labels). */
-function checkAgainst(unet: UNet, data: ImageSource, opts: ExtractOptions): void {
-  for (const b of opts.blocks) if (b > unet.numBlocks) throw new Error(`extract: block ${b} does not exist: this U-Net has blocks 1..${unet.numBlocks}`);
+/** Checks the options against the U-Net's block count (0: a pixel cache) and this image source (labels). */
+function checkAgainst(numBlocks: number, data: ImageSource, opts: ExtractOptions): void {
+  if (!numBlocks && (opts.blocks.join() !== String(PIXEL_BLOCK) || opts.timesteps.join() !== '0')) throw new Error('extract: a pixel cache has timesteps [0] and blocks [0] (the input itself)');
+  for (const b of opts.blocks) if (b > numBlocks) throw new Error(`extract: block ${b} does not exist: this U-Net has blocks 1..${numBlocks}`);
   if (data.labels.length < data.count) throw new Error(`extract: the image source has ${data.count} images but ${data.labels.length} labels`);
   for (let i = 0; i < data.count; i++) {
     const l = data.labels[i];
@@ -109,10 +110,60 @@ function checkFinite(values: Float32Array, per: number, images: readonly number[
   );
 }
 
-/** Extracts this worker's missing chunks. Returns the number of images written by this call. */
+/** What one batch of model inputs x0 ([n, 3, S, S]) contributes to a chunk: key → values [n, ...shape]. */
+type BatchFeatures = (x0: Tensor, images: readonly number[]) => Promise<Map<string, { shape: number[]; values: Float32Array }>>;
+
+/** Extracts this worker's missing chunks of U-Net features. Returns the number of images written by this call. */
 export async function extractFeatures(e: Engine, unet: UNet, data: ImageSource, opts: ExtractOptions): Promise<number> {
   const sig = validateExtractOptions(opts, data.count);
-  checkAgainst(unet, data, opts);
+  checkAgainst(unet.numBlocks, data, opts);
+  if (opts.blocks.includes(PIXEL_BLOCK)) throw new Error('extract: block 0 is the raw-pixel input; use extractPixels for a pixel cache');
+  const schedule = linearSchedule(TIMESTEPS);
+  const features: BatchFeatures = async (x0, idx) => {
+    const out = new Map<string, { shape: number[]; values: Float32Array }>();
+    const inputSize = x0.size / idx.length;
+    for (const t of opts.timesteps) {
+      const noise = new Float32Array(x0.size);
+      idx.forEach((img, i) => noise.set(gaussianNoise(inputSize, noiseSeed(sig.seed, img, t)), i * inputSize));
+      const feats = e.tidy(() => {
+        const xt = qSample(e, schedule, x0, idx.map(() => t), e.tensor(noise, x0.shape, 'noise'));
+        const r = unet.forward(xt, idx.map(() => t), { taps: opts.blocks });
+        return opts.blocks.map((b) => (opts.pool ? adaptiveAvgPool2d(r.taps.get(b)!, opts.pool) : r.taps.get(b)!));
+      });
+      try {
+        for (const [k, b] of opts.blocks.entries()) {
+          const values = await feats[k].read();
+          checkFinite(values, values.length / idx.length, idx, t, b);
+          out.set(featureKey(t, b), { shape: [...feats[k].shape.slice(1)], values });
+        }
+      } finally {
+        for (const f of feats) f.dispose();
+      }
+    }
+    return out;
+  };
+  return extractChunks(e, unet.plan.flags.image_size, data, opts, sig, features);
+}
+
+/**
+ * A raw-pixel cache: the exact model input x0 of every image (the U-Net's resize, channels and
+ * [−1, 1] scaling; adaptive-pooled when `pool` is set) under the key of block 0, so the commands
+ * that read U-Net features read it the same way. `timesteps` and `blocks` must be [0] and [0].
+ */
+export async function extractPixels(e: Engine, imageSize: number, data: ImageSource, opts: ExtractOptions): Promise<number> {
+  const sig = validateExtractOptions(opts, data.count);
+  checkAgainst(0, data, opts);
+  const pixels: BatchFeatures = async (x0, idx) => {
+    const f = opts.pool ? adaptiveAvgPool2d(x0, opts.pool) : x0;
+    const values = await f.read();
+    if (f !== x0) f.dispose();
+    checkFinite(values, values.length / idx.length, idx, 0, PIXEL_BLOCK);
+    return new Map([[featureKey(0, PIXEL_BLOCK), { shape: [...f.shape.slice(1)], values }]]);
+  };
+  return extractChunks(e, imageSize, data, opts, sig, pixels);
+}
+
+async function extractChunks(e: Engine, imageSize: number, data: ImageSource, opts: ExtractOptions, sig: CacheSignature, features: BatchFeatures): Promise<number> {
   const warn = opts.onWarning ?? ((m: string) => console.warn(`difrep: warning: ${m}`));
   const seen = new Map<string, string>();
   // Before any work (and again under the lock): a cache with other settings is refused outright.
@@ -124,21 +175,19 @@ export async function extractFeatures(e: Engine, unet: UNet, data: ImageSource, 
   }
   const lock = await lockCacheShard(opts.outDir, opts.shard, warn);
   try {
-    return await extractLocked(e, unet, data, opts, sig, seen);
+    return await extractLocked(e, imageSize, data, opts, sig, seen, features);
   } finally {
     await lock.release();
   }
 }
 
-async function extractLocked(e: Engine, unet: UNet, data: ImageSource, opts: ExtractOptions, sig: CacheSignature, seen: Map<string, string>): Promise<number> {
+async function extractLocked(e: Engine, S: number, data: ImageSource, opts: ExtractOptions, sig: CacheSignature, seen: Map<string, string>, features: BatchFeatures): Promise<number> {
   const batchSize = opts.batchSize ?? 8;
-  const schedule = linearSchedule(TIMESTEPS);
   const chunks = planChunks(data.count, sig.chunkSize).filter((_, k) => !opts.shard || k % opts.shard.count === opts.shard.index);
   const existing = new Set(await checkExistingCache(opts.outDir, sig, seen));
   let done = 0;
   let written = 0;
   const total = chunks.reduce((p, c) => p + c.end - c.start, 0);
-  const S = unet.plan.flags.image_size;
   const inputSize = 3 * S * S;
   for (const chunk of chunks) {
     if (existing.has(chunk.file)) {
@@ -167,27 +216,10 @@ async function extractLocked(e: Engine, unet: UNet, data: ImageSource, opts: Ext
       if (badPixel >= 0) throw new Error(`extract: input image ${idx[Math.floor(badPixel / inputSize)]} holds ${pixels[badPixel]}; the image source is at fault`);
       const x0 = e.tensor(pixels, [idx.length, 3, S, S], 'x0');
       try {
-        for (const t of opts.timesteps) {
-          const noise = new Float32Array(idx.length * inputSize);
-          idx.forEach((img, i) => noise.set(gaussianNoise(inputSize, noiseSeed(sig.seed, img, t)), i * inputSize));
-          const feats = e.tidy(() => {
-            const xt = qSample(e, schedule, x0, idx.map(() => t), e.tensor(noise, x0.shape, 'noise'));
-            const r = unet.forward(xt, idx.map(() => t), { taps: opts.blocks });
-            return opts.blocks.map((b) => (opts.pool ? adaptiveAvgPool2d(r.taps.get(b)!, opts.pool) : r.taps.get(b)!));
-          });
-          try {
-            for (const [k, b] of opts.blocks.entries()) {
-              const key = featureKey(t, b);
-              const f: Tensor = feats[k];
-              const values = await f.read();
-              checkFinite(values, values.length / idx.length, idx, t, b);
-              shape.set(key, [...f.shape.slice(1)]);
-              if (!parts.has(key)) parts.set(key, []);
-              parts.get(key)!.push(values);
-            }
-          } finally {
-            for (const f of feats) f.dispose();
-          }
+        for (const [key, f] of await features(x0, idx)) {
+          shape.set(key, f.shape);
+          if (!parts.has(key)) parts.set(key, []);
+          parts.get(key)!.push(f.values);
         }
       } finally {
         x0.dispose();
@@ -195,7 +227,7 @@ async function extractLocked(e: Engine, unet: UNet, data: ImageSource, opts: Ext
       done += idx.length;
       opts.onProgress?.(done, total);
     }
-    const features = new Map<string, { shape: number[]; data: Float32Array }>();
+    const chunkFeatures = new Map<string, { shape: number[]; data: Float32Array }>();
     for (const [key, arrays] of parts) {
       const flat = new Float32Array(arrays.reduce((p, a) => p + a.length, 0));
       let at = 0;
@@ -203,13 +235,13 @@ async function extractLocked(e: Engine, unet: UNet, data: ImageSource, opts: Ext
         flat.set(a, at);
         at += a.length;
       }
-      features.set(key, { shape: shape.get(key)!, data: flat });
+      chunkFeatures.set(key, { shape: shape.get(key)!, data: flat });
     }
     // Another process with other settings (another shard split into the same directory) is refused
     // before it mixes chunks with ours.
     await checkExistingCache(opts.outDir, sig, seen);
     const labels = Array.from({ length: chunk.end - chunk.start }, (_, i) => data.labels[chunk.start + i]);
-    await writeFeatureChunk(join(opts.outDir, chunk.file), sig, chunk, features, labels);
+    await writeFeatureChunk(join(opts.outDir, chunk.file), sig, chunk, chunkFeatures, labels);
     written += chunk.end - chunk.start;
   }
   await checkExistingCache(opts.outDir, sig, seen);

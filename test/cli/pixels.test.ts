@@ -1,0 +1,41 @@
+// A raw-pixel cache holds exactly the model input the U-Net sees, and train, knn and sweep read it
+// without --t/--b (the miniature issue's pixel baseline under the same protocol as the features).
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import t from 'tap';
+import { EXPERIMENT_COMMANDS } from '../../src/cli/experiments.ts';
+import { balancedSubset, loadFashionMnist, toModelInput } from '../../src/train/data/fashion-mnist.ts';
+import { openFeatureCache } from '../../src/train/extract.ts';
+
+const dir = await mkdtemp(join(tmpdir(), 'difrep-pixels-'));
+t.teardown(() => rm(dir, { recursive: true }));
+const run = (command: string, ...args: string[]) => EXPERIMENT_COMMANDS[command](args);
+
+t.test('extract --features pixels stores the 16×16 model input of each image', async (t) => {
+  const model = new URL('../../models/fmnist16.json', import.meta.url).pathname;
+  for (const split of ['train', 'test']) {
+    t.equal(await run('extract', '--features', 'pixels', '--model', model, '--split', split, '--per-class', '4', '--chunk', '16', '--out', join(dir, split)), 0);
+  }
+  const cache = await openFeatureCache(join(dir, 'train'));
+  const { data, shape } = await cache.features(0, 0);
+  t.same(shape, [3, 16, 16]);
+  const ds = await loadFashionMnist('train');
+  const idx = balancedSubset(ds.labels, 4, 0);
+  t.same(Array.from(cache.labels), idx.map((i) => ds.labels[i]));
+  t.same(Array.from(data), Array.from(toModelInput(ds, idx, 16)), 'the exact input x0 the U-Net is given');
+  await t.rejects(run('extract', '--features', 'pixels', '--model', model, '--t', '90', '--out', join(dir, 'x')), /no --t, --b or --checkpoint/);
+});
+
+t.test('train, knn and sweep read a pixel cache without --t/--b', async (t) => {
+  t.equal(await run('train', '--train', join(dir, 'train'), '--test', join(dir, 'test'), '--pool', '4', '--epochs', '1', '--batch', '8', '--standardize', '--out', join(dir, 'linear')), 0);
+  const result = JSON.parse(await readFile(join(dir, 'linear', 'result.json'), 'utf8'));
+  t.equal(result.features, 'pixels');
+  t.equal(result.standardize, true);
+  t.equal(result.params, 3 * 4 * 4 * 10 + 10, 'a linear layer on 3 × 4 × 4 pooled pixels');
+  t.equal(await run('knn', '--train', join(dir, 'train'), '--test', join(dir, 'train'), '--pool', '0', '--k', '1', '--out', join(dir, 'knn.json')), 0);
+  const knn = JSON.parse(await readFile(join(dir, 'knn.json'), 'utf8'));
+  t.equal(knn.results[0].top1, 1, 'each image is its own nearest neighbour');
+  await t.rejects(run('train', '--train', join(dir, 'train'), '--test', join(dir, 'test'), '--b', '9', '--out', join(dir, 'y')), /raw-pixel cache: it has no blocks/);
+  t.equal(await run('sweep', '--train', join(dir, 'train'), '--test', join(dir, 'test'), '--pool', '2', '--epochs', '1', '--batch', '8', '--out', join(dir, 'sweep')), 0);
+});
