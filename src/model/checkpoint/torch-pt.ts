@@ -5,7 +5,7 @@
 import { type ByteSource, openSource } from './byte-source.ts';
 import { DTYPE_BYTES, type DType, toFloat32 } from './dtype.ts';
 import { type PickleValue, type StorageRef, type TensorRef, unpickle } from './pickle.ts';
-import { CheckpointError } from './safetensors.ts';
+import { CheckpointError } from './checkpoint-error.ts';
 import type { TensorInfo, TensorSource } from './tensor-source.ts';
 import { isZip, readZipDirectory } from './zip.ts';
 

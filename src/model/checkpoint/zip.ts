@@ -1,7 +1,7 @@
 // Just enough of the ZIP format to read PyTorch checkpoints: the central directory (with ZIP64),
 // stored (uncompressed) entries, random access to an entry's bytes.
 import type { ByteSource } from './byte-source.ts';
-import { CheckpointError } from './safetensors.ts';
+import { CheckpointError } from './checkpoint-error.ts';
 
 export interface ZipEntry {
   name: string;
