@@ -96,8 +96,8 @@ t.test('a missing file, a directory or an unreadable file is a CheckpointError n
   await mkdir(sub);
   await writeFile(join(dir, 'plain'), 'not a directory');
   const cases: [string, RegExp][] = [
-    [join(dir, 'missing.safetensors'), /cannot open the checkpoint: no such file \(ENOENT\)/],
-    [sub, /cannot read the checkpoint: is a directory, not a checkpoint file \(EISDIR\)/],
+    [join(dir, 'missing.safetensors'), /cannot open the checkpoint: no such file or directory \(ENOENT\)/],
+    [sub, /cannot read the checkpoint: is a directory \(EISDIR\)/],
     [join(dir, 'plain', 'below.safetensors'), /cannot open the checkpoint: a component of the path is not a directory \(ENOTDIR\)/],
   ];
   for (const [path, pattern] of cases) {

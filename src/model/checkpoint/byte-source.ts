@@ -3,6 +3,7 @@
 // size first, so a corrupted offset or length field can neither wrap around nor allocate more than
 // the file holds.
 import { CheckpointError } from './checkpoint-error.ts';
+import { describeFsError } from './fs-error.ts';
 
 export interface ByteSource {
   /** Where the bytes come from, for error messages. */
@@ -34,22 +35,6 @@ export function memorySource(bytes: Uint8Array, name = '<memory>'): ByteSource {
   };
 }
 
-/** What a failed open or read means for a checkpoint path, by errno code. */
-function describeFsError(e: unknown): string {
-  const err = e as { code?: string; message?: string } | undefined;
-  const reasons: Record<string, string> = {
-    ENOENT: 'no such file',
-    EACCES: 'permission denied',
-    EPERM: 'permission denied',
-    EISDIR: 'is a directory, not a checkpoint file',
-    ENOTDIR: 'a component of the path is not a directory',
-    ELOOP: 'too many symbolic links',
-    EMFILE: 'too many open files',
-    EIO: 'input/output error',
-  };
-  return err?.code && reasons[err.code] ? `${reasons[err.code]} (${err.code})` : String(err?.message ?? e);
-}
-
 /** Opens a file with node:fs (Node and Deno); every failure is a CheckpointError naming the path. */
 export async function fileSource(path: string): Promise<ByteSource> {
   const fs = await import('node:fs/promises');
@@ -63,7 +48,7 @@ export async function fileSource(path: string): Promise<ByteSource> {
   try {
     const stat = await handle.stat();
     // On Linux a directory opens for reading; reading it fails later with EISDIR.
-    if (stat.isDirectory()) throw Object.assign(new Error('directory'), { code: 'EISDIR' });
+    if (stat.isDirectory()) throw Object.assign(new Error('is a directory'), { code: 'EISDIR' });
     if (!stat.isFile()) throw new Error('not a regular file');
     size = stat.size;
   } catch (e) {
