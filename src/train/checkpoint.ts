@@ -4,7 +4,7 @@ import type { Engine } from '../engine/engine.ts';
 import type { Tensor } from '../engine/tensor.ts';
 import { CheckpointError } from '../model/checkpoint/checkpoint-error.ts';
 import { openSafetensors, writeSafetensors } from '../model/checkpoint/safetensors.ts';
-import { readFinite } from '../model/checkpoint/tensor-source.ts';
+import { firstNonFinite, readFinite } from '../model/checkpoint/tensor-source.ts';
 import type { Optimizer } from './optimizer.ts';
 
 export interface TrainingProgress {
@@ -14,10 +14,26 @@ export interface TrainingProgress {
   [key: string]: number | string;
 }
 
+/**
+ * Writes the state atomically. A NaN or ±Inf anywhere (a diverged run) refuses the save, so the
+ * previous state on disk stays the last good one.
+ */
 export async function saveTrainingState(path: string, params: Map<string, Tensor>, optimizer: Optimizer, progress: TrainingProgress): Promise<void> {
   const tensors: Record<string, { shape: number[]; data: Float32Array }> = {};
   for (const [k, p] of params) tensors[`param.${k}`] = { shape: [...p.shape], data: await p.read() };
   for (const [k, t] of optimizer.state()) tensors[`optim.${k}`] = { shape: [...t.shape], data: await t.read() };
+  const notSaved = (what: string) => new Error(`${path}: not saved: ${what} (training diverged?); the previous state is unchanged`);
+  for (const [k, { data }] of Object.entries(tensors)) {
+    const i = firstNonFinite(data);
+    if (i >= 0) throw notSaved(`${k} holds ${data[i]} at index ${i}`);
+  }
+  for (const [k, v] of Object.entries(progress)) {
+    if (typeof v === 'number' && !Number.isFinite(v)) throw notSaved(`progress ${k} is ${v}`);
+  }
+  // Losses arrive as JSON, where a NaN has become null.
+  const losses: unknown[] = typeof progress.losses === 'string' ? JSON.parse(progress.losses) : [];
+  const badLoss = losses.findIndex((l) => !Number.isFinite(l));
+  if (badLoss >= 0) throw notSaved(`loss ${badLoss} is not a finite number`);
   await writeSafetensors(path, tensors, { kind: 'difrep-training-state', progress: JSON.stringify({ ...progress, optimizerSteps: optimizer.steps }) });
 }
 

@@ -1,6 +1,6 @@
 // A training state with a non-finite value, a wrong-shaped tensor or corrupt progress is refused
 // before anything is restored: the parameters keep their values.
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
@@ -71,5 +71,32 @@ t.test('a training state holding NaN/Inf or inconsistent progress is refused, no
   t.equal(progress.epoch, 2);
   t.equal(progress.steps, 5);
   t.same(Array.from(await target.get('w')!.read()), [1, 2, 3, 4, 5, 6], 'restored');
+  await rm(dir, { recursive: true });
+});
+
+t.test('a state holding NaN/Inf is not saved: the previous state on disk stays', async (t) => {
+  const e = await testEngine();
+  const dir = await mkdtemp(join(tmpdir(), 'difrep-state-save-'));
+  const path = join(dir, 'state.safetensors');
+  const params = new Map([['w', e.keep(e.tensor(Float32Array.from([1, 2, 3]), [3], 'w'))]]);
+  const adam = new Adam(e, params, { lr: 0.1 });
+  await saveTrainingState(path, params, adam, { epoch: 0, steps: 1 });
+  const before = await readFile(path);
+  const cases: [string, () => Promise<void>, string][] = [
+    ['a NaN parameter', async () => {
+      const bad = new Map([['w', e.keep(e.tensor(Float32Array.from([1, NaN, 3]), [3], 'w'))]]);
+      await saveTrainingState(path, bad, new Adam(e, bad, { lr: 0.1 }), { epoch: 1, steps: 2 });
+    }, `${path}: not saved: param.w holds NaN at index 1 (training diverged?); the previous state is unchanged`],
+    ['an infinite progress value', () => saveTrainingState(path, params, adam, { epoch: 1, steps: 2, lr: Infinity }),
+      `${path}: not saved: progress lr is Infinity`],
+    ['a NaN loss (null in JSON)', () => saveTrainingState(path, params, adam, { epoch: 1, steps: 2, losses: JSON.stringify([0.5, NaN]) }),
+      `${path}: not saved: loss 1 is not a finite number`],
+  ];
+  for (const [what, save, message] of cases) {
+    const err = await save().then(() => null, (x: Error) => x);
+    t.match(err?.message, message, what);
+    t.same(await readFile(path), before, `${what}: the previous state is unchanged`);
+  }
+  t.same(await readdir(dir), ['state.safetensors'], 'no temp files');
   await rm(dir, { recursive: true });
 });
