@@ -10,7 +10,7 @@ export { CheckpointError } from './checkpoint-error.ts';
 export { encodeSafetensors, openSafetensors, writeSafetensors } from './safetensors.ts';
 export { openTorchCheckpoint } from './torch-pt.ts';
 export { UnsafePickleError } from './pickle.ts';
-export { readFinite, type TensorSource, withPrefix } from './tensor-source.ts';
+export { type TensorSource, withPrefix } from './tensor-source.ts';
 
 export async function openCheckpoint(input: string | Uint8Array): Promise<TensorSource> {
   const src = await openSource(input);
