@@ -14,6 +14,11 @@ export interface TrainingProgress {
   [key: string]: number | string;
 }
 
+/** Whether `v` is a finite number or a (nested) list of them. */
+function onlyFiniteNumbers(v: unknown): boolean {
+  return Array.isArray(v) ? v.every(onlyFiniteNumbers) : Number.isFinite(v);
+}
+
 /**
  * Writes the state atomically. A NaN or ±Inf anywhere (a diverged run) refuses the save, so the
  * previous state on disk stays the last good one.
@@ -30,10 +35,8 @@ export async function saveTrainingState(path: string, params: Map<string, Tensor
   for (const [k, v] of Object.entries(progress)) {
     if (typeof v === 'number' && !Number.isFinite(v)) throw notSaved(`progress ${k} is ${v}`);
   }
-  // Losses arrive as JSON, where a NaN has become null.
-  const losses: unknown[] = typeof progress.losses === 'string' ? JSON.parse(progress.losses) : [];
-  const badLoss = losses.findIndex((l) => !Number.isFinite(l));
-  if (badLoss >= 0) throw notSaved(`loss ${badLoss} is not a finite number`);
+  // Losses arrive as JSON (a list of losses or of [step, loss]), where a NaN has become null.
+  if (typeof progress.losses === 'string' && !onlyFiniteNumbers(JSON.parse(progress.losses))) throw notSaved('the losses hold a non-finite value');
   await writeSafetensors(path, tensors, { kind: 'difrep-training-state', progress: JSON.stringify({ ...progress, optimizerSteps: optimizer.steps }) });
 }
 
@@ -56,7 +59,7 @@ function parseProgress(path: string, json: string | undefined): TrainingProgress
     } catch {
       losses = undefined;
     }
-    if (!Array.isArray(losses) || !losses.every(Number.isFinite)) throw new CheckpointError(path, 'corrupt training checkpoint: progress losses is not a list of finite numbers');
+    if (!Array.isArray(losses) || !onlyFiniteNumbers(losses)) throw new CheckpointError(path, 'corrupt training checkpoint: progress losses is not a list of finite numbers');
   }
   return p;
 }

@@ -41,6 +41,7 @@ t.test('a training state holding NaN/Inf or inconsistent progress is refused, no
   cases.push([await withProgress('nan-epoch.safetensors', '{"epoch": null, "steps": 1, "optimizerSteps": 1}'), 'progress epoch is null, not a count']);
   cases.push([await withProgress('neg-steps.safetensors', '{"epoch": 1, "steps": -3, "optimizerSteps": 1}'), 'progress steps is -3, not a count']);
   cases.push([await withProgress('losses.safetensors', '{"epoch": 1, "steps": 1, "optimizerSteps": 1, "losses": "[0.5, null]"}'), 'progress losses is not a list of finite numbers']);
+  cases.push([await withProgress('pair-losses.safetensors', '{"epoch": 1, "steps": 1, "optimizerSteps": 1, "losses": "[[1, 0.5], [2, null]]"}'), 'progress losses is not a list of finite numbers']);
   await writeSafetensors(join(dir, 'shape.safetensors'), { 'param.w': { shape: [3, 2], data: new Float32Array(6) }, 'param.b': { shape: [2], data: new Float32Array(2) } },
     { kind: 'difrep-training-state', progress: '{"epoch": 1, "steps": 1, "optimizerSteps": 1}' });
   cases.push([join(dir, 'shape.safetensors'), 'parameter w is [3,2] in the checkpoint, [2,3] in the model']);
@@ -90,7 +91,9 @@ t.test('a state holding NaN/Inf is not saved: the previous state on disk stays',
     ['an infinite progress value', () => saveTrainingState(path, params, adam, { epoch: 1, steps: 2, lr: Infinity }),
       `${path}: not saved: progress lr is Infinity`],
     ['a NaN loss (null in JSON)', () => saveTrainingState(path, params, adam, { epoch: 1, steps: 2, losses: JSON.stringify([0.5, NaN]) }),
-      `${path}: not saved: loss 1 is not a finite number`],
+      `${path}: not saved: the losses hold a non-finite value`],
+    ['a NaN loss in [step, loss] pairs', () => saveTrainingState(path, params, adam, { epoch: 1, steps: 2, losses: JSON.stringify([[1, 0.5], [2, NaN]]) }),
+      `${path}: not saved: the losses hold a non-finite value`],
   ];
   for (const [what, save, message] of cases) {
     const err = await save().then(() => null, (x: Error) => x);
@@ -98,5 +101,9 @@ t.test('a state holding NaN/Inf is not saved: the previous state on disk stays',
     t.same(await readFile(path), before, `${what}: the previous state is unchanged`);
   }
   t.same(await readdir(dir), ['state.safetensors'], 'no temp files');
+  // Finite [step, loss] pairs (pretraining) save and load.
+  await saveTrainingState(path, params, adam, { epoch: 0, steps: 2, losses: JSON.stringify([[1, 0.5], [2, 0.25]]) });
+  const back = await loadTrainingState(e, path, params, adam);
+  t.equal(back.losses, '[[1,0.5],[2,0.25]]');
   await rm(dir, { recursive: true });
 });
