@@ -3,7 +3,7 @@
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createEngine } from '../engine/engine.ts';
-import { writeFileAtomic } from '../model/checkpoint/atomic-write.ts';
+import { removeStaleTempFiles, writeFileAtomic } from '../model/checkpoint/atomic-write.ts';
 import { paperBlocks } from '../model/block-roles.ts';
 import { planUNet } from '../model/unet-config.ts';
 import type { DifFeedOptions } from '../model/heads/difeed.ts';
@@ -108,6 +108,8 @@ async function extractCommand(argv: string[]): Promise<number> {
   };
   try {
     await checkExistingCache(o.out, validateExtractOptions(options, source.count));
+    // Shards on other machines may be writing into a shared --out: only an unsharded run clears temp files.
+    if (!shard) await removeStaleTempFiles(o.out);
     const e = await createEngine();
     const t0 = performance.now();
     const written = pixels ? await extractPixels(e, size, source, options) : await extractFeatures(e, (await loadModel(e, o.model, o.checkpoint)).unet, source, options);
@@ -164,11 +166,11 @@ async function trainCommand(argv: string[]): Promise<number> {
   if (!o) return 0;
   if (o.head === 'difeed') return trainDifFeed(o);
   for (const k of ['train', 'test'] as const) if (!o[k]) throw new UsageError(`difrep train: --${k} is required for --head ${o.head}`);
+  if (o.head === 'linear' && o.b && (o.t.length !== 1 || o.b.length !== 1)) throw new UsageError(`difrep train: a linear probe reads one t and one b, got --t ${o.t} --b ${o.b} (difformer fuses several)`);
   const pixels = await pixelCaches(o.train!, o.test!, o.b);
   if (!pixels && !o.b) throw new UsageError(`difrep train: --b is required for --head ${o.head}`);
   const ts = pixels ? [0] : o.t;
   const bs = pixels ? [PIXEL_BLOCK] : o.b!;
-  if (o.head === 'linear' && (ts.length !== 1 || bs.length !== 1)) throw new UsageError(`difrep train: a linear probe reads one t and one b, got --t ${ts} --b ${bs} (difformer fuses several)`);
   if (o.standardize && o.head !== 'linear') throw new UsageError(`difrep train: --standardize is for the linear probe (the attention heads normalise their tokens themselves)`);
   // Standardised dimensions are those the probe sees: the maps pooled first, on the CPU.
   const pool = o.standardize ? o.pool : 0;
@@ -178,6 +180,7 @@ async function trainCommand(argv: string[]): Promise<number> {
   const { train, test } = o.standardize ? standardizeSplits(loaded.train, loaded.test) : loaded;
   const e = await createEngine();
   await mkdir(o.out, { recursive: true });
+  await removeStaleTempFiles(o.out);
   const head = o.head === 'difformer' ? 'attention' : o.head;
   const result = await fitHead(e, train, test, {
     head: head as 'linear' | 'attention', classes: o.classes, timesteps: ts, blocks: bs, pool: o.pool,
@@ -207,6 +210,7 @@ async function trainDifFeed(o: TrainOptions): Promise<number> {
     return imageSource(ds, idx, size);
   };
   await mkdir(o.out, { recursive: true });
+  await removeStaleTempFiles(o.out);
   const result = await fitDifFeed(e, unet, await source('train', o['per-class']), await source('test', o['test-per-class']), {
     classes: o.classes, strategy: o.strategy as DifFeedOptions['strategy'], t: o.t[0], featureBlock: o.b?.[0],
     head: { dim: o.dim, layers: o.layers, heads: o.heads, prePoolSize: o['pre-pool'] },

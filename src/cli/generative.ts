@@ -4,7 +4,7 @@ import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { encode } from 'fast-png';
 import { createEngine } from '../engine/engine.ts';
-import { writeFileAtomic } from '../model/checkpoint/atomic-write.ts';
+import { removeStaleTempFiles, writeFileAtomic } from '../model/checkpoint/atomic-write.ts';
 import { writeSafetensors } from '../model/checkpoint/safetensors.ts';
 import { imageGrid, sample } from '../model/sampling.ts';
 import type { UNet } from '../model/unet.ts';
@@ -44,6 +44,7 @@ async function pretrainCommand(argv: string[]): Promise<number> {
   const count = o.images || ds.count;
   const size = unet.plan.flags.image_size;
   await mkdir(o.out, { recursive: true });
+  await removeStaleTempFiles(o.out);
   const t0 = performance.now();
   const bar = progressBar('pretrain', 'steps');
   const steps = o.steps;

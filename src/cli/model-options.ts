@@ -6,7 +6,7 @@ import type { Engine } from '../engine/engine.ts';
 import { openCheckpoint, withPrefix } from '../model/checkpoint/index.ts';
 import { describeMapping } from '../model/block-roles.ts';
 import { UNet } from '../model/unet.ts';
-import { ADM_256_UNCOND, flagsFromJson, type UNetFlags } from '../model/unet-config.ts';
+import { ADM_256_UNCOND, flagsFromJson, planUNet, type UNetFlags } from '../model/unet-config.ts';
 import { type OptionSpecs, UsageError } from './args.ts';
 
 export const PRESETS: Record<string, UNetFlags> = {
@@ -40,8 +40,22 @@ export async function checkpointHash(path: string | undefined): Promise<string> 
 
 /** The create_model flags named by --model: a preset or a JSON file. */
 export async function resolveFlags(model: string): Promise<UNetFlags> {
-  const flags = PRESETS[model] ?? (model.endsWith('.json') ? flagsFromJson(await readFile(model, 'utf8').catch(() => { throw new UsageError(`--model ${model}: cannot read the config file`); })) : undefined);
+  let flags = PRESETS[model];
+  if (!flags && model.endsWith('.json')) {
+    const text = await readFile(model, 'utf8').catch((e: Error) => { throw new UsageError(`--model ${model}: cannot read the config file (${e.message})`); });
+    try {
+      flags = flagsFromJson(text);
+    } catch (e) {
+      throw new UsageError(`--model ${model}: ${(e as Error).message}`);
+    }
+  }
   if (!flags) throw new UsageError(`--model ${model}: not a preset (${Object.keys(PRESETS).join(', ')}) or a .json config`);
+  // Every flag is checked (types, ranges, a parameter cap) before anything is allocated or created.
+  try {
+    planUNet(flags);
+  } catch (e) {
+    throw new UsageError(`--model ${model}: ${(e as Error).message}`);
+  }
   return flags;
 }
 

@@ -3,7 +3,7 @@
 import type { Engine } from '../engine/engine.ts';
 import { mulberry32 } from '../engine/random.ts';
 import { shapeString, type Tensor } from '../engine/tensor.ts';
-import type { TensorSource } from './checkpoint/tensor-source.ts';
+import { readFinite, type TensorSource } from './checkpoint/tensor-source.ts';
 
 /** A checkpoint that does not fit the module built from the config. */
 export class CheckpointMismatchError extends Error {
@@ -38,11 +38,16 @@ export function checkStateDict(expected: Map<string, number[]>, source: TensorSo
   if (problems.length) throw new CheckpointMismatchError(`${source.name} does not fit the ${what}:\n  ${problems.join('\n  ')}`);
 }
 
-/** Loads every expected key (after checkStateDict) as a kept tensor. */
+/** Loads every expected key (after checkStateDict) as a kept tensor; NaN or ±Inf refuse the load. */
 export async function loadStateDict(e: Engine, expected: Map<string, number[]>, source: TensorSource, what: string): Promise<Map<string, Tensor>> {
   checkStateDict(expected, source, what);
   const out = new Map<string, Tensor>();
-  for (const [k, shape] of expected) out.set(k, e.keep(e.tensor(await source.read(k), shape, k)));
+  try {
+    for (const [k, shape] of expected) out.set(k, e.keep(e.tensor(await readFinite(source, k), shape, k)));
+  } catch (err) {
+    for (const t of out.values()) t.dispose();
+    throw err;
+  }
   return out;
 }
 

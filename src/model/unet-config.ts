@@ -70,7 +70,7 @@ function defaultChannelMult(imageSize: number): number[] {
     64: [1, 2, 3, 4],
   };
   const m = table[imageSize];
-  if (!m) throw new Error(`unsupported image_size ${imageSize} without an explicit channel_mult (guided-diffusion knows 64, 128, 256, 512)`);
+  if (!m) throw new UNetConfigError(`unsupported image_size ${imageSize} without an explicit channel_mult (guided-diffusion knows 64, 128, 256, 512)`);
   return m;
 }
 
@@ -81,27 +81,108 @@ export class UNetConfigError extends Error {
   }
 }
 
-export function planUNet(input: UNetFlags): UNetPlan {
+/**
+ * Bounds on every size a config sets, checked before anything is allocated. Generous (the 512×512
+ * ADM model fits with room to spare) but finite, so a typo cannot ask for terabytes.
+ */
+const UNET_LIMITS = {
+  image_size: { min: 8, max: 1024 },
+  in_channels: { min: 1, max: 64 },
+  num_channels: { min: 32, max: 1024 },
+  num_res_blocks: { min: 1, max: 16 },
+  /** Resolution levels (entries of channel_mult). */
+  levels: { min: 1, max: 8 },
+  /** Channels of any level (channel_mult × num_channels). */
+  levelChannels: { max: 2048 },
+  num_heads: { min: 1, max: 64 },
+  num_head_channels: { min: 1, max: 2048 },
+  /** Parameters of the whole model: 2·10⁹ f32 values are 8 GB. */
+  parameters: 2e9,
+} as const;
+
+/** GroupNorm32 normalises every U-Net activation in 32 groups: channel counts are multiples of 32. */
+const GROUPS = 32;
+
+const show = (v: unknown) => (typeof v === 'string' ? JSON.stringify(v) : String(v));
+
+function integerIn(field: string, v: unknown, min: number, max: number, note = ''): number {
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) {
+    throw new UNetConfigError(`${field} ${show(v)} is out of range: it must be an integer from ${min} to ${max}${note}`);
+  }
+  return v;
+}
+
+/** -1 (guided-diffusion's "not set") or an integer in [min, max]. */
+function unsetOrIn(field: string, v: unknown, min: number, max: number): number {
+  return v === undefined || v === -1 ? -1 : integerIn(field, v, min, max, ' (or -1 for unset)');
+}
+
+function checkBoolean(field: string, v: unknown): void {
+  if (v !== undefined && typeof v !== 'boolean') throw new UNetConfigError(`${field} ${show(v)} must be true or false`);
+}
+
+/** A comma-separated list of positive integers (guided-diffusion parses both lists with int()). */
+function positiveIntegers(field: string, v: unknown, example: string): number[] {
+  const text = typeof v === 'number' ? String(v) : v;
+  const parts = Array.isArray(text) ? text.map(String) : typeof text === 'string' ? text.split(',').map((s) => s.trim()).filter((s) => s !== '') : undefined;
+  const bad = parts === undefined ? show(v) : parts.find((s) => !/^[1-9]\d*$/.test(s));
+  if (bad !== undefined) throw new UNetConfigError(`${field} ${show(v)} must be a comma-separated list of positive integers like "${example}" (got ${bad})`);
+  return parts!.map(Number);
+}
+
+function channelMultOf(f: UNetFlags): number[] {
+  if (f.channel_mult === undefined || f.channel_mult === '') return defaultChannelMult(f.image_size);
+  const mult = positiveIntegers('channel_mult', f.channel_mult, '1,2,2,4');
+  const { min, max } = UNET_LIMITS.levels;
+  if (mult.length < min || mult.length > max) throw new UNetConfigError(`channel_mult ${show(f.channel_mult)} has ${mult.length} levels; from ${min} to ${max} are allowed`);
+  return mult;
+}
+
+/** Checks every flag against its type and range; the flags with defaults and the parsed lists. */
+function checkFlags(input: UNetFlags) {
   const f = { in_channels: 3, ...input };
-  for (const k of ['image_size', 'num_channels', 'num_res_blocks'] as const) {
-    if (!Number.isInteger(f[k]) || f[k] <= 0) throw new UNetConfigError(`${k} must be a positive integer, got ${f[k]}`);
+  const L = UNET_LIMITS;
+  const imageSize = integerIn('image_size', f.image_size, L.image_size.min, L.image_size.max);
+  if ((imageSize & (imageSize - 1)) !== 0) throw new UNetConfigError(`image_size ${imageSize} must be a power of two from ${L.image_size.min} to ${L.image_size.max}`);
+  integerIn('in_channels', f.in_channels, L.in_channels.min, L.in_channels.max);
+  const mc = integerIn('num_channels', f.num_channels, L.num_channels.min, L.num_channels.max);
+  if (mc % GROUPS !== 0) throw new UNetConfigError(`num_channels ${mc} must be a multiple of ${GROUPS} (GroupNorm's ${GROUPS} groups) from ${L.num_channels.min} to ${L.num_channels.max}`);
+  integerIn('num_res_blocks', f.num_res_blocks, L.num_res_blocks.min, L.num_res_blocks.max);
+  for (const k of ['learn_sigma', 'use_scale_shift_norm', 'resblock_updown', 'use_new_attention_order', 'class_cond', 'use_fp16', 'use_checkpoint'] as const) checkBoolean(k, f[k]);
+  if (f.dropout !== undefined && !(typeof f.dropout === 'number' && f.dropout >= 0 && f.dropout <= 1)) {
+    throw new UNetConfigError(`dropout ${show(f.dropout)} must be a number from 0 to 1`);
   }
   if (f.class_cond) throw new UNetConfigError('class_cond models (label_emb) are not supported: the paper uses the unconditional model');
   if (f.resblock_updown === false) {
     throw new UNetConfigError('resblock_updown=False (conv resamplers) is not supported; the ADM checkpoints use resblock_updown=True');
   }
-  const mult = typeof f.channel_mult === 'string'
-    ? (f.channel_mult === '' ? defaultChannelMult(f.image_size) : f.channel_mult.split(',').map(Number))
-    : f.channel_mult ?? defaultChannelMult(f.image_size);
-  if (mult.some((m) => !(m > 0))) throw new UNetConfigError(`bad channel_mult ${f.channel_mult}`);
-  const attentionDs = new Set((f.attention_resolutions ?? '').split(',').filter((s) => s.trim() !== '').map((r) => f.image_size / Number(r)));
+  const mult = channelMultOf(f);
+  mult.forEach((m, level) => {
+    const ch = Math.trunc(m * mc);
+    if (ch < GROUPS || ch % GROUPS !== 0 || ch > L.levelChannels.max) {
+      throw new UNetConfigError(`level ${level} has channel_mult ${m} × num_channels ${mc} = ${ch} channels; it must be a multiple of ${GROUPS} from ${GROUPS} to ${L.levelChannels.max}`);
+    }
+  });
+  if (imageSize >> (mult.length - 1) < 1) throw new UNetConfigError(`image_size ${imageSize} cannot be halved ${mult.length - 1} times (channel_mult has ${mult.length} levels)`);
+  const attentionResolutions = positiveIntegers('attention_resolutions', f.attention_resolutions ?? '', '32,16,8');
+  const numHeads = f.num_heads === undefined ? 1 : integerIn('num_heads', f.num_heads, L.num_heads.min, L.num_heads.max);
+  const headChannels = unsetOrIn('num_head_channels', f.num_head_channels, L.num_head_channels.min, L.num_head_channels.max);
+  const upsampleHeads = unsetOrIn('num_heads_upsample', f.num_heads_upsample, L.num_heads.min, L.num_heads.max);
+  return { f, mult, attentionResolutions, numHeads, headChannels, numHeadsUp: upsampleHeads === -1 ? numHeads : upsampleHeads };
+}
+
+export function planUNet(input: UNetFlags): UNetPlan {
+  const { f, mult, attentionResolutions, numHeads, headChannels, numHeadsUp } = checkFlags(input);
+  // guided-diffusion: attention_ds = image_size // resolution; a level has attention when its ds is listed.
+  const attentionDs = new Set(attentionResolutions.map((r) => Math.floor(f.image_size / r)));
   const mc = f.num_channels;
-  const numHeads = f.num_heads ?? 1;
-  const headChannels = f.num_head_channels ?? -1;
-  const numHeadsUp = f.num_heads_upsample === undefined || f.num_heads_upsample === -1 ? numHeads : f.num_heads_upsample;
   const legacy = !f.use_new_attention_order;
   const headsFor = (ch: number, up: boolean) => {
-    if (headChannels === -1) return up ? numHeadsUp : numHeads;
+    if (headChannels === -1) {
+      const heads = up ? numHeadsUp : numHeads;
+      if (ch % heads !== 0) throw new UNetConfigError(`${ch} channels do not split into ${up ? 'num_heads_upsample' : 'num_heads'} ${heads} heads`);
+      return heads;
+    }
     if (ch % headChannels !== 0) throw new UNetConfigError(`${ch} channels are not a multiple of num_head_channels ${headChannels}`);
     return ch / headChannels;
   };
@@ -126,7 +207,6 @@ export function planUNet(input: UNetFlags): UNetPlan {
     if (level !== mult.length - 1) {
       const i = blocks.length;
       size /= 2;
-      if (!Number.isInteger(size)) throw new UNetConfigError(`image_size ${f.image_size} cannot be halved ${mult.length - 1} times`);
       blocks.push({ b: i + 1, module: `input_blocks.${i}`, layers: [{ kind: 'res', prefix: `input_blocks.${i}.0`, cin: ch, cout: ch, down: true, up: false }], outChannels: ch, size });
       skipChannels.push(ch);
       ds *= 2;
@@ -163,7 +243,7 @@ export function planUNet(input: UNetFlags): UNetPlan {
       j++;
     }
   }
-  return {
+  const plan: UNetPlan = {
     flags: f,
     channelMult: mult,
     modelChannels: mc,
@@ -174,6 +254,11 @@ export function planUNet(input: UNetFlags): UNetPlan {
     finalChannels: inputCh,
     useScaleShiftNorm: f.use_scale_shift_norm ?? false,
   };
+  const parameters = [...stateDictShapes(plan).values()].reduce((n, shape) => n + shape.reduce((p, d) => p * d, 1), 0);
+  if (parameters > UNET_LIMITS.parameters) {
+    throw new UNetConfigError(`${parameters.toLocaleString('en')} parameters (${(parameters * 4 / 1e9).toFixed(1)} GB as f32), more than the ${UNET_LIMITS.parameters.toLocaleString('en')} allowed: lower num_channels, channel_mult or num_res_blocks`);
+  }
+  return plan;
 }
 
 /** Every state_dict key of the model with its shape, in construction order. */
@@ -232,5 +317,6 @@ export function flagsFromJson(json: string): UNetFlags {
   } catch (e) {
     throw new UNetConfigError(`config is not valid JSON: ${(e as Error).message}`);
   }
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw new UNetConfigError(`config must be a JSON object of create_model flags, got ${json.slice(0, 40)}`);
   return raw as unknown as UNetFlags;
 }

@@ -10,7 +10,7 @@ import { concat, reshape, slice } from '../engine/ops/layout.ts';
 import { matmul } from '../engine/ops/matmul.ts';
 import { avgPool2, upsample2 } from '../engine/ops/resample.ts';
 import { shapeString, type Tensor } from '../engine/tensor.ts';
-import type { TensorSource } from './checkpoint/tensor-source.ts';
+import { readFinite, type TensorSource } from './checkpoint/tensor-source.ts';
 import { checkStateDict } from './state-dict.ts';
 
 export { CheckpointMismatchError } from './state-dict.ts';
@@ -53,17 +53,22 @@ export class UNet {
     return this.plan.numInputBlocks + 1;
   }
 
-  /** Builds the model from create_model flags and loads every state_dict tensor from `source`. */
+  /** Builds the model from create_model flags and loads every state_dict tensor from `source` (NaN or ±Inf refuse the load). */
   static async load(engine: Engine, flags: UNetFlags, source: TensorSource, onProgress?: LoadProgress): Promise<UNet> {
     const plan = planUNet(flags);
     const expected = stateDictShapes(plan);
     checkStateDict(expected, source, 'U-Net built from this config (check image_size, num_channels, channel_mult, num_res_blocks, attention_resolutions and learn_sigma)');
     const params = new Map<string, Tensor>();
     let done = 0;
-    for (const [k, shape] of expected) {
-      const data = await source.read(k);
-      params.set(k, engine.keep(engine.tensor(data, paramShape(shape), k)));
-      onProgress?.(++done, expected.size, k);
+    try {
+      for (const [k, shape] of expected) {
+        const data = await readFinite(source, k);
+        params.set(k, engine.keep(engine.tensor(data, paramShape(shape), k)));
+        onProgress?.(++done, expected.size, k);
+      }
+    } catch (err) {
+      for (const p of params.values()) p.dispose();
+      throw err;
     }
     return new UNet(engine, plan, params);
   }

@@ -1,5 +1,6 @@
 // Every number the training loops keep or report is finite: a NaN or Inf stops the run with an
 // error naming where it appeared, never a score.
+import { firstNonFinite } from '../model/checkpoint/tensor-source.ts';
 export class NonFiniteError extends Error {
   constructor(message: string) {
     super(message);
@@ -7,11 +8,6 @@ export class NonFiniteError extends Error {
   }
 }
 
-/** Index of the first NaN or ±Inf in `values`, or −1. */
-export function firstNonFinite(values: ArrayLike<number>): number {
-  for (let i = 0; i < values.length; i++) if (!Number.isFinite(values[i])) return i;
-  return -1;
-}
 
 /** Throws a NonFiniteError naming `what` and the first bad index when `values` holds a NaN or Inf. */
 export function assertFinite(values: ArrayLike<number>, what: string): void {

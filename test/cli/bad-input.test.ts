@@ -25,7 +25,6 @@ const CASES: [string, string[], RegExp][] = [
   ['train', ['--flip', 'yes'], /--flip must be one of true, false/],
   ['train', ['--resume=1'], /--resume' does not take an argument/],
   ['train', ['--train', 'a', '--test', 'b', '--b', '9', '--t', '90,150'], /a linear probe reads one t and one b/],
-  ['train', ['--train', 'a', '--test', 'b'], /--b is required for --head linear/],
   ['knn', ['--train', 'a', '--test', 'b', '--k', '0'], /each value of --k must be an integer ≥ 1 and ≤ 100000, got "0"/],
   ['knn', ['--train', 'a', '--test', 'b', '--temperature', '0'], /--temperature must be a number > 0/],
   ['knn', ['--train', 'a', '--test', 'b', '--k', '20,20'], /--k lists 20 twice/],
@@ -59,6 +58,12 @@ for (const [command, args, expected] of CASES) {
     t.notOk(existsSync(out), '--out was not created');
   });
 }
+
+t.test('a missing feature cache is named', async (t) => {
+  const err = await COMMANDS.train(['--train', join(dir, 'none'), '--test', join(dir, 'none'), '--b', '9', '--out', out]).then(() => null, (e: Error) => e);
+  t.match(err?.message, /feature cache .*none does not exist/);
+  t.notOk(existsSync(out), '--out was not created');
+});
 
 t.test('required options are named with what they are for', async (t) => {
   const err = await COMMANDS.train(['--head', 'linear']).then(() => null, (e: Error) => e);

@@ -1,5 +1,5 @@
 import t from 'tap';
-import { ADM_256_UNCOND, planUNet, stateDictShapes } from '../../src/model/unet-config.ts';
+import { ADM_256_UNCOND, planUNet, stateDictShapes, UNetConfigError } from '../../src/model/unet-config.ts';
 import { openSafetensors } from '../../src/model/checkpoint/safetensors.ts';
 import { flagsFromJson } from '../../src/model/unet-config.ts';
 
@@ -44,5 +44,65 @@ t.test('the plans of the reference dumps list exactly their state_dict keys and 
 t.test('unsupported or inconsistent configs are clear errors', async (t) => {
   t.throws(() => planUNet({ ...ADM_256_UNCOND, class_cond: true }), /class_cond/);
   t.throws(() => planUNet({ ...ADM_256_UNCOND, num_head_channels: 48 }), /not a multiple of num_head_channels 48/);
-  t.throws(() => planUNet({ ...ADM_256_UNCOND, image_size: 96, channel_mult: '' }), /unsupported image_size 96/);
+  t.throws(() => planUNet({ ...ADM_256_UNCOND, image_size: 32, channel_mult: '' }), /unsupported image_size 32 without an explicit channel_mult/);
+});
+
+t.test('every size a config sets is bounded before anything is allocated (bad config → error text)', async (t) => {
+  const mini = { image_size: 32, num_channels: 32, num_res_blocks: 1, channel_mult: '1,2', attention_resolutions: '2', num_head_channels: 32 };
+  const cases: [string, Record<string, unknown>, string][] = [
+    ['fractional channel_mult', { channel_mult: '0.01,2' }, 'channel_mult "0.01,2" must be a comma-separated list of positive integers like "1,2,2,4" (got 0.01)'],
+    ['zero channel_mult', { channel_mult: '1,0' }, 'channel_mult "1,0" must be a comma-separated list of positive integers like "1,2,2,4" (got 0)'],
+    ['word channel_mult', { channel_mult: 'wide' }, 'channel_mult "wide" must be a comma-separated list of positive integers'],
+    ['too many levels', { image_size: 1024, channel_mult: '1,1,1,1,1,1,1,1,1' }, 'channel_mult "1,1,1,1,1,1,1,1,1" has 9 levels; from 1 to 8 are allowed'],
+    ['too many halvings', { image_size: 8, channel_mult: '1,1,1,1,1' }, 'image_size 8 cannot be halved 4 times (channel_mult has 5 levels)'],
+    ['too wide a level', { num_channels: 1024, channel_mult: '1,4' }, 'level 1 has channel_mult 4 × num_channels 1024 = 4096 channels; it must be a multiple of 32 from 32 to 2048'],
+    ['negative in_channels', { in_channels: -3 }, 'in_channels -3 is out of range: it must be an integer from 1 to 64'],
+    ['zero num_heads', { num_heads: 0, num_head_channels: -1 }, 'num_heads 0 is out of range: it must be an integer from 1 to 64'],
+    ['heads that do not divide', { num_heads: 3, num_head_channels: -1 }, '64 channels do not split into num_heads 3 heads'],
+    ['zero num_head_channels', { num_head_channels: 0 }, 'num_head_channels 0 is out of range: it must be an integer from 1 to 2048 (or -1 for unset)'],
+    ['zero num_heads_upsample', { num_heads_upsample: 0 }, 'num_heads_upsample 0 is out of range: it must be an integer from 1 to 64 (or -1 for unset)'],
+    ['word attention_resolutions', { attention_resolutions: 'abc' }, 'attention_resolutions "abc" must be a comma-separated list of positive integers like "32,16,8" (got abc)'],
+    ['negative attention resolution', { attention_resolutions: '16,-8' }, 'attention_resolutions "16,-8" must be a comma-separated list of positive integers like "32,16,8" (got -8)'],
+    ['huge num_channels', { num_channels: 20000 }, 'num_channels 20000 is out of range: it must be an integer from 32 to 1024'],
+    ['num_channels off the groups', { num_channels: 48 }, 'num_channels 48 must be a multiple of 32 (GroupNorm\'s 32 groups) from 32 to 1024'],
+    ['zero num_channels', { num_channels: 0 }, 'num_channels 0 is out of range: it must be an integer from 32 to 1024'],
+    ['string num_channels', { num_channels: '32' }, 'num_channels "32" is out of range: it must be an integer from 32 to 1024'],
+    ['huge num_res_blocks', { num_res_blocks: 3000 }, 'num_res_blocks 3000 is out of range: it must be an integer from 1 to 16'],
+    ['fractional num_res_blocks', { num_res_blocks: 1.5 }, 'num_res_blocks 1.5 is out of range: it must be an integer from 1 to 16'],
+    ['image not a power of two', { image_size: 96 }, 'image_size 96 must be a power of two from 8 to 1024'],
+    ['image too large', { image_size: 4096 }, 'image_size 4096 is out of range: it must be an integer from 8 to 1024'],
+    ['image missing', { image_size: undefined }, 'image_size undefined is out of range: it must be an integer from 8 to 1024'],
+    ['non-boolean learn_sigma', { learn_sigma: 'yes' }, 'learn_sigma "yes" must be true or false'],
+    ['dropout out of range', { dropout: 2 }, 'dropout 2 must be a number from 0 to 1'],
+    // 1024 channels × (1,2,2,2,2,2,2,2) levels × 16 res blocks: every size allowed, the total is not.
+    ['too many parameters', { image_size: 1024, num_channels: 1024, channel_mult: '1,2,2,2,2,2,2,2', num_res_blocks: 16 },
+      'allowed: lower num_channels, channel_mult or num_res_blocks'],
+  ];
+  for (const [what, change, message] of cases) {
+    const err = (() => {
+      try {
+        planUNet({ ...mini, ...change } as never);
+        return null;
+      } catch (e) {
+        return e as Error;
+      }
+    })();
+    t.ok(err instanceof UNetConfigError, `${what}: a UNetConfigError`);
+    t.equal(err?.message.slice(0, 'U-Net config: '.length), 'U-Net config: ');
+    t.match(err?.message, message, `${what}: ${err?.message}`);
+  }
+  t.throws(() => flagsFromJson('null'), /config must be a JSON object of create_model flags, got null/);
+  t.throws(() => flagsFromJson('[32]'), /config must be a JSON object/);
+});
+
+t.test('the real configs are within the bounds', async (t) => {
+  // The 256×256 ADM model (paper backbone) and the 512×512 one (default channel_mult starts at 0.5).
+  t.equal(planUNet(ADM_256_UNCOND).blocks.length, 37);
+  const adm512 = planUNet({ ...ADM_256_UNCOND, image_size: 512 });
+  t.same(adm512.channelMult, [0.5, 1, 1, 2, 2, 4, 4]);
+  t.equal(adm512.finalChannels, 128);
+  // guided-diffusion: attention at image_size // resolution, so 24 on a 32 image means ds 1.
+  const floor = planUNet({ image_size: 32, num_channels: 32, num_res_blocks: 1, channel_mult: '1,2', attention_resolutions: '24', num_head_channels: 32 });
+  t.equal(floor.blocks[1].layers.at(-1)!.kind, 'attn');
+  t.equal(floor.blocks[1].size, 32);
 });

@@ -1,7 +1,60 @@
-// Writes a file so that readers see either the old contents or the new, never a partial file.
+// Writes a file so that readers see either the old contents or the new, never a partial file: the
+// data goes to `<path>.<pid>.<ms>.tmp` beside the target, then is renamed over it. A failed write
+// removes its temp file; temp files of processes that died mid-write are removed by
+// removeStaleTempFiles (the pid in the name tells whether the writer is still alive).
+import { describeFsError } from './fs-error.ts';
+
+/** `<target>.<pid>.<Date.now()>.tmp` */
+const TEMP_NAME = /^(.+)\.(\d+)\.(\d{13,})\.tmp$/;
+
 export async function writeFileAtomic(path: string, data: Uint8Array | string): Promise<void> {
   const fs = await import('node:fs/promises');
   const tmp = `${path}.${process.pid}.${Date.now()}.tmp`;
-  await fs.writeFile(tmp, data);
-  await fs.rename(tmp, path);
+  try {
+    await fs.writeFile(tmp, data);
+    await fs.rename(tmp, path);
+  } catch (e) {
+    await fs.rm(tmp, { force: true }).catch(() => {});
+    throw new Error(`cannot write ${path}: ${describeFsError(e)}; ${path} is unchanged`, { cause: e });
+  }
+}
+
+/** Whether a process with this id exists (signal 0 checks without signalling; EPERM: it exists, not ours). */
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as { code?: string }).code !== 'ESRCH';
+  }
+}
+
+/**
+ * Removes the temp files that writeFileAtomic calls of dead processes left in `dir` (a process
+ * killed between write and rename). Temp files of live processes, this one included, are kept.
+ * Returns the paths removed; a missing directory has none.
+ */
+export async function removeStaleTempFiles(dir: string): Promise<string[]> {
+  const fs = await import('node:fs/promises');
+  const { join } = await import('node:path');
+  let names: string[];
+  try {
+    names = await fs.readdir(dir);
+  } catch (e) {
+    if ((e as { code?: string }).code === 'ENOENT') return [];
+    throw e;
+  }
+  const removed: string[] = [];
+  for (const name of names) {
+    const m = TEMP_NAME.exec(name);
+    if (!m) continue;
+    const pid = Number(m[2]);
+    const path = join(dir, name);
+    if (pid === process.pid || isAlive(pid)) continue;
+    const stat = await fs.lstat(path).catch(() => null);
+    if (!stat?.isFile()) continue;
+    await fs.rm(path, { force: true });
+    removed.push(path);
+  }
+  return removed;
 }

@@ -1,11 +1,13 @@
 // Opens any supported checkpoint by its content: safetensors, or PyTorch .pt (zip or legacy).
 import { openSource } from './byte-source.ts';
-import { CheckpointError, openSafetensors } from './safetensors.ts';
+import { CheckpointError } from './checkpoint-error.ts';
+import { openSafetensors } from './safetensors.ts';
 import type { TensorSource } from './tensor-source.ts';
 import { openTorchCheckpoint } from './torch-pt.ts';
 import { isZip } from './zip.ts';
 
-export { CheckpointError, encodeSafetensors, openSafetensors, writeSafetensors } from './safetensors.ts';
+export { CheckpointError } from './checkpoint-error.ts';
+export { encodeSafetensors, openSafetensors, writeSafetensors } from './safetensors.ts';
 export { openTorchCheckpoint } from './torch-pt.ts';
 export { UnsafePickleError } from './pickle.ts';
 export { type TensorSource, withPrefix } from './tensor-source.ts';

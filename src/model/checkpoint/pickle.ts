@@ -1,6 +1,8 @@
 // A restricted unpickler for PyTorch state_dicts. It builds plain values and never calls anything:
 // the only globals it accepts are the few a state_dict needs, each mapped to a known builder; any
-// other global (e.g. builtins.print, os.system) stops the load with an error naming it.
+// other global (e.g. builtins.print, os.system) stops the load with an error naming it. Every
+// malformed input (truncation, wrong types on the stack, unknown opcodes) is a CheckpointError.
+import { CheckpointError } from './checkpoint-error.ts';
 
 export type PickleValue = unknown;
 
@@ -21,10 +23,11 @@ export interface StorageRef {
   numel: number;
 }
 
-export class UnsafePickleError extends Error {
+export class UnsafePickleError extends CheckpointError {
   constructor(file: string, global: string) {
     super(
-      `${file}: refusing to load: the pickle references ${global}, which a PyTorch state_dict never needs ` +
+      file,
+      `refusing to load: the pickle references ${global}, which a PyTorch state_dict never needs ` +
         '(allowed: collections.OrderedDict, torch._utils._rebuild_tensor_v2, torch._utils._rebuild_parameter, torch.*Storage). ' +
         'Nothing was executed. Re-save the checkpoint as a plain state_dict (torch.save(model.state_dict(), path)) or as safetensors.',
     );
@@ -44,18 +47,26 @@ function isStorageType(name: string): boolean {
 
 const ALLOWED = new Set(['collections.OrderedDict', 'torch._utils._rebuild_tensor_v2', 'torch._utils._rebuild_parameter']);
 
-function reduce(fn: Global, args: PickleValue[]): PickleValue {
+const isCount = (v: unknown): v is number => Number.isSafeInteger(v) && (v as number) >= 0;
+const isCounts = (v: unknown): v is number[] => Array.isArray(v) && v.every(isCount);
+
+/** The value a call of an allowed global builds, or why its arguments are not what torch.save writes. */
+function reduce(fn: Global, args: PickleValue[]): PickleValue | string {
   switch (fn.global) {
     case 'collections.OrderedDict':
       return new Map();
     case 'torch._utils._rebuild_tensor_v2': {
-      const [storage, offset, shape, stride] = args as [StorageRef, number, number[], number[]];
-      return { kind: 'tensor', storage, offset, shape: [...shape], stride: [...stride] } satisfies TensorRef;
+      const [storage, offset, shape, stride] = args;
+      if ((storage as StorageRef | null)?.kind !== 'storage') return '_rebuild_tensor_v2 without a storage';
+      if (!isCount(offset) || !isCounts(shape) || !isCounts(stride) || shape.length !== stride.length) {
+        return `_rebuild_tensor_v2 with offset ${String(offset)}, size ${JSON.stringify(shape)}, stride ${JSON.stringify(stride)}: not a tensor view`;
+      }
+      return { kind: 'tensor', storage: storage as StorageRef, offset, shape: [...shape], stride: [...stride] } satisfies TensorRef;
     }
     case 'torch._utils._rebuild_parameter':
       return args[0];
   }
-  throw new Error(`internal: no builder for ${fn.global}`);
+  return `cannot call ${fn.global}`;
 }
 
 /**
@@ -74,8 +85,25 @@ export function unpickle(
   const memo = new Map<number, PickleValue>();
   let p = start;
   const fail = (d: string): never => {
-    throw new Error(`${file}: corrupted pickle at byte ${p}: ${d}`);
+    throw new CheckpointError(file, `corrupted pickle at byte ${p}: ${d}`);
   };
+  const pop = (): PickleValue => {
+    if (stack.length === 0) fail('stack underflow');
+    return stack.pop();
+  };
+  const top = (): PickleValue => {
+    if (stack.length === 0) fail('stack underflow');
+    return stack[stack.length - 1];
+  };
+  const topDict = () => {
+    const d = top();
+    return d instanceof Map ? d : fail('SETITEM(S) on something that is not a dict');
+  };
+  const topList = () => {
+    const l = top();
+    return Array.isArray(l) ? l : fail('APPEND(S) on something that is not a list');
+  };
+  const memoGet = (key: number) => (memo.has(key) ? memo.get(key) : fail(`memo entry ${key} was never stored`));
   const need = (n: number) => {
     if (p + n > bytes.length) fail('unexpected end of data (truncated checkpoint?)');
   };
@@ -102,6 +130,7 @@ export function unpickle(
   const pushGlobal = (module: string, name: string) => {
     // Protocol-2 pickles name Python 3's builtins module by its Python 2 name (fix_imports).
     const g = `${module === '__builtin__' ? 'builtins' : module}.${name}`;
+    if (!/^[A-Za-z_][\w.]*$/.test(g)) fail(`GLOBAL ${JSON.stringify(g.slice(0, 60))}${g.length > 60 ? '…' : ''} is not a Python name`);
     if (!ALLOWED.has(g) && !isStorageType(g)) throw new UnsafePickleError(file, g);
     stack.push({ global: g } satisfies Global);
   };
@@ -111,7 +140,7 @@ export function unpickle(
     switch (op) {
       case 0x80: need(1); p += 1; break; // PROTO
       case 0x95: need(8); p += 8; break; // FRAME
-      case 0x2e: return { value: stack.pop(), end: p }; // STOP
+      case 0x2e: return { value: pop(), end: p }; // STOP
       case 0x28: stack.push(MARK); break; // MARK
       case 0x7d: stack.push(new Map()); break; // EMPTY_DICT
       case 0x5d: stack.push([]); break; // EMPTY_LIST
@@ -140,38 +169,52 @@ export function unpickle(
       case 0x43: need(1); { const n = bytes[p++]; need(n); stack.push(bytes.slice(p, p + n)); p += n; } break; // SHORT_BINBYTES
       case 0x42: need(4); { const n = view.getUint32(p, true); p += 4; need(n); stack.push(bytes.slice(p, p + n)); p += n; } break; // BINBYTES
       case 0x63: { const module = readLine(); const name = readLine(); pushGlobal(module, name); break; } // GLOBAL
-      case 0x93: { const name = stack.pop() as string; const module = stack.pop() as string; pushGlobal(module, name); break; } // STACK_GLOBAL
-      case 0x51: stack.push(persistentLoad(stack.pop() as PickleValue[])); break; // BINPERSID
-      case 0x74: stack.push(popMark()); break; // TUPLE
-      case 0x85: stack.push([stack.pop()]); break; // TUPLE1
-      case 0x86: { const b = stack.pop(); const a = stack.pop(); stack.push([a, b]); break; } // TUPLE2
-      case 0x87: { const c = stack.pop(); const b = stack.pop(); const a = stack.pop(); stack.push([a, b, c]); break; } // TUPLE3
-      case 0x52: { // REDUCE
-        const args = stack.pop() as PickleValue[];
-        const fn = stack.pop() as Global;
-        if (!fn || typeof fn !== 'object' || !('global' in fn)) fail('REDUCE on a non-callable');
-        if (isStorageType(fn.global)) fail(`cannot call ${fn.global}`);
-        stack.push(reduce(fn, args));
+      case 0x93: { // STACK_GLOBAL
+        const name = pop();
+        const module = pop();
+        if (typeof module !== 'string' || typeof name !== 'string') fail('STACK_GLOBAL without a module and a name');
+        pushGlobal(module as string, name as string);
         break;
       }
-      case 0x62: stack.pop(); break; // BUILD: OrderedDict's _metadata state is not needed
-      case 0x73: { const v = stack.pop(); const k = stack.pop(); (stack[stack.length - 1] as Map<PickleValue, PickleValue>).set(k, v); break; } // SETITEM
+      case 0x51: { // BINPERSID
+        const pid = pop();
+        if (!Array.isArray(pid)) fail('a persistent id that is not a tuple');
+        stack.push(persistentLoad(pid as PickleValue[]));
+        break;
+      }
+      case 0x74: stack.push(popMark()); break; // TUPLE
+      case 0x85: stack.push([pop()]); break; // TUPLE1
+      case 0x86: { const b = pop(); const a = pop(); stack.push([a, b]); break; } // TUPLE2
+      case 0x87: { const c = pop(); const b = pop(); const a = pop(); stack.push([a, b, c]); break; } // TUPLE3
+      case 0x52: { // REDUCE
+        const args = pop();
+        const fn = pop() as Global;
+        if (!fn || typeof fn !== 'object' || !('global' in fn)) fail('REDUCE on a non-callable');
+        if (!Array.isArray(args)) fail(`REDUCE of ${fn.global} without an argument tuple`);
+        const value = isStorageType(fn.global) ? `cannot call ${fn.global}` : reduce(fn, args as PickleValue[]);
+        if (typeof value === 'string') fail(value);
+        stack.push(value);
+        break;
+      }
+      case 0x62: pop(); break; // BUILD: OrderedDict's _metadata state is not needed
+      case 0x73: { const v = pop(); const k = pop(); topDict().set(k, v); break; } // SETITEM
       case 0x75: { // SETITEMS
         const items = popMark();
-        const d = stack[stack.length - 1] as Map<PickleValue, PickleValue>;
+        if (items.length % 2) fail('SETITEMS with a key but no value');
+        const d = topDict();
         for (let i = 0; i < items.length; i += 2) d.set(items[i], items[i + 1]);
         break;
       }
-      case 0x61: { const v = stack.pop(); (stack[stack.length - 1] as PickleValue[]).push(v); break; } // APPEND
-      case 0x65: { const items = popMark(); (stack[stack.length - 1] as PickleValue[]).push(...items); break; } // APPENDS
-      case 0x71: need(1); memo.set(bytes[p++], stack[stack.length - 1]); break; // BINPUT
-      case 0x72: need(4); memo.set(view.getUint32(p, true), stack[stack.length - 1]); p += 4; break; // LONG_BINPUT
-      case 0x94: memo.set(memo.size, stack[stack.length - 1]); break; // MEMOIZE
-      case 0x68: need(1); stack.push(memo.get(bytes[p++])); break; // BINGET
-      case 0x6a: need(4); stack.push(memo.get(view.getUint32(p, true))); p += 4; break; // LONG_BINGET
-      case 0x30: stack.pop(); break; // POP
+      case 0x61: { const v = pop(); topList().push(v); break; } // APPEND
+      case 0x65: { const items = popMark(); const l = topList(); for (const v of items) l.push(v); break; } // APPENDS
+      case 0x71: need(1); memo.set(bytes[p++], top()); break; // BINPUT
+      case 0x72: need(4); memo.set(view.getUint32(p, true), top()); p += 4; break; // LONG_BINPUT
+      case 0x94: memo.set(memo.size, top()); break; // MEMOIZE
+      case 0x68: need(1); stack.push(memoGet(bytes[p++])); break; // BINGET
+      case 0x6a: need(4); stack.push(memoGet(view.getUint32(p, true))); p += 4; break; // LONG_BINGET
+      case 0x30: pop(); break; // POP
       case 0x31: popMark(); break; // POP_MARK
-      case 0x32: stack.push(stack[stack.length - 1]); break; // DUP
+      case 0x32: stack.push(top()); break; // DUP
       default:
         p--;
         fail(`unsupported pickle opcode 0x${op.toString(16)} (not one torch.save writes for a state_dict)`);

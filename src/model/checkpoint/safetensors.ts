@@ -1,22 +1,11 @@
 // safetensors: u64 little-endian header length, a JSON header {name: {dtype, shape,
 // data_offsets: [begin, end]}, __metadata__: {string: string}}, then the raw little-endian data.
-// Reader (random access, validates every entry against the file) and atomic writer.
+// Reader (random access; the header is validated as the reference parser does) and atomic writer.
 import { type ByteSource, openSource } from './byte-source.ts';
-import { DTYPE_BYTES, type DType, toFloat32 } from './dtype.ts';
-import type { TensorInfo, TensorSource } from './tensor-source.ts';
-
-/** A malformed or truncated checkpoint. */
-export class CheckpointError extends Error {
-  constructor(file: string, detail: string) {
-    super(`${file}: ${detail}`);
-    this.name = 'CheckpointError';
-  }
-}
-
-interface Entry extends TensorInfo {
-  begin: number;
-  end: number;
-}
+import { CheckpointError } from './checkpoint-error.ts';
+import { toFloat32 } from './dtype.ts';
+import { validateHeader } from './safetensors-header.ts';
+import type { TensorSource } from './tensor-source.ts';
 
 const MAX_HEADER = 100 * 1024 * 1024;
 
@@ -40,30 +29,23 @@ async function readHeader(src: ByteSource): Promise<TensorSource> {
   if (headerLen > MAX_HEADER || 8 + headerLen > src.size) {
     fail(`not a safetensors file or truncated: header length ${headerLen} but the file has ${src.size} bytes`);
   }
-  let header: Record<string, unknown>;
+  const headerBytes = await src.read(8, headerLen);
+  let text = '';
   try {
-    header = JSON.parse(new TextDecoder().decode(await src.read(8, headerLen)));
+    text = new TextDecoder('utf-8', { fatal: true }).decode(headerBytes);
+  } catch {
+    fail('corrupted header: not valid UTF-8 text');
+  }
+  let header: unknown;
+  try {
+    header = JSON.parse(text);
   } catch (e) {
     return fail(`corrupted header (invalid JSON: ${(e as Error).message})`);
   }
   const dataStart = 8 + headerLen;
-  const metadata = (header.__metadata__ ?? {}) as Record<string, string>;
-  const entries = new Map<string, Entry>();
-  for (const [name, raw] of Object.entries(header)) {
-    if (name === '__metadata__') continue;
-    const r = raw as { dtype?: string; shape?: number[]; data_offsets?: number[] };
-    if (!r || !(r.dtype! in DTYPE_BYTES) || !Array.isArray(r.shape) || !Array.isArray(r.data_offsets)) {
-      fail(`tensor "${name}": malformed header entry ${JSON.stringify(raw)}`);
-    }
-    const [begin, end] = r.data_offsets!;
-    const count = r.shape!.reduce((p, d) => p * d, 1);
-    const expected = count * DTYPE_BYTES[r.dtype as DType];
-    if (end - begin !== expected) fail(`tensor "${name}": ${end - begin} bytes for ${r.dtype} ${JSON.stringify(r.shape)} (${expected} expected)`);
-    if (dataStart + end > src.size) {
-      fail(`truncated: tensor "${name}" ends at byte ${dataStart + end} but the file has ${src.size} bytes`);
-    }
-    entries.set(name, { dtype: r.dtype as DType, shape: r.shape!, begin, end });
-  }
+  const valid = validateHeader(header, dataStart, src.size);
+  if (typeof valid === 'string') return fail(valid);
+  const { metadata, entries } = valid;
   return {
     name: src.name,
     metadata,

@@ -1,5 +1,6 @@
 // What every checkpoint reader (safetensors, PyTorch .pt) offers the model: names, shapes and
 // tensors decoded to f32 on demand.
+import { CheckpointError } from './checkpoint-error.ts';
 import type { DType } from './dtype.ts';
 
 export interface TensorInfo {
@@ -29,4 +30,21 @@ export function withPrefix(source: TensorSource, prefix: string): TensorSource {
     read: (k) => source.read(prefix + k),
     close: () => source.close(),
   };
+}
+
+/** Index of the first NaN or ±Infinity in `data`, or -1 when every value is finite. */
+export function firstNonFinite(data: ArrayLike<number>): number {
+  for (let i = 0; i < data.length; i++) if (!Number.isFinite(data[i])) return i;
+  return -1;
+}
+
+/**
+ * The tensor's values, refusing NaN and ±Infinity: weights and optimizer state are always finite,
+ * so one that is not means a corrupt (or diverged) checkpoint, which must not load silently.
+ */
+export async function readFinite(source: TensorSource, key: string): Promise<Float32Array> {
+  const data = await source.read(key);
+  const i = firstNonFinite(data);
+  if (i >= 0) throw new CheckpointError(source.name, `tensor "${key}" holds ${data[i]} at index ${i}: the checkpoint is corrupt`);
+  return data;
 }

@@ -5,7 +5,7 @@
 import { type ByteSource, openSource } from './byte-source.ts';
 import { DTYPE_BYTES, type DType, toFloat32 } from './dtype.ts';
 import { type PickleValue, type StorageRef, type TensorRef, unpickle } from './pickle.ts';
-import { CheckpointError } from './safetensors.ts';
+import { CheckpointError } from './checkpoint-error.ts';
 import type { TensorInfo, TensorSource } from './tensor-source.ts';
 import { isZip, readZipDirectory } from './zip.ts';
 
@@ -24,11 +24,14 @@ const STORAGE_DTYPES: Record<string, DType> = {
 const LEGACY_MAGIC = 0x1950a86a20f9469cfc6cn;
 
 function storageFromPid(file: string, pid: PickleValue[]): StorageRef {
-  const [tag, type, key, , numel] = pid as [string, { global: string }, string, string, number];
-  if (tag !== 'storage' || !type?.global || !(type.global in STORAGE_DTYPES)) {
+  const [tag, type, key, , numel] = pid as [unknown, { global?: unknown } | null, unknown, unknown, unknown];
+  const storageType = typeof type === 'object' && type !== null ? type.global : undefined;
+  if (tag !== 'storage' || typeof storageType !== 'string' || !(storageType in STORAGE_DTYPES)) {
     throw new CheckpointError(file, `unsupported persistent id ${JSON.stringify(pid.map(String))}`);
   }
-  return { kind: 'storage', storageType: type.global, key: String(key), numel: Number(numel) };
+  if (typeof key !== 'string' && typeof key !== 'number') throw new CheckpointError(file, `a storage key ${String(key)} that is not a name`);
+  if (!Number.isSafeInteger(numel) || (numel as number) < 0) throw new CheckpointError(file, `storage ${key} has ${String(numel)} elements, not a count`);
+  return { kind: 'storage', storageType, key: String(key), numel: numel as number };
 }
 
 function isTensorRef(v: unknown): v is TensorRef {
@@ -61,12 +64,15 @@ function tensorSource(src: ByteSource, tensors: Map<string, TensorRef>, locate: 
       const dtype = STORAGE_DTYPES[t.storage.storageType];
       const es = DTYPE_BYTES[dtype];
       const count = t.shape.reduce((p, d) => p * d, 1);
+      if (count === 0) return new Float32Array(0);
       const base = locate(t.storage);
-      // Extent of storage elements the view touches.
+      // Extent of storage elements the view touches (shape and stride are non-negative integers).
       let span = 1;
       t.shape.forEach((d, i) => (span += (d - 1) * t.stride[i]));
-      if (count === 0) return new Float32Array(0);
-      if (t.offset + span > t.storage.numel) throw new CheckpointError(src.name, `tensor "${k}" reaches past its storage`);
+      const view = `tensor "${k}" (size ${JSON.stringify(t.shape)}, stride ${JSON.stringify(t.stride)}, offset ${t.offset})`;
+      if (!(t.offset + span <= t.storage.numel)) throw new CheckpointError(src.name, `${view} reaches past its storage of ${t.storage.numel} elements`);
+      // An expanded view (stride 0) has more elements than its storage; a state_dict never holds one.
+      if (count > t.storage.numel) throw new CheckpointError(src.name, `${view} has ${count} elements over a storage of ${t.storage.numel}: expanded views are not supported (save contiguous tensors)`);
       const raw = toFloat32(dtype, await src.read(base + t.offset * es, span * es), span);
       let contiguous = true;
       let s = 1;
@@ -132,18 +138,26 @@ async function openLegacy(src: ByteSource): Promise<TensorSource> {
       // Storages follow in the order of `keys`, each as an int64 element count and its bytes.
       const offsets = new Map<string, number>();
       let at = keys.end;
-      for (const key of keys.value as string[]) {
-        const s = storages.get(key);
+      if (!Array.isArray(keys.value)) throw new CheckpointError(src.name, 'corrupted legacy checkpoint: the storage keys are not a list');
+      for (const key of keys.value as unknown[]) {
+        const s = storages.get(String(key));
         if (!s) throw new CheckpointError(src.name, `storage key ${key} is not used by any tensor`);
+        if (at + 8 > src.size) throw new CheckpointError(src.name, `truncated before storage ${key}`);
         const countBytes = await src.read(at, 8);
-        if (countBytes.length < 8) throw new CheckpointError(src.name, `truncated before storage ${key}`);
         const numel = Number(new DataView(countBytes.buffer, countBytes.byteOffset, 8).getBigInt64(0, true));
+        if (!Number.isSafeInteger(numel) || numel < s.numel) {
+          throw new CheckpointError(src.name, `storage ${key} holds ${numel} elements on disk, the pickle says ${s.numel}`);
+        }
         const bytes = numel * DTYPE_BYTES[STORAGE_DTYPES[s.storageType]];
         if (at + 8 + bytes > src.size) throw new CheckpointError(src.name, `truncated: storage ${key} ends at byte ${at + 8 + bytes}, the file has ${src.size}`);
-        offsets.set(key, at + 8);
+        offsets.set(s.key, at + 8);
         at += 8 + bytes;
       }
-      return tensorSource(src, collectTensors(src.name, main.value), (s) => offsets.get(s.key)!);
+      return tensorSource(src, collectTensors(src.name, main.value), (s) => {
+        const offset = offsets.get(s.key);
+        if (offset === undefined) throw new CheckpointError(src.name, `storage ${s.key} is used by a tensor but missing from the file`);
+        return offset;
+      });
     } catch (e) {
       const truncated = e instanceof Error && /unexpected end of data/.test(e.message);
       if (!truncated || length >= src.size) throw e;

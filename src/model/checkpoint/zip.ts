@@ -1,7 +1,7 @@
 // Just enough of the ZIP format to read PyTorch checkpoints: the central directory (with ZIP64),
 // stored (uncompressed) entries, random access to an entry's bytes.
 import type { ByteSource } from './byte-source.ts';
-import { CheckpointError } from './safetensors.ts';
+import { CheckpointError } from './checkpoint-error.ts';
 
 export interface ZipEntry {
   name: string;
@@ -40,6 +40,7 @@ export async function readZipDirectory(src: ByteSource): Promise<Map<string, Zip
   let cdOffset = tv.getUint32(eocd + 16, true);
   if (eocd >= 20 && tv.getUint32(eocd - 20, true) === EOCD64_LOCATOR) {
     const eocd64At = Number(tv.getBigUint64(eocd - 20 + 8, true));
+    if (eocd64At + 56 > src.size) fail(`corrupted zip checkpoint: ZIP64 end record at ${eocd64At} past the end (${src.size} bytes)`);
     const rec = await src.read(eocd64At, 56);
     const rv = new DataView(rec.buffer, rec.byteOffset, 56);
     count = Number(rv.getBigUint64(32, true));
@@ -59,6 +60,7 @@ export async function readZipDirectory(src: ByteSource): Promise<Map<string, Zip
     const extraLen = cv.getUint16(p + 30, true);
     const commentLen = cv.getUint16(p + 32, true);
     let localOffset = cv.getUint32(p + 42, true);
+    if (p + 46 + nameLen + extraLen + commentLen > cd.length) fail(`corrupted zip central directory: entry ${i} runs past its end`);
     const name = new TextDecoder().decode(cd.subarray(p + 46, p + 46 + nameLen));
     // ZIP64 extended information: 64-bit sizes/offset for the fields set to 0xffffffff.
     let e = p + 46 + nameLen;
@@ -66,17 +68,22 @@ export async function readZipDirectory(src: ByteSource): Promise<Map<string, Zip
     while (e + 4 <= extraEnd) {
       const id = cv.getUint16(e, true);
       const len = cv.getUint16(e + 2, true);
+      if (e + 4 + len > extraEnd) fail(`corrupted zip entry ${name}: extra field runs past its end`);
       if (id === 1) {
         let q = e + 4;
-        if (size === 0xffffffff) {
-          size = Number(cv.getBigUint64(q, true));
+        const u64 = () => {
+          if (q + 8 > e + 4 + len) fail(`corrupted zip entry ${name}: ZIP64 field too short`);
+          const v = Number(cv.getBigUint64(q, true));
           q += 8;
-        }
-        if (cv.getUint32(p + 20, true) === 0xffffffff) q += 8; // compressed size
-        if (localOffset === 0xffffffff) localOffset = Number(cv.getBigUint64(q, true));
+          return v;
+        };
+        if (size === 0xffffffff) size = u64();
+        if (cv.getUint32(p + 20, true) === 0xffffffff) u64(); // compressed size
+        if (localOffset === 0xffffffff) localOffset = u64();
       }
       e += 4 + len;
     }
+    if (localOffset + 30 > src.size) fail(`corrupted zip entry ${name}: local header at ${localOffset} past the end (${src.size} bytes)`);
     const local = await src.read(localOffset, 30);
     const lv = new DataView(local.buffer, local.byteOffset, 30);
     if (lv.getUint32(0, true) !== LOCAL) fail(`corrupted zip entry ${name}: no local header at ${localOffset}`);

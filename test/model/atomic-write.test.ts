@@ -1,0 +1,74 @@
+// Atomic writes: a failed write leaves no temp file and names the target; temp files left by dead
+// processes are found by their pid and removed, those of live processes kept.
+import { spawnSync } from 'node:child_process';
+import * as realFs from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import t from 'tap';
+import { removeStaleTempFiles, writeFileAtomic } from '../../src/model/checkpoint/atomic-write.ts';
+
+const failure = (p: Promise<unknown>) => p.then(() => null, (e: Error) => e);
+
+t.test('a write into a path whose parent is a file fails naming the target, leaving nothing', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'difrep-atomic-'));
+  await writeFile(join(dir, 'file'), 'x');
+  const target = join(dir, 'file', 'out.json');
+  const err = await failure(writeFileAtomic(target, '{}'));
+  t.equal(err?.message, `cannot write ${target}: a component of the path is not a directory (ENOTDIR); ${target} is unchanged`);
+  t.same(await readdir(dir), ['file']);
+  await rm(dir, { recursive: true });
+});
+
+t.test('a write onto a directory (EISDIR at the rename) removes its temp file', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'difrep-atomic-'));
+  const target = join(dir, 'results');
+  await mkdir(target);
+  const err = await failure(writeFileAtomic(target, 'data'));
+  t.equal(err?.message, `cannot write ${target}: is a directory (EISDIR); ${target} is unchanged`);
+  t.same(await readdir(dir), ['results'], 'no .tmp left beside the target');
+  t.same(await readdir(target), []);
+  await rm(dir, { recursive: true });
+});
+
+t.test('a disk that fills up mid-write (ENOSPC) leaves the old file and no temp file', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'difrep-atomic-'));
+  const target = join(dir, 'state.safetensors');
+  await writeFile(target, 'old contents');
+  // writeFile that writes half the data, then fails as a full disk does.
+  const { writeFileAtomic: write } = await t.mockImport<typeof import('../../src/model/checkpoint/atomic-write.ts')>('../../src/model/checkpoint/atomic-write.ts', {
+    'node:fs/promises': {
+      ...realFs,
+      writeFile: async (path: string, data: Uint8Array) => {
+        await realFs.writeFile(path, data.subarray(0, data.length / 2));
+        throw Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' });
+      },
+    },
+  });
+  const err = await failure(write(target, new Uint8Array(1000)));
+  t.equal(err?.message, `cannot write ${target}: no space left on the device (ENOSPC); ${target} is unchanged`);
+  t.same(await readdir(dir), ['state.safetensors'], 'the half-written temp file is gone');
+  t.equal(await readFile(target, 'utf8'), 'old contents');
+  await rm(dir, { recursive: true });
+});
+
+t.test('removeStaleTempFiles removes the temp files of dead processes only', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'difrep-atomic-'));
+  // A pid that certainly belonged to a process that has exited: a child we ran to completion.
+  const dead = spawnSync(process.execPath, ['-e', '0']).pid!;
+  const ms = Date.now();
+  const files = {
+    deadTemp: `chunk-0003.safetensors.${dead}.${ms}.tmp`,
+    ownTemp: `manifest.json.${process.pid}.${ms}.tmp`,
+    liveTemp: `result.json.1.${ms}.tmp`, // pid 1 is always alive
+    otherTmp: 'notes.tmp',
+    notTemp: `chunk-0003.safetensors`,
+  };
+  for (const f of Object.values(files)) await writeFile(join(dir, f), 'x');
+  await mkdir(join(dir, `folder.${dead}.${ms}.tmp`));
+  const removed = await removeStaleTempFiles(dir);
+  t.same(removed, [join(dir, files.deadTemp)]);
+  t.same((await readdir(dir)).sort(), [files.notTemp, `folder.${dead}.${ms}.tmp`, files.ownTemp, files.liveTemp, files.otherTmp].sort());
+  t.same(await removeStaleTempFiles(join(dir, 'missing')), [], 'a missing directory has nothing to remove');
+  await rm(dir, { recursive: true });
+});

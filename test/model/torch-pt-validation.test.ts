@@ -1,0 +1,117 @@
+// Malformed pickles and .pt files found by the fuzz pass (and their relatives), each with its
+// expected CheckpointError; pickles are written by hand from the pickle opcode table (pickletools).
+import { readFile } from 'node:fs/promises';
+import t from 'tap';
+import { CheckpointError, openTorchCheckpoint, UnsafePickleError } from '../../src/model/checkpoint/index.ts';
+import { unpickle, type StorageRef } from '../../src/model/checkpoint/pickle.ts';
+
+const bytes = (...parts: (string | number[] | Uint8Array)[]) => {
+  const chunks = parts.map((p) => (typeof p === 'string' ? Uint8Array.from(p, (c) => c.charCodeAt(0)) : Uint8Array.from(p)));
+  const out = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
+  let at = 0;
+  for (const c of chunks) out.set(c, (at += c.length) - c.length);
+  return out;
+};
+/** BINUNICODE: 'X', u32 length, UTF-8 bytes. */
+const str = (s: string) => bytes('X', [s.length, 0, 0, 0], s);
+const storage: StorageRef = { kind: 'storage', storageType: 'torch.FloatStorage', key: '0', numel: 4 };
+const REBUILD = 'ctorch._utils\n_rebuild_tensor_v2\n';
+const EMPTY_ORDERED_DICT = 'ccollections\nOrderedDict\n)R';
+
+t.test('malformed pickles are CheckpointErrors saying what is wrong', async (t) => {
+  const cases: [string, Uint8Array, string][] = [
+    ['STOP on an empty stack', bytes('\x80\x02.'), 'corrupted pickle at byte 3: stack underflow'],
+    ['SETITEM on a list', bytes(']K\x01K\x02s.'), 'SETITEM(S) on something that is not a dict'],
+    ['SETITEMS with an odd count', bytes('}(K\x01u.'), 'SETITEMS with a key but no value'],
+    ['APPENDS on a dict', bytes('}(K\x01e.'), 'APPEND(S) on something that is not a list'],
+    ['BINGET of an unset memo entry', bytes('h\x05.'), 'memo entry 5 was never stored'],
+    ['GLOBAL with a name that is not Python', bytes('cX\x0e\x00rR\n\x04}\n.'), 'is not a Python name'],
+    ['STACK_GLOBAL on numbers', bytes('K\x01K\x02\x93.'), 'STACK_GLOBAL without a module and a name'],
+    ['REDUCE without a tuple', bytes('ccollections\nOrderedDict\nK\x01R.'), 'REDUCE of collections.OrderedDict without an argument tuple'],
+    ['REDUCE of a number', bytes('K\x01)R.'), 'REDUCE on a non-callable'],
+    ['calling a storage type', bytes('ctorch\nFloatStorage\n)R.'), 'cannot call torch.FloatStorage'],
+    ['BINPERSID of a number', bytes('K\x01Q.'), 'a persistent id that is not a tuple'],
+    ['_rebuild_tensor_v2 without a storage', bytes(REBUILD, '(K\x01K\x00))\x89', EMPTY_ORDERED_DICT, 'tR.'), '_rebuild_tensor_v2 without a storage'],
+    ['_rebuild_tensor_v2 with a negative size', bytes(REBUILD, '(]QK\x00J\xff\xff\xff\xff\x85K\x01\x85\x89', EMPTY_ORDERED_DICT, 'tR.'),
+      '_rebuild_tensor_v2 with offset 0, size [-1], stride [1]: not a tensor view'],
+    ['_rebuild_tensor_v2 with a size and stride of different rank', bytes(REBUILD, '(]QK\x00K\x02K\x02\x86K\x01\x85\x89', EMPTY_ORDERED_DICT, 'tR.'),
+      '_rebuild_tensor_v2 with offset 0, size [2,2], stride [1]: not a tensor view'],
+    ['an unknown opcode', bytes('\x80\x02\x00'), 'unsupported pickle opcode 0x0'],
+    ['a truncated BINUNICODE', bytes('X\xff\x00\x00\x00ab'), 'unexpected end of data (truncated checkpoint?)'],
+  ];
+  for (const [what, pickle, message] of cases) {
+    let err: Error | null = null;
+    try {
+      unpickle(pickle, 'x.pt', () => storage);
+    } catch (e) {
+      err = e as Error;
+    }
+    t.ok(err instanceof CheckpointError, `${what}: a CheckpointError (${err})`);
+    t.match(err?.message, `x.pt: `, what);
+    t.match(err?.message, message, `${what}: ${err?.message}`);
+  }
+  // A forbidden global is refused as unsafe, which is also a CheckpointError.
+  let unsafe: unknown;
+  try {
+    unpickle(bytes('cos\nsystem\n.'), 'x.pt', () => storage);
+  } catch (e) {
+    unsafe = e;
+  }
+  t.ok(unsafe instanceof UnsafePickleError && unsafe instanceof CheckpointError, 'UnsafePickleError is a CheckpointError');
+  // And a well-formed one still builds: {'a': 1} and a tensor view of storage 0.
+  t.same(unpickle(bytes('}q\x00(', str('a'), 'K\x01u.'), 'x.pt', () => storage).value, new Map([['a', 1]]));
+  const view = unpickle(bytes(REBUILD, '(]QK\x01K\x02K\x03\x86K\x03K\x01\x86\x89', EMPTY_ORDERED_DICT, 'tR.'), 'x.pt', () => storage).value;
+  t.same(view, { kind: 'tensor', storage, offset: 1, shape: [2, 3], stride: [3, 1] });
+});
+
+/**
+ * A legacy (pre-1.6) torch.save file by hand: magic, protocol 1001, sys info, {'w': tensor},
+ * storage keys ['0'], then storage 0 as an int64 element count and float32 values.
+ */
+function legacyFile(o: { size: number[]; stride: number[]; offset: number; pidNumel: number; diskNumel: number; values: number[] }): Uint8Array {
+  const magic = bytes('\x80\x02\x8a\x0a', [0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19], '.');
+  const protocol = bytes('\x80\x02M\xe9\x03.');
+  const sysInfo = bytes('\x80\x02}.');
+  const tuple = (xs: number[]) => bytes('(', ...xs.map((x) => bytes('K', [x])), 't');
+  const pid = bytes('(', str('storage'), 'ctorch\nFloatStorage\n', str('0'), str('cpu'), 'J', new Uint8Array(new Int32Array([o.pidNumel]).buffer), 'NtQ');
+  const tensor = bytes(REBUILD, '(', pid, 'K', [o.offset], tuple(o.size), tuple(o.stride), '\x89', EMPTY_ORDERED_DICT, 'tR');
+  const main = bytes('\x80\x02}(', str('w'), tensor, 'u.');
+  const keys = bytes('\x80\x02]', str('0'), 'a.');
+  const count = new Uint8Array(new BigInt64Array([BigInt(o.diskNumel)]).buffer);
+  return bytes(magic, protocol, sysInfo, main, keys, count, new Uint8Array(Float32Array.from(o.values).buffer));
+}
+
+t.test('legacy .pt files: storage counts, views past their storage and expanded views', async (t) => {
+  const good = { size: [2, 2], stride: [2, 1], offset: 0, pidNumel: 4, diskNumel: 4, values: [1.5, -2, 3, 4] };
+  const ok = await openTorchCheckpoint(legacyFile(good));
+  t.same(Array.from(await ok.read('w')), [1.5, -2, 3, 4], 'the hand-made file loads');
+  const transposed = await openTorchCheckpoint(legacyFile({ ...good, stride: [1, 2] }));
+  t.same(Array.from(await transposed.read('w')), [1.5, 3, -2, 4], 'a transposed view reads column-major storage');
+  const cases: [string, Parameters<typeof legacyFile>[0], string][] = [
+    ['fewer elements on disk', { ...good, diskNumel: 2, values: [1, 2] }, 'storage 0 holds 2 elements on disk, the pickle says 4'],
+    ['a negative count on disk', { ...good, diskNumel: -1 }, 'storage 0 holds -1 elements on disk, the pickle says 4'],
+    ['a negative count in the pickle', { ...good, pidNumel: -4 }, 'storage 0 has -4 elements, not a count'],
+    ['a view past its storage', { ...good, offset: 1 }, 'tensor "w" (size [2,2], stride [2,1], offset 1) reaches past its storage of 4 elements'],
+    ['an expanded view', { ...good, size: [8, 4], stride: [0, 1] },
+      'tensor "w" (size [8,4], stride [0,1], offset 0) has 32 elements over a storage of 4: expanded views are not supported'],
+  ];
+  for (const [what, o, message] of cases) {
+    const err = await openTorchCheckpoint(legacyFile(o)).then((src) => src.read('w')).then(() => null, (e: Error) => e);
+    t.ok(err instanceof CheckpointError, `${what}: a CheckpointError`);
+    t.match(err?.message, message, `${what}: ${err?.message}`);
+  }
+});
+
+t.test('a zip entry whose local header lies past the end of the file is named', async (t) => {
+  const pt = new Uint8Array(await readFile(new URL('../fixtures/adm32-mini.pt', import.meta.url)));
+  const view = new DataView(pt.buffer);
+  // EOCD (last 22 bytes; no comment) → ZIP64 locator before it → ZIP64 record → central directory.
+  const eocd64 = Number(view.getBigUint64(pt.length - 22 - 20 + 8, true));
+  const cd = Number(view.getBigUint64(eocd64 + 48, true));
+  const nameLen = view.getUint16(cd + 28, true);
+  const name = new TextDecoder().decode(pt.subarray(cd + 46, cd + 46 + nameLen));
+  view.setUint32(cd + 42, pt.length + 100, true); // the first entry's local header offset
+  const err = await openTorchCheckpoint(pt).then(() => null, (e: Error) => e);
+  t.ok(err instanceof CheckpointError);
+  t.match(err?.message, `corrupted zip entry ${name}: local header at ${pt.length + 100} past the end (${pt.length} bytes)`);
+});
