@@ -7,7 +7,7 @@ import { type DeviceHandle, isCpuAdapter, requestDevice, wrapDevice } from './de
 import { KernelRegistry, type KernelSource } from './kernel-registry.ts';
 import { KernelProfiler, type KernelTime } from './profiler.ts';
 import { Tape } from './autograd.ts';
-import { numel, type Shape, shapeString, Storage, Tensor } from './tensor.ts';
+import { boundLabel, numel, type Shape, shapeString, Storage, Tensor } from './tensor.ts';
 
 /** A GPU validation, out-of-memory or internal error, carrying the labels Dawn reported. */
 export class GpuError extends Error {
@@ -128,6 +128,7 @@ export class Engine {
   /** An uninitialised tensor (contents undefined until a kernel writes it). */
   empty(shape: Shape, label = 'tensor'): Tensor {
     this.checkAlive();
+    label = boundLabel(label);
     for (const d of shape) {
       if (!Number.isInteger(d) || d < 0) throw new RangeError(`${label}: invalid shape ${shapeString(shape)}`);
     }

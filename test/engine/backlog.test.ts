@@ -1,10 +1,23 @@
 // What a long loop leaves behind: GPU commands queued ahead of the GPU (bounded by settle() and
-// maxCommandsInFlight).
+// maxCommandsInFlight) and tensor labels (bounded in length).
 import t from 'tap';
 import { createEngine, Engine, ops, type Tensor } from '../../src/index.ts';
 import { testEngine } from '../helpers/check.ts';
 
 const e = await testEngine();
+
+t.test('a label fed back into itself stays short (add(x, x) would double it every step)', async (t) => {
+  let x = e.tensor([1], [1], 'x');
+  for (let i = 0; i < 40; i++) {
+    const next = ops.add(x, x);
+    x.dispose();
+    x = next;
+  }
+  t.ok(x.label.length <= 160, `${x.label.length} characters`);
+  t.ok(x.label.startsWith('add(add(add('), x.label.slice(0, 40));
+  t.same(Array.from(await x.read()), [2 ** 40]);
+  x.dispose();
+});
 
 t.test('recording past maxCommandsInFlight without waiting throws a message naming settle()', async (t) => {
   const small = await createEngine({ maxCommandsInFlight: 64 });
