@@ -56,7 +56,7 @@ async function pretrainCommand(argv: string[]): Promise<number> {
     await writeSafetensors(join(String(o.out), 'ema.safetensors'), tensors, { kind: 'difrep-unet-ema', config: JSON.stringify(unet.plan.flags), steps: String(step) });
   };
   const writeSamples = async (ema: Ema, step: number) => {
-    const x = sample(e, unet.withWeights(ema.shadow), { count: 16, seed: 0, ddimSteps: 50 });
+    const x = await sample(e, unet.withWeights(ema.shadow), { count: 16, seed: 0, ddimSteps: 50 });
     const images = await x.read();
     x.dispose();
     await mkdir(join(String(o.out), 'samples'), { recursive: true });
@@ -101,7 +101,7 @@ async function sampleCommand(argv: string[]): Promise<number> {
   const { unet } = await loadModel(e, String(o.model), o.checkpoint as string | undefined);
   const count = int(o.count, 'count', 1);
   const ddim = int(o['ddim-steps'], 'ddim-steps');
-  const x = sample(e, unet, { count, seed: int(o.seed, 'seed'), ddimSteps: ddim || undefined, onStep: progressBar('sample', 'steps') });
+  const x = await sample(e, unet, { count, seed: int(o.seed, 'seed'), ddimSteps: ddim, onStep: progressBar('sample', 'steps') });
   await writeImageGridPng(String(o.out), await x.read(), count, unet);
   console.log(`wrote ${count} samples (${ddim ? `DDIM ${ddim} steps` : 'DDPM 1000 steps'}) to ${o.out}`);
   e.dispose();
