@@ -53,9 +53,9 @@ export interface Dispatch {
   workgroups: readonly [number, number?, number?];
 }
 
-const UNIFORM_SLOT = 256;
-const DEFAULT_MAX_COMMANDS_IN_FLIGHT = 32768; // minUniformBufferOffsetAlignment is at most 256 on every adapter
+const UNIFORM_SLOT = 256; // minUniformBufferOffsetAlignment is at most 256 on every adapter
 const UNIFORM_ARENA_BYTES = 64 * 1024;
+const DEFAULT_MAX_COMMANDS_IN_FLIGHT = 32768; // lavapipe crashed near 60,000 (see countCommand)
 
 export class Engine {
   readonly device: GPUDevice;
