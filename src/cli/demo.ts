@@ -87,7 +87,7 @@ async function samplesAndSanity(e: Engine, unet: UNet, ds: GreyImages, outDir: s
   const S = unet.plan.flags.image_size;
   const count = 36;
   const t0 = performance.now();
-  const x = sample(e, unet, { count, seed: 0, ddimSteps: 50 });
+  const x = await sample(e, unet, { count, seed: 0, ddimSteps: 50 });
   const data = await x.read();
   x.dispose();
   await writeImageGridPng(join(outDir, 'samples.png'), data, count, unet, 6);

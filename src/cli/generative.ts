@@ -6,7 +6,7 @@ import { encode } from 'fast-png';
 import { createEngine } from '../engine/engine.ts';
 import { removeStaleTempFiles, writeFileAtomic } from '../model/checkpoint/atomic-write.ts';
 import { writeSafetensors } from '../model/checkpoint/safetensors.ts';
-import { imageGrid, sample } from '../model/sampling.ts';
+import { DIFFUSION_STEPS, imageGrid, MAX_SAMPLE_COUNT, sample } from '../model/sampling.ts';
 import type { UNet } from '../model/unet.ts';
 import { loadFashionMnist, toModelInput } from '../train/data/fashion-mnist.ts';
 import { type Ema, pretrain } from '../train/pretrain.ts';
@@ -56,7 +56,7 @@ async function pretrainCommand(argv: string[]): Promise<number> {
     await writeSafetensors(join(o.out, 'ema.safetensors'), tensors, { kind: 'difrep-unet-ema', config: JSON.stringify(unet.plan.flags), steps: String(step) });
   };
   const writeSamples = async (ema: Ema, step: number) => {
-    const x = sample(e, unet.withWeights(ema.shadow), { count: 16, seed: 0, ddimSteps: 50 });
+    const x = await sample(e, unet.withWeights(ema.shadow), { count: 16, seed: 0, ddimSteps: 50 });
     const images = await x.read();
     x.dispose();
     await mkdir(join(o.out, 'samples'), { recursive: true });
@@ -85,15 +85,11 @@ async function pretrainCommand(argv: string[]): Promise<number> {
   return 0;
 }
 
-/** T of the linear schedule every sampler walks, and the most images one grid holds. */
-const DIFFUSION_STEPS = 1000;
-const MAX_SAMPLES = 1024;
-
 const SAMPLE = {
   ...MODEL_OPTIONS,
-  count: { type: 'int', min: 1, max: MAX_SAMPLES, help: 'images', default: 16 },
+  count: { type: 'int', min: 1, max: MAX_SAMPLE_COUNT, help: 'images', default: 16 },
   'ddim-steps': { type: 'int', min: 0, max: DIFFUSION_STEPS, help: `DDIM steps (0 = DDPM ancestral sampling over all ${DIFFUSION_STEPS} steps)`, default: 50 },
-  seed: { type: 'int', min: 0, max: 2 ** 31 - 1, help: 'seed', default: 0 },
+  seed: { type: 'int', min: 0, max: 2 ** 32 - 1, help: 'seed', default: 0 },
   out: { type: 'string', meta: 'FILE.png', required: true, help: 'PNG grid file' },
 } satisfies OptionSpecs;
 
@@ -103,7 +99,7 @@ async function sampleCommand(argv: string[]): Promise<number> {
   const e = await createEngine();
   const { unet } = await loadModel(e, o.model, o.checkpoint);
   const ddim = o['ddim-steps'];
-  const x = sample(e, unet, { count: o.count, seed: o.seed, ddimSteps: ddim || undefined, onStep: progressBar('sample', 'steps') });
+  const x = await sample(e, unet, { count: o.count, seed: o.seed, ddimSteps: ddim, onStep: progressBar('sample', 'steps') });
   await writeImageGridPng(o.out, await x.read(), o.count, unet);
   console.log(`wrote ${o.count} samples (${ddim ? `DDIM ${ddim} steps` : `DDPM ${DIFFUSION_STEPS} steps`}) to ${o.out}`);
   e.dispose();

@@ -7,7 +7,7 @@ import { type DeviceHandle, isCpuAdapter, requestDevice, wrapDevice } from './de
 import { KernelRegistry, type KernelSource } from './kernel-registry.ts';
 import { KernelProfiler, type KernelTime } from './profiler.ts';
 import { Tape } from './autograd.ts';
-import { numel, type Shape, shapeString, Storage, Tensor } from './tensor.ts';
+import { boundLabel, numel, type Shape, shapeString, Storage, Tensor } from './tensor.ts';
 
 /** A GPU validation, out-of-memory or internal error, carrying the labels Dawn reported. */
 export class GpuError extends Error {
@@ -30,6 +30,12 @@ export interface EngineOptions {
   maxBindingBytes?: number;
   /** Dispatches recorded before the engine submits on its own (default 64). */
   maxDispatchesPerSubmit?: number;
+  /**
+   * GPU commands (dispatches, copies, uploads) the engine lets pile up ahead of the GPU, counted
+   * since it last saw the GPU finish (a read, `sync()`, `settle()`); recording one more throws
+   * (default 32768). See `settle()`.
+   */
+  maxCommandsInFlight?: number;
 }
 
 export interface Binding {
@@ -49,6 +55,7 @@ export interface Dispatch {
 
 const UNIFORM_SLOT = 256; // minUniformBufferOffsetAlignment is at most 256 on every adapter
 const UNIFORM_ARENA_BYTES = 64 * 1024;
+const DEFAULT_MAX_COMMANDS_IN_FLIGHT = 32768; // lavapipe crashed near 60,000 (see countCommand)
 
 export class Engine {
   readonly device: GPUDevice;
@@ -62,6 +69,7 @@ export class Engine {
   /** The adapter runs on the CPU (lavapipe, SwiftShader): row reductions use a thread per row. */
   readonly cpuAdapter: boolean;
   private readonly maxDispatches: number;
+  private readonly maxCommandsInFlight: number;
 
   private encoder: GPUCommandEncoder | null = null;
   private pass: GPUComputePassEncoder | null = null;
@@ -73,6 +81,9 @@ export class Engine {
   private pendingErrors: Promise<GPUError | null>[] = [];
   private lostReason: string | null = null;
   private tensorCounter = 0;
+  /** Commands recorded since creation, and how many of the first ones the GPU is known to have run. */
+  private commandsRecorded = 0;
+  private commandsFinished = 0;
   private scopes: Set<Tensor>[] = [];
   private disposed = false;
   private profiler: KernelProfiler | null = null;
@@ -84,6 +95,10 @@ export class Engine {
     this.kernels = new KernelRegistry(this.device);
     this.tuning = options.tuning ?? {};
     this.maxDispatches = options.maxDispatchesPerSubmit ?? 64;
+    this.maxCommandsInFlight = options.maxCommandsInFlight ?? DEFAULT_MAX_COMMANDS_IN_FLIGHT;
+    if (!Number.isInteger(this.maxCommandsInFlight) || this.maxCommandsInFlight < 1) {
+      throw new RangeError(`maxCommandsInFlight must be a positive integer, got ${options.maxCommandsInFlight}`);
+    }
     this.maxBindingBytes = Math.min(options.maxBindingBytes ?? Infinity, this.device.limits.maxStorageBufferBindingSize);
     this.cpuAdapter = isCpuAdapter(handle.info);
     this.uniformArena = this.device.createBuffer({
@@ -113,6 +128,7 @@ export class Engine {
   /** An uninitialised tensor (contents undefined until a kernel writes it). */
   empty(shape: Shape, label = 'tensor'): Tensor {
     this.checkAlive();
+    label = boundLabel(label);
     for (const d of shape) {
       if (!Number.isInteger(d) || d < 0) throw new RangeError(`${label}: invalid shape ${shapeString(shape)}`);
     }
@@ -172,6 +188,7 @@ export class Engine {
   /** Sets every element of `t` to zero (ordered with the recorded work). */
   fill(t: Tensor, value: 0): void {
     if (value !== 0) throw new Error('fill supports 0 only');
+    this.countCommand(`fill ${t.label}`);
     this.endPass();
     this.getEncoder().clearBuffer(t.buffer, 0, Math.ceil(t.byteLength / 4) * 4);
   }
@@ -224,6 +241,39 @@ export class Engine {
 
   // ---------------------------------------------------------------- recording and submitting
 
+  // Why the backlog is bounded: Dawn frees what a submitted command holds (its bind group, which
+  // lavapipe backs with a memory mapping of its own; upload staging; uniform uploads) only after
+  // the GPU has run it and the device has ticked, which in Node happens on the event loop.
+  // Synchronous code records far faster than a CPU adapter executes (a U-Net sampling step: ~10x),
+  // so a loop that never waits grows the backlog every iteration until the process runs out of
+  // memory mappings (vm.max_map_count, 65530) near 60,000 commands and lavapipe dies with SIGSEGV
+  // inside vkCreateDescriptorPool. Long loops await settle(); this count turns a missing one into
+  // an error instead of a crash.
+  private countCommand(label: string): void {
+    if (this.commandsRecorded - this.commandsFinished >= this.maxCommandsInFlight) {
+      throw new Error(
+        `${label}: ${this.maxCommandsInFlight} GPU commands recorded without waiting for the GPU to run them; ` +
+          'a long loop must await engine.settle() (or sync(), or read a result) in every iteration',
+      );
+    }
+    this.commandsRecorded++;
+  }
+
+  /** Everything recorded before `recorded` was counted is known to have run on the GPU. */
+  private markFinished(recorded: number): void {
+    this.commandsFinished = Math.max(this.commandsFinished, recorded);
+  }
+
+  /**
+   * Call once per iteration of a long loop that reads nothing back (sampling steps, training
+   * steps): returns at once while the GPU is less than maxCommandsInFlight / 8 commands behind,
+   * otherwise waits for it like sync() (and throws its errors). The GPU keeps working while the
+   * next iterations are recorded, and the backlog stays bounded.
+   */
+  async settle(): Promise<void> {
+    if (this.commandsRecorded - this.commandsFinished > this.maxCommandsInFlight / 8) await this.sync();
+  }
+
   private getEncoder(): GPUCommandEncoder {
     this.checkAlive();
     if (!this.encoder) {
@@ -245,6 +295,7 @@ export class Engine {
   /** Records one compute dispatch. Submits on its own every `maxDispatchesPerSubmit` dispatches. */
   dispatch(d: Dispatch): void {
     if (d.uniforms.byteLength > UNIFORM_SLOT) throw new Error(`${d.kernel.key}: uniforms over ${UNIFORM_SLOT} bytes`);
+    this.countCommand(d.kernel.key);
     const pipeline = this.kernels.get(d.kernel.key, () => d.kernel.code);
     if (this.uniformUsed + UNIFORM_SLOT > UNIFORM_ARENA_BYTES) this.flush();
     const encoder = this.getEncoder();
@@ -280,6 +331,7 @@ export class Engine {
   writeBuffer(buffer: GPUBuffer, offset: number, data: ArrayBufferView): void {
     const bytes = Math.ceil(data.byteLength / 4) * 4;
     if (bytes === 0) return;
+    this.countCommand(`upload to ${buffer.label}`);
     const staging = this.device.createBuffer({ size: bytes, usage: GPUBufferUsage.COPY_SRC, mappedAtCreation: true, label: 'difrep upload' });
     new Uint8Array(staging.getMappedRange()).set(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
     staging.unmap();
@@ -289,6 +341,7 @@ export class Engine {
   }
 
   copyBuffer(src: GPUBuffer, srcOffset: number, dst: GPUBuffer, dstOffset: number, bytes: number): void {
+    this.countCommand(`copy to ${dst.label}`);
     this.endPass();
     this.getEncoder().copyBufferToBuffer(src, srcOffset, dst, dstOffset, bytes);
   }
@@ -314,7 +367,9 @@ export class Engine {
   /** Submits pending work, waits for the GPU, and throws the first GPU error since the last sync. */
   async sync(): Promise<void> {
     this.flush();
+    const recorded = this.commandsRecorded;
     await this.device.queue.onSubmittedWorkDone();
+    this.markFinished(recorded);
     await this.throwPendingErrors();
   }
 
@@ -329,18 +384,22 @@ export class Engine {
   /** Reads `bytes` bytes of `buffer` back to the CPU. */
   async readBuffer(buffer: GPUBuffer, offset: number, bytes: number): Promise<ArrayBuffer> {
     const size = Math.ceil(bytes / 4) * 4;
+    if (size > 0) this.countCommand(`read of ${buffer.label}`);
     const staging = this.device.createBuffer({ size: Math.max(4, size), usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST, label: 'difrep readback' });
     if (size > 0) {
       this.endPass();
       this.getEncoder().copyBufferToBuffer(buffer, offset, staging, 0, size);
     }
     this.flush();
+    const recorded = this.commandsRecorded;
     try {
       await staging.mapAsync(GPUMapMode.READ);
     } catch (e) {
       await this.throwPendingErrors();
       throw e;
     }
+    // The mapping waited for the copy, and the queue ran everything submitted before it first.
+    if (size > 0) this.markFinished(recorded);
     const out = staging.getMappedRange(0, size).slice(0, bytes);
     staging.unmap();
     staging.destroy();
@@ -379,8 +438,9 @@ export class Engine {
     if (this.lostReason) throw new GpuError('device-lost', this.lostReason);
   }
 
-  memoryStats(): PoolStats & { pipelines: number } {
-    return { ...this.pool.getStats(), pipelines: this.kernels.size };
+  /** Buffer pool figures, compiled pipelines, and GPU commands recorded but not yet seen to finish. */
+  memoryStats(): PoolStats & { pipelines: number; commandsInFlight: number } {
+    return { ...this.pool.getStats(), pipelines: this.kernels.size, commandsInFlight: this.commandsRecorded - this.commandsFinished };
   }
 
   /**

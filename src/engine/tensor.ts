@@ -24,6 +24,16 @@ export function shapeString(shape: Shape): string {
   return `[${shape.join(',')}]`;
 }
 
+const MAX_LABEL = 160;
+
+/**
+ * Op outputs are labelled after their inputs (`add(scale(x),z)`), so a loop that feeds a result
+ * back in would lengthen the label every iteration (doubling it for `add(x, x)`); labels are cut.
+ */
+export function boundLabel(label: string): string {
+  return label.length <= MAX_LABEL ? label : `${label.slice(0, MAX_LABEL - 1)}…`;
+}
+
 /** A GPU buffer shared by a tensor and its reshaped views; returned to the pool when the last one goes. */
 export class Storage {
   refs = 1;
@@ -42,6 +52,7 @@ export class Storage {
 export class Tensor {
   readonly id: number;
   readonly size: number;
+  readonly label: string;
   /** Set on parameters (leaves) by the user, and on every output of a recorded op. */
   requiresGrad = false;
   /** Accumulated gradient of a leaf after `backward()`. */
@@ -55,8 +66,9 @@ export class Tensor {
     readonly engine: Engine,
     readonly shape: Shape,
     readonly storage: Storage,
-    readonly label: string,
+    label: string,
   ) {
+    this.label = boundLabel(label);
     this.id = engine.nextTensorId();
     this.size = numel(shape);
     engine.track(this);

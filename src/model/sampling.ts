@@ -18,33 +18,72 @@ function predictEps(unet: UNet, x: Tensor, t: number): Tensor {
   });
 }
 
+/** The number of diffusion steps T of the schedule every model here is trained with. */
+export const DIFFUSION_STEPS = 1000;
+/** The most images one sample() call draws. */
+export const MAX_SAMPLE_COUNT = 1024;
+const MAX_SEED = 2 ** 32 - 1;
+
 export interface SampleOptions {
+  /** Images to draw: an integer from 1 to MAX_SAMPLE_COUNT. */
   count: number;
+  /**
+   * An integer from 0 to 2^32 − 1 (default 0; the noise generator's seeds are 32-bit). x_T is
+   * gaussianNoise(n, seed) and DDPM's z_t is gaussianNoise(n, seed·7919 + t + 1).
+   */
   seed?: number;
-  /** DDIM steps (evenly spaced); omit for full DDPM ancestral sampling over all T steps. */
+  /**
+   * DDIM steps (evenly spaced over the T = 1000 diffusion steps): an integer from 1 to 1000; 0 or
+   * omitted for full DDPM ancestral sampling over all T steps.
+   */
   ddimSteps?: number;
   onStep?: (done: number, total: number) => void;
 }
 
-/** Images in [−1, 1] (clipped), [count, C, S, S]. */
-export function sample(e: Engine, unet: UNet, o: SampleOptions): Tensor {
-  const sch = linearSchedule(1000);
+function isIntegerIn(v: number, min: number, max: number): boolean {
+  return Number.isInteger(v) && v >= min && v <= max;
+}
+
+/** Throws a RangeError naming the first option outside its range. sample() calls it before allocating anything. */
+export function checkSampleOptions(o: SampleOptions): void {
+  if (!isIntegerIn(o.count, 1, MAX_SAMPLE_COUNT)) {
+    throw new RangeError(`sample: count (images to draw) must be an integer from 1 to ${MAX_SAMPLE_COUNT}, got ${o.count}`);
+  }
+  if (o.ddimSteps !== undefined && !isIntegerIn(o.ddimSteps, 0, DIFFUSION_STEPS)) {
+    throw new RangeError(
+      `sample: ddimSteps must be 0 (DDPM ancestral sampling over all ${DIFFUSION_STEPS} steps) or an integer from 1 to ${DIFFUSION_STEPS} ` +
+        `(DDIM steps, at most the ${DIFFUSION_STEPS} diffusion steps), got ${o.ddimSteps}`,
+    );
+  }
+  if (o.seed !== undefined && !isIntegerIn(o.seed, 0, MAX_SEED)) {
+    throw new RangeError(`sample: seed must be an integer from 0 to ${MAX_SEED} (the noise generator's seeds are 32-bit), got ${o.seed}`);
+  }
+}
+
+/**
+ * Images [count, C, S, S], nominally in [−1, 1] (not clipped; imageGrid clamps). Each step awaits
+ * engine.settle(), so the GPU work queued ahead stays bounded however many steps there are.
+ */
+export async function sample(e: Engine, unet: UNet, o: SampleOptions): Promise<Tensor> {
+  checkSampleOptions(o);
+  const sch = linearSchedule(DIFFUSION_STEPS);
   const ac = sch.alphasCumprod;
   const C = unet.plan.flags.in_channels;
   const S = unet.plan.flags.image_size;
   const shape = [o.count, C, S, S];
   const n = o.count * C * S * S;
   const seed = o.seed ?? 0;
-  let x = e.tensor(gaussianNoise(n, seed), shape, 'x_T');
-  const ts = o.ddimSteps
-    ? Array.from({ length: o.ddimSteps }, (_, i) => Math.round(((o.ddimSteps! - 1 - i) * (sch.steps - 1)) / Math.max(1, o.ddimSteps! - 1)))
+  const ddim = o.ddimSteps ?? 0;
+  const ts = ddim
+    ? Array.from({ length: ddim }, (_, i) => Math.round(((ddim - 1 - i) * (sch.steps - 1)) / Math.max(1, ddim - 1)))
     : Array.from({ length: sch.steps }, (_, i) => sch.steps - 1 - i);
-  e.noGrad(() => {
-    ts.forEach((t, k) => {
-      const next = e.tidy(() => {
+  let x = e.keep(e.tensor(gaussianNoise(n, seed), shape, 'x_T'));
+  try {
+    for (const [k, t] of ts.entries()) {
+      const next = e.noGrad(() => e.tidy(() => {
         const eps = predictEps(unet, x, t);
         const abar = ac[t];
-        if (o.ddimSteps) {
+        if (ddim) {
           // x̂0 = (x − sqrt(1−ᾱ_t)·ε)/sqrt(ᾱ_t); x_prev = sqrt(ᾱ_prev)·x̂0 + sqrt(1−ᾱ_prev)·ε
           const prev = k + 1 < ts.length ? ac[ts[k + 1]] : 1;
           const x0 = scale(sub(x, scale(eps, Math.sqrt(1 - abar))), 1 / Math.sqrt(abar));
@@ -57,12 +96,16 @@ export function sample(e: Engine, unet: UNet, o: SampleOptions): Tensor {
         if (t === 0) return meanX;
         const z = e.tensor(gaussianNoise(n, seed * 7919 + t + 1), shape, 'z');
         return add(meanX, scale(z, Math.sqrt(beta)));
-      });
+      }));
       x.dispose();
       x = e.keep(next);
       o.onStep?.(k + 1, ts.length);
-    });
-  });
+      await e.settle();
+    }
+  } catch (err) {
+    x.dispose();
+    throw err;
+  }
   return x;
 }
 

@@ -4,7 +4,10 @@ import type { Engine } from '../engine/engine.ts';
 import type { Tensor } from '../engine/tensor.ts';
 import type { Optimizer } from './optimizer.ts';
 
-/** Runs `loss()` (which builds the forward graph and returns a scalar), backprops and steps. */
+/**
+ * Runs `loss()` (which builds the forward graph and returns a scalar), backprops and steps, then
+ * awaits engine.settle(), so a loop of steps that reads no loss never queues unbounded GPU work.
+ */
 export async function trainStep(e: Engine, optimizer: Optimizer, loss: () => Tensor, readLoss = false): Promise<number | undefined> {
   const l = e.tidy(loss);
   e.tape.backward(l);
@@ -12,5 +15,6 @@ export async function trainStep(e: Engine, optimizer: Optimizer, loss: () => Ten
   optimizer.zeroGrad();
   const value = readLoss ? (await l.read())[0] : undefined;
   l.dispose();
+  await e.settle();
   return value;
 }

@@ -50,7 +50,7 @@ t.test('DDIM with a model that predicts ε = 0 returns x_T / sqrt(ᾱ_999), work
   const unet = UNet.random(e, tiny, 4);
   const zeroed = new Map(unet.parameters());
   for (const k of ['out.2.weight', 'out.2.bias']) zeroed.set(k, e.zeros(unet.param(k).shape));
-  const x = await sample(e, unet.withWeights(zeroed), { count: 2, seed: 9, ddimSteps: 4 }).read();
+  const x = await (await sample(e, unet.withWeights(zeroed), { count: 2, seed: 9, ddimSteps: 4 })).read();
   const noise = gaussianNoise(2 * 3 * 16 * 16, 9);
   const abar = linearSchedule(1000).alphasCumprod[999];
   let worst = 0;
