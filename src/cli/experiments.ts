@@ -1,7 +1,7 @@
 // difrep extract | train | knn | cka | sweep | merge: the paper's experiments on Fashion-MNIST (or any dataset
 // given as an ImageSource), from cached features.
 import { mkdir } from 'node:fs/promises';
-import { join } from 'node:path';
+import { basename, join, resolve } from 'node:path';
 import { createEngine } from '../engine/engine.ts';
 import { removeStaleTempFiles, writeFileAtomic } from '../model/checkpoint/atomic-write.ts';
 import { paperBlocks } from '../model/block-roles.ts';
@@ -14,7 +14,9 @@ import { scanImageFolder, validateImageFolder } from '../train/data/image-folder
 import { ckaMatrix } from '../train/eval/cka.ts';
 import { knnClassify } from '../train/eval/knn.ts';
 import { checkExistingCache, type ExtractOptions, extractFeatures, extractPixels, featureKey, type ImageSource, openFeatureCache, PIXEL_BLOCK, validateExtractOptions } from '../train/extract.ts';
-import { type FeatureArrays, fitHead } from '../train/fit.ts';
+import { classificationReport } from '../train/eval/classification.ts';
+import { type FeatureArrays, fitHead, trainedHeadLogits } from '../train/fit.ts';
+import { readStateSettings } from '../train/checkpoint.ts';
 import { fitDifFeed } from '../train/fit-difeed.ts';
 import { heatmapPng } from '../train/heatmap.ts';
 import { standardizeSplits } from '../train/standardize.ts';
@@ -186,6 +188,7 @@ async function trainCommand(argv: string[]): Promise<number> {
     head: head as 'linear' | 'attention', classes: o.classes, timesteps: ts, blocks: bs, pool: o.pool,
     attention: { dim: o.dim, layers: o.layers, heads: o.heads, prePoolSize: o['pre-pool'] },
     epochs: o.epochs, batchSize: o.batch, optimizer: o.optimizer as 'adam' | 'sgd', lr: o.lr, stepSize: o['step-size'], gamma: o.gamma, seed: o.seed,
+    data: { features: pixels ? 'pixels' : 'unet', train: resolve(o.train!), standardize: o.standardize },
     checkpoint: join(o.out, 'state.safetensors'), resume: o.resume,
     onBatch: progressBar('  batches', 'batches'),
     onEpoch: ({ epoch, epochs, loss, trainAccuracy, lr, seconds }) => console.log(`epoch ${epoch + 1}/${epochs}: loss ${loss.toFixed(4)}, train accuracy ${(100 * trainAccuracy).toFixed(1)}%, lr ${lr.toExponential(1)}, ${seconds.toFixed(1)} s (ETA ${fmtTime(seconds * (epochs - epoch - 1))})`),
@@ -341,6 +344,45 @@ async function sweepCommand(argv: string[]): Promise<number> {
   return 0;
 }
 
+const EVAL = {
+  run: { type: 'string', meta: 'DIR', required: true, help: 'a train --out directory (linear, attention or difformer head)' },
+  features: { type: 'string', meta: 'DIR', required: true, help: 'feature cache of the split to score, of the kind the head was trained on' },
+  out: { type: 'string', meta: 'FILE', help: 'result JSON (default <run>/eval-<features dir name>.json)' },
+  png: { type: 'string', meta: 'FILE', help: 'confusion matrix heatmap (rows: true class, columns: predicted; each row sums to 1)' },
+} satisfies OptionSpecs;
+
+/** Scores a trained head on any split: top-1/top-5, accuracy per class, confusion matrix. */
+async function evalCommand(argv: string[]): Promise<number> {
+  const o = parseArgs('eval', argv, EVAL);
+  if (!o) return 0;
+  const state = join(o.run, 'state.safetensors');
+  const settings = await readStateSettings(state);
+  const { timesteps, blocks, pool, head } = settings as { timesteps: number[]; blocks: number[]; pool: number | null; head: string };
+  const data = (settings.data ?? {}) as { features?: string; train?: string; standardize?: boolean };
+  const pixels = await isPixelCache(o.features);
+  if (pixels !== (data.features === 'pixels')) throw new UsageError(`difrep eval: ${o.run} was trained on ${data.features === 'pixels' ? 'raw pixels' : 'U-Net features'}, but ${o.features} holds ${pixels ? 'raw pixels' : 'U-Net features'}`);
+  let split = await loadCachedFeatures(o.features, timesteps, blocks, data.standardize ? (pool ?? 0) : 0);
+  if (data.standardize) {
+    // The head saw features standardised with its training split's statistics: recompute them from that cache.
+    if (!data.train) throw new UsageError(`difrep eval: ${o.run} was trained on standardised features but records no training cache`);
+    split = standardizeSplits(await loadCachedFeatures(data.train, timesteps, blocks, pool ?? 0), split).test;
+  }
+  const e = await createEngine();
+  const { logits, classes } = await trainedHeadLogits(e, state, split);
+  checkLabels(split, classes, o.features);
+  const report = classificationReport(logits, split.labels, classes);
+  const out = o.out ?? join(o.run, `eval-${basename(resolve(o.features))}.json`);
+  await writeFileAtomic(out, JSON.stringify({ run: o.run, features: o.features, head, timesteps, blocks, pool, standardize: !!data.standardize, ...report }, null, 2));
+  if (o.png) {
+    const rows = report.confusion.map((row) => row.map((v) => v / Math.max(1, row.reduce((p, x) => p + x, 0))));
+    await writeFileAtomic(o.png, heatmapPng(rows, rows.map((_, c) => String(c))));
+  }
+  const perClass = report.perClass.map((a, c) => `${c}: ${a === null ? '-' : `${(100 * a).toFixed(1)}%`}`).join(', ');
+  console.log(`${o.features}: ${report.images} images, top-1 ${(100 * report.top1).toFixed(2)}%, top-5 ${(100 * report.top5).toFixed(2)}%\nper class: ${perClass}\n→ ${out}`);
+  e.dispose();
+  return 0;
+}
+
 const MERGE = {
   features: { type: 'string', meta: 'DIR', required: true, help: 'feature cache directory written by one or more extract shards' },
 } satisfies OptionSpecs;
@@ -361,4 +403,5 @@ export const EXPERIMENT_COMMANDS: Record<string, (argv: string[]) => Promise<num
   cka: ckaCommand,
   sweep: sweepCommand,
   merge: mergeCommand,
+  eval: evalCommand,
 };

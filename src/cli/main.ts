@@ -16,7 +16,8 @@ commands:
   knn              weighted kNN classification of cached features
   cka              linear CKA between blocks or timesteps (JSON + PNG heatmap)
   sweep            linear-probe accuracy over a grid of b × t × pool (JSON + PNG heatmaps)
-  merge            check a sharded feature cache is complete and write its manifest
+  merge            check a sharded feature cache is complete and intact, and write its manifest
+  eval             score a trained head on any split: top-1/top-5, accuracy per class, confusion matrix
   pretrain         train a text-free diffusion U-Net on Fashion-MNIST images (Eq. 4), resumable
   sample           draw DDPM/DDIM samples from a U-Net as a PNG grid
   demo             the main job: sample from the shipped small U-Net, train and compare every head on its features
@@ -35,6 +36,7 @@ async function main(argv: string[]): Promise<number> {
     case 'cka':
     case 'sweep':
     case 'merge':
+    case 'eval':
       return EXPERIMENT_COMMANDS[command](rest);
     case 'pretrain':
     case 'sample':

@@ -65,13 +65,36 @@ export async function prepareResume(path: string, resume: boolean, settings: Run
   const done = JSON.parse(progress ?? '{}') as Partial<TrainingProgress>;
   if (!resume) throw new Error(`${path} already holds a training state (${done.steps ?? '?'} steps taken): pass --resume to continue that run, or choose another --out (or delete it)`);
   if (saved === undefined) throw new Error(`${path} records no run settings (written by an older difrep), so resuming it cannot be checked; start a new run in another --out`);
-  const before = JSON.parse(saved) as RunSettings;
+  const before = readRunSettings(path, { settings: saved });
   const differ = [...new Set([...Object.keys(before), ...Object.keys(settings)])].filter((k) => JSON.stringify(before[k]) !== JSON.stringify(settings[k]));
   if (differ.length) {
     const list = differ.map((k) => `${k} ${show(before[k])} there, ${show(settings[k])} now`).join('; ');
     throw new Error(`cannot resume ${path}: it was started with other settings (${list}); rerun with the run's own options, or choose another --out`);
   }
   return true;
+}
+
+/** The settings a training state was started with (its `settings` metadata). */
+export function readRunSettings(path: string, metadata: Record<string, string>): RunSettings {
+  if (metadata.settings === undefined) throw new CheckpointError(path, 'records no run settings (written by an older difrep, or not a training state)');
+  try {
+    const settings = JSON.parse(metadata.settings);
+    if (settings && typeof settings === 'object' && !Array.isArray(settings)) return settings as RunSettings;
+  } catch {
+    // reported below
+  }
+  throw new CheckpointError(path, 'corrupt training state: its settings metadata is not a JSON object');
+}
+
+/** The settings recorded in the training state at `path`. */
+export async function readStateSettings(path: string): Promise<RunSettings> {
+  const src = await openSafetensors(path);
+  try {
+    if (src.metadata.kind !== KIND) throw new CheckpointError(path, 'not a difrep training state');
+    return readRunSettings(path, src.metadata);
+  } finally {
+    await src.close();
+  }
 }
 
 /** Progress as saved, or why it cannot be trusted. */

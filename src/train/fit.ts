@@ -5,7 +5,9 @@ import { crossEntropy } from '../engine/ops/nn.ts';
 import type { Tensor } from '../engine/tensor.ts';
 import { AttentionHead, type AttentionHeadOptions } from '../model/heads/attention-head.ts';
 import { LinearProbe } from '../model/heads/linear-probe.ts';
-import { checkEpochs, checkLoss, saveTrainingState, startOrResume } from './checkpoint.ts';
+import { openSafetensors } from '../model/checkpoint/safetensors.ts';
+import { readFinite } from '../model/checkpoint/tensor-source.ts';
+import { checkEpochs, checkLoss, readRunSettings, type RunSettings, saveTrainingState, startOrResume } from './checkpoint.ts';
 import { seededShuffle } from './data/fashion-mnist.ts';
 import { featureKey } from './feature-key.ts';
 import { assertFinite } from './finite.ts';
@@ -36,6 +38,8 @@ export interface FitOptions {
   stepSize?: number;
   gamma?: number;
   seed?: number;
+  /** What the features are (caches, standardisation, …): recorded with the run's settings, so a resumed run must use the same. */
+  data?: Record<string, unknown>;
   /** Training state file, written after every epoch; with `resume`, training continues from it. */
   checkpoint?: string;
   resume?: boolean;
@@ -113,19 +117,52 @@ function gather(e: Engine, data: FeatureArrays, keys: string[], idx: number[]): 
   return out;
 }
 
-/** Top-1 and top-5 accuracy of `model` on `data`. */
-async function evaluate(e: Engine, model: Model, data: FeatureArrays, keys: string[], batchSize: number): Promise<{ top1: number; top5: number }> {
-  let top1 = 0;
-  let top5 = 0;
+/** The logits of `model` for every image of `data` ([count, classes]), checked to be finite. */
+async function predict(e: Engine, model: Model, data: FeatureArrays, keys: string[], batchSize: number): Promise<Float32Array> {
+  const parts: Float32Array[] = [];
   for (let s = 0; s < data.count; s += batchSize) {
     const idx = Array.from({ length: Math.min(batchSize, data.count - s) }, (_, i) => s + i);
     const logits = await e.noGrad(() => e.tidy(() => model.logits(gather(e, data, keys, idx)))).read();
-    assertFinite(logits, `evaluation: the logits of test images ${s}..${s + idx.length - 1}`);
-    const c = countTopK(logits, idx.map((i) => data.labels[i]));
-    top1 += c.top1;
-    top5 += c.top5;
+    assertFinite(logits, `evaluation: the logits of images ${s}..${s + idx.length - 1}`);
+    parts.push(logits);
   }
-  return { top1: top1 / data.count, top5: top5 / data.count };
+  const out = new Float32Array(parts.reduce((p, a) => p + a.length, 0));
+  parts.reduce((at, a) => (out.set(a, at), at + a.length), 0);
+  return out;
+}
+
+/** Top-1 and top-5 accuracy of `model` on `data`. */
+async function evaluate(e: Engine, model: Model, data: FeatureArrays, keys: string[], batchSize: number): Promise<{ top1: number; top5: number }> {
+  const c = countTopK(await predict(e, model, data, keys, batchSize), Array.from({ length: data.count }, (_, i) => data.labels[i]));
+  return { top1: c.top1 / data.count, top5: c.top5 / data.count };
+}
+
+/**
+ * The logits on `data` of a head that `fitHead` trained, rebuilt from its training state: the
+ * settings it records and its weights (shapes and finiteness checked).
+ */
+export async function trainedHeadLogits(e: Engine, statePath: string, data: FeatureArrays): Promise<{ logits: Float32Array; classes: number; settings: RunSettings }> {
+  const src = await openSafetensors(statePath);
+  try {
+    const settings = readRunSettings(statePath, src.metadata);
+    if (settings.head !== 'linear' && settings.head !== 'attention') throw new Error(`${statePath}: a ${String(settings.head)} state cannot be scored on cached features`);
+    const o = settings as unknown as FitOptions;
+    const model = buildModel(e, data, o);
+    try {
+      for (const [k, p] of model.params) {
+        const info = src.info(`param.${k}`);
+        if (!info) throw new Error(`${statePath}: parameter ${k} is missing`);
+        if (info.shape.join() !== p.shape.join()) throw new Error(`${statePath}: parameter ${k} is [${info.shape}], but these features make it [${p.shape}]: score features of the kind the head was trained on`);
+        e.writeBuffer(p.buffer, 0, await readFinite(src, `param.${k}`));
+      }
+      const keys = o.timesteps.flatMap((t) => o.blocks.map((b) => featureKey(t, b)));
+      return { logits: await predict(e, model, data, keys, 128), classes: o.classes, settings };
+    } finally {
+      for (const p of model.params.values()) p.dispose();
+    }
+  } finally {
+    await src.close();
+  }
 }
 
 export async function fitHead(e: Engine, train: FeatureArrays, test: FeatureArrays, o: FitOptions): Promise<FitResult> {
@@ -141,7 +178,7 @@ export async function fitHead(e: Engine, train: FeatureArrays, test: FeatureArra
   const schedule = new StepLR(optimizer, lr, o.stepSize ?? 7, o.gamma ?? 0.1);
   const settings = {
     head: o.head, classes: o.classes, timesteps: o.timesteps, blocks: o.blocks, pool: o.head === 'linear' ? (o.pool ?? 2) : null, attention: o.head === 'linear' ? null : (o.attention ?? {}),
-    optimizer: optName, lr, batchSize, stepSize: o.stepSize ?? 7, gamma: o.gamma ?? 0.1, seed: o.seed ?? 0, trainImages: train.count,
+    optimizer: optName, lr, batchSize, stepSize: o.stepSize ?? 7, gamma: o.gamma ?? 0.1, seed: o.seed ?? 0, trainImages: train.count, data: o.data ?? null,
   };
   const progress = await startOrResume(e, o.checkpoint, !!o.resume, settings, model.params, optimizer);
   checkEpochs(progress, epochs, o.checkpoint!);

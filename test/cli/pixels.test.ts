@@ -39,3 +39,16 @@ t.test('train, knn and sweep read a pixel cache without --t/--b', async (t) => {
   await t.rejects(run('train', '--train', join(dir, 'train'), '--test', join(dir, 'test'), '--b', '9', '--out', join(dir, 'y')), /raw-pixel cache: it has no blocks/);
   t.equal(await run('sweep', '--train', join(dir, 'train'), '--test', join(dir, 'test'), '--pool', '2', '--epochs', '1', '--batch', '8', '--out', join(dir, 'sweep')), 0);
 });
+
+t.test('eval rebuilds a trained head from its state and scores any split', async (t) => {
+  t.equal(await run('eval', '--run', join(dir, 'linear'), '--features', join(dir, 'test'), '--png', join(dir, 'confusion.png')), 0);
+  const trained = JSON.parse(await readFile(join(dir, 'linear', 'result.json'), 'utf8'));
+  const scored = JSON.parse(await readFile(join(dir, 'linear', 'eval-test.json'), 'utf8'));
+  t.equal(scored.top1, trained.top1, 'the same top-1 as the evaluation at the end of training (same weights, same standardisation)');
+  t.equal(scored.top5, trained.top5);
+  const diagonal = scored.confusion.reduce((p: number, row: number[], c: number) => p + row[c], 0);
+  t.equal(diagonal / scored.images, scored.top1, 'top-1 is the confusion matrix\'s trace');
+  t.equal(scored.images, 40);
+  t.ok((await readFile(join(dir, 'confusion.png'))).length > 100);
+  await t.rejects(run('eval', '--run', join(dir, 'nothing'), '--features', join(dir, 'test')), /cannot open|no such file/);
+});

@@ -1,0 +1,32 @@
+// Scores of a classifier's logits: top-1/top-5, accuracy per class and the confusion matrix.
+import { countTopK } from '../fit.ts';
+
+export interface ClassificationReport {
+  images: number;
+  top1: number;
+  top5: number;
+  /** Fraction of each class's images predicted as that class (NaN-free: a class with no image gets null). */
+  perClass: (number | null)[];
+  /** confusion[true class][predicted class] = image count. */
+  confusion: number[][];
+}
+
+/** `logits` [n, classes] (finite) against `labels`; the prediction is the first class of highest logit. */
+export function classificationReport(logits: Float32Array, labels: ArrayLike<number>, classes: number): ClassificationReport {
+  const n = labels.length;
+  if (logits.length !== n * classes) throw new RangeError(`classification report: ${logits.length} logits for ${n} images × ${classes} classes`);
+  const confusion = Array.from({ length: classes }, () => new Array<number>(classes).fill(0));
+  for (let i = 0; i < n; i++) {
+    const y = labels[i];
+    if (!Number.isInteger(y) || y < 0 || y >= classes) throw new RangeError(`classification report: label ${y} of image ${i} is not a class 0..${classes - 1}`);
+    let best = 0;
+    for (let c = 1; c < classes; c++) if (logits[i * classes + c] > logits[i * classes + best]) best = c;
+    confusion[y][best]++;
+  }
+  const { top1, top5 } = countTopK(logits, labels);
+  const perClass = confusion.map((row, c) => {
+    const total = row.reduce((p, v) => p + v, 0);
+    return total ? row[c] / total : null;
+  });
+  return { images: n, top1: top1 / n, top5: top5 / n, perClass, confusion };
+}
