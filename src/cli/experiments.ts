@@ -20,6 +20,7 @@ import { readStateSettings } from '../train/checkpoint.ts';
 import { fitDifFeed } from '../train/fit-difeed.ts';
 import { heatmapPng } from '../train/heatmap.ts';
 import { standardizeSplits } from '../train/standardize.ts';
+import { sweepLinearProbes } from '../train/sweep.ts';
 import { type OptionSpecs, parseArgs, UsageError } from './args.ts';
 import { checkpointHash, loadModel, MODEL_OPTIONS, resolveFlags } from './model-options.ts';
 import { fmtTime, progressBar } from './progress.ts';
@@ -302,6 +303,7 @@ const SWEEP = {
   t: { type: 'ints', min: 0, max: T_MAX, unique: true, help: 'timesteps', default: [150] },
   b: { type: 'ints', min: 1, unique: true, help: 'blocks (required, except for a pixel cache)' },
   pool: { type: 'ints', min: 1, max: 1024, unique: true, help: 'linear-probe pool sizes', default: [1, 2, 4] },
+  standardize: { type: 'string', choices: ['off', 'on', 'both'], help: 'standardise the pooled features with the training split\'s statistics', default: 'off' },
   epochs: { type: 'int', min: 1, max: 100_000, help: 'epochs per probe', default: 15 },
   batch: { type: 'int', min: 1, max: 65_536, help: 'batch size', default: 128 },
   lr: { type: 'number', above: 0, max: 10, help: 'Adam learning rate', default: 1e-3 },
@@ -316,30 +318,26 @@ async function sweepCommand(argv: string[]): Promise<number> {
   const pixels = await pixelCaches(o.train, o.test, o.b);
   if (!pixels && !o.b) throw new UsageError('difrep sweep: --b is required');
   const [ts, bs] = pixels ? [[0], [PIXEL_BLOCK]] : [o.t, o.b!];
-  const pools = o.pool;
   const train = await loadCachedFeatures(o.train, ts, bs);
   const test = await loadCachedFeatures(o.test, ts, bs);
   checkLabels(train, o.classes, o.train);
   checkLabels(test, o.classes, o.test);
   const e = await createEngine();
   await mkdir(o.out, { recursive: true });
-  const rows: { t: number; b: number; pool: number; top1: number; top5: number }[] = [];
-  for (const pool of pools) {
-    const grid = bs.map(() => ts.map(() => 0));
-    for (const [bi, b] of bs.entries()) {
-      for (const [ti, t] of ts.entries()) {
-        const one = (d: FeatureArrays): FeatureArrays => ({ ...d, features: new Map([[featureKey(t, b), d.features.get(featureKey(t, b))!]]) });
-        const r = await fitHead(e, one(train), one(test), { head: 'linear', classes: o.classes, timesteps: [t], blocks: [b], pool, epochs: o.epochs, batchSize: o.batch, lr: o.lr });
-        rows.push({ t, b, pool, top1: r.top1, top5: r.top5 });
-        grid[bi][ti] = r.top1;
-        console.log(`pool ${pool}, b ${b}, t ${t}: top-1 ${(100 * r.top1).toFixed(2)}%`);
-      }
+  const standardize = o.standardize === 'both' ? [false, true] : [o.standardize === 'on'];
+  const rows = await sweepLinearProbes(e, train, test, {
+    timesteps: ts, blocks: bs, pools: o.pool, standardize, classes: o.classes, epochs: o.epochs, batchSize: o.batch, lr: o.lr,
+    onRow: (r) => console.log(`pool ${r.pool}${r.standardize ? ', standardised' : ''}, ${pixels ? 'pixels' : `b ${r.b}, t ${r.t}`}: top-1 ${(100 * r.top1).toFixed(2)}%`),
+  });
+  for (const pool of o.pool) {
+    for (const std of standardize) {
+      const grid = bs.map((b) => ts.map((t) => rows.find((r) => r.pool === pool && r.standardize === std && r.b === b && r.t === t)!.top1));
+      await writeFileAtomic(join(o.out, `sweep-pool${pool}${std ? '-standardized' : ''}.png`), heatmapPng(grid, bs.map((b) => (pixels ? 'pixels' : `b${b}`)), ts.map((t) => (pixels ? '' : `t${t}`))));
     }
-    await writeFileAtomic(join(o.out, `sweep-pool${pool}.png`), heatmapPng(grid, bs.map((b) => (pixels ? 'pixels' : `b${b}`)), ts.map((t) => (pixels ? '' : `t${t}`))));
   }
   await writeFileAtomic(join(o.out, 'sweep.json'), JSON.stringify({ train: o.train, test: o.test, features: pixels ? 'pixels' : 'unet', epochs: o.epochs, lr: o.lr, batch: o.batch, rows }, null, 2));
   const best = rows.reduce((a, r) => (r.top1 > a.top1 ? r : a), rows[0]);
-  console.log(`best: b ${best.b}, t ${best.t}, pool ${best.pool}: top-1 ${(100 * best.top1).toFixed(2)}% → ${join(o.out, 'sweep.json')}`);
+  console.log(`best: b ${best.b}, t ${best.t}, pool ${best.pool}${best.standardize ? ', standardised' : ''}: top-1 ${(100 * best.top1).toFixed(2)}% → ${join(o.out, 'sweep.json')}`);
   e.dispose();
   return 0;
 }

@@ -37,7 +37,10 @@ t.test('train, knn and sweep read a pixel cache without --t/--b', async (t) => {
   const knn = JSON.parse(await readFile(join(dir, 'knn.json'), 'utf8'));
   t.equal(knn.results[0].top1, 1, 'each image is its own nearest neighbour');
   await t.rejects(run('train', '--train', join(dir, 'train'), '--test', join(dir, 'test'), '--b', '9', '--out', join(dir, 'y')), /raw-pixel cache: it has no blocks/);
-  t.equal(await run('sweep', '--train', join(dir, 'train'), '--test', join(dir, 'test'), '--pool', '2', '--epochs', '1', '--batch', '8', '--out', join(dir, 'sweep')), 0);
+  t.equal(await run('sweep', '--train', join(dir, 'train'), '--test', join(dir, 'test'), '--pool', '2', '--standardize', 'both', '--epochs', '1', '--batch', '8', '--out', join(dir, 'sweep')), 0);
+  const sweep = JSON.parse(await readFile(join(dir, 'sweep', 'sweep.json'), 'utf8'));
+  t.same(sweep.rows.map((r: { standardize: boolean; pool: number }) => [r.pool, r.standardize]), [[2, false], [2, true]]);
+  t.ok((await readFile(join(dir, 'sweep', 'sweep-pool2-standardized.png'))).length > 100);
 });
 
 t.test('eval rebuilds a trained head from its state and scores any split', async (t) => {
