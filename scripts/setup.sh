@@ -2,9 +2,10 @@
 # One-time, idempotent setup for a fresh Debian 12 machine:
 #   1. a WebGPU-capable Vulkan driver (Mesa >= 25 lavapipe from bookworm-backports; Debian 12's own
 #      Mesa 22 is rejected by Dawn),
-#   2. the npm dependencies,
-#   3. a probe that prints the WebGPU adapter found (vendor, architecture, features, limits),
-#   4. with --browser: Debian's chromium, for the browser tests, `parity --runtime chromium` and the
+#   2. Fashion-MNIST (dataset-fashion-mnist) and a font for the charts (fonts-dejavu-core),
+#   3. the npm dependencies,
+#   4. a probe that prints the WebGPU adapter found (vendor, architecture, features, limits),
+#   5. with --browser: Debian's chromium, for the browser tests, `parity --runtime chromium` and the
 #      example page's test (headless Chromium runs WebGPU on its own SwiftShader adapter).
 # Safe to run again: every step checks before it changes anything.
 set -euo pipefail
@@ -80,6 +81,20 @@ install_fashion_mnist() {
   apt_install dataset-fashion-mnist
 }
 
+# A font for the text of the charts (SVG rendered to PNG by resvg with the system's fonts).
+install_fonts() {
+  if [[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]]; then
+    say "DejaVu fonts present"
+    return 0
+  fi
+  if ! command -v apt-get >/dev/null; then
+    say "no apt-get: install a sans-serif font (fonts-dejavu-core) for the charts' text"
+    return 0
+  fi
+  say "installing fonts-dejavu-core (chart text)"
+  apt_install fonts-dejavu-core
+}
+
 install_chromium() {
   if command -v chromium >/dev/null; then
     say "chromium present: $(chromium --version 2>/dev/null | head -n 1)"
@@ -112,6 +127,7 @@ done
 
 install_lavapipe
 install_fashion_mnist
+install_fonts
 [[ $browser -eq 1 ]] && install_chromium
 install_npm_deps
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"

@@ -1,28 +1,16 @@
-// `difrep demo` (npm run demo): the paper in miniature on the shipped small U-Net. Samples from it,
-// then trains and evaluates every head on its features of a Fashion-MNIST subset: raw-pixel linear
-// probe, GD linear probe (b, t chosen on a validation split), Attention head, DifFormer and
-// DifFeed. Prints a table (accuracy, trainable parameters, time), writes it as JSON and a PNG bar
-// chart. Every setting is printed and recorded; the ordering is reported as found.
-import { mkdir } from 'node:fs/promises';
+// `difrep demo` (npm run demo): the paper in miniature on the shipped small U-Net (the pipeline is
+// src/train/miniature.ts). Parses, runs, prints the table and writes it as JSON and a bar chart
+// (SVG and PNG).
 import { join } from 'node:path';
-import { createEngine, type Engine } from '../engine/engine.ts';
-import { mulberry32 } from '../engine/random.ts';
-import { paperBlocks } from '../model/block-roles.ts';
+import { createEngine } from '../engine/engine.ts';
 import { writeFileAtomic } from '../model/checkpoint/atomic-write.ts';
-import { gaussianNoise, linearSchedule } from '../model/diffusion.ts';
-import { sample } from '../model/sampling.ts';
-import type { UNet } from '../model/unet.ts';
-import { barChartPng } from '../train/bar-chart.ts';
-import { balancedSubset, type GreyImages, imageSource, loadFashionMnist, seededShuffle, toModelInput } from '../train/data/fashion-mnist.ts';
-import { loadCachedFeatures } from '../train/cached-features.ts';
-import { extractFeatures } from '../train/extract.ts';
-import { type FeatureArrays, fitHead, type FitOptions, type FitResult } from '../train/fit.ts';
-import { fitDifFeed } from '../train/fit-difeed.ts';
+import { runMiniature } from '../train/miniature.ts';
 import { type OptionSpecs, parseArgs } from './args.ts';
-import { writeImageGridPng } from './generative.ts';
 import { loadModel } from './model-options.ts';
 import { packageRoot } from './package-root.ts';
 import { fmtTime, progressBar } from './progress.ts';
+import { barChartSvg } from './render/charts.ts';
+import { writeChart } from './render/write-chart.ts';
 
 const root = packageRoot();
 
@@ -44,207 +32,26 @@ const OPTIONS = {
   out: { type: 'string', meta: 'DIR', help: 'output directory: samples.png, results.json, results.png, feature caches', default: 'out/demo' },
 } satisfies OptionSpecs;
 
-interface Row {
-  method: string;
-  features: string;
-  top1: number;
-  top5: number;
-  params: number;
-  seconds: number;
-  settings: string;
-}
-
-/** Histogram (bins over [−1, 1]) of grey values, normalised to sum 1. */
-function histogram(data: Float32Array, bins = 16): Float64Array {
-  const h = new Float64Array(bins);
-  for (const v of data) h[Math.min(bins - 1, Math.max(0, Math.floor(((v + 1) / 2) * bins)))]++;
-  return h.map((c) => c / data.length);
-}
-
-const totalVariation = (a: Float64Array, b: Float64Array) => 0.5 * a.reduce((s, v, i) => s + Math.abs(v - b[i]), 0);
-
-/** The grey model input ([count, 1, S, S]) as a cached "feature" for the raw-pixel probe. */
-function rawPixels(ds: GreyImages, indices: number[], S: number): FeatureArrays {
-  const rgb = toModelInput(ds, indices, S);
-  const grey = new Float32Array(indices.length * S * S);
-  for (let n = 0; n < indices.length; n++) grey.set(rgb.subarray(n * 3 * S * S, n * 3 * S * S + S * S), n * S * S);
-  return { features: new Map([['t0.b0', { data: grey, shape: [1, S, S] }]]), labels: indices.map((i) => ds.labels[i]), count: indices.length };
-}
-
-/** Rows `rows` of cached features (a split of the subset). */
-function subsetArrays(f: FeatureArrays, rows: number[]): FeatureArrays {
-  const features = new Map<string, { data: Float32Array; shape: number[] }>();
-  for (const [k, v] of f.features) {
-    const per = v.shape.reduce((p, d) => p * d, 1);
-    const data = new Float32Array(rows.length * per);
-    rows.forEach((r, i) => data.set(v.data.subarray(r * per, (r + 1) * per), i * per));
-    features.set(k, { data, shape: v.shape });
-  }
-  return { features, labels: rows.map((r) => f.labels[r]), count: rows.length };
-}
-
-async function samplesAndSanity(e: Engine, unet: UNet, ds: GreyImages, outDir: string): Promise<string> {
-  const S = unet.plan.flags.image_size;
-  const count = 36;
-  const t0 = performance.now();
-  const x = await sample(e, unet, { count, seed: 0, ddimSteps: 50 });
-  const data = await x.read();
-  x.dispose();
-  await writeImageGridPng(join(outDir, 'samples.png'), data, count, unet, 6);
-  // An honest look: how far the samples' grey-level histogram is from real images', next to the
-  // same distance between two sets of real images of the same size, and for pure noise.
-  const real = (n: number, seed: number) => histogram(toModelInput(ds, seededShuffle(Array.from({ length: ds.count }, (_, i) => i), seed).slice(0, n), S));
-  const reference = real(2000, 1);
-  const realSpread = [2, 3, 4, 5, 6].map((s) => totalVariation(real(count, s), reference));
-  const rand = mulberry32(0);
-  const noise = histogram(Float32Array.from({ length: count * 3 * S * S }, () => 2 * rand() - 1));
-  const line = `sample grid: ${count} DDIM-50 samples → ${join(outDir, 'samples.png')} (${fmtTime((performance.now() - t0) / 1000)}); ` +
-    `grey-level histogram distance (total variation) to 2000 real images: samples ${totalVariation(histogram(data), reference).toFixed(3)}, ` +
-    `${count} real images ${Math.min(...realSpread).toFixed(3)}–${Math.max(...realSpread).toFixed(3)}, uniform noise ${totalVariation(noise, reference).toFixed(3)}`;
-  console.log(line);
-  const denoise = await denoisingCheck(e, unet, ds);
-  console.log(denoise);
-  return `${line}; ${denoise}`;
-}
-
-/**
- * What the model learned, independent of sampling: on 100 real images noised to t, the one-step
- * estimate x̂0 = (x_t − sqrt(1−ᾱ_t)·ε̂) / sqrt(ᾱ_t) against the naive x_t / sqrt(ᾱ_t), in PSNR.
- */
-async function denoisingCheck(e: Engine, unet: UNet, ds: GreyImages): Promise<string> {
-  const S = unet.plan.flags.image_size;
-  const n = 100;
-  const x0 = toModelInput(ds, Array.from({ length: n }, (_, i) => i), S);
-  const sch = linearSchedule(1000);
-  const psnr = (a: Float32Array) => {
-    let se = 0;
-    for (let i = 0; i < a.length; i++) se += (a[i] - x0[i]) ** 2;
-    return 10 * Math.log10(4 / (se / a.length)); // peak-to-peak range 2 → 2² = 4
-  };
-  const parts: string[] = [];
-  for (const t of [150, 500]) {
-    const ab = sch.alphasCumprod[t];
-    const noise = gaussianNoise(x0.length, 7 + t);
-    const xt = Float32Array.from(x0, (v, i) => Math.sqrt(ab) * v + Math.sqrt(1 - ab) * noise[i]);
-    const eps = await e.noGrad(() => e.tidy(() => unet.forward(e.tensor(xt, [n, 3, S, S]), new Array(n).fill(t), { output: true }).output!)).read();
-    const naive = Float32Array.from(xt, (v) => v / Math.sqrt(ab));
-    const est = Float32Array.from(xt, (v, i) => (v - Math.sqrt(1 - ab) * eps[i]) / Math.sqrt(ab));
-    parts.push(`t=${t}: ${psnr(est).toFixed(1)} dB (noisy input ${psnr(naive).toFixed(1)} dB)`);
-  }
-  return `one-step denoising of 100 training images, PSNR of x̂0: ${parts.join(', ')}`;
-}
-
 export async function demoCommand(argv: string[]): Promise<number> {
   const o = parseArgs('demo', argv, OPTIONS);
   if (!o) return 0;
   const started = performance.now();
-  const outDir = o.out;
-  const seed = o.seed;
   const e = await createEngine();
   const { unet, hash } = await loadModel(e, o.model, o.checkpoint);
-  await mkdir(outDir, { recursive: true });
   const S = unet.plan.flags.image_size;
-  const roles = paperBlocks(unet.plan);
-  const train = await loadFashionMnist('train');
-  const test = await loadFashionMnist('test');
   console.log(`difrep demo: U-Net ${o.checkpoint} (${unet.plan.blocks.length} blocks, ${S}×${S}, sha256 ${hash}) on ${e.handle.info.description || e.handle.info.vendor}`);
-  const sampleLine = await samplesAndSanity(e, unet, train, outDir);
-
-  // Data: balanced subsets; the b, t sweep is chosen on a validation split of the training subset.
-  const full = o.full;
-  const trainIdx = full ? Array.from({ length: train.count }, (_, i) => i) : balancedSubset(train.labels, o['train-per-class'], seed);
-  const testIdx = full ? Array.from({ length: test.count }, (_, i) => i) : balancedSubset(test.labels, o['test-per-class'], seed + 1);
-  const order = seededShuffle(trainIdx.map((_, i) => i), seed + 2);
-  const valRows = order.slice(0, Math.round(0.2 * order.length));
-  const fitRows = order.slice(valRows.length);
-  console.log(`data: Fashion-MNIST, ${trainIdx.length} training images (${fitRows.length} fit + ${valRows.length} validation for the sweep), ${testIdx.length} test images, ${S}×${S} grey`);
-
-  // Features: every timestep × every block the heads and the sweep read, one extraction each split.
-  const timesteps = [90, 150, 300];
-  const sweepBlocks = [...new Set([...roles.difformer, roles.feature])].sort((a, b) => a - b);
-  const blocks = [...new Set([...sweepBlocks, ...roles.difformer])].sort((a, b) => a - b);
-  const tx = performance.now();
-  const cached: Record<string, FeatureArrays> = {};
-  for (const [split, ds, idx] of [['train', train, trainIdx], ['test', test, testIdx]] as const) {
-    const dir = join(outDir, `features-${split}`);
-    await mkdir(dir, { recursive: true });
-    const bar = progressBar(`extract ${split}`, 'images');
-    await extractFeatures(e, unet, imageSource(ds, idx, S), { outDir: dir, timesteps, blocks, batchSize: 50, chunkSize: 1000, seed, provenance: { checkpoint: hash, split, subset: JSON.stringify(idx.slice(0, 8)) + idx.length }, onProgress: bar });
-    cached[split] = await loadCachedFeatures(dir, timesteps, blocks);
-  }
-  const extractSeconds = (performance.now() - tx) / 1000;
-  const perImage = extractSeconds / ((trainIdx.length + testIdx.length) * timesteps.length);
-  console.log(`extraction: ${timesteps.length} timesteps × blocks {${blocks}} for ${trainIdx.length + testIdx.length} images in ${fmtTime(extractSeconds)} (${(1000 * perImage).toFixed(0)} ms per image and timestep)`);
-
-  const epochs = o.epochs;
-  const schedule = { epochs, stepSize: o['step-size'], batchSize: o.batch };
-  const attention = { dim: o['head-dim'], heads: 4, layers: o['head-layers'], prePoolSize: o['pre-pool'] };
-  const rows: Row[] = [];
-  const record = (method: string, features: string, r: FitResult, settings: string) => {
-    rows.push({ method, features, top1: r.top1, top5: r.top5, params: r.params, seconds: r.seconds, settings });
-    console.log(`  ${method}: top-1 ${(100 * r.top1).toFixed(1)}%, top-5 ${(100 * r.top5).toFixed(1)}%, ${r.params.toLocaleString('en')} parameters, ${fmtTime(r.seconds)}`);
-  };
-  const headLr = o['head-lr'];
-  const fit = (trainSet: FeatureArrays, testSet: FeatureArrays, opts: Omit<FitOptions, 'classes'>, name?: string) => {
-    const bar = name ? progressBar(name, 'batches') : undefined;
-    let epoch = 0;
-    return fitHead(e, trainSet, testSet, { classes: 10, seed, ...schedule, ...opts, onEpoch: (i) => (epoch = i.epoch + 1), onBatch: bar && ((d, n) => bar(epoch * n + d, schedule.epochs * n)) });
-  };
-
-  console.log(`heads: Adam, cross-entropy, ${epochs} epochs, StepLR(${schedule.stepSize}, 0.1), batch ${schedule.batchSize}; lr 1e-3 linear and feedback, ${headLr} attention heads (d = ${attention.dim}, ${attention.layers} layer(s), 4 heads, tokens pooled to ≤ ${attention.prePoolSize}×${attention.prePoolSize})`);
-  const raw = await fit(rawPixels(train, trainIdx, S), rawPixels(test, testIdx, S), { head: 'linear', timesteps: [0], blocks: [0], pool: S });
-  record('raw-pixel linear probe', `${S}×${S} pixels`, raw, 'no pooling');
-
-  // GD linear probe: b, t by validation accuracy over the sweep grid, then trained on all of the training subset.
-  const fitPart = subsetArrays(cached.train, fitRows);
-  const valPart = subsetArrays(cached.train, valRows);
-  const sweep: { b: number; t: number; val: number }[] = [];
-  for (const t of timesteps) {
-    for (const b of sweepBlocks) {
-      const r = await fit(fitPart, valPart, { head: 'linear', timesteps: [t], blocks: [b], pool: 2 });
-      sweep.push({ b, t, val: r.top1 });
-    }
-  }
-  const best = sweep.reduce((x, y) => (y.val > x.val ? y : x));
-  console.log(`  sweep (validation top-1): ${sweep.map((s) => `b${s.b} t${s.t} ${(100 * s.val).toFixed(1)}%`).join(', ')} → b = ${best.b}, t = ${best.t}`);
-  const gd = await fit(cached.train, cached.test, { head: 'linear', timesteps: [best.t], blocks: [best.b], pool: 2 });
-  record('GD linear probe', `b ${best.b}, t ${best.t}, pool 2×2`, gd, `chosen on validation from b ∈ {${sweepBlocks}} × t ∈ {${timesteps}}`);
-
-  const att = await fit(cached.train, cached.test, { head: 'attention', timesteps: [150], blocks: [roles.feature], attention, lr: headLr }, 'Attention head');
-  record('Attention head', `b ${roles.feature}, t 150`, att, JSON.stringify(attention));
-  const dif = await fit(cached.train, cached.test, { head: 'attention', timesteps, blocks: roles.difformer, attention, lr: headLr }, 'DifFormer');
-  record('DifFormer', `b {${roles.difformer}}, t {${timesteps}}`, dif, JSON.stringify(attention));
-
-  const difeedEpochs = o['difeed-epochs'];
-  const bar = progressBar('DifFeed', 'batches');
-  let feedEpoch = 0;
-  const feed = await fitDifFeed(e, unet, imageSource(train, trainIdx, S), imageSource(test, testIdx, S), {
-    classes: 10, strategy: 'bottleneck', t: 150, head: attention, headLr, epochs: difeedEpochs, stepSize: schedule.stepSize, batchSize: 16, seed,
-    onEpoch: (i) => (feedEpoch = i.epoch + 1), onBatch: (d, n) => bar(feedEpoch * n + d, difeedEpochs * n),
-  });
-  record('DifFeed (bottleneck)', `feedback {${roles.bottleneck}} → b ${roles.feature}, t 150`, feed, `${difeedEpochs} epochs, StepLR(${schedule.stepSize}), batch 16, flip, feedback lr 1e-3, head lr ${headLr}`);
-
-  // The table, the JSON record and the bar chart.
+  const r = await runMiniature(e, unet, {
+    outDir: o.out, checkpointHash: hash, trainPerClass: o['train-per-class'], testPerClass: o['test-per-class'], full: o.full, epochs: o.epochs, stepSize: o['step-size'],
+    batchSize: o.batch, difeedEpochs: o['difeed-epochs'], headDim: o['head-dim'], headLayers: o['head-layers'], headLr: o['head-lr'], prePool: o['pre-pool'],
+    seed: o.seed, progress: progressBar,
+  }, (line) => console.log(line));
   console.log(`\n| method | features | top-1 | top-5 | trainable params | time |\n|---|---|---|---|---|---|`);
-  for (const r of rows) console.log(`| ${r.method} | ${r.features} | ${(100 * r.top1).toFixed(1)}% | ${(100 * r.top5).toFixed(1)}% | ${r.params.toLocaleString('en')} | ${fmtTime(r.seconds)} |`);
-  const byName = Object.fromEntries(rows.map((r) => [r.method, r.top1]));
-  const ranking = ['GD linear probe', 'Attention head', 'DifFormer', 'DifFeed (bottleneck)'].sort((a, b) => byName[a] - byName[b]);
-  const beatsRaw = rows.filter((r) => r.method !== 'raw-pixel linear probe' && r.top1 > raw.top1).map((r) => r.method);
-  const findings = [
-    `diffusion features vs raw pixels: ${beatsRaw.length ? `${beatsRaw.join(', ')} beat the raw-pixel probe (${(100 * raw.top1).toFixed(1)}%)` : `none beats the raw-pixel probe (${(100 * raw.top1).toFixed(1)}%)`}`,
-    `ordering found (lowest → highest top-1): ${ranking.join(' < ')}; the paper's: GD linear < Attention < DifFormer / DifFeed`,
-  ];
-  for (const f of findings) console.log(f);
+  for (const row of r.rows) console.log(`| ${row.method} | ${row.features} | ${(100 * row.top1).toFixed(1)}% | ${(100 * row.top5).toFixed(1)}% | ${row.params.toLocaleString('en')} | ${fmtTime(row.seconds)} |`);
   const total = (performance.now() - started) / 1000;
-  const result = {
-    checkpoint: o.checkpoint, sha256: hash, adapter: e.handle.info, samples: sampleLine,
-    data: { train: trainIdx.length, validation: valRows.length, test: testIdx.length, full, seed },
-    extraction: { timesteps, blocks, seconds: extractSeconds },
-    schedule: { ...schedule, difeedEpochs, attention, headLr }, sweep, rows, findings, seconds: total,
-  };
-  await writeFileAtomic(join(outDir, 'results.json'), JSON.stringify(result, null, 2) + '\n');
-  await writeFileAtomic(join(outDir, 'results.png'), barChartPng(`FASHION-MNIST TOP-1, ${testIdx.length} TEST IMAGES`, rows.map((r) => ({ label: r.method, value: r.top1 }))));
-  console.log(`\nwrote ${join(outDir, 'results.json')}, ${join(outDir, 'results.png')} and ${join(outDir, 'samples.png')}; total ${fmtTime(total)}`);
+  const result = { checkpoint: o.checkpoint, sha256: hash, adapter: e.handle.info, ...r, seconds: total };
+  await writeFileAtomic(join(o.out, 'results.json'), JSON.stringify(result, null, 2) + '\n');
+  const chart = await writeChart(join(o.out, 'results.png'), barChartSvg(`Fashion-MNIST top-1, ${r.data.test} test images`, r.rows.map((row) => ({ label: row.method, value: row.top1 }))));
+  console.log(`\nwrote ${join(o.out, 'results.json')}, ${chart.svg}, ${chart.png} and ${join(o.out, 'samples.png')}; total ${fmtTime(total)}`);
   await e.dispose();
   return 0;
 }

@@ -18,12 +18,13 @@ import { classificationReport } from '../train/eval/classification.ts';
 import { type FeatureArrays, fitHead, trainedHeadLogits } from '../train/fit.ts';
 import { readStateSettings } from '../train/checkpoint.ts';
 import { fitDifFeed } from '../train/fit-difeed.ts';
-import { heatmapPng } from '../train/heatmap.ts';
 import { standardizeSplits } from '../train/standardize.ts';
 import { sweepLinearProbes } from '../train/sweep.ts';
 import { type OptionSpecs, parseArgs, UsageError } from './args.ts';
 import { checkpointHash, loadModel, MODEL_OPTIONS, resolveFlags } from './model-options.ts';
 import { fmtTime, progressBar } from './progress.ts';
+import { heatmapSvg } from './render/charts.ts';
+import { writeChart } from './render/write-chart.ts';
 
 /** The last diffusion timestep (T = 1000 steps, t ∈ 0..999). */
 const T_MAX = 999;
@@ -273,7 +274,7 @@ const CKA = {
   b: { type: 'ints', min: 1, unique: true, required: true, help: 'blocks (several: compare blocks at one timestep)' },
   pool: { type: 'int', min: 0, max: 1024, help: 'one adaptive pooling for every compared set (0 = as cached)', default: 0 },
   out: { type: 'string', meta: 'FILE', required: true, help: 'JSON file for the matrix' },
-  png: { type: 'string', meta: 'FILE', help: 'PNG heatmap file' },
+  png: { type: 'string', meta: 'FILE.png', help: 'heatmap, as FILE.png and FILE.svg' },
 } satisfies OptionSpecs;
 
 async function ckaCommand(argv: string[]): Promise<number> {
@@ -291,7 +292,7 @@ async function ckaCommand(argv: string[]): Promise<number> {
   const e = await createEngine();
   const m = await ckaMatrix(e, sets);
   await writeFileAtomic(o.out, JSON.stringify({ labels, matrix: m, images: cached.count, pool: o.pool }, null, 2));
-  if (o.png) await writeFileAtomic(o.png, heatmapPng(m, labels));
+  if (o.png) await writeChart(o.png, heatmapSvg(m, labels, labels, `linear CKA, ${cached.count} images`));
   console.log(`linear CKA over ${cached.count} images:\n${labels.map((l, i) => `${l.padStart(6)} ${m[i].map((v) => v.toFixed(3)).join(' ')}`).join('\n')}`);
   e.dispose();
   return 0;
@@ -332,7 +333,8 @@ async function sweepCommand(argv: string[]): Promise<number> {
   for (const pool of o.pool) {
     for (const std of standardize) {
       const grid = bs.map((b) => ts.map((t) => rows.find((r) => r.pool === pool && r.standardize === std && r.b === b && r.t === t)!.top1));
-      await writeFileAtomic(join(o.out, `sweep-pool${pool}${std ? '-standardized' : ''}.png`), heatmapPng(grid, bs.map((b) => (pixels ? 'pixels' : `b${b}`)), ts.map((t) => (pixels ? '' : `t${t}`))));
+      const title = `linear probe top-1, pool ${pool}${std ? ', standardised' : ''}`;
+      await writeChart(join(o.out, `sweep-pool${pool}${std ? '-standardized' : ''}.png`), heatmapSvg(grid, bs.map((b) => (pixels ? 'pixels' : `b${b}`)), ts.map((t) => (pixels ? '' : `t${t}`)), title));
     }
   }
   await writeFileAtomic(join(o.out, 'sweep.json'), JSON.stringify({ train: o.train, test: o.test, features: pixels ? 'pixels' : 'unet', epochs: o.epochs, lr: o.lr, batch: o.batch, rows }, null, 2));
@@ -346,7 +348,7 @@ const EVAL = {
   run: { type: 'string', meta: 'DIR', required: true, help: 'a train --out directory (linear, attention or difformer head)' },
   features: { type: 'string', meta: 'DIR', required: true, help: 'feature cache of the split to score, of the kind the head was trained on' },
   out: { type: 'string', meta: 'FILE', help: 'result JSON (default <run>/eval-<features dir name>.json)' },
-  png: { type: 'string', meta: 'FILE', help: 'confusion matrix heatmap (rows: true class, columns: predicted; each row sums to 1)' },
+  png: { type: 'string', meta: 'FILE.png', help: 'confusion matrix heatmap as FILE.png and FILE.svg (rows: true class, columns: predicted; each row sums to 1)' },
 } satisfies OptionSpecs;
 
 /** Scores a trained head on any split: top-1/top-5, accuracy per class, confusion matrix. */
@@ -373,7 +375,7 @@ async function evalCommand(argv: string[]): Promise<number> {
   await writeFileAtomic(out, JSON.stringify({ run: o.run, features: o.features, head, timesteps, blocks, pool, standardize: !!data.standardize, ...report }, null, 2));
   if (o.png) {
     const rows = report.confusion.map((row) => row.map((v) => v / Math.max(1, row.reduce((p, x) => p + x, 0))));
-    await writeFileAtomic(o.png, heatmapPng(rows, rows.map((_, c) => String(c))));
+    await writeChart(o.png, heatmapSvg(rows, rows.map((_, c) => String(c)), rows.map((_, c) => String(c)), 'confusion (rows: true class, columns: predicted)'));
   }
   const perClass = report.perClass.map((a, c) => `${c}: ${a === null ? '-' : `${(100 * a).toFixed(1)}%`}`).join(', ');
   console.log(`${o.features}: ${report.images} images, top-1 ${(100 * report.top1).toFixed(2)}%, top-5 ${(100 * report.top5).toFixed(2)}%\nper class: ${perClass}\n→ ${out}`);

@@ -2,23 +2,16 @@
 // draw samples from it (DDPM or DDIM) as a PNG grid.
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { encode } from 'fast-png';
 import { createEngine } from '../engine/engine.ts';
 import { removeStaleTempFiles, writeFileAtomic } from '../model/checkpoint/atomic-write.ts';
 import { writeSafetensors } from '../model/checkpoint/safetensors.ts';
-import { DIFFUSION_STEPS, imageGrid, MAX_SAMPLE_COUNT, sample } from '../model/sampling.ts';
-import type { UNet } from '../model/unet.ts';
+import { DIFFUSION_STEPS, MAX_SAMPLE_COUNT, sample } from '../model/sampling.ts';
+import { writeImageGridPng } from '../train/sample-grid.ts';
 import { loadFashionMnist, toModelInput } from '../train/data/fashion-mnist.ts';
 import { type Ema, pretrain } from '../train/pretrain.ts';
 import { type OptionSpecs, parseArgs } from './args.ts';
 import { loadModel, MODEL_OPTIONS } from './model-options.ts';
 import { fmtTime, progressBar } from './progress.ts';
-
-/** Writes `count` images ([count, C, S, S] in [−1, 1]) of `unet`'s shape as a PNG grid, atomically. */
-export async function writeImageGridPng(path: string, images: Float32Array, count: number, unet: UNet, cols?: number): Promise<void> {
-  const grid = imageGrid(images, count, unet.plan.flags.in_channels, unet.plan.flags.image_size, cols);
-  await writeFileAtomic(path, encode({ width: grid.width, height: grid.height, data: grid.rgb, channels: 3, depth: 8 }));
-}
 
 const PRETRAIN = {
   ...MODEL_OPTIONS,
@@ -60,7 +53,7 @@ async function pretrainCommand(argv: string[]): Promise<number> {
     const images = await x.read();
     x.dispose();
     await mkdir(join(o.out, 'samples'), { recursive: true });
-    await writeImageGridPng(join(o.out, 'samples', `step-${String(step).padStart(6, '0')}.png`), images, 16, unet);
+    await writeImageGridPng(join(o.out, 'samples', `step-${String(step).padStart(6, '0')}.png`), images, 16, unet.plan.flags.in_channels, unet.plan.flags.image_size);
   };
   const r = await pretrain(e, unet, { count, labels: ds.labels, images: (idx) => toModelInput(ds, idx, size) }, {
     steps, batchSize: o.batch, lr: o.lr, emaDecay: o.ema, seed: o.seed,
@@ -100,7 +93,7 @@ async function sampleCommand(argv: string[]): Promise<number> {
   const { unet } = await loadModel(e, o.model, o.checkpoint);
   const ddim = o['ddim-steps'];
   const x = await sample(e, unet, { count: o.count, seed: o.seed, ddimSteps: ddim, onStep: progressBar('sample', 'steps') });
-  await writeImageGridPng(o.out, await x.read(), o.count, unet);
+  await writeImageGridPng(o.out, await x.read(), o.count, unet.plan.flags.in_channels, unet.plan.flags.image_size);
   console.log(`wrote ${o.count} samples (${ddim ? `DDIM ${ddim} steps` : `DDPM ${DIFFUSION_STEPS} steps`}) to ${o.out}`);
   e.dispose();
   return 0;

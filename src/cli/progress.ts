@@ -1,4 +1,7 @@
 // A one-line progress bar with rate and ETA on stderr (plain lines when stderr is not a terminal).
+import { fmtTime } from '../train/format-time.ts';
+
+export { fmtTime };
 export function progressBar(label: string, unit: string) {
   const start = performance.now();
   const tty = process.stderr.isTTY;
@@ -15,11 +18,4 @@ export function progressBar(label: string, unit: string) {
     const line = `${label} [${'#'.repeat(fill)}${' '.repeat(width - fill)}] ${done}/${total} ${unit}, ${rate.toFixed(2)} ${unit}/s, ETA ${fmtTime(eta)}`;
     process.stderr.write(tty ? `\r${line}${done >= total ? '\n' : ''}` : `${line}\n`);
   };
-}
-
-export function fmtTime(s: number): string {
-  if (!Number.isFinite(s)) return '?';
-  if (s < 60) return `${s.toFixed(0)}s`;
-  if (s < 3600) return `${Math.floor(s / 60)}m${String(Math.round(s % 60)).padStart(2, '0')}s`;
-  return `${Math.floor(s / 3600)}h${String(Math.round((s % 3600) / 60)).padStart(2, '0')}m`;
 }

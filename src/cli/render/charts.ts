@@ -1,0 +1,83 @@
+// Charts of the command line as SVG (text stays text, scales, diffs in review) and as PNG rendered
+// from that SVG by resvg: a horizontal bar chart of accuracies, and a labelled heatmap of a matrix
+// (CKA, sweep grids, confusion matrices).
+import { Resvg } from '@resvg/resvg-js';
+
+const FONT = 'DejaVu Sans, Liberation Sans, Arial, sans-serif';
+
+const escapeXml = (s: string) => s.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+const text = (x: number, y: number, s: string, attrs = '') => `<text x="${x}" y="${y}"${attrs ? ` ${attrs}` : ''}>${escapeXml(s)}</text>`;
+/** A rough width of `s` at `size` px in a sans-serif font, for laying out labels. */
+const textWidth = (s: string, size: number) => Math.ceil(s.length * size * 0.6);
+
+function svg(width: number, height: number, body: string[]): string {
+  return `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="${FONT}">\n` +
+    `<rect width="100%" height="100%" fill="#ffffff"/>\n${body.join('\n')}\n</svg>\n`;
+}
+
+export interface Bar {
+  label: string;
+  /** In [0, 1]. */
+  value: number;
+  /** Drawn as ± this at the bar's end (a standard error), when given. */
+  error?: number;
+}
+
+export const BAR_COLOUR = '#4a78b5';
+
+/** One labelled bar per entry, its value in percent at the bar's end, a title on top. */
+export function barChartSvg(title: string, bars: Bar[], width = 760): string {
+  const size = 14;
+  const rowH = 28;
+  const top = 40;
+  const labelW = Math.max(...bars.map((b) => textWidth(b.label, size))) + 16;
+  const valueW = textWidth('100.0% ± 9.9', size) + 12;
+  const span = width - labelW - valueW - 8;
+  const height = top + bars.length * rowH + 12;
+  const body = [text(8, 22, title, `font-size="${size + 2}" font-weight="bold"`)];
+  bars.forEach((b, i) => {
+    const y = top + i * rowH;
+    const w = Math.round(span * Math.max(0, Math.min(1, b.value)));
+    body.push(text(8, y + rowH / 2 + 5, b.label, `font-size="${size}"`));
+    body.push(`<rect class="bar" x="${labelW}" y="${y + 3}" width="${w}" height="${rowH - 6}" fill="${BAR_COLOUR}"/>`);
+    const value = `${(100 * b.value).toFixed(1)}%${b.error !== undefined ? ` ± ${(100 * b.error).toFixed(1)}` : ''}`;
+    body.push(text(labelW + w + 6, y + rowH / 2 + 5, value, `font-size="${size}"`));
+  });
+  body.push(`<line x1="${labelW - 0.5}" y1="${top - 2}" x2="${labelW - 0.5}" y2="${top + bars.length * rowH}" stroke="#969696"/>`);
+  body.push(`<line x1="${labelW + span + 0.5}" y1="${top - 2}" x2="${labelW + span + 0.5}" y2="${top + bars.length * rowH}" stroke="#c8c8c8"/>`);
+  return svg(width, height, body);
+}
+
+/** Blue → yellow over [0, 1]. */
+function ramp(v: number): string {
+  const x = Math.min(1, Math.max(0, v));
+  return `rgb(${Math.round(255 * x)},${Math.round(64 + 150 * x)},${Math.round(200 * (1 - x) + 40)})`;
+}
+
+/** `m` (values in [0, 1]) as cells with `rowLabels` down the left and `colLabels` along the top, each value written in its cell. */
+export function heatmapSvg(m: number[][], rowLabels: string[], colLabels: string[] = rowLabels, title = ''): string {
+  const size = 12;
+  const cell = 44;
+  const left = Math.max(...rowLabels.map((l) => textWidth(l, size))) + 12;
+  const top = (title ? 28 : 8) + size + 8;
+  const cols = m[0]?.length ?? 0;
+  const width = Math.max(left + cols * cell + 8, title ? textWidth(title, size + 2) + 16 : 0);
+  const height = top + m.length * cell + 8;
+  const body = title ? [text(8, 20, title, `font-size="${size + 2}" font-weight="bold"`)] : [];
+  colLabels.forEach((l, j) => body.push(text(left + j * cell + cell / 2, top - 6, l, `font-size="${size}" text-anchor="middle"`)));
+  m.forEach((row, i) => {
+    body.push(text(left - 6, top + i * cell + cell / 2 + 4, rowLabels[i], `font-size="${size}" text-anchor="end"`));
+    row.forEach((v, j) => {
+      const x = left + j * cell;
+      const y = top + i * cell;
+      body.push(`<rect x="${x + 1}" y="${y + 1}" width="${cell - 2}" height="${cell - 2}" fill="${ramp(v)}"/>`);
+      body.push(text(x + cell / 2, y + cell / 2 + 4, v.toFixed(2), `font-size="${size - 1}" text-anchor="middle" fill="${v > 0.6 ? '#000000' : '#ffffff'}"`));
+    });
+  });
+  return svg(width, height, body);
+}
+
+/** PNG bytes of an SVG document, rendered at its own size with the system's fonts. */
+export function svgToPng(svgText: string): Uint8Array {
+  return new Resvg(svgText, { font: { loadSystemFonts: true, defaultFontFamily: 'DejaVu Sans' }, background: '#ffffff' }).render().asPng();
+}
