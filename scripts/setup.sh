@@ -67,45 +67,20 @@ apt_install() {
     || { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$1" >/dev/null; }
 }
 
-# Fashion-MNIST for the experiments CLI and its tests (Debian's dataset-fashion-mnist, ~30 MB).
-install_fashion_mnist() {
-  if [[ -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ]]; then
-    say "Fashion-MNIST present"
+# ensure_package PACKAGE WHAT CHECK...: apt-get install PACKAGE unless the command CHECK... succeeds.
+ensure_package() {
+  local package=$1 what=$2
+  shift 2
+  if "$@" >/dev/null 2>&1; then
+    say "$what present"
     return 0
   fi
   if ! command -v apt-get >/dev/null; then
-    say "no apt-get: Fashion-MNIST (dataset-fashion-mnist) not installed; the experiments that use it will say so"
+    say "no apt-get: install $package yourself ($what); what needs it will say so"
     return 0
   fi
-  say "installing dataset-fashion-mnist"
-  apt_install dataset-fashion-mnist
-}
-
-# A font for the text of the charts (SVG rendered to PNG by resvg with the system's fonts).
-install_fonts() {
-  if [[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]]; then
-    say "DejaVu fonts present"
-    return 0
-  fi
-  if ! command -v apt-get >/dev/null; then
-    say "no apt-get: install a sans-serif font (fonts-dejavu-core) for the charts' text"
-    return 0
-  fi
-  say "installing fonts-dejavu-core (chart text)"
-  apt_install fonts-dejavu-core
-}
-
-install_chromium() {
-  if command -v chromium >/dev/null; then
-    say "chromium present: $(chromium --version 2>/dev/null | head -n 1)"
-    return 0
-  fi
-  if ! command -v apt-get >/dev/null; then
-    say "no apt-get: install Chromium yourself and set DIFREP_CHROMIUM to its binary for the browser tests"
-    return 0
-  fi
-  say "installing chromium (browser tests)"
-  apt_install chromium
+  say "installing $package ($what)"
+  apt_install "$package"
 }
 
 install_npm_deps() {
@@ -126,9 +101,11 @@ for arg in "$@"; do
 done
 
 install_lavapipe
-install_fashion_mnist
-install_fonts
-[[ $browser -eq 1 ]] && install_chromium
+# Fashion-MNIST (~30 MB) for the experiments CLI and its tests; a font for the charts' text (SVG
+# rendered to PNG with the system's fonts); with --browser, chromium (or set DIFREP_CHROMIUM).
+ensure_package dataset-fashion-mnist "Fashion-MNIST" test -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
+ensure_package fonts-dejavu-core "DejaVu fonts" test -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf
+[[ $browser -eq 1 ]] && ensure_package chromium "chromium (browser tests)" command -v chromium
 install_npm_deps
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
 npx --no-install tsx scripts/probe-adapter.ts

@@ -5,20 +5,10 @@
 //   node --import tsx checkpoint-fuzz-runner.ts <seed> <cases per fixture>
 import { readFile } from 'node:fs/promises';
 import { CheckpointError, openCheckpoint } from '../../src/model/checkpoint/index.ts';
+import { mulberry32 as rng } from '../../src/engine/random.ts';
 
 const FIXTURES = ['adm32-mini.safetensors', 'adm32-mini.pt', 'adm32-mini-legacy.pt', 'adm32-mini-f16.pt'];
 
-/** mulberry32 */
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 interface Case {
   desc: string;
