@@ -1,13 +1,14 @@
 // guided-diffusion's create_model flags → the U-Net's block plan, state_dict key → shape table and
 // diffssl block numbering. Mirrors UNetModel.__init__ (guided_diffusion/unet.py:480-616).
 
+/** Flags mean what they mean to guided-diffusion's create_model (script_util.py), defaults included. */
 export interface UNetFlags {
   image_size: number;
   num_channels: number;
   num_res_blocks: number;
   /** "" (the default for the image size), "1,1,2,2,4,4", or numbers. */
   channel_mult?: string | number[];
-  /** Resolutions with attention, e.g. "32,16,8" (converted to downsampling factors). */
+  /** Resolutions with attention, e.g. "32,16,8" (converted to downsampling factors); unset: "16"; "": only the middle block. */
   attention_resolutions?: string;
   num_heads?: number;
   num_head_channels?: number;
@@ -170,7 +171,7 @@ function checkFlags(input: UNetFlags) {
     }
   });
   if (imageSize >> (mult.length - 1) < 1) throw new UNetConfigError(`image_size ${imageSize} cannot be halved ${mult.length - 1} times (channel_mult has ${mult.length} levels)`);
-  const attentionResolutions = positiveIntegers('attention_resolutions', f.attention_resolutions ?? '', '32,16,8');
+  const attentionResolutions = positiveIntegers('attention_resolutions', f.attention_resolutions ?? '16', '32,16,8');
   const numHeads = f.num_heads === undefined ? 1 : integerIn('num_heads', f.num_heads, L.num_heads.min, L.num_heads.max);
   const headChannels = unsetOrIn('num_head_channels', f.num_head_channels, L.num_head_channels.min, L.num_head_channels.max);
   const upsampleHeads = unsetOrIn('num_heads_upsample', f.num_heads_upsample, L.num_heads.min, L.num_heads.max);

@@ -89,6 +89,15 @@ t.test('resblock_updown: unset means create_model\'s default (False, conv resamp
   t.same(res.blocks[6].layers.map((l) => l.kind), ['res', 'attn', 'res']);
 });
 
+t.test('attention_resolutions: unset means create_model\'s default "16"; "" means attention in the middle block only', async (t) => {
+  const flags = { image_size: 32, num_channels: 32, num_res_blocks: 1, channel_mult: '1,1', num_head_channels: 32 };
+  const withAttention = (plan: ReturnType<typeof planUNet>) => plan.blocks.filter((b) => b.layers.some((l) => l.kind === 'attn')).map((b) => [b.b, b.size]);
+  // 16 on a 32 image is ds 2, the second level: blocks 4 (input), 5 (middle), 6 and 7 (decoder).
+  t.same(withAttention(planUNet(flags)), [[4, 16], [5, 16], [6, 16], [7, 32]]);
+  t.same(withAttention(planUNet({ ...flags, attention_resolutions: '16' })), withAttention(planUNet(flags)));
+  t.same(withAttention(planUNet({ ...flags, attention_resolutions: '' })), [[5, 16]]);
+});
+
 t.test('unsupported or inconsistent configs are clear errors', async (t) => {
   t.throws(() => planUNet({ ...ADM_256_UNCOND, class_cond: true }), /class_cond/);
   t.throws(() => planUNet({ ...ADM_256_UNCOND, num_head_channels: 48 }), /not a multiple of num_head_channels 48/);
