@@ -1,15 +1,17 @@
-// 2-D convolution (stride 1, square kernel, zero padding) on NCHW data as an implicit GEMM:
+// 2-D convolution (square kernel, zero padding, optional stride) on NCHW data as an implicit GEMM:
 //   out[n] (Cout × P) = W (Cout × K) · im2col(x[n]) (K × P) + bias (+ residual[n])
-// with P = H·W pixels and K = Cin·k·k, every image's columns side by side (N·P columns), so the
+// with P = Ho·Wo output pixels and K = Cin·k·k, every image's columns side by side (N·P columns), so the
 // small feature maps of a batch (4×4, 8×8) still fill whole tiles. W is PyTorch's [Cout, Cin, k, k] read row-major, so the
 // checkpoint's layout is the GEMM's A operand and the output lands in NCHW without a transpose.
-// im2col is never materialised: the B-tile load decodes (ci, ky, kx) and (y, x) and reads zero
-// outside the image. Same register tiling as kernels/matmul.wgsl.ts.
+// im2col is never materialised: the B-tile load decodes (ci, ky, kx) and (oy, ox), reads input
+// pixel (oy·s + ky − pad, ox·s + kx − pad) and zero outside the image.
 //
-// Backward (used by src/engine/ops/conv2d.ts), stride 1:
-//   dx = conv(dy, W') with W'[ci, co, ky, kx] = W[co, ci, k−1−ky, k−1−kx] and padding k−1−pad:
-//        the same kernel, reading A through the `transposedWeight` index map;
-//   dW[co, (ci,ky,kx)] = Σ_n Σ_p dy[n, co, p] · x[n, ci, y+ky−pad, x+kx−pad]: conv2dWeightGradKernel.
+// Backward (used by src/engine/ops/conv2d.ts), stride s:
+//   dx = conv(dilate_s(dy), W') with W'[ci, co, ky, kx] = W[co, ci, k−1−ky, k−1−kx], padding k−1−pad and
+//        stride 1, where dilate_s puts s−1 zeros between dy's pixels (a stride-s conv's transpose):
+//        the same kernel, reading A through the `transposedWeight` index map and B through
+//        `inputDilation` (the zeros are never stored);
+//   dW[co, (ci,ky,kx)] = Σ_n Σ_p dy[n, co, p] · x[n, ci, oy·s+ky−pad, ox·s+kx−pad]: conv2dWeightGradKernel.
 import { wgsl } from 'wgsl-preprocessor/wgsl-preprocessor.js';
 import type { KernelSource } from '../src/engine/kernel-registry.ts';
 import { DEFAULT_MATMUL_TILING, type MatmulTiling } from './matmul.wgsl.ts';
@@ -21,11 +23,15 @@ export interface Conv2dVariant {
   residual: boolean;
   /** Read W as the flipped, channel-swapped kernel of the input gradient (see header). */
   transposedWeight: boolean;
+  /** Output pixel (oy, ox) reads around input pixel (oy·stride, ox·stride). */
+  stride: number;
+  /** Read x as if inputDilation − 1 zeros sat between its pixels (the input gradient of a strided conv). */
+  inputDilation: number;
 }
 
 /**
  * Bindings: w, x, out, then bias and residual when present.
- * Uniforms: Cin (channels of x), H, W, Cout (channels of out), N (images).
+ * Uniforms: Cin (channels of x), H, W (of x as stored), Cout (channels of out), N (images), Ho, Wo (of out).
  */
 export function conv2dKernel(v: Conv2dVariant, t: MatmulTiling = DEFAULT_MATMUL_TILING): KernelSource {
   const BM = t.wgY * t.tm;
@@ -36,9 +42,9 @@ export function conv2dKernel(v: Conv2dVariant, t: MatmulTiling = DEFAULT_MATMUL_
   const biasBinding = v.bias ? binding++ : 0;
   const residualBinding = v.residual ? binding++ : 0;
   return {
-    key: `conv2d.k${v.ksize}p${v.pad}${v.bias ? '.bias' : ''}${v.residual ? '.res' : ''}${v.transposedWeight ? '.wT' : ''}.${t.wgX}x${t.wgY}.${t.tm}x${t.tn}.k${t.tk}`,
+    key: `conv2d.k${v.ksize}p${v.pad}s${v.stride}d${v.inputDilation}${v.bias ? '.bias' : ''}${v.residual ? '.res' : ''}${v.transposedWeight ? '.wT' : ''}.${t.wgX}x${t.wgY}.${t.tm}x${t.tn}.k${t.tk}`,
     code: wgsl`
-struct Params { Cin: u32, H: u32, W: u32, Cout: u32, N: u32 }
+struct Params { Cin: u32, H: u32, W: u32, Cout: u32, N: u32, Ho: u32, Wo: u32 }
 @group(0) @binding(0) var<uniform> u: Params;
 @group(0) @binding(1) var<storage, read> w: array<f32>;
 @group(0) @binding(2) var<storage, read> x: array<f32>;
@@ -69,13 +75,21 @@ fn loadX(kk: u32, c: u32, K: u32, P: u32) -> f32 {
   if (kk >= K || c >= u.N * P) { return 0.0; }
   let n = c / P;
   let p = c % P;
-  let base = n * u.Cin * P;
   let ci = kk / ${KK}u;
   let r = kk % ${KK}u;
-  let yy = i32(p / u.W) + i32(r / ${v.ksize}u) - ${v.pad};
-  let xx = i32(p % u.W) + i32(r % ${v.ksize}u) - ${v.pad};
+  let vy = i32(p / u.Wo) * ${v.stride} + i32(r / ${v.ksize}u) - ${v.pad};
+  let vx = i32(p % u.Wo) * ${v.stride} + i32(r % ${v.ksize}u) - ${v.pad};
+#if ${v.inputDilation > 1}
+  // (vy, vx) is a pixel of the dilated input: only every inputDilation-th one is stored.
+  if (vy < 0 || vx < 0 || vy % ${v.inputDilation} != 0 || vx % ${v.inputDilation} != 0) { return 0.0; }
+  let yy = vy / ${v.inputDilation};
+  let xx = vx / ${v.inputDilation};
+#else
+  let yy = vy;
+  let xx = vx;
+#endif
   if (yy < 0 || xx < 0 || yy >= i32(u.H) || xx >= i32(u.W)) { return 0.0; }
-  return x[base + ci * P + u32(yy) * u.W + u32(xx)];
+  return x[(n * u.Cin + ci) * u.H * u.W + u32(yy) * u.W + u32(xx)];
 }
 
 @compute @workgroup_size(${t.wgX}, ${t.wgY})
@@ -83,7 +97,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
   let tx = lid3.x;
   let ty = lid3.y;
   let lid = ty * ${t.wgX}u + tx;
-  let P = u.H * u.W;
+  let P = u.Ho * u.Wo;
   let K = u.Cin * ${KK}u;
   let row0 = wid.y * ${BM}u;
   let col0 = wid.x * ${BN}u;
@@ -134,17 +148,18 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
 
 /**
  * dW (Cout × Cin·k·k) = Σ_n dy[n] (Cout × P) · im2col(x[n])ᵀ (P × Cin·k·k): a GEMM whose reduction
- * runs over every pixel of every image. Bindings: dy, x, dw. Uniforms: Cin, H, W, Cout, N.
+ * runs over every output pixel of every image. Bindings: dy, x, dw. Uniforms: Cin, H, W (of x),
+ * Cout, N, Ho, Wo (of dy).
  */
-export function conv2dWeightGradKernel(ksize: number, pad: number, t: MatmulTiling = DEFAULT_MATMUL_TILING): KernelSource {
+export function conv2dWeightGradKernel(ksize: number, pad: number, stride: number, t: MatmulTiling = DEFAULT_MATMUL_TILING): KernelSource {
   const BM = t.wgY * t.tm;
   const BN = t.wgX * t.tn;
   const threads = t.wgX * t.wgY;
   const KK = ksize * ksize;
   return {
-    key: `conv2dWeightGrad.k${ksize}p${pad}.${t.wgX}x${t.wgY}.${t.tm}x${t.tn}.k${t.tk}`,
+    key: `conv2dWeightGrad.k${ksize}p${pad}s${stride}.${t.wgX}x${t.wgY}.${t.tm}x${t.tn}.k${t.tk}`,
     code: wgsl`
-struct Params { Cin: u32, H: u32, W: u32, Cout: u32, N: u32 }
+struct Params { Cin: u32, H: u32, W: u32, Cout: u32, N: u32, Ho: u32, Wo: u32 }
 @group(0) @binding(0) var<uniform> u: Params;
 @group(0) @binding(1) var<storage, read> dy: array<f32>;
 @group(0) @binding(2) var<storage, read> x: array<f32>;
@@ -165,10 +180,10 @@ fn loadX(q: u32, col: u32, P: u32, KW: u32) -> f32 {
   let p = q % P;
   let ci = col / ${KK}u;
   let r = col % ${KK}u;
-  let yy = i32(p / u.W) + i32(r / ${ksize}u) - ${pad};
-  let xx = i32(p % u.W) + i32(r % ${ksize}u) - ${pad};
+  let yy = i32(p / u.Wo) * ${stride} + i32(r / ${ksize}u) - ${pad};
+  let xx = i32(p % u.Wo) * ${stride} + i32(r % ${ksize}u) - ${pad};
   if (yy < 0 || xx < 0 || yy >= i32(u.H) || xx >= i32(u.W)) { return 0.0; }
-  return x[(n * u.Cin + ci) * P + u32(yy) * u.W + u32(xx)];
+  return x[(n * u.Cin + ci) * u.H * u.W + u32(yy) * u.W + u32(xx)];
 }
 
 @compute @workgroup_size(${t.wgX}, ${t.wgY})
@@ -176,7 +191,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
   let tx = lid3.x;
   let ty = lid3.y;
   let lid = ty * ${t.wgX}u + tx;
-  let P = u.H * u.W;
+  let P = u.Ho * u.Wo;
   let Q = u.N * P;
   let KW = u.Cin * ${KK}u;
   let row0 = wid.y * ${BM}u;

@@ -1,19 +1,25 @@
 // guided-diffusion's create_model flags → the U-Net's block plan, state_dict key → shape table and
 // diffssl block numbering. Mirrors UNetModel.__init__ (guided_diffusion/unet.py:480-616).
 
+/** Flags mean what they mean to guided-diffusion's create_model (script_util.py), defaults included. */
 export interface UNetFlags {
   image_size: number;
   num_channels: number;
   num_res_blocks: number;
   /** "" (the default for the image size), "1,1,2,2,4,4", or numbers. */
   channel_mult?: string | number[];
-  /** Resolutions with attention, e.g. "32,16,8" (converted to downsampling factors). */
+  /** Resolutions with attention, e.g. "32,16,8" (converted to downsampling factors); unset: "16"; "": only the middle block. */
   attention_resolutions?: string;
   num_heads?: number;
   num_head_channels?: number;
   num_heads_upsample?: number;
   learn_sigma?: boolean;
   use_scale_shift_norm?: boolean;
+  /**
+   * true: ResBlocks with down/up flags resample (the ADM checkpoints). false or unset (create_model's
+   * default; improved-diffusion has no other kind): conv resamplers, Downsample = 3×3 stride-2 conv
+   * `op`, Upsample = nearest ×2 then 3×3 conv `conv`.
+   */
   resblock_updown?: boolean;
   use_new_attention_order?: boolean;
   class_cond?: boolean;
@@ -33,7 +39,11 @@ export const ADM_256_UNCOND: UNetFlags = {
 export type Layer =
   | { kind: 'conv'; prefix: string; cin: number; cout: number }
   | { kind: 'res'; prefix: string; cin: number; cout: number; down: boolean; up: boolean }
-  | { kind: 'attn'; prefix: string; channels: number; heads: number; legacy: boolean };
+  | { kind: 'attn'; prefix: string; channels: number; heads: number; legacy: boolean }
+  /** guided-diffusion's Downsample(conv_resample=True): 3×3 conv, stride 2, padding 1. */
+  | { kind: 'down'; prefix: string; channels: number }
+  /** guided-diffusion's Upsample(conv_resample=True): nearest ×2, then a 3×3 conv. */
+  | { kind: 'up'; prefix: string; channels: number };
 
 export interface Block {
   /** diffssl block number b (1-based). */
@@ -153,9 +163,6 @@ function checkFlags(input: UNetFlags) {
     throw new UNetConfigError(`dropout ${show(f.dropout)} must be a number from 0 to 1`);
   }
   if (f.class_cond) throw new UNetConfigError('class_cond models (label_emb) are not supported: the paper uses the unconditional model');
-  if (f.resblock_updown === false) {
-    throw new UNetConfigError('resblock_updown=False (conv resamplers) is not supported; the ADM checkpoints use resblock_updown=True');
-  }
   const mult = channelMultOf(f);
   mult.forEach((m, level) => {
     const ch = Math.trunc(m * mc);
@@ -164,7 +171,7 @@ function checkFlags(input: UNetFlags) {
     }
   });
   if (imageSize >> (mult.length - 1) < 1) throw new UNetConfigError(`image_size ${imageSize} cannot be halved ${mult.length - 1} times (channel_mult has ${mult.length} levels)`);
-  const attentionResolutions = positiveIntegers('attention_resolutions', f.attention_resolutions ?? '', '32,16,8');
+  const attentionResolutions = positiveIntegers('attention_resolutions', f.attention_resolutions ?? '16', '32,16,8');
   const numHeads = f.num_heads === undefined ? 1 : integerIn('num_heads', f.num_heads, L.num_heads.min, L.num_heads.max);
   const headChannels = unsetOrIn('num_head_channels', f.num_head_channels, L.num_head_channels.min, L.num_head_channels.max);
   const upsampleHeads = unsetOrIn('num_heads_upsample', f.num_heads_upsample, L.num_heads.min, L.num_heads.max);
@@ -177,6 +184,7 @@ export function planUNet(input: UNetFlags): UNetPlan {
   const attentionDs = new Set(attentionResolutions.map((r) => Math.floor(f.image_size / r)));
   const mc = f.num_channels;
   const legacy = !f.use_new_attention_order;
+  const resblockUpdown = f.resblock_updown ?? false;
   const headsFor = (ch: number, up: boolean) => {
     if (headChannels === -1) {
       const heads = up ? numHeadsUp : numHeads;
@@ -207,7 +215,9 @@ export function planUNet(input: UNetFlags): UNetPlan {
     if (level !== mult.length - 1) {
       const i = blocks.length;
       size /= 2;
-      blocks.push({ b: i + 1, module: `input_blocks.${i}`, layers: [{ kind: 'res', prefix: `input_blocks.${i}.0`, cin: ch, cout: ch, down: true, up: false }], outChannels: ch, size });
+      const prefix = `input_blocks.${i}.0`;
+      const down: Layer = resblockUpdown ? { kind: 'res', prefix, cin: ch, cout: ch, down: true, up: false } : { kind: 'down', prefix, channels: ch };
+      blocks.push({ b: i + 1, module: `input_blocks.${i}`, layers: [down], outChannels: ch, size });
       skipChannels.push(ch);
       ds *= 2;
     }
@@ -234,7 +244,8 @@ export function planUNet(input: UNetFlags): UNetPlan {
       ch = cout;
       if (attentionDs.has(ds)) layers.push({ kind: 'attn', prefix: `${prefix}.${layers.length}`, channels: ch, heads: headsFor(ch, true), legacy });
       if (level && r === f.num_res_blocks) {
-        layers.push({ kind: 'res', prefix: `${prefix}.${layers.length}`, cin: ch, cout: ch, down: false, up: true });
+        const upPrefix = `${prefix}.${layers.length}`;
+        layers.push(resblockUpdown ? { kind: 'res', prefix: upPrefix, cin: ch, cout: ch, down: false, up: true } : { kind: 'up', prefix: upPrefix, channels: ch });
         ds /= 2;
         size *= 2;
       }
@@ -292,6 +303,12 @@ export function stateDictShapes(plan: UNetPlan): Map<string, number[]> {
           m.set(`${p}.skip_connection.weight`, [l.cout, l.cin, 1, 1]);
           m.set(`${p}.skip_connection.bias`, [l.cout]);
         }
+      } else if (l.kind === 'down') {
+        m.set(`${p}.op.weight`, [l.channels, l.channels, 3, 3]);
+        m.set(`${p}.op.bias`, [l.channels]);
+      } else if (l.kind === 'up') {
+        m.set(`${p}.conv.weight`, [l.channels, l.channels, 3, 3]);
+        m.set(`${p}.conv.bias`, [l.channels]);
       } else {
         m.set(`${p}.norm.weight`, [l.channels]);
         m.set(`${p}.norm.bias`, [l.channels]);

@@ -11,7 +11,7 @@ import { matmul } from '../engine/ops/matmul.ts';
 import { avgPool2, upsample2 } from '../engine/ops/resample.ts';
 import { shapeString, type Tensor } from '../engine/tensor.ts';
 import { readFinite, type TensorSource } from './checkpoint/tensor-source.ts';
-import { checkStateDict } from './state-dict.ts';
+import { CheckpointMismatchError, checkStateDict } from './state-dict.ts';
 
 export { CheckpointMismatchError } from './state-dict.ts';
 import { type Block, type Layer, planUNet, stateDictShapes, type UNetFlags, type UNetPlan } from './unet-config.ts';
@@ -57,7 +57,12 @@ export class UNet {
   static async load(engine: Engine, flags: UNetFlags, source: TensorSource, onProgress?: LoadProgress): Promise<UNet> {
     const plan = planUNet(flags);
     const expected = stateDictShapes(plan);
-    checkStateDict(expected, source, 'U-Net built from this config (check image_size, num_channels, channel_mult, num_res_blocks, attention_resolutions and learn_sigma)');
+    try {
+      checkStateDict(expected, source, 'U-Net built from this config (check image_size, num_channels, channel_mult, num_res_blocks, attention_resolutions, learn_sigma and resblock_updown)');
+    } catch (err) {
+      const hint = resamplerHint(plan, source);
+      throw err instanceof CheckpointMismatchError && hint ? new CheckpointMismatchError(`${err.message}\n  ${hint}`) : err;
+    }
     const params = new Map<string, Tensor>();
     let done = 0;
     try {
@@ -144,7 +149,7 @@ export class UNet {
     let most = this.plan.finalChannels * this.plan.flags.image_size ** 2;
     for (const block of this.plan.blocks) {
       for (const l of block.layers) {
-        const c = l.kind === 'attn' ? 3 * l.channels : Math.max(l.cin, l.cout);
+        const c = l.kind === 'attn' ? 3 * l.channels : l.kind === 'down' || l.kind === 'up' ? l.channels : Math.max(l.cin, l.cout);
         most = Math.max(most, c * block.size ** 2);
       }
     }
@@ -260,6 +265,8 @@ export class UNet {
     const p = (k: string) => this.param(`${l.prefix}.${k}`);
     if (l.kind === 'conv') return conv2d(x, p('weight'), { bias: p('bias') });
     if (l.kind === 'attn') return this.attention(l, x);
+    if (l.kind === 'down') return conv2d(x, p('op.weight'), { bias: p('op.bias'), stride: 2 });
+    if (l.kind === 'up') return conv2d(upsample2(x), p('conv.weight'), { bias: p('conv.bias') });
     // ResBlock (guided_diffusion/unet.py:236-256): resampling sits between in_layers' SiLU and
     // its conv, and is applied to the raw input on the skip path.
     let a = groupNorm(x, p('in_layers.0.weight'), p('in_layers.0.bias'), { silu: true });
@@ -289,6 +296,19 @@ export class UNet {
     const a = qkvAttention(reshape(qkv, [N, 3 * C, H * W]), l.heads, l.legacy);
     return conv2d(reshape(a, [N, C, H, W]), p('proj_out.weight'), { bias: p('proj_out.bias'), residual: x });
   }
+}
+
+/** Names the resblock_updown setting a checkpoint was made with when the config has the other one. */
+function resamplerHint(plan: UNetPlan, source: TensorSource): string | undefined {
+  const first = plan.blocks.flatMap((b) => b.layers).find((l) => l.kind === 'down' || (l.kind === 'res' && l.down));
+  if (!first) return undefined;
+  if (first.kind === 'down' && source.info(`${first.prefix}.in_layers.0.weight`)) {
+    return `${first.prefix} is a ResBlock in the checkpoint (${first.prefix}.in_layers.*): set resblock_updown true`;
+  }
+  if (first.kind === 'res' && source.info(`${first.prefix}.op.weight`)) {
+    return `${first.prefix} is a conv Downsample in the checkpoint (${first.prefix}.op.weight): set resblock_updown false`;
+  }
+  return undefined;
 }
 
 /** conv1d weights [out, in, 1] are kept as conv2d weights [out, in, 1, 1]. */

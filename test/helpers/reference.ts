@@ -167,23 +167,25 @@ export function concatRef(xs: Nd[], axis: number): Nd {
   });
 }
 
-/** Cross-correlation, stride 1, zero padding `pad`, NCHW / OIHW. */
-export function conv2dRef(x: Nd, w: Nd, pad: number, bias?: Nd, residual?: Nd): Nd {
+/** Cross-correlation (PyTorch's Conv2d(padding=pad, stride)), NCHW / OIHW, in float64: out[i, j] = Σ w[a, b] · x[i·stride + a − pad, j·stride + b − pad]. */
+export function conv2dRef(x: Nd, w: Nd, pad: number, bias?: Nd, residual?: Nd, stride = 1): Nd {
   const [N, C, H, W] = x.shape;
   const [O, , k] = w.shape;
-  return nd([N, O, H, W], ([n, o, i, j]) => {
+  const Ho = Math.floor((H + 2 * pad - k) / stride) + 1;
+  const Wo = Math.floor((W + 2 * pad - k) / stride) + 1;
+  return nd([N, O, Ho, Wo], ([n, o, i, j]) => {
     let s = bias ? bias.data[o] : 0;
     for (let c = 0; c < C; c++) {
       for (let a = 0; a < k; a++) {
         for (let b = 0; b < k; b++) {
-          const y = i + a - pad;
-          const xx = j + b - pad;
+          const y = i * stride + a - pad;
+          const xx = j * stride + b - pad;
           if (y < 0 || xx < 0 || y >= H || xx >= W) continue;
           s += w.data[((o * C + c) * k + a) * k + b] * x.data[((n * C + c) * H + y) * W + xx];
         }
       }
     }
-    return s + (residual ? residual.data[((n * O + o) * H + i) * W + j] : 0);
+    return s + (residual ? residual.data[((n * O + o) * Ho + i) * Wo + j] : 0);
   });
 }
 

@@ -104,6 +104,21 @@ t.test('a checkpoint for another config names the missing/unexpected keys and bo
   await adm64.close();
 });
 
+t.test('a checkpoint made with the other resblock_updown setting says which one to set', async (t) => {
+  const e = await testEngine();
+  const conv = await openSafetensors(fixture('conv-resample.safetensors'));
+  const convFlags = flagsFromJson(conv.metadata.config);
+  const asResBlocks = await UNet.load(e, { ...convFlags, resblock_updown: true }, withPrefix(conv, 'param.')).then(() => null, (x: Error) => x);
+  t.ok(asResBlocks instanceof CheckpointMismatchError);
+  t.match(asResBlocks!.message, /unexpected keys \(\d+\): .*input_blocks\.2\.0\.op\.weight/);
+  t.match(asResBlocks!.message, 'input_blocks.2.0 is a conv Downsample in the checkpoint (input_blocks.2.0.op.weight): set resblock_updown false');
+  const refFlags = flagsFromJson(reference.metadata.config);
+  const asConv = await UNet.load(e, { ...refFlags, resblock_updown: false }, withPrefix(reference, 'param.')).then(() => null, (x: Error) => x);
+  t.ok(asConv instanceof CheckpointMismatchError);
+  t.match(asConv!.message, 'input_blocks.2.0 is a ResBlock in the checkpoint (input_blocks.2.0.in_layers.*): set resblock_updown true');
+  await conv.close();
+});
+
 t.test('safetensors written by our writer round-trip, atomically, and large files stream tensor by tensor', async (t) => {
   const dir = await mkdtemp(join(tmpdir(), 'difrep-st-'));
   const path = join(dir, 'big.safetensors');

@@ -1,5 +1,5 @@
 import t from 'tap';
-import { ADM_256_UNCOND, planUNet, stateDictShapes, UNetConfigError } from '../../src/model/unet-config.ts';
+import { ADM_256_UNCOND, planUNet, stateDictShapes, UNetConfigError, type UNetFlags } from '../../src/model/unet-config.ts';
 import { openSafetensors } from '../../src/model/checkpoint/safetensors.ts';
 import { flagsFromJson } from '../../src/model/unet-config.ts';
 
@@ -31,7 +31,7 @@ t.test('the 256x256 unconditional config has 566 tensors and 552,814,086 paramet
 });
 
 t.test('the plans of the reference dumps list exactly their state_dict keys and shapes', async (t) => {
-  for (const file of ['adm32-mini.safetensors', 'adm64.safetensors']) {
+  for (const file of ['adm32-mini.safetensors', 'adm64.safetensors', 'unseen-config.safetensors', 'conv-resample.safetensors']) {
     const dump = await openSafetensors(new URL(`../fixtures/${file}`, import.meta.url).pathname);
     const shapes = stateDictShapes(planUNet(flagsFromJson(dump.metadata.config)));
     const keys = dump.keys().filter((k) => k.startsWith('param.')).map((k) => k.slice(6));
@@ -39,6 +39,63 @@ t.test('the plans of the reference dumps list exactly their state_dict keys and 
     for (const k of keys) t.same(dump.info(`param.${k}`)!.shape, shapes.get(k), k);
     await dump.close();
   }
+});
+
+// Tensor and parameter counts and the resampler keys of state_dicts built by the real code
+// (PyTorch 1.13, openai/improved-diffusion 1bc7bbb and openai/guided-diffusion 22e0df8 create_model).
+const CONV_RESAMPLER_MODELS: [string, UNetFlags, number, number, [string, number][]][] = [
+  ['improved-diffusion CIFAR-10 (channel_mult 1,2,2,2 is its image-32 default)',
+    { image_size: 32, num_channels: 128, num_res_blocks: 3, channel_mult: '1,2,2,2', learn_sigma: true, attention_resolutions: '16,8', num_heads: 4, use_scale_shift_norm: true, dropout: 0.3 },
+    446, 52_546_438,
+    [['input_blocks.4.0.op', 128], ['input_blocks.8.0.op', 256], ['input_blocks.12.0.op', 256], ['output_blocks.3.1.conv', 256], ['output_blocks.7.2.conv', 256], ['output_blocks.11.2.conv', 256]]],
+  ['improved-diffusion ImageNet-64',
+    { image_size: 64, num_channels: 128, num_res_blocks: 3, learn_sigma: true, attention_resolutions: '16,8', num_heads: 4, use_scale_shift_norm: true },
+    450, 121_063_942,
+    [['input_blocks.4.0.op', 128], ['input_blocks.8.0.op', 256], ['input_blocks.12.0.op', 384], ['output_blocks.3.2.conv', 512], ['output_blocks.7.2.conv', 384], ['output_blocks.11.1.conv', 256]]],
+  ['guided-diffusion model_and_diffusion_defaults()',
+    { image_size: 64, num_channels: 128, num_res_blocks: 2, num_heads: 4, attention_resolutions: '16,8', use_scale_shift_norm: true },
+    338, 92_025_731,
+    [['input_blocks.3.0.op', 128], ['input_blocks.6.0.op', 256], ['input_blocks.9.0.op', 384], ['output_blocks.2.2.conv', 512], ['output_blocks.5.2.conv', 384], ['output_blocks.8.1.conv', 256]]],
+  ['guided-diffusion 32×32, channel_mult 1,2,2, attention at 8',
+    { image_size: 32, num_channels: 32, num_res_blocks: 1, channel_mult: '1,2,2', attention_resolutions: '8', num_head_channels: 32, use_scale_shift_norm: true, resblock_updown: false },
+    166, 1_192_387,
+    [['input_blocks.2.0.op', 32], ['input_blocks.4.0.op', 64], ['output_blocks.1.2.conv', 64], ['output_blocks.3.1.conv', 64]]],
+];
+
+for (const [name, flags, tensors, parameters, resamplers] of CONV_RESAMPLER_MODELS) {
+  t.test(`conv resamplers: ${name} has PyTorch's ${tensors} tensors, ${parameters.toLocaleString('en')} parameters and resampler keys`, async (t) => {
+    const shapes = stateDictShapes(planUNet(flags));
+    t.equal(shapes.size, tensors);
+    t.equal([...shapes.values()].reduce((n, s) => n + s.reduce((p, d) => p * d, 1), 0), parameters);
+    t.same([...shapes.keys()].filter((k) => /\.(op|conv)\.weight$/.test(k)), resamplers.map(([p]) => `${p}.weight`), 'resampler keys in order');
+    for (const [p, ch] of resamplers) {
+      t.same(shapes.get(`${p}.weight`), [ch, ch, 3, 3], `${p}.weight`);
+      t.same(shapes.get(`${p}.bias`), [ch], `${p}.bias`);
+    }
+  });
+}
+
+t.test('resblock_updown: unset means create_model\'s default (False, conv resamplers); true means ResBlocks', async (t) => {
+  const flags = { image_size: 16, num_channels: 32, num_res_blocks: 1, channel_mult: '1,1', attention_resolutions: '8', num_head_channels: 32 };
+  for (const plan of [planUNet(flags), planUNet({ ...flags, resblock_updown: false })]) {
+    // blocks: 1 conv, 2 res, 3 Downsample, 4 res, 5 middle, 6 res, 7 res + attention + Upsample, 8, 9 res.
+    t.same(plan.blocks[2].layers, [{ kind: 'down', prefix: 'input_blocks.2.0', channels: 32 }]);
+    t.same(plan.blocks[6].layers.map((l) => l.kind), ['res', 'attn', 'up']);
+    t.same(plan.blocks[6].layers[2], { kind: 'up', prefix: 'output_blocks.1.2', channels: 32 });
+    t.same([plan.blocks[2].size, plan.blocks[6].size], [8, 16]);
+  }
+  const res = planUNet({ ...flags, resblock_updown: true });
+  t.same(res.blocks[2].layers.map((l) => l.kind === 'res' && l.down), [true]);
+  t.same(res.blocks[6].layers.map((l) => l.kind), ['res', 'attn', 'res']);
+});
+
+t.test('attention_resolutions: unset means create_model\'s default "16"; "" means attention in the middle block only', async (t) => {
+  const flags = { image_size: 32, num_channels: 32, num_res_blocks: 1, channel_mult: '1,1', num_head_channels: 32 };
+  const withAttention = (plan: ReturnType<typeof planUNet>) => plan.blocks.filter((b) => b.layers.some((l) => l.kind === 'attn')).map((b) => [b.b, b.size]);
+  // 16 on a 32 image is ds 2, the second level: blocks 4 (input), 5 (middle), 6 and 7 (decoder).
+  t.same(withAttention(planUNet(flags)), [[4, 16], [5, 16], [6, 16], [7, 32]]);
+  t.same(withAttention(planUNet({ ...flags, attention_resolutions: '16' })), withAttention(planUNet(flags)));
+  t.same(withAttention(planUNet({ ...flags, attention_resolutions: '' })), [[5, 16]]);
 });
 
 t.test('unsupported or inconsistent configs are clear errors', async (t) => {

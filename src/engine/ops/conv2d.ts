@@ -1,5 +1,5 @@
-// conv2d (stride 1, square kernel, zero padding, NCHW) with optional bias and a fused residual add.
-// Kernels and the backward derivation: kernels/conv2d.wgsl.ts.
+// conv2d (square kernel, zero padding (k − 1)/2, stride ≥ 1, NCHW) with optional bias and a fused
+// residual add. Kernels and the backward derivation (stride ↔ input dilation): kernels/conv2d.wgsl.ts.
 import { conv2dKernel, conv2dWeightGradKernel } from '../../../kernels/conv2d.wgsl.ts';
 import { chooseTiling, type MatmulTiling } from '../../../kernels/matmul.wgsl.ts';
 import type { Engine } from '../engine.ts';
@@ -11,8 +11,10 @@ export interface Conv2dOptions {
   bias?: Tensor;
   /** Added to the output (same shape as it), fused into the kernel's store. */
   residual?: Tensor;
-  /** Zero padding on each side; default keeps the size: (k − 1) / 2. */
+  /** Zero padding on each side; only (k − 1) / 2 (the default) is supported. */
   pad?: number;
+  /** Output pixel (i, j) is centred on input pixel (i·stride, j·stride); default 1. */
+  stride?: number;
 }
 
 /** GEMM rows are output channels, columns pixels (or weight columns for the weight gradient). */
@@ -26,26 +28,27 @@ interface ConvCall {
   out: Tensor;
   ksize: number;
   pad: number;
-  cin: number;
-  cout: number;
-  H: number;
-  W: number;
-  N: number;
+  stride: number;
+  inputDilation: number;
   bias?: Tensor;
   residual?: Tensor;
   transposedWeight: boolean;
 }
 
+/** Shapes come from the tensors: x [N, Cin, H, W] as stored, out [N, Cout, Ho, Wo]. */
 function runConv(e: Engine, c: ConvCall): void {
-  const t = tiling(e, c.cout, c.N * c.H * c.W);
+  const [N, cin, H, W] = c.x.shape;
+  const [, cout, Ho, Wo] = c.out.shape;
+  const t = tiling(e, cout, N * Ho * Wo);
   const bindings = [c.w, c.x, c.out];
   if (c.bias) bindings.push(c.bias);
   if (c.residual) bindings.push(c.residual);
+  const variant = { ksize: c.ksize, pad: c.pad, stride: c.stride, inputDilation: c.inputDilation, bias: !!c.bias, residual: !!c.residual, transposedWeight: c.transposedWeight };
   e.dispatch({
-    kernel: conv2dKernel({ ksize: c.ksize, pad: c.pad, bias: !!c.bias, residual: !!c.residual, transposedWeight: c.transposedWeight }, t),
+    kernel: conv2dKernel(variant, t),
     bindings,
-    uniforms: new Uniforms().u32(c.cin, c.H, c.W, c.cout, c.N).toArrayBuffer(),
-    workgroups: [Math.ceil((c.N * c.H * c.W) / (t.wgX * t.tn)), Math.ceil(c.cout / (t.wgY * t.tm))],
+    uniforms: new Uniforms().u32(cin, H, W, cout, N, Ho, Wo).toArrayBuffer(),
+    workgroups: [Math.ceil((N * Ho * Wo) / (t.wgX * t.tn)), Math.ceil(cout / (t.wgY * t.tm))],
   });
 }
 
@@ -59,31 +62,36 @@ export function conv2d(x: Tensor, w: Tensor, opts: Conv2dOptions = {}): Tensor {
   if (wcin !== cin) throw new RangeError(`conv2d: weight ${w.label} ${shapeString(w.shape)} expects ${wcin} input channels, input ${x.label} has ${cin}`);
   const pad = opts.pad ?? (ksize - 1) / 2;
   if (!Number.isInteger(pad) || 2 * pad !== ksize - 1) {
-    throw new RangeError(`conv2d: only "same" convolutions (pad = (k−1)/2) are supported; got k=${ksize}, pad=${pad}`);
+    throw new RangeError(`conv2d: only padding (k−1)/2 is supported; got k=${ksize}, pad=${pad}`);
   }
+  const stride = opts.stride ?? 1;
+  if (!Number.isInteger(stride) || stride < 1) throw new RangeError(`conv2d: stride ${stride} must be a positive integer`);
   if (opts.bias && opts.bias.size !== cout) throw new RangeError(`conv2d: bias ${shapeString(opts.bias.shape)} does not match ${cout} output channels`);
-  const outShape = [N, cout, H, W];
+  // PyTorch's output size: ⌊(H + 2·pad − k) / stride⌋ + 1.
+  const Ho = Math.floor((H + 2 * pad - ksize) / stride) + 1;
+  const Wo = Math.floor((W + 2 * pad - ksize) / stride) + 1;
+  const outShape = [N, cout, Ho, Wo];
   if (opts.residual && opts.residual.shape.join() !== outShape.join()) {
     throw new RangeError(`conv2d: residual ${shapeString(opts.residual.shape)} does not match output ${shapeString(outShape)}`);
   }
   const out = e.empty(outShape, `conv2d(${w.label})`);
-  runConv(e, { w, x, out, ksize, pad, cin, cout, H, W, N, bias: opts.bias, residual: opts.residual, transposedWeight: false });
+  runConv(e, { w, x, out, ksize, pad, stride, inputDilation: 1, bias: opts.bias, residual: opts.residual, transposedWeight: false });
   const inputs = [x, w, ...(opts.bias ? [opts.bias] : []), ...(opts.residual ? [opts.residual] : [])];
   e.tape.record('conv2d', inputs, [out], [x, w], ([g]) => {
     const dy = g!;
     let dx: Tensor | null = null;
     if (x.requiresGrad) {
       dx = e.empty(x.shape, 'dconv2d.x');
-      runConv(e, { w, x: dy, out: dx, ksize, pad: ksize - 1 - pad, cin: cout, cout: cin, H, W, N, transposedWeight: true });
+      runConv(e, { w, x: dy, out: dx, ksize, pad: ksize - 1 - pad, stride: 1, inputDilation: stride, transposedWeight: true });
     }
     let dw: Tensor | null = null;
     if (w.requiresGrad) {
       dw = e.empty(w.shape, 'dconv2d.w');
       const t = tiling(e, cout, cin * ksize * ksize);
       e.dispatch({
-        kernel: conv2dWeightGradKernel(ksize, pad, t),
+        kernel: conv2dWeightGradKernel(ksize, pad, stride, t),
         bindings: [dy, x, dw],
-        uniforms: new Uniforms().u32(cin, H, W, cout, N).toArrayBuffer(),
+        uniforms: new Uniforms().u32(cin, H, W, cout, N, Ho, Wo).toArrayBuffer(),
         workgroups: [Math.ceil((cin * ksize * ksize) / (t.wgX * t.tn)), Math.ceil(cout / (t.wgY * t.tm)), 1],
       });
     }
