@@ -4,7 +4,7 @@
 import t from 'tap';
 import { chromiumBinary, runCli } from '../helpers/cli.ts';
 
-const DUMPS = ['adm32-mini.safetensors', 'adm64.safetensors', 'unseen-config.safetensors'];
+const DUMPS = ['adm32-mini.safetensors', 'adm64.safetensors', 'unseen-config.safetensors', 'conv-resample.safetensors'];
 
 t.test(`parity --runtime chromium: ${DUMPS.join(', ')}`, { skip: chromiumBinary() ? false : 'no Chromium: bash scripts/setup.sh --browser' }, async (t) => {
   const r = runCli(['parity', '--runtime', 'chromium', ...DUMPS.map((d) => `test/fixtures/${d}`)]);

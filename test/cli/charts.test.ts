@@ -16,7 +16,7 @@ t.test('barChartSvg: bars in proportion, labels as escaped text', async (t) => {
 });
 
 t.test('the PNG rendered from the SVG has the same bar lengths', async (t) => {
-  const png = decode(svgToPng(barChartSvg('Title', bars)));
+  const png = decode(await svgToPng(barChartSvg('Title', bars)));
   const [r, g, b] = [1, 3, 5].map((i) => parseInt(BAR_COLOUR.slice(i, i + 2), 16));
   const run = (y: number) => {
     let n = 0;
@@ -35,5 +35,5 @@ t.test('heatmapSvg: a cell and its value per entry, labels on both axes', async 
   const svg = heatmapSvg([[1, 0.25], [0.25, 1]], ['b5', 'b9'], ['t90', 't150']);
   t.equal([...svg.matchAll(/<rect x=/g)].length, 4);
   for (const s of ['>0.25<', '>1.00<', '>b5<', '>t150<']) t.ok(svg.includes(s), s);
-  t.ok(decode(svgToPng(svg)).width > 88);
+  t.ok(decode(await svgToPng(svg)).width > 88);
 });

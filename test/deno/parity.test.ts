@@ -3,7 +3,7 @@
 import t from 'tap';
 import { runCli } from '../helpers/cli.ts';
 
-const DUMPS = ['adm32-mini.safetensors', 'adm64.safetensors', 'unseen-config.safetensors'];
+const DUMPS = ['adm32-mini.safetensors', 'adm64.safetensors', 'unseen-config.safetensors', 'conv-resample.safetensors'];
 
 t.test(`parity --runtime deno: ${DUMPS.join(', ')}`, async (t) => {
   const r = runCli(['parity', '--runtime', 'deno', ...DUMPS.map((d) => `test/fixtures/${d}`)]);

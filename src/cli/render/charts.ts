@@ -1,8 +1,6 @@
 // Charts of the command line as SVG (text stays text, scales, diffs in review) and as PNG rendered
 // from that SVG by resvg: a horizontal bar chart of accuracies, and a labelled heatmap of a matrix
 // (CKA, sweep grids, confusion matrices).
-import { Resvg } from '@resvg/resvg-js';
-
 const FONT = 'DejaVu Sans, Liberation Sans, Arial, sans-serif';
 
 const escapeXml = (s: string) => s.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
@@ -77,7 +75,12 @@ export function heatmapSvg(m: number[][], rowLabels: string[], colLabels: string
   return svg(width, height, body);
 }
 
-/** PNG bytes of an SVG document, rendered at its own size with the system's fonts. */
-export function svgToPng(svgText: string): Uint8Array {
+/**
+ * PNG bytes of an SVG document, rendered at its own size with the system's fonts. The renderer (a
+ * native addon) is loaded on first use, so commands that draw nothing never load it (Deno runs the
+ * CLI without the permissions its platform probe needs).
+ */
+export async function svgToPng(svgText: string): Promise<Uint8Array> {
+  const { Resvg } = await import('@resvg/resvg-js');
   return new Resvg(svgText, { font: { loadSystemFonts: true, defaultFontFamily: 'DejaVu Sans' }, background: '#ffffff' }).render().asPng();
 }

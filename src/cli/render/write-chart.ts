@@ -6,6 +6,6 @@ import { svgToPng } from './charts.ts';
 export async function writeChart(path: string, svgText: string): Promise<{ png: string; svg: string }> {
   const stem = path.replace(/\.(png|svg)$/i, '');
   await writeFileAtomic(`${stem}.svg`, svgText);
-  await writeFileAtomic(`${stem}.png`, svgToPng(svgText));
+  await writeFileAtomic(`${stem}.png`, await svgToPng(svgText));
   return { png: `${stem}.png`, svg: `${stem}.svg` };
 }
