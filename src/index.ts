@@ -2,7 +2,7 @@
 // src/cli and are imported by path).
 export * from './engine/index.ts';
 export { ADM_256_UNCOND, planUNet, stateDictShapes, type UNetFlags, type UNetPlan } from './model/unet-config.ts';
-export { type ForwardOptions, type ForwardResult, UNet } from './model/unet.ts';
+export { BindingLimitError, type ForwardOptions, type ForwardResult, UNet } from './model/unet.ts';
 export { describeMapping, paperBlocks } from './model/block-roles.ts';
 export { gaussianNoise, linearSchedule, qSample } from './model/diffusion.ts';
 export { openCheckpoint, openSafetensors, openTorchCheckpoint, encodeSafetensors, CheckpointError, UnsafePickleError, withPrefix, type TensorSource } from './model/checkpoint/index.ts';

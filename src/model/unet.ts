@@ -6,14 +6,16 @@ import { qkvAttention } from '../engine/ops/attention.ts';
 import { conv2d } from '../engine/ops/conv2d.ts';
 import { add, silu } from '../engine/ops/elementwise.ts';
 import { groupNorm } from '../engine/ops/group-norm.ts';
-import { concat, reshape, slice } from '../engine/ops/layout.ts';
+import { concat, concatRows, reshape, sliceRows } from '../engine/ops/layout.ts';
 import { matmul } from '../engine/ops/matmul.ts';
 import { avgPool2, upsample2 } from '../engine/ops/resample.ts';
 import { shapeString, type Tensor } from '../engine/tensor.ts';
 import { readFinite, type TensorSource } from './checkpoint/tensor-source.ts';
 import { CheckpointMismatchError, checkStateDict } from './state-dict.ts';
+import { checkWholeBatchBinding, imagesPerChunk } from './unet-bindings.ts';
 
 export { CheckpointMismatchError } from './state-dict.ts';
+export { BindingLimitError } from './unet-bindings.ts';
 import { type Block, type Layer, planUNet, stateDictShapes, type UNetFlags, type UNetPlan } from './unet-config.ts';
 
 export interface ForwardOptions {
@@ -144,40 +146,49 @@ export class UNet {
     });
   }
 
-  /** Bytes of the largest activation one image produces (a decoder concat or an attention qkv). */
-  largestActivationBytes(): number {
-    let most = this.plan.finalChannels * this.plan.flags.image_size ** 2;
-    for (const block of this.plan.blocks) {
-      for (const l of block.layers) {
-        const c = l.kind === 'attn' ? 3 * l.channels : l.kind === 'down' || l.kind === 'up' ? l.channels : Math.max(l.cin, l.cout);
-        most = Math.max(most, c * block.size ** 2);
-      }
-    }
-    return 4 * most;
-  }
-
   /**
    * Runs x (NCHW, [−1, 1] scale) at timesteps t (one per image) and returns the requested blocks.
-   * A batch whose activations would exceed the device's largest storage binding runs in chunks of
-   * images and is joined again.
+   * A batch some op's binding could not hold runs in chunks of images (unet-bindings.ts sizes
+   * them from the plan); chunks are cut and joined by buffer copies, or, for tensors that take
+   * part in a backward, by slice/concat, which bind the whole batch.
    */
   forward(x: Tensor, t: readonly number[], opts: ForwardOptions = {}): ForwardResult {
     const e = this.engine;
     const N = x.shape[0];
-    const perChunk = Math.max(1, Math.floor(e.maxBindingBytes / this.largestActivationBytes()));
+    if (t.length !== N) throw new RangeError(`${t.length} timesteps for a batch of ${N} images`);
+    const feedback = [...(opts.addToBlock?.entries() ?? [])];
+    const gradients = e.tape.recording && [x, ...this.params.values(), ...feedback.map(([, v]) => v)].some((v) => v.requiresGrad);
+    const last = opts.output ? this.numBlocks : Math.max(0, ...(opts.taps ?? []));
+    const perChunk = imagesPerChunk(e, this.plan, { last, output: !!opts.output, gradients });
     if (N <= perChunk) return this.forwardBatch(x, t, opts);
+    // A tensor v of `images` images that takes part in a backward is bound whole, for all N.
+    const whole = (what: string, v: Tensor, images = N) => {
+      if (e.tape.needsGrad([v])) checkWholeBatchBinding(e, what, (v.byteLength / images) * N, N, perChunk);
+    };
+    whole(`the input ${x.label}`, x);
+    for (const [b, v] of feedback) whole(`the feedback added to block ${b}`, v);
     const parts: ForwardResult[] = [];
-    for (let start = 0; start < N; start += perChunk) {
-      const end = Math.min(N, start + perChunk);
-      const rows = <T extends Tensor>(v: T) => slice(v, [start], [end]);
-      parts.push(e.tidy(() => {
-        const fb = opts.addToBlock && new Map([...opts.addToBlock].map(([b, v]) => [b, rows(v)]));
-        const r = this.forwardBatch(rows(x), t.slice(start, end), { ...opts, addToBlock: fb });
-        return { taps: r.taps, output: r.output, emb: r.emb };
-      }));
+    try {
+      for (let start = 0; start < N; start += perChunk) {
+        const end = Math.min(N, start + perChunk);
+        parts.push(e.tidy(() => {
+          const fb = opts.addToBlock && new Map(feedback.map(([b, v]) => [b, sliceRows(v, start, end)]));
+          const r = this.forwardBatch(sliceRows(x, start, end), t.slice(start, end), { ...opts, addToBlock: fb });
+          return { taps: r.taps, output: r.output, emb: r.emb };
+        }));
+        if (start === 0) {
+          const first = parts[0];
+          for (const [b, v] of first.taps) whole(`block ${b}'s output`, v, end);
+          if (first.output) whole('the output', first.output, end);
+          if (first.emb) whole('the timestep embedding', first.emb, end);
+        }
+      }
+    } catch (err) {
+      for (const p of parts) for (const v of [...p.taps.values(), p.output, p.emb]) v?.dispose();
+      throw err;
     }
     const join = (vs: Tensor[]) => {
-      const j = concat(vs, 0);
+      const j = concatRows(vs);
       for (const v of vs) v.dispose();
       return j;
     };

@@ -21,27 +21,3 @@ for (const [file, blocks] of [['adm32-mini.safetensors', 9], ['adm64.safetensors
     }
   });
 }
-
-t.test('a batch over the storage-binding limit runs in chunks and still matches the dump', async (t) => {
-  const { createEngine } = await import('../../src/engine/engine.ts');
-  const { withPrefix } = await import('../../src/model/checkpoint/tensor-source.ts');
-  const { UNet } = await import('../../src/model/unet.ts');
-  const { flagsFromJson } = await import('../../src/model/unet-config.ts');
-  const { compareArrays } = await import('../../src/model/parity.ts');
-  const dump = await openSafetensors(new URL('../fixtures/adm32-mini.safetensors', import.meta.url).pathname);
-  const probe = await UNet.load(e, flagsFromJson(dump.metadata.config), withPrefix(dump, 'param.'));
-  const cap = Math.floor(probe.largestActivationBytes() * 1.5); // one image per chunk
-  const small = await createEngine({ device: e.device, maxBindingBytes: cap });
-  const unet = await UNet.load(small, flagsFromJson(dump.metadata.config), withPrefix(dump, 'param.'));
-  const xt = small.tensor(await dump.read('input.x_t'), dump.info('input.x_t')!.shape);
-  const taps = probe.plan.blocks.filter((b) => 2 * 4 * b.outChannels * b.size ** 2 <= cap).map((b) => b.b);
-  t.ok(taps.length >= 3, `blocks ${taps}`);
-  const r = unet.forward(xt, Array.from(await dump.read('input.t')), { taps });
-  for (const b of taps) {
-    const c = compareArrays(`block.${b}`, await r.taps.get(b)!.read(), await dump.read(`block.${b}`), 1e-5);
-    t.ok(c.pass, `${c.name}: ${c.maxRel.toExponential(2)}`);
-  }
-  const { scale } = await import('../../src/engine/ops/elementwise.ts');
-  t.throws(() => scale(small.empty([Math.ceil(cap / 4) + 64], 'huge'), 2), /huge needs a \d+ byte binding, over the largest storage binding/);
-  await dump.close();
-});

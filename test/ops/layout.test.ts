@@ -41,6 +41,25 @@ t.test('concat matches the reference on every axis, forward and backward', async
   t.throws(() => ops.concat([upload(e, randomNd([2, 3], 1)), upload(e, randomNd([3, 3], 1))], 1), /does not match/);
 });
 
+t.test('sliceRows and concatRows copy whole rows, also of tensors over the binding limit, and fall back to slice/concat for gradients', async (t) => {
+  const { createEngine } = await import('../../src/engine/engine.ts');
+  const small = await createEngine({ device: e.device, maxBindingBytes: 256 }); // 64 floats
+  const x = randomNd([5, 3, 7], 20); // 105 floats: over the limit
+  const rows = ops.sliceRows(upload(small, x), 1, 3);
+  t.same(rows.shape, [2, 3, 7]);
+  t.ok(maxRelError(await rows.read(), sliceRef(x, [1, 0, 0], [3, 3, 7]).data) === 0, 'rows 1..2');
+  t.same(ops.sliceRows(upload(small, x), 2, 2).shape, [0, 3, 7], 'no rows');
+  t.throws(() => ops.sliceRows(upload(small, x), 4, 6), /sliceRows: rows \[4, 6\) are outside tensor \[5,3,7\]/);
+  const parts = [randomNd([2, 3, 7], 21), randomNd([1, 3, 7], 22), randomNd([3, 3, 7], 23)];
+  const joined = ops.concatRows(parts.map((p) => upload(small, p)));
+  t.ok(joined.byteLength > 256 && maxRelError(await joined.read(), concatRef(parts, 0).data) === 0, '126 floats joined past the 64-float limit');
+  t.throws(() => ops.concatRows([upload(small, parts[0]), upload(small, randomNd([1, 7, 3], 24))]), /concatRows: tensor \[1,7,3\] does not match \[2,3,7\] past axis 0/);
+  // With a gradient wanted they are slice/concat, whose backward is checked above.
+  const { worst } = await gradCheck(e, (a, b) => ops.concatRows([ops.sliceRows(a, 1, 3), b]), (a: Nd, b: Nd) => concatRef([sliceRef(a, [1, 0, 0], [3, 3, 7]), b], 0), [x, parts[1]]);
+  t.ok(worst < 1e-3);
+  await small.dispose();
+});
+
 t.test('reshape shares the buffer and passes gradients through', async (t) => {
   const x = randomNd([2, 6], 5);
   const y = ops.reshape(upload(e, x), [3, -1]);

@@ -1,5 +1,6 @@
 // Fused multi-head attention (kernels/attention.wgsl.ts) in the two layouts difrep needs.
 import { ATTENTION_KEY_TILE, ATTENTION_QUERIES_PER_WORKGROUP, attentionKernel } from '../../../kernels/attention.wgsl.ts';
+import type { Engine } from '../engine.ts';
 import { shapeString, type Tensor } from '../tensor.ts';
 import { Uniforms } from '../uniforms.ts';
 import { scale } from './elementwise.ts';
@@ -21,10 +22,7 @@ export function qkvAttention(qkv: Tensor, heads: number, legacy = true): Tensor 
   const [N, C3, T] = qkv.shape;
   const d = C3 / (3 * heads);
   const C = heads * d;
-  // The fused kernel stages key and value tiles of d floats each; past the device's workgroup
-  // memory (d > 128 at WebGPU's guaranteed 16 KiB) the composite path runs instead.
-  const stagedBytes = 2 * ATTENTION_KEY_TILE * d * 4;
-  if (e.tape.needsGrad([qkv]) || stagedBytes > e.limits.maxComputeWorkgroupStorageSize) return qkvAttentionComposite(qkv, heads, legacy);
+  if (attentionMaterialisesWeights(e, d, e.tape.needsGrad([qkv]))) return qkvAttentionComposite(qkv, heads, legacy);
   const out = e.empty([N, heads * d, T], 'attention');
   e.dispatch({
     kernel: attentionKernel(d),
@@ -37,6 +35,15 @@ export function qkvAttention(qkv: Tensor, heads: number, legacy = true): Tensor 
     workgroups: [Math.ceil(T / ATTENTION_QUERIES_PER_WORKGROUP), N * heads],
   });
   return out;
+}
+
+/**
+ * Whether attention with head size d runs the composite path, which materialises the
+ * [N·heads, T, T] weights: when a gradient is wanted, or when the fused kernel's key and value
+ * tiles of d floats each exceed the device's workgroup memory (d > 128 at WebGPU's guaranteed 16 KiB).
+ */
+export function attentionMaterialisesWeights(e: Engine, d: number, needsGrad: boolean): boolean {
+  return needsGrad || 2 * ATTENTION_KEY_TILE * d * 4 > e.limits.maxComputeWorkgroupStorageSize;
 }
 
 /**

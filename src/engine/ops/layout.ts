@@ -1,5 +1,6 @@
 // Layout ops: reshape (a view), permute/transpose, slice, concat and broadcast-expand. All but
 // reshape are the strided-copy kernel (kernels/copy.wgsl.ts) with different strides and offsets.
+// sliceRows/concatRows move whole rows of axis 0 with buffer copies instead, which bind nothing.
 import { COPY_WORKGROUP, stridedCopyKernel } from '../../../kernels/copy.wgsl.ts';
 import type { Engine } from '../engine.ts';
 import { contiguousStrides, numel, type Shape, shapeString, type Tensor } from '../tensor.ts';
@@ -114,6 +115,47 @@ export function concat(xs: readonly Tensor[], axis: number): Tensor {
   }
   e.tape.record('concat', [...xs], [out], [], ([g]) =>
     xs.map((t, i) => (t.requiresGrad ? slice(g!, shape.map((_, d) => (d === ax ? offsets[i] : 0)), shape.map((s, d) => (d === ax ? offsets[i] + t.shape[ax] : s))) : null)));
+  return out;
+}
+
+/**
+ * Rows [start, end) of axis 0, copied as one byte range: no kernel binds x, so this works on a
+ * tensor over the largest storage binding (a batch run in chunks). When x needs a gradient it is
+ * slice() instead, which binds x whole.
+ */
+export function sliceRows(x: Tensor, start: number, end: number): Tensor {
+  const e = x.engine;
+  if (e.tape.needsGrad([x])) return slice(x, [start], [end]);
+  if (x.rank === 0 || !Number.isInteger(start) || !Number.isInteger(end) || start < 0 || end > x.shape[0] || start > end) {
+    throw new RangeError(`sliceRows: rows [${start}, ${end}) are outside ${x.label} ${shapeString(x.shape)}`);
+  }
+  const rowBytes = 4 * numel(x.shape.slice(1));
+  const y = e.empty([end - start, ...x.shape.slice(1)], `rows(${x.label})`);
+  if (y.byteLength > 0) e.copyBuffer(x.buffer, start * rowBytes, y.buffer, 0, y.byteLength);
+  return y;
+}
+
+/**
+ * Joins tensors along axis 0 with buffer copies, binding nothing, so the result may exceed the
+ * largest storage binding. When any of them needs a gradient it is concat() instead, which binds
+ * the result whole.
+ */
+export function concatRows(xs: readonly Tensor[]): Tensor {
+  if (xs.length === 0) throw new RangeError('concatRows: no tensors given');
+  const e = xs[0].engine;
+  if (e.tape.needsGrad(xs)) return concat(xs, 0);
+  const rest = xs[0].shape.slice(1);
+  for (const t of xs) {
+    if (t.rank === 0 || t.shape.slice(1).join() !== rest.join()) {
+      throw new RangeError(`concatRows: ${t.label} ${shapeString(t.shape)} does not match ${shapeString(xs[0].shape)} past axis 0`);
+    }
+  }
+  const out = e.empty([xs.reduce((n, t) => n + t.shape[0], 0), ...rest], 'concat');
+  let at = 0;
+  for (const t of xs) {
+    if (t.byteLength > 0) e.copyBuffer(t.buffer, 0, out.buffer, at, t.byteLength);
+    at += t.byteLength;
+  }
   return out;
 }
 

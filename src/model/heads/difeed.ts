@@ -12,6 +12,7 @@ import { paperBlocks } from '../block-roles.ts';
 import type { TensorSource } from '../checkpoint/tensor-source.ts';
 import { withPrefix } from '../checkpoint/tensor-source.ts';
 import { fanInBound, initStateDict, loadStateDict, type ParamSpec } from '../state-dict.ts';
+import { BindingLimitError, describeBindingLimit } from '../unet-bindings.ts';
 import type { UNet } from '../unet.ts';
 import { AttentionHead, type AttentionHeadOptions } from './attention-head.ts';
 
@@ -123,6 +124,7 @@ export class DifFeed {
     const e = this.engine;
     const N = xt.shape[0];
     const ts = new Array<number>(N).fill(this.t);
+    this.checkWholeBatchBindings(N);
     return e.tidy(() => {
       const first = e.noGrad(() => this.unet.forward(xt, ts, { taps: this.feedbackBlocks }));
       const feedback = new Map<number, Tensor>();
@@ -141,6 +143,36 @@ export class DifFeed {
       const second = this.unet.forward(xt, ts, { taps: [this.featureBlock], addToBlock: feedback });
       return this.head.forward(new Map([[this.t, new Map([[this.featureBlock, second.taps.get(this.featureBlock)!]])]]));
     });
+  }
+
+  /**
+   * The U-Net passes run a big batch in chunks, but the feedback layers and the head run on the
+   * whole batch, and the feedback (which takes part in the backward) is sliced whole: each of
+   * these tensors must fit one storage binding. The largest are the feedback maps (conv, BN,
+   * ReLU and the bilinear resize between the two resolutions) and the feature the head reads.
+   */
+  private checkWholeBatchBindings(N: number): void {
+    const blocks = this.unet.plan.blocks;
+    let most = { bytes: 0, what: '' };
+    const need = (what: string, channels: number, size: number) => {
+      const bytes = 4 * N * channels * size * size;
+      if (bytes > most.bytes) most = { bytes, what: `${what} [${N}, ${channels}, ${size}, ${size}]` };
+    };
+    this.feedbackBlocks.forEach((b, i) => {
+      const from = blocks[b - 1];
+      const to = blocks[this.targets[i] - 1];
+      need(`the feedback from block ${b} into block ${to.b}`, Math.max(from.outChannels, to.outChannels), Math.max(from.size, to.size));
+    });
+    const f = blocks[this.featureBlock - 1];
+    need(`block ${f.b}'s feature for the head`, f.outChannels, f.size);
+    const max = this.engine.maxBindingBytes;
+    if (most.bytes <= max) return;
+    const fit = Math.floor(max / (most.bytes / N));
+    throw new BindingLimitError(
+      `DifFeed: ${most.what} is ${most.bytes} bytes, over the largest storage binding, ${describeBindingLimit(this.engine)}. ` +
+        'Only the U-Net passes split a batch; the feedback layers and the head take it whole' +
+        (fit > 0 ? `: use batches of at most ${fit} images` : ', and not even one image fits: feed back from lower-resolution blocks'),
+    );
   }
 }
 
