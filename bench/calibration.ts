@@ -1,12 +1,20 @@
 // The adapter's own limits, measured by the harness: an FMA-bound kernel (independent vec4
 // accumulators, no memory traffic) for the compute peak and a vec4 copy for the bandwidth peak.
+// Both grow (more workgroups, more bytes) until the adapter is saturated — the throughput stops
+// rising or one call takes long enough that launch overhead is noise — so a probe sized for a CPU
+// adapter cannot under-read a large GPU and let a kernel's row print over 100 %.
 import { wgsl } from 'wgsl-preprocessor/wgsl-preprocessor.js';
 import type { Engine } from '../src/engine/engine.ts';
 import { Uniforms } from '../src/engine/uniforms.ts';
 import { type Measurement, measure } from './measure.ts';
 
-const FMA_ITERS = 512;
-const FMA_WORKGROUPS = 1024;
+const FMA_ITERS = 256;
+/** Independent vec4 accumulators per thread (instruction-level parallelism for the FMA units). */
+const CHAINS = [0, 1, 2, 3, 4, 5, 6, 7];
+/** A call this long makes dispatch and launch overhead negligible. */
+const SATURATED_MS = 20;
+/** Throughput that rose by less than this factor on doubling is taken as the peak. */
+const PLATEAU = 1.05;
 
 function fmaPeakKernel() {
   return {
@@ -16,20 +24,14 @@ struct Params { seed: f32 }
 @group(0) @binding(0) var<uniform> u: Params;
 @group(0) @binding(1) var<storage, read_write> out: array<vec4<f32>>;
 @compute @workgroup_size(64)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
-  var a = vec4<f32>(u.seed, u.seed + 1.0, u.seed + 2.0, u.seed + 3.0);
-  var b = a * 0.5;
-  var c = a * 0.25;
-  var d = a * 0.125;
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
   let m = vec4<f32>(0.9999);
   let k = vec4<f32>(0.0001);
+  ${CHAINS.map((j) => `var a${j} = vec4<f32>(u.seed + ${j}.0, u.seed, u.seed * 0.5, f32(gid.x));`).join('\n  ')}
   for (var i = 0u; i < ${FMA_ITERS}u; i++) {
-    a = fma(a, m, k);
-    b = fma(b, m, k);
-    c = fma(c, m, k);
-    d = fma(d, m, k);
+    ${CHAINS.map((j) => `a${j} = fma(a${j}, m, k);`).join('\n    ')}
   }
-  out[gid.x] = a + b + c + d;
+  out[gid.y * nwg.x * 64u + gid.x] = ${CHAINS.map((j) => `a${j}`).join(' + ')};
 }`,
   };
 }
@@ -57,15 +59,43 @@ export interface Peaks {
   copy: Measurement;
 }
 
+/** Doubles `size` from `start` up to `max` while the throughput still rises and a call is short; returns the best. */
+async function saturate(start: number, max: number, probe: (size: number) => Promise<Measurement>, rate: (m: Measurement) => number): Promise<Measurement> {
+  let best = await probe(start);
+  for (let size = start * 2; size <= max; size *= 2) {
+    if (best.medianMs >= SATURATED_MS) break;
+    const m = await probe(size);
+    const gain = rate(m) / rate(best);
+    if (gain > 1) best = m;
+    if (gain < PLATEAU) break;
+  }
+  return best;
+}
+
 export async function measurePeaks(e: Engine): Promise<Peaks> {
-  const out = e.empty([FMA_WORKGROUPS * 64 * 4], 'bench.fma.out');
-  // 4 accumulators × 4 lanes × 2 flops per FMA.
-  const flops = FMA_WORKGROUPS * 64 * FMA_ITERS * 4 * 4 * 2;
-  const fma = await measure(e, () => e.dispatch({ kernel: fmaPeakKernel(), bindings: [out], uniforms: new Uniforms().f32(1).toArrayBuffer(), workgroups: [FMA_WORKGROUPS] }), { flops });
-  const n = (64 * 1024 * 1024) / 16; // 64 MiB of vec4
-  const src = e.zeros([n * 4], 'bench.copy.src');
-  const dst = e.empty([n * 4], 'bench.copy.dst');
-  const copy = await measure(e, () => e.dispatch({ kernel: copyKernel(), bindings: [src, dst], uniforms: new Uniforms().u32(n).toArrayBuffer(), workgroups: [Math.min(65535, Math.ceil(n / 256)), Math.ceil(Math.ceil(n / 256) / 65535)] }), { bytes: 2 * n * 16 });
-  for (const t of [out, src, dst]) t.dispose();
+  // Workgroups of 64 threads, spread over a 2D grid past 65,535.
+  const maxGroups = 65535 * Math.min(64, e.limits.maxComputeWorkgroupsPerDimension);
+  const fma = await saturate(1024, maxGroups, async (groups) => {
+    const grid: [number, number] = [Math.min(groups, 65535), Math.ceil(groups / 65535)];
+    const threads = grid[0] * grid[1] * 64;
+    const out = e.empty([threads * 4], 'bench.fma.out');
+    // CHAINS accumulators × 4 lanes × 2 flops per FMA.
+    const flops = threads * FMA_ITERS * CHAINS.length * 4 * 2;
+    const m = await measure(e, () => e.dispatch({ kernel: fmaPeakKernel(), bindings: [out], uniforms: new Uniforms().f32(1).toArrayBuffer(), workgroups: grid }), { flops, minSeconds: 0.3 });
+    out.dispose();
+    return m;
+  }, (m) => m.gflops!);
+  // Copies of 64 MiB and up, while two such buffers fit one binding each.
+  const maxBytes = Math.min(e.maxBindingBytes, 1 << 30);
+  const copy = await saturate(64 << 20, maxBytes, async (bytes) => {
+    const n = bytes / 16; // vec4
+    const src = e.zeros([n * 4], 'bench.copy.src');
+    const dst = e.empty([n * 4], 'bench.copy.dst');
+    const groups = Math.ceil(n / 256);
+    const m = await measure(e, () => e.dispatch({ kernel: copyKernel(), bindings: [src, dst], uniforms: new Uniforms().u32(n).toArrayBuffer(), workgroups: [Math.min(65535, groups), Math.ceil(groups / 65535)] }), { bytes: 2 * bytes, minSeconds: 0.3 });
+    src.dispose();
+    dst.dispose();
+    return m;
+  }, (m) => m.gbps!);
   return { gflops: fma.gflops!, gbps: copy.gbps!, fma, copy };
 }
