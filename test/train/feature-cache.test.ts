@@ -226,7 +226,7 @@ t.test('chunks whose header disagrees with their bytes, labels out of range or a
   t.ok(await openFeatureCache(await craft(good)), 'the hand-made chunk opens');
   const cases: [string, Record<string, { shape: number[]; data: Float32Array | BigInt64Array }>, RegExp][] = [
     // What `--t 150,150` used to write: a header for 4 images over the bytes of 8.
-    ['header shape vs bytes', { ...good, 't5.b1': { shape: [4, 2], data: new Float32Array(16) } }, /tensor "t5\.b1": 64 bytes for F32 \[4,2\] \(32 expected\)/],
+    ['header shape vs bytes', { ...good, 't5.b1': { shape: [4, 2], data: new Float32Array(16) } }, /tensor "t5\.b1" data_offsets \[64,128\] hold 64 bytes, but F32 \[4,2\] needs 32/],
     ['images in the feature map', { ...good, 't5.b1': { shape: [2, 4], data: new Float32Array(8) } }, /tensor "t5\.b1" has shape \[2,4\], expected \[4, \.\.\.\] for 4 images/],
     ['labels out of range', { ...good, labels: i64([0, 1, -5, 3]) }, /label of image 2 is -5, not a class number/],
     ['index not start..end', { ...good, index: i64([0, 1, 3, 2]) }, /index\[2\] is 3, expected 2/],
