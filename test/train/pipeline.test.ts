@@ -7,7 +7,7 @@ import t from 'tap';
 import { UNet } from '../../src/model/unet.ts';
 import { ckaMatrix } from '../../src/train/eval/cka.ts';
 import { knnClassify } from '../../src/train/eval/knn.ts';
-import { extractFeatures, type ImageSource, openFeatureCache } from '../../src/train/extract.ts';
+import { extractFeatures, featureKey, type ImageSource, openFeatureCache, PIXEL_BLOCK } from '../../src/train/extract.ts';
 import { balancedSubset, loadFashionMnist, toModelInput } from '../../src/train/data/fashion-mnist.ts';
 import { fitHead, type FeatureArrays } from '../../src/train/fit.ts';
 import { testEngine } from '../helpers/check.ts';
@@ -19,14 +19,14 @@ const test = await loadFashionMnist('test');
 function pixels(ds: typeof train, idx: number[]): FeatureArrays {
   const data = new Float32Array(idx.length * 784);
   idx.forEach((i, n) => data.set(toModelInput(ds, [i], 28).subarray(0, 784), n * 784));
-  return { features: new Map([['t0.b0', { data, shape: [1, 28, 28] }]]), labels: idx.map((i) => ds.labels[i]), count: idx.length };
+  return { features: new Map([[featureKey(0, PIXEL_BLOCK), { data, shape: [1, 28, 28] }]]), labels: idx.map((i) => ds.labels[i]), count: idx.length };
 }
 
 t.test('a linear probe on raw pixels of a small Fashion-MNIST split reaches the known ~80%', async (t) => {
   const trainIdx = balancedSubset(train.labels, 300, 1);
   const testIdx = balancedSubset(test.labels, 50, 2);
   const r = await fitHead(e, pixels(train, trainIdx), pixels(test, testIdx), {
-    head: 'linear', classes: 10, timesteps: [0], blocks: [0], pool: 28, epochs: 12, batchSize: 100, lr: 3e-3, stepSize: 8,
+    head: 'linear', classes: 10, timesteps: [0], blocks: [PIXEL_BLOCK], pool: 28, epochs: 12, batchSize: 100, lr: 3e-3, stepSize: 8,
   });
   t.ok(r.top1 >= 0.78, `top-1 ${(100 * r.top1).toFixed(1)}% on 500 test images after training on 3,000`);
   t.ok(r.top5 >= 0.97, `top-5 ${(100 * r.top5).toFixed(1)}%`);
