@@ -1,8 +1,7 @@
 // Cached feature maps in memory for the heads and the evaluation commands: every requested t × b of
-// a feature cache, optionally pooled on the CPU, checked to be finite.
+// a feature cache (whose reader refuses non-finite values), optionally pooled on the CPU.
 import { featureKey, openFeatureCache, PIXEL_BLOCK } from './extract.ts';
 import type { FeatureArrays } from './fit.ts';
-import { assertFinite } from './finite.ts';
 
 /** Adaptive average pooling of cached per-image maps [C, H, W] to [C, p, p] on the CPU (PyTorch windows). */
 export function poolCached(data: Float32Array, count: number, shape: number[], p: number): { data: Float32Array; shape: number[] } {
@@ -35,7 +34,6 @@ export async function loadCachedFeatures(dir: string, timesteps: number[], block
   for (const t of timesteps) {
     for (const b of blocks) {
       const raw = await cache.features(t, b);
-      assertFinite(raw.data, `${dir}: features t=${t}, b=${b}`);
       features.set(featureKey(t, b), poolCached(raw.data, cache.count, raw.shape, pool));
     }
   }

@@ -59,13 +59,13 @@ const show = (v: unknown) => (v === undefined ? 'unset' : JSON.stringify(v));
 export async function prepareResume(path: string, resume: boolean, settings: RunSettings): Promise<boolean> {
   if (!(await exists(path))) return false;
   const src = await openSafetensors(path);
-  const { kind, progress, settings: saved } = src.metadata;
+  const metadata = src.metadata;
   await src.close();
+  const { kind, progress } = metadata;
   if (kind !== KIND) throw new Error(`${path} is not a difrep training state; choose another --out`);
   const done = JSON.parse(progress ?? '{}') as Partial<TrainingProgress>;
   if (!resume) throw new Error(`${path} already holds a training state (${done.steps ?? '?'} steps taken): pass --resume to continue that run, or choose another --out (or delete it)`);
-  if (saved === undefined) throw new Error(`${path} records no run settings (written by an older difrep), so resuming it cannot be checked; start a new run in another --out`);
-  const before = readRunSettings(path, { settings: saved });
+  const before = readRunSettings(path, metadata);
   const differ = [...new Set([...Object.keys(before), ...Object.keys(settings)])].filter((k) => JSON.stringify(before[k]) !== JSON.stringify(settings[k]));
   if (differ.length) {
     const list = differ.map((k) => `${k} ${show(before[k])} there, ${show(settings[k])} now`).join('; ');

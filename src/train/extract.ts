@@ -10,6 +10,7 @@ import type { Engine } from '../engine/engine.ts';
 import { adaptiveAvgPool2d } from '../engine/ops/adaptive-pool.ts';
 import type { Tensor } from '../engine/tensor.ts';
 import { gaussianNoise, linearSchedule, qSample } from '../model/diffusion.ts';
+import { firstNonFinite } from '../model/checkpoint/tensor-source.ts';
 import type { UNet } from '../model/unet.ts';
 import { lockCacheShard } from './cache-lock.ts';
 import { type CacheSignature, checkCacheSignature, firstDuplicate, makeCacheSignature, planChunks, TIMESTEPS } from './cache-signature.ts';
@@ -102,7 +103,7 @@ function checkAgainst(numBlocks: number, data: ImageSource, opts: ExtractOptions
 
 /** Throws when `values` (one t × b map of the batch `images`, `per` values each) holds NaN or ±Inf. */
 function checkFinite(values: Float32Array, per: number, images: readonly number[], t: number, b: number): void {
-  const at = values.findIndex((v) => !Number.isFinite(v));
+  const at = firstNonFinite(values);
   if (at < 0) return;
   throw new Error(
     `extract: the U-Net produced ${values[at]} in the features at t=${t}, b=${b} of image ${images[Math.floor(at / per)]}; ` +
@@ -212,7 +213,7 @@ async function extractLocked(e: Engine, S: number, data: ImageSource, opts: Extr
       const pixels = await upcoming;
       if (s + batchSize < chunk.end) upcoming = request(s + batchSize);
       if (pixels.length !== idx.length * inputSize) throw new Error(`extract: the image source returned ${pixels.length} values for ${idx.length} images; expected ${idx.length} × 3 × ${S} × ${S}`);
-      const badPixel = pixels.findIndex((v) => !Number.isFinite(v));
+      const badPixel = firstNonFinite(pixels);
       if (badPixel >= 0) throw new Error(`extract: input image ${idx[Math.floor(badPixel / inputSize)]} holds ${pixels[badPixel]}; the image source is at fault`);
       const x0 = e.tensor(pixels, [idx.length, 3, S, S], 'x0');
       try {

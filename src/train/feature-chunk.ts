@@ -4,7 +4,7 @@
 // checked against that: header shapes, index = start..end−1, labels, checksums, finiteness.
 import { createHash } from 'node:crypto';
 import { openSafetensors, writeSafetensors, type NamedArray } from '../model/checkpoint/safetensors.ts';
-import type { TensorSource } from '../model/checkpoint/tensor-source.ts';
+import { firstNonFinite, type TensorSource } from '../model/checkpoint/tensor-source.ts';
 import { type CacheSignature, type ChunkPlan, parseCacheSignature, signatureDifferences } from './cache-signature.ts';
 import { featureKey } from './feature-key.ts';
 
@@ -130,7 +130,7 @@ async function checkChunk(s: TensorSource, file: string, plan: ChunkPlan, expect
     async read(k) {
       if (!shapes.has(k)) throw new Error(`${file}: no feature map "${k}" (this cache has ${[...shapes.keys()].join(', ')})`);
       const values = await readChecked(k);
-      const at = values.findIndex((v) => !Number.isFinite(v));
+      const at = firstNonFinite(values);
       if (at >= 0) bad(`tensor "${k}" holds ${values[at]} at element ${at}`);
       return values;
     },
