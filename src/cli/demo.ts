@@ -45,8 +45,8 @@ export async function demoCommand(argv: string[]): Promise<number> {
     batchSize: o.batch, difeedEpochs: o['difeed-epochs'], headDim: o['head-dim'], headLayers: o['head-layers'], headLr: o['head-lr'], prePool: o['pre-pool'],
     seed: o.seed, progress: progressBar,
   }, (line) => console.log(line));
-  console.log(`\n| method | features | top-1 | top-5 | trainable params | time |\n|---|---|---|---|---|---|`);
-  for (const row of r.rows) console.log(`| ${row.method} | ${row.features} | ${(100 * row.top1).toFixed(1)}% | ${(100 * row.top5).toFixed(1)}% | ${row.params.toLocaleString('en')} | ${fmtTime(row.seconds)} |`);
+  console.log(`\n| method | features | top-1 (± s.e.) | top-5 | trainable params | time |\n|---|---|---|---|---|---|`);
+  for (const row of r.rows) console.log(`| ${row.method} | ${row.features} | ${(100 * row.top1).toFixed(1)}% ± ${(100 * row.top1StdErr).toFixed(1)} | ${(100 * row.top5).toFixed(1)}% | ${row.params.toLocaleString('en')} | ${fmtTime(row.seconds)} |`);
   const total = (performance.now() - started) / 1000;
   const result = { checkpoint: o.checkpoint, sha256: hash, adapter: e.handle.info, ...r, seconds: total };
   await writeFileAtomic(join(o.out, 'results.json'), JSON.stringify(result, null, 2) + '\n');

@@ -44,6 +44,8 @@ export interface MiniatureRow {
   method: string;
   features: string;
   top1: number;
+  /** Binomial standard error of top-1 over the test images, sqrt(p(1 − p) / n). */
+  top1StdErr: number;
   top5: number;
   params: number;
   seconds: number;
@@ -101,8 +103,9 @@ export async function runMiniature(e: Engine, unet: UNet, o: MiniatureOptions, l
   const attention = { dim: o.headDim, heads: 4, layers: o.headLayers, prePoolSize: o.prePool };
   const rows: MiniatureRow[] = [];
   const record = (method: string, features: string, r: FitResult, settings: string) => {
-    rows.push({ method, features, top1: r.top1, top5: r.top5, params: r.params, seconds: r.seconds, settings });
-    log(`  ${method}: top-1 ${(100 * r.top1).toFixed(1)}%, top-5 ${(100 * r.top5).toFixed(1)}%, ${r.params.toLocaleString('en')} parameters, ${fmtTime(r.seconds)}`);
+    const top1StdErr = Math.sqrt((r.top1 * (1 - r.top1)) / testIdx.length);
+    rows.push({ method, features, top1: r.top1, top1StdErr, top5: r.top5, params: r.params, seconds: r.seconds, settings });
+    log(`  ${method}: top-1 ${(100 * r.top1).toFixed(1)}% ± ${(100 * top1StdErr).toFixed(1)}, top-5 ${(100 * r.top5).toFixed(1)}%, ${r.params.toLocaleString('en')} parameters, ${fmtTime(r.seconds)}`);
   };
   const headLr = o.headLr;
   const fit = (trainSet: FeatureArrays, testSet: FeatureArrays, opts: Omit<FitOptions, 'classes'>, name?: string) => {
@@ -146,9 +149,13 @@ export async function runMiniature(e: Engine, unet: UNet, o: MiniatureOptions, l
 
   const byName = Object.fromEntries(rows.map((r) => [r.method, r.top1]));
   const ranking = ['GD linear probe', 'Attention head', 'DifFormer', 'DifFeed (bottleneck)'].sort((a, b) => byName[a] - byName[b]);
-  const beatsRaw = rows.filter((r) => r.method !== 'raw-pixel linear probe' && r.top1 > raw.top1).map((r) => r.method);
+  const heads = rows.filter((r) => r.method !== 'raw-pixel linear probe');
+  const beatsRaw = heads.filter((r) => r.top1 > raw.top1).map((r) => r.method);
+  // "Beats clearly": the gap exceeds twice the standard error of the difference of two independent scores.
+  const rawStdErr = Math.sqrt((raw.top1 * (1 - raw.top1)) / testIdx.length);
+  const clearly = heads.filter((r) => r.top1 - raw.top1 > 2 * Math.hypot(r.top1StdErr, rawStdErr)).map((r) => r.method);
   const findings = [
-    `diffusion features vs raw pixels: ${beatsRaw.length ? `${beatsRaw.join(', ')} beat the raw-pixel probe (${(100 * raw.top1).toFixed(1)}%)` : `none beats the raw-pixel probe (${(100 * raw.top1).toFixed(1)}%)`}`,
+    `diffusion features vs raw pixels: ${beatsRaw.length ? `${beatsRaw.join(', ')} beat the raw-pixel probe (${(100 * raw.top1).toFixed(1)}%)` : `none beats the raw-pixel probe (${(100 * raw.top1).toFixed(1)}%)`}; by more than twice the standard error of the difference: ${clearly.length ? clearly.join(', ') : 'none'}`,
     `ordering found (lowest → highest top-1): ${ranking.join(' < ')}; the paper's: GD linear < Attention < DifFormer / DifFeed`,
   ];
   for (const f of findings) log(f);
