@@ -10,12 +10,13 @@ import { paperBlocks } from '../model/block-roles.ts';
 import { gaussianNoise, linearSchedule } from '../model/diffusion.ts';
 import { sample } from '../model/sampling.ts';
 import type { UNet } from '../model/unet.ts';
-import { loadCachedFeatures } from './cached-features.ts';
+import { loadCachedFeatures, poolCached } from './cached-features.ts';
 import { balancedSubset, type GreyImages, imageSource, loadFashionMnist, seededShuffle, toModelInput } from './data/fashion-mnist.ts';
 import { extractFeatures, featureKey, PIXEL_BLOCK } from './extract.ts';
 import { type FeatureArrays, fitHead, type FitOptions, type FitResult } from './fit.ts';
 import { fitDifFeed } from './fit-difeed.ts';
 import { fmtTime } from './format-time.ts';
+import { standardizeSplits } from './standardize.ts';
 import { writeImageGridPng } from './sample-grid.ts';
 
 export interface MiniatureOptions {
@@ -52,12 +53,28 @@ export interface MiniatureRow {
   settings: string;
 }
 
+/** One point of a linear-probe validation sweep. */
+export interface SweepPoint {
+  b: number;
+  t: number;
+  pool: number;
+  standardize: boolean;
+  /** Validation top-1. */
+  val: number;
+}
+
+/** The grid the linear probes are chosen from (on validation), and the timesteps the attention heads read. */
+export const SWEEP_TIMESTEPS = [10, 50, 90, 150, 300];
+export const SWEEP_POOLS = [1, 2, 4];
+const HEAD_TIMESTEPS = [90, 150, 300];
+
 export interface MiniatureResult {
   samples: string;
   data: { train: number; validation: number; test: number; full: boolean; seed: number };
-  extraction: { timesteps: number[]; blocks: number[]; seconds: number };
+  extraction: { train: { timesteps: number[]; blocks: number[] }; test: { timesteps: number[]; blocks: number[] }; seconds: number };
   schedule: Record<string, unknown>;
-  sweep: { b: number; t: number; val: number }[];
+  sweep: SweepPoint[];
+  pixelSweep: SweepPoint[];
   rows: MiniatureRow[];
   findings: string[];
 }
@@ -82,22 +99,6 @@ export async function runMiniature(e: Engine, unet: UNet, o: MiniatureOptions, l
   const fitRows = order.slice(valRows.length);
   log(`data: Fashion-MNIST, ${trainIdx.length} training images (${fitRows.length} fit + ${valRows.length} validation for the sweep), ${testIdx.length} test images, ${S}×${S} grey`);
 
-  // Features: every timestep × every block the heads and the sweep read, one extraction each split.
-  const timesteps = [90, 150, 300];
-  const sweepBlocks = [...new Set([...roles.difformer, roles.feature])].sort((a, b) => a - b);
-  const blocks = [...new Set([...sweepBlocks, ...roles.difformer])].sort((a, b) => a - b);
-  const tx = performance.now();
-  const cached: Record<string, FeatureArrays> = {};
-  for (const [split, ds, idx] of [['train', train, trainIdx], ['test', test, testIdx]] as const) {
-    const dir = join(outDir, `features-${split}`);
-    const bar = o.progress(`extract ${split}`, 'images');
-    await extractFeatures(e, unet, imageSource(ds, idx, S), { outDir: dir, timesteps, blocks, batchSize: 50, chunkSize: 1000, seed, provenance: { checkpoint: o.checkpointHash, split, subset: JSON.stringify(idx.slice(0, 8)) + idx.length }, onProgress: bar });
-    cached[split] = await loadCachedFeatures(dir, timesteps, blocks);
-  }
-  const extractSeconds = (performance.now() - tx) / 1000;
-  const perImage = extractSeconds / ((trainIdx.length + testIdx.length) * timesteps.length);
-  log(`extraction: ${timesteps.length} timesteps × blocks {${blocks}} for ${trainIdx.length + testIdx.length} images in ${fmtTime(extractSeconds)} (${(1000 * perImage).toFixed(0)} ms per image and timestep)`);
-
   const epochs = o.epochs;
   const schedule = { epochs, stepSize: o.stepSize, batchSize: o.batchSize };
   const attention = { dim: o.headDim, heads: 4, layers: o.headLayers, prePoolSize: o.prePool };
@@ -113,25 +114,73 @@ export async function runMiniature(e: Engine, unet: UNet, o: MiniatureOptions, l
     let epoch = 0;
     return fitHead(e, trainSet, testSet, { classes: 10, seed, ...schedule, ...opts, onEpoch: (i) => (epoch = i.epoch + 1), onBatch: bar && ((d, n) => bar(epoch * n + d, schedule.epochs * n)) });
   };
-
-  log(`heads: Adam, cross-entropy, ${epochs} epochs, StepLR(${schedule.stepSize}, 0.1), batch ${schedule.batchSize}; lr 1e-3 linear and feedback, ${headLr} attention heads (d = ${attention.dim}, ${attention.layers} layer(s), 4 heads, tokens pooled to ≤ ${attention.prePoolSize}×${attention.prePoolSize})`);
-  const raw = await fit(rawPixels(train, trainIdx, S), rawPixels(test, testIdx, S), { head: 'linear', timesteps: [0], blocks: [PIXEL_BLOCK], pool: S });
-  record('raw-pixel linear probe', `${S}×${S} pixels`, raw, 'no pooling');
-
-  // GD linear probe: b, t by validation accuracy over the sweep grid, then trained on all of the training subset.
-  const fitPart = subsetArrays(cached.train, fitRows);
-  const valPart = subsetArrays(cached.train, valRows);
-  const sweep: { b: number; t: number; val: number }[] = [];
-  for (const t of timesteps) {
-    for (const b of sweepBlocks) {
-      const r = await fit(fitPart, valPart, { head: 'linear', timesteps: [t], blocks: [b], pool: 2 });
-      sweep.push({ b, t, val: r.top1 });
+  // The linear probe on one (t, b): pooled on the CPU, standardised with the training split's
+  // statistics when asked (the miniature issue's protocol), then a linear layer on the pooled map.
+  const linearProbe = (trainSet: FeatureArrays, testSet: FeatureArrays, p: Omit<SweepPoint, 'val'>) => {
+    const key = featureKey(p.t, p.b);
+    const pick = (f: FeatureArrays): FeatureArrays => {
+      const m = f.features.get(key)!;
+      return { ...f, features: new Map([[key, poolCached(m.data, f.count, m.shape, p.pool)]]) };
+    };
+    const split = p.standardize ? standardizeSplits(pick(trainSet), pick(testSet)) : { train: pick(trainSet), test: pick(testSet) };
+    return fit(split.train, split.test, { head: 'linear', timesteps: [p.t], blocks: [p.b], pool: p.pool });
+  };
+  // Every grid point trained on the fit part and scored on the validation part of the training subset.
+  const sweepOn = async (set: FeatureArrays, grid: Omit<SweepPoint, 'val'>[], label: string) => {
+    const fitPart = subsetArrays(set, fitRows);
+    const valPart = subsetArrays(set, valRows);
+    const bar = o.progress(label, 'probes');
+    const points: SweepPoint[] = [];
+    for (const p of grid) {
+      points.push({ ...p, val: (await linearProbe(fitPart, valPart, p)).top1 });
+      bar(points.length, grid.length);
     }
-  }
-  const best = sweep.reduce((x, y) => (y.val > x.val ? y : x));
-  log(`  sweep (validation top-1): ${sweep.map((s) => `b${s.b} t${s.t} ${(100 * s.val).toFixed(1)}%`).join(', ')} → b = ${best.b}, t = ${best.t}`);
-  const gd = await fit(cached.train, cached.test, { head: 'linear', timesteps: [best.t], blocks: [best.b], pool: 2 });
-  record('GD linear probe', `b ${best.b}, t ${best.t}, pool 2×2`, gd, `chosen on validation from b ∈ {${sweepBlocks}} × t ∈ {${timesteps}}`);
+    return { points, best: points.reduce((x, y) => (y.val > x.val ? y : x)) };
+  };
+  const describe = (p: SweepPoint) => `pool ${p.pool}×${p.pool}, ${p.standardize ? 'standardised' : 'raw scale'}`;
+
+  // Training features: the whole sweep grid (every block × every sweep timestep), which holds the heads' too.
+  const allBlocks = unet.plan.blocks.map((_, i) => i + 1);
+  const headBlocks = [...new Set([...roles.difformer, roles.feature])].sort((a, b) => a - b);
+  const tx = performance.now();
+  const extract = async (split: 'train' | 'test', ds: GreyImages, idx: number[], timesteps: number[], blocks: number[]) => {
+    const dir = join(outDir, `features-${split}-t${timesteps.join('_')}-b${blocks.join('_')}`);
+    await extractFeatures(e, unet, imageSource(ds, idx, S), { outDir: dir, timesteps, blocks, batchSize: 50, chunkSize: 250, seed, provenance: { checkpoint: o.checkpointHash, split, subset: JSON.stringify(idx.slice(0, 8)) + idx.length }, onProgress: o.progress(`extract ${split}`, 'images') });
+    return loadCachedFeatures(dir, timesteps, blocks);
+  };
+  const trainFeatures = await extract('train', train, trainIdx, SWEEP_TIMESTEPS, allBlocks);
+  let extractSeconds = (performance.now() - tx) / 1000;
+  log(`extraction (training subset): ${SWEEP_TIMESTEPS.length} timesteps × all ${allBlocks.length} blocks for ${trainIdx.length} images in ${fmtTime(extractSeconds)} (${((1000 * extractSeconds) / (trainIdx.length * SWEEP_TIMESTEPS.length)).toFixed(0)} ms per image and timestep)`);
+  log(`heads: Adam, cross-entropy, ${epochs} epochs, StepLR(${schedule.stepSize}, 0.1), batch ${schedule.batchSize}; lr 1e-3 linear and feedback, ${headLr} attention heads (d = ${attention.dim}, ${attention.layers} layer(s), 4 heads, tokens pooled to ≤ ${attention.prePoolSize}×${attention.prePoolSize})`);
+
+  // Raw pixels get the same choices (pool, standardisation) and their full resolution besides.
+  const pixelsTrain = rawPixels(train, trainIdx, S);
+  const pixelGrid = [...SWEEP_POOLS, S].flatMap((pool) => [false, true].map((standardize) => ({ t: 0, b: PIXEL_BLOCK, pool, standardize })));
+  const pixelSweep = await sweepOn(pixelsTrain, pixelGrid, 'pixel sweep');
+  log(`  pixel sweep (validation top-1): ${pixelSweep.points.map((p) => `${describe(p)} ${(100 * p.val).toFixed(1)}%`).join(', ')} → ${describe(pixelSweep.best)}`);
+  const raw = await linearProbe(pixelsTrain, rawPixels(test, testIdx, S), pixelSweep.best);
+  record('raw-pixel linear probe', `${S}×${S} pixels, ${describe(pixelSweep.best)}`, raw, `chosen on validation from pool ∈ {${[...SWEEP_POOLS, S]}} × standardisation off/on`);
+
+  // GD linear probe: b, t, pool and standardisation by validation accuracy, then trained on all of the training subset.
+  const grid = SWEEP_TIMESTEPS.flatMap((t) => allBlocks.flatMap((b) => SWEEP_POOLS.flatMap((pool) => [false, true].map((standardize) => ({ t, b, pool, standardize })))));
+  const sweep = await sweepOn(trainFeatures, grid, 'GD sweep');
+  const best = sweep.best;
+  const top = [...sweep.points].sort((x, y) => y.val - x.val).slice(0, 5);
+  log(`  GD sweep: ${grid.length} probes; best on validation: ${top.map((p) => `b${p.b} t${p.t} ${describe(p)} ${(100 * p.val).toFixed(1)}%`).join('; ')}`);
+
+  // Test features: the heads' blocks and timesteps, and the chosen (b, t).
+  const tt = performance.now();
+  const testTimesteps = [...new Set([...HEAD_TIMESTEPS, best.t])].sort((a, b) => a - b);
+  const testBlocks = [...new Set([...headBlocks, best.b])].sort((a, b) => a - b);
+  const testFeatures = await extract('test', test, testIdx, testTimesteps, testBlocks);
+  const testSeconds = (performance.now() - tt) / 1000;
+  extractSeconds += testSeconds;
+  log(`extraction (test): t {${testTimesteps}} × blocks {${testBlocks}} for ${testIdx.length} images in ${fmtTime(testSeconds)}`);
+  const cached = { train: trainFeatures, test: testFeatures };
+
+  const gd = await linearProbe(cached.train, cached.test, best);
+  record('GD linear probe', `b ${best.b}, t ${best.t}, ${describe(best)}`, gd, `chosen on validation from b ∈ {1..${allBlocks.length}} × t ∈ {${SWEEP_TIMESTEPS}} × pool ∈ {${SWEEP_POOLS}} × standardisation off/on`);
+  const timesteps = HEAD_TIMESTEPS;
 
   const att = await fit(cached.train, cached.test, { head: 'attention', timesteps: [150], blocks: [roles.feature], attention, lr: headLr }, 'Attention head');
   record('Attention head', `b ${roles.feature}, t 150`, att, JSON.stringify(attention));
@@ -162,8 +211,8 @@ export async function runMiniature(e: Engine, unet: UNet, o: MiniatureOptions, l
   return {
     samples: sampleLine,
     data: { train: trainIdx.length, validation: valRows.length, test: testIdx.length, full, seed },
-    extraction: { timesteps, blocks, seconds: extractSeconds },
-    schedule: { ...schedule, difeedEpochs, attention, headLr }, sweep, rows, findings,
+    extraction: { train: { timesteps: SWEEP_TIMESTEPS, blocks: allBlocks }, test: { timesteps: testTimesteps, blocks: testBlocks }, seconds: extractSeconds },
+    schedule: { ...schedule, difeedEpochs, attention, headLr }, sweep: sweep.points, pixelSweep: pixelSweep.points, rows, findings,
   };
 }
 
