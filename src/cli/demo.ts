@@ -17,7 +17,7 @@ const root = packageRoot();
 const OPTIONS = {
   model: { type: 'string', help: 'U-Net config', default: join(root, 'models', 'fmnist16.json') },
   checkpoint: { type: 'string', meta: 'FILE', help: 'U-Net weights', default: join(root, 'models', 'fmnist16.safetensors') },
-  'train-per-class': { type: 'int', min: 5, max: 6000, help: 'training images per class (a seeded, balanced subset; 20% of it is the validation split of the probes' sweep)', default: 100 },
+  'train-per-class': { type: 'int', min: 5, max: 6000, help: 'training images per class (a seeded, balanced subset; 20% of it is the validation split of the probe sweeps)', default: 100 },
   'test-per-class': { type: 'int', min: 1, max: 1000, help: 'test images per class (200: 2,000 test images, a top-1 standard error under 1 point)', default: 200 },
   full: { type: 'flag', help: 'all 60,000 training and 10,000 test images (hours on a CPU)' },
   epochs: { type: 'int', min: 1, max: 10_000, help: 'epochs of every cached-feature head (paper 28)', default: 10 },
