@@ -10,13 +10,13 @@ import { paperBlocks } from '../model/block-roles.ts';
 import { gaussianNoise, linearSchedule } from '../model/diffusion.ts';
 import { sample } from '../model/sampling.ts';
 import type { UNet } from '../model/unet.ts';
-import { loadCachedFeatures, poolCached } from './cached-features.ts';
+import { loadCachedFeatures } from './cached-features.ts';
 import { balancedSubset, type GreyImages, imageSource, loadFashionMnist, seededShuffle, toModelInput } from './data/fashion-mnist.ts';
 import { extractFeatures, featureKey, PIXEL_BLOCK } from './extract.ts';
 import { type FeatureArrays, fitHead, type FitOptions, type FitResult } from './fit.ts';
 import { fitDifFeed } from './fit-difeed.ts';
 import { fmtTime } from './format-time.ts';
-import { standardizeSplits } from './standardize.ts';
+import { probeInputs, type SweepRow, sweepLinearProbes } from './sweep.ts';
 import { writeImageGridPng } from './sample-grid.ts';
 
 export interface MiniatureOptions {
@@ -53,15 +53,8 @@ export interface MiniatureRow {
   settings: string;
 }
 
-/** One point of a linear-probe validation sweep. */
-export interface SweepPoint {
-  b: number;
-  t: number;
-  pool: number;
-  standardize: boolean;
-  /** Validation top-1. */
-  val: number;
-}
+/** One point of a linear-probe validation sweep: its settings and validation top-1. */
+export type SweepPoint = Omit<SweepRow, 'top1' | 'top5'> & { val: number };
 
 /** The grid the linear probes are chosen from (on validation), and the timesteps the attention heads read. */
 export const SWEEP_TIMESTEPS = [10, 50, 90, 150, 300];
@@ -103,8 +96,10 @@ export async function runMiniature(e: Engine, unet: UNet, o: MiniatureOptions, l
   const schedule = { epochs, stepSize: o.stepSize, batchSize: o.batchSize };
   const attention = { dim: o.headDim, heads: 4, layers: o.headLayers, prePoolSize: o.prePool };
   const rows: MiniatureRow[] = [];
+  /** Binomial standard error of a top-1 over the test images. */
+  const testStdErr = (top1: number) => Math.sqrt((top1 * (1 - top1)) / testIdx.length);
   const record = (method: string, features: string, r: FitResult, settings: string) => {
-    const top1StdErr = Math.sqrt((r.top1 * (1 - r.top1)) / testIdx.length);
+    const top1StdErr = testStdErr(r.top1);
     rows.push({ method, features, top1: r.top1, top1StdErr, top5: r.top5, params: r.params, seconds: r.seconds, settings });
     log(`  ${method}: top-1 ${(100 * r.top1).toFixed(1)}% ± ${(100 * top1StdErr).toFixed(1)}, top-5 ${(100 * r.top5).toFixed(1)}%, ${r.params.toLocaleString('en')} parameters, ${fmtTime(r.seconds)}`);
   };
@@ -114,28 +109,23 @@ export async function runMiniature(e: Engine, unet: UNet, o: MiniatureOptions, l
     let epoch = 0;
     return fitHead(e, trainSet, testSet, { classes: 10, seed, ...schedule, ...opts, onEpoch: (i) => (epoch = i.epoch + 1), onBatch: bar && ((d, n) => bar(epoch * n + d, schedule.epochs * n)) });
   };
-  // The linear probe on one (t, b): pooled on the CPU, standardised with the training split's
-  // statistics when asked (the miniature issue's protocol), then a linear layer on the pooled map.
-  const linearProbe = (trainSet: FeatureArrays, testSet: FeatureArrays, p: Omit<SweepPoint, 'val'>) => {
-    const key = featureKey(p.t, p.b);
-    const pick = (f: FeatureArrays): FeatureArrays => {
-      const m = f.features.get(key)!;
-      return { ...f, features: new Map([[key, poolCached(m.data, f.count, m.shape, p.pool)]]) };
-    };
-    const split = p.standardize ? standardizeSplits(pick(trainSet), pick(testSet)) : { train: pick(trainSet), test: pick(testSet) };
+  // The linear probe on one (t, b), pooled and optionally standardised as in the sweep.
+  const linearProbe = (trainSet: FeatureArrays, testSet: FeatureArrays, p: SweepPoint) => {
+    const split = probeInputs(trainSet, testSet, featureKey(p.t, p.b), p.pool, p.standardize);
     return fit(split.train, split.test, { head: 'linear', timesteps: [p.t], blocks: [p.b], pool: p.pool });
   };
-  // Every grid point trained on the fit part and scored on the validation part of the training subset.
-  const sweepOn = async (set: FeatureArrays, grid: Omit<SweepPoint, 'val'>[], label: string) => {
-    const fitPart = subsetArrays(set, fitRows);
-    const valPart = subsetArrays(set, valRows);
+  // Every grid point trained on the fit part and scored on the validation part of the training
+  // subset; ties go to the lowest t, then block, pool, and standardisation off before on.
+  const sweepOn = async (set: FeatureArrays, grid: { timesteps: number[]; blocks: number[]; pools: number[] }, label: string) => {
     const bar = o.progress(label, 'probes');
-    const points: SweepPoint[] = [];
-    for (const p of grid) {
-      points.push({ ...p, val: (await linearProbe(fitPart, valPart, p)).top1 });
-      bar(points.length, grid.length);
-    }
-    return { points, best: points.reduce((x, y) => (y.val > x.val ? y : x)) };
+    const total = grid.timesteps.length * grid.blocks.length * grid.pools.length * 2;
+    let done = 0;
+    const rows = await sweepLinearProbes(e, subsetArrays(set, fitRows), subsetArrays(set, valRows), {
+      ...grid, standardize: [false, true], classes: 10, epochs, batchSize: o.batchSize, lr: 1e-3, stepSize: o.stepSize, seed, onRow: () => bar(++done, total),
+    });
+    const points: SweepPoint[] = rows.map(({ top1, top5: _, ...p }) => ({ ...p, val: top1 }));
+    const ordered = [...points].sort((x, y) => x.t - y.t || x.b - y.b || x.pool - y.pool || Number(x.standardize) - Number(y.standardize));
+    return { points: ordered, best: ordered.reduce((x, y) => (y.val > x.val ? y : x)) };
   };
   const describe = (p: SweepPoint) => `pool ${p.pool}×${p.pool}, ${p.standardize ? 'standardised' : 'raw scale'}`;
 
@@ -155,18 +145,16 @@ export async function runMiniature(e: Engine, unet: UNet, o: MiniatureOptions, l
 
   // Raw pixels get the same choices (pool, standardisation) and their full resolution besides.
   const pixelsTrain = rawPixels(train, trainIdx, S);
-  const pixelGrid = [...SWEEP_POOLS, S].flatMap((pool) => [false, true].map((standardize) => ({ t: 0, b: PIXEL_BLOCK, pool, standardize })));
-  const pixelSweep = await sweepOn(pixelsTrain, pixelGrid, 'pixel sweep');
+  const pixelSweep = await sweepOn(pixelsTrain, { timesteps: [0], blocks: [PIXEL_BLOCK], pools: [...SWEEP_POOLS, S] }, 'pixel sweep');
   log(`  pixel sweep (validation top-1): ${pixelSweep.points.map((p) => `${describe(p)} ${(100 * p.val).toFixed(1)}%`).join(', ')} → ${describe(pixelSweep.best)}`);
   const raw = await linearProbe(pixelsTrain, rawPixels(test, testIdx, S), pixelSweep.best);
   record('raw-pixel linear probe', `${S}×${S} pixels, ${describe(pixelSweep.best)}`, raw, `chosen on validation from pool ∈ {${[...SWEEP_POOLS, S]}} × standardisation off/on`);
 
   // GD linear probe: b, t, pool and standardisation by validation accuracy, then trained on all of the training subset.
-  const grid = SWEEP_TIMESTEPS.flatMap((t) => allBlocks.flatMap((b) => SWEEP_POOLS.flatMap((pool) => [false, true].map((standardize) => ({ t, b, pool, standardize })))));
-  const sweep = await sweepOn(trainFeatures, grid, 'GD sweep');
+  const sweep = await sweepOn(trainFeatures, { timesteps: SWEEP_TIMESTEPS, blocks: allBlocks, pools: SWEEP_POOLS }, 'GD sweep');
   const best = sweep.best;
   const top = [...sweep.points].sort((x, y) => y.val - x.val).slice(0, 5);
-  log(`  GD sweep: ${grid.length} probes; best on validation: ${top.map((p) => `b${p.b} t${p.t} ${describe(p)} ${(100 * p.val).toFixed(1)}%`).join('; ')}`);
+  log(`  GD sweep: ${sweep.points.length} probes; best on validation: ${top.map((p) => `b${p.b} t${p.t} ${describe(p)} ${(100 * p.val).toFixed(1)}%`).join('; ')}`);
 
   // Test features: the heads' blocks and timesteps, and the chosen (b, t).
   const tt = performance.now();
@@ -176,16 +164,14 @@ export async function runMiniature(e: Engine, unet: UNet, o: MiniatureOptions, l
   const testSeconds = (performance.now() - tt) / 1000;
   extractSeconds += testSeconds;
   log(`extraction (test): t {${testTimesteps}} × blocks {${testBlocks}} for ${testIdx.length} images in ${fmtTime(testSeconds)}`);
-  const cached = { train: trainFeatures, test: testFeatures };
 
-  const gd = await linearProbe(cached.train, cached.test, best);
+  const gd = await linearProbe(trainFeatures, testFeatures, best);
   record('GD linear probe', `b ${best.b}, t ${best.t}, ${describe(best)}`, gd, `chosen on validation from b ∈ {1..${allBlocks.length}} × t ∈ {${SWEEP_TIMESTEPS}} × pool ∈ {${SWEEP_POOLS}} × standardisation off/on`);
-  const timesteps = HEAD_TIMESTEPS;
 
-  const att = await fit(cached.train, cached.test, { head: 'attention', timesteps: [150], blocks: [roles.feature], attention, lr: headLr }, 'Attention head');
+  const att = await fit(trainFeatures, testFeatures, { head: 'attention', timesteps: [150], blocks: [roles.feature], attention, lr: headLr }, 'Attention head');
   record('Attention head', `b ${roles.feature}, t 150`, att, JSON.stringify(attention));
-  const dif = await fit(cached.train, cached.test, { head: 'attention', timesteps, blocks: roles.difformer, attention, lr: headLr }, 'DifFormer');
-  record('DifFormer', `b {${roles.difformer}}, t {${timesteps}}`, dif, JSON.stringify(attention));
+  const dif = await fit(trainFeatures, testFeatures, { head: 'attention', timesteps: HEAD_TIMESTEPS, blocks: roles.difformer, attention, lr: headLr }, 'DifFormer');
+  record('DifFormer', `b {${roles.difformer}}, t {${HEAD_TIMESTEPS}}`, dif, JSON.stringify(attention));
 
   const difeedEpochs = o.difeedEpochs;
   const bar = o.progress('DifFeed', 'batches');
@@ -201,8 +187,7 @@ export async function runMiniature(e: Engine, unet: UNet, o: MiniatureOptions, l
   const heads = rows.filter((r) => r.method !== 'raw-pixel linear probe');
   const beatsRaw = heads.filter((r) => r.top1 > raw.top1).map((r) => r.method);
   // "Beats clearly": the gap exceeds twice the standard error of the difference of two independent scores.
-  const rawStdErr = Math.sqrt((raw.top1 * (1 - raw.top1)) / testIdx.length);
-  const clearly = heads.filter((r) => r.top1 - raw.top1 > 2 * Math.hypot(r.top1StdErr, rawStdErr)).map((r) => r.method);
+  const clearly = heads.filter((r) => r.top1 - raw.top1 > 2 * Math.hypot(r.top1StdErr, testStdErr(raw.top1))).map((r) => r.method);
   const findings = [
     `diffusion features vs raw pixels: ${beatsRaw.length ? `${beatsRaw.join(', ')} beat the raw-pixel probe (${(100 * raw.top1).toFixed(1)}%)` : `none beats the raw-pixel probe (${(100 * raw.top1).toFixed(1)}%)`}; by more than twice the standard error of the difference: ${clearly.length ? clearly.join(', ') : 'none'}`,
     `ordering found (lowest → highest top-1): ${ranking.join(' < ')}; the paper's: GD linear < Attention < DifFormer / DifFeed`,

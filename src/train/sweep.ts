@@ -16,6 +16,8 @@ export interface SweepOptions {
   epochs: number;
   batchSize: number;
   lr: number;
+  /** StepLR step in epochs (fitHead's default when absent). */
+  stepSize?: number;
   seed?: number;
   onRow?: (row: SweepRow) => void;
 }
@@ -30,7 +32,7 @@ export interface SweepRow {
 }
 
 /** One t × b of both splits, pooled on the CPU to `pool` and standardised with the training split's statistics when asked. */
-function probeInputs(train: FeatureArrays, test: FeatureArrays, key: string, pool: number, standardize: boolean): { train: FeatureArrays; test: FeatureArrays } {
+export function probeInputs(train: FeatureArrays, test: FeatureArrays, key: string, pool: number, standardize: boolean): { train: FeatureArrays; test: FeatureArrays } {
   const one = (d: FeatureArrays): FeatureArrays => {
     const f = d.features.get(key);
     if (!f) throw new Error(`the sweep has no features ${key}`);
@@ -47,7 +49,7 @@ export async function sweepLinearProbes(e: Engine, train: FeatureArrays, test: F
       for (const b of o.blocks) {
         for (const t of o.timesteps) {
           const split = probeInputs(train, test, featureKey(t, b), pool, standardize);
-          const r = await fitHead(e, split.train, split.test, { head: 'linear', classes: o.classes, timesteps: [t], blocks: [b], pool, epochs: o.epochs, batchSize: o.batchSize, lr: o.lr, seed: o.seed });
+          const r = await fitHead(e, split.train, split.test, { head: 'linear', classes: o.classes, timesteps: [t], blocks: [b], pool, epochs: o.epochs, batchSize: o.batchSize, lr: o.lr, stepSize: o.stepSize, seed: o.seed });
           const row = { t, b, pool, standardize, top1: r.top1, top5: r.top5 };
           rows.push(row);
           o.onRow?.(row);
