@@ -27,5 +27,13 @@ const wall = (performance.now() - t0) / 1000;
 const times = await e.stopProfiling();
 const gpu = times.reduce((s, k) => s + k.ms, 0);
 console.log(`batch ${batch}, ${channels} channels: ${(wall / 2).toFixed(2)} s per step (profiled), ${(2 * batch / wall).toFixed(2)} images/s; GPU ${(gpu / 2000).toFixed(2)} s per step; losses ${r.losses.map((l) => l[1].toFixed(3))}`);
+// Per family (kernel key up to its tiling), then the 25 costliest kernels.
+const families = new Map<string, number>();
+for (const k of times) {
+  const family = k.kernel.replace(/\.\d+x\d+\..*$/, '');
+  families.set(family, (families.get(family) ?? 0) + k.ms / 2);
+}
+for (const [family, ms] of [...families].sort((a, b) => b[1] - a[1]).slice(0, 20)) console.log(`${ms.toFixed(1).padStart(9)} ms ${(100 * ms / (gpu / 2)).toFixed(1).padStart(5)}%  ${family}`);
+console.log('---');
 for (const k of times.slice(0, 25)) console.log(`${(k.ms / 2).toFixed(1).padStart(9)} ms ${String(k.calls / 2).padStart(6)}× ${(100 * k.ms / gpu).toFixed(1).padStart(5)}%  ${k.kernel}`);
 e.dispose();

@@ -74,6 +74,24 @@ async function findGpu(): Promise<GPU> {
   return gpu;
 }
 
+/**
+ * The adapter families that kernels choose presets for: Mesa's llvmpipe (lavapipe) and Google's
+ * SwiftShader run on the CPU and compile shaders differently (SwiftShader's JIT gives up on
+ * shaders that lavapipe runs fastest), the GPU vendors by name.
+ */
+export type AdapterClass = 'llvmpipe' | 'swiftshader' | 'nvidia' | 'amd' | 'intel' | 'apple' | 'other';
+
+export function adapterClass(info: AdapterDescription): AdapterClass {
+  const text = [info.vendor, info.architecture, info.device, info.description].join(' ');
+  if (/llvmpipe|lavapipe/i.test(text)) return 'llvmpipe';
+  if (/swiftshader/i.test(text)) return 'swiftshader';
+  if (/nvidia/i.test(text)) return 'nvidia';
+  if (/\bamd\b|radeon|\bati\b/i.test(text)) return 'amd';
+  if (/intel/i.test(text)) return 'intel';
+  if (/apple/i.test(text)) return 'apple';
+  return 'other';
+}
+
 /** A software adapter running on the CPU (lavapipe/llvmpipe, SwiftShader): kernels pick CPU-friendly variants. */
 export function isCpuAdapter(info: AdapterDescription): boolean {
   return /llvmpipe|lavapipe|swiftshader|\bcpu\b/i.test([info.vendor, info.architecture, info.device, info.description].join(' '));

@@ -3,7 +3,7 @@
 // global state, so several engines (and other WebGPU libraries) can share a process or a device.
 
 import { BufferPool, type PoolStats } from './buffer-pool.ts';
-import { type DeviceHandle, isCpuAdapter, requestDevice, wrapDevice } from './device.ts';
+import { type AdapterClass, adapterClass, type DeviceHandle, isCpuAdapter, requestDevice, wrapDevice } from './device.ts';
 import { KernelRegistry, type KernelSource } from './kernel-registry.ts';
 import { KernelProfiler, type KernelTime } from './profiler.ts';
 import { Tape } from './autograd.ts';
@@ -68,6 +68,8 @@ export class Engine {
   readonly maxBindingBytes: number;
   /** The adapter runs on the CPU (lavapipe, SwiftShader): row reductions use a thread per row. */
   readonly cpuAdapter: boolean;
+  /** The adapter's family, for kernels whose best shape differs between them (device.ts). */
+  readonly adapterClass: AdapterClass;
   private readonly maxDispatches: number;
   private readonly maxCommandsInFlight: number;
 
@@ -101,6 +103,7 @@ export class Engine {
     }
     this.maxBindingBytes = Math.min(options.maxBindingBytes ?? Infinity, this.device.limits.maxStorageBufferBindingSize);
     this.cpuAdapter = isCpuAdapter(handle.info);
+    this.adapterClass = adapterClass(handle.info);
     this.uniformArena = this.device.createBuffer({
       size: UNIFORM_ARENA_BYTES,
       usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,

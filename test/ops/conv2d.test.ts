@@ -1,5 +1,5 @@
 import t from 'tap';
-import { ops } from '../../src/index.ts';
+import { createEngine, ops } from '../../src/index.ts';
 import { gradCheck, maxRelError, randomNd, testEngine, upload } from '../helpers/check.ts';
 import { conv2dRef, type Nd } from '../helpers/reference.ts';
 
@@ -45,6 +45,47 @@ for (const [name, xs, ws, stride, [Ho, Wo]] of cases.filter((c) => c[1][1] < 70)
     );
     perInput.forEach((err, i) => t.ok(err < 1e-3, `input ${i}: ${err.toExponential(2)}`));
   });
+}
+
+// dW[co, ci, ky, kx] = Σ_n Σ_(oy,ox) dy[n, co, oy, ox] · x[n, ci, oy·s + ky − pad, ox·s + kx − pad], in float64.
+function weightGradRef(x: Nd, dy: Nd, k: number, stride: number): Float64Array {
+  const [N, cin, H, W] = x.shape;
+  const [, cout, Ho, Wo] = dy.shape;
+  const pad = (k - 1) / 2;
+  const dw = new Float64Array(cout * cin * k * k);
+  for (let n = 0; n < N; n++) for (let co = 0; co < cout; co++) for (let oy = 0; oy < Ho; oy++) for (let ox = 0; ox < Wo; ox++) {
+    const g = dy.data[((n * cout + co) * Ho + oy) * Wo + ox];
+    for (let ci = 0; ci < cin; ci++) for (let ky = 0; ky < k; ky++) for (let kx = 0; kx < k; kx++) {
+      const yy = oy * stride + ky - pad;
+      const xx = ox * stride + kx - pad;
+      if (yy < 0 || xx < 0 || yy >= H || xx >= W) continue;
+      dw[((co * cin + ci) * k + ky) * k + kx] += g * x.data[((n * cin + ci) * H + yy) * W + xx];
+    }
+  }
+  return dw;
+}
+
+// A reduction of 8·19·18 = 2,736 pixels at stride 1: with split-K forced on, 2 splits whose last
+// one is shorter (and not a whole number of slabs); 67 output channels and 5·k·k columns leave
+// partial tiles on both edges. Stride 2 (720 pixels) stays one split.
+for (const [label, tuning] of [['default tiles', {}], ['split-K forced', { conv2dWeightGrad: { splitKWorkgroups: 1024 } }], ['GPU tiles, split-K forced', { conv2d: { wgX: 8, wgY: 8, tm: 4, tn: 4, tk: 16 }, conv2dWeightGrad: { splitKWorkgroups: 1024 } }]] as const) {
+  for (const [k, stride] of [[3, 1], [3, 2], [1, 1]]) {
+    t.test(`conv2d weight gradient over a long reduction (${label}, ${k}x${k} stride ${stride}) matches float64`, async (t) => {
+      const engine = await createEngine({ device: e.device, tuning });
+      const x = randomNd([8, 5, 19, 18], 11);
+      const w = randomNd([67, 5, k, k], 12);
+      const Ho = Math.floor((19 - 1) / stride) + 1;
+      const Wo = Math.floor((18 - 1) / stride) + 1;
+      const dy = randomNd([8, 67, Ho, Wo], 13);
+      const xt = upload(engine, x);
+      const wt = upload(engine, w, true);
+      const y = ops.conv2d(xt, wt, { stride });
+      engine.tape.backward(y, upload(engine, dy));
+      const err = maxRelError(await wt.grad!.read(), weightGradRef(x, dy, k, stride));
+      t.ok(err < 1e-5, `max relative error ${err.toExponential(2)}`);
+      engine.dispose();
+    });
+  }
 }
 
 t.test('conv2d shape errors name the tensors', async (t) => {

@@ -1,7 +1,7 @@
 // conv2d (square kernel, zero padding (k − 1)/2, stride ≥ 1, NCHW) with optional bias and a fused
 // residual add. Kernels and the backward derivation (stride ↔ input dilation): kernels/conv2d.wgsl.ts.
-import { conv2dKernel, conv2dWeightGradKernel } from '../../../kernels/conv2d.wgsl.ts';
-import { chooseTiling, type MatmulTiling } from '../../../kernels/matmul.wgsl.ts';
+import { chooseConvTiling, conv2dKernel, conv2dWeightGradKernel } from '../../../kernels/conv2d.wgsl.ts';
+import type { MatmulTiling } from '../../../kernels/matmul.wgsl.ts';
 import type { Engine } from '../engine.ts';
 import { shapeString, type Tensor } from '../tensor.ts';
 import { Uniforms } from '../uniforms.ts';
@@ -19,7 +19,7 @@ export interface Conv2dOptions {
 
 /** GEMM rows are output channels, columns pixels (or weight columns for the weight gradient). */
 function tiling(e: Engine, rows: number, cols: number): MatmulTiling {
-  return chooseTiling(rows, cols, e.tuning.conv2d, e.limits.maxComputeWorkgroupStorageSize);
+  return chooseConvTiling(rows, cols, e.adapterClass === 'llvmpipe', e.tuning.conv2d, e.limits.maxComputeWorkgroupStorageSize);
 }
 
 interface ConvCall {
@@ -50,6 +50,41 @@ function runConv(e: Engine, c: ConvCall): void {
     uniforms: new Uniforms().u32(cin, H, W, cout, N, Ho, Wo).toArrayBuffer(),
     workgroups: [Math.ceil((N * Ho * Wo) / (t.wgX * t.tn)), Math.ceil(cout / (t.wgY * t.tm))],
   });
+}
+
+/**
+ * Split-K for the weight gradient: its output (Cout × Cin·k·k) is small and its reduction (every
+ * pixel of the batch) long, so a few output tiles would leave most of a GPU idle. Splits the
+ * reduction until there are about `splitKWorkgroups` workgroups (tuning `conv2dWeightGrad`;
+ * default 64, and 1 on CPU adapters, whose few threads the output tiles already keep busy: on
+ * lavapipe 8 splits measured slower), each split keeping at least SPLIT_K_MIN_REDUCTION steps so
+ * the partial sums stay cheap to add.
+ */
+const SPLIT_K_MIN_REDUCTION = 1024;
+
+function conv2dWeightGrad(e: Engine, dy: Tensor, x: Tensor, wShape: readonly number[], pad: number, stride: number): Tensor {
+  const [N, cin, H, W] = x.shape;
+  const [, cout, Ho, Wo] = dy.shape;
+  const ksize = wShape[2];
+  const columns = cin * ksize * ksize;
+  const t = tiling(e, cout, columns);
+  const tiles = Math.ceil(columns / (t.wgX * t.tn)) * Math.ceil(cout / (t.wgY * t.tm));
+  const reduction = N * Ho * Wo;
+  const target = e.tuning.conv2dWeightGrad?.splitKWorkgroups ?? (e.cpuAdapter ? 1 : 64);
+  const wanted = Math.min(Math.ceil(target / tiles), Math.floor(reduction / SPLIT_K_MIN_REDUCTION));
+  const qPerSplit = Math.ceil(reduction / Math.max(1, wanted) / t.tk) * t.tk;
+  const splits = Math.ceil(reduction / qPerSplit);
+  const partial = e.empty(splits > 1 ? [splits, ...wShape] : wShape, 'dconv2d.w');
+  e.dispatch({
+    kernel: conv2dWeightGradKernel(ksize, pad, stride, t),
+    bindings: [dy, x, partial],
+    uniforms: new Uniforms().u32(cin, H, W, cout, N, Ho, Wo, qPerSplit).toArrayBuffer(),
+    workgroups: [Math.ceil(columns / (t.wgX * t.tn)), Math.ceil(cout / (t.wgY * t.tm)), splits],
+  });
+  if (splits === 1) return partial;
+  const dw = sum(partial, [0]);
+  partial.dispose();
+  return dw;
 }
 
 export function conv2d(x: Tensor, w: Tensor, opts: Conv2dOptions = {}): Tensor {
@@ -84,17 +119,7 @@ export function conv2d(x: Tensor, w: Tensor, opts: Conv2dOptions = {}): Tensor {
       dx = e.empty(x.shape, 'dconv2d.x');
       runConv(e, { w, x: dy, out: dx, ksize, pad: ksize - 1 - pad, stride: 1, inputDilation: stride, transposedWeight: true });
     }
-    let dw: Tensor | null = null;
-    if (w.requiresGrad) {
-      dw = e.empty(w.shape, 'dconv2d.w');
-      const t = tiling(e, cout, cin * ksize * ksize);
-      e.dispatch({
-        kernel: conv2dWeightGradKernel(ksize, pad, stride, t),
-        bindings: [dy, x, dw],
-        uniforms: new Uniforms().u32(cin, H, W, cout, N, Ho, Wo).toArrayBuffer(),
-        workgroups: [Math.ceil((cin * ksize * ksize) / (t.wgX * t.tn)), Math.ceil(cout / (t.wgY * t.tm)), 1],
-      });
-    }
+    const dw = w.requiresGrad ? conv2dWeightGrad(e, dy, x, w.shape, pad, stride) : null;
     const grads: (Tensor | null)[] = [dx, dw];
     if (opts.bias) grads.push(opts.bias.requiresGrad ? sum(dy, [0, 2, 3]) : null);
     if (opts.residual) grads.push(opts.residual.requiresGrad ? dy : null);

@@ -1,0 +1,62 @@
+// WGSL fragments of the register-tiled GEMM step shared by the conv kernels: a workgroup of
+// wgX × wgY threads computes a (wgY·tm) × (wgX·tn) tile, each thread a tm × tn block of named
+// scalar accumulators, reading its column of the A slab and its row of the B slab from workgroup
+// memory. The slabs are stored as vectors of `vectorWidth` consecutive rows (A) or columns (B):
+// CPU adapters (lavapipe, SwiftShader) run a workgroup memory read whose address differs per
+// invocation as one scalar load per invocation, so a vec4 read moves four values for the cost of
+// about one; on GPUs it is a 128-bit load.
+import type { MatmulTiling } from './matmul.wgsl.ts';
+
+/** The widest vector (4, 2 or 1 floats) that divides `n` outputs per thread. */
+export const vectorWidth = (n: number) => (n % 4 === 0 ? 4 : n % 2 === 0 ? 2 : 1);
+
+/** WGSL type of a slab element `width` floats wide. */
+export const slabElement = (width: number) => (width === 1 ? 'f32' : `vec${width}<f32>`);
+
+/** A WGSL vector (or scalar) of `width` values. */
+export const slabValue = (width: number, values: string[]) => (width === 1 ? values[0] : `vec${width}(${values.join(', ')})`);
+
+const lane = (v: string, width: number, i: number) => (width === 1 ? v : `${v}[${i % width}]`);
+
+export function declareAccumulators(t: MatmulTiling): string {
+  const lines: string[] = [];
+  for (let i = 0; i < t.tm; i++) for (let j = 0; j < t.tn; j++) lines.push(`var acc${i}_${j} = 0.0;`);
+  return lines.join(' ');
+}
+
+/** One reduction step `kk` of the thread (tx, ty): tm values from tileA, tn from tileB, tm·tn FMAs. */
+export function accumulateStep(t: MatmulTiling, kk: string): string {
+  const wa = vectorWidth(t.tm);
+  const wb = vectorWidth(t.tn);
+  const slotsA = (t.wgY * t.tm) / wa;
+  const slotsB = (t.wgX * t.tn) / wb;
+  const lines: string[] = [];
+  for (let i = 0; i < t.tm / wa; i++) lines.push(`let a${i} = tileA[${kk} * ${slotsA}u + ty * ${t.tm / wa}u + ${i}u];`);
+  for (let j = 0; j < t.tn / wb; j++) lines.push(`let b${j} = tileB[${kk} * ${slotsB}u + tx * ${t.tn / wb}u + ${j}u];`);
+  for (let i = 0; i < t.tm; i++) {
+    for (let j = 0; j < t.tn; j++) {
+      lines.push(`acc${i}_${j} = fma(${lane(`a${Math.floor(i / wa)}`, wa, i)}, ${lane(`b${Math.floor(j / wb)}`, wb, j)}, acc${i}_${j});`);
+    }
+  }
+  return lines.join('\n      ');
+}
+
+/** Calls `store(row, column, value)` for each accumulator of the thread (tx, ty). */
+export function storeAccumulators(t: MatmulTiling): string {
+  const lines: string[] = [];
+  for (let i = 0; i < t.tm; i++) for (let j = 0; j < t.tn; j++) lines.push(`store(row0 + ty * ${t.tm}u + ${i}u, col0 + tx * ${t.tn}u + ${j}u, acc${i}_${j});`);
+  return lines.join('\n  ');
+}
+
+/**
+ * How the threads fill a tk × `slots` slab when each owns fixed slots (columns) for the whole
+ * reduction: `groups` slots per thread (lid + g·threads), or, with more threads than slots, one
+ * slot (lid mod slots) and every `rowStep`-th row from lid / slots (threads whose first row is
+ * past tk fill nothing). Needs powers of two.
+ */
+export function fixedSlotFill(threads: number, slots: number, tk: number): { groups: number; rowStep: number } {
+  for (const [name, v] of [['threads', threads], ['slab slots', slots], ['tk', tk]] as const) {
+    if (!Number.isInteger(Math.log2(v))) throw new RangeError(`register tile: ${name} ${v} must be a power of two`);
+  }
+  return { groups: Math.max(1, slots / threads), rowStep: Math.max(1, threads / slots) };
+}
