@@ -1,16 +1,27 @@
 // A strided copy: walks `shape` and reads x at inOffset + Σ c_d·inStrides_d, writes out at
 // outOffset + Σ c_d·outStrides_d. Permute, slice, concat and broadcast-expand are all this kernel
-// with different strides and offsets.
+// with different strides and offsets; the op first drops unit dimensions and merges those that
+// are contiguous in both x and out (a channel concat of NCHW tensors is a rank-2 copy).
 import { wgsl } from 'wgsl-preprocessor/wgsl-preprocessor.js';
 import type { KernelSource } from '../src/engine/kernel-registry.ts';
 
 export const COPY_WORKGROUP = 256;
 
-/** Bindings: x, out. */
-export function stridedCopyKernel(): KernelSource {
+/**
+ * Bindings: x, out. Specialised on the rank, so the walk over dimensions is unrolled and every
+ * shape and stride is read at a constant offset of the uniform block (CPU adapters load those once
+ * per SIMD vector instead of once per invocation); the outermost coordinate needs no division.
+ */
+export function stridedCopyKernel(rank: number): KernelSource {
   const WG = COPY_WORKGROUP;
+  const at = (field: string, d: number) => `u.${field}[${d >> 2}][${d & 3}]`;
+  const steps: string[] = [];
+  for (let d = rank - 1; d > 0; d--) {
+    steps.push(`c = rest % ${at('shape', d)}; rest = rest / ${at('shape', d)}; src += c * ${at('inStrides', d)}; dst += c * ${at('outStrides', d)};`);
+  }
+  steps.push(`src += rest * ${at('inStrides', 0)}; dst += rest * ${at('outStrides', 0)};`);
   return {
-    key: 'stridedCopy',
+    key: `stridedCopy.r${rank}`,
     code: wgsl`
 struct Params {
   shape: array<vec4<u32>, 2>, inStrides: array<vec4<u32>, 2>, outStrides: array<vec4<u32>, 2>,
@@ -24,15 +35,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let i = (wid.y * nwg.x + wid.x) * ${WG}u + lid;
   if (i >= u.n) { return; }
   var rest = i;
+  var c = 0u;
   var src = u.inOffset;
   var dst = u.outOffset;
-  for (var d = i32(u.rank) - 1; d >= 0; d--) {
-    let size = u.shape[d / 4][d % 4];
-    let c = rest % size;
-    rest = rest / size;
-    src += c * u.inStrides[d / 4][d % 4];
-    dst += c * u.outStrides[d / 4][d % 4];
-  }
+  ${steps.join('\n  ')}
   out[dst] = x[src];
 }`,
   };

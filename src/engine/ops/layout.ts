@@ -16,15 +16,41 @@ interface CopySpec {
   outOffset: number;
 }
 
+/**
+ * The same copy over the fewest dimensions: size-1 dimensions dropped, and each dimension merged
+ * into the one before it when both x and out step over it contiguously (stride_d = stride_(d+1) ·
+ * size_(d+1) in both).
+ */
+export function collapseCopyDims(c: Pick<CopySpec, 'shape' | 'inStrides' | 'outStrides'>): { shape: number[]; inStrides: number[]; outStrides: number[] } {
+  const shape: number[] = [];
+  const inStrides: number[] = [];
+  const outStrides: number[] = [];
+  c.shape.forEach((size, d) => {
+    if (size === 1) return;
+    const last = shape.length - 1;
+    if (last >= 0 && inStrides[last] === c.inStrides[d] * size && outStrides[last] === c.outStrides[d] * size) {
+      shape[last] *= size;
+      inStrides[last] = c.inStrides[d];
+      outStrides[last] = c.outStrides[d];
+    } else {
+      shape.push(size);
+      inStrides.push(c.inStrides[d]);
+      outStrides.push(c.outStrides[d]);
+    }
+  });
+  return shape.length ? { shape, inStrides, outStrides } : { shape: [1], inStrides: [0], outStrides: [0] };
+}
+
 function stridedCopy(e: Engine, x: Tensor, out: Tensor, c: CopySpec): void {
   const n = numel(c.shape);
   if (n === 0) return;
+  const d = collapseCopyDims(c);
   e.dispatch({
-    kernel: stridedCopyKernel(),
+    kernel: stridedCopyKernel(d.shape.length),
     bindings: [x, out],
     uniforms: new Uniforms()
-      .dims(c.shape, 1).dims(c.inStrides).dims(c.outStrides)
-      .u32(n, c.shape.length, c.inOffset, c.outOffset)
+      .dims(d.shape, 1).dims(d.inStrides).dims(d.outStrides)
+      .u32(n, d.shape.length, c.inOffset, c.outOffset)
       .toArrayBuffer(),
     workgroups: grid1d(n, COPY_WORKGROUP),
   });
