@@ -108,11 +108,23 @@ export const BINARY_OPS = {
 
 export type BinaryOp = keyof typeof BINARY_OPS;
 
+/** Index of element `rest` in a and b, innermost dimension first; the outermost needs no division. */
+function broadcastWalk(rank: number): string {
+  const at = (field: string, d: number) => `u.${field}[${d >> 2}][${d & 3}]`;
+  const steps: string[] = [];
+  for (let d = rank - 1; d > 0; d--) {
+    steps.push(`c = rest % ${at('shape', d)}; rest = rest / ${at('shape', d)}; ai += c * ${at('aStrides', d)}; bi += c * ${at('bStrides', d)};`);
+  }
+  if (rank > 0) steps.push(`ai += rest * ${at('aStrides', 0)}; bi += rest * ${at('bStrides', 0)};`);
+  return steps.join('\n  ');
+}
+
 /**
  * out = a ∘ b with NumPy broadcasting. With `broadcastRank` 0, a and b have out's shape. Otherwise
  * the uniforms carry out's shape (merged to that many dims, at most 8) and a's and b's strides
- * (0 along broadcast dims); the rank is fixed at compile time so the index loop unrolls.
- * Bindings: a, b, out.
+ * (0 along broadcast dims); the rank is fixed at compile time, so the walk over dimensions is
+ * unrolled and reads every shape and stride at a constant uniform offset (CPU adapters load those
+ * once per SIMD vector, not once per invocation). Bindings: a, b, out.
  */
 export function binaryKernel(op: BinaryOp, broadcastRank: number): KernelSource {
   const broadcast = broadcastRank > 0;
@@ -130,15 +142,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   if (i >= u.n) { return; }
 #if ${broadcast}
   var rest = i;
+  var c = 0u;
   var ai = 0u;
   var bi = 0u;
-  for (var d = ${broadcastRank - 1}; d >= 0; d--) {
-    let size = u.shape[d / 4][d % 4];
-    let c = rest % size;
-    rest = rest / size;
-    ai += c * u.aStrides[d / 4][d % 4];
-    bi += c * u.bStrides[d / 4][d % 4];
-  }
+  ${broadcastWalk(broadcastRank)}
   let a = lhs[ai];
   let b = rhs[bi];
 #else
