@@ -4,10 +4,10 @@
 import type { Engine } from '../src/engine/engine.ts';
 import * as ops from '../src/engine/ops/index.ts';
 import type { Tensor } from '../src/engine/tensor.ts';
-import { gaussianNoise } from '../src/model/diffusion.ts';
 import { UNet } from '../src/model/unet.ts';
 import { ADM_256_UNCOND, type UNetFlags } from '../src/model/unet-config.ts';
 import { Adam } from '../src/train/optimizer.ts';
+import { gaussianNoise, linearSchedule, qSample } from '../src/model/diffusion.ts';
 
 /** Work the peer runs for the same case (see bench/peer-tfjs.ts). */
 export type PeerOp =
@@ -24,6 +24,8 @@ export interface BenchCase {
   bytes?: number;
   /** Target from the bench issue: fraction of the measured peak. */
   target?: number;
+  /** Whole-model cases: images per call, so the throughput reads in images/s. */
+  images?: number;
   /** Quick mode runs only cases marked quick. */
   quick?: boolean;
   /** Only under --full. */
@@ -94,7 +96,7 @@ function attentionCase(heads: number, tokens: number, where: string, quick = fal
 
 function unetCase(label: string, flags: UNetFlags, block: number, batch: number, opts: { quick?: boolean; full?: boolean } = {}): BenchCase {
   return {
-    family: 'U-Net forward', name: `${label} batch ${batch} → b${block}`, ...opts,
+    family: 'U-Net forward', name: `${label} batch ${batch} → b${block}`, images: batch, ...opts,
     setup(e) {
       const unet = UNet.random(e, flags, 1);
       const size = flags.image_size;
@@ -110,6 +112,47 @@ function unetCase(label: string, flags: UNetFlags, block: number, batch: number,
     },
   };
 }
+
+/**
+ * One pretraining step (the paper's Eq. 4: noise, forward, MSE on ε, backward, Adam) of `batch`
+ * images; throughput in images/s. PyTorch-CPU anchor on 2 cores (CLARIFICATIONS, speed issue): the
+ * reference U-Net trains at 6.9 img/s at batch 16.
+ */
+function trainingCase(label: string, flags: UNetFlags, batch: number, opts: { quick?: boolean; full?: boolean } = {}): BenchCase {
+  return {
+    family: 'U-Net training', name: `${label} batch ${batch}`, images: batch, ...opts,
+    setup(e) {
+      const unet = UNet.random(e, flags, 1);
+      const params = unet.parameters();
+      const adam = new Adam(e, params, { lr: 1e-4 });
+      const size = flags.image_size;
+      const shape = [batch, unet.plan.flags.in_channels, size, size];
+      const x0 = rand(e, shape, 18);
+      const eps = rand(e, shape, 19);
+      const schedule = linearSchedule(1000);
+      const t = Array.from({ length: batch }, (_, i) => (i * 397) % 1000);
+      return {
+        run: () => {
+          const d = ops.sub(unet.forward(qSample(e, schedule, x0, t, eps), t, { output: true }).output!, eps);
+          e.tape.backward(ops.mean(ops.mul(d, d)));
+          adam.step();
+          adam.zeroGrad();
+        },
+        dispose: () => {
+          x0.dispose();
+          eps.dispose();
+          for (const p of params.values()) p.dispose();
+        },
+      };
+    },
+  };
+}
+
+/** CLARIFICATIONS' reference U-Net (issue 7): 32×32, 32 channels, mult 1,2,2, 2 res blocks, attention at 16 and 8; 2.0M parameters. */
+export const REFERENCE_32: UNetFlags = {
+  image_size: 32, in_channels: 3, num_channels: 32, num_res_blocks: 2, channel_mult: '1,2,2', attention_resolutions: '16,8',
+  num_head_channels: 32, learn_sigma: false, use_scale_shift_norm: true, resblock_updown: true,
+};
 
 export const ADM64: UNetFlags = {
   image_size: 64, num_channels: 32, num_res_blocks: 2, channel_mult: '1,1,2,2,2,2', attention_resolutions: '8,4,2',
@@ -164,6 +207,8 @@ export const CASES: BenchCase[] = [
   unetCase('adm64 (64×64 reference)', ADM64, 24, 1, { quick: true }),
   unetCase('adm64 (64×64 reference)', ADM64, 37, 1),
   unetCase('adm64 (64×64 reference)', ADM64, 24, 8),
+  trainingCase('reference 32×32 U-Net (2.0M parameters)', REFERENCE_32, 16, { quick: true }),
+  trainingCase('reference 32×32 U-Net (2.0M parameters)', REFERENCE_32, 64, { full: true }),
   unetCase('ADM 256×256 uncond', ADM_256_UNCOND, 24, 1, { full: true }),
   unetCase('ADM 256×256 uncond', ADM_256_UNCOND, 37, 1, { full: true }),
 ];

@@ -130,13 +130,13 @@ async function report(engine: Engine, adapter: string, started: Date) {
   const rows: Row[] = [];
   for (const c of cases) {
     const { run, dispose } = await c.setup(engine);
-    const heavy = (c.flops ?? 0) > 10e9 || c.family === 'U-Net forward';
+    const heavy = (c.flops ?? 0) > 10e9 || c.images !== undefined || c.family === 'U-Net forward';
     const m = await measure(engine, run, { flops: c.flops, bytes: c.bytes, minReps: heavy ? 1 : 3, maxReps: heavy ? 2 : 10 });
     dispose();
     const p = peer.get(c);
     const row: Row = {
       family: c.family, name: c.name, ours: m, target: c.target, peer: p,
-      throughput: m.gflops !== undefined ? `${m.gflops.toFixed(2)} GFLOP/s` : m.gbps !== undefined ? `${m.gbps.toFixed(2)} GB/s` : `${(1000 / m.medianMs).toFixed(2)} /s`,
+      throughput: m.gflops !== undefined ? `${m.gflops.toFixed(2)} GFLOP/s` : m.gbps !== undefined ? `${m.gbps.toFixed(2)} GB/s` : c.images !== undefined ? `${((1000 * c.images) / m.medianMs).toFixed(2)} img/s` : `${(1000 / m.medianMs).toFixed(2)} /s`,
       ofPeak: m.gflops !== undefined ? m.gflops / peaks.gflops : m.gbps !== undefined ? m.gbps / peaks.gbps : undefined,
       ratio: p && !('error' in p) ? p.medianMs / m.medianMs : undefined,
     };
