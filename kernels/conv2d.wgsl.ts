@@ -19,7 +19,7 @@
 // once per thread, not once per loaded value (CPU adapters scalarise them).
 import { wgsl } from 'wgsl-preprocessor/wgsl-preprocessor.js';
 import type { KernelSource } from '../src/engine/kernel-registry.ts';
-import { chooseTiling, DEFAULT_MATMUL_TILING, type MatmulTiling, tilingWorkgroupBytes } from './matmul.wgsl.ts';
+import { DEFAULT_MATMUL_TILING, type MatmulTiling } from './matmul.wgsl.ts';
 import { accumulateStep, declareAccumulators, fixedSlotFill, slabElement, slabValue, storeAccumulators, vectorWidth } from './register-tile.ts';
 
 export interface Conv2dVariant {
@@ -33,26 +33,6 @@ export interface Conv2dVariant {
   stride: number;
   /** Read x as if inputDilation − 1 zeros sat between its pixels (the input gradient of a strided conv). */
   inputDilation: number;
-}
-
-/**
- * The conv GEMMs' register tiles: rows are output channels, columns pixels (or weight columns
- * Cin·k·k for the weight gradient). lavapipe gets 16 × 16 outputs per thread and 32-deep slabs
- * (fewer workgroup-memory reads and barriers per FMA; measured on lavapipe, 2 cores, batch 16:
- * 64→64 3×3 @16² forward 8.6 vs 7.2 GFLOP/s, weight gradient 7.4 vs 5.3), with 64-column tiles
- * when the weight gradient's 32–63 rows meet a short row of Cin·k·k columns (32→32: 6.0 vs 3.9).
- * SwiftShader's JIT loses the device on 16 × 16 tiles, so it and the GPUs keep the matmul
- * choice (GPU presets are still to be measured); an explicit tuning replaces both.
- */
-export function chooseConvTiling(M: number, N: number, lavapipe: boolean, tuned?: Partial<MatmulTiling>, maxWorkgroupBytes = 16384): MatmulTiling {
-  if (lavapipe && !(tuned && Object.keys(tuned).length)) {
-    const candidates: MatmulTiling[] = [];
-    if (M >= 64 && N >= 64) candidates.push({ wgX: 4, wgY: 4, tm: 16, tn: 16, tk: 32 });
-    if (M >= 32 && N >= 64 && N < 1024) candidates.push({ wgX: 4, wgY: 2, tm: 16, tn: 16, tk: 32 });
-    const fits = candidates.find((t) => tilingWorkgroupBytes(t) <= maxWorkgroupBytes);
-    if (fits) return fits;
-  }
-  return chooseTiling(M, N, tuned, maxWorkgroupBytes);
 }
 
 /**

@@ -2,7 +2,7 @@
 // default tiling and any others given (TILES='wgX,wgY,tm,tn,tk;…'), results compared.
 //   npx tsx scripts/time-conv.ts [N] [Cin] [Cout] [size] [k]
 import { conv2dKernel, conv2dWeightGradKernel } from '../kernels/conv2d.wgsl.ts';
-import { chooseTiling } from '../kernels/matmul.wgsl.ts';
+import { chooseGemmTiling } from '../kernels/matmul.wgsl.ts';
 import { createEngine } from '../src/engine/engine.ts';
 import type { Tensor } from '../src/engine/tensor.ts';
 import { Uniforms } from '../src/engine/uniforms.ts';
@@ -38,18 +38,18 @@ async function time(label: string, run: () => void, out: Tensor, reference?: Flo
 
 const fwd = { ksize: k, pad, stride: 1, inputDilation: 1, bias: false, residual: false, transposedWeight: false };
 const y = e.empty([N, cout, size, size]);
-const t = chooseTiling(cout, N * size * size, undefined, e.limits.maxComputeWorkgroupStorageSize);
+const t = chooseGemmTiling(cout, N * size * size, e.adapterClass === 'llvmpipe', undefined, e.limits.maxComputeWorkgroupStorageSize);
 const ref = await time(`forward tiled ${t.wgX}x${t.wgY}.${t.tm}x${t.tn}`, () => e.dispatch({ kernel: conv2dKernel(fwd, t), bindings: [w, x, y], uniforms: uniforms(cin, cout), workgroups: [Math.ceil(N * size * size / (t.wgX * t.tn)), Math.ceil(cout / (t.wgY * t.tm))] }), y);
 for (const tt of tilings) {
   await time(`forward tiled ${Object.values(tt)}`, () => e.dispatch({ kernel: conv2dKernel(fwd, tt), bindings: [w, x, y], uniforms: uniforms(cin, cout), workgroups: [Math.ceil(N * size * size / (tt.wgX * tt.tn)), Math.ceil(cout / (tt.wgY * tt.tm))] }), y, ref);
 }
 const bwd = { ...fwd, pad: k - 1 - pad, transposedWeight: true };
 const dx = e.empty([N, cin, size, size]);
-const td = chooseTiling(cin, N * size * size, undefined, e.limits.maxComputeWorkgroupStorageSize);
+const td = chooseGemmTiling(cin, N * size * size, e.adapterClass === 'llvmpipe', undefined, e.limits.maxComputeWorkgroupStorageSize);
 await time(`input grad tiled ${td.wgX}x${td.wgY}.${td.tm}x${td.tn}`, () => e.dispatch({ kernel: conv2dKernel(bwd, td), bindings: [w, dy, dx], uniforms: uniforms(cout, cin), workgroups: [Math.ceil(N * size * size / (td.wgX * td.tn)), Math.ceil(cin / (td.wgY * td.tm))] }), dx);
 const dw = e.empty([cout, cin, k, k]);
 const KW = cin * k * k;
-const tw = chooseTiling(cout, KW, undefined, e.limits.maxComputeWorkgroupStorageSize);
+const tw = chooseGemmTiling(cout, KW, e.adapterClass === 'llvmpipe', undefined, e.limits.maxComputeWorkgroupStorageSize);
 await time(`weight grad tiled ${tw.wgX}x${tw.wgY}.${tw.tm}x${tw.tn}`, () => e.dispatch({ kernel: conv2dWeightGradKernel(k, pad, 1, tw), bindings: [dy, x, dw], uniforms: uniforms(cin, cout, [N * size * size]), workgroups: [Math.ceil(KW / (tw.wgX * tw.tn)), Math.ceil(cout / (tw.wgY * tw.tm))] }), dw);
 for (const tt of tilings) {
   await time(`weight grad tiled ${Object.values(tt)}`, () => e.dispatch({ kernel: conv2dWeightGradKernel(k, pad, 1, tt), bindings: [dy, x, dw], uniforms: uniforms(cin, cout, [N * size * size]), workgroups: [Math.ceil(KW / (tt.wgX * tt.tn)), Math.ceil(cout / (tt.wgY * tt.tm))] }), dw);

@@ -1,7 +1,7 @@
 // conv2d (square kernel, zero padding (k − 1)/2, stride ≥ 1, NCHW) with optional bias and a fused
 // residual add. Kernels and the backward derivation (stride ↔ input dilation): kernels/conv2d.wgsl.ts.
-import { chooseConvTiling, conv2dKernel, conv2dWeightGradKernel } from '../../../kernels/conv2d.wgsl.ts';
-import type { MatmulTiling } from '../../../kernels/matmul.wgsl.ts';
+import { conv2dKernel, conv2dWeightGradKernel } from '../../../kernels/conv2d.wgsl.ts';
+import { chooseGemmTiling, type MatmulTiling } from '../../../kernels/matmul.wgsl.ts';
 import type { Engine } from '../engine.ts';
 import { shapeString, type Tensor } from '../tensor.ts';
 import { Uniforms } from '../uniforms.ts';
@@ -19,7 +19,7 @@ export interface Conv2dOptions {
 
 /** GEMM rows are output channels, columns pixels (or weight columns for the weight gradient). */
 function tiling(e: Engine, rows: number, cols: number): MatmulTiling {
-  return chooseConvTiling(rows, cols, e.adapterClass === 'llvmpipe', e.tuning.conv2d, e.limits.maxComputeWorkgroupStorageSize);
+  return chooseGemmTiling(rows, cols, e.adapterClass === 'llvmpipe', e.tuning.conv2d, e.limits.maxComputeWorkgroupStorageSize);
 }
 
 interface ConvCall {

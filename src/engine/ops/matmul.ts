@@ -6,7 +6,7 @@
 //   dA = transA ? B'·dCᵀ : dC·B'ᵀ      dB = transB ? dCᵀ·A' : A'ᵀ·dC
 // each again one matmul call with transpose flags; operands broadcast over the batch get their
 // gradient summed over it.
-import { chooseTiling, type MatmulTiling, matmulKernel } from '../../../kernels/matmul.wgsl.ts';
+import { chooseGemmTiling, type MatmulTiling, matmulKernel } from '../../../kernels/matmul.wgsl.ts';
 import { shapeString, type Tensor } from '../tensor.ts';
 import { Uniforms } from '../uniforms.ts';
 import { sum } from './reduce.ts';
@@ -43,7 +43,7 @@ export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
     throw new RangeError(`matmul: bias ${shapeString(opts.bias.shape)} does not match N = ${N}`);
   }
   if (batch > 65535) throw new RangeError(`matmul: batch ${batch} exceeds 65535`);
-  const tiling: MatmulTiling = chooseTiling(M, N, e.tuning.matmul, e.limits.maxComputeWorkgroupStorageSize);
+  const tiling: MatmulTiling = chooseGemmTiling(M, N, e.adapterClass === 'llvmpipe', e.tuning.matmul, e.limits.maxComputeWorkgroupStorageSize);
   const out = e.empty([...batchShape, M, N], `matmul(${a.label},${b.label})`);
   const bm = tiling.wgY * tiling.tm;
   const bn = tiling.wgX * tiling.tn;
