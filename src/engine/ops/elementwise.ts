@@ -8,13 +8,16 @@ import { type Shape, shapeString, type Tensor } from '../tensor.ts';
 import { grid1d, Uniforms } from '../uniforms.ts';
 import { sumToShape } from './reduce.ts';
 
+/** Element count per invocation: a vec4 when the tensor divides into them (kernels/elementwise.wgsl.ts). */
+const invocations = (size: number) => (size % 4 === 0 ? size / 4 : size);
+
 export function fillConstant(e: Engine, shape: Shape, value: number, label = 'fill'): Tensor {
   const out = e.empty(shape, label);
   e.dispatch({
-    kernel: fillKernel(),
+    kernel: fillKernel(out.size % 4 === 0),
     bindings: [out],
-    uniforms: new Uniforms().u32(out.size).f32(value).toArrayBuffer(),
-    workgroups: grid1d(out.size, WORKGROUP),
+    uniforms: new Uniforms().u32(invocations(out.size)).f32(value).toArrayBuffer(),
+    workgroups: grid1d(invocations(out.size), WORKGROUP),
   });
   return out;
 }
@@ -23,10 +26,10 @@ function runUnary(op: UnaryOp, x: Tensor, alpha: number): Tensor {
   const e = x.engine;
   const y = e.empty(x.shape, `${op}(${x.label})`);
   e.dispatch({
-    kernel: unaryKernel(op),
+    kernel: unaryKernel(op, x.size % 4 === 0),
     bindings: [x, y],
-    uniforms: new Uniforms().u32(x.size).f32(alpha).toArrayBuffer(),
-    workgroups: grid1d(x.size, WORKGROUP),
+    uniforms: new Uniforms().u32(invocations(x.size)).f32(alpha).toArrayBuffer(),
+    workgroups: grid1d(invocations(x.size), WORKGROUP),
   });
   return y;
 }
@@ -38,10 +41,10 @@ export function unary(op: UnaryOp, x: Tensor, alpha = 0): Tensor {
   e.tape.record(op, [x], [y], [x, y], ([dy]) => {
     const dx = e.empty(x.shape, `d${op}`);
     e.dispatch({
-      kernel: unaryBackwardKernel(op),
+      kernel: unaryBackwardKernel(op, x.size % 4 === 0),
       bindings: [x, y, dy!, dx],
-      uniforms: new Uniforms().u32(x.size).f32(alpha).toArrayBuffer(),
-      workgroups: grid1d(x.size, WORKGROUP),
+      uniforms: new Uniforms().u32(invocations(x.size)).f32(alpha).toArrayBuffer(),
+      workgroups: grid1d(invocations(x.size), WORKGROUP),
     });
     return [dx];
   });
@@ -115,16 +118,18 @@ function runBinary(op: BinaryOp, a: Tensor, b: Tensor): Tensor {
   const out = e.empty(outShape, `${op}(${a.label},${b.label})`);
   const same = a.size === out.size && b.size === out.size;
   const m = mergeBroadcastDims(outShape, broadcastStrides(a.shape, outShape), broadcastStrides(b.shape, outShape));
+  const vectorized = same && out.size % 4 === 0;
+  const n = vectorized ? out.size / 4 : out.size;
   e.dispatch({
-    kernel: binaryKernel(op, same ? 0 : m.shape.length),
+    kernel: binaryKernel(op, same ? 0 : m.shape.length, vectorized),
     bindings: [a, b, out],
     uniforms: new Uniforms()
       .dims(m.shape, 1)
       .dims(m.a)
       .dims(m.b)
-      .u32(out.size, m.shape.length)
+      .u32(n, m.shape.length)
       .toArrayBuffer(),
-    workgroups: grid1d(out.size, WORKGROUP),
+    workgroups: grid1d(n, WORKGROUP),
   });
   return out;
 }
