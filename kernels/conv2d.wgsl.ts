@@ -20,7 +20,7 @@
 import { wgsl } from 'wgsl-preprocessor/wgsl-preprocessor.js';
 import type { KernelSource } from '../src/engine/kernel-registry.ts';
 import { DEFAULT_MATMUL_TILING, type MatmulTiling } from './matmul.wgsl.ts';
-import { accumulateStep, declareAccumulators, fixedSlotFill, slabElement, slabValue, storeAccumulators, vectorWidth } from './register-tile.ts';
+import { accumulateStep, declareAccumulators, ownedColumnSlab, slabElement, slabValue, storeAccumulators, vectorWidth } from './register-tile.ts';
 
 export interface Conv2dVariant {
   ksize: number;
@@ -49,24 +49,11 @@ export function conv2dKernel(v: Conv2dVariant, t: MatmulTiling = DEFAULT_MATMUL_
   const wb = vectorWidth(t.tn);
   const slotsA = BM / wa;
   const slotsB = BN / wb;
-  const fill = fixedSlotFill(threads, slotsB, t.tk);
   let binding = 4;
   const biasBinding = v.bias ? binding++ : 0;
   const residualBinding = v.residual ? binding++ : 0;
-  // Per owned slab slot g and vector lane j: the column's image offset (−1 past the last column)
-  // and the top-left input pixel of its window.
-  const columns: string[] = [];
-  const fillRow: string[] = [];
-  for (let g = 0; g < fill.groups; g++) {
-    const slot = fill.rowStep > 1 ? `lid % ${slotsB}u` : `lid + ${g * threads}u`;
-    columns.push(`let slot${g} = ${slot};`);
-    const values: string[] = [];
-    for (let j = 0; j < wb; j++) {
-      columns.push(`let col${g}_${j} = column(col0 + slot${g} * ${wb}u + ${j}u, P);`);
-      values.push(`im2col(col${g}_${j}, plane, ky, kx)`);
-    }
-    fillRow.push(`tileB[r * ${slotsB}u + slot${g}] = select(${slabElement(wb)}(), ${slabValue(wb, values)}, inK);`);
-  }
+  // Each owned column's image offset (−1 past the last column) and its window's top-left pixel.
+  const slab = ownedColumnSlab(t, (c) => `column(${c}, P)`, (col) => `im2col(${col}, plane, ky, kx)`, 'inK');
   return {
     key: `conv2d.k${v.ksize}p${v.pad}s${v.stride}d${d}${v.bias ? '.bias' : ''}${v.residual ? '.res' : ''}${v.transposedWeight ? '.wT' : ''}.${t.wgX}x${t.wgY}.${t.tm}x${t.tn}.k${t.tk}`,
     code: wgsl`
@@ -144,7 +131,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
   let K = u.Cin * ${KK}u;
   let row0 = wid.y * ${BM}u;
   let col0 = wid.x * ${BN}u;
-  ${columns.join('\n  ')}
+  ${slab.declare}
   ${declareAccumulators(t)}
   for (var k0 = 0u; k0 < K; k0 += ${t.tk}u) {
     for (var e = lid; e < ${t.tk * slotsA}u; e += ${threads}u) {
@@ -152,14 +139,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
       let k = k0 + e % ${t.tk}u;
       tileA[(e % ${t.tk}u) * ${slotsA}u + e / ${t.tk}u] = ${slabValue(wa, [...Array(wa).keys()].map((j) => `loadW(m + ${j}u, k, K)`))};
     }
-    for (var r = ${fill.rowStep > 1 ? `lid / ${slotsB}u` : '0u'}; r < ${t.tk}u; r += ${fill.rowStep}u) {
+    for (var r = ${slab.firstRow}; r < ${t.tk}u; r += ${slab.rowStep}u) {
       let k = k0 + r;
       let inK = k < K;
       let ci = k / ${KK}u;
       let plane = ci * u.H * u.W;
       let ky = i32((k % ${KK}u) / ${v.ksize}u);
       let kx = i32(k % ${v.ksize}u);
-      ${fillRow.join('\n      ')}
+      ${slab.fillRow}
     }
     workgroupBarrier();
     for (var kk = 0u; kk < ${t.tk}u; kk++) {
@@ -188,19 +175,7 @@ export function conv2dWeightGradKernel(ksize: number, pad: number, stride: numbe
   const wb = vectorWidth(t.tn);
   const slotsA = BM / wa;
   const slotsB = BN / wb;
-  const fill = fixedSlotFill(threads, slotsB, t.tk);
-  const columns: string[] = [];
-  const fillRow: string[] = [];
-  for (let g = 0; g < fill.groups; g++) {
-    const slot = fill.rowStep > 1 ? `lid % ${slotsB}u` : `lid + ${g * threads}u`;
-    columns.push(`let slot${g} = ${slot};`);
-    const values: string[] = [];
-    for (let j = 0; j < wb; j++) {
-      columns.push(`let col${g}_${j} = weightColumn(col0 + slot${g} * ${wb}u + ${j}u);`);
-      values.push(`im2colT(col${g}_${j}, image, oy, ox)`);
-    }
-    fillRow.push(`tileB[r * ${slotsB}u + slot${g}] = select(${slabElement(wb)}(), ${slabValue(wb, values)}, inQ);`);
-  }
+  const slab = ownedColumnSlab(t, (c) => `weightColumn(${c})`, (col) => `im2colT(${col}, image, oy, ox)`, 'inQ');
   return {
     key: `conv2dWeightGrad.k${ksize}p${pad}s${stride}.${t.wgX}x${t.wgY}.${t.tm}x${t.tn}.k${t.tk}`,
     code: wgsl`
@@ -252,7 +227,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
   let qEnd = min(qBegin + u.qPerSplit, u.N * P);
   let row0 = wid.y * ${BM}u;
   let col0 = wid.x * ${BN}u;
-  ${columns.join('\n  ')}
+  ${slab.declare}
   ${declareAccumulators(t)}
   for (var q0 = qBegin; q0 < qEnd; q0 += ${t.tk}u) {
     for (var e = lid; e < ${t.tk * slotsA}u; e += ${threads}u) {
@@ -261,14 +236,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
       let qq = select(u.N * P, q, q < qEnd);
       tileA[(e % ${t.tk}u) * ${slotsA}u + e / ${t.tk}u] = ${slabValue(wa, [...Array(wa).keys()].map((j) => `loadDy(m + ${j}u, qq, P)`))};
     }
-    for (var r = ${fill.rowStep > 1 ? `lid / ${slotsB}u` : '0u'}; r < ${t.tk}u; r += ${fill.rowStep}u) {
+    for (var r = ${slab.firstRow}; r < ${t.tk}u; r += ${slab.rowStep}u) {
       let q = q0 + r;
       let inQ = q < qEnd;
       let p = q % P;
       let image = (q / P) * u.Cin * u.H * u.W;
       let oy = i32(p / u.Wo);
       let ox = i32(p % u.Wo);
-      ${fillRow.join('\n      ')}
+      ${slab.fillRow}
     }
     workgroupBarrier();
     for (var kk = 0u; kk < ${t.tk}u; kk++) {

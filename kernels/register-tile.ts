@@ -49,6 +49,31 @@ export function storeAccumulators(t: MatmulTiling): string {
 }
 
 /**
+ * WGSL for the B slab of a register tile filled by threads that own fixed slots (fixedSlotFill):
+ * `declare` (before the reduction loop) decodes each owned column once with `decode(column)`;
+ * `fillRow` (inside the row loop `r`, from `firstRow` by `rowStep`) stores row r, each value
+ * `value(decoded)`, or zeros where `inRange` is false.
+ */
+export function ownedColumnSlab(t: MatmulTiling, decode: (column: string) => string, value: (decoded: string) => string, inRange: string) {
+  const threads = t.wgX * t.wgY;
+  const wb = vectorWidth(t.tn);
+  const slotsB = (t.wgX * t.tn) / wb;
+  const fill = fixedSlotFill(threads, slotsB, t.tk);
+  const declare: string[] = [];
+  const fillRow: string[] = [];
+  for (let g = 0; g < fill.groups; g++) {
+    declare.push(`let slot${g} = ${fill.rowStep > 1 ? `lid % ${slotsB}u` : `lid + ${g * threads}u`};`);
+    const values: string[] = [];
+    for (let j = 0; j < wb; j++) {
+      declare.push(`let col${g}_${j} = ${decode(`col0 + slot${g} * ${wb}u + ${j}u`)};`);
+      values.push(value(`col${g}_${j}`));
+    }
+    fillRow.push(`tileB[r * ${slotsB}u + slot${g}] = select(${slabElement(wb)}(), ${slabValue(wb, values)}, ${inRange});`);
+  }
+  return { declare: declare.join('\n  '), fillRow: fillRow.join('\n      '), firstRow: fill.rowStep > 1 ? `lid / ${slotsB}u` : '0u', rowStep: fill.rowStep };
+}
+
+/**
  * How the threads fill a tk × `slots` slab when each owns fixed slots (columns) for the whole
  * reduction: `groups` slots per thread (lid + g·threads), or, with more threads than slots, one
  * slot (lid mod slots) and every `rowStep`-th row from lid / slots (threads whose first row is
