@@ -52,7 +52,8 @@ struct Params { n: u32 }
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
   let i = (wid.y * nwg.x + wid.x) * 256u + lid;
-  if (i < u.n) { dst[i] = src[i]; }
+  if (i >= u.n) { return; }
+  dst[i] = src[i];
 }`,
   };
 }
