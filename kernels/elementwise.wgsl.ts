@@ -134,22 +134,31 @@ function broadcastWalk(rank: number): string {
 }
 
 /**
+ * How each operand of a vectorized binary kernel is read: `vec4` loads four consecutive elements,
+ * `splat` loads one and repeats it (the operand is constant along the innermost dimension).
+ */
+export type OperandRead = 'vec4' | 'splat';
+
+/**
  * out = a ∘ b with NumPy broadcasting. With `broadcastRank` 0, a and b have out's shape. Otherwise
  * the uniforms carry out's shape (merged to that many dims, at most 8) and a's and b's strides
  * (0 along broadcast dims); the rank is fixed at compile time, so the walk over dimensions is
  * unrolled and reads every shape and stride at a constant uniform offset (CPU adapters load those
- * once per SIMD vector, not once per invocation). Bindings: a, b, out.
+ * once per SIMD vector, not once per invocation). With `vectorized`, each invocation writes a vec4
+ * of out and the shape, strides and u.n count vectors (src/engine/ops/elementwise.ts decides when
+ * that is exact); `reads` says how a and b are read then. Bindings: a, b, out.
  */
-export function binaryKernel(op: BinaryOp, broadcastRank: number, vectorized = false): KernelSource {
+export function binaryKernel(op: BinaryOp, broadcastRank: number, vectorized = false, reads: [OperandRead, OperandRead] = ['vec4', 'vec4']): KernelSource {
   const broadcast = broadcastRank > 0;
-  if (broadcast && vectorized) throw new Error('internal: broadcast binary kernels are scalar');
+  const operand = (read: OperandRead) => (vectorized && read === 'vec4' ? 'vec4<f32>' : 'f32');
+  const value = (name: string, index: string, read: OperandRead) => (vectorized && read === 'splat' ? `vec4(${name}[${index}])` : `${name}[${index}]`);
   return {
-    key: `binary.${op}.${broadcast ? `bcast${broadcastRank}` : 'same'}${vectorized ? '.vec4' : ''}`,
+    key: `binary.${op}.${broadcast ? `bcast${broadcastRank}` : 'same'}${vectorized ? `.vec4.${reads.join('.')}` : ''}`,
     code: wgsl`
 struct Params { shape: array<vec4<u32>, 2>, aStrides: array<vec4<u32>, 2>, bStrides: array<vec4<u32>, 2>, n: u32, rank: u32 }
 @group(0) @binding(0) var<uniform> u: Params;
-@group(0) @binding(1) var<storage, read> lhs: array<${element(vectorized)}>;
-@group(0) @binding(2) var<storage, read> rhs: array<${element(vectorized)}>;
+@group(0) @binding(1) var<storage, read> lhs: array<${operand(reads[0])}>;
+@group(0) @binding(2) var<storage, read> rhs: array<${operand(reads[1])}>;
 @group(0) @binding(3) var<storage, read_write> out: array<${element(vectorized)}>;
 @compute @workgroup_size(${WORKGROUP})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -161,8 +170,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   var ai = 0u;
   var bi = 0u;
   ${broadcastWalk(broadcastRank)}
-  let a = lhs[ai];
-  let b = rhs[bi];
+  let a = ${value('lhs', 'ai', reads[0])};
+  let b = ${value('rhs', 'bi', reads[1])};
 #else
   let a = lhs[i];
   let b = rhs[i];

@@ -1,4 +1,5 @@
 import t from 'tap';
+import { mergeBroadcastDims } from '../../src/engine/ops/elementwise.ts';
 import { ops } from '../../src/index.ts';
 import { gradCheck, maxRelError, randomNd, testEngine, upload } from '../helpers/check.ts';
 import { broadcast, map, type Nd, unaryRef } from '../helpers/reference.ts';
@@ -57,6 +58,11 @@ const shapePairs: [number[], number[]][] = [
   [[2, 1, 5], [1, 4, 1]],
   [[1], [3, 7]],
   [[6, 1], [6, 9]],
+  // Innermost dimension divisible by 4: vec4 reads, repeated (splat) where an operand is broadcast.
+  [[2, 3, 8], [2, 3, 1]],
+  [[3, 1], [3, 8]],
+  [[2, 4], [4]],
+  [[2, 3, 4, 4], [1, 3, 1, 1]],
 ];
 
 for (const [name, op, f] of binaryCases) {
@@ -88,4 +94,15 @@ t.test('a gradient used by two paths accumulates (x·x + x)', async (t) => {
   const x = randomNd([10], 3);
   const { worst } = await gradCheck(e, (a) => ops.add(ops.mul(a, a), a), (a: Nd) => map(a, (v) => v * v + v), [x]);
   t.ok(worst < 1e-3, `${worst}`);
+});
+
+t.test('broadcast and copy dimensions merge to the fewest that index the same elements', async (t) => {
+  // A channel concat of [2, 3, 4, 5] into [2, 7, 4, 5] (x's strides, out's strides): each image's
+  // 3·4·5 block is contiguous in both.
+  t.same(mergeBroadcastDims([2, 3, 4, 5], [60, 20, 5, 1], [140, 20, 5, 1]), { shape: [2, 60], a: [60, 1], b: [140, 1] });
+  // A transpose of the last two axes merges nothing but drops the unit axis.
+  t.same(mergeBroadcastDims([1, 4, 3], [12, 1, 4], [12, 3, 1]), { shape: [4, 3], a: [1, 4], b: [3, 1] });
+  // [N, C, H, W] · [1, C, 1, 1]: H and W merge, and the broadcast operand's strides are 0 there.
+  t.same(mergeBroadcastDims([2, 3, 4, 5], [60, 20, 5, 1], [0, 1, 0, 0]), { shape: [2, 3, 20], a: [60, 20, 1], b: [0, 1, 0] });
+  t.same(mergeBroadcastDims([1, 1], [1, 1], [1, 1]), { shape: [], a: [], b: [] });
 });

@@ -1,6 +1,5 @@
 import t from 'tap';
 import { ops } from '../../src/index.ts';
-import { collapseCopyDims } from '../../src/engine/ops/layout.ts';
 import { gradCheck, maxRelError, randomNd, testEngine, upload } from '../helpers/check.ts';
 import { broadcast, concatRef, type Nd, permuteRef, sliceRef } from '../helpers/reference.ts';
 
@@ -80,12 +79,3 @@ t.test('expand broadcasts and its backward sums', async (t) => {
   t.ok(worst < 1e-3);
 });
 
-t.test('strided copies run over the fewest dimensions', async (t) => {
-  // A channel concat of [2, 3, 4, 5] into [2, 7, 4, 5]: each image's 3·4·5 block is contiguous in both.
-  t.same(collapseCopyDims({ shape: [2, 3, 4, 5], inStrides: [60, 20, 5, 1], outStrides: [140, 20, 5, 1] }), { shape: [2, 60], inStrides: [60, 1], outStrides: [140, 1] });
-  // A transpose of the last two axes merges nothing but drops the unit axis.
-  t.same(collapseCopyDims({ shape: [1, 4, 3], inStrides: [12, 1, 4], outStrides: [12, 3, 1] }), { shape: [4, 3], inStrides: [1, 4], outStrides: [3, 1] });
-  // Broadcasting [3, 1, 1] to [3, 4, 5]: the two broadcast axes (stride 0) merge.
-  t.same(collapseCopyDims({ shape: [3, 4, 5], inStrides: [1, 0, 0], outStrides: [20, 5, 1] }), { shape: [3, 20], inStrides: [1, 0], outStrides: [20, 1] });
-  t.same(collapseCopyDims({ shape: [1, 1], inStrides: [1, 1], outStrides: [1, 1] }), { shape: [1], inStrides: [0], outStrides: [0] });
-});

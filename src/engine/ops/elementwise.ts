@@ -1,7 +1,7 @@
 // Elementwise ops: unary activations from the kernel table, and binary arithmetic with NumPy
 // broadcasting. Forward kernels: kernels/elementwise.wgsl.ts. Backward rules beside each op.
 import {
-  type BinaryOp, binaryKernel, fillKernel, type UnaryOp, unaryBackwardKernel, unaryKernel, WORKGROUP,
+  type BinaryOp, binaryKernel, fillKernel, type OperandRead, type UnaryOp, unaryBackwardKernel, unaryKernel, WORKGROUP,
 } from '../../../kernels/elementwise.wgsl.ts';
 import type { Engine } from '../engine.ts';
 import { type Shape, shapeString, type Tensor } from '../tensor.ts';
@@ -112,22 +112,43 @@ export function mergeBroadcastDims(shape: Shape, aStrides: number[], bStrides: n
   return out;
 }
 
+/**
+ * A broadcast in vec4 units, when that is exact: the innermost merged dimension divides by 4 and
+ * each operand either steps through it contiguously with all its strides multiples of 4 (read as
+ * vec4s at stride/4) or does not step through it at all (one value repeated: `splat`). Else null.
+ */
+function vectorizeBroadcast(m: { shape: number[]; a: number[]; b: number[] }): { shape: number[]; a: number[]; b: number[]; reads: [OperandRead, OperandRead] } | null {
+  const last = m.shape.length - 1;
+  if (m.shape[last] % 4 !== 0) return null;
+  const operand = (strides: number[]): { strides: number[]; read: OperandRead } | null => {
+    if (strides[last] === 0) return { strides, read: 'splat' };
+    if (strides[last] !== 1 || !strides.every((s, d) => d === last || s % 4 === 0)) return null;
+    return { strides: strides.map((s, d) => (d === last ? 1 : s / 4)), read: 'vec4' };
+  };
+  const a = operand(m.a);
+  const b = operand(m.b);
+  if (!a || !b) return null;
+  return { shape: m.shape.map((s, d) => (d === last ? s / 4 : s)), a: a.strides, b: b.strides, reads: [a.read, b.read] };
+}
+
 function runBinary(op: BinaryOp, a: Tensor, b: Tensor): Tensor {
   const e = a.engine;
   const outShape = broadcastShapes(a.shape, b.shape);
   const out = e.empty(outShape, `${op}(${a.label},${b.label})`);
   const same = a.size === out.size && b.size === out.size;
   const m = mergeBroadcastDims(outShape, broadcastStrides(a.shape, outShape), broadcastStrides(b.shape, outShape));
-  const vectorized = same && out.size % 4 === 0;
+  const v = same ? null : vectorizeBroadcast(m);
+  const vectorized = same ? out.size % 4 === 0 : v !== null;
+  const dims = v ?? { ...m, reads: ['vec4', 'vec4'] as [OperandRead, OperandRead] };
   const n = vectorized ? out.size / 4 : out.size;
   e.dispatch({
-    kernel: binaryKernel(op, same ? 0 : m.shape.length, vectorized),
+    kernel: binaryKernel(op, same ? 0 : m.shape.length, vectorized, dims.reads),
     bindings: [a, b, out],
     uniforms: new Uniforms()
-      .dims(m.shape, 1)
-      .dims(m.a)
-      .dims(m.b)
-      .u32(n, m.shape.length)
+      .dims(dims.shape, 1)
+      .dims(dims.a)
+      .dims(dims.b)
+      .u32(n, dims.shape.length)
       .toArrayBuffer(),
     workgroups: grid1d(n, WORKGROUP),
   });

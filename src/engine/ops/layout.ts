@@ -5,7 +5,7 @@ import { COPY_WORKGROUP, stridedCopyKernel } from '../../../kernels/copy.wgsl.ts
 import type { Engine } from '../engine.ts';
 import { contiguousStrides, numel, type Shape, shapeString, type Tensor } from '../tensor.ts';
 import { grid1d, Uniforms } from '../uniforms.ts';
-import { broadcastStrides } from './elementwise.ts';
+import { broadcastStrides, mergeBroadcastDims } from './elementwise.ts';
 import { sumToShape } from './reduce.ts';
 
 interface CopySpec {
@@ -16,40 +16,17 @@ interface CopySpec {
   outOffset: number;
 }
 
-/**
- * The same copy over the fewest dimensions: size-1 dimensions dropped, and each dimension merged
- * into the one before it when both x and out step over it contiguously (stride_d = stride_(d+1) ·
- * size_(d+1) in both).
- */
-export function collapseCopyDims(c: Pick<CopySpec, 'shape' | 'inStrides' | 'outStrides'>): { shape: number[]; inStrides: number[]; outStrides: number[] } {
-  const shape: number[] = [];
-  const inStrides: number[] = [];
-  const outStrides: number[] = [];
-  c.shape.forEach((size, d) => {
-    if (size === 1) return;
-    const last = shape.length - 1;
-    if (last >= 0 && inStrides[last] === c.inStrides[d] * size && outStrides[last] === c.outStrides[d] * size) {
-      shape[last] *= size;
-      inStrides[last] = c.inStrides[d];
-      outStrides[last] = c.outStrides[d];
-    } else {
-      shape.push(size);
-      inStrides.push(c.inStrides[d]);
-      outStrides.push(c.outStrides[d]);
-    }
-  });
-  return shape.length ? { shape, inStrides, outStrides } : { shape: [1], inStrides: [0], outStrides: [0] };
-}
-
 function stridedCopy(e: Engine, x: Tensor, out: Tensor, c: CopySpec): void {
   const n = numel(c.shape);
   if (n === 0) return;
-  const d = collapseCopyDims(c);
+  // The same copy over the fewest dimensions (a channel concat of NCHW tensors is rank 2).
+  const merged = mergeBroadcastDims(c.shape, [...c.inStrides], [...c.outStrides]);
+  const d = merged.shape.length ? merged : { shape: [1], a: [0], b: [0] };
   e.dispatch({
     kernel: stridedCopyKernel(d.shape.length),
     bindings: [x, out],
     uniforms: new Uniforms()
-      .dims(d.shape, 1).dims(d.inStrides).dims(d.outStrides)
+      .dims(d.shape, 1).dims(d.a).dims(d.b)
       .u32(n, d.shape.length, c.inOffset, c.outOffset)
       .toArrayBuffer(),
     workgroups: grid1d(n, COPY_WORKGROUP),
