@@ -11,14 +11,15 @@ export const NORMALIZE_WORKGROUP = 128;
  * threads per row combining partial sums in workgroup memory (GPUs); `thread`, one thread per row
  * summing it alone (CPU adapters such as lavapipe, where each workgroup barrier costs more than
  * the arithmetic). Either way the body reads `row`, starts at `lane` and steps by `STRIDE`, and
- * combines with `rowSum`. Dispatch: `workgroup` → one workgroup per row; `thread` → rows/64.
+ * combines with `rowSum` (or `rowMax`). Dispatch: `workgroup` → one workgroup per row; `thread` →
+ * rows/64.
  */
 export type RowParallelism = 'workgroup' | 'thread';
 
 export function rowReduction(mode: RowParallelism, WG: number): { decls: string; entry: string; stride: number } {
   if (mode === 'thread') {
     return {
-      decls: 'fn rowSum(v: f32, lane: u32) -> f32 { return v; }',
+      decls: 'fn rowSum(v: f32, lane: u32) -> f32 { return v; }\nfn rowMax(v: f32, lane: u32) -> f32 { return v; }',
       entry: `@compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
   let row = gid.y * nwg.x * 64u + gid.x;
@@ -33,6 +34,17 @@ fn rowSum(v: f32, lane: u32) -> f32 {
   workgroupBarrier();
   for (var s = ${WG / 2}u; s > 0u; s >>= 1u) {
     if (lane < s) { scratch[lane] += scratch[lane + s]; }
+    workgroupBarrier();
+  }
+  let r = scratch[0];
+  workgroupBarrier();
+  return r;
+}
+fn rowMax(v: f32, lane: u32) -> f32 {
+  scratch[lane] = v;
+  workgroupBarrier();
+  for (var s = ${WG / 2}u; s > 0u; s >>= 1u) {
+    if (lane < s) { scratch[lane] = max(scratch[lane], scratch[lane + s]); }
     workgroupBarrier();
   }
   let r = scratch[0];

@@ -1,62 +1,37 @@
-// Softmax and log-softmax over the last axis of a [rows, n] tensor, one workgroup per row.
+// Softmax and log-softmax over the last axis of a [rows, n] tensor: a workgroup per row, or a
+// thread per row on CPU adapters (the RowParallelism of ./normalize.wgsl.ts).
 import { wgsl } from 'wgsl-preprocessor/wgsl-preprocessor.js';
 import type { KernelSource } from '../src/engine/kernel-registry.ts';
+import { type RowParallelism, rowReduction } from './normalize.wgsl.ts';
 
 export const SOFTMAX_WORKGROUP = 64;
 
 /** y = softmax(x) or log_softmax(x) per row, max-subtracted for stability. Bindings: x, y. */
-export function softmaxKernel(log: boolean): KernelSource {
-  const WG = SOFTMAX_WORKGROUP;
+export function softmaxKernel(log: boolean, mode: RowParallelism): KernelSource {
+  const r = rowReduction(mode, SOFTMAX_WORKGROUP);
   return {
-    key: `softmax.${log ? 'log' : 'plain'}`,
+    key: `softmax.${log ? 'log' : 'plain'}.${mode}`,
     code: wgsl`
 struct Params { rows: u32, n: u32 }
 @group(0) @binding(0) var<uniform> u: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;
-var<workgroup> scratch: array<f32, ${WG}>;
-
-fn reduceMax(v: f32, lid: u32) -> f32 {
-  scratch[lid] = v;
-  workgroupBarrier();
-  for (var s = ${WG / 2}u; s > 0u; s >>= 1u) {
-    if (lid < s) { scratch[lid] = max(scratch[lid], scratch[lid + s]); }
-    workgroupBarrier();
-  }
-  let r = scratch[0];
-  workgroupBarrier();
-  return r;
-}
-
-fn reduceSum(v: f32, lid: u32) -> f32 {
-  scratch[lid] = v;
-  workgroupBarrier();
-  for (var s = ${WG / 2}u; s > 0u; s >>= 1u) {
-    if (lid < s) { scratch[lid] += scratch[lid + s]; }
-    workgroupBarrier();
-  }
-  let r = scratch[0];
-  workgroupBarrier();
-  return r;
-}
-
-@compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-  let row = wid.y * nwg.x + wid.x;
+${r.decls}
+${r.entry}
   if (row >= u.rows) { return; }
   let base = row * u.n;
   var m = -3.402823e38;
-  for (var k = lid; k < u.n; k += ${WG}u) { m = max(m, x[base + k]); }
-  m = reduceMax(m, lid);
+  for (var k = lane; k < u.n; k += ${r.stride}u) { m = max(m, x[base + k]); }
+  m = rowMax(m, lane);
   var s = 0.0;
-  for (var k = lid; k < u.n; k += ${WG}u) { s += exp(x[base + k] - m); }
-  s = reduceSum(s, lid);
+  for (var k = lane; k < u.n; k += ${r.stride}u) { s += exp(x[base + k] - m); }
+  s = rowSum(s, lane);
 #if ${log}
   let logS = log(s);
-  for (var k = lid; k < u.n; k += ${WG}u) { y[base + k] = x[base + k] - m - logS; }
+  for (var k = lane; k < u.n; k += ${r.stride}u) { y[base + k] = x[base + k] - m - logS; }
 #else
   let inv = 1.0 / s;
-  for (var k = lid; k < u.n; k += ${WG}u) { y[base + k] = exp(x[base + k] - m) * inv; }
+  for (var k = lane; k < u.n; k += ${r.stride}u) { y[base + k] = exp(x[base + k] - m) * inv; }
 #endif
 }`,
   };
@@ -66,40 +41,31 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
  * Backward from the forward output y: softmax dx = y·(dy − Σ dy·y);
  * log-softmax dx = dy − exp(y)·Σ dy. Bindings: y, dy, dx.
  */
-export function softmaxBackwardKernel(log: boolean): KernelSource {
-  const WG = SOFTMAX_WORKGROUP;
+export function softmaxBackwardKernel(log: boolean, mode: RowParallelism): KernelSource {
+  const r = rowReduction(mode, SOFTMAX_WORKGROUP);
   return {
-    key: `softmaxBackward.${log ? 'log' : 'plain'}`,
+    key: `softmaxBackward.${log ? 'log' : 'plain'}.${mode}`,
     code: wgsl`
 struct Params { rows: u32, n: u32 }
 @group(0) @binding(0) var<uniform> u: Params;
 @group(0) @binding(1) var<storage, read> y: array<f32>;
 @group(0) @binding(2) var<storage, read> dy: array<f32>;
 @group(0) @binding(3) var<storage, read_write> dx: array<f32>;
-var<workgroup> scratch: array<f32, ${WG}>;
-
-@compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-  let row = wid.y * nwg.x + wid.x;
+${r.decls}
+${r.entry}
   if (row >= u.rows) { return; }
   let base = row * u.n;
   var s = 0.0;
 #if ${log}
-  for (var k = lid; k < u.n; k += ${WG}u) { s += dy[base + k]; }
+  for (var k = lane; k < u.n; k += ${r.stride}u) { s += dy[base + k]; }
 #else
-  for (var k = lid; k < u.n; k += ${WG}u) { s += dy[base + k] * y[base + k]; }
+  for (var k = lane; k < u.n; k += ${r.stride}u) { s += dy[base + k] * y[base + k]; }
 #endif
-  scratch[lid] = s;
-  workgroupBarrier();
-  for (var st = ${WG / 2}u; st > 0u; st >>= 1u) {
-    if (lid < st) { scratch[lid] += scratch[lid + st]; }
-    workgroupBarrier();
-  }
-  let total = scratch[0];
+  let total = rowSum(s, lane);
 #if ${log}
-  for (var k = lid; k < u.n; k += ${WG}u) { dx[base + k] = dy[base + k] - exp(y[base + k]) * total; }
+  for (var k = lane; k < u.n; k += ${r.stride}u) { dx[base + k] = dy[base + k] - exp(y[base + k]) * total; }
 #else
-  for (var k = lid; k < u.n; k += ${WG}u) { dx[base + k] = y[base + k] * (dy[base + k] - total); }
+  for (var k = lane; k < u.n; k += ${r.stride}u) { dx[base + k] = y[base + k] * (dy[base + k] - total); }
 #endif
 }`,
   };

@@ -1,8 +1,10 @@
-// Softmax and log-softmax over the last axis. Kernels: kernels/softmax.wgsl.ts; both backward
-// rules read only the forward output y (see softmaxBackwardKernel).
+// Softmax and log-softmax over the last axis, a thread or a workgroup per row (rowParallelism).
+// Kernels: kernels/softmax.wgsl.ts; both backward rules read only the forward output y (see
+// softmaxBackwardKernel).
 import { softmaxBackwardKernel, softmaxKernel } from '../../../kernels/softmax.wgsl.ts';
 import type { Tensor } from '../tensor.ts';
-import { grid1d, Uniforms } from '../uniforms.ts';
+import { Uniforms } from '../uniforms.ts';
+import { rowParallelism } from './normalize.ts';
 
 function run(x: Tensor, log: boolean): Tensor {
   const e = x.engine;
@@ -11,10 +13,11 @@ function run(x: Tensor, log: boolean): Tensor {
   const rows = x.size / Math.max(1, n);
   const y = e.empty(x.shape, `${log ? 'logSoftmax' : 'softmax'}(${x.label})`);
   const uniforms = new Uniforms().u32(rows, n).toArrayBuffer();
-  e.dispatch({ kernel: softmaxKernel(log), bindings: [x, y], uniforms, workgroups: grid1d(rows, 1) });
+  const par = rowParallelism(e, rows);
+  e.dispatch({ kernel: softmaxKernel(log, par.mode), bindings: [x, y], uniforms, workgroups: par.workgroups });
   e.tape.record(log ? 'logSoftmax' : 'softmax', [x], [y], [y], ([dy]) => {
     const dx = e.empty(x.shape, 'dsoftmax');
-    e.dispatch({ kernel: softmaxBackwardKernel(log), bindings: [y, dy!, dx], uniforms, workgroups: grid1d(rows, 1) });
+    e.dispatch({ kernel: softmaxBackwardKernel(log, par.mode), bindings: [y, dy!, dx], uniforms, workgroups: par.workgroups });
     return [dx];
   });
   return y;
