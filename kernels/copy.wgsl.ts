@@ -11,8 +11,10 @@ export const COPY_WORKGROUP = 256;
  * Bindings: x, out. Specialised on the rank, so the walk over dimensions is unrolled and every
  * shape and stride is read at a constant offset of the uniform block (CPU adapters load those once
  * per SIMD vector instead of once per invocation); the outermost coordinate needs no division.
+ * With `vectorized`, elements, shapes, strides and offsets count vec4s.
  */
-export function stridedCopyKernel(rank: number): KernelSource {
+export function stridedCopyKernel(rank: number, vectorized = false): KernelSource {
+  const element = vectorized ? 'vec4<f32>' : 'f32';
   const WG = COPY_WORKGROUP;
   const at = (field: string, d: number) => `u.${field}[${d >> 2}][${d & 3}]`;
   const steps: string[] = [];
@@ -21,15 +23,15 @@ export function stridedCopyKernel(rank: number): KernelSource {
   }
   steps.push(`src += rest * ${at('inStrides', 0)}; dst += rest * ${at('outStrides', 0)};`);
   return {
-    key: `stridedCopy.r${rank}`,
+    key: `stridedCopy.r${rank}${vectorized ? '.vec4' : ''}`,
     code: wgsl`
 struct Params {
   shape: array<vec4<u32>, 2>, inStrides: array<vec4<u32>, 2>, outStrides: array<vec4<u32>, 2>,
   n: u32, rank: u32, inOffset: u32, outOffset: u32,
 }
 @group(0) @binding(0) var<uniform> u: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<${element}>;
+@group(0) @binding(2) var<storage, read_write> out: array<${element}>;
 @compute @workgroup_size(${WG})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
   let i = (wid.y * nwg.x + wid.x) * ${WG}u + lid;

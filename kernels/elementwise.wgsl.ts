@@ -153,7 +153,7 @@ export function binaryKernel(op: BinaryOp, broadcastRank: number, vectorized = f
   const operand = (read: OperandRead) => (vectorized && read === 'vec4' ? 'vec4<f32>' : 'f32');
   const value = (name: string, index: string, read: OperandRead) => (vectorized && read === 'splat' ? `vec4(${name}[${index}])` : `${name}[${index}]`);
   return {
-    key: `binary.${op}.${broadcast ? `bcast${broadcastRank}` : 'same'}${vectorized ? `.vec4.${reads.join('.')}` : ''}`,
+    key: `binary.${op}.${broadcast ? `bcast${broadcastRank}` : 'same'}${vectorized ? '.vec4' : ''}${vectorized && broadcast ? `.${reads.join('.')}` : ''}`,
     code: wgsl`
 struct Params { shape: array<vec4<u32>, 2>, aStrides: array<vec4<u32>, 2>, bStrides: array<vec4<u32>, 2>, n: u32, rank: u32 }
 @group(0) @binding(0) var<uniform> u: Params;

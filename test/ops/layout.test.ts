@@ -41,6 +41,20 @@ t.test('concat matches the reference on every axis, forward and backward', async
   t.throws(() => ops.concat([upload(e, randomNd([2, 3], 1)), upload(e, randomNd([3, 3], 1))], 1), /does not match/);
 });
 
+// Copies whose runs, offsets and sizes are whole vec4s take the vec4 kernel, the others the scalar one.
+t.test('vec4 and scalar strided copies: the U-Net skip concat, aligned and unaligned slices', async (t) => {
+  const xs = [randomNd([2, 3, 4, 4], 20), randomNd([2, 5, 4, 4], 21), randomNd([2, 2, 4, 4], 23)];
+  t.ok(maxRelError(await ops.concat(xs.map((x) => upload(e, x)), 1).read(), concatRef(xs, 1).data) === 0, 'channel concat');
+  const odd = [randomNd([2, 3, 3, 3], 24), randomNd([2, 1, 3, 3], 25)];
+  t.ok(maxRelError(await ops.concat(odd.map((x) => upload(e, x)), 1).read(), concatRef(odd, 1).data) === 0, 'channel concat of 3×3 maps (scalar)');
+  const x = randomNd([3, 16], 26);
+  for (const [starts, ends] of [[[0, 4], [3, 12]], [[1, 0], [3, 16]], [[0, 1], [3, 13]], [[0, 4], [3, 6]]]) {
+    t.ok(maxRelError(await ops.slice(upload(e, x), starts, ends).read(), sliceRef(x, starts, ends).data) === 0, `slice ${starts}–${ends}`);
+    const { worst } = await gradCheck(e, (a) => ops.slice(a, starts, ends), (a: Nd) => sliceRef(a, starts, ends), [x]);
+    t.ok(worst < 1e-3, `slice ${starts}–${ends} backward`);
+  }
+});
+
 t.test('sliceRows and concatRows copy whole rows, also of tensors over the binding limit, and fall back to slice/concat for gradients', async (t) => {
   const { createEngine } = await import('../../src/engine/engine.ts');
   const small = await createEngine({ device: e.device, maxBindingBytes: 256 }); // 64 floats

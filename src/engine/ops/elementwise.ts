@@ -113,11 +113,12 @@ export function mergeBroadcastDims(shape: Shape, aStrides: number[], bStrides: n
 }
 
 /**
- * A broadcast in vec4 units, when that is exact: the innermost merged dimension divides by 4 and
- * each operand either steps through it contiguously with all its strides multiples of 4 (read as
- * vec4s at stride/4) or does not step through it at all (one value repeated: `splat`). Else null.
+ * A broadcast (or strided copy) in vec4 units, when that is exact: the innermost merged dimension
+ * divides by 4 and each operand either steps through it contiguously with all its strides
+ * multiples of 4 (read as vec4s at stride/4) or does not step through it at all (one value
+ * repeated: `splat`). Else null.
  */
-function vectorizeBroadcast(m: { shape: number[]; a: number[]; b: number[] }): { shape: number[]; a: number[]; b: number[]; reads: [OperandRead, OperandRead] } | null {
+export function vectorizeDims(m: { shape: number[]; a: number[]; b: number[] }): { shape: number[]; a: number[]; b: number[]; reads: [OperandRead, OperandRead] } | null {
   const last = m.shape.length - 1;
   if (m.shape[last] % 4 !== 0) return null;
   const operand = (strides: number[]): { strides: number[]; read: OperandRead } | null => {
@@ -137,7 +138,7 @@ function runBinary(op: BinaryOp, a: Tensor, b: Tensor): Tensor {
   const out = e.empty(outShape, `${op}(${a.label},${b.label})`);
   const same = a.size === out.size && b.size === out.size;
   const m = mergeBroadcastDims(outShape, broadcastStrides(a.shape, outShape), broadcastStrides(b.shape, outShape));
-  const v = same ? null : vectorizeBroadcast(m);
+  const v = same ? null : vectorizeDims(m);
   const vectorized = same ? out.size % 4 === 0 : v !== null;
   const dims = v ?? { ...m, reads: ['vec4', 'vec4'] as [OperandRead, OperandRead] };
   const n = vectorized ? out.size / 4 : out.size;

@@ -5,7 +5,7 @@ import { COPY_WORKGROUP, stridedCopyKernel } from '../../../kernels/copy.wgsl.ts
 import type { Engine } from '../engine.ts';
 import { contiguousStrides, numel, type Shape, shapeString, type Tensor } from '../tensor.ts';
 import { grid1d, Uniforms } from '../uniforms.ts';
-import { broadcastStrides, mergeBroadcastDims } from './elementwise.ts';
+import { broadcastStrides, mergeBroadcastDims, vectorizeDims } from './elementwise.ts';
 import { sumToShape } from './reduce.ts';
 
 interface CopySpec {
@@ -22,14 +22,20 @@ function stridedCopy(e: Engine, x: Tensor, out: Tensor, c: CopySpec): void {
   // The same copy over the fewest dimensions (a channel concat of NCHW tensors is rank 2).
   const merged = mergeBroadcastDims(c.shape, [...c.inStrides], [...c.outStrides]);
   const d = merged.shape.length ? merged : { shape: [1], a: [0], b: [0] };
+  // In vec4s when every one read and written is whole: contiguous innermost runs of 4, offsets and
+  // both tensors' sizes multiples of 4.
+  const v = vectorizeDims(d);
+  const vectorized = v !== null && v.reads.every((r) => r === 'vec4') && c.inOffset % 4 === 0 && c.outOffset % 4 === 0 && x.size % 4 === 0 && out.size % 4 === 0;
+  const w = vectorized ? v : d;
+  const unit = vectorized ? 4 : 1;
   e.dispatch({
-    kernel: stridedCopyKernel(d.shape.length),
+    kernel: stridedCopyKernel(w.shape.length, vectorized),
     bindings: [x, out],
     uniforms: new Uniforms()
-      .dims(d.shape, 1).dims(d.a).dims(d.b)
-      .u32(n, d.shape.length, c.inOffset, c.outOffset)
+      .dims(w.shape, 1).dims(w.a).dims(w.b)
+      .u32(n / unit, w.shape.length, c.inOffset / unit, c.outOffset / unit)
       .toArrayBuffer(),
-    workgroups: grid1d(n, COPY_WORKGROUP),
+    workgroups: grid1d(n / unit, COPY_WORKGROUP),
   });
 }
 
