@@ -20,7 +20,7 @@
 import { wgsl } from 'wgsl-preprocessor/wgsl-preprocessor.js';
 import type { KernelSource } from '../src/engine/kernel-registry.ts';
 import { DEFAULT_MATMUL_TILING, type MatmulTiling } from './matmul.wgsl.ts';
-import { accumulateStep, declareAccumulators, ownedColumnSlab, slabElement, slabValue, storeAccumulators, vectorWidth } from './register-tile.ts';
+import { accumulateStep, declareAccumulators, declareSlabs, fillSlab, ownedColumnSlab, storeAccumulators } from './register-tile.ts';
 
 export interface Conv2dVariant {
   ksize: number;
@@ -42,13 +42,8 @@ export interface Conv2dVariant {
 export function conv2dKernel(v: Conv2dVariant, t: MatmulTiling = DEFAULT_MATMUL_TILING): KernelSource {
   const BM = t.wgY * t.tm;
   const BN = t.wgX * t.tn;
-  const threads = t.wgX * t.wgY;
   const KK = v.ksize * v.ksize;
   const d = v.inputDilation;
-  const wa = vectorWidth(t.tm);
-  const wb = vectorWidth(t.tn);
-  const slotsA = BM / wa;
-  const slotsB = BN / wb;
   let binding = 4;
   const biasBinding = v.bias ? binding++ : 0;
   const residualBinding = v.residual ? binding++ : 0;
@@ -68,8 +63,7 @@ struct Params { Cin: u32, H: u32, W: u32, Cout: u32, N: u32, Ho: u32, Wo: u32 }
 #if ${v.residual}
 @group(0) @binding(${residualBinding}) var<storage, read> residual: array<f32>;
 #endif
-var<workgroup> tileA: array<${slabElement(wa)}, ${t.tk * slotsA}>;
-var<workgroup> tileB: array<${slabElement(wb)}, ${t.tk * slotsB}>;
+${declareSlabs(t)}
 
 fn loadW(m: u32, kk: u32, K: u32) -> f32 {
   if (m >= u.Cout || kk >= K) { return 0.0; }
@@ -134,11 +128,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
   ${slab.declare}
   ${declareAccumulators(t)}
   for (var k0 = 0u; k0 < K; k0 += ${t.tk}u) {
-    for (var e = lid; e < ${t.tk * slotsA}u; e += ${threads}u) {
-      let m = row0 + ${wa}u * (e / ${t.tk}u);
-      let k = k0 + e % ${t.tk}u;
-      tileA[(e % ${t.tk}u) * ${slotsA}u + e / ${t.tk}u] = ${slabValue(wa, [...Array(wa).keys()].map((j) => `loadW(m + ${j}u, k, K)`))};
-    }
+    ${fillSlab(t, 'tileA', 'row0', true, (m, kk) => `loadW(${m}, k0 + ${kk}, K)`)}
     for (var r = ${slab.firstRow}; r < ${t.tk}u; r += ${slab.rowStep}u) {
       let k = k0 + r;
       let inK = k < K;
@@ -169,12 +159,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
 export function conv2dWeightGradKernel(ksize: number, pad: number, stride: number, t: MatmulTiling = DEFAULT_MATMUL_TILING): KernelSource {
   const BM = t.wgY * t.tm;
   const BN = t.wgX * t.tn;
-  const threads = t.wgX * t.wgY;
   const KK = ksize * ksize;
-  const wa = vectorWidth(t.tm);
-  const wb = vectorWidth(t.tn);
-  const slotsA = BM / wa;
-  const slotsB = BN / wb;
   const slab = ownedColumnSlab(t, (c) => `weightColumn(${c})`, (col) => `im2colT(${col}, image, oy, ox)`, 'inQ');
   return {
     key: `conv2dWeightGrad.k${ksize}p${pad}s${stride}.${t.wgX}x${t.wgY}.${t.tm}x${t.tn}.k${t.tk}`,
@@ -184,11 +169,11 @@ struct Params { Cin: u32, H: u32, W: u32, Cout: u32, N: u32, Ho: u32, Wo: u32, q
 @group(0) @binding(1) var<storage, read> dy: array<f32>;
 @group(0) @binding(2) var<storage, read> x: array<f32>;
 @group(0) @binding(3) var<storage, read_write> dw: array<f32>;
-var<workgroup> tileA: array<${slabElement(wa)}, ${t.tk * slotsA}>;
-var<workgroup> tileB: array<${slabElement(wb)}, ${t.tk * slotsB}>;
+${declareSlabs(t)}
 
-fn loadDy(m: u32, q: u32, P: u32) -> f32 {
-  if (m >= u.Cout || q >= u.N * P) { return 0.0; }
+// dy at channel m and reduction index q (zero from this split's end on).
+fn loadDy(m: u32, q: u32, qEnd: u32, P: u32) -> f32 {
+  if (m >= u.Cout || q >= qEnd) { return 0.0; }
   return dy[((q / P) * u.Cout + m) * P + q % P];
 }
 
@@ -230,12 +215,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
   ${slab.declare}
   ${declareAccumulators(t)}
   for (var q0 = qBegin; q0 < qEnd; q0 += ${t.tk}u) {
-    for (var e = lid; e < ${t.tk * slotsA}u; e += ${threads}u) {
-      let m = row0 + ${wa}u * (e / ${t.tk}u);
-      let q = q0 + e % ${t.tk}u;
-      let qq = select(u.N * P, q, q < qEnd);
-      tileA[(e % ${t.tk}u) * ${slotsA}u + e / ${t.tk}u] = ${slabValue(wa, [...Array(wa).keys()].map((j) => `loadDy(m + ${j}u, qq, P)`))};
-    }
+    ${fillSlab(t, 'tileA', 'row0', true, (m, kk) => `loadDy(${m}, q0 + ${kk}, qEnd, P)`)}
     for (var r = ${slab.firstRow}; r < ${t.tk}u; r += ${slab.rowStep}u) {
       let q = q0 + r;
       let inQ = q < qEnd;

@@ -4,7 +4,7 @@
 // (the register-tile step of ./register-tile.ts, shared with the conv kernels).
 import { wgsl } from 'wgsl-preprocessor/wgsl-preprocessor.js';
 import type { KernelSource } from '../src/engine/kernel-registry.ts';
-import { accumulateStep, declareAccumulators, slabElement, slabValue, storeAccumulators, vectorWidth } from './register-tile.ts';
+import { accumulateStep, declareAccumulators, declareSlabs, fillSlab, storeAccumulators } from './register-tile.ts';
 
 export interface MatmulTiling {
   /** Threads per workgroup along N (x) and M (y). */
@@ -77,16 +77,6 @@ export interface MatmulVariant {
  * Bindings: a, b, c, and bias when `bias`.
  */
 export function matmulKernel(v: MatmulVariant, t: MatmulTiling = DEFAULT_MATMUL_TILING): KernelSource {
-  const threads = t.wgX * t.wgY;
-  const wa = vectorWidth(t.tm);
-  const wb = vectorWidth(t.tn);
-  const slotsA = (t.wgY * t.tm) / wa;
-  const slotsB = (t.wgX * t.tn) / wb;
-  // Slab element e → (reduction row kk, slot g), consecutive threads along the operand's
-  // contiguous axis: k for A (M × K) and Bᵀ (N × K), the rows or columns for Aᵀ and B.
-  const fillA = v.transA ? { kk: `e / ${slotsA}u`, g: `e % ${slotsA}u` } : { kk: `e % ${t.tk}u`, g: `e / ${t.tk}u` };
-  const fillB = v.transB ? { kk: `e % ${t.tk}u`, g: `e / ${t.tk}u` } : { kk: `e / ${slotsB}u`, g: `e % ${slotsB}u` };
-  const lanes = (w: number, f: (j: number) => string) => slabValue(w, [...Array(w).keys()].map(f));
   return {
     key: `matmul.${v.transA ? 'T' : 'N'}${v.transB ? 'T' : 'N'}${v.bias ? '.bias' : ''}.${t.wgX}x${t.wgY}.${t.tm}x${t.tn}.k${t.tk}`,
     code: wgsl`
@@ -98,9 +88,7 @@ struct Params { M: u32, N: u32, K: u32, strideA: u32, strideB: u32 }
 #if ${v.bias}
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
 #endif
-// Slabs are stored K-major, as vectors of ${wa} rows (A) and ${wb} columns (B).
-var<workgroup> tileA: array<${slabElement(wa)}, ${t.tk * slotsA}>;
-var<workgroup> tileB: array<${slabElement(wb)}, ${t.tk * slotsB}>;
+${declareSlabs(t)}
 var<private> batch: u32;
 
 fn loadA(m: u32, k: u32) -> f32 {
@@ -140,16 +128,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
   let col0 = wid.x * ${t.wgX * t.tn}u;
   ${declareAccumulators(t)}
   for (var k0 = 0u; k0 < u.K; k0 += ${t.tk}u) {
-    for (var e = lid; e < ${t.tk * slotsA}u; e += ${threads}u) {
-      let kk = ${fillA.kk};
-      let m = row0 + ${wa}u * (${fillA.g});
-      tileA[kk * ${slotsA}u + ${fillA.g}] = ${lanes(wa, (j) => `loadA(m + ${j}u, k0 + kk)`)};
-    }
-    for (var e = lid; e < ${t.tk * slotsB}u; e += ${threads}u) {
-      let kk = ${fillB.kk};
-      let n = col0 + ${wb}u * (${fillB.g});
-      tileB[kk * ${slotsB}u + ${fillB.g}] = ${lanes(wb, (j) => `loadB(k0 + kk, n + ${j}u)`)};
-    }
+    // Consecutive threads along each operand's contiguous axis: k for A (M × K) and Bᵀ (N × K).
+    ${fillSlab(t, 'tileA', 'row0', !v.transA, (m, kk) => `loadA(${m}, k0 + ${kk})`)}
+    ${fillSlab(t, 'tileB', 'col0', v.transB, (n, kk) => `loadB(k0 + ${kk}, ${n})`)}
     workgroupBarrier();
     for (var kk = 0u; kk < ${t.tk}u; kk++) {
       ${accumulateStep(t, 'kk')}

@@ -8,15 +8,42 @@
 import type { MatmulTiling } from './matmul.wgsl.ts';
 
 /** The widest vector (4, 2 or 1 floats) that divides `n` outputs per thread. */
-export const vectorWidth = (n: number) => (n % 4 === 0 ? 4 : n % 2 === 0 ? 2 : 1);
+const vectorWidth = (n: number) => (n % 4 === 0 ? 4 : n % 2 === 0 ? 2 : 1);
 
 /** WGSL type of a slab element `width` floats wide. */
-export const slabElement = (width: number) => (width === 1 ? 'f32' : `vec${width}<f32>`);
+const slabElement = (width: number) => (width === 1 ? 'f32' : `vec${width}<f32>`);
 
 /** A WGSL vector (or scalar) of `width` values. */
-export const slabValue = (width: number, values: string[]) => (width === 1 ? values[0] : `vec${width}(${values.join(', ')})`);
+const slabValue = (width: number, values: string[]) => (width === 1 ? values[0] : `vec${width}(${values.join(', ')})`);
 
 const lane = (v: string, width: number, i: number) => (width === 1 ? v : `${v}[${i % width}]`);
+
+/** The two workgroup-memory slabs of one reduction step: tk rows of A's and B's vectors, K-major. */
+export function declareSlabs(t: MatmulTiling): string {
+  const wa = vectorWidth(t.tm);
+  const wb = vectorWidth(t.tn);
+  return `var<workgroup> tileA: array<${slabElement(wa)}, ${(t.tk * t.wgY * t.tm) / wa}>;
+var<workgroup> tileB: array<${slabElement(wb)}, ${(t.tk * t.wgX * t.tn) / wb}>;`;
+}
+
+/**
+ * The loop that fills one reduction step of `tileA` (rows) or `tileB` (columns): slab element e
+ * goes to reduction row kk and slot g, consecutive threads along k when `alongK` (the operand is
+ * contiguous in k), else along the slots; slot g holds `load(first + j, kk)` for its vector lanes
+ * j, first = origin + width·g.
+ */
+export function fillSlab(t: MatmulTiling, slab: 'tileA' | 'tileB', origin: string, alongK: boolean, load: (index: string, kk: string) => string): string {
+  const width = vectorWidth(slab === 'tileA' ? t.tm : t.tn);
+  const slots = (slab === 'tileA' ? t.wgY * t.tm : t.wgX * t.tn) / width;
+  const kk = alongK ? `e % ${t.tk}u` : `e / ${slots}u`;
+  const g = alongK ? `e / ${t.tk}u` : `e % ${slots}u`;
+  const values = Array.from({ length: width }, (_, j) => load(`first + ${j}u`, 'kk'));
+  return `for (var e = lid; e < ${t.tk * slots}u; e += ${t.wgX * t.wgY}u) {
+      let kk = ${kk};
+      let first = ${origin} + ${width}u * (${g});
+      ${slab}[kk * ${slots}u + ${g}] = ${slabValue(width, values)};
+    }`;
+}
 
 export function declareAccumulators(t: MatmulTiling): string {
   const lines: string[] = [];
@@ -79,7 +106,7 @@ export function ownedColumnSlab(t: MatmulTiling, decode: (column: string) => str
  * slot (lid mod slots) and every `rowStep`-th row from lid / slots (threads whose first row is
  * past tk fill nothing). Needs powers of two.
  */
-export function fixedSlotFill(threads: number, slots: number, tk: number): { groups: number; rowStep: number } {
+function fixedSlotFill(threads: number, slots: number, tk: number): { groups: number; rowStep: number } {
   for (const [name, v] of [['threads', threads], ['slab slots', slots], ['tk', tk]] as const) {
     if (!Number.isInteger(Math.log2(v))) throw new RangeError(`register tile: ${name} ${v} must be a power of two`);
   }
