@@ -50,7 +50,8 @@ export function chooseTiling(M: number, N: number, tuned?: Partial<MatmulTiling>
  * chooseTiling with the presets of one adapter family: on lavapipe, 16 × 16 outputs per thread
  * and 32-deep slabs (fewer workgroup-memory reads and barriers per FMA; 2 cores, batch 16:
  * conv 64→64 3×3 @16² forward 8.6 vs 7.2 GFLOP/s, weight gradient 7.4 vs 5.3), with 64-column
- * tiles for 32–63 rows over fewer than 1024 columns (a 32→32 conv's weight gradient: 6.0 vs 3.9).
+ * tiles for 32–63 rows over fewer than 1024 columns (a 32→32 conv's weight gradient: 6.0 vs 3.9),
+ * and 32 × 32 tiles for 32–63 columns.
  * SwiftShader's JIT loses the device on 16 × 16 tiles, so it and the GPUs keep chooseTiling
  * (GPU presets are still to be measured); an explicit tuning replaces both.
  */
@@ -59,6 +60,9 @@ export function chooseGemmTiling(M: number, N: number, lavapipe: boolean, tuned?
     const candidates: MatmulTiling[] = [];
     if (M >= 64 && N >= 64) candidates.push({ wgX: 4, wgY: 4, tm: 16, tn: 16, tk: 32 });
     if (M >= 32 && N >= 64 && N < 1024) candidates.push({ wgX: 4, wgY: 2, tm: 16, tn: 16, tk: 32 });
+    // 32 to 63 rows or columns and a long reduction (the Winograd weight gradient of a 32→32 conv:
+    // 32 × 32 outputs over 4,096 tiles, 24 vs 64 ms with the 64 × 64 tile).
+    if (M >= 32 && N >= 32 && N < 64) candidates.push({ wgX: 4, wgY: 4, tm: 8, tn: 8, tk: 32 });
     const fits = candidates.find((t) => tilingWorkgroupBytes(t) <= maxWorkgroupBytes);
     if (fits) return fits;
   }

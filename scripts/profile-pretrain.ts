@@ -10,7 +10,8 @@ const batch = Number(process.argv[2] ?? 16);
 const channels = Number(process.argv[3] ?? 32);
 const resBlocks = Number(process.argv[4] ?? 2);
 const attention = process.argv[5] ?? '16,8';
-const e = await createEngine();
+// TUNING='{"conv2dWinograd":{"enabled":0}}' passes a tuning to the engine.
+const e = await createEngine({ tuning: JSON.parse(process.env.TUNING ?? "{}") });
 const unet = UNet.random(e, {
   image_size: 32, in_channels: 1, num_channels: channels, num_res_blocks: resBlocks, channel_mult: '1,2,2', attention_resolutions: attention,
   num_head_channels: Math.min(32, 2 * channels), learn_sigma: false, use_scale_shift_norm: true, resblock_updown: true,

@@ -18,6 +18,39 @@ const cases: [string, number[], number[], number, [number, number]][] = [
   ['3x3 stride 2 on 1x70x9x11 → 67 (several tiles)', [1, 70, 9, 11], [67, 70, 3, 3], 2, [5, 6]],
 ];
 
+// Every case through each algorithm: Winograd F(2×2, 3×3) forced on (3×3 stride 1 only; the rest
+// ignore it) and forced off, whatever this adapter's default.
+const algorithms = [
+  ['Winograd', await createEngine({ device: e.device, tuning: { conv2dWinograd: { enabled: 1 } } })],
+  ['direct GEMM', await createEngine({ device: e.device, tuning: { conv2dWinograd: { enabled: 0 } } })],
+] as const;
+
+for (const [algorithm, engine] of algorithms) {
+  for (const [name, xs, ws, , [Ho, Wo]] of cases.filter((c) => c[2][2] === 3 && c[3] === 1)) {
+    t.test(`conv2d (${algorithm}) forward ${name} with bias and residual matches float64`, async (t) => {
+      const x = randomNd(xs, 1);
+      const w = randomNd(ws, 2);
+      const b = randomNd([ws[0]], 3);
+      const r = randomNd([xs[0], ws[0], Ho, Wo], 4);
+      const y = ops.conv2d(upload(engine, x), upload(engine, w), { bias: upload(engine, b), residual: upload(engine, r) });
+      t.ok(maxRelError(await y.read(), conv2dRef(x, w, 1, b, r, 1).data) < 1e-5);
+      const plain = ops.conv2d(upload(engine, x), upload(engine, w));
+      t.ok(maxRelError(await plain.read(), conv2dRef(x, w, 1, undefined, undefined, 1).data) < 1e-5);
+    });
+    if (xs[1] >= 70) continue;
+    t.test(`conv2d (${algorithm}) backward ${name}: every gradient matches finite differences`, async (t) => {
+      const { perInput } = await gradCheck(
+        engine,
+        (x, w, b, r) => ops.conv2d(x, w, { bias: b, residual: r }),
+        (x: Nd, w: Nd, b: Nd, r: Nd) => conv2dRef(x, w, 1, b, r, 1),
+        [randomNd(xs, 5), randomNd(ws, 6), randomNd([ws[0]], 7), randomNd([xs[0], ws[0], Ho, Wo], 8)],
+        { maxCoords: 80 },
+      );
+      perInput.forEach((err, i) => t.ok(err < 1e-3, `input ${i}: ${err.toExponential(2)}`));
+    });
+  }
+}
+
 for (const [name, xs, ws, stride, [Ho, Wo]] of cases) {
   t.test(`conv2d forward ${name} with bias and residual matches float64`, async (t) => {
     const x = randomNd(xs, 1);
@@ -68,7 +101,14 @@ function weightGradRef(x: Nd, dy: Nd, k: number, stride: number): Float64Array {
 // A reduction of 8·19·18 = 2,736 pixels at stride 1: with split-K forced on, 2 splits whose last
 // one is shorter (and not a whole number of slabs); 67 output channels and 5·k·k columns leave
 // partial tiles on both edges. Stride 2 (720 pixels) stays one split.
-for (const [label, tuning] of [['default tiles', {}], ['split-K forced', { conv2dWeightGrad: { splitKWorkgroups: 1024 } }], ['GPU tiles, split-K forced', { conv2d: { wgX: 8, wgY: 8, tm: 4, tn: 4, tk: 16 }, conv2dWeightGrad: { splitKWorkgroups: 1024 } }]] as const) {
+const weightGradTunings = [
+  ['default tiles', {}],
+  ['Winograd', { conv2dWinograd: { enabled: 1 } }],
+  ['direct GEMM', { conv2dWinograd: { enabled: 0 } }],
+  ['split-K forced', { conv2dWinograd: { enabled: 0 }, conv2dWeightGrad: { splitKWorkgroups: 1024 } }],
+  ['GPU tiles, split-K forced', { conv2dWinograd: { enabled: 0 }, conv2d: { wgX: 8, wgY: 8, tm: 4, tn: 4, tk: 16 }, conv2dWeightGrad: { splitKWorkgroups: 1024 } }],
+] as const;
+for (const [label, tuning] of weightGradTunings) {
   for (const [k, stride] of [[3, 1], [3, 2], [1, 1]]) {
     t.test(`conv2d weight gradient over a long reduction (${label}, ${k}x${k} stride ${stride}) matches float64`, async (t) => {
       const engine = await createEngine({ device: e.device, tuning });
@@ -87,6 +127,35 @@ for (const [label, tuning] of [['default tiles', {}], ['split-K forced', { conv2
     });
   }
 }
+
+// Winograd's buffers hold 16 values per channel and 2×2 tile; under a binding limit of 5 tile rows
+// (16 · 8 channels · 6 tiles · 4 bytes = 3,072 bytes a row) the 72 tiles of a [2, 8, 12, 12] input
+// run in chunks of 30, 30 and 12: the forward and input gradient are identical to the unchunked
+// run, and every result matches float64.
+t.test('conv2d (Winograd) in tile chunks under a lowered binding limit matches the unchunked run and float64', async (t) => {
+  const tuning = { conv2dWinograd: { enabled: 1 } };
+  const chunked = await createEngine({ device: e.device, tuning, maxBindingBytes: 5 * 3072 });
+  const whole = await createEngine({ device: e.device, tuning });
+  const x = randomNd([2, 8, 12, 12], 21);
+  const w = randomNd([8, 8, 3, 3], 22);
+  const dy = randomNd([2, 8, 12, 12], 23);
+  const run = async (engine: typeof e) => {
+    const xt = upload(engine, x, true);
+    const wt = upload(engine, w, true);
+    const y = ops.conv2d(xt, wt);
+    engine.tape.backward(y, upload(engine, dy));
+    return { y: await y.read(), dx: await xt.grad!.read(), dw: await wt.grad!.read() };
+  };
+  const a = await run(chunked);
+  const b = await run(whole);
+  t.ok(a.y.every((v, i) => Object.is(v, b.y[i])), 'forward identical to the unchunked run');
+  t.ok(a.dx.every((v, i) => Object.is(v, b.dx[i])), 'input gradient identical to the unchunked run');
+  t.ok(maxRelError(a.y, conv2dRef(x, w, 1).data) < 1e-5, 'forward matches float64');
+  const dwErr = maxRelError(a.dw, weightGradRef(x, dy, 3, 1));
+  t.ok(dwErr < 1e-5, `weight gradient summed over chunks matches float64 (${dwErr.toExponential(2)})`);
+  chunked.dispose();
+  whole.dispose();
+});
 
 t.test('conv2d shape errors name the tensors', async (t) => {
   t.throws(() => ops.conv2d(upload(e, randomNd([1, 3, 4, 4], 1)), upload(e, randomNd([2, 4, 3, 3], 1))), /expects 4 input channels, input .* has 3/);

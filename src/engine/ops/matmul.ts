@@ -22,6 +22,34 @@ function splitBatch(t: Tensor): { batch: number[]; rows: number; cols: number } 
   return { batch: t.shape.slice(0, -2), rows: t.shape[t.rank - 2], cols: t.shape[t.rank - 1] };
 }
 
+export interface MatmulDispatch {
+  M: number;
+  N: number;
+  K: number;
+  batch: number;
+  transA: boolean;
+  transB: boolean;
+  /** One A (or B) matrix for every batch entry. */
+  broadcastA?: boolean;
+  broadcastB?: boolean;
+  bias?: Tensor;
+}
+
+/**
+ * out[b] = op(a[b]) · op(b[b]) (+ bias) into `out` ([batch, M, N]), with no tape record: the
+ * GEMM step of ops built on it (matmul, the Winograd conv), shapes already checked by the caller.
+ */
+export function dispatchMatmul(a: Tensor, b: Tensor, out: Tensor, d: MatmulDispatch): void {
+  const e = a.engine;
+  const tiling: MatmulTiling = chooseGemmTiling(d.M, d.N, e.adapterClass === 'llvmpipe', e.tuning.matmul, e.limits.maxComputeWorkgroupStorageSize);
+  e.dispatch({
+    kernel: matmulKernel({ transA: d.transA, transB: d.transB, bias: !!d.bias }, tiling),
+    bindings: d.bias ? [a, b, out, d.bias] : [a, b, out],
+    uniforms: new Uniforms().u32(d.M, d.N, d.K, d.broadcastA ? 0 : d.M * d.K, d.broadcastB ? 0 : d.K * d.N).toArrayBuffer(),
+    workgroups: [Math.ceil(d.N / (tiling.wgX * tiling.tn)), Math.ceil(d.M / (tiling.wgY * tiling.tm)), d.batch],
+  });
+}
+
 export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
   const e = a.engine;
   const transA = opts.transA ?? false;
@@ -43,16 +71,8 @@ export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
     throw new RangeError(`matmul: bias ${shapeString(opts.bias.shape)} does not match N = ${N}`);
   }
   if (batch > 65535) throw new RangeError(`matmul: batch ${batch} exceeds 65535`);
-  const tiling: MatmulTiling = chooseGemmTiling(M, N, e.adapterClass === 'llvmpipe', e.tuning.matmul, e.limits.maxComputeWorkgroupStorageSize);
   const out = e.empty([...batchShape, M, N], `matmul(${a.label},${b.label})`);
-  const bm = tiling.wgY * tiling.tm;
-  const bn = tiling.wgX * tiling.tn;
-  e.dispatch({
-    kernel: matmulKernel({ transA, transB, bias: !!opts.bias }, tiling),
-    bindings: opts.bias ? [a, b, out, opts.bias] : [a, b, out],
-    uniforms: new Uniforms().u32(M, N, K, sizeA === 1 ? 0 : M * K, sizeB === 1 ? 0 : K * N).toArrayBuffer(),
-    workgroups: [Math.ceil(N / bn), Math.ceil(M / bm), batch],
-  });
+  dispatchMatmul(a, b, out, { M, N, K, batch, transA, transB, broadcastA: sizeA === 1, broadcastB: sizeB === 1, bias: opts.bias });
   const inputs = opts.bias ? [a, b, opts.bias] : [a, b];
   e.tape.record('matmul', inputs, [out], [a, b], ([g]) => {
     const dC = g!;
