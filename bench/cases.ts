@@ -31,8 +31,18 @@ export interface BenchCase {
   /** Only under --full. */
   full?: boolean;
   peer?: PeerOp;
-  /** Allocates inputs and returns the call to time plus a cleanup. */
-  setup(e: Engine): Promise<{ run: () => void; dispose: () => void }> | { run: () => void; dispose: () => void };
+  /**
+   * Allocates inputs and returns the call to time plus a cleanup, and, for a case whose algorithm
+   * does other work than `flops` counts (a Winograd conv), that algorithm's name and the FLOPs it
+   * performs: `flops` then gives the effective throughput, `executedFlops` the % of peak.
+   */
+  setup(e: Engine): Promise<CaseRun> | CaseRun;
+}
+
+export interface CaseRun {
+  run: () => void;
+  dispose: () => void;
+  algorithm?: { name: string; executedFlops: number };
 }
 
 function rand(e: Engine, shape: number[], seed: number): Tensor {
@@ -62,7 +72,11 @@ function convCase(cin: number, cout: number, size: number, k: number, where: str
       const x = rand(e, [1, cin, size, size], 3);
       const w = rand(e, [cout, cin, k, k], 4);
       const b = rand(e, [cout], 5);
-      return { run: () => void ops.conv2d(x, w, { bias: b }), dispose: disposeAll(x, w, b) };
+      const algorithm = ops.conv2dAlgorithm(e, x.shape, w.shape);
+      return {
+        run: () => void ops.conv2d(x, w, { bias: b }), dispose: disposeAll(x, w, b),
+        algorithm: algorithm.name === 'winograd' ? { name: 'Winograd F(2×2, 3×3)', executedFlops: 2 * algorithm.multiplyAdds } : undefined,
+      };
     },
   };
 }

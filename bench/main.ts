@@ -129,19 +129,22 @@ async function report(engine: Engine, adapter: string, started: Date) {
   if (flag('--no-peer')) console.log('peer: skipped (--no-peer)');
   const rows: Row[] = [];
   for (const c of cases) {
-    const { run, dispose } = await c.setup(engine);
+    const { run, dispose, algorithm } = await c.setup(engine);
     const heavy = (c.flops ?? 0) > 10e9 || c.images !== undefined || c.family === 'U-Net forward';
     const m = await measure(engine, run, { flops: c.flops, bytes: c.bytes, minReps: heavy ? 1 : 3, maxReps: heavy ? 2 : 10 });
     dispose();
     const p = peer.get(c);
+    // A Winograd conv: effective GFLOP/s (the direct conv's FLOPs over the time), % of peak from the
+    // FLOPs it performs.
+    const executedGflops = algorithm && m.gflops !== undefined ? (algorithm.executedFlops / (c.flops ?? 1)) * m.gflops : m.gflops;
     const row: Row = {
-      family: c.family, name: c.name, ours: m, target: c.target, peer: p,
-      throughput: m.gflops !== undefined ? `${m.gflops.toFixed(2)} GFLOP/s` : m.gbps !== undefined ? `${m.gbps.toFixed(2)} GB/s` : c.images !== undefined ? `${((1000 * c.images) / m.medianMs).toFixed(2)} img/s` : `${(1000 / m.medianMs).toFixed(2)} /s`,
-      ofPeak: m.gflops !== undefined ? m.gflops / peaks.gflops : m.gbps !== undefined ? m.gbps / peaks.gbps : undefined,
+      family: c.family, name: algorithm ? `${c.name} [${algorithm.name}]` : c.name, ours: m, target: c.target, peer: p,
+      throughput: m.gflops !== undefined ? `${m.gflops.toFixed(2)} GFLOP/s${algorithm ? ' effective' : ''}` : m.gbps !== undefined ? `${m.gbps.toFixed(2)} GB/s` : c.images !== undefined ? `${((1000 * c.images) / m.medianMs).toFixed(2)} img/s` : `${(1000 / m.medianMs).toFixed(2)} /s`,
+      ofPeak: executedGflops !== undefined ? executedGflops / peaks.gflops : m.gbps !== undefined ? m.gbps / peaks.gbps : undefined,
       ratio: p && !('error' in p) ? p.medianMs / m.medianMs : undefined,
     };
     rows.push(row);
-    console.log(`  ${c.family.padEnd(18)} ${c.name.padEnd(40)} ${fmt(m.medianMs).padStart(10)}  ${row.throughput.padStart(16)}${row.ofPeak !== undefined ? `  ${(100 * row.ofPeak).toFixed(0).padStart(3)}% of peak` : ''}${row.ratio !== undefined ? `  ${row.ratio.toFixed(2)}× peer` : p && 'error' in p ? `  peer: ${p.error}` : ''}`);
+    console.log(`  ${c.family.padEnd(18)} ${row.name.padEnd(40)} ${fmt(m.medianMs).padStart(10)}  ${row.throughput.padStart(16)}${row.ofPeak !== undefined ? `  ${(100 * row.ofPeak).toFixed(0).padStart(3)}% of peak` : ''}${row.ratio !== undefined ? `  ${row.ratio.toFixed(2)}× peer` : p && 'error' in p ? `  peer: ${p.error}` : ''}`);
   }
   const overhead = await dispatchOverhead(engine);
   const transfer = await transferBandwidth(engine);
@@ -156,7 +159,8 @@ async function report(engine: Engine, adapter: string, started: Date) {
     const text = `# difrep bench results\n\nAdapter: ${adapter}  \nCPU: ${result.cpu} ×${result.cores}  \nDate: ${result.date}  \nMode: ${mode}; load average at start ${result.loadavg.map((l) => l.toFixed(2)).join(' ')}  \n` +
       `Measured peaks: FMA ${peaks.gflops.toFixed(1)} GFLOP/s, copy ${peaks.gbps.toFixed(2)} GB/s  \nPeer: @tensorflow/tfjs-backend-webgpu 4.22.0 in its own process on the same adapter  \n` +
       `Timing: wall time around submit + onSubmittedWorkDone, one warm-up call (\"first\", compilation included), median of the repetitions  \n` +
-      `Tuning in use: ${JSON.stringify(engine.tuning)}\n\n${table(rows)}\n\n` +
+      `Tuning in use: ${JSON.stringify(engine.tuning)}  \n` +
+      `Rows marked [Winograd F(2×2, 3×3)]: throughput is effective (the direct conv's FLOPs over the time), % of peak counts the FLOPs Winograd performs (4/9 of those for even sizes; transforms not counted)\n\n${table(rows)}\n\n` +
       `Dispatch overhead: ${overhead.oneSubmitUs.toFixed(1)} µs per dispatch batched, ${overhead.perSubmitUs.toFixed(1)} µs with a submit each.  \n` +
       `Transfers (64 MiB): upload ${transfer.uploadGBps.toFixed(2)} GB/s, readback ${transfer.readbackGBps.toFixed(2)} GB/s.\n`;
     await writeFileAtomic(md, text);
