@@ -40,17 +40,20 @@ interface ConvCall {
  * Whether a conv goes through Winograd F(2×2, 3×3) (./conv2d-winograd.ts): only 3×3, stride 1,
  * padding 1, and only where its buffers fit a binding. Tuning `conv2dWinograd.enabled` (1 or 0)
  * forces it on or off; by default it runs on lavapipe for convs of at least
- * `conv2dWinograd.minChannels` (default 16) input and output channels on maps of 8×8 or more,
- * where it measured faster (2 cores, forward + backward: 256→256 @32² batch 1 359 → 199 ms,
- * 64→64 @16² batch 16 102 → 63 ms; at 4×4 it lost, 9.0 → 10.4 ms). GPU adapters keep the direct
- * GEMM until measured.
+ * `conv2dWinograd.minChannels` (default 16) input and output channels on maps of 8×8 or more
+ * and at least 64 tiles of 2×2 in the batch, where it measured faster (2 cores, forward +
+ * backward: 256→256 @32² batch 1 359 → 199 ms, 64→64 @16² batch 16 102 → 63 ms, 512→512 @16²
+ * batch 1 (64 tiles) 373 → 243 ms; at 4×4 it lost, 9.0 → 10.4 ms, and with 16 tiles,
+ * 1024→1024 @8² batch 1, 368 → 720 ms: its GEMMs are 16 columns wide). GPU adapters keep the
+ * direct GEMM until measured.
  */
 function useWinograd(e: Engine, ksize: number, stride: number, inputDilation: number, N: number, cin: number, cout: number, H: number, W: number): boolean {
   if (ksize !== 3 || stride !== 1 || inputDilation !== 1 || !winogradFits(e, N, cin, cout, H, W)) return false;
   const tuned = e.tuning.conv2dWinograd ?? {};
   if (tuned.enabled !== undefined) return tuned.enabled !== 0;
   const minChannels = tuned.minChannels ?? 16;
-  return e.adapterClass === 'llvmpipe' && cin >= minChannels && cout >= minChannels && H * W >= 64;
+  const tiles = N * Math.ceil(H / 2) * Math.ceil(W / 2);
+  return e.adapterClass === 'llvmpipe' && cin >= minChannels && cout >= minChannels && H * W >= 64 && tiles >= 64;
 }
 
 /**
