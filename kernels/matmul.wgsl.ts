@@ -60,7 +60,7 @@ export function chooseGemmTiling(M: number, N: number, lavapipe: boolean, tuned?
     const candidates: MatmulTiling[] = [];
     if (M >= 64 && N >= 64) candidates.push({ wgX: 4, wgY: 4, tm: 16, tn: 16, tk: 32 });
     if (M >= 32 && N >= 64 && N < 1024) candidates.push({ wgX: 4, wgY: 2, tm: 16, tn: 16, tk: 32 });
-    // 32 to 63 rows or columns and a long reduction (the Winograd weight gradient of a 32→32 conv:
+    // 32 to 63 columns, e.g. over a long reduction (the Winograd weight gradient of a 32→32 conv:
     // 32 × 32 outputs over 4,096 tiles, 24 vs 64 ms with the 64 × 64 tile).
     if (M >= 32 && N >= 32 && N < 64) candidates.push({ wgX: 4, wgY: 4, tm: 8, tn: 8, tk: 32 });
     const fits = candidates.find((t) => tilingWorkgroupBytes(t) <= maxWorkgroupBytes);

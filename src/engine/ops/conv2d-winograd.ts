@@ -15,12 +15,15 @@ import { grid1d, Uniforms } from '../uniforms.ts';
 import { add } from './elementwise.ts';
 import { dispatchMatmul } from './matmul.ts';
 
-/** 2×2 output tiles of an H × W map over N images. */
-function tiles(N: number, H: number, W: number) {
+/** 2×2 output tiles of an H × W map over N images: per column, per row and in the batch (T). */
+export function winogradTiles(N: number, H: number, W: number) {
   const tilesY = Math.ceil(H / 2);
   const tilesX = Math.ceil(W / 2);
   return { tilesY, tilesX, T: N * tilesY * tilesX };
 }
+
+/** How many tile rows of `channels` channels fit one binding of V, M or dM (16 values per channel and tile). */
+const tileRowsPerBinding = (e: Engine, channels: number, tilesX: number) => Math.floor(e.maxBindingBytes / (16 * channels * tilesX * 4));
 
 /**
  * The tiles of the batch in chunks of whole tile rows whose buffers (V, M or dM: 16 values per
@@ -30,8 +33,7 @@ function tiles(N: number, H: number, W: number) {
  * even one tile row fits.
  */
 function tileChunks(e: Engine, channels: number, tilesX: number, T: number): [number, number][] | null {
-  const rowBytes = 16 * channels * tilesX * 4;
-  const rows = Math.floor(e.maxBindingBytes / rowBytes);
+  const rows = tileRowsPerBinding(e, channels, tilesX);
   if (rows < 1) return null;
   const chunks: [number, number][] = [];
   for (let first = 0; first < T; first += rows * tilesX) chunks.push([first, Math.min(rows * tilesX, T - first)]);
@@ -43,14 +45,13 @@ function tileChunks(e: Engine, channels: number, tilesX: number, T: number): [nu
  * U (16 × the kernel) and one tile row's buffers must each fit a binding.
  */
 export function winogradFits(e: Engine, N: number, cin: number, cout: number, H: number, W: number): boolean {
-  const { tilesX, T } = tiles(N, H, W);
-  return 16 * cin * cout * 4 <= e.maxBindingBytes && tileChunks(e, Math.max(cin, cout), tilesX, T) !== null;
+  return 16 * cin * cout * 4 <= e.maxBindingBytes && tileRowsPerBinding(e, Math.max(cin, cout), winogradTiles(N, H, W).tilesX) >= 1;
 }
 
 /** V or dM ([16, C, count]) of tiles first … first + count − 1 of the NCHW tensor x. */
 function tileTransform(e: Engine, x: Tensor, kind: 'input' | 'outputGrad', [first, count]: [number, number]): Tensor {
   const [, C, H, W] = x.shape;
-  const { tilesY, tilesX } = tiles(1, H, W);
+  const { tilesY, tilesX } = winogradTiles(1, H, W);
   const R = tilesPerInvocation(tilesX);
   const out = e.empty([16, C, count], kind === 'input' ? 'winograd.V' : 'winograd.dM');
   e.dispatch({
@@ -90,7 +91,7 @@ export interface WinogradConvCall {
 export function winogradConv(e: Engine, c: WinogradConvCall): void {
   const [N, cin, H, W] = c.x.shape;
   const cout = c.out.shape[1];
-  const { tilesY, tilesX, T } = tiles(N, H, W);
+  const { tilesY, tilesX, T } = winogradTiles(N, H, W);
   const R = tilesPerInvocation(tilesX);
   const U = weightTransform(e, c.w, c.transposedWeight);
   const kernel = winogradOutputTransformKernel({ bias: !!c.bias, residual: !!c.residual, R, evenWidth: W % 2 === 0 });
@@ -118,7 +119,7 @@ export function winogradConv(e: Engine, c: WinogradConvCall): void {
 export function winogradWeightGrad(e: Engine, dy: Tensor, x: Tensor): Tensor {
   const [N, cin, H, W] = x.shape;
   const cout = dy.shape[1];
-  const { tilesX, T } = tiles(N, H, W);
+  const { tilesX, T } = winogradTiles(N, H, W);
   // dU = Σ over chunks of dM·Vᵀ, summed in chunk order.
   let dU: Tensor | null = null;
   for (const chunk of tileChunks(e, Math.max(cin, cout), tilesX, T)!) {

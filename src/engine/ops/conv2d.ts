@@ -5,7 +5,7 @@ import { chooseGemmTiling, type MatmulTiling } from '../../../kernels/matmul.wgs
 import type { Engine } from '../engine.ts';
 import { shapeString, type Tensor } from '../tensor.ts';
 import { Uniforms } from '../uniforms.ts';
-import { winogradConv, winogradFits, winogradWeightGrad } from './conv2d-winograd.ts';
+import { winogradConv, winogradFits, winogradTiles, winogradWeightGrad } from './conv2d-winograd.ts';
 import { sum } from './reduce.ts';
 
 export interface Conv2dOptions {
@@ -52,8 +52,7 @@ function useWinograd(e: Engine, ksize: number, stride: number, inputDilation: nu
   const tuned = e.tuning.conv2dWinograd ?? {};
   if (tuned.enabled !== undefined) return tuned.enabled !== 0;
   const minChannels = tuned.minChannels ?? 16;
-  const tiles = N * Math.ceil(H / 2) * Math.ceil(W / 2);
-  return e.adapterClass === 'llvmpipe' && cin >= minChannels && cout >= minChannels && H * W >= 64 && tiles >= 64;
+  return e.adapterClass === 'llvmpipe' && cin >= minChannels && cout >= minChannels && H * W >= 64 && winogradTiles(N, H, W).T >= 64;
 }
 
 /**
@@ -65,7 +64,7 @@ export function conv2dAlgorithm(e: Engine, xShape: readonly number[], wShape: re
   const [N, cin, H, W] = xShape;
   const [cout, , ksize] = wShape;
   if (useWinograd(e, ksize, stride, 1, N, cin, cout, H, W)) {
-    return { name: 'winograd', multiplyAdds: 16 * cin * cout * N * Math.ceil(H / 2) * Math.ceil(W / 2) };
+    return { name: 'winograd', multiplyAdds: 16 * cin * cout * winogradTiles(N, H, W).T };
   }
   const pad = (ksize - 1) / 2;
   const outPixels = N * (Math.floor((H + 2 * pad - ksize) / stride) + 1) * (Math.floor((W + 2 * pad - ksize) / stride) + 1);
