@@ -386,13 +386,24 @@ export class Engine {
 
   /** Reads `bytes` bytes of `buffer` back to the CPU. */
   async readBuffer(buffer: GPUBuffer, offset: number, bytes: number): Promise<ArrayBuffer> {
-    const size = Math.ceil(bytes / 4) * 4;
-    if (size > 0) this.countCommand(`read of ${buffer.label}`);
-    const staging = this.device.createBuffer({ size: Math.max(4, size), usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST, label: 'difrep readback' });
-    if (size > 0) {
-      this.endPass();
-      this.getEncoder().copyBufferToBuffer(buffer, offset, staging, 0, size);
-    }
+    return (await this.readBuffers([{ buffer, offset, bytes }]))[0];
+  }
+
+  /**
+   * Reads several byte ranges back through one staging buffer and one wait: a loop that keeps its
+   * small results on the GPU (a training epoch's losses) pays for one round trip instead of one each.
+   */
+  async readBuffers(ranges: readonly { buffer: GPUBuffer; offset: number; bytes: number }[]): Promise<ArrayBuffer[]> {
+    const sizes = ranges.map((r) => Math.ceil(r.bytes / 4) * 4);
+    const total = sizes.reduce((a, b) => a + b, 0);
+    if (total > 0) this.countCommand(`read of ${ranges.map((r) => r.buffer.label).join(', ')}`);
+    const staging = this.device.createBuffer({ size: Math.max(4, total), usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST, label: 'difrep readback' });
+    if (total > 0) this.endPass();
+    let at = 0;
+    ranges.forEach((r, i) => {
+      if (sizes[i] > 0) this.getEncoder().copyBufferToBuffer(r.buffer, r.offset, staging, at, sizes[i]);
+      at += sizes[i];
+    });
     this.flush();
     const recorded = this.commandsRecorded;
     try {
@@ -401,13 +412,25 @@ export class Engine {
       await this.throwPendingErrors();
       throw e;
     }
-    // The mapping waited for the copy, and the queue ran everything submitted before it first.
-    if (size > 0) this.markFinished(recorded);
-    const out = staging.getMappedRange(0, size).slice(0, bytes);
+    // The mapping waited for the copies, and the queue ran everything submitted before them first.
+    if (total > 0) this.markFinished(recorded);
+    const mapped = staging.getMappedRange(0, Math.max(4, total));
+    at = 0;
+    const out = ranges.map((r, i) => {
+      const part = mapped.slice(at, at + r.bytes);
+      at += sizes[i];
+      return part;
+    });
     staging.unmap();
     staging.destroy();
     await this.throwPendingErrors();
     return out;
+  }
+
+  /** The values of several tensors, read back together (one round trip). */
+  async readTensors(tensors: readonly Tensor[]): Promise<Float32Array[]> {
+    const parts = await this.readBuffers(tensors.map((t) => ({ buffer: t.buffer, offset: 0, bytes: t.byteLength })));
+    return parts.map((b) => new Float32Array(b));
   }
 
   // ---------------------------------------------------------------- profiling

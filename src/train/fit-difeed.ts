@@ -8,13 +8,15 @@ import type { Tensor } from '../engine/tensor.ts';
 import { gaussianNoise, linearSchedule, qSample } from '../model/diffusion.ts';
 import { DifFeed, type DifFeedOptions } from '../model/heads/difeed.ts';
 import type { UNet } from '../model/unet.ts';
-import { checkEpochs, checkLoss, saveTrainingState, startOrResume } from './checkpoint.ts';
+import { checkEpochs, saveTrainingState, startOrResume } from './checkpoint.ts';
 import { seededShuffle } from './data/fashion-mnist.ts';
 import { type ImageSource, noiseSeed } from './extract.ts';
 import { assertFinite } from './finite.ts';
-import { countTopK, type FitResult } from './fit.ts';
+import { countTopK } from './eval/classification.ts';
+import type { FitResult } from './fit.ts';
 import { Adam, OptimizerGroups, StepLR } from './optimizer.ts';
-import { trainStep } from './train-step.ts';
+import { StepLosses } from './step-losses.ts';
+import { trainStepKeepingLoss } from './train-step.ts';
 
 export interface DifFeedFitOptions extends DifFeedOptions {
   epochs?: number;
@@ -83,18 +85,19 @@ export async function fitDifFeed(e: Engine, unet: UNet, train: ImageSource, test
     const te = performance.now();
     for (const s of schedules) s.setEpoch(epoch);
     const order = seededShuffle(Array.from({ length: train.count }, (_, i) => i), seed * 1000 + epoch);
-    let sum = 0;
+    const steps = new StepLosses(e);
     for (let b = 0; b < batches; b++) {
       const idx = order.slice(b * batchSize, (b + 1) * batchSize);
       const flips = o.flip === false ? undefined : seededShuffle(idx.map((_, i) => i % 2 === 0), seed * 7919 + epoch * 131 + b);
       const xt = await noisy(train, idx, epoch + 1, flips);
       const labels = idx.map((i) => train.labels[i]);
-      const loss = (await trainStep(e, optimizer, () => crossEntropy(difeed.forward(xt, true), labels), true))!;
-      sum += checkLoss(loss, `epoch ${epoch + 1}, batch ${b + 1} (step ${optimizer.steps})`) * idx.length;
+      const loss = await trainStepKeepingLoss(e, optimizer, () => crossEntropy(difeed.forward(xt, true), labels));
       xt.dispose();
+      await steps.add(loss, labels, `epoch ${epoch + 1}, batch ${b + 1} (step ${optimizer.steps})`);
       o.onBatch?.(b + 1, batches);
     }
-    losses.push(sum / train.count);
+    await steps.read();
+    losses.push(steps.weightedSum / train.count);
     if (o.checkpoint) await saveTrainingState(o.checkpoint, saved, optimizer, { epoch, steps: optimizer.steps, losses: JSON.stringify(losses) }, settings);
     o.onEpoch?.({ epoch, epochs, loss: losses[losses.length - 1], lr: headAdam.lr, seconds: (performance.now() - te) / 1000 });
   }

@@ -7,12 +7,14 @@ import { AttentionHead, type AttentionHeadOptions } from '../model/heads/attenti
 import { LinearProbe } from '../model/heads/linear-probe.ts';
 import { openSafetensors } from '../model/checkpoint/safetensors.ts';
 import { readFinite } from '../model/checkpoint/tensor-source.ts';
-import { checkEpochs, checkLoss, readRunSettings, type RunSettings, saveTrainingState, startOrResume } from './checkpoint.ts';
+import { checkEpochs, readRunSettings, type RunSettings, saveTrainingState, startOrResume } from './checkpoint.ts';
 import { seededShuffle } from './data/fashion-mnist.ts';
+import { countTopK } from './eval/classification.ts';
 import { featureKey } from './feature-key.ts';
 import { assertFinite } from './finite.ts';
 import { Adam, type Optimizer, Sgd, StepLR } from './optimizer.ts';
-import { trainStep } from './train-step.ts';
+import { StepLosses } from './step-losses.ts';
+import { trainStepKeepingLoss } from './train-step.ts';
 
 export interface FeatureArrays {
   /** key `t<t>.b<b>` → per-image features [count, ...shape]. */
@@ -63,27 +65,6 @@ export interface FitResult {
 interface Model {
   params: Map<string, Tensor>;
   logits(batch: Map<string, Tensor>): Tensor;
-}
-
-/**
- * How many rows of `logits` ([n, K]) rank their label first, and among the first five. A row
- * holding a NaN or Inf ranks nothing: argmax over NaN is no prediction, never a correct one.
- */
-export function countTopK(logits: Float32Array, labels: ArrayLike<number>): { top1: number; top5: number } {
-  const K = logits.length / labels.length;
-  let top1 = 0;
-  let top5 = 0;
-  for (let i = 0; i < labels.length; i++) {
-    const row = logits.subarray(i * K, (i + 1) * K);
-    const y = labels[i];
-    if (!row.every(Number.isFinite)) continue;
-    // Rank of the label: classes scoring higher, or equal and earlier (a stable descending sort).
-    let rank = 0;
-    for (let c = 0; c < K; c++) if (row[c] > row[y] || (row[c] === row[y] && c < y)) rank++;
-    if (rank === 0) top1++;
-    if (rank < 5) top5++;
-  }
-  return { top1, top5 };
 }
 
 function buildModel(e: Engine, data: FeatureArrays, o: FitOptions): Model {
@@ -189,19 +170,18 @@ export async function fitHead(e: Engine, train: FeatureArrays, test: FeatureArra
     const te = performance.now();
     schedule.setEpoch(epoch);
     const order = seededShuffle(Array.from({ length: train.count }, (_, i) => i), (o.seed ?? 0) * 1000 + epoch);
-    let sum = 0;
-    let correct = 0;
+    const steps = new StepLosses(e);
     for (let bi = 0; bi < batchesPerEpoch; bi++) {
       const idx = order.slice(bi * batchSize, (bi + 1) * batchSize);
       const labels = idx.map((i) => train.labels[i]);
       let logits: Tensor | null = null;
-      const loss = (await trainStep(e, optimizer, () => crossEntropy((logits = e.keep(model.logits(gather(e, train, keys, idx)))), labels), true))!;
-      sum += checkLoss(loss, `epoch ${epoch + 1}, batch ${bi + 1} (step ${optimizer.steps})`) * idx.length;
-      correct += countTopK(await logits!.read(), labels).top1;
-      logits!.dispose();
+      const loss = await trainStepKeepingLoss(e, optimizer, () => crossEntropy((logits = e.keep(model.logits(gather(e, train, keys, idx)))), labels));
+      await steps.add(loss, labels, `epoch ${epoch + 1}, batch ${bi + 1} (step ${optimizer.steps})`, logits!);
       o.onBatch?.(bi + 1, batchesPerEpoch);
     }
-    const loss = sum / train.count;
+    await steps.read();
+    const loss = steps.weightedSum / train.count;
+    const correct = steps.correct;
     losses.push(loss);
     if (o.checkpoint) await saveTrainingState(o.checkpoint, model.params, optimizer, { epoch, steps: optimizer.steps, losses: JSON.stringify(losses) }, settings);
     o.onEpoch?.({ epoch, epochs, loss, trainAccuracy: correct / train.count, lr: optimizer.lr, seconds: (performance.now() - te) / 1000 });

@@ -45,6 +45,20 @@ t.test('tidy disposes intermediates and keeps the result', async (t) => {
   t.throws(() => y.buffer, /used after dispose/);
 });
 
+t.test('readTensors reads several tensors back in one round trip, each its own values', async (t) => {
+  const a = e.tensor([1.5], [1]);
+  const b = e.tensor([-2, 0, 7], [3]);
+  const empty = e.empty([0]);
+  const c = e.tensor([9, 8, 7, 6, 5], [5]);
+  const [ra, rb, rEmpty, rc] = await e.readTensors([a, b, empty, c]);
+  t.same(Array.from(ra), [1.5]);
+  t.same(Array.from(rb), [-2, 0, 7]);
+  t.equal(rEmpty.length, 0);
+  t.same(Array.from(rc), [9, 8, 7, 6, 5]);
+  t.same(await e.readTensors([]), []);
+  for (const x of [a, b, empty, c]) x.dispose();
+});
+
 t.test('backward frees what the tape saved', async (t) => {
   const x = e.tensor([0.5, -1, 2], [3]);
   x.requiresGrad = true;

@@ -4,7 +4,8 @@ import { mkdtemp, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
-import { type FeatureArrays, countTopK, fitHead, type FitOptions } from '../../src/train/fit.ts';
+import { countTopK } from '../../src/train/eval/classification.ts';
+import { type FeatureArrays, fitHead, type FitOptions } from '../../src/train/fit.ts';
 import { assertFinite, NonFiniteError } from '../../src/train/finite.ts';
 import { randomNd, testEngine } from '../helpers/check.ts';
 

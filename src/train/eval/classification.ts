@@ -1,5 +1,25 @@
 // Scores of a classifier's logits: top-1/top-5, accuracy per class and the confusion matrix.
-import { countTopK } from '../fit.ts';
+
+/**
+ * How many rows of `logits` ([n, K]) rank their label first, and among the first five. A row
+ * holding a NaN or Inf ranks nothing: argmax over NaN is no prediction, never a correct one.
+ */
+export function countTopK(logits: Float32Array, labels: ArrayLike<number>): { top1: number; top5: number } {
+  const K = logits.length / labels.length;
+  let top1 = 0;
+  let top5 = 0;
+  for (let i = 0; i < labels.length; i++) {
+    const row = logits.subarray(i * K, (i + 1) * K);
+    const y = labels[i];
+    if (!row.every(Number.isFinite)) continue;
+    // Rank of the label: classes scoring higher, or equal and earlier (a stable descending sort).
+    let rank = 0;
+    for (let c = 0; c < K; c++) if (row[c] > row[y] || (row[c] === row[y] && c < y)) rank++;
+    if (rank === 0) top1++;
+    if (rank < 5) top5++;
+  }
+  return { top1, top5 };
+}
 
 export interface ClassificationReport {
   images: number;
