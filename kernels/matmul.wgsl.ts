@@ -51,7 +51,7 @@ export function chooseTiling(M: number, N: number, tuned?: Partial<MatmulTiling>
  * and 32-deep slabs (fewer workgroup-memory reads and barriers per FMA; 2 cores, batch 16:
  * conv 64→64 3×3 @16² forward 8.6 vs 7.2 GFLOP/s, weight gradient 7.4 vs 5.3), with 64-column
  * tiles for 32–63 rows over fewer than 1024 columns (a 32→32 conv's weight gradient: 6.0 vs 3.9),
- * and 32 × 32 tiles for 32–63 columns.
+ * 32 × 32 tiles for 32–63 columns, and 64 × 16 tiles for at most 16 columns.
  * SwiftShader's JIT loses the device on 16 × 16 tiles, so it and the GPUs keep chooseTiling
  * (GPU presets are still to be measured); an explicit tuning replaces both.
  */
@@ -63,6 +63,9 @@ export function chooseGemmTiling(M: number, N: number, lavapipe: boolean, tuned?
     // 32 to 63 columns, e.g. over a long reduction (the Winograd weight gradient of a 32→32 conv:
     // 32 × 32 outputs over 4,096 tiles, 24 vs 64 ms with the 64 × 64 tile).
     if (M >= 32 && N >= 32 && N < 64) candidates.push({ wgX: 4, wgY: 4, tm: 8, tn: 8, tk: 32 });
+    // At most 16 columns over many batch entries, e.g. an attention head's probabilities × values
+    // ([128, 49, 49] × [128, 49, 16]): one 64 × 16 tile each, 5.5 vs 14 ms with the 32 × 32 tile.
+    if (M >= 32 && N <= 16) candidates.push({ wgX: 2, wgY: 8, tm: 8, tn: 8, tk: 16 });
     const fits = candidates.find((t) => tilingWorkgroupBytes(t) <= maxWorkgroupBytes);
     if (fits) return fits;
   }

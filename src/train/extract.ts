@@ -132,8 +132,10 @@ export async function extractFeatures(e: Engine, unet: UNet, data: ImageSource, 
         return opts.blocks.map((b) => (opts.pool ? adaptiveAvgPool2d(r.taps.get(b)!, opts.pool) : r.taps.get(b)!));
       });
       try {
+        // Every block's feature in one round trip.
+        const read = await e.readTensors(feats);
         for (const [k, b] of opts.blocks.entries()) {
-          const values = await feats[k].read();
+          const values = read[k];
           checkFinite(values, values.length / idx.length, idx, t, b);
           out.set(featureKey(t, b), { shape: [...feats[k].shape.slice(1)], values });
         }

@@ -21,6 +21,8 @@ import { trainStepKeepingLoss } from './train-step.ts';
 export interface DifFeedFitOptions extends DifFeedOptions {
   epochs?: number;
   batchSize?: number;
+  /** Batch of the test-set evaluation (no backward, so it may be larger; default batchSize). */
+  evalBatchSize?: number;
   feedbackLr?: number;
   headLr?: number;
   stepSize?: number;
@@ -103,8 +105,9 @@ export async function fitDifFeed(e: Engine, unet: UNet, train: ImageSource, test
   }
   let top1 = 0;
   let top5 = 0;
-  for (let s = 0; s < test.count; s += batchSize) {
-    const idx = Array.from({ length: Math.min(batchSize, test.count - s) }, (_, i) => s + i);
+  const evalBatch = o.evalBatchSize ?? batchSize;
+  for (let s = 0; s < test.count; s += evalBatch) {
+    const idx = Array.from({ length: Math.min(evalBatch, test.count - s) }, (_, i) => s + i);
     const xt = await noisy(test, idx, 0);
     const logits = await e.noGrad(() => difeed.forward(xt, false)).read();
     assertFinite(logits, `evaluation: the logits of test images ${s}..${s + idx.length - 1}`);

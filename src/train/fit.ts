@@ -3,10 +3,11 @@
 import type { Engine } from '../engine/engine.ts';
 import { crossEntropy } from '../engine/ops/nn.ts';
 import type { Tensor } from '../engine/tensor.ts';
-import { AttentionHead, type AttentionHeadOptions } from '../model/heads/attention-head.ts';
+import { ATTENTION_HEAD_DEFAULTS, AttentionHead, type AttentionHeadOptions } from '../model/heads/attention-head.ts';
 import { LinearProbe } from '../model/heads/linear-probe.ts';
 import { openSafetensors } from '../model/checkpoint/safetensors.ts';
 import { readFinite } from '../model/checkpoint/tensor-source.ts';
+import { poolCached } from './cached-features.ts';
 import { checkEpochs, readRunSettings, type RunSettings, saveTrainingState, startOrResume } from './checkpoint.ts';
 import { seededShuffle } from './data/fashion-mnist.ts';
 import { countTopK } from './eval/classification.ts';
@@ -86,6 +87,22 @@ function buildModel(e: Engine, data: FeatureArrays, o: FitOptions): Model {
   };
 }
 
+/**
+ * Both heads begin with a parameter-free adaptive average pool (the linear probe's to its pool
+ * size, the attention tokenizer's to at most prePoolSize): pooling the cached features once, on
+ * the CPU, is the same computation, and each step then uploads s² values per channel, not H·W.
+ */
+function prePooled(data: FeatureArrays, keys: string[], poolTo: (size: number) => number): FeatureArrays {
+  const features = new Map(data.features);
+  for (const k of keys) {
+    const f = data.features.get(k);
+    if (!f || f.shape.length !== 3 || f.shape[1] !== f.shape[2]) continue;
+    const s = poolTo(f.shape[1]);
+    if (s < f.shape[1]) features.set(k, poolCached(f.data, data.count, f.shape, s));
+  }
+  return { ...data, features };
+}
+
 function gather(e: Engine, data: FeatureArrays, keys: string[], idx: number[]): Map<string, Tensor> {
   const out = new Map<string, Tensor>();
   for (const k of keys) {
@@ -154,6 +171,9 @@ export async function fitHead(e: Engine, train: FeatureArrays, test: FeatureArra
   const optName = o.optimizer ?? 'adam';
   const lr = o.lr ?? (optName === 'sgd' ? (o.head === 'linear' ? 1e-2 : 5e-2) : o.head === 'linear' ? 1e-3 : 1e-4);
   const keys = o.timesteps.flatMap((t) => o.blocks.map((b) => featureKey(t, b)));
+  const poolTo = o.head === 'linear' ? () => o.pool ?? 2 : (h: number) => Math.min(h, o.attention?.prePoolSize ?? ATTENTION_HEAD_DEFAULTS.prePoolSize);
+  train = prePooled(train, keys, poolTo);
+  test = prePooled(test, keys, poolTo);
   const model = buildModel(e, train, o);
   const optimizer: Optimizer = optName === 'sgd' ? new Sgd(e, model.params, lr) : new Adam(e, model.params, { lr });
   const schedule = new StepLR(optimizer, lr, o.stepSize ?? 7, o.gamma ?? 0.1);

@@ -32,6 +32,8 @@ export interface MiniatureOptions {
   stepSize: number;
   batchSize: number;
   difeedEpochs: number;
+  /** DifFeed's StepLR period (its learning rates drop ×0.1 every this many epochs). */
+  difeedStepSize: number;
   headDim: number;
   headLayers: number;
   headLr: number;
@@ -51,6 +53,8 @@ export interface MiniatureRow {
   params: number;
   seconds: number;
   settings: string;
+  /** The mean training loss of each epoch: the curve that shows whether the head has converged. */
+  losses: number[];
 }
 
 /** One point of a linear-probe validation sweep: its settings and validation top-1. */
@@ -100,8 +104,8 @@ export async function runMiniature(e: Engine, unet: UNet, o: MiniatureOptions, l
   const testStdErr = (top1: number) => Math.sqrt((top1 * (1 - top1)) / testIdx.length);
   const record = (method: string, features: string, r: FitResult, settings: string) => {
     const top1StdErr = testStdErr(r.top1);
-    rows.push({ method, features, top1: r.top1, top1StdErr, top5: r.top5, params: r.params, seconds: r.seconds, settings });
-    log(`  ${method}: top-1 ${(100 * r.top1).toFixed(1)}% ± ${(100 * top1StdErr).toFixed(1)}, top-5 ${(100 * r.top5).toFixed(1)}%, ${r.params.toLocaleString('en')} parameters, ${fmtTime(r.seconds)}`);
+    rows.push({ method, features, top1: r.top1, top1StdErr, top5: r.top5, params: r.params, seconds: r.seconds, settings, losses: r.losses });
+    log(`  ${method}: top-1 ${(100 * r.top1).toFixed(1)}% ± ${(100 * top1StdErr).toFixed(1)}, top-5 ${(100 * r.top5).toFixed(1)}%, ${r.params.toLocaleString('en')} parameters, ${fmtTime(r.seconds)}; training loss by epoch ${r.losses.map((l) => l.toFixed(3)).join(' ')}`);
   };
   const headLr = o.headLr;
   const fit = (trainSet: FeatureArrays, testSet: FeatureArrays, opts: Omit<FitOptions, 'classes'>, name?: string) => {
@@ -135,7 +139,7 @@ export async function runMiniature(e: Engine, unet: UNet, o: MiniatureOptions, l
   const tx = performance.now();
   const extract = async (split: 'train' | 'test', ds: GreyImages, idx: number[], timesteps: number[], blocks: number[]) => {
     const dir = join(outDir, `features-${split}-t${timesteps.join('_')}-b${blocks.join('_')}`);
-    await extractFeatures(e, unet, imageSource(ds, idx, S), { outDir: dir, timesteps, blocks, batchSize: 50, chunkSize: 250, seed, provenance: { checkpoint: o.checkpointHash, split, subset: JSON.stringify(idx.slice(0, 8)) + idx.length }, onProgress: o.progress(`extract ${split}`, 'images') });
+    await extractFeatures(e, unet, imageSource(ds, idx, S), { outDir: dir, timesteps, blocks, batchSize: 100, chunkSize: 250, seed, provenance: { checkpoint: o.checkpointHash, split, subset: JSON.stringify(idx.slice(0, 8)) + idx.length }, onProgress: o.progress(`extract ${split}`, 'images') });
     return loadCachedFeatures(dir, timesteps, blocks);
   };
   const trainFeatures = await extract('train', train, trainIdx, SWEEP_TIMESTEPS, allBlocks);
@@ -177,10 +181,10 @@ export async function runMiniature(e: Engine, unet: UNet, o: MiniatureOptions, l
   const bar = o.progress('DifFeed', 'batches');
   let feedEpoch = 0;
   const feed = await fitDifFeed(e, unet, imageSource(train, trainIdx, S), imageSource(test, testIdx, S), {
-    classes: 10, strategy: 'bottleneck', t: 150, head: attention, headLr, epochs: difeedEpochs, stepSize: schedule.stepSize, batchSize: 16, seed,
+    classes: 10, strategy: 'bottleneck', t: 150, head: attention, headLr, epochs: difeedEpochs, stepSize: o.difeedStepSize, batchSize: 16, evalBatchSize: 100, seed,
     onEpoch: (i) => (feedEpoch = i.epoch + 1), onBatch: (d, n) => bar(feedEpoch * n + d, difeedEpochs * n),
   });
-  record('DifFeed (bottleneck)', `feedback {${roles.bottleneck}} → b ${roles.feature}, t 150`, feed, `${difeedEpochs} epochs, StepLR(${schedule.stepSize}), batch 16, flip, feedback lr 1e-3, head lr ${headLr}`);
+  record('DifFeed (bottleneck)', `feedback {${roles.bottleneck}} → b ${roles.feature}, t 150`, feed, `${difeedEpochs} epochs, StepLR(${o.difeedStepSize}), batch 16, flip, feedback lr 1e-3, head lr ${headLr}`);
 
   const byName = Object.fromEntries(rows.map((r) => [r.method, r.top1]));
   const ranking = ['GD linear probe', 'Attention head', 'DifFormer', 'DifFeed (bottleneck)'].sort((a, b) => byName[a] - byName[b]);
@@ -197,7 +201,7 @@ export async function runMiniature(e: Engine, unet: UNet, o: MiniatureOptions, l
     samples: sampleLine,
     data: { train: trainIdx.length, validation: valRows.length, test: testIdx.length, full, seed },
     extraction: { train: { timesteps: SWEEP_TIMESTEPS, blocks: allBlocks }, test: { timesteps: testTimesteps, blocks: testBlocks }, seconds: extractSeconds },
-    schedule: { ...schedule, difeedEpochs, attention, headLr }, sweep: sweep.points, pixelSweep: pixelSweep.points, rows, findings,
+    schedule: { ...schedule, difeedEpochs, difeedStepSize: o.difeedStepSize, attention, headLr }, sweep: sweep.points, pixelSweep: pixelSweep.points, rows, findings,
   };
 }
 

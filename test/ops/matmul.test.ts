@@ -1,4 +1,5 @@
 import t from 'tap';
+import { chooseGemmTiling } from '../../kernels/matmul.wgsl.ts';
 import { ops } from '../../src/index.ts';
 import { gradCheck, maxRelError, randomNd, testEngine, upload } from '../helpers/check.ts';
 import { broadcast, matmulRef, type Nd } from '../helpers/reference.ts';
@@ -17,6 +18,9 @@ const cases: [number[], number[], boolean, boolean][] = [
   [[3, 17, 9], [9, 20], false, false],
   [[17, 9], [2, 2, 9, 20], false, false],
   [[130, 257], [257, 70], false, false],
+  // At most 16 columns (lavapipe's 64 × 16 tile): batched, rows past one tile, either transpose.
+  [[2, 70, 33], [2, 33, 13], false, false],
+  [[2, 33, 70], [2, 16, 33], true, true],
 ];
 
 for (const [sa, sb, ta, tb] of cases) {
@@ -49,6 +53,12 @@ for (const [sa, sb, ta, tb] of cases.slice(1, 9)) {
     t.ok(worst < 1e-3, `${worst.toExponential(2)}`);
   });
 }
+
+t.test('matmul backward with 13 columns over 70 rows (the 64 × 16 tile on lavapipe) matches finite differences', async (t) => {
+  t.same(chooseGemmTiling(70, 13, true), { wgX: 2, wgY: 8, tm: 8, tn: 8, tk: 16 }, 'lavapipe picks the 64 × 16 tile for this shape');
+  const { worst } = await gradCheck(e, (a, b) => ops.matmul(a, b, { transA: true }), (a: Nd, b: Nd) => matmulRef(a, b, true, false), [randomNd([2, 9, 70], 7), randomNd([2, 9, 13], 8)]);
+  t.ok(worst < 1e-3, `${worst.toExponential(2)}`);
+});
 
 t.test('matmul with bias: forward and the bias gradient', async (t) => {
   const a = randomNd([6, 5], 1);

@@ -147,10 +147,11 @@ t.test('one extraction per shard of a directory at a time; the lock is released 
   const other = extractFeatures(e, unet, { ...source(), images: () => (otherStarted(), new Promise((_, reject) => (failOther = reject))) }, options(dir, { shard: { index: 1, count: 2 } }));
   await inOther;
   t.same((await readdir(dir)).filter((f) => f.startsWith('.lock')).sort(), ['.lock-shard-0-of-1', '.lock-shard-1-of-2']);
+  // Both rejections are awaited from before they happen (else one settles unhandled while the other is awaited).
+  const rejected = [t.rejects(first, /decoder gone/), t.rejects(other, /decoder gone too/)];
   fail(new Error('decoder gone'));
   failOther(new Error('decoder gone too'));
-  await t.rejects(first, /decoder gone/);
-  await t.rejects(other, /decoder gone too/);
+  await Promise.all(rejected);
   t.same(await readdir(dir), [], 'both locks released after the failures');
 
   // A lock left by a process that died on this host is taken over, with a warning.
