@@ -12,6 +12,8 @@ import { type Ema, pretrain } from '../train/pretrain.ts';
 import { type OptionSpecs, parseArgs } from './args.ts';
 import { loadModel, MODEL_OPTIONS } from './model-options.ts';
 import { fmtTime, progressBar } from './progress.ts';
+import { lineChartSvg } from './render/charts.ts';
+import { writeChart } from './render/write-chart.ts';
 
 const PRETRAIN = {
   ...MODEL_OPTIONS,
@@ -55,6 +57,11 @@ async function pretrainCommand(argv: string[]): Promise<number> {
     await mkdir(join(o.out, 'samples'), { recursive: true });
     await writeImageGridPng(join(o.out, 'samples', `step-${String(step).padStart(6, '0')}.png`), images, 16, unet.plan.flags.in_channels, unet.plan.flags.image_size);
   };
+  // The loss so far as JSON and as a chart (loss.svg, loss.png), rewritten at every checkpoint.
+  const writeLoss = async (losses: readonly [number, number][]) => {
+    await writeFileAtomic(join(o.out, 'loss.json'), JSON.stringify(losses));
+    if (losses.length >= 2) await writeChart(join(o.out, 'loss.png'), lineChartSvg(`pretraining loss (${o.model}, batch ${o.batch})`, [...losses], 'step', 'MSE of the noise (Eq. 4)'));
+  };
   const r = await pretrain(e, unet, { count, labels: ds.labels, images: (idx) => toModelInput(ds, idx, size) }, {
     steps, batchSize: o.batch, lr: o.lr, emaDecay: o.ema, seed: o.seed,
     checkpoint: join(o.out, 'state.safetensors'), checkpointEverySeconds: o['checkpoint-every'], resume: o.resume,
@@ -62,8 +69,9 @@ async function pretrainCommand(argv: string[]): Promise<number> {
       bar(s, steps);
       if (loss !== undefined && s % 100 === 0) console.log(`step ${s}: loss ${loss.toFixed(4)}`);
     },
-    onCheckpoint: async (step, ema) => {
+    onCheckpoint: async (step, ema, losses) => {
       await writeEma(ema, step);
+      await writeLoss(losses);
       if (sampleEvery > 0 && performance.now() - lastSample > sampleEvery * 1000) {
         await writeSamples(ema, step);
         lastSample = performance.now();
@@ -72,7 +80,7 @@ async function pretrainCommand(argv: string[]): Promise<number> {
   });
   await writeEma(r.ema, r.steps);
   if (sampleEvery > 0) await writeSamples(r.ema, r.steps);
-  await writeFileAtomic(join(o.out, 'loss.json'), JSON.stringify(r.losses));
+  await writeLoss(r.losses);
   console.log(`pretrained to step ${r.steps} in ${fmtTime((performance.now() - t0) / 1000)}; last loss ${r.losses.at(-1)?.[1].toFixed(4)} → ${o.out}`);
   e.dispose();
   return 0;

@@ -29,7 +29,8 @@ export interface PretrainOptions {
   /** Read the loss back every this many steps (it costs a sync). */
   logEvery?: number;
   /** Called after each training-state save (e.g. to export the EMA weights or draw samples). */
-  onCheckpoint?: (step: number, ema: Ema) => Promise<void>;
+  /** After each saved state: the EMA weights and every logged [step, loss] so far. */
+  onCheckpoint?: (step: number, ema: Ema, losses: readonly [number, number][]) => Promise<void>;
 }
 
 /** The EMA weights, kept beside the model's own. */
@@ -104,7 +105,7 @@ export async function pretrain(e: Engine, unet: UNet, data: ImageSource, o: Pret
     const due = o.checkpoint && (step === o.steps || performance.now() - lastSave > (o.checkpointEverySeconds ?? 300) * 1000);
     if (due) {
       await saveTrainingState(o.checkpoint!, state(), adam, { epoch: 0, steps: step, losses: JSON.stringify(losses) }, settings);
-      await o.onCheckpoint?.(step, ema);
+      await o.onCheckpoint?.(step, ema, losses);
       lastSave = performance.now();
     }
   }

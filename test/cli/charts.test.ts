@@ -2,7 +2,7 @@
 // it, counting bar-coloured pixels), text kept as text, and a heatmap cell per value.
 import t from 'tap';
 import { decode } from 'fast-png';
-import { BAR_COLOUR, barChartSvg, heatmapSvg, svgToPng } from '../../src/cli/render/charts.ts';
+import { BAR_COLOUR, barChartSvg, heatmapSvg, lineChartSvg, svgToPng } from '../../src/cli/render/charts.ts';
 
 const bars = [{ label: 'A', value: 0.25 }, { label: 'B & <b>', value: 1 }, { label: 'C', value: 0.5 }];
 
@@ -36,4 +36,16 @@ t.test('heatmapSvg: a cell and its value per entry, labels on both axes', async 
   t.equal([...svg.matchAll(/<rect x=/g)].length, 4);
   for (const s of ['>0.25<', '>1.00<', '>b5<', '>t150<']) t.ok(svg.includes(s), s);
   t.ok(decode(await svgToPng(svg)).width > 88);
+});
+
+t.test('lineChartSvg: x linear, y on a log axis with 1-2-5 ticks, bad points refused', async (t) => {
+  // Plot area: left 64, width 760 - 64 - 16 = 680; top 36, height 360 - 36 - 48 = 276; y from 1 (top) to 0.01 (bottom).
+  const svg = lineChartSvg('loss', [[0, 1], [10, 0.01], [20, 0.1]], 'step', 'MSE');
+  t.match(svg, /class="loss"[^>]* points="64\.0,36\.0 404\.0,312\.0 744\.0,174\.0"/);
+  for (const tick of ['0.01', '0.02', '0.05', '0.1', '0.2', '0.5', '1']) t.ok(svg.includes(`>${tick}</text>`), `tick ${tick}`);
+  t.ok(svg.includes('>step</text>') && svg.includes('>MSE</text>'), 'axis labels');
+  t.throws(() => lineChartSvg('loss', [[0, 1], [1, NaN]], 'step', 'MSE'), /point \[1,NaN\] is not finite with y > 0/);
+  t.throws(() => lineChartSvg('loss', [[0, 1], [1, 0]], 'step', 'MSE'), /not finite with y > 0/);
+  t.throws(() => lineChartSvg('loss', [[0, 1]], 'step', 'MSE'), /at least 2 points/);
+  t.ok(decode(await svgToPng(svg)).width === 760);
 });

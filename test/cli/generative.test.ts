@@ -23,6 +23,8 @@ t.test('pretrain writes a resumable state and an EMA state dict that sample load
   const { stdout: more } = await difrep('pretrain', '--model', config, '--steps', '3', '--batch', '4', '--images', '64', '--out', join(dir, 'run'), '--resume');
   t.match(more, /pretrained to step 3/);
   t.equal(JSON.parse(await readFile(join(dir, 'run', 'loss.json'), 'utf8')).at(-1)[0], 3);
+  t.match(await readFile(join(dir, 'run', 'loss.svg'), 'utf8'), /class="loss"[^>]* points="[\d.]+,[\d.]+ [\d.]+,[\d.]+"/, 'the loss chart, one point per logged step');
+  t.ok(decode(await readFile(join(dir, 'run', 'loss.png'))).width > 0);
   const { stdout: s } = await difrep('sample', '--model', config, '--checkpoint', join(dir, 'run', 'ema.safetensors'), '--count', '4', '--ddim-steps', '3', '--out', join(dir, 'grid.png'));
   t.match(s, /wrote 4 samples \(DDIM 3 steps\)/);
   const png = decode(await readFile(join(dir, 'grid.png')));

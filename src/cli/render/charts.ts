@@ -1,6 +1,6 @@
 // Charts of the command line as SVG (text stays text, scales, diffs in review) and as PNG rendered
-// from that SVG by resvg: a horizontal bar chart of accuracies, and a labelled heatmap of a matrix
-// (CKA, sweep grids, confusion matrices).
+// from that SVG by resvg: a horizontal bar chart of accuracies, a labelled heatmap of a matrix
+// (CKA, sweep grids, confusion matrices), and a line chart of a training loss on a log axis.
 const FONT = 'DejaVu Sans, Liberation Sans, Arial, sans-serif';
 
 const escapeXml = (s: string) => s.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
@@ -72,6 +72,59 @@ export function heatmapSvg(m: number[][], rowLabels: string[], colLabels: string
       body.push(text(x + cell / 2, y + cell / 2 + 4, v.toFixed(2), `font-size="${size - 1}" text-anchor="middle" fill="${v > 0.6 ? '#000000' : '#ffffff'}"`));
     });
   });
+  return svg(width, height, body);
+}
+
+/** Ticks 1, 2, 5 × 10^k within [lo, hi] (lo > 0). */
+function logTicks(lo: number, hi: number): number[] {
+  const ticks: number[] = [];
+  for (let k = Math.floor(Math.log10(lo)); k <= Math.ceil(Math.log10(hi)); k++) {
+    for (const m of [1, 2, 5]) {
+      const v = m * 10 ** k;
+      if (v >= lo * (1 - 1e-9) && v <= hi * (1 + 1e-9)) ticks.push(v);
+    }
+  }
+  return ticks;
+}
+
+export const LINE_COLOUR = '#c0504d';
+
+/**
+ * `points` ([x, y], y > 0, in order of x) as one polyline, x linear and y on a log axis (a loss
+ * falls over decades), with the axes labelled. The plot area is x ∈ [left, left + plotW],
+ * y ∈ [top, top + plotH]; the polyline's points carry the class "loss".
+ */
+export function lineChartSvg(title: string, points: [number, number][], xLabel: string, yLabel: string, width = 760, height = 360): string {
+  if (points.length < 2) throw new RangeError(`line chart "${title}": needs at least 2 points, got ${points.length}`);
+  const bad = points.find(([x, y]) => !Number.isFinite(x) || !Number.isFinite(y) || y <= 0);
+  if (bad) throw new RangeError(`line chart "${title}": point [${bad}] is not finite with y > 0 (a log axis)`);
+  const size = 12;
+  const left = 64;
+  const top = 36;
+  const plotW = width - left - 16;
+  const plotH = height - top - 48;
+  const x0 = points[0][0];
+  const x1 = points[points.length - 1][0];
+  const ys = points.map((p) => p[1]);
+  const lo = Math.min(...ys);
+  const hi = Math.max(...ys);
+  const [logLo, logHi] = lo === hi ? [Math.log10(lo) - 0.5, Math.log10(hi) + 0.5] : [Math.log10(lo), Math.log10(hi)];
+  const px = (x: number) => left + (x1 === x0 ? plotW / 2 : ((x - x0) / (x1 - x0)) * plotW);
+  const py = (y: number) => top + ((logHi - Math.log10(y)) / (logHi - logLo)) * plotH;
+  const body = [text(8, 22, title, `font-size="${size + 2}" font-weight="bold"`)];
+  for (const v of logTicks(10 ** logLo, 10 ** logHi)) {
+    const y = py(v).toFixed(1);
+    body.push(`<line x1="${left}" y1="${y}" x2="${left + plotW}" y2="${y}" stroke="#e0e0e0"/>`);
+    body.push(text(left - 6, Number(y) + 4, String(Number(v.toPrecision(3))), `font-size="${size}" text-anchor="end"`));
+  }
+  for (let i = 0; i <= 4; i++) {
+    const x = x0 + ((x1 - x0) * i) / 4;
+    body.push(text(px(x), top + plotH + 18, String(Math.round(x)), `font-size="${size}" text-anchor="middle"`));
+  }
+  body.push(`<rect x="${left}" y="${top}" width="${plotW}" height="${plotH}" fill="none" stroke="#969696"/>`);
+  body.push(`<polyline class="loss" fill="none" stroke="${LINE_COLOUR}" stroke-width="1.5" points="${points.map(([x, y]) => `${px(x).toFixed(1)},${py(y).toFixed(1)}`).join(' ')}"/>`);
+  body.push(text(left + plotW / 2, height - 8, xLabel, `font-size="${size}" text-anchor="middle"`));
+  body.push(text(14, top + plotH / 2, yLabel, `font-size="${size}" text-anchor="middle" transform="rotate(-90 14 ${top + plotH / 2})"`));
   return svg(width, height, body);
 }
 
