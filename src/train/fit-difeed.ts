@@ -13,7 +13,8 @@ import { seededShuffle } from './data/fashion-mnist.ts';
 import { type ImageSource, noiseSeed } from './extract.ts';
 import { assertFinite } from './finite.ts';
 import { countTopK } from './eval/classification.ts';
-import type { FitResult } from './fit.ts';
+import type { FeatureArrays, FitResult } from './fit.ts';
+import { featureKey } from './feature-key.ts';
 import { Adam, OptimizerGroups, StepLR } from './optimizer.ts';
 import { StepLosses } from './step-losses.ts';
 import { trainStepKeepingLoss } from './train-step.ts';
@@ -23,6 +24,12 @@ export interface DifFeedFitOptions extends DifFeedOptions {
   batchSize?: number;
   /** Batch of the test-set evaluation (no backward, so it may be larger; default batchSize). */
   evalBatchSize?: number;
+  /**
+   * Pass 1 of the evaluation, cached: the test images' features at t of the feedback blocks, from
+   * an extraction with the same seed (so the same noise) over the same image source; evaluation
+   * then runs pass 2 only. The first batch is checked against a live pass 1.
+   */
+  testFirstPass?: FeatureArrays;
   feedbackLr?: number;
   headLr?: number;
   stepSize?: number;
@@ -54,8 +61,6 @@ export async function fitDifFeed(e: Engine, unet: UNet, train: ImageSource, test
   const epochs = o.epochs ?? 28;
   const batchSize = o.batchSize ?? 16;
   const seed = o.seed ?? 0;
-  const S = unet.plan.flags.image_size;
-  const schedule = linearSchedule(1000);
   const difeed = DifFeed.create(e, unet, o, seed);
   const feedbackParams = new Map([...difeed.trainableParameters()].filter(([k]) => k.startsWith('feedback.')));
   const headParams = new Map([...difeed.trainableParameters()].filter(([k]) => k.startsWith('head.')));
@@ -75,13 +80,6 @@ export async function fitDifFeed(e: Engine, unet: UNet, train: ImageSource, test
   checkEpochs(progress, epochs, o.checkpoint!);
   const startEpoch = progress ? progress.epoch + 1 : 0;
   const losses: number[] = progress ? JSON.parse(String(progress.losses ?? '[]')) : [];
-  const noisy = async (src: ImageSource, idx: number[], noiseEpoch: number, flips?: boolean[]) => {
-    let x = await src.images(idx);
-    if (flips) x = flipRows(x, idx.length, S, flips);
-    const noise = new Float32Array(idx.length * 3 * S * S);
-    idx.forEach((img, i) => noise.set(gaussianNoise(3 * S * S, noiseSeed(seed + noiseEpoch, img, difeed.t)), i * 3 * S * S));
-    return e.tidy(() => qSample(e, schedule, e.tensor(x, [idx.length, 3, S, S]), idx.map(() => difeed.t), e.tensor(noise, [idx.length, 3, S, S])));
-  };
   const batches = Math.ceil(train.count / batchSize);
   for (let epoch = startEpoch; epoch < epochs; epoch++) {
     const te = performance.now();
@@ -91,7 +89,7 @@ export async function fitDifFeed(e: Engine, unet: UNet, train: ImageSource, test
     for (let b = 0; b < batches; b++) {
       const idx = order.slice(b * batchSize, (b + 1) * batchSize);
       const flips = o.flip === false ? undefined : seededShuffle(idx.map((_, i) => i % 2 === 0), seed * 7919 + epoch * 131 + b);
-      const xt = await noisy(train, idx, epoch + 1, flips);
+      const xt = await noisyImages(e, difeed, train, idx, seed + epoch + 1, flips);
       const labels = idx.map((i) => train.labels[i]);
       const loss = await trainStepKeepingLoss(e, optimizer, () => crossEntropy(difeed.forward(xt, true), labels));
       xt.dispose();
@@ -103,20 +101,82 @@ export async function fitDifFeed(e: Engine, unet: UNet, train: ImageSource, test
     if (o.checkpoint) await saveTrainingState(o.checkpoint, saved, optimizer, { epoch, steps: optimizer.steps, losses: JSON.stringify(losses) }, settings);
     o.onEpoch?.({ epoch, epochs, loss: losses[losses.length - 1], lr: headAdam.lr, seconds: (performance.now() - te) / 1000 });
   }
-  let top1 = 0;
-  let top5 = 0;
-  const evalBatch = o.evalBatchSize ?? batchSize;
-  for (let s = 0; s < test.count; s += evalBatch) {
-    const idx = Array.from({ length: Math.min(evalBatch, test.count - s) }, (_, i) => s + i);
-    const xt = await noisy(test, idx, 0);
-    const logits = await e.noGrad(() => difeed.forward(xt, false)).read();
-    assertFinite(logits, `evaluation: the logits of test images ${s}..${s + idx.length - 1}`);
-    xt.dispose();
-    const c = countTopK(logits, idx.map((i) => test.labels[i]));
-    top1 += c.top1;
-    top5 += c.top5;
-  }
+  const logits = await difeedLogits(e, difeed, test, { seed, batchSize: o.evalBatchSize ?? batchSize, firstPass: o.testFirstPass });
+  const { top1, top5 } = countTopK(logits, Array.from({ length: test.count }, (_, i) => test.labels[i]));
   let params = 0;
   for (const p of difeed.trainableParameters().values()) params += p.size;
   return { head: 'difeed', epochs, optimizer: 'adam', lr: headLr, batchSize, params, losses, top1: top1 / test.count, top5: top5 / test.count, seconds: (performance.now() - t0) / 1000 };
+}
+
+/** x_t of images `idx` of `src` (flipped where `flips` says) at DifFeed's t, with per-image noise of `noiseBase`. */
+async function noisyImages(e: Engine, difeed: DifFeed, src: ImageSource, idx: number[], noiseBase: number, flips?: boolean[]): Promise<Tensor> {
+  const S = difeed.unet.plan.flags.image_size;
+  let x = await src.images(idx);
+  if (flips) x = flipRows(x, idx.length, S, flips);
+  const noise = new Float32Array(idx.length * 3 * S * S);
+  idx.forEach((img, i) => noise.set(gaussianNoise(3 * S * S, noiseSeed(noiseBase, img, difeed.t)), i * 3 * S * S));
+  return e.tidy(() => qSample(e, linearSchedule(1000), e.tensor(x, [idx.length, 3, S, S]), idx.map(() => difeed.t), e.tensor(noise, [idx.length, 3, S, S])));
+}
+
+/**
+ * Evaluation-mode logits [count, classes] of every image of `test`, noised with the seed's
+ * evaluation noise (the noise of a feature extraction with the same seed), in batches of
+ * `batchSize`; pass 1 from `firstPass` when given (see DifFeedFitOptions.testFirstPass).
+ */
+export async function difeedLogits(e: Engine, difeed: DifFeed, test: ImageSource, o: { seed: number; batchSize: number; firstPass?: FeatureArrays }): Promise<Float32Array> {
+  const parts: Float32Array[] = [];
+  for (let s = 0; s < test.count; s += o.batchSize) {
+    const idx = Array.from({ length: Math.min(o.batchSize, test.count - s) }, (_, i) => s + i);
+    const xt = await noisyImages(e, difeed, test, idx, o.seed, undefined);
+    const cached = o.firstPass && cachedFirstPass(e, difeed, o.firstPass, test.count, idx);
+    if (cached && s === 0) await checkCachedFirstPass(e, difeed, xt, cached);
+    const logits = await e.noGrad(() => (cached ? difeed.forwardGivenFirstPass(xt, cached, false) : difeed.forward(xt, false))).read();
+    cached?.forEach((v) => v.dispose());
+    xt.dispose();
+    assertFinite(logits, `evaluation: the logits of test images ${s}..${s + idx.length - 1}`);
+    parts.push(logits);
+  }
+  const out = new Float32Array(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
+}
+
+/** The cached pass-1 features of test images `idx` as tensors, block → [n, C, H, W]. */
+function cachedFirstPass(e: Engine, difeed: DifFeed, cache: FeatureArrays, count: number, idx: number[]): Map<number, Tensor> {
+  if (cache.count !== count) throw new Error(`DifFeed: the cached first pass holds ${cache.count} images, the test set ${count}; extract the same test images`);
+  const out = new Map<number, Tensor>();
+  for (const b of difeed.feedbackBlocks) {
+    const key = featureKey(difeed.t, b);
+    const f = cache.features.get(key);
+    if (!f) throw new Error(`DifFeed: the cached first pass has no ${key}; extract t=${difeed.t} and the feedback blocks {${difeed.feedbackBlocks}}`);
+    const per = f.shape.reduce((p, d) => p * d, 1);
+    out.set(b, e.tensor(f.data.slice(idx[0] * per, (idx[idx.length - 1] + 1) * per), [idx.length, ...f.shape]));
+  }
+  return out;
+}
+
+/**
+ * A cached pass 1 stands in for the live one only if it is the same: same images, same noise
+ * (the extraction's seed), same weights. Compares one batch and throws when they differ beyond rounding.
+ */
+async function checkCachedFirstPass(e: Engine, difeed: DifFeed, xt: Tensor, cached: Map<number, Tensor>): Promise<void> {
+  const live = e.noGrad(() => difeed.firstPass(xt));
+  const blocks = difeed.feedbackBlocks;
+  const [a, b] = [await e.readTensors(blocks.map((k) => live.get(k)!)), await e.readTensors(blocks.map((k) => cached.get(k)!))];
+  live.forEach((v) => v.dispose());
+  blocks.forEach((blk, i) => {
+    let scale = 0;
+    let diff = 0;
+    for (let j = 0; j < a[i].length; j++) {
+      scale = Math.max(scale, Math.abs(a[i][j]));
+      diff = Math.max(diff, Math.abs(a[i][j] - b[i][j]));
+    }
+    if (!(diff <= 1e-3 * scale + 1e-5)) {
+      throw new Error(`DifFeed: the cached first pass differs from the live one at block ${blk} (max |difference| ${diff.toPrecision(3)}, features up to ${scale.toPrecision(3)}): it was extracted with other noise (seed), images or weights; re-extract or leave it out`);
+    }
+  });
 }

@@ -29,6 +29,8 @@ export interface MiniatureOptions {
   /** All 60,000 training and 10,000 test images. */
   full: boolean;
   epochs: number;
+  /** Epochs of each probe of the validation sweeps (they rank settings; the chosen probe then trains for `epochs`). */
+  sweepEpochs: number;
   stepSize: number;
   batchSize: number;
   difeedEpochs: number;
@@ -124,12 +126,13 @@ export async function runMiniature(e: Engine, unet: UNet, o: MiniatureOptions, l
     const bar = o.progress(label, 'probes');
     const total = grid.timesteps.length * grid.blocks.length * grid.pools.length * 2;
     let done = 0;
+    const ts = performance.now();
     const rows = await sweepLinearProbes(e, subsetArrays(set, fitRows), subsetArrays(set, valRows), {
-      ...grid, standardize: [false, true], classes: 10, epochs, batchSize: o.batchSize, lr: 1e-3, stepSize: o.stepSize, seed, onRow: () => bar(++done, total),
+      ...grid, standardize: [false, true], classes: 10, epochs: o.sweepEpochs, batchSize: o.batchSize, lr: 1e-3, stepSize: o.stepSize, seed, onRow: () => bar(++done, total),
     });
     const points: SweepPoint[] = rows.map(({ top1, top5: _, ...p }) => ({ ...p, val: top1 }));
     const ordered = [...points].sort((x, y) => x.t - y.t || x.b - y.b || x.pool - y.pool || Number(x.standardize) - Number(y.standardize));
-    return { points: ordered, best: ordered.reduce((x, y) => (y.val > x.val ? y : x)) };
+    return { points: ordered, best: ordered.reduce((x, y) => (y.val > x.val ? y : x)), seconds: (performance.now() - ts) / 1000 };
   };
   const describe = (p: SweepPoint) => `pool ${p.pool}×${p.pool}, ${p.standardize ? 'standardised' : 'raw scale'}`;
 
@@ -145,12 +148,13 @@ export async function runMiniature(e: Engine, unet: UNet, o: MiniatureOptions, l
   const trainFeatures = await extract('train', train, trainIdx, SWEEP_TIMESTEPS, allBlocks);
   let extractSeconds = (performance.now() - tx) / 1000;
   log(`extraction (training subset): ${SWEEP_TIMESTEPS.length} timesteps × all ${allBlocks.length} blocks for ${trainIdx.length} images in ${fmtTime(extractSeconds)} (${((1000 * extractSeconds) / (trainIdx.length * SWEEP_TIMESTEPS.length)).toFixed(0)} ms per image and timestep)`);
+  log(`sweeps: each probe ${o.sweepEpochs} epochs on ${fitRows.length} images, scored on the ${valRows.length} validation images; the chosen one retrained as below`);
   log(`heads: Adam, cross-entropy, ${epochs} epochs, StepLR(${schedule.stepSize}, 0.1), batch ${schedule.batchSize}; lr 1e-3 linear and feedback, ${headLr} attention heads (d = ${attention.dim}, ${attention.layers} layer(s), 4 heads, tokens pooled to ≤ ${attention.prePoolSize}×${attention.prePoolSize})`);
 
   // Raw pixels get the same choices (pool, standardisation) and their full resolution besides.
   const pixelsTrain = rawPixels(train, trainIdx, S);
   const pixelSweep = await sweepOn(pixelsTrain, { timesteps: [0], blocks: [PIXEL_BLOCK], pools: [...SWEEP_POOLS, S] }, 'pixel sweep');
-  log(`  pixel sweep (validation top-1): ${pixelSweep.points.map((p) => `${describe(p)} ${(100 * p.val).toFixed(1)}%`).join(', ')} → ${describe(pixelSweep.best)}`);
+  log(`  pixel sweep (validation top-1): ${pixelSweep.points.map((p) => `${describe(p)} ${(100 * p.val).toFixed(1)}%`).join(', ')} → ${describe(pixelSweep.best)} (${fmtTime(pixelSweep.seconds)})`);
   const raw = await linearProbe(pixelsTrain, rawPixels(test, testIdx, S), pixelSweep.best);
   record('raw-pixel linear probe', `${S}×${S} pixels, ${describe(pixelSweep.best)}`, raw, `chosen on validation from pool ∈ {${[...SWEEP_POOLS, S]}} × standardisation off/on`);
 
@@ -158,12 +162,13 @@ export async function runMiniature(e: Engine, unet: UNet, o: MiniatureOptions, l
   const sweep = await sweepOn(trainFeatures, { timesteps: SWEEP_TIMESTEPS, blocks: allBlocks, pools: SWEEP_POOLS }, 'GD sweep');
   const best = sweep.best;
   const top = [...sweep.points].sort((x, y) => y.val - x.val).slice(0, 5);
-  log(`  GD sweep: ${sweep.points.length} probes; best on validation: ${top.map((p) => `b${p.b} t${p.t} ${describe(p)} ${(100 * p.val).toFixed(1)}%`).join('; ')}`);
+  log(`  GD sweep: ${sweep.points.length} probes in ${fmtTime(sweep.seconds)}; best on validation: ${top.map((p) => `b${p.b} t${p.t} ${describe(p)} ${(100 * p.val).toFixed(1)}%`).join('; ')}`);
 
   // Test features: the heads' blocks and timesteps, and the chosen (b, t).
   const tt = performance.now();
   const testTimesteps = [...new Set([...HEAD_TIMESTEPS, best.t])].sort((a, b) => a - b);
-  const testBlocks = [...new Set([...headBlocks, best.b])].sort((a, b) => a - b);
+  // DifFeed's evaluation reads its first pass (the feedback blocks at t 150, same noise) from here.
+  const testBlocks = [...new Set([...headBlocks, ...roles.bottleneck, best.b])].sort((a, b) => a - b);
   const testFeatures = await extract('test', test, testIdx, testTimesteps, testBlocks);
   const testSeconds = (performance.now() - tt) / 1000;
   extractSeconds += testSeconds;
@@ -181,10 +186,10 @@ export async function runMiniature(e: Engine, unet: UNet, o: MiniatureOptions, l
   const bar = o.progress('DifFeed', 'batches');
   let feedEpoch = 0;
   const feed = await fitDifFeed(e, unet, imageSource(train, trainIdx, S), imageSource(test, testIdx, S), {
-    classes: 10, strategy: 'bottleneck', t: 150, head: attention, headLr, epochs: difeedEpochs, stepSize: o.difeedStepSize, batchSize: 16, evalBatchSize: 100, seed,
+    classes: 10, strategy: 'bottleneck', t: 150, head: attention, headLr, epochs: difeedEpochs, stepSize: o.difeedStepSize, batchSize: 16, evalBatchSize: 100, testFirstPass: testFeatures, seed,
     onEpoch: (i) => (feedEpoch = i.epoch + 1), onBatch: (d, n) => bar(feedEpoch * n + d, difeedEpochs * n),
   });
-  record('DifFeed (bottleneck)', `feedback {${roles.bottleneck}} → b ${roles.feature}, t 150`, feed, `${difeedEpochs} epochs, StepLR(${o.difeedStepSize}), batch 16, flip, feedback lr 1e-3, head lr ${headLr}`);
+  record('DifFeed (bottleneck)', `feedback {${roles.bottleneck}} → b ${roles.feature}, t 150`, feed, `${difeedEpochs} epochs, StepLR(${o.difeedStepSize}), batch 16, flip, evaluation's first pass from the test extraction, feedback lr 1e-3, head lr ${headLr}`);
 
   const byName = Object.fromEntries(rows.map((r) => [r.method, r.top1]));
   const ranking = ['GD linear probe', 'Attention head', 'DifFormer', 'DifFeed (bottleneck)'].sort((a, b) => byName[a] - byName[b]);
@@ -201,7 +206,7 @@ export async function runMiniature(e: Engine, unet: UNet, o: MiniatureOptions, l
     samples: sampleLine,
     data: { train: trainIdx.length, validation: valRows.length, test: testIdx.length, full, seed },
     extraction: { train: { timesteps: SWEEP_TIMESTEPS, blocks: allBlocks }, test: { timesteps: testTimesteps, blocks: testBlocks }, seconds: extractSeconds },
-    schedule: { ...schedule, difeedEpochs, difeedStepSize: o.difeedStepSize, attention, headLr }, sweep: sweep.points, pixelSweep: pixelSweep.points, rows, findings,
+    schedule: { ...schedule, sweepEpochs: o.sweepEpochs, difeedEpochs, difeedStepSize: o.difeedStepSize, attention, headLr }, sweep: sweep.points, pixelSweep: pixelSweep.points, rows, findings,
   };
 }
 

@@ -121,16 +121,35 @@ export class DifFeed {
    * can keep the running statistics from moving.
    */
   forward(xt: Tensor, training: boolean, probe?: FeedbackProbe): Tensor {
+    return this.engine.tidy(() => this.forwardGivenFirstPass(xt, this.firstPass(xt), training, probe));
+  }
+
+  /** Pass 1 alone (no grad): the feedback blocks' features of x_t, block → [N, C, H, W]. */
+  firstPass(xt: Tensor): Map<number, Tensor> {
+    const ts = new Array<number>(xt.shape[0]).fill(this.t);
+    return this.engine.tidy(() => this.engine.noGrad(() => this.unet.forward(xt, ts, { taps: this.feedbackBlocks })).taps);
+  }
+
+  /**
+   * forward with pass 1 given (`first`: the feedback blocks' features of this same x_t, e.g.
+   * cached by a feature extraction with the same noise), so only pass 2 runs.
+   */
+  forwardGivenFirstPass(xt: Tensor, first: Map<number, Tensor>, training: boolean, probe?: FeedbackProbe): Tensor {
     const e = this.engine;
     const N = xt.shape[0];
     const ts = new Array<number>(N).fill(this.t);
     this.checkWholeBatchBindings(N);
+    for (const b of this.feedbackBlocks) {
+      const blk = this.unet.plan.blocks[b - 1];
+      const want = [N, blk.outChannels, blk.size, blk.size];
+      const got = first.get(b)?.shape;
+      if (!got || got.join() !== want.join()) throw new RangeError(`DifFeed: the first pass's feature of block ${b} is ${got ? `[${got}]` : 'missing'}, expected [${want}]`);
+    }
     return e.tidy(() => {
-      const first = e.noGrad(() => this.unet.forward(xt, ts, { taps: this.feedbackBlocks }));
       const feedback = new Map<number, Tensor>();
       this.feedbackBlocks.forEach((b, i) => {
         const target = this.unet.plan.blocks[this.targets[i] - 1];
-        const conv = conv2d(first.taps.get(b)!, this.params.get(`feedback.${i}.0.weight`)!);
+        const conv = conv2d(first.get(b)!, this.params.get(`feedback.${i}.0.weight`)!);
         const bnState = probe?.freezeRunningStats ? { ...this.batchNorm[i], runningMean: e.zeros([conv.shape[1]]), runningVar: e.zeros([conv.shape[1]]) } : this.batchNorm[i];
         let pre = batchNorm2d(conv, this.params.get(`feedback.${i}.1.weight`)!, this.params.get(`feedback.${i}.1.bias`)!, bnState, { training });
         probe?.onPreActivation?.(i, pre);

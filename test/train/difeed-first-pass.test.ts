@@ -1,0 +1,60 @@
+// DifFeed's evaluation with pass 1 read from a feature extraction (same seed, so the same noise)
+// gives the logits of the live two-pass evaluation, and a cache extracted with other noise is
+// refused instead of silently feeding back features of another x_t.
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import tap from 'tap';
+import { DifFeed } from '../../src/model/heads/difeed.ts';
+import { UNet } from '../../src/model/unet.ts';
+import { loadCachedFeatures } from '../../src/train/cached-features.ts';
+import { extractFeatures, type ImageSource } from '../../src/train/extract.ts';
+import { difeedLogits } from '../../src/train/fit-difeed.ts';
+import { maxRelError, randomNd, testEngine } from '../helpers/check.ts';
+
+const t = tap;
+const e = await testEngine();
+const mini = {
+  image_size: 16, num_channels: 32, num_res_blocks: 1, channel_mult: '1,2', attention_resolutions: '2',
+  num_head_channels: 32, learn_sigma: false, use_scale_shift_norm: true, resblock_updown: true,
+};
+const unet = UNet.random(e, mini, 11);
+const count = 10;
+const pixels = randomNd([count, 3, 16, 16], 12).data;
+const source: ImageSource = {
+  count,
+  labels: Array.from({ length: count }, (_, i) => i % 4),
+  images: (idx) => {
+    const out = new Float32Array(idx.length * 768);
+    idx.forEach((i, k) => out.set(pixels.subarray(i * 768, (i + 1) * 768), k * 768));
+    return out;
+  },
+};
+const difeed = DifFeed.create(e, unet, { classes: 4, head: { dim: 16, heads: 2, layers: 1, prePoolSize: 4 } }, 13);
+const dir = await mkdtemp(join(tmpdir(), 'difrep-first-pass-'));
+t.teardown(() => rm(dir, { recursive: true }));
+
+async function extracted(seed: number) {
+  const out = join(dir, `seed${seed}`);
+  await extractFeatures(e, unet, source, { outDir: out, timesteps: [150], blocks: difeed.feedbackBlocks, batchSize: 4, chunkSize: 5, seed, provenance: { test: 'difeed-first-pass' } });
+  return loadCachedFeatures(out, [150], difeed.feedbackBlocks);
+}
+
+t.test('pass 1 from the extraction: the same logits as two live passes', async (t) => {
+  // Batches of 4 over 10 images: the last batch is partial, so the cache's row slicing is exercised.
+  const live = await difeedLogits(e, difeed, source, { seed: 5, batchSize: 4 });
+  const cached = await difeedLogits(e, difeed, source, { seed: 5, batchSize: 4, firstPass: await extracted(5) });
+  t.equal(cached.length, count * 4);
+  t.ok(maxRelError(cached, live) < 1e-4, `max relative error ${maxRelError(cached, live).toExponential(2)}`);
+});
+
+t.test('a cache extracted with another seed (other noise) is refused', async (t) => {
+  await t.rejects(difeedLogits(e, difeed, source, { seed: 5, batchSize: 4, firstPass: await extracted(6) }), /cached first pass differs from the live one at block \d+ .*other noise \(seed\)/);
+});
+
+t.test('a cache of other images or without a feedback block is refused by name', async (t) => {
+  const cache = await extracted(5);
+  await t.rejects(difeedLogits(e, difeed, { ...source, count: 8 }, { seed: 5, batchSize: 4, firstPass: cache }), /holds 10 images, the test set 8/);
+  const missing = { ...cache, features: new Map([...cache.features].filter(([k]) => k !== `t150.b${difeed.feedbackBlocks[0]}`)) };
+  await t.rejects(difeedLogits(e, difeed, source, { seed: 5, batchSize: 4, firstPass: missing }), new RegExp(`no t150\\.b${difeed.feedbackBlocks[0]}; extract t=150`));
+});
