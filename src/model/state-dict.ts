@@ -53,14 +53,21 @@ export async function loadStateDict(e: Engine, expected: Map<string, number[]>, 
 
 /** PyTorch-style initial values from a seeded generator (Linear/Conv: U(−1/√fan_in, 1/√fan_in)). */
 export function initStateDict(e: Engine, specs: Map<string, ParamSpec>, seed: number): Map<string, Tensor> {
-  const rand = mulberry32(seed);
   const out = new Map<string, Tensor>();
+  for (const [k, data] of initialValues(specs, seed)) out.set(k, e.keep(e.tensor(data, specs.get(k)!.shape, k)));
+  return out;
+}
+
+/** The values initStateDict uploads, on the CPU. */
+export function initialValues(specs: Map<string, ParamSpec>, seed: number): Map<string, Float32Array> {
+  const rand = mulberry32(seed);
+  const out = new Map<string, Float32Array>();
   for (const [k, spec] of specs) {
     const n = spec.shape.reduce((p, d) => p * d, 1);
     const data = new Float32Array(n);
     if (spec.init === 'ones') data.fill(1);
     else if (spec.init !== 'zeros') for (let i = 0; i < n; i++) data[i] = (2 * rand() - 1) * spec.init.uniform;
-    out.set(k, e.keep(e.tensor(data, spec.shape, k)));
+    out.set(k, data);
   }
   return out;
 }

@@ -3,7 +3,8 @@
 import type { Engine } from '../engine/engine.ts';
 import { poolCached } from './cached-features.ts';
 import { featureKey } from './feature-key.ts';
-import { type FeatureArrays, fitHead } from './fit.ts';
+import type { FeatureArrays } from './fit.ts';
+import { fitLinearProbeStack } from './fit-probe-stack.ts';
 import { standardizeSplits } from './standardize.ts';
 
 export interface SweepOptions {
@@ -41,20 +42,25 @@ export function probeInputs(train: FeatureArrays, test: FeatureArrays, key: stri
   return standardize ? standardizeSplits(one(train), one(test)) : { train: one(train), test: one(test) };
 }
 
-/** Trains and scores one linear probe per grid point, in the order pool, standardisation, b, t. */
+/**
+ * Trains and scores one linear probe per grid point (rows in the order pool, standardisation, b,
+ * t): the b × t probes of each pool and standardisation train side by side as one stack, each
+ * exactly as fitHead would train it alone.
+ */
 export async function sweepLinearProbes(e: Engine, train: FeatureArrays, test: FeatureArrays, o: SweepOptions): Promise<SweepRow[]> {
   const rows: SweepRow[] = [];
   for (const pool of o.pools) {
     for (const standardize of o.standardize) {
-      for (const b of o.blocks) {
-        for (const t of o.timesteps) {
-          const split = probeInputs(train, test, featureKey(t, b), pool, standardize);
-          const r = await fitHead(e, split.train, split.test, { head: 'linear', classes: o.classes, timesteps: [t], blocks: [b], pool, epochs: o.epochs, batchSize: o.batchSize, lr: o.lr, stepSize: o.stepSize, seed: o.seed });
-          const row = { t, b, pool, standardize, top1: r.top1, top5: r.top5 };
-          rows.push(row);
-          o.onRow?.(row);
-        }
-      }
+      const points = o.blocks.flatMap((b) => o.timesteps.map((t) => ({ t, b })));
+      const inputs = points.map(({ t, b }) => probeInputs(train, test, featureKey(t, b), pool, standardize));
+      const scores = await fitLinearProbeStack(e, inputs.map((i) => i.train), inputs.map((i) => i.test), {
+        classes: o.classes, epochs: o.epochs, batchSize: o.batchSize, lr: o.lr, stepSize: o.stepSize, seed: o.seed, what: `sweep, pool ${pool}, ${standardize ? 'standardised' : 'raw scale'}`,
+      });
+      points.forEach(({ t, b }, i) => {
+        const row = { t, b, pool, standardize, top1: scores[i].top1, top5: scores[i].top5 };
+        rows.push(row);
+        o.onRow?.(row);
+      });
     }
   }
   return rows;

@@ -1,0 +1,67 @@
+// P independent GD linear probes side by side (the grid points of a validation sweep): probe p
+// reads its own flattened feature of D_p values through its own Linear(D_p → classes). The weights
+// are one zero-padded batch [P, classes, D] (D = max D_p) and the inputs [P, N, D], so all P take
+// one batched matmul per step instead of P small ones. A padding column only ever meets zero
+// inputs: its gradient is 0 and (Adam being elementwise) it never moves, so every probe trains
+// exactly as a LinearProbe would alone (same seed, same initial values, same updates).
+import type { Engine } from '../../engine/engine.ts';
+import { add } from '../../engine/ops/elementwise.ts';
+import { matmul } from '../../engine/ops/matmul.ts';
+import type { Tensor } from '../../engine/tensor.ts';
+import { initialValues } from '../state-dict.ts';
+import { LinearProbe } from './linear-probe.ts';
+
+export class LinearProbeStack {
+  /** D: the padded input width. */
+  readonly width: number;
+
+  private constructor(readonly engine: Engine, readonly dims: readonly number[], readonly classes: number, readonly params: Map<string, Tensor>) {
+    this.width = Math.max(...dims);
+  }
+
+  /** Probe p starts where LinearProbe.create({ channels: dims[p], pool: 1 }, seed) does. */
+  static create(e: Engine, dims: readonly number[], classes: number, seed = 0): LinearProbeStack {
+    if (!dims.length || dims.some((d) => !Number.isInteger(d) || d < 1)) throw new RangeError(`LinearProbeStack: input widths [${dims}] must be positive integers, at least one`);
+    const P = dims.length;
+    const D = Math.max(...dims);
+    const weight = new Float32Array(P * classes * D);
+    const bias = new Float32Array(P * classes);
+    dims.forEach((d, p) => {
+      const v = initialValues(LinearProbe.specs({ channels: d, classes, pool: 1 }), seed);
+      const w = v.get('weight')!; // [classes, d]
+      for (let k = 0; k < classes; k++) weight.set(w.subarray(k * d, (k + 1) * d), (p * classes + k) * D);
+      bias.set(v.get('bias')!, p * classes);
+    });
+    const params = new Map([
+      ['weight', e.keep(e.tensor(weight, [P, classes, D], 'weight'))],
+      ['bias', e.keep(e.tensor(bias, [P, 1, classes], 'bias'))],
+    ]);
+    return new LinearProbeStack(e, dims, classes, params);
+  }
+
+  /** Probe p's inputs `rows` of `features[p]` ([count, dims[p]] row-major), zero-padded into [P, rows, D]. */
+  pack(features: readonly Float32Array[], rows: readonly number[]): Tensor {
+    const D = this.width;
+    const P = this.dims.length;
+    const out = new Float32Array(P * rows.length * D);
+    this.dims.forEach((d, p) => {
+      const f = features[p];
+      rows.forEach((r, n) => out.set(f.subarray(r * d, (r + 1) * d), (p * rows.length + n) * D));
+    });
+    return this.engine.tensor(out, [P, rows.length, D], 'probe inputs');
+  }
+
+  /** x [P, N, D] → logits [P, N, classes]. */
+  forward(x: Tensor): Tensor {
+    return this.engine.tidy(() => add(matmul(x, this.params.get('weight')!, { transB: true }), this.params.get('bias')!));
+  }
+
+  /** Probe p's weight [classes, dims[p]] and bias [classes] (the padding dropped), on the CPU. */
+  async probe(p: number): Promise<{ weight: Float32Array; bias: Float32Array }> {
+    const [w, b] = await this.engine.readTensors([this.params.get('weight')!, this.params.get('bias')!]);
+    const d = this.dims[p];
+    const weight = new Float32Array(this.classes * d);
+    for (let k = 0; k < this.classes; k++) weight.set(w.subarray((p * this.classes + k) * this.width, (p * this.classes + k) * this.width + d), k * d);
+    return { weight, bias: b.slice(p * this.classes, (p + 1) * this.classes) };
+  }
+}

@@ -1,0 +1,91 @@
+// Many linear probes trained in lockstep as one LinearProbeStack: fitHead's recipe for a linear
+// head (Adam, StepLR, the same seeded shuffle each epoch, the same initial values), so each probe
+// ends as fitHead would leave it alone, at a fraction of the dispatches.
+import type { Engine } from '../engine/engine.ts';
+import { scale } from '../engine/ops/elementwise.ts';
+import { reshape } from '../engine/ops/layout.ts';
+import { crossEntropy } from '../engine/ops/nn.ts';
+import { LinearProbeStack } from '../model/heads/linear-probe-stack.ts';
+import { seededShuffle } from './data/fashion-mnist.ts';
+import { countTopK } from './eval/classification.ts';
+import type { FeatureArrays } from './fit.ts';
+import { assertFinite } from './finite.ts';
+import { Adam, StepLR } from './optimizer.ts';
+import { StepLosses } from './step-losses.ts';
+import { trainStepKeepingLoss } from './train-step.ts';
+
+export interface ProbeStackOptions {
+  classes: number;
+  epochs: number;
+  batchSize: number;
+  lr: number;
+  stepSize?: number;
+  gamma?: number;
+  seed?: number;
+  /** What the probes are, for error messages (e.g. "sweep, pool 2, standardised"). */
+  what: string;
+}
+
+/** One probe's input: the single feature of a FeatureArrays, flattened per image. */
+function flatOnly(d: FeatureArrays, what: string): { data: Float32Array; dim: number } {
+  if (d.features.size !== 1) throw new Error(`${what}: a linear probe reads exactly one feature, got ${d.features.size}`);
+  const f = [...d.features.values()][0];
+  return { data: f.data, dim: f.shape.reduce((p, v) => p * v, 1) };
+}
+
+/** Trains probe p on trains[p] and scores it on tests[p] (all sharing images and labels): per probe its top-1, top-5 and test logits [count, classes]. */
+export async function fitLinearProbeStack(e: Engine, trains: FeatureArrays[], tests: FeatureArrays[], o: ProbeStackOptions): Promise<{ top1: number; top5: number; logits: Float32Array }[]> {
+  const P = trains.length;
+  if (!P || tests.length !== P) throw new Error(`${o.what}: ${P} training and ${tests.length} test feature sets; give one of each per probe`);
+  const [train0, test0] = [trains[0], tests[0]];
+  for (const [name, sets, ref] of [['training', trains, train0], ['test', tests, test0]] as const) {
+    for (const s of sets) if (s.count !== ref.count || Array.from({ length: s.count }, (_, i) => s.labels[i] !== ref.labels[i]).some(Boolean)) throw new Error(`${o.what}: every probe's ${name} features must cover the same images (and labels)`);
+  }
+  const train = trains.map((d) => flatOnly(d, o.what));
+  const test = tests.map((d) => flatOnly(d, o.what));
+  const dims = train.map((f) => f.dim);
+  test.forEach((f, p) => {
+    if (f.dim !== dims[p]) throw new Error(`${o.what}: probe ${p} has ${dims[p]} training but ${f.dim} test values per image`);
+  });
+  const stack = LinearProbeStack.create(e, dims, o.classes, o.seed ?? 0);
+  try {
+    const adam = new Adam(e, stack.params, { lr: o.lr });
+    const schedule = new StepLR(adam, o.lr, o.stepSize ?? 7, o.gamma ?? 0.1);
+    const batches = Math.ceil(train0.count / o.batchSize);
+    const trainData = train.map((f) => f.data);
+    for (let epoch = 0; epoch < o.epochs; epoch++) {
+      schedule.setEpoch(epoch);
+      const order = seededShuffle(Array.from({ length: train0.count }, (_, i) => i), (o.seed ?? 0) * 1000 + epoch);
+      const steps = new StepLosses(e);
+      for (let b = 0; b < batches; b++) {
+        const idx = order.slice(b * o.batchSize, (b + 1) * o.batchSize);
+        const labels = idx.map((i) => train0.labels[i]);
+        const x = stack.pack(trainData, idx);
+        // Σ_p of each probe's mean cross-entropy: probe p's gradient is exactly its own.
+        const loss = await trainStepKeepingLoss(e, adam, () => scale(crossEntropy(reshape(stack.forward(x), [P * idx.length, o.classes]), Array.from({ length: P }, () => labels).flat()), P));
+        x.dispose();
+        await steps.add(loss, labels, `${o.what}: epoch ${epoch + 1}, batch ${b + 1}`);
+      }
+      await steps.read();
+    }
+    // Evaluation: probe p's logits [n, classes] are the p-th slab of each batch's [P, n, classes].
+    const logits = Array.from({ length: P }, () => new Float32Array(test0.count * o.classes));
+    const testData = test.map((f) => f.data);
+    for (let s = 0; s < test0.count; s += o.batchSize) {
+      const idx = Array.from({ length: Math.min(o.batchSize, test0.count - s) }, (_, i) => s + i);
+      const x = stack.pack(testData, idx);
+      const out = await e.noGrad(() => e.tidy(() => stack.forward(x))).read();
+      x.dispose();
+      assertFinite(out, `${o.what}: the logits of images ${s}..${s + idx.length - 1}`);
+      const per = idx.length * o.classes;
+      for (let p = 0; p < P; p++) logits[p].set(out.subarray(p * per, (p + 1) * per), s * o.classes);
+    }
+    const labels = Array.from({ length: test0.count }, (_, i) => test0.labels[i]);
+    return logits.map((l) => {
+      const c = countTopK(l, labels);
+      return { top1: c.top1 / test0.count, top5: c.top5 / test0.count, logits: l };
+    });
+  } finally {
+    for (const t of stack.params.values()) t.dispose();
+  }
+}

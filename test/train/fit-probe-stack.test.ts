@@ -1,0 +1,53 @@
+// Linear probes trained side by side in a LinearProbeStack end where fitHead leaves each one
+// trained alone: the same test logits (to rounding) and so the same top-1/top-5, for probes of
+// different input widths (the padding must not leak into the narrower ones).
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import tap from 'tap';
+import { featureKey } from '../../src/train/feature-key.ts';
+import { type FeatureArrays, fitHead, trainedHeadLogits } from '../../src/train/fit.ts';
+import { fitLinearProbeStack } from '../../src/train/fit-probe-stack.ts';
+import { maxRelError, randomNd, testEngine } from '../helpers/check.ts';
+
+const t = tap;
+const e = await testEngine();
+const classes = 4;
+const dir = await mkdtemp(join(tmpdir(), 'difrep-probe-stack-'));
+t.teardown(() => rm(dir, { recursive: true }));
+
+// Features [count, C, s, s] for (t, b) = (10, b); labels shift some features so there is something to learn.
+function split(count: number, seed: number): { labels: number[]; sets: FeatureArrays[] } {
+  const labels = Array.from({ length: count }, (_, i) => (i * 7 + seed) % classes);
+  const shapes = [[3, 2, 2], [5, 1, 1], [2, 4, 4]];
+  const sets = shapes.map((shape, k) => {
+    const per = shape[0] * shape[1] * shape[2];
+    const data = Float32Array.from(randomNd([count, per], seed * 10 + k).data);
+    for (let i = 0; i < count; i++) data[i * per + (labels[i] % per)] += 1.5;
+    return { features: new Map([[featureKey(10, k + 1), { data, shape }]]), labels, count };
+  });
+  return { labels, sets };
+}
+
+t.test('three probes in one stack match three fitHead runs', async (t) => {
+  const train = split(40, 1);
+  const test = split(24, 2);
+  const recipe = { epochs: 3, batchSize: 8, lr: 1e-2, stepSize: 2, seed: 3 };
+  const stacked = await fitLinearProbeStack(e, train.sets, test.sets, { classes, ...recipe, what: 'test stack' });
+  t.equal(stacked.length, 3);
+  for (let k = 0; k < 3; k++) {
+    const state = join(dir, `probe${k}.safetensors`);
+    const alone = await fitHead(e, train.sets[k], test.sets[k], { head: 'linear', classes, timesteps: [10], blocks: [k + 1], pool: train.sets[k].features.get(featureKey(10, k + 1))!.shape[1], ...recipe, checkpoint: state });
+    const { logits } = await trainedHeadLogits(e, state, test.sets[k]);
+    const err = maxRelError(stacked[k].logits, logits);
+    t.ok(err < 1e-4, `probe ${k}: logits agree, max relative error ${err.toExponential(2)}`);
+    t.equal(stacked[k].top1, alone.top1, `probe ${k}: top-1 ${alone.top1}`);
+    t.equal(stacked[k].top5, alone.top5, `probe ${k}: top-5`);
+  }
+});
+
+t.test('probes over different images are refused', async (t) => {
+  const a = split(40, 1);
+  const b = split(32, 1);
+  await t.rejects(fitLinearProbeStack(e, [a.sets[0], b.sets[1]], [a.sets[0], b.sets[1]], { classes, epochs: 1, batchSize: 8, lr: 1e-2, what: 'mixed stack' }), /mixed stack: every probe's training features must cover the same images/);
+});
