@@ -64,8 +64,14 @@ export function chooseGemmTiling(M: number, N: number, lavapipe: boolean, tuned?
     // 32 × 32 outputs over 4,096 tiles, 24 vs 64 ms with the 64 × 64 tile).
     if (M >= 32 && N >= 32 && N < 64) candidates.push({ wgX: 4, wgY: 4, tm: 8, tn: 8, tk: 32 });
     // At most 16 columns over many batch entries, e.g. an attention head's probabilities × values
-    // ([128, 49, 49] × [128, 49, 16]): one 64 × 16 tile each, 5.5 vs 14 ms with the 32 × 32 tile.
+    // ([128, 49, 49] × [128, 49, 16]): one 64 × 16 tile each, 5.5 vs 14 ms with the 32 × 32 tile;
+    // 32 × 16 when there are exactly 32 rows (a sweep's 65 linear probes on a batch of 32, 10
+    // classes, D = 1024: the sweep 39 → 33 s).
+    if (M === 32 && N <= 16) candidates.push({ wgX: 2, wgY: 4, tm: 8, tn: 8, tk: 16 });
     if (M >= 32 && N <= 16) candidates.push({ wgX: 2, wgY: 8, tm: 8, tn: 8, tk: 16 });
+    // At most 16 rows over many columns (those probes' weight gradients, [10 × 32] · [32 × 1024]):
+    // 16 × 64 tiles, not chooseTiling's 32 × 32 (the sweep 50 → 39 s).
+    if (M <= 16 && N >= 64) candidates.push({ wgX: 8, wgY: 2, tm: 8, tn: 8, tk: 16 });
     const fits = candidates.find((t) => tilingWorkgroupBytes(t) <= maxWorkgroupBytes);
     if (fits) return fits;
   }

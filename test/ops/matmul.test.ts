@@ -60,6 +60,18 @@ t.test('matmul backward with 13 columns over 70 rows (the 64 × 16 tile on lavap
   t.ok(worst < 1e-3, `${worst.toExponential(2)}`);
 });
 
+t.test('lavapipe\'s narrow tiles (32 rows × ≤ 16 columns; ≤ 16 rows × many columns, as in a probe stack) match finite differences', async (t) => {
+  t.same(chooseGemmTiling(32, 10, true), { wgX: 2, wgY: 4, tm: 8, tn: 8, tk: 16 }, '32 × 16 tile for 32 rows');
+  t.same(chooseGemmTiling(10, 100, true), { wgX: 8, wgY: 2, tm: 8, tn: 8, tk: 16 }, '16 × 64 tile for 10 rows');
+  // [2, 32, 70] × [2, 10, 70]ᵀ: the forward (32 × 10) takes the 32-row tile, B's gradient dCᵀ·A (10 × 70) the 16-row one.
+  const { worst } = await gradCheck(e, (a, b) => ops.matmul(a, b, { transB: true }), (a: Nd, b: Nd) => matmulRef(a, b, false, true), [randomNd([2, 32, 70], 9), randomNd([2, 10, 70], 10)]);
+  t.ok(worst < 1e-3, `${worst.toExponential(2)}`);
+  const a = randomNd([2, 10, 9], 11);
+  const b = randomNd([2, 9, 100], 12);
+  const err = maxRelError(await ops.matmul(upload(e, a), upload(e, b)).read(), matmulRef(a, b).data);
+  t.ok(err < 1e-5, `10 × 100 output: ${err.toExponential(2)}`);
+});
+
 t.test('matmul with bias: forward and the bias gradient', async (t) => {
   const a = randomNd([6, 5], 1);
   const w = randomNd([5, 4], 2);

@@ -14,6 +14,7 @@ import { LinearProbe } from './linear-probe.ts';
 export class LinearProbeStack {
   /** D: the padded input width. */
   readonly width: number;
+  private staging = new Map<number, Float32Array>();
 
   private constructor(readonly engine: Engine, readonly dims: readonly number[], readonly classes: number, readonly params: Map<string, Tensor>) {
     this.width = Math.max(...dims);
@@ -43,10 +44,12 @@ export class LinearProbeStack {
   pack(features: readonly Float32Array[], rows: readonly number[]): Tensor {
     const D = this.width;
     const P = this.dims.length;
-    const out = new Float32Array(P * rows.length * D);
+    // One staging array per batch size, reused (the upload copies it): its padding stays zero.
+    let out = this.staging.get(rows.length);
+    if (!out) this.staging.set(rows.length, (out = new Float32Array(P * rows.length * D)));
     this.dims.forEach((d, p) => {
       const f = features[p];
-      rows.forEach((r, n) => out.set(f.subarray(r * d, (r + 1) * d), (p * rows.length + n) * D));
+      rows.forEach((r, n) => out!.set(f.subarray(r * d, (r + 1) * d), (p * rows.length + n) * D));
     });
     return this.engine.tensor(out, [P, rows.length, D], 'probe inputs');
   }
