@@ -4,13 +4,14 @@
 import { execFileSync } from 'node:child_process';
 import { cpus, loadavg } from 'node:os';
 import { fileURLToPath } from 'node:url';
-import { createEngine, type Engine } from '../src/engine/engine.ts';
+import type { Engine } from '../src/engine/engine.ts';
 import * as ops from '../src/engine/ops/index.ts';
 import { writeFileAtomic } from '../src/model/checkpoint/atomic-write.ts';
 import { measurePeaks, type Peaks } from './calibration.ts';
 import { type BenchCase, CASES } from './cases.ts';
 import { type Measurement, measure } from './measure.ts';
-import { loadTuningCache, tune } from './tune.ts';
+import { tune } from './tune.ts';
+import { adapterName, tunedEngine } from '../src/cli/tuning-cache.ts';
 
 interface Row {
   family: string;
@@ -31,11 +32,6 @@ if (flag('--help')) {
   process.exit(0);
 }
 const mode = flag('--quick') ? 'quick' : flag('--full') ? 'full' : 'default';
-
-function adapterName(e: Engine): string {
-  const i = e.handle.info;
-  return i.description || i.device || `${i.vendor} ${i.architecture}`;
-}
 
 function fmt(ms: number): string {
   return ms >= 1000 ? `${(ms / 1000).toFixed(2)} s` : `${ms.toFixed(ms < 10 ? 2 : 1)} ms`;
@@ -107,7 +103,7 @@ function table(rows: Row[]): string {
 }
 
 async function main() {
-  const engine = await createEngine({ tuning: await loadTuningCache() });
+  const engine = await tunedEngine();
   const adapter = adapterName(engine);
   const started = new Date();
   console.log(`difrep bench (${mode}) on ${adapter}; CPU ${cpus()[0]?.model} ×${cpus().length}; load average ${loadavg().map((l) => l.toFixed(2)).join(' ')}`);
@@ -115,7 +111,7 @@ async function main() {
     const winners = await tune(engine, adapter, (line) => console.log(line));
     console.log(`tuning stored for ${adapter}: ${JSON.stringify(winners)}`);
     engine.dispose();
-    const tuned = await createEngine({ tuning: await loadTuningCache() });
+    const tuned = await tunedEngine();
     return report(tuned, adapter, started);
   }
   return report(engine, adapter, started);

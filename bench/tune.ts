@@ -1,33 +1,13 @@
 // `npm run bench -- --tune`: searches the register-tiling parameters of the matmul and conv2d
 // kernels on this adapter and stores the winners in a JSON cache keyed by adapter
-// (~/.cache/difrep/tuning.json, or $DIFREP_TUNING), which the CLI and bench pass to createEngine.
-import { mkdir, readFile } from 'node:fs/promises';
-import { homedir } from 'node:os';
-import { dirname, join } from 'node:path';
+// (~/.cache/difrep/tuning.json, or $DIFREP_TUNING: src/cli/tuning-cache.ts), which every CLI command
+// and the bench apply to their engines.
 import { DEFAULT_MATMUL_TILING, type MatmulTiling } from '../kernels/matmul.wgsl.ts';
+import { storeTuning } from '../src/cli/tuning-cache.ts';
 import type { Engine } from '../src/engine/engine.ts';
 import * as ops from '../src/engine/ops/index.ts';
 import { gaussianNoise } from '../src/model/diffusion.ts';
-import { writeFileAtomic } from '../src/model/checkpoint/atomic-write.ts';
 import { measure } from './measure.ts';
-
-export const tuningPath = () => process.env.DIFREP_TUNING ?? join(homedir(), '.cache', 'difrep', 'tuning.json');
-
-async function readCache(): Promise<Record<string, Record<string, Record<string, number>>>> {
-  try {
-    return JSON.parse(await readFile(tuningPath(), 'utf8'));
-  } catch {
-    return {};
-  }
-}
-
-/** The stored tuning for the adapter this process would use (empty when none). */
-export async function loadTuningCache(adapter?: string): Promise<Record<string, Record<string, number>>> {
-  const cache = await readCache();
-  if (adapter) return cache[adapter] ?? {};
-  const keys = Object.keys(cache);
-  return keys.length === 1 ? cache[keys[0]] : {};
-}
 
 function candidates(): MatmulTiling[] {
   const out: MatmulTiling[] = [];
@@ -65,9 +45,6 @@ export async function tune(e: Engine, adapter: string, log: (line: string) => vo
     log(`${family}: best ${JSON.stringify(best.tiling)} at ${best.gflops.toFixed(2)} GFLOP/s`);
   }
   for (const t of [a, b, x, w]) t.dispose();
-  const cache = await readCache();
-  cache[adapter] = winners as unknown as Record<string, Record<string, number>>;
-  await mkdir(dirname(tuningPath()), { recursive: true });
-  await writeFileAtomic(tuningPath(), JSON.stringify(cache, null, 2));
+  await storeTuning(adapter, winners as unknown as Record<string, Record<string, number>>);
   return winners;
 }

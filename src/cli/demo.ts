@@ -2,7 +2,7 @@
 // src/train/miniature.ts). Parses, runs, prints the table and writes it as JSON and a bar chart
 // (SVG and PNG).
 import { join } from 'node:path';
-import { createEngine } from '../engine/engine.ts';
+import { tunedEngine } from './tuning-cache.ts';
 import { writeFileAtomic } from '../model/checkpoint/atomic-write.ts';
 import { runMiniature } from '../train/miniature.ts';
 import { type OptionSpecs, parseArgs } from './args.ts';
@@ -38,7 +38,7 @@ export async function demoCommand(argv: string[]): Promise<number> {
   const o = parseArgs('demo', argv, OPTIONS);
   if (!o) return 0;
   const started = performance.now();
-  const e = await createEngine();
+  const e = await tunedEngine();
   const { unet, hash } = await loadModel(e, o.model, o.checkpoint);
   const S = unet.plan.flags.image_size;
   console.log(`difrep demo: U-Net ${o.checkpoint} (${unet.plan.blocks.length} blocks, ${S}×${S}, sha256 ${hash}) on ${e.handle.info.description || e.handle.info.vendor}`);

@@ -2,7 +2,7 @@
 // given as an ImageSource), from cached features.
 import { mkdir } from 'node:fs/promises';
 import { basename, join, resolve } from 'node:path';
-import { createEngine } from '../engine/engine.ts';
+import { tunedEngine } from './tuning-cache.ts';
 import { removeStaleTempFiles, writeFileAtomic } from '../model/checkpoint/atomic-write.ts';
 import { paperBlocks } from '../model/block-roles.ts';
 import { planUNet } from '../model/unet-config.ts';
@@ -114,7 +114,7 @@ async function extractCommand(argv: string[]): Promise<number> {
     await checkExistingCache(o.out, validateExtractOptions(options, source.count));
     // Shards on other machines may be writing into a shared --out: only an unsharded run clears temp files.
     if (!shard) await removeStaleTempFiles(o.out);
-    const e = await createEngine();
+    const e = await tunedEngine();
     const t0 = performance.now();
     const written = pixels ? await extractPixels(e, size, source, options) : await extractFeatures(e, (await loadModel(e, o.model, o.checkpoint)).unet, source, options);
     const secs = (performance.now() - t0) / 1000;
@@ -182,7 +182,7 @@ async function trainCommand(argv: string[]): Promise<number> {
   checkLabels(loaded.train, o.classes, o.train!);
   checkLabels(loaded.test, o.classes, o.test!);
   const { train, test } = o.standardize ? standardizeSplits(loaded.train, loaded.test) : loaded;
-  const e = await createEngine();
+  const e = await tunedEngine();
   await mkdir(o.out, { recursive: true });
   await removeStaleTempFiles(o.out);
   const head = o.head === 'difformer' ? 'attention' : o.head;
@@ -205,7 +205,7 @@ async function trainCommand(argv: string[]): Promise<number> {
 async function trainDifFeed(o: TrainOptions): Promise<number> {
   if (o.t.length !== 1) throw new UsageError(`difrep train: DifFeed runs at one timestep, got --t ${o.t}`);
   if (o.b && o.b.length !== 1) throw new UsageError(`difrep train: DifFeed feeds one pass-2 block to its head, got --b ${o.b}`);
-  const e = await createEngine();
+  const e = await tunedEngine();
   const { unet } = await loadModel(e, o.model, o.checkpoint);
   if (o.b && o.b[0] > unet.numBlocks) throw new UsageError(`difrep train: --b ${o.b[0]}: this U-Net has blocks 1..${unet.numBlocks}`);
   const size = unet.plan.flags.image_size;
@@ -260,7 +260,7 @@ async function knnCommand(argv: string[]): Promise<number> {
   const te = matrix(splits.test);
   const tooMany = o.k.find((k) => k > tr.m.n);
   if (tooMany !== undefined) throw new UsageError(`difrep knn: --k ${tooMany} is more than the ${tr.m.n} training images in ${o.train}`);
-  const e = await createEngine();
+  const e = await tunedEngine();
   const res = await knnClassify(e, tr.m, tr.labels, te.m, te.labels, { ks: o.k, temperature: o.temperature, classes: o.classes });
   for (const r of res) console.log(`kNN k=${r.k}: top-1 ${(100 * r.top1).toFixed(2)}%, top-5 ${(100 * r.top5).toFixed(2)}%`);
   if (o.out) await writeFileAtomic(o.out, JSON.stringify({ features: pixels ? 'pixels' : 'unet', t, b, pool: o.pool, standardize: o.standardize, temperature: o.temperature, results: res }, null, 2));
@@ -289,7 +289,7 @@ async function ckaCommand(argv: string[]): Promise<number> {
     const { data } = cached.features.get(featureKey(t, b))!;
     return { data, n: cached.count, d: data.length / cached.count };
   });
-  const e = await createEngine();
+  const e = await tunedEngine();
   const m = await ckaMatrix(e, sets);
   await writeFileAtomic(o.out, JSON.stringify({ labels, matrix: m, images: cached.count, pool: o.pool }, null, 2));
   if (o.png) await writeChart(o.png, heatmapSvg(m, labels, labels, `linear CKA, ${cached.count} images`));
@@ -323,7 +323,7 @@ async function sweepCommand(argv: string[]): Promise<number> {
   const test = await loadCachedFeatures(o.test, ts, bs);
   checkLabels(train, o.classes, o.train);
   checkLabels(test, o.classes, o.test);
-  const e = await createEngine();
+  const e = await tunedEngine();
   await mkdir(o.out, { recursive: true });
   const standardize = o.standardize === 'both' ? [false, true] : [o.standardize === 'on'];
   const rows = await sweepLinearProbes(e, train, test, {
@@ -367,7 +367,7 @@ async function evalCommand(argv: string[]): Promise<number> {
     if (!data.train) throw new UsageError(`difrep eval: ${o.run} was trained on standardised features but records no training cache`);
     split = standardizeSplits(await loadCachedFeatures(data.train, timesteps, blocks, pool ?? 0), split).test;
   }
-  const e = await createEngine();
+  const e = await tunedEngine();
   const { logits, classes } = await trainedHeadLogits(e, state, split);
   checkLabels(split, classes, o.features);
   const report = classificationReport(logits, split.labels, classes);

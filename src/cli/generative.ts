@@ -2,7 +2,7 @@
 // draw samples from it (DDPM or DDIM) as a PNG grid.
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { createEngine } from '../engine/engine.ts';
+import { tunedEngine } from './tuning-cache.ts';
 import { removeStaleTempFiles, writeFileAtomic } from '../model/checkpoint/atomic-write.ts';
 import { writeSafetensors } from '../model/checkpoint/safetensors.ts';
 import { DIFFUSION_STEPS, MAX_SAMPLE_COUNT, sample } from '../model/sampling.ts';
@@ -32,7 +32,7 @@ const PRETRAIN = {
 async function pretrainCommand(argv: string[]): Promise<number> {
   const o = parseArgs('pretrain', argv, PRETRAIN);
   if (!o) return 0;
-  const e = await createEngine();
+  const e = await tunedEngine();
   // Without --checkpoint the weights start from the seeded initialisation (training from scratch).
   const { unet } = await loadModel(e, o.model, o.checkpoint, true);
   const ds = await loadFashionMnist('train');
@@ -97,7 +97,7 @@ const SAMPLE = {
 async function sampleCommand(argv: string[]): Promise<number> {
   const o = parseArgs('sample', argv, SAMPLE);
   if (!o) return 0;
-  const e = await createEngine();
+  const e = await tunedEngine();
   const { unet } = await loadModel(e, o.model, o.checkpoint);
   const ddim = o['ddim-steps'];
   const x = await sample(e, unet, { count: o.count, seed: o.seed, ddimSteps: ddim, onStep: progressBar('sample', 'steps') });

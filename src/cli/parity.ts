@@ -3,7 +3,7 @@
 import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { basename, join, resolve } from 'node:path';
-import { createEngine } from '../engine/engine.ts';
+import { tunedEngine } from './tuning-cache.ts';
 import { type OptionSpecs, parseArgs, UsageError } from './args.ts';
 import { ensureBuilt, launchChromium, runPage } from './chromium.ts';
 import { packageRoot } from './package-root.ts';
@@ -41,7 +41,7 @@ function parseParityArgs(argv: string[]): ParityArgs | null {
 }
 
 async function inNode(o: ParityArgs): Promise<number> {
-  const engine = await createEngine();
+  const engine = await tunedEngine();
   const ok = await runParity(engine, o.files.map((f) => ({ name: f, source: f })), o, (l) => console.log(l));
   await engine.dispose();
   return ok ? 0 : 1;

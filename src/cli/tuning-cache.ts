@@ -1,0 +1,71 @@
+// The kernel tuning cache that `npm run bench -- --tune` writes (~/.cache/difrep/tuning.json, or
+// $DIFREP_TUNING): per adapter and driver (the adapter's description names the driver version),
+// the register tiles that won on it. Every CLI command's engine applies the entry of its adapter.
+import { mkdir, readFile } from 'node:fs/promises';
+import { homedir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { createEngine, type Engine } from '../engine/engine.ts';
+import { writeFileAtomic } from '../model/checkpoint/atomic-write.ts';
+
+export type TuningCache = Record<string, Record<string, Record<string, number>>>;
+
+// $HOME first: under Deno, os.homedir() needs a permission that reading $HOME does not.
+export const tuningPath = (): string => process.env.DIFREP_TUNING ?? join(process.env.HOME || homedir(), '.cache', 'difrep', 'tuning.json');
+
+/** The key of an engine's adapter in the cache: its description (with the driver version), else device or vendor. */
+export function adapterName(e: Engine): string {
+  const i = e.handle.info;
+  return i.description || i.device || `${i.vendor} ${i.architecture}`;
+}
+
+/** The whole cache ({} when there is no file); a file that is not a cache is an error naming it. */
+export async function readTuningCache(): Promise<TuningCache> {
+  const path = tuningPath();
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return {};
+    throw err;
+  }
+  const fix = `delete it or re-run \`npm run bench -- --tune\``;
+  let cache: unknown;
+  try {
+    cache = JSON.parse(text);
+  } catch (err) {
+    throw new Error(`kernel tuning cache ${path} is not JSON (${(err as Error).message}): ${fix}`);
+  }
+  const isRecord = (v: unknown): v is Record<string, unknown> => !!v && typeof v === 'object' && !Array.isArray(v);
+  if (!isRecord(cache)) throw new Error(`kernel tuning cache ${path}: expected an object of adapter → kernel family → settings: ${fix}`);
+  for (const [adapter, families] of Object.entries(cache)) {
+    if (!isRecord(families)) throw new Error(`kernel tuning cache ${path}: the entry of "${adapter}" is not an object of kernel families: ${fix}`);
+    for (const [family, settings] of Object.entries(families)) {
+      const bad = isRecord(settings) ? Object.entries(settings).find(([, v]) => !(typeof v === 'number' && Number.isInteger(v) && v >= 0)) : ['(the settings)', settings];
+      if (bad) throw new Error(`kernel tuning cache ${path}: "${adapter}" → ${family} → ${bad[0]} is ${JSON.stringify(bad[1])}, not a whole number ≥ 0: ${fix}`);
+    }
+  }
+  return cache as TuningCache;
+}
+
+/** Stores `tuning` as the entry of `adapter`, keeping the other adapters'. */
+export async function storeTuning(adapter: string, tuning: Record<string, Record<string, number>>): Promise<void> {
+  const cache = await readTuningCache();
+  cache[adapter] = tuning;
+  await mkdir(dirname(tuningPath()), { recursive: true });
+  await writeFileAtomic(tuningPath(), JSON.stringify(cache, null, 2) + '\n');
+}
+
+/**
+ * An engine on the default device with the cached tuning of its adapter applied (one line on
+ * stderr says so); without an entry, the adapter's built-in presets.
+ */
+export async function tunedEngine(): Promise<Engine> {
+  const cache = await readTuningCache();
+  const e = await createEngine();
+  const entry = cache[adapterName(e)];
+  if (entry && Object.keys(entry).length) {
+    Object.assign(e.tuning, structuredClone(entry));
+    console.error(`difrep: kernel tiles tuned for this adapter (${Object.keys(entry).join(', ')}) from ${tuningPath()}; delete that entry for the built-in presets`);
+  }
+  return e;
+}

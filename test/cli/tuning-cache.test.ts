@@ -1,0 +1,45 @@
+// The kernel tuning cache (what `npm run bench -- --tune` stores): every CLI command's engine
+// applies its adapter's entry, ignores other adapters', and a broken file is an error naming it.
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import tap from 'tap';
+import { adapterName, readTuningCache, storeTuning, tunedEngine } from '../../src/cli/tuning-cache.ts';
+
+const t = tap;
+const dir = await mkdtemp(join(tmpdir(), 'difrep-tuning-'));
+const path = join(dir, 'tuning.json');
+process.env.DIFREP_TUNING = path;
+t.teardown(async () => {
+  delete process.env.DIFREP_TUNING;
+  await rm(dir, { recursive: true });
+});
+
+t.test('no file: the built-in presets', async (t) => {
+  t.same(await readTuningCache(), {});
+  const e = await tunedEngine();
+  t.same(e.tuning, {});
+  await e.dispose();
+});
+
+t.test("the adapter's stored entry is applied, another adapter's is kept and not applied", async (t) => {
+  const probe = await tunedEngine();
+  const adapter = adapterName(probe);
+  await probe.dispose();
+  await writeFile(path, JSON.stringify({ 'some other GPU: 1.0': { matmul: { wgX: 16, wgY: 16, tm: 4, tn: 4, tk: 8 } } }));
+  await storeTuning(adapter, { matmul: { wgX: 8, wgY: 8, tm: 4, tn: 4, tk: 16 } });
+  const cache = await readTuningCache();
+  t.same(Object.keys(cache).sort(), [adapter, 'some other GPU: 1.0'].sort(), 'storing one adapter keeps the others');
+  const e = await tunedEngine();
+  t.same(e.tuning, { matmul: { wgX: 8, wgY: 8, tm: 4, tn: 4, tk: 16 } });
+  await e.dispose();
+});
+
+t.test('a broken cache is an error that names the file and the fix', async (t) => {
+  await writeFile(path, '{ not json');
+  await t.rejects(readTuningCache(), new RegExp(`tuning cache ${path.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')} is not JSON .*delete it or re-run`));
+  await writeFile(path, JSON.stringify({ gpu: { matmul: { wgX: 'big' } } }));
+  await t.rejects(readTuningCache(), /"gpu" → matmul → wgX is "big", not a whole number ≥ 0/);
+  await writeFile(path, JSON.stringify({ gpu: [1, 2] }));
+  await t.rejects(readTuningCache(), /the entry of "gpu" is not an object of kernel families/);
+});
