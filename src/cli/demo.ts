@@ -4,12 +4,13 @@
 import { join } from 'node:path';
 import { tunedEngine } from './tuning-cache.ts';
 import { writeFileAtomic } from '../model/checkpoint/atomic-write.ts';
-import { runMiniature, type SweepPoint } from '../train/miniature.ts';
+import { runMiniature } from '../train/miniature.ts';
 import { type OptionSpecs, parseArgs } from './args.ts';
 import { loadModel } from './model-options.ts';
 import { packageRoot } from './package-root.ts';
 import { fmtTime, progressBar } from './progress.ts';
-import { barChartSvg, heatmapSvg } from './render/charts.ts';
+import { barChartSvg } from './render/charts.ts';
+import { writeSweepHeatmaps } from './render/sweep-heatmaps.ts';
 import { writeChart } from './render/write-chart.ts';
 
 const root = packageRoot();
@@ -53,26 +54,10 @@ export async function demoCommand(argv: string[]): Promise<number> {
   const result = { checkpoint: o.checkpoint, sha256: hash, adapter: e.handle.info, ...r, seconds: total };
   await writeFileAtomic(join(o.out, 'results.json'), JSON.stringify(result, null, 2) + '\n');
   const chart = await writeChart(join(o.out, 'results.png'), barChartSvg(`Fashion-MNIST top-1, ${r.data.test} test images`, r.rows.map((row) => ({ label: row.method, value: row.top1 }))));
-  const heatmaps = await writeSweepHeatmaps(o.out, r.sweep);
+  const heatmaps = await writeSweepHeatmaps(o.out, r.sweep.map((p) => ({ ...p, value: p.val })), {
+    title: (pool, std) => `GD sweep, validation top-1, pool ${pool}×${pool}${std ? ', standardised' : ''}`, row: (b) => `b${b}`, column: (t) => `t${t}`,
+  });
   console.log(`\nwrote ${join(o.out, 'results.json')}, ${chart.svg}, ${chart.png}, ${join(o.out, 'samples.png')} and the sweep's validation heatmaps ${heatmaps.join(', ')}; total ${fmtTime(total)}`);
   await e.dispose();
   return 0;
-}
-
-/** One heatmap of the GD sweep's validation top-1 (blocks × timesteps) per pool and standardisation; returns the PNG paths. */
-export async function writeSweepHeatmaps(outDir: string, sweep: SweepPoint[]): Promise<string[]> {
-  const uniq = (xs: number[]) => [...new Set(xs)].sort((a, b) => a - b);
-  const blocks = uniq(sweep.map((p) => p.b));
-  const timesteps = uniq(sweep.map((p) => p.t));
-  const written: string[] = [];
-  for (const pool of uniq(sweep.map((p) => p.pool))) {
-    for (const std of [false, true]) {
-      const at = (b: number, t: number) => sweep.find((p) => p.pool === pool && p.standardize === std && p.b === b && p.t === t)?.val;
-      if (at(blocks[0], timesteps[0]) === undefined) continue;
-      const grid = blocks.map((b) => timesteps.map((t) => at(b, t) ?? 0));
-      const title = `GD sweep, validation top-1, pool ${pool}×${pool}${std ? ', standardised' : ''}`;
-      written.push((await writeChart(join(outDir, `sweep-pool${pool}${std ? '-standardized' : ''}.png`), heatmapSvg(grid, blocks.map((b) => `b${b}`), timesteps.map((t) => `t${t}`), title))).png);
-    }
-  }
-  return written;
 }

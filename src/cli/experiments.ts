@@ -24,6 +24,7 @@ import { type OptionSpecs, parseArgs, UsageError } from './args.ts';
 import { checkpointHash, loadModel, MODEL_OPTIONS, resolveFlags } from './model-options.ts';
 import { fmtTime, progressBar } from './progress.ts';
 import { heatmapSvg } from './render/charts.ts';
+import { writeSweepHeatmaps } from './render/sweep-heatmaps.ts';
 import { writeChart } from './render/write-chart.ts';
 
 /** The last diffusion timestep (T = 1000 steps, t ∈ 0..999). */
@@ -330,13 +331,9 @@ async function sweepCommand(argv: string[]): Promise<number> {
     timesteps: ts, blocks: bs, pools: o.pool, standardize, classes: o.classes, epochs: o.epochs, batchSize: o.batch, lr: o.lr,
     onRow: (r) => console.log(`pool ${r.pool}${r.standardize ? ', standardised' : ''}, ${pixels ? 'pixels' : `b ${r.b}, t ${r.t}`}: top-1 ${(100 * r.top1).toFixed(2)}%`),
   });
-  for (const pool of o.pool) {
-    for (const std of standardize) {
-      const grid = bs.map((b) => ts.map((t) => rows.find((r) => r.pool === pool && r.standardize === std && r.b === b && r.t === t)!.top1));
-      const title = `linear probe top-1, pool ${pool}${std ? ', standardised' : ''}`;
-      await writeChart(join(o.out, `sweep-pool${pool}${std ? '-standardized' : ''}.png`), heatmapSvg(grid, bs.map((b) => (pixels ? 'pixels' : `b${b}`)), ts.map((t) => (pixels ? '' : `t${t}`)), title));
-    }
-  }
+  await writeSweepHeatmaps(o.out, rows.map((r) => ({ ...r, value: r.top1 })), {
+    title: (pool, std) => `linear probe top-1, pool ${pool}${std ? ', standardised' : ''}`, row: (b) => (pixels ? 'pixels' : `b${b}`), column: (t) => (pixels ? '' : `t${t}`),
+  });
   await writeFileAtomic(join(o.out, 'sweep.json'), JSON.stringify({ train: o.train, test: o.test, features: pixels ? 'pixels' : 'unet', epochs: o.epochs, lr: o.lr, batch: o.batch, rows }, null, 2));
   const best = rows.reduce((a, r) => (r.top1 > a.top1 ? r : a), rows[0]);
   console.log(`best: b ${best.b}, t ${best.t}, pool ${best.pool}${best.standardize ? ', standardised' : ''}: top-1 ${(100 * best.top1).toFixed(2)}% → ${join(o.out, 'sweep.json')}`);
