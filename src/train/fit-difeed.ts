@@ -108,6 +108,8 @@ export async function fitDifFeed(e: Engine, unet: UNet, train: ImageSource, test
   return { head: 'difeed', epochs, optimizer: 'adam', lr: headLr, batchSize, params, losses, top1: top1 / test.count, top5: top5 / test.count, seconds: (performance.now() - t0) / 1000 };
 }
 
+const SCHEDULE = linearSchedule(1000);
+
 /** x_t of images `idx` of `src` (flipped where `flips` says) at DifFeed's t, with per-image noise of `noiseBase`. */
 async function noisyImages(e: Engine, difeed: DifFeed, src: ImageSource, idx: number[], noiseBase: number, flips?: boolean[]): Promise<Tensor> {
   const S = difeed.unet.plan.flags.image_size;
@@ -115,7 +117,7 @@ async function noisyImages(e: Engine, difeed: DifFeed, src: ImageSource, idx: nu
   if (flips) x = flipRows(x, idx.length, S, flips);
   const noise = new Float32Array(idx.length * 3 * S * S);
   idx.forEach((img, i) => noise.set(gaussianNoise(3 * S * S, noiseSeed(noiseBase, img, difeed.t)), i * 3 * S * S));
-  return e.tidy(() => qSample(e, linearSchedule(1000), e.tensor(x, [idx.length, 3, S, S]), idx.map(() => difeed.t), e.tensor(noise, [idx.length, 3, S, S])));
+  return e.tidy(() => qSample(e, SCHEDULE, e.tensor(x, [idx.length, 3, S, S]), idx.map(() => difeed.t), e.tensor(noise, [idx.length, 3, S, S])));
 }
 
 /**
@@ -124,37 +126,33 @@ async function noisyImages(e: Engine, difeed: DifFeed, src: ImageSource, idx: nu
  * `batchSize`; pass 1 from `firstPass` when given (see DifFeedFitOptions.testFirstPass).
  */
 export async function difeedLogits(e: Engine, difeed: DifFeed, test: ImageSource, o: { seed: number; batchSize: number; firstPass?: FeatureArrays }): Promise<Float32Array> {
-  const parts: Float32Array[] = [];
+  const classes = difeed.options.classes;
+  const out = new Float32Array(test.count * classes);
   for (let s = 0; s < test.count; s += o.batchSize) {
     const idx = Array.from({ length: Math.min(o.batchSize, test.count - s) }, (_, i) => s + i);
     const xt = await noisyImages(e, difeed, test, idx, o.seed, undefined);
-    const cached = o.firstPass && cachedFirstPass(e, difeed, o.firstPass, test.count, idx);
-    if (cached && s === 0) await checkCachedFirstPass(e, difeed, xt, cached);
+    const slices = o.firstPass && cachedFirstPass(difeed, o.firstPass, test.count, idx);
+    if (slices && s === 0) await checkCachedFirstPass(e, difeed, xt, slices);
+    const cached = slices && new Map([...slices].map(([b, v]) => [b, e.tensor(v.data, v.shape)]));
     const logits = await e.noGrad(() => (cached ? difeed.forwardGivenFirstPass(xt, cached, false) : difeed.forward(xt, false))).read();
     cached?.forEach((v) => v.dispose());
     xt.dispose();
     assertFinite(logits, `evaluation: the logits of test images ${s}..${s + idx.length - 1}`);
-    parts.push(logits);
-  }
-  const out = new Float32Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
+    out.set(logits, s * classes);
   }
   return out;
 }
 
-/** The cached pass-1 features of test images `idx` as tensors, block → [n, C, H, W]. */
-function cachedFirstPass(e: Engine, difeed: DifFeed, cache: FeatureArrays, count: number, idx: number[]): Map<number, Tensor> {
+/** The cached pass-1 features of the consecutive test images `idx`, block → values [n, C, H, W]. */
+function cachedFirstPass(difeed: DifFeed, cache: FeatureArrays, count: number, idx: number[]): Map<number, { data: Float32Array; shape: number[] }> {
   if (cache.count !== count) throw new Error(`DifFeed: the cached first pass holds ${cache.count} images, the test set ${count}; extract the same test images`);
-  const out = new Map<number, Tensor>();
+  const out = new Map<number, { data: Float32Array; shape: number[] }>();
   for (const b of difeed.feedbackBlocks) {
     const key = featureKey(difeed.t, b);
     const f = cache.features.get(key);
     if (!f) throw new Error(`DifFeed: the cached first pass has no ${key}; extract t=${difeed.t} and the feedback blocks {${difeed.feedbackBlocks}}`);
     const per = f.shape.reduce((p, d) => p * d, 1);
-    out.set(b, e.tensor(f.data.slice(idx[0] * per, (idx[idx.length - 1] + 1) * per), [idx.length, ...f.shape]));
+    out.set(b, { data: f.data.subarray(idx[0] * per, (idx[idx.length - 1] + 1) * per), shape: [idx.length, ...f.shape] });
   }
   return out;
 }
@@ -163,10 +161,11 @@ function cachedFirstPass(e: Engine, difeed: DifFeed, cache: FeatureArrays, count
  * A cached pass 1 stands in for the live one only if it is the same: same images, same noise
  * (the extraction's seed), same weights. Compares one batch and throws when they differ beyond rounding.
  */
-async function checkCachedFirstPass(e: Engine, difeed: DifFeed, xt: Tensor, cached: Map<number, Tensor>): Promise<void> {
+async function checkCachedFirstPass(e: Engine, difeed: DifFeed, xt: Tensor, cached: Map<number, { data: Float32Array }>): Promise<void> {
   const live = e.noGrad(() => difeed.firstPass(xt));
   const blocks = difeed.feedbackBlocks;
-  const [a, b] = [await e.readTensors(blocks.map((k) => live.get(k)!)), await e.readTensors(blocks.map((k) => cached.get(k)!))];
+  const a = await e.readTensors(blocks.map((k) => live.get(k)!));
+  const b = blocks.map((k) => cached.get(k)!.data);
   live.forEach((v) => v.dispose());
   blocks.forEach((blk, i) => {
     let scale = 0;

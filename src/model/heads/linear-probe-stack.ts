@@ -59,12 +59,4 @@ export class LinearProbeStack {
     return this.engine.tidy(() => add(matmul(x, this.params.get('weight')!, { transB: true }), this.params.get('bias')!));
   }
 
-  /** Probe p's weight [classes, dims[p]] and bias [classes] (the padding dropped), on the CPU. */
-  async probe(p: number): Promise<{ weight: Float32Array; bias: Float32Array }> {
-    const [w, b] = await this.engine.readTensors([this.params.get('weight')!, this.params.get('bias')!]);
-    const d = this.dims[p];
-    const weight = new Float32Array(this.classes * d);
-    for (let k = 0; k < this.classes; k++) weight.set(w.subarray((p * this.classes + k) * this.width, (p * this.classes + k) * this.width + d), k * d);
-    return { weight, bias: b.slice(p * this.classes, (p + 1) * this.classes) };
-  }
 }
