@@ -4,7 +4,7 @@
 // (the register-tile step of ./register-tile.ts, shared with the conv kernels).
 import { wgsl } from 'wgsl-preprocessor/wgsl-preprocessor.js';
 import type { KernelSource } from '../src/engine/kernel-registry.ts';
-import { accumulateStep, declareAccumulators, declareSlabs, fillSlab, storeAccumulators } from './register-tile.ts';
+import { accumulateStep, declareAccumulators, declareSlabs, fillSlab, fillSlabVec4, storeAccumulators } from './register-tile.ts';
 
 export interface MatmulTiling {
   /** Threads per workgroup along N (x) and M (y). */
@@ -82,6 +82,18 @@ export interface MatmulVariant {
   transA: boolean;
   transB: boolean;
   bias: boolean;
+  /**
+   * A, B and C bound as vec4 arrays: every operand's contiguous axis (K or M for A, N or K for B,
+   * N for C) holds a multiple of 4 values and the tiling's tm, tn and tk are multiples of 4
+   * (vectorizableGemm). One vec4 load or store moves four values, which on CPU adapters is a
+   * gather or scatter of about the cost of one.
+   */
+  vec4: boolean;
+}
+
+/** Whether a GEMM's shape and tiling allow the vec4 variant (MatmulVariant.vec4). */
+export function vectorizableGemm(M: number, N: number, K: number, transA: boolean, transB: boolean, t: MatmulTiling): boolean {
+  return (transA ? M : K) % 4 === 0 && (transB ? K : N) % 4 === 0 && N % 4 === 0 && t.tm % 4 === 0 && t.tn % 4 === 0 && t.tk % 4 === 0;
 }
 
 /**
@@ -91,16 +103,35 @@ export interface MatmulVariant {
  */
 export function matmulKernel(v: MatmulVariant, t: MatmulTiling = DEFAULT_MATMUL_TILING): KernelSource {
   return {
-    key: `matmul.${v.transA ? 'T' : 'N'}${v.transB ? 'T' : 'N'}${v.bias ? '.bias' : ''}.${t.wgX}x${t.wgY}.${t.tm}x${t.tn}.k${t.tk}`,
-    code: wgsl`
-struct Params { M: u32, N: u32, K: u32, strideA: u32, strideB: u32 }
+    key: `matmul.${v.transA ? 'T' : 'N'}${v.transB ? 'T' : 'N'}${v.bias ? '.bias' : ''}${v.vec4 ? '.vec4' : ''}.${t.wgX}x${t.wgY}.${t.tm}x${t.tn}.k${t.tk}`,
+    code: v.vec4 ? vec4Body(v, t) : scalarBody(v, t),
+  };
+}
+
+function header(v: MatmulVariant, element: string): string {
+  return `struct Params { M: u32, N: u32, K: u32, strideA: u32, strideB: u32 }
 @group(0) @binding(0) var<uniform> u: Params;
-@group(0) @binding(1) var<storage, read> a: array<f32>;
-@group(0) @binding(2) var<storage, read> b: array<f32>;
-@group(0) @binding(3) var<storage, read_write> c: array<f32>;
-#if ${v.bias}
-@group(0) @binding(4) var<storage, read> bias: array<f32>;
-#endif
+@group(0) @binding(1) var<storage, read> a: array<${element}>;
+@group(0) @binding(2) var<storage, read> b: array<${element}>;
+@group(0) @binding(3) var<storage, read_write> c: array<${element}>;
+${v.bias ? `@group(0) @binding(4) var<storage, read> bias: array<${element}>;` : ''}`;
+}
+
+function mainHead(t: MatmulTiling): string {
+  return `@compute @workgroup_size(${t.wgX}, ${t.wgY})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
+  batch = wid.z;
+  let tx = lid3.x;
+  let ty = lid3.y;
+  let lid = ty * ${t.wgX}u + tx;
+  let row0 = wid.y * ${t.wgY * t.tm}u;
+  let col0 = wid.x * ${t.wgX * t.tn}u;
+  ${declareAccumulators(t)}`;
+}
+
+function scalarBody(v: MatmulVariant, t: MatmulTiling): string {
+  return wgsl`
+${header(v, 'f32')}
 ${declareSlabs(t)}
 var<private> batch: u32;
 
@@ -131,15 +162,7 @@ fn store(m: u32, n: u32, value: f32) {
 #endif
 }
 
-@compute @workgroup_size(${t.wgX}, ${t.wgY})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
-  batch = wid.z;
-  let tx = lid3.x;
-  let ty = lid3.y;
-  let lid = ty * ${t.wgX}u + tx;
-  let row0 = wid.y * ${t.wgY * t.tm}u;
-  let col0 = wid.x * ${t.wgX * t.tn}u;
-  ${declareAccumulators(t)}
+${mainHead(t)}
   for (var k0 = 0u; k0 < u.K; k0 += ${t.tk}u) {
     // Consecutive threads along each operand's contiguous axis: k for A (M × K) and Bᵀ (N × K).
     ${fillSlab(t, 'tileA', 'row0', !v.transA, (m, kk) => `loadA(${m}, k0 + ${kk})`)}
@@ -151,6 +174,63 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     workgroupBarrier();
   }
   ${storeAccumulators(t)}
-}`,
-  };
+}`;
+}
+
+/**
+ * The vec4 variant: loadA(m, k) is A[m, k..k+3] (or Aᵀ's A[k, m..m+3]) and loadB(k, n) is
+ * B[k, n..n+3] (or Bᵀ's B[n, k..k+3]), zero past the edge (the contiguous extents are multiples
+ * of 4, so a vec4 is wholly inside or outside); each thread stores its tn columns as tn/4 vec4s.
+ */
+function vec4Body(v: MatmulVariant, t: MatmulTiling): string {
+  const stores: string[] = [];
+  for (let i = 0; i < t.tm; i++) {
+    for (let j = 0; j < t.tn; j += 4) {
+      stores.push(`store(row0 + ty * ${t.tm}u + ${i}u, col0 + tx * ${t.tn}u + ${j}u, vec4(${[0, 1, 2, 3].map((q) => `acc${i}_${j + q}`).join(', ')}));`);
+    }
+  }
+  return wgsl`
+${header(v, 'vec4<f32>')}
+${declareSlabs(t)}
+var<private> batch: u32;
+
+fn loadA(m: u32, k: u32) -> vec4<f32> {
+  if (m >= u.M || k >= u.K) { return vec4<f32>(); }
+#if ${v.transA}
+  return a[(batch * u.strideA + k * u.M + m) / 4u];
+#else
+  return a[(batch * u.strideA + m * u.K + k) / 4u];
+#endif
+}
+
+fn loadB(k: u32, n: u32) -> vec4<f32> {
+  if (k >= u.K || n >= u.N) { return vec4<f32>(); }
+#if ${v.transB}
+  return b[(batch * u.strideB + n * u.K + k) / 4u];
+#else
+  return b[(batch * u.strideB + k * u.N + n) / 4u];
+#endif
+}
+
+fn store(m: u32, n: u32, value: vec4<f32>) {
+  if (m >= u.M || n >= u.N) { return; }
+#if ${v.bias}
+  c[((batch * u.M + m) * u.N + n) / 4u] = value + bias[n / 4u];
+#else
+  c[((batch * u.M + m) * u.N + n) / 4u] = value;
+#endif
+}
+
+${mainHead(t)}
+  for (var k0 = 0u; k0 < u.K; k0 += ${t.tk}u) {
+    ${fillSlabVec4(t, 'tileA', 'row0', v.transA ? 'slot' : 'k', (m, kk) => `loadA(${m}, k0 + ${kk})`)}
+    ${fillSlabVec4(t, 'tileB', 'col0', v.transB ? 'k' : 'slot', (n, kk) => `loadB(k0 + ${kk}, ${n})`)}
+    workgroupBarrier();
+    for (var kk = 0u; kk < ${t.tk}u; kk++) {
+      ${accumulateStep(t, 'kk')}
+    }
+    workgroupBarrier();
+  }
+  ${stores.join('\n  ')}
+}`;
 }

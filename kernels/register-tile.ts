@@ -45,6 +45,44 @@ export function fillSlab(t: MatmulTiling, slab: 'tileA' | 'tileB', origin: strin
     }`;
 }
 
+/**
+ * fillSlab for an operand bound as `array<vec4<f32>>` whose contiguous axis has a multiple of 4
+ * values (one vec4 global load moves four; CPU adapters run a per-invocation load as a gather, so
+ * this cuts the fill's loads fourfold). `along: 'slot'`: the contiguous axis is the slab's vector
+ * axis (Bᵀ-free B, or Aᵀ), so each vec4 is one slab element; `load(first, kk)` returns it.
+ * `along: 'k'`: the contiguous axis is k (A, or Bᵀ), so a thread loads a 4 (slots' lanes) × 4 (k)
+ * block as four vec4s, `load(first + j, kk)` for its lanes j, and stores their transpose.
+ * Needs a slab width of 4 and a tk divisible by 4.
+ */
+export function fillSlabVec4(t: MatmulTiling, slab: 'tileA' | 'tileB', origin: string, along: 'slot' | 'k', load: (index: string, kk: string) => string): string {
+  const width = vectorWidth(slab === 'tileA' ? t.tm : t.tn);
+  if (width !== 4 || t.tk % 4 !== 0) throw new RangeError(`register tile: vec4 fill needs 4-wide slabs and tk % 4 = 0 (${JSON.stringify(t)})`);
+  const slots = (slab === 'tileA' ? t.wgY * t.tm : t.wgX * t.tn) / 4;
+  const threads = t.wgX * t.wgY;
+  if (along === 'slot') {
+    return `for (var e = lid; e < ${t.tk * slots}u; e += ${threads}u) {
+      let kk = e / ${slots}u;
+      let g = e % ${slots}u;
+      let first = ${origin} + 4u * g;
+      ${slab}[kk * ${slots}u + g] = ${load('first', 'kk')};
+    }`;
+  }
+  const blocks = (t.tk / 4) * slots;
+  return `for (var e = lid; e < ${blocks}u; e += ${threads}u) {
+      let kk = 4u * (e % ${t.tk / 4}u);
+      let g = e / ${t.tk / 4}u;
+      let first = ${origin} + 4u * g;
+      let l0 = ${load('first', 'kk')};
+      let l1 = ${load('first + 1u', 'kk')};
+      let l2 = ${load('first + 2u', 'kk')};
+      let l3 = ${load('first + 3u', 'kk')};
+      ${slab}[kk * ${slots}u + g] = vec4(l0.x, l1.x, l2.x, l3.x);
+      ${slab}[(kk + 1u) * ${slots}u + g] = vec4(l0.y, l1.y, l2.y, l3.y);
+      ${slab}[(kk + 2u) * ${slots}u + g] = vec4(l0.z, l1.z, l2.z, l3.z);
+      ${slab}[(kk + 3u) * ${slots}u + g] = vec4(l0.w, l1.w, l2.w, l3.w);
+    }`;
+}
+
 export function declareAccumulators(t: MatmulTiling): string {
   const lines: string[] = [];
   for (let i = 0; i < t.tm; i++) for (let j = 0; j < t.tn; j++) lines.push(`var acc${i}_${j} = 0.0;`);

@@ -1,5 +1,5 @@
 import t from 'tap';
-import { chooseGemmTiling } from '../../kernels/matmul.wgsl.ts';
+import { chooseGemmTiling, DEFAULT_MATMUL_TILING, vectorizableGemm } from '../../kernels/matmul.wgsl.ts';
 import { ops } from '../../src/index.ts';
 import { gradCheck, maxRelError, randomNd, testEngine, upload } from '../helpers/check.ts';
 import { broadcast, matmulRef, type Nd } from '../helpers/reference.ts';
@@ -21,6 +21,14 @@ const cases: [number[], number[], boolean, boolean][] = [
   // At most 16 columns (lavapipe's 64 × 16 tile): batched, rows past one tile, either transpose.
   [[2, 70, 33], [2, 33, 13], false, false],
   [[2, 33, 70], [2, 16, 33], true, true],
+  // Every contiguous extent a multiple of 4 (the vec4 kernel), none a multiple of a tile: each
+  // transpose, batched, broadcast, and K shorter than one slab.
+  [[36, 68], [68, 44], false, false],
+  [[68, 36], [68, 44], true, false],
+  [[36, 68], [44, 68], false, true],
+  [[68, 36], [44, 68], true, true],
+  [[3, 20, 12], [12, 132], false, false],
+  [[2, 12, 76], [2, 20, 12], true, true],
 ];
 
 for (const [sa, sb, ta, tb] of cases) {
@@ -42,7 +50,7 @@ t.test('matmul 256x512 · 512x384 (several tiles, awkward N) matches float64', a
   t.ok(err < 1e-5, `${err}`);
 });
 
-for (const [sa, sb, ta, tb] of cases.slice(1, 9)) {
+for (const [sa, sb, ta, tb] of [...cases.slice(1, 9), ...cases.slice(-6, -2)]) {
   t.test(`matmul backward ${sa}${ta ? 'ᵀ' : ''} × ${sb}${tb ? 'ᵀ' : ''} matches finite differences`, async (t) => {
     const { worst } = await gradCheck(
       e,
@@ -70,6 +78,25 @@ t.test('lavapipe\'s narrow tiles (32 rows × ≤ 16 columns; ≤ 16 rows × many
   const b = randomNd([2, 9, 100], 12);
   const err = maxRelError(await ops.matmul(upload(e, a), upload(e, b)).read(), matmulRef(a, b).data);
   t.ok(err < 1e-5, `10 × 100 output: ${err.toExponential(2)}`);
+});
+
+t.test('the vec4 kernel is chosen exactly when every contiguous extent is a multiple of 4', async (t) => {
+  const tile = DEFAULT_MATMUL_TILING;
+  t.ok(vectorizableGemm(36, 44, 68, false, false, tile), 'A along K = 68, B and C along N = 44');
+  t.ok(vectorizableGemm(36, 44, 68, true, true, tile), 'Aᵀ along M = 36, Bᵀ along K = 68');
+  t.notOk(vectorizableGemm(36, 44, 66, false, false, tile), 'K = 66');
+  t.notOk(vectorizableGemm(35, 44, 68, true, false, tile), 'Aᵀ along M = 35');
+  t.notOk(vectorizableGemm(36, 42, 68, false, true, tile), 'C along N = 42');
+  t.notOk(vectorizableGemm(36, 44, 68, false, false, { ...tile, tm: 2 }), '2 rows per thread');
+});
+
+t.test('matmul with bias over a multiple of 4 columns (vec4 bias) matches float64', async (t) => {
+  const a = randomNd([2, 9, 16], 13);
+  const w = randomNd([16, 20], 14);
+  const bias = randomNd([20], 15);
+  const y = ops.matmul(upload(e, a), upload(e, w), { bias: upload(e, bias) });
+  const ref = broadcast(matmulRef(a, w), bias, (p, q) => p + q);
+  t.ok(maxRelError(await y.read(), ref.data) < 1e-5);
 });
 
 t.test('matmul with bias: forward and the bias gradient', async (t) => {
