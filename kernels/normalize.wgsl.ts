@@ -11,7 +11,7 @@ export const NORMALIZE_WORKGROUP = 128;
  * threads per row combining partial sums in workgroup memory (GPUs); `thread`, one thread per row
  * summing it alone (CPU adapters such as lavapipe, where each workgroup barrier costs more than
  * the arithmetic). Either way the body reads `row`, starts at `lane` and steps by `STRIDE`, and
- * combines with `rowSum` (or `rowMax`). Dispatch: `workgroup` → one workgroup per row; `thread` →
+ * combines with `rowSum` (`rowSum4` for four sums at once, or `rowMax`). Dispatch: `workgroup` → one workgroup per row; `thread` →
  * rows/64.
  */
 export type RowParallelism = 'workgroup' | 'thread';
@@ -19,7 +19,7 @@ export type RowParallelism = 'workgroup' | 'thread';
 export function rowReduction(mode: RowParallelism, WG: number): { decls: string; entry: string; stride: number } {
   if (mode === 'thread') {
     return {
-      decls: 'fn rowSum(v: f32, lane: u32) -> f32 { return v; }\nfn rowMax(v: f32, lane: u32) -> f32 { return v; }',
+      decls: 'fn rowSum(v: f32, lane: u32) -> f32 { return v; }\nfn rowSum4(v: vec4<f32>, lane: u32) -> vec4<f32> { return v; }\nfn rowMax(v: f32, lane: u32) -> f32 { return v; }',
       entry: `@compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
   let row = gid.y * nwg.x * 64u + gid.x;
@@ -37,6 +37,18 @@ fn rowSum(v: f32, lane: u32) -> f32 {
     workgroupBarrier();
   }
   let r = scratch[0];
+  workgroupBarrier();
+  return r;
+}
+var<workgroup> scratch4: array<vec4<f32>, ${WG}>;
+fn rowSum4(v: vec4<f32>, lane: u32) -> vec4<f32> {
+  scratch4[lane] = v;
+  workgroupBarrier();
+  for (var s = ${WG / 2}u; s > 0u; s >>= 1u) {
+    if (lane < s) { scratch4[lane] += scratch4[lane + s]; }
+    workgroupBarrier();
+  }
+  let r = scratch4[0];
   workgroupBarrier();
   return r;
 }

@@ -5,24 +5,36 @@ import { broadcast, groupNormRef, type Nd, nd } from '../helpers/reference.ts';
 
 const e = await testEngine();
 
-for (const [label, opts] of [['plain', {}], ['SiLU', { silu: true }], ['scale-shift + SiLU', { silu: true, ss: true }]] as const) {
-  t.test(`groupNorm (${label}) fused forward matches float64 and the autograd path matches finite differences`, async (t) => {
-    const x = randomNd([2, 8, 3, 5], 1, -2, 3);
-    const g = randomNd([8], 2, 0.5, 1.5);
-    const b = randomNd([8], 3);
-    const ss = 'ss' in opts ? randomNd([2, 16], 4, -0.5, 0.5) : undefined;
-    const ref = (xx: Nd, gg: Nd, bb: Nd, s?: Nd) => groupNormRef(xx, gg, bb, 4, 1e-5, s, 'silu' in opts);
-    const fused = ops.groupNorm(upload(e, x), upload(e, g), upload(e, b), { groups: 4, silu: 'silu' in opts, scaleShift: ss && upload(e, ss) });
-    t.ok(maxRelError(await fused.read(), ref(x, g, b, ss).data) < 1e-5, 'fused forward');
-    const inputs = ss ? [x, g, b, ss] : [x, g, b];
-    const { perInput } = await gradCheck(
-      e,
-      (xx, gg, bb, s) => ops.groupNorm(xx, gg, bb, { groups: 4, silu: 'silu' in opts, scaleShift: s }),
-      ref as (...a: Nd[]) => Nd,
-      inputs,
-    );
-    perInput.forEach((err, i) => t.ok(err < 1e-3, `input ${i}: ${err.toExponential(2)}`));
-  });
+// Both row layouts of the fused kernels (a thread per row, as on CPU adapters; a workgroup per
+// row, as on GPUs), each variant; [2, 8, 3, 5] in 4 groups has fewer values per channel than a
+// workgroup has threads, [1, 4, 17, 17] in 2 groups more.
+for (const [mode, threadPerRowFrom] of [['a thread per row', 1], ['a workgroup per row', 0]] as const) {
+  for (const [label, opts] of [['plain', {}], ['SiLU', { silu: true }], ['scale-shift', { ss: true }], ['scale-shift + SiLU', { silu: true, ss: true }]] as const) {
+    for (const [shape, groups] of [[[2, 8, 3, 5], 4], [[1, 4, 17, 17], 2]] as const) {
+      t.test(`groupNorm (${label}, ${mode}, [${shape}] in ${groups} groups): fused forward matches float64, fused backward matches finite differences`, async (t) => {
+        const saved = e.tuning.rows;
+        e.tuning.rows = { threadPerRowFrom };
+        t.teardown(() => void (e.tuning.rows = saved));
+        const [N, C] = shape;
+        const x = randomNd([...shape], 1, -2, 3);
+        const g = randomNd([C], 2, 0.5, 1.5);
+        const b = randomNd([C], 3);
+        const ss = 'ss' in opts ? randomNd([N, 2 * C], 4, -0.5, 0.5) : undefined;
+        const silu = 'silu' in opts;
+        const ref = (xx: Nd, gg: Nd, bb: Nd, s?: Nd) => groupNormRef(xx, gg, bb, groups, 1e-5, s, silu);
+        const fused = ops.groupNorm(upload(e, x), upload(e, g), upload(e, b), { groups, silu, scaleShift: ss && upload(e, ss) });
+        t.ok(maxRelError(await fused.read(), ref(x, g, b, ss).data) < 1e-5, 'fused forward');
+        const inputs = ss ? [x, g, b, ss] : [x, g, b];
+        const { perInput } = await gradCheck(
+          e,
+          (xx, gg, bb, s) => ops.groupNorm(xx, gg, bb, { groups, silu, scaleShift: s }),
+          ref as (...a: Nd[]) => Nd,
+          inputs,
+        );
+        perInput.forEach((err, i) => t.ok(err < 1e-3, `input ${i}: ${err.toExponential(2)}`));
+      });
+    }
+  }
 }
 
 t.test('groupNorm keeps precision when |mean| ≫ std (two-pass variance)', async (t) => {

@@ -1,10 +1,10 @@
 // GroupNorm with the ADM U-Net's fusions (scale-shift norm, SiLU). Kernel: kernels/groupnorm.wgsl.ts.
-import { groupNormKernel } from '../../../kernels/groupnorm.wgsl.ts';
+import { groupNormBackwardKernel, groupNormKernel } from '../../../kernels/groupnorm.wgsl.ts';
 import { shapeString, type Tensor } from '../tensor.ts';
 import { Uniforms } from '../uniforms.ts';
-import { add, addScalar, mul, silu } from './elementwise.ts';
-import { reshape, slice } from './layout.ts';
-import { normalizeRows, rowParallelism } from './normalize.ts';
+import { reshape, sliceRows } from './layout.ts';
+import { rowParallelism } from './normalize.ts';
+import { sum } from './reduce.ts';
 
 export interface GroupNormOptions {
   groups?: number;
@@ -28,38 +28,33 @@ export function groupNorm(x: Tensor, gamma: Tensor, beta: Tensor, opts: GroupNor
   if (opts.scaleShift && opts.scaleShift.size !== N * 2 * C) {
     throw new RangeError(`groupNorm: scale-shift ${shapeString(opts.scaleShift.shape)} is not [${N}, ${2 * C}]`);
   }
-  const inputs = [x, gamma, beta, ...(opts.scaleShift ? [opts.scaleShift] : [])];
-  if (e.tape.needsGrad(inputs)) return groupNormComposite(x, gamma, beta, groups, opts);
+  const scaleShift = opts.scaleShift;
+  const variant = { scaleShift: !!scaleShift, silu: !!opts.silu };
+  const eps = opts.eps ?? 1e-5;
   const y = e.empty(x.shape, `groupNorm(${x.label})`);
-  const bindings = [x, gamma, beta, y];
-  if (opts.scaleShift) bindings.push(opts.scaleShift);
   const par = rowParallelism(e, N * groups);
+  const uniforms = () => new Uniforms().u32(C, HW, groups).f32(eps).u32(N * groups).toArrayBuffer();
   e.dispatch({
-    kernel: groupNormKernel({ scaleShift: !!opts.scaleShift, silu: !!opts.silu }, par.mode),
-    bindings,
-    uniforms: new Uniforms().u32(C, HW, groups).f32(opts.eps ?? 1e-5).u32(N * groups).toArrayBuffer(),
+    kernel: groupNormKernel(variant, par.mode),
+    bindings: scaleShift ? [x, gamma, beta, y, scaleShift] : [x, gamma, beta, y],
+    uniforms: uniforms(),
     workgroups: par.workgroups,
   });
-  return y;
-}
-
-/**
- * The same function from differentiable pieces, used when gradients are wanted: each group is a
- * row of (C/G)·H·W values for normalizeRows, then γ/β, scale-shift and SiLU as broadcast ops.
- */
-function groupNormComposite(x: Tensor, gamma: Tensor, beta: Tensor, groups: number, opts: GroupNormOptions): Tensor {
-  const e = x.engine;
-  const [N, C] = x.shape;
-  return e.tidy(() => {
-    const xhat = reshape(normalizeRows(x, x.size / (N * groups), opts.eps ?? 1e-5), [N, C, -1]);
-    let y = add(mul(xhat, reshape(gamma, [C, 1])), reshape(beta, [C, 1]));
-    if (opts.scaleShift) {
-      const ss = reshape(opts.scaleShift, [N, 2, C, 1]);
-      const scale = reshape(slice(ss, [0, 0], [N, 1]), [N, C, 1]);
-      const shift = reshape(slice(ss, [0, 1], [N, 2]), [N, C, 1]);
-      y = add(mul(y, addScalar(scale, 1)), shift);
-    }
-    if (opts.silu) y = silu(y);
-    return reshape(y, x.shape);
+  const inputs = scaleShift ? [x, gamma, beta, scaleShift] : [x, gamma, beta];
+  // Backward: one fused kernel (kernels/groupnorm.wgsl.ts has the equations) that recomputes the
+  // statistics, then γ's and β's per-image sums added up over the images.
+  e.tape.record('groupNorm', inputs, [y], inputs, ([dy]) => {
+    const dx = e.empty(x.shape, `dgroupNorm(${x.label})`);
+    const dAffine = e.empty([N, 2 * C], 'dgroupNorm.affine');
+    const dE = scaleShift ? e.empty([N, 2 * C], 'dgroupNorm.scaleShift') : null;
+    e.dispatch({
+      kernel: groupNormBackwardKernel(variant, par.mode),
+      bindings: scaleShift ? [x, gamma, beta, dy!, dx, dAffine, scaleShift, dE!] : [x, gamma, beta, dy!, dx, dAffine],
+      uniforms: uniforms(),
+      workgroups: par.workgroups,
+    });
+    const affine = reshape(N > 1 ? sum(dAffine, [0]) : dAffine, [2, C]);
+    return [dx, sliceRows(affine, 0, 1), sliceRows(affine, 1, 2), ...(dE ? [dE] : [])];
   });
+  return y;
 }
