@@ -10,8 +10,8 @@ import { writeFileAtomic } from '../src/model/checkpoint/atomic-write.ts';
 import { measurePeaks, type Peaks } from './calibration.ts';
 import { type BenchCase, CASES } from './cases.ts';
 import { type Measurement, measure } from './measure.ts';
-import { tune } from './tune.ts';
-import { adapterName, tunedEngine } from '../src/cli/tuning-cache.ts';
+import { tuneKernels } from '../src/cli/tune.ts';
+import { adapterName, storeTuning, tunedEngine } from '../src/cli/tuning-cache.ts';
 
 interface Row {
   family: string;
@@ -108,8 +108,10 @@ async function main() {
   const started = new Date();
   console.log(`difrep bench (${mode}) on ${adapter}; CPU ${cpus()[0]?.model} ×${cpus().length}; load average ${loadavg().map((l) => l.toFixed(2)).join(' ')}`);
   if (flag('--tune')) {
-    const winners = await tune(engine, adapter, (line) => console.log(line));
-    console.log(`tuning stored for ${adapter}: ${JSON.stringify(winners)}`);
+    // The same bounded search as `difrep tune` (src/cli/tune.ts).
+    const { tuning } = await tuneKernels(engine, 60, (line) => console.log(line));
+    await storeTuning(adapter, tuning as unknown as Record<string, Record<string, number>>);
+    console.log(`tuning stored for ${adapter}: ${JSON.stringify(tuning)}`);
     engine.dispose();
     const tuned = await tunedEngine();
     return report(tuned, adapter, started);

@@ -26,17 +26,9 @@ export const tilingWorkgroupBytes = (t: MatmulTiling) => 4 * t.tk * (t.wgY * t.t
  * Register tiles by problem size, measured on lavapipe (matmul 1024³: 4×4 per thread 2.4
  * GFLOP/s, 8×8 5.2, 8×16 7.0): the largest tile that the output fills, so small outputs do not
  * pay for padding, among those whose workgroup memory fits the device (`maxWorkgroupBytes`, the
- * device's maxComputeWorkgroupStorageSize; WebGPU guarantees 16 KiB). An explicit tuning
- * (bench --tune) replaces the choice.
+ * device's maxComputeWorkgroupStorageSize; WebGPU guarantees 16 KiB).
  */
-export function chooseTiling(M: number, N: number, tuned?: Partial<MatmulTiling>, maxWorkgroupBytes = 16384): MatmulTiling {
-  if (tuned && Object.keys(tuned).length) {
-    const t = { ...DEFAULT_MATMUL_TILING, ...tuned };
-    if (tilingWorkgroupBytes(t) > maxWorkgroupBytes) {
-      throw new RangeError(`tuned tiling ${JSON.stringify(t)} stages ${tilingWorkgroupBytes(t)} bytes of workgroup memory, over this device's ${maxWorkgroupBytes}; re-run npm run bench -- --tune on this adapter`);
-    }
-    return t;
-  }
+export function chooseTiling(M: number, N: number, maxWorkgroupBytes = 16384): MatmulTiling {
   const candidates: MatmulTiling[] = [];
   if (M >= 64 && N >= 128) candidates.push({ wgX: 8, wgY: 8, tm: 8, tn: 16, tk: 16 });
   // 32 to 63 rows (a 32-channel conv): a 32-row tile wastes nothing (5.0 vs 3.0 GFLOP/s on lavapipe).
@@ -47,16 +39,24 @@ export function chooseTiling(M: number, N: number, tuned?: Partial<MatmulTiling>
 }
 
 /**
- * chooseTiling with the presets of one adapter family: on lavapipe, 16 × 16 outputs per thread
- * and 32-deep slabs (fewer workgroup-memory reads and barriers per FMA; 2 cores, batch 16:
- * conv 64→64 3×3 @16² forward 8.6 vs 7.2 GFLOP/s, weight gradient 7.4 vs 5.3), with 64-column
- * tiles for 32–63 rows over fewer than 1024 columns (a 32→32 conv's weight gradient: 6.0 vs 3.9),
- * 32 × 32 tiles for 32–63 columns, and 64 × 16 tiles for at most 16 columns.
- * SwiftShader's JIT loses the device on 16 × 16 tiles, so it and the GPUs keep chooseTiling
- * (GPU presets are still to be measured); an explicit tuning replaces both.
+ * The tile of an M × N GEMM output. A tuning (`difrep tune`, or the engine's `tuning` option)
+ * wins for every output that fills at least one of its tiles; narrower outputs keep the per-shape
+ * rule. That rule is, on lavapipe, 16 × 16 outputs per thread and 32-deep slabs (fewer
+ * workgroup-memory reads and barriers per FMA; 2 cores, batch 16: conv 64→64 3×3 @16² forward 8.6
+ * vs 7.2 GFLOP/s, weight gradient 7.4 vs 5.3), with 64-column tiles for 32–63 rows over fewer than
+ * 1024 columns (a 32→32 conv's weight gradient: 6.0 vs 3.9), 32 × 32 tiles for 32–63 columns, and
+ * 64 × 16 tiles for at most 16 columns; elsewhere chooseTiling. SwiftShader's JIT loses the device
+ * on 16 × 16 tiles, so it and the GPUs keep chooseTiling (GPU presets are still to be measured).
  */
 export function chooseGemmTiling(M: number, N: number, lavapipe: boolean, tuned?: Partial<MatmulTiling>, maxWorkgroupBytes = 16384): MatmulTiling {
-  if (lavapipe && !(tuned && Object.keys(tuned).length)) {
+  if (tuned && Object.keys(tuned).length) {
+    const t = { ...DEFAULT_MATMUL_TILING, ...tuned };
+    if (tilingWorkgroupBytes(t) > maxWorkgroupBytes) {
+      throw new RangeError(`tuned tiling ${JSON.stringify(t)} stages ${tilingWorkgroupBytes(t)} bytes of workgroup memory, over this device's ${maxWorkgroupBytes}; re-run difrep tune on this adapter`);
+    }
+    if (M >= t.wgY * t.tm && N >= t.wgX * t.tn) return t;
+  }
+  if (lavapipe) {
     const candidates: MatmulTiling[] = [];
     if (M >= 64 && N >= 64) candidates.push({ wgX: 4, wgY: 4, tm: 16, tn: 16, tk: 32 });
     if (M >= 32 && N >= 64 && N < 1024) candidates.push({ wgX: 4, wgY: 2, tm: 16, tn: 16, tk: 32 });
@@ -75,7 +75,7 @@ export function chooseGemmTiling(M: number, N: number, lavapipe: boolean, tuned?
     const fits = candidates.find((t) => tilingWorkgroupBytes(t) <= maxWorkgroupBytes);
     if (fits) return fits;
   }
-  return chooseTiling(M, N, tuned, maxWorkgroupBytes);
+  return chooseTiling(M, N, maxWorkgroupBytes);
 }
 
 export interface MatmulVariant {

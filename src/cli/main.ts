@@ -6,6 +6,7 @@ import { GENERATIVE_COMMANDS } from './generative.ts';
 import { demoCommand } from './demo.ts';
 import { exampleCommand } from './example.ts';
 import { parityCommand } from './parity.ts';
+import { tuneCommand } from './tune.ts';
 
 const USAGE = `usage: difrep <command> [options]
 
@@ -22,6 +23,7 @@ commands:
   sample           draw DDPM/DDIM samples from a U-Net as a PNG grid
   demo             the main job: sample from the shipped small U-Net, train and compare every head on its features
   example          serve the browser example page (examples/browser/) on 127.0.0.1
+  tune             time GEMM register tiles on this adapter (≤ 60 s) and cache the winners for every command
 
 Run \`difrep <command> --help\` for a command's options.`;
 
@@ -45,6 +47,8 @@ async function main(argv: string[]): Promise<number> {
       return exampleCommand(rest);
     case 'demo':
       return demoCommand(rest);
+    case 'tune':
+      return tuneCommand(rest);
     case undefined:
     case '--help':
     case '-h':

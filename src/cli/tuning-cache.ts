@@ -1,4 +1,4 @@
-// The kernel tuning cache that `npm run bench -- --tune` writes (~/.cache/difrep/tuning.json, or
+// The kernel tuning cache that `difrep tune` (and `npm run bench -- --tune`) writes (~/.cache/difrep/tuning.json, or
 // $DIFREP_TUNING): per adapter and driver (the adapter's description names the driver version),
 // the register tiles that won on it. Every CLI command's engine applies the entry of its adapter.
 import { mkdir, readFile } from 'node:fs/promises';
@@ -28,7 +28,7 @@ export async function readTuningCache(): Promise<TuningCache> {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return {};
     throw err;
   }
-  const fix = `delete it or re-run \`npm run bench -- --tune\``;
+  const fix = `delete it or re-run \`difrep tune\``;
   let cache: unknown;
   try {
     cache = JSON.parse(text);

@@ -21,7 +21,7 @@ export interface EngineOptions {
   /** Use this device (the engine never destroys it). Without one, the engine requests its own. */
   device?: GPUDevice;
   adapter?: GPUAdapter;
-  /** Per-kernel-family tuning overrides (tile sizes, workgroup sizes), e.g. from `bench --tune`. */
+  /** Per-kernel-family tuning overrides (tile sizes, workgroup sizes), e.g. from `difrep tune`. */
   tuning?: Record<string, Record<string, number>>;
   /**
    * Largest storage binding the engine will plan for (default: the device's

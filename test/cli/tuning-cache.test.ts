@@ -1,4 +1,4 @@
-// The kernel tuning cache (what `npm run bench -- --tune` stores): every CLI command's engine
+// The kernel tuning cache (what `difrep tune` stores): every CLI command's engine
 // applies its adapter's entry, ignores other adapters', and a broken file is an error naming it.
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';

@@ -1,0 +1,66 @@
+// `difrep tune`: a bounded search over GEMM tiles whose result lands in the tuning cache, and the
+// rule that a tuned tile only takes outputs that fill it.
+import { existsSync } from 'node:fs';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import t from 'tap';
+import { chooseGemmTiling, tilingWorkgroupBytes } from '../../kernels/matmul.wgsl.ts';
+import { tilingCandidates, tuneKernels } from '../../src/cli/tune.ts';
+import { testEngine } from '../helpers/check.ts';
+import { runCli } from '../helpers/cli.ts';
+
+const dir = await mkdtemp(join(tmpdir(), 'difrep-tune-'));
+const path = join(dir, 'tuning.json');
+process.env.DIFREP_TUNING = path;
+t.teardown(async () => {
+  delete process.env.DIFREP_TUNING;
+  await rm(dir, { recursive: true });
+});
+
+t.test('a tuned tile takes the outputs that fill one of its tiles; narrower ones keep the per-shape rule', async (t) => {
+  const tuned = { wgX: 8, wgY: 8, tm: 4, tn: 4, tk: 16 }; // 32 × 32 outputs per workgroup
+  t.same(chooseGemmTiling(32, 32, true, tuned), tuned, '32 × 32 output');
+  t.same(chooseGemmTiling(1024, 64, false, tuned), tuned, '1024 × 64 output');
+  t.same(chooseGemmTiling(70, 13, true, tuned), chooseGemmTiling(70, 13, true), '13 columns: the lavapipe rule');
+  t.same(chooseGemmTiling(10, 100, false, tuned), chooseGemmTiling(10, 100, false), '10 rows: the GPU rule');
+  t.throws(() => chooseGemmTiling(64, 64, false, { wgX: 16, wgY: 16, tm: 16, tn: 16, tk: 32 }), /stages 65536 bytes of workgroup memory, over this device's 16384; re-run difrep tune/);
+});
+
+t.test('every candidate fits the device, and the search leaves the engine as it found it', async (t) => {
+  const e = await testEngine();
+  const candidates = tilingCandidates(e);
+  t.ok(candidates.length > 8, `${candidates.length} candidates`);
+  for (const c of candidates) {
+    const ok = tilingWorkgroupBytes(c) <= e.limits.maxComputeWorkgroupStorageSize && c.wgX * c.wgY <= e.limits.maxComputeInvocationsPerWorkgroup
+      && [c.wgX, c.wgY, c.tm, c.tn, c.tk].every((v) => Number.isInteger(Math.log2(v)) && (v >= 4 || v === c.wgY));
+    if (!ok) t.fail(`candidate ${JSON.stringify(c)} does not fit or is not a power of two`);
+  }
+  e.tuning.rows = { threadPerRowFrom: 16 };
+  const { results } = await tuneKernels(e, 5, () => {});
+  t.same(e.tuning, { rows: { threadPerRowFrom: 16 } }, 'tuning restored');
+  delete e.tuning.rows;
+  t.same(results.map((r) => r.family), ['matmul', 'conv2d']);
+  for (const r of results) t.ok(Number.isFinite(r.baseline) && r.baseline > 0, `${r.family} baseline ${r.baseline.toFixed(2)} GFLOP/s`);
+});
+
+t.test('difrep tune stores its adapter\'s entry; --dry-run stores nothing; a bad budget is a usage error', async (t) => {
+  const dry = runCli(['tune', '--seconds', '5', '--dry-run']);
+  t.equal(dry.status, 0, dry.stderr);
+  t.match(dry.stdout, /matmul: built-in tiles \(.*\) [\d.]+ GFLOP\/s/);
+  t.match(dry.stdout, /--dry-run: tuning cache left as it is/);
+  t.notOk(existsSync(path), 'no cache written');
+  const run = runCli(['tune', '--seconds', '5']);
+  t.equal(run.status, 0, run.stderr);
+  const stored = run.stdout.match(/stored for "(.*)" in /);
+  t.ok(stored, run.stdout);
+  const cache = JSON.parse(await readFile(path, 'utf8'));
+  t.same(Object.keys(cache), [stored![1]], 'one entry, keyed by the adapter');
+  for (const [family, tiling] of Object.entries(cache[stored![1]])) {
+    t.ok(['matmul', 'conv2d'].includes(family), family);
+    t.same(Object.keys(tiling as object).sort(), ['tk', 'tm', 'tn', 'wgX', 'wgY']);
+  }
+  const bad = runCli(['tune', '--seconds', '1']);
+  t.equal(bad.status, 1);
+  t.match(bad.stderr, /difrep tune: --seconds must be a number ≥ 5 and ≤ 600, got "1"/);
+});
