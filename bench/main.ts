@@ -55,20 +55,26 @@ async function dispatchOverhead(e: Engine): Promise<{ oneSubmitUs: number; perSu
 }
 
 
+/** 64 MiB each way: one warm-up transfer (it allocates the staging buffers), then the median of three. */
 async function transferBandwidth(e: Engine): Promise<{ uploadGBps: number; readbackGBps: number }> {
   const n = 16 * 1024 * 1024;
   const data = new Float32Array(n);
   const t = e.empty([n], 'bench.transfer');
   await e.sync();
-  let t0 = performance.now();
-  e.writeBuffer(t.buffer, 0, data);
-  await e.sync();
-  const up = performance.now() - t0;
-  t0 = performance.now();
-  await t.read();
-  const down = performance.now() - t0;
+  const up: number[] = [];
+  const down: number[] = [];
+  for (let i = 0; i < 4; i++) {
+    let t0 = performance.now();
+    e.writeBuffer(t.buffer, 0, data);
+    await e.sync();
+    if (i > 0) up.push(performance.now() - t0);
+    t0 = performance.now();
+    await t.read();
+    if (i > 0) down.push(performance.now() - t0);
+  }
   t.dispose();
-  return { uploadGBps: (4 * n) / (up * 1e6), readbackGBps: (4 * n) / (down * 1e6) };
+  const median = (xs: number[]) => xs.sort((a, b) => a - b)[1];
+  return { uploadGBps: (4 * n) / (median(up) * 1e6), readbackGBps: (4 * n) / (median(down) * 1e6) };
 }
 
 function runPeer(cases: BenchCase[]): Map<BenchCase, { firstMs: number; medianMs: number } | { error: string }> {

@@ -6,6 +6,7 @@ import { BufferPool, type PoolStats } from './buffer-pool.ts';
 import { type AdapterClass, adapterClass, type DeviceHandle, isCpuAdapter, requestDevice, wrapDevice } from './device.ts';
 import { KernelRegistry, type KernelSource } from './kernel-registry.ts';
 import { KernelProfiler, type KernelTime } from './profiler.ts';
+import { StagingRing } from './staging.ts';
 import { Tape } from './autograd.ts';
 import { boundLabel, numel, type Shape, shapeString, Storage, Tensor } from './tensor.ts';
 
@@ -79,7 +80,9 @@ export class Engine {
   private uniformArena: GPUBuffer;
   private uniformData = new Uint8Array(UNIFORM_ARENA_BYTES);
   private uniformUsed = 0;
-  private stagingToDestroy: GPUBuffer[] = [];
+  private readonly staging: StagingRing;
+  /** Upload buffers copied from in the batch being recorded: recycled once it is submitted. */
+  private uploadsInBatch: GPUBuffer[] = [];
   private pendingErrors: Promise<GPUError | null>[] = [];
   private lostReason: string | null = null;
   private tensorCounter = 0;
@@ -95,6 +98,7 @@ export class Engine {
     this.device = handle.device;
     this.pool = new BufferPool(this.device, this.device.limits.maxBufferSize);
     this.kernels = new KernelRegistry(this.device);
+    this.staging = new StagingRing(this.device);
     this.tuning = options.tuning ?? {};
     this.maxDispatches = options.maxDispatchesPerSubmit ?? 64;
     this.maxCommandsInFlight = options.maxCommandsInFlight ?? DEFAULT_MAX_COMMANDS_IN_FLIGHT;
@@ -335,12 +339,12 @@ export class Engine {
     const bytes = Math.ceil(data.byteLength / 4) * 4;
     if (bytes === 0) return;
     this.countCommand(`upload to ${buffer.label}`);
-    const staging = this.device.createBuffer({ size: bytes, usage: GPUBufferUsage.COPY_SRC, mappedAtCreation: true, label: 'difrep upload' });
-    new Uint8Array(staging.getMappedRange()).set(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
+    const staging = this.staging.uploadBuffer(bytes);
+    new Uint8Array(staging.getMappedRange(0, bytes)).set(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
     staging.unmap();
     this.endPass();
     this.getEncoder().copyBufferToBuffer(staging, 0, buffer, offset, bytes);
-    this.stagingToDestroy.push(staging);
+    this.uploadsInBatch.push(staging);
   }
 
   copyBuffer(src: GPUBuffer, srcOffset: number, dst: GPUBuffer, dstOffset: number, bytes: number): void {
@@ -361,8 +365,8 @@ export class Engine {
     for (const kind of ['validation', 'internal', 'out-of-memory']) {
       this.pendingErrors.push(this.device.popErrorScope().then((e) => (e ? Object.assign(e, { kind }) : null)));
     }
-    for (const b of this.stagingToDestroy) b.destroy();
-    this.stagingToDestroy = [];
+    for (const b of this.uploadsInBatch) this.staging.recycle(b);
+    this.uploadsInBatch = [];
     this.uniformUsed = 0;
     this.dispatchesInBatch = 0;
   }
@@ -397,7 +401,7 @@ export class Engine {
     const sizes = ranges.map((r) => Math.ceil(r.bytes / 4) * 4);
     const total = sizes.reduce((a, b) => a + b, 0);
     if (total > 0) this.countCommand(`read of ${ranges.map((r) => r.buffer.label).join(', ')}`);
-    const staging = this.device.createBuffer({ size: Math.max(4, total), usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST, label: 'difrep readback' });
+    const staging = this.staging.readbackBuffer(Math.max(4, total));
     if (total > 0) this.endPass();
     let at = 0;
     ranges.forEach((r, i) => {
@@ -407,8 +411,9 @@ export class Engine {
     this.flush();
     const recorded = this.commandsRecorded;
     try {
-      await staging.mapAsync(GPUMapMode.READ);
+      await staging.mapAsync(GPUMapMode.READ, 0, Math.max(4, total));
     } catch (e) {
+      staging.destroy();
       await this.throwPendingErrors();
       throw e;
     }
@@ -422,7 +427,7 @@ export class Engine {
       return part;
     });
     staging.unmap();
-    staging.destroy();
+    this.staging.returnReadback(staging);
     await this.throwPendingErrors();
     return out;
   }
@@ -481,6 +486,7 @@ export class Engine {
     this.profiler?.destroy();
     return this.device.queue.onSubmittedWorkDone().catch(() => {}).then(() => {
       this.pool.destroyAll();
+      this.staging.destroy();
       this.uniformArena.destroy();
       if (this.handle.owned) this.device.destroy();
     });
