@@ -5,10 +5,12 @@
 // `checkpointEverySeconds` so any run can be stopped and resumed exactly.
 import type { Engine } from '../engine/engine.ts';
 import { mulberry32 } from '../engine/random.ts';
-import { add, mul, scale, sub } from '../engine/ops/elementwise.ts';
+import { EMA_WORKGROUP, emaKernel } from '../../kernels/ema.wgsl.ts';
+import { mul, scale, sub } from '../engine/ops/elementwise.ts';
 import { slice } from '../engine/ops/layout.ts';
 import { mean } from '../engine/ops/reduce.ts';
 import type { Tensor } from '../engine/tensor.ts';
+import { grid1d, Uniforms } from '../engine/uniforms.ts';
 import { gaussianNoise, linearSchedule, qSample } from '../model/diffusion.ts';
 import type { UNet } from '../model/unet.ts';
 import { checkLoss, saveTrainingState, startOrResume } from './checkpoint.ts';
@@ -43,14 +45,14 @@ export class Ema {
   /** shadow ← decay·shadow + (1 − decay)·param */
   update(): void {
     const e = this.e;
-    e.noGrad(() => {
-      for (const [k, p] of this.params) {
-        const s = this.shadow.get(k)!;
-        const next = e.tidy(() => add(scale(s, this.decay), scale(p, 1 - this.decay)));
-        e.copyBuffer(next.buffer, 0, s.buffer, 0, s.byteLength);
-        next.dispose();
-      }
-    });
+    for (const [k, p] of this.params) {
+      e.dispatch({
+        kernel: emaKernel(),
+        bindings: [this.shadow.get(k)!, p],
+        uniforms: new Uniforms().u32(p.size).f32(this.decay, 1 - this.decay).toArrayBuffer(),
+        workgroups: grid1d(p.size, EMA_WORKGROUP),
+      });
+    }
   }
 }
 

@@ -6,7 +6,7 @@ import { gaussianNoise, linearSchedule } from '../../src/model/diffusion.ts';
 import { sample } from '../../src/model/sampling.ts';
 import { UNet } from '../../src/model/unet.ts';
 import { balancedSubset, loadFashionMnist, toModelInput } from '../../src/train/data/fashion-mnist.ts';
-import { pretrain } from '../../src/train/pretrain.ts';
+import { Ema, pretrain } from '../../src/train/pretrain.ts';
 import { testEngine } from '../helpers/check.ts';
 
 const e = await testEngine();
@@ -17,6 +17,27 @@ const tiny = {
 const ds = await loadFashionMnist('train');
 const idx = balancedSubset(ds.labels, 6, 1);
 const data = { count: idx.length, labels: idx.map((i) => ds.labels[i]), images: (sel: readonly number[]) => toModelInput(ds, sel.map((i) => idx[i]), 16) };
+
+t.test('the EMA update is decay·shadow + (1 − decay)·param for every element of every parameter', async (t) => {
+  const values = (n: number, seed: number) => Float32Array.from(gaussianNoise(n, seed));
+  const params = new Map([['a', e.tensor(values(1000, 1), [10, 100])], ['b', e.tensor(values(3, 2), [3])]]);
+  const ema = new Ema(e, params, 0.9);
+  const expected = new Map([...params].map(([k, p]) => [k, Float64Array.from(values(p.size, k === 'a' ? 1 : 2))]));
+  for (let step = 0; step < 3; step++) {
+    for (const [k, p] of params) {
+      const next = values(p.size, 10 * step + (k === 'a' ? 3 : 4));
+      e.writeBuffer(p.buffer, 0, next);
+      expected.get(k)!.forEach((s, i, arr) => void (arr[i] = 0.9 * s + 0.1 * next[i]));
+    }
+    ema.update();
+  }
+  for (const [k, want] of expected) {
+    const got = await ema.shadow.get(k)!.read();
+    const worst = want.reduce((m, w, i) => Math.max(m, Math.abs(got[i] - w) / (1e-6 + Math.abs(w))), 0);
+    t.ok(worst < 1e-5, `${k}: worst relative error ${worst.toExponential(2)}`);
+  }
+  for (const p of [...params.values(), ...ema.shadow.values()]) p.dispose();
+});
 
 t.test('the diffusion loss (Eq. 4) goes down on Fashion-MNIST images', async (t) => {
   const unet = UNet.random(e, tiny, 1);
