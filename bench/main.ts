@@ -116,7 +116,7 @@ async function main() {
   if (flag('--tune')) {
     // The same bounded search as `difrep tune` (src/cli/tune.ts).
     const { tuning } = await tuneKernels(engine, 60, (line) => console.log(line));
-    await storeTuning(adapter, tuning as unknown as Record<string, Record<string, number>>);
+    await storeTuning(adapter, tuning);
     console.log(`tuning stored for ${adapter}: ${JSON.stringify(tuning)}`);
     engine.dispose();
     const tuned = await tunedEngine();

@@ -50,7 +50,7 @@ export function groupNormKernel(v: GroupNormVariant, mode: RowParallelism): Kern
   const r = rowReduction(mode, GROUPNORM_WORKGROUP);
   return {
     key: `groupNorm${v.scaleShift ? '.scaleShift' : ''}${v.silu ? '.silu' : ''}.${mode}`,
-    code: wgsl`
+    code: wgsl`${r.enable}
 struct Params { C: u32, HW: u32, groups: u32, eps: f32, rows: u32 }
 @group(0) @binding(0) var<uniform> u: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
@@ -98,7 +98,7 @@ export function groupNormBackwardKernel(v: GroupNormVariant, mode: RowParallelis
   ].join('\n    ');
   return {
     key: `groupNormBackward${v.scaleShift ? '.scaleShift' : ''}${v.silu ? '.silu' : ''}.${mode}`,
-    code: wgsl`
+    code: wgsl`${r.enable}
 struct Params { C: u32, HW: u32, groups: u32, eps: f32, rows: u32 }
 @group(0) @binding(0) var<uniform> u: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;

@@ -8,17 +8,22 @@ export const NORMALIZE_WORKGROUP = 128;
 
 /**
  * How the threads of a row-reduction kernel split the rows: `workgroup`, a workgroup of WG
- * threads per row combining partial sums in workgroup memory (GPUs); `thread`, one thread per row
- * summing it alone (CPU adapters such as lavapipe, where each workgroup barrier costs more than
- * the arithmetic). Either way the body reads `row`, starts at `lane` and steps by `STRIDE`, and
- * combines with `rowSum` (`rowSum4` for four sums at once, or `rowMax`). Dispatch: `workgroup` → one workgroup per row; `thread` →
- * rows/64.
+ * threads per row combining partial sums in workgroup memory by a tree (GPUs without subgroups);
+ * `subgroup`, the same workgroup per row, each subgroup summing its threads at once
+ * (subgroupAdd) and every thread then adding up the subgroups' sums in subgroup_id order — two
+ * barriers instead of 2·log2(WG) + 2, and the same order, so the same result, in every thread and
+ * every run; `thread`, one thread per row summing it alone (CPU adapters such as lavapipe, where
+ * each workgroup barrier costs more than the arithmetic). Either way the body reads `row`, starts
+ * at `lane` and steps by `STRIDE`, and combines with `rowSum` (`rowSum4` for four sums at once, or
+ * `rowMax`). The kernel puts `enable` first in its module. Dispatch: `workgroup` and `subgroup` →
+ * one workgroup per row; `thread` → rows/64.
  */
-export type RowParallelism = 'workgroup' | 'thread';
+export type RowParallelism = 'workgroup' | 'subgroup' | 'thread';
 
-export function rowReduction(mode: RowParallelism, WG: number): { decls: string; entry: string; stride: number } {
+export function rowReduction(mode: RowParallelism, WG: number): { enable: string; decls: string; entry: string; stride: number } {
   if (mode === 'thread') {
     return {
+      enable: '',
       decls: 'fn rowSum(v: f32, lane: u32) -> f32 { return v; }\nfn rowSum4(v: vec4<f32>, lane: u32) -> vec4<f32> { return v; }\nfn rowMax(v: f32, lane: u32) -> f32 { return v; }',
       entry: `@compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -27,7 +32,40 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
       stride: 1,
     };
   }
+  if (mode === 'subgroup') {
+    // WebGPU's subgroups have at least 4 invocations, so a workgroup has at most WG / 4.
+    const combine = (name: string, type: string, op: (a: string, b: string) => string, subgroupOp: string) => `fn ${name}(v: ${type}, lane: u32) -> ${type} {
+  let s = ${subgroupOp}(v);
+  if (subgroupLane == 0u) { ${name}Partials[subgroupIndex] = s; }
+  workgroupBarrier();
+  var r = ${name}Partials[0];
+  for (var i = 1u; i < subgroupCount; i++) { r = ${op('r', `${name}Partials[i]`)}; }
+  workgroupBarrier();
+  return r;
+}`;
+    return {
+      enable: 'enable subgroups;',
+      decls: `var<private> subgroupIndex: u32;
+var<private> subgroupCount: u32;
+var<private> subgroupLane: u32;
+var<workgroup> rowSumPartials: array<f32, ${WG / 4}>;
+var<workgroup> rowSum4Partials: array<vec4<f32>, ${WG / 4}>;
+var<workgroup> rowMaxPartials: array<f32, ${WG / 4}>;
+${combine('rowSum', 'f32', (a, b) => `${a} + ${b}`, 'subgroupAdd')}
+${combine('rowSum4', 'vec4<f32>', (a, b) => `${a} + ${b}`, 'subgroupAdd')}
+${combine('rowMax', 'f32', (a, b) => `max(${a}, ${b})`, 'subgroupMax')}`,
+      entry: `@compute @workgroup_size(${WG})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lane: u32,
+        @builtin(subgroup_id) sgId: u32, @builtin(num_subgroups) sgCount: u32, @builtin(subgroup_invocation_id) sgLane: u32) {
+  subgroupIndex = sgId;
+  subgroupCount = sgCount;
+  subgroupLane = sgLane;
+  let row = wid.y * nwg.x + wid.x;`,
+      stride: WG,
+    };
+  }
   return {
+    enable: '',
     decls: `var<workgroup> scratch: array<f32, ${WG}>;
 fn rowSum(v: f32, lane: u32) -> f32 {
   scratch[lane] = v;
@@ -75,7 +113,7 @@ export function normalizeRowsKernel(mode: RowParallelism): KernelSource {
   const r = rowReduction(mode, NORMALIZE_WORKGROUP);
   return {
     key: `normalizeRows.${mode}`,
-    code: wgsl`
+    code: wgsl`${r.enable}
 struct Params { rows: u32, D: u32, eps: f32 }
 @group(0) @binding(0) var<uniform> u: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
@@ -105,7 +143,7 @@ export function normalizeRowsBackwardKernel(mode: RowParallelism): KernelSource 
   const r = rowReduction(mode, NORMALIZE_WORKGROUP);
   return {
     key: `normalizeRowsBackward.${mode}`,
-    code: wgsl`
+    code: wgsl`${r.enable}
 struct Params { rows: u32, D: u32 }
 @group(0) @binding(0) var<uniform> u: Params;
 @group(0) @binding(1) var<storage, read> xhat: array<f32>;

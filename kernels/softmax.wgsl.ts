@@ -11,7 +11,7 @@ export function softmaxKernel(log: boolean, mode: RowParallelism): KernelSource 
   const r = rowReduction(mode, SOFTMAX_WORKGROUP);
   return {
     key: `softmax.${log ? 'log' : 'plain'}.${mode}`,
-    code: wgsl`
+    code: wgsl`${r.enable}
 struct Params { rows: u32, n: u32 }
 @group(0) @binding(0) var<uniform> u: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
@@ -45,7 +45,7 @@ export function softmaxBackwardKernel(log: boolean, mode: RowParallelism): Kerne
   const r = rowReduction(mode, SOFTMAX_WORKGROUP);
   return {
     key: `softmaxBackward.${log ? 'log' : 'plain'}.${mode}`,
-    code: wgsl`
+    code: wgsl`${r.enable}
 struct Params { rows: u32, n: u32 }
 @group(0) @binding(0) var<uniform> u: Params;
 @group(0) @binding(1) var<storage, read> y: array<f32>;

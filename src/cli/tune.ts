@@ -8,6 +8,7 @@
 import { chooseGemmTiling, type MatmulTiling, tilingWorkgroupBytes } from '../../kernels/matmul.wgsl.ts';
 import { createEngine, type Engine } from '../engine/engine.ts';
 import * as ops from '../engine/ops/index.ts';
+import type { Tuning } from '../engine/tuning.ts';
 import { gaussianNoise } from '../model/diffusion.ts';
 import { type OptionSpecs, parseArgs } from './args.ts';
 import { adapterName, storeTuning, tuningPath } from './tuning-cache.ts';
@@ -78,7 +79,7 @@ async function rate(e: Engine, run: () => void, flops: number, deadline: number)
  * spent. Returns the tuning to store (families whose winner beat the baseline by MIN_GAIN) and
  * what was measured. Leaves `e.tuning` as it found it.
  */
-export async function tuneKernels(e: Engine, seconds: number, log: (line: string) => void): Promise<{ tuning: Record<string, MatmulTiling>; results: FamilyResult[] }> {
+export async function tuneKernels(e: Engine, seconds: number, log: (line: string) => void): Promise<{ tuning: Tuning; results: FamilyResult[] }> {
   const a = e.tensor(gaussianNoise(1024 * 1024, 1), [1024, 1024]);
   const b = e.tensor(gaussianNoise(1024 * 1024, 2), [1024, 1024]);
   const x = e.tensor(gaussianNoise(256 * 32 * 32, 3), [1, 256, 32, 32]);
@@ -94,11 +95,11 @@ export async function tuneKernels(e: Engine, seconds: number, log: (line: string
     },
   ];
   const saved = structuredClone(e.tuning);
-  const setTuning = (t: Record<string, Record<string, number>>) => {
-    for (const k of Object.keys(e.tuning)) delete e.tuning[k];
+  const setTuning = (t: Tuning) => {
+    for (const k of Object.keys(e.tuning) as (keyof Tuning)[]) delete e.tuning[k];
     Object.assign(e.tuning, t);
   };
-  const tuning: Record<string, MatmulTiling> = {};
+  const tuning: Tuning = {};
   const results: FamilyResult[] = [];
   const start = performance.now();
   try {
@@ -169,7 +170,7 @@ export async function tuneCommand(argv: string[]): Promise<number> {
     console.log(`searched for ${((performance.now() - t0) / 1000).toFixed(1)} s`);
     if (o['dry-run']) console.log('--dry-run: tuning cache left as it is');
     else {
-      await storeTuning(adapter, tuning as unknown as Record<string, Record<string, number>>);
+      await storeTuning(adapter, tuning);
       console.log(`stored for "${adapter}" in ${tuningPath()}${Object.keys(tuning).length ? '' : ' (no overrides: the built-in tiles stand)'}`);
     }
     return 0;

@@ -5,9 +5,10 @@ import { mkdir, readFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { createEngine, type Engine } from '../engine/engine.ts';
+import { checkTuning, type Tuning } from '../engine/tuning.ts';
 import { writeFileAtomic } from '../model/checkpoint/atomic-write.ts';
 
-export type TuningCache = Record<string, Record<string, Record<string, number>>>;
+export type TuningCache = Record<string, Tuning>;
 
 // $HOME first: under Deno, os.homedir() needs a permission that reading $HOME does not.
 export const tuningPath = (): string => process.env.DIFREP_TUNING ?? join(process.env.HOME || homedir(), '.cache', 'difrep', 'tuning.json');
@@ -37,18 +38,12 @@ export async function readTuningCache(): Promise<TuningCache> {
   }
   const isRecord = (v: unknown): v is Record<string, unknown> => !!v && typeof v === 'object' && !Array.isArray(v);
   if (!isRecord(cache)) throw new Error(`kernel tuning cache ${path}: expected an object of adapter → kernel family → settings: ${fix}`);
-  for (const [adapter, families] of Object.entries(cache)) {
-    if (!isRecord(families)) throw new Error(`kernel tuning cache ${path}: the entry of "${adapter}" is not an object of kernel families: ${fix}`);
-    for (const [family, settings] of Object.entries(families)) {
-      const bad = isRecord(settings) ? Object.entries(settings).find(([, v]) => !(typeof v === 'number' && Number.isInteger(v) && v >= 0)) : ['(the settings)', settings];
-      if (bad) throw new Error(`kernel tuning cache ${path}: "${adapter}" → ${family} → ${bad[0]} is ${JSON.stringify(bad[1])}, not a whole number ≥ 0: ${fix}`);
-    }
-  }
+  for (const [adapter, entry] of Object.entries(cache)) checkTuning(entry, `kernel tuning cache ${path}: the entry of "${adapter}"`, fix);
   return cache as TuningCache;
 }
 
 /** Stores `tuning` as the entry of `adapter`, keeping the other adapters'. */
-export async function storeTuning(adapter: string, tuning: Record<string, Record<string, number>>): Promise<void> {
+export async function storeTuning(adapter: string, tuning: Tuning): Promise<void> {
   const cache = await readTuningCache();
   cache[adapter] = tuning;
   await mkdir(dirname(tuningPath()), { recursive: true });

@@ -28,7 +28,11 @@ export interface DeviceHandle {
   info: AdapterDescription;
   /** True when this module created the device (and may destroy it). */
   owned: boolean;
+  /** The WGSL language features of the runtime (navigator.gpu.wgslLanguageFeatures), e.g. subgroup_id. */
+  wgslFeatures: ReadonlySet<string>;
 }
+
+const languageFeatures = (gpu: GPU | undefined): ReadonlySet<string> => new Set(gpu?.wgslLanguageFeatures ?? []);
 
 // Dawn's Node binding crashes the process (segfault) when the object returned by `create()` is
 // garbage-collected while WebGPU is still in use, so every instance made here lives as long as the
@@ -132,10 +136,11 @@ export async function requestDevice(options: RequestDeviceOptions = {}): Promise
   for (const key of LIMITS_TO_REQUEST) requiredLimits[key] = adapter.limits[key];
   const requiredFeatures = FEATURES_TO_REQUEST.filter((f) => adapter!.features.has(f));
   const device = await adapter.requestDevice({ requiredLimits, requiredFeatures, label: 'difrep' });
-  return { device, adapter, info: describeAdapter(adapter, device), owned: true };
+  return { device, adapter, info: describeAdapter(adapter, device), owned: true, wgslFeatures: languageFeatures(gpu) };
 }
 
 /** Wraps a device the caller owns: the engine never destroys it. */
 export function wrapDevice(device: GPUDevice, adapter?: GPUAdapter): DeviceHandle {
-  return { device, adapter, info: describeAdapter(adapter, device), owned: false };
+  const gpu = (globalThis as { navigator?: { gpu?: GPU } }).navigator?.gpu ?? dawnInstances[0];
+  return { device, adapter, info: describeAdapter(adapter, device), owned: false, wgslFeatures: languageFeatures(gpu) };
 }

@@ -7,8 +7,11 @@ import { type AdapterClass, adapterClass, type DeviceHandle, isCpuAdapter, reque
 import { KernelRegistry, type KernelSource } from './kernel-registry.ts';
 import { KernelProfiler, type KernelTime } from './profiler.ts';
 import { StagingRing } from './staging.ts';
+import { checkTuning, type Tuning } from './tuning.ts';
 import { Tape } from './autograd.ts';
 import { boundLabel, numel, type Shape, shapeString, Storage, Tensor } from './tensor.ts';
+
+const TUNING_FIX = 'the settings are listed in src/engine/tuning.ts';
 
 /** A GPU validation, out-of-memory or internal error, carrying the labels Dawn reported. */
 export class GpuError extends Error {
@@ -22,8 +25,8 @@ export interface EngineOptions {
   /** Use this device (the engine never destroys it). Without one, the engine requests its own. */
   device?: GPUDevice;
   adapter?: GPUAdapter;
-  /** Per-kernel-family tuning overrides (tile sizes, workgroup sizes), e.g. from `difrep tune`. */
-  tuning?: Record<string, Record<string, number>>;
+  /** Per-kernel-family tuning overrides (tile sizes, workgroup sizes), e.g. from `difrep tune` (./tuning.ts). */
+  tuning?: Tuning;
   /**
    * Largest storage binding the engine will plan for (default: the device's
    * maxStorageBufferBindingSize). Lower it to make batch splitting kick in earlier.
@@ -64,13 +67,18 @@ export class Engine {
   readonly pool: BufferPool;
   readonly kernels: KernelRegistry;
   readonly tape = new Tape(this);
-  readonly tuning: Record<string, Record<string, number>>;
+  readonly tuning: Tuning;
   /** Largest storage binding, in bytes, that work is split to fit. */
   readonly maxBindingBytes: number;
   /** The adapter runs on the CPU (lavapipe, SwiftShader): row reductions use a thread per row. */
   readonly cpuAdapter: boolean;
   /** The adapter's family, for kernels whose best shape differs between them (device.ts). */
   readonly adapterClass: AdapterClass;
+  /**
+   * Row reductions may combine partial sums with subgroup operations: the device has the
+   * `subgroups` feature and WGSL the `subgroup_id` builtin (so each subgroup's slot is known).
+   */
+  readonly subgroupReductions: boolean;
   private readonly maxDispatches: number;
   private readonly maxCommandsInFlight: number;
 
@@ -99,7 +107,7 @@ export class Engine {
     this.pool = new BufferPool(this.device, this.device.limits.maxBufferSize);
     this.kernels = new KernelRegistry(this.device);
     this.staging = new StagingRing(this.device);
-    this.tuning = options.tuning ?? {};
+    this.tuning = options.tuning ? checkTuning(options.tuning, 'Engine: option tuning', TUNING_FIX) : {};
     this.maxDispatches = options.maxDispatchesPerSubmit ?? 64;
     this.maxCommandsInFlight = options.maxCommandsInFlight ?? DEFAULT_MAX_COMMANDS_IN_FLIGHT;
     if (!Number.isInteger(this.maxCommandsInFlight) || this.maxCommandsInFlight < 1) {
@@ -108,6 +116,7 @@ export class Engine {
     this.maxBindingBytes = Math.min(options.maxBindingBytes ?? Infinity, this.device.limits.maxStorageBufferBindingSize);
     this.cpuAdapter = isCpuAdapter(handle.info);
     this.adapterClass = adapterClass(handle.info);
+    this.subgroupReductions = this.device.features.has('subgroups') && handle.wgslFeatures.has('subgroup_id');
     this.uniformArena = this.device.createBuffer({
       size: UNIFORM_ARENA_BYTES,
       usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
@@ -504,6 +513,7 @@ function collectTensors(value: unknown, into: Set<Tensor>): void {
 
 /** Creates an engine on the caller's device, or on a device it requests itself. */
 export async function createEngine(options: EngineOptions = {}): Promise<Engine> {
+  if (options.tuning) checkTuning(options.tuning, 'createEngine: option tuning', TUNING_FIX); // before a device exists
   const handle = options.device ? wrapDevice(options.device, options.adapter) : await requestDevice();
   return new Engine(handle, options);
 }

@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import tap from 'tap';
 import { adapterName, readTuningCache, storeTuning, tunedEngine } from '../../src/cli/tuning-cache.ts';
+import { createEngine } from '../../src/engine/engine.ts';
 
 const t = tap;
 const dir = await mkdtemp(join(tmpdir(), 'difrep-tuning-'));
@@ -35,11 +36,21 @@ t.test("the adapter's stored entry is applied, another adapter's is kept and not
   await e.dispose();
 });
 
+t.test('createEngine checks its tuning option the same way', async (t) => {
+  await t.rejects(createEngine({ tuning: { rows: { threadPerRow: 1 } } as never }), /createEngine: option tuning → rows → threadPerRow: unknown setting \(known: threadPerRowFrom, subgroups\)/);
+});
+
 t.test('a broken cache is an error that names the file and the fix', async (t) => {
   await writeFile(path, '{ not json');
   await t.rejects(readTuningCache(), new RegExp(`tuning cache ${path.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')} is not JSON .*delete it or re-run`));
   await writeFile(path, JSON.stringify({ gpu: { matmul: { wgX: 'big' } } }));
-  await t.rejects(readTuningCache(), /"gpu" → matmul → wgX is "big", not a whole number ≥ 0/);
+  await t.rejects(readTuningCache(), /"gpu" → matmul → wgX is "big", not a whole number ≥ 1/);
+  await writeFile(path, JSON.stringify({ gpu: { matmull: { wgX: 8 } } }));
+  await t.rejects(readTuningCache(), /"gpu" → matmull: unknown kernel family \(known: matmul, conv2d, conv2dWinograd, conv2dWeightGrad, rows, reduce\)/);
+  await writeFile(path, JSON.stringify({ gpu: { conv2dWinograd: { enable: 1 } } }));
+  await t.rejects(readTuningCache(), /"gpu" → conv2dWinograd → enable: unknown setting \(known: enabled, minChannels\)/);
+  await writeFile(path, JSON.stringify({ gpu: { matmul: { tk: 0 } } }));
+  await t.rejects(readTuningCache(), /"gpu" → matmul → tk is 0, not a whole number ≥ 1/);
   await writeFile(path, JSON.stringify({ gpu: [1, 2] }));
   await t.rejects(readTuningCache(), /the entry of "gpu" is not an object of kernel families/);
 });

@@ -5,15 +5,22 @@ import { broadcast, groupNormRef, type Nd, nd } from '../helpers/reference.ts';
 
 const e = await testEngine();
 
-// Both row layouts of the fused kernels (a thread per row, as on CPU adapters; a workgroup per
-// row, as on GPUs), each variant; [2, 8, 3, 5] in 4 groups has fewer values per channel than a
-// workgroup has threads, [1, 4, 17, 17] in 2 groups more.
-for (const [mode, threadPerRowFrom] of [['a thread per row', 1], ['a workgroup per row', 0]] as const) {
+// Every row layout of the fused kernels (a thread per row, as on CPU adapters; a workgroup per
+// row combining through workgroup memory, or through subgroups, as on GPUs), each variant;
+// [2, 8, 3, 5] in 4 groups has fewer values per channel than a workgroup has threads,
+// [1, 4, 17, 17] in 2 groups more.
+const ROW_MODES = [
+  ['a thread per row', { threadPerRowFrom: 1 }],
+  ['a workgroup per row', { threadPerRowFrom: 0, subgroups: 0 }],
+  ['a workgroup per row through subgroups', { threadPerRowFrom: 0 }],
+] as const;
+for (const [mode, rows] of ROW_MODES) {
   for (const [label, opts] of [['plain', {}], ['SiLU', { silu: true }], ['scale-shift', { ss: true }], ['scale-shift + SiLU', { silu: true, ss: true }]] as const) {
     for (const [shape, groups] of [[[2, 8, 3, 5], 4], [[1, 4, 17, 17], 2]] as const) {
-      t.test(`groupNorm (${label}, ${mode}, [${shape}] in ${groups} groups): fused forward matches float64, fused backward matches finite differences`, async (t) => {
+      const skip = mode.includes('subgroups') && !e.subgroupReductions ? 'this adapter has no subgroups with subgroup_id' : false;
+      t.test(`groupNorm (${label}, ${mode}, [${shape}] in ${groups} groups): fused forward matches float64, fused backward matches finite differences`, { skip }, async (t) => {
         const saved = e.tuning.rows;
-        e.tuning.rows = { threadPerRowFrom };
+        e.tuning.rows = { ...rows };
         t.teardown(() => void (e.tuning.rows = saved));
         const [N, C] = shape;
         const x = randomNd([...shape], 1, -2, 3);
@@ -131,7 +138,7 @@ t.test('broadcast helper sanity: (x − mean) over rows equals the reference', a
   t.ok(maxRelError(await ops.sub(upload(e, a), e.tensor([1, 2, 3], [3])).read(), r.data) < 1e-6);
 });
 
-t.test('groupNorm and normalizeRows agree with float64 with a workgroup per row and with a thread per row', async (t) => {
+t.test('groupNorm and normalizeRows agree with float64 in every row layout', async (t) => {
   const { createEngine } = await import('../../src/engine/engine.ts');
   const x = randomNd([3, 64, 5, 7], 21, -2, 3);
   const g = randomNd([64], 22, 0.5, 1.5);
@@ -139,8 +146,8 @@ t.test('groupNorm and normalizeRows agree with float64 with a workgroup per row 
   const ss = randomNd([3, 128], 24, -0.5, 0.5);
   const ref = groupNormRef(x, g, b, 32, 1e-5, ss, true).data;
   const grads: Float32Array[] = [];
-  for (const [mode, threadPerRowFrom] of [['workgroup per row', 0], ['thread per row', 1]] as const) {
-    const m = await createEngine({ device: e.device, tuning: { rows: { threadPerRowFrom } } });
+  for (const [mode, layout] of ROW_MODES) {
+    const m = await createEngine({ device: e.device, tuning: { rows: { ...layout } } });
     const y = ops.groupNorm(upload(m, x), upload(m, g), upload(m, b), { silu: true, scaleShift: upload(m, ss) });
     t.ok(maxRelError(await y.read(), ref) < 1e-5, `groupNorm, ${mode}`);
     const xt = upload(m, x);
@@ -153,6 +160,6 @@ t.test('groupNorm and normalizeRows agree with float64 with a workgroup per row 
     m.tape.backward(ops.sum(ops.mul(rows, upload(m, randomNd([3, 64, 5, 7], 25)))));
     grads.push(await xt.grad!.read());
   }
-  // The workgroup path is the one the finite-difference tests above check (few rows).
-  t.ok(maxRelError(grads[1], Float64Array.from(grads[0])) < 1e-5, 'normalizeRows backward: thread per row = workgroup per row');
+  t.ok(maxRelError(grads[0], Float64Array.from(grads[1])) < 1e-5, 'normalizeRows backward: thread per row = workgroup per row');
+  t.ok(maxRelError(grads[2], Float64Array.from(grads[1])) < 1e-5, 'normalizeRows backward: through subgroups = workgroup per row');
 });

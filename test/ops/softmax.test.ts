@@ -3,10 +3,18 @@ import { ops } from '../../src/index.ts';
 import { gradCheck, maxRelError, randomNd, testEngine, upload } from '../helpers/check.ts';
 import { type Nd, softmaxRef } from '../helpers/reference.ts';
 
-const e = await testEngine();
+const base = await testEngine();
+const { createEngine } = await import('../../src/engine/engine.ts');
+// The row layouts (kernels/normalize.wgsl.ts): as the adapter chooses (on CPU adapters a thread per
+// row from 16 rows), a workgroup per row through workgroup memory, and through subgroups.
+const layouts = [
+  ['', base],
+  [', a workgroup per row', await createEngine({ device: base.device, tuning: { rows: { threadPerRowFrom: 0, subgroups: 0 } } })],
+  ...(base.subgroupReductions ? [[', a workgroup per row through subgroups', await createEngine({ device: base.device, tuning: { rows: { threadPerRowFrom: 0 } } })] as const] : []),
+] as const;
 
-for (const log of [false, true]) {
-  const name = log ? 'logSoftmax' : 'softmax';
+for (const [layout, e] of layouts) for (const log of [false, true]) {
+  const name = `${log ? 'logSoftmax' : 'softmax'}${layout}`;
   const op = log ? ops.logSoftmax : ops.softmax;
   // On CPU adapters 16 rows or more take a thread per row, fewer a workgroup per row.
   t.test(`${name} forward on rows of 1, 10, 67 and 4099, few and many rows`, async (t) => {

@@ -9,11 +9,15 @@ import { add, mul } from './elementwise.ts';
 /**
  * A thread per row on CPU adapters once there are enough rows to fill the cores (a workgroup's
  * barriers cost more there than the sums: GroupNorm of [50, 64, 8, 8] 63 ms → see bench), a
- * workgroup per row elsewhere. Tunable: tuning.rows.threadPerRowFrom (rows; 0 = never).
+ * workgroup per row elsewhere, combining through subgroups where the engine can
+ * (Engine.subgroupReductions). Tunable: tuning.rows.threadPerRowFrom (rows; 0 = never) and
+ * tuning.rows.subgroups (0: the workgroup-memory tree instead).
  */
 export function rowParallelism(e: Engine, rows: number): { mode: RowParallelism; workgroups: [number, number] } {
   const from = e.tuning.rows?.threadPerRowFrom ?? (e.cpuAdapter ? 16 : 0);
-  return from > 0 && rows >= from ? { mode: 'thread', workgroups: grid1d(rows, 64) } : { mode: 'workgroup', workgroups: grid1d(rows, 1) };
+  if (from > 0 && rows >= from) return { mode: 'thread', workgroups: grid1d(rows, 64) };
+  const subgroups = e.subgroupReductions && e.tuning.rows?.subgroups !== 0;
+  return { mode: subgroups ? 'subgroup' : 'workgroup', workgroups: grid1d(rows, 1) };
 }
 
 /** x viewed as [rows, D] (D = the last `D` elements of each row) → (x − mean)/sqrt(var + eps) per row. */

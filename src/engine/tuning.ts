@@ -1,0 +1,56 @@
+// The engine's kernel tuning: the settings that exist, per kernel family, and the check that a
+// tuning passed in or read from a file names only those, each a whole number. Every setting is
+// optional; an absent one leaves the built-in choice for the adapter.
+import type { MatmulTiling } from '../../kernels/matmul.wgsl.ts';
+
+export interface Tuning {
+  /** Register tiles of matmul and the Winograd GEMMs (chooseGemmTiling). */
+  matmul?: Partial<MatmulTiling>;
+  /** Register tiles of the direct conv's implicit GEMM, its data and its weight gradient. */
+  conv2d?: Partial<MatmulTiling>;
+  /** Winograd F(2×2, 3×3) for 3×3 convs: `enabled` 1 or 0 forces it on or off; `minChannels` (default 16). */
+  conv2dWinograd?: { enabled?: number; minChannels?: number };
+  /** Split-K of the direct conv's weight gradient: about this many workgroups (default 64 on GPUs, 1 on CPU adapters). */
+  conv2dWeightGrad?: { splitKWorkgroups?: number };
+  /**
+   * Row reductions (GroupNorm, LayerNorm, softmax): a thread per row from this many rows (0: always
+   * a workgroup per row); `subgroups` 0 combines a workgroup's sums without subgroup operations.
+   */
+  rows?: { threadPerRowFrom?: number; subgroups?: number };
+  /** Sums over contiguous rows: a workgroup per row below this many rows. */
+  reduce?: { workgroupPerRowBelow?: number };
+}
+
+const TILE: readonly (keyof MatmulTiling)[] = ['wgX', 'wgY', 'tm', 'tn', 'tk'];
+
+/** Every family and its settings; tile sizes must be at least 1, the others at least 0. */
+const SETTINGS: { [F in keyof Tuning]-?: { keys: readonly string[]; min: number } } = {
+  matmul: { keys: TILE, min: 1 },
+  conv2d: { keys: TILE, min: 1 },
+  conv2dWinograd: { keys: ['enabled', 'minChannels'], min: 0 },
+  conv2dWeightGrad: { keys: ['splitKWorkgroups'], min: 0 },
+  rows: { keys: ['threadPerRowFrom', 'subgroups'], min: 0 },
+  reduce: { keys: ['workgroupPerRowBelow'], min: 0 },
+};
+
+const isRecord = (v: unknown): v is Record<string, unknown> => !!v && typeof v === 'object' && !Array.isArray(v);
+
+/**
+ * `value` as a Tuning, or an Error naming where it came from (`where`), the family or setting at
+ * fault and what is accepted; `fix` ends the message.
+ */
+export function checkTuning(value: unknown, where: string, fix: string): Tuning {
+  if (!isRecord(value)) throw new Error(`${where} is not an object of kernel families: ${fix}`);
+  for (const [family, settings] of Object.entries(value)) {
+    const spec = SETTINGS[family as keyof Tuning];
+    if (!spec) throw new Error(`${where} → ${family}: unknown kernel family (known: ${Object.keys(SETTINGS).join(', ')}): ${fix}`);
+    if (!isRecord(settings)) throw new Error(`${where} → ${family} is ${JSON.stringify(settings)}, not an object of settings: ${fix}`);
+    for (const [key, v] of Object.entries(settings)) {
+      if (!spec.keys.includes(key)) throw new Error(`${where} → ${family} → ${key}: unknown setting (known: ${spec.keys.join(', ')}): ${fix}`);
+      if (!(typeof v === 'number' && Number.isInteger(v) && v >= spec.min)) {
+        throw new Error(`${where} → ${family} → ${key} is ${JSON.stringify(v)}, not a whole number ≥ ${spec.min}: ${fix}`);
+      }
+    }
+  }
+  return value as Tuning;
+}
