@@ -1,41 +1,46 @@
 // Sum (times a scale, so also mean) over the middle axis of a tensor viewed as [outer, n, inner].
 import { wgsl } from 'wgsl-preprocessor/wgsl-preprocessor.js';
 import type { KernelSource } from '../src/engine/kernel-registry.ts';
+import { type RowParallelism, rowReduction } from './normalize.wgsl.ts';
 
 export const REDUCE_WORKGROUP = 256;
 
 /**
  * out[o, j] = scale · Σ_k x[o, k, j]. `rowwise` (for inner = 1): one workgroup per output, its
- * threads stride over k and combine in workgroup memory; otherwise one thread per output, with
- * neighbouring threads reading neighbouring j (coalesced). Bindings: x, out.
+ * threads stride over k and combine as `mode` says ('workgroup' or 'subgroup', the RowParallelism
+ * of ./normalize.wgsl.ts); otherwise one thread per output, with neighbouring threads reading
+ * neighbouring j (coalesced). Bindings: x, out.
  */
-export function reduceSumKernel(rowwise: boolean): KernelSource {
+export function reduceSumKernel(rowwise: boolean, mode: Exclude<RowParallelism, 'thread'> = 'workgroup'): KernelSource {
   const WG = REDUCE_WORKGROUP;
+  if (rowwise) {
+    const r = rowReduction(mode, WG);
+    return {
+      key: `reduceSum.row.${mode}`,
+      code: wgsl`${r.enable}
+struct Params { outer: u32, n: u32, inner: u32, scale: f32 }
+@group(0) @binding(0) var<uniform> u: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+${r.decls}
+${r.entry}
+  let o = row;
+  if (o >= u.outer) { return; }
+  let base = o * u.n;
+  var acc = 0.0;
+  for (var k = lane; k < u.n; k += ${WG}u) { acc += x[base + k]; }
+  let total = rowSum(acc, lane);
+  if (lane == 0u) { out[o] = total * u.scale; }
+}`,
+    };
+  }
   return {
-    key: `reduceSum.${rowwise ? 'row' : 'col'}`,
+    key: 'reduceSum.col',
     code: wgsl`
 struct Params { outer: u32, n: u32, inner: u32, scale: f32 }
 @group(0) @binding(0) var<uniform> u: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
-#if ${rowwise}
-var<workgroup> partial: array<f32, ${WG}>;
-@compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-  let o = wid.y * nwg.x + wid.x;
-  if (o >= u.outer) { return; }
-  let base = o * u.n;
-  var acc = 0.0;
-  for (var k = lid; k < u.n; k += ${WG}u) { acc += x[base + k]; }
-  partial[lid] = acc;
-  workgroupBarrier();
-  for (var s = ${WG / 2}u; s > 0u; s >>= 1u) {
-    if (lid < s) { partial[lid] += partial[lid + s]; }
-    workgroupBarrier();
-  }
-  if (lid == 0u) { out[o] = partial[0] * u.scale; }
-}
-#else
 @compute @workgroup_size(${WG})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
   let i = (wid.y * nwg.x + wid.x) * ${WG}u + lid;
@@ -49,8 +54,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     p += u.inner;
   }
   out[i] = acc * u.scale;
-}
-#endif
-`,
+}`,
   };
 }

@@ -43,3 +43,17 @@ for (const [shape, axes, keep] of cases) {
 t.test('an out-of-range axis is a clear error', async (t) => {
   t.throws(() => ops.sum(upload(e, randomNd([2, 2], 1)), [2]), /axis out of range/);
 });
+
+t.test('a workgroup per row sums alike through workgroup memory and through subgroups', async (t) => {
+  const { createEngine } = await import('../../src/engine/engine.ts');
+  const tree = await createEngine({ device: e.device, tuning: { rows: { subgroups: 0 } } });
+  const subgroups = await createEngine({ device: e.device, tuning: { rows: { subgroups: 1 } } });
+  for (const [shape, axes] of [[[100003], undefined], [[4, 1000], [1]], [[3, 64], [1]]] as const) {
+    const x = randomNd([...shape], 9);
+    const ref = sumAxes(x, axes ? [...axes] : shape.map((_, i) => i), false).data;
+    for (const [label, m] of [['workgroup memory', tree], ['subgroups', subgroups]] as const) {
+      const err = maxRelError(await ops.sum(upload(m, x), axes ? [...axes] : undefined).read(), ref);
+      t.ok(err < 1e-5, `${shape} through ${label}: ${err.toExponential(2)}`);
+    }
+  }
+});

@@ -23,7 +23,7 @@ function reduceMiddle(e: Engine, x: Tensor, outer: number, n: number, inner: num
   // cost more than one thread summing a whole row (2048×256: 27 ms vs 1 ms). Tunable per adapter.
   const rowwise = inner === 1 && n >= 64 && outer < (e.tuning.reduce?.workgroupPerRowBelow ?? 16);
   e.dispatch({
-    kernel: reduceSumKernel(rowwise),
+    kernel: reduceSumKernel(rowwise, e.subgroupReductions && e.tuning.rows?.subgroups !== 0 ? 'subgroup' : 'workgroup'),
     bindings: [x, out],
     uniforms: new Uniforms().u32(outer, n, inner).f32(scaleBy).toArrayBuffer(),
     workgroups: rowwise ? grid1d(outer, 1) : grid1d(outer * inner, REDUCE_WORKGROUP),
