@@ -3,7 +3,7 @@
 // output gradient evenly over its window; one thread per input element gathers from every output
 // window that covers it (windows overlap when the sizes do not divide).
 import { wgsl } from 'wgsl-preprocessor/wgsl-preprocessor.js';
-import type { KernelSource } from '../src/engine/kernel-registry.ts';
+import type { KernelSource } from './kernel-source.ts';
 
 export const ADAPTIVE_POOL_WORKGROUP = 256;
 

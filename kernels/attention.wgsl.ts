@@ -5,7 +5,7 @@
 // serves guided-diffusion's legacy QKV layout ([N, heads·3·d, T], per head q | k | v) and the
 // token-major layout of the Transformer heads ([N, T, 3, heads, d]).
 import { wgsl } from 'wgsl-preprocessor/wgsl-preprocessor.js';
-import type { KernelSource } from '../src/engine/kernel-registry.ts';
+import type { KernelSource } from './kernel-source.ts';
 
 export const ATTENTION_QUERIES_PER_WORKGROUP = 64;
 export const ATTENTION_KEY_TILE = 16;

@@ -18,7 +18,7 @@
 // decode a column (pixel (n, oy, ox) here, weight column (ci, ky, kx) in the weight gradient) run
 // once per thread, not once per loaded value (CPU adapters scalarise them).
 import { wgsl } from 'wgsl-preprocessor/wgsl-preprocessor.js';
-import type { KernelSource } from '../src/engine/kernel-registry.ts';
+import type { KernelSource } from './kernel-source.ts';
 import { DEFAULT_MATMUL_TILING, type MatmulTiling } from './matmul.wgsl.ts';
 import { accumulateStep, declareAccumulators, declareSlabs, fillSlab, ownedColumnSlab, storeAccumulators } from './register-tile.ts';
 

@@ -3,7 +3,7 @@
 // with different strides and offsets; the op first drops unit dimensions and merges those that
 // are contiguous in both x and out (a channel concat of NCHW tensors is a rank-2 copy).
 import { wgsl } from 'wgsl-preprocessor/wgsl-preprocessor.js';
-import type { KernelSource } from '../src/engine/kernel-registry.ts';
+import type { KernelSource } from './kernel-source.ts';
 
 export const COPY_WORKGROUP = 256;
 

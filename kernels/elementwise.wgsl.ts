@@ -1,7 +1,7 @@
 // Elementwise kernels from one table: each unary op is a forward expression of `x` (and the
 // uniform scalar `alpha`) and a backward expression of `x`, `y` (the forward output) and `dy`.
 import { wgsl } from 'wgsl-preprocessor/wgsl-preprocessor.js';
-import type { KernelSource } from '../src/engine/kernel-registry.ts';
+import type { KernelSource } from './kernel-source.ts';
 
 export const WORKGROUP = 256;
 

@@ -2,7 +2,7 @@
 //   shadow ← decay·shadow + (1 − decay)·param
 // with (1 − decay) computed on the CPU in f64 and passed as a scalar.
 import { wgsl } from 'wgsl-preprocessor/wgsl-preprocessor.js';
-import type { KernelSource } from '../src/engine/kernel-registry.ts';
+import type { KernelSource } from './kernel-source.ts';
 
 export const EMA_WORKGROUP = 256;
 

@@ -13,7 +13,7 @@
 //   and per image and channel, summed over H·W: dγ ← Σ da·x̂, dβ ← Σ da, dscale ← Σ dz·a,
 //   dshift ← Σ dz (the op sums dγ and dβ over the images).
 import { wgsl } from 'wgsl-preprocessor/wgsl-preprocessor.js';
-import type { KernelSource } from '../src/engine/kernel-registry.ts';
+import type { KernelSource } from './kernel-source.ts';
 import { type RowParallelism, rowReduction } from './normalize.wgsl.ts';
 
 export const GROUPNORM_WORKGROUP = 256;

@@ -3,7 +3,7 @@
 // TM × TN block held in registers, stepping over K in TK-wide slabs staged in workgroup memory
 // (the register-tile step of ./register-tile.ts, shared with the conv kernels).
 import { wgsl } from 'wgsl-preprocessor/wgsl-preprocessor.js';
-import type { KernelSource } from '../src/engine/kernel-registry.ts';
+import type { KernelSource } from './kernel-source.ts';
 import { accumulateStep, declareAccumulators, declareSlabs, fillSlab, fillSlabVec4, storeAccumulators } from './register-tile.ts';
 
 export interface MatmulTiling {

@@ -2,7 +2,7 @@
 // variance, two passes). LayerNorm, and GroupNorm on the autograd path, are this plus an affine map.
 // Backward (per row, g = dL/dx̂):  dx = rstd · (g − mean(g) − x̂ · mean(g · x̂)).
 import { wgsl } from 'wgsl-preprocessor/wgsl-preprocessor.js';
-import type { KernelSource } from '../src/engine/kernel-registry.ts';
+import type { KernelSource } from './kernel-source.ts';
 
 export const NORMALIZE_WORKGROUP = 128;
 

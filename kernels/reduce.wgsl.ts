@@ -1,6 +1,6 @@
 // Sum (times a scale, so also mean) over the middle axis of a tensor viewed as [outer, n, inner].
 import { wgsl } from 'wgsl-preprocessor/wgsl-preprocessor.js';
-import type { KernelSource } from '../src/engine/kernel-registry.ts';
+import type { KernelSource } from './kernel-source.ts';
 import { type RowParallelism, rowReduction } from './normalize.wgsl.ts';
 
 export const REDUCE_WORKGROUP = 256;

@@ -2,7 +2,7 @@
 // 2× upsampling, on NCHW data viewed as [N·C, H, W] planes. Their backward passes are each other's
 // adjoints: d(avgPool)/dx spreads dy/4 over the 2×2 window, d(upsample)/dx sums the 2×2 window.
 import { wgsl } from 'wgsl-preprocessor/wgsl-preprocessor.js';
-import type { KernelSource } from '../src/engine/kernel-registry.ts';
+import type { KernelSource } from './kernel-source.ts';
 
 export const RESAMPLE_WORKGROUP = 256;
 

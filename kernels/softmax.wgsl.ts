@@ -1,7 +1,7 @@
 // Softmax and log-softmax over the last axis of a [rows, n] tensor: a workgroup per row, or a
 // thread per row on CPU adapters (the RowParallelism of ./normalize.wgsl.ts).
 import { wgsl } from 'wgsl-preprocessor/wgsl-preprocessor.js';
-import type { KernelSource } from '../src/engine/kernel-registry.ts';
+import type { KernelSource } from './kernel-source.ts';
 import { type RowParallelism, rowReduction } from './normalize.wgsl.ts';
 
 export const SOFTMAX_WORKGROUP = 64;

@@ -14,7 +14,7 @@
 // of T whole tile rows from `firstTile` on, when the whole does not fit a binding), U and dU
 // [16, Cout, Cin]. Every transform is written out as the sums its constant matrices give.
 import { wgsl } from 'wgsl-preprocessor/wgsl-preprocessor.js';
-import type { KernelSource } from '../src/engine/kernel-registry.ts';
+import type { KernelSource } from './kernel-source.ts';
 
 export const WINOGRAD_WORKGROUP = 64;
 

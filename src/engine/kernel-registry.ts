@@ -1,11 +1,6 @@
 // Compiles each specialised WGSL program once per device and hands out its pipeline.
 
-/** A WGSL program specialised for one set of compile-time options (tile sizes, flags). */
-export interface KernelSource {
-  /** Unique per distinct WGSL text: family name plus every option that changes the code. */
-  key: string;
-  code: string;
-}
+export type { KernelSource } from '../../kernels/kernel-source.ts';
 
 export class KernelRegistry {
   private pipelines = new Map<string, GPUComputePipeline>();

@@ -1,0 +1,39 @@
+// The layers import downward only: CLI → train → model → engine → kernels. Every relative import
+// of every module is resolved and checked against the layer order.
+import { readdirSync, readFileSync, statSync } from 'node:fs';
+import { dirname, join, relative, resolve } from 'node:path';
+import t from 'tap';
+import { repoRoot } from '../helpers/cli.ts';
+
+const LAYERS = ['kernels', 'src/engine', 'src/model', 'src/train', 'src/cli'];
+const layerOf = (file: string) => {
+  const rel = relative(repoRoot, file);
+  const i = LAYERS.findIndex((l) => rel === l || rel.startsWith(`${l}/`));
+  return i;
+};
+
+function* sources(dir: string): Generator<string> {
+  for (const name of readdirSync(dir)) {
+    const p = join(dir, name);
+    if (statSync(p).isDirectory()) yield* sources(p);
+    else if (name.endsWith('.ts')) yield p;
+  }
+}
+
+t.test('no module imports from a layer above its own', async (t) => {
+  const violations: string[] = [];
+  let imports = 0;
+  for (const layer of LAYERS) {
+    for (const file of sources(join(repoRoot, layer))) {
+      const own = layerOf(file);
+      for (const m of readFileSync(file, 'utf8').matchAll(/(?:^|\n)\s*(?:import|export)[^'"\n]*?from\s+['"](\.{1,2}\/[^'"]+)['"]/g)) {
+        imports++;
+        const target = resolve(dirname(file), m[1]);
+        const theirs = layerOf(target);
+        if (theirs > own) violations.push(`${relative(repoRoot, file)} imports ${relative(repoRoot, target)} (${LAYERS[theirs]} is above ${LAYERS[own]})`);
+      }
+    }
+  }
+  t.ok(imports > 200, `${imports} relative imports checked`);
+  t.same(violations, []);
+});
