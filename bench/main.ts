@@ -16,7 +16,8 @@ import { adapterName, storeTuning, tunedEngine } from '../src/cli/tuning-cache.t
 interface Row {
   family: string;
   name: string;
-  ours: Measurement;
+  /** Absent when the case failed (`throughput` then says why). */
+  ours?: Measurement;
   throughput: string;
   ofPeak?: number;
   target?: number;
@@ -101,7 +102,7 @@ function runPeer(cases: BenchCase[]): Map<BenchCase, { firstMs: number; medianMs
 function table(rows: Row[]): string {
   const head = ['kernel', 'shape', 'first', 'median', 'spread', 'throughput', '% of peak', 'target', 'peer median', 'ours/peer'];
   const body = rows.map((r) => [
-    r.family, r.name, fmt(r.ours.firstMs), fmt(r.ours.medianMs), `${fmt(r.ours.minMs)}–${fmt(r.ours.maxMs)} (${r.ours.reps})`,
+    r.family, r.name, r.ours ? fmt(r.ours.firstMs) : '', r.ours ? fmt(r.ours.medianMs) : '', r.ours ? `${fmt(r.ours.minMs)}–${fmt(r.ours.maxMs)} (${r.ours.reps})` : '',
     r.throughput, r.ofPeak === undefined ? '' : `${(100 * r.ofPeak).toFixed(0)}%`, r.target === undefined ? '' : `${(100 * r.target).toFixed(0)}%`,
     !r.peer ? '' : 'error' in r.peer ? 'n/a' : fmt(r.peer.medianMs), r.ratio === undefined ? '' : `${r.ratio.toFixed(2)}×`,
   ]);
@@ -128,15 +129,30 @@ async function main() {
 async function report(engine: Engine, adapter: string, started: Date) {
   const peaks: Peaks = await measurePeaks(engine);
   console.log(`measured peaks: FMA ${peaks.gflops.toFixed(1)} GFLOP/s, copy ${peaks.gbps.toFixed(2)} GB/s (read + write)`);
-  const cases = CASES.filter((c) => (mode === 'quick' ? c.quick : mode === 'full' ? true : !c.full));
+  // `full: 'cpu'`: whole-model rows too slow for the default run on CPU adapters only.
+  const cases = CASES.filter((c) => (mode === 'quick' ? c.quick : mode === 'full' ? true : !(c.full === true || (c.full === 'cpu' && engine.cpuAdapter))));
   const peer = flag('--no-peer') ? new Map() : runPeer(cases);
   if (flag('--no-peer')) console.log('peer: skipped (--no-peer)');
   const rows: Row[] = [];
   for (const c of cases) {
-    const { run, dispose, algorithm } = await c.setup(engine);
-    const heavy = (c.flops ?? 0) > 10e9 || c.images !== undefined || c.family === 'U-Net forward';
-    const m = await measure(engine, run, { flops: c.flops, bytes: c.bytes, minReps: heavy ? 1 : 3, maxReps: heavy ? 2 : 10 });
-    dispose();
+    let setup: Awaited<ReturnType<BenchCase['setup']>> | undefined;
+    let m: Measurement;
+    try {
+      setup = await c.setup(engine);
+      // Whole-model rows: one or two repetitions, three for the training step (its time varies most).
+      const heavy = (c.flops ?? 0) > 10e9 || c.images !== undefined || c.family === 'U-Net forward';
+      const reps = c.family === 'U-Net training' ? 3 : heavy ? 1 : 3;
+      m = await measure(engine, setup.run, { flops: c.flops, bytes: c.bytes, minReps: reps, maxReps: heavy ? Math.max(2, reps) : 10 });
+    } catch (err) {
+      // A case this adapter cannot run (out of memory, a limit) is a row that says so, not the end of the run.
+      const reason = `failed: ${(err as Error).message.split('\n')[0].slice(0, 160)}`;
+      rows.push({ family: c.family, name: c.name, throughput: reason, target: c.target });
+      console.log(`  ${c.family.padEnd(18)} ${c.name.padEnd(40)} ${reason}`);
+      continue;
+    } finally {
+      setup?.dispose();
+    }
+    const algorithm = setup.algorithm;
     const p = peer.get(c);
     // A Winograd conv: effective GFLOP/s (the direct conv's FLOPs over the time), % of peak from the
     // FLOPs it performs.

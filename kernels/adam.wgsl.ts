@@ -7,18 +7,23 @@ import type { KernelSource } from './kernel-source.ts';
 
 export const ADAM_WORKGROUP = 256;
 
-/** Bindings: param, grad, m, v (all updated in place except grad). */
-export function adamKernel(): KernelSource {
+/**
+ * Bindings: param, grad, m, v (all updated in place except grad). `vec4`: four values per
+ * invocation, for tensors of a multiple of 4 values (u.n then counts vec4s); CPU adapters pay per
+ * invocation, GPUs load 16 bytes at once.
+ */
+export function adamKernel(vec4: boolean): KernelSource {
   const WG = ADAM_WORKGROUP;
+  const T = vec4 ? 'vec4<f32>' : 'f32';
   return {
-    key: 'adam',
+    key: `adam${vec4 ? '.vec4' : ''}`,
     code: wgsl`
 struct Params { n: u32, beta1: f32, beta2: f32, eps: f32, stepSize: f32, sqrtBiasCorrection2: f32, weightDecay: f32 }
 @group(0) @binding(0) var<uniform> u: Params;
-@group(0) @binding(1) var<storage, read_write> p: array<f32>;
-@group(0) @binding(2) var<storage, read> grad: array<f32>;
-@group(0) @binding(3) var<storage, read_write> m: array<f32>;
-@group(0) @binding(4) var<storage, read_write> v: array<f32>;
+@group(0) @binding(1) var<storage, read_write> p: array<${T}>;
+@group(0) @binding(2) var<storage, read> grad: array<${T}>;
+@group(0) @binding(3) var<storage, read_write> m: array<${T}>;
+@group(0) @binding(4) var<storage, read_write> v: array<${T}>;
 @compute @workgroup_size(${WG})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
   let i = (wid.y * nwg.x + wid.x) * ${WG}u + lid;

@@ -63,11 +63,13 @@ export class Adam implements Optimizer {
     for (const [name, p] of this.params) {
       if (!p.grad) continue;
       const { m, v } = this.momentsOf(name, p);
+      const vec4 = p.size % 4 === 0;
+      const n = vec4 ? p.size / 4 : p.size;
       this.engine.dispatch({
-        kernel: adamKernel(),
+        kernel: adamKernel(vec4),
         bindings: [p, p.grad, m, v],
-        uniforms: new Uniforms().u32(p.size).f32(this.beta1, this.beta2, this.eps, this.lr / bc1, Math.sqrt(bc2), this.weightDecay).toArrayBuffer(),
-        workgroups: grid1d(p.size, ADAM_WORKGROUP),
+        uniforms: new Uniforms().u32(n).f32(this.beta1, this.beta2, this.eps, this.lr / bc1, Math.sqrt(bc2), this.weightDecay).toArrayBuffer(),
+        workgroups: grid1d(n, ADAM_WORKGROUP),
       });
     }
   }

@@ -46,11 +46,13 @@ export class Ema {
   update(): void {
     const e = this.e;
     for (const [k, p] of this.params) {
+      const vec4 = p.size % 4 === 0;
+      const n = vec4 ? p.size / 4 : p.size;
       e.dispatch({
-        kernel: emaKernel(),
+        kernel: emaKernel(vec4),
         bindings: [this.shadow.get(k)!, p],
-        uniforms: new Uniforms().u32(p.size).f32(this.decay, 1 - this.decay).toArrayBuffer(),
-        workgroups: grid1d(p.size, EMA_WORKGROUP),
+        uniforms: new Uniforms().u32(n).f32(this.decay, 1 - this.decay).toArrayBuffer(),
+        workgroups: grid1d(n, EMA_WORKGROUP),
       });
     }
   }

@@ -4,20 +4,21 @@ import { maxRelError, randomNd, testEngine, upload } from '../helpers/check.ts';
 
 const e = await testEngine();
 
-t.test('the Adam kernel follows torch.optim.Adam in float64 over several steps, with weight decay', async (t) => {
-  const p0 = randomNd([1000], 1);
-  const grads = [2, 3, 4].map((s) => randomNd([1000], s, -1e-3, 1e-3));
+// 1000 values: four per invocation (vec4); 1001: one each.
+for (const size of [1000, 1001]) t.test(`the Adam kernel follows torch.optim.Adam in float64 over several steps, with weight decay (${size} values)`, async (t) => {
+  const p0 = randomNd([size], 1);
+  const grads = [2, 3, 4].map((s) => randomNd([size], s, -1e-3, 1e-3));
   const p = upload(e, p0);
   const adam = new Adam(e, new Map([['w', p]]), { lr: 1e-2, betas: [0.9, 0.99], eps: 1e-8, weightDecay: 0.1 });
   const ref = Float64Array.from(p0.data);
-  const m = new Float64Array(1000);
-  const v = new Float64Array(1000);
+  const m = new Float64Array(size);
+  const v = new Float64Array(size);
   grads.forEach((g, step) => {
     p.grad = e.keep(upload(e, g));
     adam.step();
     adam.zeroGrad();
     const tt = step + 1;
-    for (let i = 0; i < 1000; i++) {
+    for (let i = 0; i < size; i++) {
       const gi = g.data[i] + 0.1 * ref[i];
       m[i] = 0.9 * m[i] + 0.1 * gi;
       v[i] = 0.99 * v[i] + 0.01 * gi * gi;

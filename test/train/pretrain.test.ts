@@ -18,7 +18,7 @@ const ds = await loadFashionMnist('train');
 const idx = balancedSubset(ds.labels, 6, 1);
 const data = { count: idx.length, labels: idx.map((i) => ds.labels[i]), images: (sel: readonly number[]) => toModelInput(ds, sel.map((i) => idx[i]), 16) };
 
-t.test('the EMA update is decay·shadow + (1 − decay)·param for every element of every parameter', async (t) => {
+t.test('the EMA update is decay·shadow + (1 − decay)·param for every element of every parameter (4 per invocation and 1)', async (t) => {
   const values = (n: number, seed: number) => Float32Array.from(gaussianNoise(n, seed));
   const params = new Map([['a', e.tensor(values(1000, 1), [10, 100])], ['b', e.tensor(values(3, 2), [3])]]);
   const ema = new Ema(e, params, 0.9);
