@@ -21,42 +21,60 @@ export const GROUPNORM_WORKGROUP = 256;
 export interface GroupNormVariant {
   scaleShift: boolean;
   silu: boolean;
+  /**
+   * Values per load: 4 reads and writes vec4s, for H·W a multiple of 4 (a vec4 then never spans two
+   * channels). On CPU adapters a thread-per-row load is a gather across the SIMD lanes, so a vec4
+   * moves four values for about the cost of one; GPUs load 16 bytes at once.
+   */
+  width: 1 | 4;
 }
 
-/** The row statistics of both kernels: the mean kept as shift + offset, and rstd. */
-function rowStatistics(stride: number): string {
+/** The vector type of a load of `width` values, and the sum of its components. */
+const vectorType = (width: number) => (width === 4 ? 'vec4<f32>' : 'f32');
+const componentSum = (width: number, v: string) => (width === 4 ? `dot(${v}, vec4(1.0))` : v);
+
+const variantKey = (v: GroupNormVariant, mode: RowParallelism) => `${v.scaleShift ? '.scaleShift' : ''}${v.silu ? '.silu' : ''}${v.width === 4 ? '.vec4' : ''}.${mode}`;
+
+/**
+ * The row statistics of both kernels: the mean kept as shift + offset, and rstd. Indices count
+ * loads of `width` values: `count` per row, `hw` per channel.
+ */
+function rowStatistics(stride: number, width: number): string {
+  const T = vectorType(width);
   return `let n = ng / u.groups;
   let g = ng % u.groups;
   let cpg = u.C / u.groups;
-  let count = cpg * u.HW;
-  let base = ng * count;     // == (n·C + g·cpg)·HW
+  let hw = u.HW / ${width}u;
+  let count = cpg * hw;
+  let base = ng * count;     // == (n·C + g·cpg)·HW / width
   // Sums of x − x[0] (shifted data): exact-ish means even when |mean| ≫ std.
-  let shift = x[base];
-  var s = 0.0;
+  let shift = x[base]${width === 4 ? '.x' : ''};
+  var s = ${T}();
   for (var i = lane; i < count; i += ${stride}u) { s += x[base + i] - shift; }
   // The mean is kept as shift + offset: rounding shift + offset to one f32 would lose the
   // offset's low bits exactly when |mean| ≫ std.
-  let offset = rowSum(s, lane) / f32(count);
-  var q = 0.0;
+  let offset = rowSum(${componentSum(width, 's')}, lane) / f32(count * ${width}u);
+  var q = ${T}();
   for (var i = lane; i < count; i += ${stride}u) {
     let d = (x[base + i] - shift) - offset;
     q += d * d;
   }
-  let rstd = inverseSqrt(rowSum(q, lane) / f32(count) + u.eps);`;
+  let rstd = inverseSqrt(rowSum(${componentSum(width, 'q')}, lane) / f32(count * ${width}u) + u.eps);`;
 }
 
 /** Bindings: x, gamma, beta, y, then e ([N, 2C]) with scaleShift. */
 export function groupNormKernel(v: GroupNormVariant, mode: RowParallelism): KernelSource {
   const r = rowReduction(mode, GROUPNORM_WORKGROUP);
+  const T = vectorType(v.width);
   return {
-    key: `groupNorm${v.scaleShift ? '.scaleShift' : ''}${v.silu ? '.silu' : ''}.${mode}`,
+    key: `groupNorm${variantKey(v, mode)}`,
     code: wgsl`${r.enable}
 struct Params { C: u32, HW: u32, groups: u32, eps: f32, rows: u32 }
 @group(0) @binding(0) var<uniform> u: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<${T}>;
 @group(0) @binding(2) var<storage, read> gamma: array<f32>;
 @group(0) @binding(3) var<storage, read> beta: array<f32>;
-@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+@group(0) @binding(4) var<storage, read_write> y: array<${T}>;
 #if ${v.scaleShift}
 @group(0) @binding(5) var<storage, read> e: array<f32>;
 #endif
@@ -64,9 +82,9 @@ ${r.decls}
 ${r.entry}
   let ng = row;              // n · groups + g
   if (ng >= u.rows) { return; }
-  ${rowStatistics(r.stride)}
+  ${rowStatistics(r.stride, v.width)}
   for (var i = lane; i < count; i += ${r.stride}u) {
-    let c = g * cpg + i / u.HW;
+    let c = g * cpg + i / hw;
     var r = ((x[base + i] - shift) - offset) * rstd * gamma[c] + beta[c];
 #if ${v.scaleShift}
     r = r * (1.0 + e[n * 2u * u.C + c]) + e[n * 2u * u.C + u.C + c];
@@ -86,7 +104,9 @@ ${r.entry}
  */
 export function groupNormBackwardKernel(v: GroupNormVariant, mode: RowParallelism): KernelSource {
   const r = rowReduction(mode, GROUPNORM_WORKGROUP);
-  // Recomputes x̂ (xh), a, z and dz at flat index `idx` of channel `c`: the dz and da it names.
+  const T = vectorType(v.width);
+  const sum = (x: string) => componentSum(v.width, x);
+  // Recomputes x̂ (xh), a, z and dz at load `idx` of channel `c`: the dz and da it names.
   const chain = (idx: string, c: string) => [
     `let xh = ((x[${idx}] - shift) - offset) * rstd;`,
     `let a = xh * gamma[${c}] + beta[${c}];`,
@@ -97,15 +117,15 @@ export function groupNormBackwardKernel(v: GroupNormVariant, mode: RowParallelis
     'let da = dz * scale1;',
   ].join('\n    ');
   return {
-    key: `groupNormBackward${v.scaleShift ? '.scaleShift' : ''}${v.silu ? '.silu' : ''}.${mode}`,
+    key: `groupNormBackward${variantKey(v, mode)}`,
     code: wgsl`${r.enable}
 struct Params { C: u32, HW: u32, groups: u32, eps: f32, rows: u32 }
 @group(0) @binding(0) var<uniform> u: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<${T}>;
 @group(0) @binding(2) var<storage, read> gamma: array<f32>;
 @group(0) @binding(3) var<storage, read> beta: array<f32>;
-@group(0) @binding(4) var<storage, read> dy: array<f32>;
-@group(0) @binding(5) var<storage, read_write> dx: array<f32>;
+@group(0) @binding(4) var<storage, read> dy: array<${T}>;
+@group(0) @binding(5) var<storage, read_write> dx: array<${T}>;
 @group(0) @binding(6) var<storage, read_write> dAffine: array<f32>;
 #if ${v.scaleShift}
 @group(0) @binding(7) var<storage, read> e: array<f32>;
@@ -115,16 +135,16 @@ ${r.decls}
 ${r.entry}
   let ng = row;              // n · groups + g
   if (ng >= u.rows) { return; }
-  ${rowStatistics(r.stride)}
+  ${rowStatistics(r.stride, v.width)}
   // Per channel: Σ da·x̂, Σ da, Σ dz·a, Σ dz; over the row: Σ dx̂, Σ dx̂·x̂.
   var rowSums = vec2<f32>();
   for (var cc = 0u; cc < cpg; cc++) {
     let c = g * cpg + cc;
     var sums = vec4<f32>();
-    for (var i = lane; i < u.HW; i += ${r.stride}u) {
-      ${chain('base + cc * u.HW + i', 'c')}
-      sums += vec4(da * xh, da, dz * a, dz);
-      rowSums += vec2(da * gamma[c], da * gamma[c] * xh);
+    for (var i = lane; i < hw; i += ${r.stride}u) {
+      ${chain('base + cc * hw + i', 'c')}
+      sums += vec4(${sum('da * xh')}, ${sum('da')}, ${sum('dz * a')}, ${sum('dz')});
+      rowSums += vec2(${sum('da * gamma[c]')}, ${sum('da * gamma[c] * xh')});
     }
     sums = rowSum4(sums, lane);
     if (lane == 0u) {
@@ -136,9 +156,9 @@ ${r.entry}
 #endif
     }
   }
-  let meanD = rowSum4(vec4(rowSums, 0.0, 0.0), lane).xy / f32(count);
+  let meanD = rowSum4(vec4(rowSums, 0.0, 0.0), lane).xy / f32(count * ${v.width}u);
   for (var i = lane; i < count; i += ${r.stride}u) {
-    let c = g * cpg + i / u.HW;
+    let c = g * cpg + i / hw;
     ${chain('base + i', 'c')}
     dx[base + i] = rstd * (da * gamma[c] - meanD.x - xh * meanD.y);
   }

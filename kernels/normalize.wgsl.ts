@@ -16,18 +16,25 @@ export const NORMALIZE_WORKGROUP = 128;
  * each workgroup barrier costs more than the arithmetic). Either way the body reads `row`, starts
  * at `lane` and steps by `STRIDE`, and combines with `rowSum` (`rowSum4` for four sums at once, or
  * `rowMax`). The kernel puts `enable` first in its module. Dispatch: `workgroup` and `subgroup` →
- * one workgroup per row; `thread` → rows/64.
+ * one workgroup per row; `thread` → rows / THREAD_MODE_WORKGROUP.
  */
 export type RowParallelism = 'workgroup' | 'subgroup' | 'thread';
+
+/**
+ * Rows per workgroup in `thread` mode. CPU adapters run a workgroup on one core, so few rows in
+ * large workgroups leave cores idle (GroupNorm of 256 channels @64², 32 rows: one workgroup of 64
+ * would use one of two cores); 16 is two AVX2 SIMD vectors of rows.
+ */
+export const THREAD_MODE_WORKGROUP = 8;
 
 export function rowReduction(mode: RowParallelism, WG: number): { enable: string; decls: string; entry: string; stride: number } {
   if (mode === 'thread') {
     return {
       enable: '',
       decls: 'fn rowSum(v: f32, lane: u32) -> f32 { return v; }\nfn rowSum4(v: vec4<f32>, lane: u32) -> vec4<f32> { return v; }\nfn rowMax(v: f32, lane: u32) -> f32 { return v; }',
-      entry: `@compute @workgroup_size(64)
+      entry: `@compute @workgroup_size(${THREAD_MODE_WORKGROUP})
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-  let row = gid.y * nwg.x * 64u + gid.x;
+  let row = gid.y * nwg.x * ${THREAD_MODE_WORKGROUP}u + gid.x;
   let lane = 0u;`,
       stride: 1,
     };

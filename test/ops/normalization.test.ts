@@ -8,7 +8,8 @@ const e = await testEngine();
 // Every row layout of the fused kernels (a thread per row, as on CPU adapters; a workgroup per
 // row combining through workgroup memory, or through subgroups, as on GPUs), each variant;
 // [2, 8, 3, 5] in 4 groups has fewer values per channel than a workgroup has threads,
-// [1, 4, 17, 17] in 2 groups more.
+// [1, 4, 17, 17] in 2 groups more; [2, 8, 4, 4] and [1, 4, 32, 36] have H·W a multiple of 4
+// (the kernels' vec4 loads); [1, 4, 32, 36] has more loads per channel than a workgroup has threads.
 const ROW_MODES = [
   ['a thread per row', { threadPerRowFrom: 1 }],
   ['a workgroup per row', { threadPerRowFrom: 0, subgroups: 0 }],
@@ -16,7 +17,7 @@ const ROW_MODES = [
 ] as const;
 for (const [mode, rows] of ROW_MODES) {
   for (const [label, opts] of [['plain', {}], ['SiLU', { silu: true }], ['scale-shift', { ss: true }], ['scale-shift + SiLU', { silu: true, ss: true }]] as const) {
-    for (const [shape, groups] of [[[2, 8, 3, 5], 4], [[1, 4, 17, 17], 2]] as const) {
+    for (const [shape, groups] of [[[2, 8, 3, 5], 4], [[1, 4, 17, 17], 2], [[2, 8, 4, 4], 4], [[1, 4, 32, 36], 2]] as const) {
       const skip = mode.includes('subgroups') && !e.subgroupReductions ? 'this adapter has no subgroups with subgroup_id' : false;
       t.test(`groupNorm (${label}, ${mode}, [${shape}] in ${groups} groups): fused forward matches float64, fused backward matches finite differences`, { skip }, async (t) => {
         const saved = e.tuning.rows;

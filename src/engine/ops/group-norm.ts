@@ -29,7 +29,7 @@ export function groupNorm(x: Tensor, gamma: Tensor, beta: Tensor, opts: GroupNor
     throw new RangeError(`groupNorm: scale-shift ${shapeString(opts.scaleShift.shape)} is not [${N}, ${2 * C}]`);
   }
   const scaleShift = opts.scaleShift;
-  const variant = { scaleShift: !!scaleShift, silu: !!opts.silu };
+  const variant = { scaleShift: !!scaleShift, silu: !!opts.silu, width: HW % 4 === 0 ? 4 : 1 } as const;
   const eps = opts.eps ?? 1e-5;
   const y = e.empty(x.shape, `groupNorm(${x.label})`);
   const par = rowParallelism(e, N * groups);

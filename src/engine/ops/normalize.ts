@@ -1,6 +1,6 @@
 // Row normalisation and LayerNorm. Kernels: kernels/normalize.wgsl.ts. LayerNorm's affine map is
 // broadcast arithmetic on top, so its weight and bias gradients come from the elementwise rules.
-import { normalizeRowsBackwardKernel, normalizeRowsKernel, type RowParallelism } from '../../../kernels/normalize.wgsl.ts';
+import { normalizeRowsBackwardKernel, normalizeRowsKernel, type RowParallelism, THREAD_MODE_WORKGROUP } from '../../../kernels/normalize.wgsl.ts';
 import type { Engine } from '../engine.ts';
 import { shapeString, type Tensor } from '../tensor.ts';
 import { grid1d, Uniforms } from '../uniforms.ts';
@@ -15,7 +15,7 @@ import { add, mul } from './elementwise.ts';
  */
 export function rowParallelism(e: Engine, rows: number): { mode: RowParallelism; workgroups: [number, number] } {
   const from = e.tuning.rows?.threadPerRowFrom ?? (e.cpuAdapter ? 16 : 0);
-  if (from > 0 && rows >= from) return { mode: 'thread', workgroups: grid1d(rows, 64) };
+  if (from > 0 && rows >= from) return { mode: 'thread', workgroups: grid1d(rows, THREAD_MODE_WORKGROUP) };
   const subgroups = e.subgroupReductions && e.tuning.rows?.subgroups !== 0;
   return { mode: subgroups ? 'subgroup' : 'workgroup', workgroups: grid1d(rows, 1) };
 }
