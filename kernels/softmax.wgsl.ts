@@ -6,26 +6,35 @@ import { type RowParallelism, rowReduction } from './normalize.wgsl.ts';
 
 export const SOFTMAX_WORKGROUP = 64;
 
-/** y = softmax(x) or log_softmax(x) per row, max-subtracted for stability. Bindings: x, y. */
-export function softmaxKernel(log: boolean, mode: RowParallelism): KernelSource {
+/** The vector type of a load of `width` (1 or 4) values, and the sum and max of its components. */
+const vectorType = (width: number) => (width === 4 ? 'vec4<f32>' : 'f32');
+const componentSum = (width: number, v: string) => (width === 4 ? `dot(${v}, vec4(1.0))` : v);
+const componentMax = (width: number, v: string) => (width === 4 ? `max(max(${v}.x, ${v}.y), max(${v}.z, ${v}.w))` : v);
+
+/**
+ * y = softmax(x) or log_softmax(x) per row, max-subtracted for stability. `width` 4: rows of a
+ * multiple of 4 values read and written as vec4s (u.n then counts vec4s). Bindings: x, y.
+ */
+export function softmaxKernel(log: boolean, mode: RowParallelism, width: 1 | 4 = 1): KernelSource {
   const r = rowReduction(mode, SOFTMAX_WORKGROUP);
+  const T = vectorType(width);
   return {
-    key: `softmax.${log ? 'log' : 'plain'}.${mode}`,
+    key: `softmax.${log ? 'log' : 'plain'}${width === 4 ? '.vec4' : ''}.${mode}`,
     code: wgsl`${r.enable}
 struct Params { rows: u32, n: u32 }
 @group(0) @binding(0) var<uniform> u: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read_write> y: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<${T}>;
+@group(0) @binding(2) var<storage, read_write> y: array<${T}>;
 ${r.decls}
 ${r.entry}
   if (row >= u.rows) { return; }
   let base = row * u.n;
-  var m = -3.402823e38;
-  for (var k = lane; k < u.n; k += ${r.stride}u) { m = max(m, x[base + k]); }
-  m = rowMax(m, lane);
-  var s = 0.0;
-  for (var k = lane; k < u.n; k += ${r.stride}u) { s += exp(x[base + k] - m); }
-  s = rowSum(s, lane);
+  var mv = ${T}(-3.402823e38);
+  for (var k = lane; k < u.n; k += ${r.stride}u) { mv = max(mv, x[base + k]); }
+  let m = rowMax(${componentMax(width, 'mv')}, lane);
+  var sv = ${T}();
+  for (var k = lane; k < u.n; k += ${r.stride}u) { sv += exp(x[base + k] - m); }
+  let s = rowSum(${componentSum(width, 'sv')}, lane);
 #if ${log}
   let logS = log(s);
   for (var k = lane; k < u.n; k += ${r.stride}u) { y[base + k] = x[base + k] - m - logS; }
@@ -39,29 +48,30 @@ ${r.entry}
 
 /**
  * Backward from the forward output y: softmax dx = y·(dy − Σ dy·y);
- * log-softmax dx = dy − exp(y)·Σ dy. Bindings: y, dy, dx.
+ * log-softmax dx = dy − exp(y)·Σ dy. `width` as for softmaxKernel. Bindings: y, dy, dx.
  */
-export function softmaxBackwardKernel(log: boolean, mode: RowParallelism): KernelSource {
+export function softmaxBackwardKernel(log: boolean, mode: RowParallelism, width: 1 | 4 = 1): KernelSource {
   const r = rowReduction(mode, SOFTMAX_WORKGROUP);
+  const T = vectorType(width);
   return {
-    key: `softmaxBackward.${log ? 'log' : 'plain'}.${mode}`,
+    key: `softmaxBackward.${log ? 'log' : 'plain'}${width === 4 ? '.vec4' : ''}.${mode}`,
     code: wgsl`${r.enable}
 struct Params { rows: u32, n: u32 }
 @group(0) @binding(0) var<uniform> u: Params;
-@group(0) @binding(1) var<storage, read> y: array<f32>;
-@group(0) @binding(2) var<storage, read> dy: array<f32>;
-@group(0) @binding(3) var<storage, read_write> dx: array<f32>;
+@group(0) @binding(1) var<storage, read> y: array<${T}>;
+@group(0) @binding(2) var<storage, read> dy: array<${T}>;
+@group(0) @binding(3) var<storage, read_write> dx: array<${T}>;
 ${r.decls}
 ${r.entry}
   if (row >= u.rows) { return; }
   let base = row * u.n;
-  var s = 0.0;
+  var sv = ${T}();
 #if ${log}
-  for (var k = lane; k < u.n; k += ${r.stride}u) { s += dy[base + k]; }
+  for (var k = lane; k < u.n; k += ${r.stride}u) { sv += dy[base + k]; }
 #else
-  for (var k = lane; k < u.n; k += ${r.stride}u) { s += dy[base + k] * y[base + k]; }
+  for (var k = lane; k < u.n; k += ${r.stride}u) { sv += dy[base + k] * y[base + k]; }
 #endif
-  let total = rowSum(s, lane);
+  let total = rowSum(${componentSum(width, 'sv')}, lane);
 #if ${log}
   for (var k = lane; k < u.n; k += ${r.stride}u) { dx[base + k] = dy[base + k] - exp(y[base + k]) * total; }
 #else

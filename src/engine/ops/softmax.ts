@@ -12,12 +12,13 @@ function run(x: Tensor, log: boolean): Tensor {
   const n = x.shape[x.rank - 1];
   const rows = x.size / Math.max(1, n);
   const y = e.empty(x.shape, `${log ? 'logSoftmax' : 'softmax'}(${x.label})`);
-  const uniforms = new Uniforms().u32(rows, n).toArrayBuffer();
+  const width = n % 4 === 0 ? 4 : 1;
+  const uniforms = new Uniforms().u32(rows, n / width).toArrayBuffer();
   const par = rowParallelism(e, rows);
-  e.dispatch({ kernel: softmaxKernel(log, par.mode), bindings: [x, y], uniforms, workgroups: par.workgroups });
+  e.dispatch({ kernel: softmaxKernel(log, par.mode, width), bindings: [x, y], uniforms, workgroups: par.workgroups });
   e.tape.record(log ? 'logSoftmax' : 'softmax', [x], [y], [y], ([dy]) => {
     const dx = e.empty(x.shape, 'dsoftmax');
-    e.dispatch({ kernel: softmaxBackwardKernel(log, par.mode), bindings: [y, dy!, dx], uniforms, workgroups: par.workgroups });
+    e.dispatch({ kernel: softmaxBackwardKernel(log, par.mode, width), bindings: [y, dy!, dx], uniforms, workgroups: par.workgroups });
     return [dx];
   });
   return y;
