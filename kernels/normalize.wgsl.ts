@@ -115,57 +115,67 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   };
 }
 
-/** Bindings: x, xhat, stats ([rows, 2]: mean, rstd). */
-export function normalizeRowsKernel(mode: RowParallelism): KernelSource {
+/** The vector type of a load of `width` (1 or 4) values, and the sum of its components. */
+const vectorType = (width: number) => (width === 4 ? 'vec4<f32>' : 'f32');
+const componentSum = (width: number, v: string) => (width === 4 ? `dot(${v}, vec4(1.0))` : v);
+
+/**
+ * Bindings: x, xhat, stats ([rows, 2]: mean, rstd). `width` 4: rows of a multiple of 4 values
+ * read and written as vec4s (u.D then counts vec4s).
+ */
+export function normalizeRowsKernel(mode: RowParallelism, width: 1 | 4 = 1): KernelSource {
   const r = rowReduction(mode, NORMALIZE_WORKGROUP);
+  const T = vectorType(width);
   return {
-    key: `normalizeRows.${mode}`,
+    key: `normalizeRows${width === 4 ? '.vec4' : ''}.${mode}`,
     code: wgsl`${r.enable}
 struct Params { rows: u32, D: u32, eps: f32 }
 @group(0) @binding(0) var<uniform> u: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read_write> xhat: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<${T}>;
+@group(0) @binding(2) var<storage, read_write> xhat: array<${T}>;
 @group(0) @binding(3) var<storage, read_write> stats: array<f32>;
 ${r.decls}
 ${r.entry}
   if (row >= u.rows) { return; }
   let base = row * u.D;
+  let values = f32(u.D * ${width}u);
   // Sums of x − x[0] (shifted data): exact-ish means even when |mean| ≫ std.
-  let shift = x[base];
-  var s = 0.0;
+  let shift = x[base]${width === 4 ? '.x' : ''};
+  var s = ${T}();
   for (var i = lane; i < u.D; i += ${r.stride}u) { s += x[base + i] - shift; }
   // The mean is kept as shift + offset (see kernels/groupnorm.wgsl.ts).
-  let offset = rowSum(s, lane) / f32(u.D);
-  var q = 0.0;
+  let offset = rowSum(${componentSum(width, 's')}, lane) / values;
+  var q = ${T}();
   for (var i = lane; i < u.D; i += ${r.stride}u) { let d = (x[base + i] - shift) - offset; q += d * d; }
-  let rstd = inverseSqrt(rowSum(q, lane) / f32(u.D) + u.eps);
+  let rstd = inverseSqrt(rowSum(${componentSum(width, 'q')}, lane) / values + u.eps);
   for (var i = lane; i < u.D; i += ${r.stride}u) { xhat[base + i] = ((x[base + i] - shift) - offset) * rstd; }
   if (lane == 0u) { stats[2u * row] = shift + offset; stats[2u * row + 1u] = rstd; }
 }`,
   };
 }
 
-/** Bindings: xhat, stats, g (dL/dx̂), dx. */
-export function normalizeRowsBackwardKernel(mode: RowParallelism): KernelSource {
+/** Bindings: xhat, stats, g (dL/dx̂), dx. `width` as for normalizeRowsKernel. */
+export function normalizeRowsBackwardKernel(mode: RowParallelism, width: 1 | 4 = 1): KernelSource {
   const r = rowReduction(mode, NORMALIZE_WORKGROUP);
+  const T = vectorType(width);
   return {
-    key: `normalizeRowsBackward.${mode}`,
+    key: `normalizeRowsBackward${width === 4 ? '.vec4' : ''}.${mode}`,
     code: wgsl`${r.enable}
 struct Params { rows: u32, D: u32 }
 @group(0) @binding(0) var<uniform> u: Params;
-@group(0) @binding(1) var<storage, read> xhat: array<f32>;
+@group(0) @binding(1) var<storage, read> xhat: array<${T}>;
 @group(0) @binding(2) var<storage, read> stats: array<f32>;
-@group(0) @binding(3) var<storage, read> g: array<f32>;
-@group(0) @binding(4) var<storage, read_write> dx: array<f32>;
+@group(0) @binding(3) var<storage, read> g: array<${T}>;
+@group(0) @binding(4) var<storage, read_write> dx: array<${T}>;
 ${r.decls}
 ${r.entry}
   if (row >= u.rows) { return; }
   let base = row * u.D;
-  var sg = 0.0;
-  var sgx = 0.0;
+  var sg = ${T}();
+  var sgx = ${T}();
   for (var i = lane; i < u.D; i += ${r.stride}u) { sg += g[base + i]; sgx += g[base + i] * xhat[base + i]; }
-  let meanG = rowSum(sg, lane) / f32(u.D);
-  let meanGX = rowSum(sgx, lane) / f32(u.D);
+  let meanG = rowSum(${componentSum(width, 'sg')}, lane) / f32(u.D * ${width}u);
+  let meanGX = rowSum(${componentSum(width, 'sgx')}, lane) / f32(u.D * ${width}u);
   let rstd = stats[2u * row + 1u];
   for (var i = lane; i < u.D; i += ${r.stride}u) {
     dx[base + i] = rstd * (g[base + i] - meanG - xhat[base + i] * meanGX);

@@ -55,12 +55,16 @@ t.test('groupNorm keeps precision when |mean| ≫ std (two-pass variance)', asyn
   t.ok(err < 1e-3, `${err}`);
 });
 
-t.test('layerNorm over [C, s, s] with an elementwise affine: forward and finite differences', async (t) => {
-  const x = randomNd([3, 4, 2, 2], 1, -1, 2);
-  const w = randomNd([4, 2, 2], 2);
-  const b = randomNd([4, 2, 2], 3);
+// Rows of 16 values (read as vec4s) and of 15, in every row layout.
+for (const affine of [[4, 2, 2], [5, 3]]) for (const [mode, rows] of ROW_MODES) t.test(`layerNorm over [${affine}] with an elementwise affine (${mode}): forward and finite differences`, async (t) => {
+  const saved = e.tuning.rows;
+  e.tuning.rows = { ...rows };
+  t.teardown(() => void (e.tuning.rows = saved));
+  const D = affine.reduce((p, d) => p * d, 1);
+  const x = randomNd([3, ...affine], 1, -1, 2);
+  const w = randomNd(affine, 2);
+  const b = randomNd(affine, 3);
   const ref = (xx: Nd, ww: Nd, bb: Nd) => {
-    const D = 16;
     const out = new Float64Array(xx.data.length);
     for (let r = 0; r < 3; r++) {
       const row = xx.data.subarray(r * D, r * D + D);

@@ -28,10 +28,11 @@ export function normalizeRows(x: Tensor, D: number, eps = 1e-5): Tensor {
   const xhat = e.empty(x.shape, `normalize(${x.label})`);
   const stats = e.empty([rows, 2], 'normalize.stats');
   const par = rowParallelism(e, rows);
+  const width = D % 4 === 0 ? 4 : 1;
   e.dispatch({
-    kernel: normalizeRowsKernel(par.mode),
+    kernel: normalizeRowsKernel(par.mode, width),
     bindings: [x, xhat, stats],
-    uniforms: new Uniforms().u32(rows, D).f32(eps).toArrayBuffer(),
+    uniforms: new Uniforms().u32(rows, D / width).f32(eps).toArrayBuffer(),
     workgroups: par.workgroups,
   });
   if (!e.tape.needsGrad([x])) {
@@ -41,9 +42,9 @@ export function normalizeRows(x: Tensor, D: number, eps = 1e-5): Tensor {
   e.tape.record('normalizeRows', [x], [xhat], [xhat, stats], ([g]) => {
     const dx = e.empty(x.shape, 'dnormalize');
     e.dispatch({
-      kernel: normalizeRowsBackwardKernel(par.mode),
+      kernel: normalizeRowsBackwardKernel(par.mode, width),
       bindings: [xhat, stats, g!, dx],
-      uniforms: new Uniforms().u32(rows, D).toArrayBuffer(),
+      uniforms: new Uniforms().u32(rows, D / width).toArrayBuffer(),
       workgroups: par.workgroups,
     });
     return [dx];
