@@ -177,7 +177,7 @@ async function report(engine: Engine, adapter: string, started: Date) {
   const md = value('--md');
   if (md) {
     const text = `# difrep bench results\n\nAdapter: ${adapter}  \nCPU: ${result.cpu} ×${result.cores}  \nDate: ${result.date}  \nMode: ${mode}; load average at start ${result.loadavg.map((l) => l.toFixed(2)).join(' ')}  \n` +
-      `Measured peaks: FMA ${peaks.gflops.toFixed(1)} GFLOP/s, copy ${peaks.gbps.toFixed(2)} GB/s  \nPeer: @tensorflow/tfjs-backend-webgpu 4.22.0 in its own process on the same adapter  \n` +
+      `Measured peaks (each probe's fastest repetition): FMA ${peaks.gflops.toFixed(1)} GFLOP/s, copy ${peaks.gbps.toFixed(2)} GB/s  \nPeer: @tensorflow/tfjs-backend-webgpu 4.22.0 in its own process on the same adapter  \n` +
       `Timing: wall time around submit + onSubmittedWorkDone, one warm-up call (\"first\", compilation included), median of the repetitions  \n` +
       `Tuning in use: ${JSON.stringify(engine.tuning)}  \n` +
       `Rows marked [Winograd F(2×2, 3×3)]: throughput is effective (the direct conv's FLOPs over the time), % of peak counts the FLOPs Winograd performs (4/9 of those for even sizes; transforms not counted)\n\n${table(rows)}\n\n` +
