@@ -23,7 +23,7 @@ commands:
   sample           draw DDPM/DDIM samples from a U-Net as a PNG grid
   demo             the main job: sample from the shipped small U-Net, train and compare every head on its features
   example          serve the browser example page (examples/browser/) on 127.0.0.1
-  tune             time GEMM register tiles on this adapter (≤ 60 s) and cache the winners for every command
+  tune             time GEMM register tiles on this adapter (60 s by default) and cache the winners for every command
 
 Run \`difrep <command> --help\` for a command's options.`;
 
