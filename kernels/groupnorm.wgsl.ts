@@ -14,7 +14,7 @@
 //   dshift ← Σ dz (the op sums dγ and dβ over the images).
 import { wgsl } from 'wgsl-preprocessor/wgsl-preprocessor.js';
 import type { KernelSource } from './kernel-source.ts';
-import { type RowParallelism, rowReduction } from './normalize.wgsl.ts';
+import { componentSum, type RowParallelism, rowReduction, vectorType } from './normalize.wgsl.ts';
 
 export const GROUPNORM_WORKGROUP = 256;
 
@@ -28,10 +28,6 @@ export interface GroupNormVariant {
    */
   width: 1 | 4;
 }
-
-/** The vector type of a load of `width` values, and the sum of its components. */
-const vectorType = (width: number) => (width === 4 ? 'vec4<f32>' : 'f32');
-const componentSum = (width: number, v: string) => (width === 4 ? `dot(${v}, vec4(1.0))` : v);
 
 const variantKey = (v: GroupNormVariant, mode: RowParallelism) => `${v.scaleShift ? '.scaleShift' : ''}${v.silu ? '.silu' : ''}${v.width === 4 ? '.vec4' : ''}.${mode}`;
 

@@ -115,9 +115,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   };
 }
 
-/** The vector type of a load of `width` (1 or 4) values, and the sum of its components. */
-const vectorType = (width: number) => (width === 4 ? 'vec4<f32>' : 'f32');
-const componentSum = (width: number, v: string) => (width === 4 ? `dot(${v}, vec4(1.0))` : v);
+/**
+ * The row kernels' loads of `width` (1 or 4) values: their WGSL type, and the sum and maximum of a
+ * load's components (shared by the GroupNorm and softmax kernels).
+ */
+export const vectorType = (width: number) => (width === 4 ? 'vec4<f32>' : 'f32');
+export const componentSum = (width: number, v: string) => (width === 4 ? `dot(${v}, vec4(1.0))` : v);
+export const componentMax = (width: number, v: string) => (width === 4 ? `max(max(${v}.x, ${v}.y), max(${v}.z, ${v}.w))` : v);
 
 /**
  * Bindings: x, xhat, stats ([rows, 2]: mean, rstd). `width` 4: rows of a multiple of 4 values

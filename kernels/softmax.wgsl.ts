@@ -2,14 +2,9 @@
 // thread per row on CPU adapters (the RowParallelism of ./normalize.wgsl.ts).
 import { wgsl } from 'wgsl-preprocessor/wgsl-preprocessor.js';
 import type { KernelSource } from './kernel-source.ts';
-import { type RowParallelism, rowReduction } from './normalize.wgsl.ts';
+import { componentMax, componentSum, type RowParallelism, rowReduction, vectorType } from './normalize.wgsl.ts';
 
 export const SOFTMAX_WORKGROUP = 64;
-
-/** The vector type of a load of `width` (1 or 4) values, and the sum and max of its components. */
-const vectorType = (width: number) => (width === 4 ? 'vec4<f32>' : 'f32');
-const componentSum = (width: number, v: string) => (width === 4 ? `dot(${v}, vec4(1.0))` : v);
-const componentMax = (width: number, v: string) => (width === 4 ? `max(max(${v}.x, ${v}.y), max(${v}.z, ${v}.w))` : v);
 
 /**
  * y = softmax(x) or log_softmax(x) per row, max-subtracted for stability. `width` 4: rows of a
