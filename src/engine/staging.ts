@@ -54,12 +54,16 @@ export class StagingRing {
     this.readbacks = new FreeList(maxFreeBytes);
   }
 
+  /** A new buffer's size: its size class, or exactly `bytes` (to 4) when it will not be kept. */
+  private sizeFor(bytes: number): number {
+    return bytes > this.maxFreeBytes ? Math.ceil(bytes / 4) * 4 : sizeClass(bytes);
+  }
+
   /** A buffer of at least `bytes` bytes, mapped for writing, usable as a copy source. */
   uploadBuffer(bytes: number): GPUBuffer {
     const reused = this.uploads.take(bytes);
     if (reused) return reused;
-    const size = bytes > this.maxFreeBytes ? Math.ceil(bytes / 4) * 4 : sizeClass(bytes);
-    return this.device.createBuffer({ size, usage: GPUBufferUsage.MAP_WRITE | GPUBufferUsage.COPY_SRC, mappedAtCreation: true, label: 'difrep upload' });
+    return this.device.createBuffer({ size: this.sizeFor(bytes), usage: GPUBufferUsage.MAP_WRITE | GPUBufferUsage.COPY_SRC, mappedAtCreation: true, label: 'difrep upload' });
   }
 
   /** Call for each upload buffer once the submit that copies out of it has gone to the queue. */
@@ -75,8 +79,7 @@ export class StagingRing {
   readbackBuffer(bytes: number): GPUBuffer {
     const reused = this.readbacks.take(bytes);
     if (reused) return reused;
-    const size = bytes > this.maxFreeBytes ? Math.ceil(bytes / 4) * 4 : sizeClass(bytes);
-    return this.device.createBuffer({ size, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST, label: 'difrep readback' });
+    return this.device.createBuffer({ size: this.sizeFor(bytes), usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST, label: 'difrep readback' });
   }
 
   /** Returns a readback buffer, unmapped, after its contents were read. */

@@ -63,3 +63,12 @@ export function grid1d(threads: number, size: number): [number, number] {
   const x = 65535;
   return [x, Math.ceil(groups / x)];
 }
+
+/**
+ * How an elementwise kernel walks `size` values: as vec4s when they divide into them (`vec4`),
+ * else one by one; `count` is the number of loads, for the uniforms and grid1d.
+ */
+export function elementLoads(size: number): { vec4: boolean; count: number } {
+  const vec4 = size % 4 === 0;
+  return { vec4, count: vec4 ? size / 4 : size };
+}

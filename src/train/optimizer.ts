@@ -4,7 +4,7 @@ import { ADAM_WORKGROUP, adamKernel } from '../../kernels/adam.wgsl.ts';
 import type { Engine } from '../engine/engine.ts';
 import { add, scale } from '../engine/ops/elementwise.ts';
 import type { Tensor } from '../engine/tensor.ts';
-import { grid1d, Uniforms } from '../engine/uniforms.ts';
+import { elementLoads, grid1d, Uniforms } from '../engine/uniforms.ts';
 
 export interface AdamOptions {
   lr: number;
@@ -63,8 +63,7 @@ export class Adam implements Optimizer {
     for (const [name, p] of this.params) {
       if (!p.grad) continue;
       const { m, v } = this.momentsOf(name, p);
-      const vec4 = p.size % 4 === 0;
-      const n = vec4 ? p.size / 4 : p.size;
+      const { vec4, count: n } = elementLoads(p.size);
       this.engine.dispatch({
         kernel: adamKernel(vec4),
         bindings: [p, p.grad, m, v],

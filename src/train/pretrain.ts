@@ -10,7 +10,7 @@ import { mul, scale, sub } from '../engine/ops/elementwise.ts';
 import { slice } from '../engine/ops/layout.ts';
 import { mean } from '../engine/ops/reduce.ts';
 import type { Tensor } from '../engine/tensor.ts';
-import { grid1d, Uniforms } from '../engine/uniforms.ts';
+import { elementLoads, grid1d, Uniforms } from '../engine/uniforms.ts';
 import { gaussianNoise, linearSchedule, qSample } from '../model/diffusion.ts';
 import type { UNet } from '../model/unet.ts';
 import { checkLoss, saveTrainingState, startOrResume } from './checkpoint.ts';
@@ -46,8 +46,7 @@ export class Ema {
   update(): void {
     const e = this.e;
     for (const [k, p] of this.params) {
-      const vec4 = p.size % 4 === 0;
-      const n = vec4 ? p.size / 4 : p.size;
+      const { vec4, count: n } = elementLoads(p.size);
       e.dispatch({
         kernel: emaKernel(vec4),
         bindings: [this.shadow.get(k)!, p],

@@ -5,11 +5,11 @@ import {
 } from '../../../kernels/elementwise.wgsl.ts';
 import type { Engine } from '../engine.ts';
 import { type Shape, shapeString, type Tensor } from '../tensor.ts';
-import { grid1d, Uniforms } from '../uniforms.ts';
+import { elementLoads, grid1d, Uniforms } from '../uniforms.ts';
 import { sumToShape } from './reduce.ts';
 
-/** Element count per invocation: a vec4 when the tensor divides into them (kernels/elementwise.wgsl.ts). */
-const invocations = (size: number) => (size % 4 === 0 ? size / 4 : size);
+/** Invocations of the kernels (kernels/elementwise.wgsl.ts): one per vec4 when the tensor divides into them. */
+const invocations = (size: number) => elementLoads(size).count;
 
 export function fillConstant(e: Engine, shape: Shape, value: number, label = 'fill'): Tensor {
   const out = e.empty(shape, label);

@@ -16,8 +16,12 @@ import { add, mul } from './elementwise.ts';
 export function rowParallelism(e: Engine, rows: number): { mode: RowParallelism; workgroups: [number, number] } {
   const from = e.tuning.rows?.threadPerRowFrom ?? (e.cpuAdapter ? 16 : 0);
   if (from > 0 && rows >= from) return { mode: 'thread', workgroups: grid1d(rows, THREAD_MODE_WORKGROUP) };
-  const subgroups = e.subgroupReductions && e.tuning.rows?.subgroups !== 0;
-  return { mode: subgroups ? 'subgroup' : 'workgroup', workgroups: grid1d(rows, 1) };
+  return { mode: workgroupCombine(e), workgroups: grid1d(rows, 1) };
+}
+
+/** How a workgroup-per-row reduction combines its threads' sums on this engine. */
+export function workgroupCombine(e: Engine): 'subgroup' | 'workgroup' {
+  return e.subgroupReductions && e.tuning.rows?.subgroups !== 0 ? 'subgroup' : 'workgroup';
 }
 
 /** x viewed as [rows, D] (D = the last `D` elements of each row) → (x − mean)/sqrt(var + eps) per row. */

@@ -6,6 +6,7 @@ import { numel, type Shape, shapeString, type Tensor } from '../tensor.ts';
 import { grid1d, Uniforms } from '../uniforms.ts';
 import { scale } from './elementwise.ts';
 import { expand } from './layout.ts';
+import { workgroupCombine } from './normalize.ts';
 
 function normaliseAxes(axes: number[] | undefined, rank: number, label: string): number[] {
   const list = axes ?? [...Array(rank).keys()];
@@ -23,7 +24,7 @@ function reduceMiddle(e: Engine, x: Tensor, outer: number, n: number, inner: num
   // cost more than one thread summing a whole row (2048×256: 27 ms vs 1 ms). Tunable per adapter.
   const rowwise = inner === 1 && n >= 64 && outer < (e.tuning.reduce?.workgroupPerRowBelow ?? 16);
   e.dispatch({
-    kernel: reduceSumKernel(rowwise, e.subgroupReductions && e.tuning.rows?.subgroups !== 0 ? 'subgroup' : 'workgroup'),
+    kernel: reduceSumKernel(rowwise, workgroupCombine(e)),
     bindings: [x, out],
     uniforms: new Uniforms().u32(outer, n, inner).f32(scaleBy).toArrayBuffer(),
     workgroups: rowwise ? grid1d(outer, 1) : grid1d(outer * inner, REDUCE_WORKGROUP),
