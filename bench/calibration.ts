@@ -5,7 +5,7 @@
 // adapter cannot under-read a large GPU and let a kernel's row print over 100 %.
 import { wgsl } from 'wgsl-preprocessor/wgsl-preprocessor.js';
 import type { Engine } from '../src/engine/engine.ts';
-import { Uniforms } from '../src/engine/uniforms.ts';
+import { uniformLayout } from '../kernels/uniform-layout.ts';
 import { type Measurement, measure } from './measure.ts';
 
 const FMA_ITERS = 256;
@@ -20,13 +20,16 @@ const SATURATED_MS = 20;
 /** Throughput that rose by less than this factor on doubling is taken as the peak. */
 const PLATEAU = 1.05;
 
+const FMA_PARAMS = uniformLayout({ seed: 'f32' });
+const COPY_PARAMS = uniformLayout({ n: 'u32' });
+
 function fmaPeakKernel(chains: number) {
   const CHAINS = [...Array(chains).keys()];
   return {
     key: `bench.fmaPeak.${chains}`,
+    params: FMA_PARAMS,
     code: wgsl`
-struct Params { seed: f32 }
-@group(0) @binding(0) var<uniform> u: Params;
+${FMA_PARAMS.wgsl}
 @group(0) @binding(1) var<storage, read_write> out: array<vec4<f32>>;
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -52,9 +55,9 @@ const COPY_VEC4S_PER_THREAD = [1, 4, 16];
 function copyKernel(perThread: number) {
   return {
     key: `bench.copy.${perThread}`,
+    params: COPY_PARAMS,
     code: wgsl`
-struct Params { n: u32 }
-@group(0) @binding(0) var<uniform> u: Params;
+${COPY_PARAMS.wgsl}
 @group(0) @binding(1) var<storage, read> src: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read_write> dst: array<vec4<f32>>;
 @compute @workgroup_size(256)
@@ -106,7 +109,7 @@ export async function measurePeaks(e: Engine): Promise<Peaks> {
       const out = e.empty([threads * 4], 'bench.fma.out');
       // chains accumulators × 4 lanes × 2 flops per FMA.
       const flops = threads * FMA_ITERS * chains * 4 * 2;
-      const r = await measure(e, () => e.dispatch({ kernel: fmaPeakKernel(chains), bindings: [out], uniforms: new Uniforms().f32(1).toArrayBuffer(), workgroups: grid }), { flops, minSeconds: 0.3 });
+      const r = await measure(e, () => e.dispatch({ kernel: fmaPeakKernel(chains), bindings: [out], params: { seed: 1 }, workgroups: grid }), { flops, minSeconds: 0.3 });
       out.dispose();
       return r;
     }, (r) => best(r, r.gflops!));
@@ -121,7 +124,7 @@ export async function measurePeaks(e: Engine): Promise<Peaks> {
       const src = e.zeros([n * 4], 'bench.copy.src');
       const dst = e.empty([n * 4], 'bench.copy.dst');
       const groups = Math.ceil(n / (256 * perThread));
-      const r = await measure(e, () => e.dispatch({ kernel: copyKernel(perThread), bindings: [src, dst], uniforms: new Uniforms().u32(n).toArrayBuffer(), workgroups: [Math.min(65535, groups), Math.ceil(groups / 65535)] }), { bytes: 2 * bytes, minSeconds: 0.3 });
+      const r = await measure(e, () => e.dispatch({ kernel: copyKernel(perThread), bindings: [src, dst], params: { n }, workgroups: [Math.min(65535, groups), Math.ceil(groups / 65535)] }), { bytes: 2 * bytes, minSeconds: 0.3 });
       src.dispose();
       dst.dispose();
       return r;

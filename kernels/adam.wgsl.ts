@@ -3,30 +3,32 @@
 //   p ← p − (lr / (1−β1^t)) · m / (sqrt(v) / sqrt(1−β2^t) + eps)
 // The bias corrections are computed on the CPU in f64 and passed as scalars.
 import { wgsl } from 'wgsl-preprocessor/wgsl-preprocessor.js';
+import { flatMain } from './flat-index.ts';
 import type { KernelSource } from './kernel-source.ts';
+import { uniformLayout } from './uniform-layout.ts';
 
 export const ADAM_WORKGROUP = 256;
+
+const ADAM_PARAMS = uniformLayout({ n: 'u32', beta1: 'f32', beta2: 'f32', eps: 'f32', stepSize: 'f32', sqrtBiasCorrection2: 'f32', weightDecay: 'f32' });
 
 /**
  * Bindings: param, grad, m, v (all updated in place except grad). `vec4`: four values per
  * invocation, for tensors of a multiple of 4 values (u.n then counts vec4s); CPU adapters pay per
  * invocation, GPUs load 16 bytes at once.
  */
-export function adamKernel(vec4: boolean): KernelSource {
+export function adamKernel(vec4: boolean): KernelSource<typeof ADAM_PARAMS> {
   const WG = ADAM_WORKGROUP;
   const T = vec4 ? 'vec4<f32>' : 'f32';
   return {
     key: `adam${vec4 ? '.vec4' : ''}`,
+    params: ADAM_PARAMS,
     code: wgsl`
-struct Params { n: u32, beta1: f32, beta2: f32, eps: f32, stepSize: f32, sqrtBiasCorrection2: f32, weightDecay: f32 }
-@group(0) @binding(0) var<uniform> u: Params;
+${ADAM_PARAMS.wgsl}
 @group(0) @binding(1) var<storage, read_write> p: array<${T}>;
 @group(0) @binding(2) var<storage, read> grad: array<${T}>;
 @group(0) @binding(3) var<storage, read_write> m: array<${T}>;
 @group(0) @binding(4) var<storage, read_write> v: array<${T}>;
-@compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-  let i = (wid.y * nwg.x + wid.x) * ${WG}u + lid;
+${flatMain(WG)}
   if (i >= u.n) { return; }
   let g = grad[i] + u.weightDecay * p[i];
   let mi = u.beta1 * m[i] + (1.0 - u.beta1) * g;

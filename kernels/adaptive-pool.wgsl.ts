@@ -3,28 +3,30 @@
 // output gradient evenly over its window; one thread per input element gathers from every output
 // window that covers it (windows overlap when the sizes do not divide).
 import { wgsl } from 'wgsl-preprocessor/wgsl-preprocessor.js';
+import { flatMain } from './flat-index.ts';
 import type { KernelSource } from './kernel-source.ts';
+import { uniformLayout } from './uniform-layout.ts';
 
 export const ADAPTIVE_POOL_WORKGROUP = 256;
+
+const ADAPTIVE_POOL_PARAMS = uniformLayout({ planes: 'u32', H: 'u32', W: 'u32', Ho: 'u32', Wo: 'u32' });
 
 const WINDOW = /* wgsl */ `
 fn windowStart(i: u32, inSize: u32, outSize: u32) -> u32 { return (i * inSize) / outSize; }
 fn windowEnd(i: u32, inSize: u32, outSize: u32) -> u32 { return ((i + 1u) * inSize + outSize - 1u) / outSize; }`;
 
 /** backward = false: x → y (one thread per output). true: dy → dx (one thread per input). Bindings: src, dst. */
-export function adaptiveAvgPoolKernel(backward: boolean): KernelSource {
+export function adaptiveAvgPoolKernel(backward: boolean): KernelSource<typeof ADAPTIVE_POOL_PARAMS> {
   const WG = ADAPTIVE_POOL_WORKGROUP;
   return {
     key: `adaptiveAvgPool2d${backward ? 'Backward' : ''}`,
+    params: ADAPTIVE_POOL_PARAMS,
     code: wgsl`
-struct Params { planes: u32, H: u32, W: u32, Ho: u32, Wo: u32 }
-@group(0) @binding(0) var<uniform> u: Params;
+${ADAPTIVE_POOL_PARAMS.wgsl}
 @group(0) @binding(1) var<storage, read> src: array<f32>;
 @group(0) @binding(2) var<storage, read_write> dst: array<f32>;
 ${WINDOW}
-@compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-  let i = (wid.y * nwg.x + wid.x) * ${WG}u + lid;
+${flatMain(WG)}
 #if ${!backward}
   if (i >= u.planes * u.Ho * u.Wo) { return; }
   let oj = i % u.Wo;

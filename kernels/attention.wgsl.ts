@@ -6,16 +6,23 @@
 // token-major layout of the Transformer heads ([N, T, 3, heads, d]).
 import { wgsl } from 'wgsl-preprocessor/wgsl-preprocessor.js';
 import type { KernelSource } from './kernel-source.ts';
+import { uniformLayout } from './uniform-layout.ts';
 
 export const ATTENTION_QUERIES_PER_WORKGROUP = 64;
 export const ATTENTION_KEY_TILE = 16;
+
+const ATTENTION_PARAMS = uniformLayout({
+  T: 'u32', heads: 'u32', scale: 'f32',
+  batchStride: 'u32', headStride: 'u32', kOffset: 'u32', vOffset: 'u32', chStride: 'u32', tokStride: 'u32',
+  oBatchStride: 'u32', oHeadStride: 'u32', oChStride: 'u32', oTokStride: 'u32',
+});
 
 /**
  * Bindings: qkv, out. Uniforms (element offsets/strides): for Q/K/V of (n, head, channel c,
  * token t) the address is n·batchStride + head·headStride + {0, kOffset, vOffset} + c·chStride +
  * t·tokStride; the output likewise with the o* fields.
  */
-export function attentionKernel(headDim: number): KernelSource {
+export function attentionKernel(headDim: number): KernelSource<typeof ATTENTION_PARAMS> {
   const WG = ATTENTION_QUERIES_PER_WORKGROUP;
   const TILE = ATTENTION_KEY_TILE;
   const D = headDim;
@@ -25,14 +32,10 @@ export function attentionKernel(headDim: number): KernelSource {
   const D4 = D / V;
   const vt = V === 4 ? 'vec4<f32>' : 'f32';
   return {
+    params: ATTENTION_PARAMS,
     key: `attention.d${D}`,
     code: wgsl`
-struct Params {
-  T: u32, heads: u32, scale: f32,
-  batchStride: u32, headStride: u32, kOffset: u32, vOffset: u32, chStride: u32, tokStride: u32,
-  oBatchStride: u32, oHeadStride: u32, oChStride: u32, oTokStride: u32,
-}
-@group(0) @binding(0) var<uniform> u: Params;
+${ATTENTION_PARAMS.wgsl}
 @group(0) @binding(1) var<storage, read> qkv: array<f32>;
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
 var<workgroup> kTile: array<${vt}, ${D4 * TILE}>;

@@ -21,6 +21,12 @@ import { wgsl } from 'wgsl-preprocessor/wgsl-preprocessor.js';
 import type { KernelSource } from './kernel-source.ts';
 import { DEFAULT_MATMUL_TILING, type MatmulTiling } from './matmul.wgsl.ts';
 import { accumulateStep, declareAccumulators, declareSlabs, fillSlab, ownedColumnSlab, storeAccumulators } from './register-tile.ts';
+import { uniformLayout } from './uniform-layout.ts';
+
+/** Cin (channels of x), H, W (of x as stored), Cout (channels of out or dy), N (images), Ho, Wo (of out or dy). */
+const CONV2D_PARAMS = uniformLayout({ Cin: 'u32', H: 'u32', W: 'u32', Cout: 'u32', N: 'u32', Ho: 'u32', Wo: 'u32' });
+/** CONV2D_PARAMS and the reduction length of one split. */
+const CONV2D_WEIGHT_GRAD_PARAMS = uniformLayout({ Cin: 'u32', H: 'u32', W: 'u32', Cout: 'u32', N: 'u32', Ho: 'u32', Wo: 'u32', qPerSplit: 'u32' });
 
 export interface Conv2dVariant {
   ksize: number;
@@ -39,7 +45,7 @@ export interface Conv2dVariant {
  * Bindings: w, x, out, then bias and residual when present.
  * Uniforms: Cin (channels of x), H, W (of x as stored), Cout (channels of out), N (images), Ho, Wo (of out).
  */
-export function conv2dKernel(v: Conv2dVariant, t: MatmulTiling = DEFAULT_MATMUL_TILING): KernelSource {
+export function conv2dKernel(v: Conv2dVariant, t: MatmulTiling = DEFAULT_MATMUL_TILING): KernelSource<typeof CONV2D_PARAMS> {
   const BM = t.wgY * t.tm;
   const BN = t.wgX * t.tn;
   const KK = v.ksize * v.ksize;
@@ -50,10 +56,10 @@ export function conv2dKernel(v: Conv2dVariant, t: MatmulTiling = DEFAULT_MATMUL_
   // Each owned column's image offset (−1 past the last column) and its window's top-left pixel.
   const slab = ownedColumnSlab(t, (c) => `column(${c}, P)`, (col) => `im2col(${col}, plane, ky, kx)`, 'inK');
   return {
+    params: CONV2D_PARAMS,
     key: `conv2d.k${v.ksize}p${v.pad}s${v.stride}d${d}${v.bias ? '.bias' : ''}${v.residual ? '.res' : ''}${v.transposedWeight ? '.wT' : ''}.${t.wgX}x${t.wgY}.${t.tm}x${t.tn}.k${t.tk}`,
     code: wgsl`
-struct Params { Cin: u32, H: u32, W: u32, Cout: u32, N: u32, Ho: u32, Wo: u32 }
-@group(0) @binding(0) var<uniform> u: Params;
+${CONV2D_PARAMS.wgsl}
 @group(0) @binding(1) var<storage, read> w: array<f32>;
 @group(0) @binding(2) var<storage, read> x: array<f32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
@@ -156,16 +162,16 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
  * ([splits, Cout, Cin·k·k]), which the caller sums when there are several.
  * Bindings: dy, x, dw. Uniforms: Cin, H, W (of x), Cout, N, Ho, Wo (of dy), qPerSplit.
  */
-export function conv2dWeightGradKernel(ksize: number, pad: number, stride: number, t: MatmulTiling = DEFAULT_MATMUL_TILING): KernelSource {
+export function conv2dWeightGradKernel(ksize: number, pad: number, stride: number, t: MatmulTiling = DEFAULT_MATMUL_TILING): KernelSource<typeof CONV2D_WEIGHT_GRAD_PARAMS> {
   const BM = t.wgY * t.tm;
   const BN = t.wgX * t.tn;
   const KK = ksize * ksize;
   const slab = ownedColumnSlab(t, (c) => `weightColumn(${c})`, (col) => `im2colT(${col}, image, oy, ox)`, 'inQ');
   return {
+    params: CONV2D_WEIGHT_GRAD_PARAMS,
     key: `conv2dWeightGrad.k${ksize}p${pad}s${stride}.${t.wgX}x${t.wgY}.${t.tm}x${t.tn}.k${t.tk}`,
     code: wgsl`
-struct Params { Cin: u32, H: u32, W: u32, Cout: u32, N: u32, Ho: u32, Wo: u32, qPerSplit: u32 }
-@group(0) @binding(0) var<uniform> u: Params;
+${CONV2D_WEIGHT_GRAD_PARAMS.wgsl}
 @group(0) @binding(1) var<storage, read> dy: array<f32>;
 @group(0) @binding(2) var<storage, read> x: array<f32>;
 @group(0) @binding(3) var<storage, read_write> dw: array<f32>;

@@ -3,9 +3,13 @@
 // with different strides and offsets; the op first drops unit dimensions and merges those that
 // are contiguous in both x and out (a channel concat of NCHW tensors is a rank-2 copy).
 import { wgsl } from 'wgsl-preprocessor/wgsl-preprocessor.js';
+import { flatMain } from './flat-index.ts';
 import type { KernelSource } from './kernel-source.ts';
+import { uniformLayout } from './uniform-layout.ts';
 
 export const COPY_WORKGROUP = 256;
+
+const COPY_PARAMS = uniformLayout({ shape: 'dims', inStrides: 'dims', outStrides: 'dims', n: 'u32', inOffset: 'u32', outOffset: 'u32' });
 
 /**
  * Bindings: x, out. Specialised on the rank, so the walk over dimensions is unrolled and every
@@ -13,7 +17,7 @@ export const COPY_WORKGROUP = 256;
  * per SIMD vector instead of once per invocation); the outermost coordinate needs no division.
  * With `vectorized`, elements, shapes, strides and offsets count vec4s.
  */
-export function stridedCopyKernel(rank: number, vectorized = false): KernelSource {
+export function stridedCopyKernel(rank: number, vectorized = false): KernelSource<typeof COPY_PARAMS> {
   const element = vectorized ? 'vec4<f32>' : 'f32';
   const WG = COPY_WORKGROUP;
   const at = (field: string, d: number) => `u.${field}[${d >> 2}][${d & 3}]`;
@@ -23,18 +27,13 @@ export function stridedCopyKernel(rank: number, vectorized = false): KernelSourc
   }
   steps.push(`src += rest * ${at('inStrides', 0)}; dst += rest * ${at('outStrides', 0)};`);
   return {
+    params: COPY_PARAMS,
     key: `stridedCopy.r${rank}${vectorized ? '.vec4' : ''}`,
     code: wgsl`
-struct Params {
-  shape: array<vec4<u32>, 2>, inStrides: array<vec4<u32>, 2>, outStrides: array<vec4<u32>, 2>,
-  n: u32, rank: u32, inOffset: u32, outOffset: u32,
-}
-@group(0) @binding(0) var<uniform> u: Params;
+${COPY_PARAMS.wgsl}
 @group(0) @binding(1) var<storage, read> x: array<${element}>;
 @group(0) @binding(2) var<storage, read_write> out: array<${element}>;
-@compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-  let i = (wid.y * nwg.x + wid.x) * ${WG}u + lid;
+${flatMain(WG)}
   if (i >= u.n) { return; }
   var rest = i;
   var c = 0u;

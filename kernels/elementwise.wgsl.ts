@@ -1,9 +1,17 @@
 // Elementwise kernels from one table: each unary op is a forward expression of `x` (and the
 // uniform scalar `alpha`) and a backward expression of `x`, `y` (the forward output) and `dy`.
 import { wgsl } from 'wgsl-preprocessor/wgsl-preprocessor.js';
+import { flatMain } from './flat-index.ts';
 import type { KernelSource } from './kernel-source.ts';
+import { uniformLayout } from './uniform-layout.ts';
 
 export const WORKGROUP = 256;
+
+/** n counts loads (vec4s when vectorized); alpha is the unary ops' scalar. */
+const UNARY_PARAMS = uniformLayout({ n: 'u32', alpha: 'f32' });
+/** out's shape and a's and b's strides (0 along broadcast dims), merged to the kernel's rank. */
+const BINARY_PARAMS = uniformLayout({ shape: 'dims', aStrides: 'dims', bStrides: 'dims', n: 'u32' });
+const FILL_PARAMS = uniformLayout({ n: 'u32', value: 'f32' });
 
 /** erf(x) as a WGSL function (WGSL has none). */
 const ERF = /* wgsl */ `
@@ -57,13 +65,13 @@ const perComponent = (vectorized: boolean, call: (c: string) => string) =>
   vectorized ? `vec4(${['x', 'y', 'z', 'w'].map((c) => call(`.${c}`)).join(', ')})` : call('');
 
 /** y[i] = f(x[i]). Bindings: x, y. */
-export function unaryKernel(op: UnaryOp, vectorized = false): KernelSource {
+export function unaryKernel(op: UnaryOp, vectorized = false): KernelSource<typeof UNARY_PARAMS> {
   const spec: UnaryOpSpec = UNARY_OPS[op];
   return {
+    params: UNARY_PARAMS,
     key: `unary.${op}${vectorized ? '.vec4' : ''}`,
     code: wgsl`
-struct Params { n: u32, alpha: f32 }
-@group(0) @binding(0) var<uniform> u: Params;
+${UNARY_PARAMS.wgsl}
 @group(0) @binding(1) var<storage, read> xs: array<${element(vectorized)}>;
 @group(0) @binding(2) var<storage, read_write> ys: array<${element(vectorized)}>;
 #if ${spec.needsErf ?? false}
@@ -72,9 +80,7 @@ ${ERF}
 fn f(x: f32, alpha: f32) -> f32 {
   return ${spec.forward};
 }
-@compute @workgroup_size(${WORKGROUP})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-  let i = (wid.y * nwg.x + wid.x) * ${WORKGROUP}u + lid;
+${flatMain(WORKGROUP)}
   if (i >= u.n) { return; }
   let x = xs[i];
   ys[i] = ${perComponent(vectorized, (c) => `f(x${c}, u.alpha)`)};
@@ -83,13 +89,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 }
 
 /** dx[i] = f'(x[i], y[i]) · dy[i]. Bindings: x, y, dy, dx. */
-export function unaryBackwardKernel(op: UnaryOp, vectorized = false): KernelSource {
+export function unaryBackwardKernel(op: UnaryOp, vectorized = false): KernelSource<typeof UNARY_PARAMS> {
   const spec: UnaryOpSpec = UNARY_OPS[op];
   return {
+    params: UNARY_PARAMS,
     key: `unaryBackward.${op}${vectorized ? '.vec4' : ''}`,
     code: wgsl`
-struct Params { n: u32, alpha: f32 }
-@group(0) @binding(0) var<uniform> u: Params;
+${UNARY_PARAMS.wgsl}
 @group(0) @binding(1) var<storage, read> xs: array<${element(vectorized)}>;
 @group(0) @binding(2) var<storage, read> ys: array<${element(vectorized)}>;
 @group(0) @binding(3) var<storage, read> dys: array<${element(vectorized)}>;
@@ -101,9 +107,7 @@ fn df(x: f32, y: f32, dy: f32, alpha: f32) -> f32 {
   _ = x; _ = y; _ = alpha;
   return ${spec.backward};
 }
-@compute @workgroup_size(${WORKGROUP})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-  let i = (wid.y * nwg.x + wid.x) * ${WORKGROUP}u + lid;
+${flatMain(WORKGROUP)}
   if (i >= u.n) { return; }
   let x = xs[i];
   let y = ys[i];
@@ -148,21 +152,19 @@ export type OperandRead = 'vec4' | 'splat';
  * of out and the shape, strides and u.n count vectors (src/engine/ops/elementwise.ts decides when
  * that is exact); `reads` says how a and b are read then. Bindings: a, b, out.
  */
-export function binaryKernel(op: BinaryOp, broadcastRank: number, vectorized = false, reads: [OperandRead, OperandRead] = ['vec4', 'vec4']): KernelSource {
+export function binaryKernel(op: BinaryOp, broadcastRank: number, vectorized = false, reads: [OperandRead, OperandRead] = ['vec4', 'vec4']): KernelSource<typeof BINARY_PARAMS> {
   const broadcast = broadcastRank > 0;
   const operand = (read: OperandRead) => (vectorized && read === 'vec4' ? 'vec4<f32>' : 'f32');
   const value = (name: string, index: string, read: OperandRead) => (vectorized && read === 'splat' ? `vec4(${name}[${index}])` : `${name}[${index}]`);
   return {
+    params: BINARY_PARAMS,
     key: `binary.${op}.${broadcast ? `bcast${broadcastRank}` : 'same'}${vectorized ? '.vec4' : ''}${vectorized && broadcast ? `.${reads.join('.')}` : ''}`,
     code: wgsl`
-struct Params { shape: array<vec4<u32>, 2>, aStrides: array<vec4<u32>, 2>, bStrides: array<vec4<u32>, 2>, n: u32, rank: u32 }
-@group(0) @binding(0) var<uniform> u: Params;
+${BINARY_PARAMS.wgsl}
 @group(0) @binding(1) var<storage, read> lhs: array<${operand(reads[0])}>;
 @group(0) @binding(2) var<storage, read> rhs: array<${operand(reads[1])}>;
 @group(0) @binding(3) var<storage, read_write> out: array<${element(vectorized)}>;
-@compute @workgroup_size(${WORKGROUP})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-  let i = (wid.y * nwg.x + wid.x) * ${WORKGROUP}u + lid;
+${flatMain(WORKGROUP)}
   if (i >= u.n) { return; }
 #if ${broadcast}
   var rest = i;
@@ -182,16 +184,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 }
 
 /** out[i] = value. Bindings: out. */
-export function fillKernel(vectorized = false): KernelSource {
+export function fillKernel(vectorized = false): KernelSource<typeof FILL_PARAMS> {
   return {
+    params: FILL_PARAMS,
     key: `fill${vectorized ? '.vec4' : ''}`,
     code: wgsl`
-struct Params { n: u32, value: f32 }
-@group(0) @binding(0) var<uniform> u: Params;
+${FILL_PARAMS.wgsl}
 @group(0) @binding(1) var<storage, read_write> out: array<${element(vectorized)}>;
-@compute @workgroup_size(${WORKGROUP})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-  let i = (wid.y * nwg.x + wid.x) * ${WORKGROUP}u + lid;
+${flatMain(WORKGROUP)}
   if (i >= u.n) { return; }
   out[i] = ${element(vectorized)}(u.value);
 }`,

@@ -14,9 +14,13 @@
 //   dshift ← Σ dz (the op sums dγ and dβ over the images).
 import { wgsl } from 'wgsl-preprocessor/wgsl-preprocessor.js';
 import type { KernelSource } from './kernel-source.ts';
-import { componentSum, type RowParallelism, rowReduction, vectorType } from './normalize.wgsl.ts';
+import { componentSum, type RowParallelism, rowReduction, vectorType } from './row-reduction.ts';
+import { uniformLayout } from './uniform-layout.ts';
 
 export const GROUPNORM_WORKGROUP = 256;
+
+/** rows = N·groups, one per (image, group). */
+const GROUPNORM_PARAMS = uniformLayout({ C: 'u32', HW: 'u32', groups: 'u32', eps: 'f32', rows: 'u32' });
 
 export interface GroupNormVariant {
   scaleShift: boolean;
@@ -59,14 +63,14 @@ function rowStatistics(stride: number, width: number): string {
 }
 
 /** Bindings: x, gamma, beta, y, then e ([N, 2C]) with scaleShift. */
-export function groupNormKernel(v: GroupNormVariant, mode: RowParallelism): KernelSource {
+export function groupNormKernel(v: GroupNormVariant, mode: RowParallelism): KernelSource<typeof GROUPNORM_PARAMS> {
   const r = rowReduction(mode, GROUPNORM_WORKGROUP);
   const T = vectorType(v.width);
   return {
+    params: GROUPNORM_PARAMS,
     key: `groupNorm${variantKey(v, mode)}`,
     code: wgsl`${r.enable}
-struct Params { C: u32, HW: u32, groups: u32, eps: f32, rows: u32 }
-@group(0) @binding(0) var<uniform> u: Params;
+${GROUPNORM_PARAMS.wgsl}
 @group(0) @binding(1) var<storage, read> x: array<${T}>;
 @group(0) @binding(2) var<storage, read> gamma: array<f32>;
 @group(0) @binding(3) var<storage, read> beta: array<f32>;
@@ -98,7 +102,7 @@ ${r.entry}
  * Bindings: x, gamma, beta, dy, dx, dAffine ([N, 2C]: Σ da·x̂ | Σ da per image and channel), then
  * e and dE ([N, 2C]: Σ dz·a | Σ dz) with scaleShift.
  */
-export function groupNormBackwardKernel(v: GroupNormVariant, mode: RowParallelism): KernelSource {
+export function groupNormBackwardKernel(v: GroupNormVariant, mode: RowParallelism): KernelSource<typeof GROUPNORM_PARAMS> {
   const r = rowReduction(mode, GROUPNORM_WORKGROUP);
   const T = vectorType(v.width);
   const sum = (x: string) => componentSum(v.width, x);
@@ -113,10 +117,10 @@ export function groupNormBackwardKernel(v: GroupNormVariant, mode: RowParallelis
     'let da = dz * scale1;',
   ].join('\n    ');
   return {
+    params: GROUPNORM_PARAMS,
     key: `groupNormBackward${variantKey(v, mode)}`,
     code: wgsl`${r.enable}
-struct Params { C: u32, HW: u32, groups: u32, eps: f32, rows: u32 }
-@group(0) @binding(0) var<uniform> u: Params;
+${GROUPNORM_PARAMS.wgsl}
 @group(0) @binding(1) var<storage, read> x: array<${T}>;
 @group(0) @binding(2) var<storage, read> gamma: array<f32>;
 @group(0) @binding(3) var<storage, read> beta: array<f32>;

@@ -5,6 +5,7 @@
 import { wgsl } from 'wgsl-preprocessor/wgsl-preprocessor.js';
 import type { KernelSource } from './kernel-source.ts';
 import { accumulateStep, declareAccumulators, declareSlabs, fillSlab, fillSlabVec4, storeAccumulators } from './register-tile.ts';
+import { uniformLayout } from './uniform-layout.ts';
 
 export interface MatmulTiling {
   /** Threads per workgroup along N (x) and M (y). */
@@ -18,6 +19,14 @@ export interface MatmulTiling {
 }
 
 export const DEFAULT_MATMUL_TILING: MatmulTiling = { wgX: 8, wgY: 8, tm: 8, tn: 8, tk: 16 };
+
+/** Workgroups of a register-tiled GEMM (matmul and the conv kernels): x over columns, y over rows, z as given. */
+export function gemmWorkgroups(t: MatmulTiling, rows: number, columns: number, z = 1): [number, number, number] {
+  return [Math.ceil(columns / (t.wgX * t.tn)), Math.ceil(rows / (t.wgY * t.tm)), z];
+}
+
+/** strideA, strideB: elements between batches of A and B (0 broadcasts one matrix to every batch). */
+const MATMUL_PARAMS = uniformLayout({ M: 'u32', N: 'u32', K: 'u32', strideA: 'u32', strideB: 'u32' });
 
 /** Workgroup memory a tiling stages: a TK-wide slab of A (BM rows) and of B (BN columns). */
 export const tilingWorkgroupBytes = (t: MatmulTiling) => 4 * t.tk * (t.wgY * t.tm + t.wgX * t.tn);
@@ -101,16 +110,16 @@ export function vectorizableGemm(M: number, N: number, K: number, transA: boolea
  * C is [batch, M, N]; batchA/batchB are 1 (broadcast) or batch, given as batch strides (0 or M·K).
  * Bindings: a, b, c, and bias when `bias`.
  */
-export function matmulKernel(v: MatmulVariant, t: MatmulTiling = DEFAULT_MATMUL_TILING): KernelSource {
+export function matmulKernel(v: MatmulVariant, t: MatmulTiling = DEFAULT_MATMUL_TILING): KernelSource<typeof MATMUL_PARAMS> {
   return {
+    params: MATMUL_PARAMS,
     key: `matmul.${v.transA ? 'T' : 'N'}${v.transB ? 'T' : 'N'}${v.bias ? '.bias' : ''}${v.vec4 ? '.vec4' : ''}.${t.wgX}x${t.wgY}.${t.tm}x${t.tn}.k${t.tk}`,
     code: v.vec4 ? vec4Body(v, t) : scalarBody(v, t),
   };
 }
 
 function header(v: MatmulVariant, element: string): string {
-  return `struct Params { M: u32, N: u32, K: u32, strideA: u32, strideB: u32 }
-@group(0) @binding(0) var<uniform> u: Params;
+  return `${MATMUL_PARAMS.wgsl}
 @group(0) @binding(1) var<storage, read> a: array<${element}>;
 @group(0) @binding(2) var<storage, read> b: array<${element}>;
 @group(0) @binding(3) var<storage, read_write> c: array<${element}>;

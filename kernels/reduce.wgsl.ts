@@ -1,25 +1,29 @@
 // Sum (times a scale, so also mean) over the middle axis of a tensor viewed as [outer, n, inner].
 import { wgsl } from 'wgsl-preprocessor/wgsl-preprocessor.js';
+import { flatMain } from './flat-index.ts';
 import type { KernelSource } from './kernel-source.ts';
-import { type RowParallelism, rowReduction } from './normalize.wgsl.ts';
+import { type RowParallelism, rowReduction } from './row-reduction.ts';
+import { uniformLayout } from './uniform-layout.ts';
 
 export const REDUCE_WORKGROUP = 256;
+
+const REDUCE_PARAMS = uniformLayout({ outer: 'u32', n: 'u32', inner: 'u32', scale: 'f32' });
 
 /**
  * out[o, j] = scale · Σ_k x[o, k, j]. `rowwise` (for inner = 1): one workgroup per output, its
  * threads stride over k and combine as `mode` says ('workgroup' or 'subgroup', the RowParallelism
- * of ./normalize.wgsl.ts); otherwise one thread per output, with neighbouring threads reading
+ * of ./row-reduction.ts); otherwise one thread per output, with neighbouring threads reading
  * neighbouring j (coalesced). Bindings: x, out.
  */
-export function reduceSumKernel(rowwise: boolean, mode: Exclude<RowParallelism, 'thread'> = 'workgroup'): KernelSource {
+export function reduceSumKernel(rowwise: boolean, mode: Exclude<RowParallelism, 'thread'> = 'workgroup'): KernelSource<typeof REDUCE_PARAMS> {
   const WG = REDUCE_WORKGROUP;
   if (rowwise) {
     const r = rowReduction(mode, WG);
     return {
       key: `reduceSum.row.${mode}`,
+      params: REDUCE_PARAMS,
       code: wgsl`${r.enable}
-struct Params { outer: u32, n: u32, inner: u32, scale: f32 }
-@group(0) @binding(0) var<uniform> u: Params;
+${REDUCE_PARAMS.wgsl}
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
 ${r.decls}
@@ -36,14 +40,12 @@ ${r.entry}
   }
   return {
     key: 'reduceSum.col',
+    params: REDUCE_PARAMS,
     code: wgsl`
-struct Params { outer: u32, n: u32, inner: u32, scale: f32 }
-@group(0) @binding(0) var<uniform> u: Params;
+${REDUCE_PARAMS.wgsl}
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
-@compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-  let i = (wid.y * nwg.x + wid.x) * ${WG}u + lid;
+${flatMain(WG)}
   if (i >= u.outer * u.inner) { return; }
   let o = i / u.inner;
   let j = i % u.inner;

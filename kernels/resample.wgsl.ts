@@ -2,9 +2,13 @@
 // 2× upsampling, on NCHW data viewed as [N·C, H, W] planes. Their backward passes are each other's
 // adjoints: d(avgPool)/dx spreads dy/4 over the 2×2 window, d(upsample)/dx sums the 2×2 window.
 import { wgsl } from 'wgsl-preprocessor/wgsl-preprocessor.js';
+import { flatMain } from './flat-index.ts';
 import type { KernelSource } from './kernel-source.ts';
+import { uniformLayout } from './uniform-layout.ts';
 
 export const RESAMPLE_WORKGROUP = 256;
+
+const RESAMPLE_PARAMS = uniformLayout({ planes: 'u32', Hout: 'u32', Wout: 'u32' });
 
 export type ResampleMode = 'avgPool2' | 'upsample2' | 'avgPool2Backward' | 'upsample2Backward';
 
@@ -12,7 +16,7 @@ export type ResampleMode = 'avgPool2' | 'upsample2' | 'avgPool2Backward' | 'upsa
  * One thread per output element. Uniforms: planes (N·C), Hout, Wout of the *output*.
  * Bindings: x, out.
  */
-export function resampleKernel(mode: ResampleMode): KernelSource {
+export function resampleKernel(mode: ResampleMode): KernelSource<typeof RESAMPLE_PARAMS> {
   const WG = RESAMPLE_WORKGROUP;
   const expr: Record<ResampleMode, string> = {
     // out is H/2 × W/2: mean of the 2×2 window (PyTorch AvgPool2d(2), H and W even).
@@ -27,14 +31,12 @@ export function resampleKernel(mode: ResampleMode): KernelSource {
   const shrinks = mode === 'avgPool2' || mode === 'upsample2Backward';
   return {
     key: `resample.${mode}`,
+    params: RESAMPLE_PARAMS,
     code: wgsl`
-struct Params { planes: u32, Hout: u32, Wout: u32 }
-@group(0) @binding(0) var<uniform> u: Params;
+${RESAMPLE_PARAMS.wgsl}
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
-@compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-  let i = (wid.y * nwg.x + wid.x) * ${WG}u + lid;
+${flatMain(WG)}
   if (i >= u.planes * u.Hout * u.Wout) { return; }
   let ox = i % u.Wout;
   let oy = (i / u.Wout) % u.Hout;

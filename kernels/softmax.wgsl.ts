@@ -1,23 +1,26 @@
 // Softmax and log-softmax over the last axis of a [rows, n] tensor: a workgroup per row, or a
-// thread per row on CPU adapters (the RowParallelism of ./normalize.wgsl.ts).
+// thread per row on CPU adapters (the RowParallelism of ./row-reduction.ts).
 import { wgsl } from 'wgsl-preprocessor/wgsl-preprocessor.js';
 import type { KernelSource } from './kernel-source.ts';
-import { componentMax, componentSum, type RowParallelism, rowReduction, vectorType } from './normalize.wgsl.ts';
+import { componentMax, componentSum, type RowParallelism, rowReduction, vectorType } from './row-reduction.ts';
+import { uniformLayout } from './uniform-layout.ts';
 
 export const SOFTMAX_WORKGROUP = 64;
+
+const SOFTMAX_PARAMS = uniformLayout({ rows: 'u32', n: 'u32' });
 
 /**
  * y = softmax(x) or log_softmax(x) per row, max-subtracted for stability. `width` 4: rows of a
  * multiple of 4 values read and written as vec4s (u.n then counts vec4s). Bindings: x, y.
  */
-export function softmaxKernel(log: boolean, mode: RowParallelism, width: 1 | 4 = 1): KernelSource {
+export function softmaxKernel(log: boolean, mode: RowParallelism, width: 1 | 4 = 1): KernelSource<typeof SOFTMAX_PARAMS> {
   const r = rowReduction(mode, SOFTMAX_WORKGROUP);
   const T = vectorType(width);
   return {
+    params: SOFTMAX_PARAMS,
     key: `softmax.${log ? 'log' : 'plain'}${width === 4 ? '.vec4' : ''}.${mode}`,
     code: wgsl`${r.enable}
-struct Params { rows: u32, n: u32 }
-@group(0) @binding(0) var<uniform> u: Params;
+${SOFTMAX_PARAMS.wgsl}
 @group(0) @binding(1) var<storage, read> x: array<${T}>;
 @group(0) @binding(2) var<storage, read_write> y: array<${T}>;
 ${r.decls}
@@ -45,14 +48,14 @@ ${r.entry}
  * Backward from the forward output y: softmax dx = y·(dy − Σ dy·y);
  * log-softmax dx = dy − exp(y)·Σ dy. `width` as for softmaxKernel. Bindings: y, dy, dx.
  */
-export function softmaxBackwardKernel(log: boolean, mode: RowParallelism, width: 1 | 4 = 1): KernelSource {
+export function softmaxBackwardKernel(log: boolean, mode: RowParallelism, width: 1 | 4 = 1): KernelSource<typeof SOFTMAX_PARAMS> {
   const r = rowReduction(mode, SOFTMAX_WORKGROUP);
   const T = vectorType(width);
   return {
+    params: SOFTMAX_PARAMS,
     key: `softmaxBackward.${log ? 'log' : 'plain'}${width === 4 ? '.vec4' : ''}.${mode}`,
     code: wgsl`${r.enable}
-struct Params { rows: u32, n: u32 }
-@group(0) @binding(0) var<uniform> u: Params;
+${SOFTMAX_PARAMS.wgsl}
 @group(0) @binding(1) var<storage, read> y: array<${T}>;
 @group(0) @binding(2) var<storage, read> dy: array<${T}>;
 @group(0) @binding(3) var<storage, read_write> dx: array<${T}>;

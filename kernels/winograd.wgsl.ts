@@ -14,9 +14,16 @@
 // of T whole tile rows from `firstTile` on, when the whole does not fit a binding), U and dU
 // [16, Cout, Cin]. Every transform is written out as the sums its constant matrices give.
 import { wgsl } from 'wgsl-preprocessor/wgsl-preprocessor.js';
+import { flatMain } from './flat-index.ts';
 import type { KernelSource } from './kernel-source.ts';
+import { uniformLayout } from './uniform-layout.ts';
 
 export const WINOGRAD_WORKGROUP = 64;
+
+/** C channels of H × W planes; tiles tilesY × tilesX per image; T tiles in this chunk, from firstTile. */
+const WINOGRAD_TILE_PARAMS = uniformLayout({ C: 'u32', H: 'u32', W: 'u32', tilesY: 'u32', tilesX: 'u32', T: 'u32', firstTile: 'u32' });
+/** M × Kc filters (Cout × Cin). */
+const WINOGRAD_WEIGHT_PARAMS = uniformLayout({ M: 'u32', Kc: 'u32' });
 
 const BT = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]];
 const G = [[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]];
@@ -78,7 +85,7 @@ export type WinogradTileInput = 'input' | 'outputGrad';
  * Bindings: x, out ([16, C, T] as vecR). Uniforms: C, H, W, tilesY, tilesX, T (tiles in this
  * chunk), firstTile.
  */
-export function winogradTileTransformKernel(kind: WinogradTileInput, R: number): KernelSource {
+export function winogradTileTransformKernel(kind: WinogradTileInput, R: number): KernelSource<typeof WINOGRAD_TILE_PARAMS> {
   const input = kind === 'input';
   const size = input ? 4 : 2;
   const offset = input ? 1 : 0;
@@ -95,10 +102,10 @@ export function winogradTileTransformKernel(kind: WinogradTileInput, R: number):
     return `out[(${k}u * stride + c * u.T + t) / ${R}u] = ${R === 1 ? lanes[0] : `vec${R}(${lanes.join(', ')})`};`;
   });
   return {
+    params: WINOGRAD_TILE_PARAMS,
     key: `winogradTiles.${kind}.r${R}`,
     code: wgsl`
-struct Params { C: u32, H: u32, W: u32, tilesY: u32, tilesX: u32, T: u32, firstTile: u32 }
-@group(0) @binding(0) var<uniform> u: Params;
+${WINOGRAD_TILE_PARAMS.wgsl}
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> out: array<${vector(R)}>;
 ${tileDecode}
@@ -108,9 +115,7 @@ fn at(plane: u32, y: i32, xx: i32) -> f32 {
   return x[plane + u32(y) * u.W + u32(xx)];
 }
 
-@compute @workgroup_size(${WINOGRAD_WORKGROUP})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-  let i = (wid.y * nwg.x + wid.x) * ${WINOGRAD_WORKGROUP}u + lid;
+${flatMain(WINOGRAD_WORKGROUP)}
   let groups = u.T / ${R}u;
   if (i >= u.C * groups) { return; }
   let c = i / groups;
@@ -132,7 +137,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
  * `transposed` the input gradient's kernel g = w[c, m] rotated by 180° (M = Cin, Kc = Cout).
  * Bindings: w, U ([16, M, Kc]). Uniforms: M, Kc.
  */
-export function winogradWeightTransformKernel(transposed: boolean): KernelSource {
+export function winogradWeightTransformKernel(transposed: boolean): KernelSource<typeof WINOGRAD_WEIGHT_PARAMS> {
   const { lets, out } = sandwich(G, grid('g'), transpose(G), 's');
   const reads: string[] = [];
   for (let i = 0; i < 3; i++) {
@@ -140,16 +145,14 @@ export function winogradWeightTransformKernel(transposed: boolean): KernelSource
   }
   const writes = out.flat().map((v, k) => `U[${k}u * stride + m * u.Kc + c] = ${v};`);
   return {
+    params: WINOGRAD_WEIGHT_PARAMS,
     key: `winogradWeights${transposed ? '.transposed' : ''}`,
     code: wgsl`
-struct Params { M: u32, Kc: u32 }
-@group(0) @binding(0) var<uniform> u: Params;
+${WINOGRAD_WEIGHT_PARAMS.wgsl}
 @group(0) @binding(1) var<storage, read> w: array<f32>;
 @group(0) @binding(2) var<storage, read_write> U: array<f32>;
 
-@compute @workgroup_size(${WINOGRAD_WORKGROUP})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-  let i = (wid.y * nwg.x + wid.x) * ${WINOGRAD_WORKGROUP}u + lid;
+${flatMain(WINOGRAD_WORKGROUP)}
   if (i >= u.M * u.Kc) { return; }
   let m = i / u.Kc;
   let c = i % u.Kc;
@@ -181,7 +184,7 @@ export interface WinogradOutputVariant {
  * Bindings: M (as vecR), y (as vec2 when evenWidth), then bias and residual when present.
  * Uniforms: C (= Cout), H, W (of y), tilesY, tilesX, T (tiles in this chunk), firstTile.
  */
-export function winogradOutputTransformKernel(v: WinogradOutputVariant): KernelSource {
+export function winogradOutputTransformKernel(v: WinogradOutputVariant): KernelSource<typeof WINOGRAD_TILE_PARAMS> {
   const { R, evenWidth } = v;
   let binding = 3;
   const biasBinding = v.bias ? binding++ : 0;
@@ -196,10 +199,10 @@ export function winogradOutputTransformKernel(v: WinogradOutputVariant): KernelS
   );
   const element = evenWidth ? 'vec2<f32>' : 'f32';
   return {
+    params: WINOGRAD_TILE_PARAMS,
     key: `winogradOutput.r${R}${evenWidth ? '.even' : ''}${v.bias ? '.bias' : ''}${v.residual ? '.res' : ''}`,
     code: wgsl`
-struct Params { C: u32, H: u32, W: u32, tilesY: u32, tilesX: u32, T: u32, firstTile: u32 }
-@group(0) @binding(0) var<uniform> u: Params;
+${WINOGRAD_TILE_PARAMS.wgsl}
 @group(0) @binding(1) var<storage, read> M: array<${vector(R)}>;
 @group(0) @binding(2) var<storage, read_write> y: array<${element}>;
 #if ${v.bias}
@@ -233,10 +236,8 @@ fn put(plane: u32, row: u32, col: u32, value: f32) {
 }
 #endif
 
-@compute @workgroup_size(${WINOGRAD_WORKGROUP})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+${flatMain(WINOGRAD_WORKGROUP, 'g')}
   let groups = u.T / ${R}u;
-  let g = (wid.y * nwg.x + wid.x) * ${WINOGRAD_WORKGROUP}u + lid;
   if (g >= u.C * groups) { return; }
   let co = g / groups;
   let t = (g % groups) * ${R}u;
@@ -261,7 +262,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
  * dw[co, ci] (3×3) = Gᵀ dU[co, ci] G from dU [16, Cout, Cin].
  * Bindings: dU, dw ([Cout, Cin, 3, 3]). Uniforms: M (= Cout), Kc (= Cin).
  */
-export function winogradWeightGradTransformKernel(): KernelSource {
+export function winogradWeightGradTransformKernel(): KernelSource<typeof WINOGRAD_WEIGHT_PARAMS> {
   const { lets, out } = sandwich(transpose(G), grid('u'), G, 's');
   const reads: string[] = [];
   for (let i = 0; i < 4; i++) {
@@ -269,17 +270,15 @@ export function winogradWeightGradTransformKernel(): KernelSource {
   }
   const writes = out.flat().map((v, k) => `dw[i * 9u + ${k}u] = ${v};`);
   return {
+    params: WINOGRAD_WEIGHT_PARAMS,
     key: 'winogradWeightGrad',
     code: wgsl`
-struct Params { M: u32, Kc: u32 }
-@group(0) @binding(0) var<uniform> u: Params;
+${WINOGRAD_WEIGHT_PARAMS.wgsl}
 @group(0) @binding(1) var<storage, read> dU: array<f32>;
 @group(0) @binding(2) var<storage, read_write> dw: array<f32>;
 
-@compute @workgroup_size(${WINOGRAD_WORKGROUP})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-  // i = co·Cin + ci: dU's element at ξ = 0 and the first of dw's nine.
-  let i = (wid.y * nwg.x + wid.x) * ${WINOGRAD_WORKGROUP}u + lid;
+// i = co·Cin + ci: dU's element at ξ = 0 and the first of dw's nine.
+${flatMain(WINOGRAD_WORKGROUP)}
   if (i >= u.M * u.Kc) { return; }
   let stride = u.M * u.Kc;
   ${reads.join('\n  ')}

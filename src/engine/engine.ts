@@ -4,7 +4,9 @@
 
 import { BufferPool, type PoolStats } from './buffer-pool.ts';
 import { type AdapterClass, adapterClass, type DeviceHandle, isCpuAdapter, requestDevice, wrapDevice } from './device.ts';
-import { KernelRegistry, type KernelSource } from './kernel-registry.ts';
+import { KernelRegistry } from './kernel-registry.ts';
+import type { KernelSource, ParamsOf } from '../../kernels/kernel-source.ts';
+import type { UniformLayout } from '../../kernels/uniform-layout.ts';
 import { KernelProfiler, type KernelTime } from './profiler.ts';
 import { StagingRing } from './staging.ts';
 import { checkTuning, type Tuning } from './tuning.ts';
@@ -48,12 +50,12 @@ export interface Binding {
   size?: number;
 }
 
-export interface Dispatch {
-  kernel: KernelSource;
+export interface Dispatch<L extends UniformLayout = UniformLayout> {
+  kernel: KernelSource<L>;
   /** Storage buffers for @binding(1), @binding(2), ... in order. */
   bindings: (Binding | Tensor)[];
-  /** Contents of the `var<uniform>` at @binding(0). */
-  uniforms: ArrayBuffer;
+  /** The `var<uniform>` at @binding(0), by field name (the kernel's layout packs them). */
+  params: ParamsOf<L>;
   workgroups: readonly [number, number?, number?];
 }
 
@@ -309,14 +311,15 @@ export class Engine {
   }
 
   /** Records one compute dispatch. Submits on its own every `maxDispatchesPerSubmit` dispatches. */
-  dispatch(d: Dispatch): void {
-    if (d.uniforms.byteLength > UNIFORM_SLOT) throw new Error(`${d.kernel.key}: uniforms over ${UNIFORM_SLOT} bytes`);
+  dispatch<L extends UniformLayout>(d: Dispatch<L>): void {
+    const uniforms = d.kernel.params.pack(d.params, d.kernel.key);
+    if (uniforms.byteLength > UNIFORM_SLOT) throw new Error(`${d.kernel.key}: uniforms over ${UNIFORM_SLOT} bytes`);
     this.countCommand(d.kernel.key);
     const pipeline = this.kernels.get(d.kernel.key, () => d.kernel.code);
     if (this.uniformUsed + UNIFORM_SLOT > UNIFORM_ARENA_BYTES) this.flush();
     const encoder = this.getEncoder();
     const uniformOffset = this.uniformUsed;
-    this.uniformData.set(new Uint8Array(d.uniforms), uniformOffset);
+    this.uniformData.set(new Uint8Array(uniforms), uniformOffset);
     this.uniformUsed += UNIFORM_SLOT;
     const entries: GPUBindGroupEntry[] = [
       { binding: 0, resource: { buffer: this.uniformArena, offset: uniformOffset, size: UNIFORM_SLOT } },

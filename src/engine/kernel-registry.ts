@@ -1,7 +1,5 @@
 // Compiles each specialised WGSL program once per device and hands out its pipeline.
 
-export type { KernelSource } from '../../kernels/kernel-source.ts';
-
 export class KernelRegistry {
   private pipelines = new Map<string, GPUComputePipeline>();
 

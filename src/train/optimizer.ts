@@ -1,10 +1,10 @@
 // Adam (torch.optim.Adam semantics, one WGSL kernel per parameter tensor, no CPU round trip),
 // plain SGD, and StepLR. Optimizer state can be saved and restored so training resumes exactly.
 import { ADAM_WORKGROUP, adamKernel } from '../../kernels/adam.wgsl.ts';
+import { elementLoads, grid1d } from '../../kernels/flat-index.ts';
 import type { Engine } from '../engine/engine.ts';
 import { add, scale } from '../engine/ops/elementwise.ts';
 import type { Tensor } from '../engine/tensor.ts';
-import { elementLoads, grid1d, Uniforms } from '../engine/uniforms.ts';
 
 export interface AdamOptions {
   lr: number;
@@ -67,7 +67,7 @@ export class Adam implements Optimizer {
       this.engine.dispatch({
         kernel: adamKernel(vec4),
         bindings: [p, p.grad, m, v],
-        uniforms: new Uniforms().u32(n).f32(this.beta1, this.beta2, this.eps, this.lr / bc1, Math.sqrt(bc2), this.weightDecay).toArrayBuffer(),
+        params: { n, beta1: this.beta1, beta2: this.beta2, eps: this.eps, stepSize: this.lr / bc1, sqrtBiasCorrection2: Math.sqrt(bc2), weightDecay: this.weightDecay },
         workgroups: grid1d(n, ADAM_WORKGROUP),
       });
     }

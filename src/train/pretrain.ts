@@ -6,11 +6,11 @@
 import type { Engine } from '../engine/engine.ts';
 import { mulberry32 } from '../engine/random.ts';
 import { EMA_WORKGROUP, emaKernel } from '../../kernels/ema.wgsl.ts';
+import { elementLoads, grid1d } from '../../kernels/flat-index.ts';
 import { mul, scale, sub } from '../engine/ops/elementwise.ts';
 import { slice } from '../engine/ops/layout.ts';
 import { mean } from '../engine/ops/reduce.ts';
 import type { Tensor } from '../engine/tensor.ts';
-import { elementLoads, grid1d, Uniforms } from '../engine/uniforms.ts';
 import { gaussianNoise, linearSchedule, qSample } from '../model/diffusion.ts';
 import type { UNet } from '../model/unet.ts';
 import { checkLoss, saveTrainingState, startOrResume } from './checkpoint.ts';
@@ -50,7 +50,7 @@ export class Ema {
       e.dispatch({
         kernel: emaKernel(vec4),
         bindings: [this.shadow.get(k)!, p],
-        uniforms: new Uniforms().u32(n).f32(this.decay, 1 - this.decay).toArrayBuffer(),
+        params: { n, decay: this.decay, rest: 1 - this.decay },
         workgroups: grid1d(n, EMA_WORKGROUP),
       });
     }

@@ -3,6 +3,7 @@ import t from 'tap';
 import { createEngine, GpuError, ops, requestDevice } from '../../src/index.ts';
 import { sizeClass } from '../../src/engine/buffer-pool.ts';
 import { testEngine } from '../helpers/check.ts';
+import { uniformLayout } from '../../kernels/uniform-layout.ts';
 
 const e = await testEngine();
 
@@ -88,8 +89,9 @@ t.test('gradients accumulate across backward calls until cleared', async (t) => 
 });
 
 t.test('a GPU validation error surfaces as a GpuError carrying the label', async (t) => {
-  const bad = { key: 'deliberately-broken-kernel', code: '@compute @workgroup_size(1) fn main() { let x: f32 = 1u; }' };
-  e.dispatch({ kernel: bad, bindings: [], uniforms: new ArrayBuffer(16), workgroups: [1] });
+  const params = uniformLayout({ n: 'u32' });
+  const bad = { key: 'deliberately-broken-kernel', code: `${params.wgsl}\n@compute @workgroup_size(1) fn main() { let x: f32 = u.n; }`, params };
+  e.dispatch({ kernel: bad, bindings: [], params: { n: 1 }, workgroups: [1] });
   const err = await e.sync().then(() => null, (x: Error) => x);
   t.ok(err instanceof GpuError, 'a GpuError');
   t.match(err?.message, /deliberately-broken-kernel/, 'naming the kernel');

@@ -2,7 +2,6 @@
 import { ATTENTION_KEY_TILE, ATTENTION_QUERIES_PER_WORKGROUP, attentionKernel } from '../../../kernels/attention.wgsl.ts';
 import type { Engine } from '../engine.ts';
 import { shapeString, type Tensor } from '../tensor.ts';
-import { Uniforms } from '../uniforms.ts';
 import { scale } from './elementwise.ts';
 import { permute, reshape, slice } from './layout.ts';
 import { matmul } from './matmul.ts';
@@ -27,11 +26,11 @@ export function qkvAttention(qkv: Tensor, heads: number, legacy = true): Tensor 
   e.dispatch({
     kernel: attentionKernel(d),
     bindings: [qkv, out],
-    uniforms: new Uniforms()
-      .u32(T, heads).f32(1 / Math.sqrt(d))
-      .u32(C3 * T, legacy ? 3 * d * T : d * T, legacy ? d * T : C * T, legacy ? 2 * d * T : 2 * C * T, T, 1)
-      .u32(heads * d * T, d * T, T, 1)
-      .toArrayBuffer(),
+    params: {
+      T, heads, scale: 1 / Math.sqrt(d),
+      batchStride: C3 * T, headStride: legacy ? 3 * d * T : d * T, kOffset: legacy ? d * T : C * T, vOffset: legacy ? 2 * d * T : 2 * C * T, chStride: T, tokStride: 1,
+      oBatchStride: heads * d * T, oHeadStride: d * T, oChStride: T, oTokStride: 1,
+    },
     workgroups: [Math.ceil(T / ATTENTION_QUERIES_PER_WORKGROUP), N * heads],
   });
   return out;

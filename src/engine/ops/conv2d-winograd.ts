@@ -1,6 +1,7 @@
 // The stride-1, padding-1 3×3 conv through Winograd F(2×2, 3×3): tile transforms and 16 batched
 // GEMMs (kernels/winograd.wgsl.ts has the algorithm and the backward's derivation). conv2d
 // (./conv2d.ts) decides when to use it and records the tape; these functions only run kernels.
+import { grid1d } from '../../../kernels/flat-index.ts';
 import {
   tilesPerInvocation,
   WINOGRAD_WORKGROUP,
@@ -11,7 +12,6 @@ import {
 } from '../../../kernels/winograd.wgsl.ts';
 import type { Engine } from '../engine.ts';
 import type { Tensor } from '../tensor.ts';
-import { grid1d, Uniforms } from '../uniforms.ts';
 import { add } from './elementwise.ts';
 import { dispatchMatmul } from './matmul.ts';
 
@@ -57,7 +57,7 @@ function tileTransform(e: Engine, x: Tensor, kind: 'input' | 'outputGrad', [firs
   e.dispatch({
     kernel: winogradTileTransformKernel(kind, R),
     bindings: [x, out],
-    uniforms: new Uniforms().u32(C, H, W, tilesY, tilesX, count, first).toArrayBuffer(),
+    params: { C, H, W, tilesY, tilesX, T: count, firstTile: first },
     workgroups: grid1d((C * count) / R, WINOGRAD_WORKGROUP),
   });
   return out;
@@ -71,7 +71,7 @@ function weightTransform(e: Engine, w: Tensor, transposed: boolean): Tensor {
   e.dispatch({
     kernel: winogradWeightTransformKernel(transposed),
     bindings: [w, U],
-    uniforms: new Uniforms().u32(M, Kc).toArrayBuffer(),
+    params: { M, Kc },
     workgroups: grid1d(M * Kc, WINOGRAD_WORKGROUP),
   });
   return U;
@@ -107,7 +107,7 @@ export function winogradConv(e: Engine, c: WinogradConvCall): void {
     e.dispatch({
       kernel,
       bindings,
-      uniforms: new Uniforms().u32(cout, H, W, tilesY, tilesX, count, chunk[0]).toArrayBuffer(),
+      params: { C: cout, H, W, tilesY, tilesX, T: count, firstTile: chunk[0] },
       workgroups: grid1d((cout * count) / R, WINOGRAD_WORKGROUP),
     });
     M.dispose();
@@ -140,7 +140,7 @@ export function winogradWeightGrad(e: Engine, dy: Tensor, x: Tensor): Tensor {
   e.dispatch({
     kernel: winogradWeightGradTransformKernel(),
     bindings: [dU!, dw],
-    uniforms: new Uniforms().u32(cout, cin).toArrayBuffer(),
+    params: { M: cout, Kc: cin },
     workgroups: grid1d(cout * cin, WINOGRAD_WORKGROUP),
   });
   dU!.dispose();

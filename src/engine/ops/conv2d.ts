@@ -1,10 +1,9 @@
 // conv2d (square kernel, zero padding (k − 1)/2, stride ≥ 1, NCHW) with optional bias and a fused
 // residual add. Kernels and the backward derivation (stride ↔ input dilation): kernels/conv2d.wgsl.ts.
 import { conv2dKernel, conv2dWeightGradKernel } from '../../../kernels/conv2d.wgsl.ts';
-import { chooseGemmTiling, type MatmulTiling } from '../../../kernels/matmul.wgsl.ts';
+import { chooseGemmTiling, gemmWorkgroups, type MatmulTiling } from '../../../kernels/matmul.wgsl.ts';
 import type { Engine } from '../engine.ts';
 import { shapeString, type Tensor } from '../tensor.ts';
-import { Uniforms } from '../uniforms.ts';
 import { winogradConv, winogradFits, winogradTiles, winogradWeightGrad } from './conv2d-winograd.ts';
 import { sum } from './reduce.ts';
 
@@ -87,8 +86,8 @@ function runConv(e: Engine, c: ConvCall): void {
   e.dispatch({
     kernel: conv2dKernel(variant, t),
     bindings,
-    uniforms: new Uniforms().u32(cin, H, W, cout, N, Ho, Wo).toArrayBuffer(),
-    workgroups: [Math.ceil((N * Ho * Wo) / (t.wgX * t.tn)), Math.ceil(cout / (t.wgY * t.tm))],
+    params: { Cin: cin, H, W, Cout: cout, N, Ho, Wo },
+    workgroups: gemmWorkgroups(t, cout, N * Ho * Wo),
   });
 }
 
@@ -109,7 +108,8 @@ function conv2dWeightGrad(e: Engine, dy: Tensor, x: Tensor, wShape: readonly num
   if (useWinograd(e, ksize, stride, 1, N, cin, cout, H, W)) return winogradWeightGrad(e, dy, x);
   const columns = cin * ksize * ksize;
   const t = tiling(e, cout, columns);
-  const tiles = Math.ceil(columns / (t.wgX * t.tn)) * Math.ceil(cout / (t.wgY * t.tm));
+  const [tilesX, tilesY] = gemmWorkgroups(t, cout, columns);
+  const tiles = tilesX * tilesY;
   const reduction = N * Ho * Wo;
   const target = e.tuning.conv2dWeightGrad?.splitKWorkgroups ?? (e.cpuAdapter ? 1 : 64);
   const wanted = Math.min(Math.ceil(target / tiles), Math.floor(reduction / SPLIT_K_MIN_REDUCTION));
@@ -119,8 +119,8 @@ function conv2dWeightGrad(e: Engine, dy: Tensor, x: Tensor, wShape: readonly num
   e.dispatch({
     kernel: conv2dWeightGradKernel(ksize, pad, stride, t),
     bindings: [dy, x, partial],
-    uniforms: new Uniforms().u32(cin, H, W, cout, N, Ho, Wo, qPerSplit).toArrayBuffer(),
-    workgroups: [Math.ceil(columns / (t.wgX * t.tn)), Math.ceil(cout / (t.wgY * t.tm)), splits],
+    params: { Cin: cin, H, W, Cout: cout, N, Ho, Wo, qPerSplit },
+    workgroups: gemmWorkgroups(t, cout, columns, splits),
   });
   if (splits === 1) return partial;
   const dw = sum(partial, [0]);

@@ -3,9 +3,9 @@
 import {
   type BinaryOp, binaryKernel, fillKernel, type OperandRead, type UnaryOp, unaryBackwardKernel, unaryKernel, WORKGROUP,
 } from '../../../kernels/elementwise.wgsl.ts';
+import { elementLoads, grid1d } from '../../../kernels/flat-index.ts';
 import type { Engine } from '../engine.ts';
 import { type Shape, shapeString, type Tensor } from '../tensor.ts';
-import { elementLoads, grid1d, Uniforms } from '../uniforms.ts';
 import { sumToShape } from './reduce.ts';
 
 /** Invocations of the kernels (kernels/elementwise.wgsl.ts): one per vec4 when the tensor divides into them. */
@@ -16,7 +16,7 @@ export function fillConstant(e: Engine, shape: Shape, value: number, label = 'fi
   e.dispatch({
     kernel: fillKernel(out.size % 4 === 0),
     bindings: [out],
-    uniforms: new Uniforms().u32(invocations(out.size)).f32(value).toArrayBuffer(),
+    params: { n: invocations(out.size), value },
     workgroups: grid1d(invocations(out.size), WORKGROUP),
   });
   return out;
@@ -28,7 +28,7 @@ function runUnary(op: UnaryOp, x: Tensor, alpha: number): Tensor {
   e.dispatch({
     kernel: unaryKernel(op, x.size % 4 === 0),
     bindings: [x, y],
-    uniforms: new Uniforms().u32(invocations(x.size)).f32(alpha).toArrayBuffer(),
+    params: { n: invocations(x.size), alpha },
     workgroups: grid1d(invocations(x.size), WORKGROUP),
   });
   return y;
@@ -43,7 +43,7 @@ export function unary(op: UnaryOp, x: Tensor, alpha = 0): Tensor {
     e.dispatch({
       kernel: unaryBackwardKernel(op, x.size % 4 === 0),
       bindings: [x, y, dy!, dx],
-      uniforms: new Uniforms().u32(invocations(x.size)).f32(alpha).toArrayBuffer(),
+      params: { n: invocations(x.size), alpha },
       workgroups: grid1d(invocations(x.size), WORKGROUP),
     });
     return [dx];
@@ -145,12 +145,7 @@ function runBinary(op: BinaryOp, a: Tensor, b: Tensor): Tensor {
   e.dispatch({
     kernel: binaryKernel(op, same ? 0 : m.shape.length, vectorized, dims.reads),
     bindings: [a, b, out],
-    uniforms: new Uniforms()
-      .dims(dims.shape, 1)
-      .dims(dims.a)
-      .dims(dims.b)
-      .u32(n, dims.shape.length)
-      .toArrayBuffer(),
+    params: { shape: dims.shape, aStrides: dims.a, bStrides: dims.b, n },
     workgroups: grid1d(n, WORKGROUP),
   });
   return out;

@@ -1,7 +1,6 @@
 // GroupNorm with the ADM U-Net's fusions (scale-shift norm, SiLU). Kernel: kernels/groupnorm.wgsl.ts.
 import { groupNormBackwardKernel, groupNormKernel } from '../../../kernels/groupnorm.wgsl.ts';
 import { shapeString, type Tensor } from '../tensor.ts';
-import { Uniforms } from '../uniforms.ts';
 import { reshape, sliceRows } from './layout.ts';
 import { rowParallelism } from './normalize.ts';
 import { sum } from './reduce.ts';
@@ -33,11 +32,11 @@ export function groupNorm(x: Tensor, gamma: Tensor, beta: Tensor, opts: GroupNor
   const eps = opts.eps ?? 1e-5;
   const y = e.empty(x.shape, `groupNorm(${x.label})`);
   const par = rowParallelism(e, N * groups);
-  const uniforms = () => new Uniforms().u32(C, HW, groups).f32(eps).u32(N * groups).toArrayBuffer();
+  const params = { C, HW, groups, eps, rows: N * groups };
   e.dispatch({
     kernel: groupNormKernel(variant, par.mode),
     bindings: scaleShift ? [x, gamma, beta, y, scaleShift] : [x, gamma, beta, y],
-    uniforms: uniforms(),
+    params,
     workgroups: par.workgroups,
   });
   const inputs = scaleShift ? [x, gamma, beta, scaleShift] : [x, gamma, beta];
@@ -50,7 +49,7 @@ export function groupNorm(x: Tensor, gamma: Tensor, beta: Tensor, opts: GroupNor
     e.dispatch({
       kernel: groupNormBackwardKernel(variant, par.mode),
       bindings: scaleShift ? [x, gamma, beta, dy!, dx, dAffine, scaleShift, dE!] : [x, gamma, beta, dy!, dx, dAffine],
-      uniforms: uniforms(),
+      params,
       workgroups: par.workgroups,
     });
     const affine = reshape(N > 1 ? sum(dAffine, [0]) : dAffine, [2, C]);

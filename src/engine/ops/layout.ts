@@ -2,9 +2,9 @@
 // reshape are the strided-copy kernel (kernels/copy.wgsl.ts) with different strides and offsets.
 // sliceRows/concatRows move whole rows of axis 0 with buffer copies instead, which bind nothing.
 import { COPY_WORKGROUP, stridedCopyKernel } from '../../../kernels/copy.wgsl.ts';
+import { grid1d } from '../../../kernels/flat-index.ts';
 import type { Engine } from '../engine.ts';
 import { contiguousStrides, numel, type Shape, shapeString, type Tensor } from '../tensor.ts';
-import { grid1d, Uniforms } from '../uniforms.ts';
 import { broadcastStrides, mergeBroadcastDims, vectorizeDims } from './elementwise.ts';
 import { sumToShape } from './reduce.ts';
 
@@ -31,10 +31,7 @@ function stridedCopy(e: Engine, x: Tensor, out: Tensor, c: CopySpec): void {
   e.dispatch({
     kernel: stridedCopyKernel(w.shape.length, vectorized),
     bindings: [x, out],
-    uniforms: new Uniforms()
-      .dims(w.shape, 1).dims(w.a).dims(w.b)
-      .u32(n / unit, w.shape.length, c.inOffset / unit, c.outOffset / unit)
-      .toArrayBuffer(),
+    params: { shape: w.shape, inStrides: w.a, outStrides: w.b, n: n / unit, inOffset: c.inOffset / unit, outOffset: c.outOffset / unit },
     workgroups: grid1d(n / unit, COPY_WORKGROUP),
   });
 }

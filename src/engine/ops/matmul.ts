@@ -6,9 +6,8 @@
 //   dA = transA ? B'·dCᵀ : dC·B'ᵀ      dB = transB ? dCᵀ·A' : A'ᵀ·dC
 // each again one matmul call with transpose flags; operands broadcast over the batch get their
 // gradient summed over it.
-import { chooseGemmTiling, type MatmulTiling, matmulKernel, vectorizableGemm } from '../../../kernels/matmul.wgsl.ts';
+import { chooseGemmTiling, gemmWorkgroups, matmulKernel, type MatmulTiling, vectorizableGemm } from '../../../kernels/matmul.wgsl.ts';
 import { shapeString, type Tensor } from '../tensor.ts';
-import { Uniforms } from '../uniforms.ts';
 import { sum } from './reduce.ts';
 
 export interface MatmulOptions {
@@ -45,8 +44,8 @@ export function dispatchMatmul(a: Tensor, b: Tensor, out: Tensor, d: MatmulDispa
   e.dispatch({
     kernel: matmulKernel({ transA: d.transA, transB: d.transB, bias: !!d.bias, vec4: vectorizableGemm(d.M, d.N, d.K, d.transA, d.transB, tiling) }, tiling),
     bindings: d.bias ? [a, b, out, d.bias] : [a, b, out],
-    uniforms: new Uniforms().u32(d.M, d.N, d.K, d.broadcastA ? 0 : d.M * d.K, d.broadcastB ? 0 : d.K * d.N).toArrayBuffer(),
-    workgroups: [Math.ceil(d.N / (tiling.wgX * tiling.tn)), Math.ceil(d.M / (tiling.wgY * tiling.tm)), d.batch],
+    params: { M: d.M, N: d.N, K: d.K, strideA: d.broadcastA ? 0 : d.M * d.K, strideB: d.broadcastB ? 0 : d.K * d.N },
+    workgroups: gemmWorkgroups(tiling, d.M, d.N, d.batch),
   });
 }
 

@@ -1,9 +1,10 @@
 // Row normalisation and LayerNorm. Kernels: kernels/normalize.wgsl.ts. LayerNorm's affine map is
 // broadcast arithmetic on top, so its weight and bias gradients come from the elementwise rules.
-import { normalizeRowsBackwardKernel, normalizeRowsKernel, type RowParallelism, THREAD_MODE_WORKGROUP } from '../../../kernels/normalize.wgsl.ts';
+import { grid1d } from '../../../kernels/flat-index.ts';
+import { normalizeRowsBackwardKernel, normalizeRowsKernel } from '../../../kernels/normalize.wgsl.ts';
+import { type RowParallelism, THREAD_MODE_WORKGROUP } from '../../../kernels/row-reduction.ts';
 import type { Engine } from '../engine.ts';
 import { shapeString, type Tensor } from '../tensor.ts';
-import { grid1d, Uniforms } from '../uniforms.ts';
 import { add, mul } from './elementwise.ts';
 
 /**
@@ -36,7 +37,7 @@ export function normalizeRows(x: Tensor, D: number, eps = 1e-5): Tensor {
   e.dispatch({
     kernel: normalizeRowsKernel(par.mode, width),
     bindings: [x, xhat, stats],
-    uniforms: new Uniforms().u32(rows, D / width).f32(eps).toArrayBuffer(),
+    params: { rows, D: D / width, eps },
     workgroups: par.workgroups,
   });
   if (!e.tape.needsGrad([x])) {
@@ -48,7 +49,7 @@ export function normalizeRows(x: Tensor, D: number, eps = 1e-5): Tensor {
     e.dispatch({
       kernel: normalizeRowsBackwardKernel(par.mode, width),
       bindings: [xhat, stats, g!, dx],
-      uniforms: new Uniforms().u32(rows, D / width).toArrayBuffer(),
+      params: { rows, D: D / width },
       workgroups: par.workgroups,
     });
     return [dx];

@@ -1,9 +1,9 @@
 // Sum and mean over axes. Forward kernel: kernels/reduce.wgsl.ts (one pass per run of adjacent
 // reduced axes). Backward: broadcast the gradient back to the input's shape (times 1/n for mean).
+import { grid1d } from '../../../kernels/flat-index.ts';
 import { REDUCE_WORKGROUP, reduceSumKernel } from '../../../kernels/reduce.wgsl.ts';
 import type { Engine } from '../engine.ts';
 import { numel, type Shape, shapeString, type Tensor } from '../tensor.ts';
-import { grid1d, Uniforms } from '../uniforms.ts';
 import { scale } from './elementwise.ts';
 import { expand } from './layout.ts';
 import { workgroupCombine } from './normalize.ts';
@@ -26,7 +26,7 @@ function reduceMiddle(e: Engine, x: Tensor, outer: number, n: number, inner: num
   e.dispatch({
     kernel: reduceSumKernel(rowwise, workgroupCombine(e)),
     bindings: [x, out],
-    uniforms: new Uniforms().u32(outer, n, inner).f32(scaleBy).toArrayBuffer(),
+    params: { outer, n, inner, scale: scaleBy },
     workgroups: rowwise ? grid1d(outer, 1) : grid1d(outer * inner, REDUCE_WORKGROUP),
   });
   return out;

@@ -1,8 +1,8 @@
 // 2×2 average pooling and nearest 2× upsampling (NCHW); each one's backward is the other's
 // adjoint kernel. Kernels: kernels/resample.wgsl.ts.
+import { grid1d } from '../../../kernels/flat-index.ts';
 import { RESAMPLE_WORKGROUP, type ResampleMode, resampleKernel } from '../../../kernels/resample.wgsl.ts';
 import { shapeString, type Tensor } from '../tensor.ts';
-import { grid1d, Uniforms } from '../uniforms.ts';
 
 function run(mode: ResampleMode, x: Tensor, outShape: number[]): Tensor {
   const e = x.engine;
@@ -11,7 +11,7 @@ function run(mode: ResampleMode, x: Tensor, outShape: number[]): Tensor {
   e.dispatch({
     kernel: resampleKernel(mode),
     bindings: [x, out],
-    uniforms: new Uniforms().u32(N * C, Hout, Wout).toArrayBuffer(),
+    params: { planes: N * C, Hout, Wout },
     workgroups: grid1d(out.size, RESAMPLE_WORKGROUP),
   });
   return out;

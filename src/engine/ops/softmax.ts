@@ -3,7 +3,6 @@
 // softmaxBackwardKernel).
 import { softmaxBackwardKernel, softmaxKernel } from '../../../kernels/softmax.wgsl.ts';
 import type { Tensor } from '../tensor.ts';
-import { Uniforms } from '../uniforms.ts';
 import { rowParallelism } from './normalize.ts';
 
 function run(x: Tensor, log: boolean): Tensor {
@@ -13,12 +12,12 @@ function run(x: Tensor, log: boolean): Tensor {
   const rows = x.size / Math.max(1, n);
   const y = e.empty(x.shape, `${log ? 'logSoftmax' : 'softmax'}(${x.label})`);
   const width = n % 4 === 0 ? 4 : 1;
-  const uniforms = new Uniforms().u32(rows, n / width).toArrayBuffer();
+  const params = { rows, n: n / width };
   const par = rowParallelism(e, rows);
-  e.dispatch({ kernel: softmaxKernel(log, par.mode, width), bindings: [x, y], uniforms, workgroups: par.workgroups });
+  e.dispatch({ kernel: softmaxKernel(log, par.mode, width), bindings: [x, y], params, workgroups: par.workgroups });
   e.tape.record(log ? 'logSoftmax' : 'softmax', [x], [y], [y], ([dy]) => {
     const dx = e.empty(x.shape, 'dsoftmax');
-    e.dispatch({ kernel: softmaxBackwardKernel(log, par.mode, width), bindings: [y, dy!, dx], uniforms, workgroups: par.workgroups });
+    e.dispatch({ kernel: softmaxBackwardKernel(log, par.mode, width), bindings: [y, dy!, dx], params, workgroups: par.workgroups });
     return [dx];
   });
   return y;

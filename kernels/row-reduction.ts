@@ -1,0 +1,119 @@
+// The workgroup-reduce helpers every row kernel shares (GroupNorm, LayerNorm's normalizeRows,
+// softmax, reduceSum's rows): how a row's threads are laid out and how they combine partial sums —
+// a workgroup tree, subgroup operations, or one thread per row — and the vec4 load helpers.
+import { flatMain } from './flat-index.ts';
+
+/**
+ * How the threads of a row-reduction kernel split the rows: `workgroup`, a workgroup of WG
+ * threads per row combining partial sums in workgroup memory by a tree (GPUs without subgroups);
+ * `subgroup`, the same workgroup per row, each subgroup summing its threads at once
+ * (subgroupAdd) and every thread then adding up the subgroups' sums in subgroup_id order — two
+ * barriers instead of 2·log2(WG) + 2, and the same order, so the same result, in every thread and
+ * every run; `thread`, one thread per row summing it alone (CPU adapters such as lavapipe, where
+ * each workgroup barrier costs more than the arithmetic). Either way the body reads `row`, starts
+ * at `lane` and steps by `STRIDE`, and combines with `rowSum` (`rowSum4` for four sums at once, or
+ * `rowMax`). The kernel puts `enable` first in its module. Dispatch: `workgroup` and `subgroup` →
+ * one workgroup per row; `thread` → rows / THREAD_MODE_WORKGROUP.
+ */
+export type RowParallelism = 'workgroup' | 'subgroup' | 'thread';
+
+/**
+ * Rows per workgroup in `thread` mode. CPU adapters run a workgroup on one core, so few rows in
+ * large workgroups leave cores idle (GroupNorm of 256 channels @64², 32 rows: one workgroup of 64
+ * would use one of two cores); 8 is one AVX2 vector of rows.
+ */
+export const THREAD_MODE_WORKGROUP = 8;
+
+export function rowReduction(mode: RowParallelism, WG: number): { enable: string; decls: string; entry: string; stride: number } {
+  if (mode === 'thread') {
+    return {
+      enable: '',
+      decls: 'fn rowSum(v: f32, lane: u32) -> f32 { return v; }\nfn rowSum4(v: vec4<f32>, lane: u32) -> vec4<f32> { return v; }\nfn rowMax(v: f32, lane: u32) -> f32 { return v; }',
+      entry: `@compute @workgroup_size(${THREAD_MODE_WORKGROUP})
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+  let row = gid.y * nwg.x * ${THREAD_MODE_WORKGROUP}u + gid.x;
+  let lane = 0u;`,
+      stride: 1,
+    };
+  }
+  if (mode === 'subgroup') {
+    // WebGPU's subgroups have at least 4 invocations, so a workgroup has at most WG / 4.
+    const combine = (name: string, type: string, op: (a: string, b: string) => string, subgroupOp: string) => `fn ${name}(v: ${type}, lane: u32) -> ${type} {
+  let s = ${subgroupOp}(v);
+  if (subgroupLane == 0u) { ${name}Partials[subgroupIndex] = s; }
+  workgroupBarrier();
+  var r = ${name}Partials[0];
+  for (var i = 1u; i < subgroupCount; i++) { r = ${op('r', `${name}Partials[i]`)}; }
+  workgroupBarrier();
+  return r;
+}`;
+    return {
+      enable: 'enable subgroups;',
+      decls: `var<private> subgroupIndex: u32;
+var<private> subgroupCount: u32;
+var<private> subgroupLane: u32;
+var<workgroup> rowSumPartials: array<f32, ${WG / 4}>;
+var<workgroup> rowSum4Partials: array<vec4<f32>, ${WG / 4}>;
+var<workgroup> rowMaxPartials: array<f32, ${WG / 4}>;
+${combine('rowSum', 'f32', (a, b) => `${a} + ${b}`, 'subgroupAdd')}
+${combine('rowSum4', 'vec4<f32>', (a, b) => `${a} + ${b}`, 'subgroupAdd')}
+${combine('rowMax', 'f32', (a, b) => `max(${a}, ${b})`, 'subgroupMax')}`,
+      entry: `@compute @workgroup_size(${WG})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lane: u32,
+        @builtin(subgroup_id) sgId: u32, @builtin(num_subgroups) sgCount: u32, @builtin(subgroup_invocation_id) sgLane: u32) {
+  subgroupIndex = sgId;
+  subgroupCount = sgCount;
+  subgroupLane = sgLane;
+  let row = wid.y * nwg.x + wid.x;`,
+      stride: WG,
+    };
+  }
+  return {
+    enable: '',
+    decls: `var<workgroup> scratch: array<f32, ${WG}>;
+fn rowSum(v: f32, lane: u32) -> f32 {
+  scratch[lane] = v;
+  workgroupBarrier();
+  for (var s = ${WG / 2}u; s > 0u; s >>= 1u) {
+    if (lane < s) { scratch[lane] += scratch[lane + s]; }
+    workgroupBarrier();
+  }
+  let r = scratch[0];
+  workgroupBarrier();
+  return r;
+}
+var<workgroup> scratch4: array<vec4<f32>, ${WG}>;
+fn rowSum4(v: vec4<f32>, lane: u32) -> vec4<f32> {
+  scratch4[lane] = v;
+  workgroupBarrier();
+  for (var s = ${WG / 2}u; s > 0u; s >>= 1u) {
+    if (lane < s) { scratch4[lane] += scratch4[lane + s]; }
+    workgroupBarrier();
+  }
+  let r = scratch4[0];
+  workgroupBarrier();
+  return r;
+}
+fn rowMax(v: f32, lane: u32) -> f32 {
+  scratch[lane] = v;
+  workgroupBarrier();
+  for (var s = ${WG / 2}u; s > 0u; s >>= 1u) {
+    if (lane < s) { scratch[lane] = max(scratch[lane], scratch[lane + s]); }
+    workgroupBarrier();
+  }
+  let r = scratch[0];
+  workgroupBarrier();
+  return r;
+}`,
+    entry: flatMain(WG, 'row', true),
+    stride: WG,
+  };
+}
+
+/**
+ * The row kernels' loads of `width` (1 or 4) values: their WGSL type, and the sum and maximum of a
+ * load's components (shared by the GroupNorm and softmax kernels).
+ */
+export const vectorType = (width: number) => (width === 4 ? 'vec4<f32>' : 'f32');
+export const componentSum = (width: number, v: string) => (width === 4 ? `dot(${v}, vec4(1.0))` : v);
+export const componentMax = (width: number, v: string) => (width === 4 ? `max(max(${v}.x, ${v}.y), max(${v}.z, ${v}.w))` : v);
