@@ -19,6 +19,12 @@ export interface Tuning {
   rows?: { threadPerRowFrom?: number; subgroups?: number };
   /** Sums over contiguous rows: a workgroup per row below this many rows. */
   reduce?: { workgroupPerRowBelow?: number };
+  /**
+   * Attention under training: `fusedBackward` 1 recomputes the weights in the fused backward
+   * kernels (flash-style, no T × T tensor), 0 materialises them through matmul and softmax
+   * (default: 1 on GPUs, 0 on CPU adapters, where those GEMMs run faster).
+   */
+  attention?: { fusedBackward?: number };
 }
 
 const TILE: readonly (keyof MatmulTiling)[] = ['wgX', 'wgY', 'tm', 'tn', 'tk'];
@@ -31,6 +37,7 @@ const SETTINGS: { [F in keyof Tuning]-?: { keys: readonly string[]; min: number 
   conv2dWeightGrad: { keys: ['splitKWorkgroups'], min: 0 },
   rows: { keys: ['threadPerRowFrom', 'subgroups'], min: 0 },
   reduce: { keys: ['workgroupPerRowBelow'], min: 0 },
+  attention: { keys: ['fusedBackward'], min: 0 },
 };
 
 const isRecord = (v: unknown): v is Record<string, unknown> => !!v && typeof v === 'object' && !Array.isArray(v);

@@ -1,9 +1,15 @@
 import t from 'tap';
-import { ops } from '../../src/index.ts';
+import { createEngine, ops } from '../../src/index.ts';
 import { gradCheck, maxRelError, randomNd, testEngine, upload } from '../helpers/check.ts';
 import { type Nd, qkvAttentionRef } from '../helpers/reference.ts';
 
 const e = await testEngine();
+// Training through the fused kernels (the weights recomputed from each query's log-sum-exp) and
+// through matmul + softmax (the weights materialised), whichever this adapter picks by default.
+const paths = [
+  ['fused, flash-style', await createEngine({ device: e.device, tuning: { attention: { fusedBackward: 1 } } })],
+  ['composite', await createEngine({ device: e.device, tuning: { attention: { fusedBackward: 0 } } })],
+] as const;
 
 for (const legacy of [true, false]) {
   const order = legacy ? 'legacy (per-head q|k|v)' : 'new (q, k, v chunks)';
@@ -15,9 +21,16 @@ for (const legacy of [true, false]) {
       t.ok(err < 1e-5, `heads ${heads}, d ${d}, T ${T}: ${err.toExponential(2)}`);
     }
   });
-  t.test(`qkvAttention backward, ${order}, matches finite differences`, async (t) => {
-    const qkv = randomNd([2, 3 * 2 * 4, 6], 5, -1.5, 1.5);
-    const { worst } = await gradCheck(e, (a) => ops.qkvAttention(a, 2, legacy), (a: Nd) => qkvAttentionRef(a, 2, legacy), [qkv], { maxCoords: 60 });
-    t.ok(worst < 1e-3, `${worst.toExponential(2)}`);
-  });
+  for (const [path, engine] of paths) {
+    t.test(`qkvAttention backward (${path}), ${order}, matches finite differences`, async (t) => {
+      t.equal(ops.attentionMaterialisesWeights(engine, 4, true), path === 'composite', 'the path under test is the one taken');
+      // Head sizes on the vec4 (4, 64) and scalar (6) channel paths; 19 keys span two key tiles,
+      // 70 queries two workgroups of queries.
+      for (const [heads, d, T] of [[2, 4, 6], [1, 6, 19], [1, 4, 70], [1, 64, 20]]) {
+        const qkv = randomNd([2, 3 * heads * d, T], 5 + T, -1.5, 1.5);
+        const { worst } = await gradCheck(engine, (a) => ops.qkvAttention(a, heads, legacy), (a: Nd) => qkvAttentionRef(a, heads, legacy), [qkv], { maxCoords: 60 });
+        t.ok(worst < 1e-3, `heads ${heads}, d ${d}, T ${T}: ${worst.toExponential(2)}`);
+      }
+    });
+  }
 }

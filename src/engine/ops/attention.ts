@@ -1,5 +1,7 @@
 // Fused multi-head attention (kernels/attention.wgsl.ts) in the two layouts difrep needs.
-import { ATTENTION_KEY_TILE, ATTENTION_QUERIES_PER_WORKGROUP, attentionKernel } from '../../../kernels/attention.wgsl.ts';
+import {
+  ATTENTION_QUERIES_PER_WORKGROUP, attentionBackwardKeyKernel, attentionBackwardQueryKernel, attentionKernel, attentionWorkgroupBytes,
+} from '../../../kernels/attention.wgsl.ts';
 import type { Engine } from '../engine.ts';
 import { shapeString, type Tensor } from '../tensor.ts';
 import { scale } from './elementwise.ts';
@@ -21,33 +23,53 @@ export function qkvAttention(qkv: Tensor, heads: number, legacy = true): Tensor 
   const [N, C3, T] = qkv.shape;
   const d = C3 / (3 * heads);
   const C = heads * d;
-  if (attentionMaterialisesWeights(e, d, e.tape.needsGrad([qkv]))) return qkvAttentionComposite(qkv, heads, legacy);
+  const needsGrad = e.tape.needsGrad([qkv]);
+  if (attentionMaterialisesWeights(e, d, needsGrad)) return qkvAttentionComposite(qkv, heads, legacy);
+  const params = {
+    T, heads, scale: 1 / Math.sqrt(d),
+    batchStride: C3 * T, headStride: legacy ? 3 * d * T : d * T, kOffset: legacy ? d * T : C * T, vOffset: legacy ? 2 * d * T : 2 * C * T, chStride: T, tokStride: 1,
+    oBatchStride: heads * d * T, oHeadStride: d * T, oChStride: T, oTokStride: 1,
+  };
+  const workgroups = [Math.ceil(T / ATTENTION_QUERIES_PER_WORKGROUP), N * heads] as const;
   const out = e.empty([N, heads * d, T], 'attention');
-  e.dispatch({
-    kernel: attentionKernel(d),
-    bindings: [qkv, out],
-    params: {
-      T, heads, scale: 1 / Math.sqrt(d),
-      batchStride: C3 * T, headStride: legacy ? 3 * d * T : d * T, kOffset: legacy ? d * T : C * T, vOffset: legacy ? 2 * d * T : 2 * C * T, chStride: T, tokStride: 1,
-      oBatchStride: heads * d * T, oHeadStride: d * T, oChStride: T, oTokStride: 1,
-    },
-    workgroups: [Math.ceil(T / ATTENTION_QUERIES_PER_WORKGROUP), N * heads],
+  if (!needsGrad) {
+    e.dispatch({ kernel: attentionKernel(d), bindings: [qkv, out], params, workgroups });
+    return out;
+  }
+  // Training: the forward keeps each query's log-sum-exp, and the backward recomputes the weights
+  // from it (kernels/attention.wgsl.ts has the equations).
+  const lse = e.empty([N * heads, T], 'attention.lse');
+  e.dispatch({ kernel: attentionKernel(d, true), bindings: [qkv, out, lse], params, workgroups });
+  e.tape.record('qkvAttention', [qkv], [out], [qkv, out, lse], ([dOut]) => {
+    const delta = e.empty([N * heads, T], 'dattention.delta');
+    const dqkv = e.empty(qkv.shape, 'dqkvAttention');
+    e.dispatch({ kernel: attentionBackwardQueryKernel(d), bindings: [qkv, out, dOut!, lse, delta, dqkv], params, workgroups });
+    e.dispatch({ kernel: attentionBackwardKeyKernel(d), bindings: [qkv, dOut!, lse, delta, dqkv], params, workgroups });
+    delta.dispose();
+    return [dqkv];
   });
+  lse.dispose(); // the tape holds it until backward
   return out;
 }
 
 /**
  * Whether attention with head size d runs the composite path, which materialises the
- * [N·heads, T, T] weights: when a gradient is wanted, or when the fused kernel's key and value
- * tiles of d floats each exceed the device's workgroup memory (d > 128 at WebGPU's guaranteed 16 KiB).
+ * [N·heads, T, T] weights: when the fused kernels' tiles exceed the device's workgroup memory
+ * (d > 128, or d > 127 for the backward, at WebGPU's guaranteed 16 KiB), or, when a gradient is
+ * wanted, unless the engine trains through the fused backward (tuning `attention.fusedBackward`;
+ * by default on GPUs, not on CPU adapters).
  */
 export function attentionMaterialisesWeights(e: Engine, d: number, needsGrad: boolean): boolean {
-  return needsGrad || 2 * ATTENTION_KEY_TILE * d * 4 > e.limits.maxComputeWorkgroupStorageSize;
+  const limit = e.limits.maxComputeWorkgroupStorageSize;
+  if (attentionWorkgroupBytes(d, false) > limit) return true;
+  if (!needsGrad) return false;
+  const fused = (e.tuning.attention?.fusedBackward ?? (e.cpuAdapter ? 0 : 1)) !== 0;
+  return !fused || attentionWorkgroupBytes(d, true) > limit;
 }
 
 /**
- * The same attention from differentiable ops (matmul, softmax, slices), used when gradients are
- * wanted: the T × T weights are materialised, which the backward pass needs anyway.
+ * The same attention from differentiable ops (matmul, softmax, slices), whose backward follows
+ * from theirs: the T × T weights are materialised (attentionMaterialisesWeights says when).
  */
 function qkvAttentionComposite(qkv: Tensor, heads: number, legacy: boolean): Tensor {
   const e = qkv.engine;
