@@ -9,12 +9,18 @@ import { ADM_256_UNCOND, type UNetFlags } from '../src/model/unet-config.ts';
 import { Adam } from '../src/train/optimizer.ts';
 import { gaussianNoise, linearSchedule, qSample } from '../src/model/diffusion.ts';
 
-/** Work the peer runs for the same case (see bench/peer-tfjs.ts). */
+/**
+ * Work the peer runs for the same case (bench/peer-tfjs.ts: the kernel ops; bench/peer-torch.py:
+ * all). The whole-model ops name create_model flags: the forward of `batch` images stopping after
+ * block `block`, and one pretraining step as trainingCase's.
+ */
 export type PeerOp =
   | { op: 'matmul'; m: number; k: number; n: number }
   | { op: 'conv2d'; n: number; h: number; w: number; cin: number; cout: number; k: number }
   | { op: 'softmax'; rows: number; cols: number }
-  | { op: 'add'; size: number };
+  | { op: 'add'; size: number }
+  | { op: 'unet-forward'; flags: UNetFlags; batch: number; block: number }
+  | { op: 'unet-train'; flags: UNetFlags; batch: number };
 
 export interface BenchCase {
   family: string;
@@ -111,6 +117,7 @@ function attentionCase(heads: number, tokens: number, where: string, quick = fal
 function unetCase(label: string, flags: UNetFlags, block: number, batch: number, opts: { quick?: boolean; full?: boolean | 'cpu' } = {}): BenchCase {
   return {
     family: 'U-Net forward', name: `${label} batch ${batch} → b${block}`, images: batch, ...opts,
+    peer: { op: 'unet-forward', flags, batch, block },
     setup(e) {
       const unet = UNet.random(e, flags, 1);
       const size = flags.image_size;
@@ -135,6 +142,7 @@ function unetCase(label: string, flags: UNetFlags, block: number, batch: number,
 function trainingCase(label: string, flags: UNetFlags, batch: number, opts: { quick?: boolean; full?: boolean | 'cpu' } = {}): BenchCase {
   return {
     family: 'U-Net training', name: `${label} batch ${batch}`, images: batch, ...opts,
+    peer: { op: 'unet-train', flags, batch },
     setup(e) {
       const unet = UNet.random(e, flags, 1);
       const params = unet.parameters();

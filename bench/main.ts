@@ -1,14 +1,16 @@
-// npm run bench [-- --quick | --full] [--tune] [--no-peer] [--json FILE] [--md FILE]
+// npm run bench [-- --quick | --full] [--tune] [--peer tfjs | torch | --no-peer] [--json FILE] [--md FILE]
 // Times every kernel family on the real model's shapes, against the adapter's measured peaks and
-// against a peer engine (tfjs-backend-webgpu) on the same adapter.
-import { execFileSync } from 'node:child_process';
+// against a peer engine in its own process: tfjs-backend-webgpu on the same adapter (the kernel
+// rows), or PyTorch (bench/peer-torch.py: the kernel rows and the whole models) where a python3
+// imports torch.
+import { spawnSync } from 'node:child_process';
 import { cpus, loadavg } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import type { Engine } from '../src/engine/engine.ts';
 import * as ops from '../src/engine/ops/index.ts';
 import { writeFileAtomic } from '../src/model/checkpoint/atomic-write.ts';
 import { measurePeaks, type Peaks } from './calibration.ts';
-import { type BenchCase, CASES } from './cases.ts';
+import { type BenchCase, CASES, type PeerOp } from './cases.ts';
 import { type Measurement, measure } from './measure.ts';
 import { tuneKernels } from '../src/cli/tune.ts';
 import { adapterName, storeTuning, tunedEngine } from '../src/cli/tuning-cache.ts';
@@ -21,18 +23,35 @@ interface Row {
   throughput: string;
   ofPeak?: number;
   target?: number;
-  peer?: { firstMs: number; medianMs: number } | { error: string };
+  peer?: PeerResult;
   ratio?: number;
+}
+
+type PeerResult = { firstMs: number; medianMs: number } | { error: string };
+
+interface PeerRun {
+  /** Which peer ran, and where: the console's first lines and the --md header. */
+  description: string;
+  /** Its name in the table's columns. */
+  label: string;
+  results: Map<BenchCase, PeerResult>;
 }
 
 const args = process.argv.slice(2);
 const flag = (f: string) => args.includes(f);
 const value = (f: string) => (args.includes(f) ? args[args.indexOf(f) + 1] : undefined);
+const USAGE = 'usage: npm run bench -- [--quick | --full] [--tune] [--peer tfjs | torch | --no-peer] [--json FILE] [--md FILE]';
 if (flag('--help')) {
-  console.log('usage: npm run bench -- [--quick | --full] [--tune] [--no-peer] [--json FILE] [--md FILE]');
+  console.log(USAGE);
   process.exit(0);
 }
 const mode = flag('--quick') ? 'quick' : flag('--full') ? 'full' : 'default';
+const peerKind = ((): 'tfjs' | 'torch' => {
+  const v = flag('--peer') ? value('--peer') : 'tfjs';
+  if (v === 'tfjs' || v === 'torch') return v;
+  console.error(`--peer ${v ?? ''}: the peer is tfjs (the default) or torch\n${USAGE}`);
+  process.exit(2);
+})();
 
 function fmt(ms: number): string {
   return ms >= 1000 ? `${(ms / 1000).toFixed(2)} s` : `${ms.toFixed(ms < 10 ? 2 : 1)} ms`;
@@ -78,29 +97,61 @@ async function transferBandwidth(e: Engine): Promise<{ uploadGBps: number; readb
   return { uploadGBps: (4 * n) / (median(up) * 1e6), readbackGBps: (4 * n) / (median(down) * 1e6) };
 }
 
-function runPeer(cases: BenchCase[]): Map<BenchCase, { firstMs: number; medianMs: number } | { error: string }> {
-  const withPeer = cases.filter((c) => c.peer);
-  const out = new Map<BenchCase, { firstMs: number; medianMs: number } | { error: string }>();
-  if (!withPeer.length) return out;
-  const script = fileURLToPath(new URL('./peer-tfjs.ts', import.meta.url));
-  try {
-    const text = execFileSync(process.execPath, ['--import', 'tsx', script, JSON.stringify(withPeer.map((c) => c.peer))], {
-      encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: 15 * 60 * 1000,
-    });
-    for (const line of text.split('\n')) {
-      if (!line.startsWith('{')) continue;
-      const r = JSON.parse(line);
-      out.set(withPeer[r.i], r.error ? { error: r.error } : { firstMs: r.firstMs, medianMs: r.medianMs });
-    }
-  } catch (err) {
-    const msg = (err as { stderr?: string }).stderr?.split('\n').find((l) => /Error|Cannot/.test(l)) ?? (err as Error).message;
-    for (const c of withPeer) out.set(c, { error: `peer could not run: ${msg.slice(0, 200)}` });
-  }
-  return out;
+/** Repetitions of a case: whole-model and > 10 GFLOP rows one or two, three for the training step (its time varies most). */
+function repetitions(c: BenchCase): { minReps: number; maxReps: number } {
+  const heavy = (c.flops ?? 0) > 10e9 || c.images !== undefined || c.family === 'U-Net forward';
+  const reps = c.family === 'U-Net training' ? 3 : heavy ? 1 : 3;
+  return { minReps: reps, maxReps: heavy ? Math.max(2, reps) : 10 };
 }
 
-function table(rows: Row[]): string {
-  const head = ['kernel', 'shape', 'first', 'median', 'spread', 'throughput', '% of peak', 'target', 'peer median', 'ours/peer'];
+const TFJS_OPS = new Set<PeerOp['op']>(['matmul', 'conv2d', 'softmax', 'add']);
+const NO_TORCH = 'python3 with torch not found: apt-get install python3-torch';
+
+/** The first python that imports torch: `python3` on PATH (pyenv's on the bench machine), then Debian's. */
+function torchPython(): string | undefined {
+  return ['python3', '/usr/bin/python3'].find((py) => spawnSync(py, ['-c', 'import torch'], { stdio: 'ignore', timeout: 120_000 }).status === 0);
+}
+
+/**
+ * Runs the peer's ops in its own process (its global state and first-run cost stay out of our
+ * numbers): JSON list of PeerOps in argv, one JSON line per op back ({i, firstMs, medianMs, reps} or
+ * {i, error}); PyTorch first prints {peer: {description}}. tfjs has the kernel ops only.
+ */
+function runPeer(kind: 'tfjs' | 'torch', cases: BenchCase[]): PeerRun {
+  const label = kind === 'torch' ? 'PyTorch' : 'tfjs';
+  const withPeer = cases.filter((c) => c.peer && (kind === 'torch' || TFJS_OPS.has(c.peer.op)));
+  const results = new Map<BenchCase, PeerResult>();
+  const python = kind === 'torch' ? torchPython() : undefined;
+  if (kind === 'torch' && !python) {
+    for (const c of withPeer) results.set(c, { error: NO_TORCH });
+    return { label, description: `n/a (${NO_TORCH})`, results };
+  }
+  let description = kind === 'torch' ? 'PyTorch in its own process' : '@tensorflow/tfjs-backend-webgpu 4.22.0 in its own process on the same adapter';
+  if (!withPeer.length) return { label, description, results };
+  // PyTorch repeats a whole model as often as we do; kernel ops: at least 3, up to 10 or 1 s.
+  const ops = withPeer.map((c) => (kind === 'torch' && c.images !== undefined ? { ...c.peer, ...repetitions(c) } : c.peer));
+  const script = (name: string) => fileURLToPath(new URL(name, import.meta.url));
+  const [command, argv] = python ? [python, [script('./peer-torch.py')]] : [process.execPath, ['--import', 'tsx', script('./peer-tfjs.ts')]];
+  const timeoutMin = mode === 'full' ? 120 : 15;
+  const r = spawnSync(command, [...argv, JSON.stringify(ops)], {
+    encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: timeoutMin * 60_000, maxBuffer: 64 << 20,
+  });
+  for (const line of (r.stdout ?? '').split('\n')) {
+    if (!line.startsWith('{')) continue;
+    const m = JSON.parse(line);
+    if (m.peer) description = `${m.peer.description}, in its own process`;
+    else results.set(withPeer[m.i], m.error ? { error: m.error } : { firstMs: m.firstMs, medianMs: m.medianMs });
+  }
+  // Ops it did not report: it timed out or stopped (Python's last stderr line is the exception).
+  const stderr = (r.stderr ?? '').split('\n').filter((l) => l.trim());
+  const reason = (r.error as NodeJS.ErrnoException | undefined)?.code === 'ETIMEDOUT' ? `peer timed out after ${timeoutMin} min`
+    : `peer could not run: ${(python ? stderr.at(-1) : stderr.find((l) => /Error|Cannot/.test(l))) ?? r.error?.message ?? `exit status ${r.status}`}`;
+  for (const c of withPeer) if (!results.has(c)) results.set(c, { error: reason.slice(0, 200) });
+  return { label, description, results };
+}
+
+function table(rows: Row[], peerLabel: string): string {
+  const head = ['kernel', 'shape', 'first', 'median', 'spread', 'throughput', '% of peak', 'target', `${peerLabel} median`, `ours/${peerLabel}`];
   const body = rows.map((r) => [
     r.family, r.name, r.ours ? fmt(r.ours.firstMs) : '', r.ours ? fmt(r.ours.medianMs) : '', r.ours ? `${fmt(r.ours.minMs)}–${fmt(r.ours.maxMs)} (${r.ours.reps})` : '',
     r.throughput, r.ofPeak === undefined ? '' : `${(100 * r.ofPeak).toFixed(0)}%`, r.target === undefined ? '' : `${(100 * r.target).toFixed(0)}%`,
@@ -131,18 +182,15 @@ async function report(engine: Engine, adapter: string, started: Date) {
   console.log(`measured peaks: FMA ${peaks.gflops.toFixed(1)} GFLOP/s, copy ${peaks.gbps.toFixed(2)} GB/s (read + write)`);
   // `full: 'cpu'`: whole-model rows too slow for the default run on CPU adapters only.
   const cases = CASES.filter((c) => (mode === 'quick' ? c.quick : mode === 'full' ? true : !(c.full === true || (c.full === 'cpu' && engine.cpuAdapter))));
-  const peer = flag('--no-peer') ? new Map() : runPeer(cases);
-  if (flag('--no-peer')) console.log('peer: skipped (--no-peer)');
+  const peer: PeerRun = flag('--no-peer') ? { label: 'peer', description: 'none (--no-peer)', results: new Map() } : runPeer(peerKind, cases);
+  console.log(`peer: ${peer.description}`);
   const rows: Row[] = [];
   for (const c of cases) {
     let setup: Awaited<ReturnType<BenchCase['setup']>> | undefined;
     let m: Measurement;
     try {
       setup = await c.setup(engine);
-      // Whole-model rows: one or two repetitions, three for the training step (its time varies most).
-      const heavy = (c.flops ?? 0) > 10e9 || c.images !== undefined || c.family === 'U-Net forward';
-      const reps = c.family === 'U-Net training' ? 3 : heavy ? 1 : 3;
-      m = await measure(engine, setup.run, { flops: c.flops, bytes: c.bytes, minReps: reps, maxReps: heavy ? Math.max(2, reps) : 10 });
+      m = await measure(engine, setup.run, { flops: c.flops, bytes: c.bytes, ...repetitions(c) });
     } catch (err) {
       // A case this adapter cannot run (out of memory, a limit) is a row that says so, not the end of the run.
       const reason = `failed: ${(err as Error).message.split('\n')[0].slice(0, 160)}`;
@@ -153,7 +201,7 @@ async function report(engine: Engine, adapter: string, started: Date) {
       setup?.dispose();
     }
     const algorithm = setup.algorithm;
-    const p = peer.get(c);
+    const p = peer.results.get(c);
     // A Winograd conv: effective GFLOP/s (the direct conv's FLOPs over the time), % of peak from the
     // FLOPs it performs.
     const executedGflops = algorithm && m.gflops !== undefined ? (algorithm.executedFlops / (c.flops ?? 1)) * m.gflops : m.gflops;
@@ -164,23 +212,23 @@ async function report(engine: Engine, adapter: string, started: Date) {
       ratio: p && !('error' in p) ? p.medianMs / m.medianMs : undefined,
     };
     rows.push(row);
-    console.log(`  ${c.family.padEnd(18)} ${row.name.padEnd(40)} ${fmt(m.medianMs).padStart(10)}  ${row.throughput.padStart(16)}${row.ofPeak !== undefined ? `  ${(100 * row.ofPeak).toFixed(0).padStart(3)}% of peak` : ''}${row.ratio !== undefined ? `  ${row.ratio.toFixed(2)}× peer` : p && 'error' in p ? `  peer: ${p.error}` : ''}`);
+    console.log(`  ${c.family.padEnd(18)} ${row.name.padEnd(40)} ${fmt(m.medianMs).padStart(10)}  ${row.throughput.padStart(16)}${row.ofPeak !== undefined ? `  ${(100 * row.ofPeak).toFixed(0).padStart(3)}% of peak` : ''}${row.ratio !== undefined ? `  ${row.ratio.toFixed(2)}× ${peer.label}` : p && 'error' in p ? `  peer: n/a (${p.error})` : ''}`);
   }
   const overhead = await dispatchOverhead(engine);
   const transfer = await transferBandwidth(engine);
   console.log(`dispatch overhead: ${overhead.oneSubmitUs.toFixed(1)} µs per dispatch batched in few submits, ${overhead.perSubmitUs.toFixed(1)} µs with one submit each`);
   console.log(`transfers (64 MiB): upload ${transfer.uploadGBps.toFixed(2)} GB/s, readback ${transfer.readbackGBps.toFixed(2)} GB/s`);
-  console.log(`\n${table(rows)}`);
-  const result = { adapter, cpu: cpus()[0]?.model, cores: cpus().length, loadavg: loadavg(), date: started.toISOString(), mode, peaks: { gflops: peaks.gflops, gbps: peaks.gbps }, rows, overhead, transfer, tuning: engine.tuning };
+  console.log(`\n${table(rows, peer.label)}`);
+  const result = { adapter, cpu: cpus()[0]?.model, cores: cpus().length, loadavg: loadavg(), date: started.toISOString(), mode, peaks: { gflops: peaks.gflops, gbps: peaks.gbps }, peer: peer.description, rows, overhead, transfer, tuning: engine.tuning };
   const json = value('--json');
   if (json) await writeFileAtomic(json, JSON.stringify(result, null, 2));
   const md = value('--md');
   if (md) {
     const text = `# difrep bench results\n\nAdapter: ${adapter}  \nCPU: ${result.cpu} ×${result.cores}  \nDate: ${result.date}  \nMode: ${mode}; load average at start ${result.loadavg.map((l) => l.toFixed(2)).join(' ')}  \n` +
-      `Measured peaks (each probe's fastest repetition): FMA ${peaks.gflops.toFixed(1)} GFLOP/s, copy ${peaks.gbps.toFixed(2)} GB/s  \nPeer: @tensorflow/tfjs-backend-webgpu 4.22.0 in its own process on the same adapter  \n` +
+      `Measured peaks (each probe's fastest repetition): FMA ${peaks.gflops.toFixed(1)} GFLOP/s, copy ${peaks.gbps.toFixed(2)} GB/s  \nPeer: ${peer.description}; ours/${peer.label} = its median over ours (above 1: ours is faster)  \n` +
       `Timing: wall time around submit + onSubmittedWorkDone, one warm-up call (\"first\", compilation included), median of the repetitions  \n` +
       `Tuning in use: ${JSON.stringify(engine.tuning)}  \n` +
-      `Rows marked [Winograd F(2×2, 3×3)]: throughput is effective (the direct conv's FLOPs over the time), % of peak counts the FLOPs Winograd performs (4/9 of those for even sizes; transforms not counted)\n\n${table(rows)}\n\n` +
+      `Rows marked [Winograd F(2×2, 3×3)]: throughput is effective (the direct conv's FLOPs over the time), % of peak counts the FLOPs Winograd performs (4/9 of those for even sizes; transforms not counted)\n\n${table(rows, peer.label)}\n\n` +
       `Dispatch overhead: ${overhead.oneSubmitUs.toFixed(1)} µs per dispatch batched, ${overhead.perSubmitUs.toFixed(1)} µs with a submit each.  \n` +
       `Transfers (64 MiB): upload ${transfer.uploadGBps.toFixed(2)} GB/s, readback ${transfer.readbackGBps.toFixed(2)} GB/s.\n`;
     await writeFileAtomic(md, text);

@@ -30,9 +30,11 @@ for (const [i, op] of list.entries()) {
     } else if (op.op === 'softmax') {
       inputs.push(tf.randomNormal([op.rows, op.cols]));
       run = () => tf.softmax(inputs[0] as never);
-    } else {
+    } else if (op.op === 'add') {
       inputs.push(tf.randomNormal([op.size]), tf.randomNormal([op.size]));
       run = () => tf.add(inputs[0], inputs[1]);
+    } else {
+      throw new Error(`the tfjs peer has no ${op.op} (kernel ops only)`);
     }
     // tfjs records lazily; reading one element of the result forces the op to run to completion
     // while moving only 4 bytes back.
