@@ -47,6 +47,23 @@ export function chooseTiling(M: number, N: number, maxWorkgroupBytes = 16384): M
   return candidates.find((t) => tilingWorkgroupBytes(t) <= maxWorkgroupBytes) ?? candidates[candidates.length - 1];
 }
 
+/** Which per-shape rule picks a GEMM's tile: lavapipe's presets, the GPUs', or chooseTiling's (other CPU adapters). */
+export type GemmPresets = 'lavapipe' | 'gpu' | 'portable';
+
+/**
+ * GPU tiles: 4 × 4 outputs per thread, the shape the WebGPU peers use (tfjs-backend-webgpu and
+ * ONNX Runtime: 8 × 8 threads over 32 × 32 tiles) and the class that `difrep tune` keeps on GPUs
+ * (64–256 threads of 4 × 4 to 8 × 8 outputs; on an H200 tuned tiles ran the ADM-256 forward 2.6×
+ * faster than the 8 × 16 per thread chooseTiling gives, issue 13): 16 × 16 threads (64 × 64 tiles)
+ * where the output fills one, else 8 × 8 (32 × 32), so small outputs still spread over many
+ * workgroups. Chosen from that evidence, not yet timed on a GPU by this engine; `difrep tune`
+ * replaces them for an adapter.
+ */
+export const GPU_TILINGS = {
+  large: { wgX: 16, wgY: 16, tm: 4, tn: 4, tk: 16 },
+  small: { wgX: 8, wgY: 8, tm: 4, tn: 4, tk: 16 },
+} as const satisfies Record<string, MatmulTiling>;
+
 /**
  * The tile of an M × N GEMM output. A tuning (`difrep tune`, or the engine's `tuning` option)
  * wins for every output that fills at least one of its tiles; narrower outputs keep the per-shape
@@ -54,10 +71,10 @@ export function chooseTiling(M: number, N: number, maxWorkgroupBytes = 16384): M
  * workgroup-memory reads and barriers per FMA; 2 cores, batch 16: conv 64→64 3×3 @16² forward 8.6
  * vs 7.2 GFLOP/s, weight gradient 7.4 vs 5.3), with 64-column tiles for 32–63 rows over fewer than
  * 1024 columns (a 32→32 conv's weight gradient: 6.0 vs 3.9), 32 × 32 tiles for 32–63 columns, and
- * 64 × 16 tiles for at most 16 columns; elsewhere chooseTiling. SwiftShader's JIT loses the device
- * on 16 × 16 tiles, so it and the GPUs keep chooseTiling (GPU presets are still to be measured).
+ * 64 × 16 tiles for at most 16 columns; elsewhere chooseTiling. On GPUs, GPU_TILINGS. SwiftShader's
+ * JIT loses the device on 16 × 16 tiles, so it (and any other CPU adapter) keeps chooseTiling.
  */
-export function chooseGemmTiling(M: number, N: number, lavapipe: boolean, tuned?: Partial<MatmulTiling>, maxWorkgroupBytes = 16384): MatmulTiling {
+export function chooseGemmTiling(M: number, N: number, presets: GemmPresets, tuned?: Partial<MatmulTiling>, maxWorkgroupBytes = 16384): MatmulTiling {
   if (tuned && Object.keys(tuned).length) {
     const t = { ...DEFAULT_MATMUL_TILING, ...tuned };
     if (tilingWorkgroupBytes(t) > maxWorkgroupBytes) {
@@ -65,7 +82,11 @@ export function chooseGemmTiling(M: number, N: number, lavapipe: boolean, tuned?
     }
     if (M >= t.wgY * t.tm && N >= t.wgX * t.tn) return t;
   }
-  if (lavapipe) {
+  if (presets === 'gpu') {
+    const t = M >= 64 && N >= 64 ? GPU_TILINGS.large : GPU_TILINGS.small;
+    if (tilingWorkgroupBytes(t) <= maxWorkgroupBytes) return { ...t };
+  }
+  if (presets === 'lavapipe') {
     const candidates: MatmulTiling[] = [];
     if (M >= 64 && N >= 64) candidates.push({ wgX: 4, wgY: 4, tm: 16, tn: 16, tk: 32 });
     if (M >= 32 && N >= 64 && N < 1024) candidates.push({ wgX: 4, wgY: 2, tm: 16, tn: 16, tk: 32 });

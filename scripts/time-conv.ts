@@ -37,18 +37,18 @@ async function time(label: string, run: () => void, out: Tensor, reference?: Flo
 
 const fwd = { ksize: k, pad, stride: 1, inputDilation: 1, bias: false, residual: false, transposedWeight: false };
 const y = e.empty([N, cout, size, size]);
-const t = chooseGemmTiling(cout, N * size * size, e.adapterClass === 'llvmpipe', undefined, e.limits.maxComputeWorkgroupStorageSize);
+const t = chooseGemmTiling(cout, N * size * size, e.gemmPresets, undefined, e.limits.maxComputeWorkgroupStorageSize);
 const ref = await time(`forward tiled ${t.wgX}x${t.wgY}.${t.tm}x${t.tn}`, () => e.dispatch({ kernel: conv2dKernel(fwd, t), bindings: [w, x, y], params: params(cin, cout), workgroups: gemmWorkgroups(t, cout, N * size * size) }), y);
 for (const tt of tilings) {
   await time(`forward tiled ${Object.values(tt)}`, () => e.dispatch({ kernel: conv2dKernel(fwd, tt), bindings: [w, x, y], params: params(cin, cout), workgroups: gemmWorkgroups(tt, cout, N * size * size) }), y, ref);
 }
 const bwd = { ...fwd, pad: k - 1 - pad, transposedWeight: true };
 const dx = e.empty([N, cin, size, size]);
-const td = chooseGemmTiling(cin, N * size * size, e.adapterClass === 'llvmpipe', undefined, e.limits.maxComputeWorkgroupStorageSize);
+const td = chooseGemmTiling(cin, N * size * size, e.gemmPresets, undefined, e.limits.maxComputeWorkgroupStorageSize);
 await time(`input grad tiled ${td.wgX}x${td.wgY}.${td.tm}x${td.tn}`, () => e.dispatch({ kernel: conv2dKernel(bwd, td), bindings: [w, dy, dx], params: params(cout, cin), workgroups: gemmWorkgroups(td, cin, N * size * size) }), dx);
 const dw = e.empty([cout, cin, k, k]);
 const KW = cin * k * k;
-const tw = chooseGemmTiling(cout, KW, e.adapterClass === 'llvmpipe', undefined, e.limits.maxComputeWorkgroupStorageSize);
+const tw = chooseGemmTiling(cout, KW, e.gemmPresets, undefined, e.limits.maxComputeWorkgroupStorageSize);
 await time(`weight grad tiled ${tw.wgX}x${tw.wgY}.${tw.tm}x${tw.tn}`, () => e.dispatch({ kernel: conv2dWeightGradKernel(k, pad, 1, tw), bindings: [dy, x, dw], params: { ...params(cin, cout), qPerSplit: N * size * size }, workgroups: gemmWorkgroups(tw, cout, KW) }), dw);
 for (const tt of tilings) {
   await time(`weight grad tiled ${Object.values(tt)}`, () => e.dispatch({ kernel: conv2dWeightGradKernel(k, pad, 1, tt), bindings: [dy, x, dw], params: { ...params(cin, cout), qPerSplit: N * size * size }, workgroups: gemmWorkgroups(tt, cout, KW) }), dw);

@@ -84,14 +84,13 @@ export async function tuneKernels(e: Engine, seconds: number, log: (line: string
   const b = e.tensor(gaussianNoise(1024 * 1024, 2), [1024, 1024]);
   const x = e.tensor(gaussianNoise(256 * 32 * 32, 3), [1, 256, 32, 32]);
   const w = e.tensor(gaussianNoise(256 * 256 * 9, 4), [256, 256, 3, 3]);
-  const lavapipe = e.adapterClass === 'llvmpipe';
   const maxBytes = e.limits.maxComputeWorkgroupStorageSize;
   const families = [
-    { family: 'matmul' as const, run: () => void ops.matmul(a, b), flops: 2 * 1024 ** 3, builtIn: chooseGemmTiling(1024, 1024, lavapipe, undefined, maxBytes) },
+    { family: 'matmul' as const, run: () => void ops.matmul(a, b), flops: 2 * 1024 ** 3, builtIn: chooseGemmTiling(1024, 1024, e.gemmPresets, undefined, maxBytes) },
     // The direct GEMM (256 output channels × 1024 pixels), also where Winograd would take this shape (lavapipe).
     {
       family: 'conv2d' as const, run: () => void ops.conv2d(x, w), flops: 2 * 256 * 256 * 9 * 1024,
-      builtIn: chooseGemmTiling(256, 1024, lavapipe, undefined, maxBytes), tuning: { conv2dWinograd: { enabled: 0 } },
+      builtIn: chooseGemmTiling(256, 1024, e.gemmPresets, undefined, maxBytes), tuning: { conv2dWinograd: { enabled: 0 } },
     },
   ];
   const saved = structuredClone(e.tuning);

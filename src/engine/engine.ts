@@ -7,6 +7,7 @@ import { type AdapterClass, adapterClass, type DeviceHandle, isCpuAdapter, reque
 import { KernelRegistry } from './kernel-registry.ts';
 import type { KernelSource, ParamsOf } from '../../kernels/kernel-source.ts';
 import type { UniformLayout } from '../../kernels/uniform-layout.ts';
+import type { GemmPresets } from '../../kernels/matmul.wgsl.ts';
 import { KernelProfiler, type KernelTime } from './profiler.ts';
 import { StagingRing } from './staging.ts';
 import { checkTuning, type Tuning } from './tuning.ts';
@@ -76,6 +77,8 @@ export class Engine {
   readonly cpuAdapter: boolean;
   /** The adapter's family, for kernels whose best shape differs between them (device.ts). */
   readonly adapterClass: AdapterClass;
+  /** The GEMM tile rule for this adapter (chooseGemmTiling): lavapipe's, the GPUs', or the portable one (other CPU adapters). */
+  readonly gemmPresets: GemmPresets;
   /**
    * Row reductions may combine partial sums with subgroup operations: the device has the
    * `subgroups` feature and WGSL the `subgroup_id` builtin (so each subgroup's slot is known).
@@ -118,6 +121,7 @@ export class Engine {
     this.maxBindingBytes = Math.min(options.maxBindingBytes ?? Infinity, this.device.limits.maxStorageBufferBindingSize);
     this.cpuAdapter = isCpuAdapter(handle.info);
     this.adapterClass = adapterClass(handle.info);
+    this.gemmPresets = this.adapterClass === 'llvmpipe' ? 'lavapipe' : this.cpuAdapter ? 'portable' : 'gpu';
     this.subgroupReductions = this.device.features.has('subgroups') && handle.wgslFeatures.has('subgroup_id');
     this.uniformArena = this.device.createBuffer({
       size: UNIFORM_ARENA_BYTES,

@@ -20,11 +20,11 @@ t.teardown(async () => {
 
 t.test('a tuned tile takes the outputs that fill one of its tiles; narrower ones keep the per-shape rule', async (t) => {
   const tuned = { wgX: 8, wgY: 8, tm: 4, tn: 4, tk: 16 }; // 32 × 32 outputs per workgroup
-  t.same(chooseGemmTiling(32, 32, true, tuned), tuned, '32 × 32 output');
-  t.same(chooseGemmTiling(1024, 64, false, tuned), tuned, '1024 × 64 output');
-  t.same(chooseGemmTiling(70, 13, true, tuned), chooseGemmTiling(70, 13, true), '13 columns: the lavapipe rule');
-  t.same(chooseGemmTiling(10, 100, false, tuned), chooseGemmTiling(10, 100, false), '10 rows: the GPU rule');
-  t.throws(() => chooseGemmTiling(64, 64, false, { wgX: 16, wgY: 16, tm: 16, tn: 16, tk: 32 }), /stages 65536 bytes of workgroup memory, over this device's 16384; re-run difrep tune/);
+  t.same(chooseGemmTiling(32, 32, 'lavapipe', tuned), tuned, '32 × 32 output');
+  t.same(chooseGemmTiling(1024, 64, 'gpu', tuned), tuned, '1024 × 64 output');
+  t.same(chooseGemmTiling(70, 13, 'lavapipe', tuned), chooseGemmTiling(70, 13, 'lavapipe'), '13 columns: the lavapipe rule');
+  t.same(chooseGemmTiling(10, 100, 'gpu', tuned), chooseGemmTiling(10, 100, 'gpu'), '10 rows: the GPU rule');
+  t.throws(() => chooseGemmTiling(64, 64, 'gpu', { wgX: 16, wgY: 16, tm: 16, tn: 16, tk: 32 }), /stages 65536 bytes of workgroup memory, over this device's 16384; re-run difrep tune/);
 });
 
 t.test('every candidate fits the device, and the search leaves the engine as it found it', async (t) => {

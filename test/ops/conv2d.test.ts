@@ -1,4 +1,5 @@
 import t from 'tap';
+import { GPU_TILINGS } from '../../kernels/matmul.wgsl.ts';
 import { createEngine, ops } from '../../src/index.ts';
 import { gradCheck, maxRelError, randomNd, testEngine, upload } from '../helpers/check.ts';
 import { conv2dRef, type Nd } from '../helpers/reference.ts';
@@ -23,6 +24,8 @@ const cases: [string, number[], number[], number, [number, number]][] = [
 const algorithms = [
   ['Winograd', await createEngine({ device: e.device, tuning: { conv2dWinograd: { enabled: 1 } } })],
   ['direct GEMM', await createEngine({ device: e.device, tuning: { conv2dWinograd: { enabled: 0 } } })],
+  // GPUs' 64 × 64 tiles (chooseGemmTiling's 'gpu' presets) where an output fills one (the 67-channel cases).
+  ['direct GEMM, GPU tiles', await createEngine({ device: e.device, tuning: { conv2dWinograd: { enabled: 0 }, conv2d: GPU_TILINGS.large } })],
 ] as const;
 
 for (const [algorithm, engine] of algorithms) {

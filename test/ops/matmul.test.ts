@@ -1,6 +1,6 @@
 import t from 'tap';
-import { chooseGemmTiling, DEFAULT_MATMUL_TILING, vectorizableGemm } from '../../kernels/matmul.wgsl.ts';
-import { ops } from '../../src/index.ts';
+import { chooseGemmTiling, DEFAULT_MATMUL_TILING, GPU_TILINGS, vectorizableGemm } from '../../kernels/matmul.wgsl.ts';
+import { createEngine, ops } from '../../src/index.ts';
 import { gradCheck, maxRelError, randomNd, testEngine, upload } from '../helpers/check.ts';
 import { broadcast, matmulRef, type Nd } from '../helpers/reference.ts';
 
@@ -63,14 +63,14 @@ for (const [sa, sb, ta, tb] of [...cases.slice(1, 9), ...cases.slice(-6, -2)]) {
 }
 
 t.test('matmul backward with 13 columns over 70 rows (the 64 × 16 tile on lavapipe) matches finite differences', async (t) => {
-  t.same(chooseGemmTiling(70, 13, true), { wgX: 2, wgY: 8, tm: 8, tn: 8, tk: 16 }, 'lavapipe picks the 64 × 16 tile for this shape');
+  t.same(chooseGemmTiling(70, 13, 'lavapipe'), { wgX: 2, wgY: 8, tm: 8, tn: 8, tk: 16 }, 'lavapipe picks the 64 × 16 tile for this shape');
   const { worst } = await gradCheck(e, (a, b) => ops.matmul(a, b, { transA: true }), (a: Nd, b: Nd) => matmulRef(a, b, true, false), [randomNd([2, 9, 70], 7), randomNd([2, 9, 13], 8)]);
   t.ok(worst < 1e-3, `${worst.toExponential(2)}`);
 });
 
 t.test('lavapipe\'s narrow tiles (32 rows × ≤ 16 columns; ≤ 16 rows × many columns, as in a probe stack) match finite differences', async (t) => {
-  t.same(chooseGemmTiling(32, 10, true), { wgX: 2, wgY: 4, tm: 8, tn: 8, tk: 16 }, '32 × 16 tile for 32 rows');
-  t.same(chooseGemmTiling(10, 100, true), { wgX: 8, wgY: 2, tm: 8, tn: 8, tk: 16 }, '16 × 64 tile for 10 rows');
+  t.same(chooseGemmTiling(32, 10, 'lavapipe'), { wgX: 2, wgY: 4, tm: 8, tn: 8, tk: 16 }, '32 × 16 tile for 32 rows');
+  t.same(chooseGemmTiling(10, 100, 'lavapipe'), { wgX: 8, wgY: 2, tm: 8, tn: 8, tk: 16 }, '16 × 64 tile for 10 rows');
   // [2, 32, 70] × [2, 10, 70]ᵀ: the forward (32 × 10) takes the 32-row tile, B's gradient dCᵀ·A (10 × 70) the 16-row one.
   const { worst } = await gradCheck(e, (a, b) => ops.matmul(a, b, { transB: true }), (a: Nd, b: Nd) => matmulRef(a, b, false, true), [randomNd([2, 32, 70], 9), randomNd([2, 10, 70], 10)]);
   t.ok(worst < 1e-3, `${worst.toExponential(2)}`);
@@ -113,3 +113,22 @@ t.test('matmul with bias: forward and the bias gradient', async (t) => {
 t.test('mismatched inner sizes name both operands', async (t) => {
   t.throws(() => ops.matmul(upload(e, randomNd([2, 3], 1)), upload(e, randomNd([4, 5], 1))), /inner sizes 3 vs 4/);
 });
+
+// GPUs' tiles (chooseGemmTiling's 'gpu' presets), run here through the tuning: each transpose on the
+// vec4 and the scalar kernel, batched, with partial tiles on every edge, and the backward.
+for (const [size, tiling] of Object.entries(GPU_TILINGS)) {
+  t.test(`the GPU tiles (${size}: ${tiling.wgX}×${tiling.wgY} threads of ${tiling.tm}×${tiling.tn}) match float64 and finite differences`, async (t) => {
+    t.same(chooseGemmTiling(size === 'large' ? 130 : 40, size === 'large' ? 70 : 100, 'gpu'), tiling, 'the GPU rule picks them for this output');
+    const engine = await createEngine({ device: e.device, tuning: { matmul: tiling } });
+    for (const [sa, sb, ta, tb] of [[[130, 257], [257, 70], false, false], [[2, 257, 132], [2, 68, 257], true, true], [[2, 68, 36], [36, 100], false, false], [[100, 68], [76, 68], false, true]] as const) {
+      const a = randomNd([...sa], 21);
+      const b = randomNd([...sb], 22);
+      const y = ops.matmul(upload(engine, a), upload(engine, b), { transA: ta, transB: tb });
+      const err = maxRelError(await y.read(), matmulRef(a, b, ta, tb).data);
+      t.ok(err < 1e-5, `${sa}${ta ? 'ᵀ' : ''} × ${sb}${tb ? 'ᵀ' : ''}: ${err.toExponential(2)}`);
+    }
+    const { worst } = await gradCheck(engine, (a, b) => ops.matmul(a, b), (a: Nd, b: Nd) => matmulRef(a, b), [randomNd([70, 9], 23), randomNd([9, 66], 24)]);
+    t.ok(worst < 1e-3, `backward: ${worst.toExponential(2)}`);
+    engine.dispose();
+  });
+}

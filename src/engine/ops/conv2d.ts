@@ -19,7 +19,7 @@ export interface Conv2dOptions {
 
 /** GEMM rows are output channels, columns pixels (or weight columns for the weight gradient). */
 function tiling(e: Engine, rows: number, cols: number): MatmulTiling {
-  return chooseGemmTiling(rows, cols, e.adapterClass === 'llvmpipe', e.tuning.conv2d, e.limits.maxComputeWorkgroupStorageSize);
+  return chooseGemmTiling(rows, cols, e.gemmPresets, e.tuning.conv2d, e.limits.maxComputeWorkgroupStorageSize);
 }
 
 interface ConvCall {

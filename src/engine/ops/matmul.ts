@@ -40,7 +40,7 @@ export interface MatmulDispatch {
  */
 export function dispatchMatmul(a: Tensor, b: Tensor, out: Tensor, d: MatmulDispatch): void {
   const e = a.engine;
-  const tiling: MatmulTiling = chooseGemmTiling(d.M, d.N, e.adapterClass === 'llvmpipe', e.tuning.matmul, e.limits.maxComputeWorkgroupStorageSize);
+  const tiling: MatmulTiling = chooseGemmTiling(d.M, d.N, e.gemmPresets, e.tuning.matmul, e.limits.maxComputeWorkgroupStorageSize);
   e.dispatch({
     kernel: matmulKernel({ transA: d.transA, transB: d.transB, bias: !!d.bias, vec4: vectorizableGemm(d.M, d.N, d.K, d.transA, d.transB, tiling) }, tiling),
     bindings: d.bias ? [a, b, out, d.bias] : [a, b, out],
