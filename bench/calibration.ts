@@ -133,3 +133,10 @@ export async function measurePeaks(e: Engine): Promise<Peaks> {
   }
   return { gflops: best(fma!, fma!.gflops!), gbps: best(copy!, copy!.gbps!), fma: fma!, copy: copy! };
 }
+
+/** Each ceiling from whichever of two probe runs read it higher. */
+export function higherPeaks(a: Peaks, b: Peaks): Peaks {
+  const fma = b.gflops > a.gflops ? b : a;
+  const copy = b.gbps > a.gbps ? b : a;
+  return { gflops: fma.gflops, fma: fma.fma, gbps: copy.gbps, copy: copy.copy };
+}

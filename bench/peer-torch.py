@@ -48,8 +48,21 @@ def debian_package_version():
     return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else None
 
 
+def blas_library():
+    """The BLAS shared library a CPU matmul loads (Linux), or None. Debian's torch takes whichever
+    libblas.so.3 the system's alternatives select: the reference BLAS (package libblas3, under
+    blas/) runs a 1024³ matmul 20× slower than OpenBLAS, which would make the peer look weak."""
+    torch.ones(2, 2) @ torch.ones(2, 2)
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = sorted({line.split()[-1] for line in maps if "blas" in line.split()[-1]})
+    except OSError:
+        return None
+    return paths[0] if paths else None
+
+
 def describe(device):
-    """What the bench prints as the peer: version, device, threads."""
+    """What the bench prints as the peer: version, device, threads, and on the CPU its BLAS."""
     debian = debian_package_version()
     version = torch.__version__ + (f" (Debian python3-torch {debian})" if debian else "")
     if device.type == "cuda":
@@ -57,7 +70,11 @@ def describe(device):
         threads = None
     else:
         threads = torch.get_num_threads()
-        where = f"CPU, {threads} thread{'s' if threads != 1 else ''}"
+        blas = blas_library()
+        reference = blas is not None and "/blas/libblas" in blas
+        where = f"CPU, {threads} thread{'s' if threads != 1 else ''}" + (
+            f", BLAS {blas}" + (" (the reference BLAS: apt-get install libopenblas0-pthread for a fair peer)" if reference else "") if blas else ""
+        )
     return {
         "engine": "PyTorch",
         "version": torch.__version__,
