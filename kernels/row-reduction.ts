@@ -68,43 +68,25 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
       stride: WG,
     };
   }
+  // A tree over workgroup memory: log2(WG) halvings, a barrier after each.
+  const tree = (name: string, type: string, scratch: string, op: (a: string, b: string) => string) => `fn ${name}(v: ${type}, lane: u32) -> ${type} {
+  ${scratch}[lane] = v;
+  workgroupBarrier();
+  for (var s = ${WG / 2}u; s > 0u; s >>= 1u) {
+    if (lane < s) { ${scratch}[lane] = ${op(`${scratch}[lane]`, `${scratch}[lane + s]`)}; }
+    workgroupBarrier();
+  }
+  let r = ${scratch}[0];
+  workgroupBarrier();
+  return r;
+}`;
   return {
     enable: '',
     decls: `var<workgroup> scratch: array<f32, ${WG}>;
-fn rowSum(v: f32, lane: u32) -> f32 {
-  scratch[lane] = v;
-  workgroupBarrier();
-  for (var s = ${WG / 2}u; s > 0u; s >>= 1u) {
-    if (lane < s) { scratch[lane] += scratch[lane + s]; }
-    workgroupBarrier();
-  }
-  let r = scratch[0];
-  workgroupBarrier();
-  return r;
-}
 var<workgroup> scratch4: array<vec4<f32>, ${WG}>;
-fn rowSum4(v: vec4<f32>, lane: u32) -> vec4<f32> {
-  scratch4[lane] = v;
-  workgroupBarrier();
-  for (var s = ${WG / 2}u; s > 0u; s >>= 1u) {
-    if (lane < s) { scratch4[lane] += scratch4[lane + s]; }
-    workgroupBarrier();
-  }
-  let r = scratch4[0];
-  workgroupBarrier();
-  return r;
-}
-fn rowMax(v: f32, lane: u32) -> f32 {
-  scratch[lane] = v;
-  workgroupBarrier();
-  for (var s = ${WG / 2}u; s > 0u; s >>= 1u) {
-    if (lane < s) { scratch[lane] = max(scratch[lane], scratch[lane + s]); }
-    workgroupBarrier();
-  }
-  let r = scratch[0];
-  workgroupBarrier();
-  return r;
-}`,
+${tree('rowSum', 'f32', 'scratch', (a, b) => `${a} + ${b}`)}
+${tree('rowSum4', 'vec4<f32>', 'scratch4', (a, b) => `${a} + ${b}`)}
+${tree('rowMax', 'f32', 'scratch', (a, b) => `max(${a}, ${b})`)}`,
     entry: flatMain(WG, 'row', true),
     stride: WG,
   };
