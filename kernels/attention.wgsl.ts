@@ -48,8 +48,10 @@ fn dot4(a: ${vt}, b: ${vt}) -> f32 { return ${V === 4 ? 'dot(a, b)' : 'a * b'}; 
   };
 }
 
-/** The invocation's (image, head) and token, from workgroup (x: token block, y: image·heads + head). */
-const tokenPrologue = (WG: number) => `let bh = wid.y;
+/** `main`, opened with the invocation's (image, head) and token, from workgroup (x: token block, y: image·heads + head). */
+const tokenMain = (WG: number) => `@compute @workgroup_size(${WG})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let bh = wid.y;
   let n = bh / u.heads;
   let h = bh % u.heads;
   let t = wid.x * ${WG}u + lid;
@@ -82,9 +84,7 @@ var<workgroup> kTile: array<${vt}, ${D4 * TILE}>;
 var<workgroup> vTile: array<${vt}, ${D4 * TILE}>;
 ${c.code}
 
-@compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-  ${tokenPrologue(WG)}
+${tokenMain(WG)}
   var q: array<${vt}, ${D4}>;
   var acc: array<${vt}, ${D4}>;
   if (live) {
@@ -176,9 +176,7 @@ ${c.code}
 ${c.loadOut('out')}
 ${c.loadOut('dout')}
 
-@compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-  ${tokenPrologue(WG)}
+${tokenMain(WG)}
   var q: array<${vt}, ${D4}>;
   var dO: array<${vt}, ${D4}>;
   var dq: array<${vt}, ${D4}>;
@@ -248,9 +246,7 @@ var<workgroup> dTile: array<f32, ${TILE}>;
 ${c.code}
 ${c.loadOut('dout')}
 
-@compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-  ${tokenPrologue(WG)}
+${tokenMain(WG)}
   _ = ob;
   var k: array<${vt}, ${D4}>;
   var v: array<${vt}, ${D4}>;
