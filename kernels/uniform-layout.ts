@@ -33,6 +33,8 @@ export interface UniformLayout<F extends UniformFields = UniformFields> {
   readonly byteLength: number;
   /** Packs `values` (one per field, by name), checking each against its type; `kernel` names the errors. */
   pack(values: UniformValues<F>, kernel: string): ArrayBuffer;
+  /** pack() into byteLength bytes of `view` from `offset` (the engine's uniform arena), zeros where no value goes. */
+  packInto(view: DataView, offset: number, values: UniformValues<F>, kernel: string): void;
 }
 
 const WGSL_TYPE: Record<UniformType, string> = { u32: 'u32', i32: 'i32', f32: 'f32', dims: `array<vec4<u32>, ${MAX_RANK / 4}>` };
@@ -52,31 +54,36 @@ export function uniformLayout<const F extends UniformFields>(declared: F): Unifo
   const wgsl = `struct Params { ${fields.map((f) => `${f.name}: ${WGSL_TYPE[f.type]}`).join(', ')} }
 @group(0) @binding(0) var<uniform> u: Params;`;
 
-  function pack(values: UniformValues<F>, kernel: string): ArrayBuffer {
+  function packInto(view: DataView, offset: number, values: UniformValues<F>, kernel: string): void {
     const given = values as Readonly<Record<string, number | readonly number[]>>;
     const unknown = Object.keys(given).filter((n) => !(n in declared));
     if (unknown.length) throw new Error(`${kernel}: unknown uniform ${unknown.join(', ')} (the kernel's are ${names.join(', ')})`);
-    const buffer = new ArrayBuffer(byteLength);
-    const view = new DataView(buffer);
+    new Uint8Array(view.buffer, view.byteOffset + offset, byteLength).fill(0);
     for (const f of fields) {
+      const at = offset + f.offset;
       const value = given[f.name];
       if (value === undefined) throw new Error(`${kernel}: uniform ${f.name} is missing`);
       if (f.type === 'dims') {
         if (typeof value === 'number') throw new TypeError(`${kernel}: uniform ${f.name} takes a list of dimensions, not ${value}`);
         if (value.length > MAX_RANK) throw new RangeError(`${kernel}: tensors of rank ${value.length} exceed the engine's maximum rank ${MAX_RANK}`);
-        value.forEach((d, k) => view.setUint32(f.offset + 4 * k, checked(kernel, `${f.name}[${k}]`, 'u32', d), true));
+        value.forEach((d, k) => view.setUint32(at + 4 * k, checked(kernel, `${f.name}[${k}]`, 'u32', d), true));
       } else {
         if (typeof value !== 'number') throw new TypeError(`${kernel}: uniform ${f.name} is a ${f.type}, not a list`);
         const v = checked(kernel, f.name, f.type, value);
-        if (f.type === 'f32') view.setFloat32(f.offset, v, true);
-        else if (f.type === 'i32') view.setInt32(f.offset, v, true);
-        else view.setUint32(f.offset, v, true);
+        if (f.type === 'f32') view.setFloat32(at, v, true);
+        else if (f.type === 'i32') view.setInt32(at, v, true);
+        else view.setUint32(at, v, true);
       }
     }
+  }
+
+  function pack(values: UniformValues<F>, kernel: string): ArrayBuffer {
+    const buffer = new ArrayBuffer(byteLength);
+    packInto(new DataView(buffer), 0, values, kernel);
     return buffer;
   }
 
-  return { fields, wgsl, byteLength, pack };
+  return { fields, wgsl, byteLength, pack, packInto };
 }
 
 function checked(kernel: string, name: string, type: Exclude<UniformType, 'dims'>, v: number): number {

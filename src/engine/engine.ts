@@ -92,6 +92,7 @@ export class Engine {
   private dispatchesInBatch = 0;
   private uniformArena: GPUBuffer;
   private uniformData = new Uint8Array(UNIFORM_ARENA_BYTES);
+  private uniformView = new DataView(this.uniformData.buffer);
   private uniformUsed = 0;
   private readonly staging: StagingRing;
   /** Upload buffers copied from in the batch being recorded: recycled once it is submitted. */
@@ -316,14 +317,14 @@ export class Engine {
 
   /** Records one compute dispatch. Submits on its own every `maxDispatchesPerSubmit` dispatches. */
   dispatch<L extends UniformLayout>(d: Dispatch<L>): void {
-    const uniforms = d.kernel.params.pack(d.params, d.kernel.key);
-    if (uniforms.byteLength > UNIFORM_SLOT) throw new Error(`${d.kernel.key}: uniforms over ${UNIFORM_SLOT} bytes`);
+    if (d.kernel.params.byteLength > UNIFORM_SLOT) throw new Error(`${d.kernel.key}: uniforms over ${UNIFORM_SLOT} bytes`);
+    if (this.uniformUsed + UNIFORM_SLOT > UNIFORM_ARENA_BYTES) this.flush();
+    const uniformOffset = this.uniformUsed;
+    // Packed straight into the arena's next slot, which is taken only once the dispatch records.
+    d.kernel.params.packInto(this.uniformView, uniformOffset, d.params, d.kernel.key);
     this.countCommand(d.kernel.key);
     const pipeline = this.kernels.get(d.kernel.key, () => d.kernel.code);
-    if (this.uniformUsed + UNIFORM_SLOT > UNIFORM_ARENA_BYTES) this.flush();
     const encoder = this.getEncoder();
-    const uniformOffset = this.uniformUsed;
-    this.uniformData.set(new Uint8Array(uniforms), uniformOffset);
     this.uniformUsed += UNIFORM_SLOT;
     const entries: GPUBindGroupEntry[] = [
       { binding: 0, resource: { buffer: this.uniformArena, offset: uniformOffset, size: UNIFORM_SLOT } },
