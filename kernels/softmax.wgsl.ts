@@ -10,7 +10,8 @@ export const SOFTMAX_WORKGROUP = 64;
 const SOFTMAX_PARAMS = uniformLayout({ rows: 'u32', n: 'u32' });
 
 /**
- * y = softmax(x) or log_softmax(x) per row, max-subtracted for stability. `width` 4: rows of a
+ * y = softmax(x) or log_softmax(x) per row, max-subtracted for stability: two passes over x (the
+ * maximum and the sum together, then the output) instead of three. `width` 4: rows of a
  * multiple of 4 values read and written as vec4s (u.n then counts vec4s). Bindings: x, y.
  */
 export function softmaxKernel(log: boolean, mode: RowParallelism, width: 1 | 4 = 1): KernelSource<typeof SOFTMAX_PARAMS> {
@@ -27,12 +28,19 @@ ${r.decls}
 ${r.entry}
   if (row >= u.rows) { return; }
   let base = row * u.n;
-  var mv = ${T}(-3.402823e38);
-  for (var k = lane; k < u.n; k += ${r.stride}u) { mv = max(mv, x[base + k]); }
-  let m = rowMax(${componentMax(width, 'mv')}, lane);
-  var sv = ${T}();
-  for (var k = lane; k < u.n; k += ${r.stride}u) { sv += exp(x[base + k] - m); }
-  let s = rowSum(${componentSum(width, 'sv')}, lane);
+  // One pass for the maximum and the sum (online softmax: Milakov & Gimelshein 2018, Alg. 3):
+  // each thread keeps its running maximum mt and st = Σ exp(x − mt), rescaling st when mt grows;
+  // the row's m is the threads' maximum and s = Σ st·exp(mt − m).
+  var mt = -3.402823e38;
+  var st = 0.0;
+  for (var k = lane; k < u.n; k += ${r.stride}u) {
+    let v = x[base + k];
+    let grown = max(mt, ${componentMax(width, 'v')});
+    st = st * exp(mt - grown) + ${componentSum(width, 'exp(v - grown)')};
+    mt = grown;
+  }
+  let m = rowMax(mt, lane);
+  let s = rowSum(st * exp(mt - m), lane);
 #if ${log}
   let logS = log(s);
   for (var k = lane; k < u.n; k += ${r.stride}u) { y[base + k] = x[base + k] - m - logS; }

@@ -32,6 +32,17 @@ for (const [layout, e] of layouts) for (const log of [false, true]) {
     t.ok(y.every(Number.isFinite));
     t.ok(maxRelError(y, softmaxRef(x, log).data) < 1e-5);
   });
+  t.test(`${name}: a row's maximum found late (the running sums rescaled as it grows)`, async (t) => {
+    // Rising and falling ramps over 20 units: without rescaling, the early terms of a thread's sum
+    // would keep weights up to e^980 too large, and the threads' sums would combine unscaled.
+    for (const cols of [7, 64, 260, 1027]) {
+      const rising = Array.from({ length: cols }, (_, k) => (1000 * k) / cols - 500);
+      const x: Nd = { data: Float64Array.from([...rising, ...rising.slice().reverse(), ...rising.map((v, k) => (k % 3 ? v : -v))]), shape: [3, cols] };
+      const y = await op(upload(e, x)).read();
+      t.ok(y.every(Number.isFinite), `${cols} columns: finite`);
+      t.ok(maxRelError(y, softmaxRef(x, log).data) < 1e-5, `${cols} columns`);
+    }
+  });
   t.test(`${name} backward matches finite differences`, async (t) => {
     for (const shape of [[3, 7], [2, 130], [17, 9], [3, 8], [2, 132], [17, 12]]) {
       const { worst } = await gradCheck(e, op, (a: Nd) => softmaxRef(a, log), [randomNd(shape, 6, -3, 3)]);
