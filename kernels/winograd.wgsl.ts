@@ -82,16 +82,31 @@ export type WinogradTileInput = 'input' | 'outputGrad';
  * 4 × (2R + 2) patch at (2ty − 1, 2tx − 1) and writes Bᵀ d B of each tile (V); `outputGrad` reads
  * the 2 × 2R output pixels at (2ty, 2tx) of dy and writes A dy Aᵀ of each tile (dM). Pixels
  * outside the image read as zero.
- * Bindings: x, out ([16, C, T] as vecR). Uniforms: C, H, W, tilesY, tilesX, T (tiles in this
- * chunk), firstTile.
+ * `vec4Rows` (R of 2 or 4, W divisible by 4): the patch's whole vec4s of each row — columns 2tx
+ * to 2tx + 2R − 1, inside the image and aligned — come as vec4 loads (through a second binding of
+ * x as vec4s), the rest as single values: 4 × 4 loads instead of 40 for four input tiles.
+ * Bindings: x, out ([16, C, T] as vecR), then x again for `input` with vec4Rows (the patch's
+ * edge columns are single values; `outputGrad` with vec4Rows reads only vec4s, so its x is bound
+ * as vec4s in the first place: scalarInputBinding). Uniforms: C, H, W, tilesY, tilesX, T (tiles
+ * in this chunk), firstTile.
  */
-export function winogradTileTransformKernel(kind: WinogradTileInput, R: number): KernelSource<typeof WINOGRAD_TILE_PARAMS> {
+/** Whether the tile transform reads single values of x (binding 1 as f32s), or only vec4s. */
+export const scalarInputBinding = (kind: WinogradTileInput, vec4Rows: boolean) => kind === 'input' || !vec4Rows;
+
+export function winogradTileTransformKernel(kind: WinogradTileInput, R: number, vec4Rows = false): KernelSource<typeof WINOGRAD_TILE_PARAMS> {
   const input = kind === 'input';
   const size = input ? 4 : 2;
   const offset = input ? 1 : 0;
+  if (vec4Rows && R !== 2 && R !== 4) throw new RangeError(`winograd tile transform: vec4 rows need 2 or 4 tiles per invocation (got ${R})`);
   const reads: string[] = [];
   for (let i = 0; i < size; i++) {
-    for (let j = 0; j < 2 * R + size - 2; j++) reads.push(`let d${i}_${j} = at(plane, y0 + ${i}, x0 + ${j});`);
+    for (let j = 0; j < 2 * R + size - 2; j++) {
+      // Column 2tx + q of the row sits in the vec4 at 2tx + 4·⌊q/4⌋ (j = q + offset).
+      const q = j - offset;
+      if (!vec4Rows || q < 0 || q >= 2 * R) reads.push(`let d${i}_${j} = at(plane, y0 + ${i}, x0 + ${j});`);
+      else if (q % 4 === 0) reads.push(`let r${i}_${q / 4} = rowVec4(plane, y0 + ${i}, i32(tile.z) + ${q});`);
+    }
+    if (vec4Rows) for (let q = 0; q < 2 * R; q++) reads.push(`let d${i}_${q + offset} = r${i}_${Math.floor(q / 4)}[${q % 4}];`);
   }
   const tiles = Array.from({ length: R }, (_, r) => {
     const patch = (i: number, j: number) => `d${i}_${2 * r + j}`;
@@ -103,17 +118,28 @@ export function winogradTileTransformKernel(kind: WinogradTileInput, R: number):
   });
   return {
     params: WINOGRAD_TILE_PARAMS,
-    key: `winogradTiles.${kind}.r${R}`,
+    key: `winogradTiles.${kind}.r${R}${vec4Rows ? '.vec4' : ''}`,
     code: wgsl`
 ${WINOGRAD_TILE_PARAMS.wgsl}
-@group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> out: array<${vector(R)}>;
 ${tileDecode}
+#if ${scalarInputBinding(kind, vec4Rows)}
+@group(0) @binding(1) var<storage, read> x: array<f32>;
 
 fn at(plane: u32, y: i32, xx: i32) -> f32 {
   if (y < 0 || xx < 0 || y >= i32(u.H) || xx >= i32(u.W)) { return 0.0; }
   return x[plane + u32(y) * u.W + u32(xx)];
 }
+#endif
+#if ${vec4Rows}
+@group(0) @binding(${scalarInputBinding(kind, vec4Rows) ? 3 : 1}) var<storage, read> x4: array<vec4<f32>>;
+
+/** Columns xx … xx + 3 of row y (xx divisible by 4 and inside the image; the row may be outside). */
+fn rowVec4(plane: u32, y: i32, xx: i32) -> vec4<f32> {
+  if (y < 0 || y >= i32(u.H)) { return vec4<f32>(); }
+  return x4[(plane + u32(y) * u.W + u32(xx)) / 4u];
+}
+#endif
 
 ${flatMain(WINOGRAD_WORKGROUP)}
   let groups = u.T / ${R}u;

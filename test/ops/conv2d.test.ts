@@ -10,6 +10,12 @@ const e = await testEngine();
 const cases: [string, number[], number[], number, [number, number]][] = [
   ['3x3 on 2x3x5x7 → 4', [2, 3, 5, 7], [4, 3, 3, 3], 1, [5, 7]],
   ['3x3 on 1x1x1x1 (all padding)', [1, 1, 1, 1], [2, 1, 3, 3], 1, [1, 1]],
+  // Widths divisible by 4: Winograd reads whole vec4s of each row (4 tiles an invocation at
+  // width 8 and 16, 2 at width 4 and 12), odd heights leaving a patch row past the bottom.
+  ['3x3 on 2x3x5x8 → 4 (rows read as vec4s)', [2, 3, 5, 8], [4, 3, 3, 3], 1, [5, 8]],
+  ['3x3 on 1x2x3x12 → 3 (rows read as vec4s, 2 tiles a thread)', [1, 2, 3, 12], [3, 2, 3, 3], 1, [3, 12]],
+  ['3x3 on 1x2x2x4 → 2 (rows read as vec4s, 2 tiles a thread)', [1, 2, 2, 4], [2, 2, 3, 3], 1, [2, 4]],
+  ['3x3 on 1x1x4x16 → 2 (rows read as vec4s)', [1, 1, 4, 16], [2, 1, 3, 3], 1, [4, 16]],
   ['1x1 on 2x5x4x3 → 3', [2, 5, 4, 3], [3, 5, 1, 1], 1, [4, 3]],
   ['3x3 stride 2 on 2x3x8x6 → 4 (guided-diffusion\'s Downsample)', [2, 3, 8, 6], [4, 3, 3, 3], 2, [4, 3]],
   ['3x3 stride 2 on 1x2x5x7 → 3 (odd sizes)', [1, 2, 5, 7], [3, 2, 3, 3], 2, [3, 4]],

@@ -3,6 +3,7 @@
 // (./conv2d.ts) decides when to use it and records the tape; these functions only run kernels.
 import { grid1d } from '../../../kernels/flat-index.ts';
 import {
+  scalarInputBinding,
   tilesPerInvocation,
   WINOGRAD_WORKGROUP,
   winogradOutputTransformKernel,
@@ -53,10 +54,11 @@ function tileTransform(e: Engine, x: Tensor, kind: 'input' | 'outputGrad', [firs
   const [, C, H, W] = x.shape;
   const { tilesY, tilesX } = winogradTiles(1, H, W);
   const R = tilesPerInvocation(tilesX);
+  const vec4Rows = R > 1 && W % 4 === 0;
   const out = e.empty([16, C, count], kind === 'input' ? 'winograd.V' : 'winograd.dM');
   e.dispatch({
-    kernel: winogradTileTransformKernel(kind, R),
-    bindings: [x, out],
+    kernel: winogradTileTransformKernel(kind, R, vec4Rows),
+    bindings: vec4Rows && scalarInputBinding(kind, vec4Rows) ? [x, out, x] : [x, out],
     params: { C, H, W, tilesY, tilesX, T: count, firstTile: first },
     workgroups: grid1d((C * count) / R, WINOGRAD_WORKGROUP),
   });
