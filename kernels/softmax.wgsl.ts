@@ -7,11 +7,12 @@ import { uniformLayout } from './uniform-layout.ts';
 
 export const SOFTMAX_WORKGROUP = 64;
 
-const SOFTMAX_PARAMS = uniformLayout({ rows: 'u32', n: 'u32' });
+/** scale: the logits are scale·x (attention's 1/√d, folded in instead of a pass of its own). */
+const SOFTMAX_PARAMS = uniformLayout({ rows: 'u32', n: 'u32', scale: 'f32' });
 
 /**
- * y = softmax(x) or log_softmax(x) per row, max-subtracted for stability: two passes over x (the
- * maximum and the sum together, then the output) instead of three. `width` 4: rows of a
+ * y = softmax(scale·x) or log_softmax(scale·x) per row, max-subtracted for stability: two passes
+ * over x (the maximum and the sum together, then the output) instead of three. `width` 4: rows of a
  * multiple of 4 values read and written as vec4s (u.n then counts vec4s). Bindings: x, y.
  */
 export function softmaxKernel(log: boolean, mode: RowParallelism, width: 1 | 4 = 1): KernelSource<typeof SOFTMAX_PARAMS> {
@@ -34,7 +35,7 @@ ${r.entry}
   var mt = -3.402823e38;
   var st = 0.0;
   for (var k = lane; k < u.n; k += ${r.stride}u) {
-    let v = x[base + k];
+    let v = x[base + k] * u.scale;
     let grown = max(mt, ${componentMax(width, 'v')});
     st = st * exp(mt - grown) + ${componentSum(width, 'exp(v - grown)')};
     mt = grown;
@@ -43,18 +44,18 @@ ${r.entry}
   let s = rowSum(st * exp(mt - m), lane);
 #if ${log}
   let logS = log(s);
-  for (var k = lane; k < u.n; k += ${r.stride}u) { y[base + k] = x[base + k] - m - logS; }
+  for (var k = lane; k < u.n; k += ${r.stride}u) { y[base + k] = x[base + k] * u.scale - m - logS; }
 #else
   let inv = 1.0 / s;
-  for (var k = lane; k < u.n; k += ${r.stride}u) { y[base + k] = exp(x[base + k] - m) * inv; }
+  for (var k = lane; k < u.n; k += ${r.stride}u) { y[base + k] = exp(x[base + k] * u.scale - m) * inv; }
 #endif
 }`,
   };
 }
 
 /**
- * Backward from the forward output y: softmax dx = y·(dy − Σ dy·y);
- * log-softmax dx = dy − exp(y)·Σ dy. `width` as for softmaxKernel. Bindings: y, dy, dx.
+ * Backward from the forward output y: softmax dx = scale·y·(dy − Σ dy·y);
+ * log-softmax dx = scale·(dy − exp(y)·Σ dy). `width` as for softmaxKernel. Bindings: y, dy, dx.
  */
 export function softmaxBackwardKernel(log: boolean, mode: RowParallelism, width: 1 | 4 = 1): KernelSource<typeof SOFTMAX_PARAMS> {
   const r = rowReduction(mode, SOFTMAX_WORKGROUP);
@@ -79,9 +80,9 @@ ${r.entry}
 #endif
   let total = rowSum(${componentSum(width, 'sv')}, lane);
 #if ${log}
-  for (var k = lane; k < u.n; k += ${r.stride}u) { dx[base + k] = dy[base + k] - exp(y[base + k]) * total; }
+  for (var k = lane; k < u.n; k += ${r.stride}u) { dx[base + k] = (dy[base + k] - exp(y[base + k]) * total) * u.scale; }
 #else
-  for (var k = lane; k < u.n; k += ${r.stride}u) { dx[base + k] = y[base + k] * (dy[base + k] - total); }
+  for (var k = lane; k < u.n; k += ${r.stride}u) { dx[base + k] = y[base + k] * (dy[base + k] - total) * u.scale; }
 #endif
 }`,
   };

@@ -45,8 +45,19 @@ for (const [layout, e] of layouts) for (const log of [false, true]) {
   });
   t.test(`${name} backward matches finite differences`, async (t) => {
     for (const shape of [[3, 7], [2, 130], [17, 9], [3, 8], [2, 132], [17, 12]]) {
-      const { worst } = await gradCheck(e, op, (a: Nd) => softmaxRef(a, log), [randomNd(shape, 6, -3, 3)]);
+      const { worst } = await gradCheck(e, (x) => op(x), (a: Nd) => softmaxRef(a, log), [randomNd(shape, 6, -3, 3)]);
       t.ok(worst < 1e-3, `${shape}: ${worst.toExponential(2)}`);
+    }
+  });
+  // The scale option: logits scale·x (attention's 1/√d), forward and backward.
+  const scaled = (a: Nd, s: number): Nd => ({ data: a.data.map((v) => v * s), shape: a.shape });
+  t.test(`${name} with a scale is that of the scaled logits, forward and backward`, async (t) => {
+    for (const [shape, s] of [[[3, 7], 0.125], [[2, 132], 2.5], [[20, 36], 0.3]] as const) {
+      const x = randomNd([...shape], 9, -4, 4);
+      const err = maxRelError(await op(upload(e, x), { scale: s }).read(), softmaxRef(scaled(x, s), log).data);
+      t.ok(err < 1e-5, `${shape}, scale ${s}: forward ${err.toExponential(2)}`);
+      const { worst } = await gradCheck(e, (a) => op(a, { scale: s }), (a: Nd) => softmaxRef(scaled(a, s), log), [randomNd([...shape], 10, -2, 2)]);
+      t.ok(worst < 1e-3, `${shape}, scale ${s}: backward ${worst.toExponential(2)}`);
     }
   });
 }

@@ -5,14 +5,22 @@ import { softmaxBackwardKernel, softmaxKernel } from '../../../kernels/softmax.w
 import type { Tensor } from '../tensor.ts';
 import { rowParallelism } from './normalize.ts';
 
-function run(x: Tensor, log: boolean): Tensor {
+export interface SoftmaxOptions {
+  /**
+   * Logits are scale·x (default 1): attention's 1/√d folded into the softmax's own passes, not a
+   * pass over the T × T logits forward and another backward.
+   */
+  scale?: number;
+}
+
+function run(x: Tensor, log: boolean, { scale = 1 }: SoftmaxOptions): Tensor {
   const e = x.engine;
   if (x.rank === 0) throw new RangeError(`${log ? 'logSoftmax' : 'softmax'}: ${x.label} is a scalar`);
   const n = x.shape[x.rank - 1];
   const rows = x.size / Math.max(1, n);
   const y = e.empty(x.shape, `${log ? 'logSoftmax' : 'softmax'}(${x.label})`);
   const width = n % 4 === 0 ? 4 : 1;
-  const params = { rows, n: n / width };
+  const params = { rows, n: n / width, scale };
   const par = rowParallelism(e, rows);
   e.dispatch({ kernel: softmaxKernel(log, par.mode, width), bindings: [x, y], params, workgroups: par.workgroups });
   e.tape.record(log ? 'logSoftmax' : 'softmax', [x], [y], [y], ([dy]) => {
@@ -23,5 +31,5 @@ function run(x: Tensor, log: boolean): Tensor {
   return y;
 }
 
-export const softmax = (x: Tensor) => run(x, false);
-export const logSoftmax = (x: Tensor) => run(x, true);
+export const softmax = (x: Tensor, opts: SoftmaxOptions = {}) => run(x, false, opts);
+export const logSoftmax = (x: Tensor, opts: SoftmaxOptions = {}) => run(x, true, opts);

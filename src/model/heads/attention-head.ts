@@ -6,7 +6,7 @@
 import type { Engine } from '../../engine/engine.ts';
 import { adaptiveAvgPool2d } from '../../engine/ops/adaptive-pool.ts';
 import { conv2d } from '../../engine/ops/conv2d.ts';
-import { add, gelu, scale } from '../../engine/ops/elementwise.ts';
+import { add, gelu } from '../../engine/ops/elementwise.ts';
 import { concat, expand, permute, reshape, slice } from '../../engine/ops/layout.ts';
 import { matmul } from '../../engine/ops/matmul.ts';
 import { linear } from '../../engine/ops/nn.ts';
@@ -157,7 +157,7 @@ export class AttentionHead {
     const qkv = permute(reshape(linear(x, this.p(`${p}.attn.qkv.weight`)), [N, L, 3, H, hd]), [2, 0, 3, 1, 4]); // [3, N, H, L, hd]
     const flat = reshape(qkv, [3, N * H, L, hd]);
     const part = (i: number) => reshape(slice(flat, [i], [i + 1]), [N * H, L, hd]);
-    const weights = softmax(scale(matmul(part(0), part(1), { transB: true }), 1 / Math.sqrt(hd)));
+    const weights = softmax(matmul(part(0), part(1), { transB: true }), { scale: 1 / Math.sqrt(hd) });
     const out = reshape(permute(reshape(matmul(weights, part(2)), [N, H, L, hd]), [0, 2, 1, 3]), [N, L, this.dim]);
     return linear(out, this.p(`${p}.attn.proj.weight`), this.p(`${p}.attn.proj.bias`));
   }
