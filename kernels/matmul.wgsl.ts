@@ -26,7 +26,7 @@ export function gemmWorkgroups(t: MatmulTiling, rows: number, columns: number, z
 }
 
 /** strideA, strideB: elements between batches of A and B (0 broadcasts one matrix to every batch). */
-const MATMUL_PARAMS = uniformLayout({ M: 'u32', N: 'u32', K: 'u32', strideA: 'u32', strideB: 'u32' });
+export const MATMUL_PARAMS = uniformLayout({ M: 'u32', N: 'u32', K: 'u32', strideA: 'u32', strideB: 'u32' });
 
 /** Workgroup memory a tiling stages: a TK-wide slab of A (BM rows) and of B (BN columns). */
 export const tilingWorkgroupBytes = (t: MatmulTiling) => 4 * t.tk * (t.wgY * t.tm + t.wgX * t.tn);
@@ -121,9 +121,14 @@ export interface MatmulVariant {
   vec4: boolean;
 }
 
+/** Whether every operand's contiguous extent (K or M for A, N or K for B, N for C) is a multiple of 4. */
+export function vectorizableOperands(M: number, N: number, K: number, transA: boolean, transB: boolean): boolean {
+  return (transA ? M : K) % 4 === 0 && (transB ? K : N) % 4 === 0 && N % 4 === 0;
+}
+
 /** Whether a GEMM's shape and tiling allow the vec4 variant (MatmulVariant.vec4). */
 export function vectorizableGemm(M: number, N: number, K: number, transA: boolean, transB: boolean, t: MatmulTiling): boolean {
-  return (transA ? M : K) % 4 === 0 && (transB ? K : N) % 4 === 0 && N % 4 === 0 && t.tm % 4 === 0 && t.tn % 4 === 0 && t.tk % 4 === 0;
+  return vectorizableOperands(M, N, K, transA, transB) && t.tm % 4 === 0 && t.tn % 4 === 0 && t.tk % 4 === 0;
 }
 
 /**

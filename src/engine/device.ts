@@ -19,6 +19,9 @@ export interface AdapterDescription {
   description: string;
   features: string[];
   limits: Record<string, number>;
+  /** The adapter's subgroup sizes, smallest and largest (0 where the runtime does not say). */
+  subgroupMinSize?: number;
+  subgroupMaxSize?: number;
 }
 
 export interface DeviceHandle {
@@ -112,6 +115,8 @@ export function describeAdapter(adapter: GPUAdapter | undefined, device: GPUDevi
     description: info?.description ?? '',
     features: [...device.features].sort(),
     limits,
+    subgroupMinSize: (info as { subgroupMinSize?: number } | undefined)?.subgroupMinSize ?? 0,
+    subgroupMaxSize: (info as { subgroupMaxSize?: number } | undefined)?.subgroupMaxSize ?? 0,
   };
 }
 

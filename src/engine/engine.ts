@@ -3,11 +3,12 @@
 // global state, so several engines (and other WebGPU libraries) can share a process or a device.
 
 import { BufferPool, type PoolStats } from './buffer-pool.ts';
-import { type AdapterClass, adapterClass, type DeviceHandle, isCpuAdapter, requestDevice, wrapDevice } from './device.ts';
+import { type AdapterClass, adapterClass, type AdapterDescription, type DeviceHandle, isCpuAdapter, requestDevice, wrapDevice } from './device.ts';
 import { KernelRegistry } from './kernel-registry.ts';
 import type { KernelSource, ParamsOf } from '../../kernels/kernel-source.ts';
 import type { UniformLayout } from '../../kernels/uniform-layout.ts';
 import type { GemmPresets } from '../../kernels/matmul.wgsl.ts';
+import { SUBGROUP_GEMM_LANES } from '../../kernels/matmul-subgroup.wgsl.ts';
 import { KernelProfiler, type KernelTime } from './profiler.ts';
 import { StagingRing } from './staging.ts';
 import { checkTuning, type Tuning } from './tuning.ts';
@@ -15,6 +16,20 @@ import { Tape } from './autograd.ts';
 import { boundLabel, numel, type Shape, shapeString, Storage, Tensor } from './tensor.ts';
 
 const TUNING_FIX = 'the settings are listed in src/engine/tuning.ts';
+
+/**
+ * Whether the subgroup GEMM can run (the `subgroups` feature, subgroups of exactly 8 lanes) and
+ * the tuning leaves it on; a tuning that asks for it where it cannot run is an error.
+ */
+function subgroupMatmulAvailable(device: GPUDevice, info: AdapterDescription, tuning: Tuning): boolean {
+  const lanes = SUBGROUP_GEMM_LANES;
+  const fits = device.features.has('subgroups') && info.subgroupMinSize === lanes && info.subgroupMaxSize === lanes;
+  const wanted = tuning.matmulSubgroup?.enabled;
+  if (wanted && !fits) {
+    throw new Error(`tuning matmulSubgroup.enabled = ${wanted} needs subgroups of exactly ${lanes} lanes; this adapter has ${device.features.has('subgroups') ? `subgroups of ${info.subgroupMinSize}–${info.subgroupMaxSize} lanes` : 'no subgroups feature'}: remove the setting`);
+  }
+  return fits && wanted !== 0;
+}
 
 /** A GPU validation, out-of-memory or internal error, carrying the labels Dawn reported. */
 export class GpuError extends Error {
@@ -84,6 +99,12 @@ export class Engine {
    * `subgroups` feature and WGSL the `subgroup_id` builtin (so each subgroup's slot is known).
    */
   readonly subgroupReductions: boolean;
+  /**
+   * matmul and the Winograd GEMMs run the subgroup GEMM where their extents allow vec4s: the
+   * device has `subgroups` and the adapter's subgroups are exactly 8 lanes (lavapipe), unless the
+   * tuning turns it off (tuning.ts, matmulSubgroup).
+   */
+  readonly subgroupMatmul: boolean;
   private readonly maxDispatches: number;
   private readonly maxCommandsInFlight: number;
 
@@ -124,6 +145,7 @@ export class Engine {
     this.adapterClass = adapterClass(handle.info);
     this.gemmPresets = this.adapterClass === 'llvmpipe' ? 'lavapipe' : this.cpuAdapter ? 'portable' : 'gpu';
     this.subgroupReductions = this.device.features.has('subgroups') && handle.wgslFeatures.has('subgroup_id');
+    this.subgroupMatmul = subgroupMatmulAvailable(this.device, handle.info, this.tuning);
     this.uniformArena = this.device.createBuffer({
       size: UNIFORM_ARENA_BYTES,
       usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,

@@ -4,8 +4,17 @@
 import type { MatmulTiling } from '../../kernels/matmul.wgsl.ts';
 
 export interface Tuning {
-  /** Register tiles of matmul and the Winograd GEMMs (chooseGemmTiling). */
+  /**
+   * Register tiles of matmul and the Winograd GEMMs (chooseGemmTiling). Given, they also select the
+   * register-tiled kernel over the subgroup GEMM.
+   */
   matmul?: Partial<MatmulTiling>;
+  /**
+   * The subgroup GEMM (kernels/matmul-subgroup.wgsl.ts) for matmul and the Winograd GEMMs whose
+   * extents allow vec4s: `enabled` 0 turns it off (default: on where the adapter's subgroups are 8
+   * lanes wide, lavapipe's; 1 asks for it and is an error elsewhere).
+   */
+  matmulSubgroup?: { enabled?: number };
   /** Register tiles of the direct conv's implicit GEMM, its data and its weight gradient. */
   conv2d?: Partial<MatmulTiling>;
   /** Winograd F(2×2, 3×3) for 3×3 convs: `enabled` 1 or 0 forces it on or off; `minChannels` (default 16). */
@@ -32,6 +41,7 @@ const TILE: readonly (keyof MatmulTiling)[] = ['wgX', 'wgY', 'tm', 'tn', 'tk'];
 /** Every family and its settings; tile sizes must be at least 1, the others at least 0. */
 const SETTINGS: { [F in keyof Tuning]-?: { keys: readonly string[]; min: number } } = {
   matmul: { keys: TILE, min: 1 },
+  matmulSubgroup: { keys: ['enabled'], min: 0 },
   conv2d: { keys: TILE, min: 1 },
   conv2dWinograd: { keys: ['enabled', 'minChannels'], min: 0 },
   conv2dWeightGrad: { keys: ['splitKWorkgroups'], min: 0 },

@@ -17,6 +17,9 @@ const cases: [string, number[], number[], number, [number, number]][] = [
   ['3x3 on 1x2x2x4 → 2 (rows read as vec4s, 2 tiles a thread)', [1, 2, 2, 4], [2, 2, 3, 3], 1, [2, 4]],
   ['3x3 on 1x1x4x16 → 2 (rows read as vec4s)', [1, 1, 4, 16], [2, 1, 3, 3], 1, [4, 16]],
   ['1x1 on 2x5x4x3 → 3', [2, 5, 4, 3], [3, 5, 1, 1], 1, [4, 3]],
+  // Channels and pixels multiples of 4: on lavapipe one subgroup GEMM per image (8 and 32 rows).
+  ['1x1 on 2x8x4x3 → 6 (a GEMM per image)', [2, 8, 4, 3], [6, 8, 1, 1], 1, [4, 3]],
+  ['1x1 on 3x12x2x2 → 36 (a GEMM per image)', [3, 12, 2, 2], [36, 12, 1, 1], 1, [2, 2]],
   ['3x3 stride 2 on 2x3x8x6 → 4 (guided-diffusion\'s Downsample)', [2, 3, 8, 6], [4, 3, 3, 3], 2, [4, 3]],
   ['3x3 stride 2 on 1x2x5x7 → 3 (odd sizes)', [1, 2, 5, 7], [3, 2, 3, 3], 2, [3, 4]],
   ['3x3 stride 3 on 1x2x7x4 → 2', [1, 2, 7, 4], [2, 2, 3, 3], 3, [3, 2]],

@@ -132,3 +132,44 @@ for (const [size, tiling] of Object.entries(GPU_TILINGS)) {
     engine.dispose();
   });
 }
+
+// The subgroup GEMM (kernels/matmul-subgroup.wgsl.ts), the default on lavapipe wherever every
+// contiguous extent is a multiple of 4: each transpose; 8, 16 and 32 rows a workgroup with a
+// partial last one; partial column groups; K not a multiple of 4 where no operand is contiguous
+// in K; batched, broadcast, with bias. It must match float64 and, summing in the same order,
+// equal the register-tiled kernel bit for bit.
+t.test('the subgroup GEMM matches float64 and the register-tiled kernel, forward and backward', { skip: !e.subgroupMatmul && 'this adapter has no 8-lane subgroups' }, async (t) => {
+  if (e.adapterClass === 'llvmpipe') t.ok(e.subgroupMatmul, 'lavapipe runs the subgroup GEMM by default');
+  const tiled = await createEngine({ device: e.device, tuning: { matmulSubgroup: { enabled: 0 } } });
+  t.notOk(tiled.subgroupMatmul, 'the tuning turns it off');
+  const shapes: [number[], number[], boolean, boolean][] = [
+    [[36, 68], [68, 44], false, false],
+    [[68, 36], [68, 44], true, false],
+    [[36, 68], [44, 68], false, true],
+    [[68, 36], [44, 68], true, true],
+    [[4, 12], [12, 20], false, false],
+    [[12, 8], [12, 100], true, false],
+    [[13, 68], [13, 36], true, false],
+    [[3, 20, 12], [12, 132], false, false],
+    [[2, 12, 76], [2, 20, 12], true, true],
+    [[76, 12], [3, 12, 40], false, false],
+  ];
+  for (const [sa, sb, ta, tb] of shapes) {
+    const a = randomNd(sa, 31);
+    const b = randomNd(sb, 32);
+    const y = await ops.matmul(upload(e, a), upload(e, b), { transA: ta, transB: tb }).read();
+    const yTiled = await ops.matmul(upload(tiled, a), upload(tiled, b), { transA: ta, transB: tb }).read();
+    const label = `${sa}${ta ? 'ᵀ' : ''} × ${sb}${tb ? 'ᵀ' : ''}`;
+    t.ok(maxRelError(y, matmulRef(a, b, ta, tb).data) < 1e-5, `${label}: float64`);
+    t.ok(y.every((v, i) => Object.is(v, yTiled[i])), `${label}: identical to the register-tiled kernel`);
+  }
+  const bias = randomNd([44], 33);
+  const [a, w] = [randomNd([2, 9, 68], 34), randomNd([68, 44], 35)];
+  const yb = await ops.matmul(upload(e, a), upload(e, w), { bias: upload(e, bias) }).read();
+  t.ok(maxRelError(yb, broadcast(matmulRef(a, w), bias, (p, q) => p + q).data) < 1e-5, 'with bias');
+  for (const [sa, sb, ta, tb] of [shapes[0], shapes[3], shapes[6]]) {
+    const { worst } = await gradCheck(e, (x, y) => ops.matmul(x, y, { transA: ta, transB: tb }), (x: Nd, y: Nd) => matmulRef(x, y, ta, tb), [randomNd(sa, 36), randomNd(sb, 37)]);
+    t.ok(worst < 1e-3, `backward ${sa}${ta ? 'ᵀ' : ''} × ${sb}${tb ? 'ᵀ' : ''}: ${worst.toExponential(2)}`);
+  }
+  tiled.dispose();
+});

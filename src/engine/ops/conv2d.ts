@@ -2,6 +2,7 @@
 // residual add. Kernels and the backward derivation (stride ↔ input dilation): kernels/conv2d.wgsl.ts.
 import { conv2dKernel, conv2dWeightGradKernel } from '../../../kernels/conv2d.wgsl.ts';
 import { chooseGemmTiling, gemmWorkgroups, type MatmulTiling } from '../../../kernels/matmul.wgsl.ts';
+import { subgroupGemmRows, subgroupGemmWorkgroups, subgroupMatmulKernel } from '../../../kernels/matmul-subgroup.wgsl.ts';
 import type { Engine } from '../engine.ts';
 import { shapeString, type Tensor } from '../tensor.ts';
 import { winogradConv, winogradFits, winogradTiles, winogradWeightGrad } from './conv2d-winograd.ts';
@@ -70,12 +71,43 @@ export function conv2dAlgorithm(e: Engine, xShape: readonly number[], wShape: re
   return { name: 'gemm', multiplyAdds: cin * cout * ksize * ksize * outPixels };
 }
 
+/**
+ * Whether a 1×1, stride-1 conv from `cin` to `cout` channels on maps of `pixels` runs as one GEMM
+ * per image on the subgroup GEMM (kernels/matmul-subgroup.wgsl.ts, lavapipe): the channels and
+ * the pixels are multiples of 4, so every operand loads as vec4s. NCHW makes x[n] a Cin × pixels
+ * matrix and W a Cout × Cin one: out[n] = W·x[n], dx[n] = Wᵀ·dy[n], dW = Σ_n dy[n]·x[n]ᵀ.
+ */
+function pointwiseGemm(e: Engine, ksize: number, stride: number, inputDilation: number, cin: number, pixels: number): boolean {
+  return ksize === 1 && stride === 1 && inputDilation === 1 && e.subgroupMatmul && !e.tuning.conv2d && cin % 4 === 0 && pixels % 4 === 0;
+}
+
+/** The forward or the input gradient of a pointwiseGemm conv: out[n] = W·x[n], or Wᵀ·x[n] with transposedWeight. */
+function runPointwise(e: Engine, c: ConvCall): void {
+  const [N, channelsIn, H, W] = c.x.shape;
+  const channelsOut = c.out.shape[1];
+  const rows = subgroupGemmRows(channelsOut);
+  const bindings = [c.w, c.x, c.out];
+  if (c.bias) bindings.push(c.bias);
+  if (c.residual) bindings.push(c.residual);
+  e.dispatch({
+    kernel: subgroupMatmulKernel({ transA: c.transposedWeight, transB: false, bias: false, rowBias: !!c.bias, residual: !!c.residual }, rows),
+    bindings,
+    params: { M: channelsOut, N: H * W, K: channelsIn, strideA: 0, strideB: channelsIn * H * W, batches: N },
+    workgroups: subgroupGemmWorkgroups(rows, channelsOut, H * W, N),
+  });
+}
+
 /** Shapes come from the tensors: x [N, Cin, H, W] as stored, out [N, Cout, Ho, Wo]. */
 function runConv(e: Engine, c: ConvCall): void {
   const [N, cin, H, W] = c.x.shape;
   const [, cout, Ho, Wo] = c.out.shape;
   if (useWinograd(e, c.ksize, c.stride, c.inputDilation, N, cin, cout, H, W)) {
     winogradConv(e, c);
+    return;
+  }
+  // The forward reads W along its input channels (cin), the input gradient along its rows (cout).
+  if (pointwiseGemm(e, c.ksize, c.stride, c.inputDilation, c.transposedWeight ? cout : cin, H * W)) {
+    runPointwise(e, c);
     return;
   }
   const t = tiling(e, cout, N * Ho * Wo);
@@ -106,6 +138,17 @@ function conv2dWeightGrad(e: Engine, dy: Tensor, x: Tensor, wShape: readonly num
   const [, cout, Ho, Wo] = dy.shape;
   const ksize = wShape[2];
   if (useWinograd(e, ksize, stride, 1, N, cin, cout, H, W)) return winogradWeightGrad(e, dy, x);
+  if (pointwiseGemm(e, ksize, stride, 1, cin, H * W)) {
+    const dw = e.empty(wShape, 'dconv2d.w');
+    const rows = subgroupGemmRows(cout);
+    e.dispatch({
+      kernel: subgroupMatmulKernel({ transA: false, transB: true, bias: false, sumBatches: true }, rows),
+      bindings: [dy, x, dw],
+      params: { M: cout, N: cin, K: H * W, strideA: cout * H * W, strideB: cin * H * W, batches: N },
+      workgroups: subgroupGemmWorkgroups(rows, cout, cin, 1),
+    });
+    return dw;
+  }
   const columns = cin * ksize * ksize;
   const t = tiling(e, cout, columns);
   const [tilesX, tilesY] = gemmWorkgroups(t, cout, columns);

@@ -6,7 +6,8 @@
 //   dA = transA ? B'·dCᵀ : dC·B'ᵀ      dB = transB ? dCᵀ·A' : A'ᵀ·dC
 // each again one matmul call with transpose flags; operands broadcast over the batch get their
 // gradient summed over it.
-import { chooseGemmTiling, gemmWorkgroups, matmulKernel, type MatmulTiling, vectorizableGemm } from '../../../kernels/matmul.wgsl.ts';
+import { chooseGemmTiling, gemmWorkgroups, matmulKernel, type MatmulTiling, vectorizableGemm, vectorizableOperands } from '../../../kernels/matmul.wgsl.ts';
+import { subgroupGemmRows, subgroupGemmWorkgroups, subgroupMatmulKernel } from '../../../kernels/matmul-subgroup.wgsl.ts';
 import { shapeString, type Tensor } from '../tensor.ts';
 import { sum } from './reduce.ts';
 
@@ -40,11 +41,22 @@ export interface MatmulDispatch {
  */
 export function dispatchMatmul(a: Tensor, b: Tensor, out: Tensor, d: MatmulDispatch): void {
   const e = a.engine;
+  const params = { M: d.M, N: d.N, K: d.K, strideA: d.broadcastA ? 0 : d.M * d.K, strideB: d.broadcastB ? 0 : d.K * d.N };
+  if (e.subgroupMatmul && !e.tuning.matmul && vectorizableOperands(d.M, d.N, d.K, d.transA, d.transB)) {
+    const rows = subgroupGemmRows(d.M);
+    e.dispatch({
+      kernel: subgroupMatmulKernel({ transA: d.transA, transB: d.transB, bias: !!d.bias }, rows),
+      bindings: d.bias ? [a, b, out, d.bias] : [a, b, out],
+      params: { ...params, batches: d.batch },
+      workgroups: subgroupGemmWorkgroups(rows, d.M, d.N, d.batch),
+    });
+    return;
+  }
   const tiling: MatmulTiling = chooseGemmTiling(d.M, d.N, e.gemmPresets, e.tuning.matmul, e.limits.maxComputeWorkgroupStorageSize);
   e.dispatch({
     kernel: matmulKernel({ transA: d.transA, transB: d.transB, bias: !!d.bias, vec4: vectorizableGemm(d.M, d.N, d.K, d.transA, d.transB, tiling) }, tiling),
     bindings: d.bias ? [a, b, out, d.bias] : [a, b, out],
-    params: { M: d.M, N: d.N, K: d.K, strideA: d.broadcastA ? 0 : d.M * d.K, strideB: d.broadcastB ? 0 : d.K * d.N },
+    params,
     workgroups: gemmWorkgroups(tiling, d.M, d.N, d.batch),
   });
 }

@@ -1,0 +1,176 @@
+// Batched matmul C[b] = op(A[b]) · op(B[b]) (+ bias[n]) for CPU adapters whose subgroups are 8
+// lanes wide (lavapipe): a workgroup is one subgroup, with no workgroup memory and no barrier.
+// Lane l computes `rows` rows × 4 columns of C (columns col0 + 4l … col0 + 4l + 3, so the
+// subgroup covers 32 columns), all lanes the same rows. Every step of 4 along K, each lane loads its
+// 4 × 4 block of B and a share of the rows × 4 block of A — rows/8 vec4s, distinct in every lane —
+// and the A values reach all lanes by subgroupBroadcast.
+//
+// Why this shape on lavapipe: it runs a subgroup as one 8-wide SIMD program, but every load or
+// store whose address differs per lane as one scalar access per lane and component (with a bounds
+// check); a workgroup barrier turns the kernel into coroutines whose live values sit in memory.
+// The register-tiled kernel (./matmul.wgsl.ts) pays for both: each lane reads its A and B slab
+// values from workgroup memory, and lanes of the same row read the same A values again. Here an A
+// value is loaded once and broadcast (an extract and a splat), and B is read straight from the
+// buffer, once per lane that needs it: 1024³ ran at 17–24 GFLOP/s against 10–12 on 2 cores.
+// GPUs keep the register-tiled kernel.
+import { wgsl } from 'wgsl-preprocessor/wgsl-preprocessor.js';
+import type { KernelSource } from './kernel-source.ts';
+import type { MatmulVariant } from './matmul.wgsl.ts';
+import { uniformLayout } from './uniform-layout.ts';
+
+/** Lanes per subgroup (and threads per workgroup) this kernel is written for. */
+export const SUBGROUP_GEMM_LANES = 8;
+/** Columns of C per lane: one vec4. */
+const COLUMNS_PER_LANE = 4;
+
+/** Rows of C per workgroup: a multiple of 8 (each lane loads rows/8 of A's vec4s per K step). */
+export type SubgroupGemmRows = 8 | 16 | 32;
+
+/** Workgroups of a subgroup GEMM: x over columns, y over rows, z over the batch. */
+export function subgroupGemmWorkgroups(rows: SubgroupGemmRows, M: number, N: number, batch: number): [number, number, number] {
+  return [Math.ceil(N / (SUBGROUP_GEMM_LANES * COLUMNS_PER_LANE)), Math.ceil(M / rows), batch];
+}
+
+/**
+ * Rows per workgroup for an M-row output: 32 (measured fastest on lavapipe: 32 × 4 accumulators a
+ * lane), fewer when M is smaller, so narrow outputs do not compute padding.
+ */
+export function subgroupGemmRows(M: number): SubgroupGemmRows {
+  return M > 16 ? 32 : M > 8 ? 16 : 8;
+}
+
+/** matmul's uniforms (strides 0 broadcast a matrix) and, for `sumBatches`, the batches summed. */
+const SUBGROUP_MATMUL_PARAMS = uniformLayout({ M: 'u32', N: 'u32', K: 'u32', strideA: 'u32', strideB: 'u32', batches: 'u32' });
+
+export interface SubgroupMatmulVariant extends Omit<MatmulVariant, 'vec4'> {
+  /** Adds bias[m] to row m (a 1×1 conv's per-channel bias) instead of `bias`'s bias[n]. */
+  rowBias?: boolean;
+  /** Adds residual[b, m, n], laid out as C. */
+  residual?: boolean;
+  /** C = Σ_b op(A[b]) · op(B[b]) over u.batches (a 1×1 conv's weight gradient): one C, z = 1. */
+  sumBatches?: boolean;
+}
+
+/**
+ * A is [batchA, M, K] (or [batchA, K, M] when transA), B is [batchB, K, N] (or [batchB, N, K]),
+ * C is [batch, M, N], all bound as vec4 arrays: the same shapes and strides as matmulKernel's vec4
+ * variant (vectorizableGemm), whose conditions this kernel needs too. Bindings: a, b, c, then the
+ * bias (bias[n] with `bias`, bias[m] with `rowBias`) and the residual when present. Dispatch:
+ * subgroupGemmWorkgroups (one batch entry with `sumBatches`).
+ */
+export function subgroupMatmulKernel(v: SubgroupMatmulVariant, rows: SubgroupGemmRows): KernelSource<typeof SUBGROUP_MATMUL_PARAMS> {
+  if (v.bias && v.rowBias) throw new RangeError('subgroupMatmulKernel: a column bias or a row bias, not both');
+  let binding = 4;
+  const biasBinding = v.bias || v.rowBias ? binding++ : 0;
+  const residualBinding = v.residual ? binding++ : 0;
+  const S = SUBGROUP_GEMM_LANES;
+  const rounds = rows / S;
+  const aLoads: string[] = [];
+  const bLoads: string[] = [];
+  const fmas: string[] = [];
+  // A: round r covers rows 8r … 8r + 7. Untransposed, lane l loads row 8r + l at k … k + 3;
+  // transposed (rows contiguous), lane l loads rows 8r + 4⌊l/4⌋ … + 3 at k + l mod 4.
+  for (let r = 0; r < rounds; r++) {
+    aLoads.push(v.transA
+      ? `let a${r} = loadA(row0 + ${S * r}u + 4u * (lane / 4u), k + lane % 4u);`
+      : `let a${r} = loadA(row0 + ${S * r}u + lane, k);`);
+  }
+  // B: the lane's 4 columns at k + kk as b{kk}; transposed, four vec4s along k are transposed.
+  if (v.transB) {
+    for (let j = 0; j < 4; j++) bLoads.push(`let bt${j} = loadB(k, col + ${j}u);`);
+    for (let kk = 0; kk < 4; kk++) bLoads.push(`let b${kk} = vec4(bt0[${kk}], bt1[${kk}], bt2[${kk}], bt3[${kk}]);`);
+  } else {
+    for (let kk = 0; kk < 4; kk++) bLoads.push(`let b${kk} = loadB(k + ${kk}u, col);`);
+  }
+  // A[row0 + i][k + kk] lives in round r = ⌊i/8⌋: lane i mod 8, component kk (untransposed), or
+  // lane kk + 4·⌊(i mod 8)/4⌋, component i mod 4 (transposed).
+  for (let kk = 0; kk < 4; kk++) {
+    for (let i = 0; i < rows; i++) {
+      const r = Math.floor(i / S);
+      const within = i % S;
+      const source = v.transA ? `subgroupBroadcast(a${r}[${within % 4}], ${kk + 4 * Math.floor(within / 4)}u)` : `subgroupBroadcast(a${r}[${kk}], ${within}u)`;
+      fmas.push(`acc${i} = fma(vec4(${source}), b${kk}, acc${i});`);
+    }
+  }
+  const declare = Array.from({ length: rows }, (_, i) => `var acc${i} = vec4<f32>();`).join(' ');
+  const stores = Array.from({ length: rows }, (_, i) => `store(row0 + ${i}u, col, acc${i});`).join('\n  ');
+  const flags = [v.bias && 'bias', v.rowBias && 'rowBias', v.residual && 'res', v.sumBatches && 'sum'].filter(Boolean).map((f) => `.${f}`).join('');
+  return {
+    params: SUBGROUP_MATMUL_PARAMS,
+    key: `matmulSubgroup.${v.transA ? 'T' : 'N'}${v.transB ? 'T' : 'N'}${flags}.r${rows}`,
+    code: wgsl`enable subgroups;
+${SUBGROUP_MATMUL_PARAMS.wgsl}
+@group(0) @binding(1) var<storage, read> a: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> b: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> c: array<vec4<f32>>;
+#if ${v.bias}
+@group(0) @binding(${biasBinding}) var<storage, read> bias: array<vec4<f32>>;
+#endif
+#if ${v.rowBias}
+@group(0) @binding(${biasBinding}) var<storage, read> bias: array<f32>;
+#endif
+#if ${v.residual}
+@group(0) @binding(${residualBinding}) var<storage, read> residual: array<vec4<f32>>;
+#endif
+var<private> batch: u32;
+
+// A[m, k … k+3], or transposed A[k, m … m+3]; zero past the edge (the contiguous extent is a
+// multiple of 4, so a vec4 is wholly inside or outside).
+fn loadA(m: u32, k: u32) -> vec4<f32> {
+  if (m >= u.M || k >= u.K) { return vec4<f32>(); }
+#if ${v.transA}
+  return a[(batch * u.strideA + k * u.M + m) / 4u];
+#else
+  return a[(batch * u.strideA + m * u.K + k) / 4u];
+#endif
+}
+
+// B[k, n … n+3], or transposed B[n, k … k+3].
+fn loadB(k: u32, n: u32) -> vec4<f32> {
+  if (k >= u.K || n >= u.N) { return vec4<f32>(); }
+#if ${v.transB}
+  return b[(batch * u.strideB + n * u.K + k) / 4u];
+#else
+  return b[(batch * u.strideB + k * u.N + n) / 4u];
+#endif
+}
+
+fn store(m: u32, n: u32, value: vec4<f32>) {
+  if (m >= u.M || n >= u.N) { return; }
+  let o = ((batch * u.M + m) * u.N + n) / 4u;
+  var r = value;
+#if ${v.bias}
+  r += bias[n / 4u];
+#endif
+#if ${v.rowBias}
+  r += bias[m];
+#endif
+#if ${v.residual}
+  r += residual[o];
+#endif
+  c[o] = r;
+}
+
+@compute @workgroup_size(${S})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
+  batch = wid.z;
+  let row0 = wid.y * ${rows}u;
+  let col = wid.x * ${S * COLUMNS_PER_LANE}u + ${COLUMNS_PER_LANE}u * lane;
+  ${declare}
+#if ${v.sumBatches}
+  for (var summed = 0u; summed < u.batches; summed++) {
+  batch = summed;
+#endif
+  for (var k = 0u; k < u.K; k += 4u) {
+    ${aLoads.join('\n    ')}
+    ${bLoads.join('\n    ')}
+    ${fmas.join('\n    ')}
+  }
+#if ${v.sumBatches}
+  }
+  batch = 0u;
+#endif
+  ${stores}
+}`,
+  };
+}
