@@ -46,7 +46,7 @@ t.test('a broken cache is an error that names the file and the fix', async (t) =
   await writeFile(path, JSON.stringify({ gpu: { matmul: { wgX: 'big' } } }));
   await t.rejects(readTuningCache(), /"gpu" → matmul → wgX is "big", not a whole number ≥ 1/);
   await writeFile(path, JSON.stringify({ gpu: { matmull: { wgX: 8 } } }));
-  await t.rejects(readTuningCache(), /"gpu" → matmull: unknown kernel family \(known: matmul, conv2d, conv2dWinograd, conv2dWeightGrad, rows, reduce, attention\)/);
+  await t.rejects(readTuningCache(), /"gpu" → matmull: unknown kernel family \(known: matmul, matmulSubgroup, conv2d, conv2dWinograd, conv2dWeightGrad, rows, reduce, attention\)/);
   await writeFile(path, JSON.stringify({ gpu: { conv2dWinograd: { enable: 1 } } }));
   await t.rejects(readTuningCache(), /"gpu" → conv2dWinograd → enable: unknown setting \(known: enabled, minChannels\)/);
   await writeFile(path, JSON.stringify({ gpu: { matmul: { tk: 0 } } }));
