@@ -79,7 +79,7 @@ function layerNeeds(e: Engine, plan: UNetPlan, l: Layer, size: number, gradients
       const T = size * size;
       need('the input', [l.channels, size, size]);
       need('qkv', [3 * l.channels, T]);
-      if (attentionMaterialisesWeights(e, l.channels / l.heads, gradients)) need('the attention weights', [l.heads, T, T]);
+      if (attentionMaterialisesWeights(e, l.channels / l.heads, gradients, { T, matrices: l.heads })) need('the attention weights', [l.heads, T, T]);
       return size;
     }
     case 'down':

@@ -19,8 +19,10 @@ import { testEngine } from '../helpers/check.ts';
 // Both the capped engines and the unsplit one use the direct GEMM for every conv: under these caps
 // Winograd's transformed kernels (16 × a kernel) do not fit a binding and conv2d would pick the
 // direct GEMM for some convs there and not in the unsplit run, a different rounding. Winograd's
-// own split of the tiles under a binding limit is tested in test/ops/conv2d.test.ts.
-const tuning = { conv2dWinograd: { enabled: 0 } };
+// own split of the tiles under a binding limit is tested in test/ops/conv2d.test.ts. Likewise
+// without the subgroup GEMM: with it, inference attention materialises its weights where they fit
+// a binding (lavapipe), which they do unsplit and not under the caps.
+const tuning = { conv2dWinograd: { enabled: 0 }, matmulSubgroup: { enabled: 0 } };
 const e = await createEngine({ device: (await testEngine()).device, tuning });
 const fixture = (name: string) => new URL(`../fixtures/${name}`, import.meta.url).pathname;
 const dump = await openSafetensors(fixture('adm32-mini.safetensors'));
@@ -62,6 +64,11 @@ t.test('the largest binding one image needs comes from the plan (sizes worked by
   t.same(largestBindingPerImage(e, mini, all), { bytesPerImage: FORWARD_PER_IMAGE, what: 'block 8 (output_blocks.2): the skip concat [96, 32, 32]' });
   t.equal(largestBindingPerImage(e, mini, { last: 7, output: false, gradients: false }).bytesPerImage, TO_BLOCK_7_PER_IMAGE, 'only the blocks that run count');
   t.same(largestBindingPerImage(e, mini, { ...all, gradients: true }), { bytesPerImage: GRADIENT_PER_IMAGE, what: 'block 5 (middle_block.1): the attention weights [2, 256, 256]' });
+  // Where the subgroup GEMM runs (lavapipe), inference attention materialises its weights too.
+  const base = await testEngine();
+  if (base.subgroupMatmul) {
+    t.same(largestBindingPerImage(base, mini, all), { bytesPerImage: GRADIENT_PER_IMAGE, what: 'block 5 (middle_block.1): the attention weights [2, 256, 256]' }, 'inference with the subgroup GEMM');
+  }
   // ADM-256: the first decoder block at 256² joins 256 channels with block 3's 256 (the skip concat
   // that exceeded the binding on a GPU at batch 32); up to block 24 the widest map is block 1's
   // [256, 256, 256]. With gradients, attention at 32² (512 channels, 8 heads, 1024 tokens) needs

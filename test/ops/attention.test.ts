@@ -11,19 +11,39 @@ const paths = [
   ['composite', await createEngine({ device: e.device, tuning: { attention: { fusedBackward: 0 } } })],
 ] as const;
 
+// Inference: the fused kernel, or, where the subgroup GEMM runs (lavapipe), matmul + softmax for
+// token counts divisible by 4; the engine without the subgroup GEMM runs every case fused.
+const forwardPaths = [
+  ['as the adapter chooses', e],
+  ['fused', await createEngine({ device: e.device, tuning: { matmulSubgroup: { enabled: 0 } } })],
+] as const;
+
 for (const legacy of [true, false]) {
   const order = legacy ? 'legacy (per-head q|k|v)' : 'new (q, k, v chunks)';
-  t.test(`fused qkvAttention, ${order}, matches float64 on 1, 7, 64 and 300 tokens`, async (t) => {
-    for (const [heads, d, T] of [[1, 4, 1], [2, 8, 7], [4, 32, 64], [2, 64, 300]]) {
-      const qkv = randomNd([2, 3 * heads * d, T], heads * 100 + T, -2, 2);
-      const y = ops.qkvAttention(upload(e, qkv), heads, legacy);
-      const err = maxRelError(await y.read(), qkvAttentionRef(qkv, heads, legacy).data);
-      t.ok(err < 1e-5, `heads ${heads}, d ${d}, T ${T}: ${err.toExponential(2)}`);
-    }
+  for (const [path, engine] of forwardPaths) {
+    t.test(`qkvAttention (${path}), ${order}, matches float64 on 1, 7, 64 and 300 tokens`, async (t) => {
+      for (const [heads, d, T] of [[1, 4, 1], [2, 8, 7], [4, 32, 64], [2, 64, 300]]) {
+        const composite = ops.attentionMaterialisesWeights(engine, d, false, { T, matrices: 2 * heads });
+        t.equal(composite, engine.subgroupMatmul && T % 4 === 0, `T ${T}: ${composite ? 'matmul + softmax' : 'fused'}`);
+        const qkv = randomNd([2, 3 * heads * d, T], heads * 100 + T, -2, 2);
+        const y = ops.qkvAttention(upload(engine, qkv), heads, legacy);
+        const err = maxRelError(await y.read(), qkvAttentionRef(qkv, heads, legacy).data);
+        t.ok(err < 1e-5, `heads ${heads}, d ${d}, T ${T}: ${err.toExponential(2)}`);
+      }
+    });
+  }
+  t.test(`qkvAttention, ${order}: weights that would not fit a binding stay in the fused kernel`, async (t) => {
+    // 2 images × 2 heads × 300² weights are 1.44 MB; qkv [2, 384, 300] 0.92 MB fits the lowered limit.
+    const engine = await createEngine({ device: e.device, maxBindingBytes: 1_000_000 });
+    t.notOk(ops.attentionMaterialisesWeights(engine, 64, false, { T: 300, matrices: 4 }), 'fused');
+    const qkv = randomNd([2, 384, 300], 41, -2, 2);
+    const err = maxRelError(await ops.qkvAttention(upload(engine, qkv), 2, legacy).read(), qkvAttentionRef(qkv, 2, legacy).data);
+    t.ok(err < 1e-5, `${err.toExponential(2)}`);
+    engine.dispose();
   });
   for (const [path, engine] of paths) {
     t.test(`qkvAttention backward (${path}), ${order}, matches finite differences`, async (t) => {
-      t.equal(ops.attentionMaterialisesWeights(engine, 4, true), path === 'composite', 'the path under test is the one taken');
+      t.equal(ops.attentionMaterialisesWeights(engine, 4, true, { T: 6, matrices: 4 }), path === 'composite', 'the path under test is the one taken');
       // Head sizes on the vec4 (4, 64) and scalar (6) channel paths; 19 keys span two key tiles,
       // 70 queries two workgroups of queries.
       for (const [heads, d, T] of [[2, 4, 6], [1, 6, 19], [1, 4, 70], [1, 64, 20]]) {

@@ -23,7 +23,7 @@ export function qkvAttention(qkv: Tensor, heads: number, legacy = true): Tensor 
   const d = C3 / (3 * heads);
   const C = heads * d;
   const needsGrad = e.tape.needsGrad([qkv]);
-  if (attentionMaterialisesWeights(e, d, needsGrad)) return qkvAttentionComposite(qkv, heads, legacy);
+  if (attentionMaterialisesWeights(e, d, needsGrad, { T, matrices: N * heads })) return qkvAttentionComposite(qkv, heads, legacy);
   const params = {
     T, heads, scale: 1 / Math.sqrt(d),
     batchStride: C3 * T, headStride: legacy ? 3 * d * T : d * T, kOffset: legacy ? d * T : C * T, vOffset: legacy ? 2 * d * T : 2 * C * T, chStride: T, tokStride: 1,
@@ -53,15 +53,18 @@ export function qkvAttention(qkv: Tensor, heads: number, legacy = true): Tensor 
 
 /**
  * Whether attention with head size d runs the composite path, which materialises the
- * [N·heads, T, T] weights: when the fused kernels' tiles exceed the device's workgroup memory
- * (d > 128, or d > 127 for the backward, at WebGPU's guaranteed 16 KiB), or, when a gradient is
- * wanted, unless the engine trains through the fused backward (tuning `attention.fusedBackward`;
- * by default on GPUs, not on CPU adapters).
+ * [N·heads, T, T] weights (`matrices` = N·heads of them): when the fused kernels' tiles exceed the
+ * device's workgroup memory (d > 128, or d > 127 for the backward, at WebGPU's guaranteed 16 KiB);
+ * when a gradient is wanted, unless the engine trains through the fused backward (tuning
+ * `attention.fusedBackward`; by default on GPUs, not on CPU adapters); and without a gradient where
+ * the subgroup GEMM runs its matmuls (lavapipe: T a multiple of 4) and the weights fit a binding —
+ * there the fused kernel, a thread per query, ran 3–5× slower (8 heads × 1024 tokens, d = 64:
+ * 583 vs 124 ms; 16 × 256: 75 vs 18 ms; 16 × 64: 6.8 vs 2.3 ms).
  */
-export function attentionMaterialisesWeights(e: Engine, d: number, needsGrad: boolean): boolean {
+export function attentionMaterialisesWeights(e: Engine, d: number, needsGrad: boolean, { T, matrices }: { T: number; matrices: number }): boolean {
   const limit = e.limits.maxComputeWorkgroupStorageSize;
   if (attentionWorkgroupBytes(d, false) > limit) return true;
-  if (!needsGrad) return false;
+  if (!needsGrad) return e.subgroupMatmul && T % 4 === 0 && 4 * matrices * T * T <= e.maxBindingBytes;
   const fused = (e.tuning.attention?.fusedBackward ?? (e.cpuAdapter ? 0 : 1)) !== 0;
   return !fused || attentionWorkgroupBytes(d, true) > limit;
 }
