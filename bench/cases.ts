@@ -49,6 +49,8 @@ export interface CaseRun {
   run: () => void;
   dispose: () => void;
   algorithm?: { name: string; executedFlops: number };
+  /** Which of an op's paths runs here (the same FLOPs), shown after the shape. */
+  path?: string;
 }
 
 function rand(e: Engine, shape: number[], seed: number): Tensor {
@@ -106,10 +108,11 @@ function groupNormCase(c: number, size: number, scaleShift: boolean, quick = fal
 function attentionCase(heads: number, tokens: number, where: string, quick = false): BenchCase {
   const d = 64;
   return {
-    family: 'attention (fused)', name: `${heads} heads × ${tokens} tokens, d=${d} (${where})`, flops: 4 * heads * tokens * tokens * d, target: 0.4, quick,
+    family: 'attention', name: `${heads} heads × ${tokens} tokens, d=${d} (${where})`, flops: 4 * heads * tokens * tokens * d, target: 0.4, quick,
     setup(e) {
       const qkv = rand(e, [1, 3 * heads * d, tokens], 10);
-      return { run: () => void ops.qkvAttention(qkv, heads), dispose: disposeAll(qkv) };
+      const composite = ops.attentionMaterialisesWeights(e, d, false, { T: tokens, matrices: heads });
+      return { run: () => void ops.qkvAttention(qkv, heads), dispose: disposeAll(qkv), path: composite ? 'matmul + softmax' : 'fused' };
     },
   };
 }

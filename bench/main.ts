@@ -215,7 +215,7 @@ async function report(engine: Engine, adapter: string, started: Date) {
     // FLOPs it performs.
     const executedGflops = algorithm && m.gflops !== undefined ? (algorithm.executedFlops / (c.flops ?? 1)) * m.gflops : m.gflops;
     const row: Row = {
-      family: c.family, name: algorithm ? `${c.name} [${algorithm.name}]` : c.name, ours: m, target: c.target, peer: p,
+      family: c.family, name: algorithm ? `${c.name} [${algorithm.name}]` : setup.path ? `${c.name} [${setup.path}]` : c.name, ours: m, target: c.target, peer: p,
       throughput: m.gflops !== undefined ? `${m.gflops.toFixed(2)} GFLOP/s${algorithm ? ' effective' : ''}` : m.gbps !== undefined ? `${m.gbps.toFixed(2)} GB/s` : c.images !== undefined ? `${((1000 * c.images) / m.medianMs).toFixed(2)} img/s` : `${(1000 / m.medianMs).toFixed(2)} /s`,
       rate: executedGflops !== undefined ? { gflops: executedGflops } : m.gbps !== undefined ? { gbps: m.gbps } : undefined,
       ratio: p && !('error' in p) ? p.medianMs / m.medianMs : undefined,
