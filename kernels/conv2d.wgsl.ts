@@ -20,6 +20,7 @@
 import { wgsl } from 'wgsl-preprocessor/wgsl-preprocessor.js';
 import type { KernelSource } from './kernel-source.ts';
 import { DEFAULT_MATMUL_TILING, type MatmulTiling } from './matmul.wgsl.ts';
+import { SUBGROUP_GEMM_LANES, type SubgroupGemmRows, subgroupGemmStep, subgroupGemmWorkgroups } from './matmul-subgroup.wgsl.ts';
 import { accumulateStep, declareAccumulators, declareSlabs, fillSlab, ownedColumnSlab, storeAccumulators } from './register-tile.ts';
 import { uniformLayout } from './uniform-layout.ts';
 
@@ -42,24 +43,17 @@ export interface Conv2dVariant {
 }
 
 /**
- * Bindings: w, x, out, then bias and residual when present.
- * Uniforms: Cin (channels of x), H, W (of x as stored), Cout (channels of out), N (images), Ho, Wo (of out).
+ * The bindings and functions both conv kernels share: loadW (W, or the input gradient's flipped,
+ * channel-swapped W), column (a batched im2col column decoded once), im2col (its value at one
+ * reduction row) and store (with bias and residual).
  */
-export function conv2dKernel(v: Conv2dVariant, t: MatmulTiling = DEFAULT_MATMUL_TILING): KernelSource<typeof CONV2D_PARAMS> {
-  const BM = t.wgY * t.tm;
-  const BN = t.wgX * t.tn;
+function convModule(v: Conv2dVariant): string {
   const KK = v.ksize * v.ksize;
   const d = v.inputDilation;
   let binding = 4;
   const biasBinding = v.bias ? binding++ : 0;
   const residualBinding = v.residual ? binding++ : 0;
-  // Each owned column's image offset (−1 past the last column) and its window's top-left pixel.
-  const slab = ownedColumnSlab(t, (c) => `column(${c}, P)`, (col) => `im2col(${col}, plane, ky, kx)`, 'inK');
-  return {
-    params: CONV2D_PARAMS,
-    key: `conv2d.k${v.ksize}p${v.pad}s${v.stride}d${d}${v.bias ? '.bias' : ''}${v.residual ? '.res' : ''}${v.transposedWeight ? '.wT' : ''}.${t.wgX}x${t.wgY}.${t.tm}x${t.tn}.k${t.tk}`,
-    code: wgsl`
-${CONV2D_PARAMS.wgsl}
+  return wgsl`${CONV2D_PARAMS.wgsl}
 @group(0) @binding(1) var<storage, read> w: array<f32>;
 @group(0) @binding(2) var<storage, read> x: array<f32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
@@ -69,7 +63,6 @@ ${CONV2D_PARAMS.wgsl}
 #if ${v.residual}
 @group(0) @binding(${residualBinding}) var<storage, read> residual: array<f32>;
 #endif
-${declareSlabs(t)}
 
 fn loadW(m: u32, kk: u32, K: u32) -> f32 {
   if (m >= u.Cout || kk >= K) { return 0.0; }
@@ -120,7 +113,26 @@ fn store(m: u32, c: u32, value: f32) {
   r += residual[o];
 #endif
   out[o] = r;
+}`;
 }
+
+/**
+ * Bindings: w, x, out, then bias and residual when present.
+ * Uniforms: Cin (channels of x), H, W (of x as stored), Cout (channels of out), N (images), Ho, Wo (of out).
+ */
+export function conv2dKernel(v: Conv2dVariant, t: MatmulTiling = DEFAULT_MATMUL_TILING): KernelSource<typeof CONV2D_PARAMS> {
+  const BM = t.wgY * t.tm;
+  const BN = t.wgX * t.tn;
+  const KK = v.ksize * v.ksize;
+  const d = v.inputDilation;
+  // Each owned column's image offset (−1 past the last column) and its window's top-left pixel.
+  const slab = ownedColumnSlab(t, (c) => `column(${c}, P)`, (col) => `im2col(${col}, plane, ky, kx)`, 'inK');
+  return {
+    params: CONV2D_PARAMS,
+    key: `conv2d.k${v.ksize}p${v.pad}s${v.stride}d${d}${v.bias ? '.bias' : ''}${v.residual ? '.res' : ''}${v.transposedWeight ? '.wT' : ''}.${t.wgX}x${t.wgY}.${t.tm}x${t.tn}.k${t.tk}`,
+    code: wgsl`
+${convModule(v)}
+${declareSlabs(t)}
 
 @compute @workgroup_size(${t.wgX}, ${t.wgY})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
@@ -153,6 +165,64 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
   ${storeAccumulators(t)}
 }`,
   };
+}
+
+/**
+ * conv2dKernel's GEMM on 8-lane subgroups (lavapipe; kernels/matmul-subgroup.wgsl.ts has why): a
+ * workgroup is one subgroup computing `rows` output channels × 32 columns of the batched im2col,
+ * lane l the 4 columns col0 + 4l … + 3, decoded once. Every step of 4 reduction rows, each lane
+ * loads W at its share of the rows (4 values each) for subgroupBroadcast, and its columns' 16
+ * im2col values. Same bindings and uniforms as conv2dKernel; dispatch subgroupConv2dWorkgroups.
+ */
+export function subgroupConv2dKernel(v: Conv2dVariant, rows: SubgroupGemmRows): KernelSource<typeof CONV2D_PARAMS> {
+  const S = SUBGROUP_GEMM_LANES;
+  const KK = v.ksize * v.ksize;
+  const step = subgroupGemmStep(rows, false);
+  const aLoads = Array.from({ length: rows / S }, (_, r) => {
+    const m = `row0 + ${S * r}u + lane`;
+    return `let a${r} = vec4(loadW(${m}, k, K), loadW(${m}, k + 1u, K), loadW(${m}, k + 2u, K), loadW(${m}, k + 3u, K));`;
+  });
+  // Reduction row k + kk is (ci, ky, kx); past K (the last step) the values are zero.
+  const bLoads = [0, 1, 2, 3].map((kk) => `{
+      let kr = k + ${kk}u;
+      let plane = (kr / ${KK}u) * u.H * u.W;
+      let ky = i32((kr % ${KK}u) / ${v.ksize}u);
+      let kx = i32(kr % ${v.ksize}u);
+      let values = vec4(im2col(col0, plane, ky, kx), im2col(col1, plane, ky, kx), im2col(col2, plane, ky, kx), im2col(col3, plane, ky, kx));
+      b${kk} = select(vec4<f32>(), values, kr < K);
+    }`);
+  const stores = Array.from({ length: rows }, (_, i) => [0, 1, 2, 3].map((j) => `store(row0 + ${i}u, c0 + ${j}u, acc${i}[${j}]);`).join(' ')).join('\n  ');
+  return {
+    params: CONV2D_PARAMS,
+    key: `conv2dSubgroup.k${v.ksize}p${v.pad}s${v.stride}d${v.inputDilation}${v.bias ? '.bias' : ''}${v.residual ? '.res' : ''}${v.transposedWeight ? '.wT' : ''}.r${rows}`,
+    code: wgsl`enable subgroups;
+${convModule(v)}
+
+@compute @workgroup_size(${S})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
+  let P = u.Ho * u.Wo;
+  let K = u.Cin * ${KK}u;
+  let row0 = wid.y * ${rows}u;
+  let c0 = wid.x * ${S * 4}u + 4u * lane;
+  let col0 = column(c0, P);
+  let col1 = column(c0 + 1u, P);
+  let col2 = column(c0 + 2u, P);
+  let col3 = column(c0 + 3u, P);
+  ${step.declare}
+  var b0: vec4<f32>; var b1: vec4<f32>; var b2: vec4<f32>; var b3: vec4<f32>;
+  for (var k = 0u; k < K; k += 4u) {
+    ${aLoads.join('\n    ')}
+    ${bLoads.join('\n    ')}
+    ${step.fmas}
+  }
+  ${stores}
+}`,
+  };
+}
+
+/** Workgroups of subgroupConv2dKernel: x over the N·Ho·Wo columns, y over the output channels. */
+export function subgroupConv2dWorkgroups(rows: SubgroupGemmRows, channels: number, columns: number): [number, number, number] {
+  return subgroupGemmWorkgroups(rows, channels, columns, 1);
 }
 
 /**

@@ -39,6 +39,28 @@ export function subgroupGemmRows(M: number): SubgroupGemmRows {
   return M > 16 ? 32 : M > 8 ? 16 : 8;
 }
 
+/**
+ * The accumulators of a lane (acc0 … acc{rows−1}, a vec4 of its 4 columns each) and one step of 4
+ * along K: acc_i += A[row0 + i][k + kk] · b{kk} for kk < 4, where b{kk} are the lane's B values at
+ * k + kk and a{r} (round r: rows 8r … 8r + 7) hold A as loaded across the lanes. Untransposed, lane
+ * l's a{r} is row 8r + l at k … k + 3, so A[row0 + i][k + kk] is component kk of lane i mod 8;
+ * transposed (`transA`), lane l's a{r} is rows 8r + 4⌊l/4⌋ … + 3 at k + l mod 4, so it is component
+ * i mod 4 of lane kk + 4·⌊(i mod 8)/4⌋. Shared by the matmul and conv kernels that run on subgroups.
+ */
+export function subgroupGemmStep(rows: SubgroupGemmRows, transA: boolean): { declare: string; fmas: string } {
+  const S = SUBGROUP_GEMM_LANES;
+  const fmas: string[] = [];
+  for (let kk = 0; kk < 4; kk++) {
+    for (let i = 0; i < rows; i++) {
+      const r = Math.floor(i / S);
+      const within = i % S;
+      const source = transA ? `subgroupBroadcast(a${r}[${within % 4}], ${kk + 4 * Math.floor(within / 4)}u)` : `subgroupBroadcast(a${r}[${kk}], ${within}u)`;
+      fmas.push(`acc${i} = fma(vec4(${source}), b${kk}, acc${i});`);
+    }
+  }
+  return { declare: Array.from({ length: rows }, (_, i) => `var acc${i} = vec4<f32>();`).join(' '), fmas: fmas.join('\n    ') };
+}
+
 /** matmul's uniforms (strides 0 broadcast a matrix) and, for `sumBatches`, the batches summed. */
 const SUBGROUP_MATMUL_PARAMS = uniformLayout({ M: 'u32', N: 'u32', K: 'u32', strideA: 'u32', strideB: 'u32', batches: 'u32' });
 
@@ -67,7 +89,6 @@ export function subgroupMatmulKernel(v: SubgroupMatmulVariant, rows: SubgroupGem
   const rounds = rows / S;
   const aLoads: string[] = [];
   const bLoads: string[] = [];
-  const fmas: string[] = [];
   // A: round r covers rows 8r … 8r + 7. Untransposed, lane l loads row 8r + l at k … k + 3;
   // transposed (rows contiguous), lane l loads rows 8r + 4⌊l/4⌋ … + 3 at k + l mod 4.
   for (let r = 0; r < rounds; r++) {
@@ -82,17 +103,7 @@ export function subgroupMatmulKernel(v: SubgroupMatmulVariant, rows: SubgroupGem
   } else {
     for (let kk = 0; kk < 4; kk++) bLoads.push(`let b${kk} = loadB(k + ${kk}u, col);`);
   }
-  // A[row0 + i][k + kk] lives in round r = ⌊i/8⌋: lane i mod 8, component kk (untransposed), or
-  // lane kk + 4·⌊(i mod 8)/4⌋, component i mod 4 (transposed).
-  for (let kk = 0; kk < 4; kk++) {
-    for (let i = 0; i < rows; i++) {
-      const r = Math.floor(i / S);
-      const within = i % S;
-      const source = v.transA ? `subgroupBroadcast(a${r}[${within % 4}], ${kk + 4 * Math.floor(within / 4)}u)` : `subgroupBroadcast(a${r}[${kk}], ${within}u)`;
-      fmas.push(`acc${i} = fma(vec4(${source}), b${kk}, acc${i});`);
-    }
-  }
-  const declare = Array.from({ length: rows }, (_, i) => `var acc${i} = vec4<f32>();`).join(' ');
+  const step = subgroupGemmStep(rows, !!v.transA);
   const stores = Array.from({ length: rows }, (_, i) => `store(row0 + ${i}u, col, acc${i});`).join('\n  ');
   const flags = [v.bias && 'bias', v.rowBias && 'rowBias', v.residual && 'res', v.sumBatches && 'sum'].filter(Boolean).map((f) => `.${f}`).join('');
   return {
@@ -156,7 +167,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) 
   batch = wid.z;
   let row0 = wid.y * ${rows}u;
   let col = wid.x * ${S * COLUMNS_PER_LANE}u + ${COLUMNS_PER_LANE}u * lane;
-  ${declare}
+  ${step.declare}
 #if ${v.sumBatches}
   for (var summed = 0u; summed < u.batches; summed++) {
   batch = summed;
@@ -164,7 +175,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) 
   for (var k = 0u; k < u.K; k += 4u) {
     ${aLoads.join('\n    ')}
     ${bLoads.join('\n    ')}
-    ${fmas.join('\n    ')}
+    ${step.fmas}
   }
 #if ${v.sumBatches}
   }

@@ -1,6 +1,6 @@
 // conv2d (square kernel, zero padding (k − 1)/2, stride ≥ 1, NCHW) with optional bias and a fused
 // residual add. Kernels and the backward derivation (stride ↔ input dilation): kernels/conv2d.wgsl.ts.
-import { conv2dKernel, conv2dWeightGradKernel } from '../../../kernels/conv2d.wgsl.ts';
+import { conv2dKernel, conv2dWeightGradKernel, subgroupConv2dKernel, subgroupConv2dWorkgroups } from '../../../kernels/conv2d.wgsl.ts';
 import { chooseGemmTiling, gemmWorkgroups, type MatmulTiling } from '../../../kernels/matmul.wgsl.ts';
 import { subgroupGemmRows, subgroupGemmWorkgroups, subgroupMatmulKernel } from '../../../kernels/matmul-subgroup.wgsl.ts';
 import type { Engine } from '../engine.ts';
@@ -110,15 +110,21 @@ function runConv(e: Engine, c: ConvCall): void {
     runPointwise(e, c);
     return;
   }
-  const t = tiling(e, cout, N * Ho * Wo);
   const bindings = [c.w, c.x, c.out];
   if (c.bias) bindings.push(c.bias);
   if (c.residual) bindings.push(c.residual);
   const variant = { ksize: c.ksize, pad: c.pad, stride: c.stride, inputDilation: c.inputDilation, bias: !!c.bias, residual: !!c.residual, transposedWeight: c.transposedWeight };
+  const params = { Cin: cin, H, W, Cout: cout, N, Ho, Wo };
+  if (e.subgroupMatmul && !e.tuning.conv2d) {
+    const rows = subgroupGemmRows(cout);
+    e.dispatch({ kernel: subgroupConv2dKernel(variant, rows), bindings, params, workgroups: subgroupConv2dWorkgroups(rows, cout, N * Ho * Wo) });
+    return;
+  }
+  const t = tiling(e, cout, N * Ho * Wo);
   e.dispatch({
     kernel: conv2dKernel(variant, t),
     bindings,
-    params: { Cin: cin, H, W, Cout: cout, N, Ho, Wo },
+    params,
     workgroups: gemmWorkgroups(t, cout, N * Ho * Wo),
   });
 }
