@@ -86,7 +86,7 @@ export async function tuneKernels(e: Engine, seconds: number, log: (line: string
   const w = e.tensor(gaussianNoise(256 * 256 * 9, 4), [256, 256, 3, 3]);
   const maxBytes = e.limits.maxComputeWorkgroupStorageSize;
   const families = [
-    // On lavapipe the built-in matmul is the subgroup GEMM; a tiling stored for matmul replaces it.
+    // On lavapipe the built-in matmul and direct conv run on the subgroup GEMM; a stored tiling replaces it.
     {
       family: 'matmul' as const, run: () => void ops.matmul(a, b), flops: 2 * 1024 ** 3, builtIn: chooseGemmTiling(1024, 1024, e.gemmPresets, undefined, maxBytes),
       builtInName: e.subgroupMatmul ? 'the subgroup GEMM' : undefined,
@@ -94,7 +94,8 @@ export async function tuneKernels(e: Engine, seconds: number, log: (line: string
     // The direct GEMM (256 output channels × 1024 pixels), also where Winograd would take this shape (lavapipe).
     {
       family: 'conv2d' as const, run: () => void ops.conv2d(x, w), flops: 2 * 256 * 256 * 9 * 1024,
-      builtIn: chooseGemmTiling(256, 1024, e.gemmPresets, undefined, maxBytes), builtInName: undefined, tuning: { conv2dWinograd: { enabled: 0 } },
+      builtIn: chooseGemmTiling(256, 1024, e.gemmPresets, undefined, maxBytes), builtInName: e.subgroupMatmul ? 'the subgroup GEMM' : undefined,
+      tuning: { conv2dWinograd: { enabled: 0 } },
     },
   ];
   const saved = structuredClone(e.tuning);
