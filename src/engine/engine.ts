@@ -18,8 +18,10 @@ import { boundLabel, numel, type Shape, shapeString, Storage, Tensor } from './t
 const TUNING_FIX = 'the settings are listed in src/engine/tuning.ts';
 
 /**
- * Whether the subgroup GEMM can run (the `subgroups` feature, subgroups of exactly 8 lanes) and
- * the tuning leaves it on; a tuning that asks for it where it cannot run is an error.
+ * Whether matmul and the convs take the subgroup GEMM: it can run (the `subgroups` feature,
+ * subgroups of exactly 8 lanes) and either the adapter runs on the CPU (lavapipe, for which it is
+ * written: a GPU wants more than 8 threads a workgroup) or the tuning asks for it; a tuning that
+ * asks for it where it cannot run is an error, one with `enabled` 0 turns it off.
  */
 function subgroupMatmulAvailable(device: GPUDevice, info: AdapterDescription, tuning: Tuning): boolean {
   const lanes = SUBGROUP_GEMM_LANES;
@@ -28,7 +30,7 @@ function subgroupMatmulAvailable(device: GPUDevice, info: AdapterDescription, tu
   if (wanted && !fits) {
     throw new Error(`tuning matmulSubgroup.enabled = ${wanted} needs subgroups of exactly ${lanes} lanes; this adapter has ${device.features.has('subgroups') ? `subgroups of ${info.subgroupMinSize}–${info.subgroupMaxSize} lanes` : 'no subgroups feature'}: remove the setting`);
   }
-  return fits && wanted !== 0;
+  return fits && (wanted === undefined ? isCpuAdapter(info) : wanted !== 0);
 }
 
 /** A GPU validation, out-of-memory or internal error, carrying the labels Dawn reported. */
@@ -100,9 +102,9 @@ export class Engine {
    */
   readonly subgroupReductions: boolean;
   /**
-   * matmul and the Winograd GEMMs run the subgroup GEMM where their extents allow vec4s: the
-   * device has `subgroups` and the adapter's subgroups are exactly 8 lanes (lavapipe), unless the
-   * tuning turns it off (tuning.ts, matmulSubgroup).
+   * matmul, the Winograd GEMMs, 1×1 and direct convs run on the subgroup GEMM (where their extents
+   * allow): a CPU adapter whose subgroups are exactly 8 lanes (lavapipe), unless the tuning says
+   * otherwise (subgroupMatmulAvailable; tuning.ts, matmulSubgroup).
    */
   readonly subgroupMatmul: boolean;
   private readonly maxDispatches: number;

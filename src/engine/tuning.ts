@@ -11,8 +11,8 @@ export interface Tuning {
   matmul?: Partial<MatmulTiling>;
   /**
    * The subgroup GEMM (kernels/matmul-subgroup.wgsl.ts) for matmul and the Winograd GEMMs whose
-   * extents allow vec4s: `enabled` 0 turns it off (default: on where the adapter's subgroups are 8
-   * lanes wide, lavapipe's; 1 asks for it and is an error elsewhere).
+   * extents allow vec4s: `enabled` 0 turns it off (default: on for CPU adapters whose subgroups are
+   * 8 lanes wide, lavapipe; 1 asks for it on any adapter with 8-lane subgroups, an error elsewhere).
    */
   matmulSubgroup?: { enabled?: number };
   /** Register tiles of the direct conv's implicit GEMM, its data and its weight gradient. */
