@@ -15,7 +15,7 @@
 // GPUs keep the register-tiled kernel.
 import { wgsl } from 'wgsl-preprocessor/wgsl-preprocessor.js';
 import type { KernelSource } from './kernel-source.ts';
-import type { MatmulVariant } from './matmul.wgsl.ts';
+import { type MatmulVariant, vec4OperandLoads } from './matmul.wgsl.ts';
 import { uniformLayout } from './uniform-layout.ts';
 
 /** Lanes per subgroup (and threads per workgroup) this kernel is written for. */
@@ -123,28 +123,7 @@ ${SUBGROUP_MATMUL_PARAMS.wgsl}
 #if ${v.residual}
 @group(0) @binding(${residualBinding}) var<storage, read> residual: array<vec4<f32>>;
 #endif
-var<private> batch: u32;
-
-// A[m, k … k+3], or transposed A[k, m … m+3]; zero past the edge (the contiguous extent is a
-// multiple of 4, so a vec4 is wholly inside or outside).
-fn loadA(m: u32, k: u32) -> vec4<f32> {
-  if (m >= u.M || k >= u.K) { return vec4<f32>(); }
-#if ${v.transA}
-  return a[(batch * u.strideA + k * u.M + m) / 4u];
-#else
-  return a[(batch * u.strideA + m * u.K + k) / 4u];
-#endif
-}
-
-// B[k, n … n+3], or transposed B[n, k … k+3].
-fn loadB(k: u32, n: u32) -> vec4<f32> {
-  if (k >= u.K || n >= u.N) { return vec4<f32>(); }
-#if ${v.transB}
-  return b[(batch * u.strideB + n * u.K + k) / 4u];
-#else
-  return b[(batch * u.strideB + k * u.N + n) / 4u];
-#endif
-}
+${vec4OperandLoads({ transA: !!v.transA, transB: !!v.transB })}
 
 fn store(m: u32, n: u32, value: vec4<f32>) {
   if (m >= u.M || n >= u.N) { return; }

@@ -213,21 +213,13 @@ ${mainHead(t)}
 }
 
 /**
- * The vec4 variant: loadA(m, k) is A[m, k..k+3] (or Aᵀ's A[k, m..m+3]) and loadB(k, n) is
- * B[k, n..n+3] (or Bᵀ's B[n, k..k+3]), zero past the edge (the contiguous extents are multiples
- * of 4, so a vec4 is wholly inside or outside); each thread stores its tn columns as tn/4 vec4s.
+ * `batch` (the batch entry, a private var) and the operand loads of the vec4 GEMMs (the
+ * register-tiled vec4 variant and ./matmul-subgroup.wgsl.ts): loadA(m, k) is A[m, k … k+3] (or
+ * Aᵀ's A[k, m … m+3]) and loadB(k, n) is B[k, n … n+3] (or Bᵀ's B[n, k … k+3]), zero past the
+ * edge (the contiguous extents are multiples of 4, so a vec4 is wholly inside or outside).
  */
-function vec4Body(v: MatmulVariant, t: MatmulTiling): string {
-  const stores: string[] = [];
-  for (let i = 0; i < t.tm; i++) {
-    for (let j = 0; j < t.tn; j += 4) {
-      stores.push(`store(row0 + ty * ${t.tm}u + ${i}u, col0 + tx * ${t.tn}u + ${j}u, vec4(${[0, 1, 2, 3].map((q) => `acc${i}_${j + q}`).join(', ')}));`);
-    }
-  }
-  return wgsl`
-${header(v, 'vec4<f32>')}
-${declareSlabs(t)}
-var<private> batch: u32;
+export function vec4OperandLoads(v: { transA: boolean; transB: boolean }): string {
+  return wgsl`var<private> batch: u32;
 
 fn loadA(m: u32, k: u32) -> vec4<f32> {
   if (m >= u.M || k >= u.K) { return vec4<f32>(); }
@@ -245,7 +237,21 @@ fn loadB(k: u32, n: u32) -> vec4<f32> {
 #else
   return b[(batch * u.strideB + k * u.N + n) / 4u];
 #endif
+}`;
 }
+
+/** The vec4 variant (its loads: vec4OperandLoads): each thread stores its tn columns as tn/4 vec4s. */
+function vec4Body(v: MatmulVariant, t: MatmulTiling): string {
+  const stores: string[] = [];
+  for (let i = 0; i < t.tm; i++) {
+    for (let j = 0; j < t.tn; j += 4) {
+      stores.push(`store(row0 + ty * ${t.tm}u + ${i}u, col0 + tx * ${t.tn}u + ${j}u, vec4(${[0, 1, 2, 3].map((q) => `acc${i}_${j + q}`).join(', ')}));`);
+    }
+  }
+  return wgsl`
+${header(v, 'vec4<f32>')}
+${declareSlabs(t)}
+${vec4OperandLoads(v)}
 
 fn store(m: u32, n: u32, value: vec4<f32>) {
   if (m >= u.M || n >= u.N) { return; }
