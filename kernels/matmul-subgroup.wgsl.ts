@@ -103,7 +103,7 @@ export function subgroupMatmulKernel(v: SubgroupMatmulVariant, rows: SubgroupGem
   } else {
     for (let kk = 0; kk < 4; kk++) bLoads.push(`let b${kk} = loadB(k + ${kk}u, col);`);
   }
-  const step = subgroupGemmStep(rows, !!v.transA);
+  const step = subgroupGemmStep(rows, v.transA);
   const stores = Array.from({ length: rows }, (_, i) => `store(row0 + ${i}u, col, acc${i});`).join('\n  ');
   const flags = [v.bias && 'bias', v.rowBias && 'rowBias', v.residual && 'res', v.sumBatches && 'sum'].filter(Boolean).map((f) => `.${f}`).join('');
   return {
@@ -123,7 +123,7 @@ ${SUBGROUP_MATMUL_PARAMS.wgsl}
 #if ${v.residual}
 @group(0) @binding(${residualBinding}) var<storage, read> residual: array<vec4<f32>>;
 #endif
-${vec4OperandLoads({ transA: !!v.transA, transB: !!v.transB })}
+${vec4OperandLoads(v)}
 
 fn store(m: u32, n: u32, value: vec4<f32>) {
   if (m >= u.M || n >= u.N) { return; }
