@@ -72,10 +72,10 @@ export function conv2dAlgorithm(e: Engine, xShape: readonly number[], wShape: re
 }
 
 /**
- * Whether a 1×1, stride-1 conv from `cin` to `cout` channels on maps of `pixels` runs as one GEMM
- * per image on the subgroup GEMM (kernels/matmul-subgroup.wgsl.ts, lavapipe): the channels and
- * the pixels are multiples of 4, so every operand loads as vec4s. NCHW makes x[n] a Cin × pixels
- * matrix and W a Cout × Cin one: out[n] = W·x[n], dx[n] = Wᵀ·dy[n], dW = Σ_n dy[n]·x[n]ᵀ.
+ * Whether a 1×1, stride-1 conv runs as one GEMM per image on the subgroup GEMM
+ * (kernels/matmul-subgroup.wgsl.ts, lavapipe): the forward's input channels `cin` (W's rows) and
+ * the `pixels` of a map are multiples of 4, so every operand loads as vec4s. NCHW makes x[n] a
+ * Cin × pixels matrix and W a Cout × Cin one: out[n] = W·x[n], dx[n] = Wᵀ·dy[n], dW = Σ_n dy[n]·x[n]ᵀ.
  */
 function pointwiseGemm(e: Engine, ksize: number, stride: number, inputDilation: number, cin: number, pixels: number): boolean {
   return ksize === 1 && stride === 1 && inputDilation === 1 && e.subgroupMatmul && !e.tuning.conv2d && cin % 4 === 0 && pixels % 4 === 0;
@@ -105,7 +105,7 @@ function runConv(e: Engine, c: ConvCall): void {
     winogradConv(e, c);
     return;
   }
-  // The forward reads W along its input channels (cin), the input gradient along its rows (cout).
+  // The input gradient's output channels (cout here) are the forward's input channels.
   if (pointwiseGemm(e, c.ksize, c.stride, c.inputDilation, c.transposedWeight ? cout : cin, H * W)) {
     runPointwise(e, c);
     return;
