@@ -20,7 +20,7 @@
 import { wgsl } from 'wgsl-preprocessor/wgsl-preprocessor.js';
 import type { KernelSource } from './kernel-source.ts';
 import { DEFAULT_MATMUL_TILING, type MatmulTiling } from './matmul.wgsl.ts';
-import { SUBGROUP_GEMM_LANES, type SubgroupGemmRows, subgroupGemmStep, subgroupGemmWorkgroups } from './matmul-subgroup.wgsl.ts';
+import { SUBGROUP_GEMM_LANES, type SubgroupGemmRows, subgroupGemmStep } from './matmul-subgroup.wgsl.ts';
 import { accumulateStep, declareAccumulators, declareSlabs, fillSlab, ownedColumnSlab, storeAccumulators } from './register-tile.ts';
 import { uniformLayout } from './uniform-layout.ts';
 
@@ -172,7 +172,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
  * workgroup is one subgroup computing `rows` output channels × 32 columns of the batched im2col,
  * lane l the 4 columns col0 + 4l … + 3, decoded once. Every step of 4 reduction rows, each lane
  * loads W at its share of the rows (4 values each) for subgroupBroadcast, and its columns' 16
- * im2col values. Same bindings and uniforms as conv2dKernel; dispatch subgroupConv2dWorkgroups.
+ * im2col values. Same bindings and uniforms as conv2dKernel; dispatch subgroupGemmWorkgroups over
+ * Cout rows and N·Ho·Wo columns.
  */
 export function subgroupConv2dKernel(v: Conv2dVariant, rows: SubgroupGemmRows): KernelSource<typeof CONV2D_PARAMS> {
   const S = SUBGROUP_GEMM_LANES;
@@ -218,11 +219,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) 
   ${stores}
 }`,
   };
-}
-
-/** Workgroups of subgroupConv2dKernel: x over the N·Ho·Wo columns, y over the output channels. */
-export function subgroupConv2dWorkgroups(rows: SubgroupGemmRows, channels: number, columns: number): [number, number, number] {
-  return subgroupGemmWorkgroups(rows, channels, columns, 1);
 }
 
 /**

@@ -25,10 +25,11 @@ const TUNING_FIX = 'the settings are listed in src/engine/tuning.ts';
  */
 function subgroupMatmulAvailable(device: GPUDevice, info: AdapterDescription, tuning: Tuning): boolean {
   const lanes = SUBGROUP_GEMM_LANES;
-  const fits = device.features.has('subgroups') && info.subgroupMinSize === lanes && info.subgroupMaxSize === lanes;
+  const subgroups = device.features.has('subgroups');
+  const fits = subgroups && info.subgroupMinSize === lanes && info.subgroupMaxSize === lanes;
   const wanted = tuning.matmulSubgroup?.enabled;
   if (wanted && !fits) {
-    throw new Error(`tuning matmulSubgroup.enabled = ${wanted} needs subgroups of exactly ${lanes} lanes; this adapter has ${device.features.has('subgroups') ? `subgroups of ${info.subgroupMinSize}–${info.subgroupMaxSize} lanes` : 'no subgroups feature'}: remove the setting`);
+    throw new Error(`tuning matmulSubgroup.enabled = ${wanted} needs subgroups of exactly ${lanes} lanes; this adapter has ${subgroups ? `subgroups of ${info.subgroupMinSize}–${info.subgroupMaxSize} lanes` : 'no subgroups feature'}: remove the setting`);
   }
   return fits && (wanted === undefined ? isCpuAdapter(info) : wanted !== 0);
 }

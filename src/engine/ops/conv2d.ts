@@ -1,6 +1,6 @@
 // conv2d (square kernel, zero padding (k − 1)/2, stride ≥ 1, NCHW) with optional bias and a fused
 // residual add. Kernels and the backward derivation (stride ↔ input dilation): kernels/conv2d.wgsl.ts.
-import { conv2dKernel, conv2dWeightGradKernel, subgroupConv2dKernel, subgroupConv2dWorkgroups } from '../../../kernels/conv2d.wgsl.ts';
+import { conv2dKernel, conv2dWeightGradKernel, subgroupConv2dKernel } from '../../../kernels/conv2d.wgsl.ts';
 import { chooseGemmTiling, gemmWorkgroups, type MatmulTiling } from '../../../kernels/matmul.wgsl.ts';
 import { subgroupGemmRows, subgroupGemmWorkgroups, subgroupMatmulKernel } from '../../../kernels/matmul-subgroup.wgsl.ts';
 import type { Engine } from '../engine.ts';
@@ -82,13 +82,10 @@ function pointwiseGemm(e: Engine, ksize: number, stride: number, inputDilation: 
 }
 
 /** The forward or the input gradient of a pointwiseGemm conv: out[n] = W·x[n], or Wᵀ·x[n] with transposedWeight. */
-function runPointwise(e: Engine, c: ConvCall): void {
+function runPointwise(e: Engine, c: ConvCall, bindings: Tensor[]): void {
   const [N, channelsIn, H, W] = c.x.shape;
   const channelsOut = c.out.shape[1];
   const rows = subgroupGemmRows(channelsOut);
-  const bindings = [c.w, c.x, c.out];
-  if (c.bias) bindings.push(c.bias);
-  if (c.residual) bindings.push(c.residual);
   e.dispatch({
     kernel: subgroupMatmulKernel({ transA: c.transposedWeight, transB: false, bias: false, rowBias: !!c.bias, residual: !!c.residual }, rows),
     bindings,
@@ -105,19 +102,19 @@ function runConv(e: Engine, c: ConvCall): void {
     winogradConv(e, c);
     return;
   }
-  // The input gradient's output channels (cout here) are the forward's input channels.
-  if (pointwiseGemm(e, c.ksize, c.stride, c.inputDilation, c.transposedWeight ? cout : cin, H * W)) {
-    runPointwise(e, c);
-    return;
-  }
   const bindings = [c.w, c.x, c.out];
   if (c.bias) bindings.push(c.bias);
   if (c.residual) bindings.push(c.residual);
+  // The input gradient's output channels (cout here) are the forward's input channels.
+  if (pointwiseGemm(e, c.ksize, c.stride, c.inputDilation, c.transposedWeight ? cout : cin, H * W)) {
+    runPointwise(e, c, bindings);
+    return;
+  }
   const variant = { ksize: c.ksize, pad: c.pad, stride: c.stride, inputDilation: c.inputDilation, bias: !!c.bias, residual: !!c.residual, transposedWeight: c.transposedWeight };
   const params = { Cin: cin, H, W, Cout: cout, N, Ho, Wo };
   if (e.subgroupMatmul && !e.tuning.conv2d) {
     const rows = subgroupGemmRows(cout);
-    e.dispatch({ kernel: subgroupConv2dKernel(variant, rows), bindings, params, workgroups: subgroupConv2dWorkgroups(rows, cout, N * Ho * Wo) });
+    e.dispatch({ kernel: subgroupConv2dKernel(variant, rows), bindings, params, workgroups: subgroupGemmWorkgroups(rows, cout, N * Ho * Wo, 1) });
     return;
   }
   const t = tiling(e, cout, N * Ho * Wo);

@@ -42,11 +42,12 @@ export interface MatmulDispatch {
 export function dispatchMatmul(a: Tensor, b: Tensor, out: Tensor, d: MatmulDispatch): void {
   const e = a.engine;
   const params = { M: d.M, N: d.N, K: d.K, strideA: d.broadcastA ? 0 : d.M * d.K, strideB: d.broadcastB ? 0 : d.K * d.N };
+  const bindings = d.bias ? [a, b, out, d.bias] : [a, b, out];
   if (e.subgroupMatmul && !e.tuning.matmul && vectorizableOperands(d.M, d.N, d.K, d.transA, d.transB)) {
     const rows = subgroupGemmRows(d.M);
     e.dispatch({
       kernel: subgroupMatmulKernel({ transA: d.transA, transB: d.transB, bias: !!d.bias }, rows),
-      bindings: d.bias ? [a, b, out, d.bias] : [a, b, out],
+      bindings,
       params: { ...params, batches: d.batch },
       workgroups: subgroupGemmWorkgroups(rows, d.M, d.N, d.batch),
     });
@@ -55,7 +56,7 @@ export function dispatchMatmul(a: Tensor, b: Tensor, out: Tensor, d: MatmulDispa
   const tiling: MatmulTiling = chooseGemmTiling(d.M, d.N, e.gemmPresets, e.tuning.matmul, e.limits.maxComputeWorkgroupStorageSize);
   e.dispatch({
     kernel: matmulKernel({ transA: d.transA, transB: d.transB, bias: !!d.bias, vec4: vectorizableGemm(d.M, d.N, d.K, d.transA, d.transB, tiling) }, tiling),
-    bindings: d.bias ? [a, b, out, d.bias] : [a, b, out],
+    bindings,
     params,
     workgroups: gemmWorkgroups(tiling, d.M, d.N, d.batch),
   });
