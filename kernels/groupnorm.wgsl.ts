@@ -3,8 +3,9 @@
 //   e = [scale | shift] is the ResBlock's [N, 2C] embedding projection), then optionally SiLU.
 // One row per (image, group) — a workgroup per row on GPUs, a thread per row on CPU adapters (see
 // rowReduction): a group's channels are contiguous in NCHW, so its values are one contiguous run
-// of (C/G)·H·W floats. Statistics in f32, variance by a second pass over
-// (x − mean)² (not E[x²] − E[x]², which cancels when |mean| ≫ std).
+// of (C/G)·H·W floats. Statistics in f32 in one pass, by Welford's update per thread and vec4
+// component (not E[x²] − E[x]², which cancels when |mean| ≫ std), merged across threads and
+// components by Chan et al.'s pairwise rule: M2 = Σ M2ᵢ + nᵢ·(meanᵢ − mean)².
 //
 // Backward (groupNormBackwardKernel), per row, recomputing the statistics and, elementwise,
 //   x̂ = (x − mean)·rstd,  a = x̂·γ + β,  z = a·(1 + scale) + shift,  y = silu(z) or z:
@@ -36,8 +37,8 @@ export interface GroupNormVariant {
 const variantKey = (v: GroupNormVariant, mode: RowParallelism) => `${v.scaleShift ? '.scaleShift' : ''}${v.silu ? '.silu' : ''}${v.width === 4 ? '.vec4' : ''}.${mode}`;
 
 /**
- * The row statistics of both kernels: the mean kept as shift + offset, and rstd. Indices count
- * loads of `width` values: `count` per row, `hw` per channel.
+ * The row statistics of both kernels, in one pass over the row: the mean kept as shift + offset,
+ * and rstd. Indices count loads of `width` values: `count` per row, `hw` per channel.
  */
 function rowStatistics(stride: number, width: number): string {
   const T = vectorType(width);
@@ -47,19 +48,49 @@ function rowStatistics(stride: number, width: number): string {
   let hw = u.HW / ${width}u;
   let count = cpg * hw;
   let base = ng * count;     // == (n·C + g·cpg)·HW / width
-  // Sums of x − x[0] (shifted data): exact-ish means even when |mean| ≫ std.
+  // Data shifted by x[0]: exact-ish means even when |mean| ≫ std. The mean is kept as
+  // shift + offset: rounding it to one f32 would lose the offset's low bits exactly then.
   let shift = x[base]${width === 4 ? '.x' : ''};
+  // Welford: each of a thread's ${width} streams (one per component) keeps its sum s and M2, and a
+  // new value v moves M2 by (v − mean)²·cnt/(cnt + 1) with mean = s/cnt before it.
+  var cnt = 0.0;
   var s = ${T}();
-  for (var i = lane; i < count; i += ${stride}u) { s += x[base + i] - shift; }
-  // The mean is kept as shift + offset: rounding shift + offset to one f32 would lose the
-  // offset's low bits exactly when |mean| ≫ std.
-  let offset = rowSum(${componentSum(width, 's')}, lane) / f32(count * ${width}u);
-  var q = ${T}();
+  var m2 = ${T}();
   for (var i = lane; i < count; i += ${stride}u) {
-    let d = (x[base + i] - shift) - offset;
-    q += d * d;
+    let v = x[base + i] - shift;
+    let delta = v - s * (1.0 / max(cnt, 1.0));
+    m2 += delta * delta * (cnt / (cnt + 1.0));
+    s += v;
+    cnt += 1.0;
   }
-  let rstd = inverseSqrt(rowSum(${componentSum(width, 'q')}, lane) / f32(count * ${width}u) + u.eps);`;
+  let total = f32(count * ${width}u);
+  let offset = rowSum(${componentSum(width, 's')}, lane) / total;
+  let dm = s * (1.0 / max(cnt, 1.0)) - offset;
+  let rstd = inverseSqrt(rowSum(${componentSum(width, 'm2 + cnt * dm * dm')}, lane) / total + u.eps);`;
+}
+
+/**
+ * A loop over the row's loads `i` in channel `c`, with `perChannel` (the channel's affine values)
+ * run once per channel where a thread owns the row (CPU adapters: every buffer read there is a
+ * per-lane gather, so γ, β, scale and shift read once per value would cost as much as x), and once
+ * per load where a workgroup shares the row (GPUs: a channel of an 8×8 map has fewer loads than
+ * the workgroup has threads).
+ */
+function channelLoop(mode: RowParallelism, stride: number, perChannel: string, body: string): string {
+  if (mode === 'thread') {
+    return `for (var cc = 0u; cc < cpg; cc++) {
+    let c = g * cpg + cc;
+    ${perChannel}
+    for (var i = cc * hw; i < (cc + 1u) * hw; i++) {
+      ${body}
+    }
+  }`;
+  }
+  return `for (var i = lane; i < count; i += ${stride}u) {
+    let c = g * cpg + i / hw;
+    ${perChannel}
+    ${body}
+  }`;
 }
 
 /** Bindings: x, gamma, beta, y, then e ([N, 2C]) with scaleShift. */
@@ -83,17 +114,14 @@ ${r.entry}
   let ng = row;              // n · groups + g
   if (ng >= u.rows) { return; }
   ${rowStatistics(r.stride, v.width)}
-  for (var i = lane; i < count; i += ${r.stride}u) {
-    let c = g * cpg + i / hw;
-    var r = ((x[base + i] - shift) - offset) * rstd * gamma[c] + beta[c];
-#if ${v.scaleShift}
-    r = r * (1.0 + e[n * 2u * u.C + c]) + e[n * 2u * u.C + u.C + c];
-#endif
-#if ${v.silu}
-    r = r / (1.0 + exp(-r));
-#endif
-    y[base + i] = r;
-  }
+  // y = ((x − shift) − offset)·rstd·γ + β, then ·(1 + e.scale) + e.shift: one multiply-add a·(x − shift) + b.
+  ${channelLoop(mode, r.stride, `var a = rstd * gamma[c];
+    var b = beta[c] - offset * a;${v.scaleShift ? `
+    let scale1 = 1.0 + e[n * 2u * u.C + c];
+    a *= scale1;
+    b = b * scale1 + e[n * 2u * u.C + u.C + c];` : ''}`, `var r = (x[base + i] - shift) * a + b;${v.silu ? `
+      r = r / (1.0 + exp(-r));` : ''}
+      y[base + i] = r;`)}
 }`,
   };
 }
@@ -106,16 +134,21 @@ export function groupNormBackwardKernel(v: GroupNormVariant, mode: RowParallelis
   const r = rowReduction(mode, GROUPNORM_WORKGROUP);
   const T = vectorType(v.width);
   const sum = (x: string) => componentSum(v.width, x);
-  // Recomputes x̂ (xh), a, z and dz at load `idx` of channel `c`: the dz and da it names.
-  const chain = (idx: string, c: string) => [
+  // Channel c's affine values, then x̂ (xh), a, z and dz recomputed at load `idx`: the dz and da it names.
+  const perChannel = [
+    'let gc = gamma[c];',
+    'let bc = beta[c];',
+    v.scaleShift ? 'let scale1 = 1.0 + e[n * 2u * u.C + c];' : 'let scale1 = 1.0;',
+    ...(v.scaleShift ? ['let shiftc = e[n * 2u * u.C + u.C + c];'] : []),
+  ].join('\n    ');
+  const chain = (idx: string) => [
     `let xh = ((x[${idx}] - shift) - offset) * rstd;`,
-    `let a = xh * gamma[${c}] + beta[${c}];`,
+    'let a = xh * gc + bc;',
     `var dz = dy[${idx}];`,
-    v.scaleShift ? `let scale1 = 1.0 + e[n * 2u * u.C + ${c}];` : 'let scale1 = 1.0;',
-    v.scaleShift ? `let z = a * scale1 + e[n * 2u * u.C + u.C + ${c}];` : 'let z = a;',
+    v.scaleShift ? 'let z = a * scale1 + shiftc;' : 'let z = a;',
     ...(v.silu ? ['let sig = 1.0 / (1.0 + exp(-z));', 'dz *= sig * (1.0 + z * (1.0 - sig));'] : []),
     'let da = dz * scale1;',
-  ].join('\n    ');
+  ].join('\n      ');
   return {
     params: GROUPNORM_PARAMS,
     key: `groupNormBackward${variantKey(v, mode)}`,
@@ -140,11 +173,12 @@ ${r.entry}
   var rowSums = vec2<f32>();
   for (var cc = 0u; cc < cpg; cc++) {
     let c = g * cpg + cc;
+    ${perChannel}
     var sums = vec4<f32>();
-    for (var i = lane; i < hw; i += ${r.stride}u) {
-      ${chain('base + cc * hw + i', 'c')}
+    for (var i = cc * hw + lane; i < (cc + 1u) * hw; i += ${r.stride}u) {
+      ${chain('base + i')}
       sums += vec4(${sum('da * xh')}, ${sum('da')}, ${sum('dz * a')}, ${sum('dz')});
-      rowSums += vec2(${sum('da * gamma[c]')}, ${sum('da * gamma[c] * xh')});
+      rowSums += vec2(${sum('da * gc')}, ${sum('da * gc * xh')});
     }
     sums = rowSum4(sums, lane);
     if (lane == 0u) {
@@ -157,11 +191,8 @@ ${r.entry}
     }
   }
   let meanD = rowSum4(vec4(rowSums, 0.0, 0.0), lane).xy / f32(count * ${v.width}u);
-  for (var i = lane; i < count; i += ${r.stride}u) {
-    let c = g * cpg + i / hw;
-    ${chain('base + i', 'c')}
-    dx[base + i] = rstd * (da * gamma[c] - meanD.x - xh * meanD.y);
-  }
+  ${channelLoop(mode, r.stride, perChannel, `${chain('base + i')}
+      dx[base + i] = rstd * (da * gc - meanD.x - xh * meanD.y);`)}
 }`,
   };
 }
