@@ -222,6 +222,107 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) 
 }
 
 /**
+ * subgroupConv2dKernel for the 3×3 conv with stride 1 and padding 1 (and the input gradient of
+ * one, `transposedWeight`) on maps whose width is a multiple of 4: a lane's 4 columns are then 4
+ * neighbouring pixels (ox … ox + 3) of one output row, and for each input channel ci and kernel
+ * row ky their 12 im2col values are 6 neighbouring pixels of one input row, ox − 1 … ox + 4,
+ * read as a vec4 (x4, the same buffer as x) and two single values instead of 12 decoded gathers
+ * (on lavapipe every load is a per-lane gather, so the loads set the speed). The reduction runs
+ * over (ci, ky, kx) in W's order, as subgroupConv2dKernel's does: the same sums, bit for bit.
+ * Bindings: conv2dKernel's, then x again as x4. Dispatch: subgroupGemmWorkgroups.
+ */
+export function subgroupConv3x3Kernel(v: Conv2dVariant, rows: SubgroupGemmRows): KernelSource<typeof CONV2D_PARAMS> {
+  if (!rowWindowConv(v)) throw new RangeError('subgroupConv3x3Kernel: 3×3 kernels with stride 1, padding 1 and no input dilation only');
+  const S = SUBGROUP_GEMM_LANES;
+  const x4Binding = 4 + Number(v.bias) + Number(v.residual);
+  const perRow = [0, 1, 2].map((ky) => {
+    const aLoads = Array.from({ length: rows / S }, (_, r) => `let a${r} = weightTaps(row0 + ${S * r}u + lane, ci, ${ky}u);`);
+    const fmas: string[] = [];
+    for (let kx = 0; kx < 3; kx++) {
+      for (let i = 0; i < rows; i++) fmas.push(`acc${i} = fma(vec4(subgroupBroadcast(a${Math.floor(i / S)}[${kx}], ${i % S}u)), b${kx}, acc${i});`);
+    }
+    return `{
+      let iy = i32(oy) + ${ky - 1};
+      let inside = iy >= 0 && iy < i32(u.H);
+      let start = plane + u32(clamp(iy, 0, i32(u.H) - 1)) * u.W + ox;
+      let mid = select(vec4<f32>(), x4[start / 4u], inside);
+      let left = select(0.0, x[max(start, 1u) - 1u], inside && ox > 0u);
+      let right = select(0.0, x[min(start + 4u, lastX)], inside && ox + 4u < u.W);
+      let b0 = vec4(left, mid.xyz);
+      let b1 = mid;
+      let b2 = vec4(mid.yzw, right);
+      ${aLoads.join('\n      ')}
+      ${fmas.join('\n      ')}
+    }`;
+  });
+  const stores = Array.from({ length: rows }, (_, i) => `storeColumns(row0 + ${i}u, o + ${i}u * P, acc${i});`).join('\n    ');
+  return {
+    params: CONV2D_PARAMS,
+    key: `conv2dSubgroup3x3${v.bias ? '.bias' : ''}${v.residual ? '.res' : ''}${v.transposedWeight ? '.wT' : ''}.r${rows}`,
+    code: wgsl`enable subgroups;
+${convModule(v)}
+@group(0) @binding(${x4Binding}) var<storage, read> x4: array<vec4<f32>>;
+
+// W's three taps (kx = 0, 1, 2) at row m, reduction channel ci and kernel row ky; rows past Cout
+// read row Cout − 1 (their sums are never stored).
+fn weightTaps(m: u32, ci: u32, ky: u32) -> vec3<f32> {
+  let row = min(m, u.Cout - 1u);
+#if ${v.transposedWeight}
+  let base = ((ci * u.Cout + row) * 3u + 2u - ky) * 3u;
+  return vec3(w[base + 2u], w[base + 1u], w[base]);
+#else
+  let base = ((row * u.Cin + ci) * 3u + ky) * 3u;
+  return vec3(w[base], w[base + 1u], w[base + 2u]);
+#endif
+}
+
+// The lane's 4 outputs of channel m, from out[o].
+fn storeColumns(m: u32, o: u32, value: vec4<f32>) {
+  if (m >= u.Cout) { return; }
+  var r = value;
+#if ${v.bias}
+  r += bias[m];
+#endif
+  for (var j = 0u; j < 4u; j++) {
+#if ${v.residual}
+    out[o + j] = r[j] + residual[o + j];
+#else
+    out[o + j] = r[j];
+#endif
+  }
+}
+
+@compute @workgroup_size(${S})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
+  let P = u.H * u.W;
+  let row0 = wid.y * ${rows}u;
+  let c0 = wid.x * ${S * 4}u + 4u * lane;
+  // Lanes past the last column compute the last 4 again (their sums are never stored).
+  let column0 = min(c0, u.N * P - 4u);
+  let image = column0 / P;
+  let p = column0 % P;
+  let oy = p / u.W;
+  let ox = p % u.W;
+  let lastX = arrayLength(&x) - 1u;
+  ${Array.from({ length: rows }, (_, i) => `var acc${i} = vec4<f32>();`).join(' ')}
+  for (var ci = 0u; ci < u.Cin; ci++) {
+    let plane = (image * u.Cin + ci) * P;
+    ${perRow.join('\n    ')}
+  }
+  if (c0 < u.N * P) {
+    let o = (image * u.Cout + row0) * P + p;
+    ${stores}
+  }
+}`,
+  };
+}
+
+/** Whether subgroupConv3x3Kernel computes this conv (given maps whose width is a multiple of 4). */
+export function rowWindowConv(v: Pick<Conv2dVariant, 'ksize' | 'pad' | 'stride' | 'inputDilation'>): boolean {
+  return v.ksize === 3 && v.pad === 1 && v.stride === 1 && v.inputDilation === 1;
+}
+
+/**
  * dW (Cout × Cin·k·k) = Σ_n dy[n] (Cout × P) · im2col(x[n])ᵀ (P × Cin·k·k): a GEMM whose reduction
  * runs over every output pixel q = n·P + p of the batch. Split-K: workgroup z reduces over
  * q ∈ [z·qPerSplit, (z+1)·qPerSplit) (qPerSplit a multiple of tk) and writes slice z of `dw`

@@ -16,6 +16,9 @@ const cases: [string, number[], number[], number, [number, number]][] = [
   ['3x3 on 1x2x3x12 → 3 (rows read as vec4s, 2 tiles a thread)', [1, 2, 3, 12], [3, 2, 3, 3], 1, [3, 12]],
   ['3x3 on 1x2x2x4 → 2 (rows read as vec4s, 2 tiles a thread)', [1, 2, 2, 4], [2, 2, 3, 3], 1, [2, 4]],
   ['3x3 on 1x1x4x16 → 2 (rows read as vec4s)', [1, 1, 4, 16], [2, 1, 3, 3], 1, [4, 16]],
+  // On lavapipe the direct 3×3 GEMM then reads each input row once per (channel, kernel row), as
+  // a vec4 and its two neighbours: 37 output channels span two 32-row tiles.
+  ['3x3 on 2x6x3x8 → 37 (rows read as vec4s, two row tiles)', [2, 6, 3, 8], [37, 6, 3, 3], 1, [3, 8]],
   ['1x1 on 2x5x4x3 → 3', [2, 5, 4, 3], [3, 5, 1, 1], 1, [4, 3]],
   // Channels and pixels multiples of 4: on lavapipe one subgroup GEMM per image (8 and 32 rows).
   ['1x1 on 2x8x4x3 → 6 (a GEMM per image)', [2, 8, 4, 3], [6, 8, 1, 1], 1, [4, 3]],

@@ -1,6 +1,6 @@
 // conv2d (square kernel, zero padding (k − 1)/2, stride ≥ 1, NCHW) with optional bias and a fused
 // residual add. Kernels and the backward derivation (stride ↔ input dilation): kernels/conv2d.wgsl.ts.
-import { conv2dKernel, conv2dWeightGradKernel, subgroupConv2dKernel } from '../../../kernels/conv2d.wgsl.ts';
+import { conv2dKernel, conv2dWeightGradKernel, rowWindowConv, subgroupConv2dKernel, subgroupConv3x3Kernel } from '../../../kernels/conv2d.wgsl.ts';
 import { chooseGemmTiling, gemmWorkgroups, type MatmulTiling } from '../../../kernels/matmul.wgsl.ts';
 import { subgroupGemmRows, subgroupGemmWorkgroups, subgroupMatmulKernel } from '../../../kernels/matmul-subgroup.wgsl.ts';
 import type { Engine } from '../engine.ts';
@@ -114,7 +114,12 @@ function runConv(e: Engine, c: ConvCall): void {
   const params = { Cin: cin, H, W, Cout: cout, N, Ho, Wo };
   if (e.subgroupMatmul && !e.tuning.conv2d) {
     const rows = subgroupGemmRows(cout);
-    e.dispatch({ kernel: subgroupConv2dKernel(variant, rows), bindings, params, workgroups: subgroupGemmWorkgroups(rows, cout, N * Ho * Wo, 1) });
+    const workgroups = subgroupGemmWorkgroups(rows, cout, N * Ho * Wo, 1);
+    if (rowWindowConv(variant) && W % 4 === 0) {
+      e.dispatch({ kernel: subgroupConv3x3Kernel(variant, rows), bindings: [...bindings, c.x], params, workgroups });
+    } else {
+      e.dispatch({ kernel: subgroupConv2dKernel(variant, rows), bindings, params, workgroups });
+    }
     return;
   }
   const t = tiling(e, cout, N * Ho * Wo);
