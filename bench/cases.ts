@@ -93,7 +93,7 @@ function groupNormCase(c: number, size: number, scaleShift: boolean, quick = fal
   const n = c * size * size;
   return {
     family: 'GroupNorm+SiLU', name: `${c}ch @${size}²${scaleShift ? ' + scale-shift' : ''}`,
-    bytes: 3 * 4 * n, // read twice for the statistics, once to apply; write once (−1 read served from cache is not assumed)
+    bytes: 3 * 4 * n, // read once for the statistics (one pass: Welford) and once to apply, written once
     target: 0.6, quick,
     setup(e) {
       const x = rand(e, [1, c, size, size], 6);
