@@ -228,7 +228,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) 
  * row ky their 12 im2col values are 6 neighbouring pixels of one input row, ox − 1 … ox + 4,
  * read as a vec4 (x4, the same buffer as x) and two single values instead of 12 decoded gathers
  * (on lavapipe every load is a per-lane gather, so the loads set the speed). The reduction runs
- * over (ci, ky, kx) in W's order, as subgroupConv2dKernel's does: the same sums, bit for bit.
+ * over (ci, ky, kx) in W's order, as subgroupConv2dKernel's does: the same sums, bit for bit (but for
+ * the sign of a zero).
  * Bindings: conv2dKernel's, then x again as x4. Dispatch: subgroupGemmWorkgroups.
  */
 export function subgroupConv3x3Kernel(v: Conv2dVariant, rows: SubgroupGemmRows): KernelSource<typeof CONV2D_PARAMS> {

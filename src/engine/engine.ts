@@ -342,6 +342,9 @@ export class Engine {
 
   /** Records one compute dispatch. Submits on its own every `maxDispatchesPerSubmit` dispatches. */
   dispatch<L extends UniformLayout>(d: Dispatch<L>): void {
+    const [x, y = 1, z = 1] = d.workgroups;
+    // Nothing to run (an empty batch): no bind group either, whose vec4 bindings an empty tensor could not fill.
+    if (x <= 0 || y <= 0 || z <= 0) return;
     if (d.kernel.params.byteLength > UNIFORM_SLOT) throw new Error(`${d.kernel.key}: uniforms over ${UNIFORM_SLOT} bytes`);
     if (this.uniformUsed + UNIFORM_SLOT > UNIFORM_ARENA_BYTES) this.flush();
     const uniformOffset = this.uniformUsed;
@@ -370,8 +373,7 @@ export class Engine {
     if (!this.pass) this.pass = encoder.beginComputePass(timed ?? { label: 'difrep' });
     this.pass.setPipeline(pipeline);
     this.pass.setBindGroup(0, bindGroup);
-    const [x, y = 1, z = 1] = d.workgroups;
-    if (x > 0 && y > 0 && z > 0) this.pass.dispatchWorkgroups(x, y, z);
+    this.pass.dispatchWorkgroups(x, y, z);
     if (timed) this.endPass();
     if (++this.dispatchesInBatch >= this.maxDispatches) this.flush();
   }

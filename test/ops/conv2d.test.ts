@@ -172,6 +172,24 @@ t.test('conv2d (Winograd) in tile chunks under a lowered binding limit matches t
   whole.dispose();
 });
 
+// An empty batch gives an empty output and a zero weight gradient; an input without channels gives
+// the bias everywhere. (The vec4 kernels cannot bind an empty tensor: these take other paths.)
+for (const k of [3, 1]) {
+  t.test(`conv2d ${k}x${k} of an empty batch and of an input without channels`, async (t) => {
+    const w = randomNd([4, 4, k, k], 31);
+    const wt = upload(e, w, true);
+    const empty = upload(e, randomNd([0, 4, 8, 8], 32), true);
+    const y = ops.conv2d(empty, wt);
+    t.same(y.shape, [0, 4, 8, 8]);
+    e.tape.backward(ops.sum(y));
+    t.ok((await wt.grad!.read()).every((v) => v === 0), 'weight gradient over no images is zero');
+    const b = randomNd([4], 33);
+    const noChannels = ops.conv2d(upload(e, randomNd([1, 0, 8, 8], 34)), upload(e, randomNd([4, 0, k, k], 35)), { bias: upload(e, b) });
+    const out = await noChannels.read();
+    t.ok(out.every((v, i) => v === Math.fround(b.data[Math.floor(i / 64)])), 'bias everywhere');
+  });
+}
+
 t.test('conv2d shape errors name the tensors', async (t) => {
   t.throws(() => ops.conv2d(upload(e, randomNd([1, 3, 4, 4], 1)), upload(e, randomNd([2, 4, 3, 3], 1))), /expects 4 input channels, input .* has 3/);
   const x = upload(e, randomNd([1, 2, 4, 4], 1));

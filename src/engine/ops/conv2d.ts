@@ -106,7 +106,8 @@ function runConv(e: Engine, c: ConvCall): void {
   if (c.bias) bindings.push(c.bias);
   if (c.residual) bindings.push(c.residual);
   // The input gradient's output channels (cout here) are the forward's input channels.
-  if (pointwiseGemm(e, c.ksize, c.stride, c.inputDilation, c.transposedWeight ? cout : cin, H * W)) {
+  // The subgroup kernels bind x as vec4s: an x without values (no input channels) takes the general kernels.
+  if (c.x.size > 0 && pointwiseGemm(e, c.ksize, c.stride, c.inputDilation, c.transposedWeight ? cout : cin, H * W)) {
     runPointwise(e, c, bindings);
     return;
   }
@@ -115,7 +116,7 @@ function runConv(e: Engine, c: ConvCall): void {
   if (e.subgroupMatmul && !e.tuning.conv2d) {
     const rows = subgroupGemmRows(cout);
     const workgroups = subgroupGemmWorkgroups(rows, cout, N * Ho * Wo, 1);
-    if (rowWindowConv(variant) && W % 4 === 0) {
+    if (rowWindowConv(variant) && W % 4 === 0 && c.x.size > 0) {
       e.dispatch({ kernel: subgroupConv3x3Kernel(variant, rows), bindings: [...bindings, c.x], params, workgroups });
     } else {
       e.dispatch({ kernel: subgroupConv2dKernel(variant, rows), bindings, params, workgroups });
@@ -145,6 +146,7 @@ function conv2dWeightGrad(e: Engine, dy: Tensor, x: Tensor, wShape: readonly num
   const [N, cin, H, W] = x.shape;
   const [, cout, Ho, Wo] = dy.shape;
   const ksize = wShape[2];
+  if (x.size === 0 || dy.size === 0) return e.zeros(wShape, 'dconv2d.w'); // a sum over no pixels
   if (useWinograd(e, ksize, stride, 1, N, cin, cout, H, W)) return winogradWeightGrad(e, dy, x);
   if (pointwiseGemm(e, ksize, stride, 1, cin, H * W)) {
     const dw = e.empty(wShape, 'dconv2d.w');
