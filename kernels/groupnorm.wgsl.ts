@@ -48,7 +48,7 @@ function rowStatistics(stride: number, width: number): string {
   let hw = u.HW / ${width}u;
   let count = cpg * hw;
   let base = ng * count;     // == (n·C + g·cpg)·HW / width
-  // Data shifted by x[0]: exact-ish means even when |mean| ≫ std. The mean is kept as
+  // Data shifted by the row's first value: exact-ish means even when |mean| ≫ std. The mean is kept as
   // shift + offset: rounding it to one f32 would lose the offset's low bits exactly then.
   let shift = x[base]${width === 4 ? '.x' : ''};
   // Welford: each of a thread's ${width} streams (one per component) keeps its sum s and M2, and a
