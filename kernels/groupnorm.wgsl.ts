@@ -3,9 +3,8 @@
 //   e = [scale | shift] is the ResBlock's [N, 2C] embedding projection), then optionally SiLU.
 // One row per (image, group) — a workgroup per row on GPUs, a thread per row on CPU adapters (see
 // rowReduction): a group's channels are contiguous in NCHW, so its values are one contiguous run
-// of (C/G)·H·W floats. Statistics in f32 in one pass, by Welford's update per thread and vec4
-// component (not E[x²] − E[x]², which cancels when |mean| ≫ std), merged across threads and
-// components by Chan et al.'s pairwise rule: M2 = Σ M2ᵢ + nᵢ·(meanᵢ − mean)².
+// of (C/G)·H·W floats. Statistics in f32 in one pass (rowMeanAndRstd of ./row-reduction.ts:
+// Welford per thread and vec4 component, merged by Chan et al.'s rule).
 //
 // Backward (groupNormBackwardKernel), per row, recomputing the statistics and, elementwise,
 //   x̂ = (x − mean)·rstd,  a = x̂·γ + β,  z = a·(1 + scale) + shift,  y = silu(z) or z:
@@ -15,7 +14,7 @@
 //   dshift ← Σ dz (the op sums dγ and dβ over the images).
 import { wgsl } from 'wgsl-preprocessor/wgsl-preprocessor.js';
 import type { KernelSource } from './kernel-source.ts';
-import { componentSum, type RowParallelism, rowReduction, vectorType } from './row-reduction.ts';
+import { componentSum, type RowParallelism, rowMeanAndRstd, rowReduction, vectorType } from './row-reduction.ts';
 import { uniformLayout } from './uniform-layout.ts';
 
 export const GROUPNORM_WORKGROUP = 256;
@@ -37,36 +36,17 @@ export interface GroupNormVariant {
 const variantKey = (v: GroupNormVariant, mode: RowParallelism) => `${v.scaleShift ? '.scaleShift' : ''}${v.silu ? '.silu' : ''}${v.width === 4 ? '.vec4' : ''}.${mode}`;
 
 /**
- * The row statistics of both kernels, in one pass over the row: the mean kept as shift + offset,
- * and rstd. Indices count loads of `width` values: `count` per row, `hw` per channel.
+ * The row statistics of both kernels, in one pass over the row (rowMeanAndRstd): the mean kept as
+ * shift + offset, and rstd. Indices count loads of `width` values: `count` per row, `hw` per channel.
  */
 function rowStatistics(stride: number, width: number): string {
-  const T = vectorType(width);
   return `let n = ng / u.groups;
   let g = ng % u.groups;
   let cpg = u.C / u.groups;
   let hw = u.HW / ${width}u;
   let count = cpg * hw;
   let base = ng * count;     // == (n·C + g·cpg)·HW / width
-  // Data shifted by the row's first value: exact-ish means even when |mean| ≫ std. The mean is kept as
-  // shift + offset: rounding it to one f32 would lose the offset's low bits exactly then.
-  let shift = x[base]${width === 4 ? '.x' : ''};
-  // Welford: each of a thread's ${width} streams (one per component) keeps its sum s and M2, and a
-  // new value v moves M2 by (v − mean)²·cnt/(cnt + 1) with mean = s/cnt before it.
-  var cnt = 0.0;
-  var s = ${T}();
-  var m2 = ${T}();
-  for (var i = lane; i < count; i += ${stride}u) {
-    let v = x[base + i] - shift;
-    let delta = v - s * (1.0 / max(cnt, 1.0));
-    m2 += delta * delta * (cnt / (cnt + 1.0));
-    s += v;
-    cnt += 1.0;
-  }
-  let total = f32(count * ${width}u);
-  let offset = rowSum(${componentSum(width, 's')}, lane) / total;
-  let dm = s * (1.0 / max(cnt, 1.0)) - offset;
-  let rstd = inverseSqrt(rowSum(${componentSum(width, 'm2 + cnt * dm * dm')}, lane) / total + u.eps);`;
+  ${rowMeanAndRstd(width, stride, 'count', 'base', 'u.eps')}`;
 }
 
 /**

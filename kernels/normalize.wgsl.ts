@@ -1,9 +1,9 @@
 // Row normalisation x̂ = (x − mean) / sqrt(var + eps) over rows of D contiguous values (biased
-// variance, two passes). LayerNorm, and GroupNorm on the autograd path, are this plus an affine map.
+// variance; mean and variance in one pass: rowMeanAndRstd of ./row-reduction.ts). LayerNorm, and GroupNorm on the autograd path, are this plus an affine map.
 // Backward (per row, g = dL/dx̂):  dx = rstd · (g − mean(g) − x̂ · mean(g · x̂)).
 import { wgsl } from 'wgsl-preprocessor/wgsl-preprocessor.js';
 import type { KernelSource } from './kernel-source.ts';
-import { componentSum, type RowParallelism, rowReduction, vectorType } from './row-reduction.ts';
+import { componentSum, type RowParallelism, rowMeanAndRstd, rowReduction, vectorType } from './row-reduction.ts';
 import { uniformLayout } from './uniform-layout.ts';
 
 export const NORMALIZE_WORKGROUP = 128;
@@ -30,16 +30,7 @@ ${r.decls}
 ${r.entry}
   if (row >= u.rows) { return; }
   let base = row * u.D;
-  let values = f32(u.D * ${width}u);
-  // Sums of x − x[0] (shifted data): exact-ish means even when |mean| ≫ std.
-  let shift = x[base]${width === 4 ? '.x' : ''};
-  var s = ${T}();
-  for (var i = lane; i < u.D; i += ${r.stride}u) { s += x[base + i] - shift; }
-  // The mean is kept as shift + offset (see kernels/groupnorm.wgsl.ts).
-  let offset = rowSum(${componentSum(width, 's')}, lane) / values;
-  var q = ${T}();
-  for (var i = lane; i < u.D; i += ${r.stride}u) { let d = (x[base + i] - shift) - offset; q += d * d; }
-  let rstd = inverseSqrt(rowSum(${componentSum(width, 'q')}, lane) / values + u.eps);
+  ${rowMeanAndRstd(width, r.stride, 'u.D', 'base', 'u.eps')}
   for (var i = lane; i < u.D; i += ${r.stride}u) { xhat[base + i] = ((x[base + i] - shift) - offset) * rstd; }
   if (lane == 0u) { stats[2u * row] = shift + offset; stats[2u * row + 1u] = rstd; }
 }`,

@@ -1,6 +1,7 @@
 // The workgroup-reduce helpers every row kernel shares (GroupNorm, LayerNorm's normalizeRows,
 // softmax, reduceSum's rows): how a row's threads are laid out and how they combine partial sums —
-// a workgroup tree, subgroup operations, or one thread per row — and the vec4 load helpers.
+// a workgroup tree, subgroup operations, or one thread per row — the vec4 load helpers, and the
+// one-pass mean and variance of the normalisation kernels.
 import { flatMain } from './flat-index.ts';
 
 /**
@@ -99,3 +100,33 @@ ${tree('rowMax', 'f32', 'scratch', (a, b) => `max(${a}, ${b})`)}`,
 export const vectorType = (width: number) => (width === 4 ? 'vec4<f32>' : 'f32');
 export const componentSum = (width: number, v: string) => (width === 4 ? `dot(${v}, vec4(1.0))` : v);
 export const componentMax = (width: number, v: string) => (width === 4 ? `max(max(${v}.x, ${v}.y), max(${v}.z, ${v}.w))` : v);
+
+/**
+ * WGSL for the mean and 1/sqrt(variance + eps) of a row, in one pass over its `count` loads of
+ * `width` values from x[base] (names of WGSL values; the row's threads start at `lane` and step by
+ * `stride`, as rowReduction lays them out). The data are shifted by the row's first value, so the
+ * means stay exact-ish when |mean| ≫ std, and the mean is kept as shift + offset: rounding it to
+ * one f32 would lose the offset's low bits exactly then. Each of a thread's `width` streams (one
+ * per component) keeps its sum s and M2 by Welford's update — a value v moves M2 by
+ * (v − mean)²·cnt/(cnt + 1), mean = s/cnt before it — and the streams are merged by Chan et al.'s
+ * rule M2 = Σ M2ᵢ + cntᵢ·(meanᵢ − mean)² (never E[x²] − E[x]², which cancels). Defines `shift`,
+ * `offset` and `rstd`; reads x.
+ */
+export function rowMeanAndRstd(width: number, stride: number, count: string, base: string, eps: string): string {
+  const T = vectorType(width);
+  return `let shift = x[${base}]${width === 4 ? '.x' : ''};
+  var cnt = 0.0;
+  var s = ${T}();
+  var m2 = ${T}();
+  for (var i = lane; i < ${count}; i += ${stride}u) {
+    let v = x[${base} + i] - shift;
+    let delta = v - s * (1.0 / max(cnt, 1.0));
+    m2 += delta * delta * (cnt / (cnt + 1.0));
+    s += v;
+    cnt += 1.0;
+  }
+  let total = f32(${count} * ${width}u);
+  let offset = rowSum(${componentSum(width, 's')}, lane) / total;
+  let dm = s * (1.0 / max(cnt, 1.0)) - offset;
+  let rstd = inverseSqrt(rowSum(${componentSum(width, 'm2 + cnt * dm * dm')}, lane) / total + ${eps});`;
+}
