@@ -1,5 +1,6 @@
 // Row normalisation x̂ = (x − mean) / sqrt(var + eps) over rows of D contiguous values (biased
-// variance; mean and variance in one pass: rowMeanAndRstd of ./row-reduction.ts). LayerNorm, and GroupNorm on the autograd path, are this plus an affine map.
+// variance; mean and variance in one pass: rowMeanAndRstd of ./row-reduction.ts). LayerNorm, and
+// GroupNorm on the autograd path, are this plus an affine map.
 // Backward (per row, g = dL/dx̂):  dx = rstd · (g − mean(g) − x̂ · mean(g · x̂)).
 import { wgsl } from 'wgsl-preprocessor/wgsl-preprocessor.js';
 import type { KernelSource } from './kernel-source.ts';
