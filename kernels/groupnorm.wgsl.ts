@@ -73,6 +73,16 @@ function channelLoop(mode: RowParallelism, stride: number, perChannel: string, b
   }`;
 }
 
+/** Channel c's affine values, as both kernels name them: gc = γ, bc = β, scale1 = 1 + e.scale, shiftc = e.shift. */
+function channelAffine(v: GroupNormVariant): string {
+  return [
+    'let gc = gamma[c];',
+    'let bc = beta[c];',
+    v.scaleShift ? 'let scale1 = 1.0 + e[n * 2u * u.C + c];' : 'let scale1 = 1.0;',
+    ...(v.scaleShift ? ['let shiftc = e[n * 2u * u.C + u.C + c];'] : []),
+  ].join('\n    ');
+}
+
 /** Bindings: x, gamma, beta, y, then e ([N, 2C]) with scaleShift. */
 export function groupNormKernel(v: GroupNormVariant, mode: RowParallelism): KernelSource<typeof GROUPNORM_PARAMS> {
   const r = rowReduction(mode, GROUPNORM_WORKGROUP);
@@ -95,11 +105,11 @@ ${r.entry}
   if (ng >= u.rows) { return; }
   ${rowStatistics(r.stride, v.width)}
   // y = ((x − shift) − offset)·rstd·γ + β, then ·(1 + e.scale) + e.shift: one multiply-add a·(x − shift) + b.
-  ${channelLoop(mode, r.stride, `var a = rstd * gamma[c];
-    var b = beta[c] - offset * a;${v.scaleShift ? `
-    let scale1 = 1.0 + e[n * 2u * u.C + c];
+  ${channelLoop(mode, r.stride, `${channelAffine(v)}
+    var a = rstd * gc;
+    var b = bc - offset * a;${v.scaleShift ? `
     a *= scale1;
-    b = b * scale1 + e[n * 2u * u.C + u.C + c];` : ''}`, `var r = (x[base + i] - shift) * a + b;${v.silu ? `
+    b = b * scale1 + shiftc;` : ''}`, `var r = (x[base + i] - shift) * a + b;${v.silu ? `
       r = r / (1.0 + exp(-r));` : ''}
       y[base + i] = r;`)}
 }`,
@@ -114,13 +124,8 @@ export function groupNormBackwardKernel(v: GroupNormVariant, mode: RowParallelis
   const r = rowReduction(mode, GROUPNORM_WORKGROUP);
   const T = vectorType(v.width);
   const sum = (x: string) => componentSum(v.width, x);
-  // Channel c's affine values, then x̂ (xh), a, z and dz recomputed at load `idx`: the dz and da it names.
-  const perChannel = [
-    'let gc = gamma[c];',
-    'let bc = beta[c];',
-    v.scaleShift ? 'let scale1 = 1.0 + e[n * 2u * u.C + c];' : 'let scale1 = 1.0;',
-    ...(v.scaleShift ? ['let shiftc = e[n * 2u * u.C + u.C + c];'] : []),
-  ].join('\n    ');
+  const perChannel = channelAffine(v);
+  // x̂ (xh), a, z and dz recomputed at load `idx`: the dz and da it names.
   const chain = (idx: string) => [
     `let xh = ((x[${idx}] - shift) - offset) * rstd;`,
     'let a = xh * gc + bc;',
