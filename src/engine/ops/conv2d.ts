@@ -105,18 +105,19 @@ function runConv(e: Engine, c: ConvCall): void {
   const bindings = [c.w, c.x, c.out];
   if (c.bias) bindings.push(c.bias);
   if (c.residual) bindings.push(c.residual);
-  // The input gradient's output channels (cout here) are the forward's input channels.
   // The subgroup kernels bind x as vec4s: an x without values (no input channels) takes the general kernels.
-  if (c.x.size > 0 && pointwiseGemm(e, c.ksize, c.stride, c.inputDilation, c.transposedWeight ? cout : cin, H * W)) {
+  const subgroupKernels = e.subgroupMatmul && !e.tuning.conv2d && c.x.size > 0;
+  // The input gradient's output channels (cout here) are the forward's input channels.
+  if (subgroupKernels && pointwiseGemm(e, c.ksize, c.stride, c.inputDilation, c.transposedWeight ? cout : cin, H * W)) {
     runPointwise(e, c, bindings);
     return;
   }
   const variant = { ksize: c.ksize, pad: c.pad, stride: c.stride, inputDilation: c.inputDilation, bias: !!c.bias, residual: !!c.residual, transposedWeight: c.transposedWeight };
   const params = { Cin: cin, H, W, Cout: cout, N, Ho, Wo };
-  if (e.subgroupMatmul && !e.tuning.conv2d) {
+  if (subgroupKernels) {
     const rows = subgroupGemmRows(cout);
     const workgroups = subgroupGemmWorkgroups(rows, cout, N * Ho * Wo, 1);
-    if (rowWindowConv(variant) && W % 4 === 0 && c.x.size > 0) {
+    if (rowWindowConv(variant) && W % 4 === 0) {
       e.dispatch({ kernel: subgroupConv3x3Kernel(variant, rows), bindings: [...bindings, c.x], params, workgroups });
     } else {
       e.dispatch({ kernel: subgroupConv2dKernel(variant, rows), bindings, params, workgroups });
