@@ -1,9 +1,10 @@
 // Batched matmul C[b] = op(A[b]) · op(B[b]) (+ bias[n]) for CPU adapters whose subgroups are 8
 // lanes wide (lavapipe): a workgroup is one subgroup, with no workgroup memory and no barrier.
 // Lane l computes `rows` rows × 4 columns of C (columns col0 + 4l … col0 + 4l + 3, so the
-// subgroup covers 32 columns), all lanes the same rows. Every step of 4 along K, each lane loads its
-// 4 × 4 block of B and a share of the rows × 4 block of A — rows/8 vec4s, distinct in every lane —
-// and the A values reach all lanes by subgroupBroadcast.
+// subgroup covers 32 columns), all lanes the same rows. Every step of s along K (s = 2, or 4 with
+// transposed B: SubgroupGemmStep), each lane loads its s × 4 block of B and a share of the rows × s
+// block of A — rows/8 vectors, distinct in every lane — and the A values reach all lanes by
+// subgroupBroadcast.
 //
 // Why this shape on lavapipe: it runs a subgroup as one 8-wide SIMD program, but every load or
 // store whose address differs per lane as one scalar access per lane and component (with a bounds
@@ -15,7 +16,7 @@
 // GPUs keep the register-tiled kernel.
 import { wgsl } from 'wgsl-preprocessor/wgsl-preprocessor.js';
 import type { KernelSource } from './kernel-source.ts';
-import { type MatmulVariant, vec4OperandLoads } from './matmul.wgsl.ts';
+import { type MatmulVariant, vectorOperandLoads } from './matmul.wgsl.ts';
 import { uniformLayout } from './uniform-layout.ts';
 
 /** Lanes per subgroup (and threads per workgroup) this kernel is written for. */
@@ -25,6 +26,15 @@ const COLUMNS_PER_LANE = 4;
 
 /** Rows of C per workgroup: a multiple of 8 (each lane loads rows/8 of A's vec4s per K step). */
 export type SubgroupGemmRows = 8 | 16 | 32;
+
+/**
+ * Reduction values per loop step. On lavapipe a loop body of more than about 100 vec4 FMAs (32
+ * rows × 4 steps is 128) no longer fits the CPU's decoded-instruction cache: steps of 2 measured
+ * 1.2–1.4× faster for untransposed B (1024³: 89 → 79 ms, median of 20; 64 × 64 · 64 × 4096 × 16
+ * and its transposed-A twin, Winograd's shapes: 1.2×). Transposed B loads its lane's 4 columns as
+ * vectors along K, and as vec2s they cost more than the smaller body saves, so it keeps 4.
+ */
+export type SubgroupGemmStep = 2 | 4;
 
 /** Workgroups of a subgroup GEMM: x over columns, y over rows, z over the batch. */
 export function subgroupGemmWorkgroups(rows: SubgroupGemmRows, M: number, N: number, batch: number): [number, number, number] {
@@ -40,21 +50,24 @@ export function subgroupGemmRows(M: number): SubgroupGemmRows {
 }
 
 /**
- * The accumulators of a lane (acc0 … acc{rows−1}, a vec4 of its 4 columns each) and one step of 4
- * along K: acc_i += A[row0 + i][k + kk] · b{kk} for kk < 4, where b{kk} are the lane's B values at
- * k + kk and a{r} (round r: rows 8r … 8r + 7) hold A as loaded across the lanes. Untransposed, lane
- * l's a{r} is row 8r + l at k … k + 3, so A[row0 + i][k + kk] is component kk of lane i mod 8;
- * transposed (`transA`), lane l's a{r} is rows 8r + 4⌊l/4⌋ … + 3 at k + l mod 4, so it is component
- * i mod 4 of lane kk + 4·⌊(i mod 8)/4⌋. Shared by the matmul and conv kernels that run on subgroups.
+ * The accumulators of a lane (acc0 … acc{rows−1}, a vec4 of its 4 columns each) and one step of
+ * `kStep` (2 or 4) along K: acc_i += A[row0 + i][k + kk] · b{kk} for kk < kStep, where b{kk} are
+ * the lane's B values at k + kk and a{r} (round r: rows 8r … 8r + 7) hold A as loaded across the
+ * lanes, kStep values each. Untransposed, lane l's a{r} is row 8r + l at k … k + kStep − 1, so
+ * A[row0 + i][k + kk] is component kk of lane i mod 8; transposed (`transA`), lane l's a{r} is
+ * rows 8r + s⌊l/s⌋ … + s − 1 at k + l mod s (s = kStep), so it is component (i mod 8) mod s of
+ * lane kk + s·⌊(i mod 8)/s⌋. Shared by the matmul and conv kernels that run on subgroups.
  */
-export function subgroupGemmStep(rows: SubgroupGemmRows, transA: boolean): { declare: string; fmas: string } {
+export function subgroupGemmStep(rows: SubgroupGemmRows, transA: boolean, kStep: SubgroupGemmStep): { declare: string; fmas: string } {
   const S = SUBGROUP_GEMM_LANES;
   const fmas: string[] = [];
-  for (let kk = 0; kk < 4; kk++) {
+  for (let kk = 0; kk < kStep; kk++) {
     for (let i = 0; i < rows; i++) {
       const r = Math.floor(i / S);
       const within = i % S;
-      const source = transA ? `subgroupBroadcast(a${r}[${within % 4}], ${kk + 4 * Math.floor(within / 4)}u)` : `subgroupBroadcast(a${r}[${kk}], ${within}u)`;
+      const source = transA
+        ? `subgroupBroadcast(a${r}[${within % kStep}], ${kk + kStep * Math.floor(within / kStep)}u)`
+        : `subgroupBroadcast(a${r}[${kk}], ${within}u)`;
       fmas.push(`acc${i} = fma(vec4(${source}), b${kk}, acc${i});`);
     }
   }
@@ -89,11 +102,12 @@ export function subgroupMatmulKernel(v: SubgroupMatmulVariant, rows: SubgroupGem
   const rounds = rows / S;
   const aLoads: string[] = [];
   const bLoads: string[] = [];
-  // A: round r covers rows 8r … 8r + 7. Untransposed, lane l loads row 8r + l at k … k + 3;
-  // transposed (rows contiguous), lane l loads rows 8r + 4⌊l/4⌋ … + 3 at k + l mod 4.
+  const kStep: SubgroupGemmStep = v.transB ? 4 : 2;
+  // A: round r covers rows 8r … 8r + 7. Untransposed, lane l loads row 8r + l at k … k + kStep − 1;
+  // transposed (rows contiguous), lane l loads rows 8r + s⌊l/s⌋ … + s − 1 at k + l mod s (s = kStep).
   for (let r = 0; r < rounds; r++) {
     aLoads.push(v.transA
-      ? `let a${r} = loadA(row0 + ${S * r}u + 4u * (lane / 4u), k + lane % 4u);`
+      ? `let a${r} = loadA(row0 + ${S * r}u + ${kStep}u * (lane / ${kStep}u), k + lane % ${kStep}u);`
       : `let a${r} = loadA(row0 + ${S * r}u + lane, k);`);
   }
   // B: the lane's 4 columns at k + kk as b{kk}; transposed, four vec4s along k are transposed.
@@ -101,9 +115,9 @@ export function subgroupMatmulKernel(v: SubgroupMatmulVariant, rows: SubgroupGem
     for (let j = 0; j < 4; j++) bLoads.push(`let bt${j} = loadB(k, col + ${j}u);`);
     for (let kk = 0; kk < 4; kk++) bLoads.push(`let b${kk} = vec4(bt0[${kk}], bt1[${kk}], bt2[${kk}], bt3[${kk}]);`);
   } else {
-    for (let kk = 0; kk < 4; kk++) bLoads.push(`let b${kk} = loadB(k + ${kk}u, col);`);
+    for (let kk = 0; kk < kStep; kk++) bLoads.push(`let b${kk} = loadB(k + ${kk}u, col);`);
   }
-  const step = subgroupGemmStep(rows, v.transA);
+  const step = subgroupGemmStep(rows, v.transA, kStep);
   const stores = Array.from({ length: rows }, (_, i) => `store(row0 + ${i}u, col, acc${i});`).join('\n  ');
   const flags = [v.bias && 'bias', v.rowBias && 'rowBias', v.residual && 'res', v.sumBatches && 'sum'].filter(Boolean).map((f) => `.${f}`).join('');
   return {
@@ -111,7 +125,7 @@ export function subgroupMatmulKernel(v: SubgroupMatmulVariant, rows: SubgroupGem
     key: `matmulSubgroup.${v.transA ? 'T' : 'N'}${v.transB ? 'T' : 'N'}${flags}.r${rows}`,
     code: wgsl`enable subgroups;
 ${SUBGROUP_MATMUL_PARAMS.wgsl}
-@group(0) @binding(1) var<storage, read> a: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> a: array<vec${kStep}<f32>>;
 @group(0) @binding(2) var<storage, read> b: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read_write> c: array<vec4<f32>>;
 #if ${v.bias}
@@ -123,7 +137,7 @@ ${SUBGROUP_MATMUL_PARAMS.wgsl}
 #if ${v.residual}
 @group(0) @binding(${residualBinding}) var<storage, read> residual: array<vec4<f32>>;
 #endif
-${vec4OperandLoads(v)}
+${vectorOperandLoads(v, kStep)}
 
 fn store(m: u32, n: u32, value: vec4<f32>) {
   if (m >= u.M || n >= u.N) { return; }
@@ -151,7 +165,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) 
   for (var summed = 0u; summed < u.batches; summed++) {
   batch = summed;
 #endif
-  for (var k = 0u; k < u.K; k += 4u) {
+  for (var k = 0u; k < u.K; k += ${kStep}u) {
     ${aLoads.join('\n    ')}
     ${bLoads.join('\n    ')}
     ${step.fmas}

@@ -213,20 +213,22 @@ ${mainHead(t)}
 }
 
 /**
- * `batch` (the batch entry, a private var) and the operand loads of the vec4 GEMMs (the
- * register-tiled vec4 variant and ./matmul-subgroup.wgsl.ts): loadA(m, k) is A[m, k … k+3] (or
- * Aᵀ's A[k, m … m+3]) and loadB(k, n) is B[k, n … n+3] (or Bᵀ's B[n, k … k+3]), zero past the
- * edge (the contiguous extents are multiples of 4, so a vec4 is wholly inside or outside).
+ * `batch` (the batch entry, a private var) and the operand loads of the vectorised GEMMs (the
+ * register-tiled vec4 variant and ./matmul-subgroup.wgsl.ts): loadA(m, k) is A[m, k … k+w−1] (or
+ * Aᵀ's A[k, m … m+w−1]) for A bound as vecw's, w = `widthA` (4, or 2 for the subgroup GEMM's
+ * steps of 2), and loadB(k, n) is B[k, n … n+3] (or Bᵀ's B[n, k … k+3]), zero past the edge (the
+ * contiguous extents are multiples of 4, so a vector is wholly inside or outside).
  */
-export function vec4OperandLoads(v: { transA: boolean; transB: boolean }): string {
+export function vectorOperandLoads(v: { transA: boolean; transB: boolean }, widthA: 2 | 4 = 4): string {
+  const A = `vec${widthA}<f32>`;
   return wgsl`var<private> batch: u32;
 
-fn loadA(m: u32, k: u32) -> vec4<f32> {
-  if (m >= u.M || k >= u.K) { return vec4<f32>(); }
+fn loadA(m: u32, k: u32) -> ${A} {
+  if (m >= u.M || k >= u.K) { return ${A}(); }
 #if ${v.transA}
-  return a[(batch * u.strideA + k * u.M + m) / 4u];
+  return a[(batch * u.strideA + k * u.M + m) / ${widthA}u];
 #else
-  return a[(batch * u.strideA + m * u.K + k) / 4u];
+  return a[(batch * u.strideA + m * u.K + k) / ${widthA}u];
 #endif
 }
 
@@ -240,7 +242,7 @@ fn loadB(k: u32, n: u32) -> vec4<f32> {
 }`;
 }
 
-/** The vec4 variant (its loads: vec4OperandLoads): each thread stores its tn columns as tn/4 vec4s. */
+/** The vec4 variant (its loads: vectorOperandLoads): each thread stores its tn columns as tn/4 vec4s. */
 function vec4Body(v: MatmulVariant, t: MatmulTiling): string {
   const stores: string[] = [];
   for (let i = 0; i < t.tm; i++) {
@@ -251,7 +253,7 @@ function vec4Body(v: MatmulVariant, t: MatmulTiling): string {
   return wgsl`
 ${header(v, 'vec4<f32>')}
 ${declareSlabs(t)}
-${vec4OperandLoads(v)}
+${vectorOperandLoads(v)}
 
 fn store(m: u32, n: u32, value: vec4<f32>) {
   if (m >= u.M || n >= u.N) { return; }
