@@ -172,9 +172,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
  * workgroup is one subgroup computing `rows` output channels × 32 columns of the batched im2col,
  * lane l the 4 columns col0 + 4l … + 3, decoded once. Every step of 2 reduction rows, each lane
  * loads W at its share of the rows (2 values each) for subgroupBroadcast, and its columns' 8
- * im2col values (steps of 4 unrolled a body past the CPU's decoded-instruction cache: 256→256
- * @16² stride 2, batch 4, 22.8 → 15.0 ms). Same bindings and uniforms as conv2dKernel; dispatch subgroupGemmWorkgroups over
- * Cout rows and N·Ho·Wo columns.
+ * im2col values (steps of 4 made a loop body too long for the CPU's decoded-instruction cache:
+ * 256→256 @16² stride 2, batch 4, 22.8 → 15.0 ms). Same bindings and uniforms as conv2dKernel;
+ * dispatch subgroupGemmWorkgroups over Cout rows and N·Ho·Wo columns.
  */
 export function subgroupConv2dKernel(v: Conv2dVariant, rows: SubgroupGemmRows): KernelSource<typeof CONV2D_PARAMS> {
   const S = SUBGROUP_GEMM_LANES;
@@ -296,7 +296,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) 
   let ox = p % u.W;
   let lastX = arrayLength(&x) - 1u;
   ${Array.from({ length: rows }, (_, i) => `var acc${i} = vec4<f32>();`).join(' ')}
-  // Steps over (ci, ky) with counters, not ci = t / 3 (CPU adapters divide lane by lane).
+  // (ci, ky) counted along with the step rather than decoded from it by a division each step.
   var ci = 0u;
   var ky = 0u;
   for (var step = 0u; step < u.Cin * 3u; step++) {

@@ -24,15 +24,16 @@ export const SUBGROUP_GEMM_LANES = 8;
 /** Columns of C per lane: one vec4. */
 const COLUMNS_PER_LANE = 4;
 
-/** Rows of C per workgroup: a multiple of 8 (each lane loads rows/8 of A's vec4s per K step). */
+/** Rows of C per workgroup: a multiple of 8 (each lane loads rows/8 of A's vectors per K step). */
 export type SubgroupGemmRows = 8 | 16 | 32;
 
 /**
  * Reduction values per loop step. On lavapipe a loop body of more than about 100 vec4 FMAs (32
  * rows × 4 steps is 128) no longer fits the CPU's decoded-instruction cache: steps of 2 measured
- * 1.2–1.4× faster for untransposed B (1024³: 89 → 79 ms, median of 20; 64 × 64 · 64 × 4096 × 16
- * and its transposed-A twin, Winograd's shapes: 1.2×). Transposed B loads its lane's 4 columns as
- * vectors along K, and as vec2s they cost more than the smaller body saves, so it keeps 4.
+ * 1.1–1.4× faster for untransposed B by the medians of interleaved runs (1024³: 87 → 79 and
+ * 120 → 86 ms; Winograd's batched 64 × 64 · 64 × 4096 × 16 transposed-A: 30 → 25 ms; the fastest
+ * repetitions within the VM's noise). Transposed B loads its lane's 4 columns as vectors along K,
+ * and as vec2s they cost more than the smaller body saves, so it keeps 4.
  */
 export type SubgroupGemmStep = 2 | 4;
 
