@@ -1,7 +1,7 @@
 // Sum and mean over axes. Forward kernel: kernels/reduce.wgsl.ts (one pass per run of adjacent
 // reduced axes). Backward: broadcast the gradient back to the input's shape (times 1/n for mean).
 import { grid1d } from '../../../kernels/flat-index.ts';
-import { REDUCE_WORKGROUP, reduceSumKernel } from '../../../kernels/reduce.wgsl.ts';
+import { REDUCE_WORKGROUP, reduceRowsVec4Kernel, reduceSumKernel } from '../../../kernels/reduce.wgsl.ts';
 import type { Engine } from '../engine.ts';
 import { numel, type Shape, shapeString, type Tensor } from '../tensor.ts';
 import { scale } from './elementwise.ts';
@@ -23,6 +23,10 @@ function reduceMiddle(e: Engine, x: Tensor, outer: number, n: number, inner: num
   // A workgroup per row only pays when there are few rows: on CPU adapters (lavapipe) its barriers
   // cost more than one thread summing a whole row (2048×256: 27 ms vs 1 ms). Tunable per adapter.
   const rowwise = inner === 1 && n >= 64 && outer < (e.tuning.reduce?.workgroupPerRowBelow ?? 16);
+  if (!rowwise && inner === 1 && n % 4 === 0 && n > 0) {
+    e.dispatch({ kernel: reduceRowsVec4Kernel(), bindings: [x, out], params: { outer, n: n / 4, inner, scale: scaleBy }, workgroups: grid1d(outer, REDUCE_WORKGROUP) });
+    return out;
+  }
   e.dispatch({
     kernel: reduceSumKernel(rowwise, workgroupCombine(e)),
     bindings: [x, out],
