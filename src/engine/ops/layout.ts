@@ -28,11 +28,17 @@ function stridedCopy(e: Engine, x: Tensor, out: Tensor, c: CopySpec): void {
   const vectorized = v !== null && v.reads.every((r) => r === 'vec4') && c.inOffset % 4 === 0 && c.outOffset % 4 === 0 && x.size % 4 === 0 && out.size % 4 === 0;
   const w = vectorized ? v : d;
   const unit = vectorized ? 4 : 1;
+  // Runs of 4 along an innermost axis contiguous in both (a concat's or a slice's rows).
+  const last = w.shape.length - 1;
+  const run = w.shape[last] % 4 === 0 && w.a[last] === 1 && w.b[last] === 1 ? 4 : 1;
+  const shape = w.shape.map((s, i) => (i === last ? s / run : s));
+  const inStrides = w.a.map((s, i) => (i === last ? s * run : s));
+  const outStrides = w.b.map((s, i) => (i === last ? s * run : s));
   e.dispatch({
-    kernel: stridedCopyKernel(w.shape.length, vectorized),
+    kernel: stridedCopyKernel(w.shape.length, vectorized, run),
     bindings: [x, out],
-    params: { shape: w.shape, inStrides: w.a, outStrides: w.b, n: n / unit, inOffset: c.inOffset / unit, outOffset: c.outOffset / unit },
-    workgroups: grid1d(n / unit, COPY_WORKGROUP),
+    params: { shape, inStrides, outStrides, n: n / unit / run, inOffset: c.inOffset / unit, outOffset: c.outOffset / unit },
+    workgroups: grid1d(n / unit / run, COPY_WORKGROUP),
   });
 }
 
