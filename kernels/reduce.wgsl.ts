@@ -12,7 +12,7 @@ const REDUCE_PARAMS = uniformLayout({ outer: 'u32', n: 'u32', inner: 'u32', scal
 /**
  * out[o] = scale · Σ_k x[o, k] for inner = 1 and n a multiple of 4 (u.n counts vec4s): one thread
  * per row, reading it as vec4s — half the instructions of single values on CPU adapters, where
- * each load is a per-lane gather (a bias gradient's sum over 16 × 64 maps of 32²: 1.2 → 0.6 ms on
+ * each load is a per-lane gather (a bias gradient's sum over 16 × 64 maps of 32²: 1.2 → 0.7 ms on
  * lavapipe). Bindings: x (as vec4s), out.
  */
 export function reduceRowsVec4Kernel(): KernelSource<typeof REDUCE_PARAMS> {
