@@ -23,14 +23,12 @@ function reduceMiddle(e: Engine, x: Tensor, outer: number, n: number, inner: num
   // A workgroup per row only pays when there are few rows: on CPU adapters (lavapipe) its barriers
   // cost more than one thread summing a whole row (2048×256: 27 ms vs 1 ms). Tunable per adapter.
   const rowwise = inner === 1 && n >= 64 && outer < (e.tuning.reduce?.workgroupPerRowBelow ?? 16);
-  if (!rowwise && inner === 1 && n % 4 === 0 && n > 0) {
-    e.dispatch({ kernel: reduceRowsVec4Kernel(), bindings: [x, out], params: { outer, n: n / 4, inner, scale: scaleBy }, workgroups: grid1d(outer, REDUCE_WORKGROUP) });
-    return out;
-  }
+  // Otherwise a thread per output; rows of a multiple of 4 values (n counted in vec4s) read as vec4s.
+  const vec4Rows = !rowwise && inner === 1 && n % 4 === 0 && n > 0;
   e.dispatch({
-    kernel: reduceSumKernel(rowwise, workgroupCombine(e)),
+    kernel: vec4Rows ? reduceRowsVec4Kernel() : reduceSumKernel(rowwise, workgroupCombine(e)),
     bindings: [x, out],
-    params: { outer, n, inner, scale: scaleBy },
+    params: { outer, n: vec4Rows ? n / 4 : n, inner, scale: scaleBy },
     workgroups: rowwise ? grid1d(outer, 1) : grid1d(outer * inner, REDUCE_WORKGROUP),
   });
   return out;
