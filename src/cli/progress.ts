@@ -2,20 +2,25 @@
 import { fmtTime } from '../train/format-time.ts';
 
 export { fmtTime };
+/**
+ * The rate counts from the first report on, not from zero: a resumed run's first report already
+ * stands at its checkpoint's count, which this process did not do (and a first step's time is
+ * mostly shader compilation). Until a second report there is no rate, so none is printed.
+ */
 export function progressBar(label: string, unit: string) {
-  const start = performance.now();
   const tty = process.stderr.isTTY;
+  let first: { done: number; at: number } | undefined;
   let lastPrint = 0;
   return (done: number, total: number) => {
     const now = performance.now();
+    first ??= { done, at: now };
     if (done < total && now - lastPrint < (tty ? 200 : 10000)) return;
     lastPrint = now;
-    const secs = (now - start) / 1000;
-    const rate = done / Math.max(secs, 1e-9);
-    const eta = rate > 0 ? (total - done) / rate : Infinity;
+    const rate = done > first.done ? (done - first.done) / Math.max((now - first.at) / 1000, 1e-9) : undefined;
+    const speed = rate === undefined ? '' : `, ${rate.toFixed(2)} ${unit}/s, ETA ${fmtTime((total - done) / rate)}`;
     const width = 24;
     const fill = Math.round((width * done) / Math.max(total, 1));
-    const line = `${label} [${'#'.repeat(fill)}${' '.repeat(width - fill)}] ${done}/${total} ${unit}, ${rate.toFixed(2)} ${unit}/s, ETA ${fmtTime(eta)}`;
+    const line = `${label} [${'#'.repeat(fill)}${' '.repeat(width - fill)}] ${done}/${total} ${unit}${speed}`;
     process.stderr.write(tty ? `\r${line}${done >= total ? '\n' : ''}` : `${line}\n`);
   };
 }
