@@ -1,4 +1,4 @@
-// npm run bench [-- --quick | --full] [--tune] [--peer tfjs | torch | --no-peer] [--json FILE] [--md FILE]
+// npm run bench [-- --quick | --full] [--only REGEX] [--tune] [--peer tfjs | torch | --no-peer] [--json FILE] [--md FILE]
 // Times every kernel family on the real model's shapes, against the adapter's measured peaks and
 // against a peer engine in its own process: tfjs-backend-webgpu on the same adapter (the kernel
 // rows), or PyTorch (bench/peer-torch.py: the kernel rows and the whole models) where a python3
@@ -44,7 +44,7 @@ interface PeerRun {
 const args = process.argv.slice(2);
 const flag = (f: string) => args.includes(f);
 const value = (f: string) => (args.includes(f) ? args[args.indexOf(f) + 1] : undefined);
-const USAGE = 'usage: npm run bench -- [--quick | --full] [--tune] [--peer tfjs | torch | --no-peer] [--json FILE] [--md FILE]';
+const USAGE = 'usage: npm run bench -- [--quick | --full] [--only REGEX] [--tune] [--peer tfjs | torch | --no-peer] [--json FILE] [--md FILE]';
 if (flag('--help')) {
   console.log(USAGE);
   process.exit(0);
@@ -55,6 +55,18 @@ const peerKind = ((): 'tfjs' | 'torch' => {
   if (v === 'tfjs' || v === 'torch') return v;
   console.error(`--peer ${v ?? ''}: the peer is tfjs (the default) or torch\n${USAGE}`);
   process.exit(2);
+})();
+/** --only: the rows of the mode whose "family shape" matches (case-insensitive), e.g. 'ADM 256.*batch 1 → b24'. */
+const only = ((): RegExp | undefined => {
+  if (!flag('--only')) return undefined;
+  const source = value('--only');
+  try {
+    if (source === undefined || source.startsWith('--')) throw new Error('no pattern given');
+    return new RegExp(source, 'i');
+  } catch (err) {
+    console.error(`--only ${source ?? ''}: ${(err as Error).message}; give a regular expression matched against "family shape", e.g. --only 'softmax|GroupNorm'\n${USAGE}`);
+    process.exit(2);
+  }
 })();
 
 function fmt(ms: number): string {
@@ -190,10 +202,15 @@ function ofPeakOf(row: Row, peaks: Peaks): number | undefined {
 }
 
 async function report(engine: Engine, adapter: string, started: Date) {
+  // `full: 'cpu'`: whole-model rows too slow for the default run on CPU adapters only.
+  const inMode = CASES.filter((c) => (mode === 'quick' ? c.quick : mode === 'full' ? true : !(c.full === true || (c.full === 'cpu' && engine.cpuAdapter))));
+  const cases = only ? inMode.filter((c) => only.test(`${c.family} ${c.name}`)) : inMode;
+  if (!cases.length) {
+    console.error(`--only ${only.source}: no ${mode} row matches; the rows are:\n${inMode.map((c) => `  ${c.family} ${c.name}`).join('\n')}`);
+    process.exit(2);
+  }
   const before: Peaks = await measurePeaks(engine);
   console.log(`measured peaks: FMA ${before.gflops.toFixed(1)} GFLOP/s, copy ${before.gbps.toFixed(2)} GB/s (read + write)`);
-  // `full: 'cpu'`: whole-model rows too slow for the default run on CPU adapters only.
-  const cases = CASES.filter((c) => (mode === 'quick' ? c.quick : mode === 'full' ? true : !(c.full === true || (c.full === 'cpu' && engine.cpuAdapter))));
   const peer: PeerRun = flag('--no-peer') ? { label: 'peer', description: 'none (--no-peer)', results: new Map() } : runPeer(peerKind, cases);
   console.log(`peer: ${peer.description}`);
   const rows: Row[] = [];
@@ -240,12 +257,12 @@ async function report(engine: Engine, adapter: string, started: Date) {
   console.log(`dispatch overhead: ${overhead.oneSubmitUs.toFixed(1)} µs per dispatch batched in few submits, ${overhead.perSubmitUs.toFixed(1)} µs with one submit each`);
   console.log(`transfers (64 MiB): upload ${transfer.uploadGBps.toFixed(2)} GB/s, readback ${transfer.readbackGBps.toFixed(2)} GB/s`);
   console.log(`\n${table(rows, peer.label)}`);
-  const result = { adapter, cpu: cpus()[0]?.model, cores: cpus().length, loadavg: loadavg(), date: started.toISOString(), mode, peaks: { gflops: peaks.gflops, gbps: peaks.gbps }, peer: peer.description, rows, overhead, transfer, tuning: engine.tuning };
+  const result = { adapter, cpu: cpus()[0]?.model, cores: cpus().length, loadavg: loadavg(), date: started.toISOString(), mode, only: only?.source, peaks: { gflops: peaks.gflops, gbps: peaks.gbps }, peer: peer.description, rows, overhead, transfer, tuning: engine.tuning };
   const json = value('--json');
   if (json) await writeFileAtomic(json, JSON.stringify(result, null, 2));
   const md = value('--md');
   if (md) {
-    const text = `# difrep bench results\n\nAdapter: ${adapter}  \nCPU: ${result.cpu} ×${result.cores}  \nDate: ${result.date}  \nMode: ${mode}; load average at start ${result.loadavg.map((l) => l.toFixed(2)).join(' ')}  \n` +
+    const text = `# difrep bench results\n\nAdapter: ${adapter}  \nCPU: ${result.cpu} ×${result.cores}  \nDate: ${result.date}  \nMode: ${mode}${only ? `, rows matching ${only}` : ''}; load average at start ${result.loadavg.map((l) => l.toFixed(2)).join(' ')}  \n` +
       `Measured peaks (each probe's fastest repetition, the higher of a run before and one after the rows; a row is rated against the higher of that and its probe run again right after it): FMA ${peaks.gflops.toFixed(1)} GFLOP/s, copy ${peaks.gbps.toFixed(2)} GB/s  \nPeer: ${peer.description}; ours/${peer.label} = its median over ours (above 1: ours is faster)  \n` +
       `Timing: wall time around submit + onSubmittedWorkDone, one warm-up call (\"first\", compilation included), median of the repetitions  \n` +
       `Tuning in use: ${JSON.stringify(engine.tuning)}  \n` +
