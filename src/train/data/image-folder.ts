@@ -14,6 +14,7 @@ import { extname, join } from 'node:path';
 import { convertIndexedToRgb, decode as decodePng, type DecodedPng } from 'fast-png';
 import jpeg from 'jpeg-js';
 import { checkImageSize, MAX_IMAGE_PIXELS, readImageHeader } from './image-header.ts';
+import { decodeInterlacedLowDepth, isInterlacedLowDepth } from './png-adam7.ts';
 
 export { MAX_IMAGE_PIXELS } from './image-header.ts';
 
@@ -83,24 +84,35 @@ export async function scanImageFolder(root: string): Promise<ImageFolder> {
   const warnings: string[] = [];
   const classes: string[] = [];
   for (const d of entries) {
+    // Hidden folders (.ipynb_checkpoints, .git) are not classes: one would shift the labels after it.
+    if (d.name.startsWith('.')) continue;
     const k = await kind(root, d);
     if (k === 'dir') classes.push(d.name);
     else if (!k && d.isSymbolicLink()) warnings.push(`${join(root, d.name)} is a broken symbolic link; left out`);
   }
   classes.sort();
-  if (!classes.length) throw new Error(`${root} has no class folders: expected ${root}/<class name>/<image>.png|jpg`);
+  if (!classes.length) throw new Error(`${root} has no class folders (those named .* are skipped): expected ${root}/<class name>/<image>.png|jpg`);
   const files: string[] = [];
   const labels: number[] = [];
+  const empty: string[] = [];
   for (const [label, cls] of classes.entries()) {
     const found = await classImages(join(root, cls), new Set(), warnings);
     if (found.length === 1) warnings.push(`class "${cls}" has a single image`);
-    if (found.length === 0) warnings.push(`class "${cls}" has no PNG or JPEG images`);
+    if (found.length === 0) empty.push(join(root, cls));
     for (const f of found) {
       files.push(f);
       labels.push(label);
     }
   }
-  if (!files.length) throw new Error(`${root} holds no PNG or JPEG images in its ${classes.length} class folders`);
+  // Refused like torchvision's ImageFolder: an empty class still takes a label, so the labels of
+  // the classes after it would differ from those of a split without it.
+  if (empty.length) {
+    throw new Error(
+      `${empty.length === 1 ? 'class folder' : 'class folders'} ${empty.join(', ')} ${empty.length === 1 ? 'holds' : 'hold'} no PNG or JPEG image ` +
+        `(.png, .jpg, .jpeg), but every folder in ${root} is a class and takes a label: add images, or move the folder out of ${root} ` +
+        `(or rename it to start with '.')`,
+    );
+  }
   return { root, classes, files, labels, warnings };
 }
 
@@ -160,8 +172,9 @@ function pngToRgb(png: DecodedPng): Rgb {
 
 /**
  * Decodes a PNG or JPEG file to 8-bit RGB (grey, palette and alpha are converted, 16-bit and
- * 1/2/4-bit are scaled; PNG chunk CRCs are checked). The declared size is checked against
- * maxPixels before anything is decoded.
+ * 1/2/4-bit are scaled, interlaced 1/2/4-bit PNGs go through png-adam7.ts as fast-png misreads
+ * them; PNG chunk CRCs are checked). The declared size is checked against maxPixels before anything
+ * is decoded.
  */
 export function decodeImage(bytes: Uint8Array, options: DecodeOptions = {}): Rgb {
   const maxPixels = options.maxPixels ?? MAX_IMAGE_PIXELS;
@@ -171,7 +184,7 @@ export function decodeImage(bytes: Uint8Array, options: DecodeOptions = {}): Rgb
     const img = jpeg.decode(bytes, { useTArray: true, formatAsRGBA: false, maxResolutionInMP: Math.ceil(maxPixels / 1e6), maxMemoryUsageInMB: Math.max(512, Math.ceil((maxPixels * 8) / 2 ** 20)) });
     return { width: img.width, height: img.height, data: img.data as Uint8Array };
   }
-  return pngToRgb(decodePng(bytes, { checkCrc: true }));
+  return pngToRgb(isInterlacedLowDepth(bytes) ? decodeInterlacedLowDepth(bytes) : decodePng(bytes, { checkCrc: true }));
 }
 
 /** Resize the shorter side to `size`, centre crop size×size, optional flip → CHW floats in [−1, 1]. */

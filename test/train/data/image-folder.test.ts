@@ -92,12 +92,12 @@ function chunk(type: string, data: Uint8Array): Uint8Array {
   v.setUint32(8 + data.length, crc32(out.subarray(4, 8 + data.length)));
   return out;
 }
-function png(width: number, height: number, depth: number, colorType: number, rows: Uint8Array, extra: Uint8Array[] = []): Uint8Array {
+function png(width: number, height: number, depth: number, colorType: number, rows: Uint8Array, extra: Uint8Array[] = [], interlace = 0): Uint8Array {
   const ihdr = new Uint8Array(13);
   const v = new DataView(ihdr.buffer);
   v.setUint32(0, width);
   v.setUint32(4, height);
-  ihdr.set([depth, colorType, 0, 0, 0], 8);
+  ihdr.set([depth, colorType, 0, 0, interlace], 8);
   const parts = [Uint8Array.of(0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a), chunk('IHDR', ihdr), ...extra, chunk('IDAT', deflateSync(rows)), chunk('IEND', new Uint8Array())];
   return Uint8Array.from(parts.flatMap((p) => Array.from(p)));
 }
@@ -194,5 +194,97 @@ t.test('palette, 1-bit grey and 16-bit PNGs decode to their RGB values; a bad CR
   const broken = png(4, 2, 1, 0, Uint8Array.of(0, 0b10100000, 0, 0b01100000));
   broken[broken.length - 20] ^= 1; // inside IDAT
   t.throws(() => decodeImage(broken), /CRC/i);
+  t.end();
+});
+
+t.test('folders named .* are not classes and a class folder without an image is refused, so labels never shift', async (t) => {
+  const root = await mkdtemp(join(tmpdir(), 'difrep-folder-'));
+  const img = encodePng({ width: 2, height: 2, data: rgb(2, 2, () => [5, 5, 5]), channels: 3, depth: 8 });
+  for (const c of ['.ipynb_checkpoints', 'cat', 'dog']) {
+    await mkdir(join(root, c));
+    await writeFile(join(root, c, 'a.png'), img);
+  }
+  const f = await scanImageFolder(root);
+  t.same(f.classes, ['cat', 'dog']);
+  t.same(f.files, [join(root, 'cat', 'a.png'), join(root, 'dog', 'a.png')]);
+  t.same(f.labels, [0, 1], 'cat is 0 as in a split without the hidden folder');
+  // "ant" would become class 0 and shift cat and dog to 1 and 2.
+  await mkdir(join(root, 'ant'));
+  await writeFile(join(root, 'ant', 'notes.txt'), 'not an image');
+  const fix = `add images, or move the folder out of ${root} (or rename it to start with '.')`;
+  await t.rejects(scanImageFolder(root), { message: `class folder ${join(root, 'ant')} holds no PNG or JPEG image (.png, .jpg, .jpeg), but every folder in ${root} is a class and takes a label: ${fix}` });
+  await mkdir(join(root, 'bee'));
+  await t.rejects(scanImageFolder(root), { message: `class folders ${join(root, 'ant')}, ${join(root, 'bee')} hold no PNG or JPEG image (.png, .jpg, .jpeg), but every folder in ${root} is a class and takes a label: ${fix}` });
+  for (const c of ['ant', 'bee', 'cat', 'dog']) await rm(join(root, c), { recursive: true });
+  await t.rejects(scanImageFolder(root), /has no class folders \(those named \.\* are skipped\)/);
+  await rm(root, { recursive: true });
+});
+
+// Raw image data (PNG spec §7.3, §8.2, §9): Adam7 first splits the image into seven passes; each
+// row's samples are packed from the high bit, and the row is filtered. Filters cycle 0–4 by row so
+// every one is undone; with samples under 8 bits the byte to the left is "the pixel to the left".
+const ADAM7 = [[0, 0, 8, 8], [4, 0, 8, 8], [0, 4, 4, 8], [2, 0, 4, 4], [0, 2, 2, 4], [1, 0, 2, 2], [0, 1, 1, 2]];
+function paeth(a: number, b: number, c: number): number {
+  const pa = Math.abs(b - c);
+  const pb = Math.abs(a - c);
+  const pc = Math.abs(a + b - 2 * c);
+  return pa <= pb && pa <= pc ? a : pb <= pc ? b : c;
+}
+function imageData(samples: number[][], depth: number, interlace: boolean): Uint8Array {
+  const out: number[] = [];
+  let row = 0;
+  for (const [x0, y0, dx, dy] of interlace ? ADAM7 : [[0, 0, 1, 1]]) {
+    let prev: Uint8Array | undefined;
+    for (let y = y0; y < samples.length; y += dy) {
+      const s = samples[y].filter((_, x) => x >= x0 && (x - x0) % dx === 0);
+      if (!s.length) break; // an empty pass has no rows
+      const cur = new Uint8Array(Math.ceil((s.length * depth) / 8));
+      s.forEach((v, i) => (cur[(i * depth) >> 3] |= v << (8 - depth - ((i * depth) & 7))));
+      const f = row++ % 5;
+      const b = (i: number) => prev?.[i] ?? 0;
+      const predict = (i: number) => [0, cur[i - 1] ?? 0, b(i), ((cur[i - 1] ?? 0) + b(i)) >> 1, paeth(cur[i - 1] ?? 0, b(i), b(i - 1))][f];
+      out.push(f, ...cur.map((v, i) => v - predict(i)));
+      prev = cur;
+    }
+  }
+  return Uint8Array.from(out);
+}
+
+t.test('1-, 2- and 4-bit grey and palette PNGs, interlaced (Adam7) or not, decode to the pixel values written', (t) => {
+  // The audit's case: 2-bit grey [0, 3, 1 / 3, 0, 1], interlaced.
+  const audit = decodeImage(png(3, 2, 2, 0, imageData([[0, 3, 1], [3, 0, 1]], 2, true), [], 1));
+  t.same(Array.from(audit.data).filter((_, i) => i % 3 === 0), [0, 255, 85, 255, 0, 85]);
+  const palette = Array.from({ length: 16 }, (_, i) => [i * 17, 255 - i * 16, (i * 53) % 256]);
+  for (const depth of [1, 2, 4]) {
+    const max = (1 << depth) - 1;
+    // 11 × 9 fills every pass with rows of several bytes; 3 × 2 leaves passes empty; 1 × 1 keeps only the first.
+    for (const [w, h] of [[11, 9], [3, 2], [1, 1]]) {
+      const samples = Array.from({ length: h }, (_, y) => Array.from({ length: w }, (_, x) => (3 * x + 5 * y + x * y) % (max + 1)));
+      for (const [colorType, expect, extra] of [
+        [0, (s: number) => Array(3).fill(Math.round((s * 255) / max)), []],
+        [3, (s: number) => palette[s], [chunk('PLTE', Uint8Array.from(palette.slice(0, max + 1).flat()))]],
+      ] as const) {
+        for (const interlace of [0, 1]) {
+          const name = `${depth}-bit ${colorType ? 'palette' : 'grey'} ${w} × ${h}${interlace ? ' interlaced' : ''}`;
+          let got: number[] | string;
+          try {
+            got = Array.from(decodeImage(png(w, h, depth, colorType, imageData(samples, depth, interlace === 1), [...extra], interlace)).data);
+          } catch (e) {
+            got = (e as Error).message;
+          }
+          t.same(got, samples.flat().flatMap(expect), name);
+        }
+      }
+    }
+  }
+  const good = png(11, 9, 2, 0, imageData([...Array(9)].map(() => Array(11).fill(1)), 2, true), [], 1);
+  const bad = good.slice();
+  bad[bad.length - 20] ^= 1; // inside IDAT
+  t.throws(() => decodeImage(bad), { message: 'PNG: CRC mismatch for chunk IDAT (corrupted file)' });
+  const badFilter = imageData([[1, 2, 3], [3, 2, 1]], 2, true);
+  badFilter[0] = 7;
+  t.throws(() => decodeImage(png(3, 2, 2, 0, badFilter, [], 1)), { message: 'PNG: unknown filter type 7 in Adam7 pass 1 (corrupted file)' });
+  // Passes 1, 4, 6 and 7 hold one row each: 4 × (filter byte + 1 byte) = 8 bytes.
+  t.throws(() => decodeImage(png(3, 2, 2, 0, badFilter.subarray(0, 7), [], 1)), { message: 'PNG: image data has 7 bytes, 3 × 2 interlaced at 2 bits needs 8 (truncated or corrupted file)' });
   t.end();
 });

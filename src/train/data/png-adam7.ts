@@ -1,0 +1,111 @@
+// Interlaced (Adam7) PNGs with 1-, 2- or 4-bit samples, which fast-png 8.0.0 cannot decode: its
+// Adam7 path takes every pixel as at least one byte, so it reads the wrong number of bytes per pass
+// row. A tiny image comes out scrambled (or, with a palette, is refused as "wrong data size"); a
+// larger one fails on a filter byte read from the middle of the pixels. Nothing in its output can
+// be repaired, so these files are decoded here from their chunks (PNG spec §5, §8.2, §9) into the
+// layout fast-png gives the same image uninterlaced: packed rows, each starting on a byte.
+import { inflateSync } from 'node:zlib';
+import type { BitDepth, DecodedPng } from 'fast-png';
+
+const u32 = (b: Uint8Array, at: number) => ((b[at] << 24) | (b[at + 1] << 16) | (b[at + 2] << 8) | b[at + 3]) >>> 0;
+
+const CRC_TABLE = Array.from({ length: 256 }, (_, n) => {
+  let c = n;
+  for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+  return c >>> 0;
+});
+function crc32(bytes: Uint8Array): number {
+  let c = 0xffffffff;
+  for (const b of bytes) c = CRC_TABLE[(c ^ b) & 0xff] ^ (c >>> 8);
+  return (c ^ 0xffffffff) >>> 0;
+}
+
+// Adam7 passes: first column, first row, column step, row step.
+const PASSES = [[0, 0, 8, 8], [4, 0, 8, 8], [0, 4, 4, 8], [2, 0, 4, 4], [0, 2, 2, 4], [1, 0, 2, 2], [0, 1, 1, 2]] as const;
+
+/** Whether the IHDR (the chunk at byte 8) declares fewer than 8 bits per sample (byte 24) and Adam7 (byte 28). */
+export function isInterlacedLowDepth(bytes: Uint8Array): boolean {
+  return bytes.length > 28 && bytes[24] < 8 && bytes[28] === 1;
+}
+
+function paeth(a: number, b: number, c: number): number {
+  const pa = Math.abs(b - c);
+  const pb = Math.abs(a - c);
+  const pc = Math.abs(a + b - 2 * c);
+  return pa <= pb && pa <= pc ? a : pb <= pc ? b : c;
+}
+
+/** Undoes one row's filter. Samples under 8 bits are single-channel, so "the pixel to the left" is the byte before (§9.2). */
+function unfilter(filter: number, line: Uint8Array, prev: Uint8Array, pass: number): Uint8Array {
+  if (filter > 4) throw new Error(`PNG: unknown filter type ${filter} in Adam7 pass ${pass} (corrupted file)`);
+  const cur = new Uint8Array(line.length);
+  for (let i = 0; i < line.length; i++) {
+    const a = i ? cur[i - 1] : 0;
+    const b = prev[i];
+    const c = i ? prev[i - 1] : 0;
+    cur[i] = line[i] + (filter === 0 ? 0 : filter === 1 ? a : filter === 2 ? b : filter === 3 ? (a + b) >> 1 : paeth(a, b, c));
+  }
+  return cur;
+}
+
+/** Decodes an interlaced grey or palette PNG of bit depth 1, 2 or 4 (chunk CRCs checked). */
+export function decodeInterlacedLowDepth(bytes: Uint8Array): DecodedPng {
+  const width = u32(bytes, 16);
+  const height = u32(bytes, 20);
+  const depth = bytes[24];
+  const colourType = bytes[25];
+  if ((depth !== 1 && depth !== 2 && depth !== 4) || (colourType !== 0 && colourType !== 3)) {
+    throw new Error(`PNG: bit depth ${depth} is not allowed with colour type ${colourType} (corrupted file)`);
+  }
+  let palette: number[][] | undefined;
+  const idat: Uint8Array[] = [];
+  for (let at = 8; ; ) {
+    if (at + 12 > bytes.length) throw new Error('PNG: ends before its IEND chunk (truncated file)');
+    const type = String.fromCharCode(...bytes.subarray(at + 4, at + 8));
+    const end = at + 8 + u32(bytes, at);
+    if (end + 4 > bytes.length) throw new Error(`PNG: chunk ${type} is cut short (truncated file)`);
+    if (crc32(bytes.subarray(at + 4, end)) !== u32(bytes, end)) throw new Error(`PNG: CRC mismatch for chunk ${type} (corrupted file)`);
+    if (type === 'IEND') break;
+    const data = bytes.subarray(at + 8, end);
+    if (type === 'IDAT') idat.push(data);
+    else if (type === 'PLTE' && colourType === 3) {
+      if (data.length % 3) throw new Error(`PNG: PLTE chunk of ${data.length} bytes, not a multiple of 3 (corrupted file)`);
+      palette = Array.from({ length: data.length / 3 }, (_, i) => Array.from(data.subarray(3 * i, 3 * i + 3)));
+    }
+    at = end + 4;
+  }
+  if (colourType === 3 && !palette) throw new Error('PNG: palette image without a PLTE chunk (corrupted file)');
+  const passes = PASSES.map(([x0, y0, dx, dy]) => {
+    const w = Math.max(0, Math.ceil((width - x0) / dx));
+    // A pass without columns has no rows either, not even filter bytes (§8.2).
+    const h = w && Math.max(0, Math.ceil((height - y0) / dy));
+    return { x0, y0, dx, dy, w, h, rowBytes: Math.ceil((w * depth) / 8) };
+  });
+  const expected = passes.reduce((n, p) => n + p.h * (1 + p.rowBytes), 0);
+  let raw: Uint8Array;
+  try {
+    raw = inflateSync(Buffer.concat(idat), { maxOutputLength: expected });
+  } catch (e) {
+    throw new Error(`PNG: cannot inflate the image data to the ${expected} bytes ${width} × ${height} interlaced at ${depth} bits needs (${(e as Error).message}; corrupted or truncated file)`);
+  }
+  if (raw.length !== expected) throw new Error(`PNG: image data has ${raw.length} bytes, ${width} × ${height} interlaced at ${depth} bits needs ${expected} (truncated or corrupted file)`);
+  const rowBytes = Math.ceil((width * depth) / 8);
+  const out = new Uint8Array(rowBytes * height);
+  const mask = (1 << depth) - 1;
+  let at = 0;
+  for (const [i, p] of passes.entries()) {
+    let prev: Uint8Array = new Uint8Array(p.rowBytes);
+    for (let py = 0; py < p.h; py++) {
+      const cur = unfilter(raw[at], raw.subarray(at + 1, at + 1 + p.rowBytes), prev, i + 1);
+      at += 1 + p.rowBytes;
+      const y = p.y0 + py * p.dy;
+      for (let px = 0; px < p.w; px++) {
+        const s = (cur[(px * depth) >> 3] >> (8 - depth - ((px * depth) & 7))) & mask;
+        const bit = (p.x0 + px * p.dx) * depth;
+        out[y * rowBytes + (bit >> 3)] |= s << (8 - depth - (bit & 7));
+      }
+      prev = cur;
+    }
+  }
+  return { width, height, depth: depth as BitDepth, channels: 1, data: out, text: {}, palette };
+}
