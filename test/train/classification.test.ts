@@ -1,6 +1,6 @@
 // Scores worked out by hand on four images of three classes.
 import t from 'tap';
-import { classificationReport } from '../../src/train/eval/classification.ts';
+import { classificationReport, countTopK } from '../../src/train/eval/classification.ts';
 
 t.test('top-1, top-5, accuracy per class and the confusion matrix', async (t) => {
   // Predictions (argmax): image 0 → 0 (label 0, right), 1 → 2 (label 1, wrong), 2 → 1 (label 1, right), 3 → 2 (label 2, right).
@@ -12,4 +12,22 @@ t.test('top-1, top-5, accuracy per class and the confusion matrix', async (t) =>
   t.same(r.confusion, [[1, 0, 0], [0, 1, 1], [0, 0, 1]]);
   t.same(classificationReport(Float32Array.from([1, 0, 0]), [0], 3).perClass, [1, null, null], 'a class without images has no accuracy');
   t.throws(() => classificationReport(logits, [0, 1, 1, 3], 3), /label 3 of image 3 is not a class 0..2/);
+});
+
+t.test('countTopK: a label ranked 5th is a top-5 hit, 6th a miss (eight classes, ties to the earlier class)', async (t) => {
+  // Row A descending: c1 8, c6 7, c3 6, c4 5, c7 4, c0 3, c5 2, c2 1 → class 7 is 5th, class 0 6th.
+  // Row B has c0 = c7 = 4: the earlier class ranks first, so class 0 is 5th and class 7 6th.
+  const a = [3, 8, 1, 6, 5, 2, 7, 4];
+  const b = [4, 8, 1, 6, 5, 2, 7, 4];
+  const logits = Float32Array.from([...a, ...a, ...a, ...b, ...b]);
+  t.same(countTopK(logits, [1, 7, 0, 0, 7]), { top1: 1, top5: 3 });
+  t.same(countTopK(Float32Array.from(a), [7]), { top1: 0, top5: 1 }, 'A, label 7: 5th');
+  t.same(countTopK(Float32Array.from(a), [0]), { top1: 0, top5: 0 }, 'A, label 0: 6th');
+});
+
+t.test('countTopK refuses a label outside 0..K−1 or not an integer', async (t) => {
+  const logits = Float32Array.from([1, 2, 3, 3, 2, 1]);
+  t.throws(() => countTopK(logits, [0, 3]), { name: 'RangeError', message: /label 3 of row 1 is not a class 0\.\.2/ });
+  t.throws(() => countTopK(logits, [-1, 0]), { name: 'RangeError', message: /label -1 of row 0 is not a class 0\.\.2/ });
+  t.throws(() => countTopK(logits, [1.5, 0]), { name: 'RangeError', message: /label 1\.5 of row 0 is not a class 0\.\.2/ });
 });

@@ -28,6 +28,39 @@ t.test('kNN votes are weighted by exp(s / T), worked by hand', async (t) => {
   t.equal(flat[0].top1, 1);
 });
 
+t.test('kNN top-5 credits only classes that got a vote: with k = 1 it is the one neighbour\'s class', async (t) => {
+  // One query, nearest to the class-9 row, then the class-8 row. k = 1: only class 9 has a vote, so
+  // label 0 (a zero-vote class the stable sort would list second) is a top-5 miss. k = 2: classes
+  // 9 and 8 voted; label 0 still misses. Labels [0, 9, 8] → top-5 1/3 at k = 1, 2/3 at k = 2.
+  const train: FeatureMatrix = { data: Float32Array.from([1, 0, 0, 1]), n: 2, d: 2 };
+  const query: FeatureMatrix = { data: Float32Array.from([1, 0.1, 1, 0.1, 1, 0.1]), n: 3, d: 2 };
+  const [k1, k2] = await knnClassify(e, train, [9, 8], query, [0, 9, 8], { ks: [1, 2], classes: 10 });
+  t.same([k1.top1, k1.top5], [1 / 3, 1 / 3], 'k = 1');
+  t.same([k2.top1, k2.top5], [1 / 3, 2 / 3], 'k = 2');
+});
+
+t.test('kNN vote weights stay finite at a small temperature (s / T > 709)', async (t) => {
+  // Query at 0°; class 0 has two neighbours at cosine 0.99, class 1 one at cosine 0.995; k = 3.
+  // Weights relative to the best neighbour, exp((s − 0.995) / T): T = 0.01 → class 0 gets
+  // 2·e^−0.5 = 1.213 against 1 (class 0 wins); T = 0.001 → 2·e^−5 = 0.0135 against 1 (class 1 wins),
+  // where exp(s / T) = exp(990) and exp(995) are both Infinity and would tie.
+  const at = (c: number, sign: number) => [c, sign * Math.sqrt(1 - c * c)];
+  const train: FeatureMatrix = { data: Float32Array.from([...at(0.99, 1), ...at(0.99, -1), ...at(0.995, 1)]), n: 3, d: 2 };
+  const query: FeatureMatrix = { data: Float32Array.from([1, 0]), n: 1, d: 2 };
+  const warm = await knnClassify(e, train, [0, 0, 1], query, [0], { ks: [3], classes: 2, temperature: 0.01 });
+  t.equal(warm[0].top1, 1, 'T = 0.01: class 0');
+  const cold = await knnClassify(e, train, [0, 0, 1], query, [1], { ks: [3], classes: 2, temperature: 0.001 });
+  t.equal(cold[0].top1, 1, 'T = 0.001: class 1');
+});
+
+t.test('kNN refuses an all-zero feature row, naming the split and the row', async (t) => {
+  const train: FeatureMatrix = { data: Float32Array.from([1, 0, 0, 1, 0, 0]), n: 3, d: 2 };
+  const query: FeatureMatrix = { data: Float32Array.from([1, 0, 0, 0]), n: 2, d: 2 };
+  const good: FeatureMatrix = { data: Float32Array.from([1, 0]), n: 1, d: 2 };
+  await t.rejects(knnClassify(e, train, [0, 1, 1], good, [0], { ks: [1], classes: 2 }), /train feature row 2 is all zero/);
+  await t.rejects(knnClassify(e, { ...train, n: 2, data: train.data.subarray(0, 4) }, [0, 1], query, [0, 1], { ks: [1], classes: 2 }), /test feature row 1 is all zero/);
+});
+
 /** Feature-space linear CKA in float64 (the definition, independent of the Gram form). */
 function ckaDirect(x: FeatureMatrix, y: FeatureMatrix): number {
   const centre = (m: FeatureMatrix) => {
@@ -73,4 +106,18 @@ t.test('linear CKA: 1 for a set with itself, invariant to rotation and scale, eq
   t.ok(Math.abs(m[0][2] - 1) < 1e-4, `rotated and scaled ${m[0][2]}`);
   t.ok(Math.abs(m[0][1] - ckaDirect(x, y)) < 1e-4, `${m[0][1]} vs ${ckaDirect(x, y)}`);
   t.equal(m[1][0], m[0][1], 'symmetric');
+});
+
+t.test('linear CKA keeps its precision under a large common offset (1000 + features)', async (t) => {
+  // Y = X + 0.5·noise, both shifted by 1000: CKA ignores the shift, so it matches the float64 definition.
+  const n = 200;
+  const d = 64;
+  const base = randomNd([n, d], 6).data;
+  const noise = randomNd([n, d], 7).data;
+  const x: FeatureMatrix = { data: Float32Array.from(base, (v) => 1000 + v), n, d };
+  const y: FeatureMatrix = { data: Float32Array.from(base, (v, i) => 1000 + v + 0.5 * noise[i]), n, d };
+  const m = await ckaMatrix(e, [x, y]);
+  const ref = ckaDirect(x, y);
+  t.ok(Math.abs(m[0][1] - ref) < 1e-4, `${m[0][1]} vs ${ref}`);
+  t.ok(Math.abs(m[0][0] - 1) < 1e-5, `self ${m[0][0]}`);
 });

@@ -1,15 +1,30 @@
 // Linear CKA between two feature sets of the same n examples (paper Figure 5):
 //   CKA(X, Y) = ‖ỸᵀX̃‖²_F / (‖X̃ᵀX̃‖_F · ‖ỸᵀỸ‖_F), X̃, Ỹ column-centred,
 // computed in Gram form, HSIC(K, L) = Σ (HKH) ⊙ (HLH) with K = XXᵀ (n × n), which stays small when
-// the feature dimension is large. Grams are GPU matmuls; centring and sums run in float64.
+// the feature dimension is large. Columns are centred in float64 before the Gram (a GPU matmul);
+// the double centring and the sums run in float64.
 import type { Engine } from '../../engine/engine.ts';
 import { matmul } from '../../engine/ops/matmul.ts';
 import type { FeatureMatrix } from './knn.ts';
 
-/** K = X·Xᵀ, then double-centred (H K H, H = I − 11ᵀ/n) in float64. */
+/** X's columns centred in float64, returned as float32 for the GPU. */
+function centreColumns(x: FeatureMatrix): Float32Array {
+  const mean = new Float64Array(x.d);
+  for (let i = 0; i < x.n; i++) for (let j = 0; j < x.d; j++) mean[j] += x.data[i * x.d + j];
+  const out = new Float32Array(x.data.length);
+  for (let i = 0; i < x.n; i++) for (let j = 0; j < x.d; j++) out[i * x.d + j] = x.data[i * x.d + j] - mean[j] / x.n;
+  return out;
+}
+
+/**
+ * K = X̃·X̃ᵀ from the column-centred X̃, then double-centred (H K H, H = I − 11ᵀ/n) in float64.
+ * H·XXᵀ·H = X̃X̃ᵀ exactly, but a float32 Gram of uncentred X loses the signal under a large common
+ * offset (its entries grow as offset²·d), so the columns are centred first; H K H stays to remove
+ * the mean that rounding X̃ to float32 leaves.
+ */
 export async function centredGram(e: Engine, x: FeatureMatrix): Promise<Float64Array> {
   const k = await e.tidy(() => {
-    const t = e.tensor(x.data, [x.n, x.d], 'cka.features');
+    const t = e.tensor(centreColumns(x), [x.n, x.d], 'cka.features');
     return matmul(t, t, { transB: true });
   }).read();
   const n = x.n;

@@ -2,7 +2,8 @@
 
 /**
  * How many rows of `logits` ([n, K]) rank their label first, and among the first five. A row
- * holding a NaN or Inf ranks nothing: argmax over NaN is no prediction, never a correct one.
+ * holding a NaN or Inf ranks nothing: argmax over NaN is no prediction, never a correct one. A
+ * label outside 0..K−1 is refused.
  */
 export function countTopK(logits: Float32Array, labels: ArrayLike<number>): { top1: number; top5: number } {
   const K = logits.length / labels.length;
@@ -11,6 +12,9 @@ export function countTopK(logits: Float32Array, labels: ArrayLike<number>): { to
   for (let i = 0; i < labels.length; i++) {
     const row = logits.subarray(i * K, (i + 1) * K);
     const y = labels[i];
+    if (!Number.isInteger(y) || y < 0 || y >= K) {
+      throw new RangeError(`countTopK: label ${y} of row ${i} is not a class 0..${K - 1} (logits have ${K} columns); labels must be integer class indices below the head's class count`);
+    }
     if (!row.every(Number.isFinite)) continue;
     // Rank of the label: classes scoring higher, or equal and earlier (a stable descending sort).
     let rank = 0;

@@ -26,13 +26,22 @@ export interface KnnResult {
   top5: number;
 }
 
-/** Rows scaled to unit L2 norm (zero rows stay zero). */
-export function l2NormalizeRows(m: FeatureMatrix): FeatureMatrix {
+/**
+ * Rows scaled to unit L2 norm. An all-zero row has no direction: its cosine to everything is 0, so
+ * its "neighbours" would just be the first k training rows; it is refused instead.
+ */
+export function l2NormalizeRows(m: FeatureMatrix, split: 'train' | 'test'): FeatureMatrix {
   const out = new Float32Array(m.data.length);
   for (let i = 0; i < m.n; i++) {
     let s = 0;
     for (let j = 0; j < m.d; j++) s += m.data[i * m.d + j] ** 2;
-    const inv = s > 0 ? 1 / Math.sqrt(s) : 0;
+    if (s === 0) {
+      throw new RangeError(
+        `kNN: ${split} feature row ${i} is all zero (of ${m.n} rows, ${m.d} dims), so it has no cosine neighbours; ` +
+          'the features carry no signal for that image at this block/time step/pooling — pick another, or check the feature cache',
+      );
+    }
+    const inv = 1 / Math.sqrt(s);
     for (let j = 0; j < m.d; j++) out[i * m.d + j] = m.data[i * m.d + j] * inv;
   }
   return { data: out, n: m.n, d: m.d };
@@ -45,8 +54,8 @@ export async function knnClassify(
   const ks = opts.ks ?? [20, 200];
   const T = opts.temperature ?? 0.1;
   const kMax = Math.min(train.n, Math.max(...ks));
-  const tr = l2NormalizeRows(train);
-  const te = l2NormalizeRows(test);
+  const tr = l2NormalizeRows(train, 'train');
+  const te = l2NormalizeRows(test, 'test');
   const chunk = opts.chunk ?? Math.max(1, Math.floor(e.maxBindingBytes / (4 * Math.max(train.n, train.d))));
   const hits = ks.map(() => ({ top1: 0, top5: 0 }));
   const trainT = e.tensor(tr.data, [tr.n, tr.d], 'knn.train');
@@ -60,13 +69,21 @@ export async function knnClassify(
       const row = sims.subarray(r * tr.n, (r + 1) * tr.n);
       // Indices of the kMax most similar training features, most similar first.
       const order = Array.from({ length: tr.n }, (_, i) => i).sort((a, b) => row[b] - row[a]).slice(0, kMax);
+      // exp((s − s_max) / T) ranks the classes as exp(s / T) does but stays finite when s / T > 709.
+      const sMax = row[order[0]];
       ks.forEach((k, ki) => {
         const votes = new Float64Array(opts.classes);
-        for (const i of order.slice(0, k)) votes[trainLabels[i]] += Math.exp(row[i] / T);
+        // Which classes have a neighbour: a weight can round to 0 at a tiny T, the neighbour still counts.
+        const voted = new Uint8Array(opts.classes);
+        for (const i of order.slice(0, k)) {
+          votes[trainLabels[i]] += Math.exp((row[i] - sMax) / T);
+          voted[trainLabels[i]] = 1;
+        }
         const ranked = Array.from(votes.keys()).sort((a, b) => votes[b] - votes[a]);
         const y = testLabels[start + r];
         if (ranked[0] === y) hits[ki].top1++;
-        if (ranked.slice(0, 5).includes(y)) hits[ki].top5++;
+        // Only a class that got a vote is ranked (DINO's kNN counts top-5 over min(5, k) classes).
+        if (voted[y] && ranked.slice(0, 5).includes(y)) hits[ki].top5++;
       });
     }
   }
