@@ -8,7 +8,7 @@ import { CheckpointError } from '../model/checkpoint/checkpoint-error.ts';
 import { openSafetensors, writeSafetensors } from '../model/checkpoint/safetensors.ts';
 import { firstNonFinite, readFinite } from '../model/checkpoint/tensor-source.ts';
 import { NonFiniteError } from './finite.ts';
-import type { Optimizer } from './optimizer.ts';
+import { type Optimizer, OptimizerStateError } from './optimizer.ts';
 
 export interface TrainingProgress {
   epoch: number;
@@ -139,15 +139,15 @@ export async function loadTrainingState(e: Engine, path: string, params: Map<str
       if (info.shape.join() !== p.shape.join()) throw new CheckpointError(path, `parameter ${k} is [${info.shape}] in the checkpoint, [${p.shape}] in the model`);
       values.set(p, await readFinite(src, key));
     }
+    const unexpected = src.keys().filter((k) => k.startsWith('param.') && !params.has(k.slice(6)));
+    if (unexpected.length) throw new CheckpointError(path, `parameters the model does not have: ${unexpected.slice(0, 5).map((k) => k.slice(6)).join(', ')}${unexpected.length > 5 ? ', …' : ''}; the checkpoint belongs to another model`);
     const state = new Map<string, Float32Array>();
-    for (const k of src.keys()) {
-      if (!k.startsWith('optim.')) continue;
-      // Optimizer state is per parameter: <slot>.<parameter name>, with the parameter's shape.
-      const name = k.slice(6);
-      const p = params.get(name.slice(name.indexOf('.') + 1));
-      const info = src.info(k)!;
-      if (p && info.shape.join() !== p.shape.join()) throw new CheckpointError(path, `optimizer state ${name} is [${info.shape}], its parameter [${p.shape}]`);
-      state.set(name, await readFinite(src, k));
+    for (const k of src.keys()) if (k.startsWith('optim.')) state.set(k.slice(6), await readFinite(src, k));
+    try {
+      optimizer.checkState(state);
+    } catch (err) {
+      if (err instanceof OptimizerStateError) throw new CheckpointError(path, `its optimizer state does not fit: ${err.message}`);
+      throw err;
     }
     for (const [p, data] of values) e.writeBuffer(p.buffer, 0, data);
     optimizer.loadState(progress.optimizerSteps, state);

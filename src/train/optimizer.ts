@@ -23,7 +23,26 @@ export interface Optimizer {
   zeroGrad(): void;
   /** Tensors that must be saved to resume (besides the parameters). */
   state(): Map<string, Tensor>;
+  /**
+   * Throws OptimizerStateError when a saved `state()` does not fit these parameters: a tensor for
+   * no parameter, one moment of a pair, a wrong length.
+   */
+  checkState(state: Map<string, Float32Array>): void;
+  /** Restores `state()` as saved after `steps` steps; checkState first, so a refused state changes nothing. */
   loadState(steps: number, state: Map<string, Float32Array>): void;
+}
+
+/** Saved optimizer state that does not fit the optimizer it is loaded into. */
+export class OptimizerStateError extends Error {
+  constructor(detail: string) {
+    super(detail);
+    this.name = 'OptimizerStateError';
+  }
+}
+
+function refuseUnknown(optimizer: string, state: Map<string, Float32Array>, known: Set<string>): void {
+  const unknown = [...state.keys()].filter((k) => !known.has(k));
+  if (unknown.length) throw new OptimizerStateError(`${optimizer} state for no parameter of this model: ${unknown.slice(0, 5).join(', ')}${unknown.length > 5 ? `, … (${unknown.length})` : ''}`);
 }
 
 export class Adam implements Optimizer {
@@ -89,7 +108,25 @@ export class Adam implements Optimizer {
     return out;
   }
 
+  checkState(state: Map<string, Float32Array>): void {
+    // A parameter that never had a gradient has no moments (as in torch.optim.Adam); one that has
+    // only one of the two would restart it at zero under a bias correction for all the steps taken.
+    const known = new Set<string>();
+    for (const [name, p] of this.params) {
+      const m = state.get(`exp_avg.${name}`);
+      const v = state.get(`exp_avg_sq.${name}`);
+      if (!m && !v) continue;
+      if (!m || !v) throw new OptimizerStateError(`Adam state of ${name} has ${m ? 'exp_avg' : 'exp_avg_sq'} without ${m ? 'exp_avg_sq' : 'exp_avg'}`);
+      for (const [slot, d] of [['exp_avg', m], ['exp_avg_sq', v]] as const) {
+        if (d.length !== p.size) throw new OptimizerStateError(`Adam ${slot} of ${name} holds ${d.length} values, its parameter [${p.shape}] ${p.size}`);
+        known.add(`${slot}.${name}`);
+      }
+    }
+    refuseUnknown('Adam', state, known);
+  }
+
   loadState(steps: number, state: Map<string, Float32Array>): void {
+    this.checkState(state);
     this.t = steps;
     for (const [name, p] of this.params) {
       const m = state.get(`exp_avg.${name}`);
@@ -140,7 +177,12 @@ export class Sgd implements Optimizer {
     return new Map();
   }
 
-  loadState(steps: number): void {
+  checkState(state: Map<string, Float32Array>): void {
+    refuseUnknown('SGD', state, new Set());
+  }
+
+  loadState(steps: number, state: Map<string, Float32Array>): void {
+    this.checkState(state);
     this.t = steps;
   }
 }
@@ -188,11 +230,24 @@ export class OptimizerGroups implements Optimizer {
     return out;
   }
 
+  /** Each group's share of `state` (keys group<i>.*, the prefix removed). */
+  private split(state: Map<string, Float32Array>): Map<string, Float32Array>[] {
+    const shares = this.groups.map(() => new Map<string, Float32Array>());
+    for (const [k, v] of state) {
+      const m = /^group(\d+)\.(.*)$/s.exec(k);
+      const share = m ? shares[Number(m[1])] : undefined;
+      if (!share) throw new OptimizerStateError(`state ${k} belongs to none of the ${this.groups.length} optimizer groups`);
+      share.set(m![2], v);
+    }
+    return shares;
+  }
+
+  checkState(state: Map<string, Float32Array>): void {
+    this.split(state).forEach((share, i) => this.groups[i].checkState(share));
+  }
+
   loadState(steps: number, state: Map<string, Float32Array>): void {
-    this.groups.forEach((g, i) => {
-      const mine = new Map<string, Float32Array>();
-      for (const [k, v] of state) if (k.startsWith(`group${i}.`)) mine.set(k.slice(`group${i}.`.length), v);
-      g.loadState(steps, mine);
-    });
+    this.checkState(state);
+    this.split(state).forEach((share, i) => this.groups[i].loadState(steps, share));
   }
 }

@@ -45,11 +45,17 @@ t.test('a training state holding NaN/Inf or inconsistent progress is refused, no
   await writeSafetensors(join(dir, 'shape.safetensors'), { 'param.w': { shape: [3, 2], data: new Float32Array(6) }, 'param.b': { shape: [2], data: new Float32Array(2) } },
     { kind: 'difrep-training-state', progress: '{"epoch": 1, "steps": 1, "optimizerSteps": 1}' });
   cases.push([join(dir, 'shape.safetensors'), 'parameter w is [3,2] in the checkpoint, [2,3] in the model']);
-  await writeSafetensors(join(dir, 'moment.safetensors'), {
-    'param.w': { shape: [2, 3], data: new Float32Array(6) }, 'param.b': { shape: [2], data: new Float32Array(2) },
-    'optim.exp_avg.b': { shape: [3], data: new Float32Array(3) },
-  }, { kind: 'difrep-training-state', progress: '{"epoch": 1, "steps": 1, "optimizerSteps": 1}' });
-  cases.push([join(dir, 'moment.safetensors'), 'optimizer state exp_avg.b is [3], its parameter [2]']);
+  // Parameters and optimizer state that do not fit (besides w and b as they should be).
+  const withTensors = async (file: string, extra: Record<string, number>) => {
+    const tensors: Record<string, { shape: number[]; data: Float32Array }> = { 'param.w': { shape: [2, 3], data: new Float32Array(6) }, 'param.b': { shape: [2], data: new Float32Array(2) } };
+    for (const [k, n] of Object.entries(extra)) tensors[k] = { shape: [n], data: new Float32Array(n) };
+    await writeSafetensors(join(dir, file), tensors, { kind: 'difrep-training-state', progress: '{"epoch": 1, "steps": 500, "optimizerSteps": 500}' });
+    return join(dir, file);
+  };
+  cases.push([await withTensors('moment.safetensors', { 'optim.exp_avg.b': 3, 'optim.exp_avg_sq.b': 3 }), 'optimizer state does not fit: Adam exp_avg of b holds 3 values, its parameter [2] 2']);
+  cases.push([await withTensors('half-pair.safetensors', { 'optim.exp_avg.b': 2 }), 'Adam state of b has exp_avg without exp_avg_sq']);
+  cases.push([await withTensors('stray-moment.safetensors', { 'optim.exp_avg.b': 2, 'optim.exp_avg_sq.b': 2, 'optim.exp_avg_sq.zzz': 2 }), 'Adam state for no parameter of this model: exp_avg_sq.zzz']);
+  cases.push([await withTensors('extra-param.safetensors', { 'param.extra.weight': 4 }), 'parameters the model does not have: extra.weight']);
   await writeSafetensors(join(dir, 'nan-moment.safetensors'), {
     'param.w': { shape: [2, 3], data: new Float32Array(6) }, 'param.b': { shape: [2], data: new Float32Array(2) },
     'optim.exp_avg_sq.w': { shape: [2, 3], data: Float32Array.from([0, 0, 0, 0, 0, NaN]) },

@@ -1,5 +1,5 @@
 import t from 'tap';
-import { Adam, StepLR } from '../../src/train/optimizer.ts';
+import { Adam, OptimizerGroups, StepLR } from '../../src/train/optimizer.ts';
 import { maxRelError, randomNd, testEngine, upload } from '../helpers/check.ts';
 
 const e = await testEngine();
@@ -38,4 +38,38 @@ t.test('StepLR divides the rate by 10 every 7 epochs', async (t) => {
   const want = [1e-3, 1e-3, 1e-4, 1e-4, 1e-5, 1e-6];
   got.forEach((g, i) => t.ok(Math.abs(g - want[i]) <= 1e-12 * want[i] + 1e-18, `${g} vs ${want[i]}`));
   t.equal(adam.lr, got[got.length - 1], 'sets the optimizer');
+});
+
+t.test('OptimizerGroups: a saved state goes back to its groups; one that fits none is refused whole', async (t) => {
+  const param = (v: number) => e.keep(e.tensor(Float32Array.from([v, v]), [2], `p${v}`));
+  const make = () => {
+    const [a, b] = [param(1), param(2)];
+    return { a, b, opt: new OptimizerGroups([new Adam(e, new Map([['a', a]]), { lr: 0.1 }), new Adam(e, new Map([['b', b]]), { lr: 0.01 })]) };
+  };
+  const src = make();
+  src.a.grad = e.keep(e.tensor(Float32Array.from([1, -1]), [2]));
+  src.b.grad = e.keep(e.tensor(Float32Array.from([2, 4]), [2]));
+  src.opt.step();
+  const saved = new Map<string, Float32Array>();
+  for (const [k, v] of src.opt.state()) saved.set(k, await v.read());
+  t.same([...saved.keys()].sort(), ['group0.exp_avg.a', 'group0.exp_avg_sq.a', 'group1.exp_avg.b', 'group1.exp_avg_sq.b']);
+
+  const dst = make();
+  dst.opt.loadState(1, saved);
+  const restored = new Map<string, number[]>();
+  for (const [k, v] of dst.opt.state()) restored.set(k, Array.from(await v.read()));
+  // exp_avg = (1 − β1)·g, exp_avg_sq = (1 − β2)·g² after one step (torch.optim.Adam's update).
+  t.same(restored.get('group1.exp_avg.b')!.map((x) => +x.toFixed(6)), [0.2, 0.4]);
+  t.same(restored.get('group1.exp_avg_sq.b')!.map((x) => +x.toFixed(6)), [0.004, 0.016]);
+  t.equal(dst.opt.steps, 1);
+
+  const refused = (state: Map<string, Float32Array>, message: RegExp) => {
+    const fresh = make();
+    t.throws(() => fresh.opt.loadState(7, state), { name: 'OptimizerStateError', message });
+    t.equal(fresh.opt.steps, 0, 'no group loaded a part of it');
+    t.equal(fresh.opt.state().size, 0, 'no moments created');
+  };
+  refused(new Map([...saved, ['group2.exp_avg.a', new Float32Array(2)]]), /state group2\.exp_avg\.a belongs to none of the 2 optimizer groups/);
+  refused(new Map([...saved, ['group1.exp_avg.b', new Float32Array(3)]]), /Adam exp_avg of b holds 3 values, its parameter \[2\] 2/);
+  refused(new Map([...saved, ['group1.exp_avg.a', new Float32Array(2)]]), /Adam state for no parameter of this model: exp_avg\.a/);
 });
