@@ -236,7 +236,7 @@ const KNN = {
   test: { type: 'string', meta: 'DIR', required: true, help: 'feature cache of the test split' },
   t: { type: 'int', min: 0, max: T_MAX, help: 'timestep', default: 150 },
   b: { type: 'int', min: 1, help: 'block', default: 24 },
-  pool: { type: 'int', min: 0, max: 1024, help: 'adaptive-average-pool cached maps to this size before comparing (paper Table 9: global, 1; 0 = as cached)', default: 1 },
+  pool: { type: 'int', min: 0, max: 1024, help: 'adaptive-average-pool cached maps to this size before comparing (0 = as cached; default 1, the paper\'s global pooling of Table 9, on U-Net features, 0 on a pixel cache, whose grey image pooled to 1 would be one value)' },
   k: { type: 'ints', min: 1, max: 100_000, unique: true, help: 'neighbour counts', default: [20, 200] },
   temperature: { type: 'number', above: 0, max: 1e6, help: 'vote weight exp(s / T)', default: 0.1 },
   standardize: { type: 'flag', help: 'standardise every (pooled) feature dimension with the training split\'s mean and std before the cosine similarity' },
@@ -249,7 +249,8 @@ async function knnCommand(argv: string[]): Promise<number> {
   if (!o) return 0;
   const pixels = await pixelCaches(o.train, o.test);
   const [t, b] = pixels ? [0, PIXEL_BLOCK] : [o.t, o.b];
-  const loaded = { train: await loadCachedFeatures(o.train, [t], [b], o.pool), test: await loadCachedFeatures(o.test, [t], [b], o.pool) };
+  const pool = o.pool ?? (pixels ? 0 : 1);
+  const loaded = { train: await loadCachedFeatures(o.train, [t], [b], pool), test: await loadCachedFeatures(o.test, [t], [b], pool) };
   checkLabels(loaded.train, o.classes, o.train);
   checkLabels(loaded.test, o.classes, o.test);
   const splits = o.standardize ? standardizeSplits(loaded.train, loaded.test) : loaded;
@@ -264,7 +265,7 @@ async function knnCommand(argv: string[]): Promise<number> {
   const e = await tunedEngine();
   const res = await knnClassify(e, tr.m, tr.labels, te.m, te.labels, { ks: o.k, temperature: o.temperature, classes: o.classes });
   for (const r of res) console.log(`kNN k=${r.k}: top-1 ${(100 * r.top1).toFixed(2)}%, top-5 ${(100 * r.top5).toFixed(2)}%`);
-  if (o.out) await writeFileAtomic(o.out, JSON.stringify({ features: pixels ? 'pixels' : 'unet', t, b, pool: o.pool, standardize: o.standardize, temperature: o.temperature, results: res }, null, 2));
+  if (o.out) await writeFileAtomic(o.out, JSON.stringify({ features: pixels ? 'pixels' : 'unet', t, b, pool, standardize: o.standardize, temperature: o.temperature, results: res }, null, 2));
   e.dispose();
   return 0;
 }

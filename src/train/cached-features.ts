@@ -3,10 +3,16 @@
 import { featureKey, openFeatureCache, PIXEL_BLOCK } from './extract.ts';
 import type { FeatureArrays } from './fit.ts';
 
-/** Adaptive average pooling of cached per-image maps [C, H, W] to [C, p, p] on the CPU (PyTorch windows). */
+/**
+ * Adaptive average pooling of cached per-image maps [C, H, W] to [C, p, p] on the CPU (PyTorch
+ * windows). Only ever shrinks: asked for more than the map holds, adaptive pooling would repeat its
+ * values (a 2×2 map "pooled" to 4×4) and report the result as what it is not, so that is a
+ * RangeError.
+ */
 export function poolCached(data: Float32Array, count: number, shape: number[], p: number): { data: Float32Array; shape: number[] } {
   if (!p || shape.length !== 3 || (shape[1] === p && shape[2] === p)) return { data, shape };
   const [C, H, W] = shape;
+  if (p > H || p > W) throw new RangeError(`cannot pool ${H}×${W} maps to ${p}×${p}: pooling only shrinks a map`);
   const out = new Float32Array(count * C * p * p);
   for (let n = 0; n < count; n++) {
     for (let c = 0; c < C; c++) {
@@ -34,7 +40,13 @@ export async function loadCachedFeatures(dir: string, timesteps: number[], block
   for (const t of timesteps) {
     for (const b of blocks) {
       const raw = await cache.features(t, b);
-      features.set(featureKey(t, b), poolCached(raw.data, cache.count, raw.shape, pool));
+      try {
+        features.set(featureKey(t, b), poolCached(raw.data, cache.count, raw.shape, pool));
+      } catch (err) {
+        if (!(err instanceof RangeError)) throw err;
+        const extracted = cache.signature.pool ? `it was extracted with --pool ${cache.signature.pool}` : 'it holds the full maps';
+        throw new RangeError(`${dir}: t ${t}, b ${b}: ${err.message} (${extracted}); ask for a pool of at most ${Math.min(raw.shape[1], raw.shape[2])}, or extract again with a larger --pool (0 keeps the full maps)`);
+      }
     }
   }
   return { features, labels: cache.labels, count: cache.count };

@@ -97,8 +97,11 @@ function prePooled(data: FeatureArrays, keys: string[], poolTo: (size: number) =
   for (const k of keys) {
     const f = data.features.get(k);
     if (!f || f.shape.length !== 3 || f.shape[1] !== f.shape[2]) continue;
-    const s = poolTo(f.shape[1]);
-    if (s < f.shape[1]) features.set(k, poolCached(f.data, data.count, f.shape, s));
+    try {
+      features.set(k, poolCached(f.data, data.count, f.shape, poolTo(f.shape[1])));
+    } catch (err) {
+      throw err instanceof RangeError ? new RangeError(`features ${k}: ${err.message}; pool the head to at most ${f.shape[1]}, or extract these features with a larger --pool (0 keeps the full maps)`) : err;
+    }
   }
   return { ...data, features };
 }

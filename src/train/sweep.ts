@@ -37,7 +37,11 @@ export function probeInputs(train: FeatureArrays, test: FeatureArrays, key: stri
   const one = (d: FeatureArrays): FeatureArrays => {
     const f = d.features.get(key);
     if (!f) throw new Error(`the sweep has no features ${key}`);
-    return { ...d, features: new Map([[key, poolCached(f.data, d.count, f.shape, pool)]]) };
+    try {
+      return { ...d, features: new Map([[key, poolCached(f.data, d.count, f.shape, pool)]]) };
+    } catch (err) {
+      throw err instanceof RangeError ? new RangeError(`sweep, features ${key}, pool ${pool}: ${err.message}; list pool sizes of at most ${f.shape[1]}, or extract these features with a larger --pool (0 keeps the full maps)`) : err;
+    }
   };
   return standardize ? standardizeSplits(one(train), one(test)) : { train: one(train), test: one(test) };
 }
