@@ -206,7 +206,7 @@ async function report(engine: Engine, adapter: string, started: Date) {
   const inMode = CASES.filter((c) => (mode === 'quick' ? c.quick : mode === 'full' ? true : !(c.full === true || (c.full === 'cpu' && engine.cpuAdapter))));
   const cases = only ? inMode.filter((c) => only.test(`${c.family} ${c.name}`)) : inMode;
   if (!cases.length) {
-    console.error(`--only ${only.source}: no ${mode} row matches; the rows are:\n${inMode.map((c) => `  ${c.family} ${c.name}`).join('\n')}`);
+    console.error(`--only ${only?.source}: no ${mode} row matches; the rows are:\n${inMode.map((c) => `  ${c.family} ${c.name}`).join('\n')}`);
     process.exit(2);
   }
   const before: Peaks = await measurePeaks(engine);
