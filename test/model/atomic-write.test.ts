@@ -5,7 +5,7 @@ import * as realFs from 'node:fs/promises';
 import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { removeStaleTempFiles, writeFileAtomic } from '../../src/model/checkpoint/atomic-write.ts';
 
 const failure = (p: Promise<unknown>) => p.then(() => null, (e: Error) => e);
@@ -70,5 +70,57 @@ t.test('removeStaleTempFiles removes the temp files of dead processes only', asy
   t.same(removed, [join(dir, files.deadTemp)]);
   t.same((await readdir(dir)).sort(), [files.notTemp, `folder.${dead}.${ms}.tmp`, files.ownTemp, files.liveTemp, files.otherTmp].sort());
   t.same(await removeStaleTempFiles(join(dir, 'missing')), [], 'a missing directory has nothing to remove');
+  await rm(dir, { recursive: true });
+});
+
+/** writeFileAtomic over fs/promises that logs writes, renames and fsyncs; the directory's fsync fails with `dirSyncError`. */
+async function loggedWrite(t: Test, dir: string, target: string, dirSyncError: string) {
+  const calls: string[] = [];
+  const name = (p: string) => (p === dir ? '<dir>' : p === target ? '<target>' : p.startsWith(`${target}.`) ? '<tmp>' : p);
+  const { writeFileAtomic: write } = await t.mockImport<typeof import('../../src/model/checkpoint/atomic-write.ts')>('../../src/model/checkpoint/atomic-write.ts', {
+    'node:fs/promises': {
+      ...realFs,
+      writeFile: async (p: string, data: string) => {
+        calls.push(`write ${name(p)}`);
+        await realFs.writeFile(p, data);
+      },
+      rename: async (from: string, to: string) => {
+        calls.push(`rename ${name(from)} ${name(to)}`);
+        await realFs.rename(from, to);
+      },
+      open: async (p: string, flags: string) => {
+        const handle = await realFs.open(p, flags);
+        return {
+          sync: async () => {
+            calls.push(`fsync ${name(p)}`);
+            if (p === dir) throw Object.assign(new Error(`${dirSyncError}: fsync`), { code: dirSyncError });
+            await handle.sync();
+          },
+          close: () => handle.close(),
+        };
+      },
+    },
+  });
+  return { calls, write };
+}
+
+t.test('the temp file is fsynced before the rename and the directory after it; a directory fsync refused (EINVAL) is ignored', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'difrep-atomic-'));
+  const target = join(dir, 'state.safetensors');
+  const { calls, write } = await loggedWrite(t, dir, target, 'EINVAL');
+  await write(target, 'new contents');
+  t.same(calls, ['write <tmp>', 'fsync <tmp>', 'rename <tmp> <target>', 'fsync <dir>']);
+  t.equal(await readFile(target, 'utf8'), 'new contents');
+  t.same(await readdir(dir), ['state.safetensors']);
+  await rm(dir, { recursive: true });
+});
+
+t.test('a directory fsync that fails (EIO) says the file was written but may not survive a crash', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'difrep-atomic-'));
+  const target = join(dir, 'state.safetensors');
+  const { write } = await loggedWrite(t, dir, target, 'EIO');
+  const err = await failure(write(target, 'new contents'));
+  t.equal(err?.message, `wrote ${target} but cannot sync its directory: input/output error (EIO); the new contents may not survive a crash`);
+  t.equal(await readFile(target, 'utf8'), 'new contents');
   await rm(dir, { recursive: true });
 });

@@ -64,21 +64,69 @@ t.test('malformed pickles are CheckpointErrors saying what is wrong', async (t) 
   t.same(view, { kind: 'tensor', storage, offset: 1, shape: [2, 3], stride: [3, 1] });
 });
 
+const tuple = (xs: number[]) => bytes('(', ...xs.map((x) => bytes('K', [x])), 't');
+
+/**
+ * The pickle of {'w': _rebuild_tensor_v2(storage, offset, size, stride, False, OrderedDict())}
+ * whose storage is the persistent id ('storage', torch.<type>, '0', 'cpu', numel[, sixth]); the
+ * legacy format always has the sixth field, view_metadata: None ('N') or a pickled tuple.
+ */
+function stateDictPickle(o: { type?: string; numel: number; sixth?: string | Uint8Array; offset: number; size: number[]; stride: number[] }): Uint8Array {
+  const pid = bytes('(', str('storage'), `ctorch\n${o.type ?? 'FloatStorage'}\n`, str('0'), str('cpu'), 'J', new Uint8Array(new Int32Array([o.numel]).buffer), o.sixth ?? '', 'tQ');
+  const tensor = bytes(REBUILD, '(', pid, 'K', [o.offset], tuple(o.size), tuple(o.stride), '\x89', EMPTY_ORDERED_DICT, 'tR');
+  return bytes('\x80\x02}(', str('w'), tensor, 'u.');
+}
+
 /**
  * A legacy (pre-1.6) torch.save file by hand: magic, protocol 1001, sys info, {'w': tensor},
  * storage keys ['0'], then storage 0 as an int64 element count and float32 values.
  */
-function legacyFile(o: { size: number[]; stride: number[]; offset: number; pidNumel: number; diskNumel: number; values: number[] }): Uint8Array {
+function legacyFile(o: { size: number[]; stride: number[]; offset: number; pidNumel: number; diskNumel: number; values: number[]; type?: string; view?: Uint8Array }): Uint8Array {
   const magic = bytes('\x80\x02\x8a\x0a', [0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19], '.');
   const protocol = bytes('\x80\x02M\xe9\x03.');
   const sysInfo = bytes('\x80\x02}.');
-  const tuple = (xs: number[]) => bytes('(', ...xs.map((x) => bytes('K', [x])), 't');
-  const pid = bytes('(', str('storage'), 'ctorch\nFloatStorage\n', str('0'), str('cpu'), 'J', new Uint8Array(new Int32Array([o.pidNumel]).buffer), 'NtQ');
-  const tensor = bytes(REBUILD, '(', pid, 'K', [o.offset], tuple(o.size), tuple(o.stride), '\x89', EMPTY_ORDERED_DICT, 'tR');
-  const main = bytes('\x80\x02}(', str('w'), tensor, 'u.');
+  const main = stateDictPickle({ ...o, numel: o.pidNumel, sixth: o.view ?? 'N' });
   const keys = bytes('\x80\x02]', str('0'), 'a.');
   const count = new Uint8Array(new BigInt64Array([BigInt(o.diskNumel)]).buffer);
   return bytes(magic, protocol, sysInfo, main, keys, count, new Uint8Array(Float32Array.from(o.values).buffer));
+}
+
+/** A zip archive of stored (uncompressed) entries, as torch.save writes (CRCs left 0: the reader does not check them). */
+function zipArchive(files: Record<string, Uint8Array>): Uint8Array {
+  const locals: Uint8Array[] = [];
+  const centrals: Uint8Array[] = [];
+  let at = 0;
+  for (const [name, data] of Object.entries(files)) {
+    const n = new TextEncoder().encode(name);
+    const local = new Uint8Array(30 + n.length + data.length);
+    const lv = new DataView(local.buffer);
+    lv.setUint32(0, 0x04034b50, true);
+    lv.setUint32(18, data.length, true);
+    lv.setUint32(22, data.length, true);
+    lv.setUint16(26, n.length, true);
+    local.set(n, 30);
+    local.set(data, 30 + n.length);
+    const central = new Uint8Array(46 + n.length);
+    const cv = new DataView(central.buffer);
+    cv.setUint32(0, 0x02014b50, true);
+    cv.setUint32(20, data.length, true);
+    cv.setUint32(24, data.length, true);
+    cv.setUint16(28, n.length, true);
+    cv.setUint32(42, at, true);
+    central.set(n, 46);
+    locals.push(local);
+    centrals.push(central);
+    at += local.length;
+  }
+  const cd = bytes(...centrals);
+  const eocd = new Uint8Array(22);
+  const ev = new DataView(eocd.buffer);
+  ev.setUint32(0, 0x06054b50, true);
+  ev.setUint16(8, centrals.length, true);
+  ev.setUint16(10, centrals.length, true);
+  ev.setUint32(12, cd.length, true);
+  ev.setUint32(16, at, true);
+  return bytes(...locals, cd, eocd);
 }
 
 t.test('legacy .pt files: storage counts, views past their storage and expanded views', async (t) => {
@@ -114,4 +162,61 @@ t.test('a zip entry whose local header lies past the end of the file is named', 
   const err = await openTorchCheckpoint(pt).then(() => null, (e: Error) => e);
   t.ok(err instanceof CheckpointError);
   t.match(err?.message, `corrupted zip entry ${name}: local header at ${pt.length + 100} past the end (${pt.length} bytes)`);
+});
+
+t.test('a legacy storage view (the persistent id\'s 6th field) is the slice of its root storage that tensors index', async (t) => {
+  // torch < 1.0: ('storage', type, root_key, location, root_numel, (view_key, offset, size)).
+  const root = { size: [3], stride: [1], offset: 0, pidNumel: 6, diskNumel: 6, values: [0, 1, 2, 3, 4, 5] };
+  const view = (offset: number, size: number) => bytes(str('200'), 'K', [offset], 'K', [size], '\x87');
+  const src = await openTorchCheckpoint(legacyFile({ ...root, view: view(3, 3) }));
+  t.same(Array.from(await src.read('w')), [3, 4, 5], 'elements 3..5 of the root storage');
+  const inner = await openTorchCheckpoint(legacyFile({ ...root, size: [2], offset: 1, view: view(2, 3) }));
+  t.same(Array.from(await inner.read('w')), [3, 4], 'the tensor offset counts from the view');
+  const cases: [string, Parameters<typeof legacyFile>[0], string][] = [
+    ['a view past its root storage', { ...root, view: view(4, 3) }, 'storage 0 of 6 elements has the view ["200",4,3], not (view_key, offset, size) inside it'],
+    ['a tensor past its view', { ...root, offset: 1, view: view(0, 3) }, 'tensor "w" (size [3], stride [1], offset 1) reaches past its storage of 3 elements'],
+  ];
+  for (const [what, o, message] of cases) {
+    const err = await openTorchCheckpoint(legacyFile(o)).then((s) => s.read('w')).then(() => null, (e: Error) => e);
+    t.ok(err instanceof CheckpointError, `${what}: a CheckpointError`);
+    t.match(err?.message, message, `${what}: ${err?.message}`);
+  }
+});
+
+t.test('an unsupported storage type is named, with the supported ones', async (t) => {
+  const good = { size: [1], stride: [1], offset: 0, pidNumel: 1, diskNumel: 1, values: [0, 0] };
+  const err = await openTorchCheckpoint(legacyFile({ ...good, type: 'ComplexFloatStorage' })).then(() => null, (e: Error) => e);
+  t.ok(err instanceof CheckpointError);
+  t.match(err?.message, 'storage 0 has the unsupported type torch.ComplexFloatStorage (supported: torch.FloatStorage, torch.HalfStorage, torch.BFloat16Storage');
+});
+
+t.test('a zip archive\'s byteorder record: "big" storages are byte-swapped per element, anything but little/big refused', async (t) => {
+  const values = [1.5, -2, 3.25];
+  // Each dtype's big-endian bytes of `values` (f16: 0x3e00, 0xc000, 0x4280).
+  const dtypes: [string, number, (v: DataView, i: number, x: number) => void][] = [
+    ['FloatStorage', 4, (v, i, x) => v.setFloat32(4 * i, x, false)],
+    ['DoubleStorage', 8, (v, i, x) => v.setFloat64(8 * i, x, false)],
+    ['HalfStorage', 2, (v, i) => v.setUint16(2 * i, [0x3e00, 0xc000, 0x4280][i], false)],
+  ];
+  const archive = (type: string, data: Uint8Array, byteorder?: string) =>
+    zipArchive({
+      'archive/data.pkl': stateDictPickle({ type, numel: 3, offset: 0, size: [3], stride: [1] }),
+      ...(byteorder === undefined ? {} : { 'archive/byteorder': new TextEncoder().encode(byteorder) }),
+      'archive/data/0': data,
+      'archive/version': new TextEncoder().encode('3\n'),
+    });
+  for (const [type, size, write] of dtypes) {
+    const big = new Uint8Array(3 * size);
+    values.forEach((x, i) => write(new DataView(big.buffer), i, x));
+    const src = await openTorchCheckpoint(archive(type, big, 'big'));
+    t.same(Array.from(await src.read('w')), values, `${type}, byteorder big`);
+    const little = Uint8Array.from({ length: big.length }, (_, i) => big[i - (i % size) + size - 1 - (i % size)]);
+    for (const order of ['little', undefined]) {
+      const le = await openTorchCheckpoint(archive(type, little, order));
+      t.same(Array.from(await le.read('w')), values, `${type}, byteorder ${order ?? 'absent (little)'}`);
+    }
+  }
+  const err = await openTorchCheckpoint(archive('FloatStorage', new Uint8Array(12), 'middle')).then(() => null, (e: Error) => e);
+  t.ok(err instanceof CheckpointError);
+  t.match(err?.message, 'archive/byteorder says "middle": the byte order must be "little" or "big"');
 });

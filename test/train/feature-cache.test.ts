@@ -215,19 +215,28 @@ t.test('metadata is checked before it is used: chunk size 0, huge counts, bad li
 
 t.test('chunks whose header disagrees with their bytes, labels out of range or a wrong index are refused', async (t) => {
   const plan = { start: 0, end: 4, file: 'chunk-00000000-00000004.safetensors' };
-  const craft = async (tensors: Record<string, { shape: number[]; data: Float32Array | BigInt64Array }>, dtypes: Record<string, string> = {}) => {
+  // `patch`: one text replaced in the encoded header (same length), for a header our writer refuses to write.
+  const craft = async (tensors: Record<string, { shape: number[]; data: Float32Array | BigInt64Array }>, patch?: [string, string]) => {
     const dir = await tempDir();
     const sums: Record<string, string> = {};
-    for (const [k, v] of Object.entries(tensors)) sums[k] = tensorChecksum(dtypes[k] ?? (v.data instanceof BigInt64Array ? 'I64' : 'F32'), v.shape, Float32Array.from(v.data, Number));
-    await writeFile(join(dir, plan.file), encodeSafetensors(tensors, { signature: JSON.stringify(sig4), start: '0', end: '4', sha256: JSON.stringify(sums) }));
+    for (const [k, v] of Object.entries(tensors)) sums[k] = tensorChecksum(v.data instanceof BigInt64Array ? 'I64' : 'F32', v.shape, Float32Array.from(v.data, Number));
+    const bytes = encodeSafetensors(tensors, { signature: JSON.stringify(sig4), start: '0', end: '4', sha256: JSON.stringify(sums) });
+    if (patch) {
+      const text = new TextDecoder().decode(bytes);
+      if (patch[0].length !== patch[1].length || !text.includes(patch[0])) throw new Error(`cannot patch ${patch[0]}`);
+      bytes.set(new TextEncoder().encode(text.replace(patch[0], patch[1])).subarray(0, bytes.length));
+    }
+    await writeFile(join(dir, plan.file), bytes);
     return dir;
   };
   const i64 = (v: number[]) => ({ shape: [v.length], data: BigInt64Array.from(v, BigInt) });
   const good = { 't5.b1': { shape: [4, 2], data: new Float32Array(8) }, labels: i64([0, 1, 2, 3]), index: i64([0, 1, 2, 3]) };
   t.ok(await openFeatureCache(await craft(good)), 'the hand-made chunk opens');
+  // What `--t 150,150` used to write: a header for 4 images over the bytes of 8.
+  const wide = await craft({ ...good, 't5.b1': { shape: [8, 2], data: new Float32Array(16) } }, ['"shape":[8,2]', '"shape":[4,2]']);
+  await t.rejects(openFeatureCache(wide), /tensor "t5\.b1" data_offsets \[64,128\] hold 64 bytes, but F32 \[4,2\] needs 32/, 'header shape vs bytes');
+  await rm(wide, { recursive: true });
   const cases: [string, Record<string, { shape: number[]; data: Float32Array | BigInt64Array }>, RegExp][] = [
-    // What `--t 150,150` used to write: a header for 4 images over the bytes of 8.
-    ['header shape vs bytes', { ...good, 't5.b1': { shape: [4, 2], data: new Float32Array(16) } }, /tensor "t5\.b1" data_offsets \[64,128\] hold 64 bytes, but F32 \[4,2\] needs 32/],
     ['images in the feature map', { ...good, 't5.b1': { shape: [2, 4], data: new Float32Array(8) } }, /tensor "t5\.b1" has shape \[2,4\], expected \[4, \.\.\.\] for 4 images/],
     ['labels out of range', { ...good, labels: i64([0, 1, -5, 3]) }, /label of image 2 is -5, not a class number/],
     ['index not start..end', { ...good, index: i64([0, 1, 3, 2]) }, /index\[2\] is 3, expected 2/],

@@ -1,21 +1,45 @@
 // Writes a file so that readers see either the old contents or the new, never a partial file: the
-// data goes to `<path>.<pid>.<ms>.tmp` beside the target, then is renamed over it. A failed write
-// removes its temp file; temp files of processes that died mid-write are removed by
-// removeStaleTempFiles (the pid in the name tells whether the writer is still alive).
+// data goes to `<path>.<pid>.<ms>.tmp` beside the target, is fsynced, then is renamed over it, and
+// the directory is fsynced so that the rename survives a crash too. A failed write removes its
+// temp file; temp files of processes that died mid-write are removed by removeStaleTempFiles (the
+// pid in the name tells whether the writer is still alive).
 import { describeFsError } from './fs-error.ts';
 
 /** `<target>.<pid>.<Date.now()>.tmp` */
 const TEMP_NAME = /^(.+)\.(\d+)\.(\d{13,})\.tmp$/;
 
+/** Errors of a directory fsync on systems and file systems that do not support one (Windows cannot open a directory). */
+const NO_DIRECTORY_SYNC = new Set(['EINVAL', 'EISDIR', 'EPERM', 'EACCES', 'ENOTSUP', 'EOPNOTSUPP', 'EBADF']);
+
 export async function writeFileAtomic(path: string, data: Uint8Array | string): Promise<void> {
   const fs = await import('node:fs/promises');
+  const { dirname } = await import('node:path');
+  const sync = async (p: string, flags: string) => {
+    const handle = await fs.open(p, flags);
+    try {
+      await handle.sync();
+    } finally {
+      await handle.close();
+    }
+  };
   const tmp = `${path}.${process.pid}.${Date.now()}.tmp`;
   try {
     await fs.writeFile(tmp, data);
+    // Without this fsync a crash after the rename can leave the new name on an empty or partial
+    // file (ext4 delayed allocation, XFS): the data must be on disk before the name points to it.
+    await sync(tmp, 'r+');
     await fs.rename(tmp, path);
   } catch (e) {
     await fs.rm(tmp, { force: true }).catch(() => {});
     throw new Error(`cannot write ${path}: ${describeFsError(e)}; ${path} is unchanged`, { cause: e });
+  }
+  // The rename itself is durable only once the directory holding the entry is synced.
+  try {
+    await sync(dirname(path), 'r');
+  } catch (e) {
+    if (!NO_DIRECTORY_SYNC.has((e as { code?: string }).code ?? '')) {
+      throw new Error(`wrote ${path} but cannot sync its directory: ${describeFsError(e)}; the new contents may not survive a crash`, { cause: e });
+    }
   }
 }
 

@@ -29,9 +29,12 @@ export function toFloat32(dtype: DType, bytes: Uint8Array, count: number): Float
     case 'F16':
       for (let i = 0; i < count; i++) out[i] = halfToFloat(view.getUint16(2 * i, true));
       break;
-    case 'BF16':
-      for (let i = 0; i < count; i++) out[i] = new Float32Array(new Uint32Array([view.getUint16(2 * i, true) << 16]).buffer)[0];
+    case 'BF16': {
+      // bfloat16 is the high half of a float32: write its bits into the top of each f32 of `out`.
+      const bits = new Uint32Array(out.buffer);
+      for (let i = 0; i < count; i++) bits[i] = view.getUint16(2 * i, true) << 16;
       break;
+    }
     case 'F64':
       for (let i = 0; i < count; i++) out[i] = view.getFloat64(8 * i, true);
       break;
@@ -49,5 +52,12 @@ export function toFloat32(dtype: DType, bytes: Uint8Array, count: number): Float
       for (let i = 0; i < count; i++) out[i] = view.getInt8(i);
       break;
   }
+  return out;
+}
+
+/** A copy of `bytes` with each `size`-byte element's bytes reversed (big-endian ↔ little-endian). */
+export function byteSwapped(bytes: Uint8Array, size: number): Uint8Array {
+  const out = new Uint8Array(bytes.length);
+  for (let i = 0; i < bytes.length; i += size) for (let j = 0; j < size; j++) out[i + j] = bytes[i + size - 1 - j];
   return out;
 }

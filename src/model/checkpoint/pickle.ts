@@ -19,8 +19,11 @@ export interface TensorRef {
 export interface StorageRef {
   kind: 'storage';
   storageType: string;
+  /** The root storage's key (its zip entry or legacy record) and element count. */
   key: string;
   numel: number;
+  /** A legacy storage view: the elements [offset, offset + size) of the root storage, which its tensors index from. */
+  view?: { offset: number; size: number };
 }
 
 export class UnsafePickleError extends CheckpointError {

@@ -9,6 +9,11 @@ import type { TensorSource } from './tensor-source.ts';
 
 const MAX_HEADER = 100 * 1024 * 1024;
 
+/** The format requires the JSON header to start with "{" (huggingface/safetensors: "MUST begin with a `{` character"). */
+export function isSafetensors(head: Uint8Array): boolean {
+  return head.length > 8 && head[8] === 0x7b;
+}
+
 export async function openSafetensors(input: string | Uint8Array | ByteSource): Promise<TensorSource> {
   const src = typeof input === 'string' || input instanceof Uint8Array ? await openSource(input) : input;
   try {
@@ -76,6 +81,11 @@ export function encodeSafetensors(tensors: Record<string, NamedArray>, metadata:
   const names = Object.keys(tensors).sort();
   for (const name of names) {
     const t = tensors[name];
+    if (name === '__metadata__') throw new RangeError('a tensor cannot be named "__metadata__": safetensors reserves that key for the metadata');
+    const count = t.shape.reduce((p, d) => p * d, 1);
+    if (count !== t.data.length) {
+      throw new RangeError(`tensor "${name}": shape ${JSON.stringify(t.shape)} has ${count} elements but its data holds ${t.data.length}`);
+    }
     const bytes = t.data.byteLength;
     header[name] = { dtype: t.data instanceof BigInt64Array ? 'I64' : 'F32', shape: t.shape, data_offsets: [offset, offset + bytes] };
     offset += bytes;

@@ -3,11 +3,11 @@
 // magic number, protocol, sys info, the object, the storage keys — then each storage as an int64
 // element count followed by its raw bytes). Tensors are decoded lazily, one at a time.
 import { type ByteSource, openSource } from './byte-source.ts';
-import { DTYPE_BYTES, type DType, toFloat32 } from './dtype.ts';
+import { byteSwapped, DTYPE_BYTES, type DType, toFloat32 } from './dtype.ts';
 import { type PickleValue, type StorageRef, type TensorRef, unpickle } from './pickle.ts';
 import { CheckpointError } from './checkpoint-error.ts';
 import type { TensorInfo, TensorSource } from './tensor-source.ts';
-import { isZip, readZipDirectory } from './zip.ts';
+import { isZip, readZipDirectory, type ZipEntry } from './zip.ts';
 
 const STORAGE_DTYPES: Record<string, DType> = {
   'torch.FloatStorage': 'F32',
@@ -23,15 +23,42 @@ const STORAGE_DTYPES: Record<string, DType> = {
 
 const LEGACY_MAGIC = 0x1950a86a20f9469cfc6cn;
 
+/** LONG1 of 10 bytes: LEGACY_MAGIC as pickled, the first thing a legacy torch.save writes. */
+const LEGACY_MAGIC_PICKLED = Uint8Array.of(0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19);
+/** The bytes isLegacyTorch needs at most: PROTO, a FRAME (protocol 4 and 5), the pickled magic. */
+export const LEGACY_HEAD_BYTES = 2 + 9 + LEGACY_MAGIC_PICKLED.length;
+export const LEGACY_HEAD_DESCRIPTION = 'a pickle PROTO opcode (80 02 for the default pickle_protocol 2) and the magic number 8a 0a 6c fc 9c 46 f9 20 6a a8 50 19';
+
+/** Whether `head` starts as torch.save's legacy format does: PROTO 2–5 (from 4 a FRAME may follow), then the magic number. */
+export function isLegacyTorch(head: Uint8Array): boolean {
+  if (head[0] !== 0x80 || head[1] < 2 || head[1] > 5) return false;
+  const at = head[2] === 0x95 ? 11 : 2;
+  return head.length >= at + LEGACY_MAGIC_PICKLED.length && LEGACY_MAGIC_PICKLED.every((b, i) => head[at + i] === b);
+}
+
+const isCount = (v: unknown): v is number => Number.isSafeInteger(v) && (v as number) >= 0;
+
 function storageFromPid(file: string, pid: PickleValue[]): StorageRef {
-  const [tag, type, key, , numel] = pid as [unknown, { global?: unknown } | null, unknown, unknown, unknown];
+  const [tag, type, key, , numel, viewMetadata] = pid as [unknown, { global?: unknown } | null, unknown, unknown, unknown, unknown];
   const storageType = typeof type === 'object' && type !== null ? type.global : undefined;
-  if (tag !== 'storage' || typeof storageType !== 'string' || !(storageType in STORAGE_DTYPES)) {
-    throw new CheckpointError(file, `unsupported persistent id ${JSON.stringify(pid.map(String))}`);
+  if (tag !== 'storage' || typeof storageType !== 'string') {
+    const shown = pid.map((v) => (typeof v === 'object' && v !== null && 'global' in v ? String(v.global) : String(v)));
+    throw new CheckpointError(file, `unsupported persistent id ${JSON.stringify(shown)}: not ('storage', <type>, key, location, numel)`);
+  }
+  if (!(storageType in STORAGE_DTYPES)) {
+    throw new CheckpointError(file, `storage ${String(key)} has the unsupported type ${storageType} (supported: ${Object.keys(STORAGE_DTYPES).join(', ')})`);
   }
   if (typeof key !== 'string' && typeof key !== 'number') throw new CheckpointError(file, `a storage key ${String(key)} that is not a name`);
-  if (!Number.isSafeInteger(numel) || (numel as number) < 0) throw new CheckpointError(file, `storage ${key} has ${String(numel)} elements, not a count`);
-  return { kind: 'storage', storageType, key: String(key), numel: numel as number };
+  if (!isCount(numel)) throw new CheckpointError(file, `storage ${key} has ${String(numel)} elements, not a count`);
+  const storage: StorageRef = { kind: 'storage', storageType, key: String(key), numel };
+  if (viewMetadata === undefined || viewMetadata === null) return storage;
+  // torch.save before 1.0 wrote a storage view as (view_key, offset, size), in elements of the
+  // root storage; torch.serialization._legacy_load slices the root storage to those elements.
+  const [, offset, size] = Array.isArray(viewMetadata) ? viewMetadata : [];
+  if (!Array.isArray(viewMetadata) || viewMetadata.length !== 3 || !isCount(offset) || !isCount(size) || offset + size > numel) {
+    throw new CheckpointError(file, `storage ${key} of ${numel} elements has the view ${JSON.stringify(viewMetadata)}, not (view_key, offset, size) inside it`);
+  }
+  return { ...storage, view: { offset, size } };
 }
 
 function isTensorRef(v: unknown): v is TensorRef {
@@ -49,7 +76,7 @@ function collectTensors(file: string, root: PickleValue): Map<string, TensorRef>
 /** Where each storage's bytes start in the file. */
 type StorageLocator = (s: StorageRef) => number;
 
-function tensorSource(src: ByteSource, tensors: Map<string, TensorRef>, locate: StorageLocator): TensorSource {
+function tensorSource(src: ByteSource, tensors: Map<string, TensorRef>, locate: StorageLocator, bigEndian = false): TensorSource {
   return {
     name: src.name,
     metadata: {},
@@ -66,14 +93,18 @@ function tensorSource(src: ByteSource, tensors: Map<string, TensorRef>, locate: 
       const count = t.shape.reduce((p, d) => p * d, 1);
       if (count === 0) return new Float32Array(0);
       const base = locate(t.storage);
+      // The elements the tensor indexes: a legacy storage view's slice, or the whole storage.
+      const first = t.storage.view?.offset ?? 0;
+      const numel = t.storage.view?.size ?? t.storage.numel;
       // Extent of storage elements the view touches (shape and stride are non-negative integers).
       let span = 1;
       t.shape.forEach((d, i) => (span += (d - 1) * t.stride[i]));
       const view = `tensor "${k}" (size ${JSON.stringify(t.shape)}, stride ${JSON.stringify(t.stride)}, offset ${t.offset})`;
-      if (!(t.offset + span <= t.storage.numel)) throw new CheckpointError(src.name, `${view} reaches past its storage of ${t.storage.numel} elements`);
+      if (!(t.offset + span <= numel)) throw new CheckpointError(src.name, `${view} reaches past its storage of ${numel} elements`);
       // An expanded view (stride 0) has more elements than its storage; a state_dict never holds one.
-      if (count > t.storage.numel) throw new CheckpointError(src.name, `${view} has ${count} elements over a storage of ${t.storage.numel}: expanded views are not supported (save contiguous tensors)`);
-      const raw = toFloat32(dtype, await src.read(base + t.offset * es, span * es), span);
+      if (count > numel) throw new CheckpointError(src.name, `${view} has ${count} elements over a storage of ${numel}: expanded views are not supported (save contiguous tensors)`);
+      const bytes = await src.read(base + (first + t.offset) * es, span * es);
+      const raw = toFloat32(dtype, bigEndian ? byteSwapped(bytes, es) : bytes, span);
       let contiguous = true;
       let s = 1;
       for (let i = t.shape.length - 1; i >= 0; i--) {
@@ -108,13 +139,27 @@ async function openZip(src: ByteSource): Promise<TensorSource> {
   }
   const { value } = unpickle(await src.read(pkl.dataOffset, pkl.size), src.name, (pid) => storageFromPid(src.name, pid));
   const tensors = collectTensors(src.name, value);
+  const bigEndian = (await byteOrder(src, entries.get(`${prefix}byteorder`))) === 'big';
   return tensorSource(src, tensors, (s) => {
     const e = entries.get(`${prefix}data/${s.key}`);
     if (!e) throw new CheckpointError(src.name, `storage ${s.key} is missing from the archive`);
     const need = s.numel * DTYPE_BYTES[STORAGE_DTYPES[s.storageType]];
     if (e.size < need) throw new CheckpointError(src.name, `storage ${s.key} has ${e.size} bytes, ${need} expected (truncated?)`);
     return e.dataOffset;
-  });
+  }, bigEndian);
+}
+
+/**
+ * The byte order of the storages: torch.save >= 2.1 writes it to `<prefix>byteorder`, and
+ * torch.serialization._load byte-swaps each storage (per element of its dtype) when it differs
+ * from the machine's, refusing any value other than "little" or "big". Without the record,
+ * torch.load assumes little-endian.
+ */
+async function byteOrder(src: ByteSource, record: ZipEntry | undefined): Promise<'little' | 'big'> {
+  if (!record) return 'little';
+  const text = new TextDecoder().decode(await src.read(record.dataOffset, Math.min(record.size, 16)));
+  if (text === 'little' || text === 'big') return text;
+  throw new CheckpointError(src.name, `${record.name} says ${JSON.stringify(text)}${record.size > 16 ? '…' : ''}: the byte order must be "little" or "big"`);
 }
 
 async function openLegacy(src: ByteSource): Promise<TensorSource> {
