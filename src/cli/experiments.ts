@@ -117,7 +117,14 @@ async function extractCommand(argv: string[]): Promise<number> {
     if (!shard) await removeStaleTempFiles(o.out);
     const e = await tunedEngine();
     const t0 = performance.now();
-    const written = pixels ? await extractPixels(e, size, source, options) : await extractFeatures(e, (await loadModel(e, o.model, o.checkpoint)).unet, source, options);
+    let written: number;
+    if (pixels) written = await extractPixels(e, size, source, options);
+    else {
+      const { unet, hash } = await loadModel(e, o.model, o.checkpoint);
+      // The cache records the hash taken before its existing chunks were checked; the weights loaded must be those.
+      if (hash !== options.provenance.checkpoint) throw new UsageError(`--checkpoint ${o.checkpoint} changed between its check and its load (is a training run rewriting it?): copy it to a file nothing writes to, and run again`);
+      written = await extractFeatures(e, unet, source, options);
+    }
     const secs = (performance.now() - t0) / 1000;
     console.log(`extracted ${written} images (${pixels ? 'pixels' : `t ${ts}, b ${bs}`}) in ${fmtTime(secs)}: ${(written / secs).toFixed(2)} images/s → ${o.out}`);
     e.dispose();

@@ -1,5 +1,5 @@
 // Shared by the commands that run a U-Net: which config, which weights.
-import { readFile } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs/promises';
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import type { Engine } from '../engine/engine.ts';
@@ -38,6 +38,12 @@ export async function checkpointHash(path: string | undefined): Promise<string> 
   return h.digest('hex').slice(0, 16);
 }
 
+/** Which file a path names and its state: a file replaced (rename) or rewritten in between reads differently. */
+async function fileIdentity(path: string): Promise<string> {
+  const st = await stat(path).catch((e: Error) => { throw new UsageError(`--checkpoint ${path}: cannot read it (${e.message})`); });
+  return `${st.dev}:${st.ino}:${st.size}:${st.mtimeMs}`;
+}
+
 /** The create_model flags named by --model: a preset or a JSON file. */
 export async function resolveFlags(model: string): Promise<UNetFlags> {
   let flags = PRESETS[model];
@@ -64,11 +70,21 @@ export async function loadModel(e: Engine, model: string, checkpoint: string | u
   let unet: UNet;
   let hash = 'random-weights';
   if (checkpoint) {
+    // The hash must be of the bytes loaded: a pretraining run replaces ema.safetensors every few
+    // minutes, so the file is the same one (inode, size, mtime) from before the load to after the hash.
+    const before = await fileIdentity(checkpoint);
     const src = await openCheckpoint(checkpoint);
-    const prefixed = src.keys().some((k) => k.startsWith('param.')) && !src.keys().some((k) => k.startsWith('time_embed.'));
-    unet = await UNet.load(e, flags, prefixed ? withPrefix(src, 'param.') : src);
-    await src.close();
+    try {
+      const prefixed = src.keys().some((k) => k.startsWith('param.')) && !src.keys().some((k) => k.startsWith('time_embed.'));
+      unet = await UNet.load(e, flags, prefixed ? withPrefix(src, 'param.') : src);
+    } finally {
+      await src.close();
+    }
     hash = await checkpointHash(checkpoint);
+    if ((await fileIdentity(checkpoint)) !== before) {
+      for (const p of unet.parameters().values()) p.dispose();
+      throw new UsageError(`--checkpoint ${checkpoint} changed while it was being read (is a training run rewriting it?): copy it to a file nothing writes to, or run again`);
+    }
   } else {
     if (!fromScratch) console.error('difrep: no --checkpoint given: using random U-Net weights (fine for plumbing, meaningless features)');
     unet = UNet.random(e, flags, 0);

@@ -337,3 +337,33 @@ export function flagsFromJson(json: string): UNetFlags {
   if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw new UNetConfigError(`config must be a JSON object of create_model flags, got ${json.slice(0, 40)}`);
   return raw as unknown as UNetFlags;
 }
+
+/**
+ * Where the network that a checkpoint's recorded `config` metadata (create_model's flags: the
+ * reference dumps and difrep's own weights carry one) builds differs from `plan`, or undefined when
+ * it builds the same one or records none that plans. Some flags change no parameter shape (num_heads
+ * against num_head_channels, use_new_attention_order): weights load into the wrong network without
+ * a shape error, so this is what catches them. Map sizes are left out: the same network run at
+ * another image_size is a deliberate choice.
+ */
+export function recordedConfigDifference(plan: UNetPlan, recorded: string | undefined): string | undefined {
+  if (recorded === undefined) return undefined;
+  let other: UNetPlan;
+  try {
+    other = planUNet(flagsFromJson(recorded));
+  } catch {
+    return undefined;
+  }
+  const network = (p: UNetPlan) => ({
+    in_channels: p.flags.in_channels, timeEmbedDim: p.timeEmbedDim, outChannels: p.outChannels, finalChannels: p.finalChannels, useScaleShiftNorm: p.useScaleShiftNorm,
+    blocks: p.blocks.length,
+  });
+  const [given, stored] = [JSON.stringify(network(plan)), JSON.stringify(network(other))];
+  if (given !== stored) return `the network: ${given} here, ${stored} recorded`;
+  const layers = (b: Block) => JSON.stringify({ module: b.module, skipFrom: b.skipFrom, outChannels: b.outChannels, layers: b.layers });
+  for (let i = 0; i < plan.blocks.length; i++) {
+    const [a, b] = [layers(plan.blocks[i]), layers(other.blocks[i])];
+    if (a !== b) return `block ${plan.blocks[i].b} (${plan.blocks[i].module}): ${a} here, ${b} recorded`;
+  }
+  return undefined;
+}

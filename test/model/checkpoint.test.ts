@@ -5,8 +5,9 @@ import t from 'tap';
 import {
   CheckpointError, encodeSafetensors, openCheckpoint, openSafetensors, UnsafePickleError, withPrefix, writeSafetensors,
 } from '../../src/model/checkpoint/index.ts';
+import { isLegacyTorch } from '../../src/model/checkpoint/torch-pt.ts';
 import { CheckpointMismatchError, UNet } from '../../src/model/unet.ts';
-import { flagsFromJson } from '../../src/model/unet-config.ts';
+import { flagsFromJson, planUNet } from '../../src/model/unet-config.ts';
 import { testEngine } from '../helpers/check.ts';
 
 const fixture = (f: string) => new URL(`../fixtures/${f}`, import.meta.url).pathname;
@@ -104,6 +105,26 @@ t.test('a checkpoint for another config names the missing/unexpected keys and bo
   await adm64.close();
 });
 
+t.test('weights whose recorded config builds another network are refused, even where every shape fits', async (t) => {
+  const e = await testEngine();
+  const src = withPrefix(reference, 'param.');
+  const flags = flagsFromJson(reference.metadata.config);
+  // Shapes alike, computation not: heads from num_heads instead of num_head_channels, the other attention order.
+  for (const [change, message] of [
+    [{ num_heads: 4, num_head_channels: -1 }, /"heads":4.* here, .*"heads":2.* recorded/],
+    [{ use_new_attention_order: true }, /"legacy":false.* here, .*"legacy":true.* recorded/],
+  ] as const) {
+    const err = await UNet.load(e, { ...flags, ...change }, src).then(() => null, (x: Error) => x);
+    t.ok(err instanceof CheckpointMismatchError, JSON.stringify(change));
+    t.match(err?.message, /records the config it was saved with \(metadata "config"\), and it builds another U-Net than the one asked for — block \d+ \(\S+\)/);
+    t.match(err?.message, message);
+  }
+  // The same network at another image size (attention at the same downsampling factors) loads.
+  const doubled = await UNet.load(e, { ...flags, image_size: 2 * flags.image_size, attention_resolutions: String(flagsFromJson(reference.metadata.config).attention_resolutions).split(',').map((r) => 2 * Number(r)).join(',') }, src);
+  t.equal(doubled.plan.blocks.length, planUNet(flags).blocks.length);
+  for (const p of doubled.parameters().values()) p.dispose();
+});
+
 t.test('a checkpoint made with the other resblock_updown setting says which one to set', async (t) => {
   const e = await testEngine();
   const conv = await openSafetensors(fixture('conv-resample.safetensors'));
@@ -145,4 +166,57 @@ t.test('safetensors written by our writer round-trip, atomically, and large file
   t.same(Array.from(await back.read('a')), [1.5, -2]);
   t.same(Array.from(await back.read('n')), [7]);
   await rm(dir, { recursive: true });
+});
+
+t.test('openCheckpoint tells formats by their full signatures: a safetensors header length of 0x..80 is not a pickle', async (t) => {
+  // Our own writer, with metadata long enough that the header length's low byte is 0x80 (the
+  // legacy torch pickle starts with 0x80 too, but then 02 8a 0a and the magic number).
+  let bytes: Uint8Array | undefined;
+  for (let n = 0; n < 64 && bytes?.[0] !== 0x80; n++) bytes = encodeSafetensors({ w: { shape: [2], data: Float32Array.from([1, 2]) } }, { steps: 'x'.repeat(n) });
+  t.equal(bytes![0], 0x80, `header length ${bytes![0] | (bytes![1] << 8)}`);
+  const src = await openCheckpoint(bytes!);
+  t.same(Array.from(await src.read('w')), [1, 2]);
+  await src.close();
+  // Neither format: a pickle PROTO byte without the magic, and plain text.
+  const dir = await mkdtemp(join(tmpdir(), 'difrep-ckpt-'));
+  for (const [name, data] of [['proto.pt', Uint8Array.of(0x80, 0x02, 0x7d, 0x2e, 0, 0, 0, 0, 0, 0)], ['notes.txt', new TextEncoder().encode('not a checkpoint at all')]] as const) {
+    const path = join(dir, name);
+    await writeFile(path, data);
+    const err = await openCheckpoint(path).then(() => null, (e: Error) => e);
+    t.ok(err instanceof CheckpointError, `${name}: a CheckpointError`);
+    t.match(err?.message, `${path}: not a checkpoint in an accepted format (it starts with ${Array.from(data.subarray(0, 16), (b) => b.toString(16).padStart(2, '0')).join(' ')})`);
+    t.match(err?.message, /Accepted: safetensors .*, a PyTorch zip archive .* and the legacy PyTorch format .*80 02 .* 8a 0a 6c fc 9c 46 f9 20 6a a8 50 19/);
+  }
+  await rm(dir, { recursive: true });
+  // The legacy magic after PROTO 2, or PROTO 4 and a FRAME (legacy torch.save with pickle_protocol=4).
+  const magic = [0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19];
+  t.ok(isLegacyTorch(Uint8Array.of(0x80, 0x02, ...magic)));
+  t.ok(isLegacyTorch(Uint8Array.of(0x80, 0x04, 0x95, 14, 0, 0, 0, 0, 0, 0, 0, ...magic)));
+  t.notOk(isLegacyTorch(Uint8Array.of(0x80, 0x02, ...magic.slice(0, 11), 0x18)), 'one byte of the magic off');
+  t.notOk(isLegacyTorch(Uint8Array.of(0x80, 0x07, ...magic)), 'no pickle protocol 7');
+});
+
+t.test('BF16 widens to f32 exactly: signs, zeros, infinities, NaN, the largest and subnormal values', async (t) => {
+  // bfloat16 bit patterns and their values, worked out by hand: sign, 8-bit exponent (bias 127), 7-bit fraction.
+  const cases: [number, number][] = [
+    [0x3f80, 1], [0xc060, -3.5], [0x3e20, 0.15625], [0x0000, 0], [0x8000, -0], [0x7f80, Infinity], [0xff80, -Infinity],
+    [0x7fc0, NaN], [0x7f7f, 255 * 2 ** 120], [0xff7f, -255 * 2 ** 120], [0x0001, 2 ** -133], [0x8001, -(2 ** -133)], [0x0080, 2 ** -126],
+  ];
+  const header = new TextEncoder().encode(JSON.stringify({ w: { dtype: 'BF16', shape: [cases.length], data_offsets: [0, 2 * cases.length] } }));
+  const bytes = new Uint8Array(8 + header.length + 2 * cases.length);
+  const view = new DataView(bytes.buffer);
+  view.setBigUint64(0, BigInt(header.length), true);
+  bytes.set(header, 8);
+  cases.forEach(([bits], i) => view.setUint16(8 + header.length + 2 * i, bits, true));
+  const src = await openSafetensors(bytes);
+  const got = await src.read('w');
+  for (const [i, [bits, want]] of cases.entries()) t.ok(Object.is(got[i], want), `0x${bits.toString(16)} → ${got[i]}, expected ${want}`);
+});
+
+t.test('encodeSafetensors refuses a shape that disagrees with the data and a tensor named __metadata__', async (t) => {
+  t.throws(() => encodeSafetensors({ ok: { shape: [2], data: new Float32Array(2) }, a: { shape: [3], data: new Float32Array(2) } }),
+    new RangeError('tensor "a": shape [3] has 3 elements but its data holds 2'));
+  t.throws(() => encodeSafetensors({ n: { shape: [2, 2], data: new BigInt64Array(5) } }), new RangeError('tensor "n": shape [2,2] has 4 elements but its data holds 5'));
+  t.throws(() => encodeSafetensors({ __metadata__: { shape: [1], data: new Float32Array(1) } }, { k: 'v' }),
+    new RangeError('a tensor cannot be named "__metadata__": safetensors reserves that key for the metadata'));
 });
