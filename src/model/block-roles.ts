@@ -12,7 +12,10 @@ export interface PaperBlocks {
   windowed: number[];
   /** DifFeed 'all' {20..37}: every decoder block. */
   all: number[];
-  /** DifFormer B = {19, 24, 30}: M, M+5, M+11 (a block past N becomes the last level's 2nd block). */
+  /**
+   * DifFormer B = {19, 24, 30}: M, the 2nd block of decoder levels 1 and 3 (M+5 and M+11 with two res
+   * blocks per level; a level past the last becomes the last level).
+   */
   difformer: number[];
   /** True when this model is not the 37-block layout and the numbers above are mapped. */
   mapped: boolean;
@@ -24,14 +27,13 @@ export function paperBlocks(plan: UNetPlan): PaperBlocks {
   const per = plan.flags.num_res_blocks + 1;
   const levels = plan.channelMult.length;
   const second = (j: number) => M + per * j + 2;
-  const clamp = (b: number) => (b <= N ? b : second(levels - 1));
   const all = Array.from({ length: N - M }, (_, i) => M + 1 + i);
   return {
-    feature: clamp(second(Math.min(1, levels - 1))),
-    bottleneck: Array.from({ length: levels }, (_, j) => second(j)).filter((b) => b <= N),
+    feature: second(Math.min(1, levels - 1)),
+    bottleneck: Array.from({ length: levels }, (_, j) => second(j)),
     windowed: all.slice(0, 5),
     all,
-    difformer: [...new Set([M, clamp(M + 5), clamp(M + 11)])],
+    difformer: [...new Set([M, second(Math.min(1, levels - 1)), second(Math.min(3, levels - 1))])],
     mapped: N !== 37,
   };
 }
