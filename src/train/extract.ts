@@ -62,6 +62,22 @@ export function noiseSeed(seed: number, image: number, t: number): number {
   return h;
 }
 
+/**
+ * The noise seed of an extraction: `seed` mixed (FNV-1a) with the dataset it reads, its provenance
+ * "dataset", so two splits extracted with one seed never share ε image by image (train image i and
+ * test image i had the same noise, where the paper's code draws it afresh every forward). Without a
+ * dataset, the seed itself.
+ */
+export function extractionNoiseSeed(seed: number, dataset: string | undefined): number {
+  if (!dataset) return seed;
+  let h = 0x811c9dc5;
+  for (let i = 0; i < dataset.length; i++) h = Math.imul(h ^ dataset.charCodeAt(i), 0x01000193) >>> 0;
+  return (seed ^ h) >>> 0;
+}
+
+/** Recorded in every signature: chunks whose noise came from another rule must not be resumed into. */
+const NOISE_RULE = 'seed ⊕ FNV-1a(dataset)';
+
 const isPositiveInt = (v: unknown): v is number => typeof v === 'number' && Number.isInteger(v) && v >= 1;
 
 /**
@@ -83,7 +99,7 @@ export function validateExtractOptions(opts: ExtractOptions, count: number): Cac
   }
   const sh = opts.shard;
   if (sh && !(isPositiveInt(sh.count) && Number.isInteger(sh.index) && sh.index >= 0 && sh.index < sh.count)) bad(`shard ${sh.index}/${sh.count} is out of range (0 ≤ index < count)`);
-  const sig = makeCacheSignature(opts.provenance, {
+  const sig = makeCacheSignature({ ...opts.provenance, noise: NOISE_RULE }, {
     timesteps: opts.timesteps, blocks: opts.blocks, pool: opts.pool ?? null, seed: opts.seed ?? 0, count, chunkSize: opts.chunkSize ?? DEFAULT_CHUNK,
   });
   checkCacheSignature(sig, 'extract');
@@ -120,12 +136,13 @@ export async function extractFeatures(e: Engine, unet: UNet, data: ImageSource, 
   checkAgainst(unet.numBlocks, data, opts);
   if (opts.blocks.includes(PIXEL_BLOCK)) throw new Error('extract: block 0 is the raw-pixel input; use extractPixels for a pixel cache');
   const schedule = linearSchedule(TIMESTEPS);
+  const noiseBase = extractionNoiseSeed(sig.seed, opts.provenance.dataset);
   const features: BatchFeatures = async (x0, idx) => {
     const out = new Map<string, { shape: number[]; values: Float32Array }>();
     const inputSize = x0.size / idx.length;
     for (const t of opts.timesteps) {
       const noise = new Float32Array(x0.size);
-      idx.forEach((img, i) => noise.set(gaussianNoise(inputSize, noiseSeed(sig.seed, img, t)), i * inputSize));
+      idx.forEach((img, i) => noise.set(gaussianNoise(inputSize, noiseSeed(noiseBase, img, t)), i * inputSize));
       const feats = e.tidy(() => {
         const xt = qSample(e, schedule, x0, idx.map(() => t), e.tensor(noise, x0.shape, 'noise'));
         const r = unet.forward(xt, idx.map(() => t), { taps: opts.blocks });

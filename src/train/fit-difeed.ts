@@ -26,10 +26,12 @@ export interface DifFeedFitOptions extends DifFeedOptions {
   evalBatchSize?: number;
   /**
    * Pass 1 of the evaluation, cached: the test images' features at t of the feedback blocks, from
-   * an extraction with the same seed (so the same noise) over the same image source; evaluation
-   * then runs pass 2 only. The first batch is checked against a live pass 1.
+   * an extraction with the same noise (testNoiseSeed) over the same image source; evaluation then
+   * runs pass 2 only. The first batch is checked against a live pass 1.
    */
   testFirstPass?: FeatureArrays;
+  /** Seed of the test images' noise (default `seed`); with testFirstPass, its extraction's extractionNoiseSeed. */
+  testNoiseSeed?: number;
   feedbackLr?: number;
   headLr?: number;
   stepSize?: number;
@@ -41,6 +43,9 @@ export interface DifFeedFitOptions extends DifFeedOptions {
   onEpoch?: (info: { epoch: number; epochs: number; loss: number; lr: number; seconds: number }) => void;
   onBatch?: (done: number, total: number) => void;
 }
+
+/** Keeps the flips' hash stream apart from the noise's (noiseSeed's third input is a timestep there). */
+const FLIP_STREAM = 0xf119;
 
 function flipRows(x: Float32Array, n: number, size: number, which: boolean[]): Float32Array {
   const out = Float32Array.from(x);
@@ -88,7 +93,7 @@ export async function fitDifFeed(e: Engine, unet: UNet, train: ImageSource, test
     const steps = new StepLosses(e);
     for (let b = 0; b < batches; b++) {
       const idx = order.slice(b * batchSize, (b + 1) * batchSize);
-      const flips = o.flip === false ? undefined : seededShuffle(idx.map((_, i) => i % 2 === 0), seed * 7919 + epoch * 131 + b);
+      const flips = o.flip === false ? undefined : imageFlips(seed, epoch, idx);
       const xt = await noisyImages(e, difeed, train, idx, seed + epoch + 1, flips);
       const labels = idx.map((i) => train.labels[i]);
       const loss = await trainStepKeepingLoss(e, optimizer, () => crossEntropy(difeed.forward(xt, true), labels));
@@ -101,7 +106,7 @@ export async function fitDifFeed(e: Engine, unet: UNet, train: ImageSource, test
     if (o.checkpoint) await saveTrainingState(o.checkpoint, saved, optimizer, { epoch, steps: optimizer.steps, losses: JSON.stringify(losses) }, settings);
     o.onEpoch?.({ epoch, epochs, loss: losses[losses.length - 1], lr: headAdam.lr, seconds: (performance.now() - te) / 1000 });
   }
-  const logits = await difeedLogits(e, difeed, test, { seed, batchSize: o.evalBatchSize ?? batchSize, firstPass: o.testFirstPass });
+  const logits = await difeedLogits(e, difeed, test, { seed: o.testNoiseSeed ?? seed, batchSize: o.evalBatchSize ?? batchSize, firstPass: o.testFirstPass });
   const { top1, top5 } = countTopK(logits, Array.from({ length: test.count }, (_, i) => test.labels[i]));
   let params = 0;
   for (const p of difeed.trainableParameters().values()) params += p.size;
@@ -109,6 +114,15 @@ export async function fitDifFeed(e: Engine, unet: UNet, train: ImageSource, test
 }
 
 const SCHEDULE = linearSchedule(1000);
+
+/**
+ * Which of images `idx` are mirrored in `epoch`: a fair coin per image and epoch (RandomHorizontalFlip's
+ * p = 0.5), seeded by the image, not its place in a batch — half of every batch, as before, flipped
+ * the image of a one-image batch every time.
+ */
+export function imageFlips(seed: number, epoch: number, idx: number[]): boolean[] {
+  return idx.map((img) => (noiseSeed(seed * 7919 + epoch, img, FLIP_STREAM) & 1) === 1);
+}
 
 /** x_t of images `idx` of `src` (flipped where `flips` says) at DifFeed's t, with per-image noise of `noiseBase`. */
 async function noisyImages(e: Engine, difeed: DifFeed, src: ImageSource, idx: number[], noiseBase: number, flips?: boolean[]): Promise<Tensor> {

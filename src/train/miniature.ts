@@ -12,7 +12,7 @@ import { sample } from '../model/sampling.ts';
 import type { UNet } from '../model/unet.ts';
 import { loadCachedFeatures } from './cached-features.ts';
 import { balancedSubset, type GreyImages, imageSource, loadFashionMnist, seededShuffle, toModelInput } from './data/fashion-mnist.ts';
-import { extractFeatures, featureKey, PIXEL_BLOCK } from './extract.ts';
+import { extractFeatures, extractionNoiseSeed, featureKey, PIXEL_BLOCK } from './extract.ts';
 import { type FeatureArrays, fitHead, type FitOptions, type FitResult } from './fit.ts';
 import { fitDifFeed } from './fit-difeed.ts';
 import { fmtTime } from './format-time.ts';
@@ -140,9 +140,11 @@ export async function runMiniature(e: Engine, unet: UNet, o: MiniatureOptions, l
   const allBlocks = unet.plan.blocks.map((_, i) => i + 1);
   const headBlocks = [...new Set([...roles.difformer, roles.feature])].sort((a, b) => a - b);
   const tx = performance.now();
+  // The splits' names seed their noise apart (extractionNoiseSeed): no test image shares a training image's ε.
+  const datasetOf = (split: 'train' | 'test') => `fashion-mnist/${split}`;
   const extract = async (split: 'train' | 'test', ds: GreyImages, idx: number[], timesteps: number[], blocks: number[]) => {
     const dir = join(outDir, `features-${split}-t${timesteps.join('_')}-b${blocks.join('_')}`);
-    await extractFeatures(e, unet, imageSource(ds, idx, S), { outDir: dir, timesteps, blocks, batchSize: 100, chunkSize: 250, seed, provenance: { checkpoint: o.checkpointHash, split, subset: JSON.stringify(idx.slice(0, 8)) + idx.length }, onProgress: o.progress(`extract ${split}`, 'images') });
+    await extractFeatures(e, unet, imageSource(ds, idx, S), { outDir: dir, timesteps, blocks, batchSize: 100, chunkSize: 250, seed, provenance: { checkpoint: o.checkpointHash, dataset: datasetOf(split), subset: JSON.stringify(idx.slice(0, 8)) + idx.length }, onProgress: o.progress(`extract ${split}`, 'images') });
     return loadCachedFeatures(dir, timesteps, blocks);
   };
   const trainFeatures = await extract('train', train, trainIdx, SWEEP_TIMESTEPS, allBlocks);
@@ -186,7 +188,7 @@ export async function runMiniature(e: Engine, unet: UNet, o: MiniatureOptions, l
   const bar = o.progress('DifFeed', 'batches');
   let feedEpoch = 0;
   const feed = await fitDifFeed(e, unet, imageSource(train, trainIdx, S), imageSource(test, testIdx, S), {
-    classes: 10, strategy: 'bottleneck', t: 150, head: attention, headLr, epochs: difeedEpochs, stepSize: o.difeedStepSize, batchSize: 16, evalBatchSize: 100, testFirstPass: testFeatures, seed,
+    classes: 10, strategy: 'bottleneck', t: 150, head: attention, headLr, epochs: difeedEpochs, stepSize: o.difeedStepSize, batchSize: 16, evalBatchSize: 100, testFirstPass: testFeatures, testNoiseSeed: extractionNoiseSeed(seed, datasetOf('test')), seed,
     onEpoch: (i) => (feedEpoch = i.epoch + 1), onBatch: (d, n) => bar(feedEpoch * n + d, difeedEpochs * n),
   });
   record('DifFeed (bottleneck)', `feedback {${roles.bottleneck}} → b ${roles.feature}, t 150`, feed, `${difeedEpochs} epochs, StepLR(${o.difeedStepSize}), batch 16, flip, evaluation's first pass from the test extraction, feedback lr 1e-3, head lr ${headLr}`);

@@ -10,7 +10,7 @@ import t from 'tap';
 import { encodeSafetensors } from '../../src/model/checkpoint/safetensors.ts';
 import { UNet } from '../../src/model/unet.ts';
 import type { CacheSignature } from '../../src/train/cache-signature.ts';
-import { checkExistingCache, type ExtractOptions, extractFeatures, type ImageSource, openFeatureCache, planChunks, validateExtractOptions } from '../../src/train/extract.ts';
+import { checkExistingCache, type ExtractOptions, extractFeatures, extractionNoiseSeed, type ImageSource, openFeatureCache, planChunks, validateExtractOptions } from '../../src/train/extract.ts';
 import { tensorChecksum, writeFeatureChunk } from '../../src/train/feature-chunk.ts';
 import { testEngine } from '../helpers/check.ts';
 
@@ -264,4 +264,29 @@ t.test('a directory mixing extractions, or missing chunks, is not called complet
   await t.rejects(openFeatureCache(join(other, 'x')), /holds no feature chunks/);
   await rm(dir, { recursive: true });
   await rm(other, { recursive: true });
+});
+
+t.test('two datasets extracted with one seed get independent noise; the same dataset the same noise', async (t) => {
+  const run = async (dataset: string) => {
+    const dir = await tempDir();
+    await extractFeatures(e, unet, source(), options(dir, { provenance: { config: 'tiny', checkpoint: 'random-1', dataset } }));
+    const f = await (await openFeatureCache(dir)).features(50, 2);
+    await rm(dir, { recursive: true });
+    return Array.from(f.data);
+  };
+  const train = await run('fashion-mnist/train');
+  t.same(await run('fashion-mnist/train'), train, 'the same dataset and seed: the same features');
+  // The same images under another dataset name: only the noise differs, and it must.
+  const test = await run('fashion-mnist/test');
+  t.ok(train.some((v, i) => v !== test[i]), 'train image i and test image i do not share ε');
+  t.equal(extractionNoiseSeed(7, undefined), 7, 'no dataset: the seed itself');
+});
+
+t.test('a cache whose chunks were noised by the earlier rule (seed alone) is not resumed into', async (t) => {
+  const dir = await tempDir();
+  const plan = { file: 'chunk-00000000-00000004.safetensors' };
+  const { noise: _, ...before } = validateExtractOptions(options(dir), 6);
+  await writeFile(join(dir, plan.file), encodeSafetensors({ labels: { shape: [4], data: new Float32Array(4) } }, { signature: JSON.stringify(before), start: '0', end: '4', sha256: '{}' }));
+  await t.rejects(extractFeatures(e, unet, source(), options(dir)), /already holds features from an extraction with other settings \(chunk-00000000-00000004\.safetensors: noise \(unset → "seed ⊕ FNV-1a\(dataset\)"\)/);
+  await rm(dir, { recursive: true });
 });
