@@ -2,7 +2,7 @@
 // then every head trained and evaluated on its features of a Fashion-MNIST subset — raw-pixel
 // linear probe, GD linear probe (b, t chosen on a validation split), Attention head, DifFormer and
 // DifFeed — one recipe for all, every setting recorded; the ordering is reported as found.
-import { mkdir } from 'node:fs/promises';
+import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Engine } from '../engine/engine.ts';
 import { mulberry32 } from '../engine/random.ts';
@@ -12,7 +12,7 @@ import { sample } from '../model/sampling.ts';
 import type { UNet } from '../model/unet.ts';
 import { loadCachedFeatures } from './cached-features.ts';
 import { balancedSubset, type GreyImages, imageSource, loadFashionMnist, seededShuffle, toModelInput } from './data/fashion-mnist.ts';
-import { extractFeatures, extractionNoiseSeed, featureKey, PIXEL_BLOCK } from './extract.ts';
+import { checkExistingCache, type ExtractOptions, extractFeatures, extractionNoiseSeed, featureKey, PIXEL_BLOCK, validateExtractOptions } from './extract.ts';
 import { type FeatureArrays, fitHead, type FitOptions, type FitResult } from './fit.ts';
 import { fitDifFeed } from './fit-difeed.ts';
 import { fmtTime } from './format-time.ts';
@@ -144,7 +144,15 @@ export async function runMiniature(e: Engine, unet: UNet, o: MiniatureOptions, l
   const datasetOf = (split: 'train' | 'test') => `fashion-mnist/${split}`;
   const extract = async (split: 'train' | 'test', ds: GreyImages, idx: number[], timesteps: number[], blocks: number[]) => {
     const dir = join(outDir, `features-${split}-t${timesteps.join('_')}-b${blocks.join('_')}`);
-    await extractFeatures(e, unet, imageSource(ds, idx, S), { outDir: dir, timesteps, blocks, batchSize: 100, chunkSize: 250, seed, provenance: { checkpoint: o.checkpointHash, dataset: datasetOf(split), subset: JSON.stringify(idx.slice(0, 8)) + idx.length }, onProgress: o.progress(`extract ${split}`, 'images') });
+    const options: ExtractOptions = { outDir: dir, timesteps, blocks, batchSize: 100, chunkSize: 250, seed, provenance: { checkpoint: o.checkpointHash, dataset: datasetOf(split), subset: JSON.stringify(idx.slice(0, 8)) + idx.length }, onProgress: o.progress(`extract ${split}`, 'images') };
+    // The demo's caches are its own: one written with other settings (another checkpoint or seed) is replaced, not refused.
+    try {
+      await checkExistingCache(dir, validateExtractOptions(options, idx.length));
+    } catch (err) {
+      log(`replacing ${dir}: ${(err as Error).message.split(' (')[0].replace(`${dir} `, '')}`);
+      await rm(dir, { recursive: true, force: true });
+    }
+    await extractFeatures(e, unet, imageSource(ds, idx, S), options);
     return loadCachedFeatures(dir, timesteps, blocks);
   };
   const trainFeatures = await extract('train', train, trainIdx, SWEEP_TIMESTEPS, allBlocks);
