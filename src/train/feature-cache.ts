@@ -1,7 +1,7 @@
 // A feature cache directory: the chunk files of one extraction (possibly written by several shard
 // workers). Before extracting, the chunks already there must come from the same settings; after,
 // opening the cache checks that every chunk is present, from the same settings and intact.
-import { readdir, stat } from 'node:fs/promises';
+import { readdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { writeFileAtomic } from '../model/checkpoint/atomic-write.ts';
 import { openSafetensors } from '../model/checkpoint/safetensors.ts';
@@ -55,6 +55,15 @@ export async function checkExistingCache(dir: string, signature: CacheSignature,
     seen.set(f, identity);
   }
   return files;
+}
+
+/**
+ * Writes the manifest only when it is missing or says something else: readers (train, knn, cka)
+ * open caches they must not modify, maybe on read-only storage, where the manifest already stands.
+ */
+async function refreshManifest(path: string, text: string): Promise<void> {
+  if ((await readFile(path, 'utf8').catch(() => undefined)) === text) return;
+  await writeFileAtomic(path, text);
 }
 
 export interface FeatureCache {
@@ -113,7 +122,7 @@ export async function openFeatureCache(dir: string, options: OpenFeatureCacheOpt
       await chunk.close();
     }
   }
-  await writeFileAtomic(join(dir, 'manifest.json'), JSON.stringify({ ...sig, chunks: expected.map((c) => c.file), complete: true }, null, 2));
+  await refreshManifest(join(dir, 'manifest.json'), JSON.stringify({ ...sig, chunks: expected.map((c) => c.file), complete: true }, null, 2));
   return {
     signature: sig,
     count: sig.count,

@@ -3,7 +3,7 @@
 // that cannot make a loop run away.
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
@@ -288,5 +288,16 @@ t.test('a cache whose chunks were noised by the earlier rule (seed alone) is not
   const { noise: _, ...before } = validateExtractOptions(options(dir), 6);
   await writeFile(join(dir, plan.file), encodeSafetensors({ labels: { shape: [4], data: new Float32Array(4) } }, { signature: JSON.stringify(before), start: '0', end: '4', sha256: '{}' }));
   await t.rejects(extractFeatures(e, unet, source(), options(dir)), /already holds features from an extraction with other settings \(chunk-00000000-00000004\.safetensors: noise \(unset → "seed ⊕ FNV-1a\(dataset\)"\)/);
+  await rm(dir, { recursive: true });
+});
+
+t.test('opening a cache leaves it as it was: the manifest is written once, not at every read', async (t) => {
+  const dir = await tempDir();
+  await extractFeatures(e, unet, source(), options(dir));
+  await openFeatureCache(dir);
+  const first = await stat(join(dir, 'manifest.json'));
+  await openFeatureCache(dir);
+  const again = await stat(join(dir, 'manifest.json'));
+  t.same([again.ino, again.mtimeMs], [first.ino, first.mtimeMs], 'not replaced');
   await rm(dir, { recursive: true });
 });
