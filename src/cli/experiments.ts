@@ -61,7 +61,7 @@ const EXTRACT = {
   features: { type: 'string', choices: ['unet', 'pixels'], help: 'unet: f(x0, t, b); pixels: the model input x0 itself (the raw-pixel baseline, read by train, knn and sweep without --t/--b)', default: 'unet' },
   t: { type: 'ints', min: 0, max: T_MAX, unique: true, help: 'timesteps, comma-separated (default 150)' },
   b: { type: 'ints', min: 1, unique: true, help: 'blocks, comma-separated (default: the paper\'s b24, mapped by role on other depths)' },
-  pool: { type: 'int', min: 0, max: 1024, help: 'adaptive-average-pool every map to this size (0 = keep full maps)', default: 0 },
+  pool: { type: 'int', min: 0, max: 1024, help: 'adaptive-average-pool every map to at most this size (smaller maps are kept; 0 = keep full maps)', default: 0 },
   batch: { type: 'int', min: 1, max: 4096, help: 'images per U-Net batch', default: 8 },
   chunk: { type: 'int', min: 1, max: MAX_IMAGES, help: 'images per cache file', default: 256 },
   seed: { type: 'int', min: 0, max: MAX_SEED, help: 'seed of the per-image noise and of the subset', default: 0 },
@@ -151,7 +151,7 @@ const TRAIN = {
   'per-class': { type: 'int', min: 1, max: MAX_IMAGES, help: 'difeed: training images per class', default: 10 },
   'test-per-class': { type: 'int', min: 1, max: MAX_IMAGES, help: 'difeed: test images per class', default: 10 },
   flip: { type: 'string', choices: ['true', 'false'], help: 'difeed: random horizontal flips (seeded)', default: 'true' },
-  t: { type: 'ints', min: 0, max: T_MAX, unique: true, help: 'timesteps (linear and difeed: one)', default: [150] },
+  t: { type: 'ints', min: 0, max: T_MAX, unique: true, help: 'timesteps (linear and difeed: one; default 150, difformer 90,150,300 as the paper)' },
   b: { type: 'ints', min: 1, unique: true, help: 'blocks (required; linear: one; difeed: the pass-2 feature block, default the paper\'s b24 mapped by role)' },
   pool: { type: 'int', min: 1, max: 1024, help: 'linear probe: adaptive pool size', default: 2 },
   standardize: { type: 'flag', help: 'linear probe: standardise every pooled feature dimension with the training split\'s mean and std (off: the paper\'s protocol)' },
@@ -161,8 +161,8 @@ const TRAIN = {
   'pre-pool': { type: 'int', min: 1, max: 1024, help: 'attention heads: tokenizer pools larger maps to this size', default: 16 },
   classes: { type: 'int', min: 2, max: 100_000, help: 'number of classes', default: 10 },
   epochs: { type: 'int', min: 1, max: 100_000, help: 'epochs (a resumed run may raise it, not lower it)', default: 28 },
-  batch: { type: 'int', min: 1, max: 65_536, help: 'batch size', default: 128 },
-  optimizer: { type: 'string', choices: ['adam', 'sgd'], help: 'adam (the paper) or sgd (the released scripts)', default: 'adam' },
+  batch: { type: 'int', min: 1, max: 65_536, help: 'batch size (default 128; difeed 16, as CLARIFICATIONS: its BatchNorm sees the batch)' },
+  optimizer: { type: 'string', choices: ['adam', 'sgd'], help: 'adam (the paper) or sgd (the released scripts; not for difeed)', default: 'adam' },
   lr: { type: 'number', above: 0, max: 10, help: 'learning rate (default: 1e-3 linear / 1e-4 attention with Adam; 1e-2 / 5e-2 with SGD)' },
   'step-size': { type: 'int', min: 1, max: 100_000, help: 'StepLR step in epochs', default: 7 },
   gamma: { type: 'number', above: 0, max: 1, help: 'StepLR factor', default: 0.1 },
@@ -178,10 +178,10 @@ async function trainCommand(argv: string[]): Promise<number> {
   if (!o) return 0;
   if (o.head === 'difeed') return trainDifFeed(o);
   for (const k of ['train', 'test'] as const) if (!o[k]) throw new UsageError(`difrep train: --${k} is required for --head ${o.head}`);
-  if (o.head === 'linear' && o.b && (o.t.length !== 1 || o.b.length !== 1)) throw new UsageError(`difrep train: a linear probe reads one t and one b, got --t ${o.t} --b ${o.b} (difformer fuses several)`);
+  if (o.head === 'linear' && o.b && ((o.t && o.t.length !== 1) || o.b.length !== 1)) throw new UsageError(`difrep train: a linear probe reads one t and one b, got --t ${o.t} --b ${o.b} (difformer fuses several)`);
   const pixels = await pixelCaches(o.train!, o.test!, o.b);
   if (!pixels && !o.b) throw new UsageError(`difrep train: --b is required for --head ${o.head}`);
-  const ts = pixels ? [0] : o.t;
+  const ts = pixels ? [0] : (o.t ?? (o.head === 'difformer' ? [90, 150, 300] : [150]));
   const bs = pixels ? [PIXEL_BLOCK] : o.b!;
   if (o.standardize && o.head !== 'linear') throw new UsageError(`difrep train: --standardize is for the linear probe (the attention heads normalise their tokens themselves)`);
   // Standardised dimensions are those the probe sees: the maps pooled first, on the CPU.
@@ -197,7 +197,7 @@ async function trainCommand(argv: string[]): Promise<number> {
   const result = await fitHead(e, train, test, {
     head: head as 'linear' | 'attention', classes: o.classes, timesteps: ts, blocks: bs, pool: o.pool,
     attention: { dim: o.dim, layers: o.layers, heads: o.heads, prePoolSize: o['pre-pool'] },
-    epochs: o.epochs, batchSize: o.batch, optimizer: o.optimizer as 'adam' | 'sgd', lr: o.lr, stepSize: o['step-size'], gamma: o.gamma, seed: o.seed,
+    epochs: o.epochs, batchSize: o.batch ?? 128, optimizer: o.optimizer as 'adam' | 'sgd', lr: o.lr, stepSize: o['step-size'], gamma: o.gamma, seed: o.seed,
     data: { features: pixels ? 'pixels' : 'unet', train: resolve(o.train!), standardize: o.standardize },
     checkpoint: join(o.out, 'state.safetensors'), resume: o.resume,
     onBatch: progressBar('  batches', 'batches'),
@@ -211,7 +211,9 @@ async function trainCommand(argv: string[]): Promise<number> {
 }
 
 async function trainDifFeed(o: TrainOptions): Promise<number> {
-  if (o.t.length !== 1) throw new UsageError(`difrep train: DifFeed runs at one timestep, got --t ${o.t}`);
+  const t = o.t ?? [150];
+  if (t.length !== 1) throw new UsageError(`difrep train: DifFeed runs at one timestep, got --t ${t}`);
+  if (o.optimizer !== 'adam') throw new UsageError('difrep train: DifFeed trains with Adam (feedback layers at 1e-3, its head at --lr); leave out --optimizer');
   if (o.b && o.b.length !== 1) throw new UsageError(`difrep train: DifFeed feeds one pass-2 block to its head, got --b ${o.b}`);
   const e = await tunedEngine();
   const { unet } = await loadModel(e, o.model, o.checkpoint);
@@ -225,14 +227,14 @@ async function trainDifFeed(o: TrainOptions): Promise<number> {
   await mkdir(o.out, { recursive: true });
   await removeStaleTempFiles(o.out);
   const result = await fitDifFeed(e, unet, await source('train', o['per-class']), await source('test', o['test-per-class']), {
-    classes: o.classes, strategy: o.strategy as DifFeedOptions['strategy'], t: o.t[0], featureBlock: o.b?.[0],
+    classes: o.classes, strategy: o.strategy as DifFeedOptions['strategy'], t: t[0], featureBlock: o.b?.[0],
     head: { dim: o.dim, layers: o.layers, heads: o.heads, prePoolSize: o['pre-pool'] },
-    epochs: o.epochs, batchSize: o.batch, headLr: o.lr, stepSize: o['step-size'], gamma: o.gamma, seed: o.seed, flip: o.flip === 'true',
+    epochs: o.epochs, batchSize: o.batch ?? 16, headLr: o.lr, stepSize: o['step-size'], gamma: o.gamma, seed: o.seed, flip: o.flip === 'true',
     checkpoint: join(o.out, 'state.safetensors'), resume: o.resume,
     onBatch: progressBar('  batches', 'batches'),
     onEpoch: ({ epoch, epochs, loss, seconds }) => console.log(`epoch ${epoch + 1}/${epochs}: loss ${loss.toFixed(4)}, ${seconds.toFixed(1)} s (ETA ${fmtTime(seconds * (epochs - epoch - 1))})`),
   });
-  await writeFileAtomic(join(o.out, 'result.json'), JSON.stringify({ ...result, strategy: o.strategy, t: o.t[0] }, null, 2));
+  await writeFileAtomic(join(o.out, 'result.json'), JSON.stringify({ ...result, strategy: o.strategy, t: t[0] }, null, 2));
   console.log(`difeed (${o.strategy}): top-1 ${(100 * result.top1).toFixed(2)}%, top-5 ${(100 * result.top5).toFixed(2)}% (${result.params} parameters, ${fmtTime(result.seconds)}) → ${join(o.out, 'result.json')}`);
   e.dispose();
   return 0;

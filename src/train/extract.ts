@@ -146,7 +146,11 @@ export async function extractFeatures(e: Engine, unet: UNet, data: ImageSource, 
       const feats = e.tidy(() => {
         const xt = qSample(e, schedule, x0, idx.map(() => t), e.tensor(noise, x0.shape, 'noise'));
         const r = unet.forward(xt, idx.map(() => t), { taps: opts.blocks });
-        return opts.blocks.map((b) => (opts.pool ? adaptiveAvgPool2d(r.taps.get(b)!, opts.pool) : r.taps.get(b)!));
+        // To at most `pool`: a smaller map (b19 at 8×8 under --pool 16) is kept, never enlarged by repeating its values.
+        return opts.blocks.map((b) => {
+          const tap = r.taps.get(b)!;
+          return opts.pool && opts.pool < tap.shape[2] ? adaptiveAvgPool2d(tap, opts.pool) : tap;
+        });
       });
       try {
         // Every block's feature in one round trip.

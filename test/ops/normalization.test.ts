@@ -94,6 +94,9 @@ t.test('batchNorm2d: train mode normalises by batch statistics, updates running 
   const rv = await state.runningVar.read();
   t.ok(maxRelError(rm, [0.9 * 0.5 + 0.1 * mean[0], 0.9 * -0.5 + 0.1 * mean[1]]) < 1e-6, 'running mean');
   t.ok(maxRelError(rv, [0.9 * 2 + 0.1 * varB[0] * n / (n - 1), 0.9 * 1 + 0.1 * varB[1] * n / (n - 1)]) < 1e-6, 'running var (unbiased)');
+  // One value per channel (one image, 1×1 maps): no batch variance, refused as torch refuses it.
+  t.throws(() => ops.batchNorm2d(e.tensor([1, 2], [1, 2, 1, 1]), w, b, state, { training: true }), /batchNorm2d: training needs more than one value per channel, got input \[1,2,1,1\]/);
+  t.same(Array.from(await state.runningVar.read()), Array.from(rv), 'running stats untouched');
   const ev = ops.batchNorm2d(upload(e, x), w, b, state, { training: false });
   const evRef = nd([3, 2, 2, 2], ([a, c, i, j]) => ((x.data[((a * 2 + c) * 2 + i) * 2 + j] - rm[c]) / Math.sqrt(rv[c] + 1e-5)) * [1.5, 0.5][c] + [0.1, -0.2][c]);
   t.ok(maxRelError(await ev.read(), evRef.data) < 1e-5, 'eval forward');

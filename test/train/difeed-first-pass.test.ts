@@ -5,7 +5,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import tap from 'tap';
-import { DifFeed } from '../../src/model/heads/difeed.ts';
+import { DifFeed, feedbackPlan } from '../../src/model/heads/difeed.ts';
 import { UNet } from '../../src/model/unet.ts';
 import { loadCachedFeatures } from '../../src/train/cached-features.ts';
 import { extractFeatures, type ImageSource } from '../../src/train/extract.ts';
@@ -57,4 +57,11 @@ t.test('a cache of other images or without a feedback block is refused by name',
   await t.rejects(difeedLogits(e, difeed, { ...source, count: 8 }, { seed: 5, batchSize: 4, firstPass: cache }), /holds 10 images, the test set 8/);
   const missing = { ...cache, features: new Map([...cache.features].filter(([k]) => k !== `t150.b${difeed.feedbackBlocks[0]}`)) };
   await t.rejects(difeedLogits(e, difeed, source, { seed: 5, batchSize: 4, firstPass: missing }), new RegExp(`no t150\\.b${difeed.feedbackBlocks[0]}; extract t=150`));
+});
+
+t.test('feedback that would land after the feature block is refused, not trained on zero gradients', async (t) => {
+  // mini: 9 blocks (M = 5); decoder blocks 6..9 feed back into encoder blocks 4..1.
+  t.throws(() => feedbackPlan(unet, { classes: 4, strategy: 'all', featureBlock: 2 }), /DifFeed: feedback 6 → 4, 7 → 3 lands outside the encoder blocks that pass 2 runs before the feature block 2 \(1\.\.2\)/);
+  t.throws(() => feedbackPlan(unet, { classes: 4, strategy: 'multi-scale', multiScaleTarget: 6 }), /lands outside the encoder blocks/);
+  t.same(feedbackPlan(unet, { classes: 4, strategy: 'all' }).targets, [4, 3, 2, 1], 'the default feature block takes every one');
 });

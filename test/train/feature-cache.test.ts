@@ -301,3 +301,11 @@ t.test('opening a cache leaves it as it was: the manifest is written once, not a
   t.same([again.ino, again.mtimeMs], [first.ino, first.mtimeMs], 'not replaced');
   await rm(dir, { recursive: true });
 });
+
+t.test('--pool only shrinks: a map smaller than the pool is stored as it is, not enlarged', async (t) => {
+  const dir = await tempDir();
+  await extractFeatures(e, unet, source(), options(dir, { pool: 16 }));
+  const f = await (await openFeatureCache(dir)).features(50, 2);
+  t.same(f.shape, [32, 8, 8], 'the 8×8 map of block 2, not 16×16 of repeated values');
+  await rm(dir, { recursive: true });
+});

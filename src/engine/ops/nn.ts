@@ -75,12 +75,14 @@ export function batchNorm2d(
     });
   }
   const n = N * H * W;
+  // As torch: one value per channel has no batch variance to normalise by.
+  if (n < 2) throw new RangeError(`batchNorm2d: training needs more than one value per channel, got input [${x.shape}]`);
   const momentum = opts.momentum ?? 0.1;
   e.noGrad(() => {
     const [m, v] = e.tidy(() => {
       const bm = mean(x, [0, 2, 3]);
       const centred = sub(x, reshape(bm, [C, 1, 1]));
-      const bv = scale(mean(mul(centred, centred), [0, 2, 3]), n / Math.max(1, n - 1));
+      const bv = scale(mean(mul(centred, centred), [0, 2, 3]), n / (n - 1));
       return [
         add(scale(state.runningMean, 1 - momentum), scale(bm, momentum)),
         add(scale(state.runningVar, 1 - momentum), scale(bv, momentum)),

@@ -208,5 +208,11 @@ export function feedbackPlan(unet: UNet, options: DifFeedOptions): { feedbackBlo
   }
   const multiTarget = options.multiScaleTarget ?? N + 1 - featureBlock;
   const targets = feedbackBlocks.map((b) => (strategy === 'multi-scale' ? multiTarget : N + 1 - b));
+  // Pass 2 stops at the feature block: feedback into a later block would change nothing the head
+  // sees (its layers would train on zero gradients while their BatchNorm statistics moved).
+  const late = targets.map((target, i) => [feedbackBlocks[i], target]).filter(([, target]) => target < 1 || target > Math.min(featureBlock, plan.numInputBlocks));
+  if (late.length) {
+    throw new RangeError(`DifFeed: feedback ${late.map(([b, target]) => `${b} → ${target}`).join(', ')} lands outside the encoder blocks that pass 2 runs before the feature block ${featureBlock} (1..${Math.min(featureBlock, plan.numInputBlocks)}): choose a later feature block or other feedback blocks`);
+  }
   return { feedbackBlocks, targets, featureBlock };
 }
