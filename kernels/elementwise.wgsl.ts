@@ -50,6 +50,8 @@ export const UNARY_OPS = {
   sqrt: { forward: 'sqrt(x)', backward: 'dy * 0.5 / y' },
   square: { forward: 'x * x', backward: 'dy * 2.0 * x' },
   addScalar: { forward: 'x + alpha', backward: 'dy' },
+  // x clamped to [−alpha, alpha] (torch.clamp(x, −alpha, alpha)); the gradient passes inside only.
+  clampSymmetric: { forward: 'clamp(x, -alpha, alpha)', backward: 'select(0.0, dy, abs(x) < alpha)' },
 } satisfies Record<string, UnaryOpSpec>;
 
 export type UnaryOp = keyof typeof UNARY_OPS;

@@ -1,8 +1,10 @@
-// Sampling from an ε-prediction model: DDPM ancestral sampling (Ho et al., Alg. 2, with the
-// fixed variance β_t that guided-diffusion uses when learn_sigma is off) and deterministic DDIM
-// (η = 0) on an evenly spaced subset of the timesteps.
+// Sampling from an ε-prediction model as guided-diffusion samples (clip_denoised=True): each step
+// estimates x̂0 = (x_t − sqrt(1−ᾱ_t)·ε̂)/sqrt(ᾱ_t) and clamps it to [−1, 1]; DDPM ancestral
+// sampling then takes the posterior mean of q(x_{t−1} | x_t, x̂0) with the fixed variance β_t
+// (learn_sigma off; a learned variance is not used), deterministic DDIM (η = 0) re-derives ε from
+// the clamped x̂0, on timesteps spaced as space_timesteps' "ddimN".
 import type { Engine } from '../engine/engine.ts';
-import { add, scale, sub } from '../engine/ops/elementwise.ts';
+import { add, clampSymmetric, scale, sub } from '../engine/ops/elementwise.ts';
 import { slice } from '../engine/ops/layout.ts';
 import type { Tensor } from '../engine/tensor.ts';
 import { gaussianNoise, linearSchedule } from './diffusion.ts';
@@ -33,8 +35,9 @@ export interface SampleOptions {
    */
   seed?: number;
   /**
-   * DDIM steps (evenly spaced over the T = 1000 diffusion steps): an integer from 1 to 1000; 0 or
-   * omitted for full DDPM ancestral sampling over all T steps.
+   * DDIM steps: an integer from 2 to 1000, at timesteps T − T/n, …, T/n, 0 when n divides T = 1000
+   * (guided-diffusion's "ddimN"), else n rounded even fractions of 0 … 999 (its "N"); 0 or omitted
+   * for full DDPM ancestral sampling over all T steps.
    */
   ddimSteps?: number;
   onStep?: (done: number, total: number) => void;
@@ -49,10 +52,10 @@ export function checkSampleOptions(o: SampleOptions): void {
   if (!isIntegerIn(o.count, 1, MAX_SAMPLE_COUNT)) {
     throw new RangeError(`sample: count (images to draw) must be an integer from 1 to ${MAX_SAMPLE_COUNT}, got ${o.count}`);
   }
-  if (o.ddimSteps !== undefined && !isIntegerIn(o.ddimSteps, 0, DIFFUSION_STEPS)) {
+  if (o.ddimSteps !== undefined && (!isIntegerIn(o.ddimSteps, 0, DIFFUSION_STEPS) || o.ddimSteps === 1)) {
     throw new RangeError(
-      `sample: ddimSteps must be 0 (DDPM ancestral sampling over all ${DIFFUSION_STEPS} steps) or an integer from 1 to ${DIFFUSION_STEPS} ` +
-        `(DDIM steps, at most the ${DIFFUSION_STEPS} diffusion steps), got ${o.ddimSteps}`,
+      `sample: ddimSteps must be 0 (DDPM ancestral sampling over all ${DIFFUSION_STEPS} steps) or an integer from 2 to ${DIFFUSION_STEPS} ` +
+        `(DDIM steps, at most the ${DIFFUSION_STEPS} diffusion steps; one step from pure noise would return noise), got ${o.ddimSteps}`,
     );
   }
   if (o.seed !== undefined && !isIntegerIn(o.seed, 0, MAX_SEED)) {
@@ -61,8 +64,8 @@ export function checkSampleOptions(o: SampleOptions): void {
 }
 
 /**
- * Images [count, C, S, S], nominally in [−1, 1] (not clipped; imageGrid clamps). Each step awaits
- * engine.settle(), so the GPU work queued ahead stays bounded however many steps there are.
+ * Images [count, C, S, S] in [−1, 1]. Each step awaits engine.settle(), so the GPU work queued
+ * ahead stays bounded however many steps there are.
  */
 export async function sample(e: Engine, unet: UNet, o: SampleOptions): Promise<Tensor> {
   checkSampleOptions(o);
@@ -74,25 +77,26 @@ export async function sample(e: Engine, unet: UNet, o: SampleOptions): Promise<T
   const n = o.count * C * S * S;
   const seed = o.seed ?? 0;
   const ddim = o.ddimSteps ?? 0;
-  const ts = ddim
-    ? Array.from({ length: ddim }, (_, i) => Math.round(((ddim - 1 - i) * (sch.steps - 1)) / Math.max(1, ddim - 1)))
-    : Array.from({ length: sch.steps }, (_, i) => sch.steps - 1 - i);
+  const ts = ddim ? ddimTimesteps(sch.steps, ddim) : Array.from({ length: sch.steps }, (_, i) => sch.steps - 1 - i);
   let x = e.keep(e.tensor(gaussianNoise(n, seed), shape, 'x_T'));
   try {
     for (const [k, t] of ts.entries()) {
       const next = e.noGrad(() => e.tidy(() => {
         const eps = predictEps(unet, x, t);
         const abar = ac[t];
+        const x0 = clampSymmetric(scale(sub(x, scale(eps, Math.sqrt(1 - abar))), 1 / Math.sqrt(abar)), 1);
         if (ddim) {
-          // x̂0 = (x − sqrt(1−ᾱ_t)·ε)/sqrt(ᾱ_t); x_prev = sqrt(ᾱ_prev)·x̂0 + sqrt(1−ᾱ_prev)·ε
+          // ε′ = (x − sqrt(ᾱ_t)·x̂0)/sqrt(1−ᾱ_t); x_prev = sqrt(ᾱ_prev)·x̂0 + sqrt(1−ᾱ_prev)·ε′
           const prev = k + 1 < ts.length ? ac[ts[k + 1]] : 1;
-          const x0 = scale(sub(x, scale(eps, Math.sqrt(1 - abar))), 1 / Math.sqrt(abar));
-          return add(scale(x0, Math.sqrt(prev)), scale(eps, Math.sqrt(1 - prev)));
+          const epsClipped = scale(sub(x, scale(x0, Math.sqrt(abar))), 1 / Math.sqrt(1 - abar));
+          return add(scale(x0, Math.sqrt(prev)), scale(epsClipped, Math.sqrt(1 - prev)));
         }
-        // mean = (x − β_t/sqrt(1−ᾱ_t)·ε)/sqrt(α_t); x_{t−1} = mean + sqrt(β_t)·z (no noise at t = 0)
-        const alpha = t > 0 ? abar / ac[t - 1] : abar;
+        // Posterior mean (Ho et al., Eq. 7): β_t·sqrt(ᾱ_{t−1})/(1−ᾱ_t)·x̂0 + (1−ᾱ_{t−1})·sqrt(α_t)/(1−ᾱ_t)·x_t,
+        // ᾱ_{−1} = 1; x_{t−1} = mean + sqrt(β_t)·z (no noise at t = 0).
+        const abarPrev = t > 0 ? ac[t - 1] : 1;
+        const alpha = abar / abarPrev;
         const beta = 1 - alpha;
-        const meanX = scale(sub(x, scale(eps, beta / Math.sqrt(1 - abar))), 1 / Math.sqrt(alpha));
+        const meanX = add(scale(x0, (beta * Math.sqrt(abarPrev)) / (1 - abar)), scale(x, ((1 - abarPrev) * Math.sqrt(alpha)) / (1 - abar)));
         if (t === 0) return meanX;
         const z = e.tensor(gaussianNoise(n, seed * 7919 + t + 1), shape, 'z');
         return add(meanX, scale(z, Math.sqrt(beta)));
@@ -107,6 +111,16 @@ export async function sample(e: Engine, unet: UNet, o: SampleOptions): Promise<T
     throw err;
   }
   return x;
+}
+
+/**
+ * The timesteps of `n` DDIM steps over T, last first: T − T/n, …, T/n, 0 when n divides T
+ * (space_timesteps' "ddimN", the spacing guided-diffusion samples DDIM with), else the rounded even
+ * fractions of 0 … T − 1 of its "N".
+ */
+export function ddimTimesteps(T: number, n: number): number[] {
+  const up = T % n === 0 ? Array.from({ length: n }, (_, i) => (i * T) / n) : Array.from({ length: n }, (_, i) => Math.round((i * (T - 1)) / (n - 1)));
+  return up.reverse();
 }
 
 /** [n, C, S, S] in [−1, 1] → an RGB grid image (rows × cols tiles, 2-pixel gaps) as uint8. */

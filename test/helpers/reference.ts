@@ -66,6 +66,7 @@ export const unaryRef: Record<string, (x: number, alpha: number) => number> = {
   neg: (x) => -x,
   scale: (x, a) => a * x,
   addScalar: (x, a) => x + a,
+  clampSymmetric: (x, a) => Math.min(a, Math.max(-a, x)),
 };
 
 export function map(x: Nd, f: (v: number) => number): Nd {

@@ -3,7 +3,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import t from 'tap';
 import { gaussianNoise } from '../../src/model/diffusion.ts';
-import { checkSampleOptions, sample, type SampleOptions } from '../../src/model/sampling.ts';
+import { checkSampleOptions, ddimTimesteps, sample, type SampleOptions } from '../../src/model/sampling.ts';
 import { UNet } from '../../src/model/unet.ts';
 import { maxRelError, testEngine } from '../helpers/check.ts';
 
@@ -29,7 +29,7 @@ function memoryMappings(): number | undefined {
   return existsSync('/proc/self/maps') ? readFileSync('/proc/self/maps', 'utf8').split('\n').length : undefined;
 }
 
-t.test('a full 1000-step DDPM run with ε̂ = 0 follows x_{t−1} = x_t / sqrt(α_t) + sqrt(β_t)·z_t, and its GPU backlog stays bounded', async (t) => {
+t.test('a full 1000-step DDPM run with ε̂ = 0 follows the clipped posterior mean plus sqrt(β_t)·z_t, and its GPU backlog stays bounded', async (t) => {
   const unet = UNet.random(e, tiny, 5);
   const zeroed = new Map(unet.parameters());
   for (const k of ['out.2.weight', 'out.2.bias']) zeroed.set(k, e.zeros(unet.param(k).shape));
@@ -51,13 +51,19 @@ t.test('a full 1000-step DDPM run with ε̂ = 0 follows x_{t−1} = x_t / sqrt(�
   t.same(x.shape, [count, 3, 8, 8]);
 
   // The recurrence by hand in float64, with the sampler's documented noise: x_T from the seed, z_t
-  // from seed·7919 + t + 1; α_t = ᾱ_t / ᾱ_{t−1}, α_0 = ᾱ_0; no noise at t = 0.
+  // from seed·7919 + t + 1; x̂0 = clamp(x_t/sqrt(ᾱ_t), ±1) (ε̂ = 0), mean = β_t·sqrt(ᾱ_{t−1})/(1−ᾱ_t)·x̂0
+  // + (1−ᾱ_{t−1})·sqrt(α_t)/(1−ᾱ_t)·x_t with ᾱ_{−1} = 1, α_t = ᾱ_t/ᾱ_{t−1}; no noise at t = 0.
   const ac = alphasCumprod();
   const ref = Float64Array.from(gaussianNoise(n, seed));
   for (let step = 999; step >= 0; step--) {
-    const alpha = step > 0 ? ac[step] / ac[step - 1] : ac[0];
+    const prev = step > 0 ? ac[step - 1] : 1;
+    const alpha = ac[step] / prev;
     const z = step > 0 ? gaussianNoise(n, seed * 7919 + step + 1) : null;
-    for (let i = 0; i < n; i++) ref[i] = ref[i] / Math.sqrt(alpha) + (z ? Math.sqrt(1 - alpha) * z[i] : 0);
+    for (let i = 0; i < n; i++) {
+      const x0 = Math.min(1, Math.max(-1, ref[i] / Math.sqrt(ac[step])));
+      const mean = ((1 - alpha) * Math.sqrt(prev) * x0 + (1 - prev) * Math.sqrt(alpha) * ref[i]) / (1 - ac[step]);
+      ref[i] = mean + (z ? Math.sqrt(1 - alpha) * z[i] : 0);
+    }
   }
   const got = await x.read();
   t.ok(got.every(Number.isFinite), 'every value is finite');
@@ -79,7 +85,8 @@ t.test('bad sampling options are refused, naming the option and its range, befor
     [{ count: 1.5 }, /count .* got 1\.5/],
     [{ count: Number.NaN }, /count .* got NaN/],
     [{ count: 1025 }, /count .* from 1 to 1024, got 1025/],
-    [{ ddimSteps: 5000 }, /ddimSteps must be 0 \(DDPM ancestral sampling over all 1000 steps\) or an integer from 1 to 1000 .*got 5000/],
+    [{ ddimSteps: 5000 }, /ddimSteps must be 0 \(DDPM ancestral sampling over all 1000 steps\) or an integer from 2 to 1000 .*got 5000/],
+    [{ ddimSteps: 1 }, /ddimSteps .* one step from pure noise would return noise\), got 1/],
     [{ ddimSteps: 1001 }, /ddimSteps .* got 1001/],
     [{ ddimSteps: -1 }, /ddimSteps .* got -1/],
     [{ ddimSteps: 2.5 }, /ddimSteps .* got 2\.5/],
@@ -96,7 +103,14 @@ t.test('bad sampling options are refused, naming the option and its range, befor
   const after = e.memoryStats();
   t.equal(after.liveBytes, before.liveBytes, 'no tensor was made');
   t.equal(after.commandsInFlight, before.commandsInFlight, 'no GPU command was recorded');
-  for (const good of [{ count: 1, ddimSteps: 0 }, { count: 1024, ddimSteps: 1000 }, { count: 1, ddimSteps: 1, seed: 2 ** 32 - 1 }, { count: 1 }]) {
+  for (const good of [{ count: 1, ddimSteps: 0 }, { count: 1024, ddimSteps: 1000 }, { count: 1, ddimSteps: 2, seed: 2 ** 32 - 1 }, { count: 1 }]) {
     t.doesNotThrow(() => checkSampleOptions(good), `${JSON.stringify(good)} is accepted`);
   }
+});
+
+t.test('DDIM timesteps: "ddimN" spacing when N divides 1000, even fractions of 0 … 999 otherwise', async (t) => {
+  const fifty = ddimTimesteps(1000, 50);
+  t.same([fifty.length, fifty[0], fifty[1], fifty.at(-1)], [50, 980, 960, 0]);
+  t.same(ddimTimesteps(1000, 3), [999, 500, 0]);
+  t.same(ddimTimesteps(1000, 1000), Array.from({ length: 1000 }, (_, i) => 999 - i));
 });

@@ -16,6 +16,7 @@ const unaryCases: [string, (x: any) => any, number, number, number][] = [
   ['sqrt', ops.sqrt, 0, 0.1, 4],
   ['square', ops.square, 0, -2, 2],
   ['neg', ops.neg, 0, -2, 2],
+  ['clampSymmetric', (x) => ops.clampSymmetric(x, 1.5), 1.5, -3, 3],
 ];
 
 for (const [name, op, alpha, lo, hi] of unaryCases) {

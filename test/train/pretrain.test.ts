@@ -67,14 +67,27 @@ t.test('pretraining stopped and resumed gives bit-identical weights and EMA', as
   await rm(dir, { recursive: true });
 });
 
-t.test('DDIM with a model that predicts ε = 0 returns x_T / sqrt(ᾱ_999), worked by hand', async (t) => {
+t.test('DDIM with a model that predicts ε = 0 follows the clipped update, worked in float64', async (t) => {
   const unet = UNet.random(e, tiny, 4);
   const zeroed = new Map(unet.parameters());
   for (const k of ['out.2.weight', 'out.2.bias']) zeroed.set(k, e.zeros(unet.param(k).shape));
   const x = await (await sample(e, unet.withWeights(zeroed), { count: 2, seed: 9, ddimSteps: 4 })).read();
-  const noise = gaussianNoise(2 * 3 * 16 * 16, 9);
-  const abar = linearSchedule(1000).alphasCumprod[999];
+  // Four steps: 1000/4 = 250 apart ("ddim4": 750, 500, 250, 0). x̂0 = clamp(x/sqrt(ᾱ_t), ±1),
+  // ε′ = (x − sqrt(ᾱ_t)·x̂0)/sqrt(1−ᾱ_t), x ← sqrt(ᾱ_prev)·x̂0 + sqrt(1−ᾱ_prev)·ε′ (ᾱ_prev = 1 at the end).
+  const ac = linearSchedule(1000).alphasCumprod;
+  const ts = [750, 500, 250, 0];
+  const ref = Float64Array.from(gaussianNoise(2 * 3 * 16 * 16, 9));
+  ts.forEach((step, k) => {
+    const abar = ac[step];
+    const prev = k + 1 < ts.length ? ac[ts[k + 1]] : 1;
+    for (let i = 0; i < ref.length; i++) {
+      const x0 = Math.min(1, Math.max(-1, ref[i] / Math.sqrt(abar)));
+      const eps = (ref[i] - Math.sqrt(abar) * x0) / Math.sqrt(1 - abar);
+      ref[i] = Math.sqrt(prev) * x0 + Math.sqrt(1 - prev) * eps;
+    }
+  });
   let worst = 0;
-  noise.forEach((v, i) => (worst = Math.max(worst, Math.abs(x[i] - v / Math.sqrt(abar)) / (Math.abs(v) / Math.sqrt(abar) + 1))));
-  t.ok(worst < 1e-4, `${worst}`);
+  ref.forEach((v, i) => (worst = Math.max(worst, Math.abs(x[i] - v))));
+  t.ok(worst < 1e-5, `max |x − ref| ${worst}`);
+  t.ok(x.every((v) => v >= -1 && v <= 1), 'in [−1, 1]');
 });

@@ -61,6 +61,8 @@ export const square = (x: Tensor) => unary('square', x);
 export const neg = (x: Tensor) => unary('neg', x);
 export const scale = (x: Tensor, s: number) => unary('scale', x, s);
 export const addScalar = (x: Tensor, s: number) => unary('addScalar', x, s);
+/** x clamped to [−bound, bound]. */
+export const clampSymmetric = (x: Tensor, bound: number) => unary('clampSymmetric', x, bound);
 
 /** NumPy broadcasting of two shapes; throws with both shapes when they do not broadcast. */
 export function broadcastShapes(a: Shape, b: Shape): number[] {
