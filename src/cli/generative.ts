@@ -32,6 +32,10 @@ const PRETRAIN = {
 async function pretrainCommand(argv: string[]): Promise<number> {
   const o = parseArgs('pretrain', argv, PRETRAIN);
   if (!o) return 0;
+  // The shadow starts as the initial weights (as guided-diffusion's, which trains 100k+ steps): over
+  // few steps a slow EMA exports mostly those.
+  const initialShare = o.ema ** o.steps;
+  if (initialShare > 0.05) console.error(`difrep: warning: with --ema ${o.ema} over ${o.steps} steps, ${(100 * initialShare).toFixed(0)} % of ema.safetensors (and of the samples) is still the starting weights; give --ema ${Math.max(0, Math.min(0.999, 1 - 3 / o.steps)).toPrecision(3)} or lower, or more --steps`);
   const e = await tunedEngine();
   // Without --checkpoint the weights start from the seeded initialisation (training from scratch).
   const { unet } = await loadModel(e, o.model, o.checkpoint, true);

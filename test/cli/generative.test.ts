@@ -18,8 +18,10 @@ t.test('pretrain writes a resumable state and an EMA state dict that sample load
     image_size: 16, num_channels: 32, num_res_blocks: 1, channel_mult: '1,2', attention_resolutions: '2',
     num_head_channels: 32, learn_sigma: false, use_scale_shift_norm: true, resblock_updown: true,
   }));
-  const { stdout } = await difrep('pretrain', '--model', config, '--steps', '2', '--batch', '4', '--images', '64', '--out', join(dir, 'run'));
+  const { stdout, stderr } = await difrep('pretrain', '--model', config, '--steps', '2', '--batch', '4', '--images', '64', '--out', join(dir, 'run'));
   t.match(stdout, /pretrained to step 2/);
+  // 0.9999² of the export is the starting weights.
+  t.match(stderr, /warning: with --ema 0\.9999 over 2 steps, 100 % of ema\.safetensors \(and of the samples\) is still the starting weights; give --ema 0\.00 or lower/);
   const { stdout: more } = await difrep('pretrain', '--model', config, '--steps', '3', '--batch', '4', '--images', '64', '--out', join(dir, 'run'), '--resume');
   t.match(more, /pretrained to step 3/);
   t.equal(JSON.parse(await readFile(join(dir, 'run', 'loss.json'), 'utf8')).at(-1)[0], 3);
