@@ -19,8 +19,8 @@
 // once per thread, not once per loaded value (CPU adapters scalarise them).
 import { wgsl } from 'wgsl-preprocessor/wgsl-preprocessor.js';
 import type { KernelSource } from './kernel-source.ts';
-import { DEFAULT_MATMUL_TILING, type MatmulTiling } from './matmul.wgsl.ts';
-import { SUBGROUP_GEMM_LANES, type SubgroupGemmRows, type SubgroupGemmStep, subgroupGemmStep } from './matmul-subgroup.wgsl.ts';
+import { DEFAULT_MATMUL_TILING, GEMM_BLOCK_WGSL, type MatmulTiling } from './matmul.wgsl.ts';
+import { SUBGROUP_GEMM_COLUMNS, SUBGROUP_GEMM_LANES, type SubgroupGemmRows, type SubgroupGemmStep, subgroupGemmStep } from './matmul-subgroup.wgsl.ts';
 import { accumulateStep, declareAccumulators, declareSlabs, fillSlab, ownedColumnSlab, storeAccumulators } from './register-tile.ts';
 import { uniformLayout } from './uniform-layout.ts';
 
@@ -43,9 +43,9 @@ export interface Conv2dVariant {
 }
 
 /**
- * The bindings and functions both conv kernels share: loadW (W, or the input gradient's flipped,
+ * The bindings and functions the conv kernels share: loadW (W, or the input gradient's flipped,
  * channel-swapped W), column (a batched im2col column decoded once), im2col (its value at one
- * reduction row) and store (with bias and residual).
+ * reduction row), store (with bias and residual) and gemmBlock (the column block of a workgroup).
  */
 function convModule(v: Conv2dVariant): string {
   const KK = v.ksize * v.ksize;
@@ -113,7 +113,9 @@ fn store(m: u32, c: u32, value: f32) {
   r += residual[o];
 #endif
   out[o] = r;
-}`;
+}
+
+${GEMM_BLOCK_WGSL}`;
 }
 
 /**
@@ -135,14 +137,14 @@ ${convModule(v)}
 ${declareSlabs(t)}
 
 @compute @workgroup_size(${t.wgX}, ${t.wgY})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
   let tx = lid3.x;
   let ty = lid3.y;
   let lid = ty * ${t.wgX}u + tx;
   let P = u.Ho * u.Wo;
   let K = u.Cin * ${KK}u;
   let row0 = wid.y * ${BM}u;
-  let col0 = wid.x * ${BN}u;
+  let col0 = gemmBlock(wid, nwg, (u.N * P + ${BN - 1}u) / ${BN}u).x * ${BN}u;
   ${slab.declare}
   ${declareAccumulators(t)}
   for (var k0 = 0u; k0 < K; k0 += ${t.tk}u) {
@@ -203,11 +205,11 @@ export function subgroupConv2dKernel(v: Conv2dVariant, rows: SubgroupGemmRows): 
 ${convModule(v)}
 
 @compute @workgroup_size(${S})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
   let P = u.Ho * u.Wo;
   let K = u.Cin * ${KK}u;
   let row0 = wid.y * ${rows}u;
-  let c0 = wid.x * ${S * 4}u + 4u * lane;
+  let c0 = gemmBlock(wid, nwg, (u.N * P + ${SUBGROUP_GEMM_COLUMNS - 1}u) / ${SUBGROUP_GEMM_COLUMNS}u).x * ${SUBGROUP_GEMM_COLUMNS}u + 4u * lane;
   let col0 = column(c0, P);
   let col1 = column(c0 + 1u, P);
   let col2 = column(c0 + 2u, P);
@@ -284,10 +286,10 @@ fn storeColumns(m: u32, o: u32, value: vec4<f32>) {
 }
 
 @compute @workgroup_size(${S})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
   let P = u.H * u.W;
   let row0 = wid.y * ${rows}u;
-  let c0 = wid.x * ${S * 4}u + 4u * lane;
+  let c0 = gemmBlock(wid, nwg, (u.N * P + ${SUBGROUP_GEMM_COLUMNS - 1}u) / ${SUBGROUP_GEMM_COLUMNS}u).x * ${SUBGROUP_GEMM_COLUMNS}u + 4u * lane;
   // Lanes past the last column compute the last 4 again (their sums are never stored).
   let column0 = min(c0, u.N * P - 4u);
   let image = column0 / P;
@@ -382,17 +384,20 @@ fn store(m: u32, col: u32, value: f32) {
 
 var<private> splitIndex: u32;
 
+${GEMM_BLOCK_WGSL}
+
 @compute @workgroup_size(${t.wgX}, ${t.wgY})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
   let tx = lid3.x;
   let ty = lid3.y;
   let lid = ty * ${t.wgX}u + tx;
   let P = u.Ho * u.Wo;
-  splitIndex = wid.z;
-  let qBegin = wid.z * u.qPerSplit;
+  let block = gemmBlock(wid, nwg, (u.Cin * ${KK}u + ${BN - 1}u) / ${BN}u);
+  splitIndex = block.y;
+  let qBegin = block.y * u.qPerSplit;
   let qEnd = min(qBegin + u.qPerSplit, u.N * P);
   let row0 = wid.y * ${BM}u;
-  let col0 = wid.x * ${BN}u;
+  let col0 = block.x * ${BN}u;
   ${slab.declare}
   ${declareAccumulators(t)}
   for (var q0 = qBegin; q0 < qEnd; q0 += ${t.tk}u) {

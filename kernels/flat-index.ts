@@ -11,11 +11,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let ${index} = ${perWorkgroup ? 'wid.y * nwg.x + wid.x' : `(wid.y * nwg.x + wid.x) * ${size}u + lid`};`;
 }
 
+/** Workgroups along one dimension of a dispatch that every adapter accepts (maxComputeWorkgroupsPerDimension's default). */
+export const MAX_WORKGROUPS_PER_DIMENSION = 65535;
+
 /** Workgroup counts for `threads` invocations in groups of `size`, split over x and y (x ≤ 65535). */
 export function grid1d(threads: number, size: number): [number, number] {
   const groups = Math.ceil(threads / size);
-  if (groups <= 65535) return [groups, 1];
-  const x = 65535;
+  if (groups <= MAX_WORKGROUPS_PER_DIMENSION) return [groups, 1];
+  const x = MAX_WORKGROUPS_PER_DIMENSION;
   return [x, Math.ceil(groups / x)];
 }
 

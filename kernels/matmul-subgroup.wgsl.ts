@@ -16,7 +16,7 @@
 // GPUs keep the register-tiled kernel.
 import { wgsl } from 'wgsl-preprocessor/wgsl-preprocessor.js';
 import type { KernelSource } from './kernel-source.ts';
-import { type MatmulVariant, vectorOperandLoads } from './matmul.wgsl.ts';
+import { GEMM_BLOCK_WGSL, gemmGrid, type MatmulVariant, vectorOperandLoads } from './matmul.wgsl.ts';
 import { uniformLayout } from './uniform-layout.ts';
 
 /** Lanes per subgroup (and threads per workgroup) this kernel is written for. */
@@ -37,9 +37,12 @@ export type SubgroupGemmRows = 8 | 16 | 32;
  */
 export type SubgroupGemmStep = 2 | 4;
 
-/** Workgroups of a subgroup GEMM: x over columns, y over rows, z over the batch. */
+/** Columns of C per workgroup. */
+export const SUBGROUP_GEMM_COLUMNS = SUBGROUP_GEMM_LANES * COLUMNS_PER_LANE;
+
+/** Workgroups of a subgroup GEMM: gemmGrid's x over columns, y over rows, z over the batch. */
 export function subgroupGemmWorkgroups(rows: SubgroupGemmRows, M: number, N: number, batch: number): [number, number, number] {
-  return [Math.ceil(N / (SUBGROUP_GEMM_LANES * COLUMNS_PER_LANE)), Math.ceil(M / rows), batch];
+  return gemmGrid(Math.ceil(N / SUBGROUP_GEMM_COLUMNS), Math.ceil(M / rows), batch);
 }
 
 /**
@@ -156,11 +159,14 @@ fn store(m: u32, n: u32, value: vec4<f32>) {
   c[o] = r;
 }
 
+${GEMM_BLOCK_WGSL}
+
 @compute @workgroup_size(${S})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
-  batch = wid.z;
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
+  let block = gemmBlock(wid, nwg, (u.N + ${SUBGROUP_GEMM_COLUMNS - 1}u) / ${SUBGROUP_GEMM_COLUMNS}u);
+  batch = block.y;
   let row0 = wid.y * ${rows}u;
-  let col = wid.x * ${S * COLUMNS_PER_LANE}u + ${COLUMNS_PER_LANE}u * lane;
+  let col = block.x * ${SUBGROUP_GEMM_COLUMNS}u + ${COLUMNS_PER_LANE}u * lane;
   ${step.declare}
 #if ${v.sumBatches}
   for (var summed = 0u; summed < u.batches; summed++) {

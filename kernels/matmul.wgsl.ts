@@ -3,6 +3,7 @@
 // TM × TN block held in registers, stepping over K in TK-wide slabs staged in workgroup memory
 // (the register-tile step of ./register-tile.ts, shared with the conv kernels).
 import { wgsl } from 'wgsl-preprocessor/wgsl-preprocessor.js';
+import { MAX_WORKGROUPS_PER_DIMENSION } from './flat-index.ts';
 import type { KernelSource } from './kernel-source.ts';
 import { accumulateStep, declareAccumulators, declareSlabs, fillSlab, fillSlabVec4, storeAccumulators } from './register-tile.ts';
 import { uniformLayout } from './uniform-layout.ts';
@@ -20,9 +21,31 @@ export interface MatmulTiling {
 
 export const DEFAULT_MATMUL_TILING: MatmulTiling = { wgX: 8, wgY: 8, tm: 8, tn: 8, tk: 16 };
 
-/** Workgroups of a register-tiled GEMM (matmul and the conv kernels): x over columns, y over rows, z as given. */
+/**
+ * The grid of a GEMM: x over `columnBlocks`, y over `rowBlocks`, z over `z` (batch entries or
+ * splits). Column blocks past one dimension's 65535 workgroups (a batch of 32 ADM-256 images is
+ * 2,097,152 columns in its first conv, 65,536 blocks of 32) fold into z: x then runs over
+ * ⌈columnBlocks / folds⌉ blocks and z over z · folds. Kernels decode it with GEMM_BLOCK_WGSL.
+ */
+export function gemmGrid(columnBlocks: number, rowBlocks: number, z: number): [number, number, number] {
+  const folds = Math.max(1, Math.ceil(columnBlocks / MAX_WORKGROUPS_PER_DIMENSION));
+  return [Math.ceil(columnBlocks / folds), rowBlocks, z * folds];
+}
+
+/**
+ * gemmBlock(wid, nwg, columnBlocks): a workgroup's (column block, z index) in a gemmGrid, z =
+ * index · folds + fold and block = fold · nwg.x + wid.x. ⌈columnBlocks / nwg.x⌉ is gemmGrid's
+ * fold count again (its smallest count whose x fits 65535); unfolded it is (wid.x, wid.z). The
+ * last fold's spare blocks lie past the last column, where GEMM kernels load zeros and store nothing.
+ */
+export const GEMM_BLOCK_WGSL = `fn gemmBlock(wid: vec3<u32>, nwg: vec3<u32>, columnBlocks: u32) -> vec2<u32> {
+  let folds = (columnBlocks + nwg.x - 1u) / nwg.x;
+  return vec2((wid.z % folds) * nwg.x + wid.x, wid.z / folds);
+}`;
+
+/** Workgroups of a register-tiled GEMM (matmul and the conv kernels): gemmGrid's x over columns, y over rows, z as given. */
 export function gemmWorkgroups(t: MatmulTiling, rows: number, columns: number, z = 1): [number, number, number] {
-  return [Math.ceil(columns / (t.wgX * t.tn)), Math.ceil(rows / (t.wgY * t.tm)), z];
+  return gemmGrid(Math.ceil(columns / (t.wgX * t.tn)), Math.ceil(rows / (t.wgY * t.tm)), z);
 }
 
 /** strideA, strideB: elements between batches of A and B (0 broadcasts one matrix to every batch). */
@@ -153,14 +176,18 @@ ${v.bias ? `@group(0) @binding(4) var<storage, read> bias: array<${element}>;` :
 }
 
 function mainHead(t: MatmulTiling): string {
-  return `@compute @workgroup_size(${t.wgX}, ${t.wgY})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
-  batch = wid.z;
+  const BN = t.wgX * t.tn;
+  return `${GEMM_BLOCK_WGSL}
+
+@compute @workgroup_size(${t.wgX}, ${t.wgY})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
+  let block = gemmBlock(wid, nwg, (u.N + ${BN - 1}u) / ${BN}u);
+  batch = block.y;
   let tx = lid3.x;
   let ty = lid3.y;
   let lid = ty * ${t.wgX}u + tx;
   let row0 = wid.y * ${t.wgY * t.tm}u;
-  let col0 = wid.x * ${t.wgX * t.tn}u;
+  let col0 = block.x * ${BN}u;
   ${declareAccumulators(t)}`;
 }
 

@@ -345,6 +345,11 @@ export class Engine {
     const [x, y = 1, z = 1] = d.workgroups;
     // Nothing to run (an empty batch): no bind group either, whose vec4 bindings an empty tensor could not fill.
     if (x <= 0 || y <= 0 || z <= 0) return;
+    // Dawn would report this only at the next sync, and drop every command of the batch with it.
+    const limit = this.device.limits.maxComputeWorkgroupsPerDimension;
+    if (x > limit || y > limit || z > limit) {
+      throw new RangeError(`${d.kernel.key}: ${x} × ${y} × ${z} workgroups, over this device's maxComputeWorkgroupsPerDimension (${limit}) in a dimension`);
+    }
     if (d.kernel.params.byteLength > UNIFORM_SLOT) throw new Error(`${d.kernel.key}: uniforms over ${UNIFORM_SLOT} bytes`);
     if (this.uniformUsed + UNIFORM_SLOT > UNIFORM_ARENA_BYTES) this.flush();
     const uniformOffset = this.uniformUsed;

@@ -99,6 +99,28 @@ t.test('a GPU validation error surfaces as a GpuError carrying the label', async
   t.pass('the engine keeps working after the error was reported');
 });
 
+// Dawn reports a dispatch over the limit only at the next sync, and drops the whole command
+// buffer with it: the engine refuses it when it is asked, and what was recorded before still runs.
+t.test('a dispatch of more workgroups than maxComputeWorkgroupsPerDimension is refused before it is recorded', async (t) => {
+  const limit = e.limits.maxComputeWorkgroupsPerDimension;
+  const params = uniformLayout({ n: 'u32' });
+  const code = `${params.wgsl}
+@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+@compute @workgroup_size(1) fn main(@builtin(workgroup_id) wid: vec3<u32>) { if (wid.x == 0u) { out[0] = f32(u.n); } }`;
+  const kernel = { key: 'one-value-kernel', code, params };
+  const recorded = ops.add(e.tensor([1, 2], [2]), e.tensor([3, 4], [2]));
+  const out = e.zeros([1]);
+  for (const workgroups of [[limit + 1, 1, 1], [1, limit + 1, 1], [1, 1, limit + 1]] as const) {
+    t.throws(
+      () => e.dispatch({ kernel, bindings: [out], params: { n: 1 }, workgroups }),
+      new RangeError(`one-value-kernel: ${workgroups.join(' × ')} workgroups, over this device's maxComputeWorkgroupsPerDimension (${limit}) in a dimension`),
+    );
+  }
+  t.same(Array.from(await recorded.read()), [4, 6], 'the work recorded before it runs');
+  e.dispatch({ kernel, bindings: [out], params: { n: 5 }, workgroups: [limit, 1, 1] });
+  t.same(Array.from(await out.read()), [5], 'a dispatch at the limit runs');
+});
+
 t.test('an engine on the caller\'s own device leaves the device usable after dispose', async (t) => {
   const { device } = await requestDevice();
   const mine = await createEngine({ device });

@@ -199,3 +199,57 @@ t.test('conv2d shape errors name the tensors', async (t) => {
   t.throws(() => ops.conv2d(x, w, { pad: 0 }), /only padding \(k−1\)\/2 is supported; got k=3, pad=0/);
   t.throws(() => ops.conv2d(x, w, { stride: 2, residual: upload(e, randomNd([1, 2, 4, 4], 1)) }), /residual \[1, ?2, ?4, ?4\] does not match output \[1, ?2, ?2, ?2\]/);
 });
+
+// Output columns (N·Ho·Wo) past 65,535 column blocks fold into z, as a batch of 32 ADM-256
+// images' first conv needs (2,097,152 columns, 65,536 blocks of 32 on the subgroup GEMM): a
+// single channel keeps these cheap. Every case has an odd number of blocks, the last one partial,
+// so the second fold ends in a spare block. The 3×3 conv (row windows, W a multiple of 4) and the
+// 5×5 (the general subgroup kernel), forward and input gradient, on the default kernels; the
+// register tile through a tuned 8 × 8 tile, forward and, with 58,255 input channels (524,295
+// weight columns), the weight gradient.
+t.test('conv2d over more than 65535 column blocks folds them into the grid and matches float64', async (t) => {
+  // Single-channel correlation with padding (k − 1)/2 in float64; `flip` correlates with the
+  // kernel turned 180° (the input gradient of a stride-1 conv).
+  const correlate = (x: Nd, w: Nd, flip = false) => {
+    const [N, , H, W] = x.shape;
+    const k = w.shape[2];
+    const pad = (k - 1) / 2;
+    const out = new Float64Array(N * H * W);
+    for (let n = 0; n < N; n++) for (let i = 0; i < H; i++) for (let j = 0; j < W; j++) {
+      let s = 0;
+      for (let a = 0; a < k; a++) for (let b = 0; b < k; b++) {
+        const y = i + a - pad;
+        const xx = j + b - pad;
+        if (y < 0 || xx < 0 || y >= H || xx >= W) continue;
+        s += w.data[flip ? (k - 1 - a) * k + (k - 1 - b) : a * k + b] * x.data[(n * H + y) * W + xx];
+      }
+      out[(n * H + i) * W + j] = s;
+    }
+    return out;
+  };
+  for (const k of [3, 5]) {
+    const x = randomNd([2, 1, 1025, 1028], 61);
+    const w = randomNd([1, 1, k, k], 62);
+    const dy = randomNd([2, 1, 1025, 1028], 63);
+    const xt = upload(e, x, true);
+    const y = ops.conv2d(xt, upload(e, w));
+    const forward = maxRelError(await y.read(), correlate(x, w));
+    t.ok(forward < 1e-5, `${k}×${k} on [2,1,1025,1028] (65,857 blocks of 32 columns), forward: ${forward.toExponential(2)}`);
+    e.tape.backward(y, upload(e, dy));
+    const inputGrad = maxRelError(await xt.grad!.read(), correlate(dy, w, true));
+    t.ok(inputGrad < 1e-5, `${k}×${k}, input gradient: ${inputGrad.toExponential(2)}`);
+  }
+  const tiled = await createEngine({ device: e.device, tuning: { conv2dWinograd: { enabled: 0 }, conv2d: { wgX: 2, wgY: 2, tm: 4, tn: 4, tk: 4 } } });
+  const x = randomNd([1, 1, 513, 1028], 64);
+  const w = randomNd([8, 1, 3, 3], 65);
+  const forward = maxRelError(await ops.conv2d(upload(tiled, x), upload(tiled, w)).read(), conv2dRef(x, w, 1).data);
+  t.ok(forward < 1e-5, `register tile, 8 channels on [1,1,513,1028] (65,921 blocks of 8 columns): ${forward.toExponential(2)}`);
+  const wide = randomNd([1, 58255, 1, 1], 66);
+  const ww = randomNd([8, 58255, 3, 3], 67);
+  const wt = upload(tiled, ww, true);
+  const dy = randomNd([1, 8, 1, 1], 68);
+  tiled.tape.backward(ops.conv2d(upload(tiled, wide), wt), upload(tiled, dy));
+  const weightGrad = maxRelError(await wt.grad!.read(), weightGradRef(wide, dy, 3, 1));
+  t.ok(weightGrad < 1e-5, `register tile, weight gradient of 524,295 columns (65,537 blocks): ${weightGrad.toExponential(2)}`);
+  tiled.dispose();
+});

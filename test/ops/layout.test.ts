@@ -29,6 +29,12 @@ t.test('slice matches the reference, forward and backward', async (t) => {
   t.throws(() => ops.slice(upload(e, x), [0, 0, 0], [5, 6, 5]), /outside axis 0/);
 });
 
+t.test('slice refuses more starts or ends than the tensor has axes', async (t) => {
+  const x = upload(e, randomNd([3], 4));
+  t.throws(() => ops.slice(x, [1, 5], [2, 9]), new RangeError('slice: starts [1,5] and ends [2,9] name more axes than tensor [3] has (1)'));
+  t.throws(() => ops.slice(x, [1], [2, 9]), /name more axes than tensor \[3\] has \(1\)/);
+});
+
 t.test('concat matches the reference on every axis, forward and backward', async (t) => {
   for (const axis of [0, 1, 2]) {
     const shapes = [[2, 3, 4], [2, 3, 4], [2, 3, 4]].map((s, i) => s.map((d, k) => (k === axis ? d + i : d)));
@@ -39,6 +45,12 @@ t.test('concat matches the reference on every axis, forward and backward', async
     t.ok(worst < 1e-3);
   }
   t.throws(() => ops.concat([upload(e, randomNd([2, 3], 1)), upload(e, randomNd([3, 3], 1))], 1), /does not match/);
+});
+
+t.test('concat refuses an axis out of range', async (t) => {
+  const xs = [upload(e, randomNd([1, 2], 1)), upload(e, randomNd([1, 2], 2))];
+  t.throws(() => ops.concat(xs, -3), new RangeError('concat: axis -3 is out of range for rank 2'));
+  t.throws(() => ops.concat(xs, 2), new RangeError('concat: axis 2 is out of range for rank 2'));
 });
 
 // Copies whose runs, offsets and sizes are whole vec4s take the vec4 kernel, the others the scalar one.
@@ -93,3 +105,10 @@ t.test('expand broadcasts and its backward sums', async (t) => {
   t.ok(worst < 1e-3);
 });
 
+t.test('expand refuses shapes that do not broadcast (NumPy rules), naming both', async (t) => {
+  const x = upload(e, randomNd([3], 7));
+  t.throws(() => ops.expand(x, [2, 4]), new RangeError('expand: tensor [3] does not broadcast to [2,4]'));
+  t.throws(() => ops.expand(upload(e, randomNd([2, 3], 8)), [3]), new RangeError('expand: tensor [2,3] does not broadcast to [3]'));
+  t.throws(() => ops.expand(upload(e, randomNd([2, 1], 9)), [3, 4]), /does not broadcast to \[3,4\]/);
+  t.same(ops.expand(upload(e, randomNd([1, 3], 10)), [2, 0, 3]).shape, [2, 0, 3], 'a size-1 axis may expand to 0');
+});

@@ -173,3 +173,79 @@ t.test('the subgroup GEMM matches float64 and the register-tiled kernel, forward
   }
   tiled.dispose();
 });
+
+// Batch shapes are left-padded with 1s; the kernels take equal batch shapes, or one operand's all
+// 1s (read with batch stride 0), and the output's batch shape is NumPy's broadcast of the two.
+t.test('matmul broadcasts an all-1s batch to NumPy\'s batch shape, forward and backward, and refuses other mismatches', async (t) => {
+  const a = randomNd([1, 1, 5, 7], 41);
+  const b = randomNd([3, 7, 4], 42);
+  const ref = (x: Nd, y: Nd) => ({ ...matmulRef(x, y), shape: [1, 3, 5, 4] });
+  const y = ops.matmul(upload(e, a), upload(e, b));
+  t.same(y.shape, [1, 3, 5, 4], '[1,1,5,7] × [3,7,4] is [1,3,5,4]');
+  t.ok(maxRelError(await y.read(), ref(a, b).data) < 1e-5, 'forward matches float64');
+  const { perInput } = await gradCheck(e, (x, w) => ops.matmul(x, w), ref, [a, b]);
+  perInput.forEach((err, i) => t.ok(err < 1e-3, `gradient ${i}, the broadcast one summed over the batch: ${err.toExponential(2)}`));
+  for (const [sa, sb, batchA, batchB] of [
+    [[4, 1, 2, 3], [1, 4, 3, 2], '[4,1]', '[1,4]'],
+    [[2, 3, 2, 3], [3, 2, 3, 2], '[2,3]', '[3,2]'],
+    [[6, 2, 3], [2, 3, 3, 2], '[6]', '[2,3]'],
+  ] as const) {
+    t.throws(
+      () => ops.matmul(upload(e, randomNd([...sa], 43)), upload(e, randomNd([...sb], 44))),
+      new RangeError(`matmul: tensor [${sa}] × tensor [${sb}]: batch shapes ${batchA} and ${batchB} are neither equal nor one of them all 1s; expand the operands to a common batch shape first`),
+    );
+  }
+});
+
+// An empty reduction (K = 0) binds A and B of no values, which the vec4 and subgroup kernels
+// cannot: the product is zeros plus the bias, also where a backward pass asks for one (the
+// gradient of B in [0, 8] × [8, 4] is Aᵀ · dC, [8, 0] × [0, 4]).
+t.test('matmul with K = 0 gives zeros plus the bias on every kernel, forward and backward', async (t) => {
+  const tiled = await createEngine({ device: e.device, tuning: { matmulSubgroup: { enabled: 0 } } });
+  for (const [label, engine] of [['default kernels', e], ['register-tiled kernels', tiled]] as const) {
+    for (const [M, N] of [[8, 8], [3, 5]]) {
+      // Non-zero values left in the pool, so an unwritten output would show.
+      engine.tensor(new Float32Array(M * N).fill(7), [M, N]).dispose();
+      const y = ops.matmul(upload(engine, randomNd([M, 0], 45)), upload(engine, randomNd([0, N], 46)));
+      t.same(Array.from(await y.read()), new Array(M * N).fill(0), `${label}: [${M},0] × [0,${N}] is zeros`);
+      const bias = randomNd([N], 47);
+      const biasT = upload(engine, bias, true);
+      const yb = ops.matmul(upload(engine, randomNd([2, M, 0], 48)), upload(engine, randomNd([0, N], 49)), { bias: biasT });
+      t.same(yb.shape, [2, M, N]);
+      t.same(Array.from(await yb.read()), Array.from({ length: 2 * M * N }, (_, i) => Math.fround(bias.data[i % N])), `${label}: plus the bias`);
+      engine.tape.backward(ops.sum(yb));
+      t.same(Array.from(await biasT.grad!.read()), new Array(N).fill(2 * M), `${label}: the bias gradient`);
+    }
+    const a = upload(engine, randomNd([0, 8], 50), true);
+    const b = upload(engine, randomNd([8, 4], 51), true);
+    engine.tensor(new Float32Array(32).fill(7), [8, 4]).dispose();
+    engine.tape.backward(ops.sum(ops.matmul(a, b)));
+    t.same(Array.from(await b.grad!.read()), new Array(32).fill(0), `${label}: B's gradient through a K = 0 product is zeros`);
+  }
+  tiled.dispose();
+});
+
+// Column blocks past 65,535 (one dimension's workgroups) fold into z; batches and the fold share
+// it. The subgroup GEMM covers 32 columns a workgroup, the tuned register tile here 8.
+t.test('matmul over more than 65535 column blocks folds them into the grid and matches float64', async (t) => {
+  const ref = (a: Nd, b: Nd, batch: number, M: number, K: number, N: number) => {
+    const out = new Float64Array(batch * M * N);
+    for (let p = 0; p < batch; p++) for (let i = 0; i < M; i++) for (let k = 0; k < K; k++) {
+      const av = a.data[(p * M + i) * K + k];
+      for (let j = 0; j < N; j++) out[(p * M + i) * N + j] += av * b.data[k * N + j];
+    }
+    return out;
+  };
+  const tiled = await createEngine({ device: e.device, tuning: { matmulSubgroup: { enabled: 0 }, matmul: { wgX: 2, wgY: 2, tm: 4, tn: 4, tk: 4 } } });
+  // [batch, M, 4] × [4, N], N just past 65,535 blocks (65,537, the last partial, so the second
+  // fold ends in a spare block): batched with B broadcast (batch and fold share z), and N not a
+  // multiple of 4 (the scalar kernel).
+  for (const [label, engine, batch, M, N] of [['subgroup GEMM', e, 1, 4, 65536 * 32 + 4], ['register tile, vec4', tiled, 2, 8, 65536 * 8 + 4], ['register tile, scalar', tiled, 1, 8, 65536 * 8 + 3]] as const) {
+    const a = randomNd([batch, M, 4], 52);
+    const b = randomNd([4, N], 53);
+    const y = await ops.matmul(upload(engine, a), upload(engine, b)).read();
+    const err = maxRelError(y, ref(a, b, batch, M, 4, N));
+    t.ok(err < 1e-5, `${label}: [${batch},${M},4] × [4,${N}]: ${err.toExponential(2)}`);
+  }
+  tiled.dispose();
+});

@@ -48,6 +48,13 @@ t.test('an out-of-range axis is a clear error', async (t) => {
   t.throws(() => ops.sum(upload(e, randomNd([2, 2], 1)), [2]), /axis out of range/);
 });
 
+t.test('a mean over an axis of size 0 is an error naming the axis and shape; the sum is zeros', async (t) => {
+  const x = e.zeros([3, 0, 4]);
+  t.throws(() => ops.mean(x, [1]), new RangeError('mean: axis 1 of zeros [3,0,4] has size 0: a mean over no values'));
+  t.throws(() => ops.mean(x), new RangeError('mean: axis 1 of zeros [3,0,4] has size 0: a mean over no values'));
+  t.same(Array.from(await ops.sum(x, [1]).read()), new Array(12).fill(0));
+});
+
 t.test('a workgroup per row sums alike through workgroup memory and through subgroups', async (t) => {
   const { createEngine } = await import('../../src/engine/engine.ts');
   const tree = await createEngine({ device: e.device, tuning: { rows: { subgroups: 0 } } });

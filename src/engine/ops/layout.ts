@@ -83,6 +83,9 @@ export function transpose(x: Tensor, a = -2, b = -1): Tensor {
 /** x[starts[0]:ends[0], ...]; missing axes are taken whole. Backward: the gradient placed in zeros. */
 export function slice(x: Tensor, starts: readonly number[], ends: readonly number[]): Tensor {
   const e = x.engine;
+  if (starts.length > x.rank || ends.length > x.rank) {
+    throw new RangeError(`slice: starts [${starts}] and ends [${ends}] name more axes than ${x.label} ${shapeString(x.shape)} has (${x.rank})`);
+  }
   const st = x.shape.map((_, i) => starts[i] ?? 0);
   const en = x.shape.map((d, i) => ends[i] ?? d);
   st.forEach((s, i) => {
@@ -109,6 +112,7 @@ export function concat(xs: readonly Tensor[], axis: number): Tensor {
   const e = xs[0].engine;
   const r = xs[0].rank;
   const ax = axis < 0 ? axis + r : axis;
+  if (!Number.isInteger(ax) || ax < 0 || ax >= r) throw new RangeError(`concat: axis ${axis} is out of range for rank ${r}`);
   for (const t of xs) {
     if (t.rank !== r || t.shape.some((d, i) => i !== ax && d !== xs[0].shape[i])) {
       throw new RangeError(`concat along axis ${ax}: ${shapeString(t.shape)} does not match ${shapeString(xs[0].shape)}`);
@@ -174,6 +178,10 @@ export function concatRows(xs: readonly Tensor[]): Tensor {
 /** Broadcasts x to `shape` (NumPy rules), materialised. Backward: sum over the broadcast axes. */
 export function expand(x: Tensor, shape: Shape): Tensor {
   const e = x.engine;
+  const lead = shape.length - x.rank;
+  if (lead < 0 || x.shape.some((d, i) => d !== 1 && d !== shape[lead + i])) {
+    throw new RangeError(`expand: ${x.label} ${shapeString(x.shape)} does not broadcast to ${shapeString(shape)}`);
+  }
   const y = e.empty(shape, `expand(${x.label})`);
   stridedCopy(e, x, y, { shape, inStrides: broadcastStrides(x.shape, shape), inOffset: 0, outStrides: contiguousStrides(shape), outOffset: 0 });
   e.tape.record('expand', [x], [y], [], ([g]) => [sumToShape(g!, x.shape)]);

@@ -9,6 +9,7 @@
 import { chooseGemmTiling, gemmWorkgroups, matmulKernel, type MatmulTiling, vectorizableGemm, vectorizableOperands } from '../../../kernels/matmul.wgsl.ts';
 import { subgroupGemmRows, subgroupGemmWorkgroups, subgroupMatmulKernel } from '../../../kernels/matmul-subgroup.wgsl.ts';
 import { shapeString, type Tensor } from '../tensor.ts';
+import { expand } from './layout.ts';
 import { sum } from './reduce.ts';
 
 export interface MatmulOptions {
@@ -70,21 +71,35 @@ export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
   const B = splitBatch(b);
   const [M, K] = transA ? [A.cols, A.rows] : [A.rows, A.cols];
   const [K2, N] = transB ? [B.cols, B.rows] : [B.rows, B.cols];
-  const sizeA = A.batch.reduce((p, d) => p * d, 1);
-  const sizeB = B.batch.reduce((p, d) => p * d, 1);
-  const batchShape = sizeA >= sizeB ? A.batch : B.batch;
-  const batch = Math.max(sizeA, sizeB);
-  if (K !== K2 || (sizeA !== batch && sizeA !== 1) || (sizeB !== batch && sizeB !== 1)) {
-    throw new RangeError(
-      `matmul: ${a.label} ${shapeString(a.shape)}${transA ? 'ᵀ' : ''} × ${b.label} ${shapeString(b.shape)}${transB ? 'ᵀ' : ''}: inner sizes ${K} vs ${K2} or batch sizes ${sizeA} vs ${sizeB} do not match`,
-    );
+  const operands = `${a.label} ${shapeString(a.shape)}${transA ? 'ᵀ' : ''} × ${b.label} ${shapeString(b.shape)}${transB ? 'ᵀ' : ''}`;
+  if (K !== K2) throw new RangeError(`matmul: ${operands}: inner sizes ${K} vs ${K2} do not match`);
+  // NumPy's batch broadcasting, as far as the kernels go: equal batch shapes (left-padded with 1s),
+  // or one side's batch all 1s, read with batch stride 0.
+  const rank = Math.max(A.batch.length, B.batch.length);
+  const batchA = [...new Array<number>(rank - A.batch.length).fill(1), ...A.batch];
+  const batchB = [...new Array<number>(rank - B.batch.length).fill(1), ...B.batch];
+  const broadcastA = batchA.every((d) => d === 1);
+  const broadcastB = batchB.every((d) => d === 1);
+  if (!broadcastA && !broadcastB && batchA.join() !== batchB.join()) {
+    throw new RangeError(`matmul: ${operands}: batch shapes ${shapeString(A.batch)} and ${shapeString(B.batch)} are neither equal nor one of them all 1s; expand the operands to a common batch shape first`);
   }
+  const batchShape = broadcastA ? batchB : batchA;
+  const batch = batchShape.reduce((p, d) => p * d, 1);
   if (opts.bias && opts.bias.size !== N) {
     throw new RangeError(`matmul: bias ${shapeString(opts.bias.shape)} does not match N = ${N}`);
   }
   if (batch > 65535) throw new RangeError(`matmul: batch ${batch} exceeds 65535`);
-  const out = e.empty([...batchShape, M, N], `matmul(${a.label},${b.label})`);
-  dispatchMatmul(a, b, out, { M, N, K, batch, transA, transB, broadcastA: sizeA === 1, broadcastB: sizeB === 1, bias: opts.bias });
+  const shape = [...batchShape, M, N];
+  const label = `matmul(${a.label},${b.label})`;
+  let out: Tensor;
+  if (K === 0) {
+    // A sum over nothing: zeros (plus the bias), with no kernel, which could not bind A and B of no values.
+    const bias = opts.bias;
+    out = bias ? e.noGrad(() => e.tidy(() => expand(e.view(bias, [N]), shape))) : e.zeros(shape, label);
+  } else {
+    out = e.empty(shape, label);
+    dispatchMatmul(a, b, out, { M, N, K, batch, transA, transB, broadcastA, broadcastB, bias: opts.bias });
+  }
   const inputs = opts.bias ? [a, b, opts.bias] : [a, b];
   e.tape.record('matmul', inputs, [out], [a, b], ([g]) => {
     const dC = g!;
@@ -92,11 +107,11 @@ export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
     let dB: Tensor | null = null;
     if (a.requiresGrad) {
       dA = transA ? matmul(b, dC, { transA: transB, transB: true }) : matmul(dC, b, { transB: !transB });
-      if (sizeA === 1 && batch > 1) dA = sum(dA, [...Array(dA.rank - 2).keys()]);
+      if (broadcastA && batch > 1) dA = sum(dA, [...Array(dA.rank - 2).keys()]);
     }
     if (b.requiresGrad) {
       dB = transB ? matmul(dC, a, { transA: true, transB: transA }) : matmul(a, dC, { transA: !transA });
-      if (sizeB === 1 && batch > 1) dB = sum(dB, [...Array(dB.rank - 2).keys()]);
+      if (broadcastB && batch > 1) dB = sum(dB, [...Array(dB.rank - 2).keys()]);
     }
     const dBias = opts.bias?.requiresGrad ? sum(dC, [...Array(dC.rank - 1).keys()]) : null;
     return opts.bias ? [dA, dB, dBias] : [dA, dB];

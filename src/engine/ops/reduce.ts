@@ -63,6 +63,10 @@ function reduce(x: Tensor, axes: number[] | undefined, keepDims: boolean, mean: 
   const e = x.engine;
   const ax = normaliseAxes(axes, x.rank, mean ? 'mean' : 'sum');
   const n = ax.reduce((p, a) => p * x.shape[a], 1);
+  const emptyAxis = ax.find((a) => x.shape[a] === 0);
+  if (mean && emptyAxis !== undefined) {
+    throw new RangeError(`mean: axis ${emptyAxis} of ${x.label} ${shapeString(x.shape)} has size 0: a mean over no values`);
+  }
   const flat = runSum(x, ax, mean ? 1 / n : 1);
   const keptShape = x.shape.map((d, i) => (ax.includes(i) ? 1 : d));
   const outShape = keepDims ? keptShape : x.shape.filter((_, i) => !ax.includes(i));
