@@ -247,7 +247,9 @@ export class OptimizerGroups implements Optimizer {
   }
 
   loadState(steps: number, state: Map<string, Float32Array>): void {
-    this.checkState(state);
-    this.split(state).forEach((share, i) => this.groups[i].loadState(steps, share));
+    // Every group's share is checked before any group loads its own.
+    const shares = this.split(state);
+    shares.forEach((share, i) => this.groups[i].checkState(share));
+    shares.forEach((share, i) => this.groups[i].loadState(steps, share));
   }
 }
