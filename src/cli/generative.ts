@@ -22,7 +22,7 @@ const PRETRAIN = {
   lr: { type: 'number', above: 0, max: 1, help: 'Adam learning rate', default: 1e-4 },
   ema: { type: 'number', min: 0, max: 1, help: 'EMA decay of the weights', default: 0.9999 },
   images: { type: 'int', min: 0, max: 60_000, help: 'Fashion-MNIST training images used (0 = all 60,000)', default: 0 },
-  seed: { type: 'int', min: 0, max: 2 ** 31 - 1, help: 'seed of batches, timesteps and noise', default: 0 },
+  seed: { type: 'int', min: 0, max: 2 ** 31 - 1, help: 'seed of the initial weights (without --checkpoint), batches, timesteps and noise', default: 0 },
   'checkpoint-every': { type: 'number', above: 0, help: 'seconds between training-state saves (each also rewrites ema.safetensors)', default: 300 },
   'sample-every': { type: 'number', min: 0, help: 'seconds between sample grids (<out>/samples/step-N.png, DDIM 50 steps, EMA weights; 0 = never)', default: 900 },
   out: { type: 'string', meta: 'DIR', required: true, help: 'run directory: state.safetensors, ema.safetensors (a plain state dict), loss.json' },
@@ -37,8 +37,8 @@ async function pretrainCommand(argv: string[]): Promise<number> {
   const initialShare = o.ema ** o.steps;
   if (initialShare > 0.05) console.error(`difrep: warning: with --ema ${o.ema} over ${o.steps} steps, ${(100 * initialShare).toFixed(0)} % of ema.safetensors (and of the samples) is still the starting weights; give --ema ${Math.max(0, Math.min(0.999, 1 - 3 / o.steps)).toPrecision(3)} or lower, or more --steps`);
   const e = await tunedEngine();
-  // Without --checkpoint the weights start from the seeded initialisation (training from scratch).
-  const { unet } = await loadModel(e, o.model, o.checkpoint, true);
+  // Without --checkpoint the weights start from guided-diffusion's initialisation, seeded by --seed.
+  const { unet } = await loadModel(e, o.model, o.checkpoint, o.seed);
   const ds = await loadFashionMnist('train');
   const count = o.images || ds.count;
   const size = unet.plan.flags.image_size;

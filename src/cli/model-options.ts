@@ -65,7 +65,8 @@ export async function resolveFlags(model: string): Promise<UNetFlags> {
   return flags;
 }
 
-export async function loadModel(e: Engine, model: string, checkpoint: string | undefined, fromScratch = false): Promise<{ unet: UNet; flags: UNetFlags; hash: string }> {
+/** `scratchSeed`: without a checkpoint, start from guided-diffusion's initialisation in that seed (pretraining) instead of plumbing weights. */
+export async function loadModel(e: Engine, model: string, checkpoint: string | undefined, scratchSeed?: number): Promise<{ unet: UNet; flags: UNetFlags; hash: string }> {
   const flags = await resolveFlags(model);
   let unet: UNet;
   let hash = 'random-weights';
@@ -86,8 +87,8 @@ export async function loadModel(e: Engine, model: string, checkpoint: string | u
       throw new UsageError(`--checkpoint ${checkpoint} changed while it was being read (is a training run rewriting it?): copy it to a file nothing writes to, or run again`);
     }
   } else {
-    if (!fromScratch) console.error('difrep: no --checkpoint given: using random U-Net weights (fine for plumbing, meaningless features)');
-    unet = UNet.random(e, flags, 0);
+    if (scratchSeed === undefined) console.error('difrep: no --checkpoint given: using random U-Net weights (fine for plumbing, meaningless features)');
+    unet = scratchSeed === undefined ? UNet.random(e, flags, 0) : UNet.initial(e, flags, scratchSeed);
   }
   if (unet.plan.blocks.length !== 37) console.error(`difrep: ${describeMapping(unet.plan)}`);
   return { unet, flags, hash };

@@ -9,6 +9,7 @@ import { groupNorm } from '../engine/ops/group-norm.ts';
 import { concat, concatRows, reshape, sliceRows } from '../engine/ops/layout.ts';
 import { matmul } from '../engine/ops/matmul.ts';
 import { avgPool2, upsample2 } from '../engine/ops/resample.ts';
+import { mulberry32 } from '../engine/random.ts';
 import { shapeString, type Tensor } from '../engine/tensor.ts';
 import { readFinite, type TensorSource } from './checkpoint/tensor-source.ts';
 import { CheckpointMismatchError, checkStateDict } from './state-dict.ts';
@@ -100,6 +101,37 @@ export class UNet {
       const scale = shape.length > 1 ? 2 / Math.sqrt(fanIn) : k.endsWith('weight') ? 0 : 0.2;
       const data = new Float32Array(n);
       for (let i = 0; i < n; i++) data[i] = (shape.length === 1 && k.endsWith('weight') ? 1 : 0) + scale * rand();
+      params.set(k, engine.keep(engine.tensor(data, paramShape(shape), k)));
+    }
+    return new UNet(engine, plan, params);
+  }
+
+  /**
+   * The initialisation guided-diffusion trains from (deterministic in `seed`): PyTorch's default
+   * for every conv and linear layer, weight and bias ~ U(−1/√fan_in, 1/√fan_in) (kaiming_uniform_
+   * with a = √5), GroupNorm weight 1 and bias 0, and zero_module's zeros (weight and bias) on each
+   * ResBlock's last conv (out_layers.3), each attention's proj_out and the output conv out.2
+   * (guided_diffusion/unet.py): every ResBlock and attention block starts as the identity and the
+   * model predicts ε = 0, so the first loss is E[ε²] = 1.
+   */
+  static initial(engine: Engine, flags: UNetFlags, seed = 0): UNet {
+    const plan = planUNet(flags);
+    const shapes = stateDictShapes(plan);
+    const rand = mulberry32(seed);
+    const zeroModule = /(^|\.)(out_layers\.3|proj_out)\.(weight|bias)$|^out\.2\.(weight|bias)$/;
+    const params = new Map<string, Tensor>();
+    for (const [k, shape] of shapes) {
+      const n = shape.reduce((p, d) => p * d, 1);
+      const weightShape = k.endsWith('.bias') ? shapes.get(`${k.slice(0, -'bias'.length)}weight`) : shape;
+      const data = new Float32Array(n);
+      if (!zeroModule.test(k)) {
+        if (weightShape && weightShape.length > 1) {
+          const bound = 1 / Math.sqrt(weightShape.slice(1).reduce((p, d) => p * d, 1));
+          for (let i = 0; i < n; i++) data[i] = bound * (2 * rand() - 1);
+        } else if (k.endsWith('.weight')) {
+          data.fill(1); // a GroupNorm's scale
+        }
+      }
       params.set(k, engine.keep(engine.tensor(data, paramShape(shape), k)));
     }
     return new UNet(engine, plan, params);
