@@ -1,23 +1,23 @@
 // Sampling from an ε-prediction model as guided-diffusion samples (clip_denoised=True): each step
 // estimates x̂0 = (x_t − sqrt(1−ᾱ_t)·ε̂)/sqrt(ᾱ_t) and clamps it to [−1, 1]; DDPM ancestral
-// sampling then takes the posterior mean of q(x_{t−1} | x_t, x̂0) with the fixed variance β_t
-// (learn_sigma off; a learned variance is not used), deterministic DDIM (η = 0) re-derives ε from
-// the clamped x̂0, on timesteps spaced as space_timesteps' "ddimN".
+// sampling then takes the posterior mean of q(x_{t−1} | x_t, x̂0) with the variance guided-diffusion
+// gives the model (learn_sigma off: the fixed β_t of FIXED_LARGE; on: LEARNED_RANGE, below),
+// deterministic DDIM (η = 0) re-derives ε from the clamped x̂0, on timesteps spaced as
+// space_timesteps' "ddimN".
 import type { Engine } from '../engine/engine.ts';
-import { add, clampSymmetric, scale, sub } from '../engine/ops/elementwise.ts';
+import { add, addScalar, clampSymmetric, exp, mul, scale, sub } from '../engine/ops/elementwise.ts';
 import { slice } from '../engine/ops/layout.ts';
 import type { Tensor } from '../engine/tensor.ts';
 import { gaussianNoise, linearSchedule } from './diffusion.ts';
 import type { UNet } from './unet.ts';
 
-function predictEps(unet: UNet, x: Tensor, t: number): Tensor {
-  const e = unet.engine;
+/** ε̂ (the output's first C channels) and, for a learn_sigma model, v (its other C channels). */
+function predict(unet: UNet, x: Tensor, t: number): { eps: Tensor; v?: Tensor } {
   const n = x.shape[0];
   const C = unet.plan.flags.in_channels;
-  return e.tidy(() => {
-    const out = unet.forward(x, new Array(n).fill(t), { output: true }).output!;
-    return out.shape[1] === C ? out : slice(out, [0, 0], [n, C]);
-  });
+  const out = unet.forward(x, new Array(n).fill(t), { output: true }).output!;
+  if (out.shape[1] === C) return { eps: out };
+  return { eps: slice(out, [0, 0], [n, C]), v: slice(out, [0, C], [n, 2 * C]) };
 }
 
 /** The number of diffusion steps T of the schedule every model here is trained with. */
@@ -82,7 +82,7 @@ export async function sample(e: Engine, unet: UNet, o: SampleOptions): Promise<T
   try {
     for (const [k, t] of ts.entries()) {
       const next = e.noGrad(() => e.tidy(() => {
-        const eps = predictEps(unet, x, t);
+        const { eps, v } = predict(unet, x, t);
         const abar = ac[t];
         const x0 = clampSymmetric(scale(sub(x, scale(eps, Math.sqrt(1 - abar))), 1 / Math.sqrt(abar)), 1);
         if (ddim) {
@@ -92,14 +92,20 @@ export async function sample(e: Engine, unet: UNet, o: SampleOptions): Promise<T
           return add(scale(x0, Math.sqrt(prev)), scale(epsClipped, Math.sqrt(1 - prev)));
         }
         // Posterior mean (Ho et al., Eq. 7): β_t·sqrt(ᾱ_{t−1})/(1−ᾱ_t)·x̂0 + (1−ᾱ_{t−1})·sqrt(α_t)/(1−ᾱ_t)·x_t,
-        // ᾱ_{−1} = 1; x_{t−1} = mean + sqrt(β_t)·z (no noise at t = 0).
+        // ᾱ_{−1} = 1; x_{t−1} = mean + σ_t·z (no noise at t = 0).
         const abarPrev = t > 0 ? ac[t - 1] : 1;
         const alpha = abar / abarPrev;
         const beta = 1 - alpha;
         const meanX = add(scale(x0, (beta * Math.sqrt(abarPrev)) / (1 - abar)), scale(x, ((1 - abarPrev) * Math.sqrt(alpha)) / (1 - abar)));
         if (t === 0) return meanX;
         const z = e.tensor(gaussianNoise(n, seed * 7919 + t + 1), shape, 'z');
-        return add(meanX, scale(z, Math.sqrt(beta)));
+        if (!v) return add(meanX, scale(z, Math.sqrt(beta)));
+        // LEARNED_RANGE (Nichol & Dhariwal, Eq. 15): log σ² = f·log β_t + (1 − f)·log β̃_t, f = (v + 1)/2,
+        // β̃_t = β_t·(1 − ᾱ_{t−1})/(1 − ᾱ_t) the posterior variance; σ = exp(log σ²/2).
+        const maxLog = Math.log(beta);
+        const minLog = Math.log((beta * (1 - abarPrev)) / (1 - abar));
+        const sigma = exp(addScalar(scale(v, (maxLog - minLog) / 4), (maxLog + minLog) / 4));
+        return add(meanX, mul(sigma, z));
       }));
       x.dispose();
       x = e.keep(next);

@@ -77,6 +77,38 @@ t.test('a full 1000-step DDPM run with ε̂ = 0 follows the clipped posterior me
   x.dispose();
 });
 
+t.test('a learn_sigma model samples with its learned variance: σ_t² = exp(f·log β_t + (1 − f)·log β̃_t), f = (v + 1)/2', async (t) => {
+  const unet = UNet.random(e, { ...tiny, learn_sigma: true }, 5);
+  // ε̂ = 0 and a constant v per channel (the output's channels 3..5), each its own σ_t.
+  const v = [0.6, -0.8, 0];
+  const weights = new Map(unet.parameters());
+  weights.set('out.2.weight', e.zeros(unet.param('out.2.weight').shape));
+  weights.set('out.2.bias', e.tensor(Float32Array.from([0, 0, 0, ...v]), [6]));
+  const seed = 11;
+  const n = 3 * 8 * 8;
+  const x = await sample(e, unet.withWeights(weights), { count: 1, seed, ddimSteps: 0 });
+  // By hand in float64: the posterior variance β̃_t = β_t·(1 − ᾱ_{t−1})/(1 − ᾱ_t) (guided-diffusion's
+  // LEARNED_RANGE interpolates the log variance between it and β_t), the rest as in the test above.
+  const ac = alphasCumprod();
+  const ref = Float64Array.from(gaussianNoise(n, seed));
+  for (let step = 999; step >= 0; step--) {
+    const prev = step > 0 ? ac[step - 1] : 1;
+    const alpha = ac[step] / prev;
+    const beta = 1 - alpha;
+    const z = step > 0 ? gaussianNoise(n, seed * 7919 + step + 1) : null;
+    for (let i = 0; i < n; i++) {
+      const x0 = Math.min(1, Math.max(-1, ref[i] / Math.sqrt(ac[step])));
+      const mean = (beta * Math.sqrt(prev) * x0 + (1 - prev) * Math.sqrt(alpha) * ref[i]) / (1 - ac[step]);
+      const f = (v[Math.floor(i / 64)] + 1) / 2;
+      const logVariance = f * Math.log(beta) + (1 - f) * Math.log((beta * (1 - prev)) / (1 - ac[step]));
+      ref[i] = mean + (z ? Math.exp(logVariance / 2) * z[i] : 0);
+    }
+  }
+  const err = maxRelError(await x.read(), ref);
+  t.ok(err < 1e-4, `max|x − ref| / max|ref| = ${err.toExponential(2)}`);
+  x.dispose();
+});
+
 t.test('bad sampling options are refused, naming the option and its range, before anything is allocated', async (t) => {
   const unet = UNet.random(e, tiny, 6);
   const cases: [Partial<SampleOptions>, RegExp][] = [
