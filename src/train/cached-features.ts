@@ -1,18 +1,29 @@
 // Cached feature maps in memory for the heads and the evaluation commands: every requested t × b of
 // a feature cache (whose reader refuses non-finite values), optionally pooled on the CPU.
+import { flagsFromJson, planUNet } from '../model/unet-config.ts';
 import { featureKey, openFeatureCache, PIXEL_BLOCK } from './extract.ts';
-import type { FeatureArrays } from './fit.ts';
+import type { CacheSignature } from './cache-signature.ts';
+import type { FeatureArrays, FeatureMaps } from './fit.ts';
 
 /**
  * Adaptive average pooling of cached per-image maps [C, H, W] to [C, p, p] on the CPU (PyTorch
  * windows). Only ever shrinks: asked for more than the map holds, adaptive pooling would repeat its
  * values (a 2×2 map "pooled" to 4×4) and report the result as what it is not, so that is a
- * RangeError.
+ * RangeError. Maps already pooled from `sourceSize` (at extraction, or by an earlier call, which
+ * the result records) pool again only where that equals pooling the full maps: when every window
+ * so far was whole and equal (sourceSize a multiple of H) and p divides H. Otherwise the windows
+ * differ (16 → 4 → 3 is not 16 → 3), a RangeError too; NaN: the source size is unknown.
  */
-export function poolCached(data: Float32Array, count: number, shape: number[], p: number): { data: Float32Array; shape: number[] } {
-  if (!p || shape.length !== 3 || (shape[1] === p && shape[2] === p)) return { data, shape };
+export function poolCached(f: FeatureMaps, count: number, p: number): FeatureMaps {
+  const { data, shape } = f;
+  if (!p || shape.length !== 3 || (shape[1] === p && shape[2] === p)) return f;
   const [C, H, W] = shape;
-  if (p > H || p > W) throw new RangeError(`cannot pool ${H}×${W} maps to ${p}×${p}: pooling only shrinks a map`);
+  if (p > H || p > W) throw new RangeError(`cannot pool ${H}×${W} maps to ${p}×${p}: pooling only shrinks a map; ask for a pool of at most ${Math.min(H, W)}`);
+  const S = f.sourceSize;
+  if (S !== undefined && S !== H && !(S % H === 0 && H % p === 0 && H === W)) {
+    const from = Number.isNaN(S) ? 'maps of unknown size' : `${S}×${S}`;
+    throw new RangeError(`these ${H}×${W} maps were pooled from ${from}; pooling them to ${p}×${p} would not equal pooling the full maps to ${p}×${p} (other windows): ask for a pool that divides ${H}`);
+  }
   const out = new Float32Array(count * C * p * p);
   for (let n = 0; n < count; n++) {
     for (let c = 0; c < C; c++) {
@@ -30,26 +41,42 @@ export function poolCached(data: Float32Array, count: number, shape: number[], p
       }
     }
   }
-  return { data: out, shape: [C, p, p] };
+  return { data: out, shape: [C, p, p], sourceSize: S ?? H };
 }
 
 /** Every t × b of the cache in `dir`, pooled to `pool` × `pool` when given (0: as cached). */
 export async function loadCachedFeatures(dir: string, timesteps: number[], blocks: number[], pool = 0): Promise<FeatureArrays> {
   const cache = await openFeatureCache(dir, { verifyAll: false }); // features() verifies what it reads
-  const features = new Map<string, { data: Float32Array; shape: number[] }>();
+  const features = new Map<string, FeatureMaps>();
   for (const t of timesteps) {
     for (const b of blocks) {
       const raw = await cache.features(t, b);
       try {
-        features.set(featureKey(t, b), poolCached(raw.data, cache.count, raw.shape, pool));
+        features.set(featureKey(t, b), poolCached({ ...raw, sourceSize: extractedFrom(cache.signature, b, raw.shape) }, cache.count, pool));
       } catch (err) {
         if (!(err instanceof RangeError)) throw err;
-        const extracted = cache.signature.pool ? `it was extracted with --pool ${cache.signature.pool}` : 'it holds the full maps';
-        throw new RangeError(`${dir}: t ${t}, b ${b}: ${err.message} (${extracted}); ask for a pool of at most ${Math.min(raw.shape[1], raw.shape[2])}, or extract again with a larger --pool (0 keeps the full maps)`);
+        const advice = cache.signature.pool ? ` (it was extracted with --pool ${cache.signature.pool}), or extract again with --pool ${pool} (0 keeps the full maps)` : ' (the cache holds the full maps)';
+        throw new RangeError(`${dir}: t ${t}, b ${b}: ${err.message}${advice}`);
       }
     }
   }
   return { features, labels: cache.labels, count: cache.count };
+}
+
+/**
+ * The size block b's maps had before extraction pooled them, read from the model config the cache
+ * records (the CLI's provenance); undefined when the cached maps are the full ones; NaN when they
+ * may have been pooled and the cache does not say from what.
+ */
+function extractedFrom(sig: CacheSignature, b: number, shape: number[]): number | undefined {
+  if (!sig.pool || shape.length !== 3 || shape[1] < sig.pool) return undefined; // extract keeps maps smaller than its pool
+  try {
+    const plan = planUNet(flagsFromJson(String(sig.config)));
+    const full = b === PIXEL_BLOCK ? plan.flags.image_size : plan.blocks[b - 1].size;
+    return full === shape[1] ? undefined : full;
+  } catch {
+    return Number.NaN;
+  }
 }
 
 /** The largest label must name a class: a cache with labels ≥ `classes` would train a head that can never be right. */

@@ -17,9 +17,16 @@ import { Adam, type Optimizer, Sgd, StepLR } from './optimizer.ts';
 import { StepLosses } from './step-losses.ts';
 import { trainStepKeepingLoss } from './train-step.ts';
 
+/** One t × b's per-image features [count, ...shape]; sourceSize: the maps' size before they were pooled, if they were. */
+export interface FeatureMaps {
+  data: Float32Array;
+  shape: number[];
+  sourceSize?: number;
+}
+
 export interface FeatureArrays {
   /** key `t<t>.b<b>` → per-image features [count, ...shape]. */
-  features: Map<string, { data: Float32Array; shape: number[] }>;
+  features: Map<string, FeatureMaps>;
   labels: ArrayLike<number>;
   count: number;
 }
@@ -98,9 +105,9 @@ function prePooled(data: FeatureArrays, keys: string[], poolTo: (size: number) =
     const f = data.features.get(k);
     if (!f || f.shape.length !== 3 || f.shape[1] !== f.shape[2]) continue;
     try {
-      features.set(k, poolCached(f.data, data.count, f.shape, poolTo(f.shape[1])));
+      features.set(k, poolCached(f, data.count, poolTo(f.shape[1])));
     } catch (err) {
-      throw err instanceof RangeError ? new RangeError(`features ${k}: ${err.message}; pool the head to at most ${f.shape[1]}, or extract these features with a larger --pool (0 keeps the full maps)`) : err;
+      throw err instanceof RangeError ? new RangeError(`features ${k}: ${err.message} (the head's pool), or extract these features with another --pool (0 keeps the full maps)`) : err;
     }
   }
   return { ...data, features };

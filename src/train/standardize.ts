@@ -1,7 +1,7 @@
 // Feature standardisation for the linear probe and kNN (the miniature issue's protocol, MAE-style
 // BatchNorm without affine): per feature dimension, the training split's mean and unbiased
 // standard deviation (+ 1e-6), applied to the training and the test features alike.
-import type { FeatureArrays } from './fit.ts';
+import type { FeatureArrays, FeatureMaps } from './fit.ts';
 export interface Standardizer {
   mean: Float64Array;
   std: Float64Array;
@@ -38,13 +38,13 @@ export function applyStandardizer(s: Standardizer, data: Float32Array): Float32A
 
 /** Every feature set of both splits standardised with the training split's statistics (new arrays; shapes kept). */
 export function standardizeSplits(train: FeatureArrays, test: FeatureArrays): { train: FeatureArrays; test: FeatureArrays } {
-  const trainFeatures = new Map<string, { data: Float32Array; shape: number[] }>();
-  const testFeatures = new Map<string, { data: Float32Array; shape: number[] }>();
+  const trainFeatures = new Map<string, FeatureMaps>();
+  const testFeatures = new Map<string, FeatureMaps>();
   for (const [key, f] of train.features) {
     const s = fitStandardizer(f.data, train.count);
-    trainFeatures.set(key, { data: applyStandardizer(s, f.data), shape: f.shape });
+    trainFeatures.set(key, { ...f, data: applyStandardizer(s, f.data) });
     const g = test.features.get(key);
-    if (g) testFeatures.set(key, { data: applyStandardizer(s, g.data), shape: g.shape });
+    if (g) testFeatures.set(key, { ...g, data: applyStandardizer(s, g.data) });
   }
   return { train: { ...train, features: trainFeatures }, test: { ...test, features: testFeatures } };
 }

@@ -38,9 +38,9 @@ export function probeInputs(train: FeatureArrays, test: FeatureArrays, key: stri
     const f = d.features.get(key);
     if (!f) throw new Error(`the sweep has no features ${key}`);
     try {
-      return { ...d, features: new Map([[key, poolCached(f.data, d.count, f.shape, pool)]]) };
+      return { ...d, features: new Map([[key, poolCached(f, d.count, pool)]]) };
     } catch (err) {
-      throw err instanceof RangeError ? new RangeError(`sweep, features ${key}, pool ${pool}: ${err.message}; list pool sizes of at most ${f.shape[1]}, or extract these features with a larger --pool (0 keeps the full maps)`) : err;
+      throw err instanceof RangeError ? new RangeError(`sweep, features ${key}, pool ${pool}: ${err.message} (in the --pool list), or extract these features with another --pool (0 keeps the full maps)`) : err;
     }
   };
   return standardize ? standardizeSplits(one(train), one(test)) : { train: one(train), test: one(test) };

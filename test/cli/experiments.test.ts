@@ -24,10 +24,26 @@ t.test('--help lists every option with its default; unknown options are errors',
 t.test('cached maps are pooled with PyTorch\'s adaptive windows', async (t) => {
   const { poolCached } = await import('../../src/train/cached-features.ts');
   // One image, one channel, 3×3 → 2×2: windows rows [0,2) and [1,3), same for columns.
-  const r = poolCached(Float32Array.from([1, 2, 3, 4, 5, 6, 7, 8, 9]), 1, [1, 3, 3], 2);
+  const r = poolCached({ data: Float32Array.from([1, 2, 3, 4, 5, 6, 7, 8, 9]), shape: [1, 3, 3] }, 1, 2);
   t.same(r.shape, [1, 2, 2]);
   t.same(Array.from(r.data), [3, 4, 6, 7]);
-  t.same(Array.from(poolCached(Float32Array.from([1, 2, 3, 4]), 1, [1, 2, 2], 1).data), [2.5]);
+  t.same(Array.from(poolCached({ data: Float32Array.from([1, 2, 3, 4]), shape: [1, 2, 2] }, 1, 1).data), [2.5]);
+});
+
+t.test('pooled maps pool again only where that equals pooling the full maps', async (t) => {
+  const { poolCached } = await import('../../src/train/cached-features.ts');
+  // 4×4 maps of 0..15 pooled to 2×2 (whole 2×2 windows): 2.5, 4.5, 10.5, 12.5; to 1: the mean 7.5.
+  const full = { data: Float32Array.from({ length: 16 }, (_, i) => i), shape: [1, 4, 4] };
+  const half = poolCached(full, 1, 2);
+  t.same(Array.from(half.data), [2.5, 4.5, 10.5, 12.5]);
+  t.equal(half.sourceSize, 4, 'the result records what it was pooled from');
+  t.same(Array.from(poolCached(half, 1, 1).data), [7.5], '4 → 2 → 1 is 4 → 1');
+  // 3×3 → 2×2 takes overlapping windows (rows [0,2) and [1,3)): its mean counts the middle row twice.
+  const overlapping = poolCached({ data: Float32Array.from({ length: 9 }, (_, i) => i), shape: [1, 3, 3] }, 1, 2);
+  t.throws(() => poolCached(overlapping, 1, 1), /these 2×2 maps were pooled from 3×3; pooling them to 1×1 would not equal pooling the full maps to 1×1 .*divides 2/);
+  t.throws(() => poolCached({ data: new Float32Array(16), shape: [1, 4, 4], sourceSize: 16 }, 1, 3), /pooled from 16×16; pooling them to 3×3/, '16 → 4 → 3 is not 16 → 3');
+  t.throws(() => poolCached({ data: new Float32Array(16), shape: [1, 4, 4], sourceSize: Number.NaN }, 1, 2), /pooled from maps of unknown size/);
+  t.same(poolCached({ data: new Float32Array(16), shape: [1, 4, 4], sourceSize: 16 }, 1, 2).shape, [1, 2, 2], '16 → 4 → 2 is 16 → 2');
 });
 
 t.test('shards come from --shard, Slurm job arrays or Kubernetes indexed jobs', async (t) => {
@@ -68,6 +84,10 @@ t.test('extract → train → knn → cka on Fashion-MNIST with the adm32-mini r
   t.ok(decode(await readFile(join(dir, 'sweep', 'sweep-pool2.png'))).width > 48);
   const { stdout: merged } = await difrep('merge', '--features', join(dir, 'train'));
   t.match(merged, /complete, 40 images/);
+  // The cache's maps of b 9 (32×32 in adm32-mini) were pooled to 2×2 at extraction, which its config tells.
+  const { loadCachedFeatures } = await import('../../src/train/cached-features.ts');
+  const loaded = await loadCachedFeatures(join(dir, 'train'), [150], [9], 1);
+  t.equal(loaded.features.get('t150.b9')!.sourceSize, 32, 'pooled maps know their source size');
   const bad = await difrep('train', '--train', join(dir, 'train'), '--test', join(dir, 'test'), '--b', '7', '--out', join(dir, 'x')).then(() => null, (e: { stderr: string }) => e);
   t.match(bad?.stderr, /no features for t=150, b=7/);
   await rm(dir, { recursive: true });

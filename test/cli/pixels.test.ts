@@ -40,8 +40,8 @@ t.test('train, knn and sweep read a pixel cache without --t/--b', async (t) => {
   t.equal(knn.pool, 0);
   t.equal(knn.results[0].top1, 1, 'each image is its own nearest neighbour');
   await t.rejects(run('train', '--train', join(dir, 'train'), '--test', join(dir, 'test'), '--pool', '32', '--epochs', '1', '--out', join(dir, 'z')),
-    /features pixels: cannot pool 16×16 maps to 32×32: pooling only shrinks a map; pool the head to at most 16/);
-  await t.rejects(run('knn', '--train', join(dir, 'train'), '--test', join(dir, 'train'), '--pool', '17', '--k', '1'), /t 0, b 0: cannot pool 16×16 maps to 17×17: pooling only shrinks a map \(it holds the full maps\); ask for a pool of at most 16/);
+    /features pixels: cannot pool 16×16 maps to 32×32: pooling only shrinks a map; ask for a pool of at most 16 \(the head's pool\)/);
+  await t.rejects(run('knn', '--train', join(dir, 'train'), '--test', join(dir, 'train'), '--pool', '17', '--k', '1'), /t 0, b 0: cannot pool 16×16 maps to 17×17: pooling only shrinks a map; ask for a pool of at most 16 \(the cache holds the full maps\)$/m);
   await t.rejects(run('train', '--train', join(dir, 'train'), '--test', join(dir, 'test'), '--b', '9', '--out', join(dir, 'y')), /raw-pixel cache: it has no blocks/);
   t.equal(await run('sweep', '--train', join(dir, 'train'), '--test', join(dir, 'test'), '--pool', '2', '--standardize', 'both', '--epochs', '1', '--batch', '8', '--out', join(dir, 'sweep')), 0);
   const sweep = JSON.parse(await readFile(join(dir, 'sweep', 'sweep.json'), 'utf8'));
