@@ -148,8 +148,65 @@ function channelMultOf(f: UNetFlags): number[] {
   return mult;
 }
 
+/** create_model's flags (guided_diffusion/script_util.py), and in_channels (UNetModel's; create_model fixes it at 3). */
+const MODEL_FLAGS: readonly (keyof UNetFlags)[] = [
+  'image_size', 'num_channels', 'num_res_blocks', 'channel_mult', 'attention_resolutions', 'num_heads', 'num_head_channels',
+  'num_heads_upsample', 'learn_sigma', 'use_scale_shift_norm', 'resblock_updown', 'use_new_attention_order', 'class_cond',
+  'dropout', 'use_fp16', 'use_checkpoint', 'in_channels',
+];
+
+/**
+ * guided-diffusion's diffusion flags (diffusion_defaults), which a config may carry beside the
+ * model's: accepted at the values difrep implements, since feature extraction, sampling and
+ * pretraining all assume its linear schedule over T = 1000 steps, ε prediction and default
+ * variances. Another value would be computed as if it were these.
+ */
+const DIFFUSION_FLAGS: Record<string, { ok: (v: unknown) => boolean; expected: string }> = {
+  diffusion_steps: { ok: (v) => v === 1000, expected: '1000' },
+  noise_schedule: { ok: (v) => v === 'linear', expected: '"linear"' },
+  timestep_respacing: { ok: (v) => v === '', expected: '"" (difrep samples fewer steps with --ddim-steps)' },
+  predict_xstart: { ok: (v) => v === false, expected: 'false (the model predicts ε)' },
+  // t·1000/T: the identity at T = 1000.
+  rescale_timesteps: { ok: (v) => typeof v === 'boolean', expected: 'true or false' },
+  sigma_small: { ok: (v) => v === false, expected: 'false (the sampler\'s fixed variance is β_t)' },
+  use_kl: { ok: (v) => v === false, expected: 'false (pretraining minimises the MSE of ε)' },
+  rescale_learned_sigmas: { ok: (v) => typeof v === 'boolean', expected: 'true or false' },
+};
+
+/** Edit distance, for "did you mean" on a misspelt flag. */
+function editDistance(a: string, b: string): number {
+  let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const row = [i];
+    for (let j = 1; j <= b.length; j++) row.push(Math.min(prev[j] + 1, row[j - 1] + 1, prev[j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1)));
+    prev = row;
+  }
+  return prev[b.length];
+}
+
+/**
+ * Every key must be a flag: one guided-diffusion knows under another spelling would otherwise be
+ * dropped without a word (num_head_channel: 16 built 1-head attention from weights of 2–4 heads,
+ * no shape differing), and a diffusion flag at a value difrep does not implement is refused.
+ */
+function checkKeys(input: object): void {
+  for (const [k, v] of Object.entries(input)) {
+    if ((MODEL_FLAGS as readonly string[]).includes(k)) continue;
+    const diffusion = DIFFUSION_FLAGS[k];
+    if (diffusion) {
+      if (!diffusion.ok(v)) throw new UNetConfigError(`${k} ${show(v)} is not supported: difrep implements ${k} ${diffusion.expected}`);
+      continue;
+    }
+    const known = [...MODEL_FLAGS, ...Object.keys(DIFFUSION_FLAGS)];
+    const near = known.map((name) => ({ name, d: editDistance(k, name) })).sort((a, b) => a.d - b.d)[0];
+    const hint = near.d <= 3 ? `did you mean ${near.name}? ` : '';
+    throw new UNetConfigError(`unknown flag ${JSON.stringify(k)}: ${hint}the flags are create_model's (${MODEL_FLAGS.join(', ')}) and guided-diffusion's diffusion flags (${Object.keys(DIFFUSION_FLAGS).join(', ')})`);
+  }
+}
+
 /** Checks every flag against its type and range; the flags with defaults and the parsed lists. */
 function checkFlags(input: UNetFlags) {
+  checkKeys(input);
   const f = { in_channels: 3, ...input };
   const L = UNET_LIMITS;
   const imageSize = integerIn('image_size', f.image_size, L.image_size.min, L.image_size.max);

@@ -104,6 +104,24 @@ t.test('unsupported or inconsistent configs are clear errors', async (t) => {
   t.throws(() => planUNet({ ...ADM_256_UNCOND, image_size: 32, channel_mult: '' }), /unsupported image_size 32 without an explicit channel_mult/);
 });
 
+t.test('every key is a known flag: a misspelt one is an error naming its likely spelling, a diffusion flag must have the value difrep implements', async (t) => {
+  const base = '"image_size": 32, "num_channels": 32, "num_res_blocks": 1, "channel_mult": "1,2"';
+  const plan = (extra: string) => planUNet(flagsFromJson(`{${base}, ${extra}}`));
+  // One letter short: guided-diffusion's num_head_channels, which changes no weight's shape.
+  t.throws(() => plan('"num_head_channel": 16'), /unknown flag "num_head_channel": did you mean num_head_channels\?/);
+  t.throws(() => plan('"resblock_up_down": true'), /unknown flag "resblock_up_down": did you mean resblock_updown\?/);
+  t.throws(() => plan('"zzz": 1'), /unknown flag "zzz": the flags are create_model's \(image_size, .*\) and guided-diffusion's diffusion flags/);
+  t.throws(() => plan('"noise_schedule": "cosine"'), /noise_schedule "cosine" is not supported: difrep implements noise_schedule "linear"/);
+  t.throws(() => plan('"diffusion_steps": 4000'), /diffusion_steps 4000 is not supported: difrep implements diffusion_steps 1000/);
+  t.throws(() => plan('"predict_xstart": true'), /predict_xstart true is not supported/);
+  t.throws(() => plan('"timestep_respacing": "250"'), /timestep_respacing "250" is not supported.*--ddim-steps/);
+  t.throws(() => plan('"sigma_small": true'), /sigma_small true is not supported/);
+  t.throws(() => plan('"use_kl": true'), /use_kl true is not supported/);
+  // guided-diffusion's defaults, written out as its scripts' flags carry them, plan as without them.
+  const defaults = '"diffusion_steps": 1000, "noise_schedule": "linear", "timestep_respacing": "", "predict_xstart": false, "rescale_timesteps": true, "sigma_small": false, "use_kl": false, "rescale_learned_sigmas": false';
+  t.same(plan(defaults).blocks, planUNet(flagsFromJson(`{${base}}`)).blocks);
+});
+
 t.test('every size a config sets is bounded before anything is allocated (bad config → error text)', async (t) => {
   const mini = { image_size: 32, num_channels: 32, num_res_blocks: 1, channel_mult: '1,2', attention_resolutions: '2', num_head_channels: 32 };
   const cases: [string, Record<string, unknown>, string][] = [
