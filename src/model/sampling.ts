@@ -3,7 +3,7 @@
 // sampling then takes the posterior mean of q(x_{t−1} | x_t, x̂0) with the variance guided-diffusion
 // gives the model (learn_sigma off: the fixed β_t of FIXED_LARGE; on: LEARNED_RANGE, below),
 // deterministic DDIM (η = 0) re-derives ε from the clamped x̂0, on timesteps spaced as
-// space_timesteps' "ddimN".
+// space_timesteps spaces them.
 import type { Engine } from '../engine/engine.ts';
 import { add, addScalar, clampSymmetric, exp, mul, scale, sub } from '../engine/ops/elementwise.ts';
 import { slice } from '../engine/ops/layout.ts';
@@ -35,9 +35,9 @@ export interface SampleOptions {
    */
   seed?: number;
   /**
-   * DDIM steps: an integer from 2 to 1000, at timesteps T − T/n, …, T/n, 0 when n divides T = 1000
-   * (guided-diffusion's "ddimN"), else n rounded even fractions of 0 … 999 (its "N"); 0 or omitted
-   * for full DDPM ancestral sampling over all T steps.
+   * DDIM steps: an integer from 2 to 1000, at the timesteps of guided-diffusion's "ddimN" (a whole
+   * stride: 980, 960, …, 0 for 50) or, where no stride gives n steps, its "N" (ddimTimesteps); 0
+   * or omitted for full DDPM ancestral sampling over all T steps.
    */
   ddimSteps?: number;
   onStep?: (done: number, total: number) => void;
@@ -120,13 +120,25 @@ export async function sample(e: Engine, unet: UNet, o: SampleOptions): Promise<T
 }
 
 /**
- * The timesteps of `n` DDIM steps over T, last first: T − T/n, …, T/n, 0 when n divides T
- * (space_timesteps' "ddimN", the spacing guided-diffusion samples DDIM with), else the rounded even
- * fractions of 0 … T − 1 of its "N".
+ * The timesteps of `n` DDIM steps over T, last first, as guided-diffusion's space_timesteps
+ * (respace.py) spaces them: "ddimN", range(0, T, stride) for the first stride that gives exactly n
+ * steps (980, 960, …, 0 for 50; stride 143 for 7), and where no stride does, "N": n steps at
+ * round(k·(T − 1)/(n − 1)), the position summed in float64 and rounded half to even as Python's
+ * round() does.
  */
 export function ddimTimesteps(T: number, n: number): number[] {
-  const up = T % n === 0 ? Array.from({ length: n }, (_, i) => (i * T) / n) : Array.from({ length: n }, (_, i) => Math.round((i * (T - 1)) / (n - 1)));
-  return up.reverse();
+  for (let stride = 1; stride < T; stride++) {
+    if (Math.ceil(T / stride) === n) return Array.from({ length: n }, (_, i) => (n - 1 - i) * stride);
+  }
+  const fracStride = (T - 1) / (n - 1);
+  const steps: number[] = [];
+  for (let k = 0, position = 0; k < n; k++, position += fracStride) steps.push(roundHalfToEven(position));
+  return steps.reverse();
+}
+
+function roundHalfToEven(x: number): number {
+  const r = Math.round(x);
+  return r - x === 0.5 && r % 2 !== 0 ? r - 1 : r;
 }
 
 /** [n, C, S, S] in [−1, 1] → an RGB grid image (rows × cols tiles, 2-pixel gaps) as uint8. */

@@ -140,9 +140,17 @@ t.test('bad sampling options are refused, naming the option and its range, befor
   }
 });
 
-t.test('DDIM timesteps: "ddimN" spacing when N divides 1000, even fractions of 0 … 999 otherwise', async (t) => {
+t.test('DDIM timesteps as guided-diffusion\'s space_timesteps spaces them: "ddimN" where a whole stride gives N steps, else "N"', async (t) => {
+  // Expectations: guided_diffusion/respace.py's space_timesteps(1000, "ddimN") and (1000, "N"), run in Python.
   const fifty = ddimTimesteps(1000, 50);
   t.same([fifty.length, fifty[0], fifty[1], fifty.at(-1)], [50, 980, 960, 0]);
-  t.same(ddimTimesteps(1000, 3), [999, 500, 0]);
+  t.same(ddimTimesteps(1000, 3), [668, 334, 0], 'ddim3: stride 334');
+  t.same(ddimTimesteps(1000, 7), [858, 715, 572, 429, 286, 143, 0], 'ddim7: stride 143 (no N of 7 divides 1000)');
   t.same(ddimTimesteps(1000, 1000), Array.from({ length: 1000 }, (_, i) => 999 - i));
+  // No stride gives 37 steps: "37", round(k·999/36).
+  t.same(ddimTimesteps(1000, 37), [999, 971, 944, 916, 888, 860, 832, 805, 777, 749, 722, 694, 666, 638, 610, 583, 555, 527, 500, 472, 444, 416, 388, 361, 333, 305, 278, 250, 222, 194, 166, 139, 111, 83, 56, 28, 0]);
+  // "667": positions k·1.5, Python's round() takes halves to even: 1.5 → 2, 4.5 → 4, 7.5 → 8, 10.5 → 10.
+  t.same(ddimTimesteps(1000, 667).reverse().slice(0, 8), [0, 2, 3, 4, 6, 8, 9, 10]);
+  const n999 = ddimTimesteps(1000, 999).reverse();
+  t.same([n999.length, ...n999.slice(495, 503)], [999, 495, 496, 497, 498, 499, 501, 502, 503]);
 });
