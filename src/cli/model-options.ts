@@ -4,7 +4,7 @@ import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import type { Engine } from '../engine/engine.ts';
 import { openCheckpoint, withPrefix } from '../model/checkpoint/index.ts';
-import { describeMapping } from '../model/block-roles.ts';
+import { describeMapping, paperBlocks } from '../model/block-roles.ts';
 import { UNet } from '../model/unet.ts';
 import { ADM_256_UNCOND, flagsFromJson, planUNet, type UNetFlags } from '../model/unet-config.ts';
 import { type OptionSpecs, UsageError } from './args.ts';
@@ -90,6 +90,6 @@ export async function loadModel(e: Engine, model: string, checkpoint: string | u
     if (scratchSeed === undefined) console.error('difrep: no --checkpoint given: using random U-Net weights (fine for plumbing, meaningless features)');
     unet = scratchSeed === undefined ? UNet.random(e, flags, 0) : UNet.initial(e, flags, scratchSeed);
   }
-  if (unet.plan.blocks.length !== 37) console.error(`difrep: ${describeMapping(unet.plan)}`);
+  if (paperBlocks(unet.plan).mapped) console.error(`difrep: ${describeMapping(unet.plan)}`);
   return { unet, flags, hash };
 }

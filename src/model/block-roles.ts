@@ -17,7 +17,7 @@ export interface PaperBlocks {
    * blocks per level; a level past the last becomes the last level).
    */
   difformer: number[];
-  /** True when this model is not the 37-block layout and the numbers above are mapped. */
+  /** True unless this model has the paper's layout (6 levels of 2 res blocks: 37 blocks), where the numbers above are the paper's own. */
   mapped: boolean;
 }
 
@@ -34,7 +34,7 @@ export function paperBlocks(plan: UNetPlan): PaperBlocks {
     windowed: all.slice(0, 5),
     all,
     difformer: [...new Set([M, second(Math.min(1, levels - 1)), second(Math.min(3, levels - 1))])],
-    mapped: N !== 37,
+    mapped: levels !== 6 || per !== 3,
   };
 }
 

@@ -20,3 +20,12 @@ t.test('one res block per level: the roles, not the 37-block offsets', async (t)
   const p = paperBlocks(planUNet({ image_size: 32, num_channels: 32, num_res_blocks: 1, channel_mult: '1,2,2,2', attention_resolutions: '8', num_head_channels: 32 }));
   t.same(p, { feature: 13, bottleneck: [11, 13, 15, 17], windowed: [10, 11, 12, 13, 14], all: [10, 11, 12, 13, 14, 15, 16, 17], difformer: [9, 13, 17], mapped: true });
 });
+
+t.test('a 37-block model of another layout is mapped too, and says so', async (t) => {
+  // 3 levels of 5 res blocks: b1 conv, b2–6 res, b7 down, b8–12, b13 down, b14–18 → M = 19, N = 37;
+  // decoder levels of six blocks: {20..25}, {26..31}, {32..37}.
+  const plan = planUNet({ image_size: 32, num_channels: 32, num_res_blocks: 5, channel_mult: '1,2,2', attention_resolutions: '8' });
+  t.equal(plan.blocks.length, 37);
+  const p = paperBlocks(plan);
+  t.same([p.feature, p.bottleneck, p.difformer, p.mapped], [27, [21, 27, 33], [19, 27, 33], true]);
+});
