@@ -52,6 +52,11 @@ export const UNARY_OPS = {
   addScalar: { forward: 'x + alpha', backward: 'dy' },
   // x clamped to [−alpha, alpha] (torch.clamp(x, −alpha, alpha)); the gradient passes inside only.
   clampSymmetric: { forward: 'clamp(x, -alpha, alpha)', backward: 'select(0.0, dy, abs(x) < alpha)' },
+  // max(x, alpha) (torch.clamp(x, min=alpha)); the gradient passes where x ≥ alpha, as PyTorch's.
+  clampMin: { forward: 'max(x, alpha)', backward: 'select(0.0, dy, x >= alpha)' },
+  // tanh of x clamped to ±15 (tanh(15) is 1 in f32): implementations that form (e²ˣ − 1)/(e²ˣ + 1)
+  // give inf/inf = NaN past |x| ≈ 44. d/dx = 1 − y².
+  tanh: { forward: 'tanh(clamp(x, -15.0, 15.0))', backward: 'dy * (1.0 - y * y)' },
 } satisfies Record<string, UnaryOpSpec>;
 
 export type UnaryOp = keyof typeof UNARY_OPS;

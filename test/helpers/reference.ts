@@ -67,6 +67,8 @@ export const unaryRef: Record<string, (x: number, alpha: number) => number> = {
   scale: (x, a) => a * x,
   addScalar: (x, a) => x + a,
   clampSymmetric: (x, a) => Math.min(a, Math.max(-a, x)),
+  clampMin: (x, a) => Math.max(a, x),
+  tanh: (x) => Math.tanh(x),
 };
 
 export function map(x: Nd, f: (v: number) => number): Nd {

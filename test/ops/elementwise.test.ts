@@ -17,7 +17,14 @@ const unaryCases: [string, (x: any) => any, number, number, number][] = [
   ['square', ops.square, 0, -2, 2],
   ['neg', ops.neg, 0, -2, 2],
   ['clampSymmetric', (x) => ops.clampSymmetric(x, 1.5), 1.5, -3, 3],
+  ['clampMin', (x) => ops.clampMin(x, 0.5), 0.5, -2, 2],
+  ['tanh', ops.tanh, 0, -4, 4],
 ];
+
+t.test('tanh stays finite and saturates far out (±50, ±1e4: an (e²ˣ − 1)/(e²ˣ + 1) tanh gives NaN there)', async (t) => {
+  const x = e.tensor(Float32Array.from([-1e4, -50, -20, 20, 50, 1e4]), [6]);
+  t.same(Array.from(await ops.tanh(x).read()), [-1, -1, -1, 1, 1, 1]);
+});
 
 for (const [name, op, alpha, lo, hi] of unaryCases) {
   // Counts that divide by 4 run the vec4 kernels, the others the scalar ones.

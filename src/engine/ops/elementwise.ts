@@ -63,6 +63,9 @@ export const scale = (x: Tensor, s: number) => unary('scale', x, s);
 export const addScalar = (x: Tensor, s: number) => unary('addScalar', x, s);
 /** x clamped to [−bound, bound]. */
 export const clampSymmetric = (x: Tensor, bound: number) => unary('clampSymmetric', x, bound);
+/** max(x, min) (torch.clamp(x, min=min)). */
+export const clampMin = (x: Tensor, min: number) => unary('clampMin', x, min);
+export const tanh = (x: Tensor) => unary('tanh', x);
 
 /** NumPy broadcasting of two shapes; throws with both shapes when they do not broadcast. */
 export function broadcastShapes(a: Shape, b: Shape): number[] {
