@@ -50,6 +50,34 @@ export function qSample(e: Engine, schedule: Schedule, x0: Tensor, t: readonly n
   });
 }
 
+/** q(x_{t−1} | x_t, x0) at t, as guided-diffusion's GaussianDiffusion tabulates it (float64). */
+export interface Posterior {
+  /** The mean is coefX0·x0 + coefXt·x_t (Ho et al., Eq. 7). */
+  coefX0: number;
+  coefXt: number;
+  /** log β̃_t, clipped: at t = 0, where β̃ is 0, that of t = 1. */
+  logVariance: number;
+  /** log β_t, the other end of a learned variance's range. */
+  logBeta: number;
+}
+
+export function posterior(schedule: Schedule, t: number): Posterior {
+  checkTimesteps(schedule, [t]);
+  const ac = schedule.alphasCumprod;
+  const step = (s: number) => {
+    const prev = s > 0 ? ac[s - 1] : 1;
+    const beta = 1 - ac[s] / prev;
+    return { prev, beta, variance: (beta * (1 - prev)) / (1 - ac[s]) };
+  };
+  const { prev, beta } = step(t);
+  return {
+    coefX0: (beta * Math.sqrt(prev)) / (1 - ac[t]),
+    coefXt: ((1 - prev) * Math.sqrt(1 - beta)) / (1 - ac[t]),
+    logVariance: Math.log(step(Math.max(t, 1)).variance),
+    logBeta: Math.log(beta),
+  };
+}
+
 /** Standard normal samples from a seed (xoshiro128** + Box–Muller): same seed, same noise, anywhere. */
 export function gaussianNoise(count: number, seed: number): Float32Array {
   let s0 = 0x9e3779b9 ^ seed;

@@ -8,7 +8,7 @@ import type { Engine } from '../engine/engine.ts';
 import { add, addScalar, clampSymmetric, exp, mul, scale, sub } from '../engine/ops/elementwise.ts';
 import { slice } from '../engine/ops/layout.ts';
 import type { Tensor } from '../engine/tensor.ts';
-import { gaussianNoise, linearSchedule } from './diffusion.ts';
+import { gaussianNoise, linearSchedule, posterior } from './diffusion.ts';
 import type { UNet } from './unet.ts';
 
 /** ε̂ (the output's first C channels) and, for a learn_sigma model, v (its other C channels). */
@@ -91,20 +91,14 @@ export async function sample(e: Engine, unet: UNet, o: SampleOptions): Promise<T
           const epsClipped = scale(sub(x, scale(x0, Math.sqrt(abar))), 1 / Math.sqrt(1 - abar));
           return add(scale(x0, Math.sqrt(prev)), scale(epsClipped, Math.sqrt(1 - prev)));
         }
-        // Posterior mean (Ho et al., Eq. 7): β_t·sqrt(ᾱ_{t−1})/(1−ᾱ_t)·x̂0 + (1−ᾱ_{t−1})·sqrt(α_t)/(1−ᾱ_t)·x_t,
-        // ᾱ_{−1} = 1; x_{t−1} = mean + σ_t·z (no noise at t = 0).
-        const abarPrev = t > 0 ? ac[t - 1] : 1;
-        const alpha = abar / abarPrev;
-        const beta = 1 - alpha;
-        const meanX = add(scale(x0, (beta * Math.sqrt(abarPrev)) / (1 - abar)), scale(x, ((1 - abarPrev) * Math.sqrt(alpha)) / (1 - abar)));
+        // x_{t−1} = the posterior mean of x̂0 and x_t + σ_t·z (no noise at t = 0).
+        const q = posterior(sch, t);
+        const meanX = add(scale(x0, q.coefX0), scale(x, q.coefXt));
         if (t === 0) return meanX;
         const z = e.tensor(gaussianNoise(n, seed * 7919 + t + 1), shape, 'z');
-        if (!v) return add(meanX, scale(z, Math.sqrt(beta)));
-        // LEARNED_RANGE (Nichol & Dhariwal, Eq. 15): log σ² = f·log β_t + (1 − f)·log β̃_t, f = (v + 1)/2,
-        // β̃_t = β_t·(1 − ᾱ_{t−1})/(1 − ᾱ_t) the posterior variance; σ = exp(log σ²/2).
-        const maxLog = Math.log(beta);
-        const minLog = Math.log((beta * (1 - abarPrev)) / (1 - abar));
-        const sigma = exp(addScalar(scale(v, (maxLog - minLog) / 4), (maxLog + minLog) / 4));
+        if (!v) return add(meanX, scale(z, Math.exp(q.logBeta / 2)));
+        // LEARNED_RANGE (Nichol & Dhariwal, Eq. 15): log σ² = f·log β_t + (1 − f)·log β̃_t, f = (v + 1)/2.
+        const sigma = exp(addScalar(scale(v, (q.logBeta - q.logVariance) / 4), (q.logBeta + q.logVariance) / 4));
         return add(meanX, mul(sigma, z));
       }));
       x.dispose();

@@ -1,5 +1,6 @@
 // Unconditional diffusion pretraining with the simple loss of the paper's Eq. 4:
 //   L = E_{x0, t, ε} ‖ε − ε_θ(sqrt(ᾱ_t)·x0 + sqrt(1−ᾱ_t)·ε, t)‖²,  t uniform over the T steps,
+// plus L_vb for a learn_sigma model, as guided-diffusion trains it (./diffusion-loss.ts),
 // Adam over every U-Net weight, an exponential moving average of the weights (the EMA model is the
 // one to sample from and to extract features with), and a training state saved every
 // `checkpointEverySeconds` so any run can be stopped and resumed exactly.
@@ -7,13 +8,12 @@ import type { Engine } from '../engine/engine.ts';
 import { mulberry32 } from '../engine/random.ts';
 import { EMA_WORKGROUP, emaKernel } from '../../kernels/ema.wgsl.ts';
 import { elementLoads, grid1d } from '../../kernels/flat-index.ts';
-import { mul, scale, sub } from '../engine/ops/elementwise.ts';
-import { slice } from '../engine/ops/layout.ts';
-import { mean } from '../engine/ops/reduce.ts';
+import { scale } from '../engine/ops/elementwise.ts';
 import type { Tensor } from '../engine/tensor.ts';
 import { gaussianNoise, linearSchedule, qSample } from '../model/diffusion.ts';
 import type { UNet } from '../model/unet.ts';
 import { checkLoss, saveTrainingState, startOrResume } from './checkpoint.ts';
+import { diffusionLoss } from './diffusion-loss.ts';
 import type { ImageSource } from './extract.ts';
 import { Adam } from './optimizer.ts';
 import { trainStep } from './train-step.ts';
@@ -75,7 +75,10 @@ export async function pretrain(e: Engine, unet: UNet, data: ImageSource, o: Pret
   const losses: [number, number][] = [];
   let step = 0;
   const state = () => new Map<string, Tensor>([...params, ...[...ema.shadow].map(([k, v]) => [`ema.${k}`, v] as [string, Tensor])]);
-  const settings = { config: unet.plan.flags, batchSize: batch, lr: o.lr ?? 1e-4, emaDecay: ema.decay, seed, images: data.count };
+  // A learn_sigma run trains with L_vb besides the MSE (since this difrep); recorded, so a state of the
+  // MSE alone is not resumed into the other loss.
+  const loss = unet.plan.outChannels === C ? {} : { loss: 'mse+vb' };
+  const settings = { config: unet.plan.flags, batchSize: batch, lr: o.lr ?? 1e-4, emaDecay: ema.decay, seed, images: data.count, ...loss };
   const progress = await startOrResume(e, o.checkpoint, !!o.resume, settings, state(), adam);
   if (progress) {
     if (progress.steps > o.steps) throw new Error(`${o.checkpoint} has already taken ${progress.steps} steps; --steps ${o.steps} is fewer: give --steps ${progress.steps} or more`);
@@ -89,15 +92,13 @@ export async function pretrain(e: Engine, unet: UNet, data: ImageSource, o: Pret
     const rand = generator(seed * 1_000_003 + step);
     const idx = Array.from({ length: batch }, () => rand(data.count));
     const ts = idx.map(() => rand(schedule.steps));
-    const x0 = e.tensor(await data.images(idx), [batch, C, S, S], 'x0');
+    const x0Data = await data.images(idx);
+    const x0 = e.tensor(x0Data, [batch, C, S, S], 'x0');
     const eps = e.tensor(gaussianNoise(batch * C * S * S, rand(2 ** 31)), [batch, C, S, S], 'eps');
     const read = (step + 1) % logEvery === 0 || step + 1 === o.steps;
     const loss = await trainStep(e, adam, () => {
       const xt = qSample(e, schedule, x0, ts, eps);
-      const out = unet.forward(xt, ts, { output: true }).output!;
-      const pred = out.shape[1] === C ? out : slice(out, [0, 0], [batch, C]);
-      const d = sub(pred, eps);
-      return mean(mul(d, d));
+      return diffusionLoss(schedule, { x0, x0Data, xt, noise: eps, t: ts }, unet.forward(xt, ts, { output: true }).output!);
     }, read);
     ema.update();
     x0.dispose();

@@ -47,6 +47,26 @@ t.test('the diffusion loss (Eq. 4) goes down on Fashion-MNIST images', async (t)
   t.ok(last < 0.7 * first, `mean loss of the first 5 steps ${first.toFixed(3)}, of the last 5 ${last.toFixed(3)}`);
 });
 
+t.test('a learn_sigma model trains its variance channels too (L_vb), and its state records that loss', async (t) => {
+  const unet = UNet.initial(e, { ...tiny, learn_sigma: true }, 4);
+  const before = await unet.param('out.2.weight').read();
+  const dir = await mkdtemp(join(tmpdir(), 'difrep-pretrain-vb-'));
+  await pretrain(e, unet, data, { steps: 2, batchSize: 4, lr: 1e-3, checkpoint: join(dir, 's.safetensors'), checkpointEverySeconds: 0 });
+  const after = await unet.param('out.2.weight').read();
+  // out.2.weight is [6, 32, 3, 3]: rows 0–2 predict ε, rows 3–5 the variance v.
+  const moved = (rows: number[]) => rows.every((r) => after.subarray(r * 288, (r + 1) * 288).some((w, i) => w !== before[r * 288 + i]));
+  t.ok(moved([0, 1, 2]), 'the ε rows moved');
+  t.ok(moved([3, 4, 5]), 'the variance rows moved (under the MSE alone their gradient is 0)');
+  // Its settings name the loss, so a state trained under the MSE alone (no such entry) is not resumed into it.
+  const { readRunSettings } = await import('../../src/train/checkpoint.ts');
+  const { openSafetensors } = await import('../../src/model/checkpoint/safetensors.ts');
+  const src = await openSafetensors(join(dir, 's.safetensors'));
+  t.equal(readRunSettings(join(dir, 's.safetensors'), src.metadata).loss, 'mse+vb');
+  await src.close();
+  for (const p of unet.parameters().values()) p.dispose();
+  await rm(dir, { recursive: true });
+});
+
 t.test('pretraining stopped and resumed gives bit-identical weights and EMA', async (t) => {
   const dir = await mkdtemp(join(tmpdir(), 'difrep-pretrain-'));
   const a = UNet.random(e, tiny, 2);
