@@ -8,6 +8,7 @@ import { add, silu } from '../engine/ops/elementwise.ts';
 import { groupNorm } from '../engine/ops/group-norm.ts';
 import { concat, concatRows, reshape, sliceRows } from '../engine/ops/layout.ts';
 import { matmul } from '../engine/ops/matmul.ts';
+import { dropout } from '../engine/ops/nn.ts';
 import { avgPool2, upsample2 } from '../engine/ops/resample.ts';
 import { mulberry32 } from '../engine/random.ts';
 import { shapeString, type Tensor } from '../engine/tensor.ts';
@@ -28,6 +29,13 @@ export interface ForwardOptions {
   emb?: boolean;
   /** Added to the output of block b (DifFeed's feedback); same shape as that output. */
   addToBlock?: Map<number, Tensor>;
+  /**
+   * Training mode: every ResBlock drops out at the config's `dropout` rate (guided-diffusion's
+   * nn.Dropout between out_layers' SiLU and conv), each image's mask drawn from this seed, the
+   * block's prefix and the image's index in the batch (the same however the batch is chunked).
+   * Unset: eval mode, no dropout.
+   */
+  dropoutSeed?: number;
 }
 
 export interface ForwardResult {
@@ -197,7 +205,7 @@ export class UNet {
     const gradients = e.tape.recording && [x, ...this.params.values(), ...feedback.map(([, v]) => v)].some((v) => v.requiresGrad);
     const last = opts.output ? this.numBlocks : Math.max(0, ...(opts.taps ?? []));
     const perChunk = imagesPerChunk(e, this.plan, { last, output: !!opts.output, gradients });
-    if (N <= perChunk) return this.forwardBatch(x, t, opts);
+    if (N <= perChunk) return this.forwardBatch(x, t, opts, 0);
     // A tensor v of `images` images that takes part in a backward is bound whole, for all N.
     const whole = (what: string, v: Tensor, images = N) => {
       if (e.tape.needsGrad([v])) checkWholeBatchBinding(e, what, (v.byteLength / images) * N, N, perChunk);
@@ -210,7 +218,7 @@ export class UNet {
         const end = Math.min(N, start + perChunk);
         parts.push(e.tidy(() => {
           const fb = opts.addToBlock && new Map(feedback.map(([b, v]) => [b, sliceRows(v, start, end)]));
-          const r = this.forwardBatch(sliceRows(x, start, end), t.slice(start, end), { ...opts, addToBlock: fb });
+          const r = this.forwardBatch(sliceRows(x, start, end), t.slice(start, end), { ...opts, addToBlock: fb }, start);
           return { taps: r.taps, output: r.output, emb: r.emb };
         }));
         if (start === 0) {
@@ -236,7 +244,8 @@ export class UNet {
     return out;
   }
 
-  private forwardBatch(x: Tensor, t: readonly number[], opts: ForwardOptions): ForwardResult {
+  /** `firstImage`: the index of x's first image in the whole batch (dropout masks are per image). */
+  private forwardBatch(x: Tensor, t: readonly number[], opts: ForwardOptions, firstImage: number): ForwardResult {
     const e = this.engine;
     const plan = this.plan;
     const N = plan.blocks.length;
@@ -264,6 +273,9 @@ export class UNet {
       if (!held(v)) v.dispose();
     };
 
+    const rate = plan.flags.dropout ?? 0;
+    const seed = opts.dropoutSeed;
+    const dropoutSeeds = seed === undefined || rate === 0 ? undefined : (prefix: string) => t.map((_, i) => imageDropoutSeed(seed, prefix, firstImage + i));
     let h = x;
     for (const block of plan.blocks.slice(0, last)) {
       e.profileTag(`block ${block.b}`); // GPU time per block when the engine is profiling
@@ -275,7 +287,7 @@ export class UNet {
         release(skip);
         release(h);
       }
-      let out = e.tidy(() => this.runBlock(block, input, embAct));
+      let out = e.tidy(() => this.runBlock(block, input, embAct, dropoutSeeds));
       const fb = opts.addToBlock?.get(block.b);
       if (fb) {
         const sum = add(out, fb);
@@ -303,13 +315,13 @@ export class UNet {
     return result;
   }
 
-  private runBlock(block: Block, h: Tensor, embAct: Tensor): Tensor {
+  private runBlock(block: Block, h: Tensor, embAct: Tensor, dropoutSeeds?: (prefix: string) => number[]): Tensor {
     let out = h;
-    for (const layer of block.layers) out = this.runLayer(layer, out, embAct);
+    for (const layer of block.layers) out = this.runLayer(layer, out, embAct, dropoutSeeds);
     return out;
   }
 
-  private runLayer(l: Layer, x: Tensor, embAct: Tensor): Tensor {
+  private runLayer(l: Layer, x: Tensor, embAct: Tensor, dropoutSeeds?: (prefix: string) => number[]): Tensor {
     const p = (k: string) => this.param(`${l.prefix}.${k}`);
     if (l.kind === 'conv') return conv2d(x, p('weight'), { bias: p('bias') });
     if (l.kind === 'attn') return this.attention(l, x);
@@ -332,7 +344,8 @@ export class UNet {
       ? groupNorm(h, p('out_layers.0.weight'), p('out_layers.0.bias'), { scaleShift: embOut, silu: true })
       : groupNorm(add(h, reshape(embOut, [h.shape[0], l.cout, 1, 1])), p('out_layers.0.weight'), p('out_layers.0.bias'), { silu: true });
     if (l.cin !== l.cout) skip = conv2d(skip, p('skip_connection.weight'), { bias: p('skip_connection.bias') });
-    return conv2d(normed, p('out_layers.3.weight'), { bias: p('out_layers.3.bias'), residual: skip });
+    const dropped = dropoutSeeds ? dropout(normed, this.plan.flags.dropout!, true, dropoutSeeds(l.prefix)) : normed;
+    return conv2d(dropped, p('out_layers.3.weight'), { bias: p('out_layers.3.bias'), residual: skip });
   }
 
   /** AttentionBlock: x + proj_out(attention(qkv(GN(x)))) over the H·W tokens. */
@@ -362,4 +375,11 @@ function resamplerHint(plan: UNetPlan, source: TensorSource): string | undefined
 /** conv1d weights [out, in, 1] are kept as conv2d weights [out, in, 1, 1]. */
 function paramShape(shape: number[]): number[] {
   return shape.length === 3 ? [...shape, 1] : shape;
+}
+
+/** A dropout mask's seed for one image of one ResBlock: FNV-1a of the block's prefix, mixed with the run's seed and the image. */
+function imageDropoutSeed(seed: number, prefix: string, image: number): number {
+  let h = 0x811c9dc5;
+  for (const c of `${prefix}#${image}`) h = Math.imul(h ^ c.charCodeAt(0), 0x01000193);
+  return (Math.imul(h ^ (seed >>> 0), 0x9e3779b1) ^ seed) >>> 0;
 }

@@ -95,10 +95,12 @@ export async function pretrain(e: Engine, unet: UNet, data: ImageSource, o: Pret
     const x0Data = await data.images(idx);
     const x0 = e.tensor(x0Data, [batch, C, S, S], 'x0');
     const eps = e.tensor(gaussianNoise(batch * C * S * S, rand(2 ** 31)), [batch, C, S, S], 'eps');
+    // ResBlock dropout at the config's rate (drawn only then, so other runs keep their streams).
+    const dropoutSeed = unet.plan.flags.dropout ? rand(2 ** 31) : undefined;
     const read = (step + 1) % logEvery === 0 || step + 1 === o.steps;
     const loss = await trainStep(e, adam, () => {
       const xt = qSample(e, schedule, x0, ts, eps);
-      return diffusionLoss(schedule, { x0, x0Data, xt, noise: eps, t: ts }, unet.forward(xt, ts, { output: true }).output!);
+      return diffusionLoss(schedule, { x0, x0Data, xt, noise: eps, t: ts }, unet.forward(xt, ts, { output: true, dropoutSeed }).output!);
     }, read);
     ema.update();
     x0.dispose();

@@ -140,6 +140,18 @@ t.test('dropout is the identity in eval and keeps the mean in training', async (
   t.same(Array.from(await ops.dropout(x, 0.3, true, 1).read()), Array.from(y), 'same seed, same mask');
 });
 
+t.test('dropout with a seed per row: each row\'s mask is that of its seed alone, whatever rows it shares a tensor with', async (t) => {
+  const rows = upload(e, { data: new Float64Array(3 * 500).fill(1), shape: [3, 500] });
+  const one = upload(e, { data: new Float64Array(500).fill(1), shape: [1, 500] });
+  const y = await ops.dropout(rows, 0.5, true, [7, 8, 7]).read();
+  const alone = async (seed: number) => Array.from(await ops.dropout(one, 0.5, true, [seed]).read());
+  t.same(Array.from(y.subarray(0, 500)), await alone(7));
+  t.same(Array.from(y.subarray(500, 1000)), await alone(8));
+  t.same(Array.from(y.subarray(1000)), await alone(7));
+  t.not(y.subarray(0, 500).join(), y.subarray(500, 1000).join(), 'other seeds, other masks');
+  t.throws(() => ops.dropout(rows, 0.5, true, [1, 2]), /dropout: 2 seeds for 3 rows/);
+});
+
 t.test('broadcast helper sanity: (x − mean) over rows equals the reference', async (t) => {
   const a = randomNd([2, 3], 1);
   const r = broadcast(a, { data: Float64Array.from([1, 2, 3]), shape: [3] }, (p, q) => p - q);

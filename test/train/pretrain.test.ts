@@ -67,6 +67,20 @@ t.test('a learn_sigma model trains its variance channels too (L_vb), and its sta
   await rm(dir, { recursive: true });
 });
 
+t.test('pretraining with dropout draws a mask per step: the same seed gives the same run, and the run differs from one without dropout', async (t) => {
+  const run = async (dropout: number) => {
+    const unet = UNet.random(e, { ...tiny, dropout }, 6);
+    const r = await pretrain(e, unet, data, { steps: 2, batchSize: 4, lr: 1e-3, logEvery: 1 });
+    const w = await unet.param('input_blocks.1.0.in_layers.2.weight').read();
+    for (const p of unet.parameters().values()) p.dispose();
+    return { losses: r.losses.map(([, l]) => l), w: Array.from(w) };
+  };
+  const [a, b, none] = [await run(0.3), await run(0.3), await run(0)];
+  t.same(a, b, 'reproducible');
+  t.not(a.losses[0], none.losses[0], 'the first loss already differs from eval mode');
+  t.not(a.w.join(), none.w.join());
+});
+
 t.test('pretraining stopped and resumed gives bit-identical weights and EMA', async (t) => {
   const dir = await mkdtemp(join(tmpdir(), 'difrep-pretrain-'));
   const a = UNet.random(e, tiny, 2);

@@ -34,16 +34,25 @@ export function crossEntropy(logits: Tensor, labels: readonly number[]): Tensor 
   return e.tidy(() => scale(sum(mul(logSoftmax(logits), e.tensor(onehot, [N, K], 'onehot'))), -1 / N));
 }
 
-/** Inverted dropout with a seeded mask (identity when p = 0 or not training). */
-export function dropout(x: Tensor, p: number, training: boolean, seed: number): Tensor {
+/**
+ * Inverted dropout with a seeded mask (identity when p = 0 or not training): each value is zeroed
+ * with probability p, the rest scaled by 1/(1 − p). `seed`: one stream for the whole tensor, or one
+ * per row of the first axis (so a row's mask does not depend on which rows share its tensor).
+ */
+export function dropout(x: Tensor, p: number, training: boolean, seed: number | readonly number[]): Tensor {
   if (!training || p === 0) return x;
   if (!(p > 0 && p < 1)) throw new RangeError(`dropout: p = ${p} must be in [0, 1)`);
-  let s = seed >>> 0;
+  const seeds = typeof seed === 'number' ? [seed] : seed;
+  if (seeds.length !== 1 && seeds.length !== x.shape[0]) throw new RangeError(`dropout: ${seeds.length} seeds for ${x.shape[0]} rows of ${x.label} ${shapeString(x.shape)}`);
   const mask = new Float32Array(x.size);
-  for (let i = 0; i < mask.length; i++) {
-    s = (Math.imul(s ^ (s >>> 15), 0x2c1b3c6d) + 0x6d2b79f5) >>> 0;
-    mask[i] = s / 4294967296 >= p ? 1 / (1 - p) : 0;
-  }
+  const per = x.size / seeds.length;
+  seeds.forEach((rowSeed, r) => {
+    let s = rowSeed >>> 0;
+    for (let i = r * per; i < (r + 1) * per; i++) {
+      s = (Math.imul(s ^ (s >>> 15), 0x2c1b3c6d) + 0x6d2b79f5) >>> 0;
+      mask[i] = s / 4294967296 >= p ? 1 / (1 - p) : 0;
+    }
+  });
   return x.engine.tidy(() => mul(x, x.engine.tensor(mask, x.shape, 'dropout.mask')));
 }
 
