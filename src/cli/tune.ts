@@ -99,10 +99,7 @@ export async function tuneKernels(e: Engine, seconds: number, log: (line: string
     },
   ];
   const saved = structuredClone(e.tuning);
-  const setTuning = (t: Tuning) => {
-    for (const k of Object.keys(e.tuning) as (keyof Tuning)[]) delete e.tuning[k];
-    Object.assign(e.tuning, t);
-  };
+  const setTuning = (t: Tuning) => e.setTuning(t);
   const tuning: Tuning = {};
   const results: FamilyResult[] = [];
   const start = performance.now();

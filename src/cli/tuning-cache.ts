@@ -13,10 +13,14 @@ export type TuningCache = Record<string, Tuning>;
 // $HOME first: under Deno, os.homedir() needs a permission that reading $HOME does not.
 export const tuningPath = (): string => process.env.DIFREP_TUNING ?? join(process.env.HOME || homedir(), '.cache', 'difrep', 'tuning.json');
 
-/** The key of an engine's adapter in the cache: its description (with the driver version), else device or vendor. */
+/**
+ * The key of an engine's adapter in the cache: its description (with the driver version) and its
+ * device (one driver runs several GPUs; lavapipe's names its vector width), else vendor and
+ * architecture.
+ */
 export function adapterName(e: Engine): string {
   const i = e.handle.info;
-  return i.description || i.device || `${i.vendor} ${i.architecture}`;
+  return [i.description, i.device].filter(Boolean).join(' · ') || `${i.vendor} ${i.architecture}`;
 }
 
 /** The whole cache ({} when there is no file); a file that is not a cache is an error naming it. */
@@ -59,7 +63,7 @@ export async function tunedEngine(): Promise<Engine> {
   const e = await createEngine();
   const entry = cache[adapterName(e)];
   if (entry && Object.keys(entry).length) {
-    Object.assign(e.tuning, structuredClone(entry));
+    e.setTuning(entry);
     console.error(`difrep: kernel tiles tuned for this adapter (${Object.keys(entry).join(', ')}) from ${tuningPath()}; delete that entry for the built-in presets`);
   }
   return e;

@@ -88,6 +88,7 @@ export class Engine {
   readonly pool: BufferPool;
   readonly kernels: KernelRegistry;
   readonly tape = new Tape(this);
+  /** Per-kernel-family tuning overrides (./tuning.ts), read at each op; setTuning replaces them all, checked. */
   readonly tuning: Tuning;
   /** Largest storage binding, in bytes, that work is split to fit. */
   readonly maxBindingBytes: number;
@@ -107,7 +108,9 @@ export class Engine {
    * allow): a CPU adapter whose subgroups are exactly 8 lanes (lavapipe), unless the tuning says
    * otherwise (subgroupMatmulAvailable; tuning.ts, matmulSubgroup).
    */
-  readonly subgroupMatmul: boolean;
+  get subgroupMatmul(): boolean {
+    return subgroupMatmulAvailable(this.device, this.handle.info, this.tuning);
+  }
   private readonly maxDispatches: number;
   private readonly maxCommandsInFlight: number;
 
@@ -131,6 +134,17 @@ export class Engine {
   private disposed = false;
   private profiler: KernelProfiler | null = null;
 
+  /**
+   * Replaces the whole tuning, checked as createEngine's option is (the subgroup GEMM included), e.g.
+   * with a tuning cache's entry for the adapter this engine turned out to get.
+   */
+  setTuning(tuning: Tuning): void {
+    const checked = checkTuning(structuredClone(tuning), 'Engine.setTuning', TUNING_FIX);
+    subgroupMatmulAvailable(this.device, this.handle.info, checked);
+    for (const k of Object.keys(this.tuning) as (keyof Tuning)[]) delete this.tuning[k];
+    Object.assign(this.tuning, checked);
+  }
+
   constructor(handle: DeviceHandle, options: EngineOptions = {}) {
     this.handle = handle;
     this.device = handle.device;
@@ -148,7 +162,7 @@ export class Engine {
     this.adapterClass = adapterClass(handle.info);
     this.gemmPresets = this.adapterClass === 'llvmpipe' ? 'lavapipe' : this.cpuAdapter ? 'portable' : 'gpu';
     this.subgroupReductions = this.device.features.has('subgroups') && handle.wgslFeatures.has('subgroup_id');
-    this.subgroupMatmul = subgroupMatmulAvailable(this.device, handle.info, this.tuning);
+    subgroupMatmulAvailable(this.device, handle.info, this.tuning); // a tuning asking for it where it cannot run throws here
     this.uniformArena = this.device.createBuffer({
       size: UNIFORM_ARENA_BYTES,
       usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,

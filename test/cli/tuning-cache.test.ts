@@ -36,6 +36,20 @@ t.test("the adapter's stored entry is applied, another adapter's is kept and not
   await e.dispose();
 });
 
+t.test('an entry that turns the subgroup GEMM off takes effect (it was read once, before the entry applied)', async (t) => {
+  const probe = await tunedEngine();
+  const adapter = adapterName(probe);
+  const available = probe.subgroupMatmul;
+  await probe.dispose();
+  if (!available) return void t.pass('nothing to turn off: this adapter does not take the subgroup GEMM');
+  await writeFile(path, JSON.stringify({ [adapter]: { matmulSubgroup: { enabled: 0 } } }));
+  const e = await tunedEngine();
+  t.equal(e.subgroupMatmul, false);
+  e.setTuning({});
+  t.equal(e.subgroupMatmul, true, 'and setTuning replaces the whole tuning');
+  await e.dispose();
+});
+
 t.test('createEngine checks its tuning option the same way', async (t) => {
   await t.rejects(createEngine({ tuning: { rows: { threadPerRow: 1 } } as never }), /createEngine: option tuning → rows → threadPerRow: unknown setting \(known: threadPerRowFrom, subgroups\)/);
 });
