@@ -64,7 +64,7 @@ async function pretrainCommand(argv: string[]): Promise<number> {
   // The loss so far as JSON and as a chart (loss.svg, loss.png), rewritten at every checkpoint.
   const writeLoss = async (losses: readonly [number, number][]) => {
     await writeFileAtomic(join(o.out, 'loss.json'), JSON.stringify(losses));
-    if (losses.length >= 2) await writeChart(join(o.out, 'loss.png'), lineChartSvg(`pretraining loss (${o.model}, batch ${o.batch})`, [...losses], 'step', 'MSE of the noise (Eq. 4)'));
+    if (losses.length >= 2) await writeChart(join(o.out, 'loss.png'), lineChartSvg(`pretraining loss (${o.model}, batch ${o.batch})`, [...losses], 'step', unet.plan.flags.learn_sigma ? 'MSE of the noise (Eq. 4) + L_vb' : 'MSE of the noise (Eq. 4)'));
   };
   const r = await pretrain(e, unet, { count, labels: ds.labels, images: (idx) => toModelInput(ds, idx, size) }, {
     steps, batchSize: o.batch, lr: o.lr, emaDecay: o.ema, seed: o.seed,
