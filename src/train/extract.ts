@@ -50,15 +50,20 @@ export interface ExtractOptions {
 
 const DEFAULT_CHUNK = 256;
 
-/** Per-image noise seed, so a feature never depends on batch composition or sharding. */
+/**
+ * Per-image noise seed, so a feature never depends on batch composition or sharding. The seed is
+ * mixed (murmur3's finaliser) before the image joins it: XORed in as they were, seeds b and b′ gave
+ * image i the noise of image i ⊕ b ⊕ b′ (DifFeed's epochs, bases seed + epoch + 1, drew 224 distinct
+ * ε for 200 images × 28 epochs, and two extraction seeds the same ε for other images).
+ */
 export function noiseSeed(seed: number, image: number, t: number): number {
-  let h = (seed ^ 0x9e3779b9) >>> 0;
-  for (const v of [image, t]) {
-    h = Math.imul(h ^ v, 0x85ebca6b) >>> 0;
-    h ^= h >>> 13;
-    h = Math.imul(h, 0xc2b2ae35) >>> 0;
-    h ^= h >>> 16;
-  }
+  const mix = (v: number) => {
+    let h = Math.imul(v ^ (v >>> 16), 0x85ebca6b) >>> 0;
+    h = Math.imul(h ^ (h >>> 13), 0xc2b2ae35) >>> 0;
+    return (h ^ (h >>> 16)) >>> 0;
+  };
+  let h = mix((seed ^ 0x9e3779b9) >>> 0);
+  for (const v of [image, t]) h = mix((h ^ v) >>> 0);
   return h;
 }
 
@@ -76,7 +81,7 @@ export function extractionNoiseSeed(seed: number, dataset: string | undefined): 
 }
 
 /** Recorded in every signature: chunks whose noise came from another rule must not be resumed into. */
-const NOISE_RULE = 'seed ⊕ FNV-1a(dataset)';
+const NOISE_RULE = 'mixed(seed ⊕ FNV-1a(dataset)), image, t';
 
 const isPositiveInt = (v: unknown): v is number => typeof v === 'number' && Number.isInteger(v) && v >= 1;
 

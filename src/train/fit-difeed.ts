@@ -1,5 +1,5 @@
 // DifFeed trains from images with the U-Net live (its two passes cannot be cached): seeded
-// per-image noise (fresh each epoch, as the paper's code draws it), seeded horizontal flips,
+// per-image noise (fresh each epoch: a base per epoch, mixed before the image joins it), seeded horizontal flips,
 // BatchNorm in train mode, Adam with the feedback layers at 1e-3 and the attention head at 1e-4
 // (CLARIFICATIONS, issue 4), StepLR, a training state saved every epoch, and top-1/top-5 at the end.
 import type { Engine } from '../engine/engine.ts';

@@ -282,13 +282,16 @@ t.test('two datasets extracted with one seed get independent noise; the same dat
   t.equal(extractionNoiseSeed(7, undefined), 7, 'no dataset: the seed itself');
 });
 
-t.test('a cache whose chunks were noised by the earlier rule (seed alone) is not resumed into', async (t) => {
-  const dir = await tempDir();
+t.test('a cache whose chunks were noised by an earlier rule (seed alone; seed and image XORed unmixed) is not resumed into', async (t) => {
   const plan = { file: 'chunk-00000000-00000004.safetensors' };
-  const { noise: _, ...before } = validateExtractOptions(options(dir), 6);
-  await writeFile(join(dir, plan.file), encodeSafetensors({ labels: { shape: [4], data: new Float32Array(4) } }, { signature: JSON.stringify(before), start: '0', end: '4', sha256: '{}' }));
-  await t.rejects(extractFeatures(e, unet, source(), options(dir)), /already holds features from an extraction with other settings \(chunk-00000000-00000004\.safetensors: noise \(unset → "seed ⊕ FNV-1a\(dataset\)"\)/);
-  await rm(dir, { recursive: true });
+  const { noise: _, ...before } = validateExtractOptions(options(await tempDir()), 6);
+  for (const [rule, shown] of [[undefined, 'unset'], ['seed ⊕ FNV-1a(dataset)', '"seed ⊕ FNV-1a\\(dataset\\)"']] as const) {
+    const dir = await tempDir();
+    const signature = JSON.stringify(rule === undefined ? before : { ...before, noise: rule });
+    await writeFile(join(dir, plan.file), encodeSafetensors({ labels: { shape: [4], data: new Float32Array(4) } }, { signature, start: '0', end: '4', sha256: '{}' }));
+    await t.rejects(extractFeatures(e, unet, source(), options(dir)), new RegExp(`already holds features from an extraction with other settings \\(chunk-00000000-00000004\\.safetensors: noise \\(${shown} → "mixed\\(seed ⊕ FNV-1a\\(dataset\\)\\), image\\.\\.\\.\\)`));
+    await rm(dir, { recursive: true });
+  }
 });
 
 t.test('opening a cache leaves it as it was: the manifest is written once, not at every read', async (t) => {
