@@ -1,5 +1,6 @@
 // difrep extract | train | knn | cka | sweep | merge: the paper's experiments on Fashion-MNIST (or any dataset
 // given as an ImageSource), from cached features.
+import { existsSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { basename, join, resolve } from 'node:path';
 import { tunedEngine } from './tuning-cache.ts';
@@ -7,7 +8,7 @@ import { removeStaleTempFiles, writeFileAtomic } from '../model/checkpoint/atomi
 import { paperBlocks } from '../model/block-roles.ts';
 import { planUNet } from '../model/unet-config.ts';
 import type { DifFeedOptions } from '../model/heads/difeed.ts';
-import { checkLabels, isPixelCache, loadCachedFeatures } from '../train/cached-features.ts';
+import { checkLabels, checkSameExtraction, checkTrainTestCaches, isPixelCache, loadCachedFeatures } from '../train/cached-features.ts';
 import { DecodePool } from '../train/data/decode-pool.ts';
 import { balancedSubset, imageSource, loadFashionMnist } from '../train/data/fashion-mnist.ts';
 import { scanImageFolder, validateImageFolder } from '../train/data/image-folder.ts';
@@ -26,6 +27,10 @@ import { fmtTime, progressBar } from './progress.ts';
 import { heatmapSvg } from './render/charts.ts';
 import { writeSweepHeatmaps } from './render/sweep-heatmaps.ts';
 import { writeChart } from './render/write-chart.ts';
+
+const warnIf = (warning: string | undefined) => {
+  if (warning) console.error(`difrep: ${warning}`);
+};
 
 /** The last diffusion timestep (T = 1000 steps, t ∈ 0..999). */
 const T_MAX = 999;
@@ -187,6 +192,7 @@ async function trainCommand(argv: string[]): Promise<number> {
   // Standardised dimensions are those the probe sees: the maps pooled first, on the CPU.
   const pool = o.standardize ? o.pool : 0;
   const loaded = { train: await loadCachedFeatures(o.train!, ts, bs, pool), test: await loadCachedFeatures(o.test!, ts, bs, pool) };
+  warnIf(checkTrainTestCaches(loaded.train, loaded.test, o.train!, o.test!));
   checkLabels(loaded.train, o.classes, o.train!);
   checkLabels(loaded.test, o.classes, o.test!);
   const { train, test } = o.standardize ? standardizeSplits(loaded.train, loaded.test) : loaded;
@@ -260,6 +266,7 @@ async function knnCommand(argv: string[]): Promise<number> {
   const [t, b] = pixels ? [0, PIXEL_BLOCK] : [o.t, o.b];
   const pool = o.pool ?? (pixels ? 0 : 1);
   const loaded = { train: await loadCachedFeatures(o.train, [t], [b], pool), test: await loadCachedFeatures(o.test, [t], [b], pool) };
+  warnIf(checkTrainTestCaches(loaded.train, loaded.test, o.train, o.test));
   checkLabels(loaded.train, o.classes, o.train);
   checkLabels(loaded.test, o.classes, o.test);
   const splits = o.standardize ? standardizeSplits(loaded.train, loaded.test) : loaded;
@@ -332,6 +339,7 @@ async function sweepCommand(argv: string[]): Promise<number> {
   const [ts, bs] = pixels ? [[0], [PIXEL_BLOCK]] : [o.t, o.b!];
   const train = await loadCachedFeatures(o.train, ts, bs);
   const test = await loadCachedFeatures(o.test, ts, bs);
+  warnIf(checkTrainTestCaches(train, test, o.train, o.test));
   checkLabels(train, o.classes, o.train);
   checkLabels(test, o.classes, o.test);
   const e = await tunedEngine();
@@ -369,11 +377,17 @@ async function evalCommand(argv: string[]): Promise<number> {
   const data = (settings.data ?? {}) as { features?: string; train?: string; standardize?: boolean };
   const pixels = await isPixelCache(o.features);
   if (pixels !== (data.features === 'pixels')) throw new UsageError(`difrep eval: ${o.run} was trained on ${data.features === 'pixels' ? 'raw pixels' : 'U-Net features'}, but ${o.features} holds ${pixels ? 'raw pixels' : 'U-Net features'}`);
-  let split = await loadCachedFeatures(o.features, timesteps, blocks, data.standardize ? (pool ?? 0) : 0);
+  // Pooled here, on the CPU, where pooling only shrinks and pooled maps pool again only exactly.
+  const loaded = await loadCachedFeatures(o.features, timesteps, blocks, pool ?? 0);
+  let split: FeatureArrays = loaded;
   if (data.standardize) {
     // The head saw features standardised with its training split's statistics: recompute them from that cache.
     if (!data.train) throw new UsageError(`difrep eval: ${o.run} was trained on standardised features but records no training cache`);
-    split = standardizeSplits(await loadCachedFeatures(data.train, timesteps, blocks, pool ?? 0), split).test;
+    const train = await loadCachedFeatures(data.train, timesteps, blocks, pool ?? 0);
+    warnIf(checkTrainTestCaches(train, loaded, data.train, o.features));
+    split = standardizeSplits(train, loaded).test;
+  } else if (data.train && existsSync(data.train)) {
+    checkSameExtraction((await openFeatureCache(data.train, { verifyAll: false })).signature, loaded.signature, data.train, o.features);
   }
   const e = await tunedEngine();
   const { logits, classes } = await trainedHeadLogits(e, state, split);

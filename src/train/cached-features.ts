@@ -44,8 +44,11 @@ export function poolCached(f: FeatureMaps, count: number, p: number): FeatureMap
   return { data: out, shape: [C, p, p], sourceSize: S ?? H };
 }
 
+/** A cache's features in memory, with the signature of the extraction that made them. */
+export type CachedFeatures = FeatureArrays & { signature: CacheSignature };
+
 /** Every t × b of the cache in `dir`, pooled to `pool` × `pool` when given (0: as cached). */
-export async function loadCachedFeatures(dir: string, timesteps: number[], blocks: number[], pool = 0): Promise<FeatureArrays> {
+export async function loadCachedFeatures(dir: string, timesteps: number[], blocks: number[], pool = 0): Promise<CachedFeatures> {
   const cache = await openFeatureCache(dir, { verifyAll: false }); // features() verifies what it reads
   const features = new Map<string, FeatureMaps>();
   for (const t of timesteps) {
@@ -60,7 +63,40 @@ export async function loadCachedFeatures(dir: string, timesteps: number[], block
       }
     }
   }
-  return { features, labels: cache.labels, count: cache.count };
+  return { features, labels: cache.labels, count: cache.count, signature: cache.signature };
+}
+
+/**
+ * A head trained on one cache and scored on another needs both from the same network and noise
+ * rule: a test cache of random weights scored against a trained one gave 5 % without a word.
+ * Throws naming what differs.
+ */
+export function checkSameExtraction(train: CacheSignature, test: CacheSignature, trainDir: string, testDir: string): void {
+  const show = (v: unknown) => {
+    const text = v === undefined ? 'unset' : JSON.stringify(v);
+    return text.length > 60 ? `${text.slice(0, 57)}...` : text;
+  };
+  const differ = (['config', 'checkpoint', 'noise'] as const).filter((k) => JSON.stringify(train[k]) !== JSON.stringify(test[k]));
+  if (differ.length) {
+    throw new Error(`the training cache ${trainDir} and the test cache ${testDir} come from different extractions (${differ.map((k) => `${k} ${show(train[k])} against ${show(test[k])}`).join('; ')}): extract both splits with the same --model and --checkpoint, by this difrep`);
+  }
+}
+
+/**
+ * checkSameExtraction, and maps of one size for every t × b; returns a warning when both caches
+ * hold images of the same split (the test scores are then training scores), else undefined.
+ */
+export function checkTrainTestCaches(train: CachedFeatures, test: CachedFeatures, trainDir: string, testDir: string): string | undefined {
+  checkSameExtraction(train.signature, test.signature, trainDir, testDir);
+  for (const [key, f] of train.features) {
+    const g = test.features.get(key);
+    if (g && g.shape.join() !== f.shape.join()) throw new Error(`features ${key} are [${f.shape}] in ${trainDir} and [${g.shape}] in ${testDir}: extract both with the same --pool, or give a --pool both can be pooled to`);
+  }
+  const split = (sig: CacheSignature) => String(sig.dataset ?? '').replace(/\/per-class=\d+$/, '');
+  if (split(train.signature) !== '' && split(train.signature) === split(test.signature)) {
+    return `warning: ${trainDir} and ${testDir} both hold images of ${split(train.signature)}: the test scores are on training images`;
+  }
+  return undefined;
 }
 
 /**

@@ -60,4 +60,23 @@ t.test('eval rebuilds a trained head from its state and scores any split', async
   t.equal(scored.images, 40);
   t.ok((await readFile(join(dir, 'confusion.png'))).length > 100);
   await t.rejects(run('eval', '--run', join(dir, 'nothing'), '--features', join(dir, 'test')), /cannot open|no such file/);
+  // The probe pools to 4: a cache pooled to 2 at extraction is refused, not enlarged (it scored as if upsampled).
+  const model = new URL('../../models/fmnist16.json', import.meta.url).pathname;
+  t.equal(await run('extract', '--features', 'pixels', '--model', model, '--split', 'test', '--per-class', '4', '--pool', '2', '--out', join(dir, 'test-pool2')), 0);
+  await t.rejects(run('eval', '--run', join(dir, 'linear'), '--features', join(dir, 'test-pool2')), /cannot pool 2×2 maps to 4×4: pooling only shrinks a map/);
+});
+
+t.test('a test cache of another extraction is refused; one of the training split is scored with a warning', async (t) => {
+  t.equal(await run('extract', '--features', 'pixels', '--model', 'adm32-mini', '--split', 'test', '--per-class', '4', '--out', join(dir, 'test-32')), 0);
+  await t.rejects(run('knn', '--train', join(dir, 'train'), '--test', join(dir, 'test-32'), '--k', '1'),
+    /the training cache .*train and the test cache .*test-32 come from different extractions \(config .* against .*\): extract both splits with the same --model and --checkpoint/);
+  const warnings: string[] = [];
+  const error = console.error;
+  console.error = (line: string) => void warnings.push(line);
+  try {
+    t.equal(await run('knn', '--train', join(dir, 'train'), '--test', join(dir, 'train'), '--k', '1', '--out', join(dir, 'knn-self.json')), 0);
+  } finally {
+    console.error = error;
+  }
+  t.match(warnings.join('\n'), /both hold images of fashion-mnist\/train: the test scores are on training images/);
 });
