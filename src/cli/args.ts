@@ -106,9 +106,10 @@ function convert(command: string, name: string, s: OptionSpec, raw: string): unk
 
 /** Parses `argv` against `spec`; null when --help was printed. Positionals only where `positionals` names them (e.g. FILE...). */
 export function parseArgs<T extends OptionSpecs>(command: string, argv: string[], spec: T, positionals?: string): (Options<T> & { _: string[] }) | null {
-  const config: Record<string, { type: 'boolean' | 'string'; short?: string }> = { help: { type: 'boolean', short: 'h' } };
-  for (const [k, s] of Object.entries(spec)) config[k] = { type: s.type === 'flag' ? 'boolean' : 'string' };
-  let parsed: { values: Record<string, string | boolean | undefined>; positionals: string[] };
+  // Every option collected as a list, so one given twice is an error, not its last value silently.
+  const config: Record<string, { type: 'boolean' | 'string'; short?: string; multiple?: boolean }> = { help: { type: 'boolean', short: 'h' } };
+  for (const [k, s] of Object.entries(spec)) config[k] = { type: s.type === 'flag' ? 'boolean' : 'string', multiple: true };
+  let parsed: { values: Record<string, (string | boolean)[] | boolean | undefined>; positionals: string[] };
   try {
     parsed = parseNodeArgs({ args: joinNegativeValues(argv, spec), options: config, strict: true, allowPositionals: !!positionals }) as typeof parsed;
   } catch (e) {
@@ -125,7 +126,12 @@ export function parseArgs<T extends OptionSpecs>(command: string, argv: string[]
   }
   const out: Record<string, unknown> = { _: parsed.positionals };
   for (const [k, s] of Object.entries(spec)) {
-    const raw = parsed.values[k];
+    const given = parsed.values[k] as (string | boolean)[] | undefined;
+    if (s.type !== 'flag' && given && given.length > 1) {
+      const list = s.type === 'ints' || s.type === 'numbers' ? ` (a list takes commas: --${k} ${given.join(',')})` : '';
+      throw new UsageError(`difrep ${command}: --${k} is given ${given.length} times (${given.map((v) => `"${v}"`).join(', ')}); give it once${list}`);
+    }
+    const raw = given?.[0];
     if (s.type === 'flag') out[k] = raw === true;
     else if (raw !== undefined) out[k] = convert(command, k, s, String(raw));
     else if (s.required) throw new UsageError(`difrep ${command}: --${k} ${s.meta ?? 'VALUE'} is required (${s.help})`);

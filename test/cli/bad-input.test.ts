@@ -47,6 +47,9 @@ const CASES: [string, string[], RegExp][] = [
   ['pretrain', ['--steps', '0'], /--steps must be an integer ≥ 1/],
   ['sample', ['--ddim-steps', '5000'], /--ddim-steps must be an integer ≥ 0 and ≤ 1000, got "5000"/],
   ['sample', ['--count', '0'], /--count must be an integer ≥ 1/],
+  // A repeated option kept only its last value: --t 90 --t 150 extracted t 150 alone.
+  ['extract', ['--t', '90', '--t', '150'], /--t is given 2 times \("90", "150"\); give it once \(a list takes commas: --t 90,150\)/],
+  ['pretrain', ['--steps', '3', '--steps', '7', '--out', 'x'], /--steps is given 2 times \("3", "7"\); give it once$/m],
 ];
 
 for (const [command, args, expected] of CASES) {
