@@ -5,8 +5,8 @@ import { mkdir } from 'node:fs/promises';
 import { basename, join, resolve } from 'node:path';
 import { tunedEngine } from './tuning-cache.ts';
 import { removeStaleTempFiles, writeFileAtomic } from '../model/checkpoint/atomic-write.ts';
-import { paperBlocks } from '../model/block-roles.ts';
-import { planUNet } from '../model/unet-config.ts';
+import { describeMapping, paperBlocks } from '../model/block-roles.ts';
+import { flagsFromJson, planUNet } from '../model/unet-config.ts';
 import type { DifFeedOptions } from '../model/heads/difeed.ts';
 import { checkLabels, checkSameExtraction, checkTrainTestCaches, isPixelCache, loadCachedFeatures } from '../train/cached-features.ts';
 import { DecodePool } from '../train/data/decode-pool.ts';
@@ -31,6 +31,19 @@ import { writeChart } from './render/write-chart.ts';
 const warnIf = (warning: string | undefined) => {
   if (warning) console.error(`difrep: ${warning}`);
 };
+
+/** The paper's b24 mapped by role onto the U-Net whose config the cache in `dir` records (printed when mapped). */
+async function featureBlockOf(dir: string): Promise<number> {
+  const { signature } = await openFeatureCache(dir, { verifyAll: false });
+  let plan;
+  try {
+    plan = planUNet(flagsFromJson(String(signature.config)));
+  } catch {
+    throw new UsageError(`difrep: ${dir} records no U-Net config to map the paper's b24 onto: give --b`);
+  }
+  if (paperBlocks(plan).mapped) console.error(`difrep: ${describeMapping(plan)}`);
+  return paperBlocks(plan).feature;
+}
 
 /** The last diffusion timestep (T = 1000 steps, t ∈ 0..999). */
 const T_MAX = 999;
@@ -250,7 +263,7 @@ const KNN = {
   train: { type: 'string', meta: 'DIR', required: true, help: 'feature cache of the training split' },
   test: { type: 'string', meta: 'DIR', required: true, help: 'feature cache of the test split' },
   t: { type: 'int', min: 0, max: T_MAX, help: 'timestep', default: 150 },
-  b: { type: 'int', min: 1, help: 'block', default: 24 },
+  b: { type: 'int', min: 1, help: 'block (default: the paper\'s b24, mapped by role onto the cache\'s U-Net)' },
   pool: { type: 'int', min: 0, max: 1024, help: 'adaptive-average-pool cached maps to this size before comparing (0 = as cached; default 1, the paper\'s global pooling of Table 9, on U-Net features, 0 on a pixel cache, whose grey image pooled to 1 would be one value)' },
   k: { type: 'ints', min: 1, max: 100_000, unique: true, help: 'neighbour counts', default: [20, 200] },
   temperature: { type: 'number', above: 0, max: 1e6, help: 'vote weight exp(s / T)', default: 0.1 },
@@ -263,7 +276,7 @@ async function knnCommand(argv: string[]): Promise<number> {
   const o = parseArgs('knn', argv, KNN);
   if (!o) return 0;
   const pixels = await pixelCaches(o.train, o.test);
-  const [t, b] = pixels ? [0, PIXEL_BLOCK] : [o.t, o.b];
+  const [t, b] = pixels ? [0, PIXEL_BLOCK] : [o.t, o.b ?? (await featureBlockOf(o.train))];
   const pool = o.pool ?? (pixels ? 0 : 1);
   const loaded = { train: await loadCachedFeatures(o.train, [t], [b], pool), test: await loadCachedFeatures(o.test, [t], [b], pool) };
   warnIf(checkTrainTestCaches(loaded.train, loaded.test, o.train, o.test));

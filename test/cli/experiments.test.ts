@@ -71,6 +71,11 @@ t.test('extract → train → knn → cka on Fashion-MNIST with the adm32-mini r
   t.ok(result.top1 >= 0 && result.top1 <= 1 && result.losses.length === 2 && result.optimizer === 'adam');
   const { stdout: knn } = await difrep('knn', '--train', join(dir, 'train'), '--test', join(dir, 'train'), '--b', '9', '--k', '1');
   t.match(knn, /kNN k=1: top-1 100\.00%/, 'kNN of a set against itself is perfect');
+  // Without --b, the paper's b24 mapped onto adm32-mini's 9 blocks: b9, printed with the mapping.
+  const { stdout: knnMapped, stderr: mapping } = await difrep('knn', '--train', join(dir, 'train'), '--test', join(dir, 'test'), '--k', '1', '--out', join(dir, 'knn.json'));
+  t.match(mapping, /block mapping for this 9-block U-Net: b24 ↦ 9/);
+  t.match(knnMapped, /kNN k=1: top-1/);
+  t.equal(JSON.parse(await readFile(join(dir, 'knn.json'), 'utf8')).b, 9);
   const { stdout: cka } = await difrep('cka', '--features', join(dir, 'test'), '--t', '90', '--b', '5,9', '--out', join(dir, 'cka.json'), '--png', join(dir, 'cka.png'));
   t.match(cka, /linear CKA over 40 images/);
   const m = JSON.parse(await readFile(join(dir, 'cka.json'), 'utf8'));
