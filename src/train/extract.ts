@@ -176,14 +176,15 @@ export async function extractFeatures(e: Engine, unet: UNet, data: ImageSource, 
 
 /**
  * A raw-pixel cache: the exact model input x0 of every image (the U-Net's resize, channels and
- * [−1, 1] scaling; adaptive-pooled when `pool` is set) under the key of block 0, so the commands
+ * [−1, 1] scaling; adaptive-pooled when `pool` is set and smaller) under the key of block 0, so the commands
  * that read U-Net features read it the same way. `timesteps` and `blocks` must be [0] and [0].
  */
 export async function extractPixels(e: Engine, imageSize: number, data: ImageSource, opts: ExtractOptions): Promise<number> {
   const sig = validateExtractOptions(opts, data.count);
   checkAgainst(0, data, opts);
   const pixels: BatchFeatures = async (x0, idx) => {
-    const f = opts.pool ? adaptiveAvgPool2d(x0, opts.pool) : x0;
+    // As for U-Net maps, a pool only shrinks: an image smaller than the pool is stored as it is.
+    const f = opts.pool && opts.pool < imageSize ? adaptiveAvgPool2d(x0, opts.pool) : x0;
     const values = await f.read();
     if (f !== x0) f.dispose();
     checkFinite(values, values.length / idx.length, idx, 0, PIXEL_BLOCK);

@@ -25,6 +25,11 @@ t.test('extract --features pixels stores the 16×16 model input of each image', 
   t.same(Array.from(cache.labels), idx.map((i) => ds.labels[i]));
   t.same(Array.from(data), Array.from(toModelInput(ds, idx, 16)), 'the exact input x0 the U-Net is given');
   await t.rejects(run('extract', '--features', 'pixels', '--model', model, '--t', '90', '--out', join(dir, 'x')), /no --t, --b or --checkpoint/);
+  // A pool larger than the image keeps the image (it was interpolated up to 48×48).
+  t.equal(await run('extract', '--features', 'pixels', '--model', model, '--split', 'train', '--per-class', '1', '--pool', '48', '--out', join(dir, 'pool48')), 0);
+  const big = await (await openFeatureCache(join(dir, 'pool48'))).features(0, 0);
+  t.same(big.shape, [3, 16, 16]);
+  t.same(Array.from(big.data.subarray(0, 3 * 256)), Array.from(data.subarray(0, 3 * 256)), 'the model input itself');
 });
 
 t.test('train, knn and sweep read a pixel cache without --t/--b', async (t) => {
