@@ -52,6 +52,14 @@ const MAX_IMAGES = 10_000_000;
 const MAX_SEED = 2 ** 31 - 1;
 
 /** --shard i/n, else Slurm job arrays (SLURM_ARRAY_TASK_ID/COUNT), else Kubernetes Indexed Jobs (JOB_COMPLETION_INDEX + --shards). */
+/** A whole number from the environment variable `name` (or `fallback` when unset); anything else is a UsageError. */
+function envInt(env: Record<string, string | undefined>, name: string, fallback?: number): number {
+  const raw = env[name];
+  if (raw === undefined && fallback !== undefined) return fallback;
+  if (raw === undefined || !/^\s*\d+\s*$/.test(raw)) throw new UsageError(`${name} must be a whole number, got ${raw === undefined ? 'nothing' : JSON.stringify(raw)}`);
+  return Number(raw);
+}
+
 export function shardFrom(arg: string | undefined, shards: string | undefined, env: Record<string, string | undefined>): { index: number; count: number } | undefined {
   let index: number | undefined;
   let count: number | undefined;
@@ -60,10 +68,13 @@ export function shardFrom(arg: string | undefined, shards: string | undefined, e
     if (!m) throw new UsageError(`--shard must look like i/n (0-based), got ${arg}`);
     [index, count] = [Number(m[1]), Number(m[2])];
   } else if (env.SLURM_ARRAY_TASK_ID !== undefined && env.SLURM_ARRAY_TASK_COUNT !== undefined) {
-    [index, count] = [Number(env.SLURM_ARRAY_TASK_ID) - Number(env.SLURM_ARRAY_TASK_MIN ?? 0), Number(env.SLURM_ARRAY_TASK_COUNT)];
+    // --array=MIN-MAX:STEP numbers its tasks MIN, MIN + STEP, …; a comma list (--array=1,4,9) has no STEP to index by.
+    const [id, min, step] = [envInt(env, 'SLURM_ARRAY_TASK_ID'), envInt(env, 'SLURM_ARRAY_TASK_MIN', 0), envInt(env, 'SLURM_ARRAY_TASK_STEP', 1)];
+    if ((id - min) % step !== 0 || step < 1) throw new UsageError(`SLURM_ARRAY_TASK_ID ${id} is not SLURM_ARRAY_TASK_MIN ${min} plus a multiple of SLURM_ARRAY_TASK_STEP ${step}: use --array=MIN-MAX[:STEP], or give --shard i/n`);
+    [index, count] = [(id - min) / step, envInt(env, 'SLURM_ARRAY_TASK_COUNT')];
   } else if (env.JOB_COMPLETION_INDEX !== undefined) {
     if (!shards) throw new UsageError('JOB_COMPLETION_INDEX is set: give the number of shards with --shards n');
-    [index, count] = [Number(env.JOB_COMPLETION_INDEX), Number(shards)];
+    [index, count] = [envInt(env, 'JOB_COMPLETION_INDEX'), Number(shards)];
   }
   if (index === undefined || count === undefined) return undefined;
   if (!(count >= 1 && index >= 0 && index < count)) throw new UsageError(`shard ${index}/${count} is out of range`);

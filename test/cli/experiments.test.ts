@@ -54,6 +54,11 @@ t.test('shards come from --shard, Slurm job arrays or Kubernetes indexed jobs', 
   t.throws(() => shardFrom(undefined, undefined, { JOB_COMPLETION_INDEX: '2' }), /--shards n/);
   t.throws(() => shardFrom('4/4', undefined, {}), /out of range/);
   t.equal(shardFrom(undefined, undefined, {}), undefined);
+  // --array=0-6:2: tasks 0, 2, 4, 6 are shards 0..3 (task 4 was "shard 4/4 out of range", shards 1 and 3 never ran).
+  t.same([0, 2, 4, 6].map((id) => shardFrom(undefined, undefined, { SLURM_ARRAY_TASK_ID: String(id), SLURM_ARRAY_TASK_MIN: '0', SLURM_ARRAY_TASK_STEP: '2', SLURM_ARRAY_TASK_COUNT: '4' })),
+    [0, 1, 2, 3].map((index) => ({ index, count: 4 })));
+  t.throws(() => shardFrom(undefined, undefined, { SLURM_ARRAY_TASK_ID: '5', SLURM_ARRAY_TASK_MIN: '0', SLURM_ARRAY_TASK_STEP: '2', SLURM_ARRAY_TASK_COUNT: '4' }), /not SLURM_ARRAY_TASK_MIN 0 plus a multiple of SLURM_ARRAY_TASK_STEP 2/);
+  t.throws(() => shardFrom(undefined, '3', { JOB_COMPLETION_INDEX: '' }), /JOB_COMPLETION_INDEX must be a whole number, got ""/, 'an empty index is not shard 0');
 });
 
 t.test('extract → train → knn → cka on Fashion-MNIST with the adm32-mini reference weights', async (t) => {
