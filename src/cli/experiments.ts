@@ -233,7 +233,8 @@ async function trainCommand(argv: string[]): Promise<number> {
     onBatch: progressBar('  batches', 'batches'),
     onEpoch: ({ epoch, epochs, loss, trainAccuracy, lr, seconds }) => console.log(`epoch ${epoch + 1}/${epochs}: loss ${loss.toFixed(4)}, train accuracy ${(100 * trainAccuracy).toFixed(1)}%, lr ${lr.toExponential(1)}, ${seconds.toFixed(1)} s (ETA ${fmtTime(seconds * (epochs - epoch - 1))})`),
   });
-  const full = { ...result, headArg: o.head, features: pixels ? 'pixels' : 'unet', timesteps: ts, blocks: bs, pool: o.head === 'linear' ? o.pool : null, standardize: o.standardize, train: o.train, test: o.test };
+  const { testHits: _, ...summary } = result;
+  const full = { ...summary, headArg: o.head, features: pixels ? 'pixels' : 'unet', timesteps: ts, blocks: bs, pool: o.head === 'linear' ? o.pool : null, standardize: o.standardize, train: o.train, test: o.test };
   await writeFileAtomic(join(o.out, 'result.json'), JSON.stringify(full, null, 2));
   console.log(`${o.head}: top-1 ${(100 * result.top1).toFixed(2)}%, top-5 ${(100 * result.top5).toFixed(2)}% (${result.params} parameters, ${fmtTime(result.seconds)}) → ${join(o.out, 'result.json')}`);
   e.dispose();
@@ -264,7 +265,8 @@ async function trainDifFeed(o: TrainOptions): Promise<number> {
     onBatch: progressBar('  batches', 'batches'),
     onEpoch: ({ epoch, epochs, loss, seconds }) => console.log(`epoch ${epoch + 1}/${epochs}: loss ${loss.toFixed(4)}, ${seconds.toFixed(1)} s (ETA ${fmtTime(seconds * (epochs - epoch - 1))})`),
   });
-  await writeFileAtomic(join(o.out, 'result.json'), JSON.stringify({ ...result, strategy: o.strategy, t: t[0] }, null, 2));
+  const { testHits: _, ...summary } = result;
+  await writeFileAtomic(join(o.out, 'result.json'), JSON.stringify({ ...summary, strategy: o.strategy, t: t[0] }, null, 2));
   console.log(`difeed (${o.strategy}): top-1 ${(100 * result.top1).toFixed(2)}%, top-5 ${(100 * result.top5).toFixed(2)}% (${result.params} parameters, ${fmtTime(result.seconds)}) → ${join(o.out, 'result.json')}`);
   e.dispose();
   return 0;

@@ -107,10 +107,10 @@ export async function fitDifFeed(e: Engine, unet: UNet, train: ImageSource, test
     o.onEpoch?.({ epoch, epochs, loss: losses[losses.length - 1], lr: headAdam.lr, seconds: (performance.now() - te) / 1000 });
   }
   const logits = await difeedLogits(e, difeed, test, { seed: o.testNoiseSeed ?? seed, batchSize: o.evalBatchSize ?? batchSize, firstPass: o.testFirstPass });
-  const { top1, top5 } = countTopK(logits, Array.from({ length: test.count }, (_, i) => test.labels[i]));
+  const { top1, top5, hits } = countTopK(logits, Array.from({ length: test.count }, (_, i) => test.labels[i]));
   let params = 0;
   for (const p of difeed.trainableParameters().values()) params += p.size;
-  return { head: 'difeed', epochs, optimizer: 'adam', lr: headLr, batchSize, params, losses, top1: top1 / test.count, top5: top5 / test.count, seconds: (performance.now() - t0) / 1000 };
+  return { head: 'difeed', epochs, optimizer: 'adam', lr: headLr, batchSize, params, losses, top1: top1 / test.count, top5: top5 / test.count, testHits: hits, seconds: (performance.now() - t0) / 1000 };
 }
 
 const SCHEDULE = linearSchedule(1000);

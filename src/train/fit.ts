@@ -67,6 +67,8 @@ export interface FitResult {
   losses: number[];
   top1: number;
   top5: number;
+  /** 1 where a test image's top-1 was right: two heads scored on the same images compare image by image. */
+  testHits: Uint8Array;
   seconds: number;
 }
 
@@ -140,9 +142,9 @@ async function predict(e: Engine, model: Model, data: FeatureArrays, keys: strin
 }
 
 /** Top-1 and top-5 accuracy of `model` on `data`. */
-async function evaluate(e: Engine, model: Model, data: FeatureArrays, keys: string[], batchSize: number): Promise<{ top1: number; top5: number }> {
+async function evaluate(e: Engine, model: Model, data: FeatureArrays, keys: string[], batchSize: number): Promise<{ top1: number; top5: number; testHits: Uint8Array }> {
   const c = countTopK(await predict(e, model, data, keys, batchSize), Array.from({ length: data.count }, (_, i) => data.labels[i]));
-  return { top1: c.top1 / data.count, top5: c.top5 / data.count };
+  return { top1: c.top1 / data.count, top5: c.top5 / data.count, testHits: c.hits };
 }
 
 /**

@@ -20,9 +20,9 @@ t.test('countTopK: a label ranked 5th is a top-5 hit, 6th a miss (eight classes,
   const a = [3, 8, 1, 6, 5, 2, 7, 4];
   const b = [4, 8, 1, 6, 5, 2, 7, 4];
   const logits = Float32Array.from([...a, ...a, ...a, ...b, ...b]);
-  t.same(countTopK(logits, [1, 7, 0, 0, 7]), { top1: 1, top5: 3 });
-  t.same(countTopK(Float32Array.from(a), [7]), { top1: 0, top5: 1 }, 'A, label 7: 5th');
-  t.same(countTopK(Float32Array.from(a), [0]), { top1: 0, top5: 0 }, 'A, label 0: 6th');
+  t.has(countTopK(logits, [1, 7, 0, 0, 7]), { top1: 1, top5: 3 });
+  t.has(countTopK(Float32Array.from(a), [7]), { top1: 0, top5: 1 }, 'A, label 7: 5th');
+  t.has(countTopK(Float32Array.from(a), [0]), { top1: 0, top5: 0 }, 'A, label 0: 6th');
 });
 
 t.test('countTopK refuses a label outside 0..K−1 or not an integer', async (t) => {
@@ -30,4 +30,16 @@ t.test('countTopK refuses a label outside 0..K−1 or not an integer', async (t)
   t.throws(() => countTopK(logits, [0, 3]), { name: 'RangeError', message: /label 3 of row 1 is not a class 0\.\.2/ });
   t.throws(() => countTopK(logits, [-1, 0]), { name: 'RangeError', message: /label -1 of row 0 is not a class 0\.\.2/ });
   t.throws(() => countTopK(logits, [1.5, 0]), { name: 'RangeError', message: /label 1\.5 of row 0 is not a class 0\.\.2/ });
+});
+
+t.test('countTopK marks each row\'s top-1 hit; the paired standard error of two heads\' difference counts the images they disagree on', async (t) => {
+  // 3 classes, 4 rows: hits 1, 0, 1, 0 (row 3 ties classes 0 and 2: the earlier ranks first).
+  const logits = Float32Array.from([5, 1, 0, 0, 3, 1, 1, 0, 4, 2, 0, 2]);
+  t.same(Array.from(countTopK(logits, [0, 2, 2, 2]).hits), [1, 0, 1, 0]);
+  const { pairedStdErr } = await import('../../src/train/miniature.ts');
+  // d = a − b over 4 images: 1, 0, 0, −1 → mean 0, mean of d² 0.5, so sqrt(0.5 / 4).
+  t.equal(pairedStdErr(Uint8Array.from([1, 1, 0, 0]), Uint8Array.from([0, 1, 0, 1])), Math.sqrt(0.5 / 4));
+  // Heads right on the same images differ by exactly 0: no error, where two independent binomial errors would add up.
+  t.equal(pairedStdErr(Uint8Array.from([1, 0, 1, 1]), Uint8Array.from([1, 0, 1, 1])), 0);
+  t.throws(() => pairedStdErr(new Uint8Array(3), new Uint8Array(4)), /3 against 4 test images/);
 });

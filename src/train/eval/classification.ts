@@ -5,10 +5,11 @@
  * holding a NaN or Inf ranks nothing: argmax over NaN is no prediction, never a correct one. A
  * label outside 0..K−1 is refused.
  */
-export function countTopK(logits: Float32Array, labels: ArrayLike<number>): { top1: number; top5: number } {
+export function countTopK(logits: Float32Array, labels: ArrayLike<number>): { top1: number; top5: number; hits: Uint8Array } {
   const K = logits.length / labels.length;
   let top1 = 0;
   let top5 = 0;
+  const hits = new Uint8Array(labels.length);
   for (let i = 0; i < labels.length; i++) {
     const row = logits.subarray(i * K, (i + 1) * K);
     const y = labels[i];
@@ -19,10 +20,10 @@ export function countTopK(logits: Float32Array, labels: ArrayLike<number>): { to
     // Rank of the label: classes scoring higher, or equal and earlier (a stable descending sort).
     let rank = 0;
     for (let c = 0; c < K; c++) if (row[c] > row[y] || (row[c] === row[y] && c < y)) rank++;
-    if (rank === 0) top1++;
+    if (rank === 0) (top1++, (hits[i] = 1));
     if (rank < 5) top5++;
   }
-  return { top1, top5 };
+  return { top1, top5, hits };
 }
 
 export interface ClassificationReport {
