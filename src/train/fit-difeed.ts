@@ -9,7 +9,7 @@ import { gaussianNoise, linearSchedule, qSample } from '../model/diffusion.ts';
 import { DifFeed, type DifFeedOptions } from '../model/heads/difeed.ts';
 import type { UNet } from '../model/unet.ts';
 import { checkEpochs, saveTrainingState, startOrResume } from './checkpoint.ts';
-import { seededShuffle } from './data/fashion-mnist.ts';
+import { epochBatches } from './epoch-batches.ts';
 import { type ImageSource, noiseSeed } from './extract.ts';
 import { assertFinite } from './finite.ts';
 import { countTopK } from './eval/classification.ts';
@@ -79,20 +79,19 @@ export async function fitDifFeed(e: Engine, unet: UNet, train: ImageSource, test
   const saved = new Map<string, Tensor>([...difeed.params, ...[...difeed.head.params].map(([k, v]) => [`head.${k}`, v] as [string, Tensor])]);
   const settings = {
     head: 'difeed', classes: o.classes, strategy: o.strategy ?? null, feedbackBlocks: o.feedbackBlocks ?? null, multiScaleTarget: o.multiScaleTarget ?? null, t: o.t ?? null, featureBlock: o.featureBlock ?? null, attention: o.head ?? {}, feedbackLr: fbLr, headLr, batchSize,
-    stepSize: o.stepSize ?? 7, gamma: o.gamma ?? 0.1, seed, flip: o.flip !== false, trainImages: train.count,
+    stepSize: o.stepSize ?? 7, gamma: o.gamma ?? 0.1, seed, flip: o.flip !== false, trainImages: train.count, dropLast: true,
   };
   const progress = await startOrResume(e, o.checkpoint, !!o.resume, settings, saved, optimizer);
   checkEpochs(progress, epochs, o.checkpoint!);
   const startEpoch = progress ? progress.epoch + 1 : 0;
   const losses: number[] = progress ? JSON.parse(String(progress.losses ?? '[]')) : [];
-  const batches = Math.ceil(train.count / batchSize);
   for (let epoch = startEpoch; epoch < epochs; epoch++) {
     const te = performance.now();
     for (const s of schedules) s.setEpoch(epoch);
-    const order = seededShuffle(Array.from({ length: train.count }, (_, i) => i), seed * 1000 + epoch);
+    const epochIdx = epochBatches(train.count, batchSize, seed * 1000 + epoch, 'DifFeed');
+    const batches = epochIdx.length;
     const steps = new StepLosses(e);
-    for (let b = 0; b < batches; b++) {
-      const idx = order.slice(b * batchSize, (b + 1) * batchSize);
+    for (const [b, idx] of epochIdx.entries()) {
       const flips = o.flip === false ? undefined : imageFlips(seed, epoch, idx);
       const xt = await noisyImages(e, difeed, train, idx, seed + epoch + 1, flips);
       const labels = idx.map((i) => train.labels[i]);
@@ -102,7 +101,7 @@ export async function fitDifFeed(e: Engine, unet: UNet, train: ImageSource, test
       o.onBatch?.(b + 1, batches);
     }
     await steps.read();
-    losses.push(steps.weightedSum / train.count);
+    losses.push(steps.weightedSum / (batches * batchSize));
     if (o.checkpoint) await saveTrainingState(o.checkpoint, saved, optimizer, { epoch, steps: optimizer.steps, losses: JSON.stringify(losses) }, settings);
     o.onEpoch?.({ epoch, epochs, loss: losses[losses.length - 1], lr: headAdam.lr, seconds: (performance.now() - te) / 1000 });
   }
@@ -110,7 +109,7 @@ export async function fitDifFeed(e: Engine, unet: UNet, train: ImageSource, test
   const { top1, top5, hits } = countTopK(logits, Array.from({ length: test.count }, (_, i) => test.labels[i]));
   let params = 0;
   for (const p of difeed.trainableParameters().values()) params += p.size;
-  return { head: 'difeed', epochs, optimizer: 'adam', lr: headLr, batchSize, params, losses, top1: top1 / test.count, top5: top5 / test.count, testHits: hits, seconds: (performance.now() - t0) / 1000 };
+  return { head: 'difeed', epochs, optimizer: 'adam', lr: headLr, batchSize, params, losses, top1: top1 / test.count, top5: top5 / test.count, testHits: hits, settings, seconds: (performance.now() - t0) / 1000 };
 }
 
 const SCHEDULE = linearSchedule(1000);

@@ -6,7 +6,7 @@ import { scale } from '../engine/ops/elementwise.ts';
 import { reshape } from '../engine/ops/layout.ts';
 import { crossEntropy } from '../engine/ops/nn.ts';
 import { LinearProbeStack } from '../model/heads/linear-probe-stack.ts';
-import { seededShuffle } from './data/fashion-mnist.ts';
+import { epochBatches } from './epoch-batches.ts';
 import { countTopK } from './eval/classification.ts';
 import type { FeatureArrays } from './fit.ts';
 import { assertFinite } from './finite.ts';
@@ -51,14 +51,11 @@ export async function fitLinearProbeStack(e: Engine, trains: FeatureArrays[], te
   try {
     const adam = new Adam(e, stack.params, { lr: o.lr });
     const schedule = new StepLR(adam, o.lr, o.stepSize ?? 7, o.gamma ?? 0.1);
-    const batches = Math.ceil(train0.count / o.batchSize);
     const trainData = train.map((f) => f.data);
     for (let epoch = 0; epoch < o.epochs; epoch++) {
       schedule.setEpoch(epoch);
-      const order = seededShuffle(Array.from({ length: train0.count }, (_, i) => i), (o.seed ?? 0) * 1000 + epoch);
       const steps = new StepLosses(e);
-      for (let b = 0; b < batches; b++) {
-        const idx = order.slice(b * o.batchSize, (b + 1) * o.batchSize);
+      for (const [b, idx] of epochBatches(train0.count, o.batchSize, (o.seed ?? 0) * 1000 + epoch, o.what).entries()) {
         const labels = idx.map((i) => train0.labels[i]);
         const x = stack.pack(trainData, idx);
         // Σ_p of each probe's mean cross-entropy: probe p's gradient is exactly its own.

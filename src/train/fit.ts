@@ -9,7 +9,7 @@ import { openSafetensors } from '../model/checkpoint/safetensors.ts';
 import { readFinite } from '../model/checkpoint/tensor-source.ts';
 import { poolCached } from './cached-features.ts';
 import { checkEpochs, readRunSettings, type RunSettings, saveTrainingState, startOrResume } from './checkpoint.ts';
-import { seededShuffle } from './data/fashion-mnist.ts';
+import { epochBatches } from './epoch-batches.ts';
 import { countTopK } from './eval/classification.ts';
 import { featureKey } from './feature-key.ts';
 import { assertFinite } from './finite.ts';
@@ -69,6 +69,8 @@ export interface FitResult {
   top5: number;
   /** 1 where a test image's top-1 was right: two heads scored on the same images compare image by image. */
   testHits: Uint8Array;
+  /** Everything the run was set up with, as its training state records it (result.json repeats it). */
+  settings: Record<string, unknown>;
   seconds: number;
 }
 
@@ -147,6 +149,11 @@ async function evaluate(e: Engine, model: Model, data: FeatureArrays, keys: stri
   return { top1: c.top1 / data.count, top5: c.top5 / data.count, testHits: c.hits };
 }
 
+/** The size a head pools an h × h map to: the linear probe's pool, the attention tokenizer's at most prePoolSize. */
+function headMapSize(o: Pick<FitOptions, 'head' | 'pool' | 'attention'>, h: number): number {
+  return o.head === 'linear' ? (o.pool ?? 2) : Math.min(h, o.attention?.prePoolSize ?? ATTENTION_HEAD_DEFAULTS.prePoolSize);
+}
+
 /**
  * The logits on `data` of a head that `fitHead` trained, rebuilt from its training state: the
  * settings it records and its weights (shapes and finiteness checked).
@@ -183,28 +190,28 @@ export async function fitHead(e: Engine, train: FeatureArrays, test: FeatureArra
   const optName = o.optimizer ?? 'adam';
   const lr = o.lr ?? (optName === 'sgd' ? (o.head === 'linear' ? 1e-2 : 5e-2) : o.head === 'linear' ? 1e-3 : 1e-4);
   const keys = o.timesteps.flatMap((t) => o.blocks.map((b) => featureKey(t, b)));
-  const poolTo = o.head === 'linear' ? () => o.pool ?? 2 : (h: number) => Math.min(h, o.attention?.prePoolSize ?? ATTENTION_HEAD_DEFAULTS.prePoolSize);
-  train = prePooled(train, keys, poolTo);
-  test = prePooled(test, keys, poolTo);
+  train = prePooled(train, keys, (h) => headMapSize(o, h));
+  test = prePooled(test, keys, (h) => headMapSize(o, h));
   const model = buildModel(e, train, o);
   const optimizer: Optimizer = optName === 'sgd' ? new Sgd(e, model.params, lr) : new Adam(e, model.params, { lr });
   const schedule = new StepLR(optimizer, lr, o.stepSize ?? 7, o.gamma ?? 0.1);
   const settings = {
     head: o.head, classes: o.classes, timesteps: o.timesteps, blocks: o.blocks, pool: o.head === 'linear' ? (o.pool ?? 2) : null, attention: o.head === 'linear' ? null : (o.attention ?? {}),
-    optimizer: optName, lr, batchSize, stepSize: o.stepSize ?? 7, gamma: o.gamma ?? 0.1, seed: o.seed ?? 0, trainImages: train.count, data: o.data ?? null,
+    optimizer: optName, lr, batchSize, stepSize: o.stepSize ?? 7, gamma: o.gamma ?? 0.1, seed: o.seed ?? 0, trainImages: train.count, data: o.data ?? null, dropLast: true,
+    // What the head reads per image after pooling (an attention head's tokens: a cache pooled at extraction gives fewer).
+    inputShapes: Object.fromEntries(keys.map((k) => [k, train.features.get(k)?.shape ?? null])),
   };
   const progress = await startOrResume(e, o.checkpoint, !!o.resume, settings, model.params, optimizer);
   checkEpochs(progress, epochs, o.checkpoint!);
   const startEpoch = progress ? progress.epoch + 1 : 0;
   const losses: number[] = progress ? JSON.parse(String(progress.losses ?? '[]')) : [];
-  const batchesPerEpoch = Math.ceil(train.count / batchSize);
   for (let epoch = startEpoch; epoch < epochs; epoch++) {
     const te = performance.now();
     schedule.setEpoch(epoch);
-    const order = seededShuffle(Array.from({ length: train.count }, (_, i) => i), (o.seed ?? 0) * 1000 + epoch);
+    const batches = epochBatches(train.count, batchSize, (o.seed ?? 0) * 1000 + epoch, `${o.head} head`);
+    const batchesPerEpoch = batches.length;
     const steps = new StepLosses(e);
-    for (let bi = 0; bi < batchesPerEpoch; bi++) {
-      const idx = order.slice(bi * batchSize, (bi + 1) * batchSize);
+    for (const [bi, idx] of batches.entries()) {
       const labels = idx.map((i) => train.labels[i]);
       let logits: Tensor | null = null;
       const loss = await trainStepKeepingLoss(e, optimizer, () => crossEntropy((logits = e.keep(model.logits(gather(e, train, keys, idx)))), labels));
@@ -212,15 +219,16 @@ export async function fitHead(e: Engine, train: FeatureArrays, test: FeatureArra
       o.onBatch?.(bi + 1, batchesPerEpoch);
     }
     await steps.read();
-    const loss = steps.weightedSum / train.count;
+    const seen = batchesPerEpoch * batchSize;
+    const loss = steps.weightedSum / seen;
     const correct = steps.correct;
     losses.push(loss);
     if (o.checkpoint) await saveTrainingState(o.checkpoint, model.params, optimizer, { epoch, steps: optimizer.steps, losses: JSON.stringify(losses) }, settings);
-    o.onEpoch?.({ epoch, epochs, loss, trainAccuracy: correct / train.count, lr: optimizer.lr, seconds: (performance.now() - te) / 1000 });
+    o.onEpoch?.({ epoch, epochs, loss, trainAccuracy: correct / seen, lr: optimizer.lr, seconds: (performance.now() - te) / 1000 });
   }
   const acc = await evaluate(e, model, test, keys, batchSize);
   let params = 0;
   for (const p of model.params.values()) params += p.size;
   for (const p of model.params.values()) p.dispose();
-  return { head: o.head, epochs, optimizer: optName, lr, batchSize, params, losses, ...acc, seconds: (performance.now() - t0) / 1000 };
+  return { head: o.head, epochs, optimizer: optName, lr, batchSize, params, losses, ...acc, settings, seconds: (performance.now() - t0) / 1000 };
 }

@@ -69,6 +69,12 @@ t.test('eval rebuilds a trained head from its state and scores any split', async
   const model = new URL('../../models/fmnist16.json', import.meta.url).pathname;
   t.equal(await run('extract', '--features', 'pixels', '--model', model, '--split', 'test', '--per-class', '4', '--pool', '2', '--out', join(dir, 'test-pool2')), 0);
   await t.rejects(run('eval', '--run', join(dir, 'linear'), '--features', join(dir, 'test-pool2')), /cannot pool 2×2 maps to 4×4: pooling only shrinks a map/);
+  // result.json repeats the run's settings, with the maps the head read after pooling (a cache
+  // pooled at extraction gives an attention head fewer tokens than its --pre-pool).
+  t.equal(await run('train', '--head', 'attention', '--dim', '16', '--layers', '1', '--heads', '2', '--pre-pool', '4', '--train', join(dir, 'train'), '--test', join(dir, 'test'), '--epochs', '1', '--batch', '8', '--out', join(dir, 'attention')), 0);
+  const attention = JSON.parse(await readFile(join(dir, 'attention', 'result.json'), 'utf8'));
+  t.same(attention.settings.inputShapes, { pixels: [3, 4, 4] });
+  t.has(attention.settings, { dropLast: true, stepSize: 7, gamma: 0.1, seed: 0, attention: { dim: 16, layers: 1, heads: 2, prePoolSize: 4 } });
 });
 
 t.test('a test cache of another extraction is refused; one of the training split is scored with a warning', async (t) => {
