@@ -35,14 +35,16 @@ const warnIf = (warning: string | undefined) => {
 /** The paper's b24 mapped by role onto the U-Net whose config the cache in `dir` records (printed when mapped). */
 async function featureBlockOf(dir: string): Promise<number> {
   const { signature } = await openFeatureCache(dir, { verifyAll: false });
-  let plan;
-  try {
-    plan = planUNet(flagsFromJson(String(signature.config)));
-  } catch {
-    throw new UsageError(`difrep: ${dir} records no U-Net config to map the paper's b24 onto: give --b`);
-  }
-  if (paperBlocks(plan).mapped) console.error(`difrep: ${describeMapping(plan)}`);
-  return paperBlocks(plan).feature;
+  const plan = (() => {
+    try {
+      return planUNet(flagsFromJson(String(signature.config)));
+    } catch {
+      throw new UsageError(`difrep knn: ${dir} records no U-Net config to map the paper's b24 onto: give --b`);
+    }
+  })();
+  const roles = paperBlocks(plan);
+  if (roles.mapped) console.error(`difrep: ${describeMapping(plan)}`);
+  return roles.feature;
 }
 
 /** The last diffusion timestep (T = 1000 steps, t ∈ 0..999). */
