@@ -124,7 +124,7 @@ export class Engine {
   private readonly staging: StagingRing;
   /** Upload buffers copied from in the batch being recorded: recycled once it is submitted. */
   private uploadsInBatch: GPUBuffer[] = [];
-  private pendingErrors: Promise<GPUError | null>[] = [];
+  private pendingErrors: Promise<(GPUError & { kind: string }) | null>[] = [];
   private lostReason: string | null = null;
   private tensorCounter = 0;
   /** Commands recorded since creation, and how many of the first ones the GPU is known to have run. */
@@ -168,8 +168,11 @@ export class Engine {
       usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
       label: 'difrep uniforms',
     });
+    // A weak reference: the caller's device outlives engines, and must not keep disposed ones alive.
+    const self = new WeakRef(this);
     this.device.lost.then((info) => {
-      if (!this.disposed) this.lostReason = `${info.reason}: ${info.message}`;
+      const engine = self.deref();
+      if (engine && !engine.disposed) engine.lostReason = `${info.reason}: ${info.message}`;
     });
   }
 
@@ -235,6 +238,7 @@ export class Engine {
    */
   toBuffer(t: Tensor, usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST, label = `difrep output ${t.label}`): GPUBuffer {
     this.checkAlive();
+    this.checkOwn(t, 'toBuffer');
     const buffer = this.device.createBuffer({ size: Math.max(4, t.byteLength), usage: usage | GPUBufferUsage.COPY_DST, label });
     this.copyBuffer(t.buffer, 0, buffer, 0, t.byteLength); // f32: always a multiple of 4 bytes
     this.flush();
@@ -260,6 +264,7 @@ export class Engine {
     if (numel(shape) !== t.size) {
       throw new RangeError(`cannot view ${t.label} ${shapeString(t.shape)} as ${shapeString(shape)}: sizes differ`);
     }
+    void t.buffer; // a disposed tensor: "used after dispose", not a retain of a buffer since handed on
     t.storage.retain();
     return new Tensor(this, shape, t.storage, label);
   }
@@ -280,6 +285,9 @@ export class Engine {
       result = fn();
     } finally {
       this.scopes.pop();
+    }
+    if (result && typeof (result as { then?: unknown }).then === 'function') {
+      throw new Error('tidy: fn returned a promise; tidy is synchronous (its scope closes when fn returns): await inside, then tidy each synchronous part');
     }
     const keep = new Set<Tensor>();
     collectTensors(result, keep);
@@ -338,13 +346,27 @@ export class Engine {
 
   private getEncoder(): GPUCommandEncoder {
     this.checkAlive();
-    if (!this.encoder) {
-      this.device.pushErrorScope('out-of-memory');
-      this.device.pushErrorScope('internal');
-      this.device.pushErrorScope('validation');
-      this.encoder = this.device.createCommandEncoder({ label: 'difrep batch' });
-    }
+    this.encoder ??= this.device.createCommandEncoder({ label: 'difrep batch' });
     return this.encoder;
+  }
+
+  /**
+   * Runs `fn` (device calls that can fail) inside error scopes pushed and popped around it alone,
+   * so the engine catches its own errors and no other code's on the same device (the app's, another
+   * engine's), and keeps them for the next read or sync. Commands in an encoder report at finish().
+   */
+  private scoped<T>(kinds: readonly GPUErrorFilter[], fn: () => T): T {
+    for (const k of kinds) this.device.pushErrorScope(k);
+    try {
+      return fn();
+    } finally {
+      for (const kind of [...kinds].reverse()) this.pendingErrors.push(this.device.popErrorScope().then((e) => (e ? Object.assign(e, { kind }) : null)));
+    }
+  }
+
+  /** Ops take tensors of one engine: another's may not be uploaded yet, and its pool may hand the buffer on. */
+  private checkOwn(t: Tensor, where: string): void {
+    if (t.engine !== this) throw new Error(`${where}: tensor "${t.label}" belongs to another Engine; an op takes tensors of one engine (copy it across with toBuffer and fromBuffer)`);
   }
 
   private endPass(): void {
@@ -365,12 +387,13 @@ export class Engine {
       throw new RangeError(`${d.kernel.key}: ${x} × ${y} × ${z} workgroups, over this device's maxComputeWorkgroupsPerDimension (${limit}) in a dimension`);
     }
     if (d.kernel.params.byteLength > UNIFORM_SLOT) throw new Error(`${d.kernel.key}: uniforms over ${UNIFORM_SLOT} bytes`);
+    for (const b of d.bindings) if (b instanceof Tensor) this.checkOwn(b, d.kernel.key);
     if (this.uniformUsed + UNIFORM_SLOT > UNIFORM_ARENA_BYTES) this.flush();
     const uniformOffset = this.uniformUsed;
     // Packed straight into the arena's next slot, which is taken only once the dispatch records.
     d.kernel.params.packInto(this.uniformView, uniformOffset, d.params, d.kernel.key);
     this.countCommand(d.kernel.key);
-    const pipeline = this.kernels.get(d.kernel.key, () => d.kernel.code);
+    const pipeline = this.kernels.has(d.kernel.key) ? this.kernels.get(d.kernel.key, () => d.kernel.code) : this.scoped(ALL_ERRORS, () => this.kernels.get(d.kernel.key, () => d.kernel.code));
     const encoder = this.getEncoder();
     this.uniformUsed += UNIFORM_SLOT;
     const entries: GPUBindGroupEntry[] = [
@@ -386,7 +409,7 @@ export class Engine {
       }
       entries.push({ binding: i + 1, resource: { buffer: binding.buffer, offset: binding.offset ?? 0, size: binding.size } });
     });
-    const bindGroup = this.device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries, label: d.kernel.key });
+    const bindGroup = this.scoped(['validation'], () => this.device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries, label: `difrep ${d.kernel.key}` }));
     const timed = this.profiler?.nextPass(d.kernel.key);
     if (timed) this.endPass();
     if (!this.pass) this.pass = encoder.beginComputePass(timed ?? { label: 'difrep' });
@@ -402,7 +425,7 @@ export class Engine {
     const bytes = Math.ceil(data.byteLength / 4) * 4;
     if (bytes === 0) return;
     this.countCommand(`upload to ${buffer.label}`);
-    const staging = this.staging.uploadBuffer(bytes);
+    const staging = this.scoped(['out-of-memory', 'validation'], () => this.staging.uploadBuffer(bytes));
     new Uint8Array(staging.getMappedRange(0, bytes)).set(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
     staging.unmap();
     this.endPass();
@@ -420,14 +443,14 @@ export class Engine {
   flush(): void {
     if (!this.encoder) return;
     this.endPass();
-    if (this.uniformUsed > 0) this.device.queue.writeBuffer(this.uniformArena, 0, this.uniformData, 0, this.uniformUsed);
-    const collectTimes = this.profiler?.resolve(this.encoder);
-    this.device.queue.submit([this.encoder.finish()]);
-    collectTimes?.();
+    const encoder = this.encoder;
+    this.scoped(ALL_ERRORS, () => {
+      if (this.uniformUsed > 0) this.device.queue.writeBuffer(this.uniformArena, 0, this.uniformData, 0, this.uniformUsed);
+      const collectTimes = this.profiler?.resolve(encoder);
+      this.device.queue.submit([encoder.finish()]);
+      collectTimes?.();
+    });
     this.encoder = null;
-    for (const kind of ['validation', 'internal', 'out-of-memory']) {
-      this.pendingErrors.push(this.device.popErrorScope().then((e) => (e ? Object.assign(e, { kind }) : null)));
-    }
     for (const b of this.uploadsInBatch) this.staging.recycle(b);
     this.uploadsInBatch = [];
     this.uniformUsed = 0;
@@ -438,17 +461,21 @@ export class Engine {
   async sync(): Promise<void> {
     this.flush();
     const recorded = this.commandsRecorded;
+    const errors = this.takePendingErrors();
     await this.device.queue.onSubmittedWorkDone();
     this.markFinished(recorded);
-    await this.throwPendingErrors();
+    await throwFirst(errors);
+    this.checkDevice();
   }
 
-  private async throwPendingErrors(): Promise<void> {
-    const errors = await Promise.all(this.pendingErrors);
+  /**
+   * The errors of everything submitted so far, for the caller that waits on that work: a read or
+   * sync started later takes the later ones, so one caller's result is not failed by another's op.
+   */
+  private takePendingErrors(): Promise<(GPUError & { kind: string }) | null>[] {
+    const taken = this.pendingErrors;
     this.pendingErrors = [];
-    const first = errors.find((e) => e) as (GPUError & { kind: string }) | undefined;
-    if (first) throw new GpuError(first.kind, first.message);
-    this.checkAlive();
+    return taken;
   }
 
   /** Reads `bytes` bytes of `buffer` back to the CPU. */
@@ -473,11 +500,12 @@ export class Engine {
     });
     this.flush();
     const recorded = this.commandsRecorded;
+    const errors = this.takePendingErrors();
     try {
       await staging.mapAsync(GPUMapMode.READ, 0, Math.max(4, total));
     } catch (e) {
       staging.destroy();
-      await this.throwPendingErrors();
+      await throwFirst(errors);
       throw e;
     }
     // The mapping waited for the copies, and the queue ran everything submitted before them first.
@@ -491,12 +519,14 @@ export class Engine {
     });
     staging.unmap();
     this.staging.returnReadback(staging);
-    await this.throwPendingErrors();
+    await throwFirst(errors);
+    this.checkDevice();
     return out;
   }
 
   /** The values of several tensors, read back together (one round trip). */
   async readTensors(tensors: readonly Tensor[]): Promise<Float32Array[]> {
+    for (const t of tensors) this.checkOwn(t, 'read');
     const parts = await this.readBuffers(tensors.map((t) => ({ buffer: t.buffer, offset: 0, bytes: t.byteLength })));
     return parts.map((b) => new Float32Array(b));
   }
@@ -529,6 +559,11 @@ export class Engine {
 
   private checkAlive(): void {
     if (this.disposed) throw new Error('this Engine was disposed');
+    this.checkDevice();
+  }
+
+  /** After a wait: a lost device fails what waited (a dispose in the meantime does not: the data arrived). */
+  private checkDevice(): void {
     if (this.lostReason) throw new GpuError('device-lost', this.lostReason);
   }
 
@@ -554,6 +589,14 @@ export class Engine {
       if (this.handle.owned) this.device.destroy();
     });
   }
+}
+
+const ALL_ERRORS: readonly GPUErrorFilter[] = ['out-of-memory', 'internal', 'validation'];
+
+/** Throws the first of `errors` that is an error (as a GpuError of its kind). */
+async function throwFirst(errors: Promise<(GPUError & { kind: string }) | null>[]): Promise<void> {
+  const first = (await Promise.all(errors)).find((e) => e);
+  if (first) throw new GpuError(first.kind, first.message);
 }
 
 function collectTensors(value: unknown, into: Set<Tensor>): void {

@@ -21,6 +21,10 @@ export class KernelRegistry {
     return pipeline;
   }
 
+  has(key: string): boolean {
+    return this.pipelines.has(key);
+  }
+
   get size(): number {
     return this.pipelines.size;
   }

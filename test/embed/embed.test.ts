@@ -91,3 +91,34 @@ t.test('fromBuffer explains a buffer that cannot be a tensor', async (t) => {
   mapOnly.destroy();
   small.destroy();
 });
+
+t.test('an op refuses tensors of another engine on the same device (it read stale data)', async (t) => {
+  const [a, b] = [await createEngine({ device }), await createEngine({ device })];
+  const { add } = await import('../../src/engine/ops/elementwise.ts');
+  const x = a.tensor([1, 2, 3, 4], [4], 'x');
+  const y = b.tensor([10, 20, 30, 40], [4], 'y');
+  t.throws(() => add(x, y), /tensor "y" belongs to another Engine; an op takes tensors of one engine/);
+  await t.rejects(a.readTensors([y]), /read: tensor "y" belongs to another Engine/);
+  t.same(Array.from(await add(x, x).read()), [2, 4, 6, 8], 'the engine still works');
+  await a.dispose();
+  await b.dispose();
+});
+
+t.test("the app's errors stay the app's, and a read issued before dispose() gets its data", async (t) => {
+  const engine = await createEngine({ device });
+  const { scale } = await import('../../src/engine/ops/elementwise.ts');
+  const x = engine.tensor([1, 2, 3, 4], [4], 'x');
+  const y = scale(x, 2); // recorded, not yet submitted: the engine's batch is open
+  const before = uncaptured.length;
+  // The app's invalid buffer, made while that batch is open, went to the engine's error scope and failed its read.
+  device.createBuffer({ size: 4, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.STORAGE, label: 'app mistake' });
+  t.same(Array.from(await y.read()), [2, 4, 6, 8], 'the engine\'s read succeeds');
+  await new Promise((r) => setTimeout(r, 50));
+  t.equal(uncaptured.length, before + 1, 'the app\'s handler got its own error');
+  uncaptured.length = before;
+  // A read issued before dispose() still gets its data.
+  const last = scale(x, 5).read();
+  const disposed = engine.dispose();
+  t.same(Array.from(await last), [5, 10, 15, 20]);
+  await disposed;
+});

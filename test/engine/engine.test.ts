@@ -134,3 +134,22 @@ t.test('an engine on the caller\'s own device leaves the device usable after dis
   t.pass('device alive');
   device.destroy();
 });
+
+t.test('a read gets the errors of the work before it, not of an op recorded after it', async (t) => {
+  const engine = await createEngine({ device: e.device });
+  const x = engine.tensor([1, 2, 3, 4], [4], 'x');
+  const first = ops.scale(x, 3).read();
+  // An op on a caller buffer destroyed before the submit: its own read fails, the earlier one does not.
+  const gone = e.device.createBuffer({ size: 16, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC, label: 'gone' });
+  const z = engine.fromBuffer(gone, [4]);
+  gone.destroy();
+  const second = ops.scale(z, 2).read();
+  const [a, b] = await Promise.allSettled([first, second]);
+  t.same(a.status === 'fulfilled' ? Array.from(a.value) : String((a as PromiseRejectedResult).reason), [3, 6, 9, 12]);
+  t.match(b.status === 'rejected' ? String(b.reason) : 'fulfilled', /validation error: \[Buffer "gone"\] used in submit while destroyed/);
+  await engine.dispose();
+});
+
+t.test('tidy refuses an async function (its scope would close before the awaits)', async (t) => {
+  t.throws(() => e.tidy(async () => 0), /tidy: fn returned a promise; tidy is synchronous/);
+});

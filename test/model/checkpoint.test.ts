@@ -220,3 +220,13 @@ t.test('encodeSafetensors refuses a shape that disagrees with the data and a ten
   t.throws(() => encodeSafetensors({ __metadata__: { shape: [1], data: new Float32Array(1) } }, { k: 'v' }),
     new RangeError('a tensor cannot be named "__metadata__": safetensors reserves that key for the metadata'));
 });
+
+t.test('a checkpoint read from bytes in memory hands out copies: editing one changes no later read', async (t) => {
+  const bytes = encodeSafetensors({ w: { shape: [2], data: Float32Array.from([1, 2]) } }, {});
+  const src = await openCheckpoint(bytes);
+  const w = await src.read('w');
+  w[0] = 999;
+  t.same(Array.from(await src.read('w')), [1, 2]);
+  t.same(Array.from(await withPrefix(src, '').read('w')), [1, 2]);
+  await src.close();
+});

@@ -29,7 +29,8 @@ export function memorySource(bytes: Uint8Array, name = '<memory>'): ByteSource {
     size: bytes.byteLength,
     read: async (offset, length) => {
       checkRange(name, bytes.byteLength, offset, length);
-      return bytes.subarray(offset, offset + length);
+      // A copy: a view would let a caller's edit of what it read change the bytes, and every later read.
+      return bytes.slice(offset, offset + length);
     },
     close: async () => {},
   };
