@@ -2,7 +2,7 @@
 // accumulators, no memory traffic) for the compute peak and a vec4 copy for the bandwidth peak.
 // Both grow (more workgroups, more bytes) until the adapter is saturated — the throughput stops
 // rising or one call takes long enough that launch overhead is noise — so a probe sized for a CPU
-// adapter cannot under-read a large GPU and let a kernel's row print over 100 %.
+// adapter does not under-read a large GPU (a busy moment still can: such a row says so).
 import { wgsl } from 'wgsl-preprocessor/wgsl-preprocessor.js';
 import type { Engine } from '../src/engine/engine.ts';
 import { uniformLayout } from '../kernels/uniform-layout.ts';

@@ -93,7 +93,9 @@ function groupNormCase(c: number, size: number, scaleShift: boolean, quick = fal
   const n = c * size * size;
   return {
     family: 'GroupNorm+SiLU', name: `${c}ch @${size}²${scaleShift ? ' + scale-shift' : ''}`,
-    bytes: 3 * 4 * n, // read once for the statistics (one pass: Welford) and once to apply, written once
+    // Counted as softmax's: x read once and y written once (what any kernel must move), though this
+    // one reads x twice, once for the statistics (one pass: Welford) and once to apply; + γ, β, scale-shift.
+    bytes: 2 * 4 * n + 4 * 4 * c,
     target: 0.6, quick,
     setup(e) {
       const x = rand(e, [1, c, size, size], 6);
@@ -139,8 +141,8 @@ function unetCase(label: string, flags: UNetFlags, block: number, batch: number,
 
 /**
  * One pretraining step (the paper's Eq. 4: noise, forward, MSE on ε, backward, Adam) of `batch`
- * images; throughput in images/s. PyTorch-CPU anchor on 2 cores (CLARIFICATIONS, speed issue): the
- * reference U-Net trains at 6.9 img/s at batch 16.
+ * images; throughput in images/s. CLARIFICATIONS' PyTorch-CPU anchor for 2 cores: 6.9 img/s at batch
+ * 16 (guided-diffusion's model); `--peer torch` runs this same step (about 30 img/s with OpenBLAS).
  */
 function trainingCase(label: string, flags: UNetFlags, batch: number, opts: { quick?: boolean; full?: boolean | 'cpu' } = {}): BenchCase {
   return {
@@ -205,10 +207,12 @@ export const CASES: BenchCase[] = [
     },
   },
   {
-    family: 'layer norm', name: '257 tokens × 1024 (Attention head)', bytes: 3 * 4 * 257 * 1024, target: 0.6,
+    family: 'layer norm', name: '257 tokens × 1024 (Attention head)', bytes: 2 * 4 * 257 * 1024 + 2 * 4 * 1024, target: 0.6,
     setup(e) {
       const x = rand(e, [257, 1024], 13);
-      return { run: () => void ops.normalizeRows(x, 1024), dispose: disposeAll(x) };
+      const w = rand(e, [1024], 14);
+      const b = rand(e, [1024], 15);
+      return { run: () => void ops.layerNorm(x, w, b), dispose: disposeAll(x, w, b) };
     },
   },
   {
