@@ -45,6 +45,7 @@ export class GpuError extends Error {
 export interface EngineOptions {
   /** Use this device (the engine never destroys it). Without one, the engine requests its own. */
   device?: GPUDevice;
+  /** With `device`: the adapter it came from (its description picks kernel presets); alone, an error. */
   adapter?: GPUAdapter;
   /** Per-kernel-family tuning overrides (tile sizes, workgroup sizes), e.g. from `difrep tune` (./tuning.ts). */
   tuning?: Tuning;
@@ -141,6 +142,7 @@ export class Engine {
   setTuning(tuning: Tuning): void {
     const checked = checkTuning(structuredClone(tuning), 'Engine.setTuning', TUNING_FIX);
     subgroupMatmulAvailable(this.device, this.handle.info, checked);
+    checkTilesFit(checked, this.device.limits);
     for (const k of Object.keys(this.tuning) as (keyof Tuning)[]) delete this.tuning[k];
     Object.assign(this.tuning, checked);
   }
@@ -163,6 +165,7 @@ export class Engine {
     this.gemmPresets = this.adapterClass === 'llvmpipe' ? 'lavapipe' : this.cpuAdapter ? 'portable' : 'gpu';
     this.subgroupReductions = this.device.features.has('subgroups') && handle.wgslFeatures.has('subgroup_id');
     subgroupMatmulAvailable(this.device, handle.info, this.tuning); // a tuning asking for it where it cannot run throws here
+    checkTilesFit(this.tuning, this.device.limits);
     this.uniformArena = this.device.createBuffer({
       size: UNIFORM_ARENA_BYTES,
       usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
@@ -216,8 +219,9 @@ export class Engine {
 
   /**
    * A tensor over the caller's own buffer (f32, row-major, from byte 0; usage needs STORAGE, and
-   * COPY_SRC to read it back). No copy: kernels read and write that buffer. The engine never
-   * destroys it, not even in dispose().
+   * COPY_SRC to read it back). No copy: kernels read and write that buffer when the engine next
+   * submits its work, so call `flush()` before writing the buffer again (a queue.writeBuffer lands
+   * before work still unsubmitted). The engine never destroys it, not even in dispose().
    */
   fromBuffer(buffer: GPUBuffer, shape: Shape, label = buffer.label || 'caller buffer'): Tensor {
     this.checkAlive();
@@ -593,6 +597,17 @@ export class Engine {
 
 const ALL_ERRORS: readonly GPUErrorFilter[] = ['out-of-memory', 'internal', 'validation'];
 
+/** Tuned workgroups must fit the device (Dawn would say so only at the first read, dropping the batch). */
+function checkTilesFit(tuning: Tuning, limits: GPUSupportedLimits): void {
+  for (const family of ['matmul', 'conv2d'] as const) {
+    const { wgX, wgY } = tuning[family] ?? {};
+    const over = (wgX ?? 0) > limits.maxComputeWorkgroupSizeX || (wgY ?? 0) > limits.maxComputeWorkgroupSizeY || (wgX ?? 1) * (wgY ?? 1) > limits.maxComputeInvocationsPerWorkgroup;
+    if (over) {
+      throw new RangeError(`tuning ${family}: workgroups of ${wgX ?? '?'} × ${wgY ?? '?'} threads do not fit this device (at most ${limits.maxComputeWorkgroupSizeX} × ${limits.maxComputeWorkgroupSizeY}, ${limits.maxComputeInvocationsPerWorkgroup} in all): choose smaller wgX/wgY`);
+    }
+  }
+}
+
 /** Throws the first of `errors` that is an error (as a GpuError of its kind). */
 async function throwFirst(errors: Promise<(GPUError & { kind: string }) | null>[]): Promise<void> {
   const first = (await Promise.all(errors)).find((e) => e);
@@ -611,6 +626,7 @@ function collectTensors(value: unknown, into: Set<Tensor>): void {
 /** Creates an engine on the caller's device, or on a device it requests itself. */
 export async function createEngine(options: EngineOptions = {}): Promise<Engine> {
   if (options.tuning) checkTuning(options.tuning, 'createEngine: option tuning', TUNING_FIX); // before a device exists
+  if (options.adapter && !options.device) throw new RangeError('createEngine: `adapter` names the adapter of the `device` option; to run on an adapter of your choosing, request its device and pass both');
   const handle = options.device ? wrapDevice(options.device, options.adapter) : await requestDevice();
   return new Engine(handle, options);
 }

@@ -153,3 +153,12 @@ t.test('a read gets the errors of the work before it, not of an op recorded afte
 t.test('tidy refuses an async function (its scope would close before the awaits)', async (t) => {
   t.throws(() => e.tidy(async () => 0), /tidy: fn returned a promise; tidy is synchronous/);
 });
+
+t.test('a tuning whose workgroups the device cannot run, or an adapter without its device, is refused at once', async (t) => {
+  const limit = e.device.limits.maxComputeInvocationsPerWorkgroup;
+  await t.rejects(createEngine({ device: e.device, tuning: { matmul: { wgX: 32, wgY: (2 * limit) / 32 } } }), new RegExp(`tuning matmul: workgroups of 32 × ${(2 * limit) / 32} threads do not fit this device .*${limit} in all`));
+  const engine = await createEngine({ device: e.device });
+  t.throws(() => engine.setTuning({ conv2d: { wgX: 4096 } }), /tuning conv2d: workgroups of 4096 × \? threads do not fit/);
+  await engine.dispose();
+  await t.rejects(createEngine({ adapter: {} as GPUAdapter }), /createEngine: `adapter` names the adapter of the `device` option/);
+});
