@@ -397,7 +397,9 @@ export class Engine {
     // Packed straight into the arena's next slot, which is taken only once the dispatch records.
     d.kernel.params.packInto(this.uniformView, uniformOffset, d.params, d.kernel.key);
     this.countCommand(d.kernel.key);
-    const pipeline = this.kernels.has(d.kernel.key) ? this.kernels.get(d.kernel.key, () => d.kernel.code) : this.scoped(ALL_ERRORS, () => this.kernels.get(d.kernel.key, () => d.kernel.code));
+    // A pipeline compiles (and can fail) once; after that the lookup needs no error scope.
+    const pipelineOf = () => this.kernels.get(d.kernel.key, () => d.kernel.code);
+    const pipeline = this.kernels.has(d.kernel.key) ? pipelineOf() : this.scoped(ALL_ERRORS, pipelineOf);
     const encoder = this.getEncoder();
     this.uniformUsed += UNIFORM_SLOT;
     const entries: GPUBindGroupEntry[] = [
