@@ -1,11 +1,12 @@
-// Row normalisation and LayerNorm. Kernels: kernels/normalize.wgsl.ts. LayerNorm's affine map is
-// broadcast arithmetic on top, so its weight and bias gradients come from the elementwise rules.
+// Row normalisation and LayerNorm (its affine map in the same pass). Kernels: kernels/normalize.wgsl.ts.
 import { grid1d } from '../../../kernels/flat-index.ts';
 import { normalizeRowsBackwardKernel, normalizeRowsKernel } from '../../../kernels/normalize.wgsl.ts';
 import { type RowParallelism, THREAD_MODE_WORKGROUP } from '../../../kernels/row-reduction.ts';
 import type { Engine } from '../engine.ts';
 import { shapeString, type Tensor } from '../tensor.ts';
-import { add, mul } from './elementwise.ts';
+import { mul } from './elementwise.ts';
+import { reshape } from './layout.ts';
+import { sum } from './reduce.ts';
 
 /**
  * A thread per row on CPU adapters once there are enough rows to fill the cores (a workgroup's
@@ -58,12 +59,48 @@ export function normalizeRows(x: Tensor, D: number, eps = 1e-5): Tensor {
   return xhat;
 }
 
-/** LayerNorm over the trailing dims of `weight`'s shape (PyTorch nn.LayerNorm(normalized_shape)). */
+/**
+ * LayerNorm over the trailing dims of `weight`'s shape (PyTorch nn.LayerNorm(normalized_shape)): the
+ * normalisation and the affine y = x̂·γ + β in one pass (they were three: 10 % of a copy's speed).
+ * Backward: dβ = Σ_rows g, dγ = Σ_rows g·x̂, and dx from dx̂ = g·γ as normalizeRows's.
+ */
 export function layerNorm(x: Tensor, weight: Tensor, bias: Tensor, eps = 1e-5): Tensor {
+  const e = x.engine;
   const r = weight.rank;
   const trailing = x.shape.slice(x.rank - r);
   if (trailing.join() !== weight.shape.join() || bias.shape.join() !== weight.shape.join()) {
     throw new RangeError(`layerNorm: ${x.label} ${shapeString(x.shape)} does not end in the affine shape ${shapeString(weight.shape)} (bias ${shapeString(bias.shape)})`);
   }
-  return x.engine.tidy(() => add(mul(normalizeRows(x, weight.size, eps), weight), bias));
+  const D = weight.size;
+  const rows = x.size / D;
+  const grads = e.tape.needsGrad([x, weight, bias]);
+  const y = e.empty(x.shape, `layerNorm(${x.label})`);
+  const stats = e.empty([rows, 2], 'layerNorm.stats');
+  const xhat = grads ? e.empty(x.shape, 'layerNorm.xhat') : undefined;
+  const par = rowParallelism(e, rows);
+  const width = D % 4 === 0 ? 4 : 1;
+  e.dispatch({
+    kernel: normalizeRowsKernel(par.mode, width, xhat ? 'affineKeepXhat' : 'affine'),
+    bindings: [x, y, stats, weight, bias, ...(xhat ? [xhat] : [])],
+    params: { rows, D: D / width, eps },
+    workgroups: par.workgroups,
+  });
+  if (!xhat) {
+    stats.dispose();
+    return y;
+  }
+  e.tape.record('layerNorm', [x, weight, bias], [y], [xhat, stats, weight], ([g]) => {
+    const perRow = (t: Tensor) => reshape(t, [rows, D]);
+    const dx = e.empty(x.shape, 'dlayerNorm');
+    e.dispatch({
+      kernel: normalizeRowsBackwardKernel(par.mode, width),
+      bindings: [xhat, stats, mul(g!, weight), dx],
+      params: { rows, D: D / width },
+      workgroups: par.workgroups,
+    });
+    return [dx, sum(perRow(mul(g!, xhat)), [0]), sum(perRow(g!), [0])];
+  });
+  xhat.dispose(); // the tape holds both until backward
+  stats.dispose();
+  return y;
 }
