@@ -141,8 +141,7 @@ export class Engine {
    */
   setTuning(tuning: Tuning): void {
     const checked = checkTuning(structuredClone(tuning), 'Engine.setTuning', TUNING_FIX);
-    subgroupMatmulAvailable(this.device, this.handle.info, checked);
-    checkTilesFit(checked, this.device.limits);
+    this.checkTuningRuns(checked);
     for (const k of Object.keys(this.tuning) as (keyof Tuning)[]) delete this.tuning[k];
     Object.assign(this.tuning, checked);
   }
@@ -164,8 +163,7 @@ export class Engine {
     this.adapterClass = adapterClass(handle.info);
     this.gemmPresets = this.adapterClass === 'llvmpipe' ? 'lavapipe' : this.cpuAdapter ? 'portable' : 'gpu';
     this.subgroupReductions = this.device.features.has('subgroups') && handle.wgslFeatures.has('subgroup_id');
-    subgroupMatmulAvailable(this.device, handle.info, this.tuning); // a tuning asking for it where it cannot run throws here
-    checkTilesFit(this.tuning, this.device.limits);
+    this.checkTuningRuns(this.tuning);
     this.uniformArena = this.device.createBuffer({
       size: UNIFORM_ARENA_BYTES,
       usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
@@ -366,6 +364,12 @@ export class Engine {
     } finally {
       for (const kind of [...kinds].reverse()) this.pendingErrors.push(this.device.popErrorScope().then((e) => (e ? Object.assign(e, { kind }) : null)));
     }
+  }
+
+  /** A tuning that asks for the subgroup GEMM where it cannot run, or for workgroups the device cannot run, throws. */
+  private checkTuningRuns(tuning: Tuning): void {
+    subgroupMatmulAvailable(this.device, this.handle.info, tuning);
+    checkTilesFit(tuning, this.device.limits);
   }
 
   /** Ops take tensors of one engine: another's may not be uploaded yet, and its pool may hand the buffer on. */

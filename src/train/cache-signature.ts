@@ -75,14 +75,16 @@ export function parseCacheSignature(text: string | undefined, file: string): Cac
   return sig as CacheSignature;
 }
 
+/** A setting's value for a message: JSON, 'unset', or cut to `max` characters with "...". */
+export function showSetting(v: unknown, max = 40): string {
+  const s = v === undefined ? 'unset' : JSON.stringify(v);
+  return s.length > max ? `${s.slice(0, max - 3)}...` : s;
+}
+
 /** The settings in which `a` and `b` differ, as `name (a → b)` (long provenance values shortened). */
 export function signatureDifferences(a: CacheSignature, b: CacheSignature): string[] {
-  const show = (v: unknown) => {
-    const s = v === undefined ? 'unset' : JSON.stringify(v);
-    return s.length > 40 ? `${s.slice(0, 37)}...` : s;
-  };
   const keys = [...new Set([...Object.keys(a), ...Object.keys(b)])];
-  return keys.filter((k) => JSON.stringify(a[k]) !== JSON.stringify(b[k])).map((k) => `${k} (${show(a[k])} → ${show(b[k])})`);
+  return keys.filter((k) => JSON.stringify(a[k]) !== JSON.stringify(b[k])).map((k) => `${k} (${showSetting(a[k])} → ${showSetting(b[k])})`);
 }
 
 export interface ChunkPlan {

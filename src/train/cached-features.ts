@@ -2,7 +2,7 @@
 // a feature cache (whose reader refuses non-finite values), optionally pooled on the CPU.
 import { flagsFromJson, planUNet } from '../model/unet-config.ts';
 import { featureKey, openFeatureCache, PIXEL_BLOCK } from './extract.ts';
-import type { CacheSignature } from './cache-signature.ts';
+import { type CacheSignature, showSetting } from './cache-signature.ts';
 import type { FeatureArrays, FeatureMaps } from './fit.ts';
 
 /**
@@ -72,10 +72,7 @@ export async function loadCachedFeatures(dir: string, timesteps: number[], block
  * Throws naming what differs.
  */
 export function checkSameExtraction(train: CacheSignature, test: CacheSignature, trainDir: string, testDir: string): void {
-  const show = (v: unknown) => {
-    const text = v === undefined ? 'unset' : JSON.stringify(v);
-    return text.length > 60 ? `${text.slice(0, 57)}...` : text;
-  };
+  const show = (v: unknown) => showSetting(v, 60);
   const differ = (['config', 'checkpoint', 'noise'] as const).filter((k) => JSON.stringify(train[k]) !== JSON.stringify(test[k]));
   if (differ.length) {
     throw new Error(`the training cache ${trainDir} and the test cache ${testDir} come from different extractions (${differ.map((k) => `${k} ${show(train[k])} against ${show(test[k])}`).join('; ')}): extract both splits with the same --model and --checkpoint, by this difrep`);

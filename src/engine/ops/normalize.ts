@@ -45,18 +45,25 @@ export function normalizeRows(x: Tensor, D: number, eps = 1e-5): Tensor {
     stats.dispose();
     return xhat;
   }
-  e.tape.record('normalizeRows', [x], [xhat], [xhat, stats], ([g]) => {
-    const dx = e.empty(x.shape, 'dnormalize');
-    e.dispatch({
-      kernel: normalizeRowsBackwardKernel(par.mode, width),
-      bindings: [xhat, stats, g!, dx],
-      params: { rows, D: D / width },
-      workgroups: par.workgroups,
-    });
-    return [dx];
-  });
+  e.tape.record('normalizeRows', [x], [xhat], [xhat, stats], ([g]) => [normalizeRowsBackward(xhat, stats, g!, D)]);
   stats.dispose(); // the tape holds it until backward
   return xhat;
+}
+
+/** dL/dx of x̂ = normalizeRows(x, D) from dL/dx̂ = g, given x̂ and its rows' stats. */
+function normalizeRowsBackward(xhat: Tensor, stats: Tensor, g: Tensor, D: number): Tensor {
+  const e = xhat.engine;
+  const rows = xhat.size / D;
+  const width = D % 4 === 0 ? 4 : 1;
+  const par = rowParallelism(e, rows);
+  const dx = e.empty(xhat.shape, 'dnormalize');
+  e.dispatch({
+    kernel: normalizeRowsBackwardKernel(par.mode, width),
+    bindings: [xhat, stats, g, dx],
+    params: { rows, D: D / width },
+    workgroups: par.workgroups,
+  });
+  return dx;
 }
 
 /**
@@ -91,14 +98,7 @@ export function layerNorm(x: Tensor, weight: Tensor, bias: Tensor, eps = 1e-5): 
   }
   e.tape.record('layerNorm', [x, weight, bias], [y], [xhat, stats, weight], ([g]) => {
     const perRow = (t: Tensor) => reshape(t, [rows, D]);
-    const dx = e.empty(x.shape, 'dlayerNorm');
-    e.dispatch({
-      kernel: normalizeRowsBackwardKernel(par.mode, width),
-      bindings: [xhat, stats, mul(g!, weight), dx],
-      params: { rows, D: D / width },
-      workgroups: par.workgroups,
-    });
-    return [dx, sum(perRow(mul(g!, xhat)), [0]), sum(perRow(g!), [0])];
+    return [normalizeRowsBackward(xhat, stats, mul(g!, weight), D), sum(perRow(mul(g!, xhat)), [0]), sum(perRow(g!), [0])];
   });
   xhat.dispose(); // the tape holds both until backward
   stats.dispose();
