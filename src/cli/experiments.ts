@@ -10,8 +10,8 @@ import { flagsFromJson, planUNet } from '../model/unet-config.ts';
 import type { DifFeedOptions } from '../model/heads/difeed.ts';
 import { checkLabels, checkSameExtraction, checkTrainTestCaches, isPixelCache, loadCachedFeatures } from '../train/cached-features.ts';
 import { DecodePool } from '../train/data/decode-pool.ts';
-import { balancedSubset, imageSource, loadFashionMnist } from '../train/data/fashion-mnist.ts';
-import { scanImageFolder, validateImageFolder } from '../train/data/image-folder.ts';
+import { balancedSubset, FASHION_MNIST_CLASSES, imageSource, loadFashionMnist } from '../train/data/fashion-mnist.ts';
+import { folderFingerprint, scanImageFolder, validateImageFolder } from '../train/data/image-folder.ts';
 import { ckaMatrix } from '../train/eval/cka.ts';
 import { knnClassify } from '../train/eval/knn.ts';
 import { checkExistingCache, type ExtractOptions, extractFeatures, extractPixels, featureKey, type ImageSource, openFeatureCache, PIXEL_BLOCK, validateExtractOptions } from '../train/extract.ts';
@@ -119,6 +119,7 @@ async function extractCommand(argv: string[]): Promise<number> {
   const size = flags.image_size;
   let source: ImageSource;
   let datasetName: string;
+  let dataset: Record<string, string>;
   const closers: (() => Promise<void>)[] = [];
   if (o.dataset === 'folder') {
     const scanned = await scanImageFolder(o.root!);
@@ -131,15 +132,18 @@ async function extractCommand(argv: string[]): Promise<number> {
     closers.push(() => pool.close());
     source = { count: idx.length, labels: idx.map((i) => folder.labels[i]), images: async (sel) => (await pool.decode(sel.map((i) => folder.files[idx[i]]), size)).images };
     datasetName = `folder:${o.root}/per-class=${o['per-class']}`;
+    // Labels number the class folders in sorted order: a test folder with other classes would shift them.
+    dataset = { classes: JSON.stringify(folder.classes), files: await folderFingerprint(folder, idx) };
   } else {
     const ds = await loadFashionMnist(o.split as 'train' | 'test');
     const idx = o['per-class'] ? balancedSubset(ds.labels, o['per-class'], o.seed) : Array.from({ length: ds.count }, (_, i) => i);
     source = imageSource(ds, idx, size);
     datasetName = `fashion-mnist/${o.split}/per-class=${o['per-class']}`;
+    dataset = { classes: JSON.stringify(FASHION_MNIST_CLASSES) };
   }
   const options: ExtractOptions = {
     outDir: o.out, timesteps: ts, blocks: bs, pool: o.pool || undefined, batchSize: o.batch, chunkSize: o.chunk, seed: o.seed, shard,
-    provenance: { config: JSON.stringify(flags), checkpoint: pixels ? 'none (pixels)' : await checkpointHash(o.checkpoint), dataset: datasetName },
+    provenance: { config: JSON.stringify(flags), checkpoint: pixels ? 'none (pixels)' : await checkpointHash(o.checkpoint), dataset: datasetName, ...dataset },
     onProgress: progressBar('extract', 'images'),
   };
   try {

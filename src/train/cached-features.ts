@@ -73,6 +73,16 @@ export async function loadCachedFeatures(dir: string, timesteps: number[], block
  */
 export function checkSameExtraction(train: CacheSignature, test: CacheSignature, trainDir: string, testDir: string): void {
   const show = (v: unknown) => showSetting(v, 60);
+  if (train.classes !== test.classes) {
+    // Labels are class indices in each cache's own list: with other lists they name other classes.
+    const names = (v: unknown): string[] => (typeof v === 'string' ? JSON.parse(v) : []);
+    const [a, b] = [names(train.classes), names(test.classes)];
+    const only = (x: string[], y: string[]) => x.filter((c) => !y.includes(c));
+    const detail = train.classes === undefined || test.classes === undefined
+      ? `only ${train.classes === undefined ? testDir : trainDir} records its classes`
+      : [only(a, b).length && `only the training cache has ${only(a, b).join(', ')}`, only(b, a).length && `only the test cache has ${only(b, a).join(', ')}`].filter(Boolean).join('; ') || 'the same names in another order';
+    throw new Error(`the training cache ${trainDir} and the test cache ${testDir} number different classes (${detail}): a label is the class's place in its own split's sorted list, so both splits need the same class folders; extract both from folders with the same classes, by this difrep`);
+  }
   const differ = (['config', 'checkpoint', 'noise'] as const).filter((k) => JSON.stringify(train[k]) !== JSON.stringify(test[k]));
   if (differ.length) {
     throw new Error(`the training cache ${trainDir} and the test cache ${testDir} come from different extractions (${differ.map((k) => `${k} ${show(train[k])} against ${show(test[k])}`).join('; ')}): extract both splits with the same --model and --checkpoint, by this difrep`);

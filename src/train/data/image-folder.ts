@@ -1,16 +1,13 @@
-// An ImageFolder dataset like torchvision's: root/<class name>/<image>, classes in sorted order,
-// PNG (fast-png) and JPEG (jpeg-js: pure JavaScript, no native build, the most used decoder on
-// npm) decoded to RGB, the shorter side resized to the model size (area averaging when shrinking,
-// bilinear when growing), a centre crop, optional horizontal flip, scaled to [−1, 1].
 // An ImageFolder dataset like torchvision's: root/<class name>/**/<image>, classes in sorted
 // order, symlinked folders and files followed (each real folder walked once per class, so a link
 // loop ends), PNG (fast-png) and JPEG (jpeg-js: pure JavaScript, no native build, the most used
 // decoder on npm) decoded to RGB after the declared size is checked against a pixel limit, the
 // shorter side resized to the model size (area averaging when shrinking, bilinear when growing), a
 // centre crop, optional horizontal flip, scaled to [−1, 1].
+import { createHash } from 'node:crypto';
 import type { Dirent } from 'node:fs';
 import { readdir, readFile, realpath, stat } from 'node:fs/promises';
-import { extname, join } from 'node:path';
+import { extname, join, relative } from 'node:path';
 import { convertIndexedToRgb, decode as decodePng, type DecodedPng } from 'fast-png';
 import jpeg from 'jpeg-js';
 import { checkImageSize, MAX_IMAGE_PIXELS, readImageHeader } from './image-header.ts';
@@ -232,6 +229,21 @@ export function preprocess(img: Rgb, size: number, flip: boolean, out: Float32Ar
       for (let c = 0; c < 3; c++) out[offset + c * plane + y * size + ox] = acc[c] / wsum / 127.5 - 1;
     }
   }
+}
+
+/**
+ * A fingerprint of the images `idx` of `folder`: SHA-256 of each one's path under the root and size,
+ * in order. Shards of one cache, or a resumed extraction, that read a folder whose files have since
+ * changed then carry another fingerprint and are not merged (a cache records its provenance).
+ */
+export async function folderFingerprint(folder: ImageFolder, idx: readonly number[]): Promise<string> {
+  const hash = createHash('sha256');
+  for (const i of idx) {
+    const file = folder.files[i];
+    const { size } = await stat(file);
+    hash.update(`${relative(folder.root, file)}\t${size}\n`);
+  }
+  return `sha256:${hash.digest('hex')}`;
 }
 
 /** What became of one file of a batch. */

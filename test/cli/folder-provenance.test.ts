@@ -1,0 +1,48 @@
+// An ImageFolder cache records its class list and a fingerprint of its files: a label is the class's
+// place in its own folder's sorted list, so a test folder missing a class scored every later class
+// against the wrong one (top-1 50 % for separable classes, 100 % on the training cache), and shards
+// of a folder whose files changed between them were merged as one cache.
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { encode } from 'fast-png';
+import t from 'tap';
+import { EXPERIMENT_COMMANDS } from '../../src/cli/experiments.ts';
+
+const dir = await mkdtemp(join(tmpdir(), 'difrep-folder-provenance-'));
+t.teardown(() => rm(dir, { recursive: true }));
+const run = (command: string, ...args: string[]) => EXPERIMENT_COMMANDS[command](args);
+const model = new URL('../../models/fmnist16.json', import.meta.url).pathname;
+
+/** root/<class>/<i>.png: 16×16 grey images of one level per class (distinct per image). */
+async function folder(root: string, classes: Record<string, number>, perClass: number): Promise<void> {
+  for (const [name, level] of Object.entries(classes)) {
+    await mkdir(join(root, name), { recursive: true });
+    for (let i = 0; i < perClass; i++) await writeFile(join(root, name, `${i}.png`), encode({ width: 16, height: 16, data: new Uint8Array(256).fill(level + i), channels: 1, depth: 8 }));
+  }
+}
+
+t.test('train, knn and sweep refuse a test folder with other classes, naming them', async (t) => {
+  await folder(join(dir, 'tr'), { a: 20, b: 120, c: 220 }, 3);
+  await folder(join(dir, 'te'), { a: 21, c: 221 }, 2);
+  for (const split of ['tr', 'te']) t.equal(await run('extract', '--features', 'pixels', '--model', model, '--dataset', 'folder', '--root', join(dir, split), '--out', join(dir, `c-${split}`)), 0);
+  const message = /number different classes \(only the training cache has b\): a label is the class's place in its own split's sorted list/;
+  await t.rejects(run('knn', '--train', join(dir, 'c-tr'), '--test', join(dir, 'c-te'), '--k', '1', '--classes', '3'), message);
+  await t.rejects(run('train', '--train', join(dir, 'c-tr'), '--test', join(dir, 'c-te'), '--classes', '3', '--epochs', '1', '--out', join(dir, 'run')), message);
+  await t.rejects(run('sweep', '--train', join(dir, 'c-tr'), '--test', join(dir, 'c-te'), '--classes', '3', '--epochs', '1', '--pool', '1', '--out', join(dir, 'sweep')), message);
+  // The same classes in both folders: scored as before.
+  await folder(join(dir, 'te3'), { a: 22, b: 122, c: 222 }, 1);
+  t.equal(await run('extract', '--features', 'pixels', '--model', model, '--dataset', 'folder', '--root', join(dir, 'te3'), '--out', join(dir, 'c-te3')), 0);
+  t.equal(await run('knn', '--train', join(dir, 'c-tr'), '--test', join(dir, 'c-te3'), '--k', '1', '--classes', '3'), 0);
+});
+
+t.test('a shard of a folder whose files changed since the other shard is refused', async (t) => {
+  const root = join(dir, 'sharded');
+  await folder(root, { a: 30, b: 130 }, 2);
+  const out = join(dir, 'c-sharded');
+  const extract = (shard: string) => run('extract', '--features', 'pixels', '--model', model, '--dataset', 'folder', '--root', root, '--chunk', '2', '--shard', shard, '--out', out);
+  t.equal(await extract('0/2'), 0);
+  // One image replaced by one of another size (same name, same count).
+  await writeFile(join(root, 'b', '1.png'), encode({ width: 20, height: 20, data: new Uint8Array(400).fill(99), channels: 1, depth: 8 }));
+  await t.rejects(extract('1/2'), /already holds features from an extraction with other settings \(chunk-\S+: files \("sha256:[0-9a-f]+\.\.\. → "sha256:[0-9a-f]+\.\.\.\)\)/);
+});
