@@ -8,6 +8,7 @@ import { removeStaleTempFiles, writeFileAtomic } from '../model/checkpoint/atomi
 import { describeMapping, paperBlocks } from '../model/block-roles.ts';
 import { flagsFromJson, planUNet } from '../model/unet-config.ts';
 import type { DifFeedOptions } from '../model/heads/difeed.ts';
+import { type CacheSignature, signatureDifferences } from '../train/cache-signature.ts';
 import { checkLabels, checkSameExtraction, checkTrainTestCaches, isPixelCache, loadCachedFeatures } from '../train/cached-features.ts';
 import { DecodePool } from '../train/data/decode-pool.ts';
 import { balancedSubset, FASHION_MNIST_CLASSES, imageSource, loadFashionMnist } from '../train/data/fashion-mnist.ts';
@@ -234,7 +235,9 @@ async function trainCommand(argv: string[]): Promise<number> {
     head: head as 'linear' | 'attention', classes: o.classes, timesteps: ts, blocks: bs, pool: o.pool,
     attention: { dim: o.dim, layers: o.layers, heads: o.heads, prePoolSize: o['pre-pool'] },
     epochs: o.epochs, batchSize: o.batch ?? 128, optimizer: o.optimizer as 'adam' | 'sgd', lr: o.lr, stepSize: o['step-size'], gamma: o.gamma, seed: o.seed,
-    data: { features: pixels ? 'pixels' : 'unet', train: resolve(o.train!), standardize: o.standardize },
+    // The training cache's signature, not only its path: a resume, or eval's standardisation, on a
+    // cache extracted again with other settings at that path would read other features.
+    data: { features: pixels ? 'pixels' : 'unet', train: resolve(o.train!), trainCache: loaded.train.signature, standardize: o.standardize },
     checkpoint: join(o.out, 'state.safetensors'), resume: o.resume,
     onBatch: progressBar('  batches', 'batches'),
     onEpoch: ({ epoch, epochs, loss, trainAccuracy, lr, seconds }) => console.log(`epoch ${epoch + 1}/${epochs}: loss ${loss.toFixed(4)}, train accuracy ${(100 * trainAccuracy).toFixed(1)}%, lr ${lr.toExponential(1)}, ${seconds.toFixed(1)} s (ETA ${fmtTime(seconds * (epochs - epoch - 1))})`),
@@ -406,19 +409,25 @@ async function evalCommand(argv: string[]): Promise<number> {
   const state = join(o.run, 'state.safetensors');
   const settings = await readStateSettings(state);
   const { timesteps, blocks, pool, head } = settings as { timesteps: number[]; blocks: number[]; pool: number | null; head: string };
-  const data = (settings.data ?? {}) as { features?: string; train?: string; standardize?: boolean };
+  const data = (settings.data ?? {}) as { features?: string; train?: string; trainCache?: CacheSignature; standardize?: boolean };
   const pixels = await isPixelCache(o.features);
   if (pixels !== (data.features === 'pixels')) throw new UsageError(`difrep eval: ${o.run} was trained on ${data.features === 'pixels' ? 'raw pixels' : 'U-Net features'}, but ${o.features} holds ${pixels ? 'raw pixels' : 'U-Net features'}`);
   // Pooled here, on the CPU, where pooling only shrinks and pooled maps pool again only exactly.
   const loaded = await loadCachedFeatures(o.features, timesteps, blocks, pool ?? 0);
   let split: FeatureArrays = loaded;
+  const recorded = data.trainCache;
+  if (recorded) checkSameExtraction(recorded, loaded.signature, data.train ?? 'the training cache', o.features);
   if (data.standardize) {
     // The head saw features standardised with its training split's statistics: recompute them from that cache.
     if (!data.train) throw new UsageError(`difrep eval: ${o.run} was trained on standardised features but records no training cache`);
     const train = await loadCachedFeatures(data.train, timesteps, blocks, pool ?? 0);
+    const changed = recorded ? signatureDifferences(recorded, train.signature) : [];
+    if (changed.length) {
+      throw new Error(`${data.train} no longer holds the features ${o.run} was trained on (${changed.join(', ')}), and the head's standardisation statistics come from them: extract that cache again as it was, or train the head again`);
+    }
     warnIf(checkTrainTestCaches(train, loaded, data.train, o.features));
     split = standardizeSplits(train, loaded).test;
-  } else if (data.train && existsSync(data.train)) {
+  } else if (!recorded && data.train && existsSync(data.train)) {
     checkSameExtraction((await openFeatureCache(data.train, { verifyAll: false })).signature, loaded.signature, data.train, o.features);
   }
   const e = await tunedEngine();

@@ -91,3 +91,21 @@ t.test('a test cache of another extraction is refused; one of the training split
   }
   t.match(warnings.join('\n'), /both hold images of fashion-mnist\/train: the test scores are on training images/);
 });
+
+t.test('a head records its training cache: eval and --resume refuse that path extracted again with other settings', async (t) => {
+  const model = new URL('../../models/fmnist16.json', import.meta.url).pathname;
+  const extractTrain = (seed: string) => run('extract', '--features', 'pixels', '--model', model, '--split', 'train', '--per-class', '4', '--seed', seed, '--out', join(dir, 'train-again'));
+  t.equal(await extractTrain('0'), 0);
+  t.equal(await run('train', '--train', join(dir, 'train-again'), '--test', join(dir, 'test'), '--pool', '4', '--epochs', '1', '--batch', '8', '--standardize', '--out', join(dir, 'linear-again')), 0);
+  t.equal(await run('eval', '--run', join(dir, 'linear-again'), '--features', join(dir, 'test')), 0);
+  // Another subset of the same size at the same path: the standardisation would come from other images.
+  await rm(join(dir, 'train-again'), { recursive: true });
+  t.equal(await extractTrain('1'), 0);
+  await t.rejects(run('eval', '--run', join(dir, 'linear-again'), '--features', join(dir, 'test')),
+    /train-again no longer holds the features .*linear-again was trained on \(seed \(0 → 1\)\), and the head's standardisation statistics come from them/);
+  await t.rejects(run('train', '--train', join(dir, 'train-again'), '--test', join(dir, 'test'), '--pool', '4', '--epochs', '2', '--batch', '8', '--standardize', '--resume', '--out', join(dir, 'linear-again')),
+    /cannot resume .*: it was started with other settings \(data .*"seed":0.* there, .*"seed":1.* now\)/);
+  // The test cache is checked against the recorded signature even where the training cache is gone.
+  await rm(join(dir, 'train-again'), { recursive: true });
+  await t.rejects(run('eval', '--run', join(dir, 'linear-again'), '--features', join(dir, 'test-32')), /come from different extractions \(config/);
+});
