@@ -256,7 +256,7 @@ async function trainDifFeed(o: TrainOptions): Promise<number> {
   if (o.optimizer !== 'adam') throw new UsageError('difrep train: DifFeed trains with Adam (feedback layers at 1e-3, its head at --lr); leave out --optimizer');
   if (o.b && o.b.length !== 1) throw new UsageError(`difrep train: DifFeed feeds one pass-2 block to its head, got --b ${o.b}`);
   const e = await tunedEngine();
-  const { unet } = await loadModel(e, o.model, o.checkpoint);
+  const { unet, hash } = await loadModel(e, o.model, o.checkpoint);
   if (o.b && o.b[0] > unet.numBlocks) throw new UsageError(`difrep train: --b ${o.b[0]}: this U-Net has blocks 1..${unet.numBlocks}`);
   const size = unet.plan.flags.image_size;
   const source = async (split: 'train' | 'test', perClass: number) => {
@@ -270,7 +270,7 @@ async function trainDifFeed(o: TrainOptions): Promise<number> {
     classes: o.classes, strategy: o.strategy as DifFeedOptions['strategy'], t: t[0], featureBlock: o.b?.[0],
     head: { dim: o.dim, layers: o.layers, heads: o.heads, prePoolSize: o['pre-pool'] },
     epochs: o.epochs, batchSize: o.batch ?? 16, headLr: o.lr, stepSize: o['step-size'], gamma: o.gamma, seed: o.seed, flip: o.flip === 'true',
-    checkpoint: join(o.out, 'state.safetensors'), resume: o.resume,
+    unetWeights: hash, checkpoint: join(o.out, 'state.safetensors'), resume: o.resume,
     onBatch: progressBar('  batches', 'batches'),
     onEpoch: ({ epoch, epochs, loss, seconds }) => console.log(`epoch ${epoch + 1}/${epochs}: loss ${loss.toFixed(4)}, ${seconds.toFixed(1)} s (ETA ${fmtTime(seconds * (epochs - epoch - 1))})`),
   });

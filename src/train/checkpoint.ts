@@ -52,6 +52,13 @@ export async function saveTrainingState(path: string, params: Map<string, Tensor
 const exists = (path: string) => access(path).then(() => true, () => false);
 const show = (v: unknown) => (v === undefined ? 'unset' : JSON.stringify(v));
 
+/** JSON with every object's keys sorted: a config typed in another key order is the same setting. */
+function canonicalJson(v: unknown): string {
+  if (Array.isArray(v)) return `[${v.map(canonicalJson).join(',')}]`;
+  if (v && typeof v === 'object') return `{${Object.keys(v).sort().map((k) => `${JSON.stringify(k)}:${canonicalJson((v as Record<string, unknown>)[k])}`).join(',')}}`;
+  return JSON.stringify(v) ?? 'undefined';
+}
+
 /**
  * Whether `path` is to be resumed. An existing state without `resume` is refused (it would be
  * replaced); with `resume`, every setting must equal the one the state was started with.
@@ -66,7 +73,7 @@ export async function prepareResume(path: string, resume: boolean, settings: Run
   const done = JSON.parse(progress ?? '{}') as Partial<TrainingProgress>;
   if (!resume) throw new Error(`${path} already holds a training state (${done.steps ?? '?'} steps taken): pass --resume to continue that run, or choose another --out (or delete it)`);
   const before = readRunSettings(path, metadata);
-  const differ = [...new Set([...Object.keys(before), ...Object.keys(settings)])].filter((k) => JSON.stringify(before[k]) !== JSON.stringify(settings[k]));
+  const differ = [...new Set([...Object.keys(before), ...Object.keys(settings)])].filter((k) => canonicalJson(before[k]) !== canonicalJson(settings[k]));
   if (differ.length) {
     const list = differ.map((k) => `${k} ${show(before[k])} there, ${show(settings[k])} now`).join('; ');
     throw new Error(`cannot resume ${path}: it was started with other settings (${list}); rerun with the run's own options, or choose another --out`);

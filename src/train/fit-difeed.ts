@@ -38,6 +38,11 @@ export interface DifFeedFitOptions extends DifFeedOptions {
   gamma?: number;
   seed?: number;
   flip?: boolean;
+  /**
+   * What the frozen U-Net's weights are (a checkpoint's hash), recorded in the state with the
+   * network's config: a resume on other weights would train the feedback and head on other features.
+   */
+  unetWeights?: string;
   checkpoint?: string;
   resume?: boolean;
   onEpoch?: (info: { epoch: number; epochs: number; loss: number; lr: number; seconds: number }) => void;
@@ -80,6 +85,7 @@ export async function fitDifFeed(e: Engine, unet: UNet, train: ImageSource, test
   const settings = {
     head: 'difeed', classes: o.classes, strategy: o.strategy ?? null, feedbackBlocks: o.feedbackBlocks ?? null, multiScaleTarget: o.multiScaleTarget ?? null, t: o.t ?? null, featureBlock: o.featureBlock ?? null, attention: o.head ?? {}, feedbackLr: fbLr, headLr, batchSize,
     stepSize: o.stepSize ?? 7, gamma: o.gamma ?? 0.1, seed, flip: o.flip !== false, trainImages: train.count, dropLast: true,
+    unet: { config: unet.plan.flags, weights: o.unetWeights ?? null },
   };
   const progress = await startOrResume(e, o.checkpoint, !!o.resume, settings, saved, optimizer);
   checkEpochs(progress, epochs, o.checkpoint!);

@@ -134,6 +134,10 @@ t.test('train --head difeed trains from images with the U-Net live, and --resume
   const r = JSON.parse(await readFile(join(dir, 'result.json'), 'utf8'));
   t.equal(r.losses.length, 2);
   t.equal(r.strategy, 'bottleneck');
+  // The state records the U-Net it trained on: resuming on other weights (here random ones) is refused.
+  const withoutWeights = args.filter((a, i) => a !== '--checkpoint' && args[i - 1] !== '--checkpoint');
+  const refused = await difrep(...withoutWeights, '--epochs', '3', '--resume').then(() => null, (e: { stderr: string }) => e);
+  t.match(refused?.stderr, /cannot resume .*: it was started with other settings \(unet \{.*"weights":"[0-9a-f]{16}"\} there, \{.*"weights":"random-weights"\} now\)/);
   await rm(dir, { recursive: true });
 });
 

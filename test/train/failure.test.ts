@@ -48,14 +48,17 @@ t.test('resuming checks settings, epochs and refuses to replace a state', async 
   const checkpoint = join(dir, 'state.safetensors');
   const train = features(8, 3);
   const test = features(4, 4);
-  const first = await fitHead(e, train, test, linear({ epochs: 2, lr: 1e-3, checkpoint }));
+  const data = { features: 'unet', train: '/data/train' };
+  const first = await fitHead(e, train, test, linear({ epochs: 2, lr: 1e-3, checkpoint, data }));
   t.equal(first.losses.length, 2);
-  await t.rejects(fitHead(e, train, test, linear({ epochs: 2, lr: 1e-3, checkpoint })), /already holds a training state .*pass --resume/);
-  await t.rejects(fitHead(e, train, test, linear({ epochs: 4, lr: 1e-2, checkpoint, resume: true })), /cannot resume .*lr 0\.001 there, 0\.01 now/);
-  await t.rejects(fitHead(e, train, test, linear({ epochs: 4, lr: 1e-3, optimizer: 'sgd', checkpoint, resume: true })), /optimizer "adam" there, "sgd" now/);
-  await t.rejects(fitHead(e, train, test, linear({ epochs: 4, lr: 1e-3, batchSize: 2, seed: 5, checkpoint, resume: true })), /batchSize 4 there, 2 now; seed 0 there, 5 now/);
-  await t.rejects(fitHead(e, train, test, linear({ epochs: 1, lr: 1e-3, checkpoint, resume: true })), /already trained 2 epochs; --epochs 1 is fewer/);
-  const more = await fitHead(e, train, test, linear({ epochs: 3, lr: 1e-3, checkpoint, resume: true }));
+  await t.rejects(fitHead(e, train, test, linear({ epochs: 2, lr: 1e-3, checkpoint, data })), /already holds a training state .*pass --resume/);
+  await t.rejects(fitHead(e, train, test, linear({ epochs: 4, lr: 1e-2, checkpoint, resume: true, data })), /cannot resume .*lr 0\.001 there, 0\.01 now/);
+  await t.rejects(fitHead(e, train, test, linear({ epochs: 4, lr: 1e-3, optimizer: 'sgd', checkpoint, resume: true, data })), /optimizer "adam" there, "sgd" now/);
+  await t.rejects(fitHead(e, train, test, linear({ epochs: 4, lr: 1e-3, batchSize: 2, seed: 5, checkpoint, resume: true, data })), /batchSize 4 there, 2 now; seed 0 there, 5 now/);
+  await t.rejects(fitHead(e, train, test, linear({ epochs: 1, lr: 1e-3, checkpoint, resume: true, data })), /already trained 2 epochs; --epochs 1 is fewer/);
+  await t.rejects(fitHead(e, train, test, linear({ epochs: 3, lr: 1e-3, checkpoint, resume: true, data: { features: 'unet', train: '/data/other' } })), /data \{"features":"unet","train":"\/data\/train"\} there/);
+  // The same settings written in another key order (a config's JSON, an object built otherwise) are the same settings.
+  const more = await fitHead(e, train, test, linear({ epochs: 3, lr: 1e-3, checkpoint, resume: true, data: { train: '/data/train', features: 'unet' } }));
   t.equal(more.losses.length, 3, 'the same settings resume, with more epochs');
   t.same(more.losses.slice(0, 2), first.losses, 'the earlier losses are kept');
   await rm(dir, { recursive: true });
