@@ -1,10 +1,12 @@
 // An exclusive lock on one shard of a feature cache directory, so two extractions never write the
 // same chunks at once. The lock is a file created with O_EXCL ('wx') holding who took it. One lock
 // per shard (not per directory), so shards on different machines can share a directory on a
-// network file system. A lock left by a process that died on this host is taken over; one from a
-// live process, or from another host (whose processes cannot be checked), is refused.
+// network file system. A lock left by a process that died on this host (or whose pid a restarted
+// container has given to another process: ../model/checkpoint/process-claim.ts) is taken over; one
+// from a live process, or from another host (whose processes cannot be checked), is refused.
 import { hostname } from 'node:os';
 import { join } from 'node:path';
+import { claimState } from '../model/checkpoint/process-claim.ts';
 
 interface LockOwner {
   pid: number;
@@ -19,20 +21,10 @@ export interface CacheLock {
 
 const lockFileName = (shard?: { index: number; count: number }) => `.lock-shard-${shard?.index ?? 0}-of-${shard?.count ?? 1}`;
 
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    // EPERM: the process exists but belongs to someone else.
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-
 function readOwner(text: string): LockOwner | undefined {
   try {
     const o = JSON.parse(text) as LockOwner;
-    return Number.isInteger(o.pid) && o.pid > 0 && typeof o.hostname === 'string' ? o : undefined;
+    return Number.isInteger(o.pid) && o.pid > 0 && typeof o.hostname === 'string' && Number.isFinite(Date.parse(o.started)) ? o : undefined;
   } catch {
     return undefined;
   }
@@ -73,7 +65,9 @@ export async function lockCacheShard(dir: string, shard: { index: number; count:
     if (owner.hostname !== me.hostname) {
       throw new Error(`${dir} is being extracted into by ${who}; wait for it, or if that process is gone, delete ${file} and rerun`);
     }
-    if (isAlive(owner.pid)) throw new Error(`${dir} is being extracted into by ${who}; wait for it to finish or use another --out directory`);
+    const state = await claimState(owner.pid, Date.parse(owner.started));
+    if (state === 'unknown') throw new Error(`${dir} is locked by ${who}, and this runtime cannot tell whether it still runs (under Deno, allow it with --allow-run); if it is gone, delete ${file} and rerun`);
+    if (state === 'live') throw new Error(`${dir} is being extracted into by ${who}; wait for it to finish or use another --out directory`);
     // Move the stale lock aside and check it is still the one judged stale: a process taking it
     // over at the same moment may already have replaced it with its own live lock.
     const aside = `${file}.stale-${process.pid}`;

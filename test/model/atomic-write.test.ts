@@ -61,13 +61,16 @@ t.test('removeStaleTempFiles removes the temp files of dead processes only', asy
     deadTemp: `chunk-0003.safetensors.${dead}.${ms}.tmp`,
     ownTemp: `manifest.json.${process.pid}.${ms}.tmp`,
     liveTemp: `result.json.1.${ms}.tmp`, // pid 1 is always alive
+    // Pids reused by a restarted container: written before the process now holding that pid started.
+    reusedOwnPid: `state.safetensors.${process.pid}.${Math.round(performance.timeOrigin) - 60_000}.tmp`,
+    reusedPid1: `ema.safetensors.1.${Date.parse('2001-09-09T01:46:40Z')}.tmp`,
     otherTmp: 'notes.tmp',
     notTemp: `chunk-0003.safetensors`,
   };
   for (const f of Object.values(files)) await writeFile(join(dir, f), 'x');
   await mkdir(join(dir, `folder.${dead}.${ms}.tmp`));
   const removed = await removeStaleTempFiles(dir);
-  t.same(removed, [join(dir, files.deadTemp)]);
+  t.same(removed.sort(), [join(dir, files.deadTemp), join(dir, files.reusedOwnPid), join(dir, files.reusedPid1)].sort());
   t.same((await readdir(dir)).sort(), [files.notTemp, `folder.${dead}.${ms}.tmp`, files.ownTemp, files.liveTemp, files.otherTmp].sort());
   t.same(await removeStaleTempFiles(join(dir, 'missing')), [], 'a missing directory has nothing to remove');
   await rm(dir, { recursive: true });

@@ -162,10 +162,28 @@ t.test('one extraction per shard of a directory at a time; the lock is released 
   t.equal(warnings.length, 1);
   t.match(warnings[0], new RegExp(`took over the stale lock .*\\.lock-shard-0-of-1 of process ${dead} on ${hostname()}`));
   t.notOk((await readdir(dir)).some((f) => f.startsWith('.lock')));
+  // A restarted container gives the new process the pid of the one that died holding the lock
+  // (here: this process's pid, in a lock taken before it started): taken over too.
+  await writeFile(join(dir, '.lock-shard-0-of-1'), JSON.stringify({ pid: process.pid, hostname: hostname(), started: new Date(performance.timeOrigin - 60_000).toISOString() }));
+  t.equal(await extractFeatures(e, unet, source(), options(dir, { onWarning: (m) => warnings.push(m) })), 0);
+  t.match(warnings[1], new RegExp(`took over the stale lock .* of process ${process.pid} on ${hostname()}`));
+  const now = new Date().toISOString();
   // A live process's lock, another host's lock and an unreadable lock are refused.
-  await writeFile(join(dir, '.lock-shard-0-of-1'), JSON.stringify({ pid: process.pid, hostname: hostname(), started: 'now' }));
+  await writeFile(join(dir, '.lock-shard-0-of-1'), JSON.stringify({ pid: process.pid, hostname: hostname(), started: now }));
   await t.rejects(extractFeatures(e, unet, source(), options(dir)), new RegExp(`process ${process.pid} .*wait for it to finish or use another --out directory`));
-  await writeFile(join(dir, '.lock-shard-0-of-1'), JSON.stringify({ pid: 1234, hostname: 'node-17', started: 'now' }));
+  // Where the runtime cannot check a pid (Deno without --allow-run: process.kill throws with no code), refused too.
+  const dead2 = spawnSync(process.execPath, ['-e', '']).pid!;
+  await writeFile(join(dir, '.lock-shard-0-of-1'), JSON.stringify({ pid: dead2, hostname: hostname(), started: now }));
+  const kill = process.kill;
+  process.kill = () => {
+    throw new Error('Requires run access to "kill"');
+  };
+  try {
+    await t.rejects(extractFeatures(e, unet, source(), options(dir)), new RegExp(`locked by process ${dead2} .*cannot tell whether it still runs \\(under Deno, allow it with --allow-run\\)`));
+  } finally {
+    process.kill = kill;
+  }
+  await writeFile(join(dir, '.lock-shard-0-of-1'), JSON.stringify({ pid: 1234, hostname: 'node-17', started: now }));
   await t.rejects(extractFeatures(e, unet, source(), options(dir)), /process 1234 on node-17 .*if that process is gone, delete .*\.lock-shard-0-of-1/);
   await writeFile(join(dir, '.lock-shard-0-of-1'), '');
   await t.rejects(extractFeatures(e, unet, source(), options(dir)), /unreadable lock file/);

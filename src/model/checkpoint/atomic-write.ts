@@ -2,8 +2,9 @@
 // data goes to `<path>.<pid>.<ms>.tmp` beside the target, is fsynced, then is renamed over it, and
 // the directory is fsynced so that the rename survives a crash too. A failed write removes its
 // temp file; temp files of processes that died mid-write are removed by removeStaleTempFiles (the
-// pid in the name tells whether the writer is still alive).
+// pid and time in the name tell whether the writer still runs: ./process-claim.ts).
 import { describeFsError } from './fs-error.ts';
+import { claimState } from './process-claim.ts';
 
 /** `<target>.<pid>.<Date.now()>.tmp` */
 const TEMP_NAME = /^(.+)\.(\d+)\.(\d{13,})\.tmp$/;
@@ -43,19 +44,10 @@ export async function writeFileAtomic(path: string, data: Uint8Array | string): 
   }
 }
 
-/** Whether a process with this id exists (signal 0 checks without signalling; EPERM: it exists, not ours). */
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as { code?: string }).code !== 'ESRCH';
-  }
-}
-
 /**
  * Removes the temp files that writeFileAtomic calls of dead processes left in `dir` (a process
- * killed between write and rename). Temp files of live processes, this one included, are kept.
+ * killed between write and rename, also where a restarted container gave its pid to another process
+ * or to this one). Temp files of live writers, this process included, are kept.
  * Returns the paths removed; a missing directory has none.
  */
 export async function removeStaleTempFiles(dir: string): Promise<string[]> {
@@ -72,9 +64,9 @@ export async function removeStaleTempFiles(dir: string): Promise<string[]> {
   for (const name of names) {
     const m = TEMP_NAME.exec(name);
     if (!m) continue;
-    const pid = Number(m[2]);
     const path = join(dir, name);
-    if (pid === process.pid || isAlive(pid)) continue;
+    // Kept unless its writer is gone: a pid that no longer runs, or runs a process started after the write.
+    if ((await claimState(Number(m[2]), Number(m[3]))) !== 'gone') continue;
     const stat = await fs.lstat(path).catch(() => null);
     if (!stat?.isFile()) continue;
     await fs.rm(path, { force: true });
