@@ -11,16 +11,22 @@ export type BackwardRule = (gradOutputs: (Tensor | null)[]) => (Tensor | null)[]
 interface TapeNode {
   op: string;
   inputs: Tensor[];
+  /** Which inputs wanted a gradient when the op was recorded (a flag set later does not reach back). */
+  needs: boolean[];
   outputs: Tensor[];
   saved: Tensor[];
   backward: BackwardRule;
+}
+
+/** Why a tensor whose producing op the tape has dropped cannot take part in a gradient. */
+function released(t: Tensor, what: string): string {
+  return `${t.label} ${shapeString(t.shape)} was computed before a backward() (or tape.clear()) that released its graph, so ${what}: compute it again after the backward(), or call backward() once on the sum of the losses`;
 }
 
 export class Tape {
   private nodes: TapeNode[] = [];
   /** Inputs that no recorded op produced (parameters, user inputs) and that want a gradient. */
   private leaves = new Map<number, Tensor>();
-  private produced = new Set<number>();
   private pauseDepth = 0;
 
   constructor(private engine: Engine) {}
@@ -53,13 +59,17 @@ export class Tape {
    */
   record(op: string, inputs: Tensor[], outputs: Tensor[], saved: Tensor[], backward: BackwardRule): void {
     if (!this.needsGrad(inputs)) return;
-    for (const t of inputs) if (t.requiresGrad && !this.produced.has(t.id)) this.leaves.set(t.id, t);
+    for (const t of inputs) {
+      // An output of a dropped op would otherwise pass for a leaf: the gradient would stop there.
+      if (t.tapeState === 'released') throw new Error(released(t, `${op} cannot record it as an input`));
+      if (t.requiresGrad && t.tapeState !== 'recorded') this.leaves.set(t.id, t);
+    }
     for (const o of outputs) {
       o.requiresGrad = true;
-      this.produced.add(o.id);
+      o.tapeState = 'recorded';
     }
     for (const s of saved) s.hold();
-    this.nodes.push({ op, inputs, outputs, saved, backward });
+    this.nodes.push({ op, inputs, needs: inputs.map((t) => t.requiresGrad), outputs, saved, backward });
   }
 
   /**
@@ -71,10 +81,13 @@ export class Tape {
     if (!seed && root.size !== 1) {
       throw new Error(`backward() needs a scalar or an explicit gradient; got ${root.label} ${shapeString(root.shape)}`);
     }
-    if (seed && seed.size !== root.size) {
-      throw new Error(`backward(): gradient ${shapeString(seed.shape)} does not match ${root.label} ${shapeString(root.shape)}`);
+    // The same shape, not only the same size: the rules broadcast, so a [4, 1] seed of a [1, 4] root
+    // would be spread over a 4 × 4 grid and summed away.
+    if (seed && (seed.rank !== root.rank || seed.shape.some((d, i) => d !== root.shape[i]))) {
+      throw new Error(`backward(): gradient ${shapeString(seed.shape)} does not match ${root.label} ${shapeString(root.shape)}; give it the root's shape`);
     }
-    if (!this.produced.has(root.id)) {
+    if (root.tapeState === 'released') throw new Error(released(root, 'backward() cannot run through it again'));
+    if (root.tapeState !== 'recorded') {
       throw new Error(`backward(): ${root.label} does not depend on any tensor that requires grad`);
     }
     const grads = new Map<number, Tensor>();
@@ -94,7 +107,7 @@ export class Tape {
             if (!g) return;
             if (taken.has(g)) g = e.keep(e.view(g, g.shape));
             taken.add(g);
-            if (!input.requiresGrad) return void g.dispose();
+            if (!node.needs[k]) return void g.dispose();
             if (g.size !== input.size) {
               throw new Error(`internal: ${node.op} backward gave ${shapeString(g.shape)} for input ${shapeString(input.shape)}`);
             }
@@ -116,7 +129,8 @@ export class Tape {
       }
       for (const [id, g] of grads) {
         const leaf = this.leaves.get(id);
-        if (!leaf) {
+        // A leaf disposed since: its gradient would never be freed (dispose() has run).
+        if (!leaf || leaf.isDisposed) {
           if (owned(g)) g.dispose();
           continue;
         }
@@ -136,9 +150,9 @@ export class Tape {
   }
 
   private reset(): void {
+    for (const n of this.nodes) for (const o of n.outputs) o.tapeState = 'released';
     this.nodes = [];
     this.leaves.clear();
-    this.produced.clear();
   }
 
   /** a + b as a new tensor outside any tidy scope; a and b are released. */

@@ -57,6 +57,11 @@ export class Tensor {
   requiresGrad = false;
   /** Accumulated gradient of a leaf after `backward()`. */
   grad: Tensor | null = null;
+  /**
+   * Set by the autograd tape: 'recorded' on an output of a recorded op, 'released' once backward()
+   * or clear() has dropped that op (a gradient can no longer flow through it).
+   */
+  tapeState: 'recorded' | 'released' | undefined = undefined;
   private userReleased = false;
   private freed = false;
   /** Holds by the autograd tape: a tensor saved for backward outlives the user's dispose(). */

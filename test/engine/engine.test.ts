@@ -88,6 +88,60 @@ t.test('gradients accumulate across backward calls until cleared', async (t) => 
   t.same(Array.from(await x.grad!.read()), [12]);
 });
 
+t.test('a tensor whose graph an earlier backward released is refused, never taken for a leaf', async (t) => {
+  // Hand-worked: x = [1, 2, 3], a = x², loss₂ = Σ a² = Σ x⁴, d/dx = 4x³ = [4, 32, 108]. The first
+  // backward used to drop a's op, and a then counted as a leaf: x got no gradient, a got [2, 8, 18].
+  const x = e.tensor([1, 2, 3], [3]);
+  x.requiresGrad = true;
+  const a = ops.mul(x, x);
+  e.tape.backward(ops.sum(ops.scale(x, 5)));
+  t.throws(() => ops.mul(a, a), /mul\(.*\) \[3\] was computed before a backward\(\) \(or tape.clear\(\)\) that released its graph, so mul cannot record it as an input: compute it again after the backward\(\), or call backward\(\) once on the sum of the losses/);
+  // Computed again after it, the gradient flows to x.
+  x.grad = null;
+  const again = ops.mul(x, x);
+  e.tape.backward(ops.sum(ops.mul(again, again)));
+  t.same(Array.from(await x.grad!.read()), [4, 32, 108]);
+  // Two losses of one forward: the second backward says why it cannot run (it said "does not depend on any tensor that requires grad").
+  const y = ops.mul(x, x);
+  const [l1, l2] = [ops.sum(y), ops.sum(ops.scale(y, 2))];
+  e.tape.backward(l1);
+  t.throws(() => e.tape.backward(l2), /released its graph, so backward\(\) cannot run through it again/);
+  t.throws(() => e.tape.backward(l1), /released its graph/);
+});
+
+t.test('backward takes a seed of the root\'s shape only, and the inputs that wanted a gradient when recorded', async (t) => {
+  // A [4, 1] seed for a [1, 4] root was broadcast against it and summed: x.grad [10, 10, 10, 10], not the seed.
+  const x = e.tensor([1, 2, 3, 4], [1, 4]);
+  x.requiresGrad = true;
+  const y = ops.mul(x, e.tensor([1, 1, 1, 1], [1, 4]));
+  t.throws(() => e.tape.backward(y, e.tensor([1, 2, 3, 4], [4, 1])), /backward\(\): gradient \[4,1\] does not match .* \[1,4\]; give it the root.s shape/);
+  e.tape.backward(y, e.tensor([1, 2, 3, 4], [1, 4]));
+  t.same(Array.from(await x.grad!.read()), [1, 2, 3, 4]);
+  // w wanted no gradient when y = x·w was recorded: only its second use counts (PyTorch: d/dw Σ y·w = y = [3, 8]).
+  const x2 = e.tensor([1, 2], [2]);
+  x2.requiresGrad = true;
+  const w = e.tensor([3, 4], [2]);
+  const y2 = ops.mul(x2, w);
+  w.requiresGrad = true;
+  e.tape.backward(ops.sum(ops.mul(y2, w)));
+  t.same(Array.from(await w.grad!.read()), [3, 8]);
+});
+
+t.test('a leaf disposed before backward gets no gradient (it would never be freed)', async (t) => {
+  const x = e.tensor([1, 2, 3], [3]);
+  const live0 = e.memoryStats().liveBytes;
+  for (let step = 0; step < 3; step++) {
+    const w = e.tensor([1, 1, 1], [3]);
+    w.requiresGrad = true;
+    const loss = e.tidy(() => ops.sum(ops.mul(x, w)));
+    w.dispose();
+    e.tape.backward(loss);
+    t.equal(w.grad, null);
+    loss.dispose();
+  }
+  t.equal(e.memoryStats().liveBytes, live0, 'nothing left behind');
+});
+
 t.test('a GPU validation error surfaces as a GpuError carrying the label', async (t) => {
   const params = uniformLayout({ n: 'u32' });
   const bad = { key: 'deliberately-broken-kernel', code: `${params.wgsl}\n@compute @workgroup_size(1) fn main() { let x: f32 = u.n; }`, params };
