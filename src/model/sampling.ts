@@ -7,17 +7,18 @@
 import type { Engine } from '../engine/engine.ts';
 import { add, addScalar, clampSymmetric, exp, mul, scale, sub } from '../engine/ops/elementwise.ts';
 import { slice } from '../engine/ops/layout.ts';
+import { sum } from '../engine/ops/reduce.ts';
 import type { Tensor } from '../engine/tensor.ts';
 import { gaussianNoise, linearSchedule, posterior } from './diffusion.ts';
 import type { UNet } from './unet.ts';
 
-/** ε̂ (the output's first C channels) and, for a learn_sigma model, v (its other C channels). */
-function predict(unet: UNet, x: Tensor, t: number): { eps: Tensor; v?: Tensor } {
+/** The U-Net's output: ε̂ (its first C channels) and, for a learn_sigma model, v (its other C channels). */
+function predict(unet: UNet, x: Tensor, t: number): { out: Tensor; eps: Tensor; v?: Tensor } {
   const n = x.shape[0];
   const C = unet.plan.flags.in_channels;
   const out = unet.forward(x, new Array(n).fill(t), { output: true }).output!;
-  if (out.shape[1] === C) return { eps: out };
-  return { eps: slice(out, [0, 0], [n, C]), v: slice(out, [0, C], [n, 2 * C]) };
+  if (out.shape[1] === C) return { out, eps: out };
+  return { out, eps: slice(out, [0, 0], [n, C]), v: slice(out, [0, C], [n, 2 * C]) };
 }
 
 /** The number of diffusion steps T of the schedule every model here is trained with. */
@@ -79,10 +80,14 @@ export async function sample(e: Engine, unet: UNet, o: SampleOptions): Promise<T
   const ddim = o.ddimSteps ?? 0;
   const ts = ddim ? ddimTimesteps(sch.steps, ddim) : Array.from({ length: sch.steps }, (_, i) => sch.steps - 1 - i);
   let x = e.keep(e.tensor(gaussianNoise(n, seed), shape, 'x_T'));
+  // Per step, Σ 0·(ε̂, v): 0, or NaN where the prediction holds a NaN or ±Inf, which the clamp
+  // of x̂0 would otherwise turn into a plausible −1 or 1 (an all-black image). Read once at the end.
+  const checks: Tensor[] = [];
   try {
     for (const [k, t] of ts.entries()) {
       const next = e.noGrad(() => e.tidy(() => {
-        const { eps, v } = predict(unet, x, t);
+        const { out, eps, v } = predict(unet, x, t);
+        checks.push(e.keep(sum(scale(out, 0))));
         const abar = ac[t];
         const x0 = clampSymmetric(scale(sub(x, scale(eps, Math.sqrt(1 - abar))), 1 / Math.sqrt(abar)), 1);
         if (ddim) {
@@ -106,9 +111,15 @@ export async function sample(e: Engine, unet: UNet, o: SampleOptions): Promise<T
       o.onStep?.(k + 1, ts.length);
       await e.settle();
     }
+    const bad = (await e.readTensors(checks)).findIndex((c) => !Number.isFinite(c[0]));
+    if (bad >= 0) {
+      throw new RangeError(`sample: the U-Net's prediction holds NaN or Inf at step ${bad + 1} of ${ts.length} (t = ${ts[bad]}): look for NaN/Inf or overflowing weights in the checkpoint`);
+    }
   } catch (err) {
     x.dispose();
     throw err;
+  } finally {
+    for (const c of checks) c.dispose();
   }
   return x;
 }

@@ -109,6 +109,21 @@ t.test('a learn_sigma model samples with its learned variance: σ_t² = exp(f·l
   x.dispose();
 });
 
+t.test('a prediction holding NaN or Inf is an error naming the step, not a clamped all-black image', async (t) => {
+  const unet = UNet.random(e, tiny, 5);
+  // A bias of NaN in one output channel: ε̂ is NaN there at every step (x̂0's clamp gave −1 for it).
+  const weights = new Map(unet.parameters());
+  weights.set('out.2.bias', e.tensor(Float32Array.from([0, Number.NaN, 0]), [3]));
+  await t.rejects(sample(e, unet.withWeights(weights), { count: 2, ddimSteps: 5 }), /sample: the U-Net's prediction holds NaN or Inf at step 1 of 5 \(t = 800\)/);
+  weights.set('out.2.bias', e.tensor(Float32Array.from([0, 0, Number.POSITIVE_INFINITY]), [3]));
+  await t.rejects(sample(e, unet.withWeights(weights), { count: 1, ddimSteps: 5 }), /holds NaN or Inf at step 1 of 5/);
+  const live = e.memoryStats().liveBytes;
+  const ok = await sample(e, unet, { count: 1, ddimSteps: 5 });
+  t.ok((await ok.read()).every(Number.isFinite));
+  ok.dispose();
+  t.equal(e.memoryStats().liveBytes, live, 'the per-step checks are freed');
+});
+
 t.test('bad sampling options are refused, naming the option and its range, before anything is allocated', async (t) => {
   const unet = UNet.random(e, tiny, 6);
   const cases: [Partial<SampleOptions>, RegExp][] = [
