@@ -343,7 +343,7 @@ async function ckaCommand(argv: string[]): Promise<number> {
     return { data, n: cached.count, d: data.length / cached.count };
   });
   const e = await tunedEngine();
-  const m = await ckaMatrix(e, sets);
+  const m = await ckaMatrix(e, sets, pairs.map(([t, b]) => `t${t} b${b}`));
   await writeFileAtomic(o.out, JSON.stringify({ labels, matrix: m, images: cached.count, pool: o.pool }, null, 2));
   if (o.png) await writeChart(o.png, heatmapSvg(m, labels, labels, `linear CKA, ${cached.count} images`));
   console.log(`linear CKA over ${cached.count} images:\n${labels.map((l, i) => `${l.padStart(6)} ${m[i].map((v) => v.toFixed(3)).join(' ')}`).join('\n')}`);

@@ -56,12 +56,25 @@ export function ckaFromGrams(kc: Float64Array, lc: Float64Array): number {
   return kl / Math.sqrt(kk * ll);
 }
 
-/** CKA between every pair of feature sets (all of the same n examples): a symmetric matrix. */
-export async function ckaMatrix(e: Engine, sets: FeatureMatrix[]): Promise<number[][]> {
+/**
+ * CKA between every pair of feature sets (all of the same n ≥ 2 examples): a symmetric matrix.
+ * `names` (one per set) name a set in errors. A set that is the same for every example has a zero
+ * centred Gram, and its CKA with anything is 0/0: refused, as is a Gram that overflowed float32.
+ */
+export async function ckaMatrix(e: Engine, sets: FeatureMatrix[], names?: readonly string[]): Promise<number[][]> {
   const n = sets[0]?.n;
   for (const s of sets) if (s.n !== n) throw new RangeError(`CKA: every feature set needs the same examples (${s.n} vs ${n})`);
+  if (sets.length && n < 2) throw new RangeError(`CKA: ${n} example${n === 1 ? '' : 's'}; it compares how examples relate to each other, so it needs at least 2`);
   const grams: Float64Array[] = [];
-  for (const s of sets) grams.push(await centredGram(e, s));
+  for (const [i, s] of sets.entries()) {
+    const gram = await centredGram(e, s);
+    let norm = 0;
+    for (const v of gram) norm += v * v;
+    const name = names?.[i] ?? `number ${i + 1}`;
+    if (!Number.isFinite(norm)) throw new RangeError(`CKA: feature set ${name} overflows float32 in its Gram matrix (features too large); scale them down`);
+    if (norm === 0) throw new RangeError(`CKA: feature set ${name} is the same for all ${n} examples (no variance), so its CKA with any set is undefined (0/0)`);
+    grams.push(gram);
+  }
   const m = grams.map(() => new Array<number>(grams.length).fill(0));
   for (let i = 0; i < grams.length; i++) {
     for (let j = i; j < grams.length; j++) m[i][j] = m[j][i] = ckaFromGrams(grams[i], grams[j]);
