@@ -6,7 +6,8 @@
 /** Diffusion timesteps of the linear 1000-step schedule. */
 export const TIMESTEPS = 1000;
 /** Upper bounds on what a signature may declare (far above any real dataset). */
-const MAX_IMAGES = 1_000_000_000;
+/** Images per cache: chunks store each image's index as I64, read back as float32, exact to 2^24. */
+const MAX_IMAGES = 2 ** 24;
 const MAX_CHUNKS = 10_000_000;
 const MAX_BLOCKS = 1000;
 
@@ -45,7 +46,7 @@ export function checkCacheSignature(sig: CacheSignature, where: string): void {
   const bad = (detail: string): never => {
     throw new Error(`${where}: ${detail}`);
   };
-  if (!isInt(sig.count, 1, MAX_IMAGES)) bad(`image count ${JSON.stringify(sig.count)} is not an integer in 1..${MAX_IMAGES}`);
+  if (!isInt(sig.count, 1, MAX_IMAGES)) bad(`image count ${JSON.stringify(sig.count)} is not an integer in 1..${MAX_IMAGES} (a cache holds at most 2^24 images: extract a larger dataset into several caches)`);
   if (!isInt(sig.chunkSize, 1, MAX_IMAGES)) bad(`chunk size ${JSON.stringify(sig.chunkSize)} is not an integer in 1..${MAX_IMAGES}`);
   if (Math.ceil(sig.count / sig.chunkSize) > MAX_CHUNKS) bad(`${sig.count} images in chunks of ${sig.chunkSize} would be more than ${MAX_CHUNKS} chunks`);
   // Block 0 (the raw-pixel input) stands alone at timestep 0: a pixel cache.
