@@ -38,9 +38,9 @@ export interface DeviceHandle {
 const languageFeatures = (gpu: GPU | undefined): ReadonlySet<string> => new Set(gpu?.wgslLanguageFeatures ?? []);
 
 // Dawn's Node binding crashes the process (segfault) when the object returned by `create()` is
-// garbage-collected while WebGPU is still in use, so every instance made here lives as long as the
-// process does.
-const dawnInstances: GPU[] = [];
+// garbage-collected while WebGPU is still in use, so the one instance made here lives as long as the
+// process does, shared by every engine (an instance each leaked its threads: 27 → 72 after 12 engines).
+let dawnInstance: GPU | undefined;
 
 const LIMITS_TO_REQUEST = [
   'maxStorageBufferBindingSize',
@@ -63,6 +63,7 @@ async function findGpu(): Promise<GPU> {
   if (!isNode) {
     throw new NoAdapterError('this runtime has no navigator.gpu (Deno needs --unstable-webgpu; browsers need WebGPU enabled)');
   }
+  if (dawnInstance) return dawnInstance;
   let dawn: { create(options: string[]): GPU; globals: object };
   try {
     dawn = await import('webgpu');
@@ -76,9 +77,8 @@ async function findGpu(): Promise<GPU> {
   const proc = (globalThis as unknown as { process: { env: Record<string, string | undefined> } }).process;
   // The Vulkan loader warns (and some drivers fail) without a runtime dir.
   proc.env.XDG_RUNTIME_DIR ??= '/tmp';
-  const gpu = dawn.create([]);
-  dawnInstances.push(gpu);
-  return gpu;
+  dawnInstance = dawn.create([]);
+  return dawnInstance;
 }
 
 /**
@@ -144,8 +144,24 @@ export async function requestDevice(options: RequestDeviceOptions = {}): Promise
   return { device, adapter, info: describeAdapter(adapter, device), owned: true, wgslFeatures: languageFeatures(gpu) };
 }
 
-/** Wraps a device the caller owns: the engine never destroys it. */
-export function wrapDevice(device: GPUDevice, adapter?: GPUAdapter): DeviceHandle {
-  const gpu = (globalThis as { navigator?: { gpu?: GPU } }).navigator?.gpu ?? dawnInstances[0];
-  return { device, adapter, info: describeAdapter(adapter, device), owned: false, wgslFeatures: languageFeatures(gpu) };
+/**
+ * Wraps a device the caller owns: the engine never destroys it. Its WGSL language features come
+ * from navigator.gpu where there is one, else from the device itself: whether a module using
+ * `subgroup_id` compiles (not from a Dawn instance another engine happened to make, which changed
+ * the kernels an engine chose, and its results in the last bits, by what ran before it).
+ */
+export async function wrapDevice(device: GPUDevice, adapter?: GPUAdapter): Promise<DeviceHandle> {
+  const gpu = (globalThis as { navigator?: { gpu?: GPU } }).navigator?.gpu;
+  const wgslFeatures = gpu ? languageFeatures(gpu) : await probeLanguageFeatures(device);
+  return { device, adapter, info: describeAdapter(adapter, device), owned: false, wgslFeatures };
+}
+
+/** The language features difrep asks about (subgroup_id), by compiling a module that uses each. */
+async function probeLanguageFeatures(device: GPUDevice): Promise<ReadonlySet<string>> {
+  if (!device.features.has('subgroups')) return new Set();
+  device.pushErrorScope('validation');
+  const module = device.createShaderModule({ code: 'enable subgroups;\n@compute @workgroup_size(1) fn main(@builtin(subgroup_id) s: u32) { _ = s; }', label: 'difrep subgroup_id probe' });
+  const messages = (await module.getCompilationInfo()).messages;
+  const failed = await device.popErrorScope();
+  return new Set(!failed && !messages.some((m) => m.type === 'error') ? ['subgroup_id'] : []);
 }

@@ -633,6 +633,6 @@ function collectTensors(value: unknown, into: Set<Tensor>): void {
 export async function createEngine(options: EngineOptions = {}): Promise<Engine> {
   if (options.tuning) checkTuning(options.tuning, 'createEngine: option tuning', TUNING_FIX); // before a device exists
   if (options.adapter && !options.device) throw new RangeError('createEngine: `adapter` names the adapter of the `device` option; to run on an adapter of your choosing, request its device and pass both');
-  const handle = options.device ? wrapDevice(options.device, options.adapter) : await requestDevice();
+  const handle = options.device ? await wrapDevice(options.device, options.adapter) : await requestDevice();
   return new Engine(handle, options);
 }
