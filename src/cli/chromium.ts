@@ -8,6 +8,7 @@ import { existsSync, readdirSync, statSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import { UsageError } from './args.ts';
+import { isCheckout } from './package-root.ts';
 
 export const CHROMIUM_FLAGS = ['--enable-unsafe-webgpu', '--enable-features=Vulkan'];
 
@@ -66,9 +67,16 @@ export async function runPage(browser: Browser, url: string, onConsole: (line: s
   }
 }
 
-/** Builds dist/ (what the browser loads) when it is missing or older than the TypeScript source. */
+/**
+ * Builds dist/ (what the browser loads) when it is missing or older than the TypeScript source, in
+ * a checkout; an installed package comes built (its unpacked sources are newer than its dist/).
+ */
 export function ensureBuilt(root: string, log: (line: string) => void): void {
   const entry = join(root, 'dist', 'src', 'index.js');
+  if (!isCheckout(root)) {
+    if (!existsSync(entry)) throw new UsageError(`${entry} is missing from this installed difrep: reinstall the package`);
+    return;
+  }
   const builtAt = existsSync(entry) ? statSync(entry).mtimeMs : -1;
   const newest = (dir: string): number => readdirSync(dir, { withFileTypes: true }).reduce((m, d) => {
     const p = join(dir, d.name);

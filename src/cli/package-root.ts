@@ -13,3 +13,11 @@ export function packageRoot(): string {
     dir = up;
   }
 }
+
+/**
+ * Whether `root` is a source checkout (it has the build's tsconfig) rather than an installed
+ * package, whose dist/ was built when it was packed and whose sources npm unpacks after it (newer).
+ */
+export function isCheckout(root: string): boolean {
+  return existsSync(join(root, 'tsconfig.build.json'));
+}

@@ -6,7 +6,7 @@ import { basename, join, resolve } from 'node:path';
 import { tunedEngine } from './tuning-cache.ts';
 import { type OptionSpecs, parseArgs, UsageError } from './args.ts';
 import { ensureBuilt, launchChromium, runPage } from './chromium.ts';
-import { packageRoot } from './package-root.ts';
+import { isCheckout, packageRoot } from './package-root.ts';
 import { runParity } from './parity-run.ts';
 import { importMapScript, startStaticServer } from './static-server.ts';
 
@@ -54,7 +54,9 @@ function inDeno(argv: string[]): number {
   const deno = existsSync(local) ? local : 'deno';
   const rest = argv.filter((a, i) => a !== '--runtime' && argv[i - 1] !== '--runtime' && !a.startsWith('--runtime='));
   console.log(`runtime: Deno (${deno})`);
-  const r = spawnSync(deno, ['run', '--quiet', '--unstable-webgpu', '--allow-read', '--allow-env', join(root, 'src', 'cli', 'main.ts'), 'parity', ...rest], { stdio: 'inherit' });
+  // Deno strips no TypeScript under node_modules: an installed package runs its built JavaScript.
+  const main = isCheckout(root) ? join(root, 'src', 'cli', 'main.ts') : join(root, 'dist', 'src', 'cli', 'main.js');
+  const r = spawnSync(deno, ['run', '--quiet', '--unstable-webgpu', '--allow-read', '--allow-env', main, 'parity', ...rest], { stdio: 'inherit' });
   if (r.error) throw new UsageError(`cannot start Deno (${r.error.message}): npm install deno, or put deno on the PATH`);
   return r.status ?? 1;
 }

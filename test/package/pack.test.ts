@@ -2,7 +2,7 @@
 // imported by name from plain JavaScript and type-checked from TypeScript, its CLI run.
 import t from 'tap';
 import { execFileSync, spawnSync } from 'node:child_process';
-import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -58,4 +58,15 @@ export { n };
   const cli = spawnSync(join(app, 'node_modules/.bin/difrep'), ['--help'], { cwd: app, encoding: 'utf8' });
   t.equal(cli.status, 0, `the installed difrep CLI (stderr: ${cli.stderr})`);
   t.match(cli.stdout, /parity/, 'its help lists the commands');
+
+  // Deno imports the installed package by name too (it strips no TypeScript under node_modules, so
+  // it must resolve to the built JavaScript; a "deno" export condition pointed it at src/index.ts).
+  const deno = spawnSync(join(root, 'node_modules/.bin/deno'), ['run', '--quiet', '--unstable-webgpu', '--allow-read', '--allow-env', '--allow-sys', 'use.mjs'], { cwd: app, encoding: 'utf8' });
+  t.equal(deno.status, 0, `deno run use.mjs (stderr: ${deno.stderr})`);
+  t.same(JSON.parse(deno.stdout.trim().split('\n').at(-1) ?? '{}'), out, 'the same matmul and gradient under Deno');
+  // The example page and the browser parity run from the installed package: it comes built (npm
+  // unpacks its sources after dist/, so they look newer: that is no reason to rebuild), with the page.
+  const installed = join(app, 'node_modules', 'difrep');
+  t.doesNotThrow(() => ensureBuilt(installed, (l) => t.fail(`tried to rebuild: ${l}`)));
+  t.ok(existsSync(join(installed, 'examples', 'browser', 'index.html')), 'the example page is in the package');
 });
