@@ -4,6 +4,7 @@
 // network file system. A lock left by a process that died on this host (or whose pid a restarted
 // container has given to another process: ../model/checkpoint/process-claim.ts) is taken over; one
 // from a live process, or from another host (whose processes cannot be checked), is refused.
+import { unlinkSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { claimState } from '../model/checkpoint/process-claim.ts';
@@ -30,6 +31,33 @@ function readOwner(text: string): LockOwner | undefined {
   }
 }
 
+/** What schedulers send to stop a job (scancel, preemption, kubectl delete) or a user at a terminal. */
+const STOP_SIGNALS = ['SIGTERM', 'SIGINT', 'SIGHUP'] as const;
+
+/**
+ * While the lock is held, a stop signal removes the lock file before the process ends: a job that a
+ * scheduler stops and requeues on another host would otherwise meet its own lock there, which no
+ * host can judge stale. The signal is then raised again, without this listener, so the process
+ * ends as it would have; listeners of the application's own see it again (leaving the decision to
+ * them instead, as signal-exit does, swallowed the signal when one of them left it to us in turn).
+ */
+function holdThroughSignals(file: string): { stop(): void } {
+  const onSignal = (signal: NodeJS.Signals) => {
+    stop();
+    try {
+      unlinkSync(file);
+    } catch {
+      // already gone
+    }
+    process.kill(process.pid, signal);
+  };
+  const stop = () => {
+    for (const s of STOP_SIGNALS) process.off(s, onSignal);
+  };
+  for (const s of STOP_SIGNALS) process.on(s, onSignal);
+  return { stop };
+}
+
 /** Takes the lock of this shard of `dir`, or throws naming the process that holds it. */
 export async function lockCacheShard(dir: string, shard: { index: number; count: number } | undefined, onWarning: (message: string) => void): Promise<CacheLock> {
   const fs = await import('node:fs/promises');
@@ -44,11 +72,13 @@ export async function lockCacheShard(dir: string, shard: { index: number; count:
         await h.close();
       }
       let released = false;
+      const signals = holdThroughSignals(file);
       return {
         file,
         async release() {
           if (released) return;
           released = true;
+          signals.stop();
           await fs.unlink(file).catch(() => {});
         },
       };

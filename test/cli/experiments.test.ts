@@ -141,6 +141,22 @@ t.test('train --head difeed trains from images with the U-Net live, and --resume
   await rm(dir, { recursive: true });
 });
 
+t.test('extract stopped by SIGTERM (a scheduler\'s stop) leaves no lock behind and exits by that signal', async (t) => {
+  const { spawn } = await import('node:child_process');
+  const { readdir } = await import('node:fs/promises');
+  const dir = await mkdtemp(join(tmpdir(), 'difrep-term-'));
+  const ckpt = new URL('../fixtures/adm32-mini.safetensors', import.meta.url).pathname;
+  const child = spawn(process.execPath, ['--import', 'tsx', main, 'extract', '--model', 'adm32-mini', '--checkpoint', ckpt, '--split', 'test', '--per-class', '20', '--b', '9', '--chunk', '8', '--batch', '4', '--shard', '0/2', '--out', dir], { stdio: 'ignore' });
+  const exited = new Promise<NodeJS.Signals | null>((r) => child.once('exit', (_, signal) => r(signal)));
+  const files = () => readdir(dir).catch(() => [] as string[]);
+  while (!(await files()).some((f) => f.startsWith('chunk-'))) await new Promise((r) => setTimeout(r, 50));
+  t.ok((await files()).includes('.lock-shard-0-of-2'), 'the shard is locked while it runs');
+  child.kill('SIGTERM');
+  t.equal(await exited, 'SIGTERM', 'ended by the signal, as without the handler');
+  t.notOk((await files()).some((f) => f.startsWith('.lock')), 'the lock is gone: a requeued task on another host can take the shard');
+  await rm(dir, { recursive: true });
+});
+
 t.test('extract killed (SIGKILL) midway and re-run finishes with the same cache as an uninterrupted run', async (t) => {
   const { spawn } = await import('node:child_process');
   const { readdir } = await import('node:fs/promises');
