@@ -91,6 +91,9 @@ export async function fitDifFeed(e: Engine, unet: UNet, train: ImageSource, test
   checkEpochs(progress, epochs, o.checkpoint!);
   const startEpoch = progress ? progress.epoch + 1 : 0;
   const losses: number[] = progress ? JSON.parse(String(progress.losses ?? '[]')) : [];
+  // Training time of the saved epochs of earlier runs: a resumed run reports the whole run's.
+  const earlierSeconds = Number(progress?.seconds ?? 0);
+  const seconds = () => earlierSeconds + (performance.now() - t0) / 1000;
   for (let epoch = startEpoch; epoch < epochs; epoch++) {
     const te = performance.now();
     for (const s of schedules) s.setEpoch(epoch);
@@ -108,14 +111,14 @@ export async function fitDifFeed(e: Engine, unet: UNet, train: ImageSource, test
     }
     await steps.read();
     losses.push(steps.weightedSum / (batches * batchSize));
-    if (o.checkpoint) await saveTrainingState(o.checkpoint, saved, optimizer, { epoch, steps: optimizer.steps, losses: JSON.stringify(losses) }, settings);
+    if (o.checkpoint) await saveTrainingState(o.checkpoint, saved, optimizer, { epoch, steps: optimizer.steps, losses: JSON.stringify(losses), seconds: seconds() }, settings);
     o.onEpoch?.({ epoch, epochs, loss: losses[losses.length - 1], lr: headAdam.lr, seconds: (performance.now() - te) / 1000 });
   }
   const logits = await difeedLogits(e, difeed, test, { seed: o.testNoiseSeed ?? seed, batchSize: o.evalBatchSize ?? batchSize, firstPass: o.testFirstPass });
   const { top1, top5, hits } = countTopK(logits, Array.from({ length: test.count }, (_, i) => test.labels[i]));
   let params = 0;
   for (const p of difeed.trainableParameters().values()) params += p.size;
-  return { head: 'difeed', epochs, optimizer: 'adam', lr: headLr, batchSize, params, losses, top1: top1 / test.count, top5: top5 / test.count, testHits: hits, settings, seconds: (performance.now() - t0) / 1000 };
+  return { head: 'difeed', epochs, optimizer: 'adam', lr: headLr, batchSize, params, losses, top1: top1 / test.count, top5: top5 / test.count, testHits: hits, settings, seconds: seconds() };
 }
 
 const SCHEDULE = linearSchedule(1000);

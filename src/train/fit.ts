@@ -71,6 +71,7 @@ export interface FitResult {
   testHits: Uint8Array;
   /** Everything the run was set up with, as its training state records it (result.json repeats it). */
   settings: Record<string, unknown>;
+  /** Wall time of the whole run, a resumed one's earlier saved epochs included. */
   seconds: number;
 }
 
@@ -205,6 +206,9 @@ export async function fitHead(e: Engine, train: FeatureArrays, test: FeatureArra
   checkEpochs(progress, epochs, o.checkpoint!);
   const startEpoch = progress ? progress.epoch + 1 : 0;
   const losses: number[] = progress ? JSON.parse(String(progress.losses ?? '[]')) : [];
+  // Training time of the saved epochs of earlier runs: a resumed run reports the whole run's.
+  const earlierSeconds = Number(progress?.seconds ?? 0);
+  const seconds = () => earlierSeconds + (performance.now() - t0) / 1000;
   for (let epoch = startEpoch; epoch < epochs; epoch++) {
     const te = performance.now();
     schedule.setEpoch(epoch);
@@ -223,12 +227,12 @@ export async function fitHead(e: Engine, train: FeatureArrays, test: FeatureArra
     const loss = steps.weightedSum / seen;
     const correct = steps.correct;
     losses.push(loss);
-    if (o.checkpoint) await saveTrainingState(o.checkpoint, model.params, optimizer, { epoch, steps: optimizer.steps, losses: JSON.stringify(losses) }, settings);
+    if (o.checkpoint) await saveTrainingState(o.checkpoint, model.params, optimizer, { epoch, steps: optimizer.steps, losses: JSON.stringify(losses), seconds: seconds() }, settings);
     o.onEpoch?.({ epoch, epochs, loss, trainAccuracy: correct / seen, lr: optimizer.lr, seconds: (performance.now() - te) / 1000 });
   }
   const acc = await evaluate(e, model, test, keys, batchSize);
   let params = 0;
   for (const p of model.params.values()) params += p.size;
   for (const p of model.params.values()) p.dispose();
-  return { head: o.head, epochs, optimizer: optName, lr, batchSize, params, losses, ...acc, settings, seconds: (performance.now() - t0) / 1000 };
+  return { head: o.head, epochs, optimizer: optName, lr, batchSize, params, losses, ...acc, settings, seconds: seconds() };
 }

@@ -61,5 +61,6 @@ t.test('resuming checks settings, epochs and refuses to replace a state', async 
   const more = await fitHead(e, train, test, linear({ epochs: 3, lr: 1e-3, checkpoint, resume: true, data: { train: '/data/train', features: 'unet' } }));
   t.equal(more.losses.length, 3, 'the same settings resume, with more epochs');
   t.same(more.losses.slice(0, 2), first.losses, 'the earlier losses are kept');
+  t.ok(more.seconds >= first.seconds, `the run's time counts the earlier run's epochs (${more.seconds} s against ${first.seconds} s for them alone)`);
   await rm(dir, { recursive: true });
 });
