@@ -129,6 +129,10 @@ async function extractCommand(argv: string[]): Promise<number> {
     for (const s of skipped) console.error(`difrep: warning: skipped unreadable image ${s.file}: ${s.error}`);
     console.log(`decoded ${scanned.files.length} images at ${imagesPerSecond.toFixed(1)} images/s; ${skipped.length} unreadable skipped; classes: ${folder.classes.join(', ')}`);
     const idx = o['per-class'] ? balancedSubset(folder.labels, o['per-class'], o.seed, folder.classes.length) : folder.files.map((_, i) => i);
+    if (o['per-class']) {
+      const short = folder.classes.map((name, c) => [name, folder.labels.filter((l) => l === c).length] as const).filter(([, n]) => n < o['per-class']!);
+      if (short.length) console.error(`difrep: warning: --per-class ${o['per-class']}, but ${short.map(([name, n]) => `${name} has ${n}`).join(', ')}: the subset is not balanced (${idx.length} images)`);
+    }
     const pool = new DecodePool(2);
     closers.push(() => pool.close());
     source = { count: idx.length, labels: idx.map((i) => folder.labels[i]), images: async (sel) => (await pool.decode(sel.map((i) => folder.files[idx[i]]), size)).images };
@@ -226,7 +230,8 @@ async function trainCommand(argv: string[]): Promise<number> {
   warnIf(checkTrainTestCaches(loaded.train, loaded.test, o.train!, o.test!));
   checkLabels(loaded.train, o.classes, o.train!);
   checkLabels(loaded.test, o.classes, o.test!);
-  const { train, test } = o.standardize ? standardizeSplits(loaded.train, loaded.test) : loaded;
+  const { train, test, warning } = o.standardize ? standardizeSplits(loaded.train, loaded.test) : { ...loaded, warning: undefined };
+  warnIf(warning);
   const e = await tunedEngine();
   await mkdir(o.out, { recursive: true });
   await removeStaleTempFiles(o.out);
@@ -304,7 +309,8 @@ async function knnCommand(argv: string[]): Promise<number> {
   warnIf(checkTrainTestCaches(loaded.train, loaded.test, o.train, o.test));
   checkLabels(loaded.train, o.classes, o.train);
   checkLabels(loaded.test, o.classes, o.test);
-  const splits = o.standardize ? standardizeSplits(loaded.train, loaded.test) : loaded;
+  const splits = o.standardize ? standardizeSplits(loaded.train, loaded.test) : { ...loaded, warning: undefined };
+  warnIf(splits.warning);
   const matrix = (f: FeatureArrays) => {
     const { data } = f.features.get(featureKey(t, b))!;
     return { m: { data, n: f.count, d: data.length / f.count }, labels: Array.from(f.labels) };

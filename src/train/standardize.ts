@@ -36,15 +36,26 @@ export function applyStandardizer(s: Standardizer, data: Float32Array): Float32A
   return out;
 }
 
-/** Every feature set of both splits standardised with the training split's statistics (new arrays; shapes kept). */
-export function standardizeSplits(train: FeatureArrays, test: FeatureArrays): { train: FeatureArrays; test: FeatureArrays } {
+/**
+ * Every feature set of both splits standardised with the training split's statistics (new arrays;
+ * shapes kept), and a warning when some dimension is constant over the training split: its std is
+ * then the 1e-6 alone, so a test image that differs there gets a value up to 1e6 times larger,
+ * which can swamp every other dimension (a small class-balanced split of pixels has a few).
+ */
+export function standardizeSplits(train: FeatureArrays, test: FeatureArrays): { train: FeatureArrays; test: FeatureArrays; warning?: string } {
   const trainFeatures = new Map<string, FeatureMaps>();
   const testFeatures = new Map<string, FeatureMaps>();
+  const constant: string[] = [];
   for (const [key, f] of train.features) {
     const s = fitStandardizer(f.data, train.count);
+    const n = s.std.reduce((c, v) => c + (v === EPS ? 1 : 0), 0);
+    if (n) constant.push(`${key}: ${n} of ${s.std.length}`);
     trainFeatures.set(key, { ...f, data: applyStandardizer(s, f.data) });
     const g = test.features.get(key);
     if (g) testFeatures.set(key, { ...g, data: applyStandardizer(s, g.data) });
   }
-  return { train: { ...train, features: trainFeatures }, test: { ...test, features: testFeatures } };
+  const warning = constant.length
+    ? `warning: feature dimensions constant over the ${train.count} training images (${constant.join('; ')}): standardised by the 1e-6 alone, a test image that differs there gets values up to 1e6 times larger; use more training images, or leave out --standardize`
+    : undefined;
+  return { train: { ...train, features: trainFeatures }, test: { ...test, features: testFeatures }, warning };
 }

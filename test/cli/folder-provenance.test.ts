@@ -36,6 +36,21 @@ t.test('train, knn and sweep refuse a test folder with other classes, naming the
   t.equal(await run('knn', '--train', join(dir, 'c-tr'), '--test', join(dir, 'c-te3'), '--k', '1', '--classes', '3'), 0);
 });
 
+t.test('--per-class above what a class folder holds is warned about (the subset is then not balanced)', async (t) => {
+  await folder(join(dir, 'short'), { a: 40, b: 140 }, 2);
+  await mkdir(join(dir, 'short', 'a', 'more'));
+  await writeFile(join(dir, 'short', 'a', 'more', 'x.png'), encode({ width: 16, height: 16, data: new Uint8Array(256).fill(7), channels: 1, depth: 8 }));
+  const warnings: string[] = [];
+  const error = console.error;
+  console.error = (line: string) => void warnings.push(line);
+  try {
+    t.equal(await run('extract', '--features', 'pixels', '--model', model, '--dataset', 'folder', '--root', join(dir, 'short'), '--per-class', '3', '--out', join(dir, 'c-short')), 0);
+  } finally {
+    console.error = error;
+  }
+  t.match(warnings.join('\n'), /--per-class 3, but b has 2: the subset is not balanced \(5 images\)/);
+});
+
 t.test('a shard of a folder whose files changed since the other shard is refused', async (t) => {
   const root = join(dir, 'sharded');
   await folder(root, { a: 30, b: 130 }, 2);

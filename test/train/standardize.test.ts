@@ -23,3 +23,12 @@ t.test('both splits use the training split\'s statistics', async (t) => {
   t.ok(Math.abs(test.features.get('t150.b9')!.data[0] - 2 / s) < 1e-6);
   t.same(test.features.get('t150.b9')!.shape, [1, 1, 1]);
 });
+
+t.test('a dimension constant over the training split is named in a warning (its test values grow by up to 1e6)', async (t) => {
+  const f = (data: number[], count: number) => ({ features: new Map([['t150.b9', { data: Float32Array.from(data), shape: [3, 1, 1] }]]), labels: new Array(count).fill(0), count });
+  // Dimension 1 is 5 in both training images: (5.5 − 5)/1e-6 = 5e5 for the test image.
+  const { test, warning } = standardizeSplits(f([0, 5, 1, 2, 5, 3], 2), f([1, 5.5, 2], 1));
+  t.match(warning, /feature dimensions constant over the 2 training images \(t150\.b9: 1 of 3\)/);
+  t.ok(Math.abs(test.features.get('t150.b9')!.data[1] - 5e5) < 1);
+  t.equal(standardizeSplits(f([0, 5, 1, 2, 6, 3], 2), f([1, 5.5, 2], 1)).warning, undefined, 'none when every dimension varies');
+});
