@@ -633,6 +633,10 @@ function collectTensors(value: unknown, into: Set<Tensor>): void {
 export async function createEngine(options: EngineOptions = {}): Promise<Engine> {
   if (options.tuning) checkTuning(options.tuning, 'createEngine: option tuning', TUNING_FIX); // before a device exists
   if (options.adapter && !options.device) throw new RangeError('createEngine: `adapter` names the adapter of the `device` option; to run on an adapter of your choosing, request its device and pass both');
+  if (options.device && typeof (globalThis as { GPUBufferUsage?: unknown }).GPUBufferUsage === 'undefined') {
+    // Browsers and Deno define WebGPU's globals; Dawn for Node leaves them to whoever creates its instance.
+    throw new Error("createEngine: WebGPU's globals (GPUBufferUsage, GPUMapMode, …) are not defined in this runtime: with Dawn for Node, run `Object.assign(globalThis, (await import('webgpu')).globals)` before creating the device you pass");
+  }
   const handle = options.device ? await wrapDevice(options.device, options.adapter) : await requestDevice();
   return new Engine(handle, options);
 }

@@ -3,6 +3,7 @@
 // no `subgroup_id` language feature until some createEngine() had made a Dawn instance, so the same
 // call chose other row kernels by what had run before (softmax differed in the last bits); and
 // each createEngine() made a Dawn instance of its own, with its threads, for the process's life.
+import { execFileSync } from 'node:child_process';
 import { readdirSync } from 'node:fs';
 import t from 'tap';
 import { create, globals } from 'webgpu';
@@ -31,4 +32,10 @@ t.test('engines share one Dawn instance: making more does not add threads', asyn
   const start = threads();
   for (let i = 0; i < 8; i++) (await createEngine()).dispose();
   t.ok(threads() <= start + 12, `${start} threads before eight more engines, ${threads()} after`);
+});
+
+t.test('an app\'s Dawn device without Dawn\'s globals is refused, saying how to install them (it was "GPUBufferUsage is not defined")', async (t) => {
+  const child = new URL('./children/no-globals.ts', import.meta.url).pathname;
+  const out = execFileSync(process.execPath, ['--import', 'tsx', child], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
+  t.match(out, /Error: createEngine: WebGPU's globals \(GPUBufferUsage, GPUMapMode, …\) are not defined in this runtime: with Dawn for Node, run `Object\.assign\(globalThis, \(await import\('webgpu'\)\)\.globals\)`/);
 });

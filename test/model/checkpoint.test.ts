@@ -230,3 +230,17 @@ t.test('a checkpoint read from bytes in memory hands out copies: editing one cha
   t.same(Array.from(await withPrefix(src, '').read('w')), [1, 2]);
   await src.close();
 });
+
+t.test('a path in a runtime without a file system (a browser) is a CheckpointError saying to pass the bytes', async (t) => {
+  const { fileSource } = await import('../../src/model/checkpoint/byte-source.ts');
+  const node = globalThis.process;
+  let opened: Promise<unknown>;
+  // A browser has neither process.versions.node nor Deno (it failed loading node:fs/promises, with a CORS error beside).
+  (globalThis as { process?: unknown }).process = undefined;
+  try {
+    opened = fileSource('model.pt');
+  } finally {
+    (globalThis as { process?: unknown }).process = node;
+  }
+  await t.rejects(opened, /model\.pt: this runtime has no file system \(a browser\): fetch the file and pass its bytes \(a Uint8Array\) instead of a path/);
+});

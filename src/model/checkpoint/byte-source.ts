@@ -38,6 +38,10 @@ export function memorySource(bytes: Uint8Array, name = '<memory>'): ByteSource {
 
 /** Opens a file with node:fs (Node and Deno); every failure is a CheckpointError naming the path. */
 export async function fileSource(path: string): Promise<ByteSource> {
+  const runtime = globalThis as { process?: { versions?: { node?: string } }; Deno?: unknown };
+  if (!runtime.process?.versions?.node && !runtime.Deno) {
+    throw new CheckpointError(path, 'this runtime has no file system (a browser): fetch the file and pass its bytes (a Uint8Array) instead of a path');
+  }
   const fs = await import('node:fs/promises');
   let handle;
   try {
