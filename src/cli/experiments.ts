@@ -209,6 +209,7 @@ const TRAIN = {
   seed: { type: 'int', min: 0, max: MAX_SEED, help: 'initialisation and shuffling seed', default: 0 },
   out: { type: 'string', meta: 'DIR', required: true, help: 'output directory for state.safetensors (every epoch) and result.json' },
   resume: { type: 'flag', help: 'continue the run in --out (same settings; --epochs may grow)' },
+  'checkpoint-every': { type: 'number', above: 0, help: 'difeed: seconds between saves within an epoch (the end of each epoch saves too; --resume continues at the next batch)', default: 300 },
 } satisfies OptionSpecs;
 
 type TrainOptions = NonNullable<ReturnType<typeof parseArgs<typeof TRAIN>>>;
@@ -275,7 +276,7 @@ async function trainDifFeed(o: TrainOptions): Promise<number> {
     classes: o.classes, strategy: o.strategy as DifFeedOptions['strategy'], t: t[0], featureBlock: o.b?.[0],
     head: { dim: o.dim, layers: o.layers, heads: o.heads, prePoolSize: o['pre-pool'] },
     epochs: o.epochs, batchSize: o.batch ?? 16, headLr: o.lr, stepSize: o['step-size'], gamma: o.gamma, seed: o.seed, flip: o.flip === 'true',
-    unetWeights: hash, checkpoint: join(o.out, 'state.safetensors'), resume: o.resume,
+    unetWeights: hash, checkpoint: join(o.out, 'state.safetensors'), checkpointEverySeconds: o['checkpoint-every'], resume: o.resume,
     onBatch: progressBar('  batches', 'batches'),
     onEpoch: ({ epoch, epochs, loss, seconds }) => console.log(`epoch ${epoch + 1}/${epochs}: loss ${loss.toFixed(4)}, ${seconds.toFixed(1)} s (ETA ${fmtTime(seconds * (epochs - epoch - 1))})`),
   });

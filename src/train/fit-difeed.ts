@@ -8,6 +8,7 @@ import type { Tensor } from '../engine/tensor.ts';
 import { gaussianNoise, linearSchedule, qSample } from '../model/diffusion.ts';
 import { DifFeed, type DifFeedOptions } from '../model/heads/difeed.ts';
 import type { UNet } from '../model/unet.ts';
+import { CheckpointError } from '../model/checkpoint/checkpoint-error.ts';
 import { checkEpochs, saveTrainingState, startOrResume } from './checkpoint.ts';
 import { epochBatches } from './epoch-batches.ts';
 import { type ImageSource, noiseSeed } from './extract.ts';
@@ -44,6 +45,12 @@ export interface DifFeedFitOptions extends DifFeedOptions {
    */
   unetWeights?: string;
   checkpoint?: string;
+  /**
+   * With `checkpoint`: also save within an epoch, after the first batch that ends this many seconds
+   * after the last save (default 300), so a stopped run loses minutes, not an epoch; a resumed run
+   * continues at the next batch, exactly (order, flips and noise derive from seed, epoch and image).
+   */
+  checkpointEverySeconds?: number;
   resume?: boolean;
   onEpoch?: (info: { epoch: number; epochs: number; loss: number; lr: number; seconds: number }) => void;
   onBatch?: (done: number, total: number) => void;
@@ -88,8 +95,15 @@ export async function fitDifFeed(e: Engine, unet: UNet, train: ImageSource, test
     unet: { config: unet.plan.flags, weights: o.unetWeights ?? null },
   };
   const progress = await startOrResume(e, o.checkpoint, !!o.resume, settings, saved, optimizer);
-  checkEpochs(progress, epochs, o.checkpoint!);
-  const startEpoch = progress ? progress.epoch + 1 : 0;
+  // A state saved within an epoch records the batches of that epoch it had trained, and their loss sum.
+  const partial = progress?.batch === undefined ? undefined : { batch: Number(progress.batch), lossSum: Number(progress.epochLoss) };
+  if (partial && !(Number.isSafeInteger(partial.batch) && partial.batch > 0 && Number.isFinite(partial.lossSum) && partial.lossSum >= 0)) {
+    throw new CheckpointError(o.checkpoint!, `corrupt training checkpoint: progress batch ${JSON.stringify(progress!.batch)}, epochLoss ${JSON.stringify(progress!.epochLoss)} are not a count and a finite sum`);
+  }
+  checkEpochs(partial && progress ? { ...progress, epoch: progress.epoch - 1 } : progress, epochs, o.checkpoint!);
+  const startEpoch = progress ? (partial ? progress.epoch : progress.epoch + 1) : 0;
+  const saveEvery = (o.checkpointEverySeconds ?? 300) * 1000;
+  let lastSave = performance.now();
   const losses: number[] = progress ? JSON.parse(String(progress.losses ?? '[]')) : [];
   // Training time of the saved epochs of earlier runs: a resumed run reports the whole run's.
   const earlierSeconds = Number(progress?.seconds ?? 0);
@@ -100,7 +114,10 @@ export async function fitDifFeed(e: Engine, unet: UNet, train: ImageSource, test
     const epochIdx = epochBatches(train.count, batchSize, seed * 1000 + epoch, 'DifFeed');
     const batches = epochIdx.length;
     const steps = new StepLosses(e);
+    const resumeAt = partial && epoch === startEpoch ? partial.batch : 0;
+    if (resumeAt) steps.weightedSum = partial!.lossSum;
     for (const [b, idx] of epochIdx.entries()) {
+      if (b < resumeAt) continue;
       const flips = o.flip === false ? undefined : imageFlips(seed, epoch, idx);
       const xt = await noisyImages(e, difeed, train, idx, seed + epoch + 1, flips);
       const labels = idx.map((i) => train.labels[i]);
@@ -108,10 +125,18 @@ export async function fitDifFeed(e: Engine, unet: UNet, train: ImageSource, test
       xt.dispose();
       await steps.add(loss, labels, `epoch ${epoch + 1}, batch ${b + 1} (step ${optimizer.steps})`);
       o.onBatch?.(b + 1, batches);
+      if (o.checkpoint && b + 1 < batches && performance.now() - lastSave >= saveEvery) {
+        await steps.read();
+        await saveTrainingState(o.checkpoint, saved, optimizer, { epoch, batch: b + 1, epochLoss: steps.weightedSum, steps: optimizer.steps, losses: JSON.stringify(losses), seconds: seconds() }, settings);
+        lastSave = performance.now();
+      }
     }
     await steps.read();
     losses.push(steps.weightedSum / (batches * batchSize));
-    if (o.checkpoint) await saveTrainingState(o.checkpoint, saved, optimizer, { epoch, steps: optimizer.steps, losses: JSON.stringify(losses), seconds: seconds() }, settings);
+    if (o.checkpoint) {
+      await saveTrainingState(o.checkpoint, saved, optimizer, { epoch, steps: optimizer.steps, losses: JSON.stringify(losses), seconds: seconds() }, settings);
+      lastSave = performance.now();
+    }
     o.onEpoch?.({ epoch, epochs, loss: losses[losses.length - 1], lr: headAdam.lr, seconds: (performance.now() - te) / 1000 });
   }
   const logits = await difeedLogits(e, difeed, test, { seed: o.testNoiseSeed ?? seed, batchSize: o.evalBatchSize ?? batchSize, firstPass: o.testFirstPass });

@@ -1,0 +1,71 @@
+// DifFeed saves within an epoch (every checkpointEverySeconds) and a run stopped there resumes at
+// the next batch to exactly the weights, BatchNorm statistics, optimizer state and losses of a run
+// never stopped: it saved only at the end of each epoch, so a stop lost up to an epoch's work.
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import t from 'tap';
+import { openSafetensors } from '../../src/model/checkpoint/safetensors.ts';
+import { UNet } from '../../src/model/unet.ts';
+import type { ImageSource } from '../../src/train/extract.ts';
+import { type DifFeedFitOptions, fitDifFeed } from '../../src/train/fit-difeed.ts';
+import { randomNd, testEngine } from '../helpers/check.ts';
+
+const e = await testEngine();
+const mini = {
+  image_size: 16, num_channels: 32, num_res_blocks: 1, channel_mult: '1,2', attention_resolutions: '2',
+  num_head_channels: 32, learn_sigma: false, use_scale_shift_norm: true, resblock_updown: true,
+};
+const unet = UNet.random(e, mini, 11);
+const count = 12;
+const pixels = randomNd([count, 3, 16, 16], 12).data;
+const source: ImageSource = {
+  count,
+  labels: Array.from({ length: count }, (_, i) => i % 4),
+  images: (idx) => {
+    const out = new Float32Array(idx.length * 768);
+    idx.forEach((i, k) => out.set(pixels.subarray(i * 768, (i + 1) * 768), k * 768));
+    return out;
+  },
+};
+const dir = await mkdtemp(join(tmpdir(), 'difrep-difeed-resume-'));
+t.teardown(() => rm(dir, { recursive: true }));
+const options = (checkpoint: string, more: Partial<DifFeedFitOptions> = {}): DifFeedFitOptions => ({
+  classes: 4, head: { dim: 16, heads: 2, layers: 1, prePoolSize: 4 }, epochs: 2, batchSize: 4, stepSize: 1, seed: 3, checkpoint, ...more,
+});
+
+async function tensors(path: string): Promise<Map<string, Float32Array>> {
+  const src = await openSafetensors(path);
+  try {
+    return new Map(await Promise.all(src.keys().map(async (k) => [k, await src.read(k)] as [string, Float32Array])));
+  } finally {
+    await src.close();
+  }
+}
+
+t.test('stopped after batch 2 of epoch 2 and resumed: the same state and losses as a run never stopped', async (t) => {
+  const whole = await fitDifFeed(e, unet, source, source, options(join(dir, 'whole.safetensors')));
+  const stopped = join(dir, 'stopped.safetensors');
+  let epoch = 0;
+  const run = fitDifFeed(e, unet, source, source, options(stopped, {
+    checkpointEverySeconds: 0,
+    onEpoch: () => void epoch++,
+    onBatch: (done) => {
+      if (epoch === 1 && done === 2) throw new Error('stopped');
+    },
+  }));
+  await t.rejects(run, /stopped/);
+  const saved = await openSafetensors(stopped);
+  t.match(JSON.parse(saved.metadata.progress), { epoch: 1, batch: 1 }, 'the last save was after batch 1 of epoch 2 (the stop came before batch 2 was saved)');
+  await saved.close();
+  let batchesRun = 0;
+  const resumed = await fitDifFeed(e, unet, source, source, options(stopped, { resume: true, onBatch: () => void batchesRun++ }));
+  t.equal(batchesRun, 2, 'only batches 2 and 3 of epoch 2 run again');
+  t.same(resumed.losses, whole.losses, 'the same epoch losses');
+  const [a, b] = [await tensors(join(dir, 'whole.safetensors')), await tensors(stopped)];
+  t.same([...b.keys()].sort(), [...a.keys()].sort());
+  let differing = 0;
+  for (const [k, v] of a) differing += v.some((x, i) => x !== b.get(k)![i]) ? 1 : 0;
+  t.equal(differing, 0, `every one of ${a.size} tensors bit-identical`);
+  t.equal(resumed.top1, whole.top1);
+});
