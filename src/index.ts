@@ -1,5 +1,5 @@
-// difrep's public surface (browser-safe: Node-only file and dataset helpers stay in src/train and
-// src/cli and are imported by path).
+// difrep's public surface (browser-safe: the Node-only file and dataset helpers of src/train and
+// src/cli are reached through the `difrep` CLI; in a checkout, import them by path).
 export * from './engine/index.ts';
 export { ADM_256_UNCOND, planUNet, stateDictShapes, type UNetFlags, type UNetPlan } from './model/unet-config.ts';
 export { BindingLimitError, type ForwardOptions, type ForwardResult, UNet } from './model/unet.ts';
