@@ -14,3 +14,4 @@ export { Adam, OptimizerGroups, Sgd, StepLR } from './train/optimizer.ts';
 export { trainStep } from './train/train-step.ts';
 export { knnClassify } from './train/eval/knn.ts';
 export { ckaMatrix } from './train/eval/cka.ts';
+export { preprocess as preprocessImage, type Rgb } from './train/data/preprocess.ts';

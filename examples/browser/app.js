@@ -1,7 +1,7 @@
 // The example page: pick images, choose t and b, run the U-Net on this browser's WebGPU, and show
 // the noised input, the feature channels of block b, GPU time per block and linear CKA between
 // blocks. Plain JavaScript over the built library (dist/); `npm run example` serves it.
-import { ckaMatrix, createEngine, gaussianNoise, linearSchedule, openSafetensors, paperBlocks, qSample, UNet, withPrefix } from '/dist/src/index.js';
+import { ckaMatrix, createEngine, gaussianNoise, linearSchedule, openSafetensors, paperBlocks, preprocessImage, qSample, UNet, withPrefix } from '/dist/src/index.js';
 
 const $ = (id) => document.getElementById(id);
 const auto = new URLSearchParams(location.search).has('auto');
@@ -121,8 +121,18 @@ async function useFiles(files) {
   const images = [];
   for (const f of files) {
     if (!f.type.startsWith('image/')) continue;
+    // Its own pixels, then the CLI's preprocessing (shorter side to S, centre crop), not a stretch to S × S.
     const bitmap = await createImageBitmap(f);
-    images.push(toPixels((ctx, s) => ctx.drawImage(bitmap, 0, 0, s, s), S));
+    const canvas = document.createElement('canvas');
+    [canvas.width, canvas.height] = [bitmap.width, bitmap.height];
+    const ctx = canvas.getContext('2d', { willReadFrequently: true });
+    ctx.drawImage(bitmap, 0, 0);
+    const rgba = ctx.getImageData(0, 0, bitmap.width, bitmap.height).data;
+    const rgb = new Uint8Array(bitmap.width * bitmap.height * 3);
+    for (let p = 0; p < bitmap.width * bitmap.height; p++) rgb.set(rgba.subarray(4 * p, 4 * p + 3), 3 * p);
+    const out = new Float32Array(3 * S * S);
+    preprocessImage({ width: bitmap.width, height: bitmap.height, data: rgb }, S, false, out, 0);
+    images.push(out);
   }
   if (!images.length) throw new Error('none of the dropped files is an image');
   setImages(images, [...files].map((f) => f.name));
