@@ -142,6 +142,12 @@ export async function extractFeatures(e: Engine, unet: UNet, data: ImageSource, 
   if (opts.blocks.includes(PIXEL_BLOCK)) throw new Error('extract: block 0 is the raw-pixel input; use extractPixels for a pixel cache');
   const schedule = linearSchedule(TIMESTEPS);
   const noiseBase = extractionNoiseSeed(sig.seed, opts.provenance.dataset);
+  // The U-Net splits its own intermediates to fit a binding, but x0, x_t and each tap (pooled after
+  // the U-Net rejoins it) are bound whole: images per call such that the largest of them fits.
+  const perImage = Math.max(4 * 3 * unet.plan.flags.image_size ** 2, ...opts.blocks.map((b) => {
+    const block = unet.plan.blocks[b - 1];
+    return 4 * block.outChannels * block.size ** 2;
+  }));
   const features: BatchFeatures = async (x0, idx) => {
     const out = new Map<string, { shape: number[]; values: Float32Array }>();
     const inputSize = x0.size / idx.length;
@@ -171,7 +177,12 @@ export async function extractFeatures(e: Engine, unet: UNet, data: ImageSource, 
     }
     return out;
   };
-  return extractChunks(e, unet.plan.flags.image_size, data, opts, sig, features);
+  return extractChunks(e, unet.plan.flags.image_size, data, opts, sig, features, imagesPerBinding(e, perImage));
+}
+
+/** How many images of `bytesPerImage` one storage binding of `e` holds (at least 1: one image over it fails clearly). */
+function imagesPerBinding(e: Engine, bytesPerImage: number): number {
+  return Math.max(1, Math.floor(e.maxBindingBytes / bytesPerImage));
 }
 
 /**
@@ -190,10 +201,11 @@ export async function extractPixels(e: Engine, imageSize: number, data: ImageSou
     checkFinite(values, values.length / idx.length, idx, 0, PIXEL_BLOCK);
     return new Map([[featureKey(0, PIXEL_BLOCK), { shape: [...f.shape.slice(1)], values }]]);
   };
-  return extractChunks(e, imageSize, data, opts, sig, pixels);
+  return extractChunks(e, imageSize, data, opts, sig, pixels, imagesPerBinding(e, 4 * 3 * imageSize ** 2));
 }
 
-async function extractChunks(e: Engine, imageSize: number, data: ImageSource, opts: ExtractOptions, sig: CacheSignature, features: BatchFeatures): Promise<number> {
+/** `perCall`: the most images `features` is given at once (a batch is split into calls of at most that many). */
+async function extractChunks(e: Engine, imageSize: number, data: ImageSource, opts: ExtractOptions, sig: CacheSignature, features: BatchFeatures, perCall: number): Promise<number> {
   const warn = opts.onWarning ?? ((m: string) => console.warn(`difrep: warning: ${m}`));
   const seen = new Map<string, string>();
   // Before any work (and again under the lock): a cache with other settings is refused outright.
@@ -205,13 +217,13 @@ async function extractChunks(e: Engine, imageSize: number, data: ImageSource, op
   }
   const lock = await lockCacheShard(opts.outDir, opts.shard, warn);
   try {
-    return await extractLocked(e, imageSize, data, opts, sig, seen, features);
+    return await extractLocked(e, imageSize, data, opts, sig, seen, features, perCall);
   } finally {
     await lock.release();
   }
 }
 
-async function extractLocked(e: Engine, S: number, data: ImageSource, opts: ExtractOptions, sig: CacheSignature, seen: Map<string, string>, features: BatchFeatures): Promise<number> {
+async function extractLocked(e: Engine, S: number, data: ImageSource, opts: ExtractOptions, sig: CacheSignature, seen: Map<string, string>, features: BatchFeatures, perCall: number): Promise<number> {
   const batchSize = opts.batchSize ?? 8;
   const chunks = planChunks(data.count, sig.chunkSize).filter((_, k) => !opts.shard || k % opts.shard.count === opts.shard.index);
   const existing = new Set(await checkExistingCache(opts.outDir, sig, seen));
@@ -244,15 +256,18 @@ async function extractLocked(e: Engine, S: number, data: ImageSource, opts: Extr
       if (pixels.length !== idx.length * inputSize) throw new Error(`extract: the image source returned ${pixels.length} values for ${idx.length} images; expected ${idx.length} × 3 × ${S} × ${S}`);
       const badPixel = firstNonFinite(pixels);
       if (badPixel >= 0) throw new Error(`extract: input image ${idx[Math.floor(badPixel / inputSize)]} holds ${pixels[badPixel]}; the image source is at fault`);
-      const x0 = e.tensor(pixels, [idx.length, 3, S, S], 'x0');
-      try {
-        for (const [key, f] of await features(x0, idx)) {
-          shape.set(key, f.shape);
-          if (!parts.has(key)) parts.set(key, []);
-          parts.get(key)!.push(f.values);
+      for (let at = 0; at < idx.length; at += perCall) {
+        const some = idx.slice(at, at + perCall);
+        const x0 = e.tensor(pixels.subarray(at * inputSize, (at + some.length) * inputSize), [some.length, 3, S, S], 'x0');
+        try {
+          for (const [key, f] of await features(x0, some)) {
+            shape.set(key, f.shape);
+            if (!parts.has(key)) parts.set(key, []);
+            parts.get(key)!.push(f.values);
+          }
+        } finally {
+          x0.dispose();
         }
-      } finally {
-        x0.dispose();
       }
       done += idx.length;
       opts.onProgress?.(done, total);

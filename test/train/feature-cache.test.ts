@@ -332,3 +332,27 @@ t.test('--pool only shrinks: a map smaller than the pool is stored as it is, not
   t.same(f.shape, [32, 8, 8], 'the 8×8 map of block 2, not 16×16 of repeated values');
   await rm(dir, { recursive: true });
 });
+
+t.test('a batch whose taps exceed a storage binding is extracted in fewer images at a time, not refused after its U-Net work', async (t) => {
+  // At 16×16 each tap is 32 × 16 × 16 floats (32 KiB) an image; an 80 KiB binding holds the largest
+  // weight (a decoder conv's, 72 KiB) and two images' taps: a batch of 6 is three calls of 2 images (it
+  // failed: the pool bound the rejoined 192 KiB tap).
+  const { createEngine } = await import('../../src/engine/engine.ts');
+  const small = await createEngine({ maxBindingBytes: 80 * 1024 });
+  const flags16 = { ...flags, image_size: 16 };
+  const images: ImageSource = { count: 6, labels: LABELS, images: (sel) => Float32Array.from({ length: sel.length * 768 }, (_, i) => Math.sin(sel[Math.floor(i / 768)] + i)) };
+  const [a, b] = [await tempDir(), await tempDir()];
+  const one = (engine: typeof e, dir: string) => extractFeatures(engine, UNet.random(engine, flags16, 1), images, options(dir, { pool: 4, chunkSize: 6, batchSize: 6 }));
+  t.equal(await one(e, a), 6);
+  t.equal(await one(small, b), 6);
+  const [whole, split] = [await openFeatureCache(a), await openFeatureCache(b)];
+  for (const [time, block] of [[5, 1], [50, 2]]) {
+    const [x, y] = [(await whole.features(time, block)).data, (await split.features(time, block)).data];
+    const scale = x.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
+    const err = x.reduce((m, v, i) => Math.max(m, Math.abs(v - y[i])), 0) / scale;
+    t.ok(err < 1e-5, `t ${time}, b ${block}: the same features (max relative difference ${err.toExponential(1)})`);
+  }
+  small.dispose();
+  await rm(a, { recursive: true });
+  await rm(b, { recursive: true });
+});
