@@ -165,6 +165,17 @@ export async function trainedHeadLogits(e: Engine, statePath: string, data: Feat
     const settings = readRunSettings(statePath, src.metadata);
     if (settings.head !== 'linear' && settings.head !== 'attention') throw new Error(`${statePath}: a ${String(settings.head)} state cannot be scored on cached features`);
     const o = settings as unknown as FitOptions;
+    const keys = o.timesteps.flatMap((t) => o.blocks.map((b) => featureKey(t, b)));
+    // The maps the head was trained on, pooled as fitHead pooled them (where that is exact), and of
+    // the sizes it recorded: a cache pooled otherwise at extraction gave an attention head other tokens.
+    data = prePooled(data, keys, (h) => headMapSize(o, h));
+    const recorded = settings.inputShapes as Record<string, number[] | null> | undefined;
+    for (const k of keys) {
+      const [got, want] = [data.features.get(k)?.shape, recorded?.[k]];
+      if (got && want && got.join() !== want.join()) {
+        throw new Error(`${statePath}: the head read features ${k} as [${want}], these are [${got}] after its pooling: score a cache extracted with the --pool of its training cache (or 0)`);
+      }
+    }
     const model = buildModel(e, data, o);
     try {
       for (const [k, p] of model.params) {
@@ -173,7 +184,6 @@ export async function trainedHeadLogits(e: Engine, statePath: string, data: Feat
         if (info.shape.join() !== p.shape.join()) throw new Error(`${statePath}: parameter ${k} is [${info.shape}], but these features make it [${p.shape}]: score features of the kind the head was trained on`);
         e.writeBuffer(p.buffer, 0, await readFinite(src, `param.${k}`));
       }
-      const keys = o.timesteps.flatMap((t) => o.blocks.map((b) => featureKey(t, b)));
       return { logits: await predict(e, model, data, keys, 128), classes: o.classes, settings };
     } finally {
       for (const p of model.params.values()) p.dispose();

@@ -75,6 +75,13 @@ t.test('eval rebuilds a trained head from its state and scores any split', async
   const attention = JSON.parse(await readFile(join(dir, 'attention', 'result.json'), 'utf8'));
   t.same(attention.settings.inputShapes, { pixels: [3, 4, 4] });
   t.has(attention.settings, { dropLast: true, stepSize: 7, gamma: 0.1, seed: 0, attention: { dim: 16, layers: 1, heads: 2, prePoolSize: 4 } });
+  // eval pools an attention head's maps as its training did, and only where that is exact: a cache
+  // pooled to 6 at extraction (16 → 6 → 4 is not 16 → 4) or to 2 (fewer tokens) was scored as it was.
+  t.equal(await run('eval', '--run', join(dir, 'attention'), '--features', join(dir, 'test')), 0);
+  t.equal(JSON.parse(await readFile(join(dir, 'attention', 'eval-test.json'), 'utf8')).top1, attention.top1, 'the training run\'s own score');
+  t.equal(await run('extract', '--features', 'pixels', '--model', model, '--split', 'test', '--per-class', '4', '--pool', '6', '--out', join(dir, 'test-pool6')), 0);
+  await t.rejects(run('eval', '--run', join(dir, 'attention'), '--features', join(dir, 'test-pool6')), /features pixels: these 6×6 maps were pooled from 16×16; pooling them to 4×4/);
+  await t.rejects(run('eval', '--run', join(dir, 'attention'), '--features', join(dir, 'test-pool2')), /the head read features pixels as \[3,4,4\], these are \[3,2,2\] after its pooling/);
 });
 
 t.test('a test cache of another extraction is refused; one of the training split is scored with a warning', async (t) => {
