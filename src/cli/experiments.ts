@@ -1,7 +1,7 @@
 // difrep extract | train | knn | cka | sweep | merge: the paper's experiments on Fashion-MNIST (or any dataset
 // given as an ImageSource), from cached features.
 import { existsSync } from 'node:fs';
-import { mkdir } from 'node:fs/promises';
+import { mkdir, realpath } from 'node:fs/promises';
 import { basename, join, resolve } from 'node:path';
 import { tunedEngine } from './tuning-cache.ts';
 import { removeStaleTempFiles, writeFileAtomic } from '../model/checkpoint/atomic-write.ts';
@@ -136,7 +136,9 @@ async function extractCommand(argv: string[]): Promise<number> {
     const pool = new DecodePool(2);
     closers.push(() => pool.close());
     source = { count: idx.length, labels: idx.map((i) => folder.labels[i]), images: async (sel) => (await pool.decode(sel.map((i) => folder.files[idx[i]]), size)).images };
-    datasetName = `folder:${o.root}/per-class=${o['per-class']}`;
+    // The folder's real path, however --root spells it: the same images get the same noise, and the
+    // same name (the warning about test scores on training images compares it).
+    datasetName = `folder:${await realpath(o.root!)}/per-class=${o['per-class']}`;
     // Labels number the class folders in sorted order: a test folder with other classes would shift them.
     dataset = { classes: JSON.stringify(folder.classes), files: await folderFingerprint(folder, idx) };
   } else {

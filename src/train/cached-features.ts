@@ -103,6 +103,9 @@ export function checkTrainTestCaches(train: CachedFeatures, test: CachedFeatures
   if (split(train.signature) !== '' && split(train.signature) === split(test.signature)) {
     return `warning: ${trainDir} and ${testDir} both hold images of ${split(train.signature)}: the test scores are on training images`;
   }
+  if (train.signature.files !== undefined && train.signature.files === test.signature.files) {
+    return `warning: ${trainDir} and ${testDir} hold the same image files: the test scores are on training images`;
+  }
   return undefined;
 }
 

@@ -2,7 +2,7 @@
 // place in its own folder's sorted list, so a test folder missing a class scored every later class
 // against the wrong one (top-1 50 % for separable classes, 100 % on the training cache), and shards
 // of a folder whose files changed between them were merged as one cache.
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { cp, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { encode } from 'fast-png';
@@ -34,6 +34,31 @@ t.test('train, knn and sweep refuse a test folder with other classes, naming the
   await folder(join(dir, 'te3'), { a: 22, b: 122, c: 222 }, 1);
   t.equal(await run('extract', '--features', 'pixels', '--model', model, '--dataset', 'folder', '--root', join(dir, 'te3'), '--out', join(dir, 'c-te3')), 0);
   t.equal(await run('knn', '--train', join(dir, 'c-tr'), '--test', join(dir, 'c-te3'), '--k', '1', '--classes', '3'), 0);
+});
+
+t.test('one folder spelled two ways is one dataset: scoring it against itself is warned about', async (t) => {
+  const spelled = join(dir, 'tr', '..', 'tr') + '/';
+  t.equal(await run('extract', '--features', 'pixels', '--model', model, '--dataset', 'folder', '--root', spelled, '--out', join(dir, 'c-tr-again')), 0);
+  const warnings: string[] = [];
+  const error = console.error;
+  console.error = (line: string) => void warnings.push(line);
+  try {
+    t.equal(await run('knn', '--train', join(dir, 'c-tr'), '--test', join(dir, 'c-tr-again'), '--k', '1', '--classes', '3'), 0);
+  } finally {
+    console.error = error;
+  }
+  t.match(warnings.join('\n'), /both hold images of folder:.*\/tr: the test scores are on training images/);
+  // A copy of the folder elsewhere: the same files (paths under the root, sizes).
+  await cp(join(dir, 'tr'), join(dir, 'tr-copy'), { recursive: true });
+  t.equal(await run('extract', '--features', 'pixels', '--model', model, '--dataset', 'folder', '--root', join(dir, 'tr-copy'), '--out', join(dir, 'c-tr-copy')), 0);
+  warnings.length = 0;
+  console.error = (line: string) => void warnings.push(line);
+  try {
+    t.equal(await run('knn', '--train', join(dir, 'c-tr'), '--test', join(dir, 'c-tr-copy'), '--k', '1', '--classes', '3'), 0);
+  } finally {
+    console.error = error;
+  }
+  t.match(warnings.join('\n'), /hold the same image files: the test scores are on training images/);
 });
 
 t.test('--per-class above what a class folder holds is warned about (the subset is then not balanced)', async (t) => {
