@@ -219,7 +219,13 @@ type TrainOptions = NonNullable<ReturnType<typeof parseArgs<typeof TRAIN>>>;
 async function trainCommand(argv: string[]): Promise<number> {
   const o = parseArgs('train', argv, TRAIN);
   if (!o) return 0;
-  if (o.head === 'difeed') return trainDifFeed(o);
+  if (o.head !== 'linear' && o.dim % o.heads !== 0) throw new UsageError(`difrep train: --dim ${o.dim} does not split into --heads ${o.heads}: give a dim that is a multiple of the heads`);
+  if (o.head === 'difeed') {
+    // DifFeed runs the U-Net live on Fashion-MNIST (--per-class, --test-per-class): no caches, no probe pooling.
+    const given = ['train', 'test', 'standardize', 'pool'].filter((k) => argv.some((a) => a === `--${k}` || a.startsWith(`--${k}=`)));
+    if (given.length) throw new UsageError(`difrep train: --head difeed reads images, not feature caches: leave out ${given.map((k) => `--${k}`).join(', ')}`);
+    return trainDifFeed(o);
+  }
   for (const k of ['train', 'test'] as const) if (!o[k]) throw new UsageError(`difrep train: --${k} is required for --head ${o.head}`);
   if (o.head === 'linear' && o.b && ((o.t && o.t.length !== 1) || o.b.length !== 1)) throw new UsageError(`difrep train: a linear probe reads one t and one b, got --t ${o.t} --b ${o.b} (difformer fuses several)`);
   const pixels = await pixelCaches(o.train!, o.test!, o.b);

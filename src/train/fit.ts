@@ -104,13 +104,20 @@ function buildModel(e: Engine, data: FeatureArrays, o: FitOptions): Model {
  * size, the attention tokenizer's to at most prePoolSize): pooling the cached features once, on
  * the CPU, is the same computation, and each step then uploads s² values per channel, not H·W.
  */
-function prePooled(data: FeatureArrays, keys: string[], poolTo: (size: number) => number): FeatureArrays {
+function prePooled(data: FeatureArrays, keys: string[], o: Pick<FitOptions, 'head' | 'pool' | 'attention'>): FeatureArrays {
   const features = new Map(data.features);
   for (const k of keys) {
     const f = data.features.get(k);
     if (!f || f.shape.length !== 3 || f.shape[1] !== f.shape[2]) continue;
+    // The tokenizer pools the U-Net's own map to min(H, prePoolSize): maps pooled below that at
+    // extraction would give it fewer tokens (and another LayerNorm shape) under the same settings.
+    const full = f.sourceSize ?? f.shape[1];
+    const tokens = Math.min(full, o.attention?.prePoolSize ?? ATTENTION_HEAD_DEFAULTS.prePoolSize);
+    if (o.head !== 'linear' && f.shape[1] < tokens) {
+      throw new RangeError(`features ${k}: these ${f.shape[1]}×${f.shape[1]} maps were pooled from ${full}×${full} at extraction, but the attention tokenizer pools to ${tokens}×${tokens}: extract them with --pool 0 (or at least ${tokens}), or give --pre-pool ${f.shape[1]}`);
+    }
     try {
-      features.set(k, poolCached(f, data.count, poolTo(f.shape[1])));
+      features.set(k, poolCached(f, data.count, headMapSize(o, f.shape[1])));
     } catch (err) {
       throw err instanceof RangeError ? new RangeError(`features ${k}: ${err.message} (the head's pool), or extract these features with another --pool (0 keeps the full maps)`) : err;
     }
@@ -168,7 +175,7 @@ export async function trainedHeadLogits(e: Engine, statePath: string, data: Feat
     const keys = o.timesteps.flatMap((t) => o.blocks.map((b) => featureKey(t, b)));
     // The maps the head was trained on, pooled as fitHead pooled them (where that is exact), and of
     // the sizes it recorded: a cache pooled otherwise at extraction gave an attention head other tokens.
-    data = prePooled(data, keys, (h) => headMapSize(o, h));
+    data = prePooled(data, keys, o);
     const recorded = settings.inputShapes as Record<string, number[] | null> | undefined;
     for (const k of keys) {
       const [got, want] = [data.features.get(k)?.shape, recorded?.[k]];
@@ -201,8 +208,8 @@ export async function fitHead(e: Engine, train: FeatureArrays, test: FeatureArra
   const optName = o.optimizer ?? 'adam';
   const lr = o.lr ?? (optName === 'sgd' ? (o.head === 'linear' ? 1e-2 : 5e-2) : o.head === 'linear' ? 1e-3 : 1e-4);
   const keys = o.timesteps.flatMap((t) => o.blocks.map((b) => featureKey(t, b)));
-  train = prePooled(train, keys, (h) => headMapSize(o, h));
-  test = prePooled(test, keys, (h) => headMapSize(o, h));
+  train = prePooled(train, keys, o);
+  test = prePooled(test, keys, o);
   const model = buildModel(e, train, o);
   const optimizer: Optimizer = optName === 'sgd' ? new Sgd(e, model.params, lr) : new Adam(e, model.params, { lr });
   const schedule = new StepLR(optimizer, lr, o.stepSize ?? 7, o.gamma ?? 0.1);

@@ -32,3 +32,8 @@ t.test('with the U-Net weights, the DifFormer dump\'s input features are recompu
   t.equal(feats.length, 9, '3 timesteps × 3 blocks');
   for (const c of feats) t.ok(c.maxRel <= 1e-5, `${c.name}: ${c.maxRel.toExponential(2)}`);
 });
+
+t.test('an attention head whose dim does not split into its heads is refused when built (it failed in a reshape at its first forward)', async (t) => {
+  const { AttentionHead } = await import('../../src/model/heads/attention-head.ts');
+  t.throws(() => AttentionHead.specs({ blocks: [{ b: 1, channels: 4, size: 4 }], timesteps: [150], classes: 3, dim: 10, heads: 4 }), /attention head: dim 10 does not split into 4 heads/);
+});

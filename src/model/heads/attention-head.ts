@@ -64,6 +64,8 @@ export class AttentionHead {
   static specs(options: AttentionHeadOptions): Map<string, ParamSpec> {
     const o = { ...ATTENTION_HEAD_DEFAULTS, ...options };
     const d = o.dim;
+    // timm's Attention asserts it too: each head attends over d / heads channels.
+    if (!Number.isInteger(d / o.heads)) throw new RangeError(`attention head: dim ${d} does not split into ${o.heads} heads; give a dim that is a multiple of the heads`);
     const m = new Map<string, ParamSpec>();
     const lin = (name: string, out: number, inF: number, bias = true) => {
       m.set(`${name}.weight`, { shape: [out, inF], init: { uniform: fanInBound([out, inF]) } });
