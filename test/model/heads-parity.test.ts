@@ -22,6 +22,21 @@ for (const [file, expectTensors] of [['attention-head', 60], ['difformer', 76], 
   });
 }
 
+t.test('DifFeed at the 1e-4 goal: a tied ReLU input explains feedback.5, one tie at a time, and nothing else is excused', async (t) => {
+  // feedback.5 has four ReLU inputs within rounding of 0; PyTorch put one of them on the other side.
+  // Moving all four across 0 (what the tie check did) gave 1.8e-3, and it excused any failing
+  // gradient, of any layer or of the head, whose rerun matched.
+  const dump = await openSafetensors(new URL('../fixtures/difeed.safetensors', import.meta.url).pathname);
+  const notes: string[] = [];
+  const report = await headParity(e, dump, { gradientTolerance: 1e-4, onNote: (n) => notes.push(n) });
+  await dump.close();
+  const resolved = report.results.filter((c) => c.note?.startsWith('with ReLU ties resolved'));
+  t.ok(resolved.length > 0 && resolved.every((c) => c.name.startsWith('grad.feedback.5.')), `resolved: ${resolved.map((c) => c.name).join(', ')}`);
+  for (const c of resolved) t.ok(c.maxRel < 1e-4, `${c.name}: ${c.maxRel.toExponential(2)} (${c.note})`);
+  t.match(notes.join('\n'), /feedback\.5: 4 ReLU input\(s\) within .* of 0; matched with the one\(s\) at \d+ moved across 0/);
+  t.ok(report.results.filter((c) => c.name.startsWith('grad.')).every((c) => c.pass), 'every gradient within 1e-4, the tie explained');
+});
+
 t.test('with the U-Net weights, the DifFormer dump\'s input features are recomputed from its images within 1e-5', async (t) => {
   const dump = await openSafetensors(new URL('../fixtures/difformer.safetensors', import.meta.url).pathname);
   const unet = await openSafetensors(new URL('../fixtures/adm64.safetensors', import.meta.url).pathname);
