@@ -43,25 +43,43 @@ export interface PageRun {
   errors: string[];
 }
 
+/** How long a page may go without a verdict after an error that can stop its script. */
+const FATAL_GRACE_MS = 5000;
+
 /**
  * Opens `url`, passes its console lines to `onConsole`, and waits until the page sets
- * globalThis.difrepExit (or `timeoutMs`). The page stays open for screenshots; close the browser.
+ * globalThis.difrepExit (or `timeoutMs`). An uncaught exception, a script that cannot load or a
+ * module that cannot resolve, with no verdict within a few seconds after it, ends the wait with
+ * exit 2: such a page never sets a verdict (the wait had no end). The page stays open for
+ * screenshots; close the browser.
  */
 export async function runPage(browser: Browser, url: string, onConsole: (line: string) => void, timeoutMs = 0, viewport?: { width: number; height: number }): Promise<PageRun> {
   const page = await browser.newPage();
   if (viewport) await page.setViewport(viewport);
   const errors: string[] = [];
+  let fatalAt = 0;
+  const fatal = (message: string) => {
+    errors.push(message);
+    fatalAt ||= Date.now();
+  };
+  const isScript = (u: string) => /\.m?js(\?|$)/.test(u);
   page.on('console', (m) => {
     const text = m.text();
-    if (m.type() === 'error') errors.push(text);
+    if (m.type() === 'error') {
+      if (/module specifier|dynamically imported module/i.test(text)) fatal(text);
+      else errors.push(text);
+    }
     onConsole(text);
   });
-  page.on('pageerror', (e) => errors.push(`uncaught: ${(e as Error).message}`));
+  page.on('pageerror', (e) => fatal(`uncaught: ${(e as Error).message}`));
+  page.on('requestfailed', (r) => isScript(r.url()) && fatal(`cannot load ${r.url()}: ${r.failure()?.errorText ?? 'failed'}`));
+  page.on('response', (r) => isScript(r.url()) && r.status() >= 400 && fatal(`cannot load ${r.url()}: HTTP ${r.status()}`));
   await page.goto(url, { waitUntil: 'load' });
   const started = Date.now();
   for (;;) {
     const exit = (await page.evaluate('globalThis.difrepExit')) as number | undefined;
     if (exit !== undefined) return { page, exit, errors };
+    if (fatalAt && Date.now() - fatalAt > FATAL_GRACE_MS) return { page, exit: 2, errors: [...errors, `no verdict ${FATAL_GRACE_MS / 1000} s after that error`] };
     if (timeoutMs > 0 && Date.now() - started > timeoutMs) throw new Error(`${url}: no verdict after ${timeoutMs / 1000} s`);
     await new Promise((r) => setTimeout(r, 250));
   }

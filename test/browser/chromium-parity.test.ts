@@ -16,3 +16,25 @@ t.test(`parity --runtime chromium: ${DUMPS.join(', ')}`, { skip: chromiumBinary(
   t.notMatch(r.stdout, /FAIL/, 'no tensor out of tolerance');
   t.notMatch(r.stderr, /page error/, 'no page errors');
 });
+
+t.test('a page whose module cannot load ends with exit 2 and its error, not a wait without end', { timeout: 120_000, skip: chromiumBinary() ? false : 'no Chromium: bash scripts/setup.sh --browser' }, async (t) => {
+  const { launchChromium, runPage } = await import('../../src/cli/chromium.ts');
+  const { startStaticServer } = await import('../../src/cli/static-server.ts');
+  const pages = {
+    '/bare.html': '<!doctype html><script type="module">import "no-such-package"; globalThis.difrepExit = 0;</script>',
+    '/missing.html': '<!doctype html><script type="module" src="/missing.js"></script>',
+    '/throws.html': '<!doctype html><script type="module">throw new Error("boom");</script>',
+  };
+  const server = await startStaticServer({ pages });
+  const browser = await launchChromium();
+  try {
+    for (const [path, error] of [['/bare.html', /module specifier/], ['/missing.html', /cannot load .*missing\.js: HTTP 404/], ['/throws.html', /uncaught: boom/]] as const) {
+      const run = await runPage(browser, `${server.url}${path}`, () => {});
+      t.equal(run.exit, 2, `${path}: exit 2`);
+      t.match(run.errors.join('\n'), error);
+    }
+  } finally {
+    await browser.close();
+    await server.close();
+  }
+});
