@@ -46,10 +46,35 @@ export interface ParityReport {
   pass: boolean;
 }
 
+/** What a U-Net dump may hold, each of it read or compared by unetParity. */
+const UNET_DUMP_KEYS = /^(param\..+|input\.(t|x_t|x0|noise)|emb|output|block\.\d+|grad\.(R|x_t|block\.\d+|param\..+))$/;
+
+/**
+ * A dump that lacks what its metadata promises, or holds tensors no comparison reads, cannot pass:
+ * the comparisons follow the keys present, so a dump missing its blocks, output or grad.R passed on
+ * the rest (adm32-mini without grad.R: "PASS 12/12", its 11 gradients never compared).
+ */
+function checkUNetDumpComplete(dump: TensorSource): void {
+  const keys = dump.keys();
+  const problems: string[] = [];
+  const blocks = Number(dump.metadata.blocks);
+  if (Number.isInteger(blocks) && blocks > 0) {
+    const missing = Array.from({ length: blocks }, (_, i) => `block.${i + 1}`).filter((k) => !keys.includes(k));
+    if (missing.length) problems.push(`its metadata lists ${blocks} blocks, but ${missing.join(', ')} ${missing.length === 1 ? 'is' : 'are'} missing`);
+  }
+  for (const k of ['input.t', 'input.x_t', 'emb', 'output']) if (!keys.includes(k)) problems.push(`${k} is missing`);
+  if (keys.some((k) => k.startsWith('grad.')) && !keys.includes('grad.R')) problems.push('it holds gradients but no grad.R, the cotangent they were taken for');
+  if (keys.includes('grad.R') && dump.metadata.grad_target_block === undefined) problems.push('grad.R has no grad_target_block metadata');
+  const unread = keys.filter((k) => !UNET_DUMP_KEYS.test(k));
+  if (unread.length) problems.push(`no comparison reads ${unread.slice(0, 5).join(', ')}${unread.length > 5 ? `, … (${unread.length})` : ''}`);
+  if (problems.length) throw new Error(`${dump.name}: not a complete U-Net reference dump: ${problems.join('; ')}`);
+}
+
 /** Rebuilds the U-Net of a `kind: unet` dump from its metadata and compares every tensor it holds. */
 export async function unetParity(e: Engine, dump: TensorSource, opts: ParityOptions = {}): Promise<ParityReport> {
   const tol = opts.forwardTolerance ?? 1e-4;
   if (!dump.metadata.config) throw new Error(`${dump.name}: no "config" metadata; not a U-Net reference dump`);
+  checkUNetDumpComplete(dump);
   const flags = flagsFromJson(dump.metadata.config);
   const unet = await UNet.load(e, flags, withPrefix(dump, 'param.'));
   const results: Comparison[] = [];

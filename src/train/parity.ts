@@ -180,6 +180,7 @@ export async function parity(e: Engine, file: string | ByteSource, opts: Omit<He
   const unet = opts.unetFile ? await openSafetensors(opts.unetFile) : undefined;
   try {
     const kind = dump.metadata.kind ?? 'unet';
+    if (unet && kind !== 'attention-head' && kind !== 'difformer') opts.onNote?.(`--unet recomputes the input features of attention-head and difformer dumps; a ${kind} dump ${kind === 'unet' ? 'is the U-Net itself' : 'holds its own U-Net weights'}, so it is not used here`);
     return kind === 'unet' ? await unetParity(e, dump, opts) : await headParity(e, dump, { ...opts, unet });
   } finally {
     await dump.close();
