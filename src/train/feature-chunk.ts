@@ -1,5 +1,5 @@
 // One chunk file of a feature cache: a safetensors file holding, for images start..end−1, every
-// t × b feature map (F32 [n, ...shape]), their labels and dataset indices (I64 [n]), and in its
+// t × b feature map (F32 [n, ...shape]), their labels and rows in the cache (I64 [n]), and in its
 // metadata the extraction signature, start, end and a SHA-256 per tensor. Everything read back is
 // checked against that: header shapes, index = start..end−1, labels, checksums, finiteness.
 import { createHash } from 'node:crypto';
