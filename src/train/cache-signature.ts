@@ -58,7 +58,8 @@ export function checkCacheSignature(sig: CacheSignature, where: string): void {
     if (dup !== undefined) bad(`${name} lists ${dup} twice`);
   }
   if (sig.pool !== null && !isInt(sig.pool, 1, 1 << 16)) bad(`pool ${JSON.stringify(sig.pool)} is neither null nor a positive integer`);
-  if (!isInt(sig.seed, -(2 ** 53), 2 ** 53)) bad(`seed ${JSON.stringify(sig.seed)} is not an integer`);
+  // The noise generator takes 32 bits: seeds 5 and 5 + 2^32 drew the same noise under two signatures.
+  if (!isInt(sig.seed, 0, 2 ** 32 - 1)) bad(`seed ${JSON.stringify(sig.seed)} is not an integer in 0..${2 ** 32 - 1} (the noise generator's seeds are 32-bit)`);
   for (const [k, v] of Object.entries(sig)) if (!(SETTINGS as readonly string[]).includes(k) && typeof v !== 'string') bad(`provenance "${k}" is not a string`);
 }
 

@@ -225,6 +225,7 @@ t.test('metadata is checked before it is used: chunk size 0, huge counts, bad li
     [{ timesteps: 'abc' }, /timesteps "abc" is not a non-empty list/],
     [{ blocks: [1, 1] }, /blocks lists 1 twice/],
     [{ pool: -2 }, /pool -2 is neither null nor a positive integer/],
+    [{ seed: 2 ** 32 + 5 }, /seed 4294967301 is not an integer in 0\.\.4294967295 \(the noise generator's seeds are 32-bit\)/],
   ] as const) {
     const dir = await smallCache({ ...sig4, ...change } as unknown as CacheSignature);
     await t.rejects(openFeatureCache(dir), message, JSON.stringify(change));
