@@ -9,7 +9,7 @@ import { DIFFUSION_STEPS, MAX_SAMPLE_COUNT, sample } from '../model/sampling.ts'
 import { writeImageGridPng } from '../train/sample-grid.ts';
 import { loadFashionMnist, toModelInput } from '../train/data/fashion-mnist.ts';
 import { type Ema, pretrain } from '../train/pretrain.ts';
-import { type OptionSpecs, parseArgs } from './args.ts';
+import { type OptionSpecs, parseArgs, UsageError } from './args.ts';
 import { loadModel, MODEL_OPTIONS } from './model-options.ts';
 import { fmtTime, progressBar } from './progress.ts';
 import { lineChartSvg } from './render/charts.ts';
@@ -27,6 +27,8 @@ const PRETRAIN = {
   'sample-every': { type: 'number', min: 0, help: 'seconds between sample grids (<out>/samples/step-N.png, DDIM 50 steps, EMA weights; 0 = never)', default: 900 },
   out: { type: 'string', meta: 'DIR', required: true, help: 'run directory: state.safetensors, ema.safetensors (a plain state dict), loss.json' },
   resume: { type: 'flag', help: 'continue the run in --out (same settings; --steps may grow)' },
+  flip: { type: 'string', choices: ['true', 'false'], help: 'mirror each drawn image with probability 1/2 (guided-diffusion\'s random_flip)', default: 'true' },
+  batches: { type: 'string', choices: ['epochs', 'replacement'], help: 'epochs: each image once per epoch, shuffled, the last partial batch dropped (guided-diffusion\'s DataLoader); replacement: images drawn independently (runs before this option; --flip false --batches replacement resumes them)', default: 'epochs' },
 } satisfies OptionSpecs;
 
 async function pretrainCommand(argv: string[]): Promise<number> {
@@ -35,10 +37,18 @@ async function pretrainCommand(argv: string[]): Promise<number> {
   // The shadow starts as the initial weights (as guided-diffusion's, which trains 100k+ steps): over
   // few steps a slow EMA exports mostly those.
   const initialShare = o.ema ** o.steps;
-  if (initialShare > 0.05) console.error(`difrep: warning: with --ema ${o.ema} over ${o.steps} steps, ${(100 * initialShare).toFixed(0)} % of ema.safetensors (and of the samples) is still the starting weights; give --ema ${Math.max(0, Math.min(0.999, 1 - 3 / o.steps)).toPrecision(3)} or lower, or more --steps`);
+  if (initialShare > 0.05) {
+    // e^−3 ≈ 5 % of the start is left after steps of decay 1 − 3/steps; under 4 steps no decay leaves so little.
+    const advice = o.steps >= 4 ? `give --ema ${(1 - 3 / o.steps).toPrecision(3)} or lower, or more --steps` : 'give more --steps';
+    console.error(`difrep: warning: with --ema ${o.ema} over ${o.steps} steps, ${(100 * initialShare).toFixed(0)} % of ema.safetensors (and of the samples) is still the starting weights; ${advice}`);
+  }
   const e = await tunedEngine();
   // Without --checkpoint the weights start from guided-diffusion's initialisation, seeded by --seed.
   const { unet } = await loadModel(e, o.model, o.checkpoint, o.seed);
+  if (unet.plan.flags.in_channels !== 3) {
+    e.dispose();
+    throw new UsageError(`difrep pretrain: it feeds Fashion-MNIST as 3 channels (the grey image repeated), but --model ${o.model} has in_channels ${unet.plan.flags.in_channels}: give a config with in_channels 3`);
+  }
   const ds = await loadFashionMnist('train');
   const count = o.images || ds.count;
   const size = unet.plan.flags.image_size;
@@ -67,7 +77,7 @@ async function pretrainCommand(argv: string[]): Promise<number> {
     if (losses.length >= 2) await writeChart(join(o.out, 'loss.png'), lineChartSvg(`pretraining loss (${o.model}, batch ${o.batch})`, [...losses], 'step', unet.plan.flags.learn_sigma ? 'MSE of the noise (Eq. 4) + L_vb' : 'MSE of the noise (Eq. 4)'));
   };
   const r = await pretrain(e, unet, { count, labels: ds.labels, images: (idx) => toModelInput(ds, idx, size) }, {
-    steps, batchSize: o.batch, lr: o.lr, emaDecay: o.ema, seed: o.seed,
+    steps, batchSize: o.batch, lr: o.lr, emaDecay: o.ema, seed: o.seed, flip: o.flip === 'true', batches: o.batches as 'epochs' | 'replacement',
     checkpoint: join(o.out, 'state.safetensors'), checkpointEverySeconds: o['checkpoint-every'], resume: o.resume,
     onStep: (s, loss) => {
       bar(s, steps);

@@ -160,7 +160,8 @@ export function imageGrid(data: Float32Array, n: number, C: number, S: number, c
       for (let x = 0; x < S; x++) {
         for (let c = 0; c < 3; c++) {
           const v = data[((i * C + Math.min(c, C - 1)) * S + y) * S + x];
-          rgb[((oy + y) * width + ox + x) * 3 + c] = Math.round(Math.min(1, Math.max(-1, v)) * 127.5 + 127.5);
+          // As guided-diffusion's image_sample.py: ((x + 1)·127.5).clamp(0, 255).to(uint8), which truncates.
+          rgb[((oy + y) * width + ox + x) * 3 + c] = Math.floor(Math.min(1, Math.max(-1, v)) * 127.5 + 127.5);
         }
       }
     }

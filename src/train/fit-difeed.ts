@@ -16,6 +16,7 @@ import { assertFinite } from './finite.ts';
 import { countTopK } from './eval/classification.ts';
 import type { FeatureArrays, FitResult } from './fit.ts';
 import { featureKey } from './feature-key.ts';
+import { coinFlips, mirrorImages } from './flips.ts';
 import { Adam, OptimizerGroups, StepLR } from './optimizer.ts';
 import { StepLosses } from './step-losses.ts';
 import { trainStepKeepingLoss } from './train-step.ts';
@@ -54,23 +55,6 @@ export interface DifFeedFitOptions extends DifFeedOptions {
   resume?: boolean;
   onEpoch?: (info: { epoch: number; epochs: number; loss: number; lr: number; seconds: number }) => void;
   onBatch?: (done: number, total: number) => void;
-}
-
-/** Keeps the flips' hash stream apart from the noise's (noiseSeed's third input is a timestep there). */
-const FLIP_STREAM = 0xf119;
-
-function flipRows(x: Float32Array, n: number, size: number, which: boolean[]): Float32Array {
-  const out = Float32Array.from(x);
-  for (let i = 0; i < n; i++) {
-    if (!which[i]) continue;
-    for (let c = 0; c < 3; c++) {
-      for (let y = 0; y < size; y++) {
-        const row = ((i * 3 + c) * size + y) * size;
-        for (let xx = 0; xx < size; xx++) out[row + xx] = x[row + size - 1 - xx];
-      }
-    }
-  }
-  return out;
 }
 
 export async function fitDifFeed(e: Engine, unet: UNet, train: ImageSource, test: ImageSource, o: DifFeedFitOptions): Promise<FitResult> {
@@ -154,14 +138,14 @@ const SCHEDULE = linearSchedule(1000);
  * the image of a one-image batch every time.
  */
 export function imageFlips(seed: number, epoch: number, idx: number[]): boolean[] {
-  return idx.map((img) => (noiseSeed(seed * 7919 + epoch, img, FLIP_STREAM) & 1) === 1);
+  return coinFlips(seed * 7919 + epoch, idx);
 }
 
 /** x_t of images `idx` of `src` (flipped where `flips` says) at DifFeed's t, with per-image noise of `noiseBase`. */
 async function noisyImages(e: Engine, difeed: DifFeed, src: ImageSource, idx: number[], noiseBase: number, flips?: boolean[]): Promise<Tensor> {
   const S = difeed.unet.plan.flags.image_size;
   let x = await src.images(idx);
-  if (flips) x = flipRows(x, idx.length, S, flips);
+  if (flips) x = mirrorImages(x, idx.length, difeed.unet.plan.flags.in_channels, S, flips);
   const noise = new Float32Array(idx.length * 3 * S * S);
   idx.forEach((img, i) => noise.set(gaussianNoise(3 * S * S, noiseSeed(noiseBase, img, difeed.t)), i * 3 * S * S));
   return e.tidy(() => qSample(e, SCHEDULE, e.tensor(x, [idx.length, 3, S, S]), idx.map(() => difeed.t), e.tensor(noise, [idx.length, 3, S, S])));

@@ -14,7 +14,9 @@ import { gaussianNoise, linearSchedule, qSample } from '../model/diffusion.ts';
 import type { UNet } from '../model/unet.ts';
 import { checkLoss, saveTrainingState, startOrResume } from './checkpoint.ts';
 import { diffusionLoss } from './diffusion-loss.ts';
+import { epochBatches } from './epoch-batches.ts';
 import type { ImageSource } from './extract.ts';
+import { coinFlips, mirrorImages } from './flips.ts';
 import { Adam } from './optimizer.ts';
 import { trainStep } from './train-step.ts';
 
@@ -27,11 +29,18 @@ export interface PretrainOptions {
   checkpoint?: string;
   checkpointEverySeconds?: number;
   resume?: boolean;
+  /** Mirror each drawn image left–right with probability 1/2, as guided-diffusion's random_flip (default true). */
+  flip?: boolean;
+  /**
+   * 'epochs' (default): batches cut from a seeded shuffle of the images per epoch, the last partial
+   * one dropped, as guided-diffusion's DataLoader (shuffle, drop_last); 'replacement': each image of
+   * a batch drawn independently (how difrep drew them before, kept to resume those runs).
+   */
+  batches?: 'epochs' | 'replacement';
   onStep?: (step: number, loss: number | undefined) => void;
   /** Read the loss back every this many steps (it costs a sync). */
   logEvery?: number;
-  /** Called after each training-state save (e.g. to export the EMA weights or draw samples). */
-  /** After each saved state: the EMA weights and every logged [step, loss] so far. */
+  /** After each saved state (e.g. to export the EMA weights or draw samples): the EMA weights and every logged [step, loss] so far. */
   onCheckpoint?: (step: number, ema: Ema, losses: readonly [number, number][]) => Promise<void>;
 }
 
@@ -78,7 +87,19 @@ export async function pretrain(e: Engine, unet: UNet, data: ImageSource, o: Pret
   // A learn_sigma run trains with L_vb besides the MSE (since this difrep); recorded, so a state of the
   // MSE alone is not resumed into the other loss.
   const loss = unet.plan.outChannels === C ? {} : { loss: 'mse+vb' };
-  const settings = { config: unet.plan.flags, batchSize: batch, lr: o.lr ?? 1e-4, emaDecay: ema.decay, seed, images: data.count, ...loss };
+  // Flips and epochs likewise (states saved before them record neither, and resume only without them).
+  const flip = o.flip ?? true;
+  const epochs = (o.batches ?? 'epochs') === 'epochs';
+  const settings = { config: unet.plan.flags, batchSize: batch, lr: o.lr ?? 1e-4, emaDecay: ema.decay, seed, images: data.count, ...loss, ...(flip ? { augment: 'flip' } : {}), ...(epochs ? { batches: 'epochs' } : {}) };
+  const perEpoch = Math.floor(data.count / batch);
+  if (epochs && perEpoch === 0) throw new RangeError(`pretrain: ${data.count} images make no full batch of ${batch}: give a batch of at most ${data.count}, or more images`);
+  let epochOrder: { epoch: number; batches: number[][] } | undefined;
+  const batchOf = (step: number, rand: (n: number) => number): number[] => {
+    if (!epochs) return Array.from({ length: batch }, () => rand(data.count));
+    const epoch = Math.floor(step / perEpoch);
+    if (epochOrder?.epoch !== epoch) epochOrder = { epoch, batches: epochBatches(data.count, batch, seed * 7919 + epoch + 1, 'pretrain') };
+    return epochOrder.batches[step % perEpoch];
+  };
   const progress = await startOrResume(e, o.checkpoint, !!o.resume, settings, state(), adam);
   if (progress) {
     if (progress.steps > o.steps) throw new Error(`${o.checkpoint} has already taken ${progress.steps} steps; --steps ${o.steps} is fewer: give --steps ${progress.steps} or more`);
@@ -90,9 +111,10 @@ export async function pretrain(e: Engine, unet: UNet, data: ImageSource, o: Pret
   while (step < o.steps) {
     // Everything random in a step derives from (seed, step), so a resumed run draws the same batches.
     const rand = generator(seed * 1_000_003 + step);
-    const idx = Array.from({ length: batch }, () => rand(data.count));
+    const idx = batchOf(step, rand);
     const ts = idx.map(() => rand(schedule.steps));
-    const x0Data = await data.images(idx);
+    const drawn = await data.images(idx);
+    const x0Data = flip ? mirrorImages(drawn, batch, C, S, coinFlips(seed * 1_000_003 + step, idx.map((_, slot) => slot))) : drawn;
     const x0 = e.tensor(x0Data, [batch, C, S, S], 'x0');
     const eps = e.tensor(gaussianNoise(batch * C * S * S, rand(2 ** 31)), [batch, C, S, S], 'eps');
     // ResBlock dropout at the config's rate (drawn only then, so other runs keep their streams).

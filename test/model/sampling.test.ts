@@ -3,7 +3,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import t from 'tap';
 import { gaussianNoise } from '../../src/model/diffusion.ts';
-import { checkSampleOptions, ddimTimesteps, sample, type SampleOptions } from '../../src/model/sampling.ts';
+import { checkSampleOptions, ddimTimesteps, imageGrid, sample, type SampleOptions } from '../../src/model/sampling.ts';
 import { UNet } from '../../src/model/unet.ts';
 import { maxRelError, testEngine } from '../helpers/check.ts';
 
@@ -168,4 +168,12 @@ t.test('DDIM timesteps as guided-diffusion\'s space_timesteps spaces them: "ddim
   t.same(ddimTimesteps(1000, 667).reverse().slice(0, 8), [0, 2, 3, 4, 6, 8, 9, 10]);
   const n999 = ddimTimesteps(1000, 999).reverse();
   t.same([n999.length, ...n999.slice(495, 503)], [999, 495, 496, 497, 498, 499, 501, 502, 503]);
+});
+
+t.test('image grids quantise as guided-diffusion\'s image_sample.py: ((x + 1)·127.5) clamped and truncated', async (t) => {
+  // One grey 2 × 2 image: −1 → 0, −0.999 → 0.1275 → 0, 0 → 127.5 → 127 (rounding gave 128), 0.5 → 191.25 → 191; beyond ±1 clamped.
+  const { width, rgb } = imageGrid(Float32Array.from([-1, -0.999, 0, 0.5]), 1, 1, 2, 1);
+  const pixel = (x: number, y: number) => rgb[((2 + y) * width + 2 + x) * 3];
+  t.same([pixel(0, 0), pixel(1, 0), pixel(0, 1), pixel(1, 1)], [0, 0, 127, 191]);
+  t.equal(imageGrid(Float32Array.from([3, 3, 3, 3]), 1, 1, 2, 1).rgb[(2 * 6 + 2) * 3], 255);
 });

@@ -125,3 +125,28 @@ t.test('DDIM with a model that predicts ε = 0 follows the clipped update, worke
   t.ok(worst < 1e-5, `max |x − ref| ${worst}`);
   t.ok(x.every((v) => v >= -1 && v <= 1), 'in [−1, 1]');
 });
+
+t.test('pretraining draws each image once per epoch (a seeded shuffle, the last partial batch dropped), as guided-diffusion\'s DataLoader', async (t) => {
+  // 9 images in batches of 4: two batches an epoch, one image left out of each. Drawn independently
+  // (as before), a batch could repeat an image and some images went unseen for epochs.
+  const seen: number[][] = [];
+  const nine = { count: 9, labels: data.labels.slice(0, 9), images: (sel: readonly number[]) => (seen.push([...sel]), data.images(sel)) };
+  await pretrain(e, UNet.random(e, tiny, 5), nine, { steps: 4, batchSize: 4, lr: 1e-3, emaDecay: 0.9 });
+  for (const epoch of [0, 1]) t.equal(new Set(seen.slice(2 * epoch, 2 * epoch + 2).flat()).size, 8, `epoch ${epoch + 1}: 8 distinct images in its two batches`);
+  t.notSame(seen.slice(0, 2), seen.slice(2, 4), 'another shuffle each epoch');
+  await t.rejects(pretrain(e, UNet.random(e, tiny, 5), nine, { steps: 1, batchSize: 10 }), /9 images make no full batch of 10/);
+});
+
+t.test('flips: a fair coin per image, mirroring each channel\'s rows; a state without them resumes only without them', async (t) => {
+  const { coinFlips, mirrorImages } = await import('../../src/train/flips.ts');
+  const coins = coinFlips(3, Array.from({ length: 2000 }, (_, i) => i)).filter(Boolean).length;
+  t.ok(coins > 910 && coins < 1090, `${coins} of 2000 (sd 22)`);
+  // Two 2 × 2 images of 2 channels; only the second mirrored.
+  t.same(Array.from(mirrorImages(Float32Array.from({ length: 16 }, (_, i) => i), 2, 2, 2, [false, true])), [0, 1, 2, 3, 4, 5, 6, 7, 9, 8, 11, 10, 13, 12, 15, 14]);
+  const dir = await mkdtemp(join(tmpdir(), 'difrep-pretrain-flip-'));
+  const state = join(dir, 's.safetensors');
+  await pretrain(e, UNet.random(e, tiny, 2), data, { steps: 1, batchSize: 4, flip: false, batches: 'replacement', checkpoint: state });
+  await t.rejects(pretrain(e, UNet.random(e, tiny, 2), data, { steps: 2, batchSize: 4, checkpoint: state, resume: true }), /cannot resume .*augment unset there, "flip" now; batches unset there, "epochs" now/);
+  t.equal((await pretrain(e, UNet.random(e, tiny, 2), data, { steps: 2, batchSize: 4, flip: false, batches: 'replacement', checkpoint: state, resume: true })).steps, 2);
+  await rm(dir, { recursive: true });
+});
