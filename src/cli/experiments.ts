@@ -177,11 +177,25 @@ async function extractCommand(argv: string[]): Promise<number> {
 }
 
 /** Whether both caches hold raw pixels (then no t or b is chosen); a pixel cache beside a feature cache is refused. */
-async function pixelCaches(train: string, test: string, blocks?: number[]): Promise<boolean> {
+/** Whether option --`name` appears in `argv` (given, not defaulted). */
+const given = (argv: readonly string[], name: string) => argv.some((a) => a === `--${name}` || a.startsWith(`--${name}=`));
+
+async function pixelCaches(train: string, test: string, argv: readonly string[]): Promise<boolean> {
   const [a, b] = [await isPixelCache(train), await isPixelCache(test)];
   if (a !== b) throw new UsageError(`${a ? train : test} holds raw pixels but ${a ? test : train} holds U-Net features: give two caches of the same kind`);
-  if (a && blocks) throw new UsageError(`${train} is a raw-pixel cache: it has no blocks or timesteps, leave out --b and --t`);
+  if (a && (given(argv, 'b') || given(argv, 't'))) throw new UsageError(`${train} is a raw-pixel cache: it has no blocks or timesteps, leave out --b and --t`);
   return a;
+}
+
+/**
+ * The side of the images in the pixel cache `dir` (its model's image size, or the pool it was
+ * extracted to): the pixel baseline's default pool, the whole image. A probe on the linear probe's
+ * default pool of 2 read four grey values (14.6 % where the whole 16 × 16 image gives 72.7 %).
+ */
+async function pixelSize(dir: string): Promise<number> {
+  const { signature } = await openFeatureCache(dir, { verifyAll: false });
+  const size = planUNet(flagsFromJson(String(signature.config))).flags.image_size;
+  return Math.min(size, signature.pool ?? size);
 }
 
 const TRAIN = {
@@ -195,7 +209,7 @@ const TRAIN = {
   flip: { type: 'string', choices: ['true', 'false'], help: 'difeed: random horizontal flips (seeded)', default: 'true' },
   t: { type: 'ints', min: 0, max: T_MAX, unique: true, help: 'timesteps (linear and difeed: one; default 150, difformer 90,150,300 as the paper)' },
   b: { type: 'ints', min: 1, unique: true, help: 'blocks (required; linear: one; difeed: the pass-2 feature block, default the paper\'s b24 mapped by role)' },
-  pool: { type: 'int', min: 1, max: 1024, help: 'linear probe: adaptive pool size', default: 2 },
+  pool: { type: 'int', min: 1, max: 1024, help: 'linear probe: adaptive pool size (on a raw-pixel cache, without --pool: the whole image)', default: 2 },
   standardize: { type: 'flag', help: 'linear probe: standardise every pooled feature dimension with the training split\'s mean and std (off: the paper\'s protocol)' },
   dim: { type: 'int', min: 1, max: 16384, help: 'attention heads: token width d', default: 1024 },
   layers: { type: 'int', min: 1, max: 64, help: 'attention heads: Transformer layers', default: 2 },
@@ -228,13 +242,15 @@ async function trainCommand(argv: string[]): Promise<number> {
   }
   for (const k of ['train', 'test'] as const) if (!o[k]) throw new UsageError(`difrep train: --${k} is required for --head ${o.head}`);
   if (o.head === 'linear' && o.b && ((o.t && o.t.length !== 1) || o.b.length !== 1)) throw new UsageError(`difrep train: a linear probe reads one t and one b, got --t ${o.t} --b ${o.b} (difformer fuses several)`);
-  const pixels = await pixelCaches(o.train!, o.test!, o.b);
+  const pixels = await pixelCaches(o.train!, o.test!, argv);
   if (!pixels && !o.b) throw new UsageError(`difrep train: --b is required for --head ${o.head}`);
+  const probePool = pixels && !given(argv, 'pool') ? await pixelSize(o.train!) : o.pool;
+  if (probePool !== o.pool && o.head === 'linear') console.log(`pixel cache: the probe reads the whole ${probePool}×${probePool} image (--pool ${probePool}); give --pool to pool it`);
   const ts = pixels ? [0] : (o.t ?? (o.head === 'difformer' ? [90, 150, 300] : [150]));
   const bs = pixels ? [PIXEL_BLOCK] : o.b!;
   if (o.standardize && o.head !== 'linear') throw new UsageError(`difrep train: --standardize is for the linear probe (the attention heads normalise their tokens themselves)`);
   // Standardised dimensions are those the probe sees: the maps pooled first, on the CPU.
-  const pool = o.standardize ? o.pool : 0;
+  const pool = o.standardize ? probePool : 0;
   const loaded = { train: await loadCachedFeatures(o.train!, ts, bs, pool), test: await loadCachedFeatures(o.test!, ts, bs, pool) };
   warnIf(checkTrainTestCaches(loaded.train, loaded.test, o.train!, o.test!));
   checkLabels(loaded.train, o.classes, o.train!);
@@ -246,7 +262,7 @@ async function trainCommand(argv: string[]): Promise<number> {
   await removeStaleTempFiles(o.out);
   const head = o.head === 'difformer' ? 'attention' : o.head;
   const result = await fitHead(e, train, test, {
-    head: head as 'linear' | 'attention', classes: o.classes, timesteps: ts, blocks: bs, pool: o.pool,
+    head: head as 'linear' | 'attention', classes: o.classes, timesteps: ts, blocks: bs, pool: probePool,
     attention: { dim: o.dim, layers: o.layers, heads: o.heads, prePoolSize: o['pre-pool'] },
     epochs: o.epochs, batchSize: o.batch ?? 128, optimizer: o.optimizer as 'adam' | 'sgd', lr: o.lr, stepSize: o['step-size'], gamma: o.gamma, seed: o.seed,
     // The training cache's signature, not only its path: a resume, or eval's standardisation, on a
@@ -257,7 +273,7 @@ async function trainCommand(argv: string[]): Promise<number> {
     onEpoch: ({ epoch, epochs, loss, trainAccuracy, lr, seconds }) => console.log(`epoch ${epoch + 1}/${epochs}: loss ${loss.toFixed(4)}, train accuracy ${(100 * trainAccuracy).toFixed(1)}%, lr ${lr.toExponential(1)}, ${seconds.toFixed(1)} s (ETA ${fmtTime(seconds * (epochs - epoch - 1))})`),
   });
   const { testHits: _, ...summary } = result;
-  const full = { ...summary, headArg: o.head, features: pixels ? 'pixels' : 'unet', timesteps: ts, blocks: bs, pool: o.head === 'linear' ? o.pool : null, standardize: o.standardize, train: o.train, test: o.test };
+  const full = { ...summary, headArg: o.head, features: pixels ? 'pixels' : 'unet', timesteps: ts, blocks: bs, pool: o.head === 'linear' ? probePool : null, standardize: o.standardize, train: o.train, test: o.test };
   await writeFileAtomic(join(o.out, 'result.json'), JSON.stringify(full, null, 2));
   console.log(`${o.head}: top-1 ${(100 * result.top1).toFixed(2)}%, top-5 ${(100 * result.top5).toFixed(2)}% (${result.params} parameters, ${fmtTime(result.seconds)}) → ${join(o.out, 'result.json')}`);
   e.dispose();
@@ -311,7 +327,7 @@ const KNN = {
 async function knnCommand(argv: string[]): Promise<number> {
   const o = parseArgs('knn', argv, KNN);
   if (!o) return 0;
-  const pixels = await pixelCaches(o.train, o.test);
+  const pixels = await pixelCaches(o.train, o.test, argv);
   const [t, b] = pixels ? [0, PIXEL_BLOCK] : [o.t, o.b ?? (await featureBlockOf(o.train))];
   const pool = o.pool ?? (pixels ? 0 : 1);
   const loaded = { train: await loadCachedFeatures(o.train, [t], [b], pool), test: await loadCachedFeatures(o.test, [t], [b], pool) };
@@ -371,7 +387,7 @@ const SWEEP = {
   test: { type: 'string', meta: 'DIR', required: true, help: 'feature cache of the test split' },
   t: { type: 'ints', min: 0, max: T_MAX, unique: true, help: 'timesteps', default: [150] },
   b: { type: 'ints', min: 1, unique: true, help: 'blocks (required, except for a pixel cache)' },
-  pool: { type: 'ints', min: 1, max: 1024, unique: true, help: 'linear-probe pool sizes', default: [1, 2, 4] },
+  pool: { type: 'ints', min: 1, max: 1024, unique: true, help: 'linear-probe pool sizes (on a raw-pixel cache, without --pool: these and the whole image)', default: [1, 2, 4] },
   standardize: { type: 'string', choices: ['off', 'on', 'both'], help: 'standardise the pooled features with the training split\'s statistics', default: 'off' },
   epochs: { type: 'int', min: 1, max: 100_000, help: 'epochs per probe', default: 15 },
   batch: { type: 'int', min: 1, max: 65_536, help: 'batch size', default: 128 },
@@ -384,8 +400,10 @@ const SWEEP = {
 async function sweepCommand(argv: string[]): Promise<number> {
   const o = parseArgs('sweep', argv, SWEEP);
   if (!o) return 0;
-  const pixels = await pixelCaches(o.train, o.test, o.b);
+  const pixels = await pixelCaches(o.train, o.test, argv);
   if (!pixels && !o.b) throw new UsageError('difrep sweep: --b is required');
+  // The pixel baseline's grid includes the whole image (the demo's does too).
+  const pools = pixels && !given(argv, 'pool') ? [...new Set([...o.pool, await pixelSize(o.train)])] : o.pool;
   const [ts, bs] = pixels ? [[0], [PIXEL_BLOCK]] : [o.t, o.b!];
   const train = await loadCachedFeatures(o.train, ts, bs);
   const test = await loadCachedFeatures(o.test, ts, bs);
@@ -396,7 +414,7 @@ async function sweepCommand(argv: string[]): Promise<number> {
   await mkdir(o.out, { recursive: true });
   const standardize = o.standardize === 'both' ? [false, true] : [o.standardize === 'on'];
   const rows = await sweepLinearProbes(e, train, test, {
-    timesteps: ts, blocks: bs, pools: o.pool, standardize, classes: o.classes, epochs: o.epochs, batchSize: o.batch, lr: o.lr,
+    timesteps: ts, blocks: bs, pools, standardize, classes: o.classes, epochs: o.epochs, batchSize: o.batch, lr: o.lr,
     onRow: (r) => console.log(`pool ${r.pool}${r.standardize ? ', standardised' : ''}, ${pixels ? 'pixels' : `b ${r.b}, t ${r.t}`}: top-1 ${(100 * r.top1).toFixed(2)}%`),
   });
   await writeSweepHeatmaps(o.out, rows.map((r) => ({ ...r, value: r.top1 })), {

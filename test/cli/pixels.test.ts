@@ -120,3 +120,16 @@ t.test('a head records its training cache: eval and --resume refuse that path ex
   await rm(join(dir, 'train-again'), { recursive: true });
   await t.rejects(run('eval', '--run', join(dir, 'linear-again'), '--features', join(dir, 'test-32')), /come from different extractions \(config/);
 });
+
+t.test('the pixel baseline reads the whole image unless --pool says otherwise (train\'s default pool of 2 read four grey values: near chance)', async (t) => {
+  t.equal(await run('train', '--train', join(dir, 'train'), '--test', join(dir, 'test'), '--epochs', '1', '--batch', '8', '--out', join(dir, 'whole')), 0);
+  const whole = JSON.parse(await readFile(join(dir, 'whole', 'result.json'), 'utf8'));
+  t.equal(whole.pool, 16);
+  t.equal(whole.params, 3 * 16 * 16 * 10 + 10, 'a linear layer on the 3 × 16 × 16 model input');
+  t.equal(await run('sweep', '--train', join(dir, 'train'), '--test', join(dir, 'test'), '--epochs', '1', '--batch', '8', '--out', join(dir, 'sweep-whole')), 0);
+  const sweep = JSON.parse(await readFile(join(dir, 'sweep-whole', 'sweep.json'), 'utf8'));
+  t.same(sweep.rows.map((r: { pool: number }) => r.pool), [1, 2, 4, 16], 'the default pools and the whole image');
+  // --t and --b mean nothing for pixels: refused (knn read past them).
+  await t.rejects(run('knn', '--train', join(dir, 'train'), '--test', join(dir, 'test'), '--t', '300', '--k', '1'), /raw-pixel cache: it has no blocks or timesteps, leave out --b and --t/);
+  await t.rejects(run('train', '--train', join(dir, 'train'), '--test', join(dir, 'test'), '--t', '300', '--out', join(dir, 'tt')), /leave out --b and --t/);
+});
