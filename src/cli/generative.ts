@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { tunedEngine } from './tuning-cache.ts';
 import { removeStaleTempFiles, writeFileAtomic } from '../model/checkpoint/atomic-write.ts';
 import { writeSafetensors } from '../model/checkpoint/safetensors.ts';
-import { DIFFUSION_STEPS, MAX_SAMPLE_COUNT, sample } from '../model/sampling.ts';
+import { checkSampleOptions, DIFFUSION_STEPS, MAX_SAMPLE_COUNT, sample } from '../model/sampling.ts';
 import { writeImageGridPng } from '../train/sample-grid.ts';
 import { loadFashionMnist, toModelInput } from '../train/data/fashion-mnist.ts';
 import { type Ema, pretrain } from '../train/pretrain.ts';
@@ -17,6 +17,7 @@ import { writeChart } from './render/write-chart.ts';
 
 const PRETRAIN = {
   ...MODEL_OPTIONS,
+  checkpoint: { type: 'string', meta: 'FILE', help: 'weights to start from (.pt or .safetensors); without it, guided-diffusion\'s initialisation seeded by --seed' },
   steps: { type: 'int', min: 1, max: 100_000_000, help: 'total optimizer steps (a resumed run continues to this count)', default: 1000 },
   batch: { type: 'int', min: 1, max: 65_536, help: 'images per step', default: 32 },
   lr: { type: 'number', above: 0, max: 1, help: 'Adam learning rate', default: 1e-4 },
@@ -103,7 +104,7 @@ async function pretrainCommand(argv: string[]): Promise<number> {
 const SAMPLE = {
   ...MODEL_OPTIONS,
   count: { type: 'int', min: 1, max: MAX_SAMPLE_COUNT, help: 'images', default: 16 },
-  'ddim-steps': { type: 'int', min: 0, max: DIFFUSION_STEPS, help: `DDIM steps (0 = DDPM ancestral sampling over all ${DIFFUSION_STEPS} steps)`, default: 50 },
+  'ddim-steps': { type: 'int', min: 0, max: DIFFUSION_STEPS, help: `DDIM steps, 2 to ${DIFFUSION_STEPS} (0 = DDPM ancestral sampling over all ${DIFFUSION_STEPS} steps)`, default: 50 },
   seed: { type: 'int', min: 0, max: 2 ** 32 - 1, help: 'seed', default: 0 },
   out: { type: 'string', meta: 'FILE.png', required: true, help: 'PNG grid file' },
 } satisfies OptionSpecs;
@@ -111,9 +112,14 @@ const SAMPLE = {
 async function sampleCommand(argv: string[]): Promise<number> {
   const o = parseArgs('sample', argv, SAMPLE);
   if (!o) return 0;
+  const ddim = o['ddim-steps'];
+  try {
+    checkSampleOptions({ count: o.count, seed: o.seed, ddimSteps: ddim }); // before the model loads
+  } catch (err) {
+    throw new UsageError(`difrep sample: ${(err as Error).message.replace(/^sample: /, '')}`);
+  }
   const e = await tunedEngine();
   const { unet } = await loadModel(e, o.model, o.checkpoint);
-  const ddim = o['ddim-steps'];
   const x = await sample(e, unet, { count: o.count, seed: o.seed, ddimSteps: ddim, onStep: progressBar('sample', 'steps') });
   await writeImageGridPng(o.out, await x.read(), o.count, unet.plan.flags.in_channels, unet.plan.flags.image_size);
   console.log(`wrote ${o.count} samples (${ddim ? `DDIM ${ddim} steps` : `DDPM ${DIFFUSION_STEPS} steps`}) to ${o.out}`);
