@@ -277,7 +277,8 @@ export class Engine {
 
   /**
    * Runs `fn` and disposes every tensor it created except those reachable from its result
-   * (a Tensor, or arrays/objects of them). Kept tensors belong to the enclosing scope.
+   * (a Tensor, or arrays/objects of them); all of them when fn throws. Kept tensors belong to the
+   * enclosing scope.
    */
   tidy<T>(fn: () => T): T {
     const scope = new Set<Tensor>();
@@ -285,6 +286,11 @@ export class Engine {
     let result: T;
     try {
       result = fn();
+    } catch (err) {
+      // What fn made before it threw (an op's output included) is no one's: a caller that catches
+      // and goes on (a smaller batch) would otherwise keep it until the engine is disposed.
+      for (const t of scope) t.dispose();
+      throw err;
     } finally {
       this.scopes.pop();
     }

@@ -134,6 +134,15 @@ export class Tensor {
     return new Float32Array(bytes);
   }
 
+  /** read(), then dispose(): for a result wanted only on the CPU (a tidy's result outlives the tidy). */
+  async readAndDispose(): Promise<Float32Array> {
+    try {
+      return await this.read();
+    } finally {
+      this.dispose();
+    }
+  }
+
   toString(): string {
     return `Tensor(${this.label} ${shapeString(this.shape)})`;
   }

@@ -127,6 +127,9 @@ export async function fitDifFeed(e: Engine, unet: UNet, train: ImageSource, test
   const { top1, top5, hits } = countTopK(logits, Array.from({ length: test.count }, (_, i) => test.labels[i]));
   let params = 0;
   for (const p of difeed.trainableParameters().values()) params += p.size;
+  // The feedback layers, their BatchNorm statistics, the head and both Adams (the U-Net is the caller's).
+  for (const t of saved.values()) t.dispose();
+  optimizer.dispose();
   return { head: 'difeed', epochs, optimizer: 'adam', lr: headLr, batchSize, params, losses, top1: top1 / test.count, top5: top5 / test.count, testHits: hits, settings, seconds: seconds() };
 }
 
@@ -165,7 +168,7 @@ export async function difeedLogits(e: Engine, difeed: DifFeed, test: ImageSource
     const slices = o.firstPass && cachedFirstPass(difeed, o.firstPass, test.count, idx);
     if (slices && s === 0) await checkCachedFirstPass(e, difeed, xt, slices);
     const cached = slices && new Map([...slices].map(([b, v]) => [b, e.tensor(v.data, v.shape)]));
-    const logits = await e.noGrad(() => (cached ? difeed.forwardGivenFirstPass(xt, cached, false) : difeed.forward(xt, false))).read();
+    const logits = await e.noGrad(() => e.tidy(() => (cached ? difeed.forwardGivenFirstPass(xt, cached, false) : difeed.forward(xt, false)))).readAndDispose();
     cached?.forEach((v) => v.dispose());
     xt.dispose();
     assertFinite(logits, `evaluation: the logits of test images ${s}..${s + idx.length - 1}`);

@@ -48,8 +48,8 @@ export async function fitLinearProbeStack(e: Engine, trains: FeatureArrays[], te
     if (f.dim !== dims[p]) throw new Error(`${o.what}: probe ${p} has ${dims[p]} training but ${f.dim} test values per image`);
   });
   const stack = LinearProbeStack.create(e, dims, o.classes, o.seed ?? 0);
+  const adam = new Adam(e, stack.params, { lr: o.lr });
   try {
-    const adam = new Adam(e, stack.params, { lr: o.lr });
     const schedule = new StepLR(adam, o.lr, o.stepSize ?? 7, o.gamma ?? 0.1);
     const trainData = train.map((f) => f.data);
     for (let epoch = 0; epoch < o.epochs; epoch++) {
@@ -71,7 +71,7 @@ export async function fitLinearProbeStack(e: Engine, trains: FeatureArrays[], te
     for (let s = 0; s < test0.count; s += o.batchSize) {
       const idx = Array.from({ length: Math.min(o.batchSize, test0.count - s) }, (_, i) => s + i);
       const x = stack.pack(testData, idx);
-      const out = await e.noGrad(() => e.tidy(() => stack.forward(x))).read();
+      const out = await e.noGrad(() => e.tidy(() => stack.forward(x))).readAndDispose();
       x.dispose();
       assertFinite(out, `${o.what}: the logits of images ${s}..${s + idx.length - 1}`);
       const per = idx.length * o.classes;
@@ -84,5 +84,6 @@ export async function fitLinearProbeStack(e: Engine, trains: FeatureArrays[], te
     });
   } finally {
     for (const t of stack.params.values()) t.dispose();
+    adam.dispose();
   }
 }

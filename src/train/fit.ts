@@ -142,7 +142,7 @@ async function predict(e: Engine, model: Model, data: FeatureArrays, keys: strin
   const parts: Float32Array[] = [];
   for (let s = 0; s < data.count; s += batchSize) {
     const idx = Array.from({ length: Math.min(batchSize, data.count - s) }, (_, i) => s + i);
-    const logits = await e.noGrad(() => e.tidy(() => model.logits(gather(e, data, keys, idx)))).read();
+    const logits = await e.noGrad(() => e.tidy(() => model.logits(gather(e, data, keys, idx)))).readAndDispose();
     assertFinite(logits, `evaluation: the logits of images ${s}..${s + idx.length - 1}`);
     parts.push(logits);
   }
@@ -191,7 +191,8 @@ export async function trainedHeadLogits(e: Engine, statePath: string, data: Feat
         if (info.shape.join() !== p.shape.join()) throw new Error(`${statePath}: parameter ${k} is [${info.shape}], but these features make it [${p.shape}]: score features of the kind the head was trained on`);
         e.writeBuffer(p.buffer, 0, await readFinite(src, `param.${k}`));
       }
-      return { logits: await predict(e, model, data, keys, 128), classes: o.classes, settings };
+      // In the batches it was trained and evaluated in: a larger one may not fit a binding (an attention head's T × T weights).
+      return { logits: await predict(e, model, data, keys, Number(settings.batchSize) || 128), classes: o.classes, settings };
     } finally {
       for (const p of model.params.values()) p.dispose();
     }
@@ -251,5 +252,6 @@ export async function fitHead(e: Engine, train: FeatureArrays, test: FeatureArra
   let params = 0;
   for (const p of model.params.values()) params += p.size;
   for (const p of model.params.values()) p.dispose();
+  optimizer.dispose();
   return { head: o.head, epochs, optimizer: optName, lr, batchSize, params, losses, ...acc, settings, seconds: seconds() };
 }

@@ -317,7 +317,7 @@ async function denoisingCheck(e: Engine, unet: UNet, ds: GreyImages): Promise<st
     const noise = gaussianNoise(x0.length, 7 + t);
     const xt = Float32Array.from(x0, (v, i) => Math.sqrt(ab) * v + Math.sqrt(1 - ab) * noise[i]);
     // ε̂ is the output's first 3 channels (a learn_sigma model's other 3 are its variance).
-    const eps = await e.noGrad(() => e.tidy(() => slice(unet.forward(e.tensor(xt, [n, 3, S, S]), new Array(n).fill(t), { output: true }).output!, [0, 0], [n, 3]))).read();
+    const eps = await e.noGrad(() => e.tidy(() => slice(unet.forward(e.tensor(xt, [n, 3, S, S]), new Array(n).fill(t), { output: true }).output!, [0, 0], [n, 3]))).readAndDispose();
     const naive = Float32Array.from(xt, (v) => v / Math.sqrt(ab));
     const est = Float32Array.from(xt, (v, i) => (v - Math.sqrt(1 - ab) * eps[i]) / Math.sqrt(ab));
     parts.push(`t=${t}: ${psnr(est).toFixed(1)} dB (noisy input ${psnr(naive).toFixed(1)} dB)`);

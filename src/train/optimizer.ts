@@ -30,6 +30,8 @@ export interface Optimizer {
   checkState(state: Map<string, Float32Array>): void;
   /** Restores `state()` as saved after `steps` steps; checkState first, so a refused state changes nothing. */
   loadState(steps: number, state: Map<string, Float32Array>): void;
+  /** Frees what the optimizer holds on the GPU (Adam's moments); the parameters stay. */
+  dispose(): void;
 }
 
 /** Saved optimizer state that does not fit the optimizer it is loaded into. */
@@ -97,6 +99,14 @@ export class Adam implements Optimizer {
       p.grad?.dispose();
       p.grad = null;
     }
+  }
+
+  dispose(): void {
+    for (const { m, v } of this.moments.values()) {
+      m.dispose();
+      v.dispose();
+    }
+    this.moments.clear();
   }
 
   state(): Map<string, Tensor> {
@@ -173,6 +183,8 @@ export class Sgd implements Optimizer {
     }
   }
 
+  dispose(): void {}
+
   state(): Map<string, Tensor> {
     return new Map();
   }
@@ -220,6 +232,10 @@ export class OptimizerGroups implements Optimizer {
 
   zeroGrad(): void {
     for (const g of this.groups) g.zeroGrad();
+  }
+
+  dispose(): void {
+    for (const g of this.groups) g.dispose();
   }
 
   state(): Map<string, Tensor> {

@@ -137,5 +137,6 @@ export async function pretrain(e: Engine, unet: UNet, data: ImageSource, o: Pret
       lastSave = performance.now();
     }
   }
+  adam.dispose();
   return { steps: step, losses, ema };
 }

@@ -72,6 +72,18 @@ t.test('backward frees what the tape saved', async (t) => {
   x.dispose();
 });
 
+t.test('a tidy whose function throws frees what it made', async (t) => {
+  const live = e.memoryStats().liveBytes;
+  const x = e.tensor([1, 2, 3], [3]);
+  t.throws(() => e.tidy(() => {
+    ops.mul(x, x);
+    ops.add(x, e.tensor([1, 1, 1], [3]));
+    throw new Error('a later op failed');
+  }), /a later op failed/);
+  x.dispose();
+  t.equal(e.memoryStats().liveBytes, live);
+});
+
 t.test('noGrad records nothing', async (t) => {
   const x = e.tensor([1], [1]);
   x.requiresGrad = true;

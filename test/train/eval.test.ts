@@ -128,3 +128,13 @@ t.test('linear CKA refuses what makes it 0/0: a set that is the same for every e
   await t.rejects(ckaMatrix(e, [x, constant], ['t90 b2', 't90 b3']), /CKA: feature set t90 b3 is the same for all 4 examples \(no variance\), so its CKA with any set is undefined/);
   await t.rejects(ckaMatrix(e, [{ data: x.data.subarray(0, 3), n: 1, d: 3 }]), /CKA: 1 example; .* needs at least 2/);
 });
+
+t.test('kNN and CKA leave nothing on the GPU (every chunk\'s similarities and every Gram were kept: 128 MiB a chunk at scale)', async (t) => {
+  const train = matrix(60, 8, 21);
+  const test = matrix(30, 8, 22);
+  const labels = Array.from({ length: 60 }, (_, i) => i % 3);
+  const live = e.memoryStats().liveBytes;
+  await knnClassify(e, train, labels, test, labels.slice(0, 30), { ks: [1, 5], classes: 3, chunk: 7 });
+  await ckaMatrix(e, [train, matrix(60, 5, 23)]);
+  t.equal(e.memoryStats().liveBytes, live);
+});

@@ -64,3 +64,9 @@ t.test('resuming checks settings, epochs and refuses to replace a state', async 
   t.ok(more.seconds >= first.seconds, `the run's time counts the earlier run's epochs (${more.seconds} s against ${first.seconds} s for them alone)`);
   await rm(dir, { recursive: true });
 });
+
+t.test('a head trained and evaluated leaves nothing on the GPU (its optimizer\'s moments and evaluation logits were kept)', async (t) => {
+  const live = e.memoryStats().liveBytes;
+  await fitHead(e, features(8, 3), features(4, 4), linear({ epochs: 2, lr: 1e-3 }));
+  t.equal(e.memoryStats().liveBytes, live);
+});

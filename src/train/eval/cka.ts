@@ -26,7 +26,7 @@ export async function centredGram(e: Engine, x: FeatureMatrix): Promise<Float64A
   const k = await e.tidy(() => {
     const t = e.tensor(centreColumns(x), [x.n, x.d], 'cka.features');
     return matmul(t, t, { transB: true });
-  }).read();
+  }).readAndDispose();
   const n = x.n;
   const out = Float64Array.from(k);
   const rowMean = new Float64Array(n);

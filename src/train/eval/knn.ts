@@ -64,7 +64,7 @@ export async function knnClassify(
     const sims = await e.tidy(() => {
       const q = e.tensor(te.data.subarray(start * te.d, (start + rows) * te.d), [rows, te.d], 'knn.queries');
       return matmul(q, trainT, { transB: true });
-    }).read();
+    }).readAndDispose();
     for (let r = 0; r < rows; r++) {
       const row = sims.subarray(r * tr.n, (r + 1) * tr.n);
       // Indices of the kMax most similar training features, most similar first.
