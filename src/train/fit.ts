@@ -80,7 +80,7 @@ interface Model {
   logits(batch: Map<string, Tensor>): Tensor;
 }
 
-function buildModel(e: Engine, data: FeatureArrays, o: FitOptions): Model {
+function buildModel(e: Engine, data: FeatureArrays, o: FitOptions, batchSize: number): Model {
   const first = data.features.get(featureKey(o.timesteps[0], o.blocks[0]));
   if (!first) throw new Error(`no cached features for t=${o.timesteps[0]}, b=${o.blocks[0]}`);
   if (o.head === 'linear') {
@@ -92,7 +92,13 @@ function buildModel(e: Engine, data: FeatureArrays, o: FitOptions): Model {
     const s = data.features.get(featureKey(o.timesteps[0], b))!.shape;
     return { b, channels: s[0], size: s[1] };
   });
-  const head = AttentionHead.create(e, { ...o.attention, blocks, timesteps: o.timesteps, classes: o.classes }, o.seed ?? 0);
+  const options = { ...o.attention, blocks, timesteps: o.timesteps, classes: o.classes };
+  // Checked before any work: at the paper's defaults (d 1024, 8 heads, 257 tokens) a batch of 128 binds 270 MB of attention weights.
+  const perImage = AttentionHead.bytesPerImage(options);
+  if (batchSize * perImage > e.maxBindingBytes) {
+    throw new RangeError(`attention head: a batch of ${batchSize} binds ${batchSize * perImage} bytes at once (its attention weights or MLP), over this device's largest storage binding (${e.maxBindingBytes}): give --batch ${Math.max(1, Math.floor(e.maxBindingBytes / perImage))} or less, or a smaller --dim or --pre-pool`);
+  }
+  const head = AttentionHead.create(e, options, o.seed ?? 0);
   return {
     params: head.params,
     logits: (batch) => head.forward(new Map(o.timesteps.map((t) => [t, new Map(o.blocks.map((b) => [b, batch.get(featureKey(t, b))!]))]))),
@@ -183,7 +189,7 @@ export async function trainedHeadLogits(e: Engine, statePath: string, data: Feat
         throw new Error(`${statePath}: the head read features ${k} as [${want}], these are [${got}] after its pooling: score a cache extracted with the --pool of its training cache (or 0)`);
       }
     }
-    const model = buildModel(e, data, o);
+    const model = buildModel(e, data, o, Number(settings.batchSize) || 128);
     try {
       for (const [k, p] of model.params) {
         const info = src.info(`param.${k}`);
@@ -211,7 +217,7 @@ export async function fitHead(e: Engine, train: FeatureArrays, test: FeatureArra
   const keys = o.timesteps.flatMap((t) => o.blocks.map((b) => featureKey(t, b)));
   train = prePooled(train, keys, o);
   test = prePooled(test, keys, o);
-  const model = buildModel(e, train, o);
+  const model = buildModel(e, train, o, batchSize);
   const optimizer: Optimizer = optName === 'sgd' ? new Sgd(e, model.params, lr) : new Adam(e, model.params, { lr });
   const schedule = new StepLR(optimizer, lr, o.stepSize ?? 7, o.gamma ?? 0.1);
   const settings = {

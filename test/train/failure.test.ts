@@ -70,3 +70,13 @@ t.test('a head trained and evaluated leaves nothing on the GPU (its optimizer\'s
   await fitHead(e, features(8, 3), features(4, 4), linear({ epochs: 2, lr: 1e-3 }));
   t.equal(e.memoryStats().liveBytes, live);
 });
+
+t.test('an attention head whose batch cannot fit a storage binding is refused before any work, naming the batch that fits', async (t) => {
+  // 257 tokens (16×16 + CLS) and 8 heads: 8 · 257² · 4 B = 2.1 MB of attention weights an image, 270 MB at batch 128.
+  const n = 8;
+  const big = { features: new Map([['t150.b9', { data: new Float32Array(n * 4 * 256).fill(0.5), shape: [4, 16, 16] }]]), labels: Array.from({ length: n }, (_, i) => i % 4), count: n };
+  const perImage = 4 * 257 * 8 * 257;
+  const fits = Math.floor(e.maxBindingBytes / perImage);
+  await t.rejects(fitHead(e, big, big, { head: 'attention', classes: 4, timesteps: [150], blocks: [9], attention: { dim: 16, heads: 8, layers: 1, prePoolSize: 16 }, epochs: 1, batchSize: fits + 1 }),
+    new RegExp(`attention head: a batch of ${fits + 1} binds ${(fits + 1) * perImage} bytes at once .* give --batch ${fits} or less`));
+});

@@ -94,6 +94,17 @@ export class AttentionHead {
     return m;
   }
 
+  /**
+   * Bytes per image of the largest tensor a forward or backward binds whole: the attention weights
+   * (heads × L × L), the MLP's hidden layer (L × mlpRatio·d) or the qkv (L × 3d), with L the
+   * tokens of one timestep and the CLS token. A batch times this must fit a storage binding.
+   */
+  static bytesPerImage(options: AttentionHeadOptions): number {
+    const o = { ...ATTENTION_HEAD_DEFAULTS, ...options };
+    const L = 1 + o.blocks.reduce((n, b) => n + Math.min(b.size, o.prePoolSize) ** 2, 0);
+    return 4 * L * Math.max(o.heads * L, o.mlpRatio * o.dim, 3 * o.dim);
+  }
+
   static create(e: Engine, options: AttentionHeadOptions, seed = 0): AttentionHead {
     return new AttentionHead(e, options, initStateDict(e, AttentionHead.specs(options), seed));
   }
