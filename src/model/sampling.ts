@@ -76,6 +76,11 @@ export async function sample(e: Engine, unet: UNet, o: SampleOptions): Promise<T
   const S = unet.plan.flags.image_size;
   const shape = [o.count, C, S, S];
   const n = o.count * C * S * S;
+  // The U-Net splits its own work to fit a binding; x and the output (2C channels for learn_sigma) are bound whole.
+  const perImage = 4 * unet.plan.outChannels * S * S;
+  if (o.count * perImage > e.maxBindingBytes) {
+    throw new RangeError(`sample: ${o.count} images of ${S}×${S} bind ${o.count * perImage} bytes at once, over this device's largest storage binding (${e.maxBindingBytes}): draw ${Math.max(1, Math.floor(e.maxBindingBytes / perImage))} or fewer at a time (--count)`);
+  }
   const seed = o.seed ?? 0;
   const ddim = o.ddimSteps ?? 0;
   const ts = ddim ? ddimTimesteps(sch.steps, ddim) : Array.from({ length: sch.steps }, (_, i) => sch.steps - 1 - i);

@@ -6,6 +6,7 @@ import type { Engine } from '../engine/engine.ts';
 import { crossEntropy } from '../engine/ops/nn.ts';
 import type { Tensor } from '../engine/tensor.ts';
 import { gaussianNoise, linearSchedule, qSample } from '../model/diffusion.ts';
+import { AttentionHead } from '../model/heads/attention-head.ts';
 import { DifFeed, type DifFeedOptions } from '../model/heads/difeed.ts';
 import type { UNet } from '../model/unet.ts';
 import { CheckpointError } from '../model/checkpoint/checkpoint-error.ts';
@@ -63,6 +64,15 @@ export async function fitDifFeed(e: Engine, unet: UNet, train: ImageSource, test
   const batchSize = o.batchSize ?? 16;
   const seed = o.seed ?? 0;
   const difeed = DifFeed.create(e, unet, o, seed);
+  // The head binds its attention weights for a whole batch: checked before any work, naming the batch that fits.
+  const perImage = AttentionHead.bytesPerImage(difeed.head.options);
+  for (const [what, n] of [['--batch', batchSize], ['the evaluation batch', o.evalBatchSize ?? batchSize]] as const) {
+    if (n * perImage > e.maxBindingBytes) {
+      for (const t of difeed.params.values()) t.dispose();
+      for (const t of difeed.head.params.values()) t.dispose();
+      throw new RangeError(`DifFeed: its head binds ${n * perImage} bytes at once for ${what} ${n} (its attention weights or MLP), over this device's largest storage binding (${e.maxBindingBytes}): give ${what === '--batch' ? '--batch' : 'an evaluation batch'} of ${Math.max(1, Math.floor(e.maxBindingBytes / perImage))} or less, or a smaller --dim or --pre-pool`);
+    }
+  }
   const feedbackParams = new Map([...difeed.trainableParameters()].filter(([k]) => k.startsWith('feedback.')));
   const headParams = new Map([...difeed.trainableParameters()].filter(([k]) => k.startsWith('head.')));
   const fbLr = o.feedbackLr ?? 1e-3;

@@ -23,6 +23,10 @@ function centreColumns(x: FeatureMatrix): Float32Array {
  * the mean that rounding X̃ to float32 leaves.
  */
 export async function centredGram(e: Engine, x: FeatureMatrix): Promise<Float64Array> {
+  const bytes = 4 * x.n * Math.max(x.d, x.n);
+  if (bytes > e.maxBindingBytes) {
+    throw new RangeError(`CKA: ${x.n} examples of ${x.d} features bind ${bytes} bytes at once (the features or their ${x.n} × ${x.n} Gram), over this device's largest storage binding (${e.maxBindingBytes}): use fewer images or pool the features smaller (--pool)`);
+  }
   const k = await e.tidy(() => {
     const t = e.tensor(centreColumns(x), [x.n, x.d], 'cka.features');
     return matmul(t, t, { transB: true });
