@@ -236,8 +236,8 @@ async function trainCommand(argv: string[]): Promise<number> {
   if (o.head !== 'linear' && o.dim % o.heads !== 0) throw new UsageError(`difrep train: --dim ${o.dim} does not split into --heads ${o.heads}: give a dim that is a multiple of the heads`);
   if (o.head === 'difeed') {
     // DifFeed runs the U-Net live on Fashion-MNIST (--per-class, --test-per-class): no caches, no probe pooling.
-    const given = ['train', 'test', 'standardize', 'pool'].filter((k) => argv.some((a) => a === `--${k}` || a.startsWith(`--${k}=`)));
-    if (given.length) throw new UsageError(`difrep train: --head difeed reads images, not feature caches: leave out ${given.map((k) => `--${k}`).join(', ')}`);
+    const cacheOptions = ['train', 'test', 'standardize', 'pool'].filter((k) => given(argv, k));
+    if (cacheOptions.length) throw new UsageError(`difrep train: --head difeed reads images, not feature caches: leave out ${cacheOptions.map((k) => `--${k}`).join(', ')}`);
     return trainDifFeed(o);
   }
   for (const k of ['train', 'test'] as const) if (!o[k]) throw new UsageError(`difrep train: --${k} is required for --head ${o.head}`);

@@ -306,6 +306,11 @@ export class Engine {
     return result;
   }
 
+  /** How many items of `bytes` each one storage binding holds: at least 1 (one over it fails clearly where it is bound). */
+  perBinding(bytes: number): number {
+    return Math.max(1, Math.floor(this.maxBindingBytes / bytes));
+  }
+
   /** Exempts `t` from the current tidy scope. */
   keep<T extends Tensor>(t: T): T {
     for (const s of this.scopes) s.delete(t);

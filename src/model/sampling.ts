@@ -79,7 +79,7 @@ export async function sample(e: Engine, unet: UNet, o: SampleOptions): Promise<T
   // The U-Net splits its own work to fit a binding; x and the output (2C channels for learn_sigma) are bound whole.
   const perImage = 4 * unet.plan.outChannels * S * S;
   if (o.count * perImage > e.maxBindingBytes) {
-    throw new RangeError(`sample: ${o.count} images of ${S}×${S} bind ${o.count * perImage} bytes at once, over this device's largest storage binding (${e.maxBindingBytes}): draw ${Math.max(1, Math.floor(e.maxBindingBytes / perImage))} or fewer at a time (--count)`);
+    throw new RangeError(`sample: ${o.count} images of ${S}×${S} bind ${o.count * perImage} bytes at once, over this device's largest storage binding (${e.maxBindingBytes}): draw ${e.perBinding(perImage)} or fewer at a time (--count)`);
   }
   const seed = o.seed ?? 0;
   const ddim = o.ddimSteps ?? 0;

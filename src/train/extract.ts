@@ -177,12 +177,7 @@ export async function extractFeatures(e: Engine, unet: UNet, data: ImageSource, 
     }
     return out;
   };
-  return extractChunks(e, unet.plan.flags.image_size, data, opts, sig, features, imagesPerBinding(e, perImage));
-}
-
-/** How many images of `bytesPerImage` one storage binding of `e` holds (at least 1: one image over it fails clearly). */
-function imagesPerBinding(e: Engine, bytesPerImage: number): number {
-  return Math.max(1, Math.floor(e.maxBindingBytes / bytesPerImage));
+  return extractChunks(e, unet.plan.flags.image_size, data, opts, sig, features, e.perBinding(perImage));
 }
 
 /**
@@ -201,7 +196,7 @@ export async function extractPixels(e: Engine, imageSize: number, data: ImageSou
     checkFinite(values, values.length / idx.length, idx, 0, PIXEL_BLOCK);
     return new Map([[featureKey(0, PIXEL_BLOCK), { shape: [...f.shape.slice(1)], values }]]);
   };
-  return extractChunks(e, imageSize, data, opts, sig, pixels, imagesPerBinding(e, 4 * 3 * imageSize ** 2));
+  return extractChunks(e, imageSize, data, opts, sig, pixels, e.perBinding(4 * 3 * imageSize ** 2));
 }
 
 /** `perCall`: the most images `features` is given at once (a batch is split into calls of at most that many). */

@@ -70,7 +70,7 @@ export async function fitDifFeed(e: Engine, unet: UNet, train: ImageSource, test
     if (n * perImage > e.maxBindingBytes) {
       for (const t of difeed.params.values()) t.dispose();
       for (const t of difeed.head.params.values()) t.dispose();
-      throw new RangeError(`DifFeed: its head binds ${n * perImage} bytes at once for ${what} ${n} (its attention weights or MLP), over this device's largest storage binding (${e.maxBindingBytes}): give ${what === '--batch' ? '--batch' : 'an evaluation batch'} of ${Math.max(1, Math.floor(e.maxBindingBytes / perImage))} or less, or a smaller --dim or --pre-pool`);
+      throw new RangeError(`DifFeed: its head binds ${n * perImage} bytes at once for ${what} ${n} (its attention weights or MLP), over this device's largest storage binding (${e.maxBindingBytes}): give ${what === '--batch' ? '--batch' : 'an evaluation batch'} of ${e.perBinding(perImage)} or less, or a smaller --dim or --pre-pool`);
     }
   }
   const feedbackParams = new Map([...difeed.trainableParameters()].filter(([k]) => k.startsWith('feedback.')));

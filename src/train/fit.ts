@@ -96,7 +96,7 @@ function buildModel(e: Engine, data: FeatureArrays, o: FitOptions, batchSize: nu
   // Checked before any work: at the paper's defaults (d 1024, 8 heads, 257 tokens) a batch of 128 binds 270 MB of attention weights.
   const perImage = AttentionHead.bytesPerImage(options);
   if (batchSize * perImage > e.maxBindingBytes) {
-    throw new RangeError(`attention head: a batch of ${batchSize} binds ${batchSize * perImage} bytes at once (its attention weights or MLP), over this device's largest storage binding (${e.maxBindingBytes}): give --batch ${Math.max(1, Math.floor(e.maxBindingBytes / perImage))} or less, or a smaller --dim or --pre-pool`);
+    throw new RangeError(`attention head: a batch of ${batchSize} binds ${batchSize * perImage} bytes at once (its attention weights or MLP), over this device's largest storage binding (${e.maxBindingBytes}): give --batch ${e.perBinding(perImage)} or less, or a smaller --dim or --pre-pool`);
   }
   const head = AttentionHead.create(e, options, o.seed ?? 0);
   return {

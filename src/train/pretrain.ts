@@ -81,7 +81,7 @@ export async function pretrain(e: Engine, unet: UNet, data: ImageSource, o: Pret
   // x0, ε, x_t and the output (2C channels for learn_sigma) are bound whole; the U-Net splits the rest.
   const perImage = 4 * unet.plan.outChannels * S * S;
   if (batch * perImage > e.maxBindingBytes) {
-    throw new RangeError(`pretrain: a batch of ${batch} ${S}×${S} images binds ${batch * perImage} bytes at once, over this device's largest storage binding (${e.maxBindingBytes}): give --batch ${Math.max(1, Math.floor(e.maxBindingBytes / perImage))} or less`);
+    throw new RangeError(`pretrain: a batch of ${batch} ${S}×${S} images binds ${batch * perImage} bytes at once, over this device's largest storage binding (${e.maxBindingBytes}): give --batch ${e.perBinding(perImage)} or less`);
   }
   const params = unet.parameters();
   const adam = new Adam(e, params, { lr: o.lr ?? 1e-4 });

@@ -56,7 +56,7 @@ export async function knnClassify(
   const kMax = Math.min(train.n, Math.max(...ks));
   const tr = l2NormalizeRows(train, 'train');
   const te = l2NormalizeRows(test, 'test');
-  const chunk = opts.chunk ?? Math.max(1, Math.floor(e.maxBindingBytes / (4 * Math.max(train.n, train.d))));
+  const chunk = opts.chunk ?? e.perBinding(4 * Math.max(train.n, train.d));
   const hits = ks.map(() => ({ top1: 0, top5: 0 }));
   if (4 * tr.n * tr.d > e.maxBindingBytes) {
     throw new RangeError(`kNN: the ${tr.n} × ${tr.d} training features bind ${4 * tr.n * tr.d} bytes at once, over this device's largest storage binding (${e.maxBindingBytes}): pool them smaller (--pool) or use fewer training images`);
