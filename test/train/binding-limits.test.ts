@@ -11,6 +11,7 @@ import type { ImageSource } from '../../src/train/extract.ts';
 import { fitDifFeed } from '../../src/train/fit-difeed.ts';
 import { pretrain } from '../../src/train/pretrain.ts';
 import { randomNd } from '../helpers/check.ts';
+import { MINI_UNET } from '../helpers/images.ts';
 
 const e = await createEngine({ maxBindingBytes: 160 * 1024 });
 t.teardown(() => e.dispose());
@@ -33,10 +34,9 @@ t.test('sampling and pretraining batches whose images do not fit one binding', a
 });
 
 t.test('a DifFeed head whose attention weights do not fit one binding at the batch asked for', async (t) => {
-  const mini = { image_size: 16, num_channels: 32, num_res_blocks: 1, channel_mult: '1,2', attention_resolutions: '2', num_head_channels: 32, learn_sigma: false, use_scale_shift_norm: true, resblock_updown: true };
   const big = await createEngine({ maxBindingBytes: 200 * 1024 });
   t.teardown(() => big.dispose());
-  const unet = UNet.random(big, mini, 11);
+  const unet = UNet.random(big, MINI_UNET, 11);
   // Head tokens: 4 × 4 + CLS = 17; 4 · 17 · max(2 · 17, 4 · 16, 3 · 16) = 4,352 bytes an image: 47 fit in 200 KiB.
   await t.rejects(fitDifFeed(big, unet, images(12, 16), images(4, 16), { classes: 4, head: { dim: 16, heads: 2, layers: 1, prePoolSize: 4 }, epochs: 1, batchSize: 60 }),
     /DifFeed: its head binds 261120 bytes at once for --batch 60 .*: give --batch of 47 or less/);

@@ -8,28 +8,15 @@ import tap from 'tap';
 import { DifFeed, feedbackPlan } from '../../src/model/heads/difeed.ts';
 import { UNet } from '../../src/model/unet.ts';
 import { loadCachedFeatures } from '../../src/train/cached-features.ts';
-import { extractFeatures, type ImageSource } from '../../src/train/extract.ts';
+import { extractFeatures } from '../../src/train/extract.ts';
 import { difeedLogits } from '../../src/train/fit-difeed.ts';
-import { maxRelError, randomNd, testEngine } from '../helpers/check.ts';
+import { maxRelError, testEngine } from '../helpers/check.ts';
+import { MINI_UNET, randomImages } from '../helpers/images.ts';
 
 const t = tap;
 const e = await testEngine();
-const mini = {
-  image_size: 16, num_channels: 32, num_res_blocks: 1, channel_mult: '1,2', attention_resolutions: '2',
-  num_head_channels: 32, learn_sigma: false, use_scale_shift_norm: true, resblock_updown: true,
-};
-const unet = UNet.random(e, mini, 11);
-const count = 10;
-const pixels = randomNd([count, 3, 16, 16], 12).data;
-const source: ImageSource = {
-  count,
-  labels: Array.from({ length: count }, (_, i) => i % 4),
-  images: (idx) => {
-    const out = new Float32Array(idx.length * 768);
-    idx.forEach((i, k) => out.set(pixels.subarray(i * 768, (i + 1) * 768), k * 768));
-    return out;
-  },
-};
+const unet = UNet.random(e, MINI_UNET, 11);
+const source = randomImages(10);
 const difeed = DifFeed.create(e, unet, { classes: 4, head: { dim: 16, heads: 2, layers: 1, prePoolSize: 4 } }, 13);
 const dir = await mkdtemp(join(tmpdir(), 'difrep-first-pass-'));
 t.teardown(() => rm(dir, { recursive: true }));
@@ -44,7 +31,7 @@ t.test('pass 1 from the extraction: the same logits as two live passes', async (
   // Batches of 4 over 10 images: the last batch is partial, so the cache's row slicing is exercised.
   const live = await difeedLogits(e, difeed, source, { seed: 5, batchSize: 4 });
   const cached = await difeedLogits(e, difeed, source, { seed: 5, batchSize: 4, firstPass: await extracted(5) });
-  t.equal(cached.length, count * 4);
+  t.equal(cached.length, source.count * 4);
   t.ok(maxRelError(cached, live) < 1e-4, `max relative error ${maxRelError(cached, live).toExponential(2)}`);
 });
 

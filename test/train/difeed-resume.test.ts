@@ -7,27 +7,13 @@ import { join } from 'node:path';
 import t from 'tap';
 import { openSafetensors } from '../../src/model/checkpoint/safetensors.ts';
 import { UNet } from '../../src/model/unet.ts';
-import type { ImageSource } from '../../src/train/extract.ts';
 import { type DifFeedFitOptions, fitDifFeed } from '../../src/train/fit-difeed.ts';
-import { randomNd, testEngine } from '../helpers/check.ts';
+import { testEngine } from '../helpers/check.ts';
+import { MINI_UNET, randomImages } from '../helpers/images.ts';
 
 const e = await testEngine();
-const mini = {
-  image_size: 16, num_channels: 32, num_res_blocks: 1, channel_mult: '1,2', attention_resolutions: '2',
-  num_head_channels: 32, learn_sigma: false, use_scale_shift_norm: true, resblock_updown: true,
-};
-const unet = UNet.random(e, mini, 11);
-const count = 12;
-const pixels = randomNd([count, 3, 16, 16], 12).data;
-const source: ImageSource = {
-  count,
-  labels: Array.from({ length: count }, (_, i) => i % 4),
-  images: (idx) => {
-    const out = new Float32Array(idx.length * 768);
-    idx.forEach((i, k) => out.set(pixels.subarray(i * 768, (i + 1) * 768), k * 768));
-    return out;
-  },
-};
+const unet = UNet.random(e, MINI_UNET, 11);
+const source = randomImages(12);
 const dir = await mkdtemp(join(tmpdir(), 'difrep-difeed-resume-'));
 t.teardown(() => rm(dir, { recursive: true }));
 const options = (checkpoint: string, more: Partial<DifFeedFitOptions> = {}): DifFeedFitOptions => ({
