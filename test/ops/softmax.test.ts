@@ -25,12 +25,19 @@ for (const [layout, e] of layouts) for (const log of [false, true]) {
       t.ok(err < 1e-5, `${shape}: ${err.toExponential(2)}`);
     }
   });
-  t.test(`${name} is stable for large logits`, async (t) => {
-    // The second row's maximum sits in the last lane of a vec4: exp overflows unless it is subtracted.
-    const x: Nd = { data: Float64Array.from([1000, 1001, 1002, -1000, 0, 1, 2, 200]), shape: [2, 4] };
-    const y = await op(upload(e, x)).read();
-    t.ok(y.every(Number.isFinite));
-    t.ok(maxRelError(y, softmaxRef(x, log).data) < 1e-5);
+  t.test(`${name} is stable for large logits, with a positive or negative scale, in 2 rows and in 24`, async (t) => {
+    // The second row's maximum sits in the last lane of a vec4: exp overflows unless it is
+    // subtracted. With scale −1 the largest logit is the most negative x (a maximum taken over x
+    // and then scaled would be the smallest logit: e^2000 overflows). 24 rows: a thread per row on
+    // CPU adapters.
+    const rows = [1000, 1001, 1002, -1000, 0, 1, 2, 200];
+    for (const count of [2, 24]) for (const scale of [1, -1]) {
+      const data = Float64Array.from({ length: 4 * count }, (_, i) => rows[i % 8]);
+      const x: Nd = { data, shape: [count, 4] };
+      const y = await op(upload(e, x), { scale }).read();
+      t.ok(y.every(Number.isFinite), `${count} rows, scale ${scale}: finite`);
+      t.ok(maxRelError(y, softmaxRef({ data: data.map((v) => v * scale), shape: x.shape }, log).data) < 1e-5, `${count} rows, scale ${scale}`);
+    }
   });
   t.test(`${name}: a row's maximum found late (the running sums rescaled as it grows)`, async (t) => {
     // Rising and falling ramps over 20 units: without rescaling, the early terms of a thread's sum
