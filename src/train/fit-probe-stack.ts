@@ -1,6 +1,8 @@
 // Many linear probes trained in lockstep as one LinearProbeStack: fitHead's recipe for a linear
 // head (Adam, StepLR, the same seeded shuffle each epoch, the same initial values), so each probe
-// ends as fitHead would leave it alone, at a fraction of the dispatches.
+// ends as fitHead would leave it alone, at a fraction of the dispatches. Probes whose stacked
+// inputs or weights would exceed one storage binding train as several stacks, one after another
+// (each probe trains alone either way, so the results are the same).
 import type { Engine } from '../engine/engine.ts';
 import { scale } from '../engine/ops/elementwise.ts';
 import { reshape } from '../engine/ops/layout.ts';
@@ -24,6 +26,8 @@ export interface ProbeStackOptions {
   seed?: number;
   /** What the probes are, for error messages (e.g. "sweep, pool 2, standardised"). */
   what: string;
+  /** Each probe's name for error messages (e.g. its feature key); "probe p" when absent. */
+  names?: readonly string[];
 }
 
 /** One probe's input: the single feature of a FeatureArrays, flattened per image. */
@@ -47,29 +51,69 @@ export async function fitLinearProbeStack(e: Engine, trains: FeatureArrays[], te
   test.forEach((f, p) => {
     if (f.dim !== dims[p]) throw new Error(`${o.what}: probe ${p} has ${dims[p]} training but ${f.dim} test values per image`);
   });
+  const labels = { train: train0.labels, test: Array.from({ length: test0.count }, (_, i) => test0.labels[i]) };
+  const scores: { top1: number; top5: number; logits: Float32Array }[] = [];
+  for (const group of bindingGroups(e, dims, o)) {
+    scores.push(...(await fitStack(e, group.map((p) => train[p].data), group.map((p) => test[p].data), group.map((p) => dims[p]), train0.count, labels, o)));
+  }
+  return scores;
+}
+
+/**
+ * The probes split, in order, into groups whose stack binds at most one storage binding at a time:
+ * a group of g probes of width D (its widest) binds g·D·max(batch, classes) floats in its inputs
+ * (or weights, their gradient and Adam's moments) and g·batch·classes in its logits.
+ */
+function bindingGroups(e: Engine, dims: readonly number[], o: ProbeStackOptions): number[][] {
+  const floats = (count: number, width: number) => count * Math.max(width * Math.max(o.batchSize, o.classes), o.batchSize * o.classes);
+  const groups: number[][] = [];
+  let group: number[] = [];
+  let width = 0;
+  dims.forEach((d, p) => {
+    if (4 * floats(1, d) > e.maxBindingBytes) {
+      const name = o.names?.[p] ?? `probe ${p}`;
+      throw new RangeError(`${o.what}, ${name}: ${d} values per image in a batch of ${o.batchSize} (or its ${o.classes} classes' weights) bind ${4 * floats(1, d)} bytes at once, over this device's largest storage binding (${e.maxBindingBytes}): give a smaller batch (--batch) or a larger pool (--pool)`);
+    }
+    if (group.length && 4 * floats(group.length + 1, Math.max(width, d)) > e.maxBindingBytes) {
+      groups.push(group);
+      group = [];
+      width = 0;
+    }
+    group.push(p);
+    width = Math.max(width, d);
+  });
+  groups.push(group);
+  return groups;
+}
+
+/** Trains one stack of probes (inputs train[p] and test[p], dims[p] values per image) in lockstep. */
+async function fitStack(
+  e: Engine, trainData: Float32Array[], testData: Float32Array[], dims: number[], trainCount: number,
+  labels: { train: ArrayLike<number>; test: number[] }, o: ProbeStackOptions,
+): Promise<{ top1: number; top5: number; logits: Float32Array }[]> {
+  const P = dims.length;
+  const testCount = labels.test.length;
   const stack = LinearProbeStack.create(e, dims, o.classes, o.seed ?? 0);
   const adam = new Adam(e, stack.params, { lr: o.lr });
   try {
     const schedule = new StepLR(adam, o.lr, o.stepSize ?? 7, o.gamma ?? 0.1);
-    const trainData = train.map((f) => f.data);
     for (let epoch = 0; epoch < o.epochs; epoch++) {
       schedule.setEpoch(epoch);
       const steps = new StepLosses(e);
-      for (const [b, idx] of epochBatches(train0.count, o.batchSize, (o.seed ?? 0) * 1000 + epoch, o.what).entries()) {
-        const labels = idx.map((i) => train0.labels[i]);
+      for (const [b, idx] of epochBatches(trainCount, o.batchSize, (o.seed ?? 0) * 1000 + epoch, o.what).entries()) {
+        const batchLabels = idx.map((i) => labels.train[i]);
         const x = stack.pack(trainData, idx);
         // Σ_p of each probe's mean cross-entropy: probe p's gradient is exactly its own.
-        const loss = await trainStepKeepingLoss(e, adam, () => scale(crossEntropy(reshape(stack.forward(x), [P * idx.length, o.classes]), Array.from({ length: P }, () => labels).flat()), P));
+        const loss = await trainStepKeepingLoss(e, adam, () => scale(crossEntropy(reshape(stack.forward(x), [P * idx.length, o.classes]), Array.from({ length: P }, () => batchLabels).flat()), P));
         x.dispose();
-        await steps.add(loss, labels, `${o.what}: epoch ${epoch + 1}, batch ${b + 1}`);
+        await steps.add(loss, batchLabels, `${o.what}: epoch ${epoch + 1}, batch ${b + 1}`);
       }
       await steps.read();
     }
     // Evaluation: probe p's logits [n, classes] are the p-th slab of each batch's [P, n, classes].
-    const logits = Array.from({ length: P }, () => new Float32Array(test0.count * o.classes));
-    const testData = test.map((f) => f.data);
-    for (let s = 0; s < test0.count; s += o.batchSize) {
-      const idx = Array.from({ length: Math.min(o.batchSize, test0.count - s) }, (_, i) => s + i);
+    const logits = Array.from({ length: P }, () => new Float32Array(testCount * o.classes));
+    for (let s = 0; s < testCount; s += o.batchSize) {
+      const idx = Array.from({ length: Math.min(o.batchSize, testCount - s) }, (_, i) => s + i);
       const x = stack.pack(testData, idx);
       const out = await e.noGrad(() => e.tidy(() => stack.forward(x))).readAndDispose();
       x.dispose();
@@ -77,10 +121,9 @@ export async function fitLinearProbeStack(e: Engine, trains: FeatureArrays[], te
       const per = idx.length * o.classes;
       for (let p = 0; p < P; p++) logits[p].set(out.subarray(p * per, (p + 1) * per), s * o.classes);
     }
-    const labels = Array.from({ length: test0.count }, (_, i) => test0.labels[i]);
     return logits.map((l) => {
-      const c = countTopK(l, labels);
-      return { top1: c.top1 / test0.count, top5: c.top5 / test0.count, logits: l };
+      const c = countTopK(l, labels.test);
+      return { top1: c.top1 / testCount, top5: c.top5 / testCount, logits: l };
     });
   } finally {
     for (const t of stack.params.values()) t.dispose();

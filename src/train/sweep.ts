@@ -59,6 +59,7 @@ export async function sweepLinearProbes(e: Engine, train: FeatureArrays, test: F
       const inputs = points.map(({ t, b }) => probeInputs(train, test, featureKey(t, b), pool, standardize));
       const scores = await fitLinearProbeStack(e, inputs.map((i) => i.train), inputs.map((i) => i.test), {
         classes: o.classes, epochs: o.epochs, batchSize: o.batchSize, lr: o.lr, stepSize: o.stepSize, seed: o.seed, what: `sweep, pool ${pool}, ${standardize ? 'standardised' : 'raw scale'}`,
+        names: points.map(({ t, b }) => `features ${featureKey(t, b)}`),
       });
       points.forEach(({ t, b }, i) => {
         const row = { t, b, pool, standardize, top1: scores[i].top1, top5: scores[i].top5 };

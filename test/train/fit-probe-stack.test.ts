@@ -8,6 +8,7 @@ import tap from 'tap';
 import { featureKey } from '../../src/train/feature-key.ts';
 import { type FeatureArrays, fitHead, trainedHeadLogits } from '../../src/train/fit.ts';
 import { fitLinearProbeStack } from '../../src/train/fit-probe-stack.ts';
+import { createEngine } from '../../src/engine/engine.ts';
 import { maxRelError, randomNd, testEngine } from '../helpers/check.ts';
 
 const t = tap;
@@ -50,4 +51,22 @@ t.test('probes over different images are refused', async (t) => {
   const a = split(40, 1);
   const b = split(32, 1);
   await t.rejects(fitLinearProbeStack(e, [a.sets[0], b.sets[1]], [a.sets[0], b.sets[1]], { classes, epochs: 1, batchSize: 8, lr: 1e-2, what: 'mixed stack' }), /mixed stack: every probe's training features must cover the same images/);
+});
+
+t.test('probes past one storage binding train as several stacks, with the same results', async (t) => {
+  // Widths 12, 5, 32 at batch 8 and 4 classes: one stack binds 3·32·8 floats (3072 bytes) in its
+  // inputs; a 1600-byte binding holds the first two (2·12·8 floats), then the third alone (1024).
+  const train = split(40, 1);
+  const test = split(24, 2);
+  const recipe = { classes, epochs: 2, batchSize: 8, lr: 1e-2, seed: 3 };
+  const whole = await fitLinearProbeStack(e, train.sets, test.sets, { ...recipe, what: 'whole' });
+  const small = await createEngine({ device: e.device, maxBindingBytes: 1600, tuning: e.tuning });
+  const split3 = await fitLinearProbeStack(small, train.sets, test.sets, { ...recipe, what: 'split' });
+  for (let k = 0; k < 3; k++) {
+    t.ok(maxRelError(split3[k].logits, whole[k].logits) < 1e-5, `probe ${k}: the same logits`);
+    t.equal(split3[k].top1, whole[k].top1, `probe ${k}: the same top-1`);
+  }
+  const tiny = await createEngine({ device: e.device, maxBindingBytes: 1000, tuning: e.tuning });
+  await t.rejects(fitLinearProbeStack(tiny, train.sets, test.sets, { ...recipe, what: 'tiny', names: ['a', 'b', 'features t10.b3'] }),
+    /tiny, features t10\.b3: 32 values per image in a batch of 8 \(or its 4 classes' weights\) bind 1024 bytes at once, over this device's largest storage binding \(1000\): give a smaller batch/);
 });
