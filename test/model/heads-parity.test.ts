@@ -52,3 +52,18 @@ t.test('an attention head whose dim does not split into its heads is refused whe
   const { AttentionHead } = await import('../../src/model/heads/attention-head.ts');
   t.throws(() => AttentionHead.specs({ blocks: [{ b: 1, channels: 4, size: 4 }], timesteps: [150], classes: 3, dim: 10, heads: 4 }), /attention head: dim 10 does not split into 4 heads/);
 });
+
+t.test('a DifFeed state with a negative BatchNorm running variance is refused, naming the value', async (t) => {
+  // Eval-mode BatchNorm's sqrt(var + eps) would be NaN there, and the ReLU after it would make it 0 unseen.
+  const dump = await openSafetensors(new URL('../fixtures/difeed.safetensors', import.meta.url).pathname);
+  const edited = {
+    ...dump, name: dump.name, metadata: dump.metadata, keys: () => dump.keys(), info: (k: string) => dump.info(k), close: () => dump.close(),
+    read: async (k: string) => {
+      const v = await dump.read(k);
+      if (k === 'param.feedback.1.1.running_var') v[3] = -0.25;
+      return v;
+    },
+  };
+  await t.rejects(headParity(e, edited), /DifFeed's feedback\.1\.1\.running_var\[3\] is negative; a BatchNorm running variance is at least 0/);
+  await dump.close();
+});

@@ -96,6 +96,12 @@ export class DifFeed {
     const shapes = new Map([...DifFeed.feedbackSpecs(unet, options)].map(([k, s]) => [k, s.shape]));
     const fbKeys = source.keys().filter((k) => k.startsWith('feedback.') && !k.endsWith('num_batches_tracked'));
     const fbSource: TensorSource = { ...source, keys: () => fbKeys, info: source.info, read: source.read, close: source.close, name: source.name, metadata: source.metadata };
+    // A negative running variance makes eval-mode BatchNorm's sqrt(var + eps) NaN, which the ReLU
+    // after it would turn into 0 unseen (max(NaN, 0)): refused, as PyTorch's NaN logits would be.
+    for (const key of fbKeys.filter((k) => k.endsWith('.running_var'))) {
+      const at = (await source.read(key)).findIndex((v) => v < 0);
+      if (at >= 0) throw new RangeError(`${source.name}: DifFeed's ${key}[${at}] is negative; a BatchNorm running variance is at least 0 (this state was edited or corrupted: train again or restore it)`);
+    }
     const params = await loadStateDict(e, shapes, fbSource, 'DifFeed feedback layers');
     const head = await AttentionHead.load(e, DifFeed.headOptions(unet, options), withPrefix(source, 'head.'));
     const fb = new DifFeed(e, unet, options, params, head);
