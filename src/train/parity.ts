@@ -54,7 +54,8 @@ export async function headParity(e: Engine, dump: TensorSource, opts: HeadParity
   let gradPrefix: string;
   let runEval: (() => Tensor) | null = null;
   let resolveTies: ((layer: number, check: () => Promise<Comparison[]>) => Promise<{ compared: Comparison[]; note: string } | undefined>) | null = null;
-  let bnKeys: [Tensor, string][] = [];
+  // BatchNorm's running statistics and batch counts after the training forward, against adam1.*.
+  let bnKeys: [Tensor | (() => Float32Array), string][] = [];
   if (kind === 'difeed') {
     const unetFlags = flagsFromJson(md.unet_config);
     const unet = await UNet.load(e, unetFlags, withPrefix(dump, 'unet.param.'));
@@ -100,7 +101,10 @@ export async function headParity(e: Engine, dump: TensorSource, opts: HeadParity
       return undefined;
     };
     gradPrefix = '';
-    bnKeys = difeed.batchNorm.flatMap((bn, i) => [[bn.runningMean, `feedback.${i}.1.running_mean`], [bn.runningVar, `feedback.${i}.1.running_var`]] as [Tensor, string][]);
+    bnKeys = difeed.batchNorm.flatMap((bn, i) => [
+      [bn.runningMean, `feedback.${i}.1.running_mean`], [bn.runningVar, `feedback.${i}.1.running_var`],
+      [() => Float32Array.of(bn.batches), `feedback.${i}.1.num_batches_tracked`],
+    ] as [Tensor | (() => Float32Array), string][]);
     runEval = () => e.noGrad(() => difeed.forward(xt, false));
   } else if (kind === 'attention-head' || kind === 'difformer') {
     const timesteps: number[] = JSON.parse(md.t_list);
@@ -139,7 +143,7 @@ export async function headParity(e: Engine, dump: TensorSource, opts: HeadParity
   await report('logits', logits, 'logits', fwdTol);
   const loss = crossEntropy(logits, labels);
   await report('loss', loss, 'loss', fwdTol);
-  for (const [tensor, key] of bnKeys) await report(key, tensor, `adam1.${key}`, fwdTol);
+  for (const [value, key] of bnKeys) await report(key, typeof value === 'function' ? value() : value, `adam1.${key}`, fwdTol);
   e.tape.backward(loss);
   const compareGrads = async (keys: string[]) => Promise.all(keys.map(async (k) => compareArrays(`grad.${k}`, await params.get(k)!.grad!.read(), await dump.read(`grad.${gradPrefix}${k}`), gradTol)));
   const first = new Map((await compareGrads([...params.keys()])).map((c) => [c.name.slice('grad.'.length), c]));
