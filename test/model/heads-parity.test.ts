@@ -67,3 +67,17 @@ t.test('a DifFeed state with a negative BatchNorm running variance is refused, n
   await t.rejects(headParity(e, edited), /DifFeed's feedback\.1\.1\.running_var\[3\] is negative; a BatchNorm running variance is at least 0/);
   await dump.close();
 });
+
+t.test('one optimizer step is compared as a step, not as the parameter after it', async (t) => {
+  const { compareStep } = await import('../../src/train/parity.ts');
+  // Worked by hand: steps of −1e-3 and +1e-3 from 1 and 0.5; a step 5 % too long is 5e-5 off.
+  const start = Float32Array.of(1, 0.5);
+  const ref = Float32Array.of(1 - 1e-3, 0.5 + 1e-3);
+  const long = compareStep('long', start, Float32Array.of(1 - 1.05e-3, 0.5 + 1.05e-3), ref, 1e-3);
+  t.ok(Math.abs(long.maxRel - 0.05) < 1e-3 && !long.pass, `5 % too long: ${long.maxRel.toExponential(3)} of the step`);
+  // One unit in the last place of the stored parameter is rounding: 2^-24 below 1 − 1e-3's f32.
+  const ulp = Float32Array.of(ref[0] - 2 ** -24, ref[1] + 2 ** -24);
+  t.equal(compareStep('rounding', start, ulp, ref, 1e-3).maxRel, 0, 'one ulp apart: no error');
+  const nan = compareStep('nan', start, Float32Array.of(Number.NaN, ref[1]), ref, 1e-3);
+  t.ok(nan.maxRel === Infinity && !nan.pass, 'a NaN fails');
+});
