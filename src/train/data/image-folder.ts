@@ -175,7 +175,9 @@ export function decodeImage(bytes: Uint8Array, options: DecodeOptions = {}): Rgb
   const header = readImageHeader(bytes);
   checkImageSize(header, maxPixels);
   if (header.format === 'jpeg') {
-    const img = jpeg.decode(bytes, { useTArray: true, formatAsRGBA: false, maxResolutionInMP: Math.ceil(maxPixels / 1e6), maxMemoryUsageInMB: Math.max(512, Math.ceil((maxPixels * 8) / 2 ** 20)) });
+    // jpeg-js converts every three-channel JPEG from YCbCr unless told otherwise (an Adobe marker
+    // with transform 0 included): libjpeg's choice is passed on (readImageHeader).
+    const img = jpeg.decode(bytes, { colorTransform: header.ycbcr, useTArray: true, formatAsRGBA: false, maxResolutionInMP: Math.ceil(maxPixels / 1e6), maxMemoryUsageInMB: Math.max(512, Math.ceil((maxPixels * 8) / 2 ** 20)) });
     return { width: img.width, height: img.height, data: img.data as Uint8Array };
   }
   return pngToRgb(isInterlacedLowDepth(bytes) ? decodeInterlacedLowDepth(bytes) : decodePng(bytes, { checkCrc: true }));

@@ -288,3 +288,52 @@ t.test('1-, 2- and 4-bit grey and palette PNGs, interlaced (Adam7) or not, decod
   t.throws(() => decodeImage(png(3, 2, 2, 0, badFilter.subarray(0, 7), [], 1)), { message: 'PNG: image data has 7 bytes, 3 × 2 interlaced at 2 bits needs 8 (truncated or corrupted file)' });
   t.end();
 });
+
+t.test("three-channel JPEGs are YCbCr or RGB by libjpeg's rule: a JFIF marker, else an Adobe marker's transform, else ids 'R', 'G', 'B'", (t) => {
+  // A smooth image that jpeg-js writes as JFIF with ids 1, 2, 3 and YCbCr planes (quality 100).
+  const P = rgb(16, 16, (x, y) => [40 + 10 * x, 200 - 8 * y, 90 + 4 * (x + y)]);
+  const rgba = new Uint8Array(16 * 16 * 4).map((_, i) => (i % 4 === 3 ? 255 : P[(i >> 2) * 3 + (i % 4)]));
+  const written = new Uint8Array(jpeg.encode({ width: 16, height: 16, data: rgba }, 100).data);
+  // The planes as stored: JFIF's YCbCr of each pixel (ITU-R BT.601, full range).
+  const ycc = P.map((_, i) => {
+    const [r, g, b] = P.subarray(i - (i % 3), i - (i % 3) + 3);
+    return [0.299 * r + 0.587 * g + 0.114 * b, 128 - 0.168736 * r - 0.331264 * g + 0.5 * b, 128 + 0.5 * r - 0.418688 * g - 0.081312 * b][i % 3];
+  });
+  const segments = (b: Uint8Array) => {
+    const out: { m: number; at: number; end: number }[] = [];
+    for (let at = 2; b[at + 1] !== 0xda; at += 2 + ((b[at + 2] << 8) | b[at + 3])) out.push({ m: b[at + 1], at, end: at + 2 + ((b[at + 2] << 8) | b[at + 3]) });
+    return out;
+  };
+  // `jfif` false drops the APP0 segment; `adobe` inserts an APP14 with that transform; `ids` renames the components (frame and scan headers).
+  const variant = ({ jfif = true, adobe, ids }: { jfif?: boolean; adobe?: number; ids?: number[] }) => {
+    const app0 = segments(written).find((s) => s.m === 0xe0)!;
+    let b = jfif ? written.slice() : Uint8Array.from([...written.subarray(0, app0.at), ...written.subarray(app0.end)]);
+    if (adobe !== undefined) b = Uint8Array.from([...b.subarray(0, 2), 0xff, 0xee, 0, 14, ...[...'Adobe'].map((c) => c.charCodeAt(0)), 0, 100, 0, 0, 0, 0, adobe, ...b.subarray(2)]);
+    if (ids) {
+      const segs = segments(b);
+      const sof = segs.find((s) => s.m === 0xc0)!;
+      const sos = segs[segs.length - 1].end; // FF DA, length, count, then (id, tables) per component
+      ids.forEach((id, c) => {
+        b[sof.at + 10 + 3 * c] = id;
+        b[sos + 5 + 2 * c] = id;
+      });
+    }
+    return b;
+  };
+  const worst = (got: Uint8Array, want: ArrayLike<number>) => got.reduce((m, v, i) => Math.max(m, Math.abs(v - want[i])), 0);
+  const RGB_IDS = [0x52, 0x47, 0x42];
+  const cases: [string, Uint8Array, ArrayLike<number>][] = [
+    ['JFIF (as written)', written, P],
+    ['JFIF, ids R, G, B (JFIF decides)', variant({ ids: RGB_IDS }), P],
+    ['no JFIF, ids 1, 2, 3', variant({ jfif: false }), P],
+    ['no JFIF, Adobe transform 1', variant({ jfif: false, adobe: 1 }), P],
+    ['no JFIF, ids R, G, B: RGB samples', variant({ jfif: false, ids: RGB_IDS }), ycc],
+    ['no JFIF, Adobe transform 0: RGB samples', variant({ jfif: false, adobe: 0 }), ycc],
+    ['no JFIF, Adobe transform 1 beats ids R, G, B', variant({ jfif: false, adobe: 1, ids: RGB_IDS }), P],
+  ];
+  for (const [name, bytes, want] of cases) {
+    const img = decodeImage(bytes);
+    t.ok(worst(img.data, want) <= 3, `${name}: within 3 levels of the expected values (${worst(img.data, want)})`);
+  }
+  t.end();
+});
