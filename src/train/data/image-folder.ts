@@ -4,6 +4,7 @@
 // decoder on npm) decoded to RGB after the declared size is checked against a pixel limit, the
 // shorter side resized to the model size (area averaging when shrinking, bilinear when growing), a
 // centre crop, optional horizontal flip, scaled to [−1, 1].
+import { Buffer } from 'node:buffer';
 import { createHash } from 'node:crypto';
 import type { Dirent } from 'node:fs';
 import { readdir, readFile, realpath, stat } from 'node:fs/promises';
@@ -19,6 +20,8 @@ export { preprocess, type Rgb } from './preprocess.ts';
 export { MAX_IMAGE_PIXELS } from './image-header.ts';
 
 const EXTENSIONS = new Set(['.png', '.jpg', '.jpeg']);
+/** Image files torchvision's ImageFolder or guided-diffusion would read but difrep cannot decode: counted and warned about. */
+const UNREAD_IMAGE_EXTENSIONS = new Set(['.gif', '.bmp', '.webp', '.tif', '.tiff', '.ppm', '.pgm']);
 
 export interface ImageFolder {
   root: string;
@@ -28,6 +31,12 @@ export interface ImageFolder {
   /** Warnings found while scanning (e.g. a class with one image, a link loop). */
   warnings: string[];
 }
+
+/**
+ * Python's order of strings (code points), which torchvision's ImageFolder sorts classes and files
+ * by; JavaScript's sort compares UTF-16 code units, which puts U+10000 and above before U+E000–U+FFFF.
+ */
+export const byCodePoint = (a: string, b: string): number => Buffer.compare(Buffer.from(a), Buffer.from(b));
 
 async function listDir(dir: string): Promise<Dirent[]> {
   try {
@@ -51,6 +60,7 @@ async function kind(dir: string, d: Dirent): Promise<'dir' | 'file' | undefined>
  */
 async function classImages(dir: string, walked: Set<string>, warnings: string[]): Promise<string[]> {
   const folders: { path: string; names: string[] }[] = [];
+  const unread = new Map<string, number>();
   const walk = async (path: string): Promise<void> => {
     const real = await realpath(path);
     if (walked.has(real)) {
@@ -64,13 +74,19 @@ async function classImages(dir: string, walked: Set<string>, warnings: string[])
       const k = await kind(path, d);
       if (k === 'dir') subfolders.push(join(path, d.name));
       else if (k === 'file' && EXTENSIONS.has(extname(d.name).toLowerCase())) names.push(d.name);
+      else if (k === 'file' && UNREAD_IMAGE_EXTENSIONS.has(extname(d.name).toLowerCase())) unread.set(extname(d.name).toLowerCase(), (unread.get(extname(d.name).toLowerCase()) ?? 0) + 1);
       else if (!k && d.isSymbolicLink()) warnings.push(`${join(path, d.name)} is a broken symbolic link; left out`);
     }
-    folders.push({ path, names: names.sort() });
-    for (const f of subfolders.sort()) await walk(f);
+    folders.push({ path, names: names.sort(byCodePoint) });
+    for (const f of subfolders.sort(byCodePoint)) await walk(f);
   };
   await walk(dir);
-  folders.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
+  if (unread.size) {
+    const count = [...unread.values()].reduce((a, b) => a + b, 0);
+    const kinds = [...unread].sort().map(([ext, n]) => `${ext} ${n}`).join(', ');
+    warnings.push(`${dir}: ${count} image ${count === 1 ? 'file' : 'files'} left out (${kinds}): only PNG and JPEG are read; convert ${count === 1 ? 'it' : 'them'} to use ${count === 1 ? 'it' : 'them'}`);
+  }
+  folders.sort((a, b) => byCodePoint(a.path, b.path));
   return folders.flatMap((f) => f.names.map((n) => join(f.path, n)));
 }
 
@@ -90,7 +106,7 @@ export async function scanImageFolder(root: string): Promise<ImageFolder> {
     if (k === 'dir') classes.push(d.name);
     else if (!k && d.isSymbolicLink()) warnings.push(`${join(root, d.name)} is a broken symbolic link; left out`);
   }
-  classes.sort();
+  classes.sort(byCodePoint);
   if (!classes.length) throw new Error(`${root} has no class folders (those named .* are skipped): expected ${root}/<class name>/<image>.png|jpg`);
   const files: string[] = [];
   const labels: number[] = [];

@@ -24,6 +24,10 @@ async function makeFolder(): Promise<string> {
   await writeFile(join(root, 'bee', 'grey.jpg'), j.data);
   await writeFile(join(root, 'bee', 'broken.png'), new Uint8Array([0x89, 0x50, 1, 2, 3]));
   await writeFile(join(root, 'cat', 'notes.txt'), 'not an image');
+  // Images torchvision or guided-diffusion would read, which difrep cannot decode: left out, warned about.
+  await writeFile(join(root, 'cat', 'photo.webp'), 'RIFF');
+  await writeFile(join(root, 'cat', 'anim.GIF'), 'GIF89a');
+  await writeFile(join(root, 'cat', 'scan.gif'), 'GIF89a');
   await writeFile(join(root, 'cat', 'only.png'), encodePng({ width: 2, height: 2, data: rgb(2, 2, () => [0, 255, 0]), channels: 3, depth: 8 }));
   return root;
 }
@@ -33,7 +37,7 @@ t.test('an ImageFolder: sorted classes, PNG and JPEG found, one-image classes wa
   const f = await scanImageFolder(root);
   t.same(f.classes, ['ant', 'bee', 'cat']);
   t.equal(f.files.length, 5);
-  t.same(f.warnings, ['class "cat" has a single image']);
+  t.same(f.warnings, [`${join(root, 'cat')}: 3 image files left out (.gif 2, .webp 1): only PNG and JPEG are read; convert them to use them`, 'class "cat" has a single image']);
   const { folder, skipped } = await validateImageFolder(f);
   t.equal(folder.files.length, 4);
   t.equal(skipped.length, 1);
@@ -336,4 +340,18 @@ t.test("three-channel JPEGs are YCbCr or RGB by libjpeg's rule: a JFIF marker, e
     t.ok(worst(img.data, want) <= 3, `${name}: within 3 levels of the expected values (${worst(img.data, want)})`);
   }
   t.end();
+});
+
+t.test('classes and files are sorted by code point, as Python sorts them (torchvision\'s labels)', async (t) => {
+  // UTF-16 order puts the emoji (a surrogate pair, 0xD83D…) before U+FF5A; code points put it after.
+  const root = await mkdtemp(join(tmpdir(), 'difrep-order-'));
+  const names = ['apple', '\u{FF5A}ebra', '\u{1F600}smile'];
+  for (const c of names) {
+    await mkdir(join(root, c));
+    for (const f of ['\u{1F600}.png', '\u{FF5A}.png']) await writeFile(join(root, c, f), encodePng({ width: 2, height: 2, data: rgb(2, 2, () => [9, 9, 9]), channels: 3, depth: 8 }));
+  }
+  const f = await scanImageFolder(root);
+  t.same(f.classes, names, 'classes: apple, ｚebra, 😀smile');
+  t.same(f.files.slice(0, 2), [join(root, 'apple', '\u{FF5A}.png'), join(root, 'apple', '\u{1F600}.png')], 'files in code-point order');
+  await rm(root, { recursive: true });
 });
