@@ -398,19 +398,20 @@ export function flagsFromJson(json: string): UNetFlags {
 /**
  * Where the network that a checkpoint's recorded `config` metadata (create_model's flags: the
  * reference dumps and difrep's own weights carry one) builds differs from `plan`, or undefined when
- * it builds the same one or records none that plans. Some flags change no parameter shape (num_heads
- * against num_head_channels, use_new_attention_order): weights load into the wrong network without
- * a shape error, so this is what catches them. Map sizes are left out: the same network run at
- * another image_size is a deliberate choice.
+ * it builds the same one or records none. Some flags change no parameter shape (num_heads against
+ * num_head_channels, use_new_attention_order): weights load into the wrong network without a shape
+ * error, so this is what catches them. Map sizes are left out: the same network run at another
+ * image_size is a deliberate choice. Keys that are neither model nor diffusion flags (a training
+ * script's lr or batch_size, saved beside them) are left out; a recorded config that does not
+ * parse, or plans no U-Net difrep builds (a diffusion flag at a value difrep does not implement,
+ * such as noise_schedule "cosine"), throws a UNetConfigError saying why: comparing nothing would
+ * load the weights unchecked.
  */
 export function recordedConfigDifference(plan: UNetPlan, recorded: string | undefined): string | undefined {
   if (recorded === undefined) return undefined;
-  let other: UNetPlan;
-  try {
-    other = planUNet(flagsFromJson(recorded));
-  } catch {
-    return undefined;
-  }
+  const flags = flagsFromJson(recorded) as unknown as Record<string, unknown>;
+  const known = new Set<string>([...MODEL_FLAGS, ...Object.keys(DIFFUSION_FLAGS)]);
+  const other = planUNet(Object.fromEntries(Object.entries(flags).filter(([k]) => known.has(k))) as unknown as UNetFlags);
   const network = (p: UNetPlan) => ({
     in_channels: p.flags.in_channels, timeEmbedDim: p.timeEmbedDim, outChannels: p.outChannels, finalChannels: p.finalChannels, useScaleShiftNorm: p.useScaleShiftNorm,
     blocks: p.blocks.length,

@@ -18,7 +18,7 @@ import { checkWholeBatchBinding, imagesPerChunk } from './unet-bindings.ts';
 
 export { CheckpointMismatchError } from './state-dict.ts';
 export { BindingLimitError } from './unet-bindings.ts';
-import { type Block, type Layer, planUNet, recordedConfigDifference, stateDictShapes, type UNetFlags, type UNetPlan } from './unet-config.ts';
+import { type Block, type Layer, planUNet, recordedConfigDifference, stateDictShapes, UNetConfigError, type UNetFlags, type UNetPlan } from './unet-config.ts';
 
 export interface ForwardOptions {
   /** Block numbers b (1..N) whose outputs to return. */
@@ -75,7 +75,13 @@ export class UNet {
       throw err instanceof CheckpointMismatchError && hint ? new CheckpointMismatchError(`${err.message}\n  ${hint}`) : err;
     }
     // Shapes fit; flags that change no shape (heads, attention order) are caught by the recorded config.
-    const difference = recordedConfigDifference(plan, source.metadata.config);
+    let difference: string | undefined;
+    try {
+      difference = recordedConfigDifference(plan, source.metadata.config);
+    } catch (err) {
+      if (!(err instanceof UNetConfigError)) throw err;
+      throw new CheckpointMismatchError(`${source.name} records the config it was saved with (metadata "config"), and difrep cannot build the U-Net it describes — ${err.message} — so these weights cannot be checked against the model asked for, nor used as that model (recorded: ${source.metadata.config})`);
+    }
     if (difference) {
       throw new CheckpointMismatchError(`${source.name} records the config it was saved with (metadata "config"), and it builds another U-Net than the one asked for — ${difference}. Give that config as the model (a JSON file of these flags: ${source.metadata.config})`);
     }

@@ -125,6 +125,30 @@ t.test('weights whose recorded config builds another network are refused, even w
   for (const p of doubled.parameters().values()) p.dispose();
 });
 
+t.test('a recorded config is compared whatever else it holds, and one difrep cannot build is refused, never skipped', async (t) => {
+  const e = await testEngine();
+  const src = withPrefix(reference, 'param.');
+  const flags = flagsFromJson(reference.metadata.config);
+  const recording = (config: string) => ({ ...src, metadata: { ...src.metadata, config } });
+  const load = (config: string, asked = flags) => UNet.load(e, asked, recording(config)).then((u) => {
+    for (const p of u.parameters().values()) p.dispose();
+    return null;
+  }, (x: Error) => x);
+  // A training script's other arguments saved beside the flags: left out of the comparison, which still runs.
+  const extra = JSON.stringify({ ...flags, lr: 1e-4, batch_size: 64 });
+  t.equal(await load(extra), null, 'the same network with lr and batch_size recorded: loads');
+  const heads = await load(JSON.stringify({ ...flags, num_heads: 4, num_head_channels: -1, lr: 1e-4 }));
+  t.match(heads?.message, /it builds another U-Net than the one asked for — block \d+ .*"heads":4.* recorded/, 'other heads, with lr recorded: refused');
+  for (const [config, why] of [
+    [JSON.stringify({ ...flags, noise_schedule: 'cosine' }), /difrep cannot build the U-Net it describes — U-Net config: noise_schedule "cosine" is not supported/],
+    ['{image_size: 32}', /difrep cannot build the U-Net it describes — U-Net config: config is not valid JSON/],
+  ] as const) {
+    const err = await load(config);
+    t.ok(err instanceof CheckpointMismatchError, config);
+    t.match(err?.message, why);
+  }
+});
+
 t.test('a checkpoint made with the other resblock_updown setting says which one to set', async (t) => {
   const e = await testEngine();
   const conv = await openSafetensors(fixture('conv-resample.safetensors'));
