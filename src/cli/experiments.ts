@@ -9,7 +9,7 @@ import { describeMapping, paperBlocks } from '../model/block-roles.ts';
 import { flagsFromJson, planUNet } from '../model/unet-config.ts';
 import type { DifFeedOptions } from '../model/heads/difeed.ts';
 import { type CacheSignature, signatureDifferences } from '../train/cache-signature.ts';
-import { checkLabels, checkSameExtraction, checkTrainTestCaches, isPixelCache, loadCachedFeatures } from '../train/cached-features.ts';
+import { checkLabels, checkSameExtraction, checkTrainTestCaches, headClasses, isPixelCache, loadCachedFeatures } from '../train/cached-features.ts';
 import { DecodePool } from '../train/data/decode-pool.ts';
 import { balancedSubset, FASHION_MNIST_CLASSES, imageSource, loadFashionMnist } from '../train/data/fashion-mnist.ts';
 import { folderFingerprint, scanImageFolder, validateImageFolder } from '../train/data/image-folder.ts';
@@ -215,7 +215,7 @@ const TRAIN = {
   layers: { type: 'int', min: 1, max: 64, help: 'attention heads: Transformer layers', default: 2 },
   heads: { type: 'int', min: 1, max: 256, help: 'attention heads: attention heads', default: 8 },
   'pre-pool': { type: 'int', min: 1, max: 1024, help: 'attention heads: tokenizer pools larger maps to this size', default: 16 },
-  classes: { type: 'int', min: 2, max: 100_000, help: 'number of classes', default: 10 },
+  classes: { type: 'int', min: 2, max: 100_000, help: 'number of classes (default: as many as the training cache records, else 10; difeed: Fashion-MNIST\'s 10)' },
   epochs: { type: 'int', min: 1, max: 100_000, help: 'epochs (a resumed run may raise it, not lower it)', default: 28 },
   batch: { type: 'int', min: 1, max: 65_536, help: 'batch size (default 128; difeed 16, as CLARIFICATIONS: its BatchNorm sees the batch)' },
   optimizer: { type: 'string', choices: ['adam', 'sgd'], help: 'adam (the paper) or sgd (the released scripts; not for difeed)', default: 'adam' },
@@ -230,6 +230,17 @@ const TRAIN = {
 
 type TrainOptions = NonNullable<ReturnType<typeof parseArgs<typeof TRAIN>>>;
 
+/**
+ * The heads each head-specific option of TRAIN applies to. Given for another head, an option is
+ * refused: ignored, --per-class would leave a linear probe training on the whole cache, --pool an
+ * attention head's tokens as they were.
+ */
+const TRAIN_OPTION_HEADS: Partial<Record<keyof typeof TRAIN, readonly string[]>> = {
+  ...Object.fromEntries(['model', 'checkpoint', 'strategy', 'per-class', 'test-per-class', 'flip', 'checkpoint-every'].map((k) => [k, ['difeed']])),
+  ...Object.fromEntries(['pool', 'standardize'].map((k) => [k, ['linear']])),
+  ...Object.fromEntries(['dim', 'layers', 'heads', 'pre-pool'].map((k) => [k, ['attention', 'difformer', 'difeed']])),
+};
+
 async function trainCommand(argv: string[]): Promise<number> {
   const o = parseArgs('train', argv, TRAIN);
   if (!o) return 0;
@@ -238,8 +249,12 @@ async function trainCommand(argv: string[]): Promise<number> {
     // DifFeed runs the U-Net live on Fashion-MNIST (--per-class, --test-per-class): no caches, no probe pooling.
     const cacheOptions = ['train', 'test', 'standardize', 'pool'].filter((k) => given(argv, k));
     if (cacheOptions.length) throw new UsageError(`difrep train: --head difeed reads images, not feature caches: leave out ${cacheOptions.map((k) => `--${k}`).join(', ')}`);
-    return trainDifFeed(o);
   }
+  const misplaced = Object.entries(TRAIN_OPTION_HEADS).filter(([k, heads]) => given(argv, k) && !heads!.includes(o.head));
+  if (misplaced.length) {
+    throw new UsageError(`difrep train: ${misplaced.map(([k, heads]) => `--${k} (for ${heads!.join(', ')})`).join(', ')} ${misplaced.length === 1 ? 'is' : 'are'} not for --head ${o.head}: leave ${misplaced.length === 1 ? 'it' : 'them'} out`);
+  }
+  if (o.head === 'difeed') return trainDifFeed(o);
   for (const k of ['train', 'test'] as const) if (!o[k]) throw new UsageError(`difrep train: --${k} is required for --head ${o.head}`);
   if (o.head === 'linear' && o.b && ((o.t && o.t.length !== 1) || o.b.length !== 1)) throw new UsageError(`difrep train: a linear probe reads one t and one b, got --t ${o.t} --b ${o.b} (difformer fuses several)`);
   const pixels = await pixelCaches(o.train!, o.test!, argv);
@@ -248,13 +263,13 @@ async function trainCommand(argv: string[]): Promise<number> {
   if (probePool !== o.pool && o.head === 'linear') console.log(`pixel cache: the probe reads the whole ${probePool}×${probePool} image (--pool ${probePool}); give --pool to pool it`);
   const ts = pixels ? [0] : (o.t ?? (o.head === 'difformer' ? [90, 150, 300] : [150]));
   const bs = pixels ? [PIXEL_BLOCK] : o.b!;
-  if (o.standardize && o.head !== 'linear') throw new UsageError(`difrep train: --standardize is for the linear probe (the attention heads normalise their tokens themselves)`);
   // Standardised dimensions are those the probe sees: the maps pooled first, on the CPU.
   const pool = o.standardize ? probePool : 0;
   const loaded = { train: await loadCachedFeatures(o.train!, ts, bs, pool), test: await loadCachedFeatures(o.test!, ts, bs, pool) };
   warnIf(checkTrainTestCaches(loaded.train, loaded.test, o.train!, o.test!));
-  checkLabels(loaded.train, o.classes, o.train!);
-  checkLabels(loaded.test, o.classes, o.test!);
+  const classes = headClasses(loaded.train.signature, o.classes, o.train!);
+  checkLabels(loaded.train, classes, o.train!);
+  checkLabels(loaded.test, classes, o.test!);
   const { train, test, warning } = o.standardize ? standardizeSplits(loaded.train, loaded.test) : { ...loaded, warning: undefined };
   warnIf(warning);
   const e = await tunedEngine();
@@ -262,7 +277,7 @@ async function trainCommand(argv: string[]): Promise<number> {
   await removeStaleTempFiles(o.out);
   const head = o.head === 'difformer' ? 'attention' : o.head;
   const result = await fitHead(e, train, test, {
-    head: head as 'linear' | 'attention', classes: o.classes, timesteps: ts, blocks: bs, pool: probePool,
+    head: head as 'linear' | 'attention', classes, timesteps: ts, blocks: bs, pool: probePool,
     attention: { dim: o.dim, layers: o.layers, heads: o.heads, prePoolSize: o['pre-pool'] },
     epochs: o.epochs, batchSize: o.batch ?? 128, optimizer: o.optimizer as 'adam' | 'sgd', lr: o.lr, stepSize: o['step-size'], gamma: o.gamma, seed: o.seed,
     // The training cache's signature, not only its path: a resume, or eval's standardisation, on a
@@ -285,6 +300,7 @@ async function trainDifFeed(o: TrainOptions): Promise<number> {
   if (t.length !== 1) throw new UsageError(`difrep train: DifFeed runs at one timestep, got --t ${t}`);
   if (o.optimizer !== 'adam') throw new UsageError('difrep train: DifFeed trains with Adam (feedback layers at 1e-3, its head at --lr); leave out --optimizer');
   if (o.b && o.b.length !== 1) throw new UsageError(`difrep train: DifFeed feeds one pass-2 block to its head, got --b ${o.b}`);
+  if (o.classes !== undefined && o.classes !== FASHION_MNIST_CLASSES.length) throw new UsageError(`difrep train: DifFeed trains on Fashion-MNIST's ${FASHION_MNIST_CLASSES.length} classes, not --classes ${o.classes}: leave it out`);
   const e = await tunedEngine();
   const { unet, hash } = await loadModel(e, o.model, o.checkpoint);
   if (o.b && o.b[0] > unet.numBlocks) throw new UsageError(`difrep train: --b ${o.b[0]}: this U-Net has blocks 1..${unet.numBlocks}`);
@@ -297,7 +313,7 @@ async function trainDifFeed(o: TrainOptions): Promise<number> {
   await mkdir(o.out, { recursive: true });
   await removeStaleTempFiles(o.out);
   const result = await fitDifFeed(e, unet, await source('train', o['per-class']), await source('test', o['test-per-class']), {
-    classes: o.classes, strategy: o.strategy as DifFeedOptions['strategy'], t: t[0], featureBlock: o.b?.[0],
+    classes: FASHION_MNIST_CLASSES.length, strategy: o.strategy as DifFeedOptions['strategy'], t: t[0], featureBlock: o.b?.[0],
     head: { dim: o.dim, layers: o.layers, heads: o.heads, prePoolSize: o['pre-pool'] },
     epochs: o.epochs, batchSize: o.batch ?? 16, headLr: o.lr, stepSize: o['step-size'], gamma: o.gamma, seed: o.seed, flip: o.flip === 'true',
     unetWeights: hash, checkpoint: join(o.out, 'state.safetensors'), checkpointEverySeconds: o['checkpoint-every'], resume: o.resume,
@@ -320,7 +336,7 @@ const KNN = {
   k: { type: 'ints', min: 1, max: 100_000, unique: true, help: 'neighbour counts', default: [20, 200] },
   temperature: { type: 'number', above: 0, max: 1e6, help: 'vote weight exp(s / T)', default: 0.1 },
   standardize: { type: 'flag', help: 'standardise every (pooled) feature dimension with the training split\'s mean and std before the cosine similarity' },
-  classes: { type: 'int', min: 2, max: 100_000, help: 'number of classes', default: 10 },
+  classes: { type: 'int', min: 2, max: 100_000, help: 'number of classes (default: as many as the training cache records, else 10)' },
   out: { type: 'string', meta: 'FILE', help: 'result JSON file' },
 } satisfies OptionSpecs;
 
@@ -332,8 +348,9 @@ async function knnCommand(argv: string[]): Promise<number> {
   const pool = o.pool ?? (pixels ? 0 : 1);
   const loaded = { train: await loadCachedFeatures(o.train, [t], [b], pool), test: await loadCachedFeatures(o.test, [t], [b], pool) };
   warnIf(checkTrainTestCaches(loaded.train, loaded.test, o.train, o.test));
-  checkLabels(loaded.train, o.classes, o.train);
-  checkLabels(loaded.test, o.classes, o.test);
+  const classes = headClasses(loaded.train.signature, o.classes, o.train);
+  checkLabels(loaded.train, classes, o.train);
+  checkLabels(loaded.test, classes, o.test);
   const splits = o.standardize ? standardizeSplits(loaded.train, loaded.test) : { ...loaded, warning: undefined };
   warnIf(splits.warning);
   const matrix = (f: FeatureArrays) => {
@@ -345,7 +362,7 @@ async function knnCommand(argv: string[]): Promise<number> {
   const tooMany = o.k.find((k) => k > tr.m.n);
   if (tooMany !== undefined) throw new UsageError(`difrep knn: --k ${tooMany} is more than the ${tr.m.n} training images in ${o.train}`);
   const e = await tunedEngine();
-  const res = await knnClassify(e, tr.m, tr.labels, te.m, te.labels, { ks: o.k, temperature: o.temperature, classes: o.classes });
+  const res = await knnClassify(e, tr.m, tr.labels, te.m, te.labels, { ks: o.k, temperature: o.temperature, classes });
   for (const r of res) console.log(`kNN k=${r.k}: top-1 ${(100 * r.top1).toFixed(2)}%, top-5 ${(100 * r.top5).toFixed(2)}%`);
   if (o.out) await writeFileAtomic(o.out, JSON.stringify({ features: pixels ? 'pixels' : 'unet', t, b, pool, standardize: o.standardize, temperature: o.temperature, results: res }, null, 2));
   e.dispose();
@@ -392,7 +409,7 @@ const SWEEP = {
   epochs: { type: 'int', min: 1, max: 100_000, help: 'epochs per probe', default: 15 },
   batch: { type: 'int', min: 1, max: 65_536, help: 'batch size', default: 128 },
   lr: { type: 'number', above: 0, max: 10, help: 'Adam learning rate', default: 1e-3 },
-  classes: { type: 'int', min: 2, max: 100_000, help: 'number of classes', default: 10 },
+  classes: { type: 'int', min: 2, max: 100_000, help: 'number of classes (default: as many as the training cache records, else 10)' },
   out: { type: 'string', meta: 'DIR', required: true, help: 'output directory for sweep.json and one heatmap per pool size' },
 } satisfies OptionSpecs;
 
@@ -408,13 +425,14 @@ async function sweepCommand(argv: string[]): Promise<number> {
   const train = await loadCachedFeatures(o.train, ts, bs);
   const test = await loadCachedFeatures(o.test, ts, bs);
   warnIf(checkTrainTestCaches(train, test, o.train, o.test));
-  checkLabels(train, o.classes, o.train);
-  checkLabels(test, o.classes, o.test);
+  const classes = headClasses(train.signature, o.classes, o.train);
+  checkLabels(train, classes, o.train);
+  checkLabels(test, classes, o.test);
   const e = await tunedEngine();
   await mkdir(o.out, { recursive: true });
   const standardize = o.standardize === 'both' ? [false, true] : [o.standardize === 'on'];
   const rows = await sweepLinearProbes(e, train, test, {
-    timesteps: ts, blocks: bs, pools, standardize, classes: o.classes, epochs: o.epochs, batchSize: o.batch, lr: o.lr,
+    timesteps: ts, blocks: bs, pools, standardize, classes, epochs: o.epochs, batchSize: o.batch, lr: o.lr,
     onRow: (r) => console.log(`pool ${r.pool}${r.standardize ? ', standardised' : ''}, ${pixels ? 'pixels' : `b ${r.b}, t ${r.t}`}: top-1 ${(100 * r.top1).toFixed(2)}%`),
   });
   await writeSweepHeatmaps(o.out, rows.map((r) => ({ ...r, value: r.top1 })), {

@@ -125,6 +125,22 @@ function extractedFrom(sig: CacheSignature, b: number, shape: number[]): number 
   }
 }
 
+/**
+ * How many classes a head over the cache with signature `sig` (in `where`) scores: the number of
+ * classes the cache records, or `given` (--classes), which must then be that number — a 10-way head
+ * over a 3-class folder reported top-5 100 % with 7 classes that never occur. 10 (Fashion-MNIST's)
+ * for a cache that records none and no `given`.
+ */
+export function headClasses(sig: CacheSignature, given: number | undefined, where: string): number {
+  const names: unknown = typeof sig.classes === 'string' ? JSON.parse(sig.classes) : undefined;
+  if (!Array.isArray(names)) return given ?? 10;
+  if (given !== undefined && given !== names.length) {
+    const shown = names.length <= 12 ? names.join(', ') : `${names.slice(0, 12).join(', ')}, …`;
+    throw new Error(`--classes ${given}, but ${where} records ${names.length} classes (${shown}): leave out --classes, or extract from a dataset with those classes`);
+  }
+  return names.length;
+}
+
 /** The largest label must name a class: a cache with labels ≥ `classes` would train a head that can never be right. */
 export function checkLabels(data: FeatureArrays, classes: number, where: string): void {
   let max = 0;

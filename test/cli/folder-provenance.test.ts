@@ -2,7 +2,7 @@
 // place in its own folder's sorted list, so a test folder missing a class scored every later class
 // against the wrong one (top-1 50 % for separable classes, 100 % on the training cache), and shards
 // of a folder whose files changed between them were merged as one cache.
-import { cp, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { cp, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { encode } from 'fast-png';
@@ -85,4 +85,25 @@ t.test('a shard of a folder whose files changed since the other shard is refused
   // One image replaced by one of another size (same name, same count).
   await writeFile(join(root, 'b', '1.png'), encode({ width: 20, height: 20, data: new Uint8Array(400).fill(99), channels: 1, depth: 8 }));
   await t.rejects(extract('1/2'), /already holds features from an extraction with other settings \(chunk-\S+: files \("sha256:[0-9a-f]+\.\.\. → "sha256:[0-9a-f]+\.\.\.\)\)/);
+});
+
+t.test('heads over a folder cache score its recorded classes; another --classes is refused', async (t) => {
+  // c-tr and c-te3: classes a, b, c (the first test above).
+  t.equal(await run('train', '--train', join(dir, 'c-tr'), '--test', join(dir, 'c-te3'), '--pool', '1', '--epochs', '1', '--batch', '3', '--out', join(dir, 'three')), 0);
+  const result = JSON.parse(await readFile(join(dir, 'three', 'result.json'), 'utf8'));
+  t.equal(result.params, 3 * 3 + 3, 'a 3-way linear layer on 3 pooled values (a 10-way one has 40 parameters)');
+  t.equal(await run('knn', '--train', join(dir, 'c-tr'), '--test', join(dir, 'c-te3'), '--k', '1'), 0, 'knn without --classes');
+  const refused = /--classes 10, but .*c-tr records 3 classes \(a, b, c\): leave out --classes/;
+  await t.rejects(run('train', '--train', join(dir, 'c-tr'), '--test', join(dir, 'c-te3'), '--classes', '10', '--epochs', '1', '--out', join(dir, 'ten')), refused);
+  await t.rejects(run('knn', '--train', join(dir, 'c-tr'), '--test', join(dir, 'c-te3'), '--k', '1', '--classes', '10'), refused);
+  await t.rejects(run('sweep', '--train', join(dir, 'c-tr'), '--test', join(dir, 'c-te3'), '--classes', '10', '--epochs', '1', '--pool', '1', '--out', join(dir, 'sw10')), refused);
+});
+
+t.test('train refuses options of another head, naming the heads they are for', async (t) => {
+  const base = ['--train', join(dir, 'c-tr'), '--test', join(dir, 'c-te3'), '--epochs', '1', '--batch', '3'];
+  await t.rejects(run('train', ...base, '--per-class', '10', '--out', join(dir, 'x1')), /--per-class \(for difeed\) is not for --head linear: leave it out/);
+  await t.rejects(run('train', ...base, '--dim', '16', '--pre-pool', '2', '--out', join(dir, 'x2')), /--dim \(for attention, difformer, difeed\), --pre-pool \(for attention, difformer, difeed\) are not for --head linear: leave them out/);
+  await t.rejects(run('train', ...base, '--head', 'attention', '--pool', '1', '--out', join(dir, 'x3')), /--pool \(for linear\) is not for --head attention/);
+  await t.rejects(run('train', ...base, '--head', 'attention', '--standardize', '--out', join(dir, 'x4')), /--standardize \(for linear\) is not for --head attention/);
+  await t.rejects(run('train', ...base, '--checkpoint', '/nonexistent', '--out', join(dir, 'x5')), /--checkpoint \(for difeed\) is not for --head linear/);
 });
