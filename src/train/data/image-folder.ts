@@ -1,9 +1,9 @@
 // An ImageFolder dataset like torchvision's: root/<class name>/**/<image>, classes in sorted
 // order, symlinked folders and files followed (each real folder walked once per class, so a link
 // loop ends), PNG (fast-png) and JPEG (jpeg-js: pure JavaScript, no native build, the most used
-// decoder on npm) decoded to RGB after the declared size is checked against a pixel limit, the
-// shorter side resized to the model size (area averaging when shrinking, bilinear when growing), a
-// centre crop, optional horizontal flip, scaled to [−1, 1].
+// decoder on npm) decoded to RGB after the declared size is checked against a pixel limit, then
+// guided-diffusion's center_crop_arr (./preprocess.ts: Pillow's BOX halving and BICUBIC resize of
+// the shorter side, bit-exact), optional horizontal flip, scaled to [−1, 1].
 import { Buffer } from 'node:buffer';
 import { createHash } from 'node:crypto';
 import type { Dirent } from 'node:fs';
