@@ -107,3 +107,14 @@ t.test('train refuses options of another head, naming the heads they are for', a
   await t.rejects(run('train', ...base, '--head', 'attention', '--standardize', '--out', join(dir, 'x4')), /--standardize \(for linear\) is not for --head attention/);
   await t.rejects(run('train', ...base, '--checkpoint', '/nonexistent', '--out', join(dir, 'x5')), /--checkpoint \(for difeed\) is not for --head linear/);
 });
+
+t.test('folder caches record their preprocessing; a cache of other x0s is not scored with them', async (t) => {
+  const { openFeatureCache } = await import('../../src/train/extract.ts');
+  const { checkSameExtraction } = await import('../../src/train/cached-features.ts');
+  const { FOLDER_PREPROCESSING } = await import('../../src/train/data/preprocess.ts');
+  const { signature } = await openFeatureCache(join(dir, 'c-tr'));
+  t.equal(signature.preprocess, FOLDER_PREPROCESSING);
+  // A cache extracted before the preprocessing was recorded (area averaging then).
+  const { preprocess: _, ...older } = signature;
+  t.throws(() => checkSameExtraction(signature, older as typeof signature, 'new', 'old'), /come from different extractions \(preprocess "center_crop_arr.*" against unset\)/);
+});

@@ -15,7 +15,7 @@ import { checkImageSize, MAX_IMAGE_PIXELS, readImageHeader } from './image-heade
 import { decodeInterlacedLowDepth, isInterlacedLowDepth } from './png-adam7.ts';
 import { preprocess, type Rgb } from './preprocess.ts';
 
-export { preprocess, type Rgb } from './preprocess.ts';
+export { FOLDER_PREPROCESSING, preprocess, type Rgb } from './preprocess.ts';
 
 export { MAX_IMAGE_PIXELS } from './image-header.ts';
 

@@ -9,6 +9,9 @@
 // 8-bit image, then a vertical pass.
 // No Node import: the library exports it for pages that read their own images.
 
+/** What preprocess does, as feature caches record it (a cache of other x0s is not mixed with these). */
+export const FOLDER_PREPROCESSING = 'center_crop_arr (Pillow 9.4 BOX halving + BICUBIC)';
+
 export interface Rgb {
   width: number;
   height: number;
