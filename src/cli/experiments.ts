@@ -461,6 +461,11 @@ async function evalCommand(argv: string[]): Promise<number> {
   const state = join(o.run, 'state.safetensors');
   const settings = await readStateSettings(state);
   const { timesteps, blocks, pool, head } = settings as { timesteps: number[]; blocks: number[]; pool: number | null; head: string };
+  // DifFeed (evaluated by its own training run: its result.json) and pretraining states hold no head over cached features.
+  if ((head !== 'linear' && head !== 'attention') || !Array.isArray(timesteps) || !Array.isArray(blocks)) {
+    const what = head === 'difeed' ? 'a DifFeed head (it needs the U-Net live: its score is in the run\'s result.json)' : head === undefined ? 'no head (a pretraining run?)' : `a ${JSON.stringify(head)} head`;
+    throw new UsageError(`difrep eval: ${o.run} holds ${what}; eval scores linear, attention and difformer heads trained on feature caches`);
+  }
   const data = (settings.data ?? {}) as { features?: string; train?: string; trainCache?: CacheSignature; standardize?: boolean };
   const pixels = await isPixelCache(o.features);
   if (pixels !== (data.features === 'pixels')) throw new UsageError(`difrep eval: ${o.run} was trained on ${data.features === 'pixels' ? 'raw pixels' : 'U-Net features'}, but ${o.features} holds ${pixels ? 'raw pixels' : 'U-Net features'}`);

@@ -1,6 +1,6 @@
 // A raw-pixel cache holds exactly the model input the U-Net sees, and train, knn and sweep read it
 // without --t/--b (the miniature issue's pixel baseline under the same protocol as the features).
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
@@ -65,6 +65,13 @@ t.test('eval rebuilds a trained head from its state and scores any split', async
   t.equal(scored.images, 40);
   t.ok((await readFile(join(dir, 'confusion.png'))).length > 100);
   await t.rejects(run('eval', '--run', join(dir, 'nothing'), '--features', join(dir, 'test')), /cannot open|no such file/);
+  // DifFeed and pretraining states (as their runs write them: kind and settings) hold no head over cached features.
+  const { writeSafetensors } = await import('../../src/model/checkpoint/safetensors.ts');
+  for (const [name, settings, what] of [['difeed-run', { head: 'difeed', classes: 10 }, /holds a DifFeed head \(it needs the U-Net live/], ['pretrain-run', { lr: 1e-4, batchSize: 16 }, /holds no head \(a pretraining run\?\)/]] as const) {
+    await mkdir(join(dir, name), { recursive: true });
+    await writeSafetensors(join(dir, name, 'state.safetensors'), {}, { kind: 'difrep-training-state', progress: '{}', settings: JSON.stringify(settings) });
+    await t.rejects(run('eval', '--run', join(dir, name), '--features', join(dir, 'test')), what);
+  }
   // The probe pools to 4: a cache pooled to 2 at extraction is refused, not enlarged (it scored as if upsampled).
   const model = new URL('../../models/fmnist16.json', import.meta.url).pathname;
   t.equal(await run('extract', '--features', 'pixels', '--model', model, '--split', 'test', '--per-class', '4', '--pool', '2', '--out', join(dir, 'test-pool2')), 0);
