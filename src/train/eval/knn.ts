@@ -51,6 +51,14 @@ export async function knnClassify(
   e: Engine, train: FeatureMatrix, trainLabels: ArrayLike<number>, test: FeatureMatrix, testLabels: ArrayLike<number>, opts: KnnOptions,
 ): Promise<KnnResult[]> {
   if (train.d !== test.d) throw new RangeError(`kNN: train features have ${train.d} dims, test features ${test.d}`);
+  // A label outside 0..classes−1 would vote into nothing (a neighbour's vote lost) or never be hit.
+  for (const [split, labels, n] of [['train', trainLabels, train.n], ['test', testLabels, test.n]] as const) {
+    if (labels.length !== n) throw new RangeError(`kNN: ${n} ${split} feature rows but ${labels.length} ${split} labels`);
+    for (let i = 0; i < n; i++) {
+      const y = labels[i];
+      if (!Number.isInteger(y) || y < 0 || y >= opts.classes) throw new RangeError(`kNN: ${split} label ${i} is ${y}, not a class in 0..${opts.classes - 1} (classes: ${opts.classes})`);
+    }
+  }
   const ks = opts.ks ?? [20, 200];
   const T = opts.temperature ?? 0.1;
   const kMax = Math.min(train.n, Math.max(...ks));
@@ -85,7 +93,10 @@ export async function knnClassify(
         const ranked = Array.from(votes.keys()).sort((a, b) => votes[b] - votes[a]);
         const y = testLabels[start + r];
         if (ranked[0] === y) hits[ki].top1++;
-        // Only a class that got a vote is ranked (DINO's kNN counts top-5 over min(5, k) classes).
+        // Only a class that got a vote is ranked. The reference code (the co-authors' knn_classifier,
+        // like DINO's) ranks every class, zero-vote ones in whatever order its sort leaves ties, so
+        // with k ≥ 5 its top-5 can count a class no neighbour voted for: this one is at most that,
+        // the same whenever five classes get votes.
         if (voted[y] && ranked.slice(0, 5).includes(y)) hits[ki].top5++;
       });
     }
