@@ -228,8 +228,8 @@ async function extract() {
     xt.dispose();
     if (profiling) showTimings(await engine.stopProfiling(), blocks);
     else $('timings').textContent = 'this adapter has no timestamp-query feature';
-    if (N >= 2) showCka(await ckaMatrix(engine, sets), blocks);
-    else $('ckaNote').textContent = 'CKA needs at least 2 images';
+    if (N >= 3) showCka(await ckaMatrix(engine, sets), blocks);
+    else $('ckaNote').textContent = 'CKA needs at least 3 images (with 2, any two blocks score 1)';
     status(1, `block ${b}: ${C} × ${H} × ${W} per image, ${msPerImage.toFixed(1)} ms per image`);
     if (auto) globalThis.difrepExit = 0;
   } catch (e) {

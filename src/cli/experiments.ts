@@ -365,7 +365,7 @@ async function knnCommand(argv: string[]): Promise<number> {
   const e = await tunedEngine();
   const res = await knnClassify(e, tr.m, tr.labels, te.m, te.labels, { ks: o.k, temperature: o.temperature, classes });
   for (const r of res) console.log(`kNN k=${r.k}: top-1 ${(100 * r.top1).toFixed(2)}%, top-5 ${(100 * r.top5).toFixed(2)}%`);
-  if (o.out) await writeFileAtomic(o.out, JSON.stringify({ features: pixels ? 'pixels' : 'unet', t, b, pool, standardize: o.standardize, temperature: o.temperature, results: res }, null, 2));
+  if (o.out) await writeFileAtomic(o.out, JSON.stringify({ features: pixels ? 'pixels' : 'unet', train: o.train, test: o.test, classes, t, b, pool, standardize: o.standardize, temperature: o.temperature, results: res }, null, 2));
   e.dispose();
   return 0;
 }
@@ -393,9 +393,16 @@ async function ckaCommand(argv: string[]): Promise<number> {
   });
   const e = await tunedEngine();
   const m = await ckaMatrix(e, sets, pairs.map(([t, b]) => `t${t} b${b}`));
-  await writeFileAtomic(o.out, JSON.stringify({ labels, matrix: m, images: cached.count, pool: o.pool }, null, 2));
-  if (o.png) await writeChart(o.png, heatmapSvg(m, labels, labels, `linear CKA, ${cached.count} images`));
-  console.log(`linear CKA over ${cached.count} images:\n${labels.map((l, i) => `${l.padStart(6)} ${m[i].map((v) => v.toFixed(3)).join(' ')}`).join('\n')}`);
+  // Linear CKA is biased up when features are many against the images: for independent isotropic
+  // features it is about √(d₁d₂ / ((n + d₁)(n + d₂))) (1 at n = 2), which this run's sizes imply.
+  const n = cached.count;
+  const dims = sets.map((s) => s.d);
+  const unrelated = Math.max(...dims.flatMap((a, i) => dims.slice(i + 1).map((b) => Math.sqrt((a * b) / ((n + a) * (n + b))))));
+  if (unrelated > 0.5) warnIf(`warning: ${n} images of ${Math.min(...dims)}–${Math.max(...dims)} values each: linear CKA of unrelated features would read about ${unrelated.toFixed(2)} at these sizes (independent isotropic ones), so high values here say little; pool the maps smaller (--pool) or compare more images`);
+  const held = ts.length > 1 ? `b${bs[0]}` : `t${ts[0]}`;
+  await writeFileAtomic(o.out, JSON.stringify({ features: o.features, labels, timesteps: ts, blocks: bs, matrix: m, images: n, pool: o.pool, dims }, null, 2));
+  if (o.png) await writeChart(o.png, heatmapSvg(m, labels, labels, `linear CKA at ${held}, ${n} images`));
+  console.log(`linear CKA at ${held} over ${n} images:\n${labels.map((l, i) => `${l.padStart(6)} ${m[i].map((v) => v.toFixed(3)).join(' ')}`).join('\n')}`);
   e.dispose();
   return 0;
 }

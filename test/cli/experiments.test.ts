@@ -80,10 +80,14 @@ t.test('extract → train → knn → cka on Fashion-MNIST with the adm32-mini r
   const { stdout: knnMapped, stderr: mapping } = await difrep('knn', '--train', join(dir, 'train'), '--test', join(dir, 'test'), '--k', '1', '--out', join(dir, 'knn.json'));
   t.match(mapping, /block mapping for this 9-block U-Net: b24 ↦ 9/);
   t.match(knnMapped, /kNN k=1: top-1/);
-  t.equal(JSON.parse(await readFile(join(dir, 'knn.json'), 'utf8')).b, 9);
-  const { stdout: cka } = await difrep('cka', '--features', join(dir, 'test'), '--t', '90', '--b', '5,9', '--out', join(dir, 'cka.json'), '--png', join(dir, 'cka.png'));
-  t.match(cka, /linear CKA over 40 images/);
+  t.has(JSON.parse(await readFile(join(dir, 'knn.json'), 'utf8')), { b: 9, t: 150, classes: 10, train: join(dir, 'train'), test: join(dir, 'test') });
+  const { stdout: cka, stderr: ckaWarning } = await difrep('cka', '--features', join(dir, 'test'), '--t', '90', '--b', '5,9', '--out', join(dir, 'cka.json'), '--png', join(dir, 'cka.png'));
+  t.match(cka, /linear CKA at t90 over 40 images/);
   const m = JSON.parse(await readFile(join(dir, 'cka.json'), 'utf8'));
+  t.has(m, { timesteps: [90], blocks: [5, 9], features: join(dir, 'test'), images: 40 });
+  // 40 images of 2 × 2 pooled maps of 64 (b5) and 32 (b9) channels: √(128·256 / (168·296)) ≈ 0.81 for unrelated isotropic features.
+  t.same(m.dims, [256, 128]);
+  t.match(ckaWarning, /40 images of 128–256 values each: linear CKA of unrelated features would read about 0\.81/);
   t.ok(Math.abs(m.matrix[0][0] - 1) < 1e-5 && Math.abs(m.matrix[1][1] - 1) < 1e-5, 'diagonal is 1');
   const png = decode(await readFile(join(dir, 'cka.png')));
   t.ok(png.width > 48 && png.height > 48, `heatmap ${png.width}x${png.height}`);

@@ -135,11 +135,13 @@ t.test('linear CKA keeps its precision under a large common offset (1000 + featu
   t.ok(Math.abs(m[0][0] - 1) < 1e-5, `self ${m[0][0]}`);
 });
 
-t.test('linear CKA refuses what makes it 0/0: a set that is the same for every example, or a single example', async (t) => {
+t.test('linear CKA refuses what makes it 0/0 or always 1: a set that is the same for every example, fewer than 3 examples', async (t) => {
   const x: FeatureMatrix = { data: Float32Array.from({ length: 12 }, (_, i) => Math.sin(i)), n: 4, d: 3 };
   const constant: FeatureMatrix = { data: Float32Array.from({ length: 12 }, (_, i) => [1, 2, 3][i % 3]), n: 4, d: 3 };
   await t.rejects(ckaMatrix(e, [x, constant], ['t90 b2', 't90 b3']), /CKA: feature set t90 b3 is the same for all 4 examples \(no variance\), so its CKA with any set is undefined/);
-  await t.rejects(ckaMatrix(e, [{ data: x.data.subarray(0, 3), n: 1, d: 3 }]), /CKA: 1 example; .* needs at least 2/);
+  await t.rejects(ckaMatrix(e, [{ data: x.data.subarray(0, 3), n: 1, d: 3 }]), /CKA: 1 example; .* needs at least 3/);
+  // Two examples: any two sets (here unrelated ones) would score 1.
+  await t.rejects(ckaMatrix(e, [{ data: x.data.subarray(0, 6), n: 2, d: 3 }, { data: Float32Array.from([5, -1, 2, 7]), n: 2, d: 2 }]), /CKA: 2 examples; .* needs at least 3 \(with 2, any two sets score 1\)/);
 });
 
 t.test('kNN and CKA leave nothing on the GPU (every chunk\'s similarities and every Gram were kept: 128 MiB a chunk at scale)', async (t) => {

@@ -61,14 +61,15 @@ export function ckaFromGrams(kc: Float64Array, lc: Float64Array): number {
 }
 
 /**
- * CKA between every pair of feature sets (all of the same n ≥ 2 examples): a symmetric matrix.
+ * CKA between every pair of feature sets (all of the same n ≥ 3 examples): a symmetric matrix.
  * `names` (one per set) name a set in errors. A set that is the same for every example has a zero
  * centred Gram, and its CKA with anything is 0/0: refused, as is a Gram that overflowed float32.
  */
 export async function ckaMatrix(e: Engine, sets: FeatureMatrix[], names?: readonly string[]): Promise<number[][]> {
   const n = sets[0]?.n;
   for (const s of sets) if (s.n !== n) throw new RangeError(`CKA: every feature set needs the same examples (${s.n} vs ${n})`);
-  if (sets.length && n < 2) throw new RangeError(`CKA: ${n} example${n === 1 ? '' : 's'}; it compares how examples relate to each other, so it needs at least 2`);
+  // With 2 examples every centred Gram is a multiple of [[1, −1], [−1, 1]]: every CKA would be 1.
+  if (sets.length && n < 3) throw new RangeError(`CKA: ${n} example${n === 1 ? '' : 's'}; it compares how examples relate to each other, so it needs at least 3 (with 2, any two sets score 1)`);
   const grams: Float64Array[] = [];
   for (const [i, s] of sets.entries()) {
     const gram = await centredGram(e, s);
