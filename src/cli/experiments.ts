@@ -440,7 +440,7 @@ async function sweepCommand(argv: string[]): Promise<number> {
   await mkdir(o.out, { recursive: true });
   const standardize = o.standardize === 'both' ? [false, true] : [o.standardize === 'on'];
   const rows = await sweepLinearProbes(e, train, test, {
-    timesteps: ts, blocks: bs, pools, standardize, classes, epochs: o.epochs, batchSize: o.batch, lr: o.lr,
+    onWarning: warnIf, timesteps: ts, blocks: bs, pools, standardize, classes, epochs: o.epochs, batchSize: o.batch, lr: o.lr,
     onRow: (r) => console.log(`pool ${r.pool}${r.standardize ? ', standardised' : ''}, ${pixels ? 'pixels' : `b ${r.b}, t ${r.t}`}: top-1 ${(100 * r.top1).toFixed(2)}%`),
   });
   await writeSweepHeatmaps(o.out, rows.map((r) => ({ ...r, value: r.top1 })), {

@@ -126,6 +126,7 @@ export async function runMiniature(e: Engine, unet: UNet, o: MiniatureOptions, l
   // The linear probe on one (t, b), pooled and optionally standardised as in the sweep.
   const linearProbe = (trainSet: FeatureArrays, testSet: FeatureArrays, p: SweepPoint) => {
     const split = probeInputs(trainSet, testSet, featureKey(p.t, p.b), p.pool, p.standardize);
+    if (split.warning) log(`  ${split.warning}`);
     return fit(split.train, split.test, { head: 'linear', timesteps: [p.t], blocks: [p.b], pool: p.pool });
   };
   // Every grid point trained on the fit part and scored on the validation part of the training
@@ -136,7 +137,7 @@ export async function runMiniature(e: Engine, unet: UNet, o: MiniatureOptions, l
     let done = 0;
     const ts = performance.now();
     const rows = await sweepLinearProbes(e, subsetArrays(set, fitRows), subsetArrays(set, valRows), {
-      ...grid, standardize: [false, true], classes: 10, epochs: o.sweepEpochs, batchSize: o.batchSize, lr: 1e-3, stepSize: o.stepSize, seed, onRow: () => bar(++done, total),
+      ...grid, standardize: [false, true], classes: 10, epochs: o.sweepEpochs, batchSize: o.batchSize, lr: 1e-3, stepSize: o.stepSize, seed, onRow: () => bar(++done, total), onWarning: (w) => log(`  ${label}: ${w}`),
     });
     const points: SweepPoint[] = rows.map(({ top1, top5: _, ...p }) => ({ ...p, val: top1 }));
     const ordered = [...points].sort((x, y) => x.t - y.t || x.b - y.b || x.pool - y.pool || Number(x.standardize) - Number(y.standardize));

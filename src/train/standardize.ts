@@ -42,7 +42,7 @@ export function applyStandardizer(s: Standardizer, data: Float32Array): Float32A
  * then the 1e-6 alone, so a test image that differs there gets a value up to 1e6 times larger,
  * which can swamp every other dimension (a small class-balanced split of pixels has a few).
  */
-export function standardizeSplits(train: FeatureArrays, test: FeatureArrays): { train: FeatureArrays; test: FeatureArrays; warning?: string } {
+export function standardizeSplits(train: FeatureArrays, test: FeatureArrays): { train: FeatureArrays; test: FeatureArrays; warning?: string; constant: string[] } {
   const trainFeatures = new Map<string, FeatureMaps>();
   const testFeatures = new Map<string, FeatureMaps>();
   const constant: string[] = [];
@@ -54,8 +54,12 @@ export function standardizeSplits(train: FeatureArrays, test: FeatureArrays): { 
     const g = test.features.get(key);
     if (g) testFeatures.set(key, { ...g, data: applyStandardizer(s, g.data) });
   }
-  const warning = constant.length
-    ? `warning: feature dimensions constant over the ${train.count} training images (${constant.join('; ')}): standardised by the 1e-6 alone, a test image that differs there gets values up to 1e6 times larger; use more training images, or leave out --standardize`
+  return { train: { ...train, features: trainFeatures }, test: { ...test, features: testFeatures }, warning: constantDimensionsWarning(train.count, constant), constant };
+}
+
+/** The warning for feature dimensions constant over `count` training images (`constant`: "key: n of D" each), or undefined for none. */
+export function constantDimensionsWarning(count: number, constant: readonly string[]): string | undefined {
+  return constant.length
+    ? `warning: feature dimensions constant over the ${count} training images (${constant.join('; ')}): standardised by the 1e-6 alone, a test image that differs there gets values up to 1e6 times larger; use more training images, or leave out --standardize`
     : undefined;
-  return { train: { ...train, features: trainFeatures }, test: { ...test, features: testFeatures }, warning };
 }

@@ -5,7 +5,7 @@ import { poolCached } from './cached-features.ts';
 import { featureKey } from './feature-key.ts';
 import type { FeatureArrays } from './fit.ts';
 import { fitLinearProbeStack } from './fit-probe-stack.ts';
-import { standardizeSplits } from './standardize.ts';
+import { constantDimensionsWarning, standardizeSplits } from './standardize.ts';
 
 export interface SweepOptions {
   timesteps: number[];
@@ -21,6 +21,8 @@ export interface SweepOptions {
   stepSize?: number;
   seed?: number;
   onRow?: (row: SweepRow) => void;
+  /** Called once per pool whose standardised features have dimensions constant over the training split. */
+  onWarning?: (warning: string) => void;
 }
 
 export interface SweepRow {
@@ -32,8 +34,11 @@ export interface SweepRow {
   top5: number;
 }
 
-/** One t × b of both splits, pooled on the CPU to `pool` and standardised with the training split's statistics when asked. */
-export function probeInputs(train: FeatureArrays, test: FeatureArrays, key: string, pool: number, standardize: boolean): { train: FeatureArrays; test: FeatureArrays } {
+/**
+ * One t × b of both splits, pooled on the CPU to `pool` and standardised with the training split's
+ * statistics when asked (`constant`: standardizeSplits' dimensions constant over the training split).
+ */
+export function probeInputs(train: FeatureArrays, test: FeatureArrays, key: string, pool: number, standardize: boolean): { train: FeatureArrays; test: FeatureArrays; warning?: string; constant: string[] } {
   const one = (d: FeatureArrays): FeatureArrays => {
     const f = d.features.get(key);
     if (!f) throw new Error(`the sweep has no features ${key}`);
@@ -43,7 +48,7 @@ export function probeInputs(train: FeatureArrays, test: FeatureArrays, key: stri
       throw err instanceof RangeError ? new RangeError(`sweep, features ${key}, pool ${pool}: ${err.message} (in the --pool list), or extract these features with another --pool (0 keeps the full maps)`) : err;
     }
   };
-  return standardize ? standardizeSplits(one(train), one(test)) : { train: one(train), test: one(test) };
+  return standardize ? standardizeSplits(one(train), one(test)) : { train: one(train), test: one(test), constant: [] };
 }
 
 /**
@@ -57,6 +62,8 @@ export async function sweepLinearProbes(e: Engine, train: FeatureArrays, test: F
     for (const standardize of o.standardize) {
       const points = o.blocks.flatMap((b) => o.timesteps.map((t) => ({ t, b })));
       const inputs = points.map(({ t, b }) => probeInputs(train, test, featureKey(t, b), pool, standardize));
+      const warning = constantDimensionsWarning(train.count, inputs.flatMap((i) => i.constant));
+      if (warning) o.onWarning?.(`sweep, pool ${pool}: ${warning}`);
       const scores = await fitLinearProbeStack(e, inputs.map((i) => i.train), inputs.map((i) => i.test), {
         classes: o.classes, epochs: o.epochs, batchSize: o.batchSize, lr: o.lr, stepSize: o.stepSize, seed: o.seed, what: `sweep, pool ${pool}, ${standardize ? 'standardised' : 'raw scale'}`,
         names: points.map(({ t, b }) => `features ${featureKey(t, b)}`),

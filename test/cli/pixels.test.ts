@@ -54,6 +54,23 @@ t.test('train, knn and sweep read a pixel cache without --t/--b', async (t) => {
   t.ok((await readFile(join(dir, 'sweep', 'sweep-pool2-standardized.png'))).length > 100);
 });
 
+t.test('sweep warns, as train does, about dimensions constant over the training split when standardising', async (t) => {
+  // At full resolution some border pixels of Fashion-MNIST are 0 in all 40 training images.
+  const warnings: string[] = [];
+  const error = console.error;
+  console.error = (line: string) => void warnings.push(line);
+  try {
+    t.equal(await run('train', '--train', join(dir, 'train'), '--test', join(dir, 'test'), '--pool', '16', '--standardize', '--epochs', '1', '--batch', '8', '--out', join(dir, 'std16')), 0);
+    const trainWarning = warnings.splice(0).join('\n');
+    t.match(trainWarning, /feature dimensions constant over the 40 training images \(pixels: \d+ of 768\)/);
+    t.equal(await run('sweep', '--train', join(dir, 'train'), '--test', join(dir, 'test'), '--pool', '16', '--standardize', 'on', '--epochs', '1', '--batch', '8', '--out', join(dir, 'sweep16')), 0);
+    t.match(warnings.join('\n'), /sweep, pool 16: warning: feature dimensions constant over the 40 training images \(pixels: \d+ of 768\)/);
+    t.equal(/\(pixels: (\d+) of/.exec(warnings.join('\n'))?.[1], /\(pixels: (\d+) of/.exec(trainWarning)?.[1], 'the same dimensions as train finds');
+  } finally {
+    console.error = error;
+  }
+});
+
 t.test('eval rebuilds a trained head from its state and scores any split', async (t) => {
   t.equal(await run('eval', '--run', join(dir, 'linear'), '--features', join(dir, 'test'), '--png', join(dir, 'confusion.png')), 0);
   const trained = JSON.parse(await readFile(join(dir, 'linear', 'result.json'), 'utf8'));
