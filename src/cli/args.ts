@@ -73,7 +73,9 @@ function rangeText(s: NumberSpec | ListSpec): string {
 
 function toNumber(command: string, name: string, s: NumberSpec | ListSpec, raw: string, whole: string): number {
   const integer = s.type === 'int' || s.type === 'ints';
-  const n = /^\s*$/.test(raw) ? NaN : Number(raw);
+  // Decimal numerals only: Number() also reads 0x1c, 0b11 and 0o7 (--epochs 0x1c trained 28 epochs).
+  const numeral = integer ? /^\s*[+-]?\d+\s*$/ : /^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$/;
+  const n = numeral.test(raw) ? Number(raw) : NaN;
   const ok = Number.isFinite(n) && (!integer || Number.isInteger(n)) && (s.min === undefined || n >= s.min) && (s.max === undefined || n <= s.max) && (s.above === undefined || n > s.above);
   if (!ok) {
     const what = s.type === 'ints' || s.type === 'numbers' ? `each value of --${name} must be ${rangeText(s)}, got "${raw}" in "${whole}"` : `--${name} must be ${rangeText(s)}, got "${raw}"`;

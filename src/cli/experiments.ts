@@ -77,8 +77,12 @@ export function shardFrom(arg: string | undefined, shards: string | undefined, e
     [index, count] = [(id - min) / step, envInt(env, 'SLURM_ARRAY_TASK_COUNT')];
   } else if (env.JOB_COMPLETION_INDEX !== undefined) {
     if (!shards) throw new UsageError('JOB_COMPLETION_INDEX is set: give the number of shards with --shards n');
+    if (!/^\d+$/.test(shards)) throw new UsageError(`--shards must be a whole number, got ${JSON.stringify(shards)}`);
     [index, count] = [envInt(env, 'JOB_COMPLETION_INDEX'), Number(shards)];
+    shards = undefined;
   }
+  // Read only with JOB_COMPLETION_INDEX: anywhere else it would be ignored, the shard taken from elsewhere or none.
+  if (shards !== undefined) throw new UsageError(`--shards ${shards} goes with Kubernetes' JOB_COMPLETION_INDEX, which is ${env.JOB_COMPLETION_INDEX === undefined ? 'not set' : 'overridden here'}: give this worker's share as --shard i/n`);
   if (index === undefined || count === undefined) return undefined;
   if (!(count >= 1 && index >= 0 && index < count)) throw new UsageError(`shard ${index}/${count} is out of range`);
   return { index, count };
@@ -107,6 +111,7 @@ async function extractCommand(argv: string[]): Promise<number> {
   if (!o) return 0;
   if (o.dataset === 'folder' && !o.root) throw new UsageError('difrep extract: --dataset folder needs --root DIR');
   if (o.dataset !== 'folder' && o.root) throw new UsageError('difrep extract: --root is for --dataset folder');
+  if (o.dataset === 'folder' && given(argv, 'split')) throw new UsageError('difrep extract: --split picks a Fashion-MNIST split; an image folder is one split: give each split\'s folder as --root');
   const shard = shardFrom(o.shard, o.shards, process.env);
   // Everything is checked — the blocks against the config, the settings against an existing cache
   // in --out — before the model is loaded or anything is computed.

@@ -36,6 +36,12 @@ const CASES: [string, string[], RegExp][] = [
   ['extract', ['--b', '9,9'], /--b lists 9 twice/],
   ['extract', ['--per-class='], /--per-class must be an integer ≥ 0 and ≤ 10000000, got ""/],
   ['extract', ['--split', 'val'], /--split must be one of train, test/],
+  ['extract', ['--dataset', 'folder', '--root', 'x', '--split', 'test'], /--split picks a Fashion-MNIST split; an image folder is one split/],
+  // Number() reads hexadecimal, binary and octal: --epochs 0x1c trained 28 epochs.
+  ['train', ['--epochs', '0x1c'], /--epochs must be an integer ≥ 1 and ≤ 100000, got "0x1c"/],
+  ['train', ['--epochs', '1e1'], /--epochs must be an integer ≥ 1 and ≤ 100000, got "1e1"/],
+  ['train', ['--lr', '0x1'], /--lr must be a number > 0 and ≤ 10, got "0x1"/],
+  ['train', ['--lr', '0b1'], /--lr must be a number > 0 and ≤ 10, got "0b1"/],
   ['extract', ['--dataset', 'folder'], /--dataset folder needs --root DIR/],
   ['extract', ['--batch', '0'], /--batch must be an integer ≥ 1/],
   ['extract', ['--chunk', '-4'], /--chunk must be an integer ≥ 1/],

@@ -59,6 +59,11 @@ t.test('shards come from --shard, Slurm job arrays or Kubernetes indexed jobs', 
     [0, 1, 2, 3].map((index) => ({ index, count: 4 })));
   t.throws(() => shardFrom(undefined, undefined, { SLURM_ARRAY_TASK_ID: '5', SLURM_ARRAY_TASK_MIN: '0', SLURM_ARRAY_TASK_STEP: '2', SLURM_ARRAY_TASK_COUNT: '4' }), /not SLURM_ARRAY_TASK_MIN 0 plus a multiple of SLURM_ARRAY_TASK_STEP 2/);
   t.throws(() => shardFrom(undefined, '3', { JOB_COMPLETION_INDEX: '' }), /JOB_COMPLETION_INDEX must be a whole number, got ""/, 'an empty index is not shard 0');
+  // --shards outside an indexed job was ignored: all images extracted, or the share of --shard.
+  t.throws(() => shardFrom(undefined, '4', {}), /--shards 4 goes with Kubernetes' JOB_COMPLETION_INDEX, which is not set: give this worker's share as --shard i\/n/);
+  t.throws(() => shardFrom('0/2', '4', {}), /which is not set/);
+  t.throws(() => shardFrom('0/2', '4', { JOB_COMPLETION_INDEX: '1' }), /which is overridden here/);
+  t.throws(() => shardFrom(undefined, '4x', { JOB_COMPLETION_INDEX: '1' }), /--shards must be a whole number, got "4x"/);
 });
 
 t.test('extract → train → knn → cka on Fashion-MNIST with the adm32-mini reference weights', async (t) => {
