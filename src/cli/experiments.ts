@@ -24,6 +24,7 @@ import { standardizeSplits } from '../train/standardize.ts';
 import { sweepLinearProbes } from '../train/sweep.ts';
 import { type OptionSpecs, parseArgs, UsageError } from './args.ts';
 import { checkpointHash, loadModel, MODEL_OPTIONS, resolveFlags } from './model-options.ts';
+import { checkOutputFile } from './output-file.ts';
 import { fmtTime, progressBar } from './progress.ts';
 import { heatmapSvg } from './render/charts.ts';
 import { writeSweepHeatmaps } from './render/sweep-heatmaps.ts';
@@ -349,6 +350,7 @@ const KNN = {
 async function knnCommand(argv: string[]): Promise<number> {
   const o = parseArgs('knn', argv, KNN);
   if (!o) return 0;
+  if (o.out) await checkOutputFile('knn', 'out', o.out);
   const pixels = await pixelCaches(o.train, o.test, argv);
   const [t, b] = pixels ? [0, PIXEL_BLOCK] : [o.t, o.b ?? (await featureBlockOf(o.train))];
   const pool = o.pool ?? (pixels ? 0 : 1);
@@ -387,6 +389,8 @@ const CKA = {
 async function ckaCommand(argv: string[]): Promise<number> {
   const o = parseArgs('cka', argv, CKA);
   if (!o) return 0;
+  await checkOutputFile('cka', 'out', o.out);
+  if (o.png) await checkOutputFile('cka', 'png', o.png);
   const { t: ts, b: bs } = o;
   if (ts.length > 1 && bs.length > 1) throw new UsageError('difrep cka: compare several blocks at one t, or several t at one block');
   const pairs = ts.length > 1 ? ts.map((t) => [t, bs[0]]) : bs.map((b) => [ts[0], b]);
@@ -470,6 +474,8 @@ const EVAL = {
 async function evalCommand(argv: string[]): Promise<number> {
   const o = parseArgs('eval', argv, EVAL);
   if (!o) return 0;
+  if (o.out) await checkOutputFile('eval', 'out', o.out);
+  if (o.png) await checkOutputFile('eval', 'png', o.png);
   const state = join(o.run, 'state.safetensors');
   const settings = await readStateSettings(state);
   const { timesteps, blocks, pool, head } = settings as { timesteps: number[]; blocks: number[]; pool: number | null; head: string };

@@ -14,6 +14,7 @@ import { loadModel, MODEL_OPTIONS } from './model-options.ts';
 import { fmtTime, progressBar } from './progress.ts';
 import { lineChartSvg } from './render/charts.ts';
 import { writeChart } from './render/write-chart.ts';
+import { checkOutputFile } from './output-file.ts';
 
 const PRETRAIN = {
   ...MODEL_OPTIONS,
@@ -118,6 +119,7 @@ async function sampleCommand(argv: string[]): Promise<number> {
   } catch (err) {
     throw new UsageError(`difrep sample: ${(err as Error).message.replace(/^sample: /, '')}`);
   }
+  await checkOutputFile('sample', 'out', o.out);
   const e = await tunedEngine();
   const { unet } = await loadModel(e, o.model, o.checkpoint);
   const x = await sample(e, unet, { count: o.count, seed: o.seed, ddimSteps: ddim, onStep: progressBar('sample', 'steps') });
