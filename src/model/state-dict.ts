@@ -20,20 +20,32 @@ export interface ParamSpec {
   init: Init;
 }
 
-/** Throws one error listing every missing key, unexpected key and shape mismatch. */
+/** The most keys or shape mismatches a mismatch error lists of each kind. */
+const SHOWN = 8;
+const DATA_PARALLEL = 'module.';
+
+/** Throws one error listing the missing and unexpected keys and the shape mismatches (the first 8 of each), with the likely cause where one is plain. */
 export function checkStateDict(expected: Map<string, number[]>, source: TensorSource, what: string): void {
   const present = new Set(source.keys());
   const missing = [...expected.keys()].filter((k) => !present.has(k));
   const unexpected = [...present].filter((k) => !expected.has(k));
   const problems: string[] = [];
-  const list = (ks: string[]) => `${ks.slice(0, 8).join(', ')}${ks.length > 8 ? ', …' : ''}`;
+  const list = (ks: string[]) => `${ks.slice(0, SHOWN).join(', ')}${ks.length > SHOWN ? ', …' : ''}`;
   if (missing.length) problems.push(`missing keys (${missing.length}): ${list(missing)}`);
   if (unexpected.length) problems.push(`unexpected keys (${unexpected.length}): ${list(unexpected)}`);
+  const shapes: string[] = [];
   for (const [k, shape] of expected) {
     const info = source.info(k);
     if (info && info.shape.join() !== shape.join()) {
-      problems.push(`shape mismatch for ${k}: checkpoint ${shapeString(info.shape)}, model ${shapeString(shape)}`);
+      shapes.push(`shape mismatch for ${k}: checkpoint ${shapeString(info.shape)}, model ${shapeString(shape)}`);
     }
+  }
+  problems.push(...shapes.slice(0, SHOWN));
+  if (shapes.length > SHOWN) problems.push(`… and ${shapes.length - SHOWN} more shape mismatches`);
+  // torch.nn.DataParallel (and DistributedDataParallel) save the wrapped model's keys as module.<key>.
+  const missingSet = new Set(missing);
+  if (unexpected.length && unexpected.every((k) => k.startsWith(DATA_PARALLEL) && missingSet.has(k.slice(DATA_PARALLEL.length)))) {
+    problems.push(`the keys carry DataParallel's '${DATA_PARALLEL}' prefix: strip it (in Python: save {k.removeprefix('${DATA_PARALLEL}'): v for k, v in sd.items()} instead of sd, or model.module.state_dict() instead of model.state_dict())`);
   }
   if (problems.length) throw new CheckpointMismatchError(`${source.name} does not fit the ${what}:\n  ${problems.join('\n  ')}`);
 }

@@ -71,8 +71,9 @@ export class UNet {
     try {
       checkStateDict(expected, source, 'U-Net built from this config (check image_size, num_channels, channel_mult, num_res_blocks, attention_resolutions, learn_sigma and resblock_updown)');
     } catch (err) {
-      const hint = resamplerHint(plan, source);
-      throw err instanceof CheckpointMismatchError && hint ? new CheckpointMismatchError(`${err.message}\n  ${hint}`) : err;
+      if (!(err instanceof CheckpointMismatchError)) throw err;
+      const hints = [resamplerHint(plan, source), recordHint(plan, source)].filter((h) => h !== undefined);
+      throw hints.length ? new CheckpointMismatchError(`${err.message}\n  ${hints.join('\n  ')}`) : err;
     }
     // Shapes fit; flags that change no shape (heads, attention order) are caught by the recorded config.
     let difference: string | undefined;
@@ -376,6 +377,29 @@ function resamplerHint(plan: UNetPlan, source: TensorSource): string | undefined
     return `${first.prefix} is a conv Downsample in the checkpoint (${first.prefix}.op.weight): set resblock_updown false`;
   }
   return undefined;
+}
+
+/** The kind difrep's training state records (src/train/checkpoint.ts): params as param.*, optimizer moments as optim.*. */
+const TRAINING_STATE_KIND = 'difrep-training-state';
+
+/**
+ * What the source's metadata says about a mismatch: that it is a training state, or the config it
+ * was saved with (difrep's ema.safetensors and the reference dumps record one) where that config
+ * builds another network than the one asked for (the same network would not explain it).
+ */
+function recordHint(plan: UNetPlan, source: TensorSource): string | undefined {
+  const { config, kind } = source.metadata;
+  if (kind === TRAINING_STATE_KIND) {
+    return `this is a difrep training state (metadata kind "${kind}": parameters and optimizer moments), not a model's weights: load the run's ema.safetensors (in the same run directory) instead`;
+  }
+  if (config === undefined) return undefined;
+  let sameNetwork = false;
+  try {
+    sameNetwork = recordedConfigDifference(plan, config) === undefined;
+  } catch {
+    // A config difrep cannot read or build: still worth showing.
+  }
+  return sameNetwork ? undefined : `this file records config ${config}: give it as the model (a JSON file of these flags)`;
 }
 
 /** conv1d weights [out, in, 1] are kept as conv2d weights [out, in, 1, 1]. */

@@ -7,7 +7,11 @@ import {
 } from '../../src/model/checkpoint/index.ts';
 import { isLegacyTorch } from '../../src/model/checkpoint/torch-pt.ts';
 import { CheckpointMismatchError, UNet } from '../../src/model/unet.ts';
-import { flagsFromJson, planUNet } from '../../src/model/unet-config.ts';
+import type { TensorSource } from '../../src/model/checkpoint/tensor-source.ts';
+import { checkStateDict } from '../../src/model/state-dict.ts';
+import { flagsFromJson, planUNet, stateDictShapes } from '../../src/model/unet-config.ts';
+import { saveTrainingState } from '../../src/train/checkpoint.ts';
+import { Adam } from '../../src/train/optimizer.ts';
 import { testEngine } from '../helpers/check.ts';
 
 const fixture = (f: string) => new URL(`../fixtures/${f}`, import.meta.url).pathname;
@@ -103,6 +107,74 @@ t.test('a checkpoint for another config names the missing/unexpected keys and bo
   t.match(err!.message, /missing keys \(\d+\): .*input_blocks/);
   t.match(err!.message, /shape mismatch for input_blocks\.0\.0\.weight|shape mismatch for \S+: checkpoint \[[\d,]+\], model \[[\d,]+\]/);
   await adm64.close();
+});
+
+t.test('a shape mismatch offers the config the file records, and lists at most 8 shape mismatches', async (t) => {
+  const e = await testEngine();
+  const adm64 = await openSafetensors(fixture('adm64.safetensors'));
+  const flags = flagsFromJson(adm64.metadata.config);
+  await adm64.close();
+  const src = withPrefix(reference, 'param.');
+  // The shape mismatches, counted here from the two key tables.
+  const mismatched = [...stateDictShapes(planUNet(flags))].filter(([k, shape]) => src.info(k) && src.info(k)!.shape.join() !== shape.join());
+  t.ok(mismatched.length > 8, `${mismatched.length} shape mismatches`);
+  const err = await UNet.load(e, flags, src).then(() => null, (x: Error) => x);
+  t.ok(err instanceof CheckpointMismatchError);
+  const lines = err!.message.split('\n');
+  t.equal(lines.filter((l) => l.startsWith('  shape mismatch for ')).length, 8, 'the first 8 shape mismatches');
+  t.ok(lines.includes(`  … and ${mismatched.length - 8} more shape mismatches`), 'and how many more');
+  t.ok(lines.includes(`  this file records config ${reference.metadata.config}: give it as the model (a JSON file of these flags)`), 'the recorded config');
+  // Without a recorded config, no such line.
+  const bare = await UNet.load(e, flags, { ...src, metadata: {} }).then(() => null, (x: Error) => x);
+  t.ok(bare instanceof CheckpointMismatchError);
+  t.notMatch(bare!.message, /records config/);
+});
+
+t.test('a difrep training state given as U-Net weights: load the run\'s ema.safetensors instead', async (t) => {
+  const e = await testEngine();
+  const dir = await mkdtemp(join(tmpdir(), 'difrep-state-'));
+  const path = join(dir, 'state.safetensors');
+  // A training state as pretraining writes it (params param.*, Adam moments optim.*), here of a small network.
+  const params = new Map([['w', e.keep(e.tensor(Float32Array.of(1, 2, 3, 4), [2, 2], 'w'))]]);
+  await saveTrainingState(path, params, new Adam(e, params, { lr: 0.1 }), { epoch: 0, steps: 0 }, { config: { image_size: 32 } });
+  const state = await openSafetensors(path);
+  const flags = flagsFromJson(reference.metadata.config);
+  for (const [what, src] of [['as saved', state], ['its param.* tensors', withPrefix(state, 'param.')]] as const) {
+    const err = await UNet.load(e, flags, src).then(() => null, (x: Error) => x);
+    t.ok(err instanceof CheckpointMismatchError, what);
+    t.match(err?.message, /\n {2}this is a difrep training state \(metadata kind "difrep-training-state": parameters and optimizer moments\), not a model's weights: load the run's ema\.safetensors \(in the same run directory\) instead$/, what);
+  }
+  await state.close();
+  for (const p of params.values()) p.dispose();
+  await rm(dir, { recursive: true });
+});
+
+t.test('keys with DataParallel\'s module. prefix are named as such; other unexpected keys are not', async (t) => {
+  const linear = new Map([['weight', [2, 3]], ['bias', [2]]]);
+  const dataParallel = await openCheckpoint(fixture('dataparallel.pt'));
+  t.same(dataParallel.keys(), ['module.weight', 'module.bias']);
+  const hint = "the keys carry DataParallel's 'module.' prefix: strip it";
+  t.throws(() => checkStateDict(linear, dataParallel, 'linear layer'), { name: 'CheckpointMismatchError', message: hint });
+  await dataParallel.close();
+  // A U-Net state_dict saved from nn.DataParallel(model).
+  const src = withPrefix(reference, 'param.');
+  const prefixed = (prefix: string, keys = src.keys()): TensorSource => ({
+    ...src,
+    keys: () => keys.map((k) => prefix + k),
+    info: (k) => (k.startsWith(prefix) ? src.info(k.slice(prefix.length)) : undefined),
+  });
+  const e = await testEngine();
+  const flags = flagsFromJson(reference.metadata.config);
+  const err = await UNet.load(e, flags, prefixed('module.')).then(() => null, (x: Error) => x);
+  t.ok(err instanceof CheckpointMismatchError);
+  t.notMatch(err?.message, /records config/, 'the config recorded builds the model asked for: not offered');
+  t.match(err?.message, `\n  ${hint} (in Python: save {k.removeprefix('module.'): v for k, v in sd.items()} instead of sd, or model.module.state_dict() instead of model.state_dict())`);
+  // Another prefix, or a module.* key that is not a model key with the prefix: no such line.
+  const other = await UNet.load(e, flags, prefixed('model.')).then(() => null, (x: Error) => x);
+  t.notMatch(other?.message, /DataParallel/, 'model.*');
+  const extra = await UNet.load(e, flags, prefixed('module.', [...src.keys(), 'ema_decay'])).then(() => null, (x: Error) => x);
+  t.match(extra?.message, `unexpected keys (${src.keys().length + 1}): module.`);
+  t.notMatch(extra?.message, /DataParallel/, 'module.ema_decay besides');
 });
 
 t.test('weights whose recorded config builds another network are refused, even where every shape fits', async (t) => {

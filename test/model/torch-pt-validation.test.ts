@@ -3,7 +3,7 @@
 import { readFile } from 'node:fs/promises';
 import t from 'tap';
 import { CheckpointError, openTorchCheckpoint, UnsafePickleError } from '../../src/model/checkpoint/index.ts';
-import { unpickle, type StorageRef } from '../../src/model/checkpoint/pickle.ts';
+import { PickleEndOfDataError, unpickle, type StorageRef } from '../../src/model/checkpoint/pickle.ts';
 
 const bytes = (...parts: (string | number[] | Uint8Array)[]) => {
   const chunks = parts.map((p) => (typeof p === 'string' ? Uint8Array.from(p, (c) => c.charCodeAt(0)) : Uint8Array.from(p)));
@@ -81,11 +81,15 @@ function stateDictPickle(o: { type?: string; numel: number; sixth?: string | Uin
  * A legacy (pre-1.6) torch.save file by hand: magic, protocol 1001, sys info, {'w': tensor},
  * storage keys ['0'], then storage 0 as an int64 element count and float32 values.
  */
-function legacyFile(o: { size: number[]; stride: number[]; offset: number; pidNumel: number; diskNumel: number; values: number[]; type?: string; view?: Uint8Array }): Uint8Array {
+function legacyFile(o: {
+  size: number[]; stride: number[]; offset: number; pidNumel: number; diskNumel: number; values: number[]; type?: string; view?: Uint8Array;
+  /** In place of the sys info pickle {} and of the main pickle. */
+  sysInfo?: Uint8Array; main?: Uint8Array;
+}): Uint8Array {
   const magic = bytes('\x80\x02\x8a\x0a', [0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19], '.');
   const protocol = bytes('\x80\x02M\xe9\x03.');
-  const sysInfo = bytes('\x80\x02}.');
-  const main = stateDictPickle({ ...o, numel: o.pidNumel, sixth: o.view ?? 'N' });
+  const sysInfo = o.sysInfo ?? bytes('\x80\x02}.');
+  const main = o.main ?? stateDictPickle({ ...o, numel: o.pidNumel, sixth: o.view ?? 'N' });
   const keys = bytes('\x80\x02]', str('0'), 'a.');
   const count = new Uint8Array(new BigInt64Array([BigInt(o.diskNumel)]).buffer);
   return bytes(magic, protocol, sysInfo, main, keys, count, new Uint8Array(Float32Array.from(o.values).buffer));
@@ -219,4 +223,87 @@ t.test('a zip archive\'s byteorder record: "big" storages are byte-swapped per e
   const err = await openTorchCheckpoint(archive('FloatStorage', new Uint8Array(12), 'middle')).then(() => null, (e: Error) => e);
   t.ok(err instanceof CheckpointError);
   t.match(err?.message, 'archive/byteorder says "middle": the byte order must be "little" or "big"');
+});
+
+t.test('a legacy .pt whose pickles run past the first 1 MiB read loads wherever that read ends, inside a GLOBAL line too', async (t) => {
+  // openLegacy parses the pickles from the first 1 MiB and reads more when they run past it. A sys
+  // info pickle of one long string (the 8 + pad bytes '\x80\x02X', u32 pad, pad bytes, '.') moves
+  // the rest so that the 1 MiB mark falls `cut` bytes into it: each opcode of the main pickle
+  // (its GLOBALs torch._utils._rebuild_tensor_v2, torch.FloatStorage, collections.OrderedDict
+  // included), of the storage keys, and the storage after them.
+  const good = { size: [2, 2], stride: [2, 1], offset: 0, pidNumel: 4, diskNumel: 4, values: [1.5, -2, 3, 4] };
+  const sysInfo = (pad: number) => bytes('\x80\x02X', new Uint8Array(new Uint32Array([pad]).buffer), new Uint8Array(pad), '.');
+  const before = 15 + 6 + 8; // the magic number's pickle, the protocol's, the sys info's without its pad
+  const rest = legacyFile({ ...good, sysInfo: sysInfo(0) }).subarray(before);
+  t.same(rest.subarray(0, 4), bytes('\x80\x02}('), 'the main pickle follows');
+  const text = new TextDecoder('latin1').decode(rest);
+  const inGlobal = (cut: number) => [...text.matchAll(/c[\w.]+\n\w+\n/g)].some((m) => m.index! < cut && cut < m.index! + m[0].length);
+  let cutLines = 0;
+  for (let cut = 1; cut < rest.length; cut++) {
+    const file = legacyFile({ ...good, sysInfo: sysInfo((1 << 20) - before - cut) });
+    if (file[(1 << 20) - 1] !== rest[cut - 1] || file.length !== (1 << 20) + rest.length - cut) t.fail(`cut ${cut}: the 1 MiB mark is elsewhere`);
+    const where = `1 MiB read ends ${cut} bytes into the main pickle${inGlobal(cut) ? ', inside a GLOBAL line' : ''}`;
+    if (inGlobal(cut)) cutLines++;
+    const got = await openTorchCheckpoint(file).then(async (src) => Array.from(await src.read('w')), (e: Error) => e.message);
+    if (!Array.isArray(got) || got.join() !== good.values.join()) t.fail(`${where}: ${got}`);
+  }
+  t.ok(cutLines >= 60, `${cutLines} of the cuts inside a GLOBAL's lines`);
+});
+
+t.test('a pickle cut inside a GLOBAL line is an end-of-data error (the caller may read more); a line without end is corrupted', async (t) => {
+  const cases: [string, Uint8Array, string, boolean][] = [
+    ['cut in the module line', bytes('\x80\x02ctor'), 'corrupted pickle at byte 3: unexpected end of data (truncated checkpoint?) inside a GLOBAL line', true],
+    ['cut in the name line', bytes('\x80\x02ctorch\nFloatSto'), 'corrupted pickle at byte 9: unexpected end of data (truncated checkpoint?) inside a GLOBAL line', true],
+    ['cut right after the opcode', bytes('\x80\x02c'), 'corrupted pickle at byte 3: unexpected end of data (truncated checkpoint?) inside a GLOBAL line', true],
+    ['a line of 2000 bytes without a newline', bytes('\x80\x02c', 'x'.repeat(2000), '\n.'), 'corrupted pickle at byte 3: a GLOBAL line runs over 1024 bytes without a newline: not a module or name', false],
+  ];
+  for (const [what, pickle, message, endOfData] of cases) {
+    let err: Error | null = null;
+    try {
+      unpickle(pickle, 'x.pt', () => storage);
+    } catch (e) {
+      err = e as Error;
+    }
+    t.ok(err instanceof CheckpointError, `${what}: a CheckpointError`);
+    t.equal(err instanceof PickleEndOfDataError, endOfData, `${what}: ${endOfData ? '' : 'not '}an end-of-data error`);
+    t.match(err?.message, `x.pt: ${message}`, `${what}: ${err?.message}`);
+  }
+  // A legacy file that ends inside a GLOBAL line (truncated) says so once the whole file is read.
+  const file = legacyFile({ size: [1], stride: [1], offset: 0, pidNumel: 1, diskNumel: 1, values: [1] });
+  const cut = new TextDecoder('latin1').decode(file).indexOf('ctorch\nFloatStorage\n') + 10; // in 'FloatStorage'
+  const err = await openTorchCheckpoint(file.subarray(0, cut)).then(() => null, (e: Error) => e);
+  t.ok(err instanceof CheckpointError);
+  t.match(err?.message, `<memory>: corrupted pickle at byte ${cut - 3}: unexpected end of data (truncated checkpoint?) inside a GLOBAL line`);
+});
+
+t.test('a dict holding state_dicts one level down (a training checkpoint) names them and says how to extract one; nothing is picked', async (t) => {
+  const tensor = bytes(REBUILD, '(', bytes('(', str('storage'), 'ctorch\nFloatStorage\n', str('0'), str('cpu'), 'K\x02NtQ'), 'K\x00', tuple([2]), tuple([1]), '\x89', EMPTY_ORDERED_DICT, 'tR');
+  const sd = bytes(EMPTY_ORDERED_DICT, '(', str('weight'), tensor, str('bias'), tensor, 'u');
+  const dict = (...items: Parameters<typeof bytes>) => bytes('\x80\x02}(', ...items, 'u.');
+  const file = (main: Uint8Array) => zipArchive({ 'archive/data.pkl': main, 'archive/data/0': new Uint8Array(Float32Array.of(1, 2).buffer) });
+  const cases: [string, Uint8Array, string][] = [
+    ["{'state_dict': sd}", dict(str('state_dict'), sd),
+      "<memory>: not a state_dict: a dict of the key 'state_dict' (a training checkpoint?) whose tensors are one level down, in the state_dict 'state_dict' (2 tensors). " +
+        "Save it as a state_dict of its own and load that; in Python: ckpt = torch.load(path, map_location='cpu'); torch.save(ckpt['state_dict'], 'state_dict.pt')"],
+    ["{'model': sd, 'ema': sd, 'step': 100}", dict(str('model'), sd, str('ema'), sd, str('step'), 'Kd'),
+      "<memory>: not a state_dict: a dict of the keys 'model', 'ema', 'step' (a training checkpoint?) whose tensors are one level down, in the state_dicts 'model' (2 tensors), 'ema' (2 tensors). " +
+        "Save the one wanted as a state_dict of its own and load that; in Python: ckpt = torch.load(path, map_location='cpu'); torch.save(ckpt['ema'], 'ema.pt')"],
+    ["{'step': 100, 'args': {'lr': 0.1}}: no tensors anywhere", dict(str('step'), 'Kd', str('args'), '}', str('lr'), 'G', [0x3f, 0xb9, 0x99, 0x99, 0x99, 0x99, 0x99, 0x9a], 's'),
+      '<memory>: not a state_dict: the pickled dict holds no tensors'],
+  ];
+  for (const [what, main, message] of cases) {
+    const err = await openTorchCheckpoint(file(main)).then(() => null, (e: Error) => e);
+    t.ok(err instanceof CheckpointError, `${what}: a CheckpointError`);
+    t.equal(err?.message, message, what);
+  }
+  // The same from torch.save itself (test/fixtures/make-nested.py), in the zip and the legacy format.
+  const fixture = (f: string) => new URL(`../fixtures/${f}`, import.meta.url).pathname;
+  for (const [f, message] of [
+    ['nested-ema.pt', /: not a state_dict: a dict of the keys 'model', 'ema', 'step', 'optimizer' \(a training checkpoint\?\) whose tensors are one level down, in the state_dicts 'model' \(2 tensors\), 'ema' \(2 tensors\)\. .*torch\.save\(ckpt\['ema'\], 'ema\.pt'\)$/],
+    ['nested-legacy.pt', /: not a state_dict: a dict of the key 'state_dict' .* in the state_dict 'state_dict' \(2 tensors\)\. .*torch\.load\('[^']*nested-legacy\.pt', map_location='cpu'\); torch\.save\(ckpt\['state_dict'\], 'state_dict\.pt'\)$/],
+  ] as const) {
+    const err = await openTorchCheckpoint(fixture(f)).then(() => null, (e: Error) => e);
+    t.ok(err instanceof CheckpointError, `${f}: a CheckpointError`);
+    t.match(err?.message, message, `${f}: ${err?.message}`);
+  }
 });

@@ -38,11 +38,24 @@ export class UnsafePickleError extends CheckpointError {
   }
 }
 
+/**
+ * The bytes end inside the pickle: the file is truncated, or (for a caller parsing a prefix of
+ * the file) more bytes are needed.
+ */
+export class PickleEndOfDataError extends CheckpointError {
+  constructor(file: string, at: number, detail = '') {
+    super(file, `corrupted pickle at byte ${at}: unexpected end of data (truncated checkpoint?)${detail}`);
+    this.name = 'PickleEndOfDataError';
+  }
+}
+
 interface Global {
   global: string;
 }
 
 const MARK = Symbol('mark');
+/** The longest GLOBAL module or name line read (the globals a state_dict needs are under 40 bytes). */
+const MAX_LINE = 1024;
 
 function isStorageType(name: string): boolean {
   return /^torch\.[A-Za-z0-9]+Storage$/.test(name);
@@ -108,7 +121,7 @@ export function unpickle(
   };
   const memoGet = (key: number) => (memo.has(key) ? memo.get(key) : fail(`memo entry ${key} was never stored`));
   const need = (n: number) => {
-    if (p + n > bytes.length) fail('unexpected end of data (truncated checkpoint?)');
+    if (p + n > bytes.length) throw new PickleEndOfDataError(file, p);
   };
   const popMark = (): PickleValue[] => {
     const i = stack.lastIndexOf(MARK);
@@ -117,11 +130,18 @@ export function unpickle(
     items.shift();
     return items;
   };
+  // A GLOBAL's module and name lines. When no newline comes before the end of the bytes given, the
+  // line may continue past them (a legacy checkpoint is parsed from a growing prefix of the file),
+  // so that is the same end-of-data error as any other cut, which asks the caller for more bytes; a
+  // line that runs past MAX_LINE bytes without one is corrupted whatever follows.
   const readLine = () => {
-    const nl = bytes.indexOf(10, p);
-    if (nl < 0) fail('unterminated line');
-    const s = dec.decode(bytes.subarray(p, nl));
-    p = nl + 1;
+    const nl = bytes.subarray(p, p + MAX_LINE + 1).indexOf(10);
+    if (nl < 0) {
+      if (p + MAX_LINE + 1 <= bytes.length) fail(`a GLOBAL line runs over ${MAX_LINE} bytes without a newline: not a module or name`);
+      throw new PickleEndOfDataError(file, p, ' inside a GLOBAL line');
+    }
+    const s = dec.decode(bytes.subarray(p, p + nl));
+    p += nl + 1;
     return s;
   };
   const str = (n: number) => {

@@ -4,7 +4,7 @@
 // element count followed by its raw bytes). Tensors are decoded lazily, one at a time.
 import { type ByteSource, openSource } from './byte-source.ts';
 import { byteSwapped, DTYPE_BYTES, type DType, toFloat32 } from './dtype.ts';
-import { type PickleValue, type StorageRef, type TensorRef, unpickle } from './pickle.ts';
+import { PickleEndOfDataError, type PickleValue, type StorageRef, type TensorRef, unpickle } from './pickle.ts';
 import { CheckpointError } from './checkpoint-error.ts';
 import type { TensorInfo, TensorSource } from './tensor-source.ts';
 import { isZip, readZipDirectory, type ZipEntry } from './zip.ts';
@@ -65,12 +65,37 @@ function isTensorRef(v: unknown): v is TensorRef {
   return !!v && typeof v === 'object' && (v as TensorRef).kind === 'tensor';
 }
 
+/** The tensors of a dict under string keys. */
+function tensorsOf(dict: Map<unknown, unknown>): Map<string, TensorRef> {
+  const out = new Map<string, TensorRef>();
+  for (const [k, v] of dict) if (typeof k === 'string' && isTensorRef(v)) out.set(k, v);
+  return out;
+}
+
+/** A Python string literal for `s`. */
+const pyString = (s: string) => `'${s.replace(/\\/g, '\\\\').replace(/'/g, "\\'").replace(/\n/g, '\\n')}'`;
+
 function collectTensors(file: string, root: PickleValue): Map<string, TensorRef> {
   if (!(root instanceof Map)) throw new CheckpointError(file, 'not a state_dict: the pickled object is not a dict');
-  const out = new Map<string, TensorRef>();
-  for (const [k, v] of root) if (typeof k === 'string' && isTensorRef(v)) out.set(k, v);
-  if (out.size === 0) throw new CheckpointError(file, 'not a state_dict: the pickled dict holds no tensors');
-  return out;
+  const out = tensorsOf(root);
+  if (out.size > 0) return out;
+  // A training checkpoint ({'state_dict': sd}, {'model': sd, 'ema': sd_ema, 'step': n, …}) holds
+  // state_dicts one level down. Which one is meant (live or EMA weights, model or discriminator…)
+  // is the user's choice, and the weights loaded must be the bytes of the file named (their hash
+  // is recorded), so none is picked here, not even a lone one: the error says how to extract it.
+  const nested = [...root].filter(([k, v]) => typeof k === 'string' && v instanceof Map && tensorsOf(v).size > 0) as [string, Map<unknown, unknown>][];
+  if (nested.length === 0) throw new CheckpointError(file, 'not a state_dict: the pickled dict holds no tensors');
+  const keys = [...root.keys()].map((k) => (typeof k === 'string' ? pyString(k) : String(k)));
+  const shownKeys = `${keys.slice(0, 8).join(', ')}${keys.length > 8 ? `, … and ${keys.length - 8} more` : ''}`;
+  const shown = nested.slice(0, 8).map(([k, v]) => `${pyString(k)} (${tensorsOf(v).size} tensor${tensorsOf(v).size === 1 ? '' : 's'})`);
+  const candidates = `${shown.join(', ')}${nested.length > 8 ? `, … and ${nested.length - 8} more` : ''}`;
+  const example = (nested.find(([k]) => k === 'ema') ?? nested[0])[0];
+  const name = /^[\w.-]{1,64}$/.test(example) ? example : 'weights';
+  throw new CheckpointError(
+    file,
+    `not a state_dict: a dict of the key${keys.length > 1 ? 's' : ''} ${shownKeys} (a training checkpoint?) whose tensors are one level down, in the ${nested.length > 1 ? 'state_dicts' : 'state_dict'} ${candidates}. ` +
+      `Save ${nested.length > 1 ? 'the one wanted' : 'it'} as a state_dict of its own and load that; in Python: ckpt = torch.load(${file.startsWith('<') ? 'path' : pyString(file)}, map_location='cpu'); torch.save(ckpt[${pyString(example)}], ${pyString(`${name}.pt`)})`,
+  );
 }
 
 /** Where each storage's bytes start in the file. */
@@ -204,8 +229,8 @@ async function openLegacy(src: ByteSource): Promise<TensorSource> {
         return offset;
       });
     } catch (e) {
-      const truncated = e instanceof Error && /unexpected end of data/.test(e.message);
-      if (!truncated || length >= src.size) throw e;
+      // A pickle cut by the end of the prefix read (in any opcode, a GLOBAL's lines included): read more.
+      if (!(e instanceof PickleEndOfDataError) || length >= src.size) throw e;
       length = Math.min(src.size, length * 4);
     }
   }
