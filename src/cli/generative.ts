@@ -26,7 +26,7 @@ const PRETRAIN = {
   images: { type: 'int', min: 0, max: 60_000, help: 'Fashion-MNIST training images used (0 = all 60,000)', default: 0 },
   seed: { type: 'int', min: 0, max: 2 ** 31 - 1, help: 'seed of the initial weights (without --checkpoint), batches, timesteps and noise', default: 0 },
   'checkpoint-every': { type: 'number', above: 0, help: 'seconds between training-state saves (each also rewrites ema.safetensors)', default: 300 },
-  'sample-every': { type: 'number', min: 0, help: 'seconds between sample grids (<out>/samples/step-N.png, DDIM 50 steps, EMA weights; 0 = never)', default: 900 },
+  'sample-every': { type: 'number', min: 0, help: 'seconds between sample grids (<out>/samples/step-N.png, DDIM 50 steps, EMA weights; drawn at the first save after that many seconds, so at most every --checkpoint-every seconds, and at the end; 0 = never)', default: 900 },
   out: { type: 'string', meta: 'DIR', required: true, help: 'run directory: state.safetensors, ema.safetensors (a plain state dict), loss.json' },
   resume: { type: 'flag', help: 'continue the run in --out (same settings; --steps may grow)' },
   flip: { type: 'string', choices: ['true', 'false'], help: 'mirror each drawn image with probability 1/2 (guided-diffusion\'s random_flip)', default: 'true' },
