@@ -57,6 +57,13 @@ export function probeInputs(train: FeatureArrays, test: FeatureArrays, key: stri
  * exactly as fitHead would train it alone.
  */
 export async function sweepLinearProbes(e: Engine, train: FeatureArrays, test: FeatureArrays, o: SweepOptions): Promise<SweepRow[]> {
+  // Every pool of the grid tried on one image of each split before any probe trains: a pool the
+  // cached maps cannot give failed after the smaller pools had trained, and their rows were lost.
+  const first = (d: FeatureArrays): FeatureArrays => ({
+    ...d, count: 1, labels: [d.labels[0]],
+    features: new Map([...d.features].map(([k, f]) => [k, { ...f, data: f.data.subarray(0, f.data.length / d.count) }])),
+  });
+  for (const pool of o.pools) for (const b of o.blocks) for (const t of o.timesteps) probeInputs(first(train), first(test), featureKey(t, b), pool, false);
   const rows: SweepRow[] = [];
   for (const pool of o.pools) {
     for (const standardize of o.standardize) {

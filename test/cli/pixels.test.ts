@@ -71,6 +71,17 @@ t.test('sweep warns, as train does, about dimensions constant over the training 
   }
 });
 
+t.test('sweep tries every pool of its grid before training any probe', async (t) => {
+  const { loadCachedFeatures } = await import('../../src/train/cached-features.ts');
+  const { sweepLinearProbes } = await import('../../src/train/sweep.ts');
+  const { testEngine } = await import('../helpers/check.ts');
+  const [train, test] = [await loadCachedFeatures(join(dir, 'train'), [0], [0]), await loadCachedFeatures(join(dir, 'test'), [0], [0])];
+  let rows = 0;
+  await t.rejects(sweepLinearProbes(await testEngine(), train, test, { timesteps: [0], blocks: [0], pools: [1, 2, 32], standardize: [false], classes: 10, epochs: 1, batchSize: 8, lr: 1e-3, onRow: () => rows++ }),
+    /features pixels, pool 32: cannot pool 16×16 maps to 32×32/);
+  t.equal(rows, 0, 'no probe trained (pools 1 and 2 trained first, and were lost)');
+});
+
 t.test('eval rebuilds a trained head from its state and scores any split', async (t) => {
   t.equal(await run('eval', '--run', join(dir, 'linear'), '--features', join(dir, 'test'), '--png', join(dir, 'confusion.png')), 0);
   const trained = JSON.parse(await readFile(join(dir, 'linear', 'result.json'), 'utf8'));
