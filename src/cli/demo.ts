@@ -4,8 +4,8 @@
 import { join } from 'node:path';
 import { tunedEngine } from './tuning-cache.ts';
 import { writeFileAtomic } from '../model/checkpoint/atomic-write.ts';
-import { runMiniature } from '../train/miniature.ts';
-import { type OptionSpecs, parseArgs } from './args.ts';
+import { runMiniature, sweepFitCount } from '../train/miniature.ts';
+import { type OptionSpecs, parseArgs, UsageError } from './args.ts';
 import { loadModel } from './model-options.ts';
 import { packageRoot } from './package-root.ts';
 import { fmtTime, progressBar } from './progress.ts';
@@ -38,6 +38,12 @@ const OPTIONS = {
 export async function demoCommand(argv: string[]): Promise<number> {
   const o = parseArgs('demo', argv, OPTIONS);
   if (!o) return 0;
+  // Checked before the model loads: found by the heads, they ended minutes of sampling, extraction and sweeps.
+  if (o['head-dim'] % 4 !== 0) throw new UsageError(`difrep demo: --head-dim ${o['head-dim']} does not split into the heads' 4 attention heads: give a multiple of 4`);
+  const images = o.full ? 60_000 : 10 * o['train-per-class'];
+  if (o.batch > sweepFitCount(images)) {
+    throw new UsageError(`difrep demo: --batch ${o.batch} is more than the ${sweepFitCount(images)} images the sweeps fit their probes on (80 % of ${images} training images): give --batch ${sweepFitCount(images)} or less, or a larger --train-per-class`);
+  }
   const started = performance.now();
   const e = await tunedEngine();
   const { unet, hash } = await loadModel(e, o.model, o.checkpoint);

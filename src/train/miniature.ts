@@ -20,6 +20,11 @@ import { fmtTime } from './format-time.ts';
 import { probeInputs, type SweepRow, sweepLinearProbes } from './sweep.ts';
 import { writeImageGridPng } from './sample-grid.ts';
 
+/** Of `trainImages`, how many the validation sweeps fit their probes on (the other 20 % score them). */
+export function sweepFitCount(trainImages: number): number {
+  return trainImages - Math.round(0.2 * trainImages);
+}
+
 export interface MiniatureOptions {
   /** Samples, feature caches. */
   outDir: string;
@@ -100,7 +105,7 @@ export async function runMiniature(e: Engine, unet: UNet, o: MiniatureOptions, l
   const trainIdx = full ? Array.from({ length: train.count }, (_, i) => i) : balancedSubset(train.labels, o.trainPerClass, seed);
   const testIdx = full ? Array.from({ length: test.count }, (_, i) => i) : balancedSubset(test.labels, o.testPerClass, seed + 1);
   const order = seededShuffle(trainIdx.map((_, i) => i), seed + 2);
-  const valRows = order.slice(0, Math.round(0.2 * order.length));
+  const valRows = order.slice(0, order.length - sweepFitCount(order.length));
   const fitRows = order.slice(valRows.length);
   log(`data: Fashion-MNIST, ${trainIdx.length} training images (${fitRows.length} fit + ${valRows.length} validation for the sweep), ${testIdx.length} test images, ${S}×${S} grey`);
 
