@@ -132,8 +132,14 @@ function extractedFrom(sig: CacheSignature, b: number, shape: number[]): number 
  * for a cache that records none and no `given`.
  */
 export function headClasses(sig: CacheSignature, given: number | undefined, where: string): number {
-  const names: unknown = typeof sig.classes === 'string' ? JSON.parse(sig.classes) : undefined;
-  if (!Array.isArray(names)) return given ?? 10;
+  if (sig.classes === undefined) return given ?? 10;
+  let names: unknown;
+  try {
+    names = JSON.parse(String(sig.classes));
+  } catch {
+    names = undefined;
+  }
+  if (!Array.isArray(names)) throw new Error(`${where} records its classes as ${JSON.stringify(sig.classes).slice(0, 60)}, not a JSON list of names: extract it again`);
   if (given !== undefined && given !== names.length) {
     const shown = names.length <= 12 ? names.join(', ') : `${names.slice(0, 12).join(', ')}, …`;
     throw new Error(`--classes ${given}, but ${where} records ${names.length} classes (${shown}): leave out --classes, or extract from a dataset with those classes`);
