@@ -216,17 +216,22 @@ export class Engine {
   }
 
   /**
-   * A tensor over the caller's own buffer (f32, row-major, from byte 0; usage needs STORAGE, and
-   * COPY_SRC to read it back). No copy: kernels read and write that buffer when the engine next
-   * submits its work, so call `flush()` before writing the buffer again (a queue.writeBuffer lands
-   * before work still unsubmitted). The engine never destroys it, not even in dispose().
+   * A tensor over the caller's own buffer (f32, row-major, from byte 0; usage STORAGE and COPY_SRC:
+   * kernels bind it, and the engine copies rows out of it when it splits a batch and to read it
+   * back). No copy: kernels read and write that buffer when the engine next submits its work, so
+   * call `flush()` before your own queue writes or reads the buffer (a queue.writeBuffer lands
+   * before work still unsubmitted; an optimizer step updates a parameter in place). The engine
+   * never destroys it, not even in dispose().
    */
   fromBuffer(buffer: GPUBuffer, shape: Shape, label = buffer.label || 'caller buffer'): Tensor {
     this.checkAlive();
     const bytes = numel(shape) * 4;
-    if ((buffer.usage & GPUBufferUsage.STORAGE) === 0) {
-      throw new RangeError(`${label}: the buffer needs GPUBufferUsage.STORAGE to be used as a tensor (its usage is ${buffer.usage})`);
+    const needed = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC;
+    if ((buffer.usage & needed) !== needed) {
+      // Without COPY_SRC, the first copy (a batch split into chunks) fails GPU validation, which drops every command of its submit: zeros, not features.
+      throw new RangeError(`${label}: the buffer needs GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC to be used as a tensor (its usage is ${buffer.usage})`);
     }
+    if (buffer.mapState !== undefined && buffer.mapState !== 'unmapped') throw new RangeError(`${label}: the buffer is ${buffer.mapState}; unmap it before using it as a tensor (a mapped buffer cannot be used by the GPU)`);
     if (buffer.size < bytes) {
       throw new RangeError(`${label}: shape ${shapeString(shape)} needs ${bytes} bytes of f32, the buffer has ${buffer.size}`);
     }
@@ -263,6 +268,7 @@ export class Engine {
 
   /** A tensor sharing `t`'s buffer with another shape of the same size (no copy). */
   view(t: Tensor, shape: Shape, label = t.label): Tensor {
+    this.checkOwn(t, 'view');
     if (numel(shape) !== t.size) {
       throw new RangeError(`cannot view ${t.label} ${shapeString(t.shape)} as ${shapeString(shape)}: sizes differ`);
     }
@@ -384,7 +390,7 @@ export class Engine {
   }
 
   /** Ops take tensors of one engine: another's may not be uploaded yet, and its pool may hand the buffer on. */
-  private checkOwn(t: Tensor, where: string): void {
+  checkOwn(t: Tensor, where: string): void {
     if (t.engine !== this) throw new Error(`${where}: tensor "${t.label}" belongs to another Engine; an op takes tensors of one engine (copy it across with toBuffer and fromBuffer)`);
   }
 
@@ -596,18 +602,21 @@ export class Engine {
   /**
    * Frees every buffer the engine made (once the GPU has finished the work already submitted, so
    * buffers handed out by toBuffer() still receive their copies); destroys the device only if the
-   * engine created it. The returned promise settles when that is done; awaiting it is optional.
+   * engine created it. The returned promise settles when that is done, and rejects with the first
+   * GPU error of work no read or sync has checked (a toBuffer copy's): await it, or sync() first.
    */
   dispose(): Promise<void> {
     if (this.disposed) return Promise.resolve();
     this.flush();
     this.disposed = true;
     this.profiler?.destroy();
+    const errors = this.takePendingErrors();
     return this.device.queue.onSubmittedWorkDone().catch(() => {}).then(() => {
       this.pool.destroyAll();
       this.staging.destroy();
       this.uniformArena.destroy();
       if (this.handle.owned) this.device.destroy();
+      return throwFirst(errors);
     });
   }
 }

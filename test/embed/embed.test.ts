@@ -85,11 +85,29 @@ t.test('fromBuffer explains a buffer that cannot be a tensor', async (t) => {
   const engine = await createEngine({ device });
   const mapOnly = device.createBuffer({ size: 64, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST, label: 'app staging' });
   t.throws(() => engine.fromBuffer(mapOnly, [4]), /app staging: the buffer needs GPUBufferUsage.STORAGE/);
-  const small = device.createBuffer({ size: 64, usage: GPUBufferUsage.STORAGE, label: 'app small' });
+  const small = device.createBuffer({ size: 64, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC, label: 'app small' });
   t.throws(() => engine.fromBuffer(small, [1, 3, 4, 4]), /app small: shape \[1, ?3, ?4, ?4\] needs 192 bytes of f32, the buffer has 64/);
-  engine.dispose();
-  mapOnly.destroy();
-  small.destroy();
+  // Without COPY_SRC the engine's first copy out of it (a batch split into chunks) failed validation,
+  // and its whole submit was dropped: the features came back all zero.
+  const noCopy = device.createBuffer({ size: 64, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST, label: 'app images' });
+  t.throws(() => engine.fromBuffer(noCopy, [16]), /app images: the buffer needs GPUBufferUsage.STORAGE \| GPUBufferUsage.COPY_SRC to be used as a tensor/);
+  const mapped = device.createBuffer({ size: 64, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC, mappedAtCreation: true, label: 'app mapped' });
+  t.throws(() => engine.fromBuffer(mapped, [16]), /app mapped: the buffer is mapped; unmap it before using it as a tensor/);
+  await engine.dispose();
+  for (const b of [mapOnly, small, noCopy, mapped]) b.destroy();
+});
+
+t.test('dispose() rejects with a GPU error of work no read or sync checked (a toBuffer copy was dropped unseen)', async (t) => {
+  const engine = await createEngine({ device });
+  const { scale } = await import('../../src/engine/ops/elementwise.ts');
+  const gone = device.createBuffer({ size: 16, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC, label: 'app gone' });
+  const x = engine.fromBuffer(gone, [4]);
+  gone.destroy();
+  const out = engine.toBuffer(scale(x, 2)); // submitted with the op on a destroyed buffer: the whole submit is dropped
+  await t.rejects(engine.dispose(), /\[Buffer "app gone"\] used in submit while destroyed/);
+  out.destroy();
+  const clean = await createEngine({ device });
+  await t.resolves(clean.dispose(), 'an engine whose work was all good disposes quietly');
 });
 
 t.test('an op refuses tensors of another engine on the same device (it read stale data)', async (t) => {
@@ -99,6 +117,10 @@ t.test('an op refuses tensors of another engine on the same device (it read stal
   const y = b.tensor([10, 20, 30, 40], [4], 'y');
   t.throws(() => add(x, y), /tensor "y" belongs to another Engine; an op takes tensors of one engine/);
   await t.rejects(a.readTensors([y]), /read: tensor "y" belongs to another Engine/);
+  // The copying and sharing ops too: B's upload was not submitted yet, so they read zeros.
+  const { concatRows } = await import('../../src/engine/ops/layout.ts');
+  t.throws(() => concatRows([x, y]), /concatRows: tensor "y" belongs to another Engine/);
+  t.throws(() => a.view(y, [2, 2]), /view: tensor "y" belongs to another Engine/);
   t.same(Array.from(await add(x, x).read()), [2, 4, 6, 8], 'the engine still works');
   await a.dispose();
   await b.dispose();

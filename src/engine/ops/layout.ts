@@ -162,6 +162,7 @@ export function concatRows(xs: readonly Tensor[]): Tensor {
   if (e.tape.needsGrad(xs)) return concat(xs, 0);
   const rest = xs[0].shape.slice(1);
   for (const t of xs) {
+    e.checkOwn(t, 'concatRows');
     if (t.rank === 0 || t.shape.slice(1).join() !== rest.join()) {
       throw new RangeError(`concatRows: ${t.label} ${shapeString(t.shape)} does not match ${shapeString(xs[0].shape)} past axis 0`);
     }
