@@ -208,9 +208,20 @@ export class UNet {
     const e = this.engine;
     const N = x.shape[0];
     if (t.length !== N) throw new RangeError(`${t.length} timesteps for a batch of ${N} images`);
+    const notFinite = t.findIndex((v) => !Number.isFinite(v));
+    if (notFinite >= 0) throw new RangeError(`timestep ${t[notFinite]} of image ${notFinite} is not a finite number (the embedding would be NaN)`);
     const feedback = [...(opts.addToBlock?.entries() ?? [])];
     const gradients = e.tape.recording && [x, ...this.params.values(), ...feedback.map(([, v]) => v)].some((v) => v.requiresGrad);
     const last = opts.output ? this.numBlocks : Math.max(0, ...(opts.taps ?? []));
+    // Feedback is added to a block's output as it is: broadcast from another shape it would add the
+    // same values to every image, and for a block past the last one run it would be ignored.
+    for (const [b, v] of feedback) {
+      const block = this.plan.blocks[b - 1];
+      if (!Number.isInteger(b) || !block) throw new RangeError(`addToBlock: block ${b} does not exist: this U-Net has blocks 1..${this.numBlocks}`);
+      if (b > last) throw new RangeError(`addToBlock: block ${b} is past the last block this forward runs (${last}, from its taps and output): its feedback would be ignored`);
+      const want = [N, block.outChannels, block.size, block.size];
+      if (v.shape.join() !== want.join()) throw new RangeError(`addToBlock: the feedback for block ${b} is ${shapeString(v.shape)}; block ${b}'s output is ${shapeString(want)}`);
+    }
     const perChunk = imagesPerChunk(e, this.plan, { last, output: !!opts.output, gradients });
     if (N <= perChunk) return this.forwardBatch(x, t, opts, 0);
     // A tensor v of `images` images that takes part in a backward is bound whole, for all N.
