@@ -21,6 +21,12 @@ export interface Rgb {
 
 /** Resize the shorter side to `size` (as guided-diffusion's center_crop_arr), centre crop size×size, optional flip → CHW floats in [−1, 1]. */
 export function preprocess(img: Rgb, size: number, flip: boolean, out: Float32Array, offset: number): void {
+  if (!(Number.isInteger(img.width) && Number.isInteger(img.height) && img.width > 0 && img.height > 0)) throw new RangeError(`preprocess: an image of ${img.width} × ${img.height} pixels`);
+  if (img.data.length !== img.width * img.height * 3) {
+    const rgba = img.data.length === img.width * img.height * 4 ? ' (4 per pixel: RGBA, such as ImageData.data? drop the alpha)' : '';
+    throw new RangeError(`preprocess: a ${img.width} × ${img.height} RGB image has ${img.width * img.height * 3} values, this one ${img.data.length}${rgba}`);
+  }
+  if (!Number.isInteger(offset) || offset < 0 || offset + 3 * size * size > out.length) throw new RangeError(`preprocess: ${3 * size * size} values from offset ${offset} do not fit an output of ${out.length}`);
   const crop = centerCropArr(img, size);
   const plane = size * size;
   for (let y = 0; y < size; y++) {

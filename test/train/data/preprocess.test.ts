@@ -95,3 +95,13 @@ t.test('writes only its own slot of a batch', async (t) => {
   t.ok(batch.subarray(0, n).every((v) => v === 7) && batch.subarray(2 * n).every((v) => v === 7), 'the neighbours untouched');
   t.same(Array.from(batch.subarray(n, 2 * n)), Array.from(alone));
 });
+
+t.test('an image whose data is not width × height × 3 values, or an output too short, is refused', (t) => {
+  const out = new Float32Array(12);
+  const rgba = { width: 2, height: 2, data: new Uint8Array(16) };
+  t.throws(() => preprocess(rgba, 2, false, out, 0), /a 2 × 2 RGB image has 12 values, this one 16 \(4 per pixel: RGBA, such as ImageData.data\? drop the alpha\)/);
+  t.throws(() => preprocess({ width: 2, height: 2, data: new Uint8Array(10) }, 2, false, out, 0), /has 12 values, this one 10$/);
+  t.throws(() => preprocess({ width: 2, height: 2, data: new Uint8Array(12) }, 2, false, new Float32Array(6), 0), /12 values from offset 0 do not fit an output of 6/);
+  t.throws(() => preprocess({ width: 2, height: 2, data: new Uint8Array(12) }, 2, false, out, 3), /from offset 3 do not fit an output of 12/);
+  t.end();
+});
