@@ -74,6 +74,19 @@ t.test('kNN refuses labels that name no class or do not match the rows (a vote w
   await t.rejects(knnClassify(e, train, [0, 0, 1, 1], { data: Float32Array.from([1, 0, 0, 1]), n: 2, d: 2 }, [0], { ks: [4], classes: 2 }), /kNN: 2 test feature rows but 1 test labels/);
 });
 
+t.test('kNN refuses a k or temperature that votes nothing sensible, and features that are not finite', async (t) => {
+  const train: FeatureMatrix = { data: Float32Array.from([1, 0, 0.9, 0.1, 0, 1, 0.1, 0.9]), n: 4, d: 2 };
+  const query: FeatureMatrix = { data: Float32Array.from([1, 0.05]), n: 1, d: 2 };
+  const labels = [1, 1, 0, 0];
+  const cases: [{ ks?: number[]; temperature?: number }, RegExp][] = [
+    [{ ks: [0] }, /k 0 is not a whole number ≥ 1/], [{ ks: [2.5] }, /k 2\.5 is not/], [{ temperature: 0 }, /temperature 0 is not a number > 0/], [{ temperature: -1 }, /temperature -1 is not/],
+  ];
+  for (const [opts, message] of cases) await t.rejects(knnClassify(e, train, labels, query, [1], { classes: 2, ks: [2], ...opts }), message);
+  const nan = { ...train, data: Float32Array.from([1, 0, Number.NaN, 0.1, 0, 1, 0.1, 0.9]) };
+  await t.rejects(knnClassify(e, nan, labels, query, [1], { ks: [2], classes: 2 }), /kNN: train feature row 1 holds a value that is not finite/);
+  await t.rejects(knnClassify(e, train, labels, { ...query, data: Float32Array.from([Number.POSITIVE_INFINITY, 0]) }, [1], { ks: [2], classes: 2 }), /test feature row 0 holds a value that is not finite/);
+});
+
 /** Feature-space linear CKA in float64 (the definition, independent of the Gram form). */
 function ckaDirect(x: FeatureMatrix, y: FeatureMatrix): number {
   const centre = (m: FeatureMatrix) => {
@@ -140,6 +153,9 @@ t.test('linear CKA refuses what makes it 0/0 or always 1: a set that is the same
   const constant: FeatureMatrix = { data: Float32Array.from({ length: 12 }, (_, i) => [1, 2, 3][i % 3]), n: 4, d: 3 };
   await t.rejects(ckaMatrix(e, [x, constant], ['t90 b2', 't90 b3']), /CKA: feature set t90 b3 is the same for all 4 examples \(no variance\), so its CKA with any set is undefined/);
   await t.rejects(ckaMatrix(e, [{ data: x.data.subarray(0, 3), n: 1, d: 3 }]), /CKA: 1 example; .* needs at least 3/);
+  const nan = Float32Array.from(x.data);
+  nan[7] = Number.NaN;
+  await t.rejects(ckaMatrix(e, [x, { ...x, data: nan }], ['a', 'b']), /CKA: feature set b holds NaN \(example 2, dimension 1\): its CKA is undefined/);
   // Two examples: any two sets (here unrelated ones) would score 1.
   await t.rejects(ckaMatrix(e, [{ data: x.data.subarray(0, 6), n: 2, d: 3 }, { data: Float32Array.from([5, -1, 2, 7]), n: 2, d: 2 }]), /CKA: 2 examples; .* needs at least 3 \(with 2, any two sets score 1\)/);
 });

@@ -72,10 +72,12 @@ export async function ckaMatrix(e: Engine, sets: FeatureMatrix[], names?: readon
   if (sets.length && n < 3) throw new RangeError(`CKA: ${n} example${n === 1 ? '' : 's'}; it compares how examples relate to each other, so it needs at least 3 (with 2, any two sets score 1)`);
   const grams: Float64Array[] = [];
   for (const [i, s] of sets.entries()) {
+    const name = names?.[i] ?? `number ${i + 1}`;
+    const bad = s.data.findIndex((v) => !Number.isFinite(v));
+    if (bad >= 0) throw new RangeError(`CKA: feature set ${name} holds ${s.data[bad]} (example ${Math.floor(bad / s.d)}, dimension ${bad % s.d}): its CKA is undefined`);
     const gram = await centredGram(e, s);
     let norm = 0;
     for (const v of gram) norm += v * v;
-    const name = names?.[i] ?? `number ${i + 1}`;
     if (!Number.isFinite(norm)) throw new RangeError(`CKA: feature set ${name} overflows float32 in its Gram matrix (features too large); scale them down`);
     if (norm === 0) throw new RangeError(`CKA: feature set ${name} is the same for all ${n} examples (no variance), so its CKA with any set is undefined (0/0)`);
     grams.push(gram);

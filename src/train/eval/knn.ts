@@ -35,6 +35,7 @@ export function l2NormalizeRows(m: FeatureMatrix, split: 'train' | 'test'): Feat
   for (let i = 0; i < m.n; i++) {
     let s = 0;
     for (let j = 0; j < m.d; j++) s += m.data[i * m.d + j] ** 2;
+    if (!Number.isFinite(s)) throw new RangeError(`kNN: ${split} feature row ${i} holds a value that is not finite (of ${m.n} rows, ${m.d} dims)`);
     if (s === 0) {
       throw new RangeError(
         `kNN: ${split} feature row ${i} is all zero (of ${m.n} rows, ${m.d} dims), so it has no cosine neighbours; ` +
@@ -61,6 +62,8 @@ export async function knnClassify(
   }
   const ks = opts.ks ?? [20, 200];
   const T = opts.temperature ?? 0.1;
+  for (const k of ks) if (!Number.isInteger(k) || k < 1) throw new RangeError(`kNN: k ${k} is not a whole number ≥ 1`);
+  if (!(T > 0 && Number.isFinite(T))) throw new RangeError(`kNN: temperature ${T} is not a number > 0 (votes weigh exp(s / T))`);
   const kMax = Math.min(train.n, Math.max(...ks));
   const tr = l2NormalizeRows(train, 'train');
   const te = l2NormalizeRows(test, 'test');
