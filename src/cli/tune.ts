@@ -11,7 +11,7 @@ import * as ops from '../engine/ops/index.ts';
 import type { Tuning } from '../engine/tuning.ts';
 import { gaussianNoise } from '../model/diffusion.ts';
 import { type OptionSpecs, parseArgs } from './args.ts';
-import { adapterName, storeTuning, tuningPath } from './tuning-cache.ts';
+import { adapterName, readTuningCache, storeTuning, tuningPath } from './tuning-cache.ts';
 
 const OPTIONS = {
   seconds: { type: 'number', min: 5, max: 600, help: 'time budget of the whole search, split evenly between the two kernel families', default: 60 },
@@ -157,6 +157,7 @@ const describeTiling = (t: MatmulTiling) => `${t.wgX}×${t.wgY} threads × ${t.t
 export async function tuneCommand(argv: string[]): Promise<number> {
   const o = parseArgs('tune', argv, OPTIONS);
   if (!o) return 0;
+  if (!o['dry-run']) await readTuningCache(); // a file that is not a cache fails now, not after the search
   const e = await createEngine();
   try {
     const adapter = adapterName(e);

@@ -8,7 +8,8 @@ import { createEngine, type Engine } from '../engine/engine.ts';
 import { checkTuning, type Tuning } from '../engine/tuning.ts';
 import { writeFileAtomic } from '../model/checkpoint/atomic-write.ts';
 
-export type TuningCache = Record<string, Tuning>;
+/** Adapter → its entry; entries are checked only when their adapter uses them (one from another machine or version blocks nothing here). */
+export type TuningCache = Record<string, unknown>;
 
 // $HOME first: under Deno, os.homedir() needs a permission that reading $HOME does not.
 export const tuningPath = (): string => process.env.DIFREP_TUNING ?? join(process.env.HOME || homedir(), '.cache', 'difrep', 'tuning.json');
@@ -33,7 +34,7 @@ export async function readTuningCache(): Promise<TuningCache> {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return {};
     throw err;
   }
-  const fix = `delete it or re-run \`difrep tune\``;
+  const fix = 'delete it (`difrep tune` writes a new one)';
   let cache: unknown;
   try {
     cache = JSON.parse(text);
@@ -42,11 +43,10 @@ export async function readTuningCache(): Promise<TuningCache> {
   }
   const isRecord = (v: unknown): v is Record<string, unknown> => !!v && typeof v === 'object' && !Array.isArray(v);
   if (!isRecord(cache)) throw new Error(`kernel tuning cache ${path}: expected an object of adapter → kernel family → settings: ${fix}`);
-  for (const [adapter, entry] of Object.entries(cache)) checkTuning(entry, `kernel tuning cache ${path}: the entry of "${adapter}"`, fix);
-  return cache as TuningCache;
+  return cache;
 }
 
-/** Stores `tuning` as the entry of `adapter`, keeping the other adapters'. */
+/** Stores `tuning` as the entry of `adapter`, keeping the other adapters' as they are. */
 export async function storeTuning(adapter: string, tuning: Tuning): Promise<void> {
   const cache = await readTuningCache();
   cache[adapter] = tuning;
@@ -56,15 +56,26 @@ export async function storeTuning(adapter: string, tuning: Tuning): Promise<void
 
 /**
  * An engine on the default device with the cached tuning of its adapter applied (one line on
- * stderr says so); without an entry, the adapter's built-in presets.
+ * stderr says so); without an entry, the adapter's built-in presets. Only this adapter's entry is
+ * checked: one that this difrep cannot use (another version's, hand-edited) is an error naming it.
  */
 export async function tunedEngine(): Promise<Engine> {
   const cache = await readTuningCache();
   const e = await createEngine();
-  const entry = cache[adapterName(e)];
-  if (entry && Object.keys(entry).length) {
-    e.setTuning(entry);
-    console.error(`difrep: kernel tiles tuned for this adapter (${Object.keys(entry).join(', ')}) from ${tuningPath()}; delete that entry for the built-in presets`);
+  const adapter = adapterName(e);
+  const raw = cache[adapter];
+  if (raw === undefined) return e;
+  const where = `kernel tuning cache ${tuningPath()}: the entry of this adapter ("${adapter}")`;
+  const fix = 'delete that entry, or re-run `difrep tune` to replace it';
+  try {
+    const entry = checkTuning(raw, where, fix);
+    if (Object.keys(entry).length) {
+      e.setTuning(entry);
+      console.error(`difrep: kernel tiles tuned for this adapter (${Object.keys(entry).join(', ')}) from ${tuningPath()}; delete that entry for the built-in presets`);
+    }
+  } catch (err) {
+    await e.dispose();
+    throw (err as Error).message.startsWith(where) ? err : new Error(`${where}: ${(err as Error).message}: ${fix}`);
   }
   return e;
 }

@@ -54,17 +54,31 @@ t.test('createEngine checks its tuning option the same way', async (t) => {
   await t.rejects(createEngine({ tuning: { rows: { threadPerRow: 1 } } as never }), /createEngine: option tuning → rows → threadPerRow: unknown setting \(known: threadPerRowFrom, subgroups\)/);
 });
 
-t.test('a broken cache is an error that names the file and the fix', async (t) => {
+t.test('a broken cache is an error naming the file; a broken entry only for the adapter that uses it', async (t) => {
+  const probe = await createEngine();
+  const adapter = adapterName(probe);
+  await probe.dispose();
   await writeFile(path, '{ not json');
-  await t.rejects(readTuningCache(), new RegExp(`tuning cache ${path.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')} is not JSON .*delete it or re-run`));
-  await writeFile(path, JSON.stringify({ gpu: { matmul: { wgX: 'big' } } }));
-  await t.rejects(readTuningCache(), /"gpu" → matmul → wgX is "big", not a whole number ≥ 1/);
-  await writeFile(path, JSON.stringify({ gpu: { matmull: { wgX: 8 } } }));
-  await t.rejects(readTuningCache(), /"gpu" → matmull: unknown kernel family \(known: matmul, matmulSubgroup, conv2d, conv2dWinograd, conv2dWeightGrad, rows, reduce, attention\)/);
-  await writeFile(path, JSON.stringify({ gpu: { conv2dWinograd: { enable: 1 } } }));
-  await t.rejects(readTuningCache(), /"gpu" → conv2dWinograd → enable: unknown setting \(known: enabled, minChannels\)/);
-  await writeFile(path, JSON.stringify({ gpu: { matmul: { tk: 0 } } }));
-  await t.rejects(readTuningCache(), /"gpu" → matmul → tk is 0, not a whole number ≥ 1/);
-  await writeFile(path, JSON.stringify({ gpu: [1, 2] }));
-  await t.rejects(readTuningCache(), /the entry of "gpu" is not an object of kernel families/);
+  await t.rejects(readTuningCache(), new RegExp(`tuning cache ${path.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')} is not JSON .*delete it \\(\`difrep tune\` writes a new one\\)`));
+  await t.rejects(tunedEngine(), /is not JSON/);
+  // Another adapter's entry that this difrep cannot read (another version's setting) blocked every
+  // command on every adapter, and `difrep tune` too: now it blocks nothing here and is kept.
+  await writeFile(path, JSON.stringify({ 'other GPU: 1.0': { rows: { oldKey: 1 } } }));
+  const e = await tunedEngine();
+  t.same(e.tuning, {}, 'the built-in presets');
+  await e.dispose();
+  await storeTuning(adapter, { rows: { threadPerRowFrom: 16 } });
+  t.same((await readTuningCache())['other GPU: 1.0'], { rows: { oldKey: 1 } }, 'the other entry kept as it was');
+  for (const [entry, message] of [
+    [{ matmul: { wgX: 'big' } }, /→ matmul → wgX is "big", not a whole number ≥ 1/],
+    [{ matmull: { wgX: 8 } }, /→ matmull: unknown kernel family \(known: matmul, matmulSubgroup, conv2d, conv2dWinograd, conv2dWeightGrad, rows, reduce, attention\)/],
+    [{ conv2dWinograd: { enable: 1 } }, /→ conv2dWinograd → enable: unknown setting \(known: enabled, minChannels\)/],
+    [{ matmul: { tk: 0 } }, /→ matmul → tk is 0, not a whole number ≥ 1/],
+    [[1, 2], /is not an object of kernel families/],
+  ] as const) {
+    await writeFile(path, JSON.stringify({ [adapter]: entry }));
+    const err = await tunedEngine().then((x) => (x.dispose(), null), (x: Error) => x);
+    t.match(err?.message, message);
+    t.match(err?.message, /the entry of this adapter \(".*"\).*delete that entry, or re-run `difrep tune` to replace it/);
+  }
 });
