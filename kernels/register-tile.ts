@@ -123,7 +123,7 @@ export function ownedColumnSlab(t: MatmulTiling, decode: (column: string) => str
   const threads = t.wgX * t.wgY;
   const wb = vectorWidth(t.tn);
   const slotsB = (t.wgX * t.tn) / wb;
-  const fill = fixedSlotFill(threads, slotsB, t.tk);
+  const fill = ownedColumnFill(t);
   const declare: string[] = [];
   const fillRow: string[] = [];
   for (let g = 0; g < fill.groups; g++) {
@@ -136,6 +136,11 @@ export function ownedColumnSlab(t: MatmulTiling, decode: (column: string) => str
     fillRow.push(`tileB[r * ${slotsB}u + slot${g}] = select(${slabElement(wb)}(), ${slabValue(wb, values)}, ${inRange});`);
   }
   return { declare: declare.join('\n  '), fillRow: fillRow.join('\n      '), firstRow: fill.rowStep > 1 ? `lid / ${slotsB}u` : '0u', rowStep: fill.rowStep };
+}
+
+/** How a tiling's threads fill its owned-column B slab (fixedSlotFill); throws for tilings that cannot (sizes not powers of two). */
+export function ownedColumnFill(t: MatmulTiling): { groups: number; rowStep: number } {
+  return fixedSlotFill(t.wgX * t.wgY, (t.wgX * t.tn) / vectorWidth(t.tn), t.tk);
 }
 
 /**

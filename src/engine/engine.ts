@@ -7,7 +7,8 @@ import { type AdapterClass, adapterClass, type AdapterDescription, type DeviceHa
 import { KernelRegistry } from './kernel-registry.ts';
 import type { KernelSource, ParamsOf } from '../../kernels/kernel-source.ts';
 import type { UniformLayout } from '../../kernels/uniform-layout.ts';
-import type { GemmPresets } from '../../kernels/matmul.wgsl.ts';
+import { DEFAULT_MATMUL_TILING, type GemmPresets, tilingWorkgroupBytes } from '../../kernels/matmul.wgsl.ts';
+import { ownedColumnFill } from '../../kernels/register-tile.ts';
 import { SUBGROUP_GEMM_LANES } from '../../kernels/matmul-subgroup.wgsl.ts';
 import { KernelProfiler, type KernelTime } from './profiler.ts';
 import { StagingRing } from './staging.ts';
@@ -533,6 +534,11 @@ export class Engine {
     } catch (e) {
       staging.destroy();
       await throwFirst(errors);
+      // A mapping aborted by a lost device (an AbortError with no message): device.lost settles a
+      // moment later, so give it that moment and say what happened.
+      await Promise.race([this.device.lost, new Promise((r) => setTimeout(r, 100))]);
+      await new Promise((r) => setTimeout(r, 0));
+      this.checkDevice();
       throw e;
     }
     // The mapping waited for the copies, and the queue ran everything submitted before them first.
@@ -623,13 +629,27 @@ export class Engine {
 
 const ALL_ERRORS: readonly GPUErrorFilter[] = ['out-of-memory', 'internal', 'validation'];
 
-/** Tuned workgroups must fit the device (Dawn would say so only at the first read, dropping the batch). */
+/**
+ * Tuned tiles must fit the device and build (Dawn would say so only at the first read, dropping the
+ * batch; a conv kernel only at the first conv large enough to use them): each tiling as the kernels
+ * see it, the built-in one with the tuned sizes over it.
+ */
 function checkTilesFit(tuning: Tuning, limits: GPUSupportedLimits): void {
   for (const family of ['matmul', 'conv2d'] as const) {
-    const { wgX, wgY } = tuning[family] ?? {};
-    const over = (wgX ?? 0) > limits.maxComputeWorkgroupSizeX || (wgY ?? 0) > limits.maxComputeWorkgroupSizeY || (wgX ?? 1) * (wgY ?? 1) > limits.maxComputeInvocationsPerWorkgroup;
-    if (over) {
-      throw new RangeError(`tuning ${family}: workgroups of ${wgX ?? '?'} × ${wgY ?? '?'} threads do not fit this device (at most ${limits.maxComputeWorkgroupSizeX} × ${limits.maxComputeWorkgroupSizeY}, ${limits.maxComputeInvocationsPerWorkgroup} in all): choose smaller wgX/wgY`);
+    if (!tuning[family] || !Object.keys(tuning[family]).length) continue;
+    const t = { ...DEFAULT_MATMUL_TILING, ...tuning[family] };
+    if (t.wgX > limits.maxComputeWorkgroupSizeX || t.wgY > limits.maxComputeWorkgroupSizeY || t.wgX * t.wgY > limits.maxComputeInvocationsPerWorkgroup) {
+      throw new RangeError(`tuning ${family}: workgroups of ${t.wgX} × ${t.wgY} threads (with the built-in sizes for those not given) do not fit this device (at most ${limits.maxComputeWorkgroupSizeX} × ${limits.maxComputeWorkgroupSizeY}, ${limits.maxComputeInvocationsPerWorkgroup} in all): choose smaller wgX/wgY`);
+    }
+    if (tilingWorkgroupBytes(t) > limits.maxComputeWorkgroupStorageSize) {
+      throw new RangeError(`tuning ${family}: ${JSON.stringify(t)} stages ${tilingWorkgroupBytes(t)} bytes of workgroup memory, over this device's ${limits.maxComputeWorkgroupStorageSize}: choose smaller tiles`);
+    }
+    if (family === 'conv2d') {
+      try {
+        ownedColumnFill(t);
+      } catch (err) {
+        throw new RangeError(`tuning conv2d: ${JSON.stringify(t)} cannot build the conv kernels (${(err as Error).message}): give wgX·wgY, wgX·tn and tk as powers of two`);
+      }
     }
   }
 }

@@ -201,6 +201,17 @@ t.test('an engine on the caller\'s own device leaves the device usable after dis
   device.destroy();
 });
 
+t.test('the first read after the app destroys its device says the device was lost (a bare AbortError before)', async (t) => {
+  const { device } = await requestDevice();
+  const mine = await createEngine({ device });
+  const x = mine.tensor([1, 2], [2]);
+  t.same(Array.from(await x.read()), [1, 2]);
+  device.destroy();
+  const err = await ops.scale(x, 2).read().then(() => null, (e: Error) => e);
+  t.type(err, GpuError);
+  t.match(err?.message, /device-lost error: destroyed/);
+});
+
 t.test('a read gets the errors of the work before it, not of an op recorded after it', async (t) => {
   const engine = await createEngine({ device: e.device });
   const x = engine.tensor([1, 2, 3, 4], [4], 'x');
@@ -222,9 +233,18 @@ t.test('tidy refuses an async function (its scope would close before the awaits)
 
 t.test('a tuning whose workgroups the device cannot run, or an adapter without its device, is refused at once', async (t) => {
   const limit = e.device.limits.maxComputeInvocationsPerWorkgroup;
-  await t.rejects(createEngine({ device: e.device, tuning: { matmul: { wgX: 32, wgY: (2 * limit) / 32 } } }), new RegExp(`tuning matmul: workgroups of 32 × ${(2 * limit) / 32} threads do not fit this device .*${limit} in all`));
+  await t.rejects(createEngine({ device: e.device, tuning: { matmul: { wgX: 32, wgY: (2 * limit) / 32 } } }), new RegExp(`tuning matmul: workgroups of 32 × ${(2 * limit) / 32} threads .*do not fit this device .*${limit} in all`));
   const engine = await createEngine({ device: e.device });
-  t.throws(() => engine.setTuning({ conv2d: { wgX: 4096 } }), /tuning conv2d: workgroups of 4096 × \? threads do not fit/);
+  t.throws(() => engine.setTuning({ conv2d: { wgX: 4096 } }), /tuning conv2d: workgroups of 4096 × 8 threads \(with the built-in sizes for those not given\) do not fit/);
+  // Checked as the kernels see them, the built-in 8 × 8 tiling under the tuned sizes: 1024 × 8
+  // threads passed as 1024 × 1 and failed at the first large matmul.
+  t.throws(() => engine.setTuning({ matmul: { wgX: limit, tm: 1, tn: 1, tk: 1 } }), new RegExp(`tuning matmul: workgroups of ${limit} × 8 threads`));
+  // Conv tiles the conv kernels cannot build (their slab fill needs powers of two) failed only at
+  // the first conv large enough to use them, naming neither the tuning nor the file.
+  t.throws(() => engine.setTuning({ conv2d: { wgX: 3, wgY: 1, tm: 4, tn: 4, tk: 4 } }), /tuning conv2d: .* cannot build the conv kernels \(register tile: threads 3 must be a power of two\): give wgX·wgY, wgX·tn and tk as powers of two/);
+  t.throws(() => engine.setTuning({ matmul: { tm: 64, tn: 64, tk: 64 } }), /tuning matmul: .* stages \d+ bytes of workgroup memory, over this device's \d+/);
+  engine.setTuning({ conv2d: { wgX: 4, wgY: 4, tm: 8, tn: 8, tk: 16 } });
+  t.same(engine.tuning, { conv2d: { wgX: 4, wgY: 4, tm: 8, tn: 8, tk: 16 } }, 'a tiling that builds is taken');
   await engine.dispose();
   await t.rejects(createEngine({ adapter: {} as GPUAdapter }), /createEngine: `adapter` names the adapter of the `device` option/);
 });
