@@ -216,8 +216,9 @@ function checkFlags(input: UNetFlags) {
   if (mc % GROUPS !== 0) throw new UNetConfigError(`num_channels ${mc} must be a multiple of ${GROUPS} (GroupNorm's ${GROUPS} groups) from ${L.num_channels.min} to ${L.num_channels.max}`);
   integerIn('num_res_blocks', f.num_res_blocks, L.num_res_blocks.min, L.num_res_blocks.max);
   for (const k of ['learn_sigma', 'use_scale_shift_norm', 'resblock_updown', 'use_new_attention_order', 'class_cond', 'use_fp16', 'use_checkpoint'] as const) checkBoolean(k, f[k]);
-  if (f.dropout !== undefined && !(typeof f.dropout === 'number' && f.dropout >= 0 && f.dropout <= 1)) {
-    throw new UNetConfigError(`dropout ${show(f.dropout)} must be a number from 0 to 1`);
+  // 1 is refused, not run: it zeroes every ResBlock's hidden activations in training (the dropout op takes p < 1).
+  if (f.dropout !== undefined && !(typeof f.dropout === 'number' && f.dropout >= 0 && f.dropout < 1)) {
+    throw new UNetConfigError(`dropout ${show(f.dropout)} must be a number from 0 to below 1`);
   }
   if (f.class_cond) throw new UNetConfigError('class_cond models (label_emb) are not supported: the paper uses the unconditional model');
   const mult = channelMultOf(f);

@@ -148,7 +148,8 @@ t.test('every size a config sets is bounded before anything is allocated (bad co
     ['image too large', { image_size: 4096 }, 'image_size 4096 is out of range: it must be an integer from 8 to 1024'],
     ['image missing', { image_size: undefined }, 'image_size undefined is out of range: it must be an integer from 8 to 1024'],
     ['non-boolean learn_sigma', { learn_sigma: 'yes' }, 'learn_sigma "yes" must be true or false'],
-    ['dropout out of range', { dropout: 2 }, 'dropout 2 must be a number from 0 to 1'],
+    ['dropout out of range', { dropout: 2 }, 'dropout 2 must be a number from 0 to below 1'],
+    ['dropout 1 (every hidden activation zeroed in training)', { dropout: 1 }, 'dropout 1 must be a number from 0 to below 1'],
     // 1024 channels × (1,2,2,2,2,2,2,2) levels × 16 res blocks: every size allowed, the total is not.
     ['too many parameters', { image_size: 1024, num_channels: 1024, channel_mult: '1,2,2,2,2,2,2,2', num_res_blocks: 16 },
       'allowed: lower num_channels, channel_mult or num_res_blocks'],
