@@ -116,9 +116,11 @@ export async function runMiniature(e: Engine, unet: UNet, o: MiniatureOptions, l
   /** Binomial standard error of a top-1 over the test images. */
   const testStdErr = (top1: number) => Math.sqrt((top1 * (1 - top1)) / testIdx.length);
   let rawHits: Uint8Array | undefined;
+  const hitsOf = new Map<string, Uint8Array>();
   const record = (method: string, features: string, r: FitResult, settings: string) => {
     const top1StdErr = testStdErr(r.top1);
     rawHits ??= r.testHits; // the raw-pixel probe is recorded first
+    hitsOf.set(method, r.testHits);
     rows.push({ method, features, top1: r.top1, top1StdErr, vsRawStdErr: pairedStdErr(r.testHits, rawHits), top5: r.top5, params: r.params, seconds: r.seconds, settings, losses: r.losses });
     log(`  ${method}: top-1 ${(100 * r.top1).toFixed(1)}% ± ${(100 * top1StdErr).toFixed(1)}, top-5 ${(100 * r.top5).toFixed(1)}%, ${r.params.toLocaleString('en')} parameters, ${fmtTime(r.seconds)}; training loss by epoch ${r.losses.map((l) => l.toFixed(3)).join(' ')}`);
   };
@@ -225,7 +227,7 @@ export async function runMiniature(e: Engine, unet: UNet, o: MiniatureOptions, l
   const clearly = heads.filter((r) => r.top1 - raw.top1 > 2 * r.vsRawStdErr).map((r) => r.method);
   const findings = [
     `diffusion features vs raw pixels: ${beatsRaw.length ? `${beatsRaw.join(', ')} beat the raw-pixel probe (${(100 * raw.top1).toFixed(1)}%)` : `none beats the raw-pixel probe (${(100 * raw.top1).toFixed(1)}%)`}; by more than twice the standard error of the difference (paired over the test images): ${clearly.length ? clearly.join(', ') : 'none'}`,
-    `ordering found (lowest → highest top-1): ${ranking.join(' < ')}; the paper's: GD linear < Attention < DifFormer / DifFeed`,
+    `ordering found (lowest → highest top-1; <: by more than twice the paired standard error, ≈: within it, =: the same): ${describeOrdering(ranking.map((name) => ({ name, top1: byName[name], hits: hitsOf.get(name)! })))}; the paper's: GD linear < Attention < DifFormer / DifFeed`,
   ];
   for (const f of findings) log(f);
   return {
@@ -234,6 +236,21 @@ export async function runMiniature(e: Engine, unet: UNet, o: MiniatureOptions, l
     extraction: { train: { timesteps: SWEEP_TIMESTEPS, blocks: allBlocks }, test: { timesteps: testTimesteps, blocks: testBlocks }, seconds: extractSeconds },
     schedule: { ...schedule, sweepEpochs: o.sweepEpochs, difeedEpochs, difeedStepSize: o.difeedStepSize, attention, headLr }, sweep: sweep.points, pixelSweep: pixelSweep.points, rows, findings,
   };
+}
+
+/**
+ * Methods in ascending top-1 order joined by how each compares with the one before on the same test
+ * images: '=' the same top-1, '<' higher by more than twice the paired standard error, '≈' within
+ * it (a tie or a gap within the noise is not an ordering).
+ */
+export function describeOrdering(ranked: readonly { name: string; top1: number; hits: Uint8Array }[]): string {
+  return ranked.map((m, i) => {
+    if (i === 0) return m.name;
+    const lower = ranked[i - 1];
+    const gap = m.top1 - lower.top1;
+    const relation = gap === 0 ? '=' : gap > 2 * pairedStdErr(m.hits, lower.hits) ? '<' : '≈';
+    return ` ${relation} ${m.name}`;
+  }).join('');
 }
 
 /** Standard error of the mean of a[i] − b[i] (each 0 or 1) over n images: sqrt((mean of d² − (mean of d)²) / n). */

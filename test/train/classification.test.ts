@@ -43,3 +43,18 @@ t.test('countTopK marks each row\'s top-1 hit; the paired standard error of two 
   t.equal(pairedStdErr(Uint8Array.from([1, 0, 1, 1]), Uint8Array.from([1, 0, 1, 1])), 0);
   t.throws(() => pairedStdErr(new Uint8Array(3), new Uint8Array(4)), /3 against 4 test images/);
 });
+
+t.test('the demo\'s ordering line: equal top-1s are "=", gaps within twice the paired standard error "≈", others "<"', async (t) => {
+  const { describeOrdering } = await import('../../src/train/miniature.ts');
+  const hits = (bits: string) => Uint8Array.from(bits, Number);
+  // 20 images. A and B: the same 10 right (different images, so paired s.e. > 0): "=".
+  const a = hits('11111111110000000000');
+  const b = hits('00000111111111100000');
+  // C: B's 10 and 9 more right (19/20): C − B ∈ {0, 1}, mean 0.45, s.e. sqrt((0.45 − 0.2025)/20) = 0.111; gap 0.45 > 0.222: "<".
+  const c = hits('11111111111111111110');
+  // D: C and one more (20/20): gap 0.05, s.e. sqrt((0.05 − 0.0025)/20) = 0.049; 0.05 < 0.097: "≈".
+  const d = hits('11111111111111111111');
+  const mean = (h: Uint8Array) => h.reduce((p, v) => p + v, 0) / h.length;
+  const line = describeOrdering([a, b, c, d].map((h, i) => ({ name: 'ABCD'[i], top1: mean(h), hits: h })));
+  t.equal(line, 'A = B < C ≈ D');
+});
