@@ -38,7 +38,9 @@ const OPTIONS = {
 export async function demoCommand(argv: string[]): Promise<number> {
   const o = parseArgs('demo', argv, OPTIONS);
   if (!o) return 0;
+  const given = (name: string) => argv.some((a) => a === `--${name}` || a.startsWith(`--${name}=`));
   // Checked before the model loads: found by the heads, they ended minutes of sampling, extraction and sweeps.
+  if (o.full && (given('train-per-class') || given('test-per-class'))) throw new UsageError('difrep demo: --full uses all 60,000 training and 10,000 test images: leave out --train-per-class and --test-per-class');
   if (o['head-dim'] % 4 !== 0) throw new UsageError(`difrep demo: --head-dim ${o['head-dim']} does not split into the heads' 4 attention heads: give a multiple of 4`);
   const images = o.full ? 60_000 : 10 * o['train-per-class'];
   if (o.batch > sweepFitCount(images)) {
@@ -63,7 +65,7 @@ export async function demoCommand(argv: string[]): Promise<number> {
   const total = (performance.now() - started) / 1000;
   const result = { checkpoint: o.checkpoint, sha256: hash, adapter: e.handle.info, ...r, seconds: total };
   await writeFileAtomic(join(o.out, 'results.json'), JSON.stringify(result, null, 2) + '\n');
-  const chart = await writeChart(join(o.out, 'results.png'), barChartSvg(`Fashion-MNIST top-1, ${r.data.test} test images`, r.rows.map((row) => ({ label: row.method, value: row.top1 }))));
+  const chart = await writeChart(join(o.out, 'results.png'), barChartSvg(`Fashion-MNIST top-1, ${r.data.test} test images`, r.rows.map((row) => ({ label: row.method, value: row.top1, error: row.top1StdErr }))));
   const heatmaps = await writeSweepHeatmaps(o.out, r.sweep.map((p) => ({ ...p, value: p.val })), {
     title: (pool, std) => `GD sweep, validation top-1, pool ${pool}×${pool}${std ? ', standardised' : ''}`, row: (b) => `b${b}`, column: (t) => `t${t}`,
   });
