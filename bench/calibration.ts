@@ -10,6 +10,12 @@ import { type Measurement, measure } from './measure.ts';
 
 const FMA_ITERS = 256;
 /**
+ * FMAs of each chain per loop iteration: with one, lavapipe spends as much on the loop (counter,
+ * branch, lane mask) as on the work, and the "peak" read half of what its FMA units do (30 against
+ * 48–54 GFLOP/s unrolled; matmul then printed 55–62 % of a peak it reached a quarter of).
+ */
+export const FMA_UNROLL = 8;
+/**
  * Independent vec4 accumulators per thread (instruction-level parallelism for the FMA units). The
  * best count differs: a GPU wants many, while CPU adapters keep each vec4 in four SIMD registers,
  * so 8 chains spill on a 16-register CPU. Every count is probed and the fastest is the peak.
@@ -26,7 +32,7 @@ const COPY_PARAMS = uniformLayout({ n: 'u32' });
 function fmaPeakKernel(chains: number) {
   const CHAINS = [...Array(chains).keys()];
   return {
-    key: `bench.fmaPeak.${chains}`,
+    key: `bench.fmaPeak.${chains}.x${FMA_UNROLL}`,
     params: FMA_PARAMS,
     code: wgsl`
 ${FMA_PARAMS.wgsl}
@@ -36,8 +42,8 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
   let m = vec4<f32>(0.9999);
   let k = vec4<f32>(0.0001);
   ${CHAINS.map((j) => `var a${j} = vec4<f32>(u.seed + ${j}.0, u.seed, u.seed * 0.5, f32(gid.x));`).join('\n  ')}
-  for (var i = 0u; i < ${FMA_ITERS}u; i++) {
-    ${CHAINS.map((j) => `a${j} = fma(a${j}, m, k);`).join('\n    ')}
+  for (var i = 0u; i < ${FMA_ITERS / FMA_UNROLL}u; i++) {
+    ${[...Array(FMA_UNROLL).keys()].flatMap(() => CHAINS.map((j) => `a${j} = fma(a${j}, m, k);`)).join('\n    ')}
   }
   out[gid.y * nwg.x * 64u + gid.x] = ${CHAINS.map((j) => `a${j}`).join(' + ')};
 }`,
@@ -45,48 +51,64 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
 }
 
 /**
- * Vec4s each invocation copies: CPU adapters pay per invocation (so one vec4 each under-reads
- * them, and a kernel that moves more per invocation would print over 100 %), GPUs want many
- * invocations. Every count is probed and the fastest is the peak.
+ * How the copy probe's invocations share the vec4s: `perThread` each (CPU adapters pay per
+ * invocation, so one vec4 each under-reads them, and a kernel that moves more per invocation
+ * would print over 100 %; GPUs want many invocations), `strided` (each step contiguous across a
+ * workgroup of 256, as GPUs coalesce) or `contiguous` (each invocation's own run, in workgroups of
+ * 64: lavapipe's SIMD lanes then load whole cache lines; 6.7–8.0 against 5.5 GB/s strided). Every
+ * configuration is probed and the fastest is the peak.
  */
-const COPY_VEC4S_PER_THREAD = [1, 4, 16];
+const COPY_CONFIGS: CopyConfig[] = [
+  { perThread: 1, layout: 'strided' }, { perThread: 4, layout: 'strided' }, { perThread: 16, layout: 'strided' },
+  { perThread: 4, layout: 'contiguous' }, { perThread: 8, layout: 'contiguous' },
+];
+
+interface CopyConfig {
+  perThread: number;
+  layout: 'strided' | 'contiguous';
+}
+const COPY_WORKGROUP = { strided: 256, contiguous: 64 } as const;
 
 /**
- * Invocation lid of workgroup w copies vec4s w·256·k + j·256 + lid, j < k: each step is contiguous
- * across the workgroup. All k loads come before the stores, under one bounds test, as a kernel
- * with several inputs issues them: one load then one store at a time read under Adam's seven
- * accesses per value on lavapipe (7.29 against 7.71 GB/s at the fastest, so Adam printed over
- * 100 %), this way 8.21. The last invocations copy one vec4 at a time.
+ * Strided: invocation lid of workgroup w copies vec4s w·256·k + j·256 + lid, j < k (each step
+ * contiguous across the workgroup); contiguous: invocation g copies g·k + j. All k loads come
+ * before the stores, under one bounds test, as a kernel with several inputs issues them: one load
+ * then one store at a time read under Adam's seven accesses per value on lavapipe (7.29 against
+ * 7.71 GB/s at the fastest, so Adam printed over 100 %), this way 8.21. The last invocations copy
+ * one vec4 at a time.
  */
-function copyKernel(perThread: number) {
+function copyKernel({ perThread, layout }: CopyConfig) {
   const J = [...Array(perThread).keys()];
+  const wg = COPY_WORKGROUP[layout];
+  const step = layout === 'strided' ? wg : 1;
+  const first = layout === 'strided' ? `(wid.y * nwg.x + wid.x) * ${wg * perThread}u + lid` : `((wid.y * nwg.x + wid.x) * ${wg}u + lid) * ${perThread}u`;
   return {
-    key: `bench.copy.${perThread}`,
+    key: `bench.copy.${layout}.${perThread}`,
     params: COPY_PARAMS,
     code: wgsl`
 ${COPY_PARAMS.wgsl}
 @group(0) @binding(1) var<storage, read> src: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read_write> dst: array<vec4<f32>>;
-@compute @workgroup_size(256)
+@compute @workgroup_size(${wg})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-  let first = (wid.y * nwg.x + wid.x) * ${256 * perThread}u + lid;
-  if (first + ${256 * (perThread - 1)}u < u.n) {
-    ${J.map((j) => `let v${j} = src[first + ${256 * j}u];`).join('\n    ')}
-    ${J.map((j) => `dst[first + ${256 * j}u] = v${j};`).join('\n    ')}
+  let first = ${first};
+  if (first + ${step * (perThread - 1)}u < u.n) {
+    ${J.map((j) => `let v${j} = src[first + ${step * j}u];`).join('\n    ')}
+    ${J.map((j) => `dst[first + ${step * j}u] = v${j};`).join('\n    ')}
     return;
   }
   for (var j = 0u; j < ${perThread}u; j++) {
-    let i = first + j * 256u;
+    let i = first + j * ${step}u;
     if (i < u.n) { dst[i] = src[i]; }
   }
 }`,
   };
 }
 
-/** Which configuration of a probe read the peak: FMA chains and workgroups, or copy vec4s per thread and bytes. */
+/** Which configuration of a probe read the peak: FMA chains and workgroups, or the copy's layout and bytes. */
 export interface ProbeConfig {
   fma: { chains: number; groups: number };
-  copy: { perThread: number; bytes: number };
+  copy: CopyConfig & { bytes: number };
 }
 
 export interface Peaks {
@@ -129,13 +151,13 @@ async function fmaProbe(e: Engine, chains: number, groups: number, minSeconds: n
   return r;
 }
 
-/** The copy probe over `bytes` with `perThread` vec4s per invocation. */
-async function copyProbe(e: Engine, perThread: number, bytes: number, minSeconds: number): Promise<Measurement> {
+/** The copy probe over `bytes` in configuration `config`. */
+async function copyProbe(e: Engine, config: CopyConfig, bytes: number, minSeconds: number): Promise<Measurement> {
   const n = bytes / 16; // vec4
   const src = e.zeros([n * 4], 'bench.copy.src');
   const dst = e.empty([n * 4], 'bench.copy.dst');
-  const groups = Math.ceil(n / (256 * perThread));
-  const r = await measure(e, () => e.dispatch({ kernel: copyKernel(perThread), bindings: [src, dst], params: { n }, workgroups: [Math.min(65535, groups), Math.ceil(groups / 65535)] }), { bytes: 2 * bytes, minSeconds });
+  const groups = Math.ceil(n / (COPY_WORKGROUP[config.layout] * config.perThread));
+  const r = await measure(e, () => e.dispatch({ kernel: copyKernel(config), bindings: [src, dst], params: { n }, workgroups: [Math.min(65535, groups), Math.ceil(groups / 65535)] }), { bytes: 2 * bytes, minSeconds });
   src.dispose();
   dst.dispose();
   return r;
@@ -150,14 +172,14 @@ export async function measurePeaks(e: Engine): Promise<Peaks> {
   }
   // Copies of 64 MiB and up, while two such buffers fit one binding each.
   const maxBytes = Math.min(e.maxBindingBytes, 1 << 30);
-  let copy: { m: Measurement; size: number; perThread: number } | undefined;
-  for (const perThread of COPY_VEC4S_PER_THREAD) {
-    const r = await saturate(64 << 20, maxBytes, (bytes) => copyProbe(e, perThread, bytes, 0.3), (m) => best(m, m.gbps!));
-    if (!copy || best(r.m, r.m.gbps!) > best(copy.m, copy.m.gbps!)) copy = { ...r, perThread };
+  let copy: { m: Measurement; size: number; config: CopyConfig } | undefined;
+  for (const config of COPY_CONFIGS) {
+    const r = await saturate(64 << 20, maxBytes, (bytes) => copyProbe(e, config, bytes, 0.3), (m) => best(m, m.gbps!));
+    if (!copy || best(r.m, r.m.gbps!) > best(copy.m, copy.m.gbps!)) copy = { ...r, config };
   }
   return {
     gflops: best(fma!.m, fma!.m.gflops!), gbps: best(copy!.m, copy!.m.gbps!), fma: fma!.m, copy: copy!.m,
-    config: { fma: { chains: fma!.chains, groups: fma!.size }, copy: { perThread: copy!.perThread, bytes: copy!.size } },
+    config: { fma: { chains: fma!.chains, groups: fma!.size }, copy: { ...copy!.config, bytes: copy!.size } },
   };
 }
 
@@ -172,7 +194,7 @@ export async function probeAgain(e: Engine, config: ProbeConfig, kind: 'fma' | '
     const m = await fmaProbe(e, config.fma.chains, config.fma.groups, 0.2);
     return best(m, m.gflops!);
   }
-  const m = await copyProbe(e, config.copy.perThread, config.copy.bytes, 0.2);
+  const m = await copyProbe(e, config.copy, config.copy.bytes, 0.2);
   return best(m, m.gbps!);
 }
 

@@ -9,7 +9,7 @@ import { fileURLToPath } from 'node:url';
 import type { Engine } from '../src/engine/engine.ts';
 import * as ops from '../src/engine/ops/index.ts';
 import { writeFileAtomic } from '../src/model/checkpoint/atomic-write.ts';
-import { higherPeaks, measurePeaks, type Peaks, probeAgain } from './calibration.ts';
+import { FMA_UNROLL, higherPeaks, measurePeaks, type Peaks, probeAgain } from './calibration.ts';
 import { type BenchCase, CASES, type PeerOp } from './cases.ts';
 import { type Measurement, measure } from './measure.ts';
 import { tuneKernels } from '../src/cli/tune.ts';
@@ -268,7 +268,7 @@ async function report(engine: Engine, adapter: string, started: Date) {
   const md = value('--md');
   if (md) {
     const text = `# difrep bench results\n\nAdapter: ${adapter}  \nCPU: ${result.cpu} ×${result.cores}  \nDate: ${result.date}  \nMode: ${mode}${only ? `, rows matching ${only}` : ''}; load average at start ${result.loadavg.map((l) => l.toFixed(2)).join(' ')}  \n` +
-      `Measured peaks (each probe's fastest repetition, the higher of a run before and one after the rows; a row is rated against the higher of that and its probe run again right after it): FMA ${peaks.gflops.toFixed(1)} GFLOP/s, copy ${peaks.gbps.toFixed(2)} GB/s  \nPeer: ${peer.description}; ours/${peer.label} = its median over ours (above 1: ours is faster)  \n` +
+      `Measured peaks (each probe's fastest repetition, the higher of a run before and one after the rows; a row is rated against the higher of that and its probe run again right after it): FMA ${peaks.gflops.toFixed(1)} GFLOP/s (${peaks.config.fma.chains} vec4 chains, ${FMA_UNROLL} FMAs each per loop), copy ${peaks.gbps.toFixed(2)} GB/s (${peaks.config.copy.perThread} vec4s per invocation, ${peaks.config.copy.layout})  \nPeer: ${peer.description}; ours/${peer.label} = its median over ours (above 1: ours is faster)  \n` +
       `Timing: wall time around submit + onSubmittedWorkDone, one warm-up call (\"first\", compilation included), median of the repetitions  \n` +
       `Tuning in use: ${JSON.stringify(engine.tuning)}  \n` +
       `GB/s count each input read once and each output written once (what any kernel must move); a row over 100 % of peak says "ceiling under-read" (the probe ran at a busy moment)  \n` +
