@@ -2,7 +2,9 @@
 // then every head trained and evaluated on its features of a Fashion-MNIST subset — raw-pixel
 // linear probe, GD linear probe (b, t chosen on a validation split), Attention head, DifFormer and
 // DifFeed — one recipe for all, every setting recorded; the ordering is reported as found.
+import * as fsp from 'node:fs/promises';
 import { mkdir, rm } from 'node:fs/promises';
+import { totalmem } from 'node:os';
 import { join } from 'node:path';
 import type { Engine } from '../engine/engine.ts';
 import { slice } from '../engine/ops/layout.ts';
@@ -99,6 +101,7 @@ export async function runMiniature(e: Engine, unet: UNet, o: MiniatureOptions, l
   const roles = paperBlocks(unet.plan);
   const train = await loadFashionMnist('train');
   const test = await loadFashionMnist('test');
+  checkRoom(unet, o.full ? train.count : 10 * o.trainPerClass, outDir, await freeBytesUnder(outDir));
   const sampleLine = await samplesAndSanity(e, unet, train, outDir, log);
 
   // Data: balanced subsets; the b, t sweep is chosen on a validation split of the training subset.
@@ -247,6 +250,29 @@ export async function runMiniature(e: Engine, unet: UNet, o: MiniatureOptions, l
     },
     schedule: { ...schedule, sweepEpochs: o.sweepEpochs, difeedEpochs, difeedStepSize: o.difeedStepSize, attention, headLr }, sweep: sweep.points, pixelSweep: pixelSweep.points, rows, findings,
   };
+}
+
+/** Free bytes on the file system of `dir` (Infinity where statfs is not available, as under some runtimes). */
+async function freeBytesUnder(dir: string): Promise<number> {
+  const statfs = (fsp as { statfs?: (path: string) => Promise<{ bavail: number; bsize: number }> }).statfs;
+  if (!statfs) return Number.POSITIVE_INFINITY;
+  const st = await statfs(dir);
+  return st.bavail * st.bsize;
+}
+
+/**
+ * The training feature cache (every block × the sweep's timesteps at full map size, for `images`
+ * training images) must fit the disk under `outDir` (`freeBytes`) and, loaded whole, twice over in
+ * memory (the sweep copies its fit and validation rows): --full's would take 81 GB for fmnist16, so
+ * it would end in ENOSPC or out of memory after hours of extraction. Refused up front, with the sizes.
+ */
+export function checkRoom(unet: UNet, images: number, outDir: string, freeBytes: number): void {
+  const perImage = 4 * SWEEP_TIMESTEPS.length * unet.plan.blocks.reduce((n, b) => n + b.outChannels * b.size ** 2, 0);
+  const bytes = images * perImage;
+  const gb = (n: number) => `${(n / 1e9).toFixed(1)} GB`;
+  if (bytes > freeBytes || 2 * bytes > totalmem()) {
+    throw new RangeError(`the demo's training feature cache for ${images} images would take ${gb(bytes)} (${SWEEP_TIMESTEPS.length} timesteps × every block's full maps, ${gb(perImage * 1000)} per 1,000 images) on disk, where ${outDir} has ${gb(freeBytes)} free, and about ${gb(2 * bytes)} of memory (${gb(totalmem())} here): use fewer training images (--train-per-class)`);
+  }
 }
 
 /**

@@ -16,3 +16,17 @@ for (const [args, expected] of [
     t.match(err?.message, expected);
   });
 }
+
+t.test('demo feature caches that cannot fit the disk or memory are refused before any work, with their sizes', async (t) => {
+  const { checkRoom } = await import('../../src/train/miniature.ts');
+  type UNet = import('../../src/model/unet.ts').UNet;
+  const { planUNet } = await import('../../src/model/unet-config.ts');
+  const { readFile } = await import('node:fs/promises');
+  const flags = JSON.parse(await readFile(new URL('../../models/fmnist16.json', import.meta.url), 'utf8'));
+  // Sizes only: checkRoom reads the plan (every block's channels and map size).
+  const unet = { plan: planUNet(flags) } as UNet;
+  const perImage = 4 * 5 * unet.plan.blocks.reduce((n, b) => n + b.outChannels * b.size ** 2, 0);
+  t.equal(perImage, 1_351_680, 'fmnist16: 337,920 floats per image over every block at 5 timesteps (measured by an audit from a cache)');
+  t.doesNotThrow(() => checkRoom(unet, 1000, '/out', 10e9), 'the default demo fits');
+  t.throws(() => checkRoom(unet, 60_000, '/out', 60e9), /training feature cache for 60000 images would take 81\.1 GB .* where \/out has 60\.0 GB free/);
+});
