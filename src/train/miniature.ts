@@ -68,6 +68,8 @@ export interface MiniatureRow {
   params: number;
   seconds: number;
   settings: string;
+  /** Everything the head was trained with, as its training run records it (optimizer, learning rates, schedule, seed…). */
+  recipe: Record<string, unknown>;
   /** The mean training loss of each epoch: the curve that shows whether the head has converged. */
   losses: number[];
 }
@@ -125,7 +127,7 @@ export async function runMiniature(e: Engine, unet: UNet, o: MiniatureOptions, l
     const top1StdErr = testStdErr(r.top1);
     rawHits ??= r.testHits; // the raw-pixel probe is recorded first
     hitsOf.set(method, r.testHits);
-    rows.push({ method, features, top1: r.top1, top1StdErr, vsRawStdErr: pairedStdErr(r.testHits, rawHits), top5: r.top5, params: r.params, seconds: r.seconds, settings, losses: r.losses });
+    rows.push({ method, features, top1: r.top1, top1StdErr, vsRawStdErr: pairedStdErr(r.testHits, rawHits), top5: r.top5, params: r.params, seconds: r.seconds, settings, recipe: r.settings, losses: r.losses });
     log(`  ${method}: top-1 ${(100 * r.top1).toFixed(1)}% ± ${(100 * top1StdErr).toFixed(1)}, top-5 ${(100 * r.top5).toFixed(1)}%, ${r.params.toLocaleString('en')} parameters, ${fmtTime(r.seconds)}; training loss by epoch ${r.losses.map((l) => l.toFixed(3)).join(' ')}`);
   };
   const headLr = o.headLr;
