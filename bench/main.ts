@@ -144,8 +144,9 @@ function runPeer(kind: 'tfjs' | 'torch', cases: BenchCase[]): PeerRun {
   }
   let description = kind === 'torch' ? 'PyTorch in its own process' : '@tensorflow/tfjs-backend-webgpu 4.22.0 in its own process on the same adapter';
   if (!withPeer.length) return { label, description, results };
-  // PyTorch repeats a whole model as often as we do; kernel ops: at least 3, up to 10 or 1 s.
-  const ops = withPeer.map((c) => (kind === 'torch' && c.images !== undefined ? { ...c.peer, ...repetitions(c) } : c.peer));
+  // Each peer repeats a row as often as we do (a heavy row 1–2 times, its upper median then the
+  // slower: alike on both sides), a light one at least 3, up to 10 or 1 s.
+  const ops = withPeer.map((c) => ({ ...c.peer, ...repetitions(c) }));
   const script = (name: string) => fileURLToPath(new URL(name, import.meta.url));
   const [command, argv] = python ? [python, [script('./peer-torch.py')]] : [process.execPath, ['--import', 'tsx', script('./peer-tfjs.ts')]];
   const timeoutMin = mode === 'full' ? 120 : 15;

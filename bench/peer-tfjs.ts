@@ -15,7 +15,7 @@ await import('@tensorflow/tfjs-backend-webgpu');
 await tf.setBackend('webgpu');
 await tf.ready();
 
-const list = JSON.parse(process.argv[2]) as PeerOp[];
+const list = JSON.parse(process.argv[2]) as (PeerOp & { minReps?: number; maxReps?: number })[];
 for (const [i, op] of list.entries()) {
   try {
     const inputs: import('@tensorflow/tfjs-core').Tensor[] = [];
@@ -51,7 +51,9 @@ for (const [i, op] of list.entries()) {
     const firstMs = await once();
     const times: number[] = [];
     let spent = 0;
-    while (times.length < 10 && (times.length < 3 || spent < 1000)) {
+    // As many repetitions as difrep's row takes (bench/main.ts repetitions), so both medians are alike.
+    const [minReps, maxReps] = [op.minReps ?? 3, op.maxReps ?? 10];
+    while (times.length < maxReps && (times.length < minReps || spent < 1000)) {
       const ms = await once();
       times.push(ms);
       spent += ms;

@@ -11,7 +11,7 @@ is bench/torch_unet.py's, with PyTorch's default initialisation.
 Prints one JSON line describing the peer ({"peer": {...}}), then one per op, in order:
 {i, firstMs, medianMs, reps} or {i, error}. The timing protocol is bench/measure.ts': one warm-up
 call ("first"), then repetitions until 1 s has passed, at least minReps (default 3) and at most
-maxReps (default 10) — an op may set both, as the bench does for whole models. CUDA when available
+maxReps (default 10) — the bench sets both for every op, as it repeats its own row. CUDA when available
 (synchronised around every call), else the CPU with one thread per core, as difrep's CPU adapter
 uses every core (Debian's 1.13 would take 1 of 2 here; OMP_NUM_THREADS, when set, decides).
 """
