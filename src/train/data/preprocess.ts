@@ -170,6 +170,25 @@ function pillowResize(img: Rgb, width: number, height: number, filter: Filter, w
   return resampleColumns(rows, vertical);
 }
 
+/**
+ * One output pixel of either pass: the RGB at src[p], src[p + step], … weighted by the `taps`
+ * weights from weights[first], summed in fixed point from the rounding half, clip8'd into dst[o..o+2].
+ */
+function weightedPixel(src: Uint8Array, p: number, step: number, weights: Int32Array, first: number, taps: number, dst: Uint8Array, o: number): void {
+  let r = HALF;
+  let g = HALF;
+  let b = HALF;
+  for (let j = first, end = first + taps; j < end; j++, p += step) {
+    const w = weights[j];
+    r += src[p] * w;
+    g += src[p + 1] * w;
+    b += src[p + 2] * w;
+  }
+  dst[o] = clip8(r);
+  dst[o + 1] = clip8(g);
+  dst[o + 2] = clip8(b);
+}
+
 /** Resample.c ImagingResampleHorizontal_8bpc (line 286) over source rows [rowFrom, rowTo): each output pixel is clip8 of the rounded fixed-point weighted sum. */
 function resampleRows(img: Rgb, taps: Taps, rowFrom: number, rowTo: number): Rgb {
   const width = taps.start.length;
@@ -181,19 +200,8 @@ function resampleRows(img: Rgb, taps: Taps, rowFrom: number, rowTo: number): Rgb
   for (let y = rowFrom; y < rowTo; y++) {
     const row = y * img.width * 3;
     for (let xx = 0; xx < width; xx++) {
-      let r = HALF;
-      let g = HALF;
-      let b = HALF;
-      let p = row + start[xx] * 3;
-      for (let j = xx * ksize, end = j + count[xx]; j < end; j++, p += 3) {
-        const w = weights[j];
-        r += src[p] * w;
-        g += src[p + 1] * w;
-        b += src[p + 2] * w;
-      }
-      dst[o++] = clip8(r);
-      dst[o++] = clip8(g);
-      dst[o++] = clip8(b);
+      weightedPixel(src, row + start[xx] * 3, 3, weights, xx * ksize, count[xx], dst, o);
+      o += 3;
     }
   }
   return { width, height, data: dst };
@@ -209,23 +217,10 @@ function resampleColumns(img: Rgb, taps: Taps): Rgb {
   const { start, count, ksize, weights } = taps;
   let o = 0;
   for (let yy = 0; yy < height; yy++) {
-    const k0 = yy * ksize;
-    const end = k0 + count[yy];
     const first = start[yy] * stride;
     for (let x = 0; x < stride; x += 3) {
-      let r = HALF;
-      let g = HALF;
-      let b = HALF;
-      let p = first + x;
-      for (let j = k0; j < end; j++, p += stride) {
-        const w = weights[j];
-        r += src[p] * w;
-        g += src[p + 1] * w;
-        b += src[p + 2] * w;
-      }
-      dst[o++] = clip8(r);
-      dst[o++] = clip8(g);
-      dst[o++] = clip8(b);
+      weightedPixel(src, first + x, stride, weights, yy * ksize, count[yy], dst, o);
+      o += 3;
     }
   }
   return { width, height, data: dst };
