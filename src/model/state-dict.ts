@@ -20,6 +20,12 @@ export interface ParamSpec {
   init: Init;
 }
 
+/**
+ * The metadata `kind` of difrep's training-state files (src/train/checkpoint.ts writes them: params
+ * as param.*, optimizer moments as optim.*): also recognised here, where one is given as weights.
+ */
+export const TRAINING_STATE_KIND = 'difrep-training-state';
+
 /** The most keys or shape mismatches a mismatch error lists of each kind. */
 const SHOWN = 8;
 const DATA_PARALLEL = 'module.';

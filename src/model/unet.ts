@@ -13,7 +13,7 @@ import { avgPool2, upsample2 } from '../engine/ops/resample.ts';
 import { mulberry32 } from '../engine/random.ts';
 import { shapeString, type Tensor } from '../engine/tensor.ts';
 import { readFinite, type TensorSource } from './checkpoint/tensor-source.ts';
-import { CheckpointMismatchError, checkStateDict } from './state-dict.ts';
+import { CheckpointMismatchError, checkStateDict, TRAINING_STATE_KIND } from './state-dict.ts';
 import { checkWholeBatchBinding, imagesPerChunk } from './unet-bindings.ts';
 
 export { CheckpointMismatchError } from './state-dict.ts';
@@ -389,9 +389,6 @@ function resamplerHint(plan: UNetPlan, source: TensorSource): string | undefined
   }
   return undefined;
 }
-
-/** The kind difrep's training state records (src/train/checkpoint.ts): params as param.*, optimizer moments as optim.*. */
-const TRAINING_STATE_KIND = 'difrep-training-state';
 
 /**
  * What the source's metadata says about a mismatch: that it is a training state, or the config it

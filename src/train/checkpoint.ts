@@ -7,6 +7,7 @@ import type { Tensor } from '../engine/tensor.ts';
 import { CheckpointError } from '../model/checkpoint/checkpoint-error.ts';
 import { openSafetensors, writeSafetensors } from '../model/checkpoint/safetensors.ts';
 import { firstNonFinite, readFinite } from '../model/checkpoint/tensor-source.ts';
+import { TRAINING_STATE_KIND } from '../model/state-dict.ts';
 import { NonFiniteError } from './finite.ts';
 import { type Optimizer, OptimizerStateError } from './optimizer.ts';
 
@@ -20,7 +21,6 @@ export interface TrainingProgress {
 /** What a run was started with (optimizer, learning rate, batch, seed, …): JSON values. */
 export type RunSettings = Record<string, unknown>;
 
-const KIND = 'difrep-training-state';
 
 /** Whether `v` is a finite number or a (nested) list of them. */
 function onlyFiniteNumbers(v: unknown): boolean {
@@ -45,7 +45,7 @@ export async function saveTrainingState(path: string, params: Map<string, Tensor
   }
   // Losses arrive as JSON (a list of losses or of [step, loss]), where a NaN has become null.
   if (typeof progress.losses === 'string' && !onlyFiniteNumbers(JSON.parse(progress.losses))) throw notSaved('the losses hold a non-finite value');
-  const metadata = { kind: KIND, progress: JSON.stringify({ ...progress, optimizerSteps: optimizer.steps }), settings: JSON.stringify(settings) };
+  const metadata = { kind: TRAINING_STATE_KIND, progress: JSON.stringify({ ...progress, optimizerSteps: optimizer.steps }), settings: JSON.stringify(settings) };
   await writeSafetensors(path, tensors, metadata);
 }
 
@@ -69,7 +69,7 @@ export async function prepareResume(path: string, resume: boolean, settings: Run
   const metadata = src.metadata;
   await src.close();
   const { kind, progress } = metadata;
-  if (kind !== KIND) throw new Error(`${path} is not a difrep training state; choose another --out`);
+  if (kind !== TRAINING_STATE_KIND) throw new Error(`${path} is not a difrep training state; choose another --out`);
   const done = JSON.parse(progress ?? '{}') as Partial<TrainingProgress>;
   if (!resume) throw new Error(`${path} already holds a training state (${done.steps ?? '?'} steps taken): pass --resume to continue that run, or choose another --out (or delete it)`);
   const before = readRunSettings(path, metadata);
@@ -97,7 +97,7 @@ export function readRunSettings(path: string, metadata: Record<string, string>):
 export async function readStateSettings(path: string): Promise<RunSettings> {
   const src = await openSafetensors(path);
   try {
-    if (src.metadata.kind !== KIND) throw new CheckpointError(path, 'not a difrep training state');
+    if (src.metadata.kind !== TRAINING_STATE_KIND) throw new CheckpointError(path, 'not a difrep training state');
     return readRunSettings(path, src.metadata);
   } finally {
     await src.close();
@@ -135,7 +135,7 @@ function parseProgress(path: string, json: string | undefined): TrainingProgress
 export async function loadTrainingState(e: Engine, path: string, params: Map<string, Tensor>, optimizer: Optimizer): Promise<TrainingProgress> {
   const src = await openSafetensors(path);
   try {
-    if (src.metadata.kind !== KIND) throw new CheckpointError(path, 'not a difrep training checkpoint');
+    if (src.metadata.kind !== TRAINING_STATE_KIND) throw new CheckpointError(path, 'not a difrep training checkpoint');
     const progress = parseProgress(path, src.metadata.progress);
     // Read and check everything before anything is written, so a refused load changes nothing.
     const values = new Map<Tensor, Float32Array>();
