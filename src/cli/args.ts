@@ -151,3 +151,6 @@ export function usage(command: string, spec: OptionSpecs, positionals?: string):
   });
   return `usage: difrep ${command} [options]${positionals ? ` ${positionals}` : ''}\n\n${lines.join('\n')}`;
 }
+
+/** Whether option --`name` appears in `argv` (given, not defaulted). */
+export const given = (argv: readonly string[], name: string): boolean => argv.some((a) => a === `--${name}` || a.startsWith(`--${name}=`));

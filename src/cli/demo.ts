@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { tunedEngine } from './tuning-cache.ts';
 import { writeFileAtomic } from '../model/checkpoint/atomic-write.ts';
 import { runMiniature, sweepFitCount } from '../train/miniature.ts';
-import { type OptionSpecs, parseArgs, UsageError } from './args.ts';
+import { given, type OptionSpecs, parseArgs, UsageError } from './args.ts';
 import { loadModel } from './model-options.ts';
 import { packageRoot } from './package-root.ts';
 import { fmtTime, progressBar } from './progress.ts';
@@ -38,9 +38,8 @@ const OPTIONS = {
 export async function demoCommand(argv: string[]): Promise<number> {
   const o = parseArgs('demo', argv, OPTIONS);
   if (!o) return 0;
-  const given = (name: string) => argv.some((a) => a === `--${name}` || a.startsWith(`--${name}=`));
   // Checked before the model loads: found by the heads, they ended minutes of sampling, extraction and sweeps.
-  if (o.full && (given('train-per-class') || given('test-per-class'))) throw new UsageError('difrep demo: --full uses all 60,000 training and 10,000 test images: leave out --train-per-class and --test-per-class');
+  if (o.full && (given(argv, 'train-per-class') || given(argv, 'test-per-class'))) throw new UsageError('difrep demo: --full uses all 60,000 training and 10,000 test images: leave out --train-per-class and --test-per-class');
   if (o['head-dim'] % 4 !== 0) throw new UsageError(`difrep demo: --head-dim ${o['head-dim']} does not split into the heads' 4 attention heads: give a multiple of 4`);
   const images = o.full ? 60_000 : 10 * o['train-per-class'];
   if (o.batch > sweepFitCount(images)) {

@@ -22,7 +22,7 @@ import { readStateSettings } from '../train/checkpoint.ts';
 import { fitDifFeed } from '../train/fit-difeed.ts';
 import { standardizeSplits } from '../train/standardize.ts';
 import { sweepLinearProbes } from '../train/sweep.ts';
-import { type OptionSpecs, parseArgs, UsageError } from './args.ts';
+import { given, type OptionSpecs, parseArgs, UsageError } from './args.ts';
 import { checkpointHash, loadModel, MODEL_OPTIONS, resolveFlags } from './model-options.ts';
 import { checkOutputFile } from './output-file.ts';
 import { fmtTime, progressBar } from './progress.ts';
@@ -184,8 +184,6 @@ async function extractCommand(argv: string[]): Promise<number> {
 }
 
 /** Whether both caches hold raw pixels (then no t or b is chosen); a pixel cache beside a feature cache is refused. */
-/** Whether option --`name` appears in `argv` (given, not defaulted). */
-const given = (argv: readonly string[], name: string) => argv.some((a) => a === `--${name}` || a.startsWith(`--${name}=`));
 
 async function pixelCaches(train: string, test: string, argv: readonly string[]): Promise<boolean> {
   const [a, b] = [await isPixelCache(train), await isPixelCache(test)];
