@@ -75,8 +75,7 @@ export function checkSameExtraction(train: CacheSignature, test: CacheSignature,
   const show = (v: unknown) => showSetting(v, 60);
   if (train.classes !== test.classes) {
     // Labels are class indices in each cache's own list: with other lists they name other classes.
-    const names = (v: unknown): string[] => (typeof v === 'string' ? JSON.parse(v) : []);
-    const [a, b] = [names(train.classes), names(test.classes)];
+    const [a, b] = [recordedClasses(train, trainDir) ?? [], recordedClasses(test, testDir) ?? []];
     const only = (x: string[], y: string[]) => x.filter((c) => !y.includes(c));
     const detail = train.classes === undefined || test.classes === undefined
       ? `only ${train.classes === undefined ? testDir : trainDir} records its classes`
@@ -125,14 +124,9 @@ function extractedFrom(sig: CacheSignature, b: number, shape: number[]): number 
   }
 }
 
-/**
- * How many classes a head over the cache with signature `sig` (in `where`) scores: the number of
- * classes the cache records, or `given` (--classes), which must then be that number — a 10-way head
- * over a 3-class folder reported top-5 100 % with 7 classes that never occur. 10 (Fashion-MNIST's)
- * for a cache that records none and no `given`.
- */
-export function headClasses(sig: CacheSignature, given: number | undefined, where: string): number {
-  if (sig.classes === undefined) return given ?? 10;
+/** The class names a cache in `where` records (its labels index them), or undefined when it records none. */
+function recordedClasses(sig: CacheSignature, where: string): string[] | undefined {
+  if (sig.classes === undefined) return undefined;
   let names: unknown;
   try {
     names = JSON.parse(String(sig.classes));
@@ -140,6 +134,18 @@ export function headClasses(sig: CacheSignature, given: number | undefined, wher
     names = undefined;
   }
   if (!Array.isArray(names)) throw new Error(`${where} records its classes as ${JSON.stringify(sig.classes).slice(0, 60)}, not a JSON list of names: extract it again`);
+  return names;
+}
+
+/**
+ * How many classes a head over the cache with signature `sig` (in `where`) scores: the number of
+ * classes the cache records, or `given` (--classes), which must then be that number — a 10-way head
+ * over a 3-class folder reported top-5 100 % with 7 classes that never occur. 10 (Fashion-MNIST's)
+ * for a cache that records none and no `given`.
+ */
+export function headClasses(sig: CacheSignature, given: number | undefined, where: string): number {
+  const names = recordedClasses(sig, where);
+  if (!names) return given ?? 10;
   if (given !== undefined && given !== names.length) {
     const shown = names.length <= 12 ? names.join(', ') : `${names.slice(0, 12).join(', ')}, …`;
     throw new Error(`--classes ${given}, but ${where} records ${names.length} classes (${shown}): leave out --classes, or extract from a dataset with those classes`);
