@@ -37,12 +37,32 @@ export type SubgroupGemmRows = 8 | 16 | 32;
  */
 export type SubgroupGemmStep = 2 | 4;
 
-/** Columns of C per workgroup. */
+/** Columns of C per workgroup in one column group. */
 export const SUBGROUP_GEMM_COLUMNS = SUBGROUP_GEMM_LANES * COLUMNS_PER_LANE;
 
+/**
+ * Column groups of a subgroup GEMM: 2 gives lane l the columns col0 + 4l … + 3 and col0 + 32 +
+ * 4l … + 3 (64 columns a workgroup), so each A value a lane receives by subgroupBroadcast feeds
+ * twice the FMAs. On lavapipe every load is a per-lane scalar access with its own bounds check
+ * (Mesa 25's gallivm), which sets the speed; 32 rows × 2 groups load 0.375 values per 8-lane FMA
+ * against 0.5 with one group, 1024³ 21 → 30 GFLOP/s on 2 cores (more rows or groups spill).
+ */
+export type SubgroupGemmColumnGroups = 1 | 2;
+
+/**
+ * Column groups for an N-column output: 2 where B is untransposed and N fills a 64-column tile
+ * (lavapipe, interleaved medians on 2 cores: 1024³ 100 → 77 ms, 4096 × 1024 · 1024² 309 → 269,
+ * Winograd's batched GEMMs 1.14–1.21×, attention's P·V 1.25×); transposed B loads its lane's
+ * columns as vectors along K, and a second group measured no faster (qKᵀ 0.84×, a 1×1 conv's
+ * weight gradient 0.99×), so it keeps one.
+ */
+export function subgroupGemmColumnGroups(N: number, transB: boolean): SubgroupGemmColumnGroups {
+  return !transB && N >= 2 * SUBGROUP_GEMM_COLUMNS ? 2 : 1;
+}
+
 /** Workgroups of a subgroup GEMM: gemmGrid's x over columns, y over rows, z over the batch. */
-export function subgroupGemmWorkgroups(rows: SubgroupGemmRows, M: number, N: number, batch: number): [number, number, number] {
-  return gemmGrid(Math.ceil(N / SUBGROUP_GEMM_COLUMNS), Math.ceil(M / rows), batch);
+export function subgroupGemmWorkgroups(rows: SubgroupGemmRows, M: number, N: number, batch: number, groups: SubgroupGemmColumnGroups = 1): [number, number, number] {
+  return gemmGrid(Math.ceil(N / (SUBGROUP_GEMM_COLUMNS * groups)), Math.ceil(M / rows), batch);
 }
 
 /**
@@ -62,9 +82,11 @@ export function subgroupGemmRows(M: number): SubgroupGemmRows {
  * rows 8r + s⌊l/s⌋ … + s − 1 at k + l mod s (s = kStep), so it is component (i mod 8) mod s of
  * lane kk + s·⌊(i mod 8)/s⌋. Shared by the matmul and conv kernels that run on subgroups.
  */
-export function subgroupGemmStep(rows: SubgroupGemmRows, transA: boolean, kStep: SubgroupGemmStep): { declare: string; fmas: string } {
+export function subgroupGemmStep(rows: SubgroupGemmRows, transA: boolean, kStep: SubgroupGemmStep, groups: SubgroupGemmColumnGroups = 1): { declare: string; fmas: string } {
   const S = SUBGROUP_GEMM_LANES;
   const fmas: string[] = [];
+  const declare: string[] = [];
+  for (let i = 0; i < rows; i++) for (let g = 0; g < groups; g++) declare.push(`var ${accumulator(i, g)} = vec4<f32>();`);
   for (let kk = 0; kk < kStep; kk++) {
     for (let i = 0; i < rows; i++) {
       const r = Math.floor(i / S);
@@ -72,11 +94,22 @@ export function subgroupGemmStep(rows: SubgroupGemmRows, transA: boolean, kStep:
       const source = transA
         ? `subgroupBroadcast(a${r}[${within % kStep}], ${kk + kStep * Math.floor(within / kStep)}u)`
         : `subgroupBroadcast(a${r}[${kk}], ${within}u)`;
-      fmas.push(`acc${i} = fma(vec4(${source}), b${kk}, acc${i});`);
+      if (groups === 1) {
+        fmas.push(`acc${i} = fma(vec4(${source}), b${kk}, acc${i});`);
+        continue;
+      }
+      fmas.push(`{ let s = vec4(${source});`);
+      for (let g = 0; g < groups; g++) fmas.push(`  ${accumulator(i, g)} = fma(s, ${bValue(kk, g)}, ${accumulator(i, g)});`);
+      fmas.push('}');
     }
   }
-  return { declare: Array.from({ length: rows }, (_, i) => `var acc${i} = vec4<f32>();`).join(' '), fmas: fmas.join('\n    ') };
+  return { declare: declare.join(' '), fmas: fmas.join('\n    ') };
 }
+
+/** Lane accumulator of row i, column group g (acc{i} for the first group). */
+const accumulator = (i: number, g: number) => (g === 0 ? `acc${i}` : `acc${i}_${g}`);
+/** The lane's B values at k + kk for column group g (b{kk} for the first group). */
+const bValue = (kk: number, g: number) => (g === 0 ? `b${kk}` : `b${kk}_${g}`);
 
 /** matmul's uniforms (strides 0 broadcast a matrix) and, for `sumBatches`, the batches summed. */
 const SUBGROUP_MATMUL_PARAMS = uniformLayout({ M: 'u32', N: 'u32', K: 'u32', strideA: 'u32', strideB: 'u32', batches: 'u32' });
@@ -97,7 +130,7 @@ export interface SubgroupMatmulVariant extends Omit<MatmulVariant, 'vec4'> {
  * bias (bias[n] with `bias`, bias[m] with `rowBias`) and the residual when present. Dispatch:
  * subgroupGemmWorkgroups (one batch entry with `sumBatches`).
  */
-export function subgroupMatmulKernel(v: SubgroupMatmulVariant, rows: SubgroupGemmRows): KernelSource<typeof SUBGROUP_MATMUL_PARAMS> {
+export function subgroupMatmulKernel(v: SubgroupMatmulVariant, rows: SubgroupGemmRows, groups: SubgroupGemmColumnGroups = 1): KernelSource<typeof SUBGROUP_MATMUL_PARAMS> {
   if (v.bias && v.rowBias) throw new RangeError('subgroupMatmulKernel: a column bias or a row bias, not both');
   let binding = 4;
   const biasBinding = v.bias || v.rowBias ? binding++ : 0;
@@ -114,19 +147,23 @@ export function subgroupMatmulKernel(v: SubgroupMatmulVariant, rows: SubgroupGem
       ? `let a${r} = loadA(row0 + ${S * r}u + ${kStep}u * (lane / ${kStep}u), k + lane % ${kStep}u);`
       : `let a${r} = loadA(row0 + ${S * r}u + lane, k);`);
   }
-  // B: the lane's 4 columns at k + kk as b{kk}; transposed, four vec4s along k are transposed.
-  if (v.transB) {
-    for (let j = 0; j < 4; j++) bLoads.push(`let bt${j} = loadB(k, col + ${j}u);`);
-    for (let kk = 0; kk < 4; kk++) bLoads.push(`let b${kk} = vec4(bt0[${kk}], bt1[${kk}], bt2[${kk}], bt3[${kk}]);`);
-  } else {
-    for (let kk = 0; kk < kStep; kk++) bLoads.push(`let b${kk} = loadB(k + ${kk}u, col);`);
+  // B: the lane's 4 columns of group g at k + kk (bValue); transposed, four vec4s along k are transposed.
+  for (let g = 0; g < groups; g++) {
+    const first = g === 0 ? 'col' : `col + ${SUBGROUP_GEMM_COLUMNS * g}u`;
+    if (v.transB) {
+      for (let j = 0; j < 4; j++) bLoads.push(`let bt${j}_${g} = loadB(k, ${first} + ${j}u);`);
+      for (let kk = 0; kk < 4; kk++) bLoads.push(`let ${bValue(kk, g)} = vec4(${[0, 1, 2, 3].map((j) => `bt${j}_${g}[${kk}]`).join(', ')});`);
+    } else {
+      for (let kk = 0; kk < kStep; kk++) bLoads.push(`let ${bValue(kk, g)} = loadB(k + ${kk}u, ${first});`);
+    }
   }
-  const step = subgroupGemmStep(rows, v.transA, kStep);
-  const stores = Array.from({ length: rows }, (_, i) => `store(row0 + ${i}u, col, acc${i});`).join('\n  ');
+  const step = subgroupGemmStep(rows, v.transA, kStep, groups);
+  const stores: string[] = [];
+  for (let i = 0; i < rows; i++) for (let g = 0; g < groups; g++) stores.push(`store(row0 + ${i}u, ${g === 0 ? 'col' : `col + ${SUBGROUP_GEMM_COLUMNS * g}u`}, ${accumulator(i, g)});`);
   const flags = [v.bias && 'bias', v.rowBias && 'rowBias', v.residual && 'res', v.sumBatches && 'sum'].filter(Boolean).map((f) => `.${f}`).join('');
   return {
     params: SUBGROUP_MATMUL_PARAMS,
-    key: `matmulSubgroup.${v.transA ? 'T' : 'N'}${v.transB ? 'T' : 'N'}${flags}.r${rows}`,
+    key: `matmulSubgroup.${v.transA ? 'T' : 'N'}${v.transB ? 'T' : 'N'}${flags}.r${rows}${groups > 1 ? `.g${groups}` : ''}`,
     code: wgsl`enable subgroups;
 ${SUBGROUP_MATMUL_PARAMS.wgsl}
 @group(0) @binding(1) var<storage, read> a: array<vec${kStep}<f32>>;
@@ -163,10 +200,10 @@ ${GEMM_BLOCK_WGSL}
 
 @compute @workgroup_size(${S})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
-  let block = gemmBlock(wid, nwg, (u.N + ${SUBGROUP_GEMM_COLUMNS - 1}u) / ${SUBGROUP_GEMM_COLUMNS}u);
+  let block = gemmBlock(wid, nwg, (u.N + ${SUBGROUP_GEMM_COLUMNS * groups - 1}u) / ${SUBGROUP_GEMM_COLUMNS * groups}u);
   batch = block.y;
   let row0 = wid.y * ${rows}u;
-  let col = block.x * ${SUBGROUP_GEMM_COLUMNS}u + ${COLUMNS_PER_LANE}u * lane;
+  let col = block.x * ${SUBGROUP_GEMM_COLUMNS * groups}u + ${COLUMNS_PER_LANE}u * lane;
   ${step.declare}
 #if ${v.sumBatches}
   for (var summed = 0u; summed < u.batches; summed++) {
@@ -181,7 +218,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   }
   batch = 0u;
 #endif
-  ${stores}
+  ${stores.join('\n  ')}
 }`,
   };
 }

@@ -2,7 +2,7 @@
 // residual add. Kernels and the backward derivation (stride ↔ input dilation): kernels/conv2d.wgsl.ts.
 import { conv2dKernel, conv2dWeightGradKernel, rowWindowConv, subgroupConv2dKernel, subgroupConv3x3Kernel } from '../../../kernels/conv2d.wgsl.ts';
 import { chooseGemmTiling, gemmWorkgroups, type MatmulTiling } from '../../../kernels/matmul.wgsl.ts';
-import { subgroupGemmRows, subgroupGemmWorkgroups, subgroupMatmulKernel } from '../../../kernels/matmul-subgroup.wgsl.ts';
+import { subgroupGemmColumnGroups, subgroupGemmRows, subgroupGemmWorkgroups, subgroupMatmulKernel } from '../../../kernels/matmul-subgroup.wgsl.ts';
 import type { Engine } from '../engine.ts';
 import { shapeString, type Tensor } from '../tensor.ts';
 import { winogradConv, winogradFits, winogradTiles, winogradWeightGrad } from './conv2d-winograd.ts';
@@ -86,11 +86,12 @@ function runPointwise(e: Engine, c: ConvCall, bindings: Tensor[]): void {
   const [N, channelsIn, H, W] = c.x.shape;
   const channelsOut = c.out.shape[1];
   const rows = subgroupGemmRows(channelsOut);
+  const groups = subgroupGemmColumnGroups(H * W, false);
   e.dispatch({
-    kernel: subgroupMatmulKernel({ transA: c.transposedWeight, transB: false, bias: false, rowBias: !!c.bias, residual: !!c.residual }, rows),
+    kernel: subgroupMatmulKernel({ transA: c.transposedWeight, transB: false, bias: false, rowBias: !!c.bias, residual: !!c.residual }, rows, groups),
     bindings,
     params: { M: channelsOut, N: H * W, K: channelsIn, strideA: 0, strideB: channelsIn * H * W, batches: N },
-    workgroups: subgroupGemmWorkgroups(rows, channelsOut, H * W, N),
+    workgroups: subgroupGemmWorkgroups(rows, channelsOut, H * W, N, groups),
   });
 }
 

@@ -7,7 +7,7 @@
 // each again one matmul call with transpose flags; operands broadcast over the batch get their
 // gradient summed over it.
 import { chooseGemmTiling, gemmWorkgroups, matmulKernel, type MatmulTiling, vectorizableGemm, vectorizableOperands } from '../../../kernels/matmul.wgsl.ts';
-import { subgroupGemmRows, subgroupGemmWorkgroups, subgroupMatmulKernel } from '../../../kernels/matmul-subgroup.wgsl.ts';
+import { subgroupGemmColumnGroups, subgroupGemmRows, subgroupGemmWorkgroups, subgroupMatmulKernel } from '../../../kernels/matmul-subgroup.wgsl.ts';
 import { shapeString, type Tensor } from '../tensor.ts';
 import { expand } from './layout.ts';
 import { sum } from './reduce.ts';
@@ -46,11 +46,12 @@ export function dispatchMatmul(a: Tensor, b: Tensor, out: Tensor, d: MatmulDispa
   const bindings = d.bias ? [a, b, out, d.bias] : [a, b, out];
   if (e.subgroupMatmul && !e.tuning.matmul && vectorizableOperands(d.M, d.N, d.K, d.transA, d.transB)) {
     const rows = subgroupGemmRows(d.M);
+    const groups = subgroupGemmColumnGroups(d.N, d.transB);
     e.dispatch({
-      kernel: subgroupMatmulKernel({ transA: d.transA, transB: d.transB, bias: !!d.bias }, rows),
+      kernel: subgroupMatmulKernel({ transA: d.transA, transB: d.transB, bias: !!d.bias }, rows, groups),
       bindings,
       params: { ...params, batches: d.batch },
-      workgroups: subgroupGemmWorkgroups(rows, d.M, d.N, d.batch),
+      workgroups: subgroupGemmWorkgroups(rows, d.M, d.N, d.batch, groups),
     });
     return;
   }
