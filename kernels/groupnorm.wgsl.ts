@@ -14,7 +14,7 @@
 //   dshift ← Σ dz (the op sums dγ and dβ over the images).
 import { wgsl } from 'wgsl-preprocessor/wgsl-preprocessor.js';
 import type { KernelSource } from './kernel-source.ts';
-import { componentSum, type RowParallelism, rowMeanAndRstd, rowReduction, vectorType } from './row-reduction.ts';
+import { blockedSum, componentSum, type RowParallelism, rowMeanAndRstd, rowReduction, vectorType } from './row-reduction.ts';
 import { uniformLayout } from './uniform-layout.ts';
 
 export const GROUPNORM_WORKGROUP = 256;
@@ -160,11 +160,14 @@ ${r.entry}
     let c = g * cpg + cc;
     ${perChannel}
     var sums = vec4<f32>();
-    for (var i = cc * hw + lane; i < (cc + 1u) * hw; i += ${r.stride}u) {
-      ${chain('base + i')}
-      sums += vec4(${sum('da * xh')}, ${sum('da')}, ${sum('dz * a')}, ${sum('dz')});
-      rowSums += vec2(${sum('da * gc')}, ${sum('da * gc * xh')});
-    }
+    ${blockedSum({
+      index: 'i', first: 'cc * hw + lane', end: '(cc + 1u) * hw', stride: r.stride,
+      declare: 'var blockSums = vec4<f32>();\n    var blockRowSums = vec2<f32>();',
+      body: `${chain('base + i')}
+      blockSums += vec4(${sum('da * xh')}, ${sum('da')}, ${sum('dz * a')}, ${sum('dz')});
+      blockRowSums += vec2(${sum('da * gc')}, ${sum('da * gc * xh')});`,
+      join: 'sums += blockSums;\n    rowSums += blockRowSums;',
+    })}
     sums = rowSum4(sums, lane);
     if (lane == 0u) {
       dAffine[n * 2u * u.C + c] = sums.x;

@@ -4,7 +4,7 @@
 // Backward (per row, g = dL/dx̂):  dx = rstd · (g − mean(g) − x̂ · mean(g · x̂)).
 import { wgsl } from 'wgsl-preprocessor/wgsl-preprocessor.js';
 import type { KernelSource } from './kernel-source.ts';
-import { componentSum, type RowParallelism, rowMeanAndRstd, rowReduction, vectorType } from './row-reduction.ts';
+import { blockedSum, componentSum, type RowParallelism, rowMeanAndRstd, rowReduction, vectorType } from './row-reduction.ts';
 import { uniformLayout } from './uniform-layout.ts';
 
 export const NORMALIZE_WORKGROUP = 128;
@@ -77,7 +77,12 @@ ${r.entry}
   let base = row * u.D;
   var sg = ${T}();
   var sgx = ${T}();
-  for (var i = lane; i < u.D; i += ${r.stride}u) { sg += g[base + i]; sgx += g[base + i] * xhat[base + i]; }
+  ${blockedSum({
+    index: 'i', first: 'lane', end: 'u.D', stride: r.stride,
+    declare: `var blockG = ${T}();\n    var blockGX = ${T}();`,
+    body: 'blockG += g[base + i];\n      blockGX += g[base + i] * xhat[base + i];',
+    join: 'sg += blockG;\n    sgx += blockGX;',
+  })}
   let meanG = rowSum(${componentSum(width, 'sg')}, lane) / f32(u.D * ${width}u);
   let meanGX = rowSum(${componentSum(width, 'sgx')}, lane) / f32(u.D * ${width}u);
   let rstd = stats[2u * row + 1u];

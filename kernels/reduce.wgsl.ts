@@ -2,7 +2,7 @@
 import { wgsl } from 'wgsl-preprocessor/wgsl-preprocessor.js';
 import { flatMain } from './flat-index.ts';
 import type { KernelSource } from './kernel-source.ts';
-import { type RowParallelism, rowReduction } from './row-reduction.ts';
+import { blockedSum, type RowParallelism, rowReduction } from './row-reduction.ts';
 import { uniformLayout } from './uniform-layout.ts';
 
 export const REDUCE_WORKGROUP = 256;
@@ -27,7 +27,7 @@ ${flatMain(REDUCE_WORKGROUP)}
   if (i >= u.outer) { return; }
   var acc = vec4<f32>();
   let base = i * u.n;
-  for (var k = 0u; k < u.n; k++) { acc += x[base + k]; }
+  ${blockedSum({ index: 'k', first: '0u', end: 'u.n', stride: 1, declare: 'var block = vec4<f32>();', body: 'block += x[base + k];', join: 'acc += block;' })}
   out[i] = dot(acc, vec4(1.0)) * u.scale;
 }`,
   };
@@ -56,7 +56,7 @@ ${r.entry}
   if (o >= u.outer) { return; }
   let base = o * u.n;
   var acc = 0.0;
-  for (var k = lane; k < u.n; k += ${WG}u) { acc += x[base + k]; }
+  ${blockedSum({ index: 'k', first: 'lane', end: 'u.n', stride: WG, declare: 'var block = 0.0;', body: 'block += x[base + k];', join: 'acc += block;' })}
   let total = rowSum(acc, lane);
   if (lane == 0u) { out[o] = total * u.scale; }
 }`,
@@ -74,11 +74,8 @@ ${flatMain(WG)}
   let o = i / u.inner;
   let j = i % u.inner;
   var acc = 0.0;
-  var p = o * u.n * u.inner + j;
-  for (var k = 0u; k < u.n; k++) {
-    acc += x[p];
-    p += u.inner;
-  }
+  let first = o * u.n * u.inner + j;
+  ${blockedSum({ index: 'k', first: '0u', end: 'u.n', stride: 1, declare: 'var block = 0.0;\n    var p = first + blockStart * u.inner;', body: 'block += x[p];\n      p += u.inner;', join: 'acc += block;' })}
   out[i] = acc * u.scale;
 }`,
   };

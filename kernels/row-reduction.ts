@@ -102,15 +102,42 @@ export const componentSum = (width: number, v: string) => (width === 4 ? `dot(${
 export const componentMax = (width: number, v: string) => (width === 4 ? `max(max(${v}.x, ${v}.y), max(${v}.z, ${v}.w))` : v);
 
 /**
+ * Iterations of a long f32 sum added up on their own before they join the total. One chain of n
+ * additions rounds up to n·2⁻²⁴ of its magnitude (a thread per row on CPU adapters sums a whole
+ * row: GroupNorm's rows at 256² hold 262,144 values, and its outputs were 5e-6 off, LayerNorm's 2.5e-5
+ * over rows of that length); blocks of 256 make it about (256 + n/256)·2⁻²⁴.
+ */
+export const SUM_BLOCK = 256;
+
+/**
+ * WGSL for a sum over index = first, first + stride, … below `end` in blocks of SUM_BLOCK
+ * iterations: each block runs `declare` (its own accumulators), then `body` for each of its
+ * indices (named `index`), then `join` (adds its accumulators to the totals).
+ */
+export function blockedSum(o: { index: string; first: string; end: string; stride: number; declare: string; body: string; join: string }): string {
+  const span = SUM_BLOCK * o.stride;
+  return `for (var blockStart = ${o.first}; blockStart < ${o.end}; blockStart += ${span}u) {
+    ${o.declare}
+    let blockEnd = min(blockStart + ${span}u, ${o.end});
+    for (var ${o.index} = blockStart; ${o.index} < blockEnd; ${o.index} += ${o.stride}u) {
+      ${o.body}
+    }
+    ${o.join}
+  }`;
+}
+
+/**
  * WGSL for the mean and 1/sqrt(variance + eps) of a row, in one pass over its `count` loads of
  * `width` values from x[base] (names of WGSL values; the row's threads start at `lane` and step by
  * `stride`, as rowReduction lays them out). The data are shifted by the row's first value, so the
  * means stay exact-ish when |mean| ≫ std, and the mean is kept as shift + offset: rounding it to
  * one f32 would lose the offset's low bits exactly then. Each of a thread's `width` streams (one
  * per component) keeps its sum s and M2 by Welford's update — a value v moves M2 by
- * (v − mean)²·cnt/(cnt + 1), mean = s/cnt before it — and the streams are merged by Chan et al.'s
- * rule M2 = Σ M2ᵢ + cntᵢ·(meanᵢ − mean)² (never E[x²] − E[x]², which cancels). Defines `shift`,
- * `offset` and `rstd`; reads x.
+ * (v − mean)²·cnt/(cnt + 1), mean = s/cnt before it — over each block of SUM_BLOCK loads, and
+ * the blocks and then the streams are merged by Chan et al.'s rule
+ * M2 = Σ M2ᵢ + Σ cntᵢ·(meanᵢ − mean)², for two parts M2 = M2₁ + M2₂ + d²·n₁n₂/(n₁ + n₂) with
+ * d = mean₂ − mean₁ (never E[x²] − E[x]², which cancels). Defines `shift`, `offset` and `rstd`;
+ * reads x.
  */
 export function rowMeanAndRstd(width: number, stride: number, count: string, base: string, eps: string): string {
   const T = vectorType(width);
@@ -118,13 +145,21 @@ export function rowMeanAndRstd(width: number, stride: number, count: string, bas
   var cnt = 0.0;
   var s = ${T}();
   var m2 = ${T}();
-  for (var i = lane; i < ${count}; i += ${stride}u) {
-    let v = x[${base} + i] - shift;
-    let delta = v - s * (1.0 / max(cnt, 1.0));
-    m2 += delta * delta * (cnt / (cnt + 1.0));
-    s += v;
-    cnt += 1.0;
-  }
+  ${blockedSum({
+    index: 'i', first: 'lane', end: count, stride,
+    declare: `var bc = 0.0;
+    var bs = ${T}();
+    var bm2 = ${T}();`,
+    body: `let v = x[${base} + i] - shift;
+      let delta = v - bs * (1.0 / max(bc, 1.0));
+      bm2 += delta * delta * (bc / (bc + 1.0));
+      bs += v;
+      bc += 1.0;`,
+    join: `let d = bs * (1.0 / bc) - s * (1.0 / max(cnt, 1.0));
+    m2 += bm2 + d * d * (cnt * bc / (cnt + bc));
+    s += bs;
+    cnt += bc;`,
+  })}
   let total = f32(${count} * ${width}u);
   let offset = rowSum(${componentSum(width, 's')}, lane) / total;
   let dm = s * (1.0 / max(cnt, 1.0)) - offset;

@@ -1,0 +1,91 @@
+import t from 'tap';
+import { ops } from '../../src/index.ts';
+import { maxRelError, randomNd, testEngine, upload } from '../helpers/check.ts';
+import { groupNormRef, type Nd } from '../helpers/reference.ts';
+
+const e = await testEngine();
+
+// A thread summing a whole long row in one f32 chain loses about √n·2⁻²⁴ of its magnitude (CPU
+// adapters run a thread per row: GroupNorm's rows at 256² hold 262,144 values). The kernels sum
+// blocks of SUM_BLOCK values apart and then join them (kernels/row-reduction.ts), so rows of 2¹⁶
+// values stay within 1e-6 of float64 where one chain was 2–3e-6 off and worse on longer rows.
+// Data with |mean| ≫ std, as activations often are, make the rounding show.
+
+const TOLERANCE = 1e-6;
+
+/** Per-row mean and 1/sqrt(var + eps) of x viewed as [rows, D], in float64. */
+function rowStats(x: Nd, D: number, eps: number) {
+  const rows = x.data.length / D;
+  return Array.from({ length: rows }, (_, r) => {
+    let s = 0;
+    for (let i = 0; i < D; i++) s += x.data[r * D + i];
+    const mean = s / D;
+    let v = 0;
+    for (let i = 0; i < D; i++) v += (x.data[r * D + i] - mean) ** 2;
+    return { mean, rstd: 1 / Math.sqrt(v / D + eps) };
+  });
+}
+
+/** dx of y = (x − mean)·rstd per row for upstream g, in float64: rstd·(g − mean(g) − x̂·mean(g·x̂)). */
+function normalizeBackwardRef(x: Nd, g: Nd, D: number, eps: number): Float64Array {
+  const dx = new Float64Array(x.data.length);
+  rowStats(x, D, eps).forEach(({ mean, rstd }, r) => {
+    let sg = 0;
+    let sgx = 0;
+    for (let i = 0; i < D; i++) {
+      sg += g.data[r * D + i];
+      sgx += g.data[r * D + i] * (x.data[r * D + i] - mean) * rstd;
+    }
+    for (let i = 0; i < D; i++) dx[r * D + i] = rstd * (g.data[r * D + i] - sg / D - (x.data[r * D + i] - mean) * rstd * (sgx / D));
+  });
+  return dx;
+}
+
+t.test('groupNorm on rows of 65,536 values (a thread per row) matches float64 within 1e-6, forward and backward', async (t) => {
+  // [1, 64, 128, 128] in 32 groups: 32 rows of 2 × 16,384 values.
+  const shape = [1, 64, 128, 128];
+  const x = randomNd(shape, 61, 2.5, 3.5);
+  const gamma = { data: new Float64Array(64).fill(1), shape: [64] };
+  const beta = { data: new Float64Array(64), shape: [64] };
+  const g = randomNd(shape, 62, 0.5, 1.5);
+  const xt = upload(e, x, true);
+  const y = ops.groupNorm(xt, upload(e, gamma), upload(e, beta), { groups: 32 });
+  const forward = maxRelError(await y.read(), groupNormRef(x, gamma, beta, 32, 1e-5).data);
+  t.ok(forward < TOLERANCE, `forward: ${forward.toExponential(2)}`);
+  e.tape.backward(ops.sum(ops.mul(y, upload(e, g))));
+  const backward = maxRelError(await xt.grad!.read(), normalizeBackwardRef(x, g, 2 * 128 * 128, 1e-5));
+  t.ok(backward < TOLERANCE, `input gradient: ${backward.toExponential(2)}`);
+});
+
+t.test('normalizeRows (LayerNorm) on 16 rows of 65,536 values matches float64 within 1e-6, forward and backward', async (t) => {
+  const D = 65536;
+  const x = randomNd([16, D], 63, 4.5, 5.5);
+  const g = randomNd([16, D], 64, 0.5, 1.5);
+  const xt = upload(e, x, true);
+  const y = ops.normalizeRows(xt, D);
+  const stats = rowStats(x, D, 1e-5);
+  const ref = x.data.map((v, i) => (v - stats[Math.floor(i / D)].mean) * stats[Math.floor(i / D)].rstd);
+  const forward = maxRelError(await y.read(), ref);
+  t.ok(forward < TOLERANCE, `forward: ${forward.toExponential(2)}`);
+  e.tape.backward(ops.sum(ops.mul(y, upload(e, g))));
+  const backward = maxRelError(await xt.grad!.read(), normalizeBackwardRef(x, g, D, 1e-5));
+  t.ok(backward < TOLERANCE, `input gradient: ${backward.toExponential(2)}`);
+});
+
+t.test('sum over 2¹⁸ values matches float64 within 1e-6 in each reduce kernel', async (t) => {
+  // [16, 2¹⁸] over axis 1: a thread per row, as vec4s; [2, 2¹⁸] over axis 1: a workgroup per row;
+  // [2¹⁸, 16] over axis 0: a thread per output column.
+  for (const [label, shape, axis] of [['a thread per row', [16, 1 << 18], 1], ['a workgroup per row', [2, 1 << 18], 1], ['a thread per column', [1 << 18, 16], 0]] as const) {
+    const x = randomNd([...shape], 65, 0.5, 1.5);
+    const [rows, cols] = shape;
+    const ref = axis === 1
+      ? Float64Array.from({ length: rows }, (_, r) => x.data.subarray(r * cols, (r + 1) * cols).reduce((s, v) => s + v, 0))
+      : Float64Array.from({ length: cols }, (_, c) => {
+        let s = 0;
+        for (let r = 0; r < rows; r++) s += x.data[r * cols + c];
+        return s;
+      });
+    const err = maxRelError(await ops.sum(upload(e, x), [axis]).read(), ref);
+    t.ok(err < TOLERANCE, `${label}: ${err.toExponential(2)}`);
+  }
+});
