@@ -25,7 +25,7 @@ import { sweepLinearProbes } from '../train/sweep.ts';
 import { given, type OptionSpecs, parseArgs, UsageError } from './args.ts';
 import { checkpointHash, loadModel, MODEL_OPTIONS, resolveFlags } from './model-options.ts';
 import { checkOutputFile } from './output-file.ts';
-import { fmtTime, progressBar } from './progress.ts';
+import { announceResume, fmtTime, progressBar } from './progress.ts';
 import { heatmapSvg } from './render/charts.ts';
 import { writeSweepHeatmaps } from './render/sweep-heatmaps.ts';
 import { writeChart } from './render/write-chart.ts';
@@ -281,6 +281,7 @@ async function trainCommand(argv: string[]): Promise<number> {
   await mkdir(o.out, { recursive: true });
   await removeStaleTempFiles(o.out);
   const head = o.head === 'difformer' ? 'attention' : o.head;
+  await announceResume(o.resume, join(o.out, 'state.safetensors'));
   const result = await fitHead(e, train, test, {
     head: head as 'linear' | 'attention', classes, timesteps: ts, blocks: bs, pool: probePool,
     attention: { dim: o.dim, layers: o.layers, heads: o.heads, prePoolSize: o['pre-pool'] },
@@ -317,6 +318,7 @@ async function trainDifFeed(o: TrainOptions): Promise<number> {
   };
   await mkdir(o.out, { recursive: true });
   await removeStaleTempFiles(o.out);
+  await announceResume(o.resume, join(o.out, 'state.safetensors'));
   const result = await fitDifFeed(e, unet, await source('train', o['per-class']), await source('test', o['test-per-class']), {
     classes: FASHION_MNIST_CLASSES.length, strategy: o.strategy as DifFeedOptions['strategy'], t: t[0], featureBlock: o.b?.[0],
     head: { dim: o.dim, layers: o.layers, heads: o.heads, prePoolSize: o['pre-pool'] },

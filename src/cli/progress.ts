@@ -1,4 +1,5 @@
 // A one-line progress bar with rate and ETA on stderr (plain lines when stderr is not a terminal).
+import { resumeNotice } from '../train/checkpoint.ts';
 import { fmtTime } from '../train/format-time.ts';
 
 export { fmtTime };
@@ -23,4 +24,10 @@ export function progressBar(label: string, unit: string) {
     const line = `${label} [${'#'.repeat(fill)}${' '.repeat(width - fill)}] ${done}/${total} ${unit}${speed}`;
     process.stderr.write(tty ? `\r${line}${done >= total ? '\n' : ''}` : `${line}\n`);
   };
+}
+
+/** With --resume, says which training state continues (or that none is saved at `path` yet) before the run starts. */
+export async function announceResume(resume: boolean, path: string): Promise<void> {
+  const notice = resume ? await resumeNotice(path) : undefined;
+  if (notice) console.log(notice);
 }

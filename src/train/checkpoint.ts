@@ -81,6 +81,25 @@ export async function prepareResume(path: string, resume: boolean, settings: Run
   return true;
 }
 
+/**
+ * The line a command prints for `--resume` before it starts: which state continues and from where,
+ * or that there is none at `path` yet — a restarted job may rerun the same command before its
+ * first save, so that starts a new run, but never without saying so (a mistyped --out looked like
+ * a resume). Undefined when the file cannot be read: prepareResume then says why.
+ */
+export async function resumeNotice(path: string): Promise<string | undefined> {
+  if (!(await exists(path))) return `--resume: no training state at ${path} yet (nothing was saved before the last run stopped, or another --out): starting a new run`;
+  try {
+    const src = await openSafetensors(path);
+    const progress = src.metadata.progress;
+    await src.close();
+    const done = JSON.parse(progress ?? '{}') as Partial<TrainingProgress>;
+    return `--resume: continuing ${path} after ${done.steps ?? '?'} steps`;
+  } catch {
+    return undefined;
+  }
+}
+
 /** The settings a training state was started with (its `settings` metadata). */
 export function readRunSettings(path: string, metadata: Record<string, string>): RunSettings {
   if (metadata.settings === undefined) throw new CheckpointError(path, 'records no run settings (written by an older difrep, or not a training state)');

@@ -23,7 +23,12 @@ t.test('pretrain writes a resumable state and an EMA state dict that sample load
   // 0.9999² of the export is the starting weights.
   t.match(stderr, /warning: with --ema 0\.9999 over 2 steps, 100 % of ema\.safetensors \(and of the samples\) is still the starting weights; give more --steps/);
   const { stdout: more } = await difrep('pretrain', '--model', config, '--steps', '3', '--batch', '4', '--images', '64', '--out', join(dir, 'run'), '--resume');
+  t.match(more, /--resume: continuing .*state\.safetensors after 2 steps\n/, 'says which state continues');
   t.match(more, /pretrained to step 3/);
+  // --resume where nothing was saved yet (a restarted job before its first save, or a mistyped --out) starts anew, saying so.
+  const { stdout: fresh } = await difrep('pretrain', '--model', config, '--steps', '1', '--batch', '4', '--images', '64', '--out', join(dir, 'other'), '--resume');
+  t.match(fresh, /--resume: no training state at .*other.state\.safetensors yet \(nothing was saved before the last run stopped, or another --out\): starting a new run/);
+  t.match(fresh, /pretrained to step 1/);
   t.equal(JSON.parse(await readFile(join(dir, 'run', 'loss.json'), 'utf8')).at(-1)[0], 3);
   t.match(await readFile(join(dir, 'run', 'loss.svg'), 'utf8'), /class="loss"[^>]* points="[\d.]+,[\d.]+ [\d.]+,[\d.]+"/, 'the loss chart, one point per logged step');
   t.ok(decode(await readFile(join(dir, 'run', 'loss.png'))).width > 0);
