@@ -16,6 +16,7 @@ import { checkLoss, saveTrainingState, startOrResume } from './checkpoint.ts';
 import { diffusionLoss } from './diffusion-loss.ts';
 import { epochBatches } from './epoch-batches.ts';
 import type { ImageSource } from './extract.ts';
+import { assertFinite } from './finite.ts';
 import { coinFlips, mirrorImages } from './flips.ts';
 import { Adam } from './optimizer.ts';
 import { trainStep } from './train-step.ts';
@@ -113,12 +114,15 @@ export async function pretrain(e: Engine, unet: UNet, data: ImageSource, o: Pret
   }
   let lastSave = performance.now();
   const logEvery = o.logEvery ?? 10;
+  // The step after which the loss was last read: a NaN read now arose at one of the steps since.
+  let lastRead = step;
   while (step < o.steps) {
     // Everything random in a step derives from (seed, step), so a resumed run draws the same batches.
     const rand = generator(seed * 1_000_003 + step);
     const idx = batchOf(step, rand);
     const ts = idx.map(() => rand(schedule.steps));
     const drawn = await data.images(idx);
+    assertFinite(drawn, `the batch of step ${step + 1} (dataset indices ${idx.slice(0, 4).join(', ')}${idx.length > 4 ? ', …' : ''})`);
     const x0Data = flip ? mirrorImages(drawn, batch, C, S, coinFlips(seed * 1_000_003 + step, idx.map((_, slot) => slot))) : drawn;
     const x0 = e.tensor(x0Data, [batch, C, S, S], 'x0');
     const eps = e.tensor(gaussianNoise(batch * C * S * S, rand(2 ** 31)), [batch, C, S, S], 'eps');
@@ -133,7 +137,11 @@ export async function pretrain(e: Engine, unet: UNet, data: ImageSource, o: Pret
     x0.dispose();
     eps.dispose();
     step++;
-    if (loss !== undefined) losses.push([step, checkLoss(loss, `step ${step}`)]);
+    if (loss !== undefined) {
+      const where = step - lastRead > 1 ? `one of steps ${lastRead + 1}–${step} (the loss is read every ${logEvery} steps)` : `step ${step}`;
+      losses.push([step, checkLoss(loss, where)]);
+      lastRead = step;
+    }
     o.onStep?.(step, loss);
     const due = o.checkpoint && (step === o.steps || performance.now() - lastSave > (o.checkpointEverySeconds ?? 300) * 1000);
     if (due) {

@@ -150,3 +150,24 @@ t.test('flips: a fair coin per image, mirroring each channel\'s rows; a state wi
   t.equal((await pretrain(e, UNet.random(e, tiny, 2), data, { steps: 2, batchSize: 4, flip: false, batches: 'replacement', checkpoint: state, resume: true })).steps, 2);
   await rm(dir, { recursive: true });
 });
+
+// The loss is read back every logEvery steps: a NaN read then may have arisen at any step since
+// the last read, so the error names that range; a NaN in the images is caught before the step.
+t.test('a NaN loss names the steps since the last read; NaN images name their step', async (t) => {
+  const unet = UNet.random(e, tiny, 1);
+  const [name, weight] = [...unet.parameters()][3];
+  const poisoned = await weight.read();
+  poisoned[0] = NaN;
+  e.writeBuffer(weight.buffer, 0, poisoned);
+  await t.rejects(pretrain(e, unet, data, { steps: 3, batchSize: 4, lr: 1e-3, logEvery: 10 }),
+    { name: 'NonFiniteError', message: /^the training loss is NaN at one of steps 1–3 \(the loss is read every 10 steps\)/ }, `a NaN in ${name}`);
+  const clean = UNet.random(e, tiny, 1);
+  let calls = 0;
+  const withNaN = { ...data, images: async (sel: readonly number[]) => {
+    const images = await data.images(sel);
+    if (++calls === 3) images[5] = NaN;
+    return images;
+  } };
+  await t.rejects(pretrain(e, clean, withNaN, { steps: 5, batchSize: 4, lr: 1e-3, logEvery: 10 }),
+    { name: 'NonFiniteError', message: /^the batch of step 3 \(dataset indices [\d, …]+\) holds NaN at index 5$/ });
+});
