@@ -8,6 +8,7 @@ import type { Engine } from '../engine/engine.ts';
 import { add, addScalar, clampSymmetric, exp, mul, scale, sub } from '../engine/ops/elementwise.ts';
 import { slice } from '../engine/ops/layout.ts';
 import { sum } from '../engine/ops/reduce.ts';
+import { hashSeeds } from '../engine/random.ts';
 import type { Tensor } from '../engine/tensor.ts';
 import { gaussianNoise, linearSchedule, posterior } from './diffusion.ts';
 import type { UNet } from './unet.ts';
@@ -32,7 +33,8 @@ export interface SampleOptions {
   count: number;
   /**
    * An integer from 0 to 2^32 − 1 (default 0; the noise generator's seeds are 32-bit). x_T is
-   * gaussianNoise(n, seed) and DDPM's z_t is gaussianNoise(n, seed·7919 + t + 1).
+   * gaussianNoise(n, seed) and DDPM's z_t is gaussianNoise(n, hashSeeds(seed, t)) (a hashed stream:
+   * seed·7919 + t + 1, as it was, made some seeds' z_t another's x_T, or their own).
    */
   seed?: number;
   /**
@@ -105,7 +107,7 @@ export async function sample(e: Engine, unet: UNet, o: SampleOptions): Promise<T
         const q = posterior(sch, t);
         const meanX = add(scale(x0, q.coefX0), scale(x, q.coefXt));
         if (t === 0) return meanX;
-        const z = e.tensor(gaussianNoise(n, seed * 7919 + t + 1), shape, 'z');
+        const z = e.tensor(gaussianNoise(n, hashSeeds(seed, t)), shape, 'z');
         if (!v) return add(meanX, scale(z, Math.exp(q.logBeta / 2)));
         // LEARNED_RANGE (Nichol & Dhariwal, Eq. 15): log σ² = f·log β_t + (1 − f)·log β̃_t, f = (v + 1)/2.
         const sigma = exp(addScalar(scale(v, (q.logBeta - q.logVariance) / 4), (q.logBeta + q.logVariance) / 4));

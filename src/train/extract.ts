@@ -8,6 +8,7 @@ import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Engine } from '../engine/engine.ts';
 import { adaptiveAvgPool2d } from '../engine/ops/adaptive-pool.ts';
+import { hashSeeds } from '../engine/random.ts';
 import type { Tensor } from '../engine/tensor.ts';
 import { gaussianNoise, linearSchedule, qSample } from '../model/diffusion.ts';
 import { firstNonFinite } from '../model/checkpoint/tensor-source.ts';
@@ -57,14 +58,7 @@ const DEFAULT_CHUNK = 256;
  * ε for 200 images × 28 epochs, and two extraction seeds the same ε for other images).
  */
 export function noiseSeed(seed: number, image: number, t: number): number {
-  const mix = (v: number) => {
-    let h = Math.imul(v ^ (v >>> 16), 0x85ebca6b) >>> 0;
-    h = Math.imul(h ^ (h >>> 13), 0xc2b2ae35) >>> 0;
-    return (h ^ (h >>> 16)) >>> 0;
-  };
-  let h = mix((seed ^ 0x9e3779b9) >>> 0);
-  for (const v of [image, t]) h = mix((h ^ v) >>> 0);
-  return h;
+  return hashSeeds(seed, image, t);
 }
 
 /**

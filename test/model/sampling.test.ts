@@ -2,6 +2,7 @@
 // on lavapipe: the GPU backlog grew every step), and option checks before anything is allocated.
 import { existsSync, readFileSync } from 'node:fs';
 import t from 'tap';
+import { hashSeeds } from '../../src/engine/random.ts';
 import { gaussianNoise } from '../../src/model/diffusion.ts';
 import { checkSampleOptions, ddimTimesteps, imageGrid, sample, type SampleOptions } from '../../src/model/sampling.ts';
 import { UNet } from '../../src/model/unet.ts';
@@ -51,14 +52,14 @@ t.test('a full 1000-step DDPM run with ε̂ = 0 follows the clipped posterior me
   t.same(x.shape, [count, 3, 8, 8]);
 
   // The recurrence by hand in float64, with the sampler's documented noise: x_T from the seed, z_t
-  // from seed·7919 + t + 1; x̂0 = clamp(x_t/sqrt(ᾱ_t), ±1) (ε̂ = 0), mean = β_t·sqrt(ᾱ_{t−1})/(1−ᾱ_t)·x̂0
+  // from hashSeeds(seed, t); x̂0 = clamp(x_t/sqrt(ᾱ_t), ±1) (ε̂ = 0), mean = β_t·sqrt(ᾱ_{t−1})/(1−ᾱ_t)·x̂0
   // + (1−ᾱ_{t−1})·sqrt(α_t)/(1−ᾱ_t)·x_t with ᾱ_{−1} = 1, α_t = ᾱ_t/ᾱ_{t−1}; no noise at t = 0.
   const ac = alphasCumprod();
   const ref = Float64Array.from(gaussianNoise(n, seed));
   for (let step = 999; step >= 0; step--) {
     const prev = step > 0 ? ac[step - 1] : 1;
     const alpha = ac[step] / prev;
-    const z = step > 0 ? gaussianNoise(n, seed * 7919 + step + 1) : null;
+    const z = step > 0 ? gaussianNoise(n, hashSeeds(seed, step)) : null;
     for (let i = 0; i < n; i++) {
       const x0 = Math.min(1, Math.max(-1, ref[i] / Math.sqrt(ac[step])));
       const mean = ((1 - alpha) * Math.sqrt(prev) * x0 + (1 - prev) * Math.sqrt(alpha) * ref[i]) / (1 - ac[step]);
@@ -95,7 +96,7 @@ t.test('a learn_sigma model samples with its learned variance: σ_t² = exp(f·l
     const prev = step > 0 ? ac[step - 1] : 1;
     const alpha = ac[step] / prev;
     const beta = 1 - alpha;
-    const z = step > 0 ? gaussianNoise(n, seed * 7919 + step + 1) : null;
+    const z = step > 0 ? gaussianNoise(n, hashSeeds(seed, step)) : null;
     for (let i = 0; i < n; i++) {
       const x0 = Math.min(1, Math.max(-1, ref[i] / Math.sqrt(ac[step])));
       const mean = (beta * Math.sqrt(prev) * x0 + (1 - prev) * Math.sqrt(alpha) * ref[i]) / (1 - ac[step]);
@@ -176,4 +177,17 @@ t.test('image grids quantise as guided-diffusion\'s image_sample.py: ((x + 1)·1
   const pixel = (x: number, y: number) => rgb[((2 + y) * width + 2 + x) * 3];
   t.same([pixel(0, 0), pixel(1, 0), pixel(0, 1), pixel(1, 1)], [0, 0, 127, 191]);
   t.equal(imageGrid(Float32Array.from([3, 3, 3, 3]), 1, 1, 2, 1).rgb[(2 * 6 + 2) * 3], 255);
+});
+
+// DDPM's step noise comes from a hashed stream: seed·7919 + t + 1, as it was, made z_t of run 0
+// the x_T of runs 1…1000, and of seed 731196756 its own x_T (z_999 = x_T: a biased first step).
+t.test('DDPM step noise never reuses an x_T: no z_t seed of runs 0–99 is another run\'s x_T seed 0–999, nor its own', async (t) => {
+  let reused = 0;
+  for (const seed of [...Array(100).keys(), 731196756, 1346313315]) {
+    for (let step = 1; step < 1000; step++) {
+      const z = hashSeeds(seed, step);
+      if (z < 1000 || z === seed) reused++;
+    }
+  }
+  t.equal(reused, 0);
 });
