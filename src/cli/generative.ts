@@ -118,7 +118,9 @@ async function sampleCommand(argv: string[]): Promise<number> {
   try {
     checkSampleOptions({ count: o.count, seed: o.seed, ddimSteps: ddim }); // before the model loads
   } catch (err) {
-    throw new UsageError(`difrep sample: ${(err as Error).message.replace(/^sample: /, '')}`);
+    // The library names its options (ddimSteps); the user typed flags (--ddim-steps).
+    const flag = { count: '--count', seed: '--seed', ddimSteps: '--ddim-steps' } as Record<string, string>;
+    throw new UsageError(`difrep sample: ${(err as Error).message.replace(/^sample: (\w+)/, (_, name: string) => flag[name] ?? name)}`);
   }
   await checkOutputFile('sample', 'out', o.out);
   const e = await tunedEngine();

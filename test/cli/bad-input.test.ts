@@ -52,6 +52,7 @@ const CASES: [string, string[], RegExp][] = [
   ['pretrain', ['--ema', '1.5'], /--ema must be a number ≥ 0 and ≤ 1, got "1.5"/],
   ['pretrain', ['--steps', '0'], /--steps must be an integer ≥ 1/],
   ['sample', ['--ddim-steps', '5000'], /--ddim-steps must be an integer ≥ 0 and ≤ 1000, got "5000"/],
+  ['sample', ['--ddim-steps', '1'], /^difrep sample: --ddim-steps must be 0 \(DDPM ancestral sampling over all 1000 steps\) or an integer from 2 to 1000 .*got 1$/],
   ['sample', ['--count', '0'], /--count must be an integer ≥ 1/],
   // Output files are checked before any work (sample found a missing folder after its last step).
   ['sample', ['--count', '1', '--out', join(dir, 'nodir', 'x.png')], /--out .*nodir\/x\.png: the folder .*nodir does not exist; create it first/],
