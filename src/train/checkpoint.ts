@@ -4,6 +4,7 @@
 import { access } from 'node:fs/promises';
 import type { Engine } from '../engine/engine.ts';
 import type { Tensor } from '../engine/tensor.ts';
+import { unwritableReason } from '../model/checkpoint/atomic-write.ts';
 import { CheckpointError } from '../model/checkpoint/checkpoint-error.ts';
 import { openSafetensors, writeSafetensors } from '../model/checkpoint/safetensors.ts';
 import { firstNonFinite, readFinite } from '../model/checkpoint/tensor-source.ts';
@@ -188,8 +189,12 @@ export async function loadTrainingState(e: Engine, path: string, params: Map<str
  * optimizer moments are then loaded; `prepareResume`'s checks come first.
  */
 export async function startOrResume(e: Engine, path: string | undefined, resume: boolean, settings: RunSettings, params: Map<string, Tensor>, optimizer: Optimizer): Promise<TrainingProgress | undefined> {
-  if (!path || !(await prepareResume(path, resume, settings))) return undefined;
-  return loadTrainingState(e, path, params, optimizer);
+  if (!path) return undefined;
+  if (await prepareResume(path, resume, settings)) return loadTrainingState(e, path, params, optimizer);
+  // A fresh run saves its first state minutes in: find out now whether it can.
+  const reason = await unwritableReason(path);
+  if (reason) throw new Error(`cannot save the training state ${path}: ${reason}; nothing was trained`);
+  return undefined;
 }
 
 /** A training loss that is NaN or Inf stops the run, naming the step (the last saved state stays as it was). */

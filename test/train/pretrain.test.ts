@@ -171,3 +171,13 @@ t.test('a NaN loss names the steps since the last read; NaN images name their st
   await t.rejects(pretrain(e, clean, withNaN, { steps: 5, batchSize: 4, lr: 1e-3, logEvery: 10 }),
     { name: 'NonFiniteError', message: /^the batch of step 3 \(dataset indices [\d, …]+\) holds NaN at index 5$/ });
 });
+
+// The first state is saved minutes in (--checkpoint-every, 300 s): a checkpoint path that cannot be
+// written is refused before the first step, not after the training it was to keep.
+t.test('a checkpoint in a folder that does not exist is refused before any step', async (t) => {
+  const unet = UNet.random(e, tiny, 1);
+  let steps = 0;
+  await t.rejects(pretrain(e, unet, data, { steps: 2, batchSize: 4, checkpoint: join(tmpdir(), 'difrep-no-such-folder', 'state.safetensors'), onStep: () => void steps++ }),
+    /^cannot save the training state .*difrep-no-such-folder.state\.safetensors: the folder .*difrep-no-such-folder does not exist; create it first; nothing was trained$/);
+  t.equal(steps, 0, 'no step taken');
+});

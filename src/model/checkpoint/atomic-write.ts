@@ -3,6 +3,9 @@
 // the directory is fsynced so that the rename survives a crash too. A failed write removes its
 // temp file; temp files of processes that died mid-write are removed by removeStaleTempFiles (the
 // pid and time in the name tell whether the writer still runs: ./process-claim.ts).
+import { constants } from 'node:fs';
+import { access, stat } from 'node:fs/promises';
+import { dirname, resolve } from 'node:path';
 import { describeFsError } from './fs-error.ts';
 import { claimState } from './process-claim.ts';
 
@@ -11,6 +14,23 @@ const TEMP_NAME = /^(.+)\.(\d+)\.(\d{13,})\.tmp$/;
 
 /** Errors of a directory fsync on systems and file systems that do not support one (Windows cannot open a directory). */
 const NO_DIRECTORY_SYNC = new Set(['EINVAL', 'EISDIR', 'EPERM', 'EACCES', 'ENOTSUP', 'EOPNOTSUPP', 'EBADF']);
+
+/**
+ * Why `path` could not be written, checked before the work that produces it (a typo in a folder was
+ * found only at the first save, after the training or sampling it was to keep): it is a folder, its
+ * folder does not exist, or that folder cannot be written. Undefined when it can.
+ */
+export async function unwritableReason(path: string): Promise<string | undefined> {
+  if ((await stat(path).catch(() => undefined))?.isDirectory()) return `${path} is a folder: give a file name`;
+  const dir = dirname(resolve(path));
+  if (!(await stat(dir).catch(() => undefined))?.isDirectory()) return `the folder ${dir} does not exist; create it first`;
+  try {
+    await access(dir, constants.W_OK);
+  } catch {
+    return `${dir} cannot be written`;
+  }
+  return undefined;
+}
 
 export async function writeFileAtomic(path: string, data: Uint8Array | string): Promise<void> {
   const fs = await import('node:fs/promises');
