@@ -22,19 +22,23 @@ for (const [file, expectTensors] of [['attention-head', 60], ['difformer', 76], 
   });
 }
 
-t.test('DifFeed at the 1e-4 goal: a tied ReLU input explains feedback.5, one tie at a time, and nothing else is excused', async (t) => {
-  // feedback.5 has four ReLU inputs within rounding of 0; PyTorch put one of them on the other side.
-  // Moving all four across 0 (what the tie check did) gave 1.8e-3, and it excused any failing
-  // gradient, of any layer or of the head, whose rerun matched.
+t.test('DifFeed at the 1e-4 goal: every gradient within 1e-4, a ReLU tie excusing only its own feedback layer', async (t) => {
+  // feedback.5 has four ReLU inputs within rounding of 0. With BatchNorm's statistics summed in one
+  // f32 chain per channel, one of them fell on the other side of PyTorch's (feedback.5 5.46e-4 off,
+  // explained by moving that tie); summed in blocks (kernels/row-reduction.ts) all four fall as in
+  // PyTorch on lavapipe. Another adapter's rounding may still flip one: then only that layer's conv
+  // and BatchNorm may be excused, and only by a tie whose move makes them match.
   const dump = await openSafetensors(new URL('../fixtures/difeed.safetensors', import.meta.url).pathname);
   const notes: string[] = [];
   const report = await headParity(e, dump, { gradientTolerance: 1e-4, onNote: (n) => notes.push(n) });
   await dump.close();
-  const resolved = report.results.filter((c) => c.note?.startsWith('with ReLU ties resolved'));
-  t.ok(resolved.length > 0 && resolved.every((c) => c.name.startsWith('grad.feedback.5.')), `resolved: ${resolved.map((c) => c.name).join(', ')}`);
-  for (const c of resolved) t.ok(c.maxRel < 1e-4, `${c.name}: ${c.maxRel.toExponential(2)} (${c.note})`);
-  t.match(notes.join('\n'), /feedback\.5: 4 ReLU input\(s\) within .* of 0; matched with the one\(s\) at \d+ moved across 0/);
-  t.ok(report.results.filter((c) => c.name.startsWith('grad.')).every((c) => c.pass), 'every gradient within 1e-4, the tie explained');
+  const grads = report.results.filter((c) => c.name.startsWith('grad.'));
+  t.ok(grads.length > 0 && grads.every((c) => c.pass), `every gradient within 1e-4 (worst ${Math.max(...grads.map((c) => c.maxRel)).toExponential(2)})`);
+  for (const c of report.results.filter((r) => r.note?.startsWith('with ReLU ties resolved'))) {
+    const layer = /^grad\.feedback\.(\d+)\./.exec(c.name)?.[1];
+    t.ok(layer !== undefined && c.maxRel < 1e-4, `${c.name}: ${c.maxRel.toExponential(2)} (${c.note})`);
+    t.match(notes.join('\n'), new RegExp(`feedback\\.${layer}: \\d+ ReLU input\\(s\\) within .* of 0; matched with`));
+  }
 });
 
 t.test('with the U-Net weights, the DifFormer dump\'s input features are recomputed from its images within 1e-5', async (t) => {
