@@ -77,7 +77,6 @@ export class Tape {
    * gradient added to `.grad` (as in PyTorch: zero or dispose grads between steps).
    */
   backward(root: Tensor, seed?: Tensor): void {
-    const e = this.engine;
     if (!seed && root.size !== 1) {
       throw new Error(`backward() needs a scalar or an explicit gradient; got ${root.label} ${shapeString(root.shape)}`);
     }
@@ -92,6 +91,22 @@ export class Tape {
     }
     const grads = new Map<number, Tensor>();
     const owned = (g: Tensor) => g !== seed;
+    try {
+      this.propagate(root, seed, grads, owned);
+    } catch (err) {
+      // A rule that threw (a binding over the device's limit, say) leaves the tape cleared and
+      // every hold released once, so the caller can go on (a retry at a smaller batch).
+      for (const g of grads.values()) if (owned(g)) g.dispose();
+      throw err;
+    } finally {
+      for (const node of this.nodes) this.releaseSaved(node);
+      this.reset();
+    }
+  }
+
+  /** backward()'s walk over the nodes, gradients held in `grads`, each node's saved tensors released as it runs. */
+  private propagate(root: Tensor, seed: Tensor | undefined, grads: Map<number, Tensor>, owned: (g: Tensor) => boolean): void {
+    const e = this.engine;
     e.noGrad(() => {
       grads.set(root.id, seed ?? e.keep(fillConstant(e, root.shape, 1)));
       for (let i = this.nodes.length - 1; i >= 0; i--) {
@@ -125,7 +140,7 @@ export class Tape {
             grads.delete(o.id);
           }
         }
-        for (const s of node.saved) s.unhold();
+        this.releaseSaved(node);
       }
       for (const [id, g] of grads) {
         const leaf = this.leaves.get(id);
@@ -139,13 +154,19 @@ export class Tape {
         g.dispose();
         leaf.grad = leaf.grad ? this.sum(leaf.grad, shaped) : shaped;
       }
+      grads.clear();
     });
-    this.reset();
+  }
+
+  /** Releases the tensors `node` saved for its rule, once. */
+  private releaseSaved(node: TapeNode): void {
+    for (const s of node.saved) s.unhold();
+    node.saved = [];
   }
 
   /** Drops every recorded node (e.g. after a forward pass whose gradients are not wanted). */
   clear(): void {
-    for (const n of this.nodes) for (const s of n.saved) s.unhold();
+    for (const n of this.nodes) this.releaseSaved(n);
     this.reset();
   }
 

@@ -117,6 +117,7 @@ export class Tensor {
   }
 
   unhold(): void {
+    if (this.holds <= 0) throw new Error(`internal: ${this.label} ${shapeString(this.shape)} released by the tape more often than it was saved`);
     this.holds--;
     this.freeIfUnused();
   }
