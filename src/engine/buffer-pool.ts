@@ -32,7 +32,9 @@ export class BufferPool {
   constructor(private device: GPUDevice, private maxBufferSize: number) {}
 
   acquire(bytes: number, label: string): GPUBuffer {
-    const size = sizeClass(bytes);
+    let size = sizeClass(bytes);
+    // Past the largest class that fits, the exact size (in 4-byte words) may still fit.
+    if (size > this.maxBufferSize) size = Math.ceil(Math.max(16, bytes) / 4) * 4;
     if (size > this.maxBufferSize) {
       throw new RangeError(
         `${label}: a buffer of ${bytes} bytes exceeds this device's maxBufferSize (${this.maxBufferSize}); use a smaller batch or image size`,
@@ -64,8 +66,11 @@ export class BufferPool {
     list.push(buffer);
   }
 
-  /** Destroys every pooled (free) buffer. */
-  trim(): void {
+  /**
+   * Destroys every pooled (free) buffer. Private: a buffer released while recorded work still uses
+   * it sits in the free lists until that work is submitted, and destroying it drops the batch.
+   */
+  private trim(): void {
     for (const list of this.free.values()) for (const b of list) b.destroy();
     this.free.clear();
     this.stats.pooledBytes = 0;

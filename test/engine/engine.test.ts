@@ -1,7 +1,7 @@
 import { execFileSync } from 'node:child_process';
 import t from 'tap';
 import { createEngine, GpuError, ops, requestDevice } from '../../src/index.ts';
-import { sizeClass } from '../../src/engine/buffer-pool.ts';
+import { BufferPool, sizeClass } from '../../src/engine/buffer-pool.ts';
 import { testEngine } from '../helpers/check.ts';
 import { uniformLayout } from '../../kernels/uniform-layout.ts';
 
@@ -24,6 +24,19 @@ t.test('size classes waste at most a third and are monotone', async (t) => {
     t.ok(c >= b && c <= Math.max(256, b * 1.5 + 256) && c >= prev, `${b} -> ${c}`);
     prev = c;
   }
+});
+
+// Sizes whose class would pass maxBufferSize get a buffer of their own size: on lavapipe (4 GiB − 1)
+// every tensor over 3 GiB rounded up to 4 GiB and was refused though it fits.
+t.test('a buffer over the last size class that fits maxBufferSize gets its exact size; one over the limit is refused', async (t) => {
+  const pool = new BufferPool(e.device, 3000);
+  const b = pool.acquire(2900, 'big');
+  t.equal(b.size, 2900, 'class 3072 > 3000: the exact size');
+  t.equal(pool.acquire(2500, 'classed').size, 2560, 'below it: its class');
+  t.throws(() => pool.acquire(3001, 'too big'), /too big: a buffer of 3001 bytes exceeds this device's maxBufferSize \(3000\)/);
+  pool.release(b);
+  t.equal(pool.acquire(2900, 'again').size, 2900, 'and is pooled under that size');
+  pool.destroyAll();
 });
 
 t.test('the buffer pool reuses a freed buffer of the same class', async (t) => {
@@ -70,6 +83,30 @@ t.test('backward frees what the tape saved', async (t) => {
   t.equal(e.tape.length, 0);
   t.equal(e.memoryStats().liveBytes - live0, 256, 'only x.grad remains');
   x.dispose();
+});
+
+// A rule can throw (a binding over the device's limit, the command backlog): the nodes walked
+// before it had released their saved tensors, and the tape's clear() released them again, so a
+// tensor saved by a later graph was freed while that graph still needed it.
+t.test('a backward rule that throws leaves the tape cleared and saved tensors held exactly as needed', async (t) => {
+  const w = e.tensor([1, 1, 1, 1], [4], 'w');
+  w.requiresGrad = true;
+  const x = e.tensor([5, 6, 7, 8], [4], 'x');
+  const y = ops.mul(w, x);
+  const boom = ops.scale(y, 1);
+  e.tape.record('boom', [y], [boom], [x], () => {
+    throw new Error('boom rule');
+  });
+  const loss = ops.sum(ops.mul(boom, x));
+  t.throws(() => e.tape.backward(loss), /boom rule/);
+  t.equal(e.tape.length, 0, 'the tape is cleared');
+  e.tape.clear();
+  // A new graph saving x, then x disposed by the caller: the tape alone keeps it for backward.
+  const loss2 = ops.sum(ops.mul(w, x));
+  x.dispose();
+  e.tape.backward(loss2);
+  t.same(Array.from(await w.grad!.read()), [5, 6, 7, 8], 'dL/dw = x, by hand');
+  for (const v of [w, y, boom, loss, loss2]) v.dispose();
 });
 
 t.test('a tidy whose function throws frees what it made', async (t) => {
