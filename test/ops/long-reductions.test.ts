@@ -89,3 +89,10 @@ t.test('sum over 2¹⁸ values matches float64 within 1e-6 in each reduce kernel
     t.ok(err < TOLERANCE, `${label}: ${err.toExponential(2)}`);
   }
 });
+
+t.test('adaptiveAvgPool2d of a 256² map to 1×1 (65,536 values a window) matches float64 within 1e-6', async (t) => {
+  const x = randomNd([1, 2, 256, 256], 66, 2.5, 3.5);
+  const ref = [0, 1].map((p) => x.data.subarray(p * 65536, (p + 1) * 65536).reduce((s, v) => s + v, 0) / 65536);
+  const err = maxRelError(await ops.adaptiveAvgPool2d(upload(e, x), 1, 1).read(), Float64Array.from(ref));
+  t.ok(err < TOLERANCE, `${err.toExponential(2)}`);
+});
