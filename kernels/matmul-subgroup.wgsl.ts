@@ -1,7 +1,8 @@
 // Batched matmul C[b] = op(A[b]) · op(B[b]) (+ bias[n]) for CPU adapters whose subgroups are 8
 // lanes wide (lavapipe): a workgroup is one subgroup, with no workgroup memory and no barrier.
 // Lane l computes `rows` rows × 4 columns of C (columns col0 + 4l … col0 + 4l + 3, so the
-// subgroup covers 32 columns), all lanes the same rows. Every step of s along K (s = 2, or 4 with
+// subgroup covers 32 columns; with two column groups also col0 + 32 + 4l … + 3, 64 columns), all
+// lanes the same rows. Every step of s along K (s = 2, or 4 with
 // transposed B: SubgroupGemmStep), each lane loads its s × 4 block of B and a share of the rows × s
 // block of A — rows/8 vectors, distinct in every lane — and the A values reach all lanes by
 // subgroupBroadcast.
@@ -110,6 +111,8 @@ export function subgroupGemmStep(rows: SubgroupGemmRows, transA: boolean, kStep:
 const accumulator = (i: number, g: number) => (g === 0 ? `acc${i}` : `acc${i}_${g}`);
 /** The lane's B values at k + kk for column group g (b{kk} for the first group). */
 const bValue = (kk: number, g: number) => (g === 0 ? `b${kk}` : `b${kk}_${g}`);
+/** The lane's first column in column group g (`col` its first in group 0). */
+const groupColumn = (g: number) => (g === 0 ? 'col' : `col + ${SUBGROUP_GEMM_COLUMNS * g}u`);
 
 /** matmul's uniforms (strides 0 broadcast a matrix) and, for `sumBatches`, the batches summed. */
 const SUBGROUP_MATMUL_PARAMS = uniformLayout({ M: 'u32', N: 'u32', K: 'u32', strideA: 'u32', strideB: 'u32', batches: 'u32' });
@@ -132,6 +135,7 @@ export interface SubgroupMatmulVariant extends Omit<MatmulVariant, 'vec4'> {
  */
 export function subgroupMatmulKernel(v: SubgroupMatmulVariant, rows: SubgroupGemmRows, groups: SubgroupGemmColumnGroups = 1): KernelSource<typeof SUBGROUP_MATMUL_PARAMS> {
   if (v.bias && v.rowBias) throw new RangeError('subgroupMatmulKernel: a column bias or a row bias, not both');
+  if (v.transB && groups > 1) throw new RangeError('subgroupMatmulKernel: transposed B takes one column group (subgroupGemmColumnGroups)');
   let binding = 4;
   const biasBinding = v.bias || v.rowBias ? binding++ : 0;
   const residualBinding = v.residual ? binding++ : 0;
@@ -147,19 +151,16 @@ export function subgroupMatmulKernel(v: SubgroupMatmulVariant, rows: SubgroupGem
       ? `let a${r} = loadA(row0 + ${S * r}u + ${kStep}u * (lane / ${kStep}u), k + lane % ${kStep}u);`
       : `let a${r} = loadA(row0 + ${S * r}u + lane, k);`);
   }
-  // B: the lane's 4 columns of group g at k + kk (bValue); transposed, four vec4s along k are transposed.
-  for (let g = 0; g < groups; g++) {
-    const first = g === 0 ? 'col' : `col + ${SUBGROUP_GEMM_COLUMNS * g}u`;
-    if (v.transB) {
-      for (let j = 0; j < 4; j++) bLoads.push(`let bt${j}_${g} = loadB(k, ${first} + ${j}u);`);
-      for (let kk = 0; kk < 4; kk++) bLoads.push(`let ${bValue(kk, g)} = vec4(${[0, 1, 2, 3].map((j) => `bt${j}_${g}[${kk}]`).join(', ')});`);
-    } else {
-      for (let kk = 0; kk < kStep; kk++) bLoads.push(`let ${bValue(kk, g)} = loadB(k + ${kk}u, ${first});`);
-    }
+  // B: the lane's 4 columns at k + kk as b{kk}; transposed, four vec4s along k are transposed.
+  if (v.transB) {
+    for (let j = 0; j < 4; j++) bLoads.push(`let bt${j} = loadB(k, col + ${j}u);`);
+    for (let kk = 0; kk < 4; kk++) bLoads.push(`let b${kk} = vec4(bt0[${kk}], bt1[${kk}], bt2[${kk}], bt3[${kk}]);`);
+  } else {
+    for (let g = 0; g < groups; g++) for (let kk = 0; kk < kStep; kk++) bLoads.push(`let ${bValue(kk, g)} = loadB(k + ${kk}u, ${groupColumn(g)});`);
   }
   const step = subgroupGemmStep(rows, v.transA, kStep, groups);
   const stores: string[] = [];
-  for (let i = 0; i < rows; i++) for (let g = 0; g < groups; g++) stores.push(`store(row0 + ${i}u, ${g === 0 ? 'col' : `col + ${SUBGROUP_GEMM_COLUMNS * g}u`}, ${accumulator(i, g)});`);
+  for (let i = 0; i < rows; i++) for (let g = 0; g < groups; g++) stores.push(`store(row0 + ${i}u, ${groupColumn(g)}, ${accumulator(i, g)});`);
   const flags = [v.bias && 'bias', v.rowBias && 'rowBias', v.residual && 'res', v.sumBatches && 'sum'].filter(Boolean).map((f) => `.${f}`).join('');
   return {
     params: SUBGROUP_MATMUL_PARAMS,
