@@ -76,15 +76,22 @@ t.test('--per-class above what a class folder holds is warned about (the subset 
   t.match(warnings.join('\n'), /--per-class 3, but b has 2: the subset is not balanced \(5 images\)/);
 });
 
-t.test('a shard of a folder whose files changed since the other shard is refused', async (t) => {
-  const root = join(dir, 'sharded');
-  await folder(root, { a: 30, b: 130 }, 2);
-  const out = join(dir, 'c-sharded');
-  const extract = (shard: string) => run('extract', '--features', 'pixels', '--model', model, '--dataset', 'folder', '--root', root, '--chunk', '2', '--shard', shard, '--out', out);
-  t.equal(await extract('0/2'), 0);
-  // One image replaced by one of another size (same name, same count).
-  await writeFile(join(root, 'b', '1.png'), encode({ width: 20, height: 20, data: new Uint8Array(400).fill(99), channels: 1, depth: 8 }));
-  await t.rejects(extract('1/2'), /already holds features from an extraction with other settings \(chunk-\S+: files \("sha256:[0-9a-f]+\.\.\. → "sha256:[0-9a-f]+\.\.\.\)\)/);
+t.test('a shard of a folder whose files changed since the other shard is refused, whatever their size', async (t) => {
+  for (const [label, replacement] of [
+    ['another size', encode({ width: 20, height: 20, data: new Uint8Array(400).fill(99), channels: 1, depth: 8 })],
+    // Same dimensions and pixels of one value each: the same encoded length, other contents.
+    ['the same size', encode({ width: 16, height: 16, data: new Uint8Array(256).fill(201), channels: 1, depth: 8 })],
+  ] as const) {
+    const root = join(dir, `sharded-${label.replace(/ /g, '-')}`);
+    await folder(root, { a: 30, b: 130 }, 2);
+    const out = join(dir, `c-sharded-${label.replace(/ /g, '-')}`);
+    const extract = (shard: string) => run('extract', '--features', 'pixels', '--model', model, '--dataset', 'folder', '--root', root, '--chunk', '2', '--shard', shard, '--out', out);
+    t.equal(await extract('0/2'), 0);
+    const before = await readFile(join(root, 'b', '1.png'));
+    await writeFile(join(root, 'b', '1.png'), replacement);
+    if (label === 'the same size') t.equal(replacement.length, before.length, 'the replacement has the same byte length');
+    await t.rejects(extract('1/2'), /already holds features from an extraction with other settings \(chunk-\S+: files \("contents-sha256:[0-9a-f]+\.\.\. → "contents-sha256:[0-9a-f]+\.\.\.\)\)/, `one image replaced by one of ${label}`);
+  }
 });
 
 t.test('heads over a folder cache score its recorded classes; another --classes is refused', async (t) => {

@@ -200,19 +200,25 @@ export function decodeImage(bytes: Uint8Array, options: DecodeOptions = {}): Rgb
 }
 
 
+/** Files read at once while fingerprinting a folder. */
+const FINGERPRINT_READS = 64;
+
 /**
- * A fingerprint of the images `idx` of `folder`: SHA-256 of each one's path under the root and size,
- * in order. Shards of one cache, or a resumed extraction, that read a folder whose files have since
- * changed then carry another fingerprint and are not merged (a cache records its provenance).
+ * A fingerprint of the images `idx` of `folder`: SHA-256 over each one's path under the root and
+ * the SHA-256 of its bytes, in order. Shards of one cache, or a resumed extraction, that read a
+ * folder whose files have since changed then carry another fingerprint and are not merged (a cache
+ * records its provenance). Path and size alone, as before, let an image rewritten at the same size
+ * (an uncompressed PNG, a re-encoded JPEG of equal length) pass: one cache then mixed two
+ * versions of the dataset.
  */
 export async function folderFingerprint(folder: ImageFolder, idx: readonly number[]): Promise<string> {
   const hash = createHash('sha256');
-  for (const i of idx) {
-    const file = folder.files[i];
-    const { size } = await stat(file);
-    hash.update(`${relative(folder.root, file)}\t${size}\n`);
+  for (let start = 0; start < idx.length; start += FINGERPRINT_READS) {
+    const files = idx.slice(start, start + FINGERPRINT_READS).map((i) => folder.files[i]);
+    const digests = await Promise.all(files.map(async (file) => createHash('sha256').update(await readFile(file)).digest('hex')));
+    files.forEach((file, k) => hash.update(`${relative(folder.root, file)}\t${digests[k]}\n`));
   }
-  return `sha256:${hash.digest('hex')}`;
+  return `contents-sha256:${hash.digest('hex')}`;
 }
 
 /** What became of one file of a batch. */
