@@ -47,9 +47,9 @@ export async function demoCommand(argv: string[]): Promise<number> {
   }
   const started = performance.now();
   const e = await tunedEngine();
-  const { unet, hash } = await loadModel(e, o.model, o.checkpoint);
+  const { unet, hash, sha256 } = await loadModel(e, o.model, o.checkpoint);
   const S = unet.plan.flags.image_size;
-  console.log(`difrep demo: U-Net ${o.checkpoint} (${unet.plan.blocks.length} blocks, ${S}×${S}, sha256 ${hash}) on ${e.handle.info.description || e.handle.info.vendor}`);
+  console.log(`difrep demo: U-Net ${o.checkpoint} (${unet.plan.blocks.length} blocks, ${S}×${S}, sha256 ${hash}…) on ${e.handle.info.description || e.handle.info.vendor}`);
   const r = await runMiniature(e, unet, {
     outDir: o.out, checkpointHash: hash, trainPerClass: o['train-per-class'], testPerClass: o['test-per-class'], full: o.full, epochs: o.epochs, sweepEpochs: o['sweep-epochs'], stepSize: o['step-size'],
     batchSize: o.batch, difeedEpochs: o['difeed-epochs'], difeedStepSize: o['difeed-step-size'], headDim: o['head-dim'], headLayers: o['head-layers'], headLr: o['head-lr'], prePool: o['pre-pool'],
@@ -62,7 +62,7 @@ export async function demoCommand(argv: string[]): Promise<number> {
     console.log(`| ${row.method} | ${row.features} | ${(100 * row.top1).toFixed(1)}% ± ${(100 * row.top1StdErr).toFixed(1)} | ${gap} | ${(100 * row.top5).toFixed(1)}% | ${row.params.toLocaleString('en')} | ${fmtTime(row.seconds)} |`);
   }
   const total = (performance.now() - started) / 1000;
-  const result = { checkpoint: o.checkpoint, sha256: hash, adapter: e.handle.info, ...r, seconds: total };
+  const result = { checkpoint: o.checkpoint, sha256, adapter: e.handle.info, ...r, seconds: total };
   await writeFileAtomic(join(o.out, 'results.json'), JSON.stringify(result, null, 2) + '\n');
   const chart = await writeChart(join(o.out, 'results.png'), barChartSvg(`Fashion-MNIST top-1, ${r.data.test} test images`, r.rows.map((row) => ({ label: row.method, value: row.top1, error: row.top1StdErr }))));
   const heatmaps = await writeSweepHeatmaps(o.out, r.sweep.map((p) => ({ ...p, value: p.val })), {

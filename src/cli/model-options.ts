@@ -26,16 +26,20 @@ export const MODEL_OPTIONS = {
   checkpoint: { type: 'string', meta: 'FILE', help: 'weights (.pt or .safetensors; a reference dump\'s param.* also works); without it the weights are random (plumbing only)' },
 } satisfies OptionSpecs;
 
-/** The first 16 hex digits of the weights' SHA-256 (what feature caches record), or 'random-weights'. */
-export async function checkpointHash(path: string | undefined): Promise<string> {
-  if (!path) return 'random-weights';
+/** The weights file's SHA-256, 64 hex digits. */
+async function checkpointSha256(path: string): Promise<string> {
   const h = createHash('sha256');
   try {
     for await (const chunk of createReadStream(path)) h.update(chunk as Buffer);
   } catch (e) {
     throw new UsageError(`--checkpoint ${path}: cannot read it (${(e as Error).message})`);
   }
-  return h.digest('hex').slice(0, 16);
+  return h.digest('hex');
+}
+
+/** The first 16 hex digits of the weights' SHA-256 (what feature caches record), or 'random-weights'. */
+export async function checkpointHash(path: string | undefined): Promise<string> {
+  return path ? (await checkpointSha256(path)).slice(0, 16) : 'random-weights';
 }
 
 /** Which file a path names and its state: a file replaced (rename) or rewritten in between reads differently. */
@@ -65,11 +69,16 @@ export async function resolveFlags(model: string): Promise<UNetFlags> {
   return flags;
 }
 
-/** `scratchSeed`: without a checkpoint, start from guided-diffusion's initialisation in that seed (pretraining) instead of plumbing weights. */
-export async function loadModel(e: Engine, model: string, checkpoint: string | undefined, scratchSeed?: number): Promise<{ unet: UNet; flags: UNetFlags; hash: string }> {
+/**
+ * The U-Net of --model with the weights of --checkpoint, its flags, the 16-hex `hash` feature caches
+ * record ('random-weights' without weights) and the file's full `sha256`. `scratchSeed`: without a
+ * checkpoint, start from guided-diffusion's initialisation in that seed (pretraining) instead of
+ * plumbing weights.
+ */
+export async function loadModel(e: Engine, model: string, checkpoint: string | undefined, scratchSeed?: number): Promise<{ unet: UNet; flags: UNetFlags; hash: string; sha256?: string }> {
   const flags = await resolveFlags(model);
   let unet: UNet;
-  let hash = 'random-weights';
+  let sha256: string | undefined;
   if (checkpoint) {
     // The hash must be of the bytes loaded: a pretraining run replaces ema.safetensors every few
     // minutes, so the file is the same one (inode, size, mtime) from before the load to after the hash.
@@ -81,7 +90,7 @@ export async function loadModel(e: Engine, model: string, checkpoint: string | u
     } finally {
       await src.close();
     }
-    hash = await checkpointHash(checkpoint);
+    sha256 = await checkpointSha256(checkpoint);
     if ((await fileIdentity(checkpoint)) !== before) {
       for (const p of unet.parameters().values()) p.dispose();
       throw new UsageError(`--checkpoint ${checkpoint} changed while it was being read (is a training run rewriting it?): copy it to a file nothing writes to, or run again`);
@@ -91,5 +100,5 @@ export async function loadModel(e: Engine, model: string, checkpoint: string | u
     unet = scratchSeed === undefined ? UNet.random(e, flags, 0) : UNet.initial(e, flags, scratchSeed);
   }
   if (paperBlocks(unet.plan).mapped) console.error(`difrep: ${describeMapping(unet.plan)}`);
-  return { unet, flags, hash };
+  return { unet, flags, hash: sha256?.slice(0, 16) ?? 'random-weights', sha256 };
 }
