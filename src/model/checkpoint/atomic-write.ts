@@ -3,9 +3,6 @@
 // the directory is fsynced so that the rename survives a crash too. A failed write removes its
 // temp file; temp files of processes that died mid-write are removed by removeStaleTempFiles (the
 // pid and time in the name tell whether the writer still runs: ./process-claim.ts).
-import { constants } from 'node:fs';
-import { access, stat } from 'node:fs/promises';
-import { dirname, resolve } from 'node:path';
 import { describeFsError } from './fs-error.ts';
 import { claimState } from './process-claim.ts';
 
@@ -21,6 +18,8 @@ const NO_DIRECTORY_SYNC = new Set(['EINVAL', 'EISDIR', 'EPERM', 'EACCES', 'ENOTS
  * folder does not exist, or that folder cannot be written. Undefined when it can.
  */
 export async function unwritableReason(path: string): Promise<string | undefined> {
+  const { access, constants, stat } = await import('node:fs/promises');
+  const { dirname, resolve } = await import('node:path');
   if ((await stat(path).catch(() => undefined))?.isDirectory()) return `${path} is a folder: give a file name`;
   const dir = dirname(resolve(path));
   if (!(await stat(dir).catch(() => undefined))?.isDirectory()) return `the folder ${dir} does not exist; create it first`;
