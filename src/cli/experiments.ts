@@ -184,7 +184,6 @@ async function extractCommand(argv: string[]): Promise<number> {
 }
 
 /** Whether both caches hold raw pixels (then no t or b is chosen); a pixel cache beside a feature cache is refused. */
-
 async function pixelCaches(train: string, test: string, argv: readonly string[]): Promise<boolean> {
   const [a, b] = [await isPixelCache(train), await isPixelCache(test)];
   if (a !== b) throw new UsageError(`${a ? train : test} holds raw pixels but ${a ? test : train} holds U-Net features: give two caches of the same kind`);

@@ -22,7 +22,6 @@ export interface TrainingProgress {
 /** What a run was started with (optimizer, learning rate, batch, seed, …): JSON values. */
 export type RunSettings = Record<string, unknown>;
 
-
 /** Whether `v` is a finite number or a (nested) list of them. */
 function onlyFiniteNumbers(v: unknown): boolean {
   return Array.isArray(v) ? v.every(onlyFiniteNumbers) : Number.isFinite(v);
