@@ -135,7 +135,8 @@ t.test("the app's errors stay the app's, and a read issued before dispose() gets
   // The app's invalid buffer, made while that batch is open, went to the engine's error scope and failed its read.
   device.createBuffer({ size: 4, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.STORAGE, label: 'app mistake' });
   t.same(Array.from(await y.read()), [2, 4, 6, 8], 'the engine\'s read succeeds');
-  await new Promise((r) => setTimeout(r, 50));
+  // The event arrives asynchronously: wait for it (up to 5 s on a loaded machine), not a fixed 50 ms.
+  for (let waited = 0; uncaptured.length === before && waited < 5000; waited += 20) await new Promise((r) => setTimeout(r, 20));
   t.equal(uncaptured.length, before + 1, 'the app\'s handler got its own error');
   uncaptured.length = before;
   // A read issued before dispose() still gets its data.
