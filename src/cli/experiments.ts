@@ -49,6 +49,9 @@ async function featureBlockOf(dir: string): Promise<number> {
   return roles.feature;
 }
 
+/** A top-5 accuracy as printed: with 5 classes or fewer every label ranks in the top 5, so it says nothing. */
+const top5Text = (top5: number, classes: number) => `${(100 * top5).toFixed(2)}%${classes <= 5 ? ` (any label is in the top 5 of ${classes} classes)` : ''}`;
+
 /** The last diffusion timestep (T = 1000 steps, t ∈ 0..999). */
 const T_MAX = 999;
 /** Bounds on counts a flag can ask for (images per class, per chunk) and on seeds (32-bit generators). */
@@ -295,7 +298,7 @@ async function trainCommand(argv: string[]): Promise<number> {
   const { testHits: _, ...summary } = result;
   const full = { ...summary, headArg: o.head, features: pixels ? 'pixels' : 'unet', timesteps: ts, blocks: bs, pool: o.head === 'linear' ? probePool : null, standardize: o.standardize, train: o.train, test: o.test };
   await writeFileAtomic(join(o.out, 'result.json'), JSON.stringify(full, null, 2));
-  console.log(`${o.head}: top-1 ${(100 * result.top1).toFixed(2)}%, top-5 ${(100 * result.top5).toFixed(2)}% (${result.params} parameters, ${fmtTime(result.seconds)}) → ${join(o.out, 'result.json')}`);
+  console.log(`${o.head}: top-1 ${(100 * result.top1).toFixed(2)}%, top-5 ${top5Text(result.top5, classes)} (${result.params} parameters, ${fmtTime(result.seconds)}) → ${join(o.out, 'result.json')}`);
   e.dispose();
   return 0;
 }
@@ -370,7 +373,7 @@ async function knnCommand(argv: string[]): Promise<number> {
   if (tooMany !== undefined) throw new UsageError(`difrep knn: --k ${tooMany} is more than the ${tr.m.n} training images in ${o.train}`);
   const e = await tunedEngine();
   const res = await knnClassify(e, tr.m, tr.labels, te.m, te.labels, { ks: o.k, temperature: o.temperature, classes });
-  for (const r of res) console.log(`kNN k=${r.k}: top-1 ${(100 * r.top1).toFixed(2)}%, top-5 ${(100 * r.top5).toFixed(2)}%`);
+  for (const r of res) console.log(`kNN k=${r.k}: top-1 ${(100 * r.top1).toFixed(2)}%, top-5 ${top5Text(r.top5, classes)}`);
   if (o.out) await writeFileAtomic(o.out, JSON.stringify({ features: pixels ? 'pixels' : 'unet', train: o.train, test: o.test, classes, t, b, pool, standardize: o.standardize, temperature: o.temperature, results: res }, null, 2));
   e.dispose();
   return 0;
@@ -515,7 +518,7 @@ async function evalCommand(argv: string[]): Promise<number> {
     await writeChart(o.png, heatmapSvg(rows, rows.map((_, c) => String(c)), rows.map((_, c) => String(c)), 'confusion (rows: true class, columns: predicted)'));
   }
   const perClass = report.perClass.map((a, c) => `${c}: ${a === null ? '-' : `${(100 * a).toFixed(1)}%`}`).join(', ');
-  console.log(`${o.features}: ${report.images} images, top-1 ${(100 * report.top1).toFixed(2)}%, top-5 ${(100 * report.top5).toFixed(2)}%\nper class: ${perClass}\n→ ${out}`);
+  console.log(`${o.features}: ${report.images} images, top-1 ${(100 * report.top1).toFixed(2)}%, top-5 ${top5Text(report.top5, classes)}\nper class: ${perClass}\n→ ${out}`);
   e.dispose();
   return 0;
 }

@@ -81,6 +81,7 @@ t.test('extract → train → knn → cka on Fashion-MNIST with the adm32-mini r
   t.ok(result.top1 >= 0 && result.top1 <= 1 && result.losses.length === 2 && result.optimizer === 'adam');
   const { stdout: knn } = await difrep('knn', '--train', join(dir, 'train'), '--test', join(dir, 'train'), '--b', '9', '--k', '1');
   t.match(knn, /kNN k=1: top-1 100\.00%/, 'kNN of a set against itself is perfect');
+  t.notMatch(knn, /any label is in the top 5/, 'ten classes: top-5 means something');
   // Without --b, the paper's b24 mapped onto adm32-mini's 9 blocks: b9, printed with the mapping.
   const { stdout: knnMapped, stderr: mapping } = await difrep('knn', '--train', join(dir, 'train'), '--test', join(dir, 'test'), '--k', '1', '--out', join(dir, 'knn.json'));
   t.match(mapping, /block mapping for this 9-block U-Net: b24 ↦ 9/);
@@ -126,6 +127,9 @@ t.test('extract reads an ImageFolder, skips and reports an unreadable image', as
   t.match(stderr, /skipped unreadable image .*bad\.png/);
   t.match(stdout, /decoded 5 images at [\d.]+ images\/s; 1 unreadable skipped; classes: dark, light/);
   t.match(stdout, /extracted 4 images/);
+  // Two classes: every label is in the top 5, and the line says so rather than boast 100 %.
+  const { stdout: knn } = await difrep('knn', '--train', join(root, 'feats'), '--test', join(root, 'feats'), '--b', '9', '--k', '1');
+  t.match(knn, /top-5 100\.00% \(any label is in the top 5 of 2 classes\)/);
   await rm(root, { recursive: true });
 });
 
