@@ -39,6 +39,16 @@ t.test('kNN top-5 credits only classes that got a vote: with k = 1 it is the one
   t.same([k2.top1, k2.top5], [1 / 3, 2 / 3], 'k = 2');
 });
 
+t.test('kNN top-5 ranks a class with a neighbour above the classes without, when its weight rounds to 0', async (t) => {
+  // Training rows (1, 0) of class 5 and (0.6, 0.8) of class 9; the query (1, 0) has label 9; k = 2.
+  // At T = 1e-4 class 9's weight exp((0.6 − 1) / 1e-4) = exp(−4000) is 0 even in float64, yet it has
+  // a neighbour: it ranks second of ten, a top-5 hit (classes 0–3, unvoted, tie with it at 0).
+  const train: FeatureMatrix = { data: Float32Array.from([1, 0, 0.6, 0.8]), n: 2, d: 2 };
+  const query: FeatureMatrix = { data: Float32Array.from([1, 0]), n: 1, d: 2 };
+  const [r] = await knnClassify(e, train, [5, 9], query, [9], { ks: [2], classes: 10, temperature: 1e-4 });
+  t.same([r.top1, r.top5], [0, 1]);
+});
+
 t.test('kNN vote weights stay finite at a small temperature (s / T > 709)', async (t) => {
   // Query at 0°; class 0 has two neighbours at cosine 0.99, class 1 one at cosine 0.995; k = 3.
   // Weights relative to the best neighbour, exp((s − 0.995) / T): T = 0.01 → class 0 gets
@@ -146,6 +156,18 @@ t.test('linear CKA keeps its precision under a large common offset (1000 + featu
   const ref = ckaDirect(x, y);
   t.ok(Math.abs(m[0][1] - ref) < 1e-4, `${m[0][1]} vs ${ref}`);
   t.ok(Math.abs(m[0][0] - 1) < 1e-5, `self ${m[0][0]}`);
+});
+
+t.test('linear CKA does not depend on the features\' scale, even where their float32 Gram would underflow or overflow', async (t) => {
+  // CKA(s·X, Y) = CKA(X, Y) for every s > 0 (the definition's ratio of Frobenius norms). Features of
+  // 1e-22 have Gram entries near 1e-44, below float32's smallest value; of 1e20, entries past its largest.
+  const x = randomNd([30, 6], 31);
+  const y = randomNd([30, 4], 32);
+  const want = ckaDirect({ data: Float32Array.from(x.data), n: 30, d: 6 }, { data: Float32Array.from(y.data), n: 30, d: 4 });
+  for (const scale of [1e-22, 1e-30, 1e20]) {
+    const m = await ckaMatrix(e, [{ data: Float32Array.from(x.data, (v) => v * scale), n: 30, d: 6 }, { data: Float32Array.from(y.data), n: 30, d: 4 }]);
+    t.ok(Math.abs(m[0][1] - want) < 1e-5, `features × ${scale}: ${m[0][1]} vs ${want}`);
+  }
 });
 
 t.test('linear CKA refuses what makes it 0/0 or always 1: a set that is the same for every example, fewer than 3 examples', async (t) => {

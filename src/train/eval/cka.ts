@@ -7,28 +7,42 @@ import type { Engine } from '../../engine/engine.ts';
 import { matmul } from '../../engine/ops/matmul.ts';
 import type { FeatureMatrix } from './knn.ts';
 
-/** X's columns centred in float64, returned as float32 for the GPU. */
-function centreColumns(x: FeatureMatrix): Float32Array {
+/**
+ * X's columns centred in float64 and divided by their largest |value|, returned as float32 for the
+ * GPU (undefined when every column is constant). CKA does not change when a set is scaled, and
+ * scaled to at most 1 its Gram's entries (≤ d) neither overflow float32 nor, for features of 1e-22,
+ * underflow to 0 (which read as "no variance", or as a CKA off in the second digit).
+ */
+function centreColumns(x: FeatureMatrix): Float32Array | undefined {
   const mean = new Float64Array(x.d);
   for (let i = 0; i < x.n; i++) for (let j = 0; j < x.d; j++) mean[j] += x.data[i * x.d + j];
-  const out = new Float32Array(x.data.length);
-  for (let i = 0; i < x.n; i++) for (let j = 0; j < x.d; j++) out[i * x.d + j] = x.data[i * x.d + j] - mean[j] / x.n;
-  return out;
+  const centred = new Float64Array(x.data.length);
+  let largest = 0;
+  for (let i = 0; i < x.n; i++) {
+    for (let j = 0; j < x.d; j++) {
+      const v = x.data[i * x.d + j] - mean[j] / x.n;
+      centred[i * x.d + j] = v;
+      largest = Math.max(largest, Math.abs(v));
+    }
+  }
+  return largest === 0 ? undefined : Float32Array.from(centred, (v) => v / largest);
 }
 
 /**
  * K = X̃·X̃ᵀ from the column-centred X̃, then double-centred (H K H, H = I − 11ᵀ/n) in float64.
  * H·XXᵀ·H = X̃X̃ᵀ exactly, but a float32 Gram of uncentred X loses the signal under a large common
  * offset (its entries grow as offset²·d), so the columns are centred first; H K H stays to remove
- * the mean that rounding X̃ to float32 leaves.
+ * the mean that rounding X̃ to float32 leaves. Undefined for a set that is the same for every example.
  */
-export async function centredGram(e: Engine, x: FeatureMatrix): Promise<Float64Array> {
+export async function centredGram(e: Engine, x: FeatureMatrix): Promise<Float64Array | undefined> {
   const bytes = 4 * x.n * Math.max(x.d, x.n);
   if (bytes > e.maxBindingBytes) {
     throw new RangeError(`CKA: ${x.n} examples of ${x.d} features bind ${bytes} bytes at once (the features or their ${x.n} × ${x.n} Gram), over this device's largest storage binding (${e.maxBindingBytes}): use fewer images or pool the features smaller (--pool)`);
   }
+  const centred = centreColumns(x);
+  if (!centred) return undefined;
   const k = await e.tidy(() => {
-    const t = e.tensor(centreColumns(x), [x.n, x.d], 'cka.features');
+    const t = e.tensor(centred, [x.n, x.d], 'cka.features');
     return matmul(t, t, { transB: true });
   }).readAndDispose();
   const n = x.n;
@@ -63,7 +77,7 @@ export function ckaFromGrams(kc: Float64Array, lc: Float64Array): number {
 /**
  * CKA between every pair of feature sets (all of the same n ≥ 3 examples): a symmetric matrix.
  * `names` (one per set) name a set in errors. A set that is the same for every example has a zero
- * centred Gram, and its CKA with anything is 0/0: refused, as is a Gram that overflowed float32.
+ * centred Gram, and its CKA with anything is 0/0: refused.
  */
 export async function ckaMatrix(e: Engine, sets: FeatureMatrix[], names?: readonly string[]): Promise<number[][]> {
   const n = sets[0]?.n;
@@ -76,10 +90,7 @@ export async function ckaMatrix(e: Engine, sets: FeatureMatrix[], names?: readon
     const bad = s.data.findIndex((v) => !Number.isFinite(v));
     if (bad >= 0) throw new RangeError(`CKA: feature set ${name} holds ${s.data[bad]} (example ${Math.floor(bad / s.d)}, dimension ${bad % s.d}): its CKA is undefined`);
     const gram = await centredGram(e, s);
-    let norm = 0;
-    for (const v of gram) norm += v * v;
-    if (!Number.isFinite(norm)) throw new RangeError(`CKA: feature set ${name} overflows float32 in its Gram matrix (features too large); scale them down`);
-    if (norm === 0) throw new RangeError(`CKA: feature set ${name} is the same for all ${n} examples (no variance), so its CKA with any set is undefined (0/0)`);
+    if (!gram) throw new RangeError(`CKA: feature set ${name} is the same for all ${n} examples (no variance), so its CKA with any set is undefined (0/0)`);
     grams.push(gram);
   }
   const m = grams.map(() => new Array<number>(grams.length).fill(0));

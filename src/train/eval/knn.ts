@@ -93,7 +93,8 @@ export async function knnClassify(
           votes[trainLabels[i]] += Math.exp((row[i] - sMax) / T);
           voted[trainLabels[i]] = 1;
         }
-        const ranked = Array.from(votes.keys()).sort((a, b) => votes[b] - votes[a]);
+        // A voted class whose weights all rounded to 0 (a tiny T) still ranks above the classes nobody voted for.
+        const ranked = Array.from(votes.keys()).sort((a, b) => votes[b] - votes[a] || voted[b] - voted[a]);
         const y = testLabels[start + r];
         if (ranked[0] === y) hits[ki].top1++;
         // Only a class that got a vote is ranked. The reference code (the co-authors' knn_classifier,
