@@ -12,6 +12,12 @@ t.test('top-1, top-5, accuracy per class and the confusion matrix', async (t) =>
   t.same(r.confusion, [[1, 0, 0], [0, 1, 1], [0, 0, 1]]);
   t.same(classificationReport(Float32Array.from([1, 0, 0]), [0], 3).perClass, [1, null, null], 'a class without images has no accuracy');
   t.throws(() => classificationReport(logits, [0, 1, 1, 3], 3), /label 3 of image 3 is not a class 0..2/);
+  // A NaN (argmax would stay on class 0, image 1's label) or Inf logit is no prediction: refused, naming the image.
+  const nan = Float32Array.from(logits);
+  nan[4] = Number.NaN;
+  t.throws(() => classificationReport(nan, [0, 0, 1, 2], 3), { name: 'NonFiniteError', message: /the logits of image 1 hold NaN \(class 1\)/ });
+  nan[4] = Number.POSITIVE_INFINITY;
+  t.throws(() => classificationReport(nan, [0, 1, 1, 2], 3), /the logits of image 1 hold Infinity/);
 });
 
 t.test('countTopK: a label ranked 5th is a top-5 hit, 6th a miss (eight classes, ties to the earlier class)', async (t) => {

@@ -1,4 +1,6 @@
 // Scores of a classifier's logits: top-1/top-5, accuracy per class and the confusion matrix.
+import { firstNonFinite } from '../../model/checkpoint/tensor-source.ts';
+import { NonFiniteError } from '../finite.ts';
 
 /**
  * How many rows of `logits` ([n, K]) rank their label first, and among the first five. A row
@@ -36,10 +38,16 @@ export interface ClassificationReport {
   confusion: number[][];
 }
 
-/** `logits` [n, classes] (finite) against `labels`; the prediction is the first class of highest logit. */
+/**
+ * `logits` [n, classes] against `labels`; the prediction is the first class of highest logit. A NaN
+ * or Inf logit is refused, naming the image: argmax over it would be a prediction the top-1 (which
+ * counts such a row as no prediction) does not make.
+ */
 export function classificationReport(logits: Float32Array, labels: ArrayLike<number>, classes: number): ClassificationReport {
   const n = labels.length;
   if (logits.length !== n * classes) throw new RangeError(`classification report: ${logits.length} logits for ${n} images × ${classes} classes`);
+  const bad = firstNonFinite(logits);
+  if (bad >= 0) throw new NonFiniteError(`classification report: the logits of image ${Math.floor(bad / classes)} hold ${logits[bad]} (class ${bad % classes}); the head's output is not finite there`);
   const confusion = Array.from({ length: classes }, () => new Array<number>(classes).fill(0));
   for (let i = 0; i < n; i++) {
     const y = labels[i];
