@@ -2,6 +2,7 @@
 // BatchNorm without affine): per feature dimension, the training split's mean and unbiased
 // standard deviation (+ 1e-6), applied to the training and the test features alike.
 import type { FeatureArrays, FeatureMaps } from './fit.ts';
+
 export interface Standardizer {
   mean: Float64Array;
   std: Float64Array;
@@ -40,7 +41,8 @@ export function applyStandardizer(s: Standardizer, data: Float32Array): Float32A
  * Every feature set of both splits standardised with the training split's statistics (new arrays;
  * shapes kept), and a warning when some dimension is constant over the training split: its std is
  * then the 1e-6 alone, so a test image that differs there gets a value up to 1e6 times larger,
- * which can swamp every other dimension (a small class-balanced split of pixels has a few).
+ * which can swamp every other dimension (a small class-balanced split of pixels has a few). A
+ * feature set constant in every dimension is refused: standardised, it is all zero.
  */
 export function standardizeSplits(train: FeatureArrays, test: FeatureArrays): { train: FeatureArrays; test: FeatureArrays; warning?: string; constant: string[] } {
   const trainFeatures = new Map<string, FeatureMaps>();
@@ -49,6 +51,9 @@ export function standardizeSplits(train: FeatureArrays, test: FeatureArrays): { 
   for (const [key, f] of train.features) {
     const s = fitStandardizer(f.data, train.count);
     const n = s.std.reduce((c, v) => c + (v === EPS ? 1 : 0), 0);
+    if (n === s.std.length) {
+      throw new RangeError(`standardisation: all ${n} dimensions of the features ${key} are constant over the ${train.count} training images, so every standardised training feature would be 0 (nothing to learn or compare); check the feature cache, use other training images, or leave out --standardize`);
+    }
     if (n) constant.push(`${key}: ${n} of ${s.std.length}`);
     trainFeatures.set(key, { ...f, data: applyStandardizer(s, f.data) });
     const g = test.features.get(key);

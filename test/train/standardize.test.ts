@@ -32,3 +32,8 @@ t.test('a dimension constant over the training split is named in a warning (its 
   t.ok(Math.abs(test.features.get('t150.b9')!.data[1] - 5e5) < 1);
   t.equal(standardizeSplits(f([0, 5, 1, 2, 6, 3], 2), f([1, 5.5, 2], 1)).warning, undefined, 'none when every dimension varies');
 });
+
+t.test('features constant in every dimension over the training split are refused: standardised they are all zero', async (t) => {
+  const f = (data: number[], count: number) => ({ features: new Map([['t150.b9', { data: Float32Array.from(data), shape: [2, 1, 1] }]]), labels: new Array(count).fill(0), count });
+  t.throws(() => standardizeSplits(f([4, 7, 4, 7, 4, 7], 3), f([1, 2], 1)), /standardisation: all 2 dimensions of the features t150\.b9 are constant over the 3 training images, .*leave out --standardize/);
+});
