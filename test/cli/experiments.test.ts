@@ -86,7 +86,7 @@ t.test('extract → train → knn → cka on Fashion-MNIST with the adm32-mini r
   const { stdout: knnMapped, stderr: mapping } = await difrep('knn', '--train', join(dir, 'train'), '--test', join(dir, 'test'), '--k', '1', '--out', join(dir, 'knn.json'));
   t.match(mapping, /block mapping for this 9-block U-Net: b24 ↦ 9/);
   t.match(knnMapped, /kNN k=1: top-1/);
-  t.has(JSON.parse(await readFile(join(dir, 'knn.json'), 'utf8')), { b: 9, t: 150, classes: 10, train: join(dir, 'train'), test: join(dir, 'test') });
+  t.has(JSON.parse(await readFile(join(dir, 'knn.json'), 'utf8')), { b: 9, t: 150, classes: 10, train: join(dir, 'train'), test: join(dir, 'test'), top5Ranks: 'classes with a neighbour among the k (the reference ranks every class)' });
   const { stdout: cka, stderr: ckaWarning } = await difrep('cka', '--features', join(dir, 'test'), '--t', '90', '--b', '5,9', '--out', join(dir, 'cka.json'), '--png', join(dir, 'cka.png'));
   t.match(cka, /linear CKA at t90 over 40 images/);
   const m = JSON.parse(await readFile(join(dir, 'cka.json'), 'utf8'));
