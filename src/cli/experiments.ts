@@ -24,7 +24,7 @@ import { standardizeSplits } from '../train/standardize.ts';
 import { sweepLinearProbes } from '../train/sweep.ts';
 import { given, type OptionSpecs, parseArgs, UsageError } from './args.ts';
 import { checkpointHash, loadModel, MODEL_OPTIONS, resolveFlags } from './model-options.ts';
-import { checkOutputFile } from './output-file.ts';
+import { checkChartOutput, checkOutputFile, checkOutputFolder, type KeptPath } from './output-file.ts';
 import { announceResume, fmtTime, progressBar } from './progress.ts';
 import { heatmapSvg } from './render/charts.ts';
 import { writeSweepHeatmaps } from './render/sweep-heatmaps.ts';
@@ -51,6 +51,12 @@ async function featureBlockOf(dir: string): Promise<number> {
 
 /** A top-5 accuracy as printed: with 5 classes or fewer every label ranks in the top 5, so it says nothing. */
 const top5Text = (top5: number, classes: number) => `${(100 * top5).toFixed(2)}%${classes <= 5 ? ` (any label is in the top 5 of ${classes} classes)` : ''}`;
+
+/** The feature caches a command reads, which its outputs must not replace or write into. */
+const cachesRead = (o: { train: string; test: string }): KeptPath[] => [
+  { path: o.train, what: 'the training feature cache --train reads' },
+  { path: o.test, what: 'the test feature cache --test reads' },
+];
 
 /** The last diffusion timestep (T = 1000 steps, t ∈ 0..999). */
 const T_MAX = 999;
@@ -263,6 +269,7 @@ async function trainCommand(argv: string[]): Promise<number> {
   }
   if (o.head === 'difeed') return trainDifFeed(o);
   for (const k of ['train', 'test'] as const) if (!o[k]) throw new UsageError(`difrep train: --${k} is required for --head ${o.head}`);
+  await checkOutputFolder('train', 'out', o.out, cachesRead({ train: o.train!, test: o.test! }));
   if (o.head === 'linear' && o.b && ((o.t && o.t.length !== 1) || o.b.length !== 1)) throw new UsageError(`difrep train: a linear probe reads one t and one b, got --t ${o.t} --b ${o.b} (difformer fuses several)`);
   const pixels = await pixelCaches(o.train!, o.test!, argv);
   if (!pixels && !o.b) throw new UsageError(`difrep train: --b is required for --head ${o.head}`);
@@ -309,6 +316,7 @@ async function trainDifFeed(o: TrainOptions): Promise<number> {
   if (o.optimizer !== 'adam') throw new UsageError('difrep train: DifFeed trains with Adam (feedback layers at 1e-3, its head at --lr); leave out --optimizer');
   if (o.b && o.b.length !== 1) throw new UsageError(`difrep train: DifFeed feeds one pass-2 block to its head, got --b ${o.b}`);
   if (o.classes !== undefined && o.classes !== FASHION_MNIST_CLASSES.length) throw new UsageError(`difrep train: DifFeed trains on Fashion-MNIST's ${FASHION_MNIST_CLASSES.length} classes, not --classes ${o.classes}: leave it out`);
+  await checkOutputFolder('train', 'out', o.out);
   const e = await tunedEngine();
   const { unet, hash } = await loadModel(e, o.model, o.checkpoint);
   if (o.b && o.b[0] > unet.numBlocks) throw new UsageError(`difrep train: --b ${o.b[0]}: this U-Net has blocks 1..${unet.numBlocks}`);
@@ -352,7 +360,7 @@ const KNN = {
 async function knnCommand(argv: string[]): Promise<number> {
   const o = parseArgs('knn', argv, KNN);
   if (!o) return 0;
-  if (o.out) await checkOutputFile('knn', 'out', o.out);
+  if (o.out) await checkOutputFile('knn', 'out', o.out, cachesRead(o));
   const pixels = await pixelCaches(o.train, o.test, argv);
   const [t, b] = pixels ? [0, PIXEL_BLOCK] : [o.t, o.b ?? (await featureBlockOf(o.train))];
   const pool = o.pool ?? (pixels ? 0 : 1);
@@ -391,8 +399,9 @@ const CKA = {
 async function ckaCommand(argv: string[]): Promise<number> {
   const o = parseArgs('cka', argv, CKA);
   if (!o) return 0;
-  await checkOutputFile('cka', 'out', o.out);
-  if (o.png) await checkOutputFile('cka', 'png', o.png);
+  const keep = [{ path: o.features, what: 'the feature cache --features reads' }];
+  await checkOutputFile('cka', 'out', o.out, keep);
+  if (o.png) await checkChartOutput('cka', 'png', o.png, [...keep, { path: o.out, what: 'the matrix JSON --out names' }]);
   const { t: ts, b: bs } = o;
   if (ts.length > 1 && bs.length > 1) throw new UsageError('difrep cka: compare several blocks at one t, or several t at one block');
   const pairs = ts.length > 1 ? ts.map((t) => [t, bs[0]]) : bs.map((b) => [ts[0], b]);
@@ -436,6 +445,7 @@ const SWEEP = {
 async function sweepCommand(argv: string[]): Promise<number> {
   const o = parseArgs('sweep', argv, SWEEP);
   if (!o) return 0;
+  await checkOutputFolder('sweep', 'out', o.out, cachesRead(o));
   const pixels = await pixelCaches(o.train, o.test, argv);
   if (!pixels && !o.b) throw new UsageError('difrep sweep: --b is required');
   // The pixel baseline's grid includes the whole image (the demo's does too).
@@ -476,9 +486,15 @@ const EVAL = {
 async function evalCommand(argv: string[]): Promise<number> {
   const o = parseArgs('eval', argv, EVAL);
   if (!o) return 0;
-  if (o.out) await checkOutputFile('eval', 'out', o.out);
-  if (o.png) await checkOutputFile('eval', 'png', o.png);
   const state = join(o.run, 'state.safetensors');
+  const out = o.out ?? join(o.run, `eval-${basename(resolve(o.features))}.json`);
+  const keep = [
+    { path: state, what: 'the trained head in --run' },
+    { path: join(o.run, 'result.json'), what: 'the training result in --run' },
+    { path: o.features, what: 'the feature cache --features reads' },
+  ];
+  await checkOutputFile('eval', 'out', out, keep);
+  if (o.png) await checkChartOutput('eval', 'png', o.png, [...keep, { path: out, what: 'the report JSON --out names' }]);
   const settings = await readStateSettings(state);
   const { timesteps, blocks, pool, head } = settings as { timesteps: number[]; blocks: number[]; pool: number | null; head: string };
   // DifFeed (evaluated by its own training run: its result.json) and pretraining states hold no head over cached features.
@@ -511,7 +527,6 @@ async function evalCommand(argv: string[]): Promise<number> {
   const { logits, classes } = await trainedHeadLogits(e, state, split);
   checkLabels(split, classes, o.features);
   const report = classificationReport(logits, split.labels, classes);
-  const out = o.out ?? join(o.run, `eval-${basename(resolve(o.features))}.json`);
   await writeFileAtomic(out, JSON.stringify({ run: o.run, features: o.features, head, timesteps, blocks, pool, standardize: !!data.standardize, ...report }, null, 2));
   if (o.png) {
     const rows = report.confusion.map((row) => row.map((v) => v / Math.max(1, row.reduce((p, x) => p + x, 0))));

@@ -14,7 +14,7 @@ import { loadModel, MODEL_OPTIONS } from './model-options.ts';
 import { announceResume, fmtTime, progressBar } from './progress.ts';
 import { lineChartSvg } from './render/charts.ts';
 import { writeChart } from './render/write-chart.ts';
-import { checkOutputFile } from './output-file.ts';
+import { checkNotKept, checkOutputFile, checkOutputFolder } from './output-file.ts';
 
 const PRETRAIN = {
   ...MODEL_OPTIONS,
@@ -44,6 +44,9 @@ async function pretrainCommand(argv: string[]): Promise<number> {
     const advice = o.steps >= 4 ? `give --ema ${(1 - 3 / o.steps).toPrecision(3)} or lower, or more --steps` : 'give more --steps';
     console.error(`difrep: warning: with --ema ${o.ema} over ${o.steps} steps, ${(100 * initialShare).toFixed(0)} % of ema.safetensors (and of the samples) is still the starting weights; ${advice}`);
   }
+  await checkOutputFolder('pretrain', 'out', o.out);
+  // The run writes these in --out: the starting weights must not be one of them.
+  if (o.checkpoint) for (const f of ['ema.safetensors', 'state.safetensors']) await checkNotKept('pretrain', 'out', join(o.out, f), [{ path: o.checkpoint, what: 'the starting weights --checkpoint reads' }]);
   const e = await tunedEngine();
   // Without --checkpoint the weights start from guided-diffusion's initialisation, seeded by --seed.
   const { unet } = await loadModel(e, o.model, o.checkpoint, o.seed);
@@ -122,7 +125,7 @@ async function sampleCommand(argv: string[]): Promise<number> {
     const flag = { count: '--count', seed: '--seed', ddimSteps: '--ddim-steps' } as Record<string, string>;
     throw new UsageError(`difrep sample: ${(err as Error).message.replace(/^sample: (\w+)/, (_, name: string) => flag[name] ?? name)}`);
   }
-  await checkOutputFile('sample', 'out', o.out);
+  await checkOutputFile('sample', 'out', o.out, o.checkpoint ? [{ path: o.checkpoint, what: 'the U-Net weights --checkpoint reads' }] : []);
   const e = await tunedEngine();
   const { unet } = await loadModel(e, o.model, o.checkpoint);
   const x = await sample(e, unet, { count: o.count, seed: o.seed, ddimSteps: ddim, onStep: progressBar('sample', 'steps') });

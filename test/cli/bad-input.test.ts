@@ -1,7 +1,7 @@
 // Every bad option is refused before anything runs or is created, with one line naming the option,
 // what it got and what it accepts (issue 14's cases, as a table).
 import { existsSync } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
@@ -76,6 +76,37 @@ for (const [command, args, expected] of CASES) {
     t.notOk(existsSync(out), '--out was not created');
   });
 }
+
+t.test('an output never replaces or writes into what the command reads', async (t) => {
+  const base = join(dir, 'kept');
+  const cache = join(base, 'cache');
+  const run = join(base, 'run');
+  const weights = join(base, 'weights.safetensors');
+  await mkdir(cache, { recursive: true });
+  await mkdir(run);
+  await writeFile(weights, 'weights');
+  await writeFile(join(run, 'state.safetensors'), 'head');
+  await symlink(weights, join(base, 'alias.safetensors'));
+  const refused: [string, string[], RegExp][] = [
+    ['sample', ['--checkpoint', weights, '--count', '1', '--out', weights], /--out .*weights\.safetensors is the U-Net weights --checkpoint reads .*choose another path/],
+    ['sample', ['--checkpoint', weights, '--count', '1', '--out', join(base, 'alias.safetensors')], /is the U-Net weights --checkpoint reads/],
+    ['knn', ['--train', cache, '--test', cache, '--out', join(cache, 'chunk-0-8.safetensors')], /--out .* lies inside the training feature cache --train reads .*write it elsewhere/],
+    ['cka', ['--features', cache, '--b', '5', '--out', join(base, 'm.svg'), '--png', join(base, 'm.png')], /--png .*m\.svg is the matrix JSON --out names/],
+    ['eval', ['--run', run, '--features', cache, '--out', join(run, 'state.safetensors')], /--out .* is the trained head in --run/],
+    ['eval', ['--run', run, '--features', cache, '--out', join(run, 'result.json')], /is the training result in --run/],
+    ['train', ['--train', cache, '--test', cache, '--b', '9', '--out', join(cache, 'run')], /--out .* lies inside the training feature cache --train reads/],
+    ['sweep', ['--train', cache, '--test', cache, '--b', '9', '--out', cache], /--out .* is the training feature cache --train reads/],
+    ['train', ['--train', cache, '--test', cache, '--b', '9', '--out', weights], /--out .*weights\.safetensors is a file; it names a folder/],
+    ['pretrain', ['--checkpoint', join(run, 'state.safetensors'), '--out', run], /--out .*state\.safetensors is the starting weights --checkpoint reads/],
+  ];
+  for (const [command, args, expected] of refused) {
+    const err = await COMMANDS[command](args).then(() => null, (e: Error) => e);
+    t.type(err, UsageError, `${command}: a usage error`);
+    t.match(err?.message, expected, `${command} ${args.join(' ')}`);
+  }
+  t.equal(await readFile(weights, 'utf8'), 'weights', 'the weights are untouched');
+  t.equal(await readFile(join(run, 'state.safetensors'), 'utf8'), 'head', 'the head is untouched');
+});
 
 t.test('a missing feature cache is named', async (t) => {
   const err = await COMMANDS.train(['--train', join(dir, 'none'), '--test', join(dir, 'none'), '--b', '9', '--out', out]).then(() => null, (e: Error) => e);
