@@ -12,6 +12,7 @@ import { extname, join, relative } from 'node:path';
 import { convertIndexedToRgb, decode as decodePng, type DecodedPng } from 'fast-png';
 import jpeg from 'jpeg-js';
 import { checkImageSize, MAX_IMAGE_PIXELS, readImageHeader } from './image-header.ts';
+import { decodeJpeg } from './jpeg-decoder.ts';
 import { decodeInterlacedLowDepth, isInterlacedLowDepth } from './png-adam7.ts';
 import { preprocess, type Rgb } from './preprocess.ts';
 
@@ -191,9 +192,9 @@ export function decodeImage(bytes: Uint8Array, options: DecodeOptions = {}): Rgb
   const header = readImageHeader(bytes);
   checkImageSize(header, maxPixels);
   if (header.format === 'jpeg') {
-    // jpeg-js converts every three-channel JPEG from YCbCr unless told otherwise (an Adobe marker
-    // with transform 0 included): libjpeg's choice is passed on (readImageHeader).
-    const img = jpeg.decode(bytes, { colorTransform: header.ycbcr, useTArray: true, formatAsRGBA: false, maxResolutionInMP: Math.ceil(maxPixels / 1e6), maxMemoryUsageInMB: Math.max(512, Math.ceil((maxPixels * 8) / 2 ** 20)) });
+    // One and three channels as PIL reads them (libjpeg); four (CMYK, YCCK) through jpeg-js.
+    if (header.components !== 4) return decodeJpeg(bytes);
+    const img = jpeg.decode(bytes, { useTArray: true, formatAsRGBA: false, maxResolutionInMP: Math.ceil(maxPixels / 1e6), maxMemoryUsageInMB: Math.max(512, Math.ceil((maxPixels * 8) / 2 ** 20)) });
     return { width: img.width, height: img.height, data: img.data as Uint8Array };
   }
   return pngToRgb(isInterlacedLowDepth(bytes) ? decodeInterlacedLowDepth(bytes) : decodePng(bytes, { checkCrc: true }));

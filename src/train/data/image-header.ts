@@ -1,6 +1,7 @@
 // The size an image file declares, read from its header without decoding it: the PNG IHDR chunk
-// or the JPEG SOF frame header (and, for a JPEG, whether its three channels are YCbCr or RGB). Checked against a pixel limit before decoding, as PIL does with
-// Image.MAX_IMAGE_PIXELS, so a small file declaring a huge image cannot take gigabytes.
+// or the JPEG SOF frame header (and a JPEG's channel count). Checked against a pixel limit before
+// decoding, as PIL does with Image.MAX_IMAGE_PIXELS, so a small file declaring a huge image cannot
+// take gigabytes.
 
 /** PIL's default Image.MAX_IMAGE_PIXELS: 1024 × 1024 × 1024 / 4 / 3 (about 0.25 GB as RGB). */
 export const MAX_IMAGE_PIXELS = 89_478_485;
@@ -9,13 +10,8 @@ export interface ImageHeader {
   format: 'png' | 'jpeg';
   width: number;
   height: number;
-  /**
-   * A three-channel JPEG: whether its samples are YCbCr (to be converted to RGB) or RGB already,
-   * by libjpeg's rule (jdapimin.c, default_decompress_parms), which PIL follows: a JFIF marker
-   * means YCbCr; else an Adobe marker's transform code (0: RGB); else component ids 'R', 'G', 'B'
-   * mean RGB; anything else YCbCr.
-   */
-  ycbcr?: boolean;
+  /** A JPEG's channels (components of its frame): 1 grey, 3 YCbCr or RGB, 4 CMYK or YCCK. */
+  components?: number;
 }
 
 const u16 = (b: Uint8Array, at: number) => (b[at] << 8) | b[at + 1];
@@ -35,13 +31,10 @@ export function readImageHeader(bytes: Uint8Array): ImageHeader {
     return { format: 'png', width: u32(bytes, 16), height: u32(bytes, 20) };
   }
   if (bytes[0] === 0xff && bytes[1] === 0xd8) {
-    // Walk the marker segments up to the first scan, as libjpeg reads them before choosing the
-    // colour space: APP0 (JFIF), APP14 (Adobe), and the frame header: FF Cx, length, precision,
-    // height, width, component count, then (id, sampling, table) per component.
+    // Walk the marker segments up to the frame header: FF Cx, length, precision, height, width,
+    // component count, then (id, sampling, table) per component.
     let at = 2;
-    let jfif = false;
-    let adobeTransform: number | undefined;
-    let frame: { width: number; height: number; ids: number[] } | undefined;
+    let frame: { width: number; height: number; components: number } | undefined;
     while (at + 4 <= bytes.length) {
       if (bytes[at] !== 0xff) {
         if (frame) break;
@@ -57,26 +50,15 @@ export function readImageHeader(bytes: Uint8Array): ImageHeader {
         continue;
       }
       if (m === 0xd9 || m === 0xda) break; // end of image or start of scan
-      const segment = bytes.subarray(at + 4, Math.min(bytes.length, at + 2 + u16(bytes, at + 2)));
-      const startsWith = (text: string) => text.split('').every((c, i) => segment[i] === c.charCodeAt(0));
-      // libjpeg's tests (jdmarker.c, examine_app0/examine_app14): "JFIF\0", "Adobe" + 7 bytes.
-      if (m === 0xe0 && startsWith('JFIF\0')) jfif = true;
-      if (m === 0xee && startsWith('Adobe') && segment.length >= 12) adobeTransform = segment[11];
-      if (isSof(m) && !frame) {
+      if (isSof(m)) {
         if (at + 9 > bytes.length) break;
-        const count = at + 10 <= bytes.length ? bytes[at + 9] : 0;
-        const ids = Array.from({ length: count }, (_, c) => bytes[at + 10 + 3 * c]);
-        frame = { height: u16(bytes, at + 5), width: u16(bytes, at + 7), ids };
+        frame = { height: u16(bytes, at + 5), width: u16(bytes, at + 7), components: at + 10 <= bytes.length ? bytes[at + 9] : 0 };
+        break;
       }
       at += 2 + u16(bytes, at + 2);
     }
     if (!frame) throw new Error('JPEG without a frame header (truncated or corrupted)');
-    const header: ImageHeader = { format: 'jpeg', width: frame.width, height: frame.height };
-    if (frame.ids.length === 3) {
-      const rgbIds = frame.ids[0] === 0x52 && frame.ids[1] === 0x47 && frame.ids[2] === 0x42;
-      header.ycbcr = jfif || (adobeTransform !== undefined ? adobeTransform !== 0 : !rgbIds);
-    }
-    return header;
+    return { format: 'jpeg', width: frame.width, height: frame.height, components: frame.components };
   }
   throw new Error('neither PNG nor JPEG');
 }
