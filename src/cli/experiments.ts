@@ -12,7 +12,7 @@ import { type CacheSignature, signatureDifferences } from '../train/cache-signat
 import { checkLabels, checkSameExtraction, checkTrainTestCaches, headClasses, isPixelCache, loadCachedFeatures } from '../train/cached-features.ts';
 import { DecodePool } from '../train/data/decode-pool.ts';
 import { balancedSubset, FASHION_MNIST_CLASSES, imageSource, loadFashionMnist } from '../train/data/fashion-mnist.ts';
-import { folderFingerprint, FOLDER_PREPROCESSING, scanImageFolder, validateImageFolder } from '../train/data/image-folder.ts';
+import { FOLDER_DECODER, folderFingerprint, FOLDER_PREPROCESSING, scanImageFolder, validateImageFolder } from '../train/data/image-folder.ts';
 import { ckaMatrix } from '../train/eval/cka.ts';
 import { knnClassify } from '../train/eval/knn.ts';
 import { checkExistingCache, type ExtractOptions, extractFeatures, extractPixels, featureKey, type ImageSource, openFeatureCache, PIXEL_BLOCK, validateExtractOptions } from '../train/extract.ts';
@@ -155,8 +155,9 @@ async function extractCommand(argv: string[]): Promise<number> {
     // same name (the warning about test scores on training images compares it).
     datasetName = `folder:${await realpath(o.root!)}/per-class=${o['per-class']}`;
     // Labels number the class folders in sorted order: a test folder with other classes would shift them.
-    // The preprocessing is recorded too: caches extracted before it became center_crop_arr hold other x0s.
-    dataset = { classes: JSON.stringify(folder.classes), files: await folderFingerprint(folder, idx), preprocess: FOLDER_PREPROCESSING };
+    // The decoder and preprocessing are recorded too: caches extracted before JPEGs were decoded as
+    // Pillow does, or before the preprocessing became center_crop_arr, hold other x0s.
+    dataset = { classes: JSON.stringify(folder.classes), files: await folderFingerprint(folder, idx), decoder: FOLDER_DECODER, preprocess: FOLDER_PREPROCESSING };
   } else {
     const ds = await loadFashionMnist(o.split as 'train' | 'test');
     const idx = o['per-class'] ? balancedSubset(ds.labels, o['per-class'], o.seed) : Array.from({ length: ds.count }, (_, i) => i);

@@ -82,7 +82,7 @@ export function checkSameExtraction(train: CacheSignature, test: CacheSignature,
       : [only(a, b).length && `only the training cache has ${only(a, b).join(', ')}`, only(b, a).length && `only the test cache has ${only(b, a).join(', ')}`].filter(Boolean).join('; ') || 'the same names in another order';
     throw new Error(`the training cache ${trainDir} and the test cache ${testDir} number different classes (${detail}): a label is the class's place in its own split's sorted list, so both splits need the same class folders; extract both from folders with the same classes, by this difrep`);
   }
-  const differ = (['config', 'checkpoint', 'noise', 'preprocess'] as const).filter((k) => JSON.stringify(train[k]) !== JSON.stringify(test[k]));
+  const differ = (['config', 'checkpoint', 'noise', 'decoder', 'preprocess'] as const).filter((k) => JSON.stringify(train[k]) !== JSON.stringify(test[k]));
   if (differ.length) {
     throw new Error(`the training cache ${trainDir} and the test cache ${testDir} come from different extractions (${differ.map((k) => `${k} ${show(train[k])} against ${show(test[k])}`).join('; ')}): extract both splits with the same --model and --checkpoint, by this difrep`);
   }

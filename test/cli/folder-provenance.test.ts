@@ -115,7 +115,7 @@ t.test('train refuses options of another head, naming the heads they are for', a
   await t.rejects(run('train', ...base, '--checkpoint', '/nonexistent', '--out', join(dir, 'x5')), /--checkpoint \(for difeed\) is not for --head linear/);
 });
 
-t.test('folder caches record their preprocessing; a cache of other x0s is not scored with them', async (t) => {
+t.test('folder caches record their decoder and preprocessing; a cache of other x0s is not scored with them', async (t) => {
   const { openFeatureCache } = await import('../../src/train/extract.ts');
   const { checkSameExtraction } = await import('../../src/train/cached-features.ts');
   const { FOLDER_PREPROCESSING } = await import('../../src/train/data/preprocess.ts');
@@ -124,4 +124,9 @@ t.test('folder caches record their preprocessing; a cache of other x0s is not sc
   // A cache extracted before the preprocessing was recorded (area averaging then).
   const { preprocess: _, ...older } = signature;
   t.throws(() => checkSameExtraction(signature, older as typeof signature, 'new', 'old'), /come from different extractions \(preprocess "center_crop_arr.*" against unset\)/);
+  // A cache whose JPEGs jpeg-js decoded (before the decoder was recorded).
+  const { FOLDER_DECODER } = await import('../../src/train/data/image-folder.ts');
+  t.equal(signature.decoder, FOLDER_DECODER);
+  const { decoder: __, ...jpegJs } = signature;
+  t.throws(() => checkSameExtraction(signature, jpegJs as typeof signature, 'new', 'old'), /come from different extractions \(decoder "PNG fast-png; JPEG libjpeg-turbo.* against unset\)/);
 });

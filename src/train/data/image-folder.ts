@@ -18,6 +18,9 @@ import { preprocess, type Rgb } from './preprocess.ts';
 
 export { FOLDER_PREPROCESSING, preprocess, type Rgb } from './preprocess.ts';
 
+/** How images are decoded, as feature caches record it: caches of JPEGs decoded by jpeg-js (before) hold other x0s. */
+export const FOLDER_DECODER = 'PNG fast-png; JPEG libjpeg-turbo as Pillow (fancy upsampling), CMYK jpeg-js';
+
 export { MAX_IMAGE_PIXELS } from './image-header.ts';
 
 const EXTENSIONS = new Set(['.png', '.jpg', '.jpeg']);
