@@ -63,6 +63,7 @@ export async function fitDifFeed(e: Engine, unet: UNet, train: ImageSource, test
   const epochs = o.epochs ?? 28;
   const batchSize = o.batchSize ?? 16;
   const seed = o.seed ?? 0;
+  AttentionHead.checkSize(e, DifFeed.headOptions(unet, o));
   const difeed = DifFeed.create(e, unet, o, seed);
   // The head binds its attention weights for a whole batch: checked before any work, naming the batch that fits.
   const perImage = AttentionHead.bytesPerImage(difeed.head.options);

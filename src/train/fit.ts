@@ -93,6 +93,7 @@ function buildModel(e: Engine, data: FeatureArrays, o: FitOptions, batchSize: nu
     return { b, channels: s[0], size: s[1] };
   });
   const options = { ...o.attention, blocks, timesteps: o.timesteps, classes: o.classes };
+  AttentionHead.checkSize(e, options);
   // Checked before any work: at the paper's defaults (d 1024, 8 heads, 257 tokens) a batch of 128 binds 270 MB of attention weights.
   const perImage = AttentionHead.bytesPerImage(options);
   if (batchSize * perImage > e.maxBindingBytes) {

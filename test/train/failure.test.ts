@@ -4,6 +4,7 @@ import { mkdtemp, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
+import { createEngine } from '../../src/engine/engine.ts';
 import { type NamedArray, openSafetensors, writeSafetensors } from '../../src/model/checkpoint/safetensors.ts';
 import { countTopK } from '../../src/train/eval/classification.ts';
 import { type FeatureArrays, fitHead, type FitOptions } from '../../src/train/fit.ts';
@@ -93,4 +94,16 @@ t.test('an attention head whose batch cannot fit a storage binding is refused be
   const fits = Math.floor(e.maxBindingBytes / perImage);
   await t.rejects(fitHead(e, big, big, { head: 'attention', classes: 4, timesteps: [150], blocks: [9], attention: { dim: 16, heads: 8, layers: 1, prePoolSize: 16 }, epochs: 1, batchSize: fits + 1 }),
     new RegExp(`attention head: a batch of ${fits + 1} binds ${(fits + 1) * perImage} bytes at once .* give --batch ${fits} or less`));
+});
+
+t.test('an attention head too large to train is refused before anything is allocated', async (t) => {
+  const live = e.memoryStats().liveBytes;
+  const attention = (dim: number, layers: number): FitOptions => linear({ head: 'attention', attention: { dim, layers, heads: 8 } });
+  // 64 layers of d 16384: 12·d² each, 2.06·10¹¹ parameters (16 bytes each to train: 3.3 TB).
+  await t.rejects(fitHead(e, features(8, 1), features(4, 2), attention(16384, 64)), /attention head: 206,\d{3},\d{3},\d{3} parameters \(3\d{3}\.\d GB to train.*over the 500,000,000 allowed: give a smaller --dim or fewer --layers/);
+  // d 4096, one layer (2·10⁸ parameters): its MLP weight [16384, 4096] is 268,435,456 bytes, over a 128 MiB binding.
+  const small = await createEngine({ device: e.device, maxBindingBytes: 128 << 20 });
+  await t.rejects(fitHead(small, features(8, 1), features(4, 2), attention(4096, 1)), /attention head: its weight intra_inter_block_attention\.layers\.1\.mlp\.fc1\.weight \[16384, 4096\] takes 268435456 bytes, over this device's largest storage binding \(134217728\): give a smaller --dim/);
+  small.dispose();
+  t.equal(e.memoryStats().liveBytes, live, 'nothing allocated');
 });

@@ -105,6 +105,30 @@ export class AttentionHead {
     return 4 * L * Math.max(o.heads * L, o.mlpRatio * o.dim, 3 * o.dim);
   }
 
+  /**
+   * Refuses, before anything is allocated, a head over MAX_PARAMETERS or with a weight larger than
+   * one storage binding (a matmul binds it whole): --dim 16384 --layers 64 grew to 24 GB unannounced
+   * until the system's out-of-memory killer ended it.
+   */
+  static checkSize(e: Engine, options: AttentionHeadOptions): void {
+    let parameters = 0;
+    let largest = { name: '', shape: [] as readonly number[], values: 0 };
+    for (const [name, { shape }] of AttentionHead.specs(options)) {
+      const values = shape.reduce((a, b) => a * b, 1);
+      parameters += values;
+      if (values > largest.values) largest = { name, shape, values };
+    }
+    if (parameters > AttentionHead.MAX_PARAMETERS) {
+      throw new RangeError(`attention head: ${parameters.toLocaleString('en')} parameters (${((16 * parameters) / 1e9).toFixed(1)} GB to train: weights, gradients and Adam's two moments), over the ${AttentionHead.MAX_PARAMETERS.toLocaleString('en')} allowed: give a smaller --dim or fewer --layers (the paper's head: --dim 1024, 2 layers, 25 million)`);
+    }
+    if (4 * largest.values > e.maxBindingBytes) {
+      throw new RangeError(`attention head: its weight ${largest.name} [${largest.shape.join(', ')}] takes ${4 * largest.values} bytes, over this device's largest storage binding (${e.maxBindingBytes}): give a smaller --dim`);
+    }
+  }
+
+  /** The most parameters a head may have: 5·10⁸ train in 8 GB. */
+  static readonly MAX_PARAMETERS = 5e8;
+
   static create(e: Engine, options: AttentionHeadOptions, seed = 0): AttentionHead {
     return new AttentionHead(e, options, initStateDict(e, AttentionHead.specs(options), seed));
   }

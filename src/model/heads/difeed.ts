@@ -80,7 +80,8 @@ export class DifFeed {
     return m;
   }
 
-  private static headOptions(unet: UNet, options: DifFeedOptions): AttentionHeadOptions {
+  /** The options of DifFeed's attention head on `unet`'s feature block. */
+  static headOptions(unet: UNet, options: DifFeedOptions): AttentionHeadOptions {
     const feature = feedbackPlan(unet, options).featureBlock;
     const blk = unet.plan.blocks[feature - 1];
     return { ...options.head, blocks: [{ b: feature, channels: blk.outChannels, size: blk.size }], timesteps: [options.t ?? 150], classes: options.classes };
