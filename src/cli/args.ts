@@ -120,6 +120,11 @@ export function parseArgs<T extends OptionSpecs>(command: string, argv: string[]
     if (unknown) throw new UsageError(`difrep ${command}: unknown option ${unknown[1]} (see --help)`);
     const positional = /Unexpected argument '([^']+)'/.exec(err.message);
     if (positional) throw new UsageError(`difrep ${command}: unexpected argument "${positional[1]}" (options start with --; see --help)`);
+    const ambiguous = /Option '([^']+)' argument is ambiguous/.exec(err.message);
+    if (ambiguous) {
+      const next = argv[argv.indexOf(ambiguous[1]) + 1];
+      throw new UsageError(`difrep ${command}: ${ambiguous[1]} needs a value, but the next argument is ${JSON.stringify(next)}, which starts with a dash (a forgotten value?); give a value that starts with one as ${ambiguous[1]}=${next}`);
+    }
     throw new UsageError(`difrep ${command}: ${err.message.split('\n')[0]}`);
   }
   if (parsed.values.help) {

@@ -7,6 +7,7 @@ import { dirname, join } from 'node:path';
 import { createEngine, type Engine } from '../engine/engine.ts';
 import { checkTuning, type Tuning } from '../engine/tuning.ts';
 import { writeFileAtomic } from '../model/checkpoint/atomic-write.ts';
+import { describeFsError } from '../model/checkpoint/fs-error.ts';
 
 /** Adapter → its entry; entries are checked only when their adapter uses them (one from another machine or version blocks nothing here). */
 export type TuningCache = Record<string, unknown>;
@@ -32,7 +33,7 @@ export async function readTuningCache(): Promise<TuningCache> {
     text = await readFile(path, 'utf8');
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return {};
-    throw err;
+    throw new Error(`kernel tuning cache ${path}${process.env.DIFREP_TUNING ? ' (DIFREP_TUNING)' : ''} cannot be read: ${describeFsError(err)}; it names a JSON file \`difrep tune\` writes`);
   }
   const fix = 'delete it (`difrep tune` writes a new one)';
   let cache: unknown;

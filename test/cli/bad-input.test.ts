@@ -64,6 +64,8 @@ const CASES: [string, string[], RegExp][] = [
   // A repeated option kept only its last value: --t 90 --t 150 extracted t 150 alone.
   ['extract', ['--t', '90', '--t', '150'], /--t is given 2 times \("90", "150"\); give it once \(a list takes commas: --t 90,150\)/],
   ['pretrain', ['--steps', '3', '--steps', '7', '--out', 'x'], /--steps is given 2 times \("3", "7"\); give it once$/m],
+  // A forgotten value: Node's parser called it "ambiguous" and its hint was cut off.
+  ['knn', ['--train', 'a', '--test', 'b', '--out', '--standardize'], /^difrep knn: --out needs a value, but the next argument is "--standardize", which starts with a dash \(a forgotten value\?\); give a value that starts with one as --out=--standardize$/],
 ];
 
 for (const [command, args, expected] of CASES) {

@@ -82,3 +82,9 @@ t.test('a broken cache is an error naming the file; a broken entry only for the 
     t.match(err?.message, /the entry of this adapter \(".*"\).*delete that entry, or re-run `difrep tune` to replace it/);
   }
 });
+
+t.test('DIFREP_TUNING naming a folder is an error naming the file and the variable', async (t) => {
+  process.env.DIFREP_TUNING = dir;
+  await t.rejects(readTuningCache(), { message: `kernel tuning cache ${dir} (DIFREP_TUNING) cannot be read: is a directory (EISDIR); it names a JSON file \`difrep tune\` writes` });
+  process.env.DIFREP_TUNING = path;
+});

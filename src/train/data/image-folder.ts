@@ -11,6 +11,7 @@ import { readdir, readFile, realpath, stat } from 'node:fs/promises';
 import { extname, join, relative } from 'node:path';
 import { convertIndexedToRgb, decode as decodePng, type DecodedPng } from 'fast-png';
 import jpeg from 'jpeg-js';
+import { describeFsError } from '../../model/checkpoint/fs-error.ts';
 import { checkImageSize, MAX_IMAGE_PIXELS, readImageHeader } from './image-header.ts';
 import { decodeJpeg } from './jpeg-decoder.ts';
 import { decodeInterlacedLowDepth, isInterlacedLowDepth } from './png-adam7.ts';
@@ -98,8 +99,10 @@ export async function scanImageFolder(root: string): Promise<ImageFolder> {
   let entries;
   try {
     entries = await readdir(root, { withFileTypes: true });
-  } catch {
-    throw new Error(`image folder ${root} does not exist or cannot be read`);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    const why = code === 'ENOENT' ? 'does not exist' : code === 'ENOTDIR' ? 'is a file, not a folder of class folders' : `cannot be read: ${describeFsError(err)}`;
+    throw new Error(`image folder ${root} ${why}`);
   }
   const warnings: string[] = [];
   const classes: string[] = [];

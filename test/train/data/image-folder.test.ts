@@ -46,6 +46,9 @@ t.test('an ImageFolder: sorted classes, PNG and JPEG found, one-image classes wa
   t.same(folder.labels, [0, 0, 1, 2]);
   await rm(root, { recursive: true });
   await t.rejects(scanImageFolder(join(root, 'gone')), /does not exist/);
+  await writeFile(join(tmpdir(), `difrep-not-a-folder-${process.pid}`), 'x');
+  await t.rejects(scanImageFolder(join(tmpdir(), `difrep-not-a-folder-${process.pid}`)), /image folder .*difrep-not-a-folder-\d+ is a file, not a folder of class folders/);
+  await rm(join(tmpdir(), `difrep-not-a-folder-${process.pid}`));
 });
 
 t.test('decoding and preprocessing give the pixel values, in [-1, 1], CHW', async (t) => {
