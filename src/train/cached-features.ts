@@ -141,7 +141,7 @@ function recordedClasses(sig: CacheSignature, where: string): string[] | undefin
  * How many classes a head over the cache with signature `sig` (in `where`) scores: the number of
  * classes the cache records, or `given` (--classes), which must then be that number — a 10-way head
  * over a 3-class folder reported top-5 100 % with 7 classes that never occur. 10 (Fashion-MNIST's)
- * for a cache that records none and no `given`.
+ * for a cache that records none and no `given`. A cache of one class is refused.
  */
 export function headClasses(sig: CacheSignature, given: number | undefined, where: string): number {
   const names = recordedClasses(sig, where);
@@ -150,6 +150,8 @@ export function headClasses(sig: CacheSignature, given: number | undefined, wher
     const shown = names.length <= 12 ? names.join(', ') : `${names.slice(0, 12).join(', ')}, …`;
     throw new Error(`--classes ${given}, but ${where} records ${names.length} classes (${shown}): leave out --classes, or extract from a dataset with those classes`);
   }
+  // One class: every prediction is right (top-1 100 %), a score that says nothing.
+  if (names.length < 2) throw new Error(`${where} records ${names.length === 1 ? `one class (${names[0]})` : 'no class'}: classifying needs at least 2; extract from a folder with two or more class folders`);
   return names.length;
 }
 
