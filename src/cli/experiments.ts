@@ -36,7 +36,7 @@ const warnIf = (warning: string | undefined) => {
 
 /** The paper's b24 mapped by role onto the U-Net whose config the cache in `dir` records (printed when mapped). */
 async function featureBlockOf(dir: string): Promise<number> {
-  const { signature } = await openFeatureCache(dir, { verifyAll: false });
+  const { signature } = await openFeatureCache(dir, { verifyAll: false, writeManifest: false });
   const plan = (() => {
     try {
       return planUNet(flagsFromJson(String(signature.config)));
@@ -186,6 +186,8 @@ async function extractCommand(argv: string[]): Promise<number> {
     }
     const secs = (performance.now() - t0) / 1000;
     console.log(`extracted ${written} images (${pixels ? 'pixels' : `t ${ts}, b ${bs}`}) in ${fmtTime(secs)}: ${(written / secs).toFixed(2)} images/s → ${o.out}`);
+    // A whole cache gets its manifest now (a shard's cache only at merge): its readers write none.
+    if (!shard) await openFeatureCache(o.out, { verifyAll: false });
     e.dispose();
   } finally {
     for (const close of closers) await close();
@@ -207,7 +209,7 @@ async function pixelCaches(train: string, test: string, argv: readonly string[])
  * default pool of 2 read four grey values (14.6 % where the whole 16 × 16 image gives 72.7 %).
  */
 async function pixelSize(dir: string): Promise<number> {
-  const { signature } = await openFeatureCache(dir, { verifyAll: false });
+  const { signature } = await openFeatureCache(dir, { verifyAll: false, writeManifest: false });
   const size = planUNet(flagsFromJson(String(signature.config))).flags.image_size;
   return Math.min(size, signature.pool ?? size);
 }
@@ -522,7 +524,7 @@ async function evalCommand(argv: string[]): Promise<number> {
     warnIf(checkTrainTestCaches(train, loaded, data.train, o.features));
     split = standardizeSplits(train, loaded).test;
   } else if (!recorded && data.train && existsSync(data.train)) {
-    checkSameExtraction((await openFeatureCache(data.train, { verifyAll: false })).signature, loaded.signature, data.train, o.features);
+    checkSameExtraction((await openFeatureCache(data.train, { verifyAll: false, writeManifest: false })).signature, loaded.signature, data.train, o.features);
   }
   const e = await tunedEngine();
   const { logits, classes } = await trainedHeadLogits(e, state, split);

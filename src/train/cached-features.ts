@@ -49,7 +49,7 @@ export type CachedFeatures = FeatureArrays & { signature: CacheSignature };
 
 /** Every t × b of the cache in `dir`, pooled to `pool` × `pool` when given (0: as cached). */
 export async function loadCachedFeatures(dir: string, timesteps: number[], blocks: number[], pool = 0): Promise<CachedFeatures> {
-  const cache = await openFeatureCache(dir, { verifyAll: false }); // features() verifies what it reads
+  const cache = await openFeatureCache(dir, { verifyAll: false, writeManifest: false }); // features() verifies what it reads
   const features = new Map<string, FeatureMaps>();
   for (const t of timesteps) {
     for (const b of blocks) {
@@ -164,6 +164,6 @@ export function checkLabels(data: FeatureArrays, classes: number, where: string)
 
 /** Whether the cache in `dir` holds raw pixels (`difrep extract --features pixels`) rather than U-Net features. */
 export async function isPixelCache(dir: string): Promise<boolean> {
-  const { signature } = await openFeatureCache(dir, { verifyAll: false });
+  const { signature } = await openFeatureCache(dir, { verifyAll: false, writeManifest: false });
   return signature.blocks.length === 1 && signature.blocks[0] === PIXEL_BLOCK;
 }

@@ -81,11 +81,17 @@ export interface OpenFeatureCacheOptions {
    * map when features() reads it.
    */
   verifyAll?: boolean;
+  /**
+   * Write (or refresh) manifest.json (default true: merge, extract). Readers (train, knn, cka,
+   * eval) pass false: a cache on read-only storage, sharded and never merged, has none, and
+   * reading it must not need to write one.
+   */
+  writeManifest?: boolean;
 }
 
 /**
  * Opens a finished extraction (all chunks present, from the same settings, intact), e.g. after
- * several shard workers, and writes/refreshes its manifest.json.
+ * several shard workers, and writes/refreshes its manifest.json (unless options.writeManifest is false).
  */
 export async function openFeatureCache(dir: string, options: OpenFeatureCacheOptions = {}): Promise<FeatureCache> {
   const st = await stat(dir).catch(() => undefined);
@@ -122,7 +128,7 @@ export async function openFeatureCache(dir: string, options: OpenFeatureCacheOpt
       await chunk.close();
     }
   }
-  await refreshManifest(join(dir, 'manifest.json'), JSON.stringify({ ...sig, chunks: expected.map((c) => c.file), complete: true }, null, 2));
+  if (options.writeManifest ?? true) await refreshManifest(join(dir, 'manifest.json'), JSON.stringify({ ...sig, chunks: expected.map((c) => c.file), complete: true }, null, 2));
   return {
     signature: sig,
     count: sig.count,

@@ -357,3 +357,14 @@ t.test('a batch whose taps exceed a storage binding is extracted in fewer images
   await rm(a, { recursive: true });
   await rm(b, { recursive: true });
 });
+
+t.test('readers write nothing into a cache: one never merged (on read-only storage, say) stays without a manifest', async (t) => {
+  const dir = await tempDir();
+  await extractFeatures(e, unet, source(), options(dir));
+  const { loadCachedFeatures } = await import('../../src/train/cached-features.ts');
+  await loadCachedFeatures(dir, [5], [1]);
+  t.notOk((await readdir(dir)).includes('manifest.json'), 'train, knn, sweep, eval: no manifest written');
+  await openFeatureCache(dir);
+  t.ok((await readdir(dir)).includes('manifest.json'), 'merge writes it');
+  await rm(dir, { recursive: true });
+});
