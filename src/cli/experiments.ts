@@ -1,7 +1,7 @@
 // difrep extract | train | knn | cka | sweep | merge: the paper's experiments on Fashion-MNIST (or any dataset
 // given as an ImageSource), from cached features.
 import { existsSync } from 'node:fs';
-import { mkdir, realpath } from 'node:fs/promises';
+import { mkdir, realpath, stat } from 'node:fs/promises';
 import { basename, join, resolve } from 'node:path';
 import { tunedEngine } from './tuning-cache.ts';
 import { removeStaleTempFiles, writeFileAtomic } from '../model/checkpoint/atomic-write.ts';
@@ -490,6 +490,8 @@ async function evalCommand(argv: string[]): Promise<number> {
   const o = parseArgs('eval', argv, EVAL);
   if (!o) return 0;
   const state = join(o.run, 'state.safetensors');
+  // The default report goes into --run: a mistyped --run is named as such, not as a missing output folder.
+  if (!o.out && !(await stat(o.run).catch(() => undefined))?.isDirectory()) throw new UsageError(`difrep eval: --run ${o.run} is not a folder: give the --out folder of a \`difrep train\` run`);
   const out = o.out ?? join(o.run, `eval-${basename(resolve(o.features))}.json`);
   const keep = [
     { path: state, what: 'the trained head in --run' },
@@ -516,7 +518,9 @@ async function evalCommand(argv: string[]): Promise<number> {
   if (data.standardize) {
     // The head saw features standardised with its training split's statistics: recompute them from that cache.
     if (!data.train) throw new UsageError(`difrep eval: ${o.run} was trained on standardised features but records no training cache`);
-    const train = await loadCachedFeatures(data.train, timesteps, blocks, pool ?? 0);
+    const train = await loadCachedFeatures(data.train, timesteps, blocks, pool ?? 0).catch((err: Error) => {
+      throw new Error(`${o.run} was trained on standardised features, whose statistics come from its training cache ${data.train}, which cannot be read: ${err.message}; put that cache back at that path (a moved cache: a symbolic link there will do)`);
+    });
     const changed = recorded ? signatureDifferences(recorded, train.signature) : [];
     if (changed.length) {
       throw new Error(`${data.train} no longer holds the features ${o.run} was trained on (${changed.join(', ')}), and the head's standardisation statistics come from them: extract that cache again as it was, or train the head again`);

@@ -1,6 +1,6 @@
 // A raw-pixel cache holds exactly the model input the U-Net sees, and train, knn and sweep read it
 // without --t/--b (the miniature issue's pixel baseline under the same protocol as the features).
-import { mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rename, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
@@ -92,7 +92,11 @@ t.test('eval rebuilds a trained head from its state and scores any split', async
   t.equal(diagonal / scored.images, scored.top1, 'top-1 is the confusion matrix\'s trace');
   t.equal(scored.images, 40);
   t.ok((await readFile(join(dir, 'confusion.png'))).length > 100);
-  await t.rejects(run('eval', '--run', join(dir, 'nothing'), '--features', join(dir, 'test')), /cannot open|no such file/);
+  // The head's standardisation statistics come from its training cache: moved away, eval says so.
+  await rename(join(dir, 'train'), join(dir, 'train-moved'));
+  await t.rejects(run('eval', '--run', join(dir, 'linear'), '--features', join(dir, 'test')), /linear was trained on standardised features, whose statistics come from its training cache .*train, which cannot be read: feature cache .*train does not exist.*; put that cache back at that path/);
+  await rename(join(dir, 'train-moved'), join(dir, 'train'));
+  await t.rejects(run('eval', '--run', join(dir, 'nothing'), '--features', join(dir, 'test')), /--run .*nothing is not a folder: give the --out folder of a `difrep train` run/);
   // DifFeed and pretraining states (as their runs write them: kind and settings) hold no head over cached features.
   const { writeSafetensors } = await import('../../src/model/checkpoint/safetensors.ts');
   for (const [name, settings, what] of [['difeed-run', { head: 'difeed', classes: 10 }, /holds a DifFeed head \(it needs the U-Net live/], ['pretrain-run', { lr: 1e-4, batchSize: 16 }, /holds no head \(a pretraining run\?\)/]] as const) {
