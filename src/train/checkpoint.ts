@@ -72,13 +72,25 @@ export async function prepareResume(path: string, resume: boolean, settings: Run
   if (kind !== TRAINING_STATE_KIND) throw new Error(`${path} is not a difrep training state; choose another --out`);
   const done = JSON.parse(progress ?? '{}') as Partial<TrainingProgress>;
   if (!resume) throw new Error(`${path} already holds a training state (${done.steps ?? '?'} steps taken): pass --resume to continue that run, or choose another --out (or delete it)`);
-  const before = readRunSettings(path, metadata);
-  const differ = [...new Set([...Object.keys(before), ...Object.keys(settings)])].filter((k) => canonicalJson(before[k]) !== canonicalJson(settings[k]));
+  const differ = settingDifferences(readRunSettings(path, metadata), settings);
   if (differ.length) {
-    const list = differ.map((k) => `${k} ${show(before[k])} there, ${show(settings[k])} now`).join('; ');
-    throw new Error(`cannot resume ${path}: it was started with other settings (${list}); rerun with the run's own options, or choose another --out`);
+    throw new Error(`cannot resume ${path}: it was started with other settings (${differ.join('; ')}); rerun with the run's own options, or choose another --out`);
   }
   return true;
+}
+
+const isPlainObject = (v: unknown): v is Record<string, unknown> => !!v && typeof v === 'object' && !Array.isArray(v);
+
+/**
+ * "key X there, Y now" for each setting that differs, descending into objects so a nested change
+ * names its own path (data.train), not two whole objects of a kilobyte each.
+ */
+function settingDifferences(before: Record<string, unknown>, now: Record<string, unknown>, prefix = ''): string[] {
+  return [...new Set([...Object.keys(before), ...Object.keys(now)])].flatMap((k) => {
+    if (canonicalJson(before[k]) === canonicalJson(now[k])) return [];
+    if (isPlainObject(before[k]) && isPlainObject(now[k])) return settingDifferences(before[k], now[k], `${prefix}${k}.`);
+    return [`${prefix}${k} ${show(before[k])} there, ${show(now[k])} now`];
+  });
 }
 
 /**
