@@ -3,7 +3,7 @@
 // named like one of the command's inputs replaced it (`sample --checkpoint ck --out ck` turned the
 // weights into a PNG).
 import { realpath, stat } from 'node:fs/promises';
-import { basename, dirname, join, resolve, sep } from 'node:path';
+import { basename, dirname, extname, join, resolve, sep } from 'node:path';
 import { unwritableReason } from '../model/checkpoint/atomic-write.ts';
 import { UsageError } from './args.ts';
 import { chartFiles } from './render/write-chart.ts';
@@ -54,8 +54,10 @@ export async function checkOutputFolder(command: string, option: string, path: s
   await checkNotKept(command, option, path, keep);
 }
 
-/** checkOutputFile for both files of a chart named `path` (its PNG and SVG: chartFiles). */
+/** checkOutputFile for both files of a chart named `path` (its PNG and SVG: chartFiles); another extension is refused. */
 export async function checkChartOutput(command: string, option: string, path: string, keep: readonly KeptPath[] = []): Promise<void> {
+  const ext = extname(path);
+  if (ext && !/^\.(png|svg)$/i.test(ext)) throw new UsageError(`difrep ${command}: --${option} ${path}: a chart is written as a PNG and an SVG beside it; give a name ending in .png (not ${ext})`);
   for (const file of Object.values(chartFiles(path))) await checkOutputFile(command, option, file, keep);
 }
 

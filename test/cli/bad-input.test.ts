@@ -61,6 +61,7 @@ const CASES: [string, string[], RegExp][] = [
   ['cka', ['--features', 'a', '--b', '5', '--out', join(dir, 'nodir', 'c.json')], /difrep cka: --out .*: the folder .*nodir does not exist/],
   ['cka', ['--features', 'a', '--b', '5', '--out', join(dir, 'c.json'), '--png', join(dir, 'nodir', 'c.png')], /difrep cka: --png .*: the folder .*nodir does not exist/],
   ['eval', ['--run', dir, '--features', 'b', '--png', join(dir, 'nodir', 'c.png')], /difrep eval: --png .*: the folder .*nodir does not exist/],
+  ['cka', ['--features', 'a', '--b', '5', '--out', join(dir, 'c.json'), '--png', join(dir, 'c.jpg')], /difrep cka: --png .*c\.jpg: a chart is written as a PNG and an SVG beside it; give a name ending in \.png \(not \.jpg\)/],
   // A repeated option kept only its last value: --t 90 --t 150 extracted t 150 alone.
   ['extract', ['--t', '90', '--t', '150'], /--t is given 2 times \("90", "150"\); give it once \(a list takes commas: --t 90,150\)/],
   ['pretrain', ['--steps', '3', '--steps', '7', '--out', 'x'], /--steps is given 2 times \("3", "7"\); give it once$/m],
