@@ -1,7 +1,7 @@
 // difrep extract | train | knn | cka | sweep | merge: the paper's experiments on Fashion-MNIST (or any dataset
 // given as an ImageSource), from cached features.
 import { existsSync } from 'node:fs';
-import { mkdir, realpath, stat } from 'node:fs/promises';
+import { mkdir, readFile, realpath, stat } from 'node:fs/promises';
 import { basename, join, resolve } from 'node:path';
 import { tunedEngine } from './tuning-cache.ts';
 import { removeStaleTempFiles, writeFileAtomic } from '../model/checkpoint/atomic-write.ts';
@@ -493,6 +493,11 @@ async function evalCommand(argv: string[]): Promise<number> {
   // The default report goes into --run: a mistyped --run is named as such, not as a missing output folder.
   if (!o.out && !(await stat(o.run).catch(() => undefined))?.isDirectory()) throw new UsageError(`difrep eval: --run ${o.run} is not a folder: give the --out folder of a \`difrep train\` run`);
   const out = o.out ?? join(o.run, `eval-${basename(resolve(o.features))}.json`);
+  if (!o.out) {
+    // The default name comes from the cache folder's name alone: …/a/test and …/b/test share it.
+    const earlier = (await readFile(out, 'utf8').then(JSON.parse).catch(() => undefined)) as { features?: string } | undefined;
+    if (earlier?.features !== undefined && resolve(earlier.features) !== resolve(o.features)) throw new UsageError(`difrep eval: ${out} holds the report of another feature cache (${earlier.features}); give --out to keep both`);
+  }
   const keep = [
     { path: state, what: 'the trained head in --run' },
     { path: join(o.run, 'result.json'), what: 'the training result in --run' },

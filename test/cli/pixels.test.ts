@@ -1,6 +1,6 @@
 // A raw-pixel cache holds exactly the model input the U-Net sees, and train, knn and sweep read it
 // without --t/--b (the miniature issue's pixel baseline under the same protocol as the features).
-import { mkdir, mkdtemp, readFile, rename, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rename, rm, symlink } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
@@ -92,6 +92,10 @@ t.test('eval rebuilds a trained head from its state and scores any split', async
   t.equal(diagonal / scored.images, scored.top1, 'top-1 is the confusion matrix\'s trace');
   t.equal(scored.images, 40);
   t.ok((await readFile(join(dir, 'confusion.png'))).length > 100);
+  // Another cache folder named test: its default report name is taken, so eval asks for --out.
+  await mkdir(join(dir, 'other'), { recursive: true });
+  await symlink(join(dir, 'test'), join(dir, 'other', 'test'));
+  await t.rejects(run('eval', '--run', join(dir, 'linear'), '--features', join(dir, 'other', 'test')), /eval-test\.json holds the report of another feature cache \(.*\/test\); give --out to keep both/);
   // The head's standardisation statistics come from its training cache: moved away, eval says so.
   await rename(join(dir, 'train'), join(dir, 'train-moved'));
   await t.rejects(run('eval', '--run', join(dir, 'linear'), '--features', join(dir, 'test')), /linear was trained on standardised features, whose statistics come from its training cache .*train, which cannot be read: feature cache .*train does not exist.*; put that cache back at that path/);
