@@ -77,6 +77,9 @@ export class Tape {
    * gradient added to `.grad` (as in PyTorch: zero or dispose grads between steps).
    */
   backward(root: Tensor, seed?: Tensor): void {
+    // Tensor ids count per engine: another engine's root would walk this tape's nodes of the same ids.
+    this.engine.checkOwn(root, 'backward()');
+    if (seed) this.engine.checkOwn(seed, 'backward() gradient');
     if (!seed && root.size !== 1) {
       throw new Error(`backward() needs a scalar or an explicit gradient; got ${root.label} ${shapeString(root.shape)}`);
     }

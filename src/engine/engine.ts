@@ -128,6 +128,8 @@ export class Engine {
   private uploadsInBatch: GPUBuffer[] = [];
   private pendingErrors: Promise<(GPUError & { kind: string }) | null>[] = [];
   private lostReason: string | null = null;
+  /** Set by the first GPU error a wait reports: the batch it was in was dropped, uploads included. */
+  private failedReason: string | null = null;
   private tensorCounter = 0;
   /** Commands recorded since creation, and how many of the first ones the GPU is known to have run. */
   private commandsRecorded = 0;
@@ -158,6 +160,9 @@ export class Engine {
     this.maxCommandsInFlight = options.maxCommandsInFlight ?? DEFAULT_MAX_COMMANDS_IN_FLIGHT;
     if (!Number.isInteger(this.maxCommandsInFlight) || this.maxCommandsInFlight < 1) {
       throw new RangeError(`maxCommandsInFlight must be a positive integer, got ${options.maxCommandsInFlight}`);
+    }
+    if (options.maxBindingBytes !== undefined && !(Number.isInteger(options.maxBindingBytes) && options.maxBindingBytes >= 4)) {
+      throw new RangeError(`maxBindingBytes must be a whole number of bytes ≥ 4, got ${options.maxBindingBytes}`);
     }
     this.maxBindingBytes = Math.min(options.maxBindingBytes ?? Infinity, this.device.limits.maxStorageBufferBindingSize);
     this.cpuAdapter = isCpuAdapter(handle.info);
@@ -261,6 +266,7 @@ export class Engine {
 
   /** Sets every element of `t` to zero (ordered with the recorded work). */
   fill(t: Tensor, value: 0): void {
+    this.checkOwn(t, 'fill');
     if (value !== 0) throw new Error('fill supports 0 only');
     this.countCommand(`fill ${t.label}`);
     this.endPass();
@@ -487,12 +493,13 @@ export class Engine {
 
   /** Submits pending work, waits for the GPU, and throws the first GPU error since the last sync. */
   async sync(): Promise<void> {
+    this.checkAlive();
     this.flush();
     const recorded = this.commandsRecorded;
     const errors = this.takePendingErrors();
     await this.device.queue.onSubmittedWorkDone();
     this.markFinished(recorded);
-    await throwFirst(errors);
+    await this.throwFirst(errors);
     this.checkDevice();
   }
 
@@ -516,6 +523,7 @@ export class Engine {
    * small results on the GPU (a training epoch's losses) pays for one round trip instead of one each.
    */
   async readBuffers(ranges: readonly { buffer: GPUBuffer; offset: number; bytes: number }[]): Promise<ArrayBuffer[]> {
+    this.checkAlive(); // before the staging buffer: one made for a disposed engine was never destroyed
     const sizes = ranges.map((r) => Math.ceil(r.bytes / 4) * 4);
     const total = sizes.reduce((a, b) => a + b, 0);
     if (total > 0) this.countCommand(`read of ${ranges.map((r) => r.buffer.label).join(', ')}`);
@@ -533,7 +541,7 @@ export class Engine {
       await staging.mapAsync(GPUMapMode.READ, 0, Math.max(4, total));
     } catch (e) {
       staging.destroy();
-      await throwFirst(errors);
+      await this.throwFirst(errors);
       // A mapping aborted by a lost device (an AbortError with no message): device.lost settles a
       // moment later, so give it that moment and say what happened.
       await Promise.race([this.device.lost, new Promise((r) => setTimeout(r, 100))]);
@@ -552,7 +560,7 @@ export class Engine {
     });
     staging.unmap();
     this.staging.returnReadback(staging);
-    await throwFirst(errors);
+    await this.throwFirst(errors);
     this.checkDevice();
     return out;
   }
@@ -593,6 +601,23 @@ export class Engine {
   private checkAlive(): void {
     if (this.disposed) throw new Error('this Engine was disposed');
     this.checkDevice();
+    if (this.failedReason) {
+      throw new GpuError('earlier', `${this.failedReason} — WebGPU dropped the whole batch of work that error was in, so tensors computed or uploaded since this engine's last successful read or sync hold no data (they would read as zeros): create a new engine and load the weights again`);
+    }
+  }
+
+  /**
+   * Throws the first of `errors` (as a GpuError of its kind) and marks the engine failed: the batch
+   * an error was in was dropped whole, and what it computed or uploaded (other tensors, weights)
+   * would read as zeros, silently, on every later use.
+   */
+  private async throwFirst(errors: Promise<(GPUError & { kind: string }) | null>[]): Promise<void> {
+    try {
+      await throwFirst(errors);
+    } catch (err) {
+      this.failedReason ??= (err as Error).message;
+      throw err;
+    }
   }
 
   /** After a wait: a lost device fails what waited (a dispose in the meantime does not: the data arrived). */

@@ -176,6 +176,23 @@ t.test('backward takes a seed of the root\'s shape only, and the inputs that wan
   t.same(Array.from(await w.grad!.read()), [3, 8]);
 });
 
+t.test("backward() and fill() refuse another engine's tensors (tensor ids count per engine, so its tape walked our nodes)", async (t) => {
+  const other = await createEngine({ device: e.device });
+  const [wA, wB] = [e.tensor([1, 2, 3], [3]), other.tensor([10, 20, 30], [3])];
+  wA.requiresGrad = true;
+  wB.requiresGrad = true;
+  const lossA = ops.sum(ops.mul(wA, wA));
+  const lossB = ops.sum(ops.mul(wB, wB));
+  // Before: no error, wA.grad = [2, 4, 6] from B's loss, and A's own graph released.
+  t.throws(() => e.tape.backward(lossB), /backward\(\): tensor ".*" belongs to another Engine/);
+  t.throws(() => e.fill(wB, 0), /fill: tensor ".*" belongs to another Engine/);
+  e.tape.backward(lossA);
+  t.same(Array.from(await wA.grad!.read()), [2, 4, 6], "A's own gradient, once");
+  other.tape.backward(lossB);
+  t.same(Array.from(await wB.grad!.read()), [20, 40, 60]);
+  await other.dispose();
+});
+
 t.test('a leaf disposed before backward gets no gradient (it would never be freed)', async (t) => {
   const x = e.tensor([1, 2, 3], [3]);
   const live0 = e.memoryStats().liveBytes;
@@ -191,15 +208,22 @@ t.test('a leaf disposed before backward gets no gradient (it would never be free
   t.equal(e.memoryStats().liveBytes, live0, 'nothing left behind');
 });
 
-t.test('a GPU validation error surfaces as a GpuError carrying the label', async (t) => {
+t.test('a GPU validation error surfaces as a GpuError carrying the label; the engine then refuses work instead of reading zeros', async (t) => {
+  const engine = await createEngine({ device: e.device });
   const params = uniformLayout({ n: 'u32' });
   const bad = { key: 'deliberately-broken-kernel', code: `${params.wgsl}\n@compute @workgroup_size(1) fn main() { let x: f32 = u.n; }`, params };
-  e.dispatch({ kernel: bad, bindings: [], params: { n: 1 }, workgroups: [1] });
-  const err = await e.sync().then(() => null, (x: Error) => x);
+  // Uploaded in the batch the broken kernel is in: WebGPU drops that batch whole, upload included.
+  const w = engine.tensor([1, 2, 3, 4], [4], 'w');
+  engine.dispatch({ kernel: bad, bindings: [], params: { n: 1 }, workgroups: [1] });
+  const err = await engine.sync().then(() => null, (x: Error) => x);
   t.ok(err instanceof GpuError, 'a GpuError');
   t.match(err?.message, /deliberately-broken-kernel/, 'naming the kernel');
-  await e.sync();
-  t.pass('the engine keeps working after the error was reported');
+  // w read [0, 0, 0, 0] here, and every op on it computed from zeros, with no error.
+  const dropped = /WebGPU earlier error: [\s\S]*deliberately-broken-kernel[\s\S]* dropped the whole batch [\s\S]*create a new engine and load the weights again/;
+  await t.rejects(w.read(), dropped, 'a read of what the dropped batch uploaded fails');
+  t.throws(() => ops.scale(w, 2), dropped, 'so does an op');
+  await t.rejects(engine.sync(), dropped);
+  await engine.dispose();
 });
 
 // Dawn reports a dispatch over the limit only at the next sync, and drops the whole command
@@ -262,6 +286,11 @@ t.test('a read gets the errors of the work before it, not of an op recorded afte
   t.same(a.status === 'fulfilled' ? Array.from(a.value) : String((a as PromiseRejectedResult).reason), [3, 6, 9, 12]);
   t.match(b.status === 'rejected' ? String(b.reason) : 'fulfilled', /validation error: \[Buffer "gone"\] used in submit while destroyed/);
   await engine.dispose();
+});
+
+t.test('maxBindingBytes must be a whole number of bytes', async (t) => {
+  // NaN passed, and the U-Net's batch split then said one image needed 32768 bytes "over the largest this engine may use, 134217728".
+  for (const v of [Number.NaN, -1, 0, 1.5]) await t.rejects(createEngine({ device: e.device, maxBindingBytes: v }), new RegExp(`maxBindingBytes must be a whole number of bytes ≥ 4, got ${v}`));
 });
 
 t.test('tidy refuses an async function (its scope would close before the awaits)', async (t) => {
