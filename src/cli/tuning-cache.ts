@@ -47,10 +47,19 @@ export async function readTuningCache(): Promise<TuningCache> {
   return cache;
 }
 
-/** Stores `tuning` as the entry of `adapter`, keeping the other adapters' as they are. */
+/** The kernel families `difrep tune` searches: its result replaces these and nothing else. */
+const TUNED_FAMILIES = ['matmul', 'conv2d'] as const;
+
+/**
+ * Stores the tiles `difrep tune` found (`tuning`: matmul and conv2d, a family left out keeping its
+ * built-in tiles) as `adapter`'s, keeping the entry's other settings (matmulSubgroup, attention,
+ * rows: set by hand, documented) and the other adapters' entries as they are.
+ */
 export async function storeTuning(adapter: string, tuning: Tuning): Promise<void> {
   const cache = await readTuningCache();
-  cache[adapter] = tuning;
+  const kept = { ...((cache[adapter] ?? {}) as Record<string, unknown>) };
+  for (const family of TUNED_FAMILIES) delete kept[family];
+  cache[adapter] = { ...kept, ...tuning };
   await mkdir(dirname(tuningPath()), { recursive: true });
   await writeFileAtomic(tuningPath(), JSON.stringify(cache, null, 2) + '\n');
 }

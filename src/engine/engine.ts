@@ -155,7 +155,8 @@ export class Engine {
     this.pool = new BufferPool(this.device, this.device.limits.maxBufferSize);
     this.kernels = new KernelRegistry(this.device);
     this.staging = new StagingRing(this.device);
-    this.tuning = options.tuning ? checkTuning(options.tuning, 'Engine: option tuning', TUNING_FIX) : {};
+    // A copy: setTuning edits the engine's own, never the caller's object (other engines share it).
+    this.tuning = options.tuning ? structuredClone(checkTuning(options.tuning, 'Engine: option tuning', TUNING_FIX)) : {};
     this.maxDispatches = options.maxDispatchesPerSubmit ?? 64;
     this.maxCommandsInFlight = options.maxCommandsInFlight ?? DEFAULT_MAX_COMMANDS_IN_FLIGHT;
     if (!Number.isInteger(this.maxCommandsInFlight) || this.maxCommandsInFlight < 1) {
@@ -654,6 +655,9 @@ export class Engine {
 
 const ALL_ERRORS: readonly GPUErrorFilter[] = ['out-of-memory', 'internal', 'validation'];
 
+/** The most outputs per thread (tm · tn) a tuned GEMM tile may ask for: 16 × 16, as the largest built-in tile. */
+const MAX_OUTPUTS_PER_THREAD = 256;
+
 /**
  * Tuned tiles must fit the device and build (Dawn would say so only at the first read, dropping the
  * batch; a conv kernel only at the first conv large enough to use them): each tiling as the kernels
@@ -668,6 +672,11 @@ function checkTilesFit(tuning: Tuning, limits: GPUSupportedLimits): void {
     }
     if (tilingWorkgroupBytes(t) > limits.maxComputeWorkgroupStorageSize) {
       throw new RangeError(`tuning ${family}: ${JSON.stringify(t)} stages ${tilingWorkgroupBytes(t)} bytes of workgroup memory, over this device's ${limits.maxComputeWorkgroupStorageSize}: choose smaller tiles`);
+    }
+    // Each thread's tm × tn outputs are unrolled into that many accumulators: 24 × 24 took 42 s to
+    // compile on lavapipe, 64 × 64 never finished, 2048 × 2048 overflowed the WGSL string.
+    if (t.tm * t.tn > MAX_OUTPUTS_PER_THREAD) {
+      throw new RangeError(`tuning ${family}: ${t.tm} × ${t.tn} outputs per thread, over the ${MAX_OUTPUTS_PER_THREAD} a kernel may unroll (the largest built-in tile and \`difrep tune\` candidate): choose smaller tm/tn`);
     }
     if (family === 'conv2d') {
       try {

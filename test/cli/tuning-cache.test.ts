@@ -88,3 +88,14 @@ t.test('DIFREP_TUNING naming a folder is an error naming the file and the variab
   await t.rejects(readTuningCache(), { message: `kernel tuning cache ${dir} (DIFREP_TUNING) cannot be read: is a directory (EISDIR); it names a JSON file \`difrep tune\` writes` });
   process.env.DIFREP_TUNING = path;
 });
+
+t.test('storing what tune found replaces the adapter\'s matmul and conv2d tiles only, keeping its hand-set settings', async (t) => {
+  const hand = { matmulSubgroup: { enabled: 0 }, attention: { fusedBackward: 1 } };
+  await writeFile(path, JSON.stringify({ 'this GPU: 1.0': { ...hand, matmul: { wgX: 8, wgY: 8, tm: 8, tn: 8, tk: 16 } }, 'other GPU: 2.0': { rows: { subgroups: 0 } } }));
+  // The search kept the built-in tiles: the stale matmul entry goes, the settings set by hand stay (they were all wiped).
+  await storeTuning('this GPU: 1.0', {});
+  t.same((await readTuningCache())['this GPU: 1.0'], hand);
+  await storeTuning('this GPU: 1.0', { conv2d: { wgX: 4, wgY: 4, tm: 8, tn: 8, tk: 16 } });
+  t.same(await readTuningCache(), { 'this GPU: 1.0': { ...hand, conv2d: { wgX: 4, wgY: 4, tm: 8, tn: 8, tk: 16 } }, 'other GPU: 2.0': { rows: { subgroups: 0 } } });
+  await rm(path);
+});
