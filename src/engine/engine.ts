@@ -253,7 +253,12 @@ export class Engine {
   toBuffer(t: Tensor, usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST, label = `difrep output ${t.label}`): GPUBuffer {
     this.checkAlive();
     this.checkOwn(t, 'toBuffer');
-    const buffer = this.device.createBuffer({ size: Math.max(4, t.byteLength), usage: usage | GPUBufferUsage.COPY_DST, label });
+    // WebGPU allows MAP_READ with COPY_DST only: anything else made an invalid buffer, its error sent
+    // to the app's handler and the batch that copied into it dropped.
+    if (usage & GPUBufferUsage.MAP_READ && usage & ~(GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST)) {
+      throw new RangeError(`toBuffer: usage ${usage} combines MAP_READ with other usages; WebGPU allows MAP_READ with COPY_DST only (read the tensor with read(), or map a MAP_READ | COPY_DST buffer)`);
+    }
+    const buffer = this.scoped(['validation', 'out-of-memory'], () => this.device.createBuffer({ size: Math.max(4, t.byteLength), usage: usage | GPUBufferUsage.COPY_DST, label }));
     this.copyBuffer(t.buffer, 0, buffer, 0, t.byteLength); // f32: always a multiple of 4 bytes
     this.flush();
     return buffer;
@@ -527,6 +532,20 @@ export class Engine {
     this.checkAlive(); // before the staging buffer: one made for a disposed engine was never destroyed
     const sizes = ranges.map((r) => Math.ceil(r.bytes / 4) * 4);
     const total = sizes.reduce((a, b) => a + b, 0);
+    // One staging buffer holds at most maxBufferSize: a larger read goes in groups that fit (three
+    // 96 MiB tensors asked for 288 MiB where 256 MiB was the limit, and the batch was dropped).
+    if (total > this.device.limits.maxBufferSize && ranges.length > 1) {
+      const groups: (typeof ranges[number])[][] = [[]];
+      let used = 0;
+      ranges.forEach((r, i) => {
+        if (used + sizes[i] > this.device.limits.maxBufferSize && groups[groups.length - 1].length) (groups.push([]), (used = 0));
+        groups[groups.length - 1].push(r);
+        used += sizes[i];
+      });
+      const parts: ArrayBuffer[] = [];
+      for (const g of groups) parts.push(...(await this.readBuffers(g)));
+      return parts;
+    }
     if (total > 0) this.countCommand(`read of ${ranges.map((r) => r.buffer.label).join(', ')}`);
     const staging = this.staging.readbackBuffer(Math.max(4, total));
     if (total > 0) this.endPass();

@@ -145,3 +145,18 @@ t.test("the app's errors stay the app's, and a read issued before dispose() gets
   t.same(Array.from(await last), [5, 10, 15, 20]);
   await disposed;
 });
+
+t.test("reads larger together than one staging buffer may hold go in groups; toBuffer refuses a usage WebGPU forbids", async (t) => {
+  const engine = await createEngine({ device });
+  t.equal(device.limits.maxBufferSize, 256 << 20, "the app's device has WebGPU's default limits");
+  const before = uncaptured.length;
+  // Three 96 MiB tensors: one 288 MiB staging buffer was asked for, the batch dropped, and each read then gave zeros.
+  const n = (96 << 20) / 4;
+  const tensors = [1, 2, 3].map((v) => engine.tensor(new Float32Array(n).fill(v), [n], `t${v}`));
+  const parts = await engine.readTensors(tensors);
+  t.same(parts.map((p) => [p.length, p[0], p[n - 1]]), [[n, 1, 1], [n, 2, 2], [n, 3, 3]]);
+  t.throws(() => engine.toBuffer(tensors[0], GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_SRC), /toBuffer: usage \d+ combines MAP_READ with other usages; WebGPU allows MAP_READ with COPY_DST only/);
+  for (const x of tensors) x.dispose();
+  await engine.dispose();
+  t.equal(uncaptured.length, before, "no error reached the app's handler");
+});
