@@ -1,5 +1,5 @@
 // The engine's kernel tuning: the settings that exist, per kernel family, and the check that a
-// tuning passed in or read from a file names only those, each a whole number. Every setting is
+// tuning passed in or read from a file names only those, each a whole number (a switch 0 or 1). Every setting is
 // optional; an absent one leaves the built-in choice for the adapter.
 import type { MatmulTiling } from '../../kernels/matmul.wgsl.ts';
 
@@ -50,7 +50,12 @@ const SETTINGS: { [F in keyof Tuning]-?: { keys: readonly string[]; min: number 
   attention: { keys: ['fusedBackward'], min: 0 },
 };
 
+/** Settings that turn a kernel on (1) or off (0). */
+const SWITCHES = new Set(['enabled', 'fusedBackward', 'subgroups']);
+
 const isRecord = (v: unknown): v is Record<string, unknown> => !!v && typeof v === 'object' && !Array.isArray(v);
+/** A value as the message shows it: NaN and Infinity as themselves (JSON.stringify says null). */
+const shown = (v: unknown) => (typeof v === 'number' ? String(v) : JSON.stringify(v));
 
 /**
  * `value` as a Tuning, or an Error naming where it came from (`where`), the family or setting at
@@ -64,8 +69,8 @@ export function checkTuning(value: unknown, where: string, fix: string): Tuning 
     if (!isRecord(settings)) throw new Error(`${where} → ${family} is ${JSON.stringify(settings)}, not an object of settings: ${fix}`);
     for (const [key, v] of Object.entries(settings)) {
       if (!spec.keys.includes(key)) throw new Error(`${where} → ${family} → ${key}: unknown setting (known: ${spec.keys.join(', ')}): ${fix}`);
-      if (!(typeof v === 'number' && Number.isInteger(v) && v >= spec.min)) {
-        throw new Error(`${where} → ${family} → ${key} is ${JSON.stringify(v)}, not a whole number ≥ ${spec.min}: ${fix}`);
+      if (SWITCHES.has(key) ? v !== 0 && v !== 1 : !(typeof v === 'number' && Number.isInteger(v) && v >= spec.min)) {
+        throw new Error(`${where} → ${family} → ${key} is ${shown(v)}, not ${SWITCHES.has(key) ? '0 (off) or 1 (on)' : `a whole number ≥ ${spec.min}`}: ${fix}`);
       }
     }
   }

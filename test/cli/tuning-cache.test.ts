@@ -74,6 +74,8 @@ t.test('a broken cache is an error naming the file; a broken entry only for the 
     [{ matmull: { wgX: 8 } }, /→ matmull: unknown kernel family \(known: matmul, matmulSubgroup, conv2d, conv2dWinograd, conv2dWeightGrad, rows, reduce, attention\)/],
     [{ conv2dWinograd: { enable: 1 } }, /→ conv2dWinograd → enable: unknown setting \(known: enabled, minChannels\)/],
     [{ matmul: { tk: 0 } }, /→ matmul → tk is 0, not a whole number ≥ 1/],
+    // A switch of 2 or 7 was taken as on; a NaN was reported as "null".
+    [{ matmulSubgroup: { enabled: 2 } }, /→ matmulSubgroup → enabled is 2, not 0 \(off\) or 1 \(on\)/],
     [[1, 2], /is not an object of kernel families/],
   ] as const) {
     await writeFile(path, JSON.stringify({ [adapter]: entry }));

@@ -311,6 +311,7 @@ t.test('a tuning whose workgroups the device cannot run, or an adapter without i
   t.throws(() => engine.setTuning({ matmul: { tm: 64, tn: 64, tk: 64 } }), /tuning matmul: .* stages \d+ bytes of workgroup memory, over this device's \d+/);
   engine.setTuning({ conv2d: { wgX: 4, wgY: 4, tm: 8, tn: 8, tk: 16 } });
   t.same(engine.tuning, { conv2d: { wgX: 4, wgY: 4, tm: 8, tn: 8, tk: 16 } }, 'a tiling that builds is taken');
+  t.throws(() => engine.setTuning({ matmul: { tm: Number.NaN } }), /Engine\.setTuning → matmul → tm is NaN, not a whole number ≥ 1/, 'NaN named as NaN (it read "null")');
   // tm × tn accumulators are unrolled: 24 × 24 compiled for 42 s at the first large matmul, 64 × 64 never finished.
   await t.rejects(createEngine({ device: e.device, tuning: { matmul: { wgX: 1, wgY: 1, tm: 24, tn: 24, tk: 1 } } }), /tuning matmul: 24 × 24 outputs per thread, over the 256 a kernel may unroll .*choose smaller tm\/tn/);
   await engine.dispose();
