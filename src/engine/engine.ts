@@ -505,7 +505,7 @@ export class Engine {
     const errors = this.takePendingErrors();
     await this.device.queue.onSubmittedWorkDone();
     this.markFinished(recorded);
-    await this.throwFirst(errors);
+    await this.throwFirstAndFail(errors);
     this.checkDevice();
   }
 
@@ -561,7 +561,7 @@ export class Engine {
       await staging.mapAsync(GPUMapMode.READ, 0, Math.max(4, total));
     } catch (e) {
       staging.destroy();
-      await this.throwFirst(errors);
+      await this.throwFirstAndFail(errors);
       // A mapping aborted by a lost device (an AbortError with no message): device.lost settles a
       // moment later, so give it that moment and say what happened.
       await Promise.race([this.device.lost, new Promise((r) => setTimeout(r, 100))]);
@@ -580,7 +580,7 @@ export class Engine {
     });
     staging.unmap();
     this.staging.returnReadback(staging);
-    await this.throwFirst(errors);
+    await this.throwFirstAndFail(errors);
     this.checkDevice();
     return out;
   }
@@ -631,7 +631,7 @@ export class Engine {
    * an error was in was dropped whole, and what it computed or uploaded (other tensors, weights)
    * would read as zeros, silently, on every later use.
    */
-  private async throwFirst(errors: Promise<(GPUError & { kind: string }) | null>[]): Promise<void> {
+  private async throwFirstAndFail(errors: Promise<(GPUError & { kind: string }) | null>[]): Promise<void> {
     try {
       await throwFirst(errors);
     } catch (err) {
