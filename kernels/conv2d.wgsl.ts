@@ -45,7 +45,7 @@ export interface Conv2dVariant {
 /**
  * The bindings and functions the conv kernels share: loadW (W, or the input gradient's flipped,
  * channel-swapped W), column (a batched im2col column decoded once), im2col (its value at one
- * reduction row), store (with bias and residual) and gemmBlock (the column block of a workgroup).
+ * reduction row), store (with bias and residual) and gemmBlock (a workgroup's column and row blocks).
  */
 function convModule(v: Conv2dVariant): string {
   const KK = v.ksize * v.ksize;
@@ -143,8 +143,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let lid = ty * ${t.wgX}u + tx;
   let P = u.Ho * u.Wo;
   let K = u.Cin * ${KK}u;
-  let row0 = wid.y * ${BM}u;
-  let col0 = gemmBlock(wid, nwg, (u.N * P + ${BN - 1}u) / ${BN}u).x * ${BN}u;
+  let block = gemmBlock(wid, nwg, (u.N * P + ${BN - 1}u) / ${BN}u, (u.Cout + ${BM - 1}u) / ${BM}u);
+  let row0 = block.y * ${BM}u;
+  let col0 = block.x * ${BN}u;
   ${slab.declare}
   ${declareAccumulators(t)}
   for (var k0 = 0u; k0 < K; k0 += ${t.tk}u) {
@@ -208,8 +209,9 @@ ${convModule(v)}
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
   let P = u.Ho * u.Wo;
   let K = u.Cin * ${KK}u;
-  let row0 = wid.y * ${rows}u;
-  let c0 = gemmBlock(wid, nwg, (u.N * P + ${SUBGROUP_GEMM_COLUMNS - 1}u) / ${SUBGROUP_GEMM_COLUMNS}u).x * ${SUBGROUP_GEMM_COLUMNS}u + 4u * lane;
+  let block = gemmBlock(wid, nwg, (u.N * P + ${SUBGROUP_GEMM_COLUMNS - 1}u) / ${SUBGROUP_GEMM_COLUMNS}u, (u.Cout + ${rows - 1}u) / ${rows}u);
+  let row0 = block.y * ${rows}u;
+  let c0 = block.x * ${SUBGROUP_GEMM_COLUMNS}u + 4u * lane;
   let col0 = column(c0, P);
   let col1 = column(c0 + 1u, P);
   let col2 = column(c0 + 2u, P);
@@ -288,8 +290,9 @@ fn storeColumns(m: u32, o: u32, value: vec4<f32>) {
 @compute @workgroup_size(${S})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
   let P = u.H * u.W;
-  let row0 = wid.y * ${rows}u;
-  let c0 = gemmBlock(wid, nwg, (u.N * P + ${SUBGROUP_GEMM_COLUMNS - 1}u) / ${SUBGROUP_GEMM_COLUMNS}u).x * ${SUBGROUP_GEMM_COLUMNS}u + 4u * lane;
+  let block = gemmBlock(wid, nwg, (u.N * P + ${SUBGROUP_GEMM_COLUMNS - 1}u) / ${SUBGROUP_GEMM_COLUMNS}u, (u.Cout + ${rows - 1}u) / ${rows}u);
+  let row0 = block.y * ${rows}u;
+  let c0 = block.x * ${SUBGROUP_GEMM_COLUMNS}u + 4u * lane;
   // Lanes past the last column compute the last 4 again (their sums are never stored).
   let column0 = min(c0, u.N * P - 4u);
   let image = column0 / P;
@@ -392,11 +395,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let ty = lid3.y;
   let lid = ty * ${t.wgX}u + tx;
   let P = u.Ho * u.Wo;
-  let block = gemmBlock(wid, nwg, (u.Cin * ${KK}u + ${BN - 1}u) / ${BN}u);
-  splitIndex = block.y;
-  let qBegin = block.y * u.qPerSplit;
+  let block = gemmBlock(wid, nwg, (u.Cin * ${KK}u + ${BN - 1}u) / ${BN}u, (u.Cout + ${BM - 1}u) / ${BM}u);
+  splitIndex = block.z;
+  let qBegin = block.z * u.qPerSplit;
   let qEnd = min(qBegin + u.qPerSplit, u.N * P);
-  let row0 = wid.y * ${BM}u;
+  let row0 = block.y * ${BM}u;
   let col0 = block.x * ${BN}u;
   ${slab.declare}
   ${declareAccumulators(t)}

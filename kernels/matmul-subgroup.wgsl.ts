@@ -201,9 +201,9 @@ ${GEMM_BLOCK_WGSL}
 
 @compute @workgroup_size(${S})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
-  let block = gemmBlock(wid, nwg, (u.N + ${SUBGROUP_GEMM_COLUMNS * groups - 1}u) / ${SUBGROUP_GEMM_COLUMNS * groups}u);
-  batch = block.y;
-  let row0 = wid.y * ${rows}u;
+  let block = gemmBlock(wid, nwg, (u.N + ${SUBGROUP_GEMM_COLUMNS * groups - 1}u) / ${SUBGROUP_GEMM_COLUMNS * groups}u, (u.M + ${rows - 1}u) / ${rows}u);
+  batch = block.z;
+  let row0 = block.y * ${rows}u;
   let col = block.x * ${SUBGROUP_GEMM_COLUMNS * groups}u + ${COLUMNS_PER_LANE}u * lane;
   ${step.declare}
 #if ${v.sumBatches}

@@ -23,24 +23,29 @@ export const DEFAULT_MATMUL_TILING: MatmulTiling = { wgX: 8, wgY: 8, tm: 8, tn: 
 
 /**
  * The grid of a GEMM: x over `columnBlocks`, y over `rowBlocks`, z over `z` (batch entries or
- * splits). Column blocks past one dimension's 65535 workgroups (a batch of 32 ADM-256 images is
- * 2,097,152 columns in its first conv, 65,536 blocks of 32) fold into z: x then runs over
- * ⌈columnBlocks / folds⌉ blocks and z over z · folds. Kernels decode it with GEMM_BLOCK_WGSL.
+ * splits). Blocks past one dimension's 65535 workgroups fold into z (a batch of 32 ADM-256 images
+ * is 2,097,152 columns in its first conv, 65,536 blocks of 32; a linear layer over 2,097,152
+ * tokens as many rows): x then runs over ⌈columnBlocks / xFolds⌉ blocks, y over ⌈rowBlocks /
+ * yFolds⌉ and z over z · xFolds · yFolds. Kernels decode it with GEMM_BLOCK_WGSL.
  */
 export function gemmGrid(columnBlocks: number, rowBlocks: number, z: number): [number, number, number] {
-  const folds = Math.max(1, Math.ceil(columnBlocks / MAX_WORKGROUPS_PER_DIMENSION));
-  return [Math.ceil(columnBlocks / folds), rowBlocks, z * folds];
+  const xFolds = Math.max(1, Math.ceil(columnBlocks / MAX_WORKGROUPS_PER_DIMENSION));
+  const yFolds = Math.max(1, Math.ceil(rowBlocks / MAX_WORKGROUPS_PER_DIMENSION));
+  return [Math.ceil(columnBlocks / xFolds), Math.ceil(rowBlocks / yFolds), z * xFolds * yFolds];
 }
 
 /**
- * gemmBlock(wid, nwg, columnBlocks): a workgroup's (column block, z index) in a gemmGrid, z =
- * index · folds + fold and block = fold · nwg.x + wid.x. ⌈columnBlocks / nwg.x⌉ is gemmGrid's
- * fold count again (its smallest count whose x fits 65535); unfolded it is (wid.x, wid.z). The
- * last fold's spare blocks lie past the last column, where GEMM kernels load zeros and store nothing.
+ * gemmBlock(wid, nwg, columnBlocks, rowBlocks): a workgroup's (column block, row block, z index)
+ * in a gemmGrid, z = (index · yFolds + yFold) · xFolds + xFold, column block = xFold · nwg.x +
+ * wid.x, row block = yFold · nwg.y + wid.y. ⌈columnBlocks / nwg.x⌉ is gemmGrid's xFolds again (its
+ * smallest count whose x fits 65535), and likewise for rows; unfolded it is wid. The last fold's
+ * spare blocks lie past the last column or row, where GEMM kernels load zeros and store nothing.
  */
-export const GEMM_BLOCK_WGSL = `fn gemmBlock(wid: vec3<u32>, nwg: vec3<u32>, columnBlocks: u32) -> vec2<u32> {
-  let folds = (columnBlocks + nwg.x - 1u) / nwg.x;
-  return vec2((wid.z % folds) * nwg.x + wid.x, wid.z / folds);
+export const GEMM_BLOCK_WGSL = `fn gemmBlock(wid: vec3<u32>, nwg: vec3<u32>, columnBlocks: u32, rowBlocks: u32) -> vec3<u32> {
+  let xFolds = (columnBlocks + nwg.x - 1u) / nwg.x;
+  let folds = xFolds * ((rowBlocks + nwg.y - 1u) / nwg.y);
+  let fold = wid.z % folds;
+  return vec3((fold % xFolds) * nwg.x + wid.x, (fold / xFolds) * nwg.y + wid.y, wid.z / folds);
 }`;
 
 /** Workgroups of a register-tiled GEMM (matmul and the conv kernels): gemmGrid's x over columns, y over rows, z as given. */
@@ -181,12 +186,12 @@ function mainHead(t: MatmulTiling): string {
 
 @compute @workgroup_size(${t.wgX}, ${t.wgY})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
-  let block = gemmBlock(wid, nwg, (u.N + ${BN - 1}u) / ${BN}u);
-  batch = block.y;
+  let block = gemmBlock(wid, nwg, (u.N + ${BN - 1}u) / ${BN}u, (u.M + ${t.wgY * t.tm - 1}u) / ${t.wgY * t.tm}u);
+  batch = block.z;
   let tx = lid3.x;
   let ty = lid3.y;
   let lid = ty * ${t.wgX}u + tx;
-  let row0 = wid.y * ${t.wgY * t.tm}u;
+  let row0 = block.y * ${t.wgY * t.tm}u;
   let col0 = block.x * ${BN}u;
   ${declareAccumulators(t)}`;
 }
