@@ -5,7 +5,7 @@ import { mkdir, readFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { createEngine, type Engine } from '../engine/engine.ts';
-import { checkTuning, type Tuning } from '../engine/tuning.ts';
+import { checkTuning, TUNING_FAMILIES, type Tuning } from '../engine/tuning.ts';
 import { writeFileAtomic } from '../model/checkpoint/atomic-write.ts';
 import { describeFsError } from '../model/checkpoint/fs-error.ts';
 
@@ -44,6 +44,14 @@ export async function readTuningCache(): Promise<TuningCache> {
   }
   const isRecord = (v: unknown): v is Record<string, unknown> => !!v && typeof v === 'object' && !Array.isArray(v);
   if (!isRecord(cache)) throw new Error(`kernel tuning cache ${path}: expected an object of adapter → kernel family → settings: ${fix}`);
+  // A bare tuning ({"matmul": …}) names no adapter, so no adapter would ever apply it.
+  const families = Object.keys(cache).filter((key) => TUNING_FAMILIES.includes(key));
+  if (families.length) {
+    throw new Error(
+      `kernel tuning cache ${path}: ${families.map((f) => `"${f}"`).join(', ')} at its top level ${families.length > 1 ? 'are kernel families' : 'is a kernel family'}, not an adapter's name, so no adapter would use ${families.length > 1 ? 'them' : 'it'}: ` +
+        `the cache maps each adapter's name to its settings ({"<adapter>": {"matmul": {…}}}); move ${families.length > 1 ? 'them' : 'it'} under the name \`difrep tune --dry-run\` prints first, or ${fix}`,
+    );
+  }
   return cache;
 }
 

@@ -50,6 +50,9 @@ const SETTINGS: { [F in keyof Tuning]-?: { keys: readonly string[]; min: number 
   attention: { keys: ['fusedBackward'], min: 0 },
 };
 
+/** The names of the kernel families a Tuning may hold. */
+export const TUNING_FAMILIES: readonly string[] = Object.keys(SETTINGS);
+
 /** Settings that turn a kernel on (1) or off (0). */
 const SWITCHES = new Set(['enabled', 'fusedBackward', 'subgroups']);
 

@@ -85,6 +85,16 @@ t.test('a broken cache is an error naming the file; a broken entry only for the 
   }
 });
 
+// A bare tuning, not keyed by adapter, was ignored without a word: every command ran on the
+// built-in tiles while the user believed theirs were in use.
+t.test('a cache holding kernel families at its top level (a bare tuning) is an error saying how to key it', async (t) => {
+  await writeFile(path, JSON.stringify({ matmul: { wgX: 8 }, rows: { subgroups: 0 } }));
+  const expected = /tuning cache .* "matmul", "rows" at its top level are kernel families, not an adapter's name, so no adapter would use them: .*\{"<adapter>": \{"matmul": \{…\}\}\}.*`difrep tune --dry-run` prints first/;
+  await t.rejects(readTuningCache(), expected);
+  await t.rejects(tunedEngine(), expected);
+  await writeFile(path, '{}');
+});
+
 t.test('DIFREP_TUNING naming a folder is an error naming the file and the variable', async (t) => {
   process.env.DIFREP_TUNING = dir;
   await t.rejects(readTuningCache(), { message: `kernel tuning cache ${dir} (DIFREP_TUNING) cannot be read: is a directory (EISDIR); it names a JSON file \`difrep tune\` writes` });
