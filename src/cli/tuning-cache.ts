@@ -2,7 +2,7 @@
 // $DIFREP_TUNING): per adapter and driver (the adapter's description names the driver version),
 // the register tiles that won on it. Every CLI command's engine applies the entry of its adapter.
 import { mkdir, readFile } from 'node:fs/promises';
-import { homedir } from 'node:os';
+import { cpus, homedir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { createEngine, type Engine } from '../engine/engine.ts';
 import { checkTuning, TUNING_FAMILIES, type Tuning } from '../engine/tuning.ts';
@@ -18,11 +18,24 @@ export const tuningPath = (): string => process.env.DIFREP_TUNING ?? join(proces
 /**
  * The key of an engine's adapter in the cache: its description (with the driver version) and its
  * device (one driver runs several GPUs; lavapipe's names its vector width), else vendor and
- * architecture.
+ * architecture. A CPU adapter's speed is the CPU's, so its key names the CPU model and core count
+ * too: a home folder shared by a cluster's different nodes keeps one entry per kind of node.
  */
 export function adapterName(e: Engine): string {
   const i = e.handle.info;
-  return [i.description, i.device].filter(Boolean).join(' · ') || `${i.vendor} ${i.architecture}`;
+  const name = [i.description, i.device].filter(Boolean).join(' · ') || `${i.vendor} ${i.architecture}`;
+  const cpu = e.cpuAdapter ? hostCpu() : '';
+  return cpu ? `${name} · ${cpu}` : name;
+}
+
+/** "<model> ×<cores>", or '' where the runtime will not say (Deno without --allow-sys). */
+function hostCpu(): string {
+  try {
+    const all = cpus();
+    return all.length ? `${all[0].model.trim()} ×${all.length}` : '';
+  } catch {
+    return '';
+  }
 }
 
 /** The whole cache ({} when there is no file); a file that is not a cache is an error naming it. */

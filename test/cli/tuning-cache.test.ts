@@ -1,7 +1,7 @@
 // The kernel tuning cache (what `difrep tune` stores): every CLI command's engine
 // applies its adapter's entry, ignores other adapters', and a broken file is an error naming it.
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import tap from 'tap';
 import { adapterName, readTuningCache, storeTuning, tunedEngine } from '../../src/cli/tuning-cache.ts';
@@ -83,6 +83,18 @@ t.test('a broken cache is an error naming the file; a broken entry only for the 
     t.match(err?.message, message);
     t.match(err?.message, /the entry of this adapter \(".*"\).*delete that entry, or re-run `difrep tune` to replace it/);
   }
+});
+
+// Tiles tuned on one CPU were applied on another with the same Mesa (a home folder shared by a
+// cluster's nodes): a CPU adapter's key names the CPU.
+t.test("a CPU adapter's key names the CPU model and core count; a GPU's does not", async (t) => {
+  const e = await createEngine();
+  const name = adapterName(e);
+  const cpu = `${cpus()[0].model.trim()} ×${cpus().length}`;
+  if (e.cpuAdapter) t.ok(name.endsWith(` · ${cpu}`), `${name} names ${cpu}`);
+  else t.notOk(name.includes(cpu), `${name} names no CPU`);
+  t.ok(name.startsWith(e.handle.info.description || e.handle.info.vendor), 'and starts with the adapter');
+  await e.dispose();
 });
 
 // A bare tuning, not keyed by adapter, was ignored without a word: every command ran on the
