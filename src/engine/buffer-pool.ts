@@ -24,12 +24,18 @@ export interface PoolStats {
   reuses: number;
 }
 
+/**
+ * Makes a GPU buffer: the engine passes device.createBuffer inside its error scopes, so an
+ * out-of-memory there is reported by the engine's next read or sync, not by the app's handler.
+ */
+export type CreateBuffer = (descriptor: GPUBufferDescriptor) => GPUBuffer;
+
 export class BufferPool {
   private free = new Map<number, GPUBuffer[]>();
   private live = new Set<GPUBuffer>();
   private stats: PoolStats = { liveBytes: 0, peakBytes: 0, pooledBytes: 0, allocations: 0, reuses: 0 };
 
-  constructor(private device: GPUDevice, private maxBufferSize: number) {}
+  constructor(private createBuffer: CreateBuffer, private maxBufferSize: number) {}
 
   acquire(bytes: number, label: string): GPUBuffer {
     let size = sizeClass(bytes);
@@ -47,7 +53,7 @@ export class BufferPool {
       this.stats.pooledBytes -= size;
       buffer.label = `difrep ${label}`;
     } else {
-      buffer = this.device.createBuffer({ size, usage: USAGE_STORAGE, label: `difrep ${label}` });
+      buffer = this.createBuffer({ size, usage: USAGE_STORAGE, label: `difrep ${label}` });
       this.stats.allocations++;
     }
     this.live.add(buffer);

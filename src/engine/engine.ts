@@ -152,9 +152,12 @@ export class Engine {
   constructor(handle: DeviceHandle, options: EngineOptions = {}) {
     this.handle = handle;
     this.device = handle.device;
-    this.pool = new BufferPool(this.device, this.device.limits.maxBufferSize);
+    // Inside the engine's error scopes: an out-of-memory is the engine's to report (at its next
+    // read or sync), not the app's uncaptured error.
+    const createBuffer = (d: GPUBufferDescriptor) => this.scoped(['out-of-memory', 'validation'], () => this.device.createBuffer(d));
+    this.pool = new BufferPool(createBuffer, this.device.limits.maxBufferSize);
     this.kernels = new KernelRegistry(this.device);
-    this.staging = new StagingRing(this.device);
+    this.staging = new StagingRing(createBuffer);
     // A copy: setTuning edits the engine's own, never the caller's object (other engines share it).
     this.tuning = options.tuning ? structuredClone(checkTuning(options.tuning, 'Engine: option tuning', TUNING_FIX)) : {};
     this.maxDispatches = options.maxDispatchesPerSubmit ?? 64;

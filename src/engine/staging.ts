@@ -9,6 +9,8 @@
 // it again, which resolves once the GPU has run that copy, and it returns to the free list.
 // Readback buffers wait unmapped: the caller maps one after its copy, reads it, and gives it back.
 
+import type { CreateBuffer } from './buffer-pool.ts';
+
 const MIN_BYTES = 64 * 1024;
 
 const sizeClass = (bytes: number) => Math.max(MIN_BYTES, 2 ** Math.ceil(Math.log2(bytes)));
@@ -49,7 +51,7 @@ export class StagingRing {
   private readonly readbacks: FreeList;
   private closed = false;
 
-  constructor(private readonly device: GPUDevice, readonly maxFreeBytes = 128 * 1024 * 1024) {
+  constructor(private readonly createBuffer: CreateBuffer, readonly maxFreeBytes = 128 * 1024 * 1024) {
     this.uploads = new FreeList(maxFreeBytes);
     this.readbacks = new FreeList(maxFreeBytes);
   }
@@ -63,7 +65,7 @@ export class StagingRing {
   uploadBuffer(bytes: number): GPUBuffer {
     const reused = this.uploads.take(bytes);
     if (reused) return reused;
-    return this.device.createBuffer({ size: this.sizeFor(bytes), usage: GPUBufferUsage.MAP_WRITE | GPUBufferUsage.COPY_SRC, mappedAtCreation: true, label: 'difrep upload' });
+    return this.createBuffer({ size: this.sizeFor(bytes), usage: GPUBufferUsage.MAP_WRITE | GPUBufferUsage.COPY_SRC, mappedAtCreation: true, label: 'difrep upload' });
   }
 
   /** Call for each upload buffer once the submit that copies out of it has gone to the queue. */
@@ -79,7 +81,7 @@ export class StagingRing {
   readbackBuffer(bytes: number): GPUBuffer {
     const reused = this.readbacks.take(bytes);
     if (reused) return reused;
-    return this.device.createBuffer({ size: this.sizeFor(bytes), usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST, label: 'difrep readback' });
+    return this.createBuffer({ size: this.sizeFor(bytes), usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST, label: 'difrep readback' });
   }
 
   /** Returns a readback buffer, unmapped, after its contents were read. */

@@ -38,7 +38,7 @@ t.test('concurrent readbacks each get their own buffer', async (t) => {
 });
 
 t.test('the ring reuses buffers by size class and never keeps more than its cap', async (t) => {
-  const ring = new StagingRing(e.device, 256 * 1024);
+  const ring = new StagingRing((d) => e.device.createBuffer(d), 256 * 1024);
   const a = ring.readbackBuffer(100);
   t.equal(a.size, 64 * 1024, 'the smallest size class');
   ring.returnReadback(a);
