@@ -12,6 +12,8 @@ import { GENERATIVE_COMMANDS } from '../../src/cli/generative.ts';
 const COMMANDS = { ...EXPERIMENT_COMMANDS, ...GENERATIVE_COMMANDS };
 const dir = await mkdtemp(join(tmpdir(), 'difrep-bad-input-'));
 const out = join(dir, 'out');
+const aFile = join(dir, 'a-file');
+await writeFile(aFile, 'not a folder');
 t.teardown(() => rm(dir, { recursive: true }));
 
 const CASES: [string, string[], RegExp][] = [
@@ -57,6 +59,9 @@ const CASES: [string, string[], RegExp][] = [
   // Output files are checked before any work (sample found a missing folder after its last step).
   ['sample', ['--count', '1', '--out', join(dir, 'nodir', 'x.png')], /--out .*nodir\/x\.png: the folder .*nodir does not exist; create it first/],
   ['sample', ['--out', dir], /--out .* is a folder: give a file name/],
+  // A file where a folder of the path should be was called a folder that does not exist.
+  ['sample', ['--count', '1', '--out', join(aFile, 'x.png')], /--out .*a-file\/x\.png: .*a-file is a file, not a folder$/],
+  ['pretrain', ['--out', join(aFile, 'run', 'deeper')], /--out .*a-file\/run\/deeper cannot be created: .*a-file is a file, not a folder$/],
   ['knn', ['--train', 'a', '--test', 'b', '--out', join(dir, 'nodir', 'k.json')], /difrep knn: --out .*: the folder .*nodir does not exist/],
   ['cka', ['--features', 'a', '--b', '5', '--out', join(dir, 'nodir', 'c.json')], /difrep cka: --out .*: the folder .*nodir does not exist/],
   ['cka', ['--features', 'a', '--b', '5', '--out', join(dir, 'c.json'), '--png', join(dir, 'nodir', 'c.png')], /difrep cka: --png .*: the folder .*nodir does not exist/],

@@ -22,7 +22,9 @@ export async function unwritableReason(path: string): Promise<string | undefined
   const { dirname, resolve } = await import('node:path');
   if ((await stat(path).catch(() => undefined))?.isDirectory()) return `${path} is a folder: give a file name`;
   const dir = dirname(resolve(path));
-  if (!(await stat(dir).catch(() => undefined))?.isDirectory()) return `the folder ${dir} does not exist; create it first`;
+  const folder = await stat(dir).catch(() => undefined);
+  if (folder && !folder.isDirectory()) return `${dir} is a file, not a folder`;
+  if (!folder) return `the folder ${dir} does not exist; create it first`;
   try {
     await access(dir, constants.W_OK);
   } catch {
