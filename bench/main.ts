@@ -13,7 +13,7 @@ import { FMA_UNROLL, higherPeaks, measurePeaks, type Peaks, probeAgain } from '.
 import { type BenchCase, CASES, type PeerOp } from './cases.ts';
 import { type Measurement, measure } from './measure.ts';
 import { tuneKernels } from '../src/cli/tune.ts';
-import { adapterName, storeTuning, tunedEngine } from '../src/cli/tuning-cache.ts';
+import { adapterDescription, adapterName, storeTuning, tunedEngine } from '../src/cli/tuning-cache.ts';
 
 interface Row {
   family: string;
@@ -179,14 +179,14 @@ function table(rows: Row[], peerLabel: string): string {
 
 async function main() {
   const engine = await tunedEngine();
-  const adapter = adapterName(engine);
+  const adapter = adapterDescription(engine);
   const started = new Date();
   console.log(`difrep bench (${mode}) on ${adapter}; CPU ${cpus()[0]?.model} ×${cpus().length}; load average ${loadavg().map((l) => l.toFixed(2)).join(' ')}`);
   if (flag('--tune')) {
     // The same bounded search as `difrep tune` (src/cli/tune.ts).
     const { tuning } = await tuneKernels(engine, 60, (line) => console.log(line));
-    await storeTuning(adapter, tuning);
-    console.log(`tuning stored for ${adapter}: ${JSON.stringify(tuning)}`);
+    await storeTuning(adapterName(engine), tuning);
+    console.log(`tuning stored for ${adapterName(engine)}: ${JSON.stringify(tuning)}`);
     engine.dispose();
     const tuned = await tunedEngine();
     return report(tuned, adapter, started);

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue 13's check on the GPU machine, as one prepared script (../shared/tools/gpu/README.md):
-#   KEEP="test/fixtures/adm64.safetensors test/fixtures/attention-head.safetensors" bash ../shared/tools/gpu/stage.sh
+#   bash scripts/gpu-stage.sh          (stage.sh with the dumps that fit the tool's 64 MiB, size checked)
 #   device run, carry [".gpu"], timeout_s 560:  bash .gpu/remote.sh bash scripts/gpu-check.sh
 #   bash ../shared/tools/gpu/restore.sh        (always, before committing)
 # Writes under $OUT: parity.txt (the PyTorch dumps kept in test/fixtures, run with the kernels the

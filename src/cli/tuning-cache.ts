@@ -16,16 +16,22 @@ export type TuningCache = Record<string, unknown>;
 export const tuningPath = (): string => process.env.DIFREP_TUNING ?? join(process.env.HOME || homedir(), '.cache', 'difrep', 'tuning.json');
 
 /**
- * The key of an engine's adapter in the cache: its description (with the driver version) and its
- * device (one driver runs several GPUs; lavapipe's names its vector width), else vendor and
- * architecture. A CPU adapter's speed is the CPU's, so its key names the CPU model and core count
- * too: a home folder shared by a cluster's different nodes keeps one entry per kind of node.
+ * An engine's adapter in words: its description (with the driver version) and its device (one
+ * driver runs several GPUs; lavapipe's names its vector width), else vendor and architecture.
+ */
+export function adapterDescription(e: Engine): string {
+  const i = e.handle.info;
+  return [i.description, i.device].filter(Boolean).join(' · ') || `${i.vendor} ${i.architecture}`;
+}
+
+/**
+ * The key of an engine's adapter in the cache: adapterDescription, and for a CPU adapter, whose
+ * speed is the CPU's, the CPU model and core count too: a home folder shared by a cluster's
+ * different nodes keeps one entry per kind of node.
  */
 export function adapterName(e: Engine): string {
-  const i = e.handle.info;
-  const name = [i.description, i.device].filter(Boolean).join(' · ') || `${i.vendor} ${i.architecture}`;
   const cpu = e.cpuAdapter ? hostCpu() : '';
-  return cpu ? `${name} · ${cpu}` : name;
+  return cpu ? `${adapterDescription(e)} · ${cpu}` : adapterDescription(e);
 }
 
 /** "<model> ×<cores>", or '' where the runtime will not say (Deno without --allow-sys). */
