@@ -14,7 +14,7 @@
 //   dshift ← Σ dz (the op sums dγ and dβ over the images).
 import { wgsl } from 'wgsl-preprocessor/wgsl-preprocessor.js';
 import type { KernelSource } from './kernel-source.ts';
-import { blockedSum, componentSum, type RowParallelism, rowMeanAndRstd, rowReduction, vectorType } from './row-reduction.ts';
+import { blockedSum, componentSum, type RowParallelism, rowMeanAndRstd, rowReduction, unrolledLoop, vectorType } from './row-reduction.ts';
 import { uniformLayout } from './uniform-layout.ts';
 
 export const GROUPNORM_WORKGROUP = 256;
@@ -51,7 +51,7 @@ function rowStatistics(stride: number, width: number): string {
 
 /**
  * A loop over the row's loads `i` in channel `c`, with `perChannel` (the channel's affine values)
- * run once per channel where a thread owns the row (CPU adapters: every buffer read there is a
+ * run once per channel where a thread owns the row (its loads then an unrolledLoop) (CPU adapters: every buffer read there is a
  * per-lane gather, so γ, β, scale and shift read once per value would cost as much as x), and once
  * per load where a workgroup shares the row (GPUs: a channel of an 8×8 map has fewer loads than
  * the workgroup has threads).
@@ -61,9 +61,8 @@ function channelLoop(mode: RowParallelism, stride: number, perChannel: string, b
     return `for (var cc = 0u; cc < cpg; cc++) {
     let c = g * cpg + cc;
     ${perChannel}
-    for (var i = cc * hw; i < (cc + 1u) * hw; i++) {
-      ${body}
-    }
+    let channelEnd = (cc + 1u) * hw;
+    ${unrolledLoop({ index: 'i', first: 'cc * hw', end: 'channelEnd', stride: 1, body })}
   }`;
   }
   return `for (var i = lane; i < count; i += ${stride}u) {

@@ -110,18 +110,34 @@ export const componentMax = (width: number, v: string) => (width === 4 ? `max(ma
 export const SUM_BLOCK = 256;
 
 /**
+ * WGSL for `body` at index = first, first + stride, … below `end`, in order, four indices an
+ * iteration and the rest one at a time. Lavapipe blends every value a loop carries with the loop's
+ * mask once per iteration; four steps an iteration measured GroupNorm+SiLU (256 ch @64², its
+ * statistics and its apply loop) 2.8 → 2.35 ms by interleaved medians on 2 cores. The same steps in
+ * the same order: results do not change.
+ */
+export function unrolledLoop(o: { index: string; first: string; end: string; stride: number; body: string }): string {
+  const next = `${o.index}Unrolled`;
+  return `var ${next} = ${o.first};
+    for (; ${next} + ${3 * o.stride}u < ${o.end}; ${next} += ${4 * o.stride}u) {
+      ${[0, 1, 2, 3].map((k) => `{ let ${o.index} = ${next} + ${k * o.stride}u; ${o.body} }`).join('\n      ')}
+    }
+    for (var ${o.index} = ${next}; ${o.index} < ${o.end}; ${o.index} += ${o.stride}u) {
+      ${o.body}
+    }`;
+}
+
+/**
  * WGSL for a sum over index = first, first + stride, … below `end` in blocks of SUM_BLOCK
  * iterations: each block runs `declare` (its own accumulators), then `body` for each of its
- * indices (named `index`), then `join` (adds its accumulators to the totals).
+ * indices (named `index`; an unrolledLoop), then `join` (adds its accumulators to the totals).
  */
 export function blockedSum(o: { index: string; first: string; end: string; stride: number; declare: string; body: string; join: string }): string {
   const span = SUM_BLOCK * o.stride;
   return `for (var blockStart = ${o.first}; blockStart < ${o.end}; blockStart += ${span}u) {
     ${o.declare}
     let blockEnd = min(blockStart + ${span}u, ${o.end});
-    for (var ${o.index} = blockStart; ${o.index} < blockEnd; ${o.index} += ${o.stride}u) {
-      ${o.body}
-    }
+    ${unrolledLoop({ index: o.index, first: 'blockStart', end: 'blockEnd', stride: o.stride, body: o.body })}
     ${o.join}
   }`;
 }

@@ -31,10 +31,22 @@ ${r.entry}
   let base = row * u.n;
   // One pass for the maximum and the sum (online softmax: Milakov & Gimelshein 2018, Alg. 3):
   // each thread keeps its running maximum mt and st = Σ exp(x − mt), rescaling st when mt grows;
-  // the row's m is the threads' maximum and s = Σ st·exp(mt − m).
+  // the row's m is the threads' maximum and s = Σ st·exp(mt − m). Four loads a step share one
+  // rescale, and the loop carries mt and st a quarter as often (lavapipe blends them with the
+  // loop's mask every iteration): 1024 × 1024 2.9 → 2.45 ms by interleaved medians on 2 cores.
   var mt = -3.402823e38;
   var st = 0.0;
-  for (var k = lane; k < u.n; k += ${r.stride}u) {
+  var k = lane;
+  for (; k + ${3 * r.stride}u < u.n; k += ${4 * r.stride}u) {
+    let v0 = x[base + k] * u.scale;
+    let v1 = x[base + k + ${r.stride}u] * u.scale;
+    let v2 = x[base + k + ${2 * r.stride}u] * u.scale;
+    let v3 = x[base + k + ${3 * r.stride}u] * u.scale;
+    let grown = max(max(mt, max(${componentMax(width, 'v0')}, ${componentMax(width, 'v1')})), max(${componentMax(width, 'v2')}, ${componentMax(width, 'v3')}));
+    st = st * exp(mt - grown) + ${componentSum(width, '(exp(v0 - grown) + exp(v1 - grown)) + (exp(v2 - grown) + exp(v3 - grown))')};
+    mt = grown;
+  }
+  for (; k < u.n; k += ${r.stride}u) {
     let v = x[base + k] * u.scale;
     let grown = max(mt, ${componentMax(width, 'v')});
     st = st * exp(mt - grown) + ${componentSum(width, 'exp(v - grown)')};
