@@ -157,10 +157,10 @@ const describeTiling = (t: MatmulTiling) => `${t.wgX}×${t.wgY} threads × ${t.t
 export async function tuneCommand(argv: string[]): Promise<number> {
   const o = parseArgs('tune', argv, OPTIONS);
   if (!o) return 0;
-  if (!o['dry-run']) await readTuningCache(); // a file that is not a cache fails now, not after the search
   const e = await createEngine();
   try {
     const adapter = adapterName(e);
+    if (!o['dry-run']) await readTuningCache(adapter); // a file that is not a cache fails now, not after the search
     console.log(`difrep tune: ${adapter}, ${o.seconds} s budget`);
     const t0 = performance.now();
     const { tuning, results } = await tuneKernels(e, o.seconds, (line) => console.log(line));

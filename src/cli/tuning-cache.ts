@@ -44,8 +44,11 @@ function hostCpu(): string {
   }
 }
 
-/** The whole cache ({} when there is no file); a file that is not a cache is an error naming it. */
-export async function readTuningCache(): Promise<TuningCache> {
+/**
+ * The whole cache ({} when there is no file); a file that is not a cache is an error naming it
+ * (and `adapter`, the key of the adapter in use, where the fix needs it).
+ */
+export async function readTuningCache(adapter?: string): Promise<TuningCache> {
   const path = tuningPath();
   let text: string;
   try {
@@ -68,7 +71,7 @@ export async function readTuningCache(): Promise<TuningCache> {
   if (families.length) {
     throw new Error(
       `kernel tuning cache ${path}: ${families.map((f) => `"${f}"`).join(', ')} at its top level ${families.length > 1 ? 'are kernel families' : 'is a kernel family'}, not an adapter's name, so no adapter would use ${families.length > 1 ? 'them' : 'it'}: ` +
-        `the cache maps each adapter's name to its settings ({"<adapter>": {"matmul": {…}}}); move ${families.length > 1 ? 'them' : 'it'} under the name \`difrep tune --dry-run\` prints first, or ${fix}`,
+        `the cache maps each adapter's name to its settings ({"<adapter>": {"matmul": {…}}}); move ${families.length > 1 ? 'them' : 'it'} under ${adapter ? `"${adapter}" (this adapter's name)` : "the adapter's name"}, or ${fix}`,
     );
   }
   return cache;
@@ -97,11 +100,20 @@ export async function storeTuning(adapter: string, tuning: Tuning): Promise<void
  * checked: one that this difrep cannot use (another version's, hand-edited) is an error naming it.
  */
 export async function tunedEngine(): Promise<Engine> {
-  const cache = await readTuningCache();
   const e = await createEngine();
   const adapter = adapterName(e);
+  const cache = await readTuningCache(adapter).catch(async (err) => {
+    await e.dispose();
+    throw err;
+  });
   const raw = cache[adapter];
-  if (raw === undefined) return e;
+  if (raw === undefined) {
+    // Before CPU adapters' keys named the CPU, their entries were keyed by the adapter alone.
+    if (adapter !== adapterDescription(e) && cache[adapterDescription(e)] !== undefined) {
+      console.error(`difrep: the entry "${adapterDescription(e)}" in ${tuningPath()} (an earlier difrep's, which kept CPU adapters' tiles without the CPU) is not applied: tiles are now kept per CPU model; run \`difrep tune\` again on this machine`);
+    }
+    return e;
+  }
   const where = `kernel tuning cache ${tuningPath()}: the entry of this adapter ("${adapter}")`;
   const fix = 'delete that entry, or re-run `difrep tune` to replace it';
   try {

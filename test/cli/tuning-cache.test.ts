@@ -4,7 +4,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import tap from 'tap';
-import { adapterName, readTuningCache, storeTuning, tunedEngine } from '../../src/cli/tuning-cache.ts';
+import { adapterDescription, adapterName, readTuningCache, storeTuning, tunedEngine } from '../../src/cli/tuning-cache.ts';
 import { createEngine } from '../../src/engine/engine.ts';
 
 const t = tap;
@@ -101,9 +101,36 @@ t.test("a CPU adapter's key names the CPU model and core count; a GPU's does not
 // built-in tiles while the user believed theirs were in use.
 t.test('a cache holding kernel families at its top level (a bare tuning) is an error saying how to key it', async (t) => {
   await writeFile(path, JSON.stringify({ matmul: { wgX: 8 }, rows: { subgroups: 0 } }));
-  const expected = /tuning cache .* "matmul", "rows" at its top level are kernel families, not an adapter's name, so no adapter would use them: .*\{"<adapter>": \{"matmul": \{…\}\}\}.*`difrep tune --dry-run` prints first/;
+  const expected = /tuning cache .* "matmul", "rows" at its top level are kernel families, not an adapter's name, so no adapter would use them: .*\{"<adapter>": \{"matmul": \{…\}\}\}\); move them under /;
   await t.rejects(readTuningCache(), expected);
-  await t.rejects(tunedEngine(), expected);
+  await t.rejects(readTuningCache(), /move them under the adapter's name, or delete it/);
+  const probe = await createEngine();
+  const adapter = adapterName(probe);
+  await probe.dispose();
+  const err = await tunedEngine().then((x) => (x.dispose(), null), (x: Error) => x);
+  t.match(err?.message, expected);
+  t.ok(err?.message.includes(`move them under "${adapter}" (this adapter's name)`), 'the engine\'s message names this adapter\'s key');
+  await writeFile(path, '{}');
+});
+
+// Keys without the CPU (an earlier difrep's) are not applied on a CPU adapter, and the user is told.
+t.test("a CPU adapter's entry keyed without the CPU is not applied, and stderr says so", async (t) => {
+  const probe = await createEngine();
+  const [name, description] = [adapterName(probe), adapterDescription(probe)];
+  await probe.dispose();
+  if (name === description) return void t.pass('a GPU adapter: its key has no CPU');
+  await writeFile(path, JSON.stringify({ [description]: { matmulSubgroup: { enabled: 0 } } }));
+  const said: string[] = [];
+  const error = console.error;
+  console.error = (...args: unknown[]) => void said.push(args.join(' '));
+  try {
+    const e = await tunedEngine();
+    t.same(e.tuning, {}, 'not applied');
+    await e.dispose();
+  } finally {
+    console.error = error;
+  }
+  t.match(said.join('\n'), /is not applied: tiles are now kept per CPU model; run `difrep tune` again on this machine/);
   await writeFile(path, '{}');
 });
 
