@@ -61,6 +61,7 @@ const CASES: [string, string[], RegExp][] = [
   ['sample', ['--out', dir], /--out .* is a folder: give a file name/],
   // A file where a folder of the path should be was called a folder that does not exist.
   ['sample', ['--count', '1', '--out', join(aFile, 'x.png')], /--out .*a-file\/x\.png: .*a-file is a file, not a folder$/],
+  ['sample', ['--count', '1', '--out', join(aFile, 'sub', 'x.png')], /--out .*a-file\/sub\/x\.png: .*a-file is a file, not a folder$/],
   ['pretrain', ['--out', join(aFile, 'run', 'deeper')], /--out .*a-file\/run\/deeper cannot be created: .*a-file is a file, not a folder$/],
   ['knn', ['--train', 'a', '--test', 'b', '--out', join(dir, 'nodir', 'k.json')], /difrep knn: --out .*: the folder .*nodir does not exist/],
   ['cka', ['--features', 'a', '--b', '5', '--out', join(dir, 'nodir', 'c.json')], /difrep cka: --out .*: the folder .*nodir does not exist/],

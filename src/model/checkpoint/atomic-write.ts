@@ -24,7 +24,14 @@ export async function unwritableReason(path: string): Promise<string | undefined
   const dir = dirname(resolve(path));
   const folder = await stat(dir).catch(() => undefined);
   if (folder && !folder.isDirectory()) return `${dir} is a file, not a folder`;
-  if (!folder) return `the folder ${dir} does not exist; create it first`;
+  if (!folder) {
+    // A file further up (notes.txt/a/b) makes the folder impossible to create, not merely missing.
+    let above = dirname(dir);
+    let found = await stat(above).catch(() => undefined);
+    while (!found && dirname(above) !== above) found = await stat((above = dirname(above))).catch(() => undefined);
+    if (found && !found.isDirectory()) return `${above} is a file, not a folder`;
+    return `the folder ${dir} does not exist; create it first`;
+  }
   try {
     await access(dir, constants.W_OK);
   } catch {
