@@ -559,9 +559,11 @@ export class Engine {
     });
     this.flush();
     const recorded = this.commandsRecorded;
+    // Mapping a buffer that could not be made is a validation error of its own: the engine's, not the app's.
+    const mapping = this.scoped(['validation'], () => staging.mapAsync(GPUMapMode.READ, 0, Math.max(4, total)));
     const errors = this.takePendingErrors();
     try {
-      await staging.mapAsync(GPUMapMode.READ, 0, Math.max(4, total));
+      await mapping;
     } catch (e) {
       staging.destroy();
       await this.throwFirstAndFail(errors);

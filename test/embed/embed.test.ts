@@ -164,21 +164,26 @@ t.test("reads larger together than one staging buffer may hold go in groups; toB
 // The pool's and the staging ring's own allocations were outside the engine's error scopes: an
 // out-of-memory there went to the app's handler, and the engine's read named only the dropped batch.
 t.test("an allocation of the engine's that fails is the engine's error, not the app's", async (t) => {
-  // The app's device, except that a buffer labelled "poisoned" is made invalid (as an out-of-memory makes it).
-  const poisoned = new Proxy(device, {
-    get(target, key) {
-      if (key === 'createBuffer') {
-        return (d: GPUBufferDescriptor) => target.createBuffer(d.label?.includes('poisoned') ? { ...d, usage: d.usage | GPUBufferUsage.MAP_READ } : d);
-      }
-      const v = Reflect.get(target, key);
-      return typeof v === 'function' ? v.bind(target) : v;
-    },
-  });
-  const before = uncaptured.length;
-  const engine = await createEngine({ device: poisoned });
-  const x = engine.zeros([1024], 'poisoned');
-  await t.rejects(x.read(), /poisoned/, 'the read names the buffer that could not be made');
-  await new Promise((r) => setTimeout(r, 200)); // an uncaptured error would have arrived by now
-  t.equal(uncaptured.length, before, "the app's handler saw nothing");
-  await engine.dispose().catch(() => {});
+  // The app's device, except that buffers of one label are made invalid (as an out-of-memory makes
+  // them): a tensor's buffer from the pool, then the staging ring's readback buffer (whose mapping
+  // then fails as well).
+  for (const [poison, label] of [['poisoned', 'poisoned'], ['difrep readback', 'x']] as const) {
+    const device2 = new Proxy(device, {
+      get(target, key) {
+        if (key === 'createBuffer') {
+          return (d: GPUBufferDescriptor) => target.createBuffer(d.label?.includes(poison) ? { ...d, usage: d.usage | GPUBufferUsage.MAP_READ | GPUBufferUsage.MAP_WRITE } : d);
+        }
+        const v = Reflect.get(target, key);
+        return typeof v === 'function' ? v.bind(target) : v;
+      },
+    });
+    const before = uncaptured.length;
+    const engine = await createEngine({ device: device2 });
+    const x = engine.zeros([1024], label);
+    await t.rejects(x.read(), new RegExp(poison), `${poison}: the read names the buffer that could not be made`);
+    await new Promise((r) => setTimeout(r, 200)); // an uncaptured error would have arrived by now
+    t.same(uncaptured.slice(before), [], `${poison}: the app's handler saw nothing`);
+    uncaptured.length = before;
+    await engine.dispose().catch(() => {});
+  }
 });
