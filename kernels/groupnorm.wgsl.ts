@@ -51,10 +51,10 @@ function rowStatistics(stride: number, width: number): string {
 
 /**
  * A loop over the row's loads `i` in channel `c`, with `perChannel` (the channel's affine values)
- * run once per channel where a thread owns the row (its loads then an unrolledLoop) (CPU adapters: every buffer read there is a
- * per-lane gather, so γ, β, scale and shift read once per value would cost as much as x), and once
- * per load where a workgroup shares the row (GPUs: a channel of an 8×8 map has fewer loads than
- * the workgroup has threads).
+ * run once per channel where a thread owns the row (CPU adapters: every buffer read there is a
+ * per-lane gather, so γ, β, scale and shift read once per value would cost as much as x; the
+ * channel's loads are then an unrolledLoop), and once per load where a workgroup shares the row
+ * (GPUs: a channel of an 8×8 map has fewer loads than the workgroup has threads).
  */
 function channelLoop(mode: RowParallelism, stride: number, perChannel: string, body: string): string {
   if (mode === 'thread') {

@@ -114,17 +114,20 @@ export const SUM_BLOCK = 256;
  * iteration and the rest one at a time. Lavapipe blends every value a loop carries with the loop's
  * mask once per iteration; four steps an iteration measured GroupNorm+SiLU (256 ch @64², its
  * statistics and its apply loop) 2.8 → 2.35 ms by interleaved medians on 2 cores. The same steps in
- * the same order: results do not change.
+ * the same order: results do not change. `body` must not `continue` or `break` (a copy's `continue`
+ * would skip the copies after it).
  */
 export function unrolledLoop(o: { index: string; first: string; end: string; stride: number; body: string }): string {
   const next = `${o.index}Unrolled`;
-  return `var ${next} = ${o.first};
+  return `{
+    var ${next} = ${o.first};
     for (; ${next} + ${3 * o.stride}u < ${o.end}; ${next} += ${4 * o.stride}u) {
       ${[0, 1, 2, 3].map((k) => `{ let ${o.index} = ${next} + ${k * o.stride}u; ${o.body} }`).join('\n      ')}
     }
     for (var ${o.index} = ${next}; ${o.index} < ${o.end}; ${o.index} += ${o.stride}u) {
       ${o.body}
-    }`;
+    }
+  }`;
 }
 
 /**

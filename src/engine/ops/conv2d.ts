@@ -163,8 +163,7 @@ function conv2dWeightGrad(e: Engine, dy: Tensor, x: Tensor, wShape: readonly num
   }
   const columns = cin * ksize * ksize;
   const t = tiling(e, cout, columns);
-  const [tilesX, tilesY] = gemmWorkgroups(t, cout, columns);
-  const tiles = tilesX * tilesY;
+  const tiles = gemmWorkgroups(t, cout, columns).reduce((a, b) => a * b, 1); // output tiles, folds included
   const reduction = N * Ho * Wo;
   const target = e.tuning.conv2dWeightGrad?.splitKWorkgroups ?? (e.cpuAdapter ? 1 : 64);
   const wanted = Math.min(Math.ceil(target / tiles), Math.floor(reduction / SPLIT_K_MIN_REDUCTION));
