@@ -14,6 +14,7 @@
 // (a thread per key, query tiles staged in workgroup memory) then dk and dv — no float atomics.
 import { wgsl } from 'wgsl-preprocessor/wgsl-preprocessor.js';
 import type { KernelSource } from './kernel-source.ts';
+import { LOWEST_F32 } from './row-reduction.ts';
 import { uniformLayout } from './uniform-layout.ts';
 
 export const ATTENTION_QUERIES_PER_WORKGROUP = 64;
@@ -90,14 +91,14 @@ ${tokenMain(WG)}
   if (live) {
     for (var c = 0u; c < ${D4}u; c++) { q[c] = load(base + ${V}u * c * u.chStride + t * u.tokStride) * u.scale; }
   }
-  var m = -3.402823e38;
+  var m = ${LOWEST_F32};
   var l = 0.0;
   for (var j0 = 0u; j0 < u.T; j0 += ${TILE}u) {
     ${stageKeys(D4, V, vt, TILE, WG)}
     workgroupBarrier();
     if (live) {
       var s: array<f32, ${TILE}>;
-      var tileMax = -3.402823e38;
+      var tileMax = ${LOWEST_F32};
       let valid = min(${TILE}u, u.T - j0);
       for (var j = 0u; j < valid; j++) {
         var d = 0.0;

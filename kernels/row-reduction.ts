@@ -94,6 +94,12 @@ ${tree('rowMax', 'f32', 'scratch', (a, b) => `max(${a}, ${b})`)}`,
 }
 
 /**
+ * The lowest f32, −3.4028235e38, exactly (a hexadecimal literal): where a running maximum starts.
+ * Above it (−3.402823e38), a row of PyTorch's mask value, masked_fill(finfo.min), gave NaN.
+ */
+export const LOWEST_F32 = '-0x1.fffffep+127f';
+
+/**
  * The row kernels' loads of `width` (1 or 4) values: their WGSL type, and the sum and maximum of a
  * load's components (shared by the GroupNorm and softmax kernels).
  */

@@ -39,6 +39,19 @@ for (const [layout, e] of layouts) for (const log of [false, true]) {
       t.ok(maxRelError(y, softmaxRef({ data: data.map((v) => v * scale), shape: x.shape }, log).data) < 1e-5, `${count} rows, scale ${scale}`);
     }
   });
+  // PyTorch's masks fill with the lowest float (masked_fill(finfo(float32).min)): a row of it alone
+  // is uniform, and beside other values it weighs nothing. Starting the running maximum above it
+  // gave NaN (0 · ∞ in the rescale).
+  t.test(`${name}: rows holding the lowest float (a mask), in 2 rows and in 24, of 4, 5 and 67 values`, async (t) => {
+    const lowest = -3.4028234663852886e38;
+    for (const count of [2, 24]) for (const n of [4, 5, 67]) {
+      const data = Float64Array.from({ length: count * n }, (_, i) => (Math.floor(i / n) % 2 === 0 || i % 3 === 0 ? lowest : (i % 7) - 3));
+      const x: Nd = { data, shape: [count, n] };
+      const y = await op(upload(e, x)).read();
+      t.ok(y.every(Number.isFinite), `${count} × ${n}: finite`);
+      t.ok(maxRelError(y, softmaxRef(x, log).data) < 1e-5, `${count} × ${n}: as float64`);
+    }
+  });
   t.test(`${name}: a row's maximum found late (the running sums rescaled as it grows)`, async (t) => {
     // Rising and falling ramps over 20 units: without rescaling, the early terms of a thread's sum
     // would keep weights up to e^980 too large, and the threads' sums would combine unscaled.
