@@ -152,6 +152,18 @@ export function blockedSum(o: { index: string; first: string; end: string; strid
 }
 
 /**
+ * WGSL for d²·w (w ≤ 1) of `width` values: d·d·w, or where d·d overflows (values 1.8e19 apart,
+ * whose variance still fits an f32) d·(d·w), which does not (d·d gave inf, or inf·0 = NaN on a
+ * block's first value). Both orders round alike otherwise, so the statistics keep their rounding.
+ */
+function weightedSquare(d: string, w: string, width: number): string {
+  const overflowed = width === 4
+    ? `(bitcast<vec4<u32>>(${d} * ${d}) & vec4(0x7fffffffu)) == vec4(0x7f800000u)`
+    : `(bitcast<u32>(${d} * ${d}) & 0x7fffffffu) == 0x7f800000u`;
+  return `select(${d} * ${d} * (${w}), ${d} * (${d} * (${w})), ${overflowed})`;
+}
+
+/**
  * WGSL for the mean and 1/sqrt(variance + eps) of a row, in one pass over its `count` loads of
  * `width` values from x[base] (names of WGSL values; the row's threads start at `lane` and step by
  * `stride`, as rowReduction lays them out). The data are shifted by the row's first value, so the
@@ -161,8 +173,8 @@ export function blockedSum(o: { index: string; first: string; end: string; strid
  * (v − mean)²·cnt/(cnt + 1), mean = s/cnt before it — over each block of SUM_BLOCK loads, and
  * the blocks and then the streams are merged by Chan et al.'s rule
  * M2 = Σ M2ᵢ + Σ cntᵢ·(meanᵢ − mean)², for two parts M2 = M2₁ + M2₂ + d²·n₁n₂/(n₁ + n₂) with
- * d = mean₂ − mean₁ (never E[x²] − E[x]², which cancels). Defines `shift`, `offset` and `rstd`;
- * reads x.
+ * d = mean₂ − mean₁ (never E[x²] − E[x]², which cancels); each weighted square is a
+ * weightedSquare. Defines `shift`, `offset` and `rstd`; reads x.
  */
 export function rowMeanAndRstd(width: number, stride: number, count: string, base: string, eps: string): string {
   const T = vectorType(width);
@@ -177,16 +189,16 @@ export function rowMeanAndRstd(width: number, stride: number, count: string, bas
     var bm2 = ${T}();`,
     body: `let v = x[${base} + i] - shift;
       let delta = v - bs * (1.0 / max(bc, 1.0));
-      bm2 += delta * delta * (bc / (bc + 1.0));
+      bm2 += ${weightedSquare('delta', 'bc / (bc + 1.0)', width)};
       bs += v;
       bc += 1.0;`,
     join: `let d = bs * (1.0 / bc) - s * (1.0 / max(cnt, 1.0));
-    m2 += bm2 + d * d * (cnt * bc / (cnt + bc));
+    m2 += bm2 + ${weightedSquare('d', 'cnt * bc / (cnt + bc)', width)};
     s += bs;
     cnt += bc;`,
   })}
   let total = f32(${count} * ${width}u);
   let offset = rowSum(${componentSum(width, 's')}, lane) / total;
   let dm = s * (1.0 / max(cnt, 1.0)) - offset;
-  let rstd = inverseSqrt(rowSum(${componentSum(width, 'm2 + cnt * dm * dm')}, lane) / total + ${eps});`;
+  let rstd = inverseSqrt(rowSum(${componentSum(width, 'm2 + dm * (cnt * dm)')}, lane) / total + ${eps});`;
 }
