@@ -36,7 +36,8 @@ export interface UnaryOpSpec {
 export const UNARY_OPS = {
   scale: { forward: 'alpha * x', backward: 'alpha * dy' },
   neg: { forward: '-x', backward: '-dy' },
-  relu: { forward: 'max(x, 0.0)', backward: 'select(0.0, dy, x > 0.0)' },
+  // NaN stays NaN (PyTorch's): WGSL's max and clamp may return either operand for a NaN.
+  relu: { forward: 'select(max(x, 0.0), x, isNan(x))', backward: 'select(0.0, dy, x > 0.0)' },
   // SiLU: x·σ(x); d/dx = σ(x)·(1 + x·(1 − σ(x))).
   silu: { forward: 'x / (1.0 + exp(-x))', backward: 'dy * (1.0 / (1.0 + exp(-x))) * (1.0 + x * (1.0 - 1.0 / (1.0 + exp(-x))))' },
   // GELU with the exact erf (PyTorch's default): x·Φ(x); d/dx = Φ(x) + x·φ(x).
@@ -51,12 +52,11 @@ export const UNARY_OPS = {
   square: { forward: 'x * x', backward: 'dy * 2.0 * x' },
   addScalar: { forward: 'x + alpha', backward: 'dy' },
   // x clamped to [−alpha, alpha] (torch.clamp(x, −alpha, alpha)); the gradient passes inside only.
-  clampSymmetric: { forward: 'clamp(x, -alpha, alpha)', backward: 'select(0.0, dy, abs(x) < alpha)' },
+  clampSymmetric: { forward: 'select(clamp(x, -alpha, alpha), x, isNan(x))', backward: 'select(0.0, dy, abs(x) < alpha)' },
   // max(x, alpha) (torch.clamp(x, min=alpha)); the gradient passes where x ≥ alpha, as PyTorch's.
-  clampMin: { forward: 'max(x, alpha)', backward: 'select(0.0, dy, x >= alpha)' },
-  // tanh of x clamped to ±15 (tanh(15) is 1 in f32): implementations that form (e²ˣ − 1)/(e²ˣ + 1)
-  // give inf/inf = NaN past |x| ≈ 44. d/dx = 1 − y².
-  tanh: { forward: 'tanh(clamp(x, -15.0, 15.0))', backward: 'dy * (1.0 - y * y)' },
+  clampMin: { forward: 'select(max(x, alpha), x, isNan(x))', backward: 'select(0.0, dy, x >= alpha)' },
+  // tanhF32 (below); NaN stays NaN. d/dx = 1 − y².
+  tanh: { forward: 'select(tanhF32(x), x, isNan(x))', backward: 'dy * (1.0 - y * y)' },
 } satisfies Record<string, UnaryOpSpec>;
 
 export type UnaryOp = keyof typeof UNARY_OPS;
@@ -71,6 +71,19 @@ const element = (vectorized: boolean) => (vectorized ? 'vec4<f32>' : 'f32');
 const perComponent = (vectorized: boolean, call: (c: string) => string) =>
   vectorized ? `vec4(${['x', 'y', 'z', 'w'].map((c) => call(`.${c}`)).join(', ')})` : call('');
 
+/**
+ * WGSL helpers of the unary ops. isNan tests the bits (a compiler may fold x != x away).
+ * tanhF32: tanh of x clamped to ±15 (tanh(15) is 1 in f32; implementations that form
+ * (e²ˣ − 1)/(e²ˣ + 1) give inf/inf = NaN past |x| ≈ 44), and below |x| = 0.1 its Taylor series to
+ * x⁷ (next term 62x⁹/2835, under 1e-10 of x there): lavapipe's tanh is off by about 3e-8 absolute,
+ * 19 % of tanh(1e-7) and 0.14 % of tanh(1e-5).
+ */
+const UNARY_HELPERS = `fn isNan(x: f32) -> bool { return (bitcast<u32>(x) & 0x7fffffffu) > 0x7f800000u; }
+fn tanhF32(x: f32) -> f32 {
+  let x2 = x * x;
+  return select(tanh(clamp(x, -15.0, 15.0)), x * (1.0 + x2 * (-1.0 / 3.0 + x2 * (2.0 / 15.0 - x2 * (17.0 / 315.0)))), abs(x) < 0.1);
+}`;
+
 /** y[i] = f(x[i]). Bindings: x, y. */
 export function unaryKernel(op: UnaryOp, vectorized = false): KernelSource<typeof UNARY_PARAMS> {
   const spec: UnaryOpSpec = UNARY_OPS[op];
@@ -84,6 +97,7 @@ ${UNARY_PARAMS.wgsl}
 #if ${spec.needsErf ?? false}
 ${ERF}
 #endif
+${UNARY_HELPERS}
 fn f(x: f32, alpha: f32) -> f32 {
   return ${spec.forward};
 }

@@ -26,6 +26,28 @@ t.test('tanh stays finite and saturates far out (±50, ±1e4: an (e²ˣ − 1)/(
   t.same(Array.from(await ops.tanh(x).read()), [-1, -1, -1, 1, 1, 1]);
 });
 
+// Lavapipe's tanh is off by about 3e-8 absolute: 19 % of tanh(1e-7). Expected: tanh in float64.
+t.test('tanh keeps its relative precision near 0 (1e-20 to 0.2, both signs)', async (t) => {
+  const xs = [1e-20, 1e-7, 1e-5, 1e-3, 0.01, 0.0999, 0.1, 0.2].flatMap((v) => [v, -v]);
+  const y = await ops.tanh(e.tensor(Float32Array.from(xs), [xs.length])).read();
+  // Each value against its own magnitude (maxRelError divides by the largest).
+  const err = Math.max(...xs.map((v, i) => Math.abs(y[i] - Math.tanh(Math.fround(v))) / Math.abs(Math.tanh(Math.fround(v)))));
+  t.ok(err < 1e-6, `worst relative error ${err.toExponential(2)}: ${Array.from(y.slice(0, 8))}`);
+});
+
+// PyTorch keeps NaN through relu, clamp and tanh; WGSL's max and clamp may return the other
+// operand (lavapipe gave relu(NaN) = 0, clamp(NaN, −1, 1) = −1): a diverged sample or feature
+// became finite and unnoticed.
+t.test('relu, clampSymmetric, clampMin and tanh keep NaN (and scalar and vec4 kernels agree)', async (t) => {
+  for (const n of [3, 4]) {
+    const x = e.tensor(Float32Array.from({ length: n }, (_, i) => (i === 1 ? 2 : Number.NaN)), [n]);
+    for (const [name, y] of [['relu', ops.relu(x)], ['clampSymmetric', ops.clampSymmetric(x, 1)], ['clampMin', ops.clampMin(x, 1e-12)], ['tanh', ops.tanh(x)]] as const) {
+      const got = Array.from(await y.read());
+      t.ok(got.every((v, i) => (i === 1 ? Number.isFinite(v) : Number.isNaN(v))), `${name} of ${n} values: ${got}`);
+    }
+  }
+});
+
 for (const [name, op, alpha, lo, hi] of unaryCases) {
   // Counts that divide by 4 run the vec4 kernels, the others the scalar ones.
   t.test(`${name} forward matches float64 on 1, 256, 257, 70000 and 70001 elements`, async (t) => {
