@@ -55,6 +55,30 @@ t.test('groupNorm keeps precision when |mean| ≫ std (statistics of data shifte
   t.ok(err < 1e-3, `${err}`);
 });
 
+// Values 2e19 apart: their variance (1e38) fits an f32, the square of their difference (4e38) does
+// not. The statistics squared it first and gave inf (output β) or inf·0 = NaN. Worked by hand:
+// [0, 2e19] → ±1; [0, 2e19, 0, 0] has mean 5e18 and variance 7.5e37 → −1/√3 and √3.
+for (const [mode, rows] of ROW_MODES) t.test(`layerNorm and groupNorm of values 2e19 apart (${mode}) are those of float64`, async (t) => {
+  const saved = e.tuning.rows;
+  e.tuning.rows = { ...rows };
+  t.teardown(() => void (e.tuning.rows = saved));
+  const cases: [number[], number[]][] = [[[0, 2e19], [-1, 1]], [[0, 2e19, 0, 0], [-1 / Math.sqrt(3), Math.sqrt(3), -1 / Math.sqrt(3), -1 / Math.sqrt(3)]]];
+  for (const [values, expected] of cases) {
+    const n = values.length;
+    const ones = e.tensor(new Float32Array(n).fill(1), [n]);
+    const zeros = e.tensor(new Float32Array(n), [n]);
+    const rowsOf = (k: number) => e.tensor(Float32Array.from({ length: k * n }, (_, i) => values[i % n]), [k, n]);
+    // 2 rows, and 24 (a thread per row from 16 rows on CPU adapters by default).
+    for (const k of [2, 24]) {
+      const y = await ops.layerNorm(rowsOf(k), ones, zeros).read();
+      t.ok(maxRelError(y, Float64Array.from({ length: k * n }, (_, i) => expected[i % n])) < 1e-5, `layerNorm [${values}] × ${k}: ${Array.from(y.slice(0, n))}`);
+    }
+    const g = ops.groupNorm(e.tensor(Float32Array.from(values), [1, n, 1, 1]), e.tensor(new Float32Array(n).fill(2), [n]), e.tensor(new Float32Array(n).fill(0.5), [n]), { groups: 1 });
+    const got = await g.read();
+    t.ok(maxRelError(got, Float64Array.from(expected, (v) => 2 * v + 0.5)) < 1e-5, `groupNorm [${values}]: ${Array.from(got)}`);
+  }
+});
+
 // Rows of 16 values (read as vec4s) and of 15, in every row layout.
 for (const affine of [[4, 2, 2], [5, 3]]) for (const [mode, rows] of ROW_MODES) t.test(`layerNorm over [${affine}] with an elementwise affine (${mode}): forward and finite differences`, async (t) => {
   const saved = e.tuning.rows;
@@ -182,4 +206,18 @@ t.test('groupNorm and normalizeRows agree with float64 in every row layout', asy
   }
   t.ok(maxRelError(grads[0], Float64Array.from(grads[1])) < 1e-5, 'normalizeRows backward: thread per row = workgroup per row');
   t.ok(maxRelError(grads[2], Float64Array.from(grads[1])) < 1e-5, 'normalizeRows backward: through subgroups = workgroup per row');
+});
+
+// Tensors with no values where the op needs some: groupNorm of H·W = 0 bound a 4-byte buffer, a
+// raw WebGPU error that failed the engine; layerNorm of D = 0 said "invalid shape [NaN,2]";
+// crossEntropy of no samples "uniform alpha = -Infinity"; adaptiveAvgPool2d gave NaN and
+// resizeBilinear zeros for H = 0 (PyTorch refuses both). Each is refused, naming the tensor.
+t.test('ops that need values refuse empty inputs with a clear error, and the engine goes on', async (t) => {
+  const empty = (shape: number[]) => e.empty(shape, 'x');
+  t.throws(() => ops.groupNorm(empty([2, 4, 0, 2]), e.tensor([1, 1, 1, 1], [4]), e.tensor([0, 0, 0, 0], [4]), { groups: 2 }), /groupNorm: x \[2,4,0,2\] has no pixels to normalise/);
+  t.throws(() => ops.layerNorm(empty([2, 0]), empty([0]), empty([0])), /layerNorm: the normalised shape \[0\] of x has no values/);
+  t.throws(() => ops.crossEntropy(empty([0, 3]), []), /crossEntropy: logits \[0,3\]: a mean over 0 samples of 3 classes is undefined/);
+  t.throws(() => ops.adaptiveAvgPool2d(empty([1, 2, 0, 4]), 1), /adaptiveAvgPool2d: x \[1,2,0,4\] has no pixels to pool/);
+  t.throws(() => ops.resizeBilinear(empty([1, 2, 0, 4]), 2, 2), /resizeBilinear: x \[1,2,0,4\] to 2x2: input and output need at least one pixel/);
+  t.same(Array.from(await ops.relu(e.tensor([-1, 2], [2])).read()), [0, 2], 'the engine still works');
 });

@@ -20,6 +20,7 @@ export function groupNorm(x: Tensor, gamma: Tensor, beta: Tensor, opts: GroupNor
   if (x.rank < 2) throw new RangeError(`groupNorm: ${x.label} ${shapeString(x.shape)} needs [N, C, ...]`);
   const [N, C] = x.shape;
   const HW = x.size / (N * C);
+  if (N > 0 && C > 0 && HW === 0) throw new RangeError(`groupNorm: ${x.label} ${shapeString(x.shape)} has no pixels to normalise`);
   if (C % groups !== 0) throw new RangeError(`groupNorm: ${C} channels of ${x.label} do not split into ${groups} groups`);
   if (gamma.size !== C || beta.size !== C) {
     throw new RangeError(`groupNorm: affine ${gamma.label} ${shapeString(gamma.shape)} / ${beta.label} ${shapeString(beta.shape)} do not match ${C} channels of ${x.label}`);

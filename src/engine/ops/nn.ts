@@ -26,6 +26,7 @@ export function crossEntropy(logits: Tensor, labels: readonly number[]): Tensor 
   const e = logits.engine;
   const [N, K] = logits.shape;
   if (logits.rank !== 2 || labels.length !== N) throw new RangeError(`crossEntropy: logits ${shapeString(logits.shape)} with ${labels.length} labels`);
+  if (N === 0 || K === 0) throw new RangeError(`crossEntropy: logits ${shapeString(logits.shape)}: a mean over ${N} samples of ${K} classes is undefined`);
   const onehot = new Float32Array(N * K);
   labels.forEach((y, i) => {
     if (!Number.isInteger(y) || y < 0 || y >= K) throw new RangeError(`crossEntropy: label ${y} of sample ${i} is outside 0..${K - 1}`);
@@ -120,6 +121,8 @@ export function batchNorm2d(
 export function resizeBilinear(x: Tensor, outH: number, outW: number): Tensor {
   const e = x.engine;
   const [N, C, H, W] = x.shape;
+  if (x.rank !== 4) throw new RangeError(`resizeBilinear: ${x.label} ${shapeString(x.shape)} must be [N,C,H,W]`);
+  if (H === 0 || W === 0 || !(outH >= 1 && outW >= 1)) throw new RangeError(`resizeBilinear: ${x.label} ${shapeString(x.shape)} to ${outH}x${outW}: input and output need at least one pixel`);
   if (H === outH && W === outW) return x;
   return e.tidy(() => {
     const rh = e.tensor(interpolationMatrix(H, outH), [outH, H], 'bilinear.rows');

@@ -79,6 +79,7 @@ export function layerNorm(x: Tensor, weight: Tensor, bias: Tensor, eps = 1e-5): 
     throw new RangeError(`layerNorm: ${x.label} ${shapeString(x.shape)} does not end in the affine shape ${shapeString(weight.shape)} (bias ${shapeString(bias.shape)})`);
   }
   const D = weight.size;
+  if (D === 0) throw new RangeError(`layerNorm: the normalised shape ${shapeString(weight.shape)} of ${x.label} has no values`);
   const rows = x.size / D;
   const grads = e.tape.needsGrad([x, weight, bias]);
   const y = e.empty(x.shape, `layerNorm(${x.label})`);
