@@ -47,7 +47,7 @@ export const UNARY_OPS = {
     needsErf: true,
   },
   exp: { forward: 'exp(x)', backward: 'dy * y' },
-  log: { forward: 'log(x)', backward: 'dy / x' },
+  log: { forward: 'logF32(x)', backward: 'dy / x' },
   sqrt: { forward: 'sqrt(x)', backward: 'dy * 0.5 / y' },
   square: { forward: 'x * x', backward: 'dy * 2.0 * x' },
   addScalar: { forward: 'x + alpha', backward: 'dy' },
@@ -76,12 +76,18 @@ const perComponent = (vectorized: boolean, call: (c: string) => string) =>
  * tanhF32: tanh of x clamped to ±15 (tanh(15) is 1 in f32; implementations that form
  * (e²ˣ − 1)/(e²ˣ + 1) give inf/inf = NaN past |x| ≈ 44), and below |x| = 0.1 its Taylor series to
  * x⁷ (next term 62x⁹/2835, under 1e-10 of x there): lavapipe's tanh is off by about 3e-8 absolute,
- * 19 % of tanh(1e-7) and 0.14 % of tanh(1e-5).
+ * 19 % of tanh(1e-7) and 0.14 % of tanh(1e-5). logF32: log of a subnormal x (bits b, x = b·2⁻¹⁴⁹)
+ * as log(f32(b)) − 149·ln 2, from its bits alone (lavapipe's log read 1.4e-45 as e^−88.03, not
+ * e^−103.28, and its multiplies flush subnormals to zero).
  */
 const UNARY_HELPERS = `fn isNan(x: f32) -> bool { return (bitcast<u32>(x) & 0x7fffffffu) > 0x7f800000u; }
 fn tanhF32(x: f32) -> f32 {
   let x2 = x * x;
   return select(tanh(clamp(x, -15.0, 15.0)), x * (1.0 + x2 * (-1.0 / 3.0 + x2 * (2.0 / 15.0 - x2 * (17.0 / 315.0)))), abs(x) < 0.1);
+}
+fn logF32(x: f32) -> f32 {
+  let b = bitcast<u32>(x);
+  return select(log(x), log(f32(b)) - 103.27892990343185, b > 0u && b < 0x00800000u);
 }`;
 
 /** y[i] = f(x[i]). Bindings: x, y. */

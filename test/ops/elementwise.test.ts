@@ -35,6 +35,14 @@ t.test('tanh keeps its relative precision near 0 (1e-20 to 0.2, both signs)', as
   t.ok(err < 1e-6, `worst relative error ${err.toExponential(2)}: ${Array.from(y.slice(0, 8))}`);
 });
 
+// Lavapipe's log read subnormals as if their exponent field were that of 2⁻¹²⁷: log(1.4e-45) was −88.03.
+t.test('log of subnormals, the smallest normal and ordinary values matches float64', async (t) => {
+  const xs = Float32Array.from([1.4e-45, 1e-40, 1e-39, 1.1754942e-38, 1.17549435e-38, 1e-30, 0.5, 3]);
+  const y = await ops.log(e.tensor(xs, [xs.length])).read();
+  const err = Math.max(...Array.from(xs, (v, i) => Math.abs(y[i] - Math.log(v)) / Math.abs(Math.log(v))));
+  t.ok(err < 1e-6, `worst relative error ${err.toExponential(2)}: ${Array.from(y.slice(0, 4))}`);
+});
+
 // PyTorch keeps NaN through relu, clamp and tanh; WGSL's max and clamp may return the other
 // operand (lavapipe gave relu(NaN) = 0, clamp(NaN, −1, 1) = −1): a diverged sample or feature
 // became finite and unnoticed.
