@@ -228,14 +228,6 @@ t.test('matmul with K = 0 gives zeros plus the bias on every kernel, forward and
 // Column blocks past 65,535 (one dimension's workgroups) fold into z; batches and the fold share
 // it. The subgroup GEMM covers 64 columns a workgroup (two column groups), the tuned register tile here 8.
 t.test('matmul over more than 65535 column blocks folds them into the grid and matches float64', async (t) => {
-  const ref = (a: Nd, b: Nd, batch: number, M: number, K: number, N: number) => {
-    const out = new Float64Array(batch * M * N);
-    for (let p = 0; p < batch; p++) for (let i = 0; i < M; i++) for (let k = 0; k < K; k++) {
-      const av = a.data[(p * M + i) * K + k];
-      for (let j = 0; j < N; j++) out[(p * M + i) * N + j] += av * b.data[k * N + j];
-    }
-    return out;
-  };
   const tiled = await createEngine({ device: e.device, tuning: { matmulSubgroup: { enabled: 0 }, matmul: { wgX: 2, wgY: 2, tm: 4, tn: 4, tk: 4 } } });
   // [batch, M, 4] × [4, N], N just past 65,535 blocks (65,537, the last partial, so the second
   // fold ends in a spare block): batched with B broadcast (batch and fold share z), and N not a
@@ -244,7 +236,7 @@ t.test('matmul over more than 65535 column blocks folds them into the grid and m
     const a = randomNd([batch, M, 4], 52);
     const b = randomNd([4, N], 53);
     const y = await ops.matmul(upload(engine, a), upload(engine, b)).read();
-    const err = maxRelError(y, ref(a, b, batch, M, 4, N));
+    const err = maxRelError(y, matmulRef(a, b).data);
     t.ok(err < 1e-5, `${label}: [${batch},${M},4] × [4,${N}]: ${err.toExponential(2)}`);
   }
   tiled.dispose();
@@ -254,21 +246,13 @@ t.test('matmul over more than 65535 column blocks folds them into the grid and m
 // GEMM's 32 rows a workgroup, the tuned register tile's 2 × 4. M just past the limit, so the second
 // fold ends in spare blocks; batched with B broadcast, where batch, column and row folds share z.
 t.test('matmul over more than 65535 row blocks folds them into the grid and matches float64', async (t) => {
-  const ref = (a: Nd, b: Nd, batch: number, M: number, K: number, N: number) => {
-    const out = new Float64Array(batch * M * N);
-    for (let p = 0; p < batch; p++) for (let i = 0; i < M; i++) for (let k = 0; k < K; k++) {
-      const av = a.data[(p * M + i) * K + k];
-      for (let j = 0; j < N; j++) out[(p * M + i) * N + j] += av * b.data[k * N + j];
-    }
-    return out;
-  };
   const tiled = await createEngine({ device: e.device, tuning: { matmulSubgroup: { enabled: 0 }, matmul: { wgX: 2, wgY: 2, tm: 4, tn: 4, tk: 4 } } });
   for (const [label, engine, batch, M, N] of [['subgroup GEMM', e, 1, 65536 * 32 + 8, 4], ['register tile, vec4', tiled, 2, 65536 * 8 + 4, 4], ['register tile, scalar', tiled, 1, 65536 * 8 + 3, 3]] as const) {
     const K = 4;
     const a = randomNd([batch, M, K], 54);
     const b = randomNd([K, N], 55);
     const y = await ops.matmul(upload(engine, a), upload(engine, b)).read();
-    const err = maxRelError(y, ref(a, b, batch, M, K, N));
+    const err = maxRelError(y, matmulRef(a, b).data);
     t.ok(err < 1e-5, `${label}: [${batch},${M},${K}] × [${K},${N}]: ${err.toExponential(2)}`);
   }
   tiled.dispose();
