@@ -4,7 +4,7 @@
 // weights into a PNG).
 import { realpath, stat } from 'node:fs/promises';
 import { basename, dirname, extname, join, resolve, sep } from 'node:path';
-import { unwritableReason } from '../model/checkpoint/atomic-write.ts';
+import { nearestExisting, unwritableReason } from '../model/checkpoint/atomic-write.ts';
 import { UsageError } from './args.ts';
 import { chartFiles } from './render/write-chart.ts';
 
@@ -46,9 +46,8 @@ export async function checkOutputFolder(command: string, option: string, path: s
   if (found && !found.isDirectory()) throw new UsageError(`difrep ${command}: --${option} ${path} is a file; it names a folder for this command's outputs: give a folder`);
   if (!found) {
     // The nearest existing folder above it must be writable (mkdir -p makes the rest).
-    let above = dirname(resolve(path));
-    while (!(await stat(above).catch(() => undefined)) && dirname(above) !== above) above = dirname(above);
-    const reason = await unwritableReason(join(above, basename(path)));
+    const above = await nearestExisting(dirname(resolve(path)));
+    const reason = await unwritableReason(join(above.path, basename(path)));
     if (reason) throw new UsageError(`difrep ${command}: --${option} ${path} cannot be created: ${reason}`);
   }
   await checkNotKept(command, option, path, keep);

@@ -12,6 +12,16 @@ const TEMP_NAME = /^(.+)\.(\d+)\.(\d{13,})\.tmp$/;
 /** Errors of a directory fsync on systems and file systems that do not support one (Windows cannot open a directory). */
 const NO_DIRECTORY_SYNC = new Set(['EINVAL', 'EISDIR', 'EPERM', 'EACCES', 'ENOTSUP', 'EOPNOTSUPP', 'EBADF']);
 
+/** The nearest of `path` (absolute) and the folders above it that exists, and whether it is a folder. */
+export async function nearestExisting(path: string): Promise<{ path: string; isFolder: boolean }> {
+  const { stat } = await import('node:fs/promises');
+  const { dirname } = await import('node:path');
+  for (let at = path; ; at = dirname(at)) {
+    const found = await stat(at).catch(() => undefined);
+    if (found || dirname(at) === at) return { path: at, isFolder: found?.isDirectory() ?? false };
+  }
+}
+
 /**
  * Why `path` could not be written, checked before the work that produces it (a typo in a folder was
  * found only at the first save, after the training or sampling it was to keep): it is a folder, its
@@ -22,16 +32,10 @@ export async function unwritableReason(path: string): Promise<string | undefined
   const { dirname, resolve } = await import('node:path');
   if ((await stat(path).catch(() => undefined))?.isDirectory()) return `${path} is a folder: give a file name`;
   const dir = dirname(resolve(path));
-  const folder = await stat(dir).catch(() => undefined);
-  if (folder && !folder.isDirectory()) return `${dir} is a file, not a folder`;
-  if (!folder) {
-    // A file further up (notes.txt/a/b) makes the folder impossible to create, not merely missing.
-    let above = dirname(dir);
-    let found = await stat(above).catch(() => undefined);
-    while (!found && dirname(above) !== above) found = await stat((above = dirname(above))).catch(() => undefined);
-    if (found && !found.isDirectory()) return `${above} is a file, not a folder`;
-    return `the folder ${dir} does not exist; create it first`;
-  }
+  // A file there or further up (notes.txt/a/b) makes the folder impossible to create, not merely missing.
+  const above = await nearestExisting(dir);
+  if (!above.isFolder) return `${above.path} is a file, not a folder`;
+  if (above.path !== dir) return `the folder ${dir} does not exist; create it first`;
   try {
     await access(dir, constants.W_OK);
   } catch {
