@@ -185,8 +185,9 @@ async function main() {
   if (flag('--tune')) {
     // The same bounded search as `difrep tune` (src/cli/tune.ts).
     const { tuning } = await tuneKernels(engine, 60, (line) => console.log(line));
-    await storeTuning(adapterName(engine), tuning);
-    console.log(`tuning stored for ${adapterName(engine)}: ${JSON.stringify(tuning)}`);
+    const key = adapterName(engine);
+    await storeTuning(key, tuning);
+    console.log(`tuning stored for ${key}: ${JSON.stringify(tuning)}`);
     engine.dispose();
     const tuned = await tunedEngine();
     return report(tuned, adapter, started);
