@@ -56,6 +56,15 @@ t.test('relu, clampSymmetric, clampMin and tanh keep NaN (and scalar and vec4 ke
   }
 });
 
+// PyTorch's relu is x < 0 ? 0 : x, so relu(−0) = −0 (1/relu(−0) = −inf); max(−0, 0) gave +0.
+t.test('relu keeps the sign of zero (−0 → −0, +0 → +0) in scalar and vec4 kernels', async (t) => {
+  for (const n of [3, 4]) {
+    const xs = Float32Array.from({ length: n }, (_, i) => (i % 2 === 0 ? -0 : 0));
+    const got = Array.from(await ops.relu(e.tensor(xs, [n])).read());
+    t.ok(got.every((v, i) => Object.is(v, xs[i])), `relu of ${n} values: ${got.map((v) => (Object.is(v, -0) ? '-0' : v))}`);
+  }
+});
+
 for (const [name, op, alpha, lo, hi] of unaryCases) {
   // Counts that divide by 4 run the vec4 kernels, the others the scalar ones.
   t.test(`${name} forward matches float64 on 1, 256, 257, 70000 and 70001 elements`, async (t) => {
