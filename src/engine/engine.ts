@@ -317,6 +317,9 @@ export class Engine {
       this.scopes.pop();
     }
     if (result && typeof (result as { then?: unknown }).then === 'function') {
+      // What fn made before its first await goes to the enclosing scope, as an untidied op's
+      // output would: fn may still use it, and an enclosing tidy then frees it.
+      for (const t of scope) this.track(t);
       throw new Error('tidy: fn returned a promise; tidy is synchronous (its scope closes when fn returns): await inside, then tidy each synchronous part');
     }
     const keep = new Set<Tensor>();

@@ -295,6 +295,18 @@ t.test('maxBindingBytes must be a whole number of bytes', async (t) => {
 
 t.test('tidy refuses an async function (its scope would close before the awaits)', async (t) => {
   t.throws(() => e.tidy(async () => 0), /tidy: fn returned a promise; tidy is synchronous/);
+  // What it made before its first await belongs to the enclosing scope: the outer tidy frees it
+  // (it was in no scope, kept until the engine was disposed).
+  const live = e.memoryStats().liveBytes;
+  const x = e.tensor([1, 2, 3], [3]);
+  e.tidy(() => {
+    t.throws(() => e.tidy(async () => {
+      ops.mul(x, x);
+      await Promise.resolve();
+    }), /tidy: fn returned a promise/);
+  });
+  x.dispose();
+  t.equal(e.memoryStats().liveBytes, live);
 });
 
 t.test('a tuning whose workgroups the device cannot run, or an adapter without its device, is refused at once', async (t) => {
