@@ -2,7 +2,7 @@
 // scopes and the autograd tape. Everything the library does goes through an Engine; there is no
 // global state, so several engines (and other WebGPU libraries) can share a process or a device.
 
-import { BufferPool, type PoolStats } from './buffer-pool.ts';
+import { BufferPool, type CreateBuffer, type PoolStats } from './buffer-pool.ts';
 import { type AdapterClass, adapterClass, type AdapterDescription, type DeviceHandle, isCpuAdapter, requestDevice, wrapDevice } from './device.ts';
 import { KernelRegistry } from './kernel-registry.ts';
 import type { KernelSource, ParamsOf } from '../../kernels/kernel-source.ts';
@@ -149,15 +149,18 @@ export class Engine {
     Object.assign(this.tuning, checked);
   }
 
+  /**
+   * device.createBuffer inside the engine's error scopes: an out-of-memory is the engine's to
+   * report (at its next read or sync), not the app's uncaptured error.
+   */
+  private readonly createBuffer: CreateBuffer = (d) => this.scoped(['out-of-memory', 'validation'], () => this.device.createBuffer(d));
+
   constructor(handle: DeviceHandle, options: EngineOptions = {}) {
     this.handle = handle;
     this.device = handle.device;
-    // Inside the engine's error scopes: an out-of-memory is the engine's to report (at its next
-    // read or sync), not the app's uncaptured error.
-    const createBuffer = (d: GPUBufferDescriptor) => this.scoped(['out-of-memory', 'validation'], () => this.device.createBuffer(d));
-    this.pool = new BufferPool(createBuffer, this.device.limits.maxBufferSize);
+    this.pool = new BufferPool(this.createBuffer, this.device.limits.maxBufferSize);
     this.kernels = new KernelRegistry(this.device);
-    this.staging = new StagingRing(createBuffer);
+    this.staging = new StagingRing(this.createBuffer);
     // A copy: setTuning edits the engine's own, never the caller's object (other engines share it).
     this.tuning = options.tuning ? structuredClone(checkTuning(options.tuning, 'Engine: option tuning', TUNING_FIX)) : {};
     this.maxDispatches = options.maxDispatchesPerSubmit ?? 64;
@@ -174,7 +177,7 @@ export class Engine {
     this.gemmPresets = this.adapterClass === 'llvmpipe' ? 'lavapipe' : this.cpuAdapter ? 'portable' : 'gpu';
     this.subgroupReductions = this.device.features.has('subgroups') && handle.wgslFeatures.has('subgroup_id');
     this.checkTuningRuns(this.tuning);
-    this.uniformArena = this.device.createBuffer({
+    this.uniformArena = this.createBuffer({
       size: UNIFORM_ARENA_BYTES,
       usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
       label: 'difrep uniforms',
@@ -261,7 +264,7 @@ export class Engine {
     if (usage & GPUBufferUsage.MAP_READ && usage & ~(GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST)) {
       throw new RangeError(`toBuffer: usage ${usage} combines MAP_READ with other usages; WebGPU allows MAP_READ with COPY_DST only (read the tensor with read(), or map a MAP_READ | COPY_DST buffer)`);
     }
-    const buffer = this.scoped(['validation', 'out-of-memory'], () => this.device.createBuffer({ size: Math.max(4, t.byteLength), usage: usage | GPUBufferUsage.COPY_DST, label }));
+    const buffer = this.createBuffer({ size: Math.max(4, t.byteLength), usage: usage | GPUBufferUsage.COPY_DST, label });
     this.copyBuffer(t.buffer, 0, buffer, 0, t.byteLength); // f32: always a multiple of 4 bytes
     this.flush();
     return buffer;
@@ -606,7 +609,7 @@ export class Engine {
   startProfiling(): void {
     if (!this.hasFeature('timestamp-query')) throw new Error('profiling needs the adapter feature timestamp-query');
     this.flush();
-    this.profiler ??= new KernelProfiler(this.device, this.maxDispatches);
+    this.profiler ??= this.scoped(['out-of-memory', 'validation'], () => new KernelProfiler(this.device, this.maxDispatches, this.createBuffer));
   }
 
   /** While profiling, attributes the following dispatches to `tag` (e.g. a model block). */
@@ -618,10 +621,13 @@ export class Engine {
   async stopProfiling(): Promise<KernelTime[]> {
     if (!this.profiler) return [];
     this.flush();
-    const report = await this.profiler.report();
-    this.profiler.destroy();
+    const profiler = this.profiler;
     this.profiler = null;
-    return report;
+    try {
+      return await profiler.report();
+    } finally {
+      profiler.destroy();
+    }
   }
 
   // ---------------------------------------------------------------- lifetime

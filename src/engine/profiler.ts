@@ -2,6 +2,7 @@
 // pass of its own whose begin/end timestamps land in a query set; at each submit the set is
 // resolved and read back, and the nanoseconds are summed per kernel key. Costs one pass per
 // dispatch, so it is for finding where time goes, not for the bench's numbers.
+import type { CreateBuffer } from './buffer-pool.ts';
 
 export interface KernelTime {
   kernel: string;
@@ -18,8 +19,11 @@ export class KernelProfiler {
   tag = '';
   private readonly totals = new Map<string, { calls: number; ns: number }>();
   private pending: Promise<void>[] = [];
+  /** Why a batch's timings could not be read back, if one's could not. */
+  private lost?: string;
 
-  constructor(private readonly device: GPUDevice, readonly capacity: number) {
+  /** `createBuffer` makes its resolve and readback buffers (the engine's, inside its error scopes). */
+  constructor(device: GPUDevice, readonly capacity: number, private readonly createBuffer: CreateBuffer) {
     this.querySet = device.createQuerySet({ type: 'timestamp', count: capacity * 2, label: 'difrep profiler' });
   }
 
@@ -38,8 +42,8 @@ export class KernelProfiler {
     const labels = this.labels;
     this.labels = [];
     const bytes = n * 16;
-    const resolved = this.device.createBuffer({ size: bytes, usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC, label: 'difrep profiler resolve' });
-    const readback = this.device.createBuffer({ size: bytes, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST, label: 'difrep profiler readback' });
+    const resolved = this.createBuffer({ size: bytes, usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC, label: 'difrep profiler resolve' });
+    const readback = this.createBuffer({ size: bytes, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST, label: 'difrep profiler readback' });
     encoder.resolveQuerySet(this.querySet, 0, 2 * n, resolved, 0);
     encoder.copyBufferToBuffer(resolved, 0, readback, 0, bytes);
     return () => {
@@ -53,6 +57,11 @@ export class KernelProfiler {
         });
         readback.destroy();
         resolved.destroy();
+      }, (err: Error) => {
+        // Not left to reject unawaited (an unhandled rejection ends a Node app): report() says so.
+        this.lost ??= `${labels.length} dispatches' timings were lost (${err.message})`;
+        readback.destroy();
+        resolved.destroy();
       }));
     };
   }
@@ -61,6 +70,7 @@ export class KernelProfiler {
   async report(): Promise<KernelTime[]> {
     await Promise.all(this.pending);
     this.pending = [];
+    if (this.lost) throw new Error(`profiler: ${this.lost}; the totals would undercount`);
     return [...this.totals].map(([key, v]) => {
       const [tag, kernel] = key.split('\u0000');
       return { kernel, tag, calls: v.calls, ms: v.ns / 1e6 };

@@ -4,7 +4,7 @@ import t from 'tap';
 import * as tf from '@tensorflow/tfjs-core';
 import { WebGPUBackend } from '@tensorflow/tfjs-backend-webgpu';
 import { create, globals } from 'webgpu';
-import { createEngine } from '../../src/index.ts';
+import { createEngine, ops } from '../../src/index.ts';
 import { openSafetensors } from '../../src/model/checkpoint/safetensors.ts';
 import { withPrefix } from '../../src/model/checkpoint/tensor-source.ts';
 import { compareArrays } from '../../src/model/parity.ts';
@@ -186,4 +186,30 @@ t.test("an allocation of the engine's that fails is the engine's error, not the 
     uncaptured.length = before;
     await engine.dispose().catch(() => {});
   }
+});
+
+// The profiler's query set and its resolve and readback buffers were made outside the engine's
+// error scopes: an allocation there that failed went to the app's handler.
+t.test("a profiler allocation that fails is the engine's error, not the app's", async (t) => {
+  const timed = await (await gpu.requestAdapter())!.requestDevice({ label: 'app device with timestamps', requiredFeatures: ['timestamp-query'] });
+  const seen: string[] = [];
+  timed.onuncapturederror = (ev: GPUUncapturedErrorEvent) => seen.push(ev.error.message);
+  const poisoned = new Proxy(timed, {
+    get(target, key) {
+      if (key === 'createBuffer') {
+        return (d: GPUBufferDescriptor) => target.createBuffer(d.label?.includes('profiler') ? { ...d, usage: d.usage | GPUBufferUsage.MAP_WRITE } : d);
+      }
+      const v = Reflect.get(target, key);
+      return typeof v === 'function' ? v.bind(target) : v;
+    },
+  });
+  const engine = await createEngine({ device: poisoned });
+  engine.startProfiling();
+  const x = engine.tensor([1, 2, 3, 4], [4], 'x');
+  await t.rejects(ops.scale(x, 2).read(), /profiler/, 'the read names the buffer that could not be made');
+  await t.rejects(engine.stopProfiling(), /profiler: 1 dispatches' timings were lost/, 'the report says its timings are incomplete');
+  await new Promise((r) => setTimeout(r, 200)); // an uncaptured error would have arrived by now
+  t.same(seen, [], "the app's handler saw nothing");
+  await engine.dispose().catch(() => {});
+  timed.destroy();
 });
