@@ -38,6 +38,15 @@ t.test('countTopK refuses a label outside 0..K−1 or not an integer', async (t)
   t.throws(() => countTopK(logits, [1.5, 0]), { name: 'RangeError', message: /label 1\.5 of row 0 is not a class 0\.\.2/ });
 });
 
+// countTopK scored a NaN row as a miss, 7 logits for 2 labels as rows of 3.5 and no rows as 0/0.
+t.test('countTopK and classificationReport refuse no rows, logits that do not split into rows, and NaN/Inf logits', async (t) => {
+  t.throws(() => countTopK(new Float32Array(0), []), /countTopK: no rows to score/);
+  t.throws(() => classificationReport(new Float32Array(0), [], 3), /classification report: no images to score/);
+  t.throws(() => countTopK(new Float32Array(7), [0, 1]), /countTopK: 7 logits do not split into 2 rows/);
+  t.throws(() => countTopK(Float32Array.from([1, 2, 3, Number.NaN, 0, 5]), [2, 2]), { name: 'NonFiniteError', message: /countTopK: the logits of row 1 hold NaN \(class 0\)/ });
+  t.throws(() => countTopK(Float32Array.from([1, 2, Number.NEGATIVE_INFINITY]), [0]), { name: 'NonFiniteError', message: /row 0 hold -Infinity \(class 2\)/ });
+});
+
 t.test('countTopK marks each row\'s top-1 hit; the paired standard error of two heads\' difference counts the images they disagree on', async (t) => {
   // 3 classes, 4 rows: hits 1, 0, 1, 0 (row 3 ties classes 0 and 2: the earlier ranks first).
   const logits = Float32Array.from([5, 1, 0, 0, 3, 1, 1, 0, 4, 2, 0, 2]);

@@ -63,6 +63,16 @@ t.test('kNN vote weights stay finite at a small temperature (s / T > 709)', asyn
   t.equal(cold[0].top1, 1, 'T = 0.001: class 1');
 });
 
+// With no training rows every class tied at 0 votes and class 0 "won" (top-1 0.6 on labels
+// [0, 0, 1, 2, 0]); k = 200 over 2 training rows voted with both and said k = 200.
+t.test('kNN refuses empty feature sets and a k over the training set', async (t) => {
+  const none: FeatureMatrix = { data: new Float32Array(0), n: 0, d: 2 };
+  const two: FeatureMatrix = { data: Float32Array.from([1, 0, 0, 1]), n: 2, d: 2 };
+  await t.rejects(knnClassify(e, none, [], two, [0, 1], { ks: [1], classes: 3 }), /kNN: no training features \(0 training and 2 test rows\)/);
+  await t.rejects(knnClassify(e, two, [0, 1], none, [], { ks: [1], classes: 3 }), /kNN: no test features/);
+  await t.rejects(knnClassify(e, two, [0, 1], two, [0, 1], { ks: [1, 200], classes: 3 }), /kNN: k 200 is more than the 2 training features/);
+});
+
 t.test('kNN refuses an all-zero feature row, naming the split and the row', async (t) => {
   const train: FeatureMatrix = { data: Float32Array.from([1, 0, 0, 1, 0, 0]), n: 3, d: 2 };
   const query: FeatureMatrix = { data: Float32Array.from([1, 0, 0, 0]), n: 2, d: 2 };

@@ -3,12 +3,16 @@ import { firstNonFinite } from '../../model/checkpoint/tensor-source.ts';
 import { NonFiniteError } from '../finite.ts';
 
 /**
- * How many rows of `logits` ([n, K]) rank their label first, and among the first five. A row
- * holding a NaN or Inf ranks nothing: argmax over NaN is no prediction, never a correct one. A
- * label outside 0..K−1 is refused.
+ * How many rows of `logits` ([n, K]) rank their label first, and among the first five. Refused: no
+ * rows, logits that do not split into one row per label, a NaN or Inf logit (argmax over it is no
+ * prediction; a score would count it as a miss), a label outside 0..K−1.
  */
 export function countTopK(logits: Float32Array, labels: ArrayLike<number>): { top1: number; top5: number; hits: Uint8Array } {
+  if (labels.length === 0) throw new RangeError('countTopK: no rows to score (0 labels); a top-1 of no images is no number');
   const K = logits.length / labels.length;
+  if (!Number.isInteger(K) || K === 0) throw new RangeError(`countTopK: ${logits.length} logits do not split into ${labels.length} rows (one per label) of at least one class`);
+  const bad = firstNonFinite(logits);
+  if (bad >= 0) throw new NonFiniteError(`countTopK: the logits of row ${Math.floor(bad / K)} hold ${logits[bad]} (class ${bad % K}); the head's output is not finite there`);
   let top1 = 0;
   let top5 = 0;
   const hits = new Uint8Array(labels.length);
@@ -18,7 +22,6 @@ export function countTopK(logits: Float32Array, labels: ArrayLike<number>): { to
     if (!Number.isInteger(y) || y < 0 || y >= K) {
       throw new RangeError(`countTopK: label ${y} of row ${i} is not a class 0..${K - 1} (logits have ${K} columns); labels must be integer class indices below the head's class count`);
     }
-    if (!row.every(Number.isFinite)) continue;
     // Rank of the label: classes scoring higher, or equal and earlier (a stable descending sort).
     let rank = 0;
     for (let c = 0; c < K; c++) if (row[c] > row[y] || (row[c] === row[y] && c < y)) rank++;
@@ -45,6 +48,7 @@ export interface ClassificationReport {
  */
 export function classificationReport(logits: Float32Array, labels: ArrayLike<number>, classes: number): ClassificationReport {
   const n = labels.length;
+  if (n === 0) throw new RangeError('classification report: no images to score (0 labels)');
   if (logits.length !== n * classes) throw new RangeError(`classification report: ${logits.length} logits for ${n} images × ${classes} classes`);
   const bad = firstNonFinite(logits);
   if (bad >= 0) throw new NonFiniteError(`classification report: the logits of image ${Math.floor(bad / classes)} hold ${logits[bad]} (class ${bad % classes}); the head's output is not finite there`);

@@ -60,11 +60,14 @@ export async function knnClassify(
       if (!Number.isInteger(y) || y < 0 || y >= opts.classes) throw new RangeError(`kNN: ${split} label ${i} is ${y}, not a class in 0..${opts.classes - 1} (classes: ${opts.classes})`);
     }
   }
+  if (train.n === 0 || test.n === 0) throw new RangeError(`kNN: no ${train.n === 0 ? 'training' : 'test'} features (${train.n} training and ${test.n} test rows)`);
   const ks = opts.ks ?? [20, 200];
   const T = opts.temperature ?? 0.1;
   for (const k of ks) if (!Number.isInteger(k) || k < 1) throw new RangeError(`kNN: k ${k} is not a whole number ≥ 1`);
+  // A k past the training set would vote with all of it under k's name.
+  for (const k of ks) if (k > train.n) throw new RangeError(`kNN: k ${k} is more than the ${train.n} training features: choose k ≤ ${train.n}, or more training images`);
   if (!(T > 0 && Number.isFinite(T))) throw new RangeError(`kNN: temperature ${T} is not a number > 0 (votes weigh exp(s / T))`);
-  const kMax = Math.min(train.n, Math.max(...ks));
+  const kMax = Math.max(...ks);
   const tr = l2NormalizeRows(train, 'train');
   const te = l2NormalizeRows(test, 'test');
   const chunk = opts.chunk ?? e.perBinding(4 * Math.max(train.n, train.d));
