@@ -14,7 +14,7 @@ import jpeg from 'jpeg-js';
 import { describeFsError } from '../../model/checkpoint/fs-error.ts';
 import { checkImageSize, MAX_IMAGE_PIXELS, readImageHeader } from './image-header.ts';
 import { decodeJpeg } from './jpeg-decoder.ts';
-import { decodeInterlacedLowDepth, isInterlacedLowDepth } from './png-adam7.ts';
+import { checkImageDataLength, decodeInterlacedLowDepth, isInterlacedLowDepth } from './png-adam7.ts';
 import { preprocess, type Rgb } from './preprocess.ts';
 
 export { FOLDER_PREPROCESSING, preprocess, type Rgb } from './preprocess.ts';
@@ -162,26 +162,39 @@ function unpackSamples(png: DecodedPng): Uint8Array {
   return out;
 }
 
+/**
+ * 8-bit levels of a decoded PNG's samples. 16-bit colour (RGB, RGBA, grey + alpha) keeps the high
+ * byte, as Pillow does (v >> 8); 16-bit grey, which Pillow opens as 32-bit integers and clips to
+ * 255 in convert('RGB') (every level from 256 up white), is scaled instead (v/257, rounded); 1-,
+ * 2- and 4-bit grey are scaled to 0..255 (Pillow's levels).
+ */
+function levelsOf(png: DecodedPng, channels: number): (v: number) => number {
+  if (png.depth === 16) return channels === 1 ? (v) => Math.round(v / 257) : (v) => v >> 8;
+  if (png.depth < 8 && !png.palette) {
+    const scale = 255 / ((1 << png.depth) - 1);
+    return (v) => Math.round(v * scale);
+  }
+  return (v) => v;
+}
+
 function pngToRgb(png: DecodedPng): Rgb {
   const { width, height } = png;
   let channels = png.channels;
   let src: ArrayLike<number> = png.data;
-  let scale = png.depth === 16 ? 1 / 257 : 1;
   if (png.palette) {
     src = convertIndexedToRgb(png);
     channels = png.palette[0].length;
-    scale = 1;
   } else if (png.depth < 8) {
     src = unpackSamples(png);
-    scale = 255 / ((1 << png.depth) - 1);
   }
   // 8-bit RGB needs no conversion: the decoder's pixels are used as they are.
-  if (channels === 3 && scale === 1 && src instanceof Uint8Array) return { width, height, data: src };
+  if (channels === 3 && src instanceof Uint8Array) return { width, height, data: src };
+  const level = levelsOf(png, channels);
   const out = new Uint8Array(width * height * 3);
   for (let i = 0; i < width * height; i++) {
     for (let c = 0; c < 3; c++) {
       const v = channels >= 3 ? src[i * channels + c] : src[i * channels];
-      out[i * 3 + c] = Math.round(v * scale);
+      out[i * 3 + c] = level(v);
     }
   }
   return { width, height, data: out };
@@ -203,7 +216,9 @@ export function decodeImage(bytes: Uint8Array, options: DecodeOptions = {}): Rgb
     const img = jpeg.decode(bytes, { useTArray: true, formatAsRGBA: false, maxResolutionInMP: Math.ceil(maxPixels / 1e6), maxMemoryUsageInMB: Math.max(512, Math.ceil((maxPixels * 8) / 2 ** 20)) });
     return { width: img.width, height: img.height, data: img.data as Uint8Array };
   }
-  return pngToRgb(isInterlacedLowDepth(bytes) ? decodeInterlacedLowDepth(bytes) : decodePng(bytes, { checkCrc: true }));
+  if (isInterlacedLowDepth(bytes)) return pngToRgb(decodeInterlacedLowDepth(bytes));
+  checkImageDataLength(bytes);
+  return pngToRgb(decodePng(bytes, { checkCrc: true }));
 }
 
 

@@ -4,6 +4,7 @@
 // larger one fails on a filter byte read from the middle of the pixels. Nothing in its output can
 // be repaired, so these files are decoded here from their chunks (PNG spec §5, §8.2, §9) into the
 // layout fast-png gives the same image uninterlaced: packed rows, each starting on a byte.
+import { Buffer } from 'node:buffer';
 import { inflateSync } from 'node:zlib';
 import type { BitDepth, DecodedPng } from 'fast-png';
 
@@ -48,16 +49,9 @@ function unfilter(filter: number, line: Uint8Array, prev: Uint8Array, pass: numb
   return cur;
 }
 
-/** Decodes an interlaced grey or palette PNG of bit depth 1, 2 or 4 (chunk CRCs checked). */
-export function decodeInterlacedLowDepth(bytes: Uint8Array): DecodedPng {
-  const width = u32(bytes, 16);
-  const height = u32(bytes, 20);
-  const depth = bytes[24];
-  const colourType = bytes[25];
-  if ((depth !== 1 && depth !== 2 && depth !== 4) || (colourType !== 0 && colourType !== 3)) {
-    throw new Error(`PNG: bit depth ${depth} is not allowed with colour type ${colourType} (corrupted file)`);
-  }
-  let palette: number[][] | undefined;
+/** A PNG's IDAT chunks, in order, and its PLTE chunk's colours (chunk CRCs checked). */
+function readChunks(bytes: Uint8Array): { idat: Uint8Array[]; plte?: Uint8Array } {
+  let plte: Uint8Array | undefined;
   const idat: Uint8Array[] = [];
   for (let at = 8; ; ) {
     if (at + 12 > bytes.length) throw new Error('PNG: ends before its IEND chunk (truncated file)');
@@ -68,27 +62,72 @@ export function decodeInterlacedLowDepth(bytes: Uint8Array): DecodedPng {
     if (type === 'IEND') break;
     const data = bytes.subarray(at + 8, end);
     if (type === 'IDAT') idat.push(data);
-    else if (type === 'PLTE' && colourType === 3) {
-      if (data.length % 3) throw new Error(`PNG: PLTE chunk of ${data.length} bytes, not a multiple of 3 (corrupted file)`);
-      palette = Array.from({ length: data.length / 3 }, (_, i) => Array.from(data.subarray(3 * i, 3 * i + 3)));
-    }
+    else if (type === 'PLTE') plte = data;
     at = end + 4;
   }
-  if (colourType === 3 && !palette) throw new Error('PNG: palette image without a PLTE chunk (corrupted file)');
-  const passes = PASSES.map(([x0, y0, dx, dy]) => {
+  return { idat, plte };
+}
+
+/** Adam7's passes (or the one pass of a plain PNG) of a width × height image of `bits` per pixel. */
+function passesOf(width: number, height: number, bits: number, interlaced: boolean) {
+  return (interlaced ? PASSES : [[0, 0, 1, 1] as const]).map(([x0, y0, dx, dy]) => {
     const w = Math.max(0, Math.ceil((width - x0) / dx));
     // A pass without columns has no rows either, not even filter bytes (§8.2).
     const h = w && Math.max(0, Math.ceil((height - y0) / dy));
-    return { x0, y0, dx, dy, w, h, rowBytes: Math.ceil((w * depth) / 8) };
+    return { x0, y0, dx, dy, w, h, rowBytes: Math.ceil((w * bits) / 8) };
   });
-  const expected = passes.reduce((n, p) => n + p.h * (1 + p.rowBytes), 0);
+}
+
+/** Samples per pixel of each PNG colour type (§11.2.2): grey, RGB, palette, grey + alpha, RGBA. */
+const CHANNELS: Record<number, number> = { 0: 1, 2: 3, 3: 1, 4: 2, 6: 4 };
+
+/**
+ * The image data inflated, refused unless it holds the filtered rows the IHDR declares: exactly,
+ * or with `longerToo` at least (data past the last row, which Pillow ignores; null then).
+ */
+function inflateImageData(bytes: Uint8Array, idat: Uint8Array[], longerToo = false): Uint8Array | null {
+  const [width, height, depth, colourType, interlaced] = [u32(bytes, 16), u32(bytes, 20), bytes[24], bytes[25], bytes[28] === 1];
+  const bits = depth * (CHANNELS[colourType] ?? 1);
+  const expected = passesOf(width, height, bits, interlaced).reduce((n, p) => n + p.h * (1 + p.rowBytes), 0);
+  const layout = `${width} × ${height}${interlaced ? ' interlaced' : ''} at ${bits} bits a pixel`;
   let raw: Uint8Array;
   try {
     raw = inflateSync(Buffer.concat(idat), { maxOutputLength: expected });
   } catch (e) {
-    throw new Error(`PNG: cannot inflate the image data to the ${expected} bytes ${width} × ${height} interlaced at ${depth} bits needs (${(e as Error).message}; corrupted or truncated file)`);
+    if (longerToo && (e as { code?: string }).code === 'ERR_BUFFER_TOO_LARGE') return null;
+    throw new Error(`PNG: cannot inflate the image data to the ${expected} bytes ${layout} needs (${(e as Error).message}; corrupted or truncated file)`);
   }
-  if (raw.length !== expected) throw new Error(`PNG: image data has ${raw.length} bytes, ${width} × ${height} interlaced at ${depth} bits needs ${expected} (truncated or corrupted file)`);
+  if (raw.length !== expected) throw new Error(`PNG: image data has ${raw.length} bytes, ${layout} needs ${expected} (truncated or corrupted file)`);
+  return raw;
+}
+
+/**
+ * Refuses a PNG whose image data inflates to fewer bytes than its IHDR declares, which fast-png
+ * decodes without a word, the missing pixels black (Pillow: "image file is truncated"). A zlib
+ * stream that ends cleanly a few bytes short, or less than a row, is such a file.
+ */
+export function checkImageDataLength(bytes: Uint8Array): void {
+  inflateImageData(bytes, readChunks(bytes).idat, true);
+}
+
+/** Decodes an interlaced grey or palette PNG of bit depth 1, 2 or 4 (chunk CRCs checked). */
+export function decodeInterlacedLowDepth(bytes: Uint8Array): DecodedPng {
+  const width = u32(bytes, 16);
+  const height = u32(bytes, 20);
+  const depth = bytes[24];
+  const colourType = bytes[25];
+  if ((depth !== 1 && depth !== 2 && depth !== 4) || (colourType !== 0 && colourType !== 3)) {
+    throw new Error(`PNG: bit depth ${depth} is not allowed with colour type ${colourType} (corrupted file)`);
+  }
+  const { idat, plte } = readChunks(bytes);
+  let palette: number[][] | undefined;
+  if (colourType === 3) {
+    if (!plte) throw new Error('PNG: palette image without a PLTE chunk (corrupted file)');
+    if (plte.length % 3) throw new Error(`PNG: PLTE chunk of ${plte.length} bytes, not a multiple of 3 (corrupted file)`);
+    palette = Array.from({ length: plte.length / 3 }, (_, i) => Array.from(plte.subarray(3 * i, 3 * i + 3)));
+  }
+  const passes = passesOf(width, height, depth, true);
+  const raw = inflateImageData(bytes, idat)!;
   const rowBytes = Math.ceil((width * depth) / 8);
   const out = new Uint8Array(rowBytes * height);
   const mask = (1 << depth) - 1;

@@ -198,6 +198,37 @@ t.test('palette, 1-bit grey and 16-bit PNGs decode to their RGB values; a bad CR
   // 16-bit RGB, 1 × 1: 65535, 0, 257·128 → 255, 0, 128.
   const deep = decodeImage(png(1, 1, 16, 2, Uint8Array.of(0, 0xff, 0xff, 0, 0, 0x80, 0x80)));
   t.same(Array.from(deep.data), [255, 0, 128]);
+  t.end();
+});
+
+// Pillow keeps a 16-bit colour sample's high byte (v >> 8: 0x00ff → 0, 0xff00 → 255, 0x80ff → 128);
+// v/257 rounded gave 1, 254 and 129 — a level off on about a quarter of values.
+t.test('16-bit colour PNGs keep the high byte as Pillow does; 16-bit grey is scaled by 1/257', (t) => {
+  const rgb16 = decodeImage(png(1, 1, 16, 2, Uint8Array.of(0, 0x00, 0xff, 0xff, 0x00, 0x80, 0xff)));
+  t.same(Array.from(rgb16.data), [0, 255, 128], 'RGB');
+  const rgba16 = decodeImage(png(1, 1, 16, 6, Uint8Array.of(0, 0x00, 0xff, 0xff, 0x00, 0x80, 0xff, 0x12, 0x34)));
+  t.same(Array.from(rgba16.data), [0, 255, 128], 'RGBA, alpha dropped');
+  const la16 = decodeImage(png(2, 1, 16, 4, Uint8Array.of(0, 0xff, 0x00, 0, 0, 0x00, 0xff, 0xff, 0xff)));
+  t.same(Array.from(la16.data), [255, 255, 255, 0, 0, 0], 'grey + alpha');
+  // Grey: 256 → 1, 257·128 → 128, 65535 → 255 (Pillow would clip: 255, 255, 255).
+  const grey16 = decodeImage(png(3, 1, 16, 0, Uint8Array.of(0, 0x01, 0x00, 0x80, 0x80, 0xff, 0xff)));
+  t.same(Array.from(grey16.data), [1, 1, 1, 128, 128, 128, 255, 255, 255], 'grey');
+  t.end();
+});
+
+// fast-png decoded a zlib stream that ends cleanly short of the last row's bytes with the missing
+// pixels black (Pillow: "image file is truncated").
+t.test('a PNG whose image data is shorter than its IHDR declares is refused; longer data is read', (t) => {
+  // 4 × 2 RGB at 8 bits: 2 rows of a filter byte and 12 samples = 26 bytes.
+  const rows = Uint8Array.from({ length: 26 }, (_, i) => (i % 13 === 0 ? 0 : i));
+  t.same(Array.from(decodeImage(png(4, 2, 8, 2, rows)).data), Array.from(rows.filter((_, i) => i % 13 !== 0)));
+  t.throws(() => decodeImage(png(4, 2, 8, 2, rows.subarray(0, 25))), /PNG: image data has 25 bytes, 4 × 2 at 24 bits a pixel needs 26 \(truncated or corrupted file\)/);
+  t.throws(() => decodeImage(png(4, 2, 8, 2, rows.subarray(0, 14))), /image data has 14 bytes/);
+  // Adam7 at 8-bit grey, 3 × 3: passes 1, 4, 5, 6, 7 (rows × (filter byte + columns)) hold
+  // 1·2 + 1·2 + 1·3 + 2·2 + 1·4 = 15 bytes; passes 2 and 3 have no pixels.
+  t.throws(() => decodeImage(png(3, 3, 8, 0, new Uint8Array(14), [], 1)), /image data has 14 bytes, 3 × 3 interlaced at 8 bits a pixel needs 15/);
+  t.same(decodeImage(png(3, 3, 8, 0, new Uint8Array(15), [], 1)).data.length, 27, 'exactly enough');
+  t.same(Array.from(decodeImage(png(4, 2, 8, 2, Uint8Array.from([...rows, 0, 0]))).data.subarray(0, 3)), [1, 2, 3], 'two bytes past the last row are ignored');
   const broken = png(4, 2, 1, 0, Uint8Array.of(0, 0b10100000, 0, 0b01100000));
   broken[broken.length - 20] ^= 1; // inside IDAT
   t.throws(() => decodeImage(broken), /CRC/i);
@@ -292,7 +323,7 @@ t.test('1-, 2- and 4-bit grey and palette PNGs, interlaced (Adam7) or not, decod
   badFilter[0] = 7;
   t.throws(() => decodeImage(png(3, 2, 2, 0, badFilter, [], 1)), { message: 'PNG: unknown filter type 7 in Adam7 pass 1 (corrupted file)' });
   // Passes 1, 4, 6 and 7 hold one row each: 4 × (filter byte + 1 byte) = 8 bytes.
-  t.throws(() => decodeImage(png(3, 2, 2, 0, badFilter.subarray(0, 7), [], 1)), { message: 'PNG: image data has 7 bytes, 3 × 2 interlaced at 2 bits needs 8 (truncated or corrupted file)' });
+  t.throws(() => decodeImage(png(3, 2, 2, 0, badFilter.subarray(0, 7), [], 1)), { message: 'PNG: image data has 7 bytes, 3 × 2 interlaced at 2 bits a pixel needs 8 (truncated or corrupted file)' });
   t.end();
 });
 
