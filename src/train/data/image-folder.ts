@@ -141,7 +141,7 @@ export async function scanImageFolder(root: string): Promise<ImageFolder> {
 
 
 export interface DecodeOptions {
-  /** Largest width × height decoded (default MAX_IMAGE_PIXELS, PIL's limit). */
+  /** Largest width × height decoded (default MAX_IMAGE_PIXELS, where Pillow refuses an image). */
   maxPixels?: number;
 }
 

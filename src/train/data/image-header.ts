@@ -1,10 +1,14 @@
 // The size an image file declares, read from its header without decoding it: the PNG IHDR chunk
 // or the JPEG SOF frame header (and a JPEG's channel count). Checked against a pixel limit before
-// decoding, as PIL does with Image.MAX_IMAGE_PIXELS, so a small file declaring a huge image cannot
+// decoding, as Pillow does (DecompressionBombError), so a small file declaring a huge image cannot
 // take gigabytes.
 
-/** PIL's default Image.MAX_IMAGE_PIXELS: 1024 × 1024 × 1024 / 4 / 3 (about 0.25 GB as RGB). */
-export const MAX_IMAGE_PIXELS = 89_478_485;
+/**
+ * Where Pillow refuses an image (DecompressionBombError): twice its Image.MAX_IMAGE_PIXELS,
+ * 1024 × 1024 × 1024 / 4 / 3 (above that once it only warns), so every image guided-diffusion's
+ * loader reads is read here too: 178,956,970 pixels, about 0.5 GB as RGB.
+ */
+export const MAX_IMAGE_PIXELS = 2 * 89_478_485;
 
 export interface ImageHeader {
   format: 'png' | 'jpeg';
