@@ -32,6 +32,7 @@ function readIdx(bytes: Uint8Array, file: string, magic: number): { dims: number
   const start = 4 + 4 * rank;
   const n = dims.reduce((p, d) => p * d, 1);
   if (bytes.length < start + n) throw new Error(`${file}: truncated (${bytes.length - start} of ${n} bytes)`);
+  if (bytes.length > start + n) throw new Error(`${file}: ${bytes.length - start - n} bytes past the ${n} its header declares (corrupted file)`);
   return { dims, data: bytes.subarray(start, start + n) };
 }
 
@@ -42,7 +43,11 @@ async function gz(path: string): Promise<Uint8Array> {
   } catch {
     throw new DatasetMissingError(`Fashion-MNIST not found at ${path}: install it with \`apt-get install dataset-fashion-mnist\` (npm run setup does this)`);
   }
-  return new Uint8Array(gunzipSync(raw));
+  try {
+    return new Uint8Array(gunzipSync(raw));
+  } catch (e) {
+    throw new Error(`${path}: cannot decompress (${(e as Error).message}; truncated or corrupted file: reinstall dataset-fashion-mnist)`);
+  }
 }
 
 /** The `train` (60,000) or `test` (10,000) split. */
@@ -53,6 +58,8 @@ export async function loadFashionMnist(split: 'train' | 'test', dir = FASHION_MN
   const images = readIdx(await gz(imagesFile), imagesFile, 0x803);
   const labels = readIdx(await gz(labelsFile), labelsFile, 0x801);
   if (images.dims[0] !== labels.dims[0]) throw new Error(`${dir}: ${images.dims[0]} images but ${labels.dims[0]} labels`);
+  const bad = labels.data.findIndex((y) => y >= FASHION_MNIST_CLASSES.length);
+  if (bad >= 0) throw new Error(`${labelsFile}: label ${bad} is ${labels.data[bad]}, not a class 0..${FASHION_MNIST_CLASSES.length - 1} (corrupted file)`);
   return { pixels: images.data, labels: labels.data, count: images.dims[0], rows: images.dims[1], cols: images.dims[2] };
 }
 

@@ -39,3 +39,33 @@ t.test('a missing dataset names the install command', async (t) => {
   await t.rejects(loadFashionMnist('test', '/nonexistent'), DatasetMissingError);
   await t.rejects(loadFashionMnist('test', '/nonexistent'), /apt-get install dataset-fashion-mnist/);
 });
+
+// Written by hand: IDX files of 2 images of 2 × 2 and their labels, gzipped. A label of 10 or 255
+// was read (balancedSubset then left those images out unseen), bytes past the declared data were
+// ignored, and a cut-short gzip said "unexpected end of file" with no file name.
+t.test('damaged IDX files are refused, naming the file: labels past the classes, trailing bytes, a cut-short gzip', async (t) => {
+  const { gzipSync } = await import('node:zlib');
+  const { mkdtemp, rm, writeFile } = await import('node:fs/promises');
+  const { join } = await import('node:path');
+  const { tmpdir } = await import('node:os');
+  const be32 = (...v: number[]) => v.flatMap((x) => [x >>> 24, (x >>> 16) & 255, (x >>> 8) & 255, x & 255]);
+  const images = Uint8Array.from([...be32(0x803, 2, 2, 2), 0, 1, 2, 3, 4, 5, 6, 7]);
+  const labels = (...ys: number[]) => Uint8Array.from([...be32(0x801, 2), ...ys]);
+  const dir = await mkdtemp(join(tmpdir(), 'difrep-idx-'));
+  const write = async (img: Uint8Array, lab: Uint8Array) => {
+    await writeFile(join(dir, 't10k-images-idx3-ubyte.gz'), gzipSync(img));
+    await writeFile(join(dir, 't10k-labels-idx1-ubyte.gz'), gzipSync(lab));
+  };
+  await write(images, labels(3, 9));
+  const ok = await loadFashionMnist('test', dir);
+  t.same([ok.count, Array.from(ok.labels), Array.from(ok.pixels)], [2, [3, 9], [0, 1, 2, 3, 4, 5, 6, 7]], 'a sound pair reads');
+  await write(images, labels(3, 10));
+  await t.rejects(loadFashionMnist('test', dir), /t10k-labels-idx1-ubyte\.gz: label 1 is 10, not a class 0\.\.9/);
+  await write(Uint8Array.from([...images, 0, 0]), labels(3, 9));
+  await t.rejects(loadFashionMnist('test', dir), /t10k-images-idx3-ubyte\.gz: 2 bytes past the 8 its header declares/);
+  await write(images, labels(3, 9));
+  const gz = gzipSync(images);
+  await writeFile(join(dir, 't10k-images-idx3-ubyte.gz'), gz.subarray(0, gz.length - 6));
+  await t.rejects(loadFashionMnist('test', dir), /t10k-images-idx3-ubyte\.gz: cannot decompress \(unexpected end of file; truncated or corrupted file);
+  await rm(dir, { recursive: true });
+});
