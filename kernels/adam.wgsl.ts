@@ -1,7 +1,8 @@
 // One Adam step (PyTorch torch.optim.Adam, L2 weight decay added to the gradient):
 //   g ← g + wd·p;  m ← β1·m + (1−β1)·g;  v ← β2·v + (1−β2)·g²
 //   p ← p − (lr / (1−β1^t)) · m / (sqrt(v) / sqrt(1−β2^t) + eps)
-// The bias corrections are computed on the CPU in f64 and passed as scalars.
+// The bias corrections and 1−β1, 1−β2 are computed on the CPU in f64 and passed as f32 scalars,
+// as PyTorch passes them (1.0 − f32(0.999) in f32 is 0.0009999871, not 0.001: v 1.3e-5 off).
 import { wgsl } from 'wgsl-preprocessor/wgsl-preprocessor.js';
 import { flatMain } from './flat-index.ts';
 import type { KernelSource } from './kernel-source.ts';
@@ -9,7 +10,7 @@ import { uniformLayout } from './uniform-layout.ts';
 
 export const ADAM_WORKGROUP = 256;
 
-const ADAM_PARAMS = uniformLayout({ n: 'u32', beta1: 'f32', beta2: 'f32', eps: 'f32', stepSize: 'f32', sqrtBiasCorrection2: 'f32', weightDecay: 'f32' });
+const ADAM_PARAMS = uniformLayout({ n: 'u32', beta1: 'f32', beta2: 'f32', oneMinusBeta1: 'f32', oneMinusBeta2: 'f32', eps: 'f32', stepSize: 'f32', sqrtBiasCorrection2: 'f32', weightDecay: 'f32' });
 
 /**
  * Bindings: param, grad, m, v (all updated in place except grad). `vec4`: four values per
@@ -31,8 +32,8 @@ ${ADAM_PARAMS.wgsl}
 ${flatMain(WG)}
   if (i >= u.n) { return; }
   let g = grad[i] + u.weightDecay * p[i];
-  let mi = u.beta1 * m[i] + (1.0 - u.beta1) * g;
-  let vi = u.beta2 * v[i] + (1.0 - u.beta2) * g * g;
+  let mi = u.beta1 * m[i] + u.oneMinusBeta1 * g;
+  let vi = u.beta2 * v[i] + u.oneMinusBeta2 * g * g;
   m[i] = mi;
   v[i] = vi;
   p[i] = p[i] - u.stepSize * mi / (sqrt(vi) / u.sqrtBiasCorrection2 + u.eps);

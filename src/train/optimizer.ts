@@ -88,7 +88,7 @@ export class Adam implements Optimizer {
       this.engine.dispatch({
         kernel: adamKernel(vec4),
         bindings: [p, p.grad, m, v],
-        params: { n, beta1: this.beta1, beta2: this.beta2, eps: this.eps, stepSize: this.lr / bc1, sqrtBiasCorrection2: Math.sqrt(bc2), weightDecay: this.weightDecay },
+        params: { n, beta1: this.beta1, beta2: this.beta2, oneMinusBeta1: 1 - this.beta1, oneMinusBeta2: 1 - this.beta2, eps: this.eps, stepSize: this.lr / bc1, sqrtBiasCorrection2: Math.sqrt(bc2), weightDecay: this.weightDecay },
         workgroups: grid1d(n, ADAM_WORKGROUP),
       });
     }

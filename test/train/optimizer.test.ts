@@ -31,6 +31,27 @@ for (const size of [1000, 1001]) t.test(`the Adam kernel follows torch.optim.Ada
   t.equal(adam.steps, 3);
 });
 
+// torch.optim.Adam passes 1 − β2 from Python's float64 (f32(0.001)); the kernel formed 1 − β2 in
+// f32 (0.0009999871), so v was 1.3e-5 relatively off after a step. Expected: PyTorch's float32
+// arithmetic, v = f32(f32(0.001)·g)·g from v = 0, and m = f32(0.1)·g.
+t.test('Adam takes 1 − β1 and 1 − β2 from float64, as torch.optim.Adam does (its first moments to f32 rounding)', async (t) => {
+  const g = Float32Array.from([0.75, -1.5, 3, 0.1]);
+  const p = e.tensor([1, 2, 3, 4], [4], 'w');
+  const adam = new Adam(e, new Map([['w', p]]), { lr: 1e-3 });
+  p.grad = e.keep(e.tensor(g, [4]));
+  adam.step();
+  const state = adam.state();
+  const [m, v] = [await state.get('exp_avg.w')!.read(), await state.get('exp_avg_sq.w')!.read()];
+  const f = Math.fround;
+  const wantM = Array.from(g, (x) => f(f(0.1) * x));
+  const wantV = Array.from(g, (x) => f(f(f(0.001) * x) * x));
+  const rel = (a: ArrayLike<number>, b: number[]) => Math.max(...b.map((w, i) => Math.abs(a[i] - w) / Math.abs(w)));
+  t.ok(rel(m, wantM) <= 1.2e-7, `exp_avg ${Array.from(m)} vs ${wantM}`);
+  t.ok(rel(v, wantV) <= 1.2e-7, `exp_avg_sq ${Array.from(v)} vs ${wantV}: ${rel(v, wantV).toExponential(2)}`);
+  adam.dispose();
+  p.dispose();
+});
+
 t.test('StepLR divides the rate by 10 every 7 epochs', async (t) => {
   const adam = new Adam(e, new Map(), { lr: 1 });
   const sched = new StepLR(adam, 1e-3);
