@@ -216,5 +216,8 @@ export function checkLoss(loss: number, where: string): number {
 
 /** A resumed run may train longer than it was started for, not shorter. */
 export function checkEpochs(progress: TrainingProgress | undefined, epochs: number, path: string): void {
-  if (progress && progress.epoch + 1 > epochs) throw new Error(`${path} has already trained ${progress.epoch + 1} epochs; --epochs ${epochs} is fewer: give --epochs ${progress.epoch + 1} or more`);
+  if (!progress || progress.epoch + 1 <= epochs) return;
+  // A state saved within epoch E (progress.batch set) has trained into E + 1 epochs, as one saved at its end has.
+  const trained = progress.batch === undefined ? `already trained ${progress.epoch + 1} epochs` : `trained ${progress.epoch} epochs and ${progress.batch} batches of epoch ${progress.epoch + 1}`;
+  throw new Error(`${path} has ${trained}; --epochs ${epochs} is fewer: give --epochs ${progress.epoch + 1} or more`);
 }

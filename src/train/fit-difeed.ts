@@ -95,7 +95,7 @@ export async function fitDifFeed(e: Engine, unet: UNet, train: ImageSource, test
   if (partial && !(Number.isSafeInteger(partial.batch) && partial.batch > 0 && Number.isFinite(partial.lossSum) && partial.lossSum >= 0)) {
     throw new CheckpointError(o.checkpoint!, `corrupt training checkpoint: progress batch ${JSON.stringify(progress!.batch)}, epochLoss ${JSON.stringify(progress!.epochLoss)} are not a count and a finite sum`);
   }
-  checkEpochs(partial && progress ? { ...progress, epoch: progress.epoch - 1 } : progress, epochs, o.checkpoint!);
+  checkEpochs(progress, epochs, o.checkpoint!);
   const startEpoch = progress ? (partial ? progress.epoch : progress.epoch + 1) : 0;
   const saveEvery = (o.checkpointEverySeconds ?? 300) * 1000;
   let lastSave = performance.now();
@@ -110,6 +110,8 @@ export async function fitDifFeed(e: Engine, unet: UNet, train: ImageSource, test
     const batches = epochIdx.length;
     const steps = new StepLosses(e);
     const resumeAt = partial && epoch === startEpoch ? partial.batch : 0;
+    // A batch count past the epoch's would skip the whole epoch unseen.
+    if (resumeAt >= batches) throw new CheckpointError(o.checkpoint!, `corrupt training checkpoint: saved within epoch ${epoch + 1} after batch ${resumeAt}, but the epoch has ${batches} batches`);
     if (resumeAt) steps.weightedSum = partial!.lossSum;
     for (const [b, idx] of epochIdx.entries()) {
       if (b < resumeAt) continue;

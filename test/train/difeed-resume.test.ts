@@ -5,7 +5,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
-import { openSafetensors } from '../../src/model/checkpoint/safetensors.ts';
+import { openSafetensors, writeSafetensors } from '../../src/model/checkpoint/safetensors.ts';
 import { UNet } from '../../src/model/unet.ts';
 import { type DifFeedFitOptions, fitDifFeed } from '../../src/train/fit-difeed.ts';
 import { testEngine } from '../helpers/check.ts';
@@ -44,6 +44,16 @@ t.test('stopped after batch 2 of epoch 2 and resumed: the same state and losses 
   const saved = await openSafetensors(stopped);
   t.match(JSON.parse(saved.metadata.progress), { epoch: 1, batch: 1 }, 'the last save was after batch 1 of epoch 2 (the stop came before batch 2 was saved)');
   await saved.close();
+  // It has trained into epoch 2: --epochs 1 is refused (it evaluated a run of 1 epoch and a batch
+  // and called it 1 epoch).
+  await t.rejects(fitDifFeed(e, unet, source, source, options(stopped, { resume: true, epochs: 1 })), /has trained 1 epochs and 1 batches of epoch 2; --epochs 1 is fewer: give --epochs 2 or more/);
+  // A state edited to say it saved after batch 9 of a 3-batch epoch would skip that epoch unseen.
+  const edited = join(dir, 'edited.safetensors');
+  const src = await openSafetensors(stopped);
+  const all = Object.fromEntries(await Promise.all(src.keys().map(async (k) => [k, { shape: src.info(k)!.shape, data: await src.read(k) }])));
+  await writeSafetensors(edited, all, { ...src.metadata, progress: JSON.stringify({ ...JSON.parse(src.metadata.progress), batch: 9 }) });
+  await src.close();
+  await t.rejects(fitDifFeed(e, unet, source, source, options(edited, { resume: true })), /corrupt training checkpoint: saved within epoch 2 after batch 9, but the epoch has 3 batches/);
   let batchesRun = 0;
   const resumed = await fitDifFeed(e, unet, source, source, options(stopped, { resume: true, onBatch: () => void batchesRun++ }));
   t.equal(batchesRun, 2, 'only batches 2 and 3 of epoch 2 run again');
