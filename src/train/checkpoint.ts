@@ -147,6 +147,8 @@ function parseProgress(path: string, json: string | undefined): TrainingProgress
   for (const k of ['epoch', 'steps', 'optimizerSteps'] as const) {
     if (!Number.isSafeInteger(p?.[k]) || p[k] < 0) throw new CheckpointError(path, `corrupt training checkpoint: progress ${k} is ${JSON.stringify(p?.[k])}, not a count`);
   }
+  // Both count the optimizer's steps (one per batch); a state whose two differ was edited.
+  if (p.steps !== p.optimizerSteps) throw new CheckpointError(path, `corrupt training checkpoint: progress records ${p.steps} steps but ${p.optimizerSteps} optimizer steps`);
   if (p.losses !== undefined) {
     let losses: unknown;
     try {
@@ -182,7 +184,7 @@ export async function loadTrainingState(e: Engine, path: string, params: Map<str
     const state = new Map<string, Float32Array>();
     for (const k of src.keys()) if (k.startsWith('optim.')) state.set(k.slice(6), await readFinite(src, k));
     try {
-      optimizer.checkState(state);
+      optimizer.checkState(state, progress.optimizerSteps);
     } catch (err) {
       if (err instanceof OptimizerStateError) throw new CheckpointError(path, `its optimizer state does not fit: ${err.message}`);
       throw err;

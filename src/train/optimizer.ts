@@ -24,10 +24,11 @@ export interface Optimizer {
   /** Tensors that must be saved to resume (besides the parameters). */
   state(): Map<string, Tensor>;
   /**
-   * Throws OptimizerStateError when a saved `state()` does not fit these parameters: a tensor for
-   * no parameter, one moment of a pair, a wrong length.
+   * Throws OptimizerStateError when a saved `state()` does not fit these parameters or the `steps`
+   * it was saved after: a tensor for no parameter, one moment of a pair, a wrong length, no
+   * moments at all after steps (or some before any), a negative second moment.
    */
-  checkState(state: Map<string, Float32Array>): void;
+  checkState(state: Map<string, Float32Array>, steps: number): void;
   /** Restores `state()` as saved after `steps` steps; checkState first, so a refused state changes nothing. */
   loadState(steps: number, state: Map<string, Float32Array>): void;
   /** Frees what the optimizer holds on the GPU (Adam's moments); the parameters stay. */
@@ -118,7 +119,7 @@ export class Adam implements Optimizer {
     return out;
   }
 
-  checkState(state: Map<string, Float32Array>): void {
+  checkState(state: Map<string, Float32Array>, steps: number): void {
     // A parameter that never had a gradient has no moments (as in torch.optim.Adam); one that has
     // only one of the two would restart it at zero under a bias correction for all the steps taken.
     const known = new Set<string>();
@@ -131,12 +132,18 @@ export class Adam implements Optimizer {
         if (d.length !== p.size) throw new OptimizerStateError(`Adam ${slot} of ${name} holds ${d.length} values, its parameter [${p.shape}] ${p.size}`);
         known.add(`${slot}.${name}`);
       }
+      // A mean of squares: a negative one makes sqrt(v) NaN at the first step after the resume.
+      const negative = v.findIndex((x) => x < 0);
+      if (negative >= 0) throw new OptimizerStateError(`Adam exp_avg_sq of ${name} holds ${v[negative]} at ${negative}; a second moment is at least 0 (the state was edited or corrupted)`);
     }
     refuseUnknown('Adam', state, known);
+    // Zero moments under the bias correction of step steps + 1 would make the next updates ~3× too large.
+    if (steps > 0 && this.params.size > 0 && known.size === 0) throw new OptimizerStateError(`Adam state holds no moments after ${steps} steps (they were removed, or the state was saved without them)`);
+    if (steps === 0 && known.size > 0) throw new OptimizerStateError('Adam state holds moments but records 0 steps taken');
   }
 
   loadState(steps: number, state: Map<string, Float32Array>): void {
-    this.checkState(state);
+    this.checkState(state, steps);
     this.t = steps;
     for (const [name, p] of this.params) {
       const m = state.get(`exp_avg.${name}`);
@@ -189,12 +196,12 @@ export class Sgd implements Optimizer {
     return new Map();
   }
 
-  checkState(state: Map<string, Float32Array>): void {
+  checkState(state: Map<string, Float32Array>, _steps: number): void {
     refuseUnknown('SGD', state, new Set());
   }
 
   loadState(steps: number, state: Map<string, Float32Array>): void {
-    this.checkState(state);
+    this.checkState(state, steps);
     this.t = steps;
   }
 }
@@ -258,14 +265,14 @@ export class OptimizerGroups implements Optimizer {
     return shares;
   }
 
-  checkState(state: Map<string, Float32Array>): void {
-    this.split(state).forEach((share, i) => this.groups[i].checkState(share));
+  checkState(state: Map<string, Float32Array>, steps: number): void {
+    this.split(state).forEach((share, i) => this.groups[i].checkState(share, steps));
   }
 
   loadState(steps: number, state: Map<string, Float32Array>): void {
     // Every group's share is checked before any group loads its own.
     const shares = this.split(state);
-    shares.forEach((share, i) => this.groups[i].checkState(share));
+    shares.forEach((share, i) => this.groups[i].checkState(share, steps));
     shares.forEach((share, i) => this.groups[i].loadState(steps, share));
   }
 }

@@ -21,7 +21,7 @@ t.test('a training state holding NaN/Inf or inconsistent progress is refused, no
   const saved = params([1, 2, 3, 4, 5, 6], [7, 8]);
   const adam = new Adam(e, saved, { lr: 0.1 });
   const good = join(dir, 'good.safetensors');
-  await saveTrainingState(good, saved, adam, { epoch: 2, steps: 5 }, {});
+  await saveTrainingState(good, saved, adam, { epoch: 2, steps: 0 }, {});
   const bytes = await readFile(good);
 
   // The same state saved by hand with other progress metadata.
@@ -61,6 +61,21 @@ t.test('a training state holding NaN/Inf or inconsistent progress is refused, no
     'optim.exp_avg_sq.w': { shape: [2, 3], data: Float32Array.from([0, 0, 0, 0, 0, NaN]) },
   }, { kind: 'difrep-training-state', progress: '{"epoch": 1, "steps": 1, "optimizerSteps": 1}' });
   cases.push([join(dir, 'nan-moment.safetensors'), 'tensor "optim.exp_avg_sq.w" holds NaN at index 5: the checkpoint is corrupt']);
+  // Edited states that loaded: Adam restarted from zero moments under step 501's bias correction
+  // (updates ~3× too large), moments under 0 steps, steps that disagree, a negative second moment
+  // (NaN at the first step).
+  cases.push([await withTensors('no-moments.safetensors', {}), 'its optimizer state does not fit: Adam state holds no moments after 500 steps']);
+  cases.push([await withProgress('steps-differ.safetensors', '{"epoch": 1, "steps": 5, "optimizerSteps": 4}'), 'corrupt training checkpoint: progress records 5 steps but 4 optimizer steps']);
+  await writeSafetensors(join(dir, 'zero-steps.safetensors'), {
+    'param.w': { shape: [2, 3], data: new Float32Array(6) }, 'param.b': { shape: [2], data: new Float32Array(2) },
+    'optim.exp_avg.b': { shape: [2], data: new Float32Array(2) }, 'optim.exp_avg_sq.b': { shape: [2], data: new Float32Array(2) },
+  }, { kind: 'difrep-training-state', progress: '{"epoch": 0, "steps": 0, "optimizerSteps": 0}' });
+  cases.push([join(dir, 'zero-steps.safetensors'), 'Adam state holds moments but records 0 steps taken']);
+  await writeSafetensors(join(dir, 'negative-moment.safetensors'), {
+    'param.w': { shape: [2, 3], data: new Float32Array(6) }, 'param.b': { shape: [2], data: new Float32Array(2) },
+    'optim.exp_avg.w': { shape: [2, 3], data: new Float32Array(6) }, 'optim.exp_avg_sq.w': { shape: [2, 3], data: Float32Array.from([0, 1, -1e-9, 0, 0, 0]) },
+  }, { kind: 'difrep-training-state', progress: '{"epoch": 1, "steps": 1, "optimizerSteps": 1}' });
+  cases.push([join(dir, 'negative-moment.safetensors'), /Adam exp_avg_sq of w holds -9\.99\d*e-10 at 2; a second moment is at least 0/]);
 
   for (const [path, expected] of cases) {
     const target = params([10, 11, 12, 13, 14, 15], [20, 21]);
@@ -76,7 +91,7 @@ t.test('a training state holding NaN/Inf or inconsistent progress is refused, no
   const target = params([10, 11, 12, 13, 14, 15], [20, 21]);
   const progress = await loadTrainingState(e, good, target, new Adam(e, target, { lr: 0.1 }));
   t.equal(progress.epoch, 2);
-  t.equal(progress.steps, 5);
+  t.equal(progress.steps, 0);
   t.same(Array.from(await target.get('w')!.read()), [1, 2, 3, 4, 5, 6], 'restored');
   await rm(dir, { recursive: true });
 });
@@ -108,7 +123,7 @@ t.test('a state holding NaN/Inf is not saved: the previous state on disk stays',
   }
   t.same(await readdir(dir), ['state.safetensors'], 'no temp files');
   // Finite [step, loss] pairs (pretraining) save and load.
-  await saveTrainingState(path, params, adam, { epoch: 0, steps: 2, losses: JSON.stringify([[1, 0.5], [2, 0.25]]) }, {});
+  await saveTrainingState(path, params, adam, { epoch: 0, steps: 0, losses: JSON.stringify([[1, 0.5], [2, 0.25]]) }, {});
   const back = await loadTrainingState(e, path, params, adam);
   t.equal(back.losses, '[[1,0.5],[2,0.25]]');
   await rm(dir, { recursive: true });
