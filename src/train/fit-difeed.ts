@@ -3,6 +3,7 @@
 // BatchNorm in train mode, Adam with the feedback layers at 1e-3 and the attention head at 1e-4
 // (CLARIFICATIONS, issue 4), StepLR, a training state saved every epoch, and top-1/top-5 at the end.
 import type { Engine } from '../engine/engine.ts';
+import { hashSeeds } from '../engine/random.ts';
 import { crossEntropy } from '../engine/ops/nn.ts';
 import type { Tensor } from '../engine/tensor.ts';
 import { gaussianNoise, linearSchedule, qSample } from '../model/diffusion.ts';
@@ -116,7 +117,7 @@ export async function fitDifFeed(e: Engine, unet: UNet, train: ImageSource, test
     for (const [b, idx] of epochIdx.entries()) {
       if (b < resumeAt) continue;
       const flips = o.flip === false ? undefined : imageFlips(seed, epoch, idx);
-      const xt = await noisyImages(e, difeed, train, idx, seed + epoch + 1, flips);
+      const xt = await noisyImages(e, difeed, train, idx, trainingNoiseBase(seed, epoch), flips);
       const labels = idx.map((i) => train.labels[i]);
       const loss = await trainStepKeepingLoss(e, optimizer, () => crossEntropy(difeed.forward(xt, true), labels));
       xt.dispose();
@@ -147,6 +148,19 @@ export async function fitDifFeed(e: Engine, unet: UNet, train: ImageSource, test
 }
 
 const SCHEDULE = linearSchedule(1000);
+
+/** Mixed into the training noise's seed: its own stream, apart from any extraction's or test's. */
+const TRAINING_NOISE_STREAM = 0x7e4d;
+
+/**
+ * The noise base of `epoch`'s training images (per image: noiseSeed(base, image, t)), hashed from
+ * the run's seed and the epoch. seed + epoch + 1, as it was, gave seed s's epoch e the noise of
+ * seed s + 1's epoch e − 1, image for image, and a test set noised with base s (the default) the
+ * noise of seed s − 1's first epoch: runs meant to be independent shared their draws.
+ */
+export function trainingNoiseBase(seed: number, epoch: number): number {
+  return hashSeeds(seed, epoch, TRAINING_NOISE_STREAM);
+}
 
 /**
  * Which of images `idx` are mirrored in `epoch`: a fair coin per image and epoch (RandomHorizontalFlip's
