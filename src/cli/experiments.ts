@@ -242,6 +242,7 @@ const TRAIN = {
   out: { type: 'string', meta: 'DIR', required: true, help: 'output directory for state.safetensors (every epoch) and result.json' },
   resume: { type: 'flag', help: 'continue the run in --out (same settings; --epochs may grow)' },
   'checkpoint-every': { type: 'number', above: 0, help: 'difeed: seconds between saves within an epoch (the end of each epoch saves too; --resume continues at the next batch)', default: 300 },
+  'bn-train-epochs': { type: 'int', min: 0, max: 100_000, help: 'difeed: epochs whose feedback BatchNorm uses batch statistics; later ones train with the running statistics frozen (default: all; 7 as the released code, whose first evaluation leaves the model in eval mode)' },
 } satisfies OptionSpecs;
 
 type TrainOptions = NonNullable<ReturnType<typeof parseArgs<typeof TRAIN>>>;
@@ -252,7 +253,7 @@ type TrainOptions = NonNullable<ReturnType<typeof parseArgs<typeof TRAIN>>>;
  * attention head's tokens as they were.
  */
 const TRAIN_OPTION_HEADS: Partial<Record<keyof typeof TRAIN, readonly string[]>> = {
-  ...Object.fromEntries(['model', 'checkpoint', 'strategy', 'per-class', 'test-per-class', 'flip', 'checkpoint-every'].map((k) => [k, ['difeed']])),
+  ...Object.fromEntries(['model', 'checkpoint', 'strategy', 'per-class', 'test-per-class', 'flip', 'checkpoint-every', 'bn-train-epochs'].map((k) => [k, ['difeed']])),
   ...Object.fromEntries(['pool', 'standardize'].map((k) => [k, ['linear']])),
   ...Object.fromEntries(['dim', 'layers', 'heads', 'pre-pool'].map((k) => [k, ['attention', 'difformer', 'difeed']])),
 };
@@ -336,7 +337,7 @@ async function trainDifFeed(o: TrainOptions): Promise<number> {
     classes: FASHION_MNIST_CLASSES.length, strategy: o.strategy as DifFeedOptions['strategy'], t: t[0], featureBlock: o.b?.[0],
     head: { dim: o.dim, layers: o.layers, heads: o.heads, prePoolSize: o['pre-pool'] },
     epochs: o.epochs, batchSize: o.batch ?? 16, headLr: o.lr, stepSize: o['step-size'], gamma: o.gamma, seed: o.seed, flip: o.flip === 'true',
-    unetWeights: hash, checkpoint: join(o.out, 'state.safetensors'), checkpointEverySeconds: o['checkpoint-every'], resume: o.resume,
+    unetWeights: hash, checkpoint: join(o.out, 'state.safetensors'), checkpointEverySeconds: o['checkpoint-every'], resume: o.resume, batchNormTrainEpochs: o['bn-train-epochs'],
     onBatch: progressBar('  batches', 'batches'),
     onEpoch: ({ epoch, epochs, loss, seconds }) => console.log(`epoch ${epoch + 1}/${epochs}: loss ${loss.toFixed(4)}, ${seconds.toFixed(1)} s (ETA ${fmtTime(seconds * (epochs - epoch - 1))})`),
   });

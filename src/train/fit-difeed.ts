@@ -38,6 +38,14 @@ export interface DifFeedFitOptions extends DifFeedOptions {
   testNoiseSeed?: number;
   feedbackLr?: number;
   headLr?: number;
+  /**
+   * Epochs whose feedback BatchNorm normalises with the batch's statistics (and updates its running
+   * ones); later epochs train with the running statistics, frozen. Default: every epoch (the method
+   * as the paper describes it). 7 reproduces the released code: its first evaluation, after epoch 7
+   * (--eval_interval 7), leaves the model in eval mode for the rest of training
+   * (diffssl finetune.py:85 calls model.train() once, before the epochs; test() calls model.eval()).
+   */
+  batchNormTrainEpochs?: number;
   stepSize?: number;
   gamma?: number;
   seed?: number;
@@ -89,7 +97,11 @@ export async function fitDifFeed(e: Engine, unet: UNet, train: ImageSource, test
     head: 'difeed', classes: o.classes, strategy: o.strategy ?? null, feedbackBlocks: o.feedbackBlocks ?? null, multiScaleTarget: o.multiScaleTarget ?? null, t: o.t ?? null, featureBlock: o.featureBlock ?? null, attention: o.head ?? {}, feedbackLr: fbLr, headLr, batchSize,
     stepSize: o.stepSize ?? 7, gamma: o.gamma ?? 0.1, seed, flip: o.flip !== false, trainImages: train.count, dropLast: true,
     unet: { config: unet.plan.flags, weights: o.unetWeights ?? null },
+    // Recorded only when given, so states saved before the option resume as they were.
+    ...(o.batchNormTrainEpochs === undefined ? {} : { batchNormTrainEpochs: o.batchNormTrainEpochs }),
   };
+  const bnTrainEpochs = o.batchNormTrainEpochs ?? epochs;
+  if (!(Number.isSafeInteger(bnTrainEpochs) && bnTrainEpochs >= 0)) throw new RangeError(`DifFeed: batchNormTrainEpochs ${o.batchNormTrainEpochs} is not a whole number of epochs ≥ 0`);
   const progress = await startOrResume(e, o.checkpoint, !!o.resume, settings, saved, optimizer);
   // A state saved within an epoch records the batches of that epoch it had trained, and their loss sum.
   const partial = progress?.batch === undefined ? undefined : { batch: Number(progress.batch), lossSum: Number(progress.epochLoss) };
@@ -119,7 +131,7 @@ export async function fitDifFeed(e: Engine, unet: UNet, train: ImageSource, test
       const flips = o.flip === false ? undefined : imageFlips(seed, epoch, idx);
       const xt = await noisyImages(e, difeed, train, idx, trainingNoiseBase(seed, epoch), flips);
       const labels = idx.map((i) => train.labels[i]);
-      const loss = await trainStepKeepingLoss(e, optimizer, () => crossEntropy(difeed.forward(xt, true), labels));
+      const loss = await trainStepKeepingLoss(e, optimizer, () => crossEntropy(difeed.forward(xt, epoch < bnTrainEpochs), labels));
       xt.dispose();
       await steps.add(loss, labels, `epoch ${epoch + 1}, batch ${b + 1} (step ${optimizer.steps})`);
       o.onBatch?.(b + 1, batches);
