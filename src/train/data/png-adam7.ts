@@ -3,7 +3,9 @@
 // row. A tiny image comes out scrambled (or, with a palette, is refused as "wrong data size"); a
 // larger one fails on a filter byte read from the middle of the pixels. Nothing in its output can
 // be repaired, so these files are decoded here from their chunks (PNG spec §5, §8.2, §9) into the
-// layout fast-png gives the same image uninterlaced: packed rows, each starting on a byte.
+// layout fast-png gives the same image uninterlaced: packed rows, each starting on a byte. The same
+// chunk walk and pass geometry check every PNG's image data for length (checkImageDataLength),
+// which fast-png does not.
 import { Buffer } from 'node:buffer';
 import { inflateSync } from 'node:zlib';
 import type { BitDepth, DecodedPng } from 'fast-png';
