@@ -6,7 +6,7 @@ import { gaussianNoise, linearSchedule } from '../../src/model/diffusion.ts';
 import { sample } from '../../src/model/sampling.ts';
 import { UNet } from '../../src/model/unet.ts';
 import { balancedSubset, loadFashionMnist, toModelInput } from '../../src/train/data/fashion-mnist.ts';
-import { Ema, pretrain } from '../../src/train/pretrain.ts';
+import { Ema, pretrain, stepGenerator } from '../../src/train/pretrain.ts';
 import { testEngine } from '../helpers/check.ts';
 
 const e = await testEngine();
@@ -136,6 +136,54 @@ t.test('pretraining draws each image once per epoch (a seeded shuffle, the last 
   t.notSame(seen.slice(0, 2), seen.slice(2, 4), 'another shuffle each epoch');
   await t.rejects(pretrain(e, UNet.random(e, tiny, 5), nine, { steps: 1, batchSize: 10 }), /9 images make no full batch of 10/);
 });
+
+// Each step seeded mulberry32 with seed·1,000,003 + step: consecutive seeds, whose k-th draws repeat
+// far more often than chance (with batch 32, step 3231 and step 10091 drew the same noise seed).
+// Independent 31-bit draws over 20,000 steps repeat 20,000² / 2³² ≈ 0.09 times on average.
+t.test('pretraining steps draw independent noise seeds; a state saved on the old stream resumes on it', async (t) => {
+  const repeats = (hashed: boolean) => {
+    const seen = new Set<number>();
+    let n = 0;
+    for (let step = 0; step < 20000; step++) {
+      const rand = stepGenerator(0, step, hashed);
+      for (let k = 0; k < 32; k++) rand(1000); // the batch's 32 timesteps, then its noise seed
+      const noise = rand(2 ** 31);
+      if (seen.has(noise)) n++;
+      seen.add(noise);
+    }
+    return n;
+  };
+  t.ok(repeats(true) <= 2, `${repeats(true)} repeated noise seeds in 20,000 steps`);
+  t.ok(repeats(false) > 1000, `the old stream: ${repeats(false)} repeats (the defect this replaced)`);
+  const dir = await mkdtemp(join(tmpdir(), 'difrep-pretrain-stream-'));
+  const options = (checkpoint: string, steps: number, resume = false) => ({ steps, batchSize: 4, lr: 1e-3, emaDecay: 0.9, checkpoint, checkpointEverySeconds: 0, resume });
+  const [legacy, current] = [join(dir, 'legacy.safetensors'), join(dir, 'current.safetensors')];
+  await pretrain(e, UNet.random(e, tiny, 2), data, options(current, 1));
+  t.match(JSON.parse((await metadataOf(current)).settings), { stepSeeds: 'hashed' }, 'a new run records its stream');
+  // The same state as an earlier difrep saved it: its settings without stepSeeds.
+  const { openSafetensors, writeSafetensors } = await import('../../src/model/checkpoint/safetensors.ts');
+  const src = await openSafetensors(current);
+  const tensors = Object.fromEntries(await Promise.all(src.keys().map(async (k) => [k, { shape: src.info(k)!.shape, data: await src.read(k) }])));
+  const { stepSeeds: _, ...old } = JSON.parse(src.metadata.settings);
+  await writeSafetensors(legacy, tensors, { ...src.metadata, settings: JSON.stringify(old) });
+  await src.close();
+  const a = UNet.random(e, tiny, 2);
+  const b = UNet.random(e, tiny, 2);
+  await pretrain(e, a, data, options(legacy, 2, true));
+  await pretrain(e, b, data, options(current, 2, true));
+  t.notOk('stepSeeds' in JSON.parse((await metadataOf(legacy)).settings), 'the resumed old state stays on its stream');
+  const [wa, wb] = [await a.parameters().get('out.2.weight')!.read(), await b.parameters().get('out.2.weight')!.read()];
+  t.not(Array.from(wa).join(), Array.from(wb).join(), 'step 2 drew from the two streams apart');
+  await rm(dir, { recursive: true });
+});
+
+async function metadataOf(path: string): Promise<Record<string, string>> {
+  const { openSafetensors } = await import('../../src/model/checkpoint/safetensors.ts');
+  const src = await openSafetensors(path);
+  const metadata = src.metadata;
+  await src.close();
+  return metadata;
+}
 
 t.test('flips: a fair coin per image, mirroring each channel\'s rows; a state without them resumes only without them', async (t) => {
   const { coinFlips, mirrorImages } = await import('../../src/train/flips.ts');
