@@ -15,6 +15,24 @@ export function halfToFloat(h: number): number {
 }
 
 /**
+ * A 64-bit integer as the nearest f32 (ties to even), as PyTorch's .float() gives it. Number(v)
+ * rounds to a double first: past 2⁵³ that double can sit exactly on an f32 tie that v itself is not
+ * on, and the tie then goes the wrong way (2⁶⁰ + 2³⁶ + 1 read as 2⁶⁰, not 2⁶⁰ + 2³⁷).
+ */
+export function int64ToFloat32(v: bigint): number {
+  const magnitude = v < 0n ? -v : v;
+  if (magnitude <= 2n ** 53n) return Math.fround(Number(v));
+  // 24 significant bits q, the rest r below them; round half to even.
+  const shift = BigInt(magnitude.toString(2).length - 24);
+  let q = magnitude >> shift;
+  const r = magnitude - (q << shift);
+  const half = 1n << (shift - 1n);
+  if (r > half || (r === half && (q & 1n) === 1n)) q += 1n;
+  const rounded = Number(q) * 2 ** Number(shift); // q ≤ 2²⁴: exact
+  return Math.fround(v < 0n ? -rounded : rounded);
+}
+
+/**
  * Little-endian raw bytes of `dtype` → Float32Array. Aligned F32 bytes are viewed, not copied (the
  * caller owns `bytes`); everything else is converted into a new array.
  */
@@ -39,7 +57,7 @@ export function toFloat32(dtype: DType, bytes: Uint8Array, count: number): Float
       for (let i = 0; i < count; i++) out[i] = view.getFloat64(8 * i, true);
       break;
     case 'I64':
-      for (let i = 0; i < count; i++) out[i] = Number(view.getBigInt64(8 * i, true));
+      for (let i = 0; i < count; i++) out[i] = int64ToFloat32(view.getBigInt64(8 * i, true));
       break;
     case 'I32':
       for (let i = 0; i < count; i++) out[i] = view.getInt32(4 * i, true);
