@@ -50,7 +50,8 @@ async function fileIdentity(path: string): Promise<string> {
 
 /** The create_model flags named by --model: a preset or a JSON file. */
 export async function resolveFlags(model: string): Promise<UNetFlags> {
-  let flags = PRESETS[model];
+  // Own keys only: "constructor" or "toString" read Object.prototype's and failed as a config.
+  let flags = Object.hasOwn(PRESETS, model) ? PRESETS[model] : undefined;
   if (!flags && model.endsWith('.json')) {
     const text = await readFile(model, 'utf8').catch((e: Error) => { throw new UsageError(`--model ${model}: cannot read the config file (${e.message})`); });
     try {
@@ -87,6 +88,14 @@ export async function loadModel(e: Engine, model: string, checkpoint: string | u
     try {
       const prefixed = src.keys().some((k) => k.startsWith('param.')) && !src.keys().some((k) => k.startsWith('time_embed.'));
       unet = await UNet.load(e, flags, prefixed ? withPrefix(src, 'param.') : src);
+      // No tensor's shape depends on these: only a recorded config (difrep's own files) can check them.
+      if (src.metadata.config === undefined) {
+        console.error(
+          `difrep: ${checkpoint} records no config, so its attention heads are as --model ${model} says, unchecked ` +
+            `(num_heads ${flags.num_heads ?? 1}, num_head_channels ${flags.num_head_channels ?? -1}, num_heads_upsample ${flags.num_heads_upsample ?? -1}, ` +
+            `use_new_attention_order ${flags.use_new_attention_order ?? false}): give the values the weights were trained with`,
+        );
+      }
     } finally {
       await src.close();
     }

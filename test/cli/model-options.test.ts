@@ -3,7 +3,7 @@
 import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import t from 'tap';
-import { loadModel } from '../../src/cli/model-options.ts';
+import { loadModel, resolveFlags } from '../../src/cli/model-options.ts';
 import { testEngine } from '../helpers/check.ts';
 
 const e = await testEngine();
@@ -15,4 +15,29 @@ t.test('loadModel gives the checkpoint\'s whole SHA-256 and its 16-hex prefix', 
   t.equal(sha256, expected);
   t.equal(hash, expected.slice(0, 16));
   for (const p of unet.parameters().values()) p.dispose();
+});
+
+// Heads and attention order change no tensor shape: weights of 4 heads loaded into a 2-head model
+// without a word. A file that records its config is checked (UNet.load); one that does not is named.
+t.test('loadModel says when a checkpoint records no config, naming the head settings it cannot check', async (t) => {
+  const lines: string[] = [];
+  const error = console.error;
+  console.error = (line: string) => void lines.push(line);
+  try {
+    const mini = await loadModel(e, 'adm32-mini', new URL('../fixtures/adm32-mini.pt', import.meta.url).pathname);
+    for (const p of mini.unet.parameters().values()) p.dispose();
+    t.match(lines.join('\n'), /adm32-mini\.pt records no config, so its attention heads are as --model adm32-mini says, unchecked \(num_heads \d+, num_head_channels -?\d+, num_heads_upsample -?\d+, use_new_attention_order (true|false)\)/);
+    lines.length = 0;
+    const own = await loadModel(e, new URL('../../models/fmnist16.json', import.meta.url).pathname, new URL('../../models/fmnist16.safetensors', import.meta.url).pathname);
+    for (const p of own.unet.parameters().values()) p.dispose();
+    t.notMatch(lines.join('\n'), /records no config/, 'a file with its config says nothing of it');
+  } finally {
+    console.error = error;
+  }
+});
+
+t.test('--model names that Object.prototype has are not presets', async (t) => {
+  for (const name of ['constructor', 'toString', '__proto__']) {
+    await t.rejects(resolveFlags(name), new RegExp(`--model ${name}: not a preset \\(`));
+  }
 });
