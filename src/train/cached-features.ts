@@ -96,7 +96,7 @@ export function checkTrainTestCaches(train: CachedFeatures, test: CachedFeatures
   checkSameExtraction(train.signature, test.signature, trainDir, testDir);
   for (const [key, f] of train.features) {
     const g = test.features.get(key);
-    if (g && g.shape.join() !== f.shape.join()) throw new Error(`features ${key} are [${f.shape}] in ${trainDir} and [${g.shape}] in ${testDir}: extract both with the same --pool, or give a --pool both can be pooled to`);
+    if (g && g.shape.join() !== f.shape.join()) throw new Error(`features ${key} are [${f.shape}] in ${trainDir} and [${g.shape}] in ${testDir}: extract both with the same --pool`);
   }
   const split = (sig: CacheSignature) => String(sig.dataset ?? '').replace(/\/per-class=\d+$/, '');
   if (split(train.signature) !== '' && split(train.signature) === split(test.signature)) {

@@ -112,7 +112,8 @@ function checkAgainst(numBlocks: number, data: ImageSource, opts: ExtractOptions
   if (data.labels.length < data.count) throw new Error(`extract: the image source has ${data.count} images but ${data.labels.length} labels`);
   for (let i = 0; i < data.count; i++) {
     const l = data.labels[i];
-    if (!Number.isInteger(l) || l < 0 || l > 2 ** 31 - 1) throw new Error(`extract: label of image ${i} is ${l}, not a class number ≥ 0`);
+    // Labels are stored as I64 and read back through f32: whole numbers to 2²⁴ stay exact.
+    if (!Number.isInteger(l) || l < 0 || l > 2 ** 24) throw new Error(`extract: label of image ${i} is ${l}, not a class number in 0..${2 ** 24}`);
   }
 }
 

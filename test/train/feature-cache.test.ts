@@ -67,6 +67,8 @@ t.test('duplicate timesteps or blocks and bad sizes are refused before anything 
   await t.rejects(extractFeatures(e, unet, source(calls), options(dir, { blocks: [2, 2] })), /blocks lists 2 twice/);
   await t.rejects(extractFeatures(e, unet, source(calls), options(dir, { blocks: [6] })), /block 6 does not exist: this U-Net has blocks 1\.\.5/);
   await t.rejects(extractFeatures(e, unet, { ...source(calls), labels: [3, 1, -1, 1, 5, 9] }, options(dir)), /label of image 2 is -1/);
+  // Stored as I64 and read back through f32: 16,777,217 came back as 16,777,216, its checksum passing.
+  await t.rejects(extractFeatures(e, unet, { ...source(calls), labels: [3, 1, 2 ** 24 + 1, 1, 5, 9] }, options(dir)), /label of image 2 is 16777217, not a class number in 0\.\.16777216/);
   t.equal(calls.n, 0, 'no image was asked for');
   t.same(await readdir(dir), [], 'nothing written');
   await rm(dir, { recursive: true });
