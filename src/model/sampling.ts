@@ -167,8 +167,9 @@ export function imageGrid(data: Float32Array, n: number, C: number, S: number, c
       for (let x = 0; x < S; x++) {
         for (let c = 0; c < 3; c++) {
           const v = data[((i * C + Math.min(c, C - 1)) * S + y) * S + x];
-          // As guided-diffusion's image_sample.py: ((x + 1)·127.5).clamp(0, 255).to(uint8), which truncates.
-          rgb[((oy + y) * width + ox + x) * 3 + c] = Math.floor(Math.min(1, Math.max(-1, v)) * 127.5 + 127.5);
+          // As guided-diffusion's image_sample.py: ((x + 1)·127.5).clamp(0, 255).to(uint8) in f32,
+          // which truncates (in f64, 95 of the 256 levels k/127.5 − 1 came out a level apart from it).
+          rgb[((oy + y) * width + ox + x) * 3 + c] = Math.floor(Math.min(255, Math.max(0, Math.fround(Math.fround(v + 1) * 127.5))));
         }
       }
     }

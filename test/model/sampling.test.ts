@@ -177,6 +177,14 @@ t.test('image grids quantise as guided-diffusion\'s image_sample.py: ((x + 1)·1
   const pixel = (x: number, y: number) => rgb[((2 + y) * width + 2 + x) * 3];
   t.same([pixel(0, 0), pixel(1, 0), pixel(0, 1), pixel(1, 1)], [0, 0, 127, 191]);
   t.equal(imageGrid(Float32Array.from([3, 3, 3, 3]), 1, 1, 2, 1).rgb[(2 * 6 + 2) * 3], 255);
+  // The f32 levels v = f32(k/127.5 − 1): PyTorch's f32 ((v + 1)·127.5) truncates 161 of the 256 back
+  // to k and 95 to k − 1; the same arithmetic in f64 gave 129 and 127.
+  const levels = Float32Array.from({ length: 256 }, (_, k) => k / 127.5 - 1);
+  const grid = imageGrid(levels, 1, 1, 16, 1);
+  const got = Array.from({ length: 256 }, (_, k) => grid.rgb[((2 + Math.floor(k / 16)) * grid.width + 2 + (k % 16)) * 3]);
+  const f = Math.fround;
+  t.same(got, Array.from(levels, (v) => Math.floor(f(f(v + 1) * 127.5))), 'f32 arithmetic, as PyTorch');
+  t.equal(got.filter((q, k) => q === k).length, 161, 'PyTorch 1.13 keeps 161 levels');
 });
 
 // DDPM's step noise comes from a hashed stream: seed·7919 + t + 1, as it was, made z_t of run 0
