@@ -104,6 +104,15 @@ async function hashedStepSeeds(o: PretrainOptions): Promise<boolean> {
 export async function pretrain(e: Engine, unet: UNet, data: ImageSource, o: PretrainOptions): Promise<{ steps: number; losses: [number, number][]; ema: Ema }> {
   const batch = o.batchSize ?? 32;
   const seed = o.seed ?? 0;
+  // The CLI bounds these; a library caller's 1.5 made the EMA diverge without a word.
+  const checks: [string, number | undefined, (v: number) => boolean, string][] = [
+    ['steps', o.steps, (v) => Number.isSafeInteger(v) && v >= 0, 'a whole number ≥ 0'],
+    ['batchSize', batch, (v) => Number.isSafeInteger(v) && v >= 1, 'a whole number ≥ 1'],
+    ['lr', o.lr, (v) => v > 0 && Number.isFinite(v), 'a number > 0'],
+    ['emaDecay', o.emaDecay, (v) => v >= 0 && v <= 1, 'in [0, 1]'],
+    ['seed', seed, (v) => Number.isSafeInteger(v) && v >= 0, 'a whole number ≥ 0'],
+  ];
+  for (const [name, v, ok, want] of checks) if (v !== undefined && !ok(v)) throw new RangeError(`pretrain: ${name} ${v} is not ${want}`);
   const S = unet.plan.flags.image_size;
   const C = unet.plan.flags.in_channels;
   const schedule = linearSchedule(1000);

@@ -229,3 +229,16 @@ t.test('a checkpoint in a folder that does not exist is refused before any step'
     /^cannot save the training state .*difrep-no-such-folder.state\.safetensors: the folder .*difrep-no-such-folder does not exist; create it first; nothing was trained$/);
   t.equal(steps, 0, 'no step taken');
 });
+
+// The CLI bounds these; the library took an EMA decay of 1.5 (a diverging average) without a word.
+t.test('pretrain refuses options out of range, naming them', async (t) => {
+  const unet = UNet.random(e, tiny, 2);
+  for (const [o, message] of [
+    [{ steps: 1, emaDecay: 1.5 }, /pretrain: emaDecay 1\.5 is not in \[0, 1\]/],
+    [{ steps: 1, lr: 0 }, /pretrain: lr 0 is not a number > 0/],
+    [{ steps: 1.5 }, /pretrain: steps 1\.5 is not a whole number ≥ 0/],
+    [{ steps: 1, batchSize: 0 }, /pretrain: batchSize 0 is not a whole number ≥ 1/],
+    [{ steps: 1, seed: -1 }, /pretrain: seed -1 is not a whole number ≥ 0/],
+  ] as const) await t.rejects(pretrain(e, unet, data, o), message);
+  for (const p of unet.parameters().values()) p.dispose();
+});
