@@ -7,11 +7,12 @@ import type { Engine } from '../engine/engine.ts';
 import { scale } from '../engine/ops/elementwise.ts';
 import { reshape } from '../engine/ops/layout.ts';
 import { crossEntropy } from '../engine/ops/nn.ts';
+import { firstNonFinite } from '../model/checkpoint/tensor-source.ts';
 import { LinearProbeStack } from '../model/heads/linear-probe-stack.ts';
 import { epochBatches } from './epoch-batches.ts';
 import { countTopK } from './eval/classification.ts';
 import type { FeatureArrays } from './fit.ts';
-import { assertFinite } from './finite.ts';
+import { NonFiniteError } from './finite.ts';
 import { Adam, StepLR } from './optimizer.ts';
 import { StepLosses } from './step-losses.ts';
 import { trainStepKeepingLoss } from './train-step.ts';
@@ -54,7 +55,8 @@ export async function fitLinearProbeStack(e: Engine, trains: FeatureArrays[], te
   const labels = { train: train0.labels, test: Array.from({ length: test0.count }, (_, i) => test0.labels[i]) };
   const scores: { top1: number; top5: number; logits: Float32Array }[] = [];
   for (const group of bindingGroups(e, dims, o)) {
-    scores.push(...(await fitStack(e, group.map((p) => train[p].data), group.map((p) => test[p].data), group.map((p) => dims[p]), train0.count, labels, o)));
+    const names = group.map((p) => o.names?.[p] ?? `probe ${p}`);
+    scores.push(...(await fitStack(e, group.map((p) => train[p].data), group.map((p) => test[p].data), group.map((p) => dims[p]), train0.count, labels, o, names)));
   }
   return scores;
 }
@@ -89,7 +91,7 @@ function bindingGroups(e: Engine, dims: readonly number[], o: ProbeStackOptions)
 /** Trains one stack of probes (inputs train[p] and test[p], dims[p] values per image) in lockstep. */
 async function fitStack(
   e: Engine, trainData: Float32Array[], testData: Float32Array[], dims: number[], trainCount: number,
-  labels: { train: ArrayLike<number>; test: number[] }, o: ProbeStackOptions,
+  labels: { train: ArrayLike<number>; test: number[] }, o: ProbeStackOptions, names: readonly string[],
 ): Promise<{ top1: number; top5: number; logits: Float32Array }[]> {
   const P = dims.length;
   const testCount = labels.test.length;
@@ -117,9 +119,14 @@ async function fitStack(
       const x = stack.pack(testData, idx);
       const out = await e.noGrad(() => e.tidy(() => stack.forward(x))).readAndDispose();
       x.dispose();
-      assertFinite(out, `${o.what}: the logits of images ${s}..${s + idx.length - 1}`);
       const per = idx.length * o.classes;
-      for (let p = 0; p < P; p++) logits[p].set(out.subarray(p * per, (p + 1) * per), s * o.classes);
+      for (let p = 0; p < P; p++) {
+        // Checked per probe: an index into the stacked [P, n, classes] block named no image.
+        const slab = out.subarray(p * per, (p + 1) * per);
+        const bad = firstNonFinite(slab);
+        if (bad >= 0) throw new NonFiniteError(`${o.what}, ${names[p]}: the logits of test image ${s + Math.floor(bad / o.classes)} hold ${slab[bad]} (class ${bad % o.classes})`);
+        logits[p].set(slab, s * o.classes);
+      }
     }
     return logits.map((l) => {
       const c = countTopK(l, labels.test);

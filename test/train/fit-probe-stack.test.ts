@@ -70,3 +70,18 @@ t.test('probes past one storage binding train as several stacks, with the same r
   await t.rejects(fitLinearProbeStack(tiny, train.sets, test.sets, { ...recipe, what: 'tiny', names: ['a', 'b', 'features t10.b3'] }),
     /tiny, features t10\.b3: 32 values per image in a batch of 8 \(or its 4 classes' weights\) bind 1024 bytes at once, over this device's largest storage binding \(1000\): give a smaller batch/);
 });
+
+// The logits were checked as one stacked [P, n, classes] block: an Inf in probe 1's test features
+// said "the logits of images 0..7 holds -Infinity at index 27", an index that named no image.
+t.test('a non-finite logit names its probe and test image', async (t) => {
+  const train = split(16, 1);
+  const test = split(8, 2);
+  const bad = test.sets[1].features.get(featureKey(10, 2))!;
+  const data = Float32Array.from(bad.data);
+  data[5 * 5 + 2] = Number.POSITIVE_INFINITY; // image 5 of probe 1 (5 values per image)
+  const broken = { ...test.sets[1], features: new Map([[featureKey(10, 2), { ...bad, data }]]) };
+  await t.rejects(
+    fitLinearProbeStack(e, train.sets, [test.sets[0], broken, test.sets[2]], { classes, epochs: 1, batchSize: 8, lr: 1e-2, what: 'test stack', names: ['b1', 'b2', 'b3'] }),
+    { name: 'NonFiniteError', message: /test stack, b2: the logits of test image 5 hold (-)?Infinity|test stack, b2: the logits of test image 5 hold NaN/ },
+  );
+});
