@@ -14,3 +14,17 @@ export function assertFinite(values: ArrayLike<number>, what: string): void {
   const i = firstNonFinite(values);
   if (i >= 0) throw new NonFiniteError(`${what} holds ${values[i]} at index ${i}`);
 }
+
+/**
+ * Throws a NonFiniteError naming the path (results.rows[3].top1) of the first NaN or Inf in a JSON
+ * value: JSON.stringify writes them as null without a word.
+ */
+export function assertFiniteJson(value: unknown, path: string): void {
+  if (typeof value === 'number') {
+    if (!Number.isFinite(value)) throw new NonFiniteError(`${path} is ${value}`);
+  } else if (Array.isArray(value)) {
+    value.forEach((v, i) => assertFiniteJson(v, `${path}[${i}]`));
+  } else if (value && typeof value === 'object') {
+    for (const [k, v] of Object.entries(value)) assertFiniteJson(v, `${path}.${k}`);
+  }
+}

@@ -8,7 +8,7 @@ import { createEngine } from '../../src/engine/engine.ts';
 import { type NamedArray, openSafetensors, writeSafetensors } from '../../src/model/checkpoint/safetensors.ts';
 import { countTopK } from '../../src/train/eval/classification.ts';
 import { type FeatureArrays, fitHead, type FitOptions } from '../../src/train/fit.ts';
-import { assertFinite, NonFiniteError } from '../../src/train/finite.ts';
+import { assertFinite, assertFiniteJson, NonFiniteError } from '../../src/train/finite.ts';
 import { randomNd, testEngine } from '../helpers/check.ts';
 
 const e = await testEngine();
@@ -20,6 +20,13 @@ t.test('top-k never scores a row holding NaN or Inf: it is refused, naming the r
   t.throws(() => countTopK(Float32Array.from([0, 1, 5, Infinity, 0, 0]), [2, 0]), { name: 'NonFiniteError', message: /row 1 hold Infinity/ });
   // Ties rank the earlier class first (a stable descending sort): label 1 ties class 0 → rank 1.
   t.has(countTopK(Float32Array.from([2, 2, 1]), [1]), { top1: 0, top5: 1 });
+});
+
+// JSON.stringify writes NaN and Inf as null: results.json would have said null where a score was.
+t.test('assertFiniteJson names the path of a NaN or Inf in a results object', async (t) => {
+  t.doesNotThrow(() => assertFiniteJson({ rows: [{ top1: 0.5, method: 'x' }], n: 3, on: true, none: null }, 'results'));
+  t.throws(() => assertFiniteJson({ rows: [{ top1: 0.5 }, { top1: NaN }] }, 'results'), { name: 'NonFiniteError', message: 'results.rows[1].top1 is NaN' });
+  t.throws(() => assertFiniteJson({ sweep: [[0.1, -Infinity]] }, 'r'), { message: 'r.sweep[0][1] is -Infinity' });
 });
 
 t.test('assertFinite names what and where', async (t) => {
