@@ -145,6 +145,9 @@ export class Tape {
         }
         this.releaseSaved(node);
       }
+      // Storages a leaf's new gradient may not share: the seed's, and other leaves' (add passes one
+      // gradient to both its inputs). Writing to one changed the other; PyTorch copies them too.
+      const taken = new Set(seed ? [seed.storage] : []);
       for (const [id, g] of grads) {
         const leaf = this.leaves.get(id);
         // A leaf disposed since: its gradient would never be freed (dispose() has run).
@@ -152,9 +155,16 @@ export class Tape {
           if (owned(g)) g.dispose();
           continue;
         }
-        const shaped = e.view(g, leaf.shape, `grad(${leaf.label})`);
+        let shaped: Tensor;
+        if (taken.has(g.storage)) {
+          shaped = e.empty(leaf.shape, `grad(${leaf.label})`);
+          e.copyBuffer(g.buffer, 0, shaped.buffer, 0, g.byteLength);
+        } else {
+          shaped = e.view(g, leaf.shape, `grad(${leaf.label})`);
+        }
+        taken.add(shaped.storage);
         e.keep(shaped);
-        g.dispose();
+        if (owned(g)) g.dispose();
         leaf.grad = leaf.grad ? this.sum(leaf.grad, shaped) : shaped;
       }
       grads.clear();

@@ -137,6 +137,23 @@ t.test('gradients accumulate across backward calls until cleared', async (t) => 
   t.same(Array.from(await x.grad!.read()), [12]);
 });
 
+// add passes its gradient through to both inputs: x.grad and c.grad were views of the seed itself,
+// so a write to the seed (or to one gradient) changed both gradients. PyTorch copies them.
+t.test('leaf gradients own their buffers: none shares the seed\'s or another leaf\'s', async (t) => {
+  const x = e.tensor([1, 2], [2], 'x');
+  const c = e.tensor([5, 6], [2], 'c');
+  x.requiresGrad = true;
+  c.requiresGrad = true;
+  const seed = e.tensor([3, 4], [2], 'seed');
+  e.tape.backward(ops.add(x, c), seed);
+  t.not(x.grad!.storage, seed.storage);
+  t.not(c.grad!.storage, seed.storage);
+  t.not(x.grad!.storage, c.grad!.storage);
+  e.fill(seed, 0);
+  t.same([Array.from(await x.grad!.read()), Array.from(await c.grad!.read()), Array.from(await seed.read())], [[3, 4], [3, 4], [0, 0]], 'the seed, still the caller\'s, changed alone');
+  for (const v of [x, c, seed]) v.dispose();
+});
+
 t.test('a tensor whose graph an earlier backward released is refused, never taken for a leaf', async (t) => {
   // Hand-worked: x = [1, 2, 3], a = x², loss₂ = Σ a² = Σ x⁴, d/dx = 4x³ = [4, 32, 108]. The first
   // backward used to drop a's op, and a then counted as a leaf: x got no gradient, a got [2, 8, 18].
