@@ -52,8 +52,9 @@ export const UNARY_OPS = {
   sqrt: { forward: 'sqrt(x)', backward: 'dy * 0.5 / y' },
   square: { forward: 'x * x', backward: 'dy * 2.0 * x' },
   addScalar: { forward: 'x + alpha', backward: 'dy' },
-  // x clamped to [−alpha, alpha] (torch.clamp(x, −alpha, alpha)); the gradient passes inside only.
-  clampSymmetric: { forward: 'select(clamp(x, -alpha, alpha), x, isNan(x))', backward: 'select(0.0, dy, abs(x) < alpha)' },
+  // x clamped to [−alpha, alpha] (torch.clamp(x, −alpha, alpha)); the gradient passes where
+  // −alpha ≤ x ≤ alpha, bounds included, as PyTorch's.
+  clampSymmetric: { forward: 'select(clamp(x, -alpha, alpha), x, isNan(x))', backward: 'select(0.0, dy, abs(x) <= alpha)' },
   // max(x, alpha) (torch.clamp(x, min=alpha)); the gradient passes where x ≥ alpha, as PyTorch's.
   clampMin: { forward: 'select(max(x, alpha), x, isNan(x))', backward: 'select(0.0, dy, x >= alpha)' },
   // tanhF32 (below); NaN stays NaN. d/dx = 1 − y².

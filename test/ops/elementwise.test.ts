@@ -56,6 +56,15 @@ t.test('relu, clampSymmetric, clampMin and tanh keep NaN (and scalar and vec4 ke
   }
 });
 
+// PyTorch's clamp passes the gradient where min ≤ x ≤ max, bounds included; abs(x) < alpha dropped it there.
+t.test('clampSymmetric passes the gradient at the bounds, as torch.clamp does', async (t) => {
+  const x = e.tensor([-0.5, 0.5, 1, 0, -2], [5]);
+  x.requiresGrad = true;
+  e.tape.backward(ops.sum(ops.clampSymmetric(x, 0.5)));
+  t.same(Array.from(await x.grad!.read()), [1, 1, 0, 1, 0]);
+  x.dispose();
+});
+
 // PyTorch's relu is x < 0 ? 0 : x, so relu(−0) = −0 (1/relu(−0) = −inf); max(−0, 0) gave +0.
 t.test('relu keeps the sign of zero (−0 → −0, +0 → +0) in scalar and vec4 kernels', async (t) => {
   for (const n of [3, 4]) {

@@ -99,6 +99,14 @@ t.test('matmul with bias over a multiple of 4 columns (vec4 bias) matches float6
   t.ok(maxRelError(await y.read(), ref.data) < 1e-5);
 });
 
+// Its size alone was checked: a [2, 2] bias of an N = 4 product was taken as a row of 4.
+t.test('matmul takes a bias of shape [N] or [1, …, N] only', async (t) => {
+  const a = e.tensor(new Float32Array(6), [3, 2]);
+  const b = e.tensor(new Float32Array(8), [2, 4]);
+  t.throws(() => ops.matmul(a, b, { bias: e.zeros([2, 2], 'bias') }), /matmul: bias \[2,2\] does not match N = 4/);
+  t.doesNotThrow(() => ops.matmul(a, b, { bias: e.zeros([1, 4]) }).dispose());
+});
+
 t.test('matmul with bias: forward and the bias gradient', async (t) => {
   const a = randomNd([6, 5], 1);
   const w = randomNd([5, 4], 2);

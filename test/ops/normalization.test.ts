@@ -221,3 +221,14 @@ t.test('ops that need values refuse empty inputs with a clear error, and the eng
   t.throws(() => ops.resizeBilinear(empty([1, 2, 0, 4]), 2, 2), /resizeBilinear: x \[1,2,0,4\] to 2x2: input and output need at least one pixel/);
   t.same(Array.from(await ops.relu(e.tensor([-1, 2], [2])).read()), [0, 2], 'the engine still works');
 });
+
+// Sizes alone were checked: a [N, C, 2] scale-shift (interleaved) read as [N, 2C], and running
+// statistics of 1 value for 2 channels were written past their end by the in-place update.
+t.test('groupNorm takes scale-shift only as [N, 2C] (or [N, 2C, 1, 1]); batchNorm2d running statistics of C values', async (t) => {
+  const x = e.tensor(Float32Array.from({ length: 2 * 4 * 4 }, (_, i) => Math.sin(i)), [1, 2, 4, 4], 'x');
+  const [g, b] = [e.tensor([1, 1], [2]), e.tensor([0, 0], [2])];
+  t.throws(() => ops.groupNorm(x, g, b, { groups: 2, scaleShift: e.zeros([1, 2, 2]) }), /groupNorm: scale-shift \[1,2,2\] is not \[1, 4\]/);
+  t.doesNotThrow(() => ops.groupNorm(x, g, b, { groups: 2, scaleShift: e.zeros([1, 4, 1, 1]) }).dispose());
+  const small = { runningMean: e.zeros([1], 'rm'), runningVar: e.zeros([2], 'rv'), batches: 0 };
+  t.throws(() => ops.batchNorm2d(x, g, b, small, { training: true }), /batchNorm2d: runningMean rm \[1\] does not match the 2 channels of x \[1,2,4,4\]/);
+});

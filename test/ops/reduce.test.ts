@@ -68,3 +68,11 @@ t.test('a workgroup per row sums alike through workgroup memory and through subg
     }
   }
 });
+
+// PyTorch 1.13's x.sum(dim=[]) reduces every axis, NumPy's none; sum(x, []) returned x unreduced.
+t.test('sum and mean refuse an empty axis list as ambiguous', async (t) => {
+  const x = e.tensor([1, 2, 3, 4, 5, 6], [2, 3]);
+  t.throws(() => ops.sum(x, []), /sum: axes \[\] is ambiguous \(PyTorch reduces every axis, NumPy none\)/);
+  t.throws(() => ops.mean(x, []), /mean: axes \[\] is ambiguous/);
+  t.same(Array.from(await ops.sum(x).read()), [21], 'no axes given: all of them');
+});

@@ -25,8 +25,10 @@ export function groupNorm(x: Tensor, gamma: Tensor, beta: Tensor, opts: GroupNor
   if (gamma.size !== C || beta.size !== C) {
     throw new RangeError(`groupNorm: affine ${gamma.label} ${shapeString(gamma.shape)} / ${beta.label} ${shapeString(beta.shape)} do not match ${C} channels of ${x.label}`);
   }
-  if (opts.scaleShift && opts.scaleShift.size !== N * 2 * C) {
-    throw new RangeError(`groupNorm: scale-shift ${shapeString(opts.scaleShift.shape)} is not [${N}, ${2 * C}]`);
+  // [N, 2C] (or [N, 2C, 1, 1]): a [N, C, 2] of the same size interleaves scale and shift.
+  const ss = opts.scaleShift?.shape;
+  if (ss && !(ss[0] === N && ss[1] === 2 * C && ss.slice(2).every((d) => d === 1))) {
+    throw new RangeError(`groupNorm: scale-shift ${shapeString(ss)} is not [${N}, ${2 * C}]`);
   }
   const scaleShift = opts.scaleShift;
   const variant = { scaleShift: !!scaleShift, silu: !!opts.silu, width: HW % 4 === 0 ? 4 : 1 } as const;

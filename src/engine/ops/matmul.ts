@@ -86,7 +86,8 @@ export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
   }
   const batchShape = broadcastA ? batchB : batchA;
   const batch = batchShape.reduce((p, d) => p * d, 1);
-  if (opts.bias && opts.bias.size !== N) {
+  // [N] or [1, …, N]: a [2, 2] bias of N = 4 values is no row vector.
+  if (opts.bias && (opts.bias.size !== N || opts.bias.shape[opts.bias.rank - 1] !== N)) {
     throw new RangeError(`matmul: bias ${shapeString(opts.bias.shape)} does not match N = ${N}`);
   }
   if (batch > 65535) throw new RangeError(`matmul: batch ${batch} exceeds 65535`);

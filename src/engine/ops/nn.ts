@@ -85,6 +85,10 @@ export function batchNorm2d(
     });
   }
   const n = N * H * W;
+  // Updated in place by copies of C values: a smaller tensor was written past its end.
+  for (const [name, t] of [['runningMean', state.runningMean], ['runningVar', state.runningVar]] as const) {
+    if (t.size !== C) throw new RangeError(`batchNorm2d: ${name} ${t.label} ${shapeString(t.shape)} does not match the ${C} channels of ${x.label} ${shapeString(x.shape)}`);
+  }
   // As torch: one value per channel has no batch variance to normalise by.
   if (n < 2) throw new RangeError(`batchNorm2d: training needs more than one value per channel, got input [${x.shape}]`);
   const momentum = opts.momentum ?? 0.1;

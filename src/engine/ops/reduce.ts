@@ -9,6 +9,8 @@ import { expand } from './layout.ts';
 import { workgroupCombine } from './normalize.ts';
 
 function normaliseAxes(axes: number[] | undefined, rank: number, label: string): number[] {
+  // PyTorch 1.13's x.sum(dim=[]) reduces every axis, NumPy's none: either reading is a surprise.
+  if (axes?.length === 0) throw new RangeError(`${label}: axes [] is ambiguous (PyTorch reduces every axis, NumPy none): leave axes out to reduce all of them`);
   const list = axes ?? [...Array(rank).keys()];
   const out = [...new Set(list.map((a) => (a < 0 ? a + rank : a)))].sort((x, y) => x - y);
   for (const a of out) {
