@@ -1,6 +1,7 @@
 // DifFeed trains from images with the U-Net live (its two passes cannot be cached): seeded
-// per-image noise (fresh each epoch: a base per epoch, mixed before the image joins it), seeded horizontal flips,
-// BatchNorm in train mode, Adam with the feedback layers at 1e-3 and the attention head at 1e-4
+// per-image noise (fresh each epoch: a base hashed from seed and epoch, mixed before the image joins
+// it), seeded horizontal flips, BatchNorm in train mode (or, after batchNormTrainEpochs, with its
+// running statistics frozen, as the released code), Adam with the feedback layers at 1e-3 and the attention head at 1e-4
 // (CLARIFICATIONS, issue 4), StepLR, a training state saved every epoch, and top-1/top-5 at the end.
 import type { Engine } from '../engine/engine.ts';
 import { hashSeeds } from '../engine/random.ts';
