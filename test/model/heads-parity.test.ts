@@ -57,6 +57,14 @@ t.test('an attention head whose dim does not split into its heads is refused whe
   t.throws(() => AttentionHead.specs({ blocks: [{ b: 1, channels: 4, size: 4 }], timesteps: [150], classes: 3, dim: 10, heads: 4 }), /attention head: dim 10 does not split into 4 heads/);
 });
 
+// A repeated block shared one tokenizer but was tokenized twice; a repeated timestep fed its CLS twice.
+t.test('an attention head refuses a block or timestep listed twice', async (t) => {
+  const { AttentionHead } = await import('../../src/model/heads/attention-head.ts');
+  const blk = { b: 1, channels: 4, size: 4 };
+  t.throws(() => AttentionHead.specs({ blocks: [blk, blk], timesteps: [150], classes: 3, dim: 8, heads: 2 }), /attention head: block 1 is listed twice \(blocks 1, 1\)/);
+  t.throws(() => AttentionHead.specs({ blocks: [blk], timesteps: [90, 150, 90], classes: 3, dim: 8, heads: 2 }), /attention head: timestep 90 is listed twice/);
+});
+
 t.test('a DifFeed state with a negative BatchNorm running variance is refused, naming the value', async (t) => {
   // Eval-mode BatchNorm's sqrt(var + eps) would be NaN there, and the ReLU after it would make it 0 unseen.
   const dump = await openSafetensors(new URL('../fixtures/difeed.safetensors', import.meta.url).pathname);

@@ -52,3 +52,10 @@ t.test('feedback that would land after the feature block is refused, not trained
   t.throws(() => feedbackPlan(unet, { classes: 4, strategy: 'multi-scale', multiScaleTarget: 6 }), /lands outside the encoder blocks/);
   t.same(feedbackPlan(unet, { classes: 4, strategy: 'all' }).targets, [4, 3, 2, 1], 'the default feature block takes every one');
 });
+
+// A repeated block fed two layers into one target; multiScaleTarget was ignored without a word
+// under any strategy but multi-scale.
+t.test('feedback blocks listed twice, or a multi-scale target under another strategy, are refused', async (t) => {
+  t.throws(() => feedbackPlan(unet, { classes: 4, feedbackBlocks: [7, 7] }), /DifFeed: feedback block 7 is listed twice \(7, 7\)/);
+  t.throws(() => feedbackPlan(unet, { classes: 4, strategy: 'bottleneck', multiScaleTarget: 2 }), /multiScaleTarget is for the multi-scale strategy, not bottleneck/);
+});

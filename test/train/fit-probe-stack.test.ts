@@ -85,3 +85,14 @@ t.test('a non-finite logit names its probe and test image', async (t) => {
     { name: 'NonFiniteError', message: /test stack, b2: the logits of test image 5 hold (-)?Infinity|test stack, b2: the logits of test image 5 hold NaN/ },
   );
 });
+
+// A row past the end packed nothing and left the previous batch's row in its slot.
+t.test('a probe stack refuses rows its features do not have', async (t) => {
+  const { LinearProbeStack } = await import('../../src/model/heads/linear-probe-stack.ts');
+  const stack = LinearProbeStack.create(e, [2, 3], classes, 1);
+  const features = [new Float32Array(2 * 6), new Float32Array(3 * 6)];
+  stack.pack(features, [0, 5]).dispose();
+  t.throws(() => stack.pack(features, [1, 6]), /probe stack: row 6 is not one of probe 0's 6 rows/);
+  t.throws(() => stack.pack([features[0], new Float32Array(7)], [0]), /probe stack: probe 1's features hold 7 values, not rows of 3/);
+  for (const p of stack.params.values()) p.dispose();
+});

@@ -66,6 +66,12 @@ export class AttentionHead {
     const d = o.dim;
     // timm's Attention asserts it too: each head attends over d / heads channels.
     if (!Number.isInteger(d / o.heads)) throw new RangeError(`attention head: dim ${d} does not split into ${o.heads} heads; give a dim that is a multiple of the heads`);
+    // A repeat would share one block's tokenizer weights but tokenize its feature twice, or feed one
+    // timestep's CLS to the classifier twice (diffssl asks for lists without repeats).
+    for (const [what, list] of [['block', o.blocks.map((blk) => blk.b)], ['timestep', o.timesteps]] as const) {
+      const repeated = list.find((v, i) => list.indexOf(v) !== i);
+      if (repeated !== undefined) throw new RangeError(`attention head: ${what} ${repeated} is listed twice (${what}s ${list.join(', ')}); list each once`);
+    }
     const m = new Map<string, ParamSpec>();
     const lin = (name: string, out: number, inF: number, bias = true) => {
       m.set(`${name}.weight`, { shape: [out, inF], init: { uniform: fanInBound([out, inF]) } });

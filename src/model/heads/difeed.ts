@@ -213,6 +213,9 @@ export function feedbackPlan(unet: UNet, options: DifFeedOptions): { feedbackBlo
   for (const b of feedbackBlocks) {
     if (b <= plan.numInputBlocks + 1 || b > N) throw new RangeError(`DifFeed: block ${b} is not a decoder block (decoder blocks are ${plan.numInputBlocks + 2}..${N})`);
   }
+  const repeated = feedbackBlocks.find((b, i) => feedbackBlocks.indexOf(b) !== i);
+  if (repeated !== undefined) throw new RangeError(`DifFeed: feedback block ${repeated} is listed twice (${feedbackBlocks.join(', ')}); list each once`);
+  if (options.multiScaleTarget !== undefined && strategy !== 'multi-scale') throw new RangeError(`DifFeed: multiScaleTarget is for the multi-scale strategy, not ${strategy} (whose feedback goes to each block's mirror)`);
   const multiTarget = options.multiScaleTarget ?? N + 1 - featureBlock;
   const targets = feedbackBlocks.map((b) => (strategy === 'multi-scale' ? multiTarget : N + 1 - b));
   // Pass 2 stops at the feature block: feedback into a later block would change nothing the head

@@ -49,7 +49,13 @@ export class LinearProbeStack {
     if (!out) this.staging.set(rows.length, (out = new Float32Array(P * rows.length * D)));
     this.dims.forEach((d, p) => {
       const f = features[p];
-      rows.forEach((r, n) => out!.set(f.subarray(r * d, (r + 1) * d), (p * rows.length + n) * D));
+      const count = f.length / d;
+      if (!Number.isInteger(count)) throw new RangeError(`probe stack: probe ${p}'s features hold ${f.length} values, not rows of ${d}`);
+      rows.forEach((r, n) => {
+        // Past the end, subarray is empty and the slot would keep the previous batch's row.
+        if (!(Number.isInteger(r) && r >= 0 && r < count)) throw new RangeError(`probe stack: row ${r} is not one of probe ${p}'s ${count} rows`);
+        out!.set(f.subarray(r * d, (r + 1) * d), (p * rows.length + n) * D);
+      });
     });
     return this.engine.tensor(out, [P, rows.length, D], 'probe inputs');
   }
