@@ -498,6 +498,8 @@ async function evalCommand(argv: string[]): Promise<number> {
   if (!o.out) {
     // The default name comes from the cache folder's name alone: …/a/test and …/b/test share it.
     const earlier = (await readFile(out, 'utf8').then(JSON.parse).catch(() => undefined)) as { features?: string } | undefined;
+    // Reports record absolute paths: a relative one (earlier reports) resolves from wherever eval runs
+    // now, so another folder's ./test looked like the same cache and its report was replaced.
     if (earlier?.features !== undefined && resolve(earlier.features) !== resolve(o.features)) throw new UsageError(`difrep eval: ${out} holds the report of another feature cache (${earlier.features}); give --out to keep both`);
   }
   const keep = [
@@ -541,7 +543,7 @@ async function evalCommand(argv: string[]): Promise<number> {
   const { logits, classes } = await trainedHeadLogits(e, state, split);
   checkLabels(split, classes, o.features);
   const report = classificationReport(logits, split.labels, classes);
-  await writeFileAtomic(out, JSON.stringify({ run: o.run, features: o.features, head, timesteps, blocks, pool, standardize: !!data.standardize, ...report }, null, 2));
+  await writeFileAtomic(out, JSON.stringify({ run: resolve(o.run), features: resolve(o.features), head, timesteps, blocks, pool, standardize: !!data.standardize, ...report }, null, 2));
   if (o.png) {
     const rows = report.confusion.map((row) => row.map((v) => v / Math.max(1, row.reduce((p, x) => p + x, 0))));
     await writeChart(o.png, heatmapSvg(rows, rows.map((_, c) => String(c)), rows.map((_, c) => String(c)), 'confusion (rows: true class, columns: predicted)'));

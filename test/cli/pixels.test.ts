@@ -96,6 +96,18 @@ t.test('eval rebuilds a trained head from its state and scores any split', async
   await mkdir(join(dir, 'other'), { recursive: true });
   await symlink(join(dir, 'test'), join(dir, 'other', 'test'));
   await t.rejects(run('eval', '--run', join(dir, 'linear'), '--features', join(dir, 'other', 'test')), /eval-test\.json holds the report of another feature cache \(.*\/test\); give --out to keep both/);
+  // Relative paths from two folders: the report recorded "test" as typed, which resolved from the
+  // second folder to its own ./test, so that cache's scores replaced the first's without a word.
+  const cwd = process.cwd();
+  try {
+    process.chdir(dir);
+    t.equal(await run('eval', '--run', 'linear', '--features', 'test'), 0);
+    t.equal(JSON.parse(await readFile(join(dir, 'linear', 'eval-test.json'), 'utf8')).features, join(dir, 'test'), 'the report records the absolute path');
+    process.chdir(join(dir, 'other'));
+    await t.rejects(run('eval', '--run', join('..', 'linear'), '--features', 'test'), /holds the report of another feature cache/);
+  } finally {
+    process.chdir(cwd);
+  }
   // The head's standardisation statistics come from its training cache: moved away, eval says so.
   await rename(join(dir, 'train'), join(dir, 'train-moved'));
   await t.rejects(run('eval', '--run', join(dir, 'linear'), '--features', join(dir, 'test')), /linear was trained on standardised features, whose statistics come from its training cache .*train, which cannot be read: feature cache .*train does not exist.*; put that cache back at that path/);
