@@ -1,13 +1,16 @@
 #!/usr/bin/env node
-// The difrep CLI: the built JavaScript when there is one (an installed package), otherwise the
-// TypeScript source through tsx (a checkout; Node 20 cannot strip types by itself).
+// The difrep CLI: the built JavaScript in an installed package, the TypeScript source through tsx in
+// a checkout (Node 20 cannot strip types by itself). A checkout's dist/ (npm run build, the example
+// page) goes stale as the source changes, and fixes pulled into src/ went unused through this bin.
 import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 
 const built = fileURLToPath(new URL('../dist/src/cli/main.js', import.meta.url));
-if (existsSync(built)) {
+// package-root.ts's isCheckout: the build config ships only in a checkout, never in the package.
+const checkout = existsSync(fileURLToPath(new URL('../tsconfig.build.json', import.meta.url)));
+if (existsSync(built) && !checkout) {
   await import(built);
 } else {
   const require = createRequire(import.meta.url);

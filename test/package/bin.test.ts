@@ -1,0 +1,26 @@
+// bin/difrep.js runs the built JavaScript in an installed package and the TypeScript source in a
+// checkout: a checkout's dist/ (npm run build, the example page) goes stale as src/ changes, and the
+// bin ran it whenever it existed, so fixes pulled into src/ went unused through `difrep`.
+import t from 'tap';
+import { spawnSync } from 'node:child_process';
+import { copyFileSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = fileURLToPath(new URL('../../', import.meta.url));
+
+t.test('the bin runs src/ in a checkout (even with a dist/) and dist/ in a package', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'difrep-bin-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  for (const sub of ['bin', 'dist/src/cli', 'src/cli']) mkdirSync(join(dir, sub), { recursive: true });
+  copyFileSync(join(root, 'bin/difrep.js'), join(dir, 'bin/difrep.js'));
+  symlinkSync(join(root, 'node_modules'), join(dir, 'node_modules'));
+  writeFileSync(join(dir, 'package.json'), JSON.stringify({ type: 'module' }));
+  writeFileSync(join(dir, 'dist/src/cli/main.js'), "console.log('built');\n");
+  writeFileSync(join(dir, 'src/cli/main.ts'), "const from: string = 'source';\nconsole.log(from);\n");
+  const run = () => spawnSync(process.execPath, [join(dir, 'bin/difrep.js')], { encoding: 'utf8' }).stdout.trim();
+  t.equal(run(), 'built', 'a package (no tsconfig.build.json): dist/');
+  writeFileSync(join(dir, 'tsconfig.build.json'), '{}');
+  t.equal(run(), 'source', 'a checkout: src/ through tsx');
+});
