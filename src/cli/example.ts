@@ -5,9 +5,10 @@ import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { writeFileAtomic } from '../model/checkpoint/atomic-write.ts';
-import { type OptionSpecs, parseArgs, UsageError } from './args.ts';
+import { given, type OptionSpecs, parseArgs, UsageError } from './args.ts';
 import { ensureBuilt, launchChromium, runPage } from './chromium.ts';
 import { resolveFlags } from './model-options.ts';
+import { checkOutputFile } from './output-file.ts';
 import { packageRoot } from './package-root.ts';
 import { importMapScript, startStaticServer, type StaticServer } from './static-server.ts';
 
@@ -17,7 +18,7 @@ const SHIPPED = { model: join(root, 'models', 'fmnist16.json'), checkpoint: join
 const OPTIONS = {
   model: { type: 'string', help: 'U-Net config (preset or .json)', default: SHIPPED.model },
   checkpoint: { type: 'string', meta: 'FILE', help: 'weights (.safetensors; a reference dump\'s param.* also works)', default: SHIPPED.checkpoint },
-  port: { type: 'int', min: 0, max: 65535, help: 'port on 127.0.0.1 (0: any free port)', default: 8080 },
+  port: { type: 'int', min: 0, max: 65535, help: 'port on 127.0.0.1 (0: any free port; with --screenshot, any free port unless given)', default: 8080 },
   screenshot: { type: 'string', meta: 'FILE.png', help: 'headless: run one extraction in Chromium, save a PNG screenshot here, and exit' },
 } satisfies OptionSpecs;
 
@@ -50,7 +51,10 @@ async function screenshot(server: StaticServer, file: string): Promise<number> {
 export async function exampleCommand(argv: string[]): Promise<number> {
   const o = parseArgs('example', argv, OPTIONS);
   if (!o) return 0;
-  const server = await startExampleServer(o.model, o.checkpoint, o.screenshot ? 0 : o.port);
+  // Checked before the build and the page's run (minutes): a missing folder failed only at the end,
+  // and --screenshot naming the weights would have replaced them with a PNG.
+  if (o.screenshot) await checkOutputFile('example', 'screenshot', o.screenshot, [{ path: o.checkpoint, what: 'the weights --checkpoint serves' }, { path: o.model, what: 'the config --model names' }]);
+  const server = await startExampleServer(o.model, o.checkpoint, o.screenshot && !given(argv, 'port') ? 0 : o.port);
   if (o.screenshot) {
     try {
       return await screenshot(server, o.screenshot);

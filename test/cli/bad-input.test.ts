@@ -127,3 +127,14 @@ t.test('required options are named with what they are for', async (t) => {
   const err = await COMMANDS.train(['--head', 'linear']).then(() => null, (e: Error) => e);
   t.match(err?.message, /difrep train: --out DIR is required \(output directory/);
 });
+
+// The screenshot path was written only after the build and the page's run (up to 15 minutes): a
+// missing folder failed at the end, and the weights' own path would have been replaced by a PNG.
+t.test('example --screenshot checks its file before any work', async (t) => {
+  const { exampleCommand } = await import('../../src/cli/example.ts');
+  await t.rejects(exampleCommand(['--screenshot', join(dir, 'no', 'such', 'shot.png')]), { name: 'UsageError', message: /difrep example: --screenshot .*no.* does not exist/ });
+  const weights = join(dir, 'weights.safetensors');
+  await writeFile(weights, 'x');
+  await t.rejects(exampleCommand(['--checkpoint', weights, '--screenshot', weights]), { name: 'UsageError', message: /--screenshot .*weights\.safetensors .*the weights --checkpoint serves/ });
+  t.equal((await readFile(weights, 'utf8')), 'x', 'the weights are untouched');
+});
