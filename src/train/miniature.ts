@@ -166,8 +166,10 @@ export async function runMiniature(e: Engine, unet: UNet, o: MiniatureOptions, l
   const datasetOf = (split: 'train' | 'test') => `fashion-mnist/${split}`;
   const extract = async (split: 'train' | 'test', ds: GreyImages, idx: number[], timesteps: number[], blocks: number[]) => {
     const dir = join(outDir, `features-${split}-t${timesteps.join('_')}-b${blocks.join('_')}`);
-    const options: ExtractOptions = { outDir: dir, timesteps, blocks, batchSize: 100, chunkSize: 250, seed, provenance: { checkpoint: o.checkpointHash, dataset: datasetOf(split), subset: JSON.stringify(idx.slice(0, 8)) + idx.length }, onProgress: o.progress(`extract ${split}`, 'images') };
-    // The demo's caches are its own: one written with other settings (another checkpoint or seed) is replaced, not refused.
+    const options: ExtractOptions = { outDir: dir, timesteps, blocks, batchSize: 100, chunkSize: 250, seed, provenance: { config: JSON.stringify(unet.plan.flags), checkpoint: o.checkpointHash, dataset: datasetOf(split), subset: JSON.stringify(idx.slice(0, 8)) + idx.length }, onProgress: o.progress(`extract ${split}`, 'images') };
+    // The demo's caches are its own: one written with other settings (another checkpoint, config or
+    // seed) is replaced, not refused. The config counts: weights that record none (a .pt) load into
+    // any config of the same shapes (other heads), whose features a cache of the first would pass off.
     try {
       await checkExistingCache(dir, validateExtractOptions(options, idx.length));
     } catch (err) {
