@@ -475,7 +475,7 @@ async function sweepCommand(argv: string[]): Promise<number> {
   await writeFileAtomic(join(o.out, 'sweep.json'), JSON.stringify({ train: o.train, test: o.test, features: pixels ? 'pixels' : 'unet', epochs: o.epochs, lr: o.lr, batch: o.batch, rows }, null, 2));
   const best = rows.reduce((a, r) => (r.top1 > a.top1 ? r : a), rows[0]);
   // Chosen on the test split it is scored on: an optimistic number (the demo chooses on a validation split).
-  console.log(`highest test top-1 of the grid: b ${best.b}, t ${best.t}, pool ${best.pool}${best.standardize ? ', standardised' : ''}: ${(100 * best.top1).toFixed(2)}% (picked on the test split itself, so optimistic; choose on a validation split for a fair score) → ${join(o.out, 'sweep.json')}`);
+  console.log(`highest test top-1 of the grid: ${pixels ? 'pixels' : `b ${best.b}, t ${best.t}`}, pool ${best.pool}${best.standardize ? ', standardised' : ''}: ${(100 * best.top1).toFixed(2)}% (picked on the test split itself, so optimistic; choose on a validation split for a fair score) → ${join(o.out, 'sweep.json')}`);
   e.dispose();
   return 0;
 }

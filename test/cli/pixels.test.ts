@@ -48,7 +48,16 @@ t.test('train, knn and sweep read a pixel cache without --t/--b', async (t) => {
     /features pixels: cannot pool 16×16 maps to 32×32: pooling only shrinks a map; ask for a pool of at most 16 \(the head's pool\)/);
   await t.rejects(run('knn', '--train', join(dir, 'train'), '--test', join(dir, 'train'), '--pool', '17', '--k', '1'), /t 0, b 0: cannot pool 16×16 maps to 17×17: pooling only shrinks a map; ask for a pool of at most 16 \(the cache holds the full maps\)$/m);
   await t.rejects(run('train', '--train', join(dir, 'train'), '--test', join(dir, 'test'), '--b', '9', '--out', join(dir, 'y')), /raw-pixel cache: it has no blocks/);
-  t.equal(await run('sweep', '--train', join(dir, 'train'), '--test', join(dir, 'test'), '--pool', '2', '--standardize', 'both', '--epochs', '1', '--batch', '8', '--out', join(dir, 'sweep')), 0);
+  // The best row is named as pixels, not as block 0 at t 0.
+  const lines: string[] = [];
+  const log = console.log;
+  console.log = (line: string) => void lines.push(line);
+  try {
+    t.equal(await run('sweep', '--train', join(dir, 'train'), '--test', join(dir, 'test'), '--pool', '2', '--standardize', 'both', '--epochs', '1', '--batch', '8', '--out', join(dir, 'sweep')), 0);
+  } finally {
+    console.log = log;
+  }
+  t.match(lines.join('\n'), /highest test top-1 of the grid: pixels, pool 2/);
   const sweep = JSON.parse(await readFile(join(dir, 'sweep', 'sweep.json'), 'utf8'));
   t.same(sweep.rows.map((r: { standardize: boolean; pool: number }) => [r.pool, r.standardize]), [[2, false], [2, true]]);
   t.ok((await readFile(join(dir, 'sweep', 'sweep-pool2-standardized.png'))).length > 100);
