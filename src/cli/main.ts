@@ -67,5 +67,6 @@ try {
   const err = e as Error;
   const message = err instanceof NoAdapterError || err instanceof UsageError ? err.message : `${err.name}: ${err.message}`;
   console.error(message.startsWith('difrep ') ? message : `difrep: ${message}`);
-  process.exitCode = 1;
+  // 2 for a usage error (as for an unknown command), 1 for a failure of the work itself.
+  process.exitCode = err instanceof UsageError ? 2 : 1;
 }

@@ -61,6 +61,6 @@ t.test('difrep tune stores its adapter\'s entry; --dry-run stores nothing; a bad
     t.same(Object.keys(tiling as object).sort(), ['tk', 'tm', 'tn', 'wgX', 'wgY']);
   }
   const bad = runCli(['tune', '--seconds', '1']);
-  t.equal(bad.status, 1);
+  t.equal(bad.status, 2, 'a usage error exits 2, as an unknown command does');
   t.match(bad.stderr, /difrep tune: --seconds must be a number ≥ 5 and ≤ 600, got "1"/);
 });
