@@ -25,7 +25,7 @@ import { sweepLinearProbes } from '../train/sweep.ts';
 import { given, type OptionSpecs, parseArgs, UsageError } from './args.ts';
 import { checkpointHash, loadModel, MODEL_OPTIONS, resolveFlags } from './model-options.ts';
 import { checkChartOutput, checkOutputFile, checkOutputFolder, type KeptPath } from './output-file.ts';
-import { announceResume, fmtTime, progressBar } from './progress.ts';
+import { fmtTime, progressBar } from './progress.ts';
 import { heatmapSvg } from './render/charts.ts';
 import { writeSweepHeatmaps } from './render/sweep-heatmaps.ts';
 import { writeChart } from './render/write-chart.ts';
@@ -294,7 +294,6 @@ async function trainCommand(argv: string[]): Promise<number> {
   await mkdir(o.out, { recursive: true });
   await removeStaleTempFiles(o.out);
   const head = o.head === 'difformer' ? 'attention' : o.head;
-  await announceResume(o.resume, join(o.out, 'state.safetensors'));
   const result = await fitHead(e, train, test, {
     head: head as 'linear' | 'attention', classes, timesteps: ts, blocks: bs, pool: probePool,
     attention: { dim: o.dim, layers: o.layers, heads: o.heads, prePoolSize: o['pre-pool'] },
@@ -302,7 +301,7 @@ async function trainCommand(argv: string[]): Promise<number> {
     // The training cache's signature, not only its path: a resume, or eval's standardisation, on a
     // cache extracted again with other settings at that path would read other features.
     data: { features: pixels ? 'pixels' : 'unet', train: resolve(o.train!), trainCache: loaded.train.signature, standardize: o.standardize },
-    checkpoint: join(o.out, 'state.safetensors'), resume: o.resume,
+    checkpoint: join(o.out, 'state.safetensors'), resume: o.resume, onResume: (line) => console.log(line),
     onBatch: progressBar('  batches', 'batches'),
     onEpoch: ({ epoch, epochs, loss, trainAccuracy, lr, seconds }) => console.log(`epoch ${epoch + 1}/${epochs}: loss ${loss.toFixed(4)}, train accuracy ${(100 * trainAccuracy).toFixed(1)}%, lr ${lr.toExponential(1)}, ${seconds.toFixed(1)} s (ETA ${fmtTime(seconds * (epochs - epoch - 1))})`),
   });
@@ -332,12 +331,11 @@ async function trainDifFeed(o: TrainOptions): Promise<number> {
   };
   await mkdir(o.out, { recursive: true });
   await removeStaleTempFiles(o.out);
-  await announceResume(o.resume, join(o.out, 'state.safetensors'));
   const result = await fitDifFeed(e, unet, await source('train', o['per-class']), await source('test', o['test-per-class']), {
     classes: FASHION_MNIST_CLASSES.length, strategy: o.strategy as DifFeedOptions['strategy'], t: t[0], featureBlock: o.b?.[0],
     head: { dim: o.dim, layers: o.layers, heads: o.heads, prePoolSize: o['pre-pool'] },
     epochs: o.epochs, batchSize: o.batch ?? 16, headLr: o.lr, stepSize: o['step-size'], gamma: o.gamma, seed: o.seed, flip: o.flip === 'true',
-    unetWeights: hash, checkpoint: join(o.out, 'state.safetensors'), checkpointEverySeconds: o['checkpoint-every'], resume: o.resume, batchNormTrainEpochs: o['bn-train-epochs'],
+    unetWeights: hash, checkpoint: join(o.out, 'state.safetensors'), checkpointEverySeconds: o['checkpoint-every'], resume: o.resume, onResume: (line) => console.log(line), batchNormTrainEpochs: o['bn-train-epochs'],
     onBatch: progressBar('  batches', 'batches'),
     onEpoch: ({ epoch, epochs, loss, seconds }) => console.log(`epoch ${epoch + 1}/${epochs}: loss ${loss.toFixed(4)}, ${seconds.toFixed(1)} s (ETA ${fmtTime(seconds * (epochs - epoch - 1))})`),
   });

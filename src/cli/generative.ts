@@ -11,7 +11,7 @@ import { loadFashionMnist, toModelInput } from '../train/data/fashion-mnist.ts';
 import { type Ema, pretrain } from '../train/pretrain.ts';
 import { type OptionSpecs, parseArgs, UsageError } from './args.ts';
 import { loadModel, MODEL_OPTIONS } from './model-options.ts';
-import { announceResume, fmtTime, progressBar } from './progress.ts';
+import { fmtTime, progressBar } from './progress.ts';
 import { lineChartSvg } from './render/charts.ts';
 import { writeChart } from './render/write-chart.ts';
 import { checkNotKept, checkOutputFile, checkOutputFolder } from './output-file.ts';
@@ -81,10 +81,9 @@ async function pretrainCommand(argv: string[]): Promise<number> {
     await writeFileAtomic(join(o.out, 'loss.json'), JSON.stringify(losses));
     if (losses.length >= 2) await writeChart(join(o.out, 'loss.png'), lineChartSvg(`pretraining loss (${o.model}, batch ${o.batch})`, [...losses], 'step', unet.plan.flags.learn_sigma ? 'MSE of the noise (Eq. 4) + L_vb' : 'MSE of the noise (Eq. 4)'));
   };
-  await announceResume(o.resume, join(o.out, 'state.safetensors'));
   const r = await pretrain(e, unet, { count, labels: ds.labels, images: (idx) => toModelInput(ds, idx, size) }, {
     steps, batchSize: o.batch, lr: o.lr, emaDecay: o.ema, seed: o.seed, flip: o.flip === 'true', batches: o.batches as 'epochs' | 'replacement',
-    checkpoint: join(o.out, 'state.safetensors'), checkpointEverySeconds: o['checkpoint-every'], resume: o.resume,
+    checkpoint: join(o.out, 'state.safetensors'), checkpointEverySeconds: o['checkpoint-every'], resume: o.resume, onResume: (line) => console.log(line),
     onStep: (s, loss) => {
       bar(s, steps);
       if (loss !== undefined && s % 100 === 0) console.log(`step ${s}: loss ${loss.toFixed(4)}`);

@@ -1,5 +1,4 @@
 // A one-line progress bar with rate and ETA on stderr (plain lines when stderr is not a terminal).
-import { resumeNotice } from '../train/checkpoint.ts';
 import { fmtTime } from '../train/format-time.ts';
 
 export { fmtTime };
@@ -26,8 +25,3 @@ export function progressBar(label: string, unit: string) {
   };
 }
 
-/** With --resume, says which training state continues (or that none is saved at `path` yet) before the run starts. */
-export async function announceResume(resume: boolean, path: string): Promise<void> {
-  const notice = resume ? await resumeNotice(path) : undefined;
-  if (notice) console.log(notice);
-}

@@ -93,25 +93,6 @@ function settingDifferences(before: Record<string, unknown>, now: Record<string,
   });
 }
 
-/**
- * The line a command prints for `--resume` before it starts: which state continues and from where,
- * or that there is none at `path` yet — a restarted job may rerun the same command before its
- * first save, so that starts a new run, but never without saying so (a mistyped --out looked like
- * a resume). Undefined when the file cannot be read: prepareResume then says why.
- */
-export async function resumeNotice(path: string): Promise<string | undefined> {
-  if (!(await exists(path))) return `--resume: no training state at ${path} yet (nothing was saved before the last run stopped, or another --out): starting a new run`;
-  try {
-    const src = await openSafetensors(path);
-    const progress = src.metadata.progress;
-    await src.close();
-    const done = JSON.parse(progress ?? '{}') as Partial<TrainingProgress>;
-    return `--resume: continuing ${path} after ${done.steps ?? '?'} steps`;
-  } catch {
-    return undefined;
-  }
-}
-
 /** The settings a training state was started with (its `settings` metadata). */
 export function readRunSettings(path: string, metadata: Record<string, string>): RunSettings {
   if (metadata.settings === undefined) throw new CheckpointError(path, 'records no run settings (written by an older difrep, or not a training state)');
@@ -199,14 +180,25 @@ export async function loadTrainingState(e: Engine, path: string, params: Map<str
 
 /**
  * A fresh start (undefined) or the progress of the resumed state at `path`, whose parameters and
- * optimizer moments are then loaded; `prepareResume`'s checks come first.
+ * optimizer moments are then loaded; `prepareResume`'s checks come first. With `resume`, `announce`
+ * gets the line a command prints once those checks pass: which state continues after how many
+ * steps, or that none is saved at `path` yet — a restarted job may rerun the same command before
+ * its first save, so that starts a new run, but never without saying so (a mistyped --out looked
+ * like a resume). It came before the checks, and a refused resume first said it was continuing.
  */
-export async function startOrResume(e: Engine, path: string | undefined, resume: boolean, settings: RunSettings, params: Map<string, Tensor>, optimizer: Optimizer): Promise<TrainingProgress | undefined> {
+export async function startOrResume(
+  e: Engine, path: string | undefined, resume: boolean, settings: RunSettings, params: Map<string, Tensor>, optimizer: Optimizer, announce?: (line: string) => void,
+): Promise<TrainingProgress | undefined> {
   if (!path) return undefined;
-  if (await prepareResume(path, resume, settings)) return loadTrainingState(e, path, params, optimizer);
+  if (await prepareResume(path, resume, settings)) {
+    const progress = await loadTrainingState(e, path, params, optimizer);
+    announce?.(`--resume: continuing ${path} after ${progress.steps} steps`);
+    return progress;
+  }
   // A fresh run saves its first state minutes in: find out now whether it can.
   const reason = await unwritableReason(path);
   if (reason) throw new Error(`cannot save the training state ${path}: ${reason}; nothing was trained`);
+  if (resume) announce?.(`--resume: no training state at ${path} yet (nothing was saved before the last run stopped, or another --out): starting a new run`);
   return undefined;
 }
 

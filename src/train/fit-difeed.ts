@@ -64,6 +64,8 @@ export interface DifFeedFitOptions extends DifFeedOptions {
    */
   checkpointEverySeconds?: number;
   resume?: boolean;
+  /** With resume: the line saying which state continues (or that none is saved yet), once its checks pass. */
+  onResume?: (line: string) => void;
   onEpoch?: (info: { epoch: number; epochs: number; loss: number; lr: number; seconds: number }) => void;
   onBatch?: (done: number, total: number) => void;
 }
@@ -103,7 +105,7 @@ export async function fitDifFeed(e: Engine, unet: UNet, train: ImageSource, test
   };
   const bnTrainEpochs = o.batchNormTrainEpochs ?? epochs;
   if (!(Number.isSafeInteger(bnTrainEpochs) && bnTrainEpochs >= 0)) throw new RangeError(`DifFeed: batchNormTrainEpochs ${o.batchNormTrainEpochs} is not a whole number of epochs ≥ 0`);
-  const progress = await startOrResume(e, o.checkpoint, !!o.resume, settings, saved, optimizer);
+  const progress = await startOrResume(e, o.checkpoint, !!o.resume, settings, saved, optimizer, o.onResume);
   // A state saved within an epoch records the batches of that epoch it had trained, and their loss sum.
   const partial = progress?.batch === undefined ? undefined : { batch: Number(progress.batch), lossSum: Number(progress.epochLoss) };
   if (partial && !(Number.isSafeInteger(partial.batch) && partial.batch > 0 && Number.isFinite(partial.lossSum) && partial.lossSum >= 0)) {

@@ -53,6 +53,8 @@ export interface FitOptions {
   /** Training state file, written after every epoch; with `resume`, training continues from it. */
   checkpoint?: string;
   resume?: boolean;
+  /** With resume: the line saying which state continues (or that none is saved yet), once its checks pass. */
+  onResume?: (line: string) => void;
   onEpoch?: (info: { epoch: number; epochs: number; loss: number; trainAccuracy: number; lr: number; seconds: number }) => void;
   onBatch?: (done: number, total: number) => void;
 }
@@ -227,7 +229,7 @@ export async function fitHead(e: Engine, train: FeatureArrays, test: FeatureArra
     // What the head reads per image after pooling (an attention head's tokens: a cache pooled at extraction gives fewer).
     inputShapes: Object.fromEntries(keys.map((k) => [k, train.features.get(k)?.shape ?? null])),
   };
-  const progress = await startOrResume(e, o.checkpoint, !!o.resume, settings, model.params, optimizer);
+  const progress = await startOrResume(e, o.checkpoint, !!o.resume, settings, model.params, optimizer, o.onResume);
   checkEpochs(progress, epochs, o.checkpoint!);
   const startEpoch = progress ? progress.epoch + 1 : 0;
   const losses: number[] = progress ? JSON.parse(String(progress.losses ?? '[]')) : [];

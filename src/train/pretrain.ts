@@ -31,6 +31,8 @@ export interface PretrainOptions {
   checkpoint?: string;
   checkpointEverySeconds?: number;
   resume?: boolean;
+  /** With resume: the line saying which state continues (or that none is saved yet), once its checks pass. */
+  onResume?: (line: string) => void;
   /** Mirror each drawn image left–right with probability 1/2, as guided-diffusion's random_flip (default true). */
   flip?: boolean;
   /**
@@ -144,7 +146,7 @@ export async function pretrain(e: Engine, unet: UNet, data: ImageSource, o: Pret
     if (epochOrder?.epoch !== epoch) epochOrder = { epoch, batches: epochBatches(data.count, batch, seed * 7919 + epoch + 1, 'pretrain') };
     return epochOrder.batches[step % perEpoch];
   };
-  const progress = await startOrResume(e, o.checkpoint, !!o.resume, settings, state(), adam);
+  const progress = await startOrResume(e, o.checkpoint, !!o.resume, settings, state(), adam, o.onResume);
   if (progress) {
     if (progress.steps > o.steps) throw new Error(`${o.checkpoint} has already taken ${progress.steps} steps; --steps ${o.steps} is fewer: give --steps ${progress.steps} or more`);
     step = progress.steps;

@@ -25,6 +25,11 @@ t.test('pretrain writes a resumable state and an EMA state dict that sample load
   const { stdout: more } = await difrep('pretrain', '--model', config, '--steps', '3', '--batch', '4', '--images', '64', '--out', join(dir, 'run'), '--resume');
   t.match(more, /--resume: continuing .*state\.safetensors after 2 steps\n/, 'says which state continues');
   t.match(more, /pretrained to step 3/);
+  // A resume its settings refuse says nothing of continuing: the line came before the check.
+  const refused = await difrep('pretrain', '--model', config, '--steps', '4', '--batch', '4', '--lr', '0.5', '--images', '64', '--out', join(dir, 'run'), '--resume').then(
+    () => ({ stdout: 'exit 0', stderr: '' }), (err: { stdout: string; stderr: string }) => err);
+  t.match(refused.stderr, /cannot resume .*state\.safetensors: it was started with other settings \(lr 0\.0001 there, 0\.5 now\)/);
+  t.notMatch(refused.stdout, /continuing/, 'no "continuing" before the refusal');
   // --resume where nothing was saved yet (a restarted job before its first save, or a mistyped --out) starts anew, saying so.
   const { stdout: fresh } = await difrep('pretrain', '--model', config, '--steps', '1', '--batch', '4', '--images', '64', '--out', join(dir, 'other'), '--resume');
   t.match(fresh, /--resume: no training state at .*other.state\.safetensors yet \(nothing was saved before the last run stopped, or another --out\): starting a new run/);
