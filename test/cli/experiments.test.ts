@@ -18,7 +18,7 @@ t.test('--help lists every option with its default; unknown options are errors',
   t.match(stdout, /--t LIST .*\(default 150\)/);
   const err = await difrep('extract', '--nope', '1').then(() => null, (e: { stderr: string; code: number }) => e);
   t.match(err?.stderr, /unknown option --nope/);
-  t.equal(err?.code, 1);
+  t.equal(err?.code, 2, "a usage error exits 2");
 });
 
 t.test('cached maps are pooled with PyTorch\'s adaptive windows', async (t) => {
