@@ -104,9 +104,10 @@ function inflateImageData(bytes: Uint8Array, idat: Uint8Array[], longerToo = fal
 }
 
 /**
- * Refuses a PNG whose image data inflates to fewer bytes than its IHDR declares, which fast-png
- * decodes without a word, the missing pixels black (Pillow: "image file is truncated"). A zlib
- * stream that ends cleanly a few bytes short, or less than a row, is such a file.
+ * Refuses a PNG whose image data inflates to fewer bytes than its IHDR declares. fast-png decoded
+ * one a part row short without a word, the missing pixels black (Pillow 9.4: "image file is
+ * truncated"), and failed on one whole rows short with "Unsupported filter" (Pillow loads that one,
+ * the missing rows black): both are damaged files, listed as unreadable.
  */
 export function checkImageDataLength(bytes: Uint8Array): void {
   inflateImageData(bytes, readChunks(bytes).idat, true);
