@@ -9,7 +9,7 @@ import { describeMapping, paperBlocks } from '../model/block-roles.ts';
 import { flagsFromJson, planUNet } from '../model/unet-config.ts';
 import type { DifFeedOptions } from '../model/heads/difeed.ts';
 import { type CacheSignature, signatureDifferences } from '../train/cache-signature.ts';
-import { checkLabels, checkSameExtraction, checkTrainTestCaches, headClasses, isPixelCache, loadCachedFeatures } from '../train/cached-features.ts';
+import { checkLabels, checkSameExtraction, checkTrainTestCaches, headClasses, isPixelCache, loadCachedFeatures, sameSplitWarning } from '../train/cached-features.ts';
 import { DecodePool } from '../train/data/decode-pool.ts';
 import { balancedSubset, FASHION_MNIST_CLASSES, imageSource, loadFashionMnist } from '../train/data/fashion-mnist.ts';
 import { FOLDER_DECODER, folderFingerprint, FOLDER_PREPROCESSING, scanImageFolder, validateImageFolder } from '../train/data/image-folder.ts';
@@ -521,7 +521,11 @@ async function evalCommand(argv: string[]): Promise<number> {
   const loaded = await loadCachedFeatures(o.features, timesteps, blocks, pool ?? 0);
   let split: FeatureArrays = loaded;
   const recorded = data.trainCache;
-  if (recorded) checkSameExtraction(recorded, loaded.signature, data.train ?? 'the training cache', o.features);
+  if (recorded) {
+    checkSameExtraction(recorded, loaded.signature, data.train ?? 'the training cache', o.features);
+    // Scores on the head's own training images say how well it fits, not how well it generalises.
+    if (!data.standardize) warnIf(sameSplitWarning(recorded, loaded.signature, data.train ?? 'the training cache', o.features));
+  }
   if (data.standardize) {
     // The head saw features standardised with its training split's statistics: recompute them from that cache.
     if (!data.train) throw new UsageError(`difrep eval: ${o.run} was trained on standardised features but records no training cache`);

@@ -98,11 +98,16 @@ export function checkTrainTestCaches(train: CachedFeatures, test: CachedFeatures
     const g = test.features.get(key);
     if (g && g.shape.join() !== f.shape.join()) throw new Error(`features ${key} are [${f.shape}] in ${trainDir} and [${g.shape}] in ${testDir}: extract both with the same --pool`);
   }
+  return sameSplitWarning(train.signature, test.signature, trainDir, testDir);
+}
+
+/** A warning when two caches' signatures say they hold images of the same split (or the same files), else undefined. */
+export function sameSplitWarning(train: CacheSignature, test: CacheSignature, trainDir: string, testDir: string): string | undefined {
   const split = (sig: CacheSignature) => String(sig.dataset ?? '').replace(/\/per-class=\d+$/, '');
-  if (split(train.signature) !== '' && split(train.signature) === split(test.signature)) {
-    return `warning: ${trainDir} and ${testDir} both hold images of ${split(train.signature)}: the test scores are on training images`;
+  if (split(train) !== '' && split(train) === split(test)) {
+    return `warning: ${trainDir} and ${testDir} both hold images of ${split(train)}: the test scores are on training images`;
   }
-  if (train.signature.files !== undefined && train.signature.files === test.signature.files) {
+  if (train.files !== undefined && train.files === test.files) {
     return `warning: ${trainDir} and ${testDir} hold the same image files: the test scores are on training images`;
   }
   return undefined;

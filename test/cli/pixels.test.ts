@@ -143,6 +143,16 @@ t.test('eval rebuilds a trained head from its state and scores any split', async
   // pooled to 6 at extraction (16 → 6 → 4 is not 16 → 4) or to 2 (fewer tokens) was scored as it was.
   t.equal(await run('eval', '--run', join(dir, 'attention'), '--features', join(dir, 'test')), 0);
   t.equal(JSON.parse(await readFile(join(dir, 'attention', 'eval-test.json'), 'utf8')).top1, attention.top1, 'the training run\'s own score');
+  // Scored on its own training cache, an unstandardised head said nothing of it (train, knn, sweep and a standardised eval did).
+  const warnings: string[] = [];
+  const error = console.error;
+  console.error = (line: string) => void warnings.push(line);
+  try {
+    t.equal(await run('eval', '--run', join(dir, 'attention'), '--features', join(dir, 'train')), 0);
+  } finally {
+    console.error = error;
+  }
+  t.match(warnings.join('\n'), /both hold images of .*: the test scores are on training images/);
   t.equal(await run('extract', '--features', 'pixels', '--model', model, '--split', 'test', '--per-class', '4', '--pool', '6', '--out', join(dir, 'test-pool6')), 0);
   await t.rejects(run('eval', '--run', join(dir, 'attention'), '--features', join(dir, 'test-pool6')), /features pixels: these 6×6 maps were pooled from 16×16; pooling them to 4×4/);
   await t.rejects(run('eval', '--run', join(dir, 'attention'), '--features', join(dir, 'test-pool2')), /features pixels: these 2×2 maps were pooled from 16×16 at extraction, but the attention tokenizer pools to 4×4: extract them with --pool 0 \(or at least 4\), or give --pre-pool 2/);
