@@ -149,7 +149,9 @@ export async function extractFeatures(e: Engine, unet: UNet, data: ImageSource, 
     for (const t of opts.timesteps) {
       const noise = new Float32Array(x0.size);
       idx.forEach((img, i) => noise.set(gaussianNoise(inputSize, noiseSeed(noiseBase, img, t)), i * inputSize));
-      const feats = e.tidy(() => {
+      // Under noGrad: a U-Net whose parameters require gradients (after pretraining in this process,
+      // an Adam sets them) recorded every batch's forward on the tape, which kept it all alive.
+      const feats = e.noGrad(() => e.tidy(() => {
         const xt = qSample(e, schedule, x0, idx.map(() => t), e.tensor(noise, x0.shape, 'noise'));
         const r = unet.forward(xt, idx.map(() => t), { taps: opts.blocks });
         // To at most `pool`: a smaller map (b19 at 8×8 under --pool 16) is kept, never enlarged by repeating its values.
@@ -157,7 +159,7 @@ export async function extractFeatures(e: Engine, unet: UNet, data: ImageSource, 
           const tap = r.taps.get(b)!;
           return opts.pool && opts.pool < tap.shape[2] ? adaptiveAvgPool2d(tap, opts.pool) : tap;
         });
-      });
+      }));
       try {
         // Every block's feature in one round trip.
         const read = await e.readTensors(feats);

@@ -93,6 +93,20 @@ t.test('an extraction reads back intact; every chunk carries a SHA-256 per tenso
   await rm(dir, { recursive: true });
 });
 
+// An Adam (pretraining in the same process) leaves the U-Net's parameters requiring gradients:
+// every extraction batch's forward was then recorded on the tape, which kept all of it alive.
+t.test('extraction records nothing on the tape, even from a U-Net whose parameters require gradients', async (t) => {
+  const dir = await tempDir();
+  const trained = UNet.random(e, flags, 1);
+  for (const p of trained.parameters().values()) p.requiresGrad = true;
+  const before = e.memoryStats().liveBytes;
+  t.equal(await extractFeatures(e, trained, source(), options(dir)), 6);
+  t.equal(e.tape.length, 0, 'no op left on the tape');
+  t.equal(e.memoryStats().liveBytes, before, 'nothing kept alive');
+  for (const p of trained.parameters().values()) p.dispose();
+  await rm(dir, { recursive: true });
+});
+
 t.test('a bit flip in any tensor of a chunk is caught on open (as merge does) and on read', async (t) => {
   const dir = await tempDir();
   await extractFeatures(e, unet, source(), options(dir));
