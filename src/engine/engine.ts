@@ -471,7 +471,12 @@ export class Engine {
 
   /** Copies `data` into `buffer` at `offset`, ordered after everything recorded so far. */
   writeBuffer(buffer: GPUBuffer, offset: number, data: ArrayBufferView): void {
-    const bytes = Math.ceil(data.byteLength / 4) * 4;
+    // WebGPU copies whole 4-byte words from 4-byte offsets: a ragged tail was padded with whatever
+    // the reused staging buffer held, and an unaligned offset failed the engine for good.
+    if (data.byteLength % 4 !== 0 || offset % 4 !== 0) {
+      throw new RangeError(`writeBuffer to ${buffer.label}: ${data.byteLength} bytes at offset ${offset}; both must be multiples of 4 (write f32 or 32-bit data)`);
+    }
+    const bytes = data.byteLength;
     if (bytes === 0) return;
     this.countCommand(`upload to ${buffer.label}`);
     const staging = this.scoped(['out-of-memory', 'validation'], () => this.staging.uploadBuffer(bytes));

@@ -55,3 +55,14 @@ t.test('the ring reuses buffers by size class and never keeps more than its cap'
   await e.sync();
   ring.destroy();
 });
+
+// A 3-byte write went out as 4 bytes, the fourth whatever the reused staging buffer held; an offset
+// of 2 became a GPU validation error that failed the engine for good.
+t.test('writeBuffer refuses a length or offset that is not a multiple of 4, and the engine goes on', async (t) => {
+  const x = e.zeros([4], 'x');
+  t.throws(() => e.writeBuffer(x.buffer, 0, Uint8Array.of(1, 2, 3)), /writeBuffer to .*x.*: 3 bytes at offset 0; both must be multiples of 4/);
+  t.throws(() => e.writeBuffer(x.buffer, 2, new Float32Array(1)), /4 bytes at offset 2; both must be multiples of 4/);
+  e.writeBuffer(x.buffer, 4, Float32Array.of(7));
+  t.same(Array.from(await x.read()), [0, 7, 0, 0]);
+  x.dispose();
+});
