@@ -556,9 +556,9 @@ export class Engine {
         groups[groups.length - 1].push(r);
         used += sizes[i];
       });
-      const parts: ArrayBuffer[] = [];
-      for (const g of groups) parts.push(...(await this.readBuffers(g)));
-      return parts;
+      // Every group's copies are recorded now (each call runs up to its first await): copied after the
+      // first group's wait, a later group read what the caller wrote or reallocated since the call.
+      return (await Promise.all(groups.map((g) => this.readBuffers(g)))).flat();
     }
     if (total > 0) this.countCommand(`read of ${ranges.map((r) => r.buffer.label).join(', ')}`);
     const staging = this.staging.readbackBuffer(Math.max(4, total));
