@@ -96,70 +96,74 @@ export async function fitDifFeed(e: Engine, unet: UNet, train: ImageSource, test
   const schedules = [new StepLR(fbAdam, fbLr, o.stepSize ?? 7, o.gamma ?? 0.1), new StepLR(headAdam, headLr, o.stepSize ?? 7, o.gamma ?? 0.1)];
   // Everything to save: trainable parameters and BatchNorm running statistics.
   const saved = new Map<string, Tensor>([...difeed.params, ...[...difeed.head.params].map(([k, v]) => [`head.${k}`, v] as [string, Tensor])]);
-  const settings = {
-    head: 'difeed', classes: o.classes, strategy: o.strategy ?? null, feedbackBlocks: o.feedbackBlocks ?? null, multiScaleTarget: o.multiScaleTarget ?? null, t: o.t ?? null, featureBlock: o.featureBlock ?? null, attention: o.head ?? {}, feedbackLr: fbLr, headLr, batchSize,
-    stepSize: o.stepSize ?? 7, gamma: o.gamma ?? 0.1, seed, flip: o.flip !== false, trainImages: train.count, dropLast: true,
-    unet: { config: unet.plan.flags, weights: o.unetWeights ?? null },
-    // Recorded only when given, so states saved before the option resume as they were.
-    ...(o.batchNormTrainEpochs === undefined ? {} : { batchNormTrainEpochs: o.batchNormTrainEpochs }),
-  };
-  const bnTrainEpochs = o.batchNormTrainEpochs ?? epochs;
-  if (!(Number.isSafeInteger(bnTrainEpochs) && bnTrainEpochs >= 0)) throw new RangeError(`DifFeed: batchNormTrainEpochs ${o.batchNormTrainEpochs} is not a whole number of epochs ≥ 0`);
-  const progress = await startOrResume(e, o.checkpoint, !!o.resume, settings, saved, optimizer, o.onResume);
-  // A state saved within an epoch records the batches of that epoch it had trained, and their loss sum.
-  const partial = progress?.batch === undefined ? undefined : { batch: Number(progress.batch), lossSum: Number(progress.epochLoss) };
-  if (partial && !(Number.isSafeInteger(partial.batch) && partial.batch > 0 && Number.isFinite(partial.lossSum) && partial.lossSum >= 0)) {
-    throw new CheckpointError(o.checkpoint!, `corrupt training checkpoint: progress batch ${JSON.stringify(progress!.batch)}, epochLoss ${JSON.stringify(progress!.epochLoss)} are not a count and a finite sum`);
-  }
-  checkEpochs(progress, epochs, o.checkpoint!);
-  const startEpoch = progress ? (partial ? progress.epoch : progress.epoch + 1) : 0;
-  const saveEvery = (o.checkpointEverySeconds ?? 300) * 1000;
-  let lastSave = performance.now();
-  const losses: number[] = progress ? JSON.parse(String(progress.losses ?? '[]')) : [];
-  // Training time of the saved epochs of earlier runs: a resumed run reports the whole run's.
-  const earlierSeconds = Number(progress?.seconds ?? 0);
-  const seconds = () => earlierSeconds + (performance.now() - t0) / 1000;
-  for (let epoch = startEpoch; epoch < epochs; epoch++) {
-    const te = performance.now();
-    for (const s of schedules) s.setEpoch(epoch);
-    const epochIdx = epochBatches(train.count, batchSize, seed * 1000 + epoch, 'DifFeed');
-    const batches = epochIdx.length;
-    const steps = new StepLosses(e);
-    const resumeAt = partial && epoch === startEpoch ? partial.batch : 0;
-    // A batch count past the epoch's would skip the whole epoch unseen.
-    if (resumeAt >= batches) throw new CheckpointError(o.checkpoint!, `corrupt training checkpoint: saved within epoch ${epoch + 1} after batch ${resumeAt}, but the epoch has ${batches} batches`);
-    if (resumeAt) steps.weightedSum = partial!.lossSum;
-    for (const [b, idx] of epochIdx.entries()) {
-      if (b < resumeAt) continue;
-      const flips = o.flip === false ? undefined : imageFlips(seed, epoch, idx);
-      const xt = await noisyImages(e, difeed, train, idx, trainingNoiseBase(seed, epoch), flips);
-      const labels = idx.map((i) => train.labels[i]);
-      const loss = await trainStepKeepingLoss(e, optimizer, () => crossEntropy(difeed.forward(xt, epoch < bnTrainEpochs), labels));
-      xt.dispose();
-      await steps.add(loss, labels, `epoch ${epoch + 1}, batch ${b + 1} (step ${optimizer.steps})`);
-      o.onBatch?.(b + 1, batches);
-      if (o.checkpoint && b + 1 < batches && performance.now() - lastSave >= saveEvery) {
-        await steps.read();
-        await saveTrainingState(o.checkpoint, saved, optimizer, { epoch, batch: b + 1, epochLoss: steps.weightedSum, steps: optimizer.steps, losses: JSON.stringify(losses), seconds: seconds() }, settings);
+  // The feedback layers, their BatchNorm statistics, the head and both Adams (the U-Net is the
+  // caller's), freed however the run ends: a failed fit kept them, and retries piled them up.
+  try {
+    const settings = {
+      head: 'difeed', classes: o.classes, strategy: o.strategy ?? null, feedbackBlocks: o.feedbackBlocks ?? null, multiScaleTarget: o.multiScaleTarget ?? null, t: o.t ?? null, featureBlock: o.featureBlock ?? null, attention: o.head ?? {}, feedbackLr: fbLr, headLr, batchSize,
+      stepSize: o.stepSize ?? 7, gamma: o.gamma ?? 0.1, seed, flip: o.flip !== false, trainImages: train.count, dropLast: true,
+      unet: { config: unet.plan.flags, weights: o.unetWeights ?? null },
+      // Recorded only when given, so states saved before the option resume as they were.
+      ...(o.batchNormTrainEpochs === undefined ? {} : { batchNormTrainEpochs: o.batchNormTrainEpochs }),
+    };
+    const bnTrainEpochs = o.batchNormTrainEpochs ?? epochs;
+    if (!(Number.isSafeInteger(bnTrainEpochs) && bnTrainEpochs >= 0)) throw new RangeError(`DifFeed: batchNormTrainEpochs ${o.batchNormTrainEpochs} is not a whole number of epochs ≥ 0`);
+    const progress = await startOrResume(e, o.checkpoint, !!o.resume, settings, saved, optimizer, o.onResume);
+    // A state saved within an epoch records the batches of that epoch it had trained, and their loss sum.
+    const partial = progress?.batch === undefined ? undefined : { batch: Number(progress.batch), lossSum: Number(progress.epochLoss) };
+    if (partial && !(Number.isSafeInteger(partial.batch) && partial.batch > 0 && Number.isFinite(partial.lossSum) && partial.lossSum >= 0)) {
+      throw new CheckpointError(o.checkpoint!, `corrupt training checkpoint: progress batch ${JSON.stringify(progress!.batch)}, epochLoss ${JSON.stringify(progress!.epochLoss)} are not a count and a finite sum`);
+    }
+    checkEpochs(progress, epochs, o.checkpoint!);
+    const startEpoch = progress ? (partial ? progress.epoch : progress.epoch + 1) : 0;
+    const saveEvery = (o.checkpointEverySeconds ?? 300) * 1000;
+    let lastSave = performance.now();
+    const losses: number[] = progress ? JSON.parse(String(progress.losses ?? '[]')) : [];
+    // Training time of the saved epochs of earlier runs: a resumed run reports the whole run's.
+    const earlierSeconds = Number(progress?.seconds ?? 0);
+    const seconds = () => earlierSeconds + (performance.now() - t0) / 1000;
+    for (let epoch = startEpoch; epoch < epochs; epoch++) {
+      const te = performance.now();
+      for (const s of schedules) s.setEpoch(epoch);
+      const epochIdx = epochBatches(train.count, batchSize, seed * 1000 + epoch, 'DifFeed');
+      const batches = epochIdx.length;
+      const steps = new StepLosses(e);
+      const resumeAt = partial && epoch === startEpoch ? partial.batch : 0;
+      // A batch count past the epoch's would skip the whole epoch unseen.
+      if (resumeAt >= batches) throw new CheckpointError(o.checkpoint!, `corrupt training checkpoint: saved within epoch ${epoch + 1} after batch ${resumeAt}, but the epoch has ${batches} batches`);
+      if (resumeAt) steps.weightedSum = partial!.lossSum;
+      for (const [b, idx] of epochIdx.entries()) {
+        if (b < resumeAt) continue;
+        const flips = o.flip === false ? undefined : imageFlips(seed, epoch, idx);
+        const xt = await noisyImages(e, difeed, train, idx, trainingNoiseBase(seed, epoch), flips);
+        const labels = idx.map((i) => train.labels[i]);
+        const loss = await trainStepKeepingLoss(e, optimizer, () => crossEntropy(difeed.forward(xt, epoch < bnTrainEpochs), labels));
+        xt.dispose();
+        await steps.add(loss, labels, `epoch ${epoch + 1}, batch ${b + 1} (step ${optimizer.steps})`);
+        o.onBatch?.(b + 1, batches);
+        if (o.checkpoint && b + 1 < batches && performance.now() - lastSave >= saveEvery) {
+          await steps.read();
+          await saveTrainingState(o.checkpoint, saved, optimizer, { epoch, batch: b + 1, epochLoss: steps.weightedSum, steps: optimizer.steps, losses: JSON.stringify(losses), seconds: seconds() }, settings);
+          lastSave = performance.now();
+        }
+      }
+      await steps.read();
+      losses.push(steps.weightedSum / (batches * batchSize));
+      if (o.checkpoint) {
+        await saveTrainingState(o.checkpoint, saved, optimizer, { epoch, steps: optimizer.steps, losses: JSON.stringify(losses), seconds: seconds() }, settings);
         lastSave = performance.now();
       }
+      o.onEpoch?.({ epoch, epochs, loss: losses[losses.length - 1], lr: headAdam.lr, seconds: (performance.now() - te) / 1000 });
     }
-    await steps.read();
-    losses.push(steps.weightedSum / (batches * batchSize));
-    if (o.checkpoint) {
-      await saveTrainingState(o.checkpoint, saved, optimizer, { epoch, steps: optimizer.steps, losses: JSON.stringify(losses), seconds: seconds() }, settings);
-      lastSave = performance.now();
-    }
-    o.onEpoch?.({ epoch, epochs, loss: losses[losses.length - 1], lr: headAdam.lr, seconds: (performance.now() - te) / 1000 });
+    const logits = await difeedLogits(e, difeed, test, { seed: o.testNoiseSeed ?? seed, batchSize: o.evalBatchSize ?? batchSize, firstPass: o.testFirstPass });
+    const { top1, top5, hits } = countTopK(logits, Array.from({ length: test.count }, (_, i) => test.labels[i]));
+    let params = 0;
+    for (const p of difeed.trainableParameters().values()) params += p.size;
+    return { head: 'difeed', epochs, optimizer: 'adam', lr: headLr, batchSize, params, losses, top1: top1 / test.count, top5: top5 / test.count, testHits: hits, settings, seconds: seconds() };
+  } finally {
+    for (const t of saved.values()) t.dispose();
+    optimizer.dispose();
   }
-  const logits = await difeedLogits(e, difeed, test, { seed: o.testNoiseSeed ?? seed, batchSize: o.evalBatchSize ?? batchSize, firstPass: o.testFirstPass });
-  const { top1, top5, hits } = countTopK(logits, Array.from({ length: test.count }, (_, i) => test.labels[i]));
-  let params = 0;
-  for (const p of difeed.trainableParameters().values()) params += p.size;
-  // The feedback layers, their BatchNorm statistics, the head and both Adams (the U-Net is the caller's).
-  for (const t of saved.values()) t.dispose();
-  optimizer.dispose();
-  return { head: 'difeed', epochs, optimizer: 'adam', lr: headLr, batchSize, params, losses, top1: top1 / test.count, top5: top5 / test.count, testHits: hits, settings, seconds: seconds() };
 }
 
 const SCHEDULE = linearSchedule(1000);

@@ -222,45 +222,50 @@ export async function fitHead(e: Engine, train: FeatureArrays, test: FeatureArra
   test = prePooled(test, keys, o);
   const model = buildModel(e, train, o, batchSize);
   const optimizer: Optimizer = optName === 'sgd' ? new Sgd(e, model.params, lr) : new Adam(e, model.params, { lr });
-  const schedule = new StepLR(optimizer, lr, o.stepSize ?? 7, o.gamma ?? 0.1);
-  const settings = {
-    head: o.head, classes: o.classes, timesteps: o.timesteps, blocks: o.blocks, pool: o.head === 'linear' ? (o.pool ?? 2) : null, attention: o.head === 'linear' ? null : (o.attention ?? {}),
-    optimizer: optName, lr, batchSize, stepSize: o.stepSize ?? 7, gamma: o.gamma ?? 0.1, seed: o.seed ?? 0, trainImages: train.count, data: o.data ?? null, dropLast: true,
-    // What the head reads per image after pooling (an attention head's tokens: a cache pooled at extraction gives fewer).
-    inputShapes: Object.fromEntries(keys.map((k) => [k, train.features.get(k)?.shape ?? null])),
-  };
-  const progress = await startOrResume(e, o.checkpoint, !!o.resume, settings, model.params, optimizer, o.onResume);
-  checkEpochs(progress, epochs, o.checkpoint!);
-  const startEpoch = progress ? progress.epoch + 1 : 0;
-  const losses: number[] = progress ? JSON.parse(String(progress.losses ?? '[]')) : [];
-  // Training time of the saved epochs of earlier runs: a resumed run reports the whole run's.
-  const earlierSeconds = Number(progress?.seconds ?? 0);
-  const seconds = () => earlierSeconds + (performance.now() - t0) / 1000;
-  for (let epoch = startEpoch; epoch < epochs; epoch++) {
-    const te = performance.now();
-    schedule.setEpoch(epoch);
-    const batches = epochBatches(train.count, batchSize, (o.seed ?? 0) * 1000 + epoch, `${o.head} head`);
-    const batchesPerEpoch = batches.length;
-    const steps = new StepLosses(e);
-    for (const [bi, idx] of batches.entries()) {
-      const labels = idx.map((i) => train.labels[i]);
-      let logits: Tensor | null = null;
-      const loss = await trainStepKeepingLoss(e, optimizer, () => crossEntropy((logits = e.keep(model.logits(gather(e, train, keys, idx)))), labels));
-      await steps.add(loss, labels, `epoch ${epoch + 1}, batch ${bi + 1} (step ${optimizer.steps})`, logits!);
-      o.onBatch?.(bi + 1, batchesPerEpoch);
+  // Freed however the run ends: a failed fit (a NaN loss, a refused resume) kept them, and a caller
+  // retrying at a smaller batch piled them up.
+  try {
+    const schedule = new StepLR(optimizer, lr, o.stepSize ?? 7, o.gamma ?? 0.1);
+    const settings = {
+      head: o.head, classes: o.classes, timesteps: o.timesteps, blocks: o.blocks, pool: o.head === 'linear' ? (o.pool ?? 2) : null, attention: o.head === 'linear' ? null : (o.attention ?? {}),
+      optimizer: optName, lr, batchSize, stepSize: o.stepSize ?? 7, gamma: o.gamma ?? 0.1, seed: o.seed ?? 0, trainImages: train.count, data: o.data ?? null, dropLast: true,
+      // What the head reads per image after pooling (an attention head's tokens: a cache pooled at extraction gives fewer).
+      inputShapes: Object.fromEntries(keys.map((k) => [k, train.features.get(k)?.shape ?? null])),
+    };
+    const progress = await startOrResume(e, o.checkpoint, !!o.resume, settings, model.params, optimizer, o.onResume);
+    checkEpochs(progress, epochs, o.checkpoint!);
+    const startEpoch = progress ? progress.epoch + 1 : 0;
+    const losses: number[] = progress ? JSON.parse(String(progress.losses ?? '[]')) : [];
+    // Training time of the saved epochs of earlier runs: a resumed run reports the whole run's.
+    const earlierSeconds = Number(progress?.seconds ?? 0);
+    const seconds = () => earlierSeconds + (performance.now() - t0) / 1000;
+    for (let epoch = startEpoch; epoch < epochs; epoch++) {
+      const te = performance.now();
+      schedule.setEpoch(epoch);
+      const batches = epochBatches(train.count, batchSize, (o.seed ?? 0) * 1000 + epoch, `${o.head} head`);
+      const batchesPerEpoch = batches.length;
+      const steps = new StepLosses(e);
+      for (const [bi, idx] of batches.entries()) {
+        const labels = idx.map((i) => train.labels[i]);
+        let logits: Tensor | null = null;
+        const loss = await trainStepKeepingLoss(e, optimizer, () => crossEntropy((logits = e.keep(model.logits(gather(e, train, keys, idx)))), labels));
+        await steps.add(loss, labels, `epoch ${epoch + 1}, batch ${bi + 1} (step ${optimizer.steps})`, logits!);
+        o.onBatch?.(bi + 1, batchesPerEpoch);
+      }
+      await steps.read();
+      const seen = batchesPerEpoch * batchSize;
+      const loss = steps.weightedSum / seen;
+      const correct = steps.correct;
+      losses.push(loss);
+      if (o.checkpoint) await saveTrainingState(o.checkpoint, model.params, optimizer, { epoch, steps: optimizer.steps, losses: JSON.stringify(losses), seconds: seconds() }, settings);
+      o.onEpoch?.({ epoch, epochs, loss, trainAccuracy: correct / seen, lr: optimizer.lr, seconds: (performance.now() - te) / 1000 });
     }
-    await steps.read();
-    const seen = batchesPerEpoch * batchSize;
-    const loss = steps.weightedSum / seen;
-    const correct = steps.correct;
-    losses.push(loss);
-    if (o.checkpoint) await saveTrainingState(o.checkpoint, model.params, optimizer, { epoch, steps: optimizer.steps, losses: JSON.stringify(losses), seconds: seconds() }, settings);
-    o.onEpoch?.({ epoch, epochs, loss, trainAccuracy: correct / seen, lr: optimizer.lr, seconds: (performance.now() - te) / 1000 });
+    const acc = await evaluate(e, model, test, keys, batchSize);
+    let params = 0;
+    for (const p of model.params.values()) params += p.size;
+    return { head: o.head, epochs, optimizer: optName, lr, batchSize, params, losses, ...acc, settings, seconds: seconds() };
+  } finally {
+    for (const p of model.params.values()) p.dispose();
+    optimizer.dispose();
   }
-  const acc = await evaluate(e, model, test, keys, batchSize);
-  let params = 0;
-  for (const p of model.params.values()) params += p.size;
-  for (const p of model.params.values()) p.dispose();
-  optimizer.dispose();
-  return { head: o.head, epochs, optimizer: optName, lr, batchSize, params, losses, ...acc, settings, seconds: seconds() };
 }

@@ -126,70 +126,78 @@ export async function pretrain(e: Engine, unet: UNet, data: ImageSource, o: Pret
   const params = unet.parameters();
   const adam = new Adam(e, params, { lr: o.lr ?? 1e-4 });
   const ema = new Ema(e, params, o.emaDecay ?? 0.9999);
-  const losses: [number, number][] = [];
-  let step = 0;
-  const state = () => new Map<string, Tensor>([...params, ...[...ema.shadow].map(([k, v]) => [`ema.${k}`, v] as [string, Tensor])]);
-  // A learn_sigma run trains with L_vb besides the MSE (since this difrep); recorded, so a state of the
-  // MSE alone is not resumed into the other loss.
-  const loss = unet.plan.outChannels === C ? {} : { loss: 'mse+vb' };
-  // Flips and epochs likewise (states saved before them record neither, and resume only without them).
-  const flip = o.flip ?? true;
-  const epochs = (o.batches ?? 'epochs') === 'epochs';
-  const hashed = await hashedStepSeeds(o);
-  const settings = { config: unet.plan.flags, batchSize: batch, lr: o.lr ?? 1e-4, emaDecay: ema.decay, seed, images: data.count, ...loss, ...(flip ? { augment: 'flip' } : {}), ...(epochs ? { batches: 'epochs' } : {}), ...(hashed ? { stepSeeds: 'hashed' } : {}) };
-  const perEpoch = Math.floor(data.count / batch);
-  if (epochs && perEpoch === 0) throw new RangeError(`pretrain: ${data.count} images make no full batch of ${batch}: give a batch of at most ${data.count}, or more images`);
-  let epochOrder: { epoch: number; batches: number[][] } | undefined;
-  const batchOf = (step: number, rand: (n: number) => number): number[] => {
-    if (!epochs) return Array.from({ length: batch }, () => rand(data.count));
-    const epoch = Math.floor(step / perEpoch);
-    if (epochOrder?.epoch !== epoch) epochOrder = { epoch, batches: epochBatches(data.count, batch, seed * 7919 + epoch + 1, 'pretrain') };
-    return epochOrder.batches[step % perEpoch];
-  };
-  const progress = await startOrResume(e, o.checkpoint, !!o.resume, settings, state(), adam, o.onResume);
-  if (progress) {
-    if (progress.steps > o.steps) throw new Error(`${o.checkpoint} has already taken ${progress.steps} steps; --steps ${o.steps} is fewer: give --steps ${progress.steps} or more`);
-    step = progress.steps;
-    losses.push(...JSON.parse(String(progress.losses ?? '[]')));
-  }
-  let lastSave = performance.now();
-  const logEvery = o.logEvery ?? 10;
-  // The step after which the loss was last read: a NaN read now arose at one of the steps since.
-  let lastRead = step;
-  while (step < o.steps) {
-    // Everything random in a step derives from (seed, step), so a resumed run draws the same batches.
-    const rand = stepGenerator(seed, step, hashed);
-    const idx = batchOf(step, rand);
-    const ts = idx.map(() => rand(schedule.steps));
-    const drawn = await data.images(idx);
-    assertFinite(drawn, `the batch of step ${step + 1} (dataset indices ${idx.slice(0, 4).join(', ')}${idx.length > 4 ? ', …' : ''})`);
-    const x0Data = flip ? mirrorImages(drawn, batch, C, S, coinFlips(stepSeed(seed, step, hashed), idx.map((_, slot) => slot))) : drawn;
-    const x0 = e.tensor(x0Data, [batch, C, S, S], 'x0');
-    const eps = e.tensor(gaussianNoise(batch * C * S * S, rand(2 ** 31)), [batch, C, S, S], 'eps');
-    // ResBlock dropout at the config's rate (drawn only then, so other runs keep their streams).
-    const dropoutSeed = unet.plan.flags.dropout ? rand(2 ** 31) : undefined;
-    const read = (step + 1) % logEvery === 0 || step + 1 === o.steps;
-    const loss = await trainStep(e, adam, () => {
-      const xt = qSample(e, schedule, x0, ts, eps);
-      return diffusionLoss(schedule, { x0, x0Data, xt, noise: eps, t: ts }, unet.forward(xt, ts, { output: true, dropoutSeed }).output!);
-    }, read);
-    ema.update();
-    x0.dispose();
-    eps.dispose();
-    step++;
-    if (loss !== undefined) {
-      const where = step - lastRead > 1 ? `one of steps ${lastRead + 1}–${step} (the loss is read every ${logEvery} steps)` : `step ${step}`;
-      losses.push([step, checkLoss(loss, where)]);
-      lastRead = step;
+  // Adam's moments are freed however the run ends, and the EMA weights unless they are returned: a
+  // failed run (a NaN loss, a refused resume) kept both, and retries piled them up.
+  let done = false;
+  try {
+    const losses: [number, number][] = [];
+    let step = 0;
+    const state = () => new Map<string, Tensor>([...params, ...[...ema.shadow].map(([k, v]) => [`ema.${k}`, v] as [string, Tensor])]);
+    // A learn_sigma run trains with L_vb besides the MSE (since this difrep); recorded, so a state of the
+    // MSE alone is not resumed into the other loss.
+    const loss = unet.plan.outChannels === C ? {} : { loss: 'mse+vb' };
+    // Flips and epochs likewise (states saved before them record neither, and resume only without them).
+    const flip = o.flip ?? true;
+    const epochs = (o.batches ?? 'epochs') === 'epochs';
+    const hashed = await hashedStepSeeds(o);
+    const settings = { config: unet.plan.flags, batchSize: batch, lr: o.lr ?? 1e-4, emaDecay: ema.decay, seed, images: data.count, ...loss, ...(flip ? { augment: 'flip' } : {}), ...(epochs ? { batches: 'epochs' } : {}), ...(hashed ? { stepSeeds: 'hashed' } : {}) };
+    const perEpoch = Math.floor(data.count / batch);
+    if (epochs && perEpoch === 0) throw new RangeError(`pretrain: ${data.count} images make no full batch of ${batch}: give a batch of at most ${data.count}, or more images`);
+    let epochOrder: { epoch: number; batches: number[][] } | undefined;
+    const batchOf = (step: number, rand: (n: number) => number): number[] => {
+      if (!epochs) return Array.from({ length: batch }, () => rand(data.count));
+      const epoch = Math.floor(step / perEpoch);
+      if (epochOrder?.epoch !== epoch) epochOrder = { epoch, batches: epochBatches(data.count, batch, seed * 7919 + epoch + 1, 'pretrain') };
+      return epochOrder.batches[step % perEpoch];
+    };
+    const progress = await startOrResume(e, o.checkpoint, !!o.resume, settings, state(), adam, o.onResume);
+    if (progress) {
+      if (progress.steps > o.steps) throw new Error(`${o.checkpoint} has already taken ${progress.steps} steps; --steps ${o.steps} is fewer: give --steps ${progress.steps} or more`);
+      step = progress.steps;
+      losses.push(...JSON.parse(String(progress.losses ?? '[]')));
     }
-    o.onStep?.(step, loss);
-    const due = o.checkpoint && (step === o.steps || performance.now() - lastSave > (o.checkpointEverySeconds ?? 300) * 1000);
-    if (due) {
-      await saveTrainingState(o.checkpoint!, state(), adam, { epoch: 0, steps: step, losses: JSON.stringify(losses) }, settings);
-      await o.onCheckpoint?.(step, ema, losses);
-      lastSave = performance.now();
+    let lastSave = performance.now();
+    const logEvery = o.logEvery ?? 10;
+    // The step after which the loss was last read: a NaN read now arose at one of the steps since.
+    let lastRead = step;
+    while (step < o.steps) {
+      // Everything random in a step derives from (seed, step), so a resumed run draws the same batches.
+      const rand = stepGenerator(seed, step, hashed);
+      const idx = batchOf(step, rand);
+      const ts = idx.map(() => rand(schedule.steps));
+      const drawn = await data.images(idx);
+      assertFinite(drawn, `the batch of step ${step + 1} (dataset indices ${idx.slice(0, 4).join(', ')}${idx.length > 4 ? ', …' : ''})`);
+      const x0Data = flip ? mirrorImages(drawn, batch, C, S, coinFlips(stepSeed(seed, step, hashed), idx.map((_, slot) => slot))) : drawn;
+      const x0 = e.tensor(x0Data, [batch, C, S, S], 'x0');
+      const eps = e.tensor(gaussianNoise(batch * C * S * S, rand(2 ** 31)), [batch, C, S, S], 'eps');
+      // ResBlock dropout at the config's rate (drawn only then, so other runs keep their streams).
+      const dropoutSeed = unet.plan.flags.dropout ? rand(2 ** 31) : undefined;
+      const read = (step + 1) % logEvery === 0 || step + 1 === o.steps;
+      const loss = await trainStep(e, adam, () => {
+        const xt = qSample(e, schedule, x0, ts, eps);
+        return diffusionLoss(schedule, { x0, x0Data, xt, noise: eps, t: ts }, unet.forward(xt, ts, { output: true, dropoutSeed }).output!);
+      }, read);
+      ema.update();
+      x0.dispose();
+      eps.dispose();
+      step++;
+      if (loss !== undefined) {
+        const where = step - lastRead > 1 ? `one of steps ${lastRead + 1}–${step} (the loss is read every ${logEvery} steps)` : `step ${step}`;
+        losses.push([step, checkLoss(loss, where)]);
+        lastRead = step;
+      }
+      o.onStep?.(step, loss);
+      const due = o.checkpoint && (step === o.steps || performance.now() - lastSave > (o.checkpointEverySeconds ?? 300) * 1000);
+      if (due) {
+        await saveTrainingState(o.checkpoint!, state(), adam, { epoch: 0, steps: step, losses: JSON.stringify(losses) }, settings);
+        await o.onCheckpoint?.(step, ema, losses);
+        lastSave = performance.now();
+      }
     }
+    done = true;
+    return { steps: step, losses, ema };
+  } finally {
+    adam.dispose();
+    if (!done) for (const t of ema.shadow.values()) t.dispose();
   }
-  adam.dispose();
-  return { steps: step, losses, ema };
 }

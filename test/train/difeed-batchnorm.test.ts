@@ -45,5 +45,7 @@ t.test('batchNormTrainEpochs 1 of 2: the second epoch leaves the running statist
   }
   t.equal(a.losses[0], b.losses[0], 'the first epochs are the same run');
   t.not(a.losses[1], b.losses[1], 'the second epochs normalise differently');
+  const liveBytes = e.memoryStats().liveBytes;
   await t.rejects(fitDifFeed(e, unet, source, source, options(frozen, { epochs: 3, resume: true })), /batchNormTrainEpochs 1 there, unset now/, 'a resume without the choice is refused');
+  t.equal(e.memoryStats().liveBytes, liveBytes, 'the refused run freed its feedback layers, head and Adams');
 });

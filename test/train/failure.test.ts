@@ -70,7 +70,10 @@ t.test('resuming checks settings, epochs and refuses to replace a state', async 
   const data = { features: 'unet', train: '/data/train' };
   const first = await fitHead(e, train, test, linear({ epochs: 2, lr: 1e-3, checkpoint, data }));
   t.equal(first.losses.length, 2);
+  // A refused fit frees its head and optimizer (they stayed alive, and retries piled them up).
+  const live = e.memoryStats().liveBytes;
   await t.rejects(fitHead(e, train, test, linear({ epochs: 2, lr: 1e-3, checkpoint, data })), /already holds a training state .*pass --resume/);
+  t.equal(e.memoryStats().liveBytes, live, 'nothing left alive by the refused fit');
   await t.rejects(fitHead(e, train, test, linear({ epochs: 4, lr: 1e-2, checkpoint, resume: true, data })), /cannot resume .*lr 0\.001 there, 0\.01 now/);
   await t.rejects(fitHead(e, train, test, linear({ epochs: 4, lr: 1e-3, optimizer: 'sgd', checkpoint, resume: true, data })), /optimizer "adam" there, "sgd" now/);
   await t.rejects(fitHead(e, train, test, linear({ epochs: 4, lr: 1e-3, batchSize: 2, seed: 5, checkpoint, resume: true, data })), /batchSize 4 there, 2 now; seed 0 there, 5 now/);

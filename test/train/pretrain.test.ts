@@ -194,7 +194,10 @@ t.test('flips: a fair coin per image, mirroring each channel\'s rows; a state wi
   const dir = await mkdtemp(join(tmpdir(), 'difrep-pretrain-flip-'));
   const state = join(dir, 's.safetensors');
   await pretrain(e, UNet.random(e, tiny, 2), data, { steps: 1, batchSize: 4, flip: false, batches: 'replacement', checkpoint: state });
-  await t.rejects(pretrain(e, UNet.random(e, tiny, 2), data, { steps: 2, batchSize: 4, checkpoint: state, resume: true }), /cannot resume .*augment unset there, "flip" now; batches unset there, "epochs" now/);
+  const refusedUnet = UNet.random(e, tiny, 2);
+  const live = e.memoryStats().liveBytes;
+  await t.rejects(pretrain(e, refusedUnet, data, { steps: 2, batchSize: 4, checkpoint: state, resume: true }), /cannot resume .*augment unset there, "flip" now; batches unset there, "epochs" now/);
+  t.equal(e.memoryStats().liveBytes, live, 'the refused run freed its Adam moments and EMA weights');
   t.equal((await pretrain(e, UNet.random(e, tiny, 2), data, { steps: 2, batchSize: 4, flip: false, batches: 'replacement', checkpoint: state, resume: true })).steps, 2);
   await rm(dir, { recursive: true });
 });
