@@ -364,7 +364,10 @@ export class Engine {
     if (this.commandsRecorded - this.commandsFinished >= this.maxCommandsInFlight) {
       throw new Error(
         `${label}: ${this.maxCommandsInFlight} GPU commands recorded without waiting for the GPU to run them; ` +
-          'a long loop must await engine.settle() (or sync(), or read a result) in every iteration',
+          'a long loop must await engine.settle() (or sync(), or read a result) in every iteration, and where one ' +
+          'step alone records this many (a U-Net over a large batch, run in many chunks because few images fit a ' +
+          'storage binding), give a smaller batch (or raise the createEngine option maxCommandsInFlight where the ' +
+          'adapter allows: lavapipe crashed near 60,000)',
       );
     }
     this.commandsRecorded++;
