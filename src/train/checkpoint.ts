@@ -116,6 +116,11 @@ export async function readStateSettings(path: string): Promise<RunSettings> {
   }
 }
 
+/** The settings of the training state at `path`, or undefined when none is saved there. */
+export async function savedStateSettings(path: string): Promise<RunSettings | undefined> {
+  return (await exists(path)) ? readStateSettings(path) : undefined;
+}
+
 /** Progress as saved, or why it cannot be trusted. */
 function parseProgress(path: string, json: string | undefined): TrainingProgress & { optimizerSteps: number } {
   let progress: unknown;

@@ -5,7 +5,6 @@
 // one to sample from and to extract features with), and a training state saved every
 // `checkpointEverySeconds` so any run can be stopped and resumed exactly.
 import type { Engine } from '../engine/engine.ts';
-import { access } from 'node:fs/promises';
 import { hashSeeds, mulberry32 } from '../engine/random.ts';
 import { EMA_WORKGROUP, emaKernel } from '../../kernels/ema.wgsl.ts';
 import { elementLoads, grid1d } from '../../kernels/flat-index.ts';
@@ -13,7 +12,7 @@ import { scale } from '../engine/ops/elementwise.ts';
 import type { Tensor } from '../engine/tensor.ts';
 import { gaussianNoise, linearSchedule, qSample } from '../model/diffusion.ts';
 import type { UNet } from '../model/unet.ts';
-import { checkLoss, readStateSettings, saveTrainingState, startOrResume } from './checkpoint.ts';
+import { checkLoss, saveTrainingState, savedStateSettings, startOrResume } from './checkpoint.ts';
 import { diffusionLoss } from './diffusion-loss.ts';
 import { epochBatches } from './epoch-batches.ts';
 import type { ImageSource } from './extract.ts';
@@ -99,8 +98,8 @@ export function stepGenerator(seed: number, step: number, hashed = true): (n: nu
  * spread wider than uniform.
  */
 async function hashedStepSeeds(o: PretrainOptions): Promise<boolean> {
-  if (!o.resume || !o.checkpoint || !(await access(o.checkpoint).then(() => true, () => false))) return true;
-  return 'stepSeeds' in (await readStateSettings(o.checkpoint));
+  const saved = o.resume && o.checkpoint ? await savedStateSettings(o.checkpoint) : undefined;
+  return !saved || 'stepSeeds' in saved;
 }
 
 export async function pretrain(e: Engine, unet: UNet, data: ImageSource, o: PretrainOptions): Promise<{ steps: number; losses: [number, number][]; ema: Ema }> {
