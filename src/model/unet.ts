@@ -36,6 +36,11 @@ export interface ForwardOptions {
    * Unset: eval mode, no dropout.
    */
   dropoutSeed?: number;
+  /**
+   * The index of x's first image in a larger batch run in parts (pretraining's gradient
+   * accumulation), so each image draws the dropout mask it would in the whole batch. Default 0.
+   */
+  firstImage?: number;
 }
 
 export interface ForwardResult {
@@ -210,6 +215,8 @@ export class UNet {
     if (t.length !== N) throw new RangeError(`${t.length} timesteps for a batch of ${N} images`);
     const notFinite = t.findIndex((v) => !Number.isFinite(v));
     if (notFinite >= 0) throw new RangeError(`timestep ${t[notFinite]} of image ${notFinite} is not a finite number (the embedding would be NaN)`);
+    const firstImage = opts.firstImage ?? 0;
+    if (!Number.isSafeInteger(firstImage) || firstImage < 0) throw new RangeError(`firstImage ${firstImage} is not a whole number ≥ 0 (the index of the first image in its batch)`);
     const feedback = [...(opts.addToBlock?.entries() ?? [])];
     const gradients = e.tape.recording && [x, ...this.params.values(), ...feedback.map(([, v]) => v)].some((v) => v.requiresGrad);
     const last = opts.output ? this.numBlocks : Math.max(0, ...(opts.taps ?? []));
@@ -223,7 +230,7 @@ export class UNet {
       if (v.shape.join() !== want.join()) throw new RangeError(`addToBlock: the feedback for block ${b} is ${shapeString(v.shape)}; block ${b}'s output is ${shapeString(want)}`);
     }
     const perChunk = imagesPerChunk(e, this.plan, { last, output: !!opts.output, gradients });
-    if (N <= perChunk) return this.forwardBatch(x, t, opts, 0);
+    if (N <= perChunk) return this.forwardBatch(x, t, opts, firstImage);
     // A tensor v of `images` images that takes part in a backward is bound whole, for all N.
     const whole = (what: string, v: Tensor, images = N) => {
       if (e.tape.needsGrad([v])) checkWholeBatchBinding(e, what, (v.byteLength / images) * N, N, perChunk);
@@ -236,7 +243,7 @@ export class UNet {
         const end = Math.min(N, start + perChunk);
         parts.push(e.tidy(() => {
           const fb = opts.addToBlock && new Map(feedback.map(([b, v]) => [b, sliceRows(v, start, end)]));
-          const r = this.forwardBatch(sliceRows(x, start, end), t.slice(start, end), { ...opts, addToBlock: fb }, start);
+          const r = this.forwardBatch(sliceRows(x, start, end), t.slice(start, end), { ...opts, addToBlock: fb }, firstImage + start);
           return { taps: r.taps, output: r.output, emb: r.emb };
         }));
         if (start === 0) {

@@ -12,6 +12,7 @@ import { scale } from '../engine/ops/elementwise.ts';
 import type { Tensor } from '../engine/tensor.ts';
 import { gaussianNoise, linearSchedule, qSample } from '../model/diffusion.ts';
 import type { UNet } from '../model/unet.ts';
+import { imagesPerChunk } from '../model/unet-bindings.ts';
 import { checkLoss, saveTrainingState, savedStateSettings, startOrResume } from './checkpoint.ts';
 import { diffusionLoss } from './diffusion-loss.ts';
 import { epochBatches } from './epoch-batches.ts';
@@ -117,11 +118,11 @@ export async function pretrain(e: Engine, unet: UNet, data: ImageSource, o: Pret
   const S = unet.plan.flags.image_size;
   const C = unet.plan.flags.in_channels;
   const schedule = linearSchedule(1000);
-  // x0, ε, x_t and the output (2C channels for learn_sigma) are bound whole; the U-Net splits the rest.
-  const perImage = 4 * unet.plan.outChannels * S * S;
-  if (batch * perImage > e.maxBindingBytes) {
-    throw new RangeError(`pretrain: a batch of ${batch} ${S}×${S} images binds ${batch * perImage} bytes at once, over this device's largest storage binding (${e.maxBindingBytes}): give --batch ${e.perBinding(perImage)} or less`);
-  }
+  // A batch more than one chunk of the U-Net holds (unet-bindings.ts) trains in parts of that many
+  // images, gradients added up (guided-diffusion's microbatch, the losses weighted to the batch's
+  // mean): one backward over all of it would bind x0, ε, x_t and the output whole, and record more
+  // GPU commands than may wait at once (a chunk of ADM-256 at 128 MiB bindings is one image).
+  const part = Math.min(batch, imagesPerChunk(e, unet.plan, { last: unet.numBlocks, output: true, gradients: true }), e.perBinding(4 * unet.plan.outChannels * S * S));
   const params = unet.parameters();
   const adam = new Adam(e, params, { lr: o.lr ?? 1e-4 });
   const ema = new Ema(e, params, o.emaDecay ?? 0.9999);
@@ -167,18 +168,26 @@ export async function pretrain(e: Engine, unet: UNet, data: ImageSource, o: Pret
       const drawn = await data.images(idx);
       assertFinite(drawn, `the batch of step ${step + 1} (dataset indices ${idx.slice(0, 4).join(', ')}${idx.length > 4 ? ', …' : ''})`);
       const x0Data = flip ? mirrorImages(drawn, batch, C, S, coinFlips(stepSeed(seed, step, hashed), idx.map((_, slot) => slot))) : drawn;
-      const x0 = e.tensor(x0Data, [batch, C, S, S], 'x0');
-      const eps = e.tensor(gaussianNoise(batch * C * S * S, rand(2 ** 31)), [batch, C, S, S], 'eps');
+      const noise = gaussianNoise(batch * C * S * S, rand(2 ** 31));
       // ResBlock dropout at the config's rate (drawn only then, so other runs keep their streams).
       const dropoutSeed = unet.plan.flags.dropout ? rand(2 ** 31) : undefined;
       const read = (step + 1) % logEvery === 0 || step + 1 === o.steps;
-      const loss = await trainStep(e, adam, () => {
-        const xt = qSample(e, schedule, x0, ts, eps);
-        return diffusionLoss(schedule, { x0, x0Data, xt, noise: eps, t: ts }, unet.forward(xt, ts, { output: true, dropoutSeed }).output!);
-      }, read);
+      const parts = [];
+      for (let start = 0; start < batch; start += part) {
+        const end = Math.min(batch, start + part);
+        parts.push(() => {
+          const n = end - start;
+          const rows = (a: Float32Array) => a.subarray(start * C * S * S, end * C * S * S);
+          const x0 = e.tensor(rows(x0Data), [n, C, S, S], 'x0');
+          const eps = e.tensor(rows(noise), [n, C, S, S], 'eps');
+          const t = ts.slice(start, end);
+          const xt = qSample(e, schedule, x0, t, eps);
+          const l = diffusionLoss(schedule, { x0, x0Data: rows(x0Data), xt, noise: eps, t }, unet.forward(xt, t, { output: true, dropoutSeed, firstImage: start }).output!);
+          return n === batch ? l : scale(l, n / batch);
+        });
+      }
+      const loss = await trainStep(e, adam, parts, read);
       ema.update();
-      x0.dispose();
-      eps.dispose();
       step++;
       if (loss !== undefined) {
         const where = step - lastRead > 1 ? `one of steps ${lastRead + 1}–${step} (the loss is read every ${logEvery} steps)` : `step ${step}`;

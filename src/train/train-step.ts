@@ -1,25 +1,59 @@
 // One optimisation step entirely on the GPU: forward, loss, backward, optimizer update. Nothing is
 // read back to the CPU unless the loss is asked for.
 import type { Engine } from '../engine/engine.ts';
+import { add } from '../engine/ops/elementwise.ts';
 import type { Tensor } from '../engine/tensor.ts';
 import type { Optimizer } from './optimizer.ts';
 
 /**
- * Runs `loss()` (which builds the forward graph and returns a scalar), backprops and steps, then
- * awaits engine.settle(), so a loop of steps that reads no loss never queues unbounded GPU work.
- * Returns the loss tensor, still on the GPU: the caller reads (StepLosses) and disposes it.
+ * A step's loss: one function that builds the forward graph and returns a scalar, or the batch in
+ * parts (gradient accumulation), each part's loss weighted by the caller so that their sum is the
+ * batch's loss (a mean over n images: part i's mean × nᵢ/n).
  */
-export async function trainStepKeepingLoss(e: Engine, optimizer: Optimizer, loss: () => Tensor): Promise<Tensor> {
-  const l = e.tidy(loss);
-  e.tape.backward(l);
+export type StepLoss = (() => Tensor) | readonly (() => Tensor)[];
+
+/**
+ * Runs the loss (each part in turn: forward, then backward, its gradients adding up in the
+ * parameters' .grad, the engine settling between parts, so a batch whose graph records more GPU
+ * commands than may wait at once still trains), steps, then awaits engine.settle(), so a loop of
+ * steps that reads no loss never queues unbounded GPU work. Returns the loss tensor (the parts'
+ * sum), still on the GPU: the caller reads (StepLosses) and disposes it.
+ */
+export async function trainStepKeepingLoss(e: Engine, optimizer: Optimizer, loss: StepLoss): Promise<Tensor> {
+  const parts = typeof loss === 'function' ? [loss] : loss;
+  if (parts.length === 0) throw new RangeError('trainStep: a step needs at least one loss part');
+  let total: Tensor | undefined;
+  try {
+    for (const [i, part] of parts.entries()) {
+      if (i > 0) await e.settle();
+      const l = e.tidy(part);
+      try {
+        e.tape.backward(l);
+      } catch (err) {
+        l.dispose();
+        throw err;
+      }
+      if (!total) total = l;
+      else {
+        const sum = e.noGrad(() => add(total!, l));
+        total.dispose();
+        l.dispose();
+        total = sum;
+      }
+    }
+  } catch (err) {
+    total?.dispose();
+    optimizer.zeroGrad(); // the parts that ran leave no gradient for the next step
+    throw err;
+  }
   optimizer.step();
   optimizer.zeroGrad();
   await e.settle();
-  return l;
+  return total!;
 }
 
 /** trainStepKeepingLoss, reading the loss back (a round trip) only when asked. */
-export async function trainStep(e: Engine, optimizer: Optimizer, loss: () => Tensor, readLoss = false): Promise<number | undefined> {
+export async function trainStep(e: Engine, optimizer: Optimizer, loss: StepLoss, readLoss = false): Promise<number | undefined> {
   const l = await trainStepKeepingLoss(e, optimizer, loss);
   const value = readLoss ? (await l.read())[0] : undefined;
   l.dispose();
