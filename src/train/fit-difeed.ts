@@ -5,12 +5,16 @@
 // (CLARIFICATIONS, issue 4), StepLR, a training state saved every epoch, and top-1/top-5 at the end.
 import type { Engine } from '../engine/engine.ts';
 import { hashSeeds } from '../engine/random.ts';
+import { add, mul, scale } from '../engine/ops/elementwise.ts';
+import { concatRows, sliceRows } from '../engine/ops/layout.ts';
 import { crossEntropy } from '../engine/ops/nn.ts';
+import { sum } from '../engine/ops/reduce.ts';
 import type { Tensor } from '../engine/tensor.ts';
 import { gaussianNoise, linearSchedule, qSample } from '../model/diffusion.ts';
 import { AttentionHead } from '../model/heads/attention-head.ts';
 import { DifFeed, type DifFeedOptions } from '../model/heads/difeed.ts';
 import type { UNet } from '../model/unet.ts';
+import { imagesPerChunk } from '../model/unet-bindings.ts';
 import { CheckpointError } from '../model/checkpoint/checkpoint-error.ts';
 import { checkEpochs, saveTrainingState, startOrResume } from './checkpoint.ts';
 import { epochBatches } from './epoch-batches.ts';
@@ -20,7 +24,7 @@ import { countTopK } from './eval/classification.ts';
 import type { FeatureArrays, FitResult } from './fit.ts';
 import { featureKey } from './feature-key.ts';
 import { coinFlips, mirrorImages } from './flips.ts';
-import { Adam, OptimizerGroups, StepLR } from './optimizer.ts';
+import { Adam, type Optimizer, OptimizerGroups, StepLR } from './optimizer.ts';
 import { StepLosses } from './step-losses.ts';
 import { trainStepKeepingLoss } from './train-step.ts';
 
@@ -107,6 +111,7 @@ export async function fitDifFeed(e: Engine, unet: UNet, train: ImageSource, test
       ...(o.batchNormTrainEpochs === undefined ? {} : { batchNormTrainEpochs: o.batchNormTrainEpochs }),
     };
     const bnTrainEpochs = o.batchNormTrainEpochs ?? epochs;
+    const part = imagesPerChunk(e, unet.plan, { last: Math.max(difeed.featureBlock, ...difeed.feedbackBlocks), output: false, gradients: true });
     if (!(Number.isSafeInteger(bnTrainEpochs) && bnTrainEpochs >= 0)) throw new RangeError(`DifFeed: batchNormTrainEpochs ${o.batchNormTrainEpochs} is not a whole number of epochs ≥ 0`);
     const progress = await startOrResume(e, o.checkpoint, !!o.resume, settings, saved, optimizer, o.onResume);
     // A state saved within an epoch records the batches of that epoch it had trained, and their loss sum.
@@ -137,7 +142,10 @@ export async function fitDifFeed(e: Engine, unet: UNet, train: ImageSource, test
         const flips = o.flip === false ? undefined : imageFlips(seed, epoch, idx);
         const xt = await noisyImages(e, difeed, train, idx, trainingNoiseBase(seed, epoch), flips);
         const labels = idx.map((i) => train.labels[i]);
-        const loss = await trainStepKeepingLoss(e, optimizer, () => crossEntropy(difeed.forward(xt, epoch < bnTrainEpochs), labels));
+        const training = epoch < bnTrainEpochs;
+        const loss = batchSize <= part
+          ? await trainStepKeepingLoss(e, optimizer, () => crossEntropy(difeed.forward(xt, training), labels))
+          : await difeedStepInParts(e, difeed, optimizer, xt, labels, training, part);
         xt.dispose();
         await steps.add(loss, labels, `epoch ${epoch + 1}, batch ${b + 1} (step ${optimizer.steps})`);
         o.onBatch?.(b + 1, batches);
@@ -167,6 +175,82 @@ export async function fitDifFeed(e: Engine, unet: UNet, train: ImageSource, test
 }
 
 const SCHEDULE = linearSchedule(1000);
+
+/**
+ * One training step over a batch more than one chunk of the U-Net holds (`part` images), in parts,
+ * the engine settling between them: one backward through both passes of every chunk recorded more
+ * GPU commands than may wait at once (ADM-256 at 128 MiB bindings runs one image a chunk). The
+ * feedback layers run on the whole batch, as BatchNorm's statistics are the batch's; each part's
+ * pass 2 and head then backpropagate on their own (loss weighted nᵢ/n, so the parts add up to the
+ * batch's mean) into the part's rows of the feedback, and the feedback layers, recorded again over
+ * the same batch (their running statistics moved once), backpropagate the joined rows: the step of
+ * the whole batch. Returns the loss, on the GPU.
+ */
+async function difeedStepInParts(e: Engine, difeed: DifFeed, optimizer: Optimizer, xt: Tensor, labels: number[], training: boolean, part: number): Promise<Tensor> {
+  const N = xt.shape[0];
+  const ranges: [number, number][] = [];
+  for (let s = 0; s < N; s += part) ranges.push([s, Math.min(N, s + part)]);
+  const held: Tensor[] = [];
+  let total: Tensor | undefined;
+  try {
+    // Pass 1 (no gradient), part by part, joined per block.
+    const firsts: Map<number, Tensor>[] = [];
+    for (const [s, end] of ranges) {
+      firsts.push(e.tidy(() => difeed.firstPass(sliceRows(xt, s, end))));
+      held.push(...firsts[firsts.length - 1].values());
+      await e.settle();
+    }
+    const first = new Map(difeed.feedbackBlocks.map((b) => [b, concatRows(firsts.map((f) => f.get(b)!))]));
+    held.push(...first.values());
+    const feedback = e.noGrad(() => difeed.feedbackMaps(first, training));
+    held.push(...feedback.values());
+    const gradients = new Map<number, Tensor[]>([...feedback.keys()].map((b) => [b, []]));
+    for (const [s, end] of ranges) {
+      const rows = new Map([...feedback].map(([b, v]) => {
+        const r = sliceRows(v, s, end);
+        r.requiresGrad = true;
+        return [b, r];
+      }));
+      held.push(...rows.values());
+      const l = e.tidy(() => scale(crossEntropy(difeed.secondPass(sliceRows(xt, s, end), rows), labels.slice(s, end)), (end - s) / N));
+      held.push(l);
+      e.tape.backward(l);
+      for (const [b, r] of rows) {
+        // A part's rows may have no gradient (a ReLU off everywhere): zeros, as the whole batch's.
+        gradients.get(b)!.push(r.grad ?? e.keep(e.zeros(r.shape)));
+        held.push(gradients.get(b)!.at(-1)!);
+        r.grad = null;
+      }
+      if (total) {
+        const sum = e.noGrad(() => add(total!, l));
+        total.dispose();
+        total = sum;
+      } else total = e.keep(e.noGrad(() => scale(l, 1)));
+      await e.settle();
+    }
+    // Σ_b ⟨F_b, dF_b⟩ has the gradient dF_b at F_b: its backward is the feedback layers' share.
+    const joined = new Map([...gradients].map(([b, gs]) => [b, concatRows(gs)]));
+    held.push(...joined.values());
+    const surrogate = e.tidy(() => {
+      // In training mode BatchNorm moves its running statistics: the probe gives it scratch ones.
+      const again = difeed.feedbackMaps(first, training, training ? { freezeRunningStats: true } : undefined);
+      return [...again].map(([b, v]) => sum(mul(v, joined.get(b)!))).reduce((a, b) => add(a, b));
+    });
+    held.push(surrogate);
+    e.tape.backward(surrogate);
+  } catch (err) {
+    total?.dispose();
+    optimizer.zeroGrad();
+    e.tape.clear();
+    throw err;
+  } finally {
+    for (const t of held) t.dispose();
+  }
+  optimizer.step();
+  optimizer.zeroGrad();
+  await e.settle();
+  return total!;
+}
 
 /** Mixed into the training noise's seed: its own stream, apart from any extraction's or test's. */
 const TRAINING_NOISE_STREAM = 0x7e4d;
@@ -208,8 +292,12 @@ async function noisyImages(e: Engine, difeed: DifFeed, src: ImageSource, idx: nu
 export async function difeedLogits(e: Engine, difeed: DifFeed, test: ImageSource, o: { seed: number; batchSize: number; firstPass?: FeatureArrays }): Promise<Float32Array> {
   const classes = difeed.options.classes;
   const out = new Float32Array(test.count * classes);
-  for (let s = 0; s < test.count; s += o.batchSize) {
-    const idx = Array.from({ length: Math.min(o.batchSize, test.count - s) }, (_, i) => s + i);
+  // In evaluation mode each image's logits are its own: a batch more than one chunk of the U-Net
+  // holds runs as batches of a chunk, so no call records both passes of many chunks at once.
+  const plan = difeed.unet.plan;
+  const batchSize = Math.min(o.batchSize, imagesPerChunk(e, plan, { last: Math.max(difeed.featureBlock, ...difeed.feedbackBlocks), output: false, gradients: false }));
+  for (let s = 0; s < test.count; s += batchSize) {
+    const idx = Array.from({ length: Math.min(batchSize, test.count - s) }, (_, i) => s + i);
     const xt = await noisyImages(e, difeed, test, idx, o.seed, undefined);
     const slices = o.firstPass && cachedFirstPass(difeed, o.firstPass, test.count, idx);
     if (slices && s === 0) await checkCachedFirstPass(e, difeed, xt, slices);

@@ -143,15 +143,20 @@ export class DifFeed {
    */
   forwardGivenFirstPass(xt: Tensor, first: Map<number, Tensor>, training: boolean, probe?: FeedbackProbe): Tensor {
     const e = this.engine;
-    const N = xt.shape[0];
-    const ts = new Array<number>(N).fill(this.t);
+    this.checkFirstPass(first, xt.shape[0]);
+    return e.tidy(() => this.secondPass(xt, this.feedbackMaps(first, training, probe)));
+  }
+
+  /**
+   * The feedback of pass 1's features `first` (block → [N, C, H, W]): encoder block → the sum of
+   * ReLU(BN(conv1x1(f_b))) resized to its size, for the whole batch (BatchNorm's statistics, in
+   * training, are the batch's; its running statistics move once per call).
+   */
+  feedbackMaps(first: Map<number, Tensor>, training: boolean, probe?: FeedbackProbe): Map<number, Tensor> {
+    const e = this.engine;
+    const N = first.values().next().value?.shape[0] ?? 0;
+    this.checkFirstPass(first, N);
     this.checkWholeBatchBindings(N);
-    for (const b of this.feedbackBlocks) {
-      const blk = this.unet.plan.blocks[b - 1];
-      const want = [N, blk.outChannels, blk.size, blk.size];
-      const got = first.get(b)?.shape;
-      if (!got || got.join() !== want.join()) throw new RangeError(`DifFeed: the first pass's feature of block ${b} is ${got ? `[${got}]` : 'missing'}, expected [${want}]`);
-    }
     return e.tidy(() => {
       const feedback = new Map<number, Tensor>();
       this.feedbackBlocks.forEach((b, i) => {
@@ -166,9 +171,27 @@ export class DifFeed {
         const prev = feedback.get(target.b);
         feedback.set(target.b, prev ? add(prev, fb) : fb);
       });
+      return feedback;
+    });
+  }
+
+  /** Pass 2 of x_t [n, C, H, W] with `feedback` (encoder block → [n, …], as feedbackMaps gives) added, and the head: logits [n, classes]. */
+  secondPass(xt: Tensor, feedback: Map<number, Tensor>): Tensor {
+    const ts = new Array<number>(xt.shape[0]).fill(this.t);
+    return this.engine.tidy(() => {
       const second = this.unet.forward(xt, ts, { taps: [this.featureBlock], addToBlock: feedback });
       return this.head.forward(new Map([[this.t, new Map([[this.featureBlock, second.taps.get(this.featureBlock)!]])]]));
     });
+  }
+
+  /** Pass 1's features hold every feedback block's output for N images. */
+  private checkFirstPass(first: Map<number, Tensor>, N: number): void {
+    for (const b of this.feedbackBlocks) {
+      const blk = this.unet.plan.blocks[b - 1];
+      const want = [N, blk.outChannels, blk.size, blk.size];
+      const got = first.get(b)?.shape;
+      if (!got || got.join() !== want.join()) throw new RangeError(`DifFeed: the first pass's feature of block ${b} is ${got ? `[${got}]` : 'missing'}, expected [${want}]`);
+    }
   }
 
   /**

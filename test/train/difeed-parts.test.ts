@@ -1,0 +1,60 @@
+// A DifFeed batch more than one chunk of the U-Net holds trains in parts (each part's pass 2 and
+// head backpropagated on its own into its rows of the feedback, the feedback layers then once over
+// the whole batch) and evaluates in batches of a chunk: the same run as the whole batch at once,
+// which recorded both passes and the backward of every chunk without waiting (past
+// maxCommandsInFlight: refused).
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import t from 'tap';
+import { createEngine } from '../../src/engine/engine.ts';
+import { openSafetensors } from '../../src/model/checkpoint/safetensors.ts';
+import { UNet } from '../../src/model/unet.ts';
+import { imagesPerChunk, largestBindingPerImage } from '../../src/model/unet-bindings.ts';
+import { type DifFeedFitOptions, fitDifFeed } from '../../src/train/fit-difeed.ts';
+import { testEngine } from '../helpers/check.ts';
+import { MINI_UNET, randomImages } from '../helpers/images.ts';
+
+const e = await testEngine();
+const dir = await mkdtemp(join(tmpdir(), 'difrep-difeed-parts-'));
+t.teardown(() => rm(dir, { recursive: true }));
+
+t.test('a batch of 6 in parts of 4 and 2 trains and evaluates as the whole batch', async (t) => {
+  // One image's largest U-Net tensor with gradients binds 98,304 bytes: the small engine runs 4
+  // images a chunk, and holds the feedback layers' largest map ([6, 64, 16, 16]) for the batch. It
+  // lets 1,200 commands wait: the parts record at most ~700 between waits, the whole batch's step
+  // ~1,450.
+  const perImage = largestBindingPerImage(e, UNet.random(e, MINI_UNET, 11).plan, { last: 9, output: false, gradients: true }).bytesPerImage;
+  const small = await createEngine({ maxBindingBytes: 4 * perImage, maxCommandsInFlight: 1200 });
+  t.teardown(() => small.dispose());
+  // Epoch 2 keeps BatchNorm's running statistics (evaluation mode in training), epoch 1 trains them.
+  const options = (name: string): DifFeedFitOptions => ({
+    classes: 4, head: { dim: 16, heads: 2, layers: 1, prePoolSize: 4 }, epochs: 2, batchSize: 6, evalBatchSize: 6, stepSize: 1, seed: 3, batchNormTrainEpochs: 1, checkpoint: join(dir, name),
+  });
+  const source = randomImages(12);
+  const run = async (engine: typeof e, name: string) => {
+    const unet = UNet.random(engine, MINI_UNET, 11);
+    t.equal(imagesPerChunk(engine, unet.plan, { last: 9, output: false, gradients: true }), engine === e ? 1365 : 4);
+    const r = await fitDifFeed(engine, unet, source, source, options(name));
+    for (const p of unet.parameters().values()) p.dispose();
+    const src = await openSafetensors(join(dir, name));
+    const state = new Map(await Promise.all(src.keys().map(async (k) => [k, await src.read(k)] as [string, Float32Array])));
+    await src.close();
+    return { r, state };
+  };
+  const whole = await run(e, 'whole.safetensors');
+  const parts = await run(small, 'parts.safetensors');
+  for (const [i, l] of whole.r.losses.entries()) t.ok(Math.abs(parts.r.losses[i] - l) <= 1e-5 * l, `epoch ${i + 1}'s loss: ${parts.r.losses[i]} in parts, ${l} whole`);
+  t.same(parts.r.testHits, whole.r.testHits, 'the same test images right');
+  let worst = { d: 0, key: '' };
+  for (const [k, w] of whole.state) {
+    const v = parts.state.get(k)!;
+    t.equal(v?.length, w.length, `${k} saved`);
+    w.forEach((x, i) => {
+      const d = Math.abs(v[i] - x) / (1e-3 + Math.abs(x));
+      if (d > worst.d) worst = { d, key: `${k}[${i}]: ${v[i]} in parts, ${x} whole` };
+    });
+  }
+  // Weights, BatchNorm running statistics and Adam moments after 4 steps.
+  t.ok(worst.d < 3e-4, `largest relative difference ${worst.d.toExponential(2)} (${worst.key})`);
+});
