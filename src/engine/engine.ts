@@ -285,7 +285,10 @@ export class Engine {
     this.getEncoder().clearBuffer(t.buffer, 0, Math.ceil(t.byteLength / 4) * 4);
   }
 
-  /** A tensor sharing `t`'s buffer with another shape of the same size (no copy). */
+  /**
+   * A tensor sharing `t`'s buffer with another shape of the same size (no copy). Recorded on the
+   * tape like any op when t needs a gradient (the gradient is viewed back to t's shape).
+   */
   view(t: Tensor, shape: Shape, label = t.label): Tensor {
     this.checkOwn(t, 'view');
     if (numel(shape) !== t.size) {
@@ -293,7 +296,9 @@ export class Engine {
     }
     void t.buffer; // a disposed tensor: "used after dispose", not a retain of a buffer since handed on
     t.storage.retain();
-    return new Tensor(this, shape, t.storage, label);
+    const y = new Tensor(this, shape, t.storage, label);
+    this.tape.record('view', [t], [y], [], ([g]) => [this.view(g!, t.shape)]);
+    return y;
   }
 
   track(t: Tensor): void {

@@ -137,6 +137,21 @@ t.test('gradients accumulate across backward calls until cleared', async (t) => 
   t.same(Array.from(await x.grad!.read()), [12]);
 });
 
+// engine.view is public: a view of a tensor that needs a gradient was not recorded, so the
+// gradient stopped at it (x got none, the loss "depended on nothing").
+t.test('engine.view of a tensor that needs a gradient passes the gradient back in its shape', async (t) => {
+  const x = e.tensor([1, 2, 3, 4, 5, 6], [2, 3]);
+  x.requiresGrad = true;
+  const v = e.view(x, [3, 2]);
+  t.ok(v.requiresGrad, 'the view needs a gradient too');
+  // d/dx Σ (v ⊙ w) = w viewed back: w = [[1, 2], [3, 4], [5, 6]] → x.grad = [[1, 2, 3], [4, 5, 6]].
+  e.tape.backward(ops.sum(ops.mul(v, e.tensor([1, 2, 3, 4, 5, 6], [3, 2]))));
+  t.same(x.grad!.shape, [2, 3]);
+  t.same(Array.from(await x.grad!.read()), [1, 2, 3, 4, 5, 6]);
+  const plain = e.tensor([1, 2], [2]);
+  t.notOk(e.view(plain, [1, 2]).requiresGrad, 'a view of a tensor without a gradient records nothing');
+});
+
 // add passes its gradient through to both inputs: x.grad and c.grad were views of the seed itself,
 // so a write to the seed (or to one gradient) changed both gradients. PyTorch copies them.
 t.test('leaf gradients own their buffers: none shares the seed\'s or another leaf\'s', async (t) => {

@@ -50,9 +50,7 @@ export function reshape(x: Tensor, shape: readonly number[]): Tensor {
   if (numel(resolved) !== x.size || resolved.some((d) => !Number.isInteger(d))) {
     throw new RangeError(`reshape: cannot view ${x.label} ${shapeString(x.shape)} as ${shapeString(shape)}`);
   }
-  const y = e.view(x, resolved);
-  e.tape.record('reshape', [x], [y], [], ([g]) => [e.view(g!, x.shape)]);
-  return y;
+  return e.view(x, resolved); // recorded there
 }
 
 /** Reorders axes: y.shape[i] = x.shape[perm[i]]. Backward: permute by the inverse. */
