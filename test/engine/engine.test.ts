@@ -85,6 +85,28 @@ t.test('backward frees what the tape saved', async (t) => {
   x.dispose();
 });
 
+// add and sub saved both operands for a backward that reads neither: a residual branch's output
+// stayed alive until the backward although the caller had dropped it.
+t.test('add and sub save no operand, mul only the other operand of an input that wants a gradient', async (t) => {
+  const x = e.tensor([0.5, -1, 2, 3], [4]);
+  x.requiresGrad = true;
+  const [c, c3, c5] = [2, 3, 5].map((v) => e.tensor([v, v, v, v], [4]));
+  const live0 = e.memoryStats().liveBytes;
+  const h = ops.mul(x, c3); // saves c3 (the caller's), not x
+  const k = ops.mul(x, c5);
+  const y = ops.sub(ops.add(h, x), k);
+  h.dispose();
+  k.dispose();
+  t.equal(e.memoryStats().liveBytes - live0, 2 * 256, 'h and k are freed at once; the add and y remain');
+  const z = ops.mul(y, c); // d/dy needs c (the caller's); d/dc is not wanted, so y is not saved
+  const live1 = e.memoryStats().liveBytes;
+  y.dispose();
+  t.equal(e.memoryStats().liveBytes - live1, -256, 'y is freed: no rule reads it');
+  e.tape.backward(ops.sum(z));
+  t.same(Array.from(await x.grad!.read()), [-2, -2, -2, -2], 'd/dx Σ 2·(3x + x − 5x) = −2');
+  for (const v of [x, c, c3, c5, z]) v.dispose();
+});
+
 // A rule can throw (a binding over the device's limit, the command backlog): the nodes walked
 // before it had released their saved tensors, and the tape's clear() released them again, so a
 // tensor saved by a later graph was freed while that graph still needed it.

@@ -156,31 +156,38 @@ function runBinary(op: BinaryOp, a: Tensor, b: Tensor): Tensor {
   return out;
 }
 
-function binary(op: BinaryOp, a: Tensor, b: Tensor, rule: (g: Tensor) => [Tensor | null, Tensor | null]): Tensor {
+/**
+ * `rule` gets the output's gradient and which inputs wanted one when the op ran; `saved` are the
+ * inputs it reads for those (add and sub read none: their operands are freed as soon as the caller
+ * drops them, not at the backward).
+ */
+function binary(op: BinaryOp, a: Tensor, b: Tensor, saved: (needA: boolean, needB: boolean) => Tensor[], rule: (g: Tensor, needA: boolean, needB: boolean) => [Tensor | null, Tensor | null]): Tensor {
   const out = runBinary(op, a, b);
-  a.engine.tape.record(op, [a, b], [out], [a, b], ([g]) => {
-    const [ga, gb] = rule(g!);
+  const [needA, needB] = [a.requiresGrad, b.requiresGrad];
+  a.engine.tape.record(op, [a, b], [out], saved(needA, needB), ([g]) => {
+    const [ga, gb] = rule(g!, needA, needB);
     return [ga && sumToShape(ga, a.shape), gb && sumToShape(gb, b.shape)];
   });
   return out;
 }
 
 export function add(a: Tensor, b: Tensor): Tensor {
-  return binary('add', a, b, (g) => [a.requiresGrad ? g : null, b.requiresGrad ? g : null]);
+  return binary('add', a, b, () => [], (g, needA, needB) => [needA ? g : null, needB ? g : null]);
 }
 
 export function sub(a: Tensor, b: Tensor): Tensor {
-  return binary('sub', a, b, (g) => [a.requiresGrad ? g : null, b.requiresGrad ? neg(g) : null]);
+  return binary('sub', a, b, () => [], (g, needA, needB) => [needA ? g : null, needB ? neg(g) : null]);
 }
 
+/** a ⊙ b; d/da = g ⊙ b, d/db = g ⊙ a (each operand saved only for the other's gradient). */
 export function mul(a: Tensor, b: Tensor): Tensor {
-  return binary('mul', a, b, (g) => [a.requiresGrad ? mul(g, b) : null, b.requiresGrad ? mul(g, a) : null]);
+  return binary('mul', a, b, (needA, needB) => [...(needA ? [b] : []), ...(needB ? [a] : [])], (g, needA, needB) => [needA ? mul(g, b) : null, needB ? mul(g, a) : null]);
 }
 
 /** a / b; d/da = 1/b, d/db = −a/b². */
 export function div(a: Tensor, b: Tensor): Tensor {
-  return binary('div', a, b, (g) => [
-    a.requiresGrad ? div(g, b) : null,
-    b.requiresGrad ? neg(div(mul(g, a), square(b))) : null,
+  return binary('div', a, b, (_, needB) => (needB ? [a, b] : [b]), (g, needA, needB) => [
+    needA ? div(g, b) : null,
+    needB ? neg(div(mul(g, a), square(b))) : null,
   ]);
 }
