@@ -81,14 +81,13 @@ export async function fitDifFeed(e: Engine, unet: UNet, train: ImageSource, test
   const seed = o.seed ?? 0;
   AttentionHead.checkSize(e, DifFeed.headOptions(unet, o));
   const difeed = DifFeed.create(e, unet, o, seed);
-  // The head binds its attention weights for a whole batch: checked before any work, naming the batch that fits.
+  // The head binds its attention weights for the images it is given: a batch more than one binding
+  // holds runs in parts (below), but one image's must fit.
   const perImage = AttentionHead.bytesPerImage(difeed.head.options);
-  for (const [what, n] of [['--batch', batchSize], ['the evaluation batch', o.evalBatchSize ?? batchSize]] as const) {
-    if (n * perImage > e.maxBindingBytes) {
-      for (const t of difeed.params.values()) t.dispose();
-      for (const t of difeed.head.params.values()) t.dispose();
-      throw new RangeError(`DifFeed: its head binds ${n * perImage} bytes at once for ${what} ${n} (its attention weights or MLP), over this device's largest storage binding (${e.maxBindingBytes}): give ${what === '--batch' ? '--batch' : 'an evaluation batch'} of ${e.perBinding(perImage)} or less, or a smaller --dim or --pre-pool`);
-    }
+  if (perImage > e.maxBindingBytes) {
+    for (const t of difeed.params.values()) t.dispose();
+    for (const t of difeed.head.params.values()) t.dispose();
+    throw new RangeError(`DifFeed: its head binds ${perImage} bytes for one image (its attention weights or MLP), over this device's largest storage binding (${e.maxBindingBytes}): give a smaller --dim or --pre-pool`);
   }
   const feedbackParams = new Map([...difeed.trainableParameters()].filter(([k]) => k.startsWith('feedback.')));
   const headParams = new Map([...difeed.trainableParameters()].filter(([k]) => k.startsWith('head.')));
@@ -111,7 +110,7 @@ export async function fitDifFeed(e: Engine, unet: UNet, train: ImageSource, test
       ...(o.batchNormTrainEpochs === undefined ? {} : { batchNormTrainEpochs: o.batchNormTrainEpochs }),
     };
     const bnTrainEpochs = o.batchNormTrainEpochs ?? epochs;
-    const part = imagesPerChunk(e, unet.plan, { last: Math.max(difeed.featureBlock, ...difeed.feedbackBlocks), output: false, gradients: true });
+    const part = partSize(e, difeed, true);
     if (!(Number.isSafeInteger(bnTrainEpochs) && bnTrainEpochs >= 0)) throw new RangeError(`DifFeed: batchNormTrainEpochs ${o.batchNormTrainEpochs} is not a whole number of epochs ≥ 0`);
     const progress = await startOrResume(e, o.checkpoint, !!o.resume, settings, saved, optimizer, o.onResume);
     // A state saved within an epoch records the batches of that epoch it had trained, and their loss sum.
@@ -143,10 +142,14 @@ export async function fitDifFeed(e: Engine, unet: UNet, train: ImageSource, test
         const xt = await noisyImages(e, difeed, train, idx, trainingNoiseBase(seed, epoch), flips);
         const labels = idx.map((i) => train.labels[i]);
         const training = epoch < bnTrainEpochs;
-        const loss = batchSize <= part
-          ? await trainStepKeepingLoss(e, optimizer, () => crossEntropy(difeed.forward(xt, training), labels))
-          : await difeedStepInParts(e, difeed, optimizer, xt, labels, training, part);
-        xt.dispose();
+        let loss: Tensor;
+        try {
+          loss = batchSize <= part
+            ? await trainStepKeepingLoss(e, optimizer, () => crossEntropy(difeed.forward(xt, training), labels))
+            : await difeedStepInParts(e, difeed, optimizer, xt, labels, training, part);
+        } finally {
+          xt.dispose();
+        }
         await steps.add(loss, labels, `epoch ${epoch + 1}, batch ${b + 1} (step ${optimizer.steps})`);
         o.onBatch?.(b + 1, batches);
         if (o.checkpoint && b + 1 < batches && performance.now() - lastSave >= saveEvery) {
@@ -176,8 +179,14 @@ export async function fitDifFeed(e: Engine, unet: UNet, train: ImageSource, test
 
 const SCHEDULE = linearSchedule(1000);
 
+/** The most images one part may hold: a chunk of the U-Net's passes (with or without gradients), and what the head's binding holds. */
+function partSize(e: Engine, difeed: DifFeed, gradients: boolean): number {
+  const chunk = imagesPerChunk(e, difeed.unet.plan, { last: Math.max(difeed.featureBlock, ...difeed.feedbackBlocks), output: false, gradients });
+  return Math.min(chunk, e.perBinding(AttentionHead.bytesPerImage(difeed.head.options)));
+}
+
 /**
- * One training step over a batch more than one chunk of the U-Net holds (`part` images), in parts,
+ * One training step over a batch larger than a part (partSize: a chunk of the U-Net, or what the head's binding holds), in parts,
  * the engine settling between them: one backward through both passes of every chunk recorded more
  * GPU commands than may wait at once (ADM-256 at 128 MiB bindings runs one image a chunk). The
  * feedback layers run on the whole batch, as BatchNorm's statistics are the batch's; each part's
@@ -202,6 +211,7 @@ async function difeedStepInParts(e: Engine, difeed: DifFeed, optimizer: Optimize
     }
     const first = new Map(difeed.feedbackBlocks.map((b) => [b, concatRows(firsts.map((f) => f.get(b)!))]));
     held.push(...first.values());
+    for (const f of firsts) for (const v of f.values()) v.dispose(); // joined: the parts' copies go
     const feedback = e.noGrad(() => difeed.feedbackMaps(first, training));
     held.push(...feedback.values());
     const gradients = new Map<number, Tensor[]>([...feedback.keys()].map((b) => [b, []]));
@@ -231,6 +241,7 @@ async function difeedStepInParts(e: Engine, difeed: DifFeed, optimizer: Optimize
     // Σ_b ⟨F_b, dF_b⟩ has the gradient dF_b at F_b: its backward is the feedback layers' share.
     const joined = new Map([...gradients].map(([b, gs]) => [b, concatRows(gs)]));
     held.push(...joined.values());
+    for (const gs of gradients.values()) for (const g of gs) g.dispose();
     const surrogate = e.tidy(() => {
       // In training mode BatchNorm moves its running statistics: the probe gives it scratch ones.
       const again = difeed.feedbackMaps(first, training, training ? { freezeRunningStats: true } : undefined);
@@ -238,6 +249,8 @@ async function difeedStepInParts(e: Engine, difeed: DifFeed, optimizer: Optimize
     });
     held.push(surrogate);
     e.tape.backward(surrogate);
+    await e.settle(); // the update starts with at most maxCommandsInFlight / 8 waiting
+    optimizer.step();
   } catch (err) {
     total?.dispose();
     optimizer.zeroGrad();
@@ -246,7 +259,6 @@ async function difeedStepInParts(e: Engine, difeed: DifFeed, optimizer: Optimize
   } finally {
     for (const t of held) t.dispose();
   }
-  optimizer.step();
   optimizer.zeroGrad();
   await e.settle();
   return total!;
@@ -292,10 +304,9 @@ async function noisyImages(e: Engine, difeed: DifFeed, src: ImageSource, idx: nu
 export async function difeedLogits(e: Engine, difeed: DifFeed, test: ImageSource, o: { seed: number; batchSize: number; firstPass?: FeatureArrays }): Promise<Float32Array> {
   const classes = difeed.options.classes;
   const out = new Float32Array(test.count * classes);
-  // In evaluation mode each image's logits are its own: a batch more than one chunk of the U-Net
-  // holds runs as batches of a chunk, so no call records both passes of many chunks at once.
-  const plan = difeed.unet.plan;
-  const batchSize = Math.min(o.batchSize, imagesPerChunk(e, plan, { last: Math.max(difeed.featureBlock, ...difeed.feedbackBlocks), output: false, gradients: false }));
+  // In evaluation mode each image's logits are its own: a batch larger than a part runs as batches
+  // of a part, so no call records both passes of many chunks at once.
+  const batchSize = Math.min(o.batchSize, partSize(e, difeed, false));
   for (let s = 0; s < test.count; s += batchSize) {
     const idx = Array.from({ length: Math.min(batchSize, test.count - s) }, (_, i) => s + i);
     const xt = await noisyImages(e, difeed, test, idx, o.seed, undefined);

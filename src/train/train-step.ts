@@ -24,8 +24,7 @@ export async function trainStepKeepingLoss(e: Engine, optimizer: Optimizer, loss
   if (parts.length === 0) throw new RangeError('trainStep: a step needs at least one loss part');
   let total: Tensor | undefined;
   try {
-    for (const [i, part] of parts.entries()) {
-      if (i > 0) await e.settle();
+    for (const part of parts) {
       const l = e.tidy(part);
       try {
         e.tape.backward(l);
@@ -40,13 +39,16 @@ export async function trainStepKeepingLoss(e: Engine, optimizer: Optimizer, loss
         l.dispose();
         total = sum;
       }
+      // Each part, and the update after the last, starts with at most maxCommandsInFlight / 8 waiting.
+      await e.settle();
     }
+    optimizer.step();
   } catch (err) {
     total?.dispose();
+    e.tape.clear(); // what a part recorded before it threw
     optimizer.zeroGrad(); // the parts that ran leave no gradient for the next step
     throw err;
   }
-  optimizer.step();
   optimizer.zeroGrad();
   await e.settle();
   return total!;

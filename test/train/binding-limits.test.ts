@@ -31,11 +31,13 @@ t.test('sampling a batch whose images do not fit one binding (pretraining trains
   await t.rejects(sample(e, unet, { count: 300, ddimSteps: 2 }), /sample: 300 images of 8×8 bind 230400 bytes at once, .*: draw 213 or fewer at a time \(--count\)/);
 });
 
-t.test('a DifFeed head whose attention weights do not fit one binding at the batch asked for', async (t) => {
-  const big = await createEngine({ maxBindingBytes: 200 * 1024 });
+t.test('a DifFeed head whose attention weights for one image do not fit one binding (a batch more trains in parts: difeed-parts.test.ts)', async (t) => {
+  const big = await createEngine({ maxBindingBytes: 300 * 1024 });
   t.teardown(() => big.dispose());
   const unet = UNet.random(big, MINI_UNET, 11);
-  // Head tokens: 4 × 4 + CLS = 17; 4 · 17 · max(2 · 17, 4 · 16, 3 · 16) = 4,352 bytes an image: 47 fit in 200 KiB.
-  await t.rejects(fitDifFeed(big, unet, images(12, 16), images(4, 16), { classes: 4, head: { dim: 16, heads: 2, layers: 1, prePoolSize: 4 }, epochs: 1, batchSize: 60 }),
-    /DifFeed: its head binds 261120 bytes at once for --batch 60 .*: give --batch of 47 or less/);
+  const live = big.memoryStats().liveBytes;
+  // Head tokens: 16 × 16 + CLS = 257; 4 · 257 · max(2 · 257, 4 · 128, 3 · 128) = 528,392 bytes an image, over 300 KiB.
+  await t.rejects(fitDifFeed(big, unet, images(12, 16), images(4, 16), { classes: 4, head: { dim: 128, heads: 2, layers: 1, prePoolSize: 16 }, epochs: 1, batchSize: 4 }),
+    /DifFeed: its head binds 528392 bytes for one image .*: give a smaller --dim or --pre-pool/);
+  t.equal(big.memoryStats().liveBytes, live, 'the refused fit freed its head and feedback layers');
 });

@@ -58,3 +58,19 @@ t.test('a batch of 6 in parts of 4 and 2 trains and evaluates as the whole batch
   // Weights, BatchNorm running statistics and Adam moments after 4 steps.
   t.ok(worst.d < 3e-4, `largest relative difference ${worst.d.toExponential(2)} (${worst.key})`);
 });
+
+t.test('a step that fails frees the batch and what the step made, whole or in parts', async (t) => {
+  const perImage = largestBindingPerImage(e, UNet.random(e, MINI_UNET, 11).plan, { last: 9, output: false, gradients: true }).bytesPerImage;
+  const small = await createEngine({ maxBindingBytes: 4 * perImage });
+  t.teardown(() => small.dispose());
+  const source = randomImages(12);
+  const bad = { ...source, labels: Array.from(source.labels, (l, i) => (i === 5 ? 9 : l)) }; // label 9 of 4 classes: crossEntropy throws
+  for (const engine of [e, small]) {
+    const unet = UNet.random(engine, MINI_UNET, 11);
+    const live = engine.memoryStats().liveBytes;
+    await t.rejects(fitDifFeed(engine, unet, bad, source, { classes: 4, head: { dim: 16, heads: 2, layers: 1, prePoolSize: 4 }, epochs: 1, batchSize: 6 }), /label 9 of sample \d is outside 0\.\.3/);
+    t.equal(engine.memoryStats().liveBytes, live, `${engine === e ? 'whole' : 'in parts'}: nothing left alive (the noised batch was)`);
+    t.equal(engine.tape.length, 0, 'nothing left on the tape');
+    for (const p of unet.parameters().values()) p.dispose();
+  }
+});
