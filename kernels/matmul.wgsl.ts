@@ -95,7 +95,7 @@ export const GPU_TILINGS = {
 /**
  * The tile of an M × N GEMM output. A tuning (`difrep tune`, or the engine's `tuning` option)
  * wins for every output that fills at least one of its tiles; narrower outputs keep the per-shape
- * rule. That rule is, on lavapipe, 16 × 16 outputs per thread and 32-deep slabs (fewer
+ * rule, and sizes a tuning leaves out keep that rule's (not a generic default's). That rule is, on lavapipe, 16 × 16 outputs per thread and 32-deep slabs (fewer
  * workgroup-memory reads and barriers per FMA; 2 cores, batch 16: conv 64→64 3×3 @16² forward 8.6
  * vs 7.2 GFLOP/s, weight gradient 7.4 vs 5.3), with 64-column tiles for 32–63 rows over fewer than
  * 1024 columns (a 32→32 conv's weight gradient: 6.0 vs 3.9), 32 × 32 tiles for 32–63 columns, and
@@ -103,13 +103,17 @@ export const GPU_TILINGS = {
  * JIT loses the device on 16 × 16 tiles, so it (and any other CPU adapter) keeps chooseTiling.
  */
 export function chooseGemmTiling(M: number, N: number, presets: GemmPresets, tuned?: Partial<MatmulTiling>, maxWorkgroupBytes = 16384): MatmulTiling {
-  if (tuned && Object.keys(tuned).length) {
-    const t = { ...DEFAULT_MATMUL_TILING, ...tuned };
-    if (tilingWorkgroupBytes(t) > maxWorkgroupBytes) {
-      throw new RangeError(`tuned tiling ${JSON.stringify(t)} stages ${tilingWorkgroupBytes(t)} bytes of workgroup memory, over this device's ${maxWorkgroupBytes}; re-run difrep tune on this adapter`);
-    }
-    if (M >= t.wgY * t.tm && N >= t.wgX * t.tn) return t;
+  const builtIn = builtInGemmTiling(M, N, presets, maxWorkgroupBytes);
+  if (!tuned || !Object.keys(tuned).length) return builtIn;
+  const t = { ...builtIn, ...tuned };
+  if (tilingWorkgroupBytes(t) > maxWorkgroupBytes) {
+    throw new RangeError(`tuned tiling ${JSON.stringify(t)} stages ${tilingWorkgroupBytes(t)} bytes of workgroup memory, over this device's ${maxWorkgroupBytes}; re-run difrep tune on this adapter`);
   }
+  return M >= t.wgY * t.tm && N >= t.wgX * t.tn ? t : builtIn;
+}
+
+/** chooseGemmTiling's per-shape rule for the adapter class, without a tuning. */
+function builtInGemmTiling(M: number, N: number, presets: GemmPresets, maxWorkgroupBytes: number): MatmulTiling {
   if (presets === 'gpu') {
     const t = M >= 64 && N >= 64 ? GPU_TILINGS.large : GPU_TILINGS.small;
     if (tilingWorkgroupBytes(t) <= maxWorkgroupBytes) return { ...t };

@@ -61,7 +61,7 @@ const isRecord = (v: unknown): v is Record<string, unknown> => !!v && typeof v =
 const shown = (v: unknown) => (typeof v === 'number' ? String(v) : JSON.stringify(v));
 
 /**
- * `value` as a Tuning, or an Error naming where it came from (`where`), the family or setting at
+ * `value` as a Tuning (a copy, its empty families left out), or an Error naming where it came from (`where`), the family or setting at
  * fault and what is accepted; `fix` ends the message.
  */
 export function checkTuning(value: unknown, where: string, fix: string): Tuning {
@@ -77,5 +77,7 @@ export function checkTuning(value: unknown, where: string, fix: string): Tuning 
       }
     }
   }
-  return value as Tuning;
+  // A family with no settings leaves every built-in choice, as an absent one: `matmul: {}` selected
+  // the register-tiled kernels (a family given turns the subgroup GEMM off) at a generic tile.
+  return Object.fromEntries(Object.entries(value).filter(([, settings]) => Object.keys(settings as object).length)) as Tuning;
 }
