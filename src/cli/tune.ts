@@ -11,7 +11,7 @@ import * as ops from '../engine/ops/index.ts';
 import type { Tuning } from '../engine/tuning.ts';
 import { gaussianNoise } from '../model/diffusion.ts';
 import { type OptionSpecs, parseArgs } from './args.ts';
-import { adapterName, readTuningCache, storeTuning, tuningPath } from './tuning-cache.ts';
+import { adapterName, handSetTuning, readTuningCache, storeTuning, tuningPath } from './tuning-cache.ts';
 
 const OPTIONS = {
   seconds: { type: 'number', min: 5, max: 600, help: 'time budget of the whole search, split evenly between the two kernel families', default: 60 },
@@ -63,7 +63,7 @@ export interface FamilyResult {
 async function rate(e: Engine, run: () => void, flops: number, deadline: number): Promise<number> {
   const once = async () => {
     const t0 = performance.now();
-    e.tidy(run);
+    e.tidy(() => void run());
     await e.sync();
     return performance.now() - t0;
   };
@@ -87,19 +87,18 @@ export async function tuneKernels(e: Engine, seconds: number, log: (line: string
   const maxBytes = e.limits.maxComputeWorkgroupStorageSize;
   const families = [
     // On lavapipe the built-in matmul and direct conv run on the subgroup GEMM; a stored tiling replaces it.
-    {
-      family: 'matmul' as const, run: () => void ops.matmul(a, b), flops: 2 * 1024 ** 3, builtIn: chooseGemmTiling(1024, 1024, e.gemmPresets, undefined, maxBytes),
-      builtInName: e.subgroupMatmul ? 'the subgroup GEMM' : undefined,
-    },
+    { family: 'matmul' as const, run: () => ops.matmul(a, b), flops: 2 * 1024 ** 3, builtIn: chooseGemmTiling(1024, 1024, e.gemmPresets, undefined, maxBytes) },
     // The direct GEMM (256 output channels × 1024 pixels), also where Winograd would take this shape (lavapipe).
     {
-      family: 'conv2d' as const, run: () => void ops.conv2d(x, w), flops: 2 * 256 * 256 * 9 * 1024,
-      builtIn: chooseGemmTiling(256, 1024, e.gemmPresets, undefined, maxBytes), builtInName: e.subgroupMatmul ? 'the subgroup GEMM' : undefined,
-      tuning: { conv2dWinograd: { enabled: 0 } },
+      family: 'conv2d' as const, run: () => ops.conv2d(x, w), flops: 2 * 256 * 256 * 9 * 1024,
+      builtIn: chooseGemmTiling(256, 1024, e.gemmPresets, undefined, maxBytes), tuning: { conv2dWinograd: { enabled: 0 } },
     },
   ];
   const saved = structuredClone(e.tuning);
-  const setTuning = (t: Tuning) => e.setTuning(t);
+  // Measured under the settings that stay beside the stored tiles (set by hand: matmulSubgroup, …),
+  // as every command will run them.
+  const handSet: Tuning = Object.fromEntries(Object.entries(saved).filter(([family]) => family !== 'matmul' && family !== 'conv2d'));
+  const setTuning = (t: Tuning) => e.setTuning({ ...handSet, ...t });
   const tuning: Tuning = {};
   const results: FamilyResult[] = [];
   const start = performance.now();
@@ -109,24 +108,28 @@ export async function tuneKernels(e: Engine, seconds: number, log: (line: string
       // last CONFIRM_SHARE of it re-times the baseline and the best candidate.
       const end = start + ((i + 1) * seconds * 1000) / families.length;
       const searchEnd = end - (CONFIRM_SHARE * seconds * 1000) / families.length;
-      // Every tiling is a candidate against the subgroup GEMM; against built-in tiles, the others.
-      const candidates = tilingCandidates(e).filter((c) => f.builtInName !== undefined || JSON.stringify(c) !== JSON.stringify(f.builtIn));
       setTuning(f.tuning ?? {});
+      const subgroup = e.subgroupMatmul;
+      // Every tiling is a candidate against the subgroup GEMM; against built-in tiles, the others.
+      const candidates = tilingCandidates(e).filter((c) => subgroup || JSON.stringify(c) !== JSON.stringify(f.builtIn));
+      const expected = await e.tidy(() => e.keep(f.run())).readAndDispose();
       let t0 = performance.now();
       const baseline = await rate(e, f.run, f.flops, searchEnd);
       let cost = performance.now() - t0;
-      log(`${f.family}: built-in tiles (${f.builtInName ?? describeTiling(f.builtIn)}) ${baseline.toFixed(2)} GFLOP/s`);
+      log(`${f.family}: built-in tiles (${subgroup ? 'the subgroup GEMM' : describeTiling(f.builtIn)}) ${baseline.toFixed(2)} GFLOP/s`);
       const result: FamilyResult = { family: f.family, baseline, best: null, tried: 0, of: candidates.length };
       for (const c of candidates) {
         // Start a candidate only if one more, at the cost of the last, ends in time.
         if (performance.now() + cost > searchEnd) break;
         e.tuning[f.family] = { ...c };
         t0 = performance.now();
-        const gflops = await rate(e, f.run, f.flops, searchEnd);
+        // A tiling a driver miscompiles must never be stored: its output is checked first.
+        const off = relativeDifference(await e.tidy(() => e.keep(f.run())).readAndDispose(), expected);
+        const gflops = off <= 1e-4 ? await rate(e, f.run, f.flops, searchEnd) : 0;
         cost = performance.now() - t0;
         result.tried++;
-        log(`  ${f.family} ${describeTiling(c)}: ${gflops.toFixed(2)} GFLOP/s`);
-        if (!result.best || gflops > result.best.gflops) result.best = { tiling: c, gflops };
+        log(off <= 1e-4 ? `  ${f.family} ${describeTiling(c)}: ${gflops.toFixed(2)} GFLOP/s` : `  ${f.family} ${describeTiling(c)}: WRONG RESULTS (${off.toExponential(2)} off the built-in kernel's), left out`);
+        if (gflops > 0 && (!result.best || gflops > result.best.gflops)) result.best = { tiling: c, gflops };
       }
       if (result.best && result.best.gflops >= MIN_GAIN * baseline) {
         // A search keeps its luckiest timing: time both again, alternately, and keep the winner
@@ -152,6 +155,18 @@ export async function tuneKernels(e: Engine, seconds: number, log: (line: string
   return { tuning, results };
 }
 
+/** max |a − b| over max |b|: a kernel's output against the built-in one's (same inputs, other summation order). */
+function relativeDifference(a: Float32Array, b: Float32Array): number {
+  let diff = 0;
+  let scale = 0;
+  for (let i = 0; i < b.length; i++) {
+    const d = Math.abs(a[i] - b[i]);
+    diff = d > diff || Number.isNaN(d) ? d : diff;
+    scale = Math.max(scale, Math.abs(b[i]));
+  }
+  return Number.isNaN(diff) || a.length !== b.length ? Infinity : diff / (scale || 1);
+}
+
 const describeTiling = (t: MatmulTiling) => `${t.wgX}×${t.wgY} threads × ${t.tm}×${t.tn} outputs, k ${t.tk}`;
 
 export async function tuneCommand(argv: string[]): Promise<number> {
@@ -160,7 +175,9 @@ export async function tuneCommand(argv: string[]): Promise<number> {
   const e = await createEngine();
   try {
     const adapter = adapterName(e);
-    if (!o['dry-run']) await readTuningCache(adapter); // a file that is not a cache fails now, not after the search
+    // A file that is not a cache fails now, not after the search; the entry's settings set by hand
+    // (kept beside the tiles stored) are in force while the tiles are timed.
+    e.setTuning(handSetTuning(await readTuningCache(adapter), adapter));
     console.log(`difrep tune: ${adapter}, ${o.seconds} s budget`);
     const t0 = performance.now();
     const { tuning, results } = await tuneKernels(e, o.seconds, (line) => console.log(line));

@@ -1,13 +1,19 @@
 // The kernel tuning cache that `difrep tune` (and `npm run bench -- --tune`) writes (~/.cache/difrep/tuning.json, or
 // $DIFREP_TUNING): per adapter and driver (the adapter's description names the driver version),
-// the register tiles that won on it. Every CLI command's engine applies the entry of its adapter.
-import { mkdir, readFile } from 'node:fs/promises';
+// the register tiles that won on it, stamped with the kernels they were timed on. Every Node CLI
+// command's engine applies the entry of its adapter; tiles timed on other kernels are left out.
+import { createHash } from 'node:crypto';
+import { readdirSync, readFileSync } from 'node:fs';
+import { mkdir, open, readFile, stat, unlink } from 'node:fs/promises';
 import { cpus, homedir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { createEngine, type Engine } from '../engine/engine.ts';
 import { checkTuning, TUNING_FAMILIES, type Tuning } from '../engine/tuning.ts';
 import { writeFileAtomic } from '../model/checkpoint/atomic-write.ts';
 import { describeFsError } from '../model/checkpoint/fs-error.ts';
+import { packageRoot } from './package-root.ts';
+
+const isRecord = (v: unknown): v is Record<string, unknown> => !!v && typeof v === 'object' && !Array.isArray(v);
 
 /** Adapter → its entry; entries are checked only when their adapter uses them (one from another machine or version blocks nothing here). */
 export type TuningCache = Record<string, unknown>;
@@ -30,8 +36,9 @@ export function adapterDescription(e: Engine): string {
  * different nodes keeps one entry per kind of node.
  */
 export function adapterName(e: Engine): string {
-  const cpu = e.cpuAdapter ? hostCpu() : '';
-  return cpu ? `${adapterDescription(e)} · ${cpu}` : adapterDescription(e);
+  if (!e.cpuAdapter) return adapterDescription(e);
+  // A runtime that will not name the CPU (Deno without --allow-sys) gets no other machine's tiles.
+  return `${adapterDescription(e)} · ${hostCpu() || 'CPU unknown'}`;
 }
 
 /** "<model> ×<cores>", or '' where the runtime will not say (Deno without --allow-sys). */
@@ -64,7 +71,6 @@ export async function readTuningCache(adapter?: string): Promise<TuningCache> {
   } catch (err) {
     throw new Error(`kernel tuning cache ${path} is not JSON (${(err as Error).message}): ${fix}`);
   }
-  const isRecord = (v: unknown): v is Record<string, unknown> => !!v && typeof v === 'object' && !Array.isArray(v);
   if (!isRecord(cache)) throw new Error(`kernel tuning cache ${path}: expected an object of adapter → kernel family → settings: ${fix}`);
   // A bare tuning ({"matmul": …}) names no adapter, so no adapter would ever apply it.
   const families = Object.keys(cache).filter((key) => TUNING_FAMILIES.includes(key));
@@ -80,18 +86,80 @@ export async function readTuningCache(adapter?: string): Promise<TuningCache> {
 /** The kernel families `difrep tune` searches: its result replaces these and nothing else. */
 const TUNED_FAMILIES = ['matmul', 'conv2d'] as const;
 
+/** The entry's key for the stamp of the kernels its tiles were timed on. */
+const STAMP = 'kernels';
+
+let stamp: string | undefined;
+
+/**
+ * A hash of the GEMM kernels' sources (kernels/*.ts): tiles timed on other kernels (an earlier or
+ * later difrep) may no longer win — a tile stored before the subgroup GEMM existed turned it off.
+ */
+export function kernelStamp(): string {
+  if (stamp) return stamp;
+  const dir = join(packageRoot(), 'kernels');
+  const hash = createHash('sha256');
+  for (const name of readdirSync(dir).filter((n) => n.endsWith('.ts')).sort()) hash.update(name).update(readFileSync(join(dir, name)));
+  stamp = hash.digest('hex').slice(0, 16);
+  return stamp;
+}
+
+/**
+ * The settings of `adapter`'s entry set by hand (not the tiles `difrep tune` stores, nor its
+ * stamp), checked: they stay in force beside the tiles, so the tiles are timed under them.
+ */
+export function handSetTuning(cache: TuningCache, adapter: string): Tuning {
+  const raw = cache[adapter];
+  if (raw === undefined) return {};
+  const where = `kernel tuning cache ${tuningPath()}: the entry of this adapter ("${adapter}")`;
+  const fix = 'delete that entry, or fix it';
+  if (!isRecord(raw)) return checkTuning(raw, where, fix); // throws, naming what it is
+  const settings = { ...raw };
+  for (const key of [...TUNED_FAMILIES, STAMP]) delete settings[key];
+  return checkTuning(settings, where, fix);
+}
+
 /**
  * Stores the tiles `difrep tune` found (`tuning`: matmul and conv2d, a family left out keeping its
  * built-in tiles) as `adapter`'s, keeping the entry's other settings (matmulSubgroup, attention,
  * rows: set by hand, documented) and the other adapters' entries as they are.
  */
 export async function storeTuning(adapter: string, tuning: Tuning): Promise<void> {
-  const cache = await readTuningCache();
-  const kept = { ...((cache[adapter] ?? {}) as Record<string, unknown>) };
-  for (const family of TUNED_FAMILIES) delete kept[family];
-  cache[adapter] = { ...kept, ...tuning };
   await mkdir(dirname(tuningPath()), { recursive: true });
-  await writeFileAtomic(tuningPath(), JSON.stringify(cache, null, 2) + '\n');
+  // Read, edit and write under a lock: two runs at once (nodes sharing a home folder) each wrote
+  // back the file as they had read it, dropping the other's entries.
+  await withFileLock(`${tuningPath()}.lock`, async () => {
+    const cache = await readTuningCache();
+    const kept = { ...((cache[adapter] ?? {}) as Record<string, unknown>) };
+    for (const family of TUNED_FAMILIES) delete kept[family];
+    cache[adapter] = { ...kept, ...tuning, [STAMP]: kernelStamp() };
+    await writeFileAtomic(tuningPath(), JSON.stringify(cache, null, 2) + '\n');
+  });
+}
+
+/** A lock older than this is taken for a crashed run's: a store takes well under a second. */
+const STALE_LOCK_MS = 30_000;
+
+/** Runs `fn` holding `lock` (a file created exclusively), waiting up to STALE_LOCK_MS for another holder. */
+async function withFileLock<T>(lock: string, fn: () => Promise<T>): Promise<T> {
+  const start = Date.now();
+  for (;;) {
+    try {
+      await (await open(lock, 'wx')).close();
+      break;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw new Error(`cannot lock the kernel tuning cache (${lock}): ${describeFsError(err)}`);
+      const age = await stat(lock).then((s) => Date.now() - s.mtimeMs, () => 0);
+      if (age > STALE_LOCK_MS) await unlink(lock).catch(() => {});
+      else if (Date.now() - start > STALE_LOCK_MS) throw new Error(`the kernel tuning cache is locked by another \`difrep tune\` (${lock}, ${Math.round(age / 1000)} s old): wait for it, or delete the lock file if no tune is running`);
+      else await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+  try {
+    return await fn();
+  } finally {
+    await unlink(lock).catch(() => {});
+  }
 }
 
 /**
@@ -111,13 +179,25 @@ export async function tunedEngine(): Promise<Engine> {
     // Before CPU adapters' keys named the CPU, their entries were keyed by the adapter alone.
     if (adapter !== adapterDescription(e) && cache[adapterDescription(e)] !== undefined) {
       console.error(`difrep: the entry "${adapterDescription(e)}" in ${tuningPath()} (an earlier difrep's, which kept CPU adapters' tiles without the CPU) is not applied: tiles are now kept per CPU model; run \`difrep tune\` again on this machine`);
+    } else if (Object.keys(cache).length) {
+      // A driver upgrade renames the adapter: its old entry no longer applies.
+      console.error(`difrep: ${tuningPath()} has no entry for this adapter ("${adapter}"): built-in kernel presets`);
     }
     return e;
   }
   const where = `kernel tuning cache ${tuningPath()}: the entry of this adapter ("${adapter}")`;
   const fix = 'delete that entry, or re-run `difrep tune` to replace it';
   try {
-    const entry = checkTuning(raw, where, fix);
+    if (!isRecord(raw)) checkTuning(raw, where, fix); // throws, naming what it is
+    const settings = { ...(raw as Record<string, unknown>) };
+    const stamped = settings[STAMP];
+    delete settings[STAMP];
+    // Tiles with no stamp were set by hand (or stored before stamps): applied as they are.
+    if (stamped !== undefined && stamped !== kernelStamp() && TUNED_FAMILIES.some((f) => f in settings)) {
+      for (const family of TUNED_FAMILIES) delete settings[family];
+      console.error(`difrep: the tiles in ${tuningPath()} for this adapter were timed on other kernels (another difrep version): not applied; run \`difrep tune\` again`);
+    }
+    const entry = checkTuning(settings, where, fix);
     if (Object.keys(entry).length) {
       e.setTuning(entry);
       console.error(`difrep: kernel tiles tuned for this adapter (${Object.keys(entry).join(', ')}) from ${tuningPath()}; delete that entry for the built-in presets`);

@@ -1,12 +1,13 @@
 // `difrep tune`: a bounded search over GEMM tiles whose result lands in the tuning cache, and the
 // rule that a tuned tile only takes outputs that fill it.
 import { existsSync } from 'node:fs';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
 import { chooseGemmTiling, tilingWorkgroupBytes } from '../../kernels/matmul.wgsl.ts';
 import { tilingCandidates, tuneKernels } from '../../src/cli/tune.ts';
+import { adapterName, kernelStamp } from '../../src/cli/tuning-cache.ts';
 import { testEngine } from '../helpers/check.ts';
 import { runCli } from '../helpers/cli.ts';
 
@@ -56,11 +57,25 @@ t.test('difrep tune stores its adapter\'s entry; --dry-run stores nothing; a bad
   t.ok(stored, run.stdout);
   const cache = JSON.parse(await readFile(path, 'utf8'));
   t.same(Object.keys(cache), [stored![1]], 'one entry, keyed by the adapter');
-  for (const [family, tiling] of Object.entries(cache[stored![1]])) {
+  const { kernels, ...families } = cache[stored![1]];
+  t.equal(kernels, kernelStamp(), 'stamped with the kernels it timed');
+  for (const [family, tiling] of Object.entries(families)) {
     t.ok(['matmul', 'conv2d'].includes(family), family);
     t.same(Object.keys(tiling as object).sort(), ['tk', 'tm', 'tn', 'wgX', 'wgY']);
   }
   const bad = runCli(['tune', '--seconds', '1']);
   t.equal(bad.status, 2, 'a usage error exits 2, as an unknown command does');
   t.match(bad.stderr, /difrep tune: --seconds must be a number ≥ 5 and ≤ 600, got "1"/);
+});
+
+// The entry's settings set by hand stay beside the stored tiles, so the tiles are timed under them:
+// with the subgroup GEMM turned off by hand, the baseline was still timed (and named) on it.
+t.test('tune times the tiles under the settings the entry keeps beside them', async (t) => {
+  const e = await testEngine();
+  if (!e.subgroupMatmul) return void t.pass('no subgroup GEMM on this adapter');
+  await writeFile(path, JSON.stringify({ [adapterName(e)]: { matmulSubgroup: { enabled: 0 } } }));
+  const dry = runCli(['tune', '--seconds', '5', '--dry-run']);
+  t.equal(dry.status, 0, dry.stderr);
+  t.match(dry.stdout, /matmul: built-in tiles \(\d+×\d+ threads × \d+×\d+ outputs, k \d+\) [\d.]+ GFLOP\/s/, 'the register tiles, not the subgroup GEMM');
+  await rm(path);
 });
