@@ -21,7 +21,7 @@ import { type FeatureArrays, fitHead, trainedHeadLogits } from '../train/fit.ts'
 import { readStateSettings } from '../train/checkpoint.ts';
 import { fitDifFeed } from '../train/fit-difeed.ts';
 import { standardizeSplits } from '../train/standardize.ts';
-import { sweepLinearProbes } from '../train/sweep.ts';
+import { bestSweepRow, sweepLinearProbes } from '../train/sweep.ts';
 import { given, type OptionSpecs, parseArgs, UsageError } from './args.ts';
 import { checkpointHash, loadModel, MODEL_OPTIONS, resolveFlags } from './model-options.ts';
 import { checkChartOutput, checkOutputFile, checkOutputFolder, type KeptPath } from './output-file.ts';
@@ -463,17 +463,19 @@ async function sweepCommand(argv: string[]): Promise<number> {
   const e = await tunedEngine();
   await mkdir(o.out, { recursive: true });
   const standardize = o.standardize === 'both' ? [false, true] : [o.standardize === 'on'];
+  // The whole recipe, recorded in sweep.json (StepLR and seed as `train --head linear` defaults them).
+  const recipe = { epochs: o.epochs, lr: o.lr, batch: o.batch, stepSize: 7, gamma: 0.1, seed: 0, classes };
   const rows = await sweepLinearProbes(e, train, test, {
-    onWarning: warnIf, timesteps: ts, blocks: bs, pools, standardize, classes, epochs: o.epochs, batchSize: o.batch, lr: o.lr,
+    onWarning: warnIf, timesteps: ts, blocks: bs, pools, standardize, classes, epochs: o.epochs, batchSize: o.batch, lr: o.lr, stepSize: recipe.stepSize, gamma: recipe.gamma, seed: recipe.seed,
     onRow: (r) => console.log(`pool ${r.pool}${r.standardize ? ', standardised' : ''}, ${pixels ? 'pixels' : `b ${r.b}, t ${r.t}`}: top-1 ${(100 * r.top1).toFixed(2)}%`),
   });
-  await writeSweepHeatmaps(o.out, rows.map((r) => ({ ...r, value: r.top1 })), {
+  const charts = await writeSweepHeatmaps(o.out, rows.map((r) => ({ ...r, value: r.top1 })), {
     title: (pool, std) => `linear probe top-1, pool ${pool}${std ? ', standardised' : ''}`, row: (b) => (pixels ? 'pixels' : `b${b}`), column: (t) => (pixels ? '' : `t${t}`),
   });
-  await writeFileAtomic(join(o.out, 'sweep.json'), JSON.stringify({ train: o.train, test: o.test, features: pixels ? 'pixels' : 'unet', epochs: o.epochs, lr: o.lr, batch: o.batch, rows }, null, 2));
-  const best = rows.reduce((a, r) => (r.top1 > a.top1 ? r : a), rows[0]);
+  await writeFileAtomic(join(o.out, 'sweep.json'), JSON.stringify({ train: o.train, test: o.test, features: pixels ? 'pixels' : 'unet', ...recipe, charts: charts.map((c) => basename(c)), rows }, null, 2));
+  const { best, tied } = bestSweepRow(rows);
   // Chosen on the test split it is scored on: an optimistic number (the demo chooses on a validation split).
-  console.log(`highest test top-1 of the grid: ${pixels ? 'pixels' : `b ${best.b}, t ${best.t}`}, pool ${best.pool}${best.standardize ? ', standardised' : ''}: ${(100 * best.top1).toFixed(2)}% (picked on the test split itself, so optimistic; choose on a validation split for a fair score) → ${join(o.out, 'sweep.json')}`);
+  console.log(`highest test top-1 of the grid: ${pixels ? 'pixels' : `b ${best.b}, t ${best.t}`}, pool ${best.pool}${best.standardize ? ', standardised' : ''}: ${(100 * best.top1).toFixed(2)}%${tied ? ` (tied with ${tied} other grid point${tied > 1 ? 's' : ''}; ties go to the lowest t, then block, pool, raw scale)` : ''} (picked on the test split itself, so optimistic; choose on a validation split for a fair score) → ${join(o.out, 'sweep.json')}`);
   e.dispose();
   return 0;
 }

@@ -17,8 +17,9 @@ export interface SweepOptions {
   epochs: number;
   batchSize: number;
   lr: number;
-  /** StepLR step in epochs (fitHead's default when absent). */
+  /** StepLR step in epochs and factor (fitHead's defaults when absent). */
   stepSize?: number;
+  gamma?: number;
   seed?: number;
   onRow?: (row: SweepRow) => void;
   /** Called once per pool whose standardised features have dimensions constant over the training split. */
@@ -72,7 +73,7 @@ export async function sweepLinearProbes(e: Engine, train: FeatureArrays, test: F
       const warning = constantDimensionsWarning(train.count, inputs.flatMap((i) => i.constant));
       if (warning) o.onWarning?.(`sweep, pool ${pool}: ${warning}`);
       const scores = await fitLinearProbeStack(e, inputs.map((i) => i.train), inputs.map((i) => i.test), {
-        classes: o.classes, epochs: o.epochs, batchSize: o.batchSize, lr: o.lr, stepSize: o.stepSize, seed: o.seed, what: `sweep, pool ${pool}, ${standardize ? 'standardised' : 'raw scale'}`,
+        classes: o.classes, epochs: o.epochs, batchSize: o.batchSize, lr: o.lr, stepSize: o.stepSize, gamma: o.gamma, seed: o.seed, what: `sweep, pool ${pool}, ${standardize ? 'standardised' : 'raw scale'}`,
         names: points.map(({ t, b }) => `features ${featureKey(t, b)}`),
       });
       points.forEach(({ t, b }, i) => {
@@ -83,4 +84,14 @@ export async function sweepLinearProbes(e: Engine, train: FeatureArrays, test: F
     }
   }
   return rows;
+}
+
+/**
+ * The row of highest top-1 and how many others tie with it. Ties go to the lowest t, then block,
+ * pool, raw scale (the demo's rule), so the pick does not depend on the order the grid was given in.
+ */
+export function bestSweepRow(rows: readonly SweepRow[]): { best: SweepRow; tied: number } {
+  if (!rows.length) throw new RangeError('bestSweepRow: no rows');
+  const ranked = [...rows].sort((a, b) => b.top1 - a.top1 || a.t - b.t || a.b - b.b || a.pool - b.pool || Number(a.standardize) - Number(b.standardize));
+  return { best: ranked[0], tied: ranked.filter((r) => r.top1 === ranked[0].top1).length - 1 };
 }

@@ -1,6 +1,6 @@
 // A raw-pixel cache holds exactly the model input the U-Net sees, and train, knn and sweep read it
 // without --t/--b (the miniature issue's pixel baseline under the same protocol as the features).
-import { mkdir, mkdtemp, readFile, rename, rm, symlink } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rename, rm, symlink } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
@@ -61,6 +61,11 @@ t.test('train, knn and sweep read a pixel cache without --t/--b', async (t) => {
   const sweep = JSON.parse(await readFile(join(dir, 'sweep', 'sweep.json'), 'utf8'));
   t.same(sweep.rows.map((r: { standardize: boolean; pool: number }) => [r.pool, r.standardize]), [[2, false], [2, true]]);
   t.ok((await readFile(join(dir, 'sweep', 'sweep-pool2-standardized.png'))).length > 100);
+  // Again into the same folder with another grid: the first run's charts beside these results read as theirs.
+  t.equal(await run('sweep', '--train', join(dir, 'train'), '--test', join(dir, 'test'), '--pool', '4', '--epochs', '1', '--batch', '8', '--out', join(dir, 'sweep')), 0);
+  t.same((await readdir(join(dir, 'sweep'))).sort(), ['sweep-pool4.png', 'sweep-pool4.svg', 'sweep.json'], 'only this run\'s charts');
+  const again = JSON.parse(await readFile(join(dir, 'sweep', 'sweep.json'), 'utf8'));
+  t.match(again, { charts: ['sweep-pool4.png'], epochs: 1, batch: 8, lr: 1e-3, stepSize: 7, gamma: 0.1, seed: 0, classes: 10 }, 'the whole recipe');
 });
 
 t.test('sweep warns, as train does, about dimensions constant over the training split when standardising', async (t) => {
