@@ -94,8 +94,9 @@ function groupNormCase(c: number, size: number, scaleShift: boolean, quick = fal
   return {
     family: 'GroupNorm+SiLU', name: `${c}ch @${size}²${scaleShift ? ' + scale-shift' : ''}`,
     // Counted as softmax's: x read once and y written once (what any kernel must move), though this
-    // one reads x twice, once for the statistics (one pass: Welford) and once to apply; + γ, β, scale-shift.
-    bytes: 2 * 4 * n + 4 * 4 * c,
+    // one reads x twice, once for the statistics (one pass: Welford) and once to apply; + γ, β (and
+    // the scale-shift's two per channel).
+    bytes: 2 * 4 * n + (scaleShift ? 4 : 2) * 4 * c,
     target: 0.6, quick,
     setup(e) {
       const x = rand(e, [1, c, size, size], 6);

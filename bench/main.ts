@@ -22,6 +22,8 @@ interface Row {
   ours?: Measurement;
   throughput: string;
   ofPeak?: number;
+  /** The ceiling ofPeak is of: the run-wide peak, or the row's own re-probe where that read higher (printed, so every % can be recomputed). */
+  ceiling?: string;
   /** What % of peak is computed from: the GFLOP/s performed (a Winograd conv's, not its effective rate) or the GB/s. */
   rate?: { gflops?: number; gbps?: number };
   /** The rate's probe (FMA or copy) run again right after the row: its ceiling when higher than the run-wide peak. */
@@ -168,10 +170,10 @@ function runPeer(kind: 'tfjs' | 'torch', cases: BenchCase[]): PeerRun {
 }
 
 function table(rows: Row[], peerLabel: string): string {
-  const head = ['kernel', 'shape', 'first', 'median', 'spread', 'throughput', '% of peak', 'target', `${peerLabel} median`, `ours/${peerLabel}`];
+  const head = ['kernel', 'shape', 'first', 'median', 'spread', 'throughput', '% of peak', 'ceiling', 'target', `${peerLabel} median`, `ours/${peerLabel}`];
   const body = rows.map((r) => [
     r.family, r.name, r.ours ? fmt(r.ours.firstMs) : '', r.ours ? fmt(r.ours.medianMs) : '', r.ours ? `${fmt(r.ours.minMs)}–${fmt(r.ours.maxMs)} (${r.ours.reps})` : '',
-    r.throughput, r.ofPeak === undefined ? '' : percentOfPeak(r.ofPeak), r.target === undefined ? '' : `${(100 * r.target).toFixed(0)}%`,
+    r.throughput, r.ofPeak === undefined ? '' : percentOfPeak(r.ofPeak), r.ceiling ?? '', r.target === undefined ? '' : `${(100 * r.target).toFixed(0)}%`,
     !r.peer ? '' : 'error' in r.peer ? 'n/a' : fmt(r.peer.medianMs), r.ratio === undefined ? '' : `${r.ratio.toFixed(2)}×`,
   ]);
   return [head, ...body].map((cols) => `| ${cols.join(' | ')} |`).join('\n').replace(/\n/, `\n|${head.map(() => '---').join('|')}|\n`);
@@ -202,9 +204,15 @@ function percentOfPeak(share: number): string {
 
 /** A row's share of the peaks: its GFLOP/s of the FMA peak, or its GB/s of the copy peak (or of the probe run next to it, when that read higher). */
 function ofPeakOf(row: Row, peaks: Peaks): number | undefined {
-  const ceiling = (peak: number) => Math.max(peak, row.probedNext ?? 0);
-  if (row.rate?.gflops !== undefined) return row.rate.gflops / ceiling(peaks.gflops);
-  if (row.rate?.gbps !== undefined) return row.rate.gbps / ceiling(peaks.gbps);
+  const ceiling = rowCeiling(row, peaks);
+  return ceiling && (row.rate!.gflops ?? row.rate!.gbps!) / ceiling.value;
+}
+
+/** The ceiling a row is rated against, and how the table prints it. */
+function rowCeiling(row: Row, peaks: Peaks): { value: number; text: string } | undefined {
+  const of = (peak: number) => Math.max(peak, row.probedNext ?? 0);
+  if (row.rate?.gflops !== undefined) return { value: of(peaks.gflops), text: `${of(peaks.gflops).toFixed(1)} GFLOP/s` };
+  if (row.rate?.gbps !== undefined) return { value: of(peaks.gbps), text: `${of(peaks.gbps).toFixed(2)} GB/s` };
   return undefined;
 }
 
@@ -226,6 +234,7 @@ async function report(engine: Engine, adapter: string, started: Date) {
     let m: Measurement;
     try {
       setup = await c.setup(engine);
+      await engine.sync(); // the row's inputs uploaded: "first" is its compilation and first run
       m = await measure(engine, setup.run, { flops: c.flops, bytes: c.bytes, ...repetitions(c) });
     } catch (err) {
       // A case this adapter cannot run (out of memory, a limit) is a row that says so, not the end of the run.
@@ -258,7 +267,10 @@ async function report(engine: Engine, adapter: string, started: Date) {
   const after: Peaks = await measurePeaks(engine);
   const peaks = higherPeaks(before, after);
   console.log(`measured peaks again: FMA ${after.gflops.toFixed(1)} GFLOP/s, copy ${after.gbps.toFixed(2)} GB/s; the higher of each pair is the ceiling`);
-  for (const row of rows) row.ofPeak = ofPeakOf(row, peaks);
+  for (const row of rows) {
+    row.ofPeak = ofPeakOf(row, peaks);
+    row.ceiling = rowCeiling(row, peaks)?.text;
+  }
   const overhead = await dispatchOverhead(engine);
   const transfer = await transferBandwidth(engine);
   console.log(`dispatch overhead: ${overhead.oneSubmitUs.toFixed(1)} µs per dispatch batched in few submits, ${overhead.perSubmitUs.toFixed(1)} µs with one submit each`);
@@ -270,10 +282,10 @@ async function report(engine: Engine, adapter: string, started: Date) {
   const md = value('--md');
   if (md) {
     const text = `# difrep bench results\n\nAdapter: ${adapter}  \nCPU: ${result.cpu} ×${result.cores}  \nDate: ${result.date}  \nMode: ${mode}${only ? `, rows matching ${only}` : ''}; load average at start ${result.loadavg.map((l) => l.toFixed(2)).join(' ')}  \n` +
-      `Measured peaks (each probe's fastest repetition, the higher of a run before and one after the rows; a row is rated against the higher of that and its probe run again right after it): FMA ${peaks.gflops.toFixed(1)} GFLOP/s (${peaks.config.fma.chains} vec4 chains, ${FMA_UNROLL} FMAs each per loop), copy ${peaks.gbps.toFixed(2)} GB/s (${peaks.config.copy.perThread} vec4s per invocation, ${peaks.config.copy.layout})  \nPeer: ${peer.description}; ours/${peer.label} = its median over ours (above 1: ours is faster)  \n` +
-      `Timing: wall time around submit + onSubmittedWorkDone, one warm-up call (\"first\", compilation included), median of the repetitions  \n` +
+      `Measured peaks (each probe's fastest repetition, the higher of a run before and one after the rows; a row is rated against the higher of that and its probe run again right after it): FMA ${peaks.gflops.toFixed(1)} GFLOP/s (${peaks.config.fma.chains} vec4 chains, ${FMA_UNROLL} FMAs each per loop; an adapter that lowers fma to a multiply and an add, as lavapipe does in the kernels too, reads its multiply-plus-add ceiling, not the CPU's fused peak), copy ${peaks.gbps.toFixed(2)} GB/s (${peaks.config.copy.perThread} vec4s per invocation, ${peaks.config.copy.layout})  \nPeer: ${peer.description}; ours/${peer.label} = its median over ours (above 1: ours is faster)  \n` +
+      `Timing: wall time around submit + onSubmittedWorkDone, one warm-up call (\"first\": compilation included, the inputs uploaded before it), median of the repetitions (the mean of the middle two for an even count; the peers' likewise)  \n` +
       `Tuning in use: ${JSON.stringify(engine.tuning)}  \n` +
-      `GB/s count each input read once and each output written once (what any kernel must move); a row over 100 % of peak says "ceiling under-read" (the probe ran at a busy moment)  \n` +
+      `GB/s count each input read once and each output written once (what any kernel must move); a row is rated against the ceiling beside it (the higher of the peak above and its probe run again right after it); over 100 % says "ceiling under-read" (the probe ran at a busy moment)  \n` +
       `Rows marked [Winograd F(2×2, 3×3)]: throughput is effective (the direct conv's FLOPs over the time), % of peak counts the FLOPs Winograd performs (4/9 of those for even sizes; transforms not counted)\n\n${table(rows, peer.label)}\n\n` +
       `Dispatch overhead: ${overhead.oneSubmitUs.toFixed(1)} µs per dispatch batched, ${overhead.perSubmitUs.toFixed(1)} µs with a submit each.  \n` +
       `Transfers (64 MiB): upload ${transfer.uploadGBps.toFixed(2)} GB/s, readback ${transfer.readbackGBps.toFixed(2)} GB/s.\n`;

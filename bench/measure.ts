@@ -42,7 +42,7 @@ export async function measure(e: Engine, run: () => void, opts: MeasureOptions =
     spent += ms;
   }
   times.sort((a, b) => a - b);
-  const medianMs = times[Math.floor(times.length / 2)];
+  const medianMs = median(times);
   return {
     firstMs,
     medianMs,
@@ -52,4 +52,10 @@ export async function measure(e: Engine, run: () => void, opts: MeasureOptions =
     gflops: opts.flops ? opts.flops / (medianMs * 1e6) : undefined,
     gbps: opts.bytes ? opts.bytes / (medianMs * 1e6) : undefined,
   };
+}
+
+/** The median of ascending `sorted` (the mean of the middle two for an even count), as Python's statistics.median. */
+export function median(sorted: readonly number[]): number {
+  const m = Math.floor(sorted.length / 2);
+  return sorted.length % 2 ? sorted[m] : (sorted[m - 1] + sorted[m]) / 2;
 }

@@ -165,7 +165,7 @@ def measure(run, sync, min_reps=3, max_reps=10, budget_ms=1000.0):
     times = []
     while len(times) < max_reps and (len(times) < min_reps or sum(times) < budget_ms):
         times.append(once())
-    return first, statistics.median_high(times), len(times)
+    return first, statistics.median(times), len(times)
 
 
 def main():
