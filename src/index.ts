@@ -15,3 +15,5 @@ export { trainStep } from './train/train-step.ts';
 export { knnClassify } from './train/eval/knn.ts';
 export { ckaMatrix } from './train/eval/cka.ts';
 export { preprocess as preprocessImage, type Rgb } from './train/data/preprocess.ts';
+export { type GreyImages, toModelInput as greyImagesToModelInput } from './train/data/grey-images.ts';
+export { noiseSeed } from './train/noise-seed.ts';

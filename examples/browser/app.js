@@ -1,11 +1,13 @@
 // The example page: pick images, choose t and b, run the U-Net on this browser's WebGPU, and show
 // the noised input, the feature channels of block b, GPU time per block and linear CKA between
 // blocks. Plain JavaScript over the built library (dist/); `npm run example` serves it.
-import { ckaMatrix, createEngine, gaussianNoise, linearSchedule, openSafetensors, paperBlocks, preprocessImage, qSample, UNet, withPrefix } from '/dist/src/index.js';
+import { ckaMatrix, createEngine, gaussianNoise, greyImagesToModelInput, linearSchedule, noiseSeed, openSafetensors, paperBlocks, preprocessImage, qSample, UNet, withPrefix } from '/dist/src/index.js';
+import { memorySource } from '/dist/src/model/checkpoint/byte-source.js';
 
 const $ = (id) => document.getElementById(id);
 const auto = new URLSearchParams(location.search).has('auto');
-const state = { engine: null, unet: null, images: [], names: [], busy: false };
+// `ids`: each image's number for its noise (a sample's test-set index, a file's place in the list).
+const state = { engine: null, unet: null, images: [], names: [], ids: [], busy: false, compiled: false };
 
 /** Lets the browser paint (progress, results) between steps of the work. */
 const nextFrame = () => new Promise((resolve) => setTimeout(resolve, 0));
@@ -44,7 +46,7 @@ async function fetchBytes(url, onFraction) {
 async function loadModel() {
   const config = await (await fetch('/model/config.json')).json();
   const bytes = await fetchBytes('/model/weights.safetensors', (f) => status(0.5 * f, `downloading weights ${Math.round(100 * f)}%`));
-  const source = await openSafetensors(bytes);
+  const source = await openSafetensors(memorySource(bytes, config.name)); // errors name the file
   const prefixed = source.keys().some((k) => k.startsWith('param.'));
   state.engine = await createEngine();
   state.unet = await UNet.load(state.engine, config.flags, prefixed ? withPrefix(source, 'param.') : source, (i, n) => status(0.5 + 0.5 * (i / n), `loading tensors ${i}/${n}`));
@@ -60,17 +62,14 @@ async function loadModel() {
   status(1, 'model ready: choose images');
 }
 
-/** An image (any size) as [3, S, S] values in [-1, 1], resized by the canvas. */
-function toPixels(draw, S) {
+/** A decoded image's RGBA pixels as the file stores them (no colour conversion, no premultiplied alpha). */
+async function rgbaOf(source) {
+  const bitmap = await createImageBitmap(source, { colorSpaceConversion: 'none', premultiplyAlpha: 'none' });
   const canvas = document.createElement('canvas');
-  canvas.width = canvas.height = S;
+  [canvas.width, canvas.height] = [bitmap.width, bitmap.height];
   const ctx = canvas.getContext('2d', { willReadFrequently: true });
-  ctx.imageSmoothingQuality = 'high';
-  draw(ctx, S);
-  const rgba = ctx.getImageData(0, 0, S, S).data;
-  const out = new Float32Array(3 * S * S);
-  for (let p = 0; p < S * S; p++) for (let c = 0; c < 3; c++) out[c * S * S + p] = rgba[4 * p + c] / 127.5 - 1;
-  return out;
+  ctx.drawImage(bitmap, 0, 0);
+  return { width: bitmap.width, height: bitmap.height, rgba: ctx.getImageData(0, 0, bitmap.width, bitmap.height).data };
 }
 
 /** Draws a [H, W] plane (or the mean of 3 planes) into a new canvas, scaled to [lo, hi]. */
@@ -98,9 +97,10 @@ function showImages(target, images, S) {
   }));
 }
 
-function setImages(images, names) {
+function setImages(images, names, ids) {
   state.images = images;
   state.names = names;
+  state.ids = ids;
   showImages('inputs', images, state.unet.plan.flags.image_size);
   $('run').disabled = images.length === 0;
   status(1, `${images.length} image(s) ready`);
@@ -109,33 +109,46 @@ function setImages(images, names) {
 async function useSamples() {
   const S = state.unet.plan.flags.image_size;
   const meta = await (await fetch('/examples/samples.json')).json();
-  const strip = new Image();
-  strip.src = '/examples/samples.png';
-  await strip.decode();
+  // The strip's grey 28×28 images, resized as the CLI resizes Fashion-MNIST (toModelInput: bilinear,
+  // in float): the samples' model input is the CLI's for those test images.
+  const strip = await rgbaOf(await (await fetch('/examples/samples.png')).blob());
   const n = meta.size;
-  setImages(meta.images.map((_, k) => toPixels((ctx, s) => ctx.drawImage(strip, k * n, 0, n, n, 0, 0, s, s), S)), meta.images.map((m) => m.label));
+  const count = meta.images.length;
+  const pixels = new Uint8Array(count * n * n);
+  for (let k = 0; k < count; k++) {
+    for (let y = 0; y < n; y++) for (let x = 0; x < n; x++) pixels[(k * n + y) * n + x] = strip.rgba[4 * (y * strip.width + k * n + x)];
+  }
+  const all = greyImagesToModelInput({ pixels, labels: new Uint8Array(count), count, rows: n, cols: n }, meta.images.map((_, k) => k), S);
+  const per = 3 * S * S;
+  setImages(meta.images.map((_, k) => all.slice(k * per, (k + 1) * per)), meta.images.map((m) => m.label), meta.images.map((m) => m.index));
 }
 
 async function useFiles(files) {
   const S = state.unet.plan.flags.image_size;
   const images = [];
+  const names = [];
+  const transparent = [];
   for (const f of files) {
     if (!f.type.startsWith('image/')) continue;
     // Its own pixels, then the CLI's preprocessing (shorter side to S, centre crop), not a stretch to S × S.
-    const bitmap = await createImageBitmap(f);
-    const canvas = document.createElement('canvas');
-    [canvas.width, canvas.height] = [bitmap.width, bitmap.height];
-    const ctx = canvas.getContext('2d', { willReadFrequently: true });
-    ctx.drawImage(bitmap, 0, 0);
-    const rgba = ctx.getImageData(0, 0, bitmap.width, bitmap.height).data;
-    const rgb = new Uint8Array(bitmap.width * bitmap.height * 3);
-    for (let p = 0; p < bitmap.width * bitmap.height; p++) rgb.set(rgba.subarray(4 * p, 4 * p + 3), 3 * p);
+    const { width, height, rgba } = await rgbaOf(f);
+    const rgb = new Uint8Array(width * height * 3);
+    let opaque = true;
+    for (let p = 0; p < width * height; p++) {
+      rgb.set(rgba.subarray(4 * p, 4 * p + 3), 3 * p);
+      opaque &&= rgba[4 * p + 3] === 255;
+    }
+    if (!opaque) transparent.push(f.name);
     const out = new Float32Array(3 * S * S);
-    preprocessImage({ width: bitmap.width, height: bitmap.height, data: rgb }, S, false, out, 0);
+    preprocessImage({ width, height, data: rgb }, S, false, out, 0);
     images.push(out);
+    names.push(f.name);
   }
   if (!images.length) throw new Error('none of the dropped files is an image');
-  setImages(images, [...files].map((f) => f.name));
+  setImages(images, names, images.map((_, i) => i));
+  // A 2D canvas keeps no colour under fully transparent pixels; the CLI's decoder (as Pillow's
+  // convert('RGB')) keeps the stored colour: such an image's input differs from the CLI's.
+  if (transparent.length) status(1, `${images.length} image(s) ready; ${transparent.join(', ')} ha${transparent.length > 1 ? 've' : 's'} transparent pixels, whose colour this browser does not keep (the CLI's decoder does): their input differs from the CLI's`);
 }
 
 function showTimings(times, blocks) {
@@ -186,8 +199,13 @@ async function extract() {
     const blocks = unet.plan.blocks.map((blk) => blk.b);
     const pixels = new Float32Array(N * 3 * S * S);
     state.images.forEach((im, i) => pixels.set(im, i * im.length));
+    // A headless run (difrep example --screenshot) reports what the U-Net was given, to check against the CLI's.
+    if (auto) console.log(`inputs: ${N} images, Σx0 ${pixels.reduce((a, v) => a + v, 0).toFixed(6)}, Σx0² ${pixels.reduce((a, v) => a + v * v, 0).toFixed(6)}`);
     const x0 = engine.tensor(pixels, [N, 3, S, S], 'x0');
-    const noise = engine.tensor(gaussianNoise(x0.size, 0), x0.shape, 'noise');
+    // Each image's own noise (seed 0, its number, t), whatever the other images: as the CLI's extraction draws it.
+    const eps = new Float32Array(N * 3 * S * S);
+    state.ids.forEach((id, i) => eps.set(gaussianNoise(3 * S * S, noiseSeed(0, id, t)), i * 3 * S * S));
+    const noise = engine.tensor(eps, x0.shape, 'noise');
     const xt = qSample(engine, linearSchedule(1000), x0, ts, noise);
     x0.dispose();
     noise.dispose();
@@ -200,6 +218,9 @@ async function extract() {
     const feature = unet.forward(xt, ts, { taps: [b] }).taps.get(b);
     const values = await feature.read();
     const msPerImage = (performance.now() - start) / N;
+    // The first run also compiles every kernel it meets (on SwiftShader ~10× a later run's time).
+    const timing = `${msPerImage.toFixed(1)} ms per image${state.compiled ? '' : ' (first run: compiling the kernels included; run again for the steady time)'}`;
+    state.compiled = true;
     const [, C, H, W] = feature.shape;
     $('channels').replaceChildren(...Array.from({ length: Math.min(C, 48) }, (_, c) => {
       const plane = values.subarray(c * H * W, (c + 1) * H * W);
@@ -209,7 +230,7 @@ async function extract() {
       return planeCanvas(plane, W, H, Math.max(1, Math.floor(48 / W)), lo, hi);
     }));
     feature.dispose();
-    console.log(`extraction: ${msPerImage.toFixed(1)} ms per image (${N} images, block ${b}, t = ${t})`);
+    console.log(`extraction: ${timing} (${N} images, block ${b}, t = ${t})`);
 
     // Every block, once more under the GPU profiler: time per block, and CKA between blocks.
     status(0.4, 'all blocks: timing and CKA …');
@@ -230,7 +251,7 @@ async function extract() {
     else $('timings').textContent = 'this adapter has no timestamp-query feature';
     if (N >= 3) showCka(await ckaMatrix(engine, sets), blocks);
     else $('ckaNote').textContent = 'CKA needs at least 3 images (with 2, any two blocks score 1)';
-    status(1, `block ${b}: ${C} × ${H} × ${W} per image, ${msPerImage.toFixed(1)} ms per image`);
+    status(1, `block ${b}: ${C} × ${H} × ${W} per image, ${timing}`);
     if (auto) globalThis.difrepExit = 0;
   } catch (e) {
     fail(e);

@@ -2,9 +2,10 @@
 // 127.0.0.1; with --screenshot it instead opens the page in headless Chromium, runs one
 // extraction on the bundled samples, saves a screenshot and exits with the page's verdict.
 import { existsSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
+import { open, readFile } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { writeFileAtomic } from '../model/checkpoint/atomic-write.ts';
+import { isSafetensors } from '../model/checkpoint/safetensors.ts';
 import { given, type OptionSpecs, parseArgs, UsageError } from './args.ts';
 import { ensureBuilt, launchChromium, runPage } from './chromium.ts';
 import { resolveFlags } from './model-options.ts';
@@ -24,6 +25,15 @@ const OPTIONS = {
 
 export async function startExampleServer(model: string, checkpoint: string, port = 0): Promise<StaticServer> {
   if (!existsSync(checkpoint)) throw new UsageError(`difrep example: checkpoint ${checkpoint} not found; pass --checkpoint FILE.safetensors (and --model) for another U-Net`);
+  // The page reads safetensors only: a .pt was served, and failed in the page with a garbage header length.
+  const head = new Uint8Array(16);
+  const fd = await open(checkpoint, 'r');
+  try {
+    await fd.read(head, 0, 16, 0);
+  } finally {
+    await fd.close();
+  }
+  if (!isSafetensors(head)) throw new UsageError(`difrep example: ${checkpoint} is not a safetensors file (the page reads safetensors only): export its state dict with safetensors.torch.save_file, or pass another --checkpoint`);
   ensureBuilt(root, (l) => console.log(l));
   const flags = await resolveFlags(model);
   const html = (await readFile(join(root, 'examples', 'browser', 'index.html'), 'utf8')).replace('<!--IMPORTMAP-->', importMapScript());

@@ -56,7 +56,8 @@ function inDeno(argv: string[]): number {
   console.log(`runtime: Deno (${deno})`);
   // Deno strips no TypeScript under node_modules: an installed package runs its built JavaScript.
   const main = isCheckout(root) ? join(root, 'src', 'cli', 'main.ts') : join(root, 'dist', 'src', 'cli', 'main.js');
-  const r = spawnSync(deno, ['run', '--quiet', '--unstable-webgpu', '--allow-read', '--allow-env', main, 'parity', ...rest], { stdio: 'inherit' });
+  // --no-prompt: a permission it lacks (sys, for the CPU's name) is refused, not asked at a terminal.
+  const r = spawnSync(deno, ['run', '--quiet', '--no-prompt', '--unstable-webgpu', '--allow-read', '--allow-env', main, 'parity', ...rest], { stdio: 'inherit' });
   if (r.error) throw new UsageError(`cannot start Deno (${r.error.message}): npm install deno, or put deno on the PATH`);
   return r.status ?? 1;
 }
@@ -83,7 +84,8 @@ async function inChromium(o: ParityArgs): Promise<number> {
     console.log(`runtime: ${await browser.version()} (headless)`);
     const run = await runPage(browser, `${server.url}/parity.html?${q}`, (l) => console.log(l));
     for (const e of run.errors) console.error(`page error: ${e}`);
-    return run.exit;
+    // An error the page logged (a GPU validation error, an exception) fails the run, as in `difrep example`.
+    return run.exit === 0 && run.errors.length ? 1 : run.exit;
   } finally {
     await browser.close();
     await server.close();

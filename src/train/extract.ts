@@ -8,7 +8,6 @@ import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Engine } from '../engine/engine.ts';
 import { adaptiveAvgPool2d } from '../engine/ops/adaptive-pool.ts';
-import { hashSeeds } from '../engine/random.ts';
 import type { Tensor } from '../engine/tensor.ts';
 import { gaussianNoise, linearSchedule, qSample } from '../model/diffusion.ts';
 import { firstNonFinite } from '../model/checkpoint/tensor-source.ts';
@@ -17,6 +16,7 @@ import { lockCacheShard } from './cache-lock.ts';
 import { type CacheSignature, checkCacheSignature, firstDuplicate, makeCacheSignature, planChunks, TIMESTEPS } from './cache-signature.ts';
 import { checkExistingCache } from './feature-cache.ts';
 import { writeFeatureChunk } from './feature-chunk.ts';
+import { noiseSeed } from './noise-seed.ts';
 import { featureKey, PIXEL_BLOCK } from './feature-key.ts';
 
 export { featureKey, PIXEL_BLOCK } from './feature-key.ts';
@@ -51,15 +51,6 @@ export interface ExtractOptions {
 
 const DEFAULT_CHUNK = 256;
 
-/**
- * Per-image noise seed, so a feature never depends on batch composition or sharding. The seed is
- * mixed (murmur3's finaliser) before the image joins it: XORed in as they were, seeds b and b′ gave
- * image i the noise of image i ⊕ b ⊕ b′ (DifFeed's epochs, bases seed + epoch + 1, drew 224 distinct
- * ε for 200 images × 28 epochs, and two extraction seeds the same ε for other images).
- */
-export function noiseSeed(seed: number, image: number, t: number): number {
-  return hashSeeds(seed, image, t);
-}
 
 /**
  * The noise seed of an extraction: `seed` mixed (FNV-1a) with the dataset it reads, its provenance

@@ -2,7 +2,7 @@
 // p = 1/2) of NCHW images. Each coin comes from a hash of a stream seed and an item (noiseSeed in
 // a stream of its own), not from a run's generator, so turning flips on or off leaves every other
 // draw of a run as it was.
-import { noiseSeed } from './extract.ts';
+import { noiseSeed } from './noise-seed.ts';
 
 /** Keeps the flips' hash stream apart from the noise's (noiseSeed's third input is a timestep there). */
 const FLIP_STREAM = 0xf119;

@@ -137,4 +137,7 @@ t.test('example --screenshot checks its file before any work', async (t) => {
   await writeFile(weights, 'x');
   await t.rejects(exampleCommand(['--checkpoint', weights, '--screenshot', weights]), { name: 'UsageError', message: /--screenshot .*weights\.safetensors .*the weights --checkpoint serves/ });
   t.equal((await readFile(weights, 'utf8')), 'x', 'the weights are untouched');
+  // The page reads safetensors only: a .pt was served and failed in the page ("header length 578712552184433500").
+  const pt = new URL('../fixtures/adm32-mini.pt', import.meta.url).pathname;
+  await t.rejects(exampleCommand(['--checkpoint', pt, '--screenshot', join(dir, 'shot.png')]), { name: 'UsageError', message: /difrep example: .*adm32-mini\.pt is not a safetensors file \(the page reads safetensors only\)/ });
 });

@@ -3,7 +3,7 @@
 // image i under base b the noise of image i ⊕ b ⊕ b′ under base b′: DifFeed's epochs (bases seed +
 // epoch + 1) recycled their noise, and two extraction seeds drew the same ε for permuted images.
 import t from 'tap';
-import { noiseSeed } from '../../src/train/extract.ts';
+import { noiseSeed } from '../../src/train/noise-seed.ts';
 import { trainingNoiseBase } from '../../src/train/fit-difeed.ts';
 
 t.test('DifFeed\'s 28 epochs over 200 images draw 5,600 distinct noises', async (t) => {

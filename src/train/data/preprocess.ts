@@ -1,5 +1,7 @@
-// What every image becomes before the U-Net sees it, the same in Node (image folders, the CLI) and
-// in a browser (the example page): guided-diffusion's center_crop_arr (guided_diffusion/
+// What every decoded image becomes before the U-Net sees it, the same in Node (image folders, the
+// CLI) and in a browser (the example page; its decoding is the browser's, which applies EXIF
+// rotation and drops colour under transparent pixels where the CLI's decoder, as Pillow, does
+// neither): guided-diffusion's center_crop_arr (guided_diffusion/
 // image_datasets.py, its evaluation preprocessing): Pillow BOX halving while the shorter side is at
 // least twice the model size, then a BICUBIC (antialiased) resize of the shorter side to the model
 // size, centre crop — bit-exact with Pillow 9.4 — then an optional horizontal flip and CHW values
