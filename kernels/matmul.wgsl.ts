@@ -95,7 +95,8 @@ export const GPU_TILINGS = {
 /**
  * The tile of an M × N GEMM output. A tuning (`difrep tune`, or the engine's `tuning` option)
  * wins for every output that fills at least one of its tiles; narrower outputs keep the per-shape
- * rule, and sizes a tuning leaves out keep that rule's (not a generic default's). That rule is, on lavapipe, 16 × 16 outputs per thread and 32-deep slabs (fewer
+ * rule. Sizes a tuning leaves out are DEFAULT_MATMUL_TILING's, the tile the engine checked against the
+ * device's limits (the per-shape rule's vary with the shape, so no check could vouch for them). That rule is, on lavapipe, 16 × 16 outputs per thread and 32-deep slabs (fewer
  * workgroup-memory reads and barriers per FMA; 2 cores, batch 16: conv 64→64 3×3 @16² forward 8.6
  * vs 7.2 GFLOP/s, weight gradient 7.4 vs 5.3), with 64-column tiles for 32–63 rows over fewer than
  * 1024 columns (a 32→32 conv's weight gradient: 6.0 vs 3.9), 32 × 32 tiles for 32–63 columns, and
@@ -105,7 +106,7 @@ export const GPU_TILINGS = {
 export function chooseGemmTiling(M: number, N: number, presets: GemmPresets, tuned?: Partial<MatmulTiling>, maxWorkgroupBytes = 16384): MatmulTiling {
   const builtIn = builtInGemmTiling(M, N, presets, maxWorkgroupBytes);
   if (!tuned || !Object.keys(tuned).length) return builtIn;
-  const t = { ...builtIn, ...tuned };
+  const t = { ...DEFAULT_MATMUL_TILING, ...tuned };
   if (tilingWorkgroupBytes(t) > maxWorkgroupBytes) {
     throw new RangeError(`tuned tiling ${JSON.stringify(t)} stages ${tilingWorkgroupBytes(t)} bytes of workgroup memory, over this device's ${maxWorkgroupBytes}; re-run difrep tune on this adapter`);
   }
