@@ -74,3 +74,16 @@ t.test('a step that fails frees the batch and what the step made, whole or in pa
     for (const p of unet.parameters().values()) p.dispose();
   }
 });
+
+t.test('a batch whose head feature is over one binding trains in parts: the head sees a part at a time', async (t) => {
+  // Feedback 9 → 5, feature block 7: the feedback maps of 8 images fit 4 images' binding, block 7's
+  // feature for the head ([8, 64, 16, 16], 524,288 bytes) does not; it was refused for the whole batch.
+  const perImage = largestBindingPerImage(e, UNet.random(e, MINI_UNET, 11).plan, { last: 9, output: false, gradients: true }).bytesPerImage;
+  const small = await createEngine({ maxBindingBytes: 4 * perImage });
+  t.teardown(() => small.dispose());
+  const source = randomImages(16);
+  const options: DifFeedFitOptions = { classes: 4, head: { dim: 16, heads: 2, layers: 1, prePoolSize: 4 }, feedbackBlocks: [9], featureBlock: 7, epochs: 1, batchSize: 8, seed: 5 };
+  const [whole, parts] = [await fitDifFeed(e, UNet.random(e, MINI_UNET, 11), source, source, options), await fitDifFeed(small, UNet.random(small, MINI_UNET, 11), source, source, options)];
+  t.ok(Math.abs(parts.losses[0] - whole.losses[0]) <= 1e-5 * whole.losses[0], `loss ${parts.losses[0]} in parts, ${whole.losses[0]} whole`);
+  t.same(parts.testHits, whole.testHits);
+});

@@ -144,6 +144,7 @@ export class DifFeed {
   forwardGivenFirstPass(xt: Tensor, first: Map<number, Tensor>, training: boolean, probe?: FeedbackProbe): Tensor {
     const e = this.engine;
     this.checkFirstPass(first, xt.shape[0]);
+    this.checkWholeBatchBindings(xt.shape[0], true);
     return e.tidy(() => this.secondPass(xt, this.feedbackMaps(first, training, probe)));
   }
 
@@ -156,7 +157,7 @@ export class DifFeed {
     const e = this.engine;
     const N = first.values().next().value?.shape[0] ?? 0;
     this.checkFirstPass(first, N);
-    this.checkWholeBatchBindings(N);
+    this.checkWholeBatchBindings(N, false);
     return e.tidy(() => {
       const feedback = new Map<number, Tensor>();
       this.feedbackBlocks.forEach((b, i) => {
@@ -195,12 +196,13 @@ export class DifFeed {
   }
 
   /**
-   * The U-Net passes run a big batch in chunks, but the feedback layers and the head run on the
-   * whole batch, and the feedback (which takes part in the backward) is sliced whole: each of
-   * these tensors must fit one storage binding. The largest are the feedback maps (conv, BN,
-   * ReLU and the bilinear resize between the two resolutions) and the feature the head reads.
+   * The U-Net passes run a big batch in chunks, but the feedback layers run on the whole batch, and
+   * the feedback (which takes part in the backward) is sliced whole: each of these tensors must fit
+   * one storage binding. The largest are the feedback maps (conv, BN, ReLU and the bilinear resize
+   * between the two resolutions), and with `head` (one pass over the batch: forward) the feature
+   * the head reads; training in parts gives the head a part at a time.
    */
-  private checkWholeBatchBindings(N: number): void {
+  private checkWholeBatchBindings(N: number, head: boolean): void {
     const blocks = this.unet.plan.blocks;
     let most = { bytes: 0, what: '' };
     const need = (what: string, channels: number, size: number) => {
@@ -213,13 +215,13 @@ export class DifFeed {
       need(`the feedback from block ${b} into block ${to.b}`, Math.max(from.outChannels, to.outChannels), Math.max(from.size, to.size));
     });
     const f = blocks[this.featureBlock - 1];
-    need(`block ${f.b}'s feature for the head`, f.outChannels, f.size);
+    if (head) need(`block ${f.b}'s feature for the head`, f.outChannels, f.size);
     const max = this.engine.maxBindingBytes;
     if (most.bytes <= max) return;
     const fit = Math.floor(max / (most.bytes / N));
     throw new BindingLimitError(
       `DifFeed: ${most.what} is ${most.bytes} bytes, over the largest storage binding, ${describeBindingLimit(this.engine)}. ` +
-        'Only the U-Net passes split a batch; the feedback layers and the head take it whole' +
+        `Only the U-Net passes split a batch; the feedback layers${head ? ' and the head' : ''} take it whole` +
         (fit > 0 ? `: use batches of at most ${fit} images` : ', and not even one image fits: feed back from lower-resolution blocks'),
     );
   }
