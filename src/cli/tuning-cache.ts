@@ -143,6 +143,7 @@ const STALE_LOCK_MS = 30_000;
 /** Runs `fn` holding `lock` (a file created exclusively), waiting up to STALE_LOCK_MS for another holder. */
 async function withFileLock<T>(lock: string, fn: () => Promise<T>): Promise<T> {
   const start = Date.now();
+  let said = false;
   for (;;) {
     try {
       await (await open(lock, 'wx')).close();
@@ -151,8 +152,12 @@ async function withFileLock<T>(lock: string, fn: () => Promise<T>): Promise<T> {
       if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw new Error(`cannot lock the kernel tuning cache (${lock}): ${describeFsError(err)}`);
       const age = await stat(lock).then((s) => Date.now() - s.mtimeMs, () => 0);
       if (age > STALE_LOCK_MS) await unlink(lock).catch(() => {});
-      else if (Date.now() - start > STALE_LOCK_MS) throw new Error(`the kernel tuning cache is locked by another \`difrep tune\` (${lock}, ${Math.round(age / 1000)} s old): wait for it, or delete the lock file if no tune is running`);
-      else await new Promise((r) => setTimeout(r, 50));
+      else if (!said && Date.now() - start > 1000) {
+        said = true;
+        console.error(`difrep: waiting for another \`difrep tune\` to store its entry (${lock}; one left by a stopped run is taken over after ${STALE_LOCK_MS / 1000} s)`);
+      }
+      if (Date.now() - start > STALE_LOCK_MS) throw new Error(`the kernel tuning cache is locked by another \`difrep tune\` (${lock}, ${Math.round(age / 1000)} s old): wait for it, or delete the lock file if no tune is running`);
+      await new Promise((r) => setTimeout(r, 50));
     }
   }
   try {
@@ -186,7 +191,7 @@ export async function tunedEngine(): Promise<Engine> {
     return e;
   }
   const where = `kernel tuning cache ${tuningPath()}: the entry of this adapter ("${adapter}")`;
-  const fix = 'delete that entry, or re-run `difrep tune` to replace it';
+  const fix = 'delete that entry or fix it (`difrep tune` rewrites only its matmul and conv2d tiles)';
   try {
     if (!isRecord(raw)) checkTuning(raw, where, fix); // throws, naming what it is
     const settings = { ...(raw as Record<string, unknown>) };

@@ -287,9 +287,9 @@ export class Engine {
 
   /**
    * A tensor sharing `t`'s buffer with another shape of the same size (no copy). Recorded on the
-   * tape like any op when t needs a gradient (the gradient is viewed back to t's shape).
+   * tape like any op when t needs a gradient (the gradient is viewed back to t's shape), as `op`.
    */
-  view(t: Tensor, shape: Shape, label = t.label): Tensor {
+  view(t: Tensor, shape: Shape, label = t.label, op = 'view'): Tensor {
     this.checkOwn(t, 'view');
     if (numel(shape) !== t.size) {
       throw new RangeError(`cannot view ${t.label} ${shapeString(t.shape)} as ${shapeString(shape)}: sizes differ`);
@@ -297,7 +297,7 @@ export class Engine {
     void t.buffer; // a disposed tensor: "used after dispose", not a retain of a buffer since handed on
     t.storage.retain();
     const y = new Tensor(this, shape, t.storage, label);
-    this.tape.record('view', [t], [y], [], ([g]) => [this.view(g!, t.shape)]);
+    this.tape.record(op, [t], [y], [], ([g]) => [this.view(g!, t.shape)]);
     return y;
   }
 

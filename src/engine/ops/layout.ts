@@ -50,7 +50,7 @@ export function reshape(x: Tensor, shape: readonly number[]): Tensor {
   if (numel(resolved) !== x.size || resolved.some((d) => !Number.isInteger(d))) {
     throw new RangeError(`reshape: cannot view ${x.label} ${shapeString(x.shape)} as ${shapeString(shape)}`);
   }
-  return e.view(x, resolved); // recorded there
+  return e.view(x, resolved, x.label, 'reshape'); // recorded there
 }
 
 /** Reorders axes: y.shape[i] = x.shape[perm[i]]. Backward: permute by the inverse. */
