@@ -20,7 +20,7 @@ const PRETRAIN = {
   ...MODEL_OPTIONS,
   checkpoint: { type: 'string', meta: 'FILE', help: 'weights to start from (.pt or .safetensors); without it, guided-diffusion\'s initialisation seeded by --seed' },
   steps: { type: 'int', min: 1, max: 100_000_000, help: 'total optimizer steps (a resumed run continues to this count)', default: 1000 },
-  batch: { type: 'int', min: 1, max: 65_536, help: 'images per step', default: 32 },
+  batch: { type: 'int', min: 1, max: 65_536, help: 'images per step (more than one U-Net chunk holds train in parts, their gradients added up: the same step)', default: 32 },
   lr: { type: 'number', above: 0, max: 1, help: 'Adam learning rate', default: 1e-4 },
   ema: { type: 'number', min: 0, max: 1, help: 'EMA decay of the weights', default: 0.9999 },
   images: { type: 'int', min: 0, max: 60_000, help: 'Fashion-MNIST training images used (0 = all 60,000)', default: 0 },
