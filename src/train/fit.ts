@@ -1,6 +1,8 @@
 // Trains a head on cached features with the paper's recipe (Adam, StepLR(7, 0.1), 28 epochs by
 // default), checkpointing every epoch so a killed run resumes exactly, and evaluates top-1/top-5.
 import type { Engine } from '../engine/engine.ts';
+import { scale } from '../engine/ops/elementwise.ts';
+import { concatRows } from '../engine/ops/layout.ts';
 import { crossEntropy } from '../engine/ops/nn.ts';
 import type { Tensor } from '../engine/tensor.ts';
 import { ATTENTION_HEAD_DEFAULTS, AttentionHead, type AttentionHeadOptions } from '../model/heads/attention-head.ts';
@@ -80,15 +82,17 @@ export interface FitResult {
 interface Model {
   params: Map<string, Tensor>;
   logits(batch: Map<string, Tensor>): Tensor;
+  /** The most images one call of logits may take: what the head's bindings hold (a larger batch runs in parts). */
+  part: number;
 }
 
-function buildModel(e: Engine, data: FeatureArrays, o: FitOptions, batchSize: number): Model {
+function buildModel(e: Engine, data: FeatureArrays, o: FitOptions): Model {
   const first = data.features.get(featureKey(o.timesteps[0], o.blocks[0]));
   if (!first) throw new Error(`no cached features for t=${o.timesteps[0]}, b=${o.blocks[0]}`);
   if (o.head === 'linear') {
     if (o.timesteps.length !== 1 || o.blocks.length !== 1) throw new Error('a linear probe reads exactly one t and one b');
     const probe = LinearProbe.create(e, { channels: first.shape[0], classes: o.classes, pool: o.pool ?? 2 }, o.seed ?? 0);
-    return { params: probe.params, logits: (batch) => probe.forward(batch.get(featureKey(o.timesteps[0], o.blocks[0]))!) };
+    return { params: probe.params, logits: (batch) => probe.forward(batch.get(featureKey(o.timesteps[0], o.blocks[0]))!), part: Infinity };
   }
   const blocks = o.blocks.map((b) => {
     const s = data.features.get(featureKey(o.timesteps[0], b))!.shape;
@@ -96,15 +100,18 @@ function buildModel(e: Engine, data: FeatureArrays, o: FitOptions, batchSize: nu
   });
   const options = { ...o.attention, blocks, timesteps: o.timesteps, classes: o.classes };
   AttentionHead.checkSize(e, options);
-  // Checked before any work: at the paper's defaults (d 1024, 8 heads, 257 tokens) a batch of 128 binds 270 MB of attention weights.
+  // The head binds its attention weights for the images it is given: at the paper's defaults (d 1024,
+  // 8 heads, 257 tokens) a batch of 128 binds 270 MB, so a batch runs in parts of what one binding
+  // holds (the released code's 128 are 4 GPUs × 32, its gradients averaged alike); one image must fit.
   const perImage = AttentionHead.bytesPerImage(options);
-  if (batchSize * perImage > e.maxBindingBytes) {
-    throw new RangeError(`attention head: a batch of ${batchSize} binds ${batchSize * perImage} bytes at once (its attention weights or MLP), over this device's largest storage binding (${e.maxBindingBytes}): give --batch ${e.perBinding(perImage)} or less, or a smaller --dim or --pre-pool`);
+  if (perImage > e.maxBindingBytes) {
+    throw new RangeError(`attention head: one image binds ${perImage} bytes (its attention weights or MLP), over this device's largest storage binding (${e.maxBindingBytes}): give a smaller --dim or --pre-pool`);
   }
   const head = AttentionHead.create(e, options, o.seed ?? 0);
   return {
     params: head.params,
     logits: (batch) => head.forward(new Map(o.timesteps.map((t) => [t, new Map(o.blocks.map((b) => [b, batch.get(featureKey(t, b))!]))]))),
+    part: e.perBinding(perImage),
   };
 }
 
@@ -192,7 +199,7 @@ export async function trainedHeadLogits(e: Engine, statePath: string, data: Feat
         throw new Error(`${statePath}: the head read features ${k} as [${want}], these are [${got}] after its pooling: score a cache extracted with the --pool of its training cache (or 0)`);
       }
     }
-    const model = buildModel(e, data, o, Number(settings.batchSize) || 128);
+    const model = buildModel(e, data, o);
     try {
       for (const [k, p] of model.params) {
         const info = src.info(`param.${k}`);
@@ -200,8 +207,8 @@ export async function trainedHeadLogits(e: Engine, statePath: string, data: Feat
         if (info.shape.join() !== p.shape.join()) throw new Error(`${statePath}: parameter ${k} is [${info.shape}], but these features make it [${p.shape}]: score features of the kind the head was trained on`);
         e.writeBuffer(p.buffer, 0, await readFinite(src, `param.${k}`));
       }
-      // In the batches it was trained and evaluated in: a larger one may not fit a binding (an attention head's T × T weights).
-      return { logits: await predict(e, model, data, keys, Number(settings.batchSize) || 128), classes: o.classes, settings };
+      // In batches of at most what the head's bindings hold (an attention head's T × T weights).
+      return { logits: await predict(e, model, data, keys, Math.min(Number(settings.batchSize) || 128, model.part)), classes: o.classes, settings };
     } finally {
       for (const p of model.params.values()) p.dispose();
     }
@@ -220,7 +227,7 @@ export async function fitHead(e: Engine, train: FeatureArrays, test: FeatureArra
   const keys = o.timesteps.flatMap((t) => o.blocks.map((b) => featureKey(t, b)));
   train = prePooled(train, keys, o);
   test = prePooled(test, keys, o);
-  const model = buildModel(e, train, o, batchSize);
+  const model = buildModel(e, train, o);
   const optimizer: Optimizer = optName === 'sgd' ? new Sgd(e, model.params, lr) : new Adam(e, model.params, { lr });
   // Freed however the run ends: a failed fit (a NaN loss, a refused resume) kept them, and a caller
   // retrying at a smaller batch piled them up.
@@ -247,9 +254,21 @@ export async function fitHead(e: Engine, train: FeatureArrays, test: FeatureArra
       const steps = new StepLosses(e);
       for (const [bi, idx] of batches.entries()) {
         const labels = idx.map((i) => train.labels[i]);
-        let logits: Tensor | null = null;
-        const loss = await trainStepKeepingLoss(e, optimizer, () => crossEntropy((logits = e.keep(model.logits(gather(e, train, keys, idx)))), labels));
-        await steps.add(loss, labels, `epoch ${epoch + 1}, batch ${bi + 1} (step ${optimizer.steps})`, logits!);
+        // A batch larger than the head's bindings hold trains in parts, each part's mean loss
+        // weighted by its share: their gradients add up to the batch's.
+        const parts: [number, number][] = [];
+        for (let s = 0; s < idx.length; s += model.part) parts.push([s, Math.min(idx.length, s + model.part)]);
+        const logits: Tensor[] = [];
+        const loss = await trainStepKeepingLoss(e, optimizer, parts.map(([s, end]) => () => {
+          const l = crossEntropy(logits[logits.push(e.keep(model.logits(gather(e, train, keys, idx.slice(s, end))))) - 1], labels.slice(s, end));
+          return parts.length === 1 ? l : scale(l, (end - s) / idx.length);
+        })).catch((err) => {
+          for (const l of logits) l.dispose();
+          throw err;
+        });
+        const all = logits.length === 1 ? logits[0] : e.noGrad(() => concatRows(logits));
+        if (logits.length > 1) for (const l of logits) l.dispose();
+        await steps.add(loss, labels, `epoch ${epoch + 1}, batch ${bi + 1} (step ${optimizer.steps})`, all);
         o.onBatch?.(bi + 1, batchesPerEpoch);
       }
       await steps.read();
@@ -260,7 +279,7 @@ export async function fitHead(e: Engine, train: FeatureArrays, test: FeatureArra
       if (o.checkpoint) await saveTrainingState(o.checkpoint, model.params, optimizer, { epoch, steps: optimizer.steps, losses: JSON.stringify(losses), seconds: seconds() }, settings);
       o.onEpoch?.({ epoch, epochs, loss, trainAccuracy: correct / seen, lr: optimizer.lr, seconds: (performance.now() - te) / 1000 });
     }
-    const acc = await evaluate(e, model, test, keys, batchSize);
+    const acc = await evaluate(e, model, test, keys, Math.min(batchSize, model.part));
     let params = 0;
     for (const p of model.params.values()) params += p.size;
     return { head: o.head, epochs, optimizer: optName, lr, batchSize, params, losses, ...acc, settings, seconds: seconds() };
