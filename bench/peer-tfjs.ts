@@ -52,7 +52,7 @@ for (const [i, op] of list.entries()) {
         if (backend.commandEncoder) backend.submitQueue!();
         await backend.device!.queue.onSubmittedWorkDone();
       } else {
-        const one = tf.slice(tf.reshape(r, [-1]), [0], [1]);
+        const one = tf.tidy(() => tf.slice(tf.reshape(r, [-1]), [0], [1]));
         await one.data();
         one.dispose();
       }

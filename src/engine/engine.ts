@@ -707,14 +707,14 @@ const MAX_OUTPUTS_PER_THREAD = 256;
 /**
  * Tuned tiles must fit the device and build (Dawn would say so only at the first read, dropping the
  * batch; a conv kernel only at the first conv large enough to use them): each tiling as the kernels
- * see it, the built-in one with the tuned sizes over it.
+ * see it, the generic tile (DEFAULT_MATMUL_TILING) with the tuned sizes over it.
  */
 function checkTilesFit(tuning: Tuning, limits: GPUSupportedLimits): void {
   for (const family of ['matmul', 'conv2d'] as const) {
     if (!tuning[family] || !Object.keys(tuning[family]).length) continue;
     const t = { ...DEFAULT_MATMUL_TILING, ...tuning[family] };
     if (t.wgX > limits.maxComputeWorkgroupSizeX || t.wgY > limits.maxComputeWorkgroupSizeY || t.wgX * t.wgY > limits.maxComputeInvocationsPerWorkgroup) {
-      throw new RangeError(`tuning ${family}: workgroups of ${t.wgX} × ${t.wgY} threads (with the built-in sizes for those not given) do not fit this device (at most ${limits.maxComputeWorkgroupSizeX} × ${limits.maxComputeWorkgroupSizeY}, ${limits.maxComputeInvocationsPerWorkgroup} in all): choose smaller wgX/wgY`);
+      throw new RangeError(`tuning ${family}: workgroups of ${t.wgX} × ${t.wgY} threads (with the generic tile's sizes for those not given) do not fit this device (at most ${limits.maxComputeWorkgroupSizeX} × ${limits.maxComputeWorkgroupSizeY}, ${limits.maxComputeInvocationsPerWorkgroup} in all): choose smaller wgX/wgY`);
     }
     if (tilingWorkgroupBytes(t) > limits.maxComputeWorkgroupStorageSize) {
       throw new RangeError(`tuning ${family}: ${JSON.stringify(t)} stages ${tilingWorkgroupBytes(t)} bytes of workgroup memory, over this device's ${limits.maxComputeWorkgroupStorageSize}: choose smaller tiles`);

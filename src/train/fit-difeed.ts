@@ -133,33 +133,37 @@ export async function fitDifFeed(e: Engine, unet: UNet, train: ImageSource, test
       const epochIdx = epochBatches(train.count, batchSize, seed * 1000 + epoch, 'DifFeed');
       const batches = epochIdx.length;
       const steps = new StepLosses(e);
-      const resumeAt = partial && epoch === startEpoch ? partial.batch : 0;
-      // A batch count past the epoch's would skip the whole epoch unseen.
-      if (resumeAt >= batches) throw new CheckpointError(o.checkpoint!, `corrupt training checkpoint: saved within epoch ${epoch + 1} after batch ${resumeAt}, but the epoch has ${batches} batches`);
-      if (resumeAt) steps.weightedSum = partial!.lossSum;
-      for (const [b, idx] of epochIdx.entries()) {
-        if (b < resumeAt) continue;
-        const flips = o.flip === false ? undefined : imageFlips(seed, epoch, idx);
-        const xt = await noisyImages(e, difeed, train, idx, trainingNoiseBase(seed, epoch), flips);
-        const labels = idx.map((i) => train.labels[i]);
-        const training = epoch < bnTrainEpochs;
-        let loss: Tensor;
-        try {
-          loss = batchSize <= part
-            ? await trainStepKeepingLoss(e, optimizer, () => crossEntropy(difeed.forward(xt, training), labels))
-            : await difeedStepInParts(e, difeed, optimizer, xt, labels, training, part);
-        } finally {
-          xt.dispose();
+      try {
+        const resumeAt = partial && epoch === startEpoch ? partial.batch : 0;
+        // A batch count past the epoch's would skip the whole epoch unseen.
+        if (resumeAt >= batches) throw new CheckpointError(o.checkpoint!, `corrupt training checkpoint: saved within epoch ${epoch + 1} after batch ${resumeAt}, but the epoch has ${batches} batches`);
+        if (resumeAt) steps.weightedSum = partial!.lossSum;
+        for (const [b, idx] of epochIdx.entries()) {
+          if (b < resumeAt) continue;
+          const flips = o.flip === false ? undefined : imageFlips(seed, epoch, idx);
+          const xt = await noisyImages(e, difeed, train, idx, trainingNoiseBase(seed, epoch), flips);
+          const labels = idx.map((i) => train.labels[i]);
+          const training = epoch < bnTrainEpochs;
+          let loss: Tensor;
+          try {
+            loss = batchSize <= part
+              ? await trainStepKeepingLoss(e, optimizer, () => crossEntropy(difeed.forward(xt, training), labels))
+              : await difeedStepInParts(e, difeed, optimizer, xt, labels, training, part);
+          } finally {
+            xt.dispose();
+          }
+          await steps.add(loss, labels, `epoch ${epoch + 1}, batch ${b + 1} (step ${optimizer.steps})`);
+          o.onBatch?.(b + 1, batches);
+          if (o.checkpoint && b + 1 < batches && performance.now() - lastSave >= saveEvery) {
+            await steps.read();
+            await saveTrainingState(o.checkpoint, saved, optimizer, { epoch, batch: b + 1, epochLoss: steps.weightedSum, steps: optimizer.steps, losses: JSON.stringify(losses), seconds: seconds() }, settings);
+            lastSave = performance.now();
+          }
         }
-        await steps.add(loss, labels, `epoch ${epoch + 1}, batch ${b + 1} (step ${optimizer.steps})`);
-        o.onBatch?.(b + 1, batches);
-        if (o.checkpoint && b + 1 < batches && performance.now() - lastSave >= saveEvery) {
-          await steps.read();
-          await saveTrainingState(o.checkpoint, saved, optimizer, { epoch, batch: b + 1, epochLoss: steps.weightedSum, steps: optimizer.steps, losses: JSON.stringify(losses), seconds: seconds() }, settings);
-          lastSave = performance.now();
-        }
+        await steps.read();
+      } finally {
+        steps.dispose(); // what a failed step left unread
       }
-      await steps.read();
       losses.push(steps.weightedSum / (batches * batchSize));
       if (o.checkpoint) {
         await saveTrainingState(o.checkpoint, saved, optimizer, { epoch, steps: optimizer.steps, losses: JSON.stringify(losses), seconds: seconds() }, settings);

@@ -102,15 +102,18 @@ async function fitStack(
     for (let epoch = 0; epoch < o.epochs; epoch++) {
       schedule.setEpoch(epoch);
       const steps = new StepLosses(e);
-      for (const [b, idx] of epochBatches(trainCount, o.batchSize, (o.seed ?? 0) * 1000 + epoch, o.what).entries()) {
-        const batchLabels = idx.map((i) => labels.train[i]);
-        const x = stack.pack(trainData, idx);
-        // Σ_p of each probe's mean cross-entropy: probe p's gradient is exactly its own.
-        const loss = await trainStepKeepingLoss(e, adam, () => scale(crossEntropy(reshape(stack.forward(x), [P * idx.length, o.classes]), Array.from({ length: P }, () => batchLabels).flat()), P));
-        x.dispose();
-        await steps.add(loss, batchLabels, `${o.what}: epoch ${epoch + 1}, batch ${b + 1}`);
+      try {
+        for (const [b, idx] of epochBatches(trainCount, o.batchSize, (o.seed ?? 0) * 1000 + epoch, o.what).entries()) {
+          const batchLabels = idx.map((i) => labels.train[i]);
+          const x = stack.pack(trainData, idx);
+          // Σ_p of each probe's mean cross-entropy: probe p's gradient is exactly its own.
+          const loss = await trainStepKeepingLoss(e, adam, () => scale(crossEntropy(reshape(stack.forward(x), [P * idx.length, o.classes]), Array.from({ length: P }, () => batchLabels).flat()), P)).finally(() => x.dispose());
+          await steps.add(loss, batchLabels, `${o.what}: epoch ${epoch + 1}, batch ${b + 1}`);
+        }
+        await steps.read();
+      } finally {
+        steps.dispose(); // what a failed step left unread
       }
-      await steps.read();
     }
     // Evaluation: probe p's logits [n, classes] are the p-th slab of each batch's [P, n, classes].
     const logits = Array.from({ length: P }, () => new Float32Array(testCount * o.classes));

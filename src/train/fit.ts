@@ -100,9 +100,10 @@ function buildModel(e: Engine, data: FeatureArrays, o: FitOptions): Model {
   });
   const options = { ...o.attention, blocks, timesteps: o.timesteps, classes: o.classes };
   AttentionHead.checkSize(e, options);
-  // The head binds its attention weights for the images it is given: at the paper's defaults (d 1024,
-  // 8 heads, 257 tokens) a batch of 128 binds 270 MB, so a batch runs in parts of what one binding
-  // holds (the released code's 128 are 4 GPUs × 32, its gradients averaged alike); one image must fit.
+  // The head binds its attention weights and MLP for the images it is given: at the paper's defaults
+  // (d 1024, 8 heads, 257 tokens) a batch of 128 binds 539 MB in the MLP's hidden layer (270 MB of
+  // attention weights), so a batch runs in parts of what one binding holds (the released code's 128
+  // are 4 GPUs × 32, its gradients averaged alike); one image must fit.
   const perImage = AttentionHead.bytesPerImage(options);
   if (perImage > e.maxBindingBytes) {
     throw new RangeError(`attention head: one image binds ${perImage} bytes (its attention weights or MLP), over this device's largest storage binding (${e.maxBindingBytes}): give a smaller --dim or --pre-pool`);
@@ -252,26 +253,30 @@ export async function fitHead(e: Engine, train: FeatureArrays, test: FeatureArra
       const batches = epochBatches(train.count, batchSize, (o.seed ?? 0) * 1000 + epoch, `${o.head} head`);
       const batchesPerEpoch = batches.length;
       const steps = new StepLosses(e);
-      for (const [bi, idx] of batches.entries()) {
-        const labels = idx.map((i) => train.labels[i]);
-        // A batch larger than the head's bindings hold trains in parts, each part's mean loss
-        // weighted by its share: their gradients add up to the batch's.
-        const parts: [number, number][] = [];
-        for (let s = 0; s < idx.length; s += model.part) parts.push([s, Math.min(idx.length, s + model.part)]);
-        const logits: Tensor[] = [];
-        const loss = await trainStepKeepingLoss(e, optimizer, parts.map(([s, end]) => () => {
-          const l = crossEntropy(logits[logits.push(e.keep(model.logits(gather(e, train, keys, idx.slice(s, end))))) - 1], labels.slice(s, end));
-          return parts.length === 1 ? l : scale(l, (end - s) / idx.length);
-        })).catch((err) => {
-          for (const l of logits) l.dispose();
-          throw err;
-        });
-        const all = logits.length === 1 ? logits[0] : e.noGrad(() => concatRows(logits));
-        if (logits.length > 1) for (const l of logits) l.dispose();
-        await steps.add(loss, labels, `epoch ${epoch + 1}, batch ${bi + 1} (step ${optimizer.steps})`, all);
-        o.onBatch?.(bi + 1, batchesPerEpoch);
+      try {
+        for (const [bi, idx] of batches.entries()) {
+          const labels = idx.map((i) => train.labels[i]);
+          // A batch larger than the head's bindings hold trains in parts, each part's mean loss
+          // weighted by its share: their gradients add up to the batch's.
+          const parts: [number, number][] = [];
+          for (let s = 0; s < idx.length; s += model.part) parts.push([s, Math.min(idx.length, s + model.part)]);
+          const logits: Tensor[] = [];
+          const loss = await trainStepKeepingLoss(e, optimizer, parts.map(([s, end]) => () => {
+            const l = crossEntropy(logits[logits.push(e.keep(model.logits(gather(e, train, keys, idx.slice(s, end))))) - 1], labels.slice(s, end));
+            return parts.length === 1 ? l : scale(l, (end - s) / idx.length);
+          })).catch((err) => {
+            for (const l of logits) l.dispose();
+            throw err;
+          });
+          const all = logits.length === 1 ? logits[0] : e.noGrad(() => concatRows(logits));
+          if (logits.length > 1) for (const l of logits) l.dispose();
+          await steps.add(loss, labels, `epoch ${epoch + 1}, batch ${bi + 1} (step ${optimizer.steps})`, all);
+          o.onBatch?.(bi + 1, batchesPerEpoch);
+        }
+        await steps.read();
+      } finally {
+        steps.dispose(); // what a failed step left unread
       }
-      await steps.read();
       const seen = batchesPerEpoch * batchSize;
       const loss = steps.weightedSum / seen;
       const correct = steps.correct;

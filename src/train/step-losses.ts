@@ -30,6 +30,15 @@ export class StepLosses {
     if (this.pending.length >= this.readEvery) await this.read();
   }
 
+  /** Frees the steps still pending without reading them (a fit that failed in a later step). */
+  dispose(): void {
+    for (const s of this.pending) {
+      s.loss.dispose();
+      s.logits?.dispose();
+    }
+    this.pending = [];
+  }
+
   /** Reads every step still pending; throws at the first non-finite loss, naming its step. */
   async read(): Promise<void> {
     const steps = this.pending;

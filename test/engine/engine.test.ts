@@ -367,7 +367,7 @@ t.test('a tuning whose workgroups the device cannot run, or an adapter without i
   const limit = e.device.limits.maxComputeInvocationsPerWorkgroup;
   await t.rejects(createEngine({ device: e.device, tuning: { matmul: { wgX: 32, wgY: (2 * limit) / 32 } } }), new RegExp(`tuning matmul: workgroups of 32 × ${(2 * limit) / 32} threads .*do not fit this device .*${limit} in all`));
   const engine = await createEngine({ device: e.device });
-  t.throws(() => engine.setTuning({ conv2d: { wgX: 4096 } }), /tuning conv2d: workgroups of 4096 × 8 threads \(with the built-in sizes for those not given\) do not fit/);
+  t.throws(() => engine.setTuning({ conv2d: { wgX: 4096 } }), /tuning conv2d: workgroups of 4096 × 8 threads \(with the generic tile's sizes for those not given\) do not fit/);
   // Checked as the kernels see them, the built-in 8 × 8 tiling under the tuned sizes: 1024 × 8
   // threads passed as 1024 × 1 and failed at the first large matmul.
   t.throws(() => engine.setTuning({ matmul: { wgX: limit, tm: 1, tn: 1, tk: 1 } }), new RegExp(`tuning matmul: workgroups of ${limit} × 8 threads`));

@@ -90,14 +90,24 @@ t.test('resuming checks settings, epochs and refuses to replace a state', async 
   await rm(dir, { recursive: true });
 });
 
+t.test('a fit that fails in a later step leaves nothing on the GPU (the earlier steps\' unread losses and logits were kept)', async (t) => {
+  const bad = features(12, 3);
+  bad.labels[11] = 9; // label 9 of 4 classes: crossEntropy throws in the step that draws image 11
+  for (const o of [linear({ batchSize: 2 }), linear({ head: 'attention', attention: { dim: 8, heads: 2, layers: 1 }, batchSize: 2 })]) {
+    const live = e.memoryStats().liveBytes;
+    await t.rejects(fitHead(e, bad, features(4, 4), o), /label 9 of sample \d is outside 0\.\.3/);
+    t.equal(e.memoryStats().liveBytes, live, `${o.head}: nothing left alive`);
+  }
+});
+
 t.test('a head trained and evaluated leaves nothing on the GPU (its optimizer\'s moments and evaluation logits were kept)', async (t) => {
   const live = e.memoryStats().liveBytes;
   await fitHead(e, features(8, 3), features(4, 4), linear({ epochs: 2, lr: 1e-3 }));
   t.equal(e.memoryStats().liveBytes, live);
 });
 
-// The paper's head (d 1024, 8 heads, 257 tokens) binds 270 MB at batch 128: refused on a 128 MiB
-// binding, where the released code's 128 are 4 GPUs × 32, gradients averaged.
+// The paper's head (d 1024, 8 heads, 257 tokens) binds 539 MB at batch 128 (its MLP's hidden layer):
+// refused on a 128 MiB binding, where the released code's 128 are 4 GPUs × 32, gradients averaged.
 t.test('an attention head whose batch cannot fit a storage binding trains in parts: the same run as the whole batch', async (t) => {
   // 257 tokens (16×16 + CLS) and 8 heads: 8 · 257² · 4 B = 2.1 MB of attention weights an image.
   const n = 8;
@@ -126,6 +136,19 @@ t.test('an attention head whose batch cannot fit a storage binding trains in par
   const tiny = await createEngine({ device: e.device, maxBindingBytes: perImage - 4 });
   t.teardown(() => tiny.dispose());
   await t.rejects(fitHead(tiny, big, big, options('x.safetensors')), new RegExp(`attention head: one image binds ${perImage} bytes .*: give a smaller --dim or --pre-pool`));
+});
+
+// Parts were sized by the attention weights, MLP and qkv alone: with many channels and few tokens
+// the tokenizer's input ([n, 64, 4, 4]) is the largest tensor, and a part over the binding failed.
+t.test('an attention head\'s parts are sized by its input too, when that is its largest tensor', async (t) => {
+  const n = 6;
+  const wide = { features: new Map([['t150.b9', { data: Float32Array.from(randomNd([n, 64, 4, 4], 22).data), shape: [64, 4, 4] }]]), labels: Array.from({ length: n }, (_, i) => i % 4), count: n };
+  // 4 · 64 · 16 = 4,096 bytes of input an image; the attention's 17 tokens bind at most 4 · 17 · 32 = 2,176.
+  const small = await createEngine({ device: e.device, maxBindingBytes: 2 * 4096 + 100 });
+  t.teardown(() => small.dispose());
+  const o: FitOptions = { head: 'attention', classes: 4, timesteps: [150], blocks: [9], attention: { dim: 8, heads: 1, layers: 1, prePoolSize: 4 }, epochs: 1, batchSize: n, lr: 1e-3 };
+  const [whole, parts] = [await fitHead(e, wide, wide, o), await fitHead(small, wide, wide, o)];
+  t.ok(Math.abs(parts.losses[0] - whole.losses[0]) <= 1e-5 * whole.losses[0], `loss ${parts.losses[0]} in parts of 2, ${whole.losses[0]} whole`);
 });
 
 t.test('an attention head too large to train is refused before anything is allocated', async (t) => {

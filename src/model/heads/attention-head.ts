@@ -102,13 +102,15 @@ export class AttentionHead {
 
   /**
    * Bytes per image of the largest tensor a forward or backward binds whole: the attention weights
-   * (heads × L × L), the MLP's hidden layer (L × mlpRatio·d) or the qkv (L × 3d), with L the
-   * tokens of one timestep and the CLS token. A batch times this must fit a storage binding.
+   * (heads × L × L), the MLP's hidden layer (L × mlpRatio·d), the qkv (L × 3d), with L the tokens
+   * of one timestep and the CLS token, or a block's pooled input to the tokenizer's LayerNorm
+   * (C × s²). A batch times this must fit a storage binding.
    */
   static bytesPerImage(options: AttentionHeadOptions): number {
     const o = { ...ATTENTION_HEAD_DEFAULTS, ...options };
     const L = 1 + o.blocks.reduce((n, b) => n + Math.min(b.size, o.prePoolSize) ** 2, 0);
-    return 4 * L * Math.max(o.heads * L, o.mlpRatio * o.dim, 3 * o.dim);
+    const input = Math.max(...o.blocks.map((b) => b.channels * Math.min(b.size, o.prePoolSize) ** 2));
+    return 4 * Math.max(L * o.heads * L, L * o.mlpRatio * o.dim, L * 3 * o.dim, input);
   }
 
   /**
