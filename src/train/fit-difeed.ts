@@ -5,10 +5,9 @@
 // (CLARIFICATIONS, issue 4), StepLR, a training state saved every epoch, and top-1/top-5 at the end.
 import type { Engine } from '../engine/engine.ts';
 import { hashSeeds } from '../engine/random.ts';
-import { add, mul, scale } from '../engine/ops/elementwise.ts';
-import { concatRows, sliceRows } from '../engine/ops/layout.ts';
+import { add, scale } from '../engine/ops/elementwise.ts';
+import { sliceRows } from '../engine/ops/layout.ts';
 import { crossEntropy } from '../engine/ops/nn.ts';
-import { sum } from '../engine/ops/reduce.ts';
 import type { Tensor } from '../engine/tensor.ts';
 import { gaussianNoise, linearSchedule, qSample } from '../model/diffusion.ts';
 import { AttentionHead } from '../model/heads/attention-head.ts';
@@ -191,14 +190,15 @@ function partSize(e: Engine, difeed: DifFeed, gradients: boolean): number {
 }
 
 /**
- * One training step over a batch larger than a part (partSize: a chunk of the U-Net, or what the head's binding holds), in parts,
- * the engine settling between them: one backward through both passes of every chunk recorded more
- * GPU commands than may wait at once (ADM-256 at 128 MiB bindings runs one image a chunk). The
- * feedback layers run on the whole batch, as BatchNorm's statistics are the batch's; each part's
- * pass 2 and head then backpropagate on their own (loss weighted nᵢ/n, so the parts add up to the
- * batch's mean) into the part's rows of the feedback, and the feedback layers, recorded again over
- * the same batch (their running statistics moved once), backpropagate the joined rows: the step of
- * the whole batch. Returns the loss, on the GPU.
+ * One training step over a batch larger than a part (partSize: a chunk of the U-Net, or what the
+ * head's binding holds), in parts, the engine settling between them: one backward through both
+ * passes of every chunk recorded more GPU commands than may wait at once (ADM-256 at 128 MiB
+ * bindings runs one image a chunk), and no tensor holds the whole batch. Each part's feedback
+ * layers, pass 2 and head backpropagate on their own, loss weighted nᵢ/n so the parts add up to the
+ * batch's mean. BatchNorm in training normalises with the batch's statistics (feedbackStatistics,
+ * over every part's pass 1, the running statistics moved once): leaves that collect each part's
+ * dL/dmean and dL/dvariance, passed on to the 1×1 convs by statisticsSurrogate, part by part. In
+ * evaluation mode BatchNorm is per image. The step of the whole batch; returns the loss, on the GPU.
  */
 async function difeedStepInParts(e: Engine, difeed: DifFeed, optimizer: Optimizer, xt: Tensor, labels: number[], training: boolean, part: number): Promise<Tensor> {
   const N = xt.shape[0];
@@ -207,35 +207,26 @@ async function difeedStepInParts(e: Engine, difeed: DifFeed, optimizer: Optimize
   const held: Tensor[] = [];
   let total: Tensor | undefined;
   try {
-    // Pass 1 (no gradient), part by part, joined per block.
+    // Pass 1 (no gradient), part by part.
     const firsts: Map<number, Tensor>[] = [];
     for (const [s, end] of ranges) {
       firsts.push(e.tidy(() => difeed.firstPass(sliceRows(xt, s, end))));
       held.push(...firsts[firsts.length - 1].values());
       await e.settle();
     }
-    const first = new Map(difeed.feedbackBlocks.map((b) => [b, concatRows(firsts.map((f) => f.get(b)!))]));
-    held.push(...first.values());
-    for (const f of firsts) for (const v of f.values()) v.dispose(); // joined: the parts' copies go
-    const feedback = e.noGrad(() => difeed.feedbackMaps(first, training));
-    held.push(...feedback.values());
-    const gradients = new Map<number, Tensor[]>([...feedback.keys()].map((b) => [b, []]));
-    for (const [s, end] of ranges) {
-      const rows = new Map([...feedback].map(([b, v]) => {
-        const r = sliceRows(v, s, end);
-        r.requiresGrad = true;
-        return [b, r];
-      }));
-      held.push(...rows.values());
-      const l = e.tidy(() => scale(crossEntropy(difeed.secondPass(sliceRows(xt, s, end), rows), labels.slice(s, end)), (end - s) / N));
+    const statistics = training ? difeed.feedbackStatistics(firsts) : undefined;
+    for (const st of statistics ?? []) {
+      held.push(st.mean, st.variance);
+      st.mean.requiresGrad = true;
+      st.variance.requiresGrad = true;
+    }
+    for (const [p, [s, end]] of ranges.entries()) {
+      const l = e.tidy(() => {
+        const feedback = statistics ? difeed.feedbackMapsOfPart(firsts[p], statistics) : difeed.feedbackMaps(firsts[p], false);
+        return scale(crossEntropy(difeed.secondPass(sliceRows(xt, s, end), feedback), labels.slice(s, end)), (end - s) / N);
+      });
       held.push(l);
       e.tape.backward(l);
-      for (const [b, r] of rows) {
-        // A part's rows may have no gradient (a ReLU off everywhere): zeros, as the whole batch's.
-        gradients.get(b)!.push(r.grad ?? e.keep(e.zeros(r.shape)));
-        held.push(gradients.get(b)!.at(-1)!);
-        r.grad = null;
-      }
       if (total) {
         const sum = e.noGrad(() => add(total!, l));
         total.dispose();
@@ -243,18 +234,19 @@ async function difeedStepInParts(e: Engine, difeed: DifFeed, optimizer: Optimize
       } else total = e.keep(e.noGrad(() => scale(l, 1)));
       await e.settle();
     }
-    // Σ_b ⟨F_b, dF_b⟩ has the gradient dF_b at F_b: its backward is the feedback layers' share.
-    const joined = new Map([...gradients].map(([b, gs]) => [b, concatRows(gs)]));
-    held.push(...joined.values());
-    for (const gs of gradients.values()) for (const g of gs) g.dispose();
-    const surrogate = e.tidy(() => {
-      // In training mode BatchNorm moves its running statistics: the probe gives it scratch ones.
-      const again = difeed.feedbackMaps(first, training, training ? { freezeRunningStats: true } : undefined);
-      return [...again].map(([b, v]) => sum(mul(v, joined.get(b)!))).reduce((a, b) => add(a, b));
-    });
-    held.push(surrogate);
-    e.tape.backward(surrogate);
-    await e.settle(); // the update starts with at most maxCommandsInFlight / 8 waiting
+    if (statistics) {
+      // The statistics' share, through each part's 1×1 convs.
+      const M = difeed.feedbackBlocks.map((b) => N * firsts[0].get(b)!.shape[2] * firsts[0].get(b)!.shape[3]);
+      const gradients = statistics.map((st) => ({ mean: st.mean.grad ?? e.keep(e.zeros(st.mean.shape)), variance: st.variance.grad ?? e.keep(e.zeros(st.variance.shape)) }));
+      held.push(...gradients.flatMap((g) => [g.mean, g.variance]));
+      for (const st of statistics) st.mean.grad = st.variance.grad = null;
+      for (const first of firsts) {
+        const surrogate = e.tidy(() => difeed.statisticsSurrogate(first, statistics, gradients, M));
+        held.push(surrogate);
+        e.tape.backward(surrogate);
+        await e.settle();
+      }
+    }
     optimizer.step();
   } catch (err) {
     total?.dispose();

@@ -87,3 +87,39 @@ t.test('a batch whose head feature is over one binding trains in parts: the head
   t.ok(Math.abs(parts.losses[0] - whole.losses[0]) <= 1e-5 * whole.losses[0], `loss ${parts.losses[0]} in parts, ${whole.losses[0]} whole`);
   t.same(parts.testHits, whole.testHits);
 });
+
+t.test('a batch whose feedback maps do not fit one binding trains in parts: BatchNorm over the parts is the batch\'s', async (t) => {
+  // 3 images a chunk; the feedback from block 7 into block 3 is [8, 64, 16, 16] (524,288 bytes) for
+  // the batch, over the 294,912-byte binding: it was refused, the feedback layers taking the batch whole.
+  const perImage = largestBindingPerImage(e, UNet.random(e, MINI_UNET, 11).plan, { last: 9, output: false, gradients: true }).bytesPerImage;
+  const small = await createEngine({ maxBindingBytes: 3 * perImage });
+  t.teardown(() => small.dispose());
+  const options = (name: string): DifFeedFitOptions => ({
+    classes: 4, head: { dim: 16, heads: 2, layers: 1, prePoolSize: 4 }, epochs: 2, batchSize: 8, evalBatchSize: 8, stepSize: 1, seed: 4, batchNormTrainEpochs: 1, checkpoint: join(dir, name),
+  });
+  const source = randomImages(16);
+  const run = async (engine: typeof e, name: string) => {
+    const unet = UNet.random(engine, MINI_UNET, 11);
+    const r = await fitDifFeed(engine, unet, source, source, options(name));
+    for (const p of unet.parameters().values()) p.dispose();
+    const src = await openSafetensors(join(dir, name));
+    const state = new Map(await Promise.all(src.keys().map(async (k) => [k, await src.read(k)] as [string, Float32Array])));
+    await src.close();
+    return { r, state };
+  };
+  const whole = await run(e, 'whole8.safetensors');
+  const live = small.memoryStats().liveBytes;
+  const parts = await run(small, 'parts8.safetensors'); // 3 + 3 + 2 images a step
+  t.equal(small.memoryStats().liveBytes, live, 'nothing left alive');
+  for (const [i, l] of whole.r.losses.entries()) t.ok(Math.abs(parts.r.losses[i] - l) <= 1e-5 * l, `epoch ${i + 1}'s loss: ${parts.r.losses[i]} in parts, ${l} whole`);
+  t.same(parts.r.testHits, whole.r.testHits, 'the same test images right');
+  let worst = { d: 0, key: '' };
+  for (const [k, w] of whole.state) {
+    const v = parts.state.get(k)!;
+    w.forEach((x, i) => {
+      const d = Math.abs(v[i] - x) / (1e-3 + Math.abs(x));
+      if (d > worst.d) worst = { d, key: `${k}[${i}]: ${v[i]} in parts, ${x} whole` };
+    });
+  }
+  t.ok(worst.d < 3e-4, `weights, BatchNorm statistics and Adam moments: largest relative difference ${worst.d.toExponential(2)} (${worst.key})`);
+});

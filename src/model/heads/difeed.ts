@@ -5,7 +5,9 @@
 // into the feedback layers.
 import type { Engine } from '../../engine/engine.ts';
 import { conv2d } from '../../engine/ops/conv2d.ts';
-import { add, relu } from '../../engine/ops/elementwise.ts';
+import { add, addScalar, div, mul, relu, scale, sqrt, square, sub } from '../../engine/ops/elementwise.ts';
+import { reshape } from '../../engine/ops/layout.ts';
+import { sum } from '../../engine/ops/reduce.ts';
 import { type BatchNormState, batchNorm2d, resizeBilinear } from '../../engine/ops/nn.ts';
 import type { Tensor } from '../../engine/tensor.ts';
 import { paperBlocks } from '../block-roles.ts';
@@ -15,6 +17,12 @@ import { fanInBound, initStateDict, loadStateDict, type ParamSpec } from '../sta
 import { BindingLimitError, describeBindingLimit } from '../unet-bindings.ts';
 import type { UNet } from '../unet.ts';
 import { AttentionHead, type AttentionHeadOptions } from './attention-head.ts';
+
+/** One feedback layer's BatchNorm statistics over a batch: per channel, the mean and the biased variance ([C]). */
+export interface FeedbackStatistics {
+  mean: Tensor;
+  variance: Tensor;
+}
 
 export interface FeedbackProbe {
   onPreActivation?: (layer: number, preRelu: Tensor) => void;
@@ -174,6 +182,78 @@ export class DifFeed {
       });
       return feedback;
     });
+  }
+
+  /**
+   * BatchNorm's batch statistics of every feedback layer over a batch given in parts (`firsts`:
+   * each part's pass-1 features), without holding the batch whole: per channel the mean of the
+   * 1×1 conv's output and its biased variance, then the running statistics moved once, as
+   * batchNorm2d moves them (momentum 0.1, the variance unbiased by M/(M − 1), M = N·H·W).
+   */
+  feedbackStatistics(firsts: readonly Map<number, Tensor>[]): FeedbackStatistics[] {
+    const e = this.engine;
+    return e.noGrad(() => this.feedbackBlocks.map((b, i) => e.tidy(() => {
+      const w = this.params.get(`feedback.${i}.0.weight`)!;
+      const C = w.shape[0];
+      const convs = (f: (c: Tensor) => Tensor) => firsts.map((first) => e.tidy(() => f(conv2d(first.get(b)!, w))));
+      const [, , H, W] = firsts[0].get(b)!.shape;
+      const M = firsts.reduce((n, first) => n + first.get(b)!.shape[0], 0) * H * W;
+      if (M < 2) throw new RangeError(`DifFeed: BatchNorm needs more than one value per channel, got ${M}`);
+      const total = (parts: Tensor[]) => parts.reduce((a, p) => add(a, p));
+      const mean = scale(total(convs((c) => sum(c, [0, 2, 3]))), 1 / M);
+      const variance = scale(total(convs((c) => sum(square(sub(c, reshape(mean, [C, 1, 1]))), [0, 2, 3]))), 1 / M);
+      const bn = this.batchNorm[i];
+      const [rm, rv] = [add(scale(bn.runningMean, 0.9), scale(mean, 0.1)), add(scale(bn.runningVar, 0.9), scale(variance, 0.1 * M / (M - 1)))];
+      e.copyBuffer(rm.buffer, 0, bn.runningMean.buffer, 0, rm.byteLength);
+      e.copyBuffer(rv.buffer, 0, bn.runningVar.buffer, 0, rv.byteLength);
+      bn.batches++;
+      return { mean, variance };
+    })));
+  }
+
+  /**
+   * The feedback of one part's pass-1 features `first`, BatchNorm normalising with the batch's
+   * `statistics` (feedbackStatistics; leaves that want a gradient collect this part's share of
+   * dL/dmean and dL/dvariance), recorded for the backward.
+   */
+  feedbackMapsOfPart(first: Map<number, Tensor>, statistics: readonly FeedbackStatistics[]): Map<number, Tensor> {
+    const e = this.engine;
+    return e.tidy(() => {
+      const feedback = new Map<number, Tensor>();
+      this.feedbackBlocks.forEach((b, i) => {
+        const target = this.unet.plan.blocks[this.targets[i] - 1];
+        const conv = conv2d(first.get(b)!, this.params.get(`feedback.${i}.0.weight`)!);
+        const C = conv.shape[1];
+        const perChannel = (t: Tensor) => reshape(t, [C, 1, 1]);
+        const { mean, variance } = statistics[i];
+        const xn = div(sub(conv, perChannel(mean)), perChannel(sqrt(addScalar(variance, 1e-5))));
+        const pre = add(mul(xn, perChannel(this.params.get(`feedback.${i}.1.weight`)!)), perChannel(this.params.get(`feedback.${i}.1.bias`)!));
+        const fb = resizeBilinear(relu(pre), target.size, target.size);
+        const prev = feedback.get(target.b);
+        feedback.set(target.b, prev ? add(prev, fb) : fb);
+      });
+      return feedback;
+    });
+  }
+
+  /**
+   * The statistics' share of the feedback layers' gradient for one part: a scalar whose gradient
+   * at each conv output c is dmean/M + dvariance·2(c − mean)/M (the batch's M values; the centred
+   * sum Σ(c − mean) is 0, so the mean inside the variance adds nothing), given dmean and dvariance
+   * summed over every part.
+   */
+  statisticsSurrogate(first: Map<number, Tensor>, statistics: readonly FeedbackStatistics[], gradients: readonly { mean: Tensor; variance: Tensor }[], M: readonly number[]): Tensor {
+    const e = this.engine;
+    return e.tidy(() => this.feedbackBlocks.map((b, i) => {
+      const conv = conv2d(first.get(b)!, this.params.get(`feedback.${i}.0.weight`)!);
+      const C = conv.shape[1];
+      const perChannel = (t: Tensor) => reshape(t, [C, 1, 1]);
+      const { mean } = statistics[i];
+      const dMean = e.noGrad(() => perChannel(scale(gradients[i].mean, 1 / M[i])));
+      const dVariance = e.noGrad(() => perChannel(scale(gradients[i].variance, 1 / M[i])));
+      const centred = sub(conv, e.noGrad(() => perChannel(mean)));
+      return add(sum(mul(conv, dMean)), sum(mul(square(centred), dVariance)));
+    }).reduce((a, s) => add(a, s)));
   }
 
   /** Pass 2 of x_t [n, C, H, W] with `feedback` (encoder block → [n, …], as feedbackMaps gives) added, and the head: logits [n, classes]. */
