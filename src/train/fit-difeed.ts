@@ -183,17 +183,26 @@ export async function fitDifFeed(e: Engine, unet: UNet, train: ImageSource, test
 
 const SCHEDULE = linearSchedule(1000);
 
-/** The most images one part may hold: a chunk of the U-Net's passes (with or without gradients), and what the head's binding holds. */
+/**
+ * The most images one part may hold: a chunk of the U-Net's passes (with or without gradients), and
+ * what the bindings of the head and of the feedback layers' largest map (a 1×1 conv into a
+ * multi-scale target may be larger than any U-Net tensor) hold.
+ */
 function partSize(e: Engine, difeed: DifFeed, gradients: boolean): number {
   const chunk = imagesPerChunk(e, difeed.unet.plan, { last: Math.max(difeed.featureBlock, ...difeed.feedbackBlocks), output: false, gradients });
-  return Math.min(chunk, e.perBinding(AttentionHead.bytesPerImage(difeed.head.options)));
+  const blocks = difeed.unet.plan.blocks;
+  const feedback = Math.max(...difeed.feedbackBlocks.map((b, i) => {
+    const [from, to] = [blocks[b - 1], blocks[difeed.targets[i] - 1]];
+    return 4 * Math.max(from.outChannels, to.outChannels) * Math.max(from.size, to.size) ** 2;
+  }));
+  return Math.min(chunk, e.perBinding(AttentionHead.bytesPerImage(difeed.head.options)), e.perBinding(feedback));
 }
 
 /**
  * One training step over a batch larger than a part (partSize: a chunk of the U-Net, or what the
  * head's binding holds), in parts, the engine settling between them: one backward through both
  * passes of every chunk recorded more GPU commands than may wait at once (ADM-256 at 128 MiB
- * bindings runs one image a chunk), and no tensor holds the whole batch. Each part's feedback
+ * bindings runs one image a chunk), and no tensor but x_t holds the whole batch. Each part's feedback
  * layers, pass 2 and head backpropagate on their own, loss weighted nᵢ/n so the parts add up to the
  * batch's mean. BatchNorm in training normalises with the batch's statistics (feedbackStatistics,
  * over every part's pass 1, the running statistics moved once): leaves that collect each part's

@@ -1,8 +1,8 @@
-// A DifFeed batch more than one chunk of the U-Net holds trains in parts (each part's pass 2 and
-// head backpropagated on its own into its rows of the feedback, the feedback layers then once over
-// the whole batch) and evaluates in batches of a chunk: the same run as the whole batch at once,
-// which recorded both passes and the backward of every chunk without waiting (past
-// maxCommandsInFlight: refused).
+// A DifFeed batch more than one chunk of the U-Net holds trains in parts (BatchNorm's statistics
+// summed over the parts; each part's feedback layers, pass 2 and head backpropagated on its own, the
+// statistics' gradients then through every part's 1×1 convs) and evaluates in batches of a chunk:
+// the same run as the whole batch at once, which recorded both passes and the backward of every
+// chunk without waiting (past maxCommandsInFlight: refused).
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';

@@ -192,7 +192,8 @@ export class DifFeed {
    */
   feedbackStatistics(firsts: readonly Map<number, Tensor>[]): FeedbackStatistics[] {
     const e = this.engine;
-    return e.noGrad(() => this.feedbackBlocks.map((b, i) => e.tidy(() => {
+    // One scope for all layers: a later layer that throws leaves no earlier layer's statistics alive.
+    return e.tidy(() => e.noGrad(() => this.feedbackBlocks.map((b, i) => {
       const w = this.params.get(`feedback.${i}.0.weight`)!;
       const C = w.shape[0];
       const convs = (f: (c: Tensor) => Tensor) => firsts.map((first) => e.tidy(() => f(conv2d(first.get(b)!, w))));
@@ -280,7 +281,8 @@ export class DifFeed {
    * the feedback (which takes part in the backward) is sliced whole: each of these tensors must fit
    * one storage binding. The largest are the feedback maps (conv, BN, ReLU and the bilinear resize
    * between the two resolutions), and with `head` (one pass over the batch: forward) the feature
-   * the head reads; training in parts gives the head a part at a time.
+   * the head reads. Training in parts (fit-difeed.ts) gives the feedback layers and the head a part
+   * at a time.
    */
   private checkWholeBatchBindings(N: number, head: boolean): void {
     const blocks = this.unet.plan.blocks;
