@@ -8,11 +8,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
 import { createEngine } from '../../src/engine/engine.ts';
-import { openSafetensors } from '../../src/model/checkpoint/safetensors.ts';
 import { UNet } from '../../src/model/unet.ts';
 import { imagesPerChunk, largestBindingPerImage } from '../../src/model/unet-bindings.ts';
 import { type DifFeedFitOptions, fitDifFeed } from '../../src/train/fit-difeed.ts';
 import { testEngine } from '../helpers/check.ts';
+import { checkSameRun, readTensors } from '../helpers/training-runs.ts';
 import { MINI_UNET, randomImages } from '../helpers/images.ts';
 
 const e = await testEngine();
@@ -37,26 +37,12 @@ t.test('a batch of 6 in parts of 4 and 2 trains and evaluates as the whole batch
     t.equal(imagesPerChunk(engine, unet.plan, { last: 9, output: false, gradients: true }), engine === e ? 1365 : 4);
     const r = await fitDifFeed(engine, unet, source, source, options(name));
     for (const p of unet.parameters().values()) p.dispose();
-    const src = await openSafetensors(join(dir, name));
-    const state = new Map(await Promise.all(src.keys().map(async (k) => [k, await src.read(k)] as [string, Float32Array])));
-    await src.close();
-    return { r, state };
+    return { r, state: await readTensors(join(dir, name)) };
   };
   const whole = await run(e, 'whole.safetensors');
   const parts = await run(small, 'parts.safetensors');
-  for (const [i, l] of whole.r.losses.entries()) t.ok(Math.abs(parts.r.losses[i] - l) <= 1e-5 * l, `epoch ${i + 1}'s loss: ${parts.r.losses[i]} in parts, ${l} whole`);
-  t.same(parts.r.testHits, whole.r.testHits, 'the same test images right');
-  let worst = { d: 0, key: '' };
-  for (const [k, w] of whole.state) {
-    const v = parts.state.get(k)!;
-    t.equal(v?.length, w.length, `${k} saved`);
-    w.forEach((x, i) => {
-      const d = Math.abs(v[i] - x) / (1e-3 + Math.abs(x));
-      if (d > worst.d) worst = { d, key: `${k}[${i}]: ${v[i]} in parts, ${x} whole` };
-    });
-  }
   // Weights, BatchNorm running statistics and Adam moments after 4 steps.
-  t.ok(worst.d < 3e-4, `largest relative difference ${worst.d.toExponential(2)} (${worst.key})`);
+  checkSameRun(t, whole, parts);
 });
 
 t.test('a step that fails frees the batch and what the step made, whole or in parts', async (t) => {
@@ -102,24 +88,11 @@ t.test('a batch whose feedback maps do not fit one binding trains in parts: Batc
     const unet = UNet.random(engine, MINI_UNET, 11);
     const r = await fitDifFeed(engine, unet, source, source, options(name));
     for (const p of unet.parameters().values()) p.dispose();
-    const src = await openSafetensors(join(dir, name));
-    const state = new Map(await Promise.all(src.keys().map(async (k) => [k, await src.read(k)] as [string, Float32Array])));
-    await src.close();
-    return { r, state };
+    return { r, state: await readTensors(join(dir, name)) };
   };
   const whole = await run(e, 'whole8.safetensors');
   const live = small.memoryStats().liveBytes;
   const parts = await run(small, 'parts8.safetensors'); // 3 + 3 + 2 images a step
   t.equal(small.memoryStats().liveBytes, live, 'nothing left alive');
-  for (const [i, l] of whole.r.losses.entries()) t.ok(Math.abs(parts.r.losses[i] - l) <= 1e-5 * l, `epoch ${i + 1}'s loss: ${parts.r.losses[i]} in parts, ${l} whole`);
-  t.same(parts.r.testHits, whole.r.testHits, 'the same test images right');
-  let worst = { d: 0, key: '' };
-  for (const [k, w] of whole.state) {
-    const v = parts.state.get(k)!;
-    w.forEach((x, i) => {
-      const d = Math.abs(v[i] - x) / (1e-3 + Math.abs(x));
-      if (d > worst.d) worst = { d, key: `${k}[${i}]: ${v[i]} in parts, ${x} whole` };
-    });
-  }
-  t.ok(worst.d < 3e-4, `weights, BatchNorm statistics and Adam moments: largest relative difference ${worst.d.toExponential(2)} (${worst.key})`);
+  checkSameRun(t, whole, parts); // weights, BatchNorm statistics and Adam moments
 });

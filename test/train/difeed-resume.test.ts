@@ -10,6 +10,7 @@ import { UNet } from '../../src/model/unet.ts';
 import { type DifFeedFitOptions, fitDifFeed } from '../../src/train/fit-difeed.ts';
 import { testEngine } from '../helpers/check.ts';
 import { MINI_UNET, randomImages } from '../helpers/images.ts';
+import { readTensors } from '../helpers/training-runs.ts';
 
 const e = await testEngine();
 const unet = UNet.random(e, MINI_UNET, 11);
@@ -19,15 +20,6 @@ t.teardown(() => rm(dir, { recursive: true }));
 const options = (checkpoint: string, more: Partial<DifFeedFitOptions> = {}): DifFeedFitOptions => ({
   classes: 4, head: { dim: 16, heads: 2, layers: 1, prePoolSize: 4 }, epochs: 2, batchSize: 4, stepSize: 1, seed: 3, checkpoint, ...more,
 });
-
-async function tensors(path: string): Promise<Map<string, Float32Array>> {
-  const src = await openSafetensors(path);
-  try {
-    return new Map(await Promise.all(src.keys().map(async (k) => [k, await src.read(k)] as [string, Float32Array])));
-  } finally {
-    await src.close();
-  }
-}
 
 t.test('stopped after batch 2 of epoch 2 and resumed: the same state and losses as a run never stopped', async (t) => {
   const whole = await fitDifFeed(e, unet, source, source, options(join(dir, 'whole.safetensors')));
@@ -58,7 +50,7 @@ t.test('stopped after batch 2 of epoch 2 and resumed: the same state and losses 
   const resumed = await fitDifFeed(e, unet, source, source, options(stopped, { resume: true, onBatch: () => void batchesRun++ }));
   t.equal(batchesRun, 2, 'only batches 2 and 3 of epoch 2 run again');
   t.same(resumed.losses, whole.losses, 'the same epoch losses');
-  const [a, b] = [await tensors(join(dir, 'whole.safetensors')), await tensors(stopped)];
+  const [a, b] = [await readTensors(join(dir, 'whole.safetensors')), await readTensors(stopped)];
   t.same([...b.keys()].sort(), [...a.keys()].sort());
   let differing = 0;
   for (const [k, v] of a) differing += v.some((x, i) => x !== b.get(k)![i]) ? 1 : 0;

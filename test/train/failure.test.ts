@@ -10,6 +10,7 @@ import { countTopK } from '../../src/train/eval/classification.ts';
 import { type FeatureArrays, fitHead, type FitOptions } from '../../src/train/fit.ts';
 import { assertFinite, assertFiniteJson, NonFiniteError } from '../../src/train/finite.ts';
 import { randomNd, testEngine } from '../helpers/check.ts';
+import { checkSameRun, readTensors } from '../helpers/training-runs.ts';
 
 const e = await testEngine();
 
@@ -119,19 +120,11 @@ t.test('an attention head whose batch cannot fit a storage binding trains in par
   t.teardown(() => rm(dir, { recursive: true }));
   const options = (name: string): FitOptions => ({ head: 'attention', classes: 4, timesteps: [150], blocks: [9], attention: { dim: 16, heads: 8, layers: 1, prePoolSize: 16 }, epochs: 2, batchSize: n, lr: 1e-3, checkpoint: join(dir, name) });
   const run = async (engine: typeof e, name: string) => {
-    const r = await fitHead(engine, big, big, options(name));
-    const src = await openSafetensors(join(dir, name));
-    const state = new Map(await Promise.all(src.keys().map(async (k) => [k, await src.read(k)] as [string, Float32Array])));
-    await src.close();
-    return { r, state };
+    return { r: await fitHead(engine, big, big, options(name)), state: await readTensors(join(dir, name)) };
   };
   const whole = await run(e, 'whole.safetensors');
   const parts = await run(small, 'parts.safetensors'); // 3 + 3 + 2 images a step
-  for (const [i, l] of whole.r.losses.entries()) t.ok(Math.abs(parts.r.losses[i] - l) <= 1e-5 * l, `epoch ${i + 1}'s loss: ${parts.r.losses[i]} in parts, ${l} whole`);
-  t.same(parts.r.testHits, whole.r.testHits);
-  let worst = 0;
-  for (const [k, w] of whole.state) parts.state.get(k)!.forEach((v, i) => void (worst = Math.max(worst, Math.abs(v - w[i]) / (1e-3 + Math.abs(w[i])))));
-  t.ok(worst < 3e-4, `weights and Adam moments after 2 steps: largest relative difference ${worst.toExponential(2)}`);
+  checkSameRun(t, whole, parts); // weights and Adam moments after 2 steps
   // One image over the binding cannot be split further.
   const tiny = await createEngine({ device: e.device, maxBindingBytes: perImage - 4 });
   t.teardown(() => tiny.dispose());
