@@ -5,7 +5,7 @@
 // (CLARIFICATIONS, issue 4), StepLR, a training state saved every epoch, and top-1/top-5 at the end.
 import type { Engine } from '../engine/engine.ts';
 import { hashSeeds } from '../engine/random.ts';
-import { add, scale } from '../engine/ops/elementwise.ts';
+import { scale } from '../engine/ops/elementwise.ts';
 import { sliceRows } from '../engine/ops/layout.ts';
 import { crossEntropy } from '../engine/ops/nn.ts';
 import type { Tensor } from '../engine/tensor.ts';
@@ -214,7 +214,6 @@ async function difeedStepInParts(e: Engine, difeed: DifFeed, optimizer: Optimize
   const ranges: [number, number][] = [];
   for (let s = 0; s < N; s += part) ranges.push([s, Math.min(N, s + part)]);
   const held: Tensor[] = [];
-  let total: Tensor | undefined;
   try {
     // Pass 1 (no gradient), part by part.
     const firsts: Map<number, Tensor>[] = [];
@@ -229,45 +228,26 @@ async function difeedStepInParts(e: Engine, difeed: DifFeed, optimizer: Optimize
       st.mean.requiresGrad = true;
       st.variance.requiresGrad = true;
     }
-    for (const [p, [s, end]] of ranges.entries()) {
-      const l = e.tidy(() => {
-        const feedback = statistics ? difeed.feedbackMapsOfPart(firsts[p], statistics) : difeed.feedbackMaps(firsts[p], false);
-        return scale(crossEntropy(difeed.secondPass(sliceRows(xt, s, end), feedback), labels.slice(s, end)), (end - s) / N);
-      });
-      held.push(l);
-      e.tape.backward(l);
-      if (total) {
-        const sum = e.noGrad(() => add(total!, l));
-        total.dispose();
-        total = sum;
-      } else total = e.keep(e.noGrad(() => scale(l, 1)));
-      await e.settle();
-    }
-    if (statistics) {
-      // The statistics' share, through each part's 1×1 convs.
-      const M = difeed.feedbackBlocks.map((b) => N * firsts[0].get(b)!.shape[2] * firsts[0].get(b)!.shape[3]);
+    const parts = ranges.map(([s, end], p) => () => {
+      const feedback = statistics ? difeed.feedbackMapsOfPart(firsts[p], statistics) : difeed.feedbackMaps(firsts[p], false);
+      return scale(crossEntropy(difeed.secondPass(sliceRows(xt, s, end), feedback), labels.slice(s, end)), (end - s) / N);
+    });
+    // The statistics' share, through each part's 1×1 convs.
+    const throughStatistics = statistics && (async () => {
       const gradients = statistics.map((st) => ({ mean: st.mean.grad ?? e.keep(e.zeros(st.mean.shape)), variance: st.variance.grad ?? e.keep(e.zeros(st.variance.shape)) }));
       held.push(...gradients.flatMap((g) => [g.mean, g.variance]));
       for (const st of statistics) st.mean.grad = st.variance.grad = null;
       for (const first of firsts) {
-        const surrogate = e.tidy(() => difeed.statisticsSurrogate(first, statistics, gradients, M));
+        const surrogate = e.tidy(() => difeed.statisticsSurrogate(first, statistics, gradients));
         held.push(surrogate);
         e.tape.backward(surrogate);
         await e.settle();
       }
-    }
-    optimizer.step();
-  } catch (err) {
-    total?.dispose();
-    optimizer.zeroGrad();
-    e.tape.clear();
-    throw err;
+    });
+    return await trainStepKeepingLoss(e, optimizer, parts, throughStatistics);
   } finally {
     for (const t of held) t.dispose();
   }
-  optimizer.zeroGrad();
-  await e.settle();
-  return total!;
 }
 
 /** Mixed into the training noise's seed: its own stream, apart from any extraction's or test's. */

@@ -17,9 +17,11 @@ export type StepLoss = (() => Tensor) | readonly (() => Tensor)[];
  * parameters' .grad, the engine settling between parts, so a batch whose graph records more GPU
  * commands than may wait at once still trains), steps, then awaits engine.settle(), so a loop of
  * steps that reads no loss never queues unbounded GPU work. Returns the loss tensor (the parts'
- * sum), still on the GPU: the caller reads (StepLosses) and disposes it.
+ * sum), still on the GPU: the caller reads (StepLosses) and disposes it. `beforeUpdate` runs after
+ * the parts, before the update: more backward passes into the same gradients (DifFeed's BatchNorm
+ * statistics, whose gradient is known only once every part has run).
  */
-export async function trainStepKeepingLoss(e: Engine, optimizer: Optimizer, loss: StepLoss): Promise<Tensor> {
+export async function trainStepKeepingLoss(e: Engine, optimizer: Optimizer, loss: StepLoss, beforeUpdate?: () => Promise<void>): Promise<Tensor> {
   const parts = typeof loss === 'function' ? [loss] : loss;
   if (parts.length === 0) throw new RangeError('trainStep: a step needs at least one loss part');
   let total: Tensor | undefined;
@@ -42,6 +44,7 @@ export async function trainStepKeepingLoss(e: Engine, optimizer: Optimizer, loss
       // Each part, and the update after the last, starts with at most maxCommandsInFlight / 8 waiting.
       await e.settle();
     }
+    await beforeUpdate?.();
     optimizer.step();
   } catch (err) {
     total?.dispose();

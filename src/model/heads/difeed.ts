@@ -18,10 +18,11 @@ import { BindingLimitError, describeBindingLimit } from '../unet-bindings.ts';
 import type { UNet } from '../unet.ts';
 import { AttentionHead, type AttentionHeadOptions } from './attention-head.ts';
 
-/** One feedback layer's BatchNorm statistics over a batch: per channel, the mean and the biased variance ([C]). */
+/** One feedback layer's BatchNorm statistics over a batch: per channel, the mean and the biased variance ([C]), over `count` values. */
 export interface FeedbackStatistics {
   mean: Tensor;
   variance: Tensor;
+  count: number;
 }
 
 export interface FeedbackProbe {
@@ -166,22 +167,35 @@ export class DifFeed {
     const N = first.values().next().value?.shape[0] ?? 0;
     this.checkFirstPass(first, N);
     this.checkWholeBatchBindings(N, false);
-    return e.tidy(() => {
+    return this.feedbackFrom(first, (i, conv) => {
+      const bnState = probe?.freezeRunningStats ? { ...this.batchNorm[i], runningMean: e.zeros([conv.shape[1]]), runningVar: e.zeros([conv.shape[1]]) } : this.batchNorm[i];
+      const pre = batchNorm2d(conv, this.params.get(`feedback.${i}.1.weight`)!, this.params.get(`feedback.${i}.1.bias`)!, bnState, { training });
+      probe?.onPreActivation?.(i, pre);
+      const offset = probe?.offsets?.[i];
+      return offset ? add(pre, offset) : pre;
+    });
+  }
+
+  /**
+   * encoder block → the sum of its feedbacks resize(ReLU(normalise(i, conv1x1_i(f_b)))), where
+   * `normalise` is layer i's BatchNorm (and affine map).
+   */
+  private feedbackFrom(first: Map<number, Tensor>, normalise: (layer: number, conv: Tensor) => Tensor): Map<number, Tensor> {
+    return this.engine.tidy(() => {
       const feedback = new Map<number, Tensor>();
-      this.feedbackBlocks.forEach((b, i) => {
+      this.feedbackBlocks.forEach((_, i) => {
         const target = this.unet.plan.blocks[this.targets[i] - 1];
-        const conv = conv2d(first.get(b)!, this.params.get(`feedback.${i}.0.weight`)!);
-        const bnState = probe?.freezeRunningStats ? { ...this.batchNorm[i], runningMean: e.zeros([conv.shape[1]]), runningVar: e.zeros([conv.shape[1]]) } : this.batchNorm[i];
-        let pre = batchNorm2d(conv, this.params.get(`feedback.${i}.1.weight`)!, this.params.get(`feedback.${i}.1.bias`)!, bnState, { training });
-        probe?.onPreActivation?.(i, pre);
-        const offset = probe?.offsets?.[i];
-        if (offset) pre = add(pre, offset);
-        const fb = resizeBilinear(relu(pre), target.size, target.size);
+        const fb = resizeBilinear(relu(normalise(i, this.feedbackConv(first, i))), target.size, target.size);
         const prev = feedback.get(target.b);
         feedback.set(target.b, prev ? add(prev, fb) : fb);
       });
       return feedback;
     });
+  }
+
+  /** Feedback layer i's 1×1 conv of its decoder block's pass-1 feature. */
+  private feedbackConv(first: Map<number, Tensor>, layer: number): Tensor {
+    return conv2d(first.get(this.feedbackBlocks[layer])!, this.params.get(`feedback.${layer}.0.weight`)!);
   }
 
   /**
@@ -194,9 +208,8 @@ export class DifFeed {
     const e = this.engine;
     // One scope for all layers: a later layer that throws leaves no earlier layer's statistics alive.
     return e.tidy(() => e.noGrad(() => this.feedbackBlocks.map((b, i) => {
-      const w = this.params.get(`feedback.${i}.0.weight`)!;
-      const C = w.shape[0];
-      const convs = (f: (c: Tensor) => Tensor) => firsts.map((first) => e.tidy(() => f(conv2d(first.get(b)!, w))));
+      const C = this.params.get(`feedback.${i}.0.weight`)!.shape[0];
+      const convs = (f: (c: Tensor) => Tensor) => firsts.map((first) => e.tidy(() => f(this.feedbackConv(first, i))));
       const [, , H, W] = firsts[0].get(b)!.shape;
       const M = firsts.reduce((n, first) => n + first.get(b)!.shape[0], 0) * H * W;
       if (M < 2) throw new RangeError(`DifFeed: BatchNorm needs more than one value per channel, got ${M}`);
@@ -208,7 +221,7 @@ export class DifFeed {
       e.copyBuffer(rm.buffer, 0, bn.runningMean.buffer, 0, rm.byteLength);
       e.copyBuffer(rv.buffer, 0, bn.runningVar.buffer, 0, rv.byteLength);
       bn.batches++;
-      return { mean, variance };
+      return { mean, variance, count: M };
     })));
   }
 
@@ -218,22 +231,11 @@ export class DifFeed {
    * dL/dmean and dL/dvariance), recorded for the backward.
    */
   feedbackMapsOfPart(first: Map<number, Tensor>, statistics: readonly FeedbackStatistics[]): Map<number, Tensor> {
-    const e = this.engine;
-    return e.tidy(() => {
-      const feedback = new Map<number, Tensor>();
-      this.feedbackBlocks.forEach((b, i) => {
-        const target = this.unet.plan.blocks[this.targets[i] - 1];
-        const conv = conv2d(first.get(b)!, this.params.get(`feedback.${i}.0.weight`)!);
-        const C = conv.shape[1];
-        const perChannel = (t: Tensor) => reshape(t, [C, 1, 1]);
-        const { mean, variance } = statistics[i];
-        const xn = div(sub(conv, perChannel(mean)), perChannel(sqrt(addScalar(variance, 1e-5))));
-        const pre = add(mul(xn, perChannel(this.params.get(`feedback.${i}.1.weight`)!)), perChannel(this.params.get(`feedback.${i}.1.bias`)!));
-        const fb = resizeBilinear(relu(pre), target.size, target.size);
-        const prev = feedback.get(target.b);
-        feedback.set(target.b, prev ? add(prev, fb) : fb);
-      });
-      return feedback;
+    return this.feedbackFrom(first, (i, conv) => {
+      const perChannel = (t: Tensor) => reshape(t, [conv.shape[1], 1, 1]);
+      const { mean, variance } = statistics[i];
+      const xn = div(sub(conv, perChannel(mean)), perChannel(sqrt(addScalar(variance, 1e-5))));
+      return add(mul(xn, perChannel(this.params.get(`feedback.${i}.1.weight`)!)), perChannel(this.params.get(`feedback.${i}.1.bias`)!));
     });
   }
 
@@ -243,15 +245,14 @@ export class DifFeed {
    * sum Σ(c − mean) is 0, so the mean inside the variance adds nothing), given dmean and dvariance
    * summed over every part.
    */
-  statisticsSurrogate(first: Map<number, Tensor>, statistics: readonly FeedbackStatistics[], gradients: readonly { mean: Tensor; variance: Tensor }[], M: readonly number[]): Tensor {
+  statisticsSurrogate(first: Map<number, Tensor>, statistics: readonly FeedbackStatistics[], gradients: readonly { mean: Tensor; variance: Tensor }[]): Tensor {
     const e = this.engine;
-    return e.tidy(() => this.feedbackBlocks.map((b, i) => {
-      const conv = conv2d(first.get(b)!, this.params.get(`feedback.${i}.0.weight`)!);
-      const C = conv.shape[1];
-      const perChannel = (t: Tensor) => reshape(t, [C, 1, 1]);
-      const { mean } = statistics[i];
-      const dMean = e.noGrad(() => perChannel(scale(gradients[i].mean, 1 / M[i])));
-      const dVariance = e.noGrad(() => perChannel(scale(gradients[i].variance, 1 / M[i])));
+    return e.tidy(() => this.feedbackBlocks.map((_, i) => {
+      const conv = this.feedbackConv(first, i);
+      const perChannel = (t: Tensor) => reshape(t, [conv.shape[1], 1, 1]);
+      const { mean, count } = statistics[i];
+      const dMean = e.noGrad(() => perChannel(scale(gradients[i].mean, 1 / count)));
+      const dVariance = e.noGrad(() => perChannel(scale(gradients[i].variance, 1 / count)));
       const centred = sub(conv, e.noGrad(() => perChannel(mean)));
       return add(sum(mul(conv, dMean)), sum(mul(square(centred), dVariance)));
     }).reduce((a, s) => add(a, s)));
