@@ -10,6 +10,7 @@ import { createEngine, type Engine } from '../engine/engine.ts';
 import * as ops from '../engine/ops/index.ts';
 import type { Tuning } from '../engine/tuning.ts';
 import { gaussianNoise } from '../model/diffusion.ts';
+import { compareArrays } from '../model/parity.ts';
 import { type OptionSpecs, parseArgs } from './args.ts';
 import { adapterName, handSetTuning, readTuningCache, storeTuning, tuningPath } from './tuning-cache.ts';
 
@@ -124,11 +125,12 @@ export async function tuneKernels(e: Engine, seconds: number, log: (line: string
         e.tuning[f.family] = { ...c };
         t0 = performance.now();
         // A tiling a driver miscompiles must never be stored: its output is checked first.
-        const off = relativeDifference(await e.tidy(() => e.keep(f.run())).readAndDispose(), expected);
-        const gflops = off <= 1e-4 ? await rate(e, f.run, f.flops, searchEnd) : 0;
+        // (max |a − b| over max |b|: the same inputs, another summation order.)
+        const check = compareArrays(`${f.family} ${describeTiling(c)}`, await e.tidy(() => e.keep(f.run())).readAndDispose(), expected, 1e-4);
+        const gflops = check.pass ? await rate(e, f.run, f.flops, searchEnd) : 0;
         cost = performance.now() - t0;
         result.tried++;
-        log(off <= 1e-4 ? `  ${f.family} ${describeTiling(c)}: ${gflops.toFixed(2)} GFLOP/s` : `  ${f.family} ${describeTiling(c)}: WRONG RESULTS (${off.toExponential(2)} off the built-in kernel's), left out`);
+        log(check.pass ? `  ${f.family} ${describeTiling(c)}: ${gflops.toFixed(2)} GFLOP/s` : `  ${f.family} ${describeTiling(c)}: WRONG RESULTS (${check.maxRel.toExponential(2)} off the built-in kernel's), left out`);
         if (gflops > 0 && (!result.best || gflops > result.best.gflops)) result.best = { tiling: c, gflops };
       }
       if (result.best && result.best.gflops >= MIN_GAIN * baseline) {
@@ -153,18 +155,6 @@ export async function tuneKernels(e: Engine, seconds: number, log: (line: string
     for (const t of [a, b, x, w]) t.dispose();
   }
   return { tuning, results };
-}
-
-/** max |a − b| over max |b|: a kernel's output against the built-in one's (same inputs, other summation order). */
-function relativeDifference(a: Float32Array, b: Float32Array): number {
-  let diff = 0;
-  let scale = 0;
-  for (let i = 0; i < b.length; i++) {
-    const d = Math.abs(a[i] - b[i]);
-    diff = d > diff || Number.isNaN(d) ? d : diff;
-    scale = Math.max(scale, Math.abs(b[i]));
-  }
-  return Number.isNaN(diff) || a.length !== b.length ? Infinity : diff / (scale || 1);
 }
 
 const describeTiling = (t: MatmulTiling) => `${t.wgX}×${t.wgY} threads × ${t.tm}×${t.tn} outputs, k ${t.tk}`;
