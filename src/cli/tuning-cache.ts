@@ -8,12 +8,10 @@ import { mkdir, open, readFile, stat, unlink } from 'node:fs/promises';
 import { cpus, homedir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { createEngine, type Engine } from '../engine/engine.ts';
-import { checkTuning, TUNING_FAMILIES, type Tuning } from '../engine/tuning.ts';
+import { checkTuning, isRecord, TUNING_FAMILIES, type Tuning } from '../engine/tuning.ts';
 import { writeFileAtomic } from '../model/checkpoint/atomic-write.ts';
 import { describeFsError } from '../model/checkpoint/fs-error.ts';
 import { packageRoot } from './package-root.ts';
-
-const isRecord = (v: unknown): v is Record<string, unknown> => !!v && typeof v === 'object' && !Array.isArray(v);
 
 /** Adapter → its entry; entries are checked only when their adapter uses them (one from another machine or version blocks nothing here). */
 export type TuningCache = Record<string, unknown>;

@@ -58,7 +58,8 @@ export const TUNING_FAMILIES: readonly string[] = Object.keys(SETTINGS);
 /** Settings that turn a kernel on (1) or off (0). */
 const SWITCHES = new Set(['enabled', 'fusedBackward', 'subgroups']);
 
-const isRecord = (v: unknown): v is Record<string, unknown> => !!v && typeof v === 'object' && !Array.isArray(v);
+/** A JSON object (not an array, not null), as a tuning and its families are. */
+export const isRecord = (v: unknown): v is Record<string, unknown> => !!v && typeof v === 'object' && !Array.isArray(v);
 /** A value as the message shows it: NaN and Infinity as themselves (JSON.stringify says null). */
 const shown = (v: unknown) => (typeof v === 'number' ? String(v) : JSON.stringify(v));
 

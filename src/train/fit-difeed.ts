@@ -26,7 +26,7 @@ import { featureKey } from './feature-key.ts';
 import { coinFlips, mirrorImages } from './flips.ts';
 import { Adam, type Optimizer, OptimizerGroups, StepLR } from './optimizer.ts';
 import { StepLosses } from './step-losses.ts';
-import { trainStepKeepingLoss } from './train-step.ts';
+import { partRanges, trainStepKeepingLoss } from './train-step.ts';
 
 export interface DifFeedFitOptions extends DifFeedOptions {
   epochs?: number;
@@ -211,8 +211,7 @@ function partSize(e: Engine, difeed: DifFeed, gradients: boolean): number {
  */
 async function difeedStepInParts(e: Engine, difeed: DifFeed, optimizer: Optimizer, xt: Tensor, labels: number[], training: boolean, part: number): Promise<Tensor> {
   const N = xt.shape[0];
-  const ranges: [number, number][] = [];
-  for (let s = 0; s < N; s += part) ranges.push([s, Math.min(N, s + part)]);
+  const ranges = partRanges(N, part);
   const held: Tensor[] = [];
   try {
     // Pass 1 (no gradient), part by part.

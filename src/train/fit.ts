@@ -17,7 +17,7 @@ import { featureKey } from './feature-key.ts';
 import { assertFinite } from './finite.ts';
 import { Adam, type Optimizer, Sgd, StepLR } from './optimizer.ts';
 import { StepLosses } from './step-losses.ts';
-import { trainStepKeepingLoss } from './train-step.ts';
+import { partRanges, trainStepKeepingLoss } from './train-step.ts';
 
 /** One t × b's per-image features [count, ...shape]; sourceSize: the maps' size before they were pooled, if they were. */
 export interface FeatureMaps {
@@ -258,8 +258,7 @@ export async function fitHead(e: Engine, train: FeatureArrays, test: FeatureArra
           const labels = idx.map((i) => train.labels[i]);
           // A batch larger than the head's bindings hold trains in parts, each part's mean loss
           // weighted by its share: their gradients add up to the batch's.
-          const parts: [number, number][] = [];
-          for (let s = 0; s < idx.length; s += model.part) parts.push([s, Math.min(idx.length, s + model.part)]);
+          const parts = partRanges(idx.length, model.part);
           const logits: Tensor[] = [];
           const loss = await trainStepKeepingLoss(e, optimizer, parts.map(([s, end]) => () => {
             const l = crossEntropy(logits[logits.push(e.keep(model.logits(gather(e, train, keys, idx.slice(s, end))))) - 1], labels.slice(s, end));

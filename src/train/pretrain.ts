@@ -20,7 +20,7 @@ import type { ImageSource } from './extract.ts';
 import { assertFinite } from './finite.ts';
 import { coinFlips, mirrorImages } from './flips.ts';
 import { Adam } from './optimizer.ts';
-import { trainStep } from './train-step.ts';
+import { partRanges, trainStep } from './train-step.ts';
 
 export interface PretrainOptions {
   steps: number;
@@ -172,20 +172,16 @@ export async function pretrain(e: Engine, unet: UNet, data: ImageSource, o: Pret
       // ResBlock dropout at the config's rate (drawn only then, so other runs keep their streams).
       const dropoutSeed = unet.plan.flags.dropout ? rand(2 ** 31) : undefined;
       const read = (step + 1) % logEvery === 0 || step + 1 === o.steps;
-      const parts = [];
-      for (let start = 0; start < batch; start += part) {
-        const end = Math.min(batch, start + part);
-        parts.push(() => {
-          const n = end - start;
-          const rows = (a: Float32Array) => a.subarray(start * C * S * S, end * C * S * S);
-          const x0 = e.tensor(rows(x0Data), [n, C, S, S], 'x0');
-          const eps = e.tensor(rows(noise), [n, C, S, S], 'eps');
-          const t = ts.slice(start, end);
-          const xt = qSample(e, schedule, x0, t, eps);
-          const l = diffusionLoss(schedule, { x0, x0Data: rows(x0Data), xt, noise: eps, t }, unet.forward(xt, t, { output: true, dropoutSeed, firstImage: start }).output!);
-          return n === batch ? l : scale(l, n / batch);
-        });
-      }
+      const parts = partRanges(batch, part).map(([start, end]) => () => {
+        const n = end - start;
+        const rows = (a: Float32Array) => a.subarray(start * C * S * S, end * C * S * S);
+        const x0 = e.tensor(rows(x0Data), [n, C, S, S], 'x0');
+        const eps = e.tensor(rows(noise), [n, C, S, S], 'eps');
+        const t = ts.slice(start, end);
+        const xt = qSample(e, schedule, x0, t, eps);
+        const l = diffusionLoss(schedule, { x0, x0Data: rows(x0Data), xt, noise: eps, t }, unet.forward(xt, t, { output: true, dropoutSeed, firstImage: start }).output!);
+        return n === batch ? l : scale(l, n / batch);
+      });
       const loss = await trainStep(e, adam, parts, read);
       ema.update();
       step++;

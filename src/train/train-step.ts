@@ -12,6 +12,13 @@ import type { Optimizer } from './optimizer.ts';
  */
 export type StepLoss = (() => Tensor) | readonly (() => Tensor)[];
 
+/** [start, end) of each part of `size` (the last one shorter) over `count` items. */
+export function partRanges(count: number, size: number): [number, number][] {
+  const ranges: [number, number][] = [];
+  for (let s = 0; s < count; s += size) ranges.push([s, Math.min(count, s + size)]);
+  return ranges;
+}
+
 /**
  * Runs the loss (each part in turn: forward, then backward, its gradients adding up in the
  * parameters' .grad, the engine settling between parts, so a batch whose graph records more GPU
