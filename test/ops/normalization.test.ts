@@ -154,6 +154,20 @@ t.test('crossEntropy matches −mean log softmax[label], and its gradient finite
   t.throws(() => ops.crossEntropy(upload(e, logits), [0, 1, 2, 5]), /label 5 of sample 3 is outside 0..4/);
 });
 
+t.test('crossEntropy is finite where another class\'s logit is −inf, as PyTorch\'s', async (t) => {
+  // Row 0: logits [−inf, 0, ln 3] with label 1 → −log(1/4) = ln 4, gradient (softmax − onehot)/N =
+  // [0, 1/4 − 1, 3/4]/2. Row 1: [1, 1, −inf], label 0 → ln 2, gradient [1/2 − 1, 1/2, 0]/2.
+  const logits = e.tensor([-Infinity, 0, Math.log(3), 1, 1, -Infinity], [2, 3], 'logits');
+  logits.requiresGrad = true;
+  const loss = ops.crossEntropy(logits, [1, 0]);
+  const [value] = await loss.read();
+  t.ok(Math.abs(value - (Math.log(4) + Math.log(2)) / 2) < 1e-6, `loss ${value}`);
+  e.tape.backward(loss);
+  const grad = Array.from(await logits.grad!.read());
+  const expected = [0, -3 / 8, 3 / 8, -1 / 4, 1 / 4, 0];
+  t.ok(grad.every((g, i) => Math.abs(g - expected[i]) < 1e-6), `gradient ${grad}`);
+});
+
 t.test('dropout is the identity in eval and keeps the mean in training', async (t) => {
   const x = upload(e, { data: new Float64Array(10000).fill(1), shape: [10000] });
   t.equal(ops.dropout(x, 0.3, false, 1), x);

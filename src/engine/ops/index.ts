@@ -1,4 +1,5 @@
 export * from './elementwise.ts';
+export * from './gather.ts';
 export * from './layout.ts';
 export * from './matmul.ts';
 export * from './reduce.ts';

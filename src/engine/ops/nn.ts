@@ -2,6 +2,7 @@
 // Linear, cross-entropy, dropout, BatchNorm2d and bilinear resizing.
 import { shapeString, type Tensor } from '../tensor.ts';
 import { add, addScalar, div, mul, scale, sqrt, sub } from './elementwise.ts';
+import { gatherColumn } from './gather.ts';
 import { permute, reshape } from './layout.ts';
 import { matmul } from './matmul.ts';
 import { normalizeRows } from './normalize.ts';
@@ -21,18 +22,20 @@ export function linear(x: Tensor, weight: Tensor, bias?: Tensor): Tensor {
   });
 }
 
-/** Mean cross-entropy of logits [N, K] against integer labels, through one stable log-softmax. */
+/**
+ * Mean cross-entropy of logits [N, K] against integer labels: −mean log-softmax(logits)[label],
+ * the label's column gathered (a one-hot product would give 0·(−∞) = NaN where another class's
+ * logit is −∞; PyTorch's loss is finite there).
+ */
 export function crossEntropy(logits: Tensor, labels: readonly number[]): Tensor {
   const e = logits.engine;
   const [N, K] = logits.shape;
   if (logits.rank !== 2 || labels.length !== N) throw new RangeError(`crossEntropy: logits ${shapeString(logits.shape)} with ${labels.length} labels`);
   if (N === 0 || K === 0) throw new RangeError(`crossEntropy: logits ${shapeString(logits.shape)}: a mean over ${N} samples of ${K} classes is undefined`);
-  const onehot = new Float32Array(N * K);
   labels.forEach((y, i) => {
     if (!Number.isInteger(y) || y < 0 || y >= K) throw new RangeError(`crossEntropy: label ${y} of sample ${i} is outside 0..${K - 1}`);
-    onehot[i * K + y] = 1;
   });
-  return e.tidy(() => scale(sum(mul(logSoftmax(logits), e.tensor(onehot, [N, K], 'onehot'))), -1 / N));
+  return e.tidy(() => scale(sum(gatherColumn(logSoftmax(logits), labels)), -1 / N));
 }
 
 /**
