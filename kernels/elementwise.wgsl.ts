@@ -38,7 +38,9 @@ export const UNARY_OPS = {
   neg: { forward: '-x', backward: '-dy' },
   // NaN stays NaN (PyTorch's): WGSL's max and clamp may return either operand for a NaN. x < 0
   // picks 0 (PyTorch's x < 0 ? 0 : x), so −0 stays −0, where max(−0, 0) may give +0.
-  relu: { forward: 'select(select(x, 0.0, x < 0.0), x, isNan(x))', backward: 'select(0.0, dy, x > 0.0)' },
+  // Its gradient is 0 where x ≤ 0 and dy elsewhere, NaN included (PyTorch's threshold_backward:
+  // relu(x) ≤ 0 ? 0 : dy), so a NaN input's gradient stays visible.
+  relu: { forward: 'select(select(x, 0.0, x < 0.0), x, isNan(x))', backward: 'select(dy, 0.0, x <= 0.0)' },
   // SiLU: x·σ(x); d/dx = σ(x)·(1 + x·(1 − σ(x))).
   silu: { forward: 'x / (1.0 + exp(-x))', backward: 'dy * (1.0 / (1.0 + exp(-x))) * (1.0 + x * (1.0 - 1.0 / (1.0 + exp(-x))))' },
   // GELU with the exact erf (PyTorch's default): x·Φ(x); d/dx = Φ(x) + x·φ(x).

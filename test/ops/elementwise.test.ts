@@ -65,6 +65,17 @@ t.test('clampSymmetric passes the gradient at the bounds, as torch.clamp does', 
   x.dispose();
 });
 
+// PyTorch's relu backward is relu(x) ≤ 0 ? 0 : dy: a NaN input passes dy on (x > 0 ? dy : 0 gave 0).
+t.test('relu passes the gradient at a NaN input, and none at ±0 or below, as PyTorch does', async (t) => {
+  for (const n of [3, 4]) {
+    const x = e.tensor(Float32Array.from([Number.NaN, -0, 0, 1].slice(0, n)), [n]);
+    x.requiresGrad = true;
+    e.tape.backward(ops.relu(x), e.tensor([2, 3, 4, 5].slice(0, n), [n]));
+    t.same(Array.from(await x.grad!.read()), [2, 0, 0, 5].slice(0, n), `${n} values`);
+    x.dispose();
+  }
+});
+
 // PyTorch's relu is x < 0 ? 0 : x, so relu(−0) = −0 (1/relu(−0) = −inf); max(−0, 0) gave +0.
 t.test('relu keeps the sign of zero (−0 → −0, +0 → +0) in scalar and vec4 kernels', async (t) => {
   for (const n of [3, 4]) {
