@@ -20,7 +20,7 @@ import { epochBatches } from './epoch-batches.ts';
 import type { ImageSource } from './extract.ts';
 import { noiseSeed } from './noise-seed.ts';
 import { assertFinite } from './finite.ts';
-import { countTopK } from './eval/classification.ts';
+import { checkClassLabels, countTopK } from './eval/classification.ts';
 import type { FeatureArrays, FitResult } from './fit.ts';
 import { featureKey } from './feature-key.ts';
 import { coinFlips, mirrorImages } from './flips.ts';
@@ -79,6 +79,8 @@ export async function fitDifFeed(e: Engine, unet: UNet, train: ImageSource, test
   const epochs = o.epochs ?? 28;
   const batchSize = o.batchSize ?? 16;
   const seed = o.seed ?? 0;
+  checkClassLabels(train.labels, o.classes, 'training');
+  checkClassLabels(test.labels, o.classes, 'test');
   AttentionHead.checkSize(e, DifFeed.headOptions(unet, o));
   const difeed = DifFeed.create(e, unet, o, seed);
   // The head binds its attention weights for the images it is given: a batch more than one binding

@@ -10,7 +10,7 @@ import { crossEntropy } from '../engine/ops/nn.ts';
 import { firstNonFinite } from '../model/checkpoint/tensor-source.ts';
 import { LinearProbeStack } from '../model/heads/linear-probe-stack.ts';
 import { epochBatches } from './epoch-batches.ts';
-import { countTopK } from './eval/classification.ts';
+import { checkClassLabels, countTopK } from './eval/classification.ts';
 import type { FeatureArrays } from './fit.ts';
 import { NonFiniteError } from './finite.ts';
 import { Adam, StepLR } from './optimizer.ts';
@@ -43,6 +43,8 @@ export async function fitLinearProbeStack(e: Engine, trains: FeatureArrays[], te
   const P = trains.length;
   if (!P || tests.length !== P) throw new Error(`${o.what}: ${P} training and ${tests.length} test feature sets; give one of each per probe`);
   const [train0, test0] = [trains[0], tests[0]];
+  checkClassLabels(train0.labels, o.classes, `${o.what}: training`);
+  checkClassLabels(test0.labels, o.classes, `${o.what}: test`);
   for (const [name, sets, ref] of [['training', trains, train0], ['test', tests, test0]] as const) {
     for (const s of sets) if (s.count !== ref.count || Array.from({ length: s.count }, (_, i) => s.labels[i] !== ref.labels[i]).some(Boolean)) throw new Error(`${o.what}: every probe's ${name} features must cover the same images (and labels)`);
   }

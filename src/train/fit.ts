@@ -12,7 +12,7 @@ import { readFinite } from '../model/checkpoint/tensor-source.ts';
 import { poolCached } from './cached-features.ts';
 import { checkEpochs, readRunSettings, type RunSettings, saveTrainingState, startOrResume } from './checkpoint.ts';
 import { epochBatches } from './epoch-batches.ts';
-import { countTopK } from './eval/classification.ts';
+import { checkClassLabels, countTopK } from './eval/classification.ts';
 import { featureKey } from './feature-key.ts';
 import { assertFinite } from './finite.ts';
 import { Adam, type Optimizer, Sgd, StepLR } from './optimizer.ts';
@@ -220,6 +220,8 @@ export async function trainedHeadLogits(e: Engine, statePath: string, data: Feat
 
 export async function fitHead(e: Engine, train: FeatureArrays, test: FeatureArrays, o: FitOptions): Promise<FitResult> {
   if (o.head === 'difeed') throw new Error('DifFeed needs the U-Net live, not cached features: use fitDifFeed (difrep train --head difeed)');
+  checkClassLabels(train.labels, o.classes, 'training');
+  checkClassLabels(test.labels, o.classes, 'test');
   const t0 = performance.now();
   const epochs = o.epochs ?? 28;
   const batchSize = o.batchSize ?? 128;

@@ -37,3 +37,19 @@ export function checkSameRun(t: Test, whole: FitRun, parts: FitRun, tolerance = 
   }
   t.ok(worst.d < tolerance, `saved state: largest relative difference ${worst.d.toExponential(2)} (${worst.key})`);
 }
+
+/**
+ * Labels that pass a fit's check up front and then turn bad: image `at`'s label reads right the
+ * first time and `bad` after, so crossEntropy throws inside the step that draws it (a failure in
+ * the middle of a step, whole or in parts, with no other way in from outside).
+ */
+export function labelTurningBad(labels: ArrayLike<number>, at: number, bad: number): ArrayLike<number> {
+  const values = Array.from(labels);
+  let reads = 0;
+  return new Proxy(values, {
+    get(target, key, receiver) {
+      if (key === String(at) && reads++ > 0) return bad;
+      return Reflect.get(target, key, receiver);
+    },
+  });
+}

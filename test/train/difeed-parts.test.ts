@@ -12,7 +12,7 @@ import { UNet } from '../../src/model/unet.ts';
 import { imagesPerChunk, largestBindingPerImage } from '../../src/model/unet-bindings.ts';
 import { type DifFeedFitOptions, fitDifFeed } from '../../src/train/fit-difeed.ts';
 import { testEngine } from '../helpers/check.ts';
-import { checkSameRun, readTensors } from '../helpers/training-runs.ts';
+import { checkSameRun, labelTurningBad, readTensors } from '../helpers/training-runs.ts';
 import { MINI_UNET, randomImages } from '../helpers/images.ts';
 
 const e = await testEngine();
@@ -50,11 +50,13 @@ t.test('a step that fails frees the batch and what the step made, whole or in pa
   const small = await createEngine({ maxBindingBytes: 4 * perImage });
   t.teardown(() => small.dispose());
   const source = randomImages(12);
-  const bad = { ...source, labels: Array.from(source.labels, (l, i) => (i === 5 ? 9 : l)) }; // label 9 of 4 classes: crossEntropy throws
+  const options = { classes: 4, head: { dim: 16, heads: 2, layers: 1, prePoolSize: 4 }, epochs: 1, batchSize: 6 };
   for (const engine of [e, small]) {
     const unet = UNet.random(engine, MINI_UNET, 11);
     const live = engine.memoryStats().liveBytes;
-    await t.rejects(fitDifFeed(engine, unet, bad, source, { classes: 4, head: { dim: 16, heads: 2, layers: 1, prePoolSize: 4 }, epochs: 1, batchSize: 6 }), /label 9 of sample \d is outside 0\.\.3/);
+    await t.rejects(fitDifFeed(engine, unet, { ...source, labels: Array.from(source.labels, (l, i) => (i === 5 ? 9 : l)) }, source, options), /training label of image 5 is 9, not a class in 0\.\.3/, 'refused before the first step');
+    // Label 9 of 4 classes for image 5 once the fit has checked the labels: crossEntropy throws inside the step.
+    await t.rejects(fitDifFeed(engine, unet, { ...source, labels: labelTurningBad(source.labels, 5, 9) }, source, options), /label 9 of sample \d is outside 0\.\.3/);
     t.equal(engine.memoryStats().liveBytes, live, `${engine === e ? 'whole' : 'in parts'}: nothing left alive (the noised batch was)`);
     t.equal(engine.tape.length, 0, 'nothing left on the tape');
     for (const p of unet.parameters().values()) p.dispose();

@@ -87,9 +87,9 @@ t.test('kNN refuses labels that name no class or do not match the rows (a vote w
   const train: FeatureMatrix = { data: Float32Array.from([1, 0.01, 1, 0.02, 0.5, 1, 0.4, 1]), n: 4, d: 2 };
   const query: FeatureMatrix = { data: Float32Array.from([1, 0]), n: 1, d: 2 };
   t.same(await knnClassify(e, train, [12, 12, 3, 3], query, [12], { ks: [4], classes: 13 }), [{ k: 4, top1: 1, top5: 1 }], 'classes 13: right');
-  await t.rejects(knnClassify(e, train, [12, 12, 3, 3], query, [12], { ks: [4], classes: 10 }), /kNN: train label 0 is 12, not a class in 0\.\.9 \(classes: 10\)/);
-  await t.rejects(knnClassify(e, train, [0, 0, 1, 1], query, [-1], { ks: [4], classes: 2 }), /kNN: test label 0 is -1, not a class in 0\.\.1/);
-  await t.rejects(knnClassify(e, train, [0, 0, 1, 1.5], query, [0], { ks: [4], classes: 2 }), /train label 3 is 1\.5/);
+  await t.rejects(knnClassify(e, train, [12, 12, 3, 3], query, [12], { ks: [4], classes: 10 }), /kNN: train label of image 0 is 12, not a class in 0\.\.9 \(classes: 10\)/);
+  await t.rejects(knnClassify(e, train, [0, 0, 1, 1], query, [-1], { ks: [4], classes: 2 }), /kNN: test label of image 0 is -1, not a class in 0\.\.1/);
+  await t.rejects(knnClassify(e, train, [0, 0, 1, 1.5], query, [0], { ks: [4], classes: 2 }), /train label of image 3 is 1\.5/);
   await t.rejects(knnClassify(e, train, [0, 0, 1], query, [0], { ks: [4], classes: 2 }), /kNN: 4 train feature rows but 3 train labels/);
   await t.rejects(knnClassify(e, train, [0, 0, 1, 1], { data: Float32Array.from([1, 0, 0, 1]), n: 2, d: 2 }, [0], { ks: [4], classes: 2 }), /kNN: 2 test feature rows but 1 test labels/);
 });

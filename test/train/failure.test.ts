@@ -10,7 +10,7 @@ import { countTopK } from '../../src/train/eval/classification.ts';
 import { type FeatureArrays, fitHead, type FitOptions } from '../../src/train/fit.ts';
 import { assertFinite, assertFiniteJson, NonFiniteError } from '../../src/train/finite.ts';
 import { randomNd, testEngine } from '../helpers/check.ts';
-import { checkSameRun, readTensors } from '../helpers/training-runs.ts';
+import { checkSameRun, labelTurningBad, readTensors } from '../helpers/training-runs.ts';
 
 const e = await testEngine();
 
@@ -91,10 +91,18 @@ t.test('resuming checks settings, epochs and refuses to replace a state', async 
   await rm(dir, { recursive: true });
 });
 
+// A bad label was named by its place in a shuffled batch (or a part of one), and only once a step drew it.
+t.test('a label outside the classes is refused before training, naming its split and image', async (t) => {
+  const labels = (at: number, value: number) => Array.from({ length: 12 }, (_, i) => (i === at ? value : i % 4));
+  const o = linear({ batchSize: 2 });
+  await t.rejects(fitHead(e, { ...features(12, 3), labels: labels(11, 9) }, features(4, 4), o), /training label of image 11 is 9, not a class in 0\.\.3/);
+  await t.rejects(fitHead(e, features(12, 3), { ...features(12, 4), labels: labels(7, 1.5) }, o), /test label of image 7 is 1\.5, not a class in 0\.\.3/);
+});
+
 t.test('a fit that fails in a later step leaves nothing on the GPU (the earlier steps\' unread losses and logits were kept)', async (t) => {
-  // Label 9 of 4 classes for image 11: crossEntropy throws in the step that draws it.
-  const bad = { ...features(12, 3), labels: Array.from({ length: 12 }, (_, i) => (i === 11 ? 9 : i % 4)) };
+  // Label 9 of 4 classes for image 11 once the fit has checked the labels: crossEntropy throws in the step that draws it.
   for (const o of [linear({ batchSize: 2 }), linear({ head: 'attention', attention: { dim: 8, heads: 2, layers: 1 }, batchSize: 2 })]) {
+    const bad = { ...features(12, 3), labels: labelTurningBad(features(12, 3).labels, 11, 9) };
     const live = e.memoryStats().liveBytes;
     await t.rejects(fitHead(e, bad, features(4, 4), o), /label 9 of sample \d is outside 0\.\.3/);
     t.equal(e.memoryStats().liveBytes, live, `${o.head}: nothing left alive`);

@@ -53,6 +53,14 @@ t.test('probes over different images are refused', async (t) => {
   await t.rejects(fitLinearProbeStack(e, [a.sets[0], b.sets[1]], [a.sets[0], b.sets[1]], { classes, epochs: 1, batchSize: 8, lr: 1e-2, what: 'mixed stack' }), /mixed stack: every probe's training features must cover the same images/);
 });
 
+t.test('a label outside the classes is refused before training, naming its split and image', async (t) => {
+  const a = split(16, 1);
+  const bad = a.sets.map((s) => ({ ...s, labels: a.labels.map((l, i) => (i === 9 ? classes : l)) }));
+  const o = { classes, epochs: 1, batchSize: 8, lr: 1e-2, what: 'stack' };
+  await t.rejects(fitLinearProbeStack(e, bad, a.sets, o), /stack: training label of image 9 is 4, not a class in 0\.\.3/);
+  await t.rejects(fitLinearProbeStack(e, a.sets, bad, o), /stack: test label of image 9 is 4, not a class in 0\.\.3/);
+});
+
 t.test('probes past one storage binding train as several stacks, with the same results', async (t) => {
   // Widths 12, 5, 32 at batch 8 and 4 classes: one stack binds 3·32·8 floats (3072 bytes) in its
   // inputs; a 1600-byte binding holds the first two (2·12·8 floats), then the third alone (1024).

@@ -3,6 +3,20 @@ import { firstNonFinite } from '../../model/checkpoint/tensor-source.ts';
 import { NonFiniteError } from '../finite.ts';
 
 /**
+ * Refuses a label that is not a class index 0..classes−1, naming the split and the image's index
+ * in it (a training step would name it only by its place in a shuffled batch, or in a part of one;
+ * a score would count it as a miss, a kNN vote would go nowhere).
+ */
+export function checkClassLabels(labels: ArrayLike<number>, classes: number, split: string): void {
+  for (let i = 0; i < labels.length; i++) {
+    const y = labels[i];
+    if (!Number.isInteger(y) || y < 0 || y >= classes) {
+      throw new RangeError(`${split} label of image ${i} is ${y}, not a class in 0..${classes - 1} (classes: ${classes})`);
+    }
+  }
+}
+
+/**
  * How many rows of `logits` ([n, K]) rank their label first, and among the first five. Refused: no
  * rows, logits that do not split into one row per label, a NaN or Inf logit (argmax over it is no
  * prediction; a score would count it as a miss), a label outside 0..K−1.

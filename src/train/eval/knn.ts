@@ -4,6 +4,7 @@
 // Similarities are one GPU matmul per chunk of queries; top-k and voting run on the CPU.
 import type { Engine } from '../../engine/engine.ts';
 import { matmul } from '../../engine/ops/matmul.ts';
+import { checkClassLabels } from './classification.ts';
 
 export interface FeatureMatrix {
   /** Row-major [n, d]. */
@@ -55,10 +56,7 @@ export async function knnClassify(
   // A label outside 0..classes−1 would vote into nothing (a neighbour's vote lost) or never be hit.
   for (const [split, labels, n] of [['train', trainLabels, train.n], ['test', testLabels, test.n]] as const) {
     if (labels.length !== n) throw new RangeError(`kNN: ${n} ${split} feature rows but ${labels.length} ${split} labels`);
-    for (let i = 0; i < n; i++) {
-      const y = labels[i];
-      if (!Number.isInteger(y) || y < 0 || y >= opts.classes) throw new RangeError(`kNN: ${split} label ${i} is ${y}, not a class in 0..${opts.classes - 1} (classes: ${opts.classes})`);
-    }
+    checkClassLabels(labels, opts.classes, `kNN: ${split}`);
   }
   if (train.n === 0 || test.n === 0) throw new RangeError(`kNN: no ${train.n === 0 ? 'training' : 'test'} features (${train.n} training and ${test.n} test rows)`);
   const ks = opts.ks ?? [20, 200];
