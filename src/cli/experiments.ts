@@ -234,8 +234,8 @@ const TRAIN = {
   classes: { type: 'int', min: 2, max: 100_000, help: 'number of classes (default: as many as the training cache records, else 10; difeed: Fashion-MNIST\'s 10)' },
   epochs: { type: 'int', min: 1, max: 100_000, help: 'epochs (a resumed run may raise it, not lower it)', default: 28 },
   batch: { type: 'int', min: 1, max: 65_536, help: 'batch size (default 128; difeed 16, as CLARIFICATIONS: its BatchNorm sees the batch)' },
-  optimizer: { type: 'string', choices: ['adam', 'sgd'], help: 'adam (the paper) or sgd (the released scripts; not for difeed)', default: 'adam' },
-  lr: { type: 'number', above: 0, max: 10, help: 'learning rate (default: 1e-3 linear / 1e-4 attention with Adam; 1e-2 / 5e-2 with SGD)' },
+  optimizer: { type: 'string', choices: ['adam', 'sgd'], help: 'adam (the paper) or sgd (the released scripts: plain SGD)', default: 'adam' },
+  lr: { type: 'number', above: 0, max: 10, help: 'learning rate (default: 1e-3 linear / 1e-4 attention and the DifFeed head, its feedback layers 1e-3, with Adam; 1e-2 linear and DifFeed, both groups / 5e-2 attention with SGD)' },
   'step-size': { type: 'int', min: 1, max: 100_000, help: 'StepLR step in epochs', default: 7 },
   gamma: { type: 'number', above: 0, max: 1, help: 'StepLR factor', default: 0.1 },
   seed: { type: 'int', min: 0, max: MAX_SEED, help: 'initialisation and shuffling seed', default: 0 },
@@ -316,7 +316,6 @@ async function trainCommand(argv: string[]): Promise<number> {
 async function trainDifFeed(o: TrainOptions): Promise<number> {
   const t = o.t ?? [150];
   if (t.length !== 1) throw new UsageError(`difrep train: DifFeed runs at one timestep, got --t ${t}`);
-  if (o.optimizer !== 'adam') throw new UsageError('difrep train: DifFeed trains with Adam (feedback layers at 1e-3, its head at --lr); leave out --optimizer');
   if (o.b && o.b.length !== 1) throw new UsageError(`difrep train: DifFeed feeds one pass-2 block to its head, got --b ${o.b}`);
   if (o.classes !== undefined && o.classes !== FASHION_MNIST_CLASSES.length) throw new UsageError(`difrep train: DifFeed trains on Fashion-MNIST's ${FASHION_MNIST_CLASSES.length} classes, not --classes ${o.classes}: leave it out`);
   await checkOutputFolder('train', 'out', o.out);
@@ -334,7 +333,9 @@ async function trainDifFeed(o: TrainOptions): Promise<number> {
   const result = await fitDifFeed(e, unet, await source('train', o['per-class']), await source('test', o['test-per-class']), {
     classes: FASHION_MNIST_CLASSES.length, strategy: o.strategy as DifFeedOptions['strategy'], t: t[0], featureBlock: o.b?.[0],
     head: { dim: o.dim, layers: o.layers, heads: o.heads, prePoolSize: o['pre-pool'] },
-    epochs: o.epochs, batchSize: o.batch ?? 16, headLr: o.lr, stepSize: o['step-size'], gamma: o.gamma, seed: o.seed, flip: o.flip === 'true',
+    epochs: o.epochs, batchSize: o.batch ?? 16, optimizer: o.optimizer as 'adam' | 'sgd',
+    // Adam: --lr is the head's (the feedback layers' 1e-3); SGD: both groups' (the released scripts' one lr).
+    headLr: o.lr, feedbackLr: o.optimizer === 'sgd' ? o.lr : undefined, stepSize: o['step-size'], gamma: o.gamma, seed: o.seed, flip: o.flip === 'true',
     unetWeights: hash, checkpoint: join(o.out, 'state.safetensors'), checkpointEverySeconds: o['checkpoint-every'], resume: o.resume, onResume: (line) => console.log(line), batchNormTrainEpochs: o['bn-train-epochs'],
     onBatch: progressBar('  batches', 'batches'),
     onEpoch: ({ epoch, epochs, loss, seconds }) => console.log(`epoch ${epoch + 1}/${epochs}: loss ${loss.toFixed(4)}, ${seconds.toFixed(1)} s (ETA ${fmtTime(seconds * (epochs - epoch - 1))})`),

@@ -24,7 +24,7 @@ import { checkClassLabels, countTopK } from './eval/classification.ts';
 import type { FeatureArrays, FitResult } from './fit.ts';
 import { featureKey } from './feature-key.ts';
 import { coinFlips, mirrorImages } from './flips.ts';
-import { Adam, type Optimizer, OptimizerGroups, StepLR } from './optimizer.ts';
+import { Adam, type Optimizer, OptimizerGroups, Sgd, StepLR } from './optimizer.ts';
 import { StepLosses } from './step-losses.ts';
 import { partRanges, trainStepKeepingLoss } from './train-step.ts';
 
@@ -41,6 +41,11 @@ export interface DifFeedFitOptions extends DifFeedOptions {
   testFirstPass?: FeatureArrays;
   /** Seed of the test images' noise (default `seed`); with testFirstPass, its extraction's extractionNoiseSeed. */
   testNoiseSeed?: number;
+  /**
+   * 'adam' (default: the paper's; feedback layers at 1e-3, the head at 1e-4) or 'sgd' (the released
+   * scripts: plain SGD, both groups at 1e-2; diffssl finetune.py:39-41, scripts/feedback.sh).
+   */
+  optimizer?: 'adam' | 'sgd';
   feedbackLr?: number;
   headLr?: number;
   /**
@@ -93,12 +98,13 @@ export async function fitDifFeed(e: Engine, unet: UNet, train: ImageSource, test
   }
   const feedbackParams = new Map([...difeed.trainableParameters()].filter(([k]) => k.startsWith('feedback.')));
   const headParams = new Map([...difeed.trainableParameters()].filter(([k]) => k.startsWith('head.')));
-  const fbLr = o.feedbackLr ?? 1e-3;
-  const headLr = o.headLr ?? 1e-4;
-  const fbAdam = new Adam(e, feedbackParams, { lr: fbLr });
-  const headAdam = new Adam(e, headParams, { lr: headLr });
-  const optimizer = new OptimizerGroups([fbAdam, headAdam]);
-  const schedules = [new StepLR(fbAdam, fbLr, o.stepSize ?? 7, o.gamma ?? 0.1), new StepLR(headAdam, headLr, o.stepSize ?? 7, o.gamma ?? 0.1)];
+  const sgd = o.optimizer === 'sgd';
+  const fbLr = o.feedbackLr ?? (sgd ? 1e-2 : 1e-3);
+  const headLr = o.headLr ?? (sgd ? 1e-2 : 1e-4);
+  const group = (params: Map<string, Tensor>, lr: number): Optimizer => (sgd ? new Sgd(e, params, lr) : new Adam(e, params, { lr }));
+  const [fbOptimizer, headOptimizer] = [group(feedbackParams, fbLr), group(headParams, headLr)];
+  const optimizer = new OptimizerGroups([fbOptimizer, headOptimizer]);
+  const schedules = [new StepLR(fbOptimizer, fbLr, o.stepSize ?? 7, o.gamma ?? 0.1), new StepLR(headOptimizer, headLr, o.stepSize ?? 7, o.gamma ?? 0.1)];
   // Everything to save: trainable parameters and BatchNorm running statistics.
   const saved = new Map<string, Tensor>([...difeed.params, ...[...difeed.head.params].map(([k, v]) => [`head.${k}`, v] as [string, Tensor])]);
   // The feedback layers, their BatchNorm statistics, the head and both Adams (the U-Net is the
@@ -108,8 +114,9 @@ export async function fitDifFeed(e: Engine, unet: UNet, train: ImageSource, test
       head: 'difeed', classes: o.classes, strategy: o.strategy ?? null, feedbackBlocks: o.feedbackBlocks ?? null, multiScaleTarget: o.multiScaleTarget ?? null, t: o.t ?? null, featureBlock: o.featureBlock ?? null, attention: o.head ?? {}, feedbackLr: fbLr, headLr, batchSize,
       stepSize: o.stepSize ?? 7, gamma: o.gamma ?? 0.1, seed, flip: o.flip !== false, trainImages: train.count, dropLast: true,
       unet: { config: unet.plan.flags, weights: o.unetWeights ?? null },
-      // Recorded only when given, so states saved before the option resume as they were.
+      // Recorded only when given (and the optimizer only when not the default), so states saved before these options resume as they were.
       ...(o.batchNormTrainEpochs === undefined ? {} : { batchNormTrainEpochs: o.batchNormTrainEpochs }),
+      ...(sgd ? { optimizer: 'sgd' } : {}),
     };
     const bnTrainEpochs = o.batchNormTrainEpochs ?? epochs;
     const part = partSize(e, difeed, true);
@@ -170,13 +177,13 @@ export async function fitDifFeed(e: Engine, unet: UNet, train: ImageSource, test
         await saveTrainingState(o.checkpoint, saved, optimizer, { epoch, steps: optimizer.steps, losses: JSON.stringify(losses), seconds: seconds() }, settings);
         lastSave = performance.now();
       }
-      o.onEpoch?.({ epoch, epochs, loss: losses[losses.length - 1], lr: headAdam.lr, seconds: (performance.now() - te) / 1000 });
+      o.onEpoch?.({ epoch, epochs, loss: losses[losses.length - 1], lr: headOptimizer.lr, seconds: (performance.now() - te) / 1000 });
     }
     const logits = await difeedLogits(e, difeed, test, { seed: o.testNoiseSeed ?? seed, batchSize: o.evalBatchSize ?? batchSize, firstPass: o.testFirstPass });
     const { top1, top5, hits } = countTopK(logits, Array.from({ length: test.count }, (_, i) => test.labels[i]));
     let params = 0;
     for (const p of difeed.trainableParameters().values()) params += p.size;
-    return { head: 'difeed', epochs, optimizer: 'adam', lr: headLr, batchSize, params, losses, top1: top1 / test.count, top5: top5 / test.count, testHits: hits, settings, seconds: seconds() };
+    return { head: 'difeed', epochs, optimizer: sgd ? 'sgd' : 'adam', lr: headLr, batchSize, params, losses, top1: top1 / test.count, top5: top5 / test.count, testHits: hits, settings, seconds: seconds() };
   } finally {
     for (const t of saved.values()) t.dispose();
     optimizer.dispose();

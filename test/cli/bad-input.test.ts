@@ -23,7 +23,6 @@ const CASES: [string, string[], RegExp][] = [
   ['train', ['--gamma', 'abc'], /--gamma must be a number > 0 and ≤ 1, got "abc"/],
   ['train', ['--optimizer', 'adamw'], /--optimizer must be one of adam, sgd, got "adamw"/],
   ['train', ['--head', 'mlp'], /--head must be one of linear, attention, difformer, difeed, got "mlp"/],
-  ['train', ['--head', 'difeed', '--optimizer', 'sgd'], /DifFeed trains with Adam \(feedback layers at 1e-3, its head at --lr\); leave out --optimizer/],
   ['train', ['--epochs', '2.5'], /--epochs must be an integer ≥ 1/],
   ['train', ['--flip', 'yes'], /--flip must be one of true, false/],
   ['train', ['--resume=1'], /--resume' does not take an argument/],

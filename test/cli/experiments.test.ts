@@ -151,6 +151,13 @@ t.test('train --head difeed trains from images with the U-Net live, and --resume
   const withoutWeights = args.filter((a, i) => a !== '--checkpoint' && args[i - 1] !== '--checkpoint');
   const refused = await difrep(...withoutWeights, '--epochs', '3', '--resume').then(() => null, (e: { stderr: string }) => e);
   t.match(refused?.stderr, /cannot resume .*: it was started with other settings \(unet\.weights "[0-9a-f]{16}" there, "random-weights" now\)/);
+  // The released scripts' recipe: plain SGD, one lr for the feedback layers and the head; not a resume of the Adam run.
+  const sgdRefused = await difrep(...args, '--epochs', '3', '--resume', '--optimizer', 'sgd').then(() => null, (e: { stderr: string }) => e);
+  t.match(sgdRefused?.stderr, /cannot resume .*: it was started with other settings \(feedbackLr 0\.001 there, 0\.01 now/);
+  const sgdDir = join(dir, 'sgd');
+  await difrep(...args.slice(0, -1), sgdDir, '--epochs', '1', '--optimizer', 'sgd', '--lr', '0.02');
+  const s = JSON.parse(await readFile(join(sgdDir, 'result.json'), 'utf8'));
+  t.same([s.optimizer, s.lr, s.settings.feedbackLr, s.settings.headLr], ['sgd', 0.02, 0.02, 0.02]);
   await rm(dir, { recursive: true });
 });
 
