@@ -19,6 +19,15 @@ export interface TrainingProgress {
   [key: string]: number | string;
 }
 
+/**
+ * A count saved beside the parameters as an I64 scalar, as PyTorch saves it (BatchNorm's
+ * num_batches_tracked): read when the state is written, set when it is restored.
+ */
+export interface SavedCount {
+  get(): number;
+  set(value: number): void;
+}
+
 /** What a run was started with (optimizer, learning rate, batch, seed, …): JSON values. */
 export type RunSettings = Record<string, unknown>;
 
@@ -31,7 +40,9 @@ function onlyFiniteNumbers(v: unknown): boolean {
  * Writes the state atomically. A NaN or ±Inf anywhere (a diverged run) refuses the save, so the
  * previous state on disk stays the last good one.
  */
-export async function saveTrainingState(path: string, params: Map<string, Tensor>, optimizer: Optimizer, progress: TrainingProgress, settings: RunSettings): Promise<void> {
+export async function saveTrainingState(
+  path: string, params: Map<string, Tensor>, optimizer: Optimizer, progress: TrainingProgress, settings: RunSettings, counts = new Map<string, SavedCount>(),
+): Promise<void> {
   const tensors: Record<string, { shape: number[]; data: Float32Array }> = {};
   for (const [k, p] of params) tensors[`param.${k}`] = { shape: [...p.shape], data: await p.read() };
   for (const [k, t] of optimizer.state()) tensors[`optim.${k}`] = { shape: [...t.shape], data: await t.read() };
@@ -40,13 +51,14 @@ export async function saveTrainingState(path: string, params: Map<string, Tensor
     const i = firstNonFinite(data);
     if (i >= 0) throw notSaved(`${k} holds ${data[i]} at index ${i}`);
   }
+  const countTensors = Object.fromEntries([...counts].map(([k, c]) => [`param.${k}`, { shape: [], data: BigInt64Array.of(BigInt(c.get())) }]));
   for (const [k, v] of Object.entries(progress)) {
     if (typeof v === 'number' && !Number.isFinite(v)) throw notSaved(`progress ${k} is ${v}`);
   }
   // Losses arrive as JSON (a list of losses or of [step, loss]), where a NaN has become null.
   if (typeof progress.losses === 'string' && !onlyFiniteNumbers(JSON.parse(progress.losses))) throw notSaved('the losses hold a non-finite value');
   const metadata = { kind: TRAINING_STATE_KIND, progress: JSON.stringify({ ...progress, optimizerSteps: optimizer.steps }), settings: JSON.stringify(settings) };
-  await writeSafetensors(path, tensors, metadata);
+  await writeSafetensors(path, { ...tensors, ...countTensors }, metadata);
 }
 
 const exists = (path: string) => access(path).then(() => true, () => false);
@@ -148,10 +160,11 @@ function parseProgress(path: string, json: string | undefined): TrainingProgress
 }
 
 /**
- * Restores parameters (in place) and optimizer state; returns the saved progress. A tensor of the
- * wrong shape or holding NaN/±Inf refuses the whole load (CheckpointError naming file and tensor).
+ * Restores parameters (in place), counts and optimizer state; returns the saved progress. A tensor
+ * of the wrong shape or holding NaN/±Inf, or a count that is not one, refuses the whole load
+ * (CheckpointError naming file and tensor). A count the state lacks (saved before it was kept) stays.
  */
-export async function loadTrainingState(e: Engine, path: string, params: Map<string, Tensor>, optimizer: Optimizer): Promise<TrainingProgress> {
+export async function loadTrainingState(e: Engine, path: string, params: Map<string, Tensor>, optimizer: Optimizer, counts = new Map<string, SavedCount>()): Promise<TrainingProgress> {
   const src = await openSafetensors(path);
   try {
     if (src.metadata.kind !== TRAINING_STATE_KIND) throw new CheckpointError(path, 'not a difrep training checkpoint');
@@ -165,7 +178,15 @@ export async function loadTrainingState(e: Engine, path: string, params: Map<str
       if (info.shape.join() !== p.shape.join()) throw new CheckpointError(path, `parameter ${k} is [${info.shape}] in the checkpoint, [${p.shape}] in the model`);
       values.set(p, await readFinite(src, key));
     }
-    const unexpected = src.keys().filter((k) => k.startsWith('param.') && !params.has(k.slice(6)));
+    const countValues = new Map<SavedCount, number>();
+    for (const [k, c] of counts) {
+      const key = `param.${k}`;
+      if (!src.info(key)) continue;
+      const data = await src.read(key);
+      if (data.length !== 1 || !Number.isSafeInteger(data[0]) || data[0] < 0) throw new CheckpointError(path, `${k} is not one count ≥ 0 (${data.length} values, the first ${data[0]})`);
+      countValues.set(c, data[0]);
+    }
+    const unexpected = src.keys().filter((k) => k.startsWith('param.') && !params.has(k.slice(6)) && !counts.has(k.slice(6)));
     if (unexpected.length) throw new CheckpointError(path, `parameters the model does not have: ${unexpected.slice(0, 5).map((k) => k.slice(6)).join(', ')}${unexpected.length > 5 ? ', …' : ''}; the checkpoint belongs to another model`);
     const state = new Map<string, Float32Array>();
     for (const k of src.keys()) if (k.startsWith('optim.')) state.set(k.slice(6), await readFinite(src, k));
@@ -176,6 +197,7 @@ export async function loadTrainingState(e: Engine, path: string, params: Map<str
       throw err;
     }
     for (const [p, data] of values) e.writeBuffer(p.buffer, 0, data);
+    for (const [c, value] of countValues) c.set(value);
     optimizer.loadState(progress.optimizerSteps, state);
     return progress;
   } finally {
@@ -193,10 +215,11 @@ export async function loadTrainingState(e: Engine, path: string, params: Map<str
  */
 export async function startOrResume(
   e: Engine, path: string | undefined, resume: boolean, settings: RunSettings, params: Map<string, Tensor>, optimizer: Optimizer, announce?: (line: string) => void,
+  counts = new Map<string, SavedCount>(),
 ): Promise<TrainingProgress | undefined> {
   if (!path) return undefined;
   if (await prepareResume(path, resume, settings)) {
-    const progress = await loadTrainingState(e, path, params, optimizer);
+    const progress = await loadTrainingState(e, path, params, optimizer, counts);
     announce?.(`--resume: continuing ${path} after ${progress.steps} steps`);
     return progress;
   }

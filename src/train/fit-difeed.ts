@@ -15,7 +15,7 @@ import { DifFeed, type DifFeedOptions } from '../model/heads/difeed.ts';
 import type { UNet } from '../model/unet.ts';
 import { imagesPerChunk } from '../model/unet-bindings.ts';
 import { CheckpointError } from '../model/checkpoint/checkpoint-error.ts';
-import { checkEpochs, saveTrainingState, startOrResume } from './checkpoint.ts';
+import { checkEpochs, type SavedCount, saveTrainingState, startOrResume } from './checkpoint.ts';
 import { epochBatches } from './epoch-batches.ts';
 import type { ImageSource } from './extract.ts';
 import { noiseSeed } from './noise-seed.ts';
@@ -107,6 +107,8 @@ export async function fitDifFeed(e: Engine, unet: UNet, train: ImageSource, test
   const schedules = [new StepLR(fbOptimizer, fbLr, o.stepSize ?? 7, o.gamma ?? 0.1), new StepLR(headOptimizer, headLr, o.stepSize ?? 7, o.gamma ?? 0.1)];
   // Everything to save: trainable parameters and BatchNorm running statistics.
   const saved = new Map<string, Tensor>([...difeed.params, ...[...difeed.head.params].map(([k, v]) => [`head.${k}`, v] as [string, Tensor])]);
+  // BatchNorm's num_batches_tracked, saved as PyTorch's state_dict holds it.
+  const counts = new Map<string, SavedCount>(difeed.batchNorm.map((bn, i) => [`feedback.${i}.1.num_batches_tracked`, { get: () => bn.batches, set: (v) => (bn.batches = v) }]));
   // The feedback layers, their BatchNorm statistics, the head and both Adams (the U-Net is the
   // caller's), freed however the run ends: a failed fit kept them, and retries piled them up.
   try {
@@ -121,7 +123,7 @@ export async function fitDifFeed(e: Engine, unet: UNet, train: ImageSource, test
     const bnTrainEpochs = o.batchNormTrainEpochs ?? epochs;
     const part = partSize(e, difeed, true);
     if (!(Number.isSafeInteger(bnTrainEpochs) && bnTrainEpochs >= 0)) throw new RangeError(`DifFeed: batchNormTrainEpochs ${o.batchNormTrainEpochs} is not a whole number of epochs ≥ 0`);
-    const progress = await startOrResume(e, o.checkpoint, !!o.resume, settings, saved, optimizer, o.onResume);
+    const progress = await startOrResume(e, o.checkpoint, !!o.resume, settings, saved, optimizer, o.onResume, counts);
     // A state saved within an epoch records the batches of that epoch it had trained, and their loss sum.
     const partial = progress?.batch === undefined ? undefined : { batch: Number(progress.batch), lossSum: Number(progress.epochLoss) };
     if (partial && !(Number.isSafeInteger(partial.batch) && partial.batch > 0 && Number.isFinite(partial.lossSum) && partial.lossSum >= 0)) {
@@ -164,7 +166,7 @@ export async function fitDifFeed(e: Engine, unet: UNet, train: ImageSource, test
           o.onBatch?.(b + 1, batches);
           if (o.checkpoint && b + 1 < batches && performance.now() - lastSave >= saveEvery) {
             await steps.read();
-            await saveTrainingState(o.checkpoint, saved, optimizer, { epoch, batch: b + 1, epochLoss: steps.weightedSum, steps: optimizer.steps, losses: JSON.stringify(losses), seconds: seconds() }, settings);
+            await saveTrainingState(o.checkpoint, saved, optimizer, { epoch, batch: b + 1, epochLoss: steps.weightedSum, steps: optimizer.steps, losses: JSON.stringify(losses), seconds: seconds() }, settings, counts);
             lastSave = performance.now();
           }
         }
@@ -174,7 +176,7 @@ export async function fitDifFeed(e: Engine, unet: UNet, train: ImageSource, test
       }
       losses.push(steps.weightedSum / (batches * batchSize));
       if (o.checkpoint) {
-        await saveTrainingState(o.checkpoint, saved, optimizer, { epoch, steps: optimizer.steps, losses: JSON.stringify(losses), seconds: seconds() }, settings);
+        await saveTrainingState(o.checkpoint, saved, optimizer, { epoch, steps: optimizer.steps, losses: JSON.stringify(losses), seconds: seconds() }, settings, counts);
         lastSave = performance.now();
       }
       o.onEpoch?.({ epoch, epochs, loss: losses[losses.length - 1], lr: headOptimizer.lr, seconds: (performance.now() - te) / 1000 });

@@ -49,3 +49,25 @@ t.test('batchNormTrainEpochs 1 of 2: the second epoch leaves the running statist
   await t.rejects(fitDifFeed(e, unet, source, source, options(frozen, { epochs: 3, resume: true })), /batchNormTrainEpochs 1 there, unset now/, 'a resume without the choice is refused');
   t.equal(e.memoryStats().liveBytes, liveBytes, 'the refused run freed its feedback layers, head and Adams');
 });
+
+// PyTorch's BatchNorm2d counts its training-mode batches in num_batches_tracked (an int64 buffer of
+// its state_dict); the state left it out, so a strict load read 0 and a resume restarted the count.
+t.test('the state keeps each feedback BatchNorm\'s num_batches_tracked (I64), and a resume continues the count', async (t) => {
+  const path = join(dir, 'count.safetensors');
+  const counts = async () => {
+    const src = await openSafetensors(path);
+    try {
+      const keys = src.keys().filter((k) => k.endsWith('.num_batches_tracked'));
+      return await Promise.all(keys.map(async (k) => [k, src.info(k)!.dtype, (await src.read(k))[0]] as const));
+    } finally {
+      await src.close();
+    }
+  };
+  await fitDifFeed(e, unet, source, source, options(path, { epochs: 1 }));
+  const first = await counts();
+  t.ok(first.length >= 1, `${first.length} BatchNorm layers`);
+  // 8 images in batches of 4: 2 training-mode batches an epoch.
+  for (const [k, dtype, n] of first) t.same([dtype, n], ['I64', 2], `${k} after one epoch`);
+  await fitDifFeed(e, unet, source, source, options(path, { epochs: 2, resume: true }));
+  for (const [k, , n] of await counts()) t.equal(n, 4, `${k} after a resumed second epoch`);
+});
