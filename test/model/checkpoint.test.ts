@@ -290,6 +290,28 @@ t.test('openCheckpoint tells formats by their full signatures: a safetensors hea
   t.ok(isLegacyTorch(Uint8Array.of(0x80, 0x04, 0x95, 14, 0, 0, 0, 0, 0, 0, 0, ...magic)));
   t.notOk(isLegacyTorch(Uint8Array.of(0x80, 0x02, ...magic.slice(0, 11), 0x18)), 'one byte of the magic off');
   t.notOk(isLegacyTorch(Uint8Array.of(0x80, 0x07, ...magic)), 'no pickle protocol 7');
+  // With pickle_protocol=1 the magic is a LONG in text, with no PROTO before it.
+  t.ok(isLegacyTorch(new TextEncoder().encode('L119547037146038801333356L\n.')));
+  t.notOk(isLegacyTorch(new TextEncoder().encode('L119547037146038801333357L\n.')), 'one digit off');
+});
+
+// torch.save(..., pickle_protocol=1) writes bools as INT ("I00\n") and, in the legacy format, the
+// magic number as LONG text: both were refused ("unsupported pickle opcode 0x49", "not a checkpoint
+// in an accepted format"), though torch.load reads them.
+t.test('pickle protocol 1 checkpoints (zip and legacy) load the same tensors as the default protocol', async (t) => {
+  const reference = await openCheckpoint(fixture('protocol2.pt'));
+  t.teardown(() => reference.close());
+  t.same(reference.info('1.num_batches_tracked'), { dtype: 'I64', shape: [] });
+  t.same(Array.from(await reference.read('1.num_batches_tracked')), [1], 'one training-mode batch');
+  for (const file of ['protocol1.pt', 'protocol1-legacy.pt']) {
+    const pt = await openCheckpoint(fixture(file));
+    t.same(pt.keys(), reference.keys(), `${file}: the same keys`);
+    for (const k of reference.keys()) {
+      t.same(pt.info(k), reference.info(k), `${file}: ${k}'s dtype and shape`);
+      t.same(Array.from(await pt.read(k)), Array.from(await reference.read(k)), `${file}: ${k}'s values`);
+    }
+    await pt.close();
+  }
 });
 
 t.test('BF16 widens to f32 exactly: signs, zeros, infinities, NaN, the largest and subnormal values', async (t) => {

@@ -130,20 +130,24 @@ export function unpickle(
     items.shift();
     return items;
   };
-  // A GLOBAL's module and name lines. When no newline comes before the end of the bytes given, the
-  // line may continue past them (a legacy checkpoint is parsed from a growing prefix of the file),
+  // A text line of `opcode`: a GLOBAL's module and name, an INT's or LONG's digits. When no newline
+  // comes before the end of the bytes given, the line may continue past them (a legacy checkpoint is parsed from a growing prefix of the file),
   // so that is the same end-of-data error as any other cut, which asks the caller for more bytes; a
   // line that runs past MAX_LINE bytes without one is corrupted whatever follows.
-  const readLine = () => {
+  const readLine = (opcode: 'GLOBAL' | 'INT' | 'LONG') => {
     const nl = bytes.subarray(p, p + MAX_LINE + 1).indexOf(10);
     if (nl < 0) {
-      if (p + MAX_LINE + 1 <= bytes.length) fail(`a GLOBAL line runs over ${MAX_LINE} bytes without a newline: not a module or name`);
-      throw new PickleEndOfDataError(file, p, ' inside a GLOBAL line');
+      if (p + MAX_LINE + 1 <= bytes.length) fail(`a${opcode === 'INT' ? 'n' : ''} ${opcode} line runs over ${MAX_LINE} bytes without a newline${opcode === 'GLOBAL' ? ': not a module or name' : ''}`);
+      throw new PickleEndOfDataError(file, p, ` inside a${opcode === 'INT' ? 'n' : ''} ${opcode} line`);
     }
     const s = dec.decode(bytes.subarray(p, p + nl));
     p += nl + 1;
     return s;
   };
+  // A whole number as a JS number where it is safe, else a BigInt (as LONG1 gives it).
+  const integer = (v: bigint) => (v >= BigInt(Number.MIN_SAFE_INTEGER) && v <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(v) : v);
+  // INT's and LONG's decimal text (protocols 0 and 1); INT writes True and False as 01 and 00.
+  const decimal = (line: string, what: string) => (/^[+-]?\d+$/.test(line) ? BigInt(line) : fail(`${what} ${JSON.stringify(line.slice(0, 40))} is not a whole number`));
   const str = (n: number) => {
     need(n);
     const s = dec.decode(bytes.subarray(p, p + n));
@@ -182,7 +186,17 @@ export function unpickle(
         for (let i = n - 1; i >= 0; i--) v = (v << 8n) | BigInt(bytes[p + i]);
         if (n && bytes[p + n - 1] & 0x80) v -= 1n << BigInt(8 * n);
         p += n;
-        stack.push(v >= BigInt(Number.MIN_SAFE_INTEGER) && v <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(v) : v);
+        stack.push(integer(v));
+        break;
+      }
+      case 0x49: { // INT (protocols 0 and 1; bools as 01 and 00)
+        const line = readLine('INT');
+        stack.push(line === '01' ? true : line === '00' ? false : integer(decimal(line, 'INT')));
+        break;
+      }
+      case 0x4c: { // LONG (protocols 0 and 1): digits, then L
+        const line = readLine('LONG');
+        stack.push(integer(decimal(line.endsWith('L') ? line.slice(0, -1) : line, 'LONG')));
         break;
       }
       case 0x47: need(8); stack.push(view.getFloat64(p, false)); p += 8; break; // BINFLOAT
@@ -191,7 +205,7 @@ export function unpickle(
       case 0x55: need(1); { const n = bytes[p++]; stack.push(str(n)); } break; // SHORT_BINSTRING
       case 0x43: need(1); { const n = bytes[p++]; need(n); stack.push(bytes.slice(p, p + n)); p += n; } break; // SHORT_BINBYTES
       case 0x42: need(4); { const n = view.getUint32(p, true); p += 4; need(n); stack.push(bytes.slice(p, p + n)); p += n; } break; // BINBYTES
-      case 0x63: { const module = readLine(); const name = readLine(); pushGlobal(module, name); break; } // GLOBAL
+      case 0x63: { const module = readLine('GLOBAL'); const name = readLine('GLOBAL'); pushGlobal(module, name); break; } // GLOBAL
       case 0x93: { // STACK_GLOBAL
         const name = pop();
         const module = pop();

@@ -25,12 +25,18 @@ const LEGACY_MAGIC = 0x1950a86a20f9469cfc6cn;
 
 /** LONG1 of 10 bytes: LEGACY_MAGIC as pickled, the first thing a legacy torch.save writes. */
 const LEGACY_MAGIC_PICKLED = Uint8Array.of(0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19);
-/** The bytes isLegacyTorch needs at most: PROTO, a FRAME (protocol 4 and 5), the pickled magic. */
-export const LEGACY_HEAD_BYTES = 2 + 9 + LEGACY_MAGIC_PICKLED.length;
-export const LEGACY_HEAD_DESCRIPTION = 'a pickle PROTO opcode (80 02 for the default pickle_protocol 2) and the magic number 8a 0a 6c fc 9c 46 f9 20 6a a8 50 19';
+/** LEGACY_MAGIC as pickle protocols 0 and 1 write it: a LONG, in decimal, with no PROTO before it. */
+const LEGACY_MAGIC_TEXT = new TextEncoder().encode(`L${LEGACY_MAGIC}L\n`);
+/** The bytes isLegacyTorch needs at most: PROTO, a FRAME (protocol 4 and 5), the pickled magic; or the magic as text. */
+export const LEGACY_HEAD_BYTES = Math.max(2 + 9 + LEGACY_MAGIC_PICKLED.length, LEGACY_MAGIC_TEXT.length);
+export const LEGACY_HEAD_DESCRIPTION = `a pickle PROTO opcode (80 02 for the default pickle_protocol 2) and the magic number 8a 0a 6c fc 9c 46 f9 20 6a a8 50 19 (with pickle_protocol 1: the text "L${LEGACY_MAGIC}L")`;
 
-/** Whether `head` starts as torch.save's legacy format does: PROTO 2–5 (from 4 a FRAME may follow), then the magic number. */
+/**
+ * Whether `head` starts as torch.save's legacy format does: PROTO 2–5 (from 4 a FRAME may follow),
+ * then the magic number; or, with pickle_protocol 1, the magic number as a LONG in text.
+ */
 export function isLegacyTorch(head: Uint8Array): boolean {
+  if (head.length >= LEGACY_MAGIC_TEXT.length && LEGACY_MAGIC_TEXT.every((b, i) => head[i] === b)) return true;
   if (head[0] !== 0x80 || head[1] < 2 || head[1] > 5) return false;
   const at = head[2] === 0x95 ? 11 : 2;
   return head.length >= at + LEGACY_MAGIC_PICKLED.length && LEGACY_MAGIC_PICKLED.every((b, i) => head[at + i] === b);
