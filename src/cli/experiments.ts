@@ -35,13 +35,13 @@ const warnIf = (warning: string | undefined) => {
 };
 
 /** The paper's b24 mapped by role onto the U-Net whose config the cache in `dir` records (printed when mapped). */
-async function featureBlockOf(dir: string): Promise<number> {
+async function featureBlockOf(command: string, dir: string): Promise<number> {
   const { signature } = await openFeatureCache(dir, { verifyAll: false, writeManifest: false });
   const plan = (() => {
     try {
       return planUNet(flagsFromJson(String(signature.config)));
     } catch {
-      throw new UsageError(`difrep knn: ${dir} records no U-Net config to map the paper's b24 onto: give --b`);
+      throw new UsageError(`difrep ${command}: ${dir} records no U-Net config to map the paper's b24 onto: give --b`);
     }
   })();
   const roles = paperBlocks(plan);
@@ -365,7 +365,7 @@ async function knnCommand(argv: string[]): Promise<number> {
   if (!o) return 0;
   if (o.out) await checkOutputFile('knn', 'out', o.out, cachesRead(o));
   const pixels = await pixelCaches(o.train, o.test, argv);
-  const [t, b] = pixels ? [0, PIXEL_BLOCK] : [o.t, o.b ?? (await featureBlockOf(o.train))];
+  const [t, b] = pixels ? [0, PIXEL_BLOCK] : [o.t, o.b ?? (await featureBlockOf('knn', o.train))];
   const pool = o.pool ?? (pixels ? 0 : 1);
   const loaded = { train: await loadCachedFeatures(o.train, [t], [b], pool), test: await loadCachedFeatures(o.test, [t], [b], pool) };
   warnIf(checkTrainTestCaches(loaded.train, loaded.test, o.train, o.test));
@@ -394,7 +394,7 @@ async function knnCommand(argv: string[]): Promise<number> {
 const CKA = {
   features: { type: 'string', meta: 'DIR', required: true, help: 'feature cache holding every compared t × b' },
   t: { type: 'ints', min: 0, max: T_MAX, unique: true, help: 'timesteps (several: compare timesteps at one block)', default: [90] },
-  b: { type: 'ints', min: 1, unique: true, required: true, help: 'blocks (several: compare blocks at one timestep)' },
+  b: { type: 'ints', min: 1, unique: true, help: 'blocks (several: compare blocks at one timestep; default with several --t: the paper\'s b24, mapped by role onto the cache\'s U-Net)' },
   pool: { type: 'int', min: 0, max: 1024, help: 'one adaptive pooling for every compared set (0 = as cached)', default: 0 },
   out: { type: 'string', meta: 'FILE', required: true, help: 'JSON file for the matrix' },
   png: { type: 'string', meta: 'FILE.png', help: 'heatmap, as FILE.png and FILE.svg' },
@@ -406,7 +406,10 @@ async function ckaCommand(argv: string[]): Promise<number> {
   const keep = [{ path: o.features, what: 'the feature cache --features reads' }];
   await checkOutputFile('cka', 'out', o.out, keep);
   if (o.png) await checkChartOutput('cka', 'png', o.png, [...keep, { path: o.out, what: 'the matrix JSON --out names' }]);
-  const { t: ts, b: bs } = o;
+  const ts = o.t;
+  // The paper's Figure 5 compares timesteps at b24; blocks have no such default (which ones?).
+  if (!o.b && ts.length === 1) throw new UsageError('difrep cka: give the blocks to compare (--b 6,12,18,24,…), or several timesteps (--t 10,90,150,…) to compare at the paper\'s b24');
+  const bs = o.b ?? [await featureBlockOf('cka', o.features)];
   if (ts.length > 1 && bs.length > 1) throw new UsageError('difrep cka: compare several blocks at one t, or several t at one block');
   const pairs = ts.length > 1 ? ts.map((t) => [t, bs[0]]) : bs.map((b) => [ts[0], b]);
   const labels = ts.length > 1 ? ts.map((t) => `t${t}`) : bs.map((b) => `b${b}`);

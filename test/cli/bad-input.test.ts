@@ -49,6 +49,7 @@ const CASES: [string, string[], RegExp][] = [
   ['extract', ['--nope', '1'], /unknown option --nope/],
   ['extract', ['stray'], /unexpected argument "stray"/],
   ['cka', ['--features', 'a', '--b', '5,9', '--t', '90,150'], /compare several blocks at one t, or several t at one block/],
+  ['cka', ['--features', 'a', '--t', '90'], /difrep cka: give the blocks to compare \(--b 6,12,18,24,…\), or several timesteps/],
   ['sweep', ['--train', 'a', '--test', 'b', '--b', '9', '--pool', '0'], /each value of --pool must be an integer ≥ 1/],
   ['pretrain', ['--ema', '1.5'], /--ema must be a number ≥ 0 and ≤ 1, got "1.5"/],
   ['pretrain', ['--steps', '0'], /--steps must be an integer ≥ 1/],

@@ -95,6 +95,10 @@ t.test('extract → train → knn → cka on Fashion-MNIST with the adm32-mini r
   t.same(m.dims, [256, 128]);
   t.match(ckaWarning, /40 images of 128–256 values each: linear CKA of unrelated features would read about 0\.81/);
   t.ok(Math.abs(m.matrix[0][0] - 1) < 1e-5 && Math.abs(m.matrix[1][1] - 1) < 1e-5, 'diagonal is 1');
+  // Timesteps without --b: compared at the paper's b24 (CLARIFICATIONS, Figure 5), mapped onto the 9 blocks.
+  const { stderr: ckaMapping } = await difrep('cka', '--features', join(dir, 'test'), '--t', '90,150', '--out', join(dir, 'cka-t.json'));
+  t.match(ckaMapping, /block mapping for this 9-block U-Net: b24 ↦ 9/);
+  t.has(JSON.parse(await readFile(join(dir, 'cka-t.json'), 'utf8')), { timesteps: [90, 150], blocks: [9], labels: ['t90', 't150'] });
   const png = decode(await readFile(join(dir, 'cka.png')));
   t.ok(png.width > 48 && png.height > 48, `heatmap ${png.width}x${png.height}`);
   const { stdout: sweep } = await difrep('sweep', '--train', join(dir, 'train'), '--test', join(dir, 'test'), '--t', '90,150', '--b', '5,9', '--pool', '1,2', '--epochs', '1', '--batch', '8', '--out', join(dir, 'sweep'));
