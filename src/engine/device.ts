@@ -159,9 +159,12 @@ export async function wrapDevice(device: GPUDevice, adapter?: GPUAdapter): Promi
 /** The language features difrep asks about (subgroup_id), by compiling a module that uses each. */
 async function probeLanguageFeatures(device: GPUDevice): Promise<ReadonlySet<string>> {
   if (!device.features.has('subgroups')) return new Set();
+  // The scope is popped before anything is awaited: error scopes are one stack per device, so the
+  // app's own calls while this waited landed in it (its errors never reached its handlers).
   device.pushErrorScope('validation');
   const module = device.createShaderModule({ code: 'enable subgroups;\n@compute @workgroup_size(1) fn main(@builtin(subgroup_id) s: u32) { _ = s; }', label: 'difrep subgroup_id probe' });
+  const popped = device.popErrorScope();
   const messages = (await module.getCompilationInfo()).messages;
-  const failed = await device.popErrorScope();
+  const failed = await popped;
   return new Set(!failed && !messages.some((m) => m.type === 'error') ? ['subgroup_id'] : []);
 }

@@ -474,7 +474,7 @@ export class Engine {
     this.pass.setBindGroup(0, bindGroup);
     this.pass.dispatchWorkgroups(x, y, z);
     if (timed) this.endPass();
-    if (++this.dispatchesInBatch >= this.maxDispatches) this.flush();
+    if (++this.dispatchesInBatch >= this.maxDispatches || this.profiler?.full) this.flush();
   }
 
   /** Copies `data` into `buffer` at `offset`, ordered after everything recorded so far. */
@@ -496,6 +496,13 @@ export class Engine {
   }
 
   copyBuffer(src: GPUBuffer, srcOffset: number, dst: GPUBuffer, dstOffset: number, bytes: number): void {
+    // Checked before recording: WebGPU would fail the engine for good (offsets and sizes in 4-byte
+    // words; a caller's buffer given to fromBuffer without COPY_DST, which an optimizer step needs).
+    if (srcOffset % 4 !== 0 || dstOffset % 4 !== 0 || bytes % 4 !== 0) {
+      throw new RangeError(`copy from ${src.label} to ${dst.label}: ${bytes} bytes from offset ${srcOffset} to offset ${dstOffset}; all three must be multiples of 4`);
+    }
+    if (!(src.usage & GPUBufferUsage.COPY_SRC)) throw new RangeError(`copy from ${src.label}: the buffer was not created with GPUBufferUsage.COPY_SRC`);
+    if (!(dst.usage & GPUBufferUsage.COPY_DST)) throw new RangeError(`copy to ${dst.label}: the buffer was not created with GPUBufferUsage.COPY_DST (an optimizer step writes a parameter in place: create a buffer given to fromBuffer with COPY_DST too)`);
     this.countCommand(`copy to ${dst.label}`);
     this.endPass();
     this.getEncoder().copyBufferToBuffer(src, srcOffset, dst, dstOffset, bytes);
@@ -552,6 +559,12 @@ export class Engine {
    */
   async readBuffers(ranges: readonly { buffer: GPUBuffer; offset: number; bytes: number }[]): Promise<ArrayBuffer[]> {
     this.checkAlive(); // before the staging buffer: one made for a disposed engine was never destroyed
+    // Checked before recording: WebGPU would fail the engine for good.
+    for (const r of ranges) {
+      if (r.offset % 4 !== 0) throw new RangeError(`read of ${r.buffer.label}: offset ${r.offset} is not a multiple of 4 (WebGPU copies 4-byte words)`);
+      if (!(r.buffer.usage & GPUBufferUsage.COPY_SRC)) throw new RangeError(`read of ${r.buffer.label}: the buffer was not created with GPUBufferUsage.COPY_SRC`);
+      if (r.offset + Math.ceil(r.bytes / 4) * 4 > r.buffer.size) throw new RangeError(`read of ${r.buffer.label}: ${r.bytes} bytes from offset ${r.offset} run past its ${r.buffer.size} bytes`);
+    }
     const sizes = ranges.map((r) => Math.ceil(r.bytes / 4) * 4);
     const total = sizes.reduce((a, b) => a + b, 0);
     // One staging buffer holds at most maxBufferSize: a larger read goes in groups that fit (three
@@ -568,7 +581,8 @@ export class Engine {
       // first group's wait, a later group read what the caller wrote or reallocated since the call.
       return (await Promise.all(groups.map((g) => this.readBuffers(g)))).flat();
     }
-    if (total > 0) this.countCommand(`read of ${ranges.map((r) => r.buffer.label).join(', ')}`);
+    // Counted but never refused: a read waits for the GPU at once, which is what the limit asks for.
+    if (total > 0) this.commandsRecorded++;
     const staging = this.staging.readbackBuffer(Math.max(4, total));
     if (total > 0) this.endPass();
     let at = 0;

@@ -12,6 +12,9 @@ export interface KernelTime {
   ms: number;
 }
 
+/** The most queries a GPUQuerySet may hold (WebGPU's limit). */
+const MAX_QUERIES = 4096;
+
 export class KernelProfiler {
   private readonly querySet: GPUQuerySet;
   private labels: string[] = [];
@@ -21,15 +24,27 @@ export class KernelProfiler {
   private pending: Promise<void>[] = [];
   /** Why a batch's timings could not be read back, if one's could not. */
   private lost?: string;
+  /** Dispatches timed per batch. */
+  readonly capacity: number;
 
-  /** `createBuffer` makes its resolve and readback buffers (the engine's, inside its error scopes). */
-  constructor(device: GPUDevice, readonly capacity: number, private readonly createBuffer: CreateBuffer) {
-    this.querySet = device.createQuerySet({ type: 'timestamp', count: capacity * 2, label: 'difrep profiler' });
+  /**
+   * `createBuffer` makes its resolve and readback buffers (the engine's, inside its error scopes).
+   * Times at most `dispatches` per batch, and never more than one query set holds (4096 queries, two
+   * per dispatch): the engine submits a batch when `full`.
+   */
+  constructor(device: GPUDevice, dispatches: number, private readonly createBuffer: CreateBuffer) {
+    this.capacity = Math.min(dispatches, MAX_QUERIES / 2);
+    this.querySet = device.createQuerySet({ type: 'timestamp', count: this.capacity * 2, label: 'difrep profiler' });
+  }
+
+  /** Every query of this batch is taken: the next dispatch would go untimed. */
+  get full(): boolean {
+    return this.labels.length >= this.capacity;
   }
 
   /** Pass descriptor that records the next dispatch's begin and end times, or null when full. */
   nextPass(kernel: string): GPUComputePassDescriptor | null {
-    if (this.labels.length >= this.capacity) return null;
+    if (this.full) return null;
     const i = this.labels.length;
     this.labels.push(`${this.tag}\u0000${kernel}`);
     return { label: kernel, timestampWrites: { querySet: this.querySet, beginningOfPassWriteIndex: 2 * i, endOfPassWriteIndex: 2 * i + 1 } };

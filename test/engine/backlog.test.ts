@@ -33,6 +33,18 @@ t.test('recording past maxCommandsInFlight without waiting throws a message nami
   await small.dispose();
 });
 
+// The refusal asks for a read, which waits for the GPU; the read itself was refused at the limit.
+t.test('at maxCommandsInFlight a read is still allowed, and frees the backlog', async (t) => {
+  const small = await createEngine({ maxCommandsInFlight: 8 });
+  const x = small.tensor([1, 2], [2]);
+  let y = x;
+  for (let i = 0; i < 7; i++) y = ops.scale(y, 2); // the upload and 7 dispatches: the limit
+  t.throws(() => ops.scale(y, 2), /8 GPU commands recorded without waiting/);
+  t.same(Array.from(await y.read()), [128, 256]);
+  t.equal(small.memoryStats().commandsInFlight, 0);
+  await small.dispose();
+});
+
 t.test('settle() in every iteration keeps the backlog under maxCommandsInFlight / 8 + one iteration', async (t) => {
   const small = await createEngine({ maxCommandsInFlight: 64 });
   let x = small.tensor([1], [1]);

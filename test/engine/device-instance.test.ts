@@ -27,9 +27,11 @@ function runChild(t: Test, name: string): string {
 
 t.test('an app\'s own device: the engine reads its language features from the device, before and after other engines; engines share one Dawn instance', async (t) => {
   const out = JSON.parse(runChild(t, 'own-device.ts').trim().split('\n').at(-1)!);
-  const { chosen, threads } = out as { chosen: Record<string, boolean>; threads: { start: number; end: number } };
+  const { chosen, whileAppErred, threads } = out as { chosen: Record<string, boolean>; whileAppErred: { chosen: boolean; appErrors: number }; threads: { start: number; end: number } };
   t.equal(chosen.before, chosen.own, 'the same choice as an engine on a device difrep made');
   t.equal(chosen.after, chosen.before);
+  t.equal(whileAppErred.appErrors, 1, "an app error made while createEngine probed the device reached the app's handler");
+  t.equal(whileAppErred.chosen, chosen.before, 'and the probe chose as without it');
   t.equal(chosen.before, chosen.deviceHasSubgroups, 'lavapipe and Dawn have subgroup_id wherever the device has subgroups');
   // An instance per engine added five threads each.
   t.ok(threads.end <= threads.start + 12, `${threads.start} threads before eight more engines, ${threads.end} after`);

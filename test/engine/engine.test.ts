@@ -391,3 +391,29 @@ t.test('a tuning whose workgroups the device cannot run, or an adapter without i
   await two.dispose();
   await t.rejects(createEngine({ adapter: {} as GPUAdapter }), /createEngine: `adapter` names the adapter of the `device` option/);
 });
+
+// Each of these failed the engine for good in WebGPU's validation (every later call: "earlier error").
+t.test('copies and reads that WebGPU would refuse are refused before they are recorded, and the engine works on', async (t) => {
+  const x = e.tensor([1, 2, 3, 4], [4], 'x');
+  t.throws(() => e.copyBuffer(x.buffer, 2, x.buffer, 8, 4), /copy from difrep x to difrep x: 4 bytes from offset 2 to offset 8; all three must be multiples of 4/);
+  await t.rejects(e.readBuffer(x.buffer, 2, 8), /read of difrep x: offset 2 is not a multiple of 4/);
+  await t.rejects(e.readBuffer(x.buffer, 8, x.buffer.size), new RegExp(`read of difrep x: ${x.buffer.size} bytes from offset 8 run past its ${x.buffer.size} bytes`));
+  // A caller's buffer given to fromBuffer needs only STORAGE and COPY_SRC; an optimizer step copies into it.
+  const appBuffer = e.device.createBuffer({ size: 16, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC, label: 'app weights' });
+  t.throws(() => e.copyBuffer(x.buffer, 0, appBuffer, 0, 16), /copy to app weights: the buffer was not created with GPUBufferUsage\.COPY_DST/);
+  t.same(Array.from(await ops.scale(x, 2).read()), [2, 4, 6, 8], 'the engine works on');
+  appBuffer.destroy();
+  x.dispose();
+});
+
+// The profiler's query set holds 4096 queries (two per dispatch); it was made for maxDispatchesPerSubmit
+// dispatches, so 3000 failed the engine, and a batch of more than it holds went partly untimed.
+t.test('profiling with maxDispatchesPerSubmit over 2048 times every dispatch', { skip: !e.hasFeature('timestamp-query') && 'no timestamp-query' }, async (t) => {
+  const big = await createEngine({ maxDispatchesPerSubmit: 3000, maxCommandsInFlight: 10000 });
+  big.startProfiling();
+  const x = big.tensor([1], [1], 'x');
+  for (let i = 0; i < 2100; i++) ops.scale(x, 1).dispose();
+  const times = await big.stopProfiling();
+  t.equal(times.filter((k) => k.kernel.startsWith('unary')).reduce((n, k) => n + k.calls, 0), 2100, 'every dispatch timed');
+  await big.dispose();
+});

@@ -1,5 +1,6 @@
 import t from 'tap';
-import { Adam, OptimizerGroups, StepLR } from '../../src/train/optimizer.ts';
+import { ops } from '../../src/index.ts';
+import { Adam, OptimizerGroups, Sgd, StepLR } from '../../src/train/optimizer.ts';
 import { maxRelError, randomNd, testEngine, upload } from '../helpers/check.ts';
 
 const e = await testEngine();
@@ -93,4 +94,20 @@ t.test('OptimizerGroups: a saved state goes back to its groups; one that fits no
   refused(new Map([...saved, ['group2.exp_avg.a', new Float32Array(2)]]), /state group2\.exp_avg\.a belongs to none of the 2 optimizer groups/);
   refused(new Map([...saved, ['group1.exp_avg.b', new Float32Array(3)]]), /Adam exp_avg of b holds 3 values, its parameter \[2\] 2/);
   refused(new Map([...saved, ['group1.exp_avg.a', new Float32Array(2)]]), /Adam state for no parameter of this model: exp_avg\.a/);
+});
+
+// SGD copies the new values into the parameter: a caller's buffer without COPY_DST (fromBuffer asks
+// only STORAGE and COPY_SRC) failed WebGPU's validation, and with it the engine for good.
+t.test('SGD on a caller\'s buffer without COPY_DST is refused, naming the usage, and the engine works on', async (t) => {
+  const appBuffer = e.device.createBuffer({ size: 16, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC, label: 'app weights', mappedAtCreation: true });
+  new Float32Array(appBuffer.getMappedRange()).set([1, 2, 3, 4]);
+  appBuffer.unmap();
+  const p = e.fromBuffer(appBuffer, [4]);
+  const sgd = new Sgd(e, new Map([['w', p]]), 0.5);
+  e.tape.backward(ops.sum(ops.scale(p, 3)));
+  t.throws(() => sgd.step(), /copy to app weights: the buffer was not created with GPUBufferUsage\.COPY_DST/);
+  t.same(Array.from(await p.read()), [1, 2, 3, 4], 'unchanged');
+  sgd.zeroGrad();
+  p.dispose();
+  appBuffer.destroy();
 });

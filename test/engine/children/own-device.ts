@@ -18,9 +18,20 @@ const after = await createEngine({ device, adapter });
 const chosen = { before: before.subgroupReductions, own: own.subgroupReductions, after: after.subgroupReductions, deviceHasSubgroups: device.features.has('subgroups') };
 for (const engine of [before, own, after]) await engine.dispose();
 
+// The app's own call while createEngine probes the device: the probe's error scope caught its error
+// (the app's handler never saw it) and the probe then failed, so the engine chose other kernels.
+const appErrors: string[] = [];
+device.onuncapturederror = (ev: GPUUncapturedErrorEvent) => appErrors.push(ev.error.message);
+const pending = createEngine({ device, adapter });
+device.createBuffer({ size: 4, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.STORAGE, label: 'app mistake while probing' });
+const probed = await pending;
+for (let waited = 0; appErrors.length === 0 && waited < 5000; waited += 20) await new Promise((r) => setTimeout(r, 20));
+const whileAppErred = { chosen: probed.subgroupReductions, appErrors: appErrors.length };
+await probed.dispose();
+
 await (await createEngine()).dispose();
 // A destroyed device keeps one thread until it is garbage-collected; an instance of its own added five.
 const start = threads();
 for (let i = 0; i < 8; i++) await (await createEngine()).dispose();
-console.log(JSON.stringify({ chosen, threads: { start, end: threads() } }));
+console.log(JSON.stringify({ chosen, whileAppErred, threads: { start, end: threads() } }));
 device.destroy();
