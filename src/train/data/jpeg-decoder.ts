@@ -11,16 +11,39 @@ const wasmPath = createRequire(import.meta.url).resolve('@jsquash/jpeg/codec/dec
 const wasm = new WebAssembly.Module(readFileSync(wasmPath));
 /** What libjpeg printed (warnings and errors) during the current decode. */
 const messages: string[] = [];
-const decoder = await mozjpegDecoder({
-  noInitialRun: true,
-  instantiateWasm: (imports: WebAssembly.Imports, done: (instance: WebAssembly.Instance) => void) => {
-    const instance = new WebAssembly.Instance(wasm, imports);
-    done(instance);
-    return instance.exports;
-  },
-  print: (text: string) => messages.push(text),
-  printErr: (text: string) => messages.push(text),
-});
+
+interface JpegModule {
+  decode(bytes: Uint8Array, preserveOrientation: boolean): ImageData | null;
+}
+
+/**
+ * A new instance of the decoder, made synchronously: the WebAssembly instance is created inside
+ * `instantiateWasm`, so Emscripten has attached `decode` to the module object when the factory
+ * returns (its promise resolves to that same object).
+ */
+function freshDecoder(): JpegModule {
+  const module: Partial<JpegModule> = {};
+  void mozjpegDecoder(Object.assign(module, {
+    noInitialRun: true,
+    instantiateWasm: (imports: WebAssembly.Imports, done: (instance: WebAssembly.Instance) => void) => {
+      const instance = new WebAssembly.Instance(wasm, imports);
+      done(instance);
+      return instance.exports;
+    },
+    print: (text: string) => messages.push(text),
+    printErr: (text: string) => messages.push(text),
+  })).catch(() => {}); // a start that failed leaves no `decode`: refused below
+  if (typeof module.decode !== 'function') throw new Error('JPEG: the libjpeg decoder (WebAssembly) did not start');
+  return module as JpegModule;
+}
+
+/**
+ * Replaced after every failed decode: libjpeg's error_exit ends the WebAssembly program (exit(1))
+ * without unwinding its stack or freeing its heap, and an instance used on after that ran out of
+ * stack: past about 32 such failures the next valid JPEG hung the process, past about 95 every
+ * later one was refused as corrupted.
+ */
+let decoder = freshDecoder();
 
 /**
  * 8-bit RGB of a baseline or progressive JPEG of one or three channels, as PIL's
@@ -33,8 +56,10 @@ export function decodeJpeg(bytes: Uint8Array): { width: number; height: number; 
   let image: ImageData | null = null;
   try {
     image = decoder.decode(bytes, false);
-  } catch {
-    // libjpeg's error_exit ends the WebAssembly program (exit(1)); the decoder stays usable.
+  } catch (err) {
+    decoder = freshDecoder();
+    // libjpeg's error_exit is Emscripten's ExitStatus; anything else (a trap) is the decoder's own failure.
+    if ((err as { name?: string }).name !== 'ExitStatus') throw new Error(`JPEG: the libjpeg decoder failed (${(err as Error).message ?? err})`);
   }
   const said = messages.join('; ');
   if (!image) throw new Error(`JPEG: ${said || 'libjpeg could not decode it'} (corrupted, or a kind of JPEG libjpeg does not read)`);
