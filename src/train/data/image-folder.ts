@@ -14,7 +14,7 @@ import jpeg from 'jpeg-js';
 import { describeFsError } from '../../model/checkpoint/fs-error.ts';
 import { checkImageSize, MAX_IMAGE_PIXELS, readImageHeader } from './image-header.ts';
 import { decodeJpeg } from './jpeg-decoder.ts';
-import { checkImageDataLength, decodeInterlacedLowDepth, isInterlacedLowDepth } from './png-adam7.ts';
+import { checkImageDataLength, decodeInterlacedLowDepth, isInterlacedLowDepth, withoutTransparencyChunks } from './png-adam7.ts';
 import { preprocess, type Rgb } from './preprocess.ts';
 
 export { FOLDER_PREPROCESSING, preprocess, type Rgb } from './preprocess.ts';
@@ -218,7 +218,7 @@ export function decodeImage(bytes: Uint8Array, options: DecodeOptions = {}): Rgb
   }
   if (isInterlacedLowDepth(bytes)) return pngToRgb(decodeInterlacedLowDepth(bytes));
   checkImageDataLength(bytes);
-  return pngToRgb(decodePng(bytes, { checkCrc: true }));
+  return pngToRgb(decodePng(withoutTransparencyChunks(bytes), { checkCrc: true }));
 }
 
 

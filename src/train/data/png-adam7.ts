@@ -70,6 +70,34 @@ function readChunks(bytes: Uint8Array): { idat: Uint8Array[]; plte?: Uint8Array 
   return { idat, plte };
 }
 
+/**
+ * The PNG without its tRNS chunks (`bytes` itself when it has none). decodeImage gives RGB as PIL's
+ * convert('RGB') does, which ignores transparency, and fast-png refuses two kinds libpng and Pillow
+ * read: an RGB or grey key colour in an image of fewer pixels than the chunk has samples ("more
+ * alpha values than there are pixels", a 1×1 RGB PNG), and palette alphas longer than the palette.
+ */
+export function withoutTransparencyChunks(bytes: Uint8Array): Uint8Array {
+  const dropped: [number, number][] = [];
+  for (let at = 8; at + 12 <= bytes.length; ) {
+    const type = String.fromCharCode(...bytes.subarray(at + 4, at + 8));
+    const next = at + 12 + u32(bytes, at);
+    if (next > bytes.length || type === 'IEND') break; // a cut file keeps its bytes, and its error
+    if (type === 'tRNS') dropped.push([at, next]);
+    at = next;
+  }
+  if (!dropped.length) return bytes;
+  const out = new Uint8Array(bytes.length - dropped.reduce((n, [a, b]) => n + b - a, 0));
+  let from = 0;
+  let to = 0;
+  for (const [a, b] of dropped) {
+    out.set(bytes.subarray(from, a), to);
+    to += a - from;
+    from = b;
+  }
+  out.set(bytes.subarray(from), to);
+  return out;
+}
+
 /** Adam7's passes (or the one pass of a plain PNG) of a width × height image of `bits` per pixel. */
 function passesOf(width: number, height: number, bits: number, interlaced: boolean) {
   return (interlaced ? PASSES : [[0, 0, 1, 1] as const]).map(([x0, y0, dx, dy]) => {

@@ -392,3 +392,15 @@ t.test('classes and files are sorted by code point, as Python sorts them (torchv
   t.same(f.files.slice(0, 2), [join(root, 'apple', '\u{FF5A}.png'), join(root, 'apple', '\u{1F600}.png')], 'files in code-point order');
   await rm(root, { recursive: true });
 });
+
+// fast-png refused these valid files ("tRNS chunk contains more alpha values than there are pixels
+// (3 vs 1)"; a palette's alphas past its length); Pillow reads them, and convert('RGB') ignores the
+// transparency, so their RGB is the colour data alone.
+t.test('transparency chunks that fast-png refuses are read past: a 1×1 RGB key colour, palette alphas longer than the palette', async (t) => {
+  // One pixel (30, 60, 90), filter byte 0; tRNS: the key colour (30, 60, 90) as three 16-bit samples.
+  const rgbKey = png(1, 1, 8, 2, Uint8Array.of(0, 30, 60, 90), [chunk('tRNS', Uint8Array.of(0, 30, 0, 60, 0, 90))]);
+  t.same(decodeImage(rgbKey), { width: 1, height: 1, data: Uint8Array.of(30, 60, 90) });
+  // 2×1 palette of two colours, pixels [1, 0]; four alphas for two entries.
+  const palette = png(2, 1, 8, 3, Uint8Array.of(0, 1, 0), [chunk('PLTE', Uint8Array.of(10, 20, 30, 200, 100, 50)), chunk('tRNS', Uint8Array.of(0, 128, 255, 7))]);
+  t.same(decodeImage(palette), { width: 2, height: 1, data: Uint8Array.of(200, 100, 50, 10, 20, 30) });
+});
