@@ -119,8 +119,9 @@ export async function pretrain(e: Engine, unet: UNet, data: ImageSource, o: Pret
   const C = unet.plan.flags.in_channels;
   const schedule = linearSchedule(1000);
   // A batch more than one chunk of the U-Net holds (unet-bindings.ts) trains in parts of that many
-  // images, gradients added up (guided-diffusion's microbatch, the losses weighted to the batch's
-  // mean): one backward over all of it would bind x0, ε, x_t and the output whole, and record more
+  // images, gradients added up, each part's loss weighted to the batch's mean, so the step is the
+  // whole batch's (guided-diffusion's microbatch adds the parts' unweighted means: K parts give K
+  // times the gradient, and a short last part weighs as much as a full one): one backward over all of it would bind x0, ε, x_t and the output whole, and record more
   // GPU commands than may wait at once (a chunk of ADM-256 at 128 MiB bindings is one image).
   const part = Math.min(batch, imagesPerChunk(e, unet.plan, { last: unet.numBlocks, output: true, gradients: true }), e.perBinding(4 * unet.plan.outChannels * S * S));
   const params = unet.parameters();
