@@ -15,6 +15,8 @@ interface TapeNode {
   needs: boolean[];
   outputs: Tensor[];
   saved: Tensor[];
+  /** The saved tensors' storage versions when the op was recorded. */
+  versions: number[];
   backward: BackwardRule;
 }
 
@@ -69,7 +71,7 @@ export class Tape {
       o.tapeState = 'recorded';
     }
     for (const s of saved) s.hold();
-    this.nodes.push({ op, inputs, needs: inputs.map((t) => t.requiresGrad), outputs, saved, backward });
+    this.nodes.push({ op, inputs, needs: inputs.map((t) => t.requiresGrad), outputs, saved, versions: saved.map((t) => t.storage.version), backward });
   }
 
   /**
@@ -116,6 +118,12 @@ export class Tape {
         const node = this.nodes[i];
         const gOut = node.outputs.map((o) => grads.get(o.id) ?? null);
         if (gOut.some((g) => g !== null)) {
+          // PyTorch's "modified by an inplace operation" check: the rule would read other values than the forward did.
+          node.saved.forEach((t, k) => {
+            if (t.storage.version !== node.versions[k]) {
+              throw new Error(`backward of ${node.op}: ${t.label} ${shapeString(t.shape)}, which it needs, was written in place after the forward (an optimizer step, fill(), a load): call backward() before changing the tensors the forward read, or run the forward again`);
+            }
+          });
           const gIn = e.tidy(() => node.backward(gOut));
           // A rule may pass a gradient through (add) or give one tensor to two inputs: each
           // gradient held below must be its own object, so repeats become views.

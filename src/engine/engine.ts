@@ -283,6 +283,7 @@ export class Engine {
     this.countCommand(`fill ${t.label}`);
     this.endPass();
     this.getEncoder().clearBuffer(t.buffer, 0, Math.ceil(t.byteLength / 4) * 4);
+    t.markWritten();
   }
 
   /**

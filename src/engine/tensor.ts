@@ -37,6 +37,11 @@ export function boundLabel(label: string): string {
 /** A GPU buffer shared by a tensor and its reshaped views; returned to the pool when the last one goes. */
 export class Storage {
   refs = 1;
+  /**
+   * In-place writes so far (an optimizer step, fill(), a load, BatchNorm's running statistics): the
+   * tape refuses a backward that would read a saved tensor of this storage written since its forward.
+   */
+  version = 0;
   constructor(readonly buffer: GPUBuffer, readonly byteLength: number, private onFree: (b: GPUBuffer) => void) {}
 
   retain(): void {
@@ -109,6 +114,15 @@ export class Tensor {
       this.grad = null;
     }
     this.freeIfUnused();
+  }
+
+  /**
+   * Says that this tensor's buffer was written in place (its views' too: they share the storage).
+   * Whoever writes a tensor that a recorded op may have saved calls it, so backward() can refuse
+   * the stale values instead of returning a gradient of other numbers than the forward used.
+   */
+  markWritten(): void {
+    this.storage.version++;
   }
 
   /** Called by the autograd tape for tensors a backward rule will read. */

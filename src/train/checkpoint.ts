@@ -196,7 +196,10 @@ export async function loadTrainingState(e: Engine, path: string, params: Map<str
       if (err instanceof OptimizerStateError) throw new CheckpointError(path, `its optimizer state does not fit: ${err.message}`);
       throw err;
     }
-    for (const [p, data] of values) e.writeBuffer(p.buffer, 0, data);
+    for (const [p, data] of values) {
+      e.writeBuffer(p.buffer, 0, data);
+      p.markWritten();
+    }
     for (const [c, value] of countValues) c.set(value);
     optimizer.loadState(progress.optimizerSteps, state);
     return progress;

@@ -92,6 +92,7 @@ export class Adam implements Optimizer {
         params: { n, beta1: this.beta1, beta2: this.beta2, oneMinusBeta1: 1 - this.beta1, oneMinusBeta2: 1 - this.beta2, eps: this.eps, stepSize: this.lr / bc1, sqrtBiasCorrection2: Math.sqrt(bc2), weightDecay: this.weightDecay },
         workgroups: grid1d(n, ADAM_WORKGROUP),
       });
+      p.markWritten();
     }
   }
 
@@ -178,6 +179,7 @@ export class Sgd implements Optimizer {
           return add(p, scale(g, -this.lr));
         });
         e.copyBuffer(next.buffer, 0, p.buffer, 0, p.byteLength);
+        p.markWritten();
         next.dispose();
       }
     });

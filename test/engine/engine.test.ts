@@ -417,3 +417,21 @@ t.test('profiling with maxDispatchesPerSubmit over 2048 times every dispatch', {
   t.equal(times.filter((k) => k.kernel.startsWith('unary')).reduce((n, k) => n + k.calls, 0), 2100, 'every dispatch timed');
   await big.dispose();
 });
+
+// PyTorch refuses this ("modified by an inplace operation"); the tape ran the rule on the new
+// values: after an SGD step between forward and backward, the gradient of Σ w²·x was 2·w_new·x.
+t.test('a backward that would read a tensor written in place since its forward is refused', async (t) => {
+  const w = e.tensor([1, 2, 3], [3], 'w');
+  w.requiresGrad = true;
+  const x = e.tensor([4, 5, 6], [3], 'x');
+  const loss = ops.sum(ops.mul(ops.mul(w, w), x)); // mul saves w (for the other operand's gradient)
+  e.fill(w, 0);
+  t.throws(() => e.tape.backward(loss), /backward of mul: w \[3\], which it needs, was written in place after the forward/);
+  t.equal(e.tape.length, 0, 'the tape is cleared');
+  // Written before the forward records: nothing to refuse.
+  const again = ops.sum(ops.mul(ops.mul(w, w), x));
+  e.tape.backward(again);
+  t.same(Array.from(await w.grad!.read()), [0, 0, 0], '2·w·x at w = 0');
+  w.dispose();
+  x.dispose();
+});

@@ -1,5 +1,5 @@
 import t from 'tap';
-import { ops } from '../../src/index.ts';
+import { ops, type Tensor } from '../../src/index.ts';
 import { Adam, OptimizerGroups, Sgd, StepLR } from '../../src/train/optimizer.ts';
 import { maxRelError, randomNd, testEngine, upload } from '../helpers/check.ts';
 
@@ -110,4 +110,22 @@ t.test('SGD on a caller\'s buffer without COPY_DST is refused, naming the usage,
   sgd.zeroGrad();
   p.dispose();
   appBuffer.destroy();
+});
+
+// A library user's loop that steps between the forward and its backward: the gradient came from the
+// stepped weights (PyTorch raises "modified by an inplace operation", for SGD and Adam alike).
+t.test('backward after an optimizer step that changed what the forward saved is refused', async (t) => {
+  for (const make of [(p: Map<string, Tensor>) => new Sgd(e, p, 0.1), (p: Map<string, Tensor>) => new Adam(e, p, { lr: 0.1 })]) {
+    const w = e.tensor([1, 2, 3], [3], 'w');
+    const opt = make(new Map([['w', w]]));
+    const x = e.tensor([4, 5, 6], [3], 'x');
+    e.tape.backward(ops.sum(ops.mul(ops.mul(w, w), x)));
+    const loss = ops.sum(ops.mul(ops.mul(w, w), x));
+    opt.step();
+    t.throws(() => e.tape.backward(loss), /was written in place after the forward/, opt.constructor.name);
+    opt.zeroGrad();
+    opt.dispose();
+    w.dispose();
+    x.dispose();
+  }
 });

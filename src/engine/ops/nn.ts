@@ -108,6 +108,8 @@ export function batchNorm2d(
     // In place, so whoever holds the running-stat tensors (a state dict) sees the update.
     e.copyBuffer(m.buffer, 0, state.runningMean.buffer, 0, m.byteLength);
     e.copyBuffer(v.buffer, 0, state.runningVar.buffer, 0, v.byteLength);
+    state.runningMean.markWritten();
+    state.runningVar.markWritten();
     m.dispose();
     v.dispose();
     state.batches++;

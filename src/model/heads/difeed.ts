@@ -220,6 +220,8 @@ export class DifFeed {
       const [rm, rv] = [add(scale(bn.runningMean, 0.9), scale(mean, 0.1)), add(scale(bn.runningVar, 0.9), scale(variance, 0.1 * M / (M - 1)))];
       e.copyBuffer(rm.buffer, 0, bn.runningMean.buffer, 0, rm.byteLength);
       e.copyBuffer(rv.buffer, 0, bn.runningVar.buffer, 0, rv.byteLength);
+      bn.runningMean.markWritten();
+      bn.runningVar.markWritten();
       bn.batches++;
       return { mean, variance, count: M };
     })));
