@@ -6,10 +6,12 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import t from 'tap';
-import { createEngine } from '../../src/engine/engine.ts';
+import t, { type Test } from 'tap';
+import { createEngine, type Engine, type EngineOptions } from '../../src/engine/engine.ts';
 import { UNet } from '../../src/model/unet.ts';
+import { planUNet } from '../../src/model/unet-config.ts';
 import { imagesPerChunk, largestBindingPerImage } from '../../src/model/unet-bindings.ts';
+import type { ImageSource } from '../../src/train/extract.ts';
 import { type DifFeedFitOptions, fitDifFeed } from '../../src/train/fit-difeed.ts';
 import { testEngine } from '../helpers/check.ts';
 import { checkSameRun, labelTurningBad, readTensors } from '../helpers/training-runs.ts';
@@ -18,37 +20,44 @@ import { MINI_UNET, randomImages } from '../helpers/images.ts';
 const e = await testEngine();
 const dir = await mkdtemp(join(tmpdir(), 'difrep-difeed-parts-'));
 t.teardown(() => rm(dir, { recursive: true }));
+const plan = planUNet(MINI_UNET);
+/** One image's largest U-Net tensor with gradients (98,304 bytes): the small engines hold a few. */
+const perImage = largestBindingPerImage(e, plan, { last: 9, output: false, gradients: true }).bytesPerImage;
+
+/** An engine whose largest storage binding holds `images` images' U-Net tensors (so a batch runs in parts). */
+async function smallEngine(t: Test, images: number, more: EngineOptions = {}): Promise<Engine> {
+  const small = await createEngine({ maxBindingBytes: images * perImage, ...more });
+  t.teardown(() => small.dispose());
+  return small;
+}
+
+/** fitDifFeed on a fresh MINI_UNET of seed 11, saving its state as `name`: the result and the saved tensors. */
+async function fitAndRead(engine: Engine, source: ImageSource, options: DifFeedFitOptions, name: string) {
+  const unet = UNet.random(engine, MINI_UNET, 11);
+  const r = await fitDifFeed(engine, unet, source, source, { ...options, checkpoint: join(dir, name) });
+  for (const p of unet.parameters().values()) p.dispose();
+  return { r, state: await readTensors(join(dir, name)) };
+}
 
 t.test('a batch of 6 in parts of 4 and 2 trains and evaluates as the whole batch', async (t) => {
   // One image's largest U-Net tensor with gradients binds 98,304 bytes: the small engine runs 4
   // images a chunk, and holds the feedback layers' largest map ([6, 64, 16, 16]) for the batch. It
   // lets 1,200 commands wait: the parts record at most ~700 between waits, the whole batch's step
   // ~1,450.
-  const perImage = largestBindingPerImage(e, UNet.random(e, MINI_UNET, 11).plan, { last: 9, output: false, gradients: true }).bytesPerImage;
-  const small = await createEngine({ maxBindingBytes: 4 * perImage, maxCommandsInFlight: 1200 });
-  t.teardown(() => small.dispose());
+  const small = await smallEngine(t, 4, { maxCommandsInFlight: 1200 });
+  t.equal(imagesPerChunk(e, plan, { last: 9, output: false, gradients: true }), 1365);
+  t.equal(imagesPerChunk(small, plan, { last: 9, output: false, gradients: true }), 4);
   // Epoch 2 keeps BatchNorm's running statistics (evaluation mode in training), epoch 1 trains them.
-  const options = (name: string): DifFeedFitOptions => ({
-    classes: 4, head: { dim: 16, heads: 2, layers: 1, prePoolSize: 4 }, epochs: 2, batchSize: 6, evalBatchSize: 6, stepSize: 1, seed: 3, batchNormTrainEpochs: 1, checkpoint: join(dir, name),
-  });
+  const options: DifFeedFitOptions = { classes: 4, head: { dim: 16, heads: 2, layers: 1, prePoolSize: 4 }, epochs: 2, batchSize: 6, evalBatchSize: 6, stepSize: 1, seed: 3, batchNormTrainEpochs: 1 };
   const source = randomImages(12);
-  const run = async (engine: typeof e, name: string) => {
-    const unet = UNet.random(engine, MINI_UNET, 11);
-    t.equal(imagesPerChunk(engine, unet.plan, { last: 9, output: false, gradients: true }), engine === e ? 1365 : 4);
-    const r = await fitDifFeed(engine, unet, source, source, options(name));
-    for (const p of unet.parameters().values()) p.dispose();
-    return { r, state: await readTensors(join(dir, name)) };
-  };
-  const whole = await run(e, 'whole.safetensors');
-  const parts = await run(small, 'parts.safetensors');
+  const whole = await fitAndRead(e, source, options, 'whole.safetensors');
+  const parts = await fitAndRead(small, source, options, 'parts.safetensors');
   // Weights, BatchNorm running statistics and Adam moments after 4 steps.
   checkSameRun(t, whole, parts);
 });
 
 t.test('a step that fails frees the batch and what the step made, whole or in parts', async (t) => {
-  const perImage = largestBindingPerImage(e, UNet.random(e, MINI_UNET, 11).plan, { last: 9, output: false, gradients: true }).bytesPerImage;
-  const small = await createEngine({ maxBindingBytes: 4 * perImage });
-  t.teardown(() => small.dispose());
+  const small = await smallEngine(t, 4);
   const source = randomImages(12);
   const options = { classes: 4, head: { dim: 16, heads: 2, layers: 1, prePoolSize: 4 }, epochs: 1, batchSize: 6 };
   for (const engine of [e, small]) {
@@ -66,9 +75,7 @@ t.test('a step that fails frees the batch and what the step made, whole or in pa
 t.test('a batch whose head feature is over one binding trains in parts: the head sees a part at a time', async (t) => {
   // Feedback 9 → 5, feature block 7: the feedback maps of 8 images fit 4 images' binding, block 7's
   // feature for the head ([8, 64, 16, 16], 524,288 bytes) does not; it was refused for the whole batch.
-  const perImage = largestBindingPerImage(e, UNet.random(e, MINI_UNET, 11).plan, { last: 9, output: false, gradients: true }).bytesPerImage;
-  const small = await createEngine({ maxBindingBytes: 4 * perImage });
-  t.teardown(() => small.dispose());
+  const small = await smallEngine(t, 4);
   const source = randomImages(16);
   const options: DifFeedFitOptions = { classes: 4, head: { dim: 16, heads: 2, layers: 1, prePoolSize: 4 }, feedbackBlocks: [9], featureBlock: 7, epochs: 1, batchSize: 8, seed: 5 };
   const [whole, parts] = [await fitDifFeed(e, UNet.random(e, MINI_UNET, 11), source, source, options), await fitDifFeed(small, UNet.random(small, MINI_UNET, 11), source, source, options)];
@@ -79,22 +86,12 @@ t.test('a batch whose head feature is over one binding trains in parts: the head
 t.test('a batch whose feedback maps do not fit one binding trains in parts: BatchNorm over the parts is the batch\'s', async (t) => {
   // 3 images a chunk; the feedback from block 7 into block 3 is [8, 64, 16, 16] (524,288 bytes) for
   // the batch, over the 294,912-byte binding: it was refused, the feedback layers taking the batch whole.
-  const perImage = largestBindingPerImage(e, UNet.random(e, MINI_UNET, 11).plan, { last: 9, output: false, gradients: true }).bytesPerImage;
-  const small = await createEngine({ maxBindingBytes: 3 * perImage });
-  t.teardown(() => small.dispose());
-  const options = (name: string): DifFeedFitOptions => ({
-    classes: 4, head: { dim: 16, heads: 2, layers: 1, prePoolSize: 4 }, epochs: 2, batchSize: 8, evalBatchSize: 8, stepSize: 1, seed: 4, batchNormTrainEpochs: 1, checkpoint: join(dir, name),
-  });
+  const small = await smallEngine(t, 3);
+  const options: DifFeedFitOptions = { classes: 4, head: { dim: 16, heads: 2, layers: 1, prePoolSize: 4 }, epochs: 2, batchSize: 8, evalBatchSize: 8, stepSize: 1, seed: 4, batchNormTrainEpochs: 1 };
   const source = randomImages(16);
-  const run = async (engine: typeof e, name: string) => {
-    const unet = UNet.random(engine, MINI_UNET, 11);
-    const r = await fitDifFeed(engine, unet, source, source, options(name));
-    for (const p of unet.parameters().values()) p.dispose();
-    return { r, state: await readTensors(join(dir, name)) };
-  };
-  const whole = await run(e, 'whole8.safetensors');
+  const whole = await fitAndRead(e, source, options, 'whole8.safetensors');
   const live = small.memoryStats().liveBytes;
-  const parts = await run(small, 'parts8.safetensors'); // 3 + 3 + 2 images a step
+  const parts = await fitAndRead(small, source, options, 'parts8.safetensors'); // 3 + 3 + 2 images a step
   t.equal(small.memoryStats().liveBytes, live, 'nothing left alive');
   checkSameRun(t, whole, parts); // weights, BatchNorm statistics and Adam moments
 });
