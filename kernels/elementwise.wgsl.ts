@@ -61,6 +61,12 @@ export const UNARY_OPS = {
   clampMin: { forward: 'select(max(x, alpha), x, isNan(x))', backward: 'select(0.0, dy, x >= alpha)' },
   // tanhF32 (below); NaN stays NaN. d/dx = 1 − y².
   tanh: { forward: 'select(tanhF32(x), x, isNan(x))', backward: 'dy * (1.0 - y * y)' },
+  // log σ(x) = min(x, 0) − log(1 + e^−|x|), exact in both tails (torch.nn.functional.logsigmoid);
+  // d/dx = σ(−x) = 1/(1 + eˣ), eˣ capped at e⁸⁰ so it stays finite.
+  logSigmoid: { forward: 'select(min(x, 0.0) - log1pF32(exp(-abs(x))), x, isNan(x))', backward: 'dy / (1.0 + exp(min(x, 80.0)))' },
+  // log(1 − e^−x) for x > 0 (Mächler's log1mexp): 1 − e^−x by its series where it would cancel
+  // (x ≤ 0.35), log1p(−e^−x) above. d/dx = e^−x/(1 − e^−x) = exp(−x − y).
+  log1mexp: { forward: 'log1mexpF32(x)', backward: 'dy * exp(-x - y)' },
 } satisfies Record<string, UnaryOpSpec>;
 
 export type UnaryOp = keyof typeof UNARY_OPS;
@@ -82,7 +88,10 @@ const perComponent = (vectorized: boolean, call: (c: string) => string) =>
  * x⁷ (next term 62x⁹/2835, under 1e-10 of x there): lavapipe's tanh is off by about 3e-8 absolute,
  * 19 % of tanh(1e-7) and 0.14 % of tanh(1e-5). logF32: log of a subnormal x (bits b, x = b·2⁻¹⁴⁹)
  * as log(f32(b)) − 149·ln 2, from its bits alone (lavapipe's log read 1.4e-45 as e^−88.03, not
- * e^−103.28, and its multiplies flush subnormals to zero).
+ * e^−103.28, and its multiplies flush subnormals to zero). log1pF32: log(1 + e) for e > −1, below
+ * |e| = 0.05 its series to e⁸ (next term under 5e-12 of it), where 1 + e would round e away.
+ * log1mexpF32: log(1 − e^−x) for x > 0; below x = 0.35 the series of 1 − e^−x to x⁸ (next term
+ * under 1e-9 of it), where 1 − e^−x cancels.
  */
 const UNARY_HELPERS = `fn isNan(x: f32) -> bool { return (bitcast<u32>(x) & 0x7fffffffu) > 0x7f800000u; }
 fn tanhF32(x: f32) -> f32 {
@@ -92,6 +101,14 @@ fn tanhF32(x: f32) -> f32 {
 fn logF32(x: f32) -> f32 {
   let b = bitcast<u32>(x);
   return select(log(x), log(f32(b)) - 103.27892990343185, b > 0u && b < 0x00800000u);
+}
+fn log1pF32(e: f32) -> f32 {
+  let series = e * (1.0 - e * (1.0 / 2.0 - e * (1.0 / 3.0 - e * (1.0 / 4.0 - e * (1.0 / 5.0 - e * (1.0 / 6.0 - e * (1.0 / 7.0 - e / 8.0)))))));
+  return select(logF32(1.0 + e), series, abs(e) < 0.05);
+}
+fn log1mexpF32(x: f32) -> f32 {
+  let series = x * (1.0 - x / 2.0 * (1.0 - x / 3.0 * (1.0 - x / 4.0 * (1.0 - x / 5.0 * (1.0 - x / 6.0 * (1.0 - x / 7.0 * (1.0 - x / 8.0)))))));
+  return select(log1pF32(-exp(-x)), logF32(series), x <= 0.35);
 }`;
 
 /** y[i] = f(x[i]). Bindings: x, y. */

@@ -4,7 +4,7 @@
 // the predicted mean detached, so it trains v and what feeds it; in bits per dimension, per image:
 // KL(q(x_{t−1} | x_t, x0) ‖ p(x_{t−1} | x_t)) for t > 0, the discretised decoder's −log p(x0 | x1)
 // at t = 0 (gaussian_diffusion.py _vb_terms_bpd, losses.py).
-import { add, addScalar, clampMin, exp, log, mul, neg, scale, square, sub, tanh } from '../engine/ops/elementwise.ts';
+import { add, addScalar, clampMin, exp, log1mexp, logSigmoid, mul, neg, scale, square, sub } from '../engine/ops/elementwise.ts';
 import { reshape, slice } from '../engine/ops/layout.ts';
 import { mean } from '../engine/ops/reduce.ts';
 import type { Tensor } from '../engine/tensor.ts';
@@ -57,28 +57,40 @@ function variationalBound(schedule: Schedule, b: DiffusionBatch, epsHat: Tensor,
   if (!decoded.includes(1)) return klBits;
   const atZero = e.tensor(Float32Array.from(decoded), [N], 't_is_0');
   const notZero = e.tensor(Float32Array.from(decoded, (d) => 1 - d), [N], 't_is_not_0');
-  return add(mul(klBits, notZero), mul(bits(neg(decoderLogLikelihood(b, meanModel, logVariance))), atZero));
+  return add(mul(klBits, notZero), mul(bits(neg(discretizedGaussianLogLikelihood(b.x0, b.x0Data, meanModel, logVariance))), atZero));
 }
 
 /**
  * log p(x0 | x1) per value under N(μ, σ²) discretised to 8-bit bins of width 2/255, the outer bins
- * open-ended (losses.py discretized_gaussian_log_likelihood, its tanh approximation of Φ).
+ * open-ended (losses.py discretized_gaussian_log_likelihood, its tanh approximation of Φ, each
+ * probability clamped to ≥ 1e-12). `x0Data` is x0 on the CPU: x0 = ±1 takes the open bins.
+ *
+ * Evaluated without cancellation: ½·(1 + tanh(u)) = σ(2u), so log Φ(z₊) = log σ(a) and
+ * log(1 − Φ(z₋)) = log σ(−b) with a = 2u(z₊), b = 2u(z₋), and the bin's
+ * Φ(z₊) − Φ(z₋) = σ(a) − σ(b) = σ(a)·σ(−b)·(1 − e^−(a−b)), where
+ * a − b = 2√(2/π)·(z₊ − z₋)·(1 + 0.044715·(z₊² + z₊z₋ + z₋²)) and z₊ − z₋ = (2/255)/σ. The
+ * difference of two CDFs near 1 (losses.py's form) kept only a few bits in a tail, fewer still with
+ * an adapter's tanh a few ulp off.
  */
-function decoderLogLikelihood(b: DiffusionBatch, meanModel: Tensor, logVariance: Tensor): Tensor {
+export function discretizedGaussianLogLikelihood(x0: Tensor, x0Data: Float32Array, meanModel: Tensor, logVariance: Tensor): Tensor {
   const e = logVariance.engine;
-  const shape = b.x0.shape;
-  const mask = (pick: (x: number) => boolean, label: string) => e.tensor(b.x0Data.map((x) => (pick(x) ? 1 : 0)), shape, label);
-  const centered = sub(b.x0, meanModel);
+  const mask = (pick: (x: number) => boolean, label: string) => e.tensor(x0Data.map((x) => (pick(x) ? 1 : 0)), x0.shape, label);
+  const centered = sub(x0, meanModel);
   const invStd = exp(scale(logVariance, -0.5));
-  // Φ(z) ≈ ½·(1 + tanh(√(2/π)·(z + 0.044715·z³))).
-  const cdf = (z: Tensor) => addScalar(scale(tanh(scale(add(z, scale(mul(mul(z, z), z), 0.044715)), Math.sqrt(2 / Math.PI))), 0.5), 0.5);
-  const cdfPlus = cdf(mul(invStd, addScalar(centered, 1 / 255)));
-  const cdfMin = cdf(mul(invStd, addScalar(centered, -1 / 255)));
-  const logCdfPlus = log(clampMin(cdfPlus, 1e-12));
-  const logOneMinusCdfMin = log(clampMin(addScalar(neg(cdfMin), 1), 1e-12));
-  const logCdfDelta = log(clampMin(sub(cdfPlus, cdfMin), 1e-12));
+  const zPlus = mul(invStd, addScalar(centered, 1 / 255));
+  const zMinus = mul(invStd, addScalar(centered, -1 / 255));
+  // 2u(z) = 2√(2/π)·(z + 0.044715·z³), Φ(z) ≈ σ(2u(z)).
+  const c = 2 * Math.sqrt(2 / Math.PI);
+  const twiceU = (z: Tensor) => scale(add(z, scale(mul(square(z), z), 0.044715)), c);
+  const logCdfPlus = logSigmoid(twiceU(zPlus));
+  const logOneMinusCdfMin = logSigmoid(neg(twiceU(zMinus)));
+  const cubicGrowth = addScalar(scale(add(add(square(zPlus), mul(zPlus, zMinus)), square(zMinus)), 0.044715), 1);
+  const gap = mul(scale(invStd, c * (2 / 255)), cubicGrowth);
+  const logCdfDelta = add(add(logCdfPlus, logOneMinusCdfMin), log1mexp(gap));
+  // log(clamp(p, min=1e-12)), as losses.py.
+  const floor = Math.log(Math.fround(1e-12));
   return add(
-    add(mul(logCdfPlus, mask((x) => x < -0.999, 'x0_at_-1')), mul(logOneMinusCdfMin, mask((x) => x > 0.999, 'x0_at_1'))),
-    mul(logCdfDelta, mask((x) => x >= -0.999 && x <= 0.999, 'x0_inside')),
+    add(mul(clampMin(logCdfPlus, floor), mask((x) => x < -0.999, 'x0_at_-1')), mul(clampMin(logOneMinusCdfMin, floor), mask((x) => x > 0.999, 'x0_at_1'))),
+    mul(clampMin(logCdfDelta, floor), mask((x) => x >= -0.999 && x <= 0.999, 'x0_inside')),
   );
 }

@@ -69,6 +69,8 @@ export const unaryRef: Record<string, (x: number, alpha: number) => number> = {
   clampSymmetric: (x, a) => Math.min(a, Math.max(-a, x)),
   clampMin: (x, a) => Math.max(a, x),
   tanh: (x) => Math.tanh(x),
+  logSigmoid: (x) => (x >= 0 ? -Math.log1p(Math.exp(-x)) : x - Math.log1p(Math.exp(x))),
+  log1mexp: (x) => (x <= Math.LN2 ? Math.log(-Math.expm1(-x)) : Math.log1p(-Math.exp(-x))),
 };
 
 export function map(x: Nd, f: (v: number) => number): Nd {

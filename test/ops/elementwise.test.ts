@@ -19,6 +19,8 @@ const unaryCases: [string, (x: any) => any, number, number, number][] = [
   ['clampSymmetric', (x) => ops.clampSymmetric(x, 1.5), 1.5, -3, 3],
   ['clampMin', (x) => ops.clampMin(x, 0.5), 0.5, -2, 2],
   ['tanh', ops.tanh, 0, -4, 4],
+  ['logSigmoid', ops.logSigmoid, 0, -30, 30],
+  ['log1mexp', ops.log1mexp, 0, 0.01, 5],
 ];
 
 t.test('tanh stays finite and saturates far out (±50, ±1e4: an (e²ˣ − 1)/(e²ˣ + 1) tanh gives NaN there)', async (t) => {
@@ -41,6 +43,28 @@ t.test('log of subnormals, the smallest normal and ordinary values matches float
   const y = await ops.log(e.tensor(xs, [xs.length])).read();
   const err = Math.max(...Array.from(xs, (v, i) => Math.abs(y[i] - Math.log(v)) / Math.abs(Math.log(v))));
   t.ok(err < 1e-6, `worst relative error ${err.toExponential(2)}: ${Array.from(y.slice(0, 4))}`);
+});
+
+// Each value against its own magnitude, float64 the expectation: log(σ(x)) and log(1 − e^−x) as
+// written lose every digit in a tail (log σ(30) read as log(1) = 0, log(1 − e^−1e-6) as log(1e-6 ± 6e-8)).
+t.test('logSigmoid and log1mexp keep their relative precision in the tails and across their branch points', async (t) => {
+  const cases: [string, (x: any) => any, number[]][] = [
+    ['logSigmoid', ops.logSigmoid, [-200, -30, -1, -1e-3, 0, 1e-3, 1, 2.9, 3.1, 15, 30, 80, 85]],
+    ['log1mexp', ops.log1mexp, [1e-30, 1e-7, 1e-3, 0.1, 0.3499, 0.35, 0.3501, 0.69, 1, 2.99, 3.01, 10, 16, 30]],
+  ];
+  for (const [name, op, xs] of cases) {
+    for (const n of [xs.length, xs.length + (4 - (xs.length % 4)) % 4]) {
+      const x32 = Float32Array.from({ length: n }, (_, i) => xs[i % xs.length]);
+      const y = await op(e.tensor(x32, [n])).read();
+      // Relative to each bound: 2e-6 plus WGSL's accuracy of exp(x), 3 + 2·|x| ulp (lavapipe's
+      // exp(−85) is 3e-6 off, which logSigmoid(85) ≈ −e^−85 inherits).
+      const err = Math.max(...Array.from(x32, (v, i) => {
+        const want = unaryRef[name](v, 0);
+        return Math.abs(y[i] - want) / Math.abs(want) / (2e-6 + (3 + 2 * Math.abs(v)) * 2 ** -23);
+      }));
+      t.ok(err < 1, `${name} of ${n} values: worst error ${err.toFixed(2)} of its bound: ${Array.from(y)}`);
+    }
+  }
 });
 
 // PyTorch keeps NaN through relu, clamp and tanh; WGSL's max and clamp may return the other

@@ -66,6 +66,10 @@ export const clampSymmetric = (x: Tensor, bound: number) => unary('clampSymmetri
 /** max(x, min) (torch.clamp(x, min=min)). */
 export const clampMin = (x: Tensor, min: number) => unary('clampMin', x, min);
 export const tanh = (x: Tensor) => unary('tanh', x);
+/** log σ(x), without cancellation in either tail. */
+export const logSigmoid = (x: Tensor) => unary('logSigmoid', x);
+/** log(1 − e^−x) for x > 0, without cancellation near 0. */
+export const log1mexp = (x: Tensor) => unary('log1mexp', x);
 
 /** NumPy broadcasting of two shapes; throws with both shapes when they do not broadcast. */
 export function broadcastShapes(a: Shape, b: Shape): number[] {
