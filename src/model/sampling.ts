@@ -27,6 +27,8 @@ export const DIFFUSION_STEPS = 1000;
 /** The most images one sample() call draws. */
 export const MAX_SAMPLE_COUNT = 1024;
 const MAX_SEED = 2 ** 32 - 1;
+/** Steps between reads of the finite-checks: each read waits for the GPU to catch up. */
+const CHECK_EVERY = 10;
 
 export interface SampleOptions {
   /** Images to draw: an integer from 1 to MAX_SAMPLE_COUNT. */
@@ -88,8 +90,18 @@ export async function sample(e: Engine, unet: UNet, o: SampleOptions): Promise<T
   const ts = ddim ? ddimTimesteps(sch.steps, ddim) : Array.from({ length: sch.steps }, (_, i) => sch.steps - 1 - i);
   let x = e.keep(e.tensor(gaussianNoise(n, seed), shape, 'x_T'));
   // Per step, Σ 0·(ε̂, v): 0, or NaN where the prediction holds a NaN or ±Inf, which the clamp
-  // of x̂0 would otherwise turn into a plausible −1 or 1 (an all-black image). Read once at the end.
+  // of x̂0 would otherwise turn into a plausible −1 or 1 (an all-black image). Read every
+  // CHECK_EVERY steps and at the end, so a bad prediction stops the run within that many steps.
   const checks: Tensor[] = [];
+  let checked = 0;
+  const readChecks = async () => {
+    const bad = (await e.readTensors(checks.slice(checked))).findIndex((c) => !Number.isFinite(c[0]));
+    if (bad >= 0) {
+      const step = checked + bad;
+      throw new RangeError(`sample: the U-Net's prediction holds NaN or Inf at step ${step + 1} of ${ts.length} (t = ${ts[step]}): look for NaN/Inf or overflowing weights in the checkpoint`);
+    }
+    checked = checks.length;
+  };
   try {
     for (const [k, t] of ts.entries()) {
       const next = e.noGrad(() => e.tidy(() => {
@@ -115,12 +127,9 @@ export async function sample(e: Engine, unet: UNet, o: SampleOptions): Promise<T
       }));
       x.dispose();
       x = e.keep(next);
+      if ((k + 1) % CHECK_EVERY === 0 || k + 1 === ts.length) await readChecks();
       o.onStep?.(k + 1, ts.length);
       await e.settle();
-    }
-    const bad = (await e.readTensors(checks)).findIndex((c) => !Number.isFinite(c[0]));
-    if (bad >= 0) {
-      throw new RangeError(`sample: the U-Net's prediction holds NaN or Inf at step ${bad + 1} of ${ts.length} (t = ${ts[bad]}): look for NaN/Inf or overflowing weights in the checkpoint`);
     }
   } catch (err) {
     x.dispose();

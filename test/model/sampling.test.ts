@@ -118,6 +118,11 @@ t.test('a prediction holding NaN or Inf is an error naming the step, not a clamp
   await t.rejects(sample(e, unet.withWeights(weights), { count: 2, ddimSteps: 5 }), /sample: the U-Net's prediction holds NaN or Inf at step 1 of 5 \(t = 800\)/);
   weights.set('out.2.bias', e.tensor(Float32Array.from([0, 0, Number.POSITIVE_INFINITY]), [3]));
   await t.rejects(sample(e, unet.withWeights(weights), { count: 1, ddimSteps: 5 }), /holds NaN or Inf at step 1 of 5/);
+  // A 1000-step DDPM run stops within 10 steps of the bad one: the checks were read only after
+  // the last step, so the error came after all 1000.
+  let steps = 0;
+  await t.rejects(sample(e, unet.withWeights(weights), { count: 1, onStep: (k) => (steps = k) }), /holds NaN or Inf at step 1 of 1000 \(t = 999\)/);
+  t.ok(steps < 10, `stopped after ${steps} steps of 1000`);
   const live = e.memoryStats().liveBytes;
   const ok = await sample(e, unet, { count: 1, ddimSteps: 5 });
   t.ok((await ok.read()).every(Number.isFinite));
