@@ -10,8 +10,14 @@ export interface Schedule {
   alphasCumprod: Float64Array;
 }
 
-/** β_i = linspace(0.0001·s, 0.02·s, T), s = 1000/T; ᾱ_t = Π_{i≤t} (1 − β_i), all in float64. */
+/**
+ * β_i = linspace(0.0001·s, 0.02·s, T), s = 1000/T; ᾱ_t = Π_{i≤t} (1 − β_i), all in float64.
+ * T = 2…19 would give β_T = 20/T > 1 and a negative ᾱ (guided-diffusion asserts 0 < β ≤ 1).
+ */
 export function linearSchedule(steps = 1000): Schedule {
+  if (!Number.isInteger(steps) || steps < 1 || (steps > 1 && steps < 20)) {
+    throw new RangeError(`linearSchedule: steps must be 1 or an integer of at least 20 (fewer steps make β_T = 0.02·1000/T exceed 1), got ${steps}`);
+  }
   const s = 1000 / steps;
   const lo = 0.0001 * s;
   const hi = 0.02 * s;
@@ -78,8 +84,14 @@ export function posterior(schedule: Schedule, t: number): Posterior {
   };
 }
 
-/** Standard normal samples from a seed (xoshiro128** + Box–Muller): same seed, same noise, anywhere. */
+/**
+ * Standard normal samples from a seed (xoshiro128** + Box–Muller): same seed, same noise, anywhere.
+ * Seeds are 32-bit: anything else is refused, as 2³² or 0.7 would draw seed 0's noise.
+ */
 export function gaussianNoise(count: number, seed: number): Float32Array {
+  if (!Number.isInteger(seed) || seed < 0 || seed > 0xffffffff) {
+    throw new RangeError(`gaussianNoise: seed must be an integer from 0 to ${0xffffffff} (the generator's seeds are 32-bit), got ${seed}`);
+  }
   let s0 = 0x9e3779b9 ^ seed;
   let s1 = 0x243f6a88 ^ Math.imul(seed, 0x85ebca6b);
   let s2 = 0xb7e15162;
