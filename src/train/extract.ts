@@ -13,9 +13,9 @@ import { gaussianNoise, linearSchedule, qSample } from '../model/diffusion.ts';
 import { firstNonFinite } from '../model/checkpoint/tensor-source.ts';
 import type { UNet } from '../model/unet.ts';
 import { lockCacheShard } from './cache-lock.ts';
-import { type CacheSignature, checkCacheSignature, firstDuplicate, makeCacheSignature, planChunks, TIMESTEPS } from './cache-signature.ts';
+import { type CacheSignature, type ChunkPlan, checkCacheSignature, firstDuplicate, makeCacheSignature, planChunks, TIMESTEPS } from './cache-signature.ts';
 import { checkExistingCache } from './feature-cache.ts';
-import { writeFeatureChunk } from './feature-chunk.ts';
+import { openFeatureChunk, writeFeatureChunk } from './feature-chunk.ts';
 import { noiseSeed } from './noise-seed.ts';
 import { featureKey, PIXEL_BLOCK } from './feature-key.ts';
 
@@ -200,13 +200,32 @@ async function extractChunks(e: Engine, imageSize: number, data: ImageSource, op
   }
   const lock = await lockCacheShard(opts.outDir, opts.shard, warn);
   try {
-    return await extractLocked(e, imageSize, data, opts, sig, seen, features, perCall);
+    return await extractLocked(e, imageSize, data, opts, sig, seen, features, perCall, warn);
   } finally {
     await lock.release();
   }
 }
 
-async function extractLocked(e: Engine, S: number, data: ImageSource, opts: ExtractOptions, sig: CacheSignature, seen: Map<string, string>, features: BatchFeatures, perCall: number): Promise<number> {
+/**
+ * Whether a chunk a resumed run would skip is whole: every feature map read against its checksum.
+ * One that is not (a flipped byte, a disk error) is extracted again, with a warning.
+ */
+async function chunkIsIntact(path: string, chunk: ChunkPlan, sig: CacheSignature, warn: (m: string) => void): Promise<boolean> {
+  try {
+    const c = await openFeatureChunk(path, chunk, sig);
+    try {
+      for (const key of c.shapes.keys()) await c.read(key);
+    } finally {
+      await c.close();
+    }
+    return true;
+  } catch (err) {
+    warn(`${(err as Error).message.replace(/; delete .*$/, '')}: extracting that chunk again`);
+    return false;
+  }
+}
+
+async function extractLocked(e: Engine, S: number, data: ImageSource, opts: ExtractOptions, sig: CacheSignature, seen: Map<string, string>, features: BatchFeatures, perCall: number, warn: (m: string) => void): Promise<number> {
   const batchSize = opts.batchSize ?? 8;
   const chunks = planChunks(data.count, sig.chunkSize).filter((_, k) => !opts.shard || k % opts.shard.count === opts.shard.index);
   const existing = new Set(await checkExistingCache(opts.outDir, sig, seen));
@@ -215,7 +234,7 @@ async function extractLocked(e: Engine, S: number, data: ImageSource, opts: Extr
   const total = chunks.reduce((p, c) => p + c.end - c.start, 0);
   const inputSize = 3 * S * S;
   for (const chunk of chunks) {
-    if (existing.has(chunk.file)) {
+    if (existing.has(chunk.file) && await chunkIsIntact(join(opts.outDir, chunk.file), chunk, sig, warn)) {
       done += chunk.end - chunk.start;
       opts.onProgress?.(done, total);
       continue;

@@ -129,6 +129,25 @@ t.test('a bit flip in any tensor of a chunk is caught on open (as merge does) an
   await rm(dir, { recursive: true });
 });
 
+// Resume skipped every chunk whose header matched: a chunk with a flipped feature byte was kept,
+// and extract then wrote a manifest calling the cache complete (merge refused it later).
+t.test('a resumed extraction reads each chunk it would skip against its checksums, and extracts a corrupted one again', async (t) => {
+  const dir = await tempDir();
+  await extractFeatures(e, unet, source(), options(dir));
+  const chunk = join(dir, 'chunk-00000004-00000006.safetensors');
+  const clean = await readFile(chunk);
+  await flipBit(chunk, 't50.b2', 40);
+  const warnings: string[] = [];
+  const calls = { n: 0 };
+  t.equal(await extractFeatures(e, unet, source(calls), options(dir, { onWarning: (m) => warnings.push(m) })), 2, 'the 2 images of the corrupted chunk');
+  t.equal(calls.n, 1, 'one batch decoded: the intact chunk was skipped');
+  t.equal(warnings.length, 1);
+  t.match(warnings[0], /chunk-00000004-00000006\.safetensors: tensor "t50\.b2" does not match its checksum \(the file is corrupted\): extracting that chunk again$/);
+  t.same(await readFile(chunk), clean, 'the chunk is the one a clean run wrote');
+  t.ok(await openFeatureCache(dir), 'and the cache verifies');
+  await rm(dir, { recursive: true });
+});
+
 t.test('rerunning a complete cache with another chunk size (or seed, t, b, pool) is refused before any work', async (t) => {
   const dir = await tempDir();
   await extractFeatures(e, unet, source(), options(dir));
