@@ -150,14 +150,20 @@ async function extractCommand(argv: string[]): Promise<number> {
     }
     const pool = new DecodePool(2);
     closers.push(() => pool.close());
-    source = { count: idx.length, labels: idx.map((i) => folder.labels[i]), images: async (sel) => (await pool.decode(sel.map((i) => folder.files[idx[i]]), size)).images };
+    // Each file is decoded against its digest in the fingerprint the cache records.
+    const { fingerprint, sha256 } = await folderFingerprint(folder, idx);
+    source = {
+      count: idx.length,
+      labels: idx.map((i) => folder.labels[i]),
+      images: async (sel) => (await pool.decode(sel.map((i) => folder.files[idx[i]]), size, undefined, sel.map((i) => sha256[i]))).images,
+    };
     // The folder's real path, however --root spells it: the same images get the same noise, and the
     // same name (the warning about test scores on training images compares it).
     datasetName = `folder:${await realpath(o.root!)}/per-class=${o['per-class']}`;
     // Labels number the class folders in sorted order: a test folder with other classes would shift them.
     // The decoder and preprocessing are recorded too: caches extracted before JPEGs were decoded as
     // Pillow does, or before the preprocessing became center_crop_arr, hold other x0s.
-    dataset = { classes: JSON.stringify(folder.classes), files: await folderFingerprint(folder, idx), decoder: FOLDER_DECODER, preprocess: FOLDER_PREPROCESSING };
+    dataset = { classes: JSON.stringify(folder.classes), files: fingerprint, decoder: FOLDER_DECODER, preprocess: FOLDER_PREPROCESSING };
   } else {
     const ds = await loadFashionMnist(o.split as 'train' | 'test');
     const idx = o['per-class'] ? balancedSubset(ds.labels, o['per-class'], o.seed) : Array.from({ length: ds.count }, (_, i) => i);

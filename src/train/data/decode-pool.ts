@@ -45,14 +45,15 @@ export class DecodePool {
 
   /**
    * Decodes a batch in a worker thread. Rejects naming every file that could not be decoded: no
-   * image silently becomes a slot of zeros.
+   * image silently becomes a slot of zeros. `sha256`: the files' digests from folderFingerprint,
+   * checked against the bytes decoded.
    */
-  async decode(files: readonly string[], size: number, flips?: readonly boolean[]): Promise<DecodedBatch> {
+  async decode(files: readonly string[], size: number, flips?: readonly boolean[], sha256?: readonly string[]): Promise<DecodedBatch> {
     const id = ++this.ids;
     const w = this.workers[this.next++ % this.workers.length];
     const batch = await new Promise<DecodedBatch>((resolve, reject) => {
       this.pending.set(id, { resolve, reject, worker: w });
-      w.postMessage({ id, files: [...files], size, flips: flips && [...flips], maxPixels: this.options.maxPixels });
+      w.postMessage({ id, files: [...files], size, flips: flips && [...flips], maxPixels: this.options.maxPixels, sha256: sha256 && [...sha256] });
     });
     const failed = batch.results.flatMap((r) => (r.ok ? [] : [`${r.file}: ${r.error}`]));
     if (failed.length) throw new Error(`cannot decode ${failed.length} of ${files.length} images: ${failed.join('; ')}`);

@@ -227,21 +227,26 @@ const FINGERPRINT_READS = 64;
 
 /**
  * A fingerprint of the images `idx` of `folder`: SHA-256 over each one's path under the root and
- * the SHA-256 of its bytes, in order. Shards of one cache, or a resumed extraction, that read a
- * folder whose files have since changed then carry another fingerprint and are not merged (a cache
- * records its provenance). Path and size alone, as before, let an image rewritten at the same size
- * (an uncompressed PNG, a re-encoded JPEG of equal length) pass: one cache then mixed two
- * versions of the dataset.
+ * the SHA-256 of its bytes, in order, and those per-file digests (`sha256`, in idx order). Shards
+ * of one cache, or a resumed extraction, that read a folder whose files have since changed then
+ * carry another fingerprint and are not merged (a cache records its provenance). Path and size
+ * alone, as before, let an image rewritten at the same size (an uncompressed PNG, a re-encoded JPEG
+ * of equal length) pass: one cache then mixed two versions of the dataset. Decoding against
+ * `sha256` (loadBatch) catches a file rewritten during the run itself.
  */
-export async function folderFingerprint(folder: ImageFolder, idx: readonly number[]): Promise<string> {
+export async function folderFingerprint(folder: ImageFolder, idx: readonly number[]): Promise<{ fingerprint: string; sha256: string[] }> {
   const hash = createHash('sha256');
+  const sha256: string[] = [];
   for (let start = 0; start < idx.length; start += FINGERPRINT_READS) {
     const files = idx.slice(start, start + FINGERPRINT_READS).map((i) => folder.files[i]);
-    const digests = await Promise.all(files.map(async (file) => createHash('sha256').update(await readFile(file)).digest('hex')));
+    const digests = await Promise.all(files.map(async (file) => sha256Hex(await readFile(file))));
     files.forEach((file, k) => hash.update(`${relative(folder.root, file)}\t${digests[k]}\n`));
+    sha256.push(...digests);
   }
-  return `contents-sha256:${hash.digest('hex')}`;
+  return { fingerprint: `contents-sha256:${hash.digest('hex')}`, sha256 };
 }
+
+const sha256Hex = (bytes: Uint8Array) => createHash('sha256').update(bytes).digest('hex');
 
 /** What became of one file of a batch. */
 export type ImageResult = { file: string; ok: true } | { file: string; ok: false; error: string };
@@ -252,13 +257,21 @@ export interface DecodedBatch {
   results: ImageResult[];
 }
 
-/** Reads, decodes and preprocesses these files into one [n, 3, size, size] batch. */
-export async function loadBatch(files: readonly string[], size: number, flips?: readonly boolean[], options: DecodeOptions = {}): Promise<DecodedBatch> {
+/**
+ * Reads, decodes and preprocesses these files into one [n, 3, size, size] batch. With `sha256`
+ * (each file's digest when the run fingerprinted it), a file whose bytes no longer match is
+ * refused: its features would be stored under the old contents' fingerprint.
+ */
+export async function loadBatch(files: readonly string[], size: number, flips?: readonly boolean[], options: DecodeOptions = {}, sha256?: readonly string[]): Promise<DecodedBatch> {
   const images = new Float32Array(files.length * 3 * size * size);
   const results: ImageResult[] = await Promise.all(files.map(async (file, i): Promise<ImageResult> => {
     try {
+      const bytes = new Uint8Array(await readFile(file));
+      if (sha256 && sha256Hex(bytes) !== sha256[i]) {
+        throw new Error('its contents changed after this run fingerprinted the folder (the cache records that fingerprint): leave the images as they are while the run lasts, then run it again');
+      }
       // Decoding is synchronous, so one decoded image at a time is in memory.
-      preprocess(decodeImage(new Uint8Array(await readFile(file)), options), size, flips?.[i] ?? false, images, i * 3 * size * size);
+      preprocess(decodeImage(bytes, options), size, flips?.[i] ?? false, images, i * 3 * size * size);
       return { file, ok: true };
     } catch (e) {
       return { file, ok: false, error: (e as Error).message };

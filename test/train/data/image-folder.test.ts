@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -6,7 +7,7 @@ import { encode as encodePng } from 'fast-png';
 import jpeg from 'jpeg-js';
 import t from 'tap';
 import { DecodePool } from '../../../src/train/data/decode-pool.ts';
-import { decodeImage, loadBatch, MAX_IMAGE_PIXELS, preprocess, scanImageFolder, validateImageFolder } from '../../../src/train/data/image-folder.ts';
+import { decodeImage, folderFingerprint, loadBatch, MAX_IMAGE_PIXELS, preprocess, scanImageFolder, validateImageFolder } from '../../../src/train/data/image-folder.ts';
 import { readImageHeader } from '../../../src/train/data/image-header.ts';
 
 const rgb = (w: number, h: number, f: (x: number, y: number) => [number, number, number]) => {
@@ -127,6 +128,31 @@ t.test('a class folder whose name holds ": " keeps its unreadable file out (stru
     t.same(ok.results.map((r) => r.ok), [true, true]);
     t.ok(ok.images.every((v) => Math.abs(v - (9 / 127.5 - 1)) < 1e-6), 'pixels decoded in the worker');
     await t.rejects(pool.decode([join(root, 'dog', 'b.png'), join(root, 'cls: x', 'bad.png')], 2), { message: `cannot decode 1 of 2 images: ${join(root, 'cls: x', 'bad.png')}: neither PNG nor JPEG` });
+  } finally {
+    await pool.close();
+  }
+  await rm(root, { recursive: true });
+});
+
+// The fingerprint was taken from one read of each file and the decoders read them again later:
+// an image rewritten in between had its new features stored under the old contents' fingerprint.
+t.test('a file rewritten after the folder was fingerprinted is refused by the decoders, naming it', async (t) => {
+  const root = await mkdtemp(join(tmpdir(), 'difrep-folder-'));
+  await mkdir(join(root, 'cat'));
+  const grey = (v: number) => encodePng({ width: 2, height: 2, data: rgb(2, 2, () => [v, v, v]), channels: 3, depth: 8 });
+  await writeFile(join(root, 'cat', 'a.png'), grey(9));
+  await writeFile(join(root, 'cat', 'b.png'), grey(50));
+  const folder = await scanImageFolder(root);
+  const { fingerprint, sha256 } = await folderFingerprint(folder, [0, 1]);
+  t.same(sha256, [createHash('sha256').update(grey(9)).digest('hex'), createHash('sha256').update(grey(50)).digest('hex')], 'each file\'s SHA-256');
+  t.match(fingerprint, /^contents-sha256:[0-9a-f]{64}$/);
+  const pool = new DecodePool(1);
+  try {
+    t.same((await pool.decode(folder.files, 2, undefined, sha256)).results.map((r) => r.ok), [true, true]);
+    await writeFile(join(root, 'cat', 'b.png'), grey(51)); // same size, other pixels
+    await t.rejects(pool.decode(folder.files, 2, undefined, sha256), { message: `cannot decode 1 of 2 images: ${join(root, 'cat', 'b.png')}: its contents changed after this run fingerprinted the folder (the cache records that fingerprint): leave the images as they are while the run lasts, then run it again` });
+    const same = await loadBatch([folder.files[0]], 2, undefined, {}, [sha256[0]]);
+    t.same(same.results, [{ file: folder.files[0], ok: true }], 'loadBatch checks an unchanged file and decodes it');
   } finally {
     await pool.close();
   }
