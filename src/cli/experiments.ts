@@ -185,7 +185,8 @@ async function extractCommand(argv: string[]): Promise<number> {
     let written: number;
     if (pixels) written = await extractPixels(e, size, source, options);
     else {
-      const { unet, hash } = await loadModel(e, o.model, o.checkpoint);
+      // The flags the cache records: the --model file is not read again.
+      const { unet, hash } = await loadModel(e, o.model, o.checkpoint, { flags });
       // The cache records the hash taken before its existing chunks were checked; the weights loaded must be those.
       if (hash !== options.provenance.checkpoint) throw new UsageError(`--checkpoint ${o.checkpoint} changed between its check and its load (is a training run rewriting it?): copy it to a file nothing writes to, and run again`);
       written = await extractFeatures(e, unet, source, options);

@@ -49,7 +49,7 @@ async function pretrainCommand(argv: string[]): Promise<number> {
   if (o.checkpoint) for (const f of ['ema.safetensors', 'state.safetensors']) await checkNotKept('pretrain', 'out', join(o.out, f), [{ path: o.checkpoint, what: 'the starting weights --checkpoint reads' }]);
   const e = await tunedEngine();
   // Without --checkpoint the weights start from guided-diffusion's initialisation, seeded by --seed.
-  const { unet } = await loadModel(e, o.model, o.checkpoint, o.seed);
+  const { unet } = await loadModel(e, o.model, o.checkpoint, { scratchSeed: o.seed });
   if (unet.plan.flags.in_channels !== 3) {
     e.dispose();
     throw new UsageError(`difrep pretrain: it feeds Fashion-MNIST as 3 channels (the grey image repeated), but --model ${o.model} has in_channels ${unet.plan.flags.in_channels}: give a config with in_channels 3`);

@@ -70,14 +70,23 @@ export async function resolveFlags(model: string): Promise<UNetFlags> {
   return flags;
 }
 
+export interface LoadModelOptions {
+  /** Without a checkpoint, start from guided-diffusion's initialisation in this seed (pretraining) instead of plumbing weights. */
+  scratchSeed?: number;
+  /**
+   * --model's flags as the caller already resolved (and recorded) them: the file is not read
+   * again, so an edit to it meanwhile cannot make the network differ from the record.
+   */
+  flags?: UNetFlags;
+}
+
 /**
  * The U-Net of --model with the weights of --checkpoint, its flags, the 16-hex `hash` feature caches
- * record ('random-weights' without weights) and the file's full `sha256`. `scratchSeed`: without a
- * checkpoint, start from guided-diffusion's initialisation in that seed (pretraining) instead of
- * plumbing weights.
+ * record ('random-weights' without weights) and the file's full `sha256`.
  */
-export async function loadModel(e: Engine, model: string, checkpoint: string | undefined, scratchSeed?: number): Promise<{ unet: UNet; flags: UNetFlags; hash: string; sha256?: string }> {
-  const flags = await resolveFlags(model);
+export async function loadModel(e: Engine, model: string, checkpoint: string | undefined, options: LoadModelOptions = {}): Promise<{ unet: UNet; flags: UNetFlags; hash: string; sha256?: string }> {
+  const { scratchSeed } = options;
+  const flags = options.flags ?? await resolveFlags(model);
   let unet: UNet;
   let sha256: string | undefined;
   if (checkpoint) {

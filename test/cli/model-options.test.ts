@@ -4,6 +4,7 @@ import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import t from 'tap';
 import { loadModel, resolveFlags } from '../../src/cli/model-options.ts';
+import { planUNet } from '../../src/model/unet-config.ts';
 import { testEngine } from '../helpers/check.ts';
 
 const e = await testEngine();
@@ -40,4 +41,22 @@ t.test('--model names that Object.prototype has are not presets', async (t) => {
   for (const name of ['constructor', 'toString', '__proto__']) {
     await t.rejects(resolveFlags(name), new RegExp(`--model ${name}: not a preset \\(`));
   }
+});
+
+// extract recorded the flags of one read of a --model file and loaded the network from a second
+// read: a config edited in between (num_head_channels, which changes no weight shape) gave
+// features of another network under the recorded config.
+t.test('loadModel with flags already resolved builds the network from them, not from a second read of --model', async (t) => {
+  const { mkdtemp, rm, writeFile } = await import('node:fs/promises');
+  const { join } = await import('node:path');
+  const { tmpdir } = await import('node:os');
+  const dir = await mkdtemp(join(tmpdir(), 'difrep-model-'));
+  const config = join(dir, 'cfg.json');
+  await writeFile(config, await readFile(new URL('../../models/fmnist16.json', import.meta.url).pathname));
+  const flags = await resolveFlags(config);
+  await writeFile(config, 'edited meanwhile: not JSON');
+  const { unet } = await loadModel(e, config, new URL('../../models/fmnist16.safetensors', import.meta.url).pathname, { flags });
+  t.same(unet.plan.flags, planUNet(flags).flags, 'the network of the recorded flags');
+  for (const p of unet.parameters().values()) p.dispose();
+  await rm(dir, { recursive: true });
 });
