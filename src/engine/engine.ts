@@ -444,6 +444,17 @@ export class Engine {
     }
     if (d.kernel.params.byteLength > UNIFORM_SLOT) throw new Error(`${d.kernel.key}: uniforms over ${UNIFORM_SLOT} bytes`);
     for (const b of d.bindings) if (b instanceof Tensor) this.checkOwn(b, d.kernel.key);
+    // Before anything is packed or counted: a refused dispatch leaves no command in flight.
+    const maxBinding = this.maxBindingBytes;
+    const bindings = d.bindings.map((b) => {
+      const binding = b instanceof Tensor ? { buffer: b.buffer, offset: 0, size: Math.max(4, b.byteLength) } : b;
+      const bytes = binding.size ?? binding.buffer.size;
+      if (bytes > maxBinding) {
+        const what = b instanceof Tensor ? `${b.label} ${shapeString(b.shape)}` : binding.buffer.label;
+        throw new RangeError(`${d.kernel.key}: ${what} needs a ${bytes} byte binding, over the largest storage binding (${maxBinding}); split the batch`);
+      }
+      return binding;
+    });
     if (this.uniformUsed + UNIFORM_SLOT > UNIFORM_ARENA_BYTES) this.flush();
     const uniformOffset = this.uniformUsed;
     // Packed straight into the arena's next slot, which is taken only once the dispatch records.
@@ -457,14 +468,7 @@ export class Engine {
     const entries: GPUBindGroupEntry[] = [
       { binding: 0, resource: { buffer: this.uniformArena, offset: uniformOffset, size: UNIFORM_SLOT } },
     ];
-    const maxBinding = this.maxBindingBytes;
-    d.bindings.forEach((b, i) => {
-      const binding = b instanceof Tensor ? { buffer: b.buffer, offset: 0, size: Math.max(4, b.byteLength) } : b;
-      if ((binding.size ?? binding.buffer.size) > maxBinding) {
-        throw new RangeError(
-          `${d.kernel.key}: ${binding.buffer.label} needs a ${binding.size} byte binding, over the largest storage binding (${maxBinding}); split the batch`,
-        );
-      }
+    bindings.forEach((binding, i) => {
       entries.push({ binding: i + 1, resource: { buffer: binding.buffer, offset: binding.offset ?? 0, size: binding.size } });
     });
     const bindGroup = this.scoped(['validation'], () => this.device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries, label: `difrep ${d.kernel.key}` }));

@@ -221,7 +221,10 @@ t.test('what no split can fit is a BindingLimitError naming the tensor, its size
     });
     t.ok(new BindingLimitError('') instanceof RangeError);
     // The cap is what the engine enforces on every binding, so passing under it proves the split.
-    t.throws(() => scale(small.empty([350_000 / 4 + 64], 'huge'), 2), /huge needs a 350256 byte binding, over the largest storage binding \(350000\)/);
+    // It names the tensor and its shape, and a refused dispatch leaves no command counted in flight.
+    const inFlight = small.memoryStats().commandsInFlight;
+    t.throws(() => scale(small.empty([350_000 / 4 + 64], 'huge'), 2), /huge \[87564\] needs a 350256 byte binding, over the largest storage binding \(350000\)/);
+    t.equal(small.memoryStats().commandsInFlight, inFlight);
     // Blocks 1..7 need at most 262144 bytes per image: asking only for block 7 runs, one image at a time.
     const both = await rowsTensor(small, 'input.x_t', [0, 1]);
     const c = compareArrays('block.7', await unet.forward(both, dumpT, { taps: [7] }).taps.get(7)!.read(), await dump.read('block.7'), 1e-5);
