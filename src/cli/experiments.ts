@@ -5,9 +5,9 @@ import { mkdir, readFile, realpath, stat } from 'node:fs/promises';
 import { basename, join, resolve } from 'node:path';
 import { tunedEngine } from './tuning-cache.ts';
 import { removeStaleTempFiles, writeFileAtomic } from '../model/checkpoint/atomic-write.ts';
-import { describeMapping, paperBlocks } from '../model/block-roles.ts';
+import { describeMapping, type PaperBlocks, paperBlocks } from '../model/block-roles.ts';
 import { flagsFromJson, planUNet } from '../model/unet-config.ts';
-import type { DifFeedOptions } from '../model/heads/difeed.ts';
+import { type DifFeedOptions, feedbackPlan } from '../model/heads/difeed.ts';
 import { type CacheSignature, signatureDifferences } from '../train/cache-signature.ts';
 import { checkLabels, checkSameExtraction, checkTrainTestCaches, headClasses, isPixelCache, loadCachedFeatures, sameSplitWarning } from '../train/cached-features.ts';
 import { DecodePool } from '../train/data/decode-pool.ts';
@@ -34,19 +34,19 @@ const warnIf = (warning: string | undefined) => {
   if (warning) console.error(`difrep: ${warning}`);
 };
 
-/** The paper's b24 mapped by role onto the U-Net whose config the cache in `dir` records (printed when mapped). */
-async function featureBlockOf(command: string, dir: string): Promise<number> {
+/** The paper's blocks mapped by role onto the U-Net whose config the cache in `dir` records (the mapping printed when mapped). */
+async function paperBlocksOf(command: string, dir: string): Promise<PaperBlocks> {
   const { signature } = await openFeatureCache(dir, { verifyAll: false, writeManifest: false });
   const plan = (() => {
     try {
       return planUNet(flagsFromJson(String(signature.config)));
     } catch {
-      throw new UsageError(`difrep ${command}: ${dir} records no U-Net config to map the paper's b24 onto: give --b`);
+      throw new UsageError(`difrep ${command}: ${dir} records no U-Net config to map the paper's blocks onto: give --b`);
     }
   })();
   const roles = paperBlocks(plan);
   if (roles.mapped) console.error(`difrep: ${describeMapping(plan)}`);
-  return roles.feature;
+  return roles;
 }
 
 /** A top-5 accuracy as printed: with 5 classes or fewer every label ranks in the top 5, so it says nothing. */
@@ -231,7 +231,7 @@ const TRAIN = {
   'test-per-class': { type: 'int', min: 1, max: MAX_IMAGES, help: 'difeed: test images per class', default: 10 },
   flip: { type: 'string', choices: ['true', 'false'], help: 'difeed: random horizontal flips (seeded)', default: 'true' },
   t: { type: 'ints', min: 0, max: T_MAX, unique: true, help: 'timesteps (linear and difeed: one; default 150, difformer 90,150,300 as the paper)' },
-  b: { type: 'ints', min: 1, unique: true, help: 'blocks (required; linear: one; difeed: the pass-2 feature block, default the paper\'s b24 mapped by role)' },
+  b: { type: 'ints', min: 1, unique: true, help: 'blocks (linear: one; difeed: the pass-2 feature block; default the paper\'s b24, difformer its {19,24,30}, mapped by role onto the U-Net)' },
   pool: { type: 'int', min: 1, max: 1024, help: 'linear probe: adaptive pool size (on a raw-pixel cache, without --pool: the whole image)', default: 2 },
   standardize: { type: 'flag', help: 'linear probe: standardise every pooled feature dimension with the training split\'s mean and std (off: the paper\'s protocol)' },
   dim: { type: 'int', min: 1, max: 16384, help: 'attention heads: token width d', default: 1024 },
@@ -283,11 +283,16 @@ async function trainCommand(argv: string[]): Promise<number> {
   await checkOutputFolder('train', 'out', o.out, cachesRead({ train: o.train!, test: o.test! }));
   if (o.head === 'linear' && o.b && ((o.t && o.t.length !== 1) || o.b.length !== 1)) throw new UsageError(`difrep train: a linear probe reads one t and one b, got --t ${o.t} --b ${o.b} (difformer fuses several)`);
   const pixels = await pixelCaches(o.train!, o.test!, argv);
-  if (!pixels && !o.b) throw new UsageError(`difrep train: --b is required for --head ${o.head}`);
   const probePool = pixels && !given(argv, 'pool') ? await pixelSize(o.train!) : o.pool;
   if (probePool !== o.pool && o.head === 'linear') console.log(`pixel cache: the probe reads the whole ${probePool}×${probePool} image (--pool ${probePool}); give --pool to pool it`);
   const ts = pixels ? [0] : (o.t ?? (o.head === 'difformer' ? [90, 150, 300] : [150]));
-  const bs = pixels ? [PIXEL_BLOCK] : o.b!;
+  // Without --b: the paper's b24 (DifFormer: its B = {19, 24, 30}), mapped by role onto the cache's U-Net.
+  const defaultBlocks = async () => {
+    const roles = await paperBlocksOf('train', o.train!);
+    return o.head === 'difformer' ? roles.difformer : [roles.feature];
+  };
+  if (o.head === 'linear' && ts.length !== 1) throw new UsageError(`difrep train: a linear probe reads one t and one b, got --t ${ts} (difformer fuses several)`);
+  const bs: number[] = pixels ? [PIXEL_BLOCK] : (o.b ?? await defaultBlocks());
   // Standardised dimensions are those the probe sees: the maps pooled first, on the CPU.
   const pool = o.standardize ? probePool : 0;
   const loaded = { train: await loadCachedFeatures(o.train!, ts, bs, pool), test: await loadCachedFeatures(o.test!, ts, bs, pool) };
@@ -329,6 +334,9 @@ async function trainDifFeed(o: TrainOptions): Promise<number> {
   const e = await tunedEngine();
   const { unet, hash } = await loadModel(e, o.model, o.checkpoint);
   if (o.b && o.b[0] > unet.numBlocks) throw new UsageError(`difrep train: --b ${o.b[0]}: this U-Net has blocks 1..${unet.numBlocks}`);
+  // The blocks in use, defaults resolved (the mapping line above names only the paper's numbers).
+  const wiring = feedbackPlan(unet, { classes: FASHION_MNIST_CLASSES.length, strategy: o.strategy as DifFeedOptions['strategy'], featureBlock: o.b?.[0] });
+  console.log(`difeed (${o.strategy}): feedback ${wiring.feedbackBlocks.map((b, i) => `b${b} → b${wiring.targets[i]}`).join(', ')}; the head reads b${wiring.featureBlock}`);
   const size = unet.plan.flags.image_size;
   const source = async (split: 'train' | 'test', perClass: number) => {
     const ds = await loadFashionMnist(split);
@@ -348,7 +356,7 @@ async function trainDifFeed(o: TrainOptions): Promise<number> {
     onEpoch: ({ epoch, epochs, loss, seconds }) => console.log(`epoch ${epoch + 1}/${epochs}: loss ${loss.toFixed(4)}, ${seconds.toFixed(1)} s (ETA ${fmtTime(seconds * (epochs - epoch - 1))})`),
   });
   const { testHits: _, ...summary } = result;
-  await writeFileAtomic(join(o.out, 'result.json'), JSON.stringify({ ...summary, strategy: o.strategy, t: t[0] }, null, 2));
+  await writeFileAtomic(join(o.out, 'result.json'), JSON.stringify({ ...summary, strategy: o.strategy, t: t[0], feedbackBlocks: wiring.feedbackBlocks, feedbackTargets: wiring.targets, featureBlock: wiring.featureBlock }, null, 2));
   console.log(`difeed (${o.strategy}): top-1 ${(100 * result.top1).toFixed(2)}%, top-5 ${(100 * result.top5).toFixed(2)}% (${result.params} parameters, ${fmtTime(result.seconds)}) → ${join(o.out, 'result.json')}`);
   e.dispose();
   return 0;
@@ -372,7 +380,7 @@ async function knnCommand(argv: string[]): Promise<number> {
   if (!o) return 0;
   if (o.out) await checkOutputFile('knn', 'out', o.out, cachesRead(o));
   const pixels = await pixelCaches(o.train, o.test, argv);
-  const [t, b] = pixels ? [0, PIXEL_BLOCK] : [o.t, o.b ?? (await featureBlockOf('knn', o.train))];
+  const [t, b] = pixels ? [0, PIXEL_BLOCK] : [o.t, o.b ?? (await paperBlocksOf('knn', o.train)).feature];
   const pool = o.pool ?? (pixels ? 0 : 1);
   const loaded = { train: await loadCachedFeatures(o.train, [t], [b], pool), test: await loadCachedFeatures(o.test, [t], [b], pool) };
   warnIf(checkTrainTestCaches(loaded.train, loaded.test, o.train, o.test));
@@ -416,7 +424,7 @@ async function ckaCommand(argv: string[]): Promise<number> {
   const ts = o.t;
   // The paper's Figure 5 compares timesteps at b24; blocks have no such default (which ones?).
   if (!o.b && ts.length === 1) throw new UsageError('difrep cka: give the blocks to compare (--b 6,12,18,24,…), or several timesteps (--t 10,90,150,…) to compare at the paper\'s b24');
-  const bs = o.b ?? [await featureBlockOf('cka', o.features)];
+  const bs = o.b ?? [(await paperBlocksOf('cka', o.features)).feature];
   if (ts.length > 1 && bs.length > 1) throw new UsageError('difrep cka: compare several blocks at one t, or several t at one block');
   const pairs = ts.length > 1 ? ts.map((t) => [t, bs[0]]) : bs.map((b) => [ts[0], b]);
   const labels = ts.length > 1 ? ts.map((t) => `t${t}`) : bs.map((b) => `b${b}`);

@@ -79,6 +79,12 @@ t.test('extract → train → knn → cka on Fashion-MNIST with the adm32-mini r
   t.match(trained, /epoch 2\/2: loss/);
   const result = JSON.parse(await readFile(join(dir, 'linear', 'result.json'), 'utf8'));
   t.ok(result.top1 >= 0 && result.top1 <= 1 && result.losses.length === 2 && result.optimizer === 'adam');
+  // Without --b, DifFormer reads the paper's B = {19, 24, 30} mapped onto the 9 blocks: {5, 9} (it required --b).
+  const { stdout: fused, stderr: fusedMapping } = await difrep('train', '--train', join(dir, 'train'), '--test', join(dir, 'test'), '--head', 'difformer', '--t', '90,150',
+    '--dim', '16', '--heads', '2', '--layers', '1', '--pre-pool', '2', '--epochs', '1', '--batch', '8', '--out', join(dir, 'difformer'));
+  t.match(fusedMapping, /block mapping for this 9-block U-Net: .*DifFormer \{19,24,30\} ↦ \{5,9\}/);
+  t.match(fused, /difformer: top-1/);
+  t.has(JSON.parse(await readFile(join(dir, 'difformer', 'result.json'), 'utf8')), { timesteps: [90, 150], blocks: [5, 9] });
   const { stdout: knn } = await difrep('knn', '--train', join(dir, 'train'), '--test', join(dir, 'train'), '--b', '9', '--k', '1');
   t.match(knn, /kNN k=1: top-1 100\.00%/, 'kNN of a set against itself is perfect');
   t.notMatch(knn, /any label is in the top 5/, 'ten classes: top-5 means something');
@@ -145,12 +151,15 @@ t.test('train --head difeed trains from images with the U-Net live, and --resume
   const { stdout } = await difrep(...args, '--epochs', '1');
   t.match(stdout, /epoch 1\/1: loss/);
   t.match(stdout, /difeed \(bottleneck\): top-1/);
+  // The blocks in use, defaults resolved: adm32-mini's bottleneck {7, 9} into their mirrors, the head on b9.
+  t.match(stdout, /difeed \(bottleneck\): feedback b7 → b3, b9 → b1; the head reads b9/);
   const { stdout: more } = await difrep(...args, '--epochs', '2', '--resume');
   t.notMatch(more, /epoch 1\/2/, 'the finished epoch is not run again');
   t.match(more, /epoch 2\/2: loss/);
   const r = JSON.parse(await readFile(join(dir, 'result.json'), 'utf8'));
   t.equal(r.losses.length, 2);
   t.equal(r.strategy, 'bottleneck');
+  t.has(r, { feedbackBlocks: [7, 9], feedbackTargets: [3, 1], featureBlock: 9 });
   // The state records the U-Net it trained on: resuming on other weights (here random ones) is refused.
   const withoutWeights = args.filter((a, i) => a !== '--checkpoint' && args[i - 1] !== '--checkpoint');
   const refused = await difrep(...withoutWeights, '--epochs', '3', '--resume').then(() => null, (e: { stderr: string }) => e);

@@ -59,3 +59,13 @@ t.test('feedback blocks listed twice, or a multi-scale target under another stra
   t.throws(() => feedbackPlan(unet, { classes: 4, feedbackBlocks: [7, 7] }), /DifFeed: feedback block 7 is listed twice \(7, 7\)/);
   t.throws(() => feedbackPlan(unet, { classes: 4, strategy: 'bottleneck', multiScaleTarget: 2 }), /multiScaleTarget is for the multi-scale strategy, not bottleneck/);
 });
+
+// A fractional or out-of-range block read a missing block's description: "TypeError: Cannot read
+// properties of undefined (reading 'outChannels')".
+t.test('a feature block, feedback block or multi-scale target that is no block number is refused by name', async (t) => {
+  for (const featureBlock of [40, 6.5, 0]) {
+    t.throws(() => feedbackPlan(unet, { classes: 4, featureBlock }), { name: 'RangeError', message: `DifFeed: feature block ${featureBlock} is not a block of this U-Net (1..9)` });
+  }
+  t.throws(() => feedbackPlan(unet, { classes: 4, feedbackBlocks: [6.5] }), { name: 'RangeError', message: 'DifFeed: block 6.5 is not a decoder block (decoder blocks are 6..9)' });
+  t.throws(() => feedbackPlan(unet, { classes: 4, strategy: 'multi-scale', multiScaleTarget: 2.5 }), { name: 'RangeError', message: /DifFeed: multiScaleTarget 2\.5 is not a block number/ });
+});

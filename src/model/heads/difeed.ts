@@ -320,13 +320,15 @@ export function feedbackPlan(unet: UNet, options: DifFeedOptions): { feedbackBlo
   const strategy = options.strategy ?? 'bottleneck';
   const feedbackBlocks = options.feedbackBlocks ?? (strategy === 'multi-scale' ? roles.windowed : roles[strategy]);
   const featureBlock = options.featureBlock ?? roles.feature;
+  if (!Number.isInteger(featureBlock) || featureBlock < 1 || featureBlock > N) throw new RangeError(`DifFeed: feature block ${featureBlock} is not a block of this U-Net (1..${N})`);
   for (const b of feedbackBlocks) {
-    if (b <= plan.numInputBlocks + 1 || b > N) throw new RangeError(`DifFeed: block ${b} is not a decoder block (decoder blocks are ${plan.numInputBlocks + 2}..${N})`);
+    if (!Number.isInteger(b) || b <= plan.numInputBlocks + 1 || b > N) throw new RangeError(`DifFeed: block ${b} is not a decoder block (decoder blocks are ${plan.numInputBlocks + 2}..${N})`);
   }
   const repeated = feedbackBlocks.find((b, i) => feedbackBlocks.indexOf(b) !== i);
   if (repeated !== undefined) throw new RangeError(`DifFeed: feedback block ${repeated} is listed twice (${feedbackBlocks.join(', ')}); list each once`);
   if (options.multiScaleTarget !== undefined && strategy !== 'multi-scale') throw new RangeError(`DifFeed: multiScaleTarget is for the multi-scale strategy, not ${strategy} (whose feedback goes to each block's mirror)`);
   const multiTarget = options.multiScaleTarget ?? N + 1 - featureBlock;
+  if (!Number.isInteger(multiTarget)) throw new RangeError(`DifFeed: multiScaleTarget ${multiTarget} is not a block number (encoder blocks are 1..${plan.numInputBlocks})`);
   const targets = feedbackBlocks.map((b) => (strategy === 'multi-scale' ? multiTarget : N + 1 - b));
   // Pass 2 stops at the feature block: feedback into a later block would change nothing the head
   // sees (its layers would train on zero gradients while their BatchNorm statistics moved).
