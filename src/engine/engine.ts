@@ -264,6 +264,10 @@ export class Engine {
     if (usage & GPUBufferUsage.MAP_READ && usage & ~(GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST)) {
       throw new RangeError(`toBuffer: usage ${usage} combines MAP_READ with other usages; WebGPU allows MAP_READ with COPY_DST only (read the tensor with read(), or map a MAP_READ | COPY_DST buffer)`);
     }
+    // MAP_WRITE goes with COPY_SRC only, and the copy into the buffer needs COPY_DST.
+    if (usage & GPUBufferUsage.MAP_WRITE) {
+      throw new RangeError(`toBuffer: usage ${usage} includes MAP_WRITE, which WebGPU allows with COPY_SRC only, and the copy into the buffer needs COPY_DST; write the tensor's values into a buffer of your own instead`);
+    }
     const buffer = this.createBuffer({ size: Math.max(4, t.byteLength), usage: usage | GPUBufferUsage.COPY_DST, label });
     this.copyBuffer(t.buffer, 0, buffer, 0, t.byteLength); // f32: always a multiple of 4 bytes
     this.flush();
@@ -280,6 +284,8 @@ export class Engine {
   fill(t: Tensor, value: 0): void {
     this.checkOwn(t, 'fill');
     if (value !== 0) throw new Error('fill supports 0 only');
+    // A fromBuffer tensor the caller made without COPY_DST: clearing it would fail the engine for good.
+    if (!(t.buffer.usage & GPUBufferUsage.COPY_DST)) throw new RangeError(`fill ${t.label}: its buffer was not created with GPUBufferUsage.COPY_DST (create a buffer given to fromBuffer with COPY_DST to have it written)`);
     this.countCommand(`fill ${t.label}`);
     this.endPass();
     this.getEncoder().clearBuffer(t.buffer, 0, Math.ceil(t.byteLength / 4) * 4);
@@ -489,6 +495,7 @@ export class Engine {
     if (data.byteLength % 4 !== 0 || offset % 4 !== 0) {
       throw new RangeError(`writeBuffer to ${buffer.label}: ${data.byteLength} bytes at offset ${offset}; both must be multiples of 4 (write f32 or 32-bit data)`);
     }
+    if (!(buffer.usage & GPUBufferUsage.COPY_DST)) throw new RangeError(`writeBuffer to ${buffer.label}: the buffer was not created with GPUBufferUsage.COPY_DST (create a buffer given to fromBuffer with COPY_DST to have it written)`);
     const bytes = data.byteLength;
     if (bytes === 0) return;
     this.countCommand(`upload to ${buffer.label}`);
@@ -525,7 +532,8 @@ export class Engine {
       collectTimes?.();
     });
     this.encoder = null;
-    for (const b of this.uploadsInBatch) this.staging.recycle(b);
+    // Remapping an upload buffer whose creation failed is an error of the engine's, not the app's.
+    for (const b of this.uploadsInBatch) this.scoped(['validation'], () => this.staging.recycle(b));
     this.uploadsInBatch = [];
     this.uniformUsed = 0;
     this.dispatchesInBatch = 0;

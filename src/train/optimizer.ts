@@ -62,6 +62,7 @@ export class Adam implements Optimizer {
     [this.beta1, this.beta2] = opts.betas ?? [0.9, 0.999];
     this.eps = opts.eps ?? 1e-8;
     this.weightDecay = opts.weightDecay ?? 0;
+    for (const p of params.values()) engine.checkOwn(p, 'Adam');
     for (const p of params.values()) p.requiresGrad = true;
   }
 
@@ -161,6 +162,9 @@ export class Adam implements Optimizer {
 export class Sgd implements Optimizer {
   private t = 0;
   constructor(private engine: Engine, private params: Map<string, Tensor>, public lr: number, private weightDecay = 0) {
+    // Its step writes back through this engine's copies, which do not see whose buffer they write:
+    // another engine's parameter was left as it was, without a word.
+    for (const p of params.values()) engine.checkOwn(p, 'Sgd');
     for (const p of params.values()) p.requiresGrad = true;
   }
 

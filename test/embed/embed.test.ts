@@ -171,7 +171,8 @@ t.test("an allocation of the engine's that fails is the engine's error, not the 
   // The app's device, except that buffers of one label are made invalid (as an out-of-memory makes
   // them): a tensor's buffer from the pool, then the staging ring's readback buffer (whose mapping
   // then fails as well).
-  for (const [poison, label] of [['poisoned', 'poisoned'], ['difrep readback', 'x']] as const) {
+  // And an upload staging buffer, whose remapping after its submit reported an error of its own.
+  for (const [poison, label] of [['poisoned', 'poisoned'], ['difrep readback', 'x'], ['difrep upload', 'x']] as const) {
     const device2 = new Proxy(device, {
       get(target, key) {
         if (key === 'createBuffer') {
@@ -183,7 +184,7 @@ t.test("an allocation of the engine's that fails is the engine's error, not the 
     });
     const before = uncaptured.length;
     const engine = await createEngine({ device: device2 });
-    const x = engine.zeros([1024], label);
+    const x = poison === 'difrep upload' ? engine.tensor(new Float32Array(1024), [1024], label) : engine.zeros([1024], label);
     await t.rejects(x.read(), new RegExp(poison), `${poison}: the read names the buffer that could not be made`);
     await new Promise((r) => setTimeout(r, 200)); // an uncaptured error would have arrived by now
     t.same(uncaptured.slice(before), [], `${poison}: the app's handler saw nothing`);

@@ -401,7 +401,13 @@ t.test('copies and reads that WebGPU would refuse are refused before they are re
   // A caller's buffer given to fromBuffer needs only STORAGE and COPY_SRC; an optimizer step copies into it.
   const appBuffer = e.device.createBuffer({ size: 16, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC, label: 'app weights' });
   t.throws(() => e.copyBuffer(x.buffer, 0, appBuffer, 0, 16), /copy to app weights: the buffer was not created with GPUBufferUsage\.COPY_DST/);
+  // fill and writeBuffer into it, and a toBuffer with MAP_WRITE (WebGPU allows it with COPY_SRC only), were accepted.
+  const appTensor = e.fromBuffer(appBuffer, [4], 'app weights');
+  t.throws(() => e.fill(appTensor, 0), /fill app weights: its buffer was not created with GPUBufferUsage\.COPY_DST/);
+  t.throws(() => e.writeBuffer(appBuffer, 0, new Float32Array(4)), /writeBuffer to app weights: the buffer was not created with GPUBufferUsage\.COPY_DST/);
+  t.throws(() => e.toBuffer(x, GPUBufferUsage.MAP_WRITE | GPUBufferUsage.COPY_SRC), /toBuffer: usage \d+ includes MAP_WRITE, which WebGPU allows with COPY_SRC only/);
   t.same(Array.from(await ops.scale(x, 2).read()), [2, 4, 6, 8], 'the engine works on');
+  appTensor.dispose();
   appBuffer.destroy();
   x.dispose();
 });

@@ -1,5 +1,5 @@
 import t from 'tap';
-import { ops, type Tensor } from '../../src/index.ts';
+import { createEngine, ops, type Tensor } from '../../src/index.ts';
 import { Adam, OptimizerGroups, Sgd, StepLR } from '../../src/train/optimizer.ts';
 import { maxRelError, randomNd, testEngine, upload } from '../helpers/check.ts';
 
@@ -110,6 +110,17 @@ t.test('SGD on a caller\'s buffer without COPY_DST is refused, naming the usage,
   sgd.zeroGrad();
   p.dispose();
   appBuffer.destroy();
+});
+
+// Sgd wrote its step back through its own engine's copies: on another engine's parameter (two
+// engines of one app device) the step left the weights as they were, without a word.
+t.test('an optimizer made on another engine than its parameters is refused, naming the parameter', async (t) => {
+  const other = await createEngine({ device: e.device });
+  const w = other.tensor([1, 2, 3, 4], [4], 'w');
+  t.throws(() => new Sgd(e, new Map([['w', w]]), 0.1), /Sgd: tensor "w" belongs to another Engine/);
+  t.throws(() => new Adam(e, new Map([['w', w]]), { lr: 0.1 }), /Adam: tensor "w" belongs to another Engine/);
+  w.dispose();
+  await other.dispose();
 });
 
 // A library user's loop that steps between the forward and its backward: the gradient came from the
