@@ -45,3 +45,20 @@ t.test('the last report always prints, at the rate since the first', async (t) =
   t.equal(lines.length, 2);
   t.match(lines[1], /5\/5 steps, 0\.50 steps\/s/);
 });
+
+// train reuses one bar for every epoch: the rate counted from epoch 1's first batch, so epoch k
+// printed about 1/k of its rate (30.6, 12.0, 8.9 … batches/s for epochs of equal speed).
+t.test('a count that starts again (the next epoch) gets its own rate, not one averaged since the first epoch', async (t) => {
+  const lines = capture((bar, clock) => {
+    for (let epoch = 0; epoch < 3; epoch++) {
+      clock.ms = 100_000 * epoch + 1000; // 1000 ms between epochs (evaluation)
+      for (let b = 1; b <= 10; b++) {
+        bar(b, 10);
+        clock.ms += 500; // 2 batches/s
+      }
+    }
+  });
+  const ends = lines.filter((l) => l.includes('10/10'));
+  t.equal(ends.length, 3);
+  for (const l of ends) t.match(l, /10\/10 steps, 2\.00 steps\/s, ETA 0s$/);
+});
