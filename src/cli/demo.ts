@@ -7,6 +7,7 @@ import { writeFileAtomic } from '../model/checkpoint/atomic-write.ts';
 import { assertFiniteJson } from '../train/finite.ts';
 import { runMiniature, sweepFitCount } from '../train/miniature.ts';
 import { given, type OptionSpecs, parseArgs, UsageError } from './args.ts';
+import { checkOutputFolder } from './output-file.ts';
 import { loadModel } from './model-options.ts';
 import { packageRoot } from './package-root.ts';
 import { fmtTime, progressBar } from './progress.ts';
@@ -46,6 +47,7 @@ export async function demoCommand(argv: string[]): Promise<number> {
   if (o.batch > sweepFitCount(images)) {
     throw new UsageError(`difrep demo: --batch ${o.batch} is more than the ${sweepFitCount(images)} images the sweeps fit their probes on (80 % of ${images} training images): give --batch ${sweepFitCount(images)} or less, or a larger --train-per-class`);
   }
+  await checkOutputFolder('demo', 'out', o.out);
   const started = performance.now();
   const e = await tunedEngine();
   const { unet, hash, sha256 } = await loadModel(e, o.model, o.checkpoint);

@@ -123,6 +123,8 @@ async function extractCommand(argv: string[]): Promise<number> {
   if (o.dataset !== 'folder' && o.root) throw new UsageError('difrep extract: --root is for --dataset folder');
   if (o.dataset === 'folder' && given(argv, 'split')) throw new UsageError('difrep extract: --split picks a Fashion-MNIST split; an image folder is one split: give each split\'s folder as --root');
   const shard = shardFrom(o.shard, o.shards, process.env);
+  // A cache inside the image folder would become one of its classes (and its own next input).
+  await checkOutputFolder('extract', 'out', o.out, o.root ? [{ path: o.root, what: 'the image folder of --root' }] : []);
   // Everything is checked — the blocks against the config, the settings against an existing cache
   // in --out — before the model is loaded or anything is computed.
   const pixels = o.features === 'pixels';

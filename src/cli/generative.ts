@@ -1,7 +1,7 @@
 // difrep pretrain | sample: train a text-free diffusion U-Net on unlabeled images (Eq. 4) and
 // draw samples from it (DDPM or DDIM) as a PNG grid.
 import { mkdir } from 'node:fs/promises';
-import { join } from 'node:path';
+import { extname, join } from 'node:path';
 import { tunedEngine } from './tuning-cache.ts';
 import { removeStaleTempFiles, writeFileAtomic } from '../model/checkpoint/atomic-write.ts';
 import { writeSafetensors } from '../model/checkpoint/safetensors.ts';
@@ -125,6 +125,7 @@ async function sampleCommand(argv: string[]): Promise<number> {
     throw new UsageError(`difrep sample: ${(err as Error).message.replace(/^sample: (\w+)/, (_, name: string) => flag[name] ?? name)}`);
   }
   await checkOutputFile('sample', 'out', o.out, o.checkpoint ? [{ path: o.checkpoint, what: 'the U-Net weights --checkpoint reads' }] : []);
+  if (extname(o.out).toLowerCase() !== '.png') throw new UsageError(`difrep sample: --out ${o.out}: the sample grid is written as a PNG; give a file name ending in .png`);
   const e = await tunedEngine();
   const { unet } = await loadModel(e, o.model, o.checkpoint);
   const x = await sample(e, unet, { count: o.count, seed: o.seed, ddimSteps: ddim, onStep: progressBar('sample', 'steps') });

@@ -63,6 +63,10 @@ const CASES: [string, string[], RegExp][] = [
   ['sample', ['--count', '1', '--out', join(aFile, 'x.png')], /--out .*a-file\/x\.png: .*a-file is a file, not a folder$/],
   ['sample', ['--count', '1', '--out', join(aFile, 'sub', 'x.png')], /--out .*a-file\/sub\/x\.png: .*a-file is a file, not a folder$/],
   ['pretrain', ['--out', join(aFile, 'run', 'deeper')], /--out .*a-file\/run\/deeper cannot be created: .*a-file is a file, not a folder$/],
+  // extract found these after loading its model (a raw ENOTDIR/EACCES); sample wrote a PNG under any name.
+  ['extract', ['--out', aFile], /^difrep extract: --out .*a-file is a file; it names a folder/],
+  ['extract', ['--out', join(aFile, 'feats')], /^difrep extract: --out .*a-file\/feats cannot be created: .*a-file is a file, not a folder$/],
+  ['sample', ['--count', '1', '--out', join(dir, 'notes.txt')], /^difrep sample: --out .*notes\.txt: the sample grid is written as a PNG; give a file name ending in \.png$/],
   ['knn', ['--train', 'a', '--test', 'b', '--out', join(dir, 'nodir', 'k.json')], /difrep knn: --out .*: the folder .*nodir does not exist/],
   ['cka', ['--features', 'a', '--b', '5', '--out', join(dir, 'nodir', 'c.json')], /difrep cka: --out .*: the folder .*nodir does not exist/],
   ['cka', ['--features', 'a', '--b', '5', '--out', join(dir, 'c.json'), '--png', join(dir, 'nodir', 'c.png')], /difrep cka: --png .*: the folder .*nodir does not exist/],
@@ -107,6 +111,8 @@ t.test('an output never replaces or writes into what the command reads', async (
     ['sweep', ['--train', cache, '--test', cache, '--b', '9', '--out', cache], /--out .* is the training feature cache --train reads/],
     ['train', ['--train', cache, '--test', cache, '--b', '9', '--out', weights], /--out .*weights\.safetensors is a file; it names a folder/],
     ['pretrain', ['--checkpoint', join(run, 'state.safetensors'), '--out', run], /--out .*state\.safetensors is the starting weights --checkpoint reads/],
+    // The cache became a class folder of the dataset it was extracted from.
+    ['extract', ['--dataset', 'folder', '--root', base, '--out', join(base, 'feats')], /--out .*feats lies inside the image folder of --root .*write it elsewhere/],
   ];
   for (const [command, args, expected] of refused) {
     const err = await COMMANDS[command](args).then(() => null, (e: Error) => e);

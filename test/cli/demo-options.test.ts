@@ -17,6 +17,21 @@ for (const [args, expected] of [
   });
 }
 
+// It found these only after loading its model: "Error: EEXIST: file already exists, mkdir".
+t.test('an --out that cannot be the demo\'s folder is refused before the model loads', async (t) => {
+  const { mkdtemp, rm, writeFile } = await import('node:fs/promises');
+  const { join } = await import('node:path');
+  const { tmpdir } = await import('node:os');
+  const dir = await mkdtemp(join(tmpdir(), 'difrep-demo-out-'));
+  await writeFile(join(dir, 'a-file'), 'x');
+  for (const [out, expected] of [[join(dir, 'a-file'), /^difrep demo: --out .*a-file is a file; it names a folder/], [join(dir, 'a-file', 'demo'), /^difrep demo: --out .*cannot be created: .*a-file is a file, not a folder$/]] as const) {
+    const err = await demoCommand(['--out', out]).then(() => null, (e: Error) => e);
+    t.type(err, UsageError);
+    t.match(err?.message, expected);
+  }
+  await rm(dir, { recursive: true });
+});
+
 t.test('demo feature caches that cannot fit the disk or memory are refused before any work, with their sizes', async (t) => {
   const { checkRoom } = await import('../../src/train/miniature.ts');
   type UNet = import('../../src/model/unet.ts').UNet;

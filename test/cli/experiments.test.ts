@@ -126,21 +126,22 @@ t.test('extract → train → knn → cka on Fashion-MNIST with the adm32-mini r
 t.test('extract reads an ImageFolder, skips and reports an unreadable image', async (t) => {
   const { encode } = await import('fast-png');
   const { mkdir, writeFile } = await import('node:fs/promises');
-  const root = await mkdtemp(join(tmpdir(), 'difrep-cli-folder-'));
+  const base = await mkdtemp(join(tmpdir(), 'difrep-cli-folder-'));
+  const root = join(base, 'images'); // the cache goes beside it: one inside would be a class of its own
   for (const [c, v] of [['dark', 20], ['light', 230]] as const) {
-    await mkdir(join(root, c));
+    await mkdir(join(root, c), { recursive: true });
     for (const i of [0, 1]) await writeFile(join(root, c, `${i}.png`), encode({ width: 40, height: 36, data: new Uint8Array(40 * 36).fill(v + i), channels: 1, depth: 8 }));
   }
   await writeFile(join(root, 'light', 'bad.png'), new Uint8Array([0x89, 0x50, 0, 0]));
   const ckpt = new URL('../fixtures/adm32-mini.safetensors', import.meta.url).pathname;
-  const { stdout, stderr } = await difrep('extract', '--model', 'adm32-mini', '--checkpoint', ckpt, '--dataset', 'folder', '--root', root, '--b', '9', '--pool', '1', '--out', join(root, 'feats'));
+  const { stdout, stderr } = await difrep('extract', '--model', 'adm32-mini', '--checkpoint', ckpt, '--dataset', 'folder', '--root', root, '--b', '9', '--pool', '1', '--out', join(base, 'feats'));
   t.match(stderr, /skipped unreadable image .*bad\.png/);
   t.match(stdout, /decoded 5 images at [\d.]+ images\/s; 1 unreadable skipped; classes: dark, light/);
   t.match(stdout, /extracted 4 images/);
   // Two classes: every label is in the top 5, and the line says so rather than boast 100 %.
-  const { stdout: knn } = await difrep('knn', '--train', join(root, 'feats'), '--test', join(root, 'feats'), '--b', '9', '--k', '1');
+  const { stdout: knn } = await difrep('knn', '--train', join(base, 'feats'), '--test', join(base, 'feats'), '--b', '9', '--k', '1');
   t.match(knn, /top-5 100\.00% \(any label is in the top 5 of 2 classes\)/);
-  await rm(root, { recursive: true });
+  await rm(base, { recursive: true });
 });
 
 t.test('train --head difeed trains from images with the U-Net live, and --resume continues', async (t) => {
