@@ -2,9 +2,10 @@
 // The difrep CLI: the built JavaScript in an installed package, the TypeScript source through tsx in
 // a checkout (Node 20 cannot strip types by itself). A checkout's dist/ (npm run build, the example
 // page) goes stale as the source changes, and fixes pulled into src/ went unused through this bin.
-import { spawnSync } from 'node:child_process';
+// tsx is registered in this process (its ESM API) rather than run as a child: a child under
+// spawnSync got no signal sent to this one, so a `kill` (systemd's, a container's PID 1) stopped
+// only this wrapper and left the run orphaned, writing into --out and holding its locks.
 import { existsSync } from 'node:fs';
-import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 
 const built = fileURLToPath(new URL('../dist/src/cli/main.js', import.meta.url));
@@ -13,9 +14,7 @@ const checkout = existsSync(fileURLToPath(new URL('../tsconfig.build.json', impo
 if (existsSync(built) && !checkout) {
   await import(built);
 } else {
-  const require = createRequire(import.meta.url);
-  const tsx = require.resolve('tsx');
-  const main = fileURLToPath(new URL('../src/cli/main.ts', import.meta.url));
-  const r = spawnSync(process.execPath, ['--import', tsx, main, ...process.argv.slice(2)], { stdio: 'inherit' });
-  process.exit(r.status ?? 1);
+  const { register } = await import('tsx/esm/api');
+  register();
+  await import(new URL('../src/cli/main.ts', import.meta.url).href);
 }
