@@ -25,6 +25,7 @@ import { bestSweepRow, sweepLinearProbes } from '../train/sweep.ts';
 import { given, type OptionSpecs, parseArgs, UsageError } from './args.ts';
 import { checkpointHash, loadModel, MODEL_OPTIONS, resolveFlags } from './model-options.ts';
 import { checkChartOutput, checkOutputFile, checkOutputFolder, type KeptPath } from './output-file.ts';
+import { holdRunFolder } from './run-folder.ts';
 import { fmtTime, progressBar } from './progress.ts';
 import { heatmapSvg } from './render/charts.ts';
 import { writeSweepHeatmaps } from './render/sweep-heatmaps.ts';
@@ -305,25 +306,28 @@ async function trainCommand(argv: string[]): Promise<number> {
   const { train, test, warning } = o.standardize ? standardizeSplits(loaded.train, loaded.test) : { ...loaded, warning: undefined };
   warnIf(warning);
   const e = await tunedEngine();
-  await mkdir(o.out, { recursive: true });
-  await removeStaleTempFiles(o.out);
-  const head = o.head === 'difformer' ? 'attention' : o.head;
-  const result = await fitHead(e, train, test, {
-    head: head as 'linear' | 'attention', classes, timesteps: ts, blocks: bs, pool: probePool,
-    attention: { dim: o.dim, layers: o.layers, heads: o.heads, prePoolSize: o['pre-pool'] },
-    epochs: o.epochs, batchSize: o.batch ?? 128, optimizer: o.optimizer as 'adam' | 'sgd', lr: o.lr, stepSize: o['step-size'], gamma: o.gamma, seed: o.seed,
-    // The training cache's signature, not only its path: a resume, or eval's standardisation, on a
-    // cache extracted again with other settings at that path would read other features.
-    data: { features: pixels ? 'pixels' : 'unet', train: resolve(o.train!), trainCache: loaded.train.signature, standardize: o.standardize },
-    checkpoint: join(o.out, 'state.safetensors'), resume: o.resume, onResume: (line) => console.log(line),
-    onBatch: progressBar('  batches', 'batches'),
-    onEpoch: ({ epoch, epochs, loss, trainAccuracy, lr, seconds }) => console.log(`epoch ${epoch + 1}/${epochs}: loss ${loss.toFixed(4)}, train accuracy ${(100 * trainAccuracy).toFixed(1)}%, lr ${lr.toExponential(1)}, ${seconds.toFixed(1)} s (ETA ${fmtTime(seconds * (epochs - epoch - 1))})`),
-  });
-  const { testHits: _, ...summary } = result;
-  const full = { ...summary, headArg: o.head, features: pixels ? 'pixels' : 'unet', timesteps: ts, blocks: bs, pool: o.head === 'linear' ? probePool : null, standardize: o.standardize, train: o.train, test: o.test };
-  await writeFileAtomic(join(o.out, 'result.json'), JSON.stringify(full, null, 2));
-  console.log(`${o.head}: top-1 ${(100 * result.top1).toFixed(2)}%, top-5 ${top5Text(result.top5, classes)} (${result.params} parameters, ${fmtTime(result.seconds)}) → ${join(o.out, 'result.json')}`);
-  e.dispose();
+  const lock = await holdRunFolder(o.out);
+  try {
+    const head = o.head === 'difformer' ? 'attention' : o.head;
+    const result = await fitHead(e, train, test, {
+      head: head as 'linear' | 'attention', classes, timesteps: ts, blocks: bs, pool: probePool,
+      attention: { dim: o.dim, layers: o.layers, heads: o.heads, prePoolSize: o['pre-pool'] },
+      epochs: o.epochs, batchSize: o.batch ?? 128, optimizer: o.optimizer as 'adam' | 'sgd', lr: o.lr, stepSize: o['step-size'], gamma: o.gamma, seed: o.seed,
+      // The training cache's signature, not only its path: a resume, or eval's standardisation, on a
+      // cache extracted again with other settings at that path would read other features.
+      data: { features: pixels ? 'pixels' : 'unet', train: resolve(o.train!), trainCache: loaded.train.signature, standardize: o.standardize },
+      checkpoint: join(o.out, 'state.safetensors'), resume: o.resume, onResume: (line) => console.log(line),
+      onBatch: progressBar('  batches', 'batches'),
+      onEpoch: ({ epoch, epochs, loss, trainAccuracy, lr, seconds }) => console.log(`epoch ${epoch + 1}/${epochs}: loss ${loss.toFixed(4)}, train accuracy ${(100 * trainAccuracy).toFixed(1)}%, lr ${lr.toExponential(1)}, ${seconds.toFixed(1)} s (ETA ${fmtTime(seconds * (epochs - epoch - 1))})`),
+    });
+    const { testHits: _, ...summary } = result;
+    const full = { ...summary, headArg: o.head, features: pixels ? 'pixels' : 'unet', timesteps: ts, blocks: bs, pool: o.head === 'linear' ? probePool : null, standardize: o.standardize, train: o.train, test: o.test };
+    await writeFileAtomic(join(o.out, 'result.json'), JSON.stringify(full, null, 2));
+    console.log(`${o.head}: top-1 ${(100 * result.top1).toFixed(2)}%, top-5 ${top5Text(result.top5, classes)} (${result.params} parameters, ${fmtTime(result.seconds)}) → ${join(o.out, 'result.json')}`);
+    e.dispose();
+  } finally {
+    await lock.release();
+  }
   return 0;
 }
 
@@ -345,22 +349,25 @@ async function trainDifFeed(o: TrainOptions): Promise<number> {
     const idx = balancedSubset(ds.labels, perClass, o.seed + (split === 'test' ? 1 : 0));
     return imageSource(ds, idx, size);
   };
-  await mkdir(o.out, { recursive: true });
-  await removeStaleTempFiles(o.out);
-  const result = await fitDifFeed(e, unet, await source('train', o['per-class']), await source('test', o['test-per-class']), {
-    classes: FASHION_MNIST_CLASSES.length, strategy: o.strategy as DifFeedOptions['strategy'], t: t[0], featureBlock: o.b?.[0],
-    head: { dim: o.dim, layers: o.layers, heads: o.heads, prePoolSize: o['pre-pool'] },
-    epochs: o.epochs, batchSize: o.batch ?? 16, optimizer: o.optimizer as 'adam' | 'sgd',
-    // Adam: --lr is the head's (the feedback layers' 1e-3); SGD: both groups' (the released scripts' one lr).
-    headLr: o.lr, feedbackLr: o.optimizer === 'sgd' ? o.lr : undefined, stepSize: o['step-size'], gamma: o.gamma, seed: o.seed, flip: o.flip === 'true',
-    unetWeights: hash, checkpoint: join(o.out, 'state.safetensors'), checkpointEverySeconds: o['checkpoint-every'], resume: o.resume, onResume: (line) => console.log(line), batchNormTrainEpochs: o['bn-train-epochs'],
-    onBatch: progressBar('  batches', 'batches'),
-    onEpoch: ({ epoch, epochs, loss, seconds }) => console.log(`epoch ${epoch + 1}/${epochs}: loss ${loss.toFixed(4)}, ${seconds.toFixed(1)} s (ETA ${fmtTime(seconds * (epochs - epoch - 1))})`),
-  });
-  const { testHits: _, ...summary } = result;
-  await writeFileAtomic(join(o.out, 'result.json'), JSON.stringify({ ...summary, strategy: o.strategy, t: t[0], feedbackBlocks: wiring.feedbackBlocks, feedbackTargets: wiring.targets, featureBlock: wiring.featureBlock }, null, 2));
-  console.log(`difeed (${o.strategy}): top-1 ${(100 * result.top1).toFixed(2)}%, top-5 ${(100 * result.top5).toFixed(2)}% (${result.params} parameters, ${fmtTime(result.seconds)}) → ${join(o.out, 'result.json')}`);
-  e.dispose();
+  const lock = await holdRunFolder(o.out);
+  try {
+    const result = await fitDifFeed(e, unet, await source('train', o['per-class']), await source('test', o['test-per-class']), {
+      classes: FASHION_MNIST_CLASSES.length, strategy: o.strategy as DifFeedOptions['strategy'], t: t[0], featureBlock: o.b?.[0],
+      head: { dim: o.dim, layers: o.layers, heads: o.heads, prePoolSize: o['pre-pool'] },
+      epochs: o.epochs, batchSize: o.batch ?? 16, optimizer: o.optimizer as 'adam' | 'sgd',
+      // Adam: --lr is the head's (the feedback layers' 1e-3); SGD: both groups' (the released scripts' one lr).
+      headLr: o.lr, feedbackLr: o.optimizer === 'sgd' ? o.lr : undefined, stepSize: o['step-size'], gamma: o.gamma, seed: o.seed, flip: o.flip === 'true',
+      unetWeights: hash, checkpoint: join(o.out, 'state.safetensors'), checkpointEverySeconds: o['checkpoint-every'], resume: o.resume, onResume: (line) => console.log(line), batchNormTrainEpochs: o['bn-train-epochs'],
+      onBatch: progressBar('  batches', 'batches'),
+      onEpoch: ({ epoch, epochs, loss, seconds }) => console.log(`epoch ${epoch + 1}/${epochs}: loss ${loss.toFixed(4)}, ${seconds.toFixed(1)} s (ETA ${fmtTime(seconds * (epochs - epoch - 1))})`),
+    });
+    const { testHits: _, ...summary } = result;
+    await writeFileAtomic(join(o.out, 'result.json'), JSON.stringify({ ...summary, strategy: o.strategy, t: t[0], feedbackBlocks: wiring.feedbackBlocks, feedbackTargets: wiring.targets, featureBlock: wiring.featureBlock }, null, 2));
+    console.log(`difeed (${o.strategy}): top-1 ${(100 * result.top1).toFixed(2)}%, top-5 ${(100 * result.top5).toFixed(2)}% (${result.params} parameters, ${fmtTime(result.seconds)}) → ${join(o.out, 'result.json')}`);
+    e.dispose();
+  } finally {
+    await lock.release();
+  }
   return 0;
 }
 

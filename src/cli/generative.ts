@@ -3,7 +3,7 @@
 import { mkdir } from 'node:fs/promises';
 import { extname, join } from 'node:path';
 import { tunedEngine } from './tuning-cache.ts';
-import { removeStaleTempFiles, writeFileAtomic } from '../model/checkpoint/atomic-write.ts';
+import { writeFileAtomic } from '../model/checkpoint/atomic-write.ts';
 import { writeSafetensors } from '../model/checkpoint/safetensors.ts';
 import { checkSampleOptions, DIFFUSION_STEPS, MAX_SAMPLE_COUNT, sample } from '../model/sampling.ts';
 import { writeImageGridPng } from '../train/sample-grid.ts';
@@ -15,6 +15,7 @@ import { fmtTime, progressBar } from './progress.ts';
 import { lineChartSvg } from './render/charts.ts';
 import { writeChart } from './render/write-chart.ts';
 import { checkNotKept, checkOutputFile, checkOutputFolder } from './output-file.ts';
+import { holdRunFolder } from './run-folder.ts';
 
 const PRETRAIN = {
   ...MODEL_OPTIONS,
@@ -57,51 +58,54 @@ async function pretrainCommand(argv: string[]): Promise<number> {
   const ds = await loadFashionMnist('train');
   const count = o.images || ds.count;
   const size = unet.plan.flags.image_size;
-  await mkdir(o.out, { recursive: true });
-  await removeStaleTempFiles(o.out);
-  const t0 = performance.now();
-  const bar = progressBar('pretrain', 'steps');
-  const steps = o.steps;
-  const sampleEvery = o['sample-every'];
-  let lastSample = performance.now();
-  const writeEma = async (ema: Ema, step: number) => {
-    const tensors: Record<string, { shape: number[]; data: Float32Array }> = {};
-    for (const [k, v] of ema.shadow) tensors[k] = { shape: k.endsWith('qkv.weight') || k.endsWith('proj_out.weight') ? [...v.shape.slice(0, 3)] : [...v.shape], data: await v.read() };
-    await writeSafetensors(join(o.out, 'ema.safetensors'), tensors, { kind: 'difrep-unet-ema', config: JSON.stringify(unet.plan.flags), steps: String(step) });
-  };
-  const writeSamples = async (ema: Ema, step: number) => {
-    const x = await sample(e, unet.withWeights(ema.shadow), { count: 16, seed: 0, ddimSteps: 50 });
-    const images = await x.read();
-    x.dispose();
-    await mkdir(join(o.out, 'samples'), { recursive: true });
-    await writeImageGridPng(join(o.out, 'samples', `step-${String(step).padStart(6, '0')}.png`), images, 16, unet.plan.flags.in_channels, unet.plan.flags.image_size);
-  };
-  // The loss so far as JSON and as a chart (loss.svg, loss.png), rewritten at every checkpoint.
-  const writeLoss = async (losses: readonly [number, number][]) => {
-    await writeFileAtomic(join(o.out, 'loss.json'), JSON.stringify(losses));
-    if (losses.length >= 2) await writeChart(join(o.out, 'loss.png'), lineChartSvg(`pretraining loss (${o.model}, batch ${o.batch})`, [...losses], 'step', unet.plan.flags.learn_sigma ? 'MSE of the noise (Eq. 4) + L_vb' : 'MSE of the noise (Eq. 4)'));
-  };
-  const r = await pretrain(e, unet, { count, labels: ds.labels, images: (idx) => toModelInput(ds, idx, size) }, {
-    steps, batchSize: o.batch, lr: o.lr, emaDecay: o.ema, seed: o.seed, flip: o.flip === 'true', batches: o.batches as 'epochs' | 'replacement',
-    checkpoint: join(o.out, 'state.safetensors'), checkpointEverySeconds: o['checkpoint-every'], resume: o.resume, onResume: (line) => console.log(line),
-    onStep: (s, loss) => {
-      bar(s, steps);
-      if (loss !== undefined && s % 100 === 0) console.log(`step ${s}: loss ${loss.toFixed(4)}`);
-    },
-    onCheckpoint: async (step, ema, losses) => {
-      await writeEma(ema, step);
-      await writeLoss(losses);
-      if (sampleEvery > 0 && performance.now() - lastSample > sampleEvery * 1000) {
-        await writeSamples(ema, step);
-        lastSample = performance.now();
-      }
-    },
-  });
-  await writeEma(r.ema, r.steps);
-  if (sampleEvery > 0) await writeSamples(r.ema, r.steps);
-  await writeLoss(r.losses);
-  console.log(`pretrained to step ${r.steps} in ${fmtTime((performance.now() - t0) / 1000)}; last loss ${r.losses.at(-1)?.[1].toFixed(4)} → ${o.out}`);
-  e.dispose();
+  const lock = await holdRunFolder(o.out);
+  try {
+    const t0 = performance.now();
+    const bar = progressBar('pretrain', 'steps');
+    const steps = o.steps;
+    const sampleEvery = o['sample-every'];
+    let lastSample = performance.now();
+    const writeEma = async (ema: Ema, step: number) => {
+      const tensors: Record<string, { shape: number[]; data: Float32Array }> = {};
+      for (const [k, v] of ema.shadow) tensors[k] = { shape: k.endsWith('qkv.weight') || k.endsWith('proj_out.weight') ? [...v.shape.slice(0, 3)] : [...v.shape], data: await v.read() };
+      await writeSafetensors(join(o.out, 'ema.safetensors'), tensors, { kind: 'difrep-unet-ema', config: JSON.stringify(unet.plan.flags), steps: String(step) });
+    };
+    const writeSamples = async (ema: Ema, step: number) => {
+      const x = await sample(e, unet.withWeights(ema.shadow), { count: 16, seed: 0, ddimSteps: 50 });
+      const images = await x.read();
+      x.dispose();
+      await mkdir(join(o.out, 'samples'), { recursive: true });
+      await writeImageGridPng(join(o.out, 'samples', `step-${String(step).padStart(6, '0')}.png`), images, 16, unet.plan.flags.in_channels, unet.plan.flags.image_size);
+    };
+    // The loss so far as JSON and as a chart (loss.svg, loss.png), rewritten at every checkpoint.
+    const writeLoss = async (losses: readonly [number, number][]) => {
+      await writeFileAtomic(join(o.out, 'loss.json'), JSON.stringify(losses));
+      if (losses.length >= 2) await writeChart(join(o.out, 'loss.png'), lineChartSvg(`pretraining loss (${o.model}, batch ${o.batch})`, [...losses], 'step', unet.plan.flags.learn_sigma ? 'MSE of the noise (Eq. 4) + L_vb' : 'MSE of the noise (Eq. 4)'));
+    };
+    const r = await pretrain(e, unet, { count, labels: ds.labels, images: (idx) => toModelInput(ds, idx, size) }, {
+      steps, batchSize: o.batch, lr: o.lr, emaDecay: o.ema, seed: o.seed, flip: o.flip === 'true', batches: o.batches as 'epochs' | 'replacement',
+      checkpoint: join(o.out, 'state.safetensors'), checkpointEverySeconds: o['checkpoint-every'], resume: o.resume, onResume: (line) => console.log(line),
+      onStep: (s, loss) => {
+        bar(s, steps);
+        if (loss !== undefined && s % 100 === 0) console.log(`step ${s}: loss ${loss.toFixed(4)}`);
+      },
+      onCheckpoint: async (step, ema, losses) => {
+        await writeEma(ema, step);
+        await writeLoss(losses);
+        if (sampleEvery > 0 && performance.now() - lastSample > sampleEvery * 1000) {
+          await writeSamples(ema, step);
+          lastSample = performance.now();
+        }
+      },
+    });
+    await writeEma(r.ema, r.steps);
+    if (sampleEvery > 0) await writeSamples(r.ema, r.steps);
+    await writeLoss(r.losses);
+    console.log(`pretrained to step ${r.steps} in ${fmtTime((performance.now() - t0) / 1000)}; last loss ${r.losses.at(-1)?.[1].toFixed(4)} → ${o.out}`);
+    e.dispose();
+  } finally {
+    await lock.release();
+  }
   return 0;
 }
 

@@ -1,5 +1,5 @@
 // An exclusive lock on one shard of a feature cache directory, so two extractions never write the
-// same chunks at once. The lock is a file created with O_EXCL ('wx') holding who took it. One lock
+// same chunks at once, and on a training run's output folder. The lock is a file created with O_EXCL ('wx') holding who took it. One lock
 // per shard (not per directory), so shards on different machines can share a directory on a
 // network file system. A lock left by a process that died on this host (or whose pid a restarted
 // container has given to another process: ../model/checkpoint/process-claim.ts) is taken over; one
@@ -59,9 +59,23 @@ function holdThroughSignals(file: string): { stop(): void } {
 }
 
 /** Takes the lock of this shard of `dir`, or throws naming the process that holds it. */
-export async function lockCacheShard(dir: string, shard: { index: number; count: number } | undefined, onWarning: (message: string) => void): Promise<CacheLock> {
+export function lockCacheShard(dir: string, shard: { index: number; count: number } | undefined, onWarning: (message: string) => void): Promise<CacheLock> {
+  return lockFolder(dir, lockFileName(shard), { activity: 'extracted into', writer: 'extraction' }, onWarning);
+}
+
+/**
+ * Takes the lock of a training run's output folder (train, pretrain), or throws naming the process
+ * that holds it: two runs into one --out each saved their state over the other's and both reported
+ * success.
+ */
+export function lockRunFolder(dir: string, onWarning: (message: string) => void): Promise<CacheLock> {
+  return lockFolder(dir, '.lock-run', { activity: 'trained into', writer: 'training run' }, onWarning);
+}
+
+/** `activity` completes "DIR is being … by PROCESS"; `writer` names what holds such a lock. */
+async function lockFolder(dir: string, name: string, what: { activity: string; writer: string }, onWarning: (message: string) => void): Promise<CacheLock> {
   const fs = await import('node:fs/promises');
-  const file = join(dir, lockFileName(shard));
+  const file = join(dir, name);
   const me: LockOwner = { pid: process.pid, hostname: hostname(), started: new Date().toISOString() };
   for (let attempt = 0; attempt < 3; attempt++) {
     try {
@@ -89,15 +103,15 @@ export async function lockCacheShard(dir: string, shard: { index: number; count:
     if (text === undefined) continue; // released between our attempt and the read: try again
     const owner = readOwner(text);
     if (!owner) {
-      throw new Error(`${file} is locked by an unreadable lock file; if no extraction is writing into ${dir}, delete ${file} and rerun`);
+      throw new Error(`${file} is locked by an unreadable lock file; if no ${what.writer} is writing into ${dir}, delete ${file} and rerun`);
     }
     const who = `process ${owner.pid} on ${owner.hostname} (started ${owner.started})`;
     if (owner.hostname !== me.hostname) {
-      throw new Error(`${dir} is being extracted into by ${who}; wait for it, or if that process is gone, delete ${file} and rerun`);
+      throw new Error(`${dir} is being ${what.activity} by ${who}; wait for it, or if that process is gone, delete ${file} and rerun`);
     }
     const state = await claimState(owner.pid, Date.parse(owner.started));
     if (state === 'unknown') throw new Error(`${dir} is locked by ${who}, and this runtime cannot tell whether it still runs (under Deno, allow it with --allow-run); if it is gone, delete ${file} and rerun`);
-    if (state === 'live') throw new Error(`${dir} is being extracted into by ${who}; wait for it to finish or use another --out directory`);
+    if (state === 'live') throw new Error(`${dir} is being ${what.activity} by ${who}; wait for it to finish or use another --out directory`);
     // Move the stale lock aside and check it is still the one judged stale: a process taking it
     // over at the same moment may already have replaced it with its own live lock.
     const aside = `${file}.stale-${process.pid}`;
@@ -111,5 +125,5 @@ export async function lockCacheShard(dir: string, shard: { index: number; count:
     await fs.unlink(aside).catch(() => {});
     onWarning(`took over the stale lock ${file} of ${who}, which is no longer running`);
   }
-  throw new Error(`cannot take the lock ${file}: another process keeps taking it; is another extraction starting into ${dir}?`);
+  throw new Error(`cannot take the lock ${file}: another process keeps taking it; is another ${what.writer} starting into ${dir}?`);
 }

@@ -20,6 +20,16 @@ t.test('pretrain writes a resumable state and an EMA state dict that sample load
   }));
   const { stdout, stderr } = await difrep('pretrain', '--model', config, '--steps', '2', '--batch', '4', '--images', '64', '--out', join(dir, 'run'));
   t.match(stdout, /pretrained to step 2/);
+  const { readdir } = await import('node:fs/promises');
+  t.notOk((await readdir(join(dir, 'run'))).includes('.lock-run'), 'the run lock is released');
+  // A second run into a folder a live run holds is refused, naming it: two runs into one --out
+  // each saved over the other's state, and both reported success.
+  const { lockRunFolder } = await import('../../src/train/cache-lock.ts');
+  const held = await lockRunFolder(join(dir, 'run'), () => {});
+  const busy = await difrep('pretrain', '--model', config, '--steps', '3', '--batch', '4', '--images', '64', '--out', join(dir, 'run'), '--resume').then(
+    () => ({ stderr: 'exit 0' }), (err: { stderr: string }) => err);
+  t.match(busy.stderr, new RegExp(`run is being trained into by process ${process.pid} on .*; wait for it to finish or use another --out directory`));
+  await held.release();
   // 0.9999² of the export is the starting weights.
   t.match(stderr, /warning: with --ema 0\.9999 over 2 steps, 100 % of ema\.safetensors \(and of the samples\) is still the starting weights; give more --steps/);
   const { stdout: more } = await difrep('pretrain', '--model', config, '--steps', '3', '--batch', '4', '--images', '64', '--out', join(dir, 'run'), '--resume');
