@@ -211,12 +211,20 @@ function f32Ulp(v: number): number {
   return f[0] - Math.abs(v);
 }
 
+/** The `kind`s of reference dumps (a U-Net dump may leave it out). */
+const PARITY_KINDS = ['unet', 'attention-head', 'difformer', 'difeed'];
+
 /** Opens a dump (a path, or bytes already fetched, e.g. in a browser) and runs the parity check that fits its `kind`. */
 export async function parity(e: Engine, file: string | ByteSource, opts: Omit<HeadParityOptions, 'unet'> & { unetFile?: string | ByteSource } = {}): Promise<ParityReport> {
   const dump = await openSafetensors(file);
   const unet = opts.unetFile ? await openSafetensors(opts.unetFile) : undefined;
   try {
     const kind = dump.metadata.kind ?? 'unet';
+    // A checkpoint (weights alone) failed on its first missing input tensor, with no word of why.
+    if (!PARITY_KINDS.includes(kind) || !dump.keys().some((k) => k.startsWith('input.'))) {
+      const name = typeof file === 'string' ? file : 'this file';
+      throw new Error(`${name} is not a reference dump (kind "${kind}", ${dump.keys().some((k) => k.startsWith('input.')) ? 'with' : 'no'} input.* tensors): parity compares the engine with dumps of the PyTorch reference code (${PARITY_KINDS.join(', ')}; ../shared/reference/README.md); U-Net weights go to --checkpoint of the other commands`);
+    }
     if (unet && kind !== 'attention-head' && kind !== 'difformer') opts.onNote?.(`--unet recomputes the input features of attention-head and difformer dumps; a ${kind} dump ${kind === 'unet' ? 'is the U-Net itself' : 'holds its own U-Net weights'}, so it is not used here`);
     return kind === 'unet' ? await unetParity(e, dump, opts) : await headParity(e, dump, { ...opts, unet });
   } finally {

@@ -2,7 +2,7 @@
 // gradient, BatchNorm running statistics, one Adam step, and (DifFeed) eval logits after it.
 import t from 'tap';
 import { openSafetensors } from '../../src/model/checkpoint/safetensors.ts';
-import { headParity } from '../../src/train/parity.ts';
+import { headParity, parity } from '../../src/train/parity.ts';
 import { testEngine } from '../helpers/check.ts';
 
 const e = await testEngine();
@@ -92,4 +92,11 @@ t.test('one optimizer step is compared as a step, not as the parameter after it'
   t.equal(compareStep('rounding', start, ulp, ref, 1e-3).maxRel, 0, 'one ulp apart: no error');
   const nan = compareStep('nan', start, Float32Array.of(Number.NaN, ref[1]), ref, 1e-3);
   t.ok(nan.maxRel === Infinity && !nan.pass, 'a NaN fails');
+});
+
+// A checkpoint given to parity failed on its first missing input tensor ('no tensor named
+// "input.labels"'), with no word that it is weights, not a dump.
+t.test('parity refuses a file that is no reference dump, saying what it is and what parity takes', async (t) => {
+  const weights = new URL('../../models/fmnist16.safetensors', import.meta.url).pathname;
+  await t.rejects(parity(e, weights), { message: `${weights} is not a reference dump (kind "difrep-unet-ema", no input.* tensors): parity compares the engine with dumps of the PyTorch reference code (unet, attention-head, difformer, difeed; ../shared/reference/README.md); U-Net weights go to --checkpoint of the other commands` });
 });
