@@ -202,7 +202,8 @@ async function extract() {
     // A headless run (difrep example --screenshot) reports what the U-Net was given, to check against the CLI's.
     if (auto) console.log(`inputs: ${N} images, Σx0 ${pixels.reduce((a, v) => a + v, 0).toFixed(6)}, Σx0² ${pixels.reduce((a, v) => a + v * v, 0).toFixed(6)}`);
     const x0 = engine.tensor(pixels, [N, 3, S, S], 'x0');
-    // Each image's own noise (seed 0, its number, t), whatever the other images: as the CLI's extraction draws it.
+    // Each image's own noise (seed 0, its number, t), whatever the other images. (The CLI's extraction
+    // also mixes the dataset's name into the seed, so its noise, and features, differ from these.)
     const eps = new Float32Array(N * 3 * S * S);
     state.ids.forEach((id, i) => eps.set(gaussianNoise(3 * S * S, noiseSeed(0, id, t)), i * 3 * S * S));
     const noise = engine.tensor(eps, x0.shape, 'noise');
