@@ -96,3 +96,41 @@ t.test('adaptiveAvgPool2d of a 256² map to 1×1 (65,536 values a window) matche
   const err = maxRelError(await ops.adaptiveAvgPool2d(upload(e, x), 1, 1).read(), Float64Array.from(ref));
   t.ok(err < TOLERANCE, `${err.toExponential(2)}`);
 });
+
+// matmul summed each output's whole K in one f32 chain: 2.2e-5 off float64 at K = 2¹⁸ (a linear
+// probe's logits on unpooled maps) and 1.9e-4 at 1e6, where PyTorch's CPU matmul is 1.2e-6 off
+// (its BLAS blocks K). Positive data, so no cancellation hides the rounding. Expected: float64.
+t.test('matmul over a long K (2¹⁸, all four transposes, with bias and a batch) stays within 5e-6 of float64', async (t) => {
+  const K = 1 << 18;
+  const [M, N] = [3, 5];
+  const a = Float32Array.from({ length: M * K }, (_, i) => 0.5 + ((i * 7919) % 1000) / 1000);
+  const b = Float32Array.from({ length: K * N }, (_, i) => 0.5 + ((i * 104729) % 997) / 997);
+  const bias = [0.25, -1, 2, 0, 3];
+  const want = new Float64Array(M * N);
+  for (let m = 0; m < M; m++) {
+    for (let n = 0; n < N; n++) {
+      let s = bias[n];
+      for (let k = 0; k < K; k++) s += a[m * K + k] * b[k * N + n];
+      want[m * N + n] = s;
+    }
+  }
+  const transpose = (x: Float32Array, rows: number, cols: number) => Float32Array.from({ length: x.length }, (_, i) => x[(i % rows) * cols + Math.floor(i / rows)]);
+  for (const [transA, transB] of [[false, false], [true, false], [false, true], [true, true]]) {
+    const A = e.tensor(transA ? transpose(a, M, K) : a, transA ? [K, M] : [M, K], 'a');
+    const B = e.tensor(transB ? transpose(b, K, N) : b, transB ? [N, K] : [K, N], 'b');
+    const y = ops.matmul(A, B, { transA, transB, bias: e.tensor(bias, [N], 'bias') });
+    const got = await y.read();
+    const err = Math.max(...Array.from(want, (w, i) => Math.abs(got[i] - w) / Math.abs(w)));
+    t.ok(err < 5e-6, `transA ${transA}, transB ${transB}: worst relative error ${err.toExponential(2)}`);
+    for (const x of [A, B, y]) x.dispose();
+  }
+  // A batch of two, the second A scaled by 2: each batch entry its own chunks.
+  const A2 = e.tensor(Float32Array.from([...a, ...a.map((v) => 2 * v)]), [2, M, K], 'a2');
+  const B2 = e.tensor(Float32Array.from([...b, ...b]), [2, K, N], 'b2');
+  const got = await ops.matmul(A2, B2).read();
+  const err = Math.max(...Array.from(got, (g, i) => {
+    const w = (want[i % (M * N)] - bias[i % N]) * (i < M * N ? 1 : 2);
+    return Math.abs(g - w) / Math.abs(w);
+  }));
+  t.ok(err < 5e-6, `batched: worst relative error ${err.toExponential(2)}`);
+});
