@@ -253,3 +253,28 @@ t.test('conv2d over more than 65535 column blocks folds them into the grid and m
   t.ok(weightGrad < 1e-5, `register tile, weight gradient of 524,295 columns (65,537 blocks): ${weightGrad.toExponential(2)}`);
   tiled.dispose();
 });
+
+// The pointwise (1×1) GEMM puts one grid z per image: 70,000 images of 2×2 were refused
+// ("1 × 1 × 70000 workgroups, over this device's maxComputeWorkgroupsPerDimension").
+t.test('a 1×1 conv over more images than a grid dimension holds matches float64, forward and input gradient', async (t) => {
+  const N = e.limits.maxComputeWorkgroupsPerDimension + 5;
+  // Image n, channel c, pixel p holds (n % 7) + c + p/4; W = [[1, 0, 0, 1], [0, 2, 0, 0]] (2 × 4).
+  const xs = Float32Array.from({ length: N * 16 }, (_, i) => (Math.floor(i / 16) % 7) + Math.floor((i % 16) / 4) + (i % 4) / 4);
+  const x = e.tensor(xs, [N, 4, 2, 2], 'x');
+  x.requiresGrad = true;
+  const w = e.tensor([1, 0, 0, 1, 0, 2, 0, 0], [2, 4, 1, 1], 'w');
+  const y = ops.conv2d(x, w);
+  const got = await y.read();
+  const want = (n: number, o: number, p: number) => {
+    const v = (c: number) => (n % 7) + c + p / 4;
+    return o === 0 ? v(0) + v(3) : 2 * v(1);
+  };
+  let worst = 0;
+  for (const n of [0, 1, 6, 65534, 65535, N - 1]) for (let o = 0; o < 2; o++) for (let p = 0; p < 4; p++) worst = Math.max(worst, Math.abs(got[(n * 2 + o) * 4 + p] - want(n, o, p)));
+  t.equal(worst, 0, 'forward exact (small integers and quarters)');
+  e.tape.backward(ops.sum(y));
+  const dx = await x.grad!.read();
+  // d Σy / dx[n, c, p] = Σ_o W[o, c]: 1, 2, 0, 1 for every image and pixel.
+  t.ok([0, N - 1].every((n) => [1, 2, 0, 1].every((g, c) => [0, 1, 2, 3].every((p) => dx[(n * 4 + c) * 4 + p] === g))), 'input gradient');
+  for (const z of [x, w, y]) z.dispose();
+});

@@ -276,3 +276,20 @@ t.test('matmul over more than 65535 row blocks folds them into the grid and matc
   }
   tiled.dispose();
 });
+
+// The kernels put one grid z per batch entry, and a grid dimension holds 65535: a bilinear resize of
+// 64 images × 1024 channels (a batch of 65536 planes) was refused ("batch 65536 exceeds 65535").
+t.test('a batch of more entries than a grid dimension holds runs in chunks (and with one side broadcast)', async (t) => {
+  const batch = e.limits.maxComputeWorkgroupsPerDimension + 2;
+  // Entry i: [1, i] · [[1], [2]] = 1 + 2i (exact in f32 up to 2²⁴).
+  const a = e.tensor(Float32Array.from({ length: 2 * batch }, (_, j) => (j % 2 === 0 ? 1 : Math.floor(j / 2))), [batch, 1, 2], 'a');
+  const b = e.tensor(Float32Array.from({ length: 2 * batch }, (_, j) => (j % 2 === 0 ? 1 : 2)), [batch, 2, 1], 'b');
+  const y = ops.matmul(a, b);
+  t.same(y.shape, [batch, 1, 1]);
+  const got = await y.read();
+  t.ok(got.every((v, i) => v === 1 + 2 * i), `entries ${got[0]}, ${got[1]}, …, ${got[batch - 1]}`);
+  const shared = e.tensor([1, 2], [1, 2], 'shared');
+  const z = await ops.matmul(shared, b).read();
+  t.ok(z.length === batch && z.every((v) => v === 5), 'A broadcast to every entry: 1·1 + 2·2');
+  for (const x of [a, b, y, shared]) x.dispose();
+});

@@ -109,7 +109,10 @@ function runConv(e: Engine, c: ConvCall): void {
   // The subgroup kernels bind x as vec4s: an x without values (no input channels) takes the general kernels.
   const subgroupKernels = e.subgroupMatmul && !e.tuning.conv2d && c.x.size > 0;
   // The input gradient's output channels (cout here) are the forward's input channels.
-  if (subgroupKernels && pointwiseGemm(e, c.ksize, c.stride, c.inputDilation, c.transposedWeight ? cout : cin, H * W)) {
+  // Its grid has a z per image, at most maxComputeWorkgroupsPerDimension; the direct kernel folds
+  // every pixel of the batch into its columns.
+  const imagesFit = N <= e.limits.maxComputeWorkgroupsPerDimension;
+  if (subgroupKernels && imagesFit && pointwiseGemm(e, c.ksize, c.stride, c.inputDilation, c.transposedWeight ? cout : cin, H * W)) {
     runPointwise(e, c, bindings);
     return;
   }

@@ -10,7 +10,7 @@ import { chooseGemmTiling, gemmWorkgroups, matmulKernel, type MatmulTiling, vect
 import { subgroupGemmColumnGroups, subgroupGemmRows, subgroupGemmWorkgroups, subgroupMatmulKernel } from '../../../kernels/matmul-subgroup.wgsl.ts';
 import { shapeString, type Tensor } from '../tensor.ts';
 import { add } from './elementwise.ts';
-import { expand, slice } from './layout.ts';
+import { concatRows, expand, slice, sliceRows } from './layout.ts';
 import { sum } from './reduce.ts';
 
 export interface MatmulOptions {
@@ -96,6 +96,32 @@ function chunkedMatmul(a: Tensor, b: Tensor, shape: number[], label: string, d: 
   return total!;
 }
 
+/**
+ * A batch of more entries than a grid dimension holds (the kernels put one z per entry; a bilinear
+ * resize of N·C planes reaches 65536) runs in chunks of entries, their outputs joined.
+ */
+function batchChunkedMatmul(a: Tensor, b: Tensor, shape: number[], label: string, d: MatmulDispatch): Tensor {
+  const e = a.engine;
+  const step = e.limits.maxComputeWorkgroupsPerDimension;
+  const flat = (t: Tensor, broadcast: boolean | undefined) => (broadcast ? e.view(t, t.shape.slice(-2)) : e.view(t, [d.batch, ...t.shape.slice(-2)]));
+  return e.noGrad(() => e.tidy(() => {
+    const [A, B] = [flat(a, d.broadcastA), flat(b, d.broadcastB)];
+    const parts: Tensor[] = [];
+    for (let b0 = 0; b0 < d.batch; b0 += step) {
+      const b1 = Math.min(d.batch, b0 + step);
+      const chunk = (t: Tensor, broadcast: boolean | undefined) => (broadcast ? t : sliceRows(t, b0, b1));
+      const [aPart, bPart, sub] = [chunk(A, d.broadcastA), chunk(B, d.broadcastB), { ...d, batch: b1 - b0 }];
+      if (d.K > LONG_K) parts.push(chunkedMatmul(aPart, bPart, [b1 - b0, d.M, d.N], label, sub));
+      else {
+        const part = e.empty([b1 - b0, d.M, d.N], label);
+        dispatchMatmul(aPart, bPart, part, sub);
+        parts.push(part);
+      }
+    }
+    return e.view(concatRows(parts), shape, label);
+  }));
+}
+
 export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
   const e = a.engine;
   const transA = opts.transA ?? false;
@@ -122,7 +148,6 @@ export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
   if (opts.bias && (opts.bias.size !== N || opts.bias.shape[opts.bias.rank - 1] !== N)) {
     throw new RangeError(`matmul: bias ${shapeString(opts.bias.shape)} does not match N = ${N}`);
   }
-  if (batch > 65535) throw new RangeError(`matmul: batch ${batch} exceeds 65535`);
   const shape = [...batchShape, M, N];
   const label = `matmul(${a.label},${b.label})`;
   let out: Tensor;
@@ -130,6 +155,8 @@ export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
     // A sum over nothing: zeros (plus the bias), with no kernel, which could not bind A and B of no values.
     const bias = opts.bias;
     out = bias ? e.noGrad(() => e.tidy(() => expand(e.view(bias, [N]), shape))) : e.zeros(shape, label);
+  } else if (batch > e.limits.maxComputeWorkgroupsPerDimension) {
+    out = batchChunkedMatmul(a, b, shape, label, { M, N, K, batch, transA, transB, broadcastA, broadcastB, bias: opts.bias });
   } else if (K > LONG_K) {
     out = chunkedMatmul(a, b, shape, label, { M, N, K, batch, transA, transB, broadcastA, broadcastB, bias: opts.bias });
   } else {
