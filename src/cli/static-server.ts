@@ -63,7 +63,9 @@ export async function startStaticServer(o: { dirs?: Record<string, string>; file
     res.writeHead(200, { 'content-type': TYPES[extname(file)] ?? 'application/octet-stream', 'content-length': info.size, 'cache-control': 'no-store' });
     createReadStream(file).pipe(res);
   });
-  await new Promise<void>((resolve, reject) => server.once('error', reject).listen(o.port ?? 0, '127.0.0.1', resolve));
+  await new Promise<void>((resolve, reject) => server.once('error', (err: NodeJS.ErrnoException) => {
+    reject(err.code === 'EADDRINUSE' ? new Error(`port ${o.port} on 127.0.0.1 is in use: give another --port, or --port 0 for a free one`) : err);
+  }).listen(o.port ?? 0, '127.0.0.1', resolve));
   const { port } = server.address() as AddressInfo;
   return { url: `http://127.0.0.1:${port}`, close: () => new Promise((r) => server.close(() => r())) };
 }
