@@ -235,7 +235,7 @@ export async function startOrResume(
 
 /** A training loss that is NaN or Inf stops the run, naming the step (the last saved state stays as it was). */
 export function checkLoss(loss: number, where: string): number {
-  if (!Number.isFinite(loss)) throw new NonFiniteError(`the training loss is ${loss} at ${where}: lower the learning rate, or look for NaN/Inf in the inputs or the checkpoint; the last saved state is unchanged`);
+  if (!Number.isFinite(loss)) throw new NonFiniteError(`the training loss is ${loss} at ${where}: lower the learning rate, or look for NaN/Inf in the inputs or the checkpoint; a state saved before (if any) is unchanged`);
   return loss;
 }
 
