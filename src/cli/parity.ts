@@ -1,6 +1,7 @@
 // `difrep parity FILE... [--tol 1e-4] [--runtime node|deno|chromium]`: compares the engine with
 // PyTorch reference dumps, in this Node process, under Deno, or inside a headless Chromium page.
-import { spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
+import { constants as osConstants } from 'node:os';
 import { existsSync } from 'node:fs';
 import { basename, join, resolve } from 'node:path';
 import { tunedEngine } from './tuning-cache.ts';
@@ -47,8 +48,11 @@ async function inNode(o: ParityArgs): Promise<number> {
   return ok ? 0 : 1;
 }
 
-/** The same CLI source under Deno (the npm `deno` package, or `deno` on the PATH). */
-function inDeno(argv: string[]): number {
+/**
+ * The same CLI source under Deno (the npm `deno` package, or `deno` on the PATH). A stop signal to
+ * this process goes on to Deno: run by spawnSync, which forwards none, Deno ran on orphaned.
+ */
+async function inDeno(argv: string[]): Promise<number> {
   const root = packageRoot();
   const local = join(root, 'node_modules', '.bin', 'deno');
   const deno = existsSync(local) ? local : 'deno';
@@ -57,9 +61,18 @@ function inDeno(argv: string[]): number {
   // Deno strips no TypeScript under node_modules: an installed package runs its built JavaScript.
   const main = isCheckout(root) ? join(root, 'src', 'cli', 'main.ts') : join(root, 'dist', 'src', 'cli', 'main.js');
   // --no-prompt: a permission it lacks (sys, for the CPU's name) is refused, not asked at a terminal.
-  const r = spawnSync(deno, ['run', '--quiet', '--no-prompt', '--unstable-webgpu', '--allow-read', '--allow-env', main, 'parity', ...rest], { stdio: 'inherit' });
-  if (r.error) throw new UsageError(`cannot start Deno (${r.error.message}): npm install deno, or put deno on the PATH`);
-  return r.status ?? 1;
+  const child = spawn(deno, ['run', '--quiet', '--no-prompt', '--unstable-webgpu', '--allow-read', '--allow-env', main, 'parity', ...rest], { stdio: 'inherit' });
+  const forward = (signal: NodeJS.Signals) => void child.kill(signal);
+  const signals = ['SIGTERM', 'SIGINT', 'SIGHUP'] as const;
+  for (const s of signals) process.on(s, forward);
+  try {
+    return await new Promise<number>((done, fail) => {
+      child.once('error', (err) => fail(new UsageError(`cannot start Deno (${err.message}): npm install deno, or put deno on the PATH`)));
+      child.once('exit', (code, signal) => done(code ?? 128 + (signal ? osConstants.signals[signal] : 0)));
+    });
+  } finally {
+    for (const s of signals) process.off(s, forward);
+  }
 }
 
 async function inChromium(o: ParityArgs): Promise<number> {
