@@ -54,3 +54,17 @@ for (const legacy of [true, false]) {
     });
   }
 }
+
+// The fused kernels' grid has a y per (image, head) and the composite path's matmuls a z per one:
+// 70,000 images of one head were refused ("attention.d4: 1 × 70000 × 1 workgroups"; with T = 4,
+// "matmul: batch 70000 exceeds 65535").
+t.test('attention over more (image, head) pairs than a grid dimension holds matches float64', async (t) => {
+  const N = e.limits.maxComputeWorkgroupsPerDimension + 3;
+  for (const T of [1, 4]) {
+    const x: Nd = randomNd([N, 6, T], 17 + T, -1, 1);
+    const y = await ops.qkvAttention(upload(e, x), 1).read();
+    const want = qkvAttentionRef(x, 1, true);
+    const err = maxRelError(y, want.data);
+    t.ok(err < 1e-5, `T = ${T}: max rel err ${err.toExponential(2)}`);
+  }
+});

@@ -23,7 +23,10 @@ export function qkvAttention(qkv: Tensor, heads: number, legacy = true): Tensor 
   const d = C3 / (3 * heads);
   const C = heads * d;
   const needsGrad = e.tape.needsGrad([qkv]);
-  if (attentionMaterialisesWeights(e, d, needsGrad, { T, matrices: N * heads })) return qkvAttentionComposite(qkv, heads, legacy);
+  // The fused kernels' grid has a y per (image, head): past a grid dimension, the composite path,
+  // whose matmuls split their batch.
+  const gridFits = N * heads <= e.limits.maxComputeWorkgroupsPerDimension;
+  if (!gridFits || attentionMaterialisesWeights(e, d, needsGrad, { T, matrices: N * heads })) return qkvAttentionComposite(qkv, heads, legacy);
   const params = {
     T, heads, scale: 1 / Math.sqrt(d),
     batchStride: C3 * T, headStride: legacy ? 3 * d * T : d * T, kOffset: legacy ? d * T : C * T, vOffset: legacy ? 2 * d * T : 2 * C * T, chStride: T, tokStride: 1,
