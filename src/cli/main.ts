@@ -60,6 +60,15 @@ async function main(argv: string[]): Promise<number> {
   }
 }
 
+// Output piped into a reader that stopped (`difrep train … | head -1`): the run stops as a stop
+// signal stops it (locks released), not with an unhandled 'error' event's stack trace.
+for (const stream of [process.stdout, process.stderr]) {
+  stream.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code !== 'EPIPE') throw err;
+    process.kill(process.pid, 'SIGTERM');
+  });
+}
+
 try {
   process.exitCode = await main(process.argv.slice(2));
 } catch (e) {
