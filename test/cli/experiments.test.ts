@@ -120,6 +120,11 @@ t.test('extract → train → knn → cka on Fashion-MNIST with the adm32-mini r
   t.equal(loaded.features.get('t150.b9')!.sourceSize, 32, 'pooled maps know their source size');
   const bad = await difrep('train', '--train', join(dir, 'train'), '--test', join(dir, 'test'), '--b', '7', '--out', join(dir, 'x')).then(() => null, (e: { stderr: string }) => e);
   t.match(bad?.stderr, /no features for t=150, b=7/);
+  // A run refused once its folder was made (a pool finer than the cache's) leaves no empty folder behind.
+  const finer = await difrep('train', '--train', join(dir, 'train'), '--test', join(dir, 'test'), '--b', '9', '--pool', '4', '--epochs', '1', '--out', join(dir, 'p4')).then(() => null, (e: { stderr: string }) => e);
+  t.ok(finer, 'a pool of 4 on maps cached at 2 is refused');
+  const { existsSync } = await import('node:fs');
+  t.notOk(existsSync(join(dir, 'p4')), 'and its --out is not left behind');
   await rm(dir, { recursive: true });
 });
 
