@@ -18,7 +18,7 @@ import { knnClassify } from '../train/eval/knn.ts';
 import { checkExistingCache, type ExtractOptions, extractFeatures, extractPixels, featureKey, type ImageSource, openFeatureCache, PIXEL_BLOCK, validateExtractOptions } from '../train/extract.ts';
 import { classificationReport } from '../train/eval/classification.ts';
 import { type FeatureArrays, fitHead, trainedHeadLogits } from '../train/fit.ts';
-import { readStateSettings } from '../train/checkpoint.ts';
+import { readStateProgress, readStateSettings } from '../train/checkpoint.ts';
 import { fitDifFeed } from '../train/fit-difeed.ts';
 import { standardizeSplits } from '../train/standardize.ts';
 import { bestSweepRow, sweepLinearProbes } from '../train/sweep.ts';
@@ -537,6 +537,7 @@ async function evalCommand(argv: string[]): Promise<number> {
   ];
   await checkOutputFile('eval', 'out', out, keep);
   if (o.png) await checkChartOutput('eval', 'png', o.png, [...keep, { path: out, what: 'the report JSON --out names' }]);
+  if (!(await stat(state).catch(() => undefined))?.isFile()) throw new UsageError(`difrep eval: ${o.run} holds no trained head (${state}): give the --out folder of a \`difrep train\` run`);
   const settings = await readStateSettings(state);
   const { timesteps, blocks, pool, head } = settings as { timesteps: number[]; blocks: number[]; pool: number | null; head: string };
   // DifFeed (evaluated by its own training run: its result.json) and pretraining states hold no head over cached features.
@@ -544,6 +545,11 @@ async function evalCommand(argv: string[]): Promise<number> {
     const what = head === 'difeed' ? 'a DifFeed head (it needs the U-Net live: its score is in the run\'s result.json)' : head === undefined ? 'no head (a pretraining run?)' : `a ${JSON.stringify(head)} head`;
     throw new UsageError(`difrep eval: ${o.run} holds ${what}; eval scores linear, attention and difformer heads trained on feature caches`);
   }
+  // The report names the state it scored: a stopped or running run's state is not its last epoch.
+  const progress = await readStateProgress(state);
+  const stateTime = (await stat(state)).mtimeMs;
+  const finished = await stat(join(o.run, 'result.json')).then((r) => r.mtimeMs >= stateTime, () => false);
+  if (!finished) warnIf(`${o.run} has no result.json newer than its state: its training has not finished (stopped, or still running); scoring the state saved after ${progress.epochs} epochs (${progress.steps} steps)`);
   const data = (settings.data ?? {}) as { features?: string; train?: string; trainCache?: CacheSignature; standardize?: boolean };
   const pixels = await isPixelCache(o.features);
   if (pixels !== (data.features === 'pixels')) throw new UsageError(`difrep eval: ${o.run} was trained on ${data.features === 'pixels' ? 'raw pixels' : 'U-Net features'}, but ${o.features} holds ${pixels ? 'raw pixels' : 'U-Net features'}`);
@@ -575,7 +581,7 @@ async function evalCommand(argv: string[]): Promise<number> {
   const { logits, classes } = await trainedHeadLogits(e, state, split);
   checkLabels(split, classes, o.features);
   const report = classificationReport(logits, split.labels, classes);
-  await writeFileAtomic(out, JSON.stringify({ run: resolve(o.run), features: resolve(o.features), head, timesteps, blocks, pool, standardize: !!data.standardize, ...report }, null, 2));
+  await writeFileAtomic(out, JSON.stringify({ run: resolve(o.run), features: resolve(o.features), head, timesteps, blocks, pool, standardize: !!data.standardize, state: { ...progress, finished }, ...report }, null, 2));
   if (o.png) {
     const rows = report.confusion.map((row) => row.map((v) => v / Math.max(1, row.reduce((p, x) => p + x, 0))));
     await writeChart(o.png, heatmapSvg(rows, rows.map((_, c) => String(c)), rows.map((_, c) => String(c)), 'confusion (rows: true class, columns: predicted)'));

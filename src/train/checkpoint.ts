@@ -128,6 +128,21 @@ export async function readStateSettings(path: string): Promise<RunSettings> {
   }
 }
 
+/**
+ * How far the run that saved the state at `path` had trained: whole epochs (a state saved within an
+ * epoch, as DifFeed's can be, counts only those before it) and optimizer steps.
+ */
+export async function readStateProgress(path: string): Promise<{ epochs: number; steps: number }> {
+  const src = await openSafetensors(path);
+  try {
+    if (src.metadata.kind !== TRAINING_STATE_KIND) throw new CheckpointError(path, 'not a difrep training state');
+    const p = parseProgress(path, src.metadata.progress);
+    return { epochs: p.batch === undefined ? p.epoch + 1 : p.epoch, steps: p.steps };
+  } finally {
+    await src.close();
+  }
+}
+
 /** The settings of the training state at `path`, or undefined when none is saved there. */
 export async function savedStateSettings(path: string): Promise<RunSettings | undefined> {
   return (await exists(path)) ? readStateSettings(path) : undefined;

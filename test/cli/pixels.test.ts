@@ -105,7 +105,24 @@ t.test('eval rebuilds a trained head from its state and scores any split', async
   const diagonal = scored.confusion.reduce((p: number, row: number[], c: number) => p + row[c], 0);
   t.equal(diagonal / scored.images, scored.top1, 'top-1 is the confusion matrix\'s trace');
   t.equal(scored.images, 40);
+  // The report names the state it scored (a stopped run's state is not its last epoch).
+  t.same(scored.state, { epochs: 1, steps: 5, finished: true });
   t.ok((await readFile(join(dir, 'confusion.png'))).length > 100);
+  // A run without a result.json newer than its state has not finished: eval says so (it scored it silently).
+  const { rename: move } = await import('node:fs/promises');
+  await move(join(dir, 'linear', 'result.json'), join(dir, 'linear-result.json'));
+  const unfinished: string[] = [];
+  const consoleError = console.error;
+  console.error = (line: string) => void unfinished.push(line);
+  try {
+    t.equal(await run('eval', '--run', join(dir, 'linear'), '--features', join(dir, 'test'), '--out', join(dir, 'unfinished.json')), 0);
+  } finally {
+    console.error = consoleError;
+    await move(join(dir, 'linear-result.json'), join(dir, 'linear', 'result.json'));
+  }
+  t.match(unfinished.join('\n'), /linear has no result\.json newer than its state: its training has not finished \(stopped, or still running\); scoring the state saved after 1 epochs \(5 steps\)/);
+  t.equal(JSON.parse(await readFile(join(dir, 'unfinished.json'), 'utf8')).state.finished, false);
+  await t.rejects(run('eval', '--run', dir, '--features', join(dir, 'test'), '--out', join(dir, 'none.json')), /difrep eval: .* holds no trained head \(.*state\.safetensors\): give the --out folder of a `difrep train` run/);
   // Another cache folder named test: its default report name is taken, so eval asks for --out.
   await mkdir(join(dir, 'other'), { recursive: true });
   await symlink(join(dir, 'test'), join(dir, 'other', 'test'));
