@@ -34,7 +34,10 @@ t.test('the PNG rendered from the SVG has the same bar lengths', async (t) => {
 t.test('heatmapSvg: a cell and its value per entry, labels on both axes', async (t) => {
   const svg = heatmapSvg([[1, 0.25], [0.25, 1]], ['b5', 'b9'], ['t90', 't150']);
   t.equal([...svg.matchAll(/<rect x=/g)].length, 4);
-  for (const s of ['>0.25<', '>1.00<', '>b5<', '>t150<']) t.ok(svg.includes(s), s);
+  for (const s of ['>0.250<', '>1.000<', '>b5<', '>t150<']) t.ok(svg.includes(s), s);
+  // Half points (accuracies over 200 images) keep their digit: two decimals gave 0.84 for 0.845 and 0.78 for 0.775.
+  const halves = heatmapSvg([[0.845, 0.775, 0.825]], ['b'], ['1', '2', '3']);
+  for (const s of ['>0.845<', '>0.775<', '>0.825<']) t.ok(halves.includes(s), s);
   t.ok(decode(await svgToPng(svg)).width > 88);
 });
 

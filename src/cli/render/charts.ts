@@ -69,7 +69,9 @@ export function heatmapSvg(m: number[][], rowLabels: string[], colLabels: string
       const x = left + j * cell;
       const y = top + i * cell;
       body.push(`<rect x="${x + 1}" y="${y + 1}" width="${cell - 2}" height="${cell - 2}" fill="${ramp(v)}"/>`);
-      body.push(text(x + cell / 2, y + cell / 2 + 4, v.toFixed(2), `font-size="${size - 1}" text-anchor="middle" fill="${v > 0.6 ? '#000000' : '#ffffff'}"`));
+      // Three decimals: accuracies over 200 images are multiples of 0.005, which two decimals rounded
+      // unevenly (toFixed rounds the binary value: 0.845 read 0.84, 0.775 read 0.78).
+      body.push(text(x + cell / 2, y + cell / 2 + 4, v.toFixed(3), `font-size="${size - 1}" text-anchor="middle" fill="${v > 0.6 ? '#000000' : '#ffffff'}"`));
     });
   });
   return svg(width, height, body);
