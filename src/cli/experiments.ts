@@ -409,7 +409,8 @@ async function knnCommand(argv: string[]): Promise<number> {
   const e = await tunedEngine();
   const res = await knnClassify(e, tr.m, tr.labels, te.m, te.labels, { ks: o.k, temperature: o.temperature, classes });
   for (const r of res) console.log(`kNN k=${r.k}: top-1 ${(100 * r.top1).toFixed(2)}%, top-5 ${top5Text(r.top5, classes)}`);
-  if (o.k.some((k) => k < 5) && classes > 5) console.log(`(kNN's top-5 ranks only the classes with a neighbour among the k: at k < 5 fewer than five; the reference code fills the rest with classes no neighbour voted for)`);
+  // At any k a query's neighbours may span fewer than five classes (not only at k < 5).
+  if (classes > 5) console.log(`(kNN's top-5 ranks only the classes with a neighbour among the k, fewer than five where the neighbours span fewer; the reference code fills the rest with classes no neighbour voted for)`);
   if (o.out) await writeFileAtomic(o.out, JSON.stringify({ features: pixels ? 'pixels' : 'unet', train: o.train, test: o.test, classes, t, b, pool, standardize: o.standardize, temperature: o.temperature, top5Ranks: 'classes with a neighbour among the k (the reference ranks every class)', results: res }, null, 2));
   e.dispose();
   return 0;

@@ -88,6 +88,9 @@ t.test('extract → train → knn → cka on Fashion-MNIST with the adm32-mini r
   const { stdout: knn } = await difrep('knn', '--train', join(dir, 'train'), '--test', join(dir, 'train'), '--b', '9', '--k', '1');
   t.match(knn, /kNN k=1: top-1 100\.00%/, 'kNN of a set against itself is perfect');
   t.notMatch(knn, /any label is in the top 5/, 'ten classes: top-5 means something');
+  // Five neighbours may still span fewer than five classes: the top-5 note was printed only at k < 5.
+  const { stdout: knn5 } = await difrep('knn', '--train', join(dir, 'train'), '--test', join(dir, 'test'), '--b', '9', '--k', '5');
+  t.match(knn5, /kNN's top-5 ranks only the classes with a neighbour among the k, fewer than five where the neighbours span fewer/);
   // Without --b, the paper's b24 mapped onto adm32-mini's 9 blocks: b9, printed with the mapping.
   const { stdout: knnMapped, stderr: mapping } = await difrep('knn', '--train', join(dir, 'train'), '--test', join(dir, 'test'), '--k', '1', '--out', join(dir, 'knn.json'));
   t.match(mapping, /block mapping for this 9-block U-Net: b24 ↦ 9/);
