@@ -187,6 +187,11 @@ for (const k of [3, 1]) {
     const noChannels = ops.conv2d(upload(e, randomNd([1, 0, 8, 8], 34)), upload(e, randomNd([4, 0, k, k], 35)), { bias: upload(e, b) });
     const out = await noChannels.read();
     t.ok(out.every((v, i) => v === Math.fround(b.data[Math.floor(i / 64)])), 'bias everywhere');
+    // A tuning that forces Winograd bound its empty transform and failed the engine for good.
+    const forced = await createEngine({ device: e.device, tuning: { conv2dWinograd: { enabled: 1 } } });
+    const y2 = ops.conv2d(forced.tensor(new Float32Array(0), [1, 0, 8, 8]), forced.tensor(new Float32Array(0), [4, 0, k, k]), { bias: forced.tensor(b.data, [4]) });
+    t.ok((await y2.read()).every((v, i) => v === Math.fround(b.data[Math.floor(i / 64)])), 'bias everywhere with Winograd forced');
+    await forced.dispose();
   });
 }
 

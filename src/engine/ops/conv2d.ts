@@ -48,7 +48,8 @@ interface ConvCall {
  * direct GEMM until measured.
  */
 function useWinograd(e: Engine, ksize: number, stride: number, inputDilation: number, N: number, cin: number, cout: number, H: number, W: number): boolean {
-  if (ksize !== 3 || stride !== 1 || inputDilation !== 1 || !winogradFits(e, N, cin, cout, H, W)) return false;
+  // No channels in or out: nothing for its GEMMs (whose empty transforms cannot be bound), even when a tuning forces it.
+  if (ksize !== 3 || stride !== 1 || inputDilation !== 1 || cin === 0 || cout === 0 || !winogradFits(e, N, cin, cout, H, W)) return false;
   const tuned = e.tuning.conv2dWinograd ?? {};
   if (tuned.enabled !== undefined) return tuned.enabled !== 0;
   const minChannels = tuned.minChannels ?? 16;
