@@ -117,15 +117,20 @@ export function readRunSettings(path: string, metadata: Record<string, string>):
   throw new CheckpointError(path, 'corrupt training state: its settings metadata is not a JSON object');
 }
 
-/** The settings recorded in the training state at `path`. */
-export async function readStateSettings(path: string): Promise<RunSettings> {
+/** The metadata of the training state at `path`, refused when the file is no training state. */
+async function readStateMetadata(path: string): Promise<Record<string, string>> {
   const src = await openSafetensors(path);
   try {
     if (src.metadata.kind !== TRAINING_STATE_KIND) throw new CheckpointError(path, 'not a difrep training state');
-    return readRunSettings(path, src.metadata);
+    return src.metadata;
   } finally {
     await src.close();
   }
+}
+
+/** The settings recorded in the training state at `path`. */
+export async function readStateSettings(path: string): Promise<RunSettings> {
+  return readRunSettings(path, await readStateMetadata(path));
 }
 
 /**
@@ -133,14 +138,8 @@ export async function readStateSettings(path: string): Promise<RunSettings> {
  * epoch, as DifFeed's can be, counts only those before it) and optimizer steps.
  */
 export async function readStateProgress(path: string): Promise<{ epochs: number; steps: number }> {
-  const src = await openSafetensors(path);
-  try {
-    if (src.metadata.kind !== TRAINING_STATE_KIND) throw new CheckpointError(path, 'not a difrep training state');
-    const p = parseProgress(path, src.metadata.progress);
-    return { epochs: p.batch === undefined ? p.epoch + 1 : p.epoch, steps: p.steps };
-  } finally {
-    await src.close();
-  }
+  const p = parseProgress(path, (await readStateMetadata(path)).progress);
+  return { epochs: p.batch === undefined ? p.epoch + 1 : p.epoch, steps: p.steps };
 }
 
 /** The settings of the training state at `path`, or undefined when none is saved there. */

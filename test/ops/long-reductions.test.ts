@@ -118,11 +118,16 @@ t.test('matmul over a long K (2¹⁸, all four transposes, with bias and a batch
   for (const [transA, transB] of [[false, false], [true, false], [false, true], [true, true]]) {
     const A = e.tensor(transA ? transpose(a, M, K) : a, transA ? [K, M] : [M, K], 'a');
     const B = e.tensor(transB ? transpose(b, K, N) : b, transB ? [N, K] : [K, N], 'b');
-    const y = ops.matmul(A, B, { transA, transB, bias: e.tensor(bias, [N], 'bias') });
+    const biasT = e.tensor(bias, [N], 'bias');
+    const live = e.memoryStats().liveBytes;
+    const y = ops.matmul(A, B, { transA, transB, bias: biasT });
     const got = await y.read();
     const err = Math.max(...Array.from(want, (w, i) => Math.abs(got[i] - w) / Math.abs(w)));
     t.ok(err < 5e-6, `transA ${transA}, transB ${transB}: worst relative error ${err.toExponential(2)}`);
-    for (const x of [A, B, y]) x.dispose();
+    t.equal(y.label, 'matmul(a,b)', 'the result is labelled as any matmul\'s');
+    y.dispose();
+    t.equal(e.memoryStats().liveBytes, live, 'nothing but the result stayed allocated');
+    for (const x of [A, B, biasT]) x.dispose();
   }
   // A batch of two, the second A scaled by 2: each batch entry its own chunks.
   const A2 = e.tensor(Float32Array.from([...a, ...a.map((v) => 2 * v)]), [2, M, K], 'a2');

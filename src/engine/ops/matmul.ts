@@ -79,7 +79,7 @@ function chunkedMatmul(a: Tensor, b: Tensor, shape: number[], label: string, d: 
   const kSlice = (t: Tensor, axis: number, k0: number, k1: number) =>
     slice(t, t.shape.map((_, i) => (i === axis ? k0 : 0)), t.shape.map((n, i) => (i === axis ? k1 : n)));
   let total: Tensor | null = null;
-  e.noGrad(() => {
+  return e.noGrad(() => {
     for (let k0 = 0; k0 < d.K; k0 += K_CHUNK) {
       const k1 = Math.min(d.K, k0 + K_CHUNK);
       total = e.tidy(() => {
@@ -92,8 +92,10 @@ function chunkedMatmul(a: Tensor, b: Tensor, shape: number[], label: string, d: 
         return sum;
       });
     }
+    const out = e.view(total!, shape, label);
+    total!.dispose();
+    return out;
   });
-  return total!;
 }
 
 /**
