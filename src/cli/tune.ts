@@ -12,7 +12,7 @@ import type { Tuning } from '../engine/tuning.ts';
 import { gaussianNoise } from '../model/diffusion.ts';
 import { compareArrays } from '../model/parity.ts';
 import { type OptionSpecs, parseArgs } from './args.ts';
-import { adapterName, handSetTuning, readTuningCache, storeTuning, tuningPath } from './tuning-cache.ts';
+import { adapterName, checkTuningWritable, handSetTuning, readTuningCache, storeTuning, tuningPath } from './tuning-cache.ts';
 
 const OPTIONS = {
   seconds: { type: 'number', min: 5, max: 600, help: 'time budget of the whole search, split evenly between the two kernel families', default: 60 },
@@ -168,6 +168,7 @@ export async function tuneCommand(argv: string[]): Promise<number> {
     // A file that is not a cache fails now, not after the search; the entry's settings set by hand
     // (kept beside the tiles stored) are in force while the tiles are timed.
     e.setTuning(handSetTuning(await readTuningCache(adapter), adapter));
+    if (!o['dry-run']) await checkTuningWritable();
     console.log(`difrep tune: ${adapter}, ${o.seconds} s budget`);
     const t0 = performance.now();
     const { tuning, results } = await tuneKernels(e, o.seconds, (line) => console.log(line));

@@ -17,7 +17,8 @@ import { packageRoot } from './package-root.ts';
 export type TuningCache = Record<string, unknown>;
 
 // $HOME first: under Deno, os.homedir() needs a permission that reading $HOME does not.
-export const tuningPath = (): string => process.env.DIFREP_TUNING ?? join(process.env.HOME || homedir(), '.cache', 'difrep', 'tuning.json');
+// An empty DIFREP_TUNING (`DIFREP_TUNING= difrep …`) is unset, as for HOME, not the path "".
+export const tuningPath = (): string => process.env.DIFREP_TUNING || join(process.env.HOME || homedir(), '.cache', 'difrep', 'tuning.json');
 
 /**
  * An engine's adapter in words: its description (with the driver version) and its device (one
@@ -122,6 +123,22 @@ export function handSetTuning(cache: TuningCache, adapter: string): Tuning {
  * built-in tiles) as `adapter`'s, keeping the entry's other settings (matmulSubgroup, attention,
  * rows: set by hand, documented) and the other adapters' entries as they are.
  */
+/**
+ * Refuses, before a search of a minute, a cache that could not be stored: its folder cannot be made
+ * or written (the store writes a temporary file there and renames it over the cache).
+ */
+export async function checkTuningWritable(): Promise<void> {
+  const path = tuningPath();
+  const probe = join(dirname(path), `.${process.pid}.difrep-write-check`);
+  try {
+    await mkdir(dirname(path), { recursive: true });
+    await (await open(probe, 'wx')).close();
+    await unlink(probe);
+  } catch (err) {
+    throw new Error(`kernel tuning cache ${path}${process.env.DIFREP_TUNING ? ' (DIFREP_TUNING)' : ''} cannot be written: ${describeFsError(err)}; set DIFREP_TUNING to a file in a writable folder, or pass --dry-run`);
+  }
+}
+
 export async function storeTuning(adapter: string, tuning: Tuning): Promise<void> {
   await mkdir(dirname(tuningPath()), { recursive: true });
   // Read, edit and write under a lock: two runs at once (nodes sharing a home folder) each wrote

@@ -2,12 +2,12 @@
 // rule that a tuned tile only takes outputs that fill it.
 import { existsSync } from 'node:fs';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { homedir, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
 import { chooseGemmTiling, tilingWorkgroupBytes } from '../../kernels/matmul.wgsl.ts';
 import { tilingCandidates, tuneKernels } from '../../src/cli/tune.ts';
-import { adapterName, kernelStamp } from '../../src/cli/tuning-cache.ts';
+import { adapterName, kernelStamp, tuningPath } from '../../src/cli/tuning-cache.ts';
 import { testEngine } from '../helpers/check.ts';
 import { runCli } from '../helpers/cli.ts';
 
@@ -66,6 +66,31 @@ t.test('difrep tune stores its adapter\'s entry; --dry-run stores nothing; a bad
   const bad = runCli(['tune', '--seconds', '1']);
   t.equal(bad.status, 2, 'a usage error exits 2, as an unknown command does');
   t.match(bad.stderr, /difrep tune: --seconds must be a number ≥ 5 and ≤ 600, got "1"/);
+});
+
+// The cache is written only after the search: a folder that cannot take it failed a minute later.
+// sysfs takes no new files, even from root (whom file modes do not stop), and reads as empty.
+t.test('a tuning cache that cannot be written is refused before the search', { skip: !existsSync('/sys/kernel') && 'no sysfs at /sys' }, async (t) => {
+  const unwritable = '/sys/difrep-tuning.json';
+  process.env.DIFREP_TUNING = unwritable;
+  try {
+    const r = runCli(['tune', '--seconds', '5']);
+    t.equal(r.status, 1, r.stderr);
+    t.match(r.stderr, `kernel tuning cache ${unwritable} (DIFREP_TUNING) cannot be written`);
+    t.match(r.stderr, /set DIFREP_TUNING to a file in a writable folder, or pass --dry-run/);
+    t.notMatch(r.stdout, /GFLOP\/s/, 'nothing was searched');
+  } finally {
+    process.env.DIFREP_TUNING = path;
+  }
+});
+
+t.test('an empty DIFREP_TUNING is unset: the cache in the home folder', async (t) => {
+  process.env.DIFREP_TUNING = '';
+  try {
+    t.equal(tuningPath(), join(process.env.HOME || homedir(), '.cache', 'difrep', 'tuning.json'));
+  } finally {
+    process.env.DIFREP_TUNING = path;
+  }
 });
 
 // The entry's settings set by hand stay beside the stored tiles, so the tiles are timed under them:
