@@ -15,7 +15,7 @@ import { balancedSubset, FASHION_MNIST_CLASSES, imageSource, loadFashionMnist } 
 import { FOLDER_DECODER, folderFingerprint, FOLDER_PREPROCESSING, scanImageFolder, validateImageFolder } from '../train/data/image-folder.ts';
 import { ckaMatrix } from '../train/eval/cka.ts';
 import { knnClassify } from '../train/eval/knn.ts';
-import { checkExistingCache, type ExtractOptions, extractFeatures, extractPixels, featureKey, type ImageSource, openFeatureCache, PIXEL_BLOCK, validateExtractOptions } from '../train/extract.ts';
+import { checkExistingCache, type ExtractOptions, extractFeatures, extractionNoiseSeed, extractPixels, featureKey, type ImageSource, openFeatureCache, PIXEL_BLOCK, validateExtractOptions } from '../train/extract.ts';
 import { classificationReport } from '../train/eval/classification.ts';
 import { type FeatureArrays, fitHead, trainedHeadLogits } from '../train/fit.ts';
 import { readStateProgress, readStateSettings } from '../train/checkpoint.ts';
@@ -132,6 +132,7 @@ async function extractCommand(argv: string[]): Promise<number> {
   if (pixels && (o.t || o.b || o.checkpoint)) throw new UsageError('difrep extract: --features pixels stores the model input itself: no --t, --b or --checkpoint (--model sets the image size)');
   const flags = await resolveFlags(o.model);
   const plan = planUNet(flags);
+  if (!pixels && plan.flags.in_channels !== 3) throw new UsageError(inChannelsMismatch('extract', o.model, plan.flags.in_channels));
   const ts = pixels ? [0] : (o.t ?? [150]);
   const bs = pixels ? [PIXEL_BLOCK] : (o.b ?? [paperBlocks(plan).feature]);
   for (const b of bs) if (b > plan.blocks.length) throw new UsageError(`difrep extract: --b ${b}: this U-Net has blocks 1..${plan.blocks.length}`);
@@ -168,10 +169,7 @@ async function extractCommand(argv: string[]): Promise<number> {
     // Pillow does, or before the preprocessing became center_crop_arr, hold other x0s.
     dataset = { classes: JSON.stringify(folder.classes), files: fingerprint, decoder: FOLDER_DECODER, preprocess: FOLDER_PREPROCESSING };
   } else {
-    const ds = await loadFashionMnist(o.split as 'train' | 'test');
-    const idx = o['per-class'] ? balancedSubset(ds.labels, o['per-class'], o.seed) : Array.from({ length: ds.count }, (_, i) => i);
-    source = imageSource(ds, idx, size);
-    datasetName = `fashion-mnist/${o.split}/per-class=${o['per-class']}`;
+    ({ source, datasetName } = await fashionMnistSubset('extract', o.split as 'train' | 'test', o['per-class'] ?? 0, 'per-class', o.seed, size));
     dataset = { classes: JSON.stringify(FASHION_MNIST_CLASSES) };
   }
   const options: ExtractOptions = {
@@ -331,38 +329,63 @@ async function trainCommand(argv: string[]): Promise<number> {
   return 0;
 }
 
+/**
+ * Fashion-MNIST's `split`: `perClass` images of each class, a class-balanced subset picked by
+ * `seed` (the whole split for 0), as model input of `size`; with the name the extraction's noise
+ * seed mixes in (extractionNoiseSeed). One --seed gives extract and DifFeed the same images and noise.
+ * More per class than the split holds is refused: the subset was silently smaller.
+ */
+async function fashionMnistSubset(command: string, split: 'train' | 'test', perClass: number, option: string, seed: number, size: number): Promise<{ source: ImageSource; datasetName: string; indices: number[] }> {
+  const ds = await loadFashionMnist(split);
+  const counts = new Array<number>(FASHION_MNIST_CLASSES.length).fill(0);
+  for (const y of ds.labels) counts[y]++;
+  const fewest = Math.min(...counts);
+  if (perClass > fewest) {
+    const all = command === 'extract' ? ', or 0 for the whole split' : '';
+    throw new UsageError(`difrep ${command}: --${option} ${perClass}, but Fashion-MNIST's ${split} split holds ${fewest} images of each class: give at most ${fewest}${all}`);
+  }
+  const indices = perClass ? balancedSubset(ds.labels, perClass, seed) : Array.from({ length: ds.count }, (_, i) => i);
+  return { source: imageSource(ds, indices, size), datasetName: `fashion-mnist/${split}/per-class=${perClass}`, indices };
+}
+
+/** Images go in as 3 channels (RGB; Fashion-MNIST's grey image repeated). */
+const inChannelsMismatch = (command: string, model: string, inChannels: number) =>
+  `difrep ${command}: it feeds images as 3 channels (RGB; Fashion-MNIST's grey image repeated), but --model ${model} has in_channels ${inChannels}: give a config with in_channels 3`;
+
 async function trainDifFeed(o: TrainOptions): Promise<number> {
   const t = o.t ?? [150];
   if (t.length !== 1) throw new UsageError(`difrep train: DifFeed runs at one timestep, got --t ${t}`);
   if (o.b && o.b.length !== 1) throw new UsageError(`difrep train: DifFeed feeds one pass-2 block to its head, got --b ${o.b}`);
   if (o.classes !== undefined && o.classes !== FASHION_MNIST_CLASSES.length) throw new UsageError(`difrep train: DifFeed trains on Fashion-MNIST's ${FASHION_MNIST_CLASSES.length} classes, not --classes ${o.classes}: leave it out`);
   await checkOutputFolder('train', 'out', o.out);
+  // The config, the blocks and the image counts are checked before the model is loaded.
+  const flags = await resolveFlags(o.model);
+  const plan = planUNet(flags);
+  if (plan.flags.in_channels !== 3) throw new UsageError(inChannelsMismatch('train', o.model, plan.flags.in_channels));
+  if (o.b && o.b[0] > plan.blocks.length) throw new UsageError(`difrep train: --b ${o.b[0]}: this U-Net has blocks 1..${plan.blocks.length}`);
+  const size = plan.flags.image_size;
+  const train = await fashionMnistSubset('train', 'train', o['per-class'], 'per-class', o.seed, size);
+  // The test images and their noise are those of `extract --split test --per-class N --seed S`.
+  const test = await fashionMnistSubset('train', 'test', o['test-per-class'], 'test-per-class', o.seed, size);
   const e = await tunedEngine();
-  const { unet, hash } = await loadModel(e, o.model, o.checkpoint);
-  if (o.b && o.b[0] > unet.numBlocks) throw new UsageError(`difrep train: --b ${o.b[0]}: this U-Net has blocks 1..${unet.numBlocks}`);
+  const { unet, hash } = await loadModel(e, o.model, o.checkpoint, { flags });
   // The blocks in use, defaults resolved (the mapping line above names only the paper's numbers).
   const wiring = feedbackPlan(unet, { classes: FASHION_MNIST_CLASSES.length, strategy: o.strategy as DifFeedOptions['strategy'], featureBlock: o.b?.[0] });
   console.log(`difeed (${o.strategy}): feedback ${wiring.feedbackBlocks.map((b, i) => `b${b} → b${wiring.targets[i]}`).join(', ')}; the head reads b${wiring.featureBlock}`);
-  const size = unet.plan.flags.image_size;
-  const source = async (split: 'train' | 'test', perClass: number) => {
-    const ds = await loadFashionMnist(split);
-    const idx = balancedSubset(ds.labels, perClass, o.seed + (split === 'test' ? 1 : 0));
-    return imageSource(ds, idx, size);
-  };
   const lock = await holdRunFolder(o.out);
   try {
-    const result = await fitDifFeed(e, unet, await source('train', o['per-class']), await source('test', o['test-per-class']), {
+    const result = await fitDifFeed(e, unet, train.source, test.source, {
       classes: FASHION_MNIST_CLASSES.length, strategy: o.strategy as DifFeedOptions['strategy'], t: t[0], featureBlock: o.b?.[0],
       head: { dim: o.dim, layers: o.layers, heads: o.heads, prePoolSize: o['pre-pool'] },
       epochs: o.epochs, batchSize: o.batch ?? 16, optimizer: o.optimizer as 'adam' | 'sgd',
       // Adam: --lr is the head's (the feedback layers' 1e-3); SGD: both groups' (the released scripts' one lr).
-      headLr: o.lr, feedbackLr: o.optimizer === 'sgd' ? o.lr : undefined, stepSize: o['step-size'], gamma: o.gamma, seed: o.seed, flip: o.flip === 'true',
+      headLr: o.lr, feedbackLr: o.optimizer === 'sgd' ? o.lr : undefined, stepSize: o['step-size'], gamma: o.gamma, seed: o.seed, testNoiseSeed: extractionNoiseSeed(o.seed, test.datasetName), flip: o.flip === 'true',
       unetWeights: hash, checkpoint: join(o.out, 'state.safetensors'), checkpointEverySeconds: o['checkpoint-every'], resume: o.resume, onResume: (line) => console.log(line), batchNormTrainEpochs: o['bn-train-epochs'],
       onBatch: progressBar('  batches', 'batches'),
       onEpoch: ({ epoch, epochs, loss, seconds }) => console.log(`epoch ${epoch + 1}/${epochs}: loss ${loss.toFixed(4)}, ${seconds.toFixed(1)} s (ETA ${fmtTime(seconds * (epochs - epoch - 1))})`),
     });
     const { testHits: _, ...summary } = result;
-    await writeFileAtomic(join(o.out, 'result.json'), JSON.stringify({ ...summary, strategy: o.strategy, t: t[0], feedbackBlocks: wiring.feedbackBlocks, feedbackTargets: wiring.targets, featureBlock: wiring.featureBlock }, null, 2));
+    await writeFileAtomic(join(o.out, 'result.json'), JSON.stringify({ ...summary, strategy: o.strategy, t: t[0], testImages: { dataset: test.datasetName, seed: o.seed, indices: test.indices }, feedbackBlocks: wiring.feedbackBlocks, feedbackTargets: wiring.targets, featureBlock: wiring.featureBlock }, null, 2));
     console.log(`difeed (${o.strategy}): top-1 ${(100 * result.top1).toFixed(2)}%, top-5 ${(100 * result.top5).toFixed(2)}% (${result.params} parameters, ${fmtTime(result.seconds)}) → ${join(o.out, 'result.json')}`);
     e.dispose();
   } finally {

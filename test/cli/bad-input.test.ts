@@ -14,6 +14,9 @@ const dir = await mkdtemp(join(tmpdir(), 'difrep-bad-input-'));
 const out = join(dir, 'out');
 const aFile = join(dir, 'a-file');
 await writeFile(aFile, 'not a folder');
+// The shipped model's config with one input channel: images go in as three.
+const oneChannel = join(dir, 'one-channel.json');
+await writeFile(oneChannel, JSON.stringify({ ...JSON.parse(await readFile(new URL('../../models/fmnist16.json', import.meta.url), 'utf8')), in_channels: 1 }));
 t.teardown(() => rm(dir, { recursive: true }));
 
 const CASES: [string, string[], RegExp][] = [
@@ -77,6 +80,13 @@ const CASES: [string, string[], RegExp][] = [
   ['pretrain', ['--steps', '3', '--steps', '7', '--out', 'x'], /--steps is given 2 times \("3", "7"\); give it once$/m],
   // A forgotten value: Node's parser called it "ambiguous" and its hint was cut off.
   ['knn', ['--train', 'a', '--test', 'b', '--out', '--standardize'], /^difrep knn: --out needs a value, but the next argument is "--standardize", which starts with a dash \(a forgotten value\?\); give a value that starts with one as --out=--standardize$/],
+  // More images per class than the split holds gave a smaller subset, silently.
+  ['extract', ['--split', 'test', '--per-class', '1001'], /^difrep extract: --per-class 1001, but Fashion-MNIST's test split holds 1000 images of each class: give at most 1000, or 0 for the whole split$/],
+  ['train', ['--head', 'difeed', '--test-per-class', '1001'], /^difrep train: --test-per-class 1001, but Fashion-MNIST's test split holds 1000 images of each class: give at most 1000$/],
+  ['train', ['--head', 'difeed', '--per-class', '6001'], /^difrep train: --per-class 6001, but Fashion-MNIST's train split holds 6000 images of each class: give at most 6000$/],
+  // A model of other than 3 input channels failed after loading, on the U-Net's input shape.
+  ['extract', ['--model', oneChannel], /^difrep extract: it feeds images as 3 channels .*, but --model .*one-channel\.json has in_channels 1: give a config with in_channels 3$/],
+  ['train', ['--head', 'difeed', '--model', oneChannel], /^difrep train: it feeds images as 3 channels .*has in_channels 1/],
 ];
 
 for (const [command, args, expected] of CASES) {

@@ -7,6 +7,9 @@ import { promisify } from 'node:util';
 import { decode } from 'fast-png';
 import t from 'tap';
 import { shardFrom } from '../../src/cli/experiments.ts';
+import { loadCachedFeatures } from '../../src/train/cached-features.ts';
+import { loadFashionMnist, toModelInput } from '../../src/train/data/fashion-mnist.ts';
+import { PIXEL_BLOCK } from '../../src/train/extract.ts';
 
 const run = promisify(execFile);
 const main = new URL('../../src/cli/main.ts', import.meta.url).pathname;
@@ -169,6 +172,12 @@ t.test('train --head difeed trains from images with the U-Net live, and --resume
   t.equal(r.losses.length, 2);
   t.equal(r.strategy, 'bottleneck');
   t.has(r, { feedbackBlocks: [7, 9], feedbackTargets: [3, 1], featureBlock: 9 });
+  // Scored on the test images `extract --split test --per-class 1` picks at the same seed (it took seed + 1).
+  await difrep('extract', '--model', 'adm32-mini', '--features', 'pixels', '--split', 'test', '--per-class', '1', '--out', join(dir, 'test-pixels'));
+  const cached = await loadCachedFeatures(join(dir, 'test-pixels'), [0], [PIXEL_BLOCK]);
+  const ds = await loadFashionMnist('test');
+  t.same(Array.from(cached.features.values())[0].data, toModelInput(ds, r.testImages.indices, 32), 'the same test images, in the same order');
+  t.same(r.testImages, { dataset: 'fashion-mnist/test/per-class=1', seed: 0, indices: r.testImages.indices });
   // The state records the U-Net it trained on: resuming on other weights (here random ones) is refused.
   const withoutWeights = args.filter((a, i) => a !== '--checkpoint' && args[i - 1] !== '--checkpoint');
   const refused = await difrep(...withoutWeights, '--epochs', '3', '--resume').then(() => null, (e: { stderr: string }) => e);
