@@ -21,10 +21,15 @@ export class DatasetMissingError extends Error {
 
 function readIdx(bytes: Uint8Array, file: string, magic: number): { dims: number[]; data: Uint8Array } {
   const v = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  if (bytes.length < 8 || v.getUint32(0, false) !== magic) throw new Error(`${file}: not an IDX file (magic ${v.getUint32(0, false).toString(16)}, expected ${magic.toString(16)})`);
   const rank = magic & 0xff;
-  const dims = Array.from({ length: rank }, (_, i) => v.getUint32(4 + 4 * i, false));
   const start = 4 + 4 * rank;
+  // A header cut short is read no further (the DataView would throw a RangeError naming no file).
+  if (bytes.length < 4) throw new Error(`${file}: not an IDX file (${bytes.length} bytes, no header; truncated or corrupted file)`);
+  if (v.getUint32(0, false) !== magic) throw new Error(`${file}: not an IDX file (magic ${v.getUint32(0, false).toString(16)}, expected ${magic.toString(16)})`);
+  if (bytes.length < start) throw new Error(`${file}: truncated IDX header (${bytes.length} of its ${start} bytes)`);
+  const dims = Array.from({ length: rank }, (_, i) => v.getUint32(4 + 4 * i, false));
+  // An image of 0 × 0 pixels resized to NaN.
+  if (dims.slice(1).some((d) => d === 0)) throw new Error(`${file}: its header declares items of ${dims.slice(1).join(' × ')} values (corrupted file)`);
   const n = dims.reduce((p, d) => p * d, 1);
   if (bytes.length < start + n) throw new Error(`${file}: truncated (${bytes.length - start} of ${n} bytes)`);
   if (bytes.length > start + n) throw new Error(`${file}: ${bytes.length - start - n} bytes past the ${n} its header declares (corrupted file)`);

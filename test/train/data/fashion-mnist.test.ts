@@ -67,5 +67,15 @@ t.test('damaged IDX files are refused, naming the file: labels past the classes,
   const gz = gzipSync(images);
   await writeFile(join(dir, 't10k-images-idx3-ubyte.gz'), gz.subarray(0, gz.length - 6));
   await t.rejects(loadFashionMnist('test', dir), /t10k-images-idx3-ubyte\.gz: cannot decompress \(unexpected end of file; truncated or corrupted file/);
+  // Headers cut short threw a RangeError from the DataView, naming no file; 0 × 0 images gave NaN.
+  for (const [what, img, lab, expected] of [
+    ['an images file of 2 bytes', images.subarray(0, 2), labels(3, 9), /t10k-images-idx3-ubyte\.gz: not an IDX file \(2 bytes, no header/],
+    ['an images header cut at 10 bytes', images.subarray(0, 10), labels(3, 9), /t10k-images-idx3-ubyte\.gz: truncated IDX header \(10 of its 16 bytes\)/],
+    ['an empty labels file', images, new Uint8Array(0), /t10k-labels-idx1-ubyte\.gz: not an IDX file \(0 bytes, no header/],
+    ['images of 0 × 0 pixels', Uint8Array.from(be32(0x803, 2, 0, 0)), labels(3, 9), /t10k-images-idx3-ubyte\.gz: its header declares items of 0 × 0 values/],
+  ] as const) {
+    await write(img, lab);
+    await t.rejects(loadFashionMnist('test', dir), expected, what);
+  }
   await rm(dir, { recursive: true });
 });
