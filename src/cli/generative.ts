@@ -5,12 +5,13 @@ import { extname, join } from 'node:path';
 import { tunedEngine } from './tuning-cache.ts';
 import { writeFileAtomic } from '../model/checkpoint/atomic-write.ts';
 import { writeSafetensors } from '../model/checkpoint/safetensors.ts';
+import { planUNet } from '../model/unet-config.ts';
 import { checkSampleOptions, DIFFUSION_STEPS, MAX_SAMPLE_COUNT, sample } from '../model/sampling.ts';
 import { writeImageGridPng } from '../train/sample-grid.ts';
 import { loadFashionMnist, toModelInput } from '../train/data/fashion-mnist.ts';
 import { type Ema, pretrain } from '../train/pretrain.ts';
 import { type OptionSpecs, parseArgs, UsageError } from './args.ts';
-import { loadModel, MODEL_OPTIONS } from './model-options.ts';
+import { loadModel, MODEL_OPTIONS, resolveFlags } from './model-options.ts';
 import { fmtTime, progressBar } from './progress.ts';
 import { lineChartSvg } from './render/charts.ts';
 import { writeChart } from './render/write-chart.ts';
@@ -130,8 +131,11 @@ async function sampleCommand(argv: string[]): Promise<number> {
   }
   await checkOutputFile('sample', 'out', o.out, o.checkpoint ? [{ path: o.checkpoint, what: 'the U-Net weights --checkpoint reads' }] : []);
   if (extname(o.out).toLowerCase() !== '.png') throw new UsageError(`difrep sample: --out ${o.out}: the sample grid is written as a PNG; give a file name ending in .png`);
+  const flags = await resolveFlags(o.model);
+  const channels = planUNet(flags).flags.in_channels;
+  if (channels !== 1 && channels !== 3) throw new UsageError(`difrep sample: --model ${o.model} has in_channels ${channels}; the sample grid is a picture of 1 (grey) or 3 (RGB) channels`);
   const e = await tunedEngine();
-  const { unet } = await loadModel(e, o.model, o.checkpoint);
+  const { unet } = await loadModel(e, o.model, o.checkpoint, { flags });
   const x = await sample(e, unet, { count: o.count, seed: o.seed, ddimSteps: ddim, onStep: progressBar('sample', 'steps') });
   await writeImageGridPng(o.out, await x.read(), o.count, unet.plan.flags.in_channels, unet.plan.flags.image_size);
   console.log(`wrote ${o.count} samples (${ddim ? `DDIM ${ddim} steps` : `DDPM ${DIFFUSION_STEPS} steps`}) to ${o.out}`);

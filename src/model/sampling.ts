@@ -164,6 +164,8 @@ function roundHalfToEven(x: number): number {
 
 /** [n, C, S, S] in [−1, 1] → an RGB grid image (rows × cols tiles, 2-pixel gaps) as uint8. */
 export function imageGrid(data: Float32Array, n: number, C: number, S: number, cols = Math.ceil(Math.sqrt(n))): { width: number; height: number; rgb: Uint8Array } {
+  // Grey is shown in all three colours; two or four channels have no picture (a 4th was dropped).
+  if (C !== 1 && C !== 3) throw new RangeError(`imageGrid: images of ${C} channels have no RGB picture; it shows 1 (grey) or 3 (RGB)`);
   const rows = Math.ceil(n / cols);
   const gap = 2;
   const width = cols * (S + gap) + gap;

@@ -16,7 +16,10 @@ const aFile = join(dir, 'a-file');
 await writeFile(aFile, 'not a folder');
 // The shipped model's config with one input channel: images go in as three.
 const oneChannel = join(dir, 'one-channel.json');
-await writeFile(oneChannel, JSON.stringify({ ...JSON.parse(await readFile(new URL('../../models/fmnist16.json', import.meta.url), 'utf8')), in_channels: 1 }));
+const shipped = JSON.parse(await readFile(new URL('../../models/fmnist16.json', import.meta.url), 'utf8'));
+await writeFile(oneChannel, JSON.stringify({ ...shipped, in_channels: 1 }));
+const fourChannels = join(dir, 'four-channels.json');
+await writeFile(fourChannels, JSON.stringify({ ...shipped, in_channels: 4 }));
 t.teardown(() => rm(dir, { recursive: true }));
 
 const CASES: [string, string[], RegExp][] = [
@@ -87,6 +90,8 @@ const CASES: [string, string[], RegExp][] = [
   // A model of other than 3 input channels failed after loading, on the U-Net's input shape.
   ['extract', ['--model', oneChannel], /^difrep extract: it feeds images as 3 channels .*, but --model .*one-channel\.json has in_channels 1: give a config with in_channels 3$/],
   ['train', ['--head', 'difeed', '--model', oneChannel], /^difrep train: it feeds images as 3 channels .*has in_channels 1/],
+  // sample drew 2 and 4 channels as RGB (channel 1 as green and blue; channel 3 dropped).
+  ['sample', ['--model', fourChannels, '--count', '1', '--out', join(dir, 's.png')], /^difrep sample: --model .*four-channels\.json has in_channels 4; the sample grid is a picture of 1 \(grey\) or 3 \(RGB\) channels$/],
 ];
 
 for (const [command, args, expected] of CASES) {

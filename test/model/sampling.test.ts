@@ -190,6 +190,8 @@ t.test('image grids quantise as guided-diffusion\'s image_sample.py: ((x + 1)·1
   const f = Math.fround;
   t.same(got, Array.from(levels, (v) => Math.floor(f(f(v + 1) * 127.5))), 'f32 arithmetic, as PyTorch');
   t.equal(got.filter((q, k) => q === k).length, 161, 'PyTorch 1.13 keeps 161 levels');
+  // Two channels showed as R = channel 0, G = B = channel 1; a fourth was dropped.
+  for (const C of [2, 4]) t.throws(() => imageGrid(new Float32Array(C * 4), 1, C, 2, 1), { message: `imageGrid: images of ${C} channels have no RGB picture; it shows 1 (grey) or 3 (RGB)` });
 });
 
 // DDPM's step noise comes from a hashed stream: seed·7919 + t + 1, as it was, made z_t of run 0
