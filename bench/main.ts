@@ -146,8 +146,8 @@ function runPeer(kind: 'tfjs' | 'torch', cases: BenchCase[]): PeerRun {
   }
   let description = kind === 'torch' ? 'PyTorch in its own process' : '@tensorflow/tfjs-backend-webgpu 4.22.0 in its own process on the same adapter';
   if (!withPeer.length) return { label, description, results };
-  // Each peer repeats a row as often as we do (a heavy row 1–2 times, its upper median then the
-  // slower: alike on both sides), a light one at least 3, up to 10 or 1 s.
+  // Each peer repeats a row as often as we do (a heavy row 1–2 times, the median of two their
+  // mean: alike on both sides), a light one at least 3, up to 10 or 1 s.
   const ops = withPeer.map((c) => ({ ...c.peer, ...repetitions(c) }));
   const script = (name: string) => fileURLToPath(new URL(name, import.meta.url));
   const [command, argv] = python ? [python, [script('./peer-torch.py')]] : [process.execPath, ['--import', 'tsx', script('./peer-tfjs.ts')]];
@@ -184,6 +184,8 @@ async function main() {
   const adapter = adapterDescription(engine);
   const started = new Date();
   console.log(`difrep bench (${mode}) on ${adapter}; CPU ${cpus()[0]?.model} ×${cpus().length}; load average ${loadavg().map((l) => l.toFixed(2)).join(' ')}`);
+  // Other work on the cores slows every row, and a CPU peer's threads most (one measured 60× slower at load 2.4 on 2 cores).
+  if (loadavg()[0] > 0.25 * cpus().length) console.error(`difrep bench: warning: load average ${loadavg()[0].toFixed(2)} on ${cpus().length} cores: other work is running, and its share of the cores will be missing from every row (a CPU peer's most); bench an idle machine`);
   if (flag('--tune')) {
     // The same bounded search as `difrep tune` (src/cli/tune.ts).
     const { tuning } = await tuneKernels(engine, 60, (line) => console.log(line));

@@ -36,7 +36,9 @@ def pick_device():
         torch.backends.cuda.matmul.allow_tf32 = False
         return torch.device("cuda")
     if "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(os.cpu_count() or 1)
+        # The CPUs this process may run on (taskset, a container's cpuset), not all the machine's.
+        usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        torch.set_num_threads(usable or 1)
     return torch.device("cpu")
 
 
