@@ -48,6 +48,11 @@ function refuseUnknown(optimizer: string, state: Map<string, Float32Array>, know
   if (unknown.length) throw new OptimizerStateError(`${optimizer} state for no parameter of this model: ${unknown.slice(0, 5).join(', ')}${unknown.length > 5 ? `, … (${unknown.length})` : ''}`);
 }
 
+/** A RangeError naming the hyper-parameter when `ok` is false (NaN and ±Infinity fail every test given). */
+function checkHyperparameter(owner: string, name: string, value: number, ok: boolean, expected: string): void {
+  if (!ok || !Number.isFinite(value)) throw new RangeError(`${owner}: ${name} must be ${expected}, got ${value}`);
+}
+
 export class Adam implements Optimizer {
   lr: number;
   readonly beta1: number;
@@ -56,12 +61,25 @@ export class Adam implements Optimizer {
   readonly weightDecay: number;
   private t = 0;
   private moments = new Map<string, { m: Tensor; v: Tensor }>();
+  /**
+   * Steps each parameter has taken (torch.optim.Adam's state['step']): a parameter without a
+   * gradient at a step keeps its count, so its bias correction is that of its own steps.
+   */
+  private paramSteps = new Map<string, number>();
+  /** The step counts state() handed out last (one value each), freed at the next call. */
+  private savedSteps: Tensor[] = [];
 
   constructor(private engine: Engine, private params: Map<string, Tensor>, opts: AdamOptions) {
     this.lr = opts.lr;
     [this.beta1, this.beta2] = opts.betas ?? [0.9, 0.999];
     this.eps = opts.eps ?? 1e-8;
     this.weightDecay = opts.weightDecay ?? 0;
+    // torch.optim.Adam's checks: a negative lr ascends, a negative eps can divide by zero.
+    checkHyperparameter('Adam', 'lr', this.lr, this.lr >= 0, '≥ 0');
+    checkHyperparameter('Adam', 'eps', this.eps, this.eps >= 0, '≥ 0');
+    checkHyperparameter('Adam', 'betas[0]', this.beta1, this.beta1 >= 0 && this.beta1 < 1, 'in [0, 1)');
+    checkHyperparameter('Adam', 'betas[1]', this.beta2, this.beta2 >= 0 && this.beta2 < 1, 'in [0, 1)');
+    checkHyperparameter('Adam', 'weightDecay', this.weightDecay, this.weightDecay >= 0, '≥ 0');
     for (const p of params.values()) engine.checkOwn(p, 'Adam');
     for (const p of params.values()) p.requiresGrad = true;
   }
@@ -81,10 +99,12 @@ export class Adam implements Optimizer {
 
   step(): void {
     this.t++;
-    const bc1 = 1 - this.beta1 ** this.t;
-    const bc2 = 1 - this.beta2 ** this.t;
     for (const [name, p] of this.params) {
       if (!p.grad) continue;
+      const t = (this.paramSteps.get(name) ?? 0) + 1;
+      this.paramSteps.set(name, t);
+      const bc1 = 1 - this.beta1 ** t;
+      const bc2 = 1 - this.beta2 ** t;
       const { m, v } = this.momentsOf(name, p);
       const { vec4, count: n } = elementLoads(p.size);
       this.engine.dispatch({
@@ -110,13 +130,20 @@ export class Adam implements Optimizer {
       v.dispose();
     }
     this.moments.clear();
+    for (const t of this.savedSteps) t.dispose();
+    this.savedSteps = [];
   }
 
   state(): Map<string, Tensor> {
+    for (const t of this.savedSteps) t.dispose();
+    this.savedSteps = [];
     const out = new Map<string, Tensor>();
     for (const [name, { m, v }] of this.moments) {
       out.set(`exp_avg.${name}`, m);
       out.set(`exp_avg_sq.${name}`, v);
+      const step = this.engine.keep(this.engine.tensor(Float32Array.of(this.paramSteps.get(name) ?? 0), [1], `adam.step.${name}`));
+      this.savedSteps.push(step);
+      out.set(`step.${name}`, step);
     }
     return out;
   }
@@ -137,6 +164,14 @@ export class Adam implements Optimizer {
       // A mean of squares: a negative one makes sqrt(v) NaN at the first step after the resume.
       const negative = v.findIndex((x) => x < 0);
       if (negative >= 0) throw new OptimizerStateError(`Adam exp_avg_sq of ${name} holds ${v[negative]} at ${negative}; a second moment is at least 0 (the state was edited or corrupted)`);
+      // States saved before per-parameter counts have none: the parameter took every step.
+      const step = state.get(`step.${name}`);
+      if (step) {
+        if (step.length !== 1 || !Number.isInteger(step[0]) || step[0] < 1 || step[0] > steps) {
+          throw new OptimizerStateError(`Adam step of ${name} is ${step.length === 1 ? step[0] : `${step.length} values`}; it counts the parameter's steps: an integer from 1 to the ${steps} steps taken`);
+        }
+        known.add(`step.${name}`);
+      }
     }
     refuseUnknown('Adam', state, known);
     // Zero moments under the bias correction of step steps + 1 would make the next updates ~3× too large.
@@ -147,10 +182,12 @@ export class Adam implements Optimizer {
   loadState(steps: number, state: Map<string, Float32Array>): void {
     this.checkState(state, steps);
     this.t = steps;
+    this.paramSteps.clear();
     for (const [name, p] of this.params) {
       const m = state.get(`exp_avg.${name}`);
       const v = state.get(`exp_avg_sq.${name}`);
       if (!m || !v) continue;
+      this.paramSteps.set(name, state.get(`step.${name}`)?.[0] ?? steps);
       const mv = this.momentsOf(name, p);
       this.engine.writeBuffer(mv.m.buffer, 0, m);
       this.engine.writeBuffer(mv.v.buffer, 0, v);
@@ -162,6 +199,8 @@ export class Adam implements Optimizer {
 export class Sgd implements Optimizer {
   private t = 0;
   constructor(private engine: Engine, private params: Map<string, Tensor>, public lr: number, private weightDecay = 0) {
+    checkHyperparameter('Sgd', 'lr', lr, lr >= 0, '≥ 0');
+    checkHyperparameter('Sgd', 'weightDecay', weightDecay, weightDecay >= 0, '≥ 0');
     // Its step writes back through this engine's copies, which do not see whose buffer they write:
     // another engine's parameter was left as it was, without a word.
     for (const p of params.values()) engine.checkOwn(p, 'Sgd');
@@ -214,7 +253,12 @@ export class Sgd implements Optimizer {
 
 /** StepLR: lr = base · γ^⌊epoch / stepSize⌋ (paper: step 7, γ 0.1). */
 export class StepLR {
-  constructor(private optimizer: Optimizer, readonly baseLr: number, readonly stepSize = 7, readonly gamma = 0.1) {}
+  constructor(private optimizer: Optimizer, readonly baseLr: number, readonly stepSize = 7, readonly gamma = 0.1) {
+    // A step size of 0 made every lr NaN, refused later by the Adam kernel as "stepSize = NaN".
+    checkHyperparameter('StepLR', 'stepSize', stepSize, Number.isInteger(stepSize) && stepSize >= 1, 'an integer ≥ 1');
+    checkHyperparameter('StepLR', 'baseLr', baseLr, baseLr >= 0, '≥ 0');
+    checkHyperparameter('StepLR', 'gamma', gamma, gamma >= 0, '≥ 0');
+  }
 
   /** Sets the optimizer's learning rate for `epoch` (0-based) and returns it. */
   setEpoch(epoch: number): number {

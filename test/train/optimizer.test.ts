@@ -53,6 +53,78 @@ t.test('Adam takes 1 − β1 and 1 − β2 from float64, as torch.optim.Adam doe
   p.dispose();
 });
 
+// torch.optim.Adam counts steps per parameter (state['step']), a parameter without a gradient
+// keeping its count; one count for all gave b the bias correction of step 3 at its second step
+// (7 % off torch's move). Expected: torch's update in float64, b's steps counted alone.
+t.test('Adam counts each parameter\'s own steps: one without a gradient keeps its bias correction, and a saved state keeps the counts', async (t) => {
+  const reference = (p0: number[], grads: (number[] | null)[], lr: number) => {
+    const p = [...p0];
+    const m = p.map(() => 0);
+    const v = p.map(() => 0);
+    let steps = 0;
+    for (const g of grads) {
+      if (!g) continue;
+      steps++;
+      p.forEach((_, i) => {
+        m[i] = 0.9 * m[i] + 0.1 * g[i];
+        v[i] = 0.999 * v[i] + 0.001 * g[i] * g[i];
+        p[i] -= (lr / (1 - 0.9 ** steps)) * (m[i] / (Math.sqrt(v[i]) / Math.sqrt(1 - 0.999 ** steps) + 1e-8));
+      });
+    }
+    return p;
+  };
+  const gradsA = [[0.5, -1], [0.25, 2], [-1, 0.5]];
+  const gradsB = [[1, 3], null, [-2, 0.5]];
+  const run = (adam: Adam, a: Tensor, b: Tensor, from: number, to: number) => {
+    for (let s = from; s < to; s++) {
+      a.grad = e.keep(e.tensor(Float32Array.from(gradsA[s]), [2]));
+      if (gradsB[s]) b.grad = e.keep(e.tensor(Float32Array.from(gradsB[s]!), [2]));
+      adam.step();
+      adam.zeroGrad();
+    }
+  };
+  const make = (a0: ArrayLike<number> = [1, 2], b0: ArrayLike<number> = [3, 4]) => {
+    const [a, b] = [e.keep(e.tensor(Float32Array.from(a0), [2], 'a')), e.keep(e.tensor(Float32Array.from(b0), [2], 'b'))];
+    return { a, b, adam: new Adam(e, new Map([['a', a], ['b', b]]), { lr: 0.1 }) };
+  };
+  const whole = make();
+  run(whole.adam, whole.a, whole.b, 0, 3);
+  const rel = (got: ArrayLike<number>, want: number[]) => Math.max(...want.map((w, i) => Math.abs(got[i] - w) / Math.abs(w)));
+  t.ok(rel(await whole.b.read(), reference([3, 4], gradsB, 0.1)) < 1e-6, `b: ${Array.from(await whole.b.read())} vs ${reference([3, 4], gradsB, 0.1)}`);
+  t.ok(rel(await whole.a.read(), reference([1, 2], gradsA, 0.1)) < 1e-6, 'a, with a gradient at every step');
+
+  // Saved after step 2 (b: 1 step) and resumed: the same as the run taken whole.
+  const first = make();
+  run(first.adam, first.a, first.b, 0, 2);
+  const saved = new Map<string, Float32Array>();
+  for (const [k, v] of first.adam.state()) saved.set(k, await v.read());
+  t.same([saved.get('step.a')![0], saved.get('step.b')![0]], [2, 1], 'the counts saved');
+  const resumed = make(await first.a.read(), await first.b.read());
+  resumed.adam.loadState(2, saved);
+  run(resumed.adam, resumed.a, resumed.b, 2, 3);
+  t.same(Array.from(await resumed.b.read()), Array.from(await whole.b.read()), 'resumed = whole');
+  // A state saved before the counts were: every parameter with moments took every step.
+  const legacy = make();
+  legacy.adam.loadState(2, new Map([...saved].filter(([k]) => !k.startsWith('step.'))));
+  t.same([(await legacy.adam.state().get('step.b')!.read())[0]], [2]);
+  t.throws(() => make().adam.loadState(2, new Map([...saved, ['step.b', Float32Array.of(3)]])), { name: 'OptimizerStateError', message: 'Adam step of b is 3; it counts the parameter\'s steps: an integer from 1 to the 2 steps taken' });
+  t.throws(() => make().adam.loadState(2, new Map([...saved, ['step.b', Float32Array.of(1.5)]])), { name: 'OptimizerStateError' });
+});
+
+t.test('optimizers refuse hyper-parameters torch.optim refuses, naming them', async (t) => {
+  const p = new Map([['w', e.keep(e.tensor([1], [1], 'w'))]]);
+  t.throws(() => new Adam(e, p, { lr: -1 }), { name: 'RangeError', message: 'Adam: lr must be ≥ 0, got -1' });
+  t.throws(() => new Adam(e, p, { lr: 1e-3, betas: [1.5, 0.999] }), { message: 'Adam: betas[0] must be in [0, 1), got 1.5' });
+  t.throws(() => new Adam(e, p, { lr: 1e-3, betas: [0.9, 1] }), { message: 'Adam: betas[1] must be in [0, 1), got 1' });
+  t.throws(() => new Adam(e, p, { lr: 1e-3, eps: -1 }), { message: 'Adam: eps must be ≥ 0, got -1' });
+  t.throws(() => new Adam(e, p, { lr: NaN }), { message: 'Adam: lr must be ≥ 0, got NaN' });
+  t.throws(() => new Adam(e, p, { lr: 1e-3, weightDecay: -0.1 }), { message: 'Adam: weightDecay must be ≥ 0, got -0.1' });
+  t.throws(() => new Sgd(e, p, -0.5), { message: 'Sgd: lr must be ≥ 0, got -0.5' });
+  // A step size of 0 made the rate NaN, refused by the kernel as "uniform stepSize = NaN".
+  t.throws(() => new StepLR(new Adam(e, p, { lr: 1 }), 1e-3, 0), { message: 'StepLR: stepSize must be an integer ≥ 1, got 0' });
+  t.throws(() => new StepLR(new Adam(e, p, { lr: 1 }), 1e-3, 2.5), { message: 'StepLR: stepSize must be an integer ≥ 1, got 2.5' });
+});
+
 t.test('StepLR divides the rate by 10 every 7 epochs', async (t) => {
   const adam = new Adam(e, new Map(), { lr: 1 });
   const sched = new StepLR(adam, 1e-3);
@@ -74,7 +146,7 @@ t.test('OptimizerGroups: a saved state goes back to its groups; one that fits no
   src.opt.step();
   const saved = new Map<string, Float32Array>();
   for (const [k, v] of src.opt.state()) saved.set(k, await v.read());
-  t.same([...saved.keys()].sort(), ['group0.exp_avg.a', 'group0.exp_avg_sq.a', 'group1.exp_avg.b', 'group1.exp_avg_sq.b']);
+  t.same([...saved.keys()].sort(), ['group0.exp_avg.a', 'group0.exp_avg_sq.a', 'group0.step.a', 'group1.exp_avg.b', 'group1.exp_avg_sq.b', 'group1.step.b']);
 
   const dst = make();
   dst.opt.loadState(1, saved);
