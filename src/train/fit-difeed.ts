@@ -109,6 +109,12 @@ export async function fitDifFeed(e: Engine, unet: UNet, train: ImageSource, test
   const saved = new Map<string, Tensor>([...difeed.params, ...[...difeed.head.params].map(([k, v]) => [`head.${k}`, v] as [string, Tensor])]);
   // BatchNorm's num_batches_tracked, saved as PyTorch's state_dict holds it.
   const counts = new Map<string, SavedCount>(difeed.batchNorm.map((bn, i) => [`feedback.${i}.1.num_batches_tracked`, { get: () => bn.batches, set: (v) => (bn.batches = v) }]));
+  // The U-Net is frozen: gradients flow through it, none into it. One an optimizer was made over (a
+  // U-Net pretrained in this process) has requiresGrad set, and each step computed and kept its
+  // weights' gradients (ADM-256's would be 2.2 GB). Set back as it was however the run ends.
+  const unetParams = [...unet.parameters().values()];
+  const requiredGrad = unetParams.map((p) => p.requiresGrad);
+  for (const p of unetParams) p.requiresGrad = false;
   // The feedback layers, their BatchNorm statistics, the head and both Adams (the U-Net is the
   // caller's), freed however the run ends: a failed fit kept them, and retries piled them up.
   try {
@@ -189,6 +195,7 @@ export async function fitDifFeed(e: Engine, unet: UNet, train: ImageSource, test
   } finally {
     for (const t of saved.values()) t.dispose();
     optimizer.dispose();
+    unetParams.forEach((p, i) => (p.requiresGrad = requiredGrad[i]));
   }
 }
 

@@ -58,3 +58,20 @@ t.test('optimizer sgd: one step moves the feedback layers and the head by −1e-
   t.ok(worst.err <= 1, `worst error ${worst.err.toFixed(2)} of its tolerance (${worst.key})`);
   e.tape.clear();
 });
+
+// A U-Net an optimizer was made over (pretrained in this process) has requiresGrad set: each step
+// computed its weights' gradients and kept them on the parameters. Frozen means none, and no change.
+t.test('a U-Net whose parameters require gradients is still frozen: no gradient kept, no weight moved, its flags restored', async (t) => {
+  const net = UNet.random(e, MINI_UNET, 12);
+  const params = [...net.parameters().values()];
+  for (const p of params) p.requiresGrad = true;
+  const before = await Promise.all(params.map((p) => p.read()));
+  const live = e.memoryStats().liveBytes;
+  await fitDifFeed(e, net, source, source, { classes: 4, head: { dim: 16, heads: 2, layers: 1, prePoolSize: 4 }, batchSize: 4, epochs: 1, seed: 5, flip: false });
+  t.equal(params.filter((p) => p.grad).length, 0, 'no U-Net parameter holds a gradient');
+  t.equal(e.memoryStats().liveBytes, live, 'nothing left allocated');
+  t.ok(params.every((p) => p.requiresGrad), 'requiresGrad as it was');
+  const after = await Promise.all(params.map((p) => p.read()));
+  t.ok(after.every((a, i) => a.every((v, j) => Object.is(v, before[i][j]))), 'every weight bit-unchanged');
+  for (const p of params) p.dispose();
+});
