@@ -249,7 +249,7 @@ const TRAIN = {
   seed: { type: 'int', min: 0, max: MAX_SEED, help: 'initialisation and shuffling seed', default: 0 },
   out: { type: 'string', meta: 'DIR', required: true, help: 'output directory for state.safetensors (every epoch) and result.json' },
   resume: { type: 'flag', help: 'continue the run in --out (same settings; --epochs may grow)' },
-  'checkpoint-every': { type: 'number', above: 0, help: 'difeed: seconds between saves within an epoch (the end of each epoch saves too; --resume continues at the next batch)', default: 300 },
+  'checkpoint-every': { type: 'number', above: 0, help: 'seconds between saves within an epoch (the end of each epoch saves too; --resume continues at the next batch)', default: 300 },
   'bn-train-epochs': { type: 'int', min: 0, max: 100_000, help: 'difeed: epochs whose feedback BatchNorm uses batch statistics; later ones train with the running statistics frozen (default: all; 7 as the released code, whose first evaluation leaves the model in eval mode)' },
 } satisfies OptionSpecs;
 
@@ -261,7 +261,7 @@ type TrainOptions = NonNullable<ReturnType<typeof parseArgs<typeof TRAIN>>>;
  * attention head's tokens as they were.
  */
 const TRAIN_OPTION_HEADS: Partial<Record<keyof typeof TRAIN, readonly string[]>> = {
-  ...Object.fromEntries(['model', 'checkpoint', 'strategy', 'per-class', 'test-per-class', 'flip', 'checkpoint-every', 'bn-train-epochs'].map((k) => [k, ['difeed']])),
+  ...Object.fromEntries(['model', 'checkpoint', 'strategy', 'per-class', 'test-per-class', 'flip', 'bn-train-epochs'].map((k) => [k, ['difeed']])),
   ...Object.fromEntries(['pool', 'standardize'].map((k) => [k, ['linear']])),
   ...Object.fromEntries(['dim', 'layers', 'heads', 'pre-pool'].map((k) => [k, ['attention', 'difformer', 'difeed']])),
 };
@@ -314,7 +314,7 @@ async function trainCommand(argv: string[]): Promise<number> {
       // The training cache's signature, not only its path: a resume, or eval's standardisation, on a
       // cache extracted again with other settings at that path would read other features.
       data: { features: pixels ? 'pixels' : 'unet', train: resolve(o.train!), trainCache: loaded.train.signature, standardize: o.standardize },
-      checkpoint: join(o.out, 'state.safetensors'), resume: o.resume, onResume: (line) => console.log(line),
+      checkpoint: join(o.out, 'state.safetensors'), checkpointEverySeconds: o['checkpoint-every'], resume: o.resume, onResume: (line) => console.log(line),
       onBatch: progressBar('  batches', 'batches'),
       onEpoch: ({ epoch, epochs, loss, trainAccuracy, lr, seconds }) => console.log(`epoch ${epoch + 1}/${epochs}: loss ${loss.toFixed(4)}, train accuracy ${(100 * trainAccuracy).toFixed(1)}%, lr ${lr.toExponential(1)}, ${seconds.toFixed(1)} s (ETA ${fmtTime(seconds * (epochs - epoch - 1))})`),
     });

@@ -19,6 +19,27 @@ export interface TrainingProgress {
   [key: string]: number | string;
 }
 
+/** Where a state saved within an epoch stopped: batches of the epoch trained, their loss sum (Σ loss × images) and correct predictions. */
+export interface PartialEpoch {
+  batch: number;
+  lossSum: number;
+  correct: number;
+}
+
+/**
+ * The partial epoch a state saved within an epoch records (progress batch, epochLoss and
+ * epochCorrect; the last absent from DifFeed's), or undefined for one saved at an epoch's end.
+ */
+export function savedPartialEpoch(progress: TrainingProgress | undefined, path: string): PartialEpoch | undefined {
+  if (progress?.batch === undefined) return undefined;
+  const partial = { batch: Number(progress.batch), lossSum: Number(progress.epochLoss), correct: Number(progress.epochCorrect ?? 0) };
+  const count = (v: number) => Number.isSafeInteger(v) && v >= 0;
+  if (!(count(partial.batch) && partial.batch > 0 && Number.isFinite(partial.lossSum) && partial.lossSum >= 0 && count(partial.correct))) {
+    throw new CheckpointError(path, `corrupt training checkpoint: progress batch ${JSON.stringify(progress.batch)}, epochLoss ${JSON.stringify(progress.epochLoss)}, epochCorrect ${JSON.stringify(progress.epochCorrect)} are not a count, a finite sum and a count`);
+  }
+  return partial;
+}
+
 /**
  * A count saved beside the parameters as an I64 scalar, as PyTorch saves it (BatchNorm's
  * num_batches_tracked): read when the state is written, set when it is restored.

@@ -15,7 +15,7 @@ import { DifFeed, type DifFeedOptions } from '../model/heads/difeed.ts';
 import type { UNet } from '../model/unet.ts';
 import { imagesPerChunk } from '../model/unet-bindings.ts';
 import { CheckpointError } from '../model/checkpoint/checkpoint-error.ts';
-import { checkEpochs, type SavedCount, saveTrainingState, startOrResume } from './checkpoint.ts';
+import { checkEpochs, type SavedCount, savedPartialEpoch, saveTrainingState, startOrResume } from './checkpoint.ts';
 import { epochBatches } from './epoch-batches.ts';
 import type { ImageSource } from './extract.ts';
 import { noiseSeed } from './noise-seed.ts';
@@ -131,10 +131,7 @@ export async function fitDifFeed(e: Engine, unet: UNet, train: ImageSource, test
     if (!(Number.isSafeInteger(bnTrainEpochs) && bnTrainEpochs >= 0)) throw new RangeError(`DifFeed: batchNormTrainEpochs ${o.batchNormTrainEpochs} is not a whole number of epochs ≥ 0`);
     const progress = await startOrResume(e, o.checkpoint, !!o.resume, settings, saved, optimizer, o.onResume, counts);
     // A state saved within an epoch records the batches of that epoch it had trained, and their loss sum.
-    const partial = progress?.batch === undefined ? undefined : { batch: Number(progress.batch), lossSum: Number(progress.epochLoss) };
-    if (partial && !(Number.isSafeInteger(partial.batch) && partial.batch > 0 && Number.isFinite(partial.lossSum) && partial.lossSum >= 0)) {
-      throw new CheckpointError(o.checkpoint!, `corrupt training checkpoint: progress batch ${JSON.stringify(progress!.batch)}, epochLoss ${JSON.stringify(progress!.epochLoss)} are not a count and a finite sum`);
-    }
+    const partial = savedPartialEpoch(progress, o.checkpoint!);
     checkEpochs(progress, epochs, o.checkpoint!);
     const startEpoch = progress ? (partial ? progress.epoch : progress.epoch + 1) : 0;
     const saveEvery = (o.checkpointEverySeconds ?? 300) * 1000;

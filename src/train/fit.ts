@@ -7,10 +7,11 @@ import { crossEntropy } from '../engine/ops/nn.ts';
 import type { Tensor } from '../engine/tensor.ts';
 import { ATTENTION_HEAD_DEFAULTS, AttentionHead, type AttentionHeadOptions } from '../model/heads/attention-head.ts';
 import { LinearProbe } from '../model/heads/linear-probe.ts';
+import { CheckpointError } from '../model/checkpoint/checkpoint-error.ts';
 import { openSafetensors } from '../model/checkpoint/safetensors.ts';
 import { readFinite } from '../model/checkpoint/tensor-source.ts';
 import { poolCached } from './cached-features.ts';
-import { checkEpochs, readRunSettings, type RunSettings, saveTrainingState, startOrResume } from './checkpoint.ts';
+import { checkEpochs, readRunSettings, type RunSettings, savedPartialEpoch, saveTrainingState, startOrResume } from './checkpoint.ts';
 import { epochBatches } from './epoch-batches.ts';
 import { checkClassLabels, countTopK } from './eval/classification.ts';
 import { featureKey } from './feature-key.ts';
@@ -52,8 +53,10 @@ export interface FitOptions {
   seed?: number;
   /** What the features are (caches, standardisation, …): recorded with the run's settings, so a resumed run must use the same. */
   data?: Record<string, unknown>;
-  /** Training state file, written after every epoch; with `resume`, training continues from it. */
+  /** Training state file, written after every epoch and every checkpointEverySeconds within one; with `resume`, training continues from it. */
   checkpoint?: string;
+  /** Seconds between saves within an epoch (default 300); a resume continues at the next batch. */
+  checkpointEverySeconds?: number;
   resume?: boolean;
   /** With resume: the line saying which state continues (or that none is saved yet), once its checks pass. */
   onResume?: (line: string) => void;
@@ -243,8 +246,12 @@ export async function fitHead(e: Engine, train: FeatureArrays, test: FeatureArra
       inputShapes: Object.fromEntries(keys.map((k) => [k, train.features.get(k)?.shape ?? null])),
     };
     const progress = await startOrResume(e, o.checkpoint, !!o.resume, settings, model.params, optimizer, o.onResume);
+    // A state saved within an epoch records the batches of that epoch it had trained, their loss sum and hits.
+    const partial = savedPartialEpoch(progress, o.checkpoint!);
     checkEpochs(progress, epochs, o.checkpoint!);
-    const startEpoch = progress ? progress.epoch + 1 : 0;
+    const startEpoch = progress ? (partial ? progress.epoch : progress.epoch + 1) : 0;
+    const saveEvery = (o.checkpointEverySeconds ?? 300) * 1000;
+    let lastSave = performance.now();
     const losses: number[] = progress ? JSON.parse(String(progress.losses ?? '[]')) : [];
     // Training time of the saved epochs of earlier runs: a resumed run reports the whole run's.
     const earlierSeconds = Number(progress?.seconds ?? 0);
@@ -256,7 +263,12 @@ export async function fitHead(e: Engine, train: FeatureArrays, test: FeatureArra
       const batchesPerEpoch = batches.length;
       const steps = new StepLosses(e);
       try {
+        const resumeAt = partial && epoch === startEpoch ? partial.batch : 0;
+        // A batch count past the epoch's would skip the whole epoch unseen.
+        if (resumeAt >= batchesPerEpoch) throw new CheckpointError(o.checkpoint!, `corrupt training checkpoint: saved within epoch ${epoch + 1} after batch ${resumeAt}, but the epoch has ${batchesPerEpoch} batches`);
+        if (resumeAt) [steps.weightedSum, steps.correct] = [partial!.lossSum, partial!.correct];
         for (const [bi, idx] of batches.entries()) {
+          if (bi < resumeAt) continue;
           const labels = idx.map((i) => train.labels[i]);
           // A batch larger than the head's bindings hold trains in parts, each part's mean loss
           // weighted by its share: their gradients add up to the batch's.
@@ -273,6 +285,11 @@ export async function fitHead(e: Engine, train: FeatureArrays, test: FeatureArra
           if (logits.length > 1) for (const l of logits) l.dispose();
           await steps.add(loss, labels, `epoch ${epoch + 1}, batch ${bi + 1} (step ${optimizer.steps})`, all);
           o.onBatch?.(bi + 1, batchesPerEpoch);
+          if (o.checkpoint && bi + 1 < batchesPerEpoch && performance.now() - lastSave >= saveEvery) {
+            await steps.read();
+            await saveTrainingState(o.checkpoint, model.params, optimizer, { epoch, batch: bi + 1, epochLoss: steps.weightedSum, epochCorrect: steps.correct, steps: optimizer.steps, losses: JSON.stringify(losses), seconds: seconds() }, settings);
+            lastSave = performance.now();
+          }
         }
         await steps.read();
       } finally {
@@ -282,7 +299,10 @@ export async function fitHead(e: Engine, train: FeatureArrays, test: FeatureArra
       const loss = steps.weightedSum / seen;
       const correct = steps.correct;
       losses.push(loss);
-      if (o.checkpoint) await saveTrainingState(o.checkpoint, model.params, optimizer, { epoch, steps: optimizer.steps, losses: JSON.stringify(losses), seconds: seconds() }, settings);
+      if (o.checkpoint) {
+        await saveTrainingState(o.checkpoint, model.params, optimizer, { epoch, steps: optimizer.steps, losses: JSON.stringify(losses), seconds: seconds() }, settings);
+        lastSave = performance.now();
+      }
       o.onEpoch?.({ epoch, epochs, loss, trainAccuracy: correct / seen, lr: optimizer.lr, seconds: (performance.now() - te) / 1000 });
     }
     const acc = await evaluate(e, model, test, keys, Math.min(batchSize, model.part));

@@ -163,3 +163,39 @@ t.test('an attention head too large to train is refused before anything is alloc
   small.dispose();
   t.equal(e.memoryStats().liveBytes, live, 'nothing allocated');
 });
+
+// The heads saved only at the end of each epoch: a stop lost up to an epoch (10,009 steps at the
+// paper's scale). Expected: the run never stopped, tensor for tensor and loss for loss.
+t.test('a head stopped within an epoch resumes at the next batch, to the state of a run never stopped', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'difrep-head-resume-'));
+  const [train, test] = [features(12, 7), features(4, 8)];
+  const o = (checkpoint: string, more: Partial<FitOptions> = {}) => linear({ epochs: 2, lr: 0.3, stepSize: 1, checkpoint, ...more });
+  let wholeAccuracy = -1;
+  const whole = await fitHead(e, train, test, o(join(dir, 'whole.safetensors'), { onEpoch: (i) => void (wholeAccuracy = i.trainAccuracy) }));
+  const stopped = join(dir, 'stopped.safetensors');
+  let epoch = 0;
+  const run = fitHead(e, train, test, o(stopped, {
+    checkpointEverySeconds: 0,
+    onEpoch: () => void epoch++,
+    onBatch: (done) => {
+      if (epoch === 1 && done === 2) throw new Error('stopped');
+    },
+  }));
+  await t.rejects(run, /stopped/);
+  const saved = await openSafetensors(stopped);
+  t.match(JSON.parse(saved.metadata.progress), { epoch: 1, batch: 1 }, 'saved after batch 1 of epoch 2');
+  await saved.close();
+  let batchesRun = 0;
+  let trainAccuracy = -1;
+  const resumed = await fitHead(e, train, test, o(stopped, { resume: true, onBatch: () => void batchesRun++, onEpoch: (i) => void (trainAccuracy = i.trainAccuracy) }));
+  t.equal(batchesRun, 2, 'only batches 2 and 3 of epoch 2 run again');
+  t.same(resumed.losses, whole.losses, 'the same epoch losses');
+  t.equal(trainAccuracy, wholeAccuracy, 'epoch 2\'s training accuracy counts the batch trained before the stop');
+  const [a, b] = [await readTensors(join(dir, 'whole.safetensors')), await readTensors(stopped)];
+  t.same([...b.keys()].sort(), [...a.keys()].sort());
+  let differing = 0;
+  for (const [k, v] of a) differing += v.some((x, i) => x !== b.get(k)![i]) ? 1 : 0;
+  t.equal(differing, 0, `every one of ${a.size} tensors bit-identical`);
+  t.equal(resumed.top1, whole.top1);
+  await rm(dir, { recursive: true });
+});
