@@ -74,7 +74,8 @@ try {
 } catch (e) {
   // Expected failures (no adapter, a bad checkpoint, a bad argument) print one clear line.
   const err = e as Error;
-  const message = err instanceof NoAdapterError || err instanceof UsageError ? err.message : `${err.name}: ${err.message}`;
+  // A subclass's name says what failed (CheckpointError, RangeError); a plain Error's adds nothing.
+  const message = err instanceof NoAdapterError || err instanceof UsageError || err.name === 'Error' ? err.message : `${err.name}: ${err.message}`;
   console.error(message.startsWith('difrep ') ? message : `difrep: ${message}`);
   // 2 for a usage error (as for an unknown command), 1 for a failure of the work itself.
   process.exitCode = err instanceof UsageError ? 2 : 1;
