@@ -94,8 +94,17 @@ function buildModel(e: Engine, data: FeatureArrays, o: FitOptions): Model {
   if (!first) throw new Error(`no cached features for t=${o.timesteps[0]}, b=${o.blocks[0]}`);
   if (o.head === 'linear') {
     if (o.timesteps.length !== 1 || o.blocks.length !== 1) throw new Error('a linear probe reads exactly one t and one b');
+    // Its weight [C·s², classes] binds whole; a batch binds its features [n, C, s, s] (pooled
+    // already: prePooled), so a batch more than one binding holds runs in parts (a batch of 128
+    // maps of [512, 32, 32] needs 256 MiB, twice lavapipe's binding).
+    const inFeatures = first.shape.reduce((p, d) => p * d, 1);
+    const perImage = 4 * inFeatures;
+    const weightBytes = perImage * o.classes;
+    if (weightBytes > e.maxBindingBytes) {
+      throw new RangeError(`linear probe: its weight [${o.classes}, ${inFeatures}] binds ${weightBytes} bytes, over this device's largest storage binding (${e.maxBindingBytes}): give a smaller --pool`);
+    }
     const probe = LinearProbe.create(e, { channels: first.shape[0], classes: o.classes, pool: o.pool ?? 2 }, o.seed ?? 0);
-    return { params: probe.params, logits: (batch) => probe.forward(batch.get(featureKey(o.timesteps[0], o.blocks[0]))!), part: Infinity };
+    return { params: probe.params, logits: (batch) => probe.forward(batch.get(featureKey(o.timesteps[0], o.blocks[0]))!), part: e.perBinding(perImage) };
   }
   const blocks = o.blocks.map((b) => {
     const s = data.features.get(featureKey(o.timesteps[0], b))!.shape;

@@ -139,6 +139,27 @@ t.test('an attention head whose batch cannot fit a storage binding trains in par
   await t.rejects(fitHead(tiny, big, big, options('x.safetensors')), new RegExp(`attention head: one image binds ${perImage} bytes .*: give a smaller --dim or --pre-pool`));
 });
 
+// The linear probe never split a batch: 128 maps of [512, 32, 32] (the CLI's default --batch at
+// --pool 32) need 256 MiB, twice lavapipe's binding, and the first dispatch was refused.
+t.test('a linear probe whose batch cannot fit a storage binding trains and scores in parts: the same run as the whole batch', async (t) => {
+  const n = 12;
+  const perImage = 4 * 4 * 8 * 8; // [4, 8, 8] features at pool 8; the weight [4 classes, 256] binds 4 images' worth
+  const maps = { features: new Map([['t150.b9', { data: Float32Array.from(randomNd([n, 4, 8, 8], 22).data), shape: [4, 8, 8] }]]), labels: Array.from({ length: n }, (_, i) => i % 4), count: n };
+  const small = await createEngine({ device: e.device, maxBindingBytes: 5 * perImage });
+  t.teardown(() => small.dispose());
+  const dir = await mkdtemp(join(tmpdir(), 'difrep-linear-parts-'));
+  t.teardown(() => rm(dir, { recursive: true }));
+  const options = (name: string) => linear({ pool: 8, epochs: 2, batchSize: n, lr: 1e-2, checkpoint: join(dir, name) });
+  const run = async (engine: typeof e, name: string) => ({ r: await fitHead(engine, maps, maps, options(name)), state: await readTensors(join(dir, name)) });
+  const whole = await run(e, 'whole.safetensors');
+  const parts = await run(small, 'parts.safetensors'); // 5 + 5 + 2 images a step
+  checkSameRun(t, whole, parts);
+  // A weight over the binding cannot be split: refused up front, naming the fix.
+  const tiny = await createEngine({ device: e.device, maxBindingBytes: 4 * perImage - 4 });
+  t.teardown(() => tiny.dispose());
+  await t.rejects(fitHead(tiny, maps, maps, options('x.safetensors')), { name: 'RangeError', message: `linear probe: its weight [4, 256] binds ${4 * perImage} bytes, over this device's largest storage binding (${4 * perImage - 4}): give a smaller --pool` });
+});
+
 // Parts were sized by the attention weights, MLP and qkv alone: with many channels and few tokens
 // the tokenizer's input ([n, 64, 4, 4]) is the largest tensor, and a part over the binding failed.
 t.test('an attention head\'s parts are sized by its input too, when that is its largest tensor', async (t) => {
