@@ -41,6 +41,17 @@ for (const legacy of [true, false]) {
     t.ok(err < 1e-5, `${err.toExponential(2)}`);
     engine.dispose();
   });
+  // CPU adapters train through the materialised weights; where they would not fit a binding that
+  // was refused (pretraining and DifFeed's pass 2 of a model with attention at 64² could not run).
+  t.test(`qkvAttention backward, ${order}: weights that would not fit a binding train through the fused backward`, async (t) => {
+    // 2 images × 2 heads × 60² weights are 57,600 bytes; qkv [2, 24, 60] 11,520.
+    const engine = await createEngine({ device: e.device, maxBindingBytes: 40_000, tuning: { attention: { fusedBackward: 0 } } });
+    t.notOk(ops.attentionMaterialisesWeights(engine, 4, true, { T: 60, matrices: 4 }), 'fused');
+    const qkv = randomNd([2, 24, 60], 43, -1.5, 1.5);
+    const { worst } = await gradCheck(engine, (a) => ops.qkvAttention(a, 2, legacy), (a: Nd) => qkvAttentionRef(a, 2, legacy), [qkv], { maxCoords: 60 });
+    t.ok(worst < 1e-3, `${worst.toExponential(2)}`);
+    engine.dispose();
+  });
   for (const [path, engine] of paths) {
     t.test(`qkvAttention backward (${path}), ${order}, matches finite differences`, async (t) => {
       t.equal(ops.attentionMaterialisesWeights(engine, 4, true, { T: 6, matrices: 4 }), path === 'composite', 'the path under test is the one taken');

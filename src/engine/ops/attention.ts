@@ -59,7 +59,8 @@ export function qkvAttention(qkv: Tensor, heads: number, legacy = true): Tensor 
  * [N·heads, T, T] weights (`matrices` = N·heads of them): when the fused kernels' tiles exceed the
  * device's workgroup memory (d > 128, or d > 127 for the backward, at WebGPU's guaranteed 16 KiB);
  * when a gradient is wanted, unless the engine trains through the fused backward (tuning
- * `attention.fusedBackward`; by default on GPUs, not on CPU adapters); and without a gradient where
+ * `attention.fusedBackward`; by default on GPUs, not on CPU adapters, where it is slower, but there
+ * too when the weights would not fit a binding: refused, the model could not train); and without a gradient where
  * the subgroup GEMM runs its matmuls (lavapipe: T a multiple of 4) and the weights fit a binding —
  * there the fused kernel, a thread per query, ran 3–5× slower (8 heads × 1024 tokens, d = 64:
  * 583 vs 124 ms; 16 × 256: 75 vs 18 ms; 16 × 64: 6.8 vs 2.3 ms).
@@ -68,8 +69,9 @@ export function attentionMaterialisesWeights(e: Engine, d: number, needsGrad: bo
   const limit = e.limits.maxComputeWorkgroupStorageSize;
   if (attentionWorkgroupBytes(d, false) > limit) return true;
   if (!needsGrad) return e.subgroupMatmul && T % 4 === 0 && 4 * matrices * T * T <= e.maxBindingBytes;
+  if (attentionWorkgroupBytes(d, true) > limit) return true;
   const fused = (e.tuning.attention?.fusedBackward ?? (e.cpuAdapter ? 0 : 1)) !== 0;
-  return !fused || attentionWorkgroupBytes(d, true) > limit;
+  return !fused && 4 * matrices * T * T <= e.maxBindingBytes;
 }
 
 /**
