@@ -114,7 +114,12 @@ export function describeBindingLimit(e: Engine): string {
  */
 export function imagesPerChunk(e: Engine, plan: UNetPlan, scope: BindingScope): number {
   const max = e.maxBindingBytes;
+  // Only the weights of the blocks that run are bound: a deep weight over the limit does not stop
+  // a forward to a shallow tap.
+  const prefixes = plan.blocks.slice(0, scope.last).flatMap((b) => b.layers.map((l) => `${l.prefix}.`));
+  const bound = (key: string) => key.startsWith('time_embed.') || (scope.output && key.startsWith('out.')) || prefixes.some((p) => key.startsWith(p));
   for (const [key, shape] of stateDictShapes(plan)) {
+    if (!bound(key)) continue;
     const bytes = 4 * shape.reduce((p, d) => p * d, 1);
     if (bytes > max) {
       throw new BindingLimitError(`U-Net parameter ${key} [${shape.join(', ')}] needs a ${bytes}-byte storage binding, over the largest this engine may use, ${describeBindingLimit(e)}; this model cannot run on it at any batch size`);
