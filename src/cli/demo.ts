@@ -5,7 +5,8 @@ import { join } from 'node:path';
 import { tunedEngine } from './tuning-cache.ts';
 import { writeFileAtomic } from '../model/checkpoint/atomic-write.ts';
 import { assertFiniteJson } from '../train/finite.ts';
-import { runMiniature, sweepFitCount } from '../train/miniature.ts';
+import { fmtPercent } from '../train/format-percent.ts';
+import { checkMiniatureHeads, runMiniature, sweepFitCount } from '../train/miniature.ts';
 import { given, type OptionSpecs, parseArgs, UsageError } from './args.ts';
 import { checkOutputFolder } from './output-file.ts';
 import { loadModel } from './model-options.ts';
@@ -51,6 +52,12 @@ export async function demoCommand(argv: string[]): Promise<number> {
   const started = performance.now();
   const e = await tunedEngine();
   const { unet, hash, sha256 } = await loadModel(e, o.model, o.checkpoint);
+  try {
+    checkMiniatureHeads(e, unet, { headDim: o['head-dim'], headLayers: o['head-layers'], prePool: o['pre-pool'] });
+  } catch (err) {
+    // The heads name the train command's options (--dim, --layers).
+    throw new UsageError(`difrep demo: ${(err as Error).message.replace(/--dim\b/g, '--head-dim').replace(/--layers\b/g, '--head-layers')}`);
+  }
   const S = unet.plan.flags.image_size;
   console.log(`difrep demo: U-Net ${o.checkpoint} (${unet.plan.blocks.length} blocks, ${S}×${S}, sha256 ${hash}…) on ${e.handle.info.description || e.handle.info.vendor}`);
   const r = await runMiniature(e, unet, {
@@ -63,8 +70,8 @@ export async function demoCommand(argv: string[]): Promise<number> {
   // From the hit counts: top-1s subtracted as fractions printed a gap of 79/2000 (3.95) as 3.9.
   const hits = (top1: number) => Math.round(top1 * r.data.test);
   for (const row of r.rows) {
-    const gap = row === raw ? '' : `${((100 * (hits(row.top1) - hits(raw.top1))) / r.data.test).toFixed(1)} ± ${(100 * row.vsRawStdErr).toFixed(1)}`;
-    console.log(`| ${row.method} | ${row.features} | ${(100 * row.top1).toFixed(1)}% ± ${(100 * row.top1StdErr).toFixed(1)} | ${gap} | ${(100 * row.top5).toFixed(1)}% | ${row.params.toLocaleString('en')} | ${fmtTime(row.seconds)} |`);
+    const gap = row === raw ? '' : `${fmtPercent((hits(row.top1) - hits(raw.top1)) / r.data.test)} ± ${fmtPercent(row.vsRawStdErr)}`;
+    console.log(`| ${row.method} | ${row.features} | ${fmtPercent(row.top1)}% ± ${fmtPercent(row.top1StdErr)} | ${gap} | ${fmtPercent(row.top5)}% | ${row.params.toLocaleString('en')} | ${fmtTime(row.seconds)} |`);
   }
   const total = (performance.now() - started) / 1000;
   const result = { checkpoint: o.checkpoint, sha256, adapter: e.handle.info, ...r, seconds: total };

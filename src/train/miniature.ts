@@ -10,6 +10,8 @@ import type { Engine } from '../engine/engine.ts';
 import { slice } from '../engine/ops/layout.ts';
 import { mulberry32 } from '../engine/random.ts';
 import { paperBlocks } from '../model/block-roles.ts';
+import { AttentionHead } from '../model/heads/attention-head.ts';
+import { DifFeed } from '../model/heads/difeed.ts';
 import { gaussianNoise, linearSchedule } from '../model/diffusion.ts';
 import { sample } from '../model/sampling.ts';
 import type { UNet } from '../model/unet.ts';
@@ -18,6 +20,7 @@ import { balancedSubset, type GreyImages, imageSource, loadFashionMnist, seededS
 import { checkExistingCache, type ExtractOptions, extractFeatures, extractionNoiseSeed, featureKey, PIXEL_BLOCK, validateExtractOptions } from './extract.ts';
 import { type FeatureArrays, fitHead, type FitOptions, type FitResult } from './fit.ts';
 import { fitDifFeed } from './fit-difeed.ts';
+import { fmtPercent } from './format-percent.ts';
 import { fmtTime } from './format-time.ts';
 import { probeInputs, type SweepRow, sweepLinearProbes } from './sweep.ts';
 import { writeImageGridPng } from './sample-grid.ts';
@@ -94,16 +97,31 @@ export interface MiniatureResult {
   findings: string[];
 }
 
+/**
+ * Throws the RangeError the Attention, DifFormer or DifFeed head (`headDim`, `headLayers`,
+ * `prePool`) would throw for its size: found by the heads, it came after minutes of sampling,
+ * extraction and sweeps.
+ */
+export function checkMiniatureHeads(e: Engine, unet: UNet, o: Pick<MiniatureOptions, 'headDim' | 'headLayers' | 'prePool'>): void {
+  const roles = paperBlocks(unet.plan);
+  const head = { dim: o.headDim, heads: 4, layers: o.headLayers, prePoolSize: o.prePool };
+  const blocks = (bs: number[]) => bs.map((b) => ({ b, channels: unet.plan.blocks[b - 1].outChannels, size: unet.plan.blocks[b - 1].size }));
+  AttentionHead.checkSize(e, { ...head, blocks: blocks([roles.feature]), timesteps: [150], classes: 10 });
+  AttentionHead.checkSize(e, { ...head, blocks: blocks(roles.difformer), timesteps: HEAD_TIMESTEPS, classes: 10 });
+  AttentionHead.checkSize(e, DifFeed.headOptions(unet, { classes: 10, strategy: 'bottleneck', t: 150, head }));
+}
+
 /** Runs every stage, logging a line per finding; returns what the demo records. */
 export async function runMiniature(e: Engine, unet: UNet, o: MiniatureOptions, log: (line: string) => void): Promise<MiniatureResult> {
   const outDir = o.outDir;
   const seed = o.seed;
+  checkMiniatureHeads(e, unet, o);
   await mkdir(outDir, { recursive: true });
   const S = unet.plan.flags.image_size;
   const roles = paperBlocks(unet.plan);
   const train = await loadFashionMnist('train');
   const test = await loadFashionMnist('test');
-  checkRoom(unet, o.full ? train.count : 10 * o.trainPerClass, outDir, await freeBytesUnder(outDir));
+  checkRoom(unet, o.full ? train.count : 10 * o.trainPerClass, o.full ? test.count : 10 * o.testPerClass, outDir, await freeBytesUnder(outDir), await cachedBytesUnder(outDir));
   const sampleLine = await samplesAndSanity(e, unet, train, outDir, log);
 
   // Data: balanced subsets; the b, t sweep is chosen on a validation split of the training subset.
@@ -128,7 +146,7 @@ export async function runMiniature(e: Engine, unet: UNet, o: MiniatureOptions, l
     rawHits ??= r.testHits; // the raw-pixel probe is recorded first
     hitsOf.set(method, r.testHits);
     rows.push({ method, features, top1: r.top1, top1StdErr, vsRawStdErr: pairedStdErr(r.testHits, rawHits), top5: r.top5, params: r.params, seconds: r.seconds, settings, recipe: r.settings, losses: r.losses });
-    log(`  ${method}: top-1 ${(100 * r.top1).toFixed(1)}% ± ${(100 * top1StdErr).toFixed(1)}, top-5 ${(100 * r.top5).toFixed(1)}%, ${r.params.toLocaleString('en')} parameters, ${fmtTime(r.seconds)}; training loss by epoch ${r.losses.map((l) => l.toFixed(3)).join(' ')}`);
+    log(`  ${method}: top-1 ${fmtPercent(r.top1)}% ± ${fmtPercent(top1StdErr)}, top-5 ${fmtPercent(r.top5)}%, ${r.params.toLocaleString('en')} parameters, ${fmtTime(r.seconds)}; training loss by epoch ${r.losses.map((l) => l.toFixed(3)).join(' ')}`);
   };
   const headLr = o.headLr;
   const fit = (trainSet: FeatureArrays, testSet: FeatureArrays, opts: Omit<FitOptions, 'classes'>, name?: string) => {
@@ -193,7 +211,7 @@ export async function runMiniature(e: Engine, unet: UNet, o: MiniatureOptions, l
   // Raw pixels get the same choices (pool, standardisation) and their full resolution besides.
   const pixelsTrain = rawPixels(train, trainIdx, S);
   const pixelSweep = await sweepOn(pixelsTrain, { timesteps: [0], blocks: [PIXEL_BLOCK], pools: [...SWEEP_POOLS, S] }, 'pixel sweep');
-  log(`  pixel sweep (validation top-1): ${pixelSweep.points.map((p) => `${describe(p)} ${(100 * p.val).toFixed(1)}%`).join(', ')} → ${describe(pixelSweep.best)} (${fmtTime(pixelSweep.seconds)})`);
+  log(`  pixel sweep (validation top-1): ${pixelSweep.points.map((p) => `${describe(p)} ${fmtPercent(p.val)}%`).join(', ')} → ${describe(pixelSweep.best)} (${fmtTime(pixelSweep.seconds)})`);
   const raw = await linearProbe(pixelsTrain, rawPixels(test, testIdx, S), pixelSweep.best);
   record('raw-pixel linear probe', `${S}×${S} pixels, ${describe(pixelSweep.best)}`, raw, `chosen on validation from pool ∈ {${[...SWEEP_POOLS, S]}} × standardisation off/on`);
 
@@ -201,7 +219,7 @@ export async function runMiniature(e: Engine, unet: UNet, o: MiniatureOptions, l
   const sweep = await sweepOn(trainFeatures, { timesteps: SWEEP_TIMESTEPS, blocks: allBlocks, pools: SWEEP_POOLS }, 'GD sweep');
   const best = sweep.best;
   const top = [...sweep.points].sort((x, y) => y.val - x.val).slice(0, 5);
-  log(`  GD sweep: ${sweep.points.length} probes in ${fmtTime(sweep.seconds)}; best on validation: ${top.map((p) => `b${p.b} t${p.t} ${describe(p)} ${(100 * p.val).toFixed(1)}%`).join('; ')}`);
+  log(`  GD sweep: ${sweep.points.length} probes in ${fmtTime(sweep.seconds)}; best on validation: ${top.map((p) => `b${p.b} t${p.t} ${describe(p)} ${fmtPercent(p.val)}%`).join('; ')}`);
 
   // Test features: the heads' blocks and timesteps, and the chosen (b, t).
   const tt = performance.now();
@@ -240,7 +258,7 @@ export async function runMiniature(e: Engine, unet: UNet, o: MiniatureOptions, l
   // overstated it by 1.6× on 400 images).
   const clearly = heads.filter((r) => r.top1 - raw.top1 > 2 * r.vsRawStdErr).map((r) => r.method);
   const findings = [
-    `diffusion features vs raw pixels: ${beatsRaw.length ? `${beatsRaw.join(', ')} beat the raw-pixel probe (${(100 * raw.top1).toFixed(1)}%)` : `none beats the raw-pixel probe (${(100 * raw.top1).toFixed(1)}%)`}; by more than twice the standard error of the difference (paired over the test images): ${clearly.length ? clearly.join(', ') : 'none'}`,
+    `diffusion features vs raw pixels: ${beatsRaw.length ? `${beatsRaw.join(', ')} beat the raw-pixel probe (${fmtPercent(raw.top1)}%)` : `none beats the raw-pixel probe (${fmtPercent(raw.top1)}%)`}; by more than twice the standard error of the difference (paired over the test images): ${clearly.length ? clearly.join(', ') : 'none'}`,
     `ordering found (lowest → highest top-1; <: by more than twice the paired standard error, ≈: within it, =: the same): ${describeOrdering(ranking.map((name) => ({ name, top1: byName[name], hits: hitsOf.get(name)! })))}; the paper's: GD linear < Attention < DifFormer / DifFeed`,
   ];
   for (const f of findings) log(f);
@@ -264,18 +282,47 @@ async function freeBytesUnder(dir: string): Promise<number> {
   return st.bavail * st.bsize;
 }
 
+/** Bytes of the files under `outDir`'s feature caches (features-*) of an earlier run: reused, or replaced. */
+async function cachedBytesUnder(outDir: string): Promise<number> {
+  let total = 0;
+  const walk = async (dir: string): Promise<void> => {
+    for (const entry of await fsp.readdir(dir, { withFileTypes: true }).catch(() => [])) {
+      const path = join(dir, entry.name);
+      if (entry.isDirectory()) await walk(path);
+      else if (entry.isFile()) total += (await fsp.stat(path)).size;
+    }
+  };
+  for (const entry of await fsp.readdir(outDir, { withFileTypes: true }).catch(() => [])) {
+    if (entry.isDirectory() && entry.name.startsWith('features-')) await walk(join(outDir, entry.name));
+  }
+  return total;
+}
+
+const sizeText = (n: number) => (n >= 1e9 ? `${(n / 1e9).toFixed(1)} GB` : `${Math.ceil(n / 1e6)} MB`);
+
 /**
- * The training feature cache (every block × the sweep's timesteps at full map size, for `images`
- * training images) must fit the disk under `outDir` (`freeBytes`) and, loaded whole, twice over in
- * memory (the sweep copies its fit and validation rows): --full's would take 81 GB for fmnist16, so
- * it would end in ENOSPC or out of memory after hours of extraction. Refused up front, with the sizes.
+ * The feature caches must fit the disk under `outDir` (`freeBytes`, plus `cachedBytes` its earlier
+ * caches hold, which are reused or replaced) and, loaded, memory (the training cache twice: the
+ * sweep copies its fit and validation rows). The training cache holds every block × the sweep's
+ * timesteps at full map size; the test cache the heads' blocks and timesteps and the sweep's
+ * choice, not made yet: sized for the largest. --full's would take 81 GB for fmnist16, ending in
+ * ENOSPC or out of memory after hours of extraction. Refused up front, with the sizes.
  */
-export function checkRoom(unet: UNet, images: number, outDir: string, freeBytes: number): void {
-  const perImage = 4 * SWEEP_TIMESTEPS.length * unet.plan.blocks.reduce((n, b) => n + b.outChannels * b.size ** 2, 0);
-  const bytes = images * perImage;
-  const gb = (n: number) => `${(n / 1e9).toFixed(1)} GB`;
-  if (bytes > freeBytes || 2 * bytes > totalmem()) {
-    throw new RangeError(`the demo's training feature cache for ${images} images would take ${gb(bytes)} (${SWEEP_TIMESTEPS.length} timesteps × every block's full maps, ${gb(perImage * 1000)} per 1,000 images) on disk, where ${outDir} has ${gb(freeBytes)} free, and about ${gb(2 * bytes)} of memory (${gb(totalmem())} here): use fewer training images (--train-per-class)`);
+export function checkRoom(unet: UNet, trainImages: number, testImages: number, outDir: string, freeBytes: number, cachedBytes = 0): void {
+  const blockBytes = unet.plan.blocks.map((b) => 4 * b.outChannels * b.size ** 2);
+  const perTrainImage = SWEEP_TIMESTEPS.length * blockBytes.reduce((n, b) => n + b, 0);
+  const roles = paperBlocks(unet.plan);
+  const testBlocks = new Set([...roles.difformer, roles.feature, ...roles.bottleneck]);
+  const chosen = Math.max(0, ...blockBytes.filter((_, i) => !testBlocks.has(i + 1)));
+  const perTestImage = (HEAD_TIMESTEPS.length + 1) * ([...testBlocks].reduce((n, b) => n + blockBytes[b - 1], 0) + chosen);
+  const [train, test] = [trainImages * perTrainImage, testImages * perTestImage];
+  const room = freeBytes + cachedBytes;
+  const earlier = cachedBytes ? ` (${sizeText(cachedBytes)} of it held by this demo's earlier caches, which are reused or replaced)` : '';
+  if (train + test > room || 2 * train + test > totalmem()) {
+    throw new RangeError(
+      `the demo's feature caches would take ${sizeText(train + test)} on disk — training: ${trainImages} images × ${SWEEP_TIMESTEPS.length} timesteps × every block's full maps, ${sizeText(train)}; test: ${testImages} images, at most ${sizeText(test)} — ` +
+        `where ${outDir} has ${sizeText(room)} free${earlier}, and about ${sizeText(2 * train + test)} of memory (${sizeText(totalmem())} here): use fewer training images (--train-per-class) or test images (--test-per-class)`,
+    );
   }
 }
 

@@ -17,6 +17,22 @@ for (const [args, expected] of [
   });
 }
 
+// The heads' size was found by the Attention head, after minutes of sampling, extraction and
+// sweeps, and named the train command's --dim and --layers.
+t.test('heads too large are refused before any work, naming the demo\'s options', async (t) => {
+  const { mkdtemp, rm } = await import('node:fs/promises');
+  const { existsSync } = await import('node:fs');
+  const { join } = await import('node:path');
+  const { tmpdir } = await import('node:os');
+  const dir = await mkdtemp(join(tmpdir(), 'difrep-demo-heads-'));
+  const out = join(dir, 'demo');
+  const err = await demoCommand(['--head-dim', '4096', '--head-layers', '4', '--out', out]).then(() => null, (e: Error) => e);
+  t.type(err, UsageError);
+  t.match(err?.message, /^difrep demo: attention head: [\d,]+ parameters .* over the 500,000,000 allowed: give a smaller --head-dim or fewer --head-layers/);
+  t.notOk(existsSync(out), 'nothing written');
+  await rm(dir, { recursive: true });
+});
+
 // It found these only after loading its model: "Error: EEXIST: file already exists, mkdir".
 t.test('an --out that cannot be the demo\'s folder is refused before the model loads', async (t) => {
   const { mkdtemp, rm, writeFile } = await import('node:fs/promises');
@@ -42,6 +58,11 @@ t.test('demo feature caches that cannot fit the disk or memory are refused befor
   const unet = { plan: planUNet(flags) } as UNet;
   const perImage = 4 * 5 * unet.plan.blocks.reduce((n, b) => n + b.outChannels * b.size ** 2, 0);
   t.equal(perImage, 1_351_680, 'fmnist16: 337,920 floats per image over every block at 5 timesteps (measured by an audit from a cache)');
-  t.doesNotThrow(() => checkRoom(unet, 1000, '/out', 10e9), 'the default demo fits');
-  t.throws(() => checkRoom(unet, 60_000, '/out', 60e9), /training feature cache for 60000 images would take 81\.1 GB .* where \/out has 60\.0 GB free/);
+  t.doesNotThrow(() => checkRoom(unet, 1000, 2000, '/out', 10e9), 'the default demo fits');
+  t.throws(() => checkRoom(unet, 60_000, 10_000, '/out', 60e9), /training: 60000 images × 5 timesteps × every block's full maps, 81\.1 GB; test: 10000 images, at most [\d.]+ GB — where \/out has 60\.0 GB free/);
+  // A rerun: its complete cache of 100 images (135 MB) is reused, so 50 MB free is room enough (it was refused: "0.1 GB > 0.1 GB free").
+  t.doesNotThrow(() => checkRoom(unet, 100, 10, '/out', 50e6, 140e6), 'a rerun reusing its caches');
+  t.throws(() => checkRoom(unet, 100, 10, '/out', 50e6), /would take 1\d\d MB on disk .* where \/out has 50 MB free, and/, 'sizes under a gigabyte in MB');
+  // The test cache counts too: it filled the disk after the sweeps.
+  t.throws(() => checkRoom(unet, 10, 5000, '/out', 1e9), /test: 5000 images, at most [\d.]+ GB/);
 });

@@ -1,6 +1,8 @@
 // Charts of the command line as SVG (text stays text, scales, diffs in review) and as PNG rendered
 // from that SVG by resvg: a horizontal bar chart of accuracies, a labelled heatmap of a matrix
 // (CKA, sweep grids, confusion matrices), and a line chart of a training loss on a log axis.
+import { fmtPercent } from '../../train/format-percent.ts';
+
 const FONT = 'DejaVu Sans, Liberation Sans, Arial, sans-serif';
 
 const escapeXml = (s: string) => s.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
@@ -38,7 +40,7 @@ export function barChartSvg(title: string, bars: Bar[], width = 760): string {
     const w = Math.round(span * Math.max(0, Math.min(1, b.value)));
     body.push(text(8, y + rowH / 2 + 5, b.label, `font-size="${size}"`));
     body.push(`<rect class="bar" x="${labelW}" y="${y + 3}" width="${w}" height="${rowH - 6}" fill="${BAR_COLOUR}"/>`);
-    const value = `${(100 * b.value).toFixed(1)}%${b.error !== undefined ? ` ± ${(100 * b.error).toFixed(1)}` : ''}`;
+    const value = `${fmtPercent(b.value)}%${b.error !== undefined ? ` ± ${fmtPercent(b.error)}` : ''}`;
     body.push(text(labelW + w + 6, y + rowH / 2 + 5, value, `font-size="${size}"`));
   });
   body.push(`<line x1="${labelW - 0.5}" y1="${top - 2}" x2="${labelW - 0.5}" y2="${top + bars.length * rowH}" stroke="#969696"/>`);
