@@ -158,7 +158,8 @@ export async function runMiniature(e: Engine, unet: UNet, o: MiniatureOptions, l
   const linearProbe = (trainSet: FeatureArrays, testSet: FeatureArrays, p: SweepPoint) => {
     const split = probeInputs(trainSet, testSet, featureKey(p.t, p.b), p.pool, p.standardize);
     if (split.warning) log(`  ${split.warning}`);
-    return fit(split.train, split.test, { head: 'linear', timesteps: [p.t], blocks: [p.b], pool: p.pool });
+    // Recorded in the row's recipe (settings.data), as train records it in result.json.
+    return fit(split.train, split.test, { head: 'linear', timesteps: [p.t], blocks: [p.b], pool: p.pool, data: { standardize: p.standardize, chosenOn: 'validation' } });
   };
   // Every grid point trained on the fit part and scored on the validation part of the training
   // subset; ties go to the lowest t, then block, pool, and standardisation off before on.
