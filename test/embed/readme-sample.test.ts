@@ -25,3 +25,21 @@ t.test('README: "Embed it in your WebGPU app" runs and prints its features', asy
     rmSync(file, { force: true });
   }
 });
+
+// It read navigator.gpu, which Node does not have: run as written it failed with a ReferenceError.
+// Expected, by hand: [[1, 2, 3], [4, 5, 6]] · [[0.5, −1], [2, 0], [1, 3]] = [[7.5, 8], [18, 14]], and
+// the gradient of its sum with respect to a is each row of b summed: [−0.5, 2, 4] in both rows.
+t.test('README: "Use it as a library" runs in Node and prints the product and its gradient', async (t) => {
+  const sample = /<!-- readme-sample:library -->\n```ts\n([\s\S]*?)```/.exec(readme);
+  t.ok(sample, 'the README has the marked sample');
+  const code = sample![1].replace(`from './src/index.ts'`, `from '${fileURLToPath(new URL('src/index.ts', root))}'`);
+  const file = fileURLToPath(new URL('test/embed/readme-library.generated.ts', root));
+  writeFileSync(file, code);
+  try {
+    const r = spawnSync(process.execPath, ['--import', 'tsx', file], { cwd: fileURLToPath(root), encoding: 'utf8', timeout: 120_000 });
+    t.equal(r.status, 0, `exit status (stderr: ${r.stderr.split('\n').filter((l) => !l.includes('maxDynamic')).join('\n')})`);
+    t.match(r.stdout, /Float32Array\(4\) \[ 7\.5, 8, 18, 14 \] Float32Array\(6\) \[ -0\.5, 2, 4, -0\.5, 2, 4 \]/);
+  } finally {
+    rmSync(file, { force: true });
+  }
+});
