@@ -102,9 +102,8 @@ export async function fitDifFeed(e: Engine, unet: UNet, train: ImageSource, test
   const fbLr = o.feedbackLr ?? (sgd ? 1e-2 : 1e-3);
   const headLr = o.headLr ?? (sgd ? 1e-2 : 1e-4);
   const group = (params: Map<string, Tensor>, lr: number): Optimizer => (sgd ? new Sgd(e, params, lr) : new Adam(e, params, { lr }));
-  const [fbOptimizer, headOptimizer] = [group(feedbackParams, fbLr), group(headParams, headLr)];
-  const optimizer = new OptimizerGroups([fbOptimizer, headOptimizer]);
-  const schedules = [new StepLR(fbOptimizer, fbLr, o.stepSize ?? 7, o.gamma ?? 0.1), new StepLR(headOptimizer, headLr, o.stepSize ?? 7, o.gamma ?? 0.1)];
+  // Made inside the try below: a refused hyper-parameter must free the layers too.
+  let optimizer: OptimizerGroups | undefined;
   // Everything to save: trainable parameters and BatchNorm running statistics.
   const saved = new Map<string, Tensor>([...difeed.params, ...[...difeed.head.params].map(([k, v]) => [`head.${k}`, v] as [string, Tensor])]);
   // BatchNorm's num_batches_tracked, saved as PyTorch's state_dict holds it.
@@ -118,6 +117,9 @@ export async function fitDifFeed(e: Engine, unet: UNet, train: ImageSource, test
   // The feedback layers, their BatchNorm statistics, the head and both Adams (the U-Net is the
   // caller's), freed however the run ends: a failed fit kept them, and retries piled them up.
   try {
+    const [fbOptimizer, headOptimizer] = [group(feedbackParams, fbLr), group(headParams, headLr)];
+    optimizer = new OptimizerGroups([fbOptimizer, headOptimizer]);
+    const schedules = [new StepLR(fbOptimizer, fbLr, o.stepSize ?? 7, o.gamma ?? 0.1), new StepLR(headOptimizer, headLr, o.stepSize ?? 7, o.gamma ?? 0.1)];
     const settings = {
       head: 'difeed', classes: o.classes, strategy: o.strategy ?? null, feedbackBlocks: o.feedbackBlocks ?? null, multiScaleTarget: o.multiScaleTarget ?? null, t: o.t ?? null, featureBlock: o.featureBlock ?? null, attention: o.head ?? {}, feedbackLr: fbLr, headLr, batchSize,
       stepSize: o.stepSize ?? 7, gamma: o.gamma ?? 0.1, seed, flip: o.flip !== false, trainImages: train.count, dropLast: true,
@@ -191,7 +193,7 @@ export async function fitDifFeed(e: Engine, unet: UNet, train: ImageSource, test
     return { head: 'difeed', epochs, optimizer: sgd ? 'sgd' : 'adam', lr: headLr, batchSize, params, losses, top1: top1 / test.count, top5: top5 / test.count, testHits: hits, settings, seconds: seconds() };
   } finally {
     for (const t of saved.values()) t.dispose();
-    optimizer.dispose();
+    optimizer?.dispose();
     unetParams.forEach((p, i) => (p.requiresGrad = requiredGrad[i]));
   }
 }

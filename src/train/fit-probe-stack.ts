@@ -98,8 +98,11 @@ async function fitStack(
   const P = dims.length;
   const testCount = labels.test.length;
   const stack = LinearProbeStack.create(e, dims, o.classes, o.seed ?? 0);
-  const adam = new Adam(e, stack.params, { lr: o.lr });
+  let made: Adam | undefined;
+  // Freed however the run ends, a refused hyper-parameter included.
   try {
+    const adam = new Adam(e, stack.params, { lr: o.lr });
+    made = adam;
     const schedule = new StepLR(adam, o.lr, o.stepSize ?? 7, o.gamma ?? 0.1);
     for (let epoch = 0; epoch < o.epochs; epoch++) {
       schedule.setEpoch(epoch);
@@ -139,6 +142,6 @@ async function fitStack(
     });
   } finally {
     for (const t of stack.params.values()) t.dispose();
-    adam.dispose();
+    made?.dispose();
   }
 }

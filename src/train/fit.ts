@@ -243,10 +243,12 @@ export async function fitHead(e: Engine, train: FeatureArrays, test: FeatureArra
   train = prePooled(train, keys, o);
   test = prePooled(test, keys, o);
   const model = buildModel(e, train, o);
-  const optimizer: Optimizer = optName === 'sgd' ? new Sgd(e, model.params, lr) : new Adam(e, model.params, { lr });
-  // Freed however the run ends: a failed fit (a NaN loss, a refused resume) kept them, and a caller
-  // retrying at a smaller batch piled them up.
+  let made: Optimizer | undefined;
+  // Freed however the run ends: a failed fit (a NaN loss, a refused resume or hyper-parameter) kept
+  // them, and a caller retrying at a smaller batch piled them up.
   try {
+    const optimizer: Optimizer = optName === 'sgd' ? new Sgd(e, model.params, lr) : new Adam(e, model.params, { lr });
+    made = optimizer;
     const schedule = new StepLR(optimizer, lr, o.stepSize ?? 7, o.gamma ?? 0.1);
     const settings = {
       head: o.head, classes: o.classes, timesteps: o.timesteps, blocks: o.blocks, pool: o.head === 'linear' ? (o.pool ?? 2) : null, attention: o.head === 'linear' ? null : (o.attention ?? {}),
@@ -320,6 +322,6 @@ export async function fitHead(e: Engine, train: FeatureArrays, test: FeatureArra
     return { head: o.head, epochs, optimizer: optName, lr, batchSize, params, losses, ...acc, settings, seconds: seconds() };
   } finally {
     for (const p of model.params.values()) p.dispose();
-    optimizer.dispose();
+    made?.dispose();
   }
 }

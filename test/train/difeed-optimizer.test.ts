@@ -75,3 +75,9 @@ t.test('a U-Net whose parameters require gradients is still frozen: no gradient 
   t.ok(after.every((a, i) => a.every((v, j) => Object.is(v, before[i][j]))), 'every weight bit-unchanged');
   for (const p of params) p.dispose();
 });
+
+t.test('a DifFeed fit refused for its hyper-parameters frees its layers and head', async (t) => {
+  const live = e.memoryStats().liveBytes;
+  await t.rejects(fitDifFeed(e, unet, source, source, { classes: 4, head: { dim: 16, heads: 2, layers: 1, prePoolSize: 4 }, batchSize: 4, epochs: 1, stepSize: 0 }), { message: 'StepLR: stepSize must be an integer ≥ 1, got 0' });
+  t.equal(e.memoryStats().liveBytes, live);
+});

@@ -109,6 +109,14 @@ t.test('a fit that fails in a later step leaves nothing on the GPU (the earlier 
   }
 });
 
+// The optimizer and schedule refuse bad hyper-parameters; made after the head, they left it allocated.
+t.test('a fit refused for its hyper-parameters frees the head it made', async (t) => {
+  const live = e.memoryStats().liveBytes;
+  await t.rejects(fitHead(e, features(8, 3), features(4, 4), linear({ lr: -1 })), { message: 'Adam: lr must be ≥ 0, got -1' });
+  await t.rejects(fitHead(e, features(8, 3), features(4, 4), linear({ lr: 1e-3, stepSize: 0 })), { message: 'StepLR: stepSize must be an integer ≥ 1, got 0' });
+  t.equal(e.memoryStats().liveBytes, live);
+});
+
 t.test('a head trained and evaluated leaves nothing on the GPU (its optimizer\'s moments and evaluation logits were kept)', async (t) => {
   const live = e.memoryStats().liveBytes;
   await fitHead(e, features(8, 3), features(4, 4), linear({ epochs: 2, lr: 1e-3 }));
