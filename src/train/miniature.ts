@@ -121,7 +121,10 @@ export async function runMiniature(e: Engine, unet: UNet, o: MiniatureOptions, l
   const roles = paperBlocks(unet.plan);
   const train = await loadFashionMnist('train');
   const test = await loadFashionMnist('test');
-  checkRoom(unet, o.full ? train.count : 10 * o.trainPerClass, o.full ? test.count : 10 * o.testPerClass, outDir, await freeBytesUnder(outDir), await cachedBytesUnder(outDir));
+  // An earlier run's training cache is reused or replaced: its room counts. A test cache's name
+  // holds the sweep's choice, not made yet, so an earlier one may stay beside the new one.
+  const earlierTrainCache = await bytesUnder(featureCacheDir(outDir, 'train', SWEEP_TIMESTEPS, unet.plan.blocks.map((_, i) => i + 1)));
+  checkRoom(unet, o.full ? train.count : 10 * o.trainPerClass, o.full ? test.count : 10 * o.testPerClass, outDir, await freeBytesUnder(outDir), earlierTrainCache);
   const sampleLine = await samplesAndSanity(e, unet, train, outDir, log);
 
   // Data: balanced subsets; the b, t sweep is chosen on a validation split of the training subset.
@@ -184,7 +187,7 @@ export async function runMiniature(e: Engine, unet: UNet, o: MiniatureOptions, l
   // The splits' names seed their noise apart (extractionNoiseSeed): no test image shares a training image's ε.
   const datasetOf = (split: 'train' | 'test') => `fashion-mnist/${split}`;
   const extract = async (split: 'train' | 'test', ds: GreyImages, idx: number[], timesteps: number[], blocks: number[]) => {
-    const dir = join(outDir, `features-${split}-t${timesteps.join('_')}-b${blocks.join('_')}`);
+    const dir = featureCacheDir(outDir, split, timesteps, blocks);
     const options: ExtractOptions = { outDir: dir, timesteps, blocks, batchSize: 100, chunkSize: 250, seed, provenance: { config: JSON.stringify(unet.plan.flags), checkpoint: o.checkpointHash, dataset: datasetOf(split), subset: JSON.stringify(idx.slice(0, 8)) + idx.length }, onProgress: o.progress(`extract ${split}`, 'images') };
     // The demo's caches are its own: one written with other settings (another checkpoint, config or
     // seed) is replaced, not refused. The config counts: weights that record none (a .pt) load into
@@ -283,27 +286,25 @@ async function freeBytesUnder(dir: string): Promise<number> {
   return st.bavail * st.bsize;
 }
 
-/** Bytes of the files under `outDir`'s feature caches (features-*) of an earlier run: reused, or replaced. */
-async function cachedBytesUnder(outDir: string): Promise<number> {
+/** Bytes of the files under `dir` (0 when there is none). */
+async function bytesUnder(dir: string): Promise<number> {
   let total = 0;
-  const walk = async (dir: string): Promise<void> => {
-    for (const entry of await fsp.readdir(dir, { withFileTypes: true }).catch(() => [])) {
-      const path = join(dir, entry.name);
-      if (entry.isDirectory()) await walk(path);
-      else if (entry.isFile()) total += (await fsp.stat(path)).size;
-    }
-  };
-  for (const entry of await fsp.readdir(outDir, { withFileTypes: true }).catch(() => [])) {
-    if (entry.isDirectory() && entry.name.startsWith('features-')) await walk(join(outDir, entry.name));
+  for (const entry of await fsp.readdir(dir, { withFileTypes: true }).catch(() => [])) {
+    const path = join(dir, entry.name);
+    if (entry.isDirectory()) total += await bytesUnder(path);
+    else if (entry.isFile()) total += (await fsp.stat(path)).size;
   }
   return total;
 }
 
+/** The folder of the demo's feature cache of `split` at `timesteps` × `blocks`. */
+const featureCacheDir = (outDir: string, split: 'train' | 'test', timesteps: number[], blocks: number[]) => join(outDir, `features-${split}-t${timesteps.join('_')}-b${blocks.join('_')}`);
+
 const sizeText = (n: number) => (n >= 1e9 ? `${(n / 1e9).toFixed(1)} GB` : `${Math.ceil(n / 1e6)} MB`);
 
 /**
- * The feature caches must fit the disk under `outDir` (`freeBytes`, plus `cachedBytes` its earlier
- * caches hold, which are reused or replaced) and, loaded, memory (the training cache twice: the
+ * The feature caches must fit the disk under `outDir` (`freeBytes`, plus `cachedBytes` an earlier
+ * run's training cache holds, which is reused or replaced) and, loaded, memory (the training cache twice: the
  * sweep copies its fit and validation rows). The training cache holds every block × the sweep's
  * timesteps at full map size; the test cache the heads' blocks and timesteps and the sweep's
  * choice, not made yet: sized for the largest. --full's would take 81 GB for fmnist16, ending in
@@ -318,7 +319,7 @@ export function checkRoom(unet: UNet, trainImages: number, testImages: number, o
   const perTestImage = (HEAD_TIMESTEPS.length + 1) * ([...testBlocks].reduce((n, b) => n + blockBytes[b - 1], 0) + chosen);
   const [train, test] = [trainImages * perTrainImage, testImages * perTestImage];
   const room = freeBytes + cachedBytes;
-  const earlier = cachedBytes ? ` (${sizeText(cachedBytes)} of it held by this demo's earlier caches, which are reused or replaced)` : '';
+  const earlier = cachedBytes ? ` (${sizeText(cachedBytes)} of it held by an earlier run's training cache, which is reused or replaced)` : '';
   if (train + test > room || 2 * train + test > totalmem()) {
     throw new RangeError(
       `the demo's feature caches would take ${sizeText(train + test)} on disk — training: ${trainImages} images × ${SWEEP_TIMESTEPS.length} timesteps × every block's full maps, ${sizeText(train)}; test: ${testImages} images, at most ${sizeText(test)} — ` +
