@@ -119,11 +119,6 @@ export function handSetTuning(cache: TuningCache, adapter: string): Tuning {
 }
 
 /**
- * Stores the tiles `difrep tune` found (`tuning`: matmul and conv2d, a family left out keeping its
- * built-in tiles) as `adapter`'s, keeping the entry's other settings (matmulSubgroup, attention,
- * rows: set by hand, documented) and the other adapters' entries as they are.
- */
-/**
  * Refuses, before a search of a minute, a cache that could not be stored: its folder cannot be made
  * or written (the store writes a temporary file there and renames it over the cache).
  */
@@ -139,6 +134,11 @@ export async function checkTuningWritable(): Promise<void> {
   }
 }
 
+/**
+ * Stores the tiles `difrep tune` found (`tuning`: matmul and conv2d, a family left out keeping its
+ * built-in tiles) as `adapter`'s, keeping the entry's other settings (matmulSubgroup, attention,
+ * rows: set by hand, documented) and the other adapters' entries as they are.
+ */
 export async function storeTuning(adapter: string, tuning: Tuning): Promise<void> {
   await mkdir(dirname(tuningPath()), { recursive: true });
   // Read, edit and write under a lock: two runs at once (nodes sharing a home folder) each wrote
