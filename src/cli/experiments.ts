@@ -573,7 +573,7 @@ async function evalCommand(argv: string[]): Promise<number> {
   const progress = await readStateProgress(state);
   const stateTime = (await stat(state)).mtimeMs;
   const finished = await stat(join(o.run, 'result.json')).then((r) => r.mtimeMs >= stateTime, () => false);
-  if (!finished) warnIf(`${o.run} has no result.json newer than its state: its training has not finished (stopped, or still running); scoring the state saved after ${progress.epochs} epochs (${progress.steps} steps)`);
+  if (!finished) warnIf(`${o.run} has no result.json newer than its state: its training has not finished (stopped, or still running); scoring the state saved after ${progress.epochs} epochs${progress.batches ? ` and ${progress.batches} batches of epoch ${progress.epochs + 1}` : ''} (${progress.steps} steps)`);
   const data = (settings.data ?? {}) as { features?: string; train?: string; trainCache?: CacheSignature; standardize?: boolean };
   const pixels = await isPixelCache(o.features);
   if (pixels !== (data.features === 'pixels')) throw new UsageError(`difrep eval: ${o.run} was trained on ${data.features === 'pixels' ? 'raw pixels' : 'U-Net features'}, but ${o.features} holds ${pixels ? 'raw pixels' : 'U-Net features'}`);

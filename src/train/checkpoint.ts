@@ -28,14 +28,21 @@ export interface PartialEpoch {
 
 /**
  * The partial epoch a state saved within an epoch records (progress batch, epochLoss and
- * epochCorrect; the last absent from DifFeed's), or undefined for one saved at an epoch's end.
+ * epochCorrect; the last absent from DifFeed's), or undefined for one saved at an epoch's end. A
+ * batch count at or past the epoch's `batchesPerEpoch` would skip the epoch unseen: refused.
  */
-export function savedPartialEpoch(progress: TrainingProgress | undefined, path: string): PartialEpoch | undefined {
+export function savedPartialEpoch(progress: TrainingProgress | undefined, path: string, batchesPerEpoch: number): PartialEpoch | undefined {
   if (progress?.batch === undefined) return undefined;
   const partial = { batch: Number(progress.batch), lossSum: Number(progress.epochLoss), correct: Number(progress.epochCorrect ?? 0) };
   const count = (v: number) => Number.isSafeInteger(v) && v >= 0;
-  if (!(count(partial.batch) && partial.batch > 0 && Number.isFinite(partial.lossSum) && partial.lossSum >= 0 && count(partial.correct))) {
-    throw new CheckpointError(path, `corrupt training checkpoint: progress batch ${JSON.stringify(progress.batch)}, epochLoss ${JSON.stringify(progress.epochLoss)}, epochCorrect ${JSON.stringify(progress.epochCorrect)} are not a count, a finite sum and a count`);
+  const bad = [
+    ...(count(partial.batch) && partial.batch > 0 ? [] : [`batch ${JSON.stringify(progress.batch)} is not a count of batches`]),
+    ...(Number.isFinite(partial.lossSum) && partial.lossSum >= 0 ? [] : [`epochLoss ${JSON.stringify(progress.epochLoss)} is not a finite sum`]),
+    ...(count(partial.correct) ? [] : [`epochCorrect ${JSON.stringify(progress.epochCorrect)} is not a count`]),
+  ];
+  if (bad.length) throw new CheckpointError(path, `corrupt training checkpoint: its progress ${bad.join(', ')}`);
+  if (partial.batch >= batchesPerEpoch) {
+    throw new CheckpointError(path, `corrupt training checkpoint: saved within epoch ${progress.epoch + 1} after batch ${partial.batch}, but the epoch has ${batchesPerEpoch} batches`);
   }
   return partial;
 }
@@ -155,12 +162,12 @@ export async function readStateSettings(path: string): Promise<RunSettings> {
 }
 
 /**
- * How far the run that saved the state at `path` had trained: whole epochs (a state saved within an
- * epoch, as DifFeed's can be, counts only those before it) and optimizer steps.
+ * How far the run that saved the state at `path` had trained: whole epochs, the batches of the next
+ * one for a state saved within an epoch (0 for one saved at an epoch's end), and optimizer steps.
  */
-export async function readStateProgress(path: string): Promise<{ epochs: number; steps: number }> {
+export async function readStateProgress(path: string): Promise<{ epochs: number; batches: number; steps: number }> {
   const p = parseProgress(path, (await readStateMetadata(path)).progress);
-  return { epochs: p.batch === undefined ? p.epoch + 1 : p.epoch, steps: p.steps };
+  return p.batch === undefined ? { epochs: p.epoch + 1, batches: 0, steps: p.steps } : { epochs: p.epoch, batches: Number(p.batch), steps: p.steps };
 }
 
 /** The settings of the training state at `path`, or undefined when none is saved there. */

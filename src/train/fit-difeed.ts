@@ -14,7 +14,6 @@ import { AttentionHead } from '../model/heads/attention-head.ts';
 import { DifFeed, type DifFeedOptions } from '../model/heads/difeed.ts';
 import type { UNet } from '../model/unet.ts';
 import { imagesPerChunk } from '../model/unet-bindings.ts';
-import { CheckpointError } from '../model/checkpoint/checkpoint-error.ts';
 import { checkEpochs, type SavedCount, savedPartialEpoch, saveTrainingState, startOrResume } from './checkpoint.ts';
 import { epochBatches } from './epoch-batches.ts';
 import type { ImageSource } from './extract.ts';
@@ -133,7 +132,7 @@ export async function fitDifFeed(e: Engine, unet: UNet, train: ImageSource, test
     if (!(Number.isSafeInteger(bnTrainEpochs) && bnTrainEpochs >= 0)) throw new RangeError(`DifFeed: batchNormTrainEpochs ${o.batchNormTrainEpochs} is not a whole number of epochs ≥ 0`);
     const progress = await startOrResume(e, o.checkpoint, !!o.resume, settings, saved, optimizer, o.onResume, counts);
     // A state saved within an epoch records the batches of that epoch it had trained, and their loss sum.
-    const partial = savedPartialEpoch(progress, o.checkpoint!);
+    const partial = savedPartialEpoch(progress, o.checkpoint!, Math.floor(train.count / batchSize));
     checkEpochs(progress, epochs, o.checkpoint!);
     const startEpoch = progress ? (partial ? progress.epoch : progress.epoch + 1) : 0;
     const saveEvery = (o.checkpointEverySeconds ?? 300) * 1000;
@@ -150,8 +149,6 @@ export async function fitDifFeed(e: Engine, unet: UNet, train: ImageSource, test
       const steps = new StepLosses(e);
       try {
         const resumeAt = partial && epoch === startEpoch ? partial.batch : 0;
-        // A batch count past the epoch's would skip the whole epoch unseen.
-        if (resumeAt >= batches) throw new CheckpointError(o.checkpoint!, `corrupt training checkpoint: saved within epoch ${epoch + 1} after batch ${resumeAt}, but the epoch has ${batches} batches`);
         if (resumeAt) steps.weightedSum = partial!.lossSum;
         for (const [b, idx] of epochIdx.entries()) {
           if (b < resumeAt) continue;

@@ -7,7 +7,6 @@ import { crossEntropy } from '../engine/ops/nn.ts';
 import type { Tensor } from '../engine/tensor.ts';
 import { ATTENTION_HEAD_DEFAULTS, AttentionHead, type AttentionHeadOptions } from '../model/heads/attention-head.ts';
 import { LinearProbe } from '../model/heads/linear-probe.ts';
-import { CheckpointError } from '../model/checkpoint/checkpoint-error.ts';
 import { openSafetensors } from '../model/checkpoint/safetensors.ts';
 import { readFinite } from '../model/checkpoint/tensor-source.ts';
 import { poolCached } from './cached-features.ts';
@@ -258,7 +257,7 @@ export async function fitHead(e: Engine, train: FeatureArrays, test: FeatureArra
     };
     const progress = await startOrResume(e, o.checkpoint, !!o.resume, settings, model.params, optimizer, o.onResume);
     // A state saved within an epoch records the batches of that epoch it had trained, their loss sum and hits.
-    const partial = savedPartialEpoch(progress, o.checkpoint!);
+    const partial = savedPartialEpoch(progress, o.checkpoint!, Math.floor(train.count / batchSize));
     checkEpochs(progress, epochs, o.checkpoint!);
     const startEpoch = progress ? (partial ? progress.epoch : progress.epoch + 1) : 0;
     const saveEvery = (o.checkpointEverySeconds ?? 300) * 1000;
@@ -275,8 +274,6 @@ export async function fitHead(e: Engine, train: FeatureArrays, test: FeatureArra
       const steps = new StepLosses(e);
       try {
         const resumeAt = partial && epoch === startEpoch ? partial.batch : 0;
-        // A batch count past the epoch's would skip the whole epoch unseen.
-        if (resumeAt >= batchesPerEpoch) throw new CheckpointError(o.checkpoint!, `corrupt training checkpoint: saved within epoch ${epoch + 1} after batch ${resumeAt}, but the epoch has ${batchesPerEpoch} batches`);
         if (resumeAt) [steps.weightedSum, steps.correct] = [partial!.lossSum, partial!.correct];
         for (const [bi, idx] of batches.entries()) {
           if (bi < resumeAt) continue;

@@ -106,7 +106,7 @@ t.test('eval rebuilds a trained head from its state and scores any split', async
   t.equal(diagonal / scored.images, scored.top1, 'top-1 is the confusion matrix\'s trace');
   t.equal(scored.images, 40);
   // The report names the state it scored (a stopped run's state is not its last epoch).
-  t.same(scored.state, { epochs: 1, steps: 5, finished: true });
+  t.same(scored.state, { epochs: 1, batches: 0, steps: 5, finished: true });
   t.ok((await readFile(join(dir, 'confusion.png'))).length > 100);
   // A run without a result.json newer than its state has not finished: eval says so (it scored it silently).
   const { rename: move } = await import('node:fs/promises');

@@ -46,6 +46,12 @@ t.test('stopped after batch 2 of epoch 2 and resumed: the same state and losses 
   await writeSafetensors(edited, all, { ...src.metadata, progress: JSON.stringify({ ...JSON.parse(src.metadata.progress), batch: 9 }) });
   await src.close();
   await t.rejects(fitDifFeed(e, unet, source, source, options(edited, { resume: true })), /corrupt training checkpoint: saved within epoch 2 after batch 9, but the epoch has 3 batches/);
+  // A bad loss sum is named alone: DifFeed records no epochCorrect, which the message blamed too.
+  const src2 = await openSafetensors(stopped);
+  const all2 = Object.fromEntries(await Promise.all(src2.keys().map(async (k) => [k, { shape: src2.info(k)!.shape, data: await src2.read(k) }])));
+  await writeSafetensors(edited, all2, { ...src2.metadata, progress: JSON.stringify({ ...JSON.parse(src2.metadata.progress), epochLoss: -1 }) });
+  await src2.close();
+  await t.rejects(fitDifFeed(e, unet, source, source, options(edited, { resume: true })), { message: /corrupt training checkpoint: its progress epochLoss -1 is not a finite sum$/ });
   let batchesRun = 0;
   const resumed = await fitDifFeed(e, unet, source, source, options(stopped, { resume: true, onBatch: () => void batchesRun++ }));
   t.equal(batchesRun, 2, 'only batches 2 and 3 of epoch 2 run again');

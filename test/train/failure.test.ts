@@ -7,6 +7,7 @@ import t from 'tap';
 import { createEngine } from '../../src/engine/engine.ts';
 import { type NamedArray, openSafetensors, writeSafetensors } from '../../src/model/checkpoint/safetensors.ts';
 import { countTopK } from '../../src/train/eval/classification.ts';
+import { readStateProgress } from '../../src/train/checkpoint.ts';
 import { type FeatureArrays, fitHead, type FitOptions } from '../../src/train/fit.ts';
 import { assertFinite, assertFiniteJson, NonFiniteError } from '../../src/train/finite.ts';
 import { randomNd, testEngine } from '../helpers/check.ts';
@@ -214,6 +215,8 @@ t.test('a head stopped within an epoch resumes at the next batch, to the state o
   const saved = await openSafetensors(stopped);
   t.match(JSON.parse(saved.metadata.progress), { epoch: 1, batch: 1 }, 'saved after batch 1 of epoch 2');
   await saved.close();
+  // What eval reports of it: one epoch and a batch (it said "1 epochs" alone).
+  t.same(await readStateProgress(stopped), { epochs: 1, batches: 1, steps: 4 });
   let batchesRun = 0;
   let trainAccuracy = -1;
   const resumed = await fitHead(e, train, test, o(stopped, { resume: true, onBatch: () => void batchesRun++, onEpoch: (i) => void (trainAccuracy = i.trainAccuracy) }));
