@@ -78,4 +78,7 @@ t.test('lineChartSvg: x linear, y on a log axis with 1-2-5 ticks, bad points ref
   t.same(ticks(0.3, 0.6), ['0.3', '0.4', '0.5', '0.6'], '1…9 × 10^k where 1-2-5 gives fewer than two');
   t.same(ticks(0.031, 0.033), ['0.031', '0.033'], 'the ends themselves where 1…9 gives fewer than two');
   t.same(ticks(0.01, 1), ['0.01', '0.02', '0.05', '0.1', '0.2', '0.5', '1'], '1-2-5 where it gives two or more');
+  // Ends that agree to three digits get the digits that tell them apart ("1" and "1" before).
+  t.same(ticks(1.0001, 1.0004), ['1.0001', '1.0004']);
+  t.same(ticks(0.03112, 0.03114), ['0.03112', '0.03114']);
 });

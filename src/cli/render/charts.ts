@@ -135,10 +135,15 @@ export function lineChartSvg(title: string, points: [number, number][], xLabel: 
   const px = (x: number) => left + (x1 === x0 ? plotW / 2 : ((x - x0) / (x1 - x0)) * plotW);
   const py = (y: number) => top + ((logHi - Math.log10(y)) / (logHi - logLo)) * plotH;
   const body = [text(8, 22, title, `font-size="${size + 2}" font-weight="bold"`)];
-  for (const v of logTicks(10 ** logLo, 10 ** logHi)) {
+  const ticks = logTicks(10 ** logLo, 10 ** logHi);
+  // Three significant digits, more where ticks would share a label (the ends of a narrow range: 1.0001 and 1.0004).
+  let digits = 3;
+  const label = (v: number) => String(Number(v.toPrecision(digits)));
+  while (digits < 17 && new Set(ticks.map(label)).size < ticks.length) digits++;
+  for (const v of ticks) {
     const y = py(v).toFixed(1);
     body.push(`<line x1="${left}" y1="${y}" x2="${left + plotW}" y2="${y}" stroke="#e0e0e0"/>`);
-    body.push(text(left - 6, Number(y) + 4, String(Number(v.toPrecision(3))), `font-size="${size}" text-anchor="end"`));
+    body.push(text(left - 6, Number(y) + 4, label(v), `font-size="${size}" text-anchor="end"`));
   }
   for (let i = 0; i <= 4; i++) {
     const x = x0 + ((x1 - x0) * i) / 4;
