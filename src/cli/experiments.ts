@@ -7,7 +7,7 @@ import { tunedEngine } from './tuning-cache.ts';
 import { removeStaleTempFiles, writeFileAtomic } from '../model/checkpoint/atomic-write.ts';
 import { describeMapping, type PaperBlocks, paperBlocks } from '../model/block-roles.ts';
 import { flagsFromJson, planUNet } from '../model/unet-config.ts';
-import { type DifFeedOptions, feedbackPlan } from '../model/heads/difeed.ts';
+import { type DifFeedOptions, FEEDBACK_STRATEGIES, feedbackPlan } from '../model/heads/difeed.ts';
 import { type CacheSignature, signatureDifferences } from '../train/cache-signature.ts';
 import { checkLabels, checkSameExtraction, checkTrainTestCaches, headClasses, isPixelCache, loadCachedFeatures, sameSplitWarning } from '../train/cached-features.ts';
 import { DecodePool } from '../train/data/decode-pool.ts';
@@ -227,7 +227,7 @@ const TRAIN = {
   test: { type: 'string', meta: 'DIR', help: 'feature cache of the test split (required except for difeed)' },
   head: { type: 'string', choices: ['linear', 'attention', 'difformer', 'difeed'], help: 'the head; difeed trains from Fashion-MNIST images with the U-Net live', default: 'linear' },
   ...MODEL_OPTIONS,
-  strategy: { type: 'string', choices: ['all', 'bottleneck', 'windowed', 'multi-scale'], help: 'difeed: which decoder blocks feed back', default: 'bottleneck' },
+  strategy: { type: 'string', choices: FEEDBACK_STRATEGIES, help: 'difeed: which decoder blocks feed back', default: 'bottleneck' },
   'per-class': { type: 'int', min: 1, max: MAX_IMAGES, help: 'difeed: training images per class', default: 10 },
   'test-per-class': { type: 'int', min: 1, max: MAX_IMAGES, help: 'difeed: test images per class', default: 10 },
   flip: { type: 'string', choices: ['true', 'false'], help: 'difeed: random horizontal flips (seeded)', default: 'true' },

@@ -65,6 +65,25 @@ t.test('an attention head refuses a block or timestep listed twice', async (t) =
   t.throws(() => AttentionHead.specs({ blocks: [blk], timesteps: [90, 150, 90], classes: 3, dim: 8, heads: 2 }), /attention head: timestep 90 is listed twice/);
 });
 
+// Checked against diffssl's modules by a helper: an MLP ratio of 1.3 at dim 8 is int(10.4) = 10 units
+// in timm's Block (it failed here: "83 values given for shape [10.4,8]"); empty lists built a head
+// whose first forward failed inside concat, and 1.5 layers built one.
+t.test('an attention head sizes a fractional MLP ratio as int(dim · ratio) and refuses options with no head', async (t) => {
+  const { AttentionHead } = await import('../../src/model/heads/attention-head.ts');
+  const blk = { b: 1, channels: 4, size: 4 };
+  const base = { blocks: [blk], timesteps: [150], classes: 3, dim: 8, heads: 2, layers: 1 };
+  t.same(AttentionHead.specs({ ...base, mlpRatio: 1.3 }).get('intra_inter_block_attention.layers.1.mlp.fc1.weight')?.shape, [10, 8]);
+  const cases: [Record<string, unknown>, string][] = [
+    [{ blocks: [] }, 'attention head: blocks 0 must be a whole number ≥ 1'],
+    [{ timesteps: [] }, 'attention head: timesteps 0 must be a whole number ≥ 1'],
+    [{ classes: 0 }, 'attention head: classes 0 must be a whole number ≥ 1'],
+    [{ layers: 1.5 }, 'attention head: layers 1.5 must be a whole number ≥ 0'],
+    [{ blocks: [{ b: 1, channels: 4, size: 0 }] }, 'attention head: block 1 of 4 channels at 0×0 has no features; channels and size are whole numbers ≥ 1'],
+    [{ mlpRatio: 0.1 }, 'attention head: mlpRatio 0.1 gives an MLP of 0 units at dim 8; give a ratio of at least 1 / dim'],
+  ];
+  for (const [more, message] of cases) t.throws(() => AttentionHead.specs({ ...base, ...more }), { name: 'RangeError', message }, JSON.stringify(more));
+});
+
 t.test('a DifFeed state with a negative BatchNorm running variance is refused, naming the value', async (t) => {
   // Eval-mode BatchNorm's sqrt(var + eps) would be NaN there, and the ReLU after it would make it 0 unseen.
   const dump = await openSafetensors(new URL('../fixtures/difeed.safetensors', import.meta.url).pathname);

@@ -68,4 +68,7 @@ t.test('a feature block, feedback block or multi-scale target that is no block n
   }
   t.throws(() => feedbackPlan(unet, { classes: 4, feedbackBlocks: [6.5] }), { name: 'RangeError', message: 'DifFeed: block 6.5 is not a decoder block (decoder blocks are 6..9)' });
   t.throws(() => feedbackPlan(unet, { classes: 4, strategy: 'multi-scale', multiScaleTarget: 2.5 }), { name: 'RangeError', message: /DifFeed: multiScaleTarget 2\.5 is not a block number/ });
+  // An empty list failed in the U-Net's first forward (no tap asked for); a misspelt strategy as 'feedbackBlocks is not iterable'.
+  t.throws(() => feedbackPlan(unet, { classes: 4, feedbackBlocks: [] }), { name: 'RangeError', message: 'DifFeed: feedbackBlocks is empty; give at least one decoder block to feed back (or a strategy)' });
+  t.throws(() => feedbackPlan(unet, { classes: 4, strategy: 'bottelneck' as 'bottleneck' }), { name: 'RangeError', message: 'DifFeed: strategy "bottelneck" is none of all, bottleneck, windowed, multi-scale' });
 });

@@ -40,6 +40,9 @@ export interface AttentionHeadOptions {
 
 export const ATTENTION_HEAD_DEFAULTS = { dim: 1024, heads: 8, mlpRatio: 4, layers: 2, prePoolSize: 16 };
 
+/** The MLP's hidden units: int(dim · mlp_ratio), as timm's Block (diffssl attention_head.py) sizes it. */
+const mlpHidden = (mlpRatio: number, dim: number) => Math.trunc(mlpRatio * dim);
+
 /** Features for one forward: timestep → block → [N, C, H, W]. */
 export type FeatureSet = Map<number, Map<number, Tensor>>;
 
@@ -66,6 +69,15 @@ export class AttentionHead {
     const d = o.dim;
     // timm's Attention asserts it too: each head attends over d / heads channels.
     if (!Number.isInteger(d / o.heads)) throw new RangeError(`attention head: dim ${d} does not split into ${o.heads} heads; give a dim that is a multiple of the heads`);
+    // An empty list built a head whose first forward failed inside concat; 1.5 layers built one.
+    const whole = (v: number, least: number) => Number.isInteger(v) && v >= least;
+    for (const [what, v, least] of [['layers', o.layers, 0], ['classes', o.classes, 1], ['blocks', o.blocks.length, 1], ['timesteps', o.timesteps.length, 1]] as const) {
+      if (!whole(v, least)) throw new RangeError(`attention head: ${what} ${v} must be a whole number ≥ ${least}`);
+    }
+    const bad = o.blocks.find((blk) => !whole(blk.channels, 1) || !whole(blk.size, 1));
+    if (bad) throw new RangeError(`attention head: block ${bad.b} of ${bad.channels} channels at ${bad.size}×${bad.size} has no features; channels and size are whole numbers ≥ 1`);
+    const hidden = mlpHidden(o.mlpRatio, d);
+    if (!whole(hidden, 1)) throw new RangeError(`attention head: mlpRatio ${o.mlpRatio} gives an MLP of ${hidden} units at dim ${d}; give a ratio of at least 1 / dim`);
     // A repeat would share one block's tokenizer weights but tokenize its feature twice, or feed one
     // timestep's CLS to the classifier twice (diffssl asks for lists without repeats).
     for (const [what, list] of [['block', o.blocks.map((blk) => blk.b)], ['timestep', o.timesteps]] as const) {
@@ -93,8 +105,8 @@ export class AttentionHead {
       lin(`${p}.attn.proj`, d, d);
       m.set(`${p}.norm2.weight`, { shape: [d], init: 'ones' });
       m.set(`${p}.norm2.bias`, { shape: [d], init: 'zeros' });
-      lin(`${p}.mlp.fc1`, o.mlpRatio * d, d);
-      lin(`${p}.mlp.fc2`, d, o.mlpRatio * d);
+      lin(`${p}.mlp.fc1`, hidden, d);
+      lin(`${p}.mlp.fc2`, d, hidden);
     }
     lin('head', o.classes, d * o.timesteps.length);
     return m;
@@ -110,7 +122,7 @@ export class AttentionHead {
     const o = { ...ATTENTION_HEAD_DEFAULTS, ...options };
     const L = 1 + o.blocks.reduce((n, b) => n + Math.min(b.size, o.prePoolSize) ** 2, 0);
     const input = Math.max(...o.blocks.map((b) => b.channels * Math.min(b.size, o.prePoolSize) ** 2));
-    return 4 * Math.max(L * o.heads * L, L * o.mlpRatio * o.dim, L * 3 * o.dim, input);
+    return 4 * Math.max(L * o.heads * L, L * mlpHidden(o.mlpRatio, o.dim), L * 3 * o.dim, input);
   }
 
   /**

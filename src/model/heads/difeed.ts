@@ -31,7 +31,8 @@ export interface FeedbackProbe {
   freezeRunningStats?: boolean;
 }
 
-export type FeedbackStrategy = 'all' | 'bottleneck' | 'windowed' | 'multi-scale';
+export const FEEDBACK_STRATEGIES = ['all', 'bottleneck', 'windowed', 'multi-scale'] as const;
+export type FeedbackStrategy = (typeof FEEDBACK_STRATEGIES)[number];
 
 export interface DifFeedOptions {
   strategy?: FeedbackStrategy;
@@ -318,7 +319,10 @@ export function feedbackPlan(unet: UNet, options: DifFeedOptions): { feedbackBlo
   const roles = paperBlocks(plan);
   const N = plan.blocks.length;
   const strategy = options.strategy ?? 'bottleneck';
+  if (!FEEDBACK_STRATEGIES.includes(strategy)) throw new RangeError(`DifFeed: strategy ${JSON.stringify(strategy)} is none of ${FEEDBACK_STRATEGIES.join(', ')}`);
   const feedbackBlocks = options.feedbackBlocks ?? (strategy === 'multi-scale' ? roles.windowed : roles[strategy]);
+  // No feedback is no DifFeed: its first forward asked the U-Net for no tap.
+  if (!feedbackBlocks.length) throw new RangeError('DifFeed: feedbackBlocks is empty; give at least one decoder block to feed back (or a strategy)');
   const featureBlock = options.featureBlock ?? roles.feature;
   if (!Number.isInteger(featureBlock) || featureBlock < 1 || featureBlock > N) throw new RangeError(`DifFeed: feature block ${featureBlock} is not a block of this U-Net (1..${N})`);
   for (const b of feedbackBlocks) {
