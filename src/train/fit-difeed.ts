@@ -15,7 +15,7 @@ import { DifFeed, type DifFeedOptions } from '../model/heads/difeed.ts';
 import type { UNet } from '../model/unet.ts';
 import { imagesPerChunk } from '../model/unet-bindings.ts';
 import { checkEpochs, type SavedCount, savedPartialEpoch, saveTrainingState, startOrResume } from './checkpoint.ts';
-import { epochBatches } from './epoch-batches.ts';
+import { batchesPerEpoch, epochBatches } from './epoch-batches.ts';
 import type { ImageSource } from './extract.ts';
 import { noiseSeed } from './noise-seed.ts';
 import { assertFinite } from './finite.ts';
@@ -132,7 +132,7 @@ export async function fitDifFeed(e: Engine, unet: UNet, train: ImageSource, test
     if (!(Number.isSafeInteger(bnTrainEpochs) && bnTrainEpochs >= 0)) throw new RangeError(`DifFeed: batchNormTrainEpochs ${o.batchNormTrainEpochs} is not a whole number of epochs ≥ 0`);
     const progress = await startOrResume(e, o.checkpoint, !!o.resume, settings, saved, optimizer, o.onResume, counts);
     // A state saved within an epoch records the batches of that epoch it had trained, and their loss sum.
-    const partial = savedPartialEpoch(progress, o.checkpoint!, Math.floor(train.count / batchSize));
+    const partial = savedPartialEpoch(progress, o.checkpoint!, batchesPerEpoch(train.count, batchSize));
     checkEpochs(progress, epochs, o.checkpoint!);
     const startEpoch = progress ? (partial ? progress.epoch : progress.epoch + 1) : 0;
     const saveEvery = (o.checkpointEverySeconds ?? 300) * 1000;

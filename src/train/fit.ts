@@ -11,7 +11,7 @@ import { openSafetensors } from '../model/checkpoint/safetensors.ts';
 import { readFinite } from '../model/checkpoint/tensor-source.ts';
 import { poolCached } from './cached-features.ts';
 import { checkEpochs, readRunSettings, type RunSettings, savedPartialEpoch, saveTrainingState, startOrResume } from './checkpoint.ts';
-import { epochBatches } from './epoch-batches.ts';
+import { batchesPerEpoch, epochBatches } from './epoch-batches.ts';
 import { checkClassLabels, countTopK } from './eval/classification.ts';
 import { featureKey } from './feature-key.ts';
 import { assertFinite } from './finite.ts';
@@ -257,7 +257,7 @@ export async function fitHead(e: Engine, train: FeatureArrays, test: FeatureArra
     };
     const progress = await startOrResume(e, o.checkpoint, !!o.resume, settings, model.params, optimizer, o.onResume);
     // A state saved within an epoch records the batches of that epoch it had trained, their loss sum and hits.
-    const partial = savedPartialEpoch(progress, o.checkpoint!, Math.floor(train.count / batchSize));
+    const partial = savedPartialEpoch(progress, o.checkpoint!, batchesPerEpoch(train.count, batchSize));
     checkEpochs(progress, epochs, o.checkpoint!);
     const startEpoch = progress ? (partial ? progress.epoch : progress.epoch + 1) : 0;
     const saveEvery = (o.checkpointEverySeconds ?? 300) * 1000;

@@ -97,6 +97,9 @@ export interface MiniatureResult {
   findings: string[];
 }
 
+/** The demo's attention heads (Attention, DifFormer, DifFeed's): 4 heads, the rest from its options. */
+const miniatureHead = (o: Pick<MiniatureOptions, 'headDim' | 'headLayers' | 'prePool'>) => ({ dim: o.headDim, heads: 4, layers: o.headLayers, prePoolSize: o.prePool });
+
 /**
  * Throws the RangeError the Attention, DifFormer or DifFeed head (`headDim`, `headLayers`,
  * `prePool`) would throw for its size: found by the heads, it came after minutes of sampling,
@@ -104,7 +107,7 @@ export interface MiniatureResult {
  */
 export function checkMiniatureHeads(e: Engine, unet: UNet, o: Pick<MiniatureOptions, 'headDim' | 'headLayers' | 'prePool'>): void {
   const roles = paperBlocks(unet.plan);
-  const head = { dim: o.headDim, heads: 4, layers: o.headLayers, prePoolSize: o.prePool };
+  const head = miniatureHead(o);
   const blocks = (bs: number[]) => bs.map((b) => ({ b, channels: unet.plan.blocks[b - 1].outChannels, size: unet.plan.blocks[b - 1].size }));
   AttentionHead.checkSize(e, { ...head, blocks: blocks([roles.feature]), timesteps: [150], classes: 10 });
   AttentionHead.checkSize(e, { ...head, blocks: blocks(roles.difformer), timesteps: HEAD_TIMESTEPS, classes: 10 });
@@ -138,7 +141,7 @@ export async function runMiniature(e: Engine, unet: UNet, o: MiniatureOptions, l
 
   const epochs = o.epochs;
   const schedule = { epochs, stepSize: o.stepSize, batchSize: o.batchSize };
-  const attention = { dim: o.headDim, heads: 4, layers: o.headLayers, prePoolSize: o.prePool };
+  const attention = miniatureHead(o);
   const rows: MiniatureRow[] = [];
   /** Binomial standard error of a top-1 over the test images. */
   const testStdErr = (top1: number) => Math.sqrt((top1 * (1 - top1)) / testIdx.length);
