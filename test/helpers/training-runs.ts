@@ -53,3 +53,27 @@ export function labelTurningBad(labels: ArrayLike<number>, at: number, bad: numb
     },
   });
 }
+
+/**
+ * Fit options that save after every batch and stop the run (an Error 'stopped') when batch `batch`
+ * (1-based) of epoch `epoch` (0-based) is done: the last save is after the batch before it.
+ */
+export function stopAfterBatch(epoch: number, batch: number): { checkpointEverySeconds: number; onEpoch: () => void; onBatch: (done: number) => void } {
+  let epochsDone = 0;
+  return {
+    checkpointEverySeconds: 0,
+    onEpoch: () => void epochsDone++,
+    onBatch: (done) => {
+      if (epochsDone === epoch && done === batch) throw new Error('stopped');
+    },
+  };
+}
+
+/** The training states at `wholePath` and `resumedPath` hold the same tensors, bit for bit. */
+export async function checkSameState(t: Test, wholePath: string, resumedPath: string): Promise<void> {
+  const [a, b] = [await readTensors(wholePath), await readTensors(resumedPath)];
+  t.same([...b.keys()].sort(), [...a.keys()].sort());
+  let differing = 0;
+  for (const [k, v] of a) differing += v.some((x, i) => x !== b.get(k)![i]) ? 1 : 0;
+  t.equal(differing, 0, `every one of ${a.size} tensors bit-identical`);
+}
