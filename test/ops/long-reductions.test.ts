@@ -139,3 +139,45 @@ t.test('matmul over a long K (2¹⁸, all four transposes, with bias and a batch
   }));
   t.ok(err < 5e-6, `batched: worst relative error ${err.toExponential(2)}`);
 });
+
+// Softmax's running sum of exp(x − max) was one f32 chain over a thread's whole row (a thread per
+// row on CPU adapters, 16 rows and more): 7.5e-4 off float64 at 262,143 values in [5, 5.002] and
+// its log 6e-5, the backward's Σ dy·y 2.2e-3, where PyTorch 1.13's CPU float32 is 2.2e-6, 2.1e-7
+// and 6.7e-6 off (7.0e-6 for log-softmax's gradient). Values close together make every exp near
+// 1, so the chain's rounding shows. Expected: float64.
+t.test('softmax and logSoftmax on 16 rows of 262,143 and 262,144 values stay within float32 rounding of float64, forward and backward', async (t) => {
+  for (const D of [262143, 262144]) {
+    const x = randomNd([16, D], 67, 5, 5.002);
+    const g = randomNd([16, D], 68, 0.5, 1.5);
+    const soft = new Float64Array(x.data.length);
+    const logSoft = new Float64Array(x.data.length);
+    const softGrad = new Float64Array(x.data.length);
+    const logGrad = new Float64Array(x.data.length);
+    for (let r = 0; r < 16; r++) {
+      const row = x.data.subarray(r * D, (r + 1) * D);
+      const m = row.reduce((a, v) => Math.max(a, v), -Infinity);
+      const s = row.reduce((a, v) => a + Math.exp(v - m), 0);
+      let gy = 0;
+      let gSum = 0;
+      for (let i = 0; i < D; i++) {
+        soft[r * D + i] = Math.exp(row[i] - m) / s;
+        logSoft[r * D + i] = row[i] - m - Math.log(s);
+        gy += g.data[r * D + i] * soft[r * D + i];
+        gSum += g.data[r * D + i];
+      }
+      for (let i = 0; i < D; i++) {
+        softGrad[r * D + i] = soft[r * D + i] * (g.data[r * D + i] - gy);
+        logGrad[r * D + i] = g.data[r * D + i] - soft[r * D + i] * gSum;
+      }
+    }
+    for (const [name, op, forwardRef, gradRef, tolerance] of [['softmax', ops.softmax, soft, softGrad, 1e-5], ['logSoftmax', ops.logSoftmax, logSoft, logGrad, 1e-6]] as const) {
+      const xt = upload(e, x, true);
+      const y = op(xt);
+      const forward = maxRelError(await y.read(), forwardRef);
+      t.ok(forward < tolerance, `${name}, rows of ${D}: forward ${forward.toExponential(2)}`);
+      e.tape.backward(ops.sum(ops.mul(y, upload(e, g))));
+      const backward = maxRelError(await xt.grad!.read(), gradRef);
+      t.ok(backward < 2e-5, `${name}, rows of ${D}: input gradient ${backward.toExponential(2)}`);
+    }
+  }
+});
