@@ -114,7 +114,7 @@ const bValue = (kk: number, g: number) => (g === 0 ? `b${kk}` : `b${kk}_${g}`);
 /** The lane's first column in column group g (`col` its first in group 0). */
 const groupColumn = (g: number) => (g === 0 ? 'col' : `col + ${SUBGROUP_GEMM_COLUMNS * g}u`);
 
-/** matmul's uniforms (strides 0 broadcast a matrix) and, for `sumBatches`, the batches summed. */
+/** matmul's uniforms (strides 0 broadcast a matrix). */
 const SUBGROUP_MATMUL_PARAMS = uniformLayout({ M: 'u32', N: 'u32', K: 'u32', strideA: 'u32', strideB: 'u32', batches: 'u32' });
 
 export interface SubgroupMatmulVariant extends Omit<MatmulVariant, 'vec4'> {
@@ -122,18 +122,38 @@ export interface SubgroupMatmulVariant extends Omit<MatmulVariant, 'vec4'> {
   rowBias?: boolean;
   /** Adds residual[b, m, n], laid out as C. */
   residual?: boolean;
-  /** C = Σ_b op(A[b]) · op(B[b]) over u.batches (a 1×1 conv's weight gradient): one C, z = 1. */
-  sumBatches?: boolean;
 }
+
+/**
+ * The split sum's uniforms: A [batches, M, K] and B [batches, N, K] as matmul's (strides between
+ * batches), and split z's share of the reduction: batches ⌊z / kSplits⌋·batchesPerSplit … (that
+ * many, to `batches`) at k from (z mod kSplits)·kPerSplit (that many, to K; a multiple of 4).
+ */
+const SUBGROUP_SPLIT_SUM_PARAMS = uniformLayout({ M: 'u32', N: 'u32', K: 'u32', strideA: 'u32', strideB: 'u32', batches: 'u32', batchesPerSplit: 'u32', kPerSplit: 'u32', kSplits: 'u32' });
 
 /**
  * A is [batchA, M, K] (or [batchA, K, M] when transA), B is [batchB, K, N] (or [batchB, N, K]),
  * C is [batch, M, N], all bound as vec4 arrays: the same shapes and strides as matmulKernel's vec4
  * variant (vectorizableGemm), whose conditions this kernel needs too. Bindings: a, b, c, then the
  * bias (bias[n] with `bias`, bias[m] with `rowBias`) and the residual when present. Dispatch:
- * subgroupGemmWorkgroups (one batch entry with `sumBatches`).
+ * subgroupGemmWorkgroups.
  */
 export function subgroupMatmulKernel(v: SubgroupMatmulVariant, rows: SubgroupGemmRows, groups: SubgroupGemmColumnGroups = 1): KernelSource<typeof SUBGROUP_MATMUL_PARAMS> {
+  return { params: SUBGROUP_MATMUL_PARAMS, ...subgroupGemm(v, rows, groups, false) };
+}
+
+/**
+ * C[z] = Σ A[b] · B[b]ᵀ over split z's batches and K range (SUBGROUP_SPLIT_SUM_PARAMS): a 1×1
+ * conv's weight gradient, dy [N, Cout, HW] · x [N, Cin, HW]ᵀ summed over the batch, in splits so no
+ * f32 chain runs over the whole reduction (the caller adds the splits up). Bindings: a, b, c (one
+ * [M, N] per split). Dispatch: subgroupGemmWorkgroups with the splits as the batch.
+ */
+export function subgroupSplitSumKernel(rows: SubgroupGemmRows): KernelSource<typeof SUBGROUP_SPLIT_SUM_PARAMS> {
+  return { params: SUBGROUP_SPLIT_SUM_PARAMS, ...subgroupGemm({ transA: false, transB: true, bias: false }, rows, 1, true) };
+}
+
+/** subgroupMatmulKernel's key and code, or with `splitSum` subgroupSplitSumKernel's. */
+function subgroupGemm(v: SubgroupMatmulVariant, rows: SubgroupGemmRows, groups: SubgroupGemmColumnGroups, splitSum: boolean): { key: string; code: string } {
   if (v.bias && v.rowBias) throw new RangeError('subgroupMatmulKernel: a column bias or a row bias, not both');
   if (v.transB && groups > 1) throw new RangeError('subgroupMatmulKernel: transposed B takes one column group (subgroupGemmColumnGroups)');
   let binding = 4;
@@ -161,12 +181,11 @@ export function subgroupMatmulKernel(v: SubgroupMatmulVariant, rows: SubgroupGem
   const step = subgroupGemmStep(rows, v.transA, kStep, groups);
   const stores: string[] = [];
   for (let i = 0; i < rows; i++) for (let g = 0; g < groups; g++) stores.push(`store(row0 + ${i}u, ${groupColumn(g)}, ${accumulator(i, g)});`);
-  const flags = [v.bias && 'bias', v.rowBias && 'rowBias', v.residual && 'res', v.sumBatches && 'sum'].filter(Boolean).map((f) => `.${f}`).join('');
+  const flags = [v.bias && 'bias', v.rowBias && 'rowBias', v.residual && 'res', splitSum && 'splitSum'].filter(Boolean).map((f) => `.${f}`).join('');
   return {
-    params: SUBGROUP_MATMUL_PARAMS,
     key: `matmulSubgroup.${v.transA ? 'T' : 'N'}${v.transB ? 'T' : 'N'}${flags}.r${rows}${groups > 1 ? `.g${groups}` : ''}`,
     code: wgsl`enable subgroups;
-${SUBGROUP_MATMUL_PARAMS.wgsl}
+${splitSum ? SUBGROUP_SPLIT_SUM_PARAMS.wgsl : SUBGROUP_MATMUL_PARAMS.wgsl}
 @group(0) @binding(1) var<storage, read> a: array<vec${kStep}<f32>>;
 @group(0) @binding(2) var<storage, read> b: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read_write> c: array<vec4<f32>>;
@@ -206,18 +225,24 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let row0 = block.y * ${rows}u;
   let col = block.x * ${SUBGROUP_GEMM_COLUMNS * groups}u + ${COLUMNS_PER_LANE}u * lane;
   ${step.declare}
-#if ${v.sumBatches}
-  for (var summed = 0u; summed < u.batches; summed++) {
+#if ${splitSum}
+  let split = block.z;
+  let kBegin = (split % u.kSplits) * u.kPerSplit;
+  let kEnd = min(kBegin + u.kPerSplit, u.K);
+  let firstBatch = (split / u.kSplits) * u.batchesPerSplit;
+  for (var summed = firstBatch; summed < min(firstBatch + u.batchesPerSplit, u.batches); summed++) {
   batch = summed;
-#endif
+  for (var k = kBegin; k < kEnd; k += ${kStep}u) {
+#else
   for (var k = 0u; k < u.K; k += ${kStep}u) {
+#endif
     ${aLoads.join('\n    ')}
     ${bLoads.join('\n    ')}
     ${step.fmas}
   }
-#if ${v.sumBatches}
+#if ${splitSum}
   }
-  batch = 0u;
+  batch = split;
 #endif
   ${stores.join('\n  ')}
 }`,

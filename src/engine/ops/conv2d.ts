@@ -2,10 +2,11 @@
 // residual add. Kernels and the backward derivation (stride ↔ input dilation): kernels/conv2d.wgsl.ts.
 import { conv2dKernel, conv2dWeightGradKernel, rowWindowConv, subgroupConv2dKernel, subgroupConv3x3Kernel } from '../../../kernels/conv2d.wgsl.ts';
 import { chooseGemmTiling, gemmWorkgroups, type MatmulTiling } from '../../../kernels/matmul.wgsl.ts';
-import { subgroupGemmColumnGroups, subgroupGemmRows, subgroupGemmWorkgroups, subgroupMatmulKernel } from '../../../kernels/matmul-subgroup.wgsl.ts';
+import { subgroupGemmColumnGroups, subgroupGemmRows, subgroupGemmWorkgroups, subgroupMatmulKernel, subgroupSplitSumKernel } from '../../../kernels/matmul-subgroup.wgsl.ts';
 import type { Engine } from '../engine.ts';
 import { shapeString, type Tensor } from '../tensor.ts';
 import { winogradConv, winogradFits, winogradTiles, winogradWeightGrad } from './conv2d-winograd.ts';
+import { K_CHUNK, LONG_K } from './matmul.ts';
 import { sum } from './reduce.ts';
 
 export interface Conv2dOptions {
@@ -144,9 +145,28 @@ function runConv(e: Engine, c: ConvCall): void {
  * reduction until there are about `splitKWorkgroups` workgroups (tuning `conv2dWeightGrad`;
  * default 64, and 1 on CPU adapters, whose few threads the output tiles already keep busy: on
  * lavapipe 8 splits measured slower), each split keeping at least SPLIT_K_MIN_REDUCTION steps so
- * the partial sums stay cheap to add.
+ * the partial sums stay cheap to add, and at most about LONG_K, as matmul's (each thread's sum is
+ * one f32 chain; while the splits fit a binding).
  */
 const SPLIT_K_MIN_REDUCTION = 1024;
+
+/**
+ * The splits of a 1×1 conv weight gradient's reduction over N batches of K pixels (K a multiple
+ * of 4): one up to LONG_K steps; past that, runs of at most K_CHUNK (whole batches while K is
+ * shorter, else parts of each batch's pixels, multiples of 4: the kernel's step), as matmul sums a
+ * long K. One f32 chain over the whole reduction was 1.6e-5 off float64 at 32 × 64² (PyTorch's
+ * CPU float32: 5e-7).
+ */
+function pointwiseWeightGradSplits(N: number, K: number): { batchesPerSplit: number; kPerSplit: number; kSplits: number; splits: number } {
+  if (N * K <= LONG_K) return { batchesPerSplit: N, kPerSplit: K, kSplits: 1, splits: 1 };
+  if (K >= K_CHUNK) {
+    const kPerSplit = 4 * Math.ceil(K / Math.ceil(K / K_CHUNK) / 4);
+    const kSplits = Math.ceil(K / kPerSplit);
+    return { batchesPerSplit: 1, kPerSplit, kSplits, splits: N * kSplits };
+  }
+  const batchesPerSplit = Math.floor(K_CHUNK / K);
+  return { batchesPerSplit, kPerSplit: K, kSplits: 1, splits: Math.ceil(N / batchesPerSplit) };
+}
 
 function conv2dWeightGrad(e: Engine, dy: Tensor, x: Tensor, wShape: readonly number[], pad: number, stride: number): Tensor {
   const [N, cin, H, W] = x.shape;
@@ -155,22 +175,24 @@ function conv2dWeightGrad(e: Engine, dy: Tensor, x: Tensor, wShape: readonly num
   if (x.size === 0 || dy.size === 0) return e.zeros(wShape, 'dconv2d.w'); // a sum over no pixels
   if (useWinograd(e, ksize, stride, 1, N, cin, cout, H, W)) return winogradWeightGrad(e, dy, x);
   if (pointwiseGemm(e, ksize, stride, 1, cin, H * W)) {
-    const dw = e.empty(wShape, 'dconv2d.w');
+    const s = pointwiseWeightGradSplits(N, H * W);
+    const partial = e.empty(s.splits > 1 ? [s.splits, ...wShape] : wShape, 'dconv2d.w');
     const rows = subgroupGemmRows(cout);
     e.dispatch({
-      kernel: subgroupMatmulKernel({ transA: false, transB: true, bias: false, sumBatches: true }, rows),
-      bindings: [dy, x, dw],
-      params: { M: cout, N: cin, K: H * W, strideA: cout * H * W, strideB: cin * H * W, batches: N },
-      workgroups: subgroupGemmWorkgroups(rows, cout, cin, 1),
+      kernel: subgroupSplitSumKernel(rows),
+      bindings: [dy, x, partial],
+      params: { M: cout, N: cin, K: H * W, strideA: cout * H * W, strideB: cin * H * W, batches: N, batchesPerSplit: s.batchesPerSplit, kPerSplit: s.kPerSplit, kSplits: s.kSplits },
+      workgroups: subgroupGemmWorkgroups(rows, cout, cin, s.splits),
     });
-    return dw;
+    return sumSplits(partial, s.splits);
   }
   const columns = cin * ksize * ksize;
   const t = tiling(e, cout, columns);
   const tiles = gemmWorkgroups(t, cout, columns).reduce((a, b) => a * b, 1); // output tiles, folds included
   const reduction = N * Ho * Wo;
   const target = e.tuning.conv2dWeightGrad?.splitKWorkgroups ?? (e.cpuAdapter ? 1 : 64);
-  const wanted = Math.min(Math.ceil(target / tiles), Math.floor(reduction / SPLIT_K_MIN_REDUCTION));
+  const fitting = Math.max(1, Math.floor(e.maxBindingBytes / (4 * cout * columns)));
+  const wanted = Math.min(fitting, Math.max(Math.ceil(reduction / LONG_K), Math.min(Math.ceil(target / tiles), Math.floor(reduction / SPLIT_K_MIN_REDUCTION))));
   const qPerSplit = Math.ceil(reduction / Math.max(1, wanted) / t.tk) * t.tk;
   const splits = Math.ceil(reduction / qPerSplit);
   const partial = e.empty(splits > 1 ? [splits, ...wShape] : wShape, 'dconv2d.w');
@@ -180,6 +202,11 @@ function conv2dWeightGrad(e: Engine, dy: Tensor, x: Tensor, wShape: readonly num
     params: { Cin: cin, H, W, Cout: cout, N, Ho, Wo, qPerSplit },
     workgroups: gemmWorkgroups(t, cout, columns, splits),
   });
+  return sumSplits(partial, splits);
+}
+
+/** The weight gradient from its splits' partial sums ([splits, …wShape]), or the one split as it is. */
+function sumSplits(partial: Tensor, splits: number): Tensor {
   if (splits === 1) return partial;
   const dw = sum(partial, [0]);
   partial.dispose();

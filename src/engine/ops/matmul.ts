@@ -70,8 +70,8 @@ export function dispatchMatmul(a: Tensor, b: Tensor, out: Tensor, d: MatmulDispa
  * one f32 chain over all of K (the kernels') had about 150 times PyTorch's error at K = 1e6
  * (1.9e-4 against 1.2e-6: its BLAS blocks K), 2.2e-5 at 2¹⁸ (a linear probe on unpooled maps).
  */
-const LONG_K = 16384;
-const K_CHUNK = 4096;
+export const LONG_K = 16384;
+export const K_CHUNK = 4096;
 
 function chunkedMatmul(a: Tensor, b: Tensor, shape: number[], label: string, d: MatmulDispatch): Tensor {
   const e = a.engine;
