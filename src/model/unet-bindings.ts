@@ -100,12 +100,15 @@ function layerNeeds(e: Engine, plan: UNetPlan, l: Layer, size: number, gradients
   }
 }
 
-/** "N bytes (…)": the binding limit in force and where it comes from. */
+/**
+ * "N bytes (…)": the binding limit in force and where it comes from. The device's limit, which
+ * an app that passes its own device set when it requested it (WebGPU's default is 128 MiB).
+ */
 export function describeBindingLimit(e: Engine): string {
-  const adapter = e.limits.maxStorageBufferBindingSize;
-  return e.maxBindingBytes < adapter
-    ? `${e.maxBindingBytes} bytes (the engine's maxBindingBytes; the adapter's maxStorageBufferBindingSize is ${adapter})`
-    : `${adapter} bytes (the adapter's maxStorageBufferBindingSize)`;
+  const device = e.limits.maxStorageBufferBindingSize;
+  return e.maxBindingBytes < device
+    ? `${e.maxBindingBytes} bytes (the engine's maxBindingBytes; this device's maxStorageBufferBindingSize is ${device})`
+    : `${device} bytes (this device's maxStorageBufferBindingSize; difrep's own device asks for its adapter's largest, a device of your app's for what requiredLimits gave it)`;
 }
 
 /**

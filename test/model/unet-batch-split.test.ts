@@ -194,7 +194,7 @@ t.test('DifFeed under a lowered limit: its first U-Net pass is split and it stil
   const tooSmall = await capped(1_100_000);
   await t.rejects(headParity(tooSmall, difeed), new RegExp(
     'DifFeed: the feedback from block 36 into block 2 \\[4, 32, 64, 64\\] is 2097152 bytes, over the largest storage binding, 1100000 bytes ' +
-      '\\(the engine\'s maxBindingBytes; the adapter\'s maxStorageBufferBindingSize is \\d+\\)\\. Only the U-Net passes split a batch; ' +
+      '\\(the engine\'s maxBindingBytes; this device\'s maxStorageBufferBindingSize is \\d+\\)\\. Only the U-Net passes split a batch; ' +
       'the feedback layers and the head take it whole: use batches of at most 2 images',
   ));
   await tooSmall.dispose();
@@ -202,7 +202,7 @@ t.test('DifFeed under a lowered limit: its first U-Net pass is split and it stil
 });
 
 t.test('what no split can fit is a BindingLimitError naming the tensor, its size and the limit', async (t) => {
-  const limit = (cap: number) => `${cap} bytes \\(the engine's maxBindingBytes; the adapter's maxStorageBufferBindingSize is \\d+\\)`;
+  const limit = (cap: number) => `${cap} bytes \\(the engine's maxBindingBytes; this device's maxStorageBufferBindingSize is \\d+\\)`;
   const run = async (cap: number, fn: (unet: UNet, small: Engine) => Promise<void>) => {
     const small = await capped(cap);
     try {
