@@ -1,5 +1,6 @@
 import t from 'tap';
-import { ops } from '../../src/index.ts';
+import { GPU_TILINGS } from '../../kernels/matmul.wgsl.ts';
+import { createEngine, ops } from '../../src/index.ts';
 import { maxRelError, randomNd, testEngine, upload } from '../helpers/check.ts';
 import { groupNormRef, type Nd } from '../helpers/reference.ts';
 
@@ -202,23 +203,29 @@ function pointwiseWeightGradRef(x: Nd, dy: Nd): Float64Array {
   return dw;
 }
 
-/** The weight gradient of a 1×1 conv of x for upstream dy, as the engine computes it. */
-async function pointwiseWeightGrad(x: Nd, dy: Nd): Promise<Float32Array> {
+/** The weight gradient of a 1×1 conv of x for upstream dy, as `engine` computes it. */
+async function pointwiseWeightGrad(x: Nd, dy: Nd, engine = e): Promise<Float32Array> {
   const [, cin] = x.shape;
   const cout = dy.shape[1];
-  const w = upload(e, randomNd([cout, cin, 1, 1], 69), true);
-  e.tape.backward(ops.conv2d(upload(e, x), w), upload(e, dy));
+  const w = upload(engine, randomNd([cout, cin, 1, 1], 69), true);
+  engine.tape.backward(ops.conv2d(upload(engine, x), w), upload(engine, dy));
   return w.grad!.read();
 }
 
-// A 1×1 conv's weight gradient (on CPU adapters one subgroup GEMM summing every image) added up
-// the batch's N·H·W pixels in one f32 chain: 1.6e-5 off float64 for [32, 16, 64, 64] of positive
-// data, where PyTorch 1.13's CPU float32 is 5.2e-7 off. Expected: float64.
-t.test('the 1×1 conv weight gradient over 32 × 64² pixels stays within 2e-6 of float64', async (t) => {
+// A 1×1 conv's weight gradient (on CPU adapters one subgroup GEMM summing every image; the tiled
+// GEMM kernel, as on GPUs, in one split of the whole batch where its output tiles were many)
+// added up the batch's N·H·W pixels in one f32 chain: 1.6e-5 off float64 for [32, 16, 64, 64] of
+// positive data in both, where PyTorch 1.13's CPU float32 is 5.2e-7 off. Expected: float64.
+t.test('the 1×1 conv weight gradient over 32 × 64² pixels stays within 2e-6 of float64, in both GEMM kernels', async (t) => {
   const x = randomNd([32, 16, 64, 64], 70, 0, 1);
   const dy = randomNd([32, 16, 64, 64], 71, 0, 1);
-  const err = maxRelError(await pointwiseWeightGrad(x, dy), pointwiseWeightGradRef(x, dy));
-  t.ok(err < 2e-6, `${err.toExponential(2)}`);
+  const ref = pointwiseWeightGradRef(x, dy);
+  const tiled = await createEngine({ device: e.device, tuning: { conv2d: GPU_TILINGS.large } });
+  for (const [kernel, engine] of [['default', e], ['tiled GEMM, GPU tiles', tiled]] as const) {
+    const err = maxRelError(await pointwiseWeightGrad(x, dy, engine), ref);
+    t.ok(err < 2e-6, `${kernel}: ${err.toExponential(2)}`);
+  }
+  await tiled.dispose();
 });
 
 // The splits of a long 1×1 weight gradient: images of 4,100 pixels (past K_CHUNK) in two parts
