@@ -31,8 +31,24 @@ export interface Optimizer {
   checkState(state: Map<string, Float32Array>, steps: number): void;
   /** Restores `state()` as saved after `steps` steps; checkState first, so a refused state changes nothing. */
   loadState(steps: number, state: Map<string, Float32Array>): void;
-  /** Frees what the optimizer holds on the GPU (Adam's moments); the parameters stay. */
+  /**
+   * Frees what the optimizer holds on the GPU (Adam's moments) and gives each parameter back the
+   * requiresGrad it had before the optimizer set it; the parameters stay.
+   */
   dispose(): void;
+}
+
+/**
+ * Sets requiresGrad on every parameter and returns what gives them back the flags they had: a
+ * U-Net pretrained in the process kept its flags, so every later forward was recorded on the tape
+ * and kept its activations until a backward that inference never calls.
+ */
+function requireGrad(params: Map<string, Tensor>): () => void {
+  const before = [...params.values()].map((p) => [p, p.requiresGrad] as const);
+  for (const p of params.values()) p.requiresGrad = true;
+  return () => {
+    for (const [p, flag] of before) p.requiresGrad = flag;
+  };
 }
 
 /** Saved optimizer state that does not fit the optimizer it is loaded into. */
@@ -68,6 +84,7 @@ export class Adam implements Optimizer {
   private paramSteps = new Map<string, number>();
   /** The step counts state() handed out last (one value each), freed at the next call. */
   private savedSteps: Tensor[] = [];
+  private restoreRequiresGrad: () => void;
 
   constructor(private engine: Engine, private params: Map<string, Tensor>, opts: AdamOptions) {
     this.lr = opts.lr;
@@ -81,7 +98,7 @@ export class Adam implements Optimizer {
     checkHyperparameter('Adam', 'betas[1]', this.beta2, this.beta2 >= 0 && this.beta2 < 1, 'in [0, 1)');
     checkHyperparameter('Adam', 'weightDecay', this.weightDecay, this.weightDecay >= 0, '≥ 0');
     for (const p of params.values()) engine.checkOwn(p, 'Adam');
-    for (const p of params.values()) p.requiresGrad = true;
+    this.restoreRequiresGrad = requireGrad(params);
   }
 
   get steps(): number {
@@ -132,6 +149,7 @@ export class Adam implements Optimizer {
     this.moments.clear();
     for (const t of this.savedSteps) t.dispose();
     this.savedSteps = [];
+    this.restoreRequiresGrad();
   }
 
   state(): Map<string, Tensor> {
@@ -198,13 +216,14 @@ export class Adam implements Optimizer {
 /** Plain SGD (no momentum), as the released diffssl scripts train: p ← p − lr·(g + wd·p). */
 export class Sgd implements Optimizer {
   private t = 0;
+  private restoreRequiresGrad: () => void;
   constructor(private engine: Engine, private params: Map<string, Tensor>, public lr: number, private weightDecay = 0) {
     checkHyperparameter('Sgd', 'lr', lr, lr >= 0, '≥ 0');
     checkHyperparameter('Sgd', 'weightDecay', weightDecay, weightDecay >= 0, '≥ 0');
     // Its step writes back through this engine's copies, which do not see whose buffer they write:
     // another engine's parameter was left as it was, without a word.
     for (const p of params.values()) engine.checkOwn(p, 'Sgd');
-    for (const p of params.values()) p.requiresGrad = true;
+    this.restoreRequiresGrad = requireGrad(params);
   }
 
   get steps(): number {
@@ -235,7 +254,9 @@ export class Sgd implements Optimizer {
     }
   }
 
-  dispose(): void {}
+  dispose(): void {
+    this.restoreRequiresGrad();
+  }
 
   state(): Map<string, Tensor> {
     return new Map();

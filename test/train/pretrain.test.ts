@@ -281,3 +281,17 @@ t.test('pretrain refuses options out of range, naming them', async (t) => {
   ] as const) await t.rejects(pretrain(e, unet, data, o), message);
   for (const p of unet.parameters().values()) p.dispose();
 });
+
+// Adam set requiresGrad on every U-Net parameter and pretrain left it set: each later forward was
+// recorded on the tape, keeping its activations (481 KB a call at batch 2 on this U-Net) until a
+// backward that inference never calls.
+t.test('after pretraining the U-Net\'s parameters require gradients as before, and a forward records nothing', async (t) => {
+  const unet = UNet.random(e, tiny, 2);
+  const before = [...unet.parameters().values()].map((p) => p.requiresGrad);
+  const r = await pretrain(e, unet, data, { steps: 2, batchSize: 4, lr: 1e-3 });
+  t.same([...unet.parameters().values()].map((p) => p.requiresGrad), before, 'every flag as before');
+  const xt = e.tensor(new Float32Array(2 * 3 * 16 * 16).fill(0.5), [2, 3, 16, 16], 'xt');
+  const tap = unet.forward(xt, [150, 150], { taps: [4] }).taps.get(4)!;
+  t.equal(e.tape.length, 0, 'the forward left nothing on the tape');
+  for (const x of [xt, tap, ...r.ema.shadow.values()]) x.dispose();
+});
