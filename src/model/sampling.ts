@@ -92,15 +92,18 @@ export async function sample(e: Engine, unet: UNet, o: SampleOptions): Promise<T
   // Per step, Σ 0·(ε̂, v): 0, or NaN where the prediction holds a NaN or ±Inf, which the clamp
   // of x̂0 would otherwise turn into a plausible −1 or 1 (an all-black image). Read every
   // CHECK_EVERY steps and at the end, so a bad prediction stops the run within that many steps.
-  const checks: Tensor[] = [];
+  // The checks not yet read (the steps from `checked` on), each freed once read.
+  let checks: Tensor[] = [];
   let checked = 0;
   const readChecks = async () => {
-    const bad = (await e.readTensors(checks.slice(checked))).findIndex((c) => !Number.isFinite(c[0]));
+    const bad = (await e.readTensors(checks)).findIndex((c) => !Number.isFinite(c[0]));
     if (bad >= 0) {
       const step = checked + bad;
       throw new RangeError(`sample: the U-Net's prediction holds NaN or Inf at step ${step + 1} of ${ts.length} (t = ${ts[step]}): look for NaN/Inf or overflowing weights in the checkpoint`);
     }
-    checked = checks.length;
+    for (const c of checks) c.dispose();
+    checked += checks.length;
+    checks = [];
   };
   try {
     for (const [k, t] of ts.entries()) {

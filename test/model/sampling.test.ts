@@ -40,13 +40,18 @@ t.test('a full 1000-step DDPM run with ε̂ = 0 follows the clipped posterior me
   const maps0 = memoryMappings();
   let steps = 0;
   let worstBacklog = 0;
+  // Live bytes after every 100th step (the finite checks read there): each step's 1-float check
+  // was kept until the run's end, 256 bytes a step.
+  const live: number[] = [];
   const x = await sample(e, unet.withWeights(zeroed), {
     count, seed, ddimSteps: 0,
     onStep: (done) => {
       steps = done;
       worstBacklog = Math.max(worstBacklog, e.memoryStats().commandsInFlight);
+      if (done % 100 === 0 && done < 1000) live.push(e.memoryStats().liveBytes);
     },
   });
+  t.ok(live.every((b) => b === live[0]), `live bytes stay level across the steps (${live[0]} at step 100, ${live.at(-1)} at step 900)`);
   const maps1 = memoryMappings();
   t.equal(steps, 1000);
   t.same(x.shape, [count, 3, 8, 8]);
