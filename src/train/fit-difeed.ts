@@ -309,12 +309,19 @@ export async function difeedLogits(e: Engine, difeed: DifFeed, test: ImageSource
   for (let s = 0; s < test.count; s += batchSize) {
     const idx = Array.from({ length: Math.min(batchSize, test.count - s) }, (_, i) => s + i);
     const xt = await noisyImages(e, difeed, test, idx, o.seed, undefined);
-    const slices = o.firstPass && cachedFirstPass(difeed, o.firstPass, test.count, idx);
-    if (slices && s === 0) await checkCachedFirstPass(e, difeed, xt, slices);
-    const cached = slices && new Map([...slices].map(([b, v]) => [b, e.tensor(v.data, v.shape)]));
-    const logits = await e.noGrad(() => e.tidy(() => (cached ? difeed.forwardGivenFirstPass(xt, cached, false) : difeed.forward(xt, false)))).readAndDispose();
-    cached?.forEach((v) => v.dispose());
-    xt.dispose();
+    let cached: Map<number, Tensor> | undefined;
+    let logits: Float32Array;
+    // A refused cache or forward frees the batch's tensors too: a caller that catches and goes on keeps none.
+    try {
+      const slices = o.firstPass && cachedFirstPass(difeed, o.firstPass, test.count, idx);
+      if (slices && s === 0) await checkCachedFirstPass(e, difeed, xt, slices);
+      cached = slices ? new Map([...slices].map(([b, v]) => [b, e.tensor(v.data, v.shape)])) : undefined;
+      const given = cached;
+      logits = await e.noGrad(() => e.tidy(() => (given ? difeed.forwardGivenFirstPass(xt, given, false) : difeed.forward(xt, false)))).readAndDispose();
+    } finally {
+      cached?.forEach((v) => v.dispose());
+      xt.dispose();
+    }
     assertFinite(logits, `evaluation: the logits of test images ${s}..${s + idx.length - 1}`);
     out.set(logits, s * classes);
   }

@@ -35,8 +35,12 @@ t.test('pass 1 from the extraction: the same logits as two live passes', async (
   t.ok(maxRelError(cached, live) < 1e-4, `max relative error ${maxRelError(cached, live).toExponential(2)}`);
 });
 
-t.test('a cache extracted with another seed (other noise) is refused', async (t) => {
-  await t.rejects(difeedLogits(e, difeed, source, { seed: 5, batchSize: 4, firstPass: await extracted(6) }), /cached first pass differs from the live one at block \d+ .*other noise \(seed\)/);
+t.test('a cache extracted with another seed (other noise) is refused, and the refused batch keeps nothing', async (t) => {
+  const cache = await extracted(6);
+  const live = e.memoryStats().liveBytes;
+  await t.rejects(difeedLogits(e, difeed, source, { seed: 5, batchSize: 4, firstPass: cache }), /cached first pass differs from the live one at block \d+ .*other noise \(seed\)/);
+  // The batch's x_t stayed allocated after the refusal (12,288 bytes here).
+  t.equal(e.memoryStats().liveBytes, live, 'live bytes as before the call');
 });
 
 t.test('a cache of other images or without a feedback block is refused by name', async (t) => {
