@@ -185,6 +185,27 @@ export class Tape {
     node.saved = [];
   }
 
+  /** Where the tape stands now, for dropSince(). */
+  mark(): { nodes: readonly TapeNode[]; length: number } {
+    return { nodes: this.nodes, length: this.nodes.length };
+  }
+
+  /**
+   * Drops the nodes recorded since `mark` (all of the tape's when a backward or clear began it
+   * anew since), releasing what they saved, if every output of them is disposed: then no tensor
+   * left can reach them (a tidy that threw disposed what it made). Otherwise keeps them all.
+   */
+  dropSince(mark: { nodes: readonly TapeNode[]; length: number }): void {
+    const start = this.nodes === mark.nodes ? mark.length : 0;
+    const since = this.nodes.slice(start);
+    if (!since.every((n) => n.outputs.every((o) => o.isDisposed))) return;
+    for (const n of since) {
+      this.releaseSaved(n);
+      for (const o of n.outputs) o.tapeState = 'released';
+    }
+    this.nodes.length = start;
+  }
+
   /** Drops every recorded node (e.g. after a forward pass whose gradients are not wanted). */
   clear(): void {
     for (const n of this.nodes) this.releaseSaved(n);

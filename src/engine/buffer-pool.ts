@@ -73,10 +73,11 @@ export class BufferPool {
   }
 
   /**
-   * Destroys every pooled (free) buffer. Private: a buffer released while recorded work still uses
-   * it sits in the free lists until that work is submitted, and destroying it drops the batch.
+   * Destroys every pooled (free) buffer. Only once recorded work is submitted (Engine.releasePooled
+   * flushes first): a buffer released while unsubmitted work still uses it sits in the free lists,
+   * and destroying it would drop that batch.
    */
-  private trim(): void {
+  trim(): void {
     for (const list of this.free.values()) for (const b of list) b.destroy();
     this.free.clear();
     this.stats.pooledBytes = 0;

@@ -314,19 +314,22 @@ export class Engine {
 
   /**
    * Runs `fn` and disposes every tensor it created except those reachable from its result
-   * (a Tensor, or arrays/objects of them); all of them when fn throws. Kept tensors belong to the
-   * enclosing scope.
+   * (a Tensor, or arrays/objects of them); all of them when fn throws, and then the ops it recorded
+   * too (Tape.dropSince). Kept tensors belong to the enclosing scope.
    */
   tidy<T>(fn: () => T): T {
     const scope = new Set<Tensor>();
     this.scopes.push(scope);
+    const tape = this.tape.mark();
     let result: T;
     try {
       result = fn();
     } catch (err) {
       // What fn made before it threw (an op's output included) is no one's: a caller that catches
-      // and goes on (a smaller batch) would otherwise keep it until the engine is disposed.
+      // and goes on (a smaller batch) would otherwise keep it until the engine is disposed, and
+      // the ops it recorded, with what they saved, until a backward that inference never calls.
       for (const t of scope) t.dispose();
+      this.tape.dropSince(tape);
       throw err;
     } finally {
       this.scopes.pop();
@@ -697,6 +700,17 @@ export class Engine {
   /** After a wait: a lost device fails what waited (a dispose in the meantime does not: the data arrived). */
   private checkDevice(): void {
     if (this.lostReason) throw new GpuError('device-lost', this.lostReason);
+  }
+
+  /**
+   * Gives the device back the buffers the pool holds for reuse (memoryStats().pooledBytes), after
+   * submitting the work recorded so far. The pool keeps each size class's freed buffers, so a run
+   * of phases with other shapes (extraction, then a head's training) holds the sum of the phases'
+   * memory, not the largest phase's: call it between them. Tensors in use stay.
+   */
+  releasePooled(): void {
+    this.flush();
+    this.pool.trim();
   }
 
   /** Buffer pool figures, compiled pipelines, and GPU commands recorded but not yet seen to finish. */

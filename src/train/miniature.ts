@@ -129,6 +129,8 @@ export async function runMiniature(e: Engine, unet: UNet, o: MiniatureOptions, l
   const earlierTrainCache = await bytesUnder(featureCacheDir(outDir, 'train', SWEEP_TIMESTEPS, unet.plan.blocks.map((_, i) => i + 1)));
   checkRoom(unet, o.full ? train.count : 10 * o.trainPerClass, o.full ? test.count : 10 * o.testPerClass, outDir, await freeBytesUnder(outDir), earlierTrainCache);
   const sampleLine = await samplesAndSanity(e, unet, train, outDir, log);
+  // Each phase's freed buffers go back to the device, so the run holds its largest phase's memory, not their sum.
+  e.releasePooled();
 
   // Data: balanced subsets; the b, t sweep is chosen on a validation split of the training subset.
   const full = o.full;
@@ -203,6 +205,7 @@ export async function runMiniature(e: Engine, unet: UNet, o: MiniatureOptions, l
     }
     // What this run extracted (0: every chunk was in the cache already, so its time is a read's, not an extraction's).
     const written = await extractFeatures(e, unet, imageSource(ds, idx, S), options);
+    e.releasePooled();
     return { features: await loadCachedFeatures(dir, timesteps, blocks), extracted: written };
   };
   const trainExtraction = await extract('train', train, trainIdx, SWEEP_TIMESTEPS, allBlocks);

@@ -143,6 +143,49 @@ t.test('a tidy whose function throws frees what it made', async (t) => {
   t.equal(e.memoryStats().liveBytes, live);
 });
 
+// The ops recorded inside stayed on the tape with what they saved (16 KB a try on a U-Net's
+// scale) until a backward, which an inference loop that retries never calls.
+t.test('a tidy whose function throws drops the ops it recorded, unless a tensor it kept needs them', async (t) => {
+  const live = e.memoryStats().liveBytes;
+  const x = e.tensor([1, 2, 3], [3]);
+  x.requiresGrad = true;
+  t.throws(() => e.tidy(() => {
+    ops.exp(ops.mul(x, x));
+    throw new Error('a later op failed');
+  }), /a later op failed/);
+  t.equal(e.tape.length, 0, 'nothing left on the tape');
+  x.dispose();
+  t.equal(e.memoryStats().liveBytes, live, 'nothing the ops saved stays allocated');
+
+  // A tensor kept past the scope still reaches x through what was recorded: d/dx Σ x² = 2x.
+  const w = e.tensor([1, 2, 3], [3]);
+  w.requiresGrad = true;
+  let kept: ReturnType<typeof ops.mul> | undefined;
+  t.throws(() => e.tidy(() => {
+    kept = e.keep(ops.mul(w, w));
+    ops.exp(kept);
+    throw new Error('a later op failed');
+  }), /a later op failed/);
+  e.tape.backward(ops.sum(kept!));
+  t.same(Array.from(await w.grad!.read()), [2, 4, 6]);
+  for (const v of [w, kept!]) v.dispose();
+});
+
+// Buffers freed by one phase stay pooled for their size class: extraction then training held the
+// sum of both. A buffer freed while recorded work still reads it must outlive that work's submit.
+t.test('releasePooled gives the pooled buffers back, after submitting the work that used them', async (t) => {
+  const a = e.tensor([1, 2, 3], [3]);
+  const b = ops.add(a, a);
+  a.dispose();
+  t.ok(e.memoryStats().pooledBytes > 0, 'a\'s buffer went to the pool');
+  e.releasePooled();
+  t.equal(e.memoryStats().pooledBytes, 0, 'nothing pooled');
+  t.same(Array.from(await b.read()), [2, 4, 6], 'the work recorded before ran on a\'s values');
+  const c = ops.mul(b, b);
+  t.same(Array.from(await c.read()), [4, 16, 36], 'the engine works on');
+  for (const x of [b, c]) x.dispose();
+});
+
 t.test('noGrad records nothing', async (t) => {
   const x = e.tensor([1], [1]);
   x.requiresGrad = true;
