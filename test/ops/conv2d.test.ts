@@ -283,3 +283,33 @@ t.test('a 1×1 conv over more images than a grid dimension holds matches float64
   t.ok([0, N - 1].every((n) => [1, 2, 0, 1].every((g, c) => [0, 1, 2, 3].every((p) => dx[(n * 4 + c) * 4 + p] === g))), 'input gradient');
   for (const z of [x, w, y]) z.dispose();
 });
+
+// Split-K keeps each split's sum to about LONG_K steps, but its partial sums are bound whole: a
+// 31×31 kernel of 12 channels over 130² pixels (16,900 steps, 2 splits) asked for a 1.1 MB binding
+// where the engine allows 0.83 MB, and the backward was refused though one split fits. Expected,
+// by hand: with loss Σy every dy is 1, so dw[co, ci, ky, kx] is the sum of x[ci] over the window
+// shifted by (ky − 15, kx − 15), the same for every co (float64).
+t.test('the weight gradient takes fewer splits where their partial sums would not fit a binding', async (t) => {
+  const [C, S, k] = [12, 130, 31];
+  const small = await createEngine({ device: e.device, maxBindingBytes: Math.floor(1.5 * C * C * k * k * 4) });
+  const x = randomNd([1, C, S, S], 14);
+  const w = upload(small, randomNd([C, C, k, k], 15), true);
+  small.tape.backward(ops.sum(ops.conv2d(upload(small, x), w)));
+  const got = await w.grad!.read();
+  const p = (k - 1) / 2;
+  const want = new Float64Array(C * C * k * k);
+  for (let ci = 0; ci < C; ci++) {
+    for (let ky = 0; ky < k; ky++) {
+      for (let kx = 0; kx < k; kx++) {
+        let s = 0;
+        for (let yy = Math.max(0, p - ky); yy < Math.min(S, S + p - ky); yy++) {
+          for (let xx = Math.max(0, p - kx); xx < Math.min(S, S + p - kx); xx++) s += x.data[(ci * S + yy + ky - p) * S + xx + kx - p];
+        }
+        for (let co = 0; co < C; co++) want[((co * C + ci) * k + ky) * k + kx] = s;
+      }
+    }
+  }
+  const err = maxRelError(got, want);
+  t.ok(err < 1e-5, `max relative error ${err.toExponential(2)}`);
+  await small.dispose();
+});

@@ -146,8 +146,9 @@ function runConv(e: Engine, c: ConvCall): void {
  * default 64, and 1 on CPU adapters, whose few threads the output tiles already keep busy: on
  * lavapipe 8 splits measured slower), each split keeping at least SPLIT_K_MIN_REDUCTION steps so
  * the partial sums stay cheap to add, and at most about LONG_K, as matmul's (each thread's sum is
- * one f32 chain). The splits' partial sums take about cout·cin·k²/LONG_K floats per pixel of the
- * batch, less than its input and output gradient take below about 3,600 channels.
+ * one f32 chain), as many as fit a binding: their partial sums take about cout·cin·k²/LONG_K floats
+ * per pixel of the batch, less than its input and output gradient below about 3,600 channels at
+ * 3×3 (a 31×31 kernel of 12 channels was refused where one split fits).
  */
 const SPLIT_K_MIN_REDUCTION = 1024;
 
@@ -192,7 +193,8 @@ function conv2dWeightGrad(e: Engine, dy: Tensor, x: Tensor, wShape: readonly num
   const tiles = gemmWorkgroups(t, cout, columns).reduce((a, b) => a * b, 1); // output tiles, folds included
   const reduction = N * Ho * Wo;
   const target = e.tuning.conv2dWeightGrad?.splitKWorkgroups ?? (e.cpuAdapter ? 1 : 64);
-  const wanted = Math.max(Math.ceil(reduction / LONG_K), Math.min(Math.ceil(target / tiles), Math.floor(reduction / SPLIT_K_MIN_REDUCTION)));
+  const fitting = Math.max(1, Math.floor(e.maxBindingBytes / (4 * cout * columns))); // partial sums bound whole
+  const wanted = Math.min(fitting, Math.max(Math.ceil(reduction / LONG_K), Math.min(Math.ceil(target / tiles), Math.floor(reduction / SPLIT_K_MIN_REDUCTION))));
   const qPerSplit = Math.ceil(reduction / Math.max(1, wanted) / t.tk) * t.tk;
   const splits = Math.ceil(reduction / qPerSplit);
   const partial = e.empty(splits > 1 ? [splits, ...wShape] : wShape, 'dconv2d.w');
