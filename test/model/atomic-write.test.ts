@@ -52,6 +52,19 @@ t.test('a disk that fills up mid-write (ENOSPC) leaves the old file and no temp 
   await rm(dir, { recursive: true });
 });
 
+// Two writes of one path in the same millisecond shared one temporary name: one renamed the
+// other's file away, which then failed with ENOENT (or both "succeeded" on one file).
+t.test('writes of one path at once each complete, leaving one whole file and no temp file', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'difrep-atomic-'));
+  const target = join(dir, 'state.json');
+  const contents = Array.from({ length: 20 }, (_, i) => `run ${i} `.repeat(5000));
+  const results = await Promise.allSettled(contents.map((c) => writeFileAtomic(target, c)));
+  t.same(results.map((r) => r.status), contents.map(() => 'fulfilled'), 'every write completed');
+  t.ok(contents.includes(await readFile(target, 'utf8')), 'the file holds one write whole');
+  t.same(await readdir(dir), ['state.json'], 'no temp file left');
+  await rm(dir, { recursive: true });
+});
+
 t.test('removeStaleTempFiles removes the temp files of dead processes only', async (t) => {
   const dir = await mkdtemp(join(tmpdir(), 'difrep-atomic-'));
   // A pid that certainly belonged to a process that has exited: a child we ran to completion.
@@ -59,6 +72,7 @@ t.test('removeStaleTempFiles removes the temp files of dead processes only', asy
   const ms = Date.now();
   const files = {
     deadTemp: `chunk-0003.safetensors.${dead}.${ms}.tmp`,
+    deadTempNamed: `chunk-0004.safetensors.${dead}.${ms}.k3x9q2a1.tmp`,
     ownTemp: `manifest.json.${process.pid}.${ms}.tmp`,
     liveTemp: `result.json.1.${ms}.tmp`, // pid 1 is always alive
     // Pids reused by a restarted container: written before the process now holding that pid started.
@@ -70,7 +84,7 @@ t.test('removeStaleTempFiles removes the temp files of dead processes only', asy
   for (const f of Object.values(files)) await writeFile(join(dir, f), 'x');
   await mkdir(join(dir, `folder.${dead}.${ms}.tmp`));
   const removed = await removeStaleTempFiles(dir);
-  t.same(removed.sort(), [join(dir, files.deadTemp), join(dir, files.reusedOwnPid), join(dir, files.reusedPid1)].sort());
+  t.same(removed.sort(), [join(dir, files.deadTemp), join(dir, files.deadTempNamed), join(dir, files.reusedOwnPid), join(dir, files.reusedPid1)].sort());
   t.same((await readdir(dir)).sort(), [files.notTemp, `folder.${dead}.${ms}.tmp`, files.ownTemp, files.liveTemp, files.otherTmp].sort());
   t.same(await removeStaleTempFiles(join(dir, 'missing')), [], 'a missing directory has nothing to remove');
   await rm(dir, { recursive: true });

@@ -6,8 +6,8 @@
 import { describeFsError } from './fs-error.ts';
 import { claimState } from './process-claim.ts';
 
-/** `<target>.<pid>.<Date.now()>.tmp` */
-const TEMP_NAME = /^(.+)\.(\d+)\.(\d{13,})\.tmp$/;
+/** `<target>.<pid>.<Date.now()>.<random>.tmp` (without `.<random>` before 2026-12-07) */
+const TEMP_NAME = /^(.+)\.(\d+)\.(\d{13,})(?:\.[0-9a-z]+)?\.tmp$/;
 
 /** Errors of a directory fsync on systems and file systems that do not support one (Windows cannot open a directory). */
 const NO_DIRECTORY_SYNC = new Set(['EINVAL', 'EISDIR', 'EPERM', 'EACCES', 'ENOTSUP', 'EOPNOTSUPP', 'EBADF']);
@@ -55,9 +55,11 @@ export async function writeFileAtomic(path: string, data: Uint8Array | string): 
       await handle.close();
     }
   };
-  const tmp = `${path}.${process.pid}.${Date.now()}.tmp`;
+  // A name of its own for each write: two writes of one path in the same millisecond (two fits
+  // given one checkpoint) shared the temporary file, and one renamed the other's away mid-write.
+  const tmp = `${path}.${process.pid}.${Date.now()}.${Math.random().toString(36).slice(2, 10)}.tmp`;
   try {
-    await fs.writeFile(tmp, data);
+    await fs.writeFile(tmp, data, { flag: 'wx' });
     // Without this fsync a crash after the rename can leave the new name on an empty or partial
     // file (ext4 delayed allocation, XFS): the data must be on disk before the name points to it.
     await sync(tmp, 'r+');
