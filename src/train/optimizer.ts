@@ -38,16 +38,34 @@ export interface Optimizer {
   dispose(): void;
 }
 
+/** The optimizers holding each parameter, and the requiresGrad it had before the first of them. */
+const gradHolders = new WeakMap<Tensor, { holders: number; before: boolean }>();
+
 /**
- * Sets requiresGrad on every parameter and returns what gives them back the flags they had: a
- * U-Net pretrained in the process kept its flags, so every later forward was recorded on the tape
- * and kept its activations until a backward that inference never calls.
+ * Sets requiresGrad on every parameter and returns what gives them back the flag they had once no
+ * optimizer holds them (a second call does nothing): a U-Net pretrained in the process kept its
+ * flags, so every later forward was recorded on the tape and kept its activations until a
+ * backward that inference never calls; and an optimizer disposed while another over the same
+ * parameters trains (a new learning-rate phase) must not stop the other's gradients.
  */
 function requireGrad(params: Map<string, Tensor>): () => void {
-  const before = [...params.values()].map((p) => [p, p.requiresGrad] as const);
-  for (const p of params.values()) p.requiresGrad = true;
+  const held = [...new Set(params.values())];
+  for (const p of held) {
+    const h = gradHolders.get(p);
+    if (h) h.holders++;
+    else gradHolders.set(p, { holders: 1, before: p.requiresGrad });
+    p.requiresGrad = true;
+  }
+  let released = false;
   return () => {
-    for (const [p, flag] of before) p.requiresGrad = flag;
+    if (released) return;
+    released = true;
+    for (const p of held) {
+      const h = gradHolders.get(p)!;
+      if (--h.holders > 0) continue;
+      p.requiresGrad = h.before;
+      gradHolders.delete(p);
+    }
   };
 }
 

@@ -212,3 +212,26 @@ t.test('backward after an optimizer step that changed what the forward saved is 
     x.dispose();
   }
 });
+
+// Disposing an optimizer gives its parameters back their requiresGrad, but only once no other
+// optimizer holds them: a new learning-rate phase built before the old one was disposed lost w's
+// gradient, and its step left w as it was. Expected, by hand: loss Σ(w·x) + h, SGD lr 0.01 moves w
+// by −0.01·x and h by −0.01.
+t.test('an optimizer disposed while another over the same parameters trains leaves them requiring gradients', async (t) => {
+  const w = e.tensor([1, 2, 3], [3], 'w');
+  const h = e.tensor([0.5], [1], 'h');
+  const x = e.tensor([4, 5, 6], [3], 'x');
+  const first = new Sgd(e, new Map([['w', w]]), 0.01);
+  const second = new Sgd(e, new Map([['w', w], ['h', h]]), 0.01);
+  first.dispose();
+  first.dispose();
+  t.ok(w.requiresGrad && h.requiresGrad, 'both still require gradients');
+  e.tape.backward(ops.add(ops.sum(ops.mul(w, x)), ops.sum(h)));
+  second.step();
+  second.zeroGrad();
+  t.ok(maxRelError(await w.read(), [0.96, 1.95, 2.94]) < 1e-6, 'w moved by −lr·x');
+  t.ok(maxRelError(await h.read(), [0.49]) < 1e-6, 'h moved by −lr');
+  second.dispose();
+  t.notOk(w.requiresGrad || h.requiresGrad, 'the last dispose gives back the flags they had');
+  for (const v of [w, h, x]) v.dispose();
+});
