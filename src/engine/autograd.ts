@@ -22,7 +22,7 @@ interface TapeNode {
 
 /** Why a tensor whose producing op the tape has dropped cannot take part in a gradient. */
 function released(t: Tensor, what: string): string {
-  return `${t.label} ${shapeString(t.shape)} was computed before a backward() (or tape.clear()) that released its graph, so ${what}: compute it again after the backward(), or call backward() once on the sum of the losses`;
+  return `${t.label} ${shapeString(t.shape)} was computed before a backward() (or tape.clear()) that released its graph, so ${what}: compute it again after the backward(), or call backward() once on the sum of the losses (the tape is the engine's: another task's backward() on this engine, between this forward and yours, releases it too)`;
 }
 
 export class Tape {
@@ -43,11 +43,18 @@ export class Tape {
 
   paused<T>(fn: () => T): T {
     this.pauseDepth++;
+    let result: T;
     try {
-      return fn();
+      result = fn();
     } finally {
       this.pauseDepth--;
     }
+    // Recording resumed at fn's first await: what it ran after was recorded, as tidy would
+    // otherwise close its scope there.
+    if (result && typeof (result as { then?: unknown }).then === 'function') {
+      throw new Error('noGrad: fn returned a promise; noGrad is synchronous (recording resumes when fn returns, at its first await): await inside, then noGrad each synchronous part');
+    }
+    return result;
   }
 
   /** True when an op on these inputs must be recorded. */

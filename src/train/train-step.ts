@@ -12,6 +12,9 @@ import type { Optimizer } from './optimizer.ts';
  */
 export type StepLoss = (() => Tensor) | readonly (() => Tensor)[];
 
+/** The optimizers whose step (trainStepKeepingLoss, to its update) is running. */
+const stepping = new WeakSet<Optimizer>();
+
 /** [start, end) of each part of `size` (the last one shorter) over `count` items. */
 export function partRanges(count: number, size: number): [number, number][] {
   const ranges: [number, number][] = [];
@@ -31,6 +34,10 @@ export function partRanges(count: number, size: number): [number, number][] {
 export async function trainStepKeepingLoss(e: Engine, optimizer: Optimizer, loss: StepLoss, beforeUpdate?: () => Promise<void>): Promise<Tensor> {
   const parts = typeof loss === 'function' ? [loss] : loss;
   if (parts.length === 0) throw new RangeError('trainStep: a step needs at least one loss part');
+  // Two steps of one optimizer at once (Promise.all over batches, a button clicked twice) added
+  // both gradients into the same .grad: the first update took their sum and the second none.
+  if (stepping.has(optimizer)) throw new Error('trainStep: a step of this optimizer is still running; await it before the next');
+  stepping.add(optimizer);
   let total: Tensor | undefined;
   try {
     for (const part of parts) {
@@ -58,6 +65,8 @@ export async function trainStepKeepingLoss(e: Engine, optimizer: Optimizer, loss
     e.tape.clear(); // what a part recorded before it threw
     optimizer.zeroGrad(); // the parts that ran leave no gradient for the next step
     throw err;
+  } finally {
+    stepping.delete(optimizer);
   }
   optimizer.zeroGrad();
   await e.settle();

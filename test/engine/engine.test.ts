@@ -186,6 +186,16 @@ t.test('releasePooled gives the pooled buffers back, after submitting the work t
   for (const x of [b, c]) x.dispose();
 });
 
+// Recording resumed at an async function's first await: what it ran after was recorded and kept
+// its activations, with no word.
+t.test('noGrad refuses an async function (recording would resume at its first await)', async (t) => {
+  const x = e.tensor([1], [1]);
+  x.requiresGrad = true;
+  t.throws(() => e.noGrad(async () => ops.mul(x, x)), /noGrad: fn returned a promise; noGrad is synchronous/);
+  t.equal(e.tape.length, 0);
+  x.dispose();
+});
+
 t.test('noGrad records nothing', async (t) => {
   const x = e.tensor([1], [1]);
   x.requiresGrad = true;

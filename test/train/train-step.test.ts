@@ -55,3 +55,20 @@ t.test('a part that throws leaves no recorded nodes, no gradient and no tensor b
   t.equal(e.memoryStats().liveBytes, live, 'nothing the parts made stays alive');
   t.same(Array.from(await w.read()), [1, 2], 'no update');
 });
+
+// Two steps of one optimizer at once added both gradients into one .grad between the first
+// step's backward and its update: the first update took their sum, the second found none, and
+// both resolved. Expected: the second is refused, and the first is the single step by hand,
+// w − lr·a.
+t.test('a second step of an optimizer whose step is still running is refused; the first is unchanged', async (t) => {
+  const w = e.tensor([1, -2, 3], [3]);
+  const a = e.tensor([0.5, 1, -1], [3]);
+  const sgd = new Sgd(e, new Map([['w', w]]), 0.1);
+  const first = trainStep(e, sgd, () => sum(mul(w, a)));
+  await t.rejects(trainStep(e, sgd, () => sum(mul(w, a))), /a step of this optimizer is still running; await it before the next/);
+  await first;
+  t.same(Array.from(await w.read()).map((v) => +v.toFixed(6)), [0.95, -2.1, 3.1]);
+  await trainStep(e, sgd, () => sum(mul(w, a)));
+  t.same(Array.from(await w.read()).map((v) => +v.toFixed(6)), [0.9, -2.2, 3.2], 'the next step, awaited, runs');
+  sgd.dispose();
+});
