@@ -107,9 +107,9 @@ export async function fitDifFeed(e: Engine, unet: UNet, train: ImageSource, test
   const saved = new Map<string, Tensor>([...difeed.params, ...[...difeed.head.params].map(([k, v]) => [`head.${k}`, v] as [string, Tensor])]);
   // BatchNorm's num_batches_tracked, saved as PyTorch's state_dict holds it.
   const counts = new Map<string, SavedCount>(difeed.batchNorm.map((bn, i) => [`feedback.${i}.1.num_batches_tracked`, { get: () => bn.batches, set: (v) => (bn.batches = v) }]));
-  // The U-Net is frozen: gradients flow through it, none into it. One an optimizer was made over (a
-  // U-Net pretrained in this process) has requiresGrad set, and each step computed and kept its
-  // weights' gradients (ADM-256's would be 2.2 GB). Set back as it was however the run ends.
+  // The U-Net is frozen: gradients flow through it, none into it. One whose weights require
+  // gradients (set by its caller, or held by an optimizer still alive) had each step compute and
+  // keep its weights' gradients (ADM-256's would be 2.2 GB). Set back as it was however the run ends.
   const unetParams = [...unet.parameters().values()];
   const requiredGrad = unetParams.map((p) => p.requiresGrad);
   for (const p of unetParams) p.requiresGrad = false;
