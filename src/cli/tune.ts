@@ -6,6 +6,7 @@
 // replaces the built-in choice for every output that fills one of its tiles (chooseGemmTiling). The cache (./tuning-cache.ts) is keyed by
 // adapter and driver, and every command applies it.
 import { chooseGemmTiling, type MatmulTiling, tilingWorkgroupBytes } from '../../kernels/matmul.wgsl.ts';
+import { yieldCoresToCpuAdapter } from '../engine/device.ts';
 import { createEngine, type Engine } from '../engine/engine.ts';
 import * as ops from '../engine/ops/index.ts';
 import type { Tuning } from '../engine/tuning.ts';
@@ -163,6 +164,7 @@ export async function tuneCommand(argv: string[]): Promise<number> {
   const o = parseArgs('tune', argv, OPTIONS);
   if (!o) return 0;
   const e = await createEngine();
+  await yieldCoresToCpuAdapter(e.handle.info); // timed as every command runs (tunedEngine)
   try {
     const adapter = adapterName(e);
     // A file that is not a cache fails now, not after the search; the entry's settings set by hand

@@ -7,6 +7,7 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { mkdir, open, readFile, stat, unlink } from 'node:fs/promises';
 import { cpus, homedir } from 'node:os';
 import { dirname, join } from 'node:path';
+import { yieldCoresToCpuAdapter } from '../engine/device.ts';
 import { createEngine, type Engine } from '../engine/engine.ts';
 import { checkTuning, isRecord, TUNING_FAMILIES, type Tuning } from '../engine/tuning.ts';
 import { writeFileAtomic } from '../model/checkpoint/atomic-write.ts';
@@ -189,6 +190,7 @@ async function withFileLock<T>(lock: string, fn: () => Promise<T>): Promise<T> {
  */
 export async function tunedEngine(): Promise<Engine> {
   const e = await createEngine();
+  await yieldCoresToCpuAdapter(e.handle.info);
   const adapter = adapterName(e);
   const cache = await readTuningCache(adapter).catch(async (err) => {
     await e.dispose();
