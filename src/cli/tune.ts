@@ -6,12 +6,12 @@
 // replaces the built-in choice for every output that fills one of its tiles (chooseGemmTiling). The cache (./tuning-cache.ts) is keyed by
 // adapter and driver, and every command applies it.
 import { chooseGemmTiling, type MatmulTiling, tilingWorkgroupBytes } from '../../kernels/matmul.wgsl.ts';
-import { yieldCoresToCpuAdapter } from '../engine/device.ts';
 import { createEngine, type Engine } from '../engine/engine.ts';
 import * as ops from '../engine/ops/index.ts';
 import type { Tuning } from '../engine/tuning.ts';
 import { gaussianNoise } from '../model/diffusion.ts';
 import { compareArrays } from '../model/parity.ts';
+import { yieldCoresUnlessKept } from './cpu-priority.ts';
 import { type OptionSpecs, parseArgs } from './args.ts';
 import { adapterName, checkTuningWritable, handSetTuning, readTuningCache, storeTuning, tuningPath } from './tuning-cache.ts';
 
@@ -164,7 +164,7 @@ export async function tuneCommand(argv: string[]): Promise<number> {
   const o = parseArgs('tune', argv, OPTIONS);
   if (!o) return 0;
   const e = await createEngine();
-  await yieldCoresToCpuAdapter(e.handle.info); // timed as every command runs (tunedEngine)
+  await yieldCoresUnlessKept(e); // timed as every command runs (tunedEngine)
   try {
     const adapter = adapterName(e);
     // A file that is not a cache fails now, not after the search; the entry's settings set by hand

@@ -7,11 +7,11 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { mkdir, open, readFile, stat, unlink } from 'node:fs/promises';
 import { cpus, homedir } from 'node:os';
 import { dirname, join } from 'node:path';
-import { yieldCoresToCpuAdapter } from '../engine/device.ts';
 import { createEngine, type Engine } from '../engine/engine.ts';
 import { checkTuning, isRecord, TUNING_FAMILIES, type Tuning } from '../engine/tuning.ts';
 import { writeFileAtomic } from '../model/checkpoint/atomic-write.ts';
 import { describeFsError } from '../model/checkpoint/fs-error.ts';
+import { yieldCoresUnlessKept } from './cpu-priority.ts';
 import { packageRoot } from './package-root.ts';
 
 /** Adapter → its entry; entries are checked only when their adapter uses them (one from another machine or version blocks nothing here). */
@@ -190,7 +190,7 @@ async function withFileLock<T>(lock: string, fn: () => Promise<T>): Promise<T> {
  */
 export async function tunedEngine(): Promise<Engine> {
   const e = await createEngine();
-  await yieldCoresToCpuAdapter(e.handle.info);
+  await yieldCoresUnlessKept(e);
   const adapter = adapterName(e);
   const cache = await readTuningCache(adapter).catch(async (err) => {
     await e.dispose();

@@ -12,10 +12,10 @@ import t, { type Test } from 'tap';
  * __pthread_tpp_change_priority, or SIGSEGV at exit: about 1 run in 20 here, before any of difrep's
  * code runs a kernel): a child killed by a signal is run again, up to three times, and said so.
  */
-function runChild(t: Test, name: string): string {
+function runChild(t: Test, name: string, env: Record<string, string> = {}): string {
   const child = new URL(`./children/${name}`, import.meta.url).pathname;
   for (let attempt = 1; ; attempt++) {
-    const r = spawnSync(process.execPath, ['--import', 'tsx', child], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+    const r = spawnSync(process.execPath, ['--import', 'tsx', child], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
     if (r.signal && attempt < 3) {
       t.comment(`${name}: the child died by ${r.signal} in Dawn/lavapipe (${r.stderr.split('\n').find((l) => /Assertion|Segmentation/.test(l)) ?? 'no message'}); running it again`);
       continue;
@@ -44,13 +44,16 @@ t.test('an app\'s Dawn device without Dawn\'s globals is refused, saying how to 
 
 // Dawn's Node binding waits for GPU work by polling on the main thread with setImmediate, a busy
 // loop that took the cores from lavapipe's threads (2.8 s of CPU in a 4.2 s wait on 2 cores). The
-// main thread now runs at nice 19 on CPU adapters, the adapter's threads, made with the device
-// before, at the priority they had: the threads that ran the kernels are the ones at nice 0.
-t.test('on a CPU adapter the main thread yields the cores to the adapter\'s threads, which keep their priority', { skip: process.platform === 'linux' ? false : '/proc/self/task is Linux\'s' }, async (t) => {
-  const out = JSON.parse(runChild(t, 'yield-cores.ts').trim().split('\n').at(-1)!) as { applied: boolean; cpuAdapter: boolean; pid: number; mainNice: number; busy: { tid: string; nice: number; ticks: number }[] };
+// CLI's main thread now runs at nice 19 on CPU adapters, the adapter's threads, made with the
+// device before, at the priority they had: the threads that ran the kernels are the ones at nice 0.
+t.test('on a CPU adapter the CLI\'s main thread yields the cores to the adapter\'s threads, which keep their priority; DIFREP_KEEP_PRIORITY=1 keeps it', { skip: process.platform === 'linux' ? false : '/proc/self/task is Linux\'s' }, async (t) => {
+  type Out = { applied: boolean; cpuAdapter: boolean; pid: number; mainNice: number; busy: { tid: string; nice: number; ticks: number }[] };
+  const out = JSON.parse(runChild(t, 'yield-cores.ts').trim().split('\n').at(-1)!) as Out;
   t.equal(out.applied, out.cpuAdapter, 'applied exactly on a CPU adapter');
   if (!out.cpuAdapter) return;
   t.equal(out.mainNice, 19, 'the main thread at nice 19');
   const workers = out.busy.filter((s) => s.tid !== String(out.pid) && s.ticks >= 5);
   t.ok(workers.length > 0 && workers.every((s) => s.nice === 0), `the threads that ran the kernels keep nice 0: ${JSON.stringify(out.busy)}`);
+  const kept = JSON.parse(runChild(t, 'yield-cores.ts', { DIFREP_KEEP_PRIORITY: '1' }).trim().split('\n').at(-1)!) as Out;
+  t.same([kept.applied, kept.mainNice], [false, 0], 'DIFREP_KEEP_PRIORITY=1: the main thread keeps nice 0');
 });

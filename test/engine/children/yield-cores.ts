@@ -1,10 +1,12 @@
 // Run by device-instance.test.ts: an engine on difrep's own device gives the CPU adapter the cores
-// (yieldCoresToCpuAdapter), then runs a kernel long enough to measure; prints, as one JSON line,
-// whether it applied, this thread's nice value, and the nice value and CPU time of every thread
-// that worked during the kernel's wait (/proc/self/task: Linux).
+// as the CLI does (yieldCoresUnlessKept: DIFREP_KEEP_PRIORITY=1 keeps the priority), then runs a
+// kernel long enough to measure; prints, as one JSON line, whether it yielded, this thread's nice
+// value, and the nice value and CPU time of every thread that worked during the kernel's wait
+// (/proc/self/task: Linux).
 import { readdirSync, readFileSync } from 'node:fs';
 import { getPriority } from 'node:os';
-import { createEngine, ops, yieldCoresToCpuAdapter } from '../../../src/index.ts';
+import { yieldCoresUnlessKept } from '../../../src/cli/cpu-priority.ts';
+import { createEngine, ops } from '../../../src/index.ts';
 
 /** Each thread's nice value and CPU ticks (user + system), from /proc/self/task/<tid>/stat. */
 const threads = () => new Map(readdirSync('/proc/self/task').map((tid) => {
@@ -14,7 +16,7 @@ const threads = () => new Map(readdirSync('/proc/self/task').map((tid) => {
 }));
 
 const e = await createEngine();
-const applied = await yieldCoresToCpuAdapter(e.handle.info);
+const applied = await yieldCoresUnlessKept(e);
 const a = e.tensor(Float32Array.from({ length: 512 * 512 }, (_, i) => (i % 7) - 3), [512, 512]);
 await ops.matmul(a, a).read(); // compiled, and the adapter's threads at work once
 const before = threads();
