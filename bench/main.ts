@@ -4,7 +4,7 @@
 // rows), or PyTorch (bench/peer-torch.py: the kernel rows and the whole models) where a python3
 // imports torch.
 import { spawnSync } from 'node:child_process';
-import { cpus, loadavg } from 'node:os';
+import { cpus, getPriority, loadavg } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import type { Engine } from '../src/engine/engine.ts';
 import * as ops from '../src/engine/ops/index.ts';
@@ -183,9 +183,11 @@ async function main() {
   const engine = await tunedEngine();
   const adapter = adapterDescription(engine);
   const started = new Date();
-  console.log(`difrep bench (${mode}) on ${adapter}; CPU ${cpus()[0]?.model} ×${cpus().length}; load average ${loadavg().map((l) => l.toFixed(2)).join(' ')}`);
+  const startLoad = loadavg();
+  // The CLI's engine gives a CPU adapter's threads the cores (nice 19 here; DIFREP_KEEP_PRIORITY=1 keeps 0): the header says which.
+  console.log(`difrep bench (${mode}) on ${adapter}; CPU ${cpus()[0]?.model} ×${cpus().length}; load average ${startLoad.map((l) => l.toFixed(2)).join(' ')}; main thread nice ${getPriority()}`);
   // Other work on the cores slows every row, and a CPU peer's threads most (one measured 60× slower at load 2.4 on 2 cores).
-  if (loadavg()[0] > 0.25 * cpus().length) console.error(`difrep bench: warning: load average ${loadavg()[0].toFixed(2)} on ${cpus().length} cores: other work is running, and its share of the cores will be missing from every row (a CPU peer's most); bench an idle machine`);
+  if (startLoad[0] > 0.25 * cpus().length) console.error(`difrep bench: warning: load average ${startLoad[0].toFixed(2)} on ${cpus().length} cores: other work is running, and its share of the cores will be missing from every row (a CPU peer's most); bench an idle machine`);
   if (flag('--tune')) {
     // The same bounded search as `difrep tune` (src/cli/tune.ts).
     const { tuning } = await tuneKernels(engine, 60, (line) => console.log(line));
@@ -194,9 +196,9 @@ async function main() {
     console.log(`tuning stored for ${key}: ${JSON.stringify(tuning)}`);
     engine.dispose();
     const tuned = await tunedEngine();
-    return report(tuned, adapter, started);
+    return report(tuned, adapter, started, startLoad);
   }
-  return report(engine, adapter, started);
+  return report(engine, adapter, started, startLoad);
 }
 
 /** A share of the peak; over 100 % only when the probe under-read the adapter (a busy moment), said so. */
@@ -218,7 +220,8 @@ function rowCeiling(row: Row, peaks: Peaks): { value: number; text: string } | u
   return undefined;
 }
 
-async function report(engine: Engine, adapter: string, started: Date) {
+async function report(engine: Engine, adapter: string, started: Date, startLoad: number[]) {
+  const mainThreadNice = getPriority();
   // `full: 'cpu'`: whole-model rows too slow for the default run on CPU adapters only.
   const inMode = CASES.filter((c) => (mode === 'quick' ? c.quick : mode === 'full' ? true : !(c.full === true || (c.full === 'cpu' && engine.cpuAdapter))));
   const cases = only ? inMode.filter((c) => only.test(`${c.family} ${c.name}`)) : inMode;
@@ -278,12 +281,12 @@ async function report(engine: Engine, adapter: string, started: Date) {
   console.log(`dispatch overhead: ${overhead.oneSubmitUs.toFixed(1)} µs per dispatch batched in few submits, ${overhead.perSubmitUs.toFixed(1)} µs with one submit each`);
   console.log(`transfers (64 MiB): upload ${transfer.uploadGBps.toFixed(2)} GB/s, readback ${transfer.readbackGBps.toFixed(2)} GB/s`);
   console.log(`\n${table(rows, peer.label)}`);
-  const result = { adapter, cpu: cpus()[0]?.model, cores: cpus().length, loadavg: loadavg(), date: started.toISOString(), mode, only: only?.source, peaks: { gflops: peaks.gflops, gbps: peaks.gbps }, peer: peer.description, rows, overhead, transfer, tuning: engine.tuning };
+  const result = { adapter, cpu: cpus()[0]?.model, cores: cpus().length, loadavg: startLoad, mainThreadNice, date: started.toISOString(), mode, only: only?.source, peaks: { gflops: peaks.gflops, gbps: peaks.gbps }, peer: peer.description, rows, overhead, transfer, tuning: engine.tuning };
   const json = value('--json');
   if (json) await writeFileAtomic(json, JSON.stringify(result, null, 2));
   const md = value('--md');
   if (md) {
-    const text = `# difrep bench results\n\nAdapter: ${adapter}  \nCPU: ${result.cpu} ×${result.cores}  \nDate: ${result.date}  \nMode: ${mode}${only ? `, rows matching ${only}` : ''}; load average at start ${result.loadavg.map((l) => l.toFixed(2)).join(' ')}  \n` +
+    const text = `# difrep bench results\n\nAdapter: ${adapter}  \nCPU: ${result.cpu} ×${result.cores}  \nDate: ${result.date}  \nMode: ${mode}${only ? `, rows matching ${only}` : ''}; load average at start ${result.loadavg.map((l) => l.toFixed(2)).join(' ')}; main thread nice ${mainThreadNice} (19: the cores given to a CPU adapter's threads, yieldCoresToCpuAdapter)  \n` +
       `Measured peaks (each probe's fastest repetition, the higher of a run before and one after the rows; a row is rated against the higher of that and its probe run again right after it): FMA ${peaks.gflops.toFixed(1)} GFLOP/s (${peaks.config.fma.chains} vec4 chains, ${FMA_UNROLL} FMAs each per loop; an adapter that lowers fma to a multiply and an add, as lavapipe does in the kernels too, reads its multiply-plus-add ceiling, not the CPU's fused peak), copy ${peaks.gbps.toFixed(2)} GB/s (${peaks.config.copy.perThread} vec4s per invocation, ${peaks.config.copy.layout})  \nPeer: ${peer.description}; ours/${peer.label} = its median over ours (above 1: ours is faster)  \n` +
       `Timing: wall time around submit + onSubmittedWorkDone, one warm-up call (\"first\": compilation included, the inputs uploaded before it), median of the repetitions (the mean of the middle two for an even count; the peers' likewise)  \n` +
       `Tuning in use: ${JSON.stringify(engine.tuning)}  \n` +
