@@ -58,8 +58,7 @@ export class Tensor {
   readonly id: number;
   readonly size: number;
   readonly label: string;
-  /** Set on parameters (leaves) by the user, and on every output of a recorded op. */
-  requiresGrad = false;
+  private needsGradient = false;
   /** Accumulated gradient of a leaf after `backward()`. */
   grad: Tensor | null = null;
   /**
@@ -68,6 +67,23 @@ export class Tensor {
    */
   tapeState: 'recorded' | 'released' | undefined = undefined;
   private userReleased = false;
+
+  /** Set on parameters (leaves) by the user, and on every output of a recorded op. */
+  get requiresGrad(): boolean {
+    return this.needsGradient;
+  }
+
+  /**
+   * Cleared only on a leaf (or an output whose op the tape has dropped): cleared on an output of a
+   * recorded op it silently cut the gradient there, and PyTorch refuses it ("you can only change
+   * requires_grad flags of leaf variables").
+   */
+  set requiresGrad(value: boolean) {
+    if (!value && this.needsGradient && this.tapeState === 'recorded') {
+      throw new Error(`${this.label} ${shapeString(this.shape)} was computed by a recorded op, so its requiresGrad cannot be cleared (the gradient would stop there without a word, as PyTorch refuses too): compute it under engine.noGrad() to record nothing`);
+    }
+    this.needsGradient = value;
+  }
   private freed = false;
   /** Holds by the autograd tape: a tensor saved for backward outlives the user's dispose(). */
   private holds = 0;

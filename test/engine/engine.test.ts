@@ -196,6 +196,21 @@ t.test('noGrad refuses an async function (recording would resume at its first aw
   x.dispose();
 });
 
+// Cleared on an op's output, requiresGrad silently cut the gradient there: d/dx Σ (x·x)·x came back
+// as x² (the product's branch dropped) where it is 3x². PyTorch refuses it on non-leaves.
+t.test('requiresGrad cannot be cleared on an output of a recorded op; on a leaf it can', async (t) => {
+  const x = e.tensor([1, 2], [2]);
+  x.requiresGrad = true;
+  const y = ops.mul(x, x);
+  t.throws(() => { y.requiresGrad = false; }, /mul\(.*\) \[2\] was computed by a recorded op, so its requiresGrad cannot be cleared/);
+  e.tape.backward(ops.sum(ops.mul(y, x)));
+  t.same(Array.from(await x.grad!.read()), [3, 12], 'd/dx Σ x³ = 3x²');
+  y.requiresGrad = false; // its op dropped by the backward: nothing left to cut
+  x.requiresGrad = false;
+  t.notOk(x.requiresGrad, 'a leaf\'s flag clears');
+  for (const v of [x, y]) v.dispose();
+});
+
 t.test('noGrad records nothing', async (t) => {
   const x = e.tensor([1], [1]);
   x.requiresGrad = true;
