@@ -3,7 +3,7 @@
 // JSON from argv[2], prints one JSON line per op: {i, firstMs, medianMs, reps} or {i, error}.
 // Same protocol as bench/measure.ts: one warm-up call, then repetitions, each = the op run to
 // completion.
-import { describeAdapter, isCpuAdapter } from '../src/engine/device.ts';
+import { describeAdapter, yieldCoresToCpuAdapter } from '../src/engine/device.ts';
 import type { PeerOp } from './cases.ts';
 
 const webgpu = await import('webgpu');
@@ -15,10 +15,10 @@ const tf = await import('@tensorflow/tfjs-core');
 await import('@tensorflow/tfjs-backend-webgpu');
 await tf.setBackend('webgpu');
 await tf.ready();
-// As difrep's engine in the bench (yieldCoresToCpuAdapter): on a CPU adapter, Dawn's busy event
-// polling on this thread leaves the cores to the adapter's threads.
+// As difrep's engine in the bench: on a CPU adapter, Dawn's busy event polling on this thread
+// leaves the cores to the adapter's threads.
 const peerDevice = (tf.backend() as unknown as { device?: GPUDevice }).device;
-if (peerDevice && isCpuAdapter(describeAdapter(undefined, peerDevice))) (await import('node:os')).setPriority(19);
+if (peerDevice) await yieldCoresToCpuAdapter(describeAdapter(undefined, peerDevice));
 
 const list = JSON.parse(process.argv[2]) as (PeerOp & { minReps?: number; maxReps?: number })[];
 for (const [i, op] of list.entries()) {

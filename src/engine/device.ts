@@ -55,12 +55,13 @@ const LIMITS_TO_REQUEST = [
 
 const FEATURES_TO_REQUEST: GPUFeatureName[] = ['timestamp-query', 'shader-f16', 'subgroups'];
 
+/** Node, not Deno (which answers to `process.versions.node` too): WebGPU there is Dawn's `webgpu` package. */
+const isNodeRuntime = () => typeof (globalThis as { process?: { versions?: { node?: string } } }).process?.versions?.node === 'string' && !('Deno' in globalThis);
+
 async function findGpu(): Promise<GPU> {
   const nav = (globalThis as { navigator?: { gpu?: GPU } }).navigator;
   if (nav?.gpu) return nav.gpu;
-  const isNode = typeof (globalThis as { process?: { versions?: { node?: string } } }).process?.versions?.node === 'string'
-    && !('Deno' in globalThis);
-  if (!isNode) {
+  if (!isNodeRuntime()) {
     throw new NoAdapterError('this runtime has no navigator.gpu (Deno needs --unstable-webgpu; browsers need WebGPU enabled)');
   }
   if (dawnInstance) return dawnInstance;
@@ -134,10 +135,11 @@ export interface RequestDeviceOptions {
  * thread's priority to nice 19 (Linux threads each have their own; the adapter's, made with its
  * device, keep theirs), so the polling takes what they leave. Without privileges a process cannot
  * raise it again: the CLI and the bench call this; an app decides for its own main thread.
- * Returns whether it did: only in Node on Dawn, for a CPU adapter, where os.setPriority works.
+ * Returns whether it did: only in Node (Dawn: difrep's instance or the app's), for a CPU adapter,
+ * where os.setPriority works.
  */
 export async function yieldCoresToCpuAdapter(info: AdapterDescription): Promise<boolean> {
-  if (!dawnInstance || !isCpuAdapter(info)) return false;
+  if (!isNodeRuntime() || !isCpuAdapter(info)) return false;
   try {
     (await import('node:os')).setPriority(19);
     return true;

@@ -56,4 +56,7 @@ t.test('on a CPU adapter the CLI\'s main thread yields the cores to the adapter\
   t.ok(workers.length > 0 && workers.every((s) => s.nice === 0), `the threads that ran the kernels keep nice 0: ${JSON.stringify(out.busy)}`);
   const kept = JSON.parse(runChild(t, 'yield-cores.ts', { DIFREP_KEEP_PRIORITY: '1' }).trim().split('\n').at(-1)!) as Out;
   t.same([kept.applied, kept.mainNice], [false, 0], 'DIFREP_KEEP_PRIORITY=1: the main thread keeps nice 0');
+  // On a Dawn device the app made, difrep has no Dawn instance of its own: it yielded nothing.
+  const app = JSON.parse(runChild(t, 'yield-cores.ts', { APP_DEVICE: '1' }).trim().split('\n').at(-1)!) as Out;
+  t.same([app.applied, app.mainNice], [true, 19], 'on an app\'s Dawn device too');
 });
