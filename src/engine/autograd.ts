@@ -43,18 +43,11 @@ export class Tape {
 
   paused<T>(fn: () => T): T {
     this.pauseDepth++;
-    let result: T;
     try {
-      result = fn();
+      return fn();
     } finally {
       this.pauseDepth--;
     }
-    // Recording resumed at fn's first await: what it ran after was recorded, as tidy would
-    // otherwise close its scope there.
-    if (result && typeof (result as { then?: unknown }).then === 'function') {
-      throw new Error('noGrad: fn returned a promise; noGrad is synchronous (recording resumes when fn returns, at its first await): await inside, then noGrad each synchronous part');
-    }
-    return result;
   }
 
   /** True when an op on these inputs must be recorded. */

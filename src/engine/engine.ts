@@ -334,7 +334,7 @@ export class Engine {
     } finally {
       this.scopes.pop();
     }
-    if (result && typeof (result as { then?: unknown }).then === 'function') {
+    if (isPromiseLike(result)) {
       // What fn made before its first await goes to the enclosing scope, as an untidied op's
       // output would: fn may still use it, and an enclosing tidy then frees it.
       for (const t of scope) this.track(t);
@@ -362,7 +362,12 @@ export class Engine {
 
   /** Runs `fn` without recording ops on the autograd tape. */
   noGrad<T>(fn: () => T): T {
-    return this.tape.paused(fn);
+    const result = this.tape.paused(fn);
+    // Recording resumed at fn's first await: what it ran after was recorded.
+    if (isPromiseLike(result)) {
+      throw new Error('noGrad: fn returned a promise; noGrad is synchronous (recording resumes when fn returns, at its first await): await inside, then noGrad each synchronous part');
+    }
+    return result;
   }
 
   // ---------------------------------------------------------------- recording and submitting
@@ -779,6 +784,11 @@ function checkTilesFit(tuning: Tuning, limits: GPUSupportedLimits): void {
 async function throwFirst(errors: Promise<(GPUError & { kind: string }) | null>[]): Promise<void> {
   const first = (await Promise.all(errors)).find((e) => e);
   if (first) throw new GpuError(first.kind, first.message);
+}
+
+/** What an async function returns: tidy and noGrad take synchronous functions only. */
+function isPromiseLike(value: unknown): boolean {
+  return !!value && typeof (value as { then?: unknown }).then === 'function';
 }
 
 function collectTensors(value: unknown, into: Set<Tensor>): void {
