@@ -20,7 +20,7 @@
 import { wgsl } from 'wgsl-preprocessor/wgsl-preprocessor.js';
 import type { KernelSource } from './kernel-source.ts';
 import { DEFAULT_MATMUL_TILING, GEMM_BLOCK_WGSL, type MatmulTiling } from './matmul.wgsl.ts';
-import { SUBGROUP_GEMM_COLUMNS, SUBGROUP_GEMM_LANES, type SubgroupGemmRows, type SubgroupGemmStep, subgroupGemmStep } from './matmul-subgroup.wgsl.ts';
+import { SUBGROUP_GEMM_COLUMNS, SUBGROUP_GEMM_LANES, subgroupGemmBlock, type SubgroupGemmOrder, subgroupGemmOrderKey, type SubgroupGemmRows, type SubgroupGemmStep, subgroupGemmStep } from './matmul-subgroup.wgsl.ts';
 import { accumulateStep, declareAccumulators, declareSlabs, fillSlab, ownedColumnSlab, storeAccumulators } from './register-tile.ts';
 import { uniformLayout } from './uniform-layout.ts';
 
@@ -177,9 +177,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
  * loads W at its share of the rows (2 values each) for subgroupBroadcast, and its columns' 8
  * im2col values (steps of 4 made a loop body too long for the CPU's decoded-instruction cache:
  * 256→256 @16² stride 2, batch 4, 22.8 → 15.0 ms). Same bindings and uniforms as conv2dKernel;
- * dispatch subgroupGemmWorkgroups over Cout rows and N·Ho·Wo columns.
+ * dispatch subgroupGemmWorkgroups over Cout rows and N·Ho·Wo columns, in `order`.
  */
-export function subgroupConv2dKernel(v: Conv2dVariant, rows: SubgroupGemmRows): KernelSource<typeof CONV2D_PARAMS> {
+export function subgroupConv2dKernel(v: Conv2dVariant, rows: SubgroupGemmRows, order: SubgroupGemmOrder = 'columns'): KernelSource<typeof CONV2D_PARAMS> {
   const S = SUBGROUP_GEMM_LANES;
   const kStep: SubgroupGemmStep = 2;
   const KK = v.ksize * v.ksize;
@@ -201,7 +201,7 @@ export function subgroupConv2dKernel(v: Conv2dVariant, rows: SubgroupGemmRows): 
   const stores = Array.from({ length: rows }, (_, i) => [0, 1, 2, 3].map((j) => `store(row0 + ${i}u, c0 + ${j}u, acc${i}[${j}]);`).join(' ')).join('\n  ');
   return {
     params: CONV2D_PARAMS,
-    key: `conv2dSubgroup.k${v.ksize}p${v.pad}s${v.stride}d${v.inputDilation}${v.bias ? '.bias' : ''}${v.residual ? '.res' : ''}${v.transposedWeight ? '.wT' : ''}.r${rows}`,
+    key: `conv2dSubgroup.k${v.ksize}p${v.pad}s${v.stride}d${v.inputDilation}${v.bias ? '.bias' : ''}${v.residual ? '.res' : ''}${v.transposedWeight ? '.wT' : ''}.r${rows}${subgroupGemmOrderKey(order)}`,
     code: wgsl`enable subgroups;
 ${convModule(v)}
 
@@ -209,7 +209,7 @@ ${convModule(v)}
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
   let P = u.Ho * u.Wo;
   let K = u.Cin * ${KK}u;
-  let block = gemmBlock(wid, nwg, (u.N * P + ${SUBGROUP_GEMM_COLUMNS - 1}u) / ${SUBGROUP_GEMM_COLUMNS}u, (u.Cout + ${rows - 1}u) / ${rows}u);
+  ${subgroupGemmBlock(order, `(u.N * P + ${SUBGROUP_GEMM_COLUMNS - 1}u) / ${SUBGROUP_GEMM_COLUMNS}u`, `(u.Cout + ${rows - 1}u) / ${rows}u`)}
   let row0 = block.y * ${rows}u;
   let c0 = block.x * ${SUBGROUP_GEMM_COLUMNS}u + 4u * lane;
   let col0 = column(c0, P);
@@ -239,9 +239,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
  * the sign of a zero). One loop step is one (ci, ky), not one ci with its three kernel rows
  * unrolled: a loop body of 3·rows vec4 FMAs stays in the CPU's decoded-instruction cache, where
  * 9·rows did not (1024→1024 @8² on lavapipe: 62 → 41 ms, the speed of a matmul of the same M, N, K).
- * Bindings: conv2dKernel's, then x again as x4. Dispatch: subgroupGemmWorkgroups.
+ * Bindings: conv2dKernel's, then x again as x4. Dispatch: subgroupGemmWorkgroups, in `order`.
  */
-export function subgroupConv3x3Kernel(v: Conv2dVariant, rows: SubgroupGemmRows): KernelSource<typeof CONV2D_PARAMS> {
+export function subgroupConv3x3Kernel(v: Conv2dVariant, rows: SubgroupGemmRows, order: SubgroupGemmOrder = 'columns'): KernelSource<typeof CONV2D_PARAMS> {
   if (!rowWindowConv(v)) throw new RangeError('subgroupConv3x3Kernel: 3×3 kernels with stride 1, padding 1 and no input dilation only');
   const S = SUBGROUP_GEMM_LANES;
   const x4Binding = 4 + Number(v.bias) + Number(v.residual);
@@ -253,7 +253,7 @@ export function subgroupConv3x3Kernel(v: Conv2dVariant, rows: SubgroupGemmRows):
   const stores = Array.from({ length: rows }, (_, i) => `storeColumns(row0 + ${i}u, o + ${i}u * P, acc${i});`).join('\n    ');
   return {
     params: CONV2D_PARAMS,
-    key: `conv2dSubgroup3x3${v.bias ? '.bias' : ''}${v.residual ? '.res' : ''}${v.transposedWeight ? '.wT' : ''}.r${rows}`,
+    key: `conv2dSubgroup3x3${v.bias ? '.bias' : ''}${v.residual ? '.res' : ''}${v.transposedWeight ? '.wT' : ''}.r${rows}${subgroupGemmOrderKey(order)}`,
     code: wgsl`enable subgroups;
 ${convModule(v)}
 @group(0) @binding(${x4Binding}) var<storage, read> x4: array<vec4<f32>>;
@@ -290,7 +290,7 @@ fn storeColumns(m: u32, o: u32, value: vec4<f32>) {
 @compute @workgroup_size(${S})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
   let P = u.H * u.W;
-  let block = gemmBlock(wid, nwg, (u.N * P + ${SUBGROUP_GEMM_COLUMNS - 1}u) / ${SUBGROUP_GEMM_COLUMNS}u, (u.Cout + ${rows - 1}u) / ${rows}u);
+  ${subgroupGemmBlock(order, `(u.N * P + ${SUBGROUP_GEMM_COLUMNS - 1}u) / ${SUBGROUP_GEMM_COLUMNS}u`, `(u.Cout + ${rows - 1}u) / ${rows}u`)}
   let row0 = block.y * ${rows}u;
   let c0 = block.x * ${SUBGROUP_GEMM_COLUMNS}u + 4u * lane;
   // Lanes past the last column compute the last 4 again (their sums are never stored).

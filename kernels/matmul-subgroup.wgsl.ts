@@ -61,10 +61,44 @@ export function subgroupGemmColumnGroups(N: number, transB: boolean): SubgroupGe
   return !transB && N >= 2 * SUBGROUP_GEMM_COLUMNS ? 2 : 1;
 }
 
-/** Workgroups of a subgroup GEMM: gemmGrid's x over columns, y over rows, z over the batch. */
-export function subgroupGemmWorkgroups(rows: SubgroupGemmRows, M: number, N: number, batch: number, groups: SubgroupGemmColumnGroups = 1): [number, number, number] {
-  return gemmGrid(Math.ceil(N / (SUBGROUP_GEMM_COLUMNS * groups)), Math.ceil(M / rows), batch);
+/**
+ * The order a subgroup GEMM's workgroups take C's blocks in. Lavapipe hands workgroups to its
+ * threads in index order, x fastest, so neighbouring workgroups share the block that x does not
+ * change: `columns` (x over column blocks) shares a row block and streams all of B (K × N) past it
+ * once per row block; `rows` (x over row blocks) shares a column block and streams A (M × K) once
+ * per column block. What is streamed stays in the cores' caches when it is the smaller operand,
+ * so rows first where N ≥ 4M (interleaved medians on 2 cores: Winograd's batched GEMMs at 128²,
+ * M 256 by N 4096 tiles, 1.13×; a square 1024³ and M > N were 2–5 % slower rows first).
+ */
+export type SubgroupGemmOrder = 'columns' | 'rows';
+
+export function subgroupGemmOrder(M: number, N: number): SubgroupGemmOrder {
+  return N >= 4 * M ? 'rows' : 'columns';
 }
+
+/**
+ * Workgroups of a subgroup GEMM: gemmGrid over column blocks and row blocks (x the first of them
+ * in `order`, y the other), z over the batch. Kernels decode it with subgroupGemmBlock.
+ */
+export function subgroupGemmWorkgroups(rows: SubgroupGemmRows, M: number, N: number, batch: number, groups: SubgroupGemmColumnGroups = 1, order: SubgroupGemmOrder = 'columns'): [number, number, number] {
+  const columnBlocks = Math.ceil(N / (SUBGROUP_GEMM_COLUMNS * groups));
+  const rowBlocks = Math.ceil(M / rows);
+  return order === 'rows' ? gemmGrid(rowBlocks, columnBlocks, batch) : gemmGrid(columnBlocks, rowBlocks, batch);
+}
+
+/**
+ * WGSL declaring `block`, a workgroup's (column block, row block, z index) in a
+ * subgroupGemmWorkgroups grid of `order` (gemmBlock, with x and y swapped rows first), from the
+ * WGSL counts `columnBlocks` and `rowBlocks`. Reads main's `wid` and `nwg`.
+ */
+export function subgroupGemmBlock(order: SubgroupGemmOrder, columnBlocks: string, rowBlocks: string): string {
+  if (order === 'columns') return `let block = gemmBlock(wid, nwg, ${columnBlocks}, ${rowBlocks});`;
+  return `let rowsFirst = gemmBlock(wid, nwg, ${rowBlocks}, ${columnBlocks});
+  let block = vec3(rowsFirst.y, rowsFirst.x, rowsFirst.z);`;
+}
+
+/** The kernel key's mark of a grid order: none for the default, columns first. */
+export const subgroupGemmOrderKey = (order: SubgroupGemmOrder) => (order === 'rows' ? '.rowsFirst' : '');
 
 /**
  * Rows per workgroup for an M-row output: 32 (measured fastest on lavapipe: 32 × 4 accumulators a
@@ -136,10 +170,10 @@ const SUBGROUP_SPLIT_SUM_PARAMS = uniformLayout({ M: 'u32', N: 'u32', K: 'u32', 
  * C is [batch, M, N], all bound as vec4 arrays: the same shapes and strides as matmulKernel's vec4
  * variant (vectorizableGemm), whose conditions this kernel needs too. Bindings: a, b, c, then the
  * bias (bias[n] with `bias`, bias[m] with `rowBias`) and the residual when present. Dispatch:
- * subgroupGemmWorkgroups.
+ * subgroupGemmWorkgroups, in `order`.
  */
-export function subgroupMatmulKernel(v: SubgroupMatmulVariant, rows: SubgroupGemmRows, groups: SubgroupGemmColumnGroups = 1): KernelSource<typeof SUBGROUP_MATMUL_PARAMS> {
-  return { params: SUBGROUP_MATMUL_PARAMS, ...subgroupGemm(v, rows, groups, false) };
+export function subgroupMatmulKernel(v: SubgroupMatmulVariant, rows: SubgroupGemmRows, groups: SubgroupGemmColumnGroups = 1, order: SubgroupGemmOrder = 'columns'): KernelSource<typeof SUBGROUP_MATMUL_PARAMS> {
+  return { params: SUBGROUP_MATMUL_PARAMS, ...subgroupGemm(v, rows, groups, false, order) };
 }
 
 /**
@@ -149,11 +183,11 @@ export function subgroupMatmulKernel(v: SubgroupMatmulVariant, rows: SubgroupGem
  * [M, N] per split). Dispatch: subgroupGemmWorkgroups with the splits as the batch.
  */
 export function subgroupSplitSumKernel(rows: SubgroupGemmRows): KernelSource<typeof SUBGROUP_SPLIT_SUM_PARAMS> {
-  return { params: SUBGROUP_SPLIT_SUM_PARAMS, ...subgroupGemm({ transA: false, transB: true, bias: false }, rows, 1, true) };
+  return { params: SUBGROUP_SPLIT_SUM_PARAMS, ...subgroupGemm({ transA: false, transB: true, bias: false }, rows, 1, true, 'columns') };
 }
 
 /** subgroupMatmulKernel's key and code, or with `splitSum` subgroupSplitSumKernel's. */
-function subgroupGemm(v: SubgroupMatmulVariant, rows: SubgroupGemmRows, groups: SubgroupGemmColumnGroups, splitSum: boolean): { key: string; code: string } {
+function subgroupGemm(v: SubgroupMatmulVariant, rows: SubgroupGemmRows, groups: SubgroupGemmColumnGroups, splitSum: boolean, order: SubgroupGemmOrder): { key: string; code: string } {
   if (v.bias && v.rowBias) throw new RangeError('subgroupMatmulKernel: a column bias or a row bias, not both');
   if (v.transB && groups > 1) throw new RangeError('subgroupMatmulKernel: transposed B takes one column group (subgroupGemmColumnGroups)');
   let binding = 4;
@@ -183,7 +217,7 @@ function subgroupGemm(v: SubgroupMatmulVariant, rows: SubgroupGemmRows, groups: 
   for (let i = 0; i < rows; i++) for (let g = 0; g < groups; g++) stores.push(`store(row0 + ${i}u, ${groupColumn(g)}, ${accumulator(i, g)});`);
   const flags = [v.bias && 'bias', v.rowBias && 'rowBias', v.residual && 'res', splitSum && 'splitSum'].filter(Boolean).map((f) => `.${f}`).join('');
   return {
-    key: `matmulSubgroup.${v.transA ? 'T' : 'N'}${v.transB ? 'T' : 'N'}${flags}.r${rows}${groups > 1 ? `.g${groups}` : ''}`,
+    key: `matmulSubgroup.${v.transA ? 'T' : 'N'}${v.transB ? 'T' : 'N'}${flags}.r${rows}${groups > 1 ? `.g${groups}` : ''}${subgroupGemmOrderKey(order)}`,
     code: wgsl`enable subgroups;
 ${splitSum ? SUBGROUP_SPLIT_SUM_PARAMS.wgsl : SUBGROUP_MATMUL_PARAMS.wgsl}
 @group(0) @binding(1) var<storage, read> a: array<vec${kStep}<f32>>;
@@ -220,7 +254,7 @@ ${GEMM_BLOCK_WGSL}
 
 @compute @workgroup_size(${S})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
-  let block = gemmBlock(wid, nwg, (u.N + ${SUBGROUP_GEMM_COLUMNS * groups - 1}u) / ${SUBGROUP_GEMM_COLUMNS * groups}u, (u.M + ${rows - 1}u) / ${rows}u);
+  ${subgroupGemmBlock(order, `(u.N + ${SUBGROUP_GEMM_COLUMNS * groups - 1}u) / ${SUBGROUP_GEMM_COLUMNS * groups}u`, `(u.M + ${rows - 1}u) / ${rows}u`)}
   batch = block.z;
   let row0 = block.y * ${rows}u;
   let col = block.x * ${SUBGROUP_GEMM_COLUMNS * groups}u + ${COLUMNS_PER_LANE}u * lane;

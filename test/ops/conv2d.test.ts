@@ -28,6 +28,11 @@ const cases: [string, number[], number[], number, [number, number]][] = [
   ['3x3 stride 3 on 1x2x7x4 → 2', [1, 2, 7, 4], [2, 2, 3, 3], 3, [3, 2]],
   ['1x1 stride 2 on 2x3x5x4 → 2', [2, 3, 5, 4], [2, 3, 1, 1], 2, [3, 2]],
   ['3x3 on 1x70x9x11 → 67 (several tiles)', [1, 70, 9, 11], [67, 70, 3, 3], 1, [9, 11]],
+  // Output columns (N·Ho·Wo) at least 4 × the channels: on lavapipe the subgroup GEMM's grid walks
+  // row tiles first (subgroupGemmOrder); two row tiles and several column tiles each.
+  ['3x3 on 2x4x12x16 → 40 (row tiles first)', [2, 4, 12, 16], [40, 4, 3, 3], 1, [12, 16]],
+  ['3x3 stride 2 on 2x4x24x32 → 40 (row tiles first)', [2, 4, 24, 32], [40, 4, 3, 3], 2, [12, 16]],
+  ['1x1 on 2x8x12x16 → 40 (a GEMM per image, row tiles first)', [2, 8, 12, 16], [40, 8, 1, 1], 1, [12, 16]],
   ['3x3 stride 2 on 1x70x9x11 → 67 (several tiles)', [1, 70, 9, 11], [67, 70, 3, 3], 2, [5, 6]],
 ];
 

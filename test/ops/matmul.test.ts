@@ -29,6 +29,10 @@ const cases: [number[], number[], boolean, boolean][] = [
   [[68, 36], [44, 68], true, true],
   [[3, 20, 12], [12, 132], false, false],
   [[2, 12, 76], [2, 20, 12], true, true],
+  // N at least 4M: on lavapipe the subgroup GEMM's grid walks row blocks first (subgroupGemmOrder);
+  // three row blocks, several column blocks, batched.
+  [[2, 72, 36], [2, 36, 292], false, false],
+  [[2, 36, 72], [2, 292, 36], true, true],
 ];
 
 for (const [sa, sb, ta, tb] of cases) {

@@ -2,7 +2,7 @@
 // residual add. Kernels and the backward derivation (stride ↔ input dilation): kernels/conv2d.wgsl.ts.
 import { conv2dKernel, conv2dWeightGradKernel, rowWindowConv, subgroupConv2dKernel, subgroupConv3x3Kernel } from '../../../kernels/conv2d.wgsl.ts';
 import { chooseGemmTiling, gemmWorkgroups, type MatmulTiling } from '../../../kernels/matmul.wgsl.ts';
-import { subgroupGemmColumnGroups, subgroupGemmRows, subgroupGemmWorkgroups, subgroupMatmulKernel, subgroupSplitSumKernel } from '../../../kernels/matmul-subgroup.wgsl.ts';
+import { subgroupGemmColumnGroups, subgroupGemmOrder, subgroupGemmRows, subgroupGemmWorkgroups, subgroupMatmulKernel, subgroupSplitSumKernel } from '../../../kernels/matmul-subgroup.wgsl.ts';
 import type { Engine } from '../engine.ts';
 import { shapeString, type Tensor } from '../tensor.ts';
 import { winogradConv, winogradFits, winogradTiles, winogradWeightGrad } from './conv2d-winograd.ts';
@@ -89,11 +89,12 @@ function runPointwise(e: Engine, c: ConvCall, bindings: Tensor[]): void {
   const channelsOut = c.out.shape[1];
   const rows = subgroupGemmRows(channelsOut);
   const groups = subgroupGemmColumnGroups(H * W, false);
+  const order = subgroupGemmOrder(channelsOut, H * W);
   e.dispatch({
-    kernel: subgroupMatmulKernel({ transA: c.transposedWeight, transB: false, bias: false, rowBias: !!c.bias, residual: !!c.residual }, rows, groups),
+    kernel: subgroupMatmulKernel({ transA: c.transposedWeight, transB: false, bias: false, rowBias: !!c.bias, residual: !!c.residual }, rows, groups, order),
     bindings,
     params: { M: channelsOut, N: H * W, K: channelsIn, strideA: 0, strideB: channelsIn * H * W, batches: N },
-    workgroups: subgroupGemmWorkgroups(rows, channelsOut, H * W, N, groups),
+    workgroups: subgroupGemmWorkgroups(rows, channelsOut, H * W, N, groups, order),
   });
 }
 
@@ -122,11 +123,12 @@ function runConv(e: Engine, c: ConvCall): void {
   const params = { Cin: cin, H, W, Cout: cout, N, Ho, Wo };
   if (subgroupKernels) {
     const rows = subgroupGemmRows(cout);
-    const workgroups = subgroupGemmWorkgroups(rows, cout, N * Ho * Wo, 1);
+    const order = subgroupGemmOrder(cout, N * Ho * Wo);
+    const workgroups = subgroupGemmWorkgroups(rows, cout, N * Ho * Wo, 1, 1, order);
     if (rowWindowConv(variant) && W % 4 === 0) {
-      e.dispatch({ kernel: subgroupConv3x3Kernel(variant, rows), bindings: [...bindings, c.x], params, workgroups });
+      e.dispatch({ kernel: subgroupConv3x3Kernel(variant, rows, order), bindings: [...bindings, c.x], params, workgroups });
     } else {
-      e.dispatch({ kernel: subgroupConv2dKernel(variant, rows), bindings, params, workgroups });
+      e.dispatch({ kernel: subgroupConv2dKernel(variant, rows, order), bindings, params, workgroups });
     }
     return;
   }

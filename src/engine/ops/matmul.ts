@@ -7,7 +7,7 @@
 // each again one matmul call with transpose flags; operands broadcast over the batch get their
 // gradient summed over it.
 import { chooseGemmTiling, gemmWorkgroups, matmulKernel, type MatmulTiling, vectorizableGemm, vectorizableOperands } from '../../../kernels/matmul.wgsl.ts';
-import { subgroupGemmColumnGroups, subgroupGemmRows, subgroupGemmWorkgroups, subgroupMatmulKernel } from '../../../kernels/matmul-subgroup.wgsl.ts';
+import { subgroupGemmColumnGroups, subgroupGemmOrder, subgroupGemmRows, subgroupGemmWorkgroups, subgroupMatmulKernel } from '../../../kernels/matmul-subgroup.wgsl.ts';
 import { shapeString, type Tensor } from '../tensor.ts';
 import { add } from './elementwise.ts';
 import { concatRows, expand, slice, sliceRows } from './layout.ts';
@@ -48,11 +48,12 @@ export function dispatchMatmul(a: Tensor, b: Tensor, out: Tensor, d: MatmulDispa
   if (e.subgroupMatmul && !e.tuning.matmul && vectorizableOperands(d.M, d.N, d.K, d.transA, d.transB)) {
     const rows = subgroupGemmRows(d.M);
     const groups = subgroupGemmColumnGroups(d.N, d.transB);
+    const order = subgroupGemmOrder(d.M, d.N);
     e.dispatch({
-      kernel: subgroupMatmulKernel({ transA: d.transA, transB: d.transB, bias: !!d.bias }, rows, groups),
+      kernel: subgroupMatmulKernel({ transA: d.transA, transB: d.transB, bias: !!d.bias }, rows, groups, order),
       bindings,
       params: { ...params, batches: d.batch },
-      workgroups: subgroupGemmWorkgroups(rows, d.M, d.N, d.batch, groups),
+      workgroups: subgroupGemmWorkgroups(rows, d.M, d.N, d.batch, groups, order),
     });
     return;
   }
