@@ -228,6 +228,49 @@ t.test('the 1×1 conv weight gradient over 32 × 64² pixels stays within 2e-6 o
   await tiled.dispose();
 });
 
+/** dw[co, ci, ky, kx] of a 3×3, padding-1 conv of x for upstream dy, in float64. */
+function conv3x3WeightGradRef(x: Nd, dy: Nd): Float64Array {
+  const [N, cin, H, W] = x.shape;
+  const cout = dy.shape[1];
+  const dw = new Float64Array(cout * cin * 9);
+  for (let n = 0; n < N; n++) {
+    for (let co = 0; co < cout; co++) {
+      for (let ci = 0; ci < cin; ci++) {
+        for (let ky = 0; ky < 3; ky++) {
+          for (let kx = 0; kx < 3; kx++) {
+            let s = 0;
+            for (let y = Math.max(0, 1 - ky); y < Math.min(H, H + 1 - ky); y++) {
+              const g = (n * cout + co) * H * W + y * W;
+              const v = (n * cin + ci) * H * W + (y + ky - 1) * W + kx - 1;
+              for (let xx = Math.max(0, 1 - kx); xx < Math.min(W, W + 1 - kx); xx++) s += dy.data[g + xx] * x.data[v + xx];
+            }
+            dw[((co * cin + ci) * 3 + ky) * 3 + kx] += s;
+          }
+        }
+      }
+    }
+  }
+  return dw;
+}
+
+// A 3×3 conv's weight gradient through Winograd (CPU adapters) sums the batch's 2×2 tiles in GEMMs
+// over chunks of tiles, one f32 chain per output and chunk: chunks as large as a binding holds
+// (all 131,072 tiles here) were 8.7e-6 off float64 for positive data, the direct conv's split sums
+// 8e-7. Chunks now hold at most LONG_K tiles. Expected: float64.
+t.test('the 3×3 conv weight gradient over 128 × 64² pixels stays within 2e-6 of float64, through Winograd and the direct GEMM', async (t) => {
+  const x = randomNd([128, 4, 64, 64], 74, 0, 1);
+  const dy = randomNd([128, 4, 64, 64], 75, 0, 1);
+  const ref = conv3x3WeightGradRef(x, dy);
+  for (const enabled of [1, 0] as const) {
+    const engine = await createEngine({ device: e.device, tuning: { conv2dWinograd: { enabled } } });
+    const w = upload(engine, randomNd([4, 4, 3, 3], 76), true);
+    engine.tape.backward(ops.conv2d(upload(engine, x), w), upload(engine, dy));
+    const err = maxRelError(await w.grad!.read(), ref);
+    t.ok(err < 2e-6, `${enabled ? 'Winograd' : 'direct GEMM'}: ${err.toExponential(2)}`);
+    await engine.dispose();
+  }
+});
+
 // The splits of a long 1×1 weight gradient: images of 4,100 pixels (past K_CHUNK) in two parts
 // each, the second shorter; images of 144 pixels 28 to a split, the last split 8 images.
 t.test('the 1×1 conv weight gradient split within images and across them matches float64', async (t) => {
