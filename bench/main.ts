@@ -14,6 +14,7 @@ import { type BenchCase, CASES, type PeerOp } from './cases.ts';
 import { type Measurement, measure } from './measure.ts';
 import { tuneKernels } from '../src/cli/tune.ts';
 import { adapterDescription, adapterName, storeTuning, tunedEngine } from '../src/cli/tuning-cache.ts';
+import { yieldCoresUnlessKept } from '../src/cli/cpu-priority.ts';
 
 interface Row {
   family: string;
@@ -152,6 +153,7 @@ function runPeer(kind: 'tfjs' | 'torch', cases: BenchCase[]): PeerRun {
   const script = (name: string) => fileURLToPath(new URL(name, import.meta.url));
   const [command, argv] = python ? [python, [script('./peer-torch.py')]] : [process.execPath, ['--import', 'tsx', script('./peer-tfjs.ts')]];
   const timeoutMin = mode === 'full' ? 120 : 15;
+  const peerNice = getPriority();
   const r = spawnSync(command, [...argv, JSON.stringify(ops)], {
     encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: timeoutMin * 60_000, maxBuffer: 64 << 20,
   });
@@ -166,7 +168,7 @@ function runPeer(kind: 'tfjs' | 'torch', cases: BenchCase[]): PeerRun {
   const reason = (r.error as NodeJS.ErrnoException | undefined)?.code === 'ETIMEDOUT' ? `peer timed out after ${timeoutMin} min`
     : `peer could not run: ${(python ? stderr.at(-1) : stderr.find((l) => /Error|Cannot/.test(l))) ?? r.error?.message ?? `exit status ${r.status}`}`;
   for (const c of withPeer) if (!results.has(c)) results.set(c, { error: reason.slice(0, 200) });
-  return { label, description, results };
+  return { label, description: `${description}, started at nice ${peerNice}`, results };
 }
 
 function table(rows: Row[], peerLabel: string): string {
@@ -180,11 +182,20 @@ function table(rows: Row[], peerLabel: string): string {
 }
 
 async function main() {
-  const engine = await tunedEngine();
+  // The peer runs first, spawned while this thread still has the priority the bench started with:
+  // a child inherits its parent's nice value, and a peer spawned after the yield below ran every
+  // thread of its own (PyTorch's, or the tfjs peer's lavapipe workers) at nice 19 against our
+  // workers at 0, so other load on the machine slowed it alone. The tfjs peer yields its own main
+  // thread as we do.
+  const engine = await tunedEngine({ yieldCores: false });
   const adapter = adapterDescription(engine);
   const started = new Date();
   const startLoad = loadavg();
+  const cases = casesToRun(engine);
+  const peer: PeerRun = flag('--no-peer') ? { label: 'peer', description: 'none (--no-peer)', results: new Map() } : runPeer(peerKind, cases);
+  console.log(`peer: ${peer.description}`);
   // The CLI's engine gives a CPU adapter's threads the cores (nice 19 here; DIFREP_KEEP_PRIORITY=1 keeps 0): the header says which.
+  await yieldCoresUnlessKept(engine);
   console.log(`difrep bench (${mode}) on ${adapter}; CPU ${cpus()[0]?.model} ×${cpus().length}; load average ${startLoad.map((l) => l.toFixed(2)).join(' ')}; main thread nice ${getPriority()}`);
   // Other work on the cores slows every row, and a CPU peer's threads most (one measured 60× slower at load 2.4 on 2 cores).
   if (startLoad[0] > 0.25 * cpus().length) console.error(`difrep bench: warning: load average ${startLoad[0].toFixed(2)} on ${cpus().length} cores: other work is running, and its share of the cores will be missing from every row (a CPU peer's most); bench an idle machine`);
@@ -196,9 +207,21 @@ async function main() {
     console.log(`tuning stored for ${key}: ${JSON.stringify(tuning)}`);
     engine.dispose();
     const tuned = await tunedEngine();
-    return report(tuned, adapter, started, startLoad);
+    return report(tuned, adapter, started, startLoad, cases, peer);
   }
-  return report(engine, adapter, started, startLoad);
+  return report(engine, adapter, started, startLoad, cases, peer);
+}
+
+/** The rows of this mode (and --only) on this engine's adapter; exits naming the rows when --only matches none. */
+function casesToRun(engine: Engine): BenchCase[] {
+  // `full: 'cpu'`: whole-model rows too slow for the default run on CPU adapters only.
+  const inMode = CASES.filter((c) => (mode === 'quick' ? c.quick : mode === 'full' ? true : !(c.full === true || (c.full === 'cpu' && engine.cpuAdapter))));
+  const cases = only ? inMode.filter((c) => only.test(`${c.family} ${c.name}`)) : inMode;
+  if (!cases.length) {
+    console.error(`--only ${only?.source}: no ${mode} row matches; the rows are:\n${inMode.map((c) => `  ${c.family} ${c.name}`).join('\n')}`);
+    process.exit(2);
+  }
+  return cases;
 }
 
 /** A share of the peak; over 100 % only when the probe under-read the adapter (a busy moment), said so. */
@@ -220,19 +243,10 @@ function rowCeiling(row: Row, peaks: Peaks): { value: number; text: string } | u
   return undefined;
 }
 
-async function report(engine: Engine, adapter: string, started: Date, startLoad: number[]) {
+async function report(engine: Engine, adapter: string, started: Date, startLoad: number[], cases: BenchCase[], peer: PeerRun) {
   const mainThreadNice = getPriority();
-  // `full: 'cpu'`: whole-model rows too slow for the default run on CPU adapters only.
-  const inMode = CASES.filter((c) => (mode === 'quick' ? c.quick : mode === 'full' ? true : !(c.full === true || (c.full === 'cpu' && engine.cpuAdapter))));
-  const cases = only ? inMode.filter((c) => only.test(`${c.family} ${c.name}`)) : inMode;
-  if (!cases.length) {
-    console.error(`--only ${only?.source}: no ${mode} row matches; the rows are:\n${inMode.map((c) => `  ${c.family} ${c.name}`).join('\n')}`);
-    process.exit(2);
-  }
   const before: Peaks = await measurePeaks(engine);
   console.log(`measured peaks: FMA ${before.gflops.toFixed(1)} GFLOP/s, copy ${before.gbps.toFixed(2)} GB/s (read + write)`);
-  const peer: PeerRun = flag('--no-peer') ? { label: 'peer', description: 'none (--no-peer)', results: new Map() } : runPeer(peerKind, cases);
-  console.log(`peer: ${peer.description}`);
   const rows: Row[] = [];
   for (const c of cases) {
     let setup: Awaited<ReturnType<BenchCase['setup']>> | undefined;

@@ -187,10 +187,13 @@ async function withFileLock<T>(lock: string, fn: () => Promise<T>): Promise<T> {
  * An engine on the default device with the cached tuning of its adapter applied (one line on
  * stderr says so); without an entry, the adapter's built-in presets. Only this adapter's entry is
  * checked: one that this difrep cannot use (another version's, hand-edited) is an error naming it.
+ * The main thread yields the cores to a CPU adapter's threads (yieldCoresUnlessKept) unless
+ * `yieldCores` is false, for a caller that yields later (the bench starts its peer process first:
+ * a child inherits its parent's nice value).
  */
-export async function tunedEngine(): Promise<Engine> {
+export async function tunedEngine(options: { yieldCores?: boolean } = {}): Promise<Engine> {
   const e = await createEngine();
-  await yieldCoresUnlessKept(e);
+  if (options.yieldCores ?? true) await yieldCoresUnlessKept(e);
   const adapter = adapterName(e);
   const cache = await readTuningCache(adapter).catch(async (err) => {
     await e.dispose();
