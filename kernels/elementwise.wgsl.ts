@@ -1,7 +1,7 @@
 // Elementwise kernels from one table: each unary op is a forward expression of `x` (and the
 // uniform scalar `alpha`) and a backward expression of `x`, `y` (the forward output) and `dy`.
 import { wgsl } from 'wgsl-preprocessor/wgsl-preprocessor.js';
-import { flatMain } from './flat-index.ts';
+import { flatBlockMain } from './flat-index.ts';
 import type { KernelSource } from './kernel-source.ts';
 import { uniformLayout } from './uniform-layout.ts';
 
@@ -128,11 +128,8 @@ ${UNARY_HELPERS}
 fn f(x: f32, alpha: f32) -> f32 {
   return ${spec.forward};
 }
-${flatMain(WORKGROUP)}
-  if (i >= u.n) { return; }
-  let x = xs[i];
-  ys[i] = ${perComponent(vectorized, (c) => `f(x${c}, u.alpha)`)};
-}`,
+${flatBlockMain(WORKGROUP, 'u.n', `let x = xs[i];
+    ys[i] = ${perComponent(vectorized, (c) => `f(x${c}, u.alpha)`)};`)}`,
   };
 }
 
@@ -155,13 +152,10 @@ fn df(x: f32, y: f32, dy: f32, alpha: f32) -> f32 {
   _ = x; _ = y; _ = alpha;
   return ${spec.backward};
 }
-${flatMain(WORKGROUP)}
-  if (i >= u.n) { return; }
-  let x = xs[i];
-  let y = ys[i];
-  let dy = dys[i];
-  dxs[i] = ${perComponent(vectorized, (c) => `df(x${c}, y${c}, dy${c}, u.alpha)`)};
-}`,
+${flatBlockMain(WORKGROUP, 'u.n', `let x = xs[i];
+    let y = ys[i];
+    let dy = dys[i];
+    dxs[i] = ${perComponent(vectorized, (c) => `df(x${c}, y${c}, dy${c}, u.alpha)`)};`)}`,
   };
 }
 
@@ -212,22 +206,16 @@ ${BINARY_PARAMS.wgsl}
 @group(0) @binding(1) var<storage, read> lhs: array<${operand(reads[0])}>;
 @group(0) @binding(2) var<storage, read> rhs: array<${operand(reads[1])}>;
 @group(0) @binding(3) var<storage, read_write> out: array<${element(vectorized)}>;
-${flatMain(WORKGROUP)}
-  if (i >= u.n) { return; }
-#if ${broadcast}
-  var rest = i;
-  var c = 0u;
-  var ai = 0u;
-  var bi = 0u;
-  ${broadcastWalk(broadcastRank)}
-  let a = ${value('lhs', 'ai', reads[0])};
-  let b = ${value('rhs', 'bi', reads[1])};
-#else
-  let a = lhs[i];
-  let b = rhs[i];
-#endif
-  out[i] = ${BINARY_OPS[op]};
-}`,
+${flatBlockMain(WORKGROUP, 'u.n', broadcast ? `var rest = i;
+    var c = 0u;
+    var ai = 0u;
+    var bi = 0u;
+    ${broadcastWalk(broadcastRank)}
+    let a = ${value('lhs', 'ai', reads[0])};
+    let b = ${value('rhs', 'bi', reads[1])};
+    out[i] = ${BINARY_OPS[op]};` : `let a = lhs[i];
+    let b = rhs[i];
+    out[i] = ${BINARY_OPS[op]};`)}`,
   };
 }
 
@@ -239,9 +227,6 @@ export function fillKernel(vectorized = false): KernelSource<typeof FILL_PARAMS>
     code: wgsl`
 ${FILL_PARAMS.wgsl}
 @group(0) @binding(1) var<storage, read_write> out: array<${element(vectorized)}>;
-${flatMain(WORKGROUP)}
-  if (i >= u.n) { return; }
-  out[i] = ${element(vectorized)}(u.value);
-}`,
+${flatBlockMain(WORKGROUP, 'u.n', `out[i] = ${element(vectorized)}(u.value);`)}`,
   };
 }

@@ -11,6 +11,45 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let ${index} = ${perWorkgroup ? 'wid.y * nwg.x + wid.x' : `(wid.y * nwg.x + wid.x) * ${size}u + lid`};`;
 }
 
+/**
+ * Values each invocation of a flatBlockMain kernel takes. One a invocation paid its index and its
+ * bounds test once per value: on lavapipe an add of 16M values at 4 (as vec4s) an invocation ran
+ * 24.5 → 15.3 ms by interleaved medians on 2 cores (tfjs-backend-webgpu's took 19 ms).
+ */
+export const VALUES_PER_INVOCATION = 4;
+
+/**
+ * A whole `main` that runs `body` (WGSL reading its index as `i`) for each index below `count` (a
+ * WGSL value): invocation lid of workgroup w takes w·size·k + j·size + lid for j < k =
+ * VALUES_PER_INVOCATION (each step contiguous across the workgroup, as GPUs coalesce), all k
+ * under one bounds test where the invocation's run is whole, else one at a time (its last lies
+ * past the end then, so k − 1 of them). `body` must not `return`. Dispatch: blockGrid.
+ */
+export function flatBlockMain(size: number, count: string, body: string): string {
+  const k = VALUES_PER_INVOCATION;
+  const steps = Array.from({ length: k }, (_, j) => `{
+    let i = first + ${size * j}u;
+    ${body}
+  }`);
+  return `@compute @workgroup_size(${size})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let first = (wid.y * nwg.x + wid.x) * ${size * k}u + lid;
+  if (first + ${size * (k - 1)}u < ${count}) {
+  ${steps.join('\n  ')}
+    return;
+  }
+  for (var j = 0u; j < ${k - 1}u; j++) {
+    let i = first + j * ${size}u;
+    if (i < ${count}) {
+      ${body}
+    }
+  }
+}`;
+}
+
+/** Workgroups of `size` for a flatBlockMain kernel over `count` indices. */
+export const blockGrid = (count: number, size: number) => grid1d(Math.ceil(count / VALUES_PER_INVOCATION), size);
+
 /** Workgroups along one dimension of a dispatch that every adapter accepts (maxComputeWorkgroupsPerDimension's default). */
 export const MAX_WORKGROUPS_PER_DIMENSION = 65535;
 

@@ -128,6 +128,27 @@ for (const [name, op, alpha, lo, hi] of unaryCases) {
   });
 }
 
+// Each invocation takes VALUES_PER_INVOCATION (4) loads a workgroup of 256 apart; a run that ends
+// inside a workgroup's fourth step takes its last loads one at a time. 8,096 values are 2,024 vec4
+// loads (the last workgroup 1,000 of 1,024), 2,025 are as many single loads (the last 1,001).
+// Expected: float64; neg's input gradient under Σ, −1 everywhere.
+t.test('elementwise kernels reach every value of runs that end inside an invocation\'s last step', async (t) => {
+  for (const n of [8096, 2025]) {
+    const a = randomNd([n], 21, -2, 2);
+    const b = randomNd([n], 22, 0.5, 2);
+    const x = upload(e, a, true);
+    const y = ops.neg(x);
+    t.ok(maxRelError(await y.read(), map(a, (v) => -v).data) === 0, `n=${n}: neg`);
+    t.ok(maxRelError(await ops.mul(x, upload(e, b)).read(), broadcast(a, b, (p, q) => p * q).data) < 1e-6, `n=${n}: mul`);
+    const rows = n % 16 === 0 ? [n / 16, 16] : [n, 1];
+    const row = randomNd([1, rows[1]], 23, 0.5, 2);
+    const a2 = { data: a.data, shape: rows };
+    t.ok(maxRelError(await ops.add(upload(e, a2), upload(e, row)).read(), broadcast(a2, row, (p, q) => p + q).data) < 1e-6, `n=${n}: add of a broadcast row`);
+    e.tape.backward(ops.sum(y));
+    t.same(Array.from(await x.grad!.read()), new Array(n).fill(-1), `n=${n}: neg's input gradient`);
+  }
+});
+
 t.test('scale and addScalar use their scalar', async (t) => {
   const x = randomNd([33], 4);
   t.ok(maxRelError(await ops.scale(upload(e, x), -2.5).read(), map(x, (v) => -2.5 * v).data) < 1e-6);

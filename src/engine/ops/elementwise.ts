@@ -3,21 +3,21 @@
 import {
   type BinaryOp, binaryKernel, fillKernel, type OperandRead, type UnaryOp, unaryBackwardKernel, unaryKernel, WORKGROUP,
 } from '../../../kernels/elementwise.wgsl.ts';
-import { elementLoads, grid1d } from '../../../kernels/flat-index.ts';
+import { blockGrid, elementLoads } from '../../../kernels/flat-index.ts';
 import type { Engine } from '../engine.ts';
 import { type Shape, shapeString, type Tensor } from '../tensor.ts';
 import { sumToShape } from './reduce.ts';
 
-/** Invocations of the kernels (kernels/elementwise.wgsl.ts): one per vec4 when the tensor divides into them. */
-const invocations = (size: number) => elementLoads(size).count;
+/** Loads of the kernels (kernels/elementwise.wgsl.ts, VALUES_PER_INVOCATION an invocation): vec4s when the tensor divides into them. */
+const loadCount = (size: number) => elementLoads(size).count;
 
 export function fillConstant(e: Engine, shape: Shape, value: number, label = 'fill'): Tensor {
   const out = e.empty(shape, label);
   e.dispatch({
     kernel: fillKernel(out.size % 4 === 0),
     bindings: [out],
-    params: { n: invocations(out.size), value },
-    workgroups: grid1d(invocations(out.size), WORKGROUP),
+    params: { n: loadCount(out.size), value },
+    workgroups: blockGrid(loadCount(out.size), WORKGROUP),
   });
   return out;
 }
@@ -28,8 +28,8 @@ function runUnary(op: UnaryOp, x: Tensor, alpha: number): Tensor {
   e.dispatch({
     kernel: unaryKernel(op, x.size % 4 === 0),
     bindings: [x, y],
-    params: { n: invocations(x.size), alpha },
-    workgroups: grid1d(invocations(x.size), WORKGROUP),
+    params: { n: loadCount(x.size), alpha },
+    workgroups: blockGrid(loadCount(x.size), WORKGROUP),
   });
   return y;
 }
@@ -43,8 +43,8 @@ export function unary(op: UnaryOp, x: Tensor, alpha = 0): Tensor {
     e.dispatch({
       kernel: unaryBackwardKernel(op, x.size % 4 === 0),
       bindings: [x, y, dy!, dx],
-      params: { n: invocations(x.size), alpha },
-      workgroups: grid1d(invocations(x.size), WORKGROUP),
+      params: { n: loadCount(x.size), alpha },
+      workgroups: blockGrid(loadCount(x.size), WORKGROUP),
     });
     return [dx];
   });
@@ -155,7 +155,7 @@ function runBinary(op: BinaryOp, a: Tensor, b: Tensor): Tensor {
     kernel: binaryKernel(op, same ? 0 : m.shape.length, vectorized, dims.reads),
     bindings: [a, b, out],
     params: { shape: dims.shape, aStrides: dims.a, bStrides: dims.b, n },
-    workgroups: grid1d(n, WORKGROUP),
+    workgroups: blockGrid(n, WORKGROUP),
   });
   return out;
 }
