@@ -143,7 +143,7 @@ function unetCase(label: string, flags: UNetFlags, block: number, batch: number,
 /**
  * One pretraining step (the paper's Eq. 4: noise, forward, MSE on ε, backward, Adam) of `batch`
  * images; throughput in images/s. CLARIFICATIONS' PyTorch-CPU anchor for 2 cores: 6.9 img/s at batch
- * 16 (guided-diffusion's model); `--peer torch` runs this same step (about 38 img/s with OpenBLAS).
+ * 16 (guided-diffusion's model); `--peer torch` runs this same step (30–38 img/s with OpenBLAS on 2 cores).
  */
 function trainingCase(label: string, flags: UNetFlags, batch: number, opts: { quick?: boolean; full?: boolean | 'cpu' } = {}): BenchCase {
   return {
