@@ -4,7 +4,7 @@
 // The bias corrections and 1−β1, 1−β2 are computed on the CPU in f64 and passed as f32 scalars,
 // as PyTorch passes them (1.0 − f32(0.999) in f32 is 0.0009999871, not 0.001: v 1.3e-5 off).
 import { wgsl } from 'wgsl-preprocessor/wgsl-preprocessor.js';
-import { flatMain } from './flat-index.ts';
+import { flatBlockMain } from './flat-index.ts';
 import type { KernelSource } from './kernel-source.ts';
 import { uniformLayout } from './uniform-layout.ts';
 
@@ -13,9 +13,9 @@ export const ADAM_WORKGROUP = 256;
 const ADAM_PARAMS = uniformLayout({ n: 'u32', beta1: 'f32', beta2: 'f32', oneMinusBeta1: 'f32', oneMinusBeta2: 'f32', eps: 'f32', stepSize: 'f32', sqrtBiasCorrection2: 'f32', weightDecay: 'f32' });
 
 /**
- * Bindings: param, grad, m, v (all updated in place except grad). `vec4`: four values per
- * invocation, for tensors of a multiple of 4 values (u.n then counts vec4s); CPU adapters pay per
- * invocation, GPUs load 16 bytes at once.
+ * Bindings: param, grad, m, v (all updated in place except grad). `vec4`: vec4 loads, for tensors
+ * of a multiple of 4 values (u.n then counts vec4s); CPU adapters pay per invocation (hence also
+ * flatBlockMain's several loads an invocation), GPUs load 16 bytes at once. Dispatch: blockGrid.
  */
 export function adamKernel(vec4: boolean): KernelSource<typeof ADAM_PARAMS> {
   const WG = ADAM_WORKGROUP;
@@ -29,14 +29,12 @@ ${ADAM_PARAMS.wgsl}
 @group(0) @binding(2) var<storage, read> grad: array<${T}>;
 @group(0) @binding(3) var<storage, read_write> m: array<${T}>;
 @group(0) @binding(4) var<storage, read_write> v: array<${T}>;
-${flatMain(WG)}
-  if (i >= u.n) { return; }
-  let g = grad[i] + u.weightDecay * p[i];
-  let mi = u.beta1 * m[i] + u.oneMinusBeta1 * g;
-  let vi = u.beta2 * v[i] + u.oneMinusBeta2 * g * g;
-  m[i] = mi;
-  v[i] = vi;
-  p[i] = p[i] - u.stepSize * mi / (sqrt(vi) / u.sqrtBiasCorrection2 + u.eps);
-}`,
+${flatBlockMain(WG, 'u.n', `let pi = p[i];
+    let g = grad[i] + u.weightDecay * pi;
+    let mi = u.beta1 * m[i] + u.oneMinusBeta1 * g;
+    let vi = u.beta2 * v[i] + u.oneMinusBeta2 * g * g;
+    m[i] = mi;
+    v[i] = vi;
+    p[i] = pi - u.stepSize * mi / (sqrt(vi) / u.sqrtBiasCorrection2 + u.eps);`)}`,
   };
 }

@@ -1,7 +1,7 @@
 // Adam (torch.optim.Adam semantics, one WGSL kernel per parameter tensor, no CPU round trip),
 // plain SGD, and StepLR. Optimizer state can be saved and restored so training resumes exactly.
 import { ADAM_WORKGROUP, adamKernel } from '../../kernels/adam.wgsl.ts';
-import { elementLoads, grid1d } from '../../kernels/flat-index.ts';
+import { blockGrid, elementLoads } from '../../kernels/flat-index.ts';
 import type { Engine } from '../engine/engine.ts';
 import { add, scale } from '../engine/ops/elementwise.ts';
 import type { Tensor } from '../engine/tensor.ts';
@@ -146,7 +146,7 @@ export class Adam implements Optimizer {
         kernel: adamKernel(vec4),
         bindings: [p, p.grad, m, v],
         params: { n, beta1: this.beta1, beta2: this.beta2, oneMinusBeta1: 1 - this.beta1, oneMinusBeta2: 1 - this.beta2, eps: this.eps, stepSize: this.lr / bc1, sqrtBiasCorrection2: Math.sqrt(bc2), weightDecay: this.weightDecay },
-        workgroups: grid1d(n, ADAM_WORKGROUP),
+        workgroups: blockGrid(n, ADAM_WORKGROUP),
       });
       p.markWritten();
     }
