@@ -7,7 +7,7 @@
 import type { Engine } from '../engine/engine.ts';
 import { hashSeeds, mulberry32 } from '../engine/random.ts';
 import { EMA_WORKGROUP, emaKernel } from '../../kernels/ema.wgsl.ts';
-import { elementLoads, grid1d } from '../../kernels/flat-index.ts';
+import { blockGrid, elementLoads } from '../../kernels/flat-index.ts';
 import { scale } from '../engine/ops/elementwise.ts';
 import type { Tensor } from '../engine/tensor.ts';
 import { gaussianNoise, linearSchedule, qSample } from '../model/diffusion.ts';
@@ -64,7 +64,7 @@ export class Ema {
         kernel: emaKernel(vec4),
         bindings: [this.shadow.get(k)!, p],
         params: { n, decay: this.decay, rest: 1 - this.decay },
-        workgroups: grid1d(n, EMA_WORKGROUP),
+        workgroups: blockGrid(n, EMA_WORKGROUP),
       });
     }
   }
