@@ -191,14 +191,14 @@ async function main() {
   const adapter = adapterDescription(engine);
   const started = new Date();
   const startLoad = loadavg();
+  // Other work on the cores slows every row, and a CPU peer's threads most (one measured 60× slower at load 2.4 on 2 cores).
+  if (startLoad[0] > 0.25 * cpus().length) console.error(`difrep bench: warning: load average ${startLoad[0].toFixed(2)} on ${cpus().length} cores: other work is running, and its share of the cores will be missing from every row (a CPU peer's most); bench an idle machine`);
   const cases = casesToRun(engine);
   const peer: PeerRun = flag('--no-peer') ? { label: 'peer', description: 'none (--no-peer)', results: new Map() } : runPeer(peerKind, cases);
   console.log(`peer: ${peer.description}`);
   // The CLI's engine gives a CPU adapter's threads the cores (nice 19 here; DIFREP_KEEP_PRIORITY=1 keeps 0): the header says which.
   await yieldCoresUnlessKept(engine);
   console.log(`difrep bench (${mode}) on ${adapter}; CPU ${cpus()[0]?.model} ×${cpus().length}; load average ${startLoad.map((l) => l.toFixed(2)).join(' ')}; main thread nice ${getPriority()}`);
-  // Other work on the cores slows every row, and a CPU peer's threads most (one measured 60× slower at load 2.4 on 2 cores).
-  if (startLoad[0] > 0.25 * cpus().length) console.error(`difrep bench: warning: load average ${startLoad[0].toFixed(2)} on ${cpus().length} cores: other work is running, and its share of the cores will be missing from every row (a CPU peer's most); bench an idle machine`);
   if (flag('--tune')) {
     // The same bounded search as `difrep tune` (src/cli/tune.ts).
     const { tuning } = await tuneKernels(engine, 60, (line) => console.log(line));

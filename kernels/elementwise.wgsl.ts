@@ -72,8 +72,8 @@ export const UNARY_OPS = {
 export type UnaryOp = keyof typeof UNARY_OPS;
 
 /**
- * Elementwise kernels take `vectorized` when the element count is a multiple of 4: each invocation
- * then moves a vec4 (u.n counts vectors). CPU adapters run a load whose address differs per
+ * Elementwise kernels take `vectorized` when the element count is a multiple of 4: each load
+ * then moves a vec4 (u.n counts vectors; an invocation takes VALUES_PER_INVOCATION of them). CPU adapters run a load whose address differs per
  * invocation as one scalar load per invocation, so a vec4 load moves four values for about the
  * cost of one; GPUs get 128-bit loads.
  */
@@ -190,8 +190,8 @@ export type OperandRead = 'vec4' | 'splat';
  * the uniforms carry out's shape (merged to that many dims, at most 8) and a's and b's strides
  * (0 along broadcast dims); the rank is fixed at compile time, so the walk over dimensions is
  * unrolled and reads every shape and stride at a constant uniform offset (CPU adapters load those
- * once per SIMD vector, not once per invocation). With `vectorized`, each invocation writes a vec4
- * of out and the shape, strides and u.n count vectors (src/engine/ops/elementwise.ts decides when
+ * once per SIMD vector, not once per invocation). With `vectorized`, each step of an invocation writes a
+ * vec4 of out and the shape, strides and u.n count vectors (src/engine/ops/elementwise.ts decides when
  * that is exact); `reads` says how a and b are read then. Bindings: a, b, out.
  */
 export function binaryKernel(op: BinaryOp, broadcastRank: number, vectorized = false, reads: [OperandRead, OperandRead] = ['vec4', 'vec4']): KernelSource<typeof BINARY_PARAMS> {

@@ -1,7 +1,9 @@
-// The flat-index convention of every kernel that runs one invocation per element (or per row): a
-// 1-D run of invocations in workgroups of `size`, laid over a 2-D grid of workgroups when there are
-// more than 65,535 (the x limit every adapter guarantees). `flatMain` opens the kernel's `main` with
-// that index and `grid1d` is the dispatch that covers it; both live here so they stay in step.
+// The flat-index convention of every kernel that runs one invocation per element (or per row), or
+// per VALUES_PER_INVOCATION elements: a 1-D run of invocations in workgroups of `size`, laid over a
+// 2-D grid of workgroups when there are more than 65,535 (the x limit every adapter guarantees).
+// `flatMain` opens the kernel's `main` with that index and `grid1d` is the dispatch that covers it;
+// `flatBlockMain` and `blockGrid` are the same for several elements an invocation. They live here
+// so they stay in step.
 
 /** `@compute … fn main(…) {` and `let <index>` = the flat invocation index (per workgroup when `perWorkgroup`). */
 export function flatMain(size: number, index = 'i', perWorkgroup = false): string {
@@ -12,8 +14,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 }
 
 /**
- * Values each invocation of a flatBlockMain kernel takes. One a invocation paid its index and its
- * bounds test once per value: on lavapipe an add of 16M values at 4 (as vec4s) an invocation ran
+ * Values each invocation of a flatBlockMain kernel takes. One value an invocation paid its index
+ * and its bounds test per value: on lavapipe an add of 16M values at 4 (as vec4s) an invocation ran
  * 24.5 → 15.3 ms by interleaved medians on 2 cores (tfjs-backend-webgpu's took 19 ms).
  */
 export const VALUES_PER_INVOCATION = 4;
@@ -63,7 +65,7 @@ export function grid1d(threads: number, size: number): [number, number] {
 
 /**
  * How a flat kernel walks `size` values: as vec4s when they divide into them (`vec4`), else one by
- * one; `count` is the number of loads, for its `n` uniform and grid1d.
+ * one; `count` is the number of loads, for its `n` uniform and its grid (grid1d or blockGrid).
  */
 export function elementLoads(size: number): { vec4: boolean; count: number } {
   const vec4 = size % 4 === 0;

@@ -124,9 +124,10 @@ export function winogradWeightGrad(e: Engine, dy: Tensor, x: Tensor): Tensor {
   const cout = dy.shape[1];
   const { tilesX, T } = winogradTiles(N, H, W);
   // dU = Σ over chunks of dM·Vᵀ, summed in chunk order. Each GEMM sums its chunk's tiles in one f32
-  // chain per output, so a chunk holds at most LONG_K tiles, as matmul's reductions: the binding's
-  // whole (131,072 tiles of 4 channels on lavapipe) was 8.7e-6 off float64 for a [128, 4, 64, 64]
-  // batch of positive data where the direct conv's split sums are 8e-7 off.
+  // chain per output, so a chunk holds at most LONG_K tiles (or one tile row, past 32,768 pixels
+  // wide), as matmul's reductions: the binding's whole (131,072 tiles of 4 channels on lavapipe)
+  // was 8.7e-6 off float64 for a [128, 4, 64, 64] batch of positive data where the direct conv's
+  // split sums are 8e-7 off.
   let dU: Tensor | null = null;
   for (const chunk of tileChunks(e, Math.max(cin, cout), tilesX, T, LONG_K)!) {
     const V = tileTransform(e, x, 'input', chunk);
