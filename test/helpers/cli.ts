@@ -5,11 +5,15 @@ import { fileURLToPath } from 'node:url';
 
 export const repoRoot = fileURLToPath(new URL('../../', import.meta.url));
 
-export function runCli(args: string[], timeoutMs = 1_200_000): { status: number | null; stdout: string; stderr: string } {
+/**
+ * Runs the CLI to its end or for `timeoutMs`; `timedOut` says the time ran out (the CLI then stops
+ * on the SIGTERM it is sent, with its own exit status: 143 where it forwards the stop to Deno).
+ */
+export function runCli(args: string[], timeoutMs = 1_200_000): { status: number | null; timedOut: boolean; stdout: string; stderr: string } {
   const main = fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url));
   const r = spawnSync(process.execPath, ['--import', 'tsx', main, ...args], { cwd: repoRoot, encoding: 'utf8', timeout: timeoutMs });
   const stderr = r.stderr.split('\n').filter((l) => !l.includes('artificially reduced')).join('\n');
-  return { status: r.status, stdout: r.stdout, stderr };
+  return { status: r.status, timedOut: (r.error as NodeJS.ErrnoException | undefined)?.code === 'ETIMEDOUT', stdout: r.stdout, stderr };
 }
 
 /** Debian's chromium (setup.sh --browser), or DIFREP_CHROMIUM; undefined when there is none. */
