@@ -206,15 +206,14 @@ ${BINARY_PARAMS.wgsl}
 @group(0) @binding(1) var<storage, read> lhs: array<${operand(reads[0])}>;
 @group(0) @binding(2) var<storage, read> rhs: array<${operand(reads[1])}>;
 @group(0) @binding(3) var<storage, read_write> out: array<${element(vectorized)}>;
-${flatBlockMain(WORKGROUP, 'u.n', broadcast ? `var rest = i;
+${flatBlockMain(WORKGROUP, 'u.n', `${broadcast ? `var rest = i;
     var c = 0u;
     var ai = 0u;
     var bi = 0u;
     ${broadcastWalk(broadcastRank)}
     let a = ${value('lhs', 'ai', reads[0])};
-    let b = ${value('rhs', 'bi', reads[1])};
-    out[i] = ${BINARY_OPS[op]};` : `let a = lhs[i];
-    let b = rhs[i];
+    let b = ${value('rhs', 'bi', reads[1])};` : `let a = lhs[i];
+    let b = rhs[i];`}
     out[i] = ${BINARY_OPS[op]};`)}`,
   };
 }

@@ -8,16 +8,14 @@ import type { Engine } from '../engine.ts';
 import { type Shape, shapeString, type Tensor } from '../tensor.ts';
 import { sumToShape } from './reduce.ts';
 
-/** Loads of the kernels (kernels/elementwise.wgsl.ts, VALUES_PER_INVOCATION an invocation): vec4s when the tensor divides into them. */
-const loadCount = (size: number) => elementLoads(size).count;
-
 export function fillConstant(e: Engine, shape: Shape, value: number, label = 'fill'): Tensor {
   const out = e.empty(shape, label);
+  const loads = elementLoads(out.size);
   e.dispatch({
-    kernel: fillKernel(out.size % 4 === 0),
+    kernel: fillKernel(loads.vec4),
     bindings: [out],
-    params: { n: loadCount(out.size), value },
-    workgroups: blockGrid(loadCount(out.size), WORKGROUP),
+    params: { n: loads.count, value },
+    workgroups: blockGrid(loads.count, WORKGROUP),
   });
   return out;
 }
@@ -25,11 +23,12 @@ export function fillConstant(e: Engine, shape: Shape, value: number, label = 'fi
 function runUnary(op: UnaryOp, x: Tensor, alpha: number): Tensor {
   const e = x.engine;
   const y = e.empty(x.shape, `${op}(${x.label})`);
+  const loads = elementLoads(x.size);
   e.dispatch({
-    kernel: unaryKernel(op, x.size % 4 === 0),
+    kernel: unaryKernel(op, loads.vec4),
     bindings: [x, y],
-    params: { n: loadCount(x.size), alpha },
-    workgroups: blockGrid(loadCount(x.size), WORKGROUP),
+    params: { n: loads.count, alpha },
+    workgroups: blockGrid(loads.count, WORKGROUP),
   });
   return y;
 }
@@ -40,11 +39,12 @@ export function unary(op: UnaryOp, x: Tensor, alpha = 0): Tensor {
   const y = runUnary(op, x, alpha);
   e.tape.record(op, [x], [y], [x, y], ([dy]) => {
     const dx = e.empty(x.shape, `d${op}`);
+    const loads = elementLoads(x.size);
     e.dispatch({
-      kernel: unaryBackwardKernel(op, x.size % 4 === 0),
+      kernel: unaryBackwardKernel(op, loads.vec4),
       bindings: [x, y, dy!, dx],
-      params: { n: loadCount(x.size), alpha },
-      workgroups: blockGrid(loadCount(x.size), WORKGROUP),
+      params: { n: loads.count, alpha },
+      workgroups: blockGrid(loads.count, WORKGROUP),
     });
     return [dx];
   });
