@@ -33,9 +33,12 @@ export interface Tuning {
   /**
    * Attention under training: `fusedBackward` 1 recomputes the weights in the fused backward
    * kernels (flash-style, no T × T tensor), 0 materialises them through matmul and softmax
-   * (default: 1 on GPUs, 0 on CPU adapters, where those GEMMs run faster).
+   * (default: 1 on GPUs, 0 on CPU adapters, where those GEMMs run faster). Without a gradient:
+   * `fusedForward` 1 runs the fused kernel, 0 matmul and softmax (default: 0 where the subgroup
+   * GEMM runs them and T is a multiple of 4, lavapipe; 1 elsewhere). Either way the weights are
+   * materialised only where they fit a binding.
    */
-  attention?: { fusedBackward?: number };
+  attention?: { fusedBackward?: number; fusedForward?: number };
 }
 
 const TILE: readonly (keyof MatmulTiling)[] = ['wgX', 'wgY', 'tm', 'tn', 'tk'];
@@ -49,14 +52,14 @@ const SETTINGS: { [F in keyof Tuning]-?: { keys: readonly string[]; min: number 
   conv2dWeightGrad: { keys: ['splitKWorkgroups'], min: 0 },
   rows: { keys: ['threadPerRowFrom', 'subgroups'], min: 0 },
   reduce: { keys: ['workgroupPerRowBelow'], min: 0 },
-  attention: { keys: ['fusedBackward'], min: 0 },
+  attention: { keys: ['fusedBackward', 'fusedForward'], min: 0 },
 };
 
 /** The names of the kernel families a Tuning may hold. */
 export const TUNING_FAMILIES: readonly string[] = Object.keys(SETTINGS);
 
 /** Settings that turn a kernel on (1) or off (0). */
-const SWITCHES = new Set(['enabled', 'fusedBackward', 'subgroups']);
+const SWITCHES = new Set(['enabled', 'fusedBackward', 'fusedForward', 'subgroups']);
 
 /** A JSON object (not an array, not null), as a tuning and its families are. */
 export const isRecord = (v: unknown): v is Record<string, unknown> => !!v && typeof v === 'object' && !Array.isArray(v);

@@ -66,6 +66,22 @@ for (const legacy of [true, false]) {
   }
 }
 
+// Tuning attention.fusedForward picks the inference path against the default: 0 materialises the
+// weights even for 7 tokens (not a multiple of 4), 1 keeps 64 tokens fused; either matches float64.
+t.test('qkvAttention: tuning attention.fusedForward chooses the inference path', async (t) => {
+  for (const [fusedForward, T] of [[0, 7], [1, 64]]) {
+    const engine = await createEngine({ device: e.device, tuning: { attention: { fusedForward } } });
+    t.equal(ops.attentionMaterialisesWeights(engine, 8, false, { T, matrices: 4 }), fusedForward === 0, `fusedForward ${fusedForward}, T ${T}: ${fusedForward ? 'fused' : 'matmul + softmax'}`);
+    const qkv = randomNd([2, 48, T], 90 + T, -2, 2);
+    const err = maxRelError(await ops.qkvAttention(upload(engine, qkv), 2).read(), qkvAttentionRef(qkv, 2, true).data);
+    t.ok(err < 1e-5, `fusedForward ${fusedForward}, T ${T}: ${err.toExponential(2)}`);
+    engine.dispose();
+  }
+  const tooBig = await createEngine({ device: e.device, maxBindingBytes: 1000, tuning: { attention: { fusedForward: 0 } } });
+  t.notOk(ops.attentionMaterialisesWeights(tooBig, 8, false, { T: 64, matrices: 4 }), 'weights over the binding limit stay fused whatever the tuning');
+  tooBig.dispose();
+});
+
 // The fused kernels' grid has a y per (image, head) and the composite path's matmuls a z per one:
 // 70,000 images of one head were refused ("attention.d4: 1 × 70000 × 1 workgroups"; with T = 4,
 // "matmul: batch 70000 exceeds 65535").

@@ -63,15 +63,17 @@ export function qkvAttention(qkv: Tensor, heads: number, legacy = true): Tensor 
  * too when the weights would not fit a binding: refused, the model could not train); and without a gradient where
  * the subgroup GEMM runs its matmuls (lavapipe: T a multiple of 4) and the weights fit a binding —
  * there the fused kernel, a thread per query, ran 3–5× slower (8 heads × 1024 tokens, d = 64:
- * 583 vs 124 ms; 16 × 256: 75 vs 18 ms; 16 × 64: 6.8 vs 2.3 ms).
+ * 583 vs 124 ms; 16 × 256: 75 vs 18 ms; 16 × 64: 6.8 vs 2.3 ms) — unless tuning
+ * `attention.fusedForward` says otherwise (1: never; 0: wherever they fit).
  */
 export function attentionMaterialisesWeights(e: Engine, d: number, needsGrad: boolean, { T, matrices }: { T: number; matrices: number }): boolean {
   const limit = e.limits.maxComputeWorkgroupStorageSize;
   if (attentionWorkgroupBytes(d, false) > limit) return true;
-  if (!needsGrad) return e.subgroupMatmul && T % 4 === 0 && 4 * matrices * T * T <= e.maxBindingBytes;
+  const fits = 4 * matrices * T * T <= e.maxBindingBytes;
+  if (!needsGrad) return (e.tuning.attention?.fusedForward ?? (e.subgroupMatmul && T % 4 === 0 ? 0 : 1)) === 0 && fits;
   if (attentionWorkgroupBytes(d, true) > limit) return true;
   const fused = (e.tuning.attention?.fusedBackward ?? (e.cpuAdapter ? 0 : 1)) !== 0;
-  return !fused && 4 * matrices * T * T <= e.maxBindingBytes;
+  return !fused && fits;
 }
 
 /**
