@@ -101,22 +101,23 @@ fn im2col(col: vec3<i32>, plane: u32, ky: i32, kx: i32) -> f32 {
   return x[u32(col.x) + plane + u32(yy) * u.W + u32(xx)];
 }
 
+// value: the GEMM's sum plus the bias (read once per row by the caller: convRowBias).
 fn store(m: u32, c: u32, value: f32) {
   let P = u.Ho * u.Wo;
   if (m >= u.Cout || c >= u.N * P) { return; }
   let o = ((c / P) * u.Cout + m) * P + c % P;
-  var r = value;
-#if ${v.bias}
-  r += bias[m];
-#endif
 #if ${v.residual}
-  r += residual[o];
+  out[o] = value + residual[o];
+#else
+  out[o] = value;
 #endif
-  out[o] = r;
 }
 
 ${GEMM_BLOCK_WGSL}`;
 }
+
+/** WGSL for the bias of output channel m (a row of the GEMM; rows past Cout read the last). */
+const convRowBias = (m: string) => `bias[min(${m}, u.Cout - 1u)]`;
 
 /**
  * Bindings: w, x, out, then bias and residual when present.
@@ -165,7 +166,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     }
     workgroupBarrier();
   }
-  ${storeAccumulators(t)}
+  ${storeAccumulators(t, v.bias ? { row: convRowBias } : {})}
 }`,
   };
 }
@@ -198,7 +199,10 @@ export function subgroupConv2dKernel(v: Conv2dVariant, rows: SubgroupGemmRows, o
       let values = vec4(im2col(col0, plane, ky, kx), im2col(col1, plane, ky, kx), im2col(col2, plane, ky, kx), im2col(col3, plane, ky, kx));
       b${kk} = select(vec4<f32>(), values, kr < K);
     }`);
-  const stores = Array.from({ length: rows }, (_, i) => [0, 1, 2, 3].map((j) => `store(row0 + ${i}u, c0 + ${j}u, acc${i}[${j}]);`).join(' ')).join('\n  ');
+  const stores = Array.from({ length: rows }, (_, i) => {
+    const withBias = v.bias ? [`let rowBias${i} = ${convRowBias(`row0 + ${i}u`)};`] : [];
+    return [...withBias, ...[0, 1, 2, 3].map((j) => `store(row0 + ${i}u, c0 + ${j}u, acc${i}[${j}]${v.bias ? ` + rowBias${i}` : ''});`)].join(' ');
+  }).join('\n  ');
   return {
     params: CONV2D_PARAMS,
     key: `conv2dSubgroup.k${v.ksize}p${v.pad}s${v.stride}d${v.inputDilation}${v.bias ? '.bias' : ''}${v.residual ? '.res' : ''}${v.transposedWeight ? '.wT' : ''}.r${rows}${subgroupGemmOrderKey(order)}`,

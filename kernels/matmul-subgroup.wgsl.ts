@@ -213,8 +213,17 @@ function subgroupGemm(v: SubgroupMatmulVariant, rows: SubgroupGemmRows, groups: 
     for (let g = 0; g < groups; g++) for (let kk = 0; kk < kStep; kk++) bLoads.push(`let ${bValue(kk, g)} = loadB(k + ${kk}u, ${groupColumn(g)});`);
   }
   const step = subgroupGemmStep(rows, v.transA, kStep, groups);
+  // The bias read once per row (rowBias) or column group (bias), not once per store (HoistedBias
+  // of ./register-tile.ts has why), and added before the residual, as the store would.
   const stores: string[] = [];
-  for (let i = 0; i < rows; i++) for (let g = 0; g < groups; g++) stores.push(`store(row0 + ${i}u, ${groupColumn(g)}, ${accumulator(i, g)});`);
+  if (v.bias) for (let g = 0; g < groups; g++) stores.push(`let columnBias${g} = bias[min(${groupColumn(g)}, u.N - 4u) / 4u];`);
+  if (v.rowBias) for (let i = 0; i < rows; i++) stores.push(`let rowBias${i} = bias[min(row0 + ${i}u, u.M - 1u)];`);
+  for (let i = 0; i < rows; i++) {
+    for (let g = 0; g < groups; g++) {
+      const value = `${accumulator(i, g)}${v.bias ? ` + columnBias${g}` : ''}${v.rowBias ? ` + rowBias${i}` : ''}`;
+      stores.push(`store(row0 + ${i}u, ${groupColumn(g)}, ${value});`);
+    }
+  }
   const flags = [v.bias && 'bias', v.rowBias && 'rowBias', v.residual && 'res', splitSum && 'splitSum'].filter(Boolean).map((f) => `.${f}`).join('');
   return {
     key: `matmulSubgroup.${v.transA ? 'T' : 'N'}${v.transB ? 'T' : 'N'}${flags}.r${rows}${groups > 1 ? `.g${groups}` : ''}${subgroupGemmOrderKey(order)}`,
@@ -234,20 +243,15 @@ ${splitSum ? SUBGROUP_SPLIT_SUM_PARAMS.wgsl : SUBGROUP_MATMUL_PARAMS.wgsl}
 #endif
 ${vectorOperandLoads(v, kStep)}
 
+// value: the sums plus the bias where there is one.
 fn store(m: u32, n: u32, value: vec4<f32>) {
   if (m >= u.M || n >= u.N) { return; }
   let o = ((batch * u.M + m) * u.N + n) / 4u;
-  var r = value;
-#if ${v.bias}
-  r += bias[n / 4u];
-#endif
-#if ${v.rowBias}
-  r += bias[m];
-#endif
 #if ${v.residual}
-  r += residual[o];
+  c[o] = value + residual[o];
+#else
+  c[o] = value;
 #endif
-  c[o] = r;
 }
 
 ${GEMM_BLOCK_WGSL}

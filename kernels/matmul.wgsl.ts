@@ -225,13 +225,10 @@ fn loadB(k: u32, n: u32) -> f32 {
 #endif
 }
 
+// value: the sum plus bias[n] where there is one (read once per column: storeAccumulators).
 fn store(m: u32, n: u32, value: f32) {
   if (m >= u.M || n >= u.N) { return; }
-#if ${v.bias}
-  c[(batch * u.M + m) * u.N + n] = value + bias[n];
-#else
   c[(batch * u.M + m) * u.N + n] = value;
-#endif
 }
 
 ${mainHead(t)}
@@ -245,7 +242,7 @@ ${mainHead(t)}
     }
     workgroupBarrier();
   }
-  ${storeAccumulators(t)}
+  ${storeAccumulators(t, v.bias ? { column: (n) => `bias[min(${n}, u.N - 1u)]` } : {})}
 }`;
 }
 
@@ -282,9 +279,12 @@ fn loadB(k: u32, n: u32) -> vec4<f32> {
 /** The vec4 variant (its loads: vectorOperandLoads): each thread stores its tn columns as tn/4 vec4s. */
 function vec4Body(v: MatmulVariant, t: MatmulTiling): string {
   const stores: string[] = [];
+  const column = (j: number) => `col0 + tx * ${t.tn}u + ${j}u`;
+  // bias[n … n+3] read once per column vector of the thread (see HoistedBias).
+  if (v.bias) for (let j = 0; j < t.tn; j += 4) stores.push(`let columnBias${j} = bias[min(${column(j)}, u.N - 4u) / 4u];`);
   for (let i = 0; i < t.tm; i++) {
     for (let j = 0; j < t.tn; j += 4) {
-      stores.push(`store(row0 + ty * ${t.tm}u + ${i}u, col0 + tx * ${t.tn}u + ${j}u, vec4(${[0, 1, 2, 3].map((q) => `acc${i}_${j + q}`).join(', ')}));`);
+      stores.push(`store(row0 + ty * ${t.tm}u + ${i}u, ${column(j)}, vec4(${[0, 1, 2, 3].map((q) => `acc${i}_${j + q}`).join(', ')})${v.bias ? ` + columnBias${j}` : ''});`);
     }
   }
   return wgsl`
@@ -292,13 +292,10 @@ ${header(v, 'vec4<f32>')}
 ${declareSlabs(t)}
 ${vectorOperandLoads(v)}
 
+// value: the sums plus bias[n … n+3] where there is one.
 fn store(m: u32, n: u32, value: vec4<f32>) {
   if (m >= u.M || n >= u.N) { return; }
-#if ${v.bias}
-  c[((batch * u.M + m) * u.N + n) / 4u] = value + bias[n / 4u];
-#else
   c[((batch * u.M + m) * u.N + n) / 4u] = value;
-#endif
 }
 
 ${mainHead(t)}
