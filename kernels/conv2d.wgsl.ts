@@ -20,7 +20,7 @@
 import { wgsl } from 'wgsl-preprocessor/wgsl-preprocessor.js';
 import type { KernelSource } from './kernel-source.ts';
 import { DEFAULT_MATMUL_TILING, GEMM_BLOCK_WGSL, type MatmulTiling } from './matmul.wgsl.ts';
-import { SUBGROUP_GEMM_COLUMNS, SUBGROUP_GEMM_LANES, subgroupGemmBlock, type SubgroupGemmOrder, subgroupGemmOrderKey, type SubgroupGemmRows, type SubgroupGemmStep, subgroupGemmStep } from './matmul-subgroup.wgsl.ts';
+import { storeLoop, SUBGROUP_GEMM_COLUMNS, SUBGROUP_GEMM_LANES, subgroupGemmBlock, type SubgroupGemmOrder, subgroupGemmOrderKey, type SubgroupGemmRows, type SubgroupGemmStep, subgroupGemmStep } from './matmul-subgroup.wgsl.ts';
 import { accumulateStep, declareAccumulators, declareSlabs, fillSlab, ownedColumnSlab, storeAccumulators } from './register-tile.ts';
 import { uniformLayout } from './uniform-layout.ts';
 
@@ -199,10 +199,11 @@ export function subgroupConv2dKernel(v: Conv2dVariant, rows: SubgroupGemmRows, o
       let values = vec4(im2col(col0, plane, ky, kx), im2col(col1, plane, ky, kx), im2col(col2, plane, ky, kx), im2col(col3, plane, ky, kx));
       b${kk} = select(vec4<f32>(), values, kr < K);
     }`);
-  const stores = Array.from({ length: rows }, (_, i) => {
-    const withBias = v.bias ? [`let rowBias${i} = ${convRowBias(`row0 + ${i}u`)};`] : [];
-    return [...withBias, ...[0, 1, 2, 3].map((j) => `store(row0 + ${i}u, c0 + ${j}u, acc${i}[${j}]${v.bias ? ` + rowBias${i}` : ''});`)].join(' ');
-  }).join('\n  ');
+  // Row s's 4 values, its bias read once.
+  const stores = storeLoop('vec4<f32>', Array.from({ length: rows }, (_, i) => `acc${i}`), [
+    ...(v.bias ? [`let rowBias = ${convRowBias('row0 + s')};`] : []),
+    ...[0, 1, 2, 3].map((j) => `store(row0 + s, c0 + ${j}u, value[${j}]${v.bias ? ' + rowBias' : ''});`),
+  ].join('\n    '));
   return {
     params: CONV2D_PARAMS,
     key: `conv2dSubgroup.k${v.ksize}p${v.pad}s${v.stride}d${v.inputDilation}${v.bias ? '.bias' : ''}${v.residual ? '.res' : ''}${v.transposedWeight ? '.wT' : ''}.r${rows}${subgroupGemmOrderKey(order)}`,
@@ -254,7 +255,7 @@ export function subgroupConv3x3Kernel(v: Conv2dVariant, rows: SubgroupGemmRows, 
   for (let kx = 0; kx < 3; kx++) {
     for (let i = 0; i < rows; i++) fmas.push(`acc${i} = fma(vec4(subgroupBroadcast(a${Math.floor(i / S)}[${kx}], ${i % S}u)), b${kx}, acc${i});`);
   }
-  const stores = Array.from({ length: rows }, (_, i) => `storeColumns(row0 + ${i}u, o + ${i}u * P, acc${i});`).join('\n    ');
+  const stores = storeLoop('vec4<f32>', Array.from({ length: rows }, (_, i) => `acc${i}`), 'storeColumns(row0 + s, o + s * P, value);');
   return {
     params: CONV2D_PARAMS,
     key: `conv2dSubgroup3x3${v.bias ? '.bias' : ''}${v.residual ? '.res' : ''}${v.transposedWeight ? '.wT' : ''}.r${rows}${subgroupGemmOrderKey(order)}`,
