@@ -20,8 +20,8 @@
 import { wgsl } from 'wgsl-preprocessor/wgsl-preprocessor.js';
 import type { KernelSource } from './kernel-source.ts';
 import { DEFAULT_MATMUL_TILING, GEMM_BLOCK_WGSL, type MatmulTiling } from './matmul.wgsl.ts';
-import { storeLoop, SUBGROUP_GEMM_COLUMNS, SUBGROUP_GEMM_LANES, subgroupGemmBlock, type SubgroupGemmOrder, subgroupGemmOrderKey, type SubgroupGemmRows, type SubgroupGemmStep, subgroupGemmStep } from './matmul-subgroup.wgsl.ts';
-import { accumulateStep, declareAccumulators, declareSlabs, fillSlab, ownedColumnSlab, storeAccumulators } from './register-tile.ts';
+import { SUBGROUP_GEMM_COLUMNS, SUBGROUP_GEMM_LANES, subgroupGemmBlock, type SubgroupGemmOrder, subgroupGemmOrderKey, type SubgroupGemmRows, type SubgroupGemmStep, subgroupGemmStep } from './matmul-subgroup.wgsl.ts';
+import { accumulateStep, declareAccumulators, declareSlabs, fillSlab, ownedColumnSlab, storeAccumulators, storeLoop } from './register-tile.ts';
 import { uniformLayout } from './uniform-layout.ts';
 
 /** Cin (channels of x), H, W (of x as stored), Cout (channels of out or dy), N (images), Ho, Wo (of out or dy). */
@@ -40,6 +40,8 @@ export interface Conv2dVariant {
   stride: number;
   /** Read x as if inputDilation − 1 zeros sat between its pixels (the input gradient of a strided conv). */
   inputDilation: number;
+  /** The register-tiled kernel stores through one loop (storeLoop of ./register-tile.ts: CPU adapters). */
+  storeLoop?: boolean;
 }
 
 /**
@@ -132,7 +134,7 @@ export function conv2dKernel(v: Conv2dVariant, t: MatmulTiling = DEFAULT_MATMUL_
   const slab = ownedColumnSlab(t, (c) => `column(${c}, P)`, (col) => `im2col(${col}, plane, ky, kx)`, 'inK');
   return {
     params: CONV2D_PARAMS,
-    key: `conv2d.k${v.ksize}p${v.pad}s${v.stride}d${d}${v.bias ? '.bias' : ''}${v.residual ? '.res' : ''}${v.transposedWeight ? '.wT' : ''}.${t.wgX}x${t.wgY}.${t.tm}x${t.tn}.k${t.tk}`,
+    key: `conv2d.k${v.ksize}p${v.pad}s${v.stride}d${d}${v.bias ? '.bias' : ''}${v.residual ? '.res' : ''}${v.transposedWeight ? '.wT' : ''}.${t.wgX}x${t.wgY}.${t.tm}x${t.tn}.k${t.tk}${v.storeLoop ? '.storeLoop' : ''}`,
     code: wgsl`
 ${convModule(v)}
 ${declareSlabs(t)}
@@ -166,7 +168,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     }
     workgroupBarrier();
   }
-  ${storeAccumulators(t, v.bias ? { row: convRowBias } : {})}
+  ${storeAccumulators(t, v.bias ? { row: convRowBias } : {}, v.storeLoop)}
 }`,
   };
 }
@@ -347,14 +349,14 @@ export function rowWindowConv(v: Pick<Conv2dVariant, 'ksize' | 'pad' | 'stride' 
  * ([splits, Cout, Cin·k·k]), which the caller sums when there are several.
  * Bindings: dy, x, dw. Uniforms: Cin, H, W (of x), Cout, N, Ho, Wo (of dy), qPerSplit.
  */
-export function conv2dWeightGradKernel(ksize: number, pad: number, stride: number, t: MatmulTiling = DEFAULT_MATMUL_TILING): KernelSource<typeof CONV2D_WEIGHT_GRAD_PARAMS> {
+export function conv2dWeightGradKernel(ksize: number, pad: number, stride: number, t: MatmulTiling = DEFAULT_MATMUL_TILING, storeLoop = false): KernelSource<typeof CONV2D_WEIGHT_GRAD_PARAMS> {
   const BM = t.wgY * t.tm;
   const BN = t.wgX * t.tn;
   const KK = ksize * ksize;
   const slab = ownedColumnSlab(t, (c) => `weightColumn(${c})`, (col) => `im2colT(${col}, image, oy, ox)`, 'inQ');
   return {
     params: CONV2D_WEIGHT_GRAD_PARAMS,
-    key: `conv2dWeightGrad.k${ksize}p${pad}s${stride}.${t.wgX}x${t.wgY}.${t.tm}x${t.tn}.k${t.tk}`,
+    key: `conv2dWeightGrad.k${ksize}p${pad}s${stride}.${t.wgX}x${t.wgY}.${t.tm}x${t.tn}.k${t.tk}${storeLoop ? '.storeLoop' : ''}`,
     code: wgsl`
 ${CONV2D_WEIGHT_GRAD_PARAMS.wgsl}
 @group(0) @binding(1) var<storage, read> dy: array<f32>;
@@ -425,7 +427,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     }
     workgroupBarrier();
   }
-  ${storeAccumulators(t)}
+  ${storeAccumulators(t, {}, storeLoop)}
 }`,
   };
 }

@@ -18,6 +18,7 @@
 import { wgsl } from 'wgsl-preprocessor/wgsl-preprocessor.js';
 import type { KernelSource } from './kernel-source.ts';
 import { GEMM_BLOCK_WGSL, gemmGrid, type MatmulVariant, vectorOperandLoads } from './matmul.wgsl.ts';
+import { storeLoop } from './register-tile.ts';
 import { uniformLayout } from './uniform-layout.ts';
 
 /** Lanes per subgroup (and threads per workgroup) this kernel is written for. */
@@ -148,27 +149,10 @@ const bValue = (kk: number, g: number) => (g === 0 ? `b${kk}` : `b${kk}_${g}`);
 /** The lane's first column in column group g (`col` its first in group 0). */
 const groupColumn = (g: number) => (g === 0 ? 'col' : `col + ${SUBGROUP_GEMM_COLUMNS * g}u`);
 
-/**
- * WGSL storing a subgroup kernel's accumulators through one loop: the WGSL `values` (of `type`)
- * are copied into a private array, and `body` runs for each in order, reading `s` (its index) and
- * `value`. Written out per accumulator instead, every store, and every residual or bias read it
- * makes, was a per-lane gather with branches of its own on lavapipe, and those were most of the
- * kernel's compile: the matmul with row bias and residual, 32 rows × 2 column groups, 6.1 → 0.6 s
- * on a cold shader cache, at the same speed (1024³ and 256 × 64 · 64 × 4096).
- */
-export function storeLoop(type: string, values: readonly string[], body: string): string {
-  return `var results: array<${type}, ${values.length}>;
-  ${values.map((v, s) => `results[${s}] = ${v};`).join(' ')}
-  for (var s = 0u; s < ${values.length}u; s++) {
-    let value = results[s];
-    ${body}
-  }`;
-}
-
 /** matmul's uniforms (strides 0 broadcast a matrix). */
 const SUBGROUP_MATMUL_PARAMS = uniformLayout({ M: 'u32', N: 'u32', K: 'u32', strideA: 'u32', strideB: 'u32', batches: 'u32' });
 
-export interface SubgroupMatmulVariant extends Omit<MatmulVariant, 'vec4'> {
+export interface SubgroupMatmulVariant extends Omit<MatmulVariant, 'vec4' | 'storeLoop'> {
   /** Adds bias[m] to row m (a 1×1 conv's per-channel bias) instead of `bias`'s bias[n]. */
   rowBias?: boolean;
   /** Adds residual[b, m, n], laid out as C. */

@@ -5,7 +5,7 @@
 import { wgsl } from 'wgsl-preprocessor/wgsl-preprocessor.js';
 import { MAX_WORKGROUPS_PER_DIMENSION } from './flat-index.ts';
 import type { KernelSource } from './kernel-source.ts';
-import { accumulateStep, declareAccumulators, declareSlabs, fillSlab, fillSlabVec4, storeAccumulators } from './register-tile.ts';
+import { accumulateStep, declareAccumulators, declareSlabs, fillSlab, fillSlabVec4, storeAccumulators, storeLoop } from './register-tile.ts';
 import { uniformLayout } from './uniform-layout.ts';
 
 export interface MatmulTiling {
@@ -152,6 +152,8 @@ export interface MatmulVariant {
    * gather or scatter of about the cost of one.
    */
   vec4: boolean;
+  /** Store through one loop (storeLoop of ./register-tile.ts: CPU adapters). */
+  storeLoop?: boolean;
 }
 
 /** Whether every operand's contiguous extent (K or M for A, N or K for B, N for C) is a multiple of 4. */
@@ -172,7 +174,7 @@ export function vectorizableGemm(M: number, N: number, K: number, transA: boolea
 export function matmulKernel(v: MatmulVariant, t: MatmulTiling = DEFAULT_MATMUL_TILING): KernelSource<typeof MATMUL_PARAMS> {
   return {
     params: MATMUL_PARAMS,
-    key: `matmul.${v.transA ? 'T' : 'N'}${v.transB ? 'T' : 'N'}${v.bias ? '.bias' : ''}${v.vec4 ? '.vec4' : ''}.${t.wgX}x${t.wgY}.${t.tm}x${t.tn}.k${t.tk}`,
+    key: `matmul.${v.transA ? 'T' : 'N'}${v.transB ? 'T' : 'N'}${v.bias ? '.bias' : ''}${v.vec4 ? '.vec4' : ''}.${t.wgX}x${t.wgY}.${t.tm}x${t.tn}.k${t.tk}${v.storeLoop ? '.storeLoop' : ''}`,
     code: v.vec4 ? vec4Body(v, t) : scalarBody(v, t),
   };
 }
@@ -242,7 +244,7 @@ ${mainHead(t)}
     }
     workgroupBarrier();
   }
-  ${storeAccumulators(t, v.bias ? { column: (n) => `bias[min(${n}, u.N - 1u)]` } : {})}
+  ${storeAccumulators(t, v.bias ? { column: (n) => `bias[min(${n}, u.N - 1u)]` } : {}, v.storeLoop)}
 }`;
 }
 
@@ -280,11 +282,19 @@ fn loadB(k: u32, n: u32) -> vec4<f32> {
 function vec4Body(v: MatmulVariant, t: MatmulTiling): string {
   const stores: string[] = [];
   const column = (j: number) => `col0 + tx * ${t.tn}u + ${j}u`;
-  // bias[n … n+3] read once per column vector of the thread (see HoistedBias).
-  if (v.bias) for (let j = 0; j < t.tn; j += 4) stores.push(`let columnBias${j} = bias[min(${column(j)}, u.N - 4u) / 4u];`);
-  for (let i = 0; i < t.tm; i++) {
-    for (let j = 0; j < t.tn; j += 4) {
-      stores.push(`store(row0 + ty * ${t.tm}u + ${i}u, ${column(j)}, vec4(${[0, 1, 2, 3].map((q) => `acc${i}_${j + q}`).join(', ')})${v.bias ? ` + columnBias${j}` : ''});`);
+  const vector = (i: number, j: number) => `vec4(${[0, 1, 2, 3].map((q) => `acc${i}_${j + q}`).join(', ')})`;
+  const columnBias = (n: string) => `bias[min(${n}, u.N - 4u) / 4u]`;
+  if (v.storeLoop) {
+    const values: string[] = [];
+    for (let i = 0; i < t.tm; i++) for (let j = 0; j < t.tn; j += 4) values.push(vector(i, j));
+    const perRow = t.tn / 4;
+    stores.push(storeLoop('vec4<f32>', values, `let n = col0 + tx * ${t.tn}u + 4u * (s % ${perRow}u);
+    store(row0 + ty * ${t.tm}u + s / ${perRow}u, n, value${v.bias ? ` + ${columnBias('n')}` : ''});`));
+  } else {
+    // bias[n … n+3] read once per column vector of the thread (see HoistedBias).
+    if (v.bias) for (let j = 0; j < t.tn; j += 4) stores.push(`let columnBias${j} = ${columnBias(column(j))};`);
+    for (let i = 0; i < t.tm; i++) {
+      for (let j = 0; j < t.tn; j += 4) stores.push(`store(row0 + ty * ${t.tm}u + ${i}u, ${column(j)}, ${vector(i, j)}${v.bias ? ` + columnBias${j}` : ''});`);
     }
   }
   return wgsl`

@@ -4,6 +4,7 @@
 // and the tests otherwise reach those kernels one at a time through tunings.
 import t from 'tap';
 import { createEngine } from '../../src/engine/engine.ts';
+import * as ops from '../../src/engine/ops/index.ts';
 import { openSafetensors } from '../../src/model/checkpoint/safetensors.ts';
 import { unetParity } from '../../src/model/parity.ts';
 import { headParity } from '../../src/train/parity.ts';
@@ -55,4 +56,17 @@ t.test('what ran: the GPU tiles, row kernels and the fused attention backward, n
   t.ok(keys.some((k) => k.startsWith('conv2dWeightGrad')), 'the conv weight gradient');
   t.ok(keys.some((k) => k.startsWith('attentionBackward')), 'the fused attention backward');
   t.ok(keys.some((k) => k.endsWith('.subgroup') || k.endsWith('.workgroup')), 'a workgroup per row');
+  t.notOk(keys.some((k) => k.endsWith('.storeLoop')), 'GEMM stores written out (a CPU adapter\'s store loop nowhere)');
+});
+
+t.test('a CPU adapter\'s register-tiled GEMMs store through one loop', async (t) => {
+  const cpu = await createEngine({ device, tuning: { matmulSubgroup: { enabled: 0 } } });
+  if (!cpu.cpuAdapter) { t.comment('not on a CPU adapter'); return; }
+  const keys: string[] = [];
+  const dispatch = cpu.dispatch.bind(cpu);
+  cpu.dispatch = (d) => (keys.push(d.kernel.key), dispatch(d));
+  const a = cpu.tensor(new Float32Array(64 * 64).fill(1), [64, 64]);
+  await ops.matmul(a, a).read();
+  t.ok(keys.some((k) => /^matmul\..*\.storeLoop$/.test(k)), keys.join(', '));
+  cpu.dispose();
 });

@@ -119,7 +119,7 @@ function runConv(e: Engine, c: ConvCall): void {
     runPointwise(e, c, bindings);
     return;
   }
-  const variant = { ksize: c.ksize, pad: c.pad, stride: c.stride, inputDilation: c.inputDilation, bias: !!c.bias, residual: !!c.residual, transposedWeight: c.transposedWeight };
+  const variant = { ksize: c.ksize, pad: c.pad, stride: c.stride, inputDilation: c.inputDilation, bias: !!c.bias, residual: !!c.residual, transposedWeight: c.transposedWeight, storeLoop: e.cpuAdapter };
   const params = { Cin: cin, H, W, Cout: cout, N, Ho, Wo };
   if (subgroupKernels) {
     const rows = subgroupGemmRows(cout);
@@ -201,7 +201,7 @@ function conv2dWeightGrad(e: Engine, dy: Tensor, x: Tensor, wShape: readonly num
   const splits = Math.ceil(reduction / qPerSplit);
   const partial = e.empty(splits > 1 ? [splits, ...wShape] : wShape, 'dconv2d.w');
   e.dispatch({
-    kernel: conv2dWeightGradKernel(ksize, pad, stride, t),
+    kernel: conv2dWeightGradKernel(ksize, pad, stride, t, e.cpuAdapter),
     bindings: [dy, x, partial],
     params: { Cin: cin, H, W, Cout: cout, N, Ho, Wo, qPerSplit },
     workgroups: gemmWorkgroups(t, cout, columns, splits),

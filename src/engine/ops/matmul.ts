@@ -59,7 +59,7 @@ export function dispatchMatmul(a: Tensor, b: Tensor, out: Tensor, d: MatmulDispa
   }
   const tiling: MatmulTiling = chooseGemmTiling(d.M, d.N, e.gemmPresets, e.tuning.matmul, e.limits.maxComputeWorkgroupStorageSize);
   e.dispatch({
-    kernel: matmulKernel({ transA: d.transA, transB: d.transB, bias: !!d.bias, vec4: vectorizableGemm(d.M, d.N, d.K, d.transA, d.transB, tiling) }, tiling),
+    kernel: matmulKernel({ transA: d.transA, transB: d.transB, bias: !!d.bias, vec4: vectorizableGemm(d.M, d.N, d.K, d.transA, d.transB, tiling), storeLoop: e.cpuAdapter }, tiling),
     bindings,
     params,
     workgroups: gemmWorkgroups(tiling, d.M, d.N, d.batch),
