@@ -103,7 +103,7 @@ fn im2col(col: vec3<i32>, plane: u32, ky: i32, kx: i32) -> f32 {
   return x[u32(col.x) + plane + u32(yy) * u.W + u32(xx)];
 }
 
-// value: the GEMM's sum plus the bias (read once per row by the caller: convRowBias).
+// value: the GEMM's sum plus the bias (convRowBias), added by the caller.
 fn store(m: u32, c: u32, value: f32) {
   let P = u.Ho * u.Wo;
   if (m >= u.Cout || c >= u.N * P) { return; }

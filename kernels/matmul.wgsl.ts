@@ -227,7 +227,7 @@ fn loadB(k: u32, n: u32) -> f32 {
 #endif
 }
 
-// value: the sum plus bias[n] where there is one (read once per column: storeAccumulators).
+// value: the sum plus bias[n] where there is one, added by the caller (storeAccumulators).
 fn store(m: u32, n: u32, value: f32) {
   if (m >= u.M || n >= u.N) { return; }
   c[(batch * u.M + m) * u.N + n] = value;

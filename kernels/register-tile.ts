@@ -111,10 +111,11 @@ export function accumulateStep(t: MatmulTiling, kk: string): string {
  * `type`) are copied into a private array, and `body` runs for each in order, reading `s` (its
  * index) and `value`. Written out per accumulator instead, every store, and every residual or bias
  * read it makes, was a per-lane gather with branches of its own on lavapipe, and those were most
- * of the kernel's compile on a cold shader cache, at the same speed: the subgroup matmul with row
- * bias and residual (32 rows × 2 column groups) 6.1 → 0.6 s, the register-tiled 3×3 conv with
- * bias and residual (16 × 16 outputs a thread) 12.1 → 0.7 s. GPUs keep the stores written out,
- * their accumulators in registers.
+ * of the kernel's compile on a cold shader cache: the subgroup matmul with row bias and residual
+ * (32 rows × 2 column groups) 6.1 → 0.6 s at the same speed, the register-tiled 3×3 conv with
+ * bias and residual (16 × 16 outputs a thread) 12.1 → 0.7 s (that path's matmul 1024³ perhaps a
+ * few per cent slower, within the VM's drift). GPUs keep the stores written out, their
+ * accumulators in registers.
  */
 export function storeLoop(type: string, values: readonly string[], body: string): string {
   return `var results: array<${type}, ${values.length}>;
@@ -127,10 +128,11 @@ export function storeLoop(type: string, values: readonly string[], body: string)
 
 /**
  * A bias added to the accumulators before they are stored: WGSL for the bias of output row `m`
- * (a conv's per-channel bias) or column `n` (matmul's bias[n]), read once per row or column of a
- * thread's outputs. On lavapipe every buffer read is a per-lane gather with branches of its own:
- * read once per output, the 256 reads of a 16 × 16 register tile took 10 s of a conv kernel's
- * compile on a cold shader cache (15 s, against 4 s without a bias; once per row, 4.4 s).
+ * (a conv's per-channel bias) or column `n` (matmul's bias[n]). Written-out stores read it once
+ * per row or column of a thread's outputs (a storeLoop reads it in its loop, compiled once). On
+ * lavapipe every buffer read is a per-lane gather with branches of its own: read once per output,
+ * the 256 reads of a 16 × 16 register tile took 10 s of a conv kernel's compile on a cold shader
+ * cache (15 s, against 4 s without a bias; once per row, 4.4 s).
  */
 export interface HoistedBias {
   row?: (m: string) => string;
