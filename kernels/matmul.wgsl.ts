@@ -5,7 +5,7 @@
 import { wgsl } from 'wgsl-preprocessor/wgsl-preprocessor.js';
 import { MAX_WORKGROUPS_PER_DIMENSION } from './flat-index.ts';
 import type { KernelSource } from './kernel-source.ts';
-import { accumulateStep, declareAccumulators, declareSlabs, fillSlab, fillSlabVec4, storeAccumulators, storeLoop } from './register-tile.ts';
+import { accumulateStep, declareAccumulators, declareSlabs, fillSlab, fillSlabVec4, storeAccumulators } from './register-tile.ts';
 import { uniformLayout } from './uniform-layout.ts';
 
 export interface MatmulTiling {
@@ -280,23 +280,8 @@ fn loadB(k: u32, n: u32) -> vec4<f32> {
 
 /** The vec4 variant (its loads: vectorOperandLoads): each thread stores its tn columns as tn/4 vec4s. */
 function vec4Body(v: MatmulVariant, t: MatmulTiling): string {
-  const stores: string[] = [];
-  const column = (j: number) => `col0 + tx * ${t.tn}u + ${j}u`;
-  const vector = (i: number, j: number) => `vec4(${[0, 1, 2, 3].map((q) => `acc${i}_${j + q}`).join(', ')})`;
-  const columnBias = (n: string) => `bias[min(${n}, u.N - 4u) / 4u]`;
-  if (v.storeLoop) {
-    const values: string[] = [];
-    for (let i = 0; i < t.tm; i++) for (let j = 0; j < t.tn; j += 4) values.push(vector(i, j));
-    const perRow = t.tn / 4;
-    stores.push(storeLoop('vec4<f32>', values, `let n = col0 + tx * ${t.tn}u + 4u * (s % ${perRow}u);
-    store(row0 + ty * ${t.tm}u + s / ${perRow}u, n, value${v.bias ? ` + ${columnBias('n')}` : ''});`));
-  } else {
-    // bias[n … n+3] read once per column vector of the thread (see HoistedBias).
-    if (v.bias) for (let j = 0; j < t.tn; j += 4) stores.push(`let columnBias${j} = ${columnBias(column(j))};`);
-    for (let i = 0; i < t.tm; i++) {
-      for (let j = 0; j < t.tn; j += 4) stores.push(`store(row0 + ty * ${t.tm}u + ${i}u, ${column(j)}, ${vector(i, j)}${v.bias ? ` + columnBias${j}` : ''});`);
-    }
-  }
+  // bias[n … n+3] for the vector stored at column n.
+  const stores = storeAccumulators(t, v.bias ? { column: (n) => `bias[min(${n}, u.N - 4u) / 4u]` } : {}, v.storeLoop, 4);
   return wgsl`
 ${header(v, 'vec4<f32>')}
 ${declareSlabs(t)}
@@ -318,6 +303,6 @@ ${mainHead(t)}
     }
     workgroupBarrier();
   }
-  ${stores.join('\n  ')}
+  ${stores}
 }`;
 }

@@ -140,29 +140,31 @@ export interface HoistedBias {
 }
 
 /**
- * Calls `store(row, column, value)` for each accumulator of the thread (tx, ty), value = the
- * accumulator + its row's or column's `bias` when given: the sum a store adding the bias itself
+ * Calls `store(row, column, value)` for each accumulator of the thread (tx, ty), `width` (1 or 4)
+ * neighbouring columns a value (a vec4 of them, stored at its first column), value = the
+ * accumulators + their row's or column's `bias` when given: the sum a store adding the bias itself
  * would make, before whatever store adds next (a residual). With `loop`, through storeLoop, the
  * bias read in the loop.
  */
-export function storeAccumulators(t: MatmulTiling, bias: HoistedBias = {}, loop = false): string {
+export function storeAccumulators(t: MatmulTiling, bias: HoistedBias = {}, loop = false, width: 1 | 4 = 1): string {
+  const perRow = t.tn / width;
+  const value = (i: number, v: number) => (width === 1 ? `acc${i}_${v}` : `vec4(${[0, 1, 2, 3].map((q) => `acc${i}_${width * v + q}`).join(', ')})`);
   const row = (i: number) => `row0 + ty * ${t.tm}u + ${i}u`;
-  const column = (j: number) => `col0 + tx * ${t.tn}u + ${j}u`;
+  const column = (v: number) => `col0 + tx * ${t.tn}u + ${width * v}u`;
   if (loop) {
     const values: string[] = [];
-    for (let i = 0; i < t.tm; i++) for (let j = 0; j < t.tn; j++) values.push(`acc${i}_${j}`);
+    for (let i = 0; i < t.tm; i++) for (let v = 0; v < perRow; v++) values.push(value(i, v));
     const withBias = `value${bias.row ? ` + ${bias.row('m')}` : ''}${bias.column ? ` + ${bias.column('n')}` : ''}`;
-    return storeLoop('f32', values, `let m = row0 + ty * ${t.tm}u + s / ${t.tn}u;
-    let n = col0 + tx * ${t.tn}u + s % ${t.tn}u;
+    return storeLoop(width === 1 ? 'f32' : 'vec4<f32>', values, `let m = row0 + ty * ${t.tm}u + s / ${perRow}u;
+    let n = col0 + tx * ${t.tn}u + ${width === 1 ? '' : `${width}u * `}(s % ${perRow}u);
     store(m, n, ${withBias});`);
   }
   const lines: string[] = [];
   if (bias.row) for (let i = 0; i < t.tm; i++) lines.push(`let rowBias${i} = ${bias.row(row(i))};`);
-  if (bias.column) for (let j = 0; j < t.tn; j++) lines.push(`let columnBias${j} = ${bias.column(column(j))};`);
+  if (bias.column) for (let v = 0; v < perRow; v++) lines.push(`let columnBias${v} = ${bias.column(column(v))};`);
   for (let i = 0; i < t.tm; i++) {
-    for (let j = 0; j < t.tn; j++) {
-      const value = `acc${i}_${j}${bias.row ? ` + rowBias${i}` : ''}${bias.column ? ` + columnBias${j}` : ''}`;
-      lines.push(`store(${row(i)}, ${column(j)}, ${value});`);
+    for (let v = 0; v < perRow; v++) {
+      lines.push(`store(${row(i)}, ${column(v)}, ${value(i, v)}${bias.row ? ` + rowBias${i}` : ''}${bias.column ? ` + columnBias${v}` : ''});`);
     }
   }
   return lines.join('\n  ');
