@@ -5,7 +5,7 @@
 // as PyTorch passes them (1.0 − f32(0.999) in f32 is 0.0009999871, not 0.001: v 1.3e-5 off).
 import { wgsl } from 'wgsl-preprocessor/wgsl-preprocessor.js';
 import { flatBlockMain } from './flat-index.ts';
-import type { KernelSource } from './kernel-source.ts';
+import { cachedKernelFactory, type KernelSource } from './kernel-source.ts';
 import { uniformLayout } from './uniform-layout.ts';
 
 export const ADAM_WORKGROUP = 256;
@@ -17,7 +17,7 @@ const ADAM_PARAMS = uniformLayout({ n: 'u32', beta1: 'f32', beta2: 'f32', oneMin
  * of a multiple of 4 values (u.n then counts vec4s); CPU adapters pay per invocation (hence also
  * flatBlockMain's several loads an invocation), GPUs load 16 bytes at once. Dispatch: blockGrid.
  */
-export function adamKernel(vec4: boolean): KernelSource<typeof ADAM_PARAMS> {
+export const adamKernel = cachedKernelFactory(function adamKernel(vec4: boolean): KernelSource<typeof ADAM_PARAMS> {
   const WG = ADAM_WORKGROUP;
   const T = vec4 ? 'vec4<f32>' : 'f32';
   return {
@@ -37,4 +37,4 @@ ${flatBlockMain(WG, 'u.n', `let pi = p[i];
     v[i] = vi;
     p[i] = pi - u.stepSize * mi / (sqrt(vi) / u.sqrtBiasCorrection2 + u.eps);`)}`,
   };
-}
+});

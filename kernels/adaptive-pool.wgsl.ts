@@ -4,7 +4,7 @@
 // window that covers it (windows overlap when the sizes do not divide).
 import { wgsl } from 'wgsl-preprocessor/wgsl-preprocessor.js';
 import { flatMain } from './flat-index.ts';
-import type { KernelSource } from './kernel-source.ts';
+import { cachedKernelFactory, type KernelSource } from './kernel-source.ts';
 import { uniformLayout } from './uniform-layout.ts';
 
 export const ADAPTIVE_POOL_WORKGROUP = 256;
@@ -16,7 +16,7 @@ fn windowStart(i: u32, inSize: u32, outSize: u32) -> u32 { return (i * inSize) /
 fn windowEnd(i: u32, inSize: u32, outSize: u32) -> u32 { return ((i + 1u) * inSize + outSize - 1u) / outSize; }`;
 
 /** backward = false: x → y (one thread per output). true: dy → dx (one thread per input). Bindings: src, dst. */
-export function adaptiveAvgPoolKernel(backward: boolean): KernelSource<typeof ADAPTIVE_POOL_PARAMS> {
+export const adaptiveAvgPoolKernel = cachedKernelFactory(function adaptiveAvgPoolKernel(backward: boolean): KernelSource<typeof ADAPTIVE_POOL_PARAMS> {
   const WG = ADAPTIVE_POOL_WORKGROUP;
   return {
     key: `adaptiveAvgPool2d${backward ? 'Backward' : ''}`,
@@ -72,4 +72,4 @@ ${flatMain(WG)}
 #endif
 }`,
   };
-}
+});

@@ -13,7 +13,7 @@
 // attentionBackwardQueryKernel (a thread per query) writes D and dq; attentionBackwardKeyKernel
 // (a thread per key, query tiles staged in workgroup memory) then dk and dv — no float atomics.
 import { wgsl } from 'wgsl-preprocessor/wgsl-preprocessor.js';
-import type { KernelSource } from './kernel-source.ts';
+import { cachedKernelFactory, type KernelSource } from './kernel-source.ts';
 import { LOWEST_F32 } from './row-reduction.ts';
 import { uniformLayout } from './uniform-layout.ts';
 
@@ -66,7 +66,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
  * n·batchStride + head·headStride + {0, kOffset, vOffset} + c·chStride + t·tokStride; the output
  * likewise with the o* fields.
  */
-export function attentionKernel(headDim: number, logSumExp = false): KernelSource<typeof ATTENTION_PARAMS> {
+export const attentionKernel = cachedKernelFactory(function attentionKernel(headDim: number, logSumExp = false): KernelSource<typeof ATTENTION_PARAMS> {
   const WG = ATTENTION_QUERIES_PER_WORKGROUP;
   const TILE = ATTENTION_KEY_TILE;
   const c = channelHelpers(headDim);
@@ -131,7 +131,7 @@ ${tokenMain(WG)}
   }
 }`,
   };
-}
+});
 
 /** Stages keys and values j0 … j0 + TILE − 1 of this (image, head) in kTile and vTile (zero past T). */
 function stageKeys(D4: number, V: number, vt: string, TILE: number, WG: number): string {
@@ -155,7 +155,7 @@ function stageKeys(D4: number, V: number, vt: string, TILE: number, WG: number):
  * key tiles and writes D_i and dq_i. Bindings: qkv, out (O), dout (dO, O's layout), lse, delta
  * ([N·heads, T], written), dqkv (its q rows written).
  */
-export function attentionBackwardQueryKernel(headDim: number): KernelSource<typeof ATTENTION_PARAMS> {
+export const attentionBackwardQueryKernel = cachedKernelFactory(function attentionBackwardQueryKernel(headDim: number): KernelSource<typeof ATTENTION_PARAMS> {
   const WG = ATTENTION_QUERIES_PER_WORKGROUP;
   const TILE = ATTENTION_KEY_TILE;
   const c = channelHelpers(headDim);
@@ -218,14 +218,14 @@ ${tokenMain(WG)}
   }
 }`,
   };
-}
+});
 
 /**
  * The key side of the backward: a thread per key j recomputes p_ij over tiles of queries (their
  * scaled q, dO, L and D staged in workgroup memory) and writes dk_j and dv_j. Bindings: qkv, dout,
  * lse, delta (from attentionBackwardQueryKernel), dqkv (its k and v rows written).
  */
-export function attentionBackwardKeyKernel(headDim: number): KernelSource<typeof ATTENTION_PARAMS> {
+export const attentionBackwardKeyKernel = cachedKernelFactory(function attentionBackwardKeyKernel(headDim: number): KernelSource<typeof ATTENTION_PARAMS> {
   const WG = ATTENTION_QUERIES_PER_WORKGROUP;
   const TILE = ATTENTION_KEY_TILE;
   const c = channelHelpers(headDim);
@@ -307,4 +307,4 @@ ${tokenMain(WG)}
   }
 }`,
   };
-}
+});

@@ -18,7 +18,7 @@
 // decode a column (pixel (n, oy, ox) here, weight column (ci, ky, kx) in the weight gradient) run
 // once per thread, not once per loaded value (CPU adapters scalarise them).
 import { wgsl } from 'wgsl-preprocessor/wgsl-preprocessor.js';
-import type { KernelSource } from './kernel-source.ts';
+import { cachedKernelFactory, type KernelSource } from './kernel-source.ts';
 import { DEFAULT_MATMUL_TILING, GEMM_BLOCK_WGSL, type MatmulTiling } from './matmul.wgsl.ts';
 import { SUBGROUP_GEMM_COLUMNS, SUBGROUP_GEMM_LANES, subgroupGemmBlock, type SubgroupGemmOrder, subgroupGemmOrderKey, type SubgroupGemmRows, type SubgroupGemmStep, subgroupGemmStep } from './matmul-subgroup.wgsl.ts';
 import { accumulateStep, declareAccumulators, declareSlabs, fillSlab, ownedColumnSlab, storeAccumulators, storeLoop } from './register-tile.ts';
@@ -125,7 +125,7 @@ const convRowBias = (m: string) => `bias[min(${m}, u.Cout - 1u)]`;
  * Bindings: w, x, out, then bias and residual when present.
  * Uniforms: Cin (channels of x), H, W (of x as stored), Cout (channels of out), N (images), Ho, Wo (of out).
  */
-export function conv2dKernel(v: Conv2dVariant, t: MatmulTiling = DEFAULT_MATMUL_TILING): KernelSource<typeof CONV2D_PARAMS> {
+export const conv2dKernel = cachedKernelFactory(function conv2dKernel(v: Conv2dVariant, t: MatmulTiling = DEFAULT_MATMUL_TILING): KernelSource<typeof CONV2D_PARAMS> {
   const BM = t.wgY * t.tm;
   const BN = t.wgX * t.tn;
   const KK = v.ksize * v.ksize;
@@ -171,7 +171,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   ${storeAccumulators(t, v.bias ? { row: convRowBias } : {}, v.storeLoop)}
 }`,
   };
-}
+});
 
 /**
  * conv2dKernel's GEMM on 8-lane subgroups (lavapipe; kernels/matmul-subgroup.wgsl.ts has why): a
@@ -182,7 +182,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
  * 256→256 @16² stride 2, batch 4, 22.8 → 15.0 ms). Same bindings and uniforms as conv2dKernel;
  * dispatch subgroupGemmWorkgroups over Cout rows and N·Ho·Wo columns, in `order`.
  */
-export function subgroupConv2dKernel(v: Conv2dVariant, rows: SubgroupGemmRows, order: SubgroupGemmOrder = 'columns'): KernelSource<typeof CONV2D_PARAMS> {
+export const subgroupConv2dKernel = cachedKernelFactory(function subgroupConv2dKernel(v: Conv2dVariant, rows: SubgroupGemmRows, order: SubgroupGemmOrder = 'columns'): KernelSource<typeof CONV2D_PARAMS> {
   const S = SUBGROUP_GEMM_LANES;
   const kStep: SubgroupGemmStep = 2;
   const KK = v.ksize * v.ksize;
@@ -233,7 +233,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   ${stores}
 }`,
   };
-}
+});
 
 /**
  * subgroupConv2dKernel for the 3×3 conv with stride 1 and padding 1 (and the input gradient of
@@ -248,7 +248,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
  * 9·rows did not (1024→1024 @8² on lavapipe: 62 → 41 ms, the speed of a matmul of the same M, N, K).
  * Bindings: conv2dKernel's, then x again as x4. Dispatch: subgroupGemmWorkgroups, in `order`.
  */
-export function subgroupConv3x3Kernel(v: Conv2dVariant, rows: SubgroupGemmRows, order: SubgroupGemmOrder = 'columns'): KernelSource<typeof CONV2D_PARAMS> {
+export const subgroupConv3x3Kernel = cachedKernelFactory(function subgroupConv3x3Kernel(v: Conv2dVariant, rows: SubgroupGemmRows, order: SubgroupGemmOrder = 'columns'): KernelSource<typeof CONV2D_PARAMS> {
   if (!rowWindowConv(v)) throw new RangeError('subgroupConv3x3Kernel: 3×3 kernels with stride 1, padding 1 and no input dilation only');
   const S = SUBGROUP_GEMM_LANES;
   const x4Binding = 4 + Number(v.bias) + Number(v.residual);
@@ -335,7 +335,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   }
 }`,
   };
-}
+});
 
 /** Whether subgroupConv3x3Kernel computes this conv (given maps whose width is a multiple of 4). */
 export function rowWindowConv(v: Pick<Conv2dVariant, 'ksize' | 'pad' | 'stride' | 'inputDilation'>): boolean {
@@ -349,7 +349,7 @@ export function rowWindowConv(v: Pick<Conv2dVariant, 'ksize' | 'pad' | 'stride' 
  * ([splits, Cout, Cin·k·k]), which the caller sums when there are several.
  * Bindings: dy, x, dw. Uniforms: Cin, H, W (of x), Cout, N, Ho, Wo (of dy), qPerSplit.
  */
-export function conv2dWeightGradKernel(ksize: number, pad: number, stride: number, t: MatmulTiling = DEFAULT_MATMUL_TILING, storeLoop = false): KernelSource<typeof CONV2D_WEIGHT_GRAD_PARAMS> {
+export const conv2dWeightGradKernel = cachedKernelFactory(function conv2dWeightGradKernel(ksize: number, pad: number, stride: number, t: MatmulTiling = DEFAULT_MATMUL_TILING, storeLoop = false): KernelSource<typeof CONV2D_WEIGHT_GRAD_PARAMS> {
   const BM = t.wgY * t.tm;
   const BN = t.wgX * t.tn;
   const KK = ksize * ksize;
@@ -430,4 +430,4 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   ${storeAccumulators(t, {}, storeLoop)}
 }`,
   };
-}
+});

@@ -4,7 +4,7 @@
 // are contiguous in both x and out (a channel concat of NCHW tensors is a rank-2 copy).
 import { wgsl } from 'wgsl-preprocessor/wgsl-preprocessor.js';
 import { flatMain } from './flat-index.ts';
-import type { KernelSource } from './kernel-source.ts';
+import { cachedKernelFactory, type KernelSource } from './kernel-source.ts';
 import { uniformLayout } from './uniform-layout.ts';
 
 export const COPY_WORKGROUP = 256;
@@ -21,7 +21,7 @@ const COPY_PARAMS = uniformLayout({ shape: 'dims', inStrides: 'dims', outStrides
  * the coordinates (one integer division per axis, lane by lane on CPU adapters) are decoded once
  * per 4 elements, and the 4 loads go out before the 4 stores.
  */
-export function stridedCopyKernel(rank: number, vectorized = false, run: 1 | 4 = 1): KernelSource<typeof COPY_PARAMS> {
+export const stridedCopyKernel = cachedKernelFactory(function stridedCopyKernel(rank: number, vectorized = false, run: 1 | 4 = 1): KernelSource<typeof COPY_PARAMS> {
   const element = vectorized ? 'vec4<f32>' : 'f32';
   const WG = COPY_WORKGROUP;
   const runs = Array.from({ length: run }, (_, j) => j);
@@ -52,4 +52,4 @@ ${flatMain(WG)}
   ${copy}
 }`,
   };
-}
+});

@@ -2,7 +2,7 @@
 // uniform scalar `alpha`) and a backward expression of `x`, `y` (the forward output) and `dy`.
 import { wgsl } from 'wgsl-preprocessor/wgsl-preprocessor.js';
 import { flatBlockMain } from './flat-index.ts';
-import type { KernelSource } from './kernel-source.ts';
+import { cachedKernelFactory, type KernelSource } from './kernel-source.ts';
 import { uniformLayout } from './uniform-layout.ts';
 
 export const WORKGROUP = 256;
@@ -112,7 +112,7 @@ fn log1mexpF32(x: f32) -> f32 {
 }`;
 
 /** y[i] = f(x[i]). Bindings: x, y. */
-export function unaryKernel(op: UnaryOp, vectorized = false): KernelSource<typeof UNARY_PARAMS> {
+export const unaryKernel = cachedKernelFactory(function unaryKernel(op: UnaryOp, vectorized = false): KernelSource<typeof UNARY_PARAMS> {
   const spec: UnaryOpSpec = UNARY_OPS[op];
   return {
     params: UNARY_PARAMS,
@@ -131,10 +131,10 @@ fn f(x: f32, alpha: f32) -> f32 {
 ${flatBlockMain(WORKGROUP, 'u.n', `let x = xs[i];
     ys[i] = ${perComponent(vectorized, (c) => `f(x${c}, u.alpha)`)};`)}`,
   };
-}
+});
 
 /** dx[i] = f'(x[i], y[i]) · dy[i]. Bindings: x, y, dy, dx. */
-export function unaryBackwardKernel(op: UnaryOp, vectorized = false): KernelSource<typeof UNARY_PARAMS> {
+export const unaryBackwardKernel = cachedKernelFactory(function unaryBackwardKernel(op: UnaryOp, vectorized = false): KernelSource<typeof UNARY_PARAMS> {
   const spec: UnaryOpSpec = UNARY_OPS[op];
   return {
     params: UNARY_PARAMS,
@@ -157,7 +157,7 @@ ${flatBlockMain(WORKGROUP, 'u.n', `let x = xs[i];
     let dy = dys[i];
     dxs[i] = ${perComponent(vectorized, (c) => `df(x${c}, y${c}, dy${c}, u.alpha)`)};`)}`,
   };
-}
+});
 
 export const BINARY_OPS = {
   add: 'a + b',
@@ -194,7 +194,7 @@ export type OperandRead = 'vec4' | 'splat';
  * vec4 of out and the shape, strides and u.n count vectors (src/engine/ops/elementwise.ts decides when
  * that is exact); `reads` says how a and b are read then. Bindings: a, b, out.
  */
-export function binaryKernel(op: BinaryOp, broadcastRank: number, vectorized = false, reads: [OperandRead, OperandRead] = ['vec4', 'vec4']): KernelSource<typeof BINARY_PARAMS> {
+export const binaryKernel = cachedKernelFactory(function binaryKernel(op: BinaryOp, broadcastRank: number, vectorized = false, reads: [OperandRead, OperandRead] = ['vec4', 'vec4']): KernelSource<typeof BINARY_PARAMS> {
   const broadcast = broadcastRank > 0;
   const operand = (read: OperandRead) => (vectorized && read === 'vec4' ? 'vec4<f32>' : 'f32');
   const value = (name: string, index: string, read: OperandRead) => (vectorized && read === 'splat' ? `vec4(${name}[${index}])` : `${name}[${index}]`);
@@ -216,10 +216,10 @@ ${flatBlockMain(WORKGROUP, 'u.n', `${broadcast ? `var rest = i;
     let b = rhs[i];`}
     out[i] = ${BINARY_OPS[op]};`)}`,
   };
-}
+});
 
 /** out[i] = value. Bindings: out. */
-export function fillKernel(vectorized = false): KernelSource<typeof FILL_PARAMS> {
+export const fillKernel = cachedKernelFactory(function fillKernel(vectorized = false): KernelSource<typeof FILL_PARAMS> {
   return {
     params: FILL_PARAMS,
     key: `fill${vectorized ? '.vec4' : ''}`,
@@ -228,4 +228,4 @@ ${FILL_PARAMS.wgsl}
 @group(0) @binding(1) var<storage, read_write> out: array<${element(vectorized)}>;
 ${flatBlockMain(WORKGROUP, 'u.n', `out[i] = ${element(vectorized)}(u.value);`)}`,
   };
-}
+});

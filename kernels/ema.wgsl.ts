@@ -3,7 +3,7 @@
 // with (1 − decay) computed on the CPU in f64 and passed as a scalar.
 import { wgsl } from 'wgsl-preprocessor/wgsl-preprocessor.js';
 import { flatBlockMain } from './flat-index.ts';
-import type { KernelSource } from './kernel-source.ts';
+import { cachedKernelFactory, type KernelSource } from './kernel-source.ts';
 import { uniformLayout } from './uniform-layout.ts';
 
 export const EMA_WORKGROUP = 256;
@@ -11,7 +11,7 @@ export const EMA_WORKGROUP = 256;
 const EMA_PARAMS = uniformLayout({ n: 'u32', decay: 'f32', rest: 'f32' });
 
 /** Bindings: shadow (updated in place), param. `vec4`: vec4 loads (u.n counts vec4s). Dispatch: blockGrid. */
-export function emaKernel(vec4: boolean): KernelSource<typeof EMA_PARAMS> {
+export const emaKernel = cachedKernelFactory(function emaKernel(vec4: boolean): KernelSource<typeof EMA_PARAMS> {
   const WG = EMA_WORKGROUP;
   const T = vec4 ? 'vec4<f32>' : 'f32';
   return {
@@ -23,4 +23,4 @@ ${EMA_PARAMS.wgsl}
 @group(0) @binding(2) var<storage, read> param: array<${T}>;
 ${flatBlockMain(WG, 'u.n', 'shadow[i] = u.decay * shadow[i] + u.rest * param[i];')}`,
   };
-}
+});

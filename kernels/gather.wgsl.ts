@@ -3,7 +3,7 @@
 // `columns` is a u32 array (the op uploads the indices' bits into an f32 tensor's storage).
 import { wgsl } from 'wgsl-preprocessor/wgsl-preprocessor.js';
 import { flatMain } from './flat-index.ts';
-import type { KernelSource } from './kernel-source.ts';
+import { cachedKernelFactory, type KernelSource } from './kernel-source.ts';
 import { uniformLayout } from './uniform-layout.ts';
 
 export const GATHER_WORKGROUP = 256;
@@ -12,7 +12,7 @@ export const GATHER_WORKGROUP = 256;
 const GATHER_PARAMS = uniformLayout({ rows: 'u32', n: 'u32' });
 
 /** Bindings: x, columns, y. One invocation per row. */
-export function gatherColumnKernel(): KernelSource<typeof GATHER_PARAMS> {
+export const gatherColumnKernel = cachedKernelFactory(function gatherColumnKernel(): KernelSource<typeof GATHER_PARAMS> {
   return {
     params: GATHER_PARAMS,
     key: 'gatherColumn',
@@ -26,10 +26,10 @@ ${flatMain(GATHER_WORKGROUP)}
   y[i] = x[i * u.n + columns[i]];
 }`,
   };
-}
+});
 
 /** Bindings: columns, dy, dx. One invocation per element of dx. */
-export function gatherColumnBackwardKernel(): KernelSource<typeof GATHER_PARAMS> {
+export const gatherColumnBackwardKernel = cachedKernelFactory(function gatherColumnBackwardKernel(): KernelSource<typeof GATHER_PARAMS> {
   return {
     params: GATHER_PARAMS,
     key: 'gatherColumnBackward',
@@ -44,4 +44,4 @@ ${flatMain(GATHER_WORKGROUP)}
   dx[i] = select(0.0, dy[row], i - row * u.n == columns[row]);
 }`,
   };
-}
+});

@@ -13,7 +13,7 @@
 //   and per image and channel, summed over H·W: dγ ← Σ da·x̂, dβ ← Σ da, dscale ← Σ dz·a,
 //   dshift ← Σ dz (the op sums dγ and dβ over the images).
 import { wgsl } from 'wgsl-preprocessor/wgsl-preprocessor.js';
-import type { KernelSource } from './kernel-source.ts';
+import { cachedKernelFactory, type KernelSource } from './kernel-source.ts';
 import { blockedSum, componentSum, type RowParallelism, rowMeanAndRstd, rowReduction, unrolledLoop, vectorType } from './row-reduction.ts';
 import { uniformLayout } from './uniform-layout.ts';
 
@@ -83,7 +83,7 @@ function channelAffine(v: GroupNormVariant): string {
 }
 
 /** Bindings: x, gamma, beta, y, then e ([N, 2C]) with scaleShift. */
-export function groupNormKernel(v: GroupNormVariant, mode: RowParallelism): KernelSource<typeof GROUPNORM_PARAMS> {
+export const groupNormKernel = cachedKernelFactory(function groupNormKernel(v: GroupNormVariant, mode: RowParallelism): KernelSource<typeof GROUPNORM_PARAMS> {
   const r = rowReduction(mode, GROUPNORM_WORKGROUP);
   const T = vectorType(v.width);
   return {
@@ -113,13 +113,13 @@ ${r.entry}
       y[base + i] = r;`)}
 }`,
   };
-}
+});
 
 /**
  * Bindings: x, gamma, beta, dy, dx, dAffine ([N, 2C]: Σ da·x̂ | Σ da per image and channel), then
  * e and dE ([N, 2C]: Σ dz·a | Σ dz) with scaleShift.
  */
-export function groupNormBackwardKernel(v: GroupNormVariant, mode: RowParallelism): KernelSource<typeof GROUPNORM_PARAMS> {
+export const groupNormBackwardKernel = cachedKernelFactory(function groupNormBackwardKernel(v: GroupNormVariant, mode: RowParallelism): KernelSource<typeof GROUPNORM_PARAMS> {
   const r = rowReduction(mode, GROUPNORM_WORKGROUP);
   const T = vectorType(v.width);
   const sum = (x: string) => componentSum(v.width, x);
@@ -182,4 +182,4 @@ ${r.entry}
       dx[base + i] = rstd * (da * gc - meanD.x - xh * meanD.y);`)}
 }`,
   };
-}
+});

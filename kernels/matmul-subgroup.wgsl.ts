@@ -16,7 +16,7 @@
 // buffer, once per lane that needs it: 1024³ ran at 17–24 GFLOP/s against 10–12 on 2 cores.
 // GPUs keep the register-tiled kernel.
 import { wgsl } from 'wgsl-preprocessor/wgsl-preprocessor.js';
-import type { KernelSource } from './kernel-source.ts';
+import { cachedKernelFactory, type KernelSource } from './kernel-source.ts';
 import { GEMM_BLOCK_WGSL, gemmGrid, type MatmulVariant, vectorOperandLoads } from './matmul.wgsl.ts';
 import { storeLoop } from './register-tile.ts';
 import { uniformLayout } from './uniform-layout.ts';
@@ -173,9 +173,9 @@ const SUBGROUP_SPLIT_SUM_PARAMS = uniformLayout({ M: 'u32', N: 'u32', K: 'u32', 
  * bias (bias[n] with `bias`, bias[m] with `rowBias`) and the residual when present. Dispatch:
  * subgroupGemmWorkgroups, in `order`.
  */
-export function subgroupMatmulKernel(v: SubgroupMatmulVariant, rows: SubgroupGemmRows, groups: SubgroupGemmColumnGroups = 1, order: SubgroupGemmOrder = 'columns'): KernelSource<typeof SUBGROUP_MATMUL_PARAMS> {
+export const subgroupMatmulKernel = cachedKernelFactory(function subgroupMatmulKernel(v: SubgroupMatmulVariant, rows: SubgroupGemmRows, groups: SubgroupGemmColumnGroups = 1, order: SubgroupGemmOrder = 'columns'): KernelSource<typeof SUBGROUP_MATMUL_PARAMS> {
   return { params: SUBGROUP_MATMUL_PARAMS, ...subgroupGemm(v, rows, groups, false, order) };
-}
+});
 
 /**
  * C[z] = Σ A[b] · B[b]ᵀ over split z's batches and K range (SUBGROUP_SPLIT_SUM_PARAMS): a 1×1
@@ -183,9 +183,9 @@ export function subgroupMatmulKernel(v: SubgroupMatmulVariant, rows: SubgroupGem
  * f32 chain runs over the whole reduction (the caller adds the splits up). Bindings: a, b, c (one
  * [M, N] per split). Dispatch: subgroupGemmWorkgroups with the splits as the batch.
  */
-export function subgroupSplitSumKernel(rows: SubgroupGemmRows): KernelSource<typeof SUBGROUP_SPLIT_SUM_PARAMS> {
+export const subgroupSplitSumKernel = cachedKernelFactory(function subgroupSplitSumKernel(rows: SubgroupGemmRows): KernelSource<typeof SUBGROUP_SPLIT_SUM_PARAMS> {
   return { params: SUBGROUP_SPLIT_SUM_PARAMS, ...subgroupGemm({ transA: false, transB: true, bias: false }, rows, 1, true, 'columns') };
-}
+});
 
 /** subgroupMatmulKernel's key and code, or with `splitSum` subgroupSplitSumKernel's. */
 function subgroupGemm(v: SubgroupMatmulVariant, rows: SubgroupGemmRows, groups: SubgroupGemmColumnGroups, splitSum: boolean, order: SubgroupGemmOrder): { key: string; code: string } {

@@ -4,7 +4,7 @@
 // (the register-tile step of ./register-tile.ts, shared with the conv kernels).
 import { wgsl } from 'wgsl-preprocessor/wgsl-preprocessor.js';
 import { MAX_WORKGROUPS_PER_DIMENSION } from './flat-index.ts';
-import type { KernelSource } from './kernel-source.ts';
+import { cachedKernelFactory, type KernelSource } from './kernel-source.ts';
 import { accumulateStep, declareAccumulators, declareSlabs, fillSlab, fillSlabVec4, storeAccumulators } from './register-tile.ts';
 import { uniformLayout } from './uniform-layout.ts';
 
@@ -171,13 +171,13 @@ export function vectorizableGemm(M: number, N: number, K: number, transA: boolea
  * C is [batch, M, N]; batchA/batchB are 1 (broadcast) or batch, given as batch strides (0 or M·K).
  * Bindings: a, b, c, and bias when `bias`.
  */
-export function matmulKernel(v: MatmulVariant, t: MatmulTiling = DEFAULT_MATMUL_TILING): KernelSource<typeof MATMUL_PARAMS> {
+export const matmulKernel = cachedKernelFactory(function matmulKernel(v: MatmulVariant, t: MatmulTiling = DEFAULT_MATMUL_TILING): KernelSource<typeof MATMUL_PARAMS> {
   return {
     params: MATMUL_PARAMS,
     key: `matmul.${v.transA ? 'T' : 'N'}${v.transB ? 'T' : 'N'}${v.bias ? '.bias' : ''}${v.vec4 ? '.vec4' : ''}.${t.wgX}x${t.wgY}.${t.tm}x${t.tn}.k${t.tk}${v.storeLoop ? '.storeLoop' : ''}`,
     code: v.vec4 ? vec4Body(v, t) : scalarBody(v, t),
   };
-}
+});
 
 function header(v: MatmulVariant, element: string): string {
   return `${MATMUL_PARAMS.wgsl}

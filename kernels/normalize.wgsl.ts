@@ -3,7 +3,7 @@
 // LayerNorm's affine map in the same pass.
 // Backward (per row, g = dL/dx̂):  dx = rstd · (g − mean(g) − x̂ · mean(g · x̂)).
 import { wgsl } from 'wgsl-preprocessor/wgsl-preprocessor.js';
-import type { KernelSource } from './kernel-source.ts';
+import { cachedKernelFactory, type KernelSource } from './kernel-source.ts';
 import { blockedSum, componentSum, type RowParallelism, rowMeanAndRstd, rowReduction, vectorType } from './row-reduction.ts';
 import { uniformLayout } from './uniform-layout.ts';
 
@@ -17,7 +17,7 @@ const NORMALIZE_BACKWARD_PARAMS = uniformLayout({ rows: 'u32', D: 'u32' });
  * read and written as vec4s (u.D then counts vec4s). `affine` (LayerNorm's, in the same pass):
  * bindings x, y = x̂·γ + β, stats, γ, β ([D] each), and with `keepXhat` x̂ last (for the backward).
  */
-export function normalizeRowsKernel(mode: RowParallelism, width: 1 | 4 = 1, affine: 'none' | 'affine' | 'affineKeepXhat' = 'none'): KernelSource<typeof NORMALIZE_PARAMS> {
+export const normalizeRowsKernel = cachedKernelFactory(function normalizeRowsKernel(mode: RowParallelism, width: 1 | 4 = 1, affine: 'none' | 'affine' | 'affineKeepXhat' = 'none'): KernelSource<typeof NORMALIZE_PARAMS> {
   const r = rowReduction(mode, NORMALIZE_WORKGROUP);
   const T = vectorType(width);
   const withAffine = affine !== 'none';
@@ -56,10 +56,10 @@ ${r.entry}
   if (lane == 0u) { stats[2u * row] = shift + offset; stats[2u * row + 1u] = rstd; }
 }`,
   };
-}
+});
 
 /** Bindings: xhat, stats, g (dL/dx̂), dx. `width` as for normalizeRowsKernel. */
-export function normalizeRowsBackwardKernel(mode: RowParallelism, width: 1 | 4 = 1): KernelSource<typeof NORMALIZE_BACKWARD_PARAMS> {
+export const normalizeRowsBackwardKernel = cachedKernelFactory(function normalizeRowsBackwardKernel(mode: RowParallelism, width: 1 | 4 = 1): KernelSource<typeof NORMALIZE_BACKWARD_PARAMS> {
   const r = rowReduction(mode, NORMALIZE_WORKGROUP);
   const T = vectorType(width);
   return {
@@ -91,4 +91,4 @@ ${r.entry}
   }
 }`,
   };
-}
+});

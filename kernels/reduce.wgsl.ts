@@ -1,7 +1,7 @@
 // Sum (times a scale, so also mean) over the middle axis of a tensor viewed as [outer, n, inner].
 import { wgsl } from 'wgsl-preprocessor/wgsl-preprocessor.js';
 import { flatMain } from './flat-index.ts';
-import type { KernelSource } from './kernel-source.ts';
+import { cachedKernelFactory, type KernelSource } from './kernel-source.ts';
 import { blockedSum, type RowParallelism, rowReduction } from './row-reduction.ts';
 import { uniformLayout } from './uniform-layout.ts';
 
@@ -15,7 +15,7 @@ const REDUCE_PARAMS = uniformLayout({ outer: 'u32', n: 'u32', inner: 'u32', scal
  * each load is a per-lane gather (a bias gradient's sum over 16 × 64 maps of 32²: 1.2 → 0.7 ms on
  * lavapipe). Bindings: x (as vec4s), out.
  */
-export function reduceRowsVec4Kernel(): KernelSource<typeof REDUCE_PARAMS> {
+export const reduceRowsVec4Kernel = cachedKernelFactory(function reduceRowsVec4Kernel(): KernelSource<typeof REDUCE_PARAMS> {
   return {
     key: 'reduceSum.rows.vec4',
     params: REDUCE_PARAMS,
@@ -31,7 +31,7 @@ ${flatMain(REDUCE_WORKGROUP)}
   out[i] = dot(acc, vec4(1.0)) * u.scale;
 }`,
   };
-}
+});
 
 /**
  * out[o, j] = scale · Σ_k x[o, k, j]. `rowwise` (for inner = 1): one workgroup per output, its
@@ -39,7 +39,7 @@ ${flatMain(REDUCE_WORKGROUP)}
  * of ./row-reduction.ts); otherwise one thread per output, with neighbouring threads reading
  * neighbouring j (coalesced). Bindings: x, out.
  */
-export function reduceSumKernel(rowwise: boolean, mode: Exclude<RowParallelism, 'thread'> = 'workgroup'): KernelSource<typeof REDUCE_PARAMS> {
+export const reduceSumKernel = cachedKernelFactory(function reduceSumKernel(rowwise: boolean, mode: Exclude<RowParallelism, 'thread'> = 'workgroup'): KernelSource<typeof REDUCE_PARAMS> {
   const WG = REDUCE_WORKGROUP;
   if (rowwise) {
     const r = rowReduction(mode, WG);
@@ -79,4 +79,4 @@ ${flatMain(WG)}
   out[i] = acc * u.scale;
 }`,
   };
-}
+});

@@ -3,7 +3,7 @@
 // adjoints: d(avgPool)/dx spreads dy/4 over the 2×2 window, d(upsample)/dx sums the 2×2 window.
 import { wgsl } from 'wgsl-preprocessor/wgsl-preprocessor.js';
 import { flatMain } from './flat-index.ts';
-import type { KernelSource } from './kernel-source.ts';
+import { cachedKernelFactory, type KernelSource } from './kernel-source.ts';
 import { uniformLayout } from './uniform-layout.ts';
 
 export const RESAMPLE_WORKGROUP = 256;
@@ -16,7 +16,7 @@ export type ResampleMode = 'avgPool2' | 'upsample2' | 'avgPool2Backward' | 'upsa
  * One thread per output element. Uniforms: planes (N·C), Hout, Wout of the *output*.
  * Bindings: x, out.
  */
-export function resampleKernel(mode: ResampleMode): KernelSource<typeof RESAMPLE_PARAMS> {
+export const resampleKernel = cachedKernelFactory(function resampleKernel(mode: ResampleMode): KernelSource<typeof RESAMPLE_PARAMS> {
   const WG = RESAMPLE_WORKGROUP;
   const expr: Record<ResampleMode, string> = {
     // out is H/2 × W/2: mean of the 2×2 window (PyTorch AvgPool2d(2), H and W even).
@@ -53,4 +53,4 @@ ${flatMain(WG)}
   out[i] = ${expr[mode]};
 }`,
   };
-}
+});

@@ -1,7 +1,7 @@
 // Softmax and log-softmax over the last axis of a [rows, n] tensor: a workgroup per row, or a
 // thread per row on CPU adapters (the RowParallelism of ./row-reduction.ts).
 import { wgsl } from 'wgsl-preprocessor/wgsl-preprocessor.js';
-import type { KernelSource } from './kernel-source.ts';
+import { cachedKernelFactory, type KernelSource } from './kernel-source.ts';
 import { blockedSum, componentMax, componentSum, LOWEST_F32, type RowParallelism, rowReduction, SUM_BLOCK, vectorType } from './row-reduction.ts';
 import { uniformLayout } from './uniform-layout.ts';
 
@@ -15,7 +15,7 @@ const SOFTMAX_PARAMS = uniformLayout({ rows: 'u32', n: 'u32', scale: 'f32' });
  * over x (the maximum and the sum together, then the output) instead of three. `width` 4: rows of a
  * multiple of 4 values read and written as vec4s (u.n then counts vec4s). Bindings: x, y.
  */
-export function softmaxKernel(log: boolean, mode: RowParallelism, width: 1 | 4 = 1): KernelSource<typeof SOFTMAX_PARAMS> {
+export const softmaxKernel = cachedKernelFactory(function softmaxKernel(log: boolean, mode: RowParallelism, width: 1 | 4 = 1): KernelSource<typeof SOFTMAX_PARAMS> {
   const r = rowReduction(mode, SOFTMAX_WORKGROUP);
   const T = vectorType(width);
   return {
@@ -74,14 +74,14 @@ ${r.entry}
 #endif
 }`,
   };
-}
+});
 
 /**
  * Backward from the forward output y: softmax dx = scale·y·(dy − Σ dy·y);
  * log-softmax dx = scale·(dy − exp(y)·Σ dy), Σ in blocks of SUM_BLOCK (blockedSum). `width` as for
  * softmaxKernel. Bindings: y, dy, dx.
  */
-export function softmaxBackwardKernel(log: boolean, mode: RowParallelism, width: 1 | 4 = 1): KernelSource<typeof SOFTMAX_PARAMS> {
+export const softmaxBackwardKernel = cachedKernelFactory(function softmaxBackwardKernel(log: boolean, mode: RowParallelism, width: 1 | 4 = 1): KernelSource<typeof SOFTMAX_PARAMS> {
   const r = rowReduction(mode, SOFTMAX_WORKGROUP);
   const T = vectorType(width);
   return {
@@ -106,4 +106,4 @@ ${r.entry}
 #endif
 }`,
   };
-}
+});

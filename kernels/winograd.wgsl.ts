@@ -15,7 +15,7 @@
 // [16, Cout, Cin]. Every transform is written out as the sums its constant matrices give.
 import { wgsl } from 'wgsl-preprocessor/wgsl-preprocessor.js';
 import { flatMain } from './flat-index.ts';
-import type { KernelSource } from './kernel-source.ts';
+import { cachedKernelFactory, type KernelSource } from './kernel-source.ts';
 import { uniformLayout } from './uniform-layout.ts';
 
 export const WINOGRAD_WORKGROUP = 64;
@@ -93,7 +93,7 @@ export type WinogradTileInput = 'input' | 'outputGrad';
 /** Whether the tile transform reads single values of x (binding 1 as f32s), or only vec4s. */
 export const scalarInputBinding = (kind: WinogradTileInput, vec4Rows: boolean) => kind === 'input' || !vec4Rows;
 
-export function winogradTileTransformKernel(kind: WinogradTileInput, R: number, vec4Rows = false): KernelSource<typeof WINOGRAD_TILE_PARAMS> {
+export const winogradTileTransformKernel = cachedKernelFactory(function winogradTileTransformKernel(kind: WinogradTileInput, R: number, vec4Rows = false): KernelSource<typeof WINOGRAD_TILE_PARAMS> {
   const input = kind === 'input';
   const size = input ? 4 : 2;
   const offset = input ? 1 : 0;
@@ -156,14 +156,14 @@ ${flatMain(WINOGRAD_WORKGROUP)}
   ${writes.join('\n  ')}
 }`,
   };
-}
+});
 
 /**
  * U[ξ, m, c] = (G g Gᵀ)[ξ] from w [Cout, Cin, 3, 3]: g = w[m, c] (M = Cout, Kc = Cin), or with
  * `transposed` the input gradient's kernel g = w[c, m] rotated by 180° (M = Cin, Kc = Cout).
  * Bindings: w, U ([16, M, Kc]). Uniforms: M, Kc.
  */
-export function winogradWeightTransformKernel(transposed: boolean): KernelSource<typeof WINOGRAD_WEIGHT_PARAMS> {
+export const winogradWeightTransformKernel = cachedKernelFactory(function winogradWeightTransformKernel(transposed: boolean): KernelSource<typeof WINOGRAD_WEIGHT_PARAMS> {
   const { lets, out } = sandwich(G, grid('g'), transpose(G), 's');
   const reads: string[] = [];
   for (let i = 0; i < 3; i++) {
@@ -193,7 +193,7 @@ ${flatMain(WINOGRAD_WORKGROUP)}
   ${writes.join('\n  ')}
 }`,
   };
-}
+});
 
 export interface WinogradOutputVariant {
   bias: boolean;
@@ -210,7 +210,7 @@ export interface WinogradOutputVariant {
  * Bindings: M (as vecR), y (as vec2 when evenWidth), then bias and residual when present.
  * Uniforms: C (= Cout), H, W (of y), tilesY, tilesX, T (tiles in this chunk), firstTile.
  */
-export function winogradOutputTransformKernel(v: WinogradOutputVariant): KernelSource<typeof WINOGRAD_TILE_PARAMS> {
+export const winogradOutputTransformKernel = cachedKernelFactory(function winogradOutputTransformKernel(v: WinogradOutputVariant): KernelSource<typeof WINOGRAD_TILE_PARAMS> {
   const { R, evenWidth } = v;
   let binding = 3;
   const biasBinding = v.bias ? binding++ : 0;
@@ -282,13 +282,13 @@ ${flatMain(WINOGRAD_WORKGROUP, 'g')}
   ${writes.join('\n  ')}
 }`,
   };
-}
+});
 
 /**
  * dw[co, ci] (3×3) = Gᵀ dU[co, ci] G from dU [16, Cout, Cin].
  * Bindings: dU, dw ([Cout, Cin, 3, 3]). Uniforms: M (= Cout), Kc (= Cin).
  */
-export function winogradWeightGradTransformKernel(): KernelSource<typeof WINOGRAD_WEIGHT_PARAMS> {
+export const winogradWeightGradTransformKernel = cachedKernelFactory(function winogradWeightGradTransformKernel(): KernelSource<typeof WINOGRAD_WEIGHT_PARAMS> {
   const { lets, out } = sandwich(transpose(G), grid('u'), G, 's');
   const reads: string[] = [];
   for (let i = 0; i < 4; i++) {
@@ -312,4 +312,4 @@ ${flatMain(WINOGRAD_WORKGROUP)}
   ${writes.join('\n  ')}
 }`,
   };
-}
+});
