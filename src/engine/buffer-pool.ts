@@ -31,8 +31,17 @@ export interface PoolStats {
 export type CreateBuffer = (descriptor: GPUBufferDescriptor) => GPUBuffer;
 
 export class BufferPool {
+  /** Each size class's free buffers, in descending order of `order`: the last is handed out next. */
   private free = new Map<number, GPUBuffer[]>();
   private live = new Set<GPUBuffer>();
+  /**
+   * Creation order of each buffer the pool made. A size class hands out its earliest free buffer,
+   * so which buffer an op gets depends on the sequence of acquires and releases alone, not on the
+   * order earlier tensors happened to be freed in: a loop's second step gets the first step's
+   * buffers in the same places, and reuses its bind groups (./bind-group-cache.ts).
+   */
+  private order = new WeakMap<GPUBuffer, number>();
+  private created = 0;
   private stats: PoolStats = { liveBytes: 0, peakBytes: 0, pooledBytes: 0, allocations: 0, reuses: 0 };
 
   constructor(private createBuffer: CreateBuffer, private maxBufferSize: number) {}
@@ -54,6 +63,7 @@ export class BufferPool {
       buffer.label = `difrep ${label}`;
     } else {
       buffer = this.createBuffer({ size, usage: USAGE_STORAGE, label: `difrep ${label}` });
+      this.order.set(buffer, this.created++);
       this.stats.allocations++;
     }
     this.live.add(buffer);
@@ -69,7 +79,21 @@ export class BufferPool {
     this.stats.pooledBytes += size;
     let list = this.free.get(size);
     if (!list) this.free.set(size, (list = []));
-    list.push(buffer);
+    // Binary search for its place in descending creation order.
+    const rank = this.order.get(buffer)!;
+    let lo = 0;
+    let hi = list.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (this.order.get(list[mid])! > rank) lo = mid + 1;
+      else hi = mid;
+    }
+    list.splice(lo, 0, buffer);
+  }
+
+  /** The buffer is one of the pool's, handed out and not yet released. */
+  isLive(buffer: GPUBuffer): boolean {
+    return this.live.has(buffer);
   }
 
   /**

@@ -2,6 +2,7 @@
 // scopes and the autograd tape. Everything the library does goes through an Engine; there is no
 // global state, so several engines (and other WebGPU libraries) can share a process or a device.
 
+import { BindGroupCache, type BufferRange } from './bind-group-cache.ts';
 import { BufferPool, type CreateBuffer, type PoolStats } from './buffer-pool.ts';
 import { type AdapterClass, adapterClass, type AdapterDescription, type DeviceHandle, isCpuAdapter, requestDevice, wrapDevice } from './device.ts';
 import { KernelRegistry } from './kernel-registry.ts';
@@ -82,6 +83,12 @@ export interface Dispatch<L extends UniformLayout = UniformLayout> {
 
 const UNIFORM_SLOT = 256; // minUniformBufferOffsetAlignment is at most 256 on every adapter
 const UNIFORM_ARENA_BYTES = 64 * 1024;
+/**
+ * Bind groups kept for reuse: a training step of the reference U-Net records about 1,500 dispatches.
+ * Lavapipe backs each bind group with a memory mapping of its own (see countCommand): these and
+ * the backlog's (DEFAULT_MAX_COMMANDS_IN_FLIGHT) stay under vm.max_map_count, 65530.
+ */
+const BIND_GROUP_CACHE_ENTRIES = 8192;
 const DEFAULT_MAX_COMMANDS_IN_FLIGHT = 32768; // lavapipe crashed near 60,000 (see countCommand)
 
 export class Engine {
@@ -137,6 +144,8 @@ export class Engine {
   private scopes: Set<Tensor>[] = [];
   private disposed = false;
   private profiler: KernelProfiler | null = null;
+  /** Bind groups of the engine's own buffers, reused by dispatches over the same ranges. */
+  private readonly bindGroups = new BindGroupCache(BIND_GROUP_CACHE_ENTRIES);
 
   /**
    * Replaces the whole tuning, checked as createEngine's option is (the subgroup GEMM included), e.g.
@@ -479,13 +488,10 @@ export class Engine {
     const pipeline = this.kernels.has(d.kernel.key) ? pipelineOf() : this.scoped(ALL_ERRORS, pipelineOf);
     const encoder = this.getEncoder();
     this.uniformUsed += UNIFORM_SLOT;
-    const entries: GPUBindGroupEntry[] = [
-      { binding: 0, resource: { buffer: this.uniformArena, offset: uniformOffset, size: UNIFORM_SLOT } },
-    ];
-    bindings.forEach((binding, i) => {
-      entries.push({ binding: i + 1, resource: { buffer: binding.buffer, offset: binding.offset ?? 0, size: binding.size } });
-    });
-    const bindGroup = this.scoped(['validation'], () => this.device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries, label: `difrep ${d.kernel.key}` }));
+    const bindGroup = this.bindGroupOf(d.kernel.key, pipeline, [
+      { buffer: this.uniformArena, offset: uniformOffset, size: UNIFORM_SLOT },
+      ...bindings.map((b) => ({ buffer: b.buffer, offset: b.offset ?? 0, size: b.size ?? b.buffer.size - (b.offset ?? 0) })),
+    ]);
     const timed = this.profiler?.nextPass(d.kernel.key);
     if (timed) this.endPass();
     if (!this.pass) this.pass = encoder.beginComputePass(timed ?? { label: 'difrep' });
@@ -494,6 +500,22 @@ export class Engine {
     this.pass.dispatchWorkgroups(x, y, z);
     if (timed) this.endPass();
     if (++this.dispatchesInBatch >= this.maxDispatches || this.profiler?.full) this.flush();
+  }
+
+  /**
+   * The bind group of `pipeline` over `ranges` (@binding(0) first): the one made before for the same
+   * ranges where every buffer is the engine's own (the uniform arena, the pool's live buffers), so
+   * none outlives its buffer in the cache's keeping; a new one otherwise.
+   */
+  private bindGroupOf(kernelKey: string, pipeline: GPUComputePipeline, ranges: BufferRange[]): GPUBindGroup {
+    const own = ranges.every((r) => r.buffer === this.uniformArena || this.pool.isLive(r.buffer));
+    const key = own ? this.bindGroups.key(kernelKey, ranges) : null;
+    const known = key === null ? undefined : this.bindGroups.get(key);
+    if (known) return known;
+    const entries = ranges.map((resource, binding) => ({ binding, resource }));
+    const group = this.scoped(['validation'], () => this.device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries, label: `difrep ${kernelKey}` }));
+    if (key !== null) this.bindGroups.set(key, group);
+    return group;
   }
 
   /** Copies `data` into `buffer` at `offset`, ordered after everything recorded so far. */
@@ -716,11 +738,12 @@ export class Engine {
   releasePooled(): void {
     this.flush();
     this.pool.trim();
+    this.bindGroups.clear();
   }
 
-  /** Buffer pool figures, compiled pipelines, and GPU commands recorded but not yet seen to finish. */
-  memoryStats(): PoolStats & { pipelines: number; commandsInFlight: number } {
-    return { ...this.pool.getStats(), pipelines: this.kernels.size, commandsInFlight: this.commandsRecorded - this.commandsFinished };
+  /** Buffer pool figures, compiled pipelines, bind groups kept for reuse, and GPU commands recorded but not yet seen to finish. */
+  memoryStats(): PoolStats & { pipelines: number; bindGroups: number; commandsInFlight: number } {
+    return { ...this.pool.getStats(), pipelines: this.kernels.size, bindGroups: this.bindGroups.size, commandsInFlight: this.commandsRecorded - this.commandsFinished };
   }
 
   /**
@@ -737,6 +760,7 @@ export class Engine {
     const errors = this.takePendingErrors();
     return this.device.queue.onSubmittedWorkDone().catch(() => {}).then(() => {
       this.pool.destroyAll();
+      this.bindGroups.clear();
       this.staging.destroy();
       this.uniformArena.destroy();
       if (this.handle.owned) this.device.destroy();

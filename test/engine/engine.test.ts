@@ -39,6 +39,34 @@ t.test('a buffer over the last size class that fits maxBufferSize gets its exact
   pool.destroyAll();
 });
 
+// The earliest-made free buffer first: which buffer an acquire gets then depends on the sequence of
+// acquires and releases alone, so a loop's steps get the same buffers in the same places (and reuse
+// their bind groups) whatever order earlier tensors were freed in. Buffers here are stand-ins.
+t.test('the buffer pool hands out the earliest-made free buffer of a class', async (t) => {
+  let made = 0;
+  const pool = new BufferPool((d) => ({ size: d.size, label: d.label, name: `b${made++}`, destroy() {} }) as unknown as GPUBuffer, 1 << 20);
+  const name = (b: GPUBuffer) => (b as unknown as { name: string }).name;
+  const [b0, b1, b2] = [0, 1, 2].map(() => pool.acquire(1000, 'x'));
+  for (const b of [b0, b2, b1]) pool.release(b);
+  t.same([0, 1, 2].map(() => name(pool.acquire(1000, 'x'))), ['b0', 'b1', 'b2'], 'released b0, b2, b1: handed out b0, b1, b2');
+  // One step of a loop (two temporaries, one freed before the other is made), run after two
+  // different release orders: the same buffers in the same places.
+  const step = () => {
+    const a = pool.acquire(1000, 'a');
+    const b = pool.acquire(1000, 'b');
+    pool.release(a);
+    const c = pool.acquire(1000, 'c');
+    pool.release(c);
+    pool.release(b);
+    return [a, b, c].map(name).join(' ');
+  };
+  for (const b of [b0, b1, b2]) pool.release(b);
+  const first = step();
+  for (let i = 0; i < 3; i++) pool.acquire(1000, 'x');
+  for (const b of [b2, b0, b1]) pool.release(b);
+  t.equal(step(), first, `both times ${first}`);
+});
+
 t.test('the buffer pool reuses a freed buffer of the same class', async (t) => {
   const before = e.memoryStats();
   const a = e.empty([1000], 'a');
@@ -47,6 +75,46 @@ t.test('the buffer pool reuses a freed buffer of the same class', async (t) => {
   const after = e.memoryStats();
   t.equal(after.reuses, before.reuses + 1);
   b.dispose();
+});
+
+t.test('a dispatch over the same buffers reuses its bind group; one over a caller\'s buffer makes its own', async (t) => {
+  const device = e.device;
+  const createBindGroup = device.createBindGroup;
+  let made = 0;
+  device.createBindGroup = (d) => (made++, createBindGroup.call(device, d));
+  t.teardown(() => void (device.createBindGroup = createBindGroup));
+  const w = e.tensor([10, 20, 30, 40], [4]);
+  // (x·w + x)·2, worked by hand.
+  const expected = [22, 84, 186, 328];
+  const run = async (x: ReturnType<typeof e.tensor>) => {
+    const y = e.tidy(() => ops.scale(ops.add(ops.mul(x, w), x), 2));
+    const values = Array.from(await y.read());
+    y.dispose();
+    return values;
+  };
+  const x = e.tensor([1, 2, 3, 4], [4]);
+  t.same(await run(x), expected);
+  const first = made;
+  t.ok(first >= 3, `the first run makes its bind groups (${first})`);
+  t.same(await run(x), expected);
+  t.equal(made, first, 'the second run reuses them all');
+  t.ok(e.memoryStats().bindGroups >= 3, 'and they are counted');
+
+  const caller = device.createBuffer({ size: 16, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST });
+  device.queue.writeBuffer(caller, 0, new Float32Array([1, 2, 3, 4]));
+  const fromCaller = e.fromBuffer(caller, [4], 'caller');
+  t.same(await run(fromCaller), expected);
+  const withCaller = made;
+  t.same(await run(fromCaller), expected);
+  t.ok(made - withCaller >= 2, 'the ops reading the caller\'s buffer make theirs again: the engine keeps none of its buffers alive');
+
+  e.releasePooled();
+  t.equal(e.memoryStats().bindGroups, 0, 'releasePooled drops them with the buffers it destroys');
+  t.same(await run(x), expected, 'and the next run is right');
+  fromCaller.dispose();
+  caller.destroy();
+  x.dispose();
+  w.dispose();
 });
 
 t.test('tidy disposes intermediates and keeps the result', async (t) => {
