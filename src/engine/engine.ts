@@ -25,7 +25,7 @@ const TUNING_FIX = 'the settings are listed in src/engine/tuning.ts';
  * written: a GPU wants more than 8 threads a workgroup) or the tuning asks for it; a tuning that
  * asks for it where it cannot run is an error, one with `enabled` 0 turns it off.
  */
-function subgroupMatmulAvailable(device: GPUDevice, info: AdapterDescription, tuning: Tuning): boolean {
+function subgroupMatmulAvailable(device: GPUDevice, info: AdapterDescription, tuning: Tuning, cpuAdapter: boolean): boolean {
   const lanes = SUBGROUP_GEMM_LANES;
   const subgroups = device.features.has('subgroups');
   const fits = subgroups && info.subgroupMinSize === lanes && info.subgroupMaxSize === lanes;
@@ -33,7 +33,7 @@ function subgroupMatmulAvailable(device: GPUDevice, info: AdapterDescription, tu
   if (wanted && !fits) {
     throw new Error(`tuning matmulSubgroup.enabled = ${wanted} needs subgroups of exactly ${lanes} lanes; this adapter has ${subgroups ? `subgroups of ${info.subgroupMinSize}–${info.subgroupMaxSize} lanes` : 'no subgroups feature'}: remove the setting`);
   }
-  return fits && (wanted === undefined ? isCpuAdapter(info) : wanted !== 0);
+  return fits && (wanted === undefined ? cpuAdapter : wanted !== 0);
 }
 
 /** A GPU validation, out-of-memory or internal error, carrying the labels Dawn reported. */
@@ -118,7 +118,7 @@ export class Engine {
    * otherwise (subgroupMatmulAvailable; tuning.ts, matmulSubgroup).
    */
   get subgroupMatmul(): boolean {
-    return subgroupMatmulAvailable(this.device, this.handle.info, this.tuning);
+    return subgroupMatmulAvailable(this.device, this.handle.info, this.tuning, this.cpuAdapter);
   }
   private readonly maxDispatches: number;
   private readonly maxCommandsInFlight: number;
@@ -439,7 +439,7 @@ export class Engine {
 
   /** A tuning that asks for the subgroup GEMM where it cannot run, or for workgroups the device cannot run, throws. */
   private checkTuningRuns(tuning: Tuning): void {
-    subgroupMatmulAvailable(this.device, this.handle.info, tuning);
+    subgroupMatmulAvailable(this.device, this.handle.info, tuning, this.cpuAdapter);
     checkTilesFit(tuning, this.device.limits);
   }
 
