@@ -504,8 +504,9 @@ export class Engine {
 
   /**
    * The bind group of `pipeline` over `ranges` (@binding(0) first): the one made before for the same
-   * ranges where every buffer is the engine's own (the uniform arena, the pool's live buffers), so
-   * none outlives its buffer in the cache's keeping; a new one otherwise.
+   * ranges where every buffer is the engine's own (the uniform arena, the pool's live buffers; the
+   * cache is emptied whenever the pool destroys buffers), so it never keeps a caller's buffer alive;
+   * a new one otherwise.
    */
   private bindGroupOf(kernelKey: string, pipeline: GPUComputePipeline, ranges: BufferRange[]): GPUBindGroup {
     const own = ranges.every((r) => r.buffer === this.uniformArena || this.pool.isLive(r.buffer));
