@@ -35,13 +35,13 @@ export class BufferPool {
   private free = new Map<number, GPUBuffer[]>();
   private live = new Set<GPUBuffer>();
   /**
-   * Creation order of each buffer the pool made. A size class hands out its earliest free buffer,
-   * so which buffer an op gets depends on the sequence of acquires and releases alone, not on the
-   * order earlier tensors happened to be freed in: a loop's second step gets the first step's
-   * buffers in the same places, and reuses its bind groups (./bind-group-cache.ts).
+   * Creation order of each buffer the pool made (the allocation count before it). A size class
+   * hands out its earliest free buffer, so which buffer an op gets depends on the sequence of
+   * acquires and releases alone, not on the order earlier tensors happened to be freed in: a loop's
+   * second step gets the first step's buffers in the same places, and reuses its bind groups
+   * (./bind-group-cache.ts).
    */
   private order = new WeakMap<GPUBuffer, number>();
-  private created = 0;
   private stats: PoolStats = { liveBytes: 0, peakBytes: 0, pooledBytes: 0, allocations: 0, reuses: 0 };
 
   constructor(private createBuffer: CreateBuffer, private maxBufferSize: number) {}
@@ -63,8 +63,7 @@ export class BufferPool {
       buffer.label = `difrep ${label}`;
     } else {
       buffer = this.createBuffer({ size, usage: USAGE_STORAGE, label: `difrep ${label}` });
-      this.order.set(buffer, this.created++);
-      this.stats.allocations++;
+      this.order.set(buffer, this.stats.allocations++);
     }
     this.live.add(buffer);
     this.stats.liveBytes += size;
