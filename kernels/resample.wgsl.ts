@@ -2,55 +2,54 @@
 // 2× upsampling, on NCHW data viewed as [N·C, H, W] planes. Their backward passes are each other's
 // adjoints: d(avgPool)/dx spreads dy/4 over the 2×2 window, d(upsample)/dx sums the 2×2 window.
 import { wgsl } from 'wgsl-preprocessor/wgsl-preprocessor.js';
-import { flatMain } from './flat-index.ts';
+import { flatBlockMain } from './flat-index.ts';
 import { cachedKernelFactory, type KernelSource } from './kernel-source.ts';
 import { uniformLayout } from './uniform-layout.ts';
 
 export const RESAMPLE_WORKGROUP = 256;
 
-const RESAMPLE_PARAMS = uniformLayout({ planes: 'u32', Hout: 'u32', Wout: 'u32' });
+/**
+ * The small map (the pooled map, or the one upsampled) as rows × width: rows = N·C·H of it, each
+ * row r under rows 2r and 2r + 1 of the large map (plane·2H + 2y = 2·(plane·H + y)).
+ * widthShift: log2(width) where width is a power of two.
+ */
+const RESAMPLE_PARAMS = uniformLayout({ n: 'u32', width: 'u32', widthShift: 'u32' });
 
 export type ResampleMode = 'avgPool2' | 'upsample2' | 'avgPool2Backward' | 'upsample2Backward';
 
 /**
- * One thread per output element. Uniforms: planes (N·C), Hout, Wout of the *output*.
- * Bindings: x, out.
+ * One invocation per element of the small map and its 2×2 window in the large one. With
+ * `powerOfTwoWidth` the element's row and column are a shift and a mask: CPU adapters divide lane
+ * by lane (three divisions an output element made upsample2 of [16, 64, 16, 16] take 5–9 ms on
+ * lavapipe's 2 cores). Bindings: x, out.
  */
-export const resampleKernel = cachedKernelFactory(function resampleKernel(mode: ResampleMode): KernelSource<typeof RESAMPLE_PARAMS> {
+export const resampleKernel = cachedKernelFactory(function resampleKernel(mode: ResampleMode, powerOfTwoWidth: boolean): KernelSource<typeof RESAMPLE_PARAMS> {
   const WG = RESAMPLE_WORKGROUP;
-  const expr: Record<ResampleMode, string> = {
+  const window = '(x[top] + x[top + 1u] + x[top + wide] + x[top + wide + 1u])';
+  const spread = (v: string) => `let v = ${v}; out[top] = v; out[top + 1u] = v; out[top + wide] = v; out[top + wide + 1u] = v;`;
+  const body: Record<ResampleMode, string> = {
     // out is H/2 × W/2: mean of the 2×2 window (PyTorch AvgPool2d(2), H and W even).
-    avgPool2: '0.25 * (x[i00] + x[i00 + 1u] + x[i00 + Win] + x[i00 + Win + 1u])',
+    avgPool2: `out[i] = 0.25 * ${window};`,
     // out is 2H × 2W of x (H × W): out[y, x] = x[⌊y/2⌋, ⌊x/2⌋].
-    upsample2: 'x[(plane * Hin + oy / 2u) * Win + ox / 2u]',
+    upsample2: spread('x[i]'),
     // out (dx) is 2H × 2W of dy: each dx gets a quarter of its window's dy.
-    avgPool2Backward: '0.25 * x[(plane * Hin + oy / 2u) * Win + ox / 2u]',
+    avgPool2Backward: spread('0.25 * x[i]'),
     // out (dx) is H/2 × W/2 of dy: the sum of the 2×2 dy window it was copied to.
-    upsample2Backward: 'x[i00] + x[i00 + 1u] + x[i00 + Win] + x[i00 + Win + 1u]',
+    upsample2Backward: `out[i] = ${window};`,
   };
-  const shrinks = mode === 'avgPool2' || mode === 'upsample2Backward';
+  const rowAndColumn = powerOfTwoWidth
+    ? 'let r = i >> u.widthShift; let c = i & (u.width - 1u);'
+    : 'let r = i / u.width; let c = i - r * u.width;';
   return {
-    key: `resample.${mode}`,
+    key: `resample.${mode}${powerOfTwoWidth ? '.pow2' : ''}`,
     params: RESAMPLE_PARAMS,
     code: wgsl`
 ${RESAMPLE_PARAMS.wgsl}
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
-${flatMain(WG)}
-  if (i >= u.planes * u.Hout * u.Wout) { return; }
-  let ox = i % u.Wout;
-  let oy = (i / u.Wout) % u.Hout;
-  let plane = i / (u.Wout * u.Hout);
-#if ${shrinks}
-  let Hin = u.Hout * 2u;
-  let Win = u.Wout * 2u;
-  let i00 = (plane * Hin + oy * 2u) * Win + ox * 2u;
-#else
-  let Hin = u.Hout / 2u;
-  let Win = u.Wout / 2u;
-#endif
-  _ = Hin;
-  out[i] = ${expr[mode]};
-}`,
+${flatBlockMain(WG, 'u.n', `${rowAndColumn}
+    let wide = 2u * u.width;
+    let top = 2u * r * wide + 2u * c;
+    ${body[mode]}`)}`,
   };
 });

@@ -1,18 +1,21 @@
 // 2×2 average pooling and nearest 2× upsampling (NCHW); each one's backward is the other's
 // adjoint kernel. Kernels: kernels/resample.wgsl.ts.
-import { grid1d } from '../../../kernels/flat-index.ts';
+import { blockGrid } from '../../../kernels/flat-index.ts';
 import { RESAMPLE_WORKGROUP, type ResampleMode, resampleKernel } from '../../../kernels/resample.wgsl.ts';
 import { shapeString, type Tensor } from '../tensor.ts';
 
 function run(mode: ResampleMode, x: Tensor, outShape: number[]): Tensor {
   const e = x.engine;
   const out = e.empty(outShape, `${mode}(${x.label})`);
-  const [N, C, Hout, Wout] = outShape;
+  const shrinks = mode === 'avgPool2' || mode === 'upsample2Backward';
+  const small = shrinks ? out : x;
+  const width = small.shape[3];
+  const powerOfTwoWidth = width > 0 && (width & (width - 1)) === 0;
   e.dispatch({
-    kernel: resampleKernel(mode),
+    kernel: resampleKernel(mode, powerOfTwoWidth),
     bindings: [x, out],
-    params: { planes: N * C, Hout, Wout },
-    workgroups: grid1d(out.size, RESAMPLE_WORKGROUP),
+    params: { n: small.size, width, widthShift: powerOfTwoWidth ? Math.log2(width) : 0 },
+    workgroups: blockGrid(small.size, RESAMPLE_WORKGROUP),
   });
   return out;
 }
