@@ -1,9 +1,10 @@
 // Bind groups reused across dispatches. Recording one (Dawn's createBindGroup) cost 10–40 µs of the
 // main thread on a CPU, more than the rest of a dispatch once kernels were built once
 // (kernels/kernel-source.ts, cachedKernelFactory). A bind group is immutable, so a dispatch of the
-// same pipeline over the same buffer ranges (the uniform arena's slot included) can take the one
-// made before; training and inference loops ask for the same ones step after step, since the buffer
-// pool hands out its buffers in the same order when the ops come in the same order.
+// same pipeline over the same buffer ranges can take the one made before (the uniform arena's slot
+// is a dynamic offset, given at each dispatch); training and inference loops ask for the same ones
+// step after step, since the buffer pool hands out its buffers in the same order when the ops come
+// in the same order.
 
 /** One @binding's buffer range, as a GPUBufferBinding with the offset and size filled in. */
 export interface BufferRange {
@@ -17,7 +18,13 @@ export class BindGroupCache {
   private nextId = 1;
   private readonly groups = new Map<string, GPUBindGroup>();
 
-  /** Past `maxEntries` the cache starts over: a loop's set is rebuilt in one pass. */
+  /**
+   * Full at `maxEntries`, the cache keeps the ones it has and takes no more (a dispatch past them
+   * makes its own, as without a cache). It never drops one to make room: on lavapipe a bind group
+   * holds a memory mapping until its wrapper is garbage-collected, which for one kept a while waits
+   * for a full collection, so a cache that started over when full left thousands of dropped ones
+   * holding mappings (4,000 after 8,000 bind groups made, of the 65,530 a process may have).
+   */
   constructor(private readonly maxEntries: number) {}
 
   /** The key of `pipeline` (a kernel key) over `ranges`, @binding(0) first. */
@@ -32,8 +39,7 @@ export class BindGroupCache {
   }
 
   set(key: string, group: GPUBindGroup): void {
-    if (this.groups.size >= this.maxEntries) this.groups.clear();
-    this.groups.set(key, group);
+    if (this.groups.size < this.maxEntries) this.groups.set(key, group);
   }
 
   /** Drops every bind group (the buffers they name are being destroyed). */

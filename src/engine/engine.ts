@@ -84,11 +84,15 @@ export interface Dispatch<L extends UniformLayout = UniformLayout> {
 const UNIFORM_SLOT = 256; // minUniformBufferOffsetAlignment is at most 256 on every adapter
 const UNIFORM_ARENA_BYTES = 64 * 1024;
 /**
- * Bind groups kept for reuse: a training step of the reference U-Net records about 1,500 dispatches.
- * Lavapipe backs each bind group with a memory mapping of its own (see countCommand): these and
- * the backlog's (DEFAULT_MAX_COMMANDS_IN_FLIGHT) stay under vm.max_map_count, 65530.
+ * Bind groups an engine keeps for reuse: a training step of the reference U-Net records about 1,500
+ * dispatches. Lavapipe backs each bind group with a memory mapping of its own (see countCommand),
+ * and a process dies past vm.max_map_count (65,530) of them: so on CPU adapters an engine keeps at
+ * most 4,096 (five engines, each on a device of its own, keeping theirs and a sixth with 30,000
+ * commands in flight took 60,150 mappings; six keeping theirs and a seventh, past the limit), and
+ * never more than an eighth of its maxCommandsInFlight, whose refusal bounds the backlog's share.
  */
 const BIND_GROUP_CACHE_ENTRIES = 8192;
+const CPU_ADAPTER_BIND_GROUP_CACHE_ENTRIES = 4096;
 const DEFAULT_MAX_COMMANDS_IN_FLIGHT = 32768; // lavapipe crashed near 60,000 (see countCommand)
 
 export class Engine {
@@ -145,7 +149,7 @@ export class Engine {
   private disposed = false;
   private profiler: KernelProfiler | null = null;
   /** Bind groups of the engine's own buffers, reused by dispatches over the same ranges. */
-  private readonly bindGroups = new BindGroupCache(BIND_GROUP_CACHE_ENTRIES);
+  private readonly bindGroups: BindGroupCache;
 
   /**
    * Replaces the whole tuning, checked as createEngine's option is (the subgroup GEMM included), e.g.
@@ -185,6 +189,8 @@ export class Engine {
     this.adapterClass = adapterClass(handle.info);
     this.gemmPresets = this.adapterClass === 'llvmpipe' ? 'lavapipe' : this.cpuAdapter ? 'portable' : 'gpu';
     this.subgroupReductions = this.device.features.has('subgroups') && handle.wgslFeatures.has('subgroup_id');
+    const keptBindGroups = this.cpuAdapter ? CPU_ADAPTER_BIND_GROUP_CACHE_ENTRIES : BIND_GROUP_CACHE_ENTRIES;
+    this.bindGroups = new BindGroupCache(Math.min(keptBindGroups, Math.floor(this.maxCommandsInFlight / 8)));
     this.checkTuningRuns(this.tuning);
     this.uniformArena = this.createBuffer({
       size: UNIFORM_ARENA_BYTES,
@@ -386,9 +392,10 @@ export class Engine {
   // the GPU has run it and the device has ticked, which in Node happens on the event loop.
   // Synchronous code records far faster than a CPU adapter executes (a U-Net sampling step: ~10x),
   // so a loop that never waits grows the backlog every iteration until the process runs out of
-  // memory mappings (vm.max_map_count, 65530) near 60,000 commands and lavapipe dies with SIGSEGV
-  // inside vkCreateDescriptorPool. Long loops await settle(); this count turns a missing one into
-  // an error instead of a crash.
+  // memory mappings (vm.max_map_count, 65530) near 60,000 commands (fewer by the bind groups the
+  // process's engines keep: BIND_GROUP_CACHE_ENTRIES) and lavapipe dies with SIGSEGV inside
+  // vkCreateDescriptorPool. Long loops await settle(); this count turns a missing one into an error
+  // instead of a crash.
   private countCommand(label: string): void {
     if (this.commandsRecorded - this.commandsFinished >= this.maxCommandsInFlight) {
       throw new Error(
@@ -396,7 +403,7 @@ export class Engine {
           'a long loop must await engine.settle() (or sync(), or read a result) in every iteration, and where one ' +
           'step alone records this many (a U-Net over a large batch, run in many chunks because few images fit a ' +
           'storage binding), give a smaller batch (or raise the createEngine option maxCommandsInFlight where the ' +
-          'adapter allows: lavapipe crashed near 60,000)',
+          'adapter allows: lavapipe crashed near 60,000, counting the bind groups each engine keeps, memoryStats().bindGroups)',
       );
     }
     this.commandsRecorded++;
@@ -484,37 +491,39 @@ export class Engine {
     d.kernel.params.packInto(this.uniformView, uniformOffset, d.params, d.kernel.key);
     this.countCommand(d.kernel.key);
     // A pipeline compiles (and can fail) once; after that the lookup needs no error scope.
-    const pipelineOf = () => this.kernels.get(d.kernel.key, () => d.kernel.code);
-    const pipeline = this.kernels.has(d.kernel.key) ? pipelineOf() : this.scoped(ALL_ERRORS, pipelineOf);
+    const kernelOf = () => this.kernels.get(d.kernel.key, () => d.kernel.code);
+    const kernel = this.kernels.has(d.kernel.key) ? kernelOf() : this.scoped(ALL_ERRORS, kernelOf);
     const encoder = this.getEncoder();
     this.uniformUsed += UNIFORM_SLOT;
-    const bindGroup = this.bindGroupOf(d.kernel.key, pipeline, [
-      { buffer: this.uniformArena, offset: uniformOffset, size: UNIFORM_SLOT },
+    // The uniforms' slot is the bind group's dynamic offset, not part of it: a loop's dispatches
+    // reuse their bind groups wherever the batch's slots fall.
+    const bindGroup = this.bindGroupOf(d.kernel.key, kernel.layout, [
+      { buffer: this.uniformArena, offset: 0, size: UNIFORM_SLOT },
       ...bindings.map((b) => ({ buffer: b.buffer, offset: b.offset ?? 0, size: b.size ?? b.buffer.size - (b.offset ?? 0) })),
     ]);
     const timed = this.profiler?.nextPass(d.kernel.key);
     if (timed) this.endPass();
     if (!this.pass) this.pass = encoder.beginComputePass(timed ?? { label: 'difrep' });
-    this.pass.setPipeline(pipeline);
-    this.pass.setBindGroup(0, bindGroup);
+    this.pass.setPipeline(kernel.pipeline);
+    this.pass.setBindGroup(0, bindGroup, [uniformOffset]);
     this.pass.dispatchWorkgroups(x, y, z);
     if (timed) this.endPass();
     if (++this.dispatchesInBatch >= this.maxDispatches || this.profiler?.full) this.flush();
   }
 
   /**
-   * The bind group of `pipeline` over `ranges` (@binding(0) first): the one made before for the same
-   * ranges where every buffer is the engine's own (the uniform arena, the pool's live buffers; the
-   * cache is emptied whenever the pool destroys buffers), so it never keeps a caller's buffer alive;
-   * a new one otherwise.
+   * The bind group of a kernel (its `layout`) over `ranges` (@binding(0) first): the one made before
+   * for the same ranges where every buffer is the engine's own (the uniform arena, the pool's live
+   * buffers; the cache is emptied whenever the pool destroys buffers), so it never keeps a caller's
+   * buffer alive; a new one otherwise.
    */
-  private bindGroupOf(kernelKey: string, pipeline: GPUComputePipeline, ranges: BufferRange[]): GPUBindGroup {
+  private bindGroupOf(kernelKey: string, layout: GPUBindGroupLayout, ranges: BufferRange[]): GPUBindGroup {
     const own = ranges.every((r) => r.buffer === this.uniformArena || this.pool.isLive(r.buffer));
     const key = own ? this.bindGroups.key(kernelKey, ranges) : null;
     const known = key === null ? undefined : this.bindGroups.get(key);
     if (known) return known;
     const entries = ranges.map((resource, binding) => ({ binding, resource }));
-    const group = this.scoped(['validation'], () => this.device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries, label: `difrep ${kernelKey}` }));
+    const group = this.scoped(['validation'], () => this.device.createBindGroup({ layout, entries, label: `difrep ${kernelKey}` }));
     if (key !== null) this.bindGroups.set(key, group);
     return group;
   }

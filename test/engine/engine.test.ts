@@ -117,6 +117,57 @@ t.test('a dispatch over the same buffers reuses its bind group; one over a calle
   w.dispose();
 });
 
+// The uniforms' slot in the arena is the bind group's dynamic offset: a step that starts at another
+// slot (one more dispatch recorded before it in the same batch) still finds its bind groups.
+t.test('a step reuses its bind groups wherever its dispatches fall in the uniform arena', async (t) => {
+  const device = e.device;
+  const createBindGroup = device.createBindGroup;
+  let made = 0;
+  device.createBindGroup = (d) => (made++, createBindGroup.call(device, d));
+  t.teardown(() => void (device.createBindGroup = createBindGroup));
+  const x = e.tensor([1, 2, 3, 4], [4]);
+  const step = () => e.tidy(() => ops.scale(ops.add(x, x), 3)); // (x + x)·3
+  const first = step();
+  t.same(Array.from(await first.read()), [6, 12, 18, 24]);
+  first.dispose();
+  // Takes the batch's first slot, so the step's come one later; 100 values, another size class than
+  // the step's buffers, which the pool hands out as before.
+  const other = e.tensor(new Float32Array(100).fill(1), [100]);
+  const before = made;
+  const shift = ops.scale(other, 5);
+  const second = step();
+  t.same(Array.from(await second.read()), [6, 12, 18, 24]);
+  t.same(Array.from(await shift.read()), new Array(100).fill(5));
+  t.equal(made - before, 1, 'only the shift\'s dispatch made one');
+  second.dispose();
+  shift.dispose();
+  other.dispose();
+  x.dispose();
+});
+
+// Full, the cache keeps the bind groups it has: a loop's first ones still hit.
+t.test('an engine keeps at most an eighth of maxCommandsInFlight bind groups, the first ones it made', async (t) => {
+  const small = await createEngine({ maxCommandsInFlight: 64 }); // keeps 8
+  t.teardown(() => small.dispose());
+  const device = small.device;
+  const createBindGroup = device.createBindGroup;
+  let made = 0;
+  device.createBindGroup = (d) => (made++, createBindGroup.call(device, d));
+  t.teardown(() => void (device.createBindGroup = createBindGroup));
+  const x = small.tensor([1, 2], [2]);
+  const run = async () => {
+    const ys = Array.from({ length: 12 }, (_, i) => ops.scale(x, i)); // 12 outputs, 12 bind groups
+    for (const [i, y] of ys.entries()) t.same(Array.from(await y.read()), [i, 2 * i]);
+    for (const y of ys) y.dispose();
+  };
+  await run();
+  t.equal(made, 12);
+  t.equal(small.memoryStats().bindGroups, 8);
+  await run(); // the pool hands out the same buffers in the same order
+  t.equal(made, 16, 'the first 8 dispatches reuse theirs, the last 4 make new ones');
+  t.equal(small.memoryStats().bindGroups, 8);
+});
+
 t.test('tidy disposes intermediates and keeps the result', async (t) => {
   const x = e.tensor([1, 2, 3], [3]);
   const live0 = e.memoryStats().liveBytes;
