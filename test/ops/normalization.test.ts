@@ -229,11 +229,26 @@ t.test('groupNorm and normalizeRows agree with float64 in every row layout', asy
 t.test('ops that need values refuse empty inputs with a clear error, and the engine goes on', async (t) => {
   const empty = (shape: number[]) => e.empty(shape, 'x');
   t.throws(() => ops.groupNorm(empty([2, 4, 0, 2]), e.tensor([1, 1, 1, 1], [4]), e.tensor([0, 0, 0, 0], [4]), { groups: 2 }), /groupNorm: x \[2,4,0,2\] has no pixels to normalise/);
+  t.throws(() => ops.groupNorm(empty([2, 0, 3, 3]), empty([0]), empty([0]), { groups: 2 }), /groupNorm: x \[2,0,3,3\] has no channels to normalise/);
   t.throws(() => ops.layerNorm(empty([2, 0]), empty([0]), empty([0])), /layerNorm: the normalised shape \[0\] of x has no values/);
   t.throws(() => ops.crossEntropy(empty([0, 3]), []), /crossEntropy: logits \[0,3\]: a mean over 0 samples of 3 classes is undefined/);
   t.throws(() => ops.adaptiveAvgPool2d(empty([1, 2, 0, 4]), 1), /adaptiveAvgPool2d: x \[1,2,0,4\] has no pixels to pool/);
   t.throws(() => ops.resizeBilinear(empty([1, 2, 0, 4]), 2, 2), /resizeBilinear: x \[1,2,0,4\] to 2x2: input and output need at least one pixel/);
   t.same(Array.from(await ops.relu(e.tensor([-1, 2], [2])).read()), [0, 2], 'the engine still works');
+});
+
+// An empty batch, as a batch split's edge may give: PyTorch returns an empty output and zero
+// gradients for γ and β (the backward reshaped the per-image sums [0, 2C] to [2, C] and failed).
+t.test('groupNorm of an empty batch: an empty output, and zero gradients for γ and β', async (t) => {
+  const x = e.empty([0, 4, 3, 3], 'x');
+  const [g, b] = [e.tensor([1, 2, 3, 4], [4]), e.tensor([0, 0, 0, 0], [4])];
+  for (const v of [x, g, b]) v.requiresGrad = true;
+  const y = ops.groupNorm(x, g, b, { groups: 2, silu: true });
+  t.same(y.shape, [0, 4, 3, 3]);
+  e.tape.backward(ops.sum(y));
+  t.same(x.grad!.shape, [0, 4, 3, 3]);
+  t.same(Array.from(await g.grad!.read()), [0, 0, 0, 0]);
+  t.same(Array.from(await b.grad!.read()), [0, 0, 0, 0]);
 });
 
 // Sizes alone were checked: a [N, C, 2] scale-shift (interleaved) read as [N, 2C], and running

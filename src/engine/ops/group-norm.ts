@@ -19,8 +19,9 @@ export function groupNorm(x: Tensor, gamma: Tensor, beta: Tensor, opts: GroupNor
   const groups = opts.groups ?? 32;
   if (x.rank < 2) throw new RangeError(`groupNorm: ${x.label} ${shapeString(x.shape)} needs [N, C, ...]`);
   const [N, C] = x.shape;
-  const HW = x.size / (N * C);
-  if (N > 0 && C > 0 && HW === 0) throw new RangeError(`groupNorm: ${x.label} ${shapeString(x.shape)} has no pixels to normalise`);
+  const HW = x.shape.slice(2).reduce((a, b) => a * b, 1);
+  if (N > 0 && C === 0) throw new RangeError(`groupNorm: ${x.label} ${shapeString(x.shape)} has no channels to normalise`);
+  if (N > 0 && HW === 0) throw new RangeError(`groupNorm: ${x.label} ${shapeString(x.shape)} has no pixels to normalise`);
   if (C % groups !== 0) throw new RangeError(`groupNorm: ${C} channels of ${x.label} do not split into ${groups} groups`);
   if (gamma.size !== C || beta.size !== C) {
     throw new RangeError(`groupNorm: affine ${gamma.label} ${shapeString(gamma.shape)} / ${beta.label} ${shapeString(beta.shape)} do not match ${C} channels of ${x.label}`);
@@ -55,7 +56,8 @@ export function groupNorm(x: Tensor, gamma: Tensor, beta: Tensor, opts: GroupNor
       params,
       workgroups: par.workgroups,
     });
-    const affine = reshape(N > 1 ? sum(dAffine, [0]) : dAffine, [2, C]);
+    // An empty batch (N = 0) sums no images: γ's and β's gradients are zeros, as PyTorch's.
+    const affine = reshape(N === 1 ? dAffine : sum(dAffine, [0]), [2, C]);
     return [dx, sliceRows(affine, 0, 1), sliceRows(affine, 1, 2), ...(dE ? [dE] : [])];
   });
   return y;
