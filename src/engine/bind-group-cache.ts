@@ -1,10 +1,10 @@
 // Bind groups reused across dispatches. Recording one (Dawn's createBindGroup) cost 10–40 µs of the
 // main thread on a CPU, more than the rest of a dispatch once kernels were built once
 // (kernels/kernel-source.ts, cachedKernelFactory). A bind group is immutable, so a dispatch of the
-// same pipeline over the same buffer ranges can take the one made before (the uniform arena's slot
-// is a dynamic offset, given at each dispatch); training and inference loops ask for the same ones
-// step after step, since the buffer pool hands out its buffers in the same order when the ops come
-// in the same order.
+// same pipeline over the same buffer ranges (the uniform arena's slot included) can take the one
+// made before; training and inference loops ask for the same ones step after step, since the buffer
+// pool hands out its buffers in the same order when the ops come in the same order, and each step
+// starts a command batch of its own, so its uniforms take the same slots (Engine.settle).
 
 /** One @binding's buffer range, as a GPUBufferBinding with the offset and size filled in. */
 export interface BufferRange {

@@ -88,7 +88,7 @@ const UNIFORM_ARENA_BYTES = 64 * 1024;
  * dispatches. Lavapipe backs each bind group with a memory mapping of its own (see countCommand),
  * and a process dies past vm.max_map_count (65,530) of them: so on CPU adapters an engine keeps at
  * most 4,096 (five engines, each on a device of its own, keeping theirs and a sixth with 30,000
- * commands in flight took 60,150 mappings; six keeping theirs and a seventh, past the limit), and
+ * commands in flight took 59,800 mappings; six keeping theirs and a seventh, past the limit), and
  * never more than an eighth of its maxCommandsInFlight, whose refusal bounds the backlog's share.
  */
 const BIND_GROUP_CACHE_ENTRIES = 8192;
@@ -416,11 +416,14 @@ export class Engine {
 
   /**
    * Call once per iteration of a long loop that reads nothing back (sampling steps, training
-   * steps): returns at once while the GPU is less than maxCommandsInFlight / 8 commands behind,
-   * otherwise waits for it like sync() (and throws its errors). The GPU keeps working while the
-   * next iterations are recorded, and the backlog stays bounded.
+   * steps): submits what the iteration recorded, then returns at once while the GPU is less than
+   * maxCommandsInFlight / 8 commands behind, otherwise waits for it like sync() (and throws its
+   * errors). The GPU keeps working while the next iterations are recorded, and the backlog stays
+   * bounded. Each iteration starts a command batch of its own, so its dispatches take the same
+   * uniform slots, and reuse the same bind groups, as the iteration before (bindGroupOf).
    */
   async settle(): Promise<void> {
+    this.flush();
     if (this.commandsRecorded - this.commandsFinished > this.maxCommandsInFlight / 8) await this.sync();
   }
 
@@ -491,39 +494,37 @@ export class Engine {
     d.kernel.params.packInto(this.uniformView, uniformOffset, d.params, d.kernel.key);
     this.countCommand(d.kernel.key);
     // A pipeline compiles (and can fail) once; after that the lookup needs no error scope.
-    const kernelOf = () => this.kernels.get(d.kernel.key, () => d.kernel.code);
-    const kernel = this.kernels.has(d.kernel.key) ? kernelOf() : this.scoped(ALL_ERRORS, kernelOf);
+    const pipelineOf = () => this.kernels.get(d.kernel.key, () => d.kernel.code);
+    const pipeline = this.kernels.has(d.kernel.key) ? pipelineOf() : this.scoped(ALL_ERRORS, pipelineOf);
     const encoder = this.getEncoder();
     this.uniformUsed += UNIFORM_SLOT;
-    // The uniforms' slot is the bind group's dynamic offset, not part of it: a loop's dispatches
-    // reuse their bind groups wherever the batch's slots fall.
-    const bindGroup = this.bindGroupOf(d.kernel.key, kernel.layout, [
-      { buffer: this.uniformArena, offset: 0, size: UNIFORM_SLOT },
+    const bindGroup = this.bindGroupOf(d.kernel.key, pipeline, [
+      { buffer: this.uniformArena, offset: uniformOffset, size: UNIFORM_SLOT },
       ...bindings.map((b) => ({ buffer: b.buffer, offset: b.offset ?? 0, size: b.size ?? b.buffer.size - (b.offset ?? 0) })),
     ]);
     const timed = this.profiler?.nextPass(d.kernel.key);
     if (timed) this.endPass();
     if (!this.pass) this.pass = encoder.beginComputePass(timed ?? { label: 'difrep' });
-    this.pass.setPipeline(kernel.pipeline);
-    this.pass.setBindGroup(0, bindGroup, [uniformOffset]);
+    this.pass.setPipeline(pipeline);
+    this.pass.setBindGroup(0, bindGroup);
     this.pass.dispatchWorkgroups(x, y, z);
     if (timed) this.endPass();
     if (++this.dispatchesInBatch >= this.maxDispatches || this.profiler?.full) this.flush();
   }
 
   /**
-   * The bind group of a kernel (its `layout`) over `ranges` (@binding(0) first): the one made before
-   * for the same ranges where every buffer is the engine's own (the uniform arena, the pool's live
-   * buffers; the cache is emptied whenever the pool destroys buffers), so it never keeps a caller's
-   * buffer alive; a new one otherwise.
+   * The bind group of `pipeline` over `ranges` (@binding(0) first): the one made before for the same
+   * ranges where every buffer is the engine's own (the uniform arena, the pool's live buffers; the
+   * cache is emptied whenever the pool destroys buffers), so it never keeps a caller's buffer alive;
+   * a new one otherwise.
    */
-  private bindGroupOf(kernelKey: string, layout: GPUBindGroupLayout, ranges: BufferRange[]): GPUBindGroup {
+  private bindGroupOf(kernelKey: string, pipeline: GPUComputePipeline, ranges: BufferRange[]): GPUBindGroup {
     const own = ranges.every((r) => r.buffer === this.uniformArena || this.pool.isLive(r.buffer));
     const key = own ? this.bindGroups.key(kernelKey, ranges) : null;
     const known = key === null ? undefined : this.bindGroups.get(key);
     if (known) return known;
     const entries = ranges.map((resource, binding) => ({ binding, resource }));
-    const group = this.scoped(['validation'], () => this.device.createBindGroup({ layout, entries, label: `difrep ${kernelKey}` }));
+    const group = this.scoped(['validation'], () => this.device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries, label: `difrep ${kernelKey}` }));
     if (key !== null) this.bindGroups.set(key, group);
     return group;
   }
