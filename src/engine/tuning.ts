@@ -19,7 +19,11 @@ export interface Tuning {
   matmulSubgroup?: { enabled?: number };
   /** Register tiles of the direct conv's implicit GEMM, its data and its weight gradient. */
   conv2d?: Partial<MatmulTiling>;
-  /** Winograd F(2×2, 3×3) for 3×3 convs: `enabled` 1 or 0 forces it on or off; `minChannels` (default 16). */
+  /**
+   * Winograd F(2×2, 3×3) for 3×3 convs: `enabled` 1 or 0 forces it on or off; `minChannels` (default
+   * 16) for the forward and both gradients (without a tuning, lavapipe's weight gradients take it
+   * wherever their GEMM runs on the subgroup kernel, whatever the channels: conv2d.ts).
+   */
   conv2dWinograd?: { enabled?: number; minChannels?: number };
   /** Split-K of the direct conv's weight gradient: about this many workgroups (default 64 on GPUs, 1 on CPU adapters). */
   conv2dWeightGrad?: { splitKWorkgroups?: number };

@@ -148,6 +148,27 @@ for (const [label, tuning] of weightGradTunings) {
   }
 }
 
+// On lavapipe the weight gradient of a 3×3 conv with input channels in fours goes through Winograd
+// whatever its output channels (its Cout × Cin GEMM on the subgroup kernel), where the forward,
+// with 3 output channels, keeps the direct GEMM.
+t.test('conv2d weight gradient of a narrow 3×3 conv (8 → 3 channels) through Winograd on lavapipe matches float64', { skip: !e.subgroupMatmul && 'the subgroup GEMM is lavapipe\'s' }, async (t) => {
+  const engine = await createEngine({ device: e.device });
+  const ran = new Set<string>();
+  const dispatch = engine.dispatch.bind(engine);
+  engine.dispatch = (d) => (ran.add(d.kernel.key), dispatch(d));
+  const x = randomNd([4, 8, 10, 12], 21);
+  const w = randomNd([3, 8, 3, 3], 22);
+  const dy = randomNd([4, 3, 10, 12], 23);
+  const wt = upload(engine, w, true);
+  const y = ops.conv2d(upload(engine, x), wt);
+  engine.tape.backward(y, upload(engine, dy));
+  const err = maxRelError(await wt.grad!.read(), weightGradRef(x, dy, 3, 1));
+  t.ok(err < 1e-5, `max relative error ${err.toExponential(2)}`);
+  t.ok(ran.has('winogradWeightGrad'), [...ran].join(' '));
+  t.notOk([...ran].some((k) => k.startsWith('winogradOutput')), 'the forward keeps the direct GEMM');
+  engine.dispose();
+});
+
 // Winograd's buffers hold 16 values per channel and 2×2 tile; under a binding limit of 5 tile rows
 // (16 · 8 channels · 6 tiles · 4 bytes = 3,072 bytes a row) the 72 tiles of a [2, 8, 12, 12] input
 // run in chunks of 30, 30 and 12: the forward and input gradient are identical to the unchunked

@@ -58,6 +58,23 @@ function useWinograd(e: Engine, ksize: number, stride: number, inputDilation: nu
 }
 
 /**
+ * Whether a 3×3 conv's weight gradient goes through Winograd (dU = dM·Vᵀ, a Cout × Cin GEMM over
+ * the tiles): wherever its forward does, and on lavapipe also wherever that GEMM runs on the
+ * subgroup kernel (Cin and the tiles in fours), whatever the channels and the tiles. The direct
+ * weight gradient's register tiles were slower at every such shape measured (2 cores, the backward
+ * to the weight alone, medians of 5): 32→3 @32² batch 16 35 → 5.2 ms, 128→3 @64² batch 8 257 → 41,
+ * 4→4 @32² batch 16 17 → 2.0, 64→12 @16² batch 16 17 → 3.2, 512→512 @8² batch 1 43 → 19,
+ * 256→256 @4² batch 1 7.1 → 3.6; with 3 input channels, whose GEMM takes the register-tiled kernel,
+ * Winograd lost (3→32 @32² batch 16 10 → 19 ms). A tuning `conv2dWinograd.enabled` decides alone.
+ */
+function winogradWeightGradient(e: Engine, ksize: number, stride: number, N: number, cin: number, cout: number, H: number, W: number): boolean {
+  if (useWinograd(e, ksize, stride, 1, N, cin, cout, H, W)) return true;
+  if (ksize !== 3 || stride !== 1 || cin === 0 || cout === 0 || e.tuning.conv2dWinograd?.enabled !== undefined) return false;
+  const subgroupGemm = e.subgroupMatmul && !e.tuning.matmul && cin % 4 === 0 && winogradTiles(N, H, W).T % 4 === 0;
+  return subgroupGemm && winogradFits(e, N, cin, cout, H, W);
+}
+
+/**
  * The algorithm conv2d runs for input [N, Cin, H, W] and weight [Cout, Cin, k, k] on this engine,
  * with the multiply-adds it performs (Winograd: 16 per 2×2 tile and channel pair, the direct GEMM
  * k² per pixel): what the bench needs to rate a conv against the adapter's peak.
@@ -177,7 +194,7 @@ function conv2dWeightGrad(e: Engine, dy: Tensor, x: Tensor, wShape: readonly num
   const [, cout, Ho, Wo] = dy.shape;
   const ksize = wShape[2];
   if (x.size === 0 || dy.size === 0) return e.zeros(wShape, 'dconv2d.w'); // a sum over no pixels
-  if (useWinograd(e, ksize, stride, 1, N, cin, cout, H, W)) return winogradWeightGrad(e, dy, x);
+  if (winogradWeightGradient(e, ksize, stride, N, cin, cout, H, W)) return winogradWeightGrad(e, dy, x);
   if (pointwiseGemm(e, ksize, stride, 1, cin, H * W)) {
     const s = pointwiseWeightGradSplits(N, H * W);
     const partial = e.empty(s.splits > 1 ? [s.splits, ...wShape] : wShape, 'dconv2d.w');
