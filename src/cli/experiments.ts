@@ -434,7 +434,7 @@ async function knnCommand(argv: string[]): Promise<number> {
   for (const r of res) console.log(`kNN k=${r.k}: top-1 ${(100 * r.top1).toFixed(2)}%, top-5 ${top5Text(r.top5, classes)}`);
   // At any k a query's neighbours may span fewer than five classes (not only at k < 5).
   if (classes > 5) console.log(`(kNN's top-5 ranks only the classes with a neighbour among the k, fewer than five where the neighbours span fewer; the reference code fills the rest with classes no neighbour voted for)`);
-  if (o.out) await writeFileAtomic(o.out, JSON.stringify({ features: pixels ? 'pixels' : 'unet', train: o.train, test: o.test, classes, t, b, pool, standardize: o.standardize, temperature: o.temperature, top5Ranks: 'classes with a neighbour among the k (the reference ranks every class)', results: res }, null, 2));
+  if (o.out) await writeFileAtomic(o.out, JSON.stringify({ features: pixels ? 'pixels' : 'unet', train: o.train, test: o.test, classes, t, b, pool, standardize: o.standardize, temperature: o.temperature, top5Ranks: classes <= 5 ? 'every class (each of 5 or fewer is in the top 5)' : 'classes with a neighbour among the k (the reference ranks every class)', results: res }, null, 2));
   e.dispose();
   return 0;
 }

@@ -39,6 +39,15 @@ t.test('kNN top-5 credits only classes that got a vote: with k = 1 it is the one
   t.same([k2.top1, k2.top5], [1 / 3, 2 / 3], 'k = 2');
 });
 
+// With 5 classes or fewer every label is in the top 5 of the reference's ranking of all classes;
+// top-5 counted only the voted ones, 2/3 here, beside the CLI's "any label is in the top 5".
+t.test('kNN top-5 over 5 classes or fewer counts every label, as the reference ranks all classes', async (t) => {
+  const train: FeatureMatrix = { data: Float32Array.from([1, 0, 0, 1]), n: 2, d: 2 };
+  const query: FeatureMatrix = { data: Float32Array.from([1, 0.1, 1, 0.1, 1, 0.1]), n: 3, d: 2 };
+  const [r] = await knnClassify(e, train, [2, 1], query, [0, 2, 1], { ks: [1], classes: 3 });
+  t.same([r.top1, r.top5], [1 / 3, 1]);
+});
+
 t.test('kNN top-5 ranks a class with a neighbour above the classes without, when its weight rounds to 0', async (t) => {
   // Training rows (1, 0) of class 5 and (0.6, 0.8) of class 9; the query (1, 0) has label 9; k = 2.
   // At T = 1e-4 class 9's weight exp((0.6 − 1) / 1e-4) = exp(−4000) is 0 even in float64, yet it has

@@ -101,8 +101,9 @@ export async function knnClassify(
         // Only a class that got a vote is ranked. The reference code (the co-authors' knn_classifier,
         // like DINO's) ranks every class, zero-vote ones in whatever order its sort leaves ties, so
         // with k ≥ 5 its top-5 can count a class no neighbour voted for: this one is at most that,
-        // the same whenever five classes get votes.
-        if (voted[y] && ranked.slice(0, 5).includes(y)) hits[ki].top5++;
+        // the same whenever five classes get votes. With 5 classes or fewer every class is in the
+        // reference's top 5, whatever the order, and here too (the CLI says so beside the number).
+        if (opts.classes <= 5 || (voted[y] && ranked.slice(0, 5).includes(y))) hits[ki].top5++;
       });
     }
   }
