@@ -23,7 +23,8 @@ export class BindGroupCache {
    * makes its own, as without a cache). It never drops one to make room: on lavapipe a bind group
    * holds a memory mapping until its wrapper is garbage-collected, which for one kept a while waits
    * for a full collection, so a cache that started over when full left thousands of dropped ones
-   * holding mappings (4,000 after 8,000 bind groups made, of the 65,530 a process may have).
+   * holding mappings (of 4,096 places, after 8,000 bind groups made: 4,063 kept, 8,800 mappings in
+   * the process, of the 65,530 it may have; kept as now, 6,200).
    */
   constructor(private readonly maxEntries: number) {}
 
