@@ -1,5 +1,5 @@
 // The ADM U-Net's resampling inside up/down ResBlocks: 2×2 average pooling (stride 2) and nearest
-// 2× upsampling, on NCHW data viewed as [N·C, H, W] planes. Their backward passes are each other's
+// 2× upsampling, on NCHW data viewed as N·C·H rows of W. Their backward passes are each other's
 // adjoints: d(avgPool)/dx spreads dy/4 over the 2×2 window, d(upsample)/dx sums the 2×2 window.
 import { wgsl } from 'wgsl-preprocessor/wgsl-preprocessor.js';
 import { flatBlockMain } from './flat-index.ts';

@@ -20,7 +20,8 @@ export class BindGroupCache {
 
   /**
    * Full at `maxEntries`, the cache keeps the ones it has and takes no more (a dispatch past them
-   * makes its own, as without a cache). It never drops one to make room: on lavapipe a bind group
+   * makes its own, as without a cache; a later phase's loop gets its own kept after releasePooled,
+   * which empties the cache with the pool). It never drops one to make room: on lavapipe a bind group
    * holds a memory mapping until its wrapper is garbage-collected, which for one kept a while waits
    * for a full collection, so a cache that started over when full left thousands of dropped ones
    * holding mappings (of 4,096 places, after 8,000 bind groups made: 4,063 kept, 8,800 mappings in

@@ -86,13 +86,12 @@ const UNIFORM_ARENA_BYTES = 64 * 1024;
 /**
  * Bind groups an engine keeps for reuse: a training step of the reference U-Net records about 1,500
  * dispatches. Lavapipe backs each bind group with a memory mapping of its own (see countCommand),
- * and a process dies past vm.max_map_count (65,530) of them: so on CPU adapters an engine keeps at
- * most 4,096 (five engines, each on a device of its own, keeping theirs and a sixth with 30,000
- * commands in flight took 59,800 mappings; six keeping theirs and a seventh, past the limit), and
- * never more than an eighth of its maxCommandsInFlight, whose refusal bounds the backlog's share.
+ * and a process dies past vm.max_map_count (65,530) of them: so an engine keeps at most 4,096
+ * (five engines, each on a device of its own, keeping theirs and a sixth with 30,000 commands in
+ * flight took 59,800 mappings; six keeping theirs and a seventh, past the limit), and never more
+ * than an eighth of its maxCommandsInFlight, whose refusal bounds the backlog's share.
  */
-const BIND_GROUP_CACHE_ENTRIES = 8192;
-const CPU_ADAPTER_BIND_GROUP_CACHE_ENTRIES = 4096;
+const BIND_GROUP_CACHE_ENTRIES = 4096;
 const DEFAULT_MAX_COMMANDS_IN_FLIGHT = 32768; // lavapipe crashed near 60,000 (see countCommand)
 
 export class Engine {
@@ -189,8 +188,7 @@ export class Engine {
     this.adapterClass = adapterClass(handle.info);
     this.gemmPresets = this.adapterClass === 'llvmpipe' ? 'lavapipe' : this.cpuAdapter ? 'portable' : 'gpu';
     this.subgroupReductions = this.device.features.has('subgroups') && handle.wgslFeatures.has('subgroup_id');
-    const keptBindGroups = this.cpuAdapter ? CPU_ADAPTER_BIND_GROUP_CACHE_ENTRIES : BIND_GROUP_CACHE_ENTRIES;
-    this.bindGroups = new BindGroupCache(Math.min(keptBindGroups, Math.floor(this.maxCommandsInFlight / 8)));
+    this.bindGroups = new BindGroupCache(Math.min(BIND_GROUP_CACHE_ENTRIES, Math.floor(this.maxCommandsInFlight / 8)));
     this.checkTuningRuns(this.tuning);
     this.uniformArena = this.createBuffer({
       size: UNIFORM_ARENA_BYTES,

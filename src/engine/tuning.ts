@@ -21,8 +21,9 @@ export interface Tuning {
   conv2d?: Partial<MatmulTiling>;
   /**
    * Winograd F(2×2, 3×3) for 3×3 convs: `enabled` 1 or 0 forces it on or off; `minChannels` (default
-   * 16) for the forward and both gradients (without a tuning, lavapipe's weight gradients take it
-   * wherever their GEMM runs on the subgroup kernel, whatever the channels: conv2d.ts).
+   * 16) for the forward and input gradient, and the weight gradients that follow them; without
+   * `enabled`, lavapipe's weight gradients also take it wherever their GEMMs run on the subgroup
+   * kernel, whatever the channels (conv2d.ts, winogradWeightGradient).
    */
   conv2dWinograd?: { enabled?: number; minChannels?: number };
   /** Split-K of the direct conv's weight gradient: about this many workgroups (default 64 on GPUs, 1 on CPU adapters). */

@@ -169,6 +169,28 @@ t.test('conv2d weight gradient of a narrow 3×3 conv (8 → 3 channels) through 
   engine.dispose();
 });
 
+// Each chunk's GEMM must run on the subgroup kernel: under a binding limit of the input's 9,216
+// bytes, three tile rows (16 · 8 channels · 6 tiles · 4 bytes = 3,072 bytes a row), the 72 tiles of
+// a [2, 8, 12, 12] input come in chunks of 18, and the weight gradient keeps the direct kernel;
+// unchunked (72 tiles), Winograd.
+t.test('conv2d weight gradient of a narrow 3×3 conv takes Winograd only where every tile chunk comes in fours', { skip: !e.subgroupMatmul && 'the subgroup GEMM is lavapipe\'s' }, async (t) => {
+  for (const [maxBindingBytes, winograd] of [[undefined, true], [9216, false]] as const) {
+    const engine = await createEngine({ device: e.device, maxBindingBytes });
+    const ran = new Set<string>();
+    const dispatch = engine.dispatch.bind(engine);
+    engine.dispatch = (d) => (ran.add(d.kernel.key), dispatch(d));
+    const x = randomNd([2, 8, 12, 12], 31);
+    const w = randomNd([3, 8, 3, 3], 32);
+    const dy = randomNd([2, 3, 12, 12], 33);
+    const wt = upload(engine, w, true);
+    engine.tape.backward(ops.conv2d(upload(engine, x), wt), upload(engine, dy));
+    const err = maxRelError(await wt.grad!.read(), weightGradRef(x, dy, 3, 1));
+    t.ok(err < 1e-5, `binding limit ${maxBindingBytes}: max relative error ${err.toExponential(2)}`);
+    t.equal(ran.has('winogradWeightGrad'), winograd, `binding limit ${maxBindingBytes}: ${[...ran].join(' ')}`);
+    engine.dispose();
+  }
+});
+
 // Winograd's buffers hold 16 values per channel and 2×2 tile; under a binding limit of 5 tile rows
 // (16 · 8 channels · 6 tiles · 4 bytes = 3,072 bytes a row) the 72 tiles of a [2, 8, 12, 12] input
 // run in chunks of 30, 30 and 12: the forward and input gradient are identical to the unchunked

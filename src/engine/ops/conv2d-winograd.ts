@@ -118,6 +118,15 @@ export function winogradConv(e: Engine, c: WinogradConvCall): void {
   U.dispose();
 }
 
+/**
+ * The tiles each GEMM of winogradWeightGrad sums over, chunk by chunk (its K): at most LONG_K, in
+ * whole tile rows, each chunk's buffers within a binding; winogradFits must hold.
+ */
+export function winogradWeightGradTileCounts(e: Engine, N: number, cin: number, cout: number, H: number, W: number): number[] {
+  const { tilesX, T } = winogradTiles(N, H, W);
+  return tileChunks(e, Math.max(cin, cout), tilesX, T, LONG_K)!.map(([, count]) => count);
+}
+
 /** dw [Cout, Cin, 3, 3] of out = conv3×3(x, w), from the output gradient dy; winogradFits must hold. */
 export function winogradWeightGrad(e: Engine, dy: Tensor, x: Tensor): Tensor {
   const [N, cin, H, W] = x.shape;

@@ -5,7 +5,7 @@ import { chooseGemmTiling, gemmWorkgroups, type MatmulTiling } from '../../../ke
 import { subgroupGemmColumnGroups, subgroupGemmOrder, subgroupGemmRows, subgroupGemmWorkgroups, subgroupMatmulKernel, subgroupSplitSumKernel } from '../../../kernels/matmul-subgroup.wgsl.ts';
 import type { Engine } from '../engine.ts';
 import { shapeString, type Tensor } from '../tensor.ts';
-import { winogradConv, winogradFits, winogradTiles, winogradWeightGrad } from './conv2d-winograd.ts';
+import { winogradConv, winogradFits, winogradTiles, winogradWeightGrad, winogradWeightGradTileCounts } from './conv2d-winograd.ts';
 import { K_CHUNK, LONG_K } from './matmul.ts';
 import { sum } from './reduce.ts';
 
@@ -59,19 +59,20 @@ function useWinograd(e: Engine, ksize: number, stride: number, inputDilation: nu
 
 /**
  * Whether a 3×3 conv's weight gradient goes through Winograd (dU = dM·Vᵀ, a Cout × Cin GEMM over
- * the tiles): wherever its forward does, and on lavapipe also wherever that GEMM runs on the
- * subgroup kernel (Cin and the tiles in fours), whatever the channels and the tiles. The direct
+ * the tiles): wherever its forward does, and on lavapipe also wherever each chunk's GEMM runs on
+ * the subgroup kernel (Cin and the chunk's tiles in fours), whatever the channels. The direct
  * weight gradient's register tiles were slower at every such shape measured (2 cores, the backward
  * to the weight alone, medians of 5): 32→3 @32² batch 16 35 → 5.2 ms, 128→3 @64² batch 8 257 → 41,
  * 4→4 @32² batch 16 17 → 2.0, 64→12 @16² batch 16 17 → 3.2, 512→512 @8² batch 1 43 → 19,
- * 256→256 @4² batch 1 7.1 → 3.6; with 3 input channels, whose GEMM takes the register-tiled kernel,
- * Winograd lost (3→32 @32² batch 16 10 → 19 ms). A tuning `conv2dWinograd.enabled` decides alone.
+ * 256→256 @4² batch 1 7.1 → 3.6; where a GEMM takes the register-tiled kernel Winograd lost (3→32
+ * @32² batch 16, 3 columns: 10 → 19 ms; 4→4 @6² batch 2048, a chunk of 2,049 tiles: 86 → 158 ms).
+ * A tuning `conv2dWinograd.enabled` decides alone; one of the direct conv's tiles keeps it.
  */
 function winogradWeightGradient(e: Engine, ksize: number, stride: number, N: number, cin: number, cout: number, H: number, W: number): boolean {
   if (useWinograd(e, ksize, stride, 1, N, cin, cout, H, W)) return true;
-  if (ksize !== 3 || stride !== 1 || cin === 0 || cout === 0 || e.tuning.conv2dWinograd?.enabled !== undefined) return false;
-  const subgroupGemm = e.subgroupMatmul && !e.tuning.matmul && cin % 4 === 0 && winogradTiles(N, H, W).T % 4 === 0;
-  return subgroupGemm && winogradFits(e, N, cin, cout, H, W);
+  if (ksize !== 3 || stride !== 1 || cin === 0 || cout === 0 || e.tuning.conv2dWinograd?.enabled !== undefined || e.tuning.conv2d) return false;
+  if (e.adapterClass !== 'llvmpipe' || !e.subgroupMatmul || e.tuning.matmul || cin % 4 !== 0 || !winogradFits(e, N, cin, cout, H, W)) return false;
+  return winogradWeightGradTileCounts(e, N, cin, cout, H, W).every((count) => count % 4 === 0);
 }
 
 /**
