@@ -2,7 +2,7 @@ import { execFileSync } from 'node:child_process';
 import t from 'tap';
 import { createEngine, GpuError, ops, requestDevice } from '../../src/index.ts';
 import { BufferPool, sizeClass } from '../../src/engine/buffer-pool.ts';
-import { testEngine } from '../helpers/check.ts';
+import { countBindGroups, testEngine } from '../helpers/check.ts';
 import { uniformLayout } from '../../kernels/uniform-layout.ts';
 
 const e = await testEngine();
@@ -79,10 +79,7 @@ t.test('the buffer pool reuses a freed buffer of the same class', async (t) => {
 
 t.test('a dispatch over the same buffers reuses its bind group; one over a caller\'s buffer makes its own', async (t) => {
   const device = e.device;
-  const createBindGroup = device.createBindGroup;
-  let made = 0;
-  device.createBindGroup = (d) => (made++, createBindGroup.call(device, d));
-  t.teardown(() => void (device.createBindGroup = createBindGroup));
+  const made = countBindGroups(device, t.teardown);
   const w = e.tensor([10, 20, 30, 40], [4]);
   // (x·w + x)·2, worked by hand.
   const expected = [22, 84, 186, 328];
@@ -94,19 +91,19 @@ t.test('a dispatch over the same buffers reuses its bind group; one over a calle
   };
   const x = e.tensor([1, 2, 3, 4], [4]);
   t.same(await run(x), expected);
-  const first = made;
+  const first = made();
   t.ok(first >= 3, `the first run makes its bind groups (${first})`);
   t.same(await run(x), expected);
-  t.equal(made, first, 'the second run reuses them all');
+  t.equal(made(), first, 'the second run reuses them all');
   t.ok(e.memoryStats().bindGroups >= 3, 'and they are counted');
 
   const caller = device.createBuffer({ size: 16, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST });
   device.queue.writeBuffer(caller, 0, new Float32Array([1, 2, 3, 4]));
   const fromCaller = e.fromBuffer(caller, [4], 'caller');
   t.same(await run(fromCaller), expected);
-  const withCaller = made;
+  const withCaller = made();
   t.same(await run(fromCaller), expected);
-  t.ok(made - withCaller >= 2, 'the ops reading the caller\'s buffer make theirs again: the engine keeps none of its buffers alive');
+  t.ok(made() - withCaller >= 2, 'the ops reading the caller\'s buffer make theirs again: the engine keeps none of its buffers alive');
 
   e.releasePooled();
   t.equal(e.memoryStats().bindGroups, 0, 'releasePooled drops them with the buffers it destroys');
@@ -122,19 +119,16 @@ t.test('a dispatch over the same buffers reuses its bind group; one over a calle
 // bind groups without a read in every iteration.
 t.test('a loop that awaits settle() in every iteration reuses its bind groups', async (t) => {
   const device = e.device;
-  const createBindGroup = device.createBindGroup;
-  let made = 0;
-  device.createBindGroup = (d) => (made++, createBindGroup.call(device, d));
-  t.teardown(() => void (device.createBindGroup = createBindGroup));
+  const made = countBindGroups(device, t.teardown);
   const x = e.tensor([1, 2, 3, 4], [4]);
   const madeBy: number[] = [];
   let y = x;
   for (let i = 0; i < 4; i++) {
     if (y !== x) y.dispose();
-    const before = made;
+    const before = made();
     y = e.tidy(() => ops.scale(ops.add(ops.mul(x, x), x), 0.5)); // (x² + x) / 2
     await e.settle();
-    madeBy.push(made - before);
+    madeBy.push(made() - before);
   }
   t.same(Array.from(await y.read()), [1, 3, 6, 10]);
   t.ok(madeBy[0] >= 3, `the first iteration makes its bind groups (${madeBy[0]})`);
@@ -148,10 +142,7 @@ t.test('an engine keeps at most an eighth of maxCommandsInFlight bind groups, th
   const small = await createEngine({ maxCommandsInFlight: 64 }); // keeps 8
   t.teardown(() => small.dispose());
   const device = small.device;
-  const createBindGroup = device.createBindGroup;
-  let made = 0;
-  device.createBindGroup = (d) => (made++, createBindGroup.call(device, d));
-  t.teardown(() => void (device.createBindGroup = createBindGroup));
+  const made = countBindGroups(device, t.teardown);
   const x = small.tensor([1, 2], [2]);
   const run = async () => {
     const ys = Array.from({ length: 12 }, (_, i) => ops.scale(x, i)); // 12 outputs, 12 bind groups
@@ -159,10 +150,10 @@ t.test('an engine keeps at most an eighth of maxCommandsInFlight bind groups, th
     for (const y of ys) y.dispose();
   };
   await run();
-  t.equal(made, 12);
+  t.equal(made(), 12);
   t.equal(small.memoryStats().bindGroups, 8);
   await run(); // the pool hands out the same buffers in the same order
-  t.equal(made, 16, 'the first 8 dispatches reuse theirs, the last 4 make new ones');
+  t.equal(made(), 16, 'the first 8 dispatches reuse theirs, the last 4 make new ones');
   t.equal(small.memoryStats().bindGroups, 8);
 });
 

@@ -10,6 +10,23 @@ export function testEngine(): Promise<Engine> {
   return shared;
 }
 
+/** The keys of the kernels `e` dispatches from now on (its dispatch wrapped). */
+export function recordKernelKeys(e: Engine): Set<string> {
+  const ran = new Set<string>();
+  const dispatch = e.dispatch.bind(e);
+  e.dispatch = (d) => (ran.add(d.kernel.key), dispatch(d));
+  return ran;
+}
+
+/** How many bind groups `device` makes from now on; `teardown` is given what restores it. */
+export function countBindGroups(device: GPUDevice, teardown: (restore: () => void) => void): () => number {
+  const createBindGroup = device.createBindGroup;
+  let made = 0;
+  device.createBindGroup = (d) => (made++, createBindGroup.call(device, d));
+  teardown(() => void (device.createBindGroup = createBindGroup));
+  return () => made;
+}
+
 /** mulberry32: a small, seeded, reproducible generator. */
 export function rng(seed: number): () => number {
   let s = seed >>> 0;

@@ -8,15 +8,13 @@ import * as ops from '../../src/engine/ops/index.ts';
 import { openSafetensors } from '../../src/model/checkpoint/safetensors.ts';
 import { unetParity } from '../../src/model/parity.ts';
 import { headParity } from '../../src/train/parity.ts';
-import { testEngine } from '../helpers/check.ts';
+import { recordKernelKeys, testEngine } from '../helpers/check.ts';
 
 const device = (await testEngine()).device;
 // wrapDevice reads only the adapter's info; the description must name no CPU adapter.
 const info = { vendor: 'nvidia', architecture: 'ampere', device: 'test', description: 'NVIDIA (as a GPU adapter would be described)', subgroupMinSize: 32, subgroupMaxSize: 32 };
 const gpu = await createEngine({ device, adapter: { info } as unknown as GPUAdapter });
-const ran = new Set<string>();
-const dispatch = gpu.dispatch.bind(gpu);
-gpu.dispatch = (d) => (ran.add(d.kernel.key), dispatch(d));
+const ran = recordKernelKeys(gpu);
 t.teardown(() => gpu.dispose());
 
 t.test('the engine makes a GPU adapter\'s choices', async (t) => {

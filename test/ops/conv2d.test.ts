@@ -1,7 +1,7 @@
 import t from 'tap';
 import { GPU_TILINGS } from '../../kernels/matmul.wgsl.ts';
-import { createEngine, ops } from '../../src/index.ts';
-import { gradCheck, maxRelError, randomNd, testEngine, upload } from '../helpers/check.ts';
+import { createEngine, type Engine, ops } from '../../src/index.ts';
+import { gradCheck, maxRelError, randomNd, recordKernelKeys, testEngine, upload } from '../helpers/check.ts';
 import { conv2dRef, type Nd } from '../helpers/reference.ts';
 
 const e = await testEngine();
@@ -148,21 +148,26 @@ for (const [label, tuning] of weightGradTunings) {
   }
 }
 
+/**
+ * The weight gradient of a 3×3 conv from x [N, Cin, H, W] to `cout` channels on `engine`: its
+ * largest relative error against float64, and the kernels it ran.
+ */
+async function narrowWeightGrad(engine: Engine, xs: number[], cout: number, seed: number): Promise<{ err: number; ran: Set<string> }> {
+  const ran = recordKernelKeys(engine);
+  const x = randomNd(xs, seed);
+  const w = randomNd([cout, xs[1], 3, 3], seed + 1);
+  const dy = randomNd([xs[0], cout, xs[2], xs[3]], seed + 2);
+  const wt = upload(engine, w, true);
+  engine.tape.backward(ops.conv2d(upload(engine, x), wt), upload(engine, dy));
+  return { err: maxRelError(await wt.grad!.read(), weightGradRef(x, dy, 3, 1)), ran };
+}
+
 // On lavapipe the weight gradient of a 3×3 conv with input channels in fours goes through Winograd
 // whatever its output channels (its Cout × Cin GEMM on the subgroup kernel), where the forward,
 // with 3 output channels, keeps the direct GEMM.
 t.test('conv2d weight gradient of a narrow 3×3 conv (8 → 3 channels) through Winograd on lavapipe matches float64', { skip: !e.subgroupMatmul && 'the subgroup GEMM is lavapipe\'s' }, async (t) => {
   const engine = await createEngine({ device: e.device });
-  const ran = new Set<string>();
-  const dispatch = engine.dispatch.bind(engine);
-  engine.dispatch = (d) => (ran.add(d.kernel.key), dispatch(d));
-  const x = randomNd([4, 8, 10, 12], 21);
-  const w = randomNd([3, 8, 3, 3], 22);
-  const dy = randomNd([4, 3, 10, 12], 23);
-  const wt = upload(engine, w, true);
-  const y = ops.conv2d(upload(engine, x), wt);
-  engine.tape.backward(y, upload(engine, dy));
-  const err = maxRelError(await wt.grad!.read(), weightGradRef(x, dy, 3, 1));
+  const { err, ran } = await narrowWeightGrad(engine, [4, 8, 10, 12], 3, 21);
   t.ok(err < 1e-5, `max relative error ${err.toExponential(2)}`);
   t.ok(ran.has('winogradWeightGrad'), [...ran].join(' '));
   t.notOk([...ran].some((k) => k.startsWith('winogradOutput')), 'the forward keeps the direct GEMM');
@@ -176,15 +181,7 @@ t.test('conv2d weight gradient of a narrow 3×3 conv (8 → 3 channels) through 
 t.test('conv2d weight gradient of a narrow 3×3 conv takes Winograd only where every tile chunk comes in fours', { skip: !e.subgroupMatmul && 'the subgroup GEMM is lavapipe\'s' }, async (t) => {
   for (const [maxBindingBytes, winograd] of [[undefined, true], [9216, false]] as const) {
     const engine = await createEngine({ device: e.device, maxBindingBytes });
-    const ran = new Set<string>();
-    const dispatch = engine.dispatch.bind(engine);
-    engine.dispatch = (d) => (ran.add(d.kernel.key), dispatch(d));
-    const x = randomNd([2, 8, 12, 12], 31);
-    const w = randomNd([3, 8, 3, 3], 32);
-    const dy = randomNd([2, 3, 12, 12], 33);
-    const wt = upload(engine, w, true);
-    engine.tape.backward(ops.conv2d(upload(engine, x), wt), upload(engine, dy));
-    const err = maxRelError(await wt.grad!.read(), weightGradRef(x, dy, 3, 1));
+    const { err, ran } = await narrowWeightGrad(engine, [2, 8, 12, 12], 3, 31);
     t.ok(err < 1e-5, `binding limit ${maxBindingBytes}: max relative error ${err.toExponential(2)}`);
     t.equal(ran.has('winogradWeightGrad'), winograd, `binding limit ${maxBindingBytes}: ${[...ran].join(' ')}`);
     engine.dispose();
