@@ -1,7 +1,8 @@
 // An ImageFolder dataset like torchvision's: root/<class name>/**/<image>, classes in sorted
 // order, symlinked folders and files followed (each real folder walked once per class, so a link
-// loop ends), PNG (fast-png) and JPEG (jpeg-js: pure JavaScript, no native build, the most used
-// decoder on npm) decoded to RGB after the declared size is checked against a pixel limit, then
+// loop ends), PNG (fast-png) and JPEG (libjpeg-turbo in WebAssembly as Pillow reads it,
+// ./jpeg-decoder.ts; CMYK through jpeg-js's planes, ./jpeg-cmyk.ts) decoded to RGB after the
+// declared size is checked against a pixel limit, then
 // guided-diffusion's center_crop_arr (./preprocess.ts: Pillow's BOX halving and BICUBIC resize of
 // the shorter side, bit-exact), optional horizontal flip, scaled to [−1, 1].
 import { Buffer } from 'node:buffer';
@@ -10,17 +11,20 @@ import type { Dirent } from 'node:fs';
 import { readdir, readFile, realpath, stat } from 'node:fs/promises';
 import { extname, join, relative } from 'node:path';
 import { convertIndexedToRgb, decode as decodePng, type DecodedPng } from 'fast-png';
-import jpeg from 'jpeg-js';
 import { describeFsError } from '../../model/checkpoint/fs-error.ts';
 import { checkImageSize, MAX_IMAGE_PIXELS, readImageHeader } from './image-header.ts';
+import { decodeFourComponentJpeg } from './jpeg-cmyk.ts';
 import { decodeJpeg } from './jpeg-decoder.ts';
 import { checkImageDataLength, decodeInterlacedLowDepth, isInterlacedLowDepth, withoutTransparencyChunks } from './png-adam7.ts';
 import { preprocess, type Rgb } from './preprocess.ts';
 
 export { FOLDER_PREPROCESSING, preprocess, type Rgb } from './preprocess.ts';
 
-/** How images are decoded, as feature caches record it: caches of JPEGs decoded by jpeg-js (before) hold other x0s. */
-export const FOLDER_DECODER = 'PNG fast-png; JPEG libjpeg-turbo as Pillow (fancy upsampling), CMYK jpeg-js';
+/**
+ * How images are decoded, as feature caches record it: caches of JPEGs decoded by jpeg-js (before),
+ * or of CMYK JPEGs with planes at lower resolution whose samples it repeated, hold other x0s.
+ */
+export const FOLDER_DECODER = 'PNG fast-png; JPEG libjpeg-turbo as Pillow (fancy upsampling), CMYK jpeg-js planes upsampled as libjpeg';
 
 export { MAX_IMAGE_PIXELS } from './image-header.ts';
 
@@ -211,10 +215,9 @@ export function decodeImage(bytes: Uint8Array, options: DecodeOptions = {}): Rgb
   const header = readImageHeader(bytes);
   checkImageSize(header, maxPixels);
   if (header.format === 'jpeg') {
-    // One and three channels as PIL reads them (libjpeg); four (CMYK, YCCK) through jpeg-js.
+    // One and three channels as PIL reads them (libjpeg); four (CMYK, YCCK) through jpeg-js's planes.
     if (header.components !== 4) return decodeJpeg(bytes);
-    const img = jpeg.decode(bytes, { useTArray: true, formatAsRGBA: false, maxResolutionInMP: Math.ceil(maxPixels / 1e6), maxMemoryUsageInMB: Math.max(512, Math.ceil((maxPixels * 8) / 2 ** 20)) });
-    return { width: img.width, height: img.height, data: img.data as Uint8Array };
+    return decodeFourComponentJpeg(bytes, { maxResolutionInMP: Math.ceil(maxPixels / 1e6), maxMemoryUsageInMB: Math.max(512, Math.ceil((maxPixels * 8) / 2 ** 20)) });
   }
   if (isInterlacedLowDepth(bytes)) return pngToRgb(decodeInterlacedLowDepth(bytes));
   checkImageDataLength(bytes);
