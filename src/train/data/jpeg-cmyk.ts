@@ -5,7 +5,8 @@
 // upsampling, jdsample.c): a CMYK file whose M, Y and K planes are half C's width and height was
 // 44/255 off Pillow at colour edges (86/255 on noise). Here the planes jpeg-js decodes are
 // upsampled as libjpeg does, then converted to RGB by jpeg-js as before (within 1/255 of Pillow on
-// a file whose planes are all full size).
+// a file whose planes are all full size). A file without an Adobe marker is read as Adobe CMYK, as
+// Pillow reads it.
 import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 
@@ -18,6 +19,8 @@ interface Plane {
 
 interface JpegImageInstance {
   opts: Record<string, unknown>;
+  /** The Adobe (APP14) marker's fields; its transformCode 0 is CMYK, 2 YCCK. */
+  adobe: { transformCode: number } | null;
   width: number;
   height: number;
   components: Plane[];
@@ -54,6 +57,10 @@ export function decodeFourComponentJpeg(bytes: Uint8Array, limits: FourComponent
   image.opts = { colorTransform: undefined, useTArray: true, formatAsRGBA: false, tolerantDecoding: true, ...limits };
   JpegImage.resetMaxMemoryUsage(limits.maxMemoryUsageInMB * 2 ** 20);
   image.parse(bytes);
+  // Without an Adobe marker jpeg-js refuses four components; libjpeg takes them as CMYK and Pillow
+  // inverts them as Adobe's ("assume adobe conventions", JpegImagePlugin): the same pixels as
+  // with a marker of transform 0.
+  image.adobe ??= { transformCode: 0 };
   const { width, height } = image;
   for (const plane of image.components) {
     const fx = Math.round(1 / plane.scaleX);
