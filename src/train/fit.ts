@@ -132,7 +132,7 @@ function buildModel(e: Engine, data: FeatureArrays, o: FitOptions): Model {
  * size, the attention tokenizer's to at most prePoolSize): pooling the cached features once, on
  * the CPU, is the same computation, and each step then uploads s² values per channel, not H·W.
  */
-function prePooled(data: FeatureArrays, keys: string[], o: Pick<FitOptions, 'head' | 'pool' | 'attention'>): FeatureArrays {
+function prePooled(data: FeatureArrays, keys: string[], o: Pick<FitOptions, 'head' | 'pool' | 'attention'>, scoring = false): FeatureArrays {
   const features = new Map(data.features);
   for (const k of keys) {
     const f = data.features.get(k);
@@ -142,7 +142,10 @@ function prePooled(data: FeatureArrays, keys: string[], o: Pick<FitOptions, 'hea
     const full = f.sourceSize ?? f.shape[1];
     const tokens = Math.min(full, o.attention?.prePoolSize ?? ATTENTION_HEAD_DEFAULTS.prePoolSize);
     if (o.head !== 'linear' && f.shape[1] < tokens) {
-      throw new RangeError(`features ${k}: these ${f.shape[1]}×${f.shape[1]} maps were pooled from ${full}×${full} at extraction, but the attention tokenizer pools to ${tokens}×${tokens}: extract them with --pool 0 (or at least ${tokens}), or give --pre-pool ${f.shape[1]}`);
+      const fix = scoring
+        ? `this head was trained on ${tokens}×${tokens} tokens: score it on a cache extracted with --pool 0 (or at least ${tokens})`
+        : `extract them with --pool 0 (or at least ${tokens}), or give --pre-pool ${f.shape[1]}`;
+      throw new RangeError(`features ${k}: these ${f.shape[1]}×${f.shape[1]} maps were pooled from ${full}×${full} at extraction, but the attention tokenizer pools to ${tokens}×${tokens}: ${fix}`);
     }
     try {
       features.set(k, poolCached(f, data.count, headMapSize(o, f.shape[1])));
@@ -203,7 +206,7 @@ export async function trainedHeadLogits(e: Engine, statePath: string, data: Feat
     const keys = o.timesteps.flatMap((t) => o.blocks.map((b) => featureKey(t, b)));
     // The maps the head was trained on, pooled as fitHead pooled them (where that is exact), and of
     // the sizes it recorded: a cache pooled otherwise at extraction gave an attention head other tokens.
-    data = prePooled(data, keys, o);
+    data = prePooled(data, keys, o, true);
     const recorded = settings.inputShapes as Record<string, number[] | null> | undefined;
     for (const k of keys) {
       const [got, want] = [data.features.get(k)?.shape, recorded?.[k]];

@@ -177,9 +177,10 @@ t.test('eval rebuilds a trained head from its state and scores any split', async
   t.match(warnings.join('\n'), /both hold images of .*: the test scores are on training images/);
   t.equal(await run('extract', '--features', 'pixels', '--model', model, '--split', 'test', '--per-class', '4', '--pool', '6', '--out', join(dir, 'test-pool6')), 0);
   await t.rejects(run('eval', '--run', join(dir, 'attention'), '--features', join(dir, 'test-pool6')), /features pixels: these 6×6 maps were pooled from 16×16; pooling them to 4×4/);
-  await t.rejects(run('eval', '--run', join(dir, 'attention'), '--features', join(dir, 'test-pool2')), /features pixels: these 2×2 maps were pooled from 16×16 at extraction, but the attention tokenizer pools to 4×4: extract them with --pool 0 \(or at least 4\), or give --pre-pool 2/);
+  await t.rejects(run('eval', '--run', join(dir, 'attention'), '--features', join(dir, 'test-pool2')), /features pixels: these 2×2 maps were pooled from 16×16 at extraction, but the attention tokenizer pools to 4×4: this head was trained on 4×4 tokens: score it on a cache extracted with --pool 0 \(or at least 4\)$/);
+  // eval has no --pre-pool: its message says what to score the head on (it said to give --pre-pool 2).
   // Training on such a cache gave the head 4 tokens and a [3, 2, 2] LayerNorm under prePoolSize 4.
-  await t.rejects(run('train', '--head', 'attention', '--dim', '16', '--layers', '1', '--heads', '2', '--pre-pool', '4', '--train', join(dir, 'test-pool2'), '--test', join(dir, 'test-pool2'), '--epochs', '1', '--out', join(dir, 'attention-pool2')), /these 2×2 maps were pooled from 16×16 at extraction, but the attention tokenizer pools to 4×4/);
+  await t.rejects(run('train', '--head', 'attention', '--dim', '16', '--layers', '1', '--heads', '2', '--pre-pool', '4', '--train', join(dir, 'test-pool2'), '--test', join(dir, 'test-pool2'), '--epochs', '1', '--out', join(dir, 'attention-pool2')), /these 2×2 maps were pooled from 16×16 at extraction, but the attention tokenizer pools to 4×4: extract them with --pool 0 \(or at least 4\), or give --pre-pool 2$/);
   await t.rejects(run('train', '--head', 'attention', '--dim', '10', '--heads', '4', '--train', join(dir, 'train'), '--test', join(dir, 'test'), '--out', join(dir, 'attention-10')), /--dim 10 does not split into --heads 4/);
   await t.rejects(run('train', '--head', 'difeed', '--train', join(dir, 'train'), '--standardize', '--out', join(dir, 'difeed-x')), /--head difeed reads images, not feature caches: leave out --train, --standardize/);
 });
