@@ -64,6 +64,15 @@ t.test('a loss that overflows stops training naming the step, and no state is wr
   await rm(dir, { recursive: true });
 });
 
+// The evaluation's logits were checked batch by batch as one block: "the logits of images 0..7
+// holds NaN at index 30", which read as image 30; it was image 3 of [8, 4].
+t.test('a non-finite test logit names its image and class', async (t) => {
+  const test = features(8, 2);
+  const data = test.features.get('t150.b9')!.data;
+  data[5 * 16 + 3] = Number.POSITIVE_INFINITY; // image 5 (16 values per image)
+  await t.rejects(fitHead(e, features(8, 1), test, linear({ batchSize: 8 })), { name: 'NonFiniteError', message: /^evaluation: the logits of image 5 hold (-?Infinity|NaN) \(class [0-3]\)$/ });
+});
+
 t.test('resuming checks settings, epochs and refuses to replace a state', async (t) => {
   const dir = await mkdtemp(join(tmpdir(), 'difrep-resume-'));
   const checkpoint = join(dir, 'state.safetensors');
