@@ -116,6 +116,7 @@ const GROUPS = 32;
 const show = (v: unknown) => (typeof v === 'string' ? JSON.stringify(v) : String(v));
 
 function integerIn(field: string, v: unknown, min: number, max: number, note = ''): number {
+  if (v === undefined) throw new UNetConfigError(`${field} is missing: give it as an integer from ${min} to ${max}${note}`);
   if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) {
     throw new UNetConfigError(`${field} ${show(v)} is out of range: it must be an integer from ${min} to ${max}${note}`);
   }
