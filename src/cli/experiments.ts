@@ -9,7 +9,7 @@ import { describeMapping, type PaperBlocks, paperBlocks } from '../model/block-r
 import { flagsFromJson, planUNet } from '../model/unet-config.ts';
 import { type DifFeedOptions, FEEDBACK_STRATEGIES, feedbackPlan } from '../model/heads/difeed.ts';
 import { type CacheSignature, signatureDifferences } from '../train/cache-signature.ts';
-import { checkLabels, checkSameExtraction, checkTrainTestCaches, headClasses, isPixelCache, loadCachedFeatures, sameSplitWarning } from '../train/cached-features.ts';
+import { checkLabels, classesRecordedBy, checkSameExtraction, checkTrainTestCaches, headClasses, isPixelCache, loadCachedFeatures, sameSplitWarning } from '../train/cached-features.ts';
 import { DecodePool } from '../train/data/decode-pool.ts';
 import { balancedSubset, FASHION_MNIST_CLASSES, imageSource, loadFashionMnist } from '../train/data/fashion-mnist.ts';
 import { FOLDER_DECODER, folderFingerprint, FOLDER_PREPROCESSING, scanImageFolder, validateImageFolder } from '../train/data/image-folder.ts';
@@ -299,8 +299,9 @@ async function trainCommand(argv: string[]): Promise<number> {
   const loaded = { train: await loadCachedFeatures(o.train!, ts, bs, pool), test: await loadCachedFeatures(o.test!, ts, bs, pool) };
   warnIf(checkTrainTestCaches(loaded.train, loaded.test, o.train!, o.test!));
   const classes = headClasses(loaded.train.signature, o.classes, o.train!);
-  checkLabels(loaded.train, classes, o.train!);
-  checkLabels(loaded.test, classes, o.test!);
+  const recordedBy = classesRecordedBy(loaded.train.signature, o.train!);
+  checkLabels(loaded.train, classes, o.train!, recordedBy);
+  checkLabels(loaded.test, classes, o.test!, recordedBy);
   const { train, test, warning } = o.standardize ? standardizeSplits(loaded.train, loaded.test) : { ...loaded, warning: undefined };
   warnIf(warning);
   const e = await tunedEngine();
@@ -417,8 +418,9 @@ async function knnCommand(argv: string[]): Promise<number> {
   const loaded = { train: await loadCachedFeatures(o.train, [t], [b], pool), test: await loadCachedFeatures(o.test, [t], [b], pool) };
   warnIf(checkTrainTestCaches(loaded.train, loaded.test, o.train, o.test));
   const classes = headClasses(loaded.train.signature, o.classes, o.train);
-  checkLabels(loaded.train, classes, o.train);
-  checkLabels(loaded.test, classes, o.test);
+  const recordedBy = classesRecordedBy(loaded.train.signature, o.train);
+  checkLabels(loaded.train, classes, o.train, recordedBy);
+  checkLabels(loaded.test, classes, o.test, recordedBy);
   const splits = o.standardize ? standardizeSplits(loaded.train, loaded.test) : { ...loaded, warning: undefined };
   warnIf(splits.warning);
   const matrix = (f: FeatureArrays) => {
@@ -510,8 +512,9 @@ async function sweepCommand(argv: string[]): Promise<number> {
   const test = await loadCachedFeatures(o.test, ts, bs);
   warnIf(checkTrainTestCaches(train, test, o.train, o.test));
   const classes = headClasses(train.signature, o.classes, o.train);
-  checkLabels(train, classes, o.train);
-  checkLabels(test, classes, o.test);
+  const recordedBy = classesRecordedBy(train.signature, o.train);
+  checkLabels(train, classes, o.train, recordedBy);
+  checkLabels(test, classes, o.test, recordedBy);
   const e = await tunedEngine();
   await mkdir(o.out, { recursive: true });
   const standardize = o.standardize === 'both' ? [false, true] : [o.standardize === 'on'];
@@ -603,7 +606,7 @@ async function evalCommand(argv: string[]): Promise<number> {
   }
   const e = await tunedEngine();
   const { logits, classes } = await trainedHeadLogits(e, state, split);
-  checkLabels(split, classes, o.features);
+  checkLabels(split, classes, o.features, o.run);
   const report = classificationReport(logits, split.labels, classes);
   await writeFileAtomic(out, JSON.stringify({ run: resolve(o.run), features: resolve(o.features), head, timesteps, blocks, pool, standardize: !!data.standardize, state: { ...progress, finished }, ...report }, null, 2));
   if (o.png) {

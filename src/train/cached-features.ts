@@ -160,11 +160,23 @@ export function headClasses(sig: CacheSignature, given: number | undefined, wher
   return names.length;
 }
 
-/** The largest label must name a class: a cache with labels ≥ `classes` would train a head that can never be right. */
-export function checkLabels(data: FeatureArrays, classes: number, where: string): void {
+/**
+ * The largest label must name a class: a cache with labels ≥ `classes` would train a head that can
+ * never be right. `recordedBy`: the cache or run whose record gave `classes` (headClasses), where
+ * giving --classes is refused: the labels and that record then disagree.
+ */
+export function checkLabels(data: FeatureArrays, classes: number, where: string, recordedBy?: string): void {
   let max = 0;
-  for (let i = 0; i < data.count; i++) max = Math.max(max, data.labels[i]);
-  if (max >= classes) throw new Error(`${where} has labels up to ${max}, but --classes is ${classes}: give --classes ${max + 1} or more`);
+  let at = 0;
+  for (let i = 0; i < data.count; i++) if (data.labels[i] > max) [max, at] = [data.labels[i], i];
+  if (max < classes) return;
+  if (recordedBy) throw new Error(`${where} has label ${max} at image ${at}, but ${recordedBy} records ${classes} classes: they are not of one dataset; extract the cache again`);
+  throw new Error(`${where} has labels up to ${max}, but --classes is ${classes}: give --classes ${max + 1} or more`);
+}
+
+/** `where` when its cache's signature records its classes (headClasses then takes their count), else undefined. */
+export function classesRecordedBy(sig: CacheSignature, where: string): string | undefined {
+  return recordedClasses(sig, where) ? where : undefined;
 }
 
 /** Whether the cache in `dir` holds raw pixels (`difrep extract --features pixels`) rather than U-Net features. */
