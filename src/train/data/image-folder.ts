@@ -304,5 +304,16 @@ export async function validateImageFolder(folder: ImageFolder, onProgress?: (don
     onProgress?.(Math.min(folder.files.length, s + step), folder.files.length);
   }
   const imagesPerSecond = folder.files.length / ((performance.now() - t0) / 1000);
+  // A class whose every image was skipped still takes a label, as an empty class folder would
+  // (scanImageFolder refuses those): a head would never see it, and its test images never score.
+  const unreadable = folder.classes.filter((_, c) => !keep.some((i) => folder.labels[i] === c));
+  if (unreadable.length) {
+    const first = skipped.find((f) => unreadable.some((cls) => f.file.startsWith(join(folder.root, cls, ''))));
+    throw new Error(
+      `${unreadable.length === 1 ? 'class folder' : 'class folders'} ${unreadable.map((cls) => join(folder.root, cls)).join(', ')} ` +
+        `${unreadable.length === 1 ? 'holds' : 'hold'} no readable image (${first ? `${first.file}: ${first.error}` : 'every file was skipped'}), but every folder in ${folder.root} ` +
+        `is a class and takes a label: replace the unreadable files, or move the folder out of ${folder.root} (or rename it to start with '.')`,
+    );
+  }
   return { folder: { ...folder, files: keep.map((i) => folder.files[i]), labels: keep.map((i) => folder.labels[i]) }, skipped, imagesPerSecond };
 }

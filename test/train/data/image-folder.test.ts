@@ -110,6 +110,21 @@ function png(width: number, height: number, depth: number, colorType: number, ro
   return Uint8Array.from(parts.flatMap((p) => Array.from(p)));
 }
 
+// A class left with no readable image was kept with a label and no images (warned as "a single
+// image" before decoding): a head never saw it and its test images could never score.
+t.test('a class folder none of whose images can be read is refused, as an empty one is', async (t) => {
+  const root = await mkdtemp(join(tmpdir(), 'difrep-folder-'));
+  for (const c of ['a', 'b', 'c']) await mkdir(join(root, c));
+  const good = encodePng({ width: 2, height: 2, data: rgb(2, 2, () => [9, 9, 9]), channels: 3, depth: 8 });
+  await writeFile(join(root, 'a', 'x.png'), good);
+  await writeFile(join(root, 'b', 'x.png'), 'not an image at all');
+  await writeFile(join(root, 'c', 'x.png'), good);
+  await t.rejects(validateImageFolder(await scanImageFolder(root)), new RegExp(`^class folder ${join(root, 'b').replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} holds no readable image \\(.*x\\.png: neither PNG nor JPEG\\), but every folder in .* is a class and takes a label`));
+  await writeFile(join(root, 'b', 'y.png'), good);
+  t.same((await validateImageFolder(await scanImageFolder(root))).folder.labels, [0, 1, 2], 'with one readable image it is kept');
+  await rm(root, { recursive: true });
+});
+
 t.test('a class folder whose name holds ": " keeps its unreadable file out (structured results, also from the worker threads)', async (t) => {
   const root = await mkdtemp(join(tmpdir(), 'difrep-folder-'));
   await mkdir(join(root, 'cls: x'));
