@@ -90,6 +90,19 @@ function bindingGroups(e: Engine, dims: readonly number[], o: ProbeStackOptions)
   return groups;
 }
 
+/**
+ * `err` (a non-finite loss) led by the probes whose weights are no longer finite: the stack
+ * trains on the sum of its probes' losses, which names no probe, but each probe's gradient is its
+ * own, so the step that met the NaN or Inf left it in that probe's weights alone.
+ */
+async function nameDivergedProbes(err: NonFiniteError, stack: LinearProbeStack, names: readonly string[]): Promise<NonFiniteError> {
+  const [weight, bias] = await Promise.all([stack.params.get('weight')!.read(), stack.params.get('bias')!.read()]);
+  const P = names.length;
+  const part = (values: Float32Array, p: number) => values.subarray((p * values.length) / P, ((p + 1) * values.length) / P);
+  const diverged = names.filter((_, p) => firstNonFinite(part(weight, p)) >= 0 || firstNonFinite(part(bias, p)) >= 0);
+  return diverged.length ? new NonFiniteError(`${diverged.join(', ')}: ${err.message}`) : err;
+}
+
 /** Trains one stack of probes (inputs train[p] and test[p], dims[p] values per image) in lockstep. */
 async function fitStack(
   e: Engine, trainData: Float32Array[], testData: Float32Array[], dims: number[], trainCount: number,
@@ -116,6 +129,8 @@ async function fitStack(
           await steps.add(loss, batchLabels, `${o.what}: epoch ${epoch + 1}, batch ${b + 1}`);
         }
         await steps.read();
+      } catch (err) {
+        throw err instanceof NonFiniteError ? await nameDivergedProbes(err, stack, names) : err;
       } finally {
         steps.dispose(); // what a failed step left unread
       }

@@ -94,6 +94,20 @@ t.test('a non-finite logit names its probe and test image', async (t) => {
   );
 });
 
+// The stack trains on the sum of its probes' losses: a NaN there named the sweep's group and the
+// step, not the probe whose features held it.
+t.test('a non-finite training loss is led by the probe it left with non-finite weights', async (t) => {
+  const train = split(16, 1);
+  const bad = train.sets[1].features.get(featureKey(10, 2))!;
+  const data = Float32Array.from(bad.data);
+  data[3 * 5 + 1] = Number.POSITIVE_INFINITY; // image 3 of probe 1 (5 values per image)
+  const broken = { ...train.sets[1], features: new Map([[featureKey(10, 2), { ...bad, data }]]) };
+  await t.rejects(
+    fitLinearProbeStack(e, [train.sets[0], broken, train.sets[2]], split(8, 2).sets, { classes, epochs: 1, batchSize: 16, lr: 1e-2, what: 'train stack', names: ['b1', 'b2', 'b3'] }),
+    { name: 'NonFiniteError', message: /^b2: the training loss is NaN at train stack: epoch 1, batch 1: / },
+  );
+});
+
 // A row past the end packed nothing and left the previous batch's row in its slot.
 t.test('a probe stack refuses rows its features do not have', async (t) => {
   const { LinearProbeStack } = await import('../../src/model/heads/linear-probe-stack.ts');
