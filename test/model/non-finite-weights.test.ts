@@ -44,3 +44,21 @@ t.test('a head checkpoint holding NaN is refused too (loadStateDict)', async (t)
   t.ok(err instanceof CheckpointError);
   t.match(err?.message, '<memory>: tensor "bias" holds NaN at index 1: the checkpoint is corrupt');
 });
+
+// A float64 of 1e300 is finite, and reads as Infinity in float32: "holds Infinity" named no cause.
+t.test('a float64 weight beyond float32\'s range is refused saying so', async (t) => {
+  const e = await testEngine();
+  const header = new TextEncoder().encode(JSON.stringify({
+    weight: { dtype: 'F32', shape: [2, 4], data_offsets: [0, 32] },
+    bias: { dtype: 'F64', shape: [2], data_offsets: [32, 48] },
+  }));
+  const bytes = new Uint8Array(8 + header.length + 48);
+  const view = new DataView(bytes.buffer);
+  view.setBigUint64(0, BigInt(header.length), true);
+  bytes.set(header, 8);
+  view.setFloat64(8 + header.length + 32, 0.5, true);
+  view.setFloat64(8 + header.length + 40, -1e300, true);
+  const err = await LinearProbe.load(e, { channels: 1, classes: 2 }, await openSafetensors(bytes)).then(() => null, (x: Error) => x);
+  t.ok(err instanceof CheckpointError);
+  t.match(err?.message, '<memory>: tensor "bias" holds -Infinity as float32 (its float64 value is infinite or beyond float32\'s range, ±3.4e38) at index 1');
+});

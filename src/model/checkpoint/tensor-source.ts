@@ -45,6 +45,9 @@ export function firstNonFinite(data: ArrayLike<number>): number {
 export async function readFinite(source: TensorSource, key: string): Promise<Float32Array> {
   const data = await source.read(key);
   const i = firstNonFinite(data);
-  if (i >= 0) throw new CheckpointError(source.name, `tensor "${key}" holds ${data[i]} at index ${i}: the checkpoint is corrupt`);
-  return data;
+  if (i < 0) return data;
+  // A float64 beyond float32's range (|v| > 3.4e38) reads as ±Infinity: it may be finite there.
+  const wide = source.info(key)?.dtype === 'F64' && !Number.isNaN(data[i]);
+  const found = wide ? `${data[i]} as float32 (its float64 value is infinite or beyond float32's range, ±3.4e38)` : `${data[i]}`;
+  throw new CheckpointError(source.name, `tensor "${key}" holds ${found} at index ${i}: the checkpoint is corrupt, or not of a model that computes in float32`);
 }
