@@ -516,7 +516,6 @@ async function sweepCommand(argv: string[]): Promise<number> {
   checkLabels(train, classes, o.train, recordedBy);
   checkLabels(test, classes, o.test, recordedBy);
   const e = await tunedEngine();
-  await mkdir(o.out, { recursive: true });
   const standardize = o.standardize === 'both' ? [false, true] : [o.standardize === 'on'];
   // The whole recipe, recorded in sweep.json (StepLR and seed as `train --head linear` defaults them).
   const recipe = { epochs: o.epochs, lr: o.lr, batch: o.batch, stepSize: 7, gamma: 0.1, seed: 0, classes };
@@ -524,6 +523,8 @@ async function sweepCommand(argv: string[]): Promise<number> {
     onWarning: warnIf, timesteps: ts, blocks: bs, pools, standardize, classes, epochs: o.epochs, batchSize: o.batch, lr: o.lr, stepSize: recipe.stepSize, gamma: recipe.gamma, seed: recipe.seed,
     onRow: (r) => console.log(`pool ${r.pool}${r.standardize ? ', standardised' : ''}, ${pixels ? 'pixels' : `b ${r.b}, t ${r.t}`}: top-1 ${(100 * r.top1).toFixed(2)}%`),
   });
+  // Made once there are results: a sweep that fails (a NaN loss) leaves no empty folder behind.
+  await mkdir(o.out, { recursive: true });
   const charts = await writeSweepHeatmaps(o.out, rows.map((r) => ({ ...r, value: r.top1 })), {
     title: (pool, std) => `linear probe top-1, pool ${pool}${std ? ', standardised' : ''}`, row: (b) => (pixels ? 'pixels' : `b${b}`), column: (t) => (pixels ? '' : `t${t}`),
   });
