@@ -9,7 +9,7 @@ import { Buffer } from 'node:buffer';
 import { createHash } from 'node:crypto';
 import type { Dirent } from 'node:fs';
 import { readdir, readFile, realpath, stat } from 'node:fs/promises';
-import { extname, join, relative } from 'node:path';
+import { extname, join, relative, sep } from 'node:path';
 import { convertIndexedToRgb, decode as decodePng, type DecodedPng } from 'fast-png';
 import { describeFsError } from '../../model/checkpoint/fs-error.ts';
 import { checkImageSize, MAX_IMAGE_PIXELS, readImageHeader } from './image-header.ts';
@@ -308,7 +308,7 @@ export async function validateImageFolder(folder: ImageFolder, onProgress?: (don
   // (scanImageFolder refuses those): a head would never see it, and its test images never score.
   const unreadable = folder.classes.filter((_, c) => !keep.some((i) => folder.labels[i] === c));
   if (unreadable.length) {
-    const first = skipped.find((f) => unreadable.some((cls) => f.file.startsWith(join(folder.root, cls, ''))));
+    const first = skipped.find((f) => unreadable.some((cls) => f.file.startsWith(`${join(folder.root, cls)}${sep}`)));
     throw new Error(
       `${unreadable.length === 1 ? 'class folder' : 'class folders'} ${unreadable.map((cls) => join(folder.root, cls)).join(', ')} ` +
         `${unreadable.length === 1 ? 'holds' : 'hold'} no readable image (${first ? `${first.file}: ${first.error}` : 'every file was skipped'}), but every folder in ${folder.root} ` +
