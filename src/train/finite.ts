@@ -16,6 +16,16 @@ export function assertFinite(values: ArrayLike<number>, what: string): void {
 }
 
 /**
+ * Throws a NonFiniteError at the first NaN or Inf of `logits` ([rows, classes], row-major), named by
+ * its row and class — `${rowName(row)} hold v (class c)${note}` — not by a flat index, which names
+ * no image.
+ */
+export function assertFiniteLogits(logits: ArrayLike<number>, classes: number, rowName: (row: number) => string, note = ''): void {
+  const i = firstNonFinite(logits);
+  if (i >= 0) throw new NonFiniteError(`${rowName(Math.floor(i / classes))} hold ${logits[i]} (class ${i % classes})${note}`);
+}
+
+/**
  * Throws a NonFiniteError naming the path (results.rows[3].top1) of the first NaN or Inf in a JSON
  * value: JSON.stringify writes them as null without a word.
  */

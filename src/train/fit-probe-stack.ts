@@ -12,7 +12,7 @@ import { LinearProbeStack } from '../model/heads/linear-probe-stack.ts';
 import { epochBatches } from './epoch-batches.ts';
 import { checkClassLabels, countTopK } from './eval/classification.ts';
 import type { FeatureArrays } from './fit.ts';
-import { NonFiniteError } from './finite.ts';
+import { assertFiniteLogits, NonFiniteError } from './finite.ts';
 import { Adam, StepLR } from './optimizer.ts';
 import { StepLosses } from './step-losses.ts';
 import { trainStepKeepingLoss } from './train-step.ts';
@@ -146,8 +146,7 @@ async function fitStack(
       for (let p = 0; p < P; p++) {
         // Checked per probe: an index into the stacked [P, n, classes] block named no image.
         const slab = out.subarray(p * per, (p + 1) * per);
-        const bad = firstNonFinite(slab);
-        if (bad >= 0) throw new NonFiniteError(`${o.what}, ${names[p]}: the logits of test image ${s + Math.floor(bad / o.classes)} hold ${slab[bad]} (class ${bad % o.classes})`);
+        assertFiniteLogits(slab, o.classes, (row) => `${o.what}, ${names[p]}: the logits of test image ${s + row}`);
         logits[p].set(slab, s * o.classes);
       }
     }

@@ -8,13 +8,13 @@ import type { Tensor } from '../engine/tensor.ts';
 import { ATTENTION_HEAD_DEFAULTS, AttentionHead, type AttentionHeadOptions } from '../model/heads/attention-head.ts';
 import { LinearProbe } from '../model/heads/linear-probe.ts';
 import { openSafetensors } from '../model/checkpoint/safetensors.ts';
-import { firstNonFinite, readFinite } from '../model/checkpoint/tensor-source.ts';
+import { readFinite } from '../model/checkpoint/tensor-source.ts';
 import { poolCached } from './cached-features.ts';
 import { checkEpochs, readRunSettings, type RunSettings, savedPartialEpoch, saveTrainingState, startOrResume } from './checkpoint.ts';
 import { batchesPerEpoch, epochBatches } from './epoch-batches.ts';
 import { checkClassLabels, countTopK } from './eval/classification.ts';
 import { featureKey } from './feature-key.ts';
-import { NonFiniteError } from './finite.ts';
+import { assertFiniteLogits } from './finite.ts';
 import { Adam, type Optimizer, Sgd, StepLR } from './optimizer.ts';
 import { StepLosses } from './step-losses.ts';
 import { partRanges, trainStepKeepingLoss } from './train-step.ts';
@@ -174,10 +174,7 @@ async function predict(e: Engine, model: Model, data: FeatureArrays, keys: strin
   for (let s = 0; s < data.count; s += batchSize) {
     const idx = Array.from({ length: Math.min(batchSize, data.count - s) }, (_, i) => s + i);
     const logits = await e.noGrad(() => e.tidy(() => model.logits(gather(e, data, keys, idx)))).readAndDispose();
-    // Named by image and class: an index into the batch's [n, classes] block named no image.
-    const bad = firstNonFinite(logits);
-    const classes = logits.length / idx.length;
-    if (bad >= 0) throw new NonFiniteError(`evaluation: the logits of image ${s + Math.floor(bad / classes)} hold ${logits[bad]} (class ${bad % classes})`);
+    assertFiniteLogits(logits, logits.length / idx.length, (row) => `evaluation: the logits of image ${s + row}`);
     parts.push(logits);
   }
   const out = new Float32Array(parts.reduce((p, a) => p + a.length, 0));

@@ -1,6 +1,5 @@
 // Scores of a classifier's logits: top-1/top-5, accuracy per class and the confusion matrix.
-import { firstNonFinite } from '../../model/checkpoint/tensor-source.ts';
-import { NonFiniteError } from '../finite.ts';
+import { assertFiniteLogits } from '../finite.ts';
 
 /**
  * Refuses a label that is not a class index 0..classes−1, naming the split and the image's index
@@ -25,8 +24,7 @@ export function countTopK(logits: Float32Array, labels: ArrayLike<number>): { to
   if (labels.length === 0) throw new RangeError('countTopK: no rows to score (0 labels); a top-1 of no images is no number');
   const K = logits.length / labels.length;
   if (!Number.isInteger(K) || K === 0) throw new RangeError(`countTopK: ${logits.length} logits do not split into ${labels.length} rows (one per label) of at least one class`);
-  const bad = firstNonFinite(logits);
-  if (bad >= 0) throw new NonFiniteError(`countTopK: the logits of row ${Math.floor(bad / K)} hold ${logits[bad]} (class ${bad % K}); the head's output is not finite there`);
+  assertFiniteLogits(logits, K, (row) => `countTopK: the logits of row ${row}`, "; the head's output is not finite there");
   let top1 = 0;
   let top5 = 0;
   const hits = new Uint8Array(labels.length);
@@ -64,8 +62,7 @@ export function classificationReport(logits: Float32Array, labels: ArrayLike<num
   const n = labels.length;
   if (n === 0) throw new RangeError('classification report: no images to score (0 labels)');
   if (logits.length !== n * classes) throw new RangeError(`classification report: ${logits.length} logits for ${n} images × ${classes} classes`);
-  const bad = firstNonFinite(logits);
-  if (bad >= 0) throw new NonFiniteError(`classification report: the logits of image ${Math.floor(bad / classes)} hold ${logits[bad]} (class ${bad % classes}); the head's output is not finite there`);
+  assertFiniteLogits(logits, classes, (image) => `classification report: the logits of image ${image}`, "; the head's output is not finite there");
   const confusion = Array.from({ length: classes }, () => new Array<number>(classes).fill(0));
   for (let i = 0; i < n; i++) {
     const y = labels[i];
