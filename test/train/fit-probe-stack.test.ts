@@ -30,6 +30,14 @@ function split(count: number, seed: number): { labels: number[]; sets: FeatureAr
   return { labels, sets };
 }
 
+/** `set` (probe 1's features, t10.b2: 5 values per image) with an Inf at value `k` of image `image`. */
+function withInfinity(set: FeatureArrays, image: number, k: number): FeatureArrays {
+  const f = set.features.get(featureKey(10, 2))!;
+  const data = Float32Array.from(f.data);
+  data[image * 5 + k] = Number.POSITIVE_INFINITY;
+  return { ...set, features: new Map([[featureKey(10, 2), { ...f, data }]]) };
+}
+
 t.test('three probes in one stack match three fitHead runs', async (t) => {
   const train = split(40, 1);
   const test = split(24, 2);
@@ -84,10 +92,7 @@ t.test('probes past one storage binding train as several stacks, with the same r
 t.test('a non-finite logit names its probe and test image', async (t) => {
   const train = split(16, 1);
   const test = split(8, 2);
-  const bad = test.sets[1].features.get(featureKey(10, 2))!;
-  const data = Float32Array.from(bad.data);
-  data[5 * 5 + 2] = Number.POSITIVE_INFINITY; // image 5 of probe 1 (5 values per image)
-  const broken = { ...test.sets[1], features: new Map([[featureKey(10, 2), { ...bad, data }]]) };
+  const broken = withInfinity(test.sets[1], 5, 2);
   await t.rejects(
     fitLinearProbeStack(e, train.sets, [test.sets[0], broken, test.sets[2]], { classes, epochs: 1, batchSize: 8, lr: 1e-2, what: 'test stack', names: ['b1', 'b2', 'b3'] }),
     { name: 'NonFiniteError', message: /test stack, b2: the logits of test image 5 hold (-)?Infinity|test stack, b2: the logits of test image 5 hold NaN/ },
@@ -98,10 +103,7 @@ t.test('a non-finite logit names its probe and test image', async (t) => {
 // step, not the probe whose features held it.
 t.test('a non-finite training loss is led by the probe it left with non-finite weights', async (t) => {
   const train = split(16, 1);
-  const bad = train.sets[1].features.get(featureKey(10, 2))!;
-  const data = Float32Array.from(bad.data);
-  data[3 * 5 + 1] = Number.POSITIVE_INFINITY; // image 3 of probe 1 (5 values per image)
-  const broken = { ...train.sets[1], features: new Map([[featureKey(10, 2), { ...bad, data }]]) };
+  const broken = withInfinity(train.sets[1], 3, 1);
   await t.rejects(
     fitLinearProbeStack(e, [train.sets[0], broken, train.sets[2]], split(8, 2).sets, { classes, epochs: 1, batchSize: 16, lr: 1e-2, what: 'train stack', names: ['b1', 'b2', 'b3'] }),
     { name: 'NonFiniteError', message: /^b2: the training loss is NaN at train stack: epoch 1, batch 1: / },
