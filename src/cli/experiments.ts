@@ -9,7 +9,7 @@ import { describeMapping, type PaperBlocks, paperBlocks } from '../model/block-r
 import { flagsFromJson, planUNet } from '../model/unet-config.ts';
 import { type DifFeedOptions, FEEDBACK_STRATEGIES, feedbackPlan } from '../model/heads/difeed.ts';
 import { type CacheSignature, signatureDifferences } from '../train/cache-signature.ts';
-import { checkLabels, classesRecordedBy, checkSameExtraction, checkTrainTestCaches, headClasses, isPixelCache, loadCachedFeatures, sameSplitWarning } from '../train/cached-features.ts';
+import { checkLabels, checkSameExtraction, checkTrainTestCaches, isPixelCache, loadCachedFeatures, sameSplitWarning, splitClasses } from '../train/cached-features.ts';
 import { DecodePool } from '../train/data/decode-pool.ts';
 import { balancedSubset, FASHION_MNIST_CLASSES, imageSource, loadFashionMnist } from '../train/data/fashion-mnist.ts';
 import { FOLDER_DECODER, folderFingerprint, FOLDER_PREPROCESSING, scanImageFolder, validateImageFolder } from '../train/data/image-folder.ts';
@@ -298,10 +298,7 @@ async function trainCommand(argv: string[]): Promise<number> {
   const pool = o.standardize ? probePool : 0;
   const loaded = { train: await loadCachedFeatures(o.train!, ts, bs, pool), test: await loadCachedFeatures(o.test!, ts, bs, pool) };
   warnIf(checkTrainTestCaches(loaded.train, loaded.test, o.train!, o.test!));
-  const classes = headClasses(loaded.train.signature, o.classes, o.train!);
-  const recordedBy = classesRecordedBy(loaded.train.signature, o.train!);
-  checkLabels(loaded.train, classes, o.train!, recordedBy);
-  checkLabels(loaded.test, classes, o.test!, recordedBy);
+  const classes = splitClasses(loaded.train, loaded.test, o.classes, o.train!, o.test!);
   const { train, test, warning } = o.standardize ? standardizeSplits(loaded.train, loaded.test) : { ...loaded, warning: undefined };
   warnIf(warning);
   const e = await tunedEngine();
@@ -417,10 +414,7 @@ async function knnCommand(argv: string[]): Promise<number> {
   const pool = o.pool ?? (pixels ? 0 : 1);
   const loaded = { train: await loadCachedFeatures(o.train, [t], [b], pool), test: await loadCachedFeatures(o.test, [t], [b], pool) };
   warnIf(checkTrainTestCaches(loaded.train, loaded.test, o.train, o.test));
-  const classes = headClasses(loaded.train.signature, o.classes, o.train);
-  const recordedBy = classesRecordedBy(loaded.train.signature, o.train);
-  checkLabels(loaded.train, classes, o.train, recordedBy);
-  checkLabels(loaded.test, classes, o.test, recordedBy);
+  const classes = splitClasses(loaded.train, loaded.test, o.classes, o.train, o.test);
   const splits = o.standardize ? standardizeSplits(loaded.train, loaded.test) : { ...loaded, warning: undefined };
   warnIf(splits.warning);
   const matrix = (f: FeatureArrays) => {
@@ -511,10 +505,7 @@ async function sweepCommand(argv: string[]): Promise<number> {
   const train = await loadCachedFeatures(o.train, ts, bs);
   const test = await loadCachedFeatures(o.test, ts, bs);
   warnIf(checkTrainTestCaches(train, test, o.train, o.test));
-  const classes = headClasses(train.signature, o.classes, o.train);
-  const recordedBy = classesRecordedBy(train.signature, o.train);
-  checkLabels(train, classes, o.train, recordedBy);
-  checkLabels(test, classes, o.test, recordedBy);
+  const classes = splitClasses(train, test, o.classes, o.train, o.test);
   const e = await tunedEngine();
   const standardize = o.standardize === 'both' ? [false, true] : [o.standardize === 'on'];
   // The whole recipe, recorded in sweep.json (StepLR and seed as `train --head linear` defaults them).

@@ -174,9 +174,16 @@ export function checkLabels(data: FeatureArrays, classes: number, where: string,
   throw new Error(`${where} has labels up to ${max}, but --classes is ${classes}: give --classes ${max + 1} or more`);
 }
 
-/** `where` when its cache's signature records its classes (headClasses then takes their count), else undefined. */
-export function classesRecordedBy(sig: CacheSignature, where: string): string | undefined {
-  return recordedClasses(sig, where) ? where : undefined;
+/**
+ * The classes a head over the caches `train` (at `trainWhere`) and `test` scores (headClasses, from
+ * the training cache's record or `given`), both splits' labels checked against them (checkLabels).
+ */
+export function splitClasses(train: CachedFeatures, test: FeatureArrays, given: number | undefined, trainWhere: string, testWhere: string): number {
+  const classes = headClasses(train.signature, given, trainWhere);
+  const recordedBy = recordedClasses(train.signature, trainWhere) ? trainWhere : undefined;
+  checkLabels(train, classes, trainWhere, recordedBy);
+  checkLabels(test, classes, testWhere, recordedBy);
+  return classes;
 }
 
 /** Whether the cache in `dir` holds raw pixels (`difrep extract --features pixels`) rather than U-Net features. */

@@ -2,7 +2,7 @@
 // (checkLabels), worked by hand.
 import t from 'tap';
 import type { CacheSignature } from '../../src/train/cache-signature.ts';
-import { checkLabels, classesRecordedBy, headClasses } from '../../src/train/cached-features.ts';
+import { checkLabels, headClasses, splitClasses } from '../../src/train/cached-features.ts';
 
 const signature = (classes?: string[]): CacheSignature => ({ timesteps: [150], blocks: [9], pool: 2, seed: 0, count: 4, chunkSize: 4, ...(classes ? { classes: JSON.stringify(classes) } : {}) });
 
@@ -25,6 +25,10 @@ t.test('a label past the classes: --classes where none are recorded; the record 
   t.throws(() => checkLabels(data, 10, 'test-feats'), /^test-feats has labels up to 12, but --classes is 10: give --classes 13 or more$/);
   t.throws(() => checkLabels(data, 10, 'test-feats', 'feats'), /^test-feats has label 12 at image 2, but feats records 10 classes: they are not of one dataset; extract the cache again$/);
   t.doesNotThrow(() => checkLabels(data, 13, 'test-feats', 'feats'));
-  t.equal(classesRecordedBy(signature(Array.from({ length: 10 }, (_, i) => `c${i}`)), 'feats'), 'feats');
-  t.equal(classesRecordedBy(signature(), 'feats'), undefined);
+  // splitClasses passes the training cache as the record's source where it records classes.
+  const ten = Array.from({ length: 10 }, (_, i) => `c${i}`);
+  const ok = { features: new Map(), labels: [3, 1, 9, 0], count: 4 };
+  t.throws(() => splitClasses({ ...ok, signature: signature(ten) }, data, undefined, 'feats', 'test-feats'), /^test-feats has label 12 at image 2, but feats records 10 classes/);
+  t.throws(() => splitClasses({ ...ok, signature: signature() }, data, undefined, 'feats', 'test-feats'), /^test-feats has labels up to 12, but --classes is 10: give --classes 13 or more$/);
+  t.equal(splitClasses({ ...ok, signature: signature(ten) }, ok, undefined, 'feats', 'test-feats'), 10);
 });
