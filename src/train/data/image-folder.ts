@@ -306,7 +306,8 @@ export async function validateImageFolder(folder: ImageFolder, onProgress?: (don
   const imagesPerSecond = folder.files.length / ((performance.now() - t0) / 1000);
   // A class whose every image was skipped still takes a label, as an empty class folder would
   // (scanImageFolder refuses those): a head would never see it, and its test images never score.
-  const unreadable = folder.classes.filter((_, c) => !keep.some((i) => folder.labels[i] === c));
+  const readable = new Set(keep.map((i) => folder.labels[i]));
+  const unreadable = folder.classes.filter((_, c) => !readable.has(c));
   if (unreadable.length) {
     const first = skipped.find((f) => unreadable.some((cls) => f.file.startsWith(`${join(folder.root, cls)}${sep}`)));
     throw new Error(
